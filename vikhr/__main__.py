@@ -1,0 +1,3 @@
+from vikhr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""Paths of the bundled sample data (see assets/README.md for provenance and licences)."""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent
+RU_SAMPLE = ASSETS / "corpus" / "ru-sample.jsonl.gz"
+EN_SAMPLE = ASSETS / "corpus" / "en-sample.jsonl.gz"
+MISTRAL_TOKENIZER = ASSETS / "tokenizers" / "mistral-7b-v0.1.model"

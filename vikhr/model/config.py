@@ -1,0 +1,128 @@
+"""Mistral-family model shapes and their megatron-core TransformerConfig.
+
+Parameter layout (what HF <-> Megatron conversion maps, per layer `decoder.layers.{i}.`):
+  embedding.word_embeddings.weight              [V_pad/TP, H]        (vocab-parallel rows)
+  self_attention.linear_qkv.weight              [(Q+2KV)·d/TP, H]    (per KV group: q heads, k, v)
+  self_attention.linear_proj.weight             [H, Q·d/TP]          (row-parallel)
+  input_layernorm.weight / pre_mlp_layernorm.weight  [H]             (RMSNorm, replicated)
+  mlp.linear_fc1.weight                         [2·F/TP, H]          (gate rows then up rows, per TP shard)
+  mlp.linear_fc2.weight                         [H, F/TP]
+  decoder.final_layernorm.weight                [H]
+  output_layer.weight                           [V_pad/TP, H]        (untied LM head)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from vikhr.errors import VikhrError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE, untied embeddings)."""
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    sliding_window: int | None = None
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self, tp_size: int = 1) -> None:
+        """Raise VikhrError naming the field when the shape cannot be built at this TP size."""
+        if self.hidden_size % self.num_attention_heads:
+            raise VikhrError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_kv_heads:
+            raise VikhrError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by num_kv_heads "
+                f"{self.num_kv_heads}"
+            )
+        for name, value in (
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("ffn_hidden_size", self.ffn_hidden_size),
+        ):
+            if value % tp_size:
+                raise VikhrError(f"tensor parallel size {tp_size} does not divide {name} = {value}")
+        if self.vocab_size < 1:
+            raise VikhrError(f"vocab_size must be positive, got {self.vocab_size}")
+
+    def with_overrides(self, **kwargs: Any) -> ModelConfig:
+        return replace(self, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # As published in mistralai/Mistral-7B-v0.1's config.json.
+    "mistral-7b-v0.1": ModelConfig(
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=14336,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        vocab_size=32000,
+        max_seq_len=32768,
+        rope_theta=10000.0,
+        sliding_window=4096,
+    ),
+    # v0.2 (the paper's base): RoPE theta 1e6 and no sliding window.
+    "mistral-7b-v0.2": ModelConfig(
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=14336,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        vocab_size=32000,
+        max_seq_len=32768,
+        rope_theta=1_000_000.0,
+        sliding_window=None,
+    ),
+    # Small shapes for tests and the CPU demo.
+    "tiny": ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=176,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        vocab_size=512,
+        max_seq_len=256,
+    ),
+    "small": ModelConfig(
+        num_layers=4,
+        hidden_size=256,
+        ffn_hidden_size=704,
+        num_attention_heads=8,
+        num_kv_heads=4,
+        vocab_size=8000,
+        max_seq_len=512,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset, optionally with fields replaced."""
+    if name not in PRESETS:
+        raise VikhrError(f"unknown model preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    return PRESETS[name].with_overrides(**overrides) if overrides else PRESETS[name]
+
+
+def padded_vocab_size(vocab_size: int, tp_size: int = 1, multiple: int = 128) -> int:
+    """Vocabulary padded to a multiple of `multiple * tp_size`, as Megatron does."""
+    step = multiple * tp_size
+    return ((vocab_size + step - 1) // step) * step

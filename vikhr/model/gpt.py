@@ -1,0 +1,88 @@
+"""Build a Mistral-shaped megatron-core GPTModel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vikhr.model.config import ModelConfig, padded_vocab_size
+
+
+def transformer_config(
+    cfg: ModelConfig,
+    tp_size: int = 1,
+    params_dtype: torch.dtype = torch.float32,
+    use_cpu_initialization: bool | None = None,
+):  # -> megatron.core.transformer.TransformerConfig
+    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off on CPU."""
+    from megatron.core.transformer import TransformerConfig
+
+    cfg.validate(tp_size)
+    on_gpu = torch.cuda.is_available() and use_cpu_initialization is not True
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_kv_heads,
+        kv_channels=cfg.head_dim,
+        tensor_model_parallel_size=tp_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_std,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        # Initialising the full weight on the CPU and slicing it makes TP=1 and TP=K start
+        # from the same weights for the same seed.
+        use_cpu_initialization=True if use_cpu_initialization is None else use_cpu_initialization,
+        perform_initialization=True,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        cross_entropy_loss_fusion=False,
+        sequence_parallel=False,
+        # On CPU there is no fused attention; the local spec's unfused attention is used.
+        attention_softmax_in_fp32=True,
+        deterministic_mode=not on_gpu,
+    )
+
+
+def build_gpt_model(
+    cfg: ModelConfig,
+    tp_size: int = 1,
+    params_dtype: torch.dtype = torch.float32,
+    vocab_multiple: int = 128,
+):  # -> megatron.core.models.gpt.GPTModel
+    """A Mistral-shaped GPTModel (local layer spec) for the current megatron parallel state.
+
+    The vocabulary is padded to a multiple of `vocab_multiple * tp_size`; padded rows exist
+    in the embedding and LM head but never occur as labels.
+    """
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    tcfg = transformer_config(cfg, tp_size, params_dtype)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    model = GPTModel(
+        config=tcfg,
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple),
+        max_sequence_length=cfg.max_seq_len,
+        pre_process=True,
+        post_process=True,
+        parallel_output=True,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.rope_theta),
+    )
+    return model

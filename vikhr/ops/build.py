@@ -1,0 +1,99 @@
+"""Just-in-time, cached build of the C++/CUDA ops in `csrc/`.
+
+The CPU sources always build (a C++17 compiler is all they need). The `.cu` sources are
+added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
+holds both. Builds are cached per torch version, variant and source hash under
+`$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the compile time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from vikhr.errors import VikhrError
+
+
+def csrc_dir() -> Path:
+    """Where the C++/CUDA sources are: next to the package in a checkout or an installed wheel."""
+    here = Path(__file__).resolve().parent.parent.parent
+    candidate = here / "csrc"
+    if not (candidate / "bindings.cpp").exists():
+        raise VikhrError(f"csrc/ sources not found at {candidate}; reinstall vikhr (pip install -e .)")
+    return candidate
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VIKHR_CACHE_DIR", Path.home() / ".cache" / "vikhr"))
+
+
+def cuda_build_possible() -> bool:
+    """True when a CUDA device and a CUDA toolkit with nvcc are both present."""
+    import torch
+    from torch.utils import cpp_extension
+
+    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+
+
+def _sources(with_cuda: bool) -> list[Path]:
+    root = csrc_dir()
+    srcs = sorted(root.glob("*.cpp"))
+    if with_cuda:
+        srcs += sorted(root.glob("*.cu"))
+    return srcs
+
+
+def _source_hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths + sorted(csrc_dir().glob("*.h")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def load_ops(verbose: bool = False) -> ModuleType:
+    """Build (first time) and import the ops extension; returns the Python module."""
+    import torch
+    from torch.utils import cpp_extension
+
+    with_cuda = cuda_build_possible()
+    sources = _sources(with_cuda)
+    variant = "cuda" if with_cuda else "cpu"
+    tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources)}"
+    build_dir = cache_dir() / "ops" / tag
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not any(build_dir.glob("*.so")):
+        print(f"vikhr: compiling csrc ops for {variant} (first use, about a minute)...", file=sys.stderr)
+    cflags = ["-O3", "-std=c++17"]
+    ldflags: list[str] = []
+    if sys.platform.startswith("linux"):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    cuda_cflags = ["-O3", "--use_fast_math", "-std=c++17"]
+    if with_cuda:
+        cflags.append("-DVIKHR_WITH_CUDA")
+        cuda_cflags.append("-DVIKHR_WITH_CUDA")
+    try:
+        return cpp_extension.load(
+            name=f"vikhr_ops_{variant}",
+            sources=[str(s) for s in sources],
+            extra_include_paths=[str(csrc_dir())],
+            extra_cflags=cflags,
+            extra_cuda_cflags=cuda_cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            verbose=verbose,
+        )
+    except (RuntimeError, OSError, ImportError) as e:
+        raise VikhrError(f"building the csrc ops failed in {build_dir}: {e}") from e
+
+
+def compiled_ops() -> dict[str, list[str]]:
+    """Op name -> devices it is compiled for, as reported by the built extension."""
+    return {k: list(v) for k, v in load_ops().compiled_ops().items()}

@@ -1,0 +1,142 @@
+"""CPU compatibility layer for megatron-core, in one place.
+
+megatron-core has no CPU path: it asks `torch.cuda.current_device()` where to put tensors,
+keeps its RNG streams in CUDA generators, and has a few CUDA-only calls on its training path.
+With `use_cpu_initialization=True`, the local layer spec and fused kernels off, everything else
+already works on CPU with gloo; this module supplies the missing pieces:
+
+- `torch.cuda.current_device()` answers `torch.device("cpu")`, so megatron's
+  `device=torch.cuda.current_device()` allocations land on the CPU;
+- the CUDA RNG tracker is replaced by one that keeps CPU generator states (same names, same
+  seeds, same fork semantics), so dropout and initialisation stay reproducible per TP rank;
+- stream/synchronisation calls used on megatron's DDP and optimizer paths become no-ops;
+- the `device="cuda"` literals scattered through megatron (causal masks, optimizer flags,
+  grad-norm buffers) are redirected to the CPU by a torch function mode, rather than by
+  patching each function that has one, so new literals in the same paths are covered too.
+
+It is applied only when CUDA is unavailable (or when forced) and only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_APPLIED = False
+_CPU = torch.device("cpu")
+_MODE: TorchFunctionMode | None = None
+
+
+def is_applied() -> bool:
+    return _APPLIED
+
+
+class _NullStream:
+    """Stands in for torch.cuda.Stream on CPU: work is synchronous there."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def wait_stream(self, other: object) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, event: object = None) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _null_stream_ctx(stream: object = None) -> Iterator[None]:
+    yield
+
+
+def _is_cuda(device: object) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, int) and not isinstance(device, bool)  # a bare index means a CUDA device
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Redirects tensors requested on CUDA (factories, `.to`, `.cuda()`) to the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if "device" in kwargs and _is_cuda(kwargs["device"]):
+            kwargs["device"] = _CPU
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
+            args = (args[0], _CPU, *args[2:])
+        return func(*args, **kwargs)
+
+
+def _make_cpu_rng_tracker_class() -> type:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        """megatron's RNG tracker with CPU generator states instead of CUDA ones."""
+
+        def add(self, name: str, seed: int) -> None:
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            self.seeds_.add(seed)
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+        @contextlib.contextmanager
+        def fork(self, name: str = mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            orig = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(orig)
+
+    return CpuRNGStatesTracker
+
+
+def apply(force: bool = False) -> None:
+    """Patch torch.cuda and megatron-core for CPU execution. No-op when CUDA is available."""
+    global _APPLIED, _MODE
+    if _APPLIED or (torch.cuda.is_available() and not force):
+        return
+
+    torch.cuda.current_device = lambda: _CPU  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    torch.cuda.Stream = _NullStream  # type: ignore[assignment,misc]
+    torch.cuda.current_stream = lambda device=None: _NullStream()  # type: ignore[assignment]
+    torch.cuda.default_stream = lambda device=None: _NullStream()  # type: ignore[assignment]
+    torch.cuda.stream = _null_stream_ctx  # type: ignore[assignment]
+
+    from megatron.core.tensor_parallel import random as mrandom
+
+    tracker_cls = _make_cpu_rng_tracker_class()
+
+    def initialize_rng_tracker(*args: object, force_reset: bool = False, **kwargs: object) -> None:
+        if force_reset or not mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED:
+            mrandom._CUDA_RNG_STATE_TRACKER = tracker_cls()
+            mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+    mrandom.initialize_rng_tracker = initialize_rng_tracker
+    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    # model_parallel_cuda_manual_seed seeds "the CUDA generator" first: on CPU that is a no-op.
+    torch.cuda.manual_seed = lambda seed: None  # type: ignore[assignment]
+    # Entered for the life of the process: CPU mode is a property of the whole run.
+    _MODE = _CudaToCpuMode()
+    _MODE.__enter__()
+    _APPLIED = True
