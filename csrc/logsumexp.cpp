@@ -19,6 +19,7 @@ void logsumexp_rows_kernel(const scalar_t* x, float* out, int64_t rows, int64_t 
       float s = 0.0f;
       for (int64_t c = 0; c < cols; ++c) {
         const float v = static_cast<float>(row[c]);
+        if (v == -std::numeric_limits<float>::infinity()) continue;  // contributes exp(-inf) = 0
         if (v > m) {
           // Rescale the running sum to the new maximum (exp(-inf) == 0 on the first element).
           s = s * std::exp(m - v) + 1.0f;

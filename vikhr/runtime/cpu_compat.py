@@ -28,6 +28,13 @@ from torch.overrides import TorchFunctionMode
 _APPLIED = False
 _CPU = torch.device("cpu")
 _MODE: TorchFunctionMode | None = None
+# (object, attribute name, original value) for every patch, so remove() can undo them.
+_PATCHES: list[tuple[object, str, object]] = []
+
+
+def _patch(obj: object, name: str, value: object) -> None:
+    _PATCHES.append((obj, name, getattr(obj, name)))
+    setattr(obj, name, value)
 
 
 def is_applied() -> bool:
@@ -109,34 +116,77 @@ def _make_cpu_rng_tracker_class() -> type:
     return CpuRNGStatesTracker
 
 
+def _patch_clip_grads() -> None:
+    """megatron's clip_grad_by_total_norm_fp32 asserts grads are `torch.cuda.FloatTensor`.
+
+    Added for the trainer (vikhr.train): the same scaling (grads × max_norm / (norm + 1e-6) when
+    that is below 1), without the device assertion.
+    """
+    import importlib
+
+    # By module path: the package megatron.core.optimizer rebinds the name `optimizer`.
+    moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
+
+    def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):  # type: ignore[no-untyped-def]
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        attr = "decoupled_grad" if use_decoupled_grad else "grad"
+        grads = [getattr(p, attr, None) for p in parameters]
+        grads = [g.detach() for g in grads if g is not None]
+        clip_coeff = max_norm / (total_norm + 1.0e-6)
+        if clip_coeff < 1.0:
+            torch._foreach_mul_(grads, clip_coeff)
+
+    _patch(moptimizer, "clip_grad_by_total_norm_fp32", clip_grad_by_total_norm_fp32)
+
+
 def apply(force: bool = False) -> None:
     """Patch torch.cuda and megatron-core for CPU execution. No-op when CUDA is available."""
     global _APPLIED, _MODE
     if _APPLIED or (torch.cuda.is_available() and not force):
         return
 
-    torch.cuda.current_device = lambda: _CPU  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
-    torch.cuda.Stream = _NullStream  # type: ignore[assignment,misc]
-    torch.cuda.current_stream = lambda device=None: _NullStream()  # type: ignore[assignment]
-    torch.cuda.default_stream = lambda device=None: _NullStream()  # type: ignore[assignment]
-    torch.cuda.stream = _null_stream_ctx  # type: ignore[assignment]
+    _patch(torch.cuda, "current_device", lambda: _CPU)
+    _patch(torch.cuda, "synchronize", lambda device=None: None)
+    _patch(torch.cuda, "Stream", _NullStream)
+    _patch(torch.cuda, "current_stream", lambda device=None: _NullStream())
+    _patch(torch.cuda, "default_stream", lambda device=None: _NullStream())
+    _patch(torch.cuda, "stream", _null_stream_ctx)
+    # model_parallel_cuda_manual_seed seeds "the CUDA generator" first: on CPU that is a no-op.
+    _patch(torch.cuda, "manual_seed", lambda seed: None)
 
     from megatron.core.tensor_parallel import random as mrandom
 
     tracker_cls = _make_cpu_rng_tracker_class()
 
     def initialize_rng_tracker(*args: object, force_reset: bool = False, **kwargs: object) -> None:
-        if force_reset or not mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED:
+        if force_reset or not isinstance(mrandom._CUDA_RNG_STATE_TRACKER, tracker_cls):
             mrandom._CUDA_RNG_STATE_TRACKER = tracker_cls()
             mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
-    mrandom.initialize_rng_tracker = initialize_rng_tracker
-    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
-    mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-    # model_parallel_cuda_manual_seed seeds "the CUDA generator" first: on CPU that is a no-op.
-    torch.cuda.manual_seed = lambda seed: None  # type: ignore[assignment]
-    # Entered for the life of the process: CPU mode is a property of the whole run.
+    _patch(mrandom, "initialize_rng_tracker", initialize_rng_tracker)
+    _patch(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
+    _patch(mrandom, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
+    _patch_clip_grads()
+    # Entered for the life of the run (until remove()): CPU mode is a property of the whole process.
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()
     _APPLIED = True
+
+
+def remove() -> None:
+    """Undo apply(): restore every patched attribute and leave the device mode (for tests)."""
+    global _APPLIED, _MODE
+    if not _APPLIED:
+        return
+    if _MODE is not None:
+        _MODE.__exit__(None, None, None)
+        _MODE = None
+    while _PATCHES:
+        obj, name, value = _PATCHES.pop()
+        setattr(obj, name, value)
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._CUDA_RNG_STATE_TRACKER = None
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = False
+    _APPLIED = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import warnings
 
 from vikhr.errors import VikhrError
 
@@ -25,7 +26,13 @@ def megatron_version_problem() -> str | None:
 
 
 def require_megatron() -> None:
-    """Raise VikhrError unless the pinned megatron-core version is installed."""
+    """Raise VikhrError unless the pinned megatron-core version is installed; quiet its import noise.
+
+    megatron-core warns at import about every absent optional accelerator (Apex, Transformer
+    Engine) and about deprecations inside itself; `vikhr doctor` reports what is present instead.
+    """
     problem = megatron_version_problem()
     if problem:
         raise VikhrError(problem)
+    for category in (UserWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"megatron\.")

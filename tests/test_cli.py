@@ -1,0 +1,59 @@
+"""The `vikhr` command line: help, one-line errors, doctor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from vikhr.cli import COMMAND_MODULES, build_parser
+
+
+def run_vikhr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vikhr", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_command() -> None:
+    proc = run_vikhr("--help")
+    assert proc.returncode == 0
+    sub = build_parser()._subparsers._group_actions[0]  # the COMMAND sub-parsers
+    assert len(sub.choices) >= len(COMMAND_MODULES)
+    for name in sub.choices:
+        assert name in proc.stdout
+
+
+def test_unknown_command_is_one_line_and_nonzero() -> None:
+    proc = run_vikhr("frobnicate")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "frobnicate" in lines[0] and "vikhr --help" in lines[0]
+
+
+def test_missing_file_is_one_line_and_nonzero(tmp_path) -> None:
+    missing = tmp_path / "nope.jsonl.gz"
+    proc = run_vikhr("demo", "--corpus", str(missing), "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(missing) in lines[0] and "not found" in lines[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_doctor_reports_versions_devices_and_native_parts() -> None:
+    proc = run_vikhr("doctor")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for key in (
+        "torch",
+        "megatron-core",
+        "transformers",
+        "sentencepiece",
+        "tokenizers",
+        "CUDA available",
+        "GPU",
+        "Transformer Engine",
+        "flash-attn",
+    ):
+        assert key in out, key
+    assert "vikhr._core (Rust)" in out and "loads" in out
+    assert "csrc op logsumexp_rows" in out and "compiled for cpu" in out

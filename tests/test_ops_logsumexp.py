@@ -1,0 +1,41 @@
+"""logsumexp_rows (csrc/) against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vikhr.ops import logsumexp_rows, logsumexp_rows_reference
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5), (torch.float16, 1e-5)])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (17, 1000), (3, 32001)])
+def test_matches_reference(device: str, dtype: torch.dtype, tol: float, shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(*shape) * 5).to(device=device, dtype=dtype)
+    got = logsumexp_rows(x)
+    want = logsumexp_rows_reference(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_extreme_and_infinite_values(device: str) -> None:
+    x = torch.tensor(
+        [[1e4, -1e4, 0.0], [float("-inf"), 2.0, float("-inf")], [float("-inf")] * 3, [-1e4, -1e4, -1e4]],
+        device=device,
+    )
+    got = logsumexp_rows(x).cpu()
+    want = logsumexp_rows_reference(x.cpu())
+    torch.testing.assert_close(got, want)
+    assert got[2] == float("-inf")
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        logsumexp_rows(torch.zeros(3))
+    with pytest.raises(TypeError, match="floating"):
+        logsumexp_rows(torch.zeros(2, 2, dtype=torch.int64))
