@@ -1,0 +1,286 @@
+"""Vocabulary adaptation of tiny random HF Mistral/Llama checkpoints (sharded/unsharded, tied/untied)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vikhr.adapt import adapt_vocab, load_vocabulary, plan_rows
+from vikhr.adapt.vocab import EMBED, INIT_LOG, LM_HEAD, SUMMARY
+from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
+from vikhr.tokenizer.hf_export import write_hf_tokenizer
+from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+OLD_VOCAB = 32000
+NEW_VOCAB = 2500
+
+
+@pytest.fixture(scope="module")
+def new_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Russian+English tokenizer: about half of its pieces exist in Mistral's vocabulary."""
+    out = tmp_path_factory.mktemp("tok") / "new"
+    train_tokenizer(
+        [RU_SAMPLE, EN_SAMPLE], out, TrainSettings(vocab_size=NEW_VOCAB, max_chars_per_file=300_000)
+    )
+    return out / "tokenizer.model"
+
+
+def make_checkpoint(
+    path: Path, arch: str = "mistral", tied: bool = False, shard: bool = False, seed: int = 0
+) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    cls_cfg, cls_model = (
+        (MistralConfig, MistralForCausalLM) if arch == "mistral" else (LlamaConfig, LlamaForCausalLM)
+    )
+    cfg = cls_cfg(
+        vocab_size=OLD_VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = cls_model(cfg).eval()
+    model.save_pretrained(path, safe_serialization=True, max_shard_size="800KB" if shard else "1GB")
+    assert (path / "model.safetensors.index.json").is_file() == shard
+    return model
+
+
+def tensors_of(model_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                out[k] = st.get_tensor(k)
+    return out
+
+
+CASES = [
+    ("mistral", False, True),
+    ("mistral", True, False),
+    ("llama", False, False),
+    ("llama", True, True),
+]
+
+
+@pytest.mark.parametrize("arch, tied, shard", CASES)
+def test_copied_rows_bit_identical_and_averaged_rows_are_means(
+    tmp_path: Path, new_tok: Path, arch: str, tied: bool, shard: bool
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src, arch, tied, shard)
+    summary = adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, show_progress=False)
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    old_sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    new_sp = spm.SentencePieceProcessor(model_file=str(new_tok))
+    names = [EMBED] if tied else [EMBED, LM_HEAD]
+    assert sorted(summary["adapted_tensors"]) == sorted(names)
+    assert (LM_HEAD in new_t) == (LM_HEAD in old_t)
+    copied = averaged = 0
+    for new_id in range(new_sp.get_piece_size()):
+        piece = new_sp.id_to_piece(new_id)
+        old_id = old_sp.piece_to_id(piece)
+        known = old_sp.id_to_piece(old_id) == piece
+        for name in names:
+            new_row, old = new_t[name][new_id], old_t[name]
+            if known:
+                assert torch.equal(new_row.view(torch.int32), old[old_id].view(torch.int32)), piece
+            elif piece.startswith("▁") and "▁" not in piece[1:]:
+                # Independent route to the old pieces: a word-initial piece is the word after a space.
+                ids = old_sp.encode(piece[1:])
+                torch.testing.assert_close(new_row, old[ids].mean(0), rtol=1e-6, atol=1e-8)
+        copied += known
+        averaged += not known and piece.startswith("▁") and "▁" not in piece[1:]
+    assert copied > 1000 and averaged > 40  # the checks above really ran on both kinds
+    assert summary["counts"]["copied"] == copied
+
+
+def test_word_internal_pieces_use_old_pieces_without_dummy_prefix(tmp_path: Path, new_tok: Path) -> None:
+    old = load_vocabulary(MISTRAL_TOKENIZER)
+    new = load_vocabulary(new_tok)
+    plan = plan_rows(old, new)
+    by_token = {s.token: s for s in plan}
+    internal = [s for s in plan if s.method == "averaged" and not s.token.startswith("▁")]
+    assert internal
+    for step in internal:
+        # The old pieces spell the new piece exactly (no added "▁" in front).
+        assert "".join(old.pieces[i] for i in step.old_ids) == step.token
+    assert by_token["<0x0A>"].method == "copied" and by_token["<s>"].old_ids == (1,)
+
+
+def test_shared_token_text_gives_identical_logits(tmp_path: Path, new_tok: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    old_model = make_checkpoint(src, "mistral", tied=False, shard=True)
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, show_progress=False)
+    from transformers import AutoModelForCausalLM
+
+    new_model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    old_sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    new_sp = spm.SentencePieceProcessor(model_file=str(new_tok))
+    shared_new = [i for i in range(new_sp.get_piece_size()) if old_sp.piece_to_id(new_sp.id_to_piece(i)) != 0]
+    shared_old = [old_sp.piece_to_id(new_sp.id_to_piece(i)) for i in shared_new]
+    sentence = "The old man and the sea, he said. Он сказал, что старый дом стоит там, где река."
+    shared = set(shared_new)
+    words = [w for w in sentence.split() if all(i in shared for i in new_sp.encode(w))]
+    assert len(words) >= 8
+    new_ids = new_sp.encode(" ".join(words))
+    assert all(i in set(shared_new) for i in new_ids)  # the text is made only of shared tokens
+    old_ids = [old_sp.piece_to_id(new_sp.id_to_piece(i)) for i in new_ids]
+    with torch.no_grad():
+        a = old_model(torch.tensor([[1, *old_ids]]), output_hidden_states=True)
+        b = new_model(torch.tensor([[1, *new_ids]]), output_hidden_states=True)
+    assert torch.equal(a.hidden_states[-1], b.hidden_states[-1])
+    torch.testing.assert_close(b.logits[..., shared_new], a.logits[..., shared_old], rtol=0, atol=1e-6)
+
+
+def test_output_loads_offline_and_generates(
+    tmp_path: Path, new_tok: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src, "llama", tied=True, shard=False)
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, pad_to_multiple=64, show_progress=False)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert model.config.vocab_size == 2560 and model.get_input_embeddings().weight.shape[0] == 2560
+    text = "Привет, мир!"
+    enc = tok(text, return_tensors="pt")
+    assert enc["input_ids"][0].tolist() == [
+        1,
+        *spm.SentencePieceProcessor(model_file=str(new_tok)).encode(text),
+    ]
+    gen = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert gen.shape == (1, enc["input_ids"].shape[1] + 4)
+    assert (out / "tokenizer.model").read_bytes() == new_tok.read_bytes()
+
+
+def test_other_tensors_copied_through_and_index_rewritten(tmp_path: Path, new_tok: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src, "mistral", tied=False, shard=True)
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, show_progress=False)
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    assert old_t.keys() == new_t.keys()
+    for name in old_t.keys() - {EMBED, LM_HEAD}:
+        assert torch.equal(old_t[name], new_t[name]), name
+    old_index = json.loads((src / "model.safetensors.index.json").read_text())
+    new_index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert new_index["weight_map"] == old_index["weight_map"]
+    sizes = sum(t.numel() * t.element_size() for t in new_t.values())
+    assert new_index["metadata"]["total_size"] == sizes
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
+        p.name for p in src.glob("*.safetensors")
+    )
+
+
+def test_init_log_summary_padding_and_random_init(tmp_path: Path, new_tok: Path) -> None:
+    src = tmp_path / "src"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+    s = adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "m", pad_to_multiple=128, show_progress=False)
+    log = json.loads((tmp_path / "m" / INIT_LOG).read_text(encoding="utf-8"))
+    assert len(log) == s["padded_vocab_size"] == 2560 and s["counts"]["padding"] == 60
+    assert sum(s["counts"].values()) == 2560
+    assert json.loads((tmp_path / "m" / SUMMARY).read_text()) == s
+    old_t, new_t = tensors_of(src), tensors_of(tmp_path / "m")
+    torch.testing.assert_close(new_t[EMBED][2550], old_t[EMBED].mean(0))
+    entry = next(e for e in log if e["method"] == "averaged")
+    assert entry["source_pieces"] and "".join(entry["source_pieces"]).replace("▁", "") in entry[
+        "token"
+    ].replace("▁", "")
+
+    r1 = adapt_vocab(
+        src, MISTRAL_TOKENIZER, new_tok, tmp_path / "r1", init="random", seed=3, show_progress=False
+    )
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "r2", init="random", seed=3, show_progress=False)
+    a, b = tensors_of(tmp_path / "r1"), tensors_of(tmp_path / "r2")
+    assert torch.equal(a[EMBED], b[EMBED]) and torch.equal(a[LM_HEAD], b[LM_HEAD])
+    assert r1["counts"]["random"] == s["counts"]["averaged"] + s["counts"]["byte-fallback"]
+    rand_ids = [
+        e["id"] for e in json.loads((tmp_path / "r1" / INIT_LOG).read_text()) if e["method"] == "random"
+    ]
+    assert not torch.allclose(a[EMBED][rand_ids], new_t[EMBED][rand_ids])
+
+
+def test_old_tokenizer_json_gives_same_plan_as_model(tmp_path: Path, new_tok: Path) -> None:
+    write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path)
+    from_model = plan_rows(load_vocabulary(MISTRAL_TOKENIZER), load_vocabulary(new_tok))
+    from_json = plan_rows(load_vocabulary(tmp_path / "tokenizer.json"), load_vocabulary(new_tok))
+    assert [(s.method, s.old_ids) for s in from_json] == [(s.method, s.old_ids) for s in from_model]
+
+
+def _assert_nothing_written(parent: Path, out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+
+
+def test_clear_errors_and_no_half_written_output(
+    tmp_path: Path, new_tok: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+
+    # Old tokenizer that does not match the model's 32000 rows.
+    with pytest.raises(VikhrError, match="has 2500 tokens but the model's embedding has 32000 rows"):
+        adapt_vocab(src, new_tok, new_tok, out)
+    _assert_nothing_written(tmp_path, out)
+
+    # Output exists (the CLI prints one line and exits 2).
+    out.mkdir()
+    argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(MISTRAL_TOKENIZER)]
+    argv += ["--new-tokenizer", str(new_tok), "--out", str(out)]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert cli_main([*argv, "--overwrite"]) == 0 and (out / "config.json").is_file()
+
+    # A missing tensor: drop lm_head from an untied checkpoint.
+    broken = tmp_path / "broken"
+    make_checkpoint(broken, "mistral", tied=False, shard=False)
+    t = tensors_of(broken)
+    del t[LM_HEAD]
+    save_file(t, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(VikhrError, match=r"lm_head\.weight not found"):
+        adapt_vocab(broken, MISTRAL_TOKENIZER, new_tok, tmp_path / "o2")
+    _assert_nothing_written(tmp_path, tmp_path / "o2")
+
+    # A missing shard listed in the index.
+    sharded = tmp_path / "sharded"
+    make_checkpoint(sharded, "mistral", tied=False, shard=True)
+    next(sharded.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(VikhrError, match=r"listed in the index .* is missing"):
+        adapt_vocab(sharded, MISTRAL_TOKENIZER, new_tok, tmp_path / "o3")
+    _assert_nothing_written(tmp_path, tmp_path / "o3")
+
+
+def test_old_tokenizer_that_cannot_encode_a_piece(tmp_path: Path, new_tok: Path) -> None:
+    """An English-only old tokenizer without byte fallback maps Cyrillic to <unk>: a clear error."""
+    import sentencepiece as spm_mod
+
+    lines = tmp_path / "en.txt"
+    lines.write_text("\n".join(f"the cat number {i} sat on the mat" for i in range(300)), encoding="utf-8")
+    spm_mod.SentencePieceTrainer.train(
+        input=str(lines), model_prefix=str(tmp_path / "en"), model_type="bpe", vocab_size=60,
+        byte_fallback=False, minloglevel=2, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+    )  # fmt: skip
+    old = load_vocabulary(tmp_path / "en.model")
+    with pytest.raises(VikhrError, match=r"cannot encode new piece .* <unk>"):
+        plan_rows(old, load_vocabulary(new_tok))
+    assert all(
+        s.method in ("copied", "random") for s in plan_rows(old, load_vocabulary(new_tok), init="random")
+    )

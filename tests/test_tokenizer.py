@@ -1,0 +1,282 @@
+"""Tokenizer training (replace/extend), HF export equivalence, manifest, compare report and CLI."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
+from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.cli import main as cli_main
+from vikhr.tokenizer.compare import TABLE1_SENTENCE, compare, load_tokenizer
+from vikhr.tokenizer.corpus import is_heldout, iter_documents, iter_lines, write_training_text
+from vikhr.tokenizer.hf_export import build_hf_tokenizer, compare_encodings
+from vikhr.tokenizer.train import CYRILLIC, TrainSettings, train_tokenizer
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "vikhr" / "assets" / "tokenizers"
+RU40K_MODEL = ASSET_DIR / "vikhr-ru-40k.model"
+RU40K_JSON = ASSET_DIR / "vikhr-ru-40k.tokenizer.json"
+MISTRAL_TABLE1 = ["▁Ма", "шин", "ное", "▁об", "у", "чение", "▁из", "мен", "я", "ет", "▁ми", "р"]
+SMALL = {"max_chars_per_file": 300_000, "num_threads": 2}
+
+
+@pytest.fixture(scope="module")
+def replace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "replace"
+    train_tokenizer([RU_SAMPLE, EN_SAMPLE], out, TrainSettings(vocab_size=1500, **SMALL))
+    return out
+
+
+@pytest.fixture(scope="module")
+def extend_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "extend"
+    settings = TrainSettings(mode="extend", vocab_size=32400, base_model=str(MISTRAL_TOKENIZER), **SMALL)
+    train_tokenizer([RU_SAMPLE], out, settings)
+    return out
+
+
+def heldout_lines(shared: Path | None, per_file: int = 400) -> list[str]:
+    """Held-out lines of the bundled samples and, when present, of every real corpus file."""
+    files = [RU_SAMPLE, EN_SAMPLE]
+    if shared is not None:
+        files += sorted((shared / "corpus").glob("*/*.jsonl.gz"))
+    lines: list[str] = []
+    for f in files:
+        lines += list(iter_lines(f, split="heldout"))[:per_file]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def optional_shared() -> Path | None:
+    from tests.conftest import SHARED_DATA
+
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+def test_mistral_splits_table1_sentence_exactly() -> None:
+    assert load_tokenizer(str(MISTRAL_TOKENIZER)).pieces(TABLE1_SENTENCE) == MISTRAL_TABLE1
+    hf = build_hf_tokenizer(MISTRAL_TOKENIZER)
+    assert hf.encode(TABLE1_SENTENCE, add_special_tokens=False).tokens == MISTRAL_TABLE1
+
+
+def _ru40k_table1_pieces() -> list[str]:
+    sp = spm.SentencePieceProcessor(model_file=str(RU40K_MODEL))
+    assert sp.get_piece_size() == 40000
+    pieces = sp.encode(TABLE1_SENTENCE, out_type=str)
+    assert "".join(pieces).replace("▁", " ").strip() == TABLE1_SENTENCE
+    return pieces
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped tokenizer is trained only on public-domain/CC0 literature, where 'обучение' occurs "
+    "4 times; it needs 7 pieces (▁Маши нное ▁обу чение ▁изменя ет ▁мир). See docs/bench-tokenizer.md.",
+)
+def test_shipped_ru40k_tokenizer_needs_at_most_6_pieces_for_table1_sentence() -> None:
+    assert len(_ru40k_table1_pieces()) <= 6
+
+
+def test_shipped_ru40k_tokenizer_beats_mistral_on_table1_sentence() -> None:
+    pieces = _ru40k_table1_pieces()
+    mistral = load_tokenizer(str(MISTRAL_TOKENIZER)).pieces(TABLE1_SENTENCE)
+    assert len(pieces) <= 7 < len(mistral)
+    assert "▁мир" in pieces  # whole common words are single pieces
+
+
+def test_shipped_ru40k_tokenizer_json_matches_model(optional_shared: Path | None) -> None:
+    lines = heldout_lines(optional_shared)
+    assert len(lines) > 500
+    assert compare_encodings(RU40K_MODEL, Tokenizer.from_file(str(RU40K_JSON)), lines) == []
+
+
+def test_mistral_export_matches_reference_vectors(shared_data: Path) -> None:
+    """The exporter reproduces the llama.cpp/sentencepiece test vectors (whitespace runs, emoji, CJK)."""
+    tests = shared_data / "tokenizers" / "tests"
+    texts = (tests / "vocab-test.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    for name in ("mistral-7b-v0.1", "llama-2"):
+        expected = [
+            [int(x) for x in line.split()] for line in (tests / f"{name}.out").read_text().split("\n")
+        ]
+        hf = build_hf_tokenizer(shared_data / "tokenizers" / f"{name}.model")
+        hf.encode_special_tokens = True
+        got = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        assert got == expected[: len(texts)]
+
+
+@pytest.mark.parametrize("mode", ["replace", "extend"])
+def test_tokenizer_json_ids_equal_model_ids_on_heldout(
+    mode: str, replace_dir: Path, extend_dir: Path, optional_shared: Path | None
+) -> None:
+    out = replace_dir if mode == "replace" else extend_dir
+    lines = heldout_lines(optional_shared)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert compare_encodings(out / "tokenizer.model", tok, lines) == []
+    # Through transformers as well (what training code uses): BOS prepended, same ids after it.
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(out))
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    sample = [ln for ln in lines if "<" not in ln][:200]
+    assert [hf(t)["input_ids"] for t in sample] == [[1, *ids] for ids in sp.encode(sample)]
+    assert hf.decode(hf("Привет, мир!")["input_ids"], skip_special_tokens=True) == "Привет, мир!"
+
+
+def test_specials_and_byte_fallback_are_mistral_compatible(replace_dir: Path) -> None:
+    sp = spm.SentencePieceProcessor(model_file=str(replace_dir / "tokenizer.model"))
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    assert [sp.id_to_piece(3 + b) for b in (0, 10, 255)] == ["<0x00>", "<0x0A>", "<0xFF>"]
+    assert all(sp.is_byte(3 + b) for b in range(256))
+    # A character never seen in training falls back to its UTF-8 bytes, not <unk>.
+    assert sp.encode("\u4e2d", out_type=str) == ["▁", "<0xE4>", "<0xB8>", "<0xAD>"]
+
+
+def test_manifest_records_corpora_settings_and_files(replace_dir: Path) -> None:
+    m = json.loads((replace_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert m["mode"] == "replace" and m["vocab_size"] == 1500
+    assert m["pad_to_multiple"] == 128 and m["padded_vocab_size"] == 1536
+    assert [c["sha256"] for c in m["corpora"]] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (RU_SAMPLE, EN_SAMPLE)
+    ]
+    assert all(0 < c["chars"] <= 300_000 * 1.05 for c in m["corpora"])
+    assert m["settings"]["vocab_size"] == 1500 and m["settings"]["heldout_percent"] == 5.0
+    for name, digest in m["files"].items():
+        assert hashlib.sha256((replace_dir / name).read_bytes()).hexdigest() == digest
+    assert m["hf_check"]["mismatches"] == 0 and m["hf_check"]["heldout_lines_checked"] > 0
+
+
+def test_extend_keeps_base_ids_and_english_encoding(extend_dir: Path, optional_shared: Path | None) -> None:
+    base = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    ext = spm.SentencePieceProcessor(model_file=str(extend_dir / "tokenizer.model"))
+    assert ext.get_piece_size() == 32400
+    assert [ext.id_to_piece(i) for i in range(32000)] == [base.id_to_piece(i) for i in range(32000)]
+    new_pieces = [ext.id_to_piece(i) for i in range(32000, 32400)]
+    assert all(CYRILLIC.search(p) for p in new_pieces)
+    lines = heldout_lines(optional_shared)
+    latin = [ln for ln in lines if not CYRILLIC.search(ln)]
+    assert len(latin) > 100
+    assert ext.encode(latin) == base.encode(latin)
+    russian = [ln for ln in lines if CYRILLIC.search(ln)]
+    assert sum(map(len, ext.encode(russian))) < 0.95 * sum(map(len, base.encode(russian)))
+
+
+def test_training_is_deterministic_and_thread_independent(tmp_path: Path) -> None:
+    kw = {"vocab_size": 800, "max_chars_per_file": 150_000}
+    train_tokenizer([RU_SAMPLE], tmp_path / "a", TrainSettings(num_threads=1, **kw))
+    train_tokenizer([RU_SAMPLE], tmp_path / "b", TrainSettings(num_threads=2, **kw))
+    for name in ("tokenizer.model", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def _write_jsonl(path: Path, docs: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_heldout_documents_never_reach_training_text(tmp_path: Path) -> None:
+    docs = [{"id": f"doc{i}", "text": f"уникальная строка номер {i}\nвторая строка {i}"} for i in range(400)]
+    corpus = _write_jsonl(tmp_path / "c.jsonl.gz", docs)
+    held = {d["id"] for d in docs if is_heldout(d["id"])}
+    assert 5 <= len(held) <= 45  # about 5 % of 400
+    train_ids = {d.doc_id for d in iter_documents(corpus, split="train")}
+    assert train_ids.isdisjoint(held) and train_ids | held == {d["id"] for d in docs}
+    out = tmp_path / "train.txt"
+    write_training_text([corpus], out, "text", None, 5.0)
+    written = set(out.read_text(encoding="utf-8").splitlines())
+    for d in docs:
+        assert (d["text"].split("\n")[0] in written) == (d["id"] not in held)
+
+
+def test_sampling_budget_is_respected_and_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    stats = write_training_text([RU_SAMPLE], a, "text", 200_000, 5.0)
+    write_training_text([RU_SAMPLE], b, "text", 200_000, 5.0)
+    assert a.read_bytes() == b.read_bytes()
+    chars = stats[str(RU_SAMPLE)]["chars"]
+    assert 150_000 < chars < 250_000
+
+
+def test_compare_report_numbers_match_hand_count(tmp_path: Path, replace_dir: Path) -> None:
+    lines = ["Машинное обучение изменяет мир.", "Мама мыла раму, а папа читал газету.", "The cat sat."]
+    texts = _write_jsonl(tmp_path / "tiny.jsonl.gz", [{"id": "x", "text": "\n\n".join(lines)}])
+    out = tmp_path / "report"
+    results = compare(
+        [f"mistral={MISTRAL_TOKENIZER}", f"ours={replace_dir / 'tokenizer.json'}"],
+        [f"tiny={texts}", str(EN_SAMPLE)],
+        out,
+        split="all",
+        max_chars=50_000,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    words = [w for ln in lines for w in ln.split()]
+    tokens = sum(len(sp.encode(ln)) for ln in lines)
+    three = sum(len(sp.encode(w)) >= 3 for w in words)
+    r = next(r for r in results if r.tokenizer == "mistral" and r.text_set == "tiny")
+    assert (r.chars, r.tokens, r.words, r.words_3plus) == (sum(map(len, lines)), tokens, len(words), three)
+    rows = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
+    assert len(rows) == 4
+    row = next(x for x in rows if x["tokenizer"] == "mistral" and x["text_set"] == "tiny")
+    assert float(row["chars_per_token"]) == pytest.approx(r.chars / tokens, abs=1e-4)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert " ".join(f"`{p}`" for p in MISTRAL_TABLE1) in md
+    assert (out / "chars_per_token.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_cli_train_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--corpus", f"{RU_SAMPLE}@100k", "--vocab-size", "600", "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["corpora"][0]["max_chars"] == 100_000
+    code, err = _cli(argv, capsys)
+    assert code == 2 and "exists" in err and len(err.splitlines()) == 1
+    report = tmp_path / "rep"
+    assert (
+        cli_main(
+            ["tokenizer", "compare", "--tokenizer", str(out), "--texts", str(RU_SAMPLE), "--out", str(report)]
+        )
+        == 0
+    )
+    assert (report / "report.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mode", "extend"], "needs --base-model"),
+        (["--mode", "extend", "--base-model", str(MISTRAL_TOKENIZER)], "must exceed the base vocabulary"),
+        (["--vocab-size", "100"], "too small"),
+    ],
+)
+def test_cli_train_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    base = ["tokenizer", "train", "--corpus", str(RU_SAMPLE), "--out", str(tmp_path / "o")]
+    if "--vocab-size" not in extra:
+        base += ["--vocab-size", "1000"]
+    code, err = _cli(base + extra, capsys)
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_corpus_line_is_reported_with_location(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "body": "no text"}\n', encoding="utf-8")
+    code, err = _cli(["tokenizer", "train", "--corpus", str(bad), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and re.search(r"bad\.jsonl:2: no string field 'text'", err)
+    assert list(tmp_path.iterdir()) == [bad]  # nothing half-written next to the output

@@ -1,0 +1,136 @@
+"""Benchmark: train the 40k Russian tokenizers and measure them against Mistral-7B v0.1 and Llama 2.
+
+Trains (on the training split only; measurement is on the held-out split, 5 % of documents by id hash):
+  ru40k-replace           replace mode, 40k, RusLit + RusDraCor (all) + English novels (6M chars),
+                          split_by_unicode_script=false  ← shipped as vikhr/assets/tokenizers/vikhr-ru-40k.*
+  ru40k-replace-mistral   the same with Mistral's split_by_unicode_script=true
+  extend-40k/48k/56k      Mistral v0.1 + Cyrillic pieces learned on RusLit + RusDraCor
+
+Then prints chars/token, tokens/word and the share of words in ≥3 pieces per held-out text set, checks
+the issue's targets, times encoding (.model vs tokenizer.json, median of 3), and writes the report
+(Markdown, CSV, PNG) to --out. `--ship` copies ru40k-replace into vikhr/assets/tokenizers.
+
+    .venv/bin/python tools/bench_tokenizer.py --out /tmp/bench-tokenizer [--ship]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from vikhr.tokenizer.compare import compare, load_text_set, load_tokenizer
+from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path("../shared/data")  # relative, so the manifest does not record this machine's layout
+CORPUS = DATA / "corpus"
+MISTRAL = DATA / "tokenizers" / "mistral-7b-v0.1.model"
+LLAMA = DATA / "tokenizers" / "llama-2.model"
+RU_PD = [f"{CORPUS}/ru/ruslit.jsonl.gz@100M", f"{CORPUS}/ru/rusdracor.jsonl.gz@100M"]
+EN_6M = f"{CORPUS}/en/english-novels.jsonl.gz@6M"
+TEXT_SETS = [
+    *(str(p) for p in sorted((CORPUS / "ru").glob("*.jsonl.gz"))),
+    str(CORPUS / "en" / "english-novels.jsonl.gz"),
+]
+ASSET = ROOT / "vikhr" / "assets" / "tokenizers" / "vikhr-ru-40k"
+
+
+def train_all(work: Path) -> dict[str, Path]:
+    jobs = {
+        "ru40k-replace": ([*RU_PD, EN_6M], TrainSettings(vocab_size=40000, split_by_script=False)),
+        "ru40k-replace-mistral": ([*RU_PD, EN_6M], TrainSettings(vocab_size=40000, split_by_script=True)),
+    }
+    for size in (40000, 48000, 56000):
+        jobs[f"extend-{size // 1000}k"] = (
+            RU_PD,
+            TrainSettings(mode="extend", vocab_size=size, base_model=str(MISTRAL), split_by_script=False),
+        )
+    out = {}
+    for name, (corpora, settings) in jobs.items():
+        t0 = time.perf_counter()
+        train_tokenizer(corpora, work / name, settings, overwrite=True)
+        print(f"trained {name:24s} in {time.perf_counter() - t0:6.1f} s")
+        out[name] = work / name
+    return out
+
+
+def encode_timing(text_spec: str) -> list[tuple[str, float, float]]:
+    """Median-of-3 encode time of one held-out text set: SentencePiece .model vs tokenizer.json."""
+    texts = load_text_set(text_spec, "text", "heldout", 5.0, 1_000_000)
+    rows = []
+    for name, path in (("mistral", MISTRAL), ("vikhr-ru-40k", ASSET.with_suffix(".model"))):
+        json_path = ASSET.parent / f"{path.stem}.tokenizer.json"
+        if name == "mistral":
+            from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+            write_hf_tokenizer(MISTRAL, Path("/tmp/bench-tok-mistral-json"))
+            json_path = Path("/tmp/bench-tok-mistral-json/tokenizer.json")
+        timings = []
+        for spec in (str(path), str(json_path)):
+            tok = load_tokenizer(spec)
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                tok.encode_batch(texts.lines)
+                runs.append(time.perf_counter() - t0)
+            timings.append(statistics.median(runs))
+        rows.append((name, *timings))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-tokenizer"))
+    ap.add_argument("--reuse", action="store_true", help="reuse tokenizers already trained in --out")
+    ap.add_argument("--ship", action="store_true", help="copy ru40k-replace to vikhr/assets/tokenizers")
+    args = ap.parse_args()
+    work = args.out / "tokenizers"
+    if args.reuse:
+        trained = {p.name: p for p in sorted(work.iterdir())}
+    else:
+        trained = train_all(work)
+    if args.ship:
+        src = trained["ru40k-replace"]
+        shutil.copy2(src / "tokenizer.model", ASSET.with_suffix(".model"))
+        shutil.copy2(src / "tokenizer.json", ASSET.parent / f"{ASSET.name}.tokenizer.json")
+        shutil.copy2(src / "manifest.json", ASSET.parent / f"{ASSET.name}.manifest.json")
+        print(f"shipped {src} → {ASSET}.*")
+    specs = [f"mistral-7b-v0.1={MISTRAL}", f"llama-2={LLAMA}", *(f"{n}={p}" for n, p in trained.items())]
+    results = compare(specs, TEXT_SETS, args.out / "report", split="heldout", max_chars=1_000_000)
+    print((args.out / "report" / "report.md").read_text(encoding="utf-8"))
+
+    cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
+    ru_sets = [s for s in dict.fromkeys(r.text_set for r in results) if s != "english-novels"]
+
+    def ru_all(tok: str) -> float:
+        rs = [r for r in results if r.tokenizer == tok and r.text_set in ru_sets]
+        return sum(r.chars for r in rs) / sum(r.tokens for r in rs)
+
+    print("\n| tokenizer | RU literature (ruslit) | RU all held-out sets | EN novels | vs Mistral RU-all |")
+    print("|---|---:|---:|---:|---:|")
+    base = ru_all("mistral-7b-v0.1")
+    for tok in dict.fromkeys(r.tokenizer for r in results):
+        print(
+            f"| {tok} | {cpt[(tok, 'ruslit')]:.3f} | {ru_all(tok):.3f} | {cpt[(tok, 'english-novels')]:.3f} "
+            f"| {ru_all(tok) / base:.2f}x |"
+        )
+    en_mistral = cpt[("mistral-7b-v0.1", "english-novels")]
+    print("\nTargets:")
+    print(f"  replace 40k RU(ruslit) >= 4.2: {cpt[('ru40k-replace', 'ruslit')]:.3f}")
+    print(f"  replace 40k EN >= 3.7:         {cpt[('ru40k-replace', 'english-novels')]:.3f}")
+    for n in ("extend-40k", "extend-48k", "extend-56k"):
+        print(
+            f"  {n} RU(ruslit) >= 4.0: {cpt[(n, 'ruslit')]:.3f}; EN unchanged: "
+            f"{cpt[(n, 'english-novels')]:.4f} vs Mistral {en_mistral:.4f}"
+        )
+    print("\nEncode time, held-out ruslit (1M chars), median of 3:")
+    print("| tokenizer | .model (sentencepiece) s | tokenizer.json (tokenizers) s |\n|---|---:|---:|")
+    for name, t_sp, t_hf in encode_timing(str(CORPUS / "ru" / "ruslit.jsonl.gz")):
+        print(f"| {name} | {t_sp:.3f} | {t_hf:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

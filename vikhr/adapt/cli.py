@@ -1,0 +1,54 @@
+"""`vikhr adapt-vocab` (see vikhr.adapt.vocab)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "adapt-vocab",
+        help="give an HF Mistral/Llama checkpoint a new vocabulary (copied/averaged rows)",
+        description="Rebuild the input embedding and LM head of an HF safetensors checkpoint for a new "
+        "tokenizer: rows of tokens known to the old vocabulary are copied, new tokens start as the mean "
+        "of the rows of their pieces under the old tokenizer. Streams the other tensors shard by shard.",
+    )
+    p.add_argument("--model", required=True, help="HF model directory (safetensors, sharded or not)")
+    p.add_argument(
+        "--old-tokenizer", required=True, help="tokenizer the model was trained with (.model/.json/dir)"
+    )
+    p.add_argument("--new-tokenizer", required=True, help="the new tokenizer (.model/.json/dir)")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument(
+        "--init", choices=["mean", "random"], default="mean", help="init of new rows (default mean)"
+    )
+    p.add_argument("--pad-to-multiple", type=int, default=None, help="pad the vocabulary rows to a multiple")
+    p.add_argument(
+        "--whitespace-pieces",
+        choices=["mean", "space"],
+        default="mean",
+        help="new pieces made only of '▁': mean of their old pieces, or a copy of the old '▁' row",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --init random")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vikhr.adapt.vocab import adapt_vocab
+
+    summary = adapt_vocab(
+        args.model,
+        args.old_tokenizer,
+        args.new_tokenizer,
+        args.out,
+        init=args.init,
+        pad_to_multiple=args.pad_to_multiple,
+        whitespace=args.whitespace_pieces,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out}: {json.dumps(summary['counts'])}")
+    return 0

@@ -1,0 +1,196 @@
+"""Minimal streaming safetensors reader/writer.
+
+The `safetensors` library writes a whole file from a dict of in-memory tensors. To stay within a few
+GB on a 7B checkpoint, tensors are instead copied as raw byte ranges from the input file to the output
+file (bit-identical by construction), and only the tensors being replaced are materialised.
+Format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} padded
+with spaces to a multiple of 8, then the data buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from vikhr.errors import VikhrError
+
+COPY_CHUNK_BYTES = 64 << 20
+MAX_HEADER_BYTES = 100 << 20
+
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offsets
+    end: int
+
+
+@dataclass
+class SafetensorsHeader:
+    path: Path
+    metadata: dict[str, str] | None
+    tensors: dict[str, TensorEntry]  # in file (offset) order
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise ValueError("file shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise VikhrError(f"{path} is not a readable safetensors file ({e})") from e
+    base = 8 + n
+    metadata = header.pop("__metadata__", None)
+    entries = []
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), base + begin, base + end))
+    entries.sort(key=lambda e: e.start)
+    return SafetensorsHeader(path, metadata, {e.name: e for e in entries})
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    table = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+    if name not in table:
+        raise VikhrError(f"unsupported safetensors dtype {name}")
+    return table[name]
+
+
+def safetensors_dtype(dtype: Any) -> str:
+    import torch
+
+    table = {
+        torch.float64: "F64",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
+    }
+    return table[dtype]
+
+
+def load_tensor(entry: TensorEntry, path: Path) -> Any:
+    """One tensor of the file as a torch tensor (it owns its memory)."""
+    import torch
+
+    with open(path, "rb") as f:
+        f.seek(entry.start)
+        data = bytearray(entry.end - entry.start)
+        if f.readinto(data) != len(data):
+            raise VikhrError(f"{path}: tensor {entry.name} is truncated (file shorter than its header says)")
+    flat = torch.frombuffer(data, dtype=torch_dtype(entry.dtype)) if data else torch.empty(0)
+    return flat.reshape(entry.shape)
+
+
+def _copy_range(
+    src: IO[bytes], dst: IO[bytes], start: int, length: int, progress: Callable[[int], Any]
+) -> None:
+    src.seek(start)
+    left = length
+    while left:
+        block = src.read(min(COPY_CHUNK_BYTES, left))
+        if not block:
+            raise VikhrError(f"{src.name}: file ends early while copying tensor data")
+        dst.write(block)
+        left -= len(block)
+        progress(len(block))
+
+
+def write_streaming(
+    src: SafetensorsHeader,
+    dst_path: Path,
+    replacements: dict[str, Any],
+    progress: Callable[[int], Any] = lambda n: None,
+) -> int:
+    """Write `src` to `dst_path`, replacing the named tensors by in-memory torch tensors.
+
+    Every other tensor is copied byte for byte, one chunk at a time. Returns the data size in bytes.
+    """
+    import torch
+
+    names = list(src.tensors)
+    header: dict[str, Any] = {}
+    if src.metadata is not None:
+        header["__metadata__"] = src.metadata
+    offset = 0
+    plan: list[tuple[str, int]] = []
+    for name in names:
+        if name in replacements:
+            t = replacements[name]
+            size = t.numel() * t.element_size()
+            header[name] = {"dtype": safetensors_dtype(t.dtype), "shape": list(t.shape)}
+        else:
+            e = src.tensors[name]
+            size = e.end - e.start
+            header[name] = {"dtype": e.dtype, "shape": list(e.shape)}
+        header[name]["data_offsets"] = [offset, offset + size]
+        plan.append((name, size))
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # keep the data buffer 8-byte aligned, as safetensors does
+    with open(src.path, "rb") as fin, open(dst_path, "wb") as fout:
+        fout.write(struct.pack("<Q", len(blob)))
+        fout.write(blob)
+        for name, size in plan:
+            if name in replacements:
+                t = replacements[name].contiguous()
+                if size:
+                    fout.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+                progress(size)
+            else:
+                _copy_range(fin, fout, src.tensors[name].start, size, progress)
+    return offset
+
+
+def iter_shards(model_dir: Path) -> Iterator[Path]:
+    """The safetensors files of an HF checkpoint directory (sharded via the index, or single)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        for shard in sorted(set(weight_map.values())):
+            yield model_dir / shard
+    elif (model_dir / "model.safetensors").is_file():
+        yield model_dir / "model.safetensors"

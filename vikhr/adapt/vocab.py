@@ -1,0 +1,342 @@
+"""`vikhr adapt-vocab`: new embeddings and LM head for a new tokenizer on an HF Mistral/Llama checkpoint.
+
+For each token of the new vocabulary:
+* copied   — the same piece exists in the old vocabulary (normal, byte `<0xXX>` and special pieces
+             are matched by their string, so `▁` stays part of the piece): its row is copied bit for bit;
+* averaged — otherwise the piece's text is encoded by the old tokenizer and the row is the mean of the
+             old rows of those pieces ("byte-fallback" when some of them are byte tokens);
+* random   — with `init="random"`: drawn from N(mean, std) of the old rows, per dimension (seeded);
+* padding  — rows added by `pad_to_multiple` get the mean of all old rows.
+The input embedding and the LM head are adapted separately, each from its own old rows.
+
+Only those two tensors are held in memory; all others are copied as raw bytes shard by shard
+(vikhr.adapt.safetensors_io). Output is written to a temporary directory renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from vikhr.adapt.safetensors_io import (
+    SafetensorsHeader,
+    iter_shards,
+    load_tensor,
+    read_header,
+    write_streaming,
+)
+from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary, piece_text
+from vikhr.errors import VikhrError, require_dir
+
+Init = Literal["mean", "random"]
+WhitespacePolicy = Literal["mean", "space"]
+SUPPORTED_MODEL_TYPES = ("mistral", "llama")
+EMBED = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+INIT_LOG = "vocab_init_log.json"
+SUMMARY = "vocab_init_summary.json"
+# Files of the old tokenizer that must not survive into the output (the new one replaces them).
+OLD_TOKENIZER_FILES = {
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+}
+
+
+@dataclass(frozen=True)
+class TokenInit:
+    """How one row of the new matrices is initialised."""
+
+    token: str
+    method: str  # copied | averaged | byte-fallback | random | padding | whitespace-space | mean-of-all
+    old_ids: tuple[int, ...]
+
+
+def plan_rows(
+    old: Vocabulary,
+    new: Vocabulary,
+    init: Init = "mean",
+    whitespace: WhitespacePolicy = "mean",
+    padded_size: int | None = None,
+) -> list[TokenInit]:
+    """How every new row starts (see module doc); VikhrError if the old tokenizer cannot encode a piece."""
+    old_index = old.index()
+    plan: list[TokenInit] = []
+    for piece, kind in zip(new.pieces, new.kinds, strict=True):
+        if piece in old_index:
+            plan.append(TokenInit(piece, "copied", (old_index[piece],)))
+            continue
+        if init == "random":
+            plan.append(TokenInit(piece, "random", ()))
+            continue
+        if kind in ("control", "unknown", "unused", "byte") or piece == "":
+            # A special or byte token the old model never had: no text to encode, so it starts
+            # from the average row.
+            plan.append(TokenInit(piece, "mean-of-all", ()))
+            continue
+        if whitespace == "space" and set(piece) == {SPIECE_UNDERLINE} and SPIECE_UNDERLINE in old_index:
+            plan.append(TokenInit(piece, "whitespace-space", (old_index[SPIECE_UNDERLINE],)))
+            continue
+        ids = old.encode_raw(piece_text(piece))
+        if not ids or (old.unk_id is not None and old.unk_id in ids):
+            raise VikhrError(
+                f"the old tokenizer {old.path} cannot encode new piece {piece!r} (it yields "
+                f"{'nothing' if not ids else '<unk>'}); use --init random or an old tokenizer with "
+                "byte fallback"
+            )
+        is_bytes = any(old.kinds[i] == "byte" for i in ids)
+        plan.append(TokenInit(piece, "byte-fallback" if is_bytes else "averaged", tuple(ids)))
+    for _ in range(len(new.pieces), padded_size or 0):
+        plan.append(TokenInit("", "padding", ()))
+    return plan
+
+
+def _column_stats(rows: Any, chunk: int = 4096) -> tuple[Any, Any]:
+    """Per-dimension float32 mean and std of `rows`, a chunk of rows at a time (no full float32 copy)."""
+    import torch
+
+    total = torch.zeros(rows.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros(rows.shape[1], dtype=torch.float64)
+    for start in range(0, rows.shape[0], chunk):
+        block = rows[start : start + chunk].to(torch.float64)
+        total += block.sum(0)
+        total_sq += (block * block).sum(0)
+    n = rows.shape[0]
+    mean = total / n
+    var = (total_sq - n * mean * mean) / max(1, n - 1)
+    return mean.to(torch.float32), var.clamp_min(0).sqrt().to(torch.float32)
+
+
+def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
+    """The new matrix (len(plan) × hidden, dtype of `old_rows`) following `plan`."""
+    import torch
+
+    hidden = old_rows.shape[1]
+    out = torch.empty((len(plan), hidden), dtype=old_rows.dtype)
+    all_mean: Any = None
+    gen = torch.Generator().manual_seed(seed)
+    stats: tuple[Any, Any] | None = None
+    for i, step in enumerate(plan):
+        if step.method in ("copied", "whitespace-space"):
+            out[i] = old_rows[step.old_ids[0]]  # bit-identical copy, no dtype round trip
+        elif step.method in ("averaged", "byte-fallback"):
+            out[i] = old_rows[list(step.old_ids)].to(torch.float32).mean(0).to(old_rows.dtype)
+        elif step.method in ("padding", "mean-of-all"):
+            if all_mean is None:
+                all_mean = _column_stats(old_rows)[0]
+            out[i] = all_mean.to(old_rows.dtype)
+        elif step.method == "random":
+            if stats is None:
+                stats = _column_stats(old_rows)
+            noise = torch.randn(hidden, generator=gen, dtype=torch.float32)
+            out[i] = (stats[0] + stats[1] * noise).to(old_rows.dtype)
+        else:  # pragma: no cover - plan_rows only produces the methods above
+            raise AssertionError(step.method)
+    return out
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple or multiple <= 1 else -(-n // multiple) * multiple
+
+
+def _load_config(model_dir: Path) -> dict[str, Any]:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise VikhrError(f"{model_dir} has no config.json (give an HF model directory)")
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise VikhrError(
+            f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    return cfg
+
+
+def _locate(headers: list[SafetensorsHeader], name: str) -> SafetensorsHeader | None:
+    return next((h for h in headers if name in h.tensors), None)
+
+
+def _check_vocab_sizes(old: Vocabulary, rows: int, cfg_vocab: int | None, model_dir: Path) -> None:
+    if cfg_vocab is not None and cfg_vocab != rows:
+        raise VikhrError(
+            f"{model_dir}: config.json says vocab_size={cfg_vocab} but {EMBED} has {rows} rows "
+            "(broken checkpoint)"
+        )
+    # Padded checkpoints have a few extra rows; anything else means the wrong old tokenizer.
+    if rows < old.size or rows >= _round_up(old.size, 128) + (128 if old.size % 128 == 0 else 0):
+        raise VikhrError(
+            f"old tokenizer {old.path} has {old.size} tokens but the model's embedding has {rows} rows "
+            "(pass the tokenizer the model was trained with as --old-tokenizer)"
+        )
+
+
+def _write_tokenizer(new_path: Path, out: Path) -> None:
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    src = new_path.parent
+    if new_path.suffix == ".json":
+        shutil.copy2(new_path, out / "tokenizer.json")
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+            if (src / name).is_file():
+                shutil.copy2(src / name, out / name)
+    else:
+        shutil.copy2(new_path, out / "tokenizer.model")
+        write_hf_tokenizer(new_path, out)
+
+
+def adapt_vocab(
+    model_dir: str | Path,
+    old_tokenizer: str | Path,
+    new_tokenizer: str | Path,
+    out_dir: str | Path,
+    init: Init = "mean",
+    pad_to_multiple: int | None = None,
+    whitespace: WhitespacePolicy = "mean",
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Adapt the checkpoint in `model_dir` to `new_tokenizer`, writing `out_dir`; returns the summary."""
+    from tqdm import tqdm
+
+    model_dir = require_dir(model_dir, "model directory")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
+    if out_dir.resolve() == model_dir.resolve():
+        raise VikhrError("--out must differ from --model (the input is read while the output is written)")
+    if init not in ("mean", "random"):
+        raise VikhrError(f"unknown --init {init!r} (choose mean or random)")
+    cfg = _load_config(model_dir)
+    shards = list(iter_shards(model_dir))
+    if not shards:
+        raise VikhrError(
+            f"{model_dir} has no model.safetensors or model.safetensors.index.json "
+            "(only safetensors checkpoints are supported)"
+        )
+    for shard in shards:
+        if not shard.is_file():
+            raise VikhrError(f"shard {shard.name} listed in the index of {model_dir} is missing")
+    headers = [read_header(s) for s in shards]
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    embed_src = _locate(headers, EMBED)
+    if embed_src is None:
+        raise VikhrError(f"tensor {EMBED} not found in {model_dir} (is this a Mistral/Llama checkpoint?)")
+    head_src = _locate(headers, LM_HEAD)
+    if head_src is None and not tied:
+        raise VikhrError(
+            f"tensor {LM_HEAD} not found in {model_dir} and config.json has tie_word_embeddings=false"
+        )
+    old = load_vocabulary(old_tokenizer)
+    new = load_vocabulary(new_tokenizer)
+    rows = embed_src.tensors[EMBED].shape[0]
+    _check_vocab_sizes(old, rows, cfg.get("vocab_size"), model_dir)
+    if head_src is not None and head_src.tensors[LM_HEAD].shape != embed_src.tensors[EMBED].shape:
+        raise VikhrError(f"{LM_HEAD} and {EMBED} have different shapes in {model_dir}")
+    padded = _round_up(new.size, pad_to_multiple)
+    plan = plan_rows(old, new, init, whitespace, padded)
+
+    replacements: dict[str, Any] = {}
+    for name, src in ((EMBED, embed_src), (LM_HEAD, head_src)):
+        if src is None:
+            continue
+        old_rows = load_tensor(src.tensors[name], src.path)
+        replacements[name] = build_matrix(old_rows, plan, seed=seed + (1 if name == LM_HEAD else 0))
+        del old_rows
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        total = sum(
+            replacements[n].numel() * replacements[n].element_size() if n in replacements else e.end - e.start
+            for h in headers
+            for n, e in h.tensors.items()
+        )
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc="writing shards", disable=not show_progress
+        ) as bar:
+            sizes = {}
+            for h in headers:
+                mine = {k: v for k, v in replacements.items() if k in h.tensors}
+                sizes[h.path.name] = write_streaming(h, work / h.path.name, mine, bar.update)
+        index_path = model_dir / "model.safetensors.index.json"
+        if index_path.is_file():
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+            (work / index_path.name).write_text(json.dumps(index, indent=2), encoding="utf-8")
+        for item in model_dir.iterdir():
+            skip = item.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or item.name in (
+                OLD_TOKENIZER_FILES | {"config.json", index_path.name}
+            )
+            if item.is_file() and not skip:
+                shutil.copy2(item, work / item.name)
+        new_path = Path(new.path)
+        _write_tokenizer(new_path, work)
+        cfg["vocab_size"] = padded
+        for key, piece in (("bos_token_id", "<s>"), ("eos_token_id", "</s>")):
+            if piece in new.pieces:
+                cfg[key] = new.pieces.index(piece)
+        if cfg.get("pad_token_id") is not None and cfg["pad_token_id"] >= padded:
+            cfg["pad_token_id"] = None
+        (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+        gen_cfg = work / "generation_config.json"
+        if gen_cfg.is_file():
+            g = json.loads(gen_cfg.read_text(encoding="utf-8"))
+            for key in ("bos_token_id", "eos_token_id"):
+                if key in cfg:
+                    g[key] = cfg[key]
+            gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
+        log = [
+            {
+                "id": i,
+                "token": s.token,
+                "method": s.method,
+                "source_pieces": [old.pieces[j] for j in s.old_ids],
+            }
+            for i, s in enumerate(plan)
+        ]
+        (work / INIT_LOG).write_text(json.dumps(log, ensure_ascii=False, indent=0), encoding="utf-8")
+        counts = Counter(s.method for s in plan)
+        summary: dict[str, Any] = {
+            "old_vocab_size": old.size,
+            "new_vocab_size": new.size,
+            "padded_vocab_size": padded,
+            "init": init,
+            "whitespace_pieces": whitespace,
+            "seed": seed,
+            "tied_embeddings": tied,
+            "adapted_tensors": sorted(replacements),
+            "counts": {
+                m: counts.get(m, 0)
+                for m in (
+                    "copied",
+                    "averaged",
+                    "byte-fallback",
+                    "random",
+                    "whitespace-space",
+                    "mean-of-all",
+                    "padding",
+                )
+            },
+            "model": str(model_dir),
+            "old_tokenizer": str(old.path),
+            "new_tokenizer": str(new.path),
+        }
+        (work / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.chmod(work, 0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary

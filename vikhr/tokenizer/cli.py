@@ -1,0 +1,116 @@
+"""`vikhr tokenizer train|compare` (see vikhr.tokenizer.train and vikhr.tokenizer.compare)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, parse_budget
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "tokenizer",
+        help="train a SentencePiece BPE tokenizer (replace/extend) and compare tokenizers",
+        description="Train a Russian SentencePiece BPE tokenizer and measure tokenizer efficiency.",
+    )
+    tsub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=type(parser))
+    tsub.required = True
+
+    tr = tsub.add_parser(
+        "train",
+        help="train a tokenizer from JSONL(.gz) corpora",
+        description="Train SentencePiece BPE with byte fallback; writes tokenizer.model, tokenizer.json, "
+        "tokenizer_config.json and manifest.json into --out.",
+    )
+    tr.add_argument(
+        "--corpus",
+        action="append",
+        required=True,
+        metavar="FILE[@CHARS]",
+        help="JSONL(.gz) corpus, repeatable; '@20M' caps the characters sampled from that file",
+    )
+    tr.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    tr.add_argument("--mode", choices=["replace", "extend"], default="replace")
+    tr.add_argument("--vocab-size", type=int, default=40000, help="total vocabulary size (default 40000)")
+    tr.add_argument("--base-model", help="SentencePiece .model to extend (extend mode), e.g. Mistral's")
+    tr.add_argument("--text-key", default="text", help="JSON field holding the text (default: text)")
+    tr.add_argument(
+        "--max-chars-per-file",
+        type=parse_budget,
+        default=parse_budget("20M"),
+        help="default character budget per corpus file, sampled evenly (default 20M)",
+    )
+    tr.add_argument("--heldout-percent", type=float, default=DEFAULT_HELDOUT_PERCENT)
+    tr.add_argument("--pad-to-multiple", type=int, default=128, help="recorded in the manifest")
+    tr.add_argument("--character-coverage", type=float, default=0.9999)
+    tr.add_argument(
+        "--no-split-by-script",
+        dest="split_by_script",
+        action="store_false",
+        help="let pieces join letters and punctuation (SentencePiece split_by_unicode_script=false)",
+    )
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(func=_train)
+
+    cp = tsub.add_parser(
+        "compare",
+        help="chars/token, tokens/word and ≥3-piece words of tokenizers on text sets",
+        description="Writes report.md, report.csv and chars_per_token.png into --out.",
+    )
+    cp.add_argument(
+        "--tokenizer",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help=".model, tokenizer.json or a directory holding one; repeatable",
+    )
+    cp.add_argument(
+        "--texts", action="append", required=True, metavar="[NAME=]FILE", help="JSONL(.gz); repeatable"
+    )
+    cp.add_argument("--out", required=True, help="report directory")
+    cp.add_argument("--text-key", default="text")
+    cp.add_argument("--split", choices=["heldout", "all"], default="heldout")
+    cp.add_argument("--heldout-percent", type=float, default=DEFAULT_HELDOUT_PERCENT)
+    cp.add_argument("--max-chars", type=parse_budget, default=parse_budget("2M"), help="per text set")
+    cp.set_defaults(func=_compare)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+    settings = TrainSettings(
+        mode=args.mode,
+        vocab_size=args.vocab_size,
+        base_model=args.base_model,
+        text_key=args.text_key,
+        max_chars_per_file=args.max_chars_per_file,
+        heldout_percent=args.heldout_percent,
+        pad_to_multiple=args.pad_to_multiple,
+        character_coverage=args.character_coverage,
+        split_by_script=args.split_by_script,
+        num_threads=args.threads,
+    )
+    manifest = train_tokenizer(args.corpus, args.out, settings, overwrite=args.overwrite)
+    summary = {k: manifest[k] for k in ("mode", "vocab_size", "padded_vocab_size", "hf_check", "extend")}
+    print(f"wrote {args.out}: {json.dumps(summary, ensure_ascii=False)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from vikhr.tokenizer.compare import compare
+
+    compare(
+        args.tokenizer,
+        args.texts,
+        args.out,
+        text_key=args.text_key,
+        split=args.split,
+        heldout_percent=args.heldout_percent,
+        max_chars=args.max_chars,
+    )
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    return 0

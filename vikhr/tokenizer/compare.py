@@ -1,0 +1,257 @@
+"""`vikhr tokenizer compare`: tokenizer efficiency on text sets (the paper's Figure 1 and Table 1).
+
+Metrics per (tokenizer, text set), measured line by line (paragraphs; BOS/EOS not counted):
+chars/token, tokens/word (words = whitespace-separated), and the share of word occurrences that the
+tokenizer splits into three or more pieces (each word encoded on its own, as after a space).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vikhr.errors import VikhrError
+from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, iter_lines
+
+TABLE1_SENTENCE = "Машинное обучение изменяет мир"
+
+
+@dataclass
+class LoadedTokenizer:
+    name: str
+    path: str
+    encode_batch: Callable[[list[str]], list[list[str]]]  # texts → pieces (no BOS/EOS)
+
+    def pieces(self, text: str) -> list[str]:
+        return self.encode_batch([text])[0]
+
+
+def _split_label(spec: str) -> tuple[str | None, str]:
+    """'NAME=PATH' → (NAME, PATH); a bare path → (None, PATH)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name, path
+    return None, spec
+
+
+def load_tokenizer(spec: str) -> LoadedTokenizer:
+    """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory holding one, as NAME=PATH or PATH."""
+    name, path_str = _split_label(spec)
+    path = Path(path_str)
+    if path.is_dir():
+        for candidate in ("tokenizer.json", "tokenizer.model"):
+            if (path / candidate).is_file():
+                path = path / candidate
+                break
+        else:
+            raise VikhrError(f"{path} holds neither tokenizer.json nor tokenizer.model")
+    if not path.is_file():
+        raise VikhrError(f"tokenizer not found: {path} (give a .model, a tokenizer.json or its directory)")
+    if name is None:
+        name = path.parent.name if path.stem in ("tokenizer",) else path.stem
+    if path.suffix == ".json":
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a generic Exception on malformed files
+            raise VikhrError(f"{path} is not an HF tokenizer.json ({e})") from e
+        tok.encode_special_tokens = True
+
+        def encode_hf(texts: list[str]) -> list[list[str]]:
+            return [e.tokens for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+        return LoadedTokenizer(name, str(path), encode_hf)
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise VikhrError(f"{path} is not a SentencePiece .model ({e})") from e
+
+    def encode_sp(texts: list[str]) -> list[list[str]]:
+        return sp.encode(texts, out_type=str)
+
+    return LoadedTokenizer(name, str(path), encode_sp)
+
+
+@dataclass
+class TextSet:
+    name: str
+    path: str
+    lines: list[str]
+
+
+def load_text_set(
+    spec: str, text_key: str, split: Split, heldout_percent: float, max_chars: int | None
+) -> TextSet:
+    name, path = _split_label(spec)
+    if name is None:
+        name = Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+    lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
+    if not lines:
+        raise VikhrError(f"text set {path} has no lines in split '{split}' (try --split all)")
+    return TextSet(name, path, lines)
+
+
+@dataclass
+class Efficiency:
+    tokenizer: str
+    text_set: str
+    chars: int
+    words: int
+    tokens: int
+    words_3plus: int
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.chars / self.tokens if self.tokens else float("nan")
+
+    @property
+    def tokens_per_word(self) -> float:
+        return self.tokens / self.words if self.words else float("nan")
+
+    @property
+    def share_words_3plus(self) -> float:
+        return self.words_3plus / self.words if self.words else float("nan")
+
+
+def measure(tok: LoadedTokenizer, texts: TextSet, batch: int = 512) -> Efficiency:
+    """Efficiency of `tok` on `texts` (see module doc)."""
+    chars = tokens = 0
+    for i in range(0, len(texts.lines), batch):
+        chunk = texts.lines[i : i + batch]
+        chars += sum(len(t) for t in chunk)
+        tokens += sum(len(p) for p in tok.encode_batch(chunk))
+    word_counts = Counter(w for line in texts.lines for w in line.split())
+    unique = list(word_counts)
+    words_3plus = 0
+    for i in range(0, len(unique), 4096):
+        chunk = unique[i : i + 4096]
+        for word, pieces in zip(chunk, tok.encode_batch(chunk), strict=True):
+            if len(pieces) >= 3:
+                words_3plus += word_counts[word]
+    return Efficiency(tok.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus)
+
+
+CSV_FIELDS = [
+    "tokenizer",
+    "text_set",
+    "chars",
+    "words",
+    "tokens",
+    "chars_per_token",
+    "tokens_per_word",
+    "share_words_3plus_pieces",
+]
+
+
+def _row(e: Efficiency) -> list[str]:
+    return [
+        e.tokenizer,
+        e.text_set,
+        str(e.chars),
+        str(e.words),
+        str(e.tokens),
+        f"{e.chars_per_token:.4f}",
+        f"{e.tokens_per_word:.4f}",
+        f"{e.share_words_3plus:.4f}",
+    ]
+
+
+def render_markdown(
+    results: list[Efficiency], tokenizers: list[LoadedTokenizer], sentence: str = TABLE1_SENTENCE
+) -> str:
+    out = io.StringIO()
+    out.write("# Tokenizer efficiency\n\n")
+    out.write("| tokenizer | text set | chars/token | tokens/word | words in ≥3 pieces | tokens |\n")
+    out.write("|---|---|---:|---:|---:|---:|\n")
+    for e in results:
+        out.write(
+            f"| {e.tokenizer} | {e.text_set} | {e.chars_per_token:.3f} | {e.tokens_per_word:.3f} "
+            f"| {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
+        )
+    out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
+    for tok in tokenizers:
+        pieces = tok.pieces(sentence)
+        shown = " ".join(f"`{p}`" for p in pieces)
+        out.write(f"| {tok.name} | {shown} | {len(pieces)} |\n")
+    return out.getvalue()
+
+
+def render_csv(results: list[Efficiency]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for e in results:
+        writer.writerow(_row(e))
+    return buf.getvalue()
+
+
+def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
+    """Grouped bar chart: one group per text set, one bar per tokenizer (the paper's Figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(e.text_set for e in results))
+    toks = list(dict.fromkeys(e.tokenizer for e in results))
+    value = {(e.tokenizer, e.text_set): e.chars_per_token for e in results}
+    width = 0.8 / max(1, len(toks))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(sets) + 2), 4.5))
+    for k, t in enumerate(toks):
+        xs = [i + (k - (len(toks) - 1) / 2) * width for i in range(len(sets))]
+        bars = ax.bar(xs, [value[(t, s)] for s in sets], width, label=t)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(sets)), sets, rotation=15)
+    ax.set_ylabel("characters per token (higher is better)")
+    ax.set_title("Tokenizer efficiency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def compare(
+    tokenizer_specs: list[str],
+    text_specs: list[str],
+    out_dir: str | Path,
+    text_key: str = "text",
+    split: Split = "heldout",
+    heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
+    max_chars: int | None = 2_000_000,
+    sentence: str = TABLE1_SENTENCE,
+) -> list[Efficiency]:
+    """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png."""
+    from tqdm import tqdm
+
+    if not tokenizer_specs or not text_specs:
+        raise VikhrError("give at least one --tokenizer and one --texts")
+    toks = [load_tokenizer(s) for s in tokenizer_specs]
+    if len({t.name for t in toks}) != len(toks):
+        raise VikhrError("two tokenizers have the same name; label them as NAME=PATH")
+    sets = [load_text_set(s, text_key, split, heldout_percent, max_chars) for s in text_specs]
+    results = [
+        measure(t, s)
+        for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "report.md", render_markdown(results, toks, sentence))
+    _write_atomic(out / "report.csv", render_csv(results))
+    plot_chars_per_token(results, out / "chars_per_token.png")
+    return results

@@ -1,0 +1,199 @@
+"""Reading JSONL(.gz) corpora with a deterministic train / held-out split.
+
+A document belongs to the held-out split when a hash of its id (or, without an id, of its
+position and file name) falls into the lowest `heldout_percent` buckets. The split depends only
+on the id, so it is the same for every tool (training, `compare`, benchmarks) and every run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vikhr.errors import VikhrError, require_file
+
+Split = Literal["train", "heldout", "all"]
+DEFAULT_HELDOUT_PERCENT = 5.0
+
+
+def _unit_hash(key: str) -> float:
+    """A number in [0, 1) from sha256(key): stable across runs, platforms and Python versions."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_heldout(doc_id: str, heldout_percent: float = DEFAULT_HELDOUT_PERCENT) -> bool:
+    """True if the document with this id belongs to the held-out (measurement) split."""
+    return _unit_hash("heldout:" + doc_id) * 100.0 < heldout_percent
+
+
+def keep_sampled(key: str, rate: float) -> bool:
+    """Deterministic Bernoulli(rate) choice keyed by `key` (independent of the held-out hash)."""
+    return rate >= 1.0 or _unit_hash("sample:" + key) < rate
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
+    return open(path, encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+
+
+def iter_documents(
+    path: str | Path,
+    text_key: str = "text",
+    split: Split = "all",
+    heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
+) -> Iterator[Document]:
+    """Documents of one JSONL(.gz) file, restricted to `split`.
+
+    Raises VikhrError (with file and line number) on malformed JSON or a missing text key.
+    """
+    path = require_file(path, "corpus file")
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise VikhrError(
+                    f"{path}:{line_no}: not valid JSON ({e.msg}); expected one object per line"
+                ) from e
+            if not isinstance(rec, dict) or not isinstance(rec.get(text_key), str):
+                raise VikhrError(
+                    f"{path}:{line_no}: no string field '{text_key}' (choose the field with --text-key)"
+                )
+            doc_id = str(rec.get("id", f"{path.name}#{line_no}"))
+            if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
+                continue
+            yield Document(doc_id, rec[text_key])
+
+
+def iter_lines(
+    path: str | Path,
+    text_key: str = "text",
+    split: Split = "all",
+    heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
+    max_chars: int | None = None,
+) -> Iterator[str]:
+    """Non-empty lines (paragraphs) of the documents of `split`, up to about `max_chars` characters.
+
+    Lines, not whole documents, are the unit of measurement: a novel is one document and
+    measuring it as one string would make the per-text numbers meaningless.
+    """
+    total = 0
+    for doc in iter_documents(path, text_key, split, heldout_percent):
+        for line in doc.text.split("\n"):
+            if not line.strip():
+                continue
+            yield line
+            total += len(line)
+            if max_chars is not None and total >= max_chars:
+                return
+
+
+def split_long_line(line: str, max_bytes: int) -> list[str]:
+    """Cut `line` at spaces into pieces of at most `max_bytes` UTF-8 bytes (SentencePiece skips longer)."""
+    if len(line.encode("utf-8")) <= max_bytes:
+        return [line]
+    out: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for word in line.split(" "):
+        wsize = len(word.encode("utf-8")) + 1
+        if cur and size + wsize > max_bytes:
+            out.append(" ".join(cur))
+            cur, size = [], 0
+        if wsize > max_bytes:  # a single giant "word" (base64, tables): drop it, it teaches nothing
+            continue
+        cur.append(word)
+        size += wsize
+    if cur:
+        out.append(" ".join(cur))
+    return out
+
+
+def corpus_sha256(path: str | Path) -> str:
+    """sha256 of the corpus file as stored (recorded in the manifest)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_budget(text: str) -> int:
+    """'20M' → 20_000_000, '500k' → 500_000, '1234' → 1234 (characters)."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale != 1 else text
+    try:
+        value = int(float(digits) * scale)
+    except ValueError:
+        raise VikhrError(f"not a character budget: {text!r} (use e.g. 500k, 20M or 1234)") from None
+    if value <= 0:
+        raise VikhrError(f"character budget must be positive, got {text!r}")
+    return value
+
+
+def split_corpus_spec(spec: str | Path) -> tuple[Path, int | None]:
+    """'file.jsonl.gz@20M' → (path, 20_000_000); a plain path → (path, None)."""
+    text = str(spec)
+    if "@" in text and not Path(text).exists():
+        path, budget = text.rsplit("@", 1)
+        return Path(path), parse_budget(budget)
+    return Path(text), None
+
+
+def write_training_text(
+    paths: list[Path],
+    out_path: Path,
+    text_key: str,
+    max_chars_per_file: int | list[int | None] | None,
+    heldout_percent: float,
+    max_line_bytes: int = 4000,
+    line_filter: object = None,
+) -> dict[str, dict[str, int | float]]:
+    """Write a deterministic sample of the training split of `paths` to `out_path`, one line per paragraph.
+
+    `max_chars_per_file` is one budget for all files or one per file (None: no limit). With a budget,
+    paragraphs are kept with probability budget/total chosen by a hash
+    of (document id, paragraph number), which spreads the sample over the whole file instead of
+    taking its first works. Returns per-file statistics for the manifest.
+    """
+    stats: dict[str, dict[str, int | float]] = {}
+    budgets = (
+        max_chars_per_file if isinstance(max_chars_per_file, list) else [max_chars_per_file] * len(paths)
+    )
+    with open(out_path, "w", encoding="utf-8") as out:
+        for path, budget in zip(paths, budgets, strict=True):
+            total = 0
+            if budget is not None:
+                for doc in iter_documents(path, text_key, "train", heldout_percent):
+                    total += len(doc.text)
+            rate = 1.0 if not budget or total <= budget else budget / total
+            kept_chars = kept_lines = 0
+            for doc in iter_documents(path, text_key, "train", heldout_percent):
+                for i, para in enumerate(doc.text.split("\n")):
+                    para = para.strip("\r")
+                    if not para.strip() or not keep_sampled(f"{doc.doc_id}#{i}", rate):
+                        continue
+                    if callable(line_filter) and not line_filter(para):
+                        continue
+                    for piece in split_long_line(para, max_line_bytes):
+                        out.write(piece + "\n")
+                        kept_chars += len(piece)
+                        kept_lines += 1
+            stats[str(path)] = {"sample_rate": rate, "chars": kept_chars, "lines": kept_lines}
+    return stats

@@ -1,0 +1,183 @@
+"""Export a SentencePiece BPE model as a Hugging Face `tokenizer.json` that encodes identically.
+
+SentencePiece BPE encodes by repeatedly merging the adjacent pair whose concatenation is the
+vocabulary piece with the highest score (leftmost on ties). A `tokenizers` BPE model merges the
+adjacent pair with the lowest merge rank (leftmost on ties). Listing, for every mergeable piece, all
+of its two-part splits ordered by the piece's score gives the same order of merges, so both encode
+the same ids. The normaliser reproduces `add_dummy_prefix` and the space → `▁` mapping of the
+identity normalisation that Mistral and Llama use; unknown characters go to the `<0xXX>` byte tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError, require_file
+
+SPIECE_UNDERLINE = "▁"
+
+
+def load_model_proto(path: str | Path) -> Any:
+    """The parsed SentencePiece ModelProto of a `.model` file."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    path = require_file(path, "SentencePiece model")
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf raises DecodeError subclasses that vary by version
+        raise VikhrError(f"{path} is not a SentencePiece .model file ({e})") from e
+    if len(proto.pieces) == 0:
+        raise VikhrError(f"{path} is not a SentencePiece .model file (no pieces)")
+    return proto
+
+
+def _check_supported(proto: Any, where: str) -> None:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+        raise VikhrError(f"{where}: only SentencePiece BPE models can be exported (this one is not BPE)")
+    norm = proto.normalizer_spec
+    if norm.name not in ("identity", "") or norm.precompiled_charsmap:
+        raise VikhrError(
+            f"{where}: normaliser '{norm.name}' is not supported; train with normalization_rule_name=identity"
+        )
+    if norm.remove_extra_whitespaces:
+        raise VikhrError(f"{where}: remove_extra_whitespaces=true is not supported (Mistral/Llama use false)")
+    if proto.trainer_spec.treat_whitespace_as_suffix:
+        raise VikhrError(f"{where}: treat_whitespace_as_suffix=true is not supported")
+
+
+def vocab_and_merges(proto: Any) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE vocabulary (piece → id) and the merges in the order SentencePiece applies them."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    normal = pb.ModelProto.SentencePiece.NORMAL
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    # Only NORMAL pieces take part in merges (control, unknown and byte pieces never do).
+    mergeable = {p.piece: p.score for p in proto.pieces if p.type == normal}
+    keyed: list[tuple[float, int, int, tuple[str, str]]] = []
+    for piece, score in mergeable.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in mergeable and right in mergeable:
+                # Highest score first; among splits of one piece, the shorter left part first.
+                keyed.append((-score, vocab[piece], cut, (left, right)))
+    keyed.sort()
+    return vocab, [m for *_, m in keyed]
+
+
+def build_hf_tokenizer(model_path: str | Path) -> Any:
+    """A `tokenizers.Tokenizer` equivalent to the SentencePiece BPE model at `model_path`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    proto = load_model_proto(model_path)
+    _check_supported(proto, str(model_path))
+    vocab, merges = vocab_and_merges(proto)
+    spec = proto.trainer_spec
+    unk = proto.pieces[spec.unk_id].piece if spec.unk_id >= 0 else None
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=unk,
+            fuse_unk=True,
+            byte_fallback=spec.byte_fallback,
+            dropout=None,
+        )
+    )
+    steps = []
+    if proto.normalizer_spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend(SPIECE_UNDERLINE))
+    steps.append(normalizers.Replace(" ", SPIECE_UNDERLINE))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = None
+    decode_steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if proto.normalizer_spec.add_dummy_prefix:
+        decode_steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(decode_steps)
+    specials = [proto.pieces[i].piece for i in (spec.unk_id, spec.bos_id, spec.eos_id) if i >= 0]
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    if spec.bos_id >= 0:
+        bos = proto.pieces[spec.bos_id].piece
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0",
+            pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, spec.bos_id)],
+        )
+    return tok
+
+
+def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> dict[str, Any]:
+    """`tokenizer_config.json` contents for the exported tokenizer (Mistral-style specials, BOS added)."""
+    proto = load_model_proto(model_path)
+    spec = proto.trainer_spec
+
+    def piece(i: int) -> str | None:
+        return proto.pieces[i].piece if i >= 0 else None
+
+    added = {
+        str(i): {
+            "content": proto.pieces[i].piece,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i in (spec.unk_id, spec.bos_id, spec.eos_id)
+        if i >= 0
+    }
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": piece(spec.bos_id),
+        "eos_token": piece(spec.eos_id),
+        "unk_token": piece(spec.unk_id),
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": model_max_length,
+        "padding_side": "left",
+    }
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_hf_tokenizer(model_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `tokenizer.json` and `tokenizer_config.json` for `model_path` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_hf_tokenizer(model_path)
+    tok_path = out_dir / "tokenizer.json"
+    cfg_path = out_dir / "tokenizer_config.json"
+    _atomic_write_text(tok_path, tok.to_str(pretty=False))
+    _atomic_write_text(cfg_path, json.dumps(tokenizer_config(model_path), ensure_ascii=False, indent=2))
+    return tok_path, cfg_path
+
+
+def compare_encodings(model_path: str | Path, hf_tokenizer: Any, lines: list[str]) -> list[int]:
+    """Indices of `lines` that the `.model` and the HF tokenizer encode to different ids.
+
+    Special-token strings in the text (a literal "<s>") are encoded as text by both sides, as
+    SentencePiece does; BOS/EOS are not added.
+    """
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    hf_tokenizer.encode_special_tokens = True
+    try:
+        expected = sp.encode(lines)
+        got = hf_tokenizer.encode_batch(lines, add_special_tokens=False)
+    finally:
+        hf_tokenizer.encode_special_tokens = False
+    return [i for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g.ids]

@@ -1,0 +1,311 @@
+"""`vikhr tokenizer train`: SentencePiece BPE (byte fallback) in `replace` or `extend` mode.
+
+* replace: a new vocabulary trained on the given corpora (the paper's setting).
+* extend: the base tokenizer (e.g. Mistral-7B v0.1) keeps every piece at its id; pieces containing
+  Cyrillic that a Russian BPE learned are appended. Only pieces that contain Cyrillic are added or
+  re-scored, so any text without Cyrillic letters is encoded exactly as by the base tokenizer.
+
+The output directory holds the `.model`, an HF `tokenizer.json` + `tokenizer_config.json` (checked to
+encode identically on held-out lines of every corpus) and `manifest.json`. It is written to a temporary
+directory that is renamed into place at the end, so a failed run leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vikhr.errors import VikhrError, require_file
+from vikhr.tokenizer.corpus import (
+    DEFAULT_HELDOUT_PERCENT,
+    corpus_sha256,
+    iter_lines,
+    split_corpus_spec,
+    write_training_text,
+)
+from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
+
+Mode = Literal["replace", "extend"]
+MODEL_FILE = "tokenizer.model"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "vikhr-tokenizer/1"
+CYRILLIC = re.compile(r"[\u0400-\u04FF\u0500-\u052F]")
+NUM_BYTE_PIECES = 256
+NUM_SPECIALS = 3  # <unk> <s> </s>
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines the trained tokenizer (recorded in the manifest)."""
+
+    mode: Mode = "replace"
+    vocab_size: int = 40000
+    base_model: str | None = None
+    text_key: str = "text"
+    max_chars_per_file: int | None = 20_000_000
+    heldout_percent: float = DEFAULT_HELDOUT_PERCENT
+    pad_to_multiple: int = 128
+    character_coverage: float = 0.9999
+    max_piece_length: int = 16
+    # False lets pieces join letters and punctuation ("мир."): better compression than Mistral's setting.
+    split_by_script: bool = True
+    num_threads: int = 2
+    verify_lines_per_file: int = 2000
+    extra_sentencepiece_args: dict[str, Any] = field(default_factory=dict)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return n if multiple <= 1 else -(-n // multiple) * multiple
+
+
+def _sentencepiece_bpe(text_file: Path, model_prefix: Path, vocab_size: int, s: TrainSettings) -> Path:
+    """Train a Mistral-compatible SentencePiece BPE model; returns the `.model` path."""
+    import sentencepiece as spm
+
+    args: dict[str, Any] = {
+        "input": str(text_file),
+        "model_prefix": str(model_prefix),
+        "model_type": "bpe",
+        "vocab_size": vocab_size,
+        "byte_fallback": True,
+        "character_coverage": s.character_coverage,
+        "split_digits": True,
+        "split_by_unicode_script": s.split_by_script,
+        "split_by_whitespace": True,
+        "allow_whitespace_only_pieces": True,
+        "max_sentencepiece_length": s.max_piece_length,
+        "max_sentence_length": 4192,
+        "normalization_rule_name": "identity",
+        "add_dummy_prefix": True,
+        "remove_extra_whitespaces": False,
+        "unk_id": 0,
+        "bos_id": 1,
+        "eos_id": 2,
+        "pad_id": -1,
+        "unk_surface": " \u2047 ",
+        "input_sentence_size": 0,  # use every sampled line: the sample is already deterministic
+        "shuffle_input_sentence": False,
+        "num_threads": s.num_threads,
+        "hard_vocab_limit": True,
+        "minloglevel": 2,
+        **s.extra_sentencepiece_args,
+    }
+    try:
+        spm.SentencePieceTrainer.train(**args)
+    except RuntimeError as e:
+        raise VikhrError(
+            f"SentencePiece training failed: {e} (try a smaller --vocab-size or more text)"
+        ) from e
+    model_path = model_prefix.with_suffix(".model")
+    # The proto records the temporary paths and thread count; drop them so that the same corpus and
+    # settings give a byte-identical file (the manifest keeps the real provenance).
+    proto = load_model_proto(model_path)
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.input.append("train.txt")
+    proto.trainer_spec.model_prefix = "tokenizer"
+    proto.trainer_spec.ClearField("num_threads")
+    model_path.write_bytes(proto.SerializeToString())
+    return model_path
+
+
+def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dict[str, int]]:
+    """The base model with up to `num_new` Cyrillic pieces of `ru_proto` appended (ids of base kept).
+
+    Scores: Cyrillic pieces follow the Russian model's merge order (its scores), base Cyrillic pieces
+    the Russian model does not know are moved after every other merge, and all other base pieces keep
+    their scores, which leaves the encoding of text without Cyrillic unchanged. A new piece is added
+    only if some split of it into two known pieces exists, so the merge that builds it can fire.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    normal = pb.ModelProto.SentencePiece.NORMAL
+    ru_scores = {p.piece: p.score for p in ru_proto.pieces if p.type == normal}
+    base_index = {p.piece: i for i, p in enumerate(base_proto.pieces)}
+    lowest = min(min(ru_scores.values(), default=0.0), min(p.score for p in base_proto.pieces))
+    out = pb.ModelProto()
+    out.CopyFrom(base_proto)
+    demoted = rescored = 0
+    for p in out.pieces:
+        if p.type != normal or not CYRILLIC.search(p.piece) or len(p.piece) == 1:
+            continue
+        if p.piece in ru_scores:
+            p.score = ru_scores[p.piece]
+            rescored += 1
+        else:
+            p.score = lowest - 1.0 - (-p.score)  # keep their relative order, after everything else
+            demoted += 1
+    known = {p.piece for p in out.pieces if p.type == normal}
+    # Single characters first (they are initial symbols, never merge results), then merges by rank.
+    candidates = sorted(
+        (p for p in ru_proto.pieces if p.type == normal and CYRILLIC.search(p.piece)),
+        key=lambda p: (len(p.piece) != 1, -p.score),
+    )
+    added_chars = added_merges = skipped_unreachable = 0
+    for p in candidates:
+        if added_chars + added_merges >= num_new:
+            break
+        if p.piece in base_index or p.piece in known:
+            continue
+        if len(p.piece) > 1 and not any(
+            p.piece[:k] in known and p.piece[k:] in known for k in range(1, len(p.piece))
+        ):
+            skipped_unreachable += 1
+            continue
+        new = out.pieces.add()
+        new.piece, new.score, new.type = p.piece, p.score, normal
+        known.add(p.piece)
+        if len(p.piece) == 1:
+            added_chars += 1
+        else:
+            added_merges += 1
+    out.trainer_spec.vocab_size = len(out.pieces)
+    stats = {
+        "base_pieces": len(base_proto.pieces),
+        "added_pieces": added_chars + added_merges,
+        "added_characters": added_chars,
+        "added_merges": added_merges,
+        "rescored_base_cyrillic": rescored,
+        "demoted_base_cyrillic": demoted,
+        "skipped_unreachable": skipped_unreachable,
+    }
+    return out, stats
+
+
+def _check_base_specials(proto: Any, where: str) -> None:
+    spec = proto.trainer_spec
+    if (spec.unk_id, spec.bos_id, spec.eos_id) != (0, 1, 2) or not spec.byte_fallback:
+        raise VikhrError(
+            f"{where}: the base tokenizer must have <unk>=0, <s>=1, </s>=2 and byte fallback "
+            "(as Mistral/Llama do)"
+        )
+
+
+def verify_hf_export(model_path: Path, tokenizer_json: Path, corpora: list[Path], s: TrainSettings) -> int:
+    """Compare `.model` and `tokenizer.json` ids on held-out lines of every corpus; returns lines checked."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    checked = 0
+    for path in corpora:
+        lines = list(iter_lines(path, s.text_key, "heldout", s.heldout_percent))[: s.verify_lines_per_file]
+        bad = compare_encodings(model_path, tok, lines)
+        if bad:
+            raise VikhrError(
+                f"tokenizer.json encodes {len(bad)} of {len(lines)} held-out lines of {path} differently "
+                f"from the .model (first: {lines[bad[0]][:80]!r}); please report this as a bug"
+            )
+        checked += len(lines)
+    return checked
+
+
+def train_tokenizer(
+    corpora: list[str | Path], out_dir: str | Path, settings: TrainSettings, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train a tokenizer into `out_dir` (see module doc); returns the manifest.
+
+    `corpora` are JSONL(.gz) paths, optionally with a per-file character budget: `file.jsonl.gz@20M`
+    (otherwise `settings.max_chars_per_file` applies).
+    """
+    import sentencepiece as spm
+    import tokenizers
+
+    s = settings
+    specs = [split_corpus_spec(c) for c in corpora]
+    paths = [require_file(p, "corpus file") for p, _ in specs]
+    budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
+    if not paths:
+        raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
+    if s.mode not in ("replace", "extend"):
+        raise VikhrError(f"unknown mode {s.mode!r} (choose replace or extend)")
+    base_proto = None
+    if s.mode == "extend":
+        if not s.base_model:
+            raise VikhrError("--mode extend needs --base-model (the tokenizer to extend, e.g. Mistral's)")
+        base_proto = load_model_proto(s.base_model)
+        _check_base_specials(base_proto, s.base_model)
+        if s.vocab_size <= len(base_proto.pieces):
+            raise VikhrError(
+                f"--vocab-size {s.vocab_size} must exceed the base vocabulary ({len(base_proto.pieces)}) "
+                "in extend mode"
+            )
+    elif s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
+        raise VikhrError(f"--vocab-size {s.vocab_size} is too small (byte fallback alone needs 259 pieces)")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        text_file = work / "train.txt"
+        only_cyrillic = (lambda line: bool(CYRILLIC.search(line))) if s.mode == "extend" else None
+        sample_stats = write_training_text(
+            paths, text_file, s.text_key, budgets, s.heldout_percent, line_filter=only_cyrillic
+        )
+        if sum(int(v["chars"]) for v in sample_stats.values()) == 0:
+            raise VikhrError("the training split of the corpora is empty (check --text-key and the files)")
+        extend_stats: dict[str, int] | None = None
+        model_path = work / MODEL_FILE
+        if s.mode == "replace":
+            trained = _sentencepiece_bpe(text_file, work / "sp", s.vocab_size, s)
+            os.replace(trained, model_path)
+        else:
+            assert base_proto is not None
+            num_new = s.vocab_size - len(base_proto.pieces)
+            base_cyrillic = sum(1 for p in base_proto.pieces if CYRILLIC.search(p.piece))
+            # Enough Russian pieces that, after dropping those the base already has, num_new remain.
+            ru_vocab = num_new + base_cyrillic + NUM_BYTE_PIECES + NUM_SPECIALS + 500
+            ru_model = _sentencepiece_bpe(text_file, work / "ru", ru_vocab, s)
+            merged, extend_stats = extend_model(base_proto, load_model_proto(ru_model), num_new)
+            model_path.write_bytes(merged.SerializeToString())
+            if extend_stats["added_pieces"] < num_new:
+                print(
+                    f"warning: only {extend_stats['added_pieces']} new pieces were available; "
+                    f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size}"
+                )
+        text_file.unlink()
+        for leftover in work.glob("*.vocab"):
+            leftover.unlink()
+        for leftover in work.glob("ru.model"):
+            leftover.unlink()
+        tok_json, tok_cfg = write_hf_tokenizer(model_path, work)
+        checked = verify_hf_export(model_path, tok_json, paths, s)
+        vocab_size = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "mode": s.mode,
+            "vocab_size": vocab_size,
+            "pad_to_multiple": s.pad_to_multiple,
+            "padded_vocab_size": _round_up(vocab_size, s.pad_to_multiple),
+            "special_tokens": {"<unk>": 0, "<s>": 1, "</s>": 2},
+            "byte_fallback_ids": [3, 3 + NUM_BYTE_PIECES - 1],
+            "base_model": (
+                {"path": str(s.base_model), "sha256": corpus_sha256(s.base_model)} if s.base_model else None
+            ),
+            "corpora": [
+                {"path": str(p), "sha256": corpus_sha256(p), "max_chars": b, **sample_stats[str(p)]}
+                for p, b in zip(paths, budgets, strict=True)
+            ],
+            "settings": asdict(s),
+            "extend": extend_stats,
+            "hf_check": {"heldout_lines_checked": checked, "mismatches": 0},
+            "files": {name: corpus_sha256(work / name) for name in (MODEL_FILE, tok_json.name, tok_cfg.name)},
+            "versions": {"sentencepiece": spm.__version__, "tokenizers": tokenizers.__version__},
+        }
+        (work / MANIFEST_FILE).write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+        os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
