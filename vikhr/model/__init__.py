@@ -1,6 +1,22 @@
 """Mistral-family models on megatron-core."""
 
 from vikhr.model.config import PRESETS, ModelConfig, padded_vocab_size, preset
-from vikhr.model.gpt import build_gpt_model, transformer_config
+from vikhr.model.gpt import (
+    ATTENTION_BACKENDS,
+    build_gpt_model,
+    layer_spec,
+    resolve_attention,
+    transformer_config,
+)
 
-__all__ = ["PRESETS", "ModelConfig", "build_gpt_model", "padded_vocab_size", "preset", "transformer_config"]
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "PRESETS",
+    "ModelConfig",
+    "build_gpt_model",
+    "layer_spec",
+    "padded_vocab_size",
+    "preset",
+    "resolve_attention",
+    "transformer_config",
+]

@@ -1,6 +1,14 @@
-"""Build a Mistral-shaped megatron-core GPTModel."""
+"""Build a Mistral-shaped megatron-core GPTModel.
+
+Layer specs (`attention=`): "te" (Transformer Engine, fused kernels; GPU), "sdpa" (megatron's
+local modules with torch SDPA core attention, vikhr.model.attention), "local" (megatron's
+unfused DotProductAttention, for comparison). "auto" takes "te" when Transformer Engine is
+importable and a GPU is in use, "sdpa" otherwise.
+"""
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +59,47 @@ def transformer_config(
         apply_rope_fusion=False,
         cross_entropy_loss_fusion=False,
         sequence_parallel=False,
+        # HF Mistral's window W (query i sees keys i-W+1..i) is megatron's (W-1, 0).
+        window_size=None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0),
         # On CPU there is no fused attention; the local spec's unfused attention is used.
         attention_softmax_in_fp32=True,
         deterministic_mode=not on_gpu,
     )
+
+
+ATTENTION_BACKENDS = ("auto", "te", "sdpa", "local")
+
+
+def have_transformer_engine() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def resolve_attention(attention: str, on_gpu: bool) -> str:
+    """The concrete layer-spec name for `attention` ("auto" -> "te" or "sdpa")."""
+    if attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+    if attention == "auto":
+        return "te" if on_gpu and have_transformer_engine() else "sdpa"
+    return attention
+
+
+def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_utils.ModuleSpec
+    """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local")."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if attention == "te":
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if attention == "sdpa":
+        from vikhr.model.attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    elif attention != "local":
+        raise ValueError(f"unknown attention backend {attention!r}")
+    return spec
 
 
 def build_gpt_model(
@@ -62,17 +107,22 @@ def build_gpt_model(
     tp_size: int = 1,
     params_dtype: torch.dtype = torch.float32,
     vocab_multiple: int = 128,
+    attention: str = "auto",
+    use_cpu_initialization: bool | None = None,
 ):  # -> megatron.core.models.gpt.GPTModel
-    """A Mistral-shaped GPTModel (local layer spec) for the current megatron parallel state.
+    """A Mistral-shaped GPTModel for the current megatron parallel state.
 
     The vocabulary is padded to a multiple of `vocab_multiple * tp_size`; padded rows exist
-    in the embedding and LM head but never occur as labels.
+    in the embedding and LM head but never occur as labels. Called with labels=None the model
+    returns this TP rank's vocabulary columns of the logits, [b, s, V_pad/TP].
     """
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    tcfg = transformer_config(cfg, tp_size, params_dtype)
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    from vikhr.runtime import cpu_compat
+
+    on_gpu = torch.cuda.is_available() and not cpu_compat.is_applied()
+    tcfg = transformer_config(cfg, tp_size, params_dtype, use_cpu_initialization)
+    spec = layer_spec(resolve_attention(attention, on_gpu))
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=spec,

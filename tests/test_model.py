@@ -1,0 +1,164 @@
+"""The Mistral presets and the megatron-core GPTModel with the SDPA layer spec, against transformers.
+
+The HF comparison maps weights with the parameter layout documented in vikhr.model.config, so
+it also pins that layout for the HF <-> Megatron conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from vikhr.model import PRESETS, build_gpt_model, padded_vocab_size, preset
+
+
+def test_mistral_presets_are_the_published_shapes() -> None:
+    v01, v02 = PRESETS["mistral-7b-v0.1"], PRESETS["mistral-7b-v0.2"]
+    for p in (v01, v02):
+        assert (p.num_layers, p.hidden_size, p.ffn_hidden_size) == (32, 4096, 14336)
+        assert (p.num_attention_heads, p.num_kv_heads, p.head_dim, p.vocab_size) == (32, 8, 128, 32000)
+        assert p.norm_eps == 1e-5
+    assert (v01.rope_theta, v01.sliding_window) == (10000.0, 4096)
+    assert (v02.rope_theta, v02.sliding_window) == (1_000_000.0, None)
+    assert padded_vocab_size(40000, 1) == 40064 and padded_vocab_size(40000, 8) == 40960
+
+
+def test_parameter_count_of_mistral_7b_matches_transformers() -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from vikhr.train.memory import parameter_counts
+
+    p = PRESETS["mistral-7b-v0.2"]
+    hf = MistralConfig(
+        vocab_size=p.vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.ffn_hidden_size,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_attention_heads,
+        num_key_value_heads=p.num_kv_heads,
+        tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        n_hf = sum(t.numel() for t in MistralForCausalLM(hf).parameters())
+    total, per_rank = parameter_counts(p, tp=1)
+    assert total == n_hf == 7_241_732_096
+    assert parameter_counts(p, tp=8)[1] < per_rank / 7
+
+
+@pytest.fixture
+def megatron_cpu() -> Iterator[None]:
+    from vikhr.runtime import cpu_compat, init_distributed, shutdown
+
+    init_distributed(tp_size=1, seed=7, device="cpu")
+    yield
+    shutdown()
+    cpu_compat.remove()
+
+
+def _hf_model(sliding_window: int | None):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    p = preset("tiny")
+    cfg = MistralConfig(
+        vocab_size=p.vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.ffn_hidden_size,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_attention_heads,
+        num_key_value_heads=p.num_kv_heads,
+        max_position_embeddings=p.max_seq_len,
+        rope_theta=p.rope_theta,
+        sliding_window=sliding_window,
+        rms_norm_eps=p.norm_eps,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg).double().eval()
+    with torch.no_grad():  # HF initialises norms to 1: perturb them so the mapping is tested
+        for name, t in model.named_parameters():
+            if "norm" in name:
+                t.add_(0.1 * torch.randn_like(t))
+    return model
+
+
+def _hf_to_megatron(hf, cfg) -> dict[str, torch.Tensor]:
+    """HF Mistral weights in the layout documented in vikhr.model.config (TP=1)."""
+    sd = hf.state_dict()
+    d, q, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_kv_heads
+    out = {
+        "embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
+        "decoder.final_layernorm.weight": sd["model.norm.weight"],
+        "output_layer.weight": sd["lm_head.weight"],
+    }
+    for i in range(cfg.num_layers):
+        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+        wq = sd[h + "self_attn.q_proj.weight"].view(kv, q // kv * d, -1)
+        wk = sd[h + "self_attn.k_proj.weight"].view(kv, d, -1)
+        wv = sd[h + "self_attn.v_proj.weight"].view(kv, d, -1)
+        out[m + "self_attention.linear_qkv.weight"] = torch.cat([wq, wk, wv], dim=1).reshape(
+            -1, cfg.hidden_size
+        )
+        out[m + "self_attention.linear_proj.weight"] = sd[h + "self_attn.o_proj.weight"]
+        out[m + "input_layernorm.weight"] = sd[h + "input_layernorm.weight"]
+        out[m + "pre_mlp_layernorm.weight"] = sd[h + "post_attention_layernorm.weight"]
+        out[m + "mlp.linear_fc1.weight"] = torch.cat(
+            [sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]]
+        )
+        out[m + "mlp.linear_fc2.weight"] = sd[h + "mlp.down_proj.weight"]
+    return out
+
+
+@pytest.mark.parametrize("sliding_window", [None, 6])
+@pytest.mark.parametrize("attention", ["sdpa", "local"])
+def test_gpt_model_matches_transformers_mistral(
+    megatron_cpu: None, attention: str, sliding_window: int | None
+) -> None:
+    cfg = preset("tiny", sliding_window=sliding_window)
+    hf = _hf_model(sliding_window)
+    model = build_gpt_model(cfg, attention=attention, params_dtype=torch.float32).double().eval()
+    missing, unexpected = model.load_state_dict(_hf_to_megatron(hf, cfg), strict=False)
+    assert not unexpected and all(k.endswith("_extra_state") for k in missing)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(tokens, torch.arange(20).expand(2, 20), attention_mask=None)
+        theirs = hf(tokens).logits
+    assert ours.shape == (2, 20, padded_vocab_size(cfg.vocab_size))
+    # float32 RoPE tables on both sides limit agreement to ~1e-7 even in float64.
+    torch.testing.assert_close(ours[..., : cfg.vocab_size], theirs, rtol=1e-5, atol=1e-6)
+    if sliding_window is not None:  # the window matters at this length: a full-causal HF model differs
+        full = _hf_model(None)
+        full.load_state_dict(hf.state_dict())
+        with torch.no_grad():
+            assert (full(tokens).logits - theirs).abs().max() > 1e-3
+
+
+def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
+    from vikhr.model.attention import SDPAttention
+
+    model = build_gpt_model(preset("tiny"), attention="sdpa")
+    cores = [m for m in model.modules() if type(m).__name__ in ("SDPAttention", "DotProductAttention")]
+    assert len(cores) == preset("tiny").num_layers and all(isinstance(m, SDPAttention) for m in cores)
+
+
+@pytest.mark.gpu
+def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16() -> None:
+    from vikhr.runtime import init_distributed, seed_everything, shutdown
+
+    init_distributed(tp_size=1, seed=3, device="cuda")
+    try:
+        cfg = preset("small", sliding_window=None)
+        out = {}
+        for attention in ("local", "sdpa"):
+            seed_everything(3)
+            model = build_gpt_model(cfg, attention=attention, params_dtype=torch.bfloat16).cuda().eval()
+            tokens = torch.randint(
+                0, cfg.vocab_size, (2, 256), generator=torch.Generator().manual_seed(1)
+            ).cuda()
+            with torch.no_grad():
+                out[attention] = model(tokens, torch.arange(256).cuda().expand(2, 256), attention_mask=None)
+        torch.testing.assert_close(out["sdpa"].float(), out["local"].float(), rtol=3e-2, atol=3e-2)
+    finally:
+        shutdown()

@@ -1,0 +1,439 @@
+"""End-to-end tests of pretrain_vikhr.py on the CPU (gloo): parallel equivalence, resume, KL, learning.
+
+Data: Russian (the shared corpus when present, else the bundled sample) and English text,
+tokenized with the bundled Mistral SentencePiece model, with the ids folded into the tiny
+preset's 512-token vocabulary (the 509 most frequent ids keep their own slot, the rest share
+one), written as megatron .bin/.idx by megatron-core's own builder.
+
+This file is also a script (`python tests/test_train.py kl-check CONFIG STEP OUT`) that
+recomputes a logged KL independently, with the float64 reference op.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import SHARED_DATA, free_port, run_torchrun  # noqa: E402
+
+PRETRAIN = REPO / "pretrain_vikhr.py"
+VOCAB = 512
+EOD = 2
+
+
+def _compact_corpus(texts: list[str], sp, keep: list[int]) -> list[list[int]]:
+    """Token ids of `texts` folded into VOCAB ids: 0 = any rare id, 1/2 = BOS/EOS, 3.. by frequency."""
+    docs = [sp.encode(t) for t in texts]
+    counts = collections.Counter(i for d in docs for i in d)
+    frequent = [i for i, _ in counts.most_common() if i not in keep][: VOCAB - len(keep) - 1]
+    table = {old: new for new, old in enumerate([*keep, *frequent], start=1)}
+    return [[table.get(i, 0) for i in d] + [EOD] for d in docs]
+
+
+def make_corpus(out: Path) -> dict[str, str]:
+    import sentencepiece as spm
+
+    from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
+    from vikhr.train.data import read_jsonl_texts, write_indexed_dataset
+
+    ru_source = SHARED_DATA / "corpus" / "ru" / "ruslit.jsonl.gz"
+    if not ru_source.is_file():
+        ru_source = RU_SAMPLE
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    keep = [sp.bos_id(), sp.eos_id()]  # -> 1, 2 (EOD)
+    prefixes = {}
+    for name, source, n_docs in (("ru", ru_source, 160), ("en", EN_SAMPLE, 60)):
+        texts = []
+        for text in read_jsonl_texts(source):
+            # Several short documents per source text, so the valid split gets whole documents.
+            texts.extend(text[i : i + 1500] for i in range(0, min(len(text), 6000), 1500))
+            if len(texts) >= n_docs:
+                break
+        write_indexed_dataset(out / name, _compact_corpus(texts[:n_docs], sp, keep))
+        prefixes[name] = str(out / name)
+    return prefixes
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def write_config(path: Path, corpus: dict[str, str], run_dir: Path, **sections: dict) -> Path:
+    cfg = {
+        "model": {"preset": "tiny", "attention": "sdpa", "vocab_multiple": 128},
+        "parallel": {"tensor": 1, "device": "cpu"},
+        "data": {
+            "train": [
+                {"prefix": corpus["ru"], "weight": 0.8, "name": "ru"},
+                {"prefix": corpus["en"], "weight": 0.2, "name": "en"},
+            ],
+            "split": "85,15,0",
+            "seq_len": 64,
+            "eod_id": EOD,
+            "valid_samples": 8,
+        },
+        "train": {"steps": 8, "micro_batch": 2, "global_batch": 8, "seed": 1234},
+        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"},
+        "kl": {"weight": 0.5, "direction": "reverse", "reference": "init"},
+        "checkpoint": {"dir": str(run_dir), "save_every": 4, "resume": "auto"},
+        "logging": {"log_every": 1, "eval_every": 4, "tensorboard": False},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Train and valid rows by step (the last row wins: a resumed run rewrites steps after its checkpoint)."""
+    train, valid = {}, {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        (train if row["kind"] == "train" else valid)[row["step"]] = row
+    return train, valid
+
+
+def _launch(config: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(PRETRAIN),
+        "--config",
+        str(config),
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def parallel_runs(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 8-step job (λ = 0.5) at TP=1 (1 rank), TP=2 and DP=2 (2 ranks each)."""
+    runs = {}
+    for name, nproc, tensor in (("tp1", 1, 1), ("tp2", 2, 2), ("dp2", 2, 1)):
+        tmp = tmp_path_factory.mktemp(name)
+        config = write_config(
+            tmp / "c.yaml", corpus, tmp / "run", parallel={"tensor": tensor, "device": "cpu"}
+        )
+        run_torchrun(PRETRAIN, "--config", str(config), nproc=nproc)
+        runs[name] = tmp / "run"
+    return runs
+
+
+@pytest.mark.distributed
+def test_tp2_and_dp2_match_tp1(parallel_runs: dict[str, Path]) -> None:
+    base, base_valid = read_metrics(parallel_runs["tp1"])
+    assert sorted(base) == list(range(1, 9))
+    # The job learns: otherwise matching losses would prove little.
+    assert base[8]["ce"] < base[1]["ce"] - 0.3
+    for name in ("tp2", "dp2"):
+        train, valid = read_metrics(parallel_runs[name])
+        assert sorted(train) == sorted(base)
+        for step, row in base.items():
+            for key in ("loss", "ce", "kl", "lr"):
+                assert train[step][key] == pytest.approx(row[key], rel=2e-5, abs=2e-6), (name, step, key)
+            assert train[step]["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4), (name, step)
+        for step, row in base_valid.items():
+            for key in ("loss_ru", "loss_en"):
+                assert valid[step][key] == pytest.approx(row[key], rel=2e-5), (name, step, key)
+
+
+@pytest.mark.distributed
+def test_kl_is_zero_at_step_0_with_reference_equal_to_model(parallel_runs: dict[str, Path]) -> None:
+    for run in parallel_runs.values():
+        train, _ = read_metrics(run)
+        assert train[1]["kl"] == pytest.approx(0.0, abs=1e-7)
+        assert train[1]["loss"] == pytest.approx(train[1]["ce"], abs=1e-6)
+        # Once the model moves away from its frozen starting copy the KL grows, and enters the loss.
+        assert all(train[s]["kl"] > 1e-4 for s in range(3, 9))
+        assert train[8]["loss"] == pytest.approx(train[8]["ce"] + 0.5 * train[8]["kl"], rel=1e-6)
+
+
+@pytest.mark.distributed
+def test_logged_kl_is_the_ops(parallel_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Recompute step 5's CE and KL from the step-4 checkpoint and the initial weights with the
+    float64 reference op, and step 1's CE from the initial weights alone."""
+    run = parallel_runs["tp1"]
+    out = tmp_path / "kl.json"
+    run_torchrun(Path(__file__), "kl-check", str(run.parent / "c.yaml"), "4", str(out), nproc=1)
+    got = json.loads(out.read_text())
+    train, _ = read_metrics(run)
+    assert got["ce_step1"] == pytest.approx(train[1]["ce"], rel=1e-5)
+    assert got["ce"] == pytest.approx(train[5]["ce"], rel=1e-5)
+    assert got["kl"] == pytest.approx(train[5]["kl"], rel=1e-4)
+    assert got["kl"] > 1e-4
+
+
+@pytest.mark.distributed
+def test_start_and_reference_from_a_checkpoint(parallel_runs: dict[str, Path], tmp_path: Path) -> None:
+    """model.init and kl.reference load a checkpoint of this trainer (here: the TP=1 run's last)."""
+    trained = parallel_runs["tp1"]
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml",
+        _corpus_of(trained),
+        run_dir,
+        model={"init": str(trained)},
+        kl={"weight": 0.5, "reference": str(trained / "step_000008")},
+        train={"steps": 1},
+    )
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, _ = read_metrics(run_dir)
+    before, _ = read_metrics(trained)
+    assert train[1]["kl"] == pytest.approx(0.0, abs=1e-7)  # reference == starting weights
+    assert train[1]["ce"] < before[1]["ce"] - 0.3  # it starts from the trained weights, not from scratch
+
+
+def _corpus_of(run_dir: Path) -> dict[str, str]:
+    cfg = yaml.safe_load((run_dir.parent / "c.yaml").read_text())
+    return {e["name"]: e["prefix"] for e in cfg["data"]["train"]}
+
+
+@pytest.mark.distributed
+def test_kill_and_resume_matches_uninterrupted(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir)
+    killed = _launch(config, 2, "debug.kill_at_step=6")
+    assert killed.returncode != 0, "the run should have been killed"
+    assert (run_dir / "latest").read_text().strip() == "step_000004"
+    assert not list(run_dir.glob("*.tmp"))
+    interrupted, _ = read_metrics(run_dir)
+    assert max(interrupted) == 6  # steps 5 and 6 ran, and are lost with the process
+    resumed = _launch(config, 2)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr and "step_000004" in resumed.stderr
+    train, valid = read_metrics(run_dir)
+    reference, reference_valid = read_metrics(parallel_runs["dp2"])  # same job, never interrupted
+    assert sorted(train) == sorted(reference)
+    for step in sorted(reference):
+        for key in ("loss", "ce", "kl", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (step, key)
+    assert valid[8] == reference_valid[8]
+
+
+@pytest.mark.distributed
+def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml",
+        corpus,
+        run_dir,
+        train={"steps": 30},
+        kl={"weight": 0.0},
+        checkpoint={"dir": str(run_dir), "save_every": 100},
+        logging={"log_every": 10, "eval_every": 15, "tensorboard": True},
+    )
+    run_torchrun(PRETRAIN, "--config", str(config), nproc=1)
+    _, valid = read_metrics(run_dir)
+    assert sorted(valid) == [0, 15, 30]
+    assert valid[15]["loss_ru"] < valid[0]["loss_ru"]
+    assert valid[30]["loss_ru"] < valid[0]["loss_ru"] - 0.5  # from ln(512) ≈ 6.24 towards the data
+    assert "loss_en" in valid[30]  # the forgetting monitor reports English separately
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "latest").read_text().strip() == "step_000030"
+
+
+@pytest.mark.gpu
+def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Path) -> None:
+    """The GPU path: bf16 weights with fp32 master copies (megatron's optimizer), nccl, SDPA/TE."""
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml",
+        corpus,
+        run_dir,
+        parallel={"tensor": 1, "device": "cuda"},
+        model={"attention": "auto"},
+    )
+    killed = _launch(config, 1, "debug.kill_at_step=6")
+    assert killed.returncode != 0
+    resumed = _launch(config, 1)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    train, valid = read_metrics(run_dir)
+    assert sorted(train) == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in train.values())
+    assert train[1]["kl"] == pytest.approx(0.0, abs=1e-3)  # bf16 logits of two identical models
+    assert valid[8]["loss_ru"] < valid[0]["loss_ru"]
+    if any(name in torch.cuda.get_device_name() for name in ("H100", "H200", "A100")):
+        assert 0 < train[8]["mfu"] < 1
+
+
+def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "vikhr", "pretrain", *args], capture_output=True, text=True, env=env, cwd=REPO
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("parallel.tensor=3", "parallel.tensor = 3 does not divide the model's num_attention_heads = 4"),
+        ("kl.direction=sideways", "kl.direction"),
+        ("train.global_batch=7", "train.global_batch = 7"),
+    ],
+)
+def test_bad_config_is_one_line_before_allocation(
+    corpus: dict[str, str], tmp_path: Path, override: str, message: str
+) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir)
+    proc = _pretrain_cli("--config", str(config), override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not run_dir.exists()  # nothing was started, so nothing was written
+
+
+def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    missing = dict(corpus, en=str(tmp_path / "nope" / "en"))
+    config = write_config(tmp_path / "c.yaml", missing, run_dir)
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 2
+    expected = f"config key data.train[1].prefix: dataset file not found: {tmp_path}/nope/en.bin"
+    assert proc.stderr.strip().splitlines() == [f"vikhr pretrain: error: {expected}"]
+    assert not run_dir.exists()
+
+
+@pytest.mark.distributed
+def test_bad_layout_under_torchrun_fails_on_every_rank_before_allocation(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"global_batch": 6, "micro_batch": 2})
+    proc = _launch(config, 2)  # DP=2 × micro-batch 2 does not divide 6
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pretrain_vikhr.py: error:")]
+    assert len(errors) == 2 and all("train.global_batch = 6" in e for e in errors), proc.stderr[-3000:]
+    assert f'File "{PRETRAIN}"' not in proc.stderr  # no traceback from the trainer (torchrun adds its own)
+    assert not run_dir.exists()
+
+
+def test_nonfinite_loss_skips_the_update_then_aborts(corpus: dict[str, str], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml",
+        corpus,
+        run_dir,
+        train={"steps": 3},
+        kl={"weight": 0.0},
+        checkpoint={"dir": str(run_dir), "save_every": 1},
+        logging={"eval_every": 100},
+    )
+    proc = _pretrain_cli("--config", str(config), "debug.nonfinite_at_steps=[2]")  # one process, no torchrun
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2: non-finite loss nan; skipping the update" in proc.stderr
+    train, _ = read_metrics(run_dir)
+    assert (
+        math.isnan(train[2]["loss"]) and math.isfinite(train[1]["loss"]) and math.isfinite(train[3]["loss"])
+    )
+    weights = [load_file(run_dir / f"step_00000{s}" / "model_tp00.safetensors") for s in (1, 2, 3)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # step 2 changed nothing
+    assert not all(torch.equal(weights[1][k], weights[2][k]) for k in weights[0])  # step 3 trained
+
+    run_dir = tmp_path / "run2"
+    config = write_config(tmp_path / "c2.yaml", corpus, run_dir, kl={"weight": 0.0})
+    proc = _pretrain_cli("--config", str(config), "debug.nonfinite_at_steps=[1,2]", "logging.max_nonfinite=2")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("vikhr pretrain: error: 2 non-finite losses in a row (logging.max_nonfinite)")
+    )
+
+
+def test_dry_run_mistral_7b_on_8_gpus() -> None:
+    proc = _pretrain_cli(
+        "--config", str(REPO / "configs" / "mistral-7b-v0.2.yaml"), "--dry-run", "--gpus", "8"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {int(line.split()[0]): line for line in proc.stdout.splitlines()[2:]}
+    assert sorted(rows) == [1, 2, 4, 8]
+    assert rows[1].endswith("no") and rows[8].endswith("yes")
+
+
+# --------------------------------------------------------------------------- script mode
+
+
+def _kl_check(config_path: str, step: int, out: str) -> None:
+    """Write {"ce_step1", "ce", "kl"}: CE of the initial weights on step 1's batch, and CE/KL of the
+    step-`step` checkpoint against the initial weights on the next step's batch (float64)."""
+    import torch
+
+    from vikhr.model import build_gpt_model
+    from vikhr.ops import cross_entropy_kl_reference
+    from vikhr.runtime import init_distributed, shutdown
+    from vikhr.train import checkpoint
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_datasets, step_micro_batches
+
+    cfg = load_config(config_path)
+    mcfg = cfg.model_config()
+    env = init_distributed(tp_size=1, seed=cfg.train.seed, device="cpu")
+    # The trainer's order: data first, then the model (the same seeded initialisation).
+    data = build_datasets(cfg, str(Path(cfg.checkpoint.dir) / "data-cache"))
+
+    def model() -> torch.nn.Module:
+        return build_gpt_model(
+            mcfg, 1, vocab_multiple=cfg.model.vocab_multiple, attention=cfg.model.attention
+        ).eval()
+
+    initial = model()
+    trained = model()
+    checkpoint.load_model(trained, Path(cfg.checkpoint.dir) / checkpoint.step_dir_name(step), 0, 1)
+
+    def batch(at: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = step_micro_batches(data.train, at, cfg.train.global_batch, cfg.train.micro_batch, 0, 1)
+        return torch.cat([t for t, _ in parts]), torch.cat([y for _, y in parts])
+
+    def logits(m: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        b, s = tokens.shape
+        with torch.no_grad():
+            z = m(tokens, torch.arange(s).expand(b, s), attention_mask=None)
+        return z.reshape(b * s, -1)
+
+    tokens, labels = batch(0)
+    first = cross_entropy_kl_reference(
+        logits(initial, tokens), None, labels.reshape(-1), valid_vocab_size=VOCAB
+    )
+    tokens, labels = batch(step)
+    out_ = cross_entropy_kl_reference(
+        logits(trained, tokens),
+        logits(initial, tokens),
+        labels.reshape(-1),
+        kl_weight=cfg.kl.weight,
+        kl_direction=cfg.kl.direction,
+        temperature=cfg.kl.temperature,
+        valid_vocab_size=VOCAB,
+    )
+    Path(out).write_text(
+        json.dumps({"ce_step1": float(first.ce), "ce": float(out_.ce), "kl": float(out_.kl)})
+    )
+    del env
+    shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "kl-check":
+        _kl_check(sys.argv[2], int(sys.argv[3]), sys.argv[4])

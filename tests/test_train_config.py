@@ -1,0 +1,165 @@
+"""The pre-training config: parsing, overrides, validation messages, the LR schedule, memory estimates."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vikhr.errors import VikhrError
+from vikhr.train.config import load_config
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> str:
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"ru{suffix}").write_bytes(b"")  # validation checks presence only
+    return str(tmp_path / "ru")
+
+
+def _config(tmp_path: Path, dataset: str, **sections: dict) -> Path:
+    cfg = {"data": {"train": [{"prefix": dataset, "weight": 1.0, "name": "ru"}], "seq_len": 64}}
+    for k, v in sections.items():
+        cfg.setdefault(k, {}).update(v)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_papers(tmp_path: Path, dataset: str) -> None:
+    cfg = load_config(_config(tmp_path, dataset))
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.warmup_steps) == (
+        1e-3,
+        [0.99, 0.95],
+        1e-8,
+        10,
+    )
+    assert cfg.kl.direction == "reverse" and cfg.kl.weight == 0.0
+
+
+def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
+    cfg = load_config(
+        _config(tmp_path, dataset),
+        [
+            "optim.lr=3e-4",
+            "optim.betas=[0.9, 0.95]",
+            "train.steps=12",
+            "logging.tensorboard=false",
+            "model.overrides.num_layers=3",
+            "checkpoint.dir=runs/x",
+            "--kl.weight=0.25",
+        ],
+    )
+    assert cfg.optim.lr == 3e-4 and cfg.optim.betas == [0.9, 0.95] and cfg.train.steps == 12
+    assert cfg.logging.tensorboard is False and cfg.kl.weight == 0.25
+    assert cfg.model_config().num_layers == 3 and cfg.checkpoint.dir == "runs/x"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+        ("optimizer.lr=1", "unknown config section 'optimizer'"),
+        ("train.steps=many", "config key train.steps: expected int, got 'many'"),
+        ("optim.lr=-1", "config key optim.lr must be positive"),
+        ("model.preset=mistral-8b", "config key model.preset: unknown preset 'mistral-8b'"),
+        (
+            "model.overrides.num_layer=2",
+            "unknown config key 'model.overrides.num_layer' (did you mean 'num_layers'?)",
+        ),
+        ("parallel.tensor=8", "parallel.tensor = 8 does not divide the model's num_attention_heads = 4"),
+        ("model.overrides.num_attention_heads=3", "config key model (tiny): hidden_size 64 is not divisible"),
+        ("data.seq_len=100000", "config key data.seq_len = 100000 exceeds the model's max_seq_len"),
+        ("data.split=1,2", "config key data.split"),
+        ("optim.decay=exp", "config key optim.decay"),
+        ("kl.temperature=0", "config key kl.temperature must be positive"),
+        ("checkpoint.resume=/nonexistent", "config key checkpoint.resume"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, dataset: str, override: str, message: str) -> None:
+    with pytest.raises(VikhrError) as e:
+        load_config(_config(tmp_path, dataset), [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> None:
+    with pytest.raises(
+        VikhrError, match=r"unknown config key 'data.train\[0\].wieght' \(did you mean 'weight'\?\)"
+    ):
+        load_config(_config(tmp_path, dataset), [f'data.train=[{{prefix: "{dataset}", wieght: 1}}]'])
+    with pytest.raises(VikhrError, match=r"data.train\[0\].prefix: dataset file not found: .*/nope.bin"):
+        load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"])
+    # --dry-run sizes a job from its shapes: the files need not exist there.
+    load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"], check_files=False)
+
+
+def test_lr_schedule_warms_up_then_decays_to_min(tmp_path: Path, dataset: str) -> None:
+    from vikhr.train.pretrain import lr_at
+
+    cfg = load_config(_config(tmp_path, dataset), ["train.steps=110", "optim.min_lr=1e-4"])
+    lrs = [lr_at(s, cfg) for s in range(110)]
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4)  # cosine midpoint
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:])) and lrs[-1] > 1e-4
+    linear = load_config(_config(tmp_path, dataset), ["train.steps=110", "optim.decay=linear"])
+    assert lr_at(60, linear) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert not math.isclose(lr_at(35, linear), lr_at(35, cfg))
+
+
+def test_memory_estimate_of_mistral_7b_follows_tp() -> None:
+    from vikhr.model import preset
+    from vikhr.train.memory import estimate
+
+    cfg = preset("mistral-7b-v0.2")
+    e1, e8 = estimate(cfg, 1, 8, 1, 1024), estimate(cfg, 8, 8, 1, 1024)
+    # 18 bytes per parameter for weights, fp32 grads, fp32 master + Adam moments.
+    assert e1.parameters + e1.gradients + e1.optimizer == pytest.approx(18 * 7_241_732_096, rel=1e-9)
+    assert e8.params_per_gpu < e1.params_per_gpu / 7.9 and e8.activations < e1.activations
+
+
+def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:
+    from vikhr.train.cli import build_arg_parser, config_overrides
+
+    megatron = ["--tensor-model-parallel-size", "2", "--lr", "2e-4", "--adam-beta1", "0.9"]
+    megatron += ["--adam-beta2", "0.98", "--seq-length", "128"]
+    config = str(_config(tmp_path, dataset))
+    args = build_arg_parser().parse_args(["--config", config, "train.steps=5", *megatron])
+    cfg = load_config(args.config, config_overrides(args))
+    assert (cfg.train.steps, cfg.parallel.tensor, cfg.optim.lr) == (5, 2, 2e-4)
+    assert cfg.optim.betas == [0.9, 0.98] and cfg.data.seq_len == 128
+
+
+def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> None:
+    """Transformer Engine's fused-norm parameter names are saved (and loaded) under the local names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vikhr.train.checkpoint import load_model_tensors, model_tensors
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear_qkv = torch.nn.Linear(4, 4, bias=False)
+            self.linear_qkv.layer_norm_weight = torch.nn.Parameter(torch.randn(4))
+
+    def model() -> torch.nn.Module:
+        m = torch.nn.Module()
+        m.block = torch.nn.Module()
+        m.block.self_attention = Layer()
+        return m
+
+    te = model()
+    tensors = model_tensors(te)
+    assert sorted(tensors) == ["block.input_layernorm.weight", "block.self_attention.linear_qkv.weight"]
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    fresh = model()
+    load_model_tensors(fresh, tmp_path / "m.safetensors")
+    assert torch.equal(
+        fresh.state_dict()["block.self_attention.linear_qkv.layer_norm_weight"],
+        tensors["block.input_layernorm.weight"],
+    )

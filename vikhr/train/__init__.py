@@ -1,0 +1,1 @@
+"""Continued pre-training on megatron-core: config, data, checkpoints, monitoring, the loop."""

@@ -1,0 +1,217 @@
+"""Atomic checkpoints of a pre-training run: model, optimizer, schedule, RNG and data position.
+
+Layout of `<checkpoint.dir>`:
+    latest                      name of the newest complete checkpoint (replaced atomically)
+    step_000020/
+        meta.json               step, consumed samples, TP/DP layout, model shape, config
+        model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
+        optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks)
+        rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
+
+All ranks write into `step_000020.tmp/`; rank 0 renames it and then rewrites `latest`, so an
+interrupted save never looks like a checkpoint. Loading uses safetensors and
+`torch.load(weights_only=True)` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vikhr.errors import VikhrError
+
+LATEST = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# Transformer Engine's layer spec fuses the pre-attention / pre-MLP RMSNorm into the next linear
+# layer, which renames their weights. Checkpoints always use the local/SDPA names (the layout in
+# vikhr.model.config), whichever spec trained them.
+_TE_NAMES = {
+    ".self_attention.linear_qkv.layer_norm_weight": ".input_layernorm.weight",
+    ".mlp.linear_fc1.layer_norm_weight": ".pre_mlp_layernorm.weight",
+}
+
+
+def canonical_name(name: str) -> str:
+    for te, local in _TE_NAMES.items():
+        if name.endswith(te):
+            return name[: -len(te)] + local
+    return name
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of a (DDP-unwrapped) model's state dict under canonical names, contiguous, on the CPU."""
+    return {
+        canonical_name(k): v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")
+    }
+
+
+def load_model_tensors(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    own_name = {canonical_name(k): k for k in model.state_dict()}
+    tensors = {own_name.get(k, k): v for k, v in load_file(str(path)).items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise VikhrError(
+            f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]} "
+            "(same model preset, overrides and parallel.tensor?)"
+        )
+
+
+def save(
+    ckpt_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: Any,
+    meta: dict[str, Any],
+    tp_rank: int,
+    dp_rank: int,
+    rank: int,
+) -> Path:
+    """Save step `step` atomically (collective: every rank calls it)."""
+    from safetensors.torch import save_file
+
+    root = Path(ckpt_dir)
+    final = root / step_dir_name(step)
+    tmp = root / (step_dir_name(step) + ".tmp")
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by an interrupted save
+        tmp.mkdir()
+    _barrier()
+    if dp_rank == 0:
+        save_file(model_tensors(model), str(tmp / f"model_tp{tp_rank:02d}.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / f"optim_tp{tp_rank:02d}.pt")
+    torch.save(_rng_state(), tmp / f"rng_rank{rank:04d}.pt")
+    _barrier()
+    if rank == 0:
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        latest_tmp = root / (LATEST + ".tmp")
+        latest_tmp.write_text(final.name + "\n", encoding="utf-8")
+        os.replace(latest_tmp, root / LATEST)
+    _barrier()
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """A step directory: `path` itself, or the one named by `path/latest`; None if there is none."""
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        return p
+    latest = p / LATEST
+    if latest.is_file():
+        step_dir = p / latest.read_text(encoding="utf-8").strip()
+        if (step_dir / "meta.json").is_file():
+            return step_dir
+        raise VikhrError(f"{latest} names {step_dir.name}, which is missing or incomplete")
+    return None
+
+
+def read_meta(step_dir: Path) -> dict[str, Any]:
+    return json.loads((step_dir / "meta.json").read_text(encoding="utf-8"))
+
+
+def load_model(
+    model: torch.nn.Module, step_dir: Path, tp_rank: int, tp_size: int, expected: dict[str, Any] | None = None
+) -> None:
+    """Load only the weights of a checkpoint (starting point or KL reference).
+
+    `expected`: the run's model shape (ModelConfig.to_dict()); a checkpoint of another shape is
+    refused with the differing fields named.
+    """
+    meta = read_meta(step_dir)
+    if meta["tp"] != tp_size:
+        raise VikhrError(
+            f"checkpoint {step_dir} was saved with parallel.tensor = {meta['tp']}, this run uses {tp_size}"
+        )
+    if expected is not None and "model" in meta:
+        differ = [
+            f"{k} {meta['model'].get(k)} (run: {v})"
+            for k, v in expected.items()
+            if k not in ("max_seq_len", "init_std") and meta["model"].get(k) != v
+        ]
+        if differ:
+            raise VikhrError(
+                f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
+                "set model.preset / model.overrides to match it"
+            )
+    load_model_tensors(model, step_dir / f"model_tp{tp_rank:02d}.safetensors")
+
+
+def resume(
+    step_dir: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    tp_rank: int,
+    tp_size: int,
+    rank: int,
+    world: int,
+    expected: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples)."""
+    meta = read_meta(step_dir)
+    if meta["world_size"] != world:
+        raise VikhrError(
+            f"checkpoint {step_dir} was saved by {meta['world_size']} processes; resume with the same "
+            f"world size (this run has {world})"
+        )
+    load_model(model, step_dir, tp_rank, tp_size, expected)
+    optimizer.load_state_dict(torch.load(step_dir / f"optim_tp{tp_rank:02d}.pt", weights_only=True))
+    _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", weights_only=True))
+    return meta

@@ -1,0 +1,83 @@
+"""`vikhr pretrain`: the trainer of pretrain_vikhr.py in one process (use torchrun for several)."""
+
+from __future__ import annotations
+
+import argparse
+
+# Megatron-LM's flag names for the common settings, as aliases of `section.key=value` overrides.
+MEGATRON_FLAGS: dict[str, str] = {
+    "--tensor-model-parallel-size": "parallel.tensor",
+    "--micro-batch-size": "train.micro_batch",
+    "--global-batch-size": "train.global_batch",
+    "--train-iters": "train.steps",
+    "--seed": "train.seed",
+    "--seq-length": "data.seq_len",
+    "--split": "data.split",
+    "--lr": "optim.lr",
+    "--min-lr": "optim.min_lr",
+    "--lr-warmup-iters": "optim.warmup_steps",
+    "--lr-decay-style": "optim.decay",
+    "--weight-decay": "optim.weight_decay",
+    "--clip-grad": "optim.clip_grad",
+    "--adam-beta1": "optim.betas.0",
+    "--adam-beta2": "optim.betas.1",
+    "--adam-eps": "optim.eps",
+    "--save": "checkpoint.dir",
+    "--save-interval": "checkpoint.save_every",
+    "--log-interval": "logging.log_every",
+    "--eval-interval": "logging.eval_every",
+}
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The arguments of pretrain_vikhr.py and `vikhr pretrain`."""
+    p = parser or argparse.ArgumentParser(
+        prog="pretrain_vikhr.py", description="Continued pre-training with CE + λ·KL on megatron-core."
+    )
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument("--dry-run", action="store_true", help="print per-GPU memory for TP in {1,2,4,8} and exit")
+    p.add_argument("--gpus", type=int, default=8, help="cluster size for --dry-run (default 8)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="per-GPU memory for --dry-run")
+    megatron = p.add_argument_group("Megatron-LM flags (same as the overrides they name)")
+    for flag, key in MEGATRON_FLAGS.items():
+        megatron.add_argument(flag, dest=f"megatron:{key}", metavar="V", default=None, help=key)
+    return p
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The positional overrides plus those given as Megatron-LM flags (flags win)."""
+    overrides = list(args.overrides)
+    betas: dict[int, str] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("megatron:") or value is None:
+            continue
+        key = dest.removeprefix("megatron:")
+        if key.startswith("optim.betas."):
+            betas[int(key.rsplit(".", 1)[1])] = value
+        else:
+            overrides.append(f"{key}={value}")
+    if betas:
+        if len(betas) != 2:
+            from vikhr.errors import VikhrError
+
+            raise VikhrError("give --adam-beta1 and --adam-beta2 together (or use optim.betas=[b1, b2])")
+        overrides.append(f"optim.betas=[{betas[0]}, {betas[1]}]")
+    return overrides
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="continued pre-training with CE + λ·KL (megatron-core)",
+        description="Continued pre-training with CE + λ·KL on megatron-core. One process; for several, "
+        "run `torchrun --nproc_per_node=K pretrain_vikhr.py` with the same arguments.",
+    )
+    build_arg_parser(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vikhr.train.pretrain import run_from_args
+
+    return run_from_args(args)

@@ -1,0 +1,113 @@
+"""`--dry-run`: per-GPU memory of a run for TP in {1, 2, 4, 8}, without allocating anything.
+
+What the trainer keeps per GPU (bf16 weights with fp32 master copies, megatron's
+non-distributed optimizer, no activation recomputation):
+  parameters   2 B/param (bf16) of this TP shard; + 2 B/param for the frozen KL reference
+  gradients    4 B/param (megatron DDP's fp32 main_grad buffer)
+  optimizer    12 B/param (fp32 master weights + Adam's two moments)
+  activations  saved for backward, per micro-batch: per layer and token, the residual stream
+               and norm outputs (4 × 2H bytes, replicated across TP) plus this rank's share of
+               Q/K/V, the attention output (SDPA/flash keeps no s×s matrix), and the SwiGLU
+               gate/up/product (≈ (2·(q+2kv)·d + 2·q·d + 6F)/TP bytes); the LM-head logits and
+               the CE+KL op's fp32 temporaries (≈ 18 B per token per vocabulary column / TP,
+               10 more with the reference's logits when λ > 0).
+Estimates, not measurements: allocator fragmentation and NCCL buffers come on top (the
+"fits" column keeps 10 % headroom for them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vikhr.model.config import ModelConfig, padded_vocab_size
+
+GIB = 1024**3
+
+
+def parameter_counts(cfg: ModelConfig, tp: int = 1, vocab_multiple: int = 128) -> tuple[int, int]:
+    """(parameters of the whole model, parameters held by one TP rank); vocabulary padded for TP."""
+    v = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple)
+    h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads, cfg.num_kv_heads
+    sharded_per_layer = h * (q + 2 * kv) * d + q * d * h + 3 * h * f
+    replicated_per_layer = 2 * h
+    sharded = 2 * v * h + cfg.num_layers * sharded_per_layer
+    replicated = cfg.num_layers * replicated_per_layer + h
+    return sharded + replicated, sharded // tp + replicated
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    tp: int
+    dp: int
+    params_per_gpu: int
+    parameters: float  # bytes
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.activations
+
+
+def estimate(
+    cfg: ModelConfig,
+    tp: int,
+    gpus: int,
+    micro_batch: int,
+    seq_len: int,
+    kl_weight: float = 0.0,
+    vocab_multiple: int = 128,
+) -> MemoryEstimate:
+    _, local = parameter_counts(cfg, tp, vocab_multiple)
+    v_local = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple) // tp
+    h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads, cfg.num_kv_heads
+    tokens = micro_batch * seq_len
+    per_layer_token = 4 * 2 * h + (2 * (q + 2 * kv) * d + 2 * q * d + 6 * f) / tp
+    logits = tokens * v_local * (18 + (10 if kl_weight > 0 else 0))
+    activations = cfg.num_layers * tokens * per_layer_token + tokens * 2 * h + logits
+    params = 2.0 * local * (2 if kl_weight > 0 else 1)
+    return MemoryEstimate(
+        tp=tp,
+        dp=gpus // tp,
+        params_per_gpu=local,
+        parameters=params,
+        gradients=4.0 * local,
+        optimizer=12.0 * local,
+        activations=float(activations),
+    )
+
+
+def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
+    """The `--dry-run` report for a validated PretrainConfig."""
+    mcfg = cfg.model_config()
+    total, _ = parameter_counts(mcfg, 1, cfg.model.vocab_multiple)
+    lines = [
+        f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
+        f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
+        f"{gpus} GPUs of {gpu_memory_gb:g} GB",
+        f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
+        f"{'activ.':>9} {'total':>9}  fits",
+    ]
+    for tp in (1, 2, 4, 8):
+        if tp > gpus or gpus % tp:
+            continue
+        try:
+            mcfg.validate(tp)
+        except Exception as e:  # a TP size the shape cannot take
+            lines.append(f"{tp:>3} {'-':>3}  not possible: {e}")
+            continue
+        e = estimate(
+            mcfg, tp, gpus, cfg.train.micro_batch, cfg.data.seq_len, cfg.kl.weight, cfg.model.vocab_multiple
+        )
+        fits = e.total <= 0.9 * gpu_memory_gb * 1e9
+        lines.append(
+            f"{tp:>3} {e.dp:>3} {e.params_per_gpu / 1e9:>10.3f}B "
+            + " ".join(
+                f"{x / GIB:>7.1f}Gi" for x in (e.parameters, e.gradients, e.optimizer, e.activations, e.total)
+            )
+            + f"  {'yes' if fits else 'no'}"
+        )
+    return "\n".join(lines)

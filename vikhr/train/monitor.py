@@ -1,0 +1,69 @@
+"""What a run reports: the progress line, metrics.jsonl, TensorBoard scalars, MFU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity).
+_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in _PEAK_BF16.items() if k in name), None)
+
+
+def train_flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
+    """6·N for the matmuls plus causal attention (12·L·h·s, halved for causality)."""
+    return 6.0 * num_params + 6.0 * num_layers * hidden * seq_len
+
+
+class Monitor:
+    """Rank 0 only: prints, appends to metrics.jsonl and writes TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def progress(self, step: int, total: int, m: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = (
+            f"step {step:>6}/{total} | loss {m['loss']:.4f} | ce {m['ce']:.4f} | kl {m['kl']:.5f} | "
+            f"lr {m['lr']:.3e} | grad-norm {m['grad_norm']:.3f} | tok/s {m['tokens_per_s']:,.0f}"
+        )
+        if m.get("mfu") is not None:
+            line += f" | mfu {100 * m['mfu']:.1f}%"
+        print(line, flush=True)
+
+    def info(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
