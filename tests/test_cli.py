@@ -31,7 +31,7 @@ def test_unknown_command_is_one_line_and_nonzero() -> None:
 
 def test_missing_file_is_one_line_and_nonzero(tmp_path) -> None:
     missing = tmp_path / "nope.jsonl.gz"
-    proc = run_vikhr("demo", "--corpus", str(missing), "--workdir", str(tmp_path / "w"))
+    proc = run_vikhr("demo", "--ru-corpus", str(missing), "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -1,9 +1,18 @@
-"""`vikhr demo`: the main job on the bundled default data, on CPU, with no downloads.
+"""`vikhr demo`: the whole pipeline on the bundled sample, on the CPU, with no downloads.
 
-This is the most complete pipeline that exists in this version: it tokenizes the bundled
-Russian sample with the bundled Mistral tokenizer and trains a tiny Mistral-shaped
-megatron-core model on it, reporting held-out loss before and after. Stages join it as they
-land (tokenizer training, vocabulary adaptation, Rust pre-tokenization, CE+KL training).
+The paper's recipe at toy scale, every stage through vikhr's own API:
+
+  1. split      held-out documents (by a hash of their id) are kept out of every training step
+  2. tokenizer  train a Russian SentencePiece BPE on the training split; compare it with Mistral's
+  3. base       pre-train a tiny Mistral-shaped model with Mistral's tokenizer on RU+EN (it stands
+                in for Mistral-7B, which cannot be downloaded here) and export it to HF format
+  4. adapt      vocabulary adaptation of the HF base to the new tokenizer (Hewitt mean init)
+  5. tokenize   Rust pre-tokenization of the corpora into Megatron .bin/.idx with the new tokenizer
+  6. continue   continued pre-training of all weights with CE + λ·KL(P_model ‖ P_base-adapted)
+  7. evaluate   bits per character on the held-out Russian and English text for the base, the
+                adapted model before and after continued training (tokenizer-independent)
+
+Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to --workdir.
 """
 
 from __future__ import annotations
@@ -12,111 +21,228 @@ import argparse
 import gzip
 import json
 import math
+import shutil
 import time
-import zlib
 from pathlib import Path
+from typing import Any
 
 from vikhr.errors import VikhrError, require_file
 
 
-def _read_texts(path: Path) -> list[tuple[str, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                rec = json.loads(line)
-                out.append((str(rec.get("id", lineno)), rec["text"]))
-            except (json.JSONDecodeError, KeyError) as e:
-                raise VikhrError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from e
-    return out
+def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
-def _is_heldout(doc_id: str, percent: int = 5) -> bool:
-    """Deterministic held-out split by a hash of the document id."""
-    return zlib.crc32(doc_id.encode()) % 100 < percent
+def _split(path: Path, out: Path, name: str) -> tuple[Path, Path, list[str]]:
+    """(train JSONL, held-out JSONL, held-out texts) by the tokenizer's deterministic hash split."""
+    from vikhr.tokenizer.corpus import iter_documents
+
+    parts = {
+        split: [{"id": d.doc_id, "text": d.text} for d in iter_documents(path, split=split)]
+        for split in ("train", "heldout")
+    }
+    if not parts["train"] or not parts["heldout"]:
+        raise VikhrError(f"{path}: too few documents to keep a held-out split")
+    _write_jsonl(out / f"{name}-train.jsonl.gz", parts["train"])
+    _write_jsonl(out / f"{name}-heldout.jsonl.gz", parts["heldout"])
+    return (
+        out / f"{name}-train.jsonl.gz",
+        out / f"{name}-heldout.jsonl.gz",
+        [d["text"] for d in parts["heldout"]],
+    )
+
+
+def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: list[str], seq_len: int) -> float:
+    """Σ token NLL / (characters · ln 2) over `texts`, each scored in windows of `seq_len` tokens."""
+    import sentencepiece as spm
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.logging.disable_progress_bar()
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model.eval()
+    nll, chars = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = [sp.bos_id(), *sp.encode(text)]
+            chars += len(text)
+            for start in range(0, len(ids) - 1, seq_len):
+                window = torch.tensor(ids[start : start + seq_len + 1]).unsqueeze(0)
+                logits = model(window[:, :-1]).logits.float()
+                nll += float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
+    return nll / (chars * math.log(2))
+
+
+def _train_config(
+    workdir: Path,
+    name: str,
+    prefixes: list[tuple[str, str, float]],
+    vocab_size: int,
+    args: argparse.Namespace,
+    steps: int,
+    init: str = "random",
+    kl_weight: float = 0.0,
+) -> Any:
+    from vikhr.train.config import load_config
+
+    blend = [{"prefix": p, "name": n, "weight": w} for n, p, w in prefixes]
+    overrides = [
+        "model.preset=tiny",
+        f"model.overrides={json.dumps({'vocab_size': vocab_size, 'max_seq_len': args.seq_len})}",
+        f"model.init={init}",
+        "parallel.device=cpu",
+        f"data.train={json.dumps(blend)}",
+        "data.split=95,5,0",
+        f"data.seq_len={args.seq_len}",
+        "data.valid_samples=16",
+        f"train.steps={steps}",
+        "train.micro_batch=4",
+        "train.global_batch=8",
+        f"train.seed={args.seed}",
+        f"optim.lr={args.lr}",
+        f"optim.min_lr={args.lr / 10}",
+        "optim.warmup_steps=10",
+        f"kl.weight={kl_weight}",
+        f"checkpoint.dir={workdir / name}",
+        f"checkpoint.save_every={steps}",
+        "checkpoint.resume=never",
+        f"logging.log_every={max(1, steps // 5)}",
+        f"logging.eval_every={steps}",
+    ]
+    return load_config(None, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    corpus = require_file(args.corpus, "corpus")
-    tokenizer = require_file(args.tokenizer, "tokenizer model")
+    ru = require_file(args.ru_corpus, "Russian corpus")
+    en = require_file(args.en_corpus, "English corpus")
+    base_tok = require_file(args.base_tokenizer, "base tokenizer model")
     workdir = Path(args.workdir)
-    if workdir.exists() and any(workdir.iterdir()) and not args.overwrite:
-        raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
+    if workdir.exists() and any(workdir.iterdir()):
+        if not args.overwrite:
+            raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
 
-    import sentencepiece as spm
-    import torch
-
-    from vikhr.model import build_gpt_model, preset
-    from vikhr.runtime import init_distributed, shutdown
+    from vikhr.adapt import adapt_vocab
+    from vikhr.convert import hf_to_megatron, megatron_to_hf
+    from vikhr.data import preprocess
+    from vikhr.tokenizer.compare import compare
+    from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+    from vikhr.train.checkpoint import find_checkpoint
+    from vikhr.train.pretrain import run as pretrain
 
     t0 = time.time()
-    docs = _read_texts(corpus)
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    train_ids: list[int] = []
-    valid_ids: list[int] = []
-    for doc_id, text in docs:
-        ids = [*sp.encode(text), sp.eos_id()]
-        (valid_ids if _is_heldout(doc_id) else train_ids).extend(ids)
-    chars = sum(len(t) for _, t in docs)
+    summary: dict[str, Any] = {}
+
+    def stage(n: int, text: str) -> None:
+        print(f"\n[{n}/7] {text}  (+{time.time() - t0:.0f}s)", flush=True)
+
+    stage(1, "split: held-out documents are kept out of every training step")
+    corpora = workdir / "corpora"
+    corpora.mkdir()
+    ru_train, ru_held, ru_texts = _split(ru, corpora, "ru")
+    en_train, en_held, en_texts = _split(en, corpora, "en")
+    ru_texts, en_texts = ru_texts[: args.eval_docs], en_texts[: args.eval_docs]
+    print(f"      RU {len(ru_texts)} and EN {len(en_texts)} held-out documents for evaluation")
+
+    stage(2, f"tokenizer: SentencePiece BPE, {args.vocab_size} pieces, byte fallback, replace mode")
+    tok_dir = workdir / "tokenizer"
+    settings = TrainSettings(vocab_size=args.vocab_size, split_by_script=False, verify_lines_per_file=200)
+    train_tokenizer([ru_train, en_train], tok_dir, settings)
+    new_tok = next(tok_dir.glob("*.model"))
+    results = compare(
+        [f"mistral={base_tok}", f"vikhr={new_tok}"], [f"ru={ru_held}", f"en={en_held}"], workdir / "report"
+    )
+    cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
+    summary["chars_per_token"] = {f"{t}/{s}": round(v, 3) for (t, s), v in cpt.items()}
     print(
-        f"[1/2] tokenized {len(docs)} documents ({chars:,} chars) with {tokenizer.name}: "
-        f"{len(train_ids):,} train / {len(valid_ids):,} held-out tokens, "
-        f"{chars / (len(train_ids) + len(valid_ids)):.2f} chars/token"
+        f"      chars/token on held-out RU: Mistral {cpt[('mistral', 'ru')]:.2f} -> vikhr "
+        f"{cpt[('vikhr', 'ru')]:.2f}; EN: {cpt[('mistral', 'en')]:.2f} -> {cpt[('vikhr', 'en')]:.2f}"
+        f"  (report: {workdir / 'report' / 'report.md'})"
     )
 
-    env = init_distributed(tp_size=1, seed=args.seed, device="cpu")
-    try:
-        cfg = preset("tiny", vocab_size=sp.vocab_size(), max_seq_len=args.seq_len)
-        model = build_gpt_model(cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        train = torch.tensor(train_ids)
-        valid = torch.tensor(valid_ids)
-        gen = torch.Generator().manual_seed(args.seed)
-        pos = torch.arange(args.seq_len).expand(args.batch_size, -1)
+    stage(3, "base: tiny Mistral-shaped model pre-trained with Mistral's tokenizer, exported to HF")
+    data = workdir / "data"
+    data.mkdir()
+    for lang, src in (("ru", ru_train), ("en", en_train)):
+        s = preprocess([src], data / f"base-{lang}", base_tok, append_eod=True)
+        print(f"      {lang}: {s.line()}")
+    import sentencepiece as spm
 
-        def batch(src: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            rows = torch.stack([src[s : s + args.seq_len + 1] for s in starts.tolist()])
-            return rows[:, :-1], rows[:, 1:]
+    base_vocab = spm.SentencePieceProcessor(model_file=str(base_tok)).vocab_size()
+    cfg = _train_config(
+        workdir,
+        "base",
+        [("en", str(data / "base-en_text_document"), 0.5), ("ru", str(data / "base-ru_text_document"), 0.5)],
+        base_vocab,
+        args,
+        args.base_steps,
+    )
+    pretrain(cfg)
+    base_hf = megatron_to_hf(find_checkpoint(workdir / "base"), workdir / "base-hf")
 
-        valid_starts = torch.arange(0, len(valid) - args.seq_len - 1, args.seq_len)[: args.batch_size * 8]
+    stage(4, "adapt: new embeddings and LM head; known pieces copied, new ones = mean of old pieces")
+    adapted_hf = workdir / "adapted-hf"
+    adapt = adapt_vocab(base_hf, base_tok, new_tok, adapted_hf, show_progress=False)
+    print(f"      {json.dumps({k: v for k, v in adapt.items() if isinstance(v, int)})}")
+    new_vocab = spm.SentencePieceProcessor(model_file=str(new_tok)).vocab_size()
+    adapted_vocab = json.loads((adapted_hf / "config.json").read_text())["vocab_size"]
+    adapted_meg = hf_to_megatron(adapted_hf, workdir / "adapted-megatron")
 
-        @torch.no_grad()
-        def heldout_loss() -> float:
-            model.eval()
-            losses = []
-            for chunk in valid_starts.split(args.batch_size):
-                x, y = batch(valid, chunk)
-                losses.append(model(x, pos[: len(chunk)], attention_mask=None, labels=y).float().mean())
-            model.train()
-            return float(torch.stack(losses).mean())
+    stage(5, "tokenize: Rust pre-tokenizer -> Megatron .bin/.idx with the new tokenizer")
+    for lang, src in (("ru", ru_train), ("en", en_train)):
+        s = preprocess([src], data / f"vikhr-{lang}", new_tok, append_eod=True)
+        print(f"      {lang}: {s.line()}")
 
-        before = heldout_loss()
-        for step in range(1, args.steps + 1):
-            starts = torch.randint(0, len(train) - args.seq_len - 1, (args.batch_size,), generator=gen)
-            x, y = batch(train, starts)
-            loss = model(x, pos, attention_mask=None, labels=y).float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step % max(1, args.steps // 10) == 0 or step == 1:
-                print(f"      step {step:4d}  loss {loss.item():.3f}")
-        after = heldout_loss()
-        print(
-            f"[2/2] trained a tiny Mistral-shaped model ({sum(p.numel() for p in model.parameters()):,} "
-            f"params) for {args.steps} steps on {env.device}: held-out loss {before:.3f} -> {after:.3f} "
-            f"(perplexity {math.exp(before):.0f} -> {math.exp(after):.0f})"
-        )
-    finally:
-        shutdown()
-    workdir.mkdir(parents=True, exist_ok=True)
-    summary = {"heldout_loss_before": before, "heldout_loss_after": after, "steps": args.steps}
+    stage(6, f"continue: CE + {args.kl_weight}·KL(P_model ‖ P_adapted), RU-heavy blend")
+    cfg = _train_config(
+        workdir,
+        "continued",
+        [
+            ("ru", str(data / "vikhr-ru_text_document"), 0.9),
+            ("en", str(data / "vikhr-en_text_document"), 0.1),
+        ],
+        adapted_vocab,
+        args,
+        args.steps,
+        init=str(adapted_meg),
+        kl_weight=args.kl_weight,
+    )
+    pretrain(cfg)
+    final_hf = megatron_to_hf(find_checkpoint(workdir / "continued"), workdir / "vikhr-hf")
+
+    stage(7, "evaluate: bits per character on held-out text (lower is better)")
+    bpc = {}
+    for label, hf_dir, tok in (
+        ("base (Mistral tokenizer)", base_hf, base_tok),
+        ("adapted, before training", adapted_hf, new_tok),
+        ("adapted + continued", final_hf, new_tok),
+    ):
+        bpc[label] = {
+            "ru": _bits_per_char(hf_dir, tok, ru_texts, args.seq_len),
+            "en": _bits_per_char(hf_dir, tok, en_texts, args.seq_len),
+        }
+    print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")
+    for label, v in bpc.items():
+        print(f"      {label:28s} {v['ru']:8.3f} {v['en']:8.3f}")
+    summary.update(
+        {
+            "bits_per_char": bpc,
+            "vocab": {"base": base_vocab, "new": new_vocab, "adapted_model": adapted_vocab},
+            "adapt": {k: v for k, v in adapt.items() if isinstance(v, int | float | str)},
+            "seconds": round(time.time() - t0, 1),
+        }
+    )
     tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     tmp.replace(workdir / "summary.json")
-    print(f"done in {time.time() - t0:.0f}s; summary in {workdir / 'summary.json'}")
-    if after >= before:
-        print("warning: held-out loss did not improve")
+    print(f"\ndone in {time.time() - t0:.0f}s; summary in {workdir / 'summary.json'}")
     return 0
 
 
@@ -125,17 +251,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="run the pipeline end to end on the bundled sample (CPU, no downloads)",
+        help="run the whole pipeline on the bundled sample (CPU, no downloads)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--corpus", default=str(assets.RU_SAMPLE), help="JSONL(.gz) with a 'text' field")
-    p.add_argument("--tokenizer", default=str(assets.MISTRAL_TOKENIZER), help="SentencePiece .model")
+    p.add_argument("--ru-corpus", default=str(assets.RU_SAMPLE), help="Russian JSONL(.gz) with id and text")
+    p.add_argument("--en-corpus", default=str(assets.EN_SAMPLE), help="English JSONL(.gz) with id and text")
+    p.add_argument("--base-tokenizer", default=str(assets.MISTRAL_TOKENIZER), help="the original .model")
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default: runs/demo)")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty work directory")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="clear a non-empty work directory first")
+    p.add_argument("--vocab-size", type=int, default=8000, help="new tokenizer size (default 8000)")
+    p.add_argument("--base-steps", type=int, default=150, help="pre-training steps of the stand-in base")
+    p.add_argument("--steps", type=int, default=150, help="continued pre-training steps")
+    p.add_argument("--kl-weight", type=float, default=0.1, help="λ of the KL regulariser")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-docs", type=int, default=8, help="held-out documents per language for bpc")
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=run)

@@ -34,5 +34,10 @@ def require_megatron() -> None:
     problem = megatron_version_problem()
     if problem:
         raise VikhrError(problem)
+    quiet_megatron_warnings()
+
+
+def quiet_megatron_warnings() -> None:
+    """Hide megatron-core's import-time warnings (entry points call this before importing it)."""
     for category in (UserWarning, DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"megatron\.")

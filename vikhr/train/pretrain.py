@@ -4,6 +4,8 @@ The whole run, top to bottom, is `run()`: validate the config (before anything i
 start torch.distributed + megatron's TP/DP groups, build the data, the model, the frozen
 reference and the optimizer, resume if a checkpoint exists, then loop over optimizer steps.
 `pretrain_vikhr.py` (under torchrun) and `vikhr pretrain` (one process) both call `main()`.
+Instruction tuning is the same loop with `data.kind: sft` (chats with an assistant-only loss
+mask, see vikhr.train.sft_data; `vikhr sft train`).
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         monitor.info(
             f"model {cfg.model.preset}: {num_params / 1e6:.1f}M parameters, "
             f"TP={env.tp_size} DP={env.dp_size}, {env.backend}, attention={cfg.model.attention}, "
-            f"KL λ={cfg.kl.weight}"
+            f"KL λ={cfg.kl.weight}, data {cfg.data.kind}"
         )
 
         def save(at_step: int) -> None:
@@ -341,8 +343,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vikhr.runtime.megatron import quiet_megatron_warnings
     from vikhr.train.cli import build_arg_parser
 
+    quiet_megatron_warnings()
     args = build_arg_parser().parse_args(argv)
     return run_from_args(args)
 

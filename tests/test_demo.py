@@ -1,0 +1,49 @@
+"""`vikhr demo` runs every stage of the pipeline on the bundled sample and reports sane numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vikhr",
+            "demo",
+            "--workdir",
+            str(work),
+            "--base-steps",
+            "12",
+            "--steps",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for n in range(1, 8):
+        assert f"[{n}/7]" in proc.stdout
+    summary = json.loads((work / "summary.json").read_text())
+    cpt = summary["chars_per_token"]
+    # The Russian tokenizer packs more Russian characters into a token than Mistral's.
+    assert cpt["vikhr/ru"] > 1.3 * cpt["mistral/ru"]
+    bpc = summary["bits_per_char"]
+    assert all(math.isfinite(v) and v > 0 for m in bpc.values() for v in m.values())
+    # Continued pre-training lowers held-out Russian bits per character of the adapted model.
+    assert bpc["adapted + continued"]["ru"] < bpc["adapted, before training"]["ru"]
+    assert summary["vocab"]["adapted_model"] == summary["vocab"]["new"]
+    # Every stage left its artefacts: report, tokenizer export, datasets, checkpoints, HF models.
+    assert (work / "report" / "chars_per_token.png").is_file()
+    assert any((work / "tokenizer").glob("tokenizer.json"))
+    assert (work / "data" / "vikhr-ru_text_document.idx").is_file()
+    assert (work / "continued" / "latest").is_file()
+    for hf in ("base-hf", "adapted-hf", "vikhr-hf"):
+        assert (work / hf / "config.json").is_file()
