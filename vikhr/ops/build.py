@@ -1,8 +1,8 @@
 """Just-in-time, cached build of the C++/CUDA ops in `csrc/`.
 
-The CPU sources always build (a C++17 compiler is all they need). The `.cu` sources are
+The CPU sources always build (a C++20 compiler is all they need). The `.cu` sources are
 added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
-holds both. Builds are cached per torch version, variant and source hash under
+holds both. Builds are cached per torch version, variant and a hash of sources and flags under
 `$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the compile time.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -47,12 +48,36 @@ def _sources(with_cuda: bool) -> list[Path]:
     return srcs
 
 
-def _source_hash(paths: list[Path]) -> str:
-    h = hashlib.sha256()
+def _source_hash(paths: list[Path], flags_key: str) -> str:
+    h = hashlib.sha256(flags_key.encode())
     for p in paths + sorted(csrc_dir().glob("*.h")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
+
+
+def _flags(with_cuda: bool) -> tuple[list[str], list[str], list[str]]:
+    """(C++ flags, nvcc flags, linker flags); torch adds the C++ standard it needs (C++20 for >= 2.10)."""
+    # -fno-trapping-math lets GCC if-convert the clamps of the vectorised exp in csrc/cekl_math.h
+    # (nothing here reads floating-point exception flags).
+    cflags = ["-O3", "-fno-trapping-math"]
+    ldflags: list[str] = []
+    if sys.platform.startswith("linux"):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    cuda_cflags = ["-O3", "--use_fast_math", "-lineinfo"]
+    if with_cuda:
+        cflags.append("-DVIKHR_WITH_CUDA")
+        cuda_cflags.append("-DVIKHR_WITH_CUDA")
+    return cflags, cuda_cflags, ldflags
+
+
+def _put_ninja_on_path() -> None:
+    """torch's JIT build runs `ninja` from PATH; a venv used without activation lacks it there."""
+    if shutil.which("ninja") is None:
+        import ninja  # the PyPI package ships the binary
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 @functools.cache
@@ -61,23 +86,17 @@ def load_ops(verbose: bool = False) -> ModuleType:
     import torch
     from torch.utils import cpp_extension
 
+    _put_ninja_on_path()
     with_cuda = cuda_build_possible()
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
-    tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources)}"
+    flags_key = repr(_flags(with_cuda))
+    tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources, flags_key)}"
     build_dir = cache_dir() / "ops" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob("*.so")):
         print(f"vikhr: compiling csrc ops for {variant} (first use, about a minute)...", file=sys.stderr)
-    cflags = ["-O3", "-std=c++17"]
-    ldflags: list[str] = []
-    if sys.platform.startswith("linux"):
-        cflags.append("-fopenmp")
-        ldflags.append("-fopenmp")
-    cuda_cflags = ["-O3", "--use_fast_math", "-std=c++17"]
-    if with_cuda:
-        cflags.append("-DVIKHR_WITH_CUDA")
-        cuda_cflags.append("-DVIKHR_WITH_CUDA")
+    cflags, cuda_cflags, ldflags = _flags(with_cuda)
     try:
         return cpp_extension.load(
             name=f"vikhr_ops_{variant}",
