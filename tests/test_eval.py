@@ -1,0 +1,387 @@
+"""`vikhr eval`: lm-evaluation-harness tasks on local data with tiny random HF Mistral models.
+
+Exactness: bits per character and per-choice loglikelihoods equal a direct transformers
+computation; a model rigged to always say one answer scores exactly that answer's share.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
+from vikhr.eval import EvalSettings, parse_task_list, run_eval
+from vikhr.eval.runner import _make_lm, load_tokenizer
+from vikhr.eval.tasks import (
+    TASKS,
+    bits_per_character,
+    chgk_golds,
+    clean_terra_text,
+    normalize_answer,
+    qa_scores,
+    read_jsonl,
+    token_f1,
+)
+from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+pytest.importorskip("lm_eval")
+
+DATA_TASKS = ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
+
+
+def make_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer Mistral with the real Mistral tokenizer (32k vocabulary)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(
+        vocab_size=32000,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(cfg).eval()
+    # Random init with std 0.02 gives near-uniform predictions; larger weights make the
+    # log-probabilities vary, so that comparisons below are not trivially equal.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    model.save_pretrained(path)
+    write_hf_tokenizer(MISTRAL_TOKENIZER, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("eval") / "tiny")
+
+
+def settings_for(model_dir: Path, tasks: list[str], data_dir: Path, **kw: Any) -> EvalSettings:
+    return EvalSettings(
+        model_dir=model_dir,
+        tasks=tasks,
+        data_dir=data_dir,
+        bpc_data=kw.pop("bpc_data", RU_SAMPLE),
+        device="cpu",
+        dtype="float32",
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tok = load_tokenizer(tiny_dir, None, tmp_path_factory.mktemp("tok"))
+    return _make_lm(settings_for(tiny_dir, [], tiny_dir), tok)
+
+
+@pytest.fixture(scope="module")
+def rigged_lm(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A second copy whose every position has the same hidden state (see `rig`)."""
+    tok = load_tokenizer(tiny_dir, None, tmp_path_factory.mktemp("tok"))
+    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), tok)
+    model = lm.model
+    with torch.no_grad():
+        # Attention and MLP add nothing, every embedding is the same vector: the final hidden
+        # state is a constant, so the logits are the same after any context.
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+    return lm
+
+
+def rig(lm: Any, preferred_token: int) -> None:
+    """Make `lm` put (almost) all probability on `preferred_token` after any context."""
+    with torch.no_grad():
+        head = lm.model.lm_head.weight
+        head.zero_()
+        head[preferred_token] = 10.0
+
+
+def last_token(lm: Any, text: str) -> int:
+    return lm.tokenizer(text, add_special_tokens=False).input_ids[-1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_answer_normalisation_and_scores() -> None:
+    assert normalize_answer("  «Ёжик»   в тумане! ") == "ежик в тумане"
+    assert qa_scores(" Ёжик в тумане.", ["ежик в тумане"]) == {"exact_match": 1.0, "f1": 1.0}
+    assert token_f1("ежик в тумане", "ежик") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+    # precision 1, recall 1/3 against the best gold
+    assert qa_scores("Ромул", ["Рем", "Ромул и Рем"])["f1"] == pytest.approx(0.5)
+    assert qa_scores("", ["Углич"]) == {"exact_match": 0.0, "f1": 0.0}
+
+
+def test_chgk_gold_variants() -> None:
+    golds = chgk_golds(
+        "Принцип неопределенности [Гейзенберга]", ["соотношение неопределенностей", "по смыслу"]
+    )
+    assert golds == [
+        "Принцип неопределенности Гейзенберга",
+        "Принцип неопределенности",
+        "соотношение неопределенностей",
+    ]
+    assert qa_scores("принцип неопределённости", golds)["exact_match"] == 1.0
+
+
+def test_terra_csv_leftovers_are_cleaned() -> None:
+    raw = '"""Решение носит символический характер"", - отмечается в сообщении."'
+    assert clean_terra_text(raw) == '"Решение носит символический характер", - отмечается в сообщении.'
+    assert clean_terra_text("Обычный текст.") == "Обычный текст."
+
+
+def test_task_list_parsing() -> None:
+    assert parse_task_list("all") == list(TASKS)
+    assert parse_task_list("terra, bpc,terra") == ["terra", "bpc"]
+    with pytest.raises(VikhrError, match="unknown task 'mmlu'"):
+        parse_task_list("terra,mmlu")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every task end to end on the real data
+
+
+@pytest.mark.parametrize("task", DATA_TASKS)
+def test_task_runs_end_to_end(task: str, tiny_lm: Any, tiny_dir: Path, shared_data: Path) -> None:
+    limit = 3
+    out = run_eval(
+        settings_for(tiny_dir, [task], shared_data / "eval", limit=limit, log_samples=True), lm=tiny_lm
+    )
+    result = out["tasks"][task]
+    assert result["n"] == limit
+    assert set(result["metrics"]) == set(TASKS[task].metrics)
+    samples = out["samples"][task]
+    assert len(samples) == limit
+    if TASKS[task].metrics[0] == "acc":
+        # Accuracy is the share of documents whose gold choice has the highest loglikelihood.
+        correct = [
+            max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0]) == s["target"]
+            for s in samples
+        ]
+        assert result["metrics"]["acc"] == pytest.approx(sum(correct) / limit)
+    else:
+        # EM/F1 are the means of qa_scores over the generated answers.
+        golds = [s["doc"]["golds"] for s in samples]
+        scores = [qa_scores(s["filtered_resps"][0], g) for s, g in zip(samples, golds, strict=True)]
+        for metric in ("exact_match", "f1"):
+            assert result["metrics"][metric] == pytest.approx(sum(x[metric] for x in scores) / limit)
+        assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+    assert all(v is not None for v in result["metrics"].values())
+    # The prompts are in the task's language and hold the document.
+    prompt = samples[0]["arguments"][0][0]
+    if task == "mmlu_en":
+        assert (
+            prompt.startswith("The following are multiple choice questions") and prompt.count("Answer:") == 6
+        )
+    else:
+        assert "Ответ:" in prompt
+
+
+def direct_logprob(model: Any, ids: list[int], n_scored: int) -> float:
+    """Σ log p(ids[i] | ids[:i]) over the last `n_scored` tokens, straight from transformers."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    positions = range(len(ids) - n_scored, len(ids))
+    return float(sum(logp[i - 1, ids[i]] for i in positions))
+
+
+@pytest.mark.parametrize("task", ["terra", "mmlu_en"])
+def test_loglikelihoods_equal_direct_transformers(
+    task: str, tiny_lm: Any, tiny_dir: Path, shared_data: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = run_eval(
+        settings_for(tiny_dir, [task], shared_data / "eval", limit=2, log_samples=True), lm=tiny_lm
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    checked = 0
+    for sample in out["samples"][task]:
+        for (context, continuation), resp in zip(sample["arguments"], sample["filtered_resps"], strict=True):
+            # BOS + context + continuation, scoring the continuation's tokens.
+            whole = tok(context + continuation).input_ids
+            n_context = len(tok(context).input_ids)
+            assert whole[0] == tok.bos_token_id and n_context < len(whole)
+            expected = direct_logprob(model, whole, len(whole) - n_context)
+            assert resp[0] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+            checked += 1
+    assert checked == 2 * (4 if task == "mmlu_en" else 2)
+
+
+def test_bpc_equals_direct_transformers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = [d["text"][:1500] for d in list(read_jsonl(RU_SAMPLE))[:3]]
+    texts += [
+        "A short English line.",
+        "Смешанный текст: ёлка, 2024 год, emoji 🙂 и\tтабуляция\nс переводом строки.",
+    ]
+    data = tmp_path / "texts.jsonl.gz"
+    with gzip.open(data, "wt", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    out = run_eval(settings_for(tiny_dir, ["bpc"], tmp_path, bpc_data=data), lm=tiny_lm)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    total_nll = 0.0
+    for t in texts:
+        ids = tok(t, add_special_tokens=False).input_ids
+        assert len(ids) < 4096  # one window: the whole text is scored after BOS
+        total_nll -= direct_logprob(model, [tok.bos_token_id, *ids], len(ids))
+    total_chars = sum(len(t) for t in texts)
+    expected_bpc = total_nll / (total_chars * math.log(2))
+    assert out["tasks"]["bpc"]["metrics"]["bpc"] == pytest.approx(expected_bpc, rel=1e-6)
+    total_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert out["tasks"]["bpc"]["metrics"]["bits_per_byte"] == pytest.approx(
+        total_nll / (total_bytes * math.log(2)), rel=1e-6
+    )
+    assert out["tasks"]["bpc"]["n"] == len(texts)
+
+
+def test_bits_per_character_aggregation() -> None:
+    assert bits_per_character([(-math.log(2) * 3, 2), (-math.log(2) * 5, 2)]) == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A model rigged to prefer one answer scores exactly that answer's share
+
+
+def test_rigged_model_mmlu_accuracy(rigged_lm: Any, tiny_dir: Path, shared_data: Path) -> None:
+    limit = 20
+    answers = [r["answer"] for r in read_jsonl(shared_data / "eval/mmlu-en/test.jsonl")][:limit]
+    for letter in "BD":
+        rig(rigged_lm, last_token(rigged_lm, f"Answer: {letter}"))
+        out = run_eval(settings_for(tiny_dir, ["mmlu_en"], shared_data / "eval", limit=limit), lm=rigged_lm)
+        share = sum(a == letter for a in answers) / limit
+        assert 0 < share < 1
+        assert out["tasks"]["mmlu_en"]["metrics"]["acc"] == pytest.approx(share)
+
+
+def test_rigged_model_terra_and_rucola(rigged_lm: Any, tiny_dir: Path, shared_data: Path) -> None:
+    limit = 30
+    rig(rigged_lm, last_token(rigged_lm, "Ответ: да"))
+    out = run_eval(
+        settings_for(tiny_dir, ["terra", "rucola"], shared_data / "eval", limit=limit, bootstrap_iters=0),
+        lm=rigged_lm,
+    )
+    terra = [r["label"] for r in read_jsonl(shared_data / "eval/terra/val.jsonl")][:limit]
+    rucola = [r["label"] for r in read_jsonl(shared_data / "eval/rucola/dev.jsonl")][:limit]
+    assert out["tasks"]["terra"]["metrics"]["acc"] == pytest.approx(terra.count("entailment") / limit)
+    assert out["tasks"]["rucola"]["metrics"]["acc"] == pytest.approx(rucola.count(1) / limit)
+    # Always answering "acceptable" carries no information: MCC is 0.
+    assert out["tasks"]["rucola"]["metrics"]["mcc"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "res" / "results.json"
+    rc = cli_main(
+        [
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--tasks",
+            "terra,bpc",
+            "--data-dir",
+            str(shared_data / "eval"),
+            "--limit",
+            "2",
+            "--num-fewshot",
+            "1",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert set(results["tasks"]) == {"terra", "bpc"}
+    assert results["tasks"]["terra"]["num_fewshot"] == 1 and results["tasks"]["bpc"]["num_fewshot"] == 0
+    assert 0.0 <= results["tasks"]["terra"]["metrics"]["acc"] <= 1.0
+    assert results["tasks"]["bpc"]["metrics"]["bpc"] > 0
+    table = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| terra | acc |" in table and "| bpc | bpc |" in table
+    assert not list(out.parent.glob("*.tmp"))
+    assert "| terra | acc |" in capsys.readouterr().out
+
+
+def _one_line_error(argv: list[str], capsys: Any) -> str:
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("vikhr eval: error:")
+    return err
+
+
+def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "eval"
+    (data / "terra").mkdir(parents=True)
+    base = ["eval", "--data-dir", str(data), "--device", "cpu"]
+    err = _one_line_error([*base, "--model", str(tmp_path / "nope"), "--tasks", "terra"], capsys)
+    assert "model directory not found" in err
+    err = _one_line_error([*base, "--model", str(tiny_dir), "--tasks", "terra,squad"], capsys)
+    assert "unknown task 'squad'" in err
+    err = _one_line_error([*base, "--model", str(tiny_dir), "--tasks", "terra"], capsys)
+    assert "data file not found" in err and "terra/val.jsonl" in err
+    err = _one_line_error(
+        [*base, "--model", str(tiny_dir), "--tasks", "bpc", "--bpc-data", str(tmp_path / "x.jsonl")], capsys
+    )
+    assert "data file not found" in err and "--bpc-data" in err
+    err = _one_line_error([*base, "--model", str(tiny_dir), "--tasks", "bpc", "--output", "r.txt"], capsys)
+    assert ".json" in err
+    no_config = tmp_path / "empty_model"
+    no_config.mkdir()
+    err = _one_line_error([*base, "--model", str(no_config), "--tasks", "bpc"], capsys)
+    assert "no config.json" in err
+    # A model directory without a tokenizer (what 'vikhr convert megatron-to-hf' writes).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).symlink_to(tiny_dir / f)
+    err = _one_line_error([*base, "--model", str(bare), "--tasks", "bpc"], capsys)
+    assert "--tokenizer" in err
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
+    err = _one_line_error(
+        [*base, "--model", str(tiny_dir), "--tasks", "bpc", "--bpc-data", str(bad_jsonl)],
+        capsys,
+    )
+    assert "bad.jsonl:2" in err
+
+
+def test_tokenizer_from_sentencepiece_model(tiny_dir: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).symlink_to(tiny_dir / f)
+    tok = load_tokenizer(bare, MISTRAL_TOKENIZER, tmp_path)
+    reference = load_tokenizer(tiny_dir, None, tmp_path)
+    text = "Привет, мир! Hello"
+    assert tok(text).input_ids == reference(text).input_ids
