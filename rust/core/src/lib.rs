@@ -1,6 +1,13 @@
 //! vikhr's native core. The logic lives here and is tested with `cargo test`;
 //! `rust/py` is a thin PyO3 skin over it.
 
+pub mod jsonl;
+pub mod mmidx;
+pub mod pipeline;
+pub mod proto;
+pub mod spm;
+pub mod tokenizer;
+
 /// Version of the native core, reported by `vikhr doctor`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -1,0 +1,339 @@
+//! JSON Lines input: plain, gzip (`.gz`) or zstd (`.zst`, `.zstd`) files read as batches of
+//! whole lines, and extraction of string fields from one line without building the whole object.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// Open a (possibly compressed) input file, choosing the decoder from the file name.
+pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+    let f = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 20,
+            f,
+        )))
+    } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+        Box::new(zstd::stream::read::Decoder::new(f)?)
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, raw)))
+}
+
+/// A run of consecutive whole lines of one input file.
+#[derive(Debug, Default, Clone)]
+pub struct LineBatch {
+    /// Index of the input file.
+    pub file: usize,
+    /// 1-based number of the first line in the batch.
+    pub first_line: u64,
+    pub data: Vec<u8>,
+    /// End offset (exclusive, newline stripped) of each line in `data`.
+    pub ends: Vec<usize>,
+    starts: Vec<usize>,
+}
+
+impl LineBatch {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn line(&self, i: usize) -> &[u8] {
+        &self.data[self.starts[i]..self.ends[i]]
+    }
+
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.line(i))
+    }
+}
+
+/// Reads a file as [`LineBatch`]es of about `batch_bytes` each (never splitting a line).
+pub struct LineBatcher {
+    reader: Box<dyn BufRead + Send>,
+    file: usize,
+    next_line: u64,
+    batch_bytes: usize,
+    done: bool,
+}
+
+impl LineBatcher {
+    pub fn new(reader: Box<dyn BufRead + Send>, file: usize, batch_bytes: usize) -> Self {
+        LineBatcher {
+            reader,
+            file,
+            next_line: 1,
+            batch_bytes: batch_bytes.max(1),
+            done: false,
+        }
+    }
+
+    /// The next batch, `Ok(None)` at the end of the file.
+    pub fn next_batch(&mut self) -> io::Result<Option<LineBatch>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut b = LineBatch {
+            file: self.file,
+            first_line: self.next_line,
+            ..Default::default()
+        };
+        while b.data.len() < self.batch_bytes {
+            let start = b.data.len();
+            let n = self.reader.read_until(b'\n', &mut b.data)?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            let mut end = b.data.len();
+            if b.data[end - 1] == b'\n' {
+                end -= 1;
+            }
+            b.starts.push(start);
+            b.ends.push(end);
+            self.next_line += 1;
+        }
+        Ok((!b.is_empty()).then_some(b))
+    }
+}
+
+/// Why a line cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    NotUtf8,
+    BadJson(String),
+    MissingKey(String),
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::NotUtf8 => f.write_str("not valid UTF-8"),
+            LineError::BadJson(e) => write!(f, "not valid JSON ({e})"),
+            LineError::MissingKey(k) => write!(f, "no string field {k:?}"),
+        }
+    }
+}
+
+/// A string that borrows from the line when it has no escapes.
+struct CowStr<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A string value, or `None` for any other JSON value (which is skipped over).
+struct MaybeStr<'de>(Option<Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Fields<'k> {
+    keys: &'k [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Fields<'_> {
+    type Value = Vec<Option<Cow<'de, str>>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = Vec<Option<Cow<'de, str>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![None; self.keys.len()];
+        while let Some(CowStr(k)) = map.next_key::<CowStr>()? {
+            match self.keys.iter().position(|x| *x == k) {
+                Some(i) => {
+                    // A non-string value (null, number, ...) counts as a missing text.
+                    out[i] = map.next_value::<MaybeStr>()?.0;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The string values of `keys` in one JSON line, in the order of `keys`.
+pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a, str>>, LineError> {
+    let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let values = Fields { keys }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| LineError::BadJson(e.to_string()))?;
+    values
+        .into_iter()
+        .zip(keys)
+        .map(|(v, k)| v.ok_or_else(|| LineError::MissingKey(k.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn extracts_keys_in_order() {
+        let line = br#"{"id": 1, "text": "a\nb", "nested": {"text": 5}, "title": "T"}"#;
+        let got = extract_fields(line, &keys(&["title", "text"])).unwrap();
+        assert_eq!(got, ["T", "a\nb"]);
+    }
+
+    #[test]
+    fn reports_bad_lines() {
+        let k = keys(&["text"]);
+        assert_eq!(extract_fields(b"\xff\xfe", &k), Err(LineError::NotUtf8));
+        assert!(matches!(
+            extract_fields(b"{\"text\": ", &k),
+            Err(LineError::BadJson(_))
+        ));
+        assert!(matches!(
+            extract_fields(b"", &k),
+            Err(LineError::BadJson(_))
+        ));
+        assert!(matches!(
+            extract_fields(b"[1]", &k),
+            Err(LineError::BadJson(_))
+        ));
+        assert!(matches!(
+            extract_fields(b"{\"a\":1} x", &k),
+            Err(LineError::BadJson(_))
+        ));
+        assert_eq!(
+            extract_fields(b"{\"a\":1}", &k),
+            Err(LineError::MissingKey("text".into()))
+        );
+        assert_eq!(
+            extract_fields(b"{\"text\":null}", &k),
+            Err(LineError::MissingKey("text".into()))
+        );
+        assert_eq!(extract_fields(b"{\"text\":\"\"}\r", &k).unwrap(), [""]);
+    }
+
+    fn batches(data: &[u8], batch: usize) -> Vec<LineBatch> {
+        let mut r = LineBatcher::new(Box::new(Cursor::new(data.to_vec())), 0, batch);
+        let mut out = Vec::new();
+        while let Some(b) = r.next_batch().unwrap() {
+            out.push(b);
+        }
+        out
+    }
+
+    proptest! {
+        /// Batching never loses, splits or reorders lines, and numbers them from 1.
+        #[test]
+        fn batcher_preserves_lines(lines in proptest::collection::vec("[a-z{}\":, ]{0,20}", 0..40), trailing in any::<bool>(), batch in 1usize..64) {
+            let mut data = lines.join("\n").into_bytes();
+            if trailing && !lines.is_empty() { data.push(b'\n'); }
+            let got = batches(&data, batch);
+            let mut all: Vec<Vec<u8>> = Vec::new();
+            let mut next = 1u64;
+            for b in &got {
+                prop_assert_eq!(b.first_line, next);
+                next += b.len() as u64;
+                all.extend(b.lines().map(|l| l.to_vec()));
+            }
+            let want: Vec<Vec<u8>> = if data.is_empty() { vec![] } else {
+                let s = data.strip_suffix(b"\n").unwrap_or(&data);
+                s.split(|&c| c == b'\n').map(|l| l.to_vec()).collect()
+            };
+            prop_assert_eq!(all, want);
+        }
+
+        /// The field extractor never panics and agrees with a full JSON parse.
+        #[test]
+        fn extractor_agrees_with_serde_json(line in proptest::collection::vec(any::<u8>(), 0..80), text in "\\PC{0,30}") {
+            let k = keys(&["text"]);
+            let _ = extract_fields(&line, &k);
+            let obj = serde_json::json!({"x": [1, {"text": 2}], "text": text}).to_string();
+            let got = extract_fields(obj.as_bytes(), &k).unwrap();
+            prop_assert_eq!(got[0].as_ref(), text.as_str());
+        }
+    }
+}

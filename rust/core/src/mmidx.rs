@@ -1,0 +1,586 @@
+//! megatron-core's memory-mapped indexed dataset (`MMIDIDX` version 1): a `.bin` of token ids and
+//! an `.idx` laid out exactly as `IndexedDatasetBuilder.finalize` writes it:
+//!
+//! ```text
+//! b"MMIDIDX\x00\x00" | u64 version = 1 | u8 dtype code | u64 sequence_count | u64 document_count
+//! | i32 sequence_lengths[sequence_count] | i64 sequence_pointers[sequence_count] (byte offsets)
+//! | i64 document_indices[document_count] (starts with 0) | i8 modes[sequence_count] (multimodal only)
+//! ```
+//!
+//! The writer streams the `.bin` and spills the per-sequence/per-document arrays to scratch
+//! files, so memory stays bounded however large the corpus. Outputs are written under
+//! `*.partial` names and renamed only once complete: an interrupted run leaves nothing that loads.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const INDEX_HEADER: &[u8; 9] = b"MMIDIDX\x00\x00";
+const HEADER_LEN: u64 = 9 + 8 + 1 + 8 + 8;
+
+/// Token dtype of a dataset (megatron-core's `DType` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    U8,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    F32,
+    U16,
+}
+
+impl DType {
+    pub fn code(self) -> u8 {
+        match self {
+            DType::U8 => 1,
+            DType::I8 => 2,
+            DType::I16 => 3,
+            DType::I32 => 4,
+            DType::I64 => 5,
+            DType::F64 => 6,
+            DType::F32 => 7,
+            DType::U16 => 8,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => DType::U8,
+            2 => DType::I8,
+            3 => DType::I16,
+            4 => DType::I32,
+            5 => DType::I64,
+            6 => DType::F64,
+            7 => DType::F32,
+            8 => DType::U16,
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> u64 {
+        match self {
+            DType::U8 | DType::I8 => 1,
+            DType::I16 | DType::U16 => 2,
+            DType::I32 | DType::F32 => 4,
+            DType::I64 | DType::F64 => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::U8 => "uint8",
+            DType::I8 => "int8",
+            DType::I16 => "int16",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+            DType::F64 => "float64",
+            DType::F32 => "float32",
+            DType::U16 => "uint16",
+        }
+    }
+
+    /// `DType.optimal_dtype(vocab_size)`: uint16 below 65500 ids, else int32.
+    pub fn optimal(vocab_size: usize) -> Self {
+        if vocab_size < 65500 {
+            DType::U16
+        } else {
+            DType::I32
+        }
+    }
+}
+
+pub fn bin_path(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("{prefix}.bin"))
+}
+
+pub fn idx_path(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("{prefix}.idx"))
+}
+
+fn partial(path: &Path, what: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{what}.partial"));
+    PathBuf::from(s)
+}
+
+fn ctx(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Streaming writer of one `{prefix}.bin/.idx` pair.
+pub struct IndexedWriter {
+    prefix: String,
+    dtype: DType,
+    bin: BufWriter<File>,
+    lengths: BufWriter<File>,
+    docs: BufWriter<File>,
+    tmp_bin: PathBuf,
+    tmp_lengths: PathBuf,
+    tmp_docs: PathBuf,
+    tmp_idx: PathBuf,
+    sequences: u64,
+    documents: u64,
+    tokens: u64,
+    finished: bool,
+    scratch: Vec<u8>,
+}
+
+impl IndexedWriter {
+    pub fn create(prefix: &str, dtype: DType) -> io::Result<Self> {
+        let (bin, idx) = (bin_path(prefix), idx_path(prefix));
+        if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| ctx(e, dir))?;
+        }
+        let tmp_bin = partial(&bin, "tmp");
+        let tmp_idx = partial(&idx, "tmp");
+        let tmp_lengths = partial(&idx, "lengths");
+        let tmp_docs = partial(&idx, "documents");
+        let open = |p: &Path| File::create(p).map(BufWriter::new).map_err(|e| ctx(e, p));
+        let mut w = IndexedWriter {
+            prefix: prefix.to_string(),
+            dtype,
+            bin: BufWriter::with_capacity(
+                1 << 20,
+                File::create(&tmp_bin).map_err(|e| ctx(e, &tmp_bin))?,
+            ),
+            lengths: open(&tmp_lengths)?,
+            docs: open(&tmp_docs)?,
+            tmp_bin,
+            tmp_lengths,
+            tmp_docs,
+            tmp_idx,
+            sequences: 0,
+            documents: 1,
+            tokens: 0,
+            finished: false,
+            scratch: Vec::new(),
+        };
+        w.docs.write_all(&0i64.to_le_bytes())?;
+        Ok(w)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// `IndexedDatasetBuilder.add_document(tokens, lengths)`: the tokens of one document, made of
+    /// sequences of the given lengths (an empty `lengths` adds a document without sequences).
+    pub fn add_document(&mut self, tokens: &[u32], lengths: &[u64]) -> io::Result<()> {
+        debug_assert_eq!(lengths.iter().sum::<u64>(), tokens.len() as u64);
+        self.scratch.clear();
+        match self.dtype {
+            DType::U16 => {
+                for &t in tokens {
+                    let v = u16::try_from(t).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("token id {t} does not fit uint16"),
+                        )
+                    })?;
+                    self.scratch.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            DType::I32 => {
+                for &t in tokens {
+                    let v = i32::try_from(t).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("token id {t} does not fit int32"),
+                        )
+                    })?;
+                    self.scratch.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            d => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("writing token ids as {} is not supported", d.name()),
+                ))
+            }
+        }
+        self.bin.write_all(&self.scratch)?;
+        for &l in lengths {
+            let l = i32::try_from(l).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a sequence longer than 2^31 tokens",
+                )
+            })?;
+            self.lengths.write_all(&l.to_le_bytes())?;
+        }
+        self.sequences += lengths.len() as u64;
+        self.documents += 1;
+        self.tokens += tokens.len() as u64;
+        self.docs
+            .write_all(&(self.sequences as i64).to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Append a whole existing dataset (megatron-core's `add_index`): its `.bin` bytes verbatim,
+    /// its sequence lengths, and its document boundaries shifted by the sequences already written.
+    pub fn add_index(&mut self, prefix: &str) -> io::Result<()> {
+        let info = read_index(prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if info.dtype != self.dtype {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{prefix}: dtype {} differs from {}",
+                    info.dtype.name(),
+                    self.dtype.name()
+                ),
+            ));
+        }
+        if info.multimodal {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{prefix}: multimodal datasets cannot be merged"),
+            ));
+        }
+        let idx = idx_path(prefix);
+        let mut r = BufReader::new(File::open(&idx).map_err(|e| ctx(e, &idx))?);
+        r.seek(SeekFrom::Start(HEADER_LEN))?;
+        io::copy(
+            &mut (&mut r).take(4 * info.sequence_count),
+            &mut self.lengths,
+        )?;
+        r.seek(SeekFrom::Start(info.document_indices_offset + 8))?;
+        let mut buf = [0u8; 8];
+        for _ in 1..info.document_count {
+            r.read_exact(&mut buf)?;
+            let v = i64::from_le_bytes(buf) + self.sequences as i64;
+            self.docs.write_all(&v.to_le_bytes())?;
+        }
+        let bin = bin_path(prefix);
+        let mut f = File::open(&bin).map_err(|e| ctx(e, &bin))?;
+        io::copy(&mut f, &mut self.bin)?;
+        self.sequences += info.sequence_count;
+        self.documents += info.document_count - 1;
+        self.tokens += info.token_count;
+        Ok(())
+    }
+
+    /// Write the `.idx`, then move both files to their final names.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.bin.flush()?;
+        self.lengths.flush()?;
+        self.docs.flush()?;
+        {
+            let mut idx = BufWriter::with_capacity(
+                1 << 20,
+                File::create(&self.tmp_idx).map_err(|e| ctx(e, &self.tmp_idx))?,
+            );
+            idx.write_all(INDEX_HEADER)?;
+            idx.write_all(&1u64.to_le_bytes())?;
+            idx.write_all(&[self.dtype.code()])?;
+            idx.write_all(&self.sequences.to_le_bytes())?;
+            idx.write_all(&self.documents.to_le_bytes())?;
+            let mut lengths = BufReader::new(File::open(&self.tmp_lengths)?);
+            io::copy(&mut lengths, &mut idx)?;
+            lengths.seek(SeekFrom::Start(0))?;
+            let mut pointer = 0i64;
+            let mut buf = [0u8; 4];
+            for _ in 0..self.sequences {
+                lengths.read_exact(&mut buf)?;
+                idx.write_all(&pointer.to_le_bytes())?;
+                pointer += i64::from(i32::from_le_bytes(buf)) * self.dtype.size() as i64;
+            }
+            io::copy(&mut BufReader::new(File::open(&self.tmp_docs)?), &mut idx)?;
+            let f = idx.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+        }
+        self.bin.get_ref().sync_all()?;
+        let (bin, idx) = (bin_path(&self.prefix), idx_path(&self.prefix));
+        // Remove a stale index first: between the two renames no complete pair exists.
+        match fs::remove_file(&idx) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ctx(e, &idx)),
+        }
+        fs::rename(&self.tmp_bin, &bin).map_err(|e| ctx(e, &bin))?;
+        fs::rename(&self.tmp_idx, &idx).map_err(|e| ctx(e, &idx))?;
+        self.finished = true;
+        let _ = fs::remove_file(&self.tmp_lengths);
+        let _ = fs::remove_file(&self.tmp_docs);
+        Ok(())
+    }
+}
+
+impl Drop for IndexedWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            for p in [
+                &self.tmp_bin,
+                &self.tmp_idx,
+                &self.tmp_lengths,
+                &self.tmp_docs,
+            ] {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// What an `.idx` says, after checking it against itself and against the `.bin` size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexInfo {
+    pub dtype: DType,
+    pub sequence_count: u64,
+    pub document_count: u64,
+    pub token_count: u64,
+    pub multimodal: bool,
+    pub bin_bytes: u64,
+    pub document_indices_offset: u64,
+    /// Number of documents without any sequence (empty documents).
+    pub empty_documents: u64,
+}
+
+/// Parse and validate an index given as bytes (`bin_bytes` = size of the `.bin`).
+pub fn parse_index(data: &[u8], bin_bytes: u64) -> Result<IndexInfo, String> {
+    let len = data.len() as u64;
+    if len < HEADER_LEN {
+        return Err(format!(
+            "index is {len} bytes, shorter than the {HEADER_LEN}-byte header"
+        ));
+    }
+    if &data[..9] != INDEX_HEADER {
+        return Err("not an MMIDIDX index (bad magic)".into());
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    let version = u64_at(9);
+    if version != 1 {
+        return Err(format!("index version {version}, expected 1"));
+    }
+    let dtype =
+        DType::from_code(data[17]).ok_or_else(|| format!("unknown dtype code {}", data[17]))?;
+    let (n, d) = (u64_at(18), u64_at(26));
+    let arrays = n
+        .checked_mul(12)
+        .and_then(|x| d.checked_mul(8).and_then(|y| x.checked_add(y)))
+        .and_then(|x| x.checked_add(HEADER_LEN))
+        .ok_or("sequence/document counts overflow")?;
+    let multimodal = if len == arrays {
+        false
+    } else if Some(len) == arrays.checked_add(n) {
+        true
+    } else {
+        return Err(format!(
+            "index is {len} bytes but {n} sequences and {d} documents need {arrays} bytes"
+        ));
+    };
+    if d == 0 {
+        return Err("document_indices is empty (it must start with 0)".into());
+    }
+    let lengths_at = HEADER_LEN as usize;
+    let pointers_at = lengths_at + 4 * n as usize;
+    let docs_at = pointers_at + 8 * n as usize;
+    let mut expected_pointer = 0i64;
+    let mut tokens = 0u64;
+    for i in 0..n as usize {
+        let l = i32::from_le_bytes(
+            data[lengths_at + 4 * i..lengths_at + 4 * i + 4]
+                .try_into()
+                .unwrap(),
+        );
+        if l < 0 {
+            return Err(format!("sequence {i} has negative length {l}"));
+        }
+        let p = i64::from_le_bytes(
+            data[pointers_at + 8 * i..pointers_at + 8 * i + 8]
+                .try_into()
+                .unwrap(),
+        );
+        if p != expected_pointer {
+            return Err(format!(
+                "sequence {i} points at byte {p}, expected {expected_pointer}"
+            ));
+        }
+        tokens += l as u64;
+        expected_pointer += i64::from(l) * dtype.size() as i64;
+    }
+    let mut prev = -1i64;
+    let mut empty = 0u64;
+    for j in 0..d as usize {
+        let v = i64::from_le_bytes(
+            data[docs_at + 8 * j..docs_at + 8 * j + 8]
+                .try_into()
+                .unwrap(),
+        );
+        if j == 0 && v != 0 {
+            return Err(format!("document_indices starts with {v}, expected 0"));
+        }
+        if v < prev || v as u64 > n {
+            return Err(format!(
+                "document_indices[{j}] = {v} is out of order or past {n} sequences"
+            ));
+        }
+        if j > 0 && v == prev {
+            empty += 1;
+        }
+        prev = v;
+    }
+    if prev as u64 != n {
+        return Err(format!(
+            "document_indices ends at {prev}, but there are {n} sequences"
+        ));
+    }
+    let need = tokens * dtype.size();
+    if bin_bytes != need {
+        return Err(format!(
+            ".bin is {bin_bytes} bytes but the index describes {tokens} tokens x {} bytes = {need}",
+            dtype.size()
+        ));
+    }
+    Ok(IndexInfo {
+        dtype,
+        sequence_count: n,
+        document_count: d,
+        token_count: tokens,
+        multimodal,
+        bin_bytes,
+        document_indices_offset: docs_at as u64,
+        empty_documents: empty,
+    })
+}
+
+/// Read and validate `{prefix}.idx` against `{prefix}.bin`.
+pub fn read_index(prefix: &str) -> Result<IndexInfo, String> {
+    let (idx, bin) = (idx_path(prefix), bin_path(prefix));
+    let data = fs::read(&idx).map_err(|e| format!("{}: {e}", idx.display()))?;
+    let bin_bytes = fs::metadata(&bin)
+        .map_err(|e| format!("{}: {e}", bin.display()))?
+        .len();
+    parse_index(&data, bin_bytes).map_err(|e| format!("{}: {e}", idx.display()))
+}
+
+/// Concatenate datasets into one (Megatron's `merge_datasets.py`, byte for byte).
+pub fn merge(prefixes: &[String], output_prefix: &str) -> io::Result<IndexInfo> {
+    let first = prefixes
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "nothing to merge"))?;
+    let info = read_index(first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut w = IndexedWriter::create(output_prefix, info.dtype)?;
+    for p in prefixes {
+        w.add_index(p)?;
+    }
+    w.finish()?;
+    read_index(output_prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vikhr-mmidx-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write(prefix: &str, docs: &[Vec<u32>], dtype: DType) {
+        let mut w = IndexedWriter::create(prefix, dtype).unwrap();
+        for d in docs {
+            let lens: Vec<u64> = if d.is_empty() {
+                vec![]
+            } else {
+                vec![d.len() as u64]
+            };
+            w.add_document(d, &lens).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn roundtrip_and_merge() {
+        let dir = tmpdir("rt");
+        let a = dir.join("a").to_string_lossy().into_owned();
+        let b = dir.join("b").to_string_lossy().into_owned();
+        write(&a, &[vec![1, 2, 3], vec![], vec![7]], DType::U16);
+        write(&b, &[vec![9, 9]], DType::U16);
+        let ia = read_index(&a).unwrap();
+        assert_eq!(
+            (
+                ia.sequence_count,
+                ia.document_count,
+                ia.token_count,
+                ia.empty_documents
+            ),
+            (2, 4, 4, 1)
+        );
+        let m = dir.join("m").to_string_lossy().into_owned();
+        let im = merge(&[a.clone(), b.clone()], &m).unwrap();
+        assert_eq!(
+            (im.sequence_count, im.document_count, im.token_count),
+            (3, 5, 6)
+        );
+        let bin = fs::read(bin_path(&m)).unwrap();
+        assert_eq!(
+            bin,
+            [1u16, 2, 3, 7, 9, 9]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<_>>()
+        );
+        // no scratch files left behind
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter()
+                .all(|n| !n.to_string_lossy().ends_with(".partial")),
+            "{left:?}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tmpdir("drop");
+        let p = dir.join("x").to_string_lossy().into_owned();
+        {
+            let mut w = IndexedWriter::create(&p, DType::U16).unwrap();
+            w.add_document(&[1, 2], &[2]).unwrap();
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    proptest! {
+        /// The `.idx` reader never panics, whatever the bytes.
+        #[test]
+        fn index_reader_survives_garbage(mut data in proptest::collection::vec(any::<u8>(), 0..200), bin in 0u64..64, magic in any::<bool>()) {
+            if magic && data.len() >= 18 {
+                data[..9].copy_from_slice(INDEX_HEADER);
+                data[9..17].copy_from_slice(&1u64.to_le_bytes());
+            }
+            let _ = parse_index(&data, bin);
+        }
+
+        /// Valid indices parse to what was written; any single corrupted byte or truncation is
+        /// either rejected or still self-consistent.
+        #[test]
+        fn index_reader_roundtrip(docs in proptest::collection::vec(proptest::collection::vec(0u32..1000, 0..5), 1..6), cut in 0usize..400) {
+            let dir = tmpdir(&format!("prop{cut}"));
+            let p = dir.join("d").to_string_lossy().into_owned();
+            write(&p, &docs, DType::U16);
+            let data = fs::read(idx_path(&p)).unwrap();
+            let bin = fs::metadata(bin_path(&p)).unwrap().len();
+            let info = parse_index(&data, bin).unwrap();
+            prop_assert_eq!(info.document_count as usize, docs.len() + 1);
+            prop_assert_eq!(info.token_count as usize, docs.iter().map(Vec::len).sum::<usize>());
+            if cut < data.len() {
+                prop_assert!(parse_index(&data[..cut], bin).is_err());
+            }
+            prop_assert!(parse_index(&data, bin + 2).is_err());
+            fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! JSONL corpora → Megatron indexed datasets, in parallel.
+//!
+//! One reader thread cuts the inputs into numbered batches of whole lines; `threads` workers
+//! parse and tokenize batches; the calling thread writes results strictly in batch order, so the
+//! output is the same for any thread count. A fixed number of batch "slots" circulates between
+//! the reader and the writer, which bounds the memory in flight however large the input.
+//! Invalid lines are judged in input order by the writer too: the first one stops the run (its
+//! file and line are named) unless `skip_invalid` is set, in which case they are counted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
+use crate::mmidx::{DType, IndexedWriter};
+use crate::tokenizer::{Tokenizer, TokenizerState};
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub inputs: Vec<PathBuf>,
+    pub output_prefix: String,
+    pub json_keys: Vec<String>,
+    /// Append this id (the EOD/EOS token) to every non-empty document.
+    pub append_eod: Option<u32>,
+    /// Prepend this id (BOS) to every document, as Megatron's Llama2Tokenizer does.
+    pub prepend_bos: Option<u32>,
+    pub threads: usize,
+    pub skip_invalid: bool,
+    /// Target size of one batch of lines.
+    pub batch_bytes: usize,
+    /// Override the dtype chosen from the vocabulary size.
+    pub dtype: Option<DType>,
+}
+
+impl Job {
+    /// Megatron's naming: `{prefix}_{key}_document`.
+    pub fn output_prefixes(&self) -> Vec<String> {
+        self.json_keys
+            .iter()
+            .map(|k| format!("{}_{}_document", self.output_prefix, k))
+            .collect()
+    }
+}
+
+/// Counters the caller can read while a job runs (and a flag to cancel it).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub documents: AtomicU64,
+    pub bytes: AtomicU64,
+    pub tokens: AtomicU64,
+    pub skipped: AtomicU64,
+    pub cancel: AtomicBool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub documents: u64,
+    pub empty_documents: u64,
+    pub skipped: u64,
+    /// Uncompressed bytes of JSON read.
+    pub bytes: u64,
+    /// Tokens written, over all keys.
+    pub tokens: u64,
+    pub outputs: Vec<String>,
+    pub dtype: DType,
+    pub seconds_x1000: u64,
+}
+
+#[derive(Debug)]
+pub enum PipelineError {
+    /// A bad input line, named by file and line number.
+    InvalidLine {
+        file: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    Io(String),
+    Tokenizer(String),
+    Cancelled,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PipelineError::InvalidLine { file, line, reason } => write!(
+                f,
+                "{}:{line}: {reason} (fix the line, or pass --skip-invalid to skip such lines)",
+                file.display()
+            ),
+            PipelineError::Io(e) => write!(f, "{e}"),
+            PipelineError::Tokenizer(e) => write!(f, "{e}"),
+            PipelineError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+impl From<std::io::Error> for PipelineError {
+    fn from(e: std::io::Error) -> Self {
+        PipelineError::Io(e.to_string())
+    }
+}
+
+/// The tokens of one batch for one key: all documents back to back.
+#[derive(Default)]
+struct KeyTokens {
+    ids: Vec<u32>,
+    /// Tokens per document (0 for an empty document).
+    doc_lens: Vec<u32>,
+}
+
+struct BatchResult {
+    file: usize,
+    first_line: u64,
+    bytes: u64,
+    lines: usize,
+    per_key: Vec<KeyTokens>,
+    /// (line index in batch, reason) of unusable lines, in order.
+    invalid: Vec<(usize, String)>,
+}
+
+enum Work {
+    Batch(u64, LineBatch),
+    Fail(u64, String),
+}
+
+enum Done {
+    Batch(u64, BatchResult),
+    Fail(u64, PipelineError),
+}
+
+fn tokenize_batch(
+    job: &Job,
+    tok: &Tokenizer,
+    state: &mut TokenizerState,
+    batch: &LineBatch,
+) -> Result<BatchResult, PipelineError> {
+    let mut per_key: Vec<KeyTokens> = job.json_keys.iter().map(|_| KeyTokens::default()).collect();
+    let mut invalid = Vec::new();
+    for (i, line) in batch.lines().enumerate() {
+        let texts = match extract_fields(line, &job.json_keys) {
+            Ok(t) => t,
+            Err(e) => {
+                invalid.push((i, e.to_string()));
+                continue;
+            }
+        };
+        for (text, kt) in texts.iter().zip(per_key.iter_mut()) {
+            let start = kt.ids.len();
+            if let Some(bos) = job.prepend_bos {
+                kt.ids.push(bos);
+            }
+            tok.encode_into(text, state, &mut kt.ids)
+                .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+            // Megatron appends EOD only to documents that have tokens.
+            if kt.ids.len() > start {
+                if let Some(eod) = job.append_eod {
+                    kt.ids.push(eod);
+                }
+            }
+            kt.doc_lens.push((kt.ids.len() - start) as u32);
+        }
+    }
+    Ok(BatchResult {
+        file: batch.file,
+        first_line: batch.first_line,
+        bytes: batch.data.len() as u64,
+        lines: batch.len(),
+        per_key,
+        invalid,
+    })
+}
+
+fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBool) {
+    let mut seq = 0u64;
+    for (fi, path) in job.inputs.iter().enumerate() {
+        let reader = match open_input(path) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = work.send(Work::Fail(seq, e.to_string()));
+                return;
+            }
+        };
+        let mut batcher = LineBatcher::new(reader, fi, job.batch_bytes);
+        loop {
+            if stop.load(Ordering::Relaxed) || slots.recv().is_err() {
+                return;
+            }
+            match batcher.next_batch() {
+                Ok(Some(b)) => {
+                    if work.send(Work::Batch(seq, b)).is_err() {
+                        return;
+                    }
+                    seq += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = work.send(Work::Fail(seq, format!("{}: {e}", path.display())));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn work_loop(job: &Job, tok: &Tokenizer, work: &Mutex<Receiver<Work>>, done: Sender<Done>) {
+    let mut state = TokenizerState::default();
+    loop {
+        let item = match work.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let msg = match item {
+            Ok(Work::Batch(seq, b)) => match tokenize_batch(job, tok, &mut state, &b) {
+                Ok(r) => Done::Batch(seq, r),
+                Err(e) => Done::Fail(seq, e),
+            },
+            Ok(Work::Fail(seq, e)) => Done::Fail(seq, PipelineError::Io(e)),
+            Err(_) => return,
+        };
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_all(
+    job: &Job,
+    writers: &mut [IndexedWriter],
+    done: Receiver<Done>,
+    slots: SyncSender<()>,
+    progress: &Progress,
+) -> Result<(u64, u64), PipelineError> {
+    let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+    let mut next = 0u64;
+    let (mut empty, mut skipped) = (0u64, 0u64);
+    let mut lens = [0u64; 1];
+    while let Ok(msg) = done.recv() {
+        let seq = match &msg {
+            Done::Batch(s, _) | Done::Fail(s, _) => *s,
+        };
+        pending.insert(seq, msg);
+        while let Some(msg) = pending.remove(&next) {
+            next += 1;
+            if progress.cancel.load(Ordering::Relaxed) {
+                return Err(PipelineError::Cancelled);
+            }
+            let r = match msg {
+                Done::Fail(_, e) => return Err(e),
+                Done::Batch(_, r) => r,
+            };
+            let mut bad = r.invalid.iter().peekable();
+            let mut offsets = vec![0usize; writers.len()];
+            let mut doc = 0usize;
+            for line in 0..r.lines {
+                if let Some(&&(i, ref reason)) = bad.peek() {
+                    if i == line {
+                        bad.next();
+                        if !job.skip_invalid {
+                            return Err(PipelineError::InvalidLine {
+                                file: job.inputs[r.file].clone(),
+                                line: r.first_line + line as u64,
+                                reason: reason.clone(),
+                            });
+                        }
+                        skipped += 1;
+                        continue;
+                    }
+                }
+                for (k, w) in writers.iter_mut().enumerate() {
+                    let kt = &r.per_key[k];
+                    let n = kt.doc_lens[doc] as usize;
+                    let ids = &kt.ids[offsets[k]..offsets[k] + n];
+                    offsets[k] += n;
+                    lens[0] = n as u64;
+                    w.add_document(ids, if n == 0 { &[] } else { &lens })?;
+                    if n == 0 && k == 0 {
+                        empty += 1;
+                    }
+                    progress.tokens.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                doc += 1;
+            }
+            progress.documents.fetch_add(doc as u64, Ordering::Relaxed);
+            progress.skipped.store(skipped, Ordering::Relaxed);
+            progress.bytes.fetch_add(r.bytes, Ordering::Relaxed);
+            // Hand the slot back to the reader.
+            let _ = slots.send(());
+        }
+    }
+    Ok((empty, skipped))
+}
+
+/// Run `job`: read, tokenize and write every output, or leave no output at all.
+pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, PipelineError> {
+    let started = Instant::now();
+    if job.json_keys.is_empty() {
+        return Err(PipelineError::Io("no --json-keys given".into()));
+    }
+    let dtype = job
+        .dtype
+        .unwrap_or_else(|| DType::optimal(tok.vocab_size()));
+    let prefixes = job.output_prefixes();
+    let mut writers = prefixes
+        .iter()
+        .map(|p| IndexedWriter::create(p, dtype))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threads = job.threads.max(1);
+    let n_slots = 2 * threads + 2;
+    let (slot_tx, slot_rx) = sync_channel::<()>(n_slots);
+    for _ in 0..n_slots {
+        slot_tx.send(()).expect("fresh channel");
+    }
+    let (work_tx, work_rx) = channel::<Work>();
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = channel::<Done>();
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        let stop = &stop;
+        s.spawn(move || read_all(job, work_tx, slot_rx, stop));
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let work_rx = &work_rx;
+            s.spawn(move || work_loop(job, tok, work_rx, done_tx));
+        }
+        drop(done_tx);
+        let r = write_all(job, &mut writers, done_rx, slot_tx, progress);
+        // Unblock the reader and workers (their channels are closed now) before joining them.
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let (empty, skipped) = result?;
+    let documents = progress.documents.load(Ordering::Relaxed);
+    let tokens = writers.iter().map(|w| w.tokens()).sum();
+    for w in writers {
+        w.finish()?;
+    }
+    Ok(Summary {
+        documents,
+        empty_documents: empty,
+        skipped,
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        tokens,
+        outputs: prefixes,
+        dtype,
+        seconds_x1000: started.elapsed().as_millis() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+    use std::path::Path;
+
+    fn model() -> Tokenizer {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../vikhr/assets/tokenizers/mistral-7b-v0.1.model");
+        Tokenizer::sentencepiece(&p).unwrap()
+    }
+
+    fn job(dir: &Path, input: PathBuf, threads: usize, name: &str) -> Job {
+        Job {
+            inputs: vec![input],
+            output_prefix: dir.join(name).to_string_lossy().into_owned(),
+            json_keys: vec!["text".into(), "title".into()],
+            append_eod: Some(2),
+            prepend_bos: None,
+            threads,
+            skip_invalid: false,
+            batch_bytes: 64,
+            dtype: None,
+        }
+    }
+
+    #[test]
+    fn same_output_for_any_thread_count_and_bad_lines_are_named() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.jsonl");
+        let mut f = fs::File::create(&input).unwrap();
+        for i in 0..300 {
+            let text = if i % 17 == 0 {
+                String::new()
+            } else {
+                format!("Документ номер {i}: {}", "слово ".repeat(i % 13))
+            };
+            writeln!(
+                f,
+                "{}",
+                serde_json::json!({"text": text, "title": format!("T{i}")})
+            )
+            .unwrap();
+        }
+        drop(f);
+        let tok = model();
+        let mut outputs = Vec::new();
+        for threads in [1, 2, 8] {
+            let j = job(&dir, input.clone(), threads, &format!("t{threads}"));
+            let s = run(&j, &tok, &Progress::default()).unwrap();
+            assert_eq!((s.documents, s.skipped), (300, 0));
+            let files: Vec<Vec<u8>> = j
+                .output_prefixes()
+                .iter()
+                .flat_map(|p| {
+                    [
+                        fs::read(format!("{p}.bin")).unwrap(),
+                        fs::read(format!("{p}.idx")).unwrap(),
+                    ]
+                })
+                .collect();
+            outputs.push(files);
+        }
+        assert_eq!(outputs[0], outputs[1]);
+        assert_eq!(outputs[0], outputs[2]);
+
+        // A bad line 5 is reported by number, leaves no output; --skip-invalid counts it.
+        let bad = dir.join("bad.jsonl");
+        let mut text = fs::read_to_string(&input).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[4] = "{\"text\": oops}";
+        text = lines.join("\n");
+        fs::write(&bad, text).unwrap();
+        let j = job(&dir, bad.clone(), 2, "bad");
+        let err = run(&j, &tok, &Progress::default()).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl:5:"), "{err}");
+        assert!(!Path::new(&format!("{}.idx", j.output_prefixes()[0])).exists());
+        let mut j = job(&dir, bad, 2, "skip");
+        j.skip_invalid = true;
+        let s = run(&j, &tok, &Progress::default()).unwrap();
+        assert_eq!((s.documents, s.skipped), (299, 1));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,151 @@
+"""MMIDIDX output: byte-identical to megatron-core's IndexedDatasetBuilder and readable by megatron-core."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+
+from vikhr import _core
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.data import inspect, merge, preprocess
+from vikhr.errors import VikhrError
+
+
+def _megatron_write(prefix: str, documents: list[list[int]], vocab_size: int) -> None:
+    """What Megatron-LM's preprocess_data.py does with the ids: one add_document per line."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(vocab_size))
+    for doc in documents:
+        builder.add_document(doc, [len(doc)] if doc else [])
+    builder.finalize(prefix + ".idx")
+
+
+def _read(prefix: str) -> tuple[bytes, bytes]:
+    return Path(prefix + ".bin").read_bytes(), Path(prefix + ".idx").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ru_texts() -> list[str]:
+    with gzip.open(RU_SAMPLE, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f][:300]
+    # Megatron's handling of empty documents is part of the format contract.
+    return [*texts[:10], "", *texts[10:], ""]
+
+
+def test_preprocess_output_is_byte_identical_to_megatron_builder(tmp_path: Path, ru_texts: list[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ru_texts))
+    summary = preprocess([src], tmp_path / "ours", MISTRAL_TOKENIZER, append_eod=True, workers=2)
+    assert summary.documents == len(ru_texts) and summary.empty_documents == 2
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    docs = [[*sp.encode(t), sp.eos_id()] if t else [] for t in ru_texts]
+    _megatron_write(str(tmp_path / "megatron"), docs, sp.vocab_size())
+    assert _read(str(tmp_path / "ours_text_document")) == _read(str(tmp_path / "megatron"))
+
+
+@pytest.mark.parametrize("vocab_size", [32000, 65500, 128256])
+def test_writer_matches_megatron_for_both_dtypes(tmp_path: Path, vocab_size: int) -> None:
+    rng = np.random.default_rng(vocab_size)
+    docs = [rng.integers(0, vocab_size, size=int(n)).tolist() for n in rng.integers(0, 50, size=200)]
+    _core.write_indexed_dataset(str(tmp_path / "ours"), docs, vocab_size)
+    _megatron_write(str(tmp_path / "megatron"), docs, vocab_size)
+    assert _read(str(tmp_path / "ours")) == _read(str(tmp_path / "megatron"))
+    assert inspect(tmp_path / "ours").dtype == ("uint16" if vocab_size < 65500 else "int32")
+
+
+def test_megatron_reads_our_output_exactly(tmp_path: Path, ru_texts: list[str]) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ru_texts))
+    preprocess([src], tmp_path / "ours", MISTRAL_TOKENIZER, append_eod=True, workers=2)
+    prefix = str(tmp_path / "ours_text_document")
+    ds = IndexedDataset(prefix)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    nonempty = [t for t in ru_texts if t]
+    assert len(ds) == len(nonempty)  # one sequence per non-empty document
+    assert len(ds.document_indices) == len(ru_texts) + 1
+    for i, text in enumerate(nonempty):
+        assert ds[i].tolist() == [*sp.encode(text), sp.eos_id()]
+
+
+def test_gpt_dataset_reads_our_output(tmp_path: Path, ru_texts: list[str]) -> None:
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import Split
+
+    class IdsOnly:
+        eod = 2
+        eos = 2
+        vocab_size = None
+
+        def __init__(self) -> None:
+            self.unique_identifiers = {"class": "test-ids", "eod": 2}
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ru_texts[:50]))
+    preprocess([src], tmp_path / "ours", MISTRAL_TOKENIZER, append_eod=True, workers=1)
+    prefix = str(tmp_path / "ours_text_document")
+    indexed = IndexedDataset(prefix)
+    config = GPTDatasetConfig(
+        random_seed=1,
+        sequence_length=64,
+        split="1,0,0",
+        path_to_cache=str(tmp_path / "cache"),
+        tokenizer=IdsOnly(),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+    )
+    # GPTDataset (like BlendedMegatronDatasetBuilder) indexes sequences; empty documents have none.
+    docs = np.arange(len(indexed), dtype=np.int32)
+    ds = GPTDataset(indexed, prefix, docs, None, Split.train, config)
+    # One epoch without shuffling would be the concatenation; check every sample is a window of it.
+    stream = np.concatenate([indexed[i] for i in range(len(indexed))])
+    text = stream.tobytes()
+    assert len(ds) >= 1
+    for i in range(min(len(ds), 10)):
+        tokens = ds[i]["tokens"].numpy().astype(stream.dtype)
+        assert tokens.tobytes() in text
+
+
+def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for k in range(3):
+        docs = [rng.integers(0, 32000, size=int(n)).tolist() for n in rng.integers(0, 30, size=40 + k)]
+        _core.write_indexed_dataset(str(tmp_path / f"part{k}"), docs, 32000)
+        parts.append(str(tmp_path / f"part{k}"))
+    summary = merge(parts, tmp_path / "merged")
+    builder = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=DType.optimal_dtype(32000))
+    for p in parts:
+        builder.add_index(p)
+    builder.finalize(str(tmp_path / "ref.idx"))
+    assert _read(str(tmp_path / "merged")) == _read(str(tmp_path / "ref"))
+    assert summary.documents == 40 + 41 + 42
+
+
+def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:
+    docs = [[5, 6, 7], [], [8]]
+    prefix = tmp_path / "d"
+    _core.write_indexed_dataset(str(prefix), docs, 32000)
+    s = inspect(prefix, MISTRAL_TOKENIZER, n_tokens=2)
+    assert (s.documents, s.empty_documents, s.sequences, s.tokens) == (3, 1, 2, 4)
+    assert s.first_tokens == [5, 6]
+    assert s.first_text == sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER)).decode(
+        [5, 6]
+    )
+    with open(str(prefix) + ".bin", "r+b") as f:
+        f.truncate(4)
+    with pytest.raises(VikhrError, match="bin is 4 bytes"):
+        inspect(prefix)

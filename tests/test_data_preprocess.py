@@ -1,0 +1,227 @@
+"""The pre-tokenization pipeline: inputs, threads, bad lines, interruption, CLI, HF tokenizers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sentencepiece
+import zstandard
+
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.cli import main as vikhr_main
+from vikhr.data import preprocess
+from vikhr.errors import VikhrError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    """~3,000 JSONL lines: sample paragraphs with an id and a title, some empty texts."""
+    with gzip.open(RU_SAMPLE, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    paragraphs = [p for t in texts for p in t.split("\n\n")][:3000]
+    return [
+        json.dumps({"id": i, "title": p[:20], "text": "" if i % 97 == 0 else p}, ensure_ascii=False)
+        for i, p in enumerate(paragraphs)
+    ]
+
+
+def _files(prefix: Path, keys: tuple[str, ...] = ("text",)) -> list[bytes]:
+    return [Path(f"{prefix}_{k}_document{ext}").read_bytes() for k in keys for ext in (".bin", ".idx")]
+
+
+def test_output_is_the_same_for_1_2_and_8_threads(tmp_path: Path, lines: list[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = []
+    for threads in (1, 2, 8):
+        # Small batches so that many are in flight and finish out of order.
+        preprocess(
+            [src], tmp_path / f"t{threads}", MISTRAL_TOKENIZER, json_keys=("text", "title"),
+            append_eod=True, workers=threads, batch_bytes=4096,
+        )  # fmt: skip
+        outputs.append(_files(tmp_path / f"t{threads}", ("text", "title")))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_compressed_split_and_globbed_inputs_equal_one_plain_file(tmp_path: Path, lines: list[str]) -> None:
+    plain = tmp_path / "all.jsonl"
+    plain.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    third = len(lines) // 3
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with gzip.open(parts / "a.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines[:third]) + "\n")
+    (parts / "b.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(("\n".join(lines[third : 2 * third]) + "\n").encode())
+    )
+    # no trailing newline on the last file
+    (parts / "c.jsonl").write_text("\n".join(lines[2 * third :]), encoding="utf-8")
+    preprocess([plain], tmp_path / "plain", MISTRAL_TOKENIZER, append_eod=True, workers=2)
+    s = preprocess(
+        [str(parts / "*.jsonl*")], tmp_path / "parts", MISTRAL_TOKENIZER, append_eod=True, workers=2
+    )
+    assert s.documents == len(lines)
+    assert _files(tmp_path / "plain") == _files(tmp_path / "parts")
+
+
+def test_bad_lines_are_named_or_skipped_and_counted(tmp_path: Path, lines: list[str], capsys) -> None:
+    bad = list(lines[:100])
+    bad[9] = '{"text": "unterminated'
+    bad[41] = '{"title": "no text key"}'
+    src = tmp_path / "bad.jsonl"
+    data = ("\n".join(bad) + "\n").encode()
+    # line 77 is not UTF-8
+    data_lines = data.split(b"\n")
+    data_lines[76] = b'{"text": "\xff\xfe"}'
+    src.write_bytes(b"\n".join(data_lines))
+    args = [
+        "data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+        "--workers", "2",
+    ]  # fmt: skip
+    assert vikhr_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{src}:10: not valid JSON" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("out*"))  # nothing half-written
+    assert vikhr_main([*args, "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "documents 97," in out and "skipped 3," in out
+    bad[9] = bad[10]
+    src.write_text("\n".join(bad[:50]), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"bad.jsonl:42: no string field \"text\""):
+        preprocess([src], tmp_path / "out2", MISTRAL_TOKENIZER)
+
+
+def test_megatron_flags_rejected_clearly(tmp_path: Path, capsys) -> None:
+    base = [
+        "data", "preprocess", "--input", str(RU_SAMPLE), "--output-prefix", str(tmp_path / "o"),
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    assert vikhr_main([*base, "--split-sentences"]) == 2
+    assert "--split-sentences is not supported" in capsys.readouterr().err
+    assert vikhr_main([*base, "--partitions", "4"]) == 2
+    assert "--partitions must be 1" in capsys.readouterr().err
+
+
+def test_llama2_tokenizer_type_prepends_bos(tmp_path: Path, lines: list[str]) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[1:20]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "l", MISTRAL_TOKENIZER, tokenizer_type="Llama2Tokenizer", append_eod=True)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    ds = IndexedDataset(str(tmp_path / "l_text_document"))
+    for i, line in enumerate(lines[1:20]):
+        assert ds[i].tolist() == [sp.bos_id(), *sp.encode(json.loads(line)["text"]), sp.eos_id()]
+
+
+def test_tools_script_and_inspect(tmp_path: Path, lines: list[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    cmd = [
+        sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src),
+        "--output-prefix", str(tmp_path / "ru"), "--tokenizer-type", "GPTSentencePieceTokenizer",
+        "--tokenizer-model", str(MISTRAL_TOKENIZER), "--append-eod", "--workers", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+    assert "documents 200," in proc.stdout and "tokens/s" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", "data", "inspect", str(tmp_path / "ru_text_document"),
+         "--tokenizer-model", str(MISTRAL_TOKENIZER)],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )  # fmt: skip
+    assert "documents 200 (empty 3)" in proc.stdout and "decoded:" in proc.stdout
+
+
+# megatron's IndexedDataset.__del__ trips over its own failed __init__; that noise is expected here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) -> None:
+    """Feed the run through a FIFO, kill it mid-stream, and look for loadable datasets."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    prefix = tmp_path / "out"
+    cmd = [
+        sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(fifo),
+        "--output-prefix", str(prefix), "--tokenizer-type", "GPTSentencePieceTokenizer",
+        "--tokenizer-model", str(MISTRAL_TOKENIZER), "--json-keys", "text", "title", "--workers", "2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # Open without blocking forever: the run opens its end only once it has started.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "the run never opened its input"
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines[:2000]) + "\n")
+            f.flush()
+            while not list(tmp_path.glob("out_text_document.bin*.partial")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # let it tokenize and write some batches
+            assert proc.poll() is None, "the run ended although its input is still open"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    except BrokenPipeError:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob("out*.partial")), "expected the run to have started writing"
+    for key in ("text", "title"):
+        p = f"{prefix}_{key}_document"
+        assert not Path(p + ".idx").exists() and not Path(p + ".bin").exists()
+        with pytest.raises(Exception):  # noqa: B017 - any failure to load is the point
+            IndexedDataset(p)
+
+
+def test_huggingface_tokenizer_json(tmp_path: Path, lines: list[str]) -> None:
+    import tokenizers
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    texts = [json.loads(line)["text"] for line in lines[:400]]
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<s>"], show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
+    preprocess(
+        [src], tmp_path / "hf", tmp_path, tokenizer_type="HuggingFaceTokenizer", append_eod=True, workers=2
+    )
+    ds = IndexedDataset(str(tmp_path / "hf_text_document"))
+    seq = ds.document_indices
+    for i, line in enumerate(lines[:300]):
+        text = json.loads(line)["text"]
+        want = [*tok.encode(text).ids, 0] if text else []
+        # Megatron's HF tokenizer keeps the post-processor's BOS even for an empty text.
+        if not text:
+            want = [1, 0]
+        got = ds[int(seq[i])].tolist() if seq[i + 1] > seq[i] else []
+        assert got == want, i

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Megatron-LM's `tools/preprocess_data.py` command line, backed by vikhr's Rust pre-tokenizer.
+
+    python tools/preprocess_data.py --input corpus.jsonl.gz --output-prefix out/ru \\
+        --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model mistral.model --append-eod --workers 8
+
+writes out/ru_text_document.bin/.idx (one pair per --json-keys key), byte-identical to what
+megatron-core's IndexedDatasetBuilder writes for the same ids. Same as `vikhr data preprocess`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vikhr.data.cli import add_preprocess_arguments, run_preprocess
+from vikhr.errors import VikhrError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="preprocess_data.py", description=__doc__.split("\n\n")[0])
+    add_preprocess_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_preprocess(args)
+    except VikhrError as e:
+        print(f"preprocess_data.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("preprocess_data.py: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

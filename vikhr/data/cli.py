@@ -1,0 +1,118 @@
+"""`vikhr data preprocess|inspect|merge`: pre-tokenize corpora into Megatron indexed datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vikhr.errors import VikhrError
+
+
+def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
+    """Megatron-LM's tools/preprocess_data.py flags (those vikhr cannot honour are rejected)."""
+    from vikhr.data.preprocess import TOKENIZER_TYPES
+
+    g = p.add_argument_group("input data")
+    g.add_argument(
+        "--input", nargs="+", required=True, help="JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or globs"
+    )
+    g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (one dataset each)")
+    g.add_argument("--skip-invalid", action="store_true", help="skip and count bad lines instead of failing")
+    g.add_argument("--split-sentences", action="store_true", help="not supported (rejected)")
+    g.add_argument("--keep-newlines", action="store_true", help="accepted; newlines are always kept")
+    g.add_argument("--lang", default=None, help="accepted and ignored (only used for sentence splitting)")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", required=True, choices=sorted(TOKENIZER_TYPES))
+    g.add_argument(
+        "--tokenizer-model", required=True, help="SentencePiece .model, or tokenizer.json / its dir"
+    )
+    g.add_argument("--vocab-file", default=None, help="not supported (rejected)")
+    g.add_argument("--merge-file", default=None, help="not supported (rejected)")
+    g.add_argument("--vocab-size", type=int, default=None, help="not supported (rejected)")
+    g.add_argument("--vocab-extra-ids", type=int, default=0, help="only 0 is supported")
+    g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
+    g = p.add_argument_group("output data")
+    g.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--workers", type=int, default=0, help="tokenizer threads (0 = all cores)")
+    g.add_argument("--partitions", type=int, default=1, help="only 1 is supported (inputs stream anyway)")
+    g.add_argument("--log-interval", type=int, default=None, help="accepted; a progress bar is shown instead")
+    g.add_argument(
+        "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from vikhr.data.preprocess import preprocess
+
+    rejected = {
+        "--split-sentences": args.split_sentences,
+        "--vocab-file": args.vocab_file,
+        "--merge-file": args.merge_file,
+        "--vocab-size": args.vocab_size,
+    }
+    for flag, value in rejected.items():
+        if value:
+            raise VikhrError(f"{flag} is not supported by vikhr's pre-tokenizer; drop it")
+    if args.vocab_extra_ids:
+        raise VikhrError("--vocab-extra-ids is not supported; add special tokens to the tokenizer instead")
+    if args.partitions != 1:
+        raise VikhrError("--partitions must be 1: inputs are streamed, partitioning is not needed")
+    if args.workers < 0:
+        raise VikhrError(f"--workers must be >= 0, got {args.workers}")
+    summary = preprocess(
+        args.input,
+        args.output_prefix,
+        args.tokenizer_model,
+        tokenizer_type=args.tokenizer_type,
+        json_keys=args.json_keys,
+        append_eod=args.append_eod,
+        workers=args.workers,
+        skip_invalid=args.skip_invalid,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(summary.line())
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from vikhr.data.preprocess import inspect
+
+    s = inspect(args.prefix, args.tokenizer_model, args.tokens)
+    print(f"{s.prefix}: valid MMIDIDX v1, dtype {s.dtype}")
+    print(f"  documents {s.documents:,} (empty {s.empty_documents:,}), sequences {s.sequences:,}")
+    print(f"  tokens {s.tokens:,}, .bin {s.bin_bytes:,} bytes")
+    print(f"  first tokens: {s.first_tokens}")
+    if s.first_text is not None:
+        print(f"  decoded: {s.first_text!r}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from vikhr.data.preprocess import merge
+
+    s = merge(args.inputs, args.output_prefix)
+    print(f"merged {len(args.inputs)} datasets -> {s.prefix}: {s.documents:,} documents, {s.tokens:,} tokens")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="pre-tokenize corpora into Megatron indexed datasets; inspect; merge")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
+    data_sub.required = True
+
+    pp = data_sub.add_parser("preprocess", help="JSONL -> PREFIX_{key}_document.bin/.idx (Megatron flags)")
+    add_preprocess_arguments(pp)
+    pp.set_defaults(func=run_preprocess)
+
+    pi = data_sub.add_parser("inspect", help="validate a .bin/.idx pair and show counts and first tokens")
+    pi.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
+    pi.add_argument("--tokenizer-model", default=None, help="decode the first tokens with this tokenizer")
+    pi.add_argument("--tokens", type=int, default=32, help="how many first tokens to show")
+    pi.set_defaults(func=run_inspect)
+
+    pm = data_sub.add_parser("merge", help="concatenate datasets into one (Megatron's merge_datasets)")
+    pm.add_argument("--inputs", nargs="+", required=True, help="dataset prefixes, in order")
+    pm.add_argument("--output-prefix", required=True)
+    pm.set_defaults(func=run_merge)
