@@ -18,9 +18,10 @@ Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -37,8 +38,8 @@ def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
     tmp.replace(path)
 
 
-def _split(path: Path, out: Path, name: str) -> tuple[Path, Path, list[str]]:
-    """(train JSONL, held-out JSONL, held-out texts) by the tokenizer's deterministic hash split."""
+def _split(path: Path, out: Path, name: str) -> tuple[Path, Path]:
+    """(train JSONL, held-out JSONL) by the tokenizer's deterministic hash split of document ids."""
     from vikhr.tokenizer.corpus import iter_documents
 
     parts = {
@@ -49,34 +50,29 @@ def _split(path: Path, out: Path, name: str) -> tuple[Path, Path, list[str]]:
         raise VikhrError(f"{path}: too few documents to keep a held-out split")
     _write_jsonl(out / f"{name}-train.jsonl.gz", parts["train"])
     _write_jsonl(out / f"{name}-heldout.jsonl.gz", parts["heldout"])
-    return (
-        out / f"{name}-train.jsonl.gz",
-        out / f"{name}-heldout.jsonl.gz",
-        [d["text"] for d in parts["heldout"]],
+    print(f"      {name}: {len(parts['train'])} training, {len(parts['heldout'])} held-out documents")
+    return out / f"{name}-train.jsonl.gz", out / f"{name}-heldout.jsonl.gz"
+
+
+def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_len: int) -> float:
+    """Bits per character of the HF model on the first `docs` texts, through `vikhr eval`'s bpc task."""
+    from vikhr.eval.runner import EvalSettings, run_eval
+
+    settings = EvalSettings(
+        model_dir=hf_dir,
+        tasks=["bpc"],
+        data_dir=texts.parent,
+        bpc_data=texts,
+        tokenizer=tokenizer,
+        limit=docs,
+        device="cpu",
+        dtype="float32",
+        max_length=seq_len,
     )
-
-
-def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: list[str], seq_len: int) -> float:
-    """Σ token NLL / (characters · ln 2) over `texts`, each scored in windows of `seq_len` tokens."""
-    import sentencepiece as spm
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    transformers.logging.disable_progress_bar()
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    model.eval()
-    nll, chars = 0.0, 0
-    with torch.no_grad():
-        for text in texts:
-            ids = [sp.bos_id(), *sp.encode(text)]
-            chars += len(text)
-            for start in range(0, len(ids) - 1, seq_len):
-                window = torch.tensor(ids[start : start + seq_len + 1]).unsqueeze(0)
-                logits = model(window[:, :-1]).logits.float()
-                nll += float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
-    return nll / (chars * math.log(2))
+    # lm-eval draws a progress bar per document; the demo prints one table instead.
+    with contextlib.redirect_stderr(io.StringIO()):
+        results = run_eval(settings)
+    return float(results["tasks"]["bpc"]["metrics"]["bpc"])
 
 
 def _train_config(
@@ -146,10 +142,8 @@ def run(args: argparse.Namespace) -> int:
     stage(1, "split: held-out documents are kept out of every training step")
     corpora = workdir / "corpora"
     corpora.mkdir()
-    ru_train, ru_held, ru_texts = _split(ru, corpora, "ru")
-    en_train, en_held, en_texts = _split(en, corpora, "en")
-    ru_texts, en_texts = ru_texts[: args.eval_docs], en_texts[: args.eval_docs]
-    print(f"      RU {len(ru_texts)} and EN {len(en_texts)} held-out documents for evaluation")
+    ru_train, ru_held = _split(ru, corpora, "ru")
+    en_train, en_held = _split(en, corpora, "en")
 
     stage(2, f"tokenizer: SentencePiece BPE, {args.vocab_size} pieces, byte fallback, replace mode")
     tok_dir = workdir / "tokenizer"
@@ -225,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
         ("adapted + continued", final_hf, new_tok),
     ):
         bpc[label] = {
-            "ru": _bits_per_char(hf_dir, tok, ru_texts, args.seq_len),
-            "en": _bits_per_char(hf_dir, tok, en_texts, args.seq_len),
+            lang: _bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
+            for lang, held in (("ru", ru_held), ("en", en_held))
         }
     print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")
     for label, v in bpc.items():
