@@ -18,6 +18,12 @@ from vikhr.errors import VikhrError
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
     "vikhr.doctor",
+    "vikhr.tokenizer.cli",
+    "vikhr.adapt.cli",
+    "vikhr.data.cli",
+    "vikhr.train.cli",
+    "vikhr.convert.cli",
+    "vikhr.eval.cli",
     "vikhr.demo",
 ]
 
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vikhr.runtime.megatron import quiet_megatron_warnings
+
+    quiet_megatron_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
