@@ -45,5 +45,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert any((work / "tokenizer").glob("tokenizer.json"))
     assert (work / "data" / "vikhr-ru_text_document.idx").is_file()
     assert (work / "continued" / "latest").is_file()
+    assert (work / "continued" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((work / "continued" / "tensorboard").iterdir())
     for hf in ("base-hf", "adapted-hf", "vikhr-hf"):
         assert (work / hf / "config.json").is_file()

@@ -67,3 +67,48 @@ class Monitor:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.enabled and self.metrics_path.is_file():
+            plot_metrics(self.metrics_path, self.metrics_path.with_name("curves.png"))
+
+
+def plot_metrics(metrics_path: Path, png_path: Path) -> None:
+    """Training loss (CE and KL) and per-dataset validation loss against the step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train: dict[str, list[tuple[int, float]]] = {"loss": [], "ce": [], "kl": []}
+    valid: dict[str, list[tuple[int, float]]] = {}
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "train":
+            for k in train:
+                if isinstance(rec.get(k), (int, float)):
+                    train[k].append((rec["step"], rec[k]))
+        elif rec.get("kind") == "valid":
+            for k, v in rec.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)):
+                    valid.setdefault(k, []).append((rec["step"], v))
+    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in [("train loss", train["loss"]), ("train CE", train["ce"])] + [
+        (f"valid {k}", v) for k, v in sorted(valid.items())
+    ]:
+        if points:
+            ax_loss.plot(
+                *zip(*points, strict=True), label=name, marker="." if name.startswith("valid") else None
+            )
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    if train["kl"]:
+        ax_kl.plot(*zip(*train["kl"], strict=True), color="tab:red")
+    ax_kl.set_xlabel("step")
+    ax_kl.set_ylabel("KL to the reference (nats/token)")
+    ax_kl.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png_path)
