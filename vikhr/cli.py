@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "vikhr.adapt.cli",
     "vikhr.data.cli",
     "vikhr.train.cli",
+    "vikhr.sft.cli",
     "vikhr.convert.cli",
     "vikhr.eval.cli",
     "vikhr.demo",

@@ -5,7 +5,8 @@ shape) before torch.distributed or any tensor is touched; each error names the o
 
     model:      preset, any ModelConfig field as an override, attention, init
     parallel:   tensor (TP size), device
-    data:       train (blend: [{prefix, weight, name}]), split, seq_len, cache_dir, valid_samples
+    data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
+                packing (sft: pack | pad), cache_dir, valid_samples
     train:      steps, micro_batch, global_batch, seed
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay
     kl:         weight (λ), direction, temperature, reference
@@ -48,13 +49,17 @@ class ParallelSection:
 
 @dataclass
 class DataSection:
+    # pretrain: token documents (GPTDataset packing); sft: chats of `vikhr sft prepare`, loss on
+    # assistant tokens only (vikhr.train.sft_data).
+    kind: str = "pretrain"
     # Blend of megatron .bin/.idx datasets: [{prefix: path/without/suffix, weight: 0.9, name: ru}, ...]
     train: list[dict[str, Any]] = field(default_factory=list)
     # Per-dataset split of documents into train/valid/test, megatron style ("98,2,0").
     split: str = "98,2,0"
     seq_len: int = 1024
     cache_dir: str | None = None  # megatron's index cache; default <checkpoint.dir>/data-cache
-    eod_id: int = 2  # Mistral's </s>
+    eod_id: int = 2  # Mistral's </s>; SFT pads windows with it (masked)
+    packing: str = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
     valid_samples: int = 64  # per validation set and evaluation
 
 
@@ -281,6 +286,12 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
         )
 
     d = cfg.data
+    if d.kind not in ("pretrain", "sft"):
+        raise VikhrError(f"config key data.kind must be pretrain or sft, got {d.kind!r}")
+    if d.packing not in ("pack", "pad"):
+        raise VikhrError(f"config key data.packing must be pack or pad, got {d.packing!r}")
+    if d.kind == "pretrain" and d.packing != "pack":
+        raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
     if not d.train:
         raise VikhrError("config key data.train is empty: list the datasets as [{prefix: ..., weight: ...}]")
     names = set()
@@ -295,7 +306,11 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
         if "prefix" not in entry:
             raise VikhrError(f"config key {key}.prefix is missing (path of the .bin/.idx without suffix)")
         prefix = str(entry["prefix"])
-        for suffix in (".bin", ".idx"):
+        if check_files and d.kind == "sft":
+            from vikhr.train.sft_data import check_sft_dataset
+
+            check_sft_dataset(prefix, f"{key}.prefix", mcfg.vocab_size)
+        for suffix in (".bin", ".idx") if d.kind == "pretrain" else ():
             if check_files and not Path(prefix + suffix).is_file():
                 raise VikhrError(f"config key {key}.prefix: dataset file not found: {prefix}{suffix}")
         weight = entry.get("weight", 1.0)

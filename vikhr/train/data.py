@@ -77,8 +77,12 @@ def build_datasets(cfg, cache_dir: str) -> Datasets:
     """The blended train stream (steps × global_batch samples) and one valid set per dataset.
 
     Must be called on every rank (megatron's builder builds on rank 0 first, then the others read
-    its cached indices).
+    its cached indices). `data.kind: sft` streams packed chats instead (vikhr.train.sft_data).
     """
+    if cfg.data.kind == "sft":
+        from vikhr.train.sft_data import build_sft_datasets
+
+        return build_sft_datasets(cfg)
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset
 

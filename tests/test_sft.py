@@ -1,0 +1,535 @@
+"""Instruction tuning: chat templates + assistant-only mask, prepared datasets, SFT on the trainer.
+
+Real data: the rulm self-instruct chats of ../shared/data (806 single-turn chats), tokenized with
+the bundled Mistral SentencePiece model; the model is the tiny preset with the Mistral
+vocabulary (32,000 ids) so that the prepared ids are used unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
+from vikhr.errors import VikhrError
+from vikhr.sft.prepare import mask_runs, prepare_sft
+from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat
+from vikhr.train.sft_data import PackedSFTDataset, SFTSource, pack_windows, split_chats
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+RU40K = ASSETS / "tokenizers" / "vikhr-ru-40k"
+
+
+def _msgs(*pairs: tuple[str, str]) -> list[Message]:
+    return parse_chat({"messages": [{"role": r, "content": c} for r, c in pairs]})
+
+
+@pytest.fixture(scope="module")
+def mistral():
+    return load_chat_tokenizer(MISTRAL_TOKENIZER)
+
+
+def _decoded_runs(tok, enc) -> list[tuple[bool, str]]:
+    out = []
+    for trained, ids in mask_runs(enc.ids, enc.mask):
+        text = tok.decode([i for i in ids if i not in (tok.bos_id, tok.eos_id)])
+        marks = ("<s>" if ids[0] == tok.bos_id else "", "</s>" if ids[-1] == tok.eos_id else "")
+        out.append((trained, marks[0] + text + marks[1]))
+    return out
+
+
+# --------------------------------------------------------------------------- template and mask
+
+
+def test_mistral_single_turn_is_mistral_commons_encoding(mistral) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    enc = encode_chat(_msgs(("user", "Привет, как дела?"), ("assistant", "Хорошо, спасибо!")), mistral)
+    # mistral-common v1: BOS, encode("[INST] {user} [/INST]"), encode(answer), EOS.
+    prompt, answer = sp.encode("[INST] Привет, как дела? [/INST]"), sp.encode("Хорошо, спасибо!")
+    assert enc.ids == [1, *prompt, *answer, 2]
+    assert enc.mask == [0] * (1 + len(prompt)) + [1] * (len(answer) + 1)
+    assert sp.id_to_piece(answer[0]).startswith("▁")  # the answer's own dummy-prefix space
+    assert _decoded_runs(mistral, enc) == [
+        (False, "<s>[INST] Привет, как дела? [/INST]"),
+        (True, "Хорошо, спасибо!</s>"),
+    ]
+
+
+def test_mistral_multi_turn_with_system_masks_exactly_the_answers(mistral) -> None:
+    chat = _msgs(
+        ("system", "Ты — полезный ассистент."),
+        ("user", "Сколько будет 2+2?"),
+        ("assistant", "Четыре."),
+        ("user", "А 3+3?"),
+        ("assistant", "Шесть. [INST] </s> это просто текст"),
+    )
+    enc = encode_chat(chat, mistral)
+    assert _decoded_runs(mistral, enc) == [
+        (False, "<s>[INST] Ты — полезный ассистент.\n\nСколько будет 2+2? [/INST]"),
+        (True, "Четыре.</s>"),
+        (False, "[INST] А 3+3? [/INST]"),
+        (True, "Шесть. [INST] </s> это просто текст</s>"),
+    ]
+    # Text that looks like a control token stays text: EOS only closes the two answers.
+    assert [i for i, t in enumerate(enc.ids) if t == mistral.eos_id] == [
+        i for i in range(1, len(enc.ids)) if enc.mask[i] and (i + 1 == len(enc.ids) or not enc.mask[i + 1])
+    ]
+    assert enc.ids.count(mistral.bos_id) == 1
+
+
+def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    chat = _msgs(("system", "Кратко."), ("user", "Столица России?"), ("assistant", "Москва."))
+    # Mistral's vocabulary has no <|im_*|> tokens: they are spelled out as text.
+    runs = _decoded_runs(mistral, encode_chat(chat, mistral, "chatml"))
+    assert [(t, s.strip()) for t, s in runs] == [
+        (
+            False,
+            "<s><|im_start|>system\nКратко.<|im_end|>\n<|im_start|>user\nСтолица России?<|im_end|>\n"
+            "<|im_start|>assistant",
+        ),
+        (True, "Москва.<|im_end|>"),
+    ]
+    # An HF tokenizer that has them as added tokens: each is one id, and <|im_end|> is trained.
+    tok = Tokenizer.from_file(str(RU40K.with_suffix(".tokenizer.json")))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    hf = load_chat_tokenizer(tmp_path)
+    enc = encode_chat(chat, hf, "chatml")
+    start, end = hf.token_id("<|im_start|>"), hf.token_id("<|im_end|>")
+    assert enc.ids.count(start) == 3 and enc.ids.count(end) == 3
+    trained = [i for i, m in zip(enc.ids, enc.mask, strict=True) if m]
+    assert trained[-1] == end and trained.count(end) == 1
+    assert hf.decode(trained[:-1]).strip() == "Москва."
+
+
+def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_data: Path) -> None:
+    from vikhr.sft.template import read_chats
+
+    sp = load_chat_tokenizer(RU40K.with_suffix(".model"))
+    hf = load_chat_tokenizer(RU40K.with_suffix(".tokenizer.json"))
+    chats = read_chats(shared_data / "sft" / "rulm-self-instruct.chat.jsonl")
+    for _, (_, messages) in zip(range(60), chats, strict=False):
+        for template in ("mistral", "chatml"):
+            a, b = encode_chat(messages, sp, template), encode_chat(messages, hf, template)
+            assert a.ids == b.ids and a.mask == b.mask
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"messages": [{"role": "user", "content": "Привет"}]}', "chat has no assistant turn"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
+            "message 2: unknown role 'bot' (expected system, user or assistant)",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
+            "message 2: expected an assistant turn after a user turn, got user",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "a"}]}',
+            "message 1: expected a user turn after the start",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}',
+            "message 2: a system message may only come first",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
+            '{"role": "user", "content": "c"}]}',
+            "message 3: chat ends with a user turn that has no answer",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}]}',
+            "message 1: content must be a string",
+        ),
+        ('{"text": "no chat"}', 'expected an object with a "messages" list'),
+        ('{"messages": [', "not valid JSON"),
+    ],
+)
+def test_bad_chat_is_one_error_line_naming_file_and_line(
+    capfd: pytest.CaptureFixture, tmp_path: Path, line: str, message: str
+) -> None:
+    good = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(f"{good}\n\n{good}\n{line}\n{good}\n", encoding="utf-8")
+    rc, _, err = _cli(
+        capfd,
+        "sft",
+        "prepare",
+        "--input",
+        str(chats),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+        "--output-prefix",
+        str(tmp_path / "out" / "sft"),
+        "--no-progress",
+    )
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vikhr sft: error: {chats}:4: "), err
+    assert message in lines[0]
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written
+
+
+# --------------------------------------------------------------------------- prepared datasets
+
+
+@pytest.fixture(scope="module")
+def rulm(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SFT set prepared with the CLI (Mistral template and tokenizer), in a subprocess."""
+    prefix = tmp_path_factory.mktemp("sft") / "rulm"
+    proc = _vikhr(
+        "sft",
+        "prepare",
+        "--input",
+        str(shared_data / "sft" / "rulm-self-instruct.chat.jsonl"),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+        "--output-prefix",
+        str(prefix),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"{prefix}: 806 chats,")
+    return prefix
+
+
+def test_prepared_files_read_back_by_megatron(
+    rulm: Path, shared_data: Path, mistral, capfd: pytest.CaptureFixture
+) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from vikhr.sft.template import read_chats
+
+    text = IndexedDataset(f"{rulm}_text_document")
+    mask = IndexedDataset(f"{rulm}_mask_document")
+    assert len(text) == len(mask) == 806
+    assert text.index.dtype == np.uint16 and mask.index.dtype == np.uint8
+    assert list(text.document_indices) == list(range(807))  # one document per chat
+    total = loss = 0
+    for i, (_, messages) in enumerate(read_chats(shared_data / "sft" / "rulm-self-instruct.chat.jsonl")):
+        enc = encode_chat(messages, mistral)
+        assert text[i].tolist() == enc.ids and mask[i].tolist() == enc.mask, i
+        total, loss = total + len(enc.ids), loss + sum(enc.mask)
+    meta = json.loads(Path(f"{rulm}_sft.json").read_text())
+    assert (meta["chats"], meta["tokens"], meta["loss_tokens"]) == (806, total, loss)
+    assert meta["eos_id"] == 2 and meta["template"] == "mistral"
+    assert meta["max_token_id"] == max(int(text[i].max()) for i in range(806))
+
+    rc, out, err = _cli(capfd, "sft", "show", str(rulm), "--index", "0")
+    assert rc == 0, err
+    first = json.loads((shared_data / "sft" / "rulm-self-instruct.chat.jsonl").open().readline())
+    assert f"[/INST][[{first['messages'][1]['content']}</s>]]" in out
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def _toy_source(lengths: list[int], answer_from: int = 2) -> SFTSource:
+    """Chat c = tokens 1000c+0.., mask 1 from position `answer_from` on (a fake reader)."""
+
+    class Reader:
+        def get(self, chat: int, offset: int, n: int, *, mask: bool = False) -> np.ndarray:
+            pos = np.arange(offset, offset + n)
+            return (pos >= answer_from).astype(np.int64) if mask else 1000 * chat + pos
+
+    class MaskReader(Reader):
+        def get(self, chat: int, offset: int, n: int) -> np.ndarray:  # type: ignore[override]
+            return super().get(chat, offset, n, mask=True)
+
+    ls = np.array(lengths, dtype=np.int64)
+    return SFTSource("toy", Reader(), MaskReader(), ls, np.maximum(ls - answer_from, 0), 0)
+
+
+def test_packing_keeps_chats_whole_and_shifts_the_mask_onto_labels() -> None:
+    source = _toy_source([5, 4, 3, 7, 2])
+    order = np.array([0, 1, 2, 3, 4])
+    bounds = pack_windows(order, source.lengths, 9, "pack")
+    assert bounds.tolist() == [0, 2, 3, 5]  # [5+4], [3] (7 does not fit after it), [7+2]
+    assert pack_windows(order, source.lengths, 9, "pad").tolist() == [0, 1, 2, 3, 4, 5]
+    ds = PackedSFTDataset(source, order, bounds, window=9, pad_id=2)
+    s = ds[0]
+    window = [0, 1, 2, 3, 4, 1000, 1001, 1002, 1003]
+    assert s["tokens"].tolist() == window[:-1] and s["labels"].tolist() == window[1:]
+    # A label counts exactly when it is an answer token (position >= 2 of its chat).
+    assert s["loss_mask"].tolist() == [0, 1, 1, 1, 0, 0, 1, 1]
+    s = ds[1]
+    assert s["tokens"].tolist() == [2000, 2001, 2002, 2, 2, 2, 2, 2]
+    assert s["loss_mask"].tolist() == [0, 1, 0, 0, 0, 0, 0, 0]  # padding never counts
+
+
+def test_split_is_fixed_and_disjoint() -> None:
+    train, valid = split_chats(806, "90,10,0")
+    assert len(train) + len(valid) == 806 and not set(train) & set(valid)
+    assert len(valid) == 81
+    assert np.array_equal(split_chats(806, "90,10,0")[1], valid)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _config(path: Path, rulm: Path, run_dir: Path, **sections: dict) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "sft-tiny-cpu.yaml").read_text())
+    cfg["data"].update(train=[{"prefix": str(rulm), "name": "rulm"}], seq_len=128, valid_samples=16)
+    cfg["train"].update(steps=20, micro_batch=2, global_batch=8)
+    cfg["checkpoint"].update(dir=str(run_dir), save_every=8)
+    cfg["logging"].update(log_every=1, eval_every=10)
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def _metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
+    train, valid = {}, {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        (train if row["kind"] == "train" else valid)[row["step"]] = row
+    return train, valid
+
+
+def _vikhr(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "vikhr", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+
+
+def _cli(capfd: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """`vikhr ARGS` in this process (the same main() as the console script): rc, stdout, stderr."""
+    from vikhr.cli import main
+
+    capfd.readouterr()
+    rc = main(list(args))
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def sft_run(rulm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("sft-run")
+    proc = _vikhr("sft", "train", "--config", str(_config(tmp / "c.yaml", rulm, tmp / "run")))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "sft data: rulm: 806 chats (725 train, 81 valid)" in proc.stderr
+    return tmp / "run"
+
+
+def test_sft_lowers_the_loss_on_held_out_assistant_tokens(sft_run: Path) -> None:
+    train, valid = _metrics(sft_run)
+    assert sorted(train) == list(range(1, 21)) and sorted(valid) == [0, 10, 20]
+    assert valid[0]["loss_rulm"] == pytest.approx(np.log(32000), abs=0.3)  # an untrained model
+    assert valid[10]["loss_rulm"] < valid[0]["loss_rulm"]
+    assert valid[20]["loss_rulm"] < valid[0]["loss_rulm"] - 1.5
+
+
+def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
+    killed = _vikhr("sft", "train", "--config", str(config), "debug.kill_at_step=12")
+    assert killed.returncode != 0
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_000008"
+    resumed = _vikhr("sft", "train", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr and "step_000008" in resumed.stderr
+    train, valid = _metrics(tmp_path / "run")
+    reference, reference_valid = _metrics(sft_run)
+    assert sorted(train) == sorted(reference)
+    for step, row in reference.items():
+        for key in ("loss", "ce", "lr", "grad_norm"):
+            assert train[step][key] == row[key], (step, key)
+    assert valid[20] == reference_valid[20]
+
+
+@pytest.mark.distributed
+def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
+    """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank
+    (the first 6 steps; the run is then killed, which also spares the remaining steps)."""
+    from conftest import free_port
+
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(REPO / "pretrain_vikhr.py"), "--config", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([*cmd, "debug.kill_at_step=6"], capture_output=True, env=env, cwd=REPO, timeout=600)
+    train, valid = _metrics(tmp_path / "run")
+    reference, reference_valid = _metrics(sft_run)
+    assert sorted(train) == list(range(1, 7))
+    for step, row in train.items():
+        for key in ("loss", "ce", "lr"):
+            assert row[key] == pytest.approx(reference[step][key], rel=2e-5), (step, key)
+    assert valid[0]["loss_rulm"] == pytest.approx(reference_valid[0]["loss_rulm"], rel=2e-5)
+
+
+@pytest.fixture
+def megatron_cpu():
+    from vikhr.runtime import cpu_compat, init_distributed, shutdown
+
+    init_distributed(tp_size=1, seed=5, device="cpu")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer does on the CPU
+    yield
+    torch.use_deterministic_algorithms(was_deterministic)
+    shutdown()
+    cpu_compat.remove()
+
+
+def test_only_assistant_tokens_reach_the_loss(
+    rulm: Path, shared_data: Path, mistral, tmp_path: Path, megatron_cpu: None
+) -> None:
+    """On real packed windows: (1) the trainer's labels are exactly the assistant tokens of the
+    chats in the window, re-encoded from the JSONL; (2) the gradient reaches the logits at those
+    positions and nowhere else; (3) changing every non-assistant target leaves loss and parameter
+    gradients bit-identical; (4) the loss is the float64 mean CE over those positions."""
+    from megatron.core import parallel_state
+
+    from vikhr.model import build_gpt_model
+    from vikhr.ops import cross_entropy_kl_reference
+    from vikhr.sft.template import read_chats
+    from vikhr.train.config import load_config
+    from vikhr.train.data import IGNORE_INDEX, build_datasets, collate
+    from vikhr.train.pretrain import forward_loss
+
+    cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run"))
+    data = build_datasets(cfg, str(tmp_path / "cache"))
+    chats = [m for _, m in read_chats(shared_data / "sft" / "rulm-self-instruct.chat.jsonl")]
+    samples = [data.train[i] for i in range(4)]
+
+    for i, sample in enumerate(samples):  # (1)
+        expected = torch.full((cfg.data.seq_len,), IGNORE_INDEX)
+        at = 0
+        for chat in data.train.placements[data.train.bounds[i] : data.train.bounds[i + 1]].tolist():
+            enc = encode_chat(chats[chat], mistral)
+            n = min(len(enc.ids), cfg.data.seq_len + 1)
+            for p in range(1, n):
+                if enc.mask[p]:
+                    expected[at + p - 1] = enc.ids[p]
+            at += n
+        assert torch.equal(collate([sample])[1][0], expected), i
+
+    mcfg = cfg.model_config()
+    model = build_gpt_model(mcfg, 1, vocab_multiple=128, attention="sdpa")
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+
+    class KeepLogits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs) -> torch.Tensor:
+            self.logits = self.inner(*args, **kwargs)
+            self.logits.retain_grad()
+            return self.logits
+
+    def loss_and_grads(
+        batch: list[dict],
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        spy = KeepLogits(model)
+        tokens, labels = collate(batch)
+        out = forward_loss(spy, None, tokens, labels, cfg, mcfg.vocab_size, tp_group)
+        out.loss.backward()
+        return out.loss.detach(), spy.logits.grad, [p.grad.clone() for p in model.parameters()], labels
+
+    loss, logit_grad, grads, labels = loss_and_grads(samples)
+    reaches = logit_grad.abs().sum(-1) > 0  # (2)
+    assert torch.equal(reaches, labels != IGNORE_INDEX)
+    assert 0 < int(reaches.sum()) < reaches.numel()
+
+    generator = torch.Generator().manual_seed(0)
+    changed = []
+    for s in samples:  # (3): every target outside the answers replaced by a random token
+        other = torch.randint(3, mcfg.vocab_size, s["labels"].shape, generator=generator)
+        changed.append({**s, "labels": torch.where(s["loss_mask"] == 0, other, s["labels"])})
+    assert all(not torch.equal(c["labels"], s["labels"]) for c, s in zip(changed, samples, strict=True))
+    loss2, _, grads2, _ = loss_and_grads(changed)
+    assert torch.equal(loss, loss2) and all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
+
+    tokens, labels = collate(samples)  # (4)
+    with torch.no_grad():
+        b, s = tokens.shape
+        z = model(tokens, torch.arange(s).expand(b, s), attention_mask=None).reshape(b * s, -1)
+    ref = cross_entropy_kl_reference(z, None, labels.reshape(-1), valid_vocab_size=mcfg.vocab_size)
+    assert float(loss) == pytest.approx(float(ref.ce), rel=1e-5)
+
+
+def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_path: Path) -> None:
+    from vikhr.train.config import load_config
+    from vikhr.train.sft_data import build_sft_datasets
+
+    chatml = tmp_path / "chatml"
+    source = shared_data / "sft" / "rulm-self-instruct.chat.jsonl"
+    prepare_sft(source, MISTRAL_TOKENIZER, chatml, template="chatml", max_chats=200)
+    blend = [
+        {"prefix": str(rulm), "name": "a", "weight": 3},
+        {"prefix": str(chatml), "name": "b", "weight": 1},
+    ]
+    cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"train": blend}))
+    data = build_sft_datasets(cfg)
+    assert len(data.train) == 20 * 8 and sorted(data.valid) == ["a", "b"]
+    assert np.bincount(data.train.dataset_index).tolist() == [120, 40]
+    im_start = torch.tensor(load_chat_tokenizer(MISTRAL_TOKENIZER).encode("<|im_start|>")[1:])
+    for i in range(len(data.train)):  # sample i is the next unused window of its dataset
+        d, j = int(data.train.dataset_index[i]), int(data.train.sample_index[i])
+        assert j == int((data.train.dataset_index[:i] == d).sum())
+        tokens = data.train[i]["tokens"]
+        assert torch.equal(tokens, data.train.parts[d][j]["tokens"])
+        has_chatml = bool(tokens.unfold(0, len(im_start), 1).eq(im_start).all(1).any())
+        assert has_chatml == (d == 1), i
+
+
+# --------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.kind=chat", "config key data.kind must be pretrain or sft, got 'chat'"),
+        ("data.packing=tight", "config key data.packing must be pack or pad"),
+        ("model.overrides.vocab_size=512", "the SFT data holds token id"),
+    ],
+)
+def test_bad_sft_config_is_one_line_before_allocation(
+    rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture, override: str, message: str
+) -> None:
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config), override)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vikhr sft: error: ") and message in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    for suffix in ("_text_document.bin", "_text_document.idx", "_sft.json"):
+        (tmp_path / f"half{suffix}").symlink_to(f"{rulm}{suffix}")
+    config = _config(tmp_path / "c.yaml", tmp_path / "half", tmp_path / "run")
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config))
+    assert rc == 2
+    assert err.strip().splitlines() == [
+        f"vikhr sft: error: config key data.train[0].prefix: SFT dataset file not found: "
+        f"{tmp_path}/half_mask_document.bin (see vikhr sft prepare)"
+    ]
+
+
+def test_prepare_rejects_unknown_template_and_missing_tokenizer(tmp_path: Path) -> None:
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    )
+    with pytest.raises(VikhrError, match="unknown chat template 'alpaca'"):
+        prepare_sft(chats, MISTRAL_TOKENIZER, tmp_path / "x", template="alpaca")
+    with pytest.raises(VikhrError, match="tokenizer not found"):
+        prepare_sft(chats, tmp_path / "nope.model", tmp_path / "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]

@@ -1,0 +1,8 @@
+"""Instruction tuning: chat templates with an assistant-only loss mask, and SFT dataset preparation.
+
+    vikhr sft prepare --input chats.jsonl --tokenizer tok.model --output-prefix data/sft/chat
+    vikhr sft train --config configs/sft-tiny-cpu.yaml
+
+Training is the pre-training loop (`vikhr.train.pretrain`) with `data.kind: sft`; the packed
+stream lives in `vikhr.train.sft_data`. See docs/sft.md.
+"""

@@ -1,0 +1,77 @@
+"""`vikhr sft prepare|train|show`: instruction-tuning data and training (the pre-training loop)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vikhr.errors import VikhrError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="instruction tuning: chat data with an assistant-only loss, same trainer")
+    sft_sub = p.add_subparsers(dest="sft_command", metavar="ACTION", parser_class=type(p))
+    sft_sub.required = True
+
+    pp = sft_sub.add_parser(
+        "prepare",
+        help="chats JSONL -> PREFIX_text_document + PREFIX_mask_document (.bin/.idx) + PREFIX_sft.json",
+    )
+    pp.add_argument(
+        "--input", required=True, help='JSONL, one {"messages": [{"role", "content"}, ...]} a line'
+    )
+    pp.add_argument(
+        "--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or its directory"
+    )
+    pp.add_argument("--output-prefix", required=True)
+    pp.add_argument("--template", default="mistral", choices=["mistral", "chatml"], help="chat template")
+    pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pp.set_defaults(func=_prepare)
+
+    pt = sft_sub.add_parser(
+        "train",
+        help="the pre-training loop with data.kind=sft (one process; torchrun pretrain_vikhr.py for several)",
+    )
+    from vikhr.train.cli import build_arg_parser
+
+    build_arg_parser(pt)
+    pt.set_defaults(func=_train)
+
+    ps = sft_sub.add_parser("show", help="decode prepared chats with the trained spans marked [[like this]]")
+    ps.add_argument("prefix", help="the --output-prefix of `vikhr sft prepare`")
+    ps.add_argument("--index", type=int, nargs="+", default=[0], help="chat numbers (0-based)")
+    ps.add_argument("--tokenizer", default=None, help="default: the tokenizer recorded at prepare time")
+    ps.set_defaults(func=_show)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from vikhr.sft.prepare import prepare_sft
+
+    if args.max_chats is not None and args.max_chats < 1:
+        raise VikhrError(f"--max-chats must be >= 1, got {args.max_chats}")
+    summary = prepare_sft(
+        args.input,
+        args.tokenizer,
+        args.output_prefix,
+        template=args.template,
+        max_chats=args.max_chats,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(summary.line())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vikhr.train.pretrain import run_from_args
+
+    args.overrides = ["data.kind=sft", *args.overrides]
+    return run_from_args(args)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from vikhr.sft.prepare import render_prepared
+
+    for index in args.index:
+        print(render_prepared(args.prefix, index, args.tokenizer))
+    return 0
