@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vikhr.atomic import temporary_path, write_text
 from vikhr.errors import VikhrError, require_file
 
 
 def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+    with temporary_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _split(path: Path, out: Path, name: str) -> tuple[Path, Path]:
@@ -233,9 +232,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(time.time() - t0, 1),
         }
     )
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    tmp.replace(workdir / "summary.json")
+    write_text(workdir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"\ndone in {time.time() - t0:.0f}s; summary in {workdir / 'summary.json'}")
     return 0
 

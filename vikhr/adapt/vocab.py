@@ -16,9 +16,7 @@ Only those two tensors are held in memory; all others are copied as raw bytes sh
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from vikhr.adapt.safetensors_io import (
     write_streaming,
 )
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary, piece_text
+from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, require_dir
 
 Init = Literal["mean", "random"]
@@ -253,9 +252,7 @@ def adapt_vocab(
         replacements[name] = build_matrix(old_rows, plan, seed=seed + (1 if name == LM_HEAD else 0))
         del old_rows
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with output_dir(out_dir) as work:
         total = sum(
             replacements[n].numel() * replacements[n].element_size() if n in replacements else e.end - e.start
             for h in headers
@@ -332,11 +329,4 @@ def adapt_vocab(
             "new_tokenizer": str(new.path),
         }
         (work / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.chmod(work, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return summary

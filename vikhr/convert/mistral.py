@@ -22,13 +22,13 @@ converted shards are held in memory until written (peak ≈ one copy of the mode
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, require_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
 
@@ -226,12 +226,6 @@ def hf_to_megatron(
     for name, full, how in _megatron_full_tensors(reader, cfg, v_pad, tied):
         for r in range(tp_size):
             shards[r][name] = _shard(full, how, r, tp_size).contiguous().clone()
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for r, tensors in enumerate(shards):
-        save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
     meta = {
         "step": 0,
         "consumed_samples": 0,
@@ -242,10 +236,10 @@ def hf_to_megatron(
         "source": {"format": "hf", "path": str(src), "tied_embeddings": tied},
         "hf_config": hf_cfg,
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with output_dir(out) as tmp:
+        for r, tensors in enumerate(shards):
+            save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
 
 
@@ -299,17 +293,11 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
 
     out = Path(out_dir)
     _prepare_out(out, overwrite)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(out_t, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     hf_cfg = model_config_to_hf_config(cfg, meta.get("hf_config"))
     hf_cfg["torch_dtype"] = str(next(iter(out_t.values())).dtype).removeprefix("torch.")
-    (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with output_dir(out) as tmp:
+        save_file(out_t, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     return out
 
 

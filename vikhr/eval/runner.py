@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
 from vikhr.eval.tasks import TASKS, build_task_config, effective_fewshot
 
@@ -281,7 +282,5 @@ def write_results(results: dict[str, Any], output: Path) -> tuple[Path, Path]:
         (output, json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n"),
         (md_path, markdown_table(results)),
     ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, text)
     return output, md_path

@@ -68,31 +68,23 @@ class ModelConfig:
         return asdict(self)
 
 
+_MISTRAL_7B_V01 = ModelConfig(
+    num_layers=32,
+    hidden_size=4096,
+    ffn_hidden_size=14336,
+    num_attention_heads=32,
+    num_kv_heads=8,
+    vocab_size=32000,
+    max_seq_len=32768,
+    rope_theta=10000.0,
+    sliding_window=4096,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # As published in mistralai/Mistral-7B-v0.1's config.json.
-    "mistral-7b-v0.1": ModelConfig(
-        num_layers=32,
-        hidden_size=4096,
-        ffn_hidden_size=14336,
-        num_attention_heads=32,
-        num_kv_heads=8,
-        vocab_size=32000,
-        max_seq_len=32768,
-        rope_theta=10000.0,
-        sliding_window=4096,
-    ),
+    "mistral-7b-v0.1": _MISTRAL_7B_V01,
     # v0.2 (the paper's base): RoPE theta 1e6 and no sliding window.
-    "mistral-7b-v0.2": ModelConfig(
-        num_layers=32,
-        hidden_size=4096,
-        ffn_hidden_size=14336,
-        num_attention_heads=32,
-        num_kv_heads=8,
-        vocab_size=32000,
-        max_seq_len=32768,
-        rope_theta=1_000_000.0,
-        sliding_window=None,
-    ),
+    "mistral-7b-v0.2": replace(_MISTRAL_7B_V01, rope_theta=1_000_000.0, sliding_window=None),
     # Small shapes for tests and the CPU demo.
     "tiny": ModelConfig(
         num_layers=2,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vikhr.atomic import temporary_path, write_text
 from vikhr.errors import VikhrError
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, iter_lines
 
@@ -214,16 +214,9 @@ def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
     ax.set_title("Tokenizer efficiency")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def compare(
@@ -251,7 +244,7 @@ def compare(
     ]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "report.md", render_markdown(results, toks, sentence))
-    _write_atomic(out / "report.csv", render_csv(results))
+    write_text(out / "report.md", render_markdown(results, toks, sentence))
+    write_text(out / "report.csv", render_csv(results))
     plot_chars_per_token(results, out / "chars_per_token.png")
     return results

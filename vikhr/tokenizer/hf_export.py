@@ -11,10 +11,10 @@ identity normalisation that Mistral and Llama use; unknown characters go to the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from vikhr.atomic import write_text
 from vikhr.errors import VikhrError, require_file
 
 SPIECE_UNDERLINE = "▁"
@@ -147,12 +147,6 @@ def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> d
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_hf_tokenizer(model_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     """Write `tokenizer.json` and `tokenizer_config.json` for `model_path` into `out_dir`."""
     out_dir = Path(out_dir)
@@ -160,8 +154,8 @@ def write_hf_tokenizer(model_path: str | Path, out_dir: str | Path) -> tuple[Pat
     tok = build_hf_tokenizer(model_path)
     tok_path = out_dir / "tokenizer.json"
     cfg_path = out_dir / "tokenizer_config.json"
-    _atomic_write_text(tok_path, tok.to_str(pretty=False))
-    _atomic_write_text(cfg_path, json.dumps(tokenizer_config(model_path), ensure_ascii=False, indent=2))
+    write_text(tok_path, tok.to_str(pretty=False))
+    write_text(cfg_path, json.dumps(tokenizer_config(model_path), ensure_ascii=False, indent=2))
     return tok_path, cfg_path
 
 

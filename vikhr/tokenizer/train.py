@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, require_file
 from vikhr.tokenizer.corpus import (
     DEFAULT_HELDOUT_PERCENT,
@@ -240,9 +239,7 @@ def train_tokenizer(
     elif s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
         raise VikhrError(f"--vocab-size {s.vocab_size} is too small (byte fallback alone needs 259 pieces)")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with output_dir(out_dir) as work:
         text_file = work / "train.txt"
         only_cyrillic = (lambda line: bool(CYRILLIC.search(line))) if s.mode == "extend" else None
         sample_stats = write_training_text(
@@ -301,11 +298,4 @@ def train_tokenizer(
         (work / MANIFEST_FILE).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
         )
-        os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from vikhr.atomic import temporary_path
+
 # Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity).
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -108,7 +110,6 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     ax_kl.set_ylabel("KL to the reference (nats/token)")
     ax_kl.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with temporary_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(png_path)
