@@ -1,5 +1,5 @@
-//! Throughput of the SentencePiece encoder on a JSONL file: `cargo run --release --example
-//! encode_speed MODEL FILE.jsonl[.gz]`.
+//! Throughput of the SentencePiece encoder on a JSONL file (REPEATS runs, default 3):
+//! `cargo run --release --example encode_speed MODEL FILE.jsonl[.gz] [REPEATS]`.
 use std::time::Instant;
 use vikhr_core::jsonl::{extract_fields, open_input, LineBatcher};
 use vikhr_core::spm::{EncodeState, SpmModel};
@@ -15,7 +15,8 @@ fn main() {
         .map(|l| extract_fields(l, &keys).unwrap()[0].to_string())
         .collect();
     let bytes: usize = texts.iter().map(|t| t.len()).sum();
-    for _ in 0..3 {
+    let repeats: usize = args.get(3).map_or(3, |r| r.parse().unwrap());
+    for _ in 0..repeats {
         let mut state = EncodeState::default();
         let t = Instant::now();
         let mut n = 0;
