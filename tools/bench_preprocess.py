@@ -2,10 +2,13 @@
 """Benchmark corpus pre-tokenization: vikhr vs a Megatron-style Python pipeline, gigatoken and raw
 sentencepiece, on the shared Russian corpus with the Mistral v0.1 tokenizer.
 
-    python tools/bench_preprocess.py --mb 100 --threads 1 2 --repeats 3
+    python tools/bench_preprocess.py --mb 100 --threads 1 2 --repeats 3 --slow-repeats 1
+    python tools/bench_preprocess.py --mb 1000 --tools vikhr --repeats 1   # peak RSS on 1 GB
 
-Every measurement runs in a fresh subprocess (so peak RSS is its own); the table shows the median
-of `--repeats` runs and each tool's speed relative to vikhr with the same thread count.
+Every measurement runs in a fresh subprocess (so peak RSS is its own); the runs of the tools are
+interleaved (one run of each, then the next round), so a busy moment on a shared machine hits
+them alike. The table shows the median of `--repeats` runs (`--slow-repeats` for the two slow
+baselines) and each tool's speed relative to vikhr with the same thread count.
   vikhr            JSONL -> .bin/.idx (tools/preprocess_data.py)
   megatron-style   json.loads + HF `tokenizers` in a multiprocessing.Pool (imap, chunksize 32), the
                    main process writing with megatron-core's IndexedDatasetBuilder -- what
@@ -143,6 +146,12 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=100, help="corpus size in MB (uncompressed JSONL)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=None,
+        help="runs of megatron-style and sentencepiece (default: --repeats)",
+    )
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     ap.add_argument("--model", type=Path, default=SHARED / "tokenizers" / "mistral-7b-v0.1.model")
     ap.add_argument("--one", choices=TOOLS, help=argparse.SUPPRESS)
@@ -160,14 +169,19 @@ def main() -> int:
         print(
             f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} documents (corpus/ru, cycled); model {args.model.name}"
         )
+        slow = args.repeats if args.slow_repeats is None else args.slow_repeats
         rows = []
         for threads in args.threads:
+            runs: dict[str, list[dict]] = {tool: [] for tool in args.tools}
+            for round_ in range(max(args.repeats, slow)):
+                for tool in args.tools:
+                    if round_ < (slow if tool in ("megatron-style", "sentencepiece") else args.repeats):
+                        runs[tool].append(measure(tool, corpus, args.model, threads, work))
             base = None
             for tool in args.tools:
-                runs = [measure(tool, corpus, args.model, threads, work) for _ in range(args.repeats)]
-                ok = [r for r in runs if "error" not in r]
+                ok = [r for r in runs[tool] if "error" not in r]
                 if not ok:
-                    rows.append((tool, threads, runs[0]["error"]))
+                    rows.append((tool, threads, runs[tool][0]["error"]))
                     continue
                 sec = statistics.median(r["seconds"] for r in ok)
                 row = {
@@ -176,20 +190,28 @@ def main() -> int:
                     "tok_s": ok[0]["tokens"] / sec,
                     "rss": max(r["rss_mib"] for r in ok),
                     "tokens": ok[0]["tokens"],
+                    "n": len(ok),
+                    "range": f"{nbytes / 1e6 / max(r['seconds'] for r in ok):.1f}-"
+                    f"{nbytes / 1e6 / min(r['seconds'] for r in ok):.1f}",
                 }
                 if tool == "vikhr":
                     base = row["mb_s"]
                 row["vs"] = f"{base / row['mb_s']:.2f}x" if base else "-"
                 rows.append((tool, threads, row))
-        print("\n| tool | threads | MB/s | docs/s | tokens/s | peak RSS MiB | vikhr speed-up | tokens |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        header = (
+            "| tool | threads | runs | MB/s | MB/s range | docs/s | tokens/s | peak RSS MiB "
+            "| vikhr speed-up | tokens |"
+        )
+        print("\n" + header)
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for tool, threads, row in rows:
             if isinstance(row, str):
-                print(f"| {tool} | {threads} | failed: {row} | | | | | |")
+                print(f"| {tool} | {threads} | | failed: {row} | | | | | | |")
                 continue
             print(
-                f"| {tool} | {threads} | {row['mb_s']:.1f} | {row['docs_s']:,.0f} | {row['tok_s']:,.0f} | "
-                f"{row['rss']:.0f} | {row['vs']} | {row['tokens']:,} |"
+                f"| {tool} | {threads} | {row['n']} | {row['mb_s']:.1f} | {row['range']} | "
+                f"{row['docs_s']:,.0f} | {row['tok_s']:,.0f} | {row['rss']:.0f} | {row['vs']} | "
+                f"{row['tokens']:,} |"
             )
     return 0
 
