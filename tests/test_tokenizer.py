@@ -77,7 +77,7 @@ def _ru40k_table1_pieces() -> list[str]:
 @pytest.mark.xfail(
     strict=True,
     reason="the shipped tokenizer is trained only on public-domain/CC0 literature, where 'обучение' occurs "
-    "4 times; it needs 7 pieces (▁Маши нное ▁обу чение ▁изменя ет ▁мир). See docs/bench-tokenizer.md.",
+    "4 times; it needs 7 pieces (▁Маши нное ▁обу чение ▁изменя ет ▁мир). See docs/benchmarks.md.",
 )
 def test_shipped_ru40k_tokenizer_needs_at_most_6_pieces_for_table1_sentence() -> None:
     assert len(_ru40k_table1_pieces()) <= 6
