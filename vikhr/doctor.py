@@ -37,7 +37,7 @@ def collect() -> list[tuple[str, str]]:
     ]
     problem = megatron_version_problem()
     rows.append(("megatron-core", _version("megatron-core") + (f"  (!! {problem})" if problem else "")))
-    for dist in ("transformers", "sentencepiece", "tokenizers", "safetensors"):
+    for dist in ("transformers", "sentencepiece", "tokenizers", "safetensors", "lm-eval"):
         rows.append((dist, _version(dist)))
     cuda = torch.cuda.is_available()
     rows.append(("CUDA available", "yes" if cuda else "no"))
@@ -67,7 +67,9 @@ def collect() -> list[tuple[str, str]]:
     rows.append(
         (
             "Transformer Engine",
-            "present: TE layer spec" if te else "absent: megatron-core local spec + torch SDPA",
+            "present: TE layer spec"
+            if te
+            else "absent: vikhr's SDPA layer spec (megatron-core local layers)",
         )
     )
     fa = _present("flash_attn")
