@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# GPU check of the csrc/ ops: builds the extension with CUDA, runs the GPU tests and the kernel
-# benchmark, and writes everything under OUT_DIR:
-#   build.log      the JIT build (nvcc + g++), with `vikhr.ops.build.compiled_ops()` at the end
-#   pytest-gpu.log pytest -m gpu over tests/test_ops_*.py (the same CPU-vs-float64 tests on CUDA)
-#   bench.log      tools/bench_kernels.py --device cuda (N=8192, V in {32000, 40000, 131072}, bf16)
-#   bench.json     the benchmark rows (with the card's name)
-#   summary.txt    one line per step with its exit status
+# GPU check of vikhr: builds the csrc/ extension with CUDA, runs every GPU test and the kernel and
+# training benchmarks, and writes everything under OUT_DIR:
+#   build.log       the JIT build (nvcc + g++), with `vikhr.ops.build.compiled_ops()` at the end
+#   pytest-gpu.log  pytest -m gpu over tests/ (ops vs float64 on CUDA, bf16 training, SDPA spec)
+#   bench.log       tools/bench_kernels.py --device cuda (N=8192, V in {32000, 40000, 131072}, bf16)
+#   bench.json      the kernel benchmark rows (with the card's name)
+#   bench-train.log tools/bench_train.py (4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16) vs HF
+#   summary.txt     one line per step with its exit status
 # Usage: tools/device_check.sh OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
 set -uo pipefail
 
@@ -50,8 +51,9 @@ assert 'cuda' in ops['cross_entropy_kl'], 'the CUDA kernel was not compiled'
 build_rc=$?
 rc=$build_rc
 if [[ $build_rc -eq 0 ]]; then
-  step pytest-gpu pytest-gpu.log "$PY" -m pytest -q -m gpu -rs tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py || rc=1
+  step pytest-gpu pytest-gpu.log "$PY" -m pytest -q -m gpu -rs tests/ || rc=1
   step bench bench.log "$PY" tools/bench_kernels.py --device cuda --json "$OUT/bench.json" || rc=1
+  step bench-train bench-train.log "$PY" tools/bench_train.py || rc=1
 fi
 echo "device_check exit $rc" | tee -a "$OUT/summary.txt"
 exit $rc
