@@ -19,7 +19,7 @@ $(STAMP): $(BUILD_INPUTS)
 
 ## demo: the main job on the bundled default data (CPU, no downloads)
 demo: setup
-	$(BIN)/vikhr demo
+	$(BIN)/vikhr demo --overwrite
 
 ## test: Rust (fmt, clippy, cargo test), Python lint, then pytest
 test: setup lint test-rust test-python
