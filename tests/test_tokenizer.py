@@ -166,6 +166,38 @@ def test_extend_keeps_base_ids_and_english_encoding(extend_dir: Path, optional_s
     assert sum(map(len, ext.encode(russian))) < 0.95 * sum(map(len, base.encode(russian)))
 
 
+def test_extend_with_cross_word_pieces_keeps_english_and_hf_equality(
+    tmp_path: Path, extend_dir: Path, optional_shared: Path | None
+) -> None:
+    """split_by_whitespace=false: new pieces may span words; English ids and the HF export still hold."""
+    out = tmp_path / "xword"
+    settings = TrainSettings(
+        mode="extend",
+        vocab_size=32400,
+        base_model=str(MISTRAL_TOKENIZER),
+        split_by_whitespace=False,
+        **SMALL,
+    )
+    train_tokenizer([RU_SAMPLE], out, settings)
+    base = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    ext = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    assert [ext.id_to_piece(i) for i in range(32000)] == [base.id_to_piece(i) for i in range(32000)]
+    new_pieces = [ext.id_to_piece(i) for i in range(32000, ext.get_piece_size())]
+    assert all(CYRILLIC.search(p) for p in new_pieces)
+    assert any("▁" in p.lstrip("▁") for p in new_pieces), "no piece spans words"
+    lines = heldout_lines(optional_shared)
+    latin = [ln for ln in lines if not CYRILLIC.search(ln)]
+    assert ext.encode(latin) == base.encode(latin)
+    assert (
+        compare_encodings(out / "tokenizer.model", Tokenizer.from_file(str(out / "tokenizer.json")), lines)
+        == []
+    )
+    # Spanning words must pay off on held-out Russian against whole-word pieces of the same count.
+    words = spm.SentencePieceProcessor(model_file=str(extend_dir / "tokenizer.model"))
+    russian = list(iter_lines(RU_SAMPLE, split="heldout"))
+    assert sum(map(len, ext.encode(russian))) < sum(map(len, words.encode(russian)))
+
+
 def test_training_is_deterministic_and_thread_independent(tmp_path: Path) -> None:
     kw = {"vocab_size": 800, "max_chars_per_file": 150_000}
     train_tokenizer([RU_SAMPLE], tmp_path / "a", TrainSettings(num_threads=1, **kw))

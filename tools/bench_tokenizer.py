@@ -5,6 +5,7 @@ Trains (on the training split only; measurement is on the held-out split, 5 % of
                           split_by_unicode_script=false  ← shipped as vikhr/assets/tokenizers/vikhr-ru-40k.*
   ru40k-replace-mistral   the same with Mistral's split_by_unicode_script=true
   extend-40k/48k/56k      Mistral v0.1 + Cyrillic pieces learned on RusLit + RusDraCor
+  extend-40k-xword        extend-40k whose new pieces may span words (split_by_whitespace=false)
 
 Then prints chars/token, tokens/word and the share of words in ≥3 pieces per held-out text set, checks
 the issue's targets, times encoding (.model vs tokenizer.json, median of 3), and writes the report
@@ -48,6 +49,16 @@ def train_all(work: Path) -> dict[str, Path]:
             RU_PD,
             TrainSettings(mode="extend", vocab_size=size, base_model=str(MISTRAL), split_by_script=False),
         )
+    jobs["extend-40k-xword"] = (
+        RU_PD,
+        TrainSettings(
+            mode="extend",
+            vocab_size=40000,
+            base_model=str(MISTRAL),
+            split_by_script=False,
+            split_by_whitespace=False,
+        ),
+    )
     out = {}
     for name, (corpora, settings) in jobs.items():
         t0 = time.perf_counter()
@@ -121,7 +132,7 @@ def main() -> None:
     print("\nTargets:")
     print(f"  replace 40k RU(ruslit) >= 4.2: {cpt[('ru40k-replace', 'ruslit')]:.3f}")
     print(f"  replace 40k EN >= 3.7:         {cpt[('ru40k-replace', 'english-novels')]:.3f}")
-    for n in ("extend-40k", "extend-48k", "extend-56k"):
+    for n in ("extend-40k", "extend-48k", "extend-56k", "extend-40k-xword"):
         print(
             f"  {n} RU(ruslit) >= 4.0: {cpt[(n, 'ruslit')]:.3f}; EN unchanged: "
             f"{cpt[(n, 'english-novels')]:.4f} vs Mistral {en_mistral:.4f}"
