@@ -272,7 +272,14 @@ def test_cli_train_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "tok"
     argv = ["tokenizer", "train", "--corpus", f"{RU_SAMPLE}@100k", "--vocab-size", "600", "--out", str(out)]
     assert cli_main(argv) == 0
-    assert json.loads((out / "manifest.json").read_text())["corpora"][0]["max_chars"] == 100_000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["corpora"][0]["max_chars"] == 100_000
+    assert manifest["settings"]["split_by_script"] and manifest["settings"]["split_by_whitespace"]
+    spanning = tmp_path / "tok-spanning"
+    argv_spanning = [*argv[:-1], str(spanning), "--no-split-by-script", "--no-split-by-whitespace"]
+    assert cli_main(argv_spanning) == 0
+    settings = json.loads((spanning / "manifest.json").read_text())["settings"]
+    assert not settings["split_by_script"] and not settings["split_by_whitespace"]
     code, err = _cli(argv, capsys)
     assert code == 2 and "exists" in err and len(err.splitlines()) == 1
     report = tmp_path / "rep"

@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
         action="store_false",
         help="let pieces join letters and punctuation (SentencePiece split_by_unicode_script=false)",
     )
+    tr.add_argument(
+        "--no-split-by-whitespace",
+        dest="split_by_whitespace",
+        action="store_false",
+        help="let pieces span words ('▁не▁был'; SentencePiece split_by_whitespace=false)",
+    )
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=_train)
@@ -92,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         pad_to_multiple=args.pad_to_multiple,
         character_coverage=args.character_coverage,
         split_by_script=args.split_by_script,
+        split_by_whitespace=args.split_by_whitespace,
         num_threads=args.threads,
     )
     manifest = train_tokenizer(args.corpus, args.out, settings, overwrite=args.overwrite)
