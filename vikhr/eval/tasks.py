@@ -283,6 +283,37 @@ def _mmlu_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None)
     }
 
 
+def _choice_task_with_shots(
+    task: str,
+    rows: Callable[..., list[dict[str, Any]]],
+    eval_path: Path,
+    fewshot_path: Path,
+    k: int,
+    limit: int | None,
+    *,
+    description: str,
+    doc_to_text: Callable[[dict[str, Any]], str],
+    choices: list[str],
+    metrics: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A loglikelihood multiple-choice task whose k shots lm-eval draws from the train file."""
+    return {
+        "task": task,
+        "custom_dataset": lambda **_: _to_dataset_dict(
+            {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
+        ),
+        "test_split": "test",
+        "fewshot_split": "train",
+        "output_type": "multiple_choice",
+        "description": description,
+        "doc_to_text": doc_to_text,
+        "doc_to_choice": choices,
+        "doc_to_target": lambda doc: doc["label"],
+        "num_fewshot": k,
+        "metric_list": metrics,
+    }
+
+
 def clean_terra_text(text: str) -> str:
     """Undo the CSV quoting left in some TERRa premises: a quoted field with doubled inner quotes."""
     if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
@@ -305,24 +336,21 @@ def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
             )
         return out
 
-    return {
-        "task": "terra",
-        "custom_dataset": lambda **_: _to_dataset_dict(
-            {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
-        ),
-        "test_split": "test",
-        "fewshot_split": "train",
-        "output_type": "multiple_choice",
-        "description": "Определите, следует ли утверждение из текста.\n\n",
-        "doc_to_text": lambda doc: (
+    return _choice_task_with_shots(
+        "terra",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="Определите, следует ли утверждение из текста.\n\n",
+        doc_to_text=lambda doc: (
             f"Текст: {doc['premise']}\nУтверждение: {doc['hypothesis']}\n"
             "Вопрос: следует ли утверждение из текста? Ответьте «да» или «нет».\nОтвет:"
         ),
-        "doc_to_choice": ["да", "нет"],
-        "doc_to_target": lambda doc: doc["label"],
-        "num_fewshot": k,
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
+        choices=["да", "нет"],
+        metrics=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
@@ -334,27 +362,24 @@ def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | Non
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
 
-    return {
-        "task": "rucola",
-        "custom_dataset": lambda **_: _to_dataset_dict(
-            {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
-        ),
-        "test_split": "test",
-        "fewshot_split": "train",
-        "output_type": "multiple_choice",
-        "description": "Определите, является ли предложение правильным предложением русского языка.\n\n",
-        "doc_to_text": lambda doc: (
+    return _choice_task_with_shots(
+        "rucola",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="Определите, является ли предложение правильным предложением русского языка.\n\n",
+        doc_to_text=lambda doc: (
             f"Предложение: {doc['sentence']}\n"
             "Вопрос: является ли это предложение грамматически правильным и осмысленным?\nОтвет:"
         ),
-        "doc_to_choice": ["нет", "да"],  # label 1 = acceptable
-        "doc_to_target": lambda doc: doc["label"],
-        "num_fewshot": k,
-        "metric_list": [
+        choices=["нет", "да"],  # label 1 = acceptable
+        metrics=[
             {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
             {"metric": "mcc", "aggregation": "matthews_corrcoef", "higher_is_better": True},
         ],
-    }
+    )
 
 
 _QA_METRICS = [
