@@ -66,28 +66,55 @@ def test_mistral_splits_table1_sentence_exactly() -> None:
     assert hf.encode(TABLE1_SENTENCE, add_special_tokens=False).tokens == MISTRAL_TABLE1
 
 
-def _ru40k_table1_pieces() -> list[str]:
+def test_shipped_ru40k_tokenizer_beats_mistral_on_table1_sentence() -> None:
     sp = spm.SentencePieceProcessor(model_file=str(RU40K_MODEL))
     assert sp.get_piece_size() == 40000
     pieces = sp.encode(TABLE1_SENTENCE, out_type=str)
     assert "".join(pieces).replace("▁", " ").strip() == TABLE1_SENTENCE
-    return pieces
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped tokenizer is trained only on public-domain/CC0 literature, where 'обучение' occurs "
-    "4 times; it needs 7 pieces (▁Маши нное ▁обу чение ▁изменя ет ▁мир). See docs/benchmarks.md.",
-)
-def test_shipped_ru40k_tokenizer_needs_at_most_6_pieces_for_table1_sentence() -> None:
-    assert len(_ru40k_table1_pieces()) <= 6
-
-
-def test_shipped_ru40k_tokenizer_beats_mistral_on_table1_sentence() -> None:
-    pieces = _ru40k_table1_pieces()
     mistral = load_tokenizer(str(MISTRAL_TOKENIZER)).pieces(TABLE1_SENTENCE)
     assert len(pieces) <= 7 < len(mistral)
     assert "▁мир" in pieces  # whole common words are single pieces
+
+
+@pytest.fixture(scope="module")
+def all_russian_40k(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 40k replace tokenizer trained on every Russian corpus in ../shared (training split) + 6M EN chars.
+
+    Same recipe as `ru40k-replace-all-ru` in tools/bench_tokenizer.py (~15 s on 2 cores).
+    """
+    corpora = [f"{p}@100M" for p in sorted((shared_data / "corpus" / "ru").glob("*.jsonl.gz"))]
+    corpora.append(f"{shared_data / 'corpus' / 'en' / 'english-novels.jsonl.gz'}@6M")
+    out = tmp_path_factory.mktemp("tok") / "all-ru-40k"
+    settings = TrainSettings(vocab_size=40000, split_by_script=False, verify_lines_per_file=200)
+    train_tokenizer(corpora, out, settings)
+    return out
+
+
+def test_trained_ru40k_tokenizer_needs_at_most_6_pieces_for_table1_sentence(all_russian_40k: Path) -> None:
+    """The paper's Table 1 must-show, on a 40k tokenizer trained from the real Russian corpora."""
+    model = all_russian_40k / "tokenizer.model"
+    assert spm.SentencePieceProcessor(model_file=str(model)).get_piece_size() == 40000
+    pieces = load_tokenizer(str(model)).pieces(TABLE1_SENTENCE)
+    assert "".join(pieces).replace("▁", " ").strip() == TABLE1_SENTENCE
+    assert len(pieces) <= 6, pieces
+    assert len(load_tokenizer(str(MISTRAL_TOKENIZER)).pieces(TABLE1_SENTENCE)) == 12
+
+
+def test_trained_ru40k_tokenizer_reaches_issue_efficiency_on_heldout(
+    all_russian_40k: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """Held-out chars/token: Russian (all five sets pooled) >= 4.2, English >= 3.7; Mistral far below."""
+    texts = sorted(str(p) for p in (shared_data / "corpus").glob("*/*.jsonl.gz"))
+    specs = [f"ru40k={all_russian_40k}", f"mistral={shared_data / 'tokenizers' / 'mistral-7b-v0.1.model'}"]
+    results = compare(specs, texts, tmp_path / "report", split="heldout", max_chars=300_000)
+
+    def chars_per_token(tok: str, russian: bool) -> float:
+        rows = [r for r in results if r.tokenizer == tok and (r.text_set != "english-novels") == russian]
+        return sum(r.chars for r in rows) / sum(r.tokens for r in rows)
+
+    assert chars_per_token("ru40k", russian=True) >= 4.2
+    assert chars_per_token("ru40k", russian=False) >= 3.7
+    assert chars_per_token("mistral", russian=True) < 2.7
 
 
 def test_shipped_ru40k_tokenizer_json_matches_model(optional_shared: Path | None) -> None:
@@ -164,6 +191,24 @@ def test_extend_keeps_base_ids_and_english_encoding(extend_dir: Path, optional_s
     assert ext.encode(latin) == base.encode(latin)
     russian = [ln for ln in lines if CYRILLIC.search(ln)]
     assert sum(map(len, ext.encode(russian))) < 0.95 * sum(map(len, base.encode(russian)))
+
+
+def test_extend_regrows_the_russian_pool_when_mixed_lines_fill_it_with_latin(tmp_path: Path) -> None:
+    """Lines mixing Russian with 3× as much English (like man pages): the first pool has too few new
+    Cyrillic pieces, so it is retrained larger until the requested vocabulary size is reached."""
+    ru = list(iter_lines(RU_SAMPLE, split="train"))[:3000]
+    en = list(iter_lines(EN_SAMPLE, split="train"))
+    mixed = tmp_path / "mixed.jsonl"
+    with mixed.open("w", encoding="utf-8") as f:
+        for i, line in enumerate(ru):
+            text = line[:200] + " " + " ".join(en[(3 * i + k) % len(en)] for k in range(3))
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    settings = TrainSettings(mode="extend", vocab_size=33500, base_model=str(MISTRAL_TOKENIZER))
+    manifest = train_tokenizer([mixed], tmp_path / "tok", settings)
+    assert manifest["vocab_size"] == 33500
+    assert manifest["extend"]["added_pieces"] == 1500
+    model = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
+    assert all(CYRILLIC.search(model.id_to_piece(i)) for i in range(32000, 33500))
 
 
 def test_extend_with_cross_word_pieces_keeps_english_and_hf_equality(

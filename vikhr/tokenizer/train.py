@@ -37,6 +37,7 @@ MANIFEST_FORMAT = "vikhr-tokenizer/1"
 CYRILLIC = re.compile(r"[\u0400-\u04FF\u0500-\u052F]")
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
+POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
 
 
 @dataclass
@@ -180,6 +181,40 @@ def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dic
     return out, stats
 
 
+def _extend_from_corpus(
+    text_file: Path, work: Path, base_proto: Any, num_new: int, s: TrainSettings
+) -> tuple[Any, dict[str, int]]:
+    """Train a Russian BPE pool on `text_file` and append `num_new` of its Cyrillic pieces to the base.
+
+    The pool also learns Latin, digit and punctuation pieces from mixed lines (man pages, code in docs),
+    and those are never added; when too few Cyrillic pieces remain, the pool is retrained larger.
+    """
+    base_cyrillic = sum(1 for p in base_proto.pieces if CYRILLIC.search(p.piece))
+    pool_size = num_new + base_cyrillic + NUM_BYTE_PIECES + NUM_SPECIALS + 500
+    best: tuple[Any, dict[str, int]] | None = None
+    for _ in range(POOL_ATTEMPTS):
+        try:
+            ru_model = _sentencepiece_bpe(text_file, work / "ru", pool_size, s)
+        except VikhrError as e:
+            # SentencePiece names the largest pool this corpus supports ("... a value <= 58873").
+            largest = re.search(r"<= (\d+)", str(e))
+            if best is None:
+                raise
+            if largest is None or int(largest[1]) >= pool_size:
+                break
+            pool_size = int(largest[1])
+            continue
+        best = extend_model(base_proto, load_model_proto(ru_model), num_new)
+        added = best[1]["added_pieces"]
+        if added >= num_new:
+            break
+        # Grow the pool by the shortfall divided by the share of the pool that was usable.
+        usable = max(added / pool_size, 0.05)
+        pool_size += int((num_new - added) / usable) + 500
+    assert best is not None
+    return best
+
+
 def _check_base_specials(proto: Any, where: str) -> None:
     spec = proto.trainer_spec
     if (spec.unk_id, spec.bos_id, spec.eos_id) != (0, 1, 2) or not spec.byte_fallback:
@@ -259,16 +294,13 @@ def train_tokenizer(
         else:
             assert base_proto is not None
             num_new = s.vocab_size - len(base_proto.pieces)
-            base_cyrillic = sum(1 for p in base_proto.pieces if CYRILLIC.search(p.piece))
-            # Enough Russian pieces that, after dropping those the base already has, num_new remain.
-            ru_vocab = num_new + base_cyrillic + NUM_BYTE_PIECES + NUM_SPECIALS + 500
-            ru_model = _sentencepiece_bpe(text_file, work / "ru", ru_vocab, s)
-            merged, extend_stats = extend_model(base_proto, load_model_proto(ru_model), num_new)
+            merged, extend_stats = _extend_from_corpus(text_file, work, base_proto, num_new, s)
             model_path.write_bytes(merged.SerializeToString())
             if extend_stats["added_pieces"] < num_new:
                 print(
-                    f"warning: only {extend_stats['added_pieces']} new pieces were available; "
-                    f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size}"
+                    f"warning: the corpus yields only {extend_stats['added_pieces']} new Cyrillic pieces; "
+                    f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size} (add Russian text "
+                    "or ask for a smaller --vocab-size)"
                 )
         text_file.unlink()
         for leftover in work.glob("*.vocab"):
