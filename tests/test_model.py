@@ -135,6 +135,42 @@ def test_gpt_model_matches_transformers_mistral(
             assert (full(tokens).logits - theirs).abs().max() > 1e-3
 
 
+# megatron's local attention replaces any given mask by its own when a sliding window is set.
+@pytest.mark.parametrize(("attention", "sliding_window"), [("sdpa", None), ("sdpa", 6), ("local", None)])
+def test_document_mask_computes_each_packed_document_as_if_alone(
+    megatron_cpu: None, attention: str, sliding_window: int | None
+) -> None:
+    """Packed documents under `document_attention_mask` give the logits transformers gives each
+    document on its own (RoPE is relative, so the offset in the window does not matter)."""
+    from vikhr.model.attention import document_attention_mask
+
+    cfg = preset("tiny", sliding_window=sliding_window)
+    hf = _hf_model(sliding_window)
+    model = build_gpt_model(cfg, attention=attention, params_dtype=torch.float32).double().eval()
+    model.load_state_dict(_hf_to_megatron(hf, cfg), strict=False)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(2))
+    lengths = [[9, 11], [4, 13, 3]]
+    segments = torch.tensor([[d for d, n in enumerate(row) for _ in range(n)] for row in lengths])
+    with torch.no_grad():
+        packed = model(
+            tokens,
+            torch.arange(20).expand(2, 20),
+            attention_mask=document_attention_mask(segments, sliding_window),
+        )
+        plain = model(tokens, torch.arange(20).expand(2, 20), attention_mask=None)
+        for b, row in enumerate(lengths):
+            start = 0
+            for n in row:
+                alone = hf(tokens[b : b + 1, start : start + n]).logits[0]
+                torch.testing.assert_close(
+                    packed[b, start : start + n, : cfg.vocab_size], alone, rtol=1e-5, atol=1e-5
+                )
+                start += n
+    # Without the mask, later documents see the earlier ones.
+    assert (plain[0, 9:] - packed[0, 9:]).abs().max() > 1e-3
+    torch.testing.assert_close(plain[0, :9], packed[0, :9])
+
+
 def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
     from vikhr.model.attention import SDPAttention
 

@@ -395,6 +395,7 @@ def test_only_assistant_tokens_reach_the_loss(
     from megatron.core import parallel_state
 
     from vikhr.model import build_gpt_model
+    from vikhr.model.attention import document_attention_mask
     from vikhr.ops import cross_entropy_kl_reference
     from vikhr.sft.template import read_chats
     from vikhr.train.config import load_config
@@ -416,7 +417,7 @@ def test_only_assistant_tokens_reach_the_loss(
                 if enc.mask[p]:
                     expected[at + p - 1] = enc.ids[p]
             at += n
-        assert torch.equal(collate([sample])[1][0], expected), i
+        assert torch.equal(collate([sample]).labels[0], expected), i
 
     mcfg = cfg.model_config()
     model = build_gpt_model(mcfg, 1, vocab_multiple=128, attention="sdpa")
@@ -437,10 +438,11 @@ def test_only_assistant_tokens_reach_the_loss(
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
         model.zero_grad(set_to_none=True)
         spy = KeepLogits(model)
-        tokens, labels = collate(batch)
-        out = forward_loss(spy, None, tokens, labels, cfg, mcfg.vocab_size, tp_group)
+        collated = collate(batch)
+        out = forward_loss(spy, None, collated, cfg, mcfg, tp_group)
         out.loss.backward()
-        return out.loss.detach(), spy.logits.grad, [p.grad.clone() for p in model.parameters()], labels
+        grads = [p.grad.clone() for p in model.parameters()]
+        return out.loss.detach(), spy.logits.grad, grads, collated.labels
 
     loss, logit_grad, grads, labels = loss_and_grads(samples)
     reaches = logit_grad.abs().sum(-1) > 0  # (2)
@@ -456,12 +458,56 @@ def test_only_assistant_tokens_reach_the_loss(
     loss2, _, grads2, _ = loss_and_grads(changed)
     assert torch.equal(loss, loss2) and all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
 
-    tokens, labels = collate(samples)  # (4)
+    tokens, labels, segments = collate(samples)  # (4), each chat attending only to itself
     with torch.no_grad():
         b, s = tokens.shape
-        z = model(tokens, torch.arange(s).expand(b, s), attention_mask=None).reshape(b * s, -1)
+        mask = document_attention_mask(segments)
+        z = model(tokens, torch.arange(s).expand(b, s), attention_mask=mask).reshape(b * s, -1)
     ref = cross_entropy_kl_reference(z, None, labels.reshape(-1), valid_vocab_size=mcfg.vocab_size)
     assert float(loss) == pytest.approx(float(ref.ce), rel=1e-5)
+
+
+def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, megatron_cpu: None) -> None:
+    """With data.isolate_documents (the SFT default) the loss of a window packing several chats is
+    exactly the assistant-token CE of each chat run through the model on its own; without it the
+    later chats see the earlier ones and the loss changes."""
+    from megatron.core import parallel_state
+
+    from vikhr.model import build_gpt_model
+    from vikhr.ops import cross_entropy_kl_reference
+    from vikhr.train.config import load_config
+    from vikhr.train.data import IGNORE_INDEX, build_datasets, collate
+    from vikhr.train.pretrain import forward_loss
+
+    cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"seq_len": 256}))
+    assert cfg.data.documents_isolated()
+    data = build_datasets(cfg, str(tmp_path / "cache"))
+    window = next(i for i in range(len(data.train)) if int(data.train[i]["segments"].max()) >= 3)
+    batch = collate([data.train[window]])
+    mcfg = cfg.model_config()
+    model = build_gpt_model(mcfg, 1, vocab_multiple=128, attention="sdpa").eval()
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    with torch.no_grad():
+        packed = forward_loss(model, None, batch, cfg, mcfg, tp_group)
+        total, count = 0.0, 0
+        segments = batch.segments[0]
+        for chat in range(1, int(segments.max()) + 1):
+            where = torch.nonzero(segments == chat).flatten()
+            start, n = int(where[0]), len(where)
+            assert torch.equal(where, torch.arange(start, start + n))  # chats are contiguous
+            labels = batch.labels[0, start : start + n]
+            labelled = int((labels != IGNORE_INDEX).sum())
+            if labelled == 0:
+                continue
+            z = model(batch.tokens[:, start : start + n], torch.arange(n)[None], attention_mask=None)
+            ref = cross_entropy_kl_reference(z[0], None, labels, valid_vocab_size=mcfg.vocab_size)
+            total += float(ref.ce) * labelled
+            count += labelled
+        assert float(packed.ce) == pytest.approx(total / count, rel=1e-5)
+
+        cfg.data.isolate_documents = False
+        leaky = forward_loss(model, None, batch, cfg, mcfg, tp_group)
+    assert abs(float(leaky.ce) - float(packed.ce)) > 1e-4
 
 
 def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_path: Path) -> None:

@@ -231,6 +231,45 @@ def test_kill_and_resume_matches_uninterrupted(
 
 
 @pytest.mark.distributed
+def test_distributed_optimizer_matches_and_resumes_exactly(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """optim.distributed shards the optimizer state over DP=2: the losses are the replicated
+    optimizer's (up to the float rounding of the grad norm summed by shards), each DP rank
+    saves its own shard, and kill + resume reproduces the uninterrupted run bit for bit."""
+    distributed = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}
+    whole = tmp_path / "whole" / "run"
+    whole.parent.mkdir()
+    proc = _launch(write_config(whole.parent / "c.yaml", corpus, whole, optim=distributed), 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    train, _ = read_metrics(whole)
+    replicated, _ = read_metrics(parallel_runs["dp2"])
+    assert sorted(train) == sorted(replicated)
+    for step in sorted(train):
+        for key in ("loss", "ce", "kl", "grad_norm"):
+            assert train[step][key] == pytest.approx(replicated[step][key], rel=1e-5), (step, key)
+    assert sorted(p.name for p in (whole / "step_000004").glob("optim_*")) == [
+        "optim_tp00_dp000.pt",
+        "optim_tp00_dp001.pt",
+    ]
+
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=distributed)
+    killed = _launch(config, 2, "debug.kill_at_step=6")
+    assert killed.returncode != 0 and (run_dir / "latest").read_text().strip() == "step_000004"
+    wrong = _launch(config, 2, "optim.distributed=false")
+    assert wrong.returncode != 0
+    assert "saved with optim.distributed = true; resume with the same setting" in wrong.stderr
+    resumed = _launch(config, 2)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr and "step_000004" in resumed.stderr
+    after, _ = read_metrics(run_dir)
+    for step in sorted(train):
+        for key in ("loss", "ce", "kl", "lr", "grad_norm"):
+            assert after[step][key] == train[step][key], (step, key)
+
+
+@pytest.mark.distributed
 def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     config = write_config(
@@ -253,8 +292,10 @@ def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: 
 
 
 @pytest.mark.gpu
-def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Path) -> None:
-    """The GPU path: bf16 weights with fp32 master copies (megatron's optimizer), nccl, SDPA/TE."""
+@pytest.mark.parametrize("distributed", [False, True])
+def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Path, distributed: bool) -> None:
+    """The GPU path: bf16 weights with fp32 master copies (megatron's optimizer, replicated or
+    distributed), nccl, SDPA/TE."""
     run_dir = tmp_path / "run"
     config = write_config(
         tmp_path / "c.yaml",
@@ -262,6 +303,7 @@ def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Pat
         run_dir,
         parallel={"tensor": 1, "device": "cuda"},
         model={"attention": "auto"},
+        optim={"distributed": distributed},
     )
     killed = _launch(config, 1, "debug.kill_at_step=6")
     assert killed.returncode != 0
@@ -301,6 +343,39 @@ def test_bad_config_is_one_line_before_allocation(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not run_dir.exists()  # nothing was started, so nothing was written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.attention=te", "data.isolate_documents=true"], "needs model.attention sdpa or auto"),
+        (["model.attention=local", "data.kind=sft"], "got 'local' with a sliding window"),
+    ],
+)
+def test_document_isolation_needs_an_attention_that_takes_a_mask(overrides: list[str], message: str) -> None:
+    from vikhr.errors import VikhrError
+    from vikhr.train.config import load_config
+
+    base = ["data.train=[{prefix: x}]", "data.seq_len=128", "model.overrides.sliding_window=64"]
+    with pytest.raises(VikhrError, match=r"data\.isolate_documents") as err:
+        load_config(None, [*base, *overrides], check_files=False)
+    assert message in str(err.value)
+    # Off by default for pre-training, on for SFT; sdpa takes the mask under a window too.
+    assert not load_config(None, base, check_files=False).data.documents_isolated()
+    assert load_config(None, [*base, "data.kind=sft"], check_files=False).data.documents_isolated()
+
+
+def test_pretraining_documents_end_with_their_eod() -> None:
+    from vikhr.model.attention import document_attention_mask, segments_from_eod
+
+    tokens = torch.tensor([[5, 2, 7, 8, 2, 9], [2, 4, 4, 4, 4, 2]])
+    segments = segments_from_eod(tokens, eod_id=2)
+    assert segments.tolist() == [[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 1, 1]]
+    allowed = ~document_attention_mask(segments)[0, 0]
+    assert allowed[4].tolist() == [False, False, True, True, True, False]  # EOD sees its own document
+    assert allowed[5].tolist() == [False] * 5 + [True]
+    windowed = ~document_attention_mask(segments, sliding_window=2)[1, 0]
+    assert windowed[5].tolist() == [False] * 4 + [True, True]
 
 
 def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> None:
@@ -364,13 +439,20 @@ def test_nonfinite_loss_skips_the_update_then_aborts(corpus: dict[str, str], tmp
 
 
 def test_dry_run_mistral_7b_on_8_gpus() -> None:
-    proc = _pretrain_cli(
-        "--config", str(REPO / "configs" / "mistral-7b-v0.2.yaml"), "--dry-run", "--gpus", "8"
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = {int(line.split()[0]): line for line in proc.stdout.splitlines()[2:]}
+    def table(*overrides: str) -> tuple[str, dict[int, str]]:
+        config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")
+        proc = _pretrain_cli("--config", config, "--dry-run", "--gpus", "8", *overrides)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, {int(line.split()[0]): line for line in proc.stdout.splitlines()[2:]}
+
+    _, rows = table("optim.distributed=false")
     assert sorted(rows) == [1, 2, 4, 8]
-    assert rows[1].endswith("no") and rows[8].endswith("yes")
+    assert rows[1].endswith("no") and rows[2].endswith("no") and rows[8].endswith("yes")
+    # The distributed optimizer (the config's default) shards 12 B/param over DP: TP=2 (DP=4) fits.
+    text, sharded = table()
+    assert "distributed optimizer" in text and sharded[2].endswith("yes")
+    optim = {tp: float(rows[tp].split()[5].rstrip("Gi")) for tp in rows}
+    assert float(sharded[2].split()[5].rstrip("Gi")) == pytest.approx(optim[2] / 4, abs=0.1)
 
 
 # --------------------------------------------------------------------------- script mode
@@ -405,7 +487,7 @@ def _kl_check(config_path: str, step: int, out: str) -> None:
 
     def batch(at: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts = step_micro_batches(data.train, at, cfg.train.global_batch, cfg.train.micro_batch, 0, 1)
-        return torch.cat([t for t, _ in parts]), torch.cat([y for _, y in parts])
+        return torch.cat([p.tokens for p in parts]), torch.cat([p.labels for p in parts])
 
     def logits(m: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape

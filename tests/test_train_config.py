@@ -120,6 +120,8 @@ def test_memory_estimate_of_mistral_7b_follows_tp() -> None:
     # 18 bytes per parameter for weights, fp32 grads, fp32 master + Adam moments.
     assert e1.parameters + e1.gradients + e1.optimizer == pytest.approx(18 * 7_241_732_096, rel=1e-9)
     assert e8.params_per_gpu < e1.params_per_gpu / 7.9 and e8.activations < e1.activations
+    zero1 = estimate(cfg, 1, 8, 1, 1024, distributed_optimizer=True)
+    assert zero1.optimizer == pytest.approx(e1.optimizer / 8) and zero1.gradients == e1.gradients
 
 
 def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:

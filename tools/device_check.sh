@@ -8,6 +8,8 @@
 #   bench-train.log tools/bench_train.py (4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16) vs HF
 #   summary.txt     one line per step with its exit status
 # Usage: tools/device_check.sh OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
+# Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
+# PyPI is reachable); they are installed into a private directory on PYTHONPATH.
 set -uo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -17,8 +19,13 @@ fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
+if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/vikhr-site "$REPO"/.whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/vikhr-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 # A build cache inside OUT_DIR: a fresh build every run, nothing stale from another machine.
 export VIKHR_CACHE_DIR="$OUT/cache"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"

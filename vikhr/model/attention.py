@@ -9,6 +9,10 @@ otherwise. Causal, grouped-query (without repeating K/V) and sliding-window atte
 Sliding window follows Hugging Face Mistral: query i sees keys j with 0 <= i - j < W.
 megatron's `window_size = (left, right)` counts keys to the left, so W corresponds to
 (W - 1, 0).
+
+Packed documents: `document_attention_mask(segments)` gives megatron's boolean mask (True =
+masked) that keeps each packed document (an SFT chat) to itself. With RoPE, which sees only
+relative positions, each document is then computed exactly as if it were alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,29 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 from megatron.core.utils import divide
+
+
+def document_attention_mask(segments: torch.Tensor, sliding_window: int | None = None) -> torch.Tensor:
+    """[b, s] document ids -> [b, 1, s, s] boolean mask in megatron's convention (True = masked):
+    query i may attend key j only if both lie in the same document and 0 <= i - j (< sliding_window).
+
+    The window is part of the mask so that the mask alone is the whole rule; SDPAttention applies
+    it as given (megatron's local attention cannot combine it with a window: it then drops the mask).
+    """
+    s = segments.shape[1]
+    i = torch.arange(s, device=segments.device).unsqueeze(1)
+    j = torch.arange(s, device=segments.device).unsqueeze(0)
+    allowed = j <= i
+    if sliding_window is not None:
+        allowed &= i - j < sliding_window
+    same = segments.unsqueeze(2) == segments.unsqueeze(1)
+    return ~(same & allowed).unsqueeze(1)
+
+
+def segments_from_eod(tokens: torch.Tensor, eod_id: int) -> torch.Tensor:
+    """Document ids of packed pre-training windows: a document ends with (and includes) its EOD."""
+    eod = (tokens == eod_id).long()
+    return eod.cumsum(dim=1) - eod
 
 
 class SDPAttention(MegatronModule):
@@ -80,8 +107,8 @@ class SDPAttention(MegatronModule):
     ) -> torch.Tensor:
         """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np·hn].
 
-        `attention_mask` is ignored: masking is causal (plus the window) by construction, and
-        megatron passes no padding mask for pre-training.
+        Masking is causal (plus the window); a given `attention_mask` ([b or 1, 1, sq, sk], True =
+        masked, e.g. `document_attention_mask`) is applied on top.
         """
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
@@ -92,19 +119,25 @@ class SDPAttention(MegatronModule):
         v = value.permute(1, 2, 0, 3)
         dropout = self.dropout_p if self.training else 0.0
         gqa = self.heads_per_partition != self.groups_per_partition
-        if self.window_left is not None and self.window_left + 1 < k.shape[2]:
-            out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=self._window_mask(sq, q.device),
-                dropout_p=dropout,
-                scale=self.softmax_scale,
-                enable_gqa=gqa,
-            )
-        else:
+        windowed = self.window_left is not None and self.window_left + 1 < k.shape[2]
+        if attention_mask is None and not windowed:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=gqa
+            )
+        else:
+            # SDPA's boolean mask means "may attend", the opposite of megatron's.
+            allowed = self._window_mask(sq, q.device) if windowed else None
+            if attention_mask is not None:
+                keep = ~attention_mask
+                allowed = keep if allowed is None else keep & allowed
+            if gqa:
+                # With a mask, enable_gqa sends CUDA SDPA to the math kernel ([b, h, s, s] scores);
+                # repeated K/V heads (cheap next to that) keep it on the memory-efficient kernel.
+                repeats = self.heads_per_partition // self.groups_per_partition
+                k = k.repeat_interleave(repeats, dim=1)
+                v = v.repeat_interleave(repeats, dim=1)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=dropout, scale=self.softmax_scale
             )
         # [b, np, sq, hn] -> [sq, b, np·hn]
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)

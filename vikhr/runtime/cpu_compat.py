@@ -12,7 +12,9 @@ already works on CPU with gloo; this module supplies the missing pieces:
 - stream/synchronisation calls used on megatron's DDP and optimizer paths become no-ops;
 - the `device="cuda"` literals scattered through megatron (causal masks, optimizer flags,
   grad-norm buffers) are redirected to the CPU by a torch function mode, rather than by
-  patching each function that has one, so new literals in the same paths are covered too.
+  patching each function that has one, so new literals in the same paths are covered too;
+  the same mode names CPU tensors' types as CUDA ones (`t.type()`), which megatron's
+  distributed optimizer uses to sort parameters.
 
 It is applied only when CUDA is unavailable (or when forced) and only once.
 """
@@ -77,6 +79,10 @@ class _CudaToCpuMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # megatron's optimizers sort parameters by type name ('torch.cuda.FloatTensor').
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if ".cuda." not in name else name
         if "device" in kwargs and _is_cuda(kwargs["device"]):
             kwargs["device"] = _CPU
         if kwargs.get("pin_memory"):

@@ -5,7 +5,8 @@ Layout of `<checkpoint.dir>`:
     step_000020/
         meta.json               step, consumed samples, TP/DP layout, model shape, config
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
-        optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks)
+        optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
+        optim_tp00_dp000.pt     with optim.distributed: each DP rank's shard of it (same DP size to resume)
         rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
 
 All ranks write into `step_000020.tmp/`; rank 0 renames it and then rewrites `latest`, so an
@@ -110,6 +111,31 @@ def load_model_tensors(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+def _inner_optimizers(optimizer: Any) -> list[Any]:
+    """megatron wraps its optimizers in a ChainedOptimizer (one per parameter kind)."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def is_distributed_optimizer(optimizer: Any) -> bool:
+    return any(hasattr(o, "get_parameter_state_dp_reshardable") for o in _inner_optimizers(optimizer))
+
+
+def _mark_unpadded(shard: dict[Any, Any]) -> dict[Any, Any]:
+    """megatron 0.16's `get_parameter_state_dp_reshardable` lists only real parameters but its
+    loader expects each entry to say whether it is bucket padding: say so (it never is)."""
+    for gbuf_idx, by_dtype in shard.items():
+        if isinstance(gbuf_idx, int):
+            for buckets in by_dtype.values():
+                for bucket in buckets:
+                    for entry in bucket:
+                        entry.setdefault("padding", False)
+    return shard
+
+
+def _optimizer_file(tp_rank: int, dp_rank: int | None) -> str:
+    return f"optim_tp{tp_rank:02d}.pt" if dp_rank is None else f"optim_tp{tp_rank:02d}_dp{dp_rank:03d}.pt"
+
+
 def save(
     ckpt_dir: str | Path,
     step: int,
@@ -134,7 +160,14 @@ def save(
     _barrier()
     if dp_rank == 0:
         save_file(model_tensors(model), str(tmp / f"model_tp{tp_rank:02d}.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / f"optim_tp{tp_rank:02d}.pt")
+    if is_distributed_optimizer(optimizer):  # every DP rank holds its own shard of the state
+        shards = [
+            {"common": o.state_dict(), "shard": o.get_parameter_state_dp_reshardable()}
+            for o in _inner_optimizers(optimizer)
+        ]
+        torch.save(shards, tmp / _optimizer_file(tp_rank, dp_rank))
+    elif dp_rank == 0:
+        torch.save(optimizer.state_dict(), tmp / _optimizer_file(tp_rank, None))
     torch.save(_rng_state(), tmp / f"rng_rank{rank:04d}.pt")
     _barrier()
     if rank == 0:
@@ -200,6 +233,7 @@ def resume(
     optimizer: Any,
     tp_rank: int,
     tp_size: int,
+    dp_rank: int,
     rank: int,
     world: int,
     expected: dict[str, Any] | None = None,
@@ -211,7 +245,25 @@ def resume(
             f"checkpoint {step_dir} was saved by {meta['world_size']} processes; resume with the same "
             f"world size (this run has {world})"
         )
+    distributed = is_distributed_optimizer(optimizer)
+    if bool(meta.get("distributed_optimizer", False)) != distributed:
+        raise VikhrError(
+            f"checkpoint {step_dir} was saved with optim.distributed = "
+            f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
+        )
     load_model(model, step_dir, tp_rank, tp_size, expected)
-    optimizer.load_state_dict(torch.load(step_dir / f"optim_tp{tp_rank:02d}.pt", weights_only=True))
+    if distributed:
+        shards = torch.load(step_dir / _optimizer_file(tp_rank, dp_rank), weights_only=True)
+        for inner, state in zip(_inner_optimizers(optimizer), shards, strict=True):
+            inner.load_state_dict(state["common"])
+            with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
+                inner.load_parameter_state_from_dp_reshardable(_mark_unpadded(state["shard"]))
+            # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
+            # Adam then increments once per parameter: give each its own.
+            for param_state in inner.optimizer.state.values():
+                if isinstance(param_state.get("step"), torch.Tensor):
+                    param_state["step"] = param_state["step"].clone()
+    else:
+        optimizer.load_state_dict(torch.load(step_dir / _optimizer_file(tp_rank, None), weights_only=True))
     _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", weights_only=True))
     return meta

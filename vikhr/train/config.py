@@ -6,9 +6,9 @@ shape) before torch.distributed or any tensor is touched; each error names the o
     model:      preset, any ModelConfig field as an override, attention, init
     parallel:   tensor (TP size), device
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
-                packing (sft: pack | pad), cache_dir, valid_samples
+                packing (sft: pack | pad), isolate_documents, cache_dir, valid_samples
     train:      steps, micro_batch, global_batch, seed
-    optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay
+    optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, distributed
     kl:         weight (λ), direction, temperature, reference
     checkpoint: dir, save_every, resume
     debug:      kill_at_step, nonfinite_at_steps (fault injection for tests)
@@ -60,7 +60,13 @@ class DataSection:
     cache_dir: str | None = None  # megatron's index cache; default <checkpoint.dir>/data-cache
     eod_id: int = 2  # Mistral's </s>; SFT pads windows with it (masked)
     packing: str = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
+    # Each packed document attends only to itself (block-diagonal causal mask). null = the usual
+    # choice: on for sft (a chat never sees another), off for pretrain (megatron's default).
+    isolate_documents: bool | None = None
     valid_samples: int = 64  # per validation set and evaluation
+
+    def documents_isolated(self) -> bool:
+        return self.kind == "sft" if self.isolate_documents is None else self.isolate_documents
 
 
 @dataclass
@@ -81,6 +87,9 @@ class OptimSection:
     clip_grad: float = 1.0
     warmup_steps: int = 10
     decay: str = "cosine"  # cosine | linear | constant
+    # Shard the fp32 master weights and Adam moments over the data-parallel ranks (megatron's
+    # distributed optimizer, ZeRO-1): 12 B/param become 12/DP B/param per GPU.
+    distributed: bool = False
 
 
 @dataclass
@@ -338,6 +347,14 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
             f"config key data.eod_id = {d.eod_id} is outside the vocabulary [0, {mcfg.vocab_size})"
         )
     _positive("data.valid_samples", d.valid_samples)
+    # TE's causal kernel ignores a given mask; megatron's local attention drops it under a window.
+    unmaskable = m.attention == "te" or (m.attention == "local" and mcfg.sliding_window is not None)
+    if d.documents_isolated() and unmaskable:
+        raise VikhrError(
+            f"config key data.isolate_documents needs model.attention sdpa or auto, got "
+            f"{m.attention!r}{' with a sliding window' if m.attention == 'local' else ''} "
+            "(or set data.isolate_documents: false)"
+        )
 
     t = cfg.train
     _positive("train.steps", t.steps)

@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -105,13 +106,24 @@ def build_datasets(cfg, cache_dir: str) -> Datasets:
     return Datasets(train=train, valid=valid)
 
 
-def collate(samples: Sequence[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [b, s], labels [b, s]) with IGNORE_INDEX where megatron's loss mask is 0."""
+class Batch(NamedTuple):
+    tokens: torch.Tensor  # [b, s]
+    labels: torch.Tensor  # [b, s], IGNORE_INDEX where the loss mask is 0
+    segments: torch.Tensor | None  # [b, s] document id of each position, when the samples carry it
+
+    def to(self, device: torch.device) -> Batch:
+        segments = None if self.segments is None else self.segments.to(device)
+        return Batch(self.tokens.to(device), self.labels.to(device), segments)
+
+
+def collate(samples: Sequence[dict[str, torch.Tensor]]) -> Batch:
+    """Stack samples; labels get IGNORE_INDEX where megatron's loss mask is 0."""
     tokens = torch.stack([s["tokens"] for s in samples])
     labels = torch.stack([s["labels"] for s in samples]).clone()
     mask = torch.stack([s["loss_mask"] for s in samples])
     labels[mask == 0] = IGNORE_INDEX
-    return tokens, labels
+    segments = torch.stack([s["segments"] for s in samples]) if "segments" in samples[0] else None
+    return Batch(tokens, labels, segments)
 
 
 def step_micro_batches(
@@ -121,7 +133,7 @@ def step_micro_batches(
     micro_batch: int,
     dp_rank: int,
     dp_size: int,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> list[Batch]:
     """This DP rank's micro-batches of 0-based optimizer step `step` (see the module docstring)."""
     per_rank = global_batch // dp_size
     start = step * global_batch + dp_rank * per_rank

@@ -1,10 +1,11 @@
 """`--dry-run`: per-GPU memory of a run for TP in {1, 2, 4, 8}, without allocating anything.
 
-What the trainer keeps per GPU (bf16 weights with fp32 master copies, megatron's
-non-distributed optimizer, no activation recomputation):
+What the trainer keeps per GPU (bf16 weights with fp32 master copies, no activation
+recomputation):
   parameters   2 B/param (bf16) of this TP shard; + 2 B/param for the frozen KL reference
   gradients    4 B/param (megatron DDP's fp32 main_grad buffer)
-  optimizer    12 B/param (fp32 master weights + Adam's two moments)
+  optimizer    12 B/param (fp32 master weights + Adam's two moments); 12/DP B/param with
+               `optim.distributed` (megatron's distributed optimizer shards them over DP)
   activations  saved for backward, per micro-batch: per layer and token, the residual stream
                and norm outputs (4 × 2H bytes, replicated across TP) plus this rank's share of
                Q/K/V, the attention output (SDPA/flash keeps no s×s matrix), and the SwiGLU
@@ -59,6 +60,7 @@ def estimate(
     seq_len: int,
     kl_weight: float = 0.0,
     vocab_multiple: int = 128,
+    distributed_optimizer: bool = False,
 ) -> MemoryEstimate:
     _, local = parameter_counts(cfg, tp, vocab_multiple)
     v_local = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple) // tp
@@ -69,13 +71,14 @@ def estimate(
     logits = tokens * v_local * (18 + (10 if kl_weight > 0 else 0))
     activations = cfg.num_layers * tokens * per_layer_token + tokens * 2 * h + logits
     params = 2.0 * local * (2 if kl_weight > 0 else 1)
+    dp = gpus // tp
     return MemoryEstimate(
         tp=tp,
-        dp=gpus // tp,
+        dp=dp,
         params_per_gpu=local,
         parameters=params,
         gradients=4.0 * local,
-        optimizer=12.0 * local,
+        optimizer=12.0 * local / (dp if distributed_optimizer else 1),
         activations=float(activations),
     )
 
@@ -87,6 +90,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
     lines = [
         f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
+        f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
         f"{gpus} GPUs of {gpu_memory_gb:g} GB",
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
@@ -100,7 +104,14 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             lines.append(f"{tp:>3} {'-':>3}  not possible: {e}")
             continue
         e = estimate(
-            mcfg, tp, gpus, cfg.train.micro_batch, cfg.data.seq_len, cfg.kl.weight, cfg.model.vocab_multiple
+            mcfg,
+            tp,
+            gpus,
+            cfg.train.micro_batch,
+            cfg.data.seq_len,
+            cfg.kl.weight,
+            cfg.model.vocab_multiple,
+            distributed_optimizer=cfg.optim.distributed,
         )
         fits = e.total <= 0.9 * gpu_memory_gb * 1e9
         lines.append(

@@ -39,17 +39,31 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def forward_loss(model, reference, tokens, labels, cfg: PretrainConfig, vocab_size: int, tp_group):
+def attention_mask_for(batch, cfg: PretrainConfig, sliding_window: int | None) -> torch.Tensor | None:
+    """The block-diagonal causal mask of `data.isolate_documents`, else None (plain causal)."""
+    from vikhr.model.attention import document_attention_mask, segments_from_eod
+
+    if not cfg.data.documents_isolated():
+        return None
+    segments = batch.segments
+    if segments is None:  # pre-training windows: documents end with data.eod_id
+        segments = segments_from_eod(batch.tokens, cfg.data.eod_id)
+    return document_attention_mask(segments, sliding_window)
+
+
+def forward_loss(model, reference, batch, cfg: PretrainConfig, mcfg, tp_group):
     """CE + λ·KL of one micro-batch (cross_entropy_kl over the vocab-parallel logits)."""
     from vikhr.ops import cross_entropy_kl
 
+    tokens, labels = batch.tokens, batch.labels
     b, s = tokens.shape
     position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-    logits = model(tokens, position_ids, attention_mask=None)  # [b, s, V_pad/TP]
+    mask = attention_mask_for(batch, cfg, mcfg.sliding_window)
+    logits = model(tokens, position_ids, attention_mask=mask)  # [b, s, V_pad/TP]
     ref_logits = None
     if reference is not None:
         with torch.no_grad():
-            ref_logits = reference(tokens, position_ids, attention_mask=None)
+            ref_logits = reference(tokens, position_ids, attention_mask=mask)
             ref_logits = ref_logits.reshape(b * s, -1)
     return cross_entropy_kl(
         logits.reshape(b * s, -1),
@@ -58,13 +72,13 @@ def forward_loss(model, reference, tokens, labels, cfg: PretrainConfig, vocab_si
         kl_weight=cfg.kl.weight,
         kl_direction=cfg.kl.direction,
         temperature=cfg.kl.temperature,
-        valid_vocab_size=vocab_size,
+        valid_vocab_size=mcfg.vocab_size,
         process_group=tp_group,
     )
 
 
 @torch.no_grad()
-def evaluate(model, dataset, cfg: PretrainConfig, env, vocab_size: int, tp_group, dp_group) -> float:
+def evaluate(model, dataset, cfg: PretrainConfig, env, mcfg, tp_group, dp_group) -> float:
     """Mean CE over the first `data.valid_samples` samples of a validation set (all DP ranks share)."""
     import torch.distributed as dist
 
@@ -76,19 +90,18 @@ def evaluate(model, dataset, cfg: PretrainConfig, env, vocab_size: int, tp_group
     totals = torch.zeros(2, dtype=torch.float64, device=env.device)
     model.eval()
     for first in range(0, len(mine), cfg.train.micro_batch):
-        tokens, labels = collate([dataset[i] for i in mine[first : first + cfg.train.micro_batch]])
-        tokens, labels = tokens.to(env.device), labels.to(env.device)
-        b, s = tokens.shape
+        batch = collate([dataset[i] for i in mine[first : first + cfg.train.micro_batch]]).to(env.device)
+        b, s = batch.tokens.shape
         pos = torch.arange(s, device=env.device).unsqueeze(0).expand(b, s)
-        logits = model(tokens, pos, attention_mask=None)
+        logits = model(batch.tokens, pos, attention_mask=attention_mask_for(batch, cfg, mcfg.sliding_window))
         out = cross_entropy_kl(
             logits.reshape(b * s, -1),
             None,
-            labels.reshape(-1),
-            valid_vocab_size=vocab_size,
+            batch.labels.reshape(-1),
+            valid_vocab_size=mcfg.vocab_size,
             process_group=tp_group,
         )
-        count = int((labels != IGNORE_INDEX).sum())
+        count = int((batch.labels != IGNORE_INDEX).sum())
         totals += torch.tensor([out.ce.item() * count, count], dtype=torch.float64, device=env.device)
     model.train()
     dist.all_reduce(totals, group=dp_group)
@@ -136,13 +149,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         data = build_datasets(cfg, cache_dir)
 
         # ---- 4. Model, frozen reference, DDP, optimizer.
+        isolated = cfg.data.documents_isolated()
+
         def new_model():
             m = build_gpt_model(
                 mcfg,
                 tp_size=env.tp_size,
                 params_dtype=params_dtype,
                 vocab_multiple=cfg.model.vocab_multiple,
-                attention=cfg.model.attention,
+                # A document mask needs SDPA (TE's causal kernel would ignore it).
+                attention="sdpa" if isolated and cfg.model.attention == "auto" else cfg.model.attention,
                 # On the CPU the full weights are drawn and sliced, so TP=1 and TP=K start equal;
                 # on GPU each rank draws its own shard where it lives (no full copy per rank).
                 use_cpu_initialization=not on_gpu,
@@ -171,7 +187,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         ddp = DistributedDataParallel(
             model.config,
             DistributedDataParallelConfig(
-                grad_reduce_in_fp32=True, overlap_grad_reduce=False, check_for_nan_in_grad=False
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=False,
+                check_for_nan_in_grad=False,
+                use_distributed_optimizer=cfg.optim.distributed,
             ),
             model,
         )
@@ -187,7 +206,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 clip_grad=cfg.optim.clip_grad,
                 bf16=params_dtype == torch.bfloat16,
                 params_dtype=params_dtype,
-                use_distributed_optimizer=False,
+                use_distributed_optimizer=cfg.optim.distributed,
             ),
             [ddp],
         )
@@ -201,6 +220,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 optimizer,
                 env.tp_rank,
                 env.tp_size,
+                env.dp_rank,
                 env.rank,
                 env.world_size,
                 mcfg.to_dict(),
@@ -241,6 +261,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 "world_size": env.world_size,
                 "model": mcfg.to_dict(),
                 "padded_vocab_size": model.vocab_size,
+                "distributed_optimizer": cfg.optim.distributed,
                 "config": cfg.to_dict(),
             }
             path = checkpoint.save(
@@ -250,7 +271,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
         def validate_all(at_step: int) -> dict[str, float]:
             losses = {
-                name: evaluate(model, ds, cfg, env, mcfg.vocab_size, tp_group, dp_group)
+                name: evaluate(model, ds, cfg, env, mcfg, tp_group, dp_group)
                 for name, ds in data.valid.items()
             }
             if losses:
@@ -275,7 +296,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             )
             # Every token of the global batch weighs the same, whatever the DP/micro-batch split.
             n_tokens = torch.tensor(
-                [sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)],
+                [sum(int((batch.labels != IGNORE_INDEX).sum()) for batch in micro_batches)],
                 dtype=torch.float64,
                 device=env.device,
             )
@@ -285,9 +306,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             ddp.zero_grad_buffer()
             optimizer.zero_grad()
             sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss, ce, kl (× tokens)
-            for tokens, labels in micro_batches:
-                tokens, labels = tokens.to(env.device), labels.to(env.device)
-                out = forward_loss(ddp, reference, tokens, labels, cfg, mcfg.vocab_size, tp_group)
+            for batch in micro_batches:
+                batch = batch.to(env.device)
+                labels = batch.labels
+                out = forward_loss(ddp, reference, batch, cfg, mcfg, tp_group)
                 loss_micro = out.loss
                 if step + 1 in cfg.debug.nonfinite_at_steps:
                     loss_micro = loss_micro * float("nan")

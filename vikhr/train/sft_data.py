@@ -8,13 +8,15 @@ chat whose cut leaves no assistant token is not used). With `data.packing: pack`
 laid back to back in a seeded order (next-fit: a chat that does not fit starts a new window)
 and the rest of a window is padded; with `pad` every window holds one chat. A chat is never
 split across windows, so every trained token sees its whole prompt. Padding is `data.eod_id`
-with mask 0. Packed chats share the causal attention of their window (a later chat can attend
-to the earlier ones, positions run on across them) — as in pre-training packing; each chat
-starts with BOS, and the loss is unaffected by that context only through attention.
+with mask 0. Each sample also carries `segments`, the chat number of every position (padding
+0): with `data.isolate_documents` (on by default for SFT) the trainer turns it into a
+block-diagonal causal mask, so a chat attends only to itself and — RoPE being relative — is
+computed exactly as if it were alone in the window. With it off, later chats also see the
+earlier ones, as in pre-training packing.
 
-Sample = {"tokens": w[:-1], "labels": w[1:], "loss_mask": mask[1:]}: the label of position t is
-token t+1 and counts only if token t+1 is an assistant token. The trainer turns mask 0 into
-IGNORE_INDEX and averages the loss over the assistant tokens of the global batch.
+Sample = {"tokens": w[:-1], "labels": w[1:], "loss_mask": mask[1:], "segments": seg[:-1]}: the
+label of position t is token t+1 and counts only if token t+1 is an assistant token. The trainer
+turns mask 0 into IGNORE_INDEX and averages the loss over the assistant tokens of the global batch.
 
 Determinism and resume: the train stream is epoch after epoch of the train chats, each epoch in
 the order `permutation(seed, epoch)`, packed; sample `i` is a pure function of (data, split,
@@ -145,16 +147,20 @@ class PackedSFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         tokens = np.full(self.window, self.pad_id, dtype=np.int64)
         mask = np.zeros(self.window, dtype=np.int64)
+        segments = np.zeros(self.window, dtype=np.int64)
         at = 0
-        for chat in self.placements[self.bounds[i] : self.bounds[i + 1]].tolist():
+        chats = self.placements[self.bounds[i] : self.bounds[i + 1]].tolist()
+        for number, chat in enumerate(chats, start=1):
             n = int(self.source.lengths[chat])
             tokens[at : at + n] = self.source.text.get(chat, 0, n)
             mask[at : at + n] = self.source.mask.get(chat, 0, n)
+            segments[at : at + n] = number
             at += n
         return {
             "tokens": torch.from_numpy(tokens[:-1].copy()),
             "labels": torch.from_numpy(tokens[1:].copy()),
             "loss_mask": torch.from_numpy(mask[1:].copy()),
+            "segments": torch.from_numpy(segments[:-1].copy()),
         }
 
     def token_fill(self) -> float:
