@@ -171,6 +171,36 @@ def test_document_mask_computes_each_packed_document_as_if_alone(
     torch.testing.assert_close(plain[0, :9], packed[0, :9])
 
 
+def test_full_recompute_gives_the_same_gradients_from_fewer_saved_activations(megatron_cpu: None) -> None:
+    """train.recompute: full keeps only each layer's input for backward and runs the layer again."""
+    from vikhr.runtime import seed_everything
+
+    cfg = preset("tiny", num_layers=4)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 64), generator=torch.Generator().manual_seed(3))
+    position_ids = torch.arange(64).expand(2, 64)
+    results = {}
+    for recompute in (False, True):
+        seed_everything(5)
+        model = build_gpt_model(cfg, attention="sdpa", recompute=recompute)
+        saved: dict[int, int] = {}
+
+        def keep(t: torch.Tensor, saved: dict[int, int] = saved) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logits = model(tokens, position_ids, attention_mask=None)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.roll(-1, 1).flatten())
+        loss.backward()
+        activations = sum(n for ptr, n in saved.items() if ptr not in params)
+        results[recompute] = (loss.detach(), [p.grad.clone() for p in model.parameters()], activations)
+    (loss0, grads0, act0), (loss1, grads1, act1) = results[False], results[True]
+    assert torch.equal(loss0, loss1)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-8) for a, b in zip(grads0, grads1, strict=True))
+    assert act1 < 0.6 * act0, (act1, act0)
+
+
 def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
     from vikhr.model.attention import SDPAttention
 

@@ -269,6 +269,21 @@ def test_distributed_optimizer_matches_and_resumes_exactly(
             assert after[step][key] == train[step][key], (step, key)
 
 
+def test_recompute_trains_to_the_same_losses(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """train.recompute: full reaches the trainer: the TP=1 job gives the same losses with it."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"recompute": "full"})
+    proc = _launch(config, 1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    train, _ = read_metrics(run_dir)
+    reference, _ = read_metrics(parallel_runs["tp1"])
+    for step in sorted(reference):
+        for key in ("loss", "ce", "kl", "grad_norm"):
+            assert train[step][key] == pytest.approx(reference[step][key], rel=1e-5), (step, key)
+
+
 @pytest.mark.distributed
 def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

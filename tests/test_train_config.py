@@ -122,6 +122,8 @@ def test_memory_estimate_of_mistral_7b_follows_tp() -> None:
     assert e8.params_per_gpu < e1.params_per_gpu / 7.9 and e8.activations < e1.activations
     zero1 = estimate(cfg, 1, 8, 1, 1024, distributed_optimizer=True)
     assert zero1.optimizer == pytest.approx(e1.optimizer / 8) and zero1.gradients == e1.gradients
+    long_seq = estimate(cfg, 2, 8, 1, 8192), estimate(cfg, 2, 8, 1, 8192, recompute=True)
+    assert long_seq[1].activations < long_seq[0].activations / 3
 
 
 def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:
@@ -134,6 +136,14 @@ def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:
     cfg = load_config(args.config, config_overrides(args))
     assert (cfg.train.steps, cfg.parallel.tensor, cfg.optim.lr) == (5, 2, 2e-4)
     assert cfg.optim.betas == [0.9, 0.98] and cfg.data.seq_len == 128
+    assert not cfg.optim.distributed and cfg.train.recompute == "none"
+    switches = ["--use-distributed-optimizer", "--recompute-granularity", "full"]
+    args = build_arg_parser().parse_args(["--config", config, *switches])
+    cfg = load_config(args.config, config_overrides(args))
+    assert cfg.optim.distributed and cfg.train.recompute == "full"
+    args = build_arg_parser().parse_args(["--config", config, "--recompute-granularity", "selective"])
+    with pytest.raises(VikhrError, match=r"train\.recompute must be none or full"):
+        load_config(args.config, config_overrides(args))
 
 
 def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> None:

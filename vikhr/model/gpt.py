@@ -21,8 +21,13 @@ def transformer_config(
     tp_size: int = 1,
     params_dtype: torch.dtype = torch.float32,
     use_cpu_initialization: bool | None = None,
+    recompute: bool = False,
 ):  # -> megatron.core.transformer.TransformerConfig
-    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off on CPU."""
+    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off on CPU.
+
+    `recompute`: keep only each layer's input for backward and run the layer again there
+    (megatron's full, uniform recomputation, one layer per checkpoint).
+    """
     from megatron.core.transformer import TransformerConfig
 
     cfg.validate(tp_size)
@@ -64,6 +69,9 @@ def transformer_config(
         # On CPU there is no fused attention; the local spec's unfused attention is used.
         attention_softmax_in_fp32=True,
         deterministic_mode=not on_gpu,
+        recompute_granularity="full" if recompute else None,
+        recompute_method="uniform" if recompute else None,
+        recompute_num_layers=1 if recompute else None,
     )
 
 
@@ -109,6 +117,7 @@ def build_gpt_model(
     vocab_multiple: int = 128,
     attention: str = "auto",
     use_cpu_initialization: bool | None = None,
+    recompute: bool = False,
 ):  # -> megatron.core.models.gpt.GPTModel
     """A Mistral-shaped GPTModel for the current megatron parallel state.
 
@@ -121,7 +130,7 @@ def build_gpt_model(
     from vikhr.runtime import cpu_compat
 
     on_gpu = torch.cuda.is_available() and not cpu_compat.is_applied()
-    tcfg = transformer_config(cfg, tp_size, params_dtype, use_cpu_initialization)
+    tcfg = transformer_config(cfg, tp_size, params_dtype, use_cpu_initialization, recompute)
     spec = layer_spec(resolve_attention(attention, on_gpu))
     model = GPTModel(
         config=tcfg,

@@ -26,6 +26,11 @@ MEGATRON_FLAGS: dict[str, str] = {
     "--save-interval": "checkpoint.save_every",
     "--log-interval": "logging.log_every",
     "--eval-interval": "logging.eval_every",
+    "--recompute-granularity": "train.recompute",  # full (megatron's selective is not offered)
+}
+# Megatron-LM's on/off flags (no value), as `key=true` overrides.
+MEGATRON_SWITCHES: dict[str, str] = {
+    "--use-distributed-optimizer": "optim.distributed",
 }
 
 
@@ -42,6 +47,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     megatron = p.add_argument_group("Megatron-LM flags (same as the overrides they name)")
     for flag, key in MEGATRON_FLAGS.items():
         megatron.add_argument(flag, dest=f"megatron:{key}", metavar="V", default=None, help=key)
+    for flag, key in MEGATRON_SWITCHES.items():
+        megatron.add_argument(
+            flag, dest=f"megatron:{key}", action="store_const", const="true", help=f"{key}=true"
+        )
     return p
 
 

@@ -7,7 +7,7 @@ shape) before torch.distributed or any tensor is touched; each error names the o
     parallel:   tensor (TP size), device
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
                 packing (sft: pack | pad), isolate_documents, cache_dir, valid_samples
-    train:      steps, micro_batch, global_batch, seed
+    train:      steps, micro_batch, global_batch, seed, recompute
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, distributed
     kl:         weight (λ), direction, temperature, reference
     checkpoint: dir, save_every, resume
@@ -75,6 +75,9 @@ class TrainSection:
     micro_batch: int = 1
     global_batch: int = 8
     seed: int = 1234
+    # Activation recomputation: none, or full (each layer keeps only its input for backward and
+    # runs again there: ~1/3 more compute for a fraction of the activation memory).
+    recompute: str = "none"
 
 
 @dataclass
@@ -357,6 +360,8 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
         )
 
     t = cfg.train
+    if t.recompute not in ("none", "full"):
+        raise VikhrError(f"config key train.recompute must be none or full, got {t.recompute!r}")
     _positive("train.steps", t.steps)
     _positive("train.micro_batch", t.micro_batch)
     _positive("train.global_batch", t.global_batch)

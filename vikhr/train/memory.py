@@ -11,7 +11,9 @@ recomputation):
                Q/K/V, the attention output (SDPA/flash keeps no s×s matrix), and the SwiGLU
                gate/up/product (≈ (2·(q+2kv)·d + 2·q·d + 6F)/TP bytes); the LM-head logits and
                the CE+KL op's fp32 temporaries (≈ 18 B per token per vocabulary column / TP,
-               10 more with the reference's logits when λ > 0).
+               10 more with the reference's logits when λ > 0). With `train.recompute: full` each
+               layer keeps only its input (2H bytes per token) and one layer's working set is
+               rebuilt at a time in backward.
 Estimates, not measurements: allocator fragmentation and NCCL buffers come on top (the
 "fits" column keeps 10 % headroom for them).
 """
@@ -61,6 +63,7 @@ def estimate(
     kl_weight: float = 0.0,
     vocab_multiple: int = 128,
     distributed_optimizer: bool = False,
+    recompute: bool = False,
 ) -> MemoryEstimate:
     _, local = parameter_counts(cfg, tp, vocab_multiple)
     v_local = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple) // tp
@@ -69,7 +72,11 @@ def estimate(
     tokens = micro_batch * seq_len
     per_layer_token = 4 * 2 * h + (2 * (q + 2 * kv) * d + 2 * q * d + 6 * f) / tp
     logits = tokens * v_local * (18 + (10 if kl_weight > 0 else 0))
-    activations = cfg.num_layers * tokens * per_layer_token + tokens * 2 * h + logits
+    if recompute:
+        layers = cfg.num_layers * tokens * 2 * h + tokens * per_layer_token
+    else:
+        layers = cfg.num_layers * tokens * per_layer_token
+    activations = layers + tokens * 2 * h + logits
     params = 2.0 * local * (2 if kl_weight > 0 else 1)
     dp = gpus // tp
     return MemoryEstimate(
@@ -91,6 +98,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
         f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
         f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
+        f"recompute {cfg.train.recompute}, "
         f"{gpus} GPUs of {gpu_memory_gb:g} GB",
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
@@ -112,6 +120,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             cfg.kl.weight,
             cfg.model.vocab_multiple,
             distributed_optimizer=cfg.optim.distributed,
+            recompute=cfg.train.recompute == "full",
         )
         fits = e.total <= 0.9 * gpu_memory_gb * 1e9
         lines.append(

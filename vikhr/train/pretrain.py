@@ -151,7 +151,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         # ---- 4. Model, frozen reference, DDP, optimizer.
         isolated = cfg.data.documents_isolated()
 
-        def new_model():
+        def new_model(recompute: bool = False):
             m = build_gpt_model(
                 mcfg,
                 tp_size=env.tp_size,
@@ -162,10 +162,11 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 # On the CPU the full weights are drawn and sliced, so TP=1 and TP=K start equal;
                 # on GPU each rank draws its own shard where it lives (no full copy per rank).
                 use_cpu_initialization=not on_gpu,
+                recompute=recompute,
             )
             return m.to(env.device)
 
-        model = new_model()
+        model = new_model(recompute=cfg.train.recompute == "full")
         if cfg.model.init != "random":
             start = checkpoint.find_checkpoint(cfg.model.init)
             if start is None:
