@@ -23,14 +23,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             "12",
             "--steps",
             "12",
+            "--sft-steps",
+            "30",
         ],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for n in range(1, 8):
-        assert f"[{n}/7]" in proc.stdout
+    for n in range(1, 9):
+        assert f"[{n}/8]" in proc.stdout
     summary = json.loads((work / "summary.json").read_text())
     cpt = summary["chars_per_token"]
     # The Russian tokenizer packs more Russian characters into a token than Mistral's.
@@ -40,6 +42,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # Continued pre-training lowers held-out Russian bits per character of the adapted model.
     assert bpc["adapted + continued"]["ru"] < bpc["adapted, before training"]["ru"]
     assert summary["vocab"]["adapted_model"] == summary["vocab"]["new"]
+    # Instruction tuning lowers the assistant-token loss on held-out chats; the tuned model answers.
+    assert summary["sft_valid_loss"]["after"] < summary["sft_valid_loss"]["before"]
+    assert isinstance(summary["sft_answer"]["answer"], str)
+    assert (work / "data" / "chats_mask_document.idx").is_file()
     # Every stage left its artefacts: report, tokenizer export, datasets, checkpoints, HF models.
     assert (work / "report" / "chars_per_token.png").is_file()
     assert any((work / "tokenizer").glob("tokenizer.json"))
@@ -47,5 +53,5 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert (work / "continued" / "latest").is_file()
     assert (work / "continued" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((work / "continued" / "tensorboard").iterdir())
-    for hf in ("base-hf", "adapted-hf", "vikhr-hf"):
+    for hf in ("base-hf", "adapted-hf", "vikhr-hf", "vikhr-instruct-hf"):
         assert (work / hf / "config.json").is_file()

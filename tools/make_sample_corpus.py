@@ -1,8 +1,11 @@
-"""Rebuild the bundled sample corpora in vikhr/assets/corpus from ../shared/data.
+"""Rebuild the bundled samples in vikhr/assets from ../shared/data.
 
-Only public-domain (RusLit, English novels before 1927) and CC0 (RusDraCor) texts are used.
-Works are cut into ~4,000-character documents on paragraph boundaries; selection is
-deterministic (every k-th chunk), so the output is reproducible byte for byte.
+Corpora (vikhr/assets/corpus): only public-domain (RusLit, English novels before 1927) and CC0
+(RusDraCor) texts. Works are cut into ~4,000-character documents on paragraph boundaries;
+selection is deterministic (every k-th chunk), so the output is reproducible byte for byte.
+
+Chats (vikhr/assets/sft): the human-written Russian self-instruct seed tasks of rulm (Apache-2.0)
+as single-turn chats, without the two toxicity-detection tasks (they quote profanity on purpose).
 """
 
 from __future__ import annotations
@@ -54,6 +57,26 @@ def write(path: Path, docs: list[dict]) -> None:
     print(f"{path}: {len(docs)} documents, {sum(len(d['text']) for d in docs):,} characters")
 
 
+TOXIC_SEED_TASKS = {"finding_toxic_words", "toxic_sentence_detection"}
+
+
+def seed_chats(shared: Path) -> list[dict]:
+    """The seed-task chats of the rulm chat file (human answers), in file order."""
+    names = {}
+    with (shared / "sft" / "ru_alpaca_seed_tasks.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            names[rec["id"]] = rec.get("name", "")
+    chats = []
+    with (shared / "sft" / "rulm-self-instruct.chat.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            parts = rec["id"].split("/")
+            if parts[1] == "ru_alpaca_seed_tasks" and names[parts[2]] not in TOXIC_SEED_TASKS:
+                chats.append({"id": rec["id"], "messages": rec["messages"]})
+    return chats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
@@ -66,6 +89,13 @@ def main() -> None:
     write(
         out / "en-sample.jsonl.gz", sample([args.shared / "corpus/en/english-novels.jsonl.gz"], 800_000, 29)
     )
+    chats = seed_chats(args.shared)
+    sft = ROOT / "vikhr" / "assets" / "sft"
+    sft.mkdir(exist_ok=True)
+    tmp = sft / "ru-seed-chats.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats), encoding="utf-8")
+    tmp.replace(sft / "ru-seed-chats.jsonl")
+    print(f"{sft / 'ru-seed-chats.jsonl'}: {len(chats)} chats")
 
 
 if __name__ == "__main__":

@@ -6,3 +6,4 @@ ASSETS = Path(__file__).resolve().parent
 RU_SAMPLE = ASSETS / "corpus" / "ru-sample.jsonl.gz"
 EN_SAMPLE = ASSETS / "corpus" / "en-sample.jsonl.gz"
 MISTRAL_TOKENIZER = ASSETS / "tokenizers" / "mistral-7b-v0.1.model"
+RU_SEED_CHATS = ASSETS / "sft" / "ru-seed-chats.jsonl"
