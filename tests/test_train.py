@@ -155,6 +155,25 @@ def test_tp2_and_dp2_match_tp1(parallel_runs: dict[str, Path]) -> None:
 
 
 @pytest.mark.distributed
+def test_sequence_parallel_matches_tp1(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """parallel.sequence at TP=2: the norms work on half the sequence each, their weight gradients
+    are summed over TP, and the job gives TP=1's losses."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, parallel={"tensor": 2, "sequence": True})
+    proc = _launch(config, 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "TP=2 (+SP)" in proc.stderr
+    train, _ = read_metrics(run_dir)
+    base, _ = read_metrics(parallel_runs["tp1"])
+    for step, row in base.items():
+        for key in ("loss", "ce", "kl"):
+            assert train[step][key] == pytest.approx(row[key], rel=2e-5, abs=2e-6), (step, key)
+        assert train[step]["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4), step
+
+
+@pytest.mark.distributed
 def test_kl_is_zero_at_step_0_with_reference_equal_to_model(parallel_runs: dict[str, Path]) -> None:
     for run in parallel_runs.values():
         train, _ = read_metrics(run)
@@ -378,6 +397,22 @@ def test_document_isolation_needs_an_attention_that_takes_a_mask(overrides: list
     # Off by default for pre-training, on for SFT; sdpa takes the mask under a window too.
     assert not load_config(None, base, check_files=False).data.documents_isolated()
     assert load_config(None, [*base, "data.kind=sft"], check_files=False).data.documents_isolated()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["parallel.sequence=true"], "parallel.sequence needs parallel.tensor > 1"),
+        (["parallel.sequence=true", "parallel.tensor=2", "data.seq_len=127"], "must be a multiple of"),
+    ],
+)
+def test_sequence_parallel_layout_is_checked(overrides: list[str], message: str) -> None:
+    from vikhr.errors import VikhrError
+    from vikhr.train.config import load_config
+
+    with pytest.raises(VikhrError) as err:
+        load_config(None, ["data.train=[{prefix: x}]", "data.seq_len=128", *overrides], check_files=False)
+    assert message in str(err.value)
 
 
 def test_pretraining_documents_end_with_their_eod() -> None:

@@ -124,6 +124,8 @@ def test_memory_estimate_of_mistral_7b_follows_tp() -> None:
     assert zero1.optimizer == pytest.approx(e1.optimizer / 8) and zero1.gradients == e1.gradients
     long_seq = estimate(cfg, 2, 8, 1, 8192), estimate(cfg, 2, 8, 1, 8192, recompute=True)
     assert long_seq[1].activations < long_seq[0].activations / 3
+    sp = estimate(cfg, 2, 8, 1, 8192, sequence_parallel=True)
+    assert long_seq[0].activations * 0.6 < sp.activations < long_seq[0].activations * 0.9
 
 
 def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:

@@ -9,6 +9,7 @@ importable and a GPU is in use, "sdpa" otherwise.
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +23,14 @@ def transformer_config(
     params_dtype: torch.dtype = torch.float32,
     use_cpu_initialization: bool | None = None,
     recompute: bool = False,
+    sequence_parallel: bool = False,
 ):  # -> megatron.core.transformer.TransformerConfig
     """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off on CPU.
 
     `recompute`: keep only each layer's input for backward and run the layer again there
     (megatron's full, uniform recomputation, one layer per checkpoint).
+    `sequence_parallel`: megatron's sequence parallelism (TP > 1): the norms and the residual
+    stream between the tensor-parallel regions are split along the sequence over the TP ranks.
     """
     from megatron.core.transformer import TransformerConfig
 
@@ -63,7 +67,7 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
         cross_entropy_loss_fusion=False,
-        sequence_parallel=False,
+        sequence_parallel=sequence_parallel,
         # HF Mistral's window W (query i sees keys i-W+1..i) is megatron's (W-1, 0).
         window_size=None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0),
         # On CPU there is no fused attention; the local spec's unfused attention is used.
@@ -91,6 +95,17 @@ def resolve_attention(attention: str, on_gpu: bool) -> str:
     return attention
 
 
+class RMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm as megatron's spec builds it (what its WrappedTorchNorm makes), but usable
+    under sequence parallelism: each TP rank then normalises its slice of the sequence, so the
+    weight's gradient is partial; `weight.sequence_parallel` makes megatron's
+    finalize_model_grads sum it over the TP ranks."""
+
+    def __init__(self, config: Any, hidden_size: int, eps: float = 1e-5, **unused: object) -> None:
+        super().__init__(hidden_size, eps=eps)
+        self.weight.sequence_parallel = bool(config.sequence_parallel)
+
+
 def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_utils.ModuleSpec
     """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local")."""
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -101,6 +116,8 @@ def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_ut
     if attention == "te":
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
     if attention == "sdpa":
         from vikhr.model.attention import SDPAttention
 
@@ -108,6 +125,19 @@ def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_ut
     elif attention != "local":
         raise ValueError(f"unknown attention backend {attention!r}")
     return spec
+
+
+def block_spec(attention: str, num_layers: int):  # -> TransformerBlockSubmodules
+    """Every layer's spec plus the final norm (Transformer Engine's with "te", else RMSNorm)."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    if attention == "te":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    else:
+        final_norm = RMSNorm
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(attention)] * num_layers, layer_norm=final_norm)
 
 
 def build_gpt_model(
@@ -118,6 +148,7 @@ def build_gpt_model(
     attention: str = "auto",
     use_cpu_initialization: bool | None = None,
     recompute: bool = False,
+    sequence_parallel: bool = False,
 ):  # -> megatron.core.models.gpt.GPTModel
     """A Mistral-shaped GPTModel for the current megatron parallel state.
 
@@ -130,8 +161,10 @@ def build_gpt_model(
     from vikhr.runtime import cpu_compat
 
     on_gpu = torch.cuda.is_available() and not cpu_compat.is_applied()
-    tcfg = transformer_config(cfg, tp_size, params_dtype, use_cpu_initialization, recompute)
-    spec = layer_spec(resolve_attention(attention, on_gpu))
+    tcfg = transformer_config(
+        cfg, tp_size, params_dtype, use_cpu_initialization, recompute, sequence_parallel
+    )
+    spec = block_spec(resolve_attention(attention, on_gpu), cfg.num_layers)
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=spec,

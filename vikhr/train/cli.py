@@ -31,6 +31,7 @@ MEGATRON_FLAGS: dict[str, str] = {
 # Megatron-LM's on/off flags (no value), as `key=true` overrides.
 MEGATRON_SWITCHES: dict[str, str] = {
     "--use-distributed-optimizer": "optim.distributed",
+    "--sequence-parallel": "parallel.sequence",
 }
 
 

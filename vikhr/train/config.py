@@ -4,7 +4,7 @@ Everything is checked (keys, types, ranges, dataset files, parallel layout again
 shape) before torch.distributed or any tensor is touched; each error names the offending key.
 
     model:      preset, any ModelConfig field as an override, attention, init
-    parallel:   tensor (TP size), device
+    parallel:   tensor (TP size), sequence (sequence parallelism), device
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
                 packing (sft: pack | pad), isolate_documents, cache_dir, valid_samples
     train:      steps, micro_batch, global_batch, seed, recompute
@@ -44,6 +44,9 @@ class ModelSection:
 @dataclass
 class ParallelSection:
     tensor: int = 1
+    # megatron's sequence parallelism (needs tensor > 1): norms and the residual stream between
+    # the tensor-parallel regions are split along the sequence, 1/TP of their activations per rank.
+    sequence: bool = False
     device: str = "auto"  # auto | cuda | cpu
 
 
@@ -292,6 +295,8 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
         mcfg.validate(p.tensor)
     except VikhrError as e:
         raise VikhrError(f"config key model ({m.preset}): {e}") from e
+    if p.sequence and p.tensor == 1:
+        raise VikhrError("config key parallel.sequence needs parallel.tensor > 1 (it splits over TP ranks)")
     if world_size is not None and world_size % p.tensor:
         raise VikhrError(
             f"config key parallel.tensor = {p.tensor} does not divide the world size {world_size}"
@@ -341,6 +346,11 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
             f"config key data.split must be three non-negative weights like '98,2,0', got {d.split!r}"
         )
     _positive("data.seq_len", d.seq_len)
+    if p.sequence and d.seq_len % p.tensor:
+        raise VikhrError(
+            f"config key data.seq_len = {d.seq_len} must be a multiple of parallel.tensor = {p.tensor} "
+            "with parallel.sequence"
+        )
     if d.seq_len > mcfg.max_seq_len:
         raise VikhrError(
             f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}"

@@ -7,7 +7,8 @@ recomputation):
   optimizer    12 B/param (fp32 master weights + Adam's two moments); 12/DP B/param with
                `optim.distributed` (megatron's distributed optimizer shards them over DP)
   activations  saved for backward, per micro-batch: per layer and token, the residual stream
-               and norm outputs (4 × 2H bytes, replicated across TP) plus this rank's share of
+               and norm outputs (4 × 2H bytes, replicated across TP, or split over it with
+               sequence parallelism) plus this rank's share of
                Q/K/V, the attention output (SDPA/flash keeps no s×s matrix), and the SwiGLU
                gate/up/product (≈ (2·(q+2kv)·d + 2·q·d + 6F)/TP bytes); the LM-head logits and
                the CE+KL op's fp32 temporaries (≈ 18 B per token per vocabulary column / TP,
@@ -64,13 +65,15 @@ def estimate(
     vocab_multiple: int = 128,
     distributed_optimizer: bool = False,
     recompute: bool = False,
+    sequence_parallel: bool = False,
 ) -> MemoryEstimate:
     _, local = parameter_counts(cfg, tp, vocab_multiple)
     v_local = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple) // tp
     h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
     q, kv = cfg.num_attention_heads, cfg.num_kv_heads
     tokens = micro_batch * seq_len
-    per_layer_token = 4 * 2 * h + (2 * (q + 2 * kv) * d + 2 * q * d + 6 * f) / tp
+    replicated = 4 * 2 * h / (tp if sequence_parallel else 1)
+    per_layer_token = replicated + (2 * (q + 2 * kv) * d + 2 * q * d + 6 * f) / tp
     logits = tokens * v_local * (18 + (10 if kl_weight > 0 else 0))
     if recompute:
         layers = cfg.num_layers * tokens * 2 * h + tokens * per_layer_token
@@ -98,7 +101,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
         f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
         f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
-        f"recompute {cfg.train.recompute}, "
+        f"recompute {cfg.train.recompute}, {'sequence parallel, ' if cfg.parallel.sequence else ''}"
         f"{gpus} GPUs of {gpu_memory_gb:g} GB",
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
@@ -121,6 +124,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             cfg.model.vocab_multiple,
             distributed_optimizer=cfg.optim.distributed,
             recompute=cfg.train.recompute == "full",
+            sequence_parallel=cfg.parallel.sequence and tp > 1,
         )
         fits = e.total <= 0.9 * gpu_memory_gb * 1e9
         lines.append(

@@ -126,6 +126,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # ---- 2. Processes, parallel groups, seeds.
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from vikhr.model import build_gpt_model
@@ -163,6 +164,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 # on GPU each rank draws its own shard where it lives (no full copy per rank).
                 use_cpu_initialization=not on_gpu,
                 recompute=recompute,
+                sequence_parallel=cfg.parallel.sequence,
             )
             return m.to(env.device)
 
@@ -249,7 +251,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         peak = peak_flops()
         monitor.info(
             f"model {cfg.model.preset}: {num_params / 1e6:.1f}M parameters, "
-            f"TP={env.tp_size} DP={env.dp_size}, {env.backend}, attention={cfg.model.attention}, "
+            f"TP={env.tp_size}{' (+SP)' if cfg.parallel.sequence else ''} DP={env.dp_size}, {env.backend}, "
+            f"attention={cfg.model.attention}, "
             f"KL λ={cfg.kl.weight}, data {cfg.data.kind}"
         )
 
@@ -318,7 +321,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 # megatron DDP averages gradients over DP ranks; × dp_size turns that into a sum.
                 (loss_micro * (n_micro / n_global * env.dp_size)).backward()
                 sums += torch.stack([loss_micro.detach(), out.ce, out.kl]).double() * n_micro
-            ddp.finish_grad_sync()
+            # DP all-reduce (or reduce-scatter) and, with sequence parallelism, the TP sum of the
+            # norm weights' partial gradients.
+            finalize_model_grads([ddp])
             dist.all_reduce(sums, group=dp_group)
             loss, ce, kl = (sums / n_global).tolist()
 
