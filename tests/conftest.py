@@ -39,8 +39,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 600) -> None:
-    """Run `script` under torchrun with `nproc` CPU ranks (gloo); fail the test with its output."""
+def launch_torchrun(
+    script: Path | str, *args: str, nproc: int = 2, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run `script` under torchrun with `nproc` CPU ranks (gloo); its output, whatever the exit status."""
     cmd = [
         sys.executable,
         "-m",
@@ -52,7 +54,12 @@ def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float 
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 600) -> None:
+    """`launch_torchrun`, failing the test with its output unless it succeeds."""
+    proc = launch_torchrun(script, *args, nproc=nproc, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(
             f"torchrun {script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
