@@ -22,6 +22,7 @@ from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
 from vikhr.errors import VikhrError
 from vikhr.sft.prepare import mask_runs, prepare_sft
 from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat
+from vikhr.train.monitor import read_metrics
 from vikhr.train.sft_data import PackedSFTDataset, SFTSource, pack_windows, split_chats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -293,14 +294,6 @@ def _config(path: Path, rulm: Path, run_dir: Path, **sections: dict) -> Path:
     return path
 
 
-def _metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
-    train, valid = {}, {}
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        (train if row["kind"] == "train" else valid)[row["step"]] = row
-    return train, valid
-
-
 def _vikhr(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
@@ -328,7 +321,7 @@ def sft_run(rulm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sft_lowers_the_loss_on_held_out_assistant_tokens(sft_run: Path) -> None:
-    train, valid = _metrics(sft_run)
+    train, valid = read_metrics(sft_run)
     assert sorted(train) == list(range(1, 21)) and sorted(valid) == [0, 10, 20]
     assert valid[0]["loss_rulm"] == pytest.approx(np.log(32000), abs=0.3)  # an untrained model
     assert valid[10]["loss_rulm"] < valid[0]["loss_rulm"]
@@ -343,8 +336,8 @@ def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_pa
     resumed = _vikhr("sft", "train", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "step_000008" in resumed.stderr
-    train, valid = _metrics(tmp_path / "run")
-    reference, reference_valid = _metrics(sft_run)
+    train, valid = read_metrics(tmp_path / "run")
+    reference, reference_valid = read_metrics(sft_run)
     assert sorted(train) == sorted(reference)
     for step, row in reference.items():
         for key in ("loss", "ce", "lr", "grad_norm"):
@@ -356,15 +349,12 @@ def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_pa
 def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
     """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank
     (the first 6 steps; the run is then killed, which also spares the remaining steps)."""
-    from conftest import free_port
+    from conftest import launch_torchrun
 
     config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(REPO / "pretrain_vikhr.py"), "--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([*cmd, "debug.kill_at_step=6"], capture_output=True, env=env, cwd=REPO, timeout=600)
-    train, valid = _metrics(tmp_path / "run")
-    reference, reference_valid = _metrics(sft_run)
+    launch_torchrun(REPO / "pretrain_vikhr.py", "--config", str(config), "debug.kill_at_step=6", nproc=2)
+    train, valid = read_metrics(tmp_path / "run")
+    reference, reference_valid = read_metrics(sft_run)
     assert sorted(train) == list(range(1, 7))
     for step, row in train.items():
         for key in ("loss", "ce", "lr"):

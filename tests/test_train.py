@@ -25,7 +25,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import SHARED_DATA, free_port, run_torchrun  # noqa: E402
+from conftest import SHARED_DATA, launch_torchrun, run_torchrun  # noqa: E402
+
+from vikhr.train.monitor import read_metrics  # noqa: E402
 
 PRETRAIN = REPO / "pretrain_vikhr.py"
 VOCAB = 512
@@ -96,30 +98,8 @@ def write_config(path: Path, corpus: dict[str, str], run_dir: Path, **sections: 
     return path
 
 
-def read_metrics(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
-    """Train and valid rows by step (the last row wins: a resumed run rewrites steps after its checkpoint)."""
-    train, valid = {}, {}
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        (train if row["kind"] == "train" else valid)[row["step"]] = row
-    return train, valid
-
-
 def _launch(config: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(PRETRAIN),
-        "--config",
-        str(config),
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    return launch_torchrun(PRETRAIN, "--config", str(config), *overrides, nproc=nproc)
 
 
 @pytest.fixture(scope="module")

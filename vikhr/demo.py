@@ -121,9 +121,11 @@ def _train_config(
 
 
 def _valid_losses(run_dir: Path, name: str) -> tuple[float, float]:
-    """(first, last) validation loss of dataset `name` in a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    losses = [r[f"loss_{name}"] for r in rows if r.get("kind") == "valid" and f"loss_{name}" in r]
+    """(first, last) validation loss of dataset `name` in a run's metrics."""
+    from vikhr.train.monitor import read_metrics
+
+    _, valid = read_metrics(run_dir)
+    losses = [valid[step][f"loss_{name}"] for step in sorted(valid) if f"loss_{name}" in valid[step]]
     return losses[0], losses[-1]
 
 

@@ -73,6 +73,17 @@ class Monitor:
             plot_metrics(self.metrics_path, self.metrics_path.with_name("curves.png"))
 
 
+def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """A run's train and validation rows of metrics.jsonl by step (the last row of a step wins: a
+    resumed run rewrites the steps after its checkpoint)."""
+    train: dict[int, dict[str, Any]] = {}
+    valid: dict[int, dict[str, Any]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        (train if row["kind"] == "train" else valid)[row["step"]] = row
+    return train, valid
+
+
 def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     """Training loss (CE and KL) and per-dataset validation loss against the step, as one PNG."""
     import matplotlib
