@@ -28,18 +28,11 @@ def test_mistral_presets_are_the_published_shapes() -> None:
 def test_parameter_count_of_mistral_7b_matches_transformers() -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
+    from vikhr.convert.mistral import model_config_to_hf_config
     from vikhr.train.memory import parameter_counts
 
     p = PRESETS["mistral-7b-v0.2"]
-    hf = MistralConfig(
-        vocab_size=p.vocab_size,
-        hidden_size=p.hidden_size,
-        intermediate_size=p.ffn_hidden_size,
-        num_hidden_layers=p.num_layers,
-        num_attention_heads=p.num_attention_heads,
-        num_key_value_heads=p.num_kv_heads,
-        tie_word_embeddings=False,
-    )
+    hf = MistralConfig.from_dict(model_config_to_hf_config(p))
     with torch.device("meta"):
         n_hf = sum(t.numel() for t in MistralForCausalLM(hf).parameters())
     total, per_rank = parameter_counts(p, tp=1)
@@ -60,21 +53,10 @@ def megatron_cpu() -> Iterator[None]:
 def _hf_model(sliding_window: int | None):
     from transformers import MistralConfig, MistralForCausalLM
 
-    p = preset("tiny")
-    cfg = MistralConfig(
-        vocab_size=p.vocab_size,
-        hidden_size=p.hidden_size,
-        intermediate_size=p.ffn_hidden_size,
-        num_hidden_layers=p.num_layers,
-        num_attention_heads=p.num_attention_heads,
-        num_key_value_heads=p.num_kv_heads,
-        max_position_embeddings=p.max_seq_len,
-        rope_theta=p.rope_theta,
-        sliding_window=sliding_window,
-        rms_norm_eps=p.norm_eps,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
+    from vikhr.convert.mistral import model_config_to_hf_config
+
+    p = preset("tiny", sliding_window=sliding_window)
+    cfg = MistralConfig.from_dict(model_config_to_hf_config(p), attn_implementation="eager")
     torch.manual_seed(0)
     model = MistralForCausalLM(cfg).double().eval()
     with torch.no_grad():  # HF initialises norms to 1: perturb them so the mapping is tested

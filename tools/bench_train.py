@@ -121,19 +121,9 @@ def hf_step(cfg, batch: int, seq: int, dtype, device) -> Callable[[], None]:
     """One fwd+bwd of transformers' MistralForCausalLM (SDPA) with its own loss."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    hf_cfg = MistralConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_seq_len,
-        rope_theta=cfg.rope_theta,
-        sliding_window=cfg.sliding_window,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
+    from vikhr.convert.mistral import model_config_to_hf_config
+
+    hf_cfg = MistralConfig.from_dict(model_config_to_hf_config(cfg), attn_implementation="sdpa")
     torch.manual_seed(0)
     model = MistralForCausalLM(hf_cfg).to(device=device, dtype=dtype)
     model.train()
