@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""Continued pre-training of a Mistral-family model on Russian data with CE + λ·KL.
+"""Continued pre-training (and SFT) of a Mistral-family model on megatron-core, Megatron-style entry.
 
     torchrun --nproc_per_node=K pretrain_vikhr.py --config configs/tiny-cpu.yaml [section.key=value ...]
     python pretrain_vikhr.py --config configs/mistral-7b-v0.2.yaml --dry-run --gpus 8
 
-The loop itself is `vikhr.train.pretrain.run` (read it top to bottom); `vikhr pretrain` runs the
-same code in one process.
+The loop itself is `vikhr.train.trainer` (read it top to bottom); `vikhr pretrain` and
+`vikhr sft train` run the same code in one process.
 """
 
 import sys
 
 from vikhr.errors import VikhrError
-from vikhr.train.pretrain import main
+from vikhr.train.cli import main
 
 if __name__ == "__main__":
     try:

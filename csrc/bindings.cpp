@@ -1,6 +1,26 @@
-// Python bindings of the ops extension. Each op is exposed per device as `<op>_<device>`;
-// `compiled_ops()` tells vikhr (and `vikhr doctor`) which op runs on which device.
-#include "ops.h"
+// The schemas of vikhr's ops, declared once: the device files register their kernels for the
+// CPU and CUDA dispatch keys (ops.h), so `torch.ops.vikhr.<op>` picks the device by its inputs.
+// Their fake (meta) kernels for torch.compile are Python, in the module set_python_module names.
+// The Python module built from this file only reports which devices were compiled.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(vikhr, m) {
+  m.set_python_module("vikhr.ops.fake");
+  m.def("logsumexp_rows(Tensor x) -> Tensor");
+  m.def(
+      "cekl_forward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
+      "float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out) -> Tensor");
+  m.def(
+      "cekl_stats(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
+      "int kl_mode, int valid_cols) -> Tensor");
+  m.def("cekl_rescale(Tensor stats, Tensor maxima) -> Tensor");
+  m.def("cekl_finish(Tensor maxima, Tensor sums, Tensor row_scale, int kl_mode) -> Tensor");
+  m.def(
+      "cekl_backward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, Tensor rows, "
+      "float inv_temperature, float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out) -> ()");
+  m.def("cekl_scale_grad(Tensor(a!) grad, Tensor factor) -> ()");
+}
 
 namespace {
 
@@ -18,20 +38,7 @@ pybind11::dict compiled_ops() {
 
 }  // namespace
 
-#define VIKHR_CEKL_BIND(m, dev)                                                                          \
-  m.def("cekl_forward_" #dev, &vikhr::cekl_forward_##dev, "fused CE+KL, single rank (" #dev ")");      \
-  m.def("cekl_stats_" #dev, &vikhr::cekl_stats_##dev, "CE+KL local row statistics (" #dev ")");         \
-  m.def("cekl_rescale_" #dev, &vikhr::cekl_rescale_##dev, "CE+KL sums at global maxima (" #dev ")");   \
-  m.def("cekl_finish_" #dev, &vikhr::cekl_finish_##dev, "CE+KL rows from global stats (" #dev ")");    \
-  m.def("cekl_backward_" #dev, &vikhr::cekl_backward_##dev, "CE+KL gradient from rows (" #dev ")");
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "vikhr fused ops (csrc/)";
+  m.doc() = "vikhr fused ops (csrc/), registered as torch.ops.vikhr.*";
   m.def("compiled_ops", &compiled_ops, "op name -> devices it was compiled for");
-  m.def("logsumexp_rows_cpu", &vikhr::logsumexp_rows_cpu, "row-wise logsumexp (CPU)");
-  VIKHR_CEKL_BIND(m, cpu)
-#ifdef VIKHR_WITH_CUDA
-  m.def("logsumexp_rows_cuda", &vikhr::logsumexp_rows_cuda, "row-wise logsumexp (CUDA)");
-  VIKHR_CEKL_BIND(m, cuda)
-#endif
 }

@@ -41,7 +41,8 @@ namespace cekl {
 
 enum KlMode : int { kNone = 0, kReverse = 1, kForward = 2 };
 
-// Layout of the per-row tensors exchanged with Python (vikhr/ops/cross_entropy_kl.py).
+// Layout of the per-row tensors exchanged with Python (vikhr/ops/cross_entropy_kl.py; the column
+// counts are repeated in vikhr/ops/fake.py).
 constexpr int kMaxCols = 3;   // [N, 3] maxima: m_z, m_x, m_y
 constexpr int kSumCols = 5;   // [N, 5] sums: s_z, z_target, s_x, s_y, w  (SUM-reduced across ranks)
 constexpr int kStatCols = kMaxCols + kSumCols;  // [N, 8] local statistics = maxima ++ sums
@@ -117,6 +118,74 @@ VIKHR_HD Row finish(const State& s, int mode) {
   }
   return row;
 }
+
+// Packing of the per-row tensors (layout above). Local statistics: maxima first (MAX-reduced
+// across ranks), then the sums (SUM-reduced).
+VIKHR_HD void store_stats(const State& s, float* dst) {
+  dst[0] = s.mz;
+  dst[1] = s.mx;
+  dst[2] = s.my;
+  dst[3] = s.sz;
+  dst[4] = s.zt;
+  dst[5] = s.sx;
+  dst[6] = s.sy;
+  dst[7] = s.w;
+}
+
+VIKHR_HD State load_stats(const float* src) {
+  return State{src[0], src[3], src[4], src[1], src[5], src[2], src[6], src[7]};
+}
+
+// The state of a row from the (global) maxima and the sums relative to them.
+VIKHR_HD State load_global(const float* maxima, const float* sums) {
+  return State{maxima[0], sums[0], sums[1], maxima[1], sums[2], maxima[2], sums[3], sums[4]};
+}
+
+VIKHR_HD void store_sums(const State& s, float* dst) {
+  dst[0] = s.sz;
+  dst[1] = s.zt;
+  dst[2] = s.sx;
+  dst[3] = s.sy;
+  dst[4] = s.w;
+}
+
+VIKHR_HD void store_row(const Row& row, float* dst) {
+  dst[0] = row.ce;
+  dst[1] = row.kl;
+  dst[2] = row.lse_z;
+  dst[3] = row.lse_a;
+  dst[4] = row.lse_b;
+}
+
+VIKHR_HD Row load_row(const float* src) { return Row{src[0], src[1], src[2], src[3], src[4]}; }
+
+// Vocab-parallel steps of one row i (the devices only loop over rows).
+// Local statistics -> sums relative to the global maxima.
+VIKHR_HD void rescale_row(const float* stats, const float* maxima, float* sums, int64_t i) {
+  State s = load_stats(stats + i * kStatCols);
+  const float* m = maxima + i * kMaxCols;
+  rescale_to(s, m[0], m[1], m[2]);
+  store_sums(s, sums + i * kSumCols);
+}
+
+// Global maxima and sums -> the finished row; ignored rows (scale 0) keep their zeros.
+VIKHR_HD void finish_row(const float* maxima, const float* sums, const float* row_scale, int mode, float* rows,
+                         int64_t i) {
+  if (row_scale[i] == 0.f) return;
+  store_row(finish(load_global(maxima + i * kMaxCols, sums + i * kSumCols), mode), rows + i * kRowCols);
+}
+
+// The rows of one launch: [rows, cols] row-major buffers of the logits' dtype.
+template <typename scalar_t>
+struct Batch {
+  const scalar_t* z;       // model logits
+  const scalar_t* r;       // reference logits; nullptr without KL
+  scalar_t* out;           // d(loss)/dz, may be z itself; nullptr when no gradient is wanted
+  const int64_t* target;   // [rows] local column of the label, or −1
+  const float* row_scale;  // [rows] 1/N_valid, or 0 for an ignored row
+  int64_t rows, cols;
+  Params p;
+};
 
 // exp for the bulk loops. On the host: a branch-free Cephes-style polynomial that the compiler
 // vectorises (std::exp does not vectorise without -ffast-math); about 1 ulp over [-87, 0],
@@ -203,30 +272,59 @@ VIKHR_HD void accumulate_ce(State& s, const float* z, int64_t n) {
   s.sz += sz;
 }
 
-// Runtime (mode, T == 1) -> accumulate_ce / accumulate_kl<Reverse, Unit>.
-VIKHR_HD void accumulate(State& s, const float* z, const float* r, int64_t n, const Params& p) {
-  const float t = p.inv_temperature;
+// A compile-time (KL mode, T == 1) pair: the inner loops are instantiated once per variant, so
+// the per-element code has no branches left.
+template <int M, bool Unit>
+struct Variant {
+  static constexpr int kMode = M;
+  static constexpr bool kUnitTemperature = Unit;
+};
+
+// The one runtime -> compile-time ladder: fn(Variant<mode, T == 1>{}). CE alone ignores the
+// temperature (it scales only the two KL distributions).
+template <typename Fn>
+VIKHR_HD void dispatch_variant(const Params& p, Fn&& fn) {
+  const bool unit = p.inv_temperature == 1.f;
   if (p.mode == kNone) {
-    accumulate_ce(s, z, n);
+    fn(Variant<kNone, true>{});
   } else if (p.mode == kReverse) {
-    t == 1.f ? accumulate_kl<true, true>(s, z, r, n, t) : accumulate_kl<true, false>(s, z, r, n, t);
+    if (unit) {
+      fn(Variant<kReverse, true>{});
+    } else {
+      fn(Variant<kReverse, false>{});
+    }
   } else {
-    t == 1.f ? accumulate_kl<false, true>(s, z, r, n, t) : accumulate_kl<false, false>(s, z, r, n, t);
+    if (unit) {
+      fn(Variant<kForward, true>{});
+    } else {
+      fn(Variant<kForward, false>{});
+    }
+  }
+}
+
+// Folds n columns into the running state, for the variant V (accumulate_ce or accumulate_kl).
+template <typename V>
+VIKHR_HD void accumulate(State& s, const float* z, const float* r, int64_t n, const Params& p) {
+  if constexpr (V::kMode == kNone) {
+    accumulate_ce(s, z, n);
+  } else {
+    accumulate_kl<V::kMode == kReverse, V::kUnitTemperature>(s, z, r, n, p.inv_temperature);
   }
 }
 
 // d(loss_row)/dz for one column (before the row scale); `is_target` adds the −onehot term.
-// Mode and "T == 1" are template parameters so the per-element code has no branches left.
-template <int Mode, bool UnitTemperature>
+template <typename V>
 VIKHR_HD float grad_element(float z, float r, bool is_target, const Row& row, const Params& p) {
+  constexpr int Mode = V::kMode;
+  constexpr bool UnitTemperature = V::kUnitTemperature;
   const float prob = bulk_exp(z - row.lse_z);
   float g = prob - (is_target ? 1.f : 0.f);
-  if (Mode != kNone) {
+  if constexpr (Mode != kNone) {
     const float a = UnitTemperature ? z : z * p.inv_temperature;
     const float b = UnitTemperature ? r : r * p.inv_temperature;
     const float log_q = a - row.lse_a;
     const float q = UnitTemperature ? prob : bulk_exp(log_q);
-    if (Mode == kReverse) {
+    if constexpr (Mode == kReverse) {
       // Where q = 0 (z = −inf) the term must be 0, not 0 · (−inf): floor both logs at −1e30
       // (a select the vectoriser accepts, unlike a branch on q).
       const float log_q_floor = log_q < -1e30f ? -1e30f : log_q;

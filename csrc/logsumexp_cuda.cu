@@ -1,9 +1,8 @@
 // Row-wise logsumexp on CUDA: one block per row, each thread keeps an online (max, sum),
-// then a block reduction merges the pairs. Accumulation in fp32.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// then a block reduction merges the pairs. Accumulation in fp32. The host side (checks,
+// output, dtype dispatch) is ops.h.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cmath>
 
@@ -54,22 +53,16 @@ __global__ void logsumexp_rows_kernel(const scalar_t* __restrict__ x, float* __r
   if (threadIdx.x == 0) out[blockIdx.x] = (sm[0] == -INFINITY) ? -INFINITY : sm[0] + logf(ss[0]);
 }
 
+struct CudaLogsumexpKernels {
+  template <typename scalar_t>
+  static void logsumexp_rows(const scalar_t* x, float* out, int64_t rows, int64_t cols) {
+    logsumexp_rows_kernel<scalar_t><<<rows, kThreads, 0, c10::cuda::getCurrentCUDAStream().stream()>>>(x, out, cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
 }  // namespace
 
-torch::Tensor logsumexp_rows_cuda(const torch::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2, "logsumexp_rows: expected a 2-D tensor, got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.is_cuda(), "logsumexp_rows_cuda: tensor is on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto xc = x.contiguous();
-  auto out = torch::empty({xc.size(0)}, xc.options().dtype(torch::kFloat32));
-  if (xc.size(0) == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "logsumexp_rows_cuda", [&] {
-    logsumexp_rows_kernel<scalar_t><<<xc.size(0), kThreads, 0, stream>>>(
-        xc.data_ptr<scalar_t>(), out.data_ptr<float>(), xc.size(1));
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
-}
+TORCH_LIBRARY_IMPL(vikhr, CUDA, m) { register_logsumexp_kernels<CudaLogsumexpKernels>(m); }
 
 }  // namespace vikhr

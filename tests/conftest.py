@@ -53,8 +53,14 @@ def launch_torchrun(
         str(script),
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=REPO)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: one thread per process, the repository on PYTHONPATH
+    ahead of whatever was there (a GPU machine's extra packages stay visible)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def run_torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 600) -> None:

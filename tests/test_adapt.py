@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tests.helpers import tiny_hf_model
 from vikhr.adapt import adapt_vocab, load_vocabulary, plan_rows
 from vikhr.adapt.vocab import EMBED, INIT_LOG, LM_HEAD, SUMMARY
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
@@ -36,26 +37,14 @@ def new_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_checkpoint(
     path: Path, arch: str = "mistral", tied: bool = False, shard: bool = False, seed: int = 0
 ) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-
-    cls_cfg, cls_model = (
-        (MistralConfig, MistralForCausalLM) if arch == "mistral" else (LlamaConfig, LlamaForCausalLM)
-    )
-    cfg = cls_cfg(
+    model = tiny_hf_model(
+        path,
         vocab_size=OLD_VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=2,
+        arch=arch,
+        tied=tied,
+        seed=seed,
+        max_shard_size="800KB" if shard else "1GB",
     )
-    torch.manual_seed(seed)
-    model = cls_model(cfg).eval()
-    model.save_pretrained(path, safe_serialization=True, max_shard_size="800KB" if shard else "1GB")
     assert (path / "model.safetensors.index.json").is_file() == shard
     return model
 

@@ -1,4 +1,4 @@
-"""The `vikhr` command line: help, one-line errors, doctor."""
+"""The `vikhr` command line: help, one-line errors, doctor, a light start-up."""
 
 from __future__ import annotations
 
@@ -19,6 +19,31 @@ def test_help_lists_every_command() -> None:
     assert len(sub.choices) >= len(COMMAND_MODULES)
     for name in sub.choices:
         assert name in proc.stdout
+
+
+def test_registering_the_verbs_imports_no_heavy_library() -> None:
+    code = (
+        "import sys, vikhr.cli; vikhr.cli.build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'torch', 'megatron', 'transformers', 'matplotlib'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"imported while registering the verbs: {proc.stdout}"
+
+
+def test_data_preprocess_help_stays_small() -> None:
+    # Children of this process so far: measure the one run below by its own peak RSS.
+    code = (
+        "import resource, subprocess, sys; "
+        "subprocess.run([sys.executable, '-m', 'vikhr', 'data', 'preprocess', '--help'], check=True, "
+        "stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_mib = int(proc.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
+    assert peak_mib < 200, f"vikhr data preprocess --help peaked at {peak_mib:.0f} MiB"
 
 
 def test_unknown_command_is_one_line_and_nonzero() -> None:

@@ -1,51 +1,47 @@
-"""HF <-> Megatron conversion: logits match transformers at TP=1 and TP=2; round trips are exact."""
+"""HF <-> Megatron conversion: logits match transformers at TP=1 and TP=2; round trips are exact;
+every input tensor is accounted for; HF exports carry their tokenizer and load with no other arguments."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, run_torchrun
+from tests.helpers import tiny_hf_model
+from vikhr.assets import MISTRAL_TOKENIZER
+from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf
 from vikhr.errors import VikhrError
+from vikhr.tokenizer.load import load
 
 SCRIPT = REPO / "tests" / "scripts" / "convert_logits.py"
+VOCAB = 300
+TEXT = "Привет, мир! Hello world.\nВторая строка"
 
 
-def _tiny_hf(path: Path, tied: bool = False, llama: bool = False, shards: bool = False) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    kw = dict(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rope_theta=10000.0,
-        tie_word_embeddings=tied,
-    )
-    if llama:
-        model = LlamaForCausalLM(LlamaConfig(**kw))
-    else:
-        model = MistralForCausalLM(MistralConfig(sliding_window=None, **kw))
-    # Non-trivial norms so a swapped layernorm would show.
-    with torch.no_grad():
+def _tiny_hf(path: Path, tied: bool = False, llama: bool = False, shards: bool = False, **kw: Any) -> Path:
+    def norms(model: torch.nn.Module) -> None:
+        # Non-trivial norms so a swapped layernorm would show.
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    model.save_pretrained(path, max_shard_size="100KB" if shards else "10GB")
+
+    kw.setdefault("vocab_size", VOCAB)
+    kw.setdefault("max_seq_len", 128)
+    arch = "llama" if llama else "mistral"
+    size = "100KB" if shards else "10GB"
+    tiny_hf_model(path, arch=arch, tied=tied, max_shard_size=size, weights=norms, **kw)
     return path
 
 
 def _hf_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     out = {}
     for f in sorted(path.glob("*.safetensors")):
         out.update(load_file(str(f)))
@@ -78,7 +74,7 @@ def test_logits_match_transformers_tp1(tmp_path: Path) -> None:
     meg = hf_to_megatron(hf, tmp_path / "meg", tp_size=1)
     run_torchrun(SCRIPT, str(hf), str(meg), str(tmp_path / "out.json"), nproc=1)
     res = json.loads((tmp_path / "out.json").read_text())
-    assert res["shape"] == [2, 24, 300]
+    assert res["shape"] == [2, 24, VOCAB]
     assert res["max_abs_diff"] < 1e-4, res
 
 
@@ -112,6 +108,8 @@ def test_hf_config_mapping_and_errors(tmp_path: Path) -> None:
     assert cfg == preset("mistral-7b-v0.1").with_overrides(init_std=0.02)
     with pytest.raises(VikhrError, match="model_type"):
         hf_config_to_model_config({"model_type": "gpt2"})
+    with pytest.raises(VikhrError, match="hidden_size must be a positive integer"):
+        hf_config_to_model_config({"model_type": "llama", "num_hidden_layers": 2})
     hf = _tiny_hf(tmp_path / "hf")
     with pytest.raises(VikhrError, match="does not divide"):
         hf_to_megatron(hf, tmp_path / "meg", tp_size=4)  # 2 KV heads
@@ -124,21 +122,213 @@ def test_hf_config_mapping_and_errors(tmp_path: Path) -> None:
         hf_to_megatron(hf, tmp_path / "meg3")
 
 
-def test_cli_round_trip_and_errors(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hf = _tiny_hf(tmp_path / "hf")
-
-    def vikhr(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vikhr", *args], capture_output=True, text=True)
-
-    ok = vikhr("convert", "hf-to-megatron", str(hf), str(tmp_path / "meg"), "--tp", "2")
-    assert ok.returncode == 0, ok.stderr
-    ok = vikhr("convert", "megatron-to-hf", str(tmp_path / "meg"), str(tmp_path / "back"))
-    assert ok.returncode == 0, ok.stderr
+    assert cli_main(["convert", "hf-to-megatron", str(hf), str(tmp_path / "meg"), "--tp", "2"]) == 0
+    assert cli_main(["convert", "megatron-to-hf", str(tmp_path / "meg"), str(tmp_path / "back")]) == 0
+    assert "without a tokenizer" in capsys.readouterr().out  # the tiny HF model has none
     a, b = _hf_tensors(hf), _hf_tensors(tmp_path / "back")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    bad = vikhr("convert", "hf-to-megatron", str(tmp_path / "missing"), str(tmp_path / "x"))
-    assert bad.returncode == 2
-    assert len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
+
+
+# --------------------------------------------------------------------------- self-contained exports
+
+
+def _assert_loads_alone(hf_dir: Path) -> Any:
+    """AutoTokenizer / AutoModelForCausalLM with no other arguments agree with vikhr's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reference = load(MISTRAL_TOKENIZER)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    assert tok(TEXT).input_ids == [reference.bos_id, *reference.encode(TEXT)]
+    assert (tok.bos_token_id, tok.eos_token_id) == (reference.bos_id, reference.eos_id) == (1, 2)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    assert (model.config.bos_token_id, model.config.eos_token_id) == (1, 2)
+    assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id) == (1, 2)
+    assert model(torch.tensor([tok(TEXT).input_ids])).logits.shape[-1] == 32000
+    return tok
+
+
+def test_export_carries_the_tokenizer_recorded_by_hf_to_megatron(tmp_path: Path) -> None:
+    hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
+    shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == str((hf / "tokenizer.model").resolve())
+    out = megatron_to_hf(meg, tmp_path / "out")
+    for name in ("tokenizer.model", "tokenizer.json", "special_tokens_map.json", "generation_config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+    _assert_loads_alone(out)
+
+
+def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = hf_to_megatron(_tiny_hf(tmp_path / "hf", vocab_size=32000), tmp_path / "meg")
+    argv = [
+        "convert",
+        "megatron-to-hf",
+        str(big),
+        str(tmp_path / "out"),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+    ]
+    assert cli_main(argv) == 0
+    assert "AutoTokenizer" in capsys.readouterr().out
+    _assert_loads_alone(tmp_path / "out")
+    # An HF tokenizer.json (here the export's own) is carried with the tokenizer_config.json beside it.
+    argv = ["convert", "megatron-to-hf", str(big), str(tmp_path / "from-json")]
+    assert cli_main([*argv, "--tokenizer", str(tmp_path / "out" / "tokenizer.json")]) == 0
+    assert not (tmp_path / "from-json" / "tokenizer.model").exists()
+    _assert_loads_alone(tmp_path / "from-json")
+
+    small = hf_to_megatron(_tiny_hf(tmp_path / "hf-small"), tmp_path / "meg-small")
+    argv = [
+        "convert",
+        "megatron-to-hf",
+        str(small),
+        str(tmp_path / "o2"),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+    ]
+    err = _fails(argv, capsys, tmp_path / "o2", "has 32000 tokens", f"vocabulary has {VOCAB}")
+    assert str(MISTRAL_TOKENIZER) in err
+
+
+def test_sft_run_exports_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
+    """An SFT run records its tokenizer and template in the datasets' _sft.json; a run started from
+    a converted checkpoint inherits that checkpoint's tokenizer through model.init."""
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    first = hf_to_megatron(_tiny_hf(tmp_path / "hf", vocab_size=32000), tmp_path / "meg")
+    sft_run = tmp_path / "sft-run"
+    shutil.copytree(first, sft_run)
+    meta = json.loads((sft_run / "meta.json").read_text())
+    assert "tokenizer" not in meta  # the HF directory had none
+    meta["config"] = {
+        "model": {"init": "random"},
+        "data": {"kind": "sft", "train": [{"prefix": str(tmp_path / "chats")}]},
+    }
+    (sft_run / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "chats_sft.json").write_text(
+        json.dumps({"tokenizer": str(MISTRAL_TOKENIZER), "template": "mistral"})
+    )
+    tok = _assert_loads_alone(megatron_to_hf(sft_run, tmp_path / "out"))
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Отвечай кратко."},
+            {"role": "user", "content": "Столица Франции?"},
+            {"role": "assistant", "content": "Париж."},
+            {"role": "user", "content": "А Италии?"},
+        ]
+    }
+    expected = encode_chat(
+        parse_chat(chat, for_generation=True), load_chat_tokenizer(MISTRAL_TOKENIZER), for_generation=True
+    )
+    got = tok.apply_chat_template(chat["messages"], add_generation_prompt=True, tokenize=True)
+    assert list(getattr(got, "input_ids", got)) == expected.ids
+
+    # A continued run: no tokenizer of its own, model.init names the SFT checkpoint.
+    continued = tmp_path / "continued"
+    shutil.copytree(first, continued)
+    meta["config"] = {"model": {"init": str(sft_run)}, "data": {"kind": "pretrain", "train": []}}
+    (continued / "meta.json").write_text(json.dumps(meta))
+    _assert_loads_alone(megatron_to_hf(continued, tmp_path / "out2"))
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path, *words: str) -> str:
+    """The CLI exits 2 with one line holding `words` and leaves nothing at or beside `out`."""
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
+    return err
+
+
+def _edit_config(hf: Path, **fields: Any) -> None:
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg.update(fields)
+    (hf / "config.json").write_text(json.dumps(cfg))
+
+
+def _to_megatron(hf: Path, out: Path, *extra: str) -> list[str]:
+    return ["convert", "hf-to-megatron", str(hf), str(out), *extra]
+
+
+def test_config_that_disagrees_with_the_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hf = _tiny_hf(tmp_path / "hf")
+    out = tmp_path / "meg"
+    _edit_config(hf, num_hidden_layers=1)  # the weights have 2 layers
+    _fails(
+        _to_megatron(hf, out), capsys, out, "model.safetensors", "model.layers.1.", "num_hidden_layers = 1"
+    )
+    _edit_config(hf, num_hidden_layers=3)
+    _fails(_to_megatron(hf, out), capsys, out, "config.json", "model.layers.2.", "lack")
+    _edit_config(hf, num_hidden_layers=2, intermediate_size=192)  # the weights have 176
+    _fails(_to_megatron(hf, out), capsys, out, "model.safetensors", "mlp.", "176", "192", "intermediate_size")
+    _edit_config(hf, intermediate_size=176, tie_word_embeddings=True)  # lm_head differs from the embedding
+    _fails(
+        _to_megatron(hf, out),
+        capsys,
+        out,
+        "model.safetensors",
+        "lm_head.weight differs",
+        "tie_word_embeddings",
+    )
+
+
+def test_unknown_tensor_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hf = _tiny_hf(tmp_path / "hf")
+    tensors = load_file(str(hf / "model.safetensors"))
+    tensors["model.layers.0.self_attn.q_norm.weight"] = torch.ones(16)
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "meg"
+    _fails(_to_megatron(hf, out), capsys, out, "model.safetensors", "unknown tensor", "q_norm")
+
+
+def test_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hf = _tiny_hf(tmp_path / "hf")
+    out = tmp_path / "meg"
+    _fails(_to_megatron(hf, out, "--tp", "0"), capsys, out, "--tp", "0")
+    weights = hf / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])
+    _fails(_to_megatron(hf, out), capsys, out, str(weights), "truncated")
+    weights.write_bytes(struct.pack("<Q", 40) + b"{not json" + data[17:])
+    _fails(_to_megatron(hf, out), capsys, out, str(weights), "not a readable safetensors file")
+    weights.write_bytes(data)
+    (hf / "config.json").write_text('{"model_type": "mistral",')
+    _fails(_to_megatron(hf, out), capsys, out, str(hf / "config.json"), "not valid JSON")
+
+    sharded = _tiny_hf(tmp_path / "sharded", shards=True)
+    missing = sorted(sharded.glob("model-*.safetensors"))[1]
+    missing.unlink()
+    _fails(_to_megatron(sharded, out), capsys, out, missing.name, "missing")
+    (sharded / "model.safetensors.index.json").write_text("{")
+    _fails(_to_megatron(sharded, out), capsys, out, "model.safetensors.index.json")
+
+
+def test_megatron_checkpoint_that_disagrees_with_its_meta(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf"), tmp_path / "meg", tp_size=2)
+    out = tmp_path / "back"
+    argv = ["convert", "megatron-to-hf", str(meg), str(out)]
+    meta = json.loads((meg / "meta.json").read_text())
+    meta["model"]["ffn_hidden_size"] = 192
+    (meg / "meta.json").write_text(json.dumps(meta))
+    _fails(argv, capsys, out, "model_tp00.safetensors", "mlp.linear_fc1.weight", "ffn_hidden_size")
+    meta["model"]["ffn_hidden_size"] = 176
+    meta["model"]["num_layers"] = 1
+    (meg / "meta.json").write_text(json.dumps(meta))
+    _fails(argv, capsys, out, "model_tp00.safetensors", "decoder.layers.1.")
+    (meg / "meta.json").write_text("{")
+    _fails(argv, capsys, out, str(meg / "meta.json"))

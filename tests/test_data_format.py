@@ -1,4 +1,5 @@
-"""MMIDIDX output: byte-identical to megatron-core's IndexedDatasetBuilder and readable by megatron-core."""
+"""MMIDIDX output: byte-identical to megatron-core's IndexedDatasetBuilder and readable by megatron-core;
+the `vikhr.data.indexed` facade (writer, reader, validation, naming, dtype rule)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,25 @@ import numpy as np
 import pytest
 import sentencepiece
 
-from vikhr import _core
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.data import inspect, merge, preprocess
+from vikhr.data.indexed import (
+    IndexedReader,
+    IndexedWriter,
+    dataset_prefix,
+    token_dtype,
+    validate,
+    write_indexed,
+)
 from vikhr.errors import VikhrError
 
 
-def _megatron_write(prefix: str, documents: list[list[int]], vocab_size: int) -> None:
+def _megatron_write(prefix: str, documents: list[list[int]], vocab_size: int, dtype=None) -> None:
     """What Megatron-LM's preprocess_data.py does with the ids: one add_document per line."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(vocab_size))
+    dtype = DType.optimal_dtype(vocab_size) if dtype is None else dtype
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
     for doc in documents:
         builder.add_document(doc, [len(doc)] if doc else [])
     builder.finalize(prefix + ".idx")
@@ -54,10 +63,40 @@ def test_preprocess_output_is_byte_identical_to_megatron_builder(tmp_path: Path,
 def test_writer_matches_megatron_for_both_dtypes(tmp_path: Path, vocab_size: int) -> None:
     rng = np.random.default_rng(vocab_size)
     docs = [rng.integers(0, vocab_size, size=int(n)).tolist() for n in rng.integers(0, 50, size=200)]
-    _core.write_indexed_dataset(str(tmp_path / "ours"), docs, vocab_size)
+    write_indexed(tmp_path / "ours", docs, token_dtype(vocab_size))
     _megatron_write(str(tmp_path / "megatron"), docs, vocab_size)
     assert _read(str(tmp_path / "ours")) == _read(str(tmp_path / "megatron"))
     assert inspect(tmp_path / "ours").dtype == ("uint16" if vocab_size < 65500 else "int32")
+
+
+def test_uint8_masks_match_megatron_and_read_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    docs = [rng.integers(0, 2, size=int(n)).tolist() for n in rng.integers(1, 40, size=50)]
+    with IndexedWriter(tmp_path / "ours", "uint8") as writer:
+        for doc in docs:
+            writer.add_document(np.asarray(doc, dtype=np.int64))  # numpy arrays are accepted too
+    _megatron_write(str(tmp_path / "megatron"), docs, 0, dtype=np.uint8)
+    assert _read(str(tmp_path / "ours")) == _read(str(tmp_path / "megatron"))
+    reader = IndexedReader(tmp_path / "ours")
+    assert reader.info.dtype == "uint8" and [reader.document(i) for i in range(len(reader))] == docs
+    with pytest.raises(VikhrError, match="does not fit uint8"), IndexedWriter(tmp_path / "bad", "uint8") as w:
+        w.add_document([1, 256])
+    assert not list(tmp_path.glob("bad*"))  # nothing left behind
+
+
+def test_naming_dtype_rule_and_validation(tmp_path: Path) -> None:
+    assert dataset_prefix("data/ru", "text") == "data/ru_text_document"
+    assert (token_dtype(65499), token_dtype(65500)) == ("uint16", "int32")
+    write_indexed(tmp_path / "d", [[5, 6, 7], [], [31999]], "uint16")
+    info = validate(tmp_path / "d", vocab_size=32000)
+    assert (info.documents, info.tokens, info.max_token_id) == (3, 4, 31999)
+    with pytest.raises(VikhrError, match="token id 31999 is outside the vocabulary of 1000 ids"):
+        validate(tmp_path / "d", vocab_size=1000)
+    write_indexed(tmp_path / "empty", [[], []], "uint16")
+    with pytest.raises(VikhrError, match="holds no token"):
+        validate(tmp_path / "empty")
+    with pytest.raises(VikhrError, match="not found"):
+        validate(tmp_path / "missing")
 
 
 def test_megatron_reads_our_output_exactly(tmp_path: Path, ru_texts: list[str]) -> None:
@@ -124,7 +163,7 @@ def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
     parts = []
     for k in range(3):
         docs = [rng.integers(0, 32000, size=int(n)).tolist() for n in rng.integers(0, 30, size=40 + k)]
-        _core.write_indexed_dataset(str(tmp_path / f"part{k}"), docs, 32000)
+        write_indexed(tmp_path / f"part{k}", docs, token_dtype(32000))
         parts.append(str(tmp_path / f"part{k}"))
     summary = merge(parts, tmp_path / "merged")
     builder = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=DType.optimal_dtype(32000))
@@ -138,7 +177,7 @@ def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
 def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:
     docs = [[5, 6, 7], [], [8]]
     prefix = tmp_path / "d"
-    _core.write_indexed_dataset(str(prefix), docs, 32000)
+    write_indexed(prefix, docs, token_dtype(32000))
     s = inspect(prefix, MISTRAL_TOKENIZER, n_tokens=2)
     assert (s.documents, s.empty_documents, s.sequences, s.tokens) == (3, 1, 2, 4)
     assert s.first_tokens == [5, 6]

@@ -186,12 +186,44 @@ def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) ->
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert list(tmp_path.glob("out*.partial")), "expected the run to have started writing"
+    assert list(tmp_path.glob("out_title_document*.partial")), "expected the run to have started writing"
     for key in ("text", "title"):
         p = f"{prefix}_{key}_document"
         assert not Path(p + ".idx").exists() and not Path(p + ".bin").exists()
         with pytest.raises(Exception):  # noqa: B017 - any failure to load is the point
             IndexedDataset(p)
+    # The next run to the same prefix removes the killed run's scratch files, of every key.
+    src = tmp_path / "again.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    preprocess([src], prefix, MISTRAL_TOKENIZER, json_keys=("text",), workers=1)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_blank_lines_are_skipped(tmp_path: Path, lines: list[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[1:11]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "plain", MISTRAL_TOKENIZER, append_eod=True, workers=1)
+    # A trailing blank line, blank lines between documents, one with spaces and a CR.
+    src.write_text("\n".join(lines[1:6]) + "\n\n  \r\n" + "\n".join(lines[6:11]) + "\n\n", encoding="utf-8")
+    s = preprocess([src], tmp_path / "blank", MISTRAL_TOKENIZER, append_eod=True, workers=1)
+    assert (s.documents, s.skipped) == (10, 0)
+    assert _files(tmp_path / "plain") == _files(tmp_path / "blank")
+
+
+def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "blank.jsonl"
+    src.write_text("\n\n", encoding="utf-8")
+    args = [
+        "data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    assert vikhr_main(args) == 2
+    err = capsys.readouterr().err
+    assert "no documents in 1 input file(s)" in err and err.count("\n") == 1, err
+    src.write_text(json.dumps({"text": ""}) + "\n", encoding="utf-8")
+    with pytest.raises(VikhrError, match='all 1 documents have an empty "text"'):
+        preprocess([src], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert not list(tmp_path.glob("out*"))
 
 
 def test_huggingface_tokenizer_json(tmp_path: Path, lines: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ import sentencepiece
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vikhr import _core
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.data import preprocess
+from vikhr.data.indexed import IndexedReader, dataset_prefix
 
 EDGE_CASES = [
     "",
@@ -64,8 +65,20 @@ def _read_texts(path: Path, limit: int | None = None) -> list[str]:
         return [json.loads(line)["text"] for line in f][:limit]
 
 
+def _encode(model: Path, texts: list[str]) -> list[list[int]]:
+    """The ids vikhr's Rust encoder gives each text, through the pre-tokenization pipeline."""
+    with tempfile.TemporaryDirectory(prefix="vikhr-enc-") as tmp:
+        src = Path(tmp) / "in.jsonl"
+        # A last document with text: a dataset without any token is refused.
+        lines = [json.dumps({"text": t}, ensure_ascii=False) for t in [*texts, "end"]]
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        preprocess([src], Path(tmp) / "out", model, workers=1)
+        reader = IndexedReader(dataset_prefix(Path(tmp) / "out", "text"))
+        return [reader.document(i) for i in range(len(texts))]
+
+
 def _assert_same(model: Path, texts: list[str]) -> None:
-    ours = _core.SentencePieceEncoder(model).encode_batch(texts)
+    ours = _encode(model, texts)
     ref = sentencepiece.SentencePieceProcessor(model_file=str(model)).encode(texts)
     bad = [i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b]
     assert not bad, f"{len(bad)} mismatches, first: {texts[bad[0]][:200]!r}: {ours[bad[0]]} != {ref[bad[0]]}"
@@ -82,14 +95,14 @@ def test_edge_cases_match_sentencepiece_llama2(shared_data: Path) -> None:
 def test_published_vectors(shared_data: Path) -> None:
     tests = shared_data / "tokenizers" / "tests"
     inputs = (tests / "vocab-test.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    rows = [json.loads(line) for line in (tests / "ru-test.jsonl").read_text(encoding="utf-8").splitlines()]
     for name in ("mistral-7b-v0.1", "llama-2"):
-        enc = _core.SentencePieceEncoder(shared_data / "tokenizers" / f"{name}.model")
         expected = (tests / f"{name}.out").read_text(encoding="utf-8").split("\n")
+        ours = _encode(shared_data / "tokenizers" / f"{name}.model", inputs + [r["text"] for r in rows])
         for i, text in enumerate(inputs):
-            assert enc.encode(text) == [int(x) for x in expected[i].split()], (name, text)
-        for line in (tests / "ru-test.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            assert enc.encode(row["text"]) == row[name], (name, row["text"])
+            assert ours[i] == [int(x) for x in expected[i].split()], (name, text)
+        for row, ids in zip(rows, ours[len(inputs) :], strict=True):
+            assert ids == row[name], (name, row["text"])
 
 
 def test_bundled_samples_match_sentencepiece() -> None:
@@ -181,8 +194,6 @@ def _paragraph_documents(shared_data: Path, target: int) -> list[str]:
 
 @pytest.mark.slow
 def test_twenty_thousand_shared_documents_through_the_pipeline(shared_data: Path, tmp_path: Path) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     docs = _paragraph_documents(shared_data, 20_000)
     assert len(docs) >= 20_000
     src = tmp_path / "docs.jsonl"
@@ -191,14 +202,8 @@ def test_twenty_thousand_shared_documents_through_the_pipeline(shared_data: Path
         prefix = tmp_path / model.stem
         summary = preprocess([src], prefix, model, workers=2)
         assert summary.documents == len(docs)
-        ds = IndexedDataset(str(prefix) + "_text_document")
+        reader = IndexedReader(dataset_prefix(prefix, "text"))
         sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
         ref = sp.encode(docs, num_threads=2)
-        # Empty documents have no sequence; walk documents to their sequences.
-        seq_of_doc = ds.document_indices
-        mismatches = 0
-        for i, ids in enumerate(ref):
-            start, end = int(seq_of_doc[i]), int(seq_of_doc[i + 1])
-            got = ds[start].tolist() if end > start else []
-            mismatches += got != ids
+        mismatches = sum(reader.document(i) != ids for i, ids in enumerate(ref))
         assert mismatches == 0, f"{model.name}: {mismatches} of {len(docs)} documents differ"

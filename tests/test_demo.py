@@ -55,3 +55,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert any((work / "continued" / "tensorboard").iterdir())
     for hf in ("base-hf", "adapted-hf", "vikhr-hf", "vikhr-instruct-hf"):
         assert (work / hf / "config.json").is_file()
+        assert (work / hf / "tokenizer_config.json").is_file()
+    # Every export is self-contained: transformers loads its tokenizer from the directory alone,
+    # and the instruct export carries the chat template it was tuned with.
+    from transformers import AutoTokenizer
+
+    instruct = AutoTokenizer.from_pretrained(str(work / "vikhr-instruct-hf"))
+    assert instruct.chat_template
+    assert instruct.eos_token == "</s>"

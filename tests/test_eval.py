@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from tests.helpers import tiny_hf_model
+from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.eval import EvalSettings, parse_task_list, run_eval
@@ -27,9 +28,10 @@ from vikhr.eval.tasks import (
     clean_terra_text,
     normalize_answer,
     qa_scores,
-    read_jsonl,
     token_f1,
 )
+from vikhr.jsonl import read_jsonl, read_texts
+from vikhr.tokenizer import load
 from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
 pytest.importorskip("lm_eval")
@@ -38,30 +40,16 @@ DATA_TASKS = ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer Mistral with the real Mistral tokenizer (32k vocabulary)."""
-    from transformers import MistralConfig, MistralForCausalLM
+    """A random tiny-preset Mistral with the real Mistral tokenizer (32k vocabulary)."""
 
-    cfg = MistralConfig(
-        vocab_size=32000,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = MistralForCausalLM(cfg).eval()
-    # Random init with std 0.02 gives near-uniform predictions; larger weights make the
-    # log-probabilities vary, so that comparisons below are not trivially equal.
-    with torch.no_grad():
+    def spread(model: torch.nn.Module) -> None:
+        # Random init with std 0.02 gives near-uniform predictions; larger weights make the
+        # log-probabilities vary, so that comparisons below are not trivially equal.
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.5)
-    model.save_pretrained(path)
+
+    tiny_hf_model(path, vocab_size=32000, seed=seed, weights=spread, max_seq_len=4096)
     write_hf_tokenizer(MISTRAL_TOKENIZER, path)
     return path
 
@@ -84,16 +72,14 @@ def settings_for(model_dir: Path, tasks: list[str], data_dir: Path, **kw: Any) -
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tok = load_tokenizer(tiny_dir, None, tmp_path_factory.mktemp("tok"))
-    return _make_lm(settings_for(tiny_dir, [], tiny_dir), tok)
+def tiny_lm(tiny_dir: Path) -> Any:
+    return _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
 
 
 @pytest.fixture(scope="module")
-def rigged_lm(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def rigged_lm(tiny_dir: Path) -> Any:
     """A second copy whose every position has the same hidden state (see `rig`)."""
-    tok = load_tokenizer(tiny_dir, None, tmp_path_factory.mktemp("tok"))
-    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), tok)
+    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
     model = lm.model
     with torch.no_grad():
         # Attention and MLP add nothing, every embedding is the same vector: the final hidden
@@ -232,7 +218,7 @@ def test_loglikelihoods_equal_direct_transformers(
 def test_bpc_equals_direct_transformers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    texts = [d["text"][:1500] for d in list(read_jsonl(RU_SAMPLE))[:3]]
+    texts = [t[:1500] for t in list(read_texts(RU_SAMPLE))[:3]]
     texts += [
         "A short English line.",
         "Смешанный текст: ёлка, 2024 год, emoji 🙂 и\tтабуляция\nс переводом строки.",
@@ -270,7 +256,7 @@ def test_bits_per_character_aggregation() -> None:
 
 def test_rigged_model_mmlu_accuracy(rigged_lm: Any, tiny_dir: Path, shared_data: Path) -> None:
     limit = 20
-    answers = [r["answer"] for r in read_jsonl(shared_data / "eval/mmlu-en/test.jsonl")][:limit]
+    answers = [r["answer"] for _, r in read_jsonl(shared_data / "eval/mmlu-en/test.jsonl")][:limit]
     for letter in "BD":
         rig(rigged_lm, last_token(rigged_lm, f"Answer: {letter}"))
         out = run_eval(settings_for(tiny_dir, ["mmlu_en"], shared_data / "eval", limit=limit), lm=rigged_lm)
@@ -286,8 +272,8 @@ def test_rigged_model_terra_and_rucola(rigged_lm: Any, tiny_dir: Path, shared_da
         settings_for(tiny_dir, ["terra", "rucola"], shared_data / "eval", limit=limit, bootstrap_iters=0),
         lm=rigged_lm,
     )
-    terra = [r["label"] for r in read_jsonl(shared_data / "eval/terra/val.jsonl")][:limit]
-    rucola = [r["label"] for r in read_jsonl(shared_data / "eval/rucola/dev.jsonl")][:limit]
+    terra = [r["label"] for _, r in read_jsonl(shared_data / "eval/terra/val.jsonl")][:limit]
+    rucola = [r["label"] for _, r in read_jsonl(shared_data / "eval/rucola/dev.jsonl")][:limit]
     assert out["tasks"]["terra"]["metrics"]["acc"] == pytest.approx(terra.count("entailment") / limit)
     assert out["tasks"]["rucola"]["metrics"]["acc"] == pytest.approx(rucola.count(1) / limit)
     # Always answering "acceptable" carries no information: MCC is 0.
@@ -360,7 +346,7 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     no_config.mkdir()
     err = _one_line_error([*base, "--model", str(no_config), "--tasks", "bpc"], capsys)
     assert "no config.json" in err
-    # A model directory without a tokenizer (what 'vikhr convert megatron-to-hf' writes).
+    # A model directory without a tokenizer ('vikhr convert megatron-to-hf' when none is known).
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in ("config.json", "model.safetensors"):
@@ -381,7 +367,48 @@ def test_tokenizer_from_sentencepiece_model(tiny_dir: Path, tmp_path: Path) -> N
     bare.mkdir()
     for f in ("config.json", "model.safetensors"):
         (bare / f).symlink_to(tiny_dir / f)
-    tok = load_tokenizer(bare, MISTRAL_TOKENIZER, tmp_path)
-    reference = load_tokenizer(tiny_dir, None, tmp_path)
+    tok = load_tokenizer(bare, MISTRAL_TOKENIZER).to_transformers()
+    reference = load_tokenizer(tiny_dir, None).to_transformers()
     text = "Привет, мир! Hello"
-    assert tok(text).input_ids == reference(text).input_ids
+    assert tok(text).input_ids == reference(text).input_ids == [1, *load(MISTRAL_TOKENIZER).encode(text)]
+
+
+def test_tokenizer_that_is_not_the_models_is_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """A 600-token tokenizer on the 32k-vocabulary model, and a 40k one, are refused before scoring."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    small = tmp_path / "small"
+    small.mkdir()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 600)}}
+    HFTokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(small / "tokenizer.json"))
+    base = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--device", "cpu", "--tokenizer"]
+    for tokenizer, size in ((small, 600), (ASSETS / "tokenizers" / "vikhr-ru-40k.model", 40000)):
+        err = _one_line_error([*base, str(tokenizer)], capsys)
+        assert f"has {size} tokens but the model" in err and "32000-token vocabulary" in err
+
+
+@pytest.mark.parametrize("name", ["texts.jsonl.gz", "texts.jsonl.zst"])
+def test_bpc_reads_compressed_text_sets(tiny_lm: Any, tiny_dir: Path, tmp_path: Path, name: str) -> None:
+    import zstandard
+
+    lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ("Первый текст.", "Второй."))
+    compress = gzip.compress if name.endswith(".gz") else zstandard.ZstdCompressor().compress
+    plain, packed = tmp_path / "texts.jsonl", tmp_path / name
+    plain.write_text(lines, encoding="utf-8")
+    packed.write_bytes(compress(lines.encode("utf-8")))
+    results = [
+        run_eval(settings_for(tiny_dir, ["bpc"], tmp_path, bpc_data=p, bootstrap_iters=0), lm=tiny_lm)
+        for p in (plain, packed)
+    ]
+    assert results[0]["tasks"]["bpc"]["metrics"] == results[1]["tasks"]["bpc"]["metrics"]
+
+
+def test_bpc_refuses_cp1251_in_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "cp1251.jsonl"
+    data.write_bytes('{"text": "ok"}\n{"text": "Привет"}\n'.encode("cp1251"))
+    err = _one_line_error(
+        ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--device", "cpu", "--bpc-data", str(data)],
+        capsys,
+    )
+    assert f"{data}:2: not UTF-8" in err and "re-encode it as UTF-8" in err

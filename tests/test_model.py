@@ -42,12 +42,10 @@ def test_parameter_count_of_mistral_7b_matches_transformers() -> None:
 
 @pytest.fixture
 def megatron_cpu() -> Iterator[None]:
-    from vikhr.runtime import cpu_compat, init_distributed, shutdown
+    from vikhr.runtime.distributed import distributed_env
 
-    init_distributed(tp_size=1, seed=7, device="cpu")
-    yield
-    shutdown()
-    cpu_compat.remove()
+    with distributed_env(tp_size=1, seed=7, device="cpu"):
+        yield
 
 
 def _hf_model(sliding_window: int | None):
@@ -155,7 +153,7 @@ def test_document_mask_computes_each_packed_document_as_if_alone(
 
 def test_full_recompute_gives_the_same_gradients_from_fewer_saved_activations(megatron_cpu: None) -> None:
     """train.recompute: full keeps only each layer's input for backward and runs the layer again."""
-    from vikhr.runtime import seed_everything
+    from vikhr.runtime.distributed import seed_everything
 
     cfg = preset("tiny", num_layers=4)
     tokens = torch.randint(0, cfg.vocab_size, (2, 64), generator=torch.Generator().manual_seed(3))
@@ -183,6 +181,14 @@ def test_full_recompute_gives_the_same_gradients_from_fewer_saved_activations(me
     assert act1 < 0.6 * act0, (act1, act0)
 
 
+def test_every_parameter_has_the_params_dtype(megatron_cpu: None) -> None:
+    """bf16 weights include the RMSNorm weights: torch's fused RMSNorm needs input and weight alike."""
+    model = build_gpt_model(preset("tiny"), attention="sdpa", params_dtype=torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert "decoder.layers.0.input_layernorm.weight" in dtypes and "decoder.final_layernorm.weight" in dtypes
+    assert set(dtypes.values()) == {torch.bfloat16}, dtypes
+
+
 def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
     from vikhr.model.attention import SDPAttention
 
@@ -193,20 +199,18 @@ def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
 
 @pytest.mark.gpu
 def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16() -> None:
-    from vikhr.runtime import init_distributed, seed_everything, shutdown
+    from vikhr.runtime.distributed import distributed_env, seed_everything
 
-    init_distributed(tp_size=1, seed=3, device="cuda")
-    try:
+    with distributed_env(tp_size=1, seed=3, device="cuda") as env:
         cfg = preset("small", sliding_window=None)
         out = {}
         for attention in ("local", "sdpa"):
             seed_everything(3)
-            model = build_gpt_model(cfg, attention=attention, params_dtype=torch.bfloat16).cuda().eval()
+            model = build_gpt_model(cfg, attention=attention, params_dtype=torch.bfloat16, on_gpu=env.on_gpu)
+            model = model.cuda().eval()
             tokens = torch.randint(
                 0, cfg.vocab_size, (2, 256), generator=torch.Generator().manual_seed(1)
             ).cuda()
             with torch.no_grad():
                 out[attention] = model(tokens, torch.arange(256).cuda().expand(2, 256), attention_mask=None)
         torch.testing.assert_close(out["sdpa"].float(), out["local"].float(), rtol=3e-2, atol=3e-2)
-    finally:
-        shutdown()

@@ -1,4 +1,5 @@
-"""The fused CE + KL op (csrc/ kernel) against the float64 reference, on CPU and (marked gpu) CUDA.
+"""The fused CE + KL op (csrc/ kernel) against the float64 reference, on CPU and (marked gpu) CUDA;
+torch.compile tracing it through its fake kernels.
 
 Run as a script under torchrun (see test_vocab_parallel_matches_single_rank), this module is
 also the 2-rank vocab-parallel worker.
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from tests.conftest import run_torchrun
-from vikhr.ops import cross_entropy_kl, cross_entropy_kl_reference
+from vikhr.errors import VikhrError
+from vikhr.ops import build, cross_entropy_kl
 from vikhr.ops.build import load_ops
-from vikhr.ops.cross_entropy_kl import _cross_entropy_kl_torch
+from vikhr.ops.reference import cross_entropy_kl_reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 # Tolerances of the op against float64 on the same (rounded) inputs. The op accumulates in fp32;
@@ -228,6 +230,39 @@ def test_gradient_is_scaled_by_the_incoming_gradient(device):
     torch.testing.assert_close(logits.grad.double().cpu(), 0.25 * full, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_grad_scale_is_folded_into_the_gradient(device, inplace):
+    """Announcing the loss scale gives the same gradient as scaling the loss, and the same values."""
+    z, r, labels = _inputs(n=7, v=130, seed=13)
+    full = _run_op(z, r, labels, torch.float32, device, kl_weight=0.3)[3]
+    for grad_scale, backward_scale in ((0.375, 0.375), (3.0, 3.0), (0.375, 1.0), (2.0, 0.5)):
+        logits = z.to(device, copy=True).requires_grad_()
+        leaf = logits
+        if inplace:
+            logits = logits.clone()
+        out = cross_entropy_kl(
+            logits,
+            r.to(device),
+            labels.to(device),
+            kl_weight=0.3,
+            grad_scale=grad_scale,
+            inplace_backward=inplace,
+        )
+        plain = cross_entropy_kl(z.to(device), r.to(device), labels.to(device), kl_weight=0.3)
+        for name in ("loss", "ce", "kl"):
+            assert float(getattr(out, name).detach()) == float(getattr(plain, name).detach())
+        (out.loss * backward_scale).backward()
+        torch.testing.assert_close(leaf.grad.double().cpu(), backward_scale * full, rtol=1e-6, atol=1e-9)
+
+
+def test_grad_scale_must_be_positive():
+    z, r, labels = _inputs(n=3, v=20, seed=14)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="grad_scale"):
+            cross_entropy_kl(z, r, labels, grad_scale=bad)
+
+
 def test_forward_without_grad_and_deterministic_across_thread_counts():
     z, r, labels = _inputs(n=64, v=3000, seed=12)
     results = []
@@ -246,33 +281,28 @@ def test_forward_without_grad_and_deterministic_across_thread_counts():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "kw", [{}, {"kl_weight": 0.3, "temperature": 2.0}, {"kl_weight": 0.3, "kl_direction": "forward"}]
-)
-def test_pytorch_fallback_matches_reference(kw):
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_reference_matches_torch_functional(direction):
+    # The reference everything else is checked against, checked against torch's own losses.
     z, r, labels = _inputs(n=7, v=211, seed=13)
-    logits = z.clone().requires_grad_()
-    out = _cross_entropy_kl_torch(
-        logits,
-        r if kw else None,
-        labels,
-        kw.get("kl_weight", 0.0),
-        kw.get("kl_direction", "reverse"),
-        kw.get("temperature", 1.0),
-        -100,
-        211,
-        None,
-    )
-    out.loss.backward()
-    got = [t.detach().double() for t in (out.loss, out.ce, out.kl, logits.grad)]
-    _assert_matches(got, _run_reference(z, r, labels, torch.float32, **kw), torch.float32)
+    z, r = z.double(), r.double()
+    out = cross_entropy_kl_reference(z, r, labels, kl_weight=0.3, kl_direction=direction, temperature=2.0)
+    import torch.nn.functional as F
+
+    logq, logr = F.log_softmax(z / 2.0, dim=1), F.log_softmax(r / 2.0, dim=1)
+    inp, tgt = (logr, logq) if direction == "reverse" else (logq, logr)
+    kl_rows = F.kl_div(inp, tgt, reduction="none", log_target=True).sum(1)
+    valid = labels != -100
+    torch.testing.assert_close(out.kl, kl_rows[valid].mean(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ce, F.cross_entropy(z, labels), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,temperature", [(0, 1.0), (1, 1.0), (1, 2.0), (2, 0.5)])
 def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, temperature):
     """Three in-process 'ranks' through stats → MAX → rescale → SUM → finish → backward."""
-    ops = load_ops()
+    load_ops()
+    ops = torch.ops.vikhr
     z, r, labels = _inputs(n=11, v=900, seed=14)
     z, r, labels = z.to(device), r.to(device), labels.to(device)
     vocab = 850  # the last shard is partly padding
@@ -287,9 +317,7 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         return torch.where(valid & (local >= 0) & (local < width), local, torch.full_like(local, -1))
 
     fused_grad = torch.empty_like(z)
-    fused = getattr(ops, f"cekl_forward_{device}")(
-        z, ref, target(0, 900), row_scale, inv_t, coef, mode, vocab, fused_grad
-    )
+    fused = ops.cekl_forward(z, ref, target(0, 900), row_scale, inv_t, coef, mode, vocab, fused_grad)
 
     bounds = [(0, 300), (300, 300), (600, 300)]
     shards = [
@@ -301,18 +329,15 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         )
         for s, w in bounds
     ]
-    stats = [
-        getattr(ops, f"cekl_stats_{device}")(zs, rs, t, row_scale, inv_t, mode, vc)
-        for zs, rs, t, vc in shards
-    ]
+    stats = [ops.cekl_stats(zs, rs, t, row_scale, inv_t, mode, vc) for zs, rs, t, vc in shards]
     maxima = torch.stack([s[:, :3] for s in stats]).amax(0).contiguous()
-    sums = sum(getattr(ops, f"cekl_rescale_{device}")(s, maxima) for s in stats)
-    rows = getattr(ops, f"cekl_finish_{device}")(maxima, sums.contiguous(), row_scale, mode)
+    sums = sum(ops.cekl_rescale(s, maxima) for s in stats)
+    rows = ops.cekl_finish(maxima, sums.contiguous(), row_scale, mode)
     torch.testing.assert_close(rows, fused, rtol=2e-6, atol=2e-6)
     grads = []
     for zs, rs, t, vc in shards:
         g = torch.empty_like(zs)
-        getattr(ops, f"cekl_backward_{device}")(zs, rs, t, row_scale, rows, inv_t, coef, mode, vc, g)
+        ops.cekl_backward(zs, rs, t, row_scale, rows, inv_t, coef, mode, vc, g)
         grads.append(g)
     torch.testing.assert_close(torch.cat(grads, 1), fused_grad, rtol=0, atol=1e-7)
 
@@ -345,18 +370,84 @@ def test_bad_input_raises_a_clear_error(make, error, match):
 
 
 def test_kernel_rejects_bad_arguments_when_called_directly():
-    ops = load_ops()
+    load_ops()
+    forward = torch.ops.vikhr.cekl_forward
     z = torch.randn(3, 10)
     target = torch.zeros(3, dtype=torch.int64)
     scale = torch.ones(3)
+    grad = torch.empty_like(z)
     with pytest.raises(RuntimeError, match="valid_cols"):
-        ops.cekl_forward_cpu(z, None, target, scale, 1.0, 0.0, 0, 11, None)
+        forward(z, None, target, scale, 1.0, 0.0, 0, 11, grad)
     with pytest.raises(RuntimeError, match="needs ref_logits"):
-        ops.cekl_forward_cpu(z, None, target, scale, 1.0, 0.1, 1, 10, None)
+        forward(z, None, target, scale, 1.0, 0.1, 1, 10, grad)
     with pytest.raises(RuntimeError, match="target must be"):
-        ops.cekl_forward_cpu(z, None, target.int(), scale, 1.0, 0.0, 0, 10, None)
+        forward(z, None, target.int(), scale, 1.0, 0.0, 0, 10, grad)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ops.cekl_forward_cpu(z.t(), None, target, scale, 1.0, 0.0, 0, 10, None)
+        forward(z.t(), None, target, scale, 1.0, 0.0, 0, 10, grad.t())
+    with pytest.raises(RuntimeError, match=r"maxima must be \[N, 3\]"):
+        torch.ops.vikhr.cekl_rescale(torch.zeros(3, 8), torch.zeros(3, 4))
+
+
+def test_missing_device_kernels_give_one_line_telling_how_to_fix(monkeypatch):
+    # A CUDA device without nvcc: the library was built for the CPU only.
+    monkeypatch.setattr(build, "compiled_ops", lambda: {"cross_entropy_kl": ["cpu"]})
+    with pytest.raises(VikhrError, match="install nvcc") as err:
+        build.require_kernels("cross_entropy_kl", torch.device("cuda"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"kl_weight": 0.3, "temperature": 1.5, "kl_direction": "forward"}, {"inplace_backward": True}],
+    ids=["ce", "forward-T1.5", "inplace"],
+)
+def test_torch_compile_fullgraph_matches_eager(kw):
+    z, r, labels = _inputs(n=6, v=97, seed=17)
+
+    def loss(logits, ref, labels):
+        out = cross_entropy_kl(logits, ref, labels, valid_vocab_size=90, **kw)
+        return 2.0 * out.loss, out.ce, out.kl
+
+    def run(fn):
+        logits = z.clone().requires_grad_()
+        total, ce, kl = fn(logits * 1.0, r, labels)  # a non-leaf, as the output layer's logits are
+        total.backward()
+        return total.detach(), ce, kl, logits.grad
+
+    torch._dynamo.reset()
+    compiled_loss = torch.compile(loss, fullgraph=True)
+    for got, want in zip(run(compiled_loss), run(loss), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():  # evaluation: no gradient buffer, the statistics path
+        for got, want in zip(compiled_loss(z, r, labels), loss(z, r, labels), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        with pytest.raises(RuntimeError, match=r"labels must be in \[0, 90\)"):
+            compiled_loss(z, r, torch.full_like(labels, 95))  # checked inside the graph
+
+
+def test_fake_kernels_agree_with_the_kernels():
+    # torch.library.opcheck: schema (incl. the mutated grad_out), fake kernels, dispatch.
+    load_ops()
+    z, r, labels = _inputs(n=5, v=64, seed=18, ignore=1)
+    valid = labels != -100
+    target = torch.where(valid, labels, torch.full_like(labels, -1))
+    scale = (valid.float() / valid.sum()).contiguous()
+    ops = torch.ops.vikhr
+    stats = ops.cekl_stats(z, r, target, scale, 1.0, 1, 64)
+    maxima = stats[:, :3].contiguous()
+    sums = ops.cekl_rescale(stats, maxima)
+    rows = ops.cekl_finish(maxima, sums, scale, 1)
+    calls = [
+        (ops.cekl_forward, (z, r, target, scale, 0.5, 0.3, 1, 64, torch.empty_like(z))),
+        (ops.cekl_forward, (z, None, target, scale, 1.0, 0.0, 0, 60, torch.empty_like(z))),
+        (ops.cekl_stats, (z, r, target, scale, 1.0, 2, 64)),
+        (ops.cekl_rescale, (stats, maxima)),
+        (ops.cekl_finish, (maxima, sums, scale, 1)),
+        (ops.cekl_backward, (z, r, target, scale, rows, 1.0, 0.3, 1, 64, torch.empty_like(z))),
+        (ops.logsumexp_rows, (z,)),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 # ---------------------------------------------------------------- vocab parallel, 2 ranks (gloo)
@@ -408,5 +499,139 @@ def _vocab_parallel_worker() -> None:
     dist.destroy_process_group()
 
 
+# Real sizes on the GPU: rows of 40000 bf16 (80000 bytes, so the 16-byte vectorised path), the
+# trainer's padded vocabulary, vocab parallel over NCCL, and a batch of more than 2^31 elements.
+REAL_N, REAL_V, REAL_V_PADDED = 512, 40000, 40064
+
+
+def _real_inputs(n: int, v: int, valid: int, seed: int):
+    """bf16 logits and reference on the GPU; garbage in the padding columns; labels in [0, valid)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    z = torch.randn(n, v, generator=g, device="cuda") * 3
+    r = (z + torch.randn(n, v, generator=g, device="cuda") * 1.5).bfloat16()
+    z = z.bfloat16()
+    z[:, valid:], r[:, valid:] = 1e3, -1e3
+    labels = torch.randint(0, valid, (n,), generator=g, device="cuda")
+    labels[::7] = -100
+    return z, r, labels
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("v", [REAL_V, REAL_V_PADDED], ids=["V40000", "V40064-padded"])
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["buffer", "inplace"])
+def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace):
+    z, r, labels = _real_inputs(REAL_N, v, REAL_V, seed=21)
+    kw = {"kl_weight": 0.3, "kl_direction": direction, "valid_vocab_size": REAL_V}
+    leaf = z.clone().requires_grad_()
+    logits = leaf.clone() if inplace else leaf  # the in-place op may not overwrite a leaf
+    out = cross_entropy_kl(logits, r, labels, inplace_backward=inplace, grad_scale=0.5, **kw)
+    (out.loss * 0.5).backward()
+    got = [t.detach().double().cpu() for t in (out.loss, out.ce, out.kl, leaf.grad / 0.5)]
+    ref_logits = z.double().requires_grad_()
+    want = cross_entropy_kl_reference(ref_logits, r.double(), labels, **kw)
+    want.loss.backward()
+    want = [t.detach().cpu() for t in (want.loss, want.ce, want.kl, ref_logits.grad)]
+    assert torch.equal(got[3][:, REAL_V:], torch.zeros_like(got[3][:, REAL_V:]))
+    _assert_matches(got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_real_size_on_gpu_matches_the_cpu_kernel():
+    z, r, labels = _real_inputs(REAL_N, REAL_V_PADDED, REAL_V, seed=22)
+    kw = {"kl_weight": 0.5, "temperature": 2.0, "valid_vocab_size": REAL_V}
+    got = _run_op(z, r, labels, torch.bfloat16, "cuda", **kw)
+    want = _run_op(z.cpu(), r.cpu(), labels.cpu(), torch.bfloat16, "cpu", **kw)
+    for g, w in zip(got[:3], want[:3], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    # Both round the same fp32 gradient to bf16: at most one bf16 step apart.
+    torch.testing.assert_close(got[3], want[3], rtol=1e-2, atol=1e-7)
+
+
+def _chunked_reference_loss(z, r, labels, chunk: int = 1024, **kw) -> float:
+    """The float32 reference loss of a batch too large for one N×V float temporary."""
+    valid = labels != -100
+    total = 0.0
+    for start in range(0, z.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        n_rows = int(valid[rows].sum())
+        if n_rows:
+            out = cross_entropy_kl_reference(
+                z[rows], r[rows], labels[rows], compute_dtype=torch.float32, **kw
+            )
+            total += float(out.loss) * n_rows
+    return total / int(valid.sum())
+
+
+def _spot_gradient(z_spots, r_spots, label_spots, n_valid: int, **kw) -> torch.Tensor:
+    """d(mean loss over n_valid rows)/dz of a few rows, in float64 (each row's gradient is its own)."""
+    logits = z_spots.double().requires_grad_()
+    out = cross_entropy_kl_reference(logits, r_spots.double(), label_spots, **kw)
+    (out.loss * len(label_spots) / n_valid).backward()
+    return logits.grad
+
+
+@pytest.mark.gpu
+def test_more_than_2_31_elements_on_gpu():
+    """N×V > 2^31 (64-bit offsets everywhere): the loss against a chunked float32 reference, and
+    the gradient of rows on both sides of the 2^31st element against float64."""
+    n, v = 16500, 131072
+    assert n * v > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs 24 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    z, r, labels = _real_inputs(n, v, v, seed=23)
+    kw = {"kl_weight": 0.3}
+    want_loss = _chunked_reference_loss(z, r, labels, **kw)
+    spots = torch.tensor([1, 8191, 16383, 16384, 16385, n - 2, n - 1], device="cuda")
+    spots = spots[labels[spots] != -100]
+    want_grad = _spot_gradient(z[spots], r[spots], labels[spots], int((labels != -100).sum()), **kw)
+    leaf = z.requires_grad_()
+    work = leaf.clone()  # the op writes the gradient over this copy (a leaf may not be overwritten)
+    out = cross_entropy_kl(work, r, labels, inplace_backward=True, **kw)
+    (grad,) = torch.autograd.grad(out.loss, leaf)
+    assert abs(float(out.loss) - want_loss) <= 1e-4 * max(1.0, abs(want_loss)), (float(out.loss), want_loss)
+    err = float((grad[spots].double() - want_grad).abs().max())
+    assert err <= GRAD_RTOL[torch.bfloat16] * float(want_grad.abs().max()) + 1e-12, err
+
+
+@pytest.mark.gpu
+@pytest.mark.distributed
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_vocab_parallel_over_nccl_matches_single_rank():
+    run_torchrun(Path(__file__), "--vocab-parallel-nccl-worker", nproc=2, timeout=300)
+
+
+def _vocab_parallel_nccl_worker() -> None:
+    """Two GPUs, each with half of the padded 40064-column vocabulary, in bf16 at N=512."""
+    import os
+
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl")
+    world = dist.get_world_size()
+    group = dist.new_group(list(range(world)))
+    width = REAL_V_PADDED // world
+    cols = slice(rank * width, (rank + 1) * width)
+    for i, direction in enumerate(("reverse", "forward")):
+        z, r, labels = _real_inputs(REAL_N, REAL_V_PADDED, REAL_V, seed=30 + i)
+        kw = {"kl_weight": 0.3, "kl_direction": direction, "valid_vocab_size": REAL_V}
+        local = z[:, cols].clone().requires_grad_()
+        out = cross_entropy_kl(local, r[:, cols].contiguous(), labels, process_group=group, **kw)
+        out.loss.backward()
+        single = z.clone().requires_grad_()
+        want = cross_entropy_kl(single, r, labels, **kw)
+        want.loss.backward()
+        for name in ("loss", "ce", "kl"):
+            got_v, want_v = float(getattr(out, name)), float(getattr(want, name))
+            assert abs(got_v - want_v) <= 1e-5 * max(1.0, abs(want_v)), (i, rank, name, got_v, want_v)
+        torch.testing.assert_close(local.grad, single.grad[:, cols], rtol=1e-2, atol=1e-7)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__" and "--vocab-parallel-worker" in sys.argv:
     _vocab_parallel_worker()
+if __name__ == "__main__" and "--vocab-parallel-nccl-worker" in sys.argv:
+    _vocab_parallel_nccl_worker()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vikhr.ops import logsumexp_rows, logsumexp_rows_reference
+from vikhr.ops import logsumexp_rows
+from vikhr.ops.reference import logsumexp_rows_reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -39,3 +40,10 @@ def test_rejects_bad_input() -> None:
         logsumexp_rows(torch.zeros(3))
     with pytest.raises(TypeError, match="floating"):
         logsumexp_rows(torch.zeros(2, 2, dtype=torch.int64))
+
+
+def test_torch_compile_fullgraph_matches_eager() -> None:
+    x = torch.randn(4, 33) * 3
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: logsumexp_rows(t * 2), fullgraph=True)
+    torch.testing.assert_close(compiled(x), logsumexp_rows(x * 2))

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from vikhr.errors import VikhrError
-from vikhr.runtime import cpu_compat, init_distributed, shutdown
+from vikhr.runtime import cpu_compat
 from vikhr.runtime import megatron as vmegatron
-
-
-@pytest.fixture
-def single_process() -> Iterator[None]:
-    yield
-    shutdown()
-    cpu_compat.remove()
+from vikhr.runtime.distributed import distributed_env
 
 
 def test_megatron_version_pin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,45 +23,67 @@ def test_megatron_version_pin(monkeypatch: pytest.MonkeyPatch) -> None:
         vmegatron.require_megatron()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU layer is a no-op where CUDA exists")
-def test_cpu_compat_redirects_cuda_requests(single_process: None) -> None:
-    cpu_compat.apply()
-    assert torch.cuda.current_device() == torch.device("cpu")
-    assert torch.zeros(2, device="cuda").device.type == "cpu"
-    assert torch.ones(1).cuda().device.type == "cpu"
-    assert torch.ones(1).to("cuda").device.type == "cpu"
-    cpu_compat.remove()
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA requests are real where CUDA exists")
+def test_cpu_compat_redirects_cuda_requests_while_entered() -> None:
+    current_device = torch.cuda.current_device
+    with cpu_compat.megatron_on_cpu():
+        assert torch.cuda.current_device() == torch.device("cpu")
+        assert torch.zeros(2, device="cuda").device.type == "cpu"
+        assert torch.ones(1).cuda().device.type == "cpu"
+        assert torch.ones(1).to("cuda").device.type == "cpu"
+        with pytest.raises(VikhrError, match="already active"), cpu_compat.megatron_on_cpu():
+            pass
+    assert torch.cuda.current_device is current_device  # every patch is undone on exit
     with pytest.raises((RuntimeError, AssertionError)):
         torch.zeros(1, device="cuda")
 
 
-def test_rng_tracker_forks_are_reproducible_and_isolated(single_process: None) -> None:
-    init_distributed(tp_size=1, seed=7, device="cpu")
+def test_cpu_environment_is_entered_and_left() -> None:
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import random as mrandom
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with distributed_env(tp_size=1, seed=7, device="cpu") as env:
+        assert not env.on_gpu and env.backend == "gloo"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert parallel_state.model_parallel_is_initialized()
+    assert not torch.distributed.is_initialized() and not parallel_state.model_parallel_is_initialized()
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert (
+        mrandom._CUDA_RNG_STATE_TRACKER is None or "Cpu" not in type(mrandom._CUDA_RNG_STATE_TRACKER).__name__
+    )
+
+
+def test_rng_tracker_forks_are_reproducible_and_isolated() -> None:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    tracker = get_cuda_rng_tracker()
-    before = torch.get_rng_state()
-    with tracker.fork():
-        a = torch.rand(4)
-    assert torch.equal(torch.get_rng_state(), before), "forking must not disturb the default stream"
-    with tracker.fork():
-        b = torch.rand(4)
-    assert not torch.equal(a, b), "the forked stream must advance"
-    init_distributed(tp_size=1, seed=7, device="cpu")
-    with get_cuda_rng_tracker().fork():
+    with distributed_env(tp_size=1, seed=7, device="cpu"):
+        tracker = get_cuda_rng_tracker()
+        before = torch.get_rng_state()
+        with tracker.fork():
+            a = torch.rand(4)
+        assert torch.equal(torch.get_rng_state(), before), "forking must not disturb the default stream"
+        with tracker.fork():
+            b = torch.rand(4)
+        assert not torch.equal(a, b), "the forked stream must advance"
+    with distributed_env(tp_size=1, seed=7, device="cpu"), get_cuda_rng_tracker().fork():
         a2 = torch.rand(4)
     assert torch.equal(a, a2), "same seed, same forked stream"
 
 
-def test_single_process_start_and_seeding(single_process: None) -> None:
-    env = init_distributed(tp_size=1, seed=3, device="cpu")
-    assert (env.rank, env.world_size, env.tp_size, env.dp_size) == (0, 1, 1, 1)
-    assert env.device == torch.device("cpu") and env.backend == "gloo" and env.is_main
-    x = torch.rand(3)
-    init_distributed(tp_size=1, seed=3, device="cpu")
-    assert torch.equal(torch.rand(3), x)
+def test_single_process_start_and_seeding() -> None:
+    with distributed_env(tp_size=1, seed=3, device="cpu") as env:
+        assert (env.rank, env.world_size, env.tp_size, env.dp_size) == (0, 1, 1, 1)
+        assert env.device == torch.device("cpu") and env.backend == "gloo" and env.is_main
+        x = torch.rand(3)
+    with distributed_env(tp_size=1, seed=3, device="cpu"):
+        assert torch.equal(torch.rand(3), x)
 
 
-def test_tp_must_divide_world(single_process: None) -> None:
-    with pytest.raises(VikhrError, match="does not divide the world size"):
-        init_distributed(tp_size=2, device="cpu")
+def test_tp_must_divide_world() -> None:
+    with (
+        pytest.raises(VikhrError, match="does not divide the world size"),
+        distributed_env(tp_size=2, device="cpu"),
+    ):
+        pass
+    assert not torch.distributed.is_initialized()

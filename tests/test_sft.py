@@ -8,7 +8,6 @@ vocabulary (32,000 ids) so that the prepared ids are used unchanged.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,10 @@ import yaml
 
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
 from vikhr.errors import VikhrError
+from vikhr.sft.data import PackedSFTDataset, SFTSource, pack_windows, split_chats
 from vikhr.sft.prepare import mask_runs, prepare_sft
 from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat
 from vikhr.train.monitor import read_metrics
-from vikhr.train.sft_data import PackedSFTDataset, SFTSource, pack_windows, split_chats
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -65,6 +64,43 @@ def test_mistral_single_turn_is_mistral_commons_encoding(mistral) -> None:
         (False, "<s>[INST] Привет, как дела? [/INST]"),
         (True, "Хорошо, спасибо!</s>"),
     ]
+
+
+def test_mistral_template_equals_mistral_common(mistral) -> None:
+    """vikhr's `mistral` template gives mistral-common's own token ids for the same chats.
+
+    mistral-common (v1 instruct tokenizer) loads the same bundled SentencePiece file
+    (vikhr/assets/tokenizers/mistral-7b-v0.1.model, byte-identical to its own tokenizer.model.v1)
+    and encodes every bundled seed chat plus multi-turn chats with a system message.
+    """
+    pytest.importorskip("mistral_common")
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.sft.template import read_chats
+
+    reference = MistralTokenizer.from_file(MISTRAL_TOKENIZER, mode=ValidationMode.finetuning)
+    message_class = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    chats = [messages for _, messages in read_chats(RU_SEED_CHATS)]
+    chats.append(
+        _msgs(
+            ("system", "Отвечай кратко."),
+            ("user", "Сколько будет 2+2?"),
+            ("assistant", "Четыре."),
+            ("user", "А [INST] 3+3? </s>"),
+            ("assistant", "Шесть.\n\nВсё."),
+        )
+    )
+    chats.append(
+        _msgs(("user", "Hi"), ("assistant", "Привет!"), ("user", "Как дела?"), ("assistant", "Хорошо."))
+    )
+    assert len(chats) > 100
+    for messages in chats:
+        request = ChatCompletionRequest(messages=[message_class[m.role](content=m.content) for m in messages])
+        assert encode_chat(messages, mistral).ids == reference.encode_chat_completion(request).tokens
 
 
 def test_mistral_multi_turn_with_system_masks_exactly_the_answers(mistral) -> None:
@@ -109,7 +145,7 @@ def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None
     tok.save(str(tmp_path / "tokenizer.json"))
     hf = load_chat_tokenizer(tmp_path)
     enc = encode_chat(chat, hf, "chatml")
-    start, end = hf.token_id("<|im_start|>"), hf.token_id("<|im_end|>")
+    start, end = hf.piece_to_id("<|im_start|>"), hf.piece_to_id("<|im_end|>")
     assert enc.ids.count(start) == 3 and enc.ids.count(end) == 3
     trained = [i for i, m in zip(enc.ids, enc.mask, strict=True) if m]
     assert trained[-1] == end and trained.count(end) == 1
@@ -184,6 +220,43 @@ def test_bad_chat_is_one_error_line_naming_file_and_line(
     assert len(lines) == 1 and lines[0].startswith(f"vikhr sft: error: {chats}:4: "), err
     assert message in lines[0]
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_chats_are_read_compressed_and_other_encodings_refused(
+    capfd: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    import gzip
+
+    import zstandard
+
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.sft.template import read_chats
+
+    raw = RU_SEED_CHATS.read_bytes()
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    plain = list(read_chats(RU_SEED_CHATS))
+    assert list(read_chats(tmp_path / "c.jsonl.gz")) == plain == list(read_chats(tmp_path / "c.jsonl.zst"))
+    cp1251 = tmp_path / "cp1251.jsonl"
+    cp1251.write_bytes(raw.decode("utf-8").encode("cp1251", errors="replace"))
+    rc, _, err = _cli(
+        capfd,
+        "sft",
+        "prepare",
+        "--input",
+        str(cp1251),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+        "--output-prefix",
+        str(tmp_path / "out" / "sft"),
+        "--no-progress",
+    )
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert (
+        lines[0].startswith(f"vikhr sft: error: {cp1251}:1: not UTF-8")
+        and "re-encode it as UTF-8" in lines[0]
+    )
 
 
 # --------------------------------------------------------------------------- prepared datasets
@@ -295,9 +368,15 @@ def _config(path: Path, rulm: Path, run_dir: Path, **sections: dict) -> Path:
 
 
 def _vikhr(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    from conftest import child_env
+
     return subprocess.run(
-        [sys.executable, "-m", "vikhr", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+        [sys.executable, "-m", "vikhr", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=600,
     )
 
 
@@ -364,15 +443,23 @@ def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: 
 
 @pytest.fixture
 def megatron_cpu():
-    from vikhr.runtime import cpu_compat, init_distributed, shutdown
+    from vikhr.runtime.distributed import distributed_env
 
-    init_distributed(tp_size=1, seed=5, device="cpu")
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer does on the CPU
-    yield
-    torch.use_deterministic_algorithms(was_deterministic)
-    shutdown()
-    cpu_compat.remove()
+    with distributed_env(tp_size=1, seed=5, device="cpu"):
+        yield
+
+
+class _KeepLogits(torch.nn.Module):
+    """Runs a model and keeps its logits with their gradient."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        self.logits = self.inner(*args, **kwargs)
+        self.logits.retain_grad()
+        return self.logits
 
 
 def test_only_assistant_tokens_reach_the_loss(
@@ -386,14 +473,15 @@ def test_only_assistant_tokens_reach_the_loss(
 
     from vikhr.model import build_gpt_model
     from vikhr.model.attention import document_attention_mask
-    from vikhr.ops import cross_entropy_kl_reference
+    from vikhr.ops.reference import cross_entropy_kl_reference
+    from vikhr.sft.data import build_sft_datasets
     from vikhr.sft.template import read_chats
     from vikhr.train.config import load_config
-    from vikhr.train.data import IGNORE_INDEX, build_datasets, collate
-    from vikhr.train.pretrain import forward_loss
+    from vikhr.train.data import IGNORE_INDEX, collate
+    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss
 
     cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run"))
-    data = build_datasets(cfg, str(tmp_path / "cache"))
+    data = build_sft_datasets(cfg)
     chats = [m for _, m in read_chats(shared_data / "sft" / "rulm-self-instruct.chat.jsonl")]
     samples = [data.train[i] for i in range(4)]
 
@@ -409,27 +497,18 @@ def test_only_assistant_tokens_reach_the_loss(
             at += n
         assert torch.equal(collate([sample]).labels[0], expected), i
 
-    mcfg = cfg.model_config()
+    mcfg = cfg.model.shape()
     model = build_gpt_model(mcfg, 1, vocab_multiple=128, attention="sdpa")
-    tp_group = parallel_state.get_tensor_model_parallel_group()
-
-    class KeepLogits(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args, **kwargs) -> torch.Tensor:
-            self.logits = self.inner(*args, **kwargs)
-            self.logits.retain_grad()
-            return self.logits
+    loss_fn = CrossEntropyKL(mcfg.vocab_size, parallel_state.get_tensor_model_parallel_group(), cfg.kl)
 
     def loss_and_grads(
         batch: list[dict],
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
         model.zero_grad(set_to_none=True)
-        spy = KeepLogits(model)
+        spy = _KeepLogits(model)
         collated = collate(batch)
-        out = forward_loss(spy, None, collated, cfg, mcfg, tp_group)
+        mask = attention_mask_for(collated, cfg.data, mcfg.sliding_window)
+        out = forward_loss(spy, collated, loss_fn, attention_mask=mask)
         out.loss.backward()
         grads = [p.grad.clone() for p in model.parameters()]
         return out.loss.detach(), spy.logits.grad, grads, collated.labels
@@ -464,21 +543,27 @@ def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, me
     from megatron.core import parallel_state
 
     from vikhr.model import build_gpt_model
-    from vikhr.ops import cross_entropy_kl_reference
+    from vikhr.ops.reference import cross_entropy_kl_reference
+    from vikhr.sft.data import build_sft_datasets
     from vikhr.train.config import load_config
-    from vikhr.train.data import IGNORE_INDEX, build_datasets, collate
-    from vikhr.train.pretrain import forward_loss
+    from vikhr.train.data import IGNORE_INDEX, collate
+    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss
 
     cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"seq_len": 256}))
     assert cfg.data.documents_isolated()
-    data = build_datasets(cfg, str(tmp_path / "cache"))
+    data = build_sft_datasets(cfg)
     window = next(i for i in range(len(data.train)) if int(data.train[i]["segments"].max()) >= 3)
     batch = collate([data.train[window]])
-    mcfg = cfg.model_config()
+    mcfg = cfg.model.shape()
     model = build_gpt_model(mcfg, 1, vocab_multiple=128, attention="sdpa").eval()
-    tp_group = parallel_state.get_tensor_model_parallel_group()
+    loss_fn = CrossEntropyKL(mcfg.vocab_size, parallel_state.get_tensor_model_parallel_group(), cfg.kl)
+
+    def ce(data_cfg) -> torch.Tensor:
+        mask = attention_mask_for(batch, data_cfg, mcfg.sliding_window)
+        return forward_loss(model, batch, loss_fn, attention_mask=mask).metrics["ce"]
+
     with torch.no_grad():
-        packed = forward_loss(model, None, batch, cfg, mcfg, tp_group)
+        packed_ce = ce(cfg.data)
         total, count = 0.0, 0
         segments = batch.segments[0]
         for chat in range(1, int(segments.max()) + 1):
@@ -493,16 +578,14 @@ def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, me
             ref = cross_entropy_kl_reference(z[0], None, labels, valid_vocab_size=mcfg.vocab_size)
             total += float(ref.ce) * labelled
             count += labelled
-        assert float(packed.ce) == pytest.approx(total / count, rel=1e-5)
-
-        cfg.data.isolate_documents = False
-        leaky = forward_loss(model, None, batch, cfg, mcfg, tp_group)
-    assert abs(float(leaky.ce) - float(packed.ce)) > 1e-4
+        assert float(packed_ce) == pytest.approx(total / count, rel=1e-5)
+        leaky_ce = ce(cfg.data.model_copy(update={"isolate_documents": False}))
+    assert abs(float(leaky_ce) - float(packed_ce)) > 1e-4
 
 
 def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_path: Path) -> None:
+    from vikhr.sft.data import build_sft_datasets
     from vikhr.train.config import load_config
-    from vikhr.train.sft_data import build_sft_datasets
 
     chatml = tmp_path / "chatml"
     source = shared_data / "sft" / "rulm-self-instruct.chat.jsonl"

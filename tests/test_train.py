@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import SHARED_DATA, launch_torchrun, run_torchrun  # noqa: E402
+from conftest import SHARED_DATA, child_env, launch_torchrun, run_torchrun  # noqa: E402
 
 from vikhr.train.monitor import read_metrics  # noqa: E402
 
@@ -47,7 +46,8 @@ def make_corpus(out: Path) -> dict[str, str]:
     import sentencepiece as spm
 
     from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
-    from vikhr.train.data import read_jsonl_texts, write_indexed_dataset
+    from vikhr.data.indexed import write_indexed
+    from vikhr.jsonl import read_texts
 
     ru_source = SHARED_DATA / "corpus" / "ru" / "ruslit.jsonl.gz"
     if not ru_source.is_file():
@@ -57,12 +57,12 @@ def make_corpus(out: Path) -> dict[str, str]:
     prefixes = {}
     for name, source, n_docs in (("ru", ru_source, 160), ("en", EN_SAMPLE, 60)):
         texts = []
-        for text in read_jsonl_texts(source):
+        for text in read_texts(source):
             # Several short documents per source text, so the valid split gets whole documents.
             texts.extend(text[i : i + 1500] for i in range(0, min(len(text), 6000), 1500))
             if len(texts) >= n_docs:
                 break
-        write_indexed_dataset(out / name, _compact_corpus(texts[:n_docs], sp, keep))
+        write_indexed(out / name, _compact_corpus(texts[:n_docs], sp, keep), "uint16")
         prefixes[name] = str(out / name)
     return prefixes
 
@@ -283,6 +283,38 @@ def test_recompute_trains_to_the_same_losses(
             assert train[step][key] == pytest.approx(reference[step][key], rel=1e-5), (step, key)
 
 
+def test_a_loss_plugs_into_the_trainer(corpus: dict[str, str], tmp_path: Path) -> None:
+    """A LossFn replaces CE + λ·KL without a change to the loop: it gets the logits (and the
+    reference's when kl.weight > 0), and its terms are what the run logs."""
+    import torch.nn.functional as F
+
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import LossTerms, run
+
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml", corpus, run_dir, train={"steps": 2}, logging={"eval_every": 100}
+    )
+    seen: list[tuple[int, bool]] = []
+
+    def cross_entropy_with_z(
+        logits: torch.Tensor, reference_logits: torch.Tensor | None, labels: torch.Tensor
+    ) -> LossTerms:
+        seen.append((logits.shape[-1], reference_logits is not None))
+        ce = F.cross_entropy(logits[:, :VOCAB].float(), labels, ignore_index=-100)
+        z = logits.float().logsumexp(-1).square().mean()
+        return LossTerms(ce + 1e-4 * z, {"ce": ce.detach(), "z": z.detach()})
+
+    result = run(load_config(config), loss_fn=cross_entropy_with_z)
+    assert result["step"] == 2
+    assert seen == [(VOCAB, True)] * 8  # 2 steps × 4 micro-batches, the reference's logits with λ = 0.5
+    train, _ = read_metrics(run_dir)
+    assert sorted(train) == [1, 2] and sorted(train[1]) == sorted(
+        ["step", "kind", "loss", "ce", "z", "lr", "grad_norm", "tokens_per_s", "mfu"]
+    )
+    assert train[1]["loss"] == pytest.approx(train[1]["ce"] + 1e-4 * train[1]["z"], rel=1e-6)
+
+
 @pytest.mark.distributed
 def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -321,8 +353,11 @@ def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Pat
     )
     killed = _launch(config, 1, "debug.kill_at_step=6")
     assert killed.returncode != 0
+    assert (run_dir / "latest").read_text().strip() == "step_000004", killed.stderr[-4000:]
+    assert max(read_metrics(run_dir)[0]) == 6  # killed by debug.kill_at_step, not by a crash before it
     resumed = _launch(config, 1)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from {run_dir / 'step_000004'} at step 4" in resumed.stderr
     train, valid = read_metrics(run_dir)
     assert sorted(train) == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in train.values())
     assert train[1]["kl"] == pytest.approx(0.0, abs=1e-3)  # bf16 logits of two identical models
@@ -332,9 +367,12 @@ def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Pat
 
 
 def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "vikhr", "pretrain", *args], capture_output=True, text=True, env=env, cwd=REPO
+        [sys.executable, "-m", "vikhr", "pretrain", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
     )
 
 
@@ -491,20 +529,25 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
 def _kl_check(config_path: str, step: int, out: str) -> None:
     """Write {"ce_step1", "ce", "kl"}: CE of the initial weights on step 1's batch, and CE/KL of the
     step-`step` checkpoint against the initial weights on the next step's batch (float64)."""
-    import torch
-
-    from vikhr.model import build_gpt_model
-    from vikhr.ops import cross_entropy_kl_reference
-    from vikhr.runtime import init_distributed, shutdown
-    from vikhr.train import checkpoint
+    from vikhr.runtime.distributed import distributed_env
     from vikhr.train.config import load_config
-    from vikhr.train.data import build_datasets, step_micro_batches
+    from vikhr.train.trainer import build_datasets
 
     cfg = load_config(config_path)
-    mcfg = cfg.model_config()
-    env = init_distributed(tp_size=1, seed=cfg.train.seed, device="cpu")
-    # The trainer's order: data first, then the model (the same seeded initialisation).
-    data = build_datasets(cfg, str(Path(cfg.checkpoint.dir) / "data-cache"))
+    mcfg = cfg.model.shape()
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+        # The trainer's order: data first, then the model (the same seeded initialisation).
+        data = build_datasets(cfg)
+        result = _ce_and_kl(cfg, mcfg, data, step)
+    Path(out).write_text(json.dumps(result))
+
+
+def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
+
+    from vikhr.model import build_gpt_model
+    from vikhr.ops.reference import cross_entropy_kl_reference
+    from vikhr.train import checkpoint
+    from vikhr.train.data import step_micro_batches
 
     def model() -> torch.nn.Module:
         return build_gpt_model(
@@ -539,11 +582,7 @@ def _kl_check(config_path: str, step: int, out: str) -> None:
         temperature=cfg.kl.temperature,
         valid_vocab_size=VOCAB,
     )
-    Path(out).write_text(
-        json.dumps({"ce_step1": float(first.ce), "ce": float(out_.ce), "kl": float(out_.kl)})
-    )
-    del env
-    shutdown()
+    return {"ce_step1": float(first.ce), "ce": float(out_.ce), "kl": float(out_.kl)}
 
 
 if __name__ == "__main__":

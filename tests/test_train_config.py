@@ -55,7 +55,7 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
     )
     assert cfg.optim.lr == 3e-4 and cfg.optim.betas == [0.9, 0.95] and cfg.train.steps == 12
     assert cfg.logging.tensorboard is False and cfg.kl.weight == 0.25
-    assert cfg.model_config().num_layers == 3 and cfg.checkpoint.dir == "runs/x"
+    assert cfg.model.shape().num_layers == 3 and cfg.checkpoint.dir == "runs/x"
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,14 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("optim.decay=exp", "config key optim.decay"),
         ("kl.temperature=0", "config key kl.temperature must be positive"),
         ("checkpoint.resume=/nonexistent", "config key checkpoint.resume"),
+        ("optim.betas=[0.9]", "config key optim.betas must have at least 2 items, got [0.9]"),
+        ("optim.betas=[0.9, 1.5]", "config key optim.betas[1] must be < 1, got 1.5"),
+        ("kl.direction=sideways", "config key kl.direction must be reverse or forward, got 'sideways'"),
+        ("model.attention=flash", "config key model.attention must be auto, te, sdpa or local"),
+        ("parallel.device=tpu", "config key parallel.device must be auto, cuda or cpu"),
+        ("model.overrides.num_layers=two", "config key model.overrides.num_layers: expected int, got 'two'"),
+        ("logging.tensorbord=false", "unknown config key 'logging.tensorbord' (did you mean 'tensorboard'?)"),
+        ("train.steps.x=1", "config key train.steps: expected int"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, dataset: str, override: str, message: str) -> None:
@@ -84,6 +92,22 @@ def test_bad_values_name_the_key(tmp_path: Path, dataset: str, override: str, me
         load_config(_config(tmp_path, dataset), [override])
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["optim.lr", "optim.clip_grad", "optim.weight_decay", "optim.eps", "kl.temperature", "kl.weight"]
+)
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf"])
+def test_nan_and_infinity_are_refused(tmp_path: Path, dataset: str, key: str, value: str) -> None:
+    with pytest.raises(VikhrError) as e:
+        load_config(_config(tmp_path, dataset), [f"{key}={value}"])
+    assert str(e.value).startswith(f"config key {key} must be ") and "\n" not in str(e.value)
+    assert "finite" in str(e.value) or "positive" in str(e.value) or ">=" in str(e.value)
+
+
+def test_dataset_weight_must_be_finite(tmp_path: Path, dataset: str) -> None:
+    with pytest.raises(VikhrError, match=r"config key data.train\[0\].weight must be a finite number"):
+        load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {dataset}, weight: .inf}}]"])
 
 
 def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> None:
@@ -98,7 +122,7 @@ def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> 
 
 
 def test_lr_schedule_warms_up_then_decays_to_min(tmp_path: Path, dataset: str) -> None:
-    from vikhr.train.pretrain import lr_at
+    from vikhr.train.trainer import lr_at
 
     cfg = load_config(_config(tmp_path, dataset), ["train.steps=110", "optim.min_lr=1e-4"])
     lrs = [lr_at(s, cfg) for s in range(110)]

@@ -17,6 +17,12 @@ baselines) and each tool's speed relative to vikhr with the same thread count.
                    memory, nothing written; RAYON_NUM_THREADS = threads)
   sentencepiece    SentencePieceProcessor.encode(texts, num_threads=threads) on texts already in
                    memory (no JSON, no writing)
+
+A second table measures whole processes, as a user runs them: wall time from the start of the
+process to its exit (interpreter start-up, imports and model loading included) and its peak RSS:
+  vikhr data preprocess   the command line (`python -m vikhr data preprocess ... --append-eod`)
+  gigatoken encode_files  a Python process that loads the .model and runs encode_files
+(`--process-repeats 0` skips it.)
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOOLS = ("vikhr", "megatron-style", "gigatoken", "sentencepiece")
+PROCESSES = ("vikhr data preprocess", "gigatoken encode_files")
+_GIGATOKEN_PROCESS = """
+import os, sys
+os.environ["RAYON_NUM_THREADS"] = sys.argv[3]
+import gigatoken
+tok = gigatoken.Tokenizer.from_sentencepiece(sys.argv[1])
+tok.encode_files(gigatoken.JsonlFileSource([sys.argv[2]]), parallel=int(sys.argv[3]) > 1)
+"""
 
 
 def build_corpus(path: Path, megabytes: int) -> tuple[int, int]:
@@ -132,6 +146,65 @@ def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -
     return {"seconds": seconds, "documents": docs, "tokens": tokens, "rss_mib": rss_kb / 1024}
 
 
+def process_command(process: str, corpus: Path, model: Path, threads: int, work: Path) -> list[str]:
+    if process == "vikhr data preprocess":
+        return [
+            sys.executable, "-m", "vikhr", "data", "preprocess", "--input", str(corpus),
+            "--output-prefix", str(work / "cli"), "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", str(model), "--append-eod", "--workers", str(threads), "--no-progress",
+        ]  # fmt: skip
+    return [sys.executable, "-c", _GIGATOKEN_PROCESS, str(model), str(corpus), str(threads)]
+
+
+def run_process(command: list[str]) -> dict:
+    """Run `command` as this (fresh) process's only child: wall seconds and its peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else "failed"}
+    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"seconds": seconds, "rss_mib": rss_kb / 1024}
+
+
+def measure_process(process: str, corpus: Path, model: Path, threads: int, work: Path) -> dict:
+    command = process_command(process, corpus, model, threads, work)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--run-process", json.dumps(command)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return {"error": "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def process_table(
+    corpus: Path, nbytes: int, model: Path, threads_list: list[int], repeats: int, work: Path
+) -> None:
+    """Rows of the whole-process table (interleaved runs, median wall time, max peak RSS)."""
+    print(
+        "\n| process | threads | runs | wall s (median) | wall range s | MB/s incl. start-up | peak RSS MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for threads in threads_list:
+        runs: dict[str, list[dict]] = {p: [] for p in PROCESSES}
+        for _ in range(repeats):
+            for process in PROCESSES:
+                runs[process].append(measure_process(process, corpus, model, threads, work))
+        for process in PROCESSES:
+            ok = [r for r in runs[process] if "error" not in r]
+            if not ok:
+                print(f"| {process} | {threads} | | failed: {runs[process][0]['error']} | | | |")
+                continue
+            sec = statistics.median(r["seconds"] for r in ok)
+            spread = f"{min(r['seconds'] for r in ok):.2f}-{max(r['seconds'] for r in ok):.2f}"
+            rss = max(r["rss_mib"] for r in ok)
+            print(
+                f"| {process} | {threads} | {len(ok)} | {sec:.2f} | {spread} | {nbytes / 1e6 / sec:.1f} "
+                f"| {rss:.0f} |"
+            )
+
+
 def measure(tool: str, corpus: Path, model: Path, threads: int, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--one", tool, "--corpus", str(corpus), "--model", str(model)]
     cmd += ["--threads", str(threads), "--work", str(work)]
@@ -139,6 +212,24 @@ def measure(tool: str, corpus: Path, model: Path, threads: int, work: Path) -> d
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_tool_table(rows: list[tuple[str, int, dict | str]]) -> None:
+    header = (
+        "| tool | threads | runs | MB/s | MB/s range | docs/s | tokens/s | peak RSS MiB "
+        "| vikhr speed-up | tokens |"
+    )
+    print("\n" + header)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for tool, threads, row in rows:
+        if isinstance(row, str):
+            print(f"| {tool} | {threads} | | failed: {row} | | | | | | |")
+            continue
+        print(
+            f"| {tool} | {threads} | {row['n']} | {row['mb_s']:.1f} | {row['range']} | "
+            f"{row['docs_s']:,.0f} | {row['tok_s']:,.0f} | {row['rss']:.0f} | {row['vs']} | "
+            f"{row['tokens']:,} |"
+        )
 
 
 def main() -> int:
@@ -153,11 +244,18 @@ def main() -> int:
         help="runs of megatron-style and sentencepiece (default: --repeats)",
     )
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    ap.add_argument(
+        "--process-repeats", type=int, default=None, help="runs of each whole process (default: --repeats)"
+    )
     ap.add_argument("--model", type=Path, default=SHARED / "tokenizers" / "mistral-7b-v0.1.model")
     ap.add_argument("--one", choices=TOOLS, help=argparse.SUPPRESS)
+    ap.add_argument("--run-process", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.run_process:
+        print(json.dumps(run_process(json.loads(args.run_process))))
+        return 0
     if args.one:
         print(json.dumps(run_one(args.one, args.corpus, args.model, args.threads[0], args.work)))
         return 0
@@ -198,21 +296,10 @@ def main() -> int:
                     base = row["mb_s"]
                 row["vs"] = f"{base / row['mb_s']:.2f}x" if base else "-"
                 rows.append((tool, threads, row))
-        header = (
-            "| tool | threads | runs | MB/s | MB/s range | docs/s | tokens/s | peak RSS MiB "
-            "| vikhr speed-up | tokens |"
-        )
-        print("\n" + header)
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for tool, threads, row in rows:
-            if isinstance(row, str):
-                print(f"| {tool} | {threads} | | failed: {row} | | | | | | |")
-                continue
-            print(
-                f"| {tool} | {threads} | {row['n']} | {row['mb_s']:.1f} | {row['range']} | "
-                f"{row['docs_s']:,.0f} | {row['tok_s']:,.0f} | {row['rss']:.0f} | {row['vs']} | "
-                f"{row['tokens']:,} |"
-            )
+        print_tool_table(rows)
+        process_repeats = args.repeats if args.process_repeats is None else args.process_repeats
+        if process_repeats > 0:
+            process_table(corpus, nbytes, args.model, args.threads, process_repeats, work)
     return 0
 
 

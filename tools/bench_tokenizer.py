@@ -25,7 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from vikhr.tokenizer.compare import compare, load_text_set, load_tokenizer
+from vikhr.tokenizer import load
+from vikhr.tokenizer.compare import compare, load_text_set
 from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def encode_timing(text_spec: str) -> list[tuple[str, float, float]]:
             json_path = Path("/tmp/bench-tok-mistral-json/tokenizer.json")
         timings = []
         for spec in (str(path), str(json_path)):
-            tok = load_tokenizer(spec)
+            tok = load(spec)
             runs = []
             for _ in range(3):
                 t0 = time.perf_counter()

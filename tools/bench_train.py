@@ -10,6 +10,10 @@ peak memory, and each stack's ratio to HF.
     python tools/bench_train.py --cpu-small  # CPU: a small shape in fp32 (the same code path)
     python tools/bench_train.py --specs sdpa local --repeats 5
 
+Attention: HF runs with attn_implementation="sdpa" and use_cache off; vikhr's "sdpa" spec calls
+the same torch SDPA. On GPU both are pinned to the flash / memory-efficient SDPA kernels (no silent
+fall-back to the math kernel), and the table names the backend each row ran with.
+
 Memory: on GPU the peak of torch.cuda.max_memory_allocated during a step (weights, gradients,
 activations, temporaries); on CPU the activations autograd saves for backward in one step.
 """
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -86,32 +91,23 @@ def step_flops(cfg, tokens: int, seq_len: int) -> float:
     return 3.0 * tokens * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size)
 
 
-def vikhr_step(cfg, spec: str, batch: int, seq: int, dtype, device) -> Callable[[], None]:
+def vikhr_step(cfg, spec: str, batch: int, seq: int, dtype, env) -> Callable[[], None]:
     """One fwd+bwd of vikhr's GPTModel with the trainer's loss (gradients freed after each step)."""
     from megatron.core import parallel_state
 
     from vikhr.model import build_gpt_model
-    from vikhr.ops import cross_entropy_kl
+    from vikhr.train.data import Batch
+    from vikhr.train.trainer import CrossEntropyKL, forward_loss
 
-    model = build_gpt_model(
-        cfg, params_dtype=dtype, attention=spec, use_cpu_initialization=device.type == "cpu"
-    ).to(device)
+    device = env.device
+    model = build_gpt_model(cfg, params_dtype=dtype, attention=spec, on_gpu=env.on_gpu).to(device)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen).to(device)
-    inputs, labels = tokens[:, :-1], tokens[:, 1:].reshape(-1)
-    pos = torch.arange(seq, device=device).expand(batch, seq)
-    group = parallel_state.get_tensor_model_parallel_group()
+    micro_batch = Batch(tokens[:, :-1], tokens[:, 1:], None)
+    loss_fn = CrossEntropyKL(cfg.vocab_size, parallel_state.get_tensor_model_parallel_group())
 
     def step() -> None:
-        logits = model(inputs, pos, attention_mask=None)
-        out = cross_entropy_kl(
-            logits.reshape(batch * seq, -1),
-            None,
-            labels,
-            valid_vocab_size=cfg.vocab_size,
-            process_group=group,
-        )
-        out.loss.backward()
+        forward_loss(model, micro_batch, loss_fn).loss.backward()
         model.zero_grad(set_to_none=True)
 
     return step
@@ -124,6 +120,7 @@ def hf_step(cfg, batch: int, seq: int, dtype, device) -> Callable[[], None]:
     from vikhr.convert.mistral import model_config_to_hf_config
 
     hf_cfg = MistralConfig.from_dict(model_config_to_hf_config(cfg), attn_implementation="sdpa")
+    hf_cfg.use_cache = False  # training: no KV cache built in the forward
     torch.manual_seed(0)
     model = MistralForCausalLM(hf_cfg).to(device=device, dtype=dtype)
     model.train()
@@ -131,10 +128,26 @@ def hf_step(cfg, batch: int, seq: int, dtype, device) -> Callable[[], None]:
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
 
     def step() -> None:
-        model(input_ids=tokens, labels=tokens).loss.backward()
+        model(input_ids=tokens, labels=tokens, use_cache=False).loss.backward()
         model.zero_grad(set_to_none=True)
 
     return step
+
+
+# The SDPA kernels both stacks may use on GPU: torch raises rather than falling back to math.
+SDPA_GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def pinned(step: Callable[[], None], backends: list[SDPBackend] | None) -> Callable[[], None]:
+    """`step` run with torch SDPA restricted to `backends` (None: torch's own choice)."""
+    if backends is None:
+        return step
+
+    def run() -> None:
+        with sdpa_kernel(backends):
+            step()
+
+    return run
 
 
 def main() -> None:
@@ -151,7 +164,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vikhr.model import preset
-    from vikhr.runtime import init_distributed, shutdown
+    from vikhr.runtime.distributed import distributed_env
 
     cuda = torch.cuda.is_available() and not args.cpu_small
     if args.cpu_small:
@@ -163,8 +176,13 @@ def main() -> None:
             sys.exit("no CUDA device: run with --cpu-small for the CPU shape")
         cfg = preset("mistral-7b-v0.2", num_layers=args.layers or 4, vocab_size=40000)
         batch, seq, dtype = args.batch or 2, args.seq or 4096, torch.bfloat16
-    env = init_distributed(tp_size=1, seed=1234, device="cuda" if cuda else "cpu")
-    device = env.device
+    with distributed_env(tp_size=1, seed=1234, device="cuda" if cuda else "cpu") as env:
+        compare(cfg, args, batch, seq, dtype, env)
+
+
+def compare(cfg, args: argparse.Namespace, batch: int, seq: int, dtype: torch.dtype, env) -> None:
+    """Time HF and each vikhr spec on the same shape and print the table."""
+    cuda, device = env.on_gpu, env.device
     tokens = batch * seq
     flops = step_flops(cfg, tokens, seq)
     where = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores), fp32"
@@ -176,12 +194,17 @@ def main() -> None:
 
     from vikhr.model.gpt import resolve_attention
 
+    sdpa = SDPA_GPU_BACKENDS if cuda else None
+    sdpa_name = "flash/efficient" if cuda else "torch default"
+    print(f"torch SDPA kernels: {sdpa_name} (HF sdpa and vikhr's sdpa spec)")
     stacks: list[tuple[str, Callable[[], None]]] = [
-        ("HF MistralForCausalLM (sdpa)", hf_step(cfg, batch, seq, dtype, device))
+        (f"HF Mistral (sdpa: {sdpa_name})", pinned(hf_step(cfg, batch, seq, dtype, device), sdpa))
     ]
     for spec in args.specs:
         name = resolve_attention(spec, cuda)
-        stacks.append((f"vikhr GPTModel ({name} spec)", vikhr_step(cfg, name, batch, seq, dtype, device)))
+        backend = f"sdpa: {sdpa_name}" if name == "sdpa" else name
+        step = pinned(vikhr_step(cfg, name, batch, seq, dtype, env), sdpa)
+        stacks.append((f"vikhr GPTModel ({backend})", step))
     # Peak memory of each stack alone (its warm-up steps), then timing rounds that interleave the
     # stacks, so a change in machine load hits them all alike.
     peaks = []
@@ -202,15 +225,14 @@ def main() -> None:
     hf_mem = results[0][2]
     mem_name = "GPU peak" if cuda else "saved act."
     unit, unit_name = (2**30, "Gi") if cuda else (2**20, "Mi")
-    print(f"{'stack':<32} {'tokens/s':>10} {'TFLOP/s':>8} {mem_name:>10} {'× HF tok/s':>10} {'× HF mem':>9}")
+    print(f"{'stack':<40} {'tokens/s':>10} {'TFLOP/s':>8} {mem_name:>10} {'× HF tok/s':>10} {'× HF mem':>9}")
     for name, times, peak in results:
         med = statistics.median(times)
         tps = tokens / med
         print(
-            f"{name:<32} {tps:>10,.0f} {flops / med / 1e12:>8.2f} {peak / unit:>8.2f}{unit_name} "
+            f"{name:<40} {tps:>10,.0f} {flops / med / 1e12:>8.2f} {peak / unit:>8.2f}{unit_name} "
             f"{tps / hf_tps:>10.2f} {peak / max(hf_mem, 1):>9.2f}"
         )
-    shutdown()
 
 
 if __name__ == "__main__":

@@ -1,66 +1,139 @@
 #!/usr/bin/env bash
-# GPU check of vikhr: builds the csrc/ extension with CUDA, runs every GPU test and the kernel and
-# training benchmarks, and writes everything under OUT_DIR:
-#   build.log       the JIT build (nvcc + g++), with `vikhr.ops.build.compiled_ops()` at the end
-#   pytest-gpu.log  pytest -m gpu over tests/ (ops vs float64 on CUDA, bf16 training, SDPA spec)
-#   bench.log       tools/bench_kernels.py --device cuda (N=8192, V in {32000, 40000, 131072}, bf16)
-#   bench.json      the kernel benchmark rows (with the card's name)
-#   bench-train.log tools/bench_train.py (4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16) vs HF
-#   summary.txt     one line per step with its exit status
-# Usage: tools/device_check.sh OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
+# GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 7 by default): builds
+# the csrc/ extension with CUDA, runs the GPU op tests, the kernel benchmark, the GPU training tests
+# and the training benchmark, in that order. Each step has a time limit and writes its results
+# under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
+#   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
+#                     code, seconds, limit and log; "finished" is false until the last step is done
+#   summary.txt       the same, one line per step
+#   env.log           nvidia-smi, torch and CUDA versions
+#   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
+#   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
+#   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
+#   train-tests.log   pytest -m gpu over the model and trainer tests (bf16 training, SDPA spec)
+#   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
+#
+# Usage: tools/device_check.sh [--dry-run] OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
+#   --dry-run (or DEVICE_CHECK_DRY_RUN=1): the same steps on the CPU at tiny sizes, the GPU tests
+#   collected but skipped; tests/test_device_check.py runs it, so a broken step shows up here first.
+# Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 420), DEVICE_CHECK_COMPILE=1 (also
+# time torch.compile in the kernel benchmark), VIKHR_CACHE_DIR (the build cache; never in OUT_DIR).
 # Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
 # PyPI is reachable); they are installed into a private directory on PYTHONPATH.
 set -uo pipefail
+export PYTHONUNBUFFERED=1
 
+DRY=${DEVICE_CHECK_DRY_RUN:-0}
+if [[ ${1:-} == --dry-run ]]; then
+  DRY=1
+  shift
+fi
 if [[ $# -ne 1 ]]; then
-  echo "usage: $0 OUT_DIR" >&2
+  echo "usage: $0 [--dry-run] OUT_DIR" >&2
   exit 2
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+BUDGET=${DEVICE_CHECK_BUDGET_S:-420}
 PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
+SITE=/tmp/vikhr-device-check-site
 if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/vikhr-site "$REPO"/.whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/vikhr-site${PYTHONPATH:+:$PYTHONPATH}"
+    --target "$SITE" "$REPO"/.whl/*.whl > "$OUT/wheels.log" 2>&1 || { cat "$OUT/wheels.log"; exit 1; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# A build cache inside OUT_DIR: a fresh build every run, nothing stale from another machine.
-export VIKHR_CACHE_DIR="$OUT/cache"
+# The build cache stays out of OUT_DIR (which travels back): the default ~/.cache/vikhr.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+if [[ $DRY == 1 ]]; then
+  export CUDA_VISIBLE_DEVICES=""  # the dry run must not use a GPU even where one exists
+  DEVICE=cpu
+else
+  DEVICE=cuda
+fi
+PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider -m gpu)
+if "$PY" -c "import pytest_timeout" 2> /dev/null; then PYTEST+=(--timeout 120); fi
+
+START=$SECONDS
+STEPS=()   # JSON objects of the steps so far
+FAILED=0
 : > "$OUT/summary.txt"
 
-step() {  # step NAME LOGFILE COMMAND...
-  local name=$1 log=$2
-  shift 2
-  echo "== $name: $*" | tee -a "$OUT/summary.txt"
-  "$@" > "$OUT/$log" 2>&1
-  local rc=$?
-  echo "   $name exit $rc (log: $log)" | tee -a "$OUT/summary.txt"
-  tail -n 5 "$OUT/$log"
-  return $rc
+write_summary() {  # write_summary FINISHED
+  local joined
+  joined=$(IFS=,; echo "${STEPS[*]}")
+  printf '{"dry_run": %s, "device": "%s", "budget_s": %d, "finished": %s, "failed_steps": %d, "steps": [%s]}\n' \
+    "$([[ $DRY == 1 ]] && echo true || echo false)" "$DEVICE" "$BUDGET" "$1" "$FAILED" "$joined" \
+    > "$OUT/summary.json.tmp" && mv "$OUT/summary.json.tmp" "$OUT/summary.json"
 }
 
-{ nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } \
-  > "$OUT/env.log" 2>&1
+record() {  # record NAME STATUS EXIT SECONDS LIMIT
+  STEPS+=("$(printf '{"step": "%s", "status": "%s", "exit": %d, "seconds": %d, "limit_s": %d, "log": "%s.log"}' \
+    "$1" "$2" "$3" "$4" "$5" "$1")")
+  [[ $2 == passed ]] || FAILED=$((FAILED + 1))
+  echo "$1: $2 (exit $3, ${4}s of ${5}s, log $1.log)" | tee -a "$OUT/summary.txt"
+  write_summary false
+}
 
-step build build.log "$PY" -c "
-import torch
+step() {  # step NAME LIMIT_SECONDS COMMAND...: runs it under `timeout` within what is left of the budget
+  local name=$1 cap=$2
+  shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  local limit=$((cap < left ? cap : left))
+  if ((limit < 5)); then
+    echo "not run: the budget of ${BUDGET}s is spent" > "$OUT/$name.log"
+    record "$name" "not run" -1 0 0
+    return 1
+  fi
+  echo "== $name (limit ${limit}s)" | tee -a "$OUT/summary.txt"
+  printf '$ %s\n' "$*" > "$OUT/$name.log"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+  local code=$?
+  local status=passed
+  if ((code == 124 || code == 137)); then status=timeout; elif ((code != 0)); then status=failed; fi
+  record "$name" "$status" "$code" $((SECONDS - t0)) "$limit"
+  tail -n 5 "$OUT/$name.log"
+  return $code
+}
+
+skip_step() {  # skip_step NAME REASON
+  echo "not run: $2" > "$OUT/$1.log"
+  record "$1" "not run" -1 0 0
+}
+
+write_summary false
+step env 30 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -c \"import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())\""
+
+if [[ $DRY == 1 ]]; then
+  BENCH_KERNELS=(--device cpu --n 64 --vocab 4096 --runs 1 --threads 1 --timeout 60)
+  BENCH_TRAIN=(--cpu-small --layers 1 --batch 1 --seq 64 --warmup 1 --repeats 1)
+else
+  BENCH_KERNELS=(--device cuda --n 8192 --vocab 40000 131072 --runs 5 --timeout 120)
+  BENCH_TRAIN=(--warmup 1 --repeats 3)
+fi
+[[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
+
+if step build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
+import os, torch
 from vikhr.ops.build import compiled_ops, cuda_build_possible, load_ops
-assert torch.cuda.is_available(), 'no CUDA device visible to torch'
-assert cuda_build_possible(), 'CUDA device present but no CUDA toolkit (nvcc / CUDA_HOME) found'
+device = os.environ['VIKHR_CHECK_DEVICE']
+if device == 'cuda':
+    assert torch.cuda.is_available(), 'no CUDA device visible to torch'
+    assert cuda_build_possible(), 'CUDA device present but no CUDA toolkit (nvcc / CUDA_HOME) found'
 load_ops(verbose=True)
 ops = compiled_ops()
 print(ops)
-assert 'cuda' in ops['cross_entropy_kl'], 'the CUDA kernel was not compiled'
-"
-build_rc=$?
-rc=$build_rc
-if [[ $build_rc -eq 0 ]]; then
-  step pytest-gpu pytest-gpu.log "$PY" -m pytest -q -m gpu -rs tests/ || rc=1
-  step bench bench.log "$PY" tools/bench_kernels.py --device cuda --json "$OUT/bench.json" || rc=1
-  step bench-train bench-train.log "$PY" tools/bench_train.py || rc=1
+assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'
+"; then
+  step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
+  step kernel-bench 180 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
+  step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py
+  step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
+else
+  for name in op-tests kernel-bench train-tests train-bench; do skip_step "$name" "the build did not pass"; done
 fi
-echo "device_check exit $rc" | tee -a "$OUT/summary.txt"
-exit $rc
+write_summary true
+echo "device_check: $FAILED step(s) not passed, $((SECONDS - START))s (summary.json)" | tee -a "$OUT/summary.txt"
+((FAILED == 0))

@@ -1,8 +1,10 @@
 """The `vikhr` command: one sub-command per pipeline stage.
 
 Each stage module exposes `register(subparsers)`, which adds its parser and sets `func`
-(called with the parsed namespace, returning an exit status). Heavy imports (torch,
-megatron-core) happen inside those functions so that `vikhr --help` stays fast.
+(called with the parsed namespace, returning an exit status). Registering imports only
+argparse-level modules: torch, megatron-core, transformers and matplotlib are imported inside the
+`func`s that need them (which also quiet megatron-core's import warnings), so `vikhr --help` and
+the verbs that do not train (`vikhr data preprocess`) start fast and small (tests/test_cli.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from vikhr import __version__
 from vikhr.errors import VikhrError
 
 # Stage modules in the order they appear in `vikhr --help`.
@@ -29,6 +30,19 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, with the version looked up only when asked for (it costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import vikhr
+
+        print(f"vikhr {vikhr.__version__}")
+        parser.exit()
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports usage errors as a single line instead of the usage block."""
 
@@ -42,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn an English-oriented LLM (Mistral-7B and kin) into an efficient Russian model.",
         epilog="Run 'vikhr COMMAND --help' for the options of one command.",
     )
-    parser.add_argument("--version", action="version", version=f"vikhr {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     sub.required = True
     for name in COMMAND_MODULES:
@@ -51,15 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vikhr.runtime.megatron import quiet_megatron_warnings
-
-    quiet_megatron_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except VikhrError as e:  # raised by an argument's own parser (e.g. a character budget)
+        print(f"vikhr: error: {e}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except VikhrError as e:
         print(f"vikhr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"vikhr {args.command}: error: cannot access{where}: {e.strerror or e} "
+            "(check the path, its permissions and the free space)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("vikhr: interrupted", file=sys.stderr)

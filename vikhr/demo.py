@@ -149,156 +149,200 @@ def _answer(hf_dir: Path, tokenizer: Path, question: str, max_new_tokens: int = 
     return tok.decode(out[0, len(prompt) :].tolist())
 
 
+class Demo:
+    """The demo's eight stages, in order; each reads what the previous ones left on `self`."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.base_tok = require_file(args.base_tokenizer, "base tokenizer model")
+        self.t0 = time.time()
+        self.summary: dict[str, Any] = {}
+
+    def stage(self, n: int, text: str) -> None:
+        print(f"\n[{n}/8] {text}  (+{time.time() - self.t0:.0f}s)", flush=True)
+
+    def tokenize(self, name: str, corpus: Path, tokenizer: Path) -> str:
+        """Pre-tokenize `corpus` into data/NAME; returns the dataset prefix."""
+        from vikhr.data import preprocess
+
+        s = preprocess([corpus], self.data / name, tokenizer, append_eod=True)
+        print(f"      {name}: {s.line()}")
+        return s.outputs[0]
+
+    def train(
+        self, name: str, blend: list[tuple[str, str, float]], vocab: int, steps: int, **kw: Any
+    ) -> Path:
+        """One trainer run in WORKDIR/NAME; returns its last checkpoint."""
+        from vikhr.train.checkpoint import find_checkpoint
+        from vikhr.train.trainer import run as train
+
+        train(_train_config(self.workdir, name, blend, vocab, self.args, steps, **kw))
+        return find_checkpoint(self.workdir / name)
+
+    def split(self, ru: Path, en: Path) -> None:
+        self.stage(1, "split: held-out documents are kept out of every training step")
+        corpora = self.workdir / "corpora"
+        corpora.mkdir()
+        self.ru_train, self.ru_held = _split(ru, corpora, "ru")
+        self.en_train, self.en_held = _split(en, corpora, "en")
+
+    def tokenizer(self) -> None:
+        from vikhr.tokenizer.compare import compare
+        from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+        vocab_size = self.args.vocab_size
+        self.stage(2, f"tokenizer: SentencePiece BPE, {vocab_size} pieces, byte fallback, replace mode")
+        tok_dir = self.workdir / "tokenizer"
+        settings = TrainSettings(vocab_size=vocab_size, split_by_script=False, verify_lines_per_file=200)
+        train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
+        self.new_tok = next(tok_dir.glob("*.model"))
+        report = self.workdir / "report"
+        results = compare(
+            [f"mistral={self.base_tok}", f"vikhr={self.new_tok}"],
+            [f"ru={self.ru_held}", f"en={self.en_held}"],
+            report,
+        )
+        cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
+        self.summary["chars_per_token"] = {f"{t}/{s}": round(v, 3) for (t, s), v in cpt.items()}
+        print(
+            f"      chars/token on held-out RU: Mistral {cpt[('mistral', 'ru')]:.2f} -> vikhr "
+            f"{cpt[('vikhr', 'ru')]:.2f}; EN: {cpt[('mistral', 'en')]:.2f} -> {cpt[('vikhr', 'en')]:.2f}"
+            f"  (report: {report / 'report.md'})"
+        )
+
+    def base(self) -> None:
+        from vikhr.convert import megatron_to_hf
+        from vikhr.tokenizer import load as load_tokenizer
+
+        self.stage(3, "base: tiny Mistral-shaped model pre-trained with Mistral's tokenizer, exported to HF")
+        self.data.mkdir()
+        ru = self.tokenize("base-ru", self.ru_train, self.base_tok)
+        en = self.tokenize("base-en", self.en_train, self.base_tok)
+        self.base_vocab = load_tokenizer(self.base_tok).vocab_size
+        ckpt = self.train("base", [("en", en, 0.5), ("ru", ru, 0.5)], self.base_vocab, self.args.base_steps)
+        self.base_hf = megatron_to_hf(ckpt, self.workdir / "base-hf", tokenizer=self.base_tok)
+
+    def adapt(self) -> None:
+        from vikhr.adapt import adapt_vocab
+        from vikhr.convert import hf_to_megatron
+        from vikhr.tokenizer import load as load_tokenizer
+
+        self.stage(4, "adapt: new embeddings and LM head; known pieces copied, new ones = mean of old pieces")
+        self.adapted_hf = self.workdir / "adapted-hf"
+        self.adapt_summary = adapt_vocab(
+            self.base_hf, self.base_tok, self.new_tok, self.adapted_hf, show_progress=False
+        )
+        print(f"      {json.dumps({k: v for k, v in self.adapt_summary.items() if isinstance(v, int)})}")
+        self.new_vocab = load_tokenizer(self.new_tok).vocab_size
+        self.adapted_vocab = json.loads((self.adapted_hf / "config.json").read_text())["vocab_size"]
+        self.adapted_meg = hf_to_megatron(self.adapted_hf, self.workdir / "adapted-megatron")
+
+    def continue_training(self) -> None:
+        from vikhr.convert import megatron_to_hf
+
+        self.stage(5, "tokenize: Rust pre-tokenizer -> Megatron .bin/.idx with the new tokenizer")
+        ru = self.tokenize("vikhr-ru", self.ru_train, self.new_tok)
+        en = self.tokenize("vikhr-en", self.en_train, self.new_tok)
+        self.stage(6, f"continue: CE + {self.args.kl_weight}·KL(P_model ‖ P_adapted), RU-heavy blend")
+        self.continued = self.train(
+            "continued",
+            [("ru", ru, 0.9), ("en", en, 0.1)],
+            self.adapted_vocab,
+            self.args.steps,
+            init=str(self.adapted_meg),
+            kl_weight=self.args.kl_weight,
+        )
+        self.final_hf = megatron_to_hf(self.continued, self.workdir / "vikhr-hf", tokenizer=self.new_tok)
+
+    def instruct(self, chats: Path) -> None:
+        from vikhr.convert import megatron_to_hf
+        from vikhr.sft.prepare import prepare_sft
+
+        self.stage(
+            7, "instruct: SFT on Russian chats, loss on assistant tokens only (Mistral-instruct template)"
+        )
+        prefix = self.data / "chats"
+        print(f"      {prepare_sft(chats, self.new_tok, prefix).line()}")
+        ckpt = self.train(
+            "instructed",
+            [("chats", str(prefix), 1.0)],
+            self.adapted_vocab,
+            self.args.sft_steps,
+            init=str(self.continued),
+            sft=True,
+        )
+        # The chat template comes from the SFT data the run records (vikhr.convert.hf_tokenizer).
+        self.instruct_hf = megatron_to_hf(ckpt, self.workdir / "vikhr-instruct-hf", tokenizer=self.new_tok)
+
+    def evaluate(self) -> None:
+        args = self.args
+        self.stage(8, "evaluate: bits per character on held-out text (lower is better)")
+        bpc = {}
+        for label, hf_dir, tok in (
+            ("base (Mistral tokenizer)", self.base_hf, self.base_tok),
+            ("adapted, before training", self.adapted_hf, self.new_tok),
+            ("adapted + continued", self.final_hf, self.new_tok),
+        ):
+            bpc[label] = {
+                lang: _bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
+                for lang, held in (("ru", self.ru_held), ("en", self.en_held))
+            }
+        print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")
+        for label, v in bpc.items():
+            print(f"      {label:28s} {v['ru']:8.3f} {v['en']:8.3f}")
+        before, after = _valid_losses(self.workdir / "instructed", "chats")
+        print(f"      held-out chats, assistant-token loss: {before:.3f} before SFT -> {after:.3f} after")
+        question = "Назови три столицы европейских государств."
+        answer = _answer(self.instruct_hf, self.new_tok, question)
+        print(
+            f"      asked «{question}», the tuned toy model answers {answer!r}\n"
+            "      (1M parameters and a few CPU minutes of training: the stages work, the answers do not yet)"
+        )
+        self.summary.update(
+            {
+                "sft_valid_loss": {"before": before, "after": after},
+                "sft_answer": {"question": question, "answer": answer},
+                "bits_per_char": bpc,
+                "vocab": {
+                    "base": self.base_vocab,
+                    "new": self.new_vocab,
+                    "adapted_model": self.adapted_vocab,
+                },
+                "adapt": {k: v for k, v in self.adapt_summary.items() if isinstance(v, int | float | str)},
+            }
+        )
+
+    def finish(self) -> None:
+        self.summary["seconds"] = round(time.time() - self.t0, 1)
+        write_text(self.workdir / "summary.json", json.dumps(self.summary, indent=2, ensure_ascii=False))
+        print(f"\ndone in {time.time() - self.t0:.0f}s; summary in {self.workdir / 'summary.json'}")
+
+
 def run(args: argparse.Namespace) -> int:
     ru = require_file(args.ru_corpus, "Russian corpus")
     en = require_file(args.en_corpus, "English corpus")
     chats = require_file(args.sft_chats, "SFT chats")
-    base_tok = require_file(args.base_tokenizer, "base tokenizer model")
+    require_file(args.base_tokenizer, "base tokenizer model")
     workdir = Path(args.workdir)
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    from vikhr.runtime.megatron import quiet_megatron_warnings
 
-    from vikhr.adapt import adapt_vocab
-    from vikhr.convert import hf_to_megatron, megatron_to_hf
-    from vikhr.data import preprocess
-    from vikhr.tokenizer.compare import compare
-    from vikhr.tokenizer.train import TrainSettings, train_tokenizer
-    from vikhr.train.checkpoint import find_checkpoint
-    from vikhr.train.pretrain import run as pretrain
-
-    t0 = time.time()
-    summary: dict[str, Any] = {}
-
-    def stage(n: int, text: str) -> None:
-        print(f"\n[{n}/8] {text}  (+{time.time() - t0:.0f}s)", flush=True)
-
-    stage(1, "split: held-out documents are kept out of every training step")
-    corpora = workdir / "corpora"
-    corpora.mkdir()
-    ru_train, ru_held = _split(ru, corpora, "ru")
-    en_train, en_held = _split(en, corpora, "en")
-
-    stage(2, f"tokenizer: SentencePiece BPE, {args.vocab_size} pieces, byte fallback, replace mode")
-    tok_dir = workdir / "tokenizer"
-    settings = TrainSettings(vocab_size=args.vocab_size, split_by_script=False, verify_lines_per_file=200)
-    train_tokenizer([ru_train, en_train], tok_dir, settings)
-    new_tok = next(tok_dir.glob("*.model"))
-    results = compare(
-        [f"mistral={base_tok}", f"vikhr={new_tok}"], [f"ru={ru_held}", f"en={en_held}"], workdir / "report"
-    )
-    cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
-    summary["chars_per_token"] = {f"{t}/{s}": round(v, 3) for (t, s), v in cpt.items()}
-    print(
-        f"      chars/token on held-out RU: Mistral {cpt[('mistral', 'ru')]:.2f} -> vikhr "
-        f"{cpt[('vikhr', 'ru')]:.2f}; EN: {cpt[('mistral', 'en')]:.2f} -> {cpt[('vikhr', 'en')]:.2f}"
-        f"  (report: {workdir / 'report' / 'report.md'})"
-    )
-
-    stage(3, "base: tiny Mistral-shaped model pre-trained with Mistral's tokenizer, exported to HF")
-    data = workdir / "data"
-    data.mkdir()
-    for lang, src in (("ru", ru_train), ("en", en_train)):
-        s = preprocess([src], data / f"base-{lang}", base_tok, append_eod=True)
-        print(f"      {lang}: {s.line()}")
-    import sentencepiece as spm
-
-    base_vocab = spm.SentencePieceProcessor(model_file=str(base_tok)).vocab_size()
-    cfg = _train_config(
-        workdir,
-        "base",
-        [("en", str(data / "base-en_text_document"), 0.5), ("ru", str(data / "base-ru_text_document"), 0.5)],
-        base_vocab,
-        args,
-        args.base_steps,
-    )
-    pretrain(cfg)
-    base_hf = megatron_to_hf(find_checkpoint(workdir / "base"), workdir / "base-hf")
-
-    stage(4, "adapt: new embeddings and LM head; known pieces copied, new ones = mean of old pieces")
-    adapted_hf = workdir / "adapted-hf"
-    adapt = adapt_vocab(base_hf, base_tok, new_tok, adapted_hf, show_progress=False)
-    print(f"      {json.dumps({k: v for k, v in adapt.items() if isinstance(v, int)})}")
-    new_vocab = spm.SentencePieceProcessor(model_file=str(new_tok)).vocab_size()
-    adapted_vocab = json.loads((adapted_hf / "config.json").read_text())["vocab_size"]
-    adapted_meg = hf_to_megatron(adapted_hf, workdir / "adapted-megatron")
-
-    stage(5, "tokenize: Rust pre-tokenizer -> Megatron .bin/.idx with the new tokenizer")
-    for lang, src in (("ru", ru_train), ("en", en_train)):
-        s = preprocess([src], data / f"vikhr-{lang}", new_tok, append_eod=True)
-        print(f"      {lang}: {s.line()}")
-
-    stage(6, f"continue: CE + {args.kl_weight}·KL(P_model ‖ P_adapted), RU-heavy blend")
-    cfg = _train_config(
-        workdir,
-        "continued",
-        [
-            ("ru", str(data / "vikhr-ru_text_document"), 0.9),
-            ("en", str(data / "vikhr-en_text_document"), 0.1),
-        ],
-        adapted_vocab,
-        args,
-        args.steps,
-        init=str(adapted_meg),
-        kl_weight=args.kl_weight,
-    )
-    pretrain(cfg)
-    final_hf = megatron_to_hf(find_checkpoint(workdir / "continued"), workdir / "vikhr-hf")
-
-    stage(7, "instruct: SFT on Russian chats, loss on assistant tokens only (Mistral-instruct template)")
-    from vikhr.sft.prepare import prepare_sft
-
-    prepared = prepare_sft(chats, new_tok, data / "chats")
-    print(f"      {prepared.line()}")
-    cfg = _train_config(
-        workdir,
-        "instructed",
-        [("chats", str(data / "chats"), 1.0)],
-        adapted_vocab,
-        args,
-        args.sft_steps,
-        init=str(find_checkpoint(workdir / "continued")),
-        sft=True,
-    )
-    pretrain(cfg)
-    instruct_hf = megatron_to_hf(find_checkpoint(workdir / "instructed"), workdir / "vikhr-instruct-hf")
-
-    stage(8, "evaluate: bits per character on held-out text (lower is better)")
-    bpc = {}
-    for label, hf_dir, tok in (
-        ("base (Mistral tokenizer)", base_hf, base_tok),
-        ("adapted, before training", adapted_hf, new_tok),
-        ("adapted + continued", final_hf, new_tok),
-    ):
-        bpc[label] = {
-            lang: _bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
-            for lang, held in (("ru", ru_held), ("en", en_held))
-        }
-    print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")
-    for label, v in bpc.items():
-        print(f"      {label:28s} {v['ru']:8.3f} {v['en']:8.3f}")
-    sft_before, sft_after = _valid_losses(workdir / "instructed", "chats")
-    print(f"      held-out chats, assistant-token loss: {sft_before:.3f} before SFT -> {sft_after:.3f} after")
-    question = "Назови три столицы европейских государств."
-    answer = _answer(instruct_hf, new_tok, question)
-    print(
-        f"      asked «{question}», the tuned toy model answers {answer!r}\n"
-        "      (1M parameters and a few CPU minutes of training: the stages work, the answers do not yet)"
-    )
-    summary.update(
-        {
-            "sft_valid_loss": {"before": sft_before, "after": sft_after},
-            "sft_answer": {"question": question, "answer": answer},
-            "bits_per_char": bpc,
-            "vocab": {"base": base_vocab, "new": new_vocab, "adapted_model": adapted_vocab},
-            "adapt": {k: v for k, v in adapt.items() if isinstance(v, int | float | str)},
-            "seconds": round(time.time() - t0, 1),
-        }
-    )
-    write_text(workdir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
-    print(f"\ndone in {time.time() - t0:.0f}s; summary in {workdir / 'summary.json'}")
+    quiet_megatron_warnings()  # the training stages import megatron-core
+    demo = Demo(args, workdir)
+    demo.split(ru, en)
+    demo.tokenizer()
+    demo.base()
+    demo.adapt()
+    demo.continue_training()
+    demo.instruct(chats)
+    demo.evaluate()
+    demo.finish()
     return 0
 
 

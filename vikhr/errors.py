@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 
@@ -24,4 +25,28 @@ def require_dir(path: str | Path, what: str = "directory") -> Path:
     p = Path(path)
     if not p.is_dir():
         raise VikhrError(f"{what} not found or not a directory: {p} (check the path)")
+    return p
+
+
+def require_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Return `path` as a Path, or raise VikhrError if it cannot be written into or created.
+
+    The nearest existing directory on the way is tried with a probe file (removed at once): a
+    read-only or foreign-owned place fails here, before any work, not at the first save.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise VikhrError(f"{what} {p} is a file, not a directory (choose another path)")
+    existing = p.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VikhrError(f"{what} {p} cannot be created: {existing} is a file (choose another path)")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise VikhrError(
+            f"{what} {p} is not writable: {existing}: {e.strerror or e} (choose a writable path or fix its "
+            "permissions)"
+        ) from None
     return p

@@ -1,77 +1,78 @@
-"""A few optimizer steps of a tiny Mistral-shaped GPTModel; run directly or under torchrun.
+"""A few optimizer steps of the trainer on a tiny Mistral-shaped model; run directly or under torchrun.
 
-Writes JSON with the per-step global losses and a checksum of every parameter (gathered to full
-tensors across TP ranks) so tests can compare TP=1, TP=2 and DP=2 runs.
-Usage: train_steps.py OUT.json --tp N [--steps S]
+Writes JSON with the per-step global losses (rank 0) and a checksum of every parameter (gathered
+to full tensors across TP ranks) so tests can compare TP=1, TP=2 and DP=2 runs.
+Usage: train_steps.py OUT --tp N --data PREFIX [--steps S]   (PREFIX: megatron .bin/.idx)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-from vikhr.model import build_gpt_model, preset
-from vikhr.runtime import init_distributed, shutdown
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--data", required=True)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--global-batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    env = init_distributed(tp_size=args.tp, seed=1234, device="cpu")
     from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    cfg = preset("tiny")
-    model = build_gpt_model(cfg, tp_size=args.tp, vocab_multiple=256 // args.tp)
-    model = DistributedDataParallel(
-        model.config,
-        DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-        model,
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config, validate
+    from vikhr.train.monitor import read_metrics
+    from vikhr.train.trainer import Trainer
+
+    run_dir = Path(f"{args.out}.run")
+    cfg = load_config(
+        None,
+        [
+            "model.preset=tiny",
+            "model.attention=sdpa",
+            f"parallel.tensor={args.tp}",
+            "parallel.device=cpu",
+            f"data.train=[{{prefix: {args.data}}}]",
+            "data.split=100,0,0",
+            "data.seq_len=32",
+            f"train.steps={args.steps}",
+            "train.micro_batch=1",
+            "train.global_batch=4",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=0",
+            "optim.decay=constant",
+            "optim.betas=[0.9, 0.95]",
+            "optim.weight_decay=0",
+            # No clipping: Adam's update of a weight whose gradient is near eps follows the
+            # float rounding of the global norm, which TP=2 sums in another order.
+            "optim.clip_grad=0",
+            f"checkpoint.dir={run_dir}",
+            "checkpoint.resume=never",
+            "logging.tensorboard=false",
+        ],
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
-
-    # Same global data on every rank; each DP rank takes its slice of the batch.
-    gen = torch.Generator().manual_seed(42)
-    per_rank = args.global_batch // env.dp_size
-    losses = []
-    for _ in range(args.steps):
-        tokens = torch.randint(0, cfg.vocab_size, (args.global_batch, args.seq_len + 1), generator=gen)
-        local = tokens[env.dp_rank * per_rank : (env.dp_rank + 1) * per_rank]
-        inputs, labels = local[:, :-1], local[:, 1:]
-        pos = torch.arange(args.seq_len).unsqueeze(0).expand(inputs.shape[0], -1)
-        model.zero_grad_buffer()
-        opt.zero_grad(set_to_none=True)
-        per_token = model(inputs, pos, attention_mask=None, labels=labels)
-        loss = per_token.float().mean()
-        loss.backward()
-        model.finish_grad_sync()
-        for p in model.parameters():
-            p.grad = p.main_grad.to(p.dtype)
-        opt.step()
-        reported = loss.detach().clone()
-        dist.all_reduce(reported, group=parallel_state.get_data_parallel_group())
-        losses.append(reported.item() / env.dp_size)
-
-    # Sum of every full parameter: TP-sharded ones are summed over the TP group.
-    sums = {}
-    for name, p in model.module.named_parameters():
-        total = p.detach().double().sum()
-        if getattr(p, "tensor_model_parallel", False) and env.tp_size > 1:
-            dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
-        sums[name] = float(total)
-    with open(f"{args.out}.rank{env.rank}", "w") as f:
-        json.dump({"losses": losses, "param_sums": sums, "dp": env.dp_size, "tp": env.tp_size}, f)
-    shutdown()
+    validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    with distributed_env(tp_size=args.tp, seed=cfg.train.seed, device="cpu") as env:
+        trainer = Trainer(cfg, env)
+        trainer.train()
+        # Sum of every full parameter: TP-sharded ones are summed over the TP group.
+        sums = {}
+        for name, p in trainer.model.named_parameters():
+            total = p.detach().double().sum()
+            if getattr(p, "tensor_model_parallel", False) and env.tp_size > 1:
+                dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+            sums[name] = float(total)
+        losses = [row["loss"] for _, row in sorted(read_metrics(run_dir)[0].items())] if env.is_main else []
+        result = {"losses": losses, "param_sums": sums, "dp": env.dp_size, "tp": env.tp_size}
+        Path(f"{args.out}.rank{env.rank}").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from vikhr.adapt.vocab import adapt_vocab
+    from vikhr.errors import VikhrError
 
+    if args.pad_to_multiple is not None and args.pad_to_multiple < 1:
+        raise VikhrError(f"--pad-to-multiple must be >= 1, got {args.pad_to_multiple}")
     summary = adapt_vocab(
         args.model,
         args.old_tokenizer,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +52,7 @@ class SafetensorsHeader:
 
 
 def read_header(path: str | Path) -> SafetensorsHeader:
+    """The header of a safetensors file; VikhrError if it is malformed or the file is shorter than it says."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -62,15 +63,25 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             if n > MAX_HEADER_BYTES:
                 raise ValueError(f"header length {n} is implausible")
             header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        base = 8 + n
+        metadata = header.pop("__metadata__", None)
+        entries = []
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            shape = tuple(int(d) for d in info["shape"])
+            entries.append(TensorEntry(name, str(info["dtype"]), shape, base + int(begin), base + int(end)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise VikhrError(f"{path} is not a readable safetensors file ({e})") from e
-    base = 8 + n
-    metadata = header.pop("__metadata__", None)
-    entries = []
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), base + begin, base + end))
     entries.sort(key=lambda e: e.start)
+    size = path.stat().st_size
+    data_end = max((e.end for e in entries), default=base)
+    if data_end > size:
+        raise VikhrError(
+            f"{path} is truncated: its header describes {data_end} bytes but the file has {size} "
+            "(copy or download it again)"
+        )
     return SafetensorsHeader(path, metadata, {e.name: e for e in entries})
 
 
@@ -185,12 +196,36 @@ def write_streaming(
     return offset
 
 
-def iter_shards(model_dir: Path) -> Iterator[Path]:
-    """The safetensors files of an HF checkpoint directory (sharded via the index, or single)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        for shard in sorted(set(weight_map.values())):
-            yield model_dir / shard
-    elif (model_dir / "model.safetensors").is_file():
-        yield model_dir / "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def checkpoint_headers(model_dir: Path) -> list[SafetensorsHeader]:
+    """The headers of an HF checkpoint's safetensors files (the shards of its index, or model.safetensors).
+
+    Every shard must exist and be complete, and each tensor must be in the shard the index names.
+    """
+    index = model_dir / INDEX
+    if not index.is_file():
+        if not (model_dir / "model.safetensors").is_file():
+            raise VikhrError(
+                f"{model_dir} has no model.safetensors or {INDEX} "
+                "(only safetensors checkpoints are supported)"
+            )
+        return [read_header(model_dir / "model.safetensors")]
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError("weight_map is not a mapping of tensor names to file names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VikhrError(f"{index} is not a valid safetensors index ({e}); fix or re-export it") from e
+    headers = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (model_dir / shard).is_file():
+            raise VikhrError(f"shard {shard} listed in the index of {model_dir} is missing")
+        headers[shard] = read_header(model_dir / shard)
+    for name, shard in weight_map.items():
+        if name not in headers[shard].tensors:
+            raise VikhrError(
+                f"{model_dir / shard}: tensor {name}, listed there by {INDEX}, is not in the file"
+            )
+    return list(headers.values())

@@ -22,16 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vikhr.adapt.safetensors_io import (
-    SafetensorsHeader,
-    iter_shards,
-    load_tensor,
-    read_header,
-    write_streaming,
-)
+from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary, piece_text
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, require_dir
+from vikhr.errors import VikhrError, require_dir, require_writable_dir
+from vikhr.tokenizer.load import load
 
 Init = Literal["mean", "random"]
 WhitespacePolicy = Literal["mean", "space"]
@@ -151,7 +146,12 @@ def _load_config(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise VikhrError(f"{model_dir} has no config.json (give an HF model directory)")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+        raise VikhrError(f"{cfg_path} is not valid JSON ({e}); fix or re-export it") from None
+    if not isinstance(cfg, dict):
+        raise VikhrError(f"{cfg_path} is not a JSON object; fix or re-export it")
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise VikhrError(
             f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported "
@@ -192,6 +192,104 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
         write_hf_tokenizer(new_path, out)
 
 
+METHODS = ("copied", "averaged", "byte-fallback", "random", "whitespace-space", "mean-of-all", "padding")
+
+
+def _check_paths(model_dir: str | Path, out_dir: str | Path, init: str, overwrite: bool) -> tuple[Path, Path]:
+    model_dir = require_dir(model_dir, "model directory")
+    out_dir = require_writable_dir(out_dir, "--out")
+    if out_dir.exists() and not overwrite:
+        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
+    if out_dir.resolve() == model_dir.resolve():
+        raise VikhrError("--out must differ from --model (the input is read while the output is written)")
+    if init not in ("mean", "random"):
+        raise VikhrError(f"unknown --init {init!r} (choose mean or random)")
+    return model_dir, out_dir
+
+
+def _embedding_sources(
+    headers: list[SafetensorsHeader], tied: bool, model_dir: Path
+) -> tuple[SafetensorsHeader, SafetensorsHeader | None]:
+    """The shards holding the input embedding and (untied) LM head, shapes checked."""
+    embed_src = _locate(headers, EMBED)
+    if embed_src is None:
+        raise VikhrError(f"tensor {EMBED} not found in {model_dir} (is this a Mistral/Llama checkpoint?)")
+    head_src = _locate(headers, LM_HEAD)
+    if head_src is None and not tied:
+        raise VikhrError(
+            f"tensor {LM_HEAD} not found in {model_dir} and config.json has tie_word_embeddings=false"
+        )
+    if head_src is not None and head_src.tensors[LM_HEAD].shape != embed_src.tensors[EMBED].shape:
+        raise VikhrError(f"{LM_HEAD} and {EMBED} have different shapes in {model_dir}")
+    return embed_src, head_src
+
+
+def _write_shards(
+    headers: list[SafetensorsHeader], replacements: dict[str, Any], work: Path, show_progress: bool
+) -> dict[str, int]:
+    """Stream every shard to `work`, swapping in the replaced tensors; returns the shard sizes."""
+    from tqdm import tqdm
+
+    total = sum(
+        replacements[n].numel() * replacements[n].element_size() if n in replacements else e.end - e.start
+        for h in headers
+        for n, e in h.tensors.items()
+    )
+    sizes = {}
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="writing shards", disable=not show_progress
+    ) as bar:
+        for h in headers:
+            mine = {k: v for k, v in replacements.items() if k in h.tensors}
+            sizes[h.path.name] = write_streaming(h, work / h.path.name, mine, bar.update)
+    return sizes
+
+
+def _write_side_files(model_dir: Path, work: Path, sizes: dict[str, int], new: Vocabulary) -> None:
+    """The shard index with its new total size, every other non-weight file, and the new tokenizer."""
+    index_path = model_dir / "model.safetensors.index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        (work / index_path.name).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    for item in model_dir.iterdir():
+        skip = item.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or item.name in (
+            OLD_TOKENIZER_FILES | {"config.json", index_path.name}
+        )
+        if item.is_file() and not skip:
+            shutil.copy2(item, work / item.name)
+    _write_tokenizer(Path(new.path), work)
+
+
+def _write_model_config(cfg: dict[str, Any], work: Path, padded: int, new: Vocabulary) -> None:
+    """config.json (and generation_config.json when present) with the new vocabulary's size and ids."""
+    cfg["vocab_size"] = padded
+    tok = load(new.path)
+    for key, token_id in (("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id)):
+        if token_id is not None:
+            cfg[key] = token_id
+    if cfg.get("pad_token_id") is not None and cfg["pad_token_id"] >= padded:
+        cfg["pad_token_id"] = None
+    (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+    gen_cfg = work / "generation_config.json"
+    if gen_cfg.is_file():
+        g = json.loads(gen_cfg.read_text(encoding="utf-8"))
+        for key in ("bos_token_id", "eos_token_id"):
+            if key in cfg:
+                g[key] = cfg[key]
+        gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
+
+
+def _write_init_log(work: Path, plan: list[TokenInit], old: Vocabulary) -> Counter:
+    """How every row of the new matrices was made (INIT_LOG); returns the count per method."""
+    log = [
+        {"id": i, "token": s.token, "method": s.method, "source_pieces": [old.pieces[j] for j in s.old_ids]}
+        for i, s in enumerate(plan)
+    ]
+    (work / INIT_LOG).write_text(json.dumps(log, ensure_ascii=False, indent=0), encoding="utf-8")
+    return Counter(s.method for s in plan)
+
+
 def adapt_vocab(
     model_dir: str | Path,
     old_tokenizer: str | Path,
@@ -205,42 +303,14 @@ def adapt_vocab(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Adapt the checkpoint in `model_dir` to `new_tokenizer`, writing `out_dir`; returns the summary."""
-    from tqdm import tqdm
-
-    model_dir = require_dir(model_dir, "model directory")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
-    if out_dir.resolve() == model_dir.resolve():
-        raise VikhrError("--out must differ from --model (the input is read while the output is written)")
-    if init not in ("mean", "random"):
-        raise VikhrError(f"unknown --init {init!r} (choose mean or random)")
+    model_dir, out_dir = _check_paths(model_dir, out_dir, init, overwrite)
     cfg = _load_config(model_dir)
-    shards = list(iter_shards(model_dir))
-    if not shards:
-        raise VikhrError(
-            f"{model_dir} has no model.safetensors or model.safetensors.index.json "
-            "(only safetensors checkpoints are supported)"
-        )
-    for shard in shards:
-        if not shard.is_file():
-            raise VikhrError(f"shard {shard.name} listed in the index of {model_dir} is missing")
-    headers = [read_header(s) for s in shards]
+    headers = checkpoint_headers(model_dir)
     tied = bool(cfg.get("tie_word_embeddings", False))
-    embed_src = _locate(headers, EMBED)
-    if embed_src is None:
-        raise VikhrError(f"tensor {EMBED} not found in {model_dir} (is this a Mistral/Llama checkpoint?)")
-    head_src = _locate(headers, LM_HEAD)
-    if head_src is None and not tied:
-        raise VikhrError(
-            f"tensor {LM_HEAD} not found in {model_dir} and config.json has tie_word_embeddings=false"
-        )
+    embed_src, head_src = _embedding_sources(headers, tied, model_dir)
     old = load_vocabulary(old_tokenizer)
     new = load_vocabulary(new_tokenizer)
-    rows = embed_src.tensors[EMBED].shape[0]
-    _check_vocab_sizes(old, rows, cfg.get("vocab_size"), model_dir)
-    if head_src is not None and head_src.tensors[LM_HEAD].shape != embed_src.tensors[EMBED].shape:
-        raise VikhrError(f"{LM_HEAD} and {EMBED} have different shapes in {model_dir}")
+    _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
     padded = _round_up(new.size, pad_to_multiple)
     plan = plan_rows(old, new, init, whitespace, padded)
 
@@ -253,56 +323,10 @@ def adapt_vocab(
         del old_rows
 
     with output_dir(out_dir) as work:
-        total = sum(
-            replacements[n].numel() * replacements[n].element_size() if n in replacements else e.end - e.start
-            for h in headers
-            for n, e in h.tensors.items()
-        )
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc="writing shards", disable=not show_progress
-        ) as bar:
-            sizes = {}
-            for h in headers:
-                mine = {k: v for k, v in replacements.items() if k in h.tensors}
-                sizes[h.path.name] = write_streaming(h, work / h.path.name, mine, bar.update)
-        index_path = model_dir / "model.safetensors.index.json"
-        if index_path.is_file():
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
-            (work / index_path.name).write_text(json.dumps(index, indent=2), encoding="utf-8")
-        for item in model_dir.iterdir():
-            skip = item.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or item.name in (
-                OLD_TOKENIZER_FILES | {"config.json", index_path.name}
-            )
-            if item.is_file() and not skip:
-                shutil.copy2(item, work / item.name)
-        new_path = Path(new.path)
-        _write_tokenizer(new_path, work)
-        cfg["vocab_size"] = padded
-        for key, piece in (("bos_token_id", "<s>"), ("eos_token_id", "</s>")):
-            if piece in new.pieces:
-                cfg[key] = new.pieces.index(piece)
-        if cfg.get("pad_token_id") is not None and cfg["pad_token_id"] >= padded:
-            cfg["pad_token_id"] = None
-        (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-        gen_cfg = work / "generation_config.json"
-        if gen_cfg.is_file():
-            g = json.loads(gen_cfg.read_text(encoding="utf-8"))
-            for key in ("bos_token_id", "eos_token_id"):
-                if key in cfg:
-                    g[key] = cfg[key]
-            gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
-        log = [
-            {
-                "id": i,
-                "token": s.token,
-                "method": s.method,
-                "source_pieces": [old.pieces[j] for j in s.old_ids],
-            }
-            for i, s in enumerate(plan)
-        ]
-        (work / INIT_LOG).write_text(json.dumps(log, ensure_ascii=False, indent=0), encoding="utf-8")
-        counts = Counter(s.method for s in plan)
+        sizes = _write_shards(headers, replacements, work, show_progress)
+        _write_side_files(model_dir, work, sizes, new)
+        _write_model_config(cfg, work, padded, new)
+        counts = _write_init_log(work, plan, old)
         summary: dict[str, Any] = {
             "old_vocab_size": old.size,
             "new_vocab_size": new.size,
@@ -312,18 +336,7 @@ def adapt_vocab(
             "seed": seed,
             "tied_embeddings": tied,
             "adapted_tensors": sorted(replacements),
-            "counts": {
-                m: counts.get(m, 0)
-                for m in (
-                    "copied",
-                    "averaged",
-                    "byte-fallback",
-                    "random",
-                    "whitespace-space",
-                    "mean-of-all",
-                    "padding",
-                )
-            },
+            "counts": {m: counts.get(m, 0) for m in METHODS},
             "model": str(model_dir),
             "old_tokenizer": str(old.path),
             "new_tokenizer": str(new.path),

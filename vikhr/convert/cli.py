@@ -16,8 +16,14 @@ def _hf_to_megatron(args: argparse.Namespace) -> int:
 def _megatron_to_hf(args: argparse.Namespace) -> int:
     from vikhr.convert import megatron_to_hf
 
-    out = megatron_to_hf(args.checkpoint, args.out, overwrite=args.overwrite)
-    print(f"wrote {out} (loads with transformers AutoModelForCausalLM)")
+    out = megatron_to_hf(args.checkpoint, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer)
+    if (out / "tokenizer_config.json").is_file():
+        print(f"wrote {out} (loads with transformers AutoTokenizer and AutoModelForCausalLM)")
+    else:
+        print(
+            f"wrote {out} without a tokenizer: the checkpoint records none; "
+            "pass --tokenizer PATH to include one"
+        )
     return 0
 
 
@@ -38,5 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = conv.add_parser("megatron-to-hf", help="vikhr checkpoint (step dir or run dir) -> HF directory")
     b.add_argument("checkpoint", help="a checkpoint step directory, or a run directory with 'latest'")
     b.add_argument("out", help="output HF model directory")
+    b.add_argument(
+        "--tokenizer",
+        help="tokenizer to include (.model, tokenizer.json or a directory with one); "
+        "default: the one the checkpoint records, if any",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     b.set_defaults(func=_megatron_to_hf)

@@ -15,46 +15,92 @@ Parameter layout (see vikhr.model.config):
     model.norm.weight                          decoder.final_layernorm.weight
     lm_head.weight [V, H] (or tied embedding)  output_layer.weight  rows of V_pad, chunk r
 
-Padded vocabulary rows are zero. HF tensors are read one at a time from their shards; the
-converted shards are held in memory until written (peak ≈ one copy of the model).
+Padded vocabulary rows are zero. Before anything is written, every tensor of the input is
+accounted for: each one must be a tensor of this layout with the shape the config implies (a
+layer beyond the config's count, a tensor of another size or an unknown tensor is an error), and
+none may be missing. HF tensors are read one at a time from their shards; the converted shards are
+held in memory until written (peak ≈ one copy of the model).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, read_header
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, require_dir
+from vikhr.errors import VikhrError, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
 
 _MEG_LAYER = "decoder.layers.{i}."
 _HF_LAYER = "model.layers.{i}."
+_HF_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.")
+_MEG_LAYER_RE = re.compile(r"decoder\.layers\.(\d+)\.")
+# A buffer some older Llama exports save; transformers recomputes it from rope_theta.
+_HF_DERIVED_RE = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+_POSITIVE_INTS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "vocab_size",
+)
+# The config fields that set each kind of tensor's shape (named in shape errors).
+_HF_SHAPE_FIELDS = {
+    "embed_tokens": "vocab_size, hidden_size",
+    "lm_head": "vocab_size, hidden_size",
+    "self_attn.": "hidden_size, num_attention_heads, num_key_value_heads, head_dim",
+    "mlp.": "hidden_size, intermediate_size",
+    "norm": "hidden_size",
+}
+_MEG_SHAPE_FIELDS = {
+    "embedding": "vocab_size, hidden_size",
+    "output_layer": "vocab_size, hidden_size",
+    "self_attention": "hidden_size, num_attention_heads, num_kv_heads",
+    "mlp.": "hidden_size, ffn_hidden_size",
+    "norm": "hidden_size",
+}
 
 
-def hf_config_to_model_config(hf: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from an HF Mistral/Llama config.json dict."""
+def read_hf_config(model_dir: Path) -> dict[str, Any]:
+    """The parsed `config.json` of an HF model directory; VikhrError naming the file if it is unusable."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise VikhrError(f"{model_dir}: config.json not found (an HF model directory is expected)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(f"{path} is not valid JSON ({e}); fix or re-export it") from e
+    if not isinstance(cfg, dict):
+        raise VikhrError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """ModelConfig from an HF Mistral/Llama config.json dict (`where` names the file in errors)."""
     arch = (hf.get("architectures") or ["?"])[0]
     if hf.get("model_type") not in ("mistral", "llama"):
-        raise VikhrError(f"config.json: model_type {hf.get('model_type')!r} ({arch}) is not mistral or llama")
+        raise VikhrError(f"{where}: model_type {hf.get('model_type')!r} ({arch}) is not mistral or llama")
+    for key in _POSITIVE_INTS:
+        value = hf.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise VikhrError(f"{where}: {key} must be a positive integer, got {value!r}")
     rope = hf.get("rope_parameters") or {}
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
     if rope.get("rope_type", "default") not in ("default", None):
-        raise VikhrError(
-            f"config.json: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)"
-        )
+        raise VikhrError(f"{where}: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     if head_dim * heads != hf["hidden_size"]:
-        raise VikhrError(
-            f"config.json: head_dim {head_dim} × {heads} heads != hidden_size {hf['hidden_size']}"
-        )
+        raise VikhrError(f"{where}: head_dim {head_dim} × {heads} heads != hidden_size {hf['hidden_size']}")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise VikhrError("config.json: attention_bias / mlp_bias are not supported (Mistral/Llama have none)")
+        raise VikhrError(f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama have none)")
     return ModelConfig(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
@@ -100,35 +146,122 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
     return out
 
 
-class _HFReader:
-    """Streams tensors by name from an HF safetensors checkpoint (one file or an index of shards)."""
+def hf_tensor_shapes(cfg: ModelConfig, with_lm_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an HF Mistral/Llama checkpoint of shape `cfg`, with its shape."""
+    h, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    shapes = {EMBED: (v, h)}
+    for i in range(cfg.num_layers):
+        p = _HF_LAYER.format(i=i)
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (q, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, q),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "mlp.gate_proj.weight": (f, h),
+                p + "mlp.up_proj.weight": (f, h),
+                p + "mlp.down_proj.weight": (h, f),
+            }
+        )
+    shapes["model.norm.weight"] = (h,)
+    if with_lm_head:
+        shapes[LM_HEAD] = (v, h)
+    return shapes
 
-    def __init__(self, hf_dir: Path) -> None:
-        index = hf_dir / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        elif (hf_dir / "model.safetensors").is_file():
-            from safetensors import safe_open
 
-            with safe_open(str(hf_dir / "model.safetensors"), "pt") as f:
-                weight_map = {k: "model.safetensors" for k in f.keys()}  # noqa: SIM118
-        else:
-            raise VikhrError(
-                f"{hf_dir}: no model.safetensors or model.safetensors.index.json (safetensors only)"
-            )
-        self.dir = hf_dir
-        self.weight_map: dict[str, str] = weight_map
+def megatron_tensor_shapes(cfg: ModelConfig, padded_vocab: int, tp: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor of one tensor-parallel rank's file of a vikhr megatron checkpoint, with its shape."""
+    h, f = cfg.hidden_size, cfg.ffn_hidden_size // tp
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    shapes = {"embedding.word_embeddings.weight": (padded_vocab // tp, h)}
+    for i in range(cfg.num_layers):
+        p = _MEG_LAYER.format(i=i)
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (h,),
+                p + "self_attention.linear_qkv.weight": ((q + 2 * kv) // tp, h),
+                p + "self_attention.linear_proj.weight": (h, q // tp),
+                p + "pre_mlp_layernorm.weight": (h,),
+                p + "mlp.linear_fc1.weight": (2 * f, h),
+                p + "mlp.linear_fc2.weight": (h, f),
+            }
+        )
+    shapes["decoder.final_layernorm.weight"] = (h,)
+    shapes["output_layer.weight"] = (padded_vocab // tp, h)
+    return shapes
 
-    def has(self, name: str) -> bool:
-        return name in self.weight_map
+
+def _account_for_tensors(
+    found: dict[str, SafetensorsHeader],
+    expected: dict[str, tuple[int, ...]],
+    config: str,
+    layers: tuple[re.Pattern[str], str, int],
+    shape_fields: dict[str, str],
+    derived: re.Pattern[str] | None = None,
+) -> None:
+    """VikhrError unless `found` (tensor name → its file) holds exactly the `expected` tensors and shapes.
+
+    `config` names what sets the shapes; `layers`: the layer-name pattern, the config field of the
+    layer count and its value; `derived` matches buffers that are recomputed rather than converted.
+    """
+    layer_re, layers_field, num_layers = layers
+    for name, header in found.items():
+        if name in expected:
+            shape = header.tensors[name].shape
+            if shape != expected[name]:
+                fields = next((f for key, f in shape_fields.items() if key in name), "its sizes")
+                raise VikhrError(
+                    f"{header.path}: {name} has shape {list(shape)} but {config} implies "
+                    f"{list(expected[name])} (check {fields}: the config and the weights disagree)"
+                )
+        elif derived is None or not derived.fullmatch(name):
+            layer = layer_re.match(name)
+            if layer and int(layer.group(1)) >= num_layers:
+                raise VikhrError(
+                    f"{header.path}: {name} is in layer {layer.group(1)} but {config} has "
+                    f"{layers_field} = {num_layers} (the config and the weights disagree)"
+                )
+            raise VikhrError(f"{header.path}: unknown tensor {name} (not part of the Mistral/Llama layout)")
+    missing = [n for n in expected if n not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise VikhrError(f"{config} implies tensor {missing[0]}{more}, which the weights lack")
+
+
+class _HFCheckpoint:
+    """The tensors of an HF safetensors checkpoint, each accounted for against its config."""
+
+    def __init__(self, model_dir: Path, hf_cfg: dict[str, Any], cfg: ModelConfig) -> None:
+        self.where: dict[str, SafetensorsHeader] = {}
+        for header in checkpoint_headers(model_dir):
+            for name in header.tensors:
+                if name in self.where:
+                    raise VikhrError(f"{header.path}: tensor {name} is also in {self.where[name].path.name}")
+                self.where[name] = header
+        self.tied = bool(hf_cfg.get("tie_word_embeddings", False))
+        # A tied checkpoint may still hold a copy of the embedding as lm_head (checked when read).
+        expected = hf_tensor_shapes(cfg, with_lm_head=not self.tied or LM_HEAD in self.where)
+        layers = (_HF_LAYER_RE, "num_hidden_layers", cfg.num_layers)
+        config = str(model_dir / "config.json")
+        _account_for_tensors(self.where, expected, config, layers, _HF_SHAPE_FIELDS, _HF_DERIVED_RE)
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
+        header = self.where[name]
+        return load_tensor(header.tensors[name], header.path)
 
-        if name not in self.weight_map:
-            raise VikhrError(f"{self.dir}: tensor {name} is missing from the checkpoint")
-        with safe_open(str(self.dir / self.weight_map[name]), "pt") as f:
-            return f.get_tensor(name)
+    def lm_head(self, embedding: torch.Tensor) -> torch.Tensor:
+        if LM_HEAD not in self.where:
+            return embedding
+        head = self.get(LM_HEAD)
+        if self.tied and not torch.equal(head, embedding):
+            raise VikhrError(
+                f"{self.where[LM_HEAD].path}: {LM_HEAD} differs from {EMBED} but config.json has "
+                "tie_word_embeddings=true (fix the config)"
+            )
+        return head
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -158,36 +291,28 @@ def _qkv_split(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
 
 
 def _megatron_full_tensors(
-    reader: _HFReader, cfg: ModelConfig, v_pad: int, tied: bool
+    src: _HFCheckpoint, cfg: ModelConfig, v_pad: int
 ) -> Iterator[tuple[str, torch.Tensor, int | str | None]]:
     """(megatron name, full unsharded tensor, shard dim or None) in a streaming order."""
-    emb = reader.get("model.embed_tokens.weight")
-    if emb.shape[0] != cfg.vocab_size:
-        raise VikhrError(
-            f"model.embed_tokens.weight has {emb.shape[0]} rows "
-            f"but config.json vocab_size is {cfg.vocab_size}"
-        )
+    emb = src.get(EMBED)
     yield "embedding.word_embeddings.weight", _pad_rows(emb, v_pad), 0
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        yield meg + "input_layernorm.weight", reader.get(hf + "input_layernorm.weight"), None
+        yield meg + "input_layernorm.weight", src.get(hf + "input_layernorm.weight"), None
         qkv = _qkv_full(
-            reader.get(hf + "self_attn.q_proj.weight"),
-            reader.get(hf + "self_attn.k_proj.weight"),
-            reader.get(hf + "self_attn.v_proj.weight"),
+            src.get(hf + "self_attn.q_proj.weight"),
+            src.get(hf + "self_attn.k_proj.weight"),
+            src.get(hf + "self_attn.v_proj.weight"),
             cfg,
         )
         yield meg + "self_attention.linear_qkv.weight", qkv, "qkv"
-        yield meg + "self_attention.linear_proj.weight", reader.get(hf + "self_attn.o_proj.weight"), 1
-        yield meg + "pre_mlp_layernorm.weight", reader.get(hf + "post_attention_layernorm.weight"), None
-        gate_up = torch.stack(
-            [reader.get(hf + "mlp.gate_proj.weight"), reader.get(hf + "mlp.up_proj.weight")]
-        )
+        yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight"), 1
+        yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight"), None
+        gate_up = torch.stack([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
         yield meg + "mlp.linear_fc1.weight", gate_up, "fc1"
-        yield meg + "mlp.linear_fc2.weight", reader.get(hf + "mlp.down_proj.weight"), 1
-    yield "decoder.final_layernorm.weight", reader.get("model.norm.weight"), None
-    head = reader.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-    yield "output_layer.weight", _pad_rows(head, v_pad), 0
+        yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight"), 1
+    yield "decoder.final_layernorm.weight", src.get("model.norm.weight"), None
+    yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad), 0
 
 
 def _shard(t: torch.Tensor, how: int | str | None, rank: int, tp: int) -> torch.Tensor:
@@ -207,63 +332,98 @@ def hf_to_megatron(
     overwrite: bool = False,
     vocab_multiple: int = 128,
 ) -> Path:
-    """Convert an HF Mistral/Llama safetensors checkpoint into a vikhr megatron checkpoint at `out_dir`."""
+    """Convert an HF Mistral/Llama safetensors checkpoint into a vikhr megatron checkpoint at `out_dir`.
+
+    The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`) so that
+    `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
+    """
     from safetensors.torch import save_file
 
+    from vikhr.tokenizer.load import TOKENIZER_FILES
+
+    if tp_size < 1:
+        raise VikhrError(f"tensor-parallel size (--tp) must be at least 1, got {tp_size}")
     src = require_dir(hf_dir, "HF checkpoint directory")
-    cfg_path = src / "config.json"
-    if not cfg_path.is_file():
-        raise VikhrError(f"{src}: config.json not found (an HF model directory is expected)")
-    hf_cfg = json.loads(cfg_path.read_text())
-    cfg = hf_config_to_model_config(hf_cfg)
+    hf_cfg = read_hf_config(src)
+    cfg = hf_config_to_model_config(hf_cfg, str(src / "config.json"))
     cfg.validate(tp_size)
     out = Path(out_dir)
-    _prepare_out(out, overwrite)
-    reader = _HFReader(src)
-    tied = bool(hf_cfg.get("tie_word_embeddings", False)) or not reader.has("lm_head.weight")
+    _check_output(out, overwrite)
+    checkpoint = _HFCheckpoint(src, hf_cfg, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
-    for name, full, how in _megatron_full_tensors(reader, cfg, v_pad, tied):
+    for name, full, how in _megatron_full_tensors(checkpoint, cfg, v_pad):
         for r in range(tp_size):
             shards[r][name] = _shard(full, how, r, tp_size).contiguous().clone()
-    meta = {
+    meta: dict[str, Any] = {
         "step": 0,
         "consumed_samples": 0,
         "tp": tp_size,
         "world_size": tp_size,
         "model": cfg.to_dict(),
         "padded_vocab_size": v_pad,
-        "source": {"format": "hf", "path": str(src), "tied_embeddings": tied},
+        "source": {"format": "hf", "path": str(src), "tied_embeddings": checkpoint.tied},
         "hf_config": hf_cfg,
     }
+    tokenizer = next((src / n for n in TOKENIZER_FILES if (src / n).is_file()), None)
+    if tokenizer is not None:
+        meta["tokenizer"] = str(tokenizer.resolve())
     with output_dir(out) as tmp:
         for r, tensors in enumerate(shards):
             save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 
 
-def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Convert a vikhr megatron checkpoint (any TP size) into an HF MistralForCausalLM directory."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from vikhr.train.checkpoint import find_checkpoint, read_meta
+def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelConfig]:
+    """(step directory, meta, model shape) of a vikhr checkpoint, with its meta.json checked."""
+    from vikhr.train.checkpoint import find_checkpoint
 
     step_dir = find_checkpoint(ckpt_dir)
     if step_dir is None:
         raise VikhrError(f"{ckpt_dir}: no vikhr checkpoint (meta.json or latest) found")
-    meta = read_meta(step_dir)
+    path = step_dir / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        cfg = ModelConfig(**meta["model"])
+        tp = meta["tp"]
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tp {tp!r} is not a positive integer")
+        cfg.validate(tp)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, VikhrError) as e:
+        raise VikhrError(f"{path} is not a usable vikhr checkpoint description ({e})") from e
+    return step_dir, meta, cfg
+
+
+def _read_megatron_shards(step_dir: Path, meta: dict[str, Any], cfg: ModelConfig) -> list[SafetensorsHeader]:
+    """The headers of every tensor-parallel file, each file's tensors accounted for against meta.json."""
     tp = int(meta["tp"])
-    cfg = ModelConfig(**meta["model"])
     files = [step_dir / f"model_tp{r:02d}.safetensors" for r in range(tp)]
     for f in files:
         if not f.is_file():
             raise VikhrError(f"{step_dir}: {f.name} is missing (checkpoint saved with tensor parallel {tp})")
-    handles = [safe_open(str(f), "pt") for f in files]
+    headers = [read_header(f) for f in files]
+    v_pad = int(meta.get("padded_vocab_size") or padded_vocab_size(cfg.vocab_size, tp))
+    if v_pad < cfg.vocab_size or v_pad % tp:
+        raise VikhrError(
+            f"{step_dir / 'meta.json'}: padded_vocab_size {v_pad} is below vocab_size {cfg.vocab_size} "
+            f"or not a multiple of tp {tp}"
+        )
+    expected = megatron_tensor_shapes(cfg, v_pad, tp)
+    config = f"{step_dir / 'meta.json'} (model, tp {tp})"
+    for header in headers:
+        found = dict.fromkeys(header.tensors, header)
+        _account_for_tensors(
+            found, expected, config, (_MEG_LAYER_RE, "num_layers", cfg.num_layers), _MEG_SHAPE_FIELDS
+        )
+    return headers
+
+
+def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The full HF tensors from the tensor-parallel files of a megatron checkpoint."""
 
     def gather(name: str, how: int | str | None) -> torch.Tensor:
-        parts = [h.get_tensor(name) for h in handles]
+        parts = [load_tensor(h.tensors[name], h.path) for h in headers]
         if how is None:
             return parts[0]
         if how == "fc1":
@@ -271,37 +431,70 @@ def megatron_to_hf(ckpt_dir: str | Path, out_dir: str | Path, overwrite: bool = 
             return torch.cat([torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])])
         return torch.cat(parts, dim=0 if how == "qkv" else int(how))
 
-    out_t: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     v = cfg.vocab_size
-    out_t["model.embed_tokens.weight"] = gather("embedding.word_embeddings.weight", 0)[:v]
+    out[EMBED] = gather("embedding.word_embeddings.weight", 0)[:v]
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        out_t[hf + "input_layernorm.weight"] = gather(meg + "input_layernorm.weight", None)
+        out[hf + "input_layernorm.weight"] = gather(meg + "input_layernorm.weight", None)
         q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.weight", "qkv"), cfg)
-        out_t[hf + "self_attn.q_proj.weight"] = q
-        out_t[hf + "self_attn.k_proj.weight"] = k
-        out_t[hf + "self_attn.v_proj.weight"] = vv
-        out_t[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight", 1)
-        out_t[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight", None)
+        out[hf + "self_attn.q_proj.weight"] = q
+        out[hf + "self_attn.k_proj.weight"] = k
+        out[hf + "self_attn.v_proj.weight"] = vv
+        out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight", 1)
+        out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight", None)
         gate, up = gather(meg + "mlp.linear_fc1.weight", "fc1").chunk(2, dim=0)
-        out_t[hf + "mlp.gate_proj.weight"] = gate
-        out_t[hf + "mlp.up_proj.weight"] = up
-        out_t[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight", 1)
-    out_t["model.norm.weight"] = gather("decoder.final_layernorm.weight", None)
-    out_t["lm_head.weight"] = gather("output_layer.weight", 0)[:v]
-    out_t = {k: t.contiguous() for k, t in out_t.items()}
+        out[hf + "mlp.gate_proj.weight"] = gate
+        out[hf + "mlp.up_proj.weight"] = up
+        out[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight", 1)
+    out["model.norm.weight"] = gather("decoder.final_layernorm.weight", None)
+    out[LM_HEAD] = gather("output_layer.weight", 0)[:v]
+    return {k: t.contiguous() for k, t in out.items()}
 
+
+def megatron_to_hf(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    tokenizer: str | Path | None = None,
+) -> Path:
+    """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF Mistral directory.
+
+    The directory gets the tokenizer files and a generation config (vikhr.convert.hf_tokenizer):
+    `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint
+    records; without either, only the weights and config.json are written.
+    """
+    from safetensors.torch import save_file
+
+    from vikhr.convert.hf_tokenizer import load_for_model, recorded_tokenizer, write_tokenizer_files
+
+    step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
-    _prepare_out(out, overwrite)
+    _check_output(out, overwrite)
+    recorded = recorded_tokenizer(step_dir)
+    chat_template = recorded.template if recorded is not None else None
+    tok = None
+    if tokenizer is not None:
+        tok = load_for_model(Path(tokenizer), cfg.vocab_size, "--tokenizer")
+    elif recorded is not None:
+        tok = load_for_model(recorded.path, cfg.vocab_size, recorded.recorded_by)
+    tensors = _gather_hf_tensors(_read_megatron_shards(step_dir, meta, cfg), cfg)
     hf_cfg = model_config_to_hf_config(cfg, meta.get("hf_config"))
-    hf_cfg["torch_dtype"] = str(next(iter(out_t.values())).dtype).removeprefix("torch.")
+    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    hf_cfg["torch_dtype"] = dtype
+    if "dtype" in hf_cfg:  # transformers 5 writes the dtype under this name
+        hf_cfg["dtype"] = dtype
     with output_dir(out) as tmp:
-        save_file(out_t, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tok is not None:
+            hf_cfg.update(write_tokenizer_files(tok, tmp, chat_template))
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
     return out
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise VikhrError(f"output {out} exists and is not a directory; choose another path")
+    require_writable_dir(out, "output directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VikhrError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)

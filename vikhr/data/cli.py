@@ -79,6 +79,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import inspect
 
+    if args.tokens < 0:
+        raise VikhrError(f"--tokens must be >= 0, got {args.tokens}")
     s = inspect(args.prefix, args.tokenizer_model, args.tokens)
     print(f"{s.prefix}: valid MMIDIDX v1, dtype {s.dtype}")
     print(f"  documents {s.documents:,} (empty {s.empty_documents:,}), sequences {s.sequences:,}")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vikhr.errors import VikhrError
+from vikhr.data import indexed
+from vikhr.errors import VikhrError, require_writable_dir
+
+if TYPE_CHECKING:
+    from vikhr.tokenizer.load import Tokenizer
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
@@ -21,8 +25,6 @@ TOKENIZER_TYPES: dict[str, tuple[str, bool]] = {
     "Llama2Tokenizer": ("sentencepiece", True),
     "HuggingFaceTokenizer": ("huggingface", False),
 }
-
-_EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 
 
 @dataclass
@@ -91,32 +93,27 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def _hf_tokenizer_file(path: Path) -> Path:
-    if path.is_dir():
+def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str) -> Tokenizer:
+    """The tokenizer `tokenizer_type` names, loaded by `vikhr.tokenizer.load` (which decides BOS/EOS)."""
+    from vikhr.tokenizer.load import load
+
+    if tokenizer_type not in TOKENIZER_TYPES:
+        raise VikhrError(
+            f"--tokenizer-type {tokenizer_type} is not supported; use one of {', '.join(TOKENIZER_TYPES)}"
+        )
+    kind, _ = TOKENIZER_TYPES[tokenizer_type]
+    path = Path(tokenizer_model)
+    # Megatron's HuggingFaceTokenizer reads a directory's tokenizer.json, even beside a .model.
+    if kind == "huggingface" and path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
-    if not path.is_file():
-        raise VikhrError(f"tokenizer.json not found: {path} (give the file or its directory)")
-    return path
-
-
-def _hf_eos_id(path: Path) -> int | None:
-    """EOS id of a tokenizer.json: tokenizer_config.json's eos_token if present, else a usual name."""
-    import tokenizers
-
-    tok = tokenizers.Tokenizer.from_file(str(path))
-    names: list[str] = []
-    config = path.parent / "tokenizer_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-        if isinstance(eos, dict):
-            eos = eos.get("content")
-        if isinstance(eos, str):
-            names.append(eos)
-    for name in [*names, *_EOS_CANDIDATES]:
-        token_id = tok.token_to_id(name)
-        if token_id is not None:
-            return int(token_id)
-    return None
+    tok = load(path)
+    if tok.kind != kind:
+        wanted = "a SentencePiece .model" if kind == "sentencepiece" else "a tokenizer.json"
+        raise VikhrError(
+            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {tok.path} is a {tok.kind} tokenizer "
+            "(check --tokenizer-type and --tokenizer-model)"
+        )
+    return tok
 
 
 def preprocess(
@@ -140,22 +137,15 @@ def preprocess(
     """
     from vikhr import _core
 
-    if tokenizer_type not in TOKENIZER_TYPES:
-        raise VikhrError(
-            f"--tokenizer-type {tokenizer_type} is not supported; use one of {', '.join(TOKENIZER_TYPES)}"
-        )
-    kind, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
     files = expand_inputs(inputs)
-    model = Path(tokenizer_model)
-    eod_id: int | None = None
-    if kind == "huggingface":
-        model = _hf_tokenizer_file(model)
-        if append_eod:
-            eod_id = _hf_eos_id(model)
-            if eod_id is None:
-                raise VikhrError(f"{model}: no EOS token found for --append-eod (add tokenizer_config.json)")
-    elif not model.is_file():
-        raise VikhrError(f"tokenizer model not found: {model} (check --tokenizer-model)")
+    # Refused now rather than after the corpus has been tokenized (the Rust writer makes the parents).
+    require_writable_dir(Path(output_prefix).parent, "--output-prefix directory")
+    tok = _load_tokenizer(tokenizer_model, tokenizer_type)
+    kind, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
+    if append_eod and tok.eos_id is None:
+        raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
+    if prepend_bos and tok.bos_id is None:
+        raise VikhrError(f"--tokenizer-type {tokenizer_type} prepends BOS, but {tok.path} has no BOS token")
     if not json_keys:
         raise VikhrError("--json-keys needs at least one key")
     if len(set(json_keys)) != len(json_keys):
@@ -182,10 +172,9 @@ def preprocess(
             str(output_prefix),
             list(json_keys),
             kind,
-            str(model),
-            append_eod=append_eod,
-            eod_id=eod_id,
-            prepend_bos=prepend_bos,
+            str(tok.path),
+            eod_id=tok.eos_id if append_eod else None,
+            bos_id=tok.bos_id if prepend_bos else None,
             add_special_tokens=kind == "huggingface",
             threads=workers,
             skip_invalid=skip_invalid,
@@ -202,77 +191,35 @@ def preprocess(
     return PreprocessSummary(**raw)
 
 
-def _first_sequence(prefix: str, dtype: str, n_tokens: int) -> list[int]:
-    import numpy as np
-
-    header = 9 + 8 + 1 + 8 + 8
-    with open(prefix + ".idx", "rb") as f:
-        f.seek(9 + 8 + 1)
-        sequences = int(np.frombuffer(f.read(8), dtype="<u8")[0])
-        if sequences == 0:
-            return []
-        f.seek(header)
-        length = int(np.frombuffer(f.read(4), dtype="<i4")[0])
-    count = min(length, n_tokens)
-    data = np.fromfile(prefix + ".bin", dtype=np.dtype(dtype).newbyteorder("<"), count=count)
-    return [int(x) for x in data]
-
-
-def _decode(tokenizer_model: Path, ids: list[int]) -> str:
-    if tokenizer_model.suffix == ".json" or tokenizer_model.is_dir():
-        import tokenizers
-
-        return tokenizers.Tokenizer.from_file(str(_hf_tokenizer_file(tokenizer_model))).decode(ids)
-    import sentencepiece
-
-    return sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_model)).decode(ids)
-
-
 def inspect(
     prefix: str | os.PathLike[str],
     tokenizer_model: str | os.PathLike[str] | None = None,
     n_tokens: int = 32,
 ) -> IndexSummary:
-    """Validate `{prefix}.idx` against `{prefix}.bin` and return its counts and first tokens."""
-    from vikhr import _core
-
-    prefix = str(prefix)
-    for suffix in (".idx", ".bin"):
-        if not Path(prefix + suffix).is_file():
-            raise VikhrError(f"{prefix}{suffix} not found (give the prefix without .bin/.idx)")
-    try:
-        info = _core.inspect_index(prefix)
-    except ValueError as e:
-        raise VikhrError(f"invalid indexed dataset: {e}") from None
+    """Validate `{prefix}.idx` against `{prefix}.bin`; counts, and the first tokens of the first
+    non-empty document (decoded with `tokenizer_model` when given)."""
+    reader = indexed.IndexedReader(prefix)
+    info = reader.info
     summary = IndexSummary(
-        prefix=prefix,
-        dtype=info["dtype"],
-        documents=info["documents"],
-        empty_documents=info["empty_documents"],
-        sequences=info["sequences"],
-        tokens=info["tokens"],
-        bin_bytes=info["bin_bytes"],
+        prefix=info.prefix,
+        dtype=info.dtype,
+        documents=info.documents,
+        empty_documents=info.empty_documents,
+        sequences=info.sequences,
+        tokens=info.tokens,
+        bin_bytes=info.bin_bytes,
     )
-    summary.first_tokens = _first_sequence(prefix, summary.dtype, n_tokens)
+    if info.tokens:
+        first = next(doc for doc in map(reader.document, range(len(reader))) if doc)
+        summary.first_tokens = first[:n_tokens]
     if tokenizer_model is not None and summary.first_tokens:
-        summary.first_text = _decode(Path(tokenizer_model), summary.first_tokens)
+        from vikhr.tokenizer.load import load
+
+        summary.first_text = load(tokenizer_model).decode(summary.first_tokens)
     return summary
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
     """Concatenate indexed datasets (same dtype) into one, as Megatron's merge tool does."""
-    from vikhr import _core
-
-    names = [str(p) for p in prefixes]
-    if not names:
-        raise VikhrError("nothing to merge (give at least one input prefix)")
-    for name in names:
-        if not (Path(name + ".idx").is_file() and Path(name + ".bin").is_file()):
-            raise VikhrError(f"{name}.bin/.idx not found (give prefixes without .bin/.idx)")
-    if str(output_prefix) in names:
-        raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
-    try:
-        _core.merge_datasets(names, str(output_prefix))
-    except OSError as e:
-        raise VikhrError(f"merge failed: {e}") from None
+    indexed.merge(prefixes, output_prefix)
     return inspect(output_prefix)

@@ -33,6 +33,11 @@ def _run(args: argparse.Namespace) -> int:
         raise VikhrError(
             f"--data-dir {data_dir} not found (it should hold mmlu-en/, terra/, rucola/, chgk/, xquad-ru/)"
         )
+    for flag, value in (("--max-length", args.max_length), ("--num-fewshot", args.num_fewshot)):
+        if value is not None and value < (1 if flag == "--max-length" else 0):
+            raise VikhrError(
+                f"{flag} must be {'positive' if flag == '--max-length' else '>= 0'}, got {value}"
+            )
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix != ".json":
         raise VikhrError(f"--output {output}: use a .json file name (the Markdown table goes next to it)")

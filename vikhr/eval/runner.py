@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,9 +14,12 @@ from typing import Any
 
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
-from vikhr.eval.tasks import TASKS, build_task_config, effective_fewshot
+from vikhr.eval.tasks import TASKS, build_task_config, effective_fewshot, task_files
+from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
 DEFAULT_SEED = 1234
+# Rows a model may have beyond its tokenizer's tokens (padding to a multiple, reserved ids).
+VOCAB_PADDING = 1024
 
 
 @dataclass
@@ -66,32 +68,37 @@ def check_model_dir(model_dir: Path) -> None:
         raise VikhrError(f"{model_dir} has no *.safetensors weights")
 
 
-def load_tokenizer(model_dir: Path, tokenizer: Path | None, workdir: Path) -> Any:
-    """The HF tokenizer: from --tokenizer (HF dir or SentencePiece .model) or the model directory."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(model_dir: Path, tokenizer: Path | None) -> Tokenizer:
+    """The tokenizer to evaluate with: --tokenizer (a file or directory) or the model directory's own."""
     source = tokenizer or model_dir
-    if not source.exists():
-        raise VikhrError(f"tokenizer not found: {source} (pass an HF tokenizer directory or a .model file)")
-    if source.is_file():
-        if source.suffix != ".model":
-            raise VikhrError(
-                f"--tokenizer {source}: pass a directory with tokenizer.json or a SentencePiece .model file"
-            )
-        from vikhr.tokenizer.hf_export import write_hf_tokenizer
+    if tokenizer is None and not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise VikhrError(f"no {' or '.join(TOKENIZER_FILES)} in {model_dir} (pass --tokenizer FILE_OR_DIR)")
+    return load(source)
 
-        write_hf_tokenizer(source, workdir / "tokenizer")
-        source = workdir / "tokenizer"
-    elif not (source / "tokenizer.json").is_file() and not (source / "tokenizer.model").is_file():
-        hint = "" if tokenizer else " (pass --tokenizer DIR_OR_MODEL_FILE)"
-        raise VikhrError(f"no tokenizer.json or tokenizer.model in {source}{hint}")
+
+def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
+    """Refuse a tokenizer that is not the model's: its size must match config.json's vocab_size.
+
+    The model may have up to `VOCAB_PADDING` more rows than the tokenizer has tokens (padding to a
+    multiple, reserved tokens); more than that, or fewer rows than tokens, means another tokenizer.
+    """
+    config = model_dir / "config.json"
     try:
-        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise VikhrError(f"cannot load the tokenizer from {source}: {e}") from e
+        rows = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(f"{config} is not a readable JSON file ({e})") from e
+    if not isinstance(rows, int):
+        raise VikhrError(f"{config} has no integer vocab_size (is it an HF causal LM config?)")
+    size = tokenizer.vocab_size
+    if size > rows or rows - size > VOCAB_PADDING:
+        raise VikhrError(
+            f"the tokenizer {tokenizer.path} has {size} tokens but the model {model_dir} has a "
+            f"{rows}-token vocabulary (config.json vocab_size): it is not this model's tokenizer "
+            "(pass the one the model was trained with as --tokenizer)"
+        )
 
 
-def _make_lm(settings: EvalSettings, tokenizer: Any) -> Any:
+def _make_lm(settings: EvalSettings, tokenizer: Tokenizer) -> Any:
     import torch
     from lm_eval.models.huggingface import HFLM
 
@@ -123,7 +130,7 @@ def _make_lm(settings: EvalSettings, tokenizer: Any) -> Any:
         raise VikhrError(f"--device {device}: no CUDA device is available (use --device cpu)")
     return RollingWithoutBosLM(
         pretrained=str(settings.model_dir),
-        tokenizer=tokenizer,
+        tokenizer=tokenizer.to_transformers(),
         device=device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
@@ -132,35 +139,18 @@ def _make_lm(settings: EvalSettings, tokenizer: Any) -> Any:
     )
 
 
-def _check_vocab(lm: Any, tokenizer: Any) -> None:
-    rows = lm.model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise VikhrError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
-            "(wrong --tokenizer for this model?)"
-        )
-
-
 def _metric_value(value: Any) -> float | None:
     if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
         return float(value)
     return None
 
 
-def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
-    """Evaluate; returns {"tasks": {name: {"metrics", "stderr", "num_fewshot", "n"}}, "samples"?, ...}.
-
-    `lm` may be a ready lm-eval LM (reused across calls, e.g. in tests); otherwise the model is
-    loaded from `settings.model_dir`.
-    """
-    _offline()
-    if lm is None:
-        check_model_dir(settings.model_dir)
+def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
+    """lm-eval task objects for `settings.tasks`; every task's documents are read and checked here."""
     if settings.limit is not None and settings.limit < 1:
         raise VikhrError(f"--limit must be a positive number of documents, got {settings.limit}")
     if settings.num_fewshot is not None and settings.num_fewshot < 0:
         raise VikhrError(f"--num-fewshot must be >= 0, got {settings.num_fewshot}")
-    # Every task's files are checked before the (slow) model load.
     configs = {
         name: build_task_config(
             name,
@@ -172,58 +162,34 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         )
         for name in settings.tasks
     }
-
-    import lm_eval
-    import lm_eval.evaluator
     from lm_eval.api.task import ConfigurableTask
 
-    started = time.time()
     tasks = {}
     task_logger = logging.getLogger("lm_eval.api.task")
     level = task_logger.level
     # lm-eval logs a hint about --metadata for every custom_dataset task; it does not apply here.
     task_logger.setLevel(logging.ERROR)
     try:
-        # Documents are read (and checked) before the model is loaded.
         for name, config in configs.items():
             task = ConfigurableTask(config=config)
             task.set_fewshot_seed(seed=settings.seed)
             tasks[name] = task
     finally:
         task_logger.setLevel(level)
-    with tempfile.TemporaryDirectory(prefix="vikhr-eval-") as tmp:
-        if lm is None:
-            tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer, Path(tmp))
-            lm = _make_lm(settings, tokenizer)
-            _check_vocab(lm, tokenizer)
-        import random
+    return tasks
 
-        import numpy as np
-        import torch
 
-        random.seed(settings.seed)
-        np.random.seed(settings.seed)
-        torch.manual_seed(settings.seed)
-        with warnings.catch_warnings():
-            # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
-            # about each one.
-            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-            raw = lm_eval.evaluator.evaluate(
-                lm=lm,
-                task_dict={"tasks": tasks, "groups": {}},
-                limit=settings.limit,
-                bootstrap_iters=settings.bootstrap_iters,
-                log_samples=settings.log_samples,
-            )
-    if raw is None:  # only on non-zero ranks of a distributed run
-        return {}
+def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, seconds: float) -> dict[str, Any]:
+    """The results dict of `run_eval` from lm-eval's raw output."""
+    import lm_eval
+
     out: dict[str, Any] = {
         "model": str(settings.model_dir),
-        "tokenizer": str(settings.tokenizer or settings.model_dir),
+        "tokenizer": tokenizer,
         "lm_eval_version": lm_eval.__version__,
         "limit": settings.limit,
         "seed": settings.seed,
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(seconds, 1),
         "tasks": {},
     }
     n_samples = raw.get("n-samples", {})
@@ -236,20 +202,55 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
             "stderr": {m: s for m, s in stderr.items() if s is not None},
             "num_fewshot": effective_fewshot(name, settings.num_fewshot),
             "n": n_samples.get(name, {}).get("effective"),
-            "data": [
-                str(p)
-                for p in (
-                    [settings.bpc_data]
-                    if name == "bpc"
-                    else [
-                        settings.data_dir / f for f in (TASKS[name].eval_file, TASKS[name].fewshot_file) if f
-                    ]
-                )
-            ],
+            "data": [str(p) for p in task_files(name, settings.data_dir, settings.bpc_data)],
         }
     if settings.log_samples:
         out["samples"] = raw.get("samples", {})
     return out
+
+
+def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
+    """Evaluate; returns {"tasks": {name: {"metrics", "stderr", "num_fewshot", "n"}}, "samples"?, ...}.
+
+    `lm` may be a ready lm-eval LM (reused across calls, e.g. in tests); otherwise the model is
+    loaded from `settings.model_dir`. Inputs, the tokenizer and every document are checked before
+    the (slow) model load.
+    """
+    _offline()
+    tokenizer = None
+    if lm is None:
+        check_model_dir(settings.model_dir)
+        # Numbers from a tokenizer that is not the model's would look plausible: refuse first.
+        tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
+        check_vocab(tokenizer, settings.model_dir)
+    started = time.time()
+    tasks = _build_tasks(settings)
+    if lm is None:
+        lm = _make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
+    import random
+
+    import lm_eval.evaluator
+    import numpy as np
+    import torch
+
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    with warnings.catch_warnings():
+        # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
+        # about each one.
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        raw = lm_eval.evaluator.evaluate(
+            lm=lm,
+            task_dict={"tasks": tasks, "groups": {}},
+            limit=settings.limit,
+            bootstrap_iters=settings.bootstrap_iters,
+            log_samples=settings.log_samples,
+        )
+    if raw is None:  # only on non-zero ranks of a distributed run
+        return {}
+    used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
+    return _summary(raw, settings, str(used), time.time() - started)
 
 
 def markdown_table(results: dict[str, Any]) -> str:

@@ -12,19 +12,18 @@ Prompts are in the language of the task. Layout of the data directory (`../share
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
+from vikhr.jsonl import read_jsonl, read_texts
 
 LN2 = math.log(2.0)
 
@@ -120,35 +119,19 @@ def parse_task_list(tasks: str) -> list[str]:
 # Reading data
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL or JSONL.gz file; VikhrError naming the line that is not JSON."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VikhrError(f"{path}:{line_no}: not a JSON line ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise VikhrError(f"{path}:{line_no}: expected a JSON object per line")
-            yield record
-
-
 def _field(record: dict[str, Any], key: str, path: Path, line_no: int) -> Any:
     if key not in record or record[key] is None:
-        raise VikhrError(f"{path}: record {line_no} has no {key!r} field (is this the right file?)")
+        raise VikhrError(f"{path}:{line_no}: no {key!r} field (is this the right file?)")
     return record[key]
 
 
 def _records(path: Path, keys: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for i, r in enumerate(read_jsonl(path), 1):
+    for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
         for k in keys:
-            _field(r, k, path, i)
+            _field(r, k, path, line_no)
         out.append(r)
     if not out:
         raise VikhrError(f"{path} has no records")
@@ -454,10 +437,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
 def _bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str, Any]:
     def load(**_: Any) -> Any:
         rows = []
-        for i, r in enumerate(read_jsonl(text_path), 1):
-            text = _field(r, text_field, text_path, i)
-            if not isinstance(text, str):
-                raise VikhrError(f"{text_path}: record {i} field {text_field!r} is not a string")
+        for text in read_texts(text_path, text_field):
             if text:
                 rows.append({"text": text})
             if limit is not None and len(rows) >= limit:

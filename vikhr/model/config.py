@@ -13,6 +13,7 @@ Parameter layout (what HF <-> Megatron conversion maps, per layer `decoder.layer
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -41,6 +42,15 @@ class ModelConfig:
 
     def validate(self, tp_size: int = 1) -> None:
         """Raise VikhrError naming the field when the shape cannot be built at this TP size."""
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_kv_heads"):
+            if getattr(self, name) < 1:
+                raise VikhrError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("vocab_size", "max_seq_len", "rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not (0 < value < math.inf):
+                raise VikhrError(f"{name} must be a positive finite number, got {value}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise VikhrError(f"sliding_window must be positive (or null), got {self.sliding_window}")
         if self.hidden_size % self.num_attention_heads:
             raise VikhrError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -51,15 +61,20 @@ class ModelConfig:
                 f"num_attention_heads {self.num_attention_heads} is not divisible by num_kv_heads "
                 f"{self.num_kv_heads}"
             )
+        misfit = self.tensor_parallel_misfit(tp_size)
+        if misfit is not None:
+            raise VikhrError(f"tensor parallel size {tp_size} does not divide {misfit[0]} = {misfit[1]}")
+
+    def tensor_parallel_misfit(self, tp_size: int) -> tuple[str, int] | None:
+        """(field, value) of the first dimension that `tp_size` ranks cannot split evenly, or None."""
         for name, value in (
             ("num_attention_heads", self.num_attention_heads),
             ("num_kv_heads", self.num_kv_heads),
             ("ffn_hidden_size", self.ffn_hidden_size),
         ):
             if value % tp_size:
-                raise VikhrError(f"tensor parallel size {tp_size} does not divide {name} = {value}")
-        if self.vocab_size < 1:
-            raise VikhrError(f"vocab_size must be positive, got {self.vocab_size}")
+                return name, value
+        return None
 
     def with_overrides(self, **kwargs: Any) -> ModelConfig:
         return replace(self, **kwargs)

@@ -9,7 +9,7 @@ importable and a GPU is in use, "sdpa" otherwise.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +21,15 @@ def transformer_config(
     cfg: ModelConfig,
     tp_size: int = 1,
     params_dtype: torch.dtype = torch.float32,
-    use_cpu_initialization: bool | None = None,
+    on_gpu: bool = False,
     recompute: bool = False,
     sequence_parallel: bool = False,
 ):  # -> megatron.core.transformer.TransformerConfig
-    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off on CPU.
+    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off.
 
+    `on_gpu` (the run's `DistEnv.on_gpu`): on the CPU the full weights are drawn and sliced, so
+    TP=1 and TP=K start from the same weights for the same seed, and megatron runs in its
+    deterministic mode; on GPU each rank draws its own shard where it lives (no full copy per rank).
     `recompute`: keep only each layer's input for backward and run the layer again there
     (megatron's full, uniform recomputation, one layer per checkpoint).
     `sequence_parallel`: megatron's sequence parallelism (TP > 1): the norms and the residual
@@ -35,7 +38,6 @@ def transformer_config(
     from megatron.core.transformer import TransformerConfig
 
     cfg.validate(tp_size)
-    on_gpu = torch.cuda.is_available() and use_cpu_initialization is not True
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -56,9 +58,7 @@ def transformer_config(
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        # Initialising the full weight on the CPU and slicing it makes TP=1 and TP=K start
-        # from the same weights for the same seed.
-        use_cpu_initialization=True if use_cpu_initialization is None else use_cpu_initialization,
+        use_cpu_initialization=not on_gpu,
         perform_initialization=True,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
@@ -70,7 +70,6 @@ def transformer_config(
         sequence_parallel=sequence_parallel,
         # HF Mistral's window W (query i sees keys i-W+1..i) is megatron's (W-1, 0).
         window_size=None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0),
-        # On CPU there is no fused attention; the local spec's unfused attention is used.
         attention_softmax_in_fp32=True,
         deterministic_mode=not on_gpu,
         recompute_granularity="full" if recompute else None,
@@ -79,7 +78,9 @@ def transformer_config(
     )
 
 
-ATTENTION_BACKENDS = ("auto", "te", "sdpa", "local")
+# "auto" resolves to "te" or "sdpa" (resolve_attention); the config's model.attention takes these.
+AttentionBackend = Literal["auto", "te", "sdpa", "local"]
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
 
 def have_transformer_engine() -> bool:
@@ -99,10 +100,11 @@ class RMSNorm(torch.nn.RMSNorm):
     """torch RMSNorm as megatron's spec builds it (what its WrappedTorchNorm makes), but usable
     under sequence parallelism: each TP rank then normalises its slice of the sequence, so the
     weight's gradient is partial; `weight.sequence_parallel` makes megatron's
-    finalize_model_grads sum it over the TP ranks."""
+    finalize_model_grads sum it over the TP ranks. The weight has the model's params_dtype, so
+    that bf16 activations meet a bf16 weight (torch's fused RMSNorm needs both alike)."""
 
     def __init__(self, config: Any, hidden_size: int, eps: float = 1e-5, **unused: object) -> None:
-        super().__init__(hidden_size, eps=eps)
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 
@@ -146,7 +148,7 @@ def build_gpt_model(
     params_dtype: torch.dtype = torch.float32,
     vocab_multiple: int = 128,
     attention: str = "auto",
-    use_cpu_initialization: bool | None = None,
+    on_gpu: bool = False,
     recompute: bool = False,
     sequence_parallel: bool = False,
 ):  # -> megatron.core.models.gpt.GPTModel
@@ -154,16 +156,12 @@ def build_gpt_model(
 
     The vocabulary is padded to a multiple of `vocab_multiple * tp_size`; padded rows exist
     in the embedding and LM head but never occur as labels. Called with labels=None the model
-    returns this TP rank's vocabulary columns of the logits, [b, s, V_pad/TP].
+    returns this TP rank's vocabulary columns of the logits, [b, s, V_pad/TP]. `on_gpu` is the
+    run's `DistEnv.on_gpu` (see transformer_config; "auto" attention picks "te" only there).
     """
     from megatron.core.models.gpt import GPTModel
 
-    from vikhr.runtime import cpu_compat
-
-    on_gpu = torch.cuda.is_available() and not cpu_compat.is_applied()
-    tcfg = transformer_config(
-        cfg, tp_size, params_dtype, use_cpu_initialization, recompute, sequence_parallel
-    )
+    tcfg = transformer_config(cfg, tp_size, params_dtype, on_gpu, recompute, sequence_parallel)
     spec = block_spec(resolve_attention(attention, on_gpu), cfg.num_layers)
     model = GPTModel(
         config=tcfg,

@@ -1,9 +1,11 @@
-"""Just-in-time, cached build of the C++/CUDA ops in `csrc/`.
+"""Just-in-time, cached build of the C++/CUDA ops in `csrc/`, registered as `torch.ops.vikhr.*`.
 
 The CPU sources always build (a C++20 compiler is all they need). The `.cu` sources are
 added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
-holds both. Builds are cached per torch version, variant and a hash of sources and flags under
-`$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the compile time.
+holds both. Builds are cached per torch version, variant and a hash of sources and flags (and,
+with CUDA, of the nvcc release and the target architectures) under `$VIKHR_CACHE_DIR` (default
+`~/.cache/vikhr`), so only the first use pays the compile time. Loading the extension registers
+the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) for torch.compile.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import functools
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 from vikhr.errors import VikhrError
+from vikhr.ops.fake import register_fake_kernels
 
 
 def csrc_dir() -> Path:
@@ -34,7 +40,6 @@ def cache_dir() -> Path:
 
 def cuda_build_possible() -> bool:
     """True when a CUDA device and a CUDA toolkit with nvcc are both present."""
-    import torch
     from torch.utils import cpp_extension
 
     return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
@@ -72,6 +77,22 @@ def _flags(with_cuda: bool) -> tuple[list[str], list[str], list[str]]:
     return cflags, cuda_cflags, ldflags
 
 
+def _cuda_key() -> str:
+    """The nvcc release and the architectures torch compiles for (TORCH_CUDA_ARCH_LIST or the
+    visible cards): a cache shared between machines must not serve sm_80 code to an sm_90 card."""
+    from torch.utils import cpp_extension
+
+    nvcc = Path(cpp_extension.CUDA_HOME or "") / "bin" / "nvcc"
+    try:
+        version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise VikhrError(f"cannot run {nvcc} --version ({e}); check the CUDA toolkit (CUDA_HOME)") from e
+    release = next((line for line in version.splitlines() if "release" in line), version.strip())
+    # The -gencode flags torch will pass to nvcc (its own function, so the key cannot drift).
+    arch_flags = cpp_extension._get_cuda_arch_flags()
+    return f"{release}|{' '.join(arch_flags)}"
+
+
 def _put_ninja_on_path() -> None:
     """torch's JIT build runs `ninja` from PATH; a venv used without activation lacks it there."""
     if shutil.which("ninja") is None:
@@ -82,15 +103,15 @@ def _put_ninja_on_path() -> None:
 
 @functools.cache
 def load_ops(verbose: bool = False) -> ModuleType:
-    """Build (first time) and import the ops extension; returns the Python module."""
-    import torch
+    """Build (first time) and load the ops extension: registers `torch.ops.vikhr.*` and their fake
+    kernels; returns the extension's Python module (which only reports `compiled_ops`)."""
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
     with_cuda = cuda_build_possible()
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
-    flags_key = repr(_flags(with_cuda))
+    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")
     tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources, flags_key)}"
     build_dir = cache_dir() / "ops" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +119,7 @@ def load_ops(verbose: bool = False) -> ModuleType:
         print(f"vikhr: compiling csrc ops for {variant} (first use, about a minute)...", file=sys.stderr)
     cflags, cuda_cflags, ldflags = _flags(with_cuda)
     try:
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name=f"vikhr_ops_{variant}",
             sources=[str(s) for s in sources],
             extra_include_paths=[str(csrc_dir())],
@@ -111,8 +132,27 @@ def load_ops(verbose: bool = False) -> ModuleType:
         )
     except (RuntimeError, OSError, ImportError) as e:
         raise VikhrError(f"building the csrc ops failed in {build_dir}: {e}") from e
+    register_fake_kernels()
+    return module
 
 
 def compiled_ops() -> dict[str, list[str]]:
     """Op name -> devices it is compiled for, as reported by the built extension."""
     return {k: list(v) for k, v in load_ops().compiled_ops().items()}
+
+
+# Run when torch.compile traces a caller, which then sees a constant: the op's build is fixed
+# for the life of the process.
+@torch.compiler.assume_constant_result
+def kernels_compiled_for(op: str, device_type: str) -> bool:
+    """Whether `op` (a key of `compiled_ops`) has kernels for `device_type`; builds on first use."""
+    return device_type in compiled_ops()[op]
+
+
+def require_kernels(op: str, device: torch.device) -> None:
+    """Loads the ops (building them on first use); one clear error when `device` has no kernel."""
+    if not kernels_compiled_for(op, device.type):
+        raise VikhrError(
+            f"{op}: the csrc ops were built without {device.type} kernels (no CUDA toolkit found); "
+            "install nvcc (the CUDA toolkit, e.g. pip install nvidia-cuda-nvcc), set CUDA_HOME and rerun"
+        )

@@ -10,26 +10,34 @@ Vocab parallel: `logits` and `ref_logits` hold this rank's columns
 labels are global ids. Columns at or beyond `valid_vocab_size` (vocabulary padding) get zero
 probability in both distributions.
 
-`cross_entropy_kl` runs the fused kernel of csrc/ (cross_entropy_kl.cpp, cross_entropy_kl_cuda.cu,
-math in cekl_math.h): one pass over each row with online max/sum-exp in fp32 and no N×V
-temporaries. On one rank the forward also writes the gradient while the row is in cache
-(optionally over the logits: `inplace_backward=True`); with a vocab-parallel group the kernel
-returns per-row statistics, this module does exactly two collectives (a MAX of the maxima, one
-SUM of the rescaled sums, target logit and KL terms), and the gradient needs none. On a CUDA
-device for which the kernel was not compiled (no nvcc) it falls back to `_CrossEntropyKLTorch`,
-the same algorithm in PyTorch (N×V fp32 temporaries). `cross_entropy_kl_reference` is the plain
-float64 autograd reference used by tests.
+`cross_entropy_kl` runs the fused kernel of csrc/ (`torch.ops.vikhr.cekl_*`: cross_entropy_kl.cpp
+and cross_entropy_kl_cuda.cu, math in cekl_math.h; the dispatcher picks the device): one pass over
+each row with online max/sum-exp in fp32 and no N×V temporaries. On one rank the forward also
+writes the gradient while the row is in cache (optionally over the logits: `inplace_backward=True`);
+with a vocab-parallel group (or without a gradient) the kernel returns per-row statistics, this
+module does exactly two collectives (a MAX of the maxima, one SUM of the rescaled sums, target
+logit and KL terms), and the gradient needs none.
+
+On a CUDA device for which the kernels were not compiled (no nvcc) the op raises one line saying
+to install the CUDA toolkit. It does not fall back: the only plain-PyTorch version of the loss,
+`vikhr.ops.reference.cross_entropy_kl_reference` (what the tests and `tools/bench_kernels.py`
+compare against), is single-rank and materialises N×V temporaries, so it could not serve the
+vocab-parallel trainer, and a second production implementation would be one more to keep equal.
+
+`torch.compile(fullgraph=True)` traces the op (single rank) through its fake kernels
+(`vikhr.ops.fake`).
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
-from vikhr.ops.build import load_ops
+from vikhr.ops.build import require_kernels
+from vikhr.ops.fake import MAX_COLS
 
 KL_DIRECTIONS = ("reverse", "forward")
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -43,7 +51,7 @@ class CEKLOutput(NamedTuple):
     kl: torch.Tensor  # scalar, detached: mean KL over valid tokens (before λ and T²)
 
 
-def _check(
+def check_inputs(
     logits: torch.Tensor,
     ref_logits: torch.Tensor | None,
     labels: torch.Tensor,
@@ -51,6 +59,7 @@ def _check(
     kl_direction: str,
     temperature: float,
 ) -> None:
+    """Shapes, dtypes, devices and options of a `cross_entropy_kl` call (also the reference's)."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -103,125 +112,58 @@ def _vocab_size(logits: torch.Tensor, world: int, valid_vocab_size: int | None) 
     return valid_vocab_size
 
 
-def _check_labels(labels: torch.Tensor, ignore_index: int, vocab: int) -> torch.Tensor:
-    """The mask of counted rows; raises on a label outside [0, vocab) (one host sync)."""
+def _check_labels(labels: torch.Tensor, ignore_index: int, vocab: int) -> None:
+    """Rejects a label outside [0, vocab) that is not ignore_index.
+
+    On the CPU it raises ValueError naming the first bad label. On an accelerator, and when traced
+    by torch.compile, the check is an assertion on the device: no host sync in the hot path (a bad
+    label fails the next synchronising call with the same message)."""
     valid = labels != ignore_index
     bad = valid & ((labels < 0) | (labels >= vocab))
-    if bool(bad.any()):
+    message = f"labels must be in [0, {vocab}) or ignore_index={ignore_index}"
+    if torch.compiler.is_compiling() or labels.device.type != "cpu":
+        torch._assert_async(~bad.any(), message)
+    elif bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"labels must be in [0, {vocab}) or ignore_index={ignore_index}; "
-            f"labels[{first}] = {int(labels[first])}"
-        )
-    return valid
+        raise ValueError(f"{message}; labels[{first}] = {int(labels[first])}")
 
 
-def _log_softmax_parallel(x: torch.Tensor, group: dist.ProcessGroup | None, world: int) -> torch.Tensor:
-    """log softmax over the full (sharded) vocabulary, fp32; x already has -inf in padded columns."""
-    m = x.max(dim=1, keepdim=True).values
-    if world > 1:
-        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = (x - m).exp().sum(dim=1, keepdim=True)
-    if world > 1:
-        dist.all_reduce(s, group=group)
-    return x - m - s.log()
-
-
-class _CrossEntropyKLTorch(torch.autograd.Function):
-    """The fused op's algorithm written with PyTorch tensors (materialises [N, V] fp32 temporaries)."""
-
-    @staticmethod
-    def forward(
-        ctx, logits, ref_logits, labels, kl_weight, reverse, temperature, ignore_index, valid_vocab, group
-    ):  # type: ignore[override]
-        start, world = _shard(logits, group)
-        n, v_local = logits.shape
-        cols = torch.arange(start, start + v_local, device=logits.device)
-        pad = (cols >= valid_vocab).unsqueeze(0) if valid_vocab is not None else None
-        z = logits.float()
-        if pad is not None:
-            z = z.masked_fill(pad, float("-inf"))
-        valid = labels != ignore_index
-        # Every rank of the vocab-parallel group holds the same labels, so n_valid agrees.
-        n_valid = int(valid.sum())
-        logp = _log_softmax_parallel(z, group, world)
-        local_label = labels.long() - start
-        in_shard = valid & (local_label >= 0) & (local_label < v_local)
-        tgt = torch.zeros(n, device=logits.device)
-        rows = in_shard.nonzero(as_tuple=True)[0]
-        tgt[rows] = logp[rows, local_label[rows]]
-        if world > 1:
-            dist.all_reduce(tgt, group=group)
-        ce_rows = torch.where(valid, -tgt, torch.zeros_like(tgt))
-
-        kl_rows = torch.zeros(n, device=logits.device)
-        grad_kl = None
-        if kl_weight > 0:
-            zt = z / temperature
-            r = ref_logits.float() / temperature
-            if pad is not None:
-                r = r.masked_fill(pad, float("-inf"))
-            logq = _log_softmax_parallel(zt, group, world)
-            logr = _log_softmax_parallel(r, group, world)
-            q = logq.exp()
-            rr = logr.exp()
-            if reverse:
-                diff = torch.where(q > 0, logq - logr, torch.zeros_like(q))
-                term = q * diff
-            else:
-                diff = torch.where(rr > 0, logr - logq, torch.zeros_like(rr))
-                term = rr * diff
-            kl_rows = term.sum(dim=1)
-            if world > 1:
-                dist.all_reduce(kl_rows, group=group)
-            kl_rows = torch.where(valid, kl_rows, torch.zeros_like(kl_rows))
-            # d(T²·KL)/dz = T · dKL/d(z/T)
-            if reverse:
-                grad_kl = temperature * q * (diff - kl_rows.unsqueeze(1))
-            else:
-                grad_kl = temperature * (q - rr)
-
-        denom = max(n_valid, 1)
-        ce = ce_rows.sum() / denom
-        kl = kl_rows.sum() / denom
-        loss = ce + kl_weight * temperature**2 * kl
-
-        p = logp.exp()
-        grad = p
-        if rows.numel():
-            grad[rows, local_label[rows]] -= 1.0
-        if grad_kl is not None:
-            grad = grad + kl_weight * grad_kl
-        grad = torch.where(valid.unsqueeze(1), grad, torch.zeros_like(grad)) / denom
-        ctx.save_for_backward(grad)
-        ctx.logits_dtype = logits.dtype
-        return loss, ce.detach(), kl.detach()
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_ce, _grad_kl):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None, None, None
+def _check_grad_scale(grad_scale: float) -> None:
+    if not (math.isfinite(grad_scale) and grad_scale > 0):
+        raise ValueError(f"grad_scale must be a positive finite number, got {grad_scale}")
 
 
 class _CrossEntropyKLFunction(torch.autograd.Function):
-    """The csrc/ kernel: forward computes loss and (if needed) the gradient; backward scales it."""
+    """The csrc/ kernel: forward computes loss and (if needed) the gradient × grad_scale; backward
+    rescales it by grad_loss / grad_scale (on the device; nothing to do when they are equal)."""
 
     @staticmethod
     def forward(
-        ctx, logits, ref_logits, labels, kl_weight, mode, temperature, ignore_index, vocab, group, inplace
+        ctx,
+        logits,
+        ref_logits,
+        labels,
+        kl_weight,
+        mode,
+        temperature,
+        ignore_index,
+        vocab,
+        group,
+        inplace,
+        grad_scale,
     ):  # type: ignore[override]
-        ops = load_ops()
-        dev = logits.device.type
         start, world = _shard(logits, group)
         v_local = logits.shape[1]
         valid = labels != ignore_index  # labels were range-checked by the caller
         local = labels.long() - start
         target = torch.where(valid & (local >= 0) & (local < v_local), local, torch.full_like(local, -1))
         # Every rank of the vocab-parallel group holds the same labels, so n_valid agrees.
-        n_valid = valid.sum()
-        denom = n_valid.clamp(min=1).to(torch.float64)
+        denom = valid.sum().clamp(min=1).to(torch.float64)
         row_scale = (valid.to(torch.float64) / denom).float()
+        # The kernels scale each row's gradient by row_scale; the caller's loss scale rides along.
+        grad_row_scale = (
+            row_scale if grad_scale == 1.0 else (valid.to(torch.float64) * (grad_scale / denom)).float()
+        )
         valid_cols = max(0, min(v_local, vocab - start))
         inv_t, kl_coef = 1.0 / temperature, kl_weight * temperature
 
@@ -230,25 +172,26 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         grad = None
         if ctx.needs_input_grad[0]:
             grad = z if inplace else torch.empty_like(z)
-        if world == 1:
-            rows = getattr(ops, f"cekl_forward_{dev}")(
-                z, r, target, row_scale, inv_t, kl_coef, mode, valid_cols, grad
-            )
+        ops = torch.ops.vikhr
+        if world == 1 and grad is not None:
+            # One read of each row for its statistics, a second for the gradient while in cache.
+            rows = ops.cekl_forward(z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad)
         else:
-            stats = getattr(ops, f"cekl_stats_{dev}")(z, r, target, row_scale, inv_t, mode, valid_cols)
-            maxima = stats[:, :3].contiguous()
-            dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-            sums = getattr(ops, f"cekl_rescale_{dev}")(stats, maxima)
-            dist.all_reduce(sums, group=group)
-            rows = getattr(ops, f"cekl_finish_{dev}")(maxima, sums, row_scale, mode)
+            # Vocab parallel (the gradient needs no further collective), or no gradient wanted.
+            stats = ops.cekl_stats(z, r, target, row_scale, inv_t, mode, valid_cols)
+            maxima = stats[:, :MAX_COLS].contiguous()  # maxima first (csrc/cekl_math.h)
+            if world > 1:
+                dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
+            sums = ops.cekl_rescale(stats, maxima)
+            if world > 1:
+                dist.all_reduce(sums, group=group)
+            rows = ops.cekl_finish(maxima, sums, row_scale, mode)
             if grad is not None:
-                getattr(ops, f"cekl_backward_{dev}")(
-                    z, r, target, row_scale, rows, inv_t, kl_coef, mode, valid_cols, grad
-                )
-        if grad is not None and grad.data_ptr() == logits.data_ptr():
+                ops.cekl_backward(z, r, target, grad_row_scale, rows, inv_t, kl_coef, mode, valid_cols, grad)
+        if grad is not None and grad is logits:
             # The logits now hold the gradient: make autograd reject any other saved use of them.
             torch.autograd.graph.increment_version(logits)
-        ctx.grad = grad
+        ctx.grad, ctx.grad_scale = grad, grad_scale
         ce = (rows[:, 0].double().sum() / denom).float()
         kl = (rows[:, 1].double().sum() / denom).float()
         loss = ce + kl_weight * temperature**2 * kl
@@ -261,27 +204,13 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("cross_entropy_kl: backward called twice (its gradient buffer is consumed)")
         ctx.grad = None
-        # One host sync; saves a full read+write of the N×V gradient in the usual grad_loss == 1 case.
-        if bool(grad_loss != 1):
-            grad.mul_(grad_loss)
-        return grad, None, None, None, None, None, None, None, None, None
-
-
-_warned_fallback: set[str] = set()
-
-
-def _kernel_available(device: torch.device) -> bool:
-    ops = load_ops()
-    if hasattr(ops, f"cekl_forward_{device.type}"):
-        return True
-    if device.type not in _warned_fallback:
-        _warned_fallback.add(device.type)
-        warnings.warn(
-            f"cross_entropy_kl: the csrc kernel is not compiled for {device.type} (no nvcc?); "
-            "using the PyTorch implementation, which materialises N×V fp32 temporaries",
-            stacklevel=3,
-        )
-    return False
+        factor = grad_loss.float() / ctx.grad_scale  # exactly 1 when the caller scaled as announced
+        if torch.compiler.is_compiling():
+            grad = grad * factor  # traced: the compiler fuses the scaling
+        else:
+            # On the device, without a host sync; free (no pass over the N×V gradient) when factor == 1.
+            torch.ops.vikhr.cekl_scale_grad(grad, factor.reshape(1).contiguous())
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy_kl(
@@ -296,23 +225,28 @@ def cross_entropy_kl(
     valid_vocab_size: int | None = None,
     process_group: dist.ProcessGroup | None = None,
     inplace_backward: bool = False,
+    grad_scale: float = 1.0,
 ) -> CEKLOutput:
     """Mean CE + λ·T²·KL over non-ignored tokens; gradient flows to `logits` only.
 
     `inplace_backward=True` writes the gradient over `logits` during the forward (saves an
     N×V buffer); `logits` must not be used afterwards (autograd errors if something saved it).
-    Labels outside [0, vocabulary) raise ValueError (this costs one host sync).
+    Labels outside [0, vocabulary) raise ValueError on the CPU; on CUDA a device-side assertion
+    (no host sync) reports them at the next synchronising call.
+
+    `grad_scale` is the factor the caller will multiply `loss` by before backward (the trainer's
+    micro-batch weight): the kernel folds it into the gradient it writes, so backward makes no
+    extra pass over the N×V gradient. The returned values are not scaled, and any other incoming
+    gradient still gives the exact gradient (at the cost of that pass).
     """
-    _check(logits, ref_logits, labels, kl_weight, kl_direction, temperature)
+    check_inputs(logits, ref_logits, labels, kl_weight, kl_direction, temperature)
     _check_kernel_dtypes(logits, ref_logits if kl_weight > 0 else None)
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
     _check_labels(labels, ignore_index, vocab)
+    _check_grad_scale(grad_scale)
+    require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
-    if not _kernel_available(logits.device):
-        return _cross_entropy_kl_torch(
-            logits, ref, labels, kl_weight, kl_direction, temperature, ignore_index, vocab, process_group
-        )
     mode = _MODE_NONE if ref is None else (_MODE_REVERSE if kl_direction == "reverse" else _MODE_FORWARD)
     loss, ce, kl = _CrossEntropyKLFunction.apply(
         logits,
@@ -325,58 +259,6 @@ def cross_entropy_kl(
         vocab,
         process_group,
         inplace_backward,
+        float(grad_scale),
     )
     return CEKLOutput(loss, ce, kl)
-
-
-def _cross_entropy_kl_torch(
-    logits, ref, labels, kl_weight, kl_direction, temperature, ignore_index, vocab, process_group
-) -> CEKLOutput:
-    """The PyTorch fallback (also tested directly against the reference)."""
-    loss, ce, kl = _CrossEntropyKLTorch.apply(
-        logits,
-        ref,
-        labels,
-        float(kl_weight),
-        kl_direction == "reverse",
-        float(temperature),
-        ignore_index,
-        vocab,
-        process_group,
-    )
-    return CEKLOutput(loss, ce, kl)
-
-
-def cross_entropy_kl_reference(
-    logits: torch.Tensor,
-    ref_logits: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    kl_weight: float = 0.0,
-    kl_direction: str = "reverse",
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    valid_vocab_size: int | None = None,
-) -> CEKLOutput:
-    """Float64 autograd reference on the full vocabulary (single rank)."""
-    _check(logits, ref_logits, labels, kl_weight, kl_direction, temperature)
-    # Padded columns have zero probability: drop them (their gradient is then exactly zero).
-    vv = logits.shape[1] if valid_vocab_size is None else valid_vocab_size
-    z = logits.double()[:, :vv]
-    valid = labels != ignore_index
-    denom = max(int(valid.sum()), 1)
-    logp = torch.log_softmax(z, dim=1)
-    safe = torch.where(valid, labels.long(), torch.zeros_like(labels.long()))
-    ce_rows = -logp.gather(1, safe.unsqueeze(1)).squeeze(1) * valid
-    ce = ce_rows.sum() / denom
-    kl = torch.zeros((), dtype=torch.float64, device=logits.device)
-    if kl_weight > 0:
-        logq = torch.log_softmax(z / temperature, dim=1)
-        logr = torch.log_softmax(ref_logits.double()[:, :vv] / temperature, dim=1)
-        if kl_direction == "reverse":
-            terms = logq.exp() * (logq - logr)
-        else:
-            terms = logr.exp() * (logr - logq)
-        kl = (terms.sum(dim=1) * valid).sum() / denom
-    loss = ce + kl_weight * temperature**2 * kl
-    return CEKLOutput(loss, ce.detach(), kl.detach())

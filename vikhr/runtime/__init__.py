@@ -1,5 +1,6 @@
-"""Process start-up: distributed groups, seeding, and megatron-core on CPU."""
+"""Process start-up: distributed groups, seeding, and megatron-core on CPU.
 
-from vikhr.runtime.distributed import DistEnv, init_distributed, seed_everything, shutdown
-
-__all__ = ["DistEnv", "init_distributed", "seed_everything", "shutdown"]
+`vikhr.runtime.distributed` (the job's environment), `vikhr.runtime.cpu_compat` (megatron on the
+CPU) and `vikhr.runtime.megatron` (the version pin); the package itself imports nothing, so the
+light version check does not load torch.
+"""

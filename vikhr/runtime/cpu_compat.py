@@ -3,44 +3,38 @@
 megatron-core has no CPU path: it asks `torch.cuda.current_device()` where to put tensors,
 keeps its RNG streams in CUDA generators, and has a few CUDA-only calls on its training path.
 With `use_cpu_initialization=True`, the local layer spec and fused kernels off, everything else
-already works on CPU with gloo; this module supplies the missing pieces:
+already works on CPU with gloo; `megatron_on_cpu()` supplies the missing pieces for as long as
+it is entered:
 
 - `torch.cuda.current_device()` answers `torch.device("cpu")`, so megatron's
   `device=torch.cuda.current_device()` allocations land on the CPU;
 - the CUDA RNG tracker is replaced by one that keeps CPU generator states (same names, same
   seeds, same fork semantics), so dropout and initialisation stay reproducible per TP rank;
 - stream/synchronisation calls used on megatron's DDP and optimizer paths become no-ops;
+- megatron's grad clipping loses its assertion that gradients are CUDA tensors;
 - the `device="cuda"` literals scattered through megatron (causal masks, optimizer flags,
   grad-norm buffers) are redirected to the CPU by a torch function mode, rather than by
   patching each function that has one, so new literals in the same paths are covered too;
   the same mode names CPU tensors' types as CUDA ones (`t.type()`), which megatron's
   distributed optimizer uses to sort parameters.
 
-It is applied only when CUDA is unavailable (or when forced) and only once.
+The patches are process-wide by nature (they replace attributes of torch and megatron), so
+there is one owner: the distributed environment (`vikhr.runtime.distributed_env`) enters this
+context for a CPU run and leaves it at the end, which restores every patched attribute.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-_APPLIED = False
+from vikhr.errors import VikhrError
+
 _CPU = torch.device("cpu")
-_MODE: TorchFunctionMode | None = None
-# (object, attribute name, original value) for every patch, so remove() can undo them.
-_PATCHES: list[tuple[object, str, object]] = []
-
-
-def _patch(obj: object, name: str, value: object) -> None:
-    _PATCHES.append((obj, name, getattr(obj, name)))
-    setattr(obj, name, value)
-
-
-def is_applied() -> bool:
-    return _APPLIED
 
 
 class _NullStream:
@@ -92,7 +86,7 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _make_cpu_rng_tracker_class() -> type:
+def _cpu_rng_tracker_class() -> type:
     from megatron.core.tensor_parallel import random as mrandom
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
@@ -122,77 +116,76 @@ def _make_cpu_rng_tracker_class() -> type:
     return CpuRNGStatesTracker
 
 
-def _patch_clip_grads() -> None:
-    """megatron's clip_grad_by_total_norm_fp32 asserts grads are `torch.cuda.FloatTensor`.
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):  # type: ignore[no-untyped-def]
+    """megatron's clip_grad_by_total_norm_fp32 without its assertion that grads are
+    `torch.cuda.FloatTensor`: grads × max_norm / (norm + 1e-6) when that is below 1."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attr, None) for p in parameters]
+    grads = [g.detach() for g in grads if g is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0:
+        torch._foreach_mul_(grads, clip_coeff)
 
-    Added for the trainer (vikhr.train): the same scaling (grads × max_norm / (norm + 1e-6) when
-    that is below 1), without the device assertion.
-    """
-    import importlib
+
+class _Patches:
+    """Attributes replaced for the life of the context, restored in reverse order on exit."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[object, str, object]] = []
+
+    def set(self, obj: object, name: str, value: object) -> None:
+        self._saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def restore(self) -> None:
+        while self._saved:
+            obj, name, value = self._saved.pop()
+            setattr(obj, name, value)
+
+
+_active = False  # the patches are process-wide: one owner at a time
+
+
+@contextlib.contextmanager
+def megatron_on_cpu() -> Iterator[None]:
+    """Run megatron-core on the CPU inside this context; everything is restored on exit."""
+    global _active
+    if _active:
+        raise VikhrError("megatron_on_cpu() is already active in this process (it does not nest)")
+    from megatron.core.tensor_parallel import random as mrandom
 
     # By module path: the package megatron.core.optimizer rebinds the name `optimizer`.
     moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
-
-    def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):  # type: ignore[no-untyped-def]
-        if isinstance(parameters, torch.Tensor):
-            parameters = [parameters]
-        attr = "decoupled_grad" if use_decoupled_grad else "grad"
-        grads = [getattr(p, attr, None) for p in parameters]
-        grads = [g.detach() for g in grads if g is not None]
-        clip_coeff = max_norm / (total_norm + 1.0e-6)
-        if clip_coeff < 1.0:
-            torch._foreach_mul_(grads, clip_coeff)
-
-    _patch(moptimizer, "clip_grad_by_total_norm_fp32", clip_grad_by_total_norm_fp32)
-
-
-def apply(force: bool = False) -> None:
-    """Patch torch.cuda and megatron-core for CPU execution. No-op when CUDA is available."""
-    global _APPLIED, _MODE
-    if _APPLIED or (torch.cuda.is_available() and not force):
-        return
-
-    _patch(torch.cuda, "current_device", lambda: _CPU)
-    _patch(torch.cuda, "synchronize", lambda device=None: None)
-    _patch(torch.cuda, "Stream", _NullStream)
-    _patch(torch.cuda, "current_stream", lambda device=None: _NullStream())
-    _patch(torch.cuda, "default_stream", lambda device=None: _NullStream())
-    _patch(torch.cuda, "stream", _null_stream_ctx)
-    # model_parallel_cuda_manual_seed seeds "the CUDA generator" first: on CPU that is a no-op.
-    _patch(torch.cuda, "manual_seed", lambda seed: None)
-
-    from megatron.core.tensor_parallel import random as mrandom
-
-    tracker_cls = _make_cpu_rng_tracker_class()
+    tracker_cls = _cpu_rng_tracker_class()
 
     def initialize_rng_tracker(*args: object, force_reset: bool = False, **kwargs: object) -> None:
         if force_reset or not isinstance(mrandom._CUDA_RNG_STATE_TRACKER, tracker_cls):
             mrandom._CUDA_RNG_STATE_TRACKER = tracker_cls()
             mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
-    _patch(mrandom, "initialize_rng_tracker", initialize_rng_tracker)
-    _patch(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
-    _patch(mrandom, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
-    _patch_clip_grads()
-    # Entered for the life of the run (until remove()): CPU mode is a property of the whole process.
-    _MODE = _CudaToCpuMode()
-    _MODE.__enter__()
-    _APPLIED = True
-
-
-def remove() -> None:
-    """Undo apply(): restore every patched attribute and leave the device mode (for tests)."""
-    global _APPLIED, _MODE
-    if not _APPLIED:
-        return
-    if _MODE is not None:
-        _MODE.__exit__(None, None, None)
-        _MODE = None
-    while _PATCHES:
-        obj, name, value = _PATCHES.pop()
-        setattr(obj, name, value)
-    from megatron.core.tensor_parallel import random as mrandom
-
-    mrandom._CUDA_RNG_STATE_TRACKER = None
-    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = False
-    _APPLIED = False
+    patches = _Patches()
+    patches.set(torch.cuda, "current_device", lambda: _CPU)
+    patches.set(torch.cuda, "synchronize", lambda device=None: None)
+    patches.set(torch.cuda, "Stream", _NullStream)
+    patches.set(torch.cuda, "current_stream", lambda device=None: _NullStream())
+    patches.set(torch.cuda, "default_stream", lambda device=None: _NullStream())
+    patches.set(torch.cuda, "stream", _null_stream_ctx)
+    # model_parallel_cuda_manual_seed seeds "the CUDA generator" first: on CPU that is a no-op.
+    patches.set(torch.cuda, "manual_seed", lambda seed: None)
+    patches.set(mrandom, "initialize_rng_tracker", initialize_rng_tracker)
+    patches.set(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
+    patches.set(mrandom, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
+    patches.set(moptimizer, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_fp32)
+    # The tracker holding CPU states must not outlive the context.
+    patches.set(mrandom, "_CUDA_RNG_STATE_TRACKER", None)
+    patches.set(mrandom, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", False)
+    mode = _CudaToCpuMode()
+    _active = True
+    try:
+        with mode:
+            yield
+    finally:
+        patches.restore()
+        _active = False

@@ -1,15 +1,19 @@
 """Distributed start-up that works under `torchrun` and as a plain single process.
 
-GPU runs use nccl with one device per local rank; CPU runs use gloo and the megatron-core
-compatibility layer (vikhr.runtime.cpu_compat). Megatron's model-parallel groups and its
-RNG tracker are set up here, so model code can assume both exist.
+`distributed_env()` is the one place where a process joins a job: it starts torch.distributed
+(nccl with one device per local rank on GPU; gloo on CPU, inside megatron's CPU compatibility
+layer `vikhr.runtime.cpu_compat`), builds megatron's model-parallel groups and seeds every RNG,
+so model code can assume all of these exist. Leaving the context tears all of it down again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,6 +22,9 @@ import torch.distributed as dist
 from vikhr.errors import VikhrError
 from vikhr.runtime import cpu_compat
 from vikhr.runtime.megatron import require_megatron
+
+Device = Literal["auto", "cuda", "cpu"]
+DEVICES: tuple[str, ...] = get_args(Device)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,11 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether this run computes on a CUDA device (else on the CPU, through cpu_compat)."""
+        return self.device.type == "cuda"
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU, CUDA and megatron's per-TP-rank RNG tracker)."""
@@ -49,67 +61,72 @@ def seed_everything(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
 
 
-def init_distributed(tp_size: int = 1, seed: int = 1234, device: str = "auto") -> DistEnv:
-    """Initialise torch.distributed and megatron-core's parallel state, then seed.
+@contextlib.contextmanager
+def _deterministic_algorithms() -> Iterator[None]:
+    """CPU runs are bit-reproducible (resume and parallel-layout tests compare them exactly)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
-    Reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); without them it starts a
-    one-process group. `device` is "auto" (CUDA when available), "cuda" or "cpu".
-    """
-    require_megatron()
-    from megatron.core import parallel_state
 
-    if device not in ("auto", "cuda", "cpu"):
+def _use_cuda(device: str) -> bool:
+    if device not in DEVICES:
         raise VikhrError(f"device must be auto, cuda or cpu, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise VikhrError("device=cuda was asked for but torch sees no CUDA device; use device=cpu")
-    if not use_cuda:
-        cpu_compat.apply(force=torch.cuda.is_available())
+    return use_cuda
 
+
+@contextlib.contextmanager
+def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") -> Iterator[DistEnv]:
+    """Join the job: torch.distributed, megatron-core's parallel state, seeds; undone on exit.
+
+    Reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); without them it starts a
+    one-process group. `device` is "auto" (CUDA when available), "cuda" or "cpu"; on the CPU
+    the context also holds megatron's CPU compatibility layer and deterministic algorithms.
+    """
+    require_megatron()
+    from megatron.core import parallel_state
+
+    use_cuda = _use_cuda(device)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size % tp_size != 0:
         raise VikhrError(f"tensor parallel size {tp_size} does not divide the world size {world_size}")
 
-    backend = "nccl" if use_cuda else "gloo"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-
-    if not dist.is_initialized():
-        if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-        elif world_size == 1:
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    with contextlib.ExitStack() as stack:
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            dev, backend = torch.device("cuda", local_rank), "nccl"
         else:
-            raise VikhrError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
-
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size)
-    seed_everything(seed)
-
-    return DistEnv(
-        rank=rank,
-        world_size=world_size,
-        local_rank=local_rank,
-        tp_size=tp_size,
-        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
-        dp_size=parallel_state.get_data_parallel_world_size(),
-        dp_rank=parallel_state.get_data_parallel_rank(),
-        device=dev,
-        backend=backend,
-    )
-
-
-def shutdown() -> None:
-    """Tear down megatron's groups and the process group (safe to call twice)."""
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+            stack.enter_context(cpu_compat.megatron_on_cpu())
+            stack.enter_context(_deterministic_algorithms())
+            dev, backend = torch.device("cpu"), "gloo"
+        if not dist.is_initialized():
+            if "MASTER_ADDR" in os.environ:
+                dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+            elif world_size == 1:
+                dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+            else:
+                raise VikhrError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
+            stack.callback(dist.destroy_process_group)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size)
+        stack.callback(parallel_state.destroy_model_parallel)
+        seed_everything(seed)
+        yield DistEnv(
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            tp_size=tp_size,
+            tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+            dp_size=parallel_state.get_data_parallel_world_size(),
+            dp_rank=parallel_state.get_data_parallel_rank(),
+            device=dev,
+            backend=backend,
+        )

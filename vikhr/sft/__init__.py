@@ -3,6 +3,6 @@
     vikhr sft prepare --input chats.jsonl --tokenizer tok.model --output-prefix data/sft/chat
     vikhr sft train --config configs/sft-tiny-cpu.yaml
 
-Training is the pre-training loop (`vikhr.train.pretrain`) with `data.kind: sft`; the packed
-stream lives in `vikhr.train.sft_data`. See docs/sft.md.
+Training is the trainer (`vikhr.train.trainer`) with `data.kind: sft`; the packed stream lives
+in `vikhr.sft.data`. See docs/sft.md.
 """

@@ -1,11 +1,12 @@
 """Chat JSONL → two aligned megatron indexed datasets: token ids and the assistant loss mask.
 
-    {prefix}_text_document.bin/.idx   token ids, one document per chat (uint16, or int32 past 65,536 ids)
+    {prefix}_text_document.bin/.idx   token ids, one document per chat (uint16, or int32 from 65,500 ids)
     {prefix}_mask_document.bin/.idx   one uint8 per token: 1 = assistant token (trained), 0 = context
     {prefix}_sft.json                 template, tokenizer (path, sha256, BOS/EOS), counts, max token id
 
-Both datasets are written by megatron-core's own `IndexedDatasetBuilder`, under temporary names
-renamed only when every chat has been encoded: a failed run leaves nothing that looks valid.
+Both datasets are written through `vikhr.data.indexed` (bytes identical to megatron-core's
+`IndexedDatasetBuilder`) and appear only once every chat has been encoded; the metadata is written
+last, so a failed run leaves nothing that looks valid.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from vikhr.errors import VikhrError
+from vikhr.data import indexed
+from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.sft.layout import sft_datasets, sft_files
 from vikhr.sft.template import TEMPLATES, encode_chat, load_chat_tokenizer, read_chats
-from vikhr.train.sft_data import sft_files
 
 
 @dataclass
@@ -65,18 +65,17 @@ def prepare_sft(
 
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     tok = load_chat_tokenizer(tokenizer)
     if template not in TEMPLATES:
         raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
     paths = sft_files(output_prefix)
+    require_writable_dir(paths["meta"].parent, "--output-prefix directory")
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
-    tmp = {k: v.with_name(v.name + f".tmp{os.getpid()}") for k, v in paths.items()}
-    token_dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    text_builder = IndexedDatasetBuilder(str(tmp["text_bin"]), dtype=token_dtype)
-    mask_builder = IndexedDatasetBuilder(str(tmp["mask_bin"]), dtype=np.uint8)
+    tmp_meta = paths["meta"].with_name(paths["meta"].name + f".tmp{os.getpid()}")
+    text_writer = indexed.IndexedWriter(
+        indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
+    )
+    mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
     chats = tokens = loss_tokens = max_id = 0
     try:
         bar = None
@@ -88,10 +87,8 @@ def prepare_sft(
             if max_chats is not None and chats >= max_chats:
                 break
             enc = encode_chat(messages, tok, template)
-            text_builder.add_item(torch.tensor(enc.ids, dtype=torch.int64))
-            text_builder.end_document()
-            mask_builder.add_item(torch.tensor(enc.mask, dtype=torch.int64))
-            mask_builder.end_document()
+            text_writer.add_document(enc.ids)
+            mask_writer.add_document(enc.mask)
             chats += 1
             tokens += len(enc.ids)
             loss_tokens += sum(enc.mask)
@@ -102,8 +99,6 @@ def prepare_sft(
             bar.close()
         if chats == 0:
             raise VikhrError(f"{input_path}: no chats found")
-        text_builder.finalize(str(tmp["text_idx"]))
-        mask_builder.finalize(str(tmp["mask_idx"]))
         summary = PrepareSummary(
             prefix=str(output_prefix),
             template=template,
@@ -117,14 +112,18 @@ def prepare_sft(
             loss_tokens=loss_tokens,
             max_token_id=max_id,
         )
-        tmp["meta"].write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+        tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
         # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).
         paths["meta"].unlink(missing_ok=True)
-        for key in ("text_bin", "text_idx", "mask_bin", "mask_idx", "meta"):
-            tmp[key].replace(paths[key])
+        text_writer.finish()
+        mask_writer.finish()
+        tmp_meta.replace(paths["meta"])
+    except BaseException:
+        text_writer.abort()
+        mask_writer.abort()
+        raise
     finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
     return summary
 
 
@@ -141,22 +140,21 @@ def mask_runs(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:
 
 def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None = None) -> str:
     """Chat `index` of a prepared dataset, decoded, with the trained spans as [[...]]."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     files = sft_files(prefix)
     for path in files.values():
         if not path.is_file():
             raise VikhrError(f"SFT dataset file not found: {path} (write it with `vikhr sft prepare`)")
     meta = json.loads(files["meta"].read_text(encoding="utf-8"))
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"])
-    text = IndexedDataset(str(files["text_bin"])[: -len(".bin")])
-    mask = IndexedDataset(str(files["mask_bin"])[: -len(".bin")])
+    text_prefix, mask_prefix = sft_datasets(prefix)
+    text, mask = indexed.IndexedReader(text_prefix), indexed.IndexedReader(mask_prefix)
     if not 0 <= index < len(text):
         raise VikhrError(f"--index {index} is outside the dataset's {len(text)} chats")
+    ids_of_chat = text.document(index)
     parts = []
-    for trained, ids in mask_runs(text[index].tolist(), mask[index].tolist()):
+    for trained, ids in mask_runs(ids_of_chat, mask.document(index)):
         shown = tok.decode(ids)
         if ids[-1] == tok.eos_id:
             shown += "</s>"
         parts.append(f"[[{shown}]]" if trained else shown)
-    return f"--- chat {index} ({len(text[index])} tokens)\n" + "".join(parts)
+    return f"--- chat {index} ({len(ids_of_chat)} tokens)\n" + "".join(parts)

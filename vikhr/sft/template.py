@@ -23,14 +23,15 @@ Mask: 1 on every token of an assistant answer including its closing token(s) (``
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
+from vikhr.jsonl import read_jsonl
+from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
 TEMPLATES = ("mistral", "chatml")
@@ -44,93 +45,21 @@ class Message:
 
 
 @dataclass
-class ChatTokenizer:
-    """The few operations a template needs, over SentencePiece or an HF tokenizer.json."""
-
-    path: str
-    encode: Callable[[str], list[int]]  # text → ids, no BOS/EOS, special strings not parsed
-    decode: Callable[[list[int]], str]  # drops BOS/EOS
-    bos_id: int
-    eos_id: int
-    vocab_size: int
-    token_id: Callable[[str], int | None]  # the id of a whole-token string, if it is one
-
-
-@dataclass
 class EncodedChat:
     ids: list[int]
     mask: list[int]  # 1 = assistant token (the loss is taken on it), 0 = context only
 
 
-def load_chat_tokenizer(spec: str | Path) -> ChatTokenizer:
-    """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory holding one of them."""
-    path = Path(spec)
-    if path.is_dir():
-        found = [path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()]
-        if not found:
-            raise VikhrError(f"tokenizer directory {path} holds neither tokenizer.json nor tokenizer.model")
-        path = found[0]
-    if not path.is_file():
-        raise VikhrError(
-            f"tokenizer not found: {path} (give a SentencePiece .model, a tokenizer.json or its dir)"
-        )
-    if path.suffix == ".json":
-        return _hf_tokenizer(path)
-    import sentencepiece as spm
-
-    try:
-        sp = spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as e:
-        raise VikhrError(f"{path} is not a SentencePiece .model ({e})") from e
-    if sp.bos_id() < 0 or sp.eos_id() < 0:
-        raise VikhrError(f"SentencePiece model {path} has no BOS/EOS ids; the chat templates need both")
-
-    def token_id(piece: str) -> int | None:
-        i = sp.piece_to_id(piece)
-        return i if sp.id_to_piece(i) == piece else None
-
-    return ChatTokenizer(
-        path=str(path),
-        encode=lambda text: list(sp.encode(text)),
-        decode=lambda ids: sp.decode(list(ids)),
-        bos_id=sp.bos_id(),
-        eos_id=sp.eos_id(),
-        vocab_size=sp.get_piece_size(),
-        token_id=token_id,
-    )
-
-
-def _hf_tokenizer(path: Path) -> ChatTokenizer:
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        raise VikhrError(f"{path} is not an HF tokenizer.json ({e})".replace("\n", " ")) from e
-    tok.encode_special_tokens = True  # "</s>" typed by a user is text, not the EOS id
-    names = {"bos": "<s>", "eos": "</s>"}
-    config = path.with_name("tokenizer_config.json")
-    if config.is_file():
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-        for key in names:
-            value = cfg.get(f"{key}_token")
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str):
-                names[key] = value
-    ids = {key: tok.token_to_id(name) for key, name in names.items()}
-    for key, value in ids.items():
+def load_chat_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless it has BOS and EOS ids."""
+    tok = load(path)
+    for name, value in (("BOS", tok.bos_id), ("EOS", tok.eos_id)):
         if value is None:
-            raise VikhrError(f"{path}: no {key.upper()} token {names[key]!r}; the chat templates need one")
-    return ChatTokenizer(
-        path=str(path),
-        encode=lambda text: tok.encode(text, add_special_tokens=False).ids,
-        decode=lambda ids: tok.decode(list(ids), skip_special_tokens=True),
-        bos_id=ids["bos"],
-        eos_id=ids["eos"],
-        vocab_size=tok.get_vocab_size(),
-        token_id=tok.token_to_id,
-    )
+            raise VikhrError(
+                f"{tok.path} has no {name} token; the chat templates need one "
+                "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
+            )
+    return tok
 
 
 # --------------------------------------------------------------------------- validation
@@ -183,22 +112,15 @@ def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
 
 
 def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
-    """(line number, messages) of every non-blank line; VikhrError "path:line: problem" on a bad one."""
-    path = Path(path)
-    if not path.is_file():
-        raise VikhrError(f"input not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VikhrError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from e
-            try:
-                yield line_no, parse_chat(record)
-            except VikhrError as e:
-                raise VikhrError(f"{path}:{line_no}: {e}") from e
+    """(line number, messages) of every non-blank line of a JSONL file (plain, .gz or .zst).
+
+    VikhrError "path:line: problem" on a bad line.
+    """
+    for line_no, record in read_jsonl(path):
+        try:
+            yield line_no, parse_chat(record)
+        except VikhrError as e:
+            raise VikhrError(f"{path}:{line_no}: {e}") from e
 
 
 # --------------------------------------------------------------------------- templates
@@ -233,11 +155,11 @@ def _segments(messages: list[Message], template: str, for_generation: bool) -> l
     raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
 
 
-def _encode_piece(tok: ChatTokenizer, text: str | None, template: str) -> list[int]:
+def _encode_piece(tok: Tokenizer, text: str | None, template: str) -> list[int]:
     if text is None:
-        return [tok.eos_id]
+        return [tok.eos_id]  # type: ignore[list-item]  # load_chat_tokenizer checked it
     if template == "chatml":
-        specials = {s: tok.token_id(s) for s in (CHATML_START, CHATML_END)}
+        specials = {s: tok.piece_to_id(s) for s in (CHATML_START, CHATML_END)}
         if all(v is not None for v in specials.values()):
             ids: list[int] = []
             for part in re.split(f"({re.escape(CHATML_START)}|{re.escape(CHATML_END)})", text):
@@ -250,13 +172,13 @@ def _encode_piece(tok: ChatTokenizer, text: str | None, template: str) -> list[i
 
 
 def encode_chat(
-    messages: list[Message], tok: ChatTokenizer, template: str = "mistral", for_generation: bool = False
+    messages: list[Message], tok: Tokenizer, template: str = "mistral", for_generation: bool = False
 ) -> EncodedChat:
     """Token ids (starting with BOS) and the assistant-only loss mask of a validated chat.
 
     `for_generation`: the prompt to feed a model for the next answer (mask all zero).
     """
-    ids, mask = [tok.bos_id], [0]
+    ids, mask = [tok.bos_id], [0]  # type: ignore[list-item]  # load_chat_tokenizer checked it
     for text, trained in _segments(messages, template, for_generation):
         piece = _encode_piece(tok, text, template)
         ids.extend(piece)

@@ -1,17 +1,9 @@
-"""Tokenizer training (SentencePiece BPE, replace/extend), HF export and efficiency reports."""
+"""Tokenizers: loading (`load`, here), training (`.train`), HF export (`.hf_export`), reports (`.compare`).
 
-from vikhr.tokenizer.compare import TABLE1_SENTENCE, compare, load_tokenizer, measure
-from vikhr.tokenizer.hf_export import build_hf_tokenizer, write_hf_tokenizer
-from vikhr.tokenizer.train import TrainSettings, extend_model, train_tokenizer
+Only the loader is imported here: training, export and reports pull in heavier code and are
+imported from their own modules.
+"""
 
-__all__ = [
-    "TABLE1_SENTENCE",
-    "TrainSettings",
-    "build_hf_tokenizer",
-    "compare",
-    "extend_model",
-    "load_tokenizer",
-    "measure",
-    "train_tokenizer",
-    "write_hf_tokenizer",
-]
+from vikhr.tokenizer.load import Tokenizer, load
+
+__all__ = ["Tokenizer", "load"]

@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
 
     tr = tsub.add_parser(
         "train",
-        help="train a tokenizer from JSONL(.gz) corpora",
+        help="train a tokenizer from JSONL corpora (plain, .gz or .zst)",
         description="Train SentencePiece BPE with byte fallback; writes tokenizer.model, tokenizer.json, "
         "tokenizer_config.json and manifest.json into --out.",
     )
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
         action="append",
         required=True,
         metavar="FILE[@CHARS]",
-        help="JSONL(.gz) corpus, repeatable; '@20M' caps the characters sampled from that file",
+        help="JSONL corpus (plain, .gz or .zst), repeatable; '@20M' caps the characters sampled from it",
     )
     tr.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     tr.add_argument("--mode", choices=["replace", "extend"], default="replace")
@@ -75,7 +75,11 @@ def register(sub: Any) -> None:
         help=".model, tokenizer.json or a directory holding one; repeatable",
     )
     cp.add_argument(
-        "--texts", action="append", required=True, metavar="[NAME=]FILE", help="JSONL(.gz); repeatable"
+        "--texts",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="JSONL (plain, .gz or .zst); repeatable",
     )
     cp.add_argument("--out", required=True, help="report directory")
     cp.add_argument("--text-key", default="text")
@@ -86,8 +90,11 @@ def register(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vikhr.errors import VikhrError
     from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
+    if args.pad_to_multiple < 1:
+        raise VikhrError(f"--pad-to-multiple must be >= 1 (1: no padding), got {args.pad_to_multiple}")
     settings = TrainSettings(
         mode=args.mode,
         vocab_size=args.vocab_size,

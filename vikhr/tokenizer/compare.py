@@ -10,25 +10,21 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vikhr.atomic import temporary_path, write_text
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, iter_lines
+from vikhr.tokenizer.load import Tokenizer, load
 
 TABLE1_SENTENCE = "Машинное обучение изменяет мир"
 
 
-@dataclass
-class LoadedTokenizer:
-    name: str
-    path: str
-    encode_batch: Callable[[list[str]], list[list[str]]]  # texts → pieces (no BOS/EOS)
-
-    def pieces(self, text: str) -> list[str]:
-        return self.encode_batch([text])[0]
+@dataclass(frozen=True)
+class NamedTokenizer:
+    name: str  # the label in the report
+    tokenizer: Tokenizer
 
 
 def _split_label(spec: str) -> tuple[str | None, str]:
@@ -39,45 +35,13 @@ def _split_label(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def load_tokenizer(spec: str) -> LoadedTokenizer:
-    """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory holding one, as NAME=PATH or PATH."""
-    name, path_str = _split_label(spec)
-    path = Path(path_str)
-    if path.is_dir():
-        for candidate in ("tokenizer.json", "tokenizer.model"):
-            if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise VikhrError(f"{path} holds neither tokenizer.json nor tokenizer.model")
-    if not path.is_file():
-        raise VikhrError(f"tokenizer not found: {path} (give a .model, a tokenizer.json or its directory)")
+def named_tokenizer(spec: str) -> NamedTokenizer:
+    """NAME=PATH or PATH (a `.model`, a `tokenizer.json` or a directory, see vikhr.tokenizer.load)."""
+    name, path = _split_label(spec)
+    tok = load(path)
     if name is None:
-        name = path.parent.name if path.stem in ("tokenizer",) else path.stem
-    if path.suffix == ".json":
-        from tokenizers import Tokenizer
-
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a generic Exception on malformed files
-            raise VikhrError(f"{path} is not an HF tokenizer.json ({e})") from e
-        tok.encode_special_tokens = True
-
-        def encode_hf(texts: list[str]) -> list[list[str]]:
-            return [e.tokens for e in tok.encode_batch(texts, add_special_tokens=False)]
-
-        return LoadedTokenizer(name, str(path), encode_hf)
-    import sentencepiece as spm
-
-    try:
-        sp = spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as e:
-        raise VikhrError(f"{path} is not a SentencePiece .model ({e})") from e
-
-    def encode_sp(texts: list[str]) -> list[list[str]]:
-        return sp.encode(texts, out_type=str)
-
-    return LoadedTokenizer(name, str(path), encode_sp)
+        name = tok.path.parent.name if tok.path.stem == "tokenizer" else tok.path.stem
+    return NamedTokenizer(name, tok)
 
 
 @dataclass
@@ -92,7 +56,7 @@ def load_text_set(
 ) -> TextSet:
     name, path = _split_label(spec)
     if name is None:
-        name = Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+        name = Path(path).name.removesuffix(".gz").removesuffix(".zst").removesuffix(".jsonl")
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
         raise VikhrError(f"text set {path} has no lines in split '{split}' (try --split all)")
@@ -121,22 +85,23 @@ class Efficiency:
         return self.words_3plus / self.words if self.words else float("nan")
 
 
-def measure(tok: LoadedTokenizer, texts: TextSet, batch: int = 512) -> Efficiency:
-    """Efficiency of `tok` on `texts` (see module doc)."""
+def measure(named: NamedTokenizer, texts: TextSet, batch: int = 512) -> Efficiency:
+    """Efficiency of a tokenizer on `texts` (see module doc)."""
+    tok = named.tokenizer
     chars = tokens = 0
     for i in range(0, len(texts.lines), batch):
         chunk = texts.lines[i : i + batch]
         chars += sum(len(t) for t in chunk)
-        tokens += sum(len(p) for p in tok.encode_batch(chunk))
+        tokens += sum(len(ids) for ids in tok.encode_batch(chunk))
     word_counts = Counter(w for line in texts.lines for w in line.split())
     unique = list(word_counts)
     words_3plus = 0
     for i in range(0, len(unique), 4096):
         chunk = unique[i : i + 4096]
-        for word, pieces in zip(chunk, tok.encode_batch(chunk), strict=True):
-            if len(pieces) >= 3:
+        for word, ids in zip(chunk, tok.encode_batch(chunk), strict=True):
+            if len(ids) >= 3:
                 words_3plus += word_counts[word]
-    return Efficiency(tok.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus)
+    return Efficiency(named.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus)
 
 
 CSV_FIELDS = [
@@ -165,7 +130,7 @@ def _row(e: Efficiency) -> list[str]:
 
 
 def render_markdown(
-    results: list[Efficiency], tokenizers: list[LoadedTokenizer], sentence: str = TABLE1_SENTENCE
+    results: list[Efficiency], tokenizers: list[NamedTokenizer], sentence: str = TABLE1_SENTENCE
 ) -> str:
     out = io.StringIO()
     out.write("# Tokenizer efficiency\n\n")
@@ -177,10 +142,10 @@ def render_markdown(
             f"| {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
         )
     out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
-    for tok in tokenizers:
-        pieces = tok.pieces(sentence)
+    for named in tokenizers:
+        pieces = named.tokenizer.pieces(sentence)
         shown = " ".join(f"`{p}`" for p in pieces)
-        out.write(f"| {tok.name} | {shown} | {len(pieces)} |\n")
+        out.write(f"| {named.name} | {shown} | {len(pieces)} |\n")
     return out.getvalue()
 
 
@@ -234,7 +199,8 @@ def compare(
 
     if not tokenizer_specs or not text_specs:
         raise VikhrError("give at least one --tokenizer and one --texts")
-    toks = [load_tokenizer(s) for s in tokenizer_specs]
+    out = require_writable_dir(out_dir, "report directory --out")  # before minutes of measuring
+    toks = [named_tokenizer(s) for s in tokenizer_specs]
     if len({t.name for t in toks}) != len(toks):
         raise VikhrError("two tokenizers have the same name; label them as NAME=PATH")
     sets = [load_text_set(s, text_key, split, heldout_percent, max_chars) for s in text_specs]
@@ -242,7 +208,6 @@ def compare(
         measure(t, s)
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
     ]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "report.md", render_markdown(results, toks, sentence))
     write_text(out / "report.csv", render_csv(results))

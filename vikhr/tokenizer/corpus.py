@@ -1,4 +1,4 @@
-"""Reading JSONL(.gz) corpora with a deterministic train / held-out split.
+"""Reading JSONL corpora (plain, .gz, .zst: vikhr.jsonl) with a deterministic train / held-out split.
 
 A document belongs to the held-out split when a hash of its id (or, without an id, of its
 position and file name) falls into the lowest `heldout_percent` buckets. The split depends only
@@ -7,16 +7,14 @@ on the id, so it is the same for every tool (training, `compare`, benchmarks) an
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from vikhr.errors import VikhrError, require_file
+from vikhr.jsonl import read_jsonl
 
 Split = Literal["train", "heldout", "all"]
 DEFAULT_HELDOUT_PERCENT = 5.0
@@ -38,12 +36,6 @@ def keep_sampled(key: str, rate: float) -> bool:
     return rate >= 1.0 or _unit_hash("sample:" + key) < rate
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
-    return open(path, encoding="utf-8")
-
-
 @dataclass(frozen=True)
 class Document:
     doc_id: str
@@ -56,29 +48,20 @@ def iter_documents(
     split: Split = "all",
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
 ) -> Iterator[Document]:
-    """Documents of one JSONL(.gz) file, restricted to `split`.
+    """Documents of one JSONL file (plain, .gz or .zst), restricted to `split`.
 
-    Raises VikhrError (with file and line number) on malformed JSON or a missing text key.
+    Raises VikhrError (with file and line number) on bad UTF-8, malformed JSON or a missing text key.
     """
     path = require_file(path, "corpus file")
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VikhrError(
-                    f"{path}:{line_no}: not valid JSON ({e.msg}); expected one object per line"
-                ) from e
-            if not isinstance(rec, dict) or not isinstance(rec.get(text_key), str):
-                raise VikhrError(
-                    f"{path}:{line_no}: no string field '{text_key}' (choose the field with --text-key)"
-                )
-            doc_id = str(rec.get("id", f"{path.name}#{line_no}"))
-            if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
-                continue
-            yield Document(doc_id, rec[text_key])
+    for line_no, rec in read_jsonl(path):
+        if not isinstance(rec.get(text_key), str):
+            raise VikhrError(
+                f"{path}:{line_no}: no string field '{text_key}' (choose the field with --text-key)"
+            )
+        doc_id = str(rec.get("id", f"{path.name}#{line_no}"))
+        if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
+            continue
+        yield Document(doc_id, rec[text_key])
 
 
 def iter_lines(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError, require_file
+
+if TYPE_CHECKING:  # load.py builds on this module; the type is only an annotation here
+    from vikhr.tokenizer.load import Tokenizer
 
 SPIECE_UNDERLINE = "▁"
 
@@ -159,19 +162,11 @@ def write_hf_tokenizer(model_path: str | Path, out_dir: str | Path) -> tuple[Pat
     return tok_path, cfg_path
 
 
-def compare_encodings(model_path: str | Path, hf_tokenizer: Any, lines: list[str]) -> list[int]:
-    """Indices of `lines` that the `.model` and the HF tokenizer encode to different ids.
+def compare_encodings(expected: Tokenizer, got: Tokenizer, lines: list[str]) -> list[int]:
+    """Indices of `lines` that two loaded tokenizers (a `.model` and its export) encode to different ids.
 
-    Special-token strings in the text (a literal "<s>") are encoded as text by both sides, as
-    SentencePiece does; BOS/EOS are not added.
+    Special-token strings in the text (a literal "<s>") are encoded as text by both, as
+    SentencePiece does; BOS/EOS are not added (see vikhr.tokenizer.load).
     """
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_path))
-    hf_tokenizer.encode_special_tokens = True
-    try:
-        expected = sp.encode(lines)
-        got = hf_tokenizer.encode_batch(lines, add_special_tokens=False)
-    finally:
-        hf_tokenizer.encode_special_tokens = False
-    return [i for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g.ids]
+    pairs = zip(expected.encode_batch(lines), got.encode_batch(lines), strict=True)
+    return [i for i, (a, b) in enumerate(pairs) if a != b]

@@ -29,6 +29,7 @@ from vikhr.tokenizer.corpus import (
     write_training_text,
 )
 from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
+from vikhr.tokenizer.load import load
 
 Mode = Literal["replace", "extend"]
 MODEL_FILE = "tokenizer.model"
@@ -226,13 +227,11 @@ def _check_base_specials(proto: Any, where: str) -> None:
 
 def verify_hf_export(model_path: Path, tokenizer_json: Path, corpora: list[Path], s: TrainSettings) -> int:
     """Compare `.model` and `tokenizer.json` ids on held-out lines of every corpus; returns lines checked."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_json))
+    expected, got = load(model_path), load(tokenizer_json)
     checked = 0
     for path in corpora:
         lines = list(iter_lines(path, s.text_key, "heldout", s.heldout_percent))[: s.verify_lines_per_file]
-        bad = compare_encodings(model_path, tok, lines)
+        bad = compare_encodings(expected, got, lines)
         if bad:
             raise VikhrError(
                 f"tokenizer.json encodes {len(bad)} of {len(lines)} held-out lines of {path} differently "
@@ -242,13 +241,35 @@ def verify_hf_export(model_path: Path, tokenizer_json: Path, corpora: list[Path]
     return checked
 
 
+def _check_mode(s: TrainSettings) -> Any:
+    """Refuse settings that cannot work; returns the base model's proto in extend mode (else None)."""
+    if s.mode not in ("replace", "extend"):
+        raise VikhrError(f"unknown mode {s.mode!r} (choose replace or extend)")
+    if s.mode == "replace":
+        if s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
+            raise VikhrError(
+                f"--vocab-size {s.vocab_size} is too small (byte fallback alone needs 259 pieces)"
+            )
+        return None
+    if not s.base_model:
+        raise VikhrError("--mode extend needs --base-model (the tokenizer to extend, e.g. Mistral's)")
+    base_proto = load_model_proto(s.base_model)
+    _check_base_specials(base_proto, s.base_model)
+    if s.vocab_size <= len(base_proto.pieces):
+        raise VikhrError(
+            f"--vocab-size {s.vocab_size} must exceed the base vocabulary ({len(base_proto.pieces)}) "
+            "in extend mode"
+        )
+    return base_proto
+
+
 def train_tokenizer(
     corpora: list[str | Path], out_dir: str | Path, settings: TrainSettings, overwrite: bool = False
 ) -> dict[str, Any]:
     """Train a tokenizer into `out_dir` (see module doc); returns the manifest.
 
-    `corpora` are JSONL(.gz) paths, optionally with a per-file character budget: `file.jsonl.gz@20M`
-    (otherwise `settings.max_chars_per_file` applies).
+    `corpora` are JSONL paths (plain, .gz or .zst), optionally with a per-file character budget:
+    `file.jsonl.gz@20M` (otherwise `settings.max_chars_per_file` applies).
     """
     import sentencepiece as spm
     import tokenizers
@@ -262,21 +283,7 @@ def train_tokenizer(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
-    if s.mode not in ("replace", "extend"):
-        raise VikhrError(f"unknown mode {s.mode!r} (choose replace or extend)")
-    base_proto = None
-    if s.mode == "extend":
-        if not s.base_model:
-            raise VikhrError("--mode extend needs --base-model (the tokenizer to extend, e.g. Mistral's)")
-        base_proto = load_model_proto(s.base_model)
-        _check_base_specials(base_proto, s.base_model)
-        if s.vocab_size <= len(base_proto.pieces):
-            raise VikhrError(
-                f"--vocab-size {s.vocab_size} must exceed the base vocabulary ({len(base_proto.pieces)}) "
-                "in extend mode"
-            )
-    elif s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
-        raise VikhrError(f"--vocab-size {s.vocab_size} is too small (byte fallback alone needs 259 pieces)")
+    base_proto = _check_mode(s)
 
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
@@ -309,7 +316,7 @@ def train_tokenizer(
             leftover.unlink()
         tok_json, tok_cfg = write_hf_tokenizer(model_path, work)
         checked = verify_hf_export(model_path, tok_json, paths, s)
-        vocab_size = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+        vocab_size = load(model_path).vocab_size
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "mode": s.mode,

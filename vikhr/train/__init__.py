@@ -1,1 +1,1 @@
-"""Continued pre-training on megatron-core: config, data, checkpoints, monitoring, the loop."""
+"""The trainer (continued pre-training and SFT) on megatron-core: config, data, checkpoints, the loop."""

@@ -9,9 +9,11 @@ Layout of `<checkpoint.dir>`:
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's shard of it (same DP size to resume)
         rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
 
-All ranks write into `step_000020.tmp/`; rank 0 renames it and then rewrites `latest`, so an
-interrupted save never looks like a checkpoint. Loading uses safetensors and
-`torch.load(weights_only=True)` only.
+All ranks write into `step_000020.tmp/` and fsync their files; rank 0 fsyncs the directory,
+renames it and then rewrites `latest` (fsynced too), so an interrupted save or a power cut never
+leaves something that looks like a checkpoint. Resuming checks that every file the checkpoint's
+layout names is present and whole (`checkpoint_problem`) and falls back to the previous complete
+step when the newest is damaged. Loading uses safetensors and `torch.load(weights_only=True)` only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vikhr.adapt.safetensors_io import read_header
 from vikhr.errors import VikhrError
 
 LATEST = "latest"
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 def step_dir_name(step: int) -> str:
@@ -100,8 +107,16 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_model_tensors(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    own_name = {canonical_name(k): k for k in model.state_dict()}
+    own = model.state_dict()
+    own_name = {canonical_name(k): k for k in own}
     tensors = {own_name.get(k, k): v for k, v in load_file(str(path)).items()}
+    for name, tensor in tensors.items():
+        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+            raise VikhrError(
+                f"checkpoint {path} does not fit the model: {canonical_name(name)} is "
+                f"{list(tensor.shape)} there and {list(own[name].shape)} in this run (same model preset, "
+                "overrides, model.vocab_multiple and parallel.tensor?)"
+            )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -136,6 +151,15 @@ def _optimizer_file(tp_rank: int, dp_rank: int | None) -> str:
     return f"optim_tp{tp_rank:02d}.pt" if dp_rank is None else f"optim_tp{tp_rank:02d}_dp{dp_rank:03d}.pt"
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(
     ckpt_dir: str | Path,
     step: int,
@@ -146,40 +170,75 @@ def save(
     dp_rank: int,
     rank: int,
 ) -> Path:
-    """Save step `step` atomically (collective: every rank calls it)."""
-    from safetensors.torch import save_file
+    """Save step `step` atomically (collective: every rank calls it).
 
+    A write that fails (disk full, permissions) raises VikhrError naming the directory; the
+    partial `.tmp` directory never looks like a checkpoint.
+    """
     root = Path(ckpt_dir)
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by an interrupted save
-        tmp.mkdir()
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by an interrupted save
+            tmp.mkdir()
+        _barrier()
+        for path in _write_rank_files(tmp, model, optimizer, tp_rank, dp_rank, rank):
+            _fsync(path)
+        _barrier()
+        if rank == 0:
+            _publish(root, tmp, final, meta)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VikhrError(
+            f"cannot write checkpoint {final}: {e.strerror or e} (free space in {root} or set checkpoint.dir "
+            "to a writable directory)"
+        ) from None
     _barrier()
+    return final
+
+
+def _write_rank_files(
+    tmp: Path, model: torch.nn.Module, optimizer: Any, tp_rank: int, dp_rank: int, rank: int
+) -> list[Path]:
+    """This rank's files of a checkpoint, written into `tmp`; returns their paths."""
+    from safetensors.torch import save_file
+
+    written = []
     if dp_rank == 0:
-        save_file(model_tensors(model), str(tmp / f"model_tp{tp_rank:02d}.safetensors"))
+        written.append(tmp / f"model_tp{tp_rank:02d}.safetensors")
+        save_file(model_tensors(model), str(written[-1]))
     if is_distributed_optimizer(optimizer):  # every DP rank holds its own shard of the state
         shards = [
             {"common": o.state_dict(), "shard": o.get_parameter_state_dp_reshardable()}
             for o in _inner_optimizers(optimizer)
         ]
-        torch.save(shards, tmp / _optimizer_file(tp_rank, dp_rank))
+        written.append(tmp / _optimizer_file(tp_rank, dp_rank))
+        torch.save(shards, written[-1])
     elif dp_rank == 0:
-        torch.save(optimizer.state_dict(), tmp / _optimizer_file(tp_rank, None))
-    torch.save(_rng_state(), tmp / f"rng_rank{rank:04d}.pt")
-    _barrier()
-    if rank == 0:
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        latest_tmp = root / (LATEST + ".tmp")
-        latest_tmp.write_text(final.name + "\n", encoding="utf-8")
-        os.replace(latest_tmp, root / LATEST)
-    _barrier()
-    return final
+        written.append(tmp / _optimizer_file(tp_rank, None))
+        torch.save(optimizer.state_dict(), written[-1])
+    written.append(tmp / f"rng_rank{rank:04d}.pt")
+    torch.save(_rng_state(), written[-1])
+    return written
+
+
+def _publish(root: Path, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Rank 0: meta.json, then the rename of the complete directory, then `latest`, each durable."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    _fsync(tmp / "meta.json")
+    _fsync(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync(root)
+    latest_tmp = root / (LATEST + ".tmp")
+    latest_tmp.write_text(final.name + "\n", encoding="utf-8")
+    _fsync(latest_tmp)
+    os.replace(latest_tmp, root / LATEST)
+    _fsync(root)
 
 
 def find_checkpoint(path: str | Path) -> Path | None:
@@ -196,6 +255,96 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why a checkpoint file is not whole (None: it is), from its structure alone (no tensor is read)."""
+    if not path.is_file():
+        return "is missing"
+    if path.suffix == ".safetensors":
+        try:
+            read_header(path)
+        except VikhrError as e:
+            return f"is damaged: {e}"
+        return None
+    try:  # torch.save writes a zip archive: a cut or scrambled file has no readable directory
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            if any(i.header_offset + i.compress_size > size for i in archive.infolist()):
+                return "is truncated"
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"is damaged ({e})"
+    return None
+
+
+def checkpoint_problem(step_dir: Path, weights_only: bool = False) -> str | None:
+    """Why `step_dir` is not a complete checkpoint (None: it is): meta.json and every file its
+    layout names (only the model files with `weights_only`: a start or a KL reference)."""
+    try:
+        meta = read_meta(step_dir)
+        tp, world = int(meta["tp"]), int(meta.get("world_size", meta["tp"]))
+        dp = int(meta.get("dp", world // tp))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"meta.json is unreadable ({e})"
+    files = [f"model_tp{t:02d}.safetensors" for t in range(tp)]
+    if not weights_only:
+        dps = range(dp) if meta.get("distributed_optimizer") else [None]
+        files += [_optimizer_file(t, d) for t in range(tp) for d in dps]
+        files += [f"rng_rank{r:04d}.pt" for r in range(world)]
+    for name in files:
+        problem = _file_problem(step_dir / name)
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def _older_step_dirs(root: Path, below: int | None) -> list[Path]:
+    """Step directories of `root` (newest first), those before step `below` when it is given."""
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and child.is_dir() and (below is None or int(match.group(1)) < below):
+            found.append((int(match.group(1)), child))
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def find_resumable(path: str | Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from and, when the newest one is damaged, a one-line warning.
+
+    `path` is a step directory (used as is: damaged is an error) or a run directory, whose
+    `latest` names the newest checkpoint; if that one is missing or damaged, the newest complete
+    step before it is used instead. No `latest`: (None, None), a fresh start.
+    """
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        problem = checkpoint_problem(p)
+        if problem is not None:
+            raise VikhrError(f"checkpoint {p} is damaged: {problem} (resume from another step directory)")
+        return p, None
+    latest = p / LATEST
+    if not latest.is_file():
+        return None, None
+    try:
+        named = p / latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        named = p / f"<unreadable {LATEST}: {e}>"
+    match = _STEP_DIR.fullmatch(named.name)
+    problem = checkpoint_problem(named) if named.is_dir() else "is missing"
+    if problem is None:
+        return named, None
+    for older in _older_step_dirs(p, int(match.group(1)) if match else None):
+        if checkpoint_problem(older) is None:
+            return older, f"checkpoint {named} is damaged ({problem}); resuming from {older.name} instead"
+    raise VikhrError(
+        f"no complete checkpoint in {p}: the newest, {named.name}, is damaged ({problem}) and no earlier "
+        "step is whole (delete the directory or set checkpoint.resume=never to start afresh)"
+    )
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr, from the first rank only (every rank reaches the same one)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def read_meta(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / "meta.json").read_text(encoding="utf-8"))
 
@@ -208,6 +357,9 @@ def load_model(
     `expected`: the run's model shape (ModelConfig.to_dict()); a checkpoint of another shape is
     refused with the differing fields named.
     """
+    problem = checkpoint_problem(step_dir, weights_only=True)
+    if problem is not None:
+        raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
     if meta["tp"] != tp_size:
         raise VikhrError(

@@ -1,8 +1,16 @@
-"""`vikhr pretrain`: the trainer of pretrain_vikhr.py in one process (use torchrun for several)."""
+"""The trainer's command line: `pretrain_vikhr.py` (under torchrun) and `vikhr pretrain` (one process).
+
+This module stays light (argparse only): `vikhr --help` imports it to list the command. The
+config and the trainer, which load torch and megatron-core, are imported when a run starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+
+from vikhr.errors import VikhrError
+from vikhr.runtime.megatron import quiet_megatron_warnings, require_megatron
 
 # Megatron-LM's flag names for the common settings, as aliases of `section.key=value` overrides.
 MEGATRON_FLAGS: dict[str, str] = {
@@ -69,8 +77,6 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
             overrides.append(f"{key}={value}")
     if betas:
         if len(betas) != 2:
-            from vikhr.errors import VikhrError
-
             raise VikhrError("give --adam-beta1 and --adam-beta2 together (or use optim.betas=[b1, b2])")
         overrides.append(f"optim.betas=[{betas[0]}, {betas[1]}]")
     return overrides
@@ -88,6 +94,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.train.pretrain import run_from_args
-
     return run_from_args(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """pretrain_vikhr.py: parse the arguments and run (errors reach the caller as VikhrError)."""
+    quiet_megatron_warnings()
+    args = build_arg_parser().parse_args(argv)
+    return run_from_args(args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Load the config (--config plus overrides) and train, or print the --dry-run memory table."""
+    # Imported here, not at the top: the config and the trainer load torch and megatron-core
+    # (seconds), which `vikhr --help` and every other command would otherwise pay for.
+    from vikhr.train.config import load_config
+
+    if args.dry_run and (args.gpus < 1 or not args.gpu_memory_gb > 0):
+        raise VikhrError(
+            f"--gpus must be >= 1 and --gpu-memory-gb positive, got {args.gpus} and {args.gpu_memory_gb:g}"
+        )
+    # The dry run sizes a cluster job from here: it needs the shapes, not the dataset files.
+    cfg = load_config(args.config, config_overrides(args), check_files=not args.dry_run)
+    if args.dry_run:
+        from vikhr.train.memory import dry_run_table
+
+        print(dry_run_table(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb))
+        return 0
+    require_megatron()  # a clear error for a wrong megatron-core before the trainer imports it
+    from vikhr.train.trainer import run
+
+    run(cfg)
+    return 0

@@ -1,16 +1,19 @@
-"""The pre-training config: a YAML file plus `section.key=value` overrides, validated up front.
+"""The trainer's config: a YAML file plus `section.key=value` overrides, validated up front.
 
 Everything is checked (keys, types, ranges, dataset files, parallel layout against the model
-shape) before torch.distributed or any tensor is touched; each error names the offending key.
+shape) before torch.distributed or any tensor is touched; each error is one line naming the key.
+pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/inf numbers);
+`validate` adds the checks that look at several keys, the model shape or the files.
 
-    model:      preset, any ModelConfig field as an override, attention, init
+    model:      preset, overrides (any ModelConfig field), attention, init, vocab_multiple
     parallel:   tensor (TP size), sequence (sequence parallelism), device
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
-                packing (sft: pack | pad), isolate_documents, cache_dir, valid_samples
+                packing (sft: pack | pad), isolate_documents, cache_dir, eod_id, valid_samples
     train:      steps, micro_batch, global_batch, seed, recompute
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, distributed
     kl:         weight (λ), direction, temperature, reference
     checkpoint: dir, save_every, resume
+    logging:    log_every, eval_every, tensorboard, max_nonfinite
     debug:      kill_at_step, nonfinite_at_steps (fault injection for tests)
 """
 
@@ -20,293 +23,363 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin
 
+import pydantic
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 from vikhr.errors import VikhrError
 from vikhr.model.config import PRESETS, ModelConfig
+from vikhr.model.gpt import AttentionBackend
+from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
+from vikhr.runtime.distributed import Device
+from vikhr.sft.layout import Packing, check_sft_dataset
+
+KLDirection = Literal[KL_DIRECTIONS]  # type: ignore[valid-type]  # the op's own tuple, as a type
+_MODEL_SHAPE = pydantic.TypeAdapter(ModelConfig)
 
 
-@dataclass
-class ModelSection:
+class _Section(BaseModel):
+    # Unknown keys are errors; numbers read as text ("1e-4" in YAML 1.1) are converted; NaN and
+    # infinities are refused everywhere (no key of this config means anything with them).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, coerce_numbers_to_str=True
+    )
+
+
+class ModelSection(_Section):
     preset: str = "tiny"
     # Overrides of the preset's fields (num_layers, vocab_size, rope_theta, sliding_window, ...).
-    overrides: dict[str, Any] = field(default_factory=dict)
-    attention: str = "auto"  # auto | te | sdpa | local
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    attention: AttentionBackend = "auto"
     # "random" or a checkpoint directory of this trainer (a step_* folder or its parent).
     init: str = "random"
-    vocab_multiple: int = 128
+    vocab_multiple: PositiveInt = 128
+
+    def shape(self) -> ModelConfig:
+        """The preset with its overrides applied (types checked; `validate` checks the rest)."""
+        return _MODEL_SHAPE.validate_python({**dataclasses.asdict(PRESETS[self.preset]), **self.overrides})
 
 
-@dataclass
-class ParallelSection:
-    tensor: int = 1
+class ParallelSection(_Section):
+    tensor: PositiveInt = 1
     # megatron's sequence parallelism (needs tensor > 1): norms and the residual stream between
     # the tensor-parallel regions are split along the sequence, 1/TP of their activations per rank.
     sequence: bool = False
-    device: str = "auto"  # auto | cuda | cpu
+    device: Device = "auto"
 
 
-@dataclass
-class DataSection:
+class DatasetEntry(_Section):
+    """One dataset of the blend: megatron .bin/.idx files (or `vikhr sft prepare` output)."""
+
+    prefix: str  # path without the suffix
+    weight: PositiveFloat = 1.0
+    name: str = ""  # default: the prefix's last path component
+
+    @pydantic.model_validator(mode="after")
+    def _default_name(self) -> DatasetEntry:
+        if not self.name:
+            self.name = Path(self.prefix).name
+        return self
+
+
+class DataSection(_Section):
     # pretrain: token documents (GPTDataset packing); sft: chats of `vikhr sft prepare`, loss on
-    # assistant tokens only (vikhr.train.sft_data).
-    kind: str = "pretrain"
-    # Blend of megatron .bin/.idx datasets: [{prefix: path/without/suffix, weight: 0.9, name: ru}, ...]
-    train: list[dict[str, Any]] = field(default_factory=list)
+    # assistant tokens only (vikhr.sft.data).
+    kind: Literal["pretrain", "sft"] = "pretrain"
+    # Blend of datasets: [{prefix: path/without/suffix, weight: 0.9, name: ru}, ...]
+    train: list[DatasetEntry] = Field(default_factory=list)
     # Per-dataset split of documents into train/valid/test, megatron style ("98,2,0").
     split: str = "98,2,0"
-    seq_len: int = 1024
+    seq_len: PositiveInt = 1024
     cache_dir: str | None = None  # megatron's index cache; default <checkpoint.dir>/data-cache
-    eod_id: int = 2  # Mistral's </s>; SFT pads windows with it (masked)
-    packing: str = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
+    eod_id: NonNegativeInt = 2  # Mistral's </s>; SFT pads windows with it (masked)
+    packing: Packing = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
     # Each packed document attends only to itself (block-diagonal causal mask). null = the usual
     # choice: on for sft (a chat never sees another), off for pretrain (megatron's default).
     isolate_documents: bool | None = None
-    valid_samples: int = 64  # per validation set and evaluation
+    valid_samples: PositiveInt = 64  # per validation set and evaluation
 
     def documents_isolated(self) -> bool:
         return self.kind == "sft" if self.isolate_documents is None else self.isolate_documents
 
 
-@dataclass
-class TrainSection:
-    steps: int = 1000
-    micro_batch: int = 1
-    global_batch: int = 8
+class TrainSection(_Section):
+    steps: PositiveInt = 1000
+    micro_batch: PositiveInt = 1
+    global_batch: PositiveInt = 8
     seed: int = 1234
     # Activation recomputation: none, or full (each layer keeps only its input for backward and
     # runs again there: ~1/3 more compute for a fraction of the activation memory).
-    recompute: str = "none"
+    recompute: Literal["none", "full"] = "none"
 
 
-@dataclass
-class OptimSection:
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.99, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    clip_grad: float = 1.0
-    warmup_steps: int = 10
-    decay: str = "cosine"  # cosine | linear | constant
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class OptimSection(_Section):
+    lr: PositiveFloat = 1e-3
+    min_lr: NonNegativeFloat = 1e-4
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [0.99, 0.95]
+    )
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.1
+    clip_grad: NonNegativeFloat = 1.0  # 0 disables clipping
+    warmup_steps: NonNegativeInt = 10
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
     # Shard the fp32 master weights and Adam moments over the data-parallel ranks (megatron's
     # distributed optimizer, ZeRO-1): 12 B/param become 12/DP B/param per GPU.
     distributed: bool = False
 
 
-@dataclass
-class KLSection:
-    weight: float = 0.0  # λ; 0 skips the reference model entirely
-    direction: str = "reverse"  # reverse: KL(P_model‖P_ref); forward: KL(P_ref‖P_model)
-    temperature: float = 1.0
+class KLSection(_Section):
+    weight: NonNegativeFloat = 0.0  # λ; 0 skips the reference model entirely
+    direction: KLDirection = "reverse"  # reverse: KL(P_model‖P_ref); forward: KL(P_ref‖P_model)
+    temperature: PositiveFloat = 1.0
     # "init": a frozen copy of the starting weights; or a checkpoint directory.
     reference: str = "init"
 
 
-@dataclass
-class CheckpointSection:
+class CheckpointSection(_Section):
     dir: str = "runs/pretrain"
-    save_every: int = 500
+    save_every: PositiveInt = 500
     resume: str = "auto"  # auto (latest in dir, if any) | never | a step_* directory
 
 
-@dataclass
-class LoggingSection:
-    log_every: int = 1
-    eval_every: int = 100
+class LoggingSection(_Section):
+    log_every: PositiveInt = 1
+    eval_every: PositiveInt = 100
     tensorboard: bool = True
-    max_nonfinite: int = 5  # abort after this many non-finite losses in a row
+    max_nonfinite: PositiveInt = 5  # abort after this many non-finite losses in a row
 
 
-@dataclass
-class DebugSection:
+class DebugSection(_Section):
     """Fault injection for tests."""
 
     kill_at_step: int | None = None  # SIGKILL every rank right after this step
-    nonfinite_at_steps: list[int] = field(default_factory=list)  # make these steps' loss NaN
+    nonfinite_at_steps: list[int] = Field(default_factory=list)  # make these steps' loss NaN
 
 
-@dataclass
-class PretrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    kl: KLSection = field(default_factory=KLSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    logging: LoggingSection = field(default_factory=LoggingSection)
-    debug: DebugSection = field(default_factory=DebugSection)
-
-    def model_config(self) -> ModelConfig:
-        return PRESETS[self.model.preset].with_overrides(**self.model.overrides)
+class TrainConfig(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    parallel: ParallelSection = Field(default_factory=ParallelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    kl: KLSection = Field(default_factory=KLSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    debug: DebugSection = Field(default_factory=DebugSection)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """`value` converted to the annotated type, or VikhrError naming `key`."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is not None and type(None) in args:  # X | None
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if isinstance(value, str) and hint in (int, float):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
-            return _coerce(key, float(value) if hint is float else int(value), hint)
-        except ValueError:
-            pass
-    if isinstance(value, str) and hint is not str:
-        try:
-            value = yaml.safe_load(value)  # overrides arrive as text: "1e-3", "[0.9, 0.95]", "true"
-        except yaml.YAMLError as e:
-            raise VikhrError(f"config key {key}: cannot parse {value!r}") from e
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif origin is list:
-        if isinstance(value, list):
-            return [_coerce(f"{key}[{i}]", v, args[0]) if args else v for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    else:
-        return value
-    type_name = getattr(hint, "__name__", str(hint))
-    raise VikhrError(f"config key {key}: expected {type_name}, got {value!r}")
-
-
-def _set(cfg: PretrainConfig, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    sections = [f.name for f in fields(PretrainConfig)]
-    if parts[0] not in sections:
-        raise VikhrError(f"unknown config section {parts[0]!r} in {dotted!r}{_suggest(parts[0], sections)}")
-    section = getattr(cfg, parts[0])
-    if len(parts) == 1:
-        if not isinstance(value, dict):
-            raise VikhrError(f"config key {dotted}: expected a mapping of keys")
-        for k, v in value.items():
-            _set(cfg, f"{dotted}.{k}", v)
-        return
-    names = [f.name for f in fields(section)]
-    if parts[1] not in names:
-        raise VikhrError(f"unknown config key {dotted!r}{_suggest(parts[1], names)}")
-    hints = get_type_hints(type(section))
-    if parts[0] == "model" and parts[1] == "overrides" and len(parts) > 2:
-        section.overrides[".".join(parts[2:])] = _yaml(value)
-        return
-    if len(parts) > 2:
-        raise VikhrError(f"unknown config key {dotted!r}: {parts[0]}.{parts[1]} has no sub-keys")
-    setattr(section, parts[1], _coerce(dotted, value, hints[parts[1]]))
-
-
-def _yaml(value: Any) -> Any:
-    return yaml.safe_load(value) if isinstance(value, str) else value
+# --------------------------------------------------------------------------- loading
 
 
 def load_config(
     path: str | Path | None, overrides: Sequence[str] = (), check_files: bool = True
-) -> PretrainConfig:
-    """Read YAML (optional), apply `section.key=value` overrides, and validate."""
-    cfg = PretrainConfig()
+) -> TrainConfig:
+    """Read YAML (optional), apply `section.key=value` overrides (values in YAML syntax), validate."""
+    raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise VikhrError(f"config file not found: {p}")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise VikhrError(
+                f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start}); give a YAML file"
+            ) from None
         except yaml.YAMLError as e:
             raise VikhrError(f"config file {p} is not valid YAML: {e}".replace("\n", " ")) from e
         if not isinstance(raw, dict):
             raise VikhrError(f"config file {p}: top level must be a mapping of sections")
-        for section, body in raw.items():
-            _set(cfg, str(section), body)
     for item in overrides:
         if "=" not in item:
             raise VikhrError(f"override {item!r} must look like section.key=value")
-        key, value = item.split("=", 1)
-        _set(cfg, key.strip().lstrip("-"), value)
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        try:
+            value = yaml.safe_load(text)  # "1e-3", "[0.9, 0.95]", "true", "{prefix: x}"
+        except yaml.YAMLError as e:
+            raise VikhrError(f"config key {key}: cannot parse {text!r}") from e
+        _merge(raw, key, value)
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise VikhrError(_one_line(e.errors()[0])) from None
     validate(cfg, check_files=check_files)
     return cfg
 
 
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise VikhrError(f"config key {key} must be positive, got {value}")
+def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `dotted` (section.key[.sub...]) in the raw mapping; a whole section merges key by key."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise VikhrError(
+                f"unknown config key {dotted!r}: {'.'.join(parents[: depth + 1])} has no sub-keys"
+            )
+        node = child
+    if not parents and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last].update(value)
+    else:
+        node[last] = value
 
 
-def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bool = True) -> None:
-    """Check everything that can be checked without allocating; raise VikhrError naming the key."""
-    m = cfg.model
+def _suggest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _keys_at(loc: Sequence[str | int]) -> list[str]:
+    """The known keys of the section (or list item) at `loc`."""
+    model: type[BaseModel] = TrainConfig
+    for part in loc:
+        if isinstance(part, str):
+            annotation = model.model_fields[part].annotation
+            model = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+    return list(model.model_fields)
+
+
+_EXPECTED = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "string": "str",
+    "list": "a list",
+    "dict": "a mapping of keys",
+    "model": "a mapping of keys",
+    "model_attributes": "a mapping of keys",
+}
+
+
+def _one_line(error: Any, prefix: str = "") -> str:
+    """A pydantic error as this config's one-line message naming the key."""
+    loc, kind, ctx, got = error["loc"], error["type"], error.get("ctx", {}), error.get("input")
+    key = prefix + _dotted(loc)
+    if kind == "extra_forbidden":
+        if len(loc) == 1 and not prefix:
+            return f"unknown config section {loc[0]!r}{_suggest(str(loc[0]), _keys_at(()))}"
+        return f"unknown config key {key!r}{_suggest(str(loc[-1]), _keys_at(loc[:-1]))}"
+    if kind == "missing":
+        return f"config key {key} is missing"
+    if kind == "literal_error":
+        return f"config key {key} must be {ctx['expected'].replace(chr(39), '')}, got {got!r}"
+    if kind == "finite_number":
+        return f"config key {key} must be a finite number, got {got}"
+    if kind == "greater_than" and ctx.get("gt") == 0:
+        return f"config key {key} must be positive, got {got}"
+    bounds = {"greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=", "greater_than": ">"}
+    if kind in bounds:
+        return f"config key {key} must be {bounds[kind]} {next(iter(ctx.values())):g}, got {got}"
+    if kind in ("too_short", "too_long"):
+        bound = f"at least {ctx['min_length']}" if kind == "too_short" else f"at most {ctx['max_length']}"
+        return f"config key {key} must have {bound} items, got {got!r}"
+    base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
+    if base in _EXPECTED:
+        return f"config key {key}: expected {_EXPECTED[base]}, got {got!r}"
+    return f"config key {key}: {error['msg']}, got {got!r}"
+
+
+# --------------------------------------------------------------------------- checks across keys
+
+
+def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool = True) -> None:
+    """The checks that look at several keys, the model shape or the files; VikhrError naming the key.
+
+    `world_size`: the job's process count, when known (torchrun), for the data-parallel layout.
+    `check_files`: whether the datasets and checkpoints named must exist (not for --dry-run).
+    """
+    mcfg = _check_model(cfg.model, check_files)
+    _check_parallel(cfg, mcfg, world_size)
+    _check_data(cfg, mcfg, check_files)
+    t, o, k = cfg.train, cfg.optim, cfg.kl
+    if t.global_batch % t.micro_batch:
+        raise VikhrError(
+            f"config key train.global_batch = {t.global_batch} is not a multiple of "
+            f"train.micro_batch = {t.micro_batch}"
+        )
+    if world_size is not None:
+        dp = world_size // cfg.parallel.tensor
+        if t.global_batch % (t.micro_batch * dp):
+            raise VikhrError(
+                f"config key train.global_batch = {t.global_batch} is not divisible by "
+                f"micro_batch × data-parallel size = {t.micro_batch} × {dp}"
+            )
+    if o.min_lr > o.lr:
+        raise VikhrError(f"config key optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    if check_files and k.weight > 0 and k.reference != "init" and not Path(k.reference).exists():
+        raise VikhrError(f"config key kl.reference: checkpoint not found: {k.reference} (or use 'init')")
+    c = cfg.checkpoint
+    if check_files and c.resume not in ("auto", "never") and not Path(c.resume).is_dir():
+        raise VikhrError(f"config key checkpoint.resume: not a checkpoint directory: {c.resume}")
+
+
+def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
     if m.preset not in PRESETS:
         raise VikhrError(
             f"config key model.preset: unknown preset {m.preset!r}{_suggest(m.preset, list(PRESETS))}"
         )
-    model_fields = [f.name for f in fields(ModelConfig)]
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
     for k in m.overrides:
-        if k not in model_fields:
-            raise VikhrError(f"unknown config key 'model.overrides.{k}'{_suggest(k, model_fields)}")
+        if k not in known:
+            raise VikhrError(f"unknown config key 'model.overrides.{k}'{_suggest(k, known)}")
     try:
-        mcfg = cfg.model_config()
-    except TypeError as e:
-        raise VikhrError(f"config key model.overrides: {e}") from e
-    if m.attention not in ("auto", "te", "sdpa", "local"):
-        raise VikhrError(f"config key model.attention must be auto, te, sdpa or local, got {m.attention!r}")
-    if check_files and m.init != "random" and not Path(m.init).exists():
-        raise VikhrError(f"config key model.init: checkpoint not found: {m.init} (or use 'random')")
-    _positive("model.vocab_multiple", m.vocab_multiple)
-
-    p = cfg.parallel
-    _positive("parallel.tensor", p.tensor)
-    if p.device not in ("auto", "cuda", "cpu"):
-        raise VikhrError(f"config key parallel.device must be auto, cuda or cpu, got {p.device!r}")
-    for name, value in (
-        ("num_attention_heads", mcfg.num_attention_heads),
-        ("num_kv_heads", mcfg.num_kv_heads),
-        ("ffn_hidden_size", mcfg.ffn_hidden_size),
-    ):
-        if value % p.tensor:
-            raise VikhrError(
-                f"config key parallel.tensor = {p.tensor} does not divide the model's {name} = {value}"
-            )
+        mcfg = m.shape()
+    except pydantic.ValidationError as e:
+        raise VikhrError(_one_line(e.errors()[0], prefix="model.overrides.")) from None
     try:
-        mcfg.validate(p.tensor)
+        mcfg.validate()
     except VikhrError as e:
         raise VikhrError(f"config key model ({m.preset}): {e}") from e
+    if check_files and m.init != "random" and not Path(m.init).exists():
+        raise VikhrError(f"config key model.init: checkpoint not found: {m.init} (or use 'random')")
+    return mcfg
+
+
+def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig, world_size: int | None) -> None:
+    p = cfg.parallel
+    misfit = mcfg.tensor_parallel_misfit(p.tensor)
+    if misfit is not None:
+        raise VikhrError(
+            f"config key parallel.tensor = {p.tensor} does not divide the model's {misfit[0]} = {misfit[1]}"
+        )
     if p.sequence and p.tensor == 1:
         raise VikhrError("config key parallel.sequence needs parallel.tensor > 1 (it splits over TP ranks)")
+    if p.sequence and cfg.data.seq_len % p.tensor:
+        raise VikhrError(
+            f"config key data.seq_len = {cfg.data.seq_len} must be a multiple of parallel.tensor = "
+            f"{p.tensor} with parallel.sequence"
+        )
     if world_size is not None and world_size % p.tensor:
         raise VikhrError(
             f"config key parallel.tensor = {p.tensor} does not divide the world size {world_size}"
         )
 
-    d = cfg.data
-    if d.kind not in ("pretrain", "sft"):
-        raise VikhrError(f"config key data.kind must be pretrain or sft, got {d.kind!r}")
-    if d.packing not in ("pack", "pad"):
-        raise VikhrError(f"config key data.packing must be pack or pad, got {d.packing!r}")
+
+def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
+    d, attention = cfg.data, cfg.model.attention
     if d.kind == "pretrain" and d.packing != "pack":
         raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
     if not d.train:
@@ -314,111 +387,35 @@ def validate(cfg: PretrainConfig, world_size: int | None = None, check_files: bo
     names = set()
     for i, entry in enumerate(d.train):
         key = f"data.train[{i}]"
-        if not isinstance(entry, dict):
-            raise VikhrError(f"config key {key} must be a mapping with prefix (and weight, name)")
-        unknown = set(entry) - {"prefix", "weight", "name"}
-        if unknown:
-            bad = sorted(unknown)[0]
-            raise VikhrError(f"unknown config key '{key}.{bad}'{_suggest(bad, ['prefix', 'weight', 'name'])}")
-        if "prefix" not in entry:
-            raise VikhrError(f"config key {key}.prefix is missing (path of the .bin/.idx without suffix)")
-        prefix = str(entry["prefix"])
         if check_files and d.kind == "sft":
-            from vikhr.train.sft_data import check_sft_dataset
-
-            check_sft_dataset(prefix, f"{key}.prefix", mcfg.vocab_size)
-        for suffix in (".bin", ".idx") if d.kind == "pretrain" else ():
-            if check_files and not Path(prefix + suffix).is_file():
-                raise VikhrError(f"config key {key}.prefix: dataset file not found: {prefix}{suffix}")
-        weight = entry.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise VikhrError(f"config key {key}.weight must be a positive number, got {weight!r}")
-        name = str(entry.get("name", Path(prefix).name))
-        if name in names:
-            raise VikhrError(f"config key {key}.name: duplicate dataset name {name!r}")
-        names.add(name)
+            check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)
+        for suffix in (".bin", ".idx") if check_files and d.kind == "pretrain" else ():
+            if not Path(entry.prefix + suffix).is_file():
+                raise VikhrError(f"config key {key}.prefix: dataset file not found: {entry.prefix}{suffix}")
+        if entry.name in names:
+            raise VikhrError(f"config key {key}.name: duplicate dataset name {entry.name!r}")
+        names.add(entry.name)
     try:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
         split = []
-    if len(split) != 3 or any(x < 0 for x in split) or split[0] <= 0:
+    if len(split) != 3 or not all(0 <= x < math.inf for x in split) or split[0] <= 0:
         raise VikhrError(
             f"config key data.split must be three non-negative weights like '98,2,0', got {d.split!r}"
-        )
-    _positive("data.seq_len", d.seq_len)
-    if p.sequence and d.seq_len % p.tensor:
-        raise VikhrError(
-            f"config key data.seq_len = {d.seq_len} must be a multiple of parallel.tensor = {p.tensor} "
-            "with parallel.sequence"
         )
     if d.seq_len > mcfg.max_seq_len:
         raise VikhrError(
             f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}"
         )
-    if not 0 <= d.eod_id < mcfg.vocab_size:
+    if d.eod_id >= mcfg.vocab_size:
         raise VikhrError(
             f"config key data.eod_id = {d.eod_id} is outside the vocabulary [0, {mcfg.vocab_size})"
         )
-    _positive("data.valid_samples", d.valid_samples)
     # TE's causal kernel ignores a given mask; megatron's local attention drops it under a window.
-    unmaskable = m.attention == "te" or (m.attention == "local" and mcfg.sliding_window is not None)
+    unmaskable = attention == "te" or (attention == "local" and mcfg.sliding_window is not None)
     if d.documents_isolated() and unmaskable:
         raise VikhrError(
             f"config key data.isolate_documents needs model.attention sdpa or auto, got "
-            f"{m.attention!r}{' with a sliding window' if m.attention == 'local' else ''} "
+            f"{attention!r}{' with a sliding window' if attention == 'local' else ''} "
             "(or set data.isolate_documents: false)"
         )
-
-    t = cfg.train
-    if t.recompute not in ("none", "full"):
-        raise VikhrError(f"config key train.recompute must be none or full, got {t.recompute!r}")
-    _positive("train.steps", t.steps)
-    _positive("train.micro_batch", t.micro_batch)
-    _positive("train.global_batch", t.global_batch)
-    if t.global_batch % t.micro_batch:
-        raise VikhrError(
-            f"config key train.global_batch = {t.global_batch} is not a multiple of "
-            f"train.micro_batch = {t.micro_batch}"
-        )
-    if world_size is not None:
-        dp = world_size // p.tensor
-        if t.global_batch % (t.micro_batch * dp):
-            raise VikhrError(
-                f"config key train.global_batch = {t.global_batch} is not divisible by "
-                f"micro_batch × data-parallel size = {t.micro_batch} × {dp}"
-            )
-
-    o = cfg.optim
-    _positive("optim.lr", o.lr)
-    if not 0 <= o.min_lr <= o.lr:
-        raise VikhrError(f"config key optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise VikhrError(f"config key optim.betas must be two numbers in [0, 1), got {o.betas}")
-    _positive("optim.eps", o.eps)
-    if o.weight_decay < 0:
-        raise VikhrError(f"config key optim.weight_decay must be >= 0, got {o.weight_decay}")
-    if o.clip_grad < 0:
-        raise VikhrError(f"config key optim.clip_grad must be >= 0 (0 disables clipping), got {o.clip_grad}")
-    if o.warmup_steps < 0:
-        raise VikhrError(f"config key optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    if o.decay not in ("cosine", "linear", "constant"):
-        raise VikhrError(f"config key optim.decay must be cosine, linear or constant, got {o.decay!r}")
-
-    k = cfg.kl
-    if k.weight < 0 or not math.isfinite(k.weight):
-        raise VikhrError(f"config key kl.weight must be a finite number >= 0, got {k.weight}")
-    if k.direction not in ("reverse", "forward"):
-        raise VikhrError(f"config key kl.direction must be reverse or forward, got {k.direction!r}")
-    _positive("kl.temperature", k.temperature)
-    if check_files and k.weight > 0 and k.reference != "init" and not Path(k.reference).exists():
-        raise VikhrError(f"config key kl.reference: checkpoint not found: {k.reference} (or use 'init')")
-
-    c = cfg.checkpoint
-    _positive("checkpoint.save_every", c.save_every)
-    if check_files and c.resume not in ("auto", "never") and not Path(c.resume).is_dir():
-        raise VikhrError(f"config key checkpoint.resume: not a checkpoint directory: {c.resume}")
-
-    lg = cfg.logging
-    _positive("logging.log_every", lg.log_every)
-    _positive("logging.eval_every", lg.eval_every)
-    _positive("logging.max_nonfinite", lg.max_nonfinite)

@@ -13,14 +13,10 @@ part of `data.split`) and is evaluated separately — Russian and English losses
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from vikhr.errors import VikhrError
@@ -45,6 +41,8 @@ class _IdsOnlyTokenizer:
 
 @dataclass
 class Datasets:
+    """What the trainer reads: one train stream, and a validation set per named dataset."""
+
     train: torch.utils.data.Dataset
     valid: dict[str, torch.utils.data.Dataset]
 
@@ -68,22 +66,17 @@ def _gpt_config(cfg, blend: tuple[list[str], list[float] | None], cache_dir: str
 
 def dataset_entries(cfg) -> list[tuple[str, str, float]]:
     """(name, prefix, weight) of every dataset in the blend."""
-    return [
-        (str(e.get("name", Path(str(e["prefix"])).name)), str(e["prefix"]), float(e.get("weight", 1.0)))
-        for e in cfg.data.train
-    ]
+    return [(e.name, e.prefix, e.weight) for e in cfg.data.train]
 
 
-def build_datasets(cfg, cache_dir: str) -> Datasets:
+def build_pretrain_datasets(cfg, cache_dir: str) -> Datasets:  # cfg: vikhr.train.config.TrainConfig
     """The blended train stream (steps × global_batch samples) and one valid set per dataset.
 
     Must be called on every rank (megatron's builder builds on rank 0 first, then the others read
-    its cached indices). `data.kind: sft` streams packed chats instead (vikhr.train.sft_data).
+    its cached indices). `data.kind: sft` streams packed chats instead (vikhr.sft.data).
     """
-    if cfg.data.kind == "sft":
-        from vikhr.train.sft_data import build_sft_datasets
-
-        return build_sft_datasets(cfg)
+    # megatron-core takes seconds to import; config checks and `vikhr sft prepare` import this
+    # module without building datasets.
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset
 
@@ -107,6 +100,8 @@ def build_datasets(cfg, cache_dir: str) -> Datasets:
 
 
 class Batch(NamedTuple):
+    """One micro-batch as the model takes it."""
+
     tokens: torch.Tensor  # [b, s]
     labels: torch.Tensor  # [b, s], IGNORE_INDEX where the loss mask is 0
     segments: torch.Tensor | None  # [b, s] document id of each position, when the samples carry it
@@ -141,64 +136,3 @@ def step_micro_batches(
         collate([dataset[i] for i in range(first, first + micro_batch)])
         for first in range(start, start + per_rank, micro_batch)
     ]
-
-
-# --------------------------------------------------------------------------- writing datasets
-
-
-def write_indexed_dataset(prefix: str | Path, documents: Iterable[Sequence[int]], dtype=np.uint16) -> int:
-    """Write megatron `.bin/.idx` files (via megatron-core's own builder), one item per document.
-
-    Files are written under temporary names and renamed at the end, so a failed run leaves
-    nothing that looks valid. Returns the number of documents.
-    """
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp_bin = prefix.with_name(prefix.name + ".tmp.bin")
-    tmp_idx = prefix.with_name(prefix.name + ".tmp.idx")
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
-    count = 0
-    for doc in documents:
-        builder.add_item(torch.tensor(np.asarray(doc, dtype=np.int64)))
-        builder.end_document()
-        count += 1
-    builder.finalize(str(tmp_idx))
-    tmp_bin.replace(prefix.with_name(prefix.name + ".bin"))
-    tmp_idx.replace(prefix.with_name(prefix.name + ".idx"))
-    return count
-
-
-def read_jsonl_texts(path: str | Path, key: str = "text") -> Iterator[str]:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)[key]
-
-
-def tokenize_jsonl_to_indexed(
-    jsonl: str | Path,
-    tokenizer_model: str | Path,
-    prefix: str | Path,
-    max_docs: int | None = None,
-    max_chars: int | None = None,
-    append_eod: bool = True,
-) -> int:
-    """Tokenize a JSONL corpus with a SentencePiece model into `.bin/.idx` (a small convenience;
-    the Rust pre-tokenizer `vikhr.data` is the tool for real corpora and writes the same format)."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
-    eod = sp.eos_id()
-
-    def docs() -> Iterator[list[int]]:
-        for i, text in enumerate(read_jsonl_texts(jsonl)):
-            if max_docs is not None and i >= max_docs:
-                return
-            ids = sp.encode(text[:max_chars] if max_chars else text)
-            yield [*ids, eod] if append_eod else ids
-
-    dtype = np.uint16 if sp.get_piece_size() <= 65536 else np.int32
-    return write_indexed_dataset(prefix, docs(), dtype=dtype)

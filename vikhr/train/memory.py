@@ -94,8 +94,8 @@ def estimate(
 
 
 def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
-    """The `--dry-run` report for a validated PretrainConfig."""
-    mcfg = cfg.model_config()
+    """The `--dry-run` report for a validated TrainConfig."""
+    mcfg = cfg.model.shape()
     total, _ = parameter_counts(mcfg, 1, cfg.model.vocab_multiple)
     lines = [
         f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "

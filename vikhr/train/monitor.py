@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from vikhr.atomic import temporary_path
+from vikhr.jsonl import read_jsonl
 
 # Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity).
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -25,6 +26,10 @@ def peak_flops() -> float | None:
 def train_flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
     """6·N for the matmuls plus causal attention (12·L·h·s, halved for causality)."""
     return 6.0 * num_params + 6.0 * num_layers * hidden * seq_len
+
+
+# The figures of a train row that are not the loss or its terms.
+_STEP_FIGURES = ("lr", "grad_norm", "tokens_per_s", "mfu")
 
 
 class Monitor:
@@ -52,10 +57,13 @@ class Monitor:
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
 
     def progress(self, step: int, total: int, m: dict[str, Any]) -> None:
+        """One line per logged step: the loss and its terms (whatever the loss reports), then the
+        optimizer and throughput figures."""
         if not self.enabled:
             return
+        terms = " | ".join(f"{k} {v:.5g}" for k, v in m.items() if k not in _STEP_FIGURES)
         line = (
-            f"step {step:>6}/{total} | loss {m['loss']:.4f} | ce {m['ce']:.4f} | kl {m['kl']:.5f} | "
+            f"step {step:>6}/{total} | {terms} | "
             f"lr {m['lr']:.3e} | grad-norm {m['grad_norm']:.3f} | tok/s {m['tokens_per_s']:,.0f}"
         )
         if m.get("mfu") is not None:
@@ -78,8 +86,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, di
     resumed run rewrites the steps after its checkpoint)."""
     train: dict[int, dict[str, Any]] = {}
     valid: dict[int, dict[str, Any]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for _, row in read_jsonl(run_dir / "metrics.jsonl"):
         (train if row["kind"] == "train" else valid)[row["step"]] = row
     return train, valid
 
@@ -91,18 +98,18 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # By step, so a resumed run's rewritten steps are drawn once, as they finally ran.
+    train_rows, valid_rows = read_metrics(metrics_path.parent)
     train: dict[str, list[tuple[int, float]]] = {"loss": [], "ce": [], "kl": []}
     valid: dict[str, list[tuple[int, float]]] = {}
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") == "train":
-            for k in train:
-                if isinstance(rec.get(k), (int, float)):
-                    train[k].append((rec["step"], rec[k]))
-        elif rec.get("kind") == "valid":
-            for k, v in rec.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)):
-                    valid.setdefault(k, []).append((rec["step"], v))
+    for step, rec in sorted(train_rows.items()):
+        for k in train:
+            if isinstance(rec.get(k), (int, float)):
+                train[k].append((step, rec[k]))
+    for step, rec in sorted(valid_rows.items()):
+        for k, v in rec.items():
+            if k not in ("step", "kind") and isinstance(v, (int, float)):
+                valid.setdefault(k, []).append((step, v))
     fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
     for name, points in [("train loss", train["loss"]), ("train CE", train["ce"])] + [
         (f"valid {k}", v) for k, v in sorted(valid.items())

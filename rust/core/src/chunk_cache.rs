@@ -10,7 +10,7 @@
 
 use std::hash::Hasher;
 
-use crate::spm::FxHasher;
+use rustc_hash::FxHasher;
 
 /// Longest key (in bytes) the cache accepts.
 pub const MAX_KEY: usize = 96;
@@ -90,16 +90,13 @@ impl ChunkCache {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Drop every entry (the allocations are kept).
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.hot.fill(EMPTY);
         self.slots.fill(EMPTY);
         self.keys.clear();

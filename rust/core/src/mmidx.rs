@@ -13,6 +13,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const INDEX_HEADER: &[u8; 9] = b"MMIDIDX\x00\x00";
@@ -91,6 +92,62 @@ impl DType {
     }
 }
 
+/// Append `tokens` to `out` as little-endian values of `dtype` (uint8, uint16 or int32).
+fn encode_tokens(dtype: DType, tokens: &[u32], out: &mut Vec<u8>) -> io::Result<()> {
+    let max = match dtype {
+        DType::U8 => u32::from(u8::MAX),
+        DType::U16 => u32::from(u16::MAX),
+        DType::I32 => i32::MAX as u32,
+        d => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("writing token ids as {} is not supported", d.name()),
+            ))
+        }
+    };
+    if let Some(&t) = tokens.iter().find(|&&t| t > max) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("token id {t} does not fit {}", dtype.name()),
+        ));
+    }
+    out.reserve(tokens.len() * dtype.size() as usize);
+    match dtype {
+        DType::U8 => out.extend(tokens.iter().map(|&t| t as u8)),
+        DType::U16 => {
+            for &t in tokens {
+                out.extend_from_slice(&(t as u16).to_le_bytes());
+            }
+        }
+        _ => {
+            for &t in tokens {
+                out.extend_from_slice(&(t as i32).to_le_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The token ids stored in `bytes` (little-endian values of `dtype`: uint8, uint16 or int32).
+fn decode_tokens(dtype: DType, bytes: &[u8], out: &mut Vec<u32>) -> Result<(), String> {
+    match dtype {
+        DType::U8 => out.extend(bytes.iter().map(|&b| u32::from(b))),
+        DType::U16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+        DType::I32 => {
+            for c in bytes.chunks_exact(4) {
+                let v = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                out.push(u32::try_from(v).map_err(|_| format!("negative token id {v}"))?);
+            }
+        }
+        d => return Err(format!("token ids stored as {} cannot be read", d.name())),
+    }
+    Ok(())
+}
+
 pub fn bin_path(prefix: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}.bin"))
 }
@@ -99,10 +156,23 @@ pub fn idx_path(prefix: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}.idx"))
 }
 
-fn partial(path: &Path, what: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{what}.partial"));
-    PathBuf::from(s)
+/// The scratch files of a writer, as suffixes of the dataset prefix.
+const SCRATCH_SUFFIXES: [&str; 4] = [
+    ".bin.tmp.partial",
+    ".idx.tmp.partial",
+    ".idx.lengths.partial",
+    ".idx.documents.partial",
+];
+
+fn partial(prefix: &str, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{prefix}{suffix}"))
+}
+
+/// The dataset prefix (a file name, no directory) whose writer's scratch file `file_name` is.
+pub fn scratch_file_prefix(file_name: &str) -> Option<&str> {
+    SCRATCH_SUFFIXES
+        .iter()
+        .find_map(|suffix| file_name.strip_suffix(suffix))
 }
 
 fn ctx(e: io::Error, path: &Path) -> io::Error {
@@ -129,14 +199,12 @@ pub struct IndexedWriter {
 
 impl IndexedWriter {
     pub fn create(prefix: &str, dtype: DType) -> io::Result<Self> {
-        let (bin, idx) = (bin_path(prefix), idx_path(prefix));
+        let bin = bin_path(prefix);
         if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| ctx(e, dir))?;
         }
-        let tmp_bin = partial(&bin, "tmp");
-        let tmp_idx = partial(&idx, "tmp");
-        let tmp_lengths = partial(&idx, "lengths");
-        let tmp_docs = partial(&idx, "documents");
+        let [tmp_bin, tmp_idx, tmp_lengths, tmp_docs] =
+            SCRATCH_SUFFIXES.map(|s| partial(prefix, s));
         let open = |p: &Path| File::create(p).map(BufWriter::new).map_err(|e| ctx(e, p));
         let mut w = IndexedWriter {
             prefix: prefix.to_string(),
@@ -165,6 +233,10 @@ impl IndexedWriter {
         self.dtype
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn tokens(&self) -> u64 {
         self.tokens
     }
@@ -174,36 +246,7 @@ impl IndexedWriter {
     pub fn add_document(&mut self, tokens: &[u32], lengths: &[u64]) -> io::Result<()> {
         debug_assert_eq!(lengths.iter().sum::<u64>(), tokens.len() as u64);
         self.scratch.clear();
-        match self.dtype {
-            DType::U16 => {
-                for &t in tokens {
-                    let v = u16::try_from(t).map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("token id {t} does not fit uint16"),
-                        )
-                    })?;
-                    self.scratch.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            DType::I32 => {
-                for &t in tokens {
-                    let v = i32::try_from(t).map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("token id {t} does not fit int32"),
-                        )
-                    })?;
-                    self.scratch.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            d => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("writing token ids as {} is not supported", d.name()),
-                ))
-            }
-        }
+        encode_tokens(self.dtype, tokens, &mut self.scratch)?;
         self.bin.write_all(&self.scratch)?;
         for &l in lengths {
             let l = i32::try_from(l).map_err(|_| {
@@ -458,6 +501,100 @@ pub fn read_index(prefix: &str) -> Result<IndexInfo, String> {
     parse_index(&data, bin_bytes).map_err(|e| format!("{}: {e}", idx.display()))
 }
 
+/// A validated dataset opened for reading documents and scanning its tokens.
+pub struct IndexReader {
+    info: IndexInfo,
+    /// Token offset of each sequence in the `.bin`, plus the total at the end.
+    offsets: Vec<u64>,
+    /// `document_indices`: the first sequence of each document, plus the sequence count.
+    documents: Vec<u64>,
+    bin: File,
+    bin_path: PathBuf,
+}
+
+impl IndexReader {
+    /// Read and validate `{prefix}.idx` against `{prefix}.bin` (see [`read_index`]).
+    pub fn open(prefix: &str) -> Result<Self, String> {
+        let (idx, bin) = (idx_path(prefix), bin_path(prefix));
+        let data = fs::read(&idx).map_err(|e| format!("{}: {e}", idx.display()))?;
+        let file = File::open(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+        let bin_bytes = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", bin.display()))?
+            .len();
+        let info = parse_index(&data, bin_bytes).map_err(|e| format!("{}: {e}", idx.display()))?;
+        let n = info.sequence_count as usize;
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut total = 0u64;
+        offsets.push(0);
+        for c in data[HEADER_LEN as usize..][..4 * n].chunks_exact(4) {
+            total += u64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32);
+            offsets.push(total);
+        }
+        let documents = data[info.document_indices_offset as usize..]
+            .chunks_exact(8)
+            .take(info.document_count as usize)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u64)
+            .collect();
+        Ok(IndexReader {
+            info,
+            offsets,
+            documents,
+            bin: file,
+            bin_path: bin,
+        })
+    }
+
+    pub fn info(&self) -> &IndexInfo {
+        &self.info
+    }
+
+    /// Number of documents (empty ones included).
+    pub fn document_count(&self) -> usize {
+        self.documents.len() - 1
+    }
+
+    /// The tokens of document `i` (all its sequences, back to back).
+    pub fn document(&self, i: usize) -> Result<Vec<u32>, String> {
+        if i >= self.document_count() {
+            return Err(format!(
+                "document {i} is past the dataset's {} documents",
+                self.document_count()
+            ));
+        }
+        let first = self.offsets[self.documents[i] as usize];
+        let end = self.offsets[self.documents[i + 1] as usize];
+        self.tokens(first, end - first)
+    }
+
+    /// `count` tokens from token offset `first`.
+    pub fn tokens(&self, first: u64, count: u64) -> Result<Vec<u32>, String> {
+        let size = self.info.dtype.size();
+        let mut bytes = vec![0u8; (count * size) as usize];
+        self.bin
+            .read_exact_at(&mut bytes, first * size)
+            .map_err(|e| format!("{}: {e}", self.bin_path.display()))?;
+        let mut out = Vec::with_capacity(count as usize);
+        decode_tokens(self.info.dtype, &bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// The largest token id in the `.bin` (None when it holds no token), read in large blocks.
+    pub fn max_token(&self) -> Result<Option<u32>, String> {
+        const BLOCK: u64 = 1 << 22;
+        let size = self.info.dtype.size();
+        let total = self.info.token_count;
+        let mut max: Option<u32> = None;
+        let mut first = 0;
+        while first < total {
+            let count = (total - first).min(BLOCK / size);
+            max = max.max(self.tokens(first, count)?.into_iter().max());
+            first += count;
+        }
+        Ok(max)
+    }
+}
+
 /// Concatenate datasets into one (Megatron's `merge_datasets.py`, byte for byte).
 pub fn merge(prefixes: &[String], output_prefix: &str) -> io::Result<IndexInfo> {
     let first = prefixes
@@ -539,6 +676,37 @@ mod tests {
             "{left:?}"
         );
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reader_returns_documents_and_max_token_for_each_dtype() {
+        let dir = tmpdir("reader");
+        let docs = vec![vec![1, 0, 1], vec![], vec![255, 7]];
+        for dtype in [DType::U8, DType::U16, DType::I32] {
+            let p = dir.join(dtype.name()).to_string_lossy().into_owned();
+            write(&p, &docs, dtype);
+            let r = IndexReader::open(&p).unwrap();
+            assert_eq!(r.info().dtype, dtype);
+            assert_eq!(r.document_count(), 3);
+            let got: Vec<Vec<u32>> = (0..3).map(|i| r.document(i).unwrap()).collect();
+            assert_eq!(got, docs);
+            assert!(r.document(3).is_err());
+            assert_eq!(r.max_token().unwrap(), Some(255));
+        }
+        let p = dir.join("narrow").to_string_lossy().into_owned();
+        let mut w = IndexedWriter::create(&p, DType::U8).unwrap();
+        let err = w.add_document(&[256], &[1]).unwrap_err().to_string();
+        assert_eq!(err, "token id 256 does not fit uint8");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn scratch_files_name_their_dataset() {
+        assert_eq!(
+            scratch_file_prefix("ru_text_document.idx.lengths.partial"),
+            Some("ru_text_document")
+        );
+        assert_eq!(scratch_file_prefix("ru_text_document.bin"), None);
     }
 
     #[test]

@@ -8,15 +8,14 @@
 //! file and line are named) unless `skip_invalid` is set, in which case they are counted.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
-use crate::mmidx::{DType, IndexedWriter};
+use crate::mmidx::{scratch_file_prefix, DType, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
 #[derive(Debug, Clone)]
@@ -70,35 +69,25 @@ pub struct Summary {
     pub seconds_x1000: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// A bad input line, named by file and line number.
+    #[error("{}:{line}: {reason} (fix the line, or pass --skip-invalid to skip such lines)", file.display())]
     InvalidLine {
         file: PathBuf,
         line: u64,
         reason: String,
     },
+    /// An output would hold no token: Megatron cannot load an empty `.bin`.
+    #[error("{what}: nothing written (give input with text under every --json-keys key)")]
+    Empty { what: String },
+    #[error("{0}")]
     Io(String),
+    #[error("{0}")]
     Tokenizer(String),
+    #[error("cancelled")]
     Cancelled,
 }
-
-impl fmt::Display for PipelineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PipelineError::InvalidLine { file, line, reason } => write!(
-                f,
-                "{}:{line}: {reason} (fix the line, or pass --skip-invalid to skip such lines)",
-                file.display()
-            ),
-            PipelineError::Io(e) => write!(f, "{e}"),
-            PipelineError::Tokenizer(e) => write!(f, "{e}"),
-            PipelineError::Cancelled => f.write_str("cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for PipelineError {}
 
 impl From<std::io::Error> for PipelineError {
     fn from(e: std::io::Error) -> Self {
@@ -120,8 +109,9 @@ struct BatchResult {
     bytes: u64,
     lines: usize,
     per_key: Vec<KeyTokens>,
-    /// (line index in batch, reason) of unusable lines, in order.
-    invalid: Vec<(usize, String)>,
+    /// (line index in batch, reason) of lines that are not documents, in order; no reason for
+    /// a blank line (skipped silently, as every JSONL reader of vikhr does).
+    unused: Vec<(usize, Option<String>)>,
 }
 
 enum Work {
@@ -150,12 +140,16 @@ fn tokenize_batch(
             doc_lens: Vec::with_capacity(batch.len()),
         })
         .collect();
-    let mut invalid = Vec::new();
+    let mut unused = Vec::new();
     for (i, line) in batch.lines().enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            unused.push((i, None));
+            continue;
+        }
         let texts = match extract_fields(line, &job.json_keys) {
             Ok(t) => t,
             Err(e) => {
-                invalid.push((i, e.to_string()));
+                unused.push((i, Some(e.to_string())));
                 continue;
             }
         };
@@ -181,7 +175,7 @@ fn tokenize_batch(
         bytes: batch.data.len() as u64,
         lines: batch.len(),
         per_key,
-        invalid,
+        unused,
     })
 }
 
@@ -263,21 +257,24 @@ fn write_all(
                 Done::Fail(_, e) => return Err(e),
                 Done::Batch(_, r) => r,
             };
-            let mut bad = r.invalid.iter().peekable();
+            let mut unused = r.unused.iter().peekable();
             let mut offsets = vec![0usize; writers.len()];
             let mut doc = 0usize;
             for line in 0..r.lines {
-                if let Some(&&(i, ref reason)) = bad.peek() {
+                if let Some(&&(i, ref reason)) = unused.peek() {
                     if i == line {
-                        bad.next();
-                        if !job.skip_invalid {
-                            return Err(PipelineError::InvalidLine {
-                                file: job.inputs[r.file].clone(),
-                                line: r.first_line + line as u64,
-                                reason: reason.clone(),
-                            });
+                        unused.next();
+                        match reason {
+                            None => {}
+                            Some(reason) if !job.skip_invalid => {
+                                return Err(PipelineError::InvalidLine {
+                                    file: job.inputs[r.file].clone(),
+                                    line: r.first_line + line as u64,
+                                    reason: reason.clone(),
+                                })
+                            }
+                            Some(_) => skipped += 1,
                         }
-                        skipped += 1;
                         continue;
                     }
                 }
@@ -305,6 +302,32 @@ fn write_all(
     Ok((empty, skipped))
 }
 
+/// Remove the scratch files that killed runs left for datasets of `output_prefix`
+/// (`{output_prefix}_{key}_document`, any key): they are never completed.
+fn remove_stale_scratch_files(output_prefix: &str) -> Result<(), PipelineError> {
+    let path = Path::new(output_prefix);
+    let (dir, stem) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n.to_string_lossy()),
+        (_, Some(n)) => (Path::new("."), n.to_string_lossy()),
+        _ => return Ok(()),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // no directory yet: nothing stale
+    };
+    let start = format!("{stem}_");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(dataset) = name.to_str().and_then(scratch_file_prefix) else {
+            continue;
+        };
+        if dataset.starts_with(&start) && dataset.ends_with("_document") {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| PipelineError::Io(format!("{}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// Run `job`: read, tokenize and write every output, or leave no output at all.
 pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, PipelineError> {
     let started = Instant::now();
@@ -315,6 +338,7 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         .dtype
         .unwrap_or_else(|| DType::optimal(tok.vocab_size()));
     let prefixes = job.output_prefixes();
+    remove_stale_scratch_files(&job.output_prefix)?;
     let mut writers = prefixes
         .iter()
         .map(|p| IndexedWriter::create(p, dtype))
@@ -344,7 +368,27 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         r
     });
     let (empty, skipped) = result?;
+    // Refuse rather than write a dataset Megatron cannot load (it cannot mmap an empty `.bin`).
     let documents = progress.documents.load(Ordering::Relaxed);
+    if documents == 0 {
+        let what = format!(
+            "no documents in {} input file(s) (every line is blank{})",
+            job.inputs.len(),
+            if skipped > 0 { " or invalid" } else { "" }
+        );
+        return Err(PipelineError::Empty { what });
+    }
+    if let Some((w, key)) = writers
+        .iter()
+        .zip(&job.json_keys)
+        .find(|(w, _)| w.tokens() == 0)
+    {
+        let what = format!(
+            "all {documents} documents have an empty {key:?} ({} would hold no token)",
+            w.prefix()
+        );
+        return Err(PipelineError::Empty { what });
+    }
     let tokens = writers.iter().map(|w| w.tokens()).sum();
     for w in writers {
         w.finish()?;
@@ -445,6 +489,52 @@ mod tests {
         j.skip_invalid = true;
         let s = run(&j, &tok, &Progress::default()).unwrap();
         assert_eq!((s.documents, s.skipped), (299, 1));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_empty_inputs_refused() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-blank-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let tok = model();
+        let input = dir.join("in.jsonl");
+        fs::write(&input, "{\"text\": \"a\", \"title\": \"b\"}\n\n  \r\n").unwrap();
+        // A stale scratch file of another key of the same prefix, left by a killed run.
+        let stale = dir.join("ok_body_document.idx.lengths.partial");
+        fs::write(&stale, b"x").unwrap();
+        let s = run(
+            &job(&dir, input.clone(), 1, "ok"),
+            &tok,
+            &Progress::default(),
+        )
+        .unwrap();
+        assert_eq!((s.documents, s.skipped), (1, 0));
+        assert!(!stale.exists());
+
+        fs::write(&input, "\n\n").unwrap();
+        let err = run(
+            &job(&dir, input.clone(), 1, "none"),
+            &tok,
+            &Progress::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("no documents in 1 input file(s)"), "{err}");
+        fs::write(&input, "{\"text\": \"\", \"title\": \"b\"}\n").unwrap();
+        let err = run(&job(&dir, input, 1, "empty"), &tok, &Progress::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty \"text\""), "{err}");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter().all(|n| !n.to_string_lossy().starts_with("none")
+                && !n.to_string_lossy().starts_with("empty")),
+            "{left:?}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

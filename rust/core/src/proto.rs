@@ -1,18 +1,10 @@
 //! A minimal protobuf wire-format reader: just enough to read SentencePiece's `ModelProto`
 //! (varints, fixed32/fixed64, length-delimited fields) without a code generator.
 
-use std::fmt;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a message cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed protobuf: {0}")]
 pub struct ProtoError(pub String);
-
-impl fmt::Display for ProtoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed protobuf: {}", self.0)
-    }
-}
-
-impl std::error::Error for ProtoError {}
 
 /// One field value as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq)]

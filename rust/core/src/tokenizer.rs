@@ -1,21 +1,21 @@
 //! The tokenizers a corpus can be encoded with: SentencePiece BPE `.model` files (vikhr's own
 //! exact encoder) and Hugging Face `tokenizer.json` files (through the `tokenizers` crate).
+//! Which ids are BOS and EOS is decided by the caller (`vikhr.tokenizer.load`), not here.
 
-use std::fmt;
 use std::path::Path;
 
-use crate::spm::{EncodeState, SpmModel};
+use crate::spm::{EncodeState, SpmError, SpmModel};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizerError(pub String);
-
-impl fmt::Display for TokenizerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a tokenizer cannot be loaded or cannot encode.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    SentencePiece(#[from] SpmError),
+    #[error("cannot load tokenizer.json {path}: {reason}")]
+    HuggingFace { path: String, reason: String },
+    #[error("tokenizer.json failed to encode: {0}")]
+    Encode(String),
 }
-
-impl std::error::Error for TokenizerError {}
 
 pub enum Tokenizer {
     SentencePiece(Box<SpmModel>),
@@ -33,20 +33,19 @@ pub struct TokenizerState {
 
 impl Tokenizer {
     pub fn sentencepiece(path: &Path) -> Result<Self, TokenizerError> {
-        SpmModel::from_file(path)
-            .map(|m| Tokenizer::SentencePiece(Box::new(m)))
-            .map_err(|e| TokenizerError(e.to_string()))
+        Ok(Tokenizer::SentencePiece(Box::new(SpmModel::from_file(
+            path,
+        )?)))
     }
 
     /// A `tokenizer.json`; `add_special_tokens` applies its post-processor (e.g. a BOS), as
     /// Megatron's HuggingFaceTokenizer does.
     pub fn huggingface(path: &Path, add_special_tokens: bool) -> Result<Self, TokenizerError> {
-        let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            TokenizerError(format!(
-                "cannot load tokenizer.json {}: {e}",
-                path.display()
-            ))
-        })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::HuggingFace {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Tokenizer::HuggingFace {
             tokenizer: Box::new(tokenizer),
             add_special_tokens,
@@ -58,30 +57,6 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(m) => m.vocab_size(),
             Tokenizer::HuggingFace { tokenizer, .. } => tokenizer.get_vocab_size(true),
-        }
-    }
-
-    pub fn bos_id(&self) -> Option<u32> {
-        match self {
-            Tokenizer::SentencePiece(m) => m.bos_id,
-            Tokenizer::HuggingFace { .. } => None,
-        }
-    }
-
-    pub fn eos_id(&self) -> Option<u32> {
-        match self {
-            Tokenizer::SentencePiece(m) => m.eos_id,
-            Tokenizer::HuggingFace { .. } => None,
-        }
-    }
-
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        match self {
-            Tokenizer::SentencePiece(m) => {
-                let id = m.piece_to_id(token.as_bytes());
-                (m.piece(id) == Some(token)).then_some(id)
-            }
-            Tokenizer::HuggingFace { tokenizer, .. } => tokenizer.token_to_id(token),
         }
     }
 
@@ -103,7 +78,7 @@ impl Tokenizer {
             } => {
                 let enc = tokenizer
                     .encode_fast(text, *add_special_tokens)
-                    .map_err(|e| TokenizerError(format!("tokenizer.json failed to encode: {e}")))?;
+                    .map_err(|e| TokenizerError::Encode(e.to_string()))?;
                 out.extend_from_slice(enc.get_ids());
                 Ok(())
             }

@@ -8,9 +8,8 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use vikhr_core::mmidx::{self, DType, IndexInfo, IndexedWriter};
+use vikhr_core::mmidx::{self, DType, IndexInfo, IndexReader, IndexedWriter};
 use vikhr_core::pipeline::{self, Job, PipelineError, Progress};
-use vikhr_core::spm::{EncodeState, SpmModel};
 use vikhr_core::tokenizer::Tokenizer;
 
 #[pymodule]
@@ -20,8 +19,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_index, m)?)?;
     m.add_function(wrap_pyfunction!(merge_datasets, m)?)?;
-    m.add_function(wrap_pyfunction!(write_indexed_dataset, m)?)?;
-    m.add_class::<SentencePieceEncoder>()?;
+    m.add_function(wrap_pyfunction!(token_dtype, m)?)?;
+    m.add_class::<IndexedDatasetWriter>()?;
+    m.add_class::<IndexedDatasetReader>()?;
     Ok(())
 }
 
@@ -35,55 +35,8 @@ fn value_err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-/// A SentencePiece BPE model encoded by vikhr's exact Rust encoder.
-#[pyclass(module = "vikhr._core", frozen)]
-struct SentencePieceEncoder {
-    model: SpmModel,
-}
-
-#[pymethods]
-impl SentencePieceEncoder {
-    #[new]
-    fn new(path: PathBuf) -> PyResult<Self> {
-        SpmModel::from_file(&path)
-            .map(|model| Self { model })
-            .map_err(value_err)
-    }
-
-    /// The ids of `text` (no BOS/EOS), as `sentencepiece`'s `encode(text)`.
-    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
-        py.detach(|| self.model.encode(text))
-    }
-
-    /// The ids of each text.
-    fn encode_batch(&self, py: Python<'_>, texts: Vec<String>) -> Vec<Vec<u32>> {
-        py.detach(|| {
-            let mut state = EncodeState::default();
-            texts
-                .iter()
-                .map(|t| {
-                    let mut out = Vec::new();
-                    self.model.encode_into(t, &mut state, &mut out);
-                    out
-                })
-                .collect()
-        })
-    }
-
-    #[getter]
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
-
-    #[getter]
-    fn bos_id(&self) -> Option<u32> {
-        self.model.bos_id
-    }
-
-    #[getter]
-    fn eos_id(&self) -> Option<u32> {
-        self.model.eos_id
-    }
+fn os_err(e: impl std::fmt::Display) -> PyErr {
+    PyOSError::new_err(e.to_string())
 }
 
 fn load_tokenizer(
@@ -99,11 +52,12 @@ fn load_tokenizer(
 }
 
 /// Tokenize JSONL `inputs` into `{output_prefix}_{key}_document.bin/.idx`; returns a summary dict.
-/// `progress(documents, bytes, tokens, skipped)` is called about every 0.2 s.
+/// `eod_id` is appended to every non-empty document and `bos_id` prepended to every document
+/// when given. `progress(documents, bytes, tokens, skipped)` is called about every 0.2 s.
 #[pyfunction]
-#[pyo3(signature = (inputs, output_prefix, json_keys, tokenizer_kind, tokenizer_path, *, append_eod=false,
-    eod_id=None, prepend_bos=false, add_special_tokens=false, threads=0, skip_invalid=false,
-    batch_bytes=1<<20, progress=None))]
+#[pyo3(signature = (inputs, output_prefix, json_keys, tokenizer_kind, tokenizer_path, *, eod_id=None,
+    bos_id=None, add_special_tokens=false, threads=0, skip_invalid=false, batch_bytes=1<<20,
+    progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess<'py>(
     py: Python<'py>,
@@ -112,9 +66,8 @@ fn preprocess<'py>(
     json_keys: Vec<String>,
     tokenizer_kind: &str,
     tokenizer_path: PathBuf,
-    append_eod: bool,
     eod_id: Option<u32>,
-    prepend_bos: bool,
+    bos_id: Option<u32>,
     add_special_tokens: bool,
     threads: usize,
     skip_invalid: bool,
@@ -122,27 +75,12 @@ fn preprocess<'py>(
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let tok = load_tokenizer(tokenizer_kind, &tokenizer_path, add_special_tokens)?;
-    let append_eod = if append_eod {
-        Some(eod_id.or(tok.eos_id()).ok_or_else(|| {
-            value_err("--append-eod: the tokenizer has no EOS token; give the EOD id explicitly")
-        })?)
-    } else {
-        None
-    };
-    let prepend_bos = if prepend_bos {
-        Some(
-            tok.bos_id()
-                .ok_or_else(|| value_err("the tokenizer has no BOS token to prepend"))?,
-        )
-    } else {
-        None
-    };
     let job = Job {
         inputs,
         output_prefix,
         json_keys,
-        append_eod,
-        prepend_bos,
+        append_eod: eod_id,
+        prepend_bos: bos_id,
         threads: if threads == 0 {
             vikhr_core::default_threads()
         } else {
@@ -201,7 +139,7 @@ fn preprocess<'py>(
     }
     let summary = result.map_err(|e| match e {
         PipelineError::Cancelled => PyKeyboardInterrupt::new_err("cancelled"),
-        PipelineError::Io(m) => PyOSError::new_err(m),
+        PipelineError::Io(m) => os_err(m),
         other => value_err(other),
     })?;
     let d = PyDict::new(py);
@@ -245,23 +183,103 @@ fn merge_datasets<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let info = py
         .detach(|| mmidx::merge(&prefixes, output_prefix))
-        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        .map_err(os_err)?;
     info_dict(py, &info)
 }
 
-/// Write documents of token ids as `{prefix}.bin/.idx` (one sequence per non-empty document).
+/// The token dtype of a dataset for a vocabulary of `vocab_size` ids (Megatron's rule).
 #[pyfunction]
-fn write_indexed_dataset(
-    prefix: &str,
-    documents: Vec<Vec<u32>>,
-    vocab_size: usize,
-) -> PyResult<()> {
-    let io = |e: std::io::Error| PyOSError::new_err(e.to_string());
-    let mut w = IndexedWriter::create(prefix, DType::optimal(vocab_size)).map_err(io)?;
-    for d in &documents {
-        let lens = [d.len() as u64];
-        w.add_document(d, if d.is_empty() { &[] } else { &lens })
-            .map_err(io)?;
+fn token_dtype(vocab_size: usize) -> &'static str {
+    DType::optimal(vocab_size).name()
+}
+
+/// Writes one `{prefix}.bin/.idx` pair, document by document (uint8, uint16 or int32 values).
+/// Files appear only on `finish()`; `abort()`, or dropping the writer unfinished, removes them.
+#[pyclass(module = "vikhr._core")]
+struct IndexedDatasetWriter {
+    writer: Option<IndexedWriter>,
+}
+
+#[pymethods]
+impl IndexedDatasetWriter {
+    #[new]
+    fn new(prefix: &str, dtype: &str) -> PyResult<Self> {
+        let dtype = match dtype {
+            "uint8" => DType::U8,
+            "uint16" => DType::U16,
+            "int32" => DType::I32,
+            other => {
+                return Err(value_err(format!(
+                    "dtype {other:?} cannot be written; use uint8, uint16 or int32"
+                )))
+            }
+        };
+        let writer = IndexedWriter::create(prefix, dtype).map_err(os_err)?;
+        Ok(Self {
+            writer: Some(writer),
+        })
     }
-    w.finish().map_err(io)
+
+    /// Add one document of `ids` as one sequence (none when empty), as Megatron's
+    /// preprocess_data.py does.
+    fn add_document(&mut self, ids: Vec<u32>) -> PyResult<()> {
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| value_err("the writer is closed"))?;
+        let lens = [ids.len() as u64];
+        let lengths: &[u64] = if ids.is_empty() { &[] } else { &lens };
+        w.add_document(&ids, lengths).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => value_err(e),
+            _ => os_err(e),
+        })
+    }
+
+    /// Write the index and move both files to their final names.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| value_err("the writer is closed"))?;
+        py.detach(|| w.finish()).map_err(os_err)
+    }
+
+    /// Remove everything written so far (nothing at the final names is touched).
+    fn abort(&mut self) {
+        self.writer = None;
+    }
+}
+
+/// A validated dataset, read document by document.
+#[pyclass(module = "vikhr._core", frozen)]
+struct IndexedDatasetReader {
+    reader: IndexReader,
+}
+
+#[pymethods]
+impl IndexedDatasetReader {
+    #[new]
+    fn new(py: Python<'_>, prefix: &str) -> PyResult<Self> {
+        let reader = py.detach(|| IndexReader::open(prefix)).map_err(value_err)?;
+        Ok(Self { reader })
+    }
+
+    /// Counts and dtype (as `inspect_index`).
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        info_dict(py, self.reader.info())
+    }
+
+    fn __len__(&self) -> usize {
+        self.reader.document_count()
+    }
+
+    /// The token ids of document `index`.
+    fn document(&self, py: Python<'_>, index: usize) -> PyResult<Vec<u32>> {
+        py.detach(|| self.reader.document(index)).map_err(value_err)
+    }
+
+    /// The largest token id in the dataset (None when it holds no token); reads the whole `.bin`.
+    fn max_token_id(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        py.detach(|| self.reader.max_token()).map_err(value_err)
+    }
 }

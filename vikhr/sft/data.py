@@ -29,52 +29,17 @@ permutation (independent of train.seed, so the held-out chats do not move with t
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vikhr.errors import VikhrError
+from vikhr.sft.layout import Packing, sft_datasets
+from vikhr.train.data import Datasets, dataset_entries
 
 SPLIT_SEED = 20_240_601  # fixed: the train/valid split does not depend on train.seed
-TEXT_SUFFIX = "_text_document"
-MASK_SUFFIX = "_mask_document"
-META_SUFFIX = "_sft.json"
-
-
-def sft_files(prefix: str | Path) -> dict[str, Path]:
-    """The files `vikhr sft prepare` writes for one dataset."""
-    p = str(prefix)
-    return {
-        "text_bin": Path(p + TEXT_SUFFIX + ".bin"),
-        "text_idx": Path(p + TEXT_SUFFIX + ".idx"),
-        "mask_bin": Path(p + MASK_SUFFIX + ".bin"),
-        "mask_idx": Path(p + MASK_SUFFIX + ".idx"),
-        "meta": Path(p + META_SUFFIX),
-    }
-
-
-def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> None:
-    """Config-time check (no allocation): the files exist and the token ids fit the model."""
-    for path in sft_files(prefix).values():
-        if not path.is_file():
-            raise VikhrError(f"config key {key}: SFT dataset file not found: {path} (see vikhr sft prepare)")
-    meta_path = Path(prefix + META_SUFFIX)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        max_id = int(meta["max_token_id"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise VikhrError(
-            f"config key {key}: {meta_path} is not SFT metadata (re-run vikhr sft prepare)"
-        ) from e
-    if max_id >= vocab_size:
-        raise VikhrError(
-            f"config key {key}: the SFT data holds token id {meta['max_token_id']} but the model's "
-            f"vocab_size is {vocab_size} (tokenizer {meta.get('tokenizer')})"
-        )
 
 
 @dataclass
@@ -90,17 +55,20 @@ class SFTSource:
 
 
 def open_sft_source(name: str, prefix: str, window: int) -> SFTSource:
+    """One prepared dataset with its chats' lengths and loss-token counts within `window`."""
+    # megatron-core takes seconds to import: config checks import this module without it.
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    text = IndexedDataset(prefix + TEXT_SUFFIX)
-    mask = IndexedDataset(prefix + MASK_SUFFIX)
+    text_prefix, mask_prefix = sft_datasets(prefix)
+    text = IndexedDataset(text_prefix)
+    mask = IndexedDataset(mask_prefix)
     full = np.asarray(text.sequence_lengths, dtype=np.int64)
     if len(full) != len(mask) or not np.array_equal(full, mask.sequence_lengths):
         raise VikhrError(f"{prefix}: token and mask datasets are not aligned (re-run `vikhr sft prepare`)")
     if len(full) == 0:
         raise VikhrError(f"{prefix}: the SFT dataset holds no chats")
     # Every mask value is one byte: read the whole mask .bin flat and sum per chat in one go.
-    flat = np.memmap(prefix + MASK_SUFFIX + ".bin", dtype=np.uint8, mode="r")
+    flat = np.memmap(mask_prefix + ".bin", dtype=np.uint8, mode="r")
     starts = np.asarray(mask.index.sequence_pointers, dtype=np.int64)
     loss = np.add.reduceat(flat, starts, dtype=np.int64) - flat[starts]  # position 0 is never a label
     lengths = np.minimum(full, window)
@@ -117,7 +85,7 @@ def split_chats(n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: bounds[0]]), np.sort(order[bounds[0] : bounds[1]])
 
 
-def pack_windows(order: np.ndarray, lengths: np.ndarray, window: int, packing: str) -> np.ndarray:
+def pack_windows(order: np.ndarray, lengths: np.ndarray, window: int, packing: Packing) -> np.ndarray:
     """Start offsets into `order` of each window (+ the end): next-fit packing, or one chat each."""
     if packing == "pad":
         return np.arange(len(order) + 1, dtype=np.int64)
@@ -203,6 +171,8 @@ def blend_index(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray
 
 
 class BlendedSFTDataset(torch.utils.data.Dataset):
+    """Sample i is sample `sample_index[i]` of part `dataset_index[i]` (see blend_index)."""
+
     def __init__(
         self, parts: list[PackedSFTDataset], dataset_index: np.ndarray, sample_index: np.ndarray
     ) -> None:
@@ -215,11 +185,9 @@ class BlendedSFTDataset(torch.utils.data.Dataset):
         return self.parts[int(self.dataset_index[i])][int(self.sample_index[i])]
 
 
-def build_sft_datasets(cfg):  # -> vikhr.train.data.Datasets
+def build_sft_datasets(cfg) -> Datasets:  # cfg: vikhr.train.config.TrainConfig
     """The blended, packed train stream and one packed valid set per dataset (every rank builds
     the same, cheaply: only lengths and mask sums are read up front)."""
-    from vikhr.train.data import Datasets, dataset_entries
-
     window = cfg.data.seq_len + 1
     n_train = cfg.train.steps * cfg.train.global_batch
     entries = dataset_entries(cfg)

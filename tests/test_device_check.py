@@ -1,0 +1,76 @@
+"""tools/device_check.sh in its dry-run mode: every step of the GPU check runs on the CPU at tiny
+sizes (the GPU tests collected but skipped) and reports, so a broken step shows up before a GPU
+machine is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+STEPS = ["env", "build", "op-tests", "kernel-bench", "train-tests", "train-bench"]
+
+
+def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "tools" / "device_check.sh"), *args, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        cwd=REPO,
+    )
+
+
+@pytest.mark.slow
+def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
+    proc = _dry_run(tmp_path, "--dry-run")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}\n{json.dumps(summary, indent=1)}"
+    assert proc.returncode == 0, report
+    assert summary["dry_run"] is True and summary["finished"] is True, report
+    assert [s["step"] for s in summary["steps"]] == STEPS, report
+    for s in summary["steps"]:
+        assert s["status"] == "passed", report
+        assert (tmp_path / s["log"]).stat().st_size > 0, s
+    # The GPU tests were collected (and skipped here), not absent.
+    for name in ("op-tests", "train-tests"):
+        assert "skipped" in (tmp_path / f"{name}.log").read_text(), name
+    rows = json.loads((tmp_path / "kernel-bench.json").read_text())
+    measured = [r for r in rows if "median_ms" in r]
+    assert {r["impl"] for r in measured} >= {"vikhr fused", "vikhr fused/buf", "eager"}
+    assert all("failed" not in r for r in rows)
+    assert "tokens/s" in (tmp_path / "train-bench.log").read_text()
+    assert not (tmp_path / "cache").exists()  # the build cache stays out of OUT_DIR
+
+
+def test_spent_budget_reports_steps_as_not_run(tmp_path: Path) -> None:
+    proc = _dry_run(tmp_path, env={"DEVICE_CHECK_DRY_RUN": "1", "DEVICE_CHECK_BUDGET_S": "0"})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert proc.returncode == 1
+    assert summary["finished"] is True
+    assert [s["step"] for s in summary["steps"]] == STEPS
+    assert {s["status"] for s in summary["steps"]} == {"not run"}
+    assert summary["failed_steps"] == len(STEPS)
+
+
+def test_usage_error(tmp_path: Path) -> None:
+    proc = _dry_run(tmp_path, "--dry-run", "extra")
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+
+
+def test_a_failing_benchmark_worker_fails_the_kernel_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--device", "cpu", "--n", "8"]
+    cmd += ["--vocab", "64", "--runs", "1", "--threads", "1", "--impls", "eager", "--timeout", "0.01"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED" in proc.stdout
+    assert "failed" in json.loads(out.read_text())[0]

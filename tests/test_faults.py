@@ -1,0 +1,598 @@
+"""Fault injection across stages: hostile or damaged inputs end in one line, run nothing, leave nothing."""
+
+from __future__ import annotations
+
+import pickle
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vikhr.errors import VikhrError
+from vikhr.train.index_cache import check_index_cache
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proof that loading the cache would have run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def plant_pickle_npy(path: Path, marker: Path) -> None:
+    array = np.empty(1, dtype=object)
+    array[0] = _Payload(marker)
+    np.save(path, array, allow_pickle=True)
+    # The payload really runs when numpy is allowed to unpickle it (the hazard being guarded).
+    probe = marker.with_name("probe-" + marker.name)
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.read_text() == "ran"
+
+
+def test_pickled_index_cache_is_refused_and_never_loaded(tmp_path: Path) -> None:
+    cache = tmp_path / "data-cache"
+    cache.mkdir()
+    np.save(cache / "ok-document_index.npy", np.arange(10, dtype=np.int32))
+    marker = tmp_path / "payload-ran"
+    plant_pickle_npy(cache / "evil-sample_index.npy", marker)
+    with pytest.raises(VikhrError, match=r"evil-sample_index\.npy holds object data.*delete"):
+        check_index_cache(cache)
+    assert not marker.exists()
+
+
+def test_truncated_index_cache_is_named(tmp_path: Path) -> None:
+    cache = tmp_path / "data-cache"
+    cache.mkdir()
+    path = cache / "x-shuffle_index.npy"
+    np.save(path, np.arange(1000, dtype=np.int64))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(VikhrError, match=r"x-shuffle_index\.npy is \d+ bytes, its header says \d+"):
+        check_index_cache(cache)
+    path.write_bytes(b"not numpy at all")
+    with pytest.raises(VikhrError, match=r"not a readable \.npy"):
+        check_index_cache(cache)
+
+
+def test_plain_index_cache_passes(tmp_path: Path) -> None:
+    assert check_index_cache(tmp_path / "absent") == 0
+    np.save(tmp_path / "a.npy", np.arange(5, dtype=np.int64))
+    np.save(tmp_path / "b.npy", np.zeros((3, 2), dtype=np.int32))
+    assert check_index_cache(tmp_path) == 2
+
+
+# --------------------------------------------------------------------------- the trainer's inputs
+
+VOCAB = 512  # the tiny preset's vocabulary
+EOD = 2
+
+
+def _write_tokens(prefix: Path, n_docs: int = 40, max_id: int = VOCAB - 1, seed: int = 0) -> str:
+    from vikhr.data.indexed import write_indexed
+
+    rng = np.random.default_rng(seed)
+    docs = [
+        [*rng.integers(3, max_id + 1, size=int(rng.integers(20, 60))).tolist(), EOD] for _ in range(n_docs)
+    ]
+    docs[-1][0] = max_id  # the largest id occurs
+    write_indexed(prefix, docs, "uint16")
+    return str(prefix)
+
+
+def _train_config(tmp_path: Path, prefix: str, **sections: dict) -> Path:
+    import yaml
+
+    cfg = {
+        "model": {"preset": "tiny", "attention": "sdpa"},
+        "parallel": {"tensor": 1, "device": "cpu"},
+        "data": {"train": [{"prefix": prefix, "name": "ru"}], "split": "90,10,0", "seq_len": 32},
+        "train": {"steps": 2, "micro_batch": 1, "global_batch": 2},
+        "optim": {"warmup_steps": 0},
+        "checkpoint": {"dir": str(tmp_path / "run"), "save_every": 1},
+        "logging": {"eval_every": 100, "tensorboard": False},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], status: int, *fragments: str) -> str:
+    """Exit status 2 and exactly one non-empty stderr line holding every fragment (no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_pickled_index_cache_stops_the_trainer_before_megatron_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache megatron-core really builds, with one index replaced by a pickle (numpy.load with
+    allow_pickle=True runs a file whose bytes are a pickle, whatever its name)."""
+    from vikhr.cli import main
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import index_cache_dir
+
+    config = _train_config(tmp_path, _write_tokens(tmp_path / "ru"))
+    cfg = load_config(config)
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):  # megatron builds on rank 0
+        build_pretrain_datasets(cfg, index_cache_dir(cfg))
+    cached = sorted(Path(index_cache_dir(cfg)).glob("*-GPTDataset-train-document_index.npy"))
+    assert cached, "megatron-core built no index cache"
+    marker = tmp_path / "payload-ran"
+    cached[0].write_bytes(pickle.dumps(_Payload(marker)))
+    line = _one_error_line(capsys, main(["pretrain", "--config", str(config)]), cached[0].name, "delete")
+    assert "not a readable .npy" in line
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "latest").exists()
+
+
+def _flip(path: Path, offset: int, value: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+# MMIDIDX v1 index: 9-byte magic, u64 version, u8 dtype code (offset 17), u64 sequence count,
+# u64 document count, then int32 lengths (offset 34), int64 pointers, int64 document indices.
+_N_DOCS = 40
+_CORRUPTIONS = {
+    "dtype byte": (17, b"\x01", "points at byte"),
+    "sequence length": (34, (7).to_bytes(4, "little"), "points at byte"),
+    "document index": (34 + _N_DOCS * 12 + 8 * 5, (99).to_bytes(8, "little"), "document_indices[5]"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(_CORRUPTIONS))
+def test_trainer_refuses_a_corrupt_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], corruption: str
+) -> None:
+    from vikhr.cli import main
+
+    prefix = _write_tokens(tmp_path / "ru", n_docs=_N_DOCS)
+    offset, value, message = _CORRUPTIONS[corruption]
+    _flip(Path(prefix + ".idx"), offset, value)
+    config = _train_config(tmp_path, prefix)
+    _one_error_line(
+        capsys,
+        main(["pretrain", "--config", str(config)]),
+        "data.train[0] (ru)",
+        message,
+        "vikhr data preprocess",
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_refuses_token_ids_outside_the_vocabulary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, _write_tokens(tmp_path / "ru", max_id=VOCAB))  # one id too many
+    _one_error_line(
+        capsys, main(["pretrain", "--config", str(config)]), "token id 512 is outside the vocabulary of 512"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_refuses_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vikhr.cli import main
+    from vikhr.data.indexed import write_indexed
+
+    write_indexed(tmp_path / "ru", [[], []], "uint16")
+    config = _train_config(tmp_path, str(tmp_path / "ru"))
+    _one_error_line(capsys, main(["pretrain", "--config", str(config)]), "ru holds no token", "data.train[0]")
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 2-step run with a checkpoint after each step (its directory, its dataset prefix)."""
+    from vikhr.cli import main
+
+    tmp = tmp_path_factory.mktemp("saved")
+    prefix = _write_tokens(tmp / "ru")
+    assert main(["pretrain", "--config", str(_train_config(tmp, prefix))]) == 0
+    return tmp / "run", prefix
+
+
+def _copy_run(saved_run: tuple[Path, str], tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(saved_run[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated optimizer state",
+        "scrambled weights header",
+        "missing rng state",
+        "latest names a missing dir",
+    ],
+)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    from vikhr.cli import main
+
+    run = _copy_run(saved_run, tmp_path)
+    newest = run / "step_000002"
+    if damage == "truncated optimizer state":
+        optim = newest / "optim_tp00.pt"
+        optim.write_bytes(optim.read_bytes()[: optim.stat().st_size // 2])
+    elif damage == "scrambled weights header":
+        _flip(newest / "model_tp00.safetensors", 8, b"\xff\x00garbage")
+    elif damage == "missing rng state":
+        (newest / "rng_rank0000.pt").unlink()
+    else:  # the newest complete step before the one named is step 2
+        (run / "latest").write_text("step_000009\n")
+        newest = run / "step_000003"
+    capsys.readouterr()
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
+    assert main(["pretrain", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    previous = int(newest.name[-6:]) - 1
+    assert len(warnings) == 1 and f"resuming from step_00000{previous} instead" in warnings[0], err[-3000:]
+    assert f"resumed from {run / f'step_00000{previous}'} at step {previous}" in err
+    assert (run / "latest").read_text().strip() == "step_000003"
+
+
+def test_no_complete_checkpoint_is_one_line(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vikhr.cli import main
+
+    run = _copy_run(saved_run, tmp_path)
+    for step in (1, 2):
+        (run / f"step_00000{step}" / "rng_rank0000.pt").write_bytes(b"")
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
+    _one_error_line(
+        capsys,
+        main(["pretrain", "--config", str(config)]),
+        "no complete checkpoint",
+        "checkpoint.resume=never",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "overrides", "fragment"),
+    [
+        ("model.init", ["model.vocab_multiple=100"], "is [512, 64] there and [600, 64] in this run"),
+        ("model.init", ["model.overrides.num_layers=3"], "num_layers 2 (run: 3)"),
+        ("kl.reference", ["model.overrides.num_layers=3", "kl.weight=0.5"], "num_layers 2 (run: 3)"),
+    ],
+)
+def test_start_or_reference_of_another_shape_is_one_line(
+    saved_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    overrides: list[str],
+    fragment: str,
+) -> None:
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, saved_run[1])
+    argv = ["pretrain", "--config", str(config), f"{key}={saved_run[0] / 'step_000001'}", *overrides]
+    _one_error_line(capsys, main(argv), "step_000001", fragment)
+    assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_damaged_start_checkpoint_is_one_line(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vikhr.cli import main
+
+    run = _copy_run(saved_run, tmp_path)
+    weights = run / "step_000001" / "model_tp00.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    config = _train_config(tmp_path, saved_run[1], checkpoint={"dir": str(tmp_path / "other")})
+    argv = ["pretrain", "--config", str(config), f"model.init={run / 'step_000001'}"]
+    _one_error_line(capsys, main(argv), "model_tp00.safetensors is damaged", "is truncated")
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path):
+    """A directory this process may not write into (root ignores permission bits: /sys refuses it)."""
+    import os
+
+    if os.geteuid() == 0:
+        yield Path("/sys")
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    yield locked
+    locked.chmod(0o755)
+
+
+def test_unwritable_checkpoint_dir_is_one_line_before_training(
+    saved_run: tuple[Path, str], tmp_path: Path, unwritable_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vikhr.cli import main
+
+    run_dir = unwritable_dir / "vikhr-run"
+    config = _train_config(tmp_path, saved_run[1], checkpoint={"dir": str(run_dir)})
+    _one_error_line(
+        capsys, main(["pretrain", "--config", str(config)]), f"checkpoint.dir {run_dir} is not writable"
+    )
+
+
+def test_disk_full_during_a_save_is_one_line_and_leaves_no_checkpoint(
+    saved_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import torch
+
+    from vikhr.cli import main
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 1})
+    status = main(["pretrain", "--config", str(config)])
+    err = capsys.readouterr().err  # the run's progress lines come first: the failure is one line, the last
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert status == 2 and "Traceback" not in err and errors == [err.strip().splitlines()[-1]], err[-3000:]
+    assert "cannot write checkpoint" in errors[0] and "No space left on device" in errors[0]
+    run = tmp_path / "run"
+    assert not (run / "latest").exists() and not list(run.glob("step_*"))
+
+
+def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
+    saved_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file of the step directory, the directory itself and `latest` reach the disk before
+    they are renamed into place (a power cut leaves the previous checkpoint, never a hollow one)."""
+    import os
+
+    from vikhr.cli import main
+    from vikhr.train import checkpoint
+
+    events: list[str] = []
+    real_fsync, real_rename, real_replace = checkpoint._fsync, Path.rename, os.replace
+    monkeypatch.setattr(
+        checkpoint, "_fsync", lambda p: (events.append(f"fsync {Path(p).name}"), real_fsync(p))
+    )
+    monkeypatch.setattr(
+        Path, "rename", lambda s, t: (events.append(f"rename {s.name}"), real_rename(s, t))[1]
+    )
+    monkeypatch.setattr(
+        checkpoint.os,
+        "replace",
+        lambda s, t: (events.append(f"replace {Path(s).name}"), real_replace(s, t))[1],
+    )
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 1})
+    assert main(["pretrain", "--config", str(config)]) == 0
+    step = [e for e in events if "rename step_000001.tmp" in e or "fsync" in e or "replace latest" in e]
+    rename = step.index("rename step_000001.tmp")
+    for name in (
+        "model_tp00.safetensors",
+        "optim_tp00.pt",
+        "rng_rank0000.pt",
+        "meta.json",
+        "step_000001.tmp",
+    ):
+        assert step.index(f"fsync {name}") < rename, step
+    assert step.index("fsync latest.tmp") < step.index("replace latest.tmp") and step[-1] == "fsync run", step
+
+
+# --------------------------------------------------------------------------- every verb, bad inputs
+
+# (argv with {dir}: a folder of bad inputs, {tok}: a good tokenizer, {ru}: a good corpus, {chats},
+#  {ds}: a good dataset, {hf}: a config-only HF folder, {ro}: a place nobody may write; the
+# expected message fragment; an output that must not exist afterwards, or None)
+_BAD_INPUTS = [
+    ("tokenizer train --corpus {dir}/nope.jsonl --out {dir}/o", "corpus file not found", "o"),
+    ("tokenizer train --corpus {dir}/folder --out {dir}/o", "not a regular file", "o"),
+    ("tokenizer train --corpus {ru} --out {dir}/o --vocab-size 0", "--vocab-size 0 is too small", "o"),
+    (
+        "tokenizer train --corpus {ru} --out {dir}/o --pad-to-multiple 0",
+        "--pad-to-multiple must be >= 1",
+        "o",
+    ),
+    ("tokenizer train --corpus {ru}@-3 --out {dir}/o", "character budget must be positive", "o"),
+    (
+        "tokenizer train --corpus {ru} --out {dir}/o --mode extend --base-model {dir}/x.bin",
+        "not a SentencePiece",
+        "o",
+    ),
+    (
+        "tokenizer compare --tokenizer {dir}/x.bin --texts {ru} --out {dir}/o",
+        "is not a SentencePiece .model",
+        "o",
+    ),
+    ("tokenizer compare --tokenizer {dir}/folder --texts {ru} --out {dir}/o", "holds neither tokenizer", "o"),
+    (
+        "tokenizer compare --tokenizer {dir}/bad.json --texts {ru} --out {dir}/o",
+        "not an HF tokenizer.json",
+        "o",
+    ),
+    ("tokenizer compare --tokenizer {tok} --texts {dir}/nope --out {dir}/o", "not found", "o"),
+    ("tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --max-chars 0", "must be positive", "o"),
+    ("tokenizer compare --tokenizer {tok} --texts {ru} --out {ro}/o", "is not writable", None),
+    (
+        "adapt-vocab --model {dir}/nope --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o",
+        "not found",
+        "o",
+    ),
+    (
+        "adapt-vocab --model {dir}/empty --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o",
+        "not a direc",
+        "o",
+    ),
+    (
+        "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o",
+        "config.json is not val",
+        "o",
+    ),
+    (
+        "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {ro}/o",
+        "is not writable",
+        None,
+    ),
+    (
+        "data preprocess --input {dir}/nope.jsonl {pre} --output-prefix {dir}/o",
+        "input file not found",
+        "o_text_document.bin",
+    ),
+    (
+        "data preprocess --input {dir}/folder {pre} --output-prefix {dir}/o",
+        "input file not found",
+        "o_text_document.bin",
+    ),
+    (
+        "data preprocess --input {dir}/empty {pre} --output-prefix {dir}/o",
+        "no documents",
+        "o_text_document.bin",
+    ),
+    (
+        "data preprocess --input {dir}/lines.jsonl {pre} --output-prefix {dir}/o",
+        "not valid JSON",
+        "o_text_document.bin",
+    ),
+    (
+        "data preprocess --input {ru} {pre} --output-prefix {dir}/o --workers -1",
+        "--workers must be",
+        "o_text_document.bin",
+    ),
+    ("data preprocess --input {ru} {pre} --output-prefix {ro}/o --no-progress", "is not writable", None),
+    (
+        "data preprocess --input {ru} {pre} --output-prefix {dir}/empty/o --no-progress",
+        "is a file, not a directory",
+        None,
+    ),
+    ("data inspect {dir}/nope", "nope.idx not found", None),
+    ("data inspect {ds}.bin", "give the dataset prefix without .bin/.idx", None),
+    ("data inspect {ds} --tokens -1", "--tokens must be >= 0", None),
+    ("data inspect {dir}/flipped", "points at byte", None),
+    ("data merge --inputs {dir}/nope --output-prefix {dir}/o", "nope.idx not found", "o.bin"),
+    ("data merge --inputs {ds} --output-prefix {ro}/o", "merge failed", None),
+    ("pretrain --config {dir}/nope.yaml", "config file not found", None),
+    ("pretrain --config {dir}/folder", "config file not found", None),
+    ("pretrain --config {dir}/bad.yaml", "is not valid YAML", None),
+    ("pretrain --config {dir}/list.yaml", "top level must be a mapping", None),
+    ("pretrain --config {dir}/x.bin", "is not UTF-8 text", None),
+    ("pretrain 'data.train=[{{prefix: {ds}}}]' train.steps=0", "train.steps must be positive", None),
+    ("pretrain data=5", "config key data: expected a mapping", None),
+    (
+        "pretrain --dry-run --gpus 0 'data.train=[{{prefix: x}}]' data.seq_len=128",
+        "--gpus must be >= 1",
+        None,
+    ),
+    ("pretrain --dry-run --gpu-memory-gb 0 'data.train=[{{prefix: x}}]' data.seq_len=128", "positive", None),
+    ("sft prepare --input {dir}/nope --tokenizer {tok} --output-prefix {dir}/o", "not found", "o_sft.json"),
+    (
+        "sft prepare --input {dir}/empty --tokenizer {tok} --output-prefix {dir}/o",
+        "no chats found",
+        "o_sft.json",
+    ),
+    (
+        "sft prepare --input {dir}/lines.jsonl --tokenizer {tok} --output-prefix {dir}/o",
+        "not valid JSON",
+        "o_sft.json",
+    ),
+    (
+        "sft prepare --input {chats} --tokenizer {dir}/x.bin --output-prefix {dir}/o",
+        "not a SentencePiece",
+        "o_sft.json",
+    ),
+    (
+        "sft prepare --input {chats} --tokenizer {tok} --output-prefix {dir}/o --max-chats 0",
+        "must be >= 1",
+        "o_sft.json",
+    ),
+    ("sft prepare --input {chats} --tokenizer {tok} --output-prefix {ro}/o", "is not writable", None),
+    ("sft show {dir}/nope --tokenizer {tok}", "SFT dataset file not found", None),
+    ("sft train --config {dir}/bad.yaml", "is not valid YAML", None),
+    ("convert hf-to-megatron {dir}/nope {dir}/o", "not found or not a directory", "o"),
+    ("convert hf-to-megatron {dir}/empty {dir}/o", "not found or not a directory", "o"),
+    ("convert hf-to-megatron {hf} {dir}/o", "config.json is not valid JSON", "o"),
+    ("convert hf-to-megatron {hf} {dir}/o --tp -1", "must be at least 1", "o"),
+    ("convert megatron-to-hf {dir}/nope {dir}/o", "no vikhr checkpoint", "o"),
+    ("convert megatron-to-hf {dir}/folder {dir}/o", "no vikhr checkpoint", "o"),
+    ("eval --model {dir}/nope --tasks bpc", "model directory not found", None),
+    ("eval --model {dir}/empty --tasks bpc", "not a file", None),
+    ("eval --model {hf} --tasks bpc", "has no *.safetensors weights", None),
+    ("eval --model {hf} --tasks nonsense", "unknown task 'nonsense'", None),
+    ("eval --model {hf} --tasks bpc --batch-size 0", "--batch-size", None),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The placeholders of _BAD_INPUTS: a folder of bad inputs beside a few good ones."""
+    import os
+
+    from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE, RU_SEED_CHATS
+    from vikhr.data.indexed import write_indexed
+
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty").write_bytes(b"")
+    (d / "folder").mkdir()
+    (d / "bad.json").write_text("{not json")
+    (d / "bad.yaml").write_text("a: [1,\n b")
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "lines.jsonl").write_text("hello\nworld\n")
+    (d / "x.bin").write_bytes(np.random.default_rng(0).integers(128, 256, 300, dtype=np.uint8).tobytes())
+    (d / "hf").mkdir()
+    (d / "hf" / "config.json").write_text("{bad")
+    write_indexed(d / "ds", [[1, 2, 3], [4, 5]], "uint16")
+    write_indexed(d / "flipped", [[1, 2, 3], [4, 5]], "uint16")
+    _flip(d / "flipped.idx", 17, b"\x01")
+    return {
+        "dir": str(d),
+        "tok": str(MISTRAL_TOKENIZER),
+        "ru": str(RU_SAMPLE),
+        "chats": str(RU_SEED_CHATS),
+        "ds": str(d / "ds"),
+        "hf": str(d / "hf"),
+        "ro": "/sys" if os.geteuid() == 0 else str(_locked(d)),
+        "pre": f"--tokenizer-type SentencePieceTokenizer --tokenizer-model {MISTRAL_TOKENIZER}",
+    }
+
+
+def _locked(parent: Path) -> Path:
+    locked = parent / "locked"
+    locked.mkdir(mode=0o555)
+    return locked
+
+
+@pytest.mark.parametrize(("argv", "fragment", "output"), _BAD_INPUTS, ids=[a for a, _, _ in _BAD_INPUTS])
+def test_bad_input_is_one_line_and_leaves_nothing(
+    bad_inputs: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    argv: str,
+    fragment: str,
+    output: str | None,
+) -> None:
+    from vikhr.cli import main
+
+    args = shlex.split(argv.format(**bad_inputs))
+    try:
+        status = main(args)
+    except SystemExit as e:  # argparse's own usage errors
+        status = int(e.code or 0)
+    _one_error_line(capsys, status, fragment)
+    if output is not None:
+        assert not (Path(bad_inputs["dir"]) / output).exists()
+        assert not list(Path(bad_inputs["dir"]).glob(f"*{Path(output).stem}*.tmp*"))

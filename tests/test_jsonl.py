@@ -1,0 +1,119 @@
+"""vikhr.jsonl: one JSONL reader for plain, .gz and .zst files, with one-line errors naming path:line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from vikhr.errors import VikhrError
+from vikhr.jsonl import open_text, read_jsonl, read_texts
+
+RECORDS = [{"id": "a", "text": "Привет, мир"}, {"id": "b", "text": "второй\nабзац"}]
+
+
+def write(path: Path, data: bytes) -> Path:
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    elif path.suffix == ".zst":
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def jsonl_bytes(records: list[dict], blank_after_first: bool = True) -> bytes:
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    if blank_after_first:
+        lines.insert(1, "   ")  # a blank line: skipped, but it still counts for line numbers
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo[VikhrError]) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.jsonl.zst"])
+def test_reads_plain_gz_and_zst_with_line_numbers(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, jsonl_bytes(RECORDS))
+    assert list(read_jsonl(path)) == [(1, RECORDS[0]), (3, RECORDS[1])]
+    assert list(read_texts(path)) == [r["text"] for r in RECORDS]
+    assert list(read_texts(str(path), key="id")) == ["a", "b"]
+    with open_text(path) as f:
+        assert f.read().splitlines()[0] == json.dumps(RECORDS[0], ensure_ascii=False)
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path / "bom.jsonl", b"\xef\xbb\xbf" + jsonl_bytes(RECORDS).replace(b"\n", b"\r\n"))
+    assert [r for _, r in read_jsonl(path)] == RECORDS
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz", "bad.jsonl.zst"])
+def test_bad_json_names_path_and_line(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, jsonl_bytes(RECORDS) + b'{"text": "unterminated\n')
+    with pytest.raises(VikhrError) as e:
+        list(read_jsonl(path))
+    assert one_line_error(e).startswith(f"{path}:4: not valid JSON")
+
+
+def test_non_object_line_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "list.jsonl", b'{"text": "ok"}\n["not", "an", "object"]\n')
+    with pytest.raises(VikhrError, match=r"list\.jsonl:2: expected a JSON object"):
+        list(read_jsonl(path))
+
+
+@pytest.mark.parametrize("name", ["cp.jsonl", "cp.jsonl.gz", "cp.jsonl.zst"])
+def test_cp1251_names_path_and_line_and_the_fix(tmp_path: Path, name: str) -> None:
+    # Enough valid lines before the bad one that a chunked decoder would fail on an earlier line.
+    good = jsonl_bytes([{"text": "строка"}] * 2000, blank_after_first=False)
+    path = write(tmp_path / name, good + json.dumps({"text": "Привет"}, ensure_ascii=False).encode("cp1251"))
+    with pytest.raises(VikhrError) as e:
+        list(read_texts(path))
+    message = one_line_error(e)
+    assert message.startswith(f"{path}:2001: not UTF-8")
+    assert "re-encode it as UTF-8" in message
+    with pytest.raises(VikhrError, match="not UTF-8"), open_text(path) as f:
+        f.read()
+
+
+def test_missing_key_names_path_line_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "k.jsonl", b'{"text": "a"}\n{"body": "b"}\n{"text": 3}\n')
+    with pytest.raises(VikhrError) as e:
+        list(read_texts(path))
+    assert one_line_error(e).startswith(f"{path}:2: field 'text' is missing")
+    with pytest.raises(VikhrError, match=r"k\.jsonl:1: field 'body' is missing"):
+        list(read_texts(path, key="body"))
+
+
+@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.jsonl.zst"])
+def test_truncated_or_mislabelled_compression_is_one_line(tmp_path: Path, name: str) -> None:
+    whole = write(tmp_path / name, jsonl_bytes(RECORDS * 500)).read_bytes()
+    truncated = tmp_path / ("cut-" + name)
+    truncated.write_bytes(whole[: len(whole) // 2])
+    mislabelled = tmp_path / ("plain-" + name)
+    mislabelled.write_bytes(jsonl_bytes(RECORDS))
+    for path in (truncated, mislabelled):
+        with pytest.raises(VikhrError) as e:
+            list(read_jsonl(path))
+        assert one_line_error(e).startswith(f"{path}:")
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(VikhrError, match="file not found"):
+        list(read_jsonl(tmp_path / "nope.jsonl"))
+    with pytest.raises(VikhrError, match="not a regular file"):
+        open_text(tmp_path)
+
+
+def test_zst_with_several_frames(tmp_path: Path) -> None:
+    import zstandard
+
+    frames = [zstandard.ZstdCompressor().compress(jsonl_bytes([r], blank_after_first=False)) for r in RECORDS]
+    path = tmp_path / "frames.jsonl.zst"
+    path.write_bytes(b"".join(frames))
+    assert [r for _, r in read_jsonl(path)] == RECORDS

@@ -1,0 +1,149 @@
+"""vikhr.tokenizer.load: file precedence, the BOS/EOS rule, encoding, errors and a light import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
+from vikhr.errors import VikhrError
+from vikhr.tokenizer import Tokenizer, load
+from vikhr.tokenizer.load import TOKENIZER_FILES, resolve_tokenizer_file
+
+RU40K_JSON = ASSETS / "tokenizers" / "vikhr-ru-40k.tokenizer.json"
+TEXT = "Машинное обучение изменяет мир. Hello </s> world"
+
+
+def hf_tokenizer_json(path: Path, specials: list[str]) -> Path:
+    """A tiny word-level tokenizer.json whose first tokens are `specials` (ids 0, 1, …)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate([*specials, "[UNK]", "привет", "мир"])}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return path / "tokenizer.json"
+
+
+def test_directory_precedence(tmp_path: Path) -> None:
+    assert TOKENIZER_FILES == ("tokenizer.model", "tokenizer.json")
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, both / "tokenizer.model")
+    shutil.copy(RU40K_JSON, both / "tokenizer.json")
+    assert resolve_tokenizer_file(both) == both / "tokenizer.model"
+    assert load(both).kind == "sentencepiece"
+    # A file is taken as given, whatever else lies beside it.
+    assert resolve_tokenizer_file(both / "tokenizer.json") == both / "tokenizer.json"
+    assert load(str(both / "tokenizer.json")).kind == "huggingface"
+    (both / "tokenizer.model").unlink()
+    assert load(both).path == both / "tokenizer.json"
+
+
+def test_sentencepiece_model_uses_its_own_bos_eos() -> None:
+    import sentencepiece as spm
+
+    tok = load(MISTRAL_TOKENIZER)
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    assert (tok.path, tok.kind, tok.vocab_size) == (MISTRAL_TOKENIZER, "sentencepiece", 32000)
+    assert (tok.bos_id, tok.eos_id) == (1, 2)
+    assert tok.encode(TEXT) == sp.encode(TEXT)  # no BOS/EOS, "</s>" in the text stays text
+    assert tok.encode_batch([TEXT, "мир"]) == [sp.encode(TEXT), sp.encode("мир")]
+    assert tok.decode([1, *tok.encode("Привет, мир"), 2]) == "Привет, мир"
+    assert tok.id_to_piece(2) == "</s>"
+    assert tok.piece_to_id("</s>") == 2
+    assert tok.piece_to_id("no such piece") is None
+
+
+def test_sentencepiece_model_without_bos_gives_none(tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("привет мир\nмир труд май\n" * 20, encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "nobos"), vocab_size=30, model_type="bpe",
+        bos_id=-1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+    )  # fmt: skip
+    tok = load(tmp_path / "nobos.model")
+    assert (tok.bos_id, tok.eos_id) == (None, 2)
+
+
+def test_tokenizer_json_without_config_uses_well_known_tokens(tmp_path: Path) -> None:
+    shutil.copy(RU40K_JSON, tmp_path / "tokenizer.json")
+    tok = load(tmp_path)
+    assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id) == ("huggingface", 40000, 1, 2)
+    reference = load(ASSETS / "tokenizers" / "vikhr-ru-40k.model")
+    assert tok.encode(TEXT) == reference.encode(TEXT)  # "</s>" typed in the text is not the EOS id
+    assert tok.decode([1, *tok.encode("Привет, мир"), 2]) == "Привет, мир"
+    assert tok.id_to_piece(2) == "</s>"
+
+    llama = load(hf_tokenizer_json(tmp_path / "llama", ["<|begin_of_text|>", "<|end_of_text|>"]))
+    assert (llama.bos_id, llama.eos_id) == (0, 1)
+    qwen = load(hf_tokenizer_json(tmp_path / "qwen", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]))
+    assert (qwen.bos_id, qwen.eos_id) == (None, 0)  # the first well-known EOS present
+
+
+def test_tokenizer_json_with_config_uses_its_tokens(tmp_path: Path) -> None:
+    path = hf_tokenizer_json(tmp_path / "qwen", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    config = path.with_name("tokenizer_config.json")
+    config.write_text(json.dumps({"bos_token": None, "eos_token": {"content": "<|im_end|>"}}))
+    assert (load(path).bos_id, load(path).eos_id) == (None, 2)
+    config.write_text(json.dumps({"bos_token": "<|im_start|>"}))  # EOS not named: well-known rule
+    assert (load(path).bos_id, load(path).eos_id) == (1, 0)
+    config.write_text(json.dumps({"eos_token": "<eos>"}))
+    with pytest.raises(VikhrError, match=r"eos_token '<eos>' is not in"):
+        load(path)
+    config.write_text("{not json")
+    with pytest.raises(VikhrError, match=r"tokenizer_config\.json is not a readable JSON file"):
+        load(path)
+
+
+def test_to_transformers_encodes_like_the_tokenizer() -> None:
+    for path in (MISTRAL_TOKENIZER, RU40K_JSON):
+        tok = load(path)
+        fast = tok.to_transformers()
+        assert fast(TEXT.replace("</s>", ""), add_special_tokens=True).input_ids == [
+            tok.bos_id,
+            *tok.encode(TEXT.replace("</s>", "")),
+        ]
+        assert (fast.bos_token_id, fast.eos_token_id, len(fast)) == (tok.bos_id, tok.eos_id, tok.vocab_size)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    cases = {
+        tmp_path / "missing.model": "tokenizer not found",
+        tmp_path: "holds neither tokenizer.model nor tokenizer.json",
+    }
+    (tmp_path / "junk.model").write_bytes(b"\x00not a model")
+    cases[tmp_path / "junk.model"] = "is not a SentencePiece .model"
+    (tmp_path / "junk.json").write_text('{"model": 1}')
+    cases[tmp_path / "junk.json"] = "is not an HF tokenizer.json"
+    for path, message in cases.items():
+        with pytest.raises(VikhrError, match=message) as e:
+            load(path)
+        assert "\n" not in str(e.value)
+
+
+def test_tokenizer_is_frozen() -> None:
+    tok = load(MISTRAL_TOKENIZER)
+    assert isinstance(tok, Tokenizer)
+    with pytest.raises(AttributeError):
+        tok.vocab_size = 1  # type: ignore[misc]
+
+
+def test_import_is_light() -> None:
+    heavy = ["torch", "transformers", "matplotlib", "sentencepiece", "tokenizers", "zstandard"]
+    code = (
+        "import sys, vikhr.tokenizer, vikhr.tokenizer.load, vikhr.jsonl; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

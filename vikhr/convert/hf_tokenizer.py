@@ -1,0 +1,189 @@
+"""The tokenizer side of an HF export, so that the directory loads with no other arguments.
+
+    tokenizer.model          the SentencePiece model, when the tokenizer is one
+    tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
+    tokenizer_config.json    BOS/EOS/UNK tokens and, where known, the chat template
+    special_tokens_map.json  the same special tokens, for loaders that read only this file
+    generation_config.json   BOS/EOS ids for `generate()` and serving engines
+
+Which tokenizer a checkpoint was trained with (`recorded_tokenizer`), first found of:
+  1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file;
+  2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
+     wrote into each dataset's `_sft.json`;
+  3. the checkpoint the run started from (config `model.init`), by the same rules: training keeps
+     the vocabulary of its starting point.
+
+The chat templates render the strings of vikhr.sft.template; with a SentencePiece tokenizer (dummy
+prefix on) `apply_chat_template` then gives the ids that the SFT data was trained on for the
+`mistral` template.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+from vikhr.tokenizer.load import Tokenizer, load
+
+# Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
+HF_CHAT_TEMPLATES = {
+    "mistral": (
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+        "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+        "{% for message in turns %}"
+        "{% if message['role'] == 'user' %}"
+        "{% if loop.first and system %}{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
+        "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+    "chatml": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+}
+_INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
+
+
+@dataclass(frozen=True)
+class RecordedTokenizer:
+    """The tokenizer a checkpoint records, and what records it (for messages)."""
+
+    path: Path
+    recorded_by: str
+    template: str | None = None  # the vikhr.sft.template chat template the model was tuned with
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(f"{path} is not a readable JSON file ({e}); fix or remove it") from e
+    if not isinstance(value, dict):
+        raise VikhrError(f"{path}: expected a JSON object")
+    return value
+
+
+def _sft_tokenizer(config: dict[str, Any]) -> RecordedTokenizer | None:
+    """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record."""
+    from vikhr.sft.layout import sft_files
+
+    found: dict[tuple[str, str | None], Path] = {}
+    for entry in config.get("data", {}).get("train") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
+            continue
+        meta_path = sft_files(entry["prefix"])["meta"]
+        if meta_path.is_file():
+            sft = _read_json(meta_path)
+            if isinstance(sft.get("tokenizer"), str):
+                found.setdefault((sft["tokenizer"], sft.get("template")), meta_path)
+    if len(found) > 1:
+        raise VikhrError(
+            "the SFT datasets of this run record different tokenizers or chat templates "
+            f"({', '.join(map(str, found.values()))}): the run mixed data of several tokenizers"
+        )
+    for (path, template), meta_path in found.items():
+        return RecordedTokenizer(Path(path), str(meta_path), template)
+    return None
+
+
+def recorded_tokenizer(step_dir: Path) -> RecordedTokenizer | None:
+    """The tokenizer a checkpoint step directory records, directly or through its run (see module doc)."""
+    from vikhr.train.checkpoint import find_checkpoint
+
+    seen = {step_dir.resolve()}
+    for _ in range(_INIT_CHAIN_LIMIT):
+        meta = _read_json(step_dir / "meta.json")
+        if isinstance(meta.get("tokenizer"), str):
+            return RecordedTokenizer(Path(meta["tokenizer"]), str(step_dir / "meta.json"))
+        config = meta.get("config") or {}
+        if config.get("data", {}).get("kind") == "sft":
+            sft = _sft_tokenizer(config)
+            if sft is not None:
+                return sft
+        init = config.get("model", {}).get("init")
+        if not isinstance(init, str) or init == "random":
+            return None
+        try:
+            start = find_checkpoint(init)
+        except VikhrError:
+            return None  # the starting point is gone: nothing recorded that can be used
+        if start is None or start.resolve() in seen:
+            return None
+        seen.add(start.resolve())
+        step_dir = start
+    return None
+
+
+def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
+    """The tokenizer at `path` (a file or directory); VikhrError if the model cannot use it."""
+    if not path.exists():
+        raise VikhrError(
+            f"tokenizer {path} (from {given_by}) not found; pass --tokenizer PATH "
+            "(a .model, a tokenizer.json or a directory with one)"
+        )
+    tok = load(path)
+    if tok.vocab_size > vocab_size:
+        raise VikhrError(
+            f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary has {vocab_size} "
+            "(give the tokenizer the model was trained with)"
+        )
+    return tok
+
+
+def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
+    """tokenizer_config.json beside the tokenizer file, if there is one."""
+    path = tok.path.with_name("tokenizer_config.json")
+    return _read_json(path) if path.is_file() else {}
+
+
+def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = None) -> dict[str, int]:
+    """Write the tokenizer files and generation_config.json into `out_dir` (see module doc).
+
+    `template`: a vikhr.sft.template name; without one, a chat template of the tokenizer's own
+    tokenizer_config.json is kept. Returns the BOS/EOS ids for config.json.
+    """
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    source_config = _source_tokenizer_config(tok)
+    if tok.kind == "sentencepiece":
+        shutil.copyfile(tok.path, out_dir / "tokenizer.model")
+        write_hf_tokenizer(tok.path, out_dir)
+        config = _read_json(out_dir / "tokenizer_config.json")
+    else:
+        shutil.copyfile(tok.path, out_dir / "tokenizer.json")
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+        config.update(source_config)
+    ids = {}
+    for name, i in (("bos", tok.bos_id), ("eos", tok.eos_id)):
+        if i is not None:
+            config[f"{name}_token"] = tok.id_to_piece(i)
+            ids[f"{name}_token_id"] = i
+    if template is not None:
+        if template not in HF_CHAT_TEMPLATES:
+            raise VikhrError(f"unknown chat template {template!r} (known: {', '.join(HF_CHAT_TEMPLATES)})")
+        config["chat_template"] = HF_CHAT_TEMPLATES[template]
+    elif isinstance(source_config.get("chat_template"), str):
+        config["chat_template"] = source_config["chat_template"]
+    specials = {
+        key: config[key]
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token")
+        if config.get(key) is not None
+    }
+    files = {
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": specials,
+        "generation_config.json": ids,
+    }
+    for name, content in files.items():
+        (out_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+    return ids

@@ -1,0 +1,209 @@
+"""Megatron indexed datasets (`.bin/.idx`, MMIDIDX v1): the one Python module that touches the format.
+
+Writing, reading, validating and merging happen in the Rust core (`vikhr._core`), whose files are
+byte-identical to megatron-core's `IndexedDatasetBuilder`; Python code never writes or parses the
+bytes itself. A document is written as one sequence (none when it is empty), as Megatron-LM's
+`preprocess_data.py` does, and files appear under their final names only once complete.
+
+Importing this module is cheap: the extension is loaded when a function is called.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from vikhr.errors import VikhrError
+
+# What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
+WRITABLE_DTYPES = ("uint8", "uint16", "int32")
+
+PathLike = str | os.PathLike[str]
+
+
+def dataset_prefix(output_prefix: PathLike, key: str) -> str:
+    """Megatron's name of the dataset of JSON key `key`: `{output_prefix}_{key}_document`."""
+    return f"{output_prefix}_{key}_document"
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The dtype of token ids for a vocabulary of `vocab_size` ids: uint16 below 65,500, else int32
+    (megatron-core's `DType.optimal_dtype`)."""
+    from vikhr import _core  # the extension is only loaded when used
+
+    return str(_core.token_dtype(vocab_size))
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """Counts of one `{prefix}.bin/.idx` pair, validated against each other."""
+
+    prefix: str
+    dtype: str
+    documents: int
+    empty_documents: int
+    sequences: int
+    tokens: int
+    bin_bytes: int
+    max_token_id: int | None = None  # set by `validate` (None: not scanned, or no token)
+
+
+def _check_files(prefix: str) -> None:
+    for suffix in (".idx", ".bin"):
+        if not Path(prefix + suffix).is_file():
+            raise VikhrError(f"{prefix}{suffix} not found (give the dataset prefix without .bin/.idx)")
+
+
+def _info(prefix: str, raw: dict, max_token_id: int | None = None) -> IndexInfo:
+    return IndexInfo(
+        prefix=prefix,
+        dtype=raw["dtype"],
+        documents=raw["documents"],
+        empty_documents=raw["empty_documents"],
+        sequences=raw["sequences"],
+        tokens=raw["tokens"],
+        bin_bytes=raw["bin_bytes"],
+        max_token_id=max_token_id,
+    )
+
+
+def inspect(prefix: PathLike) -> IndexInfo:
+    """Validate `{prefix}.idx` against `{prefix}.bin` (reads the index only) and return its counts."""
+    from vikhr import _core
+
+    prefix = str(prefix)
+    _check_files(prefix)
+    try:
+        return _info(prefix, _core.inspect_index(prefix))
+    except ValueError as e:
+        raise VikhrError(f"invalid indexed dataset: {e}") from None
+
+
+def validate(prefix: PathLike, vocab_size: int | None = None) -> IndexInfo:
+    """`inspect`, plus the largest token id (one pass over the `.bin` in Rust, no Python per token).
+
+    With `vocab_size`, a token id >= `vocab_size` raises VikhrError (the dataset was written with
+    another tokenizer); an empty `.bin` raises too (Megatron cannot memory-map it).
+    """
+    reader = IndexedReader(prefix)
+    info = reader.info
+    if info.tokens == 0:
+        raise VikhrError(
+            f"{info.prefix} holds no token (Megatron cannot load an empty .bin); write it again from "
+            "input with text"
+        )
+    max_id = reader.max_token_id()
+    if vocab_size is not None and max_id is not None and max_id >= vocab_size:
+        raise VikhrError(
+            f"{info.prefix}: token id {max_id} is outside the vocabulary of {vocab_size} ids "
+            "(was it written with another tokenizer? pre-tokenize it again with this one)"
+        )
+    return IndexInfo(**{**info.__dict__, "max_token_id": max_id})
+
+
+class IndexedReader:
+    """A validated dataset read document by document: `len(reader)`, `reader.document(i)`."""
+
+    def __init__(self, prefix: PathLike) -> None:
+        from vikhr import _core
+
+        self.prefix = str(prefix)
+        _check_files(self.prefix)
+        try:
+            self._reader = _core.IndexedDatasetReader(self.prefix)
+        except ValueError as e:
+            raise VikhrError(f"invalid indexed dataset: {e}") from None
+        self.info = _info(self.prefix, self._reader.info())
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def document(self, index: int) -> list[int]:
+        """The token ids of document `index` (empty for an empty document)."""
+        if not 0 <= index < len(self):
+            raise VikhrError(f"document {index} is outside {self.prefix}'s {len(self)} documents")
+        return list(self._reader.document(index))
+
+    def max_token_id(self) -> int | None:
+        """The largest token id (None when the dataset holds no token); reads the whole `.bin`."""
+        return self._reader.max_token_id()
+
+
+class IndexedWriter:
+    """Writes one dataset document by document; a context manager that finishes on success and
+    removes everything written on an exception (nothing at the final names is touched then)."""
+
+    def __init__(self, prefix: PathLike, dtype: str) -> None:
+        from vikhr import _core
+
+        if dtype not in WRITABLE_DTYPES:
+            raise VikhrError(f"cannot write a dataset of {dtype}; use one of {', '.join(WRITABLE_DTYPES)}")
+        self.prefix = str(prefix)
+        self.dtype = dtype
+        self.documents = 0
+        try:
+            self._writer = _core.IndexedDatasetWriter(self.prefix, dtype)
+        except OSError as e:
+            raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e} (check the output path)") from None
+
+    def add_document(self, ids: Sequence[int]) -> None:
+        """Add one document (a sequence of ints, e.g. a list or a numpy array)."""
+        try:
+            self._writer.add_document(ids if isinstance(ids, list) else [int(i) for i in ids])
+        except (ValueError, OverflowError) as e:
+            raise VikhrError(
+                f"{self.prefix}: document {self.documents}: {e} (use a wider dtype than {self.dtype})"
+            ) from None
+        self.documents += 1
+
+    def finish(self) -> IndexInfo:
+        """Write the index and move both files to their final names."""
+        try:
+            self._writer.finish()
+        except OSError as e:
+            raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e}") from None
+        return inspect(self.prefix)
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+        self._writer.abort()
+
+    def __enter__(self) -> IndexedWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+
+def write_indexed(prefix: PathLike, documents: Iterable[Sequence[int]], dtype: str) -> IndexInfo:
+    """Write `documents` (sequences of ints) as `{prefix}.bin/.idx` of `dtype`."""
+    with IndexedWriter(prefix, dtype) as writer:
+        for doc in documents:
+            writer.add_document(doc)
+    return inspect(prefix)
+
+
+def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
+    """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does."""
+    from vikhr import _core
+
+    names = [str(p) for p in prefixes]
+    if not names:
+        raise VikhrError("nothing to merge (give at least one input prefix)")
+    for name in names:
+        _check_files(name)
+    if str(output_prefix) in names:
+        raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
+    try:
+        _core.merge_datasets(names, str(output_prefix))
+    except OSError as e:
+        raise VikhrError(f"merge failed: {e}") from None
+    return inspect(output_prefix)

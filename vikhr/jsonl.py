@@ -1,0 +1,193 @@
+"""Reading JSONL: the one reader every stage uses, for plain, `.gz` and `.zst` files.
+
+The compression is chosen by the file name's suffix (`.gz`, `.zst`; anything else is plain text).
+Text is UTF-8 (a leading byte-order mark is skipped). Blank lines are skipped. Every problem is one
+VikhrError line naming `path:line`, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from vikhr.errors import VikhrError
+
+_FIX_ENCODING = "re-encode it as UTF-8, e.g. iconv -f cp1251 -t utf-8"
+_BOM = b"\xef\xbb\xbf"
+# What gzip and zstd raise on truncated or corrupt data (zstandard.ZstdError becomes _ZstdDamaged).
+_DAMAGED = (EOFError, OSError, zlib.error)
+
+
+class _ZstdRaw(io.RawIOBase):
+    """Decompressed bytes of a .zst file (one or more frames); a frame cut short raises EOFError.
+
+    zstandard's own stream reader ends quietly at a truncated frame, which would lose records.
+    """
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import zstandard
+        except ImportError as e:
+            raise VikhrError(
+                f"{path}: reading .zst needs the zstandard package (pip install zstandard)"
+            ) from e
+        self._error = zstandard.ZstdError
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            chunk = self._file.read(1 << 17)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd data ends in the middle of a frame")
+                return 0
+            self._out = memoryview(self._decompress(chunk))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        parts = []
+        while chunk:
+            try:
+                parts.append(self._dobj.decompress(chunk))
+            except self._error as e:
+                raise OSError(str(e)) from e
+            self._in_frame = not self._dobj.eof
+            chunk = self._dobj.unused_data if self._dobj.eof else b""
+            if self._dobj.eof:
+                self._dobj = self._dctx.decompressobj()  # a further frame may follow
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VikhrError(f"file not found: {path} (check the path)")
+    if not path.is_file():
+        raise VikhrError(f"not a regular file: {path} (give a .jsonl, .jsonl.gz or .jsonl.zst file)")
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """`path` opened for reading bytes, decompressed by its suffix."""
+    _check_file(path)
+    try:
+        if path.suffix == ".gz":
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        if path.suffix == ".zst":
+            return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 16)
+        return open(path, "rb")
+    except OSError as e:
+        raise VikhrError(f"cannot open {path}: {e.strerror or e}") from e
+
+
+def _not_utf8(where: str, e: UnicodeDecodeError) -> VikhrError:
+    return VikhrError(f"{where}: not UTF-8 (byte 0x{e.object[e.start]:02x}); {_FIX_ENCODING}")
+
+
+def _damaged(where: str, path: Path, e: Exception) -> VikhrError:
+    kind = {".gz": "gzip", ".zst": "zstd"}.get(path.suffix, "")
+    return VikhrError(
+        f"{where}: cannot read {kind} data ({e}); the file is truncated, damaged or not {kind}-compressed"
+    )
+
+
+class _TextReader(io.TextIOWrapper):
+    """A UTF-8 text stream whose decoding and decompression errors are VikhrErrors naming the file."""
+
+    def __init__(self, binary: IO[bytes], path: Path) -> None:
+        super().__init__(binary, encoding="utf-8-sig")  # type: ignore[arg-type]
+        self._path = path
+
+    def _guard(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except UnicodeDecodeError as e:
+            raise _not_utf8(str(self._path), e) from e
+        except _DAMAGED as e:
+            raise _damaged(str(self._path), self._path, e) from e
+
+    def read(self, size: int | None = -1) -> str:
+        return self._guard(super().read, size)  # type: ignore[no-any-return]
+
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]
+        return self._guard(super().readline, size)  # type: ignore[no-any-return]
+
+    def __next__(self) -> str:
+        return self._guard(super().__next__)  # type: ignore[no-any-return]
+
+
+def open_text(path: str | os.PathLike[str]) -> TextIO:
+    """`path` opened for reading as UTF-8 text, decompressed by its suffix (.gz, .zst).
+
+    Reading raises a one-line VikhrError naming the file for bytes that are not UTF-8 and for
+    damaged compressed data (`read_jsonl` names the line as well).
+    """
+    p = Path(path)
+    return _TextReader(_open_binary(p), p)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of `path`, each line decoded on its own to name the bad one."""
+    line_no = 0
+    with _open_binary(path) as f:
+        while True:
+            try:
+                raw = f.readline()
+            except _DAMAGED as e:  # truncated or corrupt .gz / .zst
+                raise _damaged(f"{path}:{line_no + 1}", path, e) from e
+            if not raw:
+                return
+            line_no += 1
+            if line_no == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(f"{path}:{line_no}", e) from e
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst)."""
+    p = Path(path)
+    for line_no, line in _lines(p):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VikhrError(
+                f"{p}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); expected one object per line"
+            ) from e
+        if not isinstance(record, dict):
+            raise VikhrError(f"{p}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
+        yield line_no, record
+
+
+def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]:
+    """The string field `key` of every record of a JSONL file (plain, .gz or .zst)."""
+    for line_no, record in read_jsonl(path):
+        value = record.get(key)
+        if not isinstance(value, str):
+            found = "missing" if key not in record else f"{type(value).__name__}, not a string"
+            raise VikhrError(
+                f"{path}:{line_no}: field {key!r} is {found} (choose the field that holds the text)"
+            )
+        yield value

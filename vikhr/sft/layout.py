@@ -1,0 +1,58 @@
+"""The files of a prepared SFT dataset (`vikhr sft prepare` writes them, the trainer reads them).
+
+For an output prefix P: `P_text_document.bin/.idx` (token ids, one document per chat),
+`P_mask_document.bin/.idx` (one uint8 per token, 1 on assistant tokens) and `P_sft.json`
+(the tokenizer, template and counts). This module only names and checks them: it imports
+neither torch nor megatron-core, so preparing data stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from vikhr.data.indexed import dataset_prefix
+from vikhr.errors import VikhrError
+
+# data.packing: whole chats back to back in a window (pack), or one chat per window (pad).
+Packing = Literal["pack", "pad"]
+
+META_SUFFIX = "_sft.json"
+
+
+def sft_datasets(prefix: str | Path) -> tuple[str, str]:
+    """The token-id and loss-mask dataset prefixes `vikhr sft prepare` writes for `prefix`."""
+    return dataset_prefix(prefix, "text"), dataset_prefix(prefix, "mask")
+
+
+def sft_files(prefix: str | Path) -> dict[str, Path]:
+    """The files `vikhr sft prepare` writes for one dataset."""
+    text, mask = sft_datasets(prefix)
+    return {
+        "text_bin": Path(text + ".bin"),
+        "text_idx": Path(text + ".idx"),
+        "mask_bin": Path(mask + ".bin"),
+        "mask_idx": Path(mask + ".idx"),
+        "meta": Path(str(prefix) + META_SUFFIX),
+    }
+
+
+def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> None:
+    """Config-time check (no allocation): the files exist and the token ids fit the model."""
+    for path in sft_files(prefix).values():
+        if not path.is_file():
+            raise VikhrError(f"config key {key}: SFT dataset file not found: {path} (see vikhr sft prepare)")
+    meta_path = Path(prefix + META_SUFFIX)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        max_id = int(meta["max_token_id"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise VikhrError(
+            f"config key {key}: {meta_path} is not SFT metadata (re-run vikhr sft prepare)"
+        ) from e
+    if max_id >= vocab_size:
+        raise VikhrError(
+            f"config key {key}: the SFT data holds token id {meta['max_token_id']} but the model's "
+            f"vocab_size is {vocab_size} (tokenizer {meta.get('tokenizer')})"
+        )

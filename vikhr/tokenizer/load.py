@@ -1,0 +1,263 @@
+"""Loading a tokenizer: the one way every stage opens a SentencePiece `.model` or an HF `tokenizer.json`.
+
+Which file: a file path is loaded as it is (`.json` → HF `tokenizers`, anything else → SentencePiece).
+A directory is searched for `TOKENIZER_FILES` in order: `tokenizer.model` first, then
+`tokenizer.json` (an HF export written by vikhr holds both, and the `.model` is the original).
+
+BOS/EOS, one rule:
+
+* `.model`: the model's own `bos_id` / `eos_id` (SentencePiece's -1, "none", becomes None);
+* `tokenizer.json`: the `bos_token` / `eos_token` of the `tokenizer_config.json` beside it, when that
+  file names one (an explicit null means "none"); otherwise the first well-known token present in
+  the vocabulary: EOS `</s>`, `<|end_of_text|>`, `<|endoftext|>`, `<|im_end|>`; BOS `<s>`,
+  `<|begin_of_text|>`.
+
+`Tokenizer.encode` adds no BOS/EOS and never turns special-token strings typed in the text ("</s>")
+into special ids; `decode` drops special tokens. Importing this module imports neither
+sentencepiece, tokenizers nor transformers: `load` does, when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # precedence when a directory is given
+EOS_CANDIDATES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>")
+BOS_CANDIDATES = ("<s>", "<|begin_of_text|>")
+_GIVE = "give a SentencePiece .model, a tokenizer.json or a directory holding one"
+
+
+def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
+    """`path` itself if it is a file, else the first of `TOKENIZER_FILES` in the directory `path`."""
+    p = Path(path)
+    if p.is_dir():
+        for name in TOKENIZER_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
+    if not p.exists():
+        raise VikhrError(f"tokenizer not found: {p} ({_GIVE})")
+    if not p.is_file():
+        raise VikhrError(f"tokenizer is not a regular file: {p} ({_GIVE})")
+    return p
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A loaded tokenizer (see the module doc for the file precedence and the BOS/EOS rule)."""
+
+    path: Path  # the file actually loaded
+    kind: str  # "sentencepiece" | "huggingface"
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    backend: Any = field(repr=False, compare=False)  # SentencePieceProcessor | tokenizers.Tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no BOS/EOS added, special-token strings encoded as text."""
+        if self.kind == "sentencepiece":
+            return list(self.backend.encode(text))
+        return list(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text (in one native call)."""
+        if self.kind == "sentencepiece":
+            return [list(ids) for ids in self.backend.encode(texts)]
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def pieces(self, text: str) -> list[str]:
+        """The vocabulary pieces `encode` gives for `text`."""
+        if self.kind == "sentencepiece":
+            return list(self.backend.encode(text, out_type=str))
+        return list(self.backend.encode(text, add_special_tokens=False).tokens)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`; special tokens (BOS, EOS, …) are dropped."""
+        if self.kind == "sentencepiece":
+            return str(self.backend.decode([int(i) for i in ids]))
+        return str(self.backend.decode([int(i) for i in ids], skip_special_tokens=True))
+
+    def id_to_piece(self, i: int) -> str:
+        """The vocabulary piece of id `i` (e.g. "▁мир", "<0x0A>", "</s>")."""
+        if not 0 <= i < self.vocab_size:
+            raise VikhrError(
+                f"token id {i} is outside the vocabulary of {self.path} (size {self.vocab_size})"
+            )
+        if self.kind == "sentencepiece":
+            return str(self.backend.id_to_piece(i))
+        piece = self.backend.id_to_token(i)
+        return "" if piece is None else str(piece)
+
+    def piece_to_id(self, piece: str) -> int | None:
+        """The id of a whole vocabulary piece, or None if `piece` is not one."""
+        if self.kind == "sentencepiece":
+            i = self.backend.piece_to_id(piece)
+            return int(i) if self.backend.id_to_piece(i) == piece else None
+        i = self.backend.token_to_id(piece)
+        return None if i is None else int(i)
+
+    def to_transformers(self) -> Any:
+        """A transformers `PreTrainedTokenizerFast` encoding like this tokenizer (adds BOS like the original).
+
+        A `.model` is converted with `vikhr.tokenizer.hf_export` (SentencePiece BPE only).
+        """
+        from transformers import PreTrainedTokenizerFast
+
+        if self.kind == "sentencepiece":
+            from vikhr.tokenizer.hf_export import build_hf_tokenizer
+
+            fast = build_hf_tokenizer(self.path)
+        else:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            fast = HFTokenizer.from_str(self.backend.to_str())  # a copy: the wrapper's flags stay as set
+            fast.encode_special_tokens = False
+        specials = {
+            f"{name}_token": self.id_to_piece(i)
+            for name, i in (("bos", self.bos_id), ("eos", self.eos_id))
+            if i is not None
+        }
+        return PreTrainedTokenizerFast(
+            tokenizer_object=fast, clean_up_tokenization_spaces=False, **specials, **_config_extras(self)
+        )
+
+
+def _config_extras(tok: Tokenizer) -> dict[str, Any]:
+    """unk_token and model_max_length for `to_transformers`, from the tokenizer or its config file."""
+    out: dict[str, Any] = {}
+    if tok.kind == "sentencepiece":
+        unk = tok.backend.unk_id()
+        if unk >= 0:
+            out["unk_token"] = tok.id_to_piece(unk)
+        return out
+    cfg = _tokenizer_config(tok.path) or {}
+    unk = _token_name(cfg.get("unk_token"))
+    if unk is not None and tok.piece_to_id(unk) is not None:
+        out["unk_token"] = unk
+    if isinstance(cfg.get("model_max_length"), int):
+        out["model_max_length"] = cfg["model_max_length"]
+    return out
+
+
+def _token_name(value: Any) -> str | None:
+    """A token in tokenizer_config.json: a string or {"content": str, ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _tokenizer_config(path: Path) -> dict[str, Any] | None:
+    config = path.with_name("tokenizer_config.json")
+    if not config.is_file():
+        return None
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(f"{config} is not a readable JSON file ({e}); fix or remove it") from e
+    if not isinstance(cfg, dict):
+        raise VikhrError(f"{config}: expected a JSON object")
+    return cfg
+
+
+def _special_id(backend: Any, path: Path, cfg: dict[str, Any] | None, which: str) -> int | None:
+    """The BOS or EOS id of an HF tokenizer by the module's rule."""
+    key = f"{which}_token"
+    if cfg is not None and key in cfg:
+        name = _token_name(cfg[key])
+        if name is None:
+            return None  # the config says there is none
+        i = backend.token_to_id(name)
+        if i is None:
+            raise VikhrError(
+                f"{path.with_name('tokenizer_config.json')}: {key} {name!r} is not in {path} "
+                "(fix the config or the tokenizer)"
+            )
+        return int(i)
+    for name in EOS_CANDIDATES if which == "eos" else BOS_CANDIDATES:
+        i = backend.token_to_id(name)
+        if i is not None:
+            return int(i)
+    return None
+
+
+def _sentencepiece(path: Path, model_proto: bytes | None = None) -> Tokenizer:
+    import sentencepiece as spm
+
+    try:
+        if model_proto is None:
+            sp = spm.SentencePieceProcessor(model_file=str(path))
+        else:
+            sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    except (RuntimeError, OSError) as e:
+        raise VikhrError(f"{path} is not a SentencePiece .model ({str(e).splitlines()[0]}); {_GIVE}") from e
+    bos, eos = sp.bos_id(), sp.eos_id()
+    return Tokenizer(
+        path=path,
+        kind="sentencepiece",
+        vocab_size=sp.get_piece_size(),
+        bos_id=bos if bos >= 0 else None,
+        eos_id=eos if eos >= 0 else None,
+        backend=sp,
+    )
+
+
+def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        tok = HFTokenizer.from_file(str(path)) if spec is None else HFTokenizer.from_str(json.dumps(spec))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        reason = str(e).replace("\n", " ")
+        raise VikhrError(f"{path} is not an HF tokenizer.json ({reason}); {_GIVE}") from e
+    tok.encode_special_tokens = True  # "</s>" typed in a text is text, as with SentencePiece
+    cfg = _tokenizer_config(path)
+    return Tokenizer(
+        path=path,
+        kind="huggingface",
+        # The largest id + 1: added tokens may leave gaps, and an embedding needs a row for each id.
+        vocab_size=max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1,
+        bos_id=_special_id(tok, path, cfg, "bos"),
+        eos_id=_special_id(tok, path, cfg, "eos"),
+        backend=tok,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Tokenizer:
+    """The tokenizer at `path`: a `.model`, a `tokenizer.json`, or a directory (see the module doc)."""
+    file = resolve_tokenizer_file(path)
+    return _huggingface(file) if file.suffix == ".json" else _sentencepiece(file)
+
+
+def load_without_dummy_prefix(path: str | os.PathLike[str]) -> Tokenizer:
+    """Like `load`, but text is encoded as it occurs inside a word: no dummy-prefix space is prepended.
+
+    Vocabulary adaptation encodes a new piece's text ("ение") this way. For a `tokenizer.json`, the
+    `Prepend` normaliser (Llama/Mistral layout) and Metaspace's prepend are dropped.
+    """
+    file = resolve_tokenizer_file(path)
+    if file.suffix == ".json":
+        try:
+            spec = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise VikhrError(f"{file} is not an HF tokenizer.json ({e}); {_GIVE}") from e
+        norm = spec.get("normalizer")
+        if norm and norm.get("type") == "Sequence":
+            norm["normalizers"] = [n for n in norm["normalizers"] if n.get("type") != "Prepend"]
+        elif norm and norm.get("type") == "Prepend":
+            spec["normalizer"] = None
+        pre = spec.get("pre_tokenizer")
+        if pre and pre.get("type") == "Metaspace":
+            pre["prepend_scheme"] = "never"
+        return _huggingface(file, spec)
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    proto = load_model_proto(file)
+    proto.normalizer_spec.add_dummy_prefix = False
+    return _sentencepiece(file, proto.SerializeToString())

@@ -1,0 +1,512 @@
+"""The trainer: continued pre-training with CE + λ·KL(P_model ‖ P_ref), and SFT, on megatron-core.
+
+Read it top to bottom. `run` checks the whole config before anything is allocated, joins the
+job (`vikhr.runtime.distributed.distributed_env`: process groups, megatron's TP/DP groups,
+seeds), sets up a `Trainer` (data, model, frozen reference, DDP, optimizer), resumes it from the
+latest checkpoint if there is one, and calls `Trainer.train`: one `train_step` per optimizer
+step, `evaluate` and `save` at their intervals.
+
+The loss is a plug-in: a `LossFn` maps this rank's vocabulary-parallel logits (and the frozen
+reference's, when kl.weight > 0) and the labels to the micro-batch's loss and the terms to log.
+The default is `CrossEntropyKL`, the paper's objective. Instruction tuning is the same trainer
+with `data.kind: sft` (chats with an assistant-only loss mask, vikhr.sft.data): the labels carry
+the mask, so the loss needs no change. `pretrain_vikhr.py` (under torchrun) and `vikhr pretrain`
+/ `vikhr sft train` (one process) reach `run` through `vikhr.train.cli`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+from vikhr.data.indexed import validate as validate_dataset
+from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.model import build_gpt_model
+from vikhr.model.attention import document_attention_mask, segments_from_eod
+from vikhr.ops import cross_entropy_kl
+from vikhr.runtime.distributed import DistEnv, distributed_env
+from vikhr.sft.data import build_sft_datasets
+from vikhr.sft.layout import sft_datasets
+from vikhr.train import checkpoint
+from vikhr.train.config import DataSection, KLSection, TrainConfig, validate
+from vikhr.train.data import (
+    IGNORE_INDEX,
+    Batch,
+    Datasets,
+    build_pretrain_datasets,
+    collate,
+    step_micro_batches,
+)
+from vikhr.train.index_cache import check_index_cache
+from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
+
+# --------------------------------------------------------------------------- the loss, pluggable
+
+
+class LossTerms(NamedTuple):
+    """What a loss gives for one micro-batch."""
+
+    loss: torch.Tensor  # scalar to differentiate: the mean over the micro-batch's labelled tokens
+    metrics: dict[str, torch.Tensor]  # detached scalars (means over the same tokens), logged per step
+
+
+class LossFn(Protocol):
+    """logits [N, V_pad/TP] of this TP rank, the reference's (or None), labels [N] -> LossTerms.
+
+    Labels are IGNORE_INDEX where a token does not count (SFT prompts, padding); the trainer
+    weighs micro-batches by their labelled tokens, so every token of a global batch counts alike.
+    """
+
+    def __call__(
+        self, logits: torch.Tensor, reference_logits: torch.Tensor | None, labels: torch.Tensor
+    ) -> LossTerms: ...
+
+
+class CrossEntropyKL:
+    """CE + λ·KL between the model and the frozen reference (the fused vikhr.ops kernel), over
+    the vocabulary-parallel logits; without a KL section, plain CE (validation)."""
+
+    def __init__(self, vocab_size: int, tp_group: Any, kl: KLSection | None = None) -> None:
+        self.vocab_size, self.tp_group = vocab_size, tp_group
+        self.kl = kl or KLSection()
+        # The factor the caller multiplies the loss by before backward (folded into the gradient).
+        self.grad_scale = 1.0
+
+    def __call__(
+        self, logits: torch.Tensor, reference_logits: torch.Tensor | None, labels: torch.Tensor
+    ) -> LossTerms:
+        out = cross_entropy_kl(
+            logits,
+            reference_logits,
+            labels,
+            kl_weight=self.kl.weight,
+            kl_direction=self.kl.direction,
+            temperature=self.kl.temperature,
+            valid_vocab_size=self.vocab_size,
+            process_group=self.tp_group,
+            grad_scale=self.grad_scale,
+        )
+        return LossTerms(out.loss, {"ce": out.ce, "kl": out.kl})
+
+
+def attention_mask_for(batch: Batch, data: DataSection, sliding_window: int | None) -> torch.Tensor | None:
+    """The block-diagonal causal mask of `data.isolate_documents`, else None (plain causal)."""
+    if not data.documents_isolated():
+        return None
+    segments = batch.segments
+    if segments is None:  # pre-training windows: documents end with data.eod_id
+        segments = segments_from_eod(batch.tokens, data.eod_id)
+    return document_attention_mask(segments, sliding_window)
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    reference: torch.nn.Module | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> LossTerms:
+    """One micro-batch through the model (and, without gradient, the reference) into `loss_fn`."""
+    tokens = batch.tokens
+    b, s = tokens.shape
+    position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
+    logits = model(tokens, position_ids, attention_mask=attention_mask)  # [b, s, V_pad/TP]
+    reference_logits = None
+    if reference is not None:
+        with torch.no_grad():
+            reference_logits = reference(tokens, position_ids, attention_mask=attention_mask)
+            reference_logits = reference_logits.reshape(b * s, -1)
+    return loss_fn(logits.reshape(b * s, -1), reference_logits, batch.labels.reshape(-1))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of 0-based optimizer step `step`: linear warm-up, then cosine/linear decay to min_lr."""
+    o, total = cfg.optim, cfg.train.steps
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.decay == "constant" or total <= o.warmup_steps:
+        return o.lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    if o.decay == "linear":
+        return o.min_lr + (o.lr - o.min_lr) * (1.0 - progress)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def index_cache_dir(cfg: TrainConfig) -> str:
+    """Where megatron-core keeps its dataset indices (pre-training data)."""
+    return cfg.data.cache_dir or str(Path(cfg.checkpoint.dir) / "data-cache")
+
+
+def build_datasets(cfg: TrainConfig) -> Datasets:
+    """The train stream and validation sets of `data.kind` (every rank calls it)."""
+    if cfg.data.kind == "sft":
+        return build_sft_datasets(cfg)
+    return build_pretrain_datasets(cfg, index_cache_dir(cfg))
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Every dataset the run reads is whole and fits the model, and megatron's index cache holds
+    plain arrays only (it unpickles what it finds there); VikhrError naming the dataset otherwise.
+
+    Reads each `.bin` once (in Rust). Every rank checks before the process group exists, so a bad
+    file stops all of them alike and none is reading the cache while rank 0 rebuilds it.
+    """
+    vocab_size = cfg.model.shape().vocab_size
+    for i, entry in enumerate(cfg.data.train):
+        key = f"config key data.train[{i}] ({entry.name})"
+        if cfg.data.kind == "sft":
+            text, mask = sft_datasets(entry.prefix)
+            _check_dataset(key, text, vocab_size, "vikhr sft prepare")
+            _check_dataset(key, mask, 2, "vikhr sft prepare")
+        else:
+            _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess")
+    if cfg.data.kind == "pretrain":
+        check_index_cache(index_cache_dir(cfg))
+
+
+def _check_dataset(key: str, prefix: str, vocab_size: int, writer: str) -> None:
+    try:
+        validate_dataset(prefix, vocab_size=vocab_size)
+    except VikhrError as e:
+        raise VikhrError(f"{key}: {e} (write it again with {writer})") from None
+
+
+def _labelled(batch: Batch) -> int:
+    return int((batch.labels != IGNORE_INDEX).sum())
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
+    """Train as configured; returns the final step and validation losses (on every rank)."""
+    # Everything that can be checked is checked before a process group or a tensor exists.
+    validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    check_data(cfg)
+    resume_from = None
+    if cfg.checkpoint.resume != "never":
+        where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
+        resume_from, damaged = checkpoint.find_resumable(where)
+        if damaged is not None:
+            checkpoint.warn(damaged)
+    with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
+        trainer = Trainer(cfg, env, loss_fn)
+        if resume_from is not None:
+            trainer.resume(resume_from)
+        return trainer.train()
+
+
+class Trainer:
+    """One rank's share of a run: set up on construction, then `train` (or single `train_step`s)."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, loss_fn: LossFn | None = None) -> None:
+        """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer.
+
+        The order is part of the run's reproducibility: model initialisation draws from the
+        RNGs seeded by the environment, after the data.
+        """
+        self.cfg, self.env = cfg, env
+        self.model_cfg = cfg.model.shape()
+        self.run_dir = Path(cfg.checkpoint.dir)
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.params_dtype = torch.bfloat16 if env.on_gpu else torch.float32
+        self.monitor = Monitor(self.run_dir, env.is_main, cfg.logging.tensorboard)
+        self.data = build_datasets(cfg)
+        self.model = self._build_model(recompute=cfg.train.recompute == "full")
+        if cfg.model.init != "random":
+            self._load_weights(self.model, cfg.model.init, "model.init")
+        self.reference = self._build_reference() if cfg.kl.weight > 0 else None  # λ = 0: none at all
+        self.ddp, self.optimizer = self._wrap_for_training()
+        self.loss_fn = loss_fn or CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group, cfg.kl)
+        self.validation_loss_fn = CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group)
+        self.step = 0  # optimizer steps done; the LR schedule and the data position follow from it
+        self.nonfinite_in_a_row = 0
+        self.num_params = self._count_parameters()
+        self.flops_per_token = train_flops_per_token(
+            self.num_params, self.model_cfg.num_layers, self.model_cfg.hidden_size, cfg.data.seq_len
+        )
+        self.peak_flops = peak_flops() if env.on_gpu else None
+
+    # ---- setup pieces
+
+    def _build_model(self, recompute: bool = False) -> torch.nn.Module:
+        cfg, env = self.cfg, self.env
+        attention = cfg.model.attention
+        if cfg.data.documents_isolated() and attention == "auto":
+            attention = "sdpa"  # a document mask needs SDPA (TE's causal kernel would ignore it)
+        model = build_gpt_model(
+            self.model_cfg,
+            tp_size=env.tp_size,
+            params_dtype=self.params_dtype,
+            vocab_multiple=cfg.model.vocab_multiple,
+            attention=attention,
+            on_gpu=env.on_gpu,
+            recompute=recompute,
+            sequence_parallel=cfg.parallel.sequence,
+        )
+        return model.to(env.device)
+
+    def _load_weights(self, model: torch.nn.Module, directory: str, key: str) -> None:
+        step_dir = checkpoint.find_checkpoint(directory)
+        if step_dir is None:
+            raise VikhrError(f"{key}: no checkpoint in {directory}")
+        env = self.env
+        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict())
+
+    def _build_reference(self) -> torch.nn.Module:
+        """The frozen model of the KL term: the starting weights (kl.reference: init) or a checkpoint."""
+        reference = self._build_model()
+        if self.cfg.kl.reference == "init":
+            reference.load_state_dict(self.model.state_dict())
+        else:
+            self._load_weights(reference, self.cfg.kl.reference, "kl.reference")
+        reference.requires_grad_(False)
+        return reference.eval()
+
+    def _wrap_for_training(self) -> tuple[DistributedDataParallel, Any]:
+        """megatron's DDP (fp32 gradient buffers) and its Adam with fp32 master weights."""
+        o = self.cfg.optim
+        ddp = DistributedDataParallel(
+            self.model.config,
+            DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=False,
+                check_for_nan_in_grad=False,
+                use_distributed_optimizer=o.distributed,
+            ),
+            self.model,
+        )
+        optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam",
+                lr=o.lr,
+                min_lr=o.min_lr,
+                weight_decay=o.weight_decay,
+                adam_beta1=o.betas[0],
+                adam_beta2=o.betas[1],
+                adam_eps=o.eps,
+                clip_grad=o.clip_grad,
+                bf16=self.params_dtype == torch.bfloat16,
+                params_dtype=self.params_dtype,
+                use_distributed_optimizer=o.distributed,
+            ),
+            [ddp],
+        )
+        return ddp, optimizer
+
+    def _count_parameters(self) -> int:
+        """Parameters of the whole model (TP-sharded ones counted once over the TP ranks)."""
+        env = self.env
+        total = sum(p.numel() for p in self.model.parameters())
+        if env.tp_size > 1:
+            sharded = sum(
+                p.numel() for p in self.model.parameters() if getattr(p, "tensor_model_parallel", False)
+            )
+            counted = torch.tensor([sharded], dtype=torch.float64, device=env.device)
+            dist.all_reduce(counted, group=self.tp_group)
+            total += int(counted.item()) - int(counted.item() / env.tp_size)
+        return total
+
+    # ---- the run
+
+    def resume(self, step_dir: Path) -> None:
+        """Restore the model, optimizer and RNG states of a checkpoint, and its step."""
+        env = self.env
+        meta = checkpoint.resume(
+            step_dir,
+            self.model,
+            self.optimizer,
+            env.tp_rank,
+            env.tp_size,
+            env.dp_rank,
+            env.rank,
+            env.world_size,
+            self.model_cfg.to_dict(),
+        )
+        step = int(meta["step"])
+        if meta["consumed_samples"] != step * self.cfg.train.global_batch:
+            raise VikhrError(
+                f"checkpoint {step_dir} consumed {meta['consumed_samples']} samples in {step} steps: "
+                "train.global_batch differs from the run that saved it"
+            )
+        self.step = step
+        self.monitor.info(f"resumed from {step_dir} at step {step}")
+
+    def train(self) -> dict[str, Any]:
+        """Optimizer steps up to train.steps; evaluation and checkpoints at their intervals."""
+        cfg, monitor = self.cfg, self.monitor
+        monitor.info(self.describe())
+        valid_losses = self.evaluate() if self.step == 0 else {}
+        while self.step < cfg.train.steps:
+            metrics = self.train_step()
+            last = self.step == cfg.train.steps
+            monitor.record(self.step, "train", metrics)
+            if self.step % cfg.logging.log_every == 0 or last:
+                monitor.progress(self.step, cfg.train.steps, metrics)
+            if self.step % cfg.logging.eval_every == 0 or last:
+                valid_losses = self.evaluate()
+            if self.step % cfg.checkpoint.save_every == 0 or last:
+                self.save()
+            if self.step == cfg.debug.kill_at_step:
+                dist.barrier()
+                os.kill(os.getpid(), signal.SIGKILL)  # tests of resume: a real, unclean death
+        monitor.close()
+        return {"step": self.step, "valid": valid_losses}
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on the global batch of step `self.step`; returns its metrics."""
+        cfg, env = self.cfg, self.env
+        t0 = time.perf_counter()
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = step_micro_batches(
+            self.data.train,
+            self.step,
+            cfg.train.global_batch,
+            cfg.train.micro_batch,
+            env.dp_rank,
+            env.dp_size,
+        )
+        losses = self.forward_backward(micro_batches)
+        grad_norm = self.optimizer_step(losses["loss"])
+        self.step += 1
+        if env.on_gpu:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tokens = cfg.train.global_batch * cfg.data.seq_len
+        flops = self.flops_per_token * tokens / dt / env.world_size
+        return {
+            **losses,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens / dt,
+            "mfu": flops / self.peak_flops if self.peak_flops else None,
+        }
+
+    def forward_backward(self, micro_batches: list[Batch]) -> dict[str, float]:
+        """Gradients of the global batch's loss (every labelled token weighs the same, whatever the
+        DP/micro-batch split), reduced over DP; returns the loss and the loss's terms."""
+        env = self.env
+        n_tokens = torch.tensor(
+            [sum(_labelled(b) for b in micro_batches)], dtype=torch.float64, device=env.device
+        )
+        dist.all_reduce(n_tokens, group=self.dp_group)
+        n_global = max(float(n_tokens.item()), 1.0)
+        poisoned = self.step + 1 in self.cfg.debug.nonfinite_at_steps
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        names: list[str] = []
+        sums = torch.zeros(0, dtype=torch.float64, device=env.device)
+        for batch in micro_batches:
+            batch = batch.to(env.device)
+            n_micro = float(_labelled(batch))
+            # megatron DDP averages gradients over DP ranks; × dp_size turns that into a sum.
+            scale = n_micro / n_global * env.dp_size
+            if isinstance(self.loss_fn, CrossEntropyKL):
+                self.loss_fn.grad_scale = scale or 1.0  # the kernel writes the gradient already scaled
+            terms = forward_loss(self.ddp, batch, self.loss_fn, self.reference, self.attention_mask(batch))
+            loss = terms.loss * float("nan") if poisoned else terms.loss
+            (loss * scale).backward()
+            names = ["loss", *terms.metrics]
+            weighted = torch.stack([loss.detach(), *terms.metrics.values()]).double() * n_micro
+            sums = weighted if sums.numel() == 0 else sums + weighted
+        # DP all-reduce (or reduce-scatter) and, with sequence parallelism, the TP sum of the
+        # norm weights' partial gradients.
+        finalize_model_grads([self.ddp])
+        dist.all_reduce(sums, group=self.dp_group)
+        return dict(zip(names, (sums / n_global).tolist(), strict=True))
+
+    def optimizer_step(self, loss: float) -> float:
+        """Apply the update and return the gradient norm; a non-finite loss skips the update
+        (NaN norm), and logging.max_nonfinite of them in a row abort the run."""
+        if math.isfinite(loss):
+            self.nonfinite_in_a_row = 0
+            _, grad_norm, _ = self.optimizer.step()
+            return float(grad_norm) if grad_norm is not None else float("nan")
+        self.nonfinite_in_a_row += 1
+        warnings.warn(f"step {self.step + 1}: non-finite loss {loss}; skipping the update", stacklevel=1)
+        if self.nonfinite_in_a_row >= self.cfg.logging.max_nonfinite:
+            raise VikhrError(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row (logging.max_nonfinite); "
+                "lower optim.lr or check the data"
+            )
+        return float("nan")
+
+    def attention_mask(self, batch: Batch) -> torch.Tensor | None:
+        return attention_mask_for(batch, self.cfg.data, self.model_cfg.sliding_window)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean CE on each validation set (its first data.valid_samples samples), logged at this step."""
+        losses = {name: self.validation_loss(dataset) for name, dataset in self.data.valid.items()}
+        if losses:
+            self.monitor.record(self.step, "valid", {f"loss_{k}": v for k, v in losses.items()})
+            self.monitor.info(
+                f"step {self.step:>6} | validation " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            )
+        return losses
+
+    @torch.no_grad()
+    def validation_loss(self, dataset: torch.utils.data.Dataset) -> float:
+        """Mean CE over the labelled tokens of a validation set's first samples (DP ranks share them)."""
+        cfg, env = self.cfg, self.env
+        n = min(cfg.data.valid_samples, len(dataset))
+        mine = list(range(env.dp_rank, n, env.dp_size))
+        totals = torch.zeros(2, dtype=torch.float64, device=env.device)
+        self.model.eval()
+        for first in range(0, len(mine), cfg.train.micro_batch):
+            batch = collate([dataset[i] for i in mine[first : first + cfg.train.micro_batch]]).to(env.device)
+            terms = forward_loss(
+                self.model, batch, self.validation_loss_fn, attention_mask=self.attention_mask(batch)
+            )
+            count = _labelled(batch)
+            totals += torch.tensor(
+                [terms.metrics["ce"].item() * count, count], dtype=torch.float64, device=env.device
+            )
+        self.model.train()
+        dist.all_reduce(totals, group=self.dp_group)
+        return float(totals[0] / totals[1].clamp(min=1))
+
+    def save(self) -> Path:
+        """Checkpoint the current step (collective: every rank saves its part)."""
+        cfg, env = self.cfg, self.env
+        meta = {
+            "step": self.step,
+            "consumed_samples": self.step * cfg.train.global_batch,
+            "tp": env.tp_size,
+            "dp": env.dp_size,
+            "world_size": env.world_size,
+            "model": self.model_cfg.to_dict(),
+            "padded_vocab_size": self.model.vocab_size,
+            "distributed_optimizer": cfg.optim.distributed,
+            "config": cfg.to_dict(),
+        }
+        path = checkpoint.save(
+            self.run_dir, self.step, self.model, self.optimizer, meta, env.tp_rank, env.dp_rank, env.rank
+        )
+        self.monitor.info(f"saved {path}")
+        return path
+
+    def describe(self) -> str:
+        """One line on the model, the parallel layout and the objective."""
+        cfg, env = self.cfg, self.env
+        return (
+            f"model {cfg.model.preset}: {self.num_params / 1e6:.1f}M parameters, "
+            f"TP={env.tp_size}{' (+SP)' if cfg.parallel.sequence else ''} DP={env.dp_size}, {env.backend}, "
+            f"attention={cfg.model.attention}, KL λ={cfg.kl.weight}, data {cfg.data.kind}"
+        )
