@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, run_torchrun
-from tests.helpers import tiny_hf_model
+from tests.helpers import FAMILIES, tiny_hf_model
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf
@@ -26,16 +26,30 @@ VOCAB = 300
 TEXT = "Привет, мир! Hello world.\nВторая строка"
 
 
-def _tiny_hf(path: Path, tied: bool = False, llama: bool = False, shards: bool = False, **kw: Any) -> Path:
+def _tiny_hf(
+    path: Path,
+    tied: bool = False,
+    llama: bool = False,
+    shards: bool = False,
+    family: str | None = None,
+    **kw: Any,
+) -> Path:
+    """A tiny random HF checkpoint: Mistral (or Llama), or one of tests.helpers.FAMILIES."""
+
     def norms(model: torch.nn.Module) -> None:
-        # Non-trivial norms so a swapped layernorm would show.
+        # Non-trivial norms and biases (HF starts them at 1 and 0) so a swapped one would show.
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
 
     kw.setdefault("vocab_size", VOCAB)
     kw.setdefault("max_seq_len", 128)
     arch = "llama" if llama else "mistral"
+    if family is not None:
+        arch, fields = FAMILIES[family]
+        kw = {**fields, **kw}
     size = "100KB" if shards else "10GB"
     tiny_hf_model(path, arch=arch, tied=tied, max_shard_size=size, weights=norms, **kw)
     return path
@@ -62,29 +76,60 @@ def test_round_trip_is_bit_exact(tmp_path: Path, tp: int) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_tied_llama_converts_with_lm_head_from_embeddings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mistral"])
+def test_round_trip_of_each_family_is_bit_exact(tmp_path: Path, family: str, tp: int) -> None:
+    hf = _tiny_hf(tmp_path / "hf", family=family)
+    back = megatron_to_hf(hf_to_megatron(hf, tmp_path / "meg", tp_size=tp), tmp_path / "back")
+    a, b = _hf_tensors(hf), _hf_tensors(back)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == [
+        {"llama3": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(family, "MistralForCausalLM")
+    ]
+    assert hf_config_to_model_config(config) == hf_config_to_model_config(
+        json.loads((hf / "config.json").read_text())
+    )
+
+
+def test_tied_llama_converts_without_an_output_layer(tmp_path: Path) -> None:
     hf = _tiny_hf(tmp_path / "hf", tied=True, llama=True)
-    back = megatron_to_hf(hf_to_megatron(hf, tmp_path / "meg"), tmp_path / "back")
-    t = _hf_tensors(back)
-    assert torch.equal(t["lm_head.weight"], t["model.embed_tokens.weight"])
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    assert "output_layer.weight" not in load_file(str(meg / "model_tp00.safetensors"))
+    back = megatron_to_hf(meg, tmp_path / "back")
+    assert "lm_head.weight" not in _hf_tensors(back)
+    assert json.loads((back / "config.json").read_text())["tie_word_embeddings"] is True
 
 
-def test_logits_match_transformers_tp1(tmp_path: Path) -> None:
-    hf = _tiny_hf(tmp_path / "hf")
-    meg = hf_to_megatron(hf, tmp_path / "meg", tp_size=1)
-    run_torchrun(SCRIPT, str(hf), str(meg), str(tmp_path / "out.json"), nproc=1)
-    res = json.loads((tmp_path / "out.json").read_text())
-    assert res["shape"] == [2, 24, VOCAB]
-    assert res["max_abs_diff"] < 1e-4, res
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[str]]:
+    """Each family's tiny HF checkpoint and its conversions, as convert_logits.py arguments per TP."""
+    root = tmp_path_factory.mktemp("families")
+    args: dict[int, list[str]] = {1: [], 2: []}
+    for family in FAMILIES:
+        hf = _tiny_hf(root / family, family=family)
+        for tp in (1, 2):
+            args[tp] += [str(hf), str(hf_to_megatron(hf, root / f"{family}-tp{tp}", tp_size=tp))]
+    return args
+
+
+def _check_logits(converted: dict[int, list[str]], out: Path, tp: int) -> None:
+    run_torchrun(SCRIPT, str(out), *converted[tp], nproc=tp)
+    results = json.loads(out.read_text())
+    assert len(results) == len(FAMILIES)
+    for hf, res in results.items():
+        assert res["shape"] == [2, 24, VOCAB], hf
+        assert res["max_abs_diff"] < 1e-4, (hf, res)
+
+
+def test_logits_match_transformers_tp1(converted: dict[int, list[str]], tmp_path: Path) -> None:
+    _check_logits(converted, tmp_path / "out.json", tp=1)
 
 
 @pytest.mark.distributed
-def test_logits_match_transformers_tp2(tmp_path: Path) -> None:
-    hf = _tiny_hf(tmp_path / "hf")
-    meg = hf_to_megatron(hf, tmp_path / "meg", tp_size=2)
-    run_torchrun(SCRIPT, str(hf), str(meg), str(tmp_path / "out.json"), nproc=2)
-    res = json.loads((tmp_path / "out.json").read_text())
-    assert res["max_abs_diff"] < 1e-4, res
+def test_logits_match_transformers_tp2(converted: dict[int, list[str]], tmp_path: Path) -> None:
+    _check_logits(converted, tmp_path / "out.json", tp=2)
 
 
 def test_hf_config_mapping_and_errors(tmp_path: Path) -> None:
@@ -120,6 +165,87 @@ def test_hf_config_mapping_and_errors(tmp_path: Path) -> None:
     (hf / "model.safetensors").unlink()
     with pytest.raises(VikhrError, match="safetensors"):
         hf_to_megatron(hf, tmp_path / "meg3")
+
+
+def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
+    from vikhr.model import preset
+
+    llama31 = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rms_norm_eps": 1e-05,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    }
+    assert hf_config_to_model_config(llama31) == preset("llama-3.1-8b")
+    # transformers 5 writes the same as rope_parameters.
+    v5 = {k: v for k, v in llama31.items() if k not in ("rope_theta", "rope_scaling")}
+    v5["rope_parameters"] = {**llama31["rope_scaling"], "rope_theta": 500000.0}
+    assert hf_config_to_model_config(v5) == preset("llama-3.1-8b")
+    qwen = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "num_hidden_layers": 24,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-06,
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+        "tie_word_embeddings": True,
+    }
+    assert hf_config_to_model_config(qwen) == preset("qwen2.5-0.5b")
+    nemo = {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "num_hidden_layers": 40,
+        "hidden_size": 5120,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 131072,
+        "max_position_embeddings": 1024000,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-05,
+        "sliding_window": None,
+    }
+    assert hf_config_to_model_config(nemo) == preset("mistral-nemo-12b")
+    with pytest.raises(VikhrError, match="rope_type 'yarn' is not supported"):
+        hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(VikhrError, match="llama3 rope scaling lacks"):
+        hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    with pytest.raises(VikhrError, match="use_sliding_window"):
+        hf_config_to_model_config({**qwen, "use_sliding_window": True})
+
+
+def test_missing_qkv_bias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hf = _tiny_hf(tmp_path / "hf", family="qwen2")
+    tensors = load_file(str(hf / "model.safetensors"))
+    del tensors["model.layers.1.self_attn.k_proj.bias"]
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "meg"
+    _fails(_to_megatron(hf, out), capsys, out, "model.layers.1.self_attn.k_proj.bias", "lack")
 
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -214,3 +214,79 @@ def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16() -> None:
             with torch.no_grad():
                 out[attention] = model(tokens, torch.arange(256).cuda().expand(2, 256), attention_mask=None)
         torch.testing.assert_close(out["sdpa"].float(), out["local"].float(), rtol=3e-2, atol=3e-2)
+
+
+# Totals of the published checkpoints (their model cards / safetensors indexes), reached here through
+# transformers' own model classes from each preset's config.json.
+@pytest.mark.parametrize(
+    ("name", "architecture", "total"),
+    [
+        ("llama-3-8b", "MistralForCausalLM", 8_030_261_248),  # Llama's computation, no sliding window
+        ("llama-3.1-8b", "LlamaForCausalLM", 8_030_261_248),
+        ("qwen2.5-7b", "Qwen2ForCausalLM", 7_615_616_512),
+        ("qwen2.5-0.5b", "Qwen2ForCausalLM", 494_032_768),
+        ("mistral-nemo-12b", "MistralForCausalLM", 12_247_782_400),
+    ],
+)
+def test_llama_qwen_and_nemo_presets_have_the_published_sizes(
+    name: str, architecture: str, total: int
+) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vikhr.convert.mistral import hf_config_to_model_config, model_config_to_hf_config
+
+    p = PRESETS[name]
+    fields = model_config_to_hf_config(p)
+    assert hf_config_to_model_config(fields) == p
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields))
+    assert type(model).__name__ == architecture
+    assert sum(t.numel() for t in model.parameters()) == total
+    # The dry-run memory estimate counts the same parameters (QKV biases in, a tied head once).
+    from vikhr.train.memory import parameter_counts
+
+    assert parameter_counts(p, tp=1, vocab_multiple=1)[0] == total
+
+
+def test_llama3_rope_frequencies_are_transformers(megatron_cpu: None) -> None:
+    """vikhr computes llama3-scaled RoPE frequencies from all four parameters, as transformers does;
+    megatron-core's own scaling agrees only at Llama-3.1's fixed (1, 4, 8192)."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from vikhr.convert.mistral import model_config_to_hf_config
+    from vikhr.model.gpt import llama3_inv_freq
+
+    for cfg in (
+        PRESETS["llama-3.1-8b"],
+        preset("tiny", rope_scaling_factor=8.0, rope_original_max_seq_len=64),
+    ):
+        hf = LlamaConfig.from_dict(model_config_to_hf_config(cfg, {"model_type": "llama"}))
+        theirs, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+        torch.testing.assert_close(llama3_inv_freq(cfg), theirs, rtol=0, atol=0)
+    p = PRESETS["llama-3.1-8b"]
+    megatron = RotaryEmbedding(
+        p.head_dim, 1.0, rotary_base=500_000, rope_scaling=True, use_cpu_initialization=True
+    )
+    torch.testing.assert_close(megatron.inv_freq, llama3_inv_freq(p))
+    tiny = preset("tiny", rope_theta=500_000.0, rope_scaling_factor=8.0, rope_original_max_seq_len=64)
+    model = build_gpt_model(tiny, attention="sdpa")
+    assert torch.equal(model.rotary_pos_emb.inv_freq, llama3_inv_freq(tiny))
+    assert not torch.allclose(megatron.inv_freq[:8], llama3_inv_freq(tiny)[:8])
+
+
+def test_qkv_bias_tied_embeddings_and_explicit_head_size_shape_the_model(megatron_cpu: None) -> None:
+    from vikhr.train.checkpoint import model_tensors
+
+    cfg = preset("tiny", qkv_bias=True, tie_embeddings=True, num_attention_heads=8, kv_channels=16)
+    shapes = {k: tuple(v.shape) for k, v in model_tensors(build_gpt_model(cfg, attention="sdpa")).items()}
+    assert shapes["decoder.layers.0.self_attention.linear_qkv.weight"] == ((8 + 2 * 2) * 16, 64)
+    assert shapes["decoder.layers.0.self_attention.linear_qkv.bias"] == ((8 + 2 * 2) * 16,)
+    assert shapes["decoder.layers.0.self_attention.linear_proj.weight"] == (64, 8 * 16)
+    assert "output_layer.weight" not in shapes
+    assert preset("tiny").to_dict().keys() == {
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_kv_heads", "vocab_size",
+        "max_seq_len", "rope_theta", "sliding_window", "norm_eps", "init_std",
+    }  # fmt: skip
+    assert cfg.to_dict()["kv_channels"] == 16

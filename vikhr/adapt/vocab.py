@@ -30,7 +30,7 @@ from vikhr.tokenizer.load import load
 
 Init = Literal["mean", "random"]
 WhitespacePolicy = Literal["mean", "space"]
-SUPPORTED_MODEL_TYPES = ("mistral", "llama")
+SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2")
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 INIT_LOG = "vocab_init_log.json"

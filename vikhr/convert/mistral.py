@@ -1,4 +1,4 @@
-"""HF Mistral/Llama checkpoints <-> vikhr's megatron-core checkpoints, any tensor-parallel size.
+"""HF Mistral/Llama/Qwen2 checkpoints <-> vikhr's megatron-core checkpoints, any tensor-parallel size.
 
 The megatron side is a model-only checkpoint directory of the trainer (vikhr.train.checkpoint):
 `meta.json` + `model_tp{r:02d}.safetensors`, usable as `model.init` or `kl.reference`.
@@ -8,12 +8,14 @@ Parameter layout (see vikhr.model.config):
     model.embed_tokens.weight [V, H]           embedding.word_embeddings.weight  rows of V_pad, chunk r
     q/k/v_proj.weight                          self_attention.linear_qkv.weight  per KV group g:
                                                [q heads of g; k_g; v_g], groups chunk r
+    q/k/v_proj.bias (Qwen2)                    self_attention.linear_qkv.bias, the same grouping
     o_proj.weight [H, Q·d]                     self_attention.linear_proj.weight columns chunk r
     gate_proj / up_proj [F, H]                 mlp.linear_fc1.weight  [gate chunk r; up chunk r]
     down_proj [H, F]                           mlp.linear_fc2.weight  columns chunk r
     input_layernorm / post_attention_layernorm input_layernorm / pre_mlp_layernorm (replicated)
     model.norm.weight                          decoder.final_layernorm.weight
-    lm_head.weight [V, H] (or tied embedding)  output_layer.weight  rows of V_pad, chunk r
+    lm_head.weight [V, H]                      output_layer.weight  rows of V_pad, chunk r
+                                               (none when tie_word_embeddings: the embedding serves)
 
 Padded vocabulary rows are zero. Before anything is written, every tensor of the input is
 accounted for: each one must be a tensor of this layout with the shape the config implies (a
@@ -52,6 +54,12 @@ _POSITIVE_INTS = (
     "vocab_size",
 )
 # The config fields that set each kind of tensor's shape (named in shape errors).
+_HF_FAMILIES = ("mistral", "llama", "qwen2")
+_HF_ARCHITECTURES = {
+    "mistral": "MistralForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 _HF_SHAPE_FIELDS = {
     "embed_tokens": "vocab_size, hidden_size",
     "lm_head": "vocab_size, hidden_size",
@@ -62,7 +70,7 @@ _HF_SHAPE_FIELDS = {
 _MEG_SHAPE_FIELDS = {
     "embedding": "vocab_size, hidden_size",
     "output_layer": "vocab_size, hidden_size",
-    "self_attention": "hidden_size, num_attention_heads, num_kv_heads",
+    "self_attention": "hidden_size, num_attention_heads, num_kv_heads, kv_channels",
     "mlp.": "hidden_size, ffn_hidden_size",
     "norm": "hidden_size",
 }
@@ -83,24 +91,26 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
 
 
 def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-    """ModelConfig from an HF Mistral/Llama config.json dict (`where` names the file in errors)."""
+    """ModelConfig from an HF Mistral/Llama/Qwen2 config.json dict (`where` names the file in errors)."""
     arch = (hf.get("architectures") or ["?"])[0]
-    if hf.get("model_type") not in ("mistral", "llama"):
-        raise VikhrError(f"{where}: model_type {hf.get('model_type')!r} ({arch}) is not mistral or llama")
+    family = hf.get("model_type")
+    if family not in _HF_FAMILIES:
+        raise VikhrError(f"{where}: model_type {family!r} ({arch}) is not mistral, llama or qwen2")
     for key in _POSITIVE_INTS:
         value = hf.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise VikhrError(f"{where}: {key} must be a positive integer, got {value!r}")
-    rope = hf.get("rope_parameters") or {}
-    theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise VikhrError(f"{where}: rope_type {rope.get('rope_type')!r} is not supported (only default RoPE)")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
-    if head_dim * heads != hf["hidden_size"]:
-        raise VikhrError(f"{where}: head_dim {head_dim} × {heads} heads != hidden_size {hf['hidden_size']}")
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise VikhrError(f"{where}: head_dim must be a positive integer, got {head_dim!r}")
+    if hf.get("mlp_bias") or (family != "qwen2" and hf.get("attention_bias")):
         raise VikhrError(f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama have none)")
+    sliding_window = hf.get("sliding_window")
+    if family == "qwen2":
+        if hf.get("use_sliding_window"):
+            raise VikhrError(f"{where}: use_sliding_window is not supported for qwen2 (set it to false)")
+        sliding_window = None
     return ModelConfig(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
@@ -109,20 +119,60 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         num_kv_heads=hf.get("num_key_value_heads") or heads,
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 4096),
-        rope_theta=float(theta),
-        sliding_window=hf.get("sliding_window"),
+        sliding_window=sliding_window,
         norm_eps=hf.get("rms_norm_eps", 1e-5),
         init_std=hf.get("initializer_range", 0.02),
+        kv_channels=None if head_dim * heads == hf["hidden_size"] else head_dim,
+        qkv_bias=family == "qwen2",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        **_hf_rope_fields(hf, where),
     )
 
 
+def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
+    """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4) or
+    `rope_parameters` (transformers 5); plain RoPE and Llama-3.1's "llama3" scaling are known."""
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in ("default", None):
+        return {"rope_theta": float(theta)}
+    if kind != "llama3":
+        raise VikhrError(f"{where}: rope_type {kind!r} is not supported (only default and llama3 RoPE)")
+    try:
+        return {
+            "rope_theta": float(theta),
+            "rope_scaling_factor": float(rope["factor"]),
+            "rope_low_freq_factor": float(rope["low_freq_factor"]),
+            "rope_high_freq_factor": float(rope["high_freq_factor"]),
+            "rope_original_max_seq_len": int(rope["original_max_position_embeddings"]),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise VikhrError(
+            f"{where}: llama3 rope scaling lacks a usable {e} (factor, low_freq_factor, ...)"
+        ) from e
+
+
+def _hf_family(cfg: ModelConfig, template_type: Any) -> str:
+    """The transformers architecture that runs `cfg`: Qwen2 for QKV biases, else the template's
+    (Llama or Mistral), else Llama for llama3 RoPE and Mistral otherwise (sliding windows: Mistral)."""
+    if cfg.qkv_bias:
+        if cfg.sliding_window is not None:
+            raise VikhrError("qkv_bias with a sliding_window has no HF architecture here (Qwen2's differs)")
+        return "qwen2"
+    family = template_type if template_type in ("mistral", "llama") else None
+    family = family or ("llama" if cfg.rope_scaling_factor is not None else "mistral")
+    return "mistral" if cfg.sliding_window is not None else family
+
+
 def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An HF MistralForCausalLM config.json dict for `cfg` (fields of `template` kept where unrelated)."""
+    """An HF Mistral/Llama/Qwen2 config.json dict for `cfg` (fields of `template` kept where unrelated)."""
     out = dict(template or {})
+    family = _hf_family(cfg, out.get("model_type"))
     out.update(
         {
-            "architectures": ["MistralForCausalLM"],
-            "model_type": "mistral",
+            "architectures": [_HF_ARCHITECTURES[family]],
+            "model_type": family,
             "num_hidden_layers": cfg.num_layers,
             "hidden_size": cfg.hidden_size,
             "intermediate_size": cfg.ffn_hidden_size,
@@ -136,10 +186,24 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
             "rms_norm_eps": cfg.norm_eps,
             "initializer_range": cfg.init_std,
             "hidden_act": "silu",
-            "tie_word_embeddings": False,
+            "tie_word_embeddings": cfg.tie_embeddings,
         }
     )
+    if family == "llama":
+        out.pop("sliding_window")
+        out.update(attention_bias=False, mlp_bias=False)
+    if family == "qwen2":
+        out["use_sliding_window"] = False
     out.pop("rope_parameters", None)
+    out.pop("rope_scaling", None)
+    if cfg.rope_scaling_factor is not None:
+        out["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": cfg.rope_scaling_factor,
+            "low_freq_factor": cfg.rope_low_freq_factor,
+            "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_position_embeddings": cfg.rope_original_max_seq_len,
+        }
     out.setdefault("bos_token_id", 1)
     out.setdefault("eos_token_id", 2)
     out.setdefault("torch_dtype", "float32")
@@ -147,7 +211,7 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
 
 
 def hf_tensor_shapes(cfg: ModelConfig, with_lm_head: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every tensor of an HF Mistral/Llama checkpoint of shape `cfg`, with its shape."""
+    """Every tensor of an HF Mistral/Llama/Qwen2 checkpoint of shape `cfg`, with its shape."""
     h, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     shapes = {EMBED: (v, h)}
@@ -166,6 +230,14 @@ def hf_tensor_shapes(cfg: ModelConfig, with_lm_head: bool = True) -> dict[str, t
                 p + "mlp.down_proj.weight": (h, f),
             }
         )
+        if cfg.qkv_bias:
+            shapes.update(
+                {
+                    p + "self_attn.q_proj.bias": (q,),
+                    p + "self_attn.k_proj.bias": (kv,),
+                    p + "self_attn.v_proj.bias": (kv,),
+                }
+            )
     shapes["model.norm.weight"] = (h,)
     if with_lm_head:
         shapes[LM_HEAD] = (v, h)
@@ -189,8 +261,11 @@ def megatron_tensor_shapes(cfg: ModelConfig, padded_vocab: int, tp: int) -> dict
                 p + "mlp.linear_fc2.weight": (h, f),
             }
         )
+        if cfg.qkv_bias:
+            shapes[p + "self_attention.linear_qkv.bias"] = ((q + 2 * kv) // tp,)
     shapes["decoder.final_layernorm.weight"] = (h,)
-    shapes["output_layer.weight"] = (padded_vocab // tp, h)
+    if not cfg.tie_embeddings:
+        shapes["output_layer.weight"] = (padded_vocab // tp, h)
     return shapes
 
 
@@ -224,7 +299,9 @@ def _account_for_tensors(
                     f"{header.path}: {name} is in layer {layer.group(1)} but {config} has "
                     f"{layers_field} = {num_layers} (the config and the weights disagree)"
                 )
-            raise VikhrError(f"{header.path}: unknown tensor {name} (not part of the Mistral/Llama layout)")
+            raise VikhrError(
+                f"{header.path}: unknown tensor {name} (not part of the Mistral/Llama/Qwen2 layout)"
+            )
     missing = [n for n in expected if n not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -234,14 +311,14 @@ def _account_for_tensors(
 class _HFCheckpoint:
     """The tensors of an HF safetensors checkpoint, each accounted for against its config."""
 
-    def __init__(self, model_dir: Path, hf_cfg: dict[str, Any], cfg: ModelConfig) -> None:
+    def __init__(self, model_dir: Path, cfg: ModelConfig) -> None:
         self.where: dict[str, SafetensorsHeader] = {}
         for header in checkpoint_headers(model_dir):
             for name in header.tensors:
                 if name in self.where:
                     raise VikhrError(f"{header.path}: tensor {name} is also in {self.where[name].path.name}")
                 self.where[name] = header
-        self.tied = bool(hf_cfg.get("tie_word_embeddings", False))
+        self.tied = cfg.tie_embeddings
         # A tied checkpoint may still hold a copy of the embedding as lm_head (checked when read).
         expected = hf_tensor_shapes(cfg, with_lm_head=not self.tied or LM_HEAD in self.where)
         layers = (_HF_LAYER_RE, "num_hidden_layers", cfg.num_layers)
@@ -274,20 +351,20 @@ def _qkv_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfi
     """Megatron's fused QKV: for each KV group, its query heads, then its key, then its value."""
     d, groups = cfg.head_dim, cfg.num_kv_heads
     per = cfg.num_attention_heads // groups
-    h = q.shape[1]
-    q = q.view(groups, per * d, h)
-    k = k.view(groups, d, h)
-    v = v.view(groups, d, h)
-    return torch.cat([q, k, v], dim=1).reshape(-1, h)
+    rest = q.shape[1:]  # (H,) for weights, () for biases
+    q = q.reshape(groups, per * d, *rest)
+    k = k.reshape(groups, d, *rest)
+    v = v.reshape(groups, d, *rest)
+    return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
 
 def _qkv_split(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d, groups = cfg.head_dim, cfg.num_kv_heads
     per = cfg.num_attention_heads // groups
-    h = qkv.shape[1]
-    g = qkv.view(groups, (per + 2) * d, h)
+    rest = qkv.shape[1:]
+    g = qkv.reshape(groups, (per + 2) * d, *rest)
     q, k, v = g.split([per * d, d, d], dim=1)
-    return q.reshape(-1, h), k.reshape(-1, h), v.reshape(-1, h)
+    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
 
 
 def _megatron_full_tensors(
@@ -306,13 +383,19 @@ def _megatron_full_tensors(
             cfg,
         )
         yield meg + "self_attention.linear_qkv.weight", qkv, "qkv"
+        if cfg.qkv_bias:
+            names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
+            yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg), "qkv"
         yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight"), 1
         yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight"), None
         gate_up = torch.stack([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
         yield meg + "mlp.linear_fc1.weight", gate_up, "fc1"
         yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight"), 1
     yield "decoder.final_layernorm.weight", src.get("model.norm.weight"), None
-    yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad), 0
+    if cfg.tie_embeddings:
+        src.lm_head(emb)  # a stored copy of the LM head must equal the embedding
+    else:
+        yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad), 0
 
 
 def _shard(t: torch.Tensor, how: int | str | None, rank: int, tp: int) -> torch.Tensor:
@@ -332,7 +415,7 @@ def hf_to_megatron(
     overwrite: bool = False,
     vocab_multiple: int = 128,
 ) -> Path:
-    """Convert an HF Mistral/Llama safetensors checkpoint into a vikhr megatron checkpoint at `out_dir`.
+    """Convert an HF Mistral/Llama/Qwen2 safetensors checkpoint into a vikhr megatron checkpoint at `out_dir`.
 
     The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`) so that
     `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
@@ -349,7 +432,7 @@ def hf_to_megatron(
     cfg.validate(tp_size)
     out = Path(out_dir)
     _check_output(out, overwrite)
-    checkpoint = _HFCheckpoint(src, hf_cfg, cfg)
+    checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
     for name, full, how in _megatron_full_tensors(checkpoint, cfg, v_pad):
@@ -441,6 +524,15 @@ def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> di
         out[hf + "self_attn.q_proj.weight"] = q
         out[hf + "self_attn.k_proj.weight"] = k
         out[hf + "self_attn.v_proj.weight"] = vv
+        if cfg.qkv_bias:
+            q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.bias", "qkv"), cfg)
+            out.update(
+                {
+                    hf + "self_attn.q_proj.bias": q,
+                    hf + "self_attn.k_proj.bias": k,
+                    hf + "self_attn.v_proj.bias": vv,
+                }
+            )
         out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight", 1)
         out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight", None)
         gate, up = gather(meg + "mlp.linear_fc1.weight", "fc1").chunk(2, dim=0)
@@ -448,7 +540,8 @@ def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> di
         out[hf + "mlp.up_proj.weight"] = up
         out[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight", 1)
     out["model.norm.weight"] = gather("decoder.final_layernorm.weight", None)
-    out[LM_HEAD] = gather("output_layer.weight", 0)[:v]
+    if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
+        out[LM_HEAD] = gather("output_layer.weight", 0)[:v]
     return {k: t.contiguous() for k, t in out.items()}
 
 
@@ -458,7 +551,7 @@ def megatron_to_hf(
     overwrite: bool = False,
     tokenizer: str | Path | None = None,
 ) -> Path:
-    """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF Mistral directory.
+    """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF directory.
 
     The directory gets the tokenizer files and a generation config (vikhr.convert.hf_tokenizer):
     `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint

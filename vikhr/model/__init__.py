@@ -1,4 +1,4 @@
-"""Mistral-family models on megatron-core."""
+"""Mistral, Llama and Qwen2-style decoders on megatron-core."""
 
 from vikhr.model.config import PRESETS, ModelConfig, padded_vocab_size, preset
 from vikhr.model.gpt import (

@@ -1,14 +1,18 @@
-"""Mistral-family model shapes and their megatron-core TransformerConfig.
+"""Model shapes of the Mistral / Llama / Qwen2 family and their presets.
 
 Parameter layout (what HF <-> Megatron conversion maps, per layer `decoder.layers.{i}.`):
   embedding.word_embeddings.weight              [V_pad/TP, H]        (vocab-parallel rows)
   self_attention.linear_qkv.weight              [(Q+2KV)·d/TP, H]    (per KV group: q heads, k, v)
+  self_attention.linear_qkv.bias                [(Q+2KV)·d/TP]       (qkv_bias only; same grouping)
   self_attention.linear_proj.weight             [H, Q·d/TP]          (row-parallel)
   input_layernorm.weight / pre_mlp_layernorm.weight  [H]             (RMSNorm, replicated)
   mlp.linear_fc1.weight                         [2·F/TP, H]          (gate rows then up rows, per TP shard)
   mlp.linear_fc2.weight                         [H, F/TP]
   decoder.final_layernorm.weight                [H]
-  output_layer.weight                           [V_pad/TP, H]        (untied LM head)
+  output_layer.weight                           [V_pad/TP, H]        (untied LM head; absent when tied)
+
+d is `head_dim`: hidden_size / num_attention_heads unless `kv_channels` sets it (Mistral-NeMo:
+5120 / 32 heads, yet 128 per head).
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from vikhr.errors import VikhrError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE, untied embeddings)."""
+    """The shape of a Mistral/Llama/Qwen2-style decoder (RMSNorm, SwiGLU, GQA, RoPE).
+
+    `kv_channels`: the size of one attention head when it is not hidden_size / heads.
+    `qkv_bias`: biases on the query, key and value projections (Qwen2).
+    `tie_embeddings`: the LM head is the input embedding (small Qwen2 / Llama sizes).
+    `rope_scaling_factor` (with the low/high frequency factors and the original context length):
+    Llama-3.1's "llama3" RoPE frequency scaling; None for plain RoPE.
+    """
 
     num_layers: int
     hidden_size: int
@@ -35,10 +46,17 @@ class ModelConfig:
     sliding_window: int | None = None
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    kv_channels: int | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    rope_scaling_factor: float | None = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     def validate(self, tp_size: int = 1) -> None:
         """Raise VikhrError naming the field when the shape cannot be built at this TP size."""
@@ -51,7 +69,10 @@ class ModelConfig:
                 raise VikhrError(f"{name} must be a positive finite number, got {value}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise VikhrError(f"sliding_window must be positive (or null), got {self.sliding_window}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.kv_channels is not None and self.kv_channels < 1:
+            raise VikhrError(f"kv_channels must be positive (or null), got {self.kv_channels}")
+        self._validate_rope_scaling()
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise VikhrError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}"
@@ -64,6 +85,19 @@ class ModelConfig:
         misfit = self.tensor_parallel_misfit(tp_size)
         if misfit is not None:
             raise VikhrError(f"tensor parallel size {tp_size} does not divide {misfit[0]} = {misfit[1]}")
+
+    def _validate_rope_scaling(self) -> None:
+        if self.rope_scaling_factor is None:
+            return
+        for name in ("rope_scaling_factor", "rope_low_freq_factor", "rope_original_max_seq_len"):
+            value = getattr(self, name)
+            if not (0 < value < math.inf):
+                raise VikhrError(f"{name} must be a positive finite number, got {value}")
+        if not (self.rope_low_freq_factor < self.rope_high_freq_factor < math.inf):
+            raise VikhrError(
+                f"rope_high_freq_factor {self.rope_high_freq_factor} must exceed rope_low_freq_factor "
+                f"{self.rope_low_freq_factor}"
+            )
 
     def tensor_parallel_misfit(self, tp_size: int) -> tuple[str, int] | None:
         """(field, value) of the first dimension that `tp_size` ranks cannot split evenly, or None."""
@@ -80,7 +114,24 @@ class ModelConfig:
         return replace(self, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less those of the later families at their defaults: a Mistral shape reads as
+        it did before they existed, so older checkpoints' meta.json compare equal."""
+        out = asdict(self)
+        for name, default in _LATER_FIELD_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
+
+_LATER_FIELD_DEFAULTS: dict[str, Any] = {
+    "kv_channels": None,
+    "qkv_bias": False,
+    "tie_embeddings": False,
+    "rope_scaling_factor": None,
+    "rope_low_freq_factor": 1.0,
+    "rope_high_freq_factor": 4.0,
+    "rope_original_max_seq_len": 8192,
+}
 
 
 _MISTRAL_7B_V01 = ModelConfig(
@@ -100,6 +151,71 @@ PRESETS: dict[str, ModelConfig] = {
     "mistral-7b-v0.1": _MISTRAL_7B_V01,
     # v0.2 (the paper's base): RoPE theta 1e6 and no sliding window.
     "mistral-7b-v0.2": replace(_MISTRAL_7B_V01, rope_theta=1_000_000.0, sliding_window=None),
+    # As published in meta-llama/Meta-Llama-3-8B's config.json (plain RoPE, theta 500k).
+    "llama-3-8b": ModelConfig(
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=14336,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        vocab_size=128256,
+        max_seq_len=8192,
+        rope_theta=500_000.0,
+    ),
+    # meta-llama/Llama-3.1-8B: the same shape with "llama3" RoPE scaling to a 128k context.
+    "llama-3.1-8b": ModelConfig(
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=14336,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        vocab_size=128256,
+        max_seq_len=131072,
+        rope_theta=500_000.0,
+        rope_scaling_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_seq_len=8192,
+    ),
+    # Qwen/Qwen2.5-7B: QKV biases, untied LM head.
+    "qwen2.5-7b": ModelConfig(
+        num_layers=28,
+        hidden_size=3584,
+        ffn_hidden_size=18944,
+        num_attention_heads=28,
+        num_kv_heads=4,
+        vocab_size=152064,
+        max_seq_len=131072,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        qkv_bias=True,
+    ),
+    # Qwen/Qwen2.5-0.5B: QKV biases, LM head tied to the embedding.
+    "qwen2.5-0.5b": ModelConfig(
+        num_layers=24,
+        hidden_size=896,
+        ffn_hidden_size=4864,
+        num_attention_heads=14,
+        num_kv_heads=2,
+        vocab_size=151936,
+        max_seq_len=32768,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        qkv_bias=True,
+        tie_embeddings=True,
+    ),
+    # mistralai/Mistral-Nemo-Base-2407: 32 heads of 128 on a 5120-wide residual stream.
+    "mistral-nemo-12b": ModelConfig(
+        num_layers=40,
+        hidden_size=5120,
+        ffn_hidden_size=14336,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        kv_channels=128,
+        vocab_size=131072,
+        max_seq_len=1024000,
+        rope_theta=1_000_000.0,
+    ),
     # Small shapes for tests and the CPU demo.
     "tiny": ModelConfig(
         num_layers=2,

@@ -1,4 +1,4 @@
-"""Build a Mistral-shaped megatron-core GPTModel.
+"""Build a megatron-core GPTModel of a Mistral / Llama / Qwen2-style shape.
 
 Layer specs (`attention=`): "te" (Transformer Engine, fused kernels; GPU), "sdpa" (megatron's
 local modules with torch SDPA core attention, vikhr.model.attention), "local" (megatron's
@@ -9,6 +9,7 @@ importable and a GPU is in use, "sdpa" otherwise.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any, Literal, get_args
 
 import torch
@@ -25,7 +26,7 @@ def transformer_config(
     recompute: bool = False,
     sequence_parallel: bool = False,
 ):  # -> megatron.core.transformer.TransformerConfig
-    """The megatron-core TransformerConfig of a Mistral-family shape, fused kernels off.
+    """The megatron-core TransformerConfig of a model shape, fused kernels off.
 
     `on_gpu` (the run's `DistEnv.on_gpu`): on the CPU the full weights are drawn and sliced, so
     TP=1 and TP=K start from the same weights for the same seed, and megatron runs in its
@@ -51,7 +52,7 @@ def transformer_config(
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=cfg.qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=cfg.init_std,
@@ -152,7 +153,7 @@ def build_gpt_model(
     recompute: bool = False,
     sequence_parallel: bool = False,
 ):  # -> megatron.core.models.gpt.GPTModel
-    """A Mistral-shaped GPTModel for the current megatron parallel state.
+    """A GPTModel of shape `cfg` for the current megatron parallel state.
 
     The vocabulary is padded to a multiple of `vocab_multiple * tp_size`; padded rows exist
     in the embedding and LM head but never occur as labels. Called with labels=None the model
@@ -171,8 +172,32 @@ def build_gpt_model(
         pre_process=True,
         post_process=True,
         parallel_output=True,
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
         position_embedding_type="rope",
         rotary_base=int(cfg.rope_theta),
     )
+    if cfg.rope_scaling_factor is not None:
+        rotary = model.rotary_pos_emb
+        rotary.inv_freq = llama3_inv_freq(cfg, rotary.inv_freq.device)
     return model
+
+
+def llama3_inv_freq(cfg: ModelConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RoPE inverse frequencies with Llama-3.1's "llama3" scaling, as transformers computes them.
+
+    megatron-core's own `rope_scaling` fixes the low/high frequency factors (1, 4) and the original
+    context (8192) to Llama-3.1's values; this takes all four from the config, so any checkpoint
+    of that scheme (and the small test shapes) gets the frequencies transformers uses.
+    """
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    factor = float(cfg.rope_scaling_factor or 1.0)
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    context = cfg.rope_original_max_seq_len
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are divided by the factor, short ones kept, the band between interpolated.
+    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < context / high) & ~(wavelen > context / low)
+    return torch.where(medium, smoothed, scaled)

@@ -33,9 +33,11 @@ def parameter_counts(cfg: ModelConfig, tp: int = 1, vocab_multiple: int = 128) -
     v = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple)
     h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
     q, kv = cfg.num_attention_heads, cfg.num_kv_heads
-    sharded_per_layer = h * (q + 2 * kv) * d + q * d * h + 3 * h * f
+    qkv_bias = (q + 2 * kv) * d if cfg.qkv_bias else 0  # split across TP ranks like the weights
+    sharded_per_layer = h * (q + 2 * kv) * d + qkv_bias + q * d * h + 3 * h * f
     replicated_per_layer = 2 * h
-    sharded = 2 * v * h + cfg.num_layers * sharded_per_layer
+    embeddings = (1 if cfg.tie_embeddings else 2) * v * h  # a tied LM head is the embedding itself
+    sharded = embeddings + cfg.num_layers * sharded_per_layer
     replicated = cfg.num_layers * replicated_per_layer + h
     return sharded + replicated, sharded // tp + replicated
 
