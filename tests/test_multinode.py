@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import free_port, launch_torchrun  # noqa: E402
-from test_train import make_corpus, write_config  # noqa: E402
-
-from vikhr.train.monitor import read_metrics  # noqa: E402
+from tests.conftest import REPO, child_env, free_port, launch_torchrun
+from tests.helpers import make_corpus, write_config
+from vikhr.train.monitor import read_metrics
 
 PRETRAIN = REPO / "pretrain_vikhr.py"
 STEPS = 4
@@ -68,7 +65,7 @@ def _node_command(node: int, port: int, config: Path) -> list[str]:
 def _run_two_nodes(config: Path, timeout: float) -> list[subprocess.CompletedProcess]:
     """Start both nodes at once and wait for both; on timeout kill both and fail with their output."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = child_env()
     logs = [config.parent / f"node{rank}.log" for rank in (0, 1)]
     procs = []
     try:

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import REPO
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
 from vikhr.errors import VikhrError
 from vikhr.sft.data import PackedSFTDataset, SFTSource, pack_windows, split_chats
@@ -24,8 +25,6 @@ from vikhr.sft.prepare import mask_runs, prepare_sft
 from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat
 from vikhr.train.monitor import read_metrics
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 RU40K = ASSETS / "tokenizers" / "vikhr-ru-40k"
 
 
@@ -368,7 +367,7 @@ def _config(path: Path, rulm: Path, run_dir: Path, **sections: dict) -> Path:
 
 
 def _vikhr(*args: str) -> subprocess.CompletedProcess:
-    from conftest import child_env
+    from tests.conftest import child_env
 
     return subprocess.run(
         [sys.executable, "-m", "vikhr", *args],
@@ -428,7 +427,7 @@ def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_pa
 def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
     """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank
     (the first 6 steps; the run is then killed, which also spares the remaining steps)."""
-    from conftest import launch_torchrun
+    from tests.conftest import launch_torchrun
 
     config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
     launch_torchrun(REPO / "pretrain_vikhr.py", "--config", str(config), "debug.kill_at_step=6", nproc=2)

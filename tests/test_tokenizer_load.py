@@ -102,7 +102,7 @@ def test_tokenizer_json_with_config_uses_its_tokens(tmp_path: Path) -> None:
     with pytest.raises(VikhrError, match=r"eos_token '<eos>' is not in"):
         load(path)
     config.write_text("{not json")
-    with pytest.raises(VikhrError, match=r"tokenizer_config\.json is not a readable JSON file"):
+    with pytest.raises(VikhrError, match=r"tokenizer_config\.json is not valid JSON"):
         load(path)
 
 

@@ -11,7 +11,6 @@ recomputes a logged KL independently, with the float64 reference op.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import subprocess
@@ -22,80 +21,16 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import SHARED_DATA, child_env, launch_torchrun, run_torchrun  # noqa: E402
-
-from vikhr.train.monitor import read_metrics  # noqa: E402
+from tests.conftest import REPO, child_env, launch_torchrun, run_torchrun
+from tests.helpers import VOCAB, make_corpus, write_config
+from vikhr.train.monitor import read_metrics
 
 PRETRAIN = REPO / "pretrain_vikhr.py"
-VOCAB = 512
-EOD = 2
-
-
-def _compact_corpus(texts: list[str], sp, keep: list[int]) -> list[list[int]]:
-    """Token ids of `texts` folded into VOCAB ids: 0 = any rare id, 1/2 = BOS/EOS, 3.. by frequency."""
-    docs = [sp.encode(t) for t in texts]
-    counts = collections.Counter(i for d in docs for i in d)
-    frequent = [i for i, _ in counts.most_common() if i not in keep][: VOCAB - len(keep) - 1]
-    table = {old: new for new, old in enumerate([*keep, *frequent], start=1)}
-    return [[table.get(i, 0) for i in d] + [EOD] for d in docs]
-
-
-def make_corpus(out: Path) -> dict[str, str]:
-    import sentencepiece as spm
-
-    from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
-    from vikhr.data.indexed import write_indexed
-    from vikhr.jsonl import read_texts
-
-    ru_source = SHARED_DATA / "corpus" / "ru" / "ruslit.jsonl.gz"
-    if not ru_source.is_file():
-        ru_source = RU_SAMPLE
-    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
-    keep = [sp.bos_id(), sp.eos_id()]  # -> 1, 2 (EOD)
-    prefixes = {}
-    for name, source, n_docs in (("ru", ru_source, 160), ("en", EN_SAMPLE, 60)):
-        texts = []
-        for text in read_texts(source):
-            # Several short documents per source text, so the valid split gets whole documents.
-            texts.extend(text[i : i + 1500] for i in range(0, min(len(text), 6000), 1500))
-            if len(texts) >= n_docs:
-                break
-        write_indexed(out / name, _compact_corpus(texts[:n_docs], sp, keep), "uint16")
-        prefixes[name] = str(out / name)
-    return prefixes
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-def write_config(path: Path, corpus: dict[str, str], run_dir: Path, **sections: dict) -> Path:
-    cfg = {
-        "model": {"preset": "tiny", "attention": "sdpa", "vocab_multiple": 128},
-        "parallel": {"tensor": 1, "device": "cpu"},
-        "data": {
-            "train": [
-                {"prefix": corpus["ru"], "weight": 0.8, "name": "ru"},
-                {"prefix": corpus["en"], "weight": 0.2, "name": "en"},
-            ],
-            "split": "85,15,0",
-            "seq_len": 64,
-            "eod_id": EOD,
-            "valid_samples": 8,
-        },
-        "train": {"steps": 8, "micro_batch": 2, "global_batch": 8, "seed": 1234},
-        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"},
-        "kl": {"weight": 0.5, "direction": "reverse", "reference": "init"},
-        "checkpoint": {"dir": str(run_dir), "save_every": 4, "resume": "auto"},
-        "logging": {"log_every": 1, "eval_every": 4, "tensorboard": False},
-    }
-    for section, values in sections.items():
-        cfg[section].update(values)
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
 
 
 def _launch(config: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:

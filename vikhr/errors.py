@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 class VikhrError(Exception):
@@ -50,3 +52,14 @@ def require_writable_dir(path: str | Path, what: str = "output directory") -> Pa
             "permissions)"
         ) from None
     return p
+
+
+def read_json_object(path: Path, fix: str = "fix or re-export it") -> dict[str, Any]:
+    """The JSON object in `path`; VikhrError naming the file and `fix` if it is unreadable or no object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise VikhrError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(value, dict):
+        raise VikhrError(f"{path}: expected a JSON object; {fix}")
+    return value

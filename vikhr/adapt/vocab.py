@@ -25,7 +25,7 @@ from typing import Any, Literal
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary, piece_text
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, require_dir, require_writable_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
 from vikhr.tokenizer.load import load
 
 Init = Literal["mean", "random"]
@@ -146,12 +146,7 @@ def _load_config(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise VikhrError(f"{model_dir} has no config.json (give an HF model directory)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
-        raise VikhrError(f"{cfg_path} is not valid JSON ({e}); fix or re-export it") from None
-    if not isinstance(cfg, dict):
-        raise VikhrError(f"{cfg_path} is not a JSON object; fix or re-export it")
+    cfg = read_json_object(cfg_path)
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise VikhrError(
             f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported "

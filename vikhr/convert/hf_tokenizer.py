@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, read_json_object
 from vikhr.tokenizer.load import Tokenizer, load
 
 # Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
@@ -64,13 +64,7 @@ class RecordedTokenizer:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise VikhrError(f"{path} is not a readable JSON file ({e}); fix or remove it") from e
-    if not isinstance(value, dict):
-        raise VikhrError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, "fix or remove it")
 
 
 def _sft_tokenizer(config: dict[str, Any]) -> RecordedTokenizer | None:

@@ -36,7 +36,7 @@ import torch
 
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, read_header
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, require_dir, require_writable_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
 
 _MEG_LAYER = "decoder.layers.{i}."
@@ -81,13 +81,7 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise VikhrError(f"{model_dir}: config.json not found (an HF model directory is expected)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise VikhrError(f"{path} is not valid JSON ({e}); fix or re-export it") from e
-    if not isinstance(cfg, dict):
-        raise VikhrError(f"{path}: expected a JSON object")
-    return cfg
+    return read_json_object(path)
 
 
 def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:

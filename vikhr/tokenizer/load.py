@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, read_json_object
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # precedence when a directory is given
 EOS_CANDIDATES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>")
@@ -157,13 +157,7 @@ def _tokenizer_config(path: Path) -> dict[str, Any] | None:
     config = path.with_name("tokenizer_config.json")
     if not config.is_file():
         return None
-    try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise VikhrError(f"{config} is not a readable JSON file ({e}); fix or remove it") from e
-    if not isinstance(cfg, dict):
-        raise VikhrError(f"{config}: expected a JSON object")
-    return cfg
+    return read_json_object(config, "fix or remove it")
 
 
 def _special_id(backend: Any, path: Path, cfg: dict[str, Any] | None, which: str) -> int | None:
