@@ -535,6 +535,18 @@ _BAD_INPUTS = [
     ("eval --model {hf} --tasks bpc", "has no *.safetensors weights", None),
     ("eval --model {hf} --tasks nonsense", "unknown task 'nonsense'", None),
     ("eval --model {hf} --tasks bpc --batch-size 0", "--batch-size", None),
+    ("eval --model {hf} --tasks bpc --max-length 0", "--max-length must be positive", None),
+    ("eval --model {hf} --tasks terra --num-fewshot -1", "--num-fewshot must be >= 0", None),
+    (
+        "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o "
+        "--pad-to-multiple 0",
+        "--pad-to-multiple must be >= 1",
+        "o",
+    ),
+    ("demo --workdir {dir}/demo --steps 0", "--steps must be positive", "demo"),
+    ("demo --workdir {dir}/demo --seq-len 0", "--seq-len must be positive", "demo"),
+    ("demo --workdir {dir}/demo --lr -1", "--lr must be a positive finite number", "demo"),
+    ("demo --workdir {dir}/demo --kl-weight nan", "--kl-weight must be a finite number", "demo"),
 ]
 
 
@@ -596,3 +608,29 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     if output is not None:
         assert not (Path(bad_inputs["dir"]) / output).exists()
         assert not list(Path(bad_inputs["dir"]).glob(f"*{Path(output).stem}*.tmp*"))
+
+
+@pytest.mark.parametrize(
+    ("text_max", "mask_value", "fragment"),
+    [(VOCAB, 1, "token id 512 is outside the vocabulary of 512"), (VOCAB - 1, 5, "values other than 0/1")],
+)
+def test_sft_trainer_checks_text_and_mask_datasets_not_just_the_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text_max: int, mask_value: int, fragment: str
+) -> None:
+    """The metadata `vikhr sft prepare` writes claims ids below the vocabulary; the data decide."""
+    import json
+
+    from vikhr.cli import main
+    from vikhr.data.indexed import write_indexed
+    from vikhr.sft.layout import sft_datasets, sft_files
+
+    prefix = tmp_path / "chats"
+    text, mask = sft_datasets(prefix)
+    chats = [[1, 5, 6, 7, 8, EOD] for _ in range(20)]
+    chats[3][2] = text_max
+    write_indexed(text, chats, "uint16")
+    write_indexed(mask, [[0, 0, 1, mask_value if i == 3 else 1, 1, 1] for i in range(20)], "uint8")
+    sft_files(prefix)["meta"].write_text(json.dumps({"max_token_id": 10, "tokenizer": "t"}))
+    config = _train_config(tmp_path, str(prefix), data={"kind": "sft"})
+    _one_error_line(capsys, main(["sft", "train", "--config", str(config)]), "data.train[0] (ru)", fragment)
+    assert not (tmp_path / "run").exists()

@@ -320,7 +320,20 @@ class Demo:
         print(f"\ndone in {time.time() - self.t0:.0f}s; summary in {self.workdir / 'summary.json'}")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every number the stages will use, checked before the first stage runs."""
+    positive = ("vocab_size", "base_steps", "steps", "sft_steps", "seq_len", "eval_docs")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise VikhrError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.lr < float("inf"):
+        raise VikhrError(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 <= args.kl_weight < float("inf"):
+        raise VikhrError(f"--kl-weight must be a finite number >= 0, got {args.kl_weight}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     ru = require_file(args.ru_corpus, "Russian corpus")
     en = require_file(args.en_corpus, "English corpus")
     chats = require_file(args.sft_chats, "SFT chats")

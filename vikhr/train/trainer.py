@@ -1,8 +1,9 @@
 """The trainer: continued pre-training with CE + λ·KL(P_model ‖ P_ref), and SFT, on megatron-core.
 
-Read it top to bottom. `run` checks the whole config before anything is allocated, joins the
-job (`vikhr.runtime.distributed.distributed_env`: process groups, megatron's TP/DP groups,
-seeds), sets up a `Trainer` (data, model, frozen reference, DDP, optimizer), resumes it from the
+Read it top to bottom. `run` checks the whole config, every dataset (`check_data`) and the
+checkpoint to resume from before anything is allocated, joins the job
+(`vikhr.runtime.distributed.distributed_env`: process groups, megatron's TP/DP groups, seeds),
+sets up a `Trainer` (data, model, frozen reference, DDP, optimizer), resumes it from the
 latest checkpoint if there is one, and calls `Trainer.train`: one `train_step` per optimizer
 step, `evaluate` and `save` at their intervals.
 
@@ -169,18 +170,24 @@ def check_data(cfg: TrainConfig) -> None:
         if cfg.data.kind == "sft":
             text, mask = sft_datasets(entry.prefix)
             _check_dataset(key, text, vocab_size, "vikhr sft prepare")
-            _check_dataset(key, mask, 2, "vikhr sft prepare")
+            if _check_dataset(key, mask, None, "vikhr sft prepare") > 1:
+                raise VikhrError(
+                    f"{key}: {mask} holds values other than 0/1: not a loss mask (vikhr sft prepare)"
+                )
         else:
             _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess")
     if cfg.data.kind == "pretrain":
         check_index_cache(index_cache_dir(cfg))
 
 
-def _check_dataset(key: str, prefix: str, vocab_size: int, writer: str) -> None:
+def _check_dataset(key: str, prefix: str, vocab_size: int | None, writer: str) -> int:
+    """`vikhr.data.indexed.validate` with the config key and the fix in its message; the max id."""
     try:
-        validate_dataset(prefix, vocab_size=vocab_size)
+        info = validate_dataset(prefix, vocab_size=vocab_size)
     except VikhrError as e:
-        raise VikhrError(f"{key}: {e} (write it again with {writer})") from None
+        fix = f" (write it again with {writer})" if str(e).startswith("invalid indexed dataset") else ""
+        raise VikhrError(f"{key}: {e}{fix}") from None
+    return info.max_token_id or 0
 
 
 def _labelled(batch: Batch) -> int:
