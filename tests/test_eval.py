@@ -388,6 +388,18 @@ def test_tokenizer_that_is_not_the_models_is_refused(tiny_dir: Path, tmp_path: P
         assert f"has {size} tokens but the model" in err and "32000-token vocabulary" in err
 
 
+def test_truncated_weights_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """A damaged safetensors file is named before transformers tries to load it."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    err = _one_line_error(["eval", "--model", str(broken), "--tasks", "bpc", "--device", "cpu"], capsys)
+    assert weights.name in err and "truncated" in err
+
+
 @pytest.mark.parametrize("name", ["texts.jsonl.gz", "texts.jsonl.zst"])
 def test_bpc_reads_compressed_text_sets(tiny_lm: Any, tiny_dir: Path, tmp_path: Path, name: str) -> None:
     import zstandard

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
 from vikhr.eval.tasks import TASKS, build_task_config, effective_fewshot, task_files
@@ -66,6 +67,9 @@ def check_model_dir(model_dir: Path) -> None:
     if not any(model_dir.glob("*.safetensors")):
         # Pickled *.bin weights are not loaded: safetensors only.
         raise VikhrError(f"{model_dir} has no *.safetensors weights")
+    # Every shard present and complete (headers only), so a damaged download is one line, not a
+    # traceback from deep inside transformers.
+    checkpoint_headers(model_dir)
 
 
 def load_tokenizer(model_dir: Path, tokenizer: Path | None) -> Tokenizer:
