@@ -57,17 +57,10 @@ class PreprocessSummary:
         )
 
 
-@dataclass
-class IndexSummary:
-    """Counts of one `{prefix}.bin/.idx` pair (validated against each other)."""
+@dataclass(frozen=True)
+class IndexSummary(indexed.IndexInfo):
+    """`vikhr data inspect`'s view of a dataset: its validated counts and its first tokens."""
 
-    prefix: str
-    dtype: str
-    documents: int
-    empty_documents: int
-    sequences: int
-    tokens: int
-    bin_bytes: int
     first_tokens: list[int] = field(default_factory=list)
     first_text: str | None = None
 
@@ -199,24 +192,16 @@ def inspect(
     """Validate `{prefix}.idx` against `{prefix}.bin`; counts, and the first tokens of the first
     non-empty document (decoded with `tokenizer_model` when given)."""
     reader = indexed.IndexedReader(prefix)
-    info = reader.info
-    summary = IndexSummary(
-        prefix=info.prefix,
-        dtype=info.dtype,
-        documents=info.documents,
-        empty_documents=info.empty_documents,
-        sequences=info.sequences,
-        tokens=info.tokens,
-        bin_bytes=info.bin_bytes,
-    )
-    if info.tokens:
+    first_tokens: list[int] = []
+    if reader.info.tokens:
         first = next(doc for doc in map(reader.document, range(len(reader))) if doc)
-        summary.first_tokens = first[:n_tokens]
-    if tokenizer_model is not None and summary.first_tokens:
+        first_tokens = first[:n_tokens]
+    first_text = None
+    if tokenizer_model is not None and first_tokens:
         from vikhr.tokenizer.load import load
 
-        summary.first_text = load(tokenizer_model).decode(summary.first_tokens)
-    return summary
+        first_text = load(tokenizer_model).decode(first_tokens)
+    return IndexSummary(**reader.info.__dict__, first_tokens=first_tokens, first_text=first_text)
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
