@@ -409,9 +409,9 @@ class Trainer:
         """Gradients of the global batch's loss (every labelled token weighs the same, whatever the
         DP/micro-batch split), reduced over DP; returns the loss and the loss's terms."""
         env = self.env
-        n_tokens = torch.tensor(
-            [sum(_labelled(b) for b in micro_batches)], dtype=torch.float64, device=env.device
-        )
+        # Counted once, on the host, before the batches move (a count on the device would sync).
+        labelled = [_labelled(b) for b in micro_batches]
+        n_tokens = torch.tensor([sum(labelled)], dtype=torch.float64, device=env.device)
         dist.all_reduce(n_tokens, group=self.dp_group)
         n_global = max(float(n_tokens.item()), 1.0)
         poisoned = self.step + 1 in self.cfg.debug.nonfinite_at_steps
@@ -419,9 +419,9 @@ class Trainer:
         self.optimizer.zero_grad()
         names: list[str] = []
         sums = torch.zeros(0, dtype=torch.float64, device=env.device)
-        for batch in micro_batches:
+        for batch, n_labelled in zip(micro_batches, labelled, strict=True):
             batch = batch.to(env.device)
-            n_micro = float(_labelled(batch))
+            n_micro = float(n_labelled)
             # megatron DDP averages gradients over DP ranks; × dp_size turns that into a sum.
             scale = n_micro / n_global * env.dp_size
             if isinstance(self.loss_fn, CrossEntropyKL):
