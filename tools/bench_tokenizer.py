@@ -11,7 +11,7 @@ Trains (on the training split only; measurement is on the held-out split, 5 % of
   extend-52k-all-ru       Mistral + 20k Cyrillic pieces learned on all five Russian corpora
 
 Then prints chars/token, tokens/word and the share of words in ≥3 pieces per held-out text set, checks
-the issue's targets, times encoding (.model vs tokenizer.json, median of 3), and writes the report
+the efficiency targets, times encoding (.model vs tokenizer.json, median of 3), and writes the report
 (Markdown, CSV, PNG) to --out. `--ship` copies ru40k-replace into vikhr/assets/tokenizers.
 
     .venv/bin/python tools/bench_tokenizer.py --out /tmp/bench-tokenizer [--ship]
