@@ -33,8 +33,9 @@ test-rust:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test
 
+# Two pytest workers: most tests use one core each (OMP_NUM_THREADS=1); torchrun tests start their own ranks.
 test-python: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=15
 
 format:
 	cargo fmt --all

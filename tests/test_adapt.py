@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sentencepiece as spm
@@ -273,3 +275,121 @@ def test_old_tokenizer_that_cannot_encode_a_piece(tmp_path: Path, new_tok: Path)
     assert all(
         s.method in ("copied", "random") for s in plan_rows(old, load_vocabulary(new_tok), init="random")
     )
+
+
+# ---------------------------------------------------------------- byte-level BPE (Llama-3, Qwen2.5, tekken)
+
+
+@pytest.fixture(scope="module")
+def byte_level_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Per layout: a small byte-level base trained from the bundled text and its Russian extension."""
+    from tests.test_tokenizer_byte_bpe import make_byte_level_base
+
+    root = tmp_path_factory.mktemp("byte-level")
+    out = {}
+    for layout in ("llama3", "qwen2"):
+        base = make_byte_level_base(root / layout, layout)
+        settings = TrainSettings(
+            mode="extend",
+            base_model=str(base),
+            new_tokens=300,
+            max_chars_per_file=300_000,
+            verify_lines_per_file=200,
+        )
+        train_tokenizer([RU_SAMPLE], root / f"{layout}-ru", settings)
+        out[layout] = (base, root / f"{layout}-ru" / "tokenizer.json")
+    return out
+
+
+@functools.cache
+def _hf_tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def byte_level_source_ids(old_tokenizer_json: Path, piece: str) -> tuple[list[int], bool]:
+    """The old ids of a new byte-level piece, computed here without vikhr: the piece's bytes, the old
+    encoding of their longest valid UTF-8 prefix, then the single-byte token of the next byte, and again
+    on what is left. Also whether the bytes were valid UTF-8."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    old = _hf_tokenizer(old_tokenizer_json)
+    char_of = bytes_to_unicode()
+    byte_of = {c: b for b, c in char_of.items()}
+    data = bytes(byte_of[c] for c in piece)
+    ids: list[int] = []
+    valid = True
+    while data:
+        cut = len(data)
+        while True:
+            try:
+                text = data[:cut].decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                cut -= 1
+        if text:
+            ids += old.encode(text, add_special_tokens=False).ids
+        if cut < len(data):
+            ids.append(old.token_to_id(char_of[data[cut]]))
+            valid = False
+        data = data[cut + 1 :]
+    return ids, valid
+
+
+@pytest.mark.parametrize("layout, arch, tied", [("llama3", "llama", False), ("qwen2", "qwen2", True)])
+def test_byte_level_extension_copies_old_rows_and_averages_token_bytes(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], layout: str, arch: str, tied: bool
+) -> None:
+    """Old ids keep their rows bit for bit; a new token's row is the mean of the old rows of its bytes'
+    pieces (stray bytes of a partial character as single-byte tokens); a tied head stays tied."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    old_json, new_json = byte_level_tokenizers[layout]
+    old_size = Tokenizer.from_file(str(old_json)).get_vocab_size()
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=old_size, arch=arch, tied=tied, max_shard_size="300KB")
+    summary = adapt_vocab(src, old_json, new_json, out, pad_to_multiple=64, show_progress=False)
+    new_tok = Tokenizer.from_file(str(new_json))
+    new_size = new_tok.get_vocab_size()
+    assert new_size == old_size + 300 and summary["padded_vocab_size"] == -(-new_size // 64) * 64
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    names = [EMBED] if tied else [EMBED, LM_HEAD]
+    assert (LM_HEAD in new_t) == (LM_HEAD in old_t) == (not tied)
+    invalid = 0
+    for name in names:
+        old, new = old_t[name], new_t[name]
+        assert torch.equal(new[:old_size].view(torch.int32), old.view(torch.int32))
+        for i in range(old_size, new_size):
+            ids, valid = byte_level_source_ids(old_json, new_tok.id_to_token(i))
+            torch.testing.assert_close(new[i], old[ids].mean(0), rtol=1e-6, atol=1e-8)
+            invalid += not valid
+    assert invalid > 0  # pieces ending in half a Cyrillic letter (" Ð") were among them
+    assert summary["counts"]["copied"] == old_size
+    assert summary["counts"]["byte-fallback"] == invalid // len(names)
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert (
+        model.config.tie_word_embeddings == tied and model.config.vocab_size == summary["padded_vocab_size"]
+    )
+    same = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert same == tied
+
+
+def test_byte_level_replaced_vocabulary_copies_specials_by_name(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
+) -> None:
+    """A replace-mode vocabulary moves the specials after its own tokens: their rows follow them."""
+    old_json, _ = byte_level_tokenizers["llama3"]
+    settings = TrainSettings(base_model=str(old_json), vocab_size=700, max_chars_per_file=200_000)
+    train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / "rep", settings)
+    plan = plan_rows(load_vocabulary(old_json), load_vocabulary(tmp_path / "rep"))
+    assert [(s.token, s.method, s.old_ids) for s in plan[698:]] == [
+        ("<|begin_of_text|>", "copied", (1200,)),
+        ("<|end_of_text|>", "copied", (1201,)),
+    ]
+    for step in plan[:698]:
+        if step.method != "copied":
+            assert list(step.old_ids) == byte_level_source_ids(old_json, step.token)[0]
+    methods = {s.method for s in plan}
+    assert {"copied", "averaged"} <= methods <= {"copied", "averaged", "byte-fallback"}

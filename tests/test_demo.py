@@ -9,23 +9,11 @@ import sys
 from pathlib import Path
 
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    work = tmp_path / "demo"
+def _run_demo(work: Path, *extra: str) -> dict:
+    """`vikhr demo` with short training into `work`; its summary.json, every stage checked to run."""
+    steps = ["--base-steps", "12", "--steps", "12", "--sft-steps", "30"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vikhr",
-            "demo",
-            "--workdir",
-            str(work),
-            "--base-steps",
-            "12",
-            "--steps",
-            "12",
-            "--sft-steps",
-            "30",
-        ],
+        [sys.executable, "-m", "vikhr", "demo", "--workdir", str(work), *steps, *extra],
         capture_output=True,
         text=True,
         timeout=900,
@@ -33,7 +21,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for n in range(1, 9):
         assert f"[{n}/8]" in proc.stdout
-    summary = json.loads((work / "summary.json").read_text())
+    return json.loads((work / "summary.json").read_text())
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    summary = _run_demo(work)
     cpt = summary["chars_per_token"]
     # The Russian tokenizer packs more Russian characters into a token than Mistral's.
     assert cpt["vikhr/ru"] > 1.3 * cpt["mistral/ru"]
@@ -63,3 +56,37 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     instruct = AutoTokenizer.from_pretrained(str(work / "vikhr-instruct-hf"))
     assert instruct.chat_template
     assert instruct.eos_token == "</s>"
+
+
+def test_demo_byte_bpe_end_to_end(tmp_path: Path) -> None:
+    """`--family byte-bpe`: a Llama-3-like byte-level base tokenizer extended with Russian tokens, a
+    Llama-3-shaped model, Llama-3's chat template — the same chain and the same checks."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from vikhr.data.indexed import IndexedReader
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    work = tmp_path / "demo"
+    summary = _run_demo(work, "--family", "byte-bpe", "--eval-docs", "4")
+    cpt = summary["chars_per_token"]
+    assert cpt["vikhr/ru"] > 1.3 * cpt["llama3-like/ru"]
+    assert cpt["vikhr/en"] == cpt["llama3-like/en"]  # extend mode: English keeps its ids
+    bpc = summary["bits_per_char"]
+    assert bpc["adapted + continued"]["ru"] < bpc["adapted, before training"]["ru"]
+    assert summary["sft_valid_loss"]["after"] < summary["sft_valid_loss"]["before"]
+    assert summary["vocab"]["adapted_model"] == summary["vocab"]["new"] > summary["vocab"]["base"]
+    config = json.loads((work / "vikhr-hf" / "config.json").read_text())
+    assert (config["architectures"], config["rope_theta"]) == (["LlamaForCausalLM"], 500_000.0)
+    # Megatron's HuggingFaceTokenizer: the tokenizer's post-processor starts each document with BOS.
+    tok = load_chat_tokenizer(work / "tokenizer", "llama3")
+    first = IndexedReader(work / "data" / "vikhr-ru_text_document").document(0)
+    assert first[0] == tok.piece_to_id("<|begin_of_text|>") and first[-1] == tok.eos_id
+    # The instruct export: Llama-3's template gives vikhr's ids, and generation stops at <|eot_id|>.
+    instruct = AutoTokenizer.from_pretrained(work / "vikhr-instruct-hf")
+    messages = [{"role": "user", "content": "Столица Франции?"}]
+    chat = parse_chat({"messages": messages}, for_generation=True)
+    expected = encode_chat(chat, tok, "llama3", for_generation=True).ids
+    got = instruct.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert list(getattr(got, "input_ids", got)) == expected
+    stops = GenerationConfig.from_pretrained(work / "vikhr-instruct-hf").eos_token_id
+    assert tok.piece_to_id("<|eot_id|>") in stops

@@ -137,6 +137,7 @@ def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None
             "<|im_start|>assistant",
         ),
         (True, "Москва.<|im_end|>"),
+        (False, ""),  # the "\n" after the last <|im_end|>, as Qwen's template ends a chat
     ]
     # An HF tokenizer that has them as added tokens: each is one id, and <|im_end|> is trained.
     tok = Tokenizer.from_file(str(RU40K.with_suffix(".tokenizer.json")))

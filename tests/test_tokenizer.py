@@ -381,3 +381,13 @@ def test_cp1251_corpus_is_refused_with_location_and_fix(
     code, err = _cli(["tokenizer", "train", "--corpus", str(bad), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert f"{bad}:2: not UTF-8" in err and "re-encode it as UTF-8" in err
+
+
+def test_cli_sentencepiece_extend_with_new_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(MISTRAL_TOKENIZER)]
+    argv += ["--new-tokens", "100", "--corpus", f"{RU_SAMPLE}@100k", "--out", str(out)]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["vocab_size"] == 32100 and manifest["settings"]["vocab_size"] == 32100
+    assert manifest["extend"]["added_pieces"] == 100

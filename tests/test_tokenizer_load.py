@@ -147,3 +147,36 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tekken_file_is_refused_with_the_import_command(tmp_path: Path) -> None:
+    """A Mistral tekken.json (top-level "config" and a "vocab" list) is not a tokenizer.json: one line
+    that names `vikhr tokenizer import-tekken`."""
+    from vikhr.tokenizer.load import load_without_dummy_prefix
+
+    tekken = tmp_path / "tekken.json"
+    vocab = [{"rank": i, "token_bytes": "AA==", "token_str": None} for i in range(3)]
+    tekken.write_text(json.dumps({"config": {"pattern": "."}, "vocab": vocab}), encoding="utf-8")
+    for call in (load, load_without_dummy_prefix):
+        with pytest.raises(VikhrError, match=r"tekken\.json is a Mistral tekken file.*import-tekken") as e:
+            call(tekken)
+        assert "\n" not in str(e.value)
+
+
+def test_byte_level_tokenizer_json_is_flagged_and_shows_readable_pieces(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    hf.train_from_iterator(["привет мир, привет всем"] * 50, trainer)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = load(tmp_path)
+    assert tok.byte_level and not load(RU40K_JSON).byte_level and not load(MISTRAL_TOKENIZER).byte_level
+    assert "".join(tok.pieces(" мир")) == "ĠÐ¼Ð¸ÑĢ"  # GPT-2 byte characters
+    assert "".join(tok.readable_pieces(" мир")) == "▁мир"
+    assert tok.decode(tok.encode("привет, мир")) == "привет, мир"

@@ -201,3 +201,34 @@ def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> Non
         fresh.state_dict()["block.self_attention.linear_qkv.layer_norm_weight"],
         tensors["block.input_layernorm.weight"],
     )
+
+
+@pytest.mark.parametrize(
+    ("config", "preset", "vocab"),
+    [
+        ("mistral-7b-v0.1.yaml", "mistral-7b-v0.1", 40000),
+        ("mistral-7b-v0.2.yaml", "mistral-7b-v0.2", 40000),
+        ("llama-3-8b.yaml", "llama-3-8b", 128256 + 16384),
+    ],
+)
+def test_shipped_gpu_configs_fit_8_gpus_at_their_tp(config: str, preset: str, vocab: int) -> None:
+    from vikhr.train.memory import estimate
+
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(repo / "configs" / config, check_files=False)
+    shape = cfg.model.shape()
+    assert (cfg.model.preset, shape.vocab_size, cfg.parallel.device) == (preset, vocab, "cuda")
+    shape.validate(cfg.parallel.tensor)
+    e = estimate(
+        shape,
+        cfg.parallel.tensor,
+        8,
+        cfg.train.micro_batch,
+        cfg.data.seq_len,
+        cfg.kl.weight,
+        cfg.model.vocab_multiple,
+        distributed_optimizer=cfg.optim.distributed,
+        sequence_parallel=cfg.parallel.sequence,
+    )
+    total = e.parameters + e.gradients + e.optimizer + e.activations
+    assert total < 80e9 * 0.9  # the config's own TP leaves headroom on an 80 GB GPU

@@ -1,12 +1,18 @@
-"""Benchmark: peak RSS and time of `vikhr adapt-vocab` on a synthetic Mistral-7B-shaped checkpoint slice.
+"""Benchmark: peak RSS and time of `vikhr adapt-vocab` on a synthetic checkpoint slice.
 
-The slice has Mistral-7B's real embedding and LM head (32000 x 4096, bf16) and N full-size decoder
-layers (hidden 4096, MLP 14336, 32 heads / 8 KV heads), written as 2 shards. The new vocabulary is
-the shipped vikhr-ru-40k tokenizer. Peak RSS comes from getrusage of a fresh child process per run.
-Baseline in the same run: load every shard with safetensors.torch.load_file, replace the two
-matrices, save_file (what a script holding whole shards in memory does).
+`--shape mistral-7b` (default): Mistral-7B's real embedding and LM head (32000 x 4096, bf16) and N
+full-size decoder layers (hidden 4096, MLP 14336, 32 heads / 8 KV heads), written as 2 shards; the
+new vocabulary is the shipped vikhr-ru-40k tokenizer. `--shape mistral-nemo-12b`: Mistral-NeMo's
+byte-level case, 131072 x 5120 matrices and 128-wide heads, with `--old-tokenizer` the imported
+tekken and `--new-tokenizer` its Russian extension (tools/bench_tokenizer.py --byte-bpe writes both).
+Peak RSS comes from getrusage of a fresh child process per run. Baseline in the same run: load every
+shard with safetensors.torch.load_file, replace the two matrices, save_file (what a script holding
+whole shards in memory does).
 
     .venv/bin/python tools/bench_adapt.py --layers 1 4 --runs 3 --work /tmp/bench-adapt
+    .venv/bin/python tools/bench_adapt.py --shape mistral-nemo-12b --layers 1 2 --runs 2 \
+        --old-tokenizer /tmp/bench-byte-bpe/tokenizers/tekken-nemo \
+        --new-tokenizer /tmp/bench-byte-bpe/tokenizers/tekken-plus-16k-ru
 """
 
 from __future__ import annotations
@@ -20,20 +26,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HIDDEN, MLP, HEADS, KV, VOCAB = 4096, 14336, 32, 8, 32000
 MISTRAL = ROOT / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
 NEW = ROOT / "vikhr" / "assets" / "tokenizers" / "vikhr-ru-40k.model"
-FULL_LAYERS = 32
+# name: (hidden, MLP, heads, KV heads, head dim, vocabulary, layers of the full model)
+SHAPES = {
+    "mistral-7b": (4096, 14336, 32, 8, 128, 32000, 32),
+    "mistral-nemo-12b": (5120, 14336, 32, 8, 128, 131072, 40),
+}
+HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS = SHAPES["mistral-7b"]
 
 
 def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
     p = f"model.layers.{i}."
-    head_dim = HIDDEN // HEADS
+    head_dim = HEAD_DIM
     return {
-        p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.q_proj.weight": (HEADS * head_dim, HIDDEN),
         p + "self_attn.k_proj.weight": (KV * head_dim, HIDDEN),
         p + "self_attn.v_proj.weight": (KV * head_dim, HIDDEN),
-        p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.o_proj.weight": (HIDDEN, HEADS * head_dim),
         p + "mlp.gate_proj.weight": (MLP, HIDDEN),
         p + "mlp.up_proj.weight": (MLP, HIDDEN),
         p + "mlp.down_proj.weight": (HIDDEN, MLP),
@@ -75,6 +85,7 @@ def make_checkpoint(path: Path, layers: int) -> int:
         "num_hidden_layers": layers,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV,
+        "head_dim": HEAD_DIM,
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
         "bos_token_id": 1,
@@ -122,7 +133,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-adapt"))
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="mistral-7b")
+    ap.add_argument("--old-tokenizer", type=Path, default=MISTRAL)
+    ap.add_argument("--new-tokenizer", type=Path, default=NEW)
     args = ap.parse_args()
+    global HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS
+    HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS = SHAPES[args.shape]
     vikhr = str(Path(sys.executable).parent / "vikhr")
     rows = []
     for layers in args.layers:
@@ -130,8 +146,9 @@ def main() -> None:
         size = make_checkpoint(src, layers)
         stream, base = [], []
         for _ in range(args.runs):
-            cmd = [vikhr, "adapt-vocab", "--model", str(src), "--old-tokenizer", str(MISTRAL)]
-            cmd += ["--new-tokenizer", str(NEW), "--out", str(out), "--overwrite", "--pad-to-multiple", "128"]
+            cmd = [vikhr, "adapt-vocab", "--model", str(src), "--old-tokenizer", str(args.old_tokenizer)]
+            cmd += ["--new-tokenizer", str(args.new_tokenizer), "--out", str(out), "--overwrite"]
+            cmd += ["--pad-to-multiple", "128"]
             stream.append(measure(cmd))
             shutil.rmtree(out)
             base.append(measure([sys.executable, "-c", BASELINE, str(src), str(out)]))
@@ -158,7 +175,7 @@ def main() -> None:
         if per_layer > 0:
             print(
                 f"\nTime per extra layer: {per_layer:.2f} s; extrapolated to {FULL_LAYERS} layers "
-                f"(Mistral-7B): {t0 + per_layer * (FULL_LAYERS - l0):.0f} s."
+                f"({args.shape}): {t0 + per_layer * (FULL_LAYERS - l0):.0f} s."
             )
         else:
             print("\nPer-layer copy time is below the run-to-run noise; the fixed cost dominates.")

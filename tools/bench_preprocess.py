@@ -23,6 +23,24 @@ process to its exit (interpreter start-up, imports and model loading included) a
   vikhr data preprocess   the command line (`python -m vikhr data preprocess ... --append-eod`)
   gigatoken encode_files  a Python process that loads the .model and runs encode_files
 (`--process-repeats 0` skips it.)
+
+Byte-level BPE mode (`--family byte-bpe`: Mistral's tekken vocabulary converted to tokenizer.json
+with transformers' MistralConverter; or `--tokenizer-json PATH`), same corpus, these tools:
+  vikhr            JSONL -> .bin/.idx with --tokenizer-type HuggingFaceTokenizer (vikhr's own
+                   byte-level encoder), the whole `preprocess()` call: both tokenizer loads included
+                   (`vikhr.tokenizer.load` reads BOS/EOS through HF tokenizers, then the Rust core
+                   loads the file again for itself)
+  vikhr-core       the same run without `vikhr.tokenizer.load`: `vikhr._core.preprocess` alone (the
+                   Rust core's own load, the encoding and the writing); not a peer
+  tokenizers       HF `tokenizers` Tokenizer.from_file(...).encode_batch(texts) on texts already in
+                   memory (RAYON_NUM_THREADS = threads; loading not timed)
+  tiktoken         tiktoken.Encoding built from the file's byte vocabulary (rank = id) and split
+                   pattern, encode_ordinary_batch(texts, num_threads=threads); loading not timed.
+                   Its ids equal the file's only for tiktoken-derived vocabularies (tekken, Llama-3)
+  gigatoken        gigatoken.Tokenizer.from_json(...).encode_files(JsonlFileSource) (loading not timed)
+After each thread count the table names the fastest peer and vikhr's speed relative to it.
+
+    python tools/bench_preprocess.py --family byte-bpe --mb 50 --threads 1 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -42,31 +60,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOOLS = ("vikhr", "megatron-style", "gigatoken", "sentencepiece")
+BYTE_TOOLS = ("vikhr", "vikhr-core", "tokenizers", "tiktoken", "gigatoken")
 PROCESSES = ("vikhr data preprocess", "gigatoken encode_files")
 _GIGATOKEN_PROCESS = """
 import os, sys
 os.environ["RAYON_NUM_THREADS"] = sys.argv[3]
 import gigatoken
-tok = gigatoken.Tokenizer.from_sentencepiece(sys.argv[1])
+path = sys.argv[1]
+if path.endswith(".json"):
+    tok = gigatoken.Tokenizer.from_json(open(path, "rb").read())
+else:
+    tok = gigatoken.Tokenizer.from_sentencepiece(path)
 tok.encode_files(gigatoken.JsonlFileSource([sys.argv[2]]), parallel=int(sys.argv[3]) > 1)
 """
 
 
-def build_corpus(path: Path, megabytes: int) -> tuple[int, int]:
-    """Concatenate corpus/ru/*.jsonl.gz (cycling) into one plain JSONL of >= `megabytes` MB."""
+def build_corpus(path: Path, megabytes: int, whole_files: bool = True) -> tuple[int, int]:
+    """Concatenate corpus/ru/*.jsonl.gz (cycling) into one plain JSONL of >= `megabytes` MB: whole
+    files (the first pass alone is 115 MB), or up to the first line past the size."""
     sources = sorted((SHARED / "corpus" / "ru").glob("*.jsonl.gz"))
     if not sources:
         raise SystemExit(f"no corpus in {SHARED}/corpus/ru")
     written = docs = 0
+    limit = megabytes * 1_000_000
     with open(path, "wb") as out:
-        while written < megabytes * 1_000_000:
+        while written < limit:
             for src in sources:
                 with gzip.open(src, "rb") as f:
                     for line in f:
                         out.write(line)
                         written += len(line)
                         docs += 1
-                if written >= megabytes * 1_000_000:
+                        if not whole_files and written >= limit:
+                            return written, docs
+                if written >= limit:
                     break
     return written, docs
 
@@ -89,9 +116,93 @@ def _megatron_init(tokenizer_json: str) -> None:
     _HF = tokenizers.Tokenizer.from_str(tokenizer_json)
 
 
+def build_tekken_json(path: Path) -> Path:
+    """Mistral's tekken vocabulary (mistral-common's tekken_240911.json) as a tokenizer.json."""
+    import mistral_common
+    from transformers.integrations.mistral.tokenizer import MistralConverter
+
+    tekken = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
+    MistralConverter(str(tekken)).converted().save(str(path))
+    return path
+
+
+def _tiktoken_encoding(tokenizer_json: Path):  # -> tiktoken.Encoding
+    """A tiktoken Encoding with the byte vocabulary (rank = id) and split pattern of a byte-level
+    tokenizer.json."""
+    import tiktoken
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {}
+    for piece, i in spec["model"]["vocab"].items():
+        if all(c in byte_of for c in piece):
+            ranks[bytes(byte_of[c] for c in piece)] = i
+    pre = spec["pre_tokenizer"]
+    splits = [p for p in pre.get("pretokenizers", [pre]) if p["type"] == "Split"]
+    gpt2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    pattern = splits[0]["pattern"]["Regex"] if splits else gpt2
+    return tiktoken.Encoding("bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+def run_byte_level_peer(tool: str, corpus: Path, tokenizer_json: Path, threads: int) -> dict:
+    """One measurement of a peer byte-level encoder (its loading not timed): seconds, documents,
+    tokens (ids + one EOD per non-empty document, as vikhr writes them)."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    if tool == "gigatoken":
+        import gigatoken
+
+        tok = gigatoken.Tokenizer.from_json(tokenizer_json.read_bytes())
+        start = time.perf_counter()
+        result = tok.encode_files(gigatoken.JsonlFileSource([str(corpus)]), parallel=threads > 1)
+        lengths = [len(r) for r in result]
+    else:
+        texts = _texts(corpus)
+        if tool == "tokenizers":
+            import tokenizers
+
+            tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+            start = time.perf_counter()
+            lengths = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)]
+        elif tool == "tiktoken":
+            enc = _tiktoken_encoding(tokenizer_json)
+            start = time.perf_counter()
+            lengths = [len(ids) for ids in enc.encode_ordinary_batch(texts, num_threads=threads)]
+        else:
+            raise SystemExit(f"unknown tool {tool}")
+    seconds = time.perf_counter() - start
+    tokens = sum(n + bool(n) for n in lengths)
+    return {"seconds": seconds, "documents": len(lengths), "tokens": tokens}
+
+
 def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -> dict:
     """One measurement, in this (fresh) process: seconds, documents, tokens."""
     start = time.perf_counter()
+    byte_level = model.suffix == ".json"
+    if tool == "vikhr" and byte_level:
+        from vikhr.data import preprocess
+
+        s = preprocess(
+            [corpus], out_dir / "vikhr", model, tokenizer_type="HuggingFaceTokenizer",
+            append_eod=True, workers=threads,
+        )  # fmt: skip
+        result = {"seconds": time.perf_counter() - start, "documents": s.documents, "tokens": s.tokens}
+        return {**result, "rss_mib": _peak_rss_mib()}
+    if tool == "vikhr-core":
+        from vikhr import _core
+
+        eos = json.loads(model.read_text(encoding="utf-8"))["model"]["vocab"].get("</s>", 2)
+        start = time.perf_counter()
+        s = _core.preprocess(
+            [str(corpus)], str(out_dir / "core"), ["text"], "huggingface", str(model), eod_id=eos,
+            add_special_tokens=True, threads=threads,
+        )  # fmt: skip
+        result = {"seconds": time.perf_counter() - start, "documents": s["documents"], "tokens": s["tokens"]}
+        return {**result, "rss_mib": _peak_rss_mib()}
+    if byte_level:
+        return {**run_byte_level_peer(tool, corpus, model, threads), "rss_mib": _peak_rss_mib()}
     if tool == "vikhr":
         from vikhr.data import preprocess
 
@@ -139,18 +250,23 @@ def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -
     else:
         raise SystemExit(f"unknown tool {tool}")
     seconds = time.perf_counter() - start
+    return {"seconds": seconds, "documents": docs, "tokens": tokens, "rss_mib": _peak_rss_mib()}
+
+
+def _peak_rss_mib() -> float:
     rss_kb = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     )
-    return {"seconds": seconds, "documents": docs, "tokens": tokens, "rss_mib": rss_kb / 1024}
+    return rss_kb / 1024
 
 
 def process_command(process: str, corpus: Path, model: Path, threads: int, work: Path) -> list[str]:
     if process == "vikhr data preprocess":
+        kind = "HuggingFaceTokenizer" if model.suffix == ".json" else "SentencePieceTokenizer"
         return [
             sys.executable, "-m", "vikhr", "data", "preprocess", "--input", str(corpus),
-            "--output-prefix", str(work / "cli"), "--tokenizer-type", "SentencePieceTokenizer",
+            "--output-prefix", str(work / "cli"), "--tokenizer-type", kind,
             "--tokenizer-model", str(model), "--append-eod", "--workers", str(threads), "--no-progress",
         ]  # fmt: skip
     return [sys.executable, "-c", _GIGATOKEN_PROCESS, str(model), str(corpus), str(threads)]
@@ -186,23 +302,30 @@ def process_table(
         "\n| process | threads | runs | wall s (median) | wall range s | MB/s incl. start-up | peak RSS MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
+    ratios = []
     for threads in threads_list:
         runs: dict[str, list[dict]] = {p: [] for p in PROCESSES}
         for _ in range(repeats):
             for process in PROCESSES:
                 runs[process].append(measure_process(process, corpus, model, threads, work))
+        medians = {}
         for process in PROCESSES:
             ok = [r for r in runs[process] if "error" not in r]
             if not ok:
                 print(f"| {process} | {threads} | | failed: {runs[process][0]['error']} | | | |")
                 continue
-            sec = statistics.median(r["seconds"] for r in ok)
+            sec = medians[process] = statistics.median(r["seconds"] for r in ok)
             spread = f"{min(r['seconds'] for r in ok):.2f}-{max(r['seconds'] for r in ok):.2f}"
             rss = max(r["rss_mib"] for r in ok)
             print(
                 f"| {process} | {threads} | {len(ok)} | {sec:.2f} | {spread} | {nbytes / 1e6 / sec:.1f} "
                 f"| {rss:.0f} |"
             )
+        if len(medians) == len(PROCESSES):
+            vikhr, peer = (medians[p] for p in PROCESSES)
+            speed = f"vikhr at {peer / vikhr:.2f}x gigatoken's speed"
+            ratios.append(f"{threads} thread(s), whole processes: {speed}")
+    print("\n" + "\n".join(ratios))
 
 
 def measure(tool: str, corpus: Path, model: Path, threads: int, work: Path) -> dict:
@@ -232,7 +355,7 @@ def print_tool_table(rows: list[tuple[str, int, dict | str]]) -> None:
         )
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=100, help="corpus size in MB (uncompressed JSONL)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -243,16 +366,72 @@ def main() -> int:
         default=None,
         help="runs of megatron-style and sentencepiece (default: --repeats)",
     )
-    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    ap.add_argument(
+        "--tools", nargs="+", default=None, choices=sorted({*TOOLS, *BYTE_TOOLS}), help="default: all"
+    )
     ap.add_argument(
         "--process-repeats", type=int, default=None, help="runs of each whole process (default: --repeats)"
     )
     ap.add_argument("--model", type=Path, default=SHARED / "tokenizers" / "mistral-7b-v0.1.model")
-    ap.add_argument("--one", choices=TOOLS, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--family",
+        choices=["sentencepiece", "byte-bpe"],
+        default="sentencepiece",
+        help="byte-bpe: benchmark the byte-level encoders on Mistral's tekken tokenizer.json",
+    )
+    ap.add_argument("--tokenizer-json", type=Path, help="benchmark the byte-level encoders on this file")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--run-process", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def tool_rows(runs: dict[str, list[dict]], nbytes: int, threads: int) -> list[tuple[str, int, dict | str]]:
+    """The table rows of one thread count: medians, ranges, and each tool's speed relative to vikhr."""
+    rows: list[tuple[str, int, dict | str]] = []
+    base = None
+    for tool, tool_runs in runs.items():
+        ok = [r for r in tool_runs if "error" not in r]
+        if not ok:
+            rows.append((tool, threads, tool_runs[0]["error"]))
+            continue
+        sec = statistics.median(r["seconds"] for r in ok)
+        row = {
+            "mb_s": nbytes / 1e6 / sec,
+            "docs_s": ok[0]["documents"] / sec,
+            "tok_s": ok[0]["tokens"] / sec,
+            "rss": max(r["rss_mib"] for r in ok),
+            "tokens": ok[0]["tokens"],
+            "n": len(ok),
+            "range": f"{nbytes / 1e6 / max(r['seconds'] for r in ok):.1f}-"
+            f"{nbytes / 1e6 / min(r['seconds'] for r in ok):.1f}",
+        }
+        if tool == "vikhr":
+            base = row["mb_s"]
+        row["vs"] = f"{base / row['mb_s']:.2f}x" if base else "-"
+        rows.append((tool, threads, row))
+    return rows
+
+
+def fastest_peer_line(rows: list[tuple[str, int, dict | str]], threads: int) -> str:
+    """vikhr's speed relative to the fastest other tool with `threads` threads."""
+    speeds = {t: r["mb_s"] for t, n, r in rows if n == threads and isinstance(r, dict)}
+    peers = {t: v for t, v in speeds.items() if not t.startswith("vikhr")}
+    if "vikhr" not in speeds or not peers:
+        return f"{threads} thread(s): no comparison"
+    best = max(peers, key=lambda t: peers[t])
+    line = (
+        f"{threads} thread(s): fastest peer {best} {peers[best]:.1f} MB/s; "
+        f"vikhr {speeds['vikhr']:.1f} MB/s = {speeds['vikhr'] / peers[best]:.2f}x the fastest peer"
+    )
+    if "vikhr-core" in speeds:
+        line += f" (vikhr-core {speeds['vikhr-core'] / peers[best]:.2f}x)"
+    return line
+
+
+def main() -> int:
+    args = parse_args()
     if args.run_process:
         print(json.dumps(run_process(json.loads(args.run_process))))
         return 0
@@ -262,44 +441,31 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="vikhr-bench-") as tmp:
         work = Path(tmp)
+        byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
+        model = args.model
+        if byte_level:
+            model = args.tokenizer_json or build_tekken_json(work / "tekken.json")
+        tools = args.tools or list(BYTE_TOOLS if byte_level else TOOLS)
         corpus = work / "corpus.jsonl"
-        nbytes, ndocs = build_corpus(corpus, args.mb)
-        print(
-            f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} documents (corpus/ru, cycled); model {args.model.name}"
-        )
+        # Byte-level peers are slow (HF tokenizers ~1.5 MB/s): a corpus of the size asked for.
+        nbytes, ndocs = build_corpus(corpus, args.mb, whole_files=not byte_level)
+        print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} documents (corpus/ru, cycled); model {model.name}")
         slow = args.repeats if args.slow_repeats is None else args.slow_repeats
         rows = []
         for threads in args.threads:
-            runs: dict[str, list[dict]] = {tool: [] for tool in args.tools}
+            runs: dict[str, list[dict]] = {tool: [] for tool in tools}
             for round_ in range(max(args.repeats, slow)):
-                for tool in args.tools:
+                for tool in tools:
                     if round_ < (slow if tool in ("megatron-style", "sentencepiece") else args.repeats):
-                        runs[tool].append(measure(tool, corpus, args.model, threads, work))
-            base = None
-            for tool in args.tools:
-                ok = [r for r in runs[tool] if "error" not in r]
-                if not ok:
-                    rows.append((tool, threads, runs[tool][0]["error"]))
-                    continue
-                sec = statistics.median(r["seconds"] for r in ok)
-                row = {
-                    "mb_s": nbytes / 1e6 / sec,
-                    "docs_s": ok[0]["documents"] / sec,
-                    "tok_s": ok[0]["tokens"] / sec,
-                    "rss": max(r["rss_mib"] for r in ok),
-                    "tokens": ok[0]["tokens"],
-                    "n": len(ok),
-                    "range": f"{nbytes / 1e6 / max(r['seconds'] for r in ok):.1f}-"
-                    f"{nbytes / 1e6 / min(r['seconds'] for r in ok):.1f}",
-                }
-                if tool == "vikhr":
-                    base = row["mb_s"]
-                row["vs"] = f"{base / row['mb_s']:.2f}x" if base else "-"
-                rows.append((tool, threads, row))
+                        runs[tool].append(measure(tool, corpus, model, threads, work))
+            rows += tool_rows(runs, nbytes, threads)
         print_tool_table(rows)
+        print()
+        for threads in args.threads:
+            print(fastest_peer_line(rows, threads))
         process_repeats = args.repeats if args.process_repeats is None else args.process_repeats
         if process_repeats > 0:
-            process_table(corpus, nbytes, args.model, args.threads, process_repeats, work)
+            process_table(corpus, nbytes, model, args.threads, process_repeats, work)
     return 0
 
 

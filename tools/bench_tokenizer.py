@@ -15,11 +15,21 @@ the efficiency targets, times encoding (.model vs tokenizer.json, median of 3), 
 (Markdown, CSV, PNG) to --out. `--ship` copies ru40k-replace into vikhr/assets/tokenizers.
 
     .venv/bin/python tools/bench_tokenizer.py --out /tmp/bench-tokenizer [--ship]
+
+`--byte-bpe` benchmarks byte-level BPE instead: imports Mistral-NeMo's tekken (mistral-common's
+tekken_240718.json, 131k), extends it with +16k and +32k Russian tokens learned on all five Russian
+corpora (training split), and compares RU/EN chars/token and tokens/word on the held-out split against
+tekken itself and Mistral-7B v0.1's SentencePiece; the table goes to --byte-bpe-report.
+
+    .venv/bin/python tools/bench_tokenizer.py --byte-bpe --out /tmp/bench-byte-bpe \
+        --byte-bpe-report /tmp/bench_byte_bpe_efficiency.md
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import shutil
 import statistics
 import time
@@ -107,7 +117,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-tokenizer"))
     ap.add_argument("--reuse", action="store_true", help="reuse tokenizers already trained in --out")
     ap.add_argument("--ship", action="store_true", help="copy ru40k-replace to vikhr/assets/tokenizers")
+    ap.add_argument("--byte-bpe", action="store_true", help="the byte-level BPE (tekken) benchmark instead")
+    ap.add_argument("--byte-bpe-report", type=Path, default=Path("/tmp/bench_byte_bpe_efficiency.md"))
     args = ap.parse_args()
+    if args.byte_bpe:
+        byte_bpe_main(args.out, args.byte_bpe_report, args.reuse)
+        return
     work = args.out / "tokenizers"
     if args.reuse:
         trained = {p.name: p for p in sorted(work.iterdir())}
@@ -154,6 +169,115 @@ def main() -> None:
     print("| tokenizer | .model (sentencepiece) s | tokenizer.json (tokenizers) s |\n|---|---:|---:|")
     for name, t_sp, t_hf in encode_timing(str(CORPUS / "ru" / "ruslit.jsonl.gz")):
         print(f"| {name} | {t_sp:.3f} | {t_hf:.3f} |")
+
+
+# ---------------------------------------------------------------- byte-level BPE: tekken + Russian tokens
+
+BYTE_BPE_EXTENSIONS = (16000, 32000)
+
+
+def train_byte_bpe(work: Path, reuse: bool) -> tuple[dict[str, Path], dict[str, float]]:
+    """Import tekken and extend it; returns the tokenizers by name and the seconds each took."""
+    import mistral_common
+
+    from vikhr.tokenizer.tekken import import_tekken
+
+    tekken_json = Path(mistral_common.__file__).parent / "data" / "tekken_240718.json"
+    tekken = work / "tekken-nemo"
+    out, seconds = {"tekken (Mistral-NeMo)": tekken}, {}
+    if not (reuse and tekken.is_dir()):
+        t0 = time.perf_counter()
+        import_tekken(tekken_json, tekken, overwrite=True)
+        seconds["tekken (Mistral-NeMo)"] = time.perf_counter() - t0
+    for n in BYTE_BPE_EXTENSIONS:
+        name = f"tekken +{n // 1000}k RU"
+        path = work / f"tekken-plus-{n // 1000}k-ru"
+        out[name] = path
+        if reuse and path.is_dir():
+            continue
+        t0 = time.perf_counter()
+        settings = TrainSettings(mode="extend", base_model=str(tekken), new_tokens=n)
+        train_tokenizer(RU_ALL, path, settings, overwrite=True)
+        seconds[name] = time.perf_counter() - t0
+        print(f"trained {name} in {seconds[name]:.1f} s")
+    return out, seconds
+
+
+def _pooled(results: list, tok: str, russian: bool) -> tuple[float, float]:
+    """Chars/token and tokens/word of `tok` over the Russian (all five) or the English held-out sets."""
+    rows = [r for r in results if r.tokenizer == tok and (r.text_set != "english-novels") == russian]
+    chars, tokens, words = (sum(getattr(r, k) for r in rows) for k in ("chars", "tokens", "words"))
+    return chars / tokens, tokens / words
+
+
+def byte_bpe_table(results: list, vocab: dict[str, int], seconds: dict[str, float]) -> str:
+    toks = list(dict.fromkeys(r.tokenizer for r in results))
+    by = {(r.tokenizer, r.text_set): r for r in results}
+    sets = list(dict.fromkeys(r.text_set for r in results))
+    base_ru = _pooled(results, "tekken (Mistral-NeMo)", True)
+    lines = [
+        "| tokenizer | vocab | RU chars/token | RU tokens/word | EN chars/token | EN tokens/word "
+        "| RU tokens vs tekken | build time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in toks:
+        (ru_cpt, ru_tpw), (en_cpt, en_tpw) = _pooled(results, t, True), _pooled(results, t, False)
+        took = f"{seconds[t]:.0f} s" if t in seconds else "—"
+        lines.append(
+            f"| {t} | {vocab[t]:,} | {ru_cpt:.3f} | {ru_tpw:.3f} | {en_cpt:.3f} | {en_tpw:.3f} "
+            f"| {base_ru[0] / ru_cpt:.3f}× | {took} |"
+        )
+    en_same = [
+        t
+        for t in toks
+        if t.startswith("tekken +")
+        and by[(t, "english-novels")].tokens == by[(toks[0], "english-novels")].tokens
+    ]
+    lines += ["", f"English held-out token counts identical to tekken for: {', '.join(en_same) or 'none'}."]
+    lines += ["", "Chars/token per held-out text set:", ""]
+    lines += ["| tokenizer | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    for t in toks:
+        lines.append(f"| {t} | " + " | ".join(f"{by[(t, s)].chars_per_token:.3f}" for s in sets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine_note() -> str:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in ln
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
+
+
+def byte_bpe_main(out: Path, report: Path, reuse: bool) -> None:
+    import tokenizers
+
+    trained, seconds = train_byte_bpe(out / "tokenizers", reuse)
+    specs = [f"{name}={path}" for name, path in trained.items()] + [
+        f"Mistral-7B v0.1 (SentencePiece)={MISTRAL}"
+    ]
+    results = compare(specs, TEXT_SETS, out / "report", split="heldout", max_chars=1_000_000)
+    vocab = {name: load(path).vocab_size for name, path in trained.items()}
+    vocab["Mistral-7B v0.1 (SentencePiece)"] = load(MISTRAL).vocab_size
+    text = (
+        "### Byte-level BPE: Mistral-NeMo tekken + Russian tokens (`tools/bench_tokenizer.py --byte-bpe`)\n\n"
+        "tekken_240718.json (mistral-common) imported with `vikhr tokenizer import-tekken`, extended with "
+        "`vikhr tokenizer train --mode extend --new-tokens N` on the training split of all five Russian "
+        "corpora; measured on the held-out split (5 % of documents by id hash, up to 1M chars per set). "
+        "RU = the five Russian sets pooled, EN = English novels; tokens/word = tokens per "
+        "whitespace-separated word; build time = import with the mistral-common check, or training "
+        "including the writes and the base-id checks.\n\n"
+        + byte_bpe_table(results, vocab, seconds)
+        + f"\nMachine: {_machine_note()}, tokenizers {tokenizers.__version__}; the 2 cores were shared with "
+        "other jobs, so the training times are upper bounds.\n"
+    )
+    report.write_text(text, encoding="utf-8")
+    print(text)
+    print((out / "report" / "report.md").read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

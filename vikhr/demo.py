@@ -16,6 +16,12 @@ The paper's recipe at toy scale, every stage through vikhr's own API:
                 held-out chats' assistant-token loss before and after instruction tuning, and
                 one answer of the tuned toy model
 
+`--family byte-bpe` runs the same chain for a byte-level BPE model (Llama-3 and its kin): the
+stand-in base tokenizer is a byte-level BPE with Llama-3's pre-tokenizer and special tokens trained
+on the English sample; stage 2 *extends* it with Russian tokens (every text without Cyrillic keeps
+its ids); the stand-in base is Llama-3-shaped (RoPE θ 500k, "llama3" RoPE scaling, exported as
+`LlamaForCausalLM`), and the chats use Llama-3's header template.
+
 Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to --workdir.
 """
 
@@ -28,11 +34,90 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.atomic import temporary_path, write_text
+from vikhr.atomic import output_dir, temporary_path, write_text
 from vikhr.errors import VikhrError, require_file
+
+# Meta-Llama-3's pre-tokenizer split and the special tokens its base and instruct models use.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIALS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the demo's two model families."""
+
+    base_label: str  # the base tokenizer's name in the report
+    tokenizer_type: str  # vikhr data preprocess --tokenizer-type
+    template: str  # vikhr.sft.template chat template
+    shape: dict[str, Any]  # model.overrides of the tiny preset
+
+
+FAMILIES = {
+    "sentencepiece": Family("mistral", "SentencePieceTokenizer", "mistral", {}),
+    # Llama-3: RoPE θ 500k and Llama-3.1's "llama3" frequency scaling (exported as LlamaForCausalLM).
+    "byte-bpe": Family(
+        "llama3-like",
+        "HuggingFaceTokenizer",
+        "llama3",
+        {"rope_theta": 500_000.0, "rope_scaling_factor": 8.0, "rope_original_max_seq_len": 64},
+    ),
+}
+
+
+def llama3_like_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int) -> Path:
+    """A byte-level BPE of `vocab_size` tokens trained on `texts`, laid out like Llama-3's tokenizer:
+    its split regex then ByteLevel, `ignore_merges`, its special tokens after the vocabulary and
+    `<|begin_of_text|>` prepended by the post-processor (tokenizer_config.json names BOS and EOS).
+    The demo's stand-in for Llama-3's tokenizer, which cannot be downloaded here."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.model.ignore_merges = True
+    tok.add_special_tokens(list(LLAMA3_SPECIALS))
+    bos = LLAMA3_SPECIALS[0]
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, tok.token_to_id(bos))]
+            ),
+        ]
+    )
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "bos_token": bos,
+        "eos_token": "<|end_of_text|>",
+    }
+    with output_dir(out_dir) as work:
+        tok.save(str(work / "tokenizer.json"))
+        write_text(work / "tokenizer_config.json", json.dumps(config, indent=2))
+    return out_dir
 
 
 def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
@@ -88,14 +173,17 @@ def _train_config(
     init: str = "random",
     kl_weight: float = 0.0,
     sft: bool = False,
+    family_shape: dict[str, Any] | None = None,
 ) -> Any:
     from vikhr.train.config import load_config
+
+    family_shape = family_shape or {}
 
     blend = [{"prefix": p, "name": n, "weight": w} for n, p, w in prefixes]
     seq_len = 2 * args.seq_len if sft else args.seq_len  # chats are longer than the text windows
     overrides = [
         "model.preset=tiny",
-        f"model.overrides={json.dumps({'vocab_size': vocab_size, 'max_seq_len': seq_len})}",
+        f"model.overrides={json.dumps({'vocab_size': vocab_size, 'max_seq_len': seq_len, **family_shape})}",
         f"model.init={init}",
         "parallel.device=cpu",
         f"data.kind={'sft' if sft else 'pretrain'}",
@@ -129,24 +217,44 @@ def _valid_losses(run_dir: Path, name: str) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
-def _answer(hf_dir: Path, tokenizer: Path, question: str, max_new_tokens: int = 32) -> str:
+def _answer(hf_dir: Path, tokenizer: Path, template: str, question: str, max_new_tokens: int = 32) -> str:
     """Greedy answer of an HF model to one user turn, through the SFT chat template."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+    from vikhr.sft.template import encode_chat, end_of_turn_id, load_chat_tokenizer, parse_chat
 
     hf_logging.disable_progress_bar()
-    tok = load_chat_tokenizer(tokenizer)
+    tok = load_chat_tokenizer(tokenizer, template)
     chat = parse_chat({"messages": [{"role": "user", "content": question}]}, for_generation=True)
-    prompt = encode_chat(chat, tok, for_generation=True).ids
+    prompt = encode_chat(chat, tok, template, for_generation=True).ids
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_id
+            torch.tensor([prompt]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=end_of_turn_id(tok, template),
         )
     return tok.decode(out[0, len(prompt) :].tolist())
+
+
+def _mostly_english(en: Path, ru: Path, russian_share: float = 0.05) -> Iterator[str]:
+    """The English texts, then Russian ones up to `russian_share` of the characters: the mix of an
+    English-centric model's tokenizer (Llama-3 has some Russian tokens, far fewer than English)."""
+    from vikhr.jsonl import read_texts
+
+    english = 0
+    for text in read_texts(en):
+        english += len(text)
+        yield text
+    budget = russian_share / (1 - russian_share) * english
+    for text in read_texts(ru):
+        if budget <= 0:
+            return
+        budget -= len(text)
+        yield text
 
 
 class Demo:
@@ -156,7 +264,9 @@ class Demo:
         self.args = args
         self.workdir = workdir
         self.data = workdir / "data"
-        self.base_tok = require_file(args.base_tokenizer, "base tokenizer model")
+        self.family = FAMILIES[args.family]
+        # byte-bpe without --base-tokenizer: the Llama-3-like stand-in is trained in stage 2.
+        self.base_tok = args.base_tokenizer and require_file(args.base_tokenizer, "base tokenizer")
         self.t0 = time.time()
         self.summary: dict[str, Any] = {}
 
@@ -167,7 +277,9 @@ class Demo:
         """Pre-tokenize `corpus` into data/NAME; returns the dataset prefix."""
         from vikhr.data import preprocess
 
-        s = preprocess([corpus], self.data / name, tokenizer, append_eod=True)
+        s = preprocess(
+            [corpus], self.data / name, tokenizer, tokenizer_type=self.family.tokenizer_type, append_eod=True
+        )
         print(f"      {name}: {s.line()}")
         return s.outputs[0]
 
@@ -178,7 +290,10 @@ class Demo:
         from vikhr.train.checkpoint import find_checkpoint
         from vikhr.train.trainer import run as train
 
-        train(_train_config(self.workdir, name, blend, vocab, self.args, steps, **kw))
+        config = _train_config(
+            self.workdir, name, blend, vocab, self.args, steps, family_shape=self.family.shape, **kw
+        )
+        train(config)
         return find_checkpoint(self.workdir / name)
 
     def split(self, ru: Path, en: Path) -> None:
@@ -189,26 +304,47 @@ class Demo:
         self.en_train, self.en_held = _split(en, corpora, "en")
 
     def tokenizer(self) -> None:
-        from vikhr.tokenizer.compare import compare
         from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
         vocab_size = self.args.vocab_size
-        self.stage(2, f"tokenizer: SentencePiece BPE, {vocab_size} pieces, byte fallback, replace mode")
         tok_dir = self.workdir / "tokenizer"
-        settings = TrainSettings(vocab_size=vocab_size, split_by_script=False, verify_lines_per_file=200)
-        train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
-        self.new_tok = next(tok_dir.glob("*.model"))
-        report = self.workdir / "report"
+        if self.family.tokenizer_type == "SentencePieceTokenizer":
+            self.stage(2, f"tokenizer: SentencePiece BPE, {vocab_size} pieces, byte fallback, replace mode")
+            settings = TrainSettings(vocab_size=vocab_size, split_by_script=False, verify_lines_per_file=200)
+            train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
+            self.new_tok = next(tok_dir.glob("*.model"))
+        else:
+            self.stage(
+                2, f"tokenizer: byte-level BPE extended with Russian tokens to {vocab_size} (extend mode)"
+            )
+            if self.base_tok is None:
+                base_dir, base_size = self.workdir / "base-tokenizer", vocab_size // 2
+                texts = _mostly_english(self.en_train, self.ru_train)
+                self.base_tok = llama3_like_tokenizer(texts, base_dir, base_size)
+                print(
+                    f"      base: Llama-3-like byte-level BPE, {base_size} tokens, English + a little Russian"
+                )
+            settings = TrainSettings(
+                mode="extend", vocab_size=vocab_size, base_model=str(self.base_tok), verify_lines_per_file=200
+            )
+            train_tokenizer([self.ru_train], tok_dir, settings)
+            self.new_tok = tok_dir
+        self.compare_tokenizers()
+
+    def compare_tokenizers(self) -> None:
+        from vikhr.tokenizer.compare import compare
+
+        report, base = self.workdir / "report", self.family.base_label
         results = compare(
-            [f"mistral={self.base_tok}", f"vikhr={self.new_tok}"],
+            [f"{base}={self.base_tok}", f"vikhr={self.new_tok}"],
             [f"ru={self.ru_held}", f"en={self.en_held}"],
             report,
         )
         cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
         self.summary["chars_per_token"] = {f"{t}/{s}": round(v, 3) for (t, s), v in cpt.items()}
         print(
-            f"      chars/token on held-out RU: Mistral {cpt[('mistral', 'ru')]:.2f} -> vikhr "
-            f"{cpt[('vikhr', 'ru')]:.2f}; EN: {cpt[('mistral', 'en')]:.2f} -> {cpt[('vikhr', 'en')]:.2f}"
+            f"      chars/token on held-out RU: {base} {cpt[(base, 'ru')]:.2f} -> vikhr "
+            f"{cpt[('vikhr', 'ru')]:.2f}; EN: {cpt[(base, 'en')]:.2f} -> {cpt[('vikhr', 'en')]:.2f}"
             f"  (report: {report / 'report.md'})"
         )
 
@@ -216,7 +352,8 @@ class Demo:
         from vikhr.convert import megatron_to_hf
         from vikhr.tokenizer import load as load_tokenizer
 
-        self.stage(3, "base: tiny Mistral-shaped model pre-trained with Mistral's tokenizer, exported to HF")
+        shape = "Mistral" if self.family.template == "mistral" else "Llama-3"
+        self.stage(3, f"base: tiny {shape}-shaped model pre-trained with the base tokenizer, exported to HF")
         self.data.mkdir()
         ru = self.tokenize("base-ru", self.ru_train, self.base_tok)
         en = self.tokenize("base-en", self.en_train, self.base_tok)
@@ -260,11 +397,10 @@ class Demo:
         from vikhr.convert import megatron_to_hf
         from vikhr.sft.prepare import prepare_sft
 
-        self.stage(
-            7, "instruct: SFT on Russian chats, loss on assistant tokens only (Mistral-instruct template)"
-        )
+        template = self.family.template
+        self.stage(7, f"instruct: SFT on Russian chats, loss on assistant tokens only ({template} template)")
         prefix = self.data / "chats"
-        print(f"      {prepare_sft(chats, self.new_tok, prefix).line()}")
+        print(f"      {prepare_sft(chats, self.new_tok, prefix, template=template).line()}")
         ckpt = self.train(
             "instructed",
             [("chats", str(prefix), 1.0)],
@@ -281,7 +417,7 @@ class Demo:
         self.stage(8, "evaluate: bits per character on held-out text (lower is better)")
         bpc = {}
         for label, hf_dir, tok in (
-            ("base (Mistral tokenizer)", self.base_hf, self.base_tok),
+            (f"base ({self.family.base_label} tokenizer)", self.base_hf, self.base_tok),
             ("adapted, before training", self.adapted_hf, self.new_tok),
             ("adapted + continued", self.final_hf, self.new_tok),
         ):
@@ -295,7 +431,7 @@ class Demo:
         before, after = _valid_losses(self.workdir / "instructed", "chats")
         print(f"      held-out chats, assistant-token loss: {before:.3f} before SFT -> {after:.3f} after")
         question = "Назови три столицы европейских государств."
-        answer = _answer(self.instruct_hf, self.new_tok, question)
+        answer = _answer(self.instruct_hf, self.new_tok, self.family.template, question)
         print(
             f"      asked «{question}», the tuned toy model answers {answer!r}\n"
             "      (1M parameters and a few CPU minutes of training: the stages work, the answers do not yet)"
@@ -337,7 +473,12 @@ def run(args: argparse.Namespace) -> int:
     ru = require_file(args.ru_corpus, "Russian corpus")
     en = require_file(args.en_corpus, "English corpus")
     chats = require_file(args.sft_chats, "SFT chats")
-    require_file(args.base_tokenizer, "base tokenizer model")
+    if args.base_tokenizer is None and args.family == "sentencepiece":
+        from vikhr import assets
+
+        args.base_tokenizer = str(assets.MISTRAL_TOKENIZER)
+    if args.base_tokenizer is not None:
+        require_file(args.base_tokenizer, "base tokenizer")
     workdir = Path(args.workdir)
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
@@ -370,7 +511,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ru-corpus", default=str(assets.RU_SAMPLE), help="Russian JSONL(.gz) with id and text")
     p.add_argument("--en-corpus", default=str(assets.EN_SAMPLE), help="English JSONL(.gz) with id and text")
-    p.add_argument("--base-tokenizer", default=str(assets.MISTRAL_TOKENIZER), help="the original .model")
+    p.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="sentencepiece",
+        help="sentencepiece (default): Mistral's tokenizer, a new Russian one; byte-bpe: a Llama-3-like "
+        "byte-level BPE extended with Russian tokens, a Llama-3-shaped model, Llama-3's chat template",
+    )
+    p.add_argument(
+        "--base-tokenizer",
+        default=None,
+        help="the original tokenizer (default: the bundled Mistral .model; for byte-bpe, a Llama-3-like "
+        "stand-in trained on the English sample)",
+    )
     p.add_argument("--sft-chats", default=str(assets.RU_SEED_CHATS), help="chats JSONL for SFT")
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default: runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="clear a non-empty work directory first")

@@ -10,7 +10,7 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "adapt-vocab",
-        help="give an HF Mistral/Llama checkpoint a new vocabulary (copied/averaged rows)",
+        help="give an HF Mistral/Llama/Qwen2 checkpoint a new vocabulary (copied/averaged rows)",
         description="Rebuild the input embedding and LM head of an HF safetensors checkpoint for a new "
         "tokenizer: rows of tokens known to the old vocabulary are copied, new tokens start as the mean "
         "of the rows of their pieces under the old tokenizer. Streams the other tensors shard by shard.",
@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
         "--whitespace-pieces",
         choices=["mean", "space"],
         default="mean",
-        help="new pieces made only of '▁': mean of their old pieces, or a copy of the old '▁' row",
+        help="new pieces made only of spaces ('▁', byte-level 'Ġ'): mean of their old pieces, or a copy of "
+        "the old single-space row",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
     p.add_argument("--overwrite", action="store_true")

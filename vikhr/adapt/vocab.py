@@ -1,10 +1,12 @@
-"""`vikhr adapt-vocab`: new embeddings and LM head for a new tokenizer on an HF Mistral/Llama checkpoint.
+"""`vikhr adapt-vocab`: new embeddings and LM head for a new tokenizer on an HF Mistral/Llama/Qwen2 model.
 
 For each token of the new vocabulary:
 * copied   — the same piece exists in the old vocabulary (normal, byte `<0xXX>` and special pieces
              are matched by their string, so `▁` stays part of the piece): its row is copied bit for bit;
 * averaged — otherwise the piece's text is encoded by the old tokenizer and the row is the mean of the
-             old rows of those pieces ("byte-fallback" when some of them are byte tokens);
+             old rows of those pieces ("byte-fallback" when some of them are byte tokens). A byte-level
+             piece (Llama-3, Qwen2.5, tekken) stands for bytes: valid UTF-8 text is encoded, stray
+             bytes of a partial character become the old single-byte tokens (vikhr.adapt.vocab_source);
 * random   — with `init="random"`: drawn from N(mean, std) of the old rows, per dimension (seeded);
 * padding  — rows added by `pad_to_multiple` get the mean of all old rows.
 The input embedding and the LM head are adapted separately, each from its own old rows.
@@ -15,15 +17,17 @@ Only those two tensors are held in memory; all others are copied as raw bytes sh
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
-from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary, piece_text
+from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
 from vikhr.tokenizer.load import load
@@ -34,6 +38,8 @@ SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2")
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 INIT_LOG = "vocab_init_log.json"
+MAX_PADDING_ROWS = 512
+BYTE_LEVEL_SPACE = "Ġ"  # the space byte in a byte-level vocabulary
 SUMMARY = "vocab_init_summary.json"
 # Files of the old tokenizer that must not survive into the output (the new one replaces them).
 OLD_TOKENIZER_FILES = {
@@ -77,21 +83,43 @@ def plan_rows(
             # from the average row.
             plan.append(TokenInit(piece, "mean-of-all", ()))
             continue
-        if whitespace == "space" and set(piece) == {SPIECE_UNDERLINE} and SPIECE_UNDERLINE in old_index:
-            plan.append(TokenInit(piece, "whitespace-space", (old_index[SPIECE_UNDERLINE],)))
+        old_space = BYTE_LEVEL_SPACE if old.byte_level else SPIECE_UNDERLINE
+        new_space = BYTE_LEVEL_SPACE if new.byte_level else SPIECE_UNDERLINE
+        if whitespace == "space" and set(piece) == {new_space} and old_space in old_index:
+            plan.append(TokenInit(piece, "whitespace-space", (old_index[old_space],)))
             continue
-        ids = old.encode_raw(piece_text(piece))
-        if not ids or (old.unk_id is not None and old.unk_id in ids):
-            raise VikhrError(
-                f"the old tokenizer {old.path} cannot encode new piece {piece!r} (it yields "
-                f"{'nothing' if not ids else '<unk>'}); use --init random or an old tokenizer with "
-                "byte fallback"
-            )
-        is_bytes = any(old.kinds[i] == "byte" for i in ids)
+        ids, stray_bytes = _old_ids(old, new, piece)
+        is_bytes = stray_bytes or any(old.kinds[i] == "byte" for i in ids)
         plan.append(TokenInit(piece, "byte-fallback" if is_bytes else "averaged", tuple(ids)))
     for _ in range(len(new.pieces), padded_size or 0):
         plan.append(TokenInit("", "padding", ()))
     return plan
+
+
+def _old_ids(old: Vocabulary, new: Vocabulary, piece: str) -> tuple[list[int], bool]:
+    """Old ids whose rows make the row of new `piece`, and whether stray bytes (not valid UTF-8) were
+    taken as single-byte tokens (vikhr.adapt.vocab_source)."""
+    ids: list[int] = []
+    stray = False
+    for run in new.piece_runs(piece):
+        if isinstance(run, str):
+            ids += old.encode_raw(run)
+            continue
+        byte_id = old.byte_token(run)
+        if byte_id is None:
+            raise VikhrError(
+                f"new piece {piece!r} holds the byte 0x{run:02X} outside valid UTF-8, and the old tokenizer "
+                f"{old.path} has no token for it (no byte fallback); use --init random"
+            )
+        ids.append(byte_id)
+        stray = True
+    if not ids or (old.unk_id is not None and old.unk_id in ids):
+        raise VikhrError(
+            f"the old tokenizer {old.path} cannot encode new piece {piece!r} (it yields "
+            f"{'nothing' if not ids else '<unk>'}); use --init random or an old tokenizer with "
+            "byte fallback"
+        )
+    return ids, stray
 
 
 def _column_stats(rows: Any, chunk: int = 4096) -> tuple[Any, Any]:
@@ -116,12 +144,18 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
 
     hidden = old_rows.shape[1]
     out = torch.empty((len(plan), hidden), dtype=old_rows.dtype)
+    # Copied rows (most of them) move in blocks: bit-identical, no dtype round trip, bounded scratch.
+    copied = [i for i, step in enumerate(plan) if step.method in ("copied", "whitespace-space")]
+    for start in range(0, len(copied), COPY_BLOCK_ROWS):
+        dst = torch.tensor(copied[start : start + COPY_BLOCK_ROWS])
+        src = torch.tensor([plan[i].old_ids[0] for i in copied[start : start + COPY_BLOCK_ROWS]])
+        out.index_copy_(0, dst, old_rows.index_select(0, src))
     all_mean: Any = None
     gen = torch.Generator().manual_seed(seed)
     stats: tuple[Any, Any] | None = None
     for i, step in enumerate(plan):
         if step.method in ("copied", "whitespace-space"):
-            out[i] = old_rows[step.old_ids[0]]  # bit-identical copy, no dtype round trip
+            continue
         elif step.method in ("averaged", "byte-fallback"):
             out[i] = old_rows[list(step.old_ids)].to(torch.float32).mean(0).to(old_rows.dtype)
         elif step.method in ("padding", "mean-of-all"):
@@ -136,6 +170,20 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
         else:  # pragma: no cover - plan_rows only produces the methods above
             raise AssertionError(step.method)
     return out
+
+
+def _adapted_matrix(src: SafetensorsHeader, name: str, plan: list[TokenInit], seed: int) -> Any:
+    """The new `name` matrix, built from the old one (read now and freed on return)."""
+    import torch
+
+    # Row copies and small means are memory-bound: intra-op threads only add OpenMP spin-waits
+    # (10x slower on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_matrix(load_tensor(src.tensors[name], src.path), plan, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _round_up(n: int, multiple: int | None) -> int:
@@ -165,8 +213,9 @@ def _check_vocab_sizes(old: Vocabulary, rows: int, cfg_vocab: int | None, model_
             f"{model_dir}: config.json says vocab_size={cfg_vocab} but {EMBED} has {rows} rows "
             "(broken checkpoint)"
         )
-    # Padded checkpoints have a few extra rows; anything else means the wrong old tokenizer.
-    if rows < old.size or rows >= _round_up(old.size, 128) + (128 if old.size % 128 == 0 else 0):
+    # Padded checkpoints have a few hundred extra rows at most (Qwen2.5: 151,665 tokens, 151,936 rows);
+    # anything else means the wrong old tokenizer.
+    if rows < old.size or rows - old.size >= MAX_PADDING_ROWS:
         raise VikhrError(
             f"old tokenizer {old.path} has {old.size} tokens but the model's embedding has {rows} rows "
             "(pass the tokenizer the model was trained with as --old-tokenizer)"
@@ -187,6 +236,7 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
         write_hf_tokenizer(new_path, out)
 
 
+COPY_BLOCK_ROWS = 8192  # rows copied per block by build_matrix
 METHODS = ("copied", "averaged", "byte-fallback", "random", "whitespace-space", "mean-of-all", "padding")
 
 
@@ -220,23 +270,29 @@ def _embedding_sources(
 
 
 def _write_shards(
-    headers: list[SafetensorsHeader], replacements: dict[str, Any], work: Path, show_progress: bool
+    headers: list[SafetensorsHeader],
+    replacements: dict[str, Callable[[], Any]],
+    rows: int,
+    work: Path,
+    show_progress: bool,
 ) -> dict[str, int]:
-    """Stream every shard to `work`, swapping in the replaced tensors; returns the shard sizes."""
+    """Stream every shard to `work`, swapping in the replaced tensors (`rows` rows each); returns the
+    shard sizes. A replacement is built when its shard is written and dropped after it, so at most
+    one shard's new matrices are in memory (the embedding and LM head usually sit in different shards)."""
     from tqdm import tqdm
 
-    total = sum(
-        replacements[n].numel() * replacements[n].element_size() if n in replacements else e.end - e.start
-        for h in headers
-        for n, e in h.tensors.items()
-    )
+    def nbytes(e: Any) -> int:
+        return (e.end - e.start) // max(1, e.shape[0]) * rows if e.name in replacements else e.end - e.start
+
+    total = sum(nbytes(e) for h in headers for e in h.tensors.values())
     sizes = {}
     with tqdm(
         total=total, unit="B", unit_scale=True, desc="writing shards", disable=not show_progress
     ) as bar:
         for h in headers:
-            mine = {k: v for k, v in replacements.items() if k in h.tensors}
+            mine = {k: build() for k, build in replacements.items() if k in h.tensors}
             sizes[h.path.name] = write_streaming(h, work / h.path.name, mine, bar.update)
+            del mine
     return sizes
 
 
@@ -309,16 +365,14 @@ def adapt_vocab(
     padded = _round_up(new.size, pad_to_multiple)
     plan = plan_rows(old, new, init, whitespace, padded)
 
-    replacements: dict[str, Any] = {}
-    for name, src in ((EMBED, embed_src), (LM_HEAD, head_src)):
-        if src is None:
-            continue
-        old_rows = load_tensor(src.tensors[name], src.path)
-        replacements[name] = build_matrix(old_rows, plan, seed=seed + (1 if name == LM_HEAD else 0))
-        del old_rows
+    replacements = {
+        name: functools.partial(_adapted_matrix, src, name, plan, seed + (1 if name == LM_HEAD else 0))
+        for name, src in ((EMBED, embed_src), (LM_HEAD, head_src))
+        if src is not None
+    }
 
     with output_dir(out_dir) as work:
-        sizes = _write_shards(headers, replacements, work, show_progress)
+        sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
         _write_side_files(model_dir, work, sizes, new)
         _write_model_config(cfg, work, padded, new)
         counts = _write_init_log(work, plan, old)

@@ -3,6 +3,14 @@
 A new piece's text is encoded with the old tokenizer *without* the dummy-prefix space, so a
 word-internal piece ("ение") is segmented as it occurs inside a word and a word-initial piece
 ("▁слово") as after a space.
+
+Byte-level BPE pieces (Llama-3, Qwen2.5, tekken) stand for bytes ("ĠÐ¼Ð¸ÑĢ" is " мир"), which need
+not be valid UTF-8 (" Ð" is a space and half a letter). `piece_runs` cuts a piece's bytes into
+valid UTF-8 text, encoded by the old tokenizer, and the stray bytes, taken as the old vocabulary's
+single-byte tokens (every byte-level vocabulary has all 256; SentencePiece with byte fallback has
+<0xXX>). For a piece that is valid UTF-8 this is just the old encoding of its text; otherwise it is
+the old encoding of its longest valid prefix plus the single bytes of the rest, repeated on the rest
+when valid text follows a stray byte.
 """
 
 from __future__ import annotations
@@ -10,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vikhr.errors import VikhrError
+from vikhr.tokenizer.byte_level import bytes_piece, is_byte_level, piece_bytes, utf8_runs
 from vikhr.tokenizer.load import load_without_dummy_prefix, resolve_tokenizer_file
+from vikhr.tokenizer.tekken import is_tekken, tekken_error
 
 SPIECE_UNDERLINE = "▁"
 BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -27,6 +37,8 @@ class Vocabulary:
     kinds: list[str]  # normal | byte | control | unknown | unused | user
     encode_raw: Callable[[str], list[int]]  # text (no dummy prefix added) → ids
     unk_id: int | None
+    byte_level: bool = False  # pieces are GPT-2 byte characters (module doc)
+    _byte_index: dict[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -34,6 +46,21 @@ class Vocabulary:
 
     def index(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.pieces)}
+
+    def piece_runs(self, piece: str) -> list[str | int]:
+        """A normal piece of this vocabulary as text runs and stray bytes (module doc)."""
+        if not self.byte_level:
+            return [piece_text(piece)]
+        data = piece_bytes(piece)
+        return [piece] if data is None else utf8_runs(data)
+
+    def byte_token(self, byte: int) -> int | None:
+        """The id of this vocabulary's token for the single byte `byte` (None if it has none)."""
+        if self._byte_index is None:
+            names = [bytes_piece(bytes([b])) if self.byte_level else f"<0x{b:02X}>" for b in range(256)]
+            where = {p: i for i, p in enumerate(self.pieces)}
+            self._byte_index = {b: where[p] for b, p in enumerate(names) if p in where}
+        return self._byte_index.get(byte)
 
 
 def _from_sentencepiece(path: Path) -> Vocabulary:
@@ -53,25 +80,31 @@ def _from_tokenizer_json(path: Path) -> Vocabulary:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise VikhrError(f"{path} is not a tokenizer.json ({e})") from e
+    if is_tekken(spec):
+        raise tekken_error(path)
     model = spec.get("model", {})
     if model.get("type") != "BPE":
         raise VikhrError(f"{path}: only BPE tokenizer.json files are supported (got {model.get('type')})")
     raw = load_without_dummy_prefix(path)
     pieces = [raw.id_to_piece(i) for i in range(raw.vocab_size)]
+    byte_level = is_byte_level(spec)
     specials = {a["content"] for a in spec.get("added_tokens", []) if a.get("special")}
+    added = {a["content"] for a in spec.get("added_tokens", [])}
     unk_piece = model.get("unk_token")
     kinds = [
         "unknown"
         if p == unk_piece
         else "control"
         if p in specials
+        else "user"
+        if p in added
         else "byte"
-        if BYTE_PIECE.match(p)
+        if not byte_level and BYTE_PIECE.match(p)
         else "normal"
         for p in pieces
     ]
     unk_id = raw.piece_to_id(unk_piece) if unk_piece else None
-    return Vocabulary(path, pieces, kinds, raw.encode, unk_id)
+    return Vocabulary(path, pieces, kinds, raw.encode, unk_id, byte_level)
 
 
 def load_vocabulary(path: str | Path) -> Vocabulary:

@@ -50,6 +50,14 @@ HF_CHAT_TEMPLATES = {
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
+    # Meta-Llama-3-8B-Instruct's own template, verbatim.
+    "llama3": (
+        "{% set loop_messages = messages %}{% for message in loop_messages %}"
+        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        "+ message['content'] | trim + '<|eot_id|>' %}"
+        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
 }
 _INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
 
@@ -162,10 +170,17 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
         if i is not None:
             config[f"{name}_token"] = tok.id_to_piece(i)
             ids[f"{name}_token_id"] = i
+    generation: dict[str, Any] = dict(ids)
     if template is not None:
+        from vikhr.sft.template import end_of_turn_id
+
         if template not in HF_CHAT_TEMPLATES:
             raise VikhrError(f"unknown chat template {template!r} (known: {', '.join(HF_CHAT_TEMPLATES)})")
         config["chat_template"] = HF_CHAT_TEMPLATES[template]
+        # A tuned model ends its answers with the template's end-of-turn token (<|eot_id|>, <|im_end|>).
+        end = end_of_turn_id(tok, template)
+        if end is not None and end != tok.eos_id:
+            generation["eos_token_id"] = [i for i in (tok.eos_id, end) if i is not None]
     elif isinstance(source_config.get("chat_template"), str):
         config["chat_template"] = source_config["chat_template"]
     specials = {
@@ -176,7 +191,7 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
     files = {
         "tokenizer_config.json": config,
         "special_tokens_map.json": specials,
-        "generation_config.json": ids,
+        "generation_config.json": generation,
     }
     for name, content in files.items():
         (out_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vikhr.errors import VikhrError
+from vikhr.sft.template import TEMPLATES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or its directory"
     )
     pp.add_argument("--output-prefix", required=True)
-    pp.add_argument("--template", default="mistral", choices=["mistral", "chatml"], help="chat template")
+    pp.add_argument(
+        "--template",
+        default="mistral",
+        choices=TEMPLATES,
+        help="chat template: mistral (Mistral-7B-Instruct, default), chatml (Qwen2.5-Instruct's, "
+        "BOS only if the tokenizer has one), llama3 (Llama-3-8B-Instruct's header template; the "
+        "tokenizer needs its <|start_header_id|>-style special tokens); see docs/sft.md",
+    )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     pp.set_defaults(func=_prepare)

@@ -20,7 +20,8 @@ from pathlib import Path
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.sft.layout import sft_datasets, sft_files
-from vikhr.sft.template import TEMPLATES, encode_chat, load_chat_tokenizer, read_chats
+from vikhr.sft.template import encode_chat, load_chat_tokenizer, read_chats, template_token_ids
+from vikhr.tokenizer.load import Tokenizer
 
 
 @dataclass
@@ -29,8 +30,8 @@ class PrepareSummary:
     template: str
     tokenizer: str
     tokenizer_sha256: str
-    bos_id: int
-    eos_id: int
+    bos_id: int | None  # None: the tokenizer has none (Qwen has no BOS; chatml and llama3 need no EOS)
+    eos_id: int | None
     vocab_size: int
     chats: int
     tokens: int
@@ -65,9 +66,7 @@ def prepare_sft(
 
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
-    tok = load_chat_tokenizer(tokenizer)
-    if template not in TEMPLATES:
-        raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
+    tok = load_chat_tokenizer(tokenizer, template)
     paths = sft_files(output_prefix)
     require_writable_dir(paths["meta"].parent, "--output-prefix directory")
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
@@ -139,13 +138,19 @@ def mask_runs(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:
 
 
 def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None = None) -> str:
-    """Chat `index` of a prepared dataset, decoded, with the trained spans as [[...]]."""
+    """Chat `index` of a prepared dataset, decoded, with the trained spans as [[...]].
+
+    BOS, EOS and the template's control tokens are shown as their pieces (`decode` drops them).
+    """
     files = sft_files(prefix)
     for path in files.values():
         if not path.is_file():
             raise VikhrError(f"SFT dataset file not found: {path} (write it with `vikhr sft prepare`)")
     meta = json.loads(files["meta"].read_text(encoding="utf-8"))
-    tok = load_chat_tokenizer(tokenizer or meta["tokenizer"])
+    template = meta.get("template", "mistral")
+    tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
+    shown = {i: tok.id_to_piece(i) for i in template_token_ids(tok, template).values()}
+    shown.update({i: tok.id_to_piece(i) for i in (tok.bos_id, tok.eos_id) if i is not None})
     text_prefix, mask_prefix = sft_datasets(prefix)
     text, mask = indexed.IndexedReader(text_prefix), indexed.IndexedReader(mask_prefix)
     if not 0 <= index < len(text):
@@ -153,8 +158,20 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
     ids_of_chat = text.document(index)
     parts = []
     for trained, ids in mask_runs(ids_of_chat, mask.document(index)):
-        shown = tok.decode(ids)
-        if ids[-1] == tok.eos_id:
-            shown += "</s>"
-        parts.append(f"[[{shown}]]" if trained else shown)
+        decoded = _decode_showing(tok, ids, shown)
+        parts.append(f"[[{decoded}]]" if trained else decoded)
     return f"--- chat {index} ({len(ids_of_chat)} tokens)\n" + "".join(parts)
+
+
+def _decode_showing(tok: Tokenizer, ids: list[int], shown: dict[int, str]) -> str:
+    """`tok.decode(ids)` with each id of `shown` written as its piece."""
+    out, run = [], []
+    for i in ids:
+        if i in shown:
+            out.extend([tok.decode(run), shown[i]] if run else [shown[i]])
+            run = []
+        else:
+            run.append(i)
+    if run:
+        out.append(tok.decode(run))
+    return "".join(out)

@@ -13,18 +13,44 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   SentencePiece every segment starts with the dummy-prefix space (``▁[``, ``▁Да``) exactly as
   mistral-common produces it. HF's jinja template applied to the whole string tokenizes the
   answer's first word differently (no space after ``[/INST]``); this module follows mistral-common.
-* ``chatml``: ``<s><|im_start|>{role}\\n{content}<|im_end|>\\n`` per message. ``<|im_start|>`` and
-  ``<|im_end|>`` become single ids when the tokenizer has them as tokens, otherwise they are
-  encoded as text. The answer and its closing ``<|im_end|>`` are trained.
+  Needs a tokenizer with BOS and EOS.
+* ``chatml``, Qwen2.5-Instruct's template without tools: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
+  per message, ``{bos}`` being the tokenizer's BOS when it has one (``<s>`` for Mistral) and
+  nothing when it has none (Qwen: ``bos_token`` null). Unlike Qwen's template, no system message
+  is invented when the chat has none (Qwen's adds "You are Qwen, created by Alibaba Cloud. You
+  are a helpful assistant."): ChatML is a format shared by many models, and a Russian model
+  should not learn to call itself Qwen; put that system message into the chats to train with it.
+  ``<|im_start|>`` and ``<|im_end|>`` become single ids when the tokenizer has both as tokens,
+  otherwise they are encoded as text. The answer and its closing ``<|im_end|>`` are trained.
+* ``llama3``, Meta-Llama-3-8B-Instruct's (and 3.1's without its system-header lines):
+  ``<|begin_of_text|>`` then ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>``
+  per message, content stripped of surrounding whitespace as that template's ``| trim`` does. The
+  four control tokens must be single ids of the tokenizer (else VikhrError naming the missing
+  ones); EOS is not used. Llama-3.1/3.2's template differs: it always writes a system header with
+  "Cutting Knowledge Date: December 2023" and "Today Date: …" lines, which a training set should
+  not depend on. The answer and its ``<|eot_id|>`` are trained.
 
-Mask: 1 on every token of an assistant answer including its closing token(s) (``</s>`` or
-``<|im_end|>``), 0 on BOS, system, user and template tokens.
+``for_generation``: the prompt ends with the header of the answer to come (``[/INST]``,
+``<|im_start|>assistant\\n``, ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``).
+
+How text is encoded: the control tokens are single ids wherever the template names them, and text
+typed in a message ("</s>", "<|im_end|>") always stays text. With a byte-level BPE tokenizer (an
+HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3, Qwen, GPT-2 style), ``chatml``
+and ``llama3`` encode each run of text between two control tokens in one call, as transformers'
+``apply_chat_template(..., tokenize=True)`` does — its pre-tokenizer may split ``\\n\\n`` + an
+answer differently from the two parts encoded apart — so the ids equal those of the model's own
+Jinja template (tests/test_sft_templates.py). Otherwise (SentencePiece, a Metaspace
+tokenizer.json) every template segment is encoded on its own, each with its dummy-prefix space.
+
+Mask: 1 on every token of an assistant answer including its closing token (``</s>``,
+``<|im_end|>``, ``<|eot_id|>``), 0 on BOS, system, user and template tokens. A token that spans
+template text and the start of an answer (a byte-level merge of ``\\n`` + an answer's leading
+``\\n``) is trained.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +60,16 @@ from vikhr.jsonl import read_jsonl
 from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
-TEMPLATES = ("mistral", "chatml")
+TEMPLATES = ("mistral", "chatml", "llama3")
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
+LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
+# The control-token strings of each template (Mistral's are the tokenizer's BOS/EOS ids).
+TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
+    "mistral": (),
+    "chatml": (CHATML_START, CHATML_END),
+    "llama3": (LLAMA3_BEGIN, LLAMA3_HEADER_START, LLAMA3_HEADER_END, LLAMA3_EOT),
+}
 
 
 @dataclass(frozen=True)
@@ -50,15 +84,48 @@ class EncodedChat:
     mask: list[int]  # 1 = assistant token (the loss is taken on it), 0 = context only
 
 
-def load_chat_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless it has BOS and EOS ids."""
+def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
+    """The control tokens of `template` that `tok` encodes as single ids, by string.
+
+    VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
+    the four header/turn tokens for ``llama3``. ``chatml`` needs nothing: without both of its
+    tokens it spells them out as text (and gets an empty dict).
+    """
+    if template not in TEMPLATES:
+        raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
+    if template == "mistral":
+        for name, value in (("BOS", tok.bos_id), ("EOS", tok.eos_id)):
+            if value is None:
+                raise VikhrError(
+                    f"{tok.path} has no {name} token; the mistral chat template needs one "
+                    "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
+                )
+        return {}
+    found = {s: tok.piece_to_id(s) for s in TEMPLATE_TOKENS[template]}
+    ids = {s: i for s, i in found.items() if i is not None}
+    if template == "llama3" and len(ids) < len(found):
+        missing = [s for s, i in found.items() if i is None]
+        raise VikhrError(
+            f"{tok.path} has no {' / '.join(missing)} token{'s' if len(missing) > 1 else ''}; the llama3 "
+            "chat template needs each of its control tokens as one id (use a Llama-3 tokenizer, or add "
+            f"{', '.join(TEMPLATE_TOKENS['llama3'])} to the tokenizer as special tokens)"
+        )
+    return ids if len(ids) == len(found) else {}
+
+
+def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
+    """The id that ends an answer under `template` (generation stops there): EOS for ``mistral``,
+    ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` (EOS when it is spelled out as text)."""
+    controls = template_token_ids(tok, template)
+    end = {"llama3": LLAMA3_EOT, "chatml": CHATML_END}.get(template)
+    return controls.get(end, tok.eos_id) if end is not None else tok.eos_id
+
+
+def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenizer:
+    """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless `template` can use it
+    (see `template_token_ids`)."""
     tok = load(path)
-    for name, value in (("BOS", tok.bos_id), ("EOS", tok.eos_id)):
-        if value is None:
-            raise VikhrError(
-                f"{tok.path} has no {name} token; the chat templates need one "
-                "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
-            )
+    template_token_ids(tok, template)
     return tok
 
 
@@ -126,61 +193,139 @@ def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
 # --------------------------------------------------------------------------- templates
 
 
-def _segments(messages: list[Message], template: str, for_generation: bool) -> list[tuple[str | None, bool]]:
-    """(text, trained) pieces of the template, in order; text None stands for the EOS id."""
-    out: list[tuple[str | None, bool]] = []
-    if template == "mistral":
-        system = messages[0].content if messages[0].role == "system" else None
-        turns = messages[1:] if system is not None else messages
-        for i, m in enumerate(turns):
-            if m.role == "user":
-                content = f"{system}\n\n{m.content}" if i == 0 and system else m.content
-                out.append((f"[INST] {content} [/INST]", False))
-            else:
-                out.append((m.content, True))
-                out.append((None, True))
-        return out
-    if template == "chatml":
-        prompt = ""  # untrained text is gathered up to the next answer
-        for m in messages:
-            if m.role == "assistant":
-                out.append((prompt + f"{CHATML_START}assistant\n", False))
-                out.append((m.content + CHATML_END, True))
-                prompt = "\n"
-            else:
-                prompt += f"{CHATML_START}{m.role}\n{m.content}{CHATML_END}\n"
-        if for_generation:
-            out.append((prompt + f"{CHATML_START}assistant\n", False))
-        return out
-    raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
+@dataclass(frozen=True)
+class Control:
+    """A control token of a template: its single id when the tokenizer has it, else its text."""
+
+    token: str | None  # None: the tokenizer's EOS id (the mistral template)
 
 
-def _encode_piece(tok: Tokenizer, text: str | None, template: str) -> list[int]:
-    if text is None:
-        return [tok.eos_id]  # type: ignore[list-item]  # load_chat_tokenizer checked it
-    if template == "chatml":
-        specials = {s: tok.piece_to_id(s) for s in (CHATML_START, CHATML_END)}
-        if all(v is not None for v in specials.values()):
-            ids: list[int] = []
-            for part in re.split(f"({re.escape(CHATML_START)}|{re.escape(CHATML_END)})", text):
-                if part in specials:
-                    ids.append(specials[part])  # type: ignore[arg-type]
-                elif part:
-                    ids.extend(tok.encode(part))
-            return ids
-    return tok.encode(text) if text else []
+EOS = Control(None)
+# A template's output before encoding: (parts, trained) segments in order. Message content is always
+# a plain-text part, so a control string typed in a message is never made a control id.
+Segments = list[tuple[list[str | Control], bool]]
+
+
+def _mistral_segments(messages: list[Message], for_generation: bool) -> Segments:
+    del for_generation  # the prompt ends with the user's [INST] … [/INST] either way
+    out: Segments = []
+    system = messages[0].content if messages[0].role == "system" else None
+    turns = messages[1:] if system is not None else messages
+    for i, m in enumerate(turns):
+        if m.role == "user":
+            content = f"{system}\n\n{m.content}" if i == 0 and system else m.content
+            out.append(([f"[INST] {content} [/INST]"], False))
+        else:
+            out.append(([m.content, EOS], True))
+    return out
+
+
+def _chatml_segments(messages: list[Message], for_generation: bool) -> Segments:
+    start, end = Control(CHATML_START), Control(CHATML_END)
+    out: Segments = []
+    prompt: list[str | Control] = []  # untrained parts gathered up to the next answer
+    for m in messages:
+        if m.role == "assistant":
+            out.append(([*prompt, start, "assistant\n"], False))
+            out.append(([m.content, end], True))
+            prompt = ["\n"]
+        else:
+            prompt += [start, f"{m.role}\n{m.content}", end, "\n"]
+    if for_generation:
+        prompt += [start, "assistant\n"]
+    # A training chat ends with the "\n" after its last <|im_end|>, as Qwen's template renders it.
+    return [*out, (prompt, False)] if prompt else out
+
+
+def _llama3_segments(messages: list[Message], for_generation: bool) -> Segments:
+    header_start, header_end, eot = (
+        Control(LLAMA3_HEADER_START),
+        Control(LLAMA3_HEADER_END),
+        Control(LLAMA3_EOT),
+    )
+    out: Segments = []
+    prompt: list[str | Control] = [Control(LLAMA3_BEGIN)]
+    for m in messages:
+        header = [header_start, m.role, header_end, "\n\n"]
+        content = m.content.strip()  # the official template's `| trim` (Python's str.strip)
+        if m.role == "assistant":
+            out.append(([*prompt, *header], False))
+            out.append(([content, eot], True))
+            prompt = []
+        else:
+            prompt += [*header, content, eot]
+    if for_generation:
+        prompt += [header_start, "assistant", header_end, "\n\n"]
+    return [*out, (prompt, False)] if prompt else out
+
+
+_SEGMENTS: dict[str, Callable[[list[Message], bool], Segments]] = {
+    "mistral": _mistral_segments,
+    "chatml": _chatml_segments,
+    "llama3": _llama3_segments,
+}
+
+
+class _Encoder:
+    """Ids and mask of a chat's segments: text is gathered into runs that end at a control id
+    (and, unless `across_segments`, at the end of each segment), each run encoded in one call."""
+
+    def __init__(self, tok: Tokenizer, controls: dict[str, int], across_segments: bool) -> None:
+        self.tok, self.controls, self.across_segments = tok, controls, across_segments
+        self.out = EncodedChat([], [])
+        self.run: list[tuple[str, bool]] = []  # (text, trained) since the last cut
+
+    def encode(self, segments: Segments) -> EncodedChat:
+        for parts, trained in segments:
+            for part in parts:
+                token_id = self._id_of(part) if isinstance(part, Control) else None
+                if token_id is not None:
+                    self._flush()
+                    self.out.ids.append(token_id)
+                    self.out.mask.append(int(trained))
+                    continue
+                text = part if isinstance(part, str) else part.token or ""
+                if text:
+                    self.run.append((text, trained))
+            if not self.across_segments:
+                self._flush()
+        self._flush()
+        return self.out
+
+    def _id_of(self, control: Control) -> int | None:
+        """The id of `control`, or None when the tokenizer lacks it (it is then encoded as text)."""
+        if control.token is None:
+            return self.tok.eos_id  # template_token_ids checked that there is one
+        return self.controls.get(control.token)
+
+    def _flush(self) -> None:
+        text = "".join(part for part, _ in self.run)
+        flags = {trained for _, trained in self.run}
+        if len(flags) == 1:  # one kind of text: no need to know where each token came from
+            ids = self.tok.encode(text)
+            self.out.ids.extend(ids)
+            self.out.mask.extend([int(flags.pop())] * len(ids))
+        elif flags:  # template text and an answer in one run: a token is trained if it holds answer text
+            trained_chars = [trained for part, trained in self.run for _ in part]
+            encoding = self.tok.backend.encode(text, add_special_tokens=False)  # an HF tokenizer here
+            for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+                self.out.ids.append(token)
+                self.out.mask.append(int(any(trained_chars[start:end] or trained_chars[start : start + 1])))
+        self.run.clear()
 
 
 def encode_chat(
     messages: list[Message], tok: Tokenizer, template: str = "mistral", for_generation: bool = False
 ) -> EncodedChat:
-    """Token ids (starting with BOS) and the assistant-only loss mask of a validated chat.
+    """Token ids and the assistant-only loss mask of a validated chat (see the module doc).
 
-    `for_generation`: the prompt to feed a model for the next answer (mask all zero).
+    The ids start with the tokenizer's BOS when it has one (``llama3``: with ``<|begin_of_text|>``).
+    `for_generation`: the prompt to feed a model for the next answer (earlier answers still marked 1).
     """
-    ids, mask = [tok.bos_id], [0]  # type: ignore[list-item]  # load_chat_tokenizer checked it
-    for text, trained in _segments(messages, template, for_generation):
-        piece = _encode_piece(tok, text, template)
-        ids.extend(piece)
-        mask.extend([int(trained)] * len(piece))
-    return EncodedChat(ids, mask)
+    controls = template_token_ids(tok, template)
+    # Byte-level BPE: text runs go across segments, as transformers encodes a rendered template.
+    across_segments = template != "mistral" and tok.byte_level
+    body = _Encoder(tok, controls, across_segments).encode(_SEGMENTS[template](messages, for_generation))
+    if template == "llama3" or tok.bos_id is None:  # llama3 writes its <|begin_of_text|> itself
+        return body
+    return EncodedChat([tok.bos_id, *body.ids], [0, *body.mask])

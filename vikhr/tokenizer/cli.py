@@ -1,4 +1,4 @@
-"""`vikhr tokenizer train|compare` (see vikhr.tokenizer.train and vikhr.tokenizer.compare)."""
+"""`vikhr tokenizer train|compare|import-tekken` (vikhr.tokenizer.train, .compare, .tekken)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,25 @@ from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, parse_budget
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "tokenizer",
-        help="train a SentencePiece BPE tokenizer (replace/extend) and compare tokenizers",
-        description="Train a Russian SentencePiece BPE tokenizer and measure tokenizer efficiency.",
+        help="train a BPE tokenizer (SentencePiece or byte-level; replace/extend) and compare tokenizers",
+        description="Train a Russian BPE tokenizer (SentencePiece, or byte-level on a Llama-3/Qwen2.5/"
+        "tekken base), import Mistral tekken files and measure tokenizer efficiency.",
     )
     tsub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=type(parser))
     tsub.required = True
 
+    _register_train(tsub)
+    _register_compare(tsub)
+    _register_import_tekken(tsub)
+
+
+def _register_train(tsub: Any) -> None:
     tr = tsub.add_parser(
         "train",
         help="train a tokenizer from JSONL corpora (plain, .gz or .zst)",
-        description="Train SentencePiece BPE with byte fallback; writes tokenizer.model, tokenizer.json, "
-        "tokenizer_config.json and manifest.json into --out.",
+        description="Train SentencePiece BPE with byte fallback (writes tokenizer.model, tokenizer.json, "
+        "tokenizer_config.json and manifest.json into --out) or, when --base-model is a byte-level "
+        "tokenizer.json, byte-level BPE (tokenizer.json, tokenizer_config.json, manifest.json).",
     )
     tr.add_argument(
         "--corpus",
@@ -35,7 +43,14 @@ def register(sub: Any) -> None:
     tr.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     tr.add_argument("--mode", choices=["replace", "extend"], default="replace")
     tr.add_argument("--vocab-size", type=int, default=40000, help="total vocabulary size (default 40000)")
-    tr.add_argument("--base-model", help="SentencePiece .model to extend (extend mode), e.g. Mistral's")
+    tr.add_argument(
+        "--new-tokens", type=int, help="extend mode: how many tokens to add (instead of --vocab-size)"
+    )
+    tr.add_argument(
+        "--base-model",
+        help="SentencePiece .model to extend (extend mode), e.g. Mistral's; or a byte-level tokenizer.json "
+        "or directory (Llama-3, Qwen2.5, `import-tekken` output) to train byte-level BPE in either mode",
+    )
     tr.add_argument("--text-key", default="text", help="JSON field holding the text (default: text)")
     tr.add_argument(
         "--max-chars-per-file",
@@ -58,10 +73,18 @@ def register(sub: Any) -> None:
         action="store_false",
         help="let pieces span words ('▁не▁был'; SentencePiece split_by_whitespace=false)",
     )
+    tr.add_argument(
+        "--min-frequency",
+        type=int,
+        default=2,
+        help="byte-level BPE: fewest occurrences of a pair to merge (default 2)",
+    )
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=_train)
 
+
+def _register_compare(tsub: Any) -> None:
     cp = tsub.add_parser(
         "compare",
         help="chars/token, tokens/word and ≥3-piece words of tokenizers on text sets",
@@ -89,6 +112,27 @@ def register(sub: Any) -> None:
     cp.set_defaults(func=_compare)
 
 
+def _register_import_tekken(tsub: Any) -> None:
+    tk = tsub.add_parser(
+        "import-tekken",
+        help="convert a Mistral tekken.json to an HF byte-level tokenizer.json",
+        description="Convert a Mistral tekken.json (Mistral-NeMo and later) with transformers' "
+        "MistralConverter into tokenizer.json + tokenizer_config.json (+ manifest.json) in OUT_DIR, and "
+        "check on held-out lines that the ids equal mistral-common's Tekkenizer.",
+    )
+    tk.add_argument("tekken_json", metavar="TEKKEN_JSON")
+    tk.add_argument("out_dir", metavar="OUT_DIR")
+    tk.add_argument(
+        "--verify-texts",
+        action="append",
+        metavar="FILE",
+        help="JSONL whose held-out lines are checked (repeatable; default: the bundled RU/EN samples)",
+    )
+    tk.add_argument("--no-verify", dest="verify", action="store_false", help="skip the mistral-common check")
+    tk.add_argument("--overwrite", action="store_true")
+    tk.set_defaults(func=_import_tekken)
+
+
 def _train(args: argparse.Namespace) -> int:
     from vikhr.errors import VikhrError
     from vikhr.tokenizer.train import TrainSettings, train_tokenizer
@@ -107,9 +151,12 @@ def _train(args: argparse.Namespace) -> int:
         split_by_script=args.split_by_script,
         split_by_whitespace=args.split_by_whitespace,
         num_threads=args.threads,
+        new_tokens=args.new_tokens,
+        min_frequency=args.min_frequency,
     )
     manifest = train_tokenizer(args.corpus, args.out, settings, overwrite=args.overwrite)
-    summary = {k: manifest[k] for k in ("mode", "vocab_size", "padded_vocab_size", "hf_check", "extend")}
+    keys = ("mode", "kind", "vocab_size", "padded_vocab_size", "hf_check", "checks", "extend")
+    summary = {k: manifest[k] for k in keys if k in manifest}
     print(f"wrote {args.out}: {json.dumps(summary, ensure_ascii=False)}")
     return 0
 
@@ -127,4 +174,15 @@ def _compare(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _import_tekken(args: argparse.Namespace) -> int:
+    from vikhr.tokenizer.tekken import import_tekken
+
+    manifest = import_tekken(
+        args.tekken_json, args.out_dir, args.verify_texts, verify=args.verify, overwrite=args.overwrite
+    )
+    summary = {k: manifest[k] for k in ("vocab_size", "special_tokens", "tekken_check")}
+    print(f"wrote {args.out_dir}: {json.dumps(summary, ensure_ascii=False)}")
     return 0

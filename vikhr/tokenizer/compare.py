@@ -3,6 +3,7 @@
 Metrics per (tokenizer, text set), measured line by line (paragraphs; BOS/EOS not counted):
 chars/token, tokens/word (words = whitespace-separated), and the share of word occurrences that the
 tokenizer splits into three or more pieces (each word encoded on its own, as after a space).
+Works for SentencePiece `.model`s and any `tokenizer.json`; byte-level pieces are shown as text.
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ def measure(named: NamedTokenizer, texts: TextSet, batch: int = 512) -> Efficien
         tokens += sum(len(ids) for ids in tok.encode_batch(chunk))
     word_counts = Counter(w for line in texts.lines for w in line.split())
     unique = list(word_counts)
+    # "As after a space": SentencePiece adds its dummy prefix itself; byte-level BPE needs the space.
+    prefix = " " if tok.byte_level else ""
     words_3plus = 0
     for i in range(0, len(unique), 4096):
         chunk = unique[i : i + 4096]
-        for word, ids in zip(chunk, tok.encode_batch(chunk), strict=True):
+        for word, ids in zip(chunk, tok.encode_batch([prefix + w for w in chunk]), strict=True):
             if len(ids) >= 3:
                 words_3plus += word_counts[word]
     return Efficiency(named.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus)
@@ -143,7 +146,7 @@ def render_markdown(
         )
     out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
     for named in tokenizers:
-        pieces = named.tokenizer.pieces(sentence)
+        pieces = named.tokenizer.readable_pieces(sentence)
         shown = " ".join(f"`{p}`" for p in pieces)
         out.write(f"| {named.name} | {shown} | {len(pieces)} |\n")
     return out.getvalue()

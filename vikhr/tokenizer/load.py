@@ -4,6 +4,9 @@ Which file: a file path is loaded as it is (`.json` → HF `tokenizers`, anythin
 A directory is searched for `TOKENIZER_FILES` in order: `tokenizer.model` first, then
 `tokenizer.json` (an HF export written by vikhr holds both, and the `.model` is the original).
 
+A Mistral `tekken.json` is refused with a pointer to `vikhr tokenizer import-tekken`, which
+converts it to a `tokenizer.json` (vikhr.tokenizer.tekken).
+
 BOS/EOS, one rule:
 
 * `.model`: the model's own `bos_id` / `eos_id` (SentencePiece's -1, "none", becomes None);
@@ -59,6 +62,8 @@ class Tokenizer:
     bos_id: int | None
     eos_id: int | None
     backend: Any = field(repr=False, compare=False)  # SentencePieceProcessor | tokenizers.Tokenizer
+    # Byte-level BPE (GPT-2 style pieces: "Ġ" is a space; vikhr.tokenizer.byte_level).
+    byte_level: bool = False
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, no BOS/EOS added, special-token strings encoded as text."""
@@ -77,6 +82,15 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             return list(self.backend.encode(text, out_type=str))
         return list(self.backend.encode(text, add_special_tokens=False).tokens)
+
+    def readable_pieces(self, text: str) -> list[str]:
+        """`pieces` for people: byte-level pieces as text ("▁мир" for "ĠÐ¼Ð¸ÑĢ", stray bytes as <0xD0>)."""
+        pieces = self.pieces(text)
+        if not self.byte_level:
+            return pieces
+        from vikhr.tokenizer.byte_level import readable_piece
+
+        return [readable_piece(p) for p in pieces]
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`; special tokens (BOS, EOS, …) are dropped."""
@@ -208,6 +222,10 @@ def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
     try:
         tok = HFTokenizer.from_file(str(path)) if spec is None else HFTokenizer.from_str(json.dumps(spec))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        from vikhr.tokenizer.tekken import is_tekken, is_tekken_file, tekken_error
+
+        if is_tekken(spec) if spec is not None else is_tekken_file(path):
+            raise tekken_error(path) from None
         reason = str(e).replace("\n", " ")
         raise VikhrError(f"{path} is not an HF tokenizer.json ({reason}); {_GIVE}") from e
     tok.encode_special_tokens = True  # "</s>" typed in a text is text, as with SentencePiece
@@ -220,7 +238,19 @@ def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
         bos_id=_special_id(tok, path, cfg, "bos"),
         eos_id=_special_id(tok, path, cfg, "eos"),
         backend=tok,
+        byte_level=_is_byte_level(tok),
     )
+
+
+def _is_byte_level(tok: Any) -> bool:
+    from vikhr.tokenizer.byte_level import is_byte_level
+
+    pre = tok.pre_tokenizer
+    spec = {
+        "model": {"type": type(tok.model).__name__},
+        "pre_tokenizer": None if pre is None else json.loads(pre.__getstate__()),
+    }
+    return is_byte_level(spec)
 
 
 def load(path: str | os.PathLike[str]) -> Tokenizer:
@@ -233,7 +263,8 @@ def load_without_dummy_prefix(path: str | os.PathLike[str]) -> Tokenizer:
     """Like `load`, but text is encoded as it occurs inside a word: no dummy-prefix space is prepended.
 
     Vocabulary adaptation encodes a new piece's text ("ение") this way. For a `tokenizer.json`, the
-    `Prepend` normaliser (Llama/Mistral layout) and Metaspace's prepend are dropped.
+    `Prepend` normaliser (Llama/Mistral layout), Metaspace's prepend and ByteLevel's
+    `add_prefix_space` are dropped.
     """
     file = resolve_tokenizer_file(path)
     if file.suffix == ".json":
@@ -241,6 +272,11 @@ def load_without_dummy_prefix(path: str | os.PathLike[str]) -> Tokenizer:
             spec = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise VikhrError(f"{file} is not an HF tokenizer.json ({e}); {_GIVE}") from e
+        if not isinstance(spec, dict):
+            raise VikhrError(f"{file} is not an HF tokenizer.json (not a JSON object); {_GIVE}")
+        from vikhr.tokenizer.byte_level import drop_prefix_space
+
+        drop_prefix_space(spec)  # byte-level (GPT-2 style) counterpart of the dummy prefix
         norm = spec.get("normalizer")
         if norm and norm.get("type") == "Sequence":
             norm["normalizers"] = [n for n in norm["normalizers"] if n.get("type") != "Prepend"]

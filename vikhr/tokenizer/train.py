@@ -1,5 +1,8 @@
 """`vikhr tokenizer train`: SentencePiece BPE (byte fallback) in `replace` or `extend` mode.
 
+A byte-level `tokenizer.json` as `--base-model` (Llama-3, Qwen2.5, an imported Mistral tekken) trains
+byte-level BPE instead, with the same modes and guarantees: see vikhr.tokenizer.train_byte_bpe.
+
 * replace: a new vocabulary trained on the given corpora (the paper's setting).
 * extend: the base tokenizer (e.g. Mistral-7B v0.1) keeps every piece at its id; pieces containing
   Cyrillic that a Russian BPE learned are appended. Only pieces that contain Cyrillic are added or
@@ -15,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, require_file
+from vikhr.tokenizer.byte_level import CYRILLIC
 from vikhr.tokenizer.corpus import (
     DEFAULT_HELDOUT_PERCENT,
     corpus_sha256,
@@ -30,12 +34,12 @@ from vikhr.tokenizer.corpus import (
 )
 from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
 from vikhr.tokenizer.load import load
+from vikhr.tokenizer.train_byte_bpe import byte_level_base, train_byte_level
 
 Mode = Literal["replace", "extend"]
 MODEL_FILE = "tokenizer.model"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
-CYRILLIC = re.compile(r"[\u0400-\u04FF\u0500-\u052F]")
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
@@ -63,6 +67,10 @@ class TrainSettings:
     num_threads: int = 2
     verify_lines_per_file: int = 2000
     extra_sentencepiece_args: dict[str, Any] = field(default_factory=dict)
+    # extend mode: how many tokens to add (instead of giving the total as vocab_size).
+    new_tokens: int | None = None
+    # Byte-level BPE (a tokenizer.json base) only: the fewest occurrences of a pair that BpeTrainer merges.
+    min_frequency: int = 2
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -255,12 +263,31 @@ def _check_mode(s: TrainSettings) -> Any:
         raise VikhrError("--mode extend needs --base-model (the tokenizer to extend, e.g. Mistral's)")
     base_proto = load_model_proto(s.base_model)
     _check_base_specials(base_proto, s.base_model)
-    if s.vocab_size <= len(base_proto.pieces):
+    if s.new_tokens is not None and s.new_tokens <= 0:
+        raise VikhrError(f"--new-tokens must be positive, got {s.new_tokens}")
+    if s.new_tokens is None and s.vocab_size <= len(base_proto.pieces):
         raise VikhrError(
             f"--vocab-size {s.vocab_size} must exceed the base vocabulary ({len(base_proto.pieces)}) "
             "in extend mode"
         )
     return base_proto
+
+
+def _check_inputs(
+    corpora: list[str | Path], out_dir: str | Path, s: TrainSettings, overwrite: bool
+) -> tuple[list[Path], list[int | None], Path]:
+    """Corpus paths, their character budgets and the output directory; VikhrError for bad inputs."""
+    specs = [split_corpus_spec(c) for c in corpora]
+    paths = [require_file(p, "corpus file") for p, _ in specs]
+    budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
+    if not paths:
+        raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise VikhrError(f"output directory {out} exists (choose another --out or pass --overwrite)")
+    if s.new_tokens is not None and s.mode != "extend":
+        raise VikhrError("--new-tokens is for --mode extend (replace mode takes --vocab-size)")
+    return paths, budgets, out
 
 
 def train_tokenizer(
@@ -275,15 +302,13 @@ def train_tokenizer(
     import tokenizers
 
     s = settings
-    specs = [split_corpus_spec(c) for c in corpora]
-    paths = [require_file(p, "corpus file") for p, _ in specs]
-    budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
-    if not paths:
-        raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
+    paths, budgets, out_dir = _check_inputs(corpora, out_dir, s, overwrite)
+    byte_base = byte_level_base(s.base_model)
+    if byte_base is not None:
+        return train_byte_level(paths, budgets, out_dir, byte_base, s)
     base_proto = _check_mode(s)
+    if base_proto is not None and s.new_tokens is not None:
+        s = replace(s, vocab_size=len(base_proto.pieces) + s.new_tokens)
 
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
@@ -309,10 +334,7 @@ def train_tokenizer(
                     f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size} (add Russian text "
                     "or ask for a smaller --vocab-size)"
                 )
-        text_file.unlink()
-        for leftover in work.glob("*.vocab"):
-            leftover.unlink()
-        for leftover in work.glob("ru.model"):
+        for leftover in [text_file, *work.glob("*.vocab"), *work.glob("ru.model")]:
             leftover.unlink()
         tok_json, tok_cfg = write_hf_tokenizer(model_path, work)
         checked = verify_hf_export(model_path, tok_json, paths, s)

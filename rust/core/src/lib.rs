@@ -1,6 +1,7 @@
 //! vikhr's native core. The logic lives here and is tested with `cargo test`;
 //! `rust/py` is a thin PyO3 skin over it.
 
+pub mod byte_bpe;
 pub mod chunk_cache;
 pub mod jsonl;
 pub mod mmidx;

@@ -1,9 +1,11 @@
 //! The tokenizers a corpus can be encoded with: SentencePiece BPE `.model` files (vikhr's own
-//! exact encoder) and Hugging Face `tokenizer.json` files (through the `tokenizers` crate).
-//! Which ids are BOS and EOS is decided by the caller (`vikhr.tokenizer.load`), not here.
+//! exact encoder), byte-level BPE `tokenizer.json` files (vikhr's own exact encoder, see
+//! [`crate::byte_bpe`]) and any other Hugging Face `tokenizer.json` (through the `tokenizers`
+//! crate). Which ids are BOS and EOS is decided by the caller (`vikhr.tokenizer.load`), not here.
 
 use std::path::Path;
 
+use crate::byte_bpe::{self, ByteBpe};
 use crate::spm::{EncodeState, SpmError, SpmModel};
 
 /// Why a tokenizer cannot be loaded or cannot encode.
@@ -19,6 +21,8 @@ pub enum TokenizerError {
 
 pub enum Tokenizer {
     SentencePiece(Box<SpmModel>),
+    /// A `tokenizer.json` with a BPE model behind a byte-level pre-tokenizer.
+    ByteLevelBpe(Box<ByteBpe>),
     HuggingFace {
         tokenizer: Box<tokenizers::Tokenizer>,
         add_special_tokens: bool,
@@ -29,6 +33,7 @@ pub enum Tokenizer {
 #[derive(Default)]
 pub struct TokenizerState {
     spm: EncodeState,
+    byte_bpe: byte_bpe::EncodeState,
 }
 
 impl Tokenizer {
@@ -39,13 +44,18 @@ impl Tokenizer {
     }
 
     /// A `tokenizer.json`; `add_special_tokens` applies its post-processor (e.g. a BOS), as
-    /// Megatron's HuggingFaceTokenizer does.
+    /// Megatron's HuggingFaceTokenizer does. Byte-level BPE files get vikhr's own encoder, which
+    /// refuses the components it does not reproduce exactly; the others the `tokenizers` crate.
     pub fn huggingface(path: &Path, add_special_tokens: bool) -> Result<Self, TokenizerError> {
-        let tokenizer =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::HuggingFace {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let err = |reason: String| TokenizerError::HuggingFace {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        if let Some(bpe) = ByteBpe::from_json_text(&text, add_special_tokens).map_err(err)? {
+            return Ok(Tokenizer::ByteLevelBpe(Box::new(bpe)));
+        }
+        let tokenizer: tokenizers::Tokenizer = text.parse().map_err(|e| err(format!("{e}")))?;
         Ok(Tokenizer::HuggingFace {
             tokenizer: Box::new(tokenizer),
             add_special_tokens,
@@ -56,6 +66,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::SentencePiece(m) => m.vocab_size(),
+            Tokenizer::ByteLevelBpe(m) => m.vocab_size(),
             Tokenizer::HuggingFace { tokenizer, .. } => tokenizer.get_vocab_size(true),
         }
     }
@@ -70,6 +81,10 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(m) => {
                 m.encode_into(text, &mut state.spm, out);
+                Ok(())
+            }
+            Tokenizer::ByteLevelBpe(m) => {
+                m.encode_into(text, &mut state.byte_bpe, out);
                 Ok(())
             }
             Tokenizer::HuggingFace {

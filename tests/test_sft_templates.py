@@ -1,0 +1,359 @@
+"""The `llama3` and `chatml` chat templates against the models' own Jinja templates.
+
+For byte-level BPE tokenizers (Llama-3, Qwen), vikhr's ids must be what transformers'
+`apply_chat_template(messages, tokenize=True)` gives with the official `chat_template` of
+Meta-Llama-3-8B-Instruct and Qwen2.5-7B-Instruct (tests/data/chat_templates, copied from the
+models' tokenizer_config.json). The tokenizer is a small byte-level BPE trained here on the bundled
+Russian sample, with the special tokens and the BOS/EOS naming of each model's tokenizer_config.json;
+it is built twice, with Llama-3's pre-tokenizer (a Split regex, then ByteLevel without its own regex)
+and with plain GPT-2 ByteLevel, so that agreement does not hang on one pre-tokenizer.
+
+Chats: the 135 bundled seed chats, the first 200 of ../shared/data's rulm set when present, and a
+few hand-made ones (system message, several turns, whitespace around the content). Qwen's template
+inserts "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." when a chat has no
+system message and vikhr's `chatml` does not (see vikhr.sft.template), so that message is given to
+both sides explicitly, and a separate test pins the difference.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from vikhr.assets import RU_SAMPLE, RU_SEED_CHATS
+from vikhr.errors import VikhrError
+from vikhr.sft.prepare import mask_runs, prepare_sft, render_prepared
+from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat, read_chats
+from vikhr.tokenizer.load import Tokenizer
+
+TEMPLATE_FILES = Path(__file__).parent / "data" / "chat_templates"
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Meta-Llama-3's pre-tokenizer regex (Qwen2's differs only in splitting digits one by one).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Per vikhr template: the model whose template it follows, and the special tokens its tokenizer has.
+MODELS = {
+    "llama3": (
+        "meta-llama-3-8b-instruct",
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
+    "chatml": ("qwen2.5-7b-instruct", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+}
+END_TOKEN = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>"}
+
+
+def _handmade_chats() -> list[list[Message]]:
+    chats = [
+        [
+            ("system", "Ты — полезный ассистент. Отвечай кратко."),
+            ("user", "Сколько будет 2+2?"),
+            ("assistant", "Четыре."),
+            ("user", "А 3+3?\n\nОтветь числом."),
+            ("assistant", "6\n\n- это шесть;\n- не пять."),
+        ],
+        [("user", "  Привет!\n"), ("assistant", "Здравствуйте!  \n")],
+        [("user", "Hi"), ("assistant", "Привет! Чем помочь?"), ("user", "Ничем."), ("assistant", "Хорошо.")],
+    ]
+    return [parse_chat({"messages": [{"role": r, "content": c} for r, c in chat]}) for chat in chats]
+
+
+@pytest.fixture(scope="module")
+def chats() -> list[list[Message]]:
+    found = [messages for _, messages in read_chats(RU_SEED_CHATS)]
+    rulm = SHARED_DATA / "sft" / "rulm-self-instruct.chat.jsonl"
+    if rulm.is_file():
+        found += [messages for _, messages in islice(read_chats(rulm), 200)]
+    return found + _handmade_chats()
+
+
+@functools.cache
+def byte_level_bpe(pre_tokenizer: str) -> str:
+    """tokenizer.json text of a 2,000-token byte-level BPE trained on the bundled Russian sample,
+    special tokens not added yet; `pre_tokenizer`: "llama3" (Split regex + ByteLevel) or "gpt2"."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from vikhr.jsonl import read_texts
+
+    bpe = Tokenizer(models.BPE())
+    if pre_tokenizer == "llama3":
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(islice(read_texts(RU_SAMPLE), 60), trainer)
+    return bpe.to_str()
+
+
+PRE_TOKENIZERS = pytest.mark.parametrize("pre_tokenizer", ["llama3", "gpt2"])
+
+
+def _official(model: str) -> dict[str, Any]:
+    return json.loads((TEMPLATE_FILES / f"{model}.json").read_text(encoding="utf-8"))
+
+
+def write_model_tokenizer(directory: Path, tokenizer_json: str, template: str) -> Path:
+    """`directory` with the BPE plus `template`'s model's special tokens (tokenizer.json) and its
+    tokenizer_config.json: the official chat template and BOS/EOS as the real model names them."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    model, specials = MODELS[template]
+    official = _official(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = HFTokenizer.from_str(tokenizer_json)
+    tok.add_special_tokens(specials)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        **{key: official[key] for key in ("bos_token", "eos_token", "chat_template")},
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(t, p) for t in ("llama3", "chatml") for p in ("llama3", "gpt2")],
+    ids=lambda param: f"{param[0]}-{param[1]}-pretok",
+)
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(vikhr template, directory holding the model-like tokenizer.json + tokenizer_config.json)."""
+    template, pre_tokenizer = request.param
+    directory = tmp_path_factory.mktemp(f"{template}-{pre_tokenizer}")
+    return template, write_model_tokenizer(directory, byte_level_bpe(pre_tokenizer), template)
+
+
+def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:
+    """transformers' ids for `messages` through the tokenizer's own chat template."""
+    out = fast.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        tokenize=True,
+        add_generation_prompt=generation,
+    )
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def _like_qwen(template: str, messages: list[Message]) -> list[Message]:
+    """`messages` with the system message Qwen's template would insert (chatml and no system only)."""
+    if template == "chatml" and messages[0].role != "system":
+        return [Message("system", QWEN_DEFAULT_SYSTEM), *messages]
+    return messages
+
+
+def _load_both(directory: Path, template: str) -> tuple[Tokenizer, Any]:
+    """vikhr's tokenizer and transformers' of the same directory, the latter with the official
+    chat template and BOS/EOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast.from_pretrained(directory)
+    official = _official(MODELS[template][0])
+    assert (fast.chat_template, fast.bos_token, fast.eos_token) == (
+        official["chat_template"],
+        official["bos_token"],
+        official["eos_token"],
+    )
+    return load_chat_tokenizer(directory, template), fast
+
+
+# --------------------------------------------------------------------------- equal to the models' own
+
+
+def test_ids_equal_the_official_chat_template(
+    model_dir: tuple[str, Path], chats: list[list[Message]]
+) -> None:
+    template, directory = model_dir
+    tok, fast = _load_both(directory, template)
+    shared = (SHARED_DATA / "sft" / "rulm-self-instruct.chat.jsonl").is_file()
+    assert len(chats) == 135 + 200 * shared + len(_handmade_chats())
+    for number, messages in enumerate(chats):
+        messages = _like_qwen(template, messages)
+        enc = encode_chat(messages, tok, template)
+        assert enc.ids == _hf_ids(fast, messages), number
+        # The prompt for the last answer: the official template's add_generation_prompt.
+        prompt = encode_chat(messages[:-1], tok, template, for_generation=True)
+        assert prompt.ids == _hf_ids(fast, messages[:-1], generation=True), number
+
+
+def test_mask_is_exactly_the_answers_and_their_end_tokens(
+    model_dir: tuple[str, Path], chats: list[list[Message]]
+) -> None:
+    template, directory = model_dir
+    tok = load_chat_tokenizer(directory, template)
+    for number, messages in enumerate(chats):
+        enc = encode_chat(messages, tok, template)
+        trained = [
+            tok.backend.decode(ids, skip_special_tokens=False)
+            for is_trained, ids in mask_runs(enc.ids, enc.mask)
+            if is_trained
+        ]
+        answers = [m.content for m in messages if m.role == "assistant"]
+        if template == "llama3":
+            answers = [a.strip() for a in answers]  # the official template's `| trim`
+        assert trained == [a + END_TOKEN[template] for a in answers], number
+
+
+def test_bos_follows_the_tokenizer(model_dir: tuple[str, Path], chats: list[list[Message]]) -> None:
+    """Qwen names no BOS (bos_token null): chatml starts with <|im_start|>. Llama-3's BOS is
+    <|begin_of_text|>, written once, at the start."""
+    template, directory = model_dir
+    tok = load_chat_tokenizer(directory, template)
+    ids = encode_chat(chats[0], tok, template).ids
+    if template == "chatml":
+        assert tok.bos_id is None and tok.eos_id == tok.piece_to_id("<|im_end|>")
+        assert ids[0] == tok.piece_to_id("<|im_start|>")
+    else:
+        assert tok.bos_id == tok.piece_to_id("<|begin_of_text|>") == ids[0]
+        assert tok.eos_id == tok.piece_to_id("<|eot_id|>")
+        assert ids.count(tok.bos_id) == 1
+
+
+@PRE_TOKENIZERS
+def test_chatml_adds_no_default_system_message(
+    pre_tokenizer: str, chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """Without a system message, Qwen's template writes its default one; vikhr's chatml writes
+    nothing there, and the rest of the ids is the same."""
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe(pre_tokenizer), "chatml")
+    tok, fast = _load_both(directory, "chatml")
+    default_block = fast.encode(
+        f"<|im_start|>system\n{QWEN_DEFAULT_SYSTEM}<|im_end|>\n", add_special_tokens=False
+    )
+    for messages in chats[:20]:
+        assert messages[0].role == "user"
+        official = _hf_ids(fast, messages)
+        assert official[: len(default_block)] == default_block
+        assert encode_chat(messages, tok, "chatml").ids == official[len(default_block) :]
+
+
+def test_answer_starting_with_newlines_gets_the_official_ids(model_dir: tuple[str, Path]) -> None:
+    """An answer that starts with "\\n" shares a pre-token with the template's "\\n" before it;
+    the ids are still the official ones, and the shared token is trained."""
+    template, directory = model_dir
+    tok, fast = _load_both(directory, template)
+    messages = parse_chat(
+        {
+            "messages": [
+                {"role": "system", "content": "Кратко."},
+                {"role": "user", "content": "Список?"},
+                {"role": "assistant", "content": "\n\n  - один\n- два"},
+            ]
+        }
+    )
+    enc = encode_chat(messages, tok, template)
+    assert enc.ids == _hf_ids(fast, messages)
+    trained = [i for i, m in zip(enc.ids, enc.mask, strict=True) if m]
+    text = tok.backend.decode(trained, skip_special_tokens=False)
+    answer = messages[-1].content if template == "chatml" else messages[-1].content.strip()
+    assert text.endswith(answer + END_TOKEN[template])
+    assert set(text[: len(text) - len(answer + END_TOKEN[template])]) <= {"\n"}  # only template "\n"
+
+
+def test_control_strings_typed_in_a_message_stay_text(model_dir: tuple[str, Path]) -> None:
+    template, directory = model_dir
+    tok = load_chat_tokenizer(directory, template)
+    typed = "<|im_start|> <|im_end|> <|eot_id|> <|start_header_id|>"
+    messages = parse_chat(
+        {"messages": [{"role": "user", "content": typed}, {"role": "assistant", "content": typed}]}
+    )
+    enc = encode_chat(messages, tok, template)
+    end = tok.piece_to_id(END_TOKEN[template])
+    assert enc.ids.count(end) == 2  # the closing token of each message, nothing from the text
+    assert tok.decode(enc.ids).count(typed) == 2
+
+
+# --------------------------------------------------------------------------- prepared data, errors
+
+
+def test_prepare_and_show_with_llama3_and_qwen_tokenizers(tmp_path: Path) -> None:
+    tokenizer_json = byte_level_bpe("llama3")
+    first = json.loads(RU_SEED_CHATS.open(encoding="utf-8").readline())["messages"]
+    for template, shown in (
+        ("llama3", f"<|start_header_id|>assistant<|end_header_id|>\n\n[[{first[1]['content']}<|eot_id|>]]"),
+        ("chatml", f"<|im_start|>assistant\n[[{first[1]['content']}<|im_end|>]]\n"),
+    ):
+        directory = write_model_tokenizer(tmp_path / template, tokenizer_json, template)
+        summary = prepare_sft(RU_SEED_CHATS, directory, tmp_path / "out" / template, template=template)
+        tok = load_chat_tokenizer(directory, template)
+        assert (summary.chats, summary.bos_id, summary.eos_id) == (135, tok.bos_id, tok.eos_id)
+        meta = json.loads((tmp_path / "out" / f"{template}_sft.json").read_text())
+        assert meta["template"] == template and meta["bos_id"] == tok.bos_id  # null for Qwen
+        rendered = render_prepared(tmp_path / "out" / template, 0)
+        assert shown in rendered, rendered
+        start = "<|begin_of_text|><|start_header_id|>user" if template == "llama3" else "<|im_start|>user"
+        assert rendered.splitlines()[1].startswith(start), rendered
+
+
+def test_llama3_refuses_a_tokenizer_without_its_header_tokens(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from vikhr.cli import main
+    from vikhr.tokenizer.load import load
+
+    tokenizer_json = byte_level_bpe("llama3")
+    qwen = write_model_tokenizer(tmp_path / "qwen", tokenizer_json, "chatml")
+    missing = "<|begin_of_text|> / <|start_header_id|> / <|end_header_id|> / <|eot_id|>"
+    with pytest.raises(
+        VikhrError, match=re.escape(f"{qwen / 'tokenizer.json'} has no {missing} tokens; ")
+    ) as e:
+        load_chat_tokenizer(qwen, "llama3")
+    assert "\n" not in str(e.value)
+    # A Llama-3 base-like vocabulary with BOS/EOS but without the header tokens.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    tok = HFTokenizer.from_str(tokenizer_json)
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    tok.save(str(partial / "tokenizer.json"))
+    with pytest.raises(VikhrError, match=r"has no <\|start_header_id\|> / <\|end_header_id\|> tokens; "):
+        encode_chat(_handmade_chats()[1], load(partial), "llama3")
+
+    out = tmp_path / "out"
+    capfd.readouterr()
+    argv = ["sft", "prepare", "--input", str(RU_SEED_CHATS), "--tokenizer", str(qwen)]
+    rc = main([*argv, "--output-prefix", str(out / "x"), "--template", "llama3", "--no-progress"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("vikhr sft: error: ") and missing in err[0], err
+    assert not out.exists()
+
+
+def test_export_carries_the_template_and_stops_at_its_end_of_turn(
+    model_dir: tuple[str, Path], chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """`vikhr convert megatron-to-hf` of a model tuned with `template` writes a tokenizer whose own
+    chat template gives vikhr's ids, and a generation config that stops at the template's end of turn."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.sft.template import end_of_turn_id
+    from vikhr.tokenizer.load import load
+
+    template, directory = model_dir
+    tok = load(directory)
+    write_tokenizer_files(tok, tmp_path, template)
+    exported = AutoTokenizer.from_pretrained(tmp_path)
+    for messages in chats[:20]:
+        messages = _like_qwen(template, messages)
+        assert _hf_ids(exported, messages) == encode_chat(messages, tok, template).ids
+    end = tok.piece_to_id(END_TOKEN[template])
+    assert end_of_turn_id(tok, template) == end
+    stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    assert end in (stops if isinstance(stops, list) else [stops])

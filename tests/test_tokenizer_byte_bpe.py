@@ -1,0 +1,405 @@
+"""Byte-level BPE: tekken import, extend/replace training on tekken / Llama-3 / Qwen2.5 layouts, compare."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from vikhr.assets import EN_SAMPLE, RU_SAMPLE
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
+from vikhr.tokenizer import load
+from vikhr.tokenizer.byte_level import piece_bytes
+from vikhr.tokenizer.compare import compare
+from vikhr.tokenizer.corpus import iter_lines
+from vikhr.tokenizer.tekken import import_tekken
+from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "vikhr" / "assets" / "tokenizers"
+RU40K_JSON = ASSET_DIR / "vikhr-ru-40k.tokenizer.json"
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIALS = {
+    "llama3": ["<|begin_of_text|>", "<|end_of_text|>"],
+    "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+}
+SMALL = {"max_chars_per_file": 400_000, "verify_lines_per_file": 500}
+
+
+def tekken_file(name: str = "tekken_240718.json") -> Path:
+    mistral_common = pytest.importorskip("mistral_common")
+    return Path(mistral_common.__file__).parent / "data" / name
+
+
+def make_byte_level_base(out: Path, layout: str, vocab_size: int = 1200) -> Path:
+    """A small byte-level tokenizer.json laid out like Llama-3 (ignore_merges, BOS template, specials after
+    the vocabulary) or Qwen2.5 (NFC, no BOS, three specials after the vocabulary, a tokenizer_config),
+    trained on the bundled English sample and a few Russian lines."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tok = Tokenizer(models.BPE(ignore_merges=layout == "llama3"))
+    if layout == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    lines = list(iter_lines(EN_SAMPLE, split="train")) + list(iter_lines(RU_SAMPLE, split="train"))[:300]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    specials = SPECIALS[layout]
+    tok.add_special_tokens(specials)
+    if layout == "llama3":
+        bos = specials[0]
+        template = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, vocab_size)]
+        )
+        tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    if layout == "qwen2":
+        cfg = {"bos_token": None, "eos_token": "<|endoftext|>", "chat_template": "{{ messages }}"}
+        (out / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return out / "tokenizer.json"
+
+
+def english_lines(shared: Path | None) -> list[str]:
+    """Every held-out English line: the bundled sample and, when present, the shared English novels."""
+    lines = list(iter_lines(EN_SAMPLE, split="heldout"))
+    if shared is not None:
+        lines += list(iter_lines(shared / "corpus" / "en" / "english-novels.jsonl.gz", split="heldout"))
+    return lines
+
+
+def russian_lines(shared: Path | None, per_file: int = 300) -> list[str]:
+    lines = list(iter_lines(RU_SAMPLE, split="heldout"))
+    if shared is not None:
+        for f in sorted((shared / "corpus" / "ru").glob("*.jsonl.gz")):
+            lines += list(iter_lines(f, split="heldout"))[:per_file]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def optional_shared() -> Path | None:
+    from tests.conftest import SHARED_DATA
+
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def tekken_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tekken") / "nemo"
+    import_tekken(tekken_file(), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tekken_extended(tekken_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tekken") / "extended"
+    settings = TrainSettings(mode="extend", base_model=str(tekken_dir), new_tokens=600, **SMALL)
+    train_tokenizer([RU_SAMPLE], out, settings)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {layout: make_byte_level_base(root / layout, layout) for layout in SPECIALS}
+
+
+# ---------------------------------------------------------------- byte-level pieces
+
+
+def test_byte_table_and_utf8_runs() -> None:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode as reference
+
+    from vikhr.tokenizer.byte_level import bytes_piece, bytes_to_unicode, readable_piece, utf8_runs
+
+    assert bytes_to_unicode() == reference()
+    assert bytes_piece(" мир".encode()) == "ĠÐ¼Ð¸ÑĢ" and piece_bytes("ĠÐ¼Ð¸ÑĢ") == " мир".encode()
+    assert piece_bytes("<|im_end|>") == b"<|im_end|>" and piece_bytes("[INST]\u4e2d") is None
+    assert utf8_runs(" мир".encode()) == [" мир"]
+    assert utf8_runs(b" \xd0") == [" ", 0xD0]  # a space and the lead byte of a Cyrillic letter
+    assert utf8_runs(b"\xbf\xd1\x80") == [0xBF, "р"]  # the tail of "п", then "р"
+    assert readable_piece(bytes_piece(b" \xd0")) == "▁<0xD0>"
+
+
+# ---------------------------------------------------------------- tekken import
+
+
+def test_import_tekken_gives_mistral_common_ids(tekken_dir: Path, optional_shared: Path | None) -> None:
+    """The imported tokenizer.json encodes held-out Russian and English lines to exactly the ids of
+    mistral-common's own Tekkenizer (no BOS/EOS); transformers loads it and prepends <s>."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+    from transformers import AutoTokenizer
+
+    reference = Tekkenizer.from_file(str(tekken_file()))
+    tok = load(tekken_dir)
+    assert (tok.kind, tok.byte_level, tok.vocab_size, tok.bos_id, tok.eos_id) == (
+        "huggingface",
+        True,
+        131072,
+        1,
+        2,
+    )
+    lines = russian_lines(optional_shared, per_file=200) + english_lines(None)
+    lines += ["<s>[INST] typed </s>", "  spaces\n\n\ttabs 🙂 中文 12345"]
+    assert len(lines) > 1500
+    assert tok.encode_batch(lines) == [reference.encode(ln, bos=False, eos=False) for ln in lines]
+
+    cfg = json.loads((tekken_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert (cfg["bos_token"], cfg["eos_token"], cfg["added_tokens_decoder"]["2"]["content"]) == (
+        "<s>",
+        "</s>",
+        "</s>",
+    )
+    manifest = json.loads((tekken_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["tekken_check"]["lines_checked"] > 1500 and manifest["vocab_size"] == 131072
+    hf = AutoTokenizer.from_pretrained(str(tekken_dir))
+    text = "Привет, мир!"
+    assert hf(text)["input_ids"] == [1, *reference.encode(text, bos=False, eos=False)]
+    assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tekken_file("tekken_240911.json")
+    out = tmp_path / "tekken"
+    assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["tekken_check"]["lines_checked"] > 1500
+    assert load(out).piece_to_id("[IMG]") == 10
+    capsys.readouterr()
+    assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+
+
+def test_tekken_file_is_refused_with_the_import_command(tmp_path: Path) -> None:
+    from vikhr.adapt import load_vocabulary
+
+    src = tekken_file()
+    for call in (lambda: load(src), lambda: load_vocabulary(src)):
+        with pytest.raises(VikhrError, match="import-tekken") as e:
+            call()
+        assert "\n" not in str(e.value) and "tekken" in str(e.value)
+    with pytest.raises(VikhrError, match="import-tekken"):
+        train_tokenizer([RU_SAMPLE], tmp_path / "o", TrainSettings(mode="extend", base_model=str(src)))
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- extend
+
+
+def test_extend_tekken_keeps_base_ids_and_english_encoding(
+    tekken_dir: Path, tekken_extended: Path, optional_shared: Path | None
+) -> None:
+    base, ext = load(tekken_dir), load(tekken_extended)
+    assert ext.vocab_size == 131072 + 600
+    base_spec = json.loads((tekken_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    ext_spec = json.loads((tekken_extended / "tokenizer.json").read_text(encoding="utf-8"))
+    assert ext_spec["model"]["merges"][: len(base_spec["model"]["merges"])] == base_spec["model"]["merges"]
+    assert ext_spec["added_tokens"] == base_spec["added_tokens"]
+    assert ext_spec["model"]["ignore_merges"] is True
+    assert ext_spec["pre_tokenizer"] == base_spec["pre_tokenizer"]
+    assert all(ext.id_to_piece(i) == base.id_to_piece(i) for i in range(131072))
+    new_bytes = [piece_bytes(ext.id_to_piece(i)) or b"" for i in range(131072, ext.vocab_size)]
+    assert all(any(0xD0 <= b <= 0xD4 for b in data) for data in new_bytes)  # Cyrillic lead bytes
+
+    english = english_lines(optional_shared)
+    assert len(english) > (5000 if optional_shared else 200)
+    assert ext.encode_batch(english) == base.encode_batch(english)
+
+    russian = russian_lines(optional_shared)
+    base_tokens = sum(map(len, base.encode_batch(russian)))
+    assert sum(map(len, ext.encode_batch(russian))) < 0.97 * base_tokens
+    assert all(ext.decode(ids) == ln for ln, ids in zip(russian, ext.encode_batch(russian), strict=True))
+    manifest = json.loads((tekken_extended / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["kind"] == "byte-level-bpe" and manifest["extend"]["added_tokens"] == 600
+    assert manifest["checks"]["base_ids_kept"]["mismatches"] == 0
+    assert manifest["extend"]["new_token_ids"] == [131072, 131671]
+    cfg = json.loads((tekken_extended / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert cfg == json.loads((tekken_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("layout", ["llama3", "qwen2"])
+def test_extend_llama3_and_qwen2_layouts_keep_specials(
+    layout: str, bases: dict[str, Path], tmp_path: Path, optional_shared: Path | None
+) -> None:
+    """Specials after the vocabulary keep their ids; new tokens come after them; BOS template kept."""
+    base_path = bases[layout]
+    out = tmp_path / "ext"
+    train_tokenizer(
+        [RU_SAMPLE], out, TrainSettings(mode="extend", base_model=str(base_path), vocab_size=1600, **SMALL)
+    )
+    base, ext = load(base_path), load(out)
+    assert ext.vocab_size == 1600
+    assert [ext.piece_to_id(s) for s in SPECIALS[layout]] == [1200 + k for k in range(len(SPECIALS[layout]))]
+    assert all(ext.id_to_piece(i) == base.id_to_piece(i) for i in range(base.vocab_size))
+    english = english_lines(optional_shared)
+    assert ext.encode_batch(english) == base.encode_batch(english)
+    russian = russian_lines(None)
+    assert sum(map(len, ext.encode_batch(russian))) < 0.8 * sum(map(len, base.encode_batch(russian)))
+    fast = ext.to_transformers()
+    if layout == "llama3":
+        assert (ext.bos_id, ext.eos_id) == (1200, 1201)
+        assert fast("Привет").input_ids == [1200, *ext.encode("Привет")]
+    else:
+        assert (ext.bos_id, ext.eos_id) == (None, 1200)
+        assert fast("Привет").input_ids == ext.encode("Привет")
+        cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert (
+            cfg["chat_template"] == "{{ messages }}"
+            and cfg["added_tokens_decoder"]["1202"]["content"] == "<|im_end|>"
+        )
+
+
+def test_extend_appends_cyrillic_merges_that_fire(bases: dict[str, Path], tmp_path: Path) -> None:
+    """Appended merges join existing tokens into Cyrillic ones, and the new tokens are used: being
+    learned on the base's own segmentation, nearly all of them occur when encoding the training text."""
+    out = tmp_path / "ext"
+    settings = TrainSettings(mode="extend", base_model=str(bases["llama3"]), new_tokens=300, **SMALL)
+    manifest = train_tokenizer([RU_SAMPLE], out, settings)
+    spec = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    assert sorted(i for i in vocab.values() if i >= 1202) == list(range(1202, 1502))
+    for left, right in spec["model"]["merges"][-manifest["extend"]["added_merges"] :]:
+        data = piece_bytes(left + right) or b""
+        assert left in vocab and right in vocab and any(0xD0 <= b <= 0xD4 for b in data)
+    used = {i for ids in load(out).encode_batch(list(iter_lines(RU_SAMPLE, split="train"))) for i in ids}
+    assert len(used & set(range(1202, 1502))) >= 0.95 * 300
+
+
+def test_cli_extend_with_new_tokens(bases: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(bases["qwen2"].parent)]
+    argv += ["--new-tokens", "150", "--corpus", f"{RU_SAMPLE}@200k", "--out", str(out)]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["vocab_size"] == 1203 + 150 and manifest["settings"]["new_tokens"] == 150
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+
+
+# ---------------------------------------------------------------- replace
+
+
+@pytest.mark.parametrize("layout", ["tekken", "llama3", "qwen2"])
+def test_replace_keeps_pre_tokenizer_and_lays_out_specials(
+    layout: str, bases: dict[str, Path], tekken_dir: Path, tmp_path: Path
+) -> None:
+    base_path = tekken_dir / "tokenizer.json" if layout == "tekken" else bases[layout]
+    size = 3000 if layout == "tekken" else 900
+    out = tmp_path / "rep"
+    train_tokenizer(
+        [RU_SAMPLE, EN_SAMPLE], out, TrainSettings(base_model=str(base_path), vocab_size=size, **SMALL)
+    )
+    base_spec = json.loads(base_path.read_text(encoding="utf-8"))
+    spec = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    tok = load(out)
+    assert tok.vocab_size == size and tok.byte_level
+    for key in ("normalizer", "pre_tokenizer", "decoder"):
+        assert spec[key] == base_spec[key], key
+    assert spec["model"]["ignore_merges"] == base_spec["model"]["ignore_merges"]
+    base_added = [(a["content"], a["special"]) for a in base_spec["added_tokens"]]
+    assert [(a["content"], a["special"]) for a in spec["added_tokens"]] == base_added
+    ids = [a["id"] for a in spec["added_tokens"]]
+    if layout == "tekken":  # specials first, at the base's ids
+        assert ids == list(range(1000)) and tok.bos_id == 1 and tok.eos_id == 2
+    else:  # specials after the new vocabulary, in the base's order
+        assert ids == list(range(size - len(ids), size))
+    if layout in ("tekken", "llama3"):  # the BOS template names the new BOS id
+        assert tok.to_transformers()("мир").input_ids == [tok.bos_id, *tok.encode("мир")]
+    text = "Съешь же ещё этих мягких французских булок, да выпей чаю. The quick brown fox 🙂"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: Path) -> None:
+    for mode, kw in (("extend", {"new_tokens": 200}), ("replace", {"vocab_size": 700})):
+        for run in ("a", "b"):
+            settings = TrainSettings(mode=mode, base_model=str(bases["llama3"]), **kw, **SMALL)  # type: ignore[arg-type]
+            train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / f"{mode}-{run}", settings)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            assert (tmp_path / f"{mode}-a" / name).read_bytes() == (
+                tmp_path / f"{mode}-b" / name
+            ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mode", "extend", "--base-model", str(RU40K_JSON)], "is not byte-level BPE"),
+        (["--mode", "extend", "--vocab-size", "1000"], "adds no tokens"),
+        (["--vocab-size", "300"], "too small"),
+        (["--new-tokens", "10"], "--new-tokens is for --mode extend"),
+    ],
+)
+def test_byte_level_errors_are_one_line(
+    extra: list[str], message: str, bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["tokenizer", "train", "--corpus", f"{RU_SAMPLE}@50k", "--out", str(tmp_path / "o")]
+    if "--base-model" not in extra:
+        argv += ["--base-model", str(bases["llama3"])]
+    capsys.readouterr()
+    assert cli_main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": str(i), "text": t}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_compare_byte_level_pair(tekken_dir: Path, tekken_extended: Path, tmp_path: Path) -> None:
+    lines = ["Машинное обучение изменяет мир.", "Мама мыла раму, а папа читал газету.", "The cat sat."]
+    tiny = _write_jsonl(tmp_path / "tiny.jsonl.gz", ["\n".join(lines)])
+    out = tmp_path / "report"
+    results = compare(
+        [f"tekken={tekken_dir}", f"tekken-ru={tekken_extended}"],
+        [f"tiny={tiny}", str(RU_SAMPLE), str(EN_SAMPLE)],
+        out,
+        split="all",
+        max_chars=100_000,
+    )
+    base = load(tekken_dir)
+    words = [w for ln in lines for w in ln.split()]
+    r = next(r for r in results if (r.tokenizer, r.text_set) == ("tekken", "tiny"))
+    tokens = sum(len(base.encode(ln)) for ln in lines)
+    three = sum(len(base.encode(" " + w)) >= 3 for w in words)  # each word as after a space
+    assert (r.chars, r.words, r.tokens, r.words_3plus) == (sum(map(len, lines)), len(words), tokens, three)
+    by = {(r.tokenizer, r.text_set): r for r in results}
+    assert by[("tekken-ru", "en-sample")].tokens == by[("tekken", "en-sample")].tokens
+    ru_ext, ru_base = by[("tekken-ru", "ru-sample")], by[("tekken", "ru-sample")]
+    assert (
+        ru_ext.chars_per_token > ru_base.chars_per_token and ru_ext.tokens_per_word < ru_base.tokens_per_word
+    )
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "`▁мир`" in md and "Ð" not in md  # byte-level pieces are shown as text
+    assert (out / "report.csv").is_file() and (out / "chars_per_token.png").is_file()
