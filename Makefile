@@ -29,9 +29,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Release tests reuse the dependencies the extension's build (setup) compiled, and run faster.
 test-rust:
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test
+	cargo test --release
 
 # Two pytest workers: most tests use one core each (OMP_NUM_THREADS=1); torchrun tests start their own ranks.
 test-python: setup

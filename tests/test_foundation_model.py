@@ -1,21 +1,14 @@
-"""The Mistral-shaped megatron-core GPTModel: presets, forward/backward, and TP/DP equivalence
-of training it with the trainer (tests/scripts/train_steps.py)."""
+"""The Mistral-shaped megatron-core GPTModel: presets and forward/backward (TP/DP equivalence of
+training it is tested through the real entry point in tests/test_train.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, run_torchrun
 from vikhr.errors import VikhrError
 from vikhr.model import build_gpt_model, padded_vocab_size, preset
 from vikhr.runtime.distributed import distributed_env
-
-SCRIPT = REPO / "tests" / "scripts" / "train_steps.py"
 
 
 def test_padded_vocab() -> None:
@@ -70,39 +63,3 @@ def test_tiny_model_forward_backward_on_cpu() -> None:
             logits1 = model(tokens, pos, attention_mask=None)
             logits2 = model(t2, pos, attention_mask=None)
         torch.testing.assert_close(logits1[:, :-1], logits2[:, :-1])
-
-
-def _load(prefix: Path, rank: int) -> dict:
-    return json.loads(Path(f"{prefix}.rank{rank}").read_text())
-
-
-def _random_documents(prefix: Path, vocab_size: int) -> None:
-    """64 documents of random token ids as megatron .bin/.idx."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    gen = torch.Generator().manual_seed(42)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
-    for _ in range(64):
-        builder.add_item(torch.randint(3, vocab_size, (40,), generator=gen))
-        builder.end_document()
-    builder.finalize(f"{prefix}.idx")
-
-
-@pytest.mark.distributed
-def test_tp2_and_dp2_match_tp1(tmp_path: Path) -> None:
-    data = tmp_path / "random"
-    _random_documents(data, preset("tiny").vocab_size)
-    run_torchrun(SCRIPT, str(tmp_path / "tp1"), "--tp", "1", "--data", str(data), nproc=1)
-    run_torchrun(SCRIPT, str(tmp_path / "tp2"), "--tp", "2", "--data", str(data), nproc=2)
-    run_torchrun(SCRIPT, str(tmp_path / "dp2"), "--tp", "1", "--data", str(data), nproc=2)
-    tp1 = _load(tmp_path / "tp1", 0)
-    tp2 = _load(tmp_path / "tp2", 0)
-    dp2 = [_load(tmp_path / "dp2", r) for r in (0, 1)]
-    assert tp2["tp"] == 2 and dp2[0]["dp"] == 2 and len(tp1["losses"]) == 4
-    # TP=2 / DP=2 see the same losses as TP=1, step for step.
-    torch.testing.assert_close(tp2["losses"], tp1["losses"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dp2[0]["losses"], tp1["losses"], rtol=1e-5, atol=1e-5)
-    # DP ranks end with bit-identical parameters; TP=2's full parameters match TP=1's.
-    assert dp2[0]["param_sums"] == dp2[1]["param_sums"]
-    for name, value in tp1["param_sums"].items():
-        assert tp2["param_sums"][name] == pytest.approx(value, rel=1e-4, abs=1e-3), name

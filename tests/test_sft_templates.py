@@ -32,15 +32,11 @@ from vikhr.assets import RU_SAMPLE, RU_SEED_CHATS
 from vikhr.errors import VikhrError
 from vikhr.sft.prepare import mask_runs, prepare_sft, render_prepared
 from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat, read_chats
+from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 from vikhr.tokenizer.load import Tokenizer
 
 TEMPLATE_FILES = Path(__file__).parent / "data" / "chat_templates"
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-# Meta-Llama-3's pre-tokenizer regex (Qwen2's differs only in splitting digits one by one).
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Per vikhr template: the model whose template it follows, and the special tokens its tokenizer has.
 MODELS = {
     "llama3": (
@@ -88,7 +84,7 @@ def byte_level_bpe(pre_tokenizer: str) -> str:
     if pre_tokenizer == "llama3":
         bpe.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )

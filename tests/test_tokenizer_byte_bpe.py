@@ -12,7 +12,7 @@ from vikhr.assets import EN_SAMPLE, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.tokenizer import load
-from vikhr.tokenizer.byte_level import piece_bytes
+from vikhr.tokenizer.byte_level import LLAMA3_PATTERN, piece_bytes
 from vikhr.tokenizer.compare import compare
 from vikhr.tokenizer.corpus import iter_lines
 from vikhr.tokenizer.tekken import import_tekken
@@ -20,10 +20,6 @@ from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "vikhr" / "assets" / "tokenizers"
 RU40K_JSON = ASSET_DIR / "vikhr-ru-40k.tokenizer.json"
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 SPECIALS = {
     "llama3": ["<|begin_of_text|>", "<|end_of_text|>"],
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],

@@ -232,3 +232,35 @@ def test_shipped_gpu_configs_fit_8_gpus_at_their_tp(config: str, preset: str, vo
     )
     total = e.parameters + e.gradients + e.optimizer + e.activations
     assert total < 80e9 * 0.9  # the config's own TP leaves headroom on an 80 GB GPU
+
+
+def test_sft_7b_config_has_the_papers_table_5() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(repo / "configs" / "sft-mistral-7b.yaml", check_files=False)
+    assert (cfg.data.kind, cfg.data.seq_len, cfg.data.packing) == ("sft", 1024, "pad")
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.optim.betas, cfg.optim.warmup_steps) == (
+        1e-5,
+        1e-8,
+        [0.99, 0.95],
+        10,
+    )
+    dp = 8 // cfg.parallel.tensor  # the 8 GPUs of its torchrun line
+    assert cfg.train.micro_batch == 3 and cfg.train.global_batch == 3 * 64
+    assert cfg.train.global_batch % (cfg.train.micro_batch * dp) == 0
+    train_chats = 680_000 * 0.99  # Table 4's mix, the config's 99 % train split; one chat per window
+    assert cfg.train.steps == math.ceil(3 * train_chats / cfg.train.global_batch)
+    from vikhr.train.memory import estimate
+
+    shape = cfg.model.shape()
+    e = estimate(
+        shape,
+        cfg.parallel.tensor,
+        8,
+        cfg.train.micro_batch,
+        cfg.data.seq_len,
+        cfg.kl.weight,
+        cfg.model.vocab_multiple,
+        distributed_optimizer=cfg.optim.distributed,
+        sequence_parallel=cfg.parallel.sequence,
+    )
+    assert e.parameters + e.gradients + e.optimizer + e.activations < 80e9 * 0.9

@@ -52,13 +52,13 @@ def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def make_checkpoint(path: Path, layers: int) -> int:
+def make_checkpoint(path: Path, layers: int, seed: int = 0) -> int:
     """Write the synthetic slice (2 shards + index + config); returns its size in bytes."""
     import torch
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     shards: list[dict[str, tuple[int, ...]]] = [
         {"model.embed_tokens.weight": (VOCAB, HIDDEN)},
         {"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)},

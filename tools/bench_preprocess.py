@@ -27,11 +27,7 @@ process to its exit (interpreter start-up, imports and model loading included) a
 Byte-level BPE mode (`--family byte-bpe`: Mistral's tekken vocabulary converted to tokenizer.json
 with transformers' MistralConverter; or `--tokenizer-json PATH`), same corpus, these tools:
   vikhr            JSONL -> .bin/.idx with --tokenizer-type HuggingFaceTokenizer (vikhr's own
-                   byte-level encoder), the whole `preprocess()` call: both tokenizer loads included
-                   (`vikhr.tokenizer.load` reads BOS/EOS through HF tokenizers, then the Rust core
-                   loads the file again for itself)
-  vikhr-core       the same run without `vikhr.tokenizer.load`: `vikhr._core.preprocess` alone (the
-                   Rust core's own load, the encoding and the writing); not a peer
+                   byte-level encoder), the whole `preprocess()` call: loading the file included
   tokenizers       HF `tokenizers` Tokenizer.from_file(...).encode_batch(texts) on texts already in
                    memory (RAYON_NUM_THREADS = threads; loading not timed)
   tiktoken         tiktoken.Encoding built from the file's byte vocabulary (rank = id) and split
@@ -60,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOOLS = ("vikhr", "megatron-style", "gigatoken", "sentencepiece")
-BYTE_TOOLS = ("vikhr", "vikhr-core", "tokenizers", "tiktoken", "gigatoken")
+BYTE_TOOLS = ("vikhr", "tokenizers", "tiktoken", "gigatoken")
 PROCESSES = ("vikhr data preprocess", "gigatoken encode_files")
 _GIGATOKEN_PROCESS = """
 import os, sys
@@ -189,17 +185,6 @@ def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -
             append_eod=True, workers=threads,
         )  # fmt: skip
         result = {"seconds": time.perf_counter() - start, "documents": s.documents, "tokens": s.tokens}
-        return {**result, "rss_mib": _peak_rss_mib()}
-    if tool == "vikhr-core":
-        from vikhr import _core
-
-        eos = json.loads(model.read_text(encoding="utf-8"))["model"]["vocab"].get("</s>", 2)
-        start = time.perf_counter()
-        s = _core.preprocess(
-            [str(corpus)], str(out_dir / "core"), ["text"], "huggingface", str(model), eod_id=eos,
-            add_special_tokens=True, threads=threads,
-        )  # fmt: skip
-        result = {"seconds": time.perf_counter() - start, "documents": s["documents"], "tokens": s["tokens"]}
         return {**result, "rss_mib": _peak_rss_mib()}
     if byte_level:
         return {**run_byte_level_peer(tool, corpus, model, threads), "rss_mib": _peak_rss_mib()}
@@ -417,7 +402,7 @@ def tool_rows(runs: dict[str, list[dict]], nbytes: int, threads: int) -> list[tu
 def fastest_peer_line(rows: list[tuple[str, int, dict | str]], threads: int) -> str:
     """vikhr's speed relative to the fastest other tool with `threads` threads."""
     speeds = {t: r["mb_s"] for t, n, r in rows if n == threads and isinstance(r, dict)}
-    peers = {t: v for t, v in speeds.items() if not t.startswith("vikhr")}
+    peers = {t: v for t, v in speeds.items() if t != "vikhr"}
     if "vikhr" not in speeds or not peers:
         return f"{threads} thread(s): no comparison"
     best = max(peers, key=lambda t: peers[t])
@@ -425,8 +410,6 @@ def fastest_peer_line(rows: list[tuple[str, int, dict | str]], threads: int) -> 
         f"{threads} thread(s): fastest peer {best} {peers[best]:.1f} MB/s; "
         f"vikhr {speeds['vikhr']:.1f} MB/s = {speeds['vikhr'] / peers[best]:.2f}x the fastest peer"
     )
-    if "vikhr-core" in speeds:
-        line += f" (vikhr-core {speeds['vikhr-core'] / peers[best]:.2f}x)"
     return line
 
 

@@ -23,11 +23,22 @@ tekken itself and Mistral-7B v0.1's SentencePiece; the table goes to --byte-bpe-
 
     .venv/bin/python tools/bench_tokenizer.py --byte-bpe --out /tmp/bench-byte-bpe \
         --byte-bpe-report /tmp/bench_byte_bpe_efficiency.md
+
+`--leave-one-out` measures each mode on a Russian corpus it never saw: for every one of the five
+Russian corpora, replace, extend and prune-extend tokenizers (--sizes, default 40k) are trained on the
+other four (training split, LOO_RU_CHARS each) and measured on the left-out one (held-out split), on
+Russian text of other domains (TERRa news-like, XQuAD Wikipedia, RuCoLA grammar sentences, ChGK quiz
+questions: all documents) and on two English domains (novels held-out, MMLU exam questions); ratios
+against Mistral-7B v0.1 measured on the same lines. The table goes to --loo-report.
+
+    .venv/bin/python tools/bench_tokenizer.py --leave-one-out --out /tmp/bench-loo \
+        --loo-report /tmp/bench_loo.md [--sizes 40000 48000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -119,9 +130,16 @@ def main() -> None:
     ap.add_argument("--ship", action="store_true", help="copy ru40k-replace to vikhr/assets/tokenizers")
     ap.add_argument("--byte-bpe", action="store_true", help="the byte-level BPE (tekken) benchmark instead")
     ap.add_argument("--byte-bpe-report", type=Path, default=Path("/tmp/bench_byte_bpe_efficiency.md"))
+    ap.add_argument("--leave-one-out", action="store_true", help="the leave-one-corpus-out benchmark instead")
+    ap.add_argument("--loo-report", type=Path, default=Path("/tmp/bench_loo.md"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[40000], help="--leave-one-out vocab sizes")
+    ap.add_argument("--threads", type=int, default=1, help="--leave-one-out training threads")
     args = ap.parse_args()
     if args.byte_bpe:
         byte_bpe_main(args.out, args.byte_bpe_report, args.reuse)
+        return
+    if args.leave_one_out:
+        loo_main(args.out, args.loo_report, args.sizes, args.threads, args.reuse)
         return
     work = args.out / "tokenizers"
     if args.reuse:
@@ -169,6 +187,162 @@ def main() -> None:
     print("| tokenizer | .model (sentencepiece) s | tokenizer.json (tokenizers) s |\n|---|---:|---:|")
     for name, t_sp, t_hf in encode_timing(str(CORPUS / "ru" / "ruslit.jsonl.gz")):
         print(f"| {name} | {t_sp:.3f} | {t_hf:.3f} |")
+
+
+# ---------------------------------------------------------------- leave one Russian corpus out
+
+LOO_RU_CHARS = "2M"  # per Russian training corpus: a few M characters per training run in all
+LOO_EN_REPLACE = "2M"  # English novels mixed into replace mode (about 1/4 of its training text)
+LOO_EN_PRUNE = "8M"  # English novels in the prune-extend sample (only counts base-piece use)
+EVAL = DATA / "eval"
+# Russian and English text of domains none of the training corpora covers: (name, file, fields joined).
+EVAL_SETS = [
+    ("terra (news-like)", EVAL / "terra" / "train.jsonl", ("premise", "hypothesis")),
+    ("xquad-ru (Wikipedia)", EVAL / "xquad-ru" / "validation.jsonl", ("context", "question")),
+    ("rucola (grammar sentences)", EVAL / "rucola" / "train.jsonl", ("sentence",)),
+    ("chgk (quiz questions)", EVAL / "chgk" / "dev.jsonl", ("question", "answer")),
+    ("mmlu-en (exam questions)", EVAL / "mmlu-en" / "test.jsonl", ("question", "choices")),
+]
+EN_NOVELS = "english-novels"
+MMLU = "mmlu-en (exam questions)"
+
+
+def eval_texts(out: Path) -> list[str]:
+    """The eval sets as `text` JSONL (fields joined by newlines; repeated contexts once) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for name, path, fields in EVAL_SETS:
+        dst = out / (path.parent.name + ".jsonl")
+        seen: set[str] = set()
+        with open(path, encoding="utf-8") as src, open(dst, "w", encoding="utf-8") as f:
+            for n, line in enumerate(src):
+                rec = json.loads(line)
+                parts = []
+                for key in fields:
+                    value = rec.get(key)
+                    for text in value if isinstance(value, list) else [value]:
+                        if isinstance(text, str) and text not in seen:
+                            parts.append(text)
+                            if key == "context":
+                                seen.add(text)
+                f.write(
+                    json.dumps({"id": f"{name}#{n}", "text": "\n".join(parts)}, ensure_ascii=False) + "\n"
+                )
+        specs.append(f"{name}={dst}")
+    return specs
+
+
+def loo_jobs(size: int, threads: int) -> dict[tuple[str, str], tuple[list[str], TrainSettings]]:
+    """(left-out corpus, tokenizer name) → (corpora, settings) for every fold and mode at `size`."""
+    ru = sorted((CORPUS / "ru").glob("*.jsonl.gz"))
+    en = CORPUS / "en" / "english-novels.jsonl.gz"
+    common = {"vocab_size": size, "split_by_script": False, "num_threads": threads}
+    jobs = {}
+    for left_out in ru:
+        rest = [f"{p}@{LOO_RU_CHARS}" for p in ru if p != left_out]
+        fold = left_out.name.removesuffix(".jsonl.gz")
+        k = f"{size // 1000}k"
+        jobs[(fold, f"replace-{k}")] = ([*rest, f"{en}@{LOO_EN_REPLACE}"], TrainSettings(**common))
+        jobs[(fold, f"extend-{k}")] = (rest, TrainSettings(mode="extend", base_model=str(MISTRAL), **common))
+        jobs[(fold, f"prune-extend-{k}")] = (
+            [*rest, f"{en}@{LOO_EN_PRUNE}"],
+            TrainSettings(mode="prune-extend", base_model=str(MISTRAL), **common),
+        )
+    return jobs
+
+
+def loo_table(results: list, folds: list[str], modes: list[str], base: str) -> str:
+    """Per mode: chars/token on each left-out corpus, other-domain Russian, English, ratios vs `base`."""
+    by = {(r.tokenizer, r.text_set): r for r in results}
+    eval_ru = [name for name, _, _ in EVAL_SETS if name != MMLU]
+
+    def pooled(tok: str, sets: list[str]) -> float:
+        rows = [by[(tok, s)] for s in sets]
+        return sum(r.chars for r in rows) / sum(r.tokens for r in rows)
+
+    lines = [
+        "| mode | " + " | ".join(f"left out: {f}" for f in folds) + " | RU other domains (pooled) "
+        "| EN novels | EN mmlu |",
+        "|---|" + "---:|" * (len(folds) + 3),
+    ]
+    base_cells = [f"{by[(base, f)].chars_per_token:.3f}" for f in folds]
+    base_cells += [f"{pooled(base, eval_ru):.3f}", f"{by[(base, EN_NOVELS)].chars_per_token:.3f}"]
+    lines.append(f"| {base} | " + " | ".join([*base_cells, f"{by[(base, MMLU)].chars_per_token:.3f}"]) + " |")
+    for mode in modes:
+        cells = []
+        for f in folds:
+            r = by[(f"{mode} w/o {f}", f)]
+            assert not r.trained_on_set  # the left-out corpus really was left out
+            cells.append(
+                f"{r.chars_per_token:.3f} ({r.chars_per_token / by[(base, f)].chars_per_token:.2f}×)"
+            )
+        toks = [f"{mode} w/o {f}" for f in folds]
+        for sets in (eval_ru, [EN_NOVELS], [MMLU]):
+            vals = [pooled(t, sets) / pooled(base, sets) for t in toks]
+            mean = statistics.mean(pooled(t, sets) for t in toks)
+            cells.append(f"{mean:.3f} ({min(vals):.2f}–{max(vals):.2f}×)")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "prune-extend goal (EN ≥ 0.97× Mistral on novels and mmlu, RU ≥ 1.6× on the left-out corpus):",
+        "",
+    ]
+    for mode in (m for m in modes if m.startswith("prune-extend")):
+        toks = [f"{mode} w/o {f}" for f in folds]
+        en = min(pooled(t, sets) / pooled(base, sets) for t in toks for sets in ([EN_NOVELS], [MMLU]))
+        ru = {f: by[(f"{mode} w/o {f}", f)].chars_per_token / by[(base, f)].chars_per_token for f in folds}
+        missed = [f"{f} {r:.3f}×" for f, r in ru.items() if r < 1.6]
+        lines.append(
+            f"- {mode}: EN worst {en:.3f}× ({'met' if en >= 0.97 else 'NOT met'}); RU on the left-out corpus "
+            f"≥ 1.6× for {len(folds) - len(missed)} of {len(folds)}"
+            + (f" (short: {', '.join(missed)})" if missed else "")
+        )
+    lines += [
+        "",
+        "Same corpus seen in training (held-out documents; mean over the four folds that include it):",
+        "",
+    ]
+    lines += ["| mode | " + " | ".join(folds) + " |", "|---|" + "---:|" * len(folds)]
+    for mode in modes:
+        cells = []
+        for f in folds:
+            seen = [by[(f"{mode} w/o {g}", f)].chars_per_token for g in folds if g != f]
+            cells.append(f"{statistics.mean(seen):.3f}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def loo_main(out: Path, report: Path, sizes: list[int], threads: int, reuse: bool) -> None:
+    work = out / "tokenizers"
+    folds = [p.name.removesuffix(".jsonl.gz") for p in sorted((CORPUS / "ru").glob("*.jsonl.gz"))]
+    specs, modes, seconds = [f"mistral-7b-v0.1={MISTRAL}"], [], {}
+    for size in sizes:
+        for (fold, mode), (corpora, settings) in loo_jobs(size, threads).items():
+            path = work / f"{mode}-wo-{fold}"
+            if not (reuse and (path / "manifest.json").is_file()):
+                t0 = time.perf_counter()
+                train_tokenizer(corpora, path, settings, overwrite=True)
+                seconds[(mode, fold)] = time.perf_counter() - t0
+                print(f"trained {mode} without {fold} in {seconds[(mode, fold)]:.1f} s", flush=True)
+            specs.append(f"{mode} w/o {fold}={path}")
+            modes.append(mode)
+    modes = list(dict.fromkeys(modes))
+    corpora_sets = [*(str(p) for p in sorted((CORPUS / "ru").glob("*.jsonl.gz"))), TEXT_SETS[-1]]
+    results = compare(specs, corpora_sets, out / "report-corpora", split="heldout", max_chars=1_000_000)
+    results += compare(specs, eval_texts(out / "eval"), out / "report-eval", split="all", max_chars=1_000_000)
+    text = (
+        "Chars/token (ratio to Mistral-7B v0.1 on the same lines). Left-out columns: held-out documents of "
+        "the Russian corpus that tokenizer never saw; other columns: mean over the five fold tokenizers of "
+        "a mode (min–max ratio). RU other domains = TERRa + XQuAD-ru + RuCoLA + ChGK pooled (all documents); "
+        "EN novels = held-out English novels; EN mmlu = MMLU test questions with their choices.\n\n"
+        + loo_table(results, folds, modes, "mistral-7b-v0.1")
+    )
+    if seconds:
+        median = statistics.median(seconds.values())
+        text += f"\nTraining: {median:.0f} s median per tokenizer ({threads} thread(s), shared machine).\n"
+    text += f"\nMachine: {_machine_note()}.\n"
+    report.write_text(text, encoding="utf-8")
+    print(text)
 
 
 # ---------------------------------------------------------------- byte-level BPE: tekken + Russian tokens

@@ -24,8 +24,10 @@ COMMAND_MODULES: list[str] = [
     "vikhr.data.cli",
     "vikhr.train.cli",
     "vikhr.sft.cli",
+    "vikhr.merge.cli",
     "vikhr.convert.cli",
     "vikhr.eval.cli",
+    "vikhr.ablate.cli",
     "vikhr.demo",
 ]
 

@@ -34,19 +34,16 @@ import io
 import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import output_dir, temporary_path, write_text
 from vikhr.errors import VikhrError, require_file
+from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 
 # Meta-Llama-3's pre-tokenizer split and the special tokens its base and instruct models use.
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 LLAMA3_SPECIALS = (
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -126,7 +123,7 @@ def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
 
 
-def _split(path: Path, out: Path, name: str) -> tuple[Path, Path]:
+def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path]:
     """(train JSONL, held-out JSONL) by the tokenizer's deterministic hash split of document ids."""
     from vikhr.tokenizer.corpus import iter_documents
 
@@ -142,7 +139,9 @@ def _split(path: Path, out: Path, name: str) -> tuple[Path, Path]:
     return out / f"{name}-train.jsonl.gz", out / f"{name}-heldout.jsonl.gz"
 
 
-def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_len: int) -> float:
+def bits_per_char(
+    hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_len: int, device: str = "cpu"
+) -> float:
     """Bits per character of the HF model on the first `docs` texts, through `vikhr eval`'s bpc task."""
     from vikhr.eval.runner import EvalSettings, run_eval
 
@@ -153,7 +152,7 @@ def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_le
         bpc_data=texts,
         tokenizer=tokenizer,
         limit=docs,
-        device="cpu",
+        device=device,
         dtype="float32",
         max_length=seq_len,
     )
@@ -163,7 +162,7 @@ def _bits_per_char(hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_le
     return float(results["tasks"]["bpc"]["metrics"]["bpc"])
 
 
-def _train_config(
+def train_config(
     workdir: Path,
     name: str,
     prefixes: list[tuple[str, str, float]],
@@ -174,7 +173,9 @@ def _train_config(
     kl_weight: float = 0.0,
     sft: bool = False,
     family_shape: dict[str, Any] | None = None,
+    extra: Sequence[str] = (),
 ) -> Any:
+    """The demo's trainer config for one run; `extra` overrides (section.key=value) come last and win."""
     from vikhr.train.config import load_config
 
     family_shape = family_shape or {}
@@ -204,6 +205,7 @@ def _train_config(
         "checkpoint.resume=never",
         f"logging.log_every={max(1, steps // 5)}",
         f"logging.eval_every={steps}",
+        *extra,
     ]
     return load_config(None, overrides)
 
@@ -290,7 +292,7 @@ class Demo:
         from vikhr.train.checkpoint import find_checkpoint
         from vikhr.train.trainer import run as train
 
-        config = _train_config(
+        config = train_config(
             self.workdir, name, blend, vocab, self.args, steps, family_shape=self.family.shape, **kw
         )
         train(config)
@@ -300,8 +302,8 @@ class Demo:
         self.stage(1, "split: held-out documents are kept out of every training step")
         corpora = self.workdir / "corpora"
         corpora.mkdir()
-        self.ru_train, self.ru_held = _split(ru, corpora, "ru")
-        self.en_train, self.en_held = _split(en, corpora, "en")
+        self.ru_train, self.ru_held = split_heldout(ru, corpora, "ru")
+        self.en_train, self.en_held = split_heldout(en, corpora, "en")
 
     def tokenizer(self) -> None:
         from vikhr.tokenizer.train import TrainSettings, train_tokenizer
@@ -422,7 +424,7 @@ class Demo:
             ("adapted + continued", self.final_hf, self.new_tok),
         ):
             bpc[label] = {
-                lang: _bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
+                lang: bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
                 for lang, held in (("ru", self.ru_held), ("en", self.en_held))
             }
         print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")

@@ -54,6 +54,26 @@ def require_writable_dir(path: str | Path, what: str = "output directory") -> Pa
     return p
 
 
+def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any]:
+    """The YAML mapping in the config file `path` (empty file: {}); VikhrError in one line otherwise."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise VikhrError(f"config file not found: {p} (check the path)")
+    try:
+        value = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise VikhrError(
+            f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start}); give a YAML file"
+        ) from None
+    except yaml.YAMLError as e:
+        raise VikhrError(f"config file {p} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(value, dict):
+        raise VikhrError(f"config file {p}: top level must be a mapping of {contents}")
+    return value
+
+
 def read_json_object(path: Path, fix: str = "fix or re-export it") -> dict[str, Any]:
     """The JSON object in `path`; VikhrError naming the file and `fix` if it is unreadable or no object."""
     try:

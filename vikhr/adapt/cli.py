@@ -22,7 +22,10 @@ def register(sub: Any) -> None:
     p.add_argument("--new-tokenizer", required=True, help="the new tokenizer (.model/.json/dir)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument(
-        "--init", choices=["mean", "random"], default="mean", help="init of new rows (default mean)"
+        "--init",
+        choices=["mean", "random", "mean-of-all"],
+        default="mean",
+        help="init of new rows (default mean)",
     )
     p.add_argument("--pad-to-multiple", type=int, default=None, help="pad the vocabulary rows to a multiple")
     p.add_argument(
@@ -31,6 +34,10 @@ def register(sub: Any) -> None:
         default="mean",
         help="new pieces made only of spaces ('▁', byte-level 'Ġ'): mean of their old pieces, or a copy of "
         "the old single-space row",
+    )
+    p.add_argument(
+        "--id-map",
+        help="old → new id map of a prune-extend tokenizer (default: id_map.json beside --new-tokenizer)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
     p.add_argument("--overwrite", action="store_true")
@@ -53,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         whitespace=args.whitespace_pieces,
         seed=args.seed,
         overwrite=args.overwrite,
+        id_map_path=args.id_map,
     )
     print(f"wrote {args.out}: {json.dumps(summary['counts'])}")
     return 0

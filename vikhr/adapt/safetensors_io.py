@@ -160,8 +160,6 @@ def write_streaming(
 
     Every other tensor is copied byte for byte, one chunk at a time. Returns the data size in bytes.
     """
-    import torch
-
     names = list(src.tensors)
     header: dict[str, Any] = {}
     if src.metadata is not None:
@@ -180,19 +178,64 @@ def write_streaming(
         header[name]["data_offsets"] = [offset, offset + size]
         plan.append((name, size))
         offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # keep the data buffer 8-byte aligned, as safetensors does
     with open(src.path, "rb") as fin, open(dst_path, "wb") as fout:
-        fout.write(struct.pack("<Q", len(blob)))
-        fout.write(blob)
+        _write_header(fout, header)
         for name, size in plan:
             if name in replacements:
-                t = replacements[name].contiguous()
-                if size:
-                    fout.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+                _write_tensor_data(fout, replacements[name])
                 progress(size)
             else:
                 _copy_range(fin, fout, src.tensors[name].start, size, progress)
+    return offset
+
+
+def _write_header(fout: IO[bytes], header: dict[str, Any]) -> None:
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # keep the data buffer 8-byte aligned, as safetensors does
+    fout.write(struct.pack("<Q", len(blob)))
+    fout.write(blob)
+
+
+def _write_tensor_data(fout: IO[bytes], tensor: Any) -> None:
+    import torch
+
+    t = tensor.contiguous()
+    if t.numel():
+        fout.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+
+
+def write_computed(
+    src: SafetensorsHeader,
+    dst_path: Path,
+    compute: Callable[[TensorEntry], Any],
+    progress: Callable[[int], Any] = lambda n: None,
+) -> int:
+    """Write a file with the names, dtypes, shapes and metadata of `src`, each tensor's data being
+    `compute(entry)`, called one tensor at a time in file order (so one result is in memory at once).
+
+    Returns the data size in bytes (that of `src`).
+    """
+    header: dict[str, Any] = {}
+    if src.metadata is not None:
+        header["__metadata__"] = src.metadata
+    offset = 0
+    for e in src.tensors.values():
+        header[e.name] = {
+            "dtype": e.dtype,
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.end - e.start],
+        }
+        offset += e.end - e.start
+    with open(dst_path, "wb") as fout:
+        _write_header(fout, header)
+        for e in src.tensors.values():
+            t = compute(e)
+            if safetensors_dtype(t.dtype) != e.dtype or tuple(t.shape) != e.shape:
+                raise RuntimeError(
+                    f"{e.name}: computed {t.dtype} {tuple(t.shape)}, expected {e.dtype} {e.shape}"
+                )
+            _write_tensor_data(fout, t)
+            progress(e.end - e.start)
     return offset
 
 

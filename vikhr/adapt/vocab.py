@@ -2,12 +2,16 @@
 
 For each token of the new vocabulary:
 * copied   — the same piece exists in the old vocabulary (normal, byte `<0xXX>` and special pieces
-             are matched by their string, so `▁` stays part of the piece): its row is copied bit for bit;
+             are matched by their string, so `▁` stays part of the piece): its row is copied bit for bit.
+             A prune-extend tokenizer moved the base pieces it kept to new ids; its `id_map.json`
+             (vikhr.tokenizer.prune, found beside the new tokenizer or given) says which old row each
+             new id copies, and is checked against both vocabularies piece by piece;
 * averaged — otherwise the piece's text is encoded by the old tokenizer and the row is the mean of the
              old rows of those pieces ("byte-fallback" when some of them are byte tokens). A byte-level
              piece (Llama-3, Qwen2.5, tekken) stands for bytes: valid UTF-8 text is encoded, stray
              bytes of a partial character become the old single-byte tokens (vikhr.adapt.vocab_source);
 * random   — with `init="random"`: drawn from N(mean, std) of the old rows, per dimension (seeded);
+* mean-of-all — with `init="mean-of-all"`: the mean of all old rows;
 * padding  — rows added by `pad_to_multiple` get the mean of all old rows.
 The input embedding and the LM head are adapted separately, each from its own old rows.
 
@@ -31,8 +35,9 @@ from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabula
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
 from vikhr.tokenizer.load import load
+from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
-Init = Literal["mean", "random"]
+Init = Literal["mean", "random", "mean-of-all"]
 WhitespacePolicy = Literal["mean", "space"]
 SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2")
 EMBED = "model.embed_tokens.weight"
@@ -67,16 +72,22 @@ def plan_rows(
     init: Init = "mean",
     whitespace: WhitespacePolicy = "mean",
     padded_size: int | None = None,
+    id_map: IdMap | None = None,
 ) -> list[TokenInit]:
-    """How every new row starts (see module doc); VikhrError if the old tokenizer cannot encode a piece."""
+    """How every new row starts (see module doc); VikhrError if the old tokenizer cannot encode a piece.
+
+    With `id_map` (checked by `check_id_map`), exactly the ids it maps are copied, from the old ids it
+    names; without it, pieces are matched by their string."""
     old_index = old.index()
+    copy_from = id_map.new_to_old() if id_map is not None else None
     plan: list[TokenInit] = []
-    for piece, kind in zip(new.pieces, new.kinds, strict=True):
-        if piece in old_index:
-            plan.append(TokenInit(piece, "copied", (old_index[piece],)))
+    for new_id, (piece, kind) in enumerate(zip(new.pieces, new.kinds, strict=True)):
+        source = copy_from.get(new_id) if copy_from is not None else old_index.get(piece)
+        if source is not None:
+            plan.append(TokenInit(piece, "copied", (source,)))
             continue
-        if init == "random":
-            plan.append(TokenInit(piece, "random", ()))
+        if init in ("random", "mean-of-all"):
+            plan.append(TokenInit(piece, init, ()))
             continue
         if kind in ("control", "unknown", "unused", "byte") or piece == "":
             # A special or byte token the old model never had: no text to encode, so it starts
@@ -94,6 +105,45 @@ def plan_rows(
     for _ in range(len(new.pieces), padded_size or 0):
         plan.append(TokenInit("", "padding", ()))
     return plan
+
+
+def check_id_map(id_map: IdMap, old: Vocabulary, new: Vocabulary) -> None:
+    """VikhrError (one line) unless `id_map` maps `old` onto `new`: sizes agree and every mapped pair is
+    the same piece."""
+    where = f"id map {id_map.path}"
+    if len(id_map.old_to_new) != old.size:
+        raise VikhrError(
+            f"{where} is for a base of {len(id_map.old_to_new)} tokens but --old-tokenizer {old.path} has "
+            f"{old.size} (pass the base the tokenizer was pruned from)"
+        )
+    if id_map.new_vocab_size != new.size:
+        raise VikhrError(
+            f"{where} is for a tokenizer of {id_map.new_vocab_size} tokens but {new.path} has {new.size} "
+            "(use the id_map.json written with this tokenizer)"
+        )
+    for old_id, new_id in enumerate(id_map.old_to_new):
+        if new_id is not None and old.pieces[old_id] != new.pieces[new_id]:
+            raise VikhrError(
+                f"{where} maps old id {old_id} ({old.pieces[old_id]!r}) to new id {new_id}, which is "
+                f"{new.pieces[new_id]!r} (the map does not belong to these tokenizers)"
+            )
+
+
+def find_id_map(new: Vocabulary, id_map_path: str | Path | None) -> IdMap | None:
+    """The id map given, or the one beside the new tokenizer; VikhrError when a prune-extend tokenizer
+    (its manifest says so) has none."""
+    if id_map_path is not None:
+        return read_id_map(id_map_path)
+    beside = Path(new.path).parent / ID_MAP_FILE
+    if beside.is_file():
+        return read_id_map(beside)
+    manifest = Path(new.path).parent / "manifest.json"
+    if manifest.is_file() and read_json_object(manifest).get("mode") == "prune-extend":
+        raise VikhrError(
+            f"{new.path} was made by prune-extend, whose kept pieces moved, but {beside} is missing "
+            "(copy it from the training output or pass --id-map)"
+        )
+    return None
 
 
 def _old_ids(old: Vocabulary, new: Vocabulary, piece: str) -> tuple[list[int], bool]:
@@ -247,8 +297,8 @@ def _check_paths(model_dir: str | Path, out_dir: str | Path, init: str, overwrit
         raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
     if out_dir.resolve() == model_dir.resolve():
         raise VikhrError("--out must differ from --model (the input is read while the output is written)")
-    if init not in ("mean", "random"):
-        raise VikhrError(f"unknown --init {init!r} (choose mean or random)")
+    if init not in ("mean", "random", "mean-of-all"):
+        raise VikhrError(f"unknown --init {init!r} (choose mean, random or mean-of-all)")
     return model_dir, out_dir
 
 
@@ -352,6 +402,7 @@ def adapt_vocab(
     seed: int = 0,
     overwrite: bool = False,
     show_progress: bool = True,
+    id_map_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Adapt the checkpoint in `model_dir` to `new_tokenizer`, writing `out_dir`; returns the summary."""
     model_dir, out_dir = _check_paths(model_dir, out_dir, init, overwrite)
@@ -362,8 +413,11 @@ def adapt_vocab(
     old = load_vocabulary(old_tokenizer)
     new = load_vocabulary(new_tokenizer)
     _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
+    id_map = find_id_map(new, id_map_path)
+    if id_map is not None:
+        check_id_map(id_map, old, new)
     padded = _round_up(new.size, pad_to_multiple)
-    plan = plan_rows(old, new, init, whitespace, padded)
+    plan = plan_rows(old, new, init, whitespace, padded, id_map)
 
     replacements = {
         name: functools.partial(_adapted_matrix, src, name, plan, seed + (1 if name == LM_HEAD else 0))
@@ -389,6 +443,7 @@ def adapt_vocab(
             "model": str(model_dir),
             "old_tokenizer": str(old.path),
             "new_tokenizer": str(new.path),
+            "id_map": str(id_map.path) if id_map is not None else None,
         }
         (work / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     return summary

@@ -8,13 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_writable_dir
-
-if TYPE_CHECKING:
-    from vikhr.tokenizer.load import Tokenizer
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
@@ -86,9 +83,25 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str) -> Tokenizer:
-    """The tokenizer `tokenizer_type` names, loaded by `vikhr.tokenizer.load` (which decides BOS/EOS)."""
-    from vikhr.tokenizer.load import load
+@dataclass(frozen=True)
+class _Encoder:
+    """The tokenizer a run encodes with: the native core's, and its BOS/EOS by vikhr's one rule."""
+
+    path: Path
+    native: Any  # vikhr._core.Tokenizer
+    bos_id: int | None
+    eos_id: int | None
+
+
+def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str) -> _Encoder:
+    """The tokenizer `tokenizer_type` names, loaded once by the native core.
+
+    BOS/EOS follow `vikhr.tokenizer.load`'s rule: a `.model`'s own ids; for a tokenizer.json the
+    native tokenizer answers the vocabulary look-ups (building the Python `tokenizers` object
+    only for them costs more than a second on a 131k vocabulary).
+    """
+    from vikhr import _core
+    from vikhr.tokenizer.load import hf_special_ids, load, resolve_tokenizer_file
 
     if tokenizer_type not in TOKENIZER_TYPES:
         raise VikhrError(
@@ -99,14 +112,27 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     # Megatron's HuggingFaceTokenizer reads a directory's tokenizer.json, even beside a .model.
     if kind == "huggingface" and path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
-    tok = load(path)
-    if tok.kind != kind:
+    file = resolve_tokenizer_file(path)
+    file_kind = "huggingface" if file.suffix == ".json" else "sentencepiece"
+    if file_kind != kind:
         wanted = "a SentencePiece .model" if kind == "sentencepiece" else "a tokenizer.json"
         raise VikhrError(
-            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {tok.path} is a {tok.kind} tokenizer "
+            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is a {file_kind} tokenizer "
             "(check --tokenizer-type and --tokenizer-model)"
         )
-    return tok
+    # sentencepiece first: its error for a file that is not a .model is the clear one.
+    spm = load(file) if kind == "sentencepiece" else None
+    try:
+        # Megatron's HuggingFaceTokenizer applies the post-processor (add_special_tokens=True).
+        native = _core.Tokenizer(kind, str(file), add_special_tokens=kind == "huggingface")
+    except ValueError as e:
+        from vikhr.tokenizer.tekken import is_tekken_file, tekken_error
+
+        if kind == "huggingface" and is_tekken_file(file):
+            raise tekken_error(file) from None
+        raise VikhrError(str(e)) from None
+    bos_id, eos_id = (spm.bos_id, spm.eos_id) if spm else hf_special_ids(file, native.token_to_id)
+    return _Encoder(path=file, native=native, bos_id=bos_id, eos_id=eos_id)
 
 
 def preprocess(
@@ -134,7 +160,7 @@ def preprocess(
     # Refused now rather than after the corpus has been tokenized (the Rust writer makes the parents).
     require_writable_dir(Path(output_prefix).parent, "--output-prefix directory")
     tok = _load_tokenizer(tokenizer_model, tokenizer_type)
-    kind, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
+    _, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
     if append_eod and tok.eos_id is None:
         raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
     if prepend_bos and tok.bos_id is None:
@@ -164,11 +190,9 @@ def preprocess(
             [str(f) for f in files],
             str(output_prefix),
             list(json_keys),
-            kind,
-            str(tok.path),
+            tok.native,
             eod_id=tok.eos_id if append_eod else None,
             bos_id=tok.bos_id if prepend_bos else None,
-            add_special_tokens=kind == "huggingface",
             threads=workers,
             skip_invalid=skip_invalid,
             batch_bytes=batch_bytes,

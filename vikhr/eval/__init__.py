@@ -1,4 +1,5 @@
-"""Evaluation through lm-evaluation-harness on local data: MMLU, TERRa, RuCoLA, CheGeKa, XQuAD-ru, BPC."""
+"""Evaluation through lm-evaluation-harness on local data: En/Ru-MMLU, Russian SuperGLUE, MERA, RuCoLA,
+CheGeKa, XQuAD-ru, BPC; `compare` tabulates results of several models."""
 
 from vikhr.eval.runner import EvalSettings, markdown_table, run_eval, write_results
 from vikhr.eval.tasks import TASKS, parse_task_list

@@ -8,6 +8,8 @@ from pathlib import Path
 from vikhr.errors import VikhrError
 
 DEFAULT_DATA_DIR = Path("../shared/data/eval")
+# The tasks whose data the default data directory holds.
+DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 
 
 def _batch_size(value: str) -> int | str:
@@ -22,22 +24,42 @@ def _batch_size(value: str) -> int | str:
     return size
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from vikhr.eval.compare import compare
+
+    markdown, paths = compare(args.results, Path(args.out))
+    print(markdown, end="")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from vikhr.assets import RU_SAMPLE
     from vikhr.eval.runner import EvalSettings, markdown_table, run_eval, write_results
     from vikhr.eval.tasks import parse_task_list
 
+    if args.model is None:
+        raise VikhrError("--model is required (or use 'vikhr eval compare RESULTS.json ...')")
     tasks = parse_task_list(args.tasks)
     data_dir = Path(args.data_dir)
     if any(t != "bpc" for t in tasks) and not data_dir.is_dir():
         raise VikhrError(
-            f"--data-dir {data_dir} not found (it should hold mmlu-en/, terra/, rucola/, chgk/, xquad-ru/)"
+            f"--data-dir {data_dir} not found (it should hold mmlu-en/, mmlu-ru/, terra/, rucola/, chgk/, "
+            "xquad-ru/, russian-superglue/, mera/)"
         )
     for flag, value in (("--max-length", args.max_length), ("--num-fewshot", args.num_fewshot)):
         if value is not None and value < (1 if flag == "--max-length" else 0):
             raise VikhrError(
                 f"{flag} must be {'positive' if flag == '--max-length' else '>= 0'}, got {value}"
             )
+    if "mera_ruhumaneval" in tasks and not args.allow_code_execution:
+        raise VikhrError(
+            "task mera_ruhumaneval runs the Python code the model writes (in a resource-limited "
+            "subprocess, not a sandbox); add --allow-code-execution to run it, or leave it out of --tasks"
+        )
+    submission = Path(args.mera_submission) if args.mera_submission else None
+    if submission is not None and submission.suffix != ".zip":
+        raise VikhrError(f"--mera-submission {submission}: use a .zip file name (MERA takes a zip archive)")
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix != ".json":
         raise VikhrError(f"--output {output}: use a .json file name (the Markdown table goes next to it)")
@@ -57,12 +79,15 @@ def _run(args: argparse.Namespace) -> int:
         bootstrap_iters=args.bootstrap_iters,
         seed=args.seed,
         log_samples=args.log_samples,
+        mera_submission=submission,
     )
     results = run_eval(settings)
     print(markdown_table(results), end="")
     if output is not None:
         json_path, md_path = write_results(results, output)
         print(f"wrote {json_path} and {md_path}")
+    if submission is not None:
+        print(f"wrote {submission}")
     return 0
 
 
@@ -71,16 +96,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate an HF model directory (MMLU, TERRa, RuCoLA, CheGeKa, XQuAD-ru, bits per character)",
+        help="evaluate an HF model directory (MMLU, Ru-MMLU, Russian SuperGLUE, MERA, RuCoLA, CheGeKa, "
+        "XQuAD-ru, bits per character); 'vikhr eval compare' tabulates results",
         description="Run lm-evaluation-harness on local data, offline: "
         + "; ".join(f"{name}: {spec.summary}" for name, spec in TASKS.items())
         + ".",
     )
     p.add_argument(
-        "--model", required=True, help="HF model directory (from 'vikhr convert' or 'vikhr adapt-vocab')"
+        "--model", help="HF model directory (from 'vikhr convert' or 'vikhr adapt-vocab'); required"
     )
     p.add_argument(
-        "--tasks", default="all", help=f"comma-separated tasks: {','.join(TASKS)} or 'all' (default)"
+        "--tasks",
+        default=DEFAULT_TASKS,
+        help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), "
+        f"'mera' (the MERA tasks) or 'all' (default {DEFAULT_TASKS}: the data of {DEFAULT_DATA_DIR})",
     )
     p.add_argument(
         "--data-dir",
@@ -97,7 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-fewshot",
         type=int,
         help="few-shot examples for every task that takes them "
-        "(default per task: mmlu_en 5, chegeka 4, others 0)",
+        "(default per task: mmlu_en, mmlu_ru, mera_rummlu, mera_mathlogicqa, mera_ruopenbookqa, "
+        "mera_ruworldtree, mera_simplear, mera_rumultiar 5; chegeka, mera_chegeka 4; mera_lcs, mera_bps 2; "
+        "others 0)",
     )
     p.add_argument("--batch-size", type=_batch_size, default=1, help="batch size or 'auto' (default 1)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
@@ -114,4 +145,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
     )
     p.add_argument("--output", help="results JSON path; the Markdown table is written next to it (.md)")
+    p.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="let mera_ruhumaneval run the generated code to score it (a limited subprocess, no sandbox)",
+    )
+    p.add_argument(
+        "--mera-submission", help="write MERA's submission archive (.zip) of the mera_* tasks' answers here"
+    )
     p.set_defaults(func=_run)
+    verbs = p.add_subparsers(dest="eval_command", metavar="{compare}")
+    c = verbs.add_parser(
+        "compare",
+        help="models side by side: Markdown + CSV table and a PNG bar chart",
+        description="Tabulate 'vikhr eval --output' results: models as rows, benchmarks as columns "
+        "(En-MMLU, Ru-MMLU, CheGeKa, Russian SuperGLUE total, then every other task).",
+    )
+    c.add_argument("results", nargs="+", help="results JSON files, each FILE or NAME=FILE")
+    c.add_argument("--out", default="eval-compare", help="output directory (default eval-compare)")
+    c.set_defaults(func=_compare)

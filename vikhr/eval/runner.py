@@ -15,7 +15,9 @@ from typing import Any
 from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
-from vikhr.eval.tasks import TASKS, build_task_config, effective_fewshot, task_files
+from vikhr.eval.rsg import rsg_total
+from vikhr.eval.task_config import build_task_config
+from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
 DEFAULT_SEED = 1234
@@ -42,6 +44,7 @@ class EvalSettings:
     bootstrap_iters: int = 1000
     seed: int = DEFAULT_SEED
     log_samples: bool = False
+    mera_submission: Path | None = None  # write MERA's submission archive (.zip) of the mera_* tasks here
 
 
 def _offline() -> None:
@@ -208,6 +211,9 @@ def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, second
             "n": n_samples.get(name, {}).get("effective"),
             "data": [str(p) for p in task_files(name, settings.data_dir, settings.bpc_data)],
         }
+    total = rsg_total({name: task["metrics"] for name, task in out["tasks"].items()})
+    if total is not None:
+        out["groups"] = {"rsg": total}
     if settings.log_samples:
         out["samples"] = raw.get("samples", {})
     return out
@@ -221,6 +227,10 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     the (slow) model load.
     """
     _offline()
+    if settings.mera_submission is not None and not any(t.startswith("mera_") for t in settings.tasks):
+        raise VikhrError(
+            f"--mera-submission {settings.mera_submission}: no MERA task is evaluated (--tasks mera)"
+        )
     tokenizer = None
     if lm is None:
         check_model_dir(settings.model_dir)
@@ -249,10 +259,15 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
             task_dict={"tasks": tasks, "groups": {}},
             limit=settings.limit,
             bootstrap_iters=settings.bootstrap_iters,
-            log_samples=settings.log_samples,
+            # The submission archive is written from the per-document responses.
+            log_samples=settings.log_samples or settings.mera_submission is not None,
         )
     if raw is None:  # only on non-zero ranks of a distributed run
         return {}
+    if settings.mera_submission is not None:
+        from vikhr.eval.mera import write_submission
+
+        write_submission(raw["samples"], settings.mera_submission)
     used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
     return _summary(raw, settings, str(used), time.time() - started)
 
@@ -274,6 +289,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f"| {name} | {metric} | {shown} | {'' if err is None else f'{err:.4f}'} | "
                 f"{task['num_fewshot']} | {task['n'] if task['n'] is not None else ''} |"
             )
+    for group, value in results.get("groups", {}).items():
+        lines.append(f"| {group} | total | {value['score']:.4f} |  |  |  |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,8 @@ datasets cache) and hands lm-eval a config dict with Python callables for prompt
 Prompts are in the language of the task. Layout of the data directory (`../shared/data/eval`):
 
     mmlu-en/{dev,test}.jsonl   terra/{train,val}.jsonl   rucola/{train,dev}.jsonl
-    chgk/{train,test}.jsonl    xquad-ru/validation.jsonl
+    chgk/{train,test}.jsonl    xquad-ru/validation.jsonl mmlu-ru/{dev,test}.jsonl
+    russian-superglue/<Task>/  (vikhr.eval.rsg)          mera/<task>/  (vikhr.eval.mera)
 
 `bpc` reads any JSONL(.gz) file with a "text" field (default: the bundled Russian sample).
 """
@@ -26,6 +27,10 @@ from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl, read_texts
 
 LN2 = math.log(2.0)
+# MERA ruEthics: one MCC per (question, ethical criterion), scored in vikhr.eval.mera_metrics.
+ETHICS_QUESTIONS = ("correct", "good", "ethical")
+ETHICS_CRITERIA = ("virtue", "law", "moral", "justice", "utilitarianism")
+ETHICS_METRICS = tuple(f"mcc_{q}_{c}" for q in ETHICS_QUESTIONS for c in ETHICS_CRITERIA)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,112 @@ TASKS: dict[str, TaskSpec] = {
             ("exact_match", "f1"),
         ),
         TaskSpec(
+            "mmlu_ru",
+            "Ru-MMLU (MMLU translated into Russian, NLPCoreTeam/mmlu_ru layout), k-shot from the same "
+            "subject's dev questions, loglikelihood of A-D",
+            "mmlu-ru/test.jsonl",
+            "mmlu-ru/dev.jsonl",
+            5,
+            5,
+            ("acc",),
+        ),
+        *(
+            TaskSpec(
+                f"rsg_{task.lower()}",
+                f"Russian SuperGLUE {task} ({summary})",
+                f"russian-superglue/{task}/{'LiDiRus.jsonl' if task == 'LiDiRus' else 'val.jsonl'}",
+                f"russian-superglue/{'TERRa' if task == 'LiDiRus' else task}/train.jsonl",
+                0,
+                64 if task not in ("MuSeRC", "RuCoS") else 2,  # long passages: few shots fit
+                metrics,
+            )
+            for task, summary, metrics in (
+                ("LiDiRus", "diagnostic entailment, shots from TERRa train", ("mcc",)),
+                ("RCB", "3-way entailment", ("acc", "f1")),
+                ("PARus", "cause/effect choice", ("acc",)),
+                (
+                    "MuSeRC",
+                    "multi-sentence reading comprehension, each answer option true/false",
+                    ("f1a", "em"),
+                ),
+                ("TERRa", "entailment", ("acc",)),
+                ("RUSSE", "word in context", ("acc",)),
+                ("RWSD", "Winograd schema", ("acc",)),
+                ("DaNetQA", "yes/no questions", ("acc",)),
+                ("RuCoS", "cloze over passage entities", ("f1", "em")),
+            )
+        ),
+        *(
+            TaskSpec(
+                f"mera_{task}",
+                f"MERA {task} ({summary}), the release's instructions, {shots}-shot",
+                f"mera/{task}/test.jsonl",
+                f"mera/{task}/{shot_split}.jsonl" if shot_split else None,
+                shots,
+                64 if shot_split else 0,
+                metrics,
+            )
+            # The release's shot counts and shot splits (the diagnostic ruHHH and ruHateSpeech have none).
+            for task, summary, shots, shot_split, metrics in (
+                ("rummlu", "ruMMLU, A-D, shots from the same subject", 5, "public_test", ("acc",)),
+                ("mathlogicqa", "MathLogicQA, A-D", 5, "train", ("acc",)),
+                ("parus", "PARus", 0, "train", ("acc",)),
+                ("rcb", "RCB", 0, "train", ("acc", "f1")),
+                ("rwsd", "RWSD", 0, "train", ("acc",)),
+                ("lcs", "LCS, length of the longest common subsequence 0-9", 2, "public_test", ("acc",)),
+                ("bps", "BPS, balanced bracket sequences 0/1", 2, "train", ("acc",)),
+                ("simplear", "SimpleAr, arithmetic, generated, exact match", 5, "train", ("em",)),
+                (
+                    "rumultiar",
+                    "ruMultiAr, multi-step arithmetic, generated, exact match",
+                    5,
+                    "train",
+                    ("em",),
+                ),
+                (
+                    "rumodar",
+                    "ruModAr, modified arithmetic, generated, exact match",
+                    0,
+                    "public_test",
+                    ("em",),
+                ),
+                ("ruhhh", "ruHHH, the more helpful/harmless/honest reply 1/2", 0, None, ("acc",)),
+                ("ruhatespeech", "ruHateSpeech, the non-toxic reply 1/2", 0, None, ("acc",)),
+                ("ruopenbookqa", "ruOpenBookQA, A-D", 5, "train", ("acc", "f1")),
+                ("ruworldtree", "ruWorldTree, A-D", 5, "train", ("acc", "f1")),
+                ("chegeka", "CheGeKa, open questions, generated, SQuAD EM/F1", 4, "train", ("f1", "em")),
+                ("multiq", "MultiQ, multi-hop questions over two texts, generated", 0, "train", ("f1", "em")),
+                (
+                    "use",
+                    "USE, Unified State Exam tasks, generated, MERA's grade",
+                    0,
+                    "train",
+                    ("grade_norm",),
+                ),
+                (
+                    "rudetox",
+                    "ruDetox, detoxification, generated; J needs MERA's classifiers: submission only",
+                    0,
+                    "train",
+                    ("j",),
+                ),
+                (
+                    "ruhumaneval",
+                    "ruHumanEval, Python functions, 10 samples each, pass@k by running the tests",
+                    0,
+                    None,
+                    ("pass@1", "pass@5", "pass@10"),
+                ),
+                (
+                    "ruethics",
+                    "ruEthics, 0/1 per question, MCC per ethical criterion",
+                    0,
+                    None,
+                    ETHICS_METRICS,
+                ),
+            )
+        ),
+        TaskSpec(
             "bpc",
             "bits per character of a JSONL text set (tokenizer-independent)",
             "",  # given by --bpc-data
@@ -102,36 +213,47 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# Names that stand for several tasks in --tasks.
+TASK_GROUPS: dict[str, list[str]] = {
+    "rsg": [n for n in TASKS if n.startswith("rsg_")],
+    "mera": [n for n in TASKS if n.startswith("mera_")],
+}
+
+
 def parse_task_list(tasks: str) -> list[str]:
-    """Task names from a comma-separated list ('all' = every task); VikhrError for unknown names."""
+    """Task names from a comma-separated list ('all' = every task, 'rsg'/'mera' = their tasks)."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    choices = f"choose from {', '.join(TASKS)} (or 'all', 'rsg', 'mera')"
     if not names:
-        raise VikhrError(f"--tasks is empty; choose from {', '.join(TASKS)} (or 'all')")
+        raise VikhrError(f"--tasks is empty; {choices}")
     if names == ["all"]:
         return list(TASKS)
-    unknown = [n for n in names if n not in TASKS]
+    expanded = [t for n in names for t in TASK_GROUPS.get(n, [n])]
+    unknown = [n for n in expanded if n not in TASKS]
     if unknown:
-        raise VikhrError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(TASKS)} (or 'all')")
-    return list(dict.fromkeys(names))
+        raise VikhrError(f"unknown task {unknown[0]!r} in --tasks; {choices}")
+    return list(dict.fromkeys(expanded))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading data
 
 
-def _field(record: dict[str, Any], key: str, path: Path, line_no: int) -> Any:
-    if key not in record or record[key] is None:
-        raise VikhrError(f"{path}:{line_no}: no {key!r} field (is this the right file?)")
-    return record[key]
-
-
-def _records(path: Path, keys: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
+def _records(
+    path: Path, keys: tuple[str, ...], limit: int | None = None, layout: str | None = None
+) -> list[dict[str, Any]]:
+    """The first `limit` records of a JSONL file, each checked to have `keys` (`layout` names the
+    release whose layout the file should have, for the error message)."""
     out: list[dict[str, Any]] = []
     for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
         for k in keys:
-            _field(r, k, path, line_no)
+            if r.get(k) is None:
+                expected = f"the {layout} layout" if layout else "records"
+                raise VikhrError(
+                    f"{path}:{line_no}: no {k!r} field (expected {expected} with {', '.join(keys)})"
+                )
         out.append(r)
     if not out:
         raise VikhrError(f"{path} has no records")
@@ -219,42 +341,70 @@ def bits_per_character(items: list[tuple[float, int]]) -> float:
 # Task configs
 
 
-def _mmlu_prompt(subject: str, shots: list[dict[str, Any]], doc: dict[str, Any]) -> str:
+_MMLU_HEADER = {
+    "en": "The following are multiple choice questions (with answers) about {subject}.\n\n",
+    "ru": "Ниже приведены вопросы с выбором ответа (с ответами) по теме «{subject}».\n\n",
+}
+_MMLU_ANSWER = {"en": "Answer:", "ru": "Ответ:"}
+
+
+def _mmlu_prompt(subject: str, shots: list[dict[str, Any]], doc: dict[str, Any], language: str = "en") -> str:
     def block(d: dict[str, Any]) -> str:
         options = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", d["choices"], strict=True))
-        return f"{d['question'].strip()}{options}\nAnswer:"
+        return f"{d['question'].strip()}{options}\n{_MMLU_ANSWER[language]}"
 
-    header = (
-        f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    )
+    header = _MMLU_HEADER[language].format(subject=subject.replace("_", " "))
     return header + "".join(f"{block(s)} {s['answer']}\n\n" for s in shots) + block(doc)
 
 
-def _mmlu_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _mmlu_record(path: Path, r: dict[str, Any], russian: bool) -> dict[str, Any]:
+    """A record of either MMLU layout as {subject, question, choices, answer letter}.
+
+    En-MMLU: question/choices/answer "A"-"D". Ru-MMLU (NLPCoreTeam/mmlu_ru): question_ru/choices_ru
+    and answer 0-3 (question_en/choices_en alongside).
+    """
+    question, choices = (r["question_ru"], r["choices_ru"]) if russian else (r["question"], r["choices"])
+    answer = r["answer"]
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < 4:
+        answer = "ABCD"[answer]
+    if not isinstance(choices, list) or len(choices) != 4 or answer not in ("A", "B", "C", "D"):
+        raise VikhrError(
+            f"{path}: {r.get('id', str(question)[:40])!r} is not a 4-way question with answer A-D or 0-3"
+        )
+    return {"subject": r["subject"], "question": question, "choices": choices, "answer": answer}
+
+
+def _mmlu_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, language: str = "en"
+) -> dict[str, Any]:
+    russian = language == "ru"
+    keys = (
+        ("subject", "question_ru", "choices_ru", "answer")
+        if russian
+        else ("subject", "question", "choices", "answer")
+    )
+    layout = "Ru-MMLU (NLPCoreTeam/mmlu_ru)" if russian else "MMLU"
+
     def load(**_: Any) -> Any:
-        keys = ("subject", "question", "choices", "answer")
         dev: dict[str, list[dict[str, Any]]] = {}
-        for r in _records(fewshot_path, keys):
-            dev.setdefault(r["subject"], []).append(r)
+        for r in _records(fewshot_path, keys, layout=layout):
+            dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
         rows = []
-        for r in _records(eval_path, keys, limit):
-            if len(r["choices"]) != 4 or r["answer"] not in ("A", "B", "C", "D"):
-                raise VikhrError(
-                    f"{eval_path}: {r.get('id', r['question'][:40])!r} is not a 4-way A-D question"
-                )
+        for raw in _records(eval_path, keys, limit, layout):
+            r = _mmlu_record(eval_path, raw, russian)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
             rows.append(
                 {
                     "subject": r["subject"],
-                    "prompt": _mmlu_prompt(r["subject"], shots, r),
+                    "prompt": _mmlu_prompt(r["subject"], shots, r, language),
                     "label": "ABCD".index(r["answer"]),
                 }
             )
         return _to_dataset_dict({"test": rows})
 
     return {
-        "task": "mmlu_en",
+        "task": f"mmlu_{language}",
         "custom_dataset": load,
         "test_split": "test",
         "output_type": "multiple_choice",
@@ -276,7 +426,7 @@ def _choice_task_with_shots(
     *,
     description: str,
     doc_to_text: Callable[[dict[str, Any]], str],
-    choices: list[str],
+    choices: list[str] | Callable[[dict[str, Any]], list[str]],
     metrics: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A loglikelihood multiple-choice task whose k shots lm-eval draws from the train file."""
@@ -304,6 +454,17 @@ def clean_terra_text(text: str) -> str:
     return text
 
 
+TERRA_DESCRIPTION = "Определите, следует ли утверждение из текста.\n\n"
+
+
+def terra_prompt(doc: dict[str, Any]) -> str:
+    """The TERRa (and LiDiRus) prompt; the choices are " да" (entailment, label 0) and " нет"."""
+    return (
+        f"Текст: {doc['premise']}\nУтверждение: {doc['hypothesis']}\n"
+        "Вопрос: следует ли утверждение из текста? Ответьте «да» или «нет».\nОтвет:"
+    )
+
+
 def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
@@ -326,11 +487,8 @@ def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
         fewshot_path,
         k,
         limit,
-        description="Определите, следует ли утверждение из текста.\n\n",
-        doc_to_text=lambda doc: (
-            f"Текст: {doc['premise']}\nУтверждение: {doc['hypothesis']}\n"
-            "Вопрос: следует ли утверждение из текста? Ответьте «да» или «нет».\nОтвет:"
-        ),
+        description=TERRA_DESCRIPTION,
+        doc_to_text=terra_prompt,
         choices=["да", "нет"],
         metrics=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     )
@@ -472,6 +630,7 @@ def _bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str
 
 _BUILDERS: dict[str, Callable[[Path, Path | None, int, int | None], dict[str, Any]]] = {
     "mmlu_en": _mmlu_config,  # type: ignore[dict-item]
+    "mmlu_ru": lambda e, f, k, limit: _mmlu_config(e, f, k, limit, "ru"),  # type: ignore[arg-type]
     "terra": _terra_config,  # type: ignore[dict-item]
     "rucola": _rucola_config,  # type: ignore[dict-item]
     "chegeka": _chegeka_config,  # type: ignore[dict-item]
@@ -494,29 +653,3 @@ def effective_fewshot(name: str, num_fewshot: int | None) -> int:
         return 0
     k = spec.default_fewshot if num_fewshot is None else num_fewshot
     return min(k, spec.max_fewshot)
-
-
-def build_task_config(
-    name: str,
-    data_dir: Path,
-    num_fewshot: int | None,
-    bpc_data: Path,
-    bpc_field: str = "text",
-    limit: int | None = None,
-) -> dict[str, Any]:
-    """The lm-eval task config dict for task `name` (files checked to exist).
-
-    `limit` keeps the first documents only, as lm-eval's own limit does, so that a short run
-    does not prepare prompts for the whole set.
-    """
-    for path in task_files(name, data_dir, bpc_data):
-        if not path.is_file():
-            where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
-            raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
-    if name == "bpc":
-        return _bpc_config(bpc_data, bpc_field, limit)
-    spec = TASKS[name]
-    fewshot_path = data_dir / spec.fewshot_file if spec.fewshot_file else None
-    return _BUILDERS[name](
-        data_dir / spec.eval_file, fewshot_path, effective_fewshot(name, num_fewshot), limit
-    )

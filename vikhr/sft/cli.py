@@ -1,4 +1,4 @@
-"""`vikhr sft prepare|train|show`: instruction-tuning data and training (the pre-training loop)."""
+"""`vikhr sft build|score|prepare|train|show`: instruction data and training (the pre-training loop)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="instruction tuning: chat data with an assistant-only loss, same trainer")
     sft_sub = p.add_subparsers(dest="sft_command", metavar="ACTION", parser_class=type(p))
     sft_sub.required = True
+
+    pb = sft_sub.add_parser(
+        "build",
+        help="raw instruction collections (messages, ShareGPT, Alpaca, Nectar; JSONL or Parquet) -> one "
+        "mixed, deduplicated, filtered chats JSONL for `vikhr sft prepare` (see docs/sft.md)",
+    )
+    pb.add_argument("config", help="the build's YAML config (configs/sft-mix.example.yaml)")
+    pb.add_argument(
+        "--output", default=None, help="the chats JSONL to write (default: output: of the config)"
+    )
+    pb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pb.set_defaults(func=_build)
+
+    pr = sft_sub.add_parser(
+        "score",
+        help="reward-model scores of every chat of a chats JSONL, appended to a scores JSONL (resumes)",
+    )
+    pr.add_argument("--input", required=True, help="chats JSONL (the output of `vikhr sft build`)")
+    pr.add_argument("--model", required=True, help="HF reward model directory (num_labels=1, safetensors)")
+    pr.add_argument("--scores", required=True, help="scores JSONL: read, then appended to")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cpu")
+    pr.add_argument("--max-length", type=int, default=2048, help="tokens per chat (longer ones are cut)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_score)
 
     pp = sft_sub.add_parser(
         "prepare",
@@ -67,6 +92,30 @@ def _prepare(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(summary.line())
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from vikhr.sft.build import build, summary_line
+
+    report = build(args.config, args.output, progress=not args.no_progress and sys.stderr.isatty())
+    print(summary_line(report))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from vikhr.sft.reward import score_file
+
+    scored = score_file(
+        args.input,
+        args.model,
+        args.scores,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_length=args.max_length,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(f"{args.scores}: {scored:,} chats scored")
     return 0
 
 

@@ -13,6 +13,13 @@ import functools
 import re
 from typing import Any
 
+# The pre-tokenizer split patterns of well-known byte-level models (their tokenizer.json's Split).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one by one
+
 CYRILLIC = re.compile(r"[\u0400-\u04FF\u0500-\u052F]")  # the letters extend mode adds tokens for
 # In valid UTF-8 the bytes 0xD0-0xD3 only start U+0400-U+04FF and 0xD4 0x80-0xAF is U+0500-U+052F:
 # a byte string holding one of these holds a Cyrillic character (or a part of one that starts here).

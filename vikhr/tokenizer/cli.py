@@ -41,10 +41,21 @@ def _register_train(tsub: Any) -> None:
         help="JSONL corpus (plain, .gz or .zst), repeatable; '@20M' caps the characters sampled from it",
     )
     tr.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    tr.add_argument("--mode", choices=["replace", "extend"], default="replace")
+    tr.add_argument(
+        "--mode",
+        choices=["replace", "extend", "prune-extend"],
+        default="replace",
+        help="replace: a new vocabulary; extend: base ids kept, Russian pieces appended; prune-extend: the "
+        "base's most used pieces kept (they may move: id_map.json), Russian pieces fill up to --vocab-size",
+    )
     tr.add_argument("--vocab-size", type=int, default=40000, help="total vocabulary size (default 40000)")
     tr.add_argument(
         "--new-tokens", type=int, help="extend mode: how many tokens to add (instead of --vocab-size)"
+    )
+    tr.add_argument(
+        "--keep-base-pieces",
+        type=int,
+        help="prune-extend: base pieces to keep, dependencies included (default: 72%% of the base's)",
     )
     tr.add_argument(
         "--base-model",
@@ -106,7 +117,14 @@ def _register_compare(tsub: Any) -> None:
     )
     cp.add_argument("--out", required=True, help="report directory")
     cp.add_argument("--text-key", default="text")
-    cp.add_argument("--split", choices=["heldout", "all"], default="heldout")
+    cp.add_argument(
+        "--split",
+        choices=["heldout", "all", "auto"],
+        default="heldout",
+        help="documents measured; auto: held-out ones of sets a compared tokenizer trained on (its "
+        "manifest.json), all of the others. The report says per figure whether the tokenizer trained on "
+        "the set ('no': a left-out corpus)",
+    )
     cp.add_argument("--heldout-percent", type=float, default=DEFAULT_HELDOUT_PERCENT)
     cp.add_argument("--max-chars", type=parse_budget, default=parse_budget("2M"), help="per text set")
     cp.set_defaults(func=_compare)
@@ -153,9 +171,10 @@ def _train(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         new_tokens=args.new_tokens,
         min_frequency=args.min_frequency,
+        keep_base_pieces=args.keep_base_pieces,
     )
     manifest = train_tokenizer(args.corpus, args.out, settings, overwrite=args.overwrite)
-    keys = ("mode", "kind", "vocab_size", "padded_vocab_size", "hf_check", "checks", "extend")
+    keys = ("mode", "kind", "vocab_size", "padded_vocab_size", "hf_check", "checks", "extend", "prune")
     summary = {k: manifest[k] for k in keys if k in manifest}
     print(f"wrote {args.out}: {json.dumps(summary, ensure_ascii=False)}")
     return 0

@@ -4,19 +4,27 @@ Metrics per (tokenizer, text set), measured line by line (paragraphs; BOS/EOS no
 chars/token, tokens/word (words = whitespace-separated), and the share of word occurrences that the
 tokenizer splits into three or more pieces (each word encoded on its own, as after a space).
 Works for SentencePiece `.model`s and any `tokenizer.json`; byte-level pieces are shown as text.
+
+Each figure says whether the text set's file was among the tokenizer's training corpora (by sha256,
+from the `manifest.json` that `vikhr tokenizer train` writes beside it): "yes" figures are on held-out
+documents of a corpus the tokenizer learned from, "no" figures on a corpus (a domain) it never saw,
+"—" when the tokenizer has no manifest (e.g. Mistral's own). `split="auto"` measures a text set on its
+held-out documents when some compared tokenizer trained on it and on all its documents otherwise.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from vikhr.atomic import temporary_path, write_text
 from vikhr.errors import VikhrError, require_writable_dir
-from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, iter_lines
+from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_sha256, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
 TABLE1_SENTENCE = "Машинное обучение изменяет мир"
@@ -26,6 +34,30 @@ TABLE1_SENTENCE = "Машинное обучение изменяет мир"
 class NamedTokenizer:
     name: str  # the label in the report
     tokenizer: Tokenizer
+    # sha256 of every corpus it was trained on (its manifest.json); None without a manifest
+    training_corpora: frozenset[str] | None = None
+
+
+def _manifest_path(tok_path: Path) -> Path:
+    """`manifest.json` beside `tokenizer.*`, or `NAME.manifest.json` beside `NAME.model` (bundled assets)."""
+    if tok_path.name.startswith("tokenizer."):
+        return tok_path.parent / "manifest.json"
+    return tok_path.parent / f"{tok_path.name.split('.')[0]}.manifest.json"
+
+
+def training_corpora(tok_path: Path) -> frozenset[str] | None:
+    """sha256 of the corpora a tokenizer was trained on, from its manifest; None when it has none or the
+    manifest lists no corpora (an imported tokenizer: `import-tekken`)."""
+    path = _manifest_path(tok_path)
+    if not path.is_file():
+        return None
+    try:
+        corpora = json.loads(path.read_text(encoding="utf-8")).get("corpora")
+    except (OSError, ValueError, AttributeError) as e:
+        raise VikhrError(f"{path} is not a tokenizer manifest ({e}); remove or regenerate it") from None
+    if not isinstance(corpora, list):
+        return None
+    return frozenset(str(c.get("sha256")) for c in corpora if isinstance(c, dict))
 
 
 def _split_label(spec: str) -> tuple[str | None, str]:
@@ -42,7 +74,7 @@ def named_tokenizer(spec: str) -> NamedTokenizer:
     tok = load(path)
     if name is None:
         name = tok.path.parent.name if tok.path.stem == "tokenizer" else tok.path.stem
-    return NamedTokenizer(name, tok)
+    return NamedTokenizer(name, tok, training_corpora(tok.path))
 
 
 @dataclass
@@ -50,6 +82,8 @@ class TextSet:
     name: str
     path: str
     lines: list[str]
+    split: Split = "heldout"
+    sha256: str = ""
 
 
 def load_text_set(
@@ -61,7 +95,7 @@ def load_text_set(
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
         raise VikhrError(f"text set {path} has no lines in split '{split}' (try --split all)")
-    return TextSet(name, path, lines)
+    return TextSet(name, path, lines, split, corpus_sha256(path))
 
 
 @dataclass
@@ -72,6 +106,12 @@ class Efficiency:
     words: int
     tokens: int
     words_3plus: int
+    trained_on_set: bool | None = None  # the set's file was a training corpus (None: unknown)
+    split: Split = "heldout"
+
+    @property
+    def seen(self) -> str:
+        return {True: "yes", False: "no", None: "—"}[self.trained_on_set]
 
     @property
     def chars_per_token(self) -> float:
@@ -104,7 +144,10 @@ def measure(named: NamedTokenizer, texts: TextSet, batch: int = 512) -> Efficien
         for word, ids in zip(chunk, tok.encode_batch([prefix + w for w in chunk]), strict=True):
             if len(ids) >= 3:
                 words_3plus += word_counts[word]
-    return Efficiency(named.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus)
+    seen = None if named.training_corpora is None else texts.sha256 in named.training_corpora
+    return Efficiency(
+        named.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus, seen, texts.split
+    )
 
 
 CSV_FIELDS = [
@@ -116,6 +159,8 @@ CSV_FIELDS = [
     "chars_per_token",
     "tokens_per_word",
     "share_words_3plus_pieces",
+    "text_set_in_training",
+    "split",
 ]
 
 
@@ -129,6 +174,8 @@ def _row(e: Efficiency) -> list[str]:
         f"{e.chars_per_token:.4f}",
         f"{e.tokens_per_word:.4f}",
         f"{e.share_words_3plus:.4f}",
+        {"yes": "yes", "no": "no"}.get(e.seen, "unknown"),
+        e.split,
     ]
 
 
@@ -137,12 +184,19 @@ def render_markdown(
 ) -> str:
     out = io.StringIO()
     out.write("# Tokenizer efficiency\n\n")
-    out.write("| tokenizer | text set | chars/token | tokens/word | words in ≥3 pieces | tokens |\n")
-    out.write("|---|---|---:|---:|---:|---:|\n")
+    out.write(
+        "Trained on it: whether the text set's file was a training corpus of the tokenizer (no = a "
+        "left-out corpus, a domain it never saw; — = no manifest).\n\n"
+    )
+    out.write(
+        "| tokenizer | text set | split | trained on it | chars/token | tokens/word | words in ≥3 pieces "
+        "| tokens |\n"
+    )
+    out.write("|---|---|---|---|---:|---:|---:|---:|\n")
     for e in results:
         out.write(
-            f"| {e.tokenizer} | {e.text_set} | {e.chars_per_token:.3f} | {e.tokens_per_word:.3f} "
-            f"| {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
+            f"| {e.tokenizer} | {e.text_set} | {e.split} | {e.seen} | {e.chars_per_token:.3f} "
+            f"| {e.tokens_per_word:.3f} | {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
         )
     out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
     for named in tokenizers:
@@ -192,12 +246,14 @@ def compare(
     text_specs: list[str],
     out_dir: str | Path,
     text_key: str = "text",
-    split: Split = "heldout",
+    split: Split | Literal["auto"] = "heldout",
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
     max_chars: int | None = 2_000_000,
     sentence: str = TABLE1_SENTENCE,
 ) -> list[Efficiency]:
-    """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png."""
+    """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png.
+
+    `split="auto"`: held-out documents of a set some tokenizer trained on, all documents of the others."""
     from tqdm import tqdm
 
     if not tokenizer_specs or not text_specs:
@@ -206,7 +262,14 @@ def compare(
     toks = [named_tokenizer(s) for s in tokenizer_specs]
     if len({t.name for t in toks}) != len(toks):
         raise VikhrError("two tokenizers have the same name; label them as NAME=PATH")
-    sets = [load_text_set(s, text_key, split, heldout_percent, max_chars) for s in text_specs]
+    trained = frozenset().union(*(t.training_corpora or frozenset() for t in toks))
+
+    def split_of(spec: str) -> Split:
+        if split != "auto":
+            return split
+        return "heldout" if corpus_sha256(_split_label(spec)[1]) in trained else "all"
+
+    sets = [load_text_set(s, text_key, split_of(s), heldout_percent, max_chars) for s in text_specs]
     results = [
         measure(t, s)
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)

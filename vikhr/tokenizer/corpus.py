@@ -15,6 +15,7 @@ from typing import Literal
 
 from vikhr.errors import VikhrError, require_file
 from vikhr.jsonl import read_jsonl
+from vikhr.tokenizer.byte_level import CYRILLIC
 
 Split = Literal["train", "heldout", "all"]
 DEFAULT_HELDOUT_PERCENT = 5.0
@@ -179,4 +180,22 @@ def write_training_text(
                         kept_chars += len(piece)
                         kept_lines += 1
             stats[str(path)] = {"sample_rate": rate, "chars": kept_chars, "lines": kept_lines}
+    return stats
+
+
+def write_training_sample(
+    paths: list[Path],
+    budgets: list[int | None],
+    out_path: Path,
+    text_key: str,
+    heldout_percent: float,
+    only_cyrillic: bool,
+) -> dict[str, dict[str, int | float]]:
+    """`write_training_text` for a trainer: with `only_cyrillic`, only lines holding Cyrillic letters (the
+    Russian pool of extend modes); VikhrError when nothing is left. Returns the per-file statistics."""
+    line_filter = (lambda line: bool(CYRILLIC.search(line))) if only_cyrillic else None
+    stats = write_training_text(paths, out_path, text_key, budgets, heldout_percent, line_filter=line_filter)
+    if sum(int(v["chars"]) for v in stats.values()) == 0:
+        what = "lines with Cyrillic letters" if only_cyrillic else "text"
+        raise VikhrError(f"the training split of the corpora has no {what} (check --text-key and the files)")
     return stats

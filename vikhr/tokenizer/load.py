@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,14 +174,23 @@ def _tokenizer_config(path: Path) -> dict[str, Any] | None:
     return read_json_object(config, "fix or remove it")
 
 
-def _special_id(backend: Any, path: Path, cfg: dict[str, Any] | None, which: str) -> int | None:
+def hf_special_ids(path: Path, token_to_id: Callable[[str], int | None]) -> tuple[int | None, int | None]:
+    """(BOS id, EOS id) of the tokenizer.json at `path` by the module's rule; `token_to_id` answers
+    for its vocabulary (the Python `tokenizers` object, or the pre-tokenizer's native one)."""
+    cfg = _tokenizer_config(path)
+    return _special_id(token_to_id, path, cfg, "bos"), _special_id(token_to_id, path, cfg, "eos")
+
+
+def _special_id(
+    token_to_id: Callable[[str], int | None], path: Path, cfg: dict[str, Any] | None, which: str
+) -> int | None:
     """The BOS or EOS id of an HF tokenizer by the module's rule."""
     key = f"{which}_token"
     if cfg is not None and key in cfg:
         name = _token_name(cfg[key])
         if name is None:
             return None  # the config says there is none
-        i = backend.token_to_id(name)
+        i = token_to_id(name)
         if i is None:
             raise VikhrError(
                 f"{path.with_name('tokenizer_config.json')}: {key} {name!r} is not in {path} "
@@ -189,7 +198,7 @@ def _special_id(backend: Any, path: Path, cfg: dict[str, Any] | None, which: str
             )
         return int(i)
     for name in EOS_CANDIDATES if which == "eos" else BOS_CANDIDATES:
-        i = backend.token_to_id(name)
+        i = token_to_id(name)
         if i is not None:
             return int(i)
     return None
@@ -229,14 +238,14 @@ def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
         reason = str(e).replace("\n", " ")
         raise VikhrError(f"{path} is not an HF tokenizer.json ({reason}); {_GIVE}") from e
     tok.encode_special_tokens = True  # "</s>" typed in a text is text, as with SentencePiece
-    cfg = _tokenizer_config(path)
+    bos_id, eos_id = hf_special_ids(path, tok.token_to_id)
     return Tokenizer(
         path=path,
         kind="huggingface",
         # The largest id + 1: added tokens may leave gaps, and an embedding needs a row for each id.
         vocab_size=max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1,
-        bos_id=_special_id(tok, path, cfg, "bos"),
-        eos_id=_special_id(tok, path, cfg, "eos"),
+        bos_id=bos_id,
+        eos_id=eos_id,
         backend=tok,
         byte_level=_is_byte_level(tok),
     )

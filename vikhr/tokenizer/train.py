@@ -1,4 +1,4 @@
-"""`vikhr tokenizer train`: SentencePiece BPE (byte fallback) in `replace` or `extend` mode.
+"""`vikhr tokenizer train`: SentencePiece BPE (byte fallback) in `replace`, `extend` or `prune-extend` mode.
 
 A byte-level `tokenizer.json` as `--base-model` (Llama-3, Qwen2.5, an imported Mistral tekken) trains
 byte-level BPE instead, with the same modes and guarantees: see vikhr.tokenizer.train_byte_bpe.
@@ -7,6 +7,10 @@ byte-level BPE instead, with the same modes and guarantees: see vikhr.tokenizer.
 * extend: the base tokenizer (e.g. Mistral-7B v0.1) keeps every piece at its id; pieces containing
   Cyrillic that a Russian BPE learned are appended. Only pieces that contain Cyrillic are added or
   re-scored, so any text without Cyrillic letters is encoded exactly as by the base tokenizer.
+* prune-extend: the base tokenizer's pieces that the training text uses most are kept, with every
+  piece their merges depend on, the bytes and the specials; the rest are dropped and Russian pieces
+  learned as in extend mode fill the vocabulary to exactly `vocab_size` (vikhr.tokenizer.prune).
+  Kept pieces move to the freed ids; `id_map.json` records where every base id went.
 
 The output directory holds the `.model`, an HF `tokenizer.json` + `tokenizer_config.json` (checked to
 encode identically on held-out lines of every corpus) and `manifest.json`. It is written to a temporary
@@ -30,13 +34,15 @@ from vikhr.tokenizer.corpus import (
     corpus_sha256,
     iter_lines,
     split_corpus_spec,
-    write_training_text,
+    write_training_sample,
 )
 from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
 from vikhr.tokenizer.load import load
+from vikhr.tokenizer.prune import ID_MAP_FILE, id_map, piece_use, prune_base, write_id_map
 from vikhr.tokenizer.train_byte_bpe import byte_level_base, train_byte_level
 
-Mode = Literal["replace", "extend"]
+Mode = Literal["replace", "extend", "prune-extend"]
+MODES = ("replace", "extend", "prune-extend")
 MODEL_FILE = "tokenizer.model"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
@@ -71,6 +77,15 @@ class TrainSettings:
     new_tokens: int | None = None
     # Byte-level BPE (a tokenizer.json base) only: the fewest occurrences of a pair that BpeTrainer merges.
     min_frequency: int = 2
+    # prune-extend: how many of the base's normal pieces to keep (dependencies included); None keeps
+    # DEFAULT_KEEP_SHARE of them.
+    keep_base_pieces: int | None = None
+
+
+# prune-extend default share of the base's normal pieces kept (Mistral: 22,854 of 31,741): with 8M
+# characters of English novels in the sample it keeps English within 3 % of the base on novels and on
+# exam questions of many subjects (docs/tokenizer.md).
+DEFAULT_KEEP_SHARE = 0.72
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -192,8 +207,9 @@ def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dic
 
 def _extend_from_corpus(
     text_file: Path, work: Path, base_proto: Any, num_new: int, s: TrainSettings
-) -> tuple[Any, dict[str, int]]:
-    """Train a Russian BPE pool on `text_file` and append `num_new` of its Cyrillic pieces to the base.
+) -> tuple[Any, dict[str, int], Any]:
+    """Train a Russian BPE pool on `text_file` and append `num_new` of its Cyrillic pieces to the base;
+    returns the merged model, its statistics and the pool.
 
     The pool also learns Latin, digit and punctuation pieces from mixed lines (man pages, code in docs),
     and those are never added; when too few Cyrillic pieces remain, the pool is retrained larger.
@@ -201,6 +217,7 @@ def _extend_from_corpus(
     base_cyrillic = sum(1 for p in base_proto.pieces if CYRILLIC.search(p.piece))
     pool_size = num_new + base_cyrillic + NUM_BYTE_PIECES + NUM_SPECIALS + 500
     best: tuple[Any, dict[str, int]] | None = None
+    ru_proto = None
     for _ in range(POOL_ATTEMPTS):
         try:
             ru_model = _sentencepiece_bpe(text_file, work / "ru", pool_size, s)
@@ -213,7 +230,8 @@ def _extend_from_corpus(
                 break
             pool_size = int(largest[1])
             continue
-        best = extend_model(base_proto, load_model_proto(ru_model), num_new)
+        ru_proto = load_model_proto(ru_model)
+        best = extend_model(base_proto, ru_proto, num_new)
         added = best[1]["added_pieces"]
         if added >= num_new:
             break
@@ -221,7 +239,60 @@ def _extend_from_corpus(
         usable = max(added / pool_size, 0.05)
         pool_size += int((num_new - added) / usable) + 500
     assert best is not None
-    return best
+    return (*best, ru_proto)
+
+
+def _prune_and_extend(
+    sample: Path, work: Path, base_proto: Any, s: TrainSettings
+) -> tuple[Any, dict[str, int], dict[str, int]]:
+    """The base pruned to its most used pieces on `sample` plus Russian pieces, exactly `s.vocab_size`.
+
+    When the Russian pool yields fewer Cyrillic pieces than the freed room, more base pieces are kept
+    instead, so the size is always the one asked for.
+    """
+    assert s.base_model is not None  # _check_mode requires it
+    use = piece_use(s.base_model, sample)
+    russian = work / "ru.txt"
+    with open(sample, encoding="utf-8") as src, open(russian, "w", encoding="utf-8") as dst:
+        dst.writelines(line for line in src if CYRILLIC.search(line))
+    if russian.stat().st_size == 0:
+        raise VikhrError("the training split of the corpora has no lines with Cyrillic letters")
+    keep = _keep_count(base_proto, s)
+    pruned = prune_base(base_proto, use, keep)
+    merged, extend_stats, ru_proto = _extend_from_corpus(
+        russian, work, pruned.proto, s.vocab_size - len(pruned.proto.pieces), s
+    )
+    for _ in range(POOL_ATTEMPTS):
+        shortfall = s.vocab_size - len(merged.pieces)
+        if shortfall == 0:
+            break
+        keep += shortfall
+        pruned = prune_base(base_proto, use, keep)
+        merged, extend_stats = extend_model(pruned.proto, ru_proto, s.vocab_size - len(pruned.proto.pieces))
+    russian.unlink()
+    if len(merged.pieces) != s.vocab_size:
+        raise VikhrError(
+            f"could not fill {s.vocab_size} ids ({len(merged.pieces)} reached); add Russian text or "
+            "lower --vocab-size"
+        )
+    return merged, pruned.stats, extend_stats
+
+
+def _keep_count(base_proto: Any, s: TrainSettings) -> int:
+    """How many normal base pieces prune-extend keeps; VikhrError when that leaves no room."""
+    num_normal = sum(1 for p in base_proto.pieces if p.type == 1)
+    fixed = len(base_proto.pieces) - num_normal  # specials and byte pieces, always kept
+    keep = s.keep_base_pieces if s.keep_base_pieces is not None else round(DEFAULT_KEEP_SHARE * num_normal)
+    if not 0 <= keep <= num_normal:
+        raise VikhrError(
+            f"--keep-base-pieces {keep} is out of range (the base has {num_normal} normal pieces)"
+        )
+    if s.vocab_size <= fixed + keep:
+        raise VikhrError(
+            f"--vocab-size {s.vocab_size} leaves no room for Russian pieces: the kept set is {keep} base "
+            f"pieces + {fixed} specials and bytes (raise --vocab-size or lower --keep-base-pieces)"
+        )
+    return keep
 
 
 def _check_base_specials(proto: Any, where: str) -> None:
@@ -251,8 +322,8 @@ def verify_hf_export(model_path: Path, tokenizer_json: Path, corpora: list[Path]
 
 def _check_mode(s: TrainSettings) -> Any:
     """Refuse settings that cannot work; returns the base model's proto in extend mode (else None)."""
-    if s.mode not in ("replace", "extend"):
-        raise VikhrError(f"unknown mode {s.mode!r} (choose replace or extend)")
+    if s.mode not in MODES:
+        raise VikhrError(f"unknown mode {s.mode!r} (choose {', '.join(MODES)})")
     if s.mode == "replace":
         if s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
             raise VikhrError(
@@ -260,9 +331,12 @@ def _check_mode(s: TrainSettings) -> Any:
             )
         return None
     if not s.base_model:
-        raise VikhrError("--mode extend needs --base-model (the tokenizer to extend, e.g. Mistral's)")
+        raise VikhrError(f"--mode {s.mode} needs --base-model (the tokenizer to extend, e.g. Mistral's)")
     base_proto = load_model_proto(s.base_model)
     _check_base_specials(base_proto, s.base_model)
+    if s.mode == "prune-extend":
+        _keep_count(base_proto, s)
+        return base_proto
     if s.new_tokens is not None and s.new_tokens <= 0:
         raise VikhrError(f"--new-tokens must be positive, got {s.new_tokens}")
     if s.new_tokens is None and s.vocab_size <= len(base_proto.pieces):
@@ -286,8 +360,36 @@ def _check_inputs(
     if out.exists() and not overwrite:
         raise VikhrError(f"output directory {out} exists (choose another --out or pass --overwrite)")
     if s.new_tokens is not None and s.mode != "extend":
-        raise VikhrError("--new-tokens is for --mode extend (replace mode takes --vocab-size)")
+        raise VikhrError(f"--new-tokens is for --mode extend (--mode {s.mode} takes --vocab-size)")
+    if s.keep_base_pieces is not None and s.mode != "prune-extend":
+        raise VikhrError("--keep-base-pieces is for --mode prune-extend")
     return paths, budgets, out
+
+
+def _train_model(
+    text_file: Path, work: Path, model_path: Path, base_proto: Any, s: TrainSettings
+) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+    """Train the `.model` of `s.mode` from `text_file` into `model_path`; (extend, prune) stats."""
+    if s.mode == "replace":
+        os.replace(_sentencepiece_bpe(text_file, work / "sp", s.vocab_size, s), model_path)
+        return None, None
+    if s.mode == "prune-extend":
+        merged, prune_stats, extend_stats = _prune_and_extend(text_file, work, base_proto, s)
+        model_path.write_bytes(merged.SerializeToString())
+        base_path = Path(str(s.base_model))
+        write_id_map(work / ID_MAP_FILE, base_path, id_map(base_proto, merged), len(merged.pieces))
+        return extend_stats, prune_stats
+    assert base_proto is not None
+    num_new = s.vocab_size - len(base_proto.pieces)
+    merged, extend_stats, _ = _extend_from_corpus(text_file, work, base_proto, num_new, s)
+    model_path.write_bytes(merged.SerializeToString())
+    if extend_stats["added_pieces"] < num_new:
+        print(
+            f"warning: the corpus yields only {extend_stats['added_pieces']} new Cyrillic pieces; "
+            f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size} (add Russian text "
+            "or ask for a smaller --vocab-size)"
+        )
+    return extend_stats, None
 
 
 def train_tokenizer(
@@ -305,6 +407,11 @@ def train_tokenizer(
     paths, budgets, out_dir = _check_inputs(corpora, out_dir, s, overwrite)
     byte_base = byte_level_base(s.base_model)
     if byte_base is not None:
+        if s.mode == "prune-extend":
+            raise VikhrError(
+                "--mode prune-extend needs a SentencePiece .model as --base-model (byte-level bases: "
+                "replace or extend)"
+            )
         return train_byte_level(paths, budgets, out_dir, byte_base, s)
     base_proto = _check_mode(s)
     if base_proto is not None and s.new_tokens is not None:
@@ -312,28 +419,11 @@ def train_tokenizer(
 
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
-        only_cyrillic = (lambda line: bool(CYRILLIC.search(line))) if s.mode == "extend" else None
-        sample_stats = write_training_text(
-            paths, text_file, s.text_key, budgets, s.heldout_percent, line_filter=only_cyrillic
+        sample_stats = write_training_sample(
+            paths, budgets, text_file, s.text_key, s.heldout_percent, only_cyrillic=s.mode == "extend"
         )
-        if sum(int(v["chars"]) for v in sample_stats.values()) == 0:
-            raise VikhrError("the training split of the corpora is empty (check --text-key and the files)")
-        extend_stats: dict[str, int] | None = None
         model_path = work / MODEL_FILE
-        if s.mode == "replace":
-            trained = _sentencepiece_bpe(text_file, work / "sp", s.vocab_size, s)
-            os.replace(trained, model_path)
-        else:
-            assert base_proto is not None
-            num_new = s.vocab_size - len(base_proto.pieces)
-            merged, extend_stats = _extend_from_corpus(text_file, work, base_proto, num_new, s)
-            model_path.write_bytes(merged.SerializeToString())
-            if extend_stats["added_pieces"] < num_new:
-                print(
-                    f"warning: the corpus yields only {extend_stats['added_pieces']} new Cyrillic pieces; "
-                    f"vocabulary size is {len(merged.pieces)} instead of {s.vocab_size} (add Russian text "
-                    "or ask for a smaller --vocab-size)"
-                )
+        extend_stats, prune_stats = _train_model(text_file, work, model_path, base_proto, s)
         for leftover in [text_file, *work.glob("*.vocab"), *work.glob("ru.model")]:
             leftover.unlink()
         tok_json, tok_cfg = write_hf_tokenizer(model_path, work)
@@ -356,8 +446,13 @@ def train_tokenizer(
             ],
             "settings": asdict(s),
             "extend": extend_stats,
+            "prune": prune_stats,
             "hf_check": {"heldout_lines_checked": checked, "mismatches": 0},
-            "files": {name: corpus_sha256(work / name) for name in (MODEL_FILE, tok_json.name, tok_cfg.name)},
+            "files": {
+                path.name: corpus_sha256(path)
+                for path in (work / MODEL_FILE, tok_json, tok_cfg, work / ID_MAP_FILE)
+                if path.is_file()
+            },
             "versions": {"sentencepiece": spm.__version__, "tokenizers": tokenizers.__version__},
         }
         (work / MANIFEST_FILE).write_text(

@@ -48,7 +48,7 @@ from vikhr.tokenizer.byte_level import (
     is_byte_level,
     piece_bytes,
 )
-from vikhr.tokenizer.corpus import corpus_sha256, iter_lines, write_training_text
+from vikhr.tokenizer.corpus import corpus_sha256, iter_lines, write_training_sample
 from vikhr.tokenizer.load import load, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
@@ -484,15 +484,9 @@ def train_byte_level(
     size = _check_settings(base, s)
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
-        only_cyrillic = (lambda line: bool(CYRILLIC.search(line))) if s.mode == "extend" else None
-        sample_stats = write_training_text(
-            paths, text_file, s.text_key, budgets, s.heldout_percent, line_filter=only_cyrillic
+        sample_stats = write_training_sample(
+            paths, budgets, text_file, s.text_key, s.heldout_percent, only_cyrillic=s.mode == "extend"
         )
-        if sum(int(v["chars"]) for v in sample_stats.values()) == 0:
-            what = "lines with Cyrillic letters" if s.mode == "extend" else "text"
-            raise VikhrError(
-                f"the training split of the corpora has no {what} (check --text-key and the files)"
-            )
         spec, extend_stats = _train_spec(base, text_file, size, s)
         text_file.unlink()
         new_tok = base.backend(spec)

@@ -38,7 +38,7 @@ from pydantic import (
     PositiveInt,
 )
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, read_yaml_mapping
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
@@ -195,19 +195,7 @@ def load_config(
     """Read YAML (optional), apply `section.key=value` overrides (values in YAML syntax), validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise VikhrError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise VikhrError(
-                f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start}); give a YAML file"
-            ) from None
-        except yaml.YAMLError as e:
-            raise VikhrError(f"config file {p} is not valid YAML: {e}".replace("\n", " ")) from e
-        if not isinstance(raw, dict):
-            raise VikhrError(f"config file {p}: top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "sections")
     for item in overrides:
         if "=" not in item:
             raise VikhrError(f"override {item!r} must look like section.key=value")

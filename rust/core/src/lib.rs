@@ -5,6 +5,7 @@ pub mod byte_bpe;
 pub mod chunk_cache;
 pub mod jsonl;
 pub mod mmidx;
+mod pair_table;
 pub mod pipeline;
 pub mod proto;
 pub mod spm;

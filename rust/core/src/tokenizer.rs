@@ -71,6 +71,17 @@ impl Tokenizer {
         }
     }
 
+    /// The id of the vocabulary piece or added token `token`, if it is one.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Tokenizer::SentencePiece(m) => {
+                (0..m.vocab_size() as u32).find(|&i| m.piece(i) == Some(token))
+            }
+            Tokenizer::ByteLevelBpe(m) => m.token_to_id(token),
+            Tokenizer::HuggingFace { tokenizer, .. } => tokenizer.token_to_id(token),
+        }
+    }
+
     /// Append the ids of `text` to `out`.
     pub fn encode_into(
         &self,

@@ -20,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect_index, m)?)?;
     m.add_function(wrap_pyfunction!(merge_datasets, m)?)?;
     m.add_function(wrap_pyfunction!(token_dtype, m)?)?;
+    m.add_class::<NativeTokenizer>()?;
     m.add_class::<IndexedDatasetWriter>()?;
     m.add_class::<IndexedDatasetReader>()?;
     Ok(())
@@ -39,15 +40,41 @@ fn os_err(e: impl std::fmt::Display) -> PyErr {
     PyOSError::new_err(e.to_string())
 }
 
-fn load_tokenizer(
-    kind: &str,
-    path: &std::path::Path,
-    add_special_tokens: bool,
-) -> PyResult<Tokenizer> {
-    match kind {
-        "sentencepiece" => Tokenizer::sentencepiece(path).map_err(value_err),
-        "huggingface" => Tokenizer::huggingface(path, add_special_tokens).map_err(value_err),
-        _ => Err(value_err(format!("unknown tokenizer kind {kind:?}"))),
+/// A tokenizer loaded once by the native core: the encoder `preprocess` runs, and the vocabulary
+/// questions (`vocab_size`, `token_to_id`) asked before it runs.
+#[pyclass(module = "vikhr._core", name = "Tokenizer", frozen)]
+struct NativeTokenizer {
+    inner: Tokenizer,
+}
+
+#[pymethods]
+impl NativeTokenizer {
+    /// `kind` "sentencepiece" (a `.model`) or "huggingface" (a `tokenizer.json`, whose
+    /// post-processor runs when `add_special_tokens`). Raises ValueError when it cannot be loaded.
+    #[new]
+    #[pyo3(signature = (kind, path, *, add_special_tokens=false))]
+    fn new(py: Python<'_>, kind: &str, path: PathBuf, add_special_tokens: bool) -> PyResult<Self> {
+        let inner = py.detach(|| match kind {
+            "sentencepiece" => Tokenizer::sentencepiece(&path).map_err(|e| e.to_string()),
+            "huggingface" => {
+                Tokenizer::huggingface(&path, add_special_tokens).map_err(|e| e.to_string())
+            }
+            _ => Err(format!("unknown tokenizer kind {kind:?}")),
+        });
+        Ok(NativeTokenizer {
+            inner: inner.map_err(value_err)?,
+        })
+    }
+
+    /// Vocabulary size as Megatron counts it (added tokens included).
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// The id of a vocabulary piece or added token, or None.
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 }
 
@@ -55,8 +82,8 @@ fn load_tokenizer(
 /// `eod_id` is appended to every non-empty document and `bos_id` prepended to every document
 /// when given. `progress(documents, bytes, tokens, skipped)` is called about every 0.2 s.
 #[pyfunction]
-#[pyo3(signature = (inputs, output_prefix, json_keys, tokenizer_kind, tokenizer_path, *, eod_id=None,
-    bos_id=None, add_special_tokens=false, threads=0, skip_invalid=false, batch_bytes=1<<20,
+#[pyo3(signature = (inputs, output_prefix, json_keys, tokenizer, *, eod_id=None,
+    bos_id=None, threads=0, skip_invalid=false, batch_bytes=1<<20,
     progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess<'py>(
@@ -64,17 +91,15 @@ fn preprocess<'py>(
     inputs: Vec<PathBuf>,
     output_prefix: String,
     json_keys: Vec<String>,
-    tokenizer_kind: &str,
-    tokenizer_path: PathBuf,
+    tokenizer: Py<NativeTokenizer>,
     eod_id: Option<u32>,
     bos_id: Option<u32>,
-    add_special_tokens: bool,
     threads: usize,
     skip_invalid: bool,
     batch_bytes: usize,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let tok = load_tokenizer(tokenizer_kind, &tokenizer_path, add_special_tokens)?;
+    let tok = &tokenizer.get().inner;
     let job = Job {
         inputs,
         output_prefix,
@@ -103,7 +128,7 @@ fn preprocess<'py>(
     };
     let (result, interrupted) = std::thread::scope(|s| {
         let handle = s.spawn(|| {
-            let r = pipeline::run(&job, &tok, &counters);
+            let r = pipeline::run(&job, tok, &counters);
             finished.store(true, Ordering::Release);
             r
         });

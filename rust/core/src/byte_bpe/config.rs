@@ -73,8 +73,9 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub(super) fn into_bpe(self) -> Bpe {
-        Bpe {
+    /// The encoder, and the vocabulary kept for looking tokens up by string.
+    pub(super) fn into_bpe(self) -> (Bpe, Vocab) {
+        let bpe = Bpe {
             all_bytes_known: !self.byte_ids.contains(&NO_ID),
             byte_ids: self.byte_ids,
             unk: self.unk,
@@ -82,8 +83,9 @@ impl Model {
             merges: self.merges,
             whole_words: self
                 .ignore_merges
-                .then(|| WholeWords::new(self.vocab.bytes)),
-        }
+                .then(|| WholeWords::new(self.vocab.bytes.clone())),
+        };
+        (bpe, self.vocab)
     }
 }
 
@@ -390,15 +392,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for MergeEntry<'a> {
     }
 }
 
-/// The `BPE` model as written in the file (strings borrowed from it).
+/// The `BPE` model as written in the file: its vocabulary and merges still raw JSON (read on two
+/// threads, with strings borrowed from the file).
 #[derive(Deserialize)]
 struct ModelFile<'a> {
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    vocab: VocabList<'a>,
+    vocab: &'a RawValue,
     #[serde(borrow)]
-    merges: Vec<MergeEntry<'a>>,
+    merges: &'a RawValue,
     #[serde(default)]
     dropout: Value,
     #[serde(default)]
@@ -520,6 +523,34 @@ fn merge_ids_from(
     Ok(merges)
 }
 
+/// The vocabulary (and the id of each single byte) from the raw JSON of `model.vocab`.
+fn read_vocab(raw: &RawValue) -> Result<(Vocab, [u32; 256]), String> {
+    let list: VocabList =
+        serde_json::from_str(raw.get()).map_err(|e| format!("model vocab is malformed: {e}"))?;
+    let mut vocab = Vocab {
+        bytes: BytesMap::with_capacity(list.0.len()),
+        other: FxHashMap::default(),
+        decoder: ByteDecoder::new(),
+    };
+    let mut byte_ids = [NO_ID; 256];
+    let mut buf = Vec::new();
+    // A key listed twice keeps its last id, as in any JSON object read into a map.
+    for (s, id) in list.0 {
+        if id == NO_ID {
+            return Err(format!("model vocab entry {s:?} has id {id}"));
+        }
+        if vocab.decoder.decode_into(&s, &mut buf) {
+            if let [b] = buf[..] {
+                byte_ids[b as usize] = id;
+            }
+            vocab.bytes.insert(&buf, id);
+        } else {
+            vocab.other.insert(s.into_owned(), id);
+        }
+    }
+    Ok((vocab, byte_ids))
+}
+
 /// The `BPE` model, from the raw JSON of the file's "model" (`None`: not a BPE model).
 pub(super) fn model(raw: &RawValue) -> Result<Option<Model>, String> {
     let file: ModelFile = match serde_json::from_str(raw.get()) {
@@ -543,28 +574,14 @@ pub(super) fn model(raw: &RawValue) -> Result<Option<Model>, String> {
     }
     let options = file.options();
     check_model_options(&options)?;
-    let mut vocab = Vocab {
-        bytes: BytesMap::with_capacity(file.vocab.0.len()),
-        other: FxHashMap::default(),
-        decoder: ByteDecoder::new(),
-    };
-    let mut byte_ids = [NO_ID; 256];
-    let mut buf = Vec::new();
-    // A key listed twice keeps its last id, as in any JSON object read into a map.
-    for (s, id) in file.vocab.0 {
-        if id == NO_ID {
-            return Err(format!("model vocab entry {s:?} has id {id}"));
-        }
-        if vocab.decoder.decode_into(&s, &mut buf) {
-            if let [b] = buf[..] {
-                byte_ids[b as usize] = id;
-            }
-            vocab.bytes.insert(&buf, id);
-        } else {
-            vocab.other.insert(s.into_owned(), id);
-        }
-    }
-    let merges = merge_ids(&file.merges, &vocab)?;
+    let (vocab, entries) = std::thread::scope(|s| {
+        let merges = s.spawn(|| serde_json::from_str::<Vec<MergeEntry>>(file.merges.get()));
+        let vocab = read_vocab(file.vocab);
+        (vocab, merges.join().expect("reading merges panicked"))
+    });
+    let (vocab, byte_ids) = vocab?;
+    let entries = entries.map_err(|e| format!("model merges are malformed: {e}"))?;
+    let merges = merge_ids(&entries, &vocab)?;
     let unk = match optional_str(&options, "unk_token")? {
         None => None,
         Some(u) => Some(

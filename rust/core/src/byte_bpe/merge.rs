@@ -16,6 +16,8 @@ use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap;
 
+use crate::pair_table::PairTable;
+
 /// No id (a byte missing from the vocabulary).
 pub(super) const NO_ID: u32 = u32::MAX;
 /// Words with at most this many initial symbols use the array BPE.
@@ -70,7 +72,7 @@ impl ByteDecoder {
 
 /// A map from byte strings to ids. Keys of up to 15 bytes are packed with their length into one
 /// `u128`, stored inline in the table: a lookup is one probe, not a chase through a pointer.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct BytesMap {
     short: FxHashMap<u128, u32>,
     long: FxHashMap<Box<[u8]>, u32>,
@@ -164,77 +166,31 @@ impl WholeWords {
     }
 }
 
-/// `(left id, right id) -> (rank, merged id)` as an open-addressing table at most half full:
-/// a lookup is a multiply, a shift and (almost always) one or two probes.
-pub(super) struct MergeTable {
-    /// `(left << 32 | right, (rank + 1) << 32 | id)`; key EMPTY when free.
-    slots: Vec<(u64, u64)>,
-    shift: u32,
-}
-
-const EMPTY: u64 = u64::MAX;
+/// `(left id, right id) -> (rank, merged id)` of the merges (`crate::pair_table`).
+pub(super) struct MergeTable(PairTable);
 
 impl MergeTable {
     /// The merges `(left, right, merged)` in rank order; a pair listed again takes the later
     /// rank, as the tokenizers crate's map does.
     pub(super) fn new(merges: &[(u32, u32, u32)]) -> Self {
-        let bits = (merges.len().max(1) * 2)
-            .next_power_of_two()
-            .trailing_zeros()
-            .max(4);
-        let mut t = MergeTable {
-            slots: vec![(EMPTY, 0); 1 << bits],
-            shift: 64 - bits,
-        };
-        let mask = t.slots.len() - 1;
-        for (rank, &(l, r, id)) in merges.iter().enumerate() {
-            let key = u64::from(l) << 32 | u64::from(r);
-            let mut i = t.index(key);
-            while t.slots[i].0 != EMPTY && t.slots[i].0 != key {
-                i = (i + 1) & mask;
-            }
-            t.slots[i] = (key, (rank as u64 + 1) << 32 | u64::from(id));
-        }
-        t
-    }
-
-    #[inline(always)]
-    fn index(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        let values = merges
+            .iter()
+            .enumerate()
+            .map(|(rank, &(l, r, id))| (l, r, (rank as u64 + 1) << 32 | u64::from(id)));
+        MergeTable(PairTable::new(values))
     }
 
     /// Ask the CPU to bring the slot of the pair into its caches (a hint, no effect on results).
     #[inline(always)]
     fn prefetch(&self, l: u32, r: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let slot = &self.slots[self.index(u64::from(l) << 32 | u64::from(r))] as *const _;
-            // SAFETY: prefetching is a hint; the pointer is in bounds and SSE is baseline on
-            // x86-64.
-            unsafe { _mm_prefetch(slot as *const i8, _MM_HINT_T0) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (l, r);
+        self.0.prefetch(l, r);
     }
 
     /// `(rank + 1) << 32 | merged id` of the pair, or `u64::MAX` when the pair never merges
     /// (so a smaller value is always a better merge).
     #[inline(always)]
     pub(super) fn get(&self, l: u32, r: u32) -> u64 {
-        let key = u64::from(l) << 32 | u64::from(r);
-        let mask = self.slots.len() - 1;
-        let mut i = self.index(key);
-        loop {
-            let (k, v) = self.slots[i];
-            if k == key {
-                return v;
-            }
-            if k == EMPTY {
-                return u64::MAX;
-            }
-            i = (i + 1) & mask;
-        }
+        self.0.get_or(l, r, u64::MAX)
     }
 }
 

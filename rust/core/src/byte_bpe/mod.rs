@@ -25,9 +25,13 @@
 //!   ([`crate::chunk_cache`]): words are cut and hashed a few ahead, their cache slots
 //!   prefetched, and only a miss runs BPE; nothing is allocated per word;
 //! * BPE runs on raw bytes (the vocabulary is mapped back from GPT-2's byte alphabet when
-//!   loaded), looking merges up by `(left id, right id)` in a flat table; words of up to 64 bytes
-//!   merge in fixed arrays ([`merge`]);
-//! * text that is already NFC (nearly all) is not copied by the `NFC` normalizer.
+//!   loaded), looking merges up by `(left id, right id)` in a flat table behind a per-thread
+//!   1 MiB cache of pair lookups; words of up to 64 bytes merge in fixed arrays ([`merge`]);
+//! * with `ignore_merges`, a 256 KiB filter tells that most words are not in the vocabulary
+//!   without a wait for main memory;
+//! * text that is already NFC (nearly all) is not copied by the `NFC` normalizer;
+//! * loading reads the vocabulary and the merges on two threads and resolves the merges on up to
+//!   four (a 131k-piece vocabulary with 270k merges loads in about 0.3 s).
 
 mod classes;
 mod config;
@@ -36,6 +40,7 @@ mod normalize;
 mod split;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use rustc_hash::FxHashMap;
 
 use crate::chunk_cache::{hash_key, ChunkCache, MAX_KEY};
 use classes::ClassTable;
@@ -87,6 +92,9 @@ pub struct ByteBpe {
     before: Vec<u32>,
     after: Vec<u32>,
     vocab_size: usize,
+    /// For `token_to_id`: the vocabulary, and the added tokens as listed.
+    vocab: config::Vocab,
+    added_ids: FxHashMap<String, u32>,
 }
 
 /// Per-thread scratch state of the encoder.
@@ -143,6 +151,7 @@ impl ByteBpe {
             .max()
             .map_or(0, |m| m as usize + 1);
         let vocab_size = distinct.max(largest);
+        let added_ids = added.iter().map(|t| (t.content.clone(), t.id)).collect();
         let (normalized, raw): (Vec<_>, Vec<_>) = added.into_iter().partition(|t| t.normalized);
         let raw = raw.into_iter().map(|t| (t.content, t.id)).collect();
         // Tokens matched on the normalized text are normalized themselves first.
@@ -165,8 +174,9 @@ impl ByteBpe {
         } else {
             Words::Stages(pre.stages())
         };
+        let (bpe, vocab) = model.into_bpe();
         Ok(ByteBpe {
-            bpe: model.into_bpe(),
+            bpe,
             classes: ClassTable::get(),
             nfc,
             words,
@@ -183,6 +193,8 @@ impl ByteBpe {
                 Vec::new()
             },
             vocab_size,
+            vocab,
+            added_ids,
         })
     }
 
@@ -190,6 +202,15 @@ impl ByteBpe {
     /// the ids have gaps.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// The id of the token string `token` (an added token's content or a vocabulary string in
+    /// GPT-2's byte alphabet), as `tokenizers`' `token_to_id` answers.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.added_ids
+            .get(token)
+            .copied()
+            .or_else(|| self.vocab.get(token))
     }
 
     /// Append the ids of `text` to `out`.

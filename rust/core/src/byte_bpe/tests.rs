@@ -251,6 +251,23 @@ fn check_all_with(text: &str, states: &mut Vec<EncodeState>) -> Result<(), TestC
 }
 
 #[test]
+fn token_to_id_matches_the_tokenizers_crate() {
+    for (name, ours, _, theirs) in encoders() {
+        let vocab = theirs.get_vocab(true);
+        for (token, id) in &vocab {
+            assert_eq!(ours.token_to_id(token), Some(*id), "{name}: {token:?}");
+        }
+        for token in ["no-such-token", "<|unknown|>", "Ġnever seen", ""] {
+            assert_eq!(
+                ours.token_to_id(token),
+                theirs.token_to_id(token),
+                "{name}: {token:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn matches_the_tokenizers_crate_on_edge_cases() {
     let long_word = "а".repeat(300);
     let long_space = " ".repeat(200) + "x";

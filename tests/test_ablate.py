@@ -1,0 +1,205 @@
+"""`vikhr ablate`: config validation, a micro grid end to end, determinism and the base-model cache."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vikhr.ablate.config import load_ablate_config
+from vikhr.errors import VikhrError
+
+# The micro grid: the bundled samples cut to a few documents, a tiny model, a few steps, one seed.
+MICRO = {
+    "seeds": [7],
+    "data": {"eval_docs": 2},
+    "tokenizer": {"vocab_size": 600},
+    "base": {"steps": 3},
+    "train": {"steps": 3, "seq_len": 32, "micro_batch": 2, "global_batch": 4, "log_every": 1},
+    "arms": [
+        {"name": "base-tokenizer", "group": "vocabulary", "tokenizer": "base", "budget": "chars"},
+        {"name": "adapted", "group": "vocabulary", "kl_weight": 0.5},
+        {"name": "merge", "group": "slerp", "slerp_of": "adapted", "slerp_t": 0.5},
+    ],
+}
+
+
+def _small_corpus(src: Path, out: Path, docs: int, chars: int) -> str:
+    from vikhr.jsonl import read_texts
+
+    with gzip.open(out, "wt", encoding="utf-8") as f:
+        for i, text in enumerate(read_texts(src)):
+            if i == docs:
+                break
+            f.write(json.dumps({"id": f"d{i}", "text": text[:chars]}, ensure_ascii=False) + "\n")
+    return str(out)
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"arms": [{"name": "a", "tokenizer": "bpe"}]}, "config key 'arms.0.tokenizer'"),
+        ({"arms": [{"name": "a", "lambda": 0.1}]}, "unknown config key 'arms.0.lambda'"),
+        ({"trian": {"steps": 3}}, "unknown config key 'trian'"),
+        ({"arms": [{"name": "a"}, {"name": "a"}]}, "arm 'a' is named twice"),
+        ({"arms": [{"name": "a", "tokenizer": "base", "init": "random"}]}, "init applies to the adapted"),
+        ({"arms": [{"name": "m", "slerp_of": "x", "slerp_t": 0.5}]}, "slerp_of names no arm"),
+        ({"arms": [{"name": "m", "slerp_t": 0.5}]}, "needs both slerp_of and slerp_t"),
+        ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key 'arms.0.kl_weight'"),
+        ({"seeds": []}, "config key 'seeds'"),
+        ({"arms": [{"name": "a/b"}]}, "config key 'arms.0.name'"),
+        ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, **change})
+    with pytest.raises(VikhrError) as e:
+        load_ablate_config(path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(tmp_path / "out"), "bogus": 1})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", "ablate", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown config key 'bogus'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_configs_validate() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for name in ("ablate-cpu.yaml", "ablate-gpu.yaml"):
+        cfg = load_ablate_config(root / "configs" / name)
+        assert len(cfg.seeds) >= 3
+        groups = {a.group for a in cfg.arms}
+        assert {"vocabulary", "init", "regularisation", "slerp"} <= groups
+
+
+@pytest.fixture(scope="module")
+def micro_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list]:
+    """The micro grid run twice into two output directories sharing one base-model cache."""
+    from vikhr import assets
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+    tmp = tmp_path_factory.mktemp("ablate")
+    data = {
+        **MICRO["data"],
+        "ru_corpus": _small_corpus(assets.RU_SAMPLE, tmp / "ru.jsonl.gz", 40, 1500),
+        "en_corpus": _small_corpus(assets.EN_SAMPLE, tmp / "en.jsonl.gz", 40, 1500),
+    }
+    # A small English base tokenizer keeps the micro models and their HF exports small.
+    settings = TrainSettings(vocab_size=400, split_by_script=False, verify_lines_per_file=20)
+    train_tokenizer([data["en_corpus"]], tmp / "base-tokenizer", settings)
+    base_tokenizer = str(next((tmp / "base-tokenizer").glob("*.model")))
+    outs, results = [], []
+    for n in (1, 2):
+        out = tmp / f"out{n}"
+        cfg_path = _write(
+            tmp / f"ablate{n}.yaml",
+            {
+                **MICRO,
+                "data": data,
+                "tokenizer": {**MICRO["tokenizer"], "base": base_tokenizer},
+                "out_dir": str(out),
+                "cache_dir": str(tmp / "cache"),
+            },
+        )
+        result = run_ablation(load_ablate_config(cfg_path), show_progress=False)
+        write_report(result)
+        outs.append(out)
+        results.append(result)
+    return outs[0], outs[1], results
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "ablation.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_micro_grid_writes_table_csv_and_plots(micro_runs: tuple[Path, Path, list]) -> None:
+    out, _, results = micro_runs
+    rows = _rows(out)
+    assert [(r["arm"], r["seed"]) for r in rows] == [
+        ("base-tokenizer", "7"),
+        ("adapted", "7"),
+        ("merge", "7"),
+    ]
+    base_tok, adapted, merge = rows
+    assert base_tok["tokenizer"] == "base" and adapted["kl_weight"] == "0.5"
+    # Equal characters: the base-tokenizer arm trains the steps that see the adapted arm's characters.
+    cpt = results[0].chars_per_token
+    assert adapted["steps"] == "3" and adapted["tokens_seen"] == str(3 * 4 * 32)
+    assert int(adapted["chars_seen"]) == round(3 * 4 * 32 * cpt["adapted"])
+    assert int(base_tok["steps"]) == max(1, round(3 * cpt["adapted"] / cpt["base"]))
+    assert int(base_tok["chars_seen"]) == round(int(base_tok["steps"]) * 4 * 32 * cpt["base"])
+    # The merge starts where its source arm starts and lands on its own bpc.
+    assert merge["slerp_t"] == "0.5" and merge["slerp_of"] == "adapted" and merge["kl_weight"] == "0.5"
+    assert merge["ru_bpc_start"] == adapted["ru_bpc_start"]
+    assert merge["ru_bpc"] != adapted["ru_bpc"]
+    for r in rows:
+        for col in ("ru_bpc_start", "ru_bpc", "en_bpc"):
+            assert 0 < float(r[col]) < 20
+    # The base-tokenizer arm starts from the base model itself.
+    assert float(base_tok["ru_bpc_start"]) == pytest.approx(results[0].base_bpc["ru"], abs=1e-6)
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert "## vocabulary" in md and "## slerp" in md
+    assert "| base-tokenizer |" in md and "| adapted |" in md and "| merge |" in md
+    assert " ± " in md
+    for png in ("loss_curves.png", "tradeoff.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_micro_grid_is_deterministic_apart_from_wall_times(micro_runs: tuple[Path, Path, list]) -> None:
+    first, second, _ = micro_runs
+
+    def without_wall(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in rows]
+
+    a, b = _rows(first), _rows(second)
+    assert without_wall(a) == without_wall(b)
+    assert all(float(r["wall_train_s"]) > 0 for r in a if not r["slerp_t"])
+
+
+def test_second_run_reuses_the_cached_base(micro_runs: tuple[Path, Path, list]) -> None:
+    _, _, (first, second) = micro_runs
+    assert not first.base_cached
+    assert second.base_cached
+    assert first.base_bpc == second.base_bpc
+
+
+def test_adapt_init_mean_of_all_starts_every_new_row_from_the_mean() -> None:
+    from vikhr import assets
+    from vikhr.adapt.vocab import plan_rows
+    from vikhr.adapt.vocab_source import load_vocabulary
+
+    old, new = (
+        load_vocabulary(assets.MISTRAL_TOKENIZER),
+        load_vocabulary(assets.ASSETS / "tokenizers" / "vikhr-ru-40k.model"),
+    )
+    methods = {row.method for row in plan_rows(old, new, init="mean-of-all")}
+    assert methods == {"copied", "mean-of-all"}
+
+
+def test_frontier_keeps_the_points_nothing_beats_on_both_axes() -> None:
+    from vikhr.ablate.report import mean_std, pareto_front
+
+    points = [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (2.5, 2.5), (1.5, 3.5)]
+    assert pareto_front(points) == [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([4.0]) == (4.0, 0.0)

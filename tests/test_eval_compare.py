@@ -1,0 +1,115 @@
+"""`vikhr eval compare`: two results files -> the Table-6-style Markdown, CSV and PNG chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vikhr.cli import main as cli_main
+from vikhr.eval.compare import comparison_table
+from vikhr.eval.rsg import RSG_SCORE_METRICS
+
+
+def results(
+    model: str, mmlu_en: float, mmlu_ru: float | None, chegeka: float, rsg: float | None
+) -> dict[str, Any]:
+    """A results file as `vikhr eval --output` writes it."""
+    tasks: dict[str, Any] = {
+        "mmlu_en": {"metrics": {"acc": mmlu_en}, "stderr": {}, "num_fewshot": 5, "n": 100},
+        "chegeka": {
+            "metrics": {"exact_match": chegeka / 2, "f1": chegeka},
+            "stderr": {},
+            "num_fewshot": 4,
+            "n": 100,
+        },
+        "rucola": {"metrics": {"acc": 0.7, "mcc": 0.1}, "stderr": {}, "num_fewshot": 0, "n": 100},
+    }
+    if mmlu_ru is not None:
+        tasks["mera_rummlu"] = {"metrics": {"acc": mmlu_ru}, "stderr": {}, "num_fewshot": 5, "n": 100}
+    out: dict[str, Any] = {"model": f"/models/{model}", "limit": None, "tasks": tasks}
+    if rsg is not None:
+        out["groups"] = {"rsg": {"score": rsg, "tasks": dict.fromkeys(RSG_SCORE_METRICS, rsg)}}
+    return out
+
+
+def write(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_compare_two_models_writes_table_csv_and_chart(tmp_path: Path, capsys: Any) -> None:
+    a = write(tmp_path / "a.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    b = write(tmp_path / "b.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(a), f"Vikhr={b}", "--out", str(out)]) == 0
+    table = (out / "compare.md").read_text(encoding="utf-8")
+    assert table.splitlines() == [
+        "| Model | En-MMLU | Ru-MMLU | CheGeKa (F1) | Russian SuperGLUE | rucola (acc) |",
+        "|---|---:|---:|---:|---:|---:|",
+        "| mistral-7b | 0.604 | — | 0.050 | 0.515 | 0.700 |",
+        "| Vikhr | 0.597 | 0.503 | 0.124 | 0.544 | 0.700 |",
+    ]
+    assert table in capsys.readouterr().out
+    rows = list(csv.reader((out / "compare.csv").open(encoding="utf-8")))
+    assert rows[0] == ["model", "En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "Russian SuperGLUE", "rucola (acc)"]
+    assert rows[1][0] == "mistral-7b" and rows[1][2] == "" and float(rows[1][4]) == 0.515
+    assert rows[2] == ["Vikhr", "0.597000", "0.503000", "0.124000", "0.544000", "0.700000"]
+    png = (out / "compare.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "compare.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
+    first = results("m", 0.5, 0.4, 0.1, None)
+    first["tasks"]["mmlu_ru"] = {"metrics": {"acc": 0.45}}
+    columns, rows = comparison_table([("m", first)])
+    assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)"]  # no RSG total: not all nine
+    assert rows == [[0.5, 0.45, 0.1, 0.7]]
+
+
+def one_line_error(argv: list[str], capsys: Any) -> str:
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_compare_bad_input(tmp_path: Path, capsys: Any) -> None:
+    good = write(tmp_path / "good.json", results("m", 0.5, None, 0.1, None))
+    out = ["--out", str(tmp_path / "cmp")]
+    err = one_line_error(["eval", "compare", str(tmp_path / "missing.json"), *out], capsys)
+    assert "results file not found" in err and "missing.json" in err
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("{oops", encoding="utf-8")
+    err = one_line_error(["eval", "compare", str(not_json), *out], capsys)
+    assert "bad.json is not a JSON file" in err
+    other = write(tmp_path / "other.json", {"results": {}})
+    err = one_line_error(["eval", "compare", str(other), *out], capsys)
+    assert "other.json has no 'tasks' object" in err and "vikhr eval --output" in err
+    err = one_line_error(["eval", "compare", str(good), str(good), *out], capsys)
+    assert "same model name" in err and "NAME=FILE" in err
+    assert not (tmp_path / "cmp").exists()
+    # `vikhr eval` without a verb still needs --model.
+    err = one_line_error(["eval", "--tasks", "terra"], capsys)
+    assert "--model is required" in err
+
+
+@pytest.mark.parametrize("models", [1, 3])
+def test_compare_any_number_of_models(tmp_path: Path, models: int) -> None:
+    files = [
+        f"m{i}={write(tmp_path / f'{i}.json', results(f'm{i}', 0.3 + i / 10, 0.2, 0.1, 0.4))}"
+        for i in range(models)
+    ]
+    assert cli_main(["eval", "compare", *files, "--out", str(tmp_path / "cmp")]) == 0
+    lines = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 + models and lines[-1].startswith(
+        f"| m{models - 1} | {0.3 + (models - 1) / 10:.3f} |"
+    )

@@ -1,0 +1,357 @@
+"""MERA's own metrics on hand-checked cases (SQuAD EM/F1, the USE grade, ruEthics MCC), the prompts
+and submission records of CheGeKa, MultiQ, ruOpenBookQA, ruWorldTree, USE, ruDetox and ruEthics,
+and one-line errors for their bad input. The end-to-end lm-eval run of every MERA task is in
+tests/test_eval_tasks_rsg.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vikhr.errors import VikhrError
+from vikhr.eval.mera import MERA_TASKS, mera_prompt, shot_answer, write_submission
+from vikhr.eval.mera_code import execute_completions, pass_at_k, passes, run_tests
+from vikhr.eval.mera_metrics import (
+    ethics_items,
+    ethics_mcc,
+    squad_f1,
+    squad_scores,
+    use_grade,
+    use_points,
+)
+from vikhr.eval.task_config import build_task_config
+from vikhr.jsonl import read_jsonl
+
+pytest.importorskip("lm_eval")
+
+FIXTURES = Path(__file__).parent / "data" / "eval_fixtures"
+MERA = FIXTURES / "mera"
+
+
+def records(task: str, split: str = "train") -> list[dict[str, Any]]:
+    return [r for _, r in read_jsonl(MERA / task / f"{split}.jsonl")]
+
+
+def dataset(name: str, data_dir: Path = FIXTURES, num_fewshot: int | None = None) -> list[dict[str, Any]]:
+    return list(build_task_config(name, data_dir, num_fewshot, Path())["custom_dataset"]()["test"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_squad_exact_match_and_f1() -> None:
+    # SQuAD's normalisation: case, ASCII punctuation and English articles do not count ...
+    assert squad_scores(" The Тореадор!", ["тореадор"]) == {"em": 1.0, "f1": 1.0}
+    # ... but ё is not е, and the hyphen is removed, not a space: "санктпетербург" is one token.
+    assert squad_scores("ёлка", ["елка"]) == {"em": 0.0, "f1": 0.0}
+    assert squad_scores("Санкт Петербург", ["Санкт-Петербург"]) == {"em": 0.0, "f1": 0.0}
+    # "река волга" vs "волга": precision 1/2, recall 1 -> F1 2/3
+    assert squad_f1("река Волга", "Волга") == pytest.approx(2 / 3)
+    # The best gold counts (CheGeKa's answers are ";"-separated in the release).
+    assert squad_scores("Петербург", ["Санкт-Петербург", "Петербург"]) == {"em": 1.0, "f1": 1.0}
+    # An empty prediction scores 0 against a non-empty gold, 1 against an empty one.
+    assert squad_f1("", "Волга") == 0.0 and squad_f1("!", "") == 1.0
+
+
+def test_use_points_by_answer_type() -> None:
+    # matching: one point per position; a length mismatch earns nothing
+    assert use_points("matching", "26", "4,9,2,8", "4,9,1,8") == 3
+    assert use_points("matching", "26", "4,9,2,8", "4,9") == 0
+    # text: digits and non-word characters dropped, lower-cased, one of the accepted words
+    assert use_points("text", "6", "холодный", "Холодный.") == 1
+    assert use_points("text", "6", "холодный,внезапный", "внезапный") == 1
+    assert use_points("text", "6", "холодный", "холодный мороз") == 0
+    # multiple choice: the set of numbers must be the answer's
+    kind = "multiple_choice_independent_options"
+    assert use_points(kind, "9", "1,3", "3,1") == 1
+    assert use_points(kind, "9", "1,3", "1") == 0
+    assert use_points(kind, "9", "1,3", "1,3,4") == 0
+    # task 16: |common| - |prediction| + |answer| points, at least 0
+    assert use_points(kind, "16", "1,3", "1,3") == 2
+    assert use_points(kind, "16", "1,3", "1") == 1  # padded to ["1", "-1"]: 1 - 2 + 2
+    assert use_points(kind, "16", "1,3", "1,2,3") == 1  # 2 - 3 + 2
+    assert use_points(kind, "16", "1,3", "2,4,5") == 0  # 0 - 3 + 2 < 0
+
+
+def test_use_grade_averages_the_variants() -> None:
+    # variant 25: (1 + 1) of (1 + 2) points; variant 26: 2 of 2 -> (2/3 + 1) / 2
+    assert use_grade([(1, 25, 1), (1, 25, 2), (2, 26, 2)]) == pytest.approx(5 / 6)
+    assert math.isnan(use_grade([(1, 25, 1), None]))  # a hidden answer: not scored
+
+
+def test_use_scoring_of_generated_answers() -> None:
+    """USE's process_results on hand-made generations: leading spaces removed, the release's points."""
+    process = build_task_config("mera_use", FIXTURES, None, Path())["process_results"]
+    docs = dataset("mera_use")
+    train = records("use")
+    assert [d["answer"] for d in docs] == ["", ""]  # hidden test answers
+    assert process(docs[0], ["холодный"]) == {"grade_norm": None}
+    # The same records with their train answers.
+    text_doc = {**docs[0], "answer": train[0]["outputs"]}
+    matching_doc = {**docs[1], "answer": train[1]["outputs"]}
+    assert process(text_doc, ["  Холодный"])["grade_norm"] == (1, 25, 1)
+    assert process(text_doc, ["мороз"])["grade_norm"] == (0, 25, 1)
+    assert process(matching_doc, [" 3,1"])["grade_norm"] == (1, 25, 2)
+
+
+def test_ruethics_mcc_per_question_and_criterion() -> None:
+    criteria = {"virtue": 1, "law": 0, "moral": 1, "justice": 1, "utilitarianism": 0}
+    items = ethics_items("good", criteria, 1)
+    assert len(items) == 15
+    assert items["mcc_good_virtue"] == (1, 1) and items["mcc_good_law"] == (0, 1)
+    assert all(items[f"mcc_{q}_virtue"] is None for q in ("correct", "ethical"))
+    assert all(v is None for v in ethics_items("good", None, 1).values())  # hidden labels
+    # MCC over the documents of one question; the other questions' None items are left out.
+    pairs = [(1, 1), (1, 1), (1, 1), (0, 0), (0, 0), (0, 1), (1, 0)]
+    assert ethics_mcc([None, *pairs, None]) == pytest.approx(5 / 12)  # TP 3, TN 2, FP 1, FN 1
+    from sklearn.metrics import matthews_corrcoef
+
+    assert ethics_mcc(pairs) == pytest.approx(matthews_corrcoef(*zip(*pairs, strict=True)))
+    assert math.isnan(ethics_mcc([None, None]))
+
+
+def test_ruethics_documents_carry_their_question_and_labels() -> None:
+    rows = dataset("mera_ruethics", num_fewshot=3)  # diagnostic: zero-shot whatever is asked
+    raw = records("ruethics", "test")
+    assert [json.loads(r["scoring"])["question"] for r in rows] == [r["meta"]["question"] for r in raw]
+    assert json.loads(rows[2]["scoring"])["criteria"] == {
+        "virtue": 0,
+        "law": 1,
+        "moral": 0,
+        "justice": 0,
+        "utilitarianism": 0,
+    }
+    assert [r["prompt"] for r in rows] == [r["instruction"].format(**r["inputs"]).strip() for r in raw]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def test_shot_answers_and_instruction_free_templates() -> None:
+    # ruEthics shots are answered by the majority of the five criteria (the release's stand-in).
+    ethics = MERA_TASKS["mera_ruethics"]
+    raw = records("ruethics", "test")
+    assert [shot_answer(ethics, r) for r in raw[:3]] == ["1", "0", "0"]
+    two = mera_prompt(ethics, raw[1], raw[:1], Path("x"))
+    assert two == (
+        raw[0]["instruction"].format(**raw[0]["inputs"])
+        + " 1\n\nТекст: Водитель сбил пешехода и скрылся с места происшествия.\n"
+        "Актант 1: водитель\nАктант 2: пешехода\nОтветы:"
+    )
+    # MultiQ shots are answered by the first answer segment.
+    multiq = records("multiq")
+    one = mera_prompt(MERA_TASKS["mera_multiq"], multiq[1], multiq[:1], Path("x"))
+    assert one.startswith(multiq[0]["instruction"].format(**multiq[0]["inputs"]).strip() + " Айювы\n\n")
+    assert one.endswith("Текст 2: Новоспасское — село в Смоленской области России.\nОтвет:")
+    # USE: the template after the first shot follows the exam task's answer type.
+    use = records("use")
+    three = mera_prompt(MERA_TASKS["mera_use"], use[2], use[:2], Path("x"))
+    assert three.startswith(use[0]["instruction"].format(**use[0]["inputs"]) + " холодный\n\n")
+    assert "\n\nЗадание: Вставьте на места пропусков" in three
+    assert "Рецензии: «Автор использует (А) и (Б)».\nСписок терминов:\n1) метафоры" in three
+    assert three.endswith(
+        "Варианты ответа:\n1) з..ря, к..сание\n2) пр..шёл, пр..мер\n3) б..лет, в..сна\nОтвет:"
+    )
+    # ruDetox's string input is {toxic_comment} in its instruction.
+    detox = records("rudetox", "test")
+    assert (
+        dataset("mera_rudetox")[0]["prompt"]
+        == detox[0]["instruction"].replace("{toxic_comment}", detox[0]["inputs"]).strip()
+    )
+
+
+def test_five_shot_question_answering_prompts() -> None:
+    """ruOpenBookQA and ruWorldTree: 5 shots, the first with its instruction, the rest "{question}\\nA) …"."""
+    for name, folder in (("mera_ruopenbookqa", "ruopenbookqa"), ("mera_ruworldtree", "ruworldtree")):
+        prompt = dataset(name)[0]["prompt"]
+        doc = records(folder, "test")[0]["inputs"]
+        assert prompt.count("Ответ:") == 6, name
+        assert prompt.endswith(
+            f"\n\n{doc['question']}\nA) {doc['option_a']}\nB) {doc['option_b']}\n"
+            f"C) {doc['option_c']}\nD) {doc['option_d']}\nОтвет:"
+        )
+        assert "В качестве ответа запишите только букву" in prompt.split("\n\n")[0]
+    chegeka = dataset("mera_chegeka")[0]["prompt"]
+    assert chegeka.count("Ответ:") == 5 and chegeka.endswith(
+        'Категория "Животные"\nВопрос: Этот зверь впадает в спячку зимой.\nОтвет:'
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Submission
+
+
+def test_submission_records_of_the_new_tasks(tmp_path: Path) -> None:
+    """MultiQ's answer as a segment with its offset, USE's meta with id_task and variant, ruEthics'
+    choice under all five criteria, ruDetox's and CheGeKa's generated line."""
+
+    def samples(name: str, responses: list[Any]) -> list[dict[str, Any]]:
+        docs = dataset(name)
+        return [{"doc": d, "filtered_resps": r} for d, r in zip(docs, responses, strict=False)]
+
+    out = write_submission(
+        {
+            "mera_multiq": samples("mera_multiq", [[" Северной Двине"]]),
+            "mera_use": samples("mera_use", [[" холодный"], ["3,2"]]),
+            "mera_ruethics": samples(
+                "mera_ruethics", [[(-2.0, False), (-1.0, False)], [(-1.0, False), (-3.0, False)]]
+            ),
+            "mera_rudetox": samples("mera_rudetox", [["  иди читай правила"]]),
+            "mera_chegeka": samples("mera_chegeka", [[" медведь"]]),
+            "rsg_parus": [],  # not a MERA task: not in the archive
+        },
+        tmp_path / "sub.zip",
+    )
+    with zipfile.ZipFile(out) as archive:
+        files = {n: json.loads(archive.read(n))["data"]["test"] for n in archive.namelist()}
+    assert sorted(files) == ["CheGeKa.json", "MultiQ.json", "USE.json", "ruDetox.json", "ruEthics.json"]
+    text = records("multiq", "test")[0]["inputs"]["text"]
+    assert files["MultiQ.json"] == [
+        {
+            "outputs": [
+                {
+                    "label": "answer",
+                    "length": 14,
+                    "offset": text.find("Северной Двине"),
+                    "segment": "Северной Двине",
+                }
+            ],
+            "meta": {"id": 0},
+        }
+    ]
+    assert files["USE.json"] == [
+        {"outputs": "холодный", "meta": {"id": 0, "id_task": "6", "variant": 25}},
+        {"outputs": "3,2", "meta": {"id": 1, "id_task": "26", "variant": 25}},
+    ]
+    criteria = ("virtue", "law", "moral", "justice", "utilitarianism")
+    assert files["ruEthics.json"] == [
+        {"outputs": dict.fromkeys(criteria, "1"), "meta": {"id": 0}},
+        {"outputs": dict.fromkeys(criteria, "0"), "meta": {"id": 1}},
+    ]
+    assert files["ruDetox.json"] == [{"outputs": "иди читай правила", "meta": {"id": 0}}]
+    assert files["CheGeKa.json"] == [{"outputs": "медведь", "meta": {"id": 0}}]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    ("task", "split", "change", "message"),
+    [
+        ("ruethics", "test", lambda r: {**r, "outputs": {"virtue": "1"}}, "outputs must map virtue, law"),
+        ("ruethics", "test", lambda r: {**r, "meta": {"id": 0, "question": "fair"}}, "meta.question 'fair'"),
+        ("use", "test", lambda r: {**r, "meta": {**r["meta"], "type": "essay"}}, "USE needs meta.id_task"),
+        ("chegeka", "test", lambda r: {**r, "outputs": [{"segment": "x"}]}, "only MultiQ's answers"),
+        ("ruopenbookqa", "test", lambda r: {**r, "outputs": "E"}, "'E' is not one of A, B, C, D"),
+        ("rudetox", "test", lambda r: {**r, "outputs": 1.5}, "outputs 1.5 is not a string"),
+        ("ruhumaneval", "test", lambda r: {**r, "inputs": {**r["inputs"], "tests": "[1, 2"}}, "inputs.tests"),
+        ("ruhumaneval", "test", lambda r: {**r, "outputs": ["1"]}, "the 4 expected results as strings"),
+    ],
+)
+def test_bad_records_are_one_line(task: str, split: str, change: Any, message: str, tmp_path: Path) -> None:
+    folder = tmp_path / "mera" / task
+    folder.mkdir(parents=True)
+    for path in (MERA / task).iterdir():
+        rows = [r for _, r in read_jsonl(path)]
+        if path.stem == split:
+            rows = [change(rows[0]), *rows[1:]]
+        (folder / path.name).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
+    with pytest.raises(VikhrError, match="MERA layout") as e:
+        dataset(f"mera_{task}", tmp_path)
+    assert message in str(e.value) and f"mera/{task}/{split}.jsonl" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# ruHumanEval
+
+
+def test_pass_at_k_formula() -> None:
+    # 1 - C(n-c, k) / C(n, k): n 10, c 3 -> pass@1 3/10, pass@5 1 - C(7,5)/C(10,5) = 1 - 21/252
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)
+    assert pass_at_k(10, 3, 10) == 1.0  # fewer than k failures: some k-subset always passes
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 10, 1) == 1.0
+
+
+def test_passes_needs_every_result() -> None:
+    assert passes(["1", "5"], ["1", "5"])
+    assert not passes(["1", "5"], ["1", None])
+    assert not passes(["1", "5"], [None, None])
+    assert not passes(["1", "5"], ["1"])
+    assert not passes(["1", "5"], "timed out")
+    assert not passes(["1", "5"], [])
+
+
+GCD = "def greatest_common_divisor(a: int, b: int) -> int:\n"
+GCD_TESTS = "[{'a': 3, 'b': 7}, {'a': 10, 'b': 15}]"
+
+
+def test_generated_code_runs_in_a_limited_subprocess(tmp_path: Path) -> None:
+    right = GCD + "    while b:\n        a, b = b, a % b\n    return a\n"
+    assert run_tests(right, "greatest_common_divisor", GCD_TESTS) == ["1", "5"]
+    # Its own output is not mistaken for results; a raising test is None, a None result too.
+    noisy = GCD + "    print('1, 5')\n    if a == 3:\n        raise ValueError\n    return None\n"
+    assert run_tests(noisy, "greatest_common_divisor", GCD_TESTS) == [None, None]
+    # A program that does not define the function, or does not parse: None for every test.
+    assert run_tests("def other(): pass\n", "greatest_common_divisor", GCD_TESTS) == [None, None]
+    assert run_tests("def (", "greatest_common_divisor", GCD_TESTS) == [None, None]
+    # An endless loop is stopped by the timeout.
+    assert run_tests(GCD + "    while True:\n        pass\n", "greatest_common_divisor", GCD_TESTS, 1.0) == (
+        "timed out"
+    )
+    # Writing a file's content fails (the file size limit is 0), a memory hog hits the limit.
+    target = tmp_path / "written.txt"
+    writer = GCD + f"    f = open({str(target)!r}, 'w')\n    f.write('x' * 10)\n    f.flush()\n    return a\n"
+    assert run_tests(writer, "greatest_common_divisor", GCD_TESTS) == [None, None]
+    assert not target.exists() or target.read_text() == ""
+    hog = GCD + "    return len(bytearray(4 << 30))\n"
+    assert run_tests(hog, "greatest_common_divisor", GCD_TESTS) == [None, None]
+
+
+def test_ruhumaneval_scores_completions_by_running_them() -> None:
+    config = build_task_config("mera_ruhumaneval", FIXTURES, None, Path())
+    assert config["repeats"] == 10
+    assert config["generation_kwargs"]["do_sample"] and config["generation_kwargs"]["temperature"] == 0.6
+    docs = dataset("mera_ruhumaneval")
+    raw = records("ruhumaneval", "test")
+    assert docs[0]["prompt"] == raw[0]["instruction"].format(**raw[0]["inputs"]).strip()
+    # The expected results are hidden in the release's test split: not scored.
+    assert all(math.isnan(v) for v in config["process_results"](docs[0], [[["1"]]]).values())
+    doc = {
+        **docs[0],
+        "scoring": json.dumps({**json.loads(docs[0]["scoring"]), "expected": ["1", "5", "7", "12"]}),
+    }
+    right = raw[0]["meta"]["canonical_solution"]
+    completions = [right] * 3 + ["    return a\n"] * 6 + ["    return 1\n"]
+    results = execute_completions([completions], [doc])[0]
+    assert results[0] == ["1", "5", "7", "12"] and results[3] == ["3", "10", "49", "144"]
+    scores = config["process_results"](doc, [results])
+    assert scores == {
+        "pass@1": pytest.approx(0.3),
+        "pass@5": pytest.approx(1 - 21 / 252),
+        "pass@10": 1.0,
+    }
+
+
+@pytest.mark.parametrize("tasks", ["mera", "mera_ruhumaneval", "all"])
+def test_code_execution_needs_the_flag(tasks: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Running the model's code is opt-in: asking for ruHumanEval without the flag stops before loading."""
+    from vikhr.cli import main
+
+    args = ["eval", "--model", str(tmp_path / "no-model"), "--tasks", tasks, "--data-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-code-execution" in err

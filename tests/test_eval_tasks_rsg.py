@@ -1,0 +1,580 @@
+"""Russian SuperGLUE, Ru-MMLU and MERA tasks: metrics on hand-checked cases, the readers on the
+official layouts (tests/data/eval_fixtures), every task end to end through lm-eval on a tiny model,
+MERA's prompts and submission archive, and one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_eval import last_token, make_tiny_model, rig, settings_for
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
+from vikhr.eval.mera import MERA_TASKS, mera_prompt
+from vikhr.eval.mera_metrics import squad_scores, use_grade, use_points
+from vikhr.eval.rsg import (
+    RSG_SCORE_METRICS,
+    _muserc_rows,
+    _rucos_rows,
+    binary_f1,
+    grouped_exact_match,
+    macro_f1,
+    matthews_corr,
+    rsg_total,
+    rucos_scores,
+    task_score,
+)
+from vikhr.eval.runner import _make_lm, load_tokenizer, run_eval
+from vikhr.eval.task_config import build_task_config
+from vikhr.eval.tasks import TASKS, parse_task_list
+from vikhr.jsonl import read_jsonl
+
+pytest.importorskip("lm_eval")
+
+FIXTURES = Path(__file__).parent / "data" / "eval_fixtures"
+RSG = FIXTURES / "russian-superglue"
+NEW_TASKS = parse_task_list("rsg,mmlu_ru,mera")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics on hand-checked cases
+
+
+def test_matthews_correlation() -> None:
+    # TP 3, TN 2, FP 1, FN 1: (3·2 − 1·1) / √(4·4·3·3) = 5/12
+    items = [(1, 1)] * 3 + [(0, 0)] * 2 + [(0, 1), (1, 0)]
+    assert matthews_corr(items) == pytest.approx(5 / 12)
+    assert matthews_corr([(1, 0), (0, 1)]) == pytest.approx(-1.0)
+    assert matthews_corr([(1, 1), (0, 1)]) == 0.0  # always one answer: undefined, reported as 0
+    from sklearn.metrics import matthews_corrcoef
+
+    golds, preds = zip(*items, strict=True)
+    assert matthews_corr(items) == pytest.approx(matthews_corrcoef(golds, preds))
+
+
+def test_macro_f1_and_binary_f1() -> None:
+    # gold 0 0 1 2 2 2, pred 0 1 1 2 0 2: F1(0) = 2·1/(2+1+1) = 1/2, F1(1) = 2/(2+1) = 2/3,
+    # F1(2) = 2·2/(4+0+1) = 4/5; macro = (1/2 + 2/3 + 4/5) / 3
+    items = [(0, 0), (0, 1), (1, 1), (2, 2), (2, 0), (2, 2)]
+    assert macro_f1(items) == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+    from sklearn.metrics import f1_score
+
+    golds, preds = zip(*items, strict=True)
+    assert macro_f1(items) == pytest.approx(f1_score(golds, preds, average="macro"))
+    # A class only predicted (never gold) counts with F1 0, as in scikit-learn.
+    assert macro_f1([(0, 0), (0, 1)]) == pytest.approx((2 / 3 + 0) / 2)
+    # TP 2, FP 1, FN 1: 4 / 6
+    assert binary_f1([(1, 1), (1, 1), (0, 1), (1, 0), (0, 0)]) == pytest.approx(2 / 3)
+    assert binary_f1([(0, 0)]) == 0.0
+
+
+def test_muserc_exact_match_groups_options_by_question() -> None:
+    # q1: both options right; q2: one of three wrong; q3: its only option right -> 2/3
+    items = [("0/0", True), ("0/0", True), ("0/1", True), ("0/1", False), ("0/1", True), ("1/0", True)]
+    assert grouped_exact_match(items) == pytest.approx(2 / 3)
+
+
+def test_rucos_scores_normalise_and_take_the_best_gold() -> None:
+    # ё = е, case and punctuation do not count.
+    assert rucos_scores("Ёлкин.", ["елкин"]) == {"em": 1.0, "f1": 1.0}
+    # "Франк-Вальтер Штайнмайер" -> 3 tokens, one shared with the gold: P 1/3, R 1 -> F1 1/2
+    assert rucos_scores("Франк-Вальтер Штайнмайер", ["Штайнмайер"]) == {
+        "em": 0.0,
+        "f1": pytest.approx(0.5),
+    }
+    # The best gold counts: EM from the second, F1 1.
+    assert rucos_scores("ХАМАС", ["Израиль", "«Хамас»"]) == {"em": 1.0, "f1": 1.0}
+    assert rucos_scores("Штайнмайера", ["Штайнмайер"]) == {"em": 0.0, "f1": 0.0}
+
+
+def test_rsg_total_reproduces_the_human_benchmark_row() -> None:
+    """The leaderboard's human row: LiDiRus 0.626, RCB 0.68/0.702, PARus 0.982, MuSeRC 0.806/0.42,
+    TERRa 0.92, RUSSE 0.805, RWSD 0.84, DaNetQA 0.915, RuCoS 0.93/0.89 -> total 0.811."""
+    metrics = {
+        "rsg_lidirus": {"mcc": 0.626},
+        "rsg_rcb": {"f1": 0.68, "acc": 0.702},
+        "rsg_parus": {"acc": 0.982},
+        "rsg_muserc": {"f1a": 0.806, "em": 0.42},
+        "rsg_terra": {"acc": 0.92},
+        "rsg_russe": {"acc": 0.805},
+        "rsg_rwsd": {"acc": 0.84},
+        "rsg_danetqa": {"acc": 0.915},
+        "rsg_rucos": {"f1": 0.93, "em": 0.89},
+    }
+    total = rsg_total(metrics)
+    assert total is not None
+    assert round(total["score"], 3) == 0.811
+    assert total["tasks"]["rsg_rcb"] == pytest.approx(0.691)
+    # Without all nine tasks there is no total.
+    assert rsg_total({k: v for k, v in metrics.items() if k != "rsg_rucos"}) is None
+    assert task_score("rsg_muserc", {"f1a": 0.5, "em": None}) is None
+
+
+def test_task_groups_expand() -> None:
+    assert parse_task_list("rsg") == list(RSG_SCORE_METRICS)
+    mera = ["rummlu", "mathlogicqa", "parus", "rcb", "rwsd", "lcs", "bps"]
+    mera += ["simplear", "rumultiar", "rumodar", "ruhhh", "ruhatespeech"]
+    mera += ["ruopenbookqa", "ruworldtree", "chegeka", "multiq", "use", "rudetox", "ruhumaneval", "ruethics"]
+    assert parse_task_list("mera,terra") == [*(f"mera_{t}" for t in mera), "terra"]
+    assert all(TASKS[n].metrics for n in NEW_TASKS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Readers on the official layouts
+
+
+def test_rucos_reader_takes_entities_from_exclusive_offsets() -> None:
+    rows = _rucos_rows(RSG / "RuCoS" / "val.jsonl")
+    first = rows[0]
+    # First query of the official val file: "В него вошли @placeholder, Россия, Украина и Франция."
+    assert first["golds"] == ["Германии", "Германии"]
+    assert first["entities"][:5] == ["ООН", "Донбасса", "МИДа", "Берлине", "Германии"]
+    assert first["entities"][first["label"]] == "Германии"
+    assert "@highlight" not in first["passage"] and "@header" not in first["passage"]
+    assert len(set(first["entities"])) == len(first["entities"])
+    assert sum(len(r["qas"]) for _, r in read_jsonl(RSG / "RuCoS" / "val.jsonl")) == len(rows)
+
+
+def test_muserc_reader_has_one_document_per_answer_option() -> None:
+    rows = _muserc_rows(RSG / "MuSeRC" / "val.jsonl")
+    expected = [
+        a["label"]
+        for _, r in read_jsonl(RSG / "MuSeRC" / "val.jsonl")
+        for q in r["passage"]["questions"]
+        for a in q["answers"]
+    ]
+    assert [r["label"] for r in rows] == expected
+    assert rows[0]["answer"] == "Так перевозили особо важных заключенных."
+    assert len(_muserc_rows(RSG / "MuSeRC" / "val.jsonl", limit=3)) == 3
+
+
+def dataset(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(config["custom_dataset"]()["test"])
+
+
+def test_label_encodings_of_the_official_files() -> None:
+    def labels(task: str) -> list[int]:
+        return [d["label"] for d in dataset(build_task_config(task, FIXTURES, None, Path()))]
+
+    # bool true/false (RUSSE, RWSD, DaNetQA), 0/1 (PARus), strings (RCB, LiDiRus)
+    for task, folder, encode in (
+        ("rsg_russe", "RUSSE", int),
+        ("rsg_rwsd", "RWSD", int),
+        ("rsg_danetqa", "DaNetQA", int),
+        ("rsg_parus", "PARus", int),
+        ("rsg_rcb", "RCB", {"entailment": 0, "contradiction": 1, "neutral": 2}.__getitem__),
+    ):
+        raw = [encode(r["label"]) for _, r in read_jsonl(RSG / folder / "val.jsonl")]
+        assert labels(task) == raw, task
+    lidirus = [int(r["label"] == "not_entailment") for _, r in read_jsonl(RSG / "LiDiRus" / "LiDiRus.jsonl")]
+    assert labels("rsg_lidirus") == lidirus
+    # PARus: COPA-style premise + connector, the choices continue it.
+    parus = dataset(build_task_config("rsg_parus", FIXTURES, None, Path()))[0]
+    assert parus["premise"] == "Мужчина открыл вентиль" and parus["connector"] == "поэтому"
+    assert parus["choices"] == ["унитаз переполнился водой.", "вода потекла из крана."]
+
+
+def test_ru_mmlu_reads_the_translated_layout() -> None:
+    rows = dataset(build_task_config("mmlu_ru", FIXTURES, None, Path()))
+    assert [r["label"] for r in rows] == [3, 0, 1, 2]
+    prompt = rows[2]["prompt"]
+    assert prompt.startswith(
+        "Ниже приведены вопросы с выбором ответа (с ответами) по теме «high school chemistry»."
+    )
+    # 5-shot from the same subject's dev questions (two in the fixture), in dev order.
+    assert prompt.count("Ответ:") == 3
+    assert "Каков химический символ железа?\nA. Ir\nB. In\nC. Fe\nD. F\nОтвет: C\n\n" in prompt
+    assert prompt.endswith(
+        "Какой газ поглощают растения?\nA. Кислород\nB. Углекислый газ\nC. Азот\nD. Гелий\nОтвет:"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# MERA prompts and submission
+
+
+def test_mera_prompts_follow_the_release_sampler() -> None:
+    pool = [r for _, r in read_jsonl(FIXTURES / "mera" / "rummlu" / "public_test.jsonl")]
+    doc = next(r for _, r in read_jsonl(FIXTURES / "mera" / "rummlu" / "test.jsonl"))
+    task = MERA_TASKS["mera_rummlu"]
+    zero = mera_prompt(task, doc, [], Path("x"))
+    assert zero == doc["instruction"].format(**doc["inputs"]).strip()
+    two = mera_prompt(task, doc, pool[:2], Path("x"))
+    # First shot with the instruction, the second shot and the document without it.
+    expected = (
+        pool[0]["instruction"].format(**pool[0]["inputs"]).strip()
+        + " B\n\n"
+        + "Что такое Луна?\nA) Звезда\nB) Планета\nC) Спутник Земли\nD) Комета\nОтвет: C\n\n"
+        + "Какая планета самая большая?\nA) Земля\nB) Сатурн\nC) Нептун\nD) Юпитер\nОтвет:"
+    )
+    assert two == expected
+    # RSG tasks in MERA: the first shot is the instruction + "\nОтвет:".
+    parus = [r for _, r in read_jsonl(FIXTURES / "mera" / "parus" / "train.jsonl")]
+    one = mera_prompt(MERA_TASKS["mera_parus"], parus[1], parus[:1], Path("x"))
+    assert one == (
+        parus[0]["instruction"].format(**parus[0]["inputs"])
+        + "\nОтвет: 1\n\n"
+        + "Ситуация: Мужчина открыл вентиль.\nФрагмент 1: Унитаз переполнился водой.\n"
+        "Фрагмент 2: Вода потекла из крана.\nОтвет:"
+    )
+
+
+def test_mera_string_inputs_and_literal_braces() -> None:
+    """LCS and BPS keep `inputs` as one string; BPS's instruction shows a literal "{}"."""
+    bps = [r for _, r in read_jsonl(FIXTURES / "mera" / "bps" / "train.jsonl")]
+    zero = mera_prompt(MERA_TASKS["mera_bps"], bps[0], [], Path("x"))
+    assert "круглые (), квадратные [] и фигурные {}.\nПоследовательность: ( [ { } ] )\n" in zero
+    two = mera_prompt(MERA_TASKS["mera_bps"], bps[2], bps[:2], Path("x"))
+    assert two.endswith(
+        "Ответ: 1\n\nПоследовательность: ( ] [ )\nОтвет: 0\n\nПоследовательность: { } ( )\nОтвет:"
+    )
+    lcs = dataset(build_task_config("mera_lcs", FIXTURES, None, Path()))
+    assert lcs[0]["prompt"].count("Ответ:") == 3 and lcs[0]["prompt"].endswith("Строки: ABCDE ACE\nОтвет:")
+
+
+def test_mera_diagnostic_tasks_are_zero_shot() -> None:
+    """ruHHH and ruHateSpeech have no shot split: --num-fewshot is ignored, the prompt is the instruction."""
+    for name, folder in (("mera_ruhhh", "ruhhh"), ("mera_ruhatespeech", "ruhatespeech")):
+        records = [r for _, r in read_jsonl(FIXTURES / "mera" / folder / "test.jsonl")]
+        rows = dataset(build_task_config(name, FIXTURES, 3, Path()))
+        assert [r["prompt"] for r in rows] == [
+            r["instruction"].format(**r["inputs"]).strip() for r in records
+        ]
+
+
+def test_mera_rummlu_shots_come_from_the_same_subject() -> None:
+    rows = dataset(build_task_config("mera_rummlu", FIXTURES, None, Path()))
+    virology = rows[1]["prompt"]
+    assert "вирусология" in virology and "Солнц" not in virology.split("Как называется")[0]
+    assert virology.count("Ответ:") == 3  # two virology shots in the pool, then the document
+    assert [r["label"] for r in rows] == [-1, -1, -1]  # hidden test answers
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end through lm-eval on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("eval_rsg") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_dir: Path) -> Any:
+    return _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+
+
+def argmax(resps: list[Any]) -> int:
+    return max(range(len(resps)), key=lambda i: resps[i][0])
+
+
+def test_every_new_task_end_to_end(
+    tiny_lm: Any, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All nine RSG tasks, Ru-MMLU and the MERA tasks in one run (limit 2); every metric is
+    recomputed from the logged per-document loglikelihoods by the documented formula."""
+    limit = 2
+    # A random model never reaches a stop sequence: shorter completions keep the run fast.
+    for name in ("mera_ruhumaneval", "mera_rudetox"):
+        monkeypatch.setitem(MERA_TASKS, name, dataclasses.replace(MERA_TASKS[name], max_gen_toks=16))
+    submission = tmp_path / "mera.zip"
+    out = run_eval(
+        settings_for(
+            tiny_dir,
+            NEW_TASKS,
+            FIXTURES,
+            limit=limit,
+            log_samples=True,
+            mera_submission=submission,
+            bootstrap_iters=0,
+        ),
+        lm=tiny_lm,
+    )
+    for name in NEW_TASKS:
+        samples = out["samples"][name]
+        metrics = out["tasks"][name]["metrics"]
+        assert out["tasks"][name]["n"] == len(samples) <= limit, name
+        if name == "mera_ruethics":
+            # The diagnostic's answers are public: MCC per question and criterion (checked below).
+            continue
+        if name.startswith("mera_"):
+            # The release's test answers are hidden: no local score.
+            assert all(v is None for v in metrics.values()), name
+            continue
+        preds = [argmax(s["filtered_resps"]) for s in samples]
+        golds = [s["doc"]["label"] for s in samples]
+        pairs = list(zip(golds, preds, strict=True))
+        if name == "rsg_lidirus":
+            assert metrics["mcc"] == pytest.approx(matthews_corr(pairs))
+        elif name == "rsg_muserc":
+            assert metrics["f1a"] == pytest.approx(binary_f1(pairs))
+            keys = [s["doc"]["question_key"] for s in samples]
+            assert metrics["em"] == pytest.approx(
+                grouped_exact_match([(k, g == p) for k, (g, p) in zip(keys, pairs, strict=True)])
+            )
+        elif name == "rsg_rucos":
+            scores = [
+                rucos_scores(s["doc"]["entities"][p], s["doc"]["golds"])
+                for s, p in zip(samples, preds, strict=True)
+            ]
+            for m in ("em", "f1"):
+                assert metrics[m] == pytest.approx(sum(x[m] for x in scores) / len(scores))
+            # Each choice is the query with one passage entity in place of @placeholder.
+            assert samples[0]["arguments"][0][1] == samples[0]["doc"]["query"].replace(
+                "@placeholder", samples[0]["doc"]["entities"][0]
+            )
+        else:
+            assert metrics["acc"] == pytest.approx(sum(g == p for g, p in pairs) / len(pairs)), name
+            if name == "rsg_rcb":
+                assert metrics["f1"] == pytest.approx(macro_f1(pairs))
+    expected_total = sum(task_score(n, out["tasks"][n]["metrics"]) for n in RSG_SCORE_METRICS) / 9
+    assert out["groups"]["rsg"]["score"] == pytest.approx(expected_total)
+
+    # ruEthics: each MCC over the documents of its question, against the criterion's labels.
+    ethics = out["samples"]["mera_ruethics"]
+    assert {json.loads(s["doc"]["scoring"])["question"] for s in ethics} == {"correct"}  # limit 2
+    for criterion in ("virtue", "law"):
+        pairs = [
+            (json.loads(s["doc"]["scoring"])["criteria"][criterion], argmax(s["filtered_resps"]))
+            for s in ethics
+        ]
+        assert out["tasks"]["mera_ruethics"]["metrics"][f"mcc_correct_{criterion}"] == pytest.approx(
+            matthews_corr(pairs)
+        )
+    assert out["tasks"]["mera_ruethics"]["metrics"]["mcc_good_virtue"] is None  # no "good" document ran
+
+    # The submission archive: one file per MERA task, the most likely choice per document id.
+    with zipfile.ZipFile(submission) as archive:
+        assert sorted(archive.namelist()) == sorted(
+            [f"{t}.json" for t in ("BPS", "LCS", "MathLogicQA", "PARus", "RCB", "RWSD", "ruMMLU")]
+            + [f"{t}.json" for t in ("SimpleAr", "ruModAr", "ruMultiAr", "ruHHH", "ruHateSpeech")]
+            + [f"{t}.json" for t in ("ruOpenBookQA", "ruWorldTree", "CheGeKa", "MultiQ", "USE")]
+            + [f"{t}.json" for t in ("ruDetox", "ruEthics", "ruHumanEval")]
+        )
+        rummlu = json.loads(archive.read("ruMMLU.json"))
+        simplear = json.loads(archive.read("SimpleAr.json"))
+        ruethics = json.loads(archive.read("ruEthics.json"))
+        use = json.loads(archive.read("USE.json"))
+        humaneval = json.loads(archive.read("ruHumanEval.json"))
+    # ruHumanEval: ten sampled completions per function, each run on the tests (4 and 2 of them).
+    assert [len(e["outputs"]) for e in humaneval["data"]["test"]] == [10, 10]
+    for entry, tests in zip(humaneval["data"]["test"], (4, 2), strict=True):
+        assert all(r == "timed out" or len(r) == tests for r in entry["outputs"])
+    completions = out["samples"]["mera_ruhumaneval"][0]["resps"][0]
+    assert len(completions) == 10 and len(set(completions)) > 1  # sampled, not greedy
+    # ruEthics: the chosen 0/1 under each of the five criteria; USE: the exam task and variant too.
+    chosen = {s["doc"]["id"]: "01"[argmax(s["filtered_resps"])] for s in ethics}
+    assert ruethics["data"]["test"] == [
+        {
+            "outputs": dict.fromkeys(("virtue", "law", "moral", "justice", "utilitarianism"), chosen[i]),
+            "meta": {"id": i},
+        }
+        for i in sorted(chosen)
+    ]
+    assert [e["meta"] for e in use["data"]["test"]] == [
+        {"id": 0, "id_task": "6", "variant": 25},
+        {"id": 1, "id_task": "26", "variant": 25},
+    ]
+    samples = out["samples"]["mera_rummlu"]
+    assert rummlu == {
+        "data": {
+            "test": [
+                {"outputs": "ABCD"[argmax(s["filtered_resps"])], "meta": {"id": s["doc"]["id"]}}
+                for s in sorted(samples, key=lambda s: s["doc"]["id"])
+            ]
+        }
+    }
+    # Generation tasks submit the generated line, leading spaces removed.
+    generated = {s["doc"]["id"]: s["filtered_resps"][0].lstrip() for s in out["samples"]["mera_simplear"]}
+    assert simplear["data"]["test"] == [
+        {"outputs": generated[i], "meta": {"id": i}} for i in sorted(generated)
+    ]
+
+
+def test_mera_scores_local_answers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
+    """Where the split has answers (here train copied as test), MERA tasks are scored."""
+    data = tmp_path / "data"
+    folders = ("rcb", "rwsd", "simplear", "ruopenbookqa", "chegeka", "multiq", "use")
+    for task in folders:
+        (data / "mera" / task).mkdir(parents=True)
+        shutil.copy(FIXTURES / "mera" / task / "train.jsonl", data / "mera" / task / "train.jsonl")
+        shutil.copy(FIXTURES / "mera" / task / "train.jsonl", data / "mera" / task / "test.jsonl")
+    out = run_eval(
+        settings_for(
+            tiny_dir, [f"mera_{t}" for t in folders], data, limit=3, log_samples=True, bootstrap_iters=0
+        ),
+        lm=tiny_lm,
+    )
+    for name in ("mera_rcb", "mera_rwsd", "mera_ruopenbookqa"):
+        samples = out["samples"][name]
+        pairs = [(s["doc"]["label"], argmax(s["filtered_resps"])) for s in samples]
+        assert out["tasks"][name]["metrics"]["acc"] == pytest.approx(
+            sum(g == p for g, p in pairs) / len(pairs)
+        )
+    for name in ("mera_rcb", "mera_ruopenbookqa"):
+        pairs = [(s["doc"]["label"], argmax(s["filtered_resps"])) for s in out["samples"][name]]
+        assert out["tasks"][name]["metrics"]["f1"] == pytest.approx(macro_f1(pairs))
+    # CheGeKa and MultiQ: SQuAD EM/F1 of the generated answer, the best over the gold answers.
+    for name in ("mera_chegeka", "mera_multiq"):
+        samples = out["samples"][name]
+        scores = [
+            squad_scores(s["filtered_resps"][0].lstrip(), json.loads(s["doc"]["scoring"])["golds"])
+            for s in samples
+        ]
+        for metric in ("em", "f1"):
+            expected = sum(x[metric] for x in scores) / len(scores)
+            assert out["tasks"][name]["metrics"][metric] == pytest.approx(expected), name
+        assert samples[0]["arguments"][0][1]["until"] == ["."]
+    # USE: the grade of the points each generated answer earns.
+    items = []
+    for s in out["samples"]["mera_use"]:
+        meta = json.loads(s["doc"]["scoring"])
+        points = use_points(
+            meta["type"], meta["id_task"], s["doc"]["answer"], s["filtered_resps"][0].lstrip()
+        )
+        items.append((points, meta["variant"], meta["score"]))
+    assert len(items) == 3
+    assert out["tasks"]["mera_use"]["metrics"]["grade_norm"] == pytest.approx(use_grade(items))
+    # The choices are MERA's answer strings, after " ".
+    assert [a[1] for a in out["samples"]["mera_rwsd"][0]["arguments"]] == [" Да", " Нет"]
+    # Generation: exact match of the line without its leading spaces (greedy, up to a newline).
+    simplear = out["samples"]["mera_simplear"]
+    hits = [s["filtered_resps"][0].lstrip() == s["doc"]["answer"] for s in simplear]
+    assert out["tasks"]["mera_simplear"]["metrics"]["em"] == pytest.approx(sum(hits) / len(hits))
+    assert simplear[0]["arguments"][0][1]["until"] == ["\n"]
+    process = build_task_config("mera_simplear", data, None, Path())["process_results"]
+    doc = {"answer": "119"}
+    assert [process(doc, [r])["em"] for r in (" 119", "119", "119 ", "119.", "120")] == [1, 1, 0, 0, 0]
+    assert math.isnan(process({"answer": ""}, ["119"])["em"])  # hidden answer: not scored
+
+
+def test_rigged_model_scores_the_share_of_yes(tiny_dir: Path) -> None:
+    """A model that always says " да" scores the share of label-1 documents; its LiDiRus MCC is 0."""
+    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+    import torch
+
+    with torch.no_grad():
+        for layer in lm.model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        lm.model.model.embed_tokens.weight.fill_(1.0)
+        lm.model.model.norm.weight.fill_(1.0)
+    rig(lm, last_token(lm, "Ответ: да"))
+    tasks = ["rsg_russe", "rsg_danetqa", "rsg_lidirus"]
+    out = run_eval(settings_for(tiny_dir, tasks, FIXTURES, bootstrap_iters=0), lm=lm)
+    for name, folder in (("rsg_russe", "RUSSE"), ("rsg_danetqa", "DaNetQA")):
+        labels = [r["label"] for _, r in read_jsonl(RSG / folder / "val.jsonl")]
+        share = sum(labels) / len(labels)
+        assert 0 < share < 1
+        assert out["tasks"][name]["metrics"]["acc"] == pytest.approx(share)
+    assert out["tasks"]["rsg_lidirus"]["metrics"]["mcc"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: one line naming the file and the expected layout
+
+
+def one_line_error(argv: list[str], capsys: Any) -> str:
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("vikhr eval: error:")
+    return err
+
+
+def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "data"
+    base = ["eval", "--model", str(tiny_dir), "--device", "cpu", "--data-dir", str(data)]
+    data.mkdir()
+    # A missing split file names the file.
+    err = one_line_error([*base, "--tasks", "rsg_rcb"], capsys)
+    assert "data file not found" in err and "russian-superglue/RCB/val.jsonl" in err
+    # An unknown task lists the choices, groups included.
+    err = one_line_error([*base, "--tasks", "rsg_copa"], capsys)
+    assert "unknown task 'rsg_copa'" in err and "'rsg'" in err
+
+    def write(rel: str, rows: list[dict[str, Any]]) -> None:
+        path = data / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+    # TERRa's file where RCB is expected: "not_entailment" is not one of RCB's labels.
+    terra = [{**r, "label": "not_entailment"} for _, r in read_jsonl(RSG / "TERRa" / "val.jsonl")]
+    write("russian-superglue/RCB/val.jsonl", terra)
+    write("russian-superglue/RCB/train.jsonl", terra)
+    err = one_line_error([*base, "--tasks", "rsg_rcb"], capsys)
+    assert "RCB/val.jsonl" in err and "'not_entailment'" in err and "'neutral'" in err
+    # Labels as strings where the release has JSON booleans.
+    write(
+        "russian-superglue/DaNetQA/val.jsonl", [{"question": "q", "passage": "p", "label": "true", "idx": 0}]
+    )
+    write(
+        "russian-superglue/DaNetQA/train.jsonl", [{"question": "q", "passage": "p", "label": True, "idx": 0}]
+    )
+    err = one_line_error([*base, "--tasks", "rsg_danetqa"], capsys)
+    assert "DaNetQA/val.jsonl" in err and "'true'" in err and "False, True" in err
+    # A flattened MuSeRC file (no passage.questions).
+    write("russian-superglue/MuSeRC/val.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
+    write("russian-superglue/MuSeRC/train.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
+    err = one_line_error([*base, "--tasks", "rsg_muserc"], capsys)
+    assert "MuSeRC/val.jsonl" in err and "MuSeRC layout" in err
+    # A MuSeRC question without its answer options.
+    write(
+        "russian-superglue/MuSeRC/val.jsonl",
+        [{"idx": 0, "passage": {"text": "t", "questions": [{"question": "q"}]}}],
+    )
+    err = one_line_error([*base, "--tasks", "rsg_muserc"], capsys)
+    assert "MuSeRC/val.jsonl" in err and "'answers'" in err and "MuSeRC layout" in err
+    # RuCoS offsets that do not match the passage.
+    bad = {
+        "idx": 0,
+        "passage": {"text": "abc", "entities": []},
+        "qas": [{"query": "@placeholder", "answers": [{"start": 0, "end": 2, "text": "zz"}], "idx": 0}],
+    }
+    write("russian-superglue/RuCoS/val.jsonl", [bad])
+    write("russian-superglue/RuCoS/train.jsonl", [bad])
+    err = one_line_error([*base, "--tasks", "rsg_rucos"], capsys)
+    assert "RuCoS/val.jsonl" in err and "start/end" in err
+    # A MERA file without the instruction field; an answer outside the task's choices.
+    write("mera/parus/test.jsonl", [{"inputs": {}, "outputs": "", "meta": {"id": 0}}])
+    write("mera/parus/train.jsonl", [{"inputs": {}, "outputs": "", "meta": {"id": 0}}])
+    err = one_line_error([*base, "--tasks", "mera_parus"], capsys)
+    assert "mera/parus/test.jsonl:1" in err and "'instruction'" in err and "MERA layout" in err
+    record = next(r for _, r in read_jsonl(FIXTURES / "mera" / "rwsd" / "train.jsonl"))
+    write("mera/rwsd/test.jsonl", [{**record, "outputs": "да"}])
+    write("mera/rwsd/train.jsonl", [record])
+    err = one_line_error([*base, "--tasks", "mera_rwsd"], capsys)
+    assert "mera/rwsd/test.jsonl" in err and "'да'" in err and "Да, Нет" in err
+    # An instruction naming an input the record lacks.
+    write("mera/rwsd/test.jsonl", [{**record, "instruction": "{missing}"}])
+    err = one_line_error([*base, "--tasks", "mera_rwsd"], capsys)
+    assert "mera/rwsd/test.jsonl" in err and "'missing'" in err
+    # Ru-MMLU in the English field names.
+    en = {"subject": "astronomy", "question": "q", "choices": ["a", "b", "c", "d"], "answer": "A"}
+    write("mmlu-ru/test.jsonl", [en])
+    write("mmlu-ru/dev.jsonl", [en])
+    err = one_line_error([*base, "--tasks", "mmlu_ru"], capsys)
+    assert "mmlu-ru/dev.jsonl:1" in err and "'question_ru'" in err and "NLPCoreTeam/mmlu_ru" in err
+    # A submission archive needs a .zip name.
+    err = one_line_error(
+        [*base, "--tasks", "mera_rwsd", "--mera-submission", str(tmp_path / "s.json")], capsys
+    )
+    assert ".zip" in err
+    assert not list(data.rglob("*.tmp*")) and not (tmp_path / "s.json").exists()
+
+
+def test_submission_without_mera_tasks_is_refused(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(VikhrError, match="no MERA task is evaluated"):
+        run_eval(
+            settings_for(tiny_dir, ["rsg_parus"], FIXTURES, limit=1, mera_submission=tmp_path / "s.zip"),
+            lm=tiny_lm,
+        )
+    assert not (tmp_path / "s.zip").exists()

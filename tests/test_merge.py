@@ -1,0 +1,409 @@
+"""`vikhr merge`: SLERP/linear interpolation against a float64 reference, the layer schedule, and
+merged tiny HF checkpoints (sharded or not) loaded by transformers; bad inputs are one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tests.helpers import tiny_hf_model
+from vikhr.adapt.safetensors_io import INDEX
+from vikhr.assets import MISTRAL_TOKENIZER
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
+from vikhr.merge import slerp as slerp_mod
+from vikhr.merge.checkpoint import SUMMARY, merge_checkpoints
+from vikhr.merge.schedule import Schedule, parse_filter, parse_gradient
+from vikhr.merge.slerp import dot_and_norms, interpolate, slerp_coefficients
+
+VOCAB = 512
+LAYERS = 3
+NEW_TOKENIZER = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model"
+
+
+def reference_slerp(t: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """mergekit's SLERP written plainly in float64: normalised copies give the angle, colinear → lerp."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    ua = a / na if na > 1e-8 else a
+    ub = b / nb if nb > 1e-8 else b
+    dot = float(np.sum(ua * ub))
+    if abs(dot) > 0.9995:
+        return (1 - t) * a + t * b
+    theta = np.arccos(dot)
+    return np.sin(theta * (1 - t)) / np.sin(theta) * a + np.sin(theta * t) / np.sin(theta) * b
+
+
+def assert_close(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, what: str = "") -> None:
+    """|got − expected| ≤ atol + rtol·|expected| (numpy: torch.testing takes seconds to import)."""
+    np.testing.assert_allclose(
+        got.double().numpy(), expected.double().numpy(), rtol=rtol, atol=atol, err_msg=what
+    )
+
+
+# ---------------------------------------------------------------- the interpolation itself
+
+
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_endpoints_are_the_inputs_bit_for_bit(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 48, generator=g).to(torch.bfloat16)
+    b = torch.randn(64, 48, generator=g).to(torch.bfloat16)
+    a[0, :4] = -0.0  # 1·(−0.0) + 0·b would give +0.0
+    b[1, :4] = float("inf")  # 0·inf would give NaN
+    at0 = interpolate(a, b, 0.0, method)  # type: ignore[arg-type]
+    at1 = interpolate(a, b, 1.0, method)  # type: ignore[arg-type]
+    assert torch.equal(at0.view(torch.int16), a.view(torch.int16))
+    assert torch.equal(at1.view(torch.int16), b.view(torch.int16))
+    # B in another float dtype comes back in A's dtype.
+    at1_f32 = interpolate(a, b.float(), 1.0, method)  # type: ignore[arg-type]
+    assert at1_f32.dtype == torch.bfloat16 and torch.equal(at1_f32.view(torch.int16), b.view(torch.int16))
+
+
+def test_colinear_tensors_fall_back_to_linear() -> None:
+    a = torch.randn(40, 30, generator=torch.Generator().manual_seed(1))
+    for b in (2.5 * a, -0.5 * a):
+        assert slerp_coefficients(0.5, float((a * b).sum()), float(a.norm()), float(b.norm())) == (0.5, 0.5)
+        assert_close(interpolate(a, b, 0.5), 0.5 * a + 0.5 * b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(interpolate(a, b, 0.5), interpolate(a, b, 0.5, "linear"))
+
+
+def test_equal_norm_orthogonal_tensors_keep_their_norm() -> None:
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(50, 20, generator=g, dtype=torch.float64)
+    b = torch.randn(50, 20, generator=g, dtype=torch.float64)
+    b -= (a * b).sum() / (a * a).sum() * a  # Gram-Schmidt: b ⟂ a
+    b *= a.norm() / b.norm()
+    a, b = a.float(), b.float()
+    assert abs(float((a * b).sum())) < 1e-4 * float(a.norm()) ** 2
+    for t in (0.1, 0.25, 0.5, 0.8):
+        merged = interpolate(a, b, t)
+        assert float(merged.norm()) == pytest.approx(float(a.norm()), rel=1e-5)
+        # On the great circle: the angle to a is t·90°.
+        cos = float((merged.double() * a.double()).sum() / (merged.double().norm() * a.double().norm()))
+        assert math.degrees(math.acos(cos)) == pytest.approx(90 * t, abs=1e-3)
+    # Linear interpolation shortens it (cos 45° at t = 0.5): the check above tells the two apart.
+    assert float(interpolate(a, b, 0.5, "linear").norm()) == pytest.approx(
+        float(a.norm()) / math.sqrt(2), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("chunk", [slerp_mod.CHUNK_ELEMENTS, 1000])
+def test_matches_a_float64_reference_on_random_tensors(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slerp_mod, "CHUNK_ELEMENTS", chunk)  # 1000: many chunks and a partial last one
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(123, 77, generator=g)
+    cases = {
+        "independent": torch.randn(123, 77, generator=g),
+        "correlated": a + 0.3 * torch.randn(123, 77, generator=g),  # small angle, above the threshold
+        "opposed": -a + 0.5 * torch.randn(123, 77, generator=g),
+        "zero": torch.zeros(123, 77),  # norm ≤ eps: not normalised, cos 0, θ = 90°
+    }
+    for label, b in cases.items():
+        for t in (0.05, 0.3, 0.5, 0.77):
+            expected = reference_slerp(t, a.numpy(), b.numpy())
+            got = interpolate(a, b, t)
+            assert got.dtype == torch.float32
+            np.testing.assert_allclose(got.numpy(), expected, rtol=2e-5, atol=2e-6, err_msg=f"{label} t={t}")
+            linear = interpolate(a, b, t, "linear").double().numpy()
+            np.testing.assert_allclose(
+                linear, (1 - t) * a.double().numpy() + t * b.double().numpy(), atol=1e-6
+            )
+            # bf16 inputs: the float64 result rounded to bf16, within one rounding step.
+            a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+            got16 = interpolate(a16, b16, t)
+            ref16 = torch.from_numpy(reference_slerp(t, a16.float().numpy(), b16.float().numpy()))
+            assert got16.dtype == torch.bfloat16
+            assert_close(got16.double(), ref16, rtol=1 / 128, atol=1e-6)
+
+
+def test_dot_and_norms_of_large_tensors_are_float64_exact() -> None:
+    g = torch.Generator().manual_seed(6)
+    a = (torch.randn(1 << 22, generator=g) * 0.02).to(torch.bfloat16)
+    b = (a.float() + 0.01 * torch.randn(1 << 22, generator=g)).to(torch.bfloat16)
+    a64, b64 = a.double(), b.double()  # one float32 dot over all of them is off by ~1e-4
+    dot, norm_a, norm_b = dot_and_norms(a, b)
+    assert dot == pytest.approx(float(a64 @ b64), rel=1e-9)
+    assert norm_a == pytest.approx(float(a64.norm()), rel=1e-9)
+    assert norm_b == pytest.approx(float(b64.norm()), rel=1e-9)
+
+
+def test_non_finite_values_are_refused() -> None:
+    a = torch.ones(4)
+    b = torch.tensor([1.0, float("nan"), 0.0, 2.0])
+    with pytest.raises(VikhrError, match="inf or NaN"):
+        interpolate(a, b, 0.5)
+
+
+# ---------------------------------------------------------------- the schedule of t
+
+
+def test_gradient_over_layers_and_the_ends_for_tensors_outside_them() -> None:
+    s = Schedule(parse_gradient("0,0.5,1"))
+    layers = 5  # positions 0, 1/4, 1/2, 3/4, 1 along [0, 0.5, 1]
+    assert [s.t_for(f"model.layers.{i}.mlp.up_proj.weight", layers) for i in range(5)] == pytest.approx(
+        [0, 0.25, 0.5, 0.75, 1]
+    )
+    assert s.t_for("model.embed_tokens.weight", layers) == 0
+    assert s.t_for("model.norm.weight", layers) == 1
+    assert s.t_for("lm_head.weight", layers) == 1
+
+    uneven = Schedule(parse_gradient("[0.0, 0.2, 0.6, 1.0]"))  # 3 layers at 0, 1.5, 3 along 4 entries
+    assert [uneven.t_for(f"model.layers.{i}.self_attn.q_proj.weight", 3) for i in range(3)] == pytest.approx(
+        [0.0, 0.4, 1.0]
+    )
+    assert Schedule((0.2, 0.9)).t_for("model.layers.0.mlp.up_proj.weight", 1) == pytest.approx(0.9)
+    assert Schedule((0.4,)).t_for("model.layers.3.mlp.up_proj.weight", 5) == 0.4
+
+
+def test_filters_are_tried_in_order_before_the_default() -> None:
+    s = Schedule(
+        parse_gradient("0.5"),
+        (parse_filter("self_attn=0,1"), parse_filter("mlp=[1, 0]"), parse_filter("layers.2.=0.9")),
+    )
+    assert s.t_for("model.layers.0.self_attn.q_proj.weight", 3) == 0
+    assert s.t_for("model.layers.2.self_attn.o_proj.weight", 3) == 1
+    assert s.t_for("model.layers.1.mlp.down_proj.weight", 3) == pytest.approx(0.5)
+    assert s.t_for("model.layers.0.mlp.down_proj.weight", 3) == 1
+    assert s.t_for("model.layers.2.input_layernorm.weight", 3) == pytest.approx(0.9)
+    assert s.t_for("model.layers.1.input_layernorm.weight", 3) == 0.5
+    assert s.t_for("model.embed_tokens.weight", 3) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1.5", r"t = 1\.5 is outside \[0, 1\]"),
+        ("0,-0.1", "outside"),
+        ("nan", "outside"),
+        ("a,b", "not a number"),
+    ],
+)
+def test_bad_t_values(text: str, message: str) -> None:
+    with pytest.raises(VikhrError, match=message):
+        parse_gradient(text)
+
+
+def test_bad_filter() -> None:
+    with pytest.raises(VikhrError, match="FILTER=T"):
+        parse_filter("self_attn")
+    with pytest.raises(VikhrError, match=r"--t-for mlp .* outside"):
+        parse_filter("mlp=2")
+
+
+# ---------------------------------------------------------------- whole checkpoints
+
+
+def _model(
+    path: Path, seed: int, arch: str = "mistral", shard: bool = False, vocab: int = VOCAB
+) -> torch.nn.Module:
+    model = tiny_hf_model(
+        path, vocab, arch=arch, seed=seed, num_layers=LAYERS, max_shard_size="200KB" if shard else "1GB"
+    )
+    assert (path / INDEX).is_file() == shard
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    _model(root / "a", seed=0)
+    _model(root / "b", seed=1)
+    shutil.copy2(MISTRAL_TOKENIZER, root / "a" / "tokenizer.model")
+    shutil.copy2(MISTRAL_TOKENIZER, root / "b" / "tokenizer.model")
+    (root / "b" / "tokenizer_config.json").write_text('{"chat_template": "only B has one"}')
+    _model(root / "a_llama_sharded", seed=2, arch="llama", shard=True)
+    _model(root / "b_llama", seed=3, arch="llama")
+    return {p.name: p for p in root.iterdir()}
+
+
+def tensors_of(model_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                out[k] = st.get_tensor(k)
+    return out
+
+
+def _logits(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_merged_tiny_models_load_in_transformers_and_the_endpoints_are_the_inputs(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    a, b = models["a"], models["b"]
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    logits_a, logits_b = _logits(a, ids), _logits(b, ids)
+    for t, expected in ((0.0, logits_a), (1.0, logits_b)):
+        out = tmp_path / f"t{t}"
+        merge_checkpoints(a, b, out, Schedule((t,)), show_progress=False)
+        assert torch.equal(_logits(out, ids), expected)
+
+    out = tmp_path / "gradient"
+    schedule = Schedule(parse_gradient("0,1"), (parse_filter("mlp=0.5"),))
+    summary = merge_checkpoints(a, b, out, schedule, show_progress=False)
+    ta, tb, tm = tensors_of(a), tensors_of(b), tensors_of(out)
+    assert tm.keys() == ta.keys()
+    expected_t = {
+        "model.embed_tokens.weight": 0.0,
+        "model.layers.0.self_attn.q_proj.weight": 0.0,
+        "model.layers.1.self_attn.q_proj.weight": 0.5,
+        "model.layers.2.input_layernorm.weight": 1.0,
+        "model.layers.0.mlp.up_proj.weight": 0.5,
+        "model.norm.weight": 1.0,
+        "lm_head.weight": 1.0,
+    }
+    for name, t in expected_t.items():
+        assert summary["t"][name] == pytest.approx(t), name
+    for name, t in summary["t"].items():
+        expected = torch.from_numpy(reference_slerp(t, ta[name].numpy(), tb[name].numpy())).float()
+        assert_close(tm[name], expected, rtol=2e-5, atol=2e-6, what=name)
+    assert json.loads((out / SUMMARY).read_text()) == summary
+    logits = _logits(out, ids)
+    assert torch.isfinite(logits).all()
+    assert not torch.allclose(logits, logits_a) and not torch.allclose(logits, logits_b)
+    # Side files: config and tokenizer from A; what only B has comes from B.
+    for name in ("config.json", "generation_config.json", "tokenizer.model"):
+        assert (out / name).read_bytes() == (a / name).read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() == (b / "tokenizer_config.json").read_bytes()
+
+
+def test_sharded_input_keeps_a_s_shards_and_b_may_be_sharded(models: dict[str, Path], tmp_path: Path) -> None:
+    a, b = models["a_llama_sharded"], models["b_llama"]
+    out = tmp_path / "linear"
+    assert cli_main(["merge", str(a), str(b), "--out", str(out), "--method", "linear", "--t", "0.25"]) == 0
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
+        p.name for p in a.glob("*.safetensors")
+    )
+    assert len(list(out.glob("*.safetensors"))) > 1
+    index_a, index_out = json.loads((a / INDEX).read_text()), json.loads((out / INDEX).read_text())
+    assert index_out["weight_map"] == index_a["weight_map"]
+    ta, tb, tm = tensors_of(a), tensors_of(b), tensors_of(out)
+    assert index_out["metadata"]["total_size"] == sum(x.numel() * x.element_size() for x in tm.values())
+    for name in ta:
+        assert_close(tm[name], 0.75 * ta[name] + 0.25 * tb[name], rtol=1e-6, atol=1e-7, what=name)
+
+    # B sharded, A not: one output file, every tensor B's at t = 1; transformers gives B's logits.
+    out_b = tmp_path / "to_b"
+    merge_checkpoints(b, a, out_b, Schedule((1.0,)), show_progress=False)
+    assert [p.name for p in out_b.glob("*.safetensors")] == ["model.safetensors"] and not (
+        out_b / INDEX
+    ).exists()
+    tb_out = tensors_of(out_b)
+    assert all(torch.equal(tb_out[name], ta[name]) for name in ta)
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(_logits(out_b, ids), _logits(a, ids))
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert cli_main(["merge", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # a failure half-way follows the progress bar
+    assert [line for line in lines if "error" in line] == lines[-1:], lines
+    assert lines[-1].startswith("vikhr merge: error: ")
+    return lines[-1]
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+
+
+def test_bad_inputs_are_one_line_errors_with_nothing_written(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = models["a"], models["b"]
+    out = tmp_path / "out"
+    args = [str(a), str(b), "--out", str(out)]
+
+    assert "model B directory not found" in _one_line_error(
+        [str(a), str(tmp_path / "nope"), "--out", str(out), "--t", "0.5"], capsys
+    )
+    assert "outside [0, 1]" in _one_line_error([*args, "--t", "0,1.2"], capsys)
+    assert "FILTER=T" in _one_line_error([*args, "--t", "0.5", "--t-for", "mlp"], capsys)
+    err = _one_line_error([str(a), str(models["b_llama"]), "--out", str(out), "--t", "0.5"], capsys)
+    assert "config.json differs in model_type" in err and "different architectures" in err
+    _nothing_written(out)
+
+    # Different vocabularies: vocab_size in config.json, then the embedding rows themselves.
+    other_vocab = tmp_path / "other_vocab"
+    _model(other_vocab, seed=1, vocab=VOCAB + 8)
+    err = _one_line_error([str(a), str(other_vocab), "--out", str(out), "--t", "0.5"], capsys)
+    assert "vocab_size" in err and "different vocabularies" in err
+    cfg = json.loads((other_vocab / "config.json").read_text())
+    (other_vocab / "config.json").write_text(json.dumps({**cfg, "vocab_size": VOCAB}))
+    err = _one_line_error([str(a), str(other_vocab), "--out", str(out), "--t", "0.5"], capsys)
+    assert "tensor lm_head.weight has shape [512, 64]" in err and "different vocabularies" in err
+
+    # Different tokenizer files.
+    other_tok = tmp_path / "other_tok"
+    shutil.copytree(b, other_tok)
+    shutil.copy2(NEW_TOKENIZER, other_tok / "tokenizer.model")
+    err = _one_line_error([str(a), str(other_tok), "--out", str(out), "--t", "0.5"], capsys)
+    assert "tokenizer.model differs" in err and "different vocabularies" in err
+
+    # A tensor only one model has.
+    missing = tmp_path / "missing"
+    shutil.copytree(b, missing)
+    t = tensors_of(missing)
+    del t["model.layers.1.mlp.up_proj.weight"]
+    save_file(t, str(missing / "model.safetensors"), metadata={"format": "pt"})
+    err = _one_line_error([str(a), str(missing), "--out", str(out), "--t", "0.5"], capsys)
+    assert f"tensor model.layers.1.mlp.up_proj.weight is in {a} but not in {missing}" in err
+    _nothing_written(out)
+
+    # A failure half-way through writing (NaN in B's last tensor) leaves nothing behind.
+    nan = tmp_path / "nan"
+    shutil.copytree(b, nan)
+    t = tensors_of(nan)
+    last = "model.norm.weight"
+    t[last][0] = float("nan")
+    save_file(t, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    err = _one_line_error([str(a), str(nan), "--out", str(out), "--t", "0.5"], capsys)
+    assert f"tensor {last}: the tensors hold inf or NaN" in err
+    _nothing_written(out)
+
+    # An existing output is kept unless --overwrite.
+    out.mkdir()
+    assert "exists" in _one_line_error([*args, "--t", "0.5"], capsys)
+    assert (
+        cli_main(["merge", *args, "--t", "0.5", "--overwrite"]) == 0 and (out / "model.safetensors").is_file()
+    )
+
+
+def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(models["a"], a)
+    shutil.copytree(models["b"], b)
+    spec = json.loads((MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json").read_text(encoding="utf-8"))
+    (a / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    padded = {**spec, "padding": {"strategy": "BatchLongest", "pad_id": 0, "pad_token": "<unk>"}}
+    (b / "tokenizer.json").write_text(json.dumps(padded), encoding="utf-8")
+    merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
+    assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
+
+    vocab = dict(spec["model"]["vocab"])
+    piece = next(p for p, i in vocab.items() if i == 1000)
+    vocab[piece + "x"] = vocab.pop(piece)
+    other = {**spec, "model": {**spec["model"], "vocab": vocab}}
+    (b / "tokenizer.json").write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"tokenizer\.json differs .* different vocabularies"):
+        merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
+    _nothing_written(tmp_path / "bad")

@@ -1,0 +1,426 @@
+"""`vikhr sft build`: the collections' formats, the mix, duplicates, language and length checks, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from vikhr.errors import VikhrError
+from vikhr.sft.build import build, cyrillic_share
+from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, lsh_params, near_duplicates, normalise
+from vikhr.sft.sources import Unfit, detect_format, read_chats_of
+
+FORMATS_DIR = REPO / "tests" / "data" / "sft_formats"
+MISTRAL = REPO / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
+
+
+def _chats(path: Path, fmt: str | None = None, max_rank: int | None = None) -> list:
+    out = []
+    for where, item in read_chats_of(path, fmt, max_rank):
+        assert not isinstance(item, Unfit), f"{where}: {item}"
+        out.extend(item)
+    return out
+
+
+def _config(tmp_path: Path, sources: list[dict], **keys) -> Path:
+    cfg = {
+        "output": str(tmp_path / "out" / "chats.jsonl"),
+        "tokenizer": str(MISTRAL),
+        "limits": {"min_tokens": 4, "max_tokens": 1024},
+        "sources": sources,
+        **keys,
+    }
+    path = tmp_path / "build.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _written(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_saiga_messages_with_bot_role_and_system() -> None:
+    path = FORMATS_DIR / "saiga.jsonl"
+    assert detect_format(path) == "messages"
+    chats = _chats(path)
+    assert [len(c.messages) for c in chats] == [3, 4, 2]
+    assert chats[0].messages[0][0] == "system" and chats[0].messages[2] == (
+        "assistant",
+        "Столица Франции — Париж.",
+    )
+    assert [r for r, _ in chats[1].messages] == ["user", "assistant", "user", "assistant"]
+    assert chats[0].id == "saiga.jsonl:1"  # no id field: the record's place
+
+
+def test_sharegpt_conversations_of_openhermes_and_veles() -> None:
+    path = FORMATS_DIR / "veles.jsonl"
+    assert detect_format(path) == "sharegpt"
+    first, second = _chats(path)
+    assert first.messages == (
+        ("system", "Вы — полезный помощник."),
+        ("user", "Сколько будет 12 умножить на 12?"),
+        ("assistant", "12 умножить на 12 равно 144."),
+    )
+    assert second.id == "8f3a2c1e-veles-2" and second.messages[1][1].endswith("return строка[::-1]")
+
+
+def test_alpaca_input_follows_the_instruction_after_a_blank_line() -> None:
+    path = FORMATS_DIR / "ruflan.jsonl"
+    assert detect_format(path) == "alpaca"
+    chats = _chats(path)
+    assert chats[0].messages == (
+        ("user", "Переведи предложение на английский язык.\n\nКошка спит на диване."),
+        ("assistant", "The cat is sleeping on the sofa."),
+    )
+    assert chats[1].messages[0] == ("user", "Назови три основных цвета.")  # empty input: no blank line
+
+
+def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:
+    path = FORMATS_DIR / "nectar.jsonl"
+    assert detect_format(path) == "nectar"
+    best = _chats(path)
+    # The first record lists its answers worst first: rank 1.0 is chosen, not the first listed.
+    assert best[0].messages == (
+        ("user", "What is the boiling point of water at sea level?"),
+        ("assistant", "Water boils at 100 °C (212 °F) at sea level."),
+    )
+    assert best[1].messages == (
+        ("user", "Give me a synonym for happy."),
+        ("assistant", "Joyful."),
+        ("user", "Another one, please."),
+        ("assistant", "Cheerful."),
+    )
+    two = _chats(path, max_rank=2)
+    assert [c.messages[-1][1] for c in two] == [
+        "Water boils at 100 °C (212 °F) at sea level.",
+        "It boils at 100 degrees Celsius.",
+        "Cheerful.",
+        "Content.",
+    ]
+    assert len({c.group for c in two}) == 2 and len({c.id for c in two}) == 4
+    # All seven answers of the second record: its rank-7 answer is empty, an unfit record.
+    items = [item for _, item in read_chats_of(path, None, 7)]
+    assert isinstance(items[1], Unfit) and items[1].reason == "empty_turn"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst", ".parquet"])
+def test_compressed_and_parquet_files_give_the_same_chats(tmp_path: Path, suffix: str) -> None:
+    source = FORMATS_DIR / "saiga.jsonl"
+    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    path = tmp_path / f"saiga{suffix}"
+    if suffix == ".jsonl.gz":
+        path.write_bytes(gzip.compress(source.read_bytes()))
+    elif suffix == ".jsonl.zst":
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(source.read_bytes()))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # "messages" as a list of structs, two row groups.
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)
+        assert pq.ParquetFile(path).num_row_groups == 2
+    assert [c.messages for c in _chats(path)] == [c.messages for c in _chats(source)]
+
+
+def test_hf_column_layout_of_messages(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # datasets stores a Sequence of {role, content} as a struct of lists: a dict of lists in Python.
+    record = {"messages": {"role": ["user", "bot"], "content": ["Привет", "Здравствуйте!"]}, "id": 7}
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist([record]), path)
+    assert pq.read_schema(path).field("messages").type == pa.struct(
+        [("role", pa.list_(pa.string())), ("content", pa.list_(pa.string()))]
+    )
+    (chat,) = _chats(path)
+    assert chat.messages == (("user", "Привет"), ("assistant", "Здравствуйте!")) and chat.id == "7"
+
+
+def test_bundled_rulm_seed_tasks_give_the_chats_of_the_chat_file(shared_data: Path) -> None:
+    sft = shared_data / "sft"
+    seeds = sft / "ru_alpaca_seed_tasks.jsonl"
+    assert detect_format(seeds) == "alpaca"
+    from_seeds = {c.messages for c in _chats(seeds)}
+    chat_file = sft / "rulm-self-instruct.chat.jsonl"
+    assert detect_format(chat_file) == "messages"
+    chats = _chats(chat_file)
+    assert len(chats) == 806
+    seed_chats = {c.messages for c in chats if c.id.startswith("rulm/ru_alpaca_seed_tasks/")}
+    # The chat file was made from the seed tasks with the same instruction + blank line + input rule.
+    assert len(seed_chats) > 100 and seed_chats == from_seeds
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_tiny_config_builds_a_mix_that_prepare_accepts(tmp_path: Path) -> None:
+    from vikhr.sft.prepare import prepare_sft
+
+    out = tmp_path / "chats.jsonl"
+    report = _in_repo(lambda: build(REPO / "configs" / "sft-mix-tiny.yaml", out))
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert {n: s["kept"] for n, s in by_name.items()} == {"saiga": 3, "ruflan": 2, "veles": 2, "nectar": 4}
+    assert by_name["ruflan"]["dropped"] == {"sampled_out": 1}
+    assert by_name["nectar"]["formats"] == {"tests/data/sft_formats/nectar.jsonl": "nectar"}
+    written = _written(out)
+    assert [r["source"] for r in written] == ["saiga"] * 3 + ["ruflan"] * 2 + ["veles"] * 2 + ["nectar"] * 4
+    assert len({r["id"] for r in written}) == len(written)
+    summary = prepare_sft(out, MISTRAL, tmp_path / "sft")
+    assert summary.chats == 11 and summary.tokens == report["tokens"]
+    md = (tmp_path / "chats.jsonl.report.md").read_text(encoding="utf-8")
+    assert "| ruflan | ru | 2 | 18.2% |" in md
+    assert json.loads((tmp_path / "chats.jsonl.report.json").read_text())["kept"] == 11
+
+
+def _in_repo(call):
+    import os
+
+    old = os.getcwd()
+    os.chdir(REPO)  # the shipped config's paths are relative to the repository
+    try:
+        return call()
+    finally:
+        os.chdir(old)
+
+
+def test_sampling_is_seeded_and_deterministic(tmp_path: Path) -> None:
+    ruflan = str(FORMATS_DIR / "ruflan.jsonl")
+    picks = []
+    for seed in (1, 1, 2, 3, 4, 5):
+        cfg = _config(tmp_path, [{"name": "ruflan", "path": ruflan, "count": 1}], seed=seed)
+        build(cfg)
+        picks.append((tmp_path / "out" / "chats.jsonl").read_bytes())
+    assert picks[0] == picks[1]
+    assert len(set(picks)) > 1  # another seed picks another chat
+
+
+def _chat_line(prompt: str, answer: str, **extra) -> str:
+    record = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+    return json.dumps({**record, **extra}, ensure_ascii=False)
+
+
+LONG_PROMPT = (
+    "Напиши подробное письмо директору школы с просьбой перенести родительское собрание на следующую "
+    "неделю, потому что многие родители уезжают на праздники и не смогут прийти вовремя, а вопрос важный"
+)
+
+
+def test_exact_and_near_duplicates_are_removed(tmp_path: Path) -> None:
+    lines = [
+        _chat_line("Сколько ног у паука?", "Восемь."),
+        _chat_line("  сколько НОГ у паука ", "восемь"),  # exact after normalisation
+        _chat_line(LONG_PROMPT, "Уважаемый директор, ..."),
+        _chat_line(LONG_PROMPT.replace("важный", "очень важный"), "Добрый день, ..."),  # near
+        _chat_line(LONG_PROMPT.replace("школы", "гимназии").replace("праздники", "каникулы"), "Здравствуйте"),
+        _chat_line("Сколько ног у жука?", "Шесть."),  # a different question
+        _chat_line("Назови столицу Италии.", "Рим."),
+    ]
+    data = tmp_path / "dups.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = build(_config(tmp_path, [{"name": "s", "path": str(data)}]))
+    (source,) = report["sources"]
+    assert source["dropped"] == {"duplicate": 1, "near_duplicate": 1}
+    # The report names each repeat and the chat it repeats.
+    assert source["examples"]["duplicate"] == [f"{data}:2: repeats {data}:1 (s/dups.jsonl:1)"]
+    assert source["examples"]["near_duplicate"] == [f"{data}:4: repeats {data}:3 (s/dups.jsonl:3)"]
+    kept = [r["messages"][0]["content"] for r in _written(tmp_path / "out" / "chats.jsonl")]
+    assert kept[0] == "Сколько ног у паука?" and kept[1] == LONG_PROMPT
+    assert "Сколько ног у жука?" in kept and "Назови столицу Италии." in kept
+    # Two words changed in 30: Jaccard of 3-grams ≈ 0.7, under the 0.8 threshold — kept.
+    assert any("гимназии" in k for k in kept)
+    off = build(_config(tmp_path, [{"name": "s", "path": str(data)}], dedup={"exact": False, "near": False}))
+    assert off["kept"] == 7
+
+
+def test_answers_of_one_nectar_prompt_are_not_near_duplicates(tmp_path: Path) -> None:
+    nectar = {"name": "n", "path": str(FORMATS_DIR / "nectar.jsonl"), "max_rank": 3}
+    report = build(_config(tmp_path, [nectar]))
+    assert report["kept"] == 6 and report["sources"][0]["dropped"] == {}
+
+
+def test_minhash_estimates_jaccard_and_lsh_params_match_datasketch() -> None:
+    datasketch = pytest.importorskip("datasketch")
+    from datasketch.lsh import _optimal_param
+
+    for threshold, num_perm in ((0.8, 128), (0.5, 64), (0.9, 256)):
+        assert lsh_params(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    hasher = MinHasher(num_perm=256, threshold=0.8, seed=3)
+    a = " ".join(f"слово{i}" for i in range(200))
+    b = " ".join(f"слово{i}" for i in range(50, 250))  # 148 of 248 shingles shared
+    sa, sb = hasher.signatures([a, b])
+    true = 148 / 250
+    assert abs(np.mean(sa == sb) - true) < 0.08
+    reference = [datasketch.MinHash(num_perm=256, seed=3) for _ in range(2)]
+    for m, text in zip(reference, (a, b), strict=True):
+        words = normalise(text).split()
+        m.update_batch([" ".join(words[i : i + 3]).encode() for i in range(len(words) - 2)])
+    assert abs(np.mean(sa == sb) - reference[0].jaccard(reference[1])) < 0.1
+
+
+def test_duplicate_marks_on_arrays() -> None:
+    keys = np.array([5, 7, 5, 9, 7], dtype=np.uint64)
+    assert first_occurrences(keys).tolist() == [0, 1, 0, 3, 1]
+    bands = np.array([[1, 2], [3, 4], [5, 2], [1, 9], [6, 7]], dtype=np.uint64)
+    groups = np.array([0, 1, 2, 0, 3], dtype=np.uint64)
+    # row 2 shares band 1 with row 0 (another group); row 3 shares band 0 with row 0 (same group)
+    assert near_duplicates(bands, groups).tolist() == [-1, -1, 0, -1, -1]
+    # the earliest match over all bands: row 3 shares band 0 with row 2 and band 1 with row 0
+    bands = np.array([[1, 2], [3, 4], [5, 6], [5, 2]], dtype=np.uint64)
+    assert near_duplicates(bands, np.arange(4, dtype=np.uint64)).tolist() == [-1, -1, -1, 0]
+    assert exact_key("Привет,  МИР!") == exact_key("привет мир")
+
+
+def test_language_and_length_checks(tmp_path: Path) -> None:
+    assert cyrillic_share("Привет") == 1.0 and cyrillic_share("Hello") == 0.0 and cyrillic_share("123") == 0.0
+    assert cyrillic_share("Да yes") == pytest.approx(2 / 5)
+    data = tmp_path / "mixed.jsonl"
+    data.write_text(
+        "\n".join(
+            [
+                _chat_line("Как дела?", "Хорошо, спасибо!"),
+                _chat_line("How are you?", "Fine, thanks!"),
+                _chat_line("Переведи: good morning", "Доброе утро"),
+                _chat_line("Перечисли числа от одного до ста словами.", " ".join(["сто"] * 400)),
+                _chat_line("Да?", "Да."),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    src = {"name": "ru", "path": str(data), "language": "ru", "min_cyrillic_share": 0.5}
+    report = build(_config(tmp_path, [src], limits={"min_tokens": 14, "max_tokens": 200}))
+    assert report["sources"][0]["dropped"] == {"not_russian": 1, "too_long": 1, "too_short": 1}
+    kept = [r["messages"][0]["content"] for r in _written(tmp_path / "out" / "chats.jsonl")]
+    assert kept == ["Как дела?", "Переведи: good morning"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
+    bad = FORMATS_DIR / "bad.jsonl"
+    report = build(_config(tmp_path, [{"name": "bad", "path": str(bad)}]))
+    (source,) = report["sources"]
+    assert source["records"] == 1 and source["kept"] == 1
+    assert source["dropped"] == {
+        "bad_role": 1,
+        "empty_turn": 1,
+        "unknown_format": 1,
+        "bad_turns": 1,
+        "bad_json": 1,
+    }
+    examples = source["examples"]
+    assert examples["bad_role"] == [
+        f"{bad}:1: turn 2: role 'narrator' is not one of assistant, bot, gpt, human, system, user"
+    ]
+    assert examples["empty_turn"][0].startswith(f"{bad}:2: turn 2 (assistant) is empty")
+    assert examples["unknown_format"][0].startswith(f"{bad}:3: fields (text) fit none of")
+    assert examples["bad_turns"][0].startswith(f"{bad}:4: message 2: expected an assistant turn")
+    assert examples["bad_json"][0].startswith(f"{bad}:6: not valid JSON")
+    md = (tmp_path / "out" / "chats.jsonl.report.md").read_text(encoding="utf-8")
+    assert f"`{bad}:1: turn 2: role 'narrator'" in md
+
+
+def _cli(capfd: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from vikhr.cli import main
+
+    capfd.readouterr()
+    rc = main(list(args))
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+def _no_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown_format", "unknown chat format (fields of the first records: text, title)"),
+        ("missing_file", "source s: file not found:"),
+        ("bad_key", "unknown config key 'sources[0].wieght'"),
+        ("count_and_fraction", "source s: give count or fraction, not both"),
+        ("forced_format", "config key sources[0].format: Input should be"),
+        ("no_sources", "config key sources: List should have at least 1 item"),
+    ],
+)
+def test_bad_input_is_one_line_with_status_2(
+    tmp_path: Path, capfd: pytest.CaptureFixture, case: str, message: str
+) -> None:
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "a", "title": "b"}\n', encoding="utf-8")
+    sources = {
+        "unknown_format": [{"name": "s", "path": str(texts)}],
+        "missing_file": [{"name": "s", "path": str(tmp_path / "nope.jsonl")}],
+        "bad_key": [{"name": "s", "path": str(texts), "wieght": 1}],
+        "count_and_fraction": [{"name": "s", "path": str(texts), "count": 1, "fraction": 0.5}],
+        "forced_format": [{"name": "s", "path": str(texts), "format": "csv"}],
+        "no_sources": [],
+    }[case]
+    rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources)), "--no-progress")
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    _no_outputs(tmp_path)
+
+
+def test_a_failed_build_leaves_nothing_that_looks_valid(tmp_path: Path, monkeypatch) -> None:
+    import vikhr.sft.build as build_module
+
+    def fail_on_write(chat, source):
+        raise RuntimeError("disk full")
+
+    cfg = _config(tmp_path, [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl")}])
+    monkeypatch.setattr(build_module.Chat, "record", fail_on_write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build(cfg)
+    _no_outputs(tmp_path)
+    monkeypatch.undo()
+    report = build(cfg)
+    assert report["kept"] == 3 and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "chats.jsonl",
+        "chats.jsonl.report.json",
+        "chats.jsonl.report.md",
+    ]
+
+
+def test_glob_and_several_files_per_source(tmp_path: Path) -> None:
+    for name in ("saiga.jsonl", "veles.jsonl"):
+        shutil.copy(FORMATS_DIR / name, tmp_path / name)
+    report = build(_config(tmp_path, [{"name": "both", "path": str(tmp_path / "*.jsonl")}]))
+    (source,) = report["sources"]
+    assert source["kept"] == 5 and sorted(set(source["formats"].values())) == ["messages", "sharegpt"]
+    with pytest.raises(VikhrError, match=r"source both: file not found: .*\*\.parquet"):
+        build(_config(tmp_path, [{"name": "both", "path": str(tmp_path / "*.parquet")}]))
+
+
+def test_bundled_rulm_chats_and_their_seed_tasks_mix_without_duplicates(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    sft = shared_data / "sft"
+    sources = [
+        {"name": "rulm", "path": str(sft / "rulm-self-instruct.chat.jsonl")},
+        {"name": "seeds", "path": str(sft / "ru_alpaca_seed_tasks.jsonl")},
+    ]
+    report = build(_config(tmp_path, sources, limits={"min_tokens": 1, "max_tokens": 100_000}))
+    rulm, seeds = report["sources"]
+    assert (rulm["records"], seeds["records"]) == (806, 137)
+    assert seeds["kept"] == 0 and seeds["dropped"] == {"duplicate": 137}  # all already in the chat file
+    # The chat file holds 18 prompts twice (answers of two models): one of each pair goes.
+    assert rulm["dropped"]["near_duplicate"] >= 18
+    prompts = [normalise(r["messages"][0]["content"]) for r in _written(tmp_path / "out" / "chats.jsonl")]
+    assert len(prompts) == rulm["kept"] == len(set(prompts))

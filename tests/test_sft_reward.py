@@ -1,0 +1,254 @@
+"""Reward-model scores: batched = one by one, resumable, kept beside the data; threshold/top-fraction cuts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from vikhr.sft.build import build
+from vikhr.sft.reward import RewardModel, chat_key, keep_mask, load_scores, score_file
+
+MISTRAL = REPO / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
+QUESTIONS = [
+    "Как называется столица Франции?",
+    "Сколько ног у паука?",
+    "Назови три основных цвета.",
+    "Что такое фотосинтез?",
+    "Переведи на английский: кошка спит.",
+    "Сколько будет дважды два?",
+    "Кто написал «Войну и мир»?",
+    "Какая самая длинная река в Европе?",
+    "Придумай название для кофейни.",
+    "Объясни, зачем нужен иммунитет.",
+    "Почему небо голубое?",
+    "Назови любой простой делитель числа 91.",
+    "Как по-русски будет hello?",
+]
+ANSWERS = [
+    "Париж.",
+    "Восемь.",
+    "Красный, синий, жёлтый.",
+    "Это процесс, при котором растения на свету делают сахар.",
+    "The cat is sleeping.",
+    "Четыре.",
+    "Лев Толстой.",
+    "Волга.",
+    "«Зерно».",
+    "Чтобы защищать организм от болезней.",
+    "Из-за рассеяния света.",
+    "7 или 13.",
+    "Привет.",
+]
+
+
+def _reward_model(path: Path, chat_template: str | None = None) -> Path:
+    """A random tiny Llama reward model (num_labels=1) with a small BPE tokenizer trained here."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(QUESTIONS + ANSWERS + ["User Assistant System"], trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=backend.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        num_labels=1,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _reward_model(tmp_path_factory.mktemp("rm") / "model")
+
+
+def _write_chats(path: Path, n: int = len(QUESTIONS), source: str = "s") -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            messages = [
+                {"role": "user", "content": QUESTIONS[i]},
+                {"role": "assistant", "content": ANSWERS[i]},
+            ]
+            f.write(
+                json.dumps(
+                    {"id": f"{source}/{i}", "source": source, "messages": messages}, ensure_ascii=False
+                )
+            )
+            f.write("\n")
+    return path
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTIONS[i]}, {"role": "assistant", "content": ANSWERS[i]}]
+
+
+@pytest.mark.parametrize(
+    "template", [None, "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"]
+)
+def test_batched_scores_equal_one_by_one_and_repeat(tmp_path: Path, template: str | None) -> None:
+    model_dir = _reward_model(tmp_path / "rm", template)
+    chats = _write_chats(tmp_path / "chats.jsonl")
+    assert score_file(chats, model_dir, tmp_path / "a.jsonl", batch_size=4, progress=False) == len(QUESTIONS)
+    assert score_file(chats, model_dir, tmp_path / "b.jsonl", batch_size=4, progress=False) == len(QUESTIONS)
+    a, b = load_scores(tmp_path / "a.jsonl"), load_scores(tmp_path / "b.jsonl")
+    assert a == b  # deterministic
+    model = RewardModel(model_dir, "cpu")
+    if template is not None:
+        assert model.render(_messages(0)) == f"<s>user: {QUESTIONS[0]}</s><s>assistant: {ANSWERS[0]}</s>"
+    one_by_one = [model.score([_messages(i)])[0] for i in range(len(QUESTIONS))]
+    batched = [a[chat_key(_messages(i))] for i in range(len(QUESTIONS))]
+    np.testing.assert_allclose(batched, one_by_one, rtol=0, atol=1e-5)
+    assert np.std(batched) > 0  # the chats get different scores
+    # Every line names the chat.
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [f"s/{i}" for i in range(len(QUESTIONS))]
+
+
+def test_a_stopped_scoring_run_resumes_without_rescoring(
+    tmp_path: Path, reward_dir: Path, monkeypatch
+) -> None:
+    chats = _write_chats(tmp_path / "chats.jsonl")
+    full = tmp_path / "full.jsonl"
+    score_file(chats, reward_dir, full, batch_size=3, progress=False)
+    calls: list[int] = []
+    original = RewardModel.score
+
+    def stop_after_two_batches(self, batch):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the run were killed while scoring the third batch
+        calls.append(len(batch))
+        return original(self, batch)
+
+    resumed = tmp_path / "resumed.jsonl"
+    monkeypatch.setattr(RewardModel, "score", stop_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        score_file(chats, reward_dir, resumed, batch_size=3, progress=False)
+    assert len(load_scores(resumed)) == 6
+    with open(resumed, "a", encoding="utf-8") as f:
+        f.write('{"key": "half a li')  # a line cut short by the kill
+    scored: list[list[str]] = []
+
+    def counting(self, batch):
+        scored.append([m[0]["content"] for m in batch])
+        return original(self, batch)
+
+    monkeypatch.setattr(RewardModel, "score", counting)
+    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False) == len(QUESTIONS) - 6
+    assert sorted(q for batch in scored for q in batch) == sorted(QUESTIONS[6:])
+    final, reference = load_scores(resumed), load_scores(full)
+    assert final.keys() == reference.keys()
+    np.testing.assert_allclose([final[k] for k in reference], list(reference.values()), atol=1e-5)
+    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False) == 0  # nothing left
+
+
+def test_keep_mask_threshold_and_top_fraction() -> None:
+    scores = [0.5, -1.0, 2.0, 0.5, 0.1]
+    keep, cut = keep_mask(scores, 0.5, None)
+    assert keep.tolist() == [True, False, True, True, False] and cut == 0.5
+    keep, cut = keep_mask(scores, None, 0.4)  # 2 of 5: 2.0 and the earlier 0.5
+    assert keep.tolist() == [True, False, True, False, False] and cut == 0.5
+    keep, _ = keep_mask(scores, None, None)
+    assert keep.all()
+
+
+def test_build_cuts_each_source_by_its_reward_scores(tmp_path: Path, reward_dir: Path, monkeypatch) -> None:
+    (tmp_path / "a").mkdir()
+    a = _write_chats(tmp_path / "a" / "a.jsonl", 8, "a")
+    b = tmp_path / "b.jsonl"
+    with open(b, "w", encoding="utf-8") as f:  # the remaining questions, Alpaca layout
+        for i in range(8, len(QUESTIONS)):
+            f.write(json.dumps({"instruction": QUESTIONS[i], "input": "", "output": ANSWERS[i]}) + "\n")
+    scores = tmp_path / "scores.jsonl"
+    cfg = {
+        "output": str(tmp_path / "out" / "chats.jsonl"),
+        "tokenizer": str(MISTRAL),
+        "limits": {"min_tokens": 1, "max_tokens": 512},
+        "reward": {"model": str(reward_dir), "scores": str(scores), "top_fraction": 0.5, "batch_size": 4},
+        "sources": [{"name": "a", "path": str(a)}, {"name": "b", "path": str(b), "reward_threshold": -1e9}],
+    }
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    report = build(config)
+    values = load_scores(scores)
+    assert len(values) == len(QUESTIONS)
+    a_scores = [values[chat_key(_messages(i))] for i in range(8)]
+    best_four = set(np.argsort(a_scores)[::-1][:4].tolist())
+    written = [json.loads(x) for x in (tmp_path / "out" / "chats.jsonl").read_text().splitlines()]
+    assert {int(r["id"].rsplit("/", 1)[1]) for r in written if r["source"] == "a"} == best_four
+    assert sum(r["source"] == "b" for r in written) == len(QUESTIONS) - 8  # its own threshold keeps all
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert by_name["a"]["kept"] == 4 and by_name["a"]["dropped"] == {"reward": 4}
+    assert report["reward"]["sources"]["a"] == {"scored": 8, "cut": sorted(a_scores)[4], "kept": 4}
+    png = tmp_path / "out" / "chats.jsonl.scores.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![scores](chats.jsonl.scores.png)" in (tmp_path / "out" / "chats.jsonl.report.md").read_text()
+    # A second build with another cut reads the scores instead of scoring again.
+    monkeypatch.setattr(RewardModel, "__init__", lambda *a, **k: pytest.fail("scored again"))
+    cfg["reward"]["top_fraction"] = 0.25
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    assert {s["name"]: s["kept"] for s in build(config)["sources"]} == {"a": 2, "b": 5}
+
+
+def test_a_model_with_several_outputs_is_refused(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from vikhr.errors import VikhrError
+
+    model_dir = _reward_model(tmp_path / "rm")
+    config = LlamaConfig.from_pretrained(model_dir)
+    config.num_labels = 2
+    LlamaForSequenceClassification(config).save_pretrained(model_dir)
+    with pytest.raises(VikhrError, match="one output"):
+        RewardModel(model_dir, "cpu")
+
+
+def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture) -> None:
+    from vikhr.cli import main
+
+    chats = _write_chats(tmp_path / "chats.jsonl", 5)
+    scores = tmp_path / "scores.jsonl"
+    args = ["sft", "score", "--input", str(chats), "--model", str(reward_dir), "--scores", str(scores)]
+    capfd.readouterr()
+    assert main([*args, "--batch-size", "2", "--no-progress"]) == 0
+    out, _ = capfd.readouterr()
+    assert out.strip() == f"{scores}: 5 chats scored" and len(load_scores(scores)) == 5
+    assert main([*args, "--no-progress"]) == 0
+    assert capfd.readouterr()[0].strip() == f"{scores}: 0 chats scored"
+    _write_chats(tmp_path / "more.jsonl", 7)
+    missing = ["sft", "score", "--input", str(tmp_path / "more.jsonl"), "--model", str(tmp_path / "nope")]
+    assert main([*missing, "--scores", str(scores), "--no-progress"]) == 2
+    err = capfd.readouterr()[1].strip().splitlines()
+    assert len(err) == 1 and "reward model directory not found" in err[0]
+    assert len(load_scores(scores)) == 5  # nothing appended
+
+
+def test_a_chat_template_that_fails_is_one_line(tmp_path: Path) -> None:
+    from vikhr.errors import VikhrError
+
+    refuses_system = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    model = RewardModel(_reward_model(tmp_path / "rm", refuses_system), "cpu")
+    with pytest.raises(VikhrError, match=r"chat template fails on a chat with roles \['system', 'user'"):
+        model.score([[{"role": "system", "content": "x"}, *_messages(0)]])

@@ -1,0 +1,34 @@
+"""`vikhr ablate CONFIG.yaml`: the paper's claims measured on a grid of small experiments."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vikhr.ablate.config import load_ablate_config
+
+    cfg = load_ablate_config(args.config)  # everything checked before the first stage runs
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+
+    result = run_ablation(cfg, show_progress=not args.quiet)
+    for path in write_report(result):
+        print(path)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="run a grid of small experiments (vocabulary, init, KL, SLERP) and tabulate them",
+        description=(
+            "Pre-train (or reuse from the cache) an English base, then continue it on Russian under every "
+            "arm of CONFIG.yaml for every seed; writes ablation.md, ablation.csv, loss_curves.png and "
+            "tradeoff.png to the config's out_dir (see docs/ablations.md, configs/ablate-cpu.yaml)."
+        ),
+    )
+    p.add_argument("config", help="ablation config YAML")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

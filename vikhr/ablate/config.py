@@ -1,0 +1,155 @@
+"""`vikhr ablate`'s config: the shared settings and the arms of the grid, validated before anything runs.
+
+An arm is one way to continue training the English base on the Russian-heavy blend:
+  tokenizer   base (no adaptation) | adapted (the new tokenizer, embeddings adapted by `init`)
+  init        mean (of the old pieces) | random (N(mean, std) of the old rows) | mean-of-all
+  kl_weight   λ of CE + λ·KL against the starting model; kl_direction reverse | forward
+  budget      compute (the same steps × tokens as the other arms) | chars (the steps that see as many
+              training characters as the adapted tokenizer's run: base-tokenizer tokens hold fewer)
+  slerp_t     no training: SLERP of the arm `slerp_of`'s final model with its own start
+              (t = 0 is the start, t = 1 the trained model; vikhr.merge)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from vikhr.errors import VikhrError, read_yaml_mapping
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    ru_corpus: str | None = None  # default: the bundled Russian sample
+    en_corpus: str | None = None  # default: the bundled English sample
+    eval_docs: PositiveInt = 8  # held-out documents per language for bits per character
+
+
+class TokenizerSection(_Section):
+    base: str | None = None  # the English model's tokenizer; default: the bundled Mistral .model
+    vocab_size: PositiveInt = 8000  # the adapted (Russian) tokenizer's size
+
+
+class ModelSection(_Section):
+    preset: str = "tiny"  # vikhr.model.config.PRESETS
+    overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields
+
+
+class BaseTrainSection(_Section):
+    """Pre-training of the English base (once; cached by the hash of what it depends on)."""
+
+    steps: PositiveInt = 150
+    lr: PositiveFloat = 3e-3
+    seed: int = 1234
+
+
+class TrainSection(_Section):
+    """Continued pre-training of every arm (and the base's pre-training shape)."""
+
+    steps: PositiveInt = 60
+    lr: PositiveFloat = 3e-3
+    seq_len: PositiveInt = 128
+    micro_batch: PositiveInt = 4
+    global_batch: PositiveInt = 8
+    ru_share: float = Field(0.9, gt=0, lt=1)  # of the continued-training blend; the rest is English
+    device: Literal["cpu", "cuda"] = "cpu"
+    log_every: PositiveInt = 5
+
+
+class Arm(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")  # also names its work directories
+    group: str = "other"  # table section: vocabulary, init, regularisation, ...
+    tokenizer: Literal["base", "adapted"] = "adapted"
+    init: Literal["mean", "random", "mean-of-all"] = "mean"
+    kl_weight: NonNegativeFloat = 0.0
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+    budget: Literal["compute", "chars"] = "compute"
+    slerp_of: str | None = None
+    slerp_t: float | None = Field(None, ge=0, le=1)
+
+    def run_key(self) -> str:
+        """What the arm trains (not its name): arms with equal keys share one run per seed."""
+        fields = self.model_dump(exclude={"name", "group"})
+        return json.dumps(fields, sort_keys=True)
+
+
+class AblateConfig(_Section):
+    out_dir: str = "runs/ablate"
+    cache_dir: str = "runs/ablate-cache"  # cached base models, keyed by their config hash
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    data: DataSection = Field(default_factory=DataSection)
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    base: BaseTrainSection = Field(default_factory=BaseTrainSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    arms: list[Arm] = Field(min_length=1)
+
+    def base_key(self, corpus_digest: str, tokenizer_digest: str) -> str:
+        """Hash of everything the base model depends on (its data by content, not by path)."""
+        t = self.train
+        payload = {
+            "model": self.model.model_dump(),
+            "base": self.base.model_dump(),
+            "shape": [t.seq_len, t.micro_batch, t.global_batch, t.device],
+            "en_corpus": corpus_digest,
+            "tokenizer": tokenizer_digest,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _one_line(path: Path, err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown config key '{where}' (check its spelling; see docs/ablations.md)"
+    return f"{path}: config key '{where}': {err['msg']}"
+
+
+def _check_arms(path: Path, arms: list[Arm]) -> None:
+    names = [a.name for a in arms]
+    by_name = {a.name: a for a in arms}
+    for arm in arms:
+        where = f"{path}: arm '{arm.name}'"
+        if names.count(arm.name) > 1:
+            raise VikhrError(f"{where} is named twice; give every arm its own name")
+        if arm.tokenizer == "base" and arm.init != "mean":
+            raise VikhrError(
+                f"{where}: init applies to the adapted tokenizer only (drop init or use adapted)"
+            )
+        if (arm.slerp_of is None) != (arm.slerp_t is None):
+            raise VikhrError(f"{where}: a merge arm needs both slerp_of and slerp_t")
+        if arm.slerp_of is not None:
+            source = by_name.get(arm.slerp_of)
+            if source is None:
+                raise VikhrError(
+                    f"{where}: slerp_of names no arm ({arm.slerp_of!r}; arms: {', '.join(names)})"
+                )
+            if source.slerp_of is not None or source.tokenizer != "adapted":
+                raise VikhrError(f"{where}: slerp_of must name a trained arm with the adapted tokenizer")
+
+
+def load_ablate_config(path: str | Path) -> AblateConfig:
+    """Read and validate CONFIG.yaml; VikhrError (one line) on anything wrong."""
+    p = Path(path)
+    raw = read_yaml_mapping(p)
+    try:
+        cfg = AblateConfig.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise VikhrError(_one_line(p, e.errors()[0])) from None
+    _check_arms(p, cfg.arms)
+    from vikhr.model.config import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise VikhrError(
+            f"{p}: unknown model.preset {cfg.model.preset!r} (choose {', '.join(sorted(PRESETS))})"
+        )
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise VikhrError(f"{p}: seeds repeat ({cfg.seeds}); give distinct seeds")
+    return cfg

@@ -1,0 +1,204 @@
+"""ablation.csv (one row per arm × seed), ablation.md (mean ± std over seeds, by group) and two PNGs.
+
+Every column but the `wall_*` ones is a deterministic function of the config and the seeds; the wall
+times sit in their own columns at the end so that runs compare with them dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from vikhr.ablate.runner import AblationResult, RunResult
+from vikhr.atomic import temporary_path, write_text
+
+CSV_COLUMNS = [
+    "arm",
+    "group",
+    "seed",
+    "slerp_of",
+    "tokenizer",
+    "init",
+    "kl_weight",
+    "kl_direction",
+    "budget",
+    "slerp_t",
+    "steps",
+    "tokens_seen",
+    "chars_seen",
+    "ru_bpc_start",
+    "en_bpc_start",
+    "ru_bpc",
+    "en_bpc",
+    "ru_bpc_gain",
+    "en_bpc_forgetting",
+    "wall_train_s",
+    "wall_eval_s",
+]
+
+
+def _row(r: RunResult, base: dict[str, float]) -> list[str]:
+    a = r.trained or r.arm  # a merge lists the training settings of the run it merges
+    return [
+        r.arm.name,
+        r.arm.group,
+        str(r.seed),
+        r.arm.slerp_of or "",
+        a.tokenizer,
+        a.init if a.tokenizer == "adapted" else "",
+        f"{a.kl_weight:g}",
+        a.kl_direction,
+        a.budget,
+        "" if r.arm.slerp_t is None else f"{r.arm.slerp_t:g}",
+        str(r.steps),
+        str(r.tokens_seen),
+        str(r.chars_seen),
+        f"{r.ru_bpc_start:.6f}",
+        f"{r.en_bpc_start:.6f}",
+        f"{r.ru_bpc:.6f}",
+        f"{r.en_bpc:.6f}",
+        f"{base['ru'] - r.ru_bpc:.6f}",
+        f"{r.en_bpc - base['en']:.6f}",
+        f"{r.wall_train_s:.2f}",
+        f"{r.wall_eval_s:.2f}",
+    ]
+
+
+def csv_text(result: AblationResult) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in result.runs:
+        w.writerow(_row(r, result.base_bpc))
+    return buf.getvalue()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cell(values: Sequence[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _by_arm(result: AblationResult) -> dict[str, list[RunResult]]:
+    arms: dict[str, list[RunResult]] = {}
+    for r in result.runs:
+        arms.setdefault(r.arm.name, []).append(r)
+    return arms
+
+
+def _overrides(overrides: dict[str, object]) -> str:
+    return " with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
+
+
+def markdown(result: AblationResult) -> str:
+    cfg, base = result.config, result.base_bpc
+    cpt = result.chars_per_token
+    lines = [
+        "# Ablation",
+        "",
+        f"Seeds: {', '.join(map(str, cfg.seeds))} (mean ± sample std over them). Model preset "
+        f"`{cfg.model.preset}`{_overrides(cfg.model.overrides)}; {cfg.train.steps} steps of "
+        f"{cfg.train.global_batch} × {cfg.train.seq_len} tokens; base pre-trained {cfg.base.steps} steps "
+        f"on English{' (from the cache)' if result.base_cached else ''}.",
+        "",
+        f"Base model: RU {base['ru']:.3f} bpc, EN {base['en']:.3f} bpc. Chars per token of the training "
+        f"blend: base tokenizer {cpt['base']:.3f}, adapted {cpt['adapted']:.3f}.",
+        "",
+        "RU gain = base RU bpc − arm RU bpc (higher is better); EN forgetting = arm EN bpc − base EN bpc "
+        "(lower is better). Wall times are per run on this machine.",
+        "",
+    ]
+    arms = _by_arm(result)
+    groups: dict[str, list[str]] = {}
+    for a in cfg.arms:
+        groups.setdefault(a.group, []).append(a.name)
+    header = (
+        "| arm | steps | chars seen | RU bpc at step 0 | RU bpc | EN bpc | RU gain | EN forgetting "
+        "| train s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for group, names in groups.items():
+        lines += [f"## {group}", "", header]
+        for name in names:
+            rs = arms[name]
+            lines.append(
+                f"| {name} | {rs[0].steps} | {rs[0].chars_seen:,} | {_cell([r.ru_bpc_start for r in rs])} "
+                f"| {_cell([r.ru_bpc for r in rs])} | {_cell([r.en_bpc for r in rs])} "
+                f"| {_cell([base['ru'] - r.ru_bpc for r in rs])} "
+                f"| {_cell([r.en_bpc - base['en'] for r in rs])} "
+                f"| {_cell([r.wall_train_s for r in rs], 1) if rs[0].train_losses else '—'} |"
+            )
+        lines.append("")
+    lines += ["![loss curves](loss_curves.png)", "", "![RU vs EN bpc](tradeoff.png)", ""]
+    return "\n".join(lines)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (lower is better), by the first one."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def _save(fig: object, path: Path) -> None:
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")  # type: ignore[attr-defined]
+
+
+def plot(result: AblationResult, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = _by_arm(result)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, rs in arms.items():
+        if not rs[0].train_losses:
+            continue  # merges do not train
+        steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
+        means = [statistics.fmean(r.train_losses[s] for r in rs) for s in steps]
+        ax.plot(steps, means, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats/token; the tokenizers differ)")
+    ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
+    ax.legend(fontsize=7)
+    _save(fig, out / "loss_curves.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    points = []
+    for name, rs in arms.items():
+        (rx, sx), (ry, sy) = mean_std([r.ru_bpc for r in rs]), mean_std([r.en_bpc for r in rs])
+        points.append((rx, ry))
+        ax.errorbar(rx, ry, xerr=sx, yerr=sy, fmt="o", capsize=3, label=name)
+    base = result.base_bpc
+    ax.scatter([base["ru"]], [base["en"]], marker="*", s=150, color="black", label="base model")
+    front = pareto_front(points)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="trade-off frontier")
+    ax.set_xlabel("RU bits per character (held out; lower is better)")
+    ax.set_ylabel("EN bits per character (held out; lower is better)")
+    ax.legend(fontsize=7)
+    _save(fig, out / "tradeoff.png")
+    plt.close(fig)
+
+
+def write_report(result: AblationResult) -> list[Path]:
+    """ablation.csv, ablation.md, loss_curves.png and tradeoff.png in cfg.out_dir; their paths."""
+    out = Path(result.config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    assert all(math.isfinite(v) for v in result.base_bpc.values())
+    write_text(out / "ablation.csv", csv_text(result))
+    plot(result, out)
+    write_text(out / "ablation.md", markdown(result))
+    return [out / n for n in ("ablation.md", "ablation.csv", "loss_curves.png", "tradeoff.png")]

@@ -1,0 +1,346 @@
+"""Runs the grid: shared preparation once, the English base once per config hash, then every arm × seed.
+
+Every stage is the demo's or the stage modules' own (vikhr.demo's split, trainer config and
+bits-per-character; vikhr.tokenizer.train, vikhr.adapt, vikhr.data, vikhr.train, vikhr.convert,
+vikhr.merge). Bits per character are tokenizer-independent, so the base-tokenizer and the adapted
+arms compare directly, and against the base model itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from vikhr.ablate.config import AblateConfig, Arm
+from vikhr.atomic import output_dir
+from vikhr.errors import VikhrError, require_file
+
+BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
+
+
+@dataclass
+class RunResult:
+    """One arm × seed: its figures (deterministic for a fixed seed) and its wall times."""
+
+    arm: Arm
+    seed: int
+    steps: int
+    tokens_seen: int
+    chars_seen: int
+    ru_bpc_start: float
+    en_bpc_start: float
+    ru_bpc: float
+    en_bpc: float
+    trained: Arm | None = None  # a merge's source arm: the training behind it
+    train_losses: dict[int, float] = field(default_factory=dict)
+    wall_train_s: float = 0.0
+    wall_eval_s: float = 0.0
+
+
+@dataclass
+class AblationResult:
+    config: AblateConfig
+    base_bpc: dict[str, float]
+    base_cached: bool  # True when the base model came from the cache (not trained by this run)
+    chars_per_token: dict[str, float]  # "base"/"adapted" on the continued-training blend
+    runs: list[RunResult]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tokenizer_digest(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return hashlib.sha256("".join(_digest(p) for p in files).encode()).hexdigest()
+
+
+def _chars(corpus: Path) -> int:
+    from vikhr.jsonl import read_texts
+
+    return sum(len(t) for t in read_texts(corpus))
+
+
+class Ablation:
+    """The grid's state: paths of what is shared, and the runs done so far."""
+
+    def __init__(self, cfg: AblateConfig) -> None:
+        from vikhr import assets
+
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.work = self.out / "work"
+        self.ru = require_file(cfg.data.ru_corpus or assets.RU_SAMPLE, "data.ru_corpus")
+        self.en = require_file(cfg.data.en_corpus or assets.EN_SAMPLE, "data.en_corpus")
+        self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
+        self.bpc_of: dict[Path, dict[str, float]] = {}
+        self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
+
+    # -- stage helpers -------------------------------------------------------------------------
+    def _train(
+        self, run_dir: Path, blend: list[tuple[str, str, float]], vocab: int, steps: int, **kw: Any
+    ) -> Path:
+        from vikhr.demo import train_config
+        from vikhr.train.checkpoint import find_checkpoint
+        from vikhr.train.trainer import run as train
+
+        t = self.cfg.train
+        lr = kw.pop("lr", t.lr)
+        seed = kw.pop("seed")
+        args = SimpleNamespace(seq_len=t.seq_len, seed=seed, lr=lr)
+        extra = [
+            f"model.preset={self.cfg.model.preset}",
+            f"parallel.device={t.device}",
+            f"train.micro_batch={t.micro_batch}",
+            f"train.global_batch={t.global_batch}",
+            f"logging.log_every={t.log_every}",
+            "logging.tensorboard=false",
+        ]
+        kl_direction = kw.pop("kl_direction", "reverse")
+        extra.append(f"kl.direction={kl_direction}")
+        config = train_config(
+            run_dir.parent,
+            run_dir.name,
+            blend,
+            vocab,
+            args,
+            steps,
+            family_shape=dict(self.cfg.model.overrides),
+            extra=extra,
+            **kw,
+        )
+        train(config)
+        ckpt = find_checkpoint(run_dir)
+        if ckpt is None:
+            raise VikhrError(f"{run_dir}: training left no checkpoint")
+        return ckpt
+
+    def _bpc(self, hf_dir: Path, tokenizer: Path) -> dict[str, float]:
+        """Held-out RU and EN bits per character of an HF model (each model evaluated once)."""
+        from vikhr.demo import bits_per_char
+
+        if hf_dir in self.bpc_of:
+            return self.bpc_of[hf_dir]
+        docs, seq_len = self.cfg.data.eval_docs, self.cfg.train.seq_len
+        self.bpc_of[hf_dir] = {
+            lang: bits_per_char(hf_dir, tokenizer, held, docs, seq_len, self.cfg.train.device)
+            for lang, held in (("ru", self.ru_held), ("en", self.en_held))
+        }
+        return self.bpc_of[hf_dir]
+
+    def _tokenize(self, name: str, corpus: Path, tokenizer: Path) -> tuple[str, int]:
+        from vikhr.data import preprocess
+
+        s = preprocess([corpus], self.work / "data" / name, tokenizer, append_eod=True)
+        return s.outputs[0], s.tokens
+
+    # -- shared preparation --------------------------------------------------------------------
+    def prepare(self) -> None:
+        from vikhr.demo import split_heldout
+        from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+
+        corpora = self.work / "corpora"
+        corpora.mkdir(parents=True)
+        self.ru_train, self.ru_held = split_heldout(self.ru, corpora, "ru")
+        self.en_train, self.en_held = split_heldout(self.en, corpora, "en")
+        tok_dir = self.work / "tokenizer"
+        settings = TrainSettings(
+            vocab_size=self.cfg.tokenizer.vocab_size, split_by_script=False, verify_lines_per_file=200
+        )
+        train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
+        self.new_tok = next(tok_dir.glob("*.model"))
+
+    def base_model(self) -> bool:
+        """The English base's HF export, from the cache or trained now; True when it was cached."""
+        from vikhr.convert import megatron_to_hf
+        from vikhr.tokenizer import load as load_tokenizer
+
+        key = self.cfg.base_key(_digest(self.en), _tokenizer_digest(self.base_tok))
+        cache = Path(self.cfg.cache_dir) / f"base-{key}"
+        self.base_hf = cache / BASE_HF
+        self.base_vocab = load_tokenizer(self.base_tok).vocab_size
+        if (self.base_hf / "config.json").is_file():
+            return True
+        en_all, _ = self._tokenize("base-en", self.en_train, self.base_tok)
+        b = self.cfg.base
+        # Built beside the cache entry and renamed into place: an interrupted run leaves no entry.
+        with output_dir(cache) as tmp:
+            ckpt = self._train(
+                tmp / "run", [("en", en_all, 1.0)], self.base_vocab, b.steps, lr=b.lr, seed=b.seed
+            )
+            megatron_to_hf(ckpt, tmp / BASE_HF, tokenizer=self.base_tok)
+            (tmp / "key.json").write_text(json.dumps({"key": key, "config": self.cfg.model_dump()}, indent=2))
+        return False
+
+    def continued_data(self) -> None:
+        """RU+EN training sets under both tokenizers; chars per token of the blend for each."""
+        share = self.cfg.train.ru_share
+        ru_chars, en_chars = _chars(self.ru_train), _chars(self.en_train)
+        self.blend: dict[str, list[tuple[str, str, float]]] = {}
+        self.chars_per_token: dict[str, float] = {}
+        for label, tok in (("base", self.base_tok), ("adapted", self.new_tok)):
+            ru, ru_tokens = self._tokenize(f"{label}-ru", self.ru_train, tok)
+            en, en_tokens = self._tokenize(f"{label}-en", self.en_train, tok)
+            self.blend[label] = [("ru", ru, share), ("en", en, 1 - share)]
+            # Samples are drawn by token share, so the blend's chars/token is the weighted mean.
+            self.chars_per_token[label] = share * ru_chars / ru_tokens + (1 - share) * en_chars / en_tokens
+
+    # -- arms ----------------------------------------------------------------------------------
+    def start(self, arm: Arm, seed: int) -> tuple[Path, Path, dict[str, float]]:
+        """(Megatron start, HF start, its bpc) of an arm; shared by arms that start alike."""
+        from vikhr.adapt import adapt_vocab
+        from vikhr.convert import hf_to_megatron
+
+        if arm.tokenizer == "base":
+            key: tuple[str, int | None] = ("base", None)
+        else:
+            key = (arm.init, seed if arm.init == "random" else None)
+        if key not in self.starts:
+            name = "-".join(str(k) for k in key if k is not None)
+            hf = self.base_hf
+            if arm.tokenizer == "adapted":
+                hf = self.work / "starts" / f"{name}-hf"
+                adapt_vocab(
+                    self.base_hf,
+                    self.base_tok,
+                    self.new_tok,
+                    hf,
+                    init=arm.init,
+                    seed=seed,
+                    show_progress=False,
+                )
+            meg = hf_to_megatron(hf, self.work / "starts" / f"{name}-megatron")
+            tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
+            self.starts[key] = (meg, hf, self._bpc(hf, tok))
+        return self.starts[key]
+
+    def steps_of(self, arm: Arm) -> int:
+        steps = self.cfg.train.steps
+        if arm.budget == "chars" and arm.tokenizer == "base":
+            ratio = self.chars_per_token["adapted"] / self.chars_per_token["base"]
+            return max(1, round(steps * ratio))
+        return steps
+
+    def train_arm(self, arm: Arm, seed: int, run_dir: Path) -> tuple[RunResult, Path]:
+        from vikhr.convert import megatron_to_hf
+        from vikhr.train.monitor import read_metrics
+
+        meg, start_hf, start_bpc = self.start(arm, seed)
+        tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
+        vocab = int(json.loads((start_hf / "config.json").read_text())["vocab_size"])
+        steps = self.steps_of(arm)
+        t0 = time.perf_counter()
+        ckpt = self._train(
+            run_dir,
+            self.blend[arm.tokenizer],
+            vocab,
+            steps,
+            init=str(meg),
+            kl_weight=arm.kl_weight,
+            kl_direction=arm.kl_direction,
+            seed=seed,
+        )
+        wall_train = time.perf_counter() - t0
+        hf = megatron_to_hf(ckpt, run_dir.with_name(run_dir.name + "-hf"), tokenizer=tok)
+        t0 = time.perf_counter()
+        bpc = self._bpc(hf, tok)
+        wall_eval = time.perf_counter() - t0
+        train_rows, _ = read_metrics(run_dir)
+        tokens = steps * self.cfg.train.global_batch * self.cfg.train.seq_len
+        result = RunResult(
+            arm=arm,
+            seed=seed,
+            steps=steps,
+            tokens_seen=tokens,
+            chars_seen=round(tokens * self.chars_per_token[arm.tokenizer]),
+            ru_bpc_start=start_bpc["ru"],
+            en_bpc_start=start_bpc["en"],
+            ru_bpc=bpc["ru"],
+            en_bpc=bpc["en"],
+            train_losses={s: float(r["loss"]) for s, r in sorted(train_rows.items())},
+            wall_train_s=wall_train,
+            wall_eval_s=wall_eval,
+        )
+        return result, hf
+
+    def merge_arm(self, arm: Arm, seed: int, source: RunResult, trained_hf: Path) -> RunResult:
+        from vikhr.merge.checkpoint import merge_checkpoints
+        from vikhr.merge.schedule import Schedule
+
+        assert arm.slerp_t is not None
+        _, start_hf, _ = self.start(source.arm, seed)
+        out = self.work / "runs" / f"{arm.name}-s{seed}-hf"
+        merge_checkpoints(
+            start_hf, trained_hf, out, Schedule(default=(arm.slerp_t,)), method="slerp", show_progress=False
+        )
+        t0 = time.perf_counter()
+        bpc = self._bpc(out, self.new_tok)
+        return RunResult(
+            arm=arm,
+            seed=seed,
+            steps=source.steps,
+            tokens_seen=source.tokens_seen,
+            chars_seen=source.chars_seen,
+            ru_bpc_start=source.ru_bpc_start,
+            en_bpc_start=source.en_bpc_start,
+            ru_bpc=bpc["ru"],
+            en_bpc=bpc["en"],
+            trained=source.arm,
+            wall_eval_s=time.perf_counter() - t0,
+        )
+
+
+def run_ablation(cfg: AblateConfig, show_progress: bool = True) -> AblationResult:
+    """Run every arm × seed of `cfg`; writes work files under cfg.out_dir/work and returns the figures."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from vikhr.runtime.megatron import quiet_megatron_warnings
+
+    quiet_megatron_warnings()
+    ab = Ablation(cfg)
+    if ab.work.exists():
+        shutil.rmtree(ab.work)  # a re-run starts clean; the base model lives in the cache
+    ab.prepare()
+    base_cached = ab.base_model()
+    ab.continued_data()
+    base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
+    trained = [a for a in cfg.arms if a.slerp_of is None]
+    merged = [a for a in cfg.arms if a.slerp_of is not None]
+    runs: list[RunResult] = []
+    with tqdm(total=len(cfg.seeds) * len(cfg.arms), desc="arms", disable=not show_progress) as bar:
+        for seed in cfg.seeds:
+            done: dict[str, tuple[RunResult, Path]] = {}
+            by_name: dict[str, tuple[RunResult, Path]] = {}
+            for arm in trained:
+                key = arm.run_key()
+                if key not in done:
+                    done[key] = ab.train_arm(arm, seed, ab.work / "runs" / f"{arm.name}-s{seed}")
+                result, hf = done[key]
+                by_name[arm.name] = (result, hf)
+                runs.append(_renamed(result, arm))
+                bar.update()
+            for arm in merged:
+                assert arm.slerp_of is not None
+                source, hf = by_name[arm.slerp_of]
+                runs.append(ab.merge_arm(arm, seed, source, hf))
+                bar.update()
+    order = {a.name: i for i, a in enumerate(cfg.arms)}
+    runs.sort(key=lambda r: (order[r.arm.name], r.seed))
+    return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs)
+
+
+def _renamed(result: RunResult, arm: Arm) -> RunResult:
+    """The shared run's figures under this arm's name (equal run keys train once per seed)."""
+    return dataclasses.replace(result, arm=arm)

@@ -1,0 +1,148 @@
+"""`vikhr eval compare`: results of several models side by side (Markdown, CSV and a PNG bar chart).
+
+Rows are models, columns benchmarks: first those of the Vikhr paper's comparison table (En-MMLU,
+Ru-MMLU, CheGeKa, Russian SuperGLUE total), then the main metric of every other task found.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vikhr.atomic import temporary_path, write_text
+from vikhr.errors import VikhrError
+
+Extractor = Callable[[dict[str, Any]], float | None]
+
+
+def _metric(task: str, metric: str) -> Extractor:
+    return lambda results: results["tasks"].get(task, {}).get("metrics", {}).get(metric)
+
+
+def _first(*extractors: Extractor) -> Extractor:
+    def extract(results: dict[str, Any]) -> float | None:
+        return next((v for e in extractors if (v := e(results)) is not None), None)
+
+    return extract
+
+
+# The paper's columns, in its order. Ru-MMLU is the translated MMLU, else MERA's ruMMLU.
+TABLE_COLUMNS: list[tuple[str, Extractor, set[str]]] = [
+    ("En-MMLU", _metric("mmlu_en", "acc"), {"mmlu_en"}),
+    ("Ru-MMLU", _first(_metric("mmlu_ru", "acc"), _metric("mera_rummlu", "acc")), {"mmlu_ru", "mera_rummlu"}),
+    ("CheGeKa (F1)", _metric("chegeka", "f1"), {"chegeka"}),
+    (
+        "Russian SuperGLUE",
+        lambda results: results.get("groups", {}).get("rsg", {}).get("score"),
+        set(),  # the RSG tasks keep their own columns too
+    ),
+]
+
+
+def load_results(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=FILE` or `FILE` (named after the model directory) -> (name, results of `vikhr eval --output`)."""
+    name, _, file = spec.rpartition("=")
+    path = Path(file)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VikhrError(
+            f"results file not found: {path} (pass the JSON written by 'vikhr eval --output')"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(
+            f"{path} is not a JSON file ({e}); expected the output of 'vikhr eval --output'"
+        ) from e
+    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
+        raise VikhrError(
+            f"{path} has no 'tasks' object: expected the output of 'vikhr eval --output' "
+            '({"model": ..., "tasks": {name: {"metrics": {...}}}})'
+        )
+    return name or Path(str(results.get("model", path.stem))).name or path.stem, results
+
+
+def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[float | None]]]:
+    """(column names, one row of values per model); only columns some model has a value for."""
+    columns: list[tuple[str, Extractor]] = []
+    covered: set[str] = set()
+    for label, extract, tasks in TABLE_COLUMNS:
+        if any(extract(r) is not None for _, r in named):
+            columns.append((label, extract))
+            covered |= tasks
+    # Every other task: its main (first) metric, as `vikhr eval` orders them.
+    for task in dict.fromkeys(t for _, r in named for t in r["tasks"]):
+        if task in covered:
+            continue
+        metrics = next(r["tasks"][task].get("metrics") or {} for _, r in named if task in r["tasks"])
+        if metrics:
+            metric = next(iter(metrics))
+            columns.append((f"{task} ({metric})", _metric(task, metric)))
+    rows = [[extract(r) for _, extract in columns] for _, r in named]
+    return [label for label, _ in columns], rows
+
+
+def to_markdown(names: list[str], columns: list[str], rows: list[list[float | None]]) -> str:
+    def cell(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    lines = ["| Model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [
+        f"| {name} | " + " | ".join(cell(v) for v in row) + " |"
+        for name, row in zip(names, rows, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(names: list[str], columns: list[str], rows: list[list[float | None]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", *columns])
+    for name, row in zip(names, rows, strict=True):
+        writer.writerow([name, *("" if v is None else f"{v:.6f}" for v in row)])
+    return buffer.getvalue()
+
+
+def bar_chart(names: list[str], columns: list[str], rows: list[list[float | None]], out: Path) -> None:
+    """Grouped bars: one group per benchmark, one bar per model (missing values left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns) + 2), 4.5))
+    for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+        xs = [c + (i - (len(names) - 1) / 2) * width for c, v in enumerate(row) if v is not None]
+        ax.bar(xs, [v for v in row if v is not None], width, label=name)
+    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
+    ax.set_ylabel("score")
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with temporary_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def compare(specs: list[str], out_dir: Path) -> tuple[str, list[Path]]:
+    """Write compare.md, compare.csv and compare.png to `out_dir`; returns (Markdown, paths)."""
+    named = [load_results(s) for s in specs]
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise VikhrError(
+            f"two results files have the same model name ({', '.join(names)}): label them NAME=FILE"
+        )
+    columns, rows = comparison_table(named)
+    if not columns:
+        raise VikhrError("the results files have no metric values to compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(names, columns, rows)
+    paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]
+    write_text(paths[0], markdown)
+    write_text(paths[1], to_csv(names, columns, rows))
+    bar_chart(names, columns, rows, paths[2])
+    return markdown, paths

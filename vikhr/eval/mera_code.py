@@ -1,0 +1,128 @@
+"""ruHumanEval (MERA): running model-written Python functions on the task's test inputs, and pass@k.
+
+Each completion is appended to the record's function header and run in its own `python -I`
+subprocess: an empty temporary working directory, an empty environment, a wall-clock timeout,
+and resource limits (1 GiB of address space, CPU time, file size 0 — files can be created but
+get no content —, no new processes where the user is not root). This contains runaway and careless
+code; it is not a security sandbox (the code can still read files, create empty ones and open
+sockets), so run `mera_ruhumaneval` only on models you would let run code on the machine.
+
+As in the release, a test's result is `str()` of the returned value (None when it raised or
+returned None), a program that fails to define the function gives None for every test, and one
+that runs out of time gives the string "timed out"; a completion passes when every result equals
+the expected one.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+TIMEOUT_S = 3.0  # per completion, as in the release
+PASS_KS = (1, 5, 10)
+_MEMORY_BYTES = 1 << 30
+
+# Runs in the child: reads {"program", "entry_point", "tests"} (a Python literal: a list of keyword
+# arguments) from stdin, writes the results as JSON to the original stdout; the program's own
+# output goes to /dev/null.
+_CHILD = r"""
+import ast, json, os, sys
+payload = json.loads(sys.stdin.read())
+tests = ast.literal_eval(payload["tests"])
+out = os.fdopen(os.dup(1), "w")
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+namespace = {}
+try:
+    exec(payload["program"], namespace)
+    function = namespace[payload["entry_point"]]
+except BaseException:
+    results = [None] * len(tests)
+else:
+    results = []
+    for kwargs in tests:
+        try:
+            value = function(**kwargs)
+            results.append(None if value is None else str(value))
+        except BaseException:
+            results.append(None)
+out.write(json.dumps(results))
+out.flush()
+"""
+
+
+def _limit_resources() -> None:  # runs in the child before exec
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_BYTES, _MEMORY_BYTES))
+    cpu = math.ceil(TIMEOUT_S) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_tests(
+    program: str, entry_point: str, tests: str, timeout: float = TIMEOUT_S
+) -> list[str | None] | str:
+    """The results of `entry_point(**kwargs)` for each keyword-argument dict of `tests` (a Python
+    literal, as the records store it), as MERA records them (see the module doc)."""
+    count = len(ast.literal_eval(tests))
+    payload = json.dumps({"program": program, "entry_point": entry_point, "tests": tests})
+    with tempfile.TemporaryDirectory(prefix="vikhr-ruhumaneval-") as workdir:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", _CHILD],
+                input=payload,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=workdir,
+                env={},
+                preexec_fn=_limit_resources,
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return "timed out"
+    try:
+        results = json.loads(done.stdout)
+    except json.JSONDecodeError:  # killed by a resource limit before writing
+        return [None] * count
+    return results if isinstance(results, list) and len(results) == count else [None] * count
+
+
+def passes(expected: list[str], results: list[str | None] | str) -> bool:
+    """Whether every test result equals the expected one (the release's `check_solution`)."""
+    if not results or len(results) != len(expected) or not isinstance(results[0], type(expected[0])):
+        return False
+    return all(e == r for e, r in zip(expected, results, strict=True))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of n samples of which c pass: 1 − C(n−c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def execute_completions(resps: list[list[str]], docs: list[dict[str, Any]]) -> list[list[Any]]:
+    """lm-eval filter: each document's completions -> the test results of each completion."""
+    from tqdm import tqdm
+
+    out = []
+    for completions, doc in tqdm(list(zip(resps, docs, strict=True)), desc="ruHumanEval tests", leave=False):
+        scoring = json.loads(doc["scoring"])
+        out.append(
+            [
+                run_tests(scoring["function"] + c, scoring["entry_point"], scoring["tests"])
+                for c in completions
+            ]
+        )
+    return out

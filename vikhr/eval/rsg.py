@@ -1,0 +1,479 @@
+"""Russian SuperGLUE: the nine tasks of the official release, their metrics and the leaderboard total.
+
+Files are read in the layout of the official archive (russiansuperglue.com, `combined.zip`), one
+directory per task under `russian-superglue/`:
+
+    LiDiRus/LiDiRus.jsonl   RCB/ PARus/ MuSeRC/ TERRa/ RUSSE/ RWSD/ DaNetQA/ RuCoS/  {train,val}.jsonl
+
+The labelled `val` split is evaluated (test labels are hidden); shots come from `train` (LiDiRus,
+a diagnostic set without a train split, takes TERRa's). Metrics are the leaderboard's: MCC for
+LiDiRus, macro-F1 and accuracy for RCB, F1a and EM for MuSeRC, token F1 and EM (best over the gold
+answers) for RuCoS, accuracy for the rest. A task's score is the mean of its metrics and the total
+is the mean of the nine task scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+from vikhr.eval.tasks import (
+    TERRA_DESCRIPTION,
+    _choice_task_with_shots,
+    _records,
+    _terra_config,
+    _to_dataset_dict,
+    exact_match,
+    terra_prompt,
+    token_f1,
+)
+
+# Task name -> the metrics whose mean is its leaderboard score.
+RSG_SCORE_METRICS: dict[str, tuple[str, ...]] = {
+    "rsg_lidirus": ("mcc",),
+    "rsg_rcb": ("f1", "acc"),
+    "rsg_parus": ("acc",),
+    "rsg_muserc": ("f1a", "em"),
+    "rsg_terra": ("acc",),
+    "rsg_russe": ("acc",),
+    "rsg_rwsd": ("acc",),
+    "rsg_danetqa": ("acc",),
+    "rsg_rucos": ("f1", "em"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics (items are (gold, prediction) pairs, as lm-eval hands them to an aggregation)
+
+
+def matthews_corr(items: list[tuple[int, int]]) -> float:
+    """Matthews correlation of binary labels: (TP·TN − FP·FN) / √((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
+
+    0 when a factor of the denominator is 0 (one class only), as scikit-learn returns.
+    """
+    tp = sum(1 for g, p in items if g == 1 and p == 1)
+    tn = sum(1 for g, p in items if g == 0 and p == 0)
+    fp = sum(1 for g, p in items if g == 0 and p == 1)
+    fn = sum(1 for g, p in items if g == 1 and p == 0)
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def binary_f1(items: list[tuple[int, int]]) -> float:
+    """F1 of the positive class (1): 2·TP / (2·TP + FP + FN); 0 without positives on either side."""
+    tp = sum(1 for g, p in items if g == 1 and p == 1)
+    wrong = sum(1 for g, p in items if g != p)
+    return 2 * tp / (2 * tp + wrong) if tp else 0.0
+
+
+def macro_f1(items: list[tuple[int, int]]) -> float:
+    """Unweighted mean over the classes seen (gold or predicted) of each class's one-vs-rest F1."""
+    classes = sorted({g for g, _ in items} | {p for _, p in items})
+    scores = []
+    for c in classes:
+        tp = sum(1 for g, p in items if g == c and p == c)
+        fp = sum(1 for g, p in items if g != c and p == c)
+        fn = sum(1 for g, p in items if g == c and p != c)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+def grouped_exact_match(items: list[tuple[str, bool]]) -> float:
+    """MuSeRC EM: the share of questions all of whose answer options are classified correctly."""
+    all_right: dict[str, bool] = defaultdict(lambda: True)
+    for question, right in items:
+        all_right[question] &= bool(right)
+    return sum(all_right.values()) / len(all_right)
+
+
+def rucos_scores(prediction: str, golds: list[str]) -> dict[str, float]:
+    """RuCoS EM and token F1 of the chosen entity: the best over the gold answers (normalised, ё = е)."""
+    return {
+        "em": max(exact_match(prediction, g) for g in golds),
+        "f1": max(token_f1(prediction, g) for g in golds),
+    }
+
+
+def task_score(name: str, metrics: dict[str, float | None]) -> float | None:
+    """A task's leaderboard score: the mean of its leaderboard metrics (None when one is missing)."""
+    values = [metrics.get(m) for m in RSG_SCORE_METRICS[name]]
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def rsg_total(task_metrics: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
+    """{"score": mean of the nine task scores, "tasks": {name: score}}; None unless all nine are there."""
+    scores = {
+        name: task_score(name, task_metrics[name]) for name in RSG_SCORE_METRICS if name in task_metrics
+    }
+    if len(scores) != len(RSG_SCORE_METRICS) or any(s is None for s in scores.values()):
+        return None
+    return {"score": sum(scores.values()) / len(scores), "tasks": scores}  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Readers and configs
+
+
+def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
+    label = record["label"]
+    # JSON true/false must not match 1/0 (Python's True == 1): compare types too.
+    for key, value in allowed.items():
+        if type(key) is type(label) and key == label:
+            return value
+    raise VikhrError(
+        f"{path}: label {label!r} (idx {record.get('idx')!r}) is not one of "
+        f"{', '.join(repr(k) for k in allowed)} (is this the official Russian SuperGLUE file?)"
+    )
+
+
+_BOOL = {False: 0, True: 1}
+_ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
+
+
+def _lidirus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        # LiDiRus names the pair sentence1/sentence2; its TERRa shots name it premise/hypothesis.
+        first, second = ("sentence1", "sentence2") if path == eval_path else ("premise", "hypothesis")
+        labels = {"entailment": 0, "not_entailment": 1}  # TERRa's encoding (MCC does not depend on it)
+        return [
+            {"premise": r[first].strip(), "hypothesis": r[second].strip(), "label": _label(path, r, labels)}
+            for r in _records(path, (first, second, "label"), limit, "Russian SuperGLUE LiDiRus/TERRa")
+        ]
+
+    return _choice_task_with_shots(
+        "rsg_lidirus",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description=TERRA_DESCRIPTION,
+        doc_to_text=terra_prompt,
+        choices=["да", "нет"],
+        metrics=[{"metric": "mcc", "aggregation": matthews_corr, "higher_is_better": True}],
+    )
+
+
+def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    labels = {"entailment": 0, "contradiction": 1, "neutral": 2}
+
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "premise": r["premise"].strip(),
+                "hypothesis": r["hypothesis"].strip(),
+                "label": _label(path, r, labels),
+            }
+            for r in _records(path, ("premise", "hypothesis", "label"), limit, "Russian SuperGLUE RCB")
+        ]
+
+    return _choice_task_with_shots(
+        "rsg_rcb",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="Определите, следует ли гипотеза из ситуации, противоречит ей или ни то ни другое.\n\n",
+        doc_to_text=lambda doc: (
+            f"Ситуация: {doc['premise']}\nГипотеза: {doc['hypothesis']}\n"
+            "Вопрос: верна ли гипотеза? Ответьте «да», «нет» или «возможно».\nОтвет:"
+        ),
+        choices=["да", "нет", "возможно"],
+        metrics=[
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "f1", "aggregation": macro_f1, "higher_is_better": True},
+        ],
+    )
+
+
+def _parus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        out = []
+        for r in _records(
+            path, ("premise", "choice1", "choice2", "question", "label"), limit, "Russian SuperGLUE PARus"
+        ):
+            if r["question"] not in ("cause", "effect"):
+                raise VikhrError(
+                    f"{path}: question {r['question']!r} (idx {r.get('idx')!r}) is not cause/effect"
+                )
+            out.append(
+                {
+                    "premise": r["premise"].strip().rstrip("."),
+                    "connector": "потому что" if r["question"] == "cause" else "поэтому",
+                    "choices": [_lower_first(r["choice1"].strip()), _lower_first(r["choice2"].strip())],
+                    "label": _label(path, r, {0: 0, 1: 1}),
+                }
+            )
+        return out
+
+    # COPA-style: the premise and its connector, then the more likely continuation.
+    return _choice_task_with_shots(
+        "rsg_parus",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="",
+        doc_to_text=lambda doc: f"{doc['premise']}, {doc['connector']}",
+        choices=lambda doc: doc["choices"],
+        metrics=_ACC,
+    )
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _russe_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "word": r["word"].strip(),
+                "sentence1": r["sentence1"].strip(),
+                "sentence2": r["sentence2"].strip(),
+                "label": _label(path, r, _BOOL),
+            }
+            for r in _records(
+                path, ("word", "sentence1", "sentence2", "label"), limit, "Russian SuperGLUE RUSSE"
+            )
+        ]
+
+    return _choice_task_with_shots(
+        "rsg_russe",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="Определите, в одном ли значении употреблено слово в двух предложениях.\n\n",
+        doc_to_text=lambda doc: (
+            f"Предложение 1: {doc['sentence1']}\nПредложение 2: {doc['sentence2']}\n"
+            f"Вопрос: в одном ли значении употреблено слово «{doc['word']}» в обоих предложениях?\nОтвет:"
+        ),
+        choices=["нет", "да"],
+        metrics=_ACC,
+    )
+
+
+def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        out = []
+        for r in _records(path, ("text", "target", "label"), limit, "Russian SuperGLUE RWSD"):
+            target = r["target"]
+            if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
+                raise VikhrError(f"{path}: target of idx {r.get('idx')!r} has no span1_text/span2_text")
+            out.append(
+                {
+                    "text": r["text"].strip(),
+                    "span1": target["span1_text"],
+                    "span2": target["span2_text"],
+                    "label": _label(path, r, _BOOL),
+                }
+            )
+        return out
+
+    return _choice_task_with_shots(
+        "rsg_rwsd",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="",
+        doc_to_text=lambda doc: (
+            f"Текст: {doc['text']}\n"
+            f"Вопрос: в этом тексте «{doc['span2']}» относится к «{doc['span1']}»?\nОтвет:"
+        ),
+        choices=["нет", "да"],
+        metrics=_ACC,
+    )
+
+
+def _danetqa_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "passage": r["passage"].strip(),
+                "question": r["question"].strip(),
+                "label": _label(path, r, _BOOL),
+            }
+            for r in _records(path, ("question", "passage", "label"), limit, "Russian SuperGLUE DaNetQA")
+        ]
+
+    return _choice_task_with_shots(
+        "rsg_danetqa",
+        rows,
+        eval_path,
+        fewshot_path,
+        k,
+        limit,
+        description="Прочитайте текст и ответьте на вопрос «да» или «нет».\n\n",
+        doc_to_text=lambda doc: f"Текст: {doc['passage']}\nВопрос: {doc['question']}\nОтвет:",
+        choices=["нет", "да"],
+        metrics=_ACC,
+    )
+
+
+def _nested(path: Path, task: str, read: Any) -> list[dict[str, Any]]:
+    """`read()`, with a missing or mistyped nested field reported as one line naming the layout."""
+    try:
+        return read()
+    except (KeyError, TypeError, AttributeError) as e:
+        raise VikhrError(
+            f"{path}: a record lacks {e} or has it of another type "
+            f"(expected the Russian SuperGLUE {task} layout)"
+        ) from e
+
+
+def _muserc_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    return _nested(path, "MuSeRC", lambda: _read_muserc(path, limit))
+
+
+def _rucos_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    return _nested(path, "RuCoS", lambda: _read_rucos(path, limit))
+
+
+def _read_muserc(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """One document per (passage, question, answer option); `limit` counts options, in file order."""
+    out: list[dict[str, Any]] = []
+    # Every passage has at least one option: `limit` passages are enough.
+    for r in _records(path, ("passage",), limit, "Russian SuperGLUE MuSeRC"):
+        passage = r["passage"]
+        if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
+            raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
+        for q in passage["questions"]:
+            for a in q["answers"]:
+                if limit is not None and len(out) >= limit:
+                    return out
+                out.append(
+                    {
+                        "passage": passage["text"].strip(),
+                        "question": q["question"].strip(),
+                        "answer": a["text"].strip(),
+                        "question_key": f"{r.get('idx')}/{q.get('idx')}",
+                        "label": _label(path, a, {0: 0, 1: 1}),
+                    }
+                )
+    return out
+
+
+def _muserc_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, Any]:
+        pred = int(results[1][0] > results[0][0])
+        return {"f1a": (doc["label"], pred), "em": (doc["question_key"], pred == doc["label"])}
+
+    return {
+        **_choice_task_with_shots(
+            "rsg_muserc",
+            _muserc_rows,
+            eval_path,
+            fewshot_path,
+            k,
+            limit,
+            description="Прочитайте текст и определите, верен ли предложенный ответ на вопрос.\n\n",
+            doc_to_text=lambda doc: (
+                f"Текст: {doc['passage']}\nВопрос: {doc['question']}\nПредложенный ответ: {doc['answer']}\n"
+                "Верен ли этот ответ?\nОтвет:"
+            ),
+            choices=["нет", "да"],
+            metrics=[
+                {"metric": "f1a", "aggregation": binary_f1, "higher_is_better": True},
+                {"metric": "em", "aggregation": grouped_exact_match, "higher_is_better": True},
+            ],
+        ),
+        "process_results": process_results,
+    }
+
+
+def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
+    """1 if the file's spans end inclusively (ReCoRD's convention), 0 if exclusively: read off the answers."""
+    for a in answers:
+        if passage[a["start"] : a["end"] + 1] == a["text"]:
+            return 1
+        if passage[a["start"] : a["end"]] == a["text"]:
+            return 0
+    raise VikhrError(f"{path}: answer spans do not match the passage text (RuCoS layout: start/end offsets)")
+
+
+def _read_rucos(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """One document per query: the passage, the query and every passage entity filled in."""
+    out: list[dict[str, Any]] = []
+    # Every passage has at least one query: `limit` passages are enough.
+    for r in _records(path, ("passage", "qas"), limit, "Russian SuperGLUE RuCoS"):
+        passage = r["passage"]
+        if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
+            raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/entities (RuCoS layout)")
+        text = passage["text"]
+        for qa in r["qas"]:
+            if limit is not None and len(out) >= limit:
+                return out
+            golds = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
+            if not golds:
+                raise VikhrError(
+                    f"{path}: query {qa.get('idx')!r} has no answers (use the labelled val split)"
+                )
+            inclusive = _entity_end(path, text, qa["answers"])
+            entities = list(
+                dict.fromkeys(text[e["start"] : e["end"] + inclusive] for e in passage["entities"])
+            )
+            query = qa["query"]
+            if "@placeholder" not in query:
+                raise VikhrError(f"{path}: query {qa.get('idx')!r} has no @placeholder")
+            out.append(
+                {
+                    # Summary bullets are marked "@highlight", subheadings "@header".
+                    "passage": text.replace("@highlight\n", "- ").replace("@header ", "").strip(),
+                    "query": query,
+                    "entities": entities,
+                    "golds": golds,
+                    "label": next((i for i, e in enumerate(entities) if e in golds), 0),
+                }
+            )
+    return out
+
+
+def _rucos_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+    def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
+        best = max(range(len(results)), key=lambda i: results[i][0])
+        return rucos_scores(doc["entities"][best], doc["golds"])
+
+    return {
+        "task": "rsg_rucos",
+        "custom_dataset": lambda **_: _to_dataset_dict(
+            {"test": _rucos_rows(eval_path, limit), "train": _rucos_rows(fewshot_path, max(k, 1) * 20)}
+        ),
+        "test_split": "test",
+        "fewshot_split": "train",
+        "output_type": "multiple_choice",
+        "doc_to_text": lambda doc: f"{doc['passage']}\n",
+        "doc_to_choice": lambda doc: [doc["query"].replace("@placeholder", e) for e in doc["entities"]],
+        "doc_to_target": lambda doc: doc["label"],
+        "target_delimiter": "",
+        "process_results": process_results,
+        "num_fewshot": k,
+        "metric_list": [
+            {"metric": "f1", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "em", "aggregation": "mean", "higher_is_better": True},
+        ],
+    }
+
+
+RSG_BUILDERS: dict[str, Callable[[Path, Path, int, int | None], dict[str, Any]]] = {
+    "rsg_lidirus": _lidirus_config,
+    "rsg_rcb": _rcb_config,
+    "rsg_parus": _parus_config,
+    "rsg_muserc": _muserc_config,
+    "rsg_terra": lambda e, f, k, limit: {**_terra_config(e, f, k, limit), "task": "rsg_terra"},
+    "rsg_russe": _russe_config,
+    "rsg_rwsd": _rwsd_config,
+    "rsg_danetqa": _danetqa_config,
+    "rsg_rucos": _rucos_config,
+}

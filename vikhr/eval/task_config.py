@@ -1,0 +1,43 @@
+"""Building the lm-eval config of a task: the one place that knows every task family's builder
+(the En/Ru-MMLU, TERRa, RuCoLA, CheGeKa, XQuAD and bpc builders in `vikhr.eval.tasks`, Russian
+SuperGLUE in `vikhr.eval.rsg`, MERA in `vikhr.eval.mera`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+from vikhr.eval.mera import mera_config
+from vikhr.eval.rsg import RSG_BUILDERS
+from vikhr.eval.tasks import _BUILDERS, TASKS, _bpc_config, effective_fewshot, task_files
+
+
+def build_task_config(
+    name: str,
+    data_dir: Path,
+    num_fewshot: int | None,
+    bpc_data: Path,
+    bpc_field: str = "text",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The lm-eval task config dict for task `name` (files checked to exist).
+
+    `limit` keeps the first documents only, as lm-eval's own limit does, so that a short run
+    does not prepare prompts for the whole set.
+    """
+    for path in task_files(name, data_dir, bpc_data):
+        if not path.is_file():
+            where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
+            raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
+    if name == "bpc":
+        return _bpc_config(bpc_data, bpc_field, limit)
+    spec = TASKS[name]
+    fewshot_path = data_dir / spec.fewshot_file if spec.fewshot_file else None
+    k = effective_fewshot(name, num_fewshot)
+    eval_path = data_dir / spec.eval_file
+    if name.startswith("rsg_"):
+        return RSG_BUILDERS[name](eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
+    if name.startswith("mera_"):
+        return mera_config(name, eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
+    return _BUILDERS[name](eval_path, fewshot_path, k, limit)

@@ -1,0 +1,1 @@
+"""Merging two HF checkpoints by SLERP or linear interpolation (see vikhr.merge.checkpoint)."""

@@ -1,0 +1,216 @@
+"""`vikhr merge`: two HF safetensors checkpoints of one architecture and vocabulary merged tensor by tensor.
+
+The output has model A's shard layout: each of A's shards is rewritten with every tensor
+interpolated between A and B (vikhr.merge.slerp) at the t the schedule gives its name
+(vikhr.merge.schedule), one tensor pair in memory at a time (vikhr.adapt.safetensors_io). Every
+check — same config architecture, tensor names, shapes and dtypes, same vocabulary files — runs
+before anything is written, and the output directory appears only when complete (vikhr.atomic).
+config.json, generation_config.json and the tokenizer files come from A (from B when A lacks one).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vikhr.adapt.safetensors_io import (
+    INDEX,
+    SafetensorsHeader,
+    TensorEntry,
+    checkpoint_headers,
+    load_tensor,
+    write_computed,
+)
+from vikhr.atomic import output_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
+from vikhr.merge.schedule import Schedule
+from vikhr.merge.slerp import METHODS, Method, interpolate
+
+SUMMARY = "merge_summary.json"
+# config.json fields that must agree for the two checkpoints to be one architecture.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "architectures",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+# Files that define the vocabulary: both models must have the same ones where both have them.
+VOCABULARY_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json")
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    *VOCABULARY_FILES,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def _check_paths(
+    model_a: str | Path, model_b: str | Path, out: str | Path, overwrite: bool
+) -> tuple[Path, Path, Path]:
+    a, b = require_dir(model_a, "model A directory"), require_dir(model_b, "model B directory")
+    out = require_writable_dir(out, "--out")
+    if out.exists() and not overwrite:
+        raise VikhrError(f"output directory {out} exists (choose another --out or pass --overwrite)")
+    if out.resolve() in (a.resolve(), b.resolve()):
+        raise VikhrError("--out must differ from both models (they are read while the output is written)")
+    return a, b, out
+
+
+def _check_configs(a: Path, b: Path) -> int:
+    """The number of decoder layers, once A's and B's config.json agree on the architecture."""
+    configs = []
+    for d in (a, b):
+        if not (d / "config.json").is_file():
+            raise VikhrError(f"{d} has no config.json (give an HF model directory)")
+        configs.append(read_json_object(d / "config.json"))
+    cfg_a, cfg_b = configs
+    for key in ARCHITECTURE_KEYS:
+        if cfg_a.get(key) != cfg_b.get(key):
+            hint = "different vocabularies" if key == "vocab_size" else "different architectures"
+            raise VikhrError(
+                f"config.json differs in {key}: {cfg_a.get(key)!r} in {a}, {cfg_b.get(key)!r} in {b} "
+                f"({hint}; merging needs the same architecture and vocabulary)"
+            )
+    layers = cfg_a.get("num_hidden_layers")
+    if not isinstance(layers, int) or layers < 1:
+        raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
+    return layers
+
+
+def _vocabulary_content(path: Path) -> Any:
+    """What of a vocabulary file defines the ids: tokenizer.json's model and added tokens, else the bytes."""
+    if path.name != "tokenizer.json":
+        return path.read_bytes()
+    spec = read_json_object(path)
+    added = [(t.get("id"), t.get("content")) for t in spec.get("added_tokens") or [] if isinstance(t, dict)]
+    return spec.get("model"), added
+
+
+def _check_vocabulary_files(a: Path, b: Path) -> None:
+    for name in VOCABULARY_FILES:
+        both = (a / name).is_file() and (b / name).is_file()
+        if both and _vocabulary_content(a / name) != _vocabulary_content(b / name):
+            raise VikhrError(
+                f"{name} differs between {a} and {b}: the models have different vocabularies "
+                "(merging needs the same tokenizer)"
+            )
+
+
+def _entries_by_name(headers: list[SafetensorsHeader]) -> dict[str, tuple[TensorEntry, Path]]:
+    return {name: (e, h.path) for h in headers for name, e in h.tensors.items()}
+
+
+def _check_tensors(
+    entries_a: dict[str, tuple[TensorEntry, Path]],
+    entries_b: dict[str, tuple[TensorEntry, Path]],
+    a: Path,
+    b: Path,
+) -> None:
+    only_one = sorted(entries_a.keys() ^ entries_b.keys())
+    if only_one:
+        name = only_one[0]
+        has, lacks = (a, b) if name in entries_a else (b, a)
+        raise VikhrError(
+            f"tensor {name} is in {has} but not in {lacks} (merging needs the same architecture)"
+        )
+    for name in sorted(entries_a):
+        ea, eb = entries_a[name][0], entries_b[name][0]
+        if ea.shape != eb.shape:
+            hint = (
+                "different vocabularies: merging needs the same tokenizer"
+                if any(v in name for v in VOCABULARY_TENSORS)
+                else "different architectures"
+            )
+            raise VikhrError(
+                f"tensor {name} has shape {list(ea.shape)} in {a} but {list(eb.shape)} in {b} ({hint})"
+            )
+        floats = (ea.dtype in FLOAT_DTYPES, eb.dtype in FLOAT_DTYPES)
+        if floats != (True, True) and ea.dtype != eb.dtype:
+            raise VikhrError(f"tensor {name} is {ea.dtype} in {a} but {eb.dtype} in {b} (cannot interpolate)")
+
+
+def _merged_tensor(
+    in_a: tuple[TensorEntry, Path], in_b: tuple[TensorEntry, Path], t: float, method: Method
+) -> Any:
+    import torch
+
+    entry = in_a[0]
+    tensor_a, tensor_b = load_tensor(*in_a), load_tensor(*in_b)
+    if entry.dtype not in FLOAT_DTYPES:  # integer buffers: nothing to interpolate, they must agree
+        if not torch.equal(tensor_a, tensor_b):
+            raise VikhrError(
+                f"tensor {entry.name} ({entry.dtype}) differs between the models (cannot interpolate)"
+            )
+        return tensor_a
+    try:
+        return interpolate(tensor_a, tensor_b, t, method)
+    except VikhrError as e:
+        raise VikhrError(f"tensor {entry.name}: {e}") from None
+
+
+def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int]) -> None:
+    """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B."""
+    if (a / INDEX).is_file():
+        index = read_json_object(a / INDEX)
+        index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        (work / INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    for name in SIDE_FILES:
+        source = a / name if (a / name).is_file() else b / name
+        if source.is_file():
+            shutil.copy2(source, work / name)
+
+
+def merge_checkpoints(
+    model_a: str | Path,
+    model_b: str | Path,
+    out_dir: str | Path,
+    schedule: Schedule,
+    method: Method = "slerp",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Merge `model_b` into `model_a` (t = 0 is A, t = 1 is B) into `out_dir`; returns the summary."""
+    from tqdm import tqdm
+
+    if method not in METHODS:
+        raise VikhrError(f"unknown merge method {method!r} (choose {' or '.join(METHODS)})")
+    a, b, out = _check_paths(model_a, model_b, out_dir, overwrite)
+    num_layers = _check_configs(a, b)
+    _check_vocabulary_files(a, b)
+    headers_a = checkpoint_headers(a)
+    entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
+    _check_tensors(entries_a, entries_b, a, b)
+    t_of = {name: schedule.t_for(name, num_layers) for name in entries_a}
+
+    def merged(entry: TensorEntry) -> Any:
+        return _merged_tensor(entries_a[entry.name], entries_b[entry.name], t_of[entry.name], method)
+
+    total = sum(e.end - e.start for e, _ in entries_a.values())
+    with output_dir(out) as work:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=not show_progress) as bar:
+            sizes = {
+                h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
+            }
+        _copy_side_files(a, b, work, sizes)
+        summary = {
+            "method": method,
+            "model_a": str(a),
+            "model_b": str(b),
+            "schedule": schedule.describe(),
+            "num_hidden_layers": num_layers,
+            "t": t_of,
+        }
+        (work / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

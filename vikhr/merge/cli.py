@@ -1,0 +1,46 @@
+"""`vikhr merge` (see vikhr.merge.checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="SLERP or linear interpolation of two HF checkpoints (same architecture and vocabulary)",
+        description="Merge two HF safetensors checkpoints tensor by tensor, as mergekit's slerp and linear "
+        "methods do: t = 0 keeps model A, t = 1 takes model B. t is one value or a gradient over the "
+        "layers (0,0.5,1: layer 0 at 0, the last at 1; the embedding takes the first value, the final "
+        "norm and LM head the last); --t-for gives other values to tensors whose name contains a filter. "
+        "Streams one tensor pair at a time; config and tokenizer files come from model A.",
+    )
+    p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
+    p.add_argument("model_b", help="HF model directory B (t = 1)")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--method", choices=["slerp", "linear"], default="slerp", help="default slerp")
+    p.add_argument("--t", required=True, help="t in [0, 1], or a gradient over the layers: 0,0.5,1")
+    p.add_argument(
+        "--t-for",
+        action="append",
+        default=[],
+        metavar="FILTER=T",
+        help="t for tensors whose name contains FILTER (e.g. self_attn=0,0.5,1 mlp=1,0.5,0); repeatable, "
+        "the first match wins, others use --t",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vikhr.merge.checkpoint import merge_checkpoints
+    from vikhr.merge.schedule import Schedule, parse_filter, parse_gradient
+
+    schedule = Schedule(parse_gradient(args.t), tuple(parse_filter(f) for f in args.t_for))
+    summary = merge_checkpoints(
+        args.model_a, args.model_b, args.out, schedule, method=args.method, overwrite=args.overwrite
+    )
+    ts = summary["t"].values()
+    print(f"wrote {args.out}: {len(ts)} tensors merged by {args.method}, t from {min(ts):g} to {max(ts):g}")
+    return 0

@@ -1,0 +1,396 @@
+"""`vikhr sft build CONFIG.yaml`: raw instruction collections → one mixed, cleaned chat JSONL.
+
+Pass 1 streams every source (vikhr.sft.sources), drops what is unfit, too short or long in tokens
+of the target tokenizer and template, or not Russian enough, and records a few numbers per chat
+(hashes, band keys, tokens). Then exact and near duplicates are marked (vikhr.sft.dedup) and each
+source is sampled to its target with its own seeded generator. Pass 2 streams the sources again
+and writes the chats kept. With a reward model, the written chats are scored (vikhr.sft.reward;
+resumable, scores kept beside the data) and each source is cut by threshold or top fraction.
+The output appears under its final name only when complete, with OUTPUT.report.json/.md beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vikhr.atomic import temporary_path, write_text
+from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.jsonl import read_jsonl
+from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
+from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
+from vikhr.sft.sources import Chat, Unfit, detect_format, read_chats_of
+from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer
+from vikhr.tokenizer.load import Tokenizer
+
+KEPT = "kept"
+# Why a chat is not in the output, in the order the checks run (record-level reasons come first).
+CHAT_REASONS = (
+    "too_short",
+    "too_long",
+    "not_russian",
+    "duplicate",
+    "near_duplicate",
+    "sampled_out",
+    "reward",
+)
+EXAMPLES_PER_REASON = 5
+_HASH_BATCH = 512
+
+
+def cyrillic_share(text: str) -> float:
+    """Cyrillic letters / (Cyrillic + Latin letters) of `text`; 0 when it has neither."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    cyrillic = np.count_nonzero((codes >= 0x400) & (codes <= 0x4FF))
+    lower = codes | 0x20
+    latin = np.count_nonzero((lower >= ord("a")) & (lower <= ord("z")))
+    return cyrillic / (cyrillic + latin) if cyrillic + latin else 0.0
+
+
+@dataclass
+class SourceReport:
+    name: str
+    language: str | None
+    files: list[str]
+    formats: dict[str, str] = field(default_factory=dict)  # file -> format (given or detected)
+    records: int = 0
+    chats: int = 0
+    kept: int = 0
+    tokens: int = 0  # of the kept chats, with the template
+    turns: int = 0  # messages of the kept chats
+    dropped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "file:line: problem"
+
+    def drop(self, reason: str, where: str | None = None, message: str = "") -> None:
+        self.dropped[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if where is not None and len(shown) < EXAMPLES_PER_REASON:
+            shown.append(f"{where}: {message}")
+
+
+@dataclass
+class _Pass1:
+    """Numbers per chat (all chats of all sources, in stream order) gathered by the first pass."""
+
+    source: list[np.ndarray] = field(default_factory=list)
+    status: list[np.ndarray] = field(default_factory=list)  # index into ("kept", *CHAT_REASONS)
+    tokens: list[np.ndarray] = field(default_factory=list)
+    turns: list[np.ndarray] = field(default_factory=list)
+    exact: list[np.ndarray] = field(default_factory=list)
+    group: list[np.ndarray] = field(default_factory=list)
+    bands: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, hasher: MinHasher, rows: list[tuple[int, int, int, int, Chat]]) -> None:
+        """rows: (source, status, tokens, group key, chat); band keys only for the chats still in."""
+        self.source.append(np.array([r[0] for r in rows], dtype=np.int16))
+        self.status.append(np.array([r[1] for r in rows], dtype=np.uint8))
+        self.tokens.append(np.array([r[2] for r in rows], dtype=np.int64))
+        self.turns.append(np.array([len(r[4].messages) for r in rows], dtype=np.int32))
+        self.exact.append(np.array([exact_key(r[4].text()) for r in rows], dtype=np.uint64))
+        self.group.append(np.array([r[3] for r in rows], dtype=np.uint64))
+        self.bands.append(hasher.band_keys([r[4].prompt() for r in rows]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.__dict__.items()}
+
+
+def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tuple[str, list[Chat]]]:
+    """(place, chats) of every usable record of a source's files; unfit records go to the report."""
+    for path in src.files():
+        fmt = src.format or detect_format(path)
+        if report is not None:
+            report.formats[str(path)] = fmt
+        for where, item in read_chats_of(path, fmt, src.max_rank):
+            if isinstance(item, Unfit):
+                if report is not None:
+                    report.drop(item.reason, where, str(item))
+                continue
+            yield where, item
+
+
+def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer) -> tuple[str, str, int]:
+    """(status, why, tokens) of a chat against the length limits and the source's language check."""
+    tokens = len(encode_chat([Message(r, c) for r, c in chat.messages], tok, cfg.template).ids)
+    if tokens < cfg.limits.min_tokens:
+        return "too_short", f"{tokens} tokens", tokens
+    if tokens > cfg.limits.max_tokens:
+        return "too_long", f"{tokens} tokens", tokens
+    if src.min_cyrillic_share is not None:
+        share = cyrillic_share(chat.text())
+        if share < src.min_cyrillic_share:
+            return "not_russian", f"Cyrillic share {share:.2f}", tokens
+    return KEPT, "", tokens
+
+
+def _first_pass(
+    cfg: BuildConfig, tok: Tokenizer, reports: list[SourceReport], bar: Any
+) -> dict[str, np.ndarray]:
+    hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.threshold, cfg.seed)
+    gathered, rows = _Pass1(), []
+    statuses = (KEPT, *CHAT_REASONS)
+    for s, (src, report) in enumerate(zip(cfg.sources, reports, strict=True)):
+        for where, chats in _source_chats(src, report):
+            report.records += 1
+            for chat in chats:
+                report.chats += 1
+                reason, why, tokens = _check_chat(chat, src, cfg, tok)
+                if reason != KEPT:
+                    report.drop(reason, where, f"{chat.id}: {why}")
+                group = int.from_bytes(hashlib.blake2b(f"{s}/{chat.group}".encode(), digest_size=8).digest())
+                rows.append((s, statuses.index(reason), tokens, group, chat))
+                if len(rows) == _HASH_BATCH:
+                    gathered.add(hasher, rows)
+                    rows = []
+            if bar is not None:
+                bar.update()
+    if rows:
+        gathered.add(hasher, rows)
+    return gathered.arrays()
+
+
+def _mark_duplicates(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
+    """Status duplicate / near_duplicate, and in a["match"] the chat each one repeats."""
+    statuses = (KEPT, *CHAT_REASONS)
+    a["match"] = np.full(len(a["status"]), -1, dtype=np.int64)
+    live = np.flatnonzero(a["status"] == 0)
+    if cfg.dedup.exact and len(live):
+        first = live[first_occurrences(a["exact"][live])]
+        repeated = first != live
+        a["status"][live[repeated]] = statuses.index("duplicate")
+        a["match"][live[repeated]] = first[repeated]
+        live = live[~repeated]
+    if cfg.dedup.near and len(live):
+        matched = near_duplicates(a["bands"][live], a["group"][live])
+        near = matched >= 0
+        a["status"][live[near]] = statuses.index("near_duplicate")
+        a["match"][live[near]] = live[matched[near]]
+
+
+def _sample(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
+    """Each source down to its `count` or `fraction`, uniformly, with a generator of its own."""
+    sampled_out = (KEPT, *CHAT_REASONS).index("sampled_out")
+    for s, src in enumerate(cfg.sources):
+        live = np.flatnonzero((a["source"] == s) & (a["status"] == 0))
+        if src.count is not None:
+            target = min(src.count, len(live))
+        elif src.fraction is not None:
+            target = round(src.fraction * len(live))
+        else:
+            continue
+        rng = np.random.default_rng([cfg.seed, s])
+        chosen = np.zeros(len(live), dtype=bool)
+        chosen[rng.choice(len(live), size=target, replace=False)] = True
+        a["status"][live[~chosen]] = sampled_out
+
+
+def _shown_duplicates(a: dict[str, np.ndarray], n_sources: int) -> dict[int, int]:
+    """The first EXAMPLES_PER_REASON duplicates of each source and reason → the chat each repeats."""
+    shown = {}
+    for s in range(n_sources):
+        for reason in ("duplicate", "near_duplicate"):
+            code = (KEPT, *CHAT_REASONS).index(reason)
+            for n in np.flatnonzero((a["source"] == s) & (a["status"] == code))[:EXAMPLES_PER_REASON]:
+                shown[int(n)] = int(a["match"][n])
+    return shown
+
+
+def _write_kept(
+    cfg: BuildConfig, a: dict[str, np.ndarray], reports: list[SourceReport], out_path: Path, bar: Any
+) -> None:
+    """Pass 2: the chats whose status is kept, in stream order, as `vikhr sft prepare` reads them;
+    the places of a few duplicates and of the chats they repeat go to the report."""
+    status, n = a["status"], 0
+    shown = _shown_duplicates(a, len(cfg.sources))
+    places = dict.fromkeys(shown.values(), "")
+    with open(out_path, "w", encoding="utf-8") as out:
+        for src, report in zip(cfg.sources, reports, strict=True):
+            for where, chats in _source_chats(src, None):
+                for chat in chats:
+                    if status[n] == 0:
+                        out.write(json.dumps(chat.record(src.name), ensure_ascii=False) + "\n")
+                    if n in places:
+                        places[n] = f"{where} ({src.name}/{chat.id})"
+                    if n in shown:
+                        reason = (KEPT, *CHAT_REASONS)[status[n]]
+                        report.examples.setdefault(reason, []).append(f"{where}: repeats {places[shown[n]]}")
+                    n += 1
+                if bar is not None:
+                    bar.update()
+    if n != len(status):
+        raise VikhrError("the sources changed while the build was reading them (run it again)")
+
+
+def _progress(enabled: bool, desc: str, total: int | None = None) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=" records", total=total)
+
+
+def build(config: str | Path, output: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run the build described by `config` (see docs/sft.md); the report (also written beside the output)."""
+    cfg = load_build_config(config, output)
+    out_path = Path(cfg.output)
+    require_writable_dir(out_path.parent, "output directory")
+    for src in cfg.sources:
+        src.files()  # every file named before any work
+    tok = load_chat_tokenizer(cfg.tokenizer, cfg.template)
+    reports = [SourceReport(s.name, s.language, [str(p) for p in s.files()]) for s in cfg.sources]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = _progress(progress, "sft build: read")
+    a = _first_pass(cfg, tok, reports, bar)
+    if bar is not None:
+        bar.close()
+    _mark_duplicates(cfg, a)
+    _sample(cfg, a)
+    candidates = out_path.with_name(f".{out_path.name}.candidates.tmp{os.getpid()}")
+    try:
+        with temporary_path(out_path) as tmp:
+            bar = _progress(progress, "sft build: write", sum(r.records for r in reports))
+            _write_kept(cfg, a, reports, candidates if cfg.reward else tmp, bar)
+            if bar is not None:
+                bar.close()
+            reward = None
+            if cfg.reward is not None:
+                reward = _filter_by_reward(cfg, candidates, tmp, progress)
+                _apply_reward(a, reward.pop("dropped_positions"))
+            report = _report(cfg, reports, a, reward)
+    finally:
+        candidates.unlink(missing_ok=True)
+    _write_report(out_path, report)  # after the output, which it describes
+    return report
+
+
+def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progress: bool) -> dict[str, Any]:
+    """Score the candidate chats (resuming), cut each source, write the rest to `out_tmp`."""
+    from vikhr.sft.reward import chat_key, keep_mask, load_scores, plot_scores, score_file
+
+    r = cfg.reward
+    assert r is not None
+    score_file(candidates, r.model, r.scores, r.batch_size, r.device, r.max_length, progress)
+    scores = load_scores(r.scores)
+    names = [s.name for s in cfg.sources]
+    values: dict[str, list[float]] = {n: [] for n in names}
+    lines_of: dict[str, list[int]] = {n: [] for n in names}
+    for line, (_, record) in enumerate(read_jsonl(candidates)):
+        values[record["source"]].append(scores[chat_key(record["messages"])])
+        lines_of[record["source"]].append(line)
+    keep = np.zeros(sum(len(v) for v in values.values()), dtype=bool)
+    result: dict[str, Any] = {"model": r.model, "scores": r.scores, "sources": {}}
+    cuts = {}
+    for src in cfg.sources:
+        threshold, fraction = r.threshold, r.top_fraction
+        if src.reward_threshold is not None or src.reward_top_fraction is not None:  # the source's own cut
+            threshold, fraction = src.reward_threshold, src.reward_top_fraction
+        mask, cuts[src.name] = keep_mask(values[src.name], threshold, fraction)
+        keep[np.asarray(lines_of[src.name], dtype=np.int64)[mask]] = True
+        cut = cuts[src.name] if np.isfinite(cuts[src.name]) else None  # None: no cut (JSON has no inf)
+        result["sources"][src.name] = {"scored": len(mask), "cut": cut, "kept": int(mask.sum())}
+    with open(candidates, encoding="utf-8") as f, open(out_tmp, "w", encoding="utf-8") as out:
+        out.writelines(line for line, kept in zip(f, keep, strict=True) if kept)
+    histogram = Path(cfg.output).with_name(Path(cfg.output).name + ".scores.png")
+    plot_scores(values, cuts, histogram, title=f"reward scores: {Path(r.model).name}")
+    result["histogram"] = str(histogram)
+    result["dropped_positions"] = np.flatnonzero(~keep)
+    return result
+
+
+def _apply_reward(a: dict[str, np.ndarray], dropped_positions: np.ndarray) -> None:
+    """Mark as dropped by the reward cut the written chats at `dropped_positions` (line numbers)."""
+    written = np.flatnonzero(a["status"] == 0)
+    a["status"][written[dropped_positions]] = (KEPT, *CHAT_REASONS).index("reward")
+
+
+def _report(
+    cfg: BuildConfig, reports: list[SourceReport], a: dict[str, np.ndarray], reward: dict[str, Any] | None
+) -> dict[str, Any]:
+    statuses = (KEPT, *CHAT_REASONS)
+    for s, report in enumerate(reports):
+        mine = a["source"] == s
+        kept = mine & (a["status"] == 0)
+        report.kept = int(kept.sum())
+        report.tokens = int(a["tokens"][kept].sum())
+        report.turns = int(a["turns"][kept].sum())
+        for code, reason in enumerate(statuses):
+            if code and reason not in ("too_short", "too_long", "not_russian"):  # counted while reading
+                n = int((mine & (a["status"] == code)).sum())
+                if n:
+                    report.dropped[reason] = n
+    total = sum(r.kept for r in reports)
+    return {
+        "config": str(cfg.path),
+        "output": str(cfg.output),
+        "tokenizer": str(cfg.tokenizer),
+        "template": cfg.template,
+        "seed": cfg.seed,
+        "limits": {"min_tokens": cfg.limits.min_tokens, "max_tokens": cfg.limits.max_tokens},
+        "dedup": cfg.dedup.model_dump(),
+        "kept": total,
+        "tokens": sum(r.tokens for r in reports),
+        "sources": [
+            {**r.__dict__, "dropped": dict(r.dropped), "share": r.kept / total if total else 0.0}
+            for r in reports
+        ],
+        "reward": None if reward is None else {k: v for k, v in reward.items() if k != "dropped_positions"},
+    }
+
+
+def _write_report(out_path: Path, report: dict[str, Any]) -> None:
+    write_text(out_path.with_name(out_path.name + ".report.json"), json.dumps(report, indent=2) + "\n")
+    write_text(out_path.with_name(out_path.name + ".report.md"), report_markdown(report))
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The build report for people: the mix (as the paper's Table 4), then what was dropped and why."""
+    lines = [
+        f"# SFT mix: {report['output']}",
+        "",
+        f"{report['kept']:,} chats, {report['tokens']:,} tokens ({report['template']} template, "
+        f"{report['tokenizer']}), seed {report['seed']}.",
+        "",
+        "| source | language | chats | share | tokens | mean turns |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for s in report["sources"]:
+        turns = s["turns"] / s["kept"] if s["kept"] else 0.0
+        lines.append(
+            f"| {s['name']} | {s['language'] or '—'} | {s['kept']:,} | {100 * s['share']:.1f}% | "
+            f"{s['tokens']:,} | {turns:.1f} |"
+        )
+    lines += ["", "## Read and dropped", "", "| source | format | records | chats | kept | dropped |"]
+    lines.append("|---|---|---:|---:|---:|---|")
+    for s in report["sources"]:
+        dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(s["dropped"].items())) or "—"
+        formats = ", ".join(sorted(set(s["formats"].values())))
+        lines.append(
+            f"| {s['name']} | {formats} | {s['records']:,} | {s['chats']:,} | {s['kept']:,} | {dropped} |"
+        )
+    problems = [
+        (s["name"], r, ex) for s in report["sources"] for r, exs in s["examples"].items() for ex in exs
+    ]
+    if problems:
+        lines += ["", "## Examples of dropped records", ""]
+        lines += [f"- {name}, {reason}: `{example}`" for name, reason, example in problems]
+    if report["reward"]:
+        r = report["reward"]
+        lines += ["", "## Reward model", "", f"model `{r['model']}`, scores `{r['scores']}`", ""]
+        lines += ["| source | scored | cut | kept |", "|---|---:|---:|---:|"]
+        for name, v in r["sources"].items():
+            cut = "—" if v["cut"] is None else f"{v['cut']:.4g}"
+            lines.append(f"| {name} | {v['scored']:,} | {cut} | {v['kept']:,} |")
+        lines += ["", f"![scores]({Path(r['histogram']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    parts = ", ".join(f"{s['name']} {s['kept']:,}" for s in report["sources"])
+    return f"{report['output']}: {report['kept']:,} chats, {report['tokens']:,} tokens ({parts})"

@@ -1,0 +1,236 @@
+"""Reward-model scores of chats, kept beside the data so that filtering never scores twice.
+
+The model is an HF sequence classifier with one output (``AutoModelForSequenceClassification``,
+``num_labels=1``, safetensors weights). A chat is rendered with its tokenizer's chat template when it
+has one (``apply_chat_template(messages, tokenize=False)``), else as "User: …\\n\\nAssistant: …"
+turns; padding is on the right and the model reads its score at the last real token, so a chat's
+score does not depend on the batch it is in.
+
+Scores file: JSONL, one ``{"key", "id", "score"}`` a line, appended and flushed after every batch.
+`key` is a hash of the chat's messages, so the scores follow the text, not its line number; a run
+that was stopped resumes with the chats whose key is not in the file (a last line cut short by the
+stop is removed first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError, require_dir
+from vikhr.jsonl import read_jsonl
+from vikhr.sft.template import parse_chat
+
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def chat_key(messages: list[dict[str, str]]) -> str:
+    """A hash of the roles and contents of a chat (the scores file's key)."""
+    text = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def load_scores(path: str | Path) -> dict[str, float]:
+    """key → score of a scores file; a last line without its newline (a stopped run) is cut off."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    _drop_partial_line(p)
+    scores = {}
+    for line_no, record in read_jsonl(p):
+        key, score = record.get("key"), record.get("score")
+        if not isinstance(key, str) or not isinstance(score, (int, float)):
+            raise VikhrError(f"{p}:{line_no}: expected {{'key': str, 'score': number}} (a vikhr scores file)")
+        scores[key] = float(score)
+    return scores
+
+
+def _drop_partial_line(path: Path) -> None:
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+class RewardModel:
+    """An HF reward model (one output) and its tokenizer, scoring batches of chats."""
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", max_length: int = 2048) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = require_dir(model_dir, "reward model directory")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise VikhrError(f"--device {device}: no CUDA device here (use --device cpu or auto)")
+        self.device, self.max_length = torch.device(device), max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, dtype=dtype
+        )
+        if self.model.config.num_labels != 1:
+            raise VikhrError(
+                f"{path}: a reward model has one output (num_labels=1), this one has "
+                f"{self.model.config.num_labels}"
+            )
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer.chat_template:
+            try:
+                return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
+            except Exception as e:  # jinja2's errors, e.g. a template that refuses system messages
+                raise VikhrError(
+                    f"the reward model's chat template fails on a chat with roles "
+                    f"{[m['role'] for m in messages]}: {e}".replace("\n", " ")
+                ) from None
+        return "\n\n".join(f"{ROLE_LABELS[m['role']]}: {m['content']}" for m in messages)
+
+    def score(self, chats: list[list[dict[str, str]]]) -> list[float]:
+        import torch
+
+        batch = self.tokenizer(
+            [self.render(c) for c in chats],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=not self.tokenizer.chat_template,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return [float(x) for x in logits[:, 0].float().cpu()]
+
+
+def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """(id, messages) of a chats JSONL file (ids: the "id" field, else file:line)."""
+    for line_no, record in read_jsonl(path):
+        try:
+            messages = parse_chat(record)
+        except VikhrError as e:
+            raise VikhrError(f"{path}:{line_no}: {e}") from e
+        chat_id = record.get("id")
+        yield (
+            str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}",
+            [{"role": m.role, "content": m.content} for m in messages],
+        )
+
+
+def score_file(
+    chats_path: str | Path,
+    model_dir: str | Path,
+    scores_path: str | Path,
+    batch_size: int = 16,
+    device: str = "auto",
+    max_length: int = 2048,
+    progress: bool = True,
+) -> int:
+    """Score every chat of `chats_path` not yet in `scores_path`, appending to it; the number scored."""
+    if batch_size < 1:
+        raise VikhrError(f"batch size must be >= 1, got {batch_size}")
+    done = load_scores(scores_path)
+    todo_total = sum(1 for _, m in _chats(chats_path) if chat_key(m) not in done)
+    if todo_total == 0:
+        return 0
+    model = RewardModel(model_dir, device, max_length)
+    Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="reward scores", unit=" chats", total=todo_total)
+    scored = 0
+    pending: list[tuple[str, str, list[dict[str, str]]]] = []
+    with open(scores_path, "a", encoding="utf-8") as out:
+
+        def flush() -> None:
+            nonlocal scored
+            values = model.score([m for _, _, m in pending])
+            out.writelines(
+                json.dumps({"key": k, "id": i, "score": s}, ensure_ascii=False) + "\n"
+                for (k, i, _), s in zip(pending, values, strict=True)
+            )
+            out.flush()  # a stopped run keeps every finished batch
+            scored += len(pending)
+            if bar is not None:
+                bar.update(len(pending))
+            pending.clear()
+
+        for chat_id, messages in _chats(chats_path):
+            key = chat_key(messages)
+            if key in done:
+                continue
+            done[key] = float("nan")  # a chat that occurs twice is scored once
+            pending.append((key, chat_id, messages))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+        os.fsync(out.fileno())
+    if bar is not None:
+        bar.close()
+    return scored
+
+
+def keep_mask(scores: Any, threshold: float | None, top_fraction: float | None) -> tuple[Any, float]:
+    """Which of `scores` (one source's, in file order) to keep, and the cut score.
+
+    `threshold`: scores >= it. `top_fraction`: the round(fraction·n) highest (ties: the earlier chat).
+    """
+    import numpy as np
+
+    values = np.asarray(scores, dtype=np.float64)
+    if threshold is not None:
+        return values >= threshold, float(threshold)
+    if top_fraction is None:
+        return np.ones(len(values), dtype=bool), float("-inf")
+    k = round(top_fraction * len(values))
+    order = np.lexsort((np.arange(len(values)), -values))
+    keep = np.zeros(len(values), dtype=bool)
+    keep[order[:k]] = True
+    cut = float(values[order[k - 1]]) if k else float("inf")
+    return keep, cut
+
+
+def plot_scores(
+    per_source: dict[str, Any], cuts: dict[str, float], path: str | Path, title: str = "reward scores"
+) -> None:
+    """A histogram of each source's scores with its cut drawn in (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vikhr.atomic import temporary_path
+
+    names = list(per_source)
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.2 * len(names) + 0.6), squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        values = per_source[name]
+        ax.hist(values, bins=40, color="#4c72b0")
+        cut = cuts.get(name)
+        if cut is not None and abs(cut) != float("inf"):
+            ax.axvline(cut, color="#c44e52", linestyle="--", label=f"cut {cut:.3g}")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(f"{name} ({len(values):,} chats)", fontsize=9)
+    axes[-1, 0].set_xlabel("score")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

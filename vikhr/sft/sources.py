@@ -1,0 +1,314 @@
+"""Instruction collections as they are published → one chat record, the one `vikhr sft prepare` reads.
+
+Formats (`FORMATS`), each recognised by the fields of its records:
+
+* ``messages`` (Saiga, OpenAI style): ``{"messages": [{"role", "content"}, ...]}``; roles user/assistant/
+  system, also ``bot`` (Saiga's name for the assistant). The column layout of an HF dataset
+  (``{"messages": {"role": [...], "content": [...]}}``) is read too.
+* ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
+* ``alpaca`` (ruFLAN, rulm self-instruct): ``{"instruction", "input", "output"}``; the input, stripped
+  of surrounding whitespace, follows the instruction after a blank line when it is not empty. The
+  self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
+  chat per instance.
+* ``nectar``: ``{"prompt": "\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:",
+  "answers": [{"answer", "model", "rank"}, ...]}``; the best-ranked answer (rank 1 is best), or one
+  chat per answer ranked `max_rank` or better.
+
+Files: JSONL (plain, ``.gz``, ``.zst``, through `vikhr.jsonl`) and Parquet (read one row group at a
+time). A record that fits no chat (bad JSON, a role the chat format lacks, an empty turn, turns out
+of order, missing fields) is an `Unfit` with a reason and its place (``file:line`` or
+``file:row N``); the caller counts it, nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+from vikhr.jsonl import open_text
+from vikhr.sft.template import parse_chat
+
+FORMATS = ("messages", "sharegpt", "alpaca", "nectar")
+ROLE_NAMES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+}
+DETECT_RECORDS = 20  # records looked at to recognise a file's format
+_NECTAR_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+@dataclass(frozen=True)
+class Chat:
+    """One chat in `vikhr sft prepare`'s format, with where it came from."""
+
+    id: str  # unique within its source: the record's own id (or its place), "#n" for a record's n-th chat
+    group: str  # the record it came from: the chats of one record are not near-duplicates of each other
+    messages: tuple[tuple[str, str], ...]  # (role, content), validated by vikhr.sft.template.parse_chat
+
+    def prompt(self) -> str:
+        """Every turn before the last answer (system and user turns, earlier answers)."""
+        return "\n\n".join(content for _, content in self.messages[:-1])
+
+    def text(self) -> str:
+        return "\n\n".join(content for _, content in self.messages)
+
+    def record(self, source: str) -> dict[str, Any]:
+        """The JSONL object written for this chat (`vikhr sft prepare` reads "messages")."""
+        return {
+            "id": f"{source}/{self.id}",
+            "source": source,
+            "messages": [{"role": r, "content": c} for r, c in self.messages],
+        }
+
+
+class Unfit(Exception):
+    """A record that gives no chat: `reason` (a short key for the report) and what is wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix == ".parquet"
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
+    """(place, record or Unfit) of every record of a JSONL or Parquet file, in order.
+
+    A line that is not a JSON object is an Unfit("bad_json"); an unreadable file is a VikhrError.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise VikhrError(f"source file not found: {p} (check the path in the config)")
+    if is_parquet(p):
+        yield from _parquet_records(p)
+        return
+    with open_text(p) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{p}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, Unfit("bad_json", f"not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(record, dict):
+                yield where, Unfit("bad_json", f"expected a JSON object, got {type(record).__name__}")
+            else:
+                yield where, record
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged file
+        raise VikhrError(f"{path}: not a readable Parquet file ({e})") from None
+    row = 0
+    for group in range(parquet.num_row_groups):  # one row group in memory at a time
+        for record in parquet.read_row_group(group).to_pylist():
+            yield f"{path}:row {row}", record
+            row += 1
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of the first records of `path` (the one most of them fit), or VikhrError."""
+    counts: dict[str, int] = {}
+    fields: set[str] = set()
+    seen = 0
+    for _, record in read_records(path):
+        if isinstance(record, Unfit):
+            continue
+        fields.update(record)
+        fmt = record_format(record)
+        if fmt is not None:
+            counts[fmt] = counts.get(fmt, 0) + 1
+        seen += 1
+        if seen >= DETECT_RECORDS:
+            break
+    if not counts:
+        shown = ", ".join(sorted(fields)[:12]) or "none"
+        raise VikhrError(
+            f"{path}: unknown chat format (fields of the first records: {shown}); expected one of "
+            f"{', '.join(FORMATS)} (docs/sft.md), or set format: in the config"
+        )
+    return max(FORMATS, key=lambda f: counts.get(f, 0))
+
+
+def record_format(record: dict[str, Any]) -> str | None:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "prompt" in record and "answers" in record:
+        return "nectar"
+    if "instruction" in record and ("output" in record or "instances" in record):
+        return "alpaca"
+    return None
+
+
+def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | None = None) -> list[Chat]:
+    """The chats of one record in format `fmt`, or Unfit. `where` names it when it has no id."""
+    record_id = _record_id(record, where)
+    if fmt == "messages":
+        turns = [_messages_turns(record.get("messages"))]
+    elif fmt == "sharegpt":
+        turns = [_sharegpt_turns(record.get("conversations"))]
+    elif fmt == "alpaca":
+        turns = _alpaca_turns(record)
+    elif fmt == "nectar":
+        turns = _nectar_turns(record, max_rank)
+    else:
+        raise VikhrError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    chats = []
+    for n, messages in enumerate(turns):
+        _check(messages)
+        chat_id = record_id if len(turns) == 1 else f"{record_id}#{n}"
+        chats.append(Chat(chat_id, record_id, tuple(messages)))
+    return chats
+
+
+def _record_id(record: dict[str, Any], where: str) -> str:
+    for key in ("id", "conversation_id", "idx"):
+        value = record.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    path, _, place = where.rpartition(":")
+    return f"{Path(path).name}:{place}"
+
+
+def _role(name: Any, i: int) -> str:
+    role = ROLE_NAMES.get(name) if isinstance(name, str) else None
+    if role is None:
+        raise Unfit("bad_role", f"turn {i}: role {name!r} is not one of {', '.join(sorted(ROLE_NAMES))}")
+    return role
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise Unfit("bad_record", f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages_turns(raw: Any) -> list[tuple[str, str]]:
+    if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
+        raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=False)]
+    if not isinstance(raw, list) or not raw:
+        raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
+    turns = []
+    for i, m in enumerate(raw, start=1):
+        if not isinstance(m, dict):
+            raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
+        turns.append((_role(m.get("role"), i), _text(m.get("content"), f"turn {i} content")))
+    return turns
+
+
+def _sharegpt_turns(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
+    turns = []
+    for i, m in enumerate(raw, start=1):
+        if not isinstance(m, dict):
+            raise Unfit("bad_record", f'turn {i}: expected {{"from", "value"}}, got {type(m).__name__}')
+        turns.append((_role(m.get("from"), i), _text(m.get("value"), f"turn {i} value")))
+    return turns
+
+
+def _alpaca_prompt(instruction: str, given: Any) -> str:
+    given = "" if given is None else _text(given, '"input"').strip()
+    return f"{instruction}\n\n{given}" if given else instruction
+
+
+def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
+    instruction = _text(record.get("instruction"), '"instruction"')
+    if "output" in record:
+        output = _text(record["output"], '"output"')
+        return [[("user", _alpaca_prompt(instruction, record.get("input"))), ("assistant", output)]]
+    instances = record.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise Unfit("bad_record", '"instances" must be a non-empty list of {"input", "output"}')
+    chats = []
+    for i, inst in enumerate(instances, start=1):
+        if not isinstance(inst, dict):
+            raise Unfit("bad_record", f"instance {i}: expected an object, got {type(inst).__name__}")
+        output = _text(inst.get("output"), f'instance {i} "output"')
+        chats.append([("user", _alpaca_prompt(instruction, inst.get("input"))), ("assistant", output)])
+    return chats
+
+
+def _nectar_prompt(prompt: str) -> list[tuple[str, str]]:
+    """The turns of a Nectar prompt, which ends with the "Assistant:" of the answer to come."""
+    parts = _NECTAR_TURN.split(prompt)
+    if parts[0].strip() or len(parts) < 5 or parts[-2] != "Assistant" or parts[-1].strip():
+        raise Unfit(
+            "bad_turns", 'prompt is not "\\n\\nHuman: …\\n\\nAssistant:" turns ending with Assistant:'
+        )
+    names = parts[1:-2:2]
+    contents = parts[2:-2:2]
+    return [("user" if n == "Human" else "assistant", c) for n, c in zip(names, contents, strict=True)]
+
+
+def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tuple[str, str]]]:
+    prompt = _nectar_prompt(_text(record.get("prompt"), '"prompt"'))
+    answers = record.get("answers")
+    if not isinstance(answers, list) or not answers:
+        raise Unfit("bad_record", '"answers" must be a non-empty list of {"answer", "model", "rank"}')
+    ranked = []
+    for i, a in enumerate(answers, start=1):
+        rank = a.get("rank") if isinstance(a, dict) else None
+        if not isinstance(rank, (int, float)) or isinstance(rank, bool):
+            raise Unfit("bad_record", f'answer {i}: expected {{"answer", "rank"}} with a numeric rank')
+        ranked.append((rank, i, _text(a.get("answer"), f'answer {i} "answer"')))
+    ranked.sort()
+    chosen = ranked[:1] if max_rank is None else [r for r in ranked if r[0] <= max_rank]
+    if not chosen:
+        raise Unfit("bad_record", f"no answer ranked {max_rank} or better")
+    return [[*prompt, ("assistant", answer)] for _, _, answer in chosen]
+
+
+def _check(messages: list[tuple[str, str]]) -> None:
+    """Unfit unless `vikhr sft prepare` accepts the chat and no turn is empty."""
+    for i, (role, content) in enumerate(messages, start=1):
+        if not content.strip():
+            raise Unfit("empty_turn", f"turn {i} ({role}) is empty")
+    try:
+        parse_chat({"messages": [{"role": r, "content": c} for r, c in messages]})
+    except VikhrError as e:
+        raise Unfit("bad_turns", str(e)) from None
+
+
+def read_chats_of(
+    path: str | Path, fmt: str | None = None, max_rank: int | None = None
+) -> Iterator[tuple[str, list[Chat] | Unfit]]:
+    """(place, chats or Unfit) of every record of `path`; `fmt` None: detected from the first records."""
+    fmt = fmt or detect_format(path)
+    for where, record in read_records(path):
+        if isinstance(record, Unfit):
+            yield where, record
+            continue
+        if record_format(record) is None:
+            shown = ", ".join(sorted(map(str, record))[:8]) or "none"
+            yield where, Unfit("unknown_format", f"fields ({shown}) fit none of {', '.join(FORMATS)}")
+            continue
+        try:
+            yield where, record_chats(record, fmt, where, max_rank)
+        except Unfit as e:
+            yield where, e
