@@ -20,6 +20,7 @@ from typing import Any
 from vikhr.ablate.config import AblateConfig, Arm
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, require_file
+from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
 
@@ -52,17 +53,9 @@ class AblationResult:
     runs: list[RunResult]
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _tokenizer_digest(path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    return hashlib.sha256("".join(_digest(p) for p in files).encode()).hexdigest()
+    return hashlib.sha256("".join(corpus_sha256(p) for p in files).encode()).hexdigest()
 
 
 def _chars(corpus: Path) -> int:
@@ -165,7 +158,7 @@ class Ablation:
         from vikhr.convert import megatron_to_hf
         from vikhr.tokenizer import load as load_tokenizer
 
-        key = self.cfg.base_key(_digest(self.en), _tokenizer_digest(self.base_tok))
+        key = self.cfg.base_key(corpus_sha256(self.en), _tokenizer_digest(self.base_tok))
         cache = Path(self.cfg.cache_dir) / f"base-{key}"
         self.base_hf = cache / BASE_HF
         self.base_vocab = load_tokenizer(self.base_tok).vocab_size

@@ -11,7 +11,6 @@ last, so a failed run leaves nothing that looks valid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.sft.layout import sft_datasets, sft_files
 from vikhr.sft.template import encode_chat, load_chat_tokenizer, read_chats, template_token_ids
+from vikhr.tokenizer.corpus import corpus_sha256
 from vikhr.tokenizer.load import Tokenizer
 
 
@@ -44,14 +44,6 @@ class PrepareSummary:
             f"{self.prefix}: {self.chats:,} chats, {self.tokens:,} tokens, "
             f"{self.loss_tokens:,} assistant tokens ({100 * share:.1f}%), template {self.template}"
         )
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_sft(
@@ -102,7 +94,7 @@ def prepare_sft(
             prefix=str(output_prefix),
             template=template,
             tokenizer=str(Path(tok.path).resolve()),
-            tokenizer_sha256=_sha256(tok.path),
+            tokenizer_sha256=corpus_sha256(tok.path),
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
             vocab_size=tok.vocab_size,

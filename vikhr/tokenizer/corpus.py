@@ -110,7 +110,7 @@ def split_long_line(line: str, max_bytes: int) -> list[str]:
 
 
 def corpus_sha256(path: str | Path) -> str:
-    """sha256 of the corpus file as stored (recorded in the manifest)."""
+    """sha256 of the file as stored (corpora and tokenizer files recorded in manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
