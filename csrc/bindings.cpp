@@ -1,8 +1,8 @@
 // The schemas of vikhr's ops, declared once: the device files register their kernels for the
 // CPU and CUDA dispatch keys (ops.h), so `torch.ops.vikhr.<op>` picks the device by its inputs.
 // Their fake (meta) kernels for torch.compile are Python, in the module set_python_module names.
-// The Python module built from this file only reports which devices were compiled.
-#include <torch/extension.h>
+// The library is loaded with torch.ops.load_library (no Python module: no pybind11 headers to
+// compile); which devices have kernels is asked of the dispatcher (vikhr.ops.build).
 #include <torch/library.h>
 
 TORCH_LIBRARY(vikhr, m) {
@@ -20,25 +20,4 @@ TORCH_LIBRARY(vikhr, m) {
       "cekl_backward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, Tensor rows, "
       "float inv_temperature, float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out) -> ()");
   m.def("cekl_scale_grad(Tensor(a!) grad, Tensor factor) -> ()");
-}
-
-namespace {
-
-pybind11::dict compiled_ops() {
-  pybind11::dict ops;
-#ifdef VIKHR_WITH_CUDA
-  const std::vector<std::string> devices{"cpu", "cuda"};
-#else
-  const std::vector<std::string> devices{"cpu"};
-#endif
-  ops["logsumexp_rows"] = devices;
-  ops["cross_entropy_kl"] = devices;
-  return ops;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "vikhr fused ops (csrc/), registered as torch.ops.vikhr.*";
-  m.def("compiled_ops", &compiled_ops, "op name -> devices it was compiled for");
 }

@@ -13,8 +13,12 @@
 // and its logsumexp `Kernels` logsumexp_rows(x, out, rows, cols).
 #pragma once
 
-#include <ATen/ATen.h>
+// Only the headers the host side uses (not ATen.h, which pulls in every operator and doubles
+// the compile time of the first use).
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 

@@ -15,6 +15,9 @@ SHARED_DATA = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The slow tests first (otherwise in collection order): with two xdist workers a minute-long
+    # test collected last keeps one worker busy while the other has nothing left to run.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     import torch
 
     if torch.cuda.is_available():

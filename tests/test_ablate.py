@@ -49,16 +49,16 @@ def _write(path: Path, cfg: dict) -> Path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"arms": [{"name": "a", "tokenizer": "bpe"}]}, "config key 'arms.0.tokenizer'"),
-        ({"arms": [{"name": "a", "lambda": 0.1}]}, "unknown config key 'arms.0.lambda'"),
-        ({"trian": {"steps": 3}}, "unknown config key 'trian'"),
+        ({"arms": [{"name": "a", "tokenizer": "bpe"}]}, "arms[0].tokenizer must be base or adapted"),
+        ({"arms": [{"name": "a", "lambda": 0.1}]}, "unknown config key 'arms[0].lambda' (known: name, group"),
+        ({"trian": {"steps": 3}}, "unknown config key 'trian' (did you mean 'train'?)"),
         ({"arms": [{"name": "a"}, {"name": "a"}]}, "arm 'a' is named twice"),
         ({"arms": [{"name": "a", "tokenizer": "base", "init": "random"}]}, "init applies to the adapted"),
         ({"arms": [{"name": "m", "slerp_of": "x", "slerp_t": 0.5}]}, "slerp_of names no arm"),
         ({"arms": [{"name": "m", "slerp_t": 0.5}]}, "needs both slerp_of and slerp_t"),
-        ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key 'arms.0.kl_weight'"),
-        ({"seeds": []}, "config key 'seeds'"),
-        ({"arms": [{"name": "a/b"}]}, "config key 'arms.0.name'"),
+        ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key arms[0].kl_weight must be >= 0, got -1"),
+        ({"seeds": []}, "config key seeds must have at least 1 item, got []"),
+        ({"arms": [{"name": "a/b"}]}, "config key arms[0].name: String should match pattern"),
         ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
     ],
 )
@@ -160,7 +160,7 @@ def test_micro_grid_writes_table_csv_and_plots(micro_runs: tuple[Path, Path, lis
     md = (out / "ablation.md").read_text(encoding="utf-8")
     assert "## vocabulary" in md and "## slerp" in md
     assert "| base-tokenizer |" in md and "| adapted |" in md and "| merge |" in md
-    assert " ± " in md
+    assert " ± " in md and "| EN bpc at step 0 |" in md
     for png in ("loss_curves.png", "tradeoff.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _run_demo(work: Path, *extra: str) -> dict:
     """`vikhr demo` with short training into `work`; its summary.json, every stage checked to run."""
@@ -24,6 +26,7 @@ def _run_demo(work: Path, *extra: str) -> dict:
     return json.loads((work / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     summary = _run_demo(work)
@@ -58,6 +61,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert instruct.eos_token == "</s>"
 
 
+@pytest.mark.slow
 def test_demo_byte_bpe_end_to_end(tmp_path: Path) -> None:
     """`--family byte-bpe`: a Llama-3-like byte-level base tokenizer extended with Russian tokens, a
     Llama-3-shaped model, Llama-3's chat template — the same chain and the same checks."""

@@ -355,3 +355,97 @@ def test_code_execution_needs_the_flag(tasks: str, tmp_path: Path, capsys: pytes
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--allow-code-execution" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# ruTiE: one question at a time, the model's own earlier answers in the prompt
+
+
+class ShorterOptionLM:
+    """A stand-in LM that prefers the shorter answer option (and option 1 on ties); records prompts."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        assert [r.args[1] for r in requests] == [" 1", " 2"]
+        self.prompts.append(requests[0].args[0])
+        inputs = requests[0].doc["inputs"]
+        first = len(inputs["choice1"]) <= len(inputs["choice2"])
+        return [(-1.0, True), (-2.0, False)] if first else [(-2.0, False), (-1.0, True)]
+
+
+def test_rutie_asks_in_order_with_the_models_own_answers() -> None:
+    from vikhr.eval.mera_rutie import evaluate_rutie
+
+    lm = ShorterOptionLM()
+    out = evaluate_rutie(lm, MERA / "rutie" / "train.jsonl")
+    head = "Вам дан диалог, в котором необходимо продолжить реплики. Учитывая контекст диалога, и два варианта ответа на реплику (вопрос) ответьте на последний вопрос.\n"  # noqa: E501
+    # Question 0: its own instruction, empty context, the blank line collapsed.
+    assert (
+        lm.prompts[0]
+        == head + "Сколько ног у человека?\n1. Две\n2. Четыре\nКакой ответ наиболее правильный?\nОтвет:"
+    )
+    # Question 2: the first question's instruction, the dialogue so far with the model's answers
+    # (the shorter options: 1 = "Две", then 1 = "Две" though the gold is 2).
+    assert lm.prompts[2] == (
+        head
+        + "Сколько ног у человека?\n1. Две\n2. Четыре\nОтвет: 1\n"
+        + "А у муравья?\n1. Две\n2. Шесть\nОтвет: 1\n"
+        + "Сколько букв в слове «кот»?\n1. Три\n2. Четыре\nКакой ответ наиболее правильный?\nОтвет:"
+    )
+    preds = [s["pred"] for s in out["samples"]]
+    golds = [r["outputs"] for r in records("rutie")]
+    # Shorter options: Две/Четыре 1, Две/Шесть 1, Три/Четыре 1, Одна/Две 2, Человек/Муравей (tie) 1,
+    # Пять/Шесть 1.
+    assert preds == ["1", "1", "1", "2", "1", "1"] and golds == ["1", "2", "1", "1", "2", "1"]
+    acc = 3 / 6
+    assert out["results"]["acc,none"] == pytest.approx(acc)
+    assert out["results"]["acc_stderr,none"] == pytest.approx(math.sqrt(acc * (1 - acc) / 5))
+    assert out["n"] == 6
+
+
+def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path: Path) -> None:
+    from vikhr.eval.mera_rutie import evaluate_rutie, rutie_submission
+
+    train = records("rutie")
+    second = [{**r, "meta": {**r["meta"], "dialog_id": 1}} for r in train[:2]]
+    path = tmp_path / "test.jsonl"
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in second + train), encoding="utf-8"
+    )
+    lm = ShorterOptionLM()
+    out = evaluate_rutie(lm, path)
+    # Dialogue 0 first (six questions), then dialogue 1, whose first prompt has no context.
+    assert lm.prompts[6] == lm.prompts[0] and "Ответ: 1" not in lm.prompts[6]
+    assert [len(d) for d in rutie_submission(out["samples"])["data"]["test"]] == [6, 2]
+    assert rutie_submission(out["samples"])["data"]["test"][1][1] == {
+        "outputs": "1",
+        "meta": {"dialog_id": 1, "question_id": 1},
+    }
+    assert evaluate_rutie(ShorterOptionLM(), path, limit=7)["n"] == 7
+    # Hidden answers (the public test split): no local accuracy.
+    hidden = evaluate_rutie(ShorterOptionLM(), MERA / "rutie" / "test.jsonl")
+    assert math.isnan(hidden["results"]["acc,none"]) and hidden["n"] == 4
+    assert [s["doc"]["meta"]["question_id"] for s in hidden["samples"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: {**r, "meta": {**r["meta"], "question_id": r["meta"]["question_id"] * 2}}, "without gaps"),
+        (lambda r: {**r, "outputs": "3"}, "outputs '3' is not 1, 2 or empty"),
+        (lambda r: {**r, "inputs": {"question": "?", "choice1": "a"}}, "inputs.question/choice1/choice2"),
+        (lambda r: {**r, "instruction": "{context} {answer}"}, "the instruction needs input 'answer'"),
+    ],
+)
+def test_rutie_bad_records_are_one_line(change: Any, message: str, tmp_path: Path) -> None:
+    from vikhr.eval.mera_rutie import evaluate_rutie
+
+    path = tmp_path / "test.jsonl"
+    path.write_text(
+        "".join(json.dumps(change(r), ensure_ascii=False) + "\n" for r in records("rutie")), encoding="utf-8"
+    )
+    with pytest.raises(VikhrError) as e:
+        evaluate_rutie(ShorterOptionLM(), path)
+    assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)

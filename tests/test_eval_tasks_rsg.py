@@ -123,6 +123,7 @@ def test_task_groups_expand() -> None:
     mera = ["rummlu", "mathlogicqa", "parus", "rcb", "rwsd", "lcs", "bps"]
     mera += ["simplear", "rumultiar", "rumodar", "ruhhh", "ruhatespeech"]
     mera += ["ruopenbookqa", "ruworldtree", "chegeka", "multiq", "use", "rudetox", "ruhumaneval", "ruethics"]
+    mera += ["rutie"]
     assert parse_task_list("mera,terra") == [*(f"mera_{t}" for t in mera), "terra"]
     assert all(TASKS[n].metrics for n in NEW_TASKS)
 
@@ -357,8 +358,9 @@ def test_every_new_task_end_to_end(
             [f"{t}.json" for t in ("BPS", "LCS", "MathLogicQA", "PARus", "RCB", "RWSD", "ruMMLU")]
             + [f"{t}.json" for t in ("SimpleAr", "ruModAr", "ruMultiAr", "ruHHH", "ruHateSpeech")]
             + [f"{t}.json" for t in ("ruOpenBookQA", "ruWorldTree", "CheGeKa", "MultiQ", "USE")]
-            + [f"{t}.json" for t in ("ruDetox", "ruEthics", "ruHumanEval")]
+            + [f"{t}.json" for t in ("ruDetox", "ruEthics", "ruHumanEval", "ruTiE")]
         )
+        rutie = json.loads(archive.read("ruTiE.json"))
         rummlu = json.loads(archive.read("ruMMLU.json"))
         simplear = json.loads(archive.read("SimpleAr.json"))
         ruethics = json.loads(archive.read("ruEthics.json"))
@@ -383,6 +385,19 @@ def test_every_new_task_end_to_end(
         {"id": 0, "id_task": "6", "variant": 25},
         {"id": 1, "id_task": "26", "variant": 25},
     ]
+    # ruTiE: one dialogue, its first questions in order, the model's answers 1/2.
+    asked = out["samples"]["mera_rutie"]
+    assert rutie == {
+        "data": {
+            "test": [
+                [
+                    {"outputs": s["pred"], "meta": {"dialog_id": 0, "question_id": i}}
+                    for i, s in enumerate(asked)
+                ]
+            ]
+        }
+    }
+    assert f"Ответ: {asked[0]['pred']}\n" in asked[1]["prompt"]
     samples = out["samples"]["mera_rummlu"]
     assert rummlu == {
         "data": {
@@ -402,7 +417,7 @@ def test_every_new_task_end_to_end(
 def test_mera_scores_local_answers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
     """Where the split has answers (here train copied as test), MERA tasks are scored."""
     data = tmp_path / "data"
-    folders = ("rcb", "rwsd", "simplear", "ruopenbookqa", "chegeka", "multiq", "use")
+    folders = ("rcb", "rwsd", "simplear", "ruopenbookqa", "chegeka", "multiq", "use", "rutie")
     for task in folders:
         (data / "mera" / task).mkdir(parents=True)
         shutil.copy(FIXTURES / "mera" / task / "train.jsonl", data / "mera" / task / "train.jsonl")
@@ -422,6 +437,14 @@ def test_mera_scores_local_answers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path)
     for name in ("mera_rcb", "mera_ruopenbookqa"):
         pairs = [(s["doc"]["label"], argmax(s["filtered_resps"])) for s in out["samples"][name]]
         assert out["tasks"][name]["metrics"]["f1"] == pytest.approx(macro_f1(pairs))
+    # ruTiE: the more likely of " 1"/" 2" after the dialogue so far, against the answers.
+    asked = out["samples"]["mera_rutie"]
+    preds = ["12"[argmax(s["resps"])] for s in asked]
+    assert [s["pred"] for s in asked] == preds and len(preds) == 3
+    golds = [s["doc"]["outputs"] for s in asked]
+    assert out["tasks"]["mera_rutie"]["metrics"]["acc"] == pytest.approx(
+        sum(g == p for g, p in zip(golds, preds, strict=True)) / 3
+    )
     # CheGeKa and MultiQ: SQuAD EM/F1 of the generated answer, the best over the gold answers.
     for name in ("mera_chegeka", "mera_multiq"):
         samples = out["samples"][name]

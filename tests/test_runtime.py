@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+from typing import Any
 
 import pytest
 import torch
@@ -87,3 +88,44 @@ def test_tp_must_divide_world() -> None:
     ):
         pass
     assert not torch.distributed.is_initialized()
+
+
+def test_compile_on_first_call_defers_and_forwards_the_arguments() -> None:
+    calls: list[tuple[object, dict]] = []
+
+    def fake_compile(fn: Any, **kwargs: Any) -> Any:  # stands in for torch.compile
+        calls.append((fn, kwargs))
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+
+    deferred = vmegatron.compile_on_first_call(fake_compile)
+
+    @deferred
+    def add(x: int, y: int = 1) -> int:
+        return x + y
+
+    @deferred(dynamic=False)
+    def twice(x: int) -> int:
+        return 2 * x
+
+    assert calls == [] and add.__name__ == "add"  # nothing compiled at decoration
+    assert add(2, y=3) == ("compiled", 5) and add(1) == ("compiled", 2)
+    assert twice(4) == ("compiled", 8)
+    assert [(fn.__name__, kwargs) for fn, kwargs in calls] == [("add", {}), ("twice", {"dynamic": False})]
+
+
+def test_megatron_import_leaves_the_compiler_stack_unloaded() -> None:
+    """A fresh process importing the trainer as the entry points do has not imported torch's
+    compiler stack (seconds of start-up); megatron-core's fusion decorator is the deferred one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from vikhr.runtime.megatron import import_megatron_core\n"
+        "import_megatron_core()\n"
+        "import vikhr.train.trainer, megatron.core.jit as jit\n"
+        "assert 'torch._dynamo' not in sys.modules and 'torch._inductor' not in sys.modules\n"
+        "assert jit.jit_fuser is not torch.compile and torch.compile.__module__.startswith('torch')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

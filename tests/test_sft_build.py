@@ -355,8 +355,8 @@ def _no_outputs(tmp_path: Path) -> None:
         ("missing_file", "source s: file not found:"),
         ("bad_key", "unknown config key 'sources[0].wieght'"),
         ("count_and_fraction", "source s: give count or fraction, not both"),
-        ("forced_format", "config key sources[0].format: Input should be"),
-        ("no_sources", "config key sources: List should have at least 1 item"),
+        ("forced_format", "sources[0].format must be messages, sharegpt, alpaca or nectar, got 'csv'"),
+        ("no_sources", "config key sources must have at least 1 item, got []"),
     ],
 )
 def test_bad_input_is_one_line_with_status_2(

@@ -487,9 +487,9 @@ def run(args: argparse.Namespace) -> int:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    from vikhr.runtime.megatron import quiet_megatron_warnings
+    from vikhr.runtime.megatron import import_megatron_core
 
-    quiet_megatron_warnings()  # the training stages import megatron-core
+    import_megatron_core()  # the training stages import megatron-core
     demo = Demo(args, workdir)
     demo.split(ru, en)
     demo.tokenizer()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 
 class VikhrError(Exception):
@@ -72,6 +74,93 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any
     if not isinstance(value, dict):
         raise VikhrError(f"config file {p}: top level must be a mapping of {contents}")
     return value
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside a field's annotation (Model, list[Model], Model | None, ...), or None."""
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        model = _model_in(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def _keys_at(root: Any, loc: Sequence[str | int]) -> list[str]:
+    """The known keys of the section (or list item) at `loc` of the config model `root`."""
+    model = root
+    for part in loc:  # list indices stay on the list's item model
+        if isinstance(part, str):
+            model = _model_in(model.model_fields[part].annotation) if model is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def suggest(name: str, options: Sequence[str]) -> str:
+    """ " (did you mean ...?)" with the closest of `options` to `name`, else the known options."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(options)})" if options else ""
+
+
+_EXPECTED = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "string": "str",
+    "list": "a list",
+    "dict": "a mapping of keys",
+    "model": "a mapping of keys",
+    "model_attributes": "a mapping of keys",
+}
+
+
+def config_error_line(error: Any, root: Any = None, key_prefix: str = "", prefix: str = "") -> str:
+    """One pydantic validation error of a config as the one-line message every vikhr config gives:
+    the dotted key (`section.key`, `list[0].key`), what was expected and what was given, and for an
+    unknown key the closest known one. `root`: the config's pydantic model (for those suggestions);
+    `key_prefix`: where the validated mapping sits in the config; `prefix`: the message's start
+    (e.g. the config file's path and ": ")."""
+    loc, kind, ctx, got = error["loc"], error["type"], error.get("ctx", {}), error.get("input")
+    key = key_prefix + _dotted(loc)
+    if kind == "extra_forbidden":
+        known = _keys_at(root, loc[:-1])
+        # A top-level key of a config made of sections (the trainer's) is a section.
+        sections = (
+            not key_prefix
+            and len(loc) == 1
+            and root is not None
+            and all(_model_in(f.annotation) for f in root.model_fields.values())
+        )
+        return (
+            f"{prefix}unknown config {'section' if sections else 'key'} {key!r}{suggest(str(loc[-1]), known)}"
+        )
+    if kind == "missing":
+        return f"{prefix}config key {key} is missing"
+    if kind == "literal_error":
+        return f"{prefix}config key {key} must be {ctx['expected'].replace(chr(39), '')}, got {got!r}"
+    if kind == "finite_number":
+        return f"{prefix}config key {key} must be a finite number, got {got}"
+    if kind == "greater_than" and ctx.get("gt") == 0:
+        return f"{prefix}config key {key} must be positive, got {got}"
+    bounds = {"greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=", "greater_than": ">"}
+    if kind in bounds:
+        return f"{prefix}config key {key} must be {bounds[kind]} {next(iter(ctx.values())):g}, got {got}"
+    if kind in ("too_short", "too_long"):
+        n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
+        bound = f"{'at least' if kind == 'too_short' else 'at most'} {n} item{'' if n == 1 else 's'}"
+        return f"{prefix}config key {key} must have {bound}, got {got!r}"
+    base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
+    if base in _EXPECTED:
+        return f"{prefix}config key {key}: expected {_EXPECTED[base]}, got {got!r}"
+    return f"{prefix}config key {key}: {error['msg']}, got {got!r}"
 
 
 def read_json_object(path: Path, fix: str = "fix or re-export it") -> dict[str, Any]:

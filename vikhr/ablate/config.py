@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from vikhr.errors import VikhrError, read_yaml_mapping
+from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 
 
 class _Section(BaseModel):
@@ -105,13 +105,6 @@ class AblateConfig(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _one_line(path: Path, err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f"{path}: unknown config key '{where}' (check its spelling; see docs/ablations.md)"
-    return f"{path}: config key '{where}': {err['msg']}"
-
-
 def _check_arms(path: Path, arms: list[Arm]) -> None:
     names = [a.name for a in arms]
     by_name = {a.name: a for a in arms}
@@ -142,7 +135,7 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
     try:
         cfg = AblateConfig.model_validate(raw)
     except pydantic.ValidationError as e:
-        raise VikhrError(_one_line(p, e.errors()[0])) from None
+        raise VikhrError(config_error_line(e.errors()[0], AblateConfig, prefix=f"{p}: ")) from None
     _check_arms(p, cfg.arms)
     from vikhr.model.config import PRESETS
 

@@ -121,9 +121,9 @@ def markdown(result: AblationResult) -> str:
     for a in cfg.arms:
         groups.setdefault(a.group, []).append(a.name)
     header = (
-        "| arm | steps | chars seen | RU bpc at step 0 | RU bpc | EN bpc | RU gain | EN forgetting "
-        "| train s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| arm | steps | chars seen | RU bpc at step 0 | EN bpc at step 0 | RU bpc | EN bpc | RU gain "
+        "| EN forgetting | train s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for group, names in groups.items():
         lines += [f"## {group}", "", header]
@@ -131,6 +131,7 @@ def markdown(result: AblationResult) -> str:
             rs = arms[name]
             lines.append(
                 f"| {name} | {rs[0].steps} | {rs[0].chars_seen:,} | {_cell([r.ru_bpc_start for r in rs])} "
+                f"| {_cell([r.en_bpc_start for r in rs])} "
                 f"| {_cell([r.ru_bpc for r in rs])} | {_cell([r.en_bpc for r in rs])} "
                 f"| {_cell([base['ru'] - r.ru_bpc for r in rs])} "
                 f"| {_cell([r.en_bpc - base['en'] for r in rs])} "
@@ -162,15 +163,16 @@ def plot(result: AblationResult, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = _by_arm(result)
+    colours = plt.get_cmap("tab20").colors
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, rs in arms.items():
+    for i, (name, rs) in enumerate(arms.items()):
         if not rs[0].train_losses:
             continue  # merges do not train
         steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
         means = [statistics.fmean(r.train_losses[s] for r in rs) for s in steps]
-        ax.plot(steps, means, label=name)
+        ax.plot(steps, means, label=name, color=colours[i % len(colours)])
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss (nats/token; the tokenizers differ)")
+    ax.set_ylabel("train cross-entropy (nats/token; the tokenizers differ)")
     ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
     ax.legend(fontsize=7)
     _save(fig, out / "loss_curves.png")
@@ -178,14 +180,32 @@ def plot(result: AblationResult, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 6))
     points = []
-    for name, rs in arms.items():
+    # One colour per arm (up to 20) and one marker per group, so that no two arms look alike.
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*X"
+    groups = list(dict.fromkeys(a.group for a in result.config.arms))
+    for i, (name, rs) in enumerate(arms.items()):
         (rx, sx), (ry, sy) = mean_std([r.ru_bpc for r in rs]), mean_std([r.en_bpc for r in rs])
         points.append((rx, ry))
-        ax.errorbar(rx, ry, xerr=sx, yerr=sy, fmt="o", capsize=3, label=name)
-    base = result.base_bpc
-    ax.scatter([base["ru"]], [base["en"]], marker="*", s=150, color="black", label="base model")
+        marker = markers[groups.index(rs[0].arm.group) % len(markers)]
+        ax.errorbar(
+            rx, ry, xerr=sx, yerr=sy, fmt=marker, capsize=3, color=colours[i % len(colours)], label=name
+        )
     front = pareto_front(points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="trade-off frontier")
+    base = result.base_bpc
+    xs = [p[0] for p in points]
+    if base["ru"] <= max(xs) + 2 * (max(xs) - min(xs) + 0.1):
+        ax.scatter([base["ru"]], [base["en"]], marker="*", s=150, color="black", label="base model")
+    else:  # far to the right: drawn, it would squeeze every arm into a corner
+        ax.text(
+            0.98,
+            0.02,
+            f"base model (off the plot): RU {base['ru']:.2f}, EN {base['en']:.2f}",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=8,
+        )
     ax.set_xlabel("RU bits per character (held out; lower is better)")
     ax.set_ylabel("EN bits per character (held out; lower is better)")
     ax.legend(fontsize=7)

@@ -260,7 +260,8 @@ class Ablation:
             en_bpc_start=start_bpc["en"],
             ru_bpc=bpc["ru"],
             en_bpc=bpc["en"],
-            train_losses={s: float(r["loss"]) for s, r in sorted(train_rows.items())},
+            # Cross-entropy, not the optimised CE + λ·KL: the arms' curves then measure the same thing.
+            train_losses={s: float(r["ce"]) for s, r in sorted(train_rows.items())},
             wall_train_s=wall_train,
             wall_eval_s=wall_eval,
         )
@@ -299,9 +300,9 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True) -> AblationResul
 
     from tqdm import tqdm
 
-    from vikhr.runtime.megatron import quiet_megatron_warnings
+    from vikhr.runtime.megatron import import_megatron_core
 
-    quiet_megatron_warnings()
+    import_megatron_core()
     ab = Ablation(cfg)
     if ab.work.exists():
         shutil.rmtree(ab.work)  # a re-run starts clean; the base model lives in the cache

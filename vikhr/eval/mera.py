@@ -9,8 +9,8 @@ come from the same subject (`meta.domain`). Test answers of the public release a
 `outputs`): such a task is not scored locally (its metrics are n/a) and its predictions go into
 the submission archive (`write_submission`). MERA's own metrics (SQuAD EM/F1, the USE grade,
 ruEthics MCC) are in `vikhr.eval.mera_metrics`. ruHumanEval runs the generated code in
-`vikhr.eval.mera_code`. Not here: ruTiE (each prompt holds the model's earlier answers, which
-stock lm-eval cannot feed back).
+`vikhr.eval.mera_code`. ruTiE, whose prompts hold the model's earlier answers, is asked one
+question at a time in `vikhr.eval.mera_rutie`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from vikhr.eval.mera_metrics import (
     use_grade,
     use_points,
 )
+from vikhr.eval.mera_rutie import RUTIE, rutie_submission
 from vikhr.eval.rsg import macro_f1
-from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_METRICS, ETHICS_QUESTIONS, _records, _to_dataset_dict
+from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_METRICS, ETHICS_QUESTIONS, read_records, to_dataset_dict
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ def _check_code(path: Path, r: dict[str, Any]) -> None:
 
 def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[dict[str, Any]]:
     out = []
-    for r in _records(path, ("instruction", "inputs", "outputs", "meta"), limit, "MERA"):
+    for r in read_records(path, ("instruction", "inputs", "outputs", "meta"), limit, "MERA"):
         if (
             not isinstance(r["inputs"], dict | str)
             or not isinstance(r["meta"], dict)
@@ -437,7 +438,7 @@ def mera_config(
     task = MERA_TASKS[name]
     common = {
         "task": name,
-        "custom_dataset": lambda **_: _to_dataset_dict(
+        "custom_dataset": lambda **_: to_dataset_dict(
             {"test": _rows(name, eval_path, fewshot_path, k, limit)}
         ),
         "test_split": "test",
@@ -511,13 +512,18 @@ def write_submission(samples: dict[str, list[dict[str, Any]]], out_zip: Path) ->
     `scripts/log_to_submission.py` writes it (MultiQ's outputs a list with the answer segment and
     its offset, ruEthics' the answer under each criterion, USE's meta also id_task and variant).
     """
-    names = [n for n in samples if n in MERA_TASKS]
+    bodies = {
+        f"{MERA_TASKS[name].submission_name}.json": {
+            "data": {"test": submission_entries(name, samples[name])}
+        }
+        for name in samples
+        if name in MERA_TASKS
+    }
+    if RUTIE in samples:
+        bodies["ruTiE.json"] = rutie_submission(samples[RUTIE])
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     with temporary_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in names:
-            body = {"data": {"test": submission_entries(name, samples[name])}}
-            info = zipfile.ZipInfo(
-                f"{MERA_TASKS[name].submission_name}.json", date_time=(1980, 1, 1, 0, 0, 0)
-            )
+        for file_name, body in bodies.items():
+            info = zipfile.ZipInfo(file_name, date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, json.dumps(body, ensure_ascii=False, indent=4))
     return out_zip

@@ -23,12 +23,12 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.eval.tasks import (
     TERRA_DESCRIPTION,
-    _choice_task_with_shots,
-    _records,
-    _terra_config,
-    _to_dataset_dict,
+    choice_task_with_shots,
     exact_match,
+    read_records,
+    terra_config,
     terra_prompt,
+    to_dataset_dict,
     token_f1,
 )
 
@@ -143,10 +143,10 @@ def _lidirus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
         labels = {"entailment": 0, "not_entailment": 1}  # TERRa's encoding (MCC does not depend on it)
         return [
             {"premise": r[first].strip(), "hypothesis": r[second].strip(), "label": _label(path, r, labels)}
-            for r in _records(path, (first, second, "label"), limit, "Russian SuperGLUE LiDiRus/TERRa")
+            for r in read_records(path, (first, second, "label"), limit, "Russian SuperGLUE LiDiRus/TERRa")
         ]
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_lidirus",
         rows,
         eval_path,
@@ -170,10 +170,10 @@ def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) 
                 "hypothesis": r["hypothesis"].strip(),
                 "label": _label(path, r, labels),
             }
-            for r in _records(path, ("premise", "hypothesis", "label"), limit, "Russian SuperGLUE RCB")
+            for r in read_records(path, ("premise", "hypothesis", "label"), limit, "Russian SuperGLUE RCB")
         ]
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_rcb",
         rows,
         eval_path,
@@ -196,7 +196,7 @@ def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) 
 def _parus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in _records(
+        for r in read_records(
             path, ("premise", "choice1", "choice2", "question", "label"), limit, "Russian SuperGLUE PARus"
         ):
             if r["question"] not in ("cause", "effect"):
@@ -214,7 +214,7 @@ def _parus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
         return out
 
     # COPA-style: the premise and its connector, then the more likely continuation.
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_parus",
         rows,
         eval_path,
@@ -241,12 +241,12 @@ def _russe_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
                 "sentence2": r["sentence2"].strip(),
                 "label": _label(path, r, _BOOL),
             }
-            for r in _records(
+            for r in read_records(
                 path, ("word", "sentence1", "sentence2", "label"), limit, "Russian SuperGLUE RUSSE"
             )
         ]
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_russe",
         rows,
         eval_path,
@@ -266,7 +266,7 @@ def _russe_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
 def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in _records(path, ("text", "target", "label"), limit, "Russian SuperGLUE RWSD"):
+        for r in read_records(path, ("text", "target", "label"), limit, "Russian SuperGLUE RWSD"):
             target = r["target"]
             if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
                 raise VikhrError(f"{path}: target of idx {r.get('idx')!r} has no span1_text/span2_text")
@@ -280,7 +280,7 @@ def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None)
             )
         return out
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_rwsd",
         rows,
         eval_path,
@@ -305,10 +305,10 @@ def _danetqa_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
                 "question": r["question"].strip(),
                 "label": _label(path, r, _BOOL),
             }
-            for r in _records(path, ("question", "passage", "label"), limit, "Russian SuperGLUE DaNetQA")
+            for r in read_records(path, ("question", "passage", "label"), limit, "Russian SuperGLUE DaNetQA")
         ]
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rsg_danetqa",
         rows,
         eval_path,
@@ -345,7 +345,7 @@ def _read_muserc(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """One document per (passage, question, answer option); `limit` counts options, in file order."""
     out: list[dict[str, Any]] = []
     # Every passage has at least one option: `limit` passages are enough.
-    for r in _records(path, ("passage",), limit, "Russian SuperGLUE MuSeRC"):
+    for r in read_records(path, ("passage",), limit, "Russian SuperGLUE MuSeRC"):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
@@ -371,7 +371,7 @@ def _muserc_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | Non
         return {"f1a": (doc["label"], pred), "em": (doc["question_key"], pred == doc["label"])}
 
     return {
-        **_choice_task_with_shots(
+        **choice_task_with_shots(
             "rsg_muserc",
             _muserc_rows,
             eval_path,
@@ -407,7 +407,7 @@ def _read_rucos(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """One document per query: the passage, the query and every passage entity filled in."""
     out: list[dict[str, Any]] = []
     # Every passage has at least one query: `limit` passages are enough.
-    for r in _records(path, ("passage", "qas"), limit, "Russian SuperGLUE RuCoS"):
+    for r in read_records(path, ("passage", "qas"), limit, "Russian SuperGLUE RuCoS"):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/entities (RuCoS layout)")
@@ -447,7 +447,7 @@ def _rucos_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
 
     return {
         "task": "rsg_rucos",
-        "custom_dataset": lambda **_: _to_dataset_dict(
+        "custom_dataset": lambda **_: to_dataset_dict(
             {"test": _rucos_rows(eval_path, limit), "train": _rucos_rows(fewshot_path, max(k, 1) * 20)}
         ),
         "test_split": "test",
@@ -471,7 +471,7 @@ RSG_BUILDERS: dict[str, Callable[[Path, Path, int, int | None], dict[str, Any]]]
     "rsg_rcb": _rcb_config,
     "rsg_parus": _parus_config,
     "rsg_muserc": _muserc_config,
-    "rsg_terra": lambda e, f, k, limit: {**_terra_config(e, f, k, limit), "task": "rsg_terra"},
+    "rsg_terra": lambda e, f, k, limit: {**terra_config(e, f, k, limit), "task": "rsg_terra"},
     "rsg_russe": _russe_config,
     "rsg_rwsd": _rwsd_config,
     "rsg_danetqa": _danetqa_config,

@@ -15,6 +15,7 @@ from typing import Any
 from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
+from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.rsg import rsg_total
 from vikhr.eval.task_config import build_task_config
 from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
@@ -168,7 +169,10 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
             settings.limit,
         )
         for name in settings.tasks
+        if name != RUTIE
     }
+    if RUTIE in settings.tasks:
+        read_dialogues(_rutie_path(settings), settings.limit)  # checked before the model loads
     from lm_eval.api.task import ConfigurableTask
 
     tasks = {}
@@ -184,6 +188,13 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
     finally:
         task_logger.setLevel(level)
     return tasks
+
+
+def _rutie_path(settings: EvalSettings) -> Path:
+    path = task_files(RUTIE, settings.data_dir, settings.bpc_data)[0]
+    if not path.is_file():
+        raise VikhrError(f"task {RUTIE}: data file not found: {path} (check --data-dir {settings.data_dir})")
+    return path
 
 
 def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, seconds: float) -> dict[str, Any]:
@@ -250,20 +261,28 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     random.seed(settings.seed)
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    with warnings.catch_warnings():
-        # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
-        # about each one.
-        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-        raw = lm_eval.evaluator.evaluate(
-            lm=lm,
-            task_dict={"tasks": tasks, "groups": {}},
-            limit=settings.limit,
-            bootstrap_iters=settings.bootstrap_iters,
-            # The submission archive is written from the per-document responses.
-            log_samples=settings.log_samples or settings.mera_submission is not None,
-        )
+    raw: dict[str, Any] | None = {"results": {}, "n-samples": {}, "samples": {}}
+    if tasks:
+        with warnings.catch_warnings():
+            # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
+            # about each one.
+            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+            raw = lm_eval.evaluator.evaluate(
+                lm=lm,
+                task_dict={"tasks": tasks, "groups": {}},
+                limit=settings.limit,
+                bootstrap_iters=settings.bootstrap_iters,
+                # The submission archive is written from the per-document responses.
+                log_samples=settings.log_samples or settings.mera_submission is not None,
+            )
     if raw is None:  # only on non-zero ranks of a distributed run
         return {}
+    if RUTIE in settings.tasks:
+        # Asked one question at a time (each prompt holds the model's earlier answers).
+        rutie = evaluate_rutie(lm, _rutie_path(settings), settings.limit)
+        raw["results"][RUTIE] = rutie["results"]
+        raw.setdefault("n-samples", {})[RUTIE] = {"effective": rutie["n"]}
+        raw.setdefault("samples", {})[RUTIE] = rutie["samples"]
     if settings.mera_submission is not None:
         from vikhr.eval.mera import write_submission
 

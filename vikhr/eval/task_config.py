@@ -10,7 +10,7 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import mera_config
 from vikhr.eval.rsg import RSG_BUILDERS
-from vikhr.eval.tasks import _BUILDERS, TASKS, _bpc_config, effective_fewshot, task_files
+from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, task_files
 
 
 def build_task_config(
@@ -31,7 +31,7 @@ def build_task_config(
             where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
             raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
     if name == "bpc":
-        return _bpc_config(bpc_data, bpc_field, limit)
+        return bpc_config(bpc_data, bpc_field, limit)
     spec = TASKS[name]
     fewshot_path = data_dir / spec.fewshot_file if spec.fewshot_file else None
     k = effective_fewshot(name, num_fewshot)
@@ -40,4 +40,4 @@ def build_task_config(
         return RSG_BUILDERS[name](eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
     if name.startswith("mera_"):
         return mera_config(name, eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
-    return _BUILDERS[name](eval_path, fewshot_path, k, limit)
+    return TASK_BUILDERS[name](eval_path, fewshot_path, k, limit)

@@ -198,6 +198,13 @@ TASKS: dict[str, TaskSpec] = {
                     None,
                     ETHICS_METRICS,
                 ),
+                (
+                    "rutie",
+                    "ruTiE, one dialogue of 1/2 questions asked in order, the model's own answers in context",
+                    0,
+                    None,
+                    ("acc",),
+                ),
             )
         ),
         TaskSpec(
@@ -239,7 +246,7 @@ def parse_task_list(tasks: str) -> list[str]:
 # Reading data
 
 
-def _records(
+def read_records(
     path: Path, keys: tuple[str, ...], limit: int | None = None, layout: str | None = None
 ) -> list[dict[str, Any]]:
     """The first `limit` records of a JSONL file, each checked to have `keys` (`layout` names the
@@ -260,7 +267,7 @@ def _records(
     return out
 
 
-def _to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
+def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
     import datasets
 
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
@@ -387,10 +394,10 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        for r in _records(fewshot_path, keys, layout=layout):
+        for r in read_records(fewshot_path, keys, layout=layout):
             dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
         rows = []
-        for raw in _records(eval_path, keys, limit, layout):
+        for raw in read_records(eval_path, keys, limit, layout):
             r = _mmlu_record(eval_path, raw, russian)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
@@ -401,7 +408,7 @@ def _mmlu_config(
                     "label": "ABCD".index(r["answer"]),
                 }
             )
-        return _to_dataset_dict({"test": rows})
+        return to_dataset_dict({"test": rows})
 
     return {
         "task": f"mmlu_{language}",
@@ -416,7 +423,7 @@ def _mmlu_config(
     }
 
 
-def _choice_task_with_shots(
+def choice_task_with_shots(
     task: str,
     rows: Callable[..., list[dict[str, Any]]],
     eval_path: Path,
@@ -432,7 +439,7 @@ def _choice_task_with_shots(
     """A loglikelihood multiple-choice task whose k shots lm-eval draws from the train file."""
     return {
         "task": task,
-        "custom_dataset": lambda **_: _to_dataset_dict(
+        "custom_dataset": lambda **_: to_dataset_dict(
             {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
         ),
         "test_split": "test",
@@ -465,10 +472,10 @@ def terra_prompt(doc: dict[str, Any]) -> str:
     )
 
 
-def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in _records(path, ("premise", "hypothesis", "label"), limit):
+        for r in read_records(path, ("premise", "hypothesis", "label"), limit):
             if r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(f"{path}: label {r['label']!r} is not entailment/not_entailment")
             out.append(
@@ -480,7 +487,7 @@ def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
             )
         return out
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "terra",
         rows,
         eval_path,
@@ -497,13 +504,13 @@ def _terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
 def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in _records(path, ("sentence", "label"), limit):
+        for r in read_records(path, ("sentence", "label"), limit):
             if r["label"] not in (0, 1):
                 raise VikhrError(f"{path}: label {r['label']!r} is not 0 or 1")
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
 
-    return _choice_task_with_shots(
+    return choice_task_with_shots(
         "rucola",
         rows,
         eval_path,
@@ -533,7 +540,7 @@ _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in _records(path, ("question", "answer"), limit):
+        for r in read_records(path, ("question", "answer"), limit):
             golds = chgk_golds(r["answer"], r.get("accepted"))
             out.append(
                 {
@@ -551,7 +558,7 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
 
     return {
         "task": "chegeka",
-        "custom_dataset": lambda **_: _to_dataset_dict(
+        "custom_dataset": lambda **_: to_dataset_dict(
             {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
         ),
         "test_split": "test",
@@ -570,7 +577,7 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
 def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: int | None) -> dict[str, Any]:
     def rows() -> list[dict[str, Any]]:
         out = []
-        for r in _records(eval_path, ("context", "question", "answers"), limit):
+        for r in read_records(eval_path, ("context", "question", "answers"), limit):
             golds = [a for a in r["answers"].get("text", []) if a.strip()]
             if not golds:
                 raise VikhrError(f"{eval_path}: question {r.get('id')!r} has no answer text")
@@ -579,7 +586,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
 
     return {
         "task": "xquad_ru",
-        "custom_dataset": lambda **_: _to_dataset_dict({"test": rows()}),
+        "custom_dataset": lambda **_: to_dataset_dict({"test": rows()}),
         "test_split": "test",
         "output_type": "generate_until",
         "description": "Прочитайте текст и ответьте на вопрос словами из текста.\n\n",
@@ -592,7 +599,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
     }
 
 
-def _bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str, Any]:
+def bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str, Any]:
     def load(**_: Any) -> Any:
         rows = []
         for text in read_texts(text_path, text_field):
@@ -602,7 +609,7 @@ def _bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str
                 break
         if not rows:
             raise VikhrError(f"{text_path} has no non-empty {text_field!r} texts")
-        return _to_dataset_dict({"test": rows})
+        return to_dataset_dict({"test": rows})
 
     def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
         (loglikelihood,) = results
@@ -628,10 +635,10 @@ def _bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str
     }
 
 
-_BUILDERS: dict[str, Callable[[Path, Path | None, int, int | None], dict[str, Any]]] = {
+TASK_BUILDERS: dict[str, Callable[[Path, Path | None, int, int | None], dict[str, Any]]] = {
     "mmlu_en": _mmlu_config,  # type: ignore[dict-item]
     "mmlu_ru": lambda e, f, k, limit: _mmlu_config(e, f, k, limit, "ru"),  # type: ignore[arg-type]
-    "terra": _terra_config,  # type: ignore[dict-item]
+    "terra": terra_config,  # type: ignore[dict-item]
     "rucola": _rucola_config,  # type: ignore[dict-item]
     "chegeka": _chegeka_config,  # type: ignore[dict-item]
     "xquad_ru": _xquad_config,

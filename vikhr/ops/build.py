@@ -4,7 +4,8 @@ The CPU sources always build (a C++20 compiler is all they need). The `.cu` sour
 added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
 holds both. Builds are cached per torch version, variant and a hash of sources and flags (and,
 with CUDA, of the nvcc release and the target architectures) under `$VIKHR_CACHE_DIR` (default
-`~/.cache/vikhr`), so only the first use pays the compile time. Loading the extension registers
+`~/.cache/vikhr`), so only the first use pays the compile time (CPU: ~40 s on 2 cores). The
+library is loaded with `torch.ops.load_library` (no Python module); loading it registers
 the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) for torch.compile.
 """
 
@@ -16,8 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -102,9 +104,9 @@ def _put_ninja_on_path() -> None:
 
 
 @functools.cache
-def load_ops(verbose: bool = False) -> ModuleType:
-    """Build (first time) and load the ops extension: registers `torch.ops.vikhr.*` and their fake
-    kernels; returns the extension's Python module (which only reports `compiled_ops`)."""
+def load_ops(verbose: bool = False) -> Path:
+    """Build (first time) and load the ops library: registers `torch.ops.vikhr.*` and their fake
+    kernels; returns the path of the loaded shared library."""
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
@@ -116,10 +118,11 @@ def load_ops(verbose: bool = False) -> ModuleType:
     build_dir = cache_dir() / "ops" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob("*.so")):
-        print(f"vikhr: compiling csrc ops for {variant} (first use, about a minute)...", file=sys.stderr)
+        print(f"vikhr: compiling csrc ops for {variant} (first use only)...", file=sys.stderr)
     cflags, cuda_cflags, ldflags = _flags(with_cuda)
     try:
-        module = cpp_extension.load(
+        # A plain library (torch.ops.load_library), not a Python module: no pybind11 to compile.
+        library = cpp_extension.load(
             name=f"vikhr_ops_{variant}",
             sources=[str(s) for s in sources],
             extra_include_paths=[str(csrc_dir())],
@@ -128,22 +131,42 @@ def load_ops(verbose: bool = False) -> ModuleType:
             extra_ldflags=ldflags,
             build_directory=str(build_dir),
             with_cuda=with_cuda,
+            is_python_module=False,
             verbose=verbose,
         )
     except (RuntimeError, OSError, ImportError) as e:
         raise VikhrError(f"building the csrc ops failed in {build_dir}: {e}") from e
     register_fake_kernels()
-    return module
+    return Path(library)
+
+
+# An op family -> the op whose kernels stand for it (every op of a family is registered together).
+_OP_FAMILIES = {"logsumexp_rows": "logsumexp_rows", "cross_entropy_kl": "cekl_forward"}
 
 
 def compiled_ops() -> dict[str, list[str]]:
-    """Op name -> devices it is compiled for, as reported by the built extension."""
-    return {k: list(v) for k, v in load_ops().compiled_ops().items()}
+    """Op name -> devices it is compiled for, as the dispatcher reports after loading the ops."""
+    load_ops()
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {
+        family: [d for d in ("cpu", "cuda") if has_kernel(f"vikhr::{op}", d.upper())]
+        for family, op in _OP_FAMILIES.items()
+    }
+
+
+def _assume_constant_result(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compiler.assume_constant_result without its import of torch._dynamo (~1.5 s of every
+    process's start-up) when nothing has imported it yet: it only sets this flag on `fn`.
+    tests/test_ops_cross_entropy_kl.py's fullgraph compile fails if the flag stops being honoured."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 
 # Run when torch.compile traces a caller, which then sees a constant: the op's build is fixed
 # for the life of the process.
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def kernels_compiled_for(op: str, device_type: str) -> bool:
     """Whether `op` (a key of `compiled_ops`) has kernels for `device_type`; builds on first use."""
     return device_type in compiled_ops()[op]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
+import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from vikhr.errors import VikhrError
 
@@ -34,10 +38,50 @@ def require_megatron() -> None:
     problem = megatron_version_problem()
     if problem:
         raise VikhrError(problem)
-    quiet_megatron_warnings()
+    import_megatron_core()
 
 
-def quiet_megatron_warnings() -> None:
-    """Hide megatron-core's import-time warnings (entry points call this before importing it)."""
+def import_megatron_core() -> None:
+    """Import megatron-core the way vikhr's entry points do (call it before its first import).
+
+    Its import-time warnings (every absent optional accelerator, deprecations inside itself) are
+    hidden. Its import-time `torch.compile` calls are deferred: megatron-core binds
+    `jit_fuser = torch.compile` and decorates its fusion helpers with it as it is imported, which
+    imports torch's compiler stack (dynamo, inductor) — ~4.5 s of every process's start-up on a
+    2-core CPU, for helpers vikhr's models never call (their fusions are off). Deferred, a helper
+    is compiled on its first call instead, which is when torch.compile traces it anyway.
+    """
     for category in (UserWarning, DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"megatron\.")
+    if "megatron.core" in sys.modules or megatron_version_problem() is not None:
+        return  # already imported, or require_megatron will say what is wrong
+    import torch
+
+    real = torch.compile
+    torch.compile = compile_on_first_call(real)  # only while megatron-core's modules execute
+    try:
+        import megatron.core
+        import megatron.core.jit  # noqa: F401  (holds the deferred decorator from now on)
+    finally:
+        torch.compile = real
+
+
+def compile_on_first_call(compile_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A stand-in for `torch.compile` (`compile_fn`) that compiles a function on its first call,
+    with the same arguments; as a decorator with or without arguments."""
+
+    def deferred(fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        if fn is None:
+            return lambda f: deferred(f, **kwargs)
+        compiled: Callable[..., Any] | None = None
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kw: Any) -> Any:
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_fn(fn, **kwargs)
+            return compiled(*args, **kw)
+
+        return call
+
+    return deferred

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from vikhr.errors import VikhrError, read_yaml_mapping
+from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 from vikhr.sft.sources import FORMATS
 from vikhr.sft.template import TEMPLATES
 
@@ -91,15 +91,6 @@ class BuildConfig(_Section):
     path: Path = Field(default=Path("."), exclude=True)  # the config file (set by load_build_config)
 
 
-def _one_line(config: Path, error: Any) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
-    if error["type"] == "extra_forbidden":
-        return f"{config}: unknown config key {key!r}"
-    if error["type"] == "missing":
-        return f"{config}: config key {key} is missing"
-    return f"{config}: config key {key}: {error['msg']}, got {error.get('input')!r}"
-
-
 def _check(cfg: BuildConfig) -> None:
     names = [s.name for s in cfg.sources]
     for name in names:
@@ -127,6 +118,6 @@ def load_build_config(path: str | Path, output: str | Path | None = None) -> Bui
     try:
         cfg = BuildConfig.model_validate({**raw, "path": p})
     except pydantic.ValidationError as e:
-        raise VikhrError(_one_line(p, e.errors()[0])) from None
+        raise VikhrError(config_error_line(e.errors()[0], BuildConfig, prefix=f"{p}: ")) from None
     _check(cfg)
     return cfg

@@ -120,19 +120,19 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vikhr.runtime.megatron import quiet_megatron_warnings
+    from vikhr.runtime.megatron import import_megatron_core
     from vikhr.train.cli import run_from_args
 
-    quiet_megatron_warnings()  # the trainer imports megatron-core
+    import_megatron_core()  # the trainer imports megatron-core
     args.overrides = ["data.kind=sft", *args.overrides]
     return run_from_args(args)
 
 
 def _show(args: argparse.Namespace) -> int:
-    from vikhr.runtime.megatron import quiet_megatron_warnings
+    from vikhr.runtime.megatron import import_megatron_core
     from vikhr.sft.prepare import render_prepared
 
-    quiet_megatron_warnings()  # rendering reads the datasets with megatron-core
+    import_megatron_core()  # rendering reads the datasets with megatron-core
     for index in args.index:
         print(render_prepared(args.prefix, index, args.tokenizer))
     return 0

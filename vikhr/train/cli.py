@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from vikhr.errors import VikhrError
-from vikhr.runtime.megatron import quiet_megatron_warnings, require_megatron
+from vikhr.runtime.megatron import import_megatron_core, require_megatron
 
 # Megatron-LM's flag names for the common settings, as aliases of `section.key=value` overrides.
 MEGATRON_FLAGS: dict[str, str] = {
@@ -99,7 +99,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """pretrain_vikhr.py: parse the arguments and run (errors reach the caller as VikhrError)."""
-    quiet_megatron_warnings()
     args = build_arg_parser().parse_args(argv)
     return run_from_args(args)
 
@@ -108,6 +107,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Load the config (--config plus overrides) and train, or print the --dry-run memory table."""
     # Imported here, not at the top: the config and the trainer load torch and megatron-core
     # (seconds), which `vikhr --help` and every other command would otherwise pay for.
+    import_megatron_core()
     from vikhr.train.config import load_config
 
     if args.dry_run and (args.gpus < 1 or not args.gpu_memory_gb > 0):

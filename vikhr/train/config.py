@@ -20,11 +20,10 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -38,7 +37,7 @@ from pydantic import (
     PositiveInt,
 )
 
-from vikhr.errors import VikhrError, read_yaml_mapping
+from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
@@ -209,7 +208,7 @@ def load_config(
     try:
         cfg = TrainConfig.model_validate(raw)
     except pydantic.ValidationError as e:
-        raise VikhrError(_one_line(e.errors()[0])) from None
+        raise VikhrError(config_error_line(e.errors()[0], TrainConfig)) from None
     validate(cfg, check_files=check_files)
     return cfg
 
@@ -229,65 +228,6 @@ def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:
         node[last].update(value)
     else:
         node[last] = value
-
-
-def _suggest(name: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def _keys_at(loc: Sequence[str | int]) -> list[str]:
-    """The known keys of the section (or list item) at `loc`."""
-    model: type[BaseModel] = TrainConfig
-    for part in loc:
-        if isinstance(part, str):
-            annotation = model.model_fields[part].annotation
-            model = get_args(annotation)[0] if get_origin(annotation) is list else annotation
-    return list(model.model_fields)
-
-
-_EXPECTED = {
-    "int": "int",
-    "float": "float",
-    "bool": "bool",
-    "string": "str",
-    "list": "a list",
-    "dict": "a mapping of keys",
-    "model": "a mapping of keys",
-    "model_attributes": "a mapping of keys",
-}
-
-
-def _one_line(error: Any, prefix: str = "") -> str:
-    """A pydantic error as this config's one-line message naming the key."""
-    loc, kind, ctx, got = error["loc"], error["type"], error.get("ctx", {}), error.get("input")
-    key = prefix + _dotted(loc)
-    if kind == "extra_forbidden":
-        if len(loc) == 1 and not prefix:
-            return f"unknown config section {loc[0]!r}{_suggest(str(loc[0]), _keys_at(()))}"
-        return f"unknown config key {key!r}{_suggest(str(loc[-1]), _keys_at(loc[:-1]))}"
-    if kind == "missing":
-        return f"config key {key} is missing"
-    if kind == "literal_error":
-        return f"config key {key} must be {ctx['expected'].replace(chr(39), '')}, got {got!r}"
-    if kind == "finite_number":
-        return f"config key {key} must be a finite number, got {got}"
-    if kind == "greater_than" and ctx.get("gt") == 0:
-        return f"config key {key} must be positive, got {got}"
-    bounds = {"greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=", "greater_than": ">"}
-    if kind in bounds:
-        return f"config key {key} must be {bounds[kind]} {next(iter(ctx.values())):g}, got {got}"
-    if kind in ("too_short", "too_long"):
-        bound = f"at least {ctx['min_length']}" if kind == "too_short" else f"at most {ctx['max_length']}"
-        return f"config key {key} must have {bound} items, got {got!r}"
-    base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
-    if base in _EXPECTED:
-        return f"config key {key}: expected {_EXPECTED[base]}, got {got!r}"
-    return f"config key {key}: {error['msg']}, got {got!r}"
 
 
 # --------------------------------------------------------------------------- checks across keys
@@ -327,16 +267,16 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
 def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
     if m.preset not in PRESETS:
         raise VikhrError(
-            f"config key model.preset: unknown preset {m.preset!r}{_suggest(m.preset, list(PRESETS))}"
+            f"config key model.preset: unknown preset {m.preset!r}{suggest(m.preset, list(PRESETS))}"
         )
     known = [f.name for f in dataclasses.fields(ModelConfig)]
     for k in m.overrides:
         if k not in known:
-            raise VikhrError(f"unknown config key 'model.overrides.{k}'{_suggest(k, known)}")
+            raise VikhrError(f"unknown config key 'model.overrides.{k}'{suggest(k, known)}")
     try:
         mcfg = m.shape()
     except pydantic.ValidationError as e:
-        raise VikhrError(_one_line(e.errors()[0], prefix="model.overrides.")) from None
+        raise VikhrError(config_error_line(e.errors()[0], key_prefix="model.overrides.")) from None
     try:
         mcfg.validate()
     except VikhrError as e:

@@ -1,0 +1,155 @@
+"""MERA ruTiE (Turing-test Interview Emulation): a long dialogue of two-choice questions.
+
+Each question is asked with the dialogue so far in its prompt — the earlier questions, their
+options and the model's *own* earlier answers — so the questions must be asked one after another
+by `question_id`; lm-eval's evaluator builds every request up front and cannot do that. This module
+is the release's loop (`evaluate_rutie` and `tasks/rutie.py` of ai-forever/MERA's lm-evaluation-harness):
+
+* question 0: its instruction formatted with `context` = "", blank lines collapsed, then "\\nОтвет:";
+* question k > 0: the dialogue's first instruction formatted with the question's inputs and
+  `context` = the earlier questions, each "{question}\\n1. {choice1}\\n2. {choice2}\\nОтвет: {answer}"
+  (the model's answer, 1 or 2), joined by newlines; then "\\nОтвет:";
+* the answer is the more likely of " 1" and " 2"; accuracy over the dialogue.
+
+A file may hold several dialogues (`meta.dialog_id`); each starts with an empty context. The
+submission file `ruTiE.json` lists the dialogues, each a list of
+{"outputs": "1"|"2", "meta": {"dialog_id", "question_id"}}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vikhr.errors import VikhrError
+from vikhr.eval.tasks import read_records
+
+RUTIE = "mera_rutie"
+CHOICES = ("1", "2")
+
+
+def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, Any]]]:
+    """The dialogues of a ruTiE file, each in `question_id` order; with `limit`, the first `limit`
+    questions in (dialog_id, question_id) order."""
+    dialogues: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in read_records(path, ("instruction", "inputs", "outputs", "meta"), layout="MERA ruTiE"):
+        inputs, meta = r["inputs"], r["meta"]
+        if (
+            not isinstance(inputs, dict)
+            or not all(isinstance(inputs.get(k), str) for k in ("question", "choice1", "choice2"))
+            or not isinstance(meta, dict)
+            or not all(isinstance(meta.get(k), int) for k in ("dialog_id", "question_id"))
+        ):
+            raise VikhrError(
+                f"{path}: a record lacks inputs.question/choice1/choice2 or integer "
+                "meta.dialog_id/question_id (MERA ruTiE layout)"
+            )
+        if r["outputs"] not in ("", *CHOICES):
+            raise VikhrError(
+                f"{path}: dialog {meta['dialog_id']} question {meta['question_id']}: "
+                f"outputs {r['outputs']!r} is not 1, 2 or empty (MERA ruTiE layout)"
+            )
+        dialogues[meta["dialog_id"]].append(r)
+    out = []
+    for dialog_id in sorted(dialogues):
+        questions = sorted(dialogues[dialog_id], key=lambda r: r["meta"]["question_id"])
+        ids = [r["meta"]["question_id"] for r in questions]
+        if ids != list(range(len(ids))):
+            raise VikhrError(
+                f"{path}: dialog {dialog_id} has question ids {ids[:5]}...; a dialogue must number its "
+                "questions 0, 1, 2, ... without gaps (MERA ruTiE layout)"
+            )
+        out.append(questions)
+    if limit is not None:
+        kept, left = [], limit
+        for questions in out:
+            if left <= 0:
+                break
+            kept.append(questions[:left])
+            left -= len(kept[-1])
+        out = kept
+    return out
+
+
+def _format(path: Path, template: str, fields: dict[str, str], where: str) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise VikhrError(f"{path}: {where}: the instruction needs input {e} (MERA ruTiE layout)") from e
+
+
+def rutie_prompt(
+    dialogue: list[dict[str, Any]], position: int, answers: list[str], path: Path = Path("ruTiE")
+) -> str:
+    """The prompt of question `position` of `dialogue`, after the model answered `answers` to the
+    questions before it."""
+    doc = dialogue[position]
+    where = f"dialog {doc['meta']['dialog_id']} question {position}"
+    if position == 0:
+        text = _format(path, doc["instruction"], {**doc["inputs"], "context": ""}, where)
+        return text.replace("\n\n", "\n") + "\nОтвет:"
+    context = "\n".join(
+        f"{q['inputs']['question']}\n1. {q['inputs']['choice1']}\n2. {q['inputs']['choice2']}\nОтвет: {a}"
+        for q, a in zip(dialogue[:position], answers, strict=True)
+    )
+    return (
+        _format(path, dialogue[0]["instruction"], {**doc["inputs"], "context": context}, where) + "\nОтвет:"
+    )
+
+
+def evaluate_rutie(lm: Any, path: Path, limit: int | None = None) -> dict[str, Any]:
+    """Ask every question of `path` in order; lm-eval-shaped results:
+    {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "samples": [...]}.
+    Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
+    from lm_eval.api.instance import Instance
+    from tqdm import tqdm
+
+    dialogues = read_dialogues(path, limit)
+    samples: list[dict[str, Any]] = []
+    with tqdm(total=sum(map(len, dialogues)), desc="mera_rutie (one question at a time)") as bar:
+        for dialogue in dialogues:
+            answers: list[str] = []
+            for position, doc in enumerate(dialogue):
+                prompt = rutie_prompt(dialogue, position, answers, path)
+                requests = [
+                    Instance("loglikelihood", doc, (prompt, " " + c), i, (RUTIE, len(samples), 1))
+                    for i, c in enumerate(CHOICES)
+                ]
+                resps = lm.loglikelihood(requests, disable_tqdm=True)
+                pred = CHOICES[max(range(len(CHOICES)), key=lambda i: resps[i][0])]
+                answers.append(pred)
+                samples.append(
+                    {
+                        "doc_id": len(samples),
+                        "doc": {"meta": doc["meta"], "outputs": doc["outputs"]},
+                        "prompt": prompt,
+                        "resps": [list(r) for r in resps],
+                        "pred": pred,
+                        "acc": math.nan if not doc["outputs"] else float(pred == doc["outputs"]),
+                    }
+                )
+                bar.update(1)
+    accs = [s["acc"] for s in samples]
+    if any(math.isnan(a) for a in accs):
+        acc = stderr = math.nan
+    else:
+        acc = sum(accs) / len(accs)
+        n = len(accs)
+        stderr = math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else math.nan
+    return {"results": {"acc,none": acc, "acc_stderr,none": stderr}, "n": len(samples), "samples": samples}
+
+
+def rutie_submission(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """ruTiE.json of MERA's submission archive: the dialogues, each the list of its answers."""
+    dialogues: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for s in samples:
+        meta = s["doc"]["meta"]
+        dialogues[meta["dialog_id"]].append(
+            {
+                "outputs": s["pred"],
+                "meta": {"dialog_id": meta["dialog_id"], "question_id": meta["question_id"]},
+            }
+        )
+    return {"data": {"test": [dialogues[d] for d in sorted(dialogues)]}}
