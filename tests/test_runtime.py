@@ -19,9 +19,14 @@ def test_megatron_version_pin(monkeypatch: pytest.MonkeyPatch) -> None:
     real = md.version
     monkeypatch.setattr(md, "version", lambda d: "0.15.0" if d == "megatron-core" else real(d))
     problem = vmegatron.megatron_version_problem()
-    assert "0.15.0" in problem and vmegatron.MEGATRON_CORE_VERSION in problem
-    with pytest.raises(VikhrError, match="pip install megatron-core=="):
+    assert "0.15.0" in problem and vmegatron.MEGATRON_CORE_REQUIREMENT in problem
+    with pytest.raises(VikhrError, match="pip install 'megatron-core>="):
         vmegatron.require_megatron()
+    for newer in ("0.17.1", "0.19.2"):  # the tested range
+        monkeypatch.setattr(md, "version", lambda d, v=newer: v if d == "megatron-core" else real(d))
+        assert vmegatron.megatron_version_problem() is None
+    monkeypatch.setattr(md, "version", lambda d: "0.20.0" if d == "megatron-core" else real(d))
+    assert "0.20.0 is installed" in vmegatron.megatron_version_problem()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA requests are real where CUDA exists")

@@ -16,7 +16,7 @@ rm -rf .whl && mkdir -p .whl
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-  -d .whl "megatron-core==0.16.1" "zstandard>=0.22,<0.26" "liger-kernel>=0.5,<1" \
+  -d .whl "megatron-core>=0.16.1,<0.20" "zstandard>=0.22,<0.26" "liger-kernel>=0.5,<1" \
   "pytest-timeout>=2.3,<3"
 test -f vikhr/_core.abi3.so || { echo "vikhr/_core.abi3.so missing: run 'make setup' first" >&2; exit 1; }
 ls -1 .whl

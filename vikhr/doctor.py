@@ -28,7 +28,7 @@ def collect() -> list[tuple[str, str]]:
     import torch
 
     from vikhr import __version__
-    from vikhr.runtime.megatron import MEGATRON_CORE_VERSION, megatron_version_problem
+    from vikhr.runtime.megatron import MEGATRON_CORE_REQUIREMENT, megatron_version_problem
 
     rows: list[tuple[str, str]] = [
         ("vikhr", __version__),
@@ -75,7 +75,7 @@ def collect() -> list[tuple[str, str]]:
     fa = _present("flash_attn")
     sdpa = "torch SDPA (flash kernels on GPU)" if cuda else "torch SDPA (math kernel on CPU)"
     rows.append(("flash-attn", "present" if fa else f"absent: {sdpa}"))
-    rows.append(("megatron-core pinned", MEGATRON_CORE_VERSION))
+    rows.append(("megatron-core supported", MEGATRON_CORE_REQUIREMENT.removeprefix("megatron-core")))
     return rows
 
 

@@ -11,20 +11,26 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 
-# vikhr.runtime.cpu_compat and the model builders touch megatron-core internals of this release.
-MEGATRON_CORE_VERSION = "0.16.1"
+# The megatron-core releases vikhr is tested with (vikhr.runtime.cpu_compat and the model builders
+# touch its internals): CI runs the oldest, the only one with a wheel for Python 3.11; the newest
+# is tested on Python 3.12 (the CPU tests and the GPU check).
+MEGATRON_CORE_MIN = "0.16.1"
+MEGATRON_CORE_BELOW = "0.20"
+MEGATRON_CORE_REQUIREMENT = f"megatron-core>={MEGATRON_CORE_MIN},<{MEGATRON_CORE_BELOW}"
 
 
 def megatron_version_problem() -> str | None:
     """A sentence describing what is wrong with the installed megatron-core, or None when it is right."""
+    from packaging.version import Version
+
     try:
         installed = md.version("megatron-core")
     except md.PackageNotFoundError:
-        return f"megatron-core is not installed; pip install megatron-core=={MEGATRON_CORE_VERSION}"
-    if installed != MEGATRON_CORE_VERSION:
+        return f"megatron-core is not installed; pip install '{MEGATRON_CORE_REQUIREMENT}'"
+    if not Version(MEGATRON_CORE_MIN) <= Version(installed) < Version(MEGATRON_CORE_BELOW):
         return (
-            f"megatron-core {installed} is installed but vikhr is written for {MEGATRON_CORE_VERSION}; "
-            f"pip install megatron-core=={MEGATRON_CORE_VERSION}"
+            f"megatron-core {installed} is installed but vikhr supports {MEGATRON_CORE_MIN} up to (not "
+            f"including) {MEGATRON_CORE_BELOW}; pip install '{MEGATRON_CORE_REQUIREMENT}'"
         )
     return None
 
