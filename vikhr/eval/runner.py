@@ -17,7 +17,7 @@ from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.rsg import rsg_total
-from vikhr.eval.task_config import build_task_config
+from vikhr.eval.task_config import build_task_config, checked_task_files
 from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
@@ -191,10 +191,7 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
 
 
 def _rutie_path(settings: EvalSettings) -> Path:
-    path = task_files(RUTIE, settings.data_dir, settings.bpc_data)[0]
-    if not path.is_file():
-        raise VikhrError(f"task {RUTIE}: data file not found: {path} (check --data-dir {settings.data_dir})")
-    return path
+    return checked_task_files(RUTIE, settings.data_dir, settings.bpc_data)[0]
 
 
 def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, seconds: float) -> dict[str, Any]:

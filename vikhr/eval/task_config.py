@@ -13,6 +13,16 @@ from vikhr.eval.rsg import RSG_BUILDERS
 from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, task_files
 
 
+def checked_task_files(name: str, data_dir: Path, bpc_data: Path) -> list[Path]:
+    """The files task `name` reads, each checked to exist (one line naming the missing one)."""
+    paths = task_files(name, data_dir, bpc_data)
+    for path in paths:
+        if not path.is_file():
+            where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
+            raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
+    return paths
+
+
 def build_task_config(
     name: str,
     data_dir: Path,
@@ -26,10 +36,7 @@ def build_task_config(
     `limit` keeps the first documents only, as lm-eval's own limit does, so that a short run
     does not prepare prompts for the whole set.
     """
-    for path in task_files(name, data_dir, bpc_data):
-        if not path.is_file():
-            where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
-            raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
+    checked_task_files(name, data_dir, bpc_data)
     if name == "bpc":
         return bpc_config(bpc_data, bpc_field, limit)
     spec = TASKS[name]

@@ -144,6 +144,7 @@ def load_ops(verbose: bool = False) -> Path:
 _OP_FAMILIES = {"logsumexp_rows": "logsumexp_rows", "cross_entropy_kl": "cekl_forward"}
 
 
+@functools.cache  # fixed once the ops are loaded; asked on every op call (require_kernels)
 def compiled_ops() -> dict[str, list[str]]:
     """Op name -> devices it is compiled for, as the dispatcher reports after loading the ops."""
     load_ops()
