@@ -10,12 +10,12 @@ The loop itself is `vikhr.train.trainer` (read it top to bottom); `vikhr pretrai
 
 import sys
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, print_error_line
 from vikhr.train.cli import main
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except VikhrError as e:
-        print(f"pretrain_vikhr.py: error: {e}", file=sys.stderr)
+        print_error_line(f"pretrain_vikhr.py: error: {e}")
         sys.exit(2)

@@ -54,6 +54,26 @@ def test_unknown_command_is_one_line_and_nonzero() -> None:
     assert "frobnicate" in lines[0] and "vikhr --help" in lines[0]
 
 
+def test_error_line_is_one_write_so_ranks_sharing_a_pipe_do_not_interleave(monkeypatch) -> None:
+    from vikhr.errors import print_error_line
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            self.writes.append("<flush>")
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    print_error_line("vikhr x: error: what, where, how to fix")
+    assert recorder.writes == ["vikhr x: error: what, where, how to fix\n", "<flush>"]
+
+
 def test_missing_file_is_one_line_and_nonzero(tmp_path) -> None:
     missing = tmp_path / "nope.jsonl.gz"
     proc = run_vikhr("demo", "--ru-corpus", str(missing), "--workdir", str(tmp_path / "w"))

@@ -14,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, print_error_line
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -71,19 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except VikhrError as e:  # raised by an argument's own parser (e.g. a character budget)
-        print(f"vikhr: error: {e}", file=sys.stderr)
+        print_error_line(f"vikhr: error: {e}")
         return 2
     try:
         return int(args.func(args) or 0)
     except VikhrError as e:
-        print(f"vikhr {args.command}: error: {e}", file=sys.stderr)
+        print_error_line(f"vikhr {args.command}: error: {e}")
         return 2
     except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
         where = f" {e.filename}" if e.filename else ""
-        print(
+        print_error_line(
             f"vikhr {args.command}: error: cannot access{where}: {e.strerror or e} "
-            "(check the path, its permissions and the free space)",
-            file=sys.stderr,
+            "(check the path, its permissions and the free space)"
         )
         return 2
     except KeyboardInterrupt:

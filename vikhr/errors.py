@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,13 @@ from typing import Any, get_args
 
 class VikhrError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
+
+
+def print_error_line(line: str) -> None:
+    """Print `line` on stderr in a single write: under torchrun every rank shares one pipe, and
+    print()'s separate write of the newline lets two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
