@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-STEPS = ["env", "build", "op-tests", "kernel-bench", "train-tests", "train-bench"]
+STEPS = ["env", "build", "op-tests", "kernel-bench", "train-tests", "train-bench", "eval-bench"]
 
 
 def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -47,6 +47,9 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     assert {r["impl"] for r in measured} >= {"vikhr fused", "vikhr fused/buf", "eager"}
     assert all("failed" not in r for r in rows)
     assert "tokens/s" in (tmp_path / "train-bench.log").read_text()
+    evaluated = json.loads((tmp_path / "eval-bench.json").read_text())
+    assert set(evaluated["tasks"]) == {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}
+    assert all(r["tokens_per_s"] > 0 for per_batch in evaluated["rates"].values() for r in per_batch.values())
     assert not (tmp_path / "cache").exists()  # the build cache stays out of OUT_DIR
 
 

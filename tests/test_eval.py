@@ -6,6 +6,7 @@ computation; a model rigged to always say one answer scores exactly that answer'
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -20,7 +21,7 @@ from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.eval import EvalSettings, parse_task_list, run_eval
-from vikhr.eval.runner import _make_lm, load_tokenizer
+from vikhr.eval.runner import cpu_batch_size, load_tokenizer, make_lm, markdown_table, task_documents
 from vikhr.eval.tasks import (
     TASKS,
     bits_per_character,
@@ -73,13 +74,13 @@ def settings_for(model_dir: Path, tasks: list[str], data_dir: Path, **kw: Any) -
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_dir: Path) -> Any:
-    return _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+    return make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
 
 
 @pytest.fixture(scope="module")
 def rigged_lm(tiny_dir: Path) -> Any:
     """A second copy whose every position has the same hidden state (see `rig`)."""
-    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+    lm = make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
     model = lm.model
     with torch.no_grad():
         # Attention and MLP add nothing, every embedding is the same vector: the final hidden
@@ -315,6 +316,96 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     assert "| terra | acc |" in table and "| bpc | bpc |" in table
     assert not list(out.parent.glob("*.tmp"))
     assert "| terra | acc |" in capsys.readouterr().out
+
+
+def test_each_task_records_its_time_requests_and_model_tokens(
+    tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
+) -> None:
+    seen: list[int] = []  # positions of every forward pass, read at the model itself
+    forward = tiny_lm.model.forward
+
+    def counting_forward(input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append(input_ids.numel())
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.model, "forward", counting_forward)
+    out = run_eval(settings_for(tiny_dir, ["terra", "bpc"], shared_data / "eval", limit=3), lm=tiny_lm)
+    terra, bpc = out["tasks"]["terra"], out["tasks"]["bpc"]
+    assert terra["requests"] == 3 * 2  # one loglikelihood per choice (entailment / not_entailment)
+    assert bpc["requests"] == 3  # one rolling loglikelihood per text
+    # Every position the model ran is counted against exactly one task.
+    assert terra["model_tokens"] > 0 and bpc["model_tokens"] > 0
+    assert terra["model_tokens"] + bpc["model_tokens"] == sum(seen)
+    assert all(task["seconds"] > 0 for task in (terra, bpc))
+    assert terra["seconds"] + bpc["seconds"] <= out["seconds"] + 0.1
+    table = markdown_table(out)
+    assert f"| terra | {terra['seconds']:.2f} | 6 | {terra['model_tokens']:,} |" in table
+
+
+def test_task_documents_counts_what_a_run_evaluates(tiny_dir: Path, shared_data: Path) -> None:
+    data = shared_data / "eval"
+    in_file = len(list(read_jsonl(data / "terra" / "val.jsonl")))
+    texts = len(list(read_texts(RU_SAMPLE, "text")))
+    assert task_documents(settings_for(tiny_dir, ["terra", "bpc"], data)) == {"terra": in_file, "bpc": texts}
+    assert task_documents(settings_for(tiny_dir, ["bpc", "terra"], data, limit=4)) == {"bpc": 4, "terra": 4}
+
+
+def test_cpu_batch_size_fits_a_quarter_of_free_memory() -> None:
+    gib = 1 << 30
+    # 1000 tokens of a 32k-vocabulary, 4096-wide model: 1000·4·(3·32000 + 16·4096) = 646,144,000 bytes.
+    assert cpu_batch_size(1000, 32000, 4096, available=16 * gib, cap=64) == 6  # 4 GiB / 646 MB = 6.6
+    assert cpu_batch_size(1000, 32000, 4096, available=1024 * gib, cap=64) == 64
+    assert cpu_batch_size(32768, 32000, 4096, available=gib, cap=64) == 1
+
+
+def test_auto_batch_size_on_cpu_batches_without_probing_and_scores_the_same(
+    tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
+) -> None:
+    settings = settings_for(tiny_dir, ["terra", "xquad_ru", "bpc"], shared_data / "eval", limit=4)
+    one = run_eval(settings, lm=tiny_lm)
+    auto_settings = dataclasses.replace(settings, batch_size="auto", max_batch_size=3)
+    auto_lm = make_lm(auto_settings, load_tokenizer(tiny_dir, None))
+    batches: list[tuple[int, int]] = []
+    forward = auto_lm.model.forward
+
+    def counting_forward(input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
+        batches.append((input_ids.shape[0], input_ids.numel()))
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(auto_lm.model, "forward", counting_forward)
+    auto = run_eval(auto_settings, lm=auto_lm)
+    assert max(b for b, _ in batches) == 3  # batched, and never beyond --max-batch-size
+    # No probing passes: every position run is one a task asked for.
+    assert sum(t["model_tokens"] for t in auto["tasks"].values()) == sum(n for _, n in batches)
+    assert auto["tasks"]["terra"]["metrics"] == one["tasks"]["terra"]["metrics"]
+    assert auto["tasks"]["bpc"]["metrics"]["bpc"] == pytest.approx(
+        one["tasks"]["bpc"]["metrics"]["bpc"], rel=1e-5
+    )
+    assert auto["tasks"]["xquad_ru"]["n"] == 4
+
+
+@pytest.mark.gpu
+def test_auto_batch_size_on_gpu_probes_at_the_length_the_requests_need(
+    tiny_dir: Path, monkeypatch: Any
+) -> None:
+    fixtures = Path(__file__).parent / "data" / "eval_fixtures"
+    settings = settings_for(tiny_dir, ["mera_chegeka", "bpc"], fixtures, limit=4)
+    settings = dataclasses.replace(settings, device="cuda", batch_size="auto")
+    lm = make_lm(settings, load_tokenizer(tiny_dir, None))
+    probes: list[int] = []
+    forward = lm.model.forward
+
+    def spying_forward(input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if lm._probing:
+            probes.append(input_ids.shape[1])
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", spying_forward)
+    out = run_eval(settings, lm=lm)
+    # lm-eval alone would probe generation and rolling requests at the whole context (4096 here).
+    assert probes and max(probes) < lm.max_length == 4096
+    assert out["tasks"]["mera_chegeka"]["n"] == 2  # the fixture's two questions
+    assert out["tasks"]["bpc"]["metrics"]["bpc"] > 0
 
 
 def _one_line_error(argv: list[str], capsys: Any) -> str:

@@ -32,7 +32,7 @@ from vikhr.eval.rsg import (
     rucos_scores,
     task_score,
 )
-from vikhr.eval.runner import _make_lm, load_tokenizer, run_eval
+from vikhr.eval.runner import load_tokenizer, make_lm, run_eval
 from vikhr.eval.task_config import build_task_config
 from vikhr.eval.tasks import TASKS, parse_task_list
 from vikhr.jsonl import read_jsonl
@@ -270,7 +270,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_dir: Path) -> Any:
-    return _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+    return make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
 
 
 def argmax(resps: list[Any]) -> int:
@@ -481,7 +481,7 @@ def test_mera_scores_local_answers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path)
 
 def test_rigged_model_scores_the_share_of_yes(tiny_dir: Path) -> None:
     """A model that always says " да" scores the share of label-1 documents; its LiDiRus MCC is 0."""
-    lm = _make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
+    lm = make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
     import torch
 
     with torch.no_grad():

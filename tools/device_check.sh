@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 7 by default): builds
-# the csrc/ extension with CUDA, runs the GPU op tests, the kernel benchmark, the GPU training tests
-# and the training benchmark, in that order. Each step has a time limit and writes its results
+# GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 8 by default): builds
+# the csrc/ extension with CUDA, runs the GPU op tests, the kernel benchmark, the GPU training tests,
+# the training benchmark and the evaluation benchmark, in that order. Each step has a time limit and writes its results
 # under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
 #   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
 #                     code, seconds, limit and log; "finished" is false until the last step is done
@@ -10,13 +10,18 @@
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
-#   train-tests.log   pytest -m gpu over the model and trainer tests (bf16 training, SDPA spec)
+#   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
+#                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
+#   eval-bench.log    tools/bench_eval.py: `vikhr eval` per task on a random Mistral-7B (bf16), batch 1
+#                     vs auto, and the suite's time estimated from it (+ eval-bench.json); tasks on the
+#                     bundled eval fixtures, plus the default tasks when DEVICE_CHECK_EVAL_DATA names a
+#                     copy of the evaluation data directory
 #
 # Usage: tools/device_check.sh [--dry-run] OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
 #   --dry-run (or DEVICE_CHECK_DRY_RUN=1): the same steps on the CPU at tiny sizes, the GPU tests
 #   collected but skipped; tests/test_device_check.py runs it, so a broken step shows up here first.
-# Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 420), DEVICE_CHECK_COMPILE=1 (also
+# Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 480), DEVICE_CHECK_COMPILE=1 (also
 # time torch.compile in the kernel benchmark), VIKHR_CACHE_DIR (the build cache; never in OUT_DIR).
 # Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
 # PyPI is reachable); they are installed into a private directory on PYTHONPATH.
@@ -35,7 +40,7 @@ fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-BUDGET=${DEVICE_CHECK_BUDGET_S:-420}
+BUDGET=${DEVICE_CHECK_BUDGET_S:-480}
 PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
 SITE=/tmp/vikhr-device-check-site
@@ -106,12 +111,24 @@ skip_step() {  # skip_step NAME REASON
 write_summary false
 step env 30 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -c \"import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())\""
 
+# The evaluation benchmark's data: the bundled fixtures (each in its release's layout), and the
+# default tasks' own files when a copy of the evaluation data directory came along.
+EVAL_DATA=$(mktemp -d /tmp/vikhr-device-check-eval.XXXXXX)
+EVAL_TASKS=mmlu_ru,rsg_terra,rsg_muserc,mera_chegeka,bpc
+trap 'rm -rf "$EVAL_DATA"' EXIT
+ln -s "$REPO"/tests/data/eval_fixtures/*/ "$EVAL_DATA"/
+if [[ -n ${DEVICE_CHECK_EVAL_DATA:-} ]]; then
+  ln -s "$(cd "$DEVICE_CHECK_EVAL_DATA" && pwd)"/*/ "$EVAL_DATA"/
+  EVAL_TASKS=mmlu_en,terra,rucola,chegeka,xquad_ru,$EVAL_TASKS
+fi
 if [[ $DRY == 1 ]]; then
   BENCH_KERNELS=(--device cpu --n 64 --vocab 4096 --runs 1 --threads 1 --timeout 60)
   BENCH_TRAIN=(--cpu-small --layers 1 --batch 1 --seq 64 --warmup 1 --repeats 1)
+  BENCH_EVAL=(--random tiny --device cpu --dtype float32 --batch-sizes 1 2 --limit 2 --repeats 1)
 else
   BENCH_KERNELS=(--device cuda --n 8192 --vocab 40000 131072 --runs 5 --timeout 120)
   BENCH_TRAIN=(--warmup 1 --repeats 3)
+  BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 16 --repeats 1)
 fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
 
@@ -129,11 +146,14 @@ assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compil
 "; then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
   step kernel-bench 180 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
-  step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py
+  step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
 else
   for name in op-tests kernel-bench train-tests train-bench; do skip_step "$name" "the build did not pass"; done
 fi
+# `vikhr eval` runs transformers' model, not the csrc/ ops: it does not wait on the build.
+step eval-bench 150 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \
+  --data-dir "$EVAL_DATA" --json "$OUT/eval-bench.json"
 write_summary true
 echo "device_check: $FAILED step(s) not passed, $((SECONDS - START))s (summary.json)" | tee -a "$OUT/summary.txt"
 ((FAILED == 0))

@@ -24,6 +24,16 @@ def _batch_size(value: str) -> int | str:
     return size
 
 
+def _positive_int(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return size
+
+
 def _compare(args: argparse.Namespace) -> int:
     from vikhr.eval.compare import compare
 
@@ -73,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         num_fewshot=args.num_fewshot,
         batch_size=args.batch_size,
+        max_batch_size=args.max_batch_size,
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
@@ -130,7 +141,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mera_ruworldtree, mera_simplear, mera_rumultiar 5; chegeka, mera_chegeka 4; mera_lcs, mera_bps 2; "
         "others 0)",
     )
-    p.add_argument("--batch-size", type=_batch_size, default=1, help="batch size or 'auto' (default 1)")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1,
+        help="batch size or 'auto' (default 1): on a GPU the largest that fits, found by trying; "
+        "on a CPU the largest whose forward pass fits in a quarter of the free memory",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=64,
+        help="the largest batch 'auto' may choose (default 64)",
+    )
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument(
         "--dtype",

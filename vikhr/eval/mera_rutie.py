@@ -101,7 +101,8 @@ def rutie_prompt(
 
 def evaluate_rutie(lm: Any, path: Path, limit: int | None = None) -> dict[str, Any]:
     """Ask every question of `path` in order; lm-eval-shaped results:
-    {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "samples": [...]}.
+    {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "requests": loglikelihoods,
+    "samples": [...]}.
     Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
     from lm_eval.api.instance import Instance
     from tqdm import tqdm
@@ -138,7 +139,12 @@ def evaluate_rutie(lm: Any, path: Path, limit: int | None = None) -> dict[str, A
         acc = sum(accs) / len(accs)
         n = len(accs)
         stderr = math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else math.nan
-    return {"results": {"acc,none": acc, "acc_stderr,none": stderr}, "n": len(samples), "samples": samples}
+    return {
+        "results": {"acc,none": acc, "acc_stderr,none": stderr},
+        "n": len(samples),
+        "requests": len(samples) * len(CHOICES),
+        "samples": samples,
+    }
 
 
 def rutie_submission(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ class EvalSettings:
     limit: int | None = None
     num_fewshot: int | None = None
     batch_size: int | str = 1
+    max_batch_size: int = 64  # where `batch_size="auto"` starts its search
     device: str | None = None
     dtype: str = "auto"
     max_length: int | None = None
@@ -106,25 +109,113 @@ def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
         )
 
 
-def _make_lm(settings: EvalSettings, tokenizer: Tokenizer) -> Any:
+def available_memory() -> int:
+    """Bytes of memory the machine can still give (MemAvailable), or 4 GiB where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def cpu_batch_size(length: int, vocab: int, hidden: int, available: int, cap: int) -> int:
+    """`--batch-size auto` on a CPU: the most sequences of `length` tokens whose forward pass fits in
+    a quarter of `available` bytes, between 1 and `cap`. A sequence holds its float32 logits three
+    times over (the logits, lm-eval's log-softmax, the gathered copy) and a few hidden states."""
+    per_sequence = length * 4 * (3 * vocab + 16 * hidden)
+    return max(1, min(cap, available // 4 // max(per_sequence, 1)))
+
+
+def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> Any:
+    """The lm-eval LM of `settings.model_dir`, or of `model` (a transformers causal LM already in
+    memory, on its device and in its dtype) when given."""
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    class RollingWithoutBosLM(HFLM):
-        """HFLM whose rolling loglikelihood scores the text's tokens only.
+    class VikhrLM(HFLM):
+        """HFLM with three changes.
 
-        HFLM encodes a rolling text with the tokenizer's default special tokens, so with a tokenizer
-        that adds BOS (Mistral, Llama) the text's first "token" would be a BOS after the BOS prefix
-        token, scored as part of the text. Here the text is encoded without special tokens and the
-        prefix token (BOS) conditions the first real token, as in training.
+        - Its rolling loglikelihood scores the text's tokens only. HFLM encodes a rolling text with
+          the tokenizer's default special tokens, so with a tokenizer that adds BOS (Mistral, Llama)
+          the text's first "token" would be a BOS after the BOS prefix token, scored as part of the
+          text. Here the text is encoded without special tokens and the prefix token (BOS)
+          conditions the first real token, as in training.
+        - It counts the positions it runs through the model (`model_tokens`).
+        - `batch_size="auto"` searches at the length the requests need, and on a CPU not at all.
         """
 
         _rolling = False
+        # Positions run through the model (padding included), per task the compute it cost;
+        # the batch-size search's probes are not counted.
+        model_tokens = 0
+        _probing = False
+        # `--batch-size auto` probes generation and rolling requests at the length they need:
+        # lm-eval itself probes them at the model's whole context (32k tokens for Mistral), which
+        # takes minutes (all memory on a CPU) and settles on a batch far smaller than they allow.
+        _probe_length: int | None = None
+
+        def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
+            if self.device.type == "cpu":
+                # lm-eval's search runs 5 forward passes at each size and relies on running out
+                # of memory cleanly, which a CPU does not do (the kernel kills the process).
+                if requests:
+                    _, context, continuation = requests[pos]
+                    length = len((context + continuation)[-(self.max_length + 1) :][:-1])
+                else:
+                    length = min(self._probe_length or self.max_length, self.max_length)
+                config = self.model.config
+                hidden = getattr(config, "hidden_size", 0)
+                return cpu_batch_size(
+                    length, config.vocab_size, hidden, available_memory(), self.max_batch_size
+                )
+            saved = self._max_length
+            if requests is None and self._probe_length is not None:
+                self._max_length = min(self._probe_length, self.max_length)
+            self._probing = True
+            try:
+                return super()._detect_batch_size(requests, pos)
+            finally:
+                self._max_length = saved
+                self._probing = False
+
+        @contextlib.contextmanager
+        def _probing_at(self, length: int) -> Iterator[None]:
+            self._probe_length = length
+            try:
+                yield
+            finally:
+                self._probe_length = None
+
+        def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+            if self.batch_size != "auto" or not requests:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            prompt = max(len(self.tok_encode(r.args[0])) for r in requests)
+            new = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
+            with self._probing_at(prompt + new):
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+        def _model_call(self, inps: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self._probing:
+                self.model_tokens += inps.numel()
+            return super()._model_call(inps, *args, **kwargs)
+
+        def _model_generate(self, context: Any, *args: Any, **kwargs: Any) -> Any:
+            out = super()._model_generate(context, *args, **kwargs)
+            # The prompt and every generated token but the last, which is never fed back.
+            self.model_tokens += out.numel() - out.shape[0]
+            return out
 
         def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
             self._rolling = True
             try:
-                return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+                if self.batch_size != "auto" or not requests:
+                    return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+                # A text's windows hold its tokens after the prefix token, at most the context.
+                with self._probing_at(1 + max(len(self.tok_encode(r.args[0])) for r in requests)):
+                    return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
             finally:
                 self._rolling = False
 
@@ -136,12 +227,13 @@ def _make_lm(settings: EvalSettings, tokenizer: Tokenizer) -> Any:
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VikhrError(f"--device {device}: no CUDA device is available (use --device cpu)")
-    return RollingWithoutBosLM(
-        pretrained=str(settings.model_dir),
+    return VikhrLM(
+        pretrained=str(settings.model_dir) if model is None else model,
         tokenizer=tokenizer.to_transformers(),
         device=device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
+        max_batch_size=settings.max_batch_size,
         max_length=settings.max_length,
         trust_remote_code=False,
     )
@@ -190,11 +282,26 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
     return tasks
 
 
+def task_documents(settings: EvalSettings) -> dict[str, int]:
+    """How many documents each task of `settings` evaluates (`settings.limit` applied); ruTiE counts
+    questions. Reads and checks every document, loads no model."""
+    counts = {name: len(task.eval_docs) for name, task in _build_tasks(settings).items()}
+    if RUTIE in settings.tasks:
+        counts[RUTIE] = sum(map(len, read_dialogues(_rutie_path(settings), settings.limit)))
+    return {name: counts[name] for name in settings.tasks}
+
+
 def _rutie_path(settings: EvalSettings) -> Path:
     return checked_task_files(RUTIE, settings.data_dir, settings.bpc_data)[0]
 
 
-def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, seconds: float) -> dict[str, Any]:
+def _summary(
+    raw: dict[str, Any],
+    cost: dict[str, dict[str, Any]],
+    settings: EvalSettings,
+    tokenizer: str,
+    seconds: float,
+) -> dict[str, Any]:
     """The results dict of `run_eval` from lm-eval's raw output."""
     import lm_eval
 
@@ -218,6 +325,7 @@ def _summary(raw: dict[str, Any], settings: EvalSettings, tokenizer: str, second
             "num_fewshot": effective_fewshot(name, settings.num_fewshot),
             "n": n_samples.get(name, {}).get("effective"),
             "data": [str(p) for p in task_files(name, settings.data_dir, settings.bpc_data)],
+            **cost[name],
         }
     total = rsg_total({name: task["metrics"] for name, task in out["tasks"].items()})
     if total is not None:
@@ -248,7 +356,7 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     started = time.time()
     tasks = _build_tasks(settings)
     if lm is None:
-        lm = _make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
+        lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
     import random
 
     import lm_eval.evaluator
@@ -258,34 +366,57 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     random.seed(settings.seed)
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    raw: dict[str, Any] | None = {"results": {}, "n-samples": {}, "samples": {}}
-    if tasks:
+    raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
+    cost: dict[str, dict[str, Any]] = {}
+    # One task at a time, so that each task's time and compute can be told apart.
+    for name, task in tasks.items():
+        start = _task_start(lm)
         with warnings.catch_warnings():
             # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
             # about each one.
             warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-            raw = lm_eval.evaluator.evaluate(
+            part = lm_eval.evaluator.evaluate(
                 lm=lm,
-                task_dict={"tasks": tasks, "groups": {}},
+                task_dict={"tasks": {name: task}, "groups": {}},
                 limit=settings.limit,
                 bootstrap_iters=settings.bootstrap_iters,
                 # The submission archive is written from the per-document responses.
                 log_samples=settings.log_samples or settings.mera_submission is not None,
             )
-    if raw is None:  # only on non-zero ranks of a distributed run
-        return {}
+        if part is None:  # only on non-zero ranks of a distributed run
+            return {}
+        for key in ("results", "n-samples", "samples"):
+            raw[key].update(part.get(key, {}))
+        cost[name] = _task_cost(lm, start, requests=len(task.instances))
     if RUTIE in settings.tasks:
         # Asked one question at a time (each prompt holds the model's earlier answers).
+        start = _task_start(lm)
         rutie = evaluate_rutie(lm, _rutie_path(settings), settings.limit)
         raw["results"][RUTIE] = rutie["results"]
-        raw.setdefault("n-samples", {})[RUTIE] = {"effective": rutie["n"]}
-        raw.setdefault("samples", {})[RUTIE] = rutie["samples"]
+        raw["n-samples"][RUTIE] = {"effective": rutie["n"]}
+        raw["samples"][RUTIE] = rutie["samples"]
+        cost[RUTIE] = _task_cost(lm, start, requests=rutie["requests"])
     if settings.mera_submission is not None:
         from vikhr.eval.mera import write_submission
 
         write_submission(raw["samples"], settings.mera_submission)
     used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
-    return _summary(raw, settings, str(used), time.time() - started)
+    return _summary(raw, cost, settings, str(used), time.time() - started)
+
+
+def _task_start(lm: Any) -> tuple[float, int | None]:
+    return time.perf_counter(), getattr(lm, "model_tokens", None)
+
+
+def _task_cost(lm: Any, start: tuple[float, int | None], requests: int) -> dict[str, Any]:
+    """Wall seconds, lm-eval requests and model positions (padding included) of one task."""
+    began, tokens = start
+    now = getattr(lm, "model_tokens", None)
+    return {
+        "seconds": round(time.perf_counter() - began, 3),
+        "requests": requests,
+        "model_tokens": None if tokens is None or now is None else now - tokens,
+    }
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -307,6 +438,22 @@ def markdown_table(results: dict[str, Any]) -> str:
             )
     for group, value in results.get("groups", {}).items():
         lines.append(f"| {group} | total | {value['score']:.4f} |  |  |  |")
+    timed = {name: task for name, task in results["tasks"].items() if "seconds" in task}
+    if timed:
+        lines += [
+            "",
+            f"Time: {results['seconds']:.1f} s in all, the model load included; per task:",
+            "",
+            "| Task | Seconds | Requests | Model tokens | Tokens/s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, task in timed.items():
+            tokens, seconds = task["model_tokens"], task["seconds"]
+            rate = f"{tokens / seconds:,.0f}" if tokens is not None and seconds > 0 else ""
+            lines.append(
+                f"| {name} | {seconds:.2f} | {task['requests']} | "
+                f"{'' if tokens is None else f'{tokens:,}'} | {rate} |"
+            )
     return "\n".join(lines) + "\n"
 
 

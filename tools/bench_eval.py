@@ -1,0 +1,199 @@
+"""Benchmark: `vikhr eval` per task — seconds per document and model tokens per second at each batch
+size, against batch size 1 in the same run — and the whole suite's time estimated from those rates.
+
+Each task is run on its first --limit documents (`vikhr eval --limit`), --repeats times after one
+warm-up run; the table has the medians. "Model tokens" are the positions run through the model,
+padding included, so tokens/s is the model's real rate on that task's prompts. The estimate for a
+task is its median seconds per document at the fastest batch size times its full document count
+(every document of the files in --data-dir); the first documents of a task may be shorter or longer
+than its average, so read it as the right order of magnitude, not a promise.
+
+Model: --model DIR (an HF directory: also timed as a user runs it, `vikhr eval` in a fresh process,
+start-up, model load and peak RSS included) or --random SHAPE (a random Mistral of that shape with
+the bundled Mistral-7B tokenizer, built in memory on --device: no file written; --layers N keeps the
+first N decoder layers, so a 7B-wide model fits a small machine and the rate scales by 32/N).
+
+    .venv/bin/python tools/bench_eval.py --random tiny --tasks terra,rucola,mmlu_en,bpc --limit 20
+    python tools/bench_eval.py --random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench_adapt import measure  # noqa: E402
+
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
+from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
+from vikhr.eval.cli import DEFAULT_DATA_DIR  # noqa: E402
+from vikhr.eval.runner import make_lm, task_documents  # noqa: E402
+from vikhr.tokenizer import load  # noqa: E402
+
+# (hidden, intermediate, heads, kv heads, layers): Mistral-7B v0.1/v0.2 and a test-sized one.
+SHAPES = {"tiny": (64, 192, 4, 2, 2), "mistral-7b": (4096, 14336, 32, 8, 32)}
+
+
+def random_model(shape: str, layers: int | None, device: str, dtype: str) -> Any:
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    hidden, intermediate, heads, kv_heads, full_layers = SHAPES[shape]
+    config = MistralConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        num_hidden_layers=layers or full_layers,
+        max_position_embeddings=32768,
+        sliding_window=None,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    torch_dtype = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    with torch.device(device):  # initialised where it runs: a 7B on the CPU first would take minutes
+        model = MistralForCausalLM(config).to(torch_dtype)
+    return model.eval()
+
+
+def timed_runs(settings: EvalSettings, lm: Any, repeats: int) -> dict[str, dict[str, float]]:
+    """Per task: median seconds per document and model tokens per second over `repeats` runs."""
+    run_eval(settings, lm=lm)  # warm-up: kernels, caches, the batch-size search
+    runs = [run_eval(settings, lm=lm)["tasks"] for _ in range(repeats)]
+    out = {}
+    for name in settings.tasks:
+        seconds = statistics.median(r[name]["seconds"] for r in runs)
+        docs = runs[0][name]["n"]
+        tokens = runs[0][name]["model_tokens"]
+        out[name] = {
+            "documents": docs,
+            "seconds": seconds,
+            "s_per_doc": seconds / docs,
+            "tokens_per_s": tokens / seconds if tokens is not None else float("nan"),
+        }
+    return out
+
+
+def whole_command(args: argparse.Namespace, model_dir: Path, batch_size: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of `vikhr eval` as a user runs it, in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "vikhr", "eval", "--model", str(model_dir), "--tasks", args.tasks]
+        cmd += ["--data-dir", str(args.data_dir), "--limit", str(args.limit), "--batch-size", batch_size]
+        cmd += ["--dtype", args.dtype, "--bootstrap-iters", "0", "--output", f"{tmp}/r.json"]
+        if args.device:
+            cmd += ["--device", args.device]
+        return measure(cmd)
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="HF model directory")
+    source.add_argument("--random", choices=sorted(SHAPES), help="a random Mistral of this shape")
+    ap.add_argument("--layers", type=int, help="with --random: decoder layers (default: the shape's)")
+    ap.add_argument("--tasks", default="mmlu_en,terra,rucola,chegeka,xquad_ru,bpc")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--bpc-data", type=Path, default=RU_SAMPLE)
+    ap.add_argument("--limit", type=int, default=20, help="documents per task per run (default 20)")
+    ap.add_argument("--batch-sizes", nargs="+", default=["1", "8"], help="the first is the baseline")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tasks = parse_task_list(args.tasks)
+    base = dict(data_dir=args.data_dir, bpc_data=args.bpc_data, device=device, dtype=args.dtype)
+    full = task_documents(EvalSettings(model_dir=Path("."), tasks=tasks, **base))
+    model_dir = args.model or Path(".")
+    tokenizer = load(args.model if args.model else MISTRAL_TOKENIZER)
+    model = None
+    started = time.perf_counter()
+    if args.random:
+        model = random_model(args.random, args.layers, device, args.dtype)
+    print(f"model ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+    rates: dict[str, dict[str, dict[str, float]]] = {}
+    for bs in args.batch_sizes:
+        batch: int | str = int(bs) if bs.isdigit() else bs
+        settings = EvalSettings(
+            model_dir=model_dir, tasks=tasks, limit=args.limit, batch_size=batch, bootstrap_iters=0, **base
+        )
+        lm = make_lm(settings, tokenizer, model=model)
+        rates[bs] = timed_runs(settings, lm, args.repeats)
+        del lm
+
+    first = args.batch_sizes[0]
+    what = args.model or f"random {args.random}" + (f", {args.layers} layers" if args.layers else "")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    print(
+        f"\n`vikhr eval` per task: {what}, {args.dtype}, {name}; first {args.limit} documents, median "
+        f"of {args.repeats} runs; ratio = batch {first}'s seconds / this batch's\n"
+    )
+    head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in args.batch_sizes)
+    head += " | " + " | ".join(f"b={b} ratio" for b in args.batch_sizes[1:]) + " | Full docs | Full est. |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    total = 0.0
+    rows = {}
+    for task in tasks:
+        cells = [task, str(rates[first][task]["documents"])]
+        for b in args.batch_sizes:
+            r = rates[b][task]
+            cells += [f"{r['s_per_doc']:.3f}", f"{r['tokens_per_s']:,.0f}"]
+        cells += [
+            f"{rates[first][task]['seconds'] / rates[b][task]['seconds']:.2f}" for b in args.batch_sizes[1:]
+        ]
+        best = min(rates[b][task]["s_per_doc"] for b in args.batch_sizes)
+        estimate = best * full[task]
+        total += estimate
+        cells += [str(full[task]), fmt_time(estimate)]
+        rows[task] = {"full_documents": full[task], "estimate_s": estimate}
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nWhole suite ({len(tasks)} tasks, {sum(full.values())} documents): about {fmt_time(total)}")
+
+    command = None
+    if args.model:
+        best_bs = min(args.batch_sizes, key=lambda b: sum(r["seconds"] for r in rates[b].values()))
+        secs, gib = whole_command(args, args.model, best_bs)
+        command = {"batch_size": best_bs, "seconds": secs, "peak_rss_gib": gib}
+        print(
+            f"`vikhr eval` as a user runs it (batch {best_bs}, fresh process): "
+            f"{secs:.1f} s, peak RSS {gib:.2f} GiB"
+        )
+    if args.json:
+        report = {
+            "model": str(what),
+            "device": name,
+            "dtype": args.dtype,
+            "limit": args.limit,
+            "rates": rates,
+            "tasks": rows,
+            "suite_estimate_s": total,
+            "command": command,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
