@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 
 STEPS = ["env", "build", "op-tests", "kernel-bench", "train-tests", "train-bench", "eval-bench"]
 
@@ -30,27 +30,35 @@ def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subpro
 
 @pytest.mark.slow
 def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
-    proc = _dry_run(tmp_path, "--dry-run")
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    # Part of the evaluation data, as a GPU run may carry it: the tasks of what came are added.
+    eval_data = tmp_path / "eval-data"
+    eval_data.mkdir()
+    carried = SHARED_DATA / "eval" / "terra"
+    if carried.is_dir():
+        (eval_data / "terra").symlink_to(carried)
+    out = tmp_path / "out"
+    proc = _dry_run(out, "--dry-run", env={"DEVICE_CHECK_EVAL_DATA": str(eval_data)})
+    summary = json.loads((out / "summary.json").read_text())
     report = f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}\n{json.dumps(summary, indent=1)}"
     assert proc.returncode == 0, report
     assert summary["dry_run"] is True and summary["finished"] is True, report
     assert [s["step"] for s in summary["steps"]] == STEPS, report
     for s in summary["steps"]:
         assert s["status"] == "passed", report
-        assert (tmp_path / s["log"]).stat().st_size > 0, s
+        assert (out / s["log"]).stat().st_size > 0, s
     # The GPU tests were collected (and skipped here), not absent.
     for name in ("op-tests", "train-tests"):
-        assert "skipped" in (tmp_path / f"{name}.log").read_text(), name
-    rows = json.loads((tmp_path / "kernel-bench.json").read_text())
+        assert "skipped" in (out / f"{name}.log").read_text(), name
+    rows = json.loads((out / "kernel-bench.json").read_text())
     measured = [r for r in rows if "median_ms" in r]
     assert {r["impl"] for r in measured} >= {"vikhr fused", "vikhr fused/buf", "eager"}
     assert all("failed" not in r for r in rows)
-    assert "tokens/s" in (tmp_path / "train-bench.log").read_text()
-    evaluated = json.loads((tmp_path / "eval-bench.json").read_text())
-    assert set(evaluated["tasks"]) == {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}
+    assert "tokens/s" in (out / "train-bench.log").read_text()
+    evaluated = json.loads((out / "eval-bench.json").read_text())
+    fixtures = {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}
+    assert set(evaluated["tasks"]) == fixtures | ({"terra"} if carried.is_dir() else set())
     assert all(r["tokens_per_s"] > 0 for per_batch in evaluated["rates"].values() for r in per_batch.values())
-    assert not (tmp_path / "cache").exists()  # the build cache stays out of OUT_DIR
+    assert not (out / "cache").exists()  # the build cache stays out of OUT_DIR
 
 
 def test_spent_budget_reports_steps_as_not_run(tmp_path: Path) -> None:

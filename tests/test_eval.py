@@ -21,7 +21,7 @@ from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.eval import EvalSettings, parse_task_list, run_eval
-from vikhr.eval.runner import cpu_batch_size, load_tokenizer, make_lm, markdown_table, task_documents
+from vikhr.eval.runner import load_tokenizer, make_lm, markdown_table, task_documents
 from vikhr.eval.tasks import (
     TASKS,
     bits_per_character,
@@ -351,6 +351,8 @@ def test_task_documents_counts_what_a_run_evaluates(tiny_dir: Path, shared_data:
 
 
 def test_cpu_batch_size_fits_a_quarter_of_free_memory() -> None:
+    from vikhr.eval.lm import cpu_batch_size
+
     gib = 1 << 30
     # 1000 tokens of a 32k-vocabulary, 4096-wide model: 1000·4·(3·32000 + 16·4096) = 646,144,000 bytes.
     assert cpu_batch_size(1000, 32000, 4096, available=16 * gib, cap=64) == 6  # 4 GiB / 646 MB = 6.6

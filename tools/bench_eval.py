@@ -102,6 +102,35 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def print_table(
+    tasks: list[str],
+    batch_sizes: list[str],
+    rates: dict[str, dict[str, dict[str, float]]],
+    full: dict[str, int],
+) -> tuple[dict[str, dict[str, float]], float]:
+    """Print the Markdown table; (per task: full documents and estimated seconds, the suite's seconds)."""
+    first = batch_sizes[0]
+    head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in batch_sizes)
+    head += " | " + " | ".join(f"b={b} ratio" for b in batch_sizes[1:]) + " | Full docs | Full est. |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    total = 0.0
+    rows = {}
+    for task in tasks:
+        cells = [task, str(rates[first][task]["documents"])]
+        for b in batch_sizes:
+            r = rates[b][task]
+            cells += [f"{r['s_per_doc']:.3f}", f"{r['tokens_per_s']:,.0f}"]
+        cells += [f"{rates[first][task]['seconds'] / rates[b][task]['seconds']:.2f}" for b in batch_sizes[1:]]
+        best = min(rates[b][task]["s_per_doc"] for b in batch_sizes)
+        estimate = best * full[task]
+        total += estimate
+        cells += [str(full[task]), fmt_time(estimate)]
+        rows[task] = {"full_documents": full[task], "estimate_s": estimate}
+        print("| " + " | ".join(cells) + " |")
+    return rows, total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = ap.add_mutually_exclusive_group(required=True)
@@ -150,26 +179,7 @@ def main() -> None:
         f"\n`vikhr eval` per task: {what}, {args.dtype}, {name}; first {args.limit} documents, median "
         f"of {args.repeats} runs; ratio = batch {first}'s seconds / this batch's\n"
     )
-    head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in args.batch_sizes)
-    head += " | " + " | ".join(f"b={b} ratio" for b in args.batch_sizes[1:]) + " | Full docs | Full est. |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    total = 0.0
-    rows = {}
-    for task in tasks:
-        cells = [task, str(rates[first][task]["documents"])]
-        for b in args.batch_sizes:
-            r = rates[b][task]
-            cells += [f"{r['s_per_doc']:.3f}", f"{r['tokens_per_s']:,.0f}"]
-        cells += [
-            f"{rates[first][task]['seconds'] / rates[b][task]['seconds']:.2f}" for b in args.batch_sizes[1:]
-        ]
-        best = min(rates[b][task]["s_per_doc"] for b in args.batch_sizes)
-        estimate = best * full[task]
-        total += estimate
-        cells += [str(full[task]), fmt_time(estimate)]
-        rows[task] = {"full_documents": full[task], "estimate_s": estimate}
-        print("| " + " | ".join(cells) + " |")
+    rows, total = print_table(tasks, args.batch_sizes, rates, full)
     print(f"\nWhole suite ({len(tasks)} tasks, {sum(full.values())} documents): about {fmt_time(total)}")
 
     command = None

@@ -15,8 +15,8 @@
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
 #   eval-bench.log    tools/bench_eval.py: `vikhr eval` per task on a random Mistral-7B (bf16), batch 1
 #                     vs auto, and the suite's time estimated from it (+ eval-bench.json); tasks on the
-#                     bundled eval fixtures, plus the default tasks when DEVICE_CHECK_EVAL_DATA names a
-#                     copy of the evaluation data directory
+#                     bundled eval fixtures, plus each default task whose data is in
+#                     DEVICE_CHECK_EVAL_DATA (a copy of the evaluation data directory, or part of one)
 #
 # Usage: tools/device_check.sh [--dry-run] OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
 #   --dry-run (or DEVICE_CHECK_DRY_RUN=1): the same steps on the CPU at tiny sizes, the GPU tests
@@ -119,7 +119,9 @@ trap 'rm -rf "$EVAL_DATA"' EXIT
 ln -s "$REPO"/tests/data/eval_fixtures/*/ "$EVAL_DATA"/
 if [[ -n ${DEVICE_CHECK_EVAL_DATA:-} ]]; then
   ln -s "$(cd "$DEVICE_CHECK_EVAL_DATA" && pwd)"/*/ "$EVAL_DATA"/
-  EVAL_TASKS=mmlu_en,terra,rucola,chegeka,xquad_ru,$EVAL_TASKS
+  for pair in mmlu-en:mmlu_en terra:terra rucola:rucola chgk:chegeka xquad-ru:xquad_ru; do
+    [[ -d $EVAL_DATA/${pair%%:*} ]] && EVAL_TASKS=$EVAL_TASKS,${pair##*:}  # the tasks whose data came
+  done
 fi
 if [[ $DRY == 1 ]]; then
   BENCH_KERNELS=(--device cpu --n 64 --vocab 4096 --runs 1 --threads 1 --timeout 60)

@@ -102,6 +102,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_running_options(p: argparse.ArgumentParser) -> None:
+    """How the model runs: batch, device, dtype, context."""
+    g = p.add_argument_group("running the model")
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1,
+        help="batch size or 'auto' (default 1): on a GPU the largest that fits, found by trying; "
+        "on a CPU the largest whose forward pass fits in a quarter of the free memory",
+    )
+    g.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=64,
+        help="the largest batch 'auto' may choose (default 64)",
+    )
+    g.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (default auto: as saved; use float32 on CPU)",
+    )
+    g.add_argument("--max-length", type=int, help="context length in tokens (default: from the model config)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from vikhr.eval.tasks import TASKS
 
@@ -141,27 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mera_ruworldtree, mera_simplear, mera_rumultiar 5; chegeka, mera_chegeka 4; mera_lcs, mera_bps 2; "
         "others 0)",
     )
-    p.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default=1,
-        help="batch size or 'auto' (default 1): on a GPU the largest that fits, found by trying; "
-        "on a CPU the largest whose forward pass fits in a quarter of the free memory",
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=_positive_int,
-        default=64,
-        help="the largest batch 'auto' may choose (default 64)",
-    )
-    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights dtype (default auto: as saved; use float32 on CPU)",
-    )
-    p.add_argument("--max-length", type=int, help="context length in tokens (default: from the model config)")
+    _add_running_options(p)
     p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap draws for MCC/BPC stderr")
     p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot sampling (default 1234)")
     p.add_argument(

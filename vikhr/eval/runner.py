@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,120 +107,12 @@ def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
         )
 
 
-def available_memory() -> int:
-    """Bytes of memory the machine can still give (MemAvailable), or 4 GiB where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
-
-
-def cpu_batch_size(length: int, vocab: int, hidden: int, available: int, cap: int) -> int:
-    """`--batch-size auto` on a CPU: the most sequences of `length` tokens whose forward pass fits in
-    a quarter of `available` bytes, between 1 and `cap`. A sequence holds its float32 logits three
-    times over (the logits, lm-eval's log-softmax, the gathered copy) and a few hidden states."""
-    per_sequence = length * 4 * (3 * vocab + 16 * hidden)
-    return max(1, min(cap, available // 4 // max(per_sequence, 1)))
-
-
 def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> Any:
     """The lm-eval LM of `settings.model_dir`, or of `model` (a transformers causal LM already in
     memory, on its device and in its dtype) when given."""
     import torch
-    from lm_eval.models.huggingface import HFLM
 
-    class VikhrLM(HFLM):
-        """HFLM with three changes.
-
-        - Its rolling loglikelihood scores the text's tokens only. HFLM encodes a rolling text with
-          the tokenizer's default special tokens, so with a tokenizer that adds BOS (Mistral, Llama)
-          the text's first "token" would be a BOS after the BOS prefix token, scored as part of the
-          text. Here the text is encoded without special tokens and the prefix token (BOS)
-          conditions the first real token, as in training.
-        - It counts the positions it runs through the model (`model_tokens`).
-        - `batch_size="auto"` searches at the length the requests need, and on a CPU not at all.
-        """
-
-        _rolling = False
-        # Positions run through the model (padding included), per task the compute it cost;
-        # the batch-size search's probes are not counted.
-        model_tokens = 0
-        _probing = False
-        # `--batch-size auto` probes generation and rolling requests at the length they need:
-        # lm-eval itself probes them at the model's whole context (32k tokens for Mistral), which
-        # takes minutes (all memory on a CPU) and settles on a batch far smaller than they allow.
-        _probe_length: int | None = None
-
-        def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
-            if self.device.type == "cpu":
-                # lm-eval's search runs 5 forward passes at each size and relies on running out
-                # of memory cleanly, which a CPU does not do (the kernel kills the process).
-                if requests:
-                    _, context, continuation = requests[pos]
-                    length = len((context + continuation)[-(self.max_length + 1) :][:-1])
-                else:
-                    length = min(self._probe_length or self.max_length, self.max_length)
-                config = self.model.config
-                hidden = getattr(config, "hidden_size", 0)
-                return cpu_batch_size(
-                    length, config.vocab_size, hidden, available_memory(), self.max_batch_size
-                )
-            saved = self._max_length
-            if requests is None and self._probe_length is not None:
-                self._max_length = min(self._probe_length, self.max_length)
-            self._probing = True
-            try:
-                return super()._detect_batch_size(requests, pos)
-            finally:
-                self._max_length = saved
-                self._probing = False
-
-        @contextlib.contextmanager
-        def _probing_at(self, length: int) -> Iterator[None]:
-            self._probe_length = length
-            try:
-                yield
-            finally:
-                self._probe_length = None
-
-        def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-            if self.batch_size != "auto" or not requests:
-                return super().generate_until(requests, disable_tqdm=disable_tqdm)
-            prompt = max(len(self.tok_encode(r.args[0])) for r in requests)
-            new = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
-            with self._probing_at(prompt + new):
-                return super().generate_until(requests, disable_tqdm=disable_tqdm)
-
-        def _model_call(self, inps: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self._probing:
-                self.model_tokens += inps.numel()
-            return super()._model_call(inps, *args, **kwargs)
-
-        def _model_generate(self, context: Any, *args: Any, **kwargs: Any) -> Any:
-            out = super()._model_generate(context, *args, **kwargs)
-            # The prompt and every generated token but the last, which is never fed back.
-            self.model_tokens += out.numel() - out.shape[0]
-            return out
-
-        def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-            self._rolling = True
-            try:
-                if self.batch_size != "auto" or not requests:
-                    return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-                # A text's windows hold its tokens after the prefix token, at most the context.
-                with self._probing_at(1 + max(len(self.tok_encode(r.args[0])) for r in requests)):
-                    return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-            finally:
-                self._rolling = False
-
-        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-            if self._rolling and add_special_tokens is None:
-                add_special_tokens = False
-            return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+    from vikhr.eval.lm import VikhrLM
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
