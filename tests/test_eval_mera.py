@@ -376,10 +376,11 @@ class ShorterOptionLM:
 
 
 def test_rutie_asks_in_order_with_the_models_own_answers() -> None:
-    from vikhr.eval.mera_rutie import evaluate_rutie
+    from vikhr.eval.mera_rutie import evaluate_rutie, read_dialogues
 
     lm = ShorterOptionLM()
-    out = evaluate_rutie(lm, MERA / "rutie" / "train.jsonl")
+    train = MERA / "rutie" / "train.jsonl"
+    out = evaluate_rutie(lm, read_dialogues(train), train)
     head = "Вам дан диалог, в котором необходимо продолжить реплики. Учитывая контекст диалога, и два варианта ответа на реплику (вопрос) ответьте на последний вопрос.\n"  # noqa: E501
     # Question 0: its own instruction, empty context, the blank line collapsed.
     assert (
@@ -406,7 +407,7 @@ def test_rutie_asks_in_order_with_the_models_own_answers() -> None:
 
 
 def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path: Path) -> None:
-    from vikhr.eval.mera_rutie import evaluate_rutie, rutie_submission
+    from vikhr.eval.mera_rutie import evaluate_rutie, read_dialogues, rutie_submission
 
     train = records("rutie")
     second = [{**r, "meta": {**r["meta"], "dialog_id": 1}} for r in train[:2]]
@@ -415,7 +416,7 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in second + train), encoding="utf-8"
     )
     lm = ShorterOptionLM()
-    out = evaluate_rutie(lm, path)
+    out = evaluate_rutie(lm, read_dialogues(path), path)
     # Dialogue 0 first (six questions), then dialogue 1, whose first prompt has no context.
     assert lm.prompts[6] == lm.prompts[0] and "Ответ: 1" not in lm.prompts[6]
     assert [len(d) for d in rutie_submission(out["samples"])["data"]["test"]] == [6, 2]
@@ -423,9 +424,10 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
         "outputs": "1",
         "meta": {"dialog_id": 1, "question_id": 1},
     }
-    assert evaluate_rutie(ShorterOptionLM(), path, limit=7)["n"] == 7
+    assert evaluate_rutie(ShorterOptionLM(), read_dialogues(path, limit=7), path)["n"] == 7
     # Hidden answers (the public test split): no local accuracy.
-    hidden = evaluate_rutie(ShorterOptionLM(), MERA / "rutie" / "test.jsonl")
+    test = MERA / "rutie" / "test.jsonl"
+    hidden = evaluate_rutie(ShorterOptionLM(), read_dialogues(test), test)
     assert math.isnan(hidden["results"]["acc,none"]) and hidden["n"] == 4
     assert [s["doc"]["meta"]["question_id"] for s in hidden["samples"]] == [0, 1, 2, 3]
 
@@ -440,12 +442,12 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
     ],
 )
 def test_rutie_bad_records_are_one_line(change: Any, message: str, tmp_path: Path) -> None:
-    from vikhr.eval.mera_rutie import evaluate_rutie
+    from vikhr.eval.mera_rutie import evaluate_rutie, read_dialogues
 
     path = tmp_path / "test.jsonl"
     path.write_text(
         "".join(json.dumps(change(r), ensure_ascii=False) + "\n" for r in records("rutie")), encoding="utf-8"
     )
     with pytest.raises(VikhrError) as e:
-        evaluate_rutie(ShorterOptionLM(), path)
+        evaluate_rutie(ShorterOptionLM(), read_dialogues(path), path)
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)

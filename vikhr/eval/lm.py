@@ -56,20 +56,22 @@ class VikhrLM(HFLM):
     _probe_length: int | None = None
 
     def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
+        # Without requests (generation, rolling) lm-eval probes at `max_length`: here, at most that.
+        probe_length = min(self._probe_length or self.max_length, self.max_length)
         if self.device.type == "cpu":
             # lm-eval's search runs 5 forward passes at each size and relies on running out
             # of memory cleanly, which a CPU does not do (the kernel kills the process).
             if requests:
                 _, context, continuation = requests[pos]
-                length = len((context + continuation)[-(self.max_length + 1) :][:-1])
-            else:
-                length = min(self._probe_length or self.max_length, self.max_length)
+                probe_length = len((context + continuation)[-(self.max_length + 1) :][:-1])
             config = self.model.config
             hidden = getattr(config, "hidden_size", 0)
-            return cpu_batch_size(length, config.vocab_size, hidden, available_memory(), self.max_batch_size)
+            return cpu_batch_size(
+                probe_length, config.vocab_size, hidden, available_memory(), self.max_batch_size
+            )
         saved = self._max_length
-        if requests is None and self._probe_length is not None:
-            self._max_length = min(self._probe_length, self.max_length)
+        if requests is None:
+            self._max_length = probe_length
         self._probing = True
         try:
             return super()._detect_batch_size(requests, pos)

@@ -99,15 +99,15 @@ def rutie_prompt(
     )
 
 
-def evaluate_rutie(lm: Any, path: Path, limit: int | None = None) -> dict[str, Any]:
-    """Ask every question of `path` in order; lm-eval-shaped results:
+def evaluate_rutie(lm: Any, dialogues: list[list[dict[str, Any]]], path: Path) -> dict[str, Any]:
+    """Ask every question of `dialogues` (`read_dialogues` of `path`, which error messages name) in
+    order; lm-eval-shaped results:
     {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "requests": loglikelihoods,
     "samples": [...]}.
     Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
     from lm_eval.api.instance import Instance
     from tqdm import tqdm
 
-    dialogues = read_dialogues(path, limit)
     samples: list[dict[str, Any]] = []
     with tqdm(total=sum(map(len, dialogues)), desc="mera_rutie (one question at a time)") as bar:
         for dialogue in dialogues:

@@ -135,8 +135,9 @@ def _metric_value(value: Any) -> float | None:
     return None
 
 
-def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
-    """lm-eval task objects for `settings.tasks`; every task's documents are read and checked here."""
+def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict[str, Any]]] | None]:
+    """lm-eval task objects for `settings.tasks`, and ruTiE's dialogues when it is one of them (it
+    runs outside lm-eval's evaluator); every task's documents are read and checked here."""
     if settings.limit is not None and settings.limit < 1:
         raise VikhrError(f"--limit must be a positive number of documents, got {settings.limit}")
     if settings.num_fewshot is not None and settings.num_fewshot < 0:
@@ -153,8 +154,7 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
         for name in settings.tasks
         if name != RUTIE
     }
-    if RUTIE in settings.tasks:
-        read_dialogues(_rutie_path(settings), settings.limit)  # checked before the model loads
+    rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
     from lm_eval.api.task import ConfigurableTask
 
     tasks = {}
@@ -169,15 +169,16 @@ def _build_tasks(settings: EvalSettings) -> dict[str, Any]:
             tasks[name] = task
     finally:
         task_logger.setLevel(level)
-    return tasks
+    return tasks, rutie
 
 
 def task_documents(settings: EvalSettings) -> dict[str, int]:
     """How many documents each task of `settings` evaluates (`settings.limit` applied); ruTiE counts
     questions. Reads and checks every document, loads no model."""
-    counts = {name: len(task.eval_docs) for name, task in _build_tasks(settings).items()}
-    if RUTIE in settings.tasks:
-        counts[RUTIE] = sum(map(len, read_dialogues(_rutie_path(settings), settings.limit)))
+    tasks, rutie = _build_tasks(settings)
+    counts = {name: len(task.eval_docs) for name, task in tasks.items()}
+    if rutie is not None:
+        counts[RUTIE] = sum(map(len, rutie))
     return {name: counts[name] for name in settings.tasks}
 
 
@@ -244,7 +245,7 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
         check_vocab(tokenizer, settings.model_dir)
     started = time.time()
-    tasks = _build_tasks(settings)
+    tasks, dialogues = _build_tasks(settings)
     if lm is None:
         lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
     import random
@@ -278,10 +279,10 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         for key in ("results", "n-samples", "samples"):
             raw[key].update(part.get(key, {}))
         cost[name] = _task_cost(lm, start, requests=len(task.instances))
-    if RUTIE in settings.tasks:
+    if dialogues is not None:
         # Asked one question at a time (each prompt holds the model's earlier answers).
         start = _task_start(lm)
-        rutie = evaluate_rutie(lm, _rutie_path(settings), settings.limit)
+        rutie = evaluate_rutie(lm, dialogues, _rutie_path(settings))
         raw["results"][RUTIE] = rutie["results"]
         raw["n-samples"][RUTIE] = {"effective": rutie["n"]}
         raw["samples"][RUTIE] = rutie["samples"]
