@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+from tests.conftest import REPO
 from vikhr.cli import COMMAND_MODULES, build_parser
 
 
@@ -102,3 +106,21 @@ def test_doctor_reports_versions_devices_and_native_parts() -> None:
         assert key in out, key
     assert "vikhr._core (Rust)" in out and "loads" in out
     assert "csrc op logsumexp_rows" in out and "compiled for cpu" in out
+    assert re.search(r"^vikhr modules +all \d+ import$", out, re.M), out
+
+
+def test_doctor_names_a_missing_package_and_the_modules_it_stops(tmp_path: Path) -> None:
+    # An environment put together by hand without pydantic: a stand-in that fails as a missing
+    # package does, ahead of the real one on the path.
+    (tmp_path / "pydantic.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pydantic'\", name='pydantic')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    command = [sys.executable, "-m", "vikhr", "doctor", "--no-build"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("missing package pydantic"))
+    assert "FAILED" in line and "vikhr." in line and "cannot be imported" in line
+    # The rest of the report is still there: doctor reports, it does not stop at the first problem.
+    assert "vikhr._core (Rust)" in proc.stdout and "csrc ops" in proc.stdout and "not built" in proc.stdout
+    assert "vikhr modules" not in proc.stdout

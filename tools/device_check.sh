@@ -6,7 +6,7 @@
 #   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
 #                     code, seconds, limit and log; "finished" is false until the last step is done
 #   summary.txt       the same, one line per step
-#   env.log           nvidia-smi, torch and CUDA versions
+#   env.log           nvidia-smi and `vikhr doctor` (versions, CUDA, every vikhr module imports)
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
@@ -24,7 +24,8 @@
 # Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 480), DEVICE_CHECK_COMPILE=1 (also
 # time torch.compile in the kernel benchmark), VIKHR_CACHE_DIR (the build cache; never in OUT_DIR).
 # Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
-# PyPI is reachable); they are installed into a private directory on PYTHONPATH.
+# PyPI is reachable; DEVICE_CHECK_WHEELS names another directory); they are installed into a
+# private directory on PYTHONPATH.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 
@@ -44,9 +45,13 @@ BUDGET=${DEVICE_CHECK_BUDGET_S:-480}
 PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
 SITE=/tmp/vikhr-device-check-site
-if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
+WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$REPO"/.whl/*.whl > "$OUT/wheels.log" 2>&1 || { cat "$OUT/wheels.log"; exit 1; }
+    --target "$SITE" "$WHEELS"/*.whl > "$OUT/wheels.log" 2>&1 || { cat "$OUT/wheels.log"; exit 1; }
+  # Compiled once here, in parallel, as a pip install would: no process after compiles them again
+  # (or prints their compile-time warnings) where writing bytecode is turned off.
+  "$PY" -m compileall -q -j 0 "$SITE" >> "$OUT/wheels.log" 2>&1
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # The build cache stays out of OUT_DIR (which travels back): the default ~/.cache/vikhr.
@@ -109,7 +114,8 @@ skip_step() {  # skip_step NAME REASON
 }
 
 write_summary false
-step env 30 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -c \"import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())\""
+# `vikhr doctor` imports every vikhr module: a package the machine lacks is named here, first.
+step env 90 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -m vikhr doctor --no-build"
 
 # The evaluation benchmark's data: the bundled fixtures (each in its release's layout), and the
 # default tasks' own files when a copy of the evaluation data directory came along.

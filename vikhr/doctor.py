@@ -1,10 +1,16 @@
-"""`vikhr doctor`: what is installed, what compiled, and what vikhr will use."""
+"""`vikhr doctor`: what is installed, what compiled, and what vikhr will use.
+
+It also imports every module of vikhr, so that a Python environment put together by hand (a
+cluster image, packages on PYTHONPATH) that lacks one of vikhr's dependencies is found at once,
+with the missing package named, rather than minutes into a run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.metadata as md
+import pkgutil
 import platform
 
 
@@ -23,8 +29,59 @@ def _present(module: str) -> bool:
     return True
 
 
-def collect() -> list[tuple[str, str]]:
-    """Rows of (item, status) for the doctor table."""
+def module_import_problems() -> tuple[int, dict[str, list[str]]]:
+    """Import every vikhr module; (modules tried, {problem: modules it stops}).
+
+    A missing package is the problem "missing package NAME" (grouped, as one absent package stops
+    many modules); any other failure is reported with its module's name.
+    """
+    import vikhr
+
+    problems: dict[str, list[str]] = {}
+    names = [
+        m.name
+        for m in pkgutil.walk_packages(vikhr.__path__, "vikhr.", onerror=lambda _name: None)
+        if not m.name.endswith("__main__")  # running the CLI is not importing it
+    ]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            missing = (e.name or str(e)).split(".")[0]
+            problems.setdefault(f"missing package {missing}", []).append(name)
+        except Exception as e:  # doctor reports, it does not stop
+            problems.setdefault(f"{name}: {type(e).__name__}: {e}", []).append(name)
+    return len(names), problems
+
+
+def _module_rows() -> list[tuple[str, str]]:
+    tried, problems = module_import_problems()
+    if not problems:
+        return [("vikhr modules", f"all {tried} import")]
+    rows = []
+    for problem, modules in problems.items():
+        shown = ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3 else "")
+        rows.append((problem, f"FAILED: {shown} cannot be imported"))
+    return rows
+
+
+def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
+    if not build:
+        return [("csrc ops", "not built (--no-build)")]
+    try:
+        from vikhr.ops.build import compiled_ops
+
+        ops = compiled_ops()
+    except Exception as e:  # doctor reports, it does not stop
+        return [("csrc ops", f"FAILED to build/load: {e}")]
+    rows = [(f"csrc op {op}", "compiled for " + ", ".join(devices)) for op, devices in ops.items()]
+    if cuda and not any("cuda" in d for d in ops.values()):
+        rows.append(("csrc CUDA kernels", "not compiled: no CUDA toolkit (nvcc) found; CPU kernels only"))
+    return rows
+
+
+def collect(build: bool = True) -> list[tuple[str, str]]:
+    """Rows of (item, status) for the doctor table; `build=False` leaves the csrc ops unbuilt."""
     import torch
 
     from vikhr import __version__
@@ -53,15 +110,8 @@ def collect() -> list[tuple[str, str]]:
     except ImportError as e:
         rows.append(("vikhr._core (Rust)", f"FAILED to import: {e}"))
 
-    try:
-        from vikhr.ops.build import compiled_ops
-
-        for op, devices in compiled_ops().items():
-            rows.append((f"csrc op {op}", "compiled for " + ", ".join(devices)))
-        if cuda and not any("cuda" in d for d in compiled_ops().values()):
-            rows.append(("csrc CUDA kernels", "not compiled: no CUDA toolkit (nvcc) found; CPU kernels only"))
-    except Exception as e:  # doctor reports, it does not stop
-        rows.append(("csrc ops", f"FAILED to build/load: {e}"))
+    rows.extend(_module_rows())
+    rows.extend(_ops_rows(cuda, build))
 
     te = _present("transformer_engine.pytorch")
     rows.append(
@@ -80,7 +130,7 @@ def collect() -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = collect()
+    rows = collect(build=not args.no_build)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -92,7 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "doctor",
         help="report versions, devices and which native parts load",
-        description="Report library versions, CUDA and GPU, whether vikhr._core and the csrc ops load "
-        "(building the ops on first use), and which optional accelerators are present.",
+        description="Report library versions, CUDA and GPU, whether every vikhr module imports (naming "
+        "any missing package), whether vikhr._core and the csrc ops load (building the ops on first "
+        "use), and which optional accelerators are present. Exits 1 when something is broken.",
+    )
+    p.add_argument(
+        "--no-build", action="store_true", help="do not build the csrc ops (a first build takes minutes)"
     )
     p.set_defaults(func=run)
