@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from vikhr.data import inspect, merge, preprocess
 from vikhr.data.indexed import (
     IndexedReader,
     IndexedWriter,
+    ValidationRecord,
     dataset_prefix,
     token_dtype,
     validate,
@@ -97,6 +99,42 @@ def test_naming_dtype_rule_and_validation(tmp_path: Path) -> None:
         validate(tmp_path / "empty")
     with pytest.raises(VikhrError, match="not found"):
         validate(tmp_path / "missing")
+
+
+def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monkeypatch) -> None:
+    scans = []
+    real_scan = IndexedReader.max_token_id
+    monkeypatch.setattr(
+        IndexedReader, "max_token_id", lambda self: scans.append(self.prefix) or real_scan(self)
+    )
+    path = tmp_path / "cache" / "data-check.json"
+    write_indexed(tmp_path / "d", [[5, 6, 7], [31999]], "uint16")
+    record = ValidationRecord(path)
+    assert validate(tmp_path / "d", vocab_size=32000, record=record).max_token_id == 31999
+    assert len(scans) == 1 and not path.exists()  # written only when saved
+    record.save()
+    # A restart: the record answers, the .bin is not read again, and the vocabulary check still holds.
+    record = ValidationRecord(path)
+    assert validate(tmp_path / "d", vocab_size=32000, record=record).max_token_id == 31999
+    with pytest.raises(VikhrError, match="token id 31999 is outside the vocabulary of 1000 ids"):
+        validate(tmp_path / "d", vocab_size=1000, record=record)
+    assert len(scans) == 1
+    # The dataset written again (other ids, same size): its changed stamp makes it read again.
+    write_indexed(tmp_path / "d", [[5, 6, 7], [40000]], "uint16")
+    os.utime(tmp_path / "d.bin", ns=(1, 1))
+    with pytest.raises(VikhrError, match="token id 40000"):
+        validate(tmp_path / "d", vocab_size=32000, record=ValidationRecord(path))
+    assert len(scans) == 2
+    # A damaged record is no error: it is read as empty and written anew.
+    path.write_text("{not json")
+    record = ValidationRecord(path)
+    assert validate(tmp_path / "d", record=record).max_token_id == 40000
+    record.save()
+    assert len(scans) == 3 and json.loads(path.read_text())["version"] == 1
+    # A record that cannot be written only costs the next check a read.
+    record = ValidationRecord(tmp_path / "d.bin" / "no-such-dir" / "r.json")
+    validate(tmp_path / "d", record=record)
+    record.save()
 
 
 def test_megatron_reads_our_output_exactly(tmp_path: Path, ru_texts: list[str]) -> None:

@@ -184,6 +184,30 @@ def test_trainer_refuses_token_ids_outside_the_vocabulary(
     assert not (tmp_path / "run").exists()
 
 
+def test_data_check_is_recorded_once_every_dataset_passed_and_not_repeated_on_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vikhr.data.indexed import IndexedReader
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import check_data
+
+    good = _write_tokens(tmp_path / "ru")
+    bad = _write_tokens(tmp_path / "bad", max_id=VOCAB)
+    scans = []
+    real_scan = IndexedReader.max_token_id
+    monkeypatch.setattr(IndexedReader, "max_token_id", lambda r: scans.append(r.prefix) or real_scan(r))
+    refused = load_config(_train_config(tmp_path, good, data={"train": [{"prefix": good}, {"prefix": bad}]}))
+    with pytest.raises(VikhrError, match="token id 512"):
+        check_data(refused)
+    assert not (tmp_path / "run").exists()  # a refused start writes nothing, the record neither
+    cfg = load_config(_train_config(tmp_path, good))
+    check_data(cfg)
+    record = tmp_path / "run" / "data-cache" / "data-check.json"
+    assert record.is_file() and scans == [good, bad, good]
+    check_data(cfg)  # a restart: the unchanged .bin is not read again
+    assert scans == [good, bad, good]
+
+
 def test_trainer_refuses_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vikhr.cli import main
     from vikhr.data.indexed import write_indexed

@@ -10,12 +10,14 @@ Importing this module is cheap: the extension is loaded when a function is calle
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from vikhr import atomic
 from vikhr.errors import VikhrError
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
@@ -82,11 +84,15 @@ def inspect(prefix: PathLike) -> IndexInfo:
         raise VikhrError(f"invalid indexed dataset: {e}") from None
 
 
-def validate(prefix: PathLike, vocab_size: int | None = None) -> IndexInfo:
+def validate(
+    prefix: PathLike, vocab_size: int | None = None, record: ValidationRecord | None = None
+) -> IndexInfo:
     """`inspect`, plus the largest token id (one pass over the `.bin` in Rust, no Python per token).
 
     With `vocab_size`, a token id >= `vocab_size` raises VikhrError (the dataset was written with
-    another tokenizer); an empty `.bin` raises too (Megatron cannot memory-map it).
+    another tokenizer); an empty `.bin` raises too (Megatron cannot memory-map it). With `record`,
+    a `.bin` scanned before and unchanged since is not read again (the `.idx` is still validated
+    against it), and a new scan is added to the record.
     """
     reader = IndexedReader(prefix)
     info = reader.info
@@ -95,13 +101,70 @@ def validate(prefix: PathLike, vocab_size: int | None = None) -> IndexInfo:
             f"{info.prefix} holds no token (Megatron cannot load an empty .bin); write it again from "
             "input with text"
         )
-    max_id = reader.max_token_id()
+    known, max_id = record.lookup(info.prefix) if record is not None else (False, None)
+    if not known:
+        max_id = reader.max_token_id()
+        if record is not None:
+            record.add(info.prefix, max_id)
     if vocab_size is not None and max_id is not None and max_id >= vocab_size:
         raise VikhrError(
             f"{info.prefix}: token id {max_id} is outside the vocabulary of {vocab_size} ids "
             "(was it written with another tokenizer? pre-tokenize it again with this one)"
         )
     return IndexInfo(**{**info.__dict__, "max_token_id": max_id})
+
+
+class ValidationRecord:
+    """The largest token ids of datasets already scanned, kept in a JSON file, so that a restarted
+    run does not re-read a corpus of terabytes. An entry holds while the dataset's `.bin` and `.idx`
+    keep their size and modification time. An absent or unreadable file is an empty record; one that
+    cannot be written is skipped, as the record only saves time.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._changed = False
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            ok = data.get("version") == self.VERSION and isinstance(data["datasets"], dict)
+            self._datasets: dict = data["datasets"] if ok else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._datasets = {}
+
+    @staticmethod
+    def _stamp(prefix: str) -> tuple[str, list[int]]:
+        """The dataset's absolute prefix, and [size, mtime_ns] of its .bin and .idx."""
+        values = []
+        for suffix in (".bin", ".idx"):
+            st = os.stat(prefix + suffix)
+            values += [st.st_size, st.st_mtime_ns]
+        return str(Path(prefix).resolve()), values
+
+    def lookup(self, prefix: str) -> tuple[bool, int | None]:
+        """(whether the record holds the dataset as it is now, its largest token id)."""
+        key, stamp = self._stamp(prefix)
+        entry = self._datasets.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and "max_token_id" in entry:
+            return True, entry["max_token_id"]
+        return False, None
+
+    def add(self, prefix: str, max_token_id: int | None) -> None:
+        key, stamp = self._stamp(prefix)
+        self._datasets[key] = {"stamp": stamp, "max_token_id": max_token_id}
+        self._changed = True
+
+    def save(self) -> None:
+        """Write the record (atomically) if anything was added. Ranks saving at once write the same."""
+        if not self._changed:
+            return
+        text = json.dumps({"version": self.VERSION, "datasets": self._datasets}, indent=1) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(self.path, text)
+        except OSError:
+            pass
 
 
 class IndexedReader:

@@ -32,6 +32,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from vikhr.data.indexed import ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model
@@ -161,29 +162,35 @@ def check_data(cfg: TrainConfig) -> None:
     """Every dataset the run reads is whole and fits the model, and megatron's index cache holds
     plain arrays only (it unpickles what it finds there); VikhrError naming the dataset otherwise.
 
-    Reads each `.bin` once (in Rust). Every rank checks before the process group exists, so a bad
-    file stops all of them alike and none is reading the cache while rank 0 rebuilds it.
+    Reads each `.bin` once (in Rust), and not again on a restart while it is unchanged: the largest
+    token id of each is recorded in `<data cache>/data-check.json`. Every rank checks before the
+    process group exists, so a bad file stops all of them alike and none is reading the cache while
+    rank 0 rebuilds it.
     """
     vocab_size = cfg.model.shape().vocab_size
+    record = ValidationRecord(Path(index_cache_dir(cfg)) / "data-check.json")
     for i, entry in enumerate(cfg.data.train):
         key = f"config key data.train[{i}] ({entry.name})"
         if cfg.data.kind == "sft":
             text, mask = sft_datasets(entry.prefix)
-            _check_dataset(key, text, vocab_size, "vikhr sft prepare")
-            if _check_dataset(key, mask, None, "vikhr sft prepare") > 1:
+            _check_dataset(key, text, vocab_size, "vikhr sft prepare", record)
+            if _check_dataset(key, mask, None, "vikhr sft prepare", record) > 1:
                 raise VikhrError(
                     f"{key}: {mask} holds values other than 0/1: not a loss mask (vikhr sft prepare)"
                 )
         else:
-            _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess")
+            _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess", record)
+    record.save()  # only once every dataset passed: a run refused at this point writes nothing
     if cfg.data.kind == "pretrain":
         check_index_cache(index_cache_dir(cfg))
 
 
-def _check_dataset(key: str, prefix: str, vocab_size: int | None, writer: str) -> int:
+def _check_dataset(
+    key: str, prefix: str, vocab_size: int | None, writer: str, record: ValidationRecord
+) -> int:
     """`vikhr.data.indexed.validate` with the config key and the fix in its message; the max id."""
     try:
-        info = validate_dataset(prefix, vocab_size=vocab_size)
+        info = validate_dataset(prefix, vocab_size=vocab_size, record=record)
     except VikhrError as e:
         fix = f" (write it again with {writer})" if str(e).startswith("invalid indexed dataset") else ""
         raise VikhrError(f"{key}: {e}{fix}") from None
