@@ -391,9 +391,9 @@ def test_kernel_rejects_bad_arguments_when_called_directly():
 def test_missing_device_kernels_give_one_line_telling_how_to_fix(monkeypatch):
     # A CUDA device without nvcc: the library was built for the CPU only.
     monkeypatch.setattr(build, "compiled_ops", lambda: {"cross_entropy_kl": ["cpu"]})
-    with pytest.raises(VikhrError, match="install nvcc") as err:
+    with pytest.raises(VikhrError, match="install the CUDA toolkit and set CUDA_HOME") as err:
         build.require_kernels("cross_entropy_kl", torch.device("cuda"))
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "pip install 'cuda-toolkit[nvcc,cccl]" in str(err.value)
 
 
 @pytest.mark.parametrize(

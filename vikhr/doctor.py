@@ -69,14 +69,17 @@ def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
     if not build:
         return [("csrc ops", "not built (--no-build)")]
     try:
-        from vikhr.ops.build import compiled_ops
+        from vikhr.ops.build import compiled_ops, pip_toolkit_command
 
         ops = compiled_ops()
     except Exception as e:  # doctor reports, it does not stop
         return [("csrc ops", f"FAILED to build/load: {e}")]
     rows = [(f"csrc op {op}", "compiled for " + ", ".join(devices)) for op, devices in ops.items()]
     if cuda and not any("cuda" in d for d in ops.values()):
-        rows.append(("csrc CUDA kernels", "not compiled: no CUDA toolkit (nvcc) found; CPU kernels only"))
+        hint = f"install the CUDA toolkit and set CUDA_HOME, or {pip_toolkit_command()}"
+        rows.append(
+            ("csrc CUDA kernels", f"not compiled: no CUDA toolkit (nvcc) found; CPU kernels only ({hint})")
+        )
     return rows
 
 

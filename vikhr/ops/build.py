@@ -11,6 +11,7 @@ the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -42,9 +43,60 @@ def cache_dir() -> Path:
 
 def cuda_build_possible() -> bool:
     """True when a CUDA device and a CUDA toolkit with nvcc are both present."""
+    return torch.cuda.is_available() and cuda_home() is not None
+
+
+@functools.cache
+def cuda_home() -> Path | None:
+    """The CUDA toolkit torch builds with: CUDA_HOME, nvcc on PATH or /usr/local/cuda (torch's own
+    search), else the toolkit pip installs (`pip_toolkit_command`), made usable."""
     from torch.utils import cpp_extension
 
-    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    if cpp_extension.CUDA_HOME is None:
+        shim = _pip_cuda_home()
+        if shim is not None:
+            cpp_extension.CUDA_HOME = str(shim)  # the one place torch's build reads it from
+    return Path(cpp_extension.CUDA_HOME) if cpp_extension.CUDA_HOME else None
+
+
+def pip_toolkit_command() -> str:
+    """The pip command that adds nvcc matching torch's own CUDA libraries (their versions must agree)."""
+    import importlib.metadata as md
+
+    try:
+        pin = "==" + md.version("cuda-toolkit")  # what torch's wheel requires
+    except md.PackageNotFoundError:
+        pin = ""
+    return f"pip install 'cuda-toolkit[nvcc,cccl]{pin}'"
+
+
+def _pip_cuda_home() -> Path | None:
+    """pip's CUDA wheels put nvcc, headers and libraries in `site-packages/nvidia/cu<N>/` with
+    `lib/libcudart.so.<N>` only, while torch's build links `-L$CUDA_HOME/lib64 -lcudart`: a directory
+    of links in the build cache gives that layout (None when no such nvcc is installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    found = sorted(d for root in roots for d in root.glob("cu[0-9]*") if (d / "bin" / "nvcc").is_file())
+    if not found:
+        return None
+    toolkit = found[-1]
+    shim = cache_dir() / "cuda-home" / hashlib.sha256(str(toolkit).encode()).hexdigest()[:12]
+    lib64 = shim / "lib64"
+    lib64.mkdir(parents=True, exist_ok=True)
+    for name in ("bin", "include", "nvvm"):
+        if (toolkit / name).exists():
+            _link(shim / name, toolkit / name)
+    for lib in (toolkit / "lib").glob("*.so*"):
+        _link(lib64 / lib.name, lib)
+        _link(lib64 / (lib.name.split(".so")[0] + ".so"), lib)
+    return shim
+
+
+def _link(link: Path, target: Path) -> None:
+    with contextlib.suppress(FileExistsError):  # made before, or by another process just now
+        link.symlink_to(target)
 
 
 def _sources(with_cuda: bool) -> list[Path]:
@@ -84,7 +136,7 @@ def _cuda_key() -> str:
     visible cards): a cache shared between machines must not serve sm_80 code to an sm_90 card."""
     from torch.utils import cpp_extension
 
-    nvcc = Path(cpp_extension.CUDA_HOME or "") / "bin" / "nvcc"
+    nvcc = (cuda_home() or Path()) / "bin" / "nvcc"
     try:
         version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
@@ -107,15 +159,27 @@ def _put_ninja_on_path() -> None:
 def load_ops(verbose: bool = False) -> Path:
     """Build (first time) and load the ops library: registers `torch.ops.vikhr.*` and their fake
     kernels; returns the path of the loaded shared library."""
+    library = compile_ops(with_cuda=cuda_build_possible(), verbose=verbose)
+    register_fake_kernels()
+    return library
+
+
+def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None = None) -> Path:
+    """Compile (or find in the build cache, or under `build_root`) and load the ops library: CPU
+    kernels, and CUDA kernels with `with_cuda`, which needs nvcc but no GPU. Returns its path. The
+    CUDA architectures are torch's choice: TORCH_CUDA_ARCH_LIST, else the visible cards."""
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
-    with_cuda = cuda_build_possible()
+    if with_cuda and cuda_home() is None:
+        raise VikhrError(
+            'no CUDA toolkit found: install one (or pip install "cuda-toolkit[nvcc,cccl]"), or set CUDA_HOME'
+        )
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
     flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")
     tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources, flags_key)}"
-    build_dir = cache_dir() / "ops" / tag
+    build_dir = (build_root or cache_dir() / "ops") / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob("*.so")):
         print(f"vikhr: compiling csrc ops for {variant} (first use only)...", file=sys.stderr)
@@ -136,7 +200,6 @@ def load_ops(verbose: bool = False) -> Path:
         )
     except (RuntimeError, OSError, ImportError) as e:
         raise VikhrError(f"building the csrc ops failed in {build_dir}: {e}") from e
-    register_fake_kernels()
     return Path(library)
 
 
@@ -178,5 +241,5 @@ def require_kernels(op: str, device: torch.device) -> None:
     if not kernels_compiled_for(op, device.type):
         raise VikhrError(
             f"{op}: the csrc ops were built without {device.type} kernels (no CUDA toolkit found); "
-            "install nvcc (the CUDA toolkit, e.g. pip install nvidia-cuda-nvcc), set CUDA_HOME and rerun"
+            f"install the CUDA toolkit and set CUDA_HOME (or {pip_toolkit_command()}) and rerun"
         )

@@ -1,0 +1,68 @@
+"""The csrc build: the CUDA kernels compile for Hopper (sm_90) and load on a machine without a GPU,
+so a change that breaks them is found before a GPU is at hand. It needs nvcc: a CUDA toolkit, or
+the one pip installs (`cuda-toolkit[nvcc,cccl]`, in the `dev` extra on Linux x86-64), whose wheel
+layout vikhr.ops.build makes usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+OPS = ["logsumexp_rows", "cekl_forward", "cekl_stats", "cekl_rescale", "cekl_finish", "cekl_backward"]
+
+_COMPILE = """
+import json, sys
+from pathlib import Path
+import torch
+from vikhr.ops.build import compile_ops, cuda_home
+library = compile_ops(with_cuda=True, build_root=Path(sys.argv[1]))  # compiles and loads it
+has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+ops = sys.argv[2].split(",")
+print(json.dumps({
+    "cuda_home": str(cuda_home()),
+    "library": str(library),
+    "kernels": {op: [k for k in ("CPU", "CUDA") if has_kernel(f"vikhr::{op}", k)] for op in ops},
+}))
+"""
+
+
+def _nvcc_available() -> bool:
+    from torch.utils import cpp_extension
+
+    from vikhr.ops.build import _pip_cuda_home
+
+    return cpp_extension.CUDA_HOME is not None or _pip_cuda_home() is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CUDA build is checked on Linux")
+def test_cuda_kernels_compile_for_sm90_and_load_without_a_gpu(tmp_path: Path) -> None:
+    if not _nvcc_available():
+        pytest.skip("no nvcc: pip install 'cuda-toolkit[nvcc,cccl]' (the dev extra has it on Linux x86-64)")
+    env = {
+        **os.environ,
+        "TORCH_CUDA_ARCH_LIST": "9.0",  # the H100/H200 the kernels are tuned for
+        "CUDA_VISIBLE_DEVICES": "",
+        "VIKHR_CACHE_DIR": str(tmp_path / "cache"),
+        "MAX_JOBS": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE, str(tmp_path / "ops"), ",".join(OPS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "-cuda-" in report["library"] and Path(report["library"]).is_file()
+    assert report["kernels"] == {op: ["CPU", "CUDA"] for op in OPS}
+    assert (Path(report["cuda_home"]) / "bin" / "nvcc").exists()
