@@ -92,3 +92,26 @@ def test_a_failing_benchmark_worker_fails_the_kernel_benchmark(tmp_path: Path) -
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout
     assert "failed" in json.loads(out.read_text())[0]
+
+
+def test_every_dependency_is_on_the_gpu_image_or_carried_as_a_wheel() -> None:
+    """A dependency added to pyproject.toml must be fetched by tools/device_wheels.sh unless a GPU
+    image holds it, or the GPU run fails on an import (as its training steps did without pydantic)."""
+    import re
+    import tomllib
+
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "device_wheels.sh"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lists = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    available = {name(r) for r in lists["image"].split() + lists["fetched"].split()}
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = sorted({name(r) for r in dependencies} - available)
+    assert not missing, f"add to tools/device_wheels.sh: {missing}"
