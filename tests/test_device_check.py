@@ -65,6 +65,17 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     fixtures = {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}
     assert set(evaluated["tasks"]) == fixtures | ({"terra"} if carried.is_dir() else set())
     assert all(r["tokens_per_s"] > 0 for per_batch in evaluated["rates"].values() for r in per_batch.values())
+    # Written after each batch size (a run cut short keeps what it measured), finished at the end; each
+    # task's estimate is its fastest batch size's seconds per document times its full document count.
+    assert evaluated["finished"] is True and set(evaluated["rates"]) == {"1", "2"}
+    for task, row in evaluated["tasks"].items():
+        fastest = min(per_batch[task]["s_per_doc"] for per_batch in evaluated["rates"].values())
+        assert row["estimate_s"] == pytest.approx(fastest * row["full_documents"])
+    assert evaluated["suite_estimate_s"] == pytest.approx(
+        sum(r["estimate_s"] for r in evaluated["tasks"].values())
+    )
+    log = (out / "eval-bench.log").read_text()
+    assert "batch 1: s/doc" in log and "batch 2: s/doc" in log
     assert not (out / "cache").exists()  # the build cache stays out of OUT_DIR
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from bench_adapt import measure  # noqa: E402
 
+from vikhr import atomic  # noqa: E402
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
 from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
 from vikhr.eval.cli import DEFAULT_DATA_DIR  # noqa: E402
@@ -102,33 +103,46 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def suite_estimate(
+    rates: dict[str, dict[str, dict[str, float]]], full: dict[str, int]
+) -> tuple[dict[str, dict[str, float]], float]:
+    """Per task: full documents and estimated seconds (the fastest batch size measured so far); the
+    suite's seconds."""
+    rows = {}
+    for task, documents in full.items():
+        best = min(per_batch[task]["s_per_doc"] for per_batch in rates.values())
+        rows[task] = {"full_documents": documents, "estimate_s": best * documents}
+    return rows, sum(r["estimate_s"] for r in rows.values())
+
+
 def print_table(
     tasks: list[str],
     batch_sizes: list[str],
     rates: dict[str, dict[str, dict[str, float]]],
-    full: dict[str, int],
-) -> tuple[dict[str, dict[str, float]], float]:
-    """Print the Markdown table; (per task: full documents and estimated seconds, the suite's seconds)."""
+    rows: dict[str, dict[str, float]],
+) -> None:
+    """Print the Markdown table."""
     first = batch_sizes[0]
     head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in batch_sizes)
     head += " | " + " | ".join(f"b={b} ratio" for b in batch_sizes[1:]) + " | Full docs | Full est. |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    total = 0.0
-    rows = {}
     for task in tasks:
         cells = [task, str(rates[first][task]["documents"])]
         for b in batch_sizes:
             r = rates[b][task]
             cells += [f"{r['s_per_doc']:.3f}", f"{r['tokens_per_s']:,.0f}"]
         cells += [f"{rates[first][task]['seconds'] / rates[b][task]['seconds']:.2f}" for b in batch_sizes[1:]]
-        best = min(rates[b][task]["s_per_doc"] for b in batch_sizes)
-        estimate = best * full[task]
-        total += estimate
-        cells += [str(full[task]), fmt_time(estimate)]
-        rows[task] = {"full_documents": full[task], "estimate_s": estimate}
+        cells += [str(rows[task]["full_documents"]), fmt_time(rows[task]["estimate_s"])]
         print("| " + " | ".join(cells) + " |")
-    return rows, total
+
+
+def write_report(path: Path, header: dict[str, Any], rates: dict, full: dict[str, int], **extra: Any) -> None:
+    """The JSON report of the batch sizes measured so far, written after each one (atomically), so
+    that a run stopped at its time limit still reports what it measured."""
+    rows, total = suite_estimate(rates, full)
+    report = {**header, "rates": rates, "tasks": rows, "suite_estimate_s": total, **extra}
+    atomic.write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:
@@ -162,6 +176,9 @@ def main() -> None:
         model = random_model(args.random, args.layers, device, args.dtype)
     print(f"model ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
+    what = args.model or f"random {args.random}" + (f", {args.layers} layers" if args.layers else "")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    header = {"model": str(what), "device": name, "dtype": args.dtype, "limit": args.limit}
     rates: dict[str, dict[str, dict[str, float]]] = {}
     for bs in args.batch_sizes:
         batch: int | str = int(bs) if bs.isdigit() else bs
@@ -171,15 +188,18 @@ def main() -> None:
         lm = make_lm(settings, tokenizer, model=model)
         rates[bs] = timed_runs(settings, lm, args.repeats)
         del lm
+        done = ", ".join(f"{t} {r['s_per_doc']:.3f}" for t, r in rates[bs].items())
+        print(f"batch {bs}: s/doc {done}", file=sys.stderr, flush=True)
+        if args.json:
+            write_report(args.json, header, rates, full, finished=False, command=None)
 
     first = args.batch_sizes[0]
-    what = args.model or f"random {args.random}" + (f", {args.layers} layers" if args.layers else "")
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     print(
         f"\n`vikhr eval` per task: {what}, {args.dtype}, {name}; first {args.limit} documents, median "
         f"of {args.repeats} runs; ratio = batch {first}'s seconds / this batch's\n"
     )
-    rows, total = print_table(tasks, args.batch_sizes, rates, full)
+    rows, total = suite_estimate(rates, full)
+    print_table(tasks, args.batch_sizes, rates, rows)
     print(f"\nWhole suite ({len(tasks)} tasks, {sum(full.values())} documents): about {fmt_time(total)}")
 
     command = None
@@ -192,17 +212,7 @@ def main() -> None:
             f"{secs:.1f} s, peak RSS {gib:.2f} GiB"
         )
     if args.json:
-        report = {
-            "model": str(what),
-            "device": name,
-            "dtype": args.dtype,
-            "limit": args.limit,
-            "rates": rates,
-            "tasks": rows,
-            "suite_estimate_s": total,
-            "command": command,
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(args.json, header, rates, full, finished=True, command=command)
 
 
 if __name__ == "__main__":
