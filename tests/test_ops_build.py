@@ -36,9 +36,9 @@ print(json.dumps({
 def _nvcc_available() -> bool:
     from torch.utils import cpp_extension
 
-    from vikhr.ops.build import _pip_cuda_home
+    from vikhr.ops.build import pip_toolkit
 
-    return cpp_extension.CUDA_HOME is not None or _pip_cuda_home() is not None
+    return cpp_extension.CUDA_HOME is not None or pip_toolkit() is not None
 
 
 @pytest.mark.slow

@@ -70,18 +70,24 @@ def pip_toolkit_command() -> str:
     return f"pip install 'cuda-toolkit[nvcc,cccl]{pin}'"
 
 
-def _pip_cuda_home() -> Path | None:
-    """pip's CUDA wheels put nvcc, headers and libraries in `site-packages/nvidia/cu<N>/` with
-    `lib/libcudart.so.<N>` only, while torch's build links `-L$CUDA_HOME/lib64 -lcudart`: a directory
-    of links in the build cache gives that layout (None when no such nvcc is installed)."""
+def pip_toolkit() -> Path | None:
+    """The CUDA toolkit pip installs (`pip_toolkit_command`): `site-packages/nvidia/cu<N>/` holding
+    bin/nvcc, or None. Only looked for; nothing is written."""
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
     roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     found = sorted(d for root in roots for d in root.glob("cu[0-9]*") if (d / "bin" / "nvcc").is_file())
-    if not found:
+    return found[-1] if found else None
+
+
+def _pip_cuda_home() -> Path | None:
+    """pip's CUDA wheels hold `lib/libcudart.so.<N>` only, while torch's build links
+    `-L$CUDA_HOME/lib64 -lcudart`: a directory of links in the build cache gives that layout (None
+    when pip installed no nvcc)."""
+    toolkit = pip_toolkit()
+    if toolkit is None:
         return None
-    toolkit = found[-1]
     shim = cache_dir() / "cuda-home" / hashlib.sha256(str(toolkit).encode()).hexdigest()[:12]
     lib64 = shim / "lib64"
     lib64.mkdir(parents=True, exist_ok=True)
@@ -172,9 +178,7 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
 
     _put_ninja_on_path()
     if with_cuda and cuda_home() is None:
-        raise VikhrError(
-            'no CUDA toolkit found: install one (or pip install "cuda-toolkit[nvcc,cccl]"), or set CUDA_HOME'
-        )
+        raise VikhrError(f"no CUDA toolkit found: install one and set CUDA_HOME, or {pip_toolkit_command()}")
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
     flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")

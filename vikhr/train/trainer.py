@@ -168,7 +168,8 @@ def check_data(cfg: TrainConfig) -> None:
     rank 0 rebuilds it.
     """
     vocab_size = cfg.model.shape().vocab_size
-    record = ValidationRecord(Path(index_cache_dir(cfg)) / "data-check.json")
+    cache = index_cache_dir(cfg)
+    record = ValidationRecord(Path(cache) / "data-check.json")
     for i, entry in enumerate(cfg.data.train):
         key = f"config key data.train[{i}] ({entry.name})"
         if cfg.data.kind == "sft":
@@ -182,7 +183,7 @@ def check_data(cfg: TrainConfig) -> None:
             _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess", record)
     record.save()  # only once every dataset passed: a run refused at this point writes nothing
     if cfg.data.kind == "pretrain":
-        check_index_cache(index_cache_dir(cfg))
+        check_index_cache(cache)
 
 
 def _check_dataset(
