@@ -10,7 +10,7 @@ TORCH_LIBRARY(vikhr, m) {
   m.def("logsumexp_rows(Tensor x) -> Tensor");
   m.def(
       "cekl_forward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
-      "float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out) -> Tensor");
+      "float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out, int schedule=0) -> Tensor");
   m.def(
       "cekl_stats(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
       "int kl_mode, int valid_cols) -> Tensor");
@@ -20,4 +20,8 @@ TORCH_LIBRARY(vikhr, m) {
       "cekl_backward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, Tensor rows, "
       "float inv_temperature, float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out) -> ()");
   m.def("cekl_scale_grad(Tensor(a!) grad, Tensor factor) -> ()");
+  m.def(
+      "cekl_prepare(Tensor labels, int ignore_index, int start, int local_cols, int vocab, float grad_scale) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  m.def("cekl_total(Tensor rows, Tensor counts, float kl_factor) -> (Tensor, Tensor, Tensor)");
 }

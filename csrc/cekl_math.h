@@ -41,6 +41,10 @@ namespace cekl {
 
 enum KlMode : int { kNone = 0, kReverse = 1, kForward = 2 };
 
+// Schedules of the single-rank forward on CUDA (cross_entropy_kl_cuda.cu; the names are in
+// vikhr/ops/cross_entropy_kl.py: CUDA_SCHEDULES). The CPU has one.
+enum Schedule : int { kRowPerBlock = 0, kPersistent = 1, kSharedRow = 2 };
+
 // Layout of the per-row tensors exchanged with Python (vikhr/ops/cross_entropy_kl.py; the column
 // counts are repeated in vikhr/ops/fake.py).
 constexpr int kMaxCols = 3;   // [N, 3] maxima: m_z, m_x, m_y
@@ -186,6 +190,49 @@ struct Batch {
   int64_t rows, cols;
   Params p;
 };
+
+// What a label means to this rank's shard: labels are global ids; ignore_index marks a row
+// without loss; this rank holds the columns [start, start + local_cols) of a vocabulary of
+// `vocab` ids. (cekl_prepare turns labels into the kernels' target and row scales.)
+struct Labels {
+  int64_t ignore_index, start, local_cols, vocab;
+};
+
+// Counted in the mean (every row whose label is not ignore_index, a bad label included).
+VIKHR_HD bool label_counted(int64_t y, const Labels& l) { return y != l.ignore_index; }
+
+// A counted label outside the vocabulary: the caller is told (its target is −1, so no kernel
+// reads out of bounds even when the error is reported later).
+VIKHR_HD bool label_bad(int64_t y, const Labels& l) { return y != l.ignore_index && (y < 0 || y >= l.vocab); }
+
+// The label's local column on this rank, or −1 (ignored, bad, or on another rank).
+VIKHR_HD int64_t label_target(int64_t y, const Labels& l) {
+  const int64_t local = y - l.start;
+  return label_counted(y, l) && !label_bad(y, l) && local >= 0 && local < l.local_cols ? local : -1;
+}
+
+// The kernels' row scales of one row: 1/N_counted (row_scale) and grad_scale/N_counted (the
+// scale of the gradient written, which carries the caller's loss scale); 0 for an ignored row.
+VIKHR_HD void row_scales(bool counted, int64_t n_counted, double grad_scale, float* row_scale,
+                         float* grad_row_scale) {
+  const double denom = n_counted > 0 ? static_cast<double>(n_counted) : 1.0;
+  *row_scale = counted ? static_cast<float>(1.0 / denom) : 0.f;
+  *grad_row_scale = counted ? static_cast<float>(grad_scale / denom) : 0.f;
+}
+
+// The means over counted rows from the float64 sums of the finished rows' ce and kl columns:
+// (loss = ce + kl_factor · kl, ce, kl), rounded as float32 arithmetic on the float32 means would.
+VIKHR_HD void totals(double ce_sum, double kl_sum, int64_t n_counted, float kl_factor, float* loss, float* ce,
+                     float* kl) {
+  const double denom = n_counted > 0 ? static_cast<double>(n_counted) : 1.0;
+  *ce = static_cast<float>(ce_sum / denom);
+  *kl = static_cast<float>(kl_sum / denom);
+#ifdef __CUDA_ARCH__
+  *loss = __fadd_rn(*ce, __fmul_rn(kl_factor, *kl));  // rounded twice, as on the host: no FMA
+#else
+  *loss = *ce + kl_factor * *kl;
+#endif
+}
 
 // exp for the bulk loops. On the host: a branch-free Cephes-style polynomial that the compiler
 // vectorises (std::exp does not vectorise without -ffast-math); about 1 ulp over [-87, 0],

@@ -152,7 +152,7 @@ void zero_row(const RowPtrs<scalar_t>& row, int64_t cols) {
 // Rows in parallel (at::parallel_for); the host side of each op is ops.h.
 struct CpuKernels {
   template <typename scalar_t>
-  static void forward(const cekl::Batch<scalar_t>& b, float* rows) {
+  static void forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t /*schedule: CUDA only*/) {
     for_each_row(b, [&](const RowPtrs<scalar_t>& row, int64_t i) {
       if (row.scale == 0.f) {  // ignored row: no loss, zero gradient
         zero_row(row, b.cols);
@@ -203,6 +203,35 @@ struct CpuKernels {
     at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) grad[i] = static_cast<scalar_t>(static_cast<float>(grad[i]) * f);
     });
+  }
+
+  // Per-row bookkeeping of a call, in one sequential pass each (cheap next to the rows).
+  template <typename label_t>
+  static void prepare(const label_t* labels, int64_t n, const cekl::Labels& shard, double grad_scale,
+                      int64_t* target, float* row_scale, float* grad_row_scale, int64_t* counts) {
+    int64_t counted = 0, first_bad = -1;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = labels[i];
+      counted += cekl::label_counted(y, shard) ? 1 : 0;
+      if (first_bad < 0 && cekl::label_bad(y, shard)) first_bad = i;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = labels[i];
+      target[i] = cekl::label_target(y, shard);
+      cekl::row_scales(cekl::label_counted(y, shard), counted, grad_scale, row_scale + i, grad_row_scale + i);
+    }
+    counts[0] = counted;
+    counts[1] = first_bad;
+  }
+
+  static void total(const float* rows, int64_t n, const int64_t* counts, float kl_factor, float* loss, float* ce,
+                    float* kl) {
+    double ce_sum = 0.0, kl_sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      ce_sum += rows[i * cekl::kRowCols];
+      kl_sum += rows[i * cekl::kRowCols + 1];
+    }
+    cekl::totals(ce_sum, kl_sum, counts[0], kl_factor, loss, ce, kl);
   }
 };
 

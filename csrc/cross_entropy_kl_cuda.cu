@@ -1,13 +1,24 @@
-// Fused cross-entropy + KL on CUDA: one block per row. Each thread folds its 16-byte vector
+// Fused cross-entropy + KL on CUDA: a block per row. Each thread folds its 16-byte vector
 // loads (8 bf16/fp16 or 4 fp32 values) into an online state in fp32 (cekl::accumulate), the
 // block merges the states (warp shuffles, then shared memory), thread 0 finishes the row, and
-// for the gradient the block reads the row again (from L2 right after the first read) and
-// writes d(loss)/dz, possibly over the logits. Same math as the CPU twin (cekl_math.h); the
-// host side of each op (checks, outputs, dtype dispatch) is ops.h.
+// for the gradient the block reads the row again and writes d(loss)/dz, possibly over the
+// logits. Same math as the CPU twin (cekl_math.h); the host side of each op (checks, outputs,
+// dtype dispatch) is ops.h.
+//
+// Where the second read of a row comes from is the single-rank forward's schedule (ops.h:
+// cekl::Schedule), chosen per call:
+//   row         one block per row, as many in flight as fit on the GPU: the second read hits L2
+//               only while the rows in flight fit in it (at V = 40000 in bf16 with a reference,
+//               ~4 blocks × 132 SMs × 160 KB is more than the L2)
+//   persistent  a grid of blocks that loop over the rows, sized so that the rows in flight take
+//               at most half of the L2
+//   smem        the first read keeps the row (and the reference row) in shared memory, and the
+//               gradient pass reads it from there; rows too long for shared memory use `row`
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 
@@ -32,11 +43,29 @@ struct alignas(16) Pack {
 };
 
 template <typename scalar_t>
-__device__ __forceinline__ void load_floats(const scalar_t* base, int64_t pack, float (&out)[Pack<scalar_t>::kSize]) {
-  const Pack<scalar_t> p = reinterpret_cast<const Pack<scalar_t>*>(base)[pack];
+__device__ __forceinline__ void to_floats(const Pack<scalar_t>& p, float (&out)[Pack<scalar_t>::kSize]) {
 #pragma unroll
   for (int k = 0; k < Pack<scalar_t>::kSize; ++k) out[k] = static_cast<float>(p.v[k]);
 }
+
+template <typename scalar_t>
+__device__ __forceinline__ void load_floats(const Pack<scalar_t>* packs, int64_t pack,
+                                            float (&out)[Pack<scalar_t>::kSize]) {
+  to_floats(packs[pack], out);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ const Pack<scalar_t>* as_packs(const scalar_t* base) {
+  return reinterpret_cast<const Pack<scalar_t>*>(base);
+}
+
+// Where a block keeps its row for the gradient pass (the smem schedule): the row's packs, then
+// the reference row's. Null pointers: nothing kept.
+template <typename scalar_t>
+struct KeptRow {
+  Pack<scalar_t>* z;
+  Pack<scalar_t>* r;
+};
 
 template <typename scalar_t>
 __device__ __forceinline__ void store_streaming(scalar_t* base, int64_t pack, const Pack<scalar_t>& p) {
@@ -45,9 +74,11 @@ __device__ __forceinline__ void store_streaming(scalar_t* base, int64_t pack, co
   __stcs(reinterpret_cast<int4*>(base) + pack, bits);
 }
 
-// This thread's share of the row's statistics (before the block merge).
+// This thread's share of the row's statistics (before the block merge). With `keep`, the thread
+// also stores the packs it read there: the gradient pass has the same thread read the same packs.
 template <typename V, typename scalar_t>
-__device__ State thread_state(const scalar_t* z, const scalar_t* r, bool vectorised, const Params& p) {
+__device__ State thread_state(const scalar_t* z, const scalar_t* r, bool vectorised, const Params& p,
+                              KeptRow<scalar_t> keep = {nullptr, nullptr}) {
   constexpr int kVec = Pack<scalar_t>::kSize;
   State s = cekl::empty_state();
   int64_t done = 0;
@@ -55,9 +86,13 @@ __device__ State thread_state(const scalar_t* z, const scalar_t* r, bool vectori
     const int64_t packs = p.valid_cols / kVec;
     for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
       float zf[kVec], rf[kVec];
-      load_floats(z, i, zf);
+      const Pack<scalar_t> zp = as_packs(z)[i];
+      if (keep.z != nullptr) keep.z[i] = zp;
+      to_floats(zp, zf);
       if (r != nullptr) {
-        load_floats(r, i, rf);
+        const Pack<scalar_t> rp = as_packs(r)[i];
+        if (keep.r != nullptr) keep.r[i] = rp;
+        to_floats(rp, rf);
       } else {
 #pragma unroll
         for (int k = 0; k < kVec; ++k) rf[k] = 0.f;
@@ -96,8 +131,11 @@ __device__ State block_reduce(State s) {
   return s;
 }
 
+// The gradient of one row. The vectorised part reads its packs from `z_packs` / `r_packs` (the
+// row in global memory, or where thread_state kept it); the unaligned tail reads z / r.
 template <typename V, typename scalar_t>
-__device__ void row_grad(const scalar_t* z, const scalar_t* r, scalar_t* out, int64_t target, const Row& fin,
+__device__ void row_grad(const scalar_t* z, const scalar_t* r, const Pack<scalar_t>* z_packs,
+                         const Pack<scalar_t>* r_packs, scalar_t* out, int64_t target, const Row& fin,
                          const Params& p, float scale, bool vectorised, int64_t cols) {
   constexpr int kVec = Pack<scalar_t>::kSize;
   constexpr bool kWithRef = V::kMode != cekl::kNone;
@@ -106,8 +144,8 @@ __device__ void row_grad(const scalar_t* z, const scalar_t* r, scalar_t* out, in
     const int64_t packs = p.valid_cols / kVec;
     for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
       float zf[kVec], rf[kVec];
-      load_floats(z, i, zf);
-      if (kWithRef) load_floats(r, i, rf);
+      load_floats(z_packs, i, zf);
+      if (kWithRef) load_floats(r_packs, i, rf);
       Pack<scalar_t> g;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -133,34 +171,46 @@ __device__ void zero_row(scalar_t* out, int64_t cols) {
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = static_cast<scalar_t>(0.f);
 }
 
-// Single rank: statistics, finished row and the gradient. Batch has no __restrict__ on z / out:
-// they may be the same buffer.
-template <typename scalar_t>
+// Single rank: statistics, finished row and the gradient, for rows blockIdx.x, + gridDim.x, ...
+// (one row per block unless the grid is persistent). Batch has no __restrict__ on z / out: they
+// may be the same buffer.
+template <typename scalar_t, bool kKeepRow>
 __global__ void __launch_bounds__(kThreads) forward_kernel(cekl::Batch<scalar_t> b, float* __restrict__ rows,
                                                            bool vectorised) {
-  const int64_t row = blockIdx.x;
-  const float scale = b.row_scale[row];
-  const int64_t offset = row * b.cols;
-  const scalar_t* zr = b.z + offset;
-  const scalar_t* rr = b.r != nullptr ? b.r + offset : nullptr;
-  scalar_t* outr = b.out + offset;
-  if (scale == 0.f) {  // ignored row (uniform over the block): no loss, zero gradient
-    zero_row(outr, b.cols);
-    return;
-  }
   __shared__ Row fin;
-  const int64_t t = b.target[row];
-  cekl::dispatch_variant(b.p, [&](auto v) {
-    using V = decltype(v);
-    State s = block_reduce(thread_state<V>(zr, rr, vectorised, b.p));
-    if (threadIdx.x == 0) {
-      s.zt = t >= 0 ? static_cast<float>(zr[t]) : 0.f;
-      fin = cekl::finish(s, b.p.mode);
-      cekl::store_row(fin, rows + row * cekl::kRowCols);
+  extern __shared__ int4 kept_packs[];  // kKeepRow: launched with the bytes the row's packs need
+  KeptRow<scalar_t> keep{nullptr, nullptr};
+  if (kKeepRow) {
+    keep.z = reinterpret_cast<Pack<scalar_t>*>(kept_packs);
+    if (b.r != nullptr) keep.r = keep.z + b.p.valid_cols / Pack<scalar_t>::kSize;
+  }
+  // The barriers inside the loop (block_reduce's, and the one after `fin` is written) also keep
+  // one row's reads of `fin` and of the warp states before the next row's writes.
+  for (int64_t row = blockIdx.x; row < b.rows; row += gridDim.x) {
+    const float scale = b.row_scale[row];
+    const int64_t offset = row * b.cols;
+    const scalar_t* zr = b.z + offset;
+    const scalar_t* rr = b.r != nullptr ? b.r + offset : nullptr;
+    scalar_t* outr = b.out + offset;
+    if (scale == 0.f) {  // ignored row (uniform over the block): no loss, zero gradient
+      zero_row(outr, b.cols);
+      continue;
     }
-    __syncthreads();
-    row_grad<V>(zr, rr, outr, t, fin, b.p, scale, vectorised, b.cols);
-  });
+    const int64_t t = b.target[row];
+    cekl::dispatch_variant(b.p, [&](auto v) {
+      using V = decltype(v);
+      State s = block_reduce(thread_state<V>(zr, rr, vectorised, b.p, keep));
+      if (threadIdx.x == 0) {
+        s.zt = t >= 0 ? static_cast<float>(zr[t]) : 0.f;
+        fin = cekl::finish(s, b.p.mode);
+        cekl::store_row(fin, rows + row * cekl::kRowCols);
+      }
+      __syncthreads();
+      const Pack<scalar_t>* z_packs = kKeepRow ? keep.z : as_packs(zr);
+      const Pack<scalar_t>* r_packs = kKeepRow ? keep.r : (rr != nullptr ? as_packs(rr) : nullptr);
+      row_grad<V>(zr, rr, z_packs, r_packs, outr, t, fin, b.p, scale, vectorised, b.cols);
+    });
+  }
 }
 
 template <typename scalar_t>
@@ -208,8 +258,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(cekl::Batch<scalar_t
   }
   const Row fin = cekl::load_row(rows + row * cekl::kRowCols);
   cekl::dispatch_variant(b.p, [&](auto v) {
-    row_grad<decltype(v)>(b.z + offset, b.r != nullptr ? b.r + offset : nullptr, outr, b.target[row], fin, b.p,
-                          scale, vectorised, b.cols);
+    const scalar_t* zr = b.z + offset;
+    const scalar_t* rr = b.r != nullptr ? b.r + offset : nullptr;
+    row_grad<decltype(v)>(zr, rr, as_packs(zr), rr != nullptr ? as_packs(rr) : nullptr, outr, b.target[row], fin,
+                          b.p, scale, vectorised, b.cols);
   });
 }
 
@@ -224,6 +276,64 @@ __global__ void scale_grad_kernel(scalar_t* __restrict__ grad, const float* __re
   }
 }
 
+// The per-call bookkeeping runs in one block (N is thousands of rows, not millions): a pass to
+// count the rows and find the first bad label, a pass to write the targets and row scales.
+constexpr int kBookkeepingThreads = 1024;
+
+// Sum (or minimum) over the block, valid in every thread; `partial` holds one value per warp.
+template <typename T, typename Op>
+__device__ T block_all_reduce(T value, Op op, T* partial) {
+  constexpr unsigned kAll = 0xffffffffu;
+  for (int offset = 16; offset > 0; offset >>= 1) value = op(value, __shfl_down_sync(kAll, value, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = value;
+  __syncthreads();
+  T total = partial[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total = op(total, partial[w]);
+  __syncthreads();  // `partial` may be reused by the next reduction
+  return total;
+}
+
+template <typename label_t>
+__global__ void __launch_bounds__(kBookkeepingThreads)
+    prepare_kernel(const label_t* __restrict__ labels, int64_t n, cekl::Labels shard, double grad_scale,
+                   int64_t* __restrict__ target, float* __restrict__ row_scale, float* __restrict__ grad_row_scale,
+                   int64_t* __restrict__ counts) {
+  __shared__ long long partial[kBookkeepingThreads / 32];
+  long long counted = 0, first_bad = LLONG_MAX;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const int64_t y = labels[i];
+    counted += cekl::label_counted(y, shard) ? 1 : 0;
+    if (first_bad == LLONG_MAX && cekl::label_bad(y, shard)) first_bad = i;
+  }
+  counted = block_all_reduce(counted, [](long long a, long long b) { return a + b; }, partial);
+  first_bad = block_all_reduce(first_bad, [](long long a, long long b) { return a < b ? a : b; }, partial);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const int64_t y = labels[i];
+    target[i] = cekl::label_target(y, shard);
+    cekl::row_scales(cekl::label_counted(y, shard), counted, grad_scale, row_scale + i, grad_row_scale + i);
+  }
+  if (threadIdx.x == 0) {
+    counts[0] = counted;
+    counts[1] = first_bad == LLONG_MAX ? -1 : first_bad;
+  }
+}
+
+__global__ void __launch_bounds__(kBookkeepingThreads)
+    total_kernel(const float* __restrict__ rows, int64_t n, const int64_t* __restrict__ counts, float kl_factor,
+                 float* __restrict__ loss, float* __restrict__ ce, float* __restrict__ kl) {
+  __shared__ double partial[kBookkeepingThreads / 32];
+  double ce_sum = 0.0, kl_sum = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    ce_sum += rows[i * cekl::kRowCols];
+    kl_sum += rows[i * cekl::kRowCols + 1];
+  }
+  auto add = [](double a, double b) { return a + b; };
+  ce_sum = block_all_reduce(ce_sum, add, partial);
+  kl_sum = block_all_reduce(kl_sum, add, partial);
+  if (threadIdx.x == 0) cekl::totals(ce_sum, kl_sum, counts[0], kl_factor, loss, ce, kl);
+}
+
 // 16-byte vector loads need every row start (and hence the base pointers) 16-byte aligned.
 template <typename scalar_t>
 bool can_vectorise(const cekl::Batch<scalar_t>& b) {
@@ -235,6 +345,71 @@ bool can_vectorise(const cekl::Batch<scalar_t>& b) {
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// What the forward's schedules need to know of the current device.
+struct DeviceLimits {
+  int sms = 0;                 // streaming multiprocessors
+  int64_t l2_bytes = 0;        // L2 cache
+  int64_t smem_optin = 0;      // dynamic shared memory a block may opt in to
+};
+
+DeviceLimits device_limits() {
+  int device = 0, sms = 0, l2 = 0, smem = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return DeviceLimits{sms, l2, smem};
+}
+
+// Blocks of the persistent grid: the same number on every SM (the rows are shared out evenly),
+// as many as keep the rows in flight within half of the L2, at least one and at most what fits
+// on an SM at once; never more than the rows.
+template <typename scalar_t>
+int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d) {
+  int fits = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, forward_kernel<scalar_t, false>, kThreads, 0));
+  const int64_t row_bytes = b.cols * static_cast<int64_t>(sizeof(scalar_t)) * (b.r != nullptr ? 2 : 1);
+  const int64_t rows_in_l2 = d.l2_bytes / 2 / std::max<int64_t>(row_bytes, 1);
+  const int64_t per_sm = std::clamp<int64_t>(rows_in_l2 / std::max(d.sms, 1), 1, std::max(fits, 1));
+  return std::min<int64_t>(per_sm * d.sms, b.rows);
+}
+
+// Dynamic shared memory the smem schedule needs for a row (and its reference row), or 0 when
+// the row does not fit (or is not vectorised: the kept copy is in packs).
+template <typename scalar_t>
+size_t kept_row_bytes(const cekl::Batch<scalar_t>& b, bool vectorised, const DeviceLimits& d) {
+  if (!vectorised) return 0;
+  cudaFuncAttributes attrs{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, forward_kernel<scalar_t, true>));
+  const int64_t packs = b.p.valid_cols / Pack<scalar_t>::kSize;
+  const int64_t bytes = packs * static_cast<int64_t>(sizeof(Pack<scalar_t>)) * (b.r != nullptr ? 2 : 1);
+  const int64_t room = d.smem_optin - static_cast<int64_t>(attrs.sharedSizeBytes);
+  return bytes > 0 && bytes <= room ? static_cast<size_t>(bytes) : 0;
+}
+
+template <typename scalar_t>
+void launch_forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t schedule) {
+  const bool vectorised = can_vectorise(b);
+  if (schedule == cekl::kPersistent) {
+    const auto blocks = static_cast<unsigned>(persistent_blocks(b, device_limits()));
+    forward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream()>>>(b, rows, vectorised);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  if (schedule == cekl::kSharedRow) {
+    const size_t bytes = kept_row_bytes(b, vectorised, device_limits());
+    if (bytes > 0) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t, true>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+      forward_kernel<scalar_t, true><<<b.rows, kThreads, bytes, stream()>>>(b, rows, vectorised);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
+  forward_kernel<scalar_t, false><<<b.rows, kThreads, 0, stream()>>>(b, rows, vectorised);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 constexpr int kElementwiseThreads = 256;
 
 unsigned elementwise_blocks(int64_t n) {
@@ -244,9 +419,8 @@ unsigned elementwise_blocks(int64_t n) {
 // One block per row for the row kernels, one thread per row for the per-row steps.
 struct CudaKernels {
   template <typename scalar_t>
-  static void forward(const cekl::Batch<scalar_t>& b, float* rows) {
-    forward_kernel<scalar_t><<<b.rows, kThreads, 0, stream()>>>(b, rows, can_vectorise(b));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  static void forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t schedule) {
+    launch_forward(b, rows, schedule);
   }
 
   template <typename scalar_t>
@@ -270,6 +444,20 @@ struct CudaKernels {
   template <typename scalar_t>
   static void backward(const cekl::Batch<scalar_t>& b, const float* rows) {
     backward_kernel<scalar_t><<<b.rows, kThreads, 0, stream()>>>(b, rows, can_vectorise(b));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <typename label_t>
+  static void prepare(const label_t* labels, int64_t n, const cekl::Labels& shard, double grad_scale,
+                      int64_t* target, float* row_scale, float* grad_row_scale, int64_t* counts) {
+    prepare_kernel<label_t><<<1, kBookkeepingThreads, 0, stream()>>>(labels, n, shard, grad_scale, target, row_scale,
+                                                                      grad_row_scale, counts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void total(const float* rows, int64_t n, const int64_t* counts, float kl_factor, float* loss, float* ce,
+                    float* kl) {
+    total_kernel<<<1, kBookkeepingThreads, 0, stream()>>>(rows, n, counts, kl_factor, loss, ce, kl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 

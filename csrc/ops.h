@@ -4,12 +4,15 @@
 // (TORCH_LIBRARY_IMPL(vikhr, CPU / CUDA, ...)). The schemas are declared once in bindings.cpp.
 //
 // A device's CE+KL `Kernels` provide, for the rows of a cekl::Batch (cekl_math.h):
-//   forward(batch, rows)            statistics, finished rows and the gradient (batch.out)
+//   forward(batch, rows, schedule)  statistics, finished rows and the gradient (batch.out);
+//                                   the schedule (cekl::Schedule) matters on CUDA only
 //   stats(batch, stats)             local statistics [N, 8]
 //   rescale(stats, maxima, sums, n) sums relative to the global maxima
 //   finish(maxima, sums, row_scale, mode, rows, n)
 //   backward(batch, rows)           the gradient from finished rows
 //   scale_grad(grad, factor, n)     grad *= *factor unless *factor == 1 (read where it lives)
+//   prepare(labels, n, cekl::Labels, grad_scale, target, row_scale, grad_row_scale, counts)
+//   total(rows, n, counts, kl_factor, loss, ce, kl)
 // and its logsumexp `Kernels` logsumexp_rows(x, out, rows, cols).
 #pragma once
 
@@ -23,6 +26,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <tuple>
 
 #include "cekl_math.h"
 
@@ -33,6 +37,12 @@ namespace vikhr {
 // logsumexp_rows(x [N, V]) -> [N] fp32: row-wise log(sum(exp(x))), accumulated in fp32.
 //
 // Fused cross-entropy + KL (cekl_math.h has the math, vikhr/ops/cross_entropy_kl.py the driver).
+// Before and after the row kernels, one launch each (instead of a dozen small tensor ops):
+//   cekl_prepare(labels int64/int32 [N], ignore_index, start, local_cols, vocab, grad_scale)
+//     -> (target int64 [N], row_scale fp32 [N], grad_row_scale fp32 [N], counts int64 [2])
+//     counts = (rows counted, index of the first label outside [0, vocab) or −1)
+//   cekl_total(rows [N, 5], counts, kl_factor) -> (loss, ce, kl): fp32 scalars, means over the
+//     counted rows, loss = ce + kl_factor · kl
 // logits / ref_logits: [N, V_local] fp32, bf16 or fp16, same dtype, contiguous; ref_logits only
 // with a KL mode. target: int64 [N], the label's local column in [0, valid_cols) or −1 when the
 // label is on another rank or the row is ignored (the caller validates labels). row_scale: fp32
@@ -41,7 +51,8 @@ namespace vikhr {
 //
 // Single rank with a gradient: statistics, finished rows [N, 5] = (ce, kl, lse_z, lse_a, lse_b)
 // and the gradient, reading each row once more while it is in cache.
-//   cekl_forward(logits, ref, target, row_scale, 1/T, λ·T, kl_mode, valid_cols, grad_out) -> rows
+//   cekl_forward(logits, ref, target, row_scale, 1/T, λ·T, kl_mode, valid_cols, grad_out,
+//                schedule=0) -> rows
 // Vocab parallel, or no gradient: local statistics [N, 8] = maxima (3, MAX-reduced across the
 // group) ++ sums (5, SUM-reduced):
 //   cekl_stats(logits, ref, target, row_scale, 1/T, kl_mode, valid_cols) -> stats
@@ -143,12 +154,15 @@ void with_batch(const at::Tensor& logits, const std::optional<at::Tensor>& ref_l
 template <class Kernels>
 at::Tensor cekl_forward(const at::Tensor& logits, const std::optional<at::Tensor>& ref_logits,
                         const at::Tensor& target, const at::Tensor& row_scale, double inv_temperature,
-                        double kl_coef, int64_t kl_mode, int64_t valid_cols, const at::Tensor& grad_out) {
+                        double kl_coef, int64_t kl_mode, int64_t valid_cols, const at::Tensor& grad_out,
+                        int64_t schedule) {
   detail::check_inputs(logits, ref_logits, target, row_scale, kl_mode, valid_cols, grad_out);
+  TORCH_CHECK(schedule >= cekl::kRowPerBlock && schedule <= cekl::kSharedRow, "cross_entropy_kl: unknown schedule ",
+              schedule);
   const c10::OptionalDeviceGuard guard(logits.device());
   auto rows = detail::float_rows(logits, cekl::kRowCols);
   detail::with_batch(logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out,
-                     [&](const auto& batch) { Kernels::forward(batch, rows.data_ptr<float>()); });
+                     [&](const auto& batch) { Kernels::forward(batch, rows.data_ptr<float>(), schedule); });
   return rows;
 }
 
@@ -221,6 +235,50 @@ void cekl_scale_grad(const at::Tensor& grad, const at::Tensor& factor) {
 }
 
 template <class Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cekl_prepare(const at::Tensor& labels, int64_t ignore_index,
+                                                                        int64_t start, int64_t local_cols,
+                                                                        int64_t vocab, double grad_scale) {
+  TORCH_CHECK(labels.dim() == 1 && (labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt),
+              "cross_entropy_kl: labels must be a 1-D int64 or int32 tensor, got ", labels.scalar_type(), " ",
+              labels.sizes());
+  TORCH_CHECK(start >= 0 && local_cols >= 0 && vocab > 0, "cross_entropy_kl: bad shard (start ", start,
+              ", local_cols ", local_cols, ", vocab ", vocab, ")");
+  const c10::OptionalDeviceGuard guard(labels.device());
+  const auto l = labels.contiguous();
+  const int64_t n = l.size(0);
+  auto target = at::empty({n}, l.options().dtype(at::kLong));
+  auto row_scale = at::empty({n}, l.options().dtype(at::kFloat));
+  auto grad_row_scale = at::empty({n}, l.options().dtype(at::kFloat));
+  auto counts = at::empty({2}, l.options().dtype(at::kLong));
+  const cekl::Labels shard{ignore_index, start, local_cols, vocab};
+  auto run = [&](const auto* ptr) {
+    Kernels::prepare(ptr, n, shard, grad_scale, target.data_ptr<int64_t>(), row_scale.data_ptr<float>(),
+                     grad_row_scale.data_ptr<float>(), counts.data_ptr<int64_t>());
+  };
+  if (l.scalar_type() == at::kLong) {
+    run(l.data_ptr<int64_t>());
+  } else {
+    run(l.data_ptr<int32_t>());
+  }
+  return {target, row_scale, grad_row_scale, counts};
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cekl_total(const at::Tensor& rows, const at::Tensor& counts,
+                                                          double kl_factor) {
+  detail::check_row_tensor(rows, cekl::kRowCols, "rows", rows.device());
+  TORCH_CHECK(counts.numel() == 2 && counts.scalar_type() == at::kLong && counts.device() == rows.device() &&
+                  counts.is_contiguous(),
+              "cross_entropy_kl: counts must be the int64 [2] tensor of cekl_prepare, on ", rows.device());
+  const c10::OptionalDeviceGuard guard(rows.device());
+  auto scalar = [&] { return at::empty({}, rows.options()); };
+  at::Tensor loss = scalar(), ce = scalar(), kl = scalar();
+  Kernels::total(rows.data_ptr<float>(), rows.size(0), counts.data_ptr<int64_t>(), static_cast<float>(kl_factor),
+                 loss.data_ptr<float>(), ce.data_ptr<float>(), kl.data_ptr<float>());
+  return {loss, ce, kl};
+}
+
+template <class Kernels>
 at::Tensor logsumexp_rows(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2, "logsumexp_rows: expected a 2-D tensor, got ", x.dim(), " dimensions");
   const c10::OptionalDeviceGuard guard(x.device());
@@ -247,6 +305,8 @@ void register_cekl_kernels(torch::Library& m) {
   m.impl("cekl_finish", TORCH_FN(cekl_finish<Kernels>));
   m.impl("cekl_backward", TORCH_FN(cekl_backward<Kernels>));
   m.impl("cekl_scale_grad", TORCH_FN(cekl_scale_grad<Kernels>));
+  m.impl("cekl_prepare", TORCH_FN(cekl_prepare<Kernels>));
+  m.impl("cekl_total", TORCH_FN(cekl_total<Kernels>));
 }
 
 }  // namespace vikhr

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, SHARED_DATA
 
-STEPS = ["env", "build", "op-tests", "kernel-bench", "train-tests", "train-bench", "eval-bench"]
+STEPS = ["env", "build", "op-tests", "kernel-bench", "kernel-ncu", "train-tests", "train-bench", "eval-bench"]
 
 
 def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -60,6 +60,10 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     measured = [r for r in rows if "median_ms" in r]
     assert {r["impl"] for r in measured} >= {"vikhr fused", "vikhr fused/buf", "eager"}
     assert all("failed" not in r for r in rows)
+    profiled = (out / "kernel-ncu.log").read_text()
+    assert all(
+        f"profiled: forward kernel, schedule {name}" in profiled for name in ("row", "persistent", "smem")
+    )
     assert "tokens/s" in (out / "train-bench.log").read_text()
     evaluated = json.loads((out / "eval-bench.json").read_text())
     fixtures = {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}

@@ -15,7 +15,17 @@ import pytest
 
 from tests.conftest import REPO
 
-OPS = ["logsumexp_rows", "cekl_forward", "cekl_stats", "cekl_rescale", "cekl_finish", "cekl_backward"]
+OPS = [
+    "logsumexp_rows",
+    "cekl_forward",
+    "cekl_stats",
+    "cekl_rescale",
+    "cekl_finish",
+    "cekl_backward",
+    "cekl_scale_grad",
+    "cekl_prepare",
+    "cekl_total",
+]
 
 _COMPILE = """
 import json, sys

@@ -17,6 +17,7 @@ from tests.conftest import run_torchrun
 from vikhr.errors import VikhrError
 from vikhr.ops import build, cross_entropy_kl
 from vikhr.ops.build import load_ops
+from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, SCHEDULE_ENV, cuda_schedule
 from vikhr.ops.reference import cross_entropy_kl_reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -386,6 +387,18 @@ def test_kernel_rejects_bad_arguments_when_called_directly():
         forward(z.t(), None, target, scale, 1.0, 0.0, 0, 10, grad.t())
     with pytest.raises(RuntimeError, match=r"maxima must be \[N, 3\]"):
         torch.ops.vikhr.cekl_rescale(torch.zeros(3, 8), torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="unknown schedule 3"):
+        forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 3)
+
+
+def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
+    z, r, labels = _inputs(n=4, v=20, seed=16)
+    monkeypatch.setenv(SCHEDULE_ENV, "tiles")
+    with pytest.raises(ValueError, match="VIKHR_CEKL_SCHEDULE='tiles'") as err:
+        cross_entropy_kl(z, r, labels, kl_weight=0.1)
+    assert "\n" not in str(err.value) and "row, persistent, smem" in str(err.value)
+    monkeypatch.setenv(SCHEDULE_ENV, "")  # empty counts as unset: the default schedule
+    assert cuda_schedule() == 0
 
 
 def test_missing_device_kernels_give_one_line_telling_how_to_fix(monkeypatch):
@@ -445,9 +458,50 @@ def test_fake_kernels_agree_with_the_kernels():
         (ops.cekl_finish, (maxima, sums, scale, 1)),
         (ops.cekl_backward, (z, r, target, scale, rows, 1.0, 0.3, 1, 64, torch.empty_like(z))),
         (ops.logsumexp_rows, (z,)),
+        (ops.cekl_prepare, (labels, -100, 0, 64, 64, 0.5)),
+        (ops.cekl_prepare, (labels.int(), -100, 32, 32, 64, 1.0)),
+        (ops.cekl_total, (rows, torch.tensor([4, -1]), 0.3)),
     ]
     for op, args in calls:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+def test_prepare_turns_labels_into_targets_and_row_scales(device, label_dtype):
+    """Hand-checked: this rank holds columns [4, 8) of a 10-id vocabulary; labels 10 and -3 are
+    bad (counted, no target, the first one's index reported); -100 is ignored."""
+    load_ops()
+    labels = torch.tensor([5, -100, 2, 7, 10, 4, -3, 9], dtype=label_dtype, device=device)
+    target, row_scale, grad_row_scale, counts = torch.ops.vikhr.cekl_prepare(labels, -100, 4, 4, 10, 3.0)
+    assert target.tolist() == [1, -1, -1, 3, -1, 0, -1, -1]
+    assert counts.tolist() == [7, 4]
+    counted = torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.float64)
+    assert torch.equal(row_scale.cpu(), (counted / 7).float())
+    assert torch.equal(grad_row_scale.cpu(), (counted * (3.0 / 7)).float())
+    good = labels.clone()
+    good[4], good[6] = 8, -100
+    assert torch.ops.vikhr.cekl_prepare(good, -100, 4, 4, 10, 1.0)[3].tolist() == [6, -1]
+    none = torch.full((3,), -100, dtype=label_dtype, device=device)
+    _, row_scale, _, counts = torch.ops.vikhr.cekl_prepare(none, -100, 0, 10, 10, 1.0)
+    assert counts.tolist() == [0, -1] and row_scale.abs().sum() == 0
+    empty = torch.ops.vikhr.cekl_prepare(none[:0], -100, 0, 10, 10, 1.0)
+    assert empty[0].shape == (0,) and empty[3].tolist() == [0, -1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_total_is_the_mean_over_counted_rows(device):
+    load_ops()
+    g = torch.Generator().manual_seed(19)
+    rows = torch.rand(300, 5, generator=g).to(device)
+    loss, ce, kl = torch.ops.vikhr.cekl_total(rows, torch.tensor([240, -1], device=device), 0.75)
+    sums = rows[:, :2].double().sum(0).cpu() / 240
+    assert abs(float(ce) - float(sums[0])) <= 1e-7 * float(sums[0])
+    assert abs(float(kl) - float(sums[1])) <= 1e-7 * float(sums[1])
+    assert float(loss) == float(torch.tensor(float(ce)) + torch.tensor(0.75) * torch.tensor(float(kl)))
+    assert ce.shape == () and ce.dtype == torch.float32
+    zero = torch.ops.vikhr.cekl_total(rows[:0], torch.tensor([0, -1], device=device), 0.75)
+    assert [float(t) for t in zero] == [0.0, 0.0, 0.0]
 
 
 # ---------------------------------------------------------------- vocab parallel, 2 ranks (gloo)
@@ -517,10 +571,14 @@ def _real_inputs(n: int, v: int, valid: int, seed: int):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("schedule", CUDA_SCHEDULES)
 @pytest.mark.parametrize("v", [REAL_V, REAL_V_PADDED], ids=["V40000", "V40064-padded"])
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["buffer", "inplace"])
-def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace):
+def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace, schedule, monkeypatch):
+    # At N=512 the persistent grid (rows in half of the L2) has fewer blocks than rows, so its
+    # blocks loop; the smem schedule keeps both 80 KB rows in shared memory.
+    monkeypatch.setenv(SCHEDULE_ENV, schedule)
     z, r, labels = _real_inputs(REAL_N, v, REAL_V, seed=21)
     kw = {"kl_weight": 0.3, "kl_direction": direction, "valid_vocab_size": REAL_V}
     leaf = z.clone().requires_grad_()
@@ -534,6 +592,24 @@ def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace):
     want = [t.detach().cpu() for t in (want.loss, want.ce, want.kl, ref_logits.grad)]
     assert torch.equal(got[3][:, REAL_V:], torch.zeros_like(got[3][:, REAL_V:]))
     _assert_matches(got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kl_weight", [0.0, 0.4], ids=["ce-only", "kl"])
+def test_cuda_schedules_give_bitwise_identical_results(kl_weight, monkeypatch):
+    """Each thread does the same arithmetic in the same order under every schedule: only where
+    the second read of a row comes from (and which block runs it) differs."""
+    z, r, labels = _real_inputs(2048, REAL_V_PADDED, REAL_V, seed=24)
+    kw = {"kl_weight": kl_weight, "valid_vocab_size": REAL_V}
+    results = {}
+    for schedule in CUDA_SCHEDULES:
+        monkeypatch.setenv(SCHEDULE_ENV, schedule)
+        results[schedule] = _run_op(z, r, labels, torch.bfloat16, "cuda", **kw)
+    for schedule in CUDA_SCHEDULES[1:]:
+        for name, got, want in zip(
+            ("loss", "ce", "kl", "grad"), results[schedule], results["row"], strict=True
+        ):
+            assert torch.equal(got, want), f"{schedule}: {name} differs from the row schedule"
 
 
 @pytest.mark.gpu
@@ -572,9 +648,12 @@ def _spot_gradient(z_spots, r_spots, label_spots, n_valid: int, **kw) -> torch.T
 
 
 @pytest.mark.gpu
-def test_more_than_2_31_elements_on_gpu():
+@pytest.mark.parametrize("schedule", ["row", "persistent"])
+def test_more_than_2_31_elements_on_gpu(schedule, monkeypatch):
     """N×V > 2^31 (64-bit offsets everywhere): the loss against a chunked float32 reference, and
-    the gradient of rows on both sides of the 2^31st element against float64."""
+    the gradient of rows on both sides of the 2^31st element against float64. (Rows of 131072
+    bf16 do not fit in shared memory: smem runs as row.)"""
+    monkeypatch.setenv(SCHEDULE_ENV, schedule)
     n, v = 16500, 131072
     assert n * v > 2**31
     free, _ = torch.cuda.mem_get_info()

@@ -3,6 +3,9 @@
 For each vocabulary size it times forward+backward (median of --runs runs) and measures the peak
 extra memory (beyond the inputs) of:
   vikhr fused      the csrc/ kernel, gradient written over the logits (inplace_backward=True)
+  vikhr persistent the same on CUDA with the persistent grid (VIKHR_CEKL_SCHEDULE=persistent)
+  vikhr smem       the same on CUDA with the row kept in shared memory (VIKHR_CEKL_SCHEDULE=smem;
+                   rows too long for it run as `vikhr fused`)
   vikhr fused/buf  the csrc/ kernel with a separate gradient buffer
   eager            the plain PyTorch autograd composition (log_softmax, nll, KL sum) in fp32:
                    vikhr.ops.reference.cross_entropy_kl_reference, which the tests check against
@@ -29,6 +32,14 @@ max_memory_allocated on a GPU, the peak resident set size (VmHWM, reset first) o
     python tools/bench_kernels.py --device cpu         # CPU: N=512, V in {40000, 131072}
     python tools/bench_kernels.py --device cuda        # GPU: N=8192, V in {40000, 131072}
     python tools/bench_kernels.py --json out.json      # also write the rows as JSON
+
+`--profile-schedules` runs the fused forward kernel once per CUDA schedule (after one warm-up
+launch each) for a profiler around the process, and prints the order of the launches; e.g. the
+DRAM bytes each schedule moves (what decides whether the second read of a row hits L2):
+
+    ncu --kernel-name regex:forward_kernel --launch-skip 3 --launch-count 3 \
+        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+        python tools/bench_kernels.py --profile-schedules --device cuda --vocab 40000
 """
 
 from __future__ import annotations
@@ -43,7 +54,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-IMPLS = ("vikhr fused", "vikhr fused/buf", "eager", "compile", "liger")
+IMPLS = ("vikhr fused", "vikhr persistent", "vikhr smem", "vikhr fused/buf", "eager", "compile", "liger")
+# The CUDA forward's schedule of each vikhr implementation (vikhr.ops.cross_entropy_kl: CUDA_SCHEDULES).
+SCHEDULES = {"vikhr persistent": "persistent", "vikhr smem": "smem"}
 KL_WEIGHT, TEMPERATURE, IGNORE = 0.5, 1.0, -100
 H200_BANDWIDTH_GBS = 4800.0  # HBM3e peak, GB/s
 # Allowed error against the reference: loss relative; gradient relative to its largest entry
@@ -78,7 +91,7 @@ def _make_step(impl: str, device: str):
     if impl.startswith("vikhr"):
         from vikhr.ops import cross_entropy_kl
 
-        inplace = impl == "vikhr fused"
+        inplace = impl != "vikhr fused/buf"
 
         def step(z, r, labels):
             logits = z.detach().requires_grad_()
@@ -237,17 +250,40 @@ def _fused_kernel_call(r, labels, v: int):
     """The csrc/ forward kernel alone (statistics + gradient written over the logits)."""
     import torch
 
+    from vikhr.ops.cross_entropy_kl import cuda_schedule
+
     target = torch.where(labels == IGNORE, -1, labels)
     valid = (labels != IGNORE).float()
     row_scale = valid / valid.sum()
     mode_reverse = 1
+    schedule = cuda_schedule()
 
     def call(z):
         torch.ops.vikhr.cekl_forward(
-            z, r, target, row_scale, 1.0 / TEMPERATURE, KL_WEIGHT * TEMPERATURE, mode_reverse, v, z
+            z, r, target, row_scale, 1.0 / TEMPERATURE, KL_WEIGHT * TEMPERATURE, mode_reverse, v, z, schedule
         )
 
     return call
+
+
+def _profile_schedules(args: argparse.Namespace) -> int:
+    """Launches the fused forward (in place, at the first --vocab) once per schedule, twice over:
+    the first round warms up, the second is the one to profile (launches 4–6 of the kernel)."""
+    from vikhr.ops.build import load_ops
+    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, SCHEDULE_ENV
+
+    load_ops()
+    v = args.vocab[0]
+    z, r, labels = _inputs(args.n, v, args.dtype, args.device)
+    for round_name in ("warm-up", "profiled"):
+        for schedule in CUDA_SCHEDULES:
+            os.environ[SCHEDULE_ENV] = schedule
+            fresh = z.clone()
+            _sync(args.device)
+            _fused_kernel_call(r, labels, v)(fresh)
+            _sync(args.device)
+            print(f"{round_name}: forward kernel, schedule {schedule}, N={args.n}, V={v}, {args.dtype}")
+    return 0
 
 
 def _median_ms(call, z, runs: int, device: str, events: bool) -> float:
@@ -295,6 +331,8 @@ def _copy_rate(n: int, v: int, dtype_name: str, device: str, threads: int) -> fl
 def _run_worker(args: argparse.Namespace, impl: str, v: int) -> dict:
     if impl == "liger" and args.device != "cuda":
         return {"skipped": "Liger-Kernel runs on CUDA only"}
+    if impl in SCHEDULES and args.device != "cuda":
+        return {"skipped": "a CUDA schedule; the CPU kernel has one"}
     cmd = [
         sys.executable,
         __file__,
@@ -314,6 +352,8 @@ def _run_worker(args: argparse.Namespace, impl: str, v: int) -> dict:
         str(args.threads),
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if impl.startswith("vikhr"):
+        env["VIKHR_CEKL_SCHEDULE"] = SCHEDULES.get(impl, "row")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -344,6 +384,11 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (after each V)")
+    parser.add_argument(
+        "--profile-schedules",
+        action="store_true",
+        help="run the fused forward once per CUDA schedule (after a warm-up of each) for a profiler",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -380,6 +425,8 @@ def main() -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.n is None:
         args.n = 8192 if args.device == "cuda" else 512
+    if args.profile_schedules:
+        return _profile_schedules(args)
     if args.worker is not None:
         res = _worker(args.worker, args.n, args.vocab[0], args.dtype, args.device, args.runs, args.threads)
         print(json.dumps(res))

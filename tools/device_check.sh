@@ -10,6 +10,8 @@
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
+#   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule under Nsight Compute (ncu,
+#                     when on the PATH): DRAM bytes read and written, L2 hit rate, kernel time
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
@@ -131,14 +133,22 @@ if [[ -n ${DEVICE_CHECK_EVAL_DATA:-} ]]; then
 fi
 if [[ $DRY == 1 ]]; then
   BENCH_KERNELS=(--device cpu --n 64 --vocab 4096 --runs 1 --threads 1 --timeout 60)
+  BENCH_PROFILE=(--device cpu --n 64 --vocab 4096 --threads 1)
   BENCH_TRAIN=(--cpu-small --layers 1 --batch 1 --seq 64 --warmup 1 --repeats 1)
   BENCH_EVAL=(--random tiny --device cpu --dtype float32 --batch-sizes 1 2 --limit 2 --repeats 1)
 else
   BENCH_KERNELS=(--device cuda --n 8192 --vocab 40000 131072 --runs 5 --timeout 120)
+  BENCH_PROFILE=(--device cuda --n 8192 --vocab 40000)
   BENCH_TRAIN=(--warmup 1 --repeats 3)
   BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 16 --repeats 1)
 fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
+# The profiler around the schedules' launches (the second round of three; the first warms up).
+PROFILER=()
+if [[ $DRY == 0 ]] && command -v ncu > /dev/null; then
+  PROFILER=(ncu --clock-control none --kernel-name regex:forward_kernel --launch-skip 3 --launch-count 3
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum)
+fi
 
 if step build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
 import os, torch
@@ -153,11 +163,12 @@ print(ops)
 assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'
 "; then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
-  step kernel-bench 180 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
+  step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
+  step kernel-ncu 90 "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
   step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
 else
-  for name in op-tests kernel-bench train-tests train-bench; do skip_step "$name" "the build did not pass"; done
+  for name in op-tests kernel-bench kernel-ncu train-tests train-bench; do skip_step "$name" "the build did not pass"; done
 fi
 # `vikhr eval` runs transformers' model, not the csrc/ ops: it does not wait on the build.
 step eval-bench 150 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \

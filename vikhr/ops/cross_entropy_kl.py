@@ -26,11 +26,19 @@ vocab-parallel trainer, and a second production implementation would be one more
 
 `torch.compile(fullgraph=True)` traces the op (single rank) through its fake kernels
 (`vikhr.ops.fake`).
+
+On CUDA the single-rank forward reads each row twice; the environment variable
+VIKHR_CEKL_SCHEDULE chooses where the second read comes from (csrc/cross_entropy_kl_cuda.cu):
+`row` (default: one block per row, the second read from L2 while it holds the row), `persistent`
+(a grid sized so that the rows in flight fit in half of the L2) or `smem` (the row kept in shared
+memory; rows too long for it fall back to `row`). All three give the same result; the CPU kernel
+ignores the setting.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import torch
@@ -40,6 +48,9 @@ from vikhr.ops.build import require_kernels
 from vikhr.ops.fake import MAX_COLS
 
 KL_DIRECTIONS = ("reverse", "forward")
+# The CUDA forward's schedules, in the order of csrc/cekl_math.h: Schedule.
+CUDA_SCHEDULES = ("row", "persistent", "smem")
+SCHEDULE_ENV = "VIKHR_CEKL_SCHEDULE"
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # KL modes understood by the kernel (csrc/cekl_math.h: KlMode).
 _MODE_NONE, _MODE_REVERSE, _MODE_FORWARD = 0, 1, 2
@@ -112,20 +123,32 @@ def _vocab_size(logits: torch.Tensor, world: int, valid_vocab_size: int | None) 
     return valid_vocab_size
 
 
-def _check_labels(labels: torch.Tensor, ignore_index: int, vocab: int) -> None:
-    """Rejects a label outside [0, vocab) that is not ignore_index.
+def _check_labels(labels: torch.Tensor, counts: torch.Tensor, ignore_index: int, vocab: int) -> None:
+    """Rejects a label outside [0, vocab) that is not ignore_index (`counts[1]`, from cekl_prepare,
+    is the first one's index or -1).
 
     On the CPU it raises ValueError naming the first bad label. On an accelerator, and when traced
     by torch.compile, the check is an assertion on the device: no host sync in the hot path (a bad
-    label fails the next synchronising call with the same message)."""
-    valid = labels != ignore_index
-    bad = valid & ((labels < 0) | (labels >= vocab))
+    label fails the next synchronising call with the same message; until then its row has no
+    target column, so no kernel reads out of bounds)."""
     message = f"labels must be in [0, {vocab}) or ignore_index={ignore_index}"
     if torch.compiler.is_compiling() or labels.device.type != "cpu":
-        torch._assert_async(~bad.any(), message)
-    elif bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
+        torch._assert_async(counts[1] < 0, message)
+        return
+    first = int(counts[1])
+    if first >= 0:
         raise ValueError(f"{message}; labels[{first}] = {int(labels[first])}")
+
+
+def cuda_schedule() -> int:
+    """The CUDA forward's schedule named by VIKHR_CEKL_SCHEDULE (unset or empty: `row`)."""
+    name = os.environ.get(SCHEDULE_ENV) or CUDA_SCHEDULES[0]
+    if name not in CUDA_SCHEDULES:
+        raise ValueError(
+            f"{SCHEDULE_ENV}={name!r} is not a schedule of the cross_entropy_kl kernel; "
+            f"set it to one of {', '.join(CUDA_SCHEDULES)} or unset it"
+        )
+    return CUDA_SCHEDULES.index(name)
 
 
 def _check_grad_scale(grad_scale: float) -> None:
@@ -151,19 +174,18 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         group,
         inplace,
         grad_scale,
+        schedule,
     ):  # type: ignore[override]
         start, world = _shard(logits, group)
         v_local = logits.shape[1]
-        valid = labels != ignore_index  # labels were range-checked by the caller
-        local = labels.long() - start
-        target = torch.where(valid & (local >= 0) & (local < v_local), local, torch.full_like(local, -1))
-        # Every rank of the vocab-parallel group holds the same labels, so n_valid agrees.
-        denom = valid.sum().clamp(min=1).to(torch.float64)
-        row_scale = (valid.to(torch.float64) / denom).float()
-        # The kernels scale each row's gradient by row_scale; the caller's loss scale rides along.
-        grad_row_scale = (
-            row_scale if grad_scale == 1.0 else (valid.to(torch.float64) * (grad_scale / denom)).float()
+        ops = torch.ops.vikhr
+        # Targets (local columns), the row scales 1/N_counted (the gradient's carries the caller's
+        # loss scale) and the counts, in one launch. Every rank of the vocab-parallel group holds
+        # the same labels, so N_counted agrees.
+        target, row_scale, grad_row_scale, counts = ops.cekl_prepare(
+            labels, ignore_index, start, v_local, vocab, grad_scale
         )
+        _check_labels(labels, counts, ignore_index, vocab)
         valid_cols = max(0, min(v_local, vocab - start))
         inv_t, kl_coef = 1.0 / temperature, kl_weight * temperature
 
@@ -172,10 +194,11 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         grad = None
         if ctx.needs_input_grad[0]:
             grad = z if inplace else torch.empty_like(z)
-        ops = torch.ops.vikhr
         if world == 1 and grad is not None:
             # One read of each row for its statistics, a second for the gradient while in cache.
-            rows = ops.cekl_forward(z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad)
+            rows = ops.cekl_forward(
+                z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad, schedule
+            )
         else:
             # Vocab parallel (the gradient needs no further collective), or no gradient wanted.
             stats = ops.cekl_stats(z, r, target, row_scale, inv_t, mode, valid_cols)
@@ -192,9 +215,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
             # The logits now hold the gradient: make autograd reject any other saved use of them.
             torch.autograd.graph.increment_version(logits)
         ctx.grad, ctx.grad_scale = grad, grad_scale
-        ce = (rows[:, 0].double().sum() / denom).float()
-        kl = (rows[:, 1].double().sum() / denom).float()
-        loss = ce + kl_weight * temperature**2 * kl
+        loss, ce, kl = ops.cekl_total(rows, counts, kl_weight * temperature**2)
         ctx.mark_non_differentiable(ce, kl)
         return loss, ce, kl
 
@@ -210,7 +231,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         else:
             # On the device, without a host sync; free (no pass over the N×V gradient) when factor == 1.
             torch.ops.vikhr.cekl_scale_grad(grad, factor.reshape(1).contiguous())
-        return grad, None, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy_kl(
@@ -243,8 +264,8 @@ def cross_entropy_kl(
     _check_kernel_dtypes(logits, ref_logits if kl_weight > 0 else None)
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
-    _check_labels(labels, ignore_index, vocab)
     _check_grad_scale(grad_scale)
+    schedule = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
     mode = _MODE_NONE if ref is None else (_MODE_REVERSE if kl_direction == "reverse" else _MODE_FORWARD)
@@ -260,5 +281,6 @@ def cross_entropy_kl(
         process_group,
         inplace_backward,
         float(grad_scale),
+        schedule,
     )
     return CEKLOutput(loss, ce, kl)

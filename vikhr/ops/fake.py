@@ -23,7 +23,7 @@ def _logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cekl_forward(
-    logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out
+    logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out, schedule=0
 ) -> torch.Tensor:
     return _float_rows(logits, ROW_COLS)
 
@@ -50,6 +50,16 @@ def _cekl_scale_grad(grad, factor) -> None:
     return None
 
 
+def _cekl_prepare(labels, ignore_index, start, local_cols, vocab, grad_scale):
+    n = labels.shape[0]
+    scales = [labels.new_empty((n,), dtype=torch.float32) for _ in range(2)]
+    return labels.new_empty((n,), dtype=torch.int64), *scales, labels.new_empty((2,), dtype=torch.int64)
+
+
+def _cekl_total(rows, counts, kl_factor):
+    return tuple(rows.new_empty((), dtype=torch.float32) for _ in range(3))
+
+
 @functools.cache
 def register_fake_kernels() -> None:
     """Registers the fake kernels (once; the ops must already be defined by the loaded library)."""
@@ -61,5 +71,7 @@ def register_fake_kernels() -> None:
         ("cekl_finish", _cekl_finish),
         ("cekl_backward", _cekl_backward),
         ("cekl_scale_grad", _cekl_scale_grad),
+        ("cekl_prepare", _cekl_prepare),
+        ("cekl_total", _cekl_total),
     ):
         torch.library.register_fake(f"vikhr::{name}", fake)
