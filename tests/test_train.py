@@ -368,6 +368,29 @@ def test_sequence_parallel_layout_is_checked(overrides: list[str], message: str)
     assert message in str(err.value)
 
 
+def test_training_loss_writes_the_gradient_over_the_logits() -> None:
+    """The trainer's loss leaves no second [tokens, vocab] buffer: after backward the logits'
+    storage holds d(loss)/d(logits), the same gradient a separate buffer would have received."""
+    from vikhr.ops import cross_entropy_kl
+    from vikhr.train.config import KLSection
+    from vikhr.train.trainer import CrossEntropyKL
+
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(12, 8, generator=g, requires_grad=True)
+    head = torch.randn(8, 40, generator=g)
+    reference = torch.randn(12, 40, generator=g)
+    labels = torch.randint(0, 37, (12,), generator=g)
+    labels[3] = -100
+    loss_fn = CrossEntropyKL(37, None, KLSection(weight=0.2))
+    logits = hidden @ head
+    loss_fn(logits, reference, labels).loss.backward()
+    z = (hidden @ head).detach().requires_grad_()
+    separate = cross_entropy_kl(z, reference, labels, kl_weight=0.2, valid_vocab_size=37)
+    (expected,) = torch.autograd.grad(separate.loss, z)
+    torch.testing.assert_close(logits.detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(hidden.grad, expected @ head.T)
+
+
 def test_pretraining_documents_end_with_their_eod() -> None:
     from vikhr.model.attention import document_attention_mask, segments_from_eod
 

@@ -78,7 +78,10 @@ class LossFn(Protocol):
 
 class CrossEntropyKL:
     """CE + λ·KL between the model and the frozen reference (the fused vikhr.ops kernel), over
-    the vocabulary-parallel logits; without a KL section, plain CE (validation)."""
+    the vocabulary-parallel logits; without a KL section, plain CE (validation).
+
+    The kernel writes the gradient over the logits (nothing reads them after the loss; autograd
+    raises if a layer had saved them): no second N×V buffer."""
 
     def __init__(self, vocab_size: int, tp_group: Any, kl: KLSection | None = None) -> None:
         self.vocab_size, self.tp_group = vocab_size, tp_group
@@ -98,6 +101,7 @@ class CrossEntropyKL:
             temperature=self.kl.temperature,
             valid_vocab_size=self.vocab_size,
             process_group=self.tp_group,
+            inplace_backward=True,
             grad_scale=self.grad_scale,
         )
         return LossTerms(out.loss, {"ce": out.ce, "kl": out.kl})
