@@ -113,3 +113,59 @@ def test_compare_any_number_of_models(tmp_path: Path, models: int) -> None:
     assert len(lines) == 2 + models and lines[-1].startswith(
         f"| m{models - 1} | {0.3 + (models - 1) / 10:.3f} |"
     )
+
+
+def test_reference_rows_sit_beside_the_models(tmp_path: Path, capsys: Any) -> None:
+    """Published numbers typed into a CSV: matched to the table's columns by name, a column only
+    the reference has (MERA) added at the end, empty cells kept empty; an earlier compare.csv
+    works as a reference too."""
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    reference = tmp_path / "paper.csv"
+    reference.write_text(
+        "model,En-MMLU,Ru-MMLU,MERA\nPaper model (published),0.62,0.51,0.43\nOther (published),0.55,,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "cmp"
+    argv = ["eval", "compare", str(a), "--reference", str(reference), "--out", str(out)]
+    assert cli_main(argv) == 0
+    table = (out / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert (
+        table[0] == "| Model | En-MMLU | Ru-MMLU | CheGeKa (F1) | Russian SuperGLUE | rucola (acc) | MERA |"
+    )
+    assert table[2] == "| vikhr-7b | 0.597 | 0.503 | 0.124 | 0.544 | 0.700 | — |"
+    assert table[3] == "| Paper model (published) | 0.620 | 0.510 | — | — | — | 0.430 |"
+    assert table[4] == "| Other (published) | 0.550 | — | — | — | — | — |"
+    # The CSV just written, as the reference of another comparison: the same rows come back.
+    b = write(tmp_path / "b.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    again = tmp_path / "cmp2"
+    assert (
+        cli_main(["eval", "compare", str(b), "--reference", str(out / "compare.csv"), "--out", str(again)])
+        == 0
+    )
+    assert (again / "compare.md").read_text(encoding="utf-8").splitlines()[3:6] == table[2:5]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name,En-MMLU\nm,0.5\n", "the first line is not model,<column>"),
+        ("model,En-MMLU\nm,0.5,0.1\n", "paper.csv:2: 3 cells, the header has 2"),
+        ("model,En-MMLU\nm,high\n", "paper.csv:2: En-MMLU = 'high' is not a number"),
+        ("model,En-MMLU\nvikhr-7b,0.5\n", "two rows have the same model name"),
+    ],
+)
+def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, message: str) -> None:
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    reference = tmp_path / "paper.csv"
+    reference.write_text(text, encoding="utf-8")
+    out = tmp_path / "cmp"
+    err = one_line_error(
+        ["eval", "compare", str(a), "--reference", str(reference), "--out", str(out)], capsys
+    )
+    assert message in err, err
+    assert not out.exists()
+    missing = one_line_error(
+        ["eval", "compare", str(a), "--reference", str(tmp_path / "none.csv"), "--out", str(out)], capsys
+    )
+    assert "reference file not found" in missing and "none.csv" in missing

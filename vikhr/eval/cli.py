@@ -37,7 +37,8 @@ def _positive_int(value: str) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from vikhr.eval.compare import compare
 
-    markdown, paths = compare(args.results, Path(args.out))
+    reference = Path(args.reference) if args.reference else None
+    markdown, paths = compare(args.results, Path(args.out), reference)
     print(markdown, end="")
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
@@ -192,4 +193,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("results", nargs="+", help="results JSON files, each FILE or NAME=FILE")
     c.add_argument("--out", default="eval-compare", help="output directory (default eval-compare)")
+    c.add_argument(
+        "--reference",
+        metavar="CSV",
+        help="rows to show beside the models: a CSV 'model,<column>,...' (e.g. published scores, or an "
+        "earlier compare.csv); its columns are matched by name, new ones added",
+    )
     c.set_defaults(func=_compare)

@@ -2,6 +2,7 @@
 
 Rows are models, columns benchmarks: first those of the Vikhr paper's comparison table (En-MMLU,
 Ru-MMLU, CheGeKa, Russian SuperGLUE total), then the main metric of every other task found.
+Reference rows (published numbers typed into a CSV, or an earlier compare.csv) can sit beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vikhr.atomic import temporary_path, write_text
 from vikhr.errors import VikhrError
 
 Extractor = Callable[[dict[str, Any]], float | None]
+Row = list[float | None]  # one model's values, in the table's column order
 
 
 def _metric(task: str, metric: str) -> Extractor:
@@ -65,7 +67,7 @@ def load_results(spec: str) -> tuple[str, dict[str, Any]]:
     return name or Path(str(results.get("model", path.stem))).name or path.stem, results
 
 
-def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[float | None]]]:
+def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Row]]:
     """(column names, one row of values per model); only columns some model has a value for."""
     columns: list[tuple[str, Extractor]] = []
     covered: set[str] = set()
@@ -83,6 +85,53 @@ def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str]
             columns.append((f"{task} ({metric})", _metric(task, metric)))
     rows = [[extract(r) for _, extract in columns] for _, r in named]
     return [label for label, _ in columns], rows
+
+
+def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
+    """Rows of a reference CSV: header `model,<column>,...` (the columns as compare.csv names them,
+    e.g. `En-MMLU`, or any other such as `MERA`), one model per line, values as numbers or empty."""
+    layout = "expected a CSV with the header model,<column>,... and numbers or empty cells (as compare.csv)"
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            lines = list(csv.reader(f))
+    except FileNotFoundError:
+        raise VikhrError(f"reference file not found: {path} ({layout})") from None
+    except UnicodeDecodeError as e:
+        raise VikhrError(f"{path} is not UTF-8 text ({e}); {layout}") from e
+    if not lines or not lines[0] or lines[0][0].strip() != "model" or len(lines[0]) < 2:
+        raise VikhrError(f"{path}: the first line is not model,<column>,...; {layout}")
+    columns = [c.strip() for c in lines[0][1:]]
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not any(cell.strip() for cell in line):
+            continue
+        if len(line) != len(columns) + 1:
+            raise VikhrError(
+                f"{path}:{number}: {len(line)} cells, the header has {len(columns) + 1}; {layout}"
+            )
+        values: dict[str, float | None] = {}
+        for column, cell in zip(columns, line[1:], strict=True):
+            try:
+                values[column] = float(cell) if cell.strip() else None
+            except ValueError:
+                raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}") from None
+        rows.append((line[0].strip(), values))
+    return rows
+
+
+def add_reference(
+    columns: list[str], rows: list[Row], reference: list[tuple[str, dict[str, float | None]]]
+) -> tuple[list[str], list[Row]]:
+    """The table with the reference rows below the models' rows. A column only the reference has
+    is added: among the paper's columns in their place, any other at the end (the models' cells
+    there are empty)."""
+    paper = [label for label, _, _ in TABLE_COLUMNS]
+    named = dict.fromkeys(columns + [c for _, values in reference for c in values])
+    ordered = [c for c in paper if c in named] + [c for c in named if c not in paper]
+    index = {c: i for i, c in enumerate(columns)}
+    rows = [[row[index[c]] if c in index else None for c in ordered] for row in rows]
+    rows += [[values.get(c) for c in ordered] for _, values in reference]
+    return ordered, rows
 
 
 def to_markdown(names: list[str], columns: list[str], rows: list[list[float | None]]) -> str:
@@ -128,15 +177,18 @@ def bar_chart(names: list[str], columns: list[str], rows: list[list[float | None
     plt.close(fig)
 
 
-def compare(specs: list[str], out_dir: Path) -> tuple[str, list[Path]]:
-    """Write compare.md, compare.csv and compare.png to `out_dir`; returns (Markdown, paths)."""
+def compare(specs: list[str], out_dir: Path, reference: Path | None = None) -> tuple[str, list[Path]]:
+    """Write compare.md, compare.csv and compare.png to `out_dir` (with `reference`'s rows below the
+    models'); returns (Markdown, paths)."""
     named = [load_results(s) for s in specs]
-    names = [n for n, _ in named]
+    reference_rows = load_reference(reference) if reference is not None else []
+    names = [n for n, _ in named] + [n for n, _ in reference_rows]
     if len(set(names)) != len(names):
         raise VikhrError(
-            f"two results files have the same model name ({', '.join(names)}): label them NAME=FILE"
+            f"two rows have the same model name ({', '.join(names)}): label results files NAME=FILE "
+            "and give reference rows other names"
         )
-    columns, rows = comparison_table(named)
+    columns, rows = add_reference(*comparison_table(named), reference_rows)
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
     out_dir.mkdir(parents=True, exist_ok=True)
