@@ -43,7 +43,12 @@ enum KlMode : int { kNone = 0, kReverse = 1, kForward = 2 };
 
 // Schedules of the single-rank forward on CUDA (cross_entropy_kl_cuda.cu; the names are in
 // vikhr/ops/cross_entropy_kl.py: CUDA_SCHEDULES). The CPU has one.
-enum Schedule : int { kRowPerBlock = 0, kPersistent = 1, kSharedRow = 2 };
+enum ScheduleKind : int { kRowPerBlock = 0, kPersistent = 1, kSharedRow = 2 };
+
+struct Schedule {
+  int64_t kind;           // ScheduleKind
+  int64_t blocks_per_sm;  // the persistent grid's blocks per SM; 0: as many as keep the rows in L2
+};
 
 // Layout of the per-row tensors exchanged with Python (vikhr/ops/cross_entropy_kl.py; the column
 // counts are repeated in vikhr/ops/fake.py).

@@ -152,7 +152,7 @@ void zero_row(const RowPtrs<scalar_t>& row, int64_t cols) {
 // Rows in parallel (at::parallel_for); the host side of each op is ops.h.
 struct CpuKernels {
   template <typename scalar_t>
-  static void forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t /*schedule: CUDA only*/) {
+  static void forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Schedule& /*CUDA only*/) {
     for_each_row(b, [&](const RowPtrs<scalar_t>& row, int64_t i) {
       if (row.scale == 0.f) {  // ignored row: no loss, zero gradient
         zero_row(row, b.cols);

@@ -11,7 +11,7 @@
 //               only while the rows in flight fit in it (at V = 40000 in bf16 with a reference,
 //               ~4 blocks × 132 SMs × 160 KB is more than the L2)
 //   persistent  a grid of blocks that loop over the rows, sized so that the rows in flight take
-//               at most half of the L2
+//               at most half of the L2 (or with a given number of blocks per SM)
 //   smem        the first read keeps the row (and the reference row) in shared memory, and the
 //               gradient pass reads it from there; rows too long for shared memory use `row`
 #include <c10/cuda/CUDAException.h>
@@ -361,16 +361,17 @@ DeviceLimits device_limits() {
   return DeviceLimits{sms, l2, smem};
 }
 
-// Blocks of the persistent grid: the same number on every SM (the rows are shared out evenly),
-// as many as keep the rows in flight within half of the L2, at least one and at most what fits
-// on an SM at once; never more than the rows.
+// Blocks of the persistent grid: the same number on every SM (the rows are shared out evenly):
+// `asked` per SM, or (asked == 0) as many as keep the rows in flight within half of the L2; at
+// least one and at most what fits on an SM at once; never more than the rows.
 template <typename scalar_t>
-int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d) {
+int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d, int64_t asked) {
   int fits = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, forward_kernel<scalar_t, false>, kThreads, 0));
   const int64_t row_bytes = b.cols * static_cast<int64_t>(sizeof(scalar_t)) * (b.r != nullptr ? 2 : 1);
   const int64_t rows_in_l2 = d.l2_bytes / 2 / std::max<int64_t>(row_bytes, 1);
-  const int64_t per_sm = std::clamp<int64_t>(rows_in_l2 / std::max(d.sms, 1), 1, std::max(fits, 1));
+  const int64_t wanted = asked > 0 ? asked : rows_in_l2 / std::max(d.sms, 1);
+  const int64_t per_sm = std::clamp<int64_t>(wanted, 1, std::max(fits, 1));
   return std::min<int64_t>(per_sm * d.sms, b.rows);
 }
 
@@ -388,15 +389,15 @@ size_t kept_row_bytes(const cekl::Batch<scalar_t>& b, bool vectorised, const Dev
 }
 
 template <typename scalar_t>
-void launch_forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t schedule) {
+void launch_forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Schedule& schedule) {
   const bool vectorised = can_vectorise(b);
-  if (schedule == cekl::kPersistent) {
-    const auto blocks = static_cast<unsigned>(persistent_blocks(b, device_limits()));
+  if (schedule.kind == cekl::kPersistent) {
+    const auto blocks = static_cast<unsigned>(persistent_blocks(b, device_limits(), schedule.blocks_per_sm));
     forward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream()>>>(b, rows, vectorised);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  if (schedule == cekl::kSharedRow) {
+  if (schedule.kind == cekl::kSharedRow) {
     const size_t bytes = kept_row_bytes(b, vectorised, device_limits());
     if (bytes > 0) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t, true>,
@@ -419,7 +420,7 @@ unsigned elementwise_blocks(int64_t n) {
 // One block per row for the row kernels, one thread per row for the per-row steps.
 struct CudaKernels {
   template <typename scalar_t>
-  static void forward(const cekl::Batch<scalar_t>& b, float* rows, int64_t schedule) {
+  static void forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Schedule& schedule) {
     launch_forward(b, rows, schedule);
   }
 

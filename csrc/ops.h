@@ -5,7 +5,7 @@
 //
 // A device's CE+KL `Kernels` provide, for the rows of a cekl::Batch (cekl_math.h):
 //   forward(batch, rows, schedule)  statistics, finished rows and the gradient (batch.out);
-//                                   the schedule (cekl::Schedule) matters on CUDA only
+//                                   the cekl::Schedule matters on CUDA only
 //   stats(batch, stats)             local statistics [N, 8]
 //   rescale(stats, maxima, sums, n) sums relative to the global maxima
 //   finish(maxima, sums, row_scale, mode, rows, n)
@@ -52,7 +52,7 @@ namespace vikhr {
 // Single rank with a gradient: statistics, finished rows [N, 5] = (ce, kl, lse_z, lse_a, lse_b)
 // and the gradient, reading each row once more while it is in cache.
 //   cekl_forward(logits, ref, target, row_scale, 1/T, λ·T, kl_mode, valid_cols, grad_out,
-//                schedule=0) -> rows
+//                schedule=0, blocks_per_sm=0) -> rows
 // Vocab parallel, or no gradient: local statistics [N, 8] = maxima (3, MAX-reduced across the
 // group) ++ sums (5, SUM-reduced):
 //   cekl_stats(logits, ref, target, row_scale, 1/T, kl_mode, valid_cols) -> stats
@@ -155,14 +155,17 @@ template <class Kernels>
 at::Tensor cekl_forward(const at::Tensor& logits, const std::optional<at::Tensor>& ref_logits,
                         const at::Tensor& target, const at::Tensor& row_scale, double inv_temperature,
                         double kl_coef, int64_t kl_mode, int64_t valid_cols, const at::Tensor& grad_out,
-                        int64_t schedule) {
+                        int64_t schedule, int64_t blocks_per_sm) {
   detail::check_inputs(logits, ref_logits, target, row_scale, kl_mode, valid_cols, grad_out);
   TORCH_CHECK(schedule >= cekl::kRowPerBlock && schedule <= cekl::kSharedRow, "cross_entropy_kl: unknown schedule ",
               schedule);
+  TORCH_CHECK(blocks_per_sm >= 0, "cross_entropy_kl: blocks_per_sm must be >= 0, got ", blocks_per_sm);
   const c10::OptionalDeviceGuard guard(logits.device());
   auto rows = detail::float_rows(logits, cekl::kRowCols);
   detail::with_batch(logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out,
-                     [&](const auto& batch) { Kernels::forward(batch, rows.data_ptr<float>(), schedule); });
+                     [&](const auto& batch) {
+                       Kernels::forward(batch, rows.data_ptr<float>(), cekl::Schedule{schedule, blocks_per_sm});
+                     });
   return rows;
 }
 

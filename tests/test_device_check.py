@@ -14,7 +14,17 @@ import pytest
 
 from tests.conftest import REPO, SHARED_DATA
 
-STEPS = ["env", "build", "op-tests", "kernel-bench", "kernel-ncu", "train-tests", "train-bench", "eval-bench"]
+STEPS = [
+    "env",
+    "build",
+    "op-tests",
+    "kernel-sweep",
+    "kernel-bench",
+    "kernel-ncu",
+    "train-tests",
+    "train-bench",
+    "eval-bench",
+]
 
 
 def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -60,6 +70,9 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     measured = [r for r in rows if "median_ms" in r]
     assert {r["impl"] for r in measured} >= {"vikhr fused", "vikhr fused/buf", "eager"}
     assert all("failed" not in r for r in rows)
+    swept = json.loads((out / "kernel-sweep.json").read_text())
+    assert [r["schedule"] for r in swept][:3] == ["row", "persistent", "persistent:1"]
+    assert all(r["kernel_ms"] > 0 for r in swept)
     profiled = (out / "kernel-ncu.log").read_text()
     assert all(
         f"profiled: forward kernel, schedule {name}" in profiled for name in ("row", "persistent", "smem")

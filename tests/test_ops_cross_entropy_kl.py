@@ -389,6 +389,8 @@ def test_kernel_rejects_bad_arguments_when_called_directly():
         torch.ops.vikhr.cekl_rescale(torch.zeros(3, 8), torch.zeros(3, 4))
     with pytest.raises(RuntimeError, match="unknown schedule 3"):
         forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 3)
+    with pytest.raises(RuntimeError, match="blocks_per_sm must be >= 0"):
+        forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 1, -1)
 
 
 def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
@@ -397,8 +399,16 @@ def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
     with pytest.raises(ValueError, match="VIKHR_CEKL_SCHEDULE='tiles'") as err:
         cross_entropy_kl(z, r, labels, kl_weight=0.1)
     assert "\n" not in str(err.value) and "row, persistent, smem" in str(err.value)
-    monkeypatch.setenv(SCHEDULE_ENV, "")  # empty counts as unset: the default schedule
-    assert cuda_schedule() == 0
+    for bad in ("persistent:0", "persistent:x", "row:2", "smem:1"):
+        monkeypatch.setenv(SCHEDULE_ENV, bad)
+        with pytest.raises(ValueError, match="persistent:K"):
+            cuda_schedule()
+    # Empty counts as unset: the default schedule.
+    for value, parsed in [("", (0, 0)), ("row", (0, 0)), ("persistent", (1, 0)), ("persistent:3", (1, 3))]:
+        monkeypatch.setenv(SCHEDULE_ENV, value)
+        assert cuda_schedule() == parsed, value
+    monkeypatch.setenv(SCHEDULE_ENV, "smem")
+    assert cuda_schedule() == (2, 0)
 
 
 def test_missing_device_kernels_give_one_line_telling_how_to_fix(monkeypatch):
@@ -598,14 +608,16 @@ def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace, schedule
 @pytest.mark.parametrize("kl_weight", [0.0, 0.4], ids=["ce-only", "kl"])
 def test_cuda_schedules_give_bitwise_identical_results(kl_weight, monkeypatch):
     """Each thread does the same arithmetic in the same order under every schedule: only where
-    the second read of a row comes from (and which block runs it) differs."""
+    the second read of a row comes from (and which block runs it) differs. persistent:64 asks
+    for more blocks per SM than fit (clamped)."""
     z, r, labels = _real_inputs(2048, REAL_V_PADDED, REAL_V, seed=24)
     kw = {"kl_weight": kl_weight, "valid_vocab_size": REAL_V}
+    schedules = [*CUDA_SCHEDULES, "persistent:1", "persistent:2", "persistent:64"]
     results = {}
-    for schedule in CUDA_SCHEDULES:
+    for schedule in schedules:
         monkeypatch.setenv(SCHEDULE_ENV, schedule)
         results[schedule] = _run_op(z, r, labels, torch.bfloat16, "cuda", **kw)
-    for schedule in CUDA_SCHEDULES[1:]:
+    for schedule in schedules[1:]:
         for name, got, want in zip(
             ("loss", "ce", "kl", "grad"), results[schedule], results["row"], strict=True
         ):

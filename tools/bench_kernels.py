@@ -33,6 +33,9 @@ max_memory_allocated on a GPU, the peak resident set size (VmHWM, reset first) o
     python tools/bench_kernels.py --device cuda        # GPU: N=8192, V in {40000, 131072}
     python tools/bench_kernels.py --json out.json      # also write the rows as JSON
 
+`--sweep-schedules` times the fused forward kernel alone (one process, CUDA events) under every
+CUDA schedule and the persistent grid at 1-4 blocks per SM (VIKHR_CEKL_SCHEDULE=persistent:K),
+after checking each one's result bit for bit against the row schedule's.
 `--profile-schedules` runs the fused forward kernel once per CUDA schedule (after one warm-up
 launch each) for a profiler around the process, and prints the order of the launches; e.g. the
 DRAM bytes each schedule moves (what decides whether the second read of a row hits L2):
@@ -259,8 +262,8 @@ def _fused_kernel_call(r, labels, v: int):
     schedule = cuda_schedule()
 
     def call(z):
-        torch.ops.vikhr.cekl_forward(
-            z, r, target, row_scale, 1.0 / TEMPERATURE, KL_WEIGHT * TEMPERATURE, mode_reverse, v, z, schedule
+        return torch.ops.vikhr.cekl_forward(
+            z, r, target, row_scale, 1.0 / TEMPERATURE, KL_WEIGHT * TEMPERATURE, mode_reverse, v, z, *schedule
         )
 
     return call
@@ -283,6 +286,46 @@ def _profile_schedules(args: argparse.Namespace) -> int:
             _fused_kernel_call(r, labels, v)(fresh)
             _sync(args.device)
             print(f"{round_name}: forward kernel, schedule {schedule}, N={args.n}, V={v}, {args.dtype}")
+    return 0
+
+
+# The variants --sweep-schedules times: each schedule, and the persistent grid at 1-4 blocks per SM.
+SWEEP = ("row", "persistent", "persistent:1", "persistent:2", "persistent:3", "persistent:4", "smem")
+
+
+def _sweep_schedules(args: argparse.Namespace) -> int:
+    """The fused forward kernel alone (in place) under every variant of SWEEP, in one process: each
+    one's rows and gradient checked bit for bit against the row schedule's, then its median time
+    (CUDA events on the GPU) and effective bandwidth; a table, and --json rows."""
+    import torch
+
+    from vikhr.ops.build import load_ops
+    from vikhr.ops.cross_entropy_kl import SCHEDULE_ENV
+
+    torch.set_num_threads(args.threads)
+    load_ops()
+    v = args.vocab[0]
+    z, r, labels = _inputs(args.n, v, args.dtype, args.device)
+    call_bytes = 3 * z.numel() * z.element_size()
+    events = args.device == "cuda"
+    print(f"# fused forward kernel alone, N={args.n}, V={v}, {args.dtype}, median of {args.runs} runs")
+    print(f"{'schedule':<14} {'ms':>9} {'GB/s':>8}")
+    rows, want = [], None
+    for variant in SWEEP:
+        os.environ[SCHEDULE_ENV] = variant
+        call = _fused_kernel_call(r, labels, v)
+        got = z.clone()
+        stats = call(got)
+        _sync(args.device)
+        if want is None:
+            want = (stats, got)
+        elif not (torch.equal(stats, want[0]) and torch.equal(got, want[1])):
+            print(f"FAILED: schedule {variant} differs from the row schedule", file=sys.stderr)
+            return 1
+        ms = _median_ms(call, z, args.runs, args.device, events=events)
+        rows.append({"schedule": variant, "n": args.n, "vocab": v, "dtype": args.dtype, "kernel_ms": ms})
+        print(f"{variant:<14} {ms:>9.3f} {call_bytes / ms / 1e6:>8.0f}")
+    _write_json(args.json, rows)
     return 0
 
 
@@ -389,6 +432,11 @@ def _parse_args() -> argparse.Namespace:
         action="store_true",
         help="run the fused forward once per CUDA schedule (after a warm-up of each) for a profiler",
     )
+    parser.add_argument(
+        "--sweep-schedules",
+        action="store_true",
+        help="time the fused forward kernel alone under every CUDA schedule (and persistent:1-4)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -427,6 +475,8 @@ def main() -> int:
         args.n = 8192 if args.device == "cuda" else 512
     if args.profile_schedules:
         return _profile_schedules(args)
+    if args.sweep_schedules:
+        return _sweep_schedules(args)
     if args.worker is not None:
         res = _worker(args.worker, args.n, args.vocab[0], args.dtype, args.device, args.runs, args.threads)
         print(json.dumps(res))

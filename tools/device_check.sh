@@ -9,6 +9,8 @@
 #   env.log           nvidia-smi and `vikhr doctor` (versions, CUDA, every vikhr module imports)
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
+#   kernel-sweep.log  the fused forward kernel alone at N=8192, V=40000, bf16 under every CUDA schedule
+#                     and the persistent grid at 1-4 blocks per SM (+ kernel-sweep.json)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
 #   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule under Nsight Compute (ncu,
 #                     when on the PATH): DRAM bytes read and written, L2 hit rate, kernel time
@@ -134,11 +136,13 @@ fi
 if [[ $DRY == 1 ]]; then
   BENCH_KERNELS=(--device cpu --n 64 --vocab 4096 --runs 1 --threads 1 --timeout 60)
   BENCH_PROFILE=(--device cpu --n 64 --vocab 4096 --threads 1)
+  BENCH_SWEEP=(--device cpu --n 64 --vocab 4096 --threads 1 --runs 1)
   BENCH_TRAIN=(--cpu-small --layers 1 --batch 1 --seq 64 --warmup 1 --repeats 1)
   BENCH_EVAL=(--random tiny --device cpu --dtype float32 --batch-sizes 1 2 --limit 2 --repeats 1)
 else
   BENCH_KERNELS=(--device cuda --n 8192 --vocab 40000 131072 --runs 5 --timeout 120)
   BENCH_PROFILE=(--device cuda --n 8192 --vocab 40000)
+  BENCH_SWEEP=(--device cuda --n 8192 --vocab 40000 --runs 10)
   BENCH_TRAIN=(--warmup 1 --repeats 3)
   BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 16 --repeats 1)
 fi
@@ -163,12 +167,13 @@ print(ops)
 assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'
 "; then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
+  step kernel-sweep 60 "$PY" tools/bench_kernels.py --sweep-schedules "${BENCH_SWEEP[@]}" --json "$OUT/kernel-sweep.json"
   step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
   step kernel-ncu 90 "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
   step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
 else
-  for name in op-tests kernel-bench kernel-ncu train-tests train-bench; do skip_step "$name" "the build did not pass"; done
+  for name in op-tests kernel-sweep kernel-bench kernel-ncu train-tests train-bench; do skip_step "$name" "the build did not pass"; done
 fi
 # `vikhr eval` runs transformers' model, not the csrc/ ops: it does not wait on the build.
 step eval-bench 150 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \

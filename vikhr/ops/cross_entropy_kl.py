@@ -30,9 +30,9 @@ vocab-parallel trainer, and a second production implementation would be one more
 On CUDA the single-rank forward reads each row twice; the environment variable
 VIKHR_CEKL_SCHEDULE chooses where the second read comes from (csrc/cross_entropy_kl_cuda.cu):
 `row` (default: one block per row, the second read from L2 while it holds the row), `persistent`
-(a grid sized so that the rows in flight fit in half of the L2) or `smem` (the row kept in shared
-memory; rows too long for it fall back to `row`). All three give the same result; the CPU kernel
-ignores the setting.
+(a grid sized so that the rows in flight fit in half of the L2; `persistent:K` for K blocks per
+SM) or `smem` (the row kept in shared memory; rows too long for it fall back to `row`). All give
+the same result; the CPU kernel ignores the setting.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from vikhr.ops.build import require_kernels
 from vikhr.ops.fake import MAX_COLS
 
 KL_DIRECTIONS = ("reverse", "forward")
-# The CUDA forward's schedules, in the order of csrc/cekl_math.h: Schedule.
+# The CUDA forward's schedules, in the order of csrc/cekl_math.h: ScheduleKind.
 CUDA_SCHEDULES = ("row", "persistent", "smem")
 SCHEDULE_ENV = "VIKHR_CEKL_SCHEDULE"
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -140,15 +140,19 @@ def _check_labels(labels: torch.Tensor, counts: torch.Tensor, ignore_index: int,
         raise ValueError(f"{message}; labels[{first}] = {int(labels[first])}")
 
 
-def cuda_schedule() -> int:
-    """The CUDA forward's schedule named by VIKHR_CEKL_SCHEDULE (unset or empty: `row`)."""
-    name = os.environ.get(SCHEDULE_ENV) or CUDA_SCHEDULES[0]
-    if name not in CUDA_SCHEDULES:
-        raise ValueError(
-            f"{SCHEDULE_ENV}={name!r} is not a schedule of the cross_entropy_kl kernel; "
-            f"set it to one of {', '.join(CUDA_SCHEDULES)} or unset it"
-        )
-    return CUDA_SCHEDULES.index(name)
+def cuda_schedule() -> tuple[int, int]:
+    """(schedule, blocks per SM) of the CUDA forward from VIKHR_CEKL_SCHEDULE: `row` (also when
+    unset or empty), `persistent` (blocks per SM chosen for the L2: 0), `persistent:K` or `smem`."""
+    value = os.environ.get(SCHEDULE_ENV) or CUDA_SCHEDULES[0]
+    name, _, blocks = value.partition(":")
+    if name in CUDA_SCHEDULES and not blocks:
+        return CUDA_SCHEDULES.index(name), 0
+    if name == "persistent" and blocks.isdigit() and int(blocks) > 0:
+        return CUDA_SCHEDULES.index(name), int(blocks)
+    raise ValueError(
+        f"{SCHEDULE_ENV}={value!r} is not a schedule of the cross_entropy_kl kernel; "
+        f"set it to one of {', '.join(CUDA_SCHEDULES)} or persistent:K (K blocks per SM) or unset it"
+    )
 
 
 def _check_grad_scale(grad_scale: float) -> None:
@@ -175,6 +179,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         inplace,
         grad_scale,
         schedule,
+        blocks_per_sm,
     ):  # type: ignore[override]
         start, world = _shard(logits, group)
         v_local = logits.shape[1]
@@ -197,7 +202,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         if world == 1 and grad is not None:
             # One read of each row for its statistics, a second for the gradient while in cache.
             rows = ops.cekl_forward(
-                z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad, schedule
+                z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad, schedule, blocks_per_sm
             )
         else:
             # Vocab parallel (the gradient needs no further collective), or no gradient wanted.
@@ -231,7 +236,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         else:
             # On the device, without a host sync; free (no pass over the N×V gradient) when factor == 1.
             torch.ops.vikhr.cekl_scale_grad(grad, factor.reshape(1).contiguous())
-        return grad, None, None, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy_kl(
@@ -265,7 +270,7 @@ def cross_entropy_kl(
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
     _check_grad_scale(grad_scale)
-    schedule = cuda_schedule()
+    schedule, blocks_per_sm = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
     mode = _MODE_NONE if ref is None else (_MODE_REVERSE if kl_direction == "reverse" else _MODE_FORWARD)
@@ -282,5 +287,6 @@ def cross_entropy_kl(
         inplace_backward,
         float(grad_scale),
         schedule,
+        blocks_per_sm,
     )
     return CEKLOutput(loss, ce, kl)

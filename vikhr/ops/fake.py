@@ -23,7 +23,17 @@ def _logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cekl_forward(
-    logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out, schedule=0
+    logits,
+    ref_logits,
+    target,
+    row_scale,
+    inv_temperature,
+    kl_coef,
+    kl_mode,
+    valid_cols,
+    grad_out,
+    schedule=0,
+    blocks_per_sm=0,
 ) -> torch.Tensor:
     return _float_rows(logits, ROW_COLS)
 
