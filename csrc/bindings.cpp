@@ -10,7 +10,8 @@ TORCH_LIBRARY(vikhr, m) {
   m.def("logsumexp_rows(Tensor x) -> Tensor");
   m.def(
       "cekl_forward(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
-      "float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out, int schedule=0, int blocks_per_sm=0) -> Tensor");
+      "float kl_coef, int kl_mode, int valid_cols, Tensor(a!) grad_out, int schedule=0, int blocks_per_sm=0, "
+      "int packs_per_step=1) -> Tensor");
   m.def(
       "cekl_stats(Tensor logits, Tensor? ref_logits, Tensor target, Tensor row_scale, float inv_temperature, "
       "int kl_mode, int valid_cols) -> Tensor");

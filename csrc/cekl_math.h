@@ -46,8 +46,9 @@ enum KlMode : int { kNone = 0, kReverse = 1, kForward = 2 };
 enum ScheduleKind : int { kRowPerBlock = 0, kPersistent = 1, kSharedRow = 2 };
 
 struct Schedule {
-  int64_t kind;           // ScheduleKind
-  int64_t blocks_per_sm;  // the persistent grid's blocks per SM; 0: as many as keep the rows in L2
+  int64_t kind;            // ScheduleKind
+  int64_t blocks_per_sm;   // the persistent grid's blocks per SM; 0: as many as keep the rows in L2
+  int64_t packs_per_step;  // 16-byte packs a thread loads per loop step: 1 or 2
 };
 
 // Layout of the per-row tensors exchanged with Python (vikhr/ops/cross_entropy_kl.py; the column

@@ -5,8 +5,9 @@
 // logits. Same math as the CPU twin (cekl_math.h); the host side of each op (checks, outputs,
 // dtype dispatch) is ops.h.
 //
-// Where the second read of a row comes from is the single-rank forward's schedule (ops.h:
-// cekl::Schedule), chosen per call:
+// Where the second read of a row comes from is the single-rank forward's schedule (cekl_math.h:
+// cekl::Schedule), chosen per call, as is how many 16-byte packs a thread loads per loop step
+// (1, or 2 for more bytes in flight per thread; the same result either way):
 //   row         one block per row, as many in flight as fit on the GPU: the second read hits L2
 //               only while the rows in flight fit in it (at V = 40000 in bf16 with a reference,
 //               ~4 blocks × 132 SMs × 160 KB is more than the L2)
@@ -49,12 +50,6 @@ __device__ __forceinline__ void to_floats(const Pack<scalar_t>& p, float (&out)[
 }
 
 template <typename scalar_t>
-__device__ __forceinline__ void load_floats(const Pack<scalar_t>* packs, int64_t pack,
-                                            float (&out)[Pack<scalar_t>::kSize]) {
-  to_floats(packs[pack], out);
-}
-
-template <typename scalar_t>
 __device__ __forceinline__ const Pack<scalar_t>* as_packs(const scalar_t* base) {
   return reinterpret_cast<const Pack<scalar_t>*>(base);
 }
@@ -76,28 +71,48 @@ __device__ __forceinline__ void store_streaming(scalar_t* base, int64_t pack, co
 
 // This thread's share of the row's statistics (before the block merge). With `keep`, the thread
 // also stores the packs it read there: the gradient pass has the same thread read the same packs.
-template <typename V, typename scalar_t>
+// kStep packs per loop step: with 2, both packs' loads are issued before either is folded in (more
+// bytes in flight per thread), folded in the same order as with 1, so the result is the same.
+template <typename V, int kStep = 1, typename scalar_t>
 __device__ State thread_state(const scalar_t* z, const scalar_t* r, bool vectorised, const Params& p,
                               KeptRow<scalar_t> keep = {nullptr, nullptr}) {
+  static_assert(kStep == 1 || kStep == 2, "one or two packs per step");
   constexpr int kVec = Pack<scalar_t>::kSize;
   State s = cekl::empty_state();
+  auto fold = [&](int64_t i, const Pack<scalar_t>& zp, const Pack<scalar_t>& rp) {
+    float zf[kVec], rf[kVec];
+    if (keep.z != nullptr) keep.z[i] = zp;
+    to_floats(zp, zf);
+    if (r != nullptr) {
+      if (keep.r != nullptr) keep.r[i] = rp;
+      to_floats(rp, rf);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) rf[k] = 0.f;
+    }
+    cekl::accumulate<V>(s, zf, rf, kVec, p);
+  };
   int64_t done = 0;
   if (vectorised) {
-    const int64_t packs = p.valid_cols / kVec;
-    for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
-      float zf[kVec], rf[kVec];
-      const Pack<scalar_t> zp = as_packs(z)[i];
-      if (keep.z != nullptr) keep.z[i] = zp;
-      to_floats(zp, zf);
-      if (r != nullptr) {
-        const Pack<scalar_t> rp = as_packs(r)[i];
-        if (keep.r != nullptr) keep.r[i] = rp;
-        to_floats(rp, rf);
-      } else {
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) rf[k] = 0.f;
+    const int64_t packs = p.valid_cols / kVec, stride = blockDim.x;
+    int64_t i = threadIdx.x;
+    if constexpr (kStep == 2) {
+      for (; i + stride < packs; i += 2 * stride) {
+        const Pack<scalar_t> z0 = as_packs(z)[i], z1 = as_packs(z)[i + stride];
+        Pack<scalar_t> r0 = z0, r1 = z1;  // values, not references: nothing here needs an address
+        if (r != nullptr) {
+          r0 = as_packs(r)[i];
+          r1 = as_packs(r)[i + stride];
+        }
+        fold(i, z0, r0);
+        fold(i + stride, z1, r1);
       }
-      cekl::accumulate<V>(s, zf, rf, kVec, p);
+    }
+    for (; i < packs; i += stride) {
+      const Pack<scalar_t> zp = as_packs(z)[i];
+      Pack<scalar_t> rp = zp;
+      if (r != nullptr) rp = as_packs(r)[i];
+      fold(i, zp, rp);
     }
     done = packs * kVec;
   }
@@ -132,30 +147,51 @@ __device__ State block_reduce(State s) {
 }
 
 // The gradient of one row. The vectorised part reads its packs from `z_packs` / `r_packs` (the
-// row in global memory, or where thread_state kept it); the unaligned tail reads z / r.
-template <typename V, typename scalar_t>
+// row in global memory, or where thread_state kept it), kStep packs per loop step as there; the
+// unaligned tail reads z / r.
+template <typename V, int kStep = 1, typename scalar_t>
 __device__ void row_grad(const scalar_t* z, const scalar_t* r, const Pack<scalar_t>* z_packs,
                          const Pack<scalar_t>* r_packs, scalar_t* out, int64_t target, const Row& fin,
                          const Params& p, float scale, bool vectorised, int64_t cols) {
+  static_assert(kStep == 1 || kStep == 2, "one or two packs per step");
   constexpr int kVec = Pack<scalar_t>::kSize;
   constexpr bool kWithRef = V::kMode != cekl::kNone;
+  auto write = [&](int64_t i, const Pack<scalar_t>& zp, const Pack<scalar_t>& rp) {
+    float zf[kVec], rf[kVec];
+    to_floats(zp, zf);
+    if (kWithRef) to_floats(rp, rf);
+    Pack<scalar_t> g;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int64_t col = i * kVec + k;
+      const float rv = kWithRef ? rf[k] : 0.f;
+      g.v[k] = static_cast<scalar_t>(scale * cekl::grad_element<V>(zf[k], rv, col == target, fin, p));
+    }
+    // Written after this thread's own reads of the same columns: safe when out == z. A
+    // streaming store: the gradient is not read again by this kernel, so keep L2 for the rows.
+    store_streaming(out, i, g);
+  };
   int64_t done = 0;
   if (vectorised) {
-    const int64_t packs = p.valid_cols / kVec;
-    for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
-      float zf[kVec], rf[kVec];
-      load_floats(z_packs, i, zf);
-      if (kWithRef) load_floats(r_packs, i, rf);
-      Pack<scalar_t> g;
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        const int64_t col = i * kVec + k;
-        const float rv = kWithRef ? rf[k] : 0.f;
-        g.v[k] = static_cast<scalar_t>(scale * cekl::grad_element<V>(zf[k], rv, col == target, fin, p));
+    const int64_t packs = p.valid_cols / kVec, stride = blockDim.x;
+    int64_t i = threadIdx.x;
+    if constexpr (kStep == 2) {
+      for (; i + stride < packs; i += 2 * stride) {
+        const Pack<scalar_t> z0 = z_packs[i], z1 = z_packs[i + stride];
+        Pack<scalar_t> r0 = z0, r1 = z1;
+        if constexpr (kWithRef) {
+          r0 = r_packs[i];
+          r1 = r_packs[i + stride];
+        }
+        write(i, z0, r0);
+        write(i + stride, z1, r1);
       }
-      // Written after this thread's own reads of the same columns: safe when out == z. A
-      // streaming store: the gradient is not read again by this kernel, so keep L2 for the rows.
-      store_streaming(out, i, g);
+    }
+    for (; i < packs; i += stride) {
+      const Pack<scalar_t> zp = z_packs[i];
+      Pack<scalar_t> rp = zp;
+      if constexpr (kWithRef) rp = r_packs[i];
+      write(i, zp, rp);
     }
     done = packs * kVec;
   }
@@ -174,7 +210,7 @@ __device__ void zero_row(scalar_t* out, int64_t cols) {
 // Single rank: statistics, finished row and the gradient, for rows blockIdx.x, + gridDim.x, ...
 // (one row per block unless the grid is persistent). Batch has no __restrict__ on z / out: they
 // may be the same buffer.
-template <typename scalar_t, bool kKeepRow>
+template <typename scalar_t, bool kKeepRow, int kStep>
 __global__ void __launch_bounds__(kThreads) forward_kernel(cekl::Batch<scalar_t> b, float* __restrict__ rows,
                                                            bool vectorised) {
   __shared__ Row fin;
@@ -199,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(cekl::Batch<scalar_t>
     const int64_t t = b.target[row];
     cekl::dispatch_variant(b.p, [&](auto v) {
       using V = decltype(v);
-      State s = block_reduce(thread_state<V>(zr, rr, vectorised, b.p, keep));
+      State s = block_reduce(thread_state<V, kStep>(zr, rr, vectorised, b.p, keep));
       if (threadIdx.x == 0) {
         s.zt = t >= 0 ? static_cast<float>(zr[t]) : 0.f;
         fin = cekl::finish(s, b.p.mode);
@@ -208,7 +244,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(cekl::Batch<scalar_t>
       __syncthreads();
       const Pack<scalar_t>* z_packs = kKeepRow ? keep.z : as_packs(zr);
       const Pack<scalar_t>* r_packs = kKeepRow ? keep.r : (rr != nullptr ? as_packs(rr) : nullptr);
-      row_grad<V>(zr, rr, z_packs, r_packs, outr, t, fin, b.p, scale, vectorised, b.cols);
+      row_grad<V, kStep>(zr, rr, z_packs, r_packs, outr, t, fin, b.p, scale, vectorised, b.cols);
     });
   }
 }
@@ -364,10 +400,11 @@ DeviceLimits device_limits() {
 // Blocks of the persistent grid: the same number on every SM (the rows are shared out evenly):
 // `asked` per SM, or (asked == 0) as many as keep the rows in flight within half of the L2; at
 // least one and at most what fits on an SM at once; never more than the rows.
-template <typename scalar_t>
+template <typename scalar_t, int kStep>
 int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d, int64_t asked) {
   int fits = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, forward_kernel<scalar_t, false>, kThreads, 0));
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, forward_kernel<scalar_t, false, kStep>, kThreads, 0));
   const int64_t row_bytes = b.cols * static_cast<int64_t>(sizeof(scalar_t)) * (b.r != nullptr ? 2 : 1);
   const int64_t rows_in_l2 = d.l2_bytes / 2 / std::max<int64_t>(row_bytes, 1);
   const int64_t wanted = asked > 0 ? asked : rows_in_l2 / std::max(d.sms, 1);
@@ -377,37 +414,38 @@ int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d,
 
 // Dynamic shared memory the smem schedule needs for a row (and its reference row), or 0 when
 // the row does not fit (or is not vectorised: the kept copy is in packs).
-template <typename scalar_t>
+template <typename scalar_t, int kStep>
 size_t kept_row_bytes(const cekl::Batch<scalar_t>& b, bool vectorised, const DeviceLimits& d) {
   if (!vectorised) return 0;
   cudaFuncAttributes attrs{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, forward_kernel<scalar_t, true>));
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, forward_kernel<scalar_t, true, kStep>));
   const int64_t packs = b.p.valid_cols / Pack<scalar_t>::kSize;
   const int64_t bytes = packs * static_cast<int64_t>(sizeof(Pack<scalar_t>)) * (b.r != nullptr ? 2 : 1);
   const int64_t room = d.smem_optin - static_cast<int64_t>(attrs.sharedSizeBytes);
   return bytes > 0 && bytes <= room ? static_cast<size_t>(bytes) : 0;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kStep>
 void launch_forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Schedule& schedule) {
   const bool vectorised = can_vectorise(b);
   if (schedule.kind == cekl::kPersistent) {
-    const auto blocks = static_cast<unsigned>(persistent_blocks(b, device_limits(), schedule.blocks_per_sm));
-    forward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream()>>>(b, rows, vectorised);
+    const auto blocks =
+        static_cast<unsigned>(persistent_blocks<scalar_t, kStep>(b, device_limits(), schedule.blocks_per_sm));
+    forward_kernel<scalar_t, false, kStep><<<blocks, kThreads, 0, stream()>>>(b, rows, vectorised);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   if (schedule.kind == cekl::kSharedRow) {
-    const size_t bytes = kept_row_bytes(b, vectorised, device_limits());
+    const size_t bytes = kept_row_bytes<scalar_t, kStep>(b, vectorised, device_limits());
     if (bytes > 0) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t, true>,
+      C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t, true, kStep>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-      forward_kernel<scalar_t, true><<<b.rows, kThreads, bytes, stream()>>>(b, rows, vectorised);
+      forward_kernel<scalar_t, true, kStep><<<b.rows, kThreads, bytes, stream()>>>(b, rows, vectorised);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  forward_kernel<scalar_t, false><<<b.rows, kThreads, 0, stream()>>>(b, rows, vectorised);
+  forward_kernel<scalar_t, false, kStep><<<b.rows, kThreads, 0, stream()>>>(b, rows, vectorised);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -421,7 +459,11 @@ unsigned elementwise_blocks(int64_t n) {
 struct CudaKernels {
   template <typename scalar_t>
   static void forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Schedule& schedule) {
-    launch_forward(b, rows, schedule);
+    if (schedule.packs_per_step == 2) {
+      launch_forward<scalar_t, 2>(b, rows, schedule);
+    } else {
+      launch_forward<scalar_t, 1>(b, rows, schedule);
+    }
   }
 
   template <typename scalar_t>

@@ -52,7 +52,7 @@ namespace vikhr {
 // Single rank with a gradient: statistics, finished rows [N, 5] = (ce, kl, lse_z, lse_a, lse_b)
 // and the gradient, reading each row once more while it is in cache.
 //   cekl_forward(logits, ref, target, row_scale, 1/T, λ·T, kl_mode, valid_cols, grad_out,
-//                schedule=0, blocks_per_sm=0) -> rows
+//                schedule=0, blocks_per_sm=0, packs_per_step=1) -> rows
 // Vocab parallel, or no gradient: local statistics [N, 8] = maxima (3, MAX-reduced across the
 // group) ++ sums (5, SUM-reduced):
 //   cekl_stats(logits, ref, target, row_scale, 1/T, kl_mode, valid_cols) -> stats
@@ -155,16 +155,19 @@ template <class Kernels>
 at::Tensor cekl_forward(const at::Tensor& logits, const std::optional<at::Tensor>& ref_logits,
                         const at::Tensor& target, const at::Tensor& row_scale, double inv_temperature,
                         double kl_coef, int64_t kl_mode, int64_t valid_cols, const at::Tensor& grad_out,
-                        int64_t schedule, int64_t blocks_per_sm) {
+                        int64_t schedule, int64_t blocks_per_sm, int64_t packs_per_step) {
   detail::check_inputs(logits, ref_logits, target, row_scale, kl_mode, valid_cols, grad_out);
   TORCH_CHECK(schedule >= cekl::kRowPerBlock && schedule <= cekl::kSharedRow, "cross_entropy_kl: unknown schedule ",
               schedule);
   TORCH_CHECK(blocks_per_sm >= 0, "cross_entropy_kl: blocks_per_sm must be >= 0, got ", blocks_per_sm);
+  TORCH_CHECK(packs_per_step == 1 || packs_per_step == 2, "cross_entropy_kl: packs_per_step must be 1 or 2, got ",
+              packs_per_step);
   const c10::OptionalDeviceGuard guard(logits.device());
   auto rows = detail::float_rows(logits, cekl::kRowCols);
   detail::with_batch(logits, ref_logits, target, row_scale, inv_temperature, kl_coef, kl_mode, valid_cols, grad_out,
                      [&](const auto& batch) {
-                       Kernels::forward(batch, rows.data_ptr<float>(), cekl::Schedule{schedule, blocks_per_sm});
+                       Kernels::forward(batch, rows.data_ptr<float>(),
+                                        cekl::Schedule{schedule, blocks_per_sm, packs_per_step});
                      });
   return rows;
 }

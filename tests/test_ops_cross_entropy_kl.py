@@ -17,7 +17,7 @@ from tests.conftest import run_torchrun
 from vikhr.errors import VikhrError
 from vikhr.ops import build, cross_entropy_kl
 from vikhr.ops.build import load_ops
-from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, SCHEDULE_ENV, cuda_schedule
+from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, PACKS_ENV, SCHEDULE_ENV, cuda_schedule
 from vikhr.ops.reference import cross_entropy_kl_reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -391,6 +391,8 @@ def test_kernel_rejects_bad_arguments_when_called_directly():
         forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 3)
     with pytest.raises(RuntimeError, match="blocks_per_sm must be >= 0"):
         forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 1, -1)
+    with pytest.raises(RuntimeError, match="packs_per_step must be 1 or 2"):
+        forward(z, None, target, scale, 1.0, 0.0, 0, 10, grad, 0, 0, 4)
 
 
 def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
@@ -404,11 +406,20 @@ def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
         with pytest.raises(ValueError, match="persistent:K"):
             cuda_schedule()
     # Empty counts as unset: the default schedule.
-    for value, parsed in [("", (0, 0)), ("row", (0, 0)), ("persistent", (1, 0)), ("persistent:3", (1, 3))]:
+    for value, parsed in [
+        ("", (0, 0, 1)),
+        ("row", (0, 0, 1)),
+        ("persistent", (1, 0, 1)),
+        ("persistent:3", (1, 3, 1)),
+    ]:
         monkeypatch.setenv(SCHEDULE_ENV, value)
         assert cuda_schedule() == parsed, value
     monkeypatch.setenv(SCHEDULE_ENV, "smem")
-    assert cuda_schedule() == (2, 0)
+    monkeypatch.setenv(PACKS_ENV, "2")
+    assert cuda_schedule() == (2, 0, 2)
+    monkeypatch.setenv(PACKS_ENV, "3")
+    with pytest.raises(ValueError, match="VIKHR_CEKL_PACKS='3': set it to 1 or 2"):
+        cuda_schedule()
 
 
 def test_missing_device_kernels_give_one_line_telling_how_to_fix(monkeypatch):
@@ -608,15 +619,19 @@ def test_real_sizes_in_bf16_on_gpu_match_float64(v, direction, inplace, schedule
 @pytest.mark.parametrize("kl_weight", [0.0, 0.4], ids=["ce-only", "kl"])
 def test_cuda_schedules_give_bitwise_identical_results(kl_weight, monkeypatch):
     """Each thread does the same arithmetic in the same order under every schedule: only where
-    the second read of a row comes from (and which block runs it) differs. persistent:64 asks
-    for more blocks per SM than fit (clamped)."""
+    the second read of a row comes from (and which block runs it) and how many packs a thread
+    loads per step differ. persistent:64 asks for more blocks per SM than fit (clamped)."""
     z, r, labels = _real_inputs(2048, REAL_V_PADDED, REAL_V, seed=24)
     kw = {"kl_weight": kl_weight, "valid_vocab_size": REAL_V}
-    schedules = [*CUDA_SCHEDULES, "persistent:1", "persistent:2", "persistent:64"]
+    kinds = [*CUDA_SCHEDULES, "persistent:1", "persistent:2", "persistent:64"]
+    schedules = [f"{kind}/{packs}" for packs in ("1", "2") for kind in kinds]
     results = {}
     for schedule in schedules:
-        monkeypatch.setenv(SCHEDULE_ENV, schedule)
+        kind, packs = schedule.split("/")
+        monkeypatch.setenv(SCHEDULE_ENV, kind)
+        monkeypatch.setenv(PACKS_ENV, packs)
         results[schedule] = _run_op(z, r, labels, torch.bfloat16, "cuda", **kw)
+    results["row"] = results["row/1"]
     for schedule in schedules[1:]:
         for name, got, want in zip(
             ("loss", "ce", "kl", "grad"), results[schedule], results["row"], strict=True

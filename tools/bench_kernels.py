@@ -35,13 +35,15 @@ max_memory_allocated on a GPU, the peak resident set size (VmHWM, reset first) o
 
 `--sweep-schedules` times the fused forward kernel alone (one process, CUDA events) under every
 CUDA schedule and the persistent grid at 1-4 blocks per SM (VIKHR_CEKL_SCHEDULE=persistent:K),
-after checking each one's result bit for bit against the row schedule's.
-`--profile-schedules` runs the fused forward kernel once per CUDA schedule (after one warm-up
-launch each) for a profiler around the process, and prints the order of the launches; e.g. the
+each with 1 and 2 packs per step (VIKHR_CEKL_PACKS), after checking each one's result bit for bit
+against the row schedule's with 1 pack.
+`--profile-schedules` runs the fused forward kernel once per CUDA schedule and packs per step
+(after one warm-up launch each) for a profiler around the process, and prints the order of the
+launches; e.g. the
 DRAM bytes each schedule moves (what decides whether the second read of a row hits L2):
 
-    ncu --kernel-name regex:forward_kernel --launch-skip 3 --launch-count 3 \
-        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+    ncu --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6 \\
+        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \\
         python tools/bench_kernels.py --profile-schedules --device cuda --vocab 40000
 """
 
@@ -270,26 +272,28 @@ def _fused_kernel_call(r, labels, v: int):
 
 
 def _profile_schedules(args: argparse.Namespace) -> int:
-    """Launches the fused forward (in place, at the first --vocab) once per schedule, twice over:
-    the first round warms up, the second is the one to profile (launches 4–6 of the kernel)."""
+    """Launches the fused forward (in place, at the first --vocab) once per schedule and packs per
+    step (1, 2), twice over: the first round warms up, the second is the one to profile (launches
+    7-12 of the kernel)."""
     from vikhr.ops.build import load_ops
-    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, SCHEDULE_ENV
+    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, PACKS_ENV, SCHEDULE_ENV
 
     load_ops()
     v = args.vocab[0]
     z, r, labels = _inputs(args.n, v, args.dtype, args.device)
     for round_name in ("warm-up", "profiled"):
-        for schedule in CUDA_SCHEDULES:
-            os.environ[SCHEDULE_ENV] = schedule
+        for packs, schedule in ((packs, schedule) for packs in (1, 2) for schedule in CUDA_SCHEDULES):
+            os.environ[SCHEDULE_ENV], os.environ[PACKS_ENV] = schedule, str(packs)
             fresh = z.clone()
             _sync(args.device)
             _fused_kernel_call(r, labels, v)(fresh)
             _sync(args.device)
-            print(f"{round_name}: forward kernel, schedule {schedule}, N={args.n}, V={v}, {args.dtype}")
+            print(f"{round_name}: forward kernel, schedule {schedule}, {packs} packs, N={args.n}, V={v}")
     return 0
 
 
-# The variants --sweep-schedules times: each schedule, and the persistent grid at 1-4 blocks per SM.
+# The variants --sweep-schedules times: each schedule, and the persistent grid at 1-4 blocks per SM,
+# each with one and with two 16-byte packs loaded per thread per step (VIKHR_CEKL_PACKS).
 SWEEP = ("row", "persistent", "persistent:1", "persistent:2", "persistent:3", "persistent:4", "smem")
 
 
@@ -300,7 +304,7 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
     import torch
 
     from vikhr.ops.build import load_ops
-    from vikhr.ops.cross_entropy_kl import SCHEDULE_ENV
+    from vikhr.ops.cross_entropy_kl import PACKS_ENV, SCHEDULE_ENV
 
     torch.set_num_threads(args.threads)
     load_ops()
@@ -309,10 +313,10 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
     call_bytes = 3 * z.numel() * z.element_size()
     events = args.device == "cuda"
     print(f"# fused forward kernel alone, N={args.n}, V={v}, {args.dtype}, median of {args.runs} runs")
-    print(f"{'schedule':<14} {'ms':>9} {'GB/s':>8}")
+    print(f"{'schedule':<14} {'packs':>5} {'ms':>9} {'GB/s':>8}")
     rows, want = [], None
-    for variant in SWEEP:
-        os.environ[SCHEDULE_ENV] = variant
+    for packs, variant in ((packs, variant) for packs in (1, 2) for variant in SWEEP):
+        os.environ[SCHEDULE_ENV], os.environ[PACKS_ENV] = variant, str(packs)
         call = _fused_kernel_call(r, labels, v)
         got = z.clone()
         stats = call(got)
@@ -320,11 +324,20 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
         if want is None:
             want = (stats, got)
         elif not (torch.equal(stats, want[0]) and torch.equal(got, want[1])):
-            print(f"FAILED: schedule {variant} differs from the row schedule", file=sys.stderr)
+            print(f"FAILED: schedule {variant}, {packs} packs differs from row, 1 pack", file=sys.stderr)
             return 1
         ms = _median_ms(call, z, args.runs, args.device, events=events)
-        rows.append({"schedule": variant, "n": args.n, "vocab": v, "dtype": args.dtype, "kernel_ms": ms})
-        print(f"{variant:<14} {ms:>9.3f} {call_bytes / ms / 1e6:>8.0f}")
+        rows.append(
+            {
+                "schedule": variant,
+                "packs": packs,
+                "n": args.n,
+                "vocab": v,
+                "dtype": args.dtype,
+                "kernel_ms": ms,
+            }
+        )
+        print(f"{variant:<14} {packs:>5} {ms:>9.3f} {call_bytes / ms / 1e6:>8.0f}")
     _write_json(args.json, rows)
     return 0
 

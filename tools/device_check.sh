@@ -10,10 +10,12 @@
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
 #   kernel-sweep.log  the fused forward kernel alone at N=8192, V=40000, bf16 under every CUDA schedule
-#                     and the persistent grid at 1-4 blocks per SM (+ kernel-sweep.json)
+#                     and the persistent grid at 1-4 blocks per SM, 1 and 2 packs per step
+#                     (+ kernel-sweep.json)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
-#   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule under Nsight Compute (ncu,
-#                     when on the PATH): DRAM bytes read and written, L2 hit rate, kernel time
+#   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule and packs per step under
+#                     Nsight Compute (ncu, when on the PATH): DRAM bytes read and written, L2 hit
+#                     rate, kernel time
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
@@ -147,10 +149,10 @@ else
   BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 16 --repeats 1)
 fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
-# The profiler around the schedules' launches (the second round of three; the first warms up).
+# The profiler around the schedules' launches (the second round of six; the first warms up).
 PROFILER=()
 if [[ $DRY == 0 ]] && command -v ncu > /dev/null; then
-  PROFILER=(ncu --clock-control none --kernel-name regex:forward_kernel --launch-skip 3 --launch-count 3
+  PROFILER=(ncu --clock-control none --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum)
 fi
 

@@ -31,8 +31,9 @@ On CUDA the single-rank forward reads each row twice; the environment variable
 VIKHR_CEKL_SCHEDULE chooses where the second read comes from (csrc/cross_entropy_kl_cuda.cu):
 `row` (default: one block per row, the second read from L2 while it holds the row), `persistent`
 (a grid sized so that the rows in flight fit in half of the L2; `persistent:K` for K blocks per
-SM) or `smem` (the row kept in shared memory; rows too long for it fall back to `row`). All give
-the same result; the CPU kernel ignores the setting.
+SM) or `smem` (the row kept in shared memory; rows too long for it fall back to `row`), and
+VIKHR_CEKL_PACKS (1 or 2) how many 16-byte loads a thread issues per loop step. All give the same
+result; the CPU kernel ignores the settings.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ KL_DIRECTIONS = ("reverse", "forward")
 # The CUDA forward's schedules, in the order of csrc/cekl_math.h: ScheduleKind.
 CUDA_SCHEDULES = ("row", "persistent", "smem")
 SCHEDULE_ENV = "VIKHR_CEKL_SCHEDULE"
+PACKS_ENV = "VIKHR_CEKL_PACKS"
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # KL modes understood by the kernel (csrc/cekl_math.h: KlMode).
 _MODE_NONE, _MODE_REVERSE, _MODE_FORWARD = 0, 1, 2
@@ -140,19 +142,27 @@ def _check_labels(labels: torch.Tensor, counts: torch.Tensor, ignore_index: int,
         raise ValueError(f"{message}; labels[{first}] = {int(labels[first])}")
 
 
-def cuda_schedule() -> tuple[int, int]:
-    """(schedule, blocks per SM) of the CUDA forward from VIKHR_CEKL_SCHEDULE: `row` (also when
-    unset or empty), `persistent` (blocks per SM chosen for the L2: 0), `persistent:K` or `smem`."""
+def cuda_schedule() -> tuple[int, int, int]:
+    """The CUDA forward's (schedule, blocks per SM, packs per step), the last three arguments of
+    cekl_forward. VIKHR_CEKL_SCHEDULE: `row` (also when unset or empty), `persistent` (blocks per
+    SM chosen for the L2: 0), `persistent:K` or `smem`; VIKHR_CEKL_PACKS: 1 (default) or 2."""
     value = os.environ.get(SCHEDULE_ENV) or CUDA_SCHEDULES[0]
     name, _, blocks = value.partition(":")
     if name in CUDA_SCHEDULES and not blocks:
-        return CUDA_SCHEDULES.index(name), 0
-    if name == "persistent" and blocks.isdigit() and int(blocks) > 0:
-        return CUDA_SCHEDULES.index(name), int(blocks)
-    raise ValueError(
-        f"{SCHEDULE_ENV}={value!r} is not a schedule of the cross_entropy_kl kernel; "
-        f"set it to one of {', '.join(CUDA_SCHEDULES)} or persistent:K (K blocks per SM) or unset it"
-    )
+        kind, per_sm = CUDA_SCHEDULES.index(name), 0
+    elif name == "persistent" and blocks.isdigit() and int(blocks) > 0:
+        kind, per_sm = CUDA_SCHEDULES.index(name), int(blocks)
+    else:
+        raise ValueError(
+            f"{SCHEDULE_ENV}={value!r} is not a schedule of the cross_entropy_kl kernel; "
+            f"set it to one of {', '.join(CUDA_SCHEDULES)} or persistent:K (K blocks per SM) or unset it"
+        )
+    packs = os.environ.get(PACKS_ENV) or "1"
+    if packs not in ("1", "2"):
+        raise ValueError(
+            f"{PACKS_ENV}={packs!r}: set it to 1 or 2 (16-byte loads per thread per step) or unset it"
+        )
+    return kind, per_sm, int(packs)
 
 
 def _check_grad_scale(grad_scale: float) -> None:
@@ -179,7 +189,6 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         inplace,
         grad_scale,
         schedule,
-        blocks_per_sm,
     ):  # type: ignore[override]
         start, world = _shard(logits, group)
         v_local = logits.shape[1]
@@ -202,7 +211,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         if world == 1 and grad is not None:
             # One read of each row for its statistics, a second for the gradient while in cache.
             rows = ops.cekl_forward(
-                z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad, schedule, blocks_per_sm
+                z, r, target, grad_row_scale, inv_t, kl_coef, mode, valid_cols, grad, *schedule
             )
         else:
             # Vocab parallel (the gradient needs no further collective), or no gradient wanted.
@@ -236,7 +245,7 @@ class _CrossEntropyKLFunction(torch.autograd.Function):
         else:
             # On the device, without a host sync; free (no pass over the N×V gradient) when factor == 1.
             torch.ops.vikhr.cekl_scale_grad(grad, factor.reshape(1).contiguous())
-        return grad, None, None, None, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy_kl(
@@ -270,7 +279,7 @@ def cross_entropy_kl(
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
     _check_grad_scale(grad_scale)
-    schedule, blocks_per_sm = cuda_schedule()
+    schedule = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
     mode = _MODE_NONE if ref is None else (_MODE_REVERSE if kl_direction == "reverse" else _MODE_FORWARD)
@@ -287,6 +296,5 @@ def cross_entropy_kl(
         inplace_backward,
         float(grad_scale),
         schedule,
-        blocks_per_sm,
     )
     return CEKLOutput(loss, ce, kl)
