@@ -236,7 +236,11 @@ VIKHR_HD void totals(double ce_sum, double kl_sum, int64_t n_counted, float kl_f
 #ifdef __CUDA_ARCH__
   *loss = __fadd_rn(*ce, __fmul_rn(kl_factor, *kl));  // rounded twice, as on the host: no FMA
 #else
-  *loss = *ce + kl_factor * *kl;
+  // The float product is exact in double and a double sum of two floats rounds to the float sum,
+  // so this is float arithmetic; the casts keep a compiler that contracts (clang, GCC on arm64)
+  // from fusing it into one FMA.
+  const float weighted = static_cast<float>(static_cast<double>(kl_factor) * static_cast<double>(*kl));
+  *loss = static_cast<float>(static_cast<double>(*ce) + static_cast<double>(weighted));
 #endif
 }
 

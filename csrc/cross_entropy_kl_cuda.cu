@@ -412,16 +412,22 @@ int64_t persistent_blocks(const cekl::Batch<scalar_t>& b, const DeviceLimits& d,
   return std::min<int64_t>(per_sm * d.sms, b.rows);
 }
 
-// Dynamic shared memory the smem schedule needs for a row (and its reference row), or 0 when
-// the row does not fit (or is not vectorised: the kept copy is in packs).
+// Dynamic shared memory the smem kernel may use on this device: the opt-in limit less its static
+// shared memory.
 template <typename scalar_t, int kStep>
-size_t kept_row_bytes(const cekl::Batch<scalar_t>& b, bool vectorised, const DeviceLimits& d) {
-  if (!vectorised) return 0;
+int64_t kept_row_room(const DeviceLimits& d) {
   cudaFuncAttributes attrs{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, forward_kernel<scalar_t, true, kStep>));
+  return d.smem_optin - static_cast<int64_t>(attrs.sharedSizeBytes);
+}
+
+// Dynamic shared memory the smem schedule needs for a row (and its reference row), or 0 when
+// the row does not fit in `room` (or is not vectorised: the kept copy is in packs).
+template <typename scalar_t>
+size_t kept_row_bytes(const cekl::Batch<scalar_t>& b, bool vectorised, int64_t room) {
+  if (!vectorised) return 0;
   const int64_t packs = b.p.valid_cols / Pack<scalar_t>::kSize;
   const int64_t bytes = packs * static_cast<int64_t>(sizeof(Pack<scalar_t>)) * (b.r != nullptr ? 2 : 1);
-  const int64_t room = d.smem_optin - static_cast<int64_t>(attrs.sharedSizeBytes);
   return bytes > 0 && bytes <= room ? static_cast<size_t>(bytes) : 0;
 }
 
@@ -436,10 +442,13 @@ void launch_forward(const cekl::Batch<scalar_t>& b, float* rows, const cekl::Sch
     return;
   }
   if (schedule.kind == cekl::kSharedRow) {
-    const size_t bytes = kept_row_bytes<scalar_t, kStep>(b, vectorised, device_limits());
+    const int64_t room = kept_row_room<scalar_t, kStep>(device_limits());
+    const size_t bytes = kept_row_bytes(b, vectorised, room);
     if (bytes > 0) {
+      // The limit is per kernel and device, shared by every host thread: always the whole room
+      // (the same value each time), never this row's size, which another thread's launch could undercut.
       C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t, true, kStep>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(room)));
       forward_kernel<scalar_t, true, kStep><<<b.rows, kThreads, bytes, stream()>>>(b, rows, vectorised);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;

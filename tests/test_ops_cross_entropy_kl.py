@@ -401,7 +401,16 @@ def test_unknown_schedule_in_the_environment_is_one_clear_line(monkeypatch):
     with pytest.raises(ValueError, match="VIKHR_CEKL_SCHEDULE='tiles'") as err:
         cross_entropy_kl(z, r, labels, kl_weight=0.1)
     assert "\n" not in str(err.value) and "row, persistent, smem" in str(err.value)
-    for bad in ("persistent:0", "persistent:x", "row:2", "smem:1"):
+    for bad in (
+        "persistent:0",
+        "persistent:x",
+        "row:2",
+        "smem:1",
+        "row:",
+        "persistent:",
+        "persistent:²",
+        "persistent:99999",
+    ):
         monkeypatch.setenv(SCHEDULE_ENV, bad)
         with pytest.raises(ValueError, match="persistent:K"):
             cuda_schedule()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import NamedTuple
 
 import torch
@@ -147,11 +148,9 @@ def cuda_schedule() -> tuple[int, int, int]:
     cekl_forward. VIKHR_CEKL_SCHEDULE: `row` (also when unset or empty), `persistent` (blocks per
     SM chosen for the L2: 0), `persistent:K` or `smem`; VIKHR_CEKL_PACKS: 1 (default) or 2."""
     value = os.environ.get(SCHEDULE_ENV) or CUDA_SCHEDULES[0]
-    name, _, blocks = value.partition(":")
-    if name in CUDA_SCHEDULES and not blocks:
-        kind, per_sm = CUDA_SCHEDULES.index(name), 0
-    elif name == "persistent" and blocks.isdigit() and int(blocks) > 0:
-        kind, per_sm = CUDA_SCHEDULES.index(name), int(blocks)
+    match = re.fullmatch(r"(\w+)(?::([1-9][0-9]{0,3}))?", value, flags=re.ASCII)
+    if match and match[1] in CUDA_SCHEDULES and (match[2] is None or match[1] == "persistent"):
+        kind, per_sm = CUDA_SCHEDULES.index(match[1]), int(match[2] or 0)
     else:
         raise ValueError(
             f"{SCHEDULE_ENV}={value!r} is not a schedule of the cross_entropy_kl kernel; "
