@@ -6,24 +6,28 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, SHARED_DATA
 
+# The order of the summary: eval-bench runs alongside the build (it does not need it) and is
+# recorded after it; the optional profile comes last.
 STEPS = [
     "env",
     "build",
+    "eval-bench",
     "op-tests",
     "kernel-sweep",
     "kernel-bench",
-    "kernel-ncu",
     "train-tests",
     "train-bench",
-    "eval-bench",
+    "kernel-ncu",
 ]
 
 
@@ -72,7 +76,8 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     assert all("failed" not in r for r in rows)
     swept = json.loads((out / "kernel-sweep.json").read_text())
     assert [r["schedule"] for r in swept][:3] == ["row", "persistent", "persistent:1"]
-    assert all(r["kernel_ms"] > 0 for r in swept)
+    assert all(r["kernel_ms"] > 0 and r["bitwise_equal"] is True for r in swept)
+    assert "lm-eval task machinery: imports" in (out / "env.log").read_text()
     profiled = (out / "kernel-ncu.log").read_text()
     for name in ("row", "persistent", "smem"):
         for packs in (1, 2):
@@ -83,11 +88,14 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     assert set(evaluated["tasks"]) == fixtures | ({"terra"} if carried.is_dir() else set())
     assert all(r["tokens_per_s"] > 0 for per_batch in evaluated["rates"].values() for r in per_batch.values())
     # Written after each batch size (a run cut short keeps what it measured), finished at the end; each
-    # task's estimate is its fastest batch size's seconds per document times its full document count.
+    # task's estimate is its fastest batch size's seconds per document times its full document count
+    # plus that batch size's batch-size search (none on a CPU).
     assert evaluated["finished"] is True and set(evaluated["rates"]) == {"1", "2"}
     for task, row in evaluated["tasks"].items():
-        fastest = min(per_batch[task]["s_per_doc"] for per_batch in evaluated["rates"].values())
-        assert row["estimate_s"] == pytest.approx(fastest * row["full_documents"])
+        per_batch = [r[task] for r in evaluated["rates"].values()]
+        assert all(r["probe_seconds"] == 0 for r in per_batch)
+        fastest = min(r["s_per_doc"] * row["full_documents"] + r["probe_seconds"] for r in per_batch)
+        assert row["estimate_s"] == pytest.approx(fastest)
     assert evaluated["suite_estimate_s"] == pytest.approx(
         sum(r["estimate_s"] for r in evaluated["tasks"].values())
     )
@@ -104,6 +112,42 @@ def test_spent_budget_reports_steps_as_not_run(tmp_path: Path) -> None:
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert {s["status"] for s in summary["steps"]} == {"not run"}
     assert summary["failed_steps"] == len(STEPS)
+
+
+def test_an_interrupted_run_stops_its_steps_and_reports_them(tmp_path: Path) -> None:
+    """SIGTERM (a `timeout` around the script, or Ctrl-C's SIGINT) reaches the steps, which `timeout`
+    puts in process groups of their own: they stop, and the summary says which were interrupted."""
+    out = tmp_path / "out"
+    no_wheels = tmp_path / "no-wheels"
+    no_wheels.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEVICE_CHECK_WHEELS": str(no_wheels)}
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "tools" / "device_check.sh"), "--dry-run", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 300
+    summary_txt = out / "summary.txt"
+    while "== build" not in (summary_txt.read_text() if summary_txt.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is False
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses["env"] == "passed"
+    assert statuses["build"] == statuses["eval-bench"] == "interrupted", statuses
+    time.sleep(2.0)
+    # No step process outlives the script: nothing still runs with this run's output directory in
+    # its command line (the evaluation benchmark's --json names it).
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(out) not in ps, ps
 
 
 def test_usage_error(tmp_path: Path) -> None:
@@ -143,3 +187,28 @@ def test_every_dependency_is_on_the_gpu_image_or_carried_as_a_wheel() -> None:
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     missing = sorted({name(r) for r in dependencies} - available)
     assert not missing, f"add to tools/device_wheels.sh: {missing}"
+
+
+def test_suite_estimate_charges_each_tasks_batch_size_search_once() -> None:
+    """`auto` on a GPU searches once per task: the search is added to a task's estimate, not spread
+    over its documents, and a short task may then be faster at a fixed batch size."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "tools" / "bench_eval.py")
+    assert spec is not None and spec.loader is not None
+    bench_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_eval)
+    rates = {
+        "1": {
+            "long": {"s_per_doc": 0.5, "probe_seconds": 0.0},
+            "short": {"s_per_doc": 0.5, "probe_seconds": 0.0},
+        },
+        "auto": {
+            "long": {"s_per_doc": 0.1, "probe_seconds": 30.0},
+            "short": {"s_per_doc": 0.1, "probe_seconds": 30.0},
+        },
+    }
+    rows, total = bench_eval.suite_estimate(rates, {"long": 1000, "short": 10})
+    assert rows["long"]["estimate_s"] == pytest.approx(0.1 * 1000 + 30.0)  # auto: 130 s against 500 s
+    assert rows["short"]["estimate_s"] == pytest.approx(0.5 * 10)  # batch 1: 5 s against 31 s
+    assert total == pytest.approx(135.0)

@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import json
 import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.eval import EvalSettings, parse_task_list, run_eval
-from vikhr.eval.runner import load_tokenizer, make_lm, markdown_table, task_documents
+from vikhr.eval.runner import _task_cost, _task_start, load_tokenizer, make_lm, markdown_table, task_documents
 from vikhr.eval.tasks import (
     TASKS,
     bits_per_character,
@@ -338,8 +339,27 @@ def test_each_task_records_its_time_requests_and_model_tokens(
     assert terra["model_tokens"] + bpc["model_tokens"] == sum(seen)
     assert all(task["seconds"] > 0 for task in (terra, bpc))
     assert terra["seconds"] + bpc["seconds"] <= out["seconds"] + 0.1
+    assert terra["probe_seconds"] == bpc["probe_seconds"] == 0.0  # a fixed batch size: no search
     table = markdown_table(out)
-    assert f"| terra | {terra['seconds']:.2f} | 6 | {terra['model_tokens']:,} |" in table
+    assert f"| terra | {terra['seconds']:.2f} | 0.00 | 6 | {terra['model_tokens']:,} |" in table
+
+
+def test_a_tasks_cost_counts_the_batch_size_search_it_triggered() -> None:
+    """lm-eval searches for the batch size again on each call: each task is charged the search
+    seconds spent while it ran (and its rate in the table leaves them out)."""
+    lm = types.SimpleNamespace(model_tokens=100, probe_seconds=2.0)
+    start = _task_start(lm)
+    lm.model_tokens, lm.probe_seconds = 1100, 2.75
+    cost = _task_cost(lm, start, requests=4)
+    assert cost["probe_seconds"] == 0.75 and cost["model_tokens"] == 1000 and cost["requests"] == 4
+    task = {"seconds": 2.75, "probe_seconds": 0.75, "requests": 4, "model_tokens": 1000}
+    results = {
+        "model": "m",
+        "limit": 4,
+        "seconds": 3.0,
+        "tasks": {"bpc": {**task, "metrics": {}, "stderr": {}, "num_fewshot": 0, "n": 4}},
+    }
+    assert "| bpc | 2.75 | 0.75 | 4 | 1,000 | 500 |" in markdown_table(results)  # 1000 tokens / 2 s
 
 
 def test_task_documents_counts_what_a_run_evaluates(tiny_dir: Path, shared_data: Path) -> None:
@@ -408,6 +428,9 @@ def test_auto_batch_size_on_gpu_probes_at_the_length_the_requests_need(
     assert probes and max(probes) < lm.max_length == 4096
     assert out["tasks"]["mera_chegeka"]["n"] == 2  # the fixture's two questions
     assert out["tasks"]["bpc"]["metrics"]["bpc"] > 0
+    # Each task was charged the search it triggered (lm-eval searches again on every call).
+    for task in out["tasks"].values():
+        assert 0 < task["probe_seconds"] < task["seconds"]
 
 
 def _one_line_error(argv: list[str], capsys: Any) -> str:

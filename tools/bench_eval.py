@@ -5,7 +5,9 @@ Each task is run on its first --limit documents (`vikhr eval --limit`), --repeat
 warm-up run; the table has the medians. "Model tokens" are the positions run through the model,
 padding included, so tokens/s is the model's real rate on that task's prompts. The estimate for a
 task is its median seconds per document at the fastest batch size times its full document count
-(every document of the files in --data-dir); the first documents of a task may be shorter or longer
+(every document of the files in --data-dir), plus that batch size's search for it (`auto` on a GPU:
+lm-eval searches once per task whatever its size, so the search is not counted per document and the
+rates leave it out); the first documents of a task may be shorter or longer
 than its average, so read it as the right order of magnitude, not a promise.
 
 Model: --model DIR (an HF directory: also timed as a user runs it, `vikhr eval` in a fresh process,
@@ -75,13 +77,16 @@ def timed_runs(settings: EvalSettings, lm: Any, repeats: int) -> dict[str, dict[
     out = {}
     for name in settings.tasks:
         seconds = statistics.median(r[name]["seconds"] for r in runs)
+        probe = statistics.median(r[name]["probe_seconds"] for r in runs)
+        working = max(seconds - probe, 1e-9)  # the task's own work, the batch-size search left out
         docs = runs[0][name]["n"]
         tokens = runs[0][name]["model_tokens"]
         out[name] = {
             "documents": docs,
             "seconds": seconds,
-            "s_per_doc": seconds / docs,
-            "tokens_per_s": tokens / seconds if tokens is not None else float("nan"),
+            "probe_seconds": probe,
+            "s_per_doc": working / docs,
+            "tokens_per_s": tokens / working if tokens is not None else float("nan"),
         }
     return out
 
@@ -106,12 +111,13 @@ def fmt_time(seconds: float) -> str:
 def suite_estimate(
     rates: dict[str, dict[str, dict[str, float]]], full: dict[str, int]
 ) -> tuple[dict[str, dict[str, float]], float]:
-    """Per task: full documents and estimated seconds (the fastest batch size measured so far); the
-    suite's seconds."""
+    """Per task: full documents and estimated seconds (the fastest batch size measured so far: its
+    seconds per document times the documents, plus its batch-size search, once); the suite's
+    seconds."""
     rows = {}
     for task, documents in full.items():
-        best = min(per_batch[task]["s_per_doc"] for per_batch in rates.values())
-        rows[task] = {"full_documents": documents, "estimate_s": best * documents}
+        estimates = [r[task]["s_per_doc"] * documents + r[task]["probe_seconds"] for r in rates.values()]
+        rows[task] = {"full_documents": documents, "estimate_s": min(estimates)}
     return rows, sum(r["estimate_s"] for r in rows.values())
 
 

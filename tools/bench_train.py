@@ -207,18 +207,21 @@ def compare(cfg, args: argparse.Namespace, batch: int, seq: int, dtype: torch.dt
         stacks.append((f"vikhr GPTModel ({backend})", step))
     # Peak memory of each stack alone (its warm-up steps), then timing rounds that interleave the
     # stacks, so a change in machine load hits them all alike.
+    # Each figure is printed as soon as it is measured: a run stopped at its limit keeps them.
     peaks = []
-    for _, step in stacks:
+    for name, step in stacks:
         gc.collect()
         with PeakMemory(cuda) as mem:
             for _ in range(args.warmup):
                 step()
                 mem.step_done()
         peaks.append(mem.peak)
+        print(f"warm-up {name}: peak {mem.peak / 2**20:,.1f} MiB")
     times: list[list[float]] = [[] for _ in stacks]
-    for _ in range(args.repeats):
+    for round_index in range(args.repeats):
         for i, (_, step) in enumerate(stacks):
             times[i].append(timed(step, cuda))
+        print(f"round {round_index + 1}: " + ", ".join(f"{t[-1] * 1e3:.1f} ms" for t in times))
     results = [(name, t, peak) for (name, _), t, peak in zip(stacks, times, peaks, strict=True)]
 
     hf_tps = tokens / statistics.median(results[0][1])

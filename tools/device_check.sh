@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 8 by default): builds
-# the csrc/ extension with CUDA, runs the GPU op tests, the kernel benchmark, the GPU training tests,
-# the training benchmark and the evaluation benchmark, in that order. Each step has a time limit and writes its results
+# GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 9 by default): builds
+# the csrc/ extension with CUDA while the evaluation benchmark (which does not need it) has the GPU,
+# then runs the GPU op tests, the kernel benchmarks, the GPU training tests, the training benchmark
+# and the kernel profile, in that order. Each step has a time limit and writes its results
 # under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
 #   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
 #                     code, seconds, limit and log; "finished" is false until the last step is done
@@ -14,8 +15,8 @@
 #                     (+ kernel-sweep.json)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
 #   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule and packs per step under
-#                     Nsight Compute (ncu, when on the PATH): DRAM bytes read and written, L2 hit
-#                     rate, kernel time
+#                     Nsight Compute (ncu, on the PATH or in CUDA_HOME; the log says when there is
+#                     none): DRAM bytes read and written, L2 hit rate, kernel time
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
@@ -27,7 +28,7 @@
 # Usage: tools/device_check.sh [--dry-run] OUT_DIR   (from anywhere; needs a CUDA device and nvcc)
 #   --dry-run (or DEVICE_CHECK_DRY_RUN=1): the same steps on the CPU at tiny sizes, the GPU tests
 #   collected but skipped; tests/test_device_check.py runs it, so a broken step shows up here first.
-# Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 480), DEVICE_CHECK_COMPILE=1 (also
+# Environment: DEVICE_CHECK_BUDGET_S (total seconds, default 540), DEVICE_CHECK_COMPILE=1 (also
 # time torch.compile in the kernel benchmark), VIKHR_CACHE_DIR (the build cache; never in OUT_DIR).
 # Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
 # PyPI is reachable; DEVICE_CHECK_WHEELS names another directory); they are installed into a
@@ -47,9 +48,10 @@ fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-BUDGET=${DEVICE_CHECK_BUDGET_S:-480}
+BUDGET=${DEVICE_CHECK_BUDGET_S:-540}
 PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
+START=$SECONDS  # the budget counts the wheels' install too
 SITE=/tmp/vikhr-device-check-site
 WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -71,7 +73,6 @@ fi
 PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider -m gpu)
 if "$PY" -c "import pytest_timeout" 2> /dev/null; then PYTEST+=(--timeout 120); fi
 
-START=$SECONDS
 STEPS=()   # JSON objects of the steps so far
 FAILED=0
 : > "$OUT/summary.txt"
@@ -87,32 +88,66 @@ write_summary() {  # write_summary FINISHED
 record() {  # record NAME STATUS EXIT SECONDS LIMIT
   STEPS+=("$(printf '{"step": "%s", "status": "%s", "exit": %d, "seconds": %d, "limit_s": %d, "log": "%s.log"}' \
     "$1" "$2" "$3" "$4" "$5" "$1")")
-  [[ $2 == passed ]] || FAILED=$((FAILED + 1))
+  [[ $2 == passed || $2 == skipped ]] || FAILED=$((FAILED + 1))
   echo "$1: $2 (exit $3, ${4}s of ${5}s, log $1.log)" | tee -a "$OUT/summary.txt"
   write_summary false
 }
 
-step() {  # step NAME LIMIT_SECONDS COMMAND...: runs it under `timeout` within what is left of the budget
+declare -A STEP_PID STEP_T0 STEP_LIMIT  # the steps in progress: `timeout`'s pid (it leads the
+# step's process group), start time and limit
+
+step_start() {  # step_start NAME LIMIT_SECONDS COMMAND...: starts it in the background under `timeout`
+  # within what is left of the budget (1 when too little is left: step_wait records it as not run)
   local name=$1 cap=$2
   shift 2
   local left=$((BUDGET - (SECONDS - START)))
   local limit=$((cap < left ? cap : left))
   if ((limit < 5)); then
     echo "not run: the budget of ${BUDGET}s is spent" > "$OUT/$name.log"
-    record "$name" "not run" -1 0 0
     return 1
   fi
   echo "== $name (limit ${limit}s)" | tee -a "$OUT/summary.txt"
   printf '$ %s\n' "$*" > "$OUT/$name.log"
-  local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+  STEP_T0[$name]=$SECONDS
+  STEP_LIMIT[$name]=$limit
+  timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1 &
+  STEP_PID[$name]=$!
+}
+
+step_wait() {  # step_wait NAME: waits for a started step, records it and returns its exit code
+  local name=$1
+  if [[ -z ${STEP_PID[$name]:-} ]]; then  # not started: no budget left
+    record "$name" "not run" -1 0 0
+    return 1
+  fi
+  wait "${STEP_PID[$name]}"
   local code=$?
+  unset "STEP_PID[$name]"
   local status=passed
   if ((code == 124 || code == 137)); then status=timeout; elif ((code != 0)); then status=failed; fi
-  record "$name" "$status" "$code" $((SECONDS - t0)) "$limit"
+  record "$name" "$status" "$code" $((SECONDS - ${STEP_T0[$name]})) "${STEP_LIMIT[$name]}"
   tail -n 5 "$OUT/$name.log"
   return $code
 }
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...: runs it to the end (or its limit)
+  step_start "$@"
+  step_wait "$1"
+}
+
+# Interrupted (Ctrl-C, or a `timeout` around this script): `timeout` puts each step in a process
+# group of its own, which the signal does not reach; stop them, and report what ran.
+on_signal() {
+  local name
+  for name in "${!STEP_PID[@]}"; do
+    kill -TERM -- "-${STEP_PID[$name]}" 2> /dev/null
+    echo "interrupted" >> "$OUT/$name.log"
+    record "$name" "interrupted" 130 $((SECONDS - ${STEP_T0[$name]})) "${STEP_LIMIT[$name]}"
+  done
+  write_summary false
+  exit 130
+}
+trap on_signal INT TERM
 
 skip_step() {  # skip_step NAME REASON
   echo "not run: $2" > "$OUT/$1.log"
@@ -121,7 +156,9 @@ skip_step() {  # skip_step NAME REASON
 
 write_summary false
 # `vikhr doctor` imports every vikhr module: a package the machine lacks is named here, first.
-step env 90 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -m vikhr doctor --no-build"
+# lm-eval's task machinery is imported only when a task is built: imported here too.
+step env 90 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -m vikhr doctor --no-build \
+  && \"$PY\" -c 'import lm_eval.api.task, lm_eval.evaluator; print(\"lm-eval task machinery: imports\")'"
 
 # The evaluation benchmark's data: the bundled fixtures (each in its release's layout), and the
 # default tasks' own files when a copy of the evaluation data directory came along.
@@ -146,17 +183,22 @@ else
   BENCH_PROFILE=(--device cuda --n 8192 --vocab 40000)
   BENCH_SWEEP=(--device cuda --n 8192 --vocab 40000 --runs 10)
   BENCH_TRAIN=(--warmup 1 --repeats 3)
-  BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 16 --repeats 1)
+  BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 8 --repeats 1)
 fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
 # The profiler around the schedules' launches (the second round of six; the first warms up).
 PROFILER=()
-if [[ $DRY == 0 ]] && command -v ncu > /dev/null; then
-  PROFILER=(ncu --clock-control none --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6
+NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2> /dev/null || true)
+if [[ $DRY == 0 && -n $NCU ]]; then
+  PROFILER=("$NCU" --clock-control none --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum)
 fi
 
-if step build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
+# `vikhr eval` runs transformers' model, not the csrc/ ops: it has the GPU while the build keeps
+# the CPUs busy (and is waited for before anything else is timed on the GPU).
+step_start eval-bench 200 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \
+  --data-dir "$EVAL_DATA" --json "$OUT/eval-bench.json"
+step_start build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
 import os, torch
 from vikhr.ops.build import compiled_ops, cuda_build_possible, load_ops
 device = os.environ['VIKHR_CHECK_DEVICE']
@@ -167,19 +209,27 @@ load_ops(verbose=True)
 ops = compiled_ops()
 print(ops)
 assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'
-"; then
+"
+step_wait build
+BUILT=$?
+step_wait eval-bench
+if ((BUILT == 0)); then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
   step kernel-sweep 60 "$PY" tools/bench_kernels.py --sweep-schedules "${BENCH_SWEEP[@]}" --json "$OUT/kernel-sweep.json"
   step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
-  step kernel-ncu 90 "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
-  step train-tests 120 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
+  step train-tests 180 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
+  if [[ $DRY == 0 && -z $NCU ]]; then
+    echo "skipped: no ncu on the PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin" > "$OUT/kernel-ncu.log"
+    record kernel-ncu skipped -1 0 0  # optional: not a failure
+  else
+    # ncu may exit 0 when it cannot read the counters: its ==ERROR== lines fail the step.
+    step kernel-ncu 90 bash -c '"$@" && ! grep -q "^==ERROR==" "$0"' "$OUT/kernel-ncu.log" \
+      "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
+  fi
 else
-  for name in op-tests kernel-sweep kernel-bench kernel-ncu train-tests train-bench; do skip_step "$name" "the build did not pass"; done
+  for name in op-tests kernel-sweep kernel-bench train-tests train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
 fi
-# `vikhr eval` runs transformers' model, not the csrc/ ops: it does not wait on the build.
-step eval-bench 150 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \
-  --data-dir "$EVAL_DATA" --json "$OUT/eval-bench.json"
 write_summary true
 echo "device_check: $FAILED step(s) not passed, $((SECONDS - START))s (summary.json)" | tee -a "$OUT/summary.txt"
 ((FAILED == 0))

@@ -7,6 +7,7 @@ Imported when a model is loaded: it imports lm-eval and torch.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,9 @@ class VikhrLM(HFLM):
     # the batch-size search's probes are not counted.
     model_tokens = 0
     _probing = False
+    # Wall seconds spent in the batch-size search (GPU): lm-eval searches again on every call, so
+    # each task pays it once whatever its size.
+    probe_seconds = 0.0
     # `--batch-size auto` probes generation and rolling requests at the length they need:
     # lm-eval itself probes them at the model's whole context (32k tokens for Mistral), which
     # takes minutes (all memory on a CPU) and settles on a batch far smaller than they allow.
@@ -73,9 +77,11 @@ class VikhrLM(HFLM):
         if requests is None:
             self._max_length = probe_length
         self._probing = True
+        began = time.perf_counter()
         try:
             return super()._detect_batch_size(requests, pos)
         finally:
+            self.probe_seconds += time.perf_counter() - began
             self._max_length = saved
             self._probing = False
 

@@ -295,16 +295,18 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     return _summary(raw, cost, settings, str(used), time.time() - started)
 
 
-def _task_start(lm: Any) -> tuple[float, int | None]:
-    return time.perf_counter(), getattr(lm, "model_tokens", None)
+def _task_start(lm: Any) -> tuple[float, int | None, float]:
+    return time.perf_counter(), getattr(lm, "model_tokens", None), getattr(lm, "probe_seconds", 0.0)
 
 
-def _task_cost(lm: Any, start: tuple[float, int | None], requests: int) -> dict[str, Any]:
-    """Wall seconds, lm-eval requests and model positions (padding included) of one task."""
-    began, tokens = start
+def _task_cost(lm: Any, start: tuple[float, int | None, float], requests: int) -> dict[str, Any]:
+    """Wall seconds (of which `probe_seconds` went to the batch-size search), lm-eval requests and
+    model positions (padding included) of one task."""
+    began, tokens, probed = start
     now = getattr(lm, "model_tokens", None)
     return {
         "seconds": round(time.perf_counter() - began, 3),
+        "probe_seconds": round(getattr(lm, "probe_seconds", 0.0) - probed, 3),
         "requests": requests,
         "model_tokens": None if tokens is None or now is None else now - tokens,
     }
@@ -335,14 +337,16 @@ def markdown_table(results: dict[str, Any]) -> str:
             "",
             f"Time: {results['seconds']:.1f} s in all, the model load included; per task:",
             "",
-            "| Task | Seconds | Requests | Model tokens | Tokens/s |",
-            "|---|---:|---:|---:|---:|",
+            "| Task | Seconds | of which batch-size search | Requests | Model tokens | Tokens/s |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name, task in timed.items():
-            tokens, seconds = task["model_tokens"], task["seconds"]
-            rate = f"{tokens / seconds:,.0f}" if tokens is not None and seconds > 0 else ""
+            tokens, seconds, probe = task["model_tokens"], task["seconds"], task.get("probe_seconds", 0.0)
+            # The rate of the task's own work: the search's passes are not its tokens.
+            working = seconds - probe
+            rate = f"{tokens / working:,.0f}" if tokens is not None and working > 0 else ""
             lines.append(
-                f"| {name} | {seconds:.2f} | {task['requests']} | "
+                f"| {name} | {seconds:.2f} | {probe:.2f} | {task['requests']} | "
                 f"{'' if tokens is None else f'{tokens:,}'} | {rate} |"
             )
     return "\n".join(lines) + "\n"
