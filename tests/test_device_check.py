@@ -24,8 +24,8 @@ STEPS = [
     "eval-bench",
     "op-tests",
     "kernel-sweep",
-    "kernel-bench",
     "train-tests",
+    "kernel-bench",
     "train-bench",
     "kernel-ncu",
 ]

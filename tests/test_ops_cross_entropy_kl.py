@@ -340,7 +340,11 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         g = torch.empty_like(zs)
         ops.cekl_backward(zs, rs, t, row_scale, rows, inv_t, coef, mode, vc, g)
         grads.append(g)
-    torch.testing.assert_close(torch.cat(grads, 1), fused_grad, rtol=0, atol=1e-7)
+    # Each path merges its own log-sum-exps (on the GPU with fast-math exp and another split of the
+    # row over threads): one ulp of those is ~1e-7 of the gradient here.
+    torch.testing.assert_close(
+        torch.cat(grads, 1), fused_grad, rtol=0, atol=2e-6 * float(fused_grad.abs().max())
+    )
 
 
 @pytest.mark.parametrize(
@@ -592,7 +596,8 @@ def _real_inputs(n: int, v: int, valid: int, seed: int):
     """bf16 logits and reference on the GPU; garbage in the padding columns; labels in [0, valid)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     z = torch.randn(n, v, generator=g, device="cuda") * 3
-    r = (z + torch.randn(n, v, generator=g, device="cuda") * 1.5).bfloat16()
+    # In place: two float32 N×V buffers at most (the >2^31 case is 8 GiB each).
+    r = torch.randn(n, v, generator=g, device="cuda").mul_(1.5).add_(z).bfloat16()
     z = z.bfloat16()
     z[:, valid:], r[:, valid:] = 1e3, -1e3
     labels = torch.randint(0, valid, (n,), generator=g, device="cuda")
@@ -692,9 +697,10 @@ def test_more_than_2_31_elements_on_gpu(schedule, monkeypatch):
     monkeypatch.setenv(SCHEDULE_ENV, schedule)
     n, v = 16500, 131072
     assert n * v > 2**31
+    torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info()
-    if free < 24 * 2**30:
-        pytest.skip(f"needs 24 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    if free < 32 * 2**30:  # two float32 N×V buffers while the inputs are made, the reference's chunks
+        pytest.skip(f"needs 32 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
     z, r, labels = _real_inputs(n, v, v, seed=23)
     kw = {"kl_weight": 0.3}
     want_loss = _chunked_reference_loss(z, r, labels, **kw)

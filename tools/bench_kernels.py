@@ -153,7 +153,7 @@ def _expected(impl: str, z, r, labels, device: str):
     from vikhr.ops.reference import cross_entropy_kl_reference
 
     dtype = torch.float64 if device == "cpu" else torch.float32
-    logits = z.to(dtype).requires_grad_()
+    logits = z.to(dtype, copy=True).requires_grad_()  # never the caller's tensor (float32 on the device)
     if impl == "liger":
         logq, logr = torch.log_softmax(logits, -1), torch.log_softmax(r.to(dtype), -1)
         kl = F.kl_div(logq, logr, **LIGER_KL)

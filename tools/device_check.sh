@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 9 by default): builds
 # the csrc/ extension with CUDA while the evaluation benchmark (which does not need it) has the GPU,
-# then runs the GPU op tests, the kernel benchmarks, the GPU training tests, the training benchmark
-# and the kernel profile, in that order. Each step has a time limit and writes its results
+# then runs the GPU op tests, the kernel schedule sweep, the GPU training tests, the kernel benchmark,
+# the training benchmark and the kernel profile, in that order. Each step has a time limit and writes its results
 # under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
 #   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
 #                     code, seconds, limit and log; "finished" is false until the last step is done
@@ -216,8 +216,8 @@ step_wait eval-bench
 if ((BUILT == 0)); then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
   step kernel-sweep 60 "$PY" tools/bench_kernels.py --sweep-schedules "${BENCH_SWEEP[@]}" --json "$OUT/kernel-sweep.json"
-  step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
   step train-tests 180 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
+  step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
   if [[ $DRY == 0 && -z $NCU ]]; then
     echo "skipped: no ncu on the PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin" > "$OUT/kernel-ncu.log"
@@ -228,7 +228,7 @@ if ((BUILT == 0)); then
       "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
   fi
 else
-  for name in op-tests kernel-sweep kernel-bench train-tests train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
+  for name in op-tests kernel-sweep train-tests kernel-bench train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
 fi
 write_summary true
 echo "device_check: $FAILED step(s) not passed, $((SECONDS - START))s (summary.json)" | tee -a "$OUT/summary.txt"
