@@ -1,9 +1,10 @@
 """Benchmark: `vikhr eval` per task — seconds per document and model tokens per second at each batch
 size, against batch size 1 in the same run — and the whole suite's time estimated from those rates.
 
-Each task is run on its first --limit documents (`vikhr eval --limit`), --repeats times after one
-warm-up run; the table has the medians. "Model tokens" are the positions run through the model,
-padding included, so tokens/s is the model's real rate on that task's prompts. The estimate for a
+Each task is run on its first --limit documents (`vikhr eval --limit`), --repeats times at each batch
+size, after one warm-up run before the first; the table has the medians. "Model tokens" are the
+positions run through the model, padding included, so tokens/s is the model's real rate on that
+task's prompts. The estimate for a
 task is its median seconds per document at the fastest batch size times its full document count
 (every document of the files in --data-dir), plus that batch size's search for it (`auto` on a GPU:
 lm-eval searches once per task whatever its size, so the search is not counted per document and the
@@ -70,9 +71,12 @@ def random_model(shape: str, layers: int | None, device: str, dtype: str) -> Any
     return model.eval()
 
 
-def timed_runs(settings: EvalSettings, lm: Any, repeats: int) -> dict[str, dict[str, float]]:
-    """Per task: median seconds per document and model tokens per second over `repeats` runs."""
-    run_eval(settings, lm=lm)  # warm-up: kernels, caches, the batch-size search
+def timed_runs(settings: EvalSettings, lm: Any, repeats: int, warm_up: bool) -> dict[str, dict[str, float]]:
+    """Per task: median seconds per document and model tokens per second over `repeats` runs, after
+    one untimed run if `warm_up` (the first batch size: kernels, caches; the later ones find them
+    warm, and the batch-size search, which every run repeats, is timed apart)."""
+    if warm_up:
+        run_eval(settings, lm=lm)
     runs = [run_eval(settings, lm=lm)["tasks"] for _ in range(repeats)]
     out = {}
     for name in settings.tasks:
@@ -192,7 +196,7 @@ def main() -> None:
             model_dir=model_dir, tasks=tasks, limit=args.limit, batch_size=batch, bootstrap_iters=0, **base
         )
         lm = make_lm(settings, tokenizer, model=model)
-        rates[bs] = timed_runs(settings, lm, args.repeats)
+        rates[bs] = timed_runs(settings, lm, args.repeats, warm_up=bs == args.batch_sizes[0])
         del lm
         done = ", ".join(f"{t} {r['s_per_doc']:.3f}" for t, r in rates[bs].items())
         print(f"batch {bs}: s/doc {done}", file=sys.stderr, flush=True)
