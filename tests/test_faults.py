@@ -293,6 +293,32 @@ def test_no_complete_checkpoint_is_one_line(
     )
 
 
+@pytest.mark.parametrize(("key", "saved"), [("device", "cuda"), ("params_dtype", "bfloat16")])
+def test_resuming_on_another_device_or_dtype_is_one_line(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, saved: str
+) -> None:
+    """A GPU (bf16) checkpoint's optimizer and RNG states do not fit a CPU (float32) run, nor the
+    reverse: refused before anything is loaded, with the way to start from its weights."""
+    import json
+
+    from vikhr.cli import main
+
+    run = _copy_run(saved_run, tmp_path)
+    meta_path = run / "step_000002" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["device"] == "cpu" and meta["params_dtype"] == "float32"  # what this run records
+    meta[key] = saved
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
+    _one_error_line(
+        capsys,
+        main(["pretrain", "--config", str(config)]),
+        f"was saved with {key} {saved}, this run has",
+        f"model.init={run / 'step_000002'}",
+    )
+
+
 @pytest.mark.parametrize(
     ("key", "overrides", "fragment"),
     [

@@ -7,6 +7,7 @@ it also pins that layout for the HF <-> Megatron conversion.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,3 +291,23 @@ def test_qkv_bias_tied_embeddings_and_explicit_head_size_shape_the_model(megatro
         "max_seq_len", "rope_theta", "sliding_window", "norm_eps", "init_std",
     }  # fmt: skip
     assert cfg.to_dict()["kv_channels"] == 16
+
+
+def test_auto_attention_takes_te_only_where_megatron_imported_it(tmp_path: Path, monkeypatch) -> None:
+    """A transformer_engine package that is there but does not import (built for another torch)
+    is absent for megatron, whose TE layer spec would then fail: "auto" gives SDPA, as `vikhr
+    doctor` reports; where megatron has TE, "auto" on a GPU takes it."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    from vikhr.model import resolve_attention
+
+    broken = tmp_path / "transformer_engine"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('built for another torch')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", False)
+    assert resolve_attention("auto", on_gpu=True) == "sdpa"
+    assert resolve_attention("te", on_gpu=True) == "te"  # asked for by name: megatron's error then
+    monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", True)
+    assert resolve_attention("auto", on_gpu=True) == "te"
+    assert resolve_attention("auto", on_gpu=False) == "sdpa"

@@ -86,6 +86,25 @@ def test_single_process_start_and_seeding() -> None:
         assert torch.equal(torch.rand(3), x)
 
 
+def test_collectives_wait_an_hour_for_the_slowest_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL's default (10 min) would kill a run while rank 0 alone saves a 7B's optimizer state."""
+    import datetime
+
+    import torch.distributed as dist
+
+    asked: dict[str, Any] = {}
+    init = dist.init_process_group
+
+    def recording_init(*args: Any, **kwargs: Any) -> None:
+        asked.update(kwargs)
+        init(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "init_process_group", recording_init)
+    with distributed_env(tp_size=1, seed=0, device="cpu"):
+        pass
+    assert asked["timeout"] == datetime.timedelta(hours=1)
+
+
 def test_tp_must_divide_world() -> None:
     with (
         pytest.raises(VikhrError, match="does not divide the world size"),

@@ -250,6 +250,31 @@ def test_a_loss_plugs_into_the_trainer(corpus: dict[str, str], tmp_path: Path) -
     assert train[1]["loss"] == pytest.approx(train[1]["ce"] + 1e-4 * train[1]["z"], rel=1e-6)
 
 
+def test_no_weight_decay_on_norms_and_biases(corpus: dict[str, str], tmp_path: Path, monkeypatch) -> None:
+    """AdamW decays the matrices only: the norms' weights (and biases) sit in megatron's wd_mult=0
+    groups, which the trainer applies each step (megatron's own scheduler is not used)."""
+    from vikhr.train import trainer as trainer_module
+    from vikhr.train.config import load_config
+
+    config = write_config(
+        tmp_path / "c.yaml", corpus, tmp_path / "run", train={"steps": 1}, logging={"eval_every": 100}
+    )
+    seen: list[tuple[int, float, float]] = []
+    optimizer_step = trainer_module.Trainer.optimizer_step
+
+    def spying_step(self: trainer_module.Trainer, loss: float) -> float:
+        for group in self.optimizer.param_groups:
+            seen.extend((p.dim(), group["weight_decay"], group["lr"]) for p in group["params"])
+        return optimizer_step(self, loss)
+
+    monkeypatch.setattr(trainer_module.Trainer, "optimizer_step", spying_step)
+    cfg = load_config(config)
+    trainer_module.run(cfg)
+    assert {dim for dim, _, _ in seen} == {1, 2}
+    assert all(wd == (0.0 if dim == 1 else cfg.optim.weight_decay) for dim, wd, _ in seen), seen
+    assert cfg.optim.weight_decay > 0 and len({lr for _, _, lr in seen}) == 1
+
+
 @pytest.mark.distributed
 def test_validation_loss_decreases_on_russian(corpus: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -546,3 +571,19 @@ def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
 if __name__ == "__main__":
     if sys.argv[1] == "kl-check":
         _kl_check(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+
+
+def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None:
+    """MFU's numerator by hand: 6·N + 6·L·h·s per token, and 8·N + 8·L·h·s with the KL reference's
+    forward pass; the peak by device name, the specific H100s before the SXM one."""
+    from vikhr.train.monitor import peak_flops, train_flops_per_token
+
+    n, layers, hidden, seq = 1_000_000, 2, 64, 128
+    assert train_flops_per_token(n, layers, hidden, seq, reference=False) == 6 * n + 6 * layers * hidden * seq
+    assert train_flops_per_token(n, layers, hidden, seq, reference=True) == pytest.approx(
+        8 * n + 8 * layers * hidden * seq
+    )
+    assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
+    assert peak_flops("NVIDIA A10G") is None and peak_flops("NVIDIA A10") == 125e12
+    assert peak_flops("Some Other GPU") is None

@@ -116,7 +116,12 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
     rows.extend(_module_rows())
     rows.extend(_ops_rows(cuda, build))
 
-    te = _present("transformer_engine.pytorch")
+    try:  # the trainer's own test (megatron's import of TE), where megatron-core imports at all
+        from vikhr.model.gpt import have_transformer_engine
+
+        te = have_transformer_engine()
+    except ImportError:
+        te = False
     rows.append(
         (
             "Transformer Engine",

@@ -8,7 +8,6 @@ importable and a GPU is in use, "sdpa" otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Any, Literal, get_args
 
@@ -85,7 +84,12 @@ ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
 
 def have_transformer_engine() -> bool:
-    return importlib.util.find_spec("transformer_engine") is not None
+    """Whether megatron-core's TE layer spec can be built: megatron's own import of Transformer
+    Engine succeeded (a TE package that is there but does not import, e.g. one built for another
+    torch, counts as absent, as megatron counts it)."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    return bool(getattr(gpt_layer_specs, "HAVE_TE", False))
 
 
 def resolve_attention(attention: str, on_gpu: bool) -> str:
@@ -158,7 +162,8 @@ def build_gpt_model(
     The vocabulary is padded to a multiple of `vocab_multiple * tp_size`; padded rows exist
     in the embedding and LM head but never occur as labels. Called with labels=None the model
     returns this TP rank's vocabulary columns of the logits, [b, s, V_pad/TP]. `on_gpu` is the
-    run's `DistEnv.on_gpu` (see transformer_config; "auto" attention picks "te" only there).
+    run's `DistEnv.on_gpu` (see transformer_config; "auto" attention picks "te" only there): the
+    whole model is then on the current CUDA device.
     """
     from megatron.core.models.gpt import GPTModel
 
@@ -179,6 +184,9 @@ def build_gpt_model(
     if cfg.rope_scaling_factor is not None:
         rotary = model.rotary_pos_emb
         rotary.inv_freq = llama3_inv_freq(cfg, rotary.inv_freq.device)
+    if on_gpu:
+        # megatron makes its layers on the GPU, torch's RMSNorm is made on the CPU: one device.
+        model = model.to(torch.cuda.current_device())
     return model
 
 

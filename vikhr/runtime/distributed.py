@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, get_args
 
 import numpy as np
@@ -25,6 +26,12 @@ from vikhr.runtime.megatron import require_megatron
 
 Device = Literal["auto", "cuda", "cpu"]
 DEVICES: tuple[str, ...] = get_args(Device)
+
+
+# How long a collective waits for the slowest rank: rank 0 alone writes the replicated optimizer's
+# checkpoint and builds the datasets' index caches while the others wait in a barrier, which for a
+# 7B on slow storage outlasts NCCL's default of 10 minutes (gloo's is 30).
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -110,9 +117,13 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
             dev, backend = torch.device("cpu"), "gloo"
         if not dist.is_initialized():
             if "MASTER_ADDR" in os.environ:
-                dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+                dist.init_process_group(
+                    backend=backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+                )
             elif world_size == 1:
-                dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+                dist.init_process_group(
+                    backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=COLLECTIVE_TIMEOUT
+                )
             else:
                 raise VikhrError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
             stack.callback(dist.destroy_process_group)

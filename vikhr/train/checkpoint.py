@@ -389,9 +389,21 @@ def resume(
     rank: int,
     world: int,
     expected: dict[str, Any] | None = None,
+    runtime: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples)."""
+    """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
+
+    `runtime`: this run's {"device": "cuda" | "cpu", "params_dtype": ...}; a checkpoint saved with
+    others is refused (optimizer formats and RNG states differ between them)."""
     meta = read_meta(step_dir)
+    for key, now in (runtime or {}).items():
+        then = meta.get(key)  # absent in checkpoints from before it was recorded
+        if then is not None and then != now:
+            raise VikhrError(
+                f"checkpoint {step_dir} was saved with {key} {then}, this run has {now}: its optimizer "
+                f"and RNG states do not carry over; resume with the same {key}, or start a new run "
+                f"from its weights (model.init={step_dir})"
+            )
     if meta["world_size"] != world:
         raise VikhrError(
             f"checkpoint {step_dir} was saved by {meta['world_size']} processes; resume with the same "
@@ -405,7 +417,11 @@ def resume(
         )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
-        shards = torch.load(step_dir / _optimizer_file(tp_rank, dp_rank), weights_only=True)
+        # On the CPU, whatever device saved it: state tensors saved on cuda:N would
+        # otherwise load onto cuda:N, another process's GPU (or none); load_state_dict moves them.
+        shards = torch.load(
+            step_dir / _optimizer_file(tp_rank, dp_rank), map_location="cpu", weights_only=True
+        )
         for inner, state in zip(_inner_optimizers(optimizer), shards, strict=True):
             inner.load_state_dict(state["common"])
             with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
@@ -416,6 +432,7 @@ def resume(
                 if isinstance(param_state.get("step"), torch.Tensor):
                     param_state["step"] = param_state["step"].clone()
     else:
-        optimizer.load_state_dict(torch.load(step_dir / _optimizer_file(tp_rank, None), weights_only=True))
-    _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", weights_only=True))
+        state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state)
+    _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
     return meta

@@ -133,7 +133,7 @@ class OptimSection(_Section):
         default_factory=lambda: [0.99, 0.95]
     )
     eps: PositiveFloat = 1e-8
-    weight_decay: NonNegativeFloat = 0.1
+    weight_decay: NonNegativeFloat = 0.1  # AdamW's, on the matrices: not on norms and biases
     clip_grad: NonNegativeFloat = 1.0  # 0 disables clipping
     warmup_steps: NonNegativeInt = 10
     decay: Literal["cosine", "linear", "constant"] = "cosine"

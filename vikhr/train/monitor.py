@@ -12,20 +12,37 @@ import torch
 from vikhr.atomic import temporary_path
 from vikhr.jsonl import read_jsonl
 
-# Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity).
-_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity; vendors' datasheets). The
+# first name contained in the device's name wins: the PCIe and NVL H100s before the SXM one.
+_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": None,  # not the A10's figure; unknown here
+    "A10": 125e12,
+}
 
 
-def peak_flops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
+def peak_flops(name: str | None = None) -> float | None:
+    """The device's dense bf16 peak (the current CUDA device's when `name` is None), or None."""
+    if name is None:
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
     return next((v for k, v in _PEAK_BF16.items() if k in name), None)
 
 
-def train_flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
-    """6·N for the matmuls plus causal attention (12·L·h·s, halved for causality)."""
-    return 6.0 * num_params + 6.0 * num_layers * hidden * seq_len
+def train_flops_per_token(
+    matmul_params: int, num_layers: int, hidden: int, seq_len: int, reference: bool
+) -> float:
+    """Model FLOPs per trained token: 6·N for the matmuls (N: the parameters that multiply, the
+    input embedding being a lookup) plus causal attention (12·L·h·s, halved for causality); with a
+    KL reference, its forward pass too (a third of that again)."""
+    trained = 6.0 * matmul_params + 6.0 * num_layers * hidden * seq_len
+    return trained * (4.0 / 3.0 if reference else 1.0)
 
 
 # The figures of a train row that are not the loss or its terms.

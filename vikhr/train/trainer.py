@@ -255,8 +255,13 @@ class Trainer:
         self.step = 0  # optimizer steps done; the LR schedule and the data position follow from it
         self.nonfinite_in_a_row = 0
         self.num_params = self._count_parameters()
+        lookup = 0 if self.model_cfg.tie_embeddings else self.model.vocab_size * self.model_cfg.hidden_size
         self.flops_per_token = train_flops_per_token(
-            self.num_params, self.model_cfg.num_layers, self.model_cfg.hidden_size, cfg.data.seq_len
+            self.num_params - lookup,
+            self.model_cfg.num_layers,
+            self.model_cfg.hidden_size,
+            cfg.data.seq_len,
+            reference=self.reference is not None,
         )
         self.peak_flops = peak_flops() if env.on_gpu else None
 
@@ -342,6 +347,12 @@ class Trainer:
 
     # ---- the run
 
+    def runtime(self) -> dict[str, str]:
+        """What a checkpoint's optimizer and RNG states depend on besides the model: the device kind
+        (megatron's RNG tracker holds CUDA or CPU generator states) and the parameters' dtype (bf16
+        runs keep fp32 master weights in the optimizer state)."""
+        return {"device": self.env.device.type, "params_dtype": str(self.params_dtype).removeprefix("torch.")}
+
     def resume(self, step_dir: Path) -> None:
         """Restore the model, optimizer and RNG states of a checkpoint, and its step."""
         env = self.env
@@ -355,6 +366,7 @@ class Trainer:
             env.rank,
             env.world_size,
             self.model_cfg.to_dict(),
+            self.runtime(),
         )
         step = int(meta["step"])
         if meta["consumed_samples"] != step * self.cfg.train.global_batch:
@@ -392,7 +404,10 @@ class Trainer:
         t0 = time.perf_counter()
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            # megatron's groups carry the multipliers its own scheduler would apply: no weight decay
+            # on biases and 1-D weights (the norms: wd_mult 0), and per-group learning-rate factors.
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+            group["weight_decay"] = cfg.optim.weight_decay * group.get("wd_mult", 1.0)
         micro_batches = step_micro_batches(
             self.data.train,
             self.step,
@@ -513,6 +528,7 @@ class Trainer:
             "model": self.model_cfg.to_dict(),
             "padded_vocab_size": self.model.vocab_size,
             "distributed_optimizer": cfg.optim.distributed,
+            **self.runtime(),
             "config": cfg.to_dict(),
         }
         path = checkpoint.save(
