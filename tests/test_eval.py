@@ -428,9 +428,39 @@ def test_auto_batch_size_on_gpu_probes_at_the_length_the_requests_need(
     assert probes and max(probes) < lm.max_length == 4096
     assert out["tasks"]["mera_chegeka"]["n"] == 2  # the fixture's two questions
     assert out["tasks"]["bpc"]["metrics"]["bpc"] > 0
-    # Each task was charged the search it triggered (lm-eval searches again on every call).
-    for task in out["tasks"].values():
-        assert 0 < task["probe_seconds"] < task["seconds"]
+    # Each task was charged the search it ran (none where an earlier, longer probe found the largest
+    # batch): the first task searched.
+    assert 0 < out["tasks"]["mera_chegeka"]["probe_seconds"] < out["tasks"]["mera_chegeka"]["seconds"]
+    assert all(0 <= task["probe_seconds"] < task["seconds"] for task in out["tasks"].values())
+
+
+def test_a_search_that_found_the_largest_batch_spares_shorter_probes(tiny_lm: Any, monkeypatch: Any) -> None:
+    """On a GPU lm-eval searches for the batch size on every task (5 passes per size tried): once a
+    probe of length L found --max-batch-size, a later probe no longer than L takes it without
+    passes; a longer one, or one with several ranks (which agree in a collective), searches."""
+    from lm_eval.models.huggingface import HFLM
+
+    searched: list[int] = []
+    answers = {100: tiny_lm.max_batch_size, 120: 16, 90: tiny_lm.max_batch_size}
+
+    def search(self: Any, requests: Any = None, pos: int = 0) -> int:
+        _, context, continuation = requests[pos]
+        searched.append(len(context + continuation) - 1)
+        return answers[searched[-1]]
+
+    def request(length: int) -> tuple[Any, list[int], list[int]]:
+        return (None, [1] * (length - 1), [2, 3])  # the probe's length: context + continuation - 1
+
+    monkeypatch.setattr(HFLM, "_detect_batch_size", search)
+    monkeypatch.setattr(tiny_lm, "_device", torch.device("cuda"))  # the GPU branch (search stubbed)
+    monkeypatch.setattr(tiny_lm, "_largest_fits_at", 0)
+    assert tiny_lm._detect_batch_size([request(100)]) == tiny_lm.max_batch_size
+    assert tiny_lm._detect_batch_size([request(80)]) == tiny_lm.max_batch_size  # no search
+    assert tiny_lm._detect_batch_size([request(120)]) == 16
+    assert searched == [100, 120]
+    monkeypatch.setattr(tiny_lm, "_world_size", 2)
+    assert tiny_lm._detect_batch_size([request(90)]) == tiny_lm.max_batch_size
+    assert searched == [100, 120, 90]
 
 
 def _one_line_error(argv: list[str], capsys: Any) -> str:

@@ -58,32 +58,43 @@ class VikhrLM(HFLM):
     # lm-eval itself probes them at the model's whole context (32k tokens for Mistral), which
     # takes minutes (all memory on a CPU) and settles on a batch far smaller than they allow.
     _probe_length: int | None = None
+    # The longest probe at which the search found --max-batch-size: a later task's probe no longer
+    # than it needs no passes (a forward pass's memory grows with the length), where lm-eval alone
+    # searches again for every task.
+    _largest_fits_at = 0
 
     def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
         # Without requests (generation, rolling) lm-eval probes at `max_length`: here, at most that.
         probe_length = min(self._probe_length or self.max_length, self.max_length)
+        if requests:
+            _, context, continuation = requests[pos]
+            length = len((context + continuation)[-(self.max_length + 1) :][:-1])
+        else:
+            length = probe_length
         if self.device.type == "cpu":
             # lm-eval's search runs 5 forward passes at each size and relies on running out
             # of memory cleanly, which a CPU does not do (the kernel kills the process).
-            if requests:
-                _, context, continuation = requests[pos]
-                probe_length = len((context + continuation)[-(self.max_length + 1) :][:-1])
             config = self.model.config
             hidden = getattr(config, "hidden_size", 0)
-            return cpu_batch_size(
-                probe_length, config.vocab_size, hidden, available_memory(), self.max_batch_size
-            )
+            return cpu_batch_size(length, config.vocab_size, hidden, available_memory(), self.max_batch_size)
+        # With several ranks each searches on its own requests and they agree in a collective:
+        # every rank must search.
+        if self.world_size == 1 and length <= self._largest_fits_at:
+            return self.max_batch_size
         saved = self._max_length
         if requests is None:
             self._max_length = probe_length
         self._probing = True
         began = time.perf_counter()
         try:
-            return super()._detect_batch_size(requests, pos)
+            found = super()._detect_batch_size(requests, pos)
         finally:
             self.probe_seconds += time.perf_counter() - began
             self._max_length = saved
             self._probing = False
+        if found >= self.max_batch_size:
+            self._largest_fits_at = max(self._largest_fits_at, length)
+        return found
 
     @contextlib.contextmanager
     def _probing_at(self, length: int) -> Iterator[None]:
