@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,30 +181,54 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
         raise VikhrError(f"no CUDA toolkit found: install one and set CUDA_HOME, or {pip_toolkit_command()}")
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
-    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")
-    tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(sources, flags_key)}"
-    build_dir = (build_root or cache_dir() / "ops") / tag
+    build_dir = ops_build_dir(with_cuda, build_root)
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob("*.so")):
         print(f"vikhr: compiling csrc ops for {variant} (first use only)...", file=sys.stderr)
     cflags, cuda_cflags, ldflags = _flags(with_cuda)
     try:
         # A plain library (torch.ops.load_library), not a Python module: no pybind11 to compile.
-        library = cpp_extension.load(
-            name=f"vikhr_ops_{variant}",
-            sources=[str(s) for s in sources],
-            extra_include_paths=[str(csrc_dir())],
-            extra_cflags=cflags,
-            extra_cuda_cflags=cuda_cflags,
-            extra_ldflags=ldflags,
-            build_directory=str(build_dir),
-            with_cuda=with_cuda,
-            is_python_module=False,
-            verbose=verbose,
-        )
+        with _exclusive_build(build_dir):
+            library = cpp_extension.load(
+                name=f"vikhr_ops_{variant}",
+                sources=[str(s) for s in sources],
+                extra_include_paths=[str(csrc_dir())],
+                extra_cflags=cflags,
+                extra_cuda_cflags=cuda_cflags,
+                extra_ldflags=ldflags,
+                build_directory=str(build_dir),
+                with_cuda=with_cuda,
+                is_python_module=False,
+                verbose=verbose,
+            )
     except (RuntimeError, OSError, ImportError) as e:
         raise VikhrError(f"building the csrc ops failed in {build_dir}: {e}") from e
     return Path(library)
+
+
+def ops_build_dir(with_cuda: bool, build_root: Path | None = None) -> Path:
+    """Where the ops library of this torch, variant, sources and flags is built and cached."""
+    variant = "cuda" if with_cuda else "cpu"
+    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")
+    tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(_sources(with_cuda), flags_key)}"
+    return (build_root or cache_dir() / "ops") / tag
+
+
+@contextlib.contextmanager
+def _exclusive_build(build_dir: Path) -> Iterator[None]:
+    """One vikhr build at a time in `build_dir`, under an OS lock that dies with its process.
+    torch's own lock is a file that a build killed mid-way (SIGTERM, SIGKILL, a timeout) leaves
+    behind, and every later build then waits on it forever: holding this lock, such a file can
+    only be stale, and is removed."""
+    import fcntl
+
+    with (build_dir / "vikhr-build.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists():
+            print(f"vikhr: removing {stale}, left by a build that was killed", file=sys.stderr)
+            stale.unlink(missing_ok=True)
+        yield
 
 
 # An op family -> the op whose kernels stand for it (every op of a family is registered together).
