@@ -15,8 +15,8 @@
 #                     (+ kernel-sweep.json)
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
 #   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule and packs per step under
-#                     Nsight Compute (ncu, on the PATH or in CUDA_HOME; the log says when there is
-#                     none): DRAM bytes read and written, L2 hit rate, kernel time
+#                     Nsight Compute (ncu on the PATH, in CUDA_HOME/bin or /opt/nvidia/nsight-compute;
+#                     the log says when there is none): DRAM bytes read and written, L2 hit rate, kernel time
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
@@ -188,7 +188,7 @@ fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
 # The profiler around the schedules' launches (the second round of six; the first warms up).
 PROFILER=()
-NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2> /dev/null || true)
+NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | tail -n 1 || true)
 if [[ $DRY == 0 && -n $NCU ]]; then
   PROFILER=("$NCU" --clock-control none --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum)
@@ -220,7 +220,7 @@ if ((BUILT == 0)); then
   step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
   if [[ $DRY == 0 && -z $NCU ]]; then
-    echo "skipped: no ncu on the PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin" > "$OUT/kernel-ncu.log"
+    echo "skipped: no ncu on the PATH, in ${CUDA_HOME:-/usr/local/cuda}/bin or /opt/nvidia/nsight-compute" > "$OUT/kernel-ncu.log"
     record kernel-ncu skipped -1 0 0  # optional: not a failure
   else
     # ncu may exit 0 when it cannot read the counters: its ==ERROR== lines fail the step.
