@@ -31,18 +31,21 @@ STEPS = [
 ]
 
 
-def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _environment(out: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     # The wheels for a GPU machine (Python 3.12) that tools/device_wheels.sh may have left in .whl/
     # need not suit this interpreter: the dry run uses this environment's packages.
     no_wheels = out.parent / "no-wheels"
     no_wheels.mkdir(parents=True, exist_ok=True)
-    env = {"DEVICE_CHECK_WHEELS": str(no_wheels), **(env or {})}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DEVICE_CHECK_WHEELS": str(no_wheels), **(env or {})}
+
+
+def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / "tools" / "device_check.sh"), *args, str(out)],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        env=_environment(out, env),
         cwd=REPO,
     )
 
@@ -118,15 +121,12 @@ def test_an_interrupted_run_stops_its_steps_and_reports_them(tmp_path: Path) -> 
     """SIGTERM (a `timeout` around the script, or Ctrl-C's SIGINT) reaches the steps, which `timeout`
     puts in process groups of their own: they stop, and the summary says which were interrupted."""
     out = tmp_path / "out"
-    no_wheels = tmp_path / "no-wheels"
-    no_wheels.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEVICE_CHECK_WHEELS": str(no_wheels)}
     proc = subprocess.Popen(
         ["bash", str(REPO / "tools" / "device_check.sh"), "--dry-run", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=_environment(out),
         cwd=REPO,
     )
     deadline = time.monotonic() + 300

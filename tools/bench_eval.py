@@ -4,12 +4,11 @@ size, against batch size 1 in the same run — and the whole suite's time estima
 Each task is run on its first --limit documents (`vikhr eval --limit`), --repeats times at each batch
 size, after one warm-up run before the first; the table has the medians. "Model tokens" are the
 positions run through the model, padding included, so tokens/s is the model's real rate on that
-task's prompts. The estimate for a
-task is its median seconds per document at the fastest batch size times its full document count
-(every document of the files in --data-dir), plus that batch size's search for it (`auto` on a GPU:
-lm-eval searches once per task whatever its size, so the search is not counted per document and the
-rates leave it out); the first documents of a task may be shorter or longer
-than its average, so read it as the right order of magnitude, not a promise.
+task's prompts. The estimate for a task is its median seconds per document at the fastest batch size
+times its full document count (every document of the files in --data-dir), plus that batch size's
+search for it (`auto` on a GPU: lm-eval searches once per task whatever its size, so the search is not
+counted per document and the rates leave it out); the first documents of a task may be shorter or
+longer than its average, so read it as the right order of magnitude, not a promise.
 
 Model: --model DIR (an HF directory: also timed as a user runs it, `vikhr eval` in a fresh process,
 start-up, model load and peak RSS included) or --random SHAPE (a random Mistral of that shape with

@@ -257,9 +257,8 @@ def _fused_kernel_call(r, labels, v: int):
 
     from vikhr.ops.cross_entropy_kl import cuda_schedule
 
-    target = torch.where(labels == IGNORE, -1, labels)
-    valid = (labels != IGNORE).float()
-    row_scale = valid / valid.sum()
+    # The targets and row scales the op gives the kernel (one rank, no loss scale).
+    target, _, row_scale, _ = torch.ops.vikhr.cekl_prepare(labels, IGNORE, 0, v, v, 1.0)
     mode_reverse = 1
     schedule = cuda_schedule()
 
@@ -276,20 +275,30 @@ def _profile_schedules(args: argparse.Namespace) -> int:
     step (1, 2), twice over: the first round warms up, the second is the one to profile (launches
     7-12 of the kernel)."""
     from vikhr.ops.build import load_ops
-    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES, PACKS_ENV, SCHEDULE_ENV
+    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES
 
     load_ops()
     v = args.vocab[0]
     z, r, labels = _inputs(args.n, v, args.dtype, args.device)
     for round_name in ("warm-up", "profiled"):
-        for packs, schedule in ((packs, schedule) for packs in (1, 2) for schedule in CUDA_SCHEDULES):
-            os.environ[SCHEDULE_ENV], os.environ[PACKS_ENV] = schedule, str(packs)
+        for schedule, packs in _schedule_variants(CUDA_SCHEDULES):
             fresh = z.clone()
             _sync(args.device)
             _fused_kernel_call(r, labels, v)(fresh)
             _sync(args.device)
             print(f"{round_name}: forward kernel, schedule {schedule}, {packs} packs, N={args.n}, V={v}")
     return 0
+
+
+def _schedule_variants(schedules):
+    """(schedule, packs per step) for each of `schedules` with 1, then 2 packs per step, each set in
+    the environment (VIKHR_CEKL_SCHEDULE, VIKHR_CEKL_PACKS) before it is yielded."""
+    from vikhr.ops.cross_entropy_kl import PACKS_ENV, SCHEDULE_ENV
+
+    for packs in (1, 2):
+        for schedule in schedules:
+            os.environ[SCHEDULE_ENV], os.environ[PACKS_ENV] = schedule, str(packs)
+            yield schedule, packs
 
 
 # The variants --sweep-schedules times: each schedule, and the persistent grid at 1-4 blocks per SM,
@@ -304,7 +313,6 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
     import torch
 
     from vikhr.ops.build import load_ops
-    from vikhr.ops.cross_entropy_kl import PACKS_ENV, SCHEDULE_ENV
 
     torch.set_num_threads(args.threads)
     load_ops()
@@ -315,8 +323,7 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
     print(f"# fused forward kernel alone, N={args.n}, V={v}, {args.dtype}, median of {args.runs} runs")
     print(f"{'schedule':<14} {'packs':>5} {'ms':>9} {'GB/s':>8}")
     rows, want, differ = [], None, []
-    for packs, variant in ((packs, variant) for packs in (1, 2) for variant in SWEEP):
-        os.environ[SCHEDULE_ENV], os.environ[PACKS_ENV] = variant, str(packs)
+    for variant, packs in _schedule_variants(SWEEP):
         call = _fused_kernel_call(r, labels, v)
         got = z.clone()
         stats = call(got)
@@ -423,7 +430,9 @@ def _run_worker(args: argparse.Namespace, impl: str, v: int) -> dict:
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if impl.startswith("vikhr"):
-        env["VIKHR_CEKL_SCHEDULE"] = SCHEDULES.get(impl, "row")
+        from vikhr.ops.cross_entropy_kl import SCHEDULE_ENV
+
+        env[SCHEDULE_ENV] = SCHEDULES.get(impl, "row")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:

@@ -64,13 +64,12 @@ class VikhrLM(HFLM):
     _largest_fits_at = 0
 
     def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
-        # Without requests (generation, rolling) lm-eval probes at `max_length`: here, at most that.
-        probe_length = min(self._probe_length or self.max_length, self.max_length)
-        if requests:
+        if requests:  # lm-eval's own probe length for them
             _, context, continuation = requests[pos]
             length = len((context + continuation)[-(self.max_length + 1) :][:-1])
         else:
-            length = probe_length
+            # Without requests (generation, rolling) lm-eval probes at `max_length`: here, at most that.
+            length = min(self._probe_length or self.max_length, self.max_length)
         if self.device.type == "cpu":
             # lm-eval's search runs 5 forward passes at each size and relies on running out
             # of memory cleanly, which a CPU does not do (the kernel kills the process).
@@ -83,7 +82,7 @@ class VikhrLM(HFLM):
             return self.max_batch_size
         saved = self._max_length
         if requests is None:
-            self._max_length = probe_length
+            self._max_length = length
         self._probing = True
         began = time.perf_counter()
         try:
