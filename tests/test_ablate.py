@@ -203,3 +203,70 @@ def test_frontier_keeps_the_points_nothing_beats_on_both_axes() -> None:
     assert pareto_front(points) == [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def _copy_grid(src_out: Path, dst_out: Path, change: dict | None = None) -> Path:
+    """A copy of a finished micro grid in another out_dir, with its config (optionally changed)."""
+    import shutil
+
+    shutil.copytree(src_out, dst_out)
+    cfg = yaml.safe_load((src_out.parent / "ablate1.yaml").read_text(encoding="utf-8"))
+    cfg["out_dir"] = str(dst_out)
+    for section, values in (change or {}).items():
+        cfg[section] = {**cfg[section], **values}
+    return _write(dst_out.parent / f"{dst_out.name}.yaml", cfg)
+
+
+def test_resume_runs_only_what_did_not_finish(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, _, _ = micro_runs
+    out = first.parent / "resumed"
+    cfg_path = _copy_grid(first, out)
+    # An interruption while the adapted arm trained: the base-tokenizer run finished (its record
+    # stays), the adapted run left files but no record, the merge never ran.
+    records = sorted((out / "work" / "results").glob("*.json"))
+    assert len(records) == 3
+    adapted_dir = next((out / "work" / "runs").glob("adapted-*-s7"))
+    for record in records:
+        hf = json.loads(record.read_text(encoding="utf-8"))["hf"]
+        if not hf.startswith("runs/base-tokenizer-"):
+            record.unlink()
+    assert adapted_dir.is_dir()
+    trained: list[str] = []
+    train = Ablation._train
+
+    def counting_train(self: Ablation, run_dir: Path, *args: object, **kw: object) -> Path:
+        trained.append(run_dir.name)
+        return train(self, run_dir, *args, **kw)
+
+    monkeypatch.setattr(Ablation, "_train", counting_train)
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    assert trained == [adapted_dir.name]  # the cached base and the finished run are not trained again
+    rows, original = _rows(out), _rows(first)
+    assert [{k: v for k, v in r.items() if k != "wall_eval_s" and k != "wall_train_s"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "wall_eval_s" and k != "wall_train_s"} for r in original
+    ]
+    # The finished run's figures are the recorded ones, wall time included.
+    assert rows[0]["wall_train_s"] == original[0]["wall_train_s"]
+    assert len(list((out / "work" / "results").glob("*.json"))) == 3
+
+
+def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, Path, list]) -> None:
+    first, _, _ = micro_runs
+    out = first.parent / "changed"
+    cfg_path = _copy_grid(first, out, {"train": {"lr": 1e-3}})
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", "ablate", str(cfg_path), "--resume", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "grid.json" in proc.stderr
+    assert "other train settings" in proc.stderr and "without --resume" in proc.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed or run

@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import run_ablation
 
-    result = run_ablation(cfg, show_progress=not args.quiet)
+    result = run_ablation(cfg, show_progress=not args.quiet, resume=args.resume)
     for path in write_report(result):
         print(path)
     return 0
@@ -30,5 +30,11 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("config", help="ablation config YAML")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs an earlier run of this grid left in out_dir/work and run only the "
+        "rest (an interrupted grid continues; added arms or seeds run alone); other settings must match",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -104,6 +104,22 @@ class AblateConfig(_Section):
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    def grid_settings(self, ru_digest: str, en_digest: str, tokenizer_digest: str) -> dict[str, Any]:
+        """Everything a run of the grid depends on besides its arm and seed (data by content).
+
+        Runs of one grid (`vikhr ablate --resume`) may add arms and seeds but not change these.
+        """
+        from vikhr import __version__
+
+        return {
+            "data": {"eval_docs": self.data.eval_docs, "ru_corpus": ru_digest, "en_corpus": en_digest},
+            "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "base": tokenizer_digest},
+            "model": self.model.model_dump(),
+            "base": self.base.model_dump(),
+            "train": self.train.model_dump(),
+            "vikhr": __version__,
+        }
+
 
 def _check_arms(path: Path, arms: list[Arm]) -> None:
     names = [a.name for a in arms]

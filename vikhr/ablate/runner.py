@@ -1,5 +1,9 @@
 """Runs the grid: shared preparation once, the English base once per config hash, then every arm × seed.
 
+A run keeps each finished training's and merge's figures in work/results/; `vikhr ablate --resume`
+reloads them (and the shared preparation) instead of running them again, so an interrupted grid
+continues where it stopped, and a grid given more arms or seeds runs only the new ones.
+
 Every stage is the demo's or the stage modules' own (vikhr.demo's split, trainer config and
 bits-per-character; vikhr.tokenizer.train, vikhr.adapt, vikhr.data, vikhr.train, vikhr.convert,
 vikhr.merge). Bits per character are tokenizer-independent, so the base-tokenizer and the adapted
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +23,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from vikhr.ablate.config import AblateConfig, Arm
-from vikhr.atomic import output_dir
+from vikhr.atomic import output_dir, write_text
 from vikhr.errors import VikhrError, require_file
 from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
+GRID_STATE = "grid.json"  # in out_dir/work: what the grid depends on, and its shared preparation
+_KEPT = ("steps", "tokens_seen", "chars_seen", "ru_bpc_start", "en_bpc_start", "ru_bpc", "en_bpc")
 
 
 @dataclass
@@ -188,6 +195,91 @@ class Ablation:
             # Samples are drawn by token share, so the blend's chars/token is the weighted mean.
             self.chars_per_token[label] = share * ru_chars / ru_tokens + (1 - share) * en_chars / en_tokens
 
+    # -- the grid's state, for --resume ---------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return self.cfg.grid_settings(
+            corpus_sha256(self.ru), corpus_sha256(self.en), _tokenizer_digest(self.base_tok)
+        )
+
+    def save_state(self, settings: dict[str, Any]) -> None:
+        """Record the shared preparation (written last: its presence means the preparation is whole)."""
+        rel = self._relative
+        prepared = {
+            "ru_train": rel(self.ru_train),
+            "ru_held": rel(self.ru_held),
+            "en_train": rel(self.en_train),
+            "en_held": rel(self.en_held),
+            "new_tok": rel(self.new_tok),
+            "blend": {
+                k: [[lang, rel(prefix), share] for lang, prefix, share in v] for k, v in self.blend.items()
+            },
+            "chars_per_token": self.chars_per_token,
+        }
+        state = {"settings": settings, "prepared": prepared}
+        write_text(self.work / GRID_STATE, json.dumps(state, indent=2, ensure_ascii=False))
+
+    def restore(self, settings: dict[str, Any]) -> bool:
+        """Reload an earlier run's preparation from work/; False when there is none to reload."""
+        path = self.work / GRID_STATE
+        if not path.is_file():
+            return False
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("settings") != settings:
+            old = state.get("settings", {})
+            changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+            raise VikhrError(
+                f"{path}: the earlier runs in this out_dir were made with other {', '.join(changed)} "
+                "settings or data; run without --resume to start again, or give another out_dir"
+            )
+        p = state["prepared"]
+        self.ru_train, self.ru_held = self.work / p["ru_train"], self.work / p["ru_held"]
+        self.en_train, self.en_held = self.work / p["en_train"], self.work / p["en_held"]
+        self.new_tok = self.work / p["new_tok"]
+        self.blend = {
+            k: [(lang, str(self.work / prefix), share) for lang, prefix, share in v]
+            for k, v in p["blend"].items()
+        }
+        self.chars_per_token = p["chars_per_token"]
+        return True
+
+    def _relative(self, path: str | Path) -> str:
+        """A path under work/ relative to it (the state stays valid if out_dir moves)."""
+        return str(Path(path).resolve().relative_to(self.work.resolve()))
+
+    def _paths(self, kind: str, key: str, seed: int, name: str) -> tuple[Path, Path]:
+        """(result record, run directory) of a run: named by what it runs, so a renamed or changed
+        arm of a resumed grid never takes another run's files."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return (
+            self.work / "results" / f"{kind}-{digest}-s{seed}.json",
+            self.work / "runs" / f"{name}-{digest}-s{seed}",
+        )
+
+    def _save_result(self, path: Path, result: RunResult, hf: Path) -> None:
+        record = {k: getattr(result, k) for k in (*_KEPT, "train_losses", "wall_train_s", "wall_eval_s")}
+        record["hf"] = self._relative(hf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(record, indent=1))
+
+    def _load_result(self, path: Path, arm: Arm, trained: Arm | None = None) -> tuple[RunResult, Path] | None:
+        """A finished run's figures and HF model, or None when it did not finish (or lost its model)."""
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        hf = self.work / record["hf"]
+        if not (hf / "config.json").is_file():
+            return None
+        result = RunResult(
+            arm=arm,
+            seed=int(path.stem.rsplit("-s", 1)[1]),
+            trained=trained,
+            train_losses={int(k): v for k, v in record["train_losses"].items()},
+            wall_train_s=record["wall_train_s"],
+            wall_eval_s=record["wall_eval_s"],
+            **{k: record[k] for k in _KEPT},
+        )
+        return result, hf
+
     # -- arms ----------------------------------------------------------------------------------
     def start(self, arm: Arm, seed: int) -> tuple[Path, Path, dict[str, float]]:
         """(Megatron start, HF start, its bpc) of an arm; shared by arms that start alike."""
@@ -224,10 +316,16 @@ class Ablation:
             return max(1, round(steps * ratio))
         return steps
 
-    def train_arm(self, arm: Arm, seed: int, run_dir: Path) -> tuple[RunResult, Path]:
+    def train_arm(self, arm: Arm, seed: int) -> tuple[RunResult, Path]:
         from vikhr.convert import megatron_to_hf
         from vikhr.train.monitor import read_metrics
 
+        record, run_dir = self._paths("train", arm.run_key(), seed, arm.name)
+        if (finished := self._load_result(record, arm)) is not None:
+            return finished
+        hf_dir = run_dir.with_name(run_dir.name + "-hf")
+        for unfinished in (run_dir, hf_dir):  # an interrupted attempt's files: start the run again
+            shutil.rmtree(unfinished, ignore_errors=True)
         meg, start_hf, start_bpc = self.start(arm, seed)
         tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
         vocab = int(json.loads((start_hf / "config.json").read_text())["vocab_size"])
@@ -244,7 +342,7 @@ class Ablation:
             seed=seed,
         )
         wall_train = time.perf_counter() - t0
-        hf = megatron_to_hf(ckpt, run_dir.with_name(run_dir.name + "-hf"), tokenizer=tok)
+        hf = megatron_to_hf(ckpt, hf_dir, tokenizer=tok)
         t0 = time.perf_counter()
         bpc = self._bpc(hf, tok)
         wall_eval = time.perf_counter() - t0
@@ -265,6 +363,7 @@ class Ablation:
             wall_train_s=wall_train,
             wall_eval_s=wall_eval,
         )
+        self._save_result(record, result, hf)
         return result, hf
 
     def merge_arm(self, arm: Arm, seed: int, source: RunResult, trained_hf: Path) -> RunResult:
@@ -272,14 +371,20 @@ class Ablation:
         from vikhr.merge.schedule import Schedule
 
         assert arm.slerp_t is not None
+        record, run_dir = self._paths(
+            "merge", json.dumps([source.arm.run_key(), arm.slerp_t]), seed, arm.name
+        )
+        if (finished := self._load_result(record, arm, trained=source.arm)) is not None:
+            return finished[0]
         _, start_hf, _ = self.start(source.arm, seed)
-        out = self.work / "runs" / f"{arm.name}-s{seed}-hf"
+        out = run_dir.with_name(run_dir.name + "-hf")
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted attempt's merge
         merge_checkpoints(
             start_hf, trained_hf, out, Schedule(default=(arm.slerp_t,)), method="slerp", show_progress=False
         )
         t0 = time.perf_counter()
         bpc = self._bpc(out, self.new_tok)
-        return RunResult(
+        result = RunResult(
             arm=arm,
             seed=seed,
             steps=source.steps,
@@ -292,23 +397,31 @@ class Ablation:
             trained=source.arm,
             wall_eval_s=time.perf_counter() - t0,
         )
+        self._save_result(record, result, out)
+        return result
 
 
-def run_ablation(cfg: AblateConfig, show_progress: bool = True) -> AblationResult:
-    """Run every arm × seed of `cfg`; writes work files under cfg.out_dir/work and returns the figures."""
-    import shutil
+def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = False) -> AblationResult:
+    """Run every arm × seed of `cfg`; writes work files under cfg.out_dir/work and returns the figures.
 
+    resume: reuse the preparation and the finished runs an earlier run of the same grid settings
+    left in out_dir/work (VikhrError when its settings or data differ); otherwise start clean.
+    """
     from tqdm import tqdm
 
     from vikhr.runtime.megatron import import_megatron_core
 
     import_megatron_core()
     ab = Ablation(cfg)
-    if ab.work.exists():
-        shutil.rmtree(ab.work)  # a re-run starts clean; the base model lives in the cache
-    ab.prepare()
+    settings = ab.settings()
+    if not (resume and ab.restore(settings)):
+        if ab.work.exists():
+            shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
+        ab.prepare()
+        ab.continued_data()
+        ab.save_state(settings)
+    shutil.rmtree(ab.work / "starts", ignore_errors=True)  # rebuilt on demand (cheap, deterministic)
     base_cached = ab.base_model()
-    ab.continued_data()
     base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
     trained = [a for a in cfg.arms if a.slerp_of is None]
     merged = [a for a in cfg.arms if a.slerp_of is not None]
@@ -320,7 +433,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True) -> AblationResul
             for arm in trained:
                 key = arm.run_key()
                 if key not in done:
-                    done[key] = ab.train_arm(arm, seed, ab.work / "runs" / f"{arm.name}-s{seed}")
+                    done[key] = ab.train_arm(arm, seed)
                 result, hf = done[key]
                 by_name[arm.name] = (result, hf)
                 runs.append(_renamed(result, arm))
