@@ -35,6 +35,11 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "qwen2": ("qwen2", {"qkv_bias": True, "tie_embeddings": True, "norm_eps": 1e-6, "rope_theta": 1e6}),
+    # QK-norm, tied, and 4 heads of 32 on a 64-wide stream (as Qwen3-0.6B: 16 heads of 128 on 1024).
+    "qwen3": (
+        "qwen3",
+        {"qk_norm": True, "tie_embeddings": True, "norm_eps": 1e-6, "rope_theta": 1e6, "kv_channels": 32},
+    ),
     # 8 heads of 16 on a 64-wide residual stream: head_dim is not hidden / heads.
     "nemo": ("mistral", {"num_attention_heads": 8, "num_kv_heads": 2, "kv_channels": 16}),
 }
@@ -44,13 +49,15 @@ def tiny_hf_config(
     vocab_size: int, arch: str = "mistral", tied: bool = False, preset_name: str = "tiny", **overrides: Any
 ) -> Any:
     """A transformers config of the preset's shape (`overrides`: ModelConfig fields) as Mistral,
-    Llama or Qwen2 (which has QKV biases)."""
+    Llama, Qwen2 (which has QKV biases) or Qwen3 (QK-norm)."""
     from transformers import AutoConfig
 
-    if arch not in ("mistral", "llama", "qwen2"):
-        raise ValueError(f"arch {arch!r}: mistral, llama or qwen2")
+    if arch not in ("mistral", "llama", "qwen2", "qwen3"):
+        raise ValueError(f"arch {arch!r}: mistral, llama, qwen2 or qwen3")
     if arch == "qwen2":
         overrides["qkv_bias"] = True
+    if arch == "qwen3":
+        overrides.update(qk_norm=True, sliding_window=None)
     if arch == "llama":
         overrides["sliding_window"] = None
     overrides["tie_embeddings"] = tied or overrides.get("tie_embeddings", False)

@@ -337,7 +337,9 @@ def byte_level_source_ids(old_tokenizer_json: Path, piece: str) -> tuple[list[in
     return ids, valid
 
 
-@pytest.mark.parametrize("layout, arch, tied", [("llama3", "llama", False), ("qwen2", "qwen2", True)])
+@pytest.mark.parametrize(
+    "layout, arch, tied", [("llama3", "llama", False), ("qwen2", "qwen2", True), ("qwen2", "qwen3", True)]
+)
 def test_byte_level_extension_copies_old_rows_and_averages_token_bytes(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], layout: str, arch: str, tied: bool
 ) -> None:

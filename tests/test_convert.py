@@ -86,7 +86,9 @@ def test_round_trip_of_each_family_is_bit_exact(tmp_path: Path, family: str, tp:
     assert all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((back / "config.json").read_text())
     assert config["architectures"] == [
-        {"llama3": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(family, "MistralForCausalLM")
+        {"llama3": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(
+            family, "MistralForCausalLM"
+        )
     ]
     assert hf_config_to_model_config(config) == hf_config_to_model_config(
         json.loads((hf / "config.json").read_text())
@@ -231,6 +233,36 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         "sliding_window": None,
     }
     assert hf_config_to_model_config(nemo) == preset("mistral-nemo-12b")
+    qwen3_small = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "num_hidden_layers": 28,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "max_position_embeddings": 40960,
+        "rope_theta": 1000000,
+        "rms_norm_eps": 1e-06,
+        "attention_bias": False,
+        "sliding_window": None,
+        "use_sliding_window": False,
+        "tie_word_embeddings": True,
+    }
+    assert hf_config_to_model_config(qwen3_small) == preset("qwen3-0.6b")
+    qwen3 = {
+        **qwen3_small,
+        "num_hidden_layers": 36,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_attention_heads": 32,
+        "tie_word_embeddings": False,
+    }
+    assert hf_config_to_model_config(qwen3) == preset("qwen3-8b")
+    with pytest.raises(VikhrError, match="attention_bias / mlp_bias are not supported"):
+        hf_config_to_model_config({**qwen3, "attention_bias": True})
     with pytest.raises(VikhrError, match="rope_type 'yarn' is not supported"):
         hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(VikhrError, match="llama3 rope scaling lacks"):
@@ -239,13 +271,18 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         hf_config_to_model_config({**qwen, "use_sliding_window": True})
 
 
-def test_missing_qkv_bias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    hf = _tiny_hf(tmp_path / "hf", family="qwen2")
+@pytest.mark.parametrize(
+    ("family", "tensor"), [("qwen2", "self_attn.k_proj.bias"), ("qwen3", "self_attn.k_norm.weight")]
+)
+def test_missing_qkv_bias_or_qk_norm_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str, tensor: str
+) -> None:
+    hf = _tiny_hf(tmp_path / "hf", family=family)
     tensors = load_file(str(hf / "model.safetensors"))
-    del tensors["model.layers.1.self_attn.k_proj.bias"]
+    del tensors[f"model.layers.1.{tensor}"]
     save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "meg"
-    _fails(_to_megatron(hf, out), capsys, out, "model.layers.1.self_attn.k_proj.bias", "lack")
+    _fails(_to_megatron(hf, out), capsys, out, f"model.layers.1.{tensor}", "lack")
 
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

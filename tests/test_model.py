@@ -227,6 +227,8 @@ def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16() -> None:
         ("qwen2.5-7b", "Qwen2ForCausalLM", 7_615_616_512),
         ("qwen2.5-0.5b", "Qwen2ForCausalLM", 494_032_768),
         ("mistral-nemo-12b", "MistralForCausalLM", 12_247_782_400),
+        ("qwen3-8b", "Qwen3ForCausalLM", 8_190_735_360),
+        ("qwen3-0.6b", "Qwen3ForCausalLM", 596_049_920),
     ],
 )
 def test_llama_qwen_and_nemo_presets_have_the_published_sizes(
@@ -291,6 +293,11 @@ def test_qkv_bias_tied_embeddings_and_explicit_head_size_shape_the_model(megatro
         "max_seq_len", "rope_theta", "sliding_window", "norm_eps", "init_std",
     }  # fmt: skip
     assert cfg.to_dict()["kv_channels"] == 16
+    qk = preset("tiny", qk_norm=True, kv_channels=32)
+    shapes = {k: tuple(v.shape) for k, v in model_tensors(build_gpt_model(qk, attention="sdpa")).items()}
+    assert shapes["decoder.layers.1.self_attention.q_layernorm.weight"] == (32,)
+    assert shapes["decoder.layers.1.self_attention.k_layernorm.weight"] == (32,)
+    assert qk.to_dict()["qk_norm"] is True
 
 
 def test_auto_attention_takes_te_only_where_megatron_imported_it(tmp_path: Path, monkeypatch) -> None:

@@ -89,6 +89,29 @@ def test_sequence_parallel_matches_tp1(
 
 
 @pytest.mark.distributed
+def test_qk_norm_model_at_tp2_matches_tp1(corpus: dict[str, str], tmp_path: Path) -> None:
+    """Qwen3's per-head query/key norms: each TP rank holds different heads, so megatron sums their
+    weight gradients over TP (by name; under sequence parallelism the weights are also marked
+    sequence-parallel, and are still summed once): TP=2, with and without SP, gives TP=1's losses."""
+    model = {"preset": "tiny", "attention": "sdpa", "overrides": {"qk_norm": True, "kv_channels": 32}}
+    runs = {}
+    for tp, sp in ((1, False), (2, False), (2, True)):
+        run_dir = tmp_path / f"tp{tp}-sp{sp}"
+        parallel = {"tensor": tp, "sequence": sp}
+        config = write_config(tmp_path / f"c{tp}{sp}.yaml", corpus, run_dir, model=model, parallel=parallel)
+        proc = _launch(config, tp)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[tp, sp], _ = read_metrics(run_dir)
+    base = runs.pop((1, False))
+    assert base[8]["ce"] < base[1]["ce"] - 0.3
+    for name, train in runs.items():
+        for step, row in base.items():
+            for key in ("loss", "ce", "kl"):
+                assert train[step][key] == pytest.approx(row[key], rel=2e-5, abs=2e-6), (name, step, key)
+            assert train[step]["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4), (name, step)
+
+
+@pytest.mark.distributed
 def test_kl_is_zero_at_step_0_with_reference_equal_to_model(parallel_runs: dict[str, Path]) -> None:
     for run in parallel_runs.values():
         train, _ = read_metrics(run)

@@ -39,7 +39,7 @@ from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
 Init = Literal["mean", "random", "mean-of-all"]
 WhitespacePolicy = Literal["mean", "space"]
-SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2")
+SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "qwen3")
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 INIT_LOG = "vocab_init_log.json"

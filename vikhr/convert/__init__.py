@@ -1,4 +1,4 @@
-"""HF <-> Megatron checkpoint conversion for the Mistral/Llama/Qwen2 layouts, with TP resharding."""
+"""HF <-> Megatron checkpoint conversion for the Mistral/Llama/Qwen2/Qwen3 layouts, with TP resharding."""
 
 from typing import Any
 

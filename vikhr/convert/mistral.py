@@ -1,4 +1,4 @@
-"""HF Mistral/Llama/Qwen2 checkpoints <-> vikhr's megatron-core checkpoints, any tensor-parallel size.
+"""HF Mistral/Llama/Qwen2/Qwen3 checkpoints <-> vikhr's megatron-core checkpoints, any tensor-parallel size.
 
 The megatron side is a model-only checkpoint directory of the trainer (vikhr.train.checkpoint):
 `meta.json` + `model_tp{r:02d}.safetensors`, usable as `model.init` or `kl.reference`.
@@ -9,6 +9,7 @@ Parameter layout (see vikhr.model.config):
     q/k/v_proj.weight                          self_attention.linear_qkv.weight  per KV group g:
                                                [q heads of g; k_g; v_g], groups chunk r
     q/k/v_proj.bias (Qwen2)                    self_attention.linear_qkv.bias, the same grouping
+    q_norm / k_norm [d] (Qwen3)                self_attention.q_layernorm / k_layernorm (replicated)
     o_proj.weight [H, Q·d]                     self_attention.linear_proj.weight columns chunk r
     gate_proj / up_proj [F, H]                 mlp.linear_fc1.weight  [gate chunk r; up chunk r]
     down_proj [H, F]                           mlp.linear_fc2.weight  columns chunk r
@@ -54,11 +55,12 @@ _POSITIVE_INTS = (
     "vocab_size",
 )
 # The config fields that set each kind of tensor's shape (named in shape errors).
-_HF_FAMILIES = ("mistral", "llama", "qwen2")
+_HF_FAMILIES = ("mistral", "llama", "qwen2", "qwen3")
 _HF_ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 _HF_SHAPE_FIELDS = {
     "embed_tokens": "vocab_size, hidden_size",
@@ -85,11 +87,11 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
 
 
 def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-    """ModelConfig from an HF Mistral/Llama/Qwen2 config.json dict (`where` names the file in errors)."""
+    """ModelConfig from an HF Mistral/Llama/Qwen2/Qwen3 config.json dict (`where`: the file, in errors)."""
     arch = (hf.get("architectures") or ["?"])[0]
     family = hf.get("model_type")
     if family not in _HF_FAMILIES:
-        raise VikhrError(f"{where}: model_type {family!r} ({arch}) is not mistral, llama or qwen2")
+        raise VikhrError(f"{where}: model_type {family!r} ({arch}) is not mistral, llama, qwen2 or qwen3")
     for key in _POSITIVE_INTS:
         value = hf.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -99,11 +101,13 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
         raise VikhrError(f"{where}: head_dim must be a positive integer, got {head_dim!r}")
     if hf.get("mlp_bias") or (family != "qwen2" and hf.get("attention_bias")):
-        raise VikhrError(f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama have none)")
+        raise VikhrError(
+            f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama/Qwen3 have none)"
+        )
     sliding_window = hf.get("sliding_window")
-    if family == "qwen2":
+    if family in ("qwen2", "qwen3"):
         if hf.get("use_sliding_window"):
-            raise VikhrError(f"{where}: use_sliding_window is not supported for qwen2 (set it to false)")
+            raise VikhrError(f"{where}: use_sliding_window is not supported for {family} (set it to false)")
         sliding_window = None
     return ModelConfig(
         num_layers=hf["num_hidden_layers"],
@@ -118,6 +122,7 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         init_std=hf.get("initializer_range", 0.02),
         kv_channels=None if head_dim * heads == hf["hidden_size"] else head_dim,
         qkv_bias=family == "qwen2",
+        qk_norm=family == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         **_hf_rope_fields(hf, where),
     )
@@ -148,8 +153,16 @@ def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _hf_family(cfg: ModelConfig, template_type: Any) -> str:
-    """The transformers architecture that runs `cfg`: Qwen2 for QKV biases, else the template's
-    (Llama or Mistral), else Llama for llama3 RoPE and Mistral otherwise (sliding windows: Mistral)."""
+    """The transformers architecture that runs `cfg`: Qwen3 for QK-norm, Qwen2 for QKV biases, else
+    the template's (Llama or Mistral), else Llama for llama3 RoPE and Mistral otherwise (sliding
+    windows: Mistral)."""
+    if cfg.qk_norm:
+        if cfg.qkv_bias or cfg.sliding_window is not None or cfg.rope_scaling_factor is not None:
+            raise VikhrError(
+                "qk_norm with qkv_bias, a sliding_window or RoPE scaling has no HF architecture here "
+                "(Qwen3 has none of them)"
+            )
+        return "qwen3"
     if cfg.qkv_bias:
         if cfg.sliding_window is not None:
             raise VikhrError("qkv_bias with a sliding_window has no HF architecture here (Qwen2's differs)")
@@ -160,7 +173,7 @@ def _hf_family(cfg: ModelConfig, template_type: Any) -> str:
 
 
 def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An HF Mistral/Llama/Qwen2 config.json dict for `cfg` (fields of `template` kept where unrelated)."""
+    """An HF Mistral/Llama/Qwen2/Qwen3 config.json dict for `cfg` (`template`'s unrelated fields kept)."""
     out = dict(template or {})
     family = _hf_family(cfg, out.get("model_type"))
     out.update(
@@ -186,8 +199,10 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
     if family == "llama":
         out.pop("sliding_window")
         out.update(attention_bias=False, mlp_bias=False)
-    if family == "qwen2":
+    if family in ("qwen2", "qwen3"):
         out["use_sliding_window"] = False
+    if family == "qwen3":
+        out.update(attention_bias=False, sliding_window=None)
     out.pop("rope_parameters", None)
     out.pop("rope_scaling", None)
     if cfg.rope_scaling_factor is not None:
@@ -205,7 +220,7 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
 
 
 def hf_tensor_shapes(cfg: ModelConfig, with_lm_head: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every tensor of an HF Mistral/Llama/Qwen2 checkpoint of shape `cfg`, with its shape."""
+    """Every tensor of an HF Mistral/Llama/Qwen2/Qwen3 checkpoint of shape `cfg`, with its shape."""
     h, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     shapes = {EMBED: (v, h)}
@@ -230,6 +245,13 @@ def hf_tensor_shapes(cfg: ModelConfig, with_lm_head: bool = True) -> dict[str, t
                     p + "self_attn.q_proj.bias": (q,),
                     p + "self_attn.k_proj.bias": (kv,),
                     p + "self_attn.v_proj.bias": (kv,),
+                }
+            )
+        if cfg.qk_norm:
+            shapes.update(
+                {
+                    p + "self_attn.q_norm.weight": (cfg.head_dim,),
+                    p + "self_attn.k_norm.weight": (cfg.head_dim,),
                 }
             )
     shapes["model.norm.weight"] = (h,)
@@ -257,6 +279,9 @@ def megatron_tensor_shapes(cfg: ModelConfig, padded_vocab: int, tp: int) -> dict
         )
         if cfg.qkv_bias:
             shapes[p + "self_attention.linear_qkv.bias"] = ((q + 2 * kv) // tp,)
+        if cfg.qk_norm:
+            for x in "qk":
+                shapes[p + f"self_attention.{x}_layernorm.weight"] = (cfg.head_dim,)
     shapes["decoder.final_layernorm.weight"] = (h,)
     if not cfg.tie_embeddings:
         shapes["output_layer.weight"] = (padded_vocab // tp, h)
@@ -294,7 +319,7 @@ def _account_for_tensors(
                     f"{layers_field} = {num_layers} (the config and the weights disagree)"
                 )
             raise VikhrError(
-                f"{header.path}: unknown tensor {name} (not part of the Mistral/Llama/Qwen2 layout)"
+                f"{header.path}: unknown tensor {name} (not part of the Mistral/Llama/Qwen2/Qwen3 layout)"
             )
     missing = [n for n in expected if n not in found]
     if missing:
@@ -380,6 +405,13 @@ def _megatron_full_tensors(
         if cfg.qkv_bias:
             names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
             yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg), "qkv"
+        if cfg.qk_norm:
+            for x in "qk":
+                yield (
+                    meg + f"self_attention.{x}_layernorm.weight",
+                    src.get(hf + f"self_attn.{x}_norm.weight"),
+                    None,
+                )
         yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight"), 1
         yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight"), None
         gate_up = torch.stack([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
@@ -409,7 +441,7 @@ def hf_to_megatron(
     overwrite: bool = False,
     vocab_multiple: int = 128,
 ) -> Path:
-    """Convert an HF Mistral/Llama/Qwen2 safetensors checkpoint into a vikhr megatron checkpoint at `out_dir`.
+    """Convert an HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoint into a vikhr megatron checkpoint.
 
     The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`) so that
     `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
@@ -527,6 +559,11 @@ def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> di
                     hf + "self_attn.v_proj.bias": vv,
                 }
             )
+        if cfg.qk_norm:
+            for x in "qk":
+                out[hf + f"self_attn.{x}_norm.weight"] = gather(
+                    meg + f"self_attention.{x}_layernorm.weight", None
+                )
         out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight", 1)
         out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight", None)
         gate, up = gather(meg + "mlp.linear_fc1.weight", "fc1").chunk(2, dim=0)

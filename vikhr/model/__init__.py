@@ -1,4 +1,4 @@
-"""Mistral, Llama and Qwen2-style decoders on megatron-core."""
+"""Mistral, Llama, Qwen2 and Qwen3-style decoders on megatron-core."""
 
 from vikhr.model.config import PRESETS, ModelConfig, padded_vocab_size, preset
 from vikhr.model.gpt import (

@@ -1,10 +1,11 @@
-"""Model shapes of the Mistral / Llama / Qwen2 family and their presets.
+"""Model shapes of the Mistral / Llama / Qwen2 / Qwen3 family and their presets.
 
 Parameter layout (what HF <-> Megatron conversion maps, per layer `decoder.layers.{i}.`):
   embedding.word_embeddings.weight              [V_pad/TP, H]        (vocab-parallel rows)
   self_attention.linear_qkv.weight              [(Q+2KV)·d/TP, H]    (per KV group: q heads, k, v)
   self_attention.linear_qkv.bias                [(Q+2KV)·d/TP]       (qkv_bias only; same grouping)
   self_attention.linear_proj.weight             [H, Q·d/TP]          (row-parallel)
+  self_attention.q_layernorm.weight / k_layernorm.weight  [d]        (qk_norm only; replicated)
   input_layernorm.weight / pre_mlp_layernorm.weight  [H]             (RMSNorm, replicated)
   mlp.linear_fc1.weight                         [2·F/TP, H]          (gate rows then up rows, per TP shard)
   mlp.linear_fc2.weight                         [H, F/TP]
@@ -26,10 +27,12 @@ from vikhr.errors import VikhrError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a Mistral/Llama/Qwen2-style decoder (RMSNorm, SwiGLU, GQA, RoPE).
+    """The shape of a Mistral/Llama/Qwen2/Qwen3-style decoder (RMSNorm, SwiGLU, GQA, RoPE).
 
     `kv_channels`: the size of one attention head when it is not hidden_size / heads.
     `qkv_bias`: biases on the query, key and value projections (Qwen2).
+    `qk_norm`: RMSNorm over each query and key head before RoPE, one weight per head dimension
+    shared by the heads (Qwen3).
     `tie_embeddings`: the LM head is the input embedding (small Qwen2 / Llama sizes).
     `rope_scaling_factor` (with the low/high frequency factors and the original context length):
     Llama-3.1's "llama3" RoPE frequency scaling; None for plain RoPE.
@@ -48,6 +51,7 @@ class ModelConfig:
     init_std: float = 0.02
     kv_channels: int | None = None
     qkv_bias: bool = False
+    qk_norm: bool = False
     tie_embeddings: bool = False
     rope_scaling_factor: float | None = None
     rope_low_freq_factor: float = 1.0
@@ -126,6 +130,7 @@ class ModelConfig:
 _LATER_FIELD_DEFAULTS: dict[str, Any] = {
     "kv_channels": None,
     "qkv_bias": False,
+    "qk_norm": False,
     "tie_embeddings": False,
     "rope_scaling_factor": None,
     "rope_low_freq_factor": 1.0,
@@ -202,6 +207,34 @@ PRESETS: dict[str, ModelConfig] = {
         rope_theta=1_000_000.0,
         norm_eps=1e-6,
         qkv_bias=True,
+        tie_embeddings=True,
+    ),
+    # Qwen/Qwen3-8B: QK-norm, no QKV biases, untied LM head.
+    "qwen3-8b": ModelConfig(
+        num_layers=36,
+        hidden_size=4096,
+        ffn_hidden_size=12288,
+        num_attention_heads=32,
+        num_kv_heads=8,
+        vocab_size=151936,
+        max_seq_len=40960,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        qk_norm=True,
+    ),
+    # Qwen/Qwen3-0.6B: 16 heads of 128 on a 1024-wide residual stream, LM head tied.
+    "qwen3-0.6b": ModelConfig(
+        num_layers=28,
+        hidden_size=1024,
+        ffn_hidden_size=3072,
+        num_attention_heads=16,
+        num_kv_heads=8,
+        kv_channels=128,
+        vocab_size=151936,
+        max_seq_len=40960,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        qk_norm=True,
         tie_embeddings=True,
     ),
     # mistralai/Mistral-Nemo-Base-2407: 32 heads of 128 on a 5120-wide residual stream.

@@ -1,4 +1,4 @@
-"""Build a megatron-core GPTModel of a Mistral / Llama / Qwen2-style shape.
+"""Build a megatron-core GPTModel of a Mistral / Llama / Qwen2 / Qwen3-style shape.
 
 Layer specs (`attention=`): "te" (Transformer Engine, fused kernels; GPU), "sdpa" (megatron's
 local modules with torch SDPA core attention, vikhr.model.attention), "local" (megatron's
@@ -52,6 +52,7 @@ def transformer_config(
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=cfg.qkv_bias,
+        qk_layernorm=cfg.qk_norm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=cfg.init_std,
@@ -113,18 +114,23 @@ class RMSNorm(torch.nn.RMSNorm):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 
-def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_utils.ModuleSpec
-    """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local")."""
+def layer_spec(attention: str = "sdpa", qk_norm: bool = False):  # -> megatron ModuleSpec
+    """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local");
+    `qk_norm` adds megatron's per-head query and key norms (its finalize_model_grads sums their
+    gradients over the TP ranks, which hold different heads)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
     if attention == "te":
-        return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_norm)
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
+    if qk_norm:
+        spec.submodules.self_attention.submodules.q_layernorm = RMSNorm
+        spec.submodules.self_attention.submodules.k_layernorm = RMSNorm
     if attention == "sdpa":
         from vikhr.model.attention import SDPAttention
 
@@ -134,7 +140,7 @@ def layer_spec(attention: str = "sdpa"):  # -> megatron.core.transformer.spec_ut
     return spec
 
 
-def block_spec(attention: str, num_layers: int):  # -> TransformerBlockSubmodules
+def block_spec(attention: str, num_layers: int, qk_norm: bool = False):  # -> TransformerBlockSubmodules
     """Every layer's spec plus the final norm (Transformer Engine's with "te", else RMSNorm)."""
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
@@ -144,7 +150,8 @@ def block_spec(attention: str, num_layers: int):  # -> TransformerBlockSubmodule
         final_norm = TENorm
     else:
         final_norm = RMSNorm
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(attention)] * num_layers, layer_norm=final_norm)
+    layers = [layer_spec(attention, qk_norm)] * num_layers
+    return TransformerBlockSubmodules(layer_specs=layers, layer_norm=final_norm)
 
 
 def build_gpt_model(
@@ -168,7 +175,7 @@ def build_gpt_model(
     from megatron.core.models.gpt import GPTModel
 
     tcfg = transformer_config(cfg, tp_size, params_dtype, on_gpu, recompute, sequence_parallel)
-    spec = block_spec(resolve_attention(attention, on_gpu), cfg.num_layers)
+    spec = block_spec(resolve_attention(attention, on_gpu), cfg.num_layers, cfg.qk_norm)
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=spec,

@@ -35,7 +35,7 @@ def parameter_counts(cfg: ModelConfig, tp: int = 1, vocab_multiple: int = 128) -
     q, kv = cfg.num_attention_heads, cfg.num_kv_heads
     qkv_bias = (q + 2 * kv) * d if cfg.qkv_bias else 0  # split across TP ranks like the weights
     sharded_per_layer = h * (q + 2 * kv) * d + qkv_bias + q * d * h + 3 * h * f
-    replicated_per_layer = 2 * h
+    replicated_per_layer = 2 * h + (2 * d if cfg.qk_norm else 0)  # the norms (Qwen3: per-head q/k too)
     embeddings = (1 if cfg.tie_embeddings else 2) * v * h  # a tied LM head is the embedding itself
     sharded = embeddings + cfg.num_layers * sharded_per_layer
     replicated = cfg.num_layers * replicated_per_layer + h
