@@ -183,10 +183,12 @@ def test_full_recompute_gives_the_same_gradients_from_fewer_saved_activations(me
 
 
 def test_every_parameter_has_the_params_dtype(megatron_cpu: None) -> None:
-    """bf16 weights include the RMSNorm weights: torch's fused RMSNorm needs input and weight alike."""
-    model = build_gpt_model(preset("tiny"), attention="sdpa", params_dtype=torch.bfloat16)
+    """bf16 weights include the RMSNorm weights (Qwen3's per-head q/k norms too): torch's fused
+    RMSNorm needs input and weight alike."""
+    model = build_gpt_model(preset("tiny", qk_norm=True), attention="sdpa", params_dtype=torch.bfloat16)
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     assert "decoder.layers.0.input_layernorm.weight" in dtypes and "decoder.final_layernorm.weight" in dtypes
+    assert "decoder.layers.0.self_attention.k_layernorm.weight" in dtypes
     assert set(dtypes.values()) == {torch.bfloat16}, dtypes
 
 
@@ -199,11 +201,12 @@ def test_sdpa_spec_replaces_only_core_attention(megatron_cpu: None) -> None:
 
 
 @pytest.mark.gpu
-def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16() -> None:
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_sdpa_spec_matches_local_spec_on_gpu_in_bf16(qk_norm: bool) -> None:
     from vikhr.runtime.distributed import distributed_env, seed_everything
 
     with distributed_env(tp_size=1, seed=3, device="cuda") as env:
-        cfg = preset("small", sliding_window=None)
+        cfg = preset("small", sliding_window=None, qk_norm=qk_norm)
         out = {}
         for attention in ("local", "sdpa"):
             seed_everything(3)
