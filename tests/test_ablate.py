@@ -254,8 +254,17 @@ def test_resume_runs_only_what_did_not_finish(
     assert rows[0]["wall_train_s"] == original[0]["wall_train_s"]
     assert len(list((out / "work" / "results").glob("*.json"))) == 3
 
+    # The base was trained by the grid's first run, not taken from the cache: so says the report still.
+    def base_line(out_dir: Path) -> str:
+        md = (out_dir / "ablation.md").read_text(encoding="utf-8")
+        return next(line for line in md.splitlines() if line.startswith("Base model:"))
+
+    assert base_line(out) == base_line(first) and "(from the cache)" not in base_line(out)
+
 
 def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, Path, list]) -> None:
+    from vikhr.ablate.runner import run_ablation
+
     first, _, _ = micro_runs
     out = first.parent / "changed"
     cfg_path = _copy_grid(first, out, {"train": {"lr": 1e-3}})
@@ -270,3 +279,6 @@ def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, 
     assert proc.stderr.strip().count("\n") == 0 and "grid.json" in proc.stderr
     assert "other train settings" in proc.stderr and "without --resume" in proc.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed or run
+    (out / "work" / "grid.json").write_text('{"settings": {}}', encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"grid\.json: not a record of a grid \(KeyError: 'prepared'\)"):
+        run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)

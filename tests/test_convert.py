@@ -263,6 +263,9 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
     assert hf_config_to_model_config(qwen3) == preset("qwen3-8b")
     with pytest.raises(VikhrError, match="attention_bias / mlp_bias are not supported"):
         hf_config_to_model_config({**qwen3, "attention_bias": True})
+    # Without head_dim a Qwen3 config means transformers' default, 128, not hidden / heads.
+    no_head_dim = {k: v for k, v in qwen3_small.items() if k != "head_dim"}
+    assert hf_config_to_model_config(no_head_dim) == preset("qwen3-0.6b")
     with pytest.raises(VikhrError, match="rope_type 'yarn' is not supported"):
         hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(VikhrError, match="llama3 rope scaling lacks"):

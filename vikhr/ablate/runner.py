@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,23 +216,41 @@ class Ablation:
             },
             "chars_per_token": self.chars_per_token,
         }
-        state = {"settings": settings, "prepared": prepared}
-        write_text(self.work / GRID_STATE, json.dumps(state, indent=2, ensure_ascii=False))
+        self.state = {"settings": settings, "prepared": prepared, "base_cached": None}
+        self._write_state()
+
+    def _write_state(self) -> None:
+        write_text(self.work / GRID_STATE, json.dumps(self.state, indent=2, ensure_ascii=False))
+
+    def base_was_cached(self, cached_now: bool) -> bool:
+        """Whether the grid's base came from the cache, as its first run found it (a resumed grid
+        always finds the base cached, yet its report is the first run's)."""
+        first = self.state.get("base_cached")
+        if first is None or not cached_now:  # the first run, or the base trained again now
+            self.state["base_cached"] = first = cached_now
+            self._write_state()
+        return first
 
     def restore(self, settings: dict[str, Any]) -> bool:
         """Reload an earlier run's preparation from work/; False when there is none to reload."""
         path = self.work / GRID_STATE
         if not path.is_file():
             return False
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("settings") != settings:
-            old = state.get("settings", {})
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            old, p = state["settings"], state["prepared"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise VikhrError(
+                f"{path}: not a record of a grid ({type(e).__name__}: {e}); "
+                "run without --resume to start over"
+            ) from None
+        if old != settings:
             changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
             raise VikhrError(
                 f"{path}: the earlier runs in this out_dir were made with other {', '.join(changed)} "
                 "settings or data; run without --resume to start again, or give another out_dir"
             )
-        p = state["prepared"]
+        self.state = state
         self.ru_train, self.ru_held = self.work / p["ru_train"], self.work / p["ru_held"]
         self.en_train, self.en_held = self.work / p["en_train"], self.work / p["en_held"]
         self.new_tok = self.work / p["new_tok"]
@@ -371,8 +390,12 @@ class Ablation:
         from vikhr.merge.schedule import Schedule
 
         assert arm.slerp_t is not None
+        # The source's figures are in the key: a source trained again (its model lost) is a new merge.
         record, run_dir = self._paths(
-            "merge", json.dumps([source.arm.run_key(), arm.slerp_t]), seed, arm.name
+            "merge",
+            json.dumps([source.arm.run_key(), arm.slerp_t, source.ru_bpc, source.en_bpc]),
+            seed,
+            arm.name,
         )
         if (finished := self._load_result(record, arm, trained=source.arm)) is not None:
             return finished[0]
@@ -415,13 +438,18 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     ab = Ablation(cfg)
     settings = ab.settings()
     if not (resume and ab.restore(settings)):
+        if resume:
+            print(
+                f"vikhr ablate: --resume: no earlier run of this grid in {ab.work}; starting it",
+                file=sys.stderr,
+            )
         if ab.work.exists():
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
         ab.prepare()
         ab.continued_data()
         ab.save_state(settings)
     shutil.rmtree(ab.work / "starts", ignore_errors=True)  # rebuilt on demand (cheap, deterministic)
-    base_cached = ab.base_model()
+    base_cached = ab.base_was_cached(ab.base_model())
     base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
     trained = [a for a in cfg.arms if a.slerp_of is None]
     merged = [a for a in cfg.arms if a.slerp_of is not None]

@@ -1,4 +1,4 @@
-"""Vocabulary adaptation of HF Mistral/Llama/Qwen2 safetensors checkpoints (see vikhr.adapt.vocab)."""
+"""Vocabulary adaptation of HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoints (see vikhr.adapt.vocab)."""
 
 from vikhr.adapt.vocab import adapt_vocab, build_matrix, plan_rows
 from vikhr.adapt.vocab_source import Vocabulary, load_vocabulary

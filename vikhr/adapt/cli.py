@@ -10,7 +10,7 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "adapt-vocab",
-        help="give an HF Mistral/Llama/Qwen2 checkpoint a new vocabulary (copied/averaged rows)",
+        help="give an HF Mistral/Llama/Qwen2/Qwen3 checkpoint a new vocabulary (copied/averaged rows)",
         description="Rebuild the input embedding and LM head of an HF safetensors checkpoint for a new "
         "tokenizer: rows of tokens known to the old vocabulary are copied, new tokens start as the mean "
         "of the rows of their pieces under the old tokenizer. Streams the other tensors shard by shard.",

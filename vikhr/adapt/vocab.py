@@ -1,4 +1,4 @@
-"""`vikhr adapt-vocab`: new embeddings and LM head for a new tokenizer on an HF Mistral/Llama/Qwen2 model.
+"""`vikhr adapt-vocab`: new embeddings and LM head for a new tokenizer on an HF Mistral/Llama/Qwen model.
 
 For each token of the new vocabulary:
 * copied   — the same piece exists in the old vocabulary (normal, byte `<0xXX>` and special pieces

@@ -97,7 +97,8 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise VikhrError(f"{where}: {key} must be a positive integer, got {value!r}")
     heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    # transformers' Qwen3Config defaults head_dim to 128; the others derive it from the width.
+    head_dim = hf.get("head_dim") or (128 if family == "qwen3" else hf["hidden_size"] // heads)
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
         raise VikhrError(f"{where}: head_dim must be a positive integer, got {head_dim!r}")
     if hf.get("mlp_bias") or (family != "qwen2" and hf.get("attention_bias")):
