@@ -13,6 +13,7 @@ arms compare directly, and against the base model itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -166,7 +167,8 @@ class Ablation:
         from vikhr.convert import megatron_to_hf
         from vikhr.tokenizer import load as load_tokenizer
 
-        key = self.cfg.base_key(corpus_sha256(self.en), _tokenizer_digest(self.base_tok))
+        digest = self.digests
+        key = self.cfg.base_key(digest["en"], digest["base_tokenizer"])
         cache = Path(self.cfg.cache_dir) / f"base-{key}"
         self.base_hf = cache / BASE_HF
         self.base_vocab = load_tokenizer(self.base_tok).vocab_size
@@ -197,10 +199,18 @@ class Ablation:
             self.chars_per_token[label] = share * ru_chars / ru_tokens + (1 - share) * en_chars / en_tokens
 
     # -- the grid's state, for --resume ---------------------------------------------------------
+    @functools.cached_property
+    def digests(self) -> dict[str, str]:
+        """The inputs by content (each file read once: the grid's settings and the base's key use them)."""
+        return {
+            "ru": corpus_sha256(self.ru),
+            "en": corpus_sha256(self.en),
+            "base_tokenizer": _tokenizer_digest(self.base_tok),
+        }
+
     def settings(self) -> dict[str, Any]:
-        return self.cfg.grid_settings(
-            corpus_sha256(self.ru), corpus_sha256(self.en), _tokenizer_digest(self.base_tok)
-        )
+        d = self.digests
+        return self.cfg.grid_settings(d["ru"], d["en"], d["base_tokenizer"])
 
     def save_state(self, settings: dict[str, Any]) -> None:
         """Record the shared preparation (written last: its presence means the preparation is whole)."""
@@ -280,7 +290,9 @@ class Ablation:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(record, indent=1))
 
-    def _load_result(self, path: Path, arm: Arm, trained: Arm | None = None) -> tuple[RunResult, Path] | None:
+    def _load_result(
+        self, path: Path, arm: Arm, seed: int, trained: Arm | None = None
+    ) -> tuple[RunResult, Path] | None:
         """A finished run's figures and HF model, or None when it did not finish (or lost its model)."""
         if not path.is_file():
             return None
@@ -290,7 +302,7 @@ class Ablation:
             return None
         result = RunResult(
             arm=arm,
-            seed=int(path.stem.rsplit("-s", 1)[1]),
+            seed=seed,
             trained=trained,
             train_losses={int(k): v for k, v in record["train_losses"].items()},
             wall_train_s=record["wall_train_s"],
@@ -340,7 +352,7 @@ class Ablation:
         from vikhr.train.monitor import read_metrics
 
         record, run_dir = self._paths("train", arm.run_key(), seed, arm.name)
-        if (finished := self._load_result(record, arm)) is not None:
+        if (finished := self._load_result(record, arm, seed)) is not None:
             return finished
         hf_dir = run_dir.with_name(run_dir.name + "-hf")
         for unfinished in (run_dir, hf_dir):  # an interrupted attempt's files: start the run again
@@ -397,7 +409,7 @@ class Ablation:
             seed,
             arm.name,
         )
-        if (finished := self._load_result(record, arm, trained=source.arm)) is not None:
+        if (finished := self._load_result(record, arm, seed, trained=source.arm)) is not None:
             return finished[0]
         _, start_hf, _ = self.start(source.arm, seed)
         out = run_dir.with_name(run_dir.name + "-hf")
