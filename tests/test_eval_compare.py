@@ -169,3 +169,45 @@ def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, messa
         ["eval", "compare", str(a), "--reference", str(tmp_path / "none.csv"), "--out", str(out)], capsys
     )
     assert "reference file not found" in missing and "none.csv" in missing
+
+
+def test_paper_rows_join_the_models_and_other_references(tmp_path: Path, capsys: Any) -> None:
+    """`--paper` adds the bundled Table 6 below the models (and below any --reference rows): its five
+    columns land in the paper's order, MERA after the evaluated tasks, the closed-source models'
+    missing En-MMLU stays empty; the chart holds every row."""
+    a = write(tmp_path / "a.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    b = write(tmp_path / "b.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    mine = tmp_path / "mine.csv"
+    mine.write_text("model,MERA\nMy leaderboard submission,0.41\n", encoding="utf-8")
+    out = tmp_path / "cmp"
+    argv = ["eval", "compare", str(a), str(b), "--reference", str(mine), "--paper", "--out", str(out)]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    lines = (out / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == (
+        "| Model | En-MMLU | Ru-MMLU | CheGeKa (F1) | Russian SuperGLUE | rucola (acc) | MERA |"
+    )
+    assert len(lines) == 2 + 2 + 1 + 9
+    assert lines[4] == "| My leaderboard submission | — | — | — | — | — | 0.410 |"
+    assert lines[5] == "| MTS AI Chat 7B (closed-source; paper) | — | 0.689 | 0.083 | 0.560 | — | 0.479 |"
+    assert lines[-1] == "| Vikhr-7B-instruct_0.2 (paper) | 0.620 | 0.800 | 0.231 | 0.670 | — | 0.485 |"
+    rows = list(csv.reader((out / "compare.csv").open(encoding="utf-8")))
+    assert [r[0] for r in rows[1:3]] == ["mistral-7b", "vikhr-7b"]
+    assert len(rows) == 1 + 12 and all(len(r) == 7 for r in rows)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "compare.png").shape[1] > 900  # 12 bars a group, legend beside
+
+
+def test_bundled_table6_reads_as_a_reference() -> None:
+    """The bundled file parses with the reader users' files go through; every score is in [0, 1]
+    and only the two closed-source models (no En-MMLU in the paper) have an empty cell."""
+    from vikhr.assets import PAPER_TABLE6
+    from vikhr.eval.compare import load_reference
+
+    rows = load_reference(PAPER_TABLE6)
+    assert len(rows) == 9 and rows[-1][0] == "Vikhr-7B-instruct_0.2 (paper)"
+    assert list(rows[0][1]) == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "Russian SuperGLUE", "MERA"]
+    empty = {(name, column) for name, values in rows for column, v in values.items() if v is None}
+    assert empty == {(n, "En-MMLU") for n, _ in rows[:2]} and "closed-source" in rows[1][0]
+    assert all(0 <= v <= 1 for _, values in rows for v in values.values() if v is not None)

@@ -7,3 +7,5 @@ RU_SAMPLE = ASSETS / "corpus" / "ru-sample.jsonl.gz"
 EN_SAMPLE = ASSETS / "corpus" / "en-sample.jsonl.gz"
 MISTRAL_TOKENIZER = ASSETS / "tokenizers" / "mistral-7b-v0.1.model"
 RU_SEED_CHATS = ASSETS / "sft" / "ru-seed-chats.jsonl"
+# The Vikhr paper's Table 6 (arXiv:2405.13929v1), in the layout `vikhr eval compare --reference` reads.
+PAPER_TABLE6 = ASSETS / "eval" / "vikhr-paper-table6.csv"

@@ -35,10 +35,11 @@ def _positive_int(value: str) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from vikhr.assets import PAPER_TABLE6
     from vikhr.eval.compare import compare
 
-    reference = Path(args.reference) if args.reference else None
-    markdown, paths = compare(args.results, Path(args.out), reference)
+    references = [Path(r) for r in args.reference] + ([PAPER_TABLE6] if args.paper else [])
+    markdown, paths = compare(args.results, Path(args.out), references)
     print(markdown, end="")
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
@@ -196,7 +197,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--reference",
         metavar="CSV",
+        action="append",
+        default=[],
         help="rows to show beside the models: a CSV 'model,<column>,...' (e.g. published scores, or an "
-        "earlier compare.csv); its columns are matched by name, new ones added",
+        "earlier compare.csv); its columns are matched by name, new ones added; repeatable",
+    )
+    c.add_argument(
+        "--paper",
+        action="store_true",
+        help="add the Vikhr paper's Table 6 rows (eight models and Vikhr-7B-instruct_0.2, as published "
+        "in arXiv:2405.13929v1) below the models",
     )
     c.set_defaults(func=_compare)

@@ -2,7 +2,8 @@
 
 Rows are models, columns benchmarks: first those of the Vikhr paper's comparison table (En-MMLU,
 Ru-MMLU, CheGeKa, Russian SuperGLUE total), then the main metric of every other task found.
-Reference rows (published numbers typed into a CSV, or an earlier compare.csv) can sit beside them.
+Reference rows (the paper's Table 6 as bundled, published numbers typed into a CSV, or an earlier
+compare.csv) can sit beside them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,33 +156,50 @@ def to_csv(names: list[str], columns: list[str], rows: list[list[float | None]])
     return buffer.getvalue()
 
 
-def bar_chart(names: list[str], columns: list[str], rows: list[list[float | None]], out: Path) -> None:
-    """Grouped bars: one group per benchmark, one bar per model (missing values left out)."""
+def bar_chart(
+    names: list[str], columns: list[str], rows: list[list[float | None]], out: Path, reference_rows: int = 0
+) -> None:
+    """Grouped bars: one group per benchmark, one bar per model (missing values left out); the last
+    `reference_rows` rows are published figures, hatched so they stand apart from measured ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Beyond ten bars the default colour cycle repeats: two models would share a colour. tab20
+    # pairs dark and light shades; its dark ones come first so neighbours do not look paired.
+    tab20 = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab10").colors if len(names) <= 10 else tab20[0::2] + tab20[1::2]
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.9 + 0.1 * len(names)) * len(columns) + 2), 4.5))
     for i, (name, row) in enumerate(zip(names, rows, strict=True)):
         xs = [c + (i - (len(names) - 1) / 2) * width for c, v in enumerate(row) if v is not None]
-        ax.bar(xs, [v for v in row if v is not None], width, label=name)
+        published = i >= len(names) - reference_rows
+        ax.bar(
+            xs,
+            [v for v in row if v is not None],
+            width,
+            label=name,
+            color=colours[i % len(colours)],
+            hatch="//" if published else None,
+            edgecolor="white" if published else None,
+            linewidth=0,
+        )
     ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
     ax.set_ylabel("score")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", ncol=1 + len(names) // 8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with temporary_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def compare(specs: list[str], out_dir: Path, reference: Path | None = None) -> tuple[str, list[Path]]:
-    """Write compare.md, compare.csv and compare.png to `out_dir` (with `reference`'s rows below the
-    models'); returns (Markdown, paths)."""
+def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
+    """Write compare.md, compare.csv and compare.png to `out_dir` (with the rows of each reference
+    CSV below the models'); returns (Markdown, paths)."""
     named = [load_results(s) for s in specs]
-    reference_rows = load_reference(reference) if reference is not None else []
+    reference_rows = [row for path in references for row in load_reference(path)]
     names = [n for n, _ in named] + [n for n, _ in reference_rows]
     if len(set(names)) != len(names):
         raise VikhrError(
@@ -196,5 +214,5 @@ def compare(specs: list[str], out_dir: Path, reference: Path | None = None) -> t
     paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]
     write_text(paths[0], markdown)
     write_text(paths[1], to_csv(names, columns, rows))
-    bar_chart(names, columns, rows, paths[2])
+    bar_chart(names, columns, rows, paths[2], reference_rows=len(reference_rows))
     return markdown, paths
