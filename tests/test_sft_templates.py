@@ -1,9 +1,10 @@
-"""The `llama3` and `chatml` chat templates against the models' own Jinja templates.
+"""The `llama3`, `chatml` and `qwen3` chat templates against the models' own Jinja templates.
 
 For byte-level BPE tokenizers (Llama-3, Qwen), vikhr's ids must be what transformers'
 `apply_chat_template(messages, tokenize=True)` gives with the official `chat_template` of
-Meta-Llama-3-8B-Instruct and Qwen2.5-7B-Instruct (tests/data/chat_templates, copied from the
-models' tokenizer_config.json). The tokenizer is a small byte-level BPE trained here on the bundled
+Meta-Llama-3-8B-Instruct, Qwen2.5-7B-Instruct and Qwen3-8B (tests/data/chat_templates, copied from
+the models' tokenizer_config.json); `qwen3` prompts for generation against Qwen3's
+`enable_thinking=False`. The tokenizer is a small byte-level BPE trained here on the bundled
 Russian sample, with the special tokens and the BOS/EOS naming of each model's tokenizer_config.json;
 it is built twice, with Llama-3's pre-tokenizer (a Split regex, then ByteLevel without its own regex)
 and with plain GPT-2 ByteLevel, so that agreement does not hang on one pre-tokenizer.
@@ -44,8 +45,12 @@ MODELS = {
         ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
     ),
     "chatml": ("qwen2.5-7b-instruct", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+    "qwen3": ("qwen3-8b", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
 }
-END_TOKEN = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>"}
+# Added tokens that are not special (matched in any text, as Qwen3's tokenizer.json has them).
+ADDED = {"qwen3": ["<think>", "</think>"]}
+END_TOKEN = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "qwen3": "<|im_end|>"}
+EMPTY_THINKING = "<think>\n\n</think>\n\n"
 
 
 def _handmade_chats() -> list[list[Message]]:
@@ -115,6 +120,7 @@ def write_model_tokenizer(directory: Path, tokenizer_json: str, template: str) -
     directory.mkdir(parents=True, exist_ok=True)
     tok = HFTokenizer.from_str(tokenizer_json)
     tok.add_special_tokens(specials)
+    tok.add_tokens(ADDED.get(template, []))
     tok.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -127,7 +133,7 @@ def write_model_tokenizer(directory: Path, tokenizer_json: str, template: str) -
 
 @pytest.fixture(
     scope="module",
-    params=[(t, p) for t in ("llama3", "chatml") for p in ("llama3", "gpt2")],
+    params=[(t, p) for t in ("llama3", "chatml", "qwen3") for p in ("llama3", "gpt2")],
     ids=lambda param: f"{param[0]}-{param[1]}-pretok",
 )
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
@@ -138,11 +144,13 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:
-    """transformers' ids for `messages` through the tokenizer's own chat template."""
+    """transformers' ids for `messages` through the tokenizer's own chat template (Qwen3's prompt
+    for generation without thinking, as vikhr's `qwen3` writes it)."""
     out = fast.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in messages],
         tokenize=True,
         add_generation_prompt=generation,
+        enable_thinking=False,
     )
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
@@ -203,6 +211,8 @@ def test_mask_is_exactly_the_answers_and_their_end_tokens(
         answers = [m.content for m in messages if m.role == "assistant"]
         if template == "llama3":
             answers = [a.strip() for a in answers]  # the official template's `| trim`
+        if template == "qwen3":  # the last answer opens with its (empty) thinking block
+            answers[-1] = EMPTY_THINKING + answers[-1].lstrip("\n")
         assert trained == [a + END_TOKEN[template] for a in answers], number
 
 
@@ -212,7 +222,7 @@ def test_bos_follows_the_tokenizer(model_dir: tuple[str, Path], chats: list[list
     template, directory = model_dir
     tok = load_chat_tokenizer(directory, template)
     ids = encode_chat(chats[0], tok, template).ids
-    if template == "chatml":
+    if template in ("chatml", "qwen3"):
         assert tok.bos_id is None and tok.eos_id == tok.piece_to_id("<|im_end|>")
         assert ids[0] == tok.piece_to_id("<|im_start|>")
     else:
@@ -257,9 +267,51 @@ def test_answer_starting_with_newlines_gets_the_official_ids(model_dir: tuple[st
     assert enc.ids == _hf_ids(fast, messages)
     trained = [i for i, m in zip(enc.ids, enc.mask, strict=True) if m]
     text = tok.backend.decode(trained, skip_special_tokens=False)
-    answer = messages[-1].content if template == "chatml" else messages[-1].content.strip()
+    answer = {
+        "chatml": messages[-1].content,
+        "qwen3": EMPTY_THINKING + messages[-1].content.lstrip("\n"),
+        "llama3": messages[-1].content.strip(),
+    }[template]
     assert text.endswith(answer + END_TOKEN[template])
     assert set(text[: len(text) - len(answer + END_TOKEN[template])]) <= {"\n"}  # only template "\n"
+
+
+@PRE_TOKENIZERS
+def test_qwen3_answers_with_reasoning_get_the_official_ids(pre_tokenizer: str, tmp_path: Path) -> None:
+    """Reasoning written as Qwen3 reads it (``<think>…</think>`` before the answer): the last answer
+    keeps it inside its thinking block, an earlier answer loses it; ids equal Qwen3's template (and
+    the template of vikhr's HF export), and the thinking block is trained with the answer."""
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe(pre_tokenizer), "qwen3")
+    tok, fast = _load_both(directory, "qwen3")
+    think = tok.piece_to_id("<think>")
+    chat = [
+        ("system", "Думай по-русски."),
+        ("user", "Сколько будет 2+2?"),
+        ("assistant", "<think>\nДва плюс два.\n</think>\n\nЧетыре."),
+        ("user", "А 3+3?"),
+        ("assistant", "\n<think>\n\nТри и три.\n\n</think>\n\n\nШесть."),
+    ]
+    messages = parse_chat({"messages": [{"role": r, "content": c} for r, c in chat]})
+    enc = encode_chat(messages, tok, "qwen3")
+    assert enc.ids == _hf_ids(fast, messages)
+    assert enc.ids.count(think) == 1  # the earlier answer's reasoning is gone, as Qwen3 renders it
+    runs = mask_runs(enc.ids, enc.mask)
+    trained = [tok.backend.decode(ids, skip_special_tokens=False) for is_trained, ids in runs if is_trained]
+    assert trained == ["Четыре.<|im_end|>", "<think>\nТри и три.\n</think>\n\nШесть.<|im_end|>"]
+    prompt = encode_chat(messages[:-1], tok, "qwen3", for_generation=True)
+    assert prompt.ids == _hf_ids(fast, messages[:-1], generation=True)
+    text = tok.backend.decode(prompt.ids, skip_special_tokens=False)
+    assert text.endswith("<|im_start|>assistant\n" + EMPTY_THINKING)
+    # The template an HF export carries renders the same.
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(tok, tmp_path / "export", "qwen3")
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert _hf_ids(exported, messages) == enc.ids
+    assert _hf_ids(exported, messages[:-1], generation=True) == prompt.ids
 
 
 def test_control_strings_typed_in_a_message_stay_text(model_dir: tuple[str, Path]) -> None:
@@ -284,6 +336,7 @@ def test_prepare_and_show_with_llama3_and_qwen_tokenizers(tmp_path: Path) -> Non
     for template, shown in (
         ("llama3", f"<|start_header_id|>assistant<|end_header_id|>\n\n[[{first[1]['content']}<|eot_id|>]]"),
         ("chatml", f"<|im_start|>assistant\n[[{first[1]['content']}<|im_end|>]]\n"),
+        ("qwen3", f"<|im_start|>assistant\n[[{EMPTY_THINKING}{first[1]['content']}<|im_end|>]]\n"),
     ):
         directory = write_model_tokenizer(tmp_path / template, tokenizer_json, template)
         summary = prepare_sft(RU_SEED_CHATS, directory, tmp_path / "out" / template, template=template)
@@ -349,6 +402,8 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
     for messages in chats[:20]:
         messages = _like_qwen(template, messages)
         assert _hf_ids(exported, messages) == encode_chat(messages, tok, template).ids
+        prompt = encode_chat(messages[:-1], tok, template, for_generation=True).ids
+        assert _hf_ids(exported, messages[:-1], generation=True) == prompt
     end = tok.piece_to_id(END_TOKEN[template])
     assert end_of_turn_id(tok, template) == end
     stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id

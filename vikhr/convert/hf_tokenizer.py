@@ -50,6 +50,30 @@ HF_CHAT_TEMPLATES = {
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
+    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn, the
+    # reasoning split off at </think>; the generation prompt honours enable_thinking as Qwen3's does.
+    "qwen3": (
+        "{{ bos_token }}"
+        "{% set ns = namespace(last_user=-1) %}"
+        "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+        "{% endif %}{% endfor %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% set content = message['content'] %}{% set reasoning = '' %}"
+        "{% if '</think>' in content %}"
+        "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+        "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
+        "{% endif %}"
+        "{% if loop.index0 > ns.last_user %}"
+        "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
+        "+ content.lstrip('\\n') + '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{% endif %}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+        "{% endif %}{% endif %}"
+    ),
     # Meta-Llama-3-8B-Instruct's own template, verbatim.
     "llama3": (
         "{% set loop_messages = messages %}{% for message in loop_messages %}"

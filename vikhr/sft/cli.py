@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="mistral",
         choices=TEMPLATES,
         help="chat template: mistral (Mistral-7B-Instruct, default), chatml (Qwen2.5-Instruct's, "
-        "BOS only if the tokenizer has one), llama3 (Llama-3-8B-Instruct's header template; the "
+        "BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking block), llama3 "
+        "(Llama-3-8B-Instruct's header template; the "
         "tokenizer needs its <|start_header_id|>-style special tokens); see docs/sft.md",
     )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")

@@ -22,6 +22,15 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   should not learn to call itself Qwen; put that system message into the chats to train with it.
   ``<|im_start|>`` and ``<|im_end|>`` become single ids when the tokenizer has both as tokens,
   otherwise they are encoded as text. The answer and its closing ``<|im_end|>`` are trained.
+* ``qwen3``, Qwen3's hybrid-thinking template without tools: ``chatml`` (no default system message
+  either; Qwen3 has none), except that the answer to the last user turn opens with its thinking
+  block, ``<think>\n{reasoning}\n</think>\n\n{answer}``, empty (``<think>\n\n</think>\n\n``)
+  when the answer carries no reasoning. An answer may carry it as Qwen3's template reads it:
+  ``<think>…</think>`` in the content, split off there; earlier answers lose theirs (as Qwen3
+  renders a history). The thinking block is trained with the answer, so a model tuned on answers
+  without reasoning learns to answer without thinking. For generation the prompt ends with
+  ``<|im_start|>assistant\n<think>\n\n</think>\n\n`` (Qwen3's ``enable_thinking=False``).
+  ``<think>``/``</think>`` are text to vikhr: Qwen3's tokenizer makes each one id (added tokens).
 * ``llama3``, Meta-Llama-3-8B-Instruct's (and 3.1's without its system-header lines):
   ``<|begin_of_text|>`` then ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>``
   per message, content stripped of surrounding whitespace as that template's ``| trim`` does. The
@@ -35,8 +44,8 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
 
 How text is encoded: the control tokens are single ids wherever the template names them, and text
 typed in a message ("</s>", "<|im_end|>") always stays text. With a byte-level BPE tokenizer (an
-HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3, Qwen, GPT-2 style), ``chatml``
-and ``llama3`` encode each run of text between two control tokens in one call, as transformers'
+HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3, Qwen, GPT-2 style), ``chatml``,
+``qwen3`` and ``llama3`` encode each run of text between two control tokens in one call, as transformers'
 ``apply_chat_template(..., tokenize=True)`` does — its pre-tokenizer may split ``\\n\\n`` + an
 answer differently from the two parts encoded apart — so the ids equal those of the model's own
 Jinja template (tests/test_sft_templates.py). Otherwise (SentencePiece, a Metaspace
@@ -60,7 +69,7 @@ from vikhr.jsonl import read_jsonl
 from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
-TEMPLATES = ("mistral", "chatml", "llama3")
+TEMPLATES = ("mistral", "chatml", "qwen3", "llama3")
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -68,6 +77,7 @@ LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id
 TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
     "mistral": (),
     "chatml": (CHATML_START, CHATML_END),
+    "qwen3": (CHATML_START, CHATML_END),
     "llama3": (LLAMA3_BEGIN, LLAMA3_HEADER_START, LLAMA3_HEADER_END, LLAMA3_EOT),
 }
 
@@ -88,8 +98,8 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
     """The control tokens of `template` that `tok` encodes as single ids, by string.
 
     VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
-    the four header/turn tokens for ``llama3``. ``chatml`` needs nothing: without both of its
-    tokens it spells them out as text (and gets an empty dict).
+    the four header/turn tokens for ``llama3``. ``chatml`` and ``qwen3`` need nothing: without both
+    of their tokens they spell them out as text (and get an empty dict).
     """
     if template not in TEMPLATES:
         raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
@@ -115,9 +125,10 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
 
 def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
     """The id that ends an answer under `template` (generation stops there): EOS for ``mistral``,
-    ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` (EOS when it is spelled out as text)."""
+    ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` and ``qwen3`` (EOS when it is spelled
+    out as text)."""
     controls = template_token_ids(tok, template)
-    end = {"llama3": LLAMA3_EOT, "chatml": CHATML_END}.get(template)
+    end = {"llama3": LLAMA3_EOT, "chatml": CHATML_END, "qwen3": CHATML_END}.get(template)
     return controls.get(end, tok.eos_id) if end is not None else tok.eos_id
 
 
@@ -221,18 +232,44 @@ def _mistral_segments(messages: list[Message], for_generation: bool) -> Segments
 
 
 def _chatml_segments(messages: list[Message], for_generation: bool) -> Segments:
+    return _im_segments(messages, for_generation, thinking=False)
+
+
+def _qwen3_segments(messages: list[Message], for_generation: bool) -> Segments:
+    return _im_segments(messages, for_generation, thinking=True)
+
+
+def split_reasoning(content: str) -> tuple[str, str]:
+    """(reasoning, answer) of an answer as Qwen3's template splits it: the text before the first
+    ``</think>`` (after the last ``<think>`` there) and the text after the last ``</think>``, each
+    without the newlines next to the tags."""
+    if "</think>" not in content:
+        return "", content
+    parts = content.split("</think>")
+    return parts[0].rstrip("\n").split("<think>")[-1].lstrip("\n"), parts[-1].lstrip("\n")
+
+
+def _im_segments(messages: list[Message], for_generation: bool, thinking: bool) -> Segments:
+    """ChatML turns; `thinking`: Qwen3's, with the thinking block on the answer to the last user turn."""
     start, end = Control(CHATML_START), Control(CHATML_END)
+    last_user = max(i for i, m in enumerate(messages) if m.role == "user")
     out: Segments = []
     prompt: list[str | Control] = []  # untrained parts gathered up to the next answer
-    for m in messages:
+    for i, m in enumerate(messages):
         if m.role == "assistant":
+            answer = m.content
+            if thinking and i > last_user:
+                reasoning, answer = split_reasoning(m.content)
+                answer = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + answer.lstrip("\n")
+            elif thinking:
+                answer = split_reasoning(m.content)[1]
             out.append(([*prompt, start, "assistant\n"], False))
-            out.append(([m.content, end], True))
+            out.append(([answer, end], True))
             prompt = ["\n"]
         else:
             prompt += [start, f"{m.role}\n{m.content}", end, "\n"]
     if for_generation:
-        prompt += [start, "assistant\n"]
+        prompt += [start, "assistant\n<think>\n\n</think>\n\n" if thinking else "assistant\n"]
     # A training chat ends with the "\n" after its last <|im_end|>, as Qwen's template renders it.
     return [*out, (prompt, False)] if prompt else out
 
@@ -262,6 +299,7 @@ def _llama3_segments(messages: list[Message], for_generation: bool) -> Segments:
 _SEGMENTS: dict[str, Callable[[list[Message], bool], Segments]] = {
     "mistral": _mistral_segments,
     "chatml": _chatml_segments,
+    "qwen3": _qwen3_segments,
     "llama3": _llama3_segments,
 }
 
