@@ -236,6 +236,11 @@ def test_resume_runs_only_what_did_not_finish(
         if not hf.startswith("runs/base-tokenizer-"):
             record.unlink()
     assert adapted_dir.is_dir()
+    # Leftovers of an arm since renamed (no record) and of a killed conversion: pruned on resume.
+    leftovers = [out / "work" / "runs" / "renamed-0123456789ab-s7", out / "work" / "runs" / ".tmp-x1y2"]
+    for leftover in leftovers:
+        leftover.mkdir()
+        (leftover / "part.bin").write_bytes(b"0" * 16)
     trained: list[str] = []
     train = Ablation._train
 
@@ -246,6 +251,10 @@ def test_resume_runs_only_what_did_not_finish(
     monkeypatch.setattr(Ablation, "_train", counting_train)
     write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
     assert trained == [adapted_dir.name]  # the cached base and the finished run are not trained again
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert {p.name for p in (out / "work" / "runs").iterdir()} == {
+        p.name for p in (first / "work" / "runs").iterdir()
+    }
     rows, original = _rows(out), _rows(first)
     assert [{k: v for k, v in r.items() if k != "wall_eval_s" and k != "wall_train_s"} for r in rows] == [
         {k: v for k, v in r.items() if k != "wall_eval_s" and k != "wall_train_s"} for r in original

@@ -271,6 +271,23 @@ class Ablation:
         self.chars_per_token = p["chars_per_token"]
         return True
 
+    def prune_unrecorded_runs(self) -> list[Path]:
+        """Remove what no result record points to under work/runs: attempts an interruption left
+        (of arms since renamed or changed, or temporary directories of a killed conversion). A
+        finished run stays even when its arm left the grid: adding the arm back reuses it."""
+        kept: set[str] = set()
+        for record in (self.work / "results").glob("*.json"):
+            try:
+                hf = Path(json.loads(record.read_text(encoding="utf-8"))["hf"]).name
+            except (ValueError, KeyError, TypeError):
+                continue  # not a record (records are written whole): it keeps nothing
+            kept |= {hf, hf.removesuffix("-hf")}
+        runs = self.work / "runs"
+        removed = [p for p in sorted(runs.iterdir()) if p.name not in kept] if runs.is_dir() else []
+        for path in removed:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        return removed
+
     def _relative(self, path: str | Path) -> str:
         """A path under work/ relative to it (the state stays valid if out_dir moves)."""
         return str(Path(path).resolve().relative_to(self.work.resolve()))
@@ -460,6 +477,14 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
         ab.prepare()
         ab.continued_data()
         ab.save_state(settings)
+    else:
+        removed = ab.prune_unrecorded_runs()
+        if removed:
+            print(
+                f"vikhr ablate: --resume: removed {len(removed)} unfinished run "
+                f"director{'y' if len(removed) == 1 else 'ies'} under {ab.work / 'runs'}",
+                file=sys.stderr,
+            )
     shutil.rmtree(ab.work / "starts", ignore_errors=True)  # rebuilt on demand (cheap, deterministic)
     base_cached = ab.base_was_cached(ab.base_model())
     base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
