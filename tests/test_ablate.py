@@ -271,6 +271,55 @@ def test_resume_runs_only_what_did_not_finish(
     assert base_line(out) == base_line(first) and "(from the cache)" not in base_line(out)
 
 
+def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With train.save_every, an arm interrupted after a checkpoint continues from it on --resume
+    (save_every is not a grid setting: the first run had none); the figures are the
+    uninterrupted grid's, and a finished run keeps its last checkpoint only."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.train.trainer import Trainer
+
+    first, _, _ = micro_runs
+    out = first.parent / "saving"
+    cfg = yaml.safe_load((first.parent / "ablate1.yaml").read_text(encoding="utf-8"))
+    cfg_path = _write(first.parent / "saving.yaml", {**cfg, "out_dir": str(out), "train": cfg["train"]})
+
+    class Interrupted(Exception):
+        pass
+
+    save, resume = Trainer.save, Trainer.resume
+
+    def interrupting_save(self: Trainer) -> Path:
+        path = save(self)
+        if self.step == 2 and Path(self.cfg.checkpoint.dir).name.startswith("adapted-"):
+            raise Interrupted  # a kill right after the adapted arm's checkpoint at step 2
+        return path
+
+    monkeypatch.setattr(Trainer, "save", interrupting_save)
+    with_saves = {**cfg, "out_dir": str(out), "train": {**cfg["train"], "save_every": 1}}
+    _write(cfg_path, with_saves)
+    with pytest.raises(Interrupted):
+        run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    run_dir = next((out / "work" / "runs").glob("adapted-*-s7"))
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000001", "step_000002"]
+
+    resumed_from: list[str] = []
+
+    def recording_resume(self: Trainer, step_dir: Path) -> None:
+        resumed_from.append(step_dir.name)
+        resume(self, step_dir)
+
+    monkeypatch.setattr(Trainer, "save", save)
+    monkeypatch.setattr(Trainer, "resume", recording_resume)
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    assert resumed_from == ["step_000002"]
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000003"]
+    no_walls = [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(out)]
+    assert no_walls == [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(first)]
+
+
 def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, Path, list]) -> None:
     from vikhr.ablate.runner import run_ablation
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 
@@ -62,6 +70,9 @@ class TrainSection(_Section):
     ru_share: float = Field(0.9, gt=0, lt=1)  # of the continued-training blend; the rest is English
     device: Literal["cpu", "cuda"] = "cpu"
     log_every: PositiveInt = 5
+    # 0: an arm saves at its end only. N: also every N steps, so that `--resume` continues an
+    # interrupted arm from its last checkpoint (the figures are the same either way).
+    save_every: NonNegativeInt = 0
 
 
 class Arm(_Section):
@@ -116,7 +127,7 @@ class AblateConfig(_Section):
             "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "base": tokenizer_digest},
             "model": self.model.model_dump(),
             "base": self.base.model_dump(),
-            "train": self.train.model_dump(),
+            "train": self.train.model_dump(exclude={"save_every"}),  # changes where runs save, not what
             "vikhr": __version__,
         }
 

@@ -107,6 +107,10 @@ class Ablation:
             f"train.global_batch={t.global_batch}",
             f"logging.log_every={t.log_every}",
             "logging.tensorboard=false",
+            # Continue from the run's last checkpoint when there is one (train_arm removes a run's
+            # files unless it saves periodically; see train.save_every).
+            f"checkpoint.save_every={t.save_every or steps}",
+            "checkpoint.resume=auto",
         ]
         kl_direction = kw.pop("kl_direction", "reverse")
         extra.append(f"kl.direction={kl_direction}")
@@ -125,6 +129,9 @@ class Ablation:
         ckpt = find_checkpoint(run_dir)
         if ckpt is None:
             raise VikhrError(f"{run_dir}: training left no checkpoint")
+        for step_dir in run_dir.glob("step_*"):  # a finished run needs its last checkpoint only
+            if step_dir != ckpt:
+                shutil.rmtree(step_dir)
         return ckpt
 
     def _bpc(self, hf_dir: Path, tokenizer: Path) -> dict[str, float]:
@@ -271,11 +278,12 @@ class Ablation:
         self.chars_per_token = p["chars_per_token"]
         return True
 
-    def prune_unrecorded_runs(self) -> list[Path]:
-        """Remove what no result record points to under work/runs: attempts an interruption left
-        (of arms since renamed or changed, or temporary directories of a killed conversion). A
-        finished run stays even when its arm left the grid: adding the arm back reuses it."""
-        kept: set[str] = set()
+    def prune_unrecorded_runs(self, trained: list[Arm]) -> list[Path]:
+        """Remove what neither a result record nor an unfinished run of `trained` (which may carry
+        on from its checkpoints) points to under work/runs: attempts of arms since renamed or
+        changed, temporary directories of a kill. A finished run stays even when its arm left the
+        grid: adding the arm back reuses it."""
+        kept = {self._paths("train", a.run_key(), s, a.name)[1].name for s in self.cfg.seeds for a in trained}
         for record in (self.work / "results").glob("*.json"):
             try:
                 hf = Path(json.loads(record.read_text(encoding="utf-8"))["hf"]).name
@@ -372,8 +380,11 @@ class Ablation:
         if (finished := self._load_result(record, arm, seed)) is not None:
             return finished
         hf_dir = run_dir.with_name(run_dir.name + "-hf")
-        for unfinished in (run_dir, hf_dir):  # an interrupted attempt's files: start the run again
-            shutil.rmtree(unfinished, ignore_errors=True)
+        # An interrupted attempt's files: its checkpoints carry the run on when it saved along the
+        # way (the trainer resumes from the last whole one); otherwise the run starts again.
+        unfinished = [hf_dir] if self.cfg.train.save_every else [run_dir, hf_dir]
+        for path in unfinished:
+            shutil.rmtree(path, ignore_errors=True)
         meg, start_hf, start_bpc = self.start(arm, seed)
         tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
         vocab = int(json.loads((start_hf / "config.json").read_text())["vocab_size"])
@@ -478,7 +489,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
         ab.continued_data()
         ab.save_state(settings)
     else:
-        removed = ab.prune_unrecorded_runs()
+        removed = ab.prune_unrecorded_runs([a for a in cfg.arms if a.slerp_of is None])
         if removed:
             print(
                 f"vikhr ablate: --resume: removed {len(removed)} unfinished run "
