@@ -140,6 +140,11 @@ def test_terra_csv_leftovers_are_cleaned() -> None:
 def test_task_list_parsing() -> None:
     assert parse_task_list("all") == list(TASKS)
     assert parse_task_list("terra, bpc,terra") == ["terra", "bpc"]
+    table6 = parse_task_list("table6")
+    assert table6[:3] == ["mmlu_en", "mmlu_ru", "chegeka"] and len(table6) == 3 + 9 + 21
+    assert parse_task_list("rsg,table6") == parse_task_list("rsg") + ["mmlu_en", "mmlu_ru", "chegeka"] + [
+        t for t in table6 if t.startswith("mera_")
+    ]
     with pytest.raises(VikhrError, match="unknown task 'mmlu'"):
         parse_task_list("terra,mmlu")
 

@@ -73,6 +73,15 @@ def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
     columns, rows = comparison_table([("m", first)])
     assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)"]  # no RSG total: not all nine
     assert rows == [[0.5, 0.45, 0.1, 0.7]]
+    # MERA's CheGeKa fills the column when the local set did not run; a NaN score counts as none.
+    second = results("n", 0.5, 0.4, 0.1, None)
+    del second["tasks"]["chegeka"]
+    second["tasks"]["mera_chegeka"] = {"metrics": {"f1": 0.2, "em": 0.1}}
+    second["tasks"]["mmlu_ru"] = {"metrics": {"acc": float("nan")}}
+    columns, rows = comparison_table([("n", second)])
+    assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)"] and rows == [
+        [0.5, 0.4, 0.2, 0.7]
+    ]
 
 
 def one_line_error(argv: list[str], capsys: Any) -> str:

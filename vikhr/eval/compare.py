@@ -28,16 +28,22 @@ def _metric(task: str, metric: str) -> Extractor:
 
 def _first(*extractors: Extractor) -> Extractor:
     def extract(results: dict[str, Any]) -> float | None:
-        return next((v for e in extractors if (v := e(results)) is not None), None)
+        # The first value there is; NaN (a score MERA keeps hidden) counts as none.
+        return next((v for e in extractors if (v := e(results)) is not None and v == v), None)
 
     return extract
 
 
-# The paper's columns, in its order. Ru-MMLU is the translated MMLU, else MERA's ruMMLU.
+# The paper's columns, in its order. Ru-MMLU is the translated MMLU, else MERA's ruMMLU; CheGeKa
+# the local set, else MERA's.
 TABLE_COLUMNS: list[tuple[str, Extractor, set[str]]] = [
     ("En-MMLU", _metric("mmlu_en", "acc"), {"mmlu_en"}),
     ("Ru-MMLU", _first(_metric("mmlu_ru", "acc"), _metric("mera_rummlu", "acc")), {"mmlu_ru", "mera_rummlu"}),
-    ("CheGeKa (F1)", _metric("chegeka", "f1"), {"chegeka"}),
+    (
+        "CheGeKa (F1)",
+        _first(_metric("chegeka", "f1"), _metric("mera_chegeka", "f1")),
+        {"chegeka", "mera_chegeka"},
+    ),
     (
         "Russian SuperGLUE",
         lambda results: results.get("groups", {}).get("rsg", {}).get("score"),
