@@ -276,7 +276,7 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
 ) -> None:
     """With train.save_every, an arm interrupted after a checkpoint continues from it on --resume
     (save_every is not a grid setting: the first run had none); the figures are the
-    uninterrupted grid's, and a finished run keeps its last checkpoint only."""
+    uninterrupted grid's, and a run keeps its newest checkpoint only."""
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import run_ablation
     from vikhr.train.trainer import Trainer
@@ -303,7 +303,7 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     with pytest.raises(Interrupted):
         run_ablation(load_ablate_config(cfg_path), show_progress=False)
     run_dir = next((out / "work" / "runs").glob("adapted-*-s7"))
-    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000001", "step_000002"]
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000002"]  # checkpoint.keep_last=1
 
     resumed_from: list[str] = []
 

@@ -408,6 +408,35 @@ def test_disk_full_during_a_save_is_one_line_and_leaves_no_checkpoint(
     assert not (run / "latest").exists() and not list(run.glob("step_*"))
 
 
+def test_keep_last_removes_older_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint.keep_last=2 after saving step 6: step 4 stays (the fallback), steps 1-2 go, and
+    step 10 — left by an earlier attempt this run will overwrite — is not touched; a directory
+    that cannot be removed is a warning, not the end of the run."""
+    from vikhr.train import checkpoint
+
+    for step in (1, 2, 4, 6, 10):
+        (tmp_path / checkpoint.step_dir_name(step)).mkdir()
+    (tmp_path / "step_000003.tmp").mkdir()  # an interrupted save: not a step, left to save() itself
+    removed = checkpoint.prune_step_dirs(tmp_path, 6, keep_last=2)
+    assert sorted(p.name for p in removed) == ["step_000001", "step_000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step_000003.tmp",
+        "step_000004",
+        "step_000006",
+        "step_000010",
+    ]
+    assert checkpoint.prune_step_dirs(tmp_path, 6, keep_last=1) == [tmp_path / "step_000004"]
+
+    warnings: list[str] = []
+    monkeypatch.setattr(checkpoint, "warn", warnings.append)
+    (tmp_path / "step_000005").mkdir()
+    monkeypatch.setattr(
+        checkpoint.shutil, "rmtree", lambda p: (_ for _ in ()).throw(PermissionError(13, "denied"))
+    )
+    assert checkpoint.prune_step_dirs(tmp_path, 6, keep_last=1) == []
+    assert len(warnings) == 1 and "step_000005" in warnings[0] and "keep_last" in warnings[0]
+
+
 def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
     saved_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

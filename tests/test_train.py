@@ -175,9 +175,10 @@ def test_kill_and_resume_matches_uninterrupted(
     assert not list(run_dir.glob("*.tmp"))
     interrupted, _ = read_metrics(run_dir)
     assert max(interrupted) == 6  # steps 5 and 6 ran, and are lost with the process
-    resumed = _launch(config, 2)
+    resumed = _launch(config, 2, "checkpoint.keep_last=1")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "step_000004" in resumed.stderr
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000008"]  # keep_last=1
     train, valid = read_metrics(run_dir)
     reference, reference_valid = read_metrics(parallel_runs["dp2"])  # same job, never interrupted
     assert sorted(train) == sorted(reference)
@@ -217,9 +218,10 @@ def test_distributed_optimizer_matches_and_resumes_exactly(
     wrong = _launch(config, 2, "optim.distributed=false")
     assert wrong.returncode != 0
     assert "saved with optim.distributed = true; resume with the same setting" in wrong.stderr
-    resumed = _launch(config, 2)
+    resumed = _launch(config, 2, "checkpoint.keep_last=1")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "step_000004" in resumed.stderr
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000008"]  # keep_last=1
     after, _ = read_metrics(run_dir)
     for step in sorted(train):
         for key in ("loss", "ce", "kl", "lr", "grad_norm"):

@@ -110,6 +110,7 @@ class Ablation:
             # Continue from the run's last checkpoint when there is one (train_arm removes a run's
             # files unless it saves periodically; see train.save_every).
             f"checkpoint.save_every={t.save_every or steps}",
+            "checkpoint.keep_last=1",  # a save is atomic: the newest whole checkpoint is enough
             "checkpoint.resume=auto",
         ]
         kl_direction = kw.pop("kl_direction", "reverse")
@@ -129,9 +130,6 @@ class Ablation:
         ckpt = find_checkpoint(run_dir)
         if ckpt is None:
             raise VikhrError(f"{run_dir}: training left no checkpoint")
-        for step_dir in run_dir.glob("step_*"):  # a finished run needs its last checkpoint only
-            if step_dir != ckpt:
-                shutil.rmtree(step_dir)
         return ckpt
 
     def _bpc(self, hf_dir: Path, tokenizer: Path) -> dict[str, float]:

@@ -169,8 +169,10 @@ def save(
     tp_rank: int,
     dp_rank: int,
     rank: int,
+    keep_last: int = 0,
 ) -> Path:
-    """Save step `step` atomically (collective: every rank calls it).
+    """Save step `step` atomically (collective: every rank calls it); with `keep_last` > 0, then
+    remove the earlier steps beyond the newest `keep_last` (see `prune_step_dirs`).
 
     A write that fails (disk full, permissions) raises VikhrError naming the directory; the
     partial `.tmp` directory never looks like a checkpoint.
@@ -190,6 +192,8 @@ def save(
         _barrier()
         if rank == 0:
             _publish(root, tmp, final, meta)
+            if keep_last:
+                prune_step_dirs(root, step, keep_last)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise VikhrError(
@@ -198,6 +202,21 @@ def save(
         ) from None
     _barrier()
     return final
+
+
+def prune_step_dirs(root: Path, step: int, keep_last: int) -> list[Path]:
+    """Remove the step directories of `root` before `step` but the newest `keep_last` - 1 of them
+    (step `step`, just published, is the newest kept). Steps after `step` — left by an earlier
+    attempt that this run, resumed from an older checkpoint, will overwrite — are not touched.
+    A directory that cannot be removed is a warning: training goes on. Returns those removed."""
+    removed = []
+    for old in _older_step_dirs(root, step)[max(keep_last - 1, 0) :]:
+        try:
+            shutil.rmtree(old)
+            removed.append(old)
+        except OSError as e:
+            warn(f"cannot remove old checkpoint {old}: {e.strerror or e} (checkpoint.keep_last)")
+    return removed
 
 
 def _write_rank_files(

@@ -12,7 +12,7 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
     train:      steps, micro_batch, global_batch, seed, recompute
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, distributed
     kl:         weight (λ), direction, temperature, reference
-    checkpoint: dir, save_every, resume
+    checkpoint: dir, save_every, keep_last, resume
     logging:    log_every, eval_every, tensorboard, max_nonfinite
     debug:      kill_at_step, nonfinite_at_steps (fault injection for tests)
 """
@@ -153,6 +153,10 @@ class KLSection(_Section):
 class CheckpointSection(_Section):
     dir: str = "runs/pretrain"
     save_every: PositiveInt = 500
+    # 0 keeps every checkpoint; N keeps the newest N (a 7B model's step with its Adam state is
+    # ~110 GB): earlier ones are removed once a new one is whole. 2 leaves a fallback if the newest
+    # is damaged.
+    keep_last: NonNegativeInt = 0
     resume: str = "auto"  # auto (latest in dir, if any) | never | a step_* directory
 
 

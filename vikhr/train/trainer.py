@@ -532,7 +532,15 @@ class Trainer:
             "config": cfg.to_dict(),
         }
         path = checkpoint.save(
-            self.run_dir, self.step, self.model, self.optimizer, meta, env.tp_rank, env.dp_rank, env.rank
+            self.run_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            meta,
+            env.tp_rank,
+            env.dp_rank,
+            env.rank,
+            keep_last=cfg.checkpoint.keep_last,
         )
         self.monitor.info(f"saved {path}")
         return path
