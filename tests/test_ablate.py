@@ -274,9 +274,9 @@ def test_resume_runs_only_what_did_not_finish(
 def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With train.save_every, an arm interrupted after a checkpoint continues from it on --resume
-    (save_every is not a grid setting: the first run had none); the figures are the
-    uninterrupted grid's, and a run keeps its newest checkpoint only."""
+    """With train.save_every, an arm interrupted after a checkpoint continues from it on --resume;
+    the figures are the uninterrupted grid's (made without save_every), and a run keeps its newest
+    checkpoint only. save_every is not a grid setting: a grid may be resumed with it added."""
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import run_ablation
     from vikhr.train.trainer import Trainer
@@ -300,6 +300,10 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     monkeypatch.setattr(Trainer, "save", interrupting_save)
     with_saves = {**cfg, "out_dir": str(out), "train": {**cfg["train"], "save_every": 1}}
     _write(cfg_path, with_saves)
+    digests = ("ru", "en", "tokenizer")
+    assert load_ablate_config(cfg_path).grid_settings(*digests) == load_ablate_config(
+        first.parent / "ablate1.yaml"
+    ).grid_settings(*digests)
     with pytest.raises(Interrupted):
         run_ablation(load_ablate_config(cfg_path), show_progress=False)
     run_dir = next((out / "work" / "runs").glob("adapted-*-s7"))

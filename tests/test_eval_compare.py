@@ -71,8 +71,9 @@ def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
     first = results("m", 0.5, 0.4, 0.1, None)
     first["tasks"]["mmlu_ru"] = {"metrics": {"acc": 0.45}}
     columns, rows = comparison_table([("m", first)])
-    assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)"]  # no RSG total: not all nine
-    assert rows == [[0.5, 0.45, 0.1, 0.7]]
+    # No RSG total (not all nine ran); MERA's ruMMLU, not the Ru-MMLU figure here, keeps its column.
+    assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)", "mera_rummlu (acc)"]
+    assert rows == [[0.5, 0.45, 0.1, 0.7, 0.4]]
     # MERA's CheGeKa fills the column when the local set did not run; a NaN score counts as none.
     second = results("n", 0.5, 0.4, 0.1, None)
     del second["tasks"]["chegeka"]
@@ -82,6 +83,12 @@ def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
     assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)"] and rows == [
         [0.5, 0.4, 0.2, 0.7]
     ]
+    # With both CheGeKa sets in a file, the local one fills the column and MERA's keeps its own.
+    second["tasks"]["chegeka"] = {"metrics": {"exact_match": 0.05, "f1": 0.1}}
+    del first["tasks"]["mera_rummlu"]
+    columns, rows = comparison_table([("n", second), ("m", first)])
+    assert columns == ["En-MMLU", "Ru-MMLU", "CheGeKa (F1)", "rucola (acc)", "mera_chegeka (f1)"]
+    assert rows == [[0.5, 0.4, 0.1, 0.7, 0.2], [0.5, 0.45, 0.1, 0.7, None]]
 
 
 def one_line_error(argv: list[str], capsys: Any) -> str:

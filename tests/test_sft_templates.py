@@ -143,14 +143,14 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return template, write_model_tokenizer(directory, byte_level_bpe(pre_tokenizer), template)
 
 
-def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:
-    """transformers' ids for `messages` through the tokenizer's own chat template (Qwen3's prompt
-    for generation without thinking, as vikhr's `qwen3` writes it)."""
+def _hf_ids(fast: Any, messages: list[Message], generation: bool = False, **template_args: Any) -> list[int]:
+    """transformers' ids for `messages` through the tokenizer's own chat template (by default
+    Qwen3's prompt for generation without thinking, as vikhr's `qwen3` writes it)."""
     out = fast.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in messages],
         tokenize=True,
         add_generation_prompt=generation,
-        enable_thinking=False,
+        **{"enable_thinking": False, **template_args},
     )
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
@@ -312,6 +312,25 @@ def test_qwen3_answers_with_reasoning_get_the_official_ids(pre_tokenizer: str, t
     exported = AutoTokenizer.from_pretrained(tmp_path / "export")
     assert _hf_ids(exported, messages) == enc.ids
     assert _hf_ids(exported, messages[:-1], generation=True) == prompt.ids
+    # Without enable_thinking=False the export, like Qwen3's, leaves the thinking to the model.
+    default = _hf_ids(exported, messages[:-1], generation=True, enable_thinking=None)
+    assert default == _hf_ids(fast, messages[:-1], generation=True, enable_thinking=None)
+    assert tok.backend.decode(default, skip_special_tokens=False).endswith("<|im_start|>assistant\n")
+
+    # A tool's response wrapped as the last user turn is not Qwen3's last query: the answers after
+    # the real question get thinking blocks, the final one always, one in between only if it
+    # carries reasoning.
+    for first_answer, blocks in (("<think>\nНужен инструмент.\n</think>\n\nСейчас узнаю.", 2), ("Узнаю.", 1)):
+        chat = [
+            ("user", "Погода?"),
+            ("assistant", first_answer),
+            ("user", "<tool_response>\n+5, дождь\n</tool_response>"),
+            ("assistant", "Плюс пять и дождь."),
+        ]
+        tooled = parse_chat({"messages": [{"role": r, "content": c} for r, c in chat]})
+        ids = encode_chat(tooled, tok, "qwen3").ids
+        assert ids == _hf_ids(fast, tooled) == _hf_ids(exported, tooled)
+        assert ids.count(think) == blocks
 
 
 def test_control_strings_typed_in_a_message_stay_text(model_dir: tuple[str, Path]) -> None:

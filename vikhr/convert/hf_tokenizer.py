@@ -50,12 +50,16 @@ HF_CHAT_TEMPLATES = {
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
-    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn, the
-    # reasoning split off at </think>; the generation prompt honours enable_thinking as Qwen3's does.
+    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn (a
+    # wrapped <tool_response> does not count), the reasoning split off at </think>; the generation
+    # prompt honours enable_thinking as Qwen3's does.
     "qwen3": (
         "{{ bos_token }}"
-        "{% set ns = namespace(last_user=-1) %}"
-        "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
+        "{% for message in messages[::-1] %}{% set c = message['content'] %}"
+        "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
+        "and c.endswith('</tool_response>')) %}"
+        "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
         "{% endif %}{% endfor %}"
         "{% for message in messages %}"
         "{% if message['role'] == 'assistant' %}"
@@ -64,7 +68,7 @@ HF_CHAT_TEMPLATES = {
         "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
         "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
         "{% endif %}"
-        "{% if loop.index0 > ns.last_user %}"
+        "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
         "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
         "+ content.lstrip('\\n') + '<|im_end|>\\n' }}"
         "{% else %}{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{% endif %}"

@@ -147,8 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tasks",
         default=DEFAULT_TASKS,
-        help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), "
-        f"'mera' (the MERA tasks) or 'all' (default {DEFAULT_TASKS}: the data of {DEFAULT_DATA_DIR})",
+        help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), 'mera' "
+        f"(the MERA tasks), 'table6' (the paper's) or 'all' (default {DEFAULT_TASKS}: {DEFAULT_DATA_DIR})",
     )
     p.add_argument(
         "--data-dir",

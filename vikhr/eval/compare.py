@@ -11,44 +11,48 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import temporary_path, write_text
 from vikhr.errors import VikhrError
 
-Extractor = Callable[[dict[str, Any]], float | None]
 Row = list[float | None]  # one model's values, in the table's column order
 
 
-def _metric(task: str, metric: str) -> Extractor:
-    return lambda results: results["tasks"].get(task, {}).get("metrics", {}).get(metric)
+def _value(results: dict[str, Any], task: str, metric: str) -> float | None:
+    value = results["tasks"].get(task, {}).get("metrics", {}).get(metric)
+    return None if value is None or value != value else value  # NaN: a score MERA keeps hidden
 
 
-def _first(*extractors: Extractor) -> Extractor:
-    def extract(results: dict[str, Any]) -> float | None:
-        # The first value there is; NaN (a score MERA keeps hidden) counts as none.
-        return next((v for e in extractors if (v := e(results)) is not None and v == v), None)
+@dataclass(frozen=True)
+class Column:
+    """A column of the paper's table: the first of `sources` ((task, metric), in order of
+    preference) a results file has a value for, or `group`'s total."""
 
-    return extract
+    label: str
+    sources: tuple[tuple[str, str], ...] = ()
+    group: str | None = None
+
+    def pick(self, results: dict[str, Any]) -> tuple[float | None, str | None]:
+        """(value, the task it came from; None for a group total or no value)."""
+        if self.group is not None:
+            return results.get("groups", {}).get(self.group, {}).get("score"), None
+        for task, metric in self.sources:
+            if (value := _value(results, task, metric)) is not None:
+                return value, task
+        return None, None
 
 
-# The paper's columns, in its order. Ru-MMLU is the translated MMLU, else MERA's ruMMLU; CheGeKa
-# the local set, else MERA's.
-TABLE_COLUMNS: list[tuple[str, Extractor, set[str]]] = [
-    ("En-MMLU", _metric("mmlu_en", "acc"), {"mmlu_en"}),
-    ("Ru-MMLU", _first(_metric("mmlu_ru", "acc"), _metric("mera_rummlu", "acc")), {"mmlu_ru", "mera_rummlu"}),
-    (
-        "CheGeKa (F1)",
-        _first(_metric("chegeka", "f1"), _metric("mera_chegeka", "f1")),
-        {"chegeka", "mera_chegeka"},
-    ),
-    (
-        "Russian SuperGLUE",
-        lambda results: results.get("groups", {}).get("rsg", {}).get("score"),
-        set(),  # the RSG tasks keep their own columns too
-    ),
+# The paper's columns, in its order. Ru-MMLU is the translated MMLU, else MERA's ruMMLU; CheGeKa the
+# local set, else MERA's. The RSG tasks keep their own columns beside the total.
+TABLE_COLUMNS = [
+    Column("En-MMLU", (("mmlu_en", "acc"),)),
+    Column("Ru-MMLU", (("mmlu_ru", "acc"), ("mera_rummlu", "acc"))),
+    Column("CheGeKa (F1)", (("chegeka", "f1"), ("mera_chegeka", "f1"))),
+    Column("Russian SuperGLUE", group="rsg"),
 ]
 
 
@@ -75,13 +79,24 @@ def load_results(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Row]]:
-    """(column names, one row of values per model); only columns some model has a value for."""
-    columns: list[tuple[str, Extractor]] = []
+    """(column names, one row of values per model); only columns some model has a value for.
+
+    A task behind a paper column loses its own column only when every file with a value for it gave
+    the paper column that value (e.g. `mera_chegeka` stays beside a CheGeKa column from `chegeka`)."""
+    labels: list[str] = []
+    cells: list[list[float | None]] = []  # by column, then by model
     covered: set[str] = set()
-    for label, extract, tasks in TABLE_COLUMNS:
-        if any(extract(r) is not None for _, r in named):
-            columns.append((label, extract))
-            covered |= tasks
+    for column in TABLE_COLUMNS:
+        picked = [column.pick(r) for _, r in named]
+        if all(value is None for value, _ in picked):
+            continue
+        labels.append(column.label)
+        cells.append([value for value, _ in picked])
+        for task, metric in column.sources:
+            pairs = zip(picked, named, strict=True)
+            having = [used for (_, used), (_, r) in pairs if _value(r, task, metric) is not None]
+            if all(used == task for used in having):
+                covered.add(task)
     # Every other task: its main (first) metric, as `vikhr eval` orders them.
     for task in dict.fromkeys(t for _, r in named for t in r["tasks"]):
         if task in covered:
@@ -89,9 +104,10 @@ def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str]
         metrics = next(r["tasks"][task].get("metrics") or {} for _, r in named if task in r["tasks"])
         if metrics:
             metric = next(iter(metrics))
-            columns.append((f"{task} ({metric})", _metric(task, metric)))
-    rows = [[extract(r) for _, extract in columns] for _, r in named]
-    return [label for label, _ in columns], rows
+            labels.append(f"{task} ({metric})")
+            cells.append([r["tasks"].get(task, {}).get("metrics", {}).get(metric) for _, r in named])
+    rows = [list(row) for row in zip(*cells, strict=True)] if cells else [[] for _ in named]
+    return labels, rows
 
 
 def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
@@ -132,7 +148,7 @@ def add_reference(
     """The table with the reference rows below the models' rows. A column only the reference has
     is added: among the paper's columns in their place, any other at the end (the models' cells
     there are empty)."""
-    paper = [label for label, _, _ in TABLE_COLUMNS]
+    paper = [column.label for column in TABLE_COLUMNS]
     named = dict.fromkeys(columns + [c for _, values in reference for c in values])
     ordered = [c for c in paper if c in named] + [c for c in named if c not in paper]
     index = {c: i for i, c in enumerate(columns)}

@@ -249,20 +249,32 @@ def split_reasoning(content: str) -> tuple[str, str]:
     return parts[0].rstrip("\n").split("<think>")[-1].lstrip("\n"), parts[-1].lstrip("\n")
 
 
+def _last_query(messages: list[Message]) -> int:
+    """The index of the user turn Qwen3's template answers with a thinking block: the last one that
+    is not a tool's response wrapped as a user turn; the last message when there is none."""
+    for i in range(len(messages) - 1, -1, -1):
+        content = messages[i].content
+        tool_response = content.startswith("<tool_response>") and content.endswith("</tool_response>")
+        if messages[i].role == "user" and not tool_response:
+            return i
+    return len(messages) - 1
+
+
 def _im_segments(messages: list[Message], for_generation: bool, thinking: bool) -> Segments:
-    """ChatML turns; `thinking`: Qwen3's, with the thinking block on the answer to the last user turn."""
+    """ChatML turns; `thinking`: Qwen3's, with the thinking block on the answers after its last query."""
     start, end = Control(CHATML_START), Control(CHATML_END)
-    last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+    last_query = _last_query(messages) if thinking else -1
     out: Segments = []
     prompt: list[str | Control] = []  # untrained parts gathered up to the next answer
     for i, m in enumerate(messages):
         if m.role == "assistant":
             answer = m.content
-            if thinking and i > last_user:
+            if thinking:
                 reasoning, answer = split_reasoning(m.content)
-                answer = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + answer.lstrip("\n")
-            elif thinking:
-                answer = split_reasoning(m.content)[1]
+                # Qwen3 writes the block on the final answer, and on earlier answers after its last
+                # query only when they carry reasoning.
+                if i > last_query and (i == len(messages) - 1 or reasoning):
+                    answer = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + answer.lstrip("\n")
             out.append(([*prompt, start, "assistant\n"], False))
             out.append(([answer, end], True))
             prompt = ["\n"]
