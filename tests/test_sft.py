@@ -193,6 +193,16 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}]}',
             "message 1: content must be a string",
         ),
+        (
+            '{"messages": [{"role": "user", "content": "a", "reasoning_content": "r"}, '
+            '{"role": "assistant", "content": "b"}]}',
+            "message 1: only an assistant message may carry reasoning_content",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, '
+            '{"role": "assistant", "content": "b", "reasoning_content": ["r"]}]}',
+            "message 2: reasoning_content must be a string, got list",
+        ),
         ('{"text": "no chat"}', 'expected an object with a "messages" list'),
         ('{"messages": [', "not valid JSON"),
     ],

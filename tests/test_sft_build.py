@@ -62,6 +62,31 @@ def test_saiga_messages_with_bot_role_and_system() -> None:
     assert chats[0].id == "saiga.jsonl:1"  # no id field: the record's place
 
 
+def test_reasoning_content_is_kept_in_the_think_form(tmp_path: Path) -> None:
+    """An assistant turn's separate reasoning (Qwen3 / DeepSeek-R1 "reasoning_content") goes into
+    the content before the answer, not lost; on any other turn it makes the record unfit."""
+    path = tmp_path / "r1.jsonl"
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "reasoning_content": "Два и два."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "2+2?", "reasoning_content": "?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        },
+    ]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    items = [item for _, item in read_chats_of(path, "messages")]
+    assert items[0][0].messages[1] == ("assistant", "<think>\nДва и два.\n</think>\n\n4")
+    assert isinstance(items[1], Unfit) and items[1].reason == "bad_record"
+    assert "turn 1: only an assistant message may carry reasoning_content" in str(items[1])
+
+
 def test_sharegpt_conversations_of_openhermes_and_veles() -> None:
     path = FORMATS_DIR / "veles.jsonl"
     assert detect_format(path) == "sharegpt"

@@ -302,6 +302,12 @@ def test_qwen3_answers_with_reasoning_get_the_official_ids(pre_tokenizer: str, t
     assert prompt.ids == _hf_ids(fast, messages[:-1], generation=True)
     text = tok.backend.decode(prompt.ids, skip_special_tokens=False)
     assert text.endswith("<|im_start|>assistant\n" + EMPTY_THINKING)
+    # The same reasoning given apart, as Qwen3's "reasoning_content": the same ids as Qwen3 renders.
+    raw = [{"role": r, "content": c} for r, c in chat]
+    raw[-1] = {"role": "assistant", "content": "Шесть.", "reasoning_content": "Три и три."}
+    assert encode_chat(parse_chat({"messages": raw}), tok, "qwen3").ids == enc.ids
+    official = fast.apply_chat_template(raw, tokenize=True, enable_thinking=False)
+    assert list(official["input_ids"] if isinstance(official, Mapping) else official) == enc.ids
     # The template an HF export carries renders the same.
     from transformers import AutoTokenizer
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
-from vikhr.sft.template import parse_chat
+from vikhr.sft.template import parse_chat, with_reasoning
 
 FORMATS = ("messages", "sharegpt", "alpaca", "nectar")
 ROLE_NAMES = {
@@ -217,7 +217,11 @@ def _messages_turns(raw: Any) -> list[tuple[str, str]]:
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
-        turns.append((_role(m.get("role"), i), _text(m.get("content"), f"turn {i} content")))
+        role, content = _role(m.get("role"), i), _text(m.get("content"), f"turn {i} content")
+        try:
+            turns.append((role, with_reasoning(content, m.get("reasoning_content"), role, i)))
+        except VikhrError as e:
+            raise Unfit("bad_record", str(e).replace("message", "turn", 1)) from None
     return turns
 
 

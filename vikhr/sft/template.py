@@ -2,7 +2,10 @@
 
 A chat is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`: an
 optional system message first, then user and assistant turns alternating, starting with a user
-turn and ending with an assistant turn.
+turn and ending with an assistant turn. An assistant message may carry its reasoning apart, as
+``"reasoning_content"`` (Qwen3's and DeepSeek-R1's field): it is written into the content as
+``<think>\n{reasoning}\n</think>\n\n{answer}``, the form every template trains on (``qwen3``
+turns it into its thinking block).
 
 Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text):
 
@@ -147,6 +150,20 @@ def _a(word: str) -> str:
     return "an" if word == "assistant" else "a"  # the roles: a system, a user, an assistant
 
 
+def with_reasoning(content: str, reasoning: Any, role: str, number: int) -> str:
+    """`content` with an assistant message's separate reasoning (``reasoning_content``; None when
+    absent) written before it in the ``<think>`` form, or VikhrError saying what is wrong."""
+    if reasoning is None:
+        return content
+    if role != "assistant":
+        raise VikhrError(f"message {number}: only an assistant message may carry reasoning_content")
+    if not isinstance(reasoning, str):
+        raise VikhrError(
+            f"message {number}: reasoning_content must be a string, got {type(reasoning).__name__}"
+        )
+    return f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+
+
 def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
     """The messages of one chat record, or VikhrError saying what is wrong (without a location).
 
@@ -166,7 +183,7 @@ def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
             raise VikhrError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
         if not isinstance(content, str):
             raise VikhrError(f"message {i}: content must be a string, got {type(content).__name__}")
-        messages.append(Message(role, content))
+        messages.append(Message(role, with_reasoning(content, m.get("reasoning_content"), role, i)))
     turns = messages[1:] if messages[0].role == "system" else messages
     for i, m in enumerate(turns):
         number = i + 1 + (len(messages) - len(turns))
