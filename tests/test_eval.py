@@ -147,6 +147,15 @@ def test_task_list_parsing() -> None:
     ]
     with pytest.raises(VikhrError, match="unknown task 'mmlu'"):
         parse_task_list("terra,mmlu")
+    # 'all' mixes with names; '-name' (or '-group') leaves tasks out.
+    assert parse_task_list("all,bpc") == list(TASKS)
+    mera = [t for t in TASKS if t.startswith("mera_")]
+    assert parse_task_list("mera,-mera_ruhumaneval") == [t for t in mera if t != "mera_ruhumaneval"]
+    assert parse_task_list("table6,-mera,-rsg") == ["mmlu_en", "mmlu_ru", "chegeka"]
+    with pytest.raises(VikhrError, match="unknown task 'nope'"):
+        parse_task_list("terra,-nope")
+    with pytest.raises(VikhrError, match="leaves no task"):
+        parse_task_list("terra,-terra")
 
 
 # ----------------------------------------------------------------------------------------------------

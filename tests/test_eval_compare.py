@@ -111,7 +111,7 @@ def test_compare_bad_input(tmp_path: Path, capsys: Any) -> None:
     err = one_line_error(["eval", "compare", str(other), *out], capsys)
     assert "other.json has no 'tasks' object" in err and "vikhr eval --output" in err
     err = one_line_error(["eval", "compare", str(good), str(good), *out], capsys)
-    assert "same model name" in err and "NAME=FILE" in err
+    assert "two rows are named 'm'" in err and "NAME=FILE" in err
     assert not (tmp_path / "cmp").exists()
     # `vikhr eval` without a verb still needs --model.
     err = one_line_error(["eval", "--tasks", "terra"], capsys)
@@ -168,7 +168,7 @@ def test_reference_rows_sit_beside_the_models(tmp_path: Path, capsys: Any) -> No
         ("name,En-MMLU\nm,0.5\n", "the first line is not model,<column>"),
         ("model,En-MMLU\nm,0.5,0.1\n", "paper.csv:2: 3 cells, the header has 2"),
         ("model,En-MMLU\nm,high\n", "paper.csv:2: En-MMLU = 'high' is not a number"),
-        ("model,En-MMLU\nvikhr-7b,0.5\n", "two rows have the same model name"),
+        ("model,En-MMLU\nvikhr-7b,0.5\n", "two rows are named 'vikhr-7b'"),
     ],
 )
 def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, message: str) -> None:
@@ -227,3 +227,112 @@ def test_bundled_table6_reads_as_a_reference() -> None:
     empty = {(name, column) for name, values in rows for column, v in values.items() if v is None}
     assert empty == {(n, "En-MMLU") for n, _ in rows[:2]} and "closed-source" in rows[1][0]
     assert all(0 <= v <= 1 for _, values in rows for v in values.values() if v is not None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tasks": {"mmlu_en": [1, 2]}}, "tasks.mmlu_en has no 'metrics' object"),
+        ({"tasks": {"terra": {"metrics": None}}}, "tasks.terra has no 'metrics' object"),
+        (
+            {"tasks": {"terra": {"metrics": {"acc": "0.5"}}}},
+            "tasks.terra.metrics.acc is str '0.5', not a number",
+        ),
+        (
+            {"tasks": {"terra": {"metrics": {"acc": True}}}},
+            "tasks.terra.metrics.acc is bool True, not a number",
+        ),
+        ({"tasks": {}, "groups": []}, "'groups' is not an object of objects"),
+        ({"tasks": {}, "groups": {"rsg": {"score": "x"}}}, "groups.rsg.score is str 'x', not a number"),
+    ],
+)
+def test_results_of_the_wrong_shape_are_one_line(
+    tmp_path: Path, capsys: Any, data: dict, message: str
+) -> None:
+    bad = write(tmp_path / "bad.json", data)
+    good = write(tmp_path / "good.json", results("m", 0.5, None, 0.1, None))
+    out = tmp_path / "cmp"
+    err = one_line_error(["eval", "compare", str(good), str(bad), "--out", str(out)], capsys)
+    assert f"{bad}: {message}" in err or f"{bad} {message}" in err, err
+    assert not out.exists()
+
+
+def test_unknown_scores_are_empty_cells_everywhere(tmp_path: Path) -> None:
+    """NaN and ±inf (MERA's hidden answers; lm-eval's stderr of one document) are no value: `—` in
+    Markdown, an empty CSV cell, no bar — in the paper's columns, other tasks' and the RSG total."""
+    data = results("m", 0.5, None, 0.1, 0.6)
+    data["tasks"]["rucola"]["metrics"]["acc"] = float("nan")
+    data["tasks"]["terra"] = {"metrics": {"acc": float("inf")}}
+    data["groups"]["rsg"]["score"] = float("nan")
+    data["tasks"]["mmlu_en"]["metrics"]["acc"] = float("-inf")
+    other = write(tmp_path / "o.json", results("o", 0.4, None, 0.2, None))
+    out = tmp_path / "cmp"
+    assert (
+        cli_main(["eval", "compare", str(write(tmp_path / "m.json", data)), str(other), "--out", str(out)])
+        == 0
+    )
+    lines = (out / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2] == "| m | — | 0.100 | — | — |" and "nan" not in lines[0] and "inf" not in "".join(lines)
+    assert lines[0] == "| Model | En-MMLU | CheGeKa (F1) | rucola (acc) | terra (acc) |"
+    assert "nan" not in (out / "compare.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model,En-MMLU,En-MMLU\nref,0.4,0.9\n", "paper.csv:1: the column 'En-MMLU' twice"),
+        ("model,En-MMLU,\nref,0.4,\n", "paper.csv:1: an empty column name"),
+        ("model,model\nref,0.4\n", "paper.csv:1: the column 'model' twice"),
+        ("model,En-MMLU\n,0.4\n", "paper.csv:2: the model name is empty"),
+        ("model,En-MMLU\nref,nan\n", "paper.csv:2: En-MMLU = 'nan' is not a number"),
+        ("model,En-MMLU\nref,1e400\n", "paper.csv:2: En-MMLU = '1e400' is not a number"),
+        ('model,En-MMLU\n"ref,0.4\n', "not a readable CSV"),
+    ],
+)
+def test_reference_of_the_wrong_shape_is_one_line(
+    tmp_path: Path, capsys: Any, text: str, message: str
+) -> None:
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    reference = tmp_path / "paper.csv"
+    reference.write_text(text, encoding="utf-8")
+    out = tmp_path / "cmp"
+    err = one_line_error(
+        ["eval", "compare", str(a), "--reference", str(reference), "--out", str(out)], capsys
+    )
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_reference_from_a_spreadsheet_with_a_byte_order_mark(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    reference = tmp_path / "excel.csv"
+    reference.write_bytes("\ufeffmodel,MERA\nПубликация,0.41\n".encode())
+    assert (
+        cli_main(["eval", "compare", str(a), "--reference", str(reference), "--out", str(tmp_path / "c")])
+        == 0
+    )
+    assert "| Публикация | — | — | — | — | — | 0.410 |" in (tmp_path / "c" / "compare.md").read_text(
+        encoding="utf-8"
+    )
+
+
+def test_outputs_appear_together_or_not_at_all(tmp_path: Path, capsys: Any) -> None:
+    """A chart that cannot be written (compare.png is a directory), an --out that is a file, an
+    empty NAME=: one line each, and an earlier comparison's files stay as they were."""
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(a), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "compare.png").unlink()
+    (out / "compare.png").mkdir()
+    b = write(tmp_path / "b.json", results("other", 0.4, 0.3, 0.1, 0.5))
+    err = one_line_error(["eval", "compare", str(a), str(b), "--out", str(out)], capsys)
+    assert "compare.png is a directory" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+        k: v for k, v in before.items() if k != "compare.png"
+    }
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    err = one_line_error(["eval", "compare", str(a), "--out", str(tmp_path / "file")], capsys)
+    assert "is a file: give a directory" in err
+    err = one_line_error(["eval", "compare", "A=", "--out", str(tmp_path / "c2")], capsys)
+    assert "'A=' names no results file" in err

@@ -203,6 +203,11 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             '{"role": "assistant", "content": "b", "reasoning_content": ["r"]}]}',
             "message 2: reasoning_content must be a string, got list",
         ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, '
+            '{"role": "assistant", "content": "X</think>Y", "reasoning_content": "r"}]}',
+            "message 2: a </think> in the content of a message with reasoning_content",
+        ),
         ('{"text": "no chat"}', 'expected an object with a "messages" list'),
         ('{"messages": [', "not valid JSON"),
     ],

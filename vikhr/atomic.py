@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -25,13 +25,23 @@ def write_text(path: str | Path, text: str) -> None:
 @contextlib.contextmanager
 def temporary_path(path: str | Path) -> Iterator[Path]:
     """A temporary file name beside `path` (same suffix) that replaces `path` when the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with temporary_paths([Path(path)]) as (tmp,):
         yield tmp
-        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def temporary_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """Temporary file names beside `paths` that replace them when the block succeeds: every file is
+    written before any is renamed, so a failure leaves the old set whole (a report's table, CSV
+    and chart never disagree)."""
+    temps = [p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix}") for p in paths]
+    try:
+        yield temps
+        for tmp, path in zip(temps, paths, strict=True):
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -62,6 +63,19 @@ def require_writable_dir(path: str | Path, what: str = "output directory") -> Pa
             "permissions)"
         ) from None
     return p
+
+
+def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> Path:
+    """`prefix` as a Path, or VikhrError when it names no file — empty, or a directory ("data/"
+    would write "data/_text_document.bin") — or its directory cannot be written (see
+    require_writable_dir)."""
+    text = str(prefix)
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise VikhrError(
+            f"{what} {text!r} names a directory, not files: give a directory and a name, e.g. data/ru"
+        )
+    require_writable_dir(Path(text).parent, f"{what} directory")
+    return Path(text)
 
 
 def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vikhr import atomic
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, require_output_prefix
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
 WRITABLE_DTYPES = ("uint8", "uint16", "int32")
@@ -263,6 +263,7 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
         raise VikhrError("nothing to merge (give at least one input prefix)")
     for name in names:
         _check_files(name)
+    require_output_prefix(output_prefix)
     if str(output_prefix) in names:
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.data import indexed
-from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.errors import VikhrError, require_output_prefix
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
@@ -158,7 +158,7 @@ def preprocess(
 
     files = expand_inputs(inputs)
     # Refused now rather than after the corpus has been tokenized (the Rust writer makes the parents).
-    require_writable_dir(Path(output_prefix).parent, "--output-prefix directory")
+    require_output_prefix(output_prefix)
     tok = _load_tokenizer(tokenizer_model, tokenizer_type)
     _, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
     if append_eod and tok.eos_id is None:

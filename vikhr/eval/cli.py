@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     if "mera_ruhumaneval" in tasks and not args.allow_code_execution:
         raise VikhrError(
             "task mera_ruhumaneval runs the Python code the model writes (in a resource-limited "
-            "subprocess, not a sandbox); add --allow-code-execution to run it, or leave it out of --tasks"
+            "subprocess, not a sandbox); add --allow-code-execution to run it, or leave it out "
+            "(e.g. --tasks mera,-mera_ruhumaneval)"
         )
     submission = Path(args.mera_submission) if args.mera_submission else None
     if submission is not None and submission.suffix != ".zip":
@@ -148,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tasks",
         default=DEFAULT_TASKS,
         help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), 'mera' "
-        f"(the MERA tasks), 'table6' (the paper's) or 'all' (default {DEFAULT_TASKS}: {DEFAULT_DATA_DIR})",
+        f"(MERA's), 'table6' (the paper's) or 'all'; '-name' leaves one out (default {DEFAULT_TASKS})",
     )
     p.add_argument(
         "--data-dir",

@@ -11,20 +11,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.atomic import temporary_path, write_text
+from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError
 
 Row = list[float | None]  # one model's values, in the table's column order
 
 
 def _value(results: dict[str, Any], task: str, metric: str) -> float | None:
+    """A metric of the results: a finite number, or None (NaN, ±inf: not known)."""
     value = results["tasks"].get(task, {}).get("metrics", {}).get(metric)
-    return None if value is None or value != value else value  # NaN: a score MERA keeps hidden
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -56,26 +58,67 @@ TABLE_COLUMNS = [
 ]
 
 
+_RESULTS_LAYOUT = (
+    "expected the output of 'vikhr eval --output' "
+    '({"model": ..., "tasks": {name: {"metrics": {metric: number}}}, "groups": {...}})'
+)
+
+
+def _number(value: Any, where: str) -> float | None:
+    """A metric value: a finite number, or None (null, NaN or ±inf: a score not known, as MERA's
+    hidden test answers give); VikhrError naming `where` for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VikhrError(f"{where} is {type(value).__name__} {value!r}, not a number; {_RESULTS_LAYOUT}")
+    return float(value) if math.isfinite(value) else None
+
+
+def _clean_results(path: Path, results: Any) -> dict[str, Any]:
+    """The parts of a results file compare reads — tasks' metrics, groups' scores, the model —
+    checked (one-line VikhrError naming the file and key) and with unknown scores as None."""
+    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
+        raise VikhrError(f"{path} has no 'tasks' object: {_RESULTS_LAYOUT}")
+    tasks: dict[str, Any] = {}
+    for task, entry in results["tasks"].items():
+        metrics = entry.get("metrics", {}) if isinstance(entry, dict) else None
+        if not isinstance(metrics, dict):
+            raise VikhrError(f"{path}: tasks.{task} has no 'metrics' object; {_RESULTS_LAYOUT}")
+        tasks[task] = {
+            "metrics": {m: _number(v, f"{path}: tasks.{task}.metrics.{m}") for m, v in metrics.items()}
+        }
+    groups = results.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise VikhrError(f"{path}: 'groups' is not an object of objects; {_RESULTS_LAYOUT}")
+    return {
+        "model": results.get("model"),
+        "tasks": tasks,
+        "groups": {
+            g: {"score": _number(v.get("score"), f"{path}: groups.{g}.score")} for g, v in groups.items()
+        },
+    }
+
+
 def load_results(spec: str) -> tuple[str, dict[str, Any]]:
-    """`NAME=FILE` or `FILE` (named after the model directory) -> (name, results of `vikhr eval --output`)."""
+    """`NAME=FILE` or `FILE` (named after the model directory) -> (name, the checked results of
+    `vikhr eval --output`: tasks' metrics and groups' scores, unknown ones None)."""
     name, _, file = spec.rpartition("=")
+    if not file:
+        raise VikhrError(f"{spec!r} names no results file (give NAME=FILE or FILE)")
     path = Path(file)
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VikhrError(
             f"results file not found: {path} (pass the JSON written by 'vikhr eval --output')"
         ) from None
+    except IsADirectoryError:
+        raise VikhrError(f"{path} is a directory, not a results file; {_RESULTS_LAYOUT}") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise VikhrError(
-            f"{path} is not a JSON file ({e}); expected the output of 'vikhr eval --output'"
-        ) from e
-    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
-        raise VikhrError(
-            f"{path} has no 'tasks' object: expected the output of 'vikhr eval --output' "
-            '({"model": ..., "tasks": {name: {"metrics": {...}}}})'
-        )
-    return name or Path(str(results.get("model", path.stem))).name or path.stem, results
+        raise VikhrError(f"{path} is not a JSON file ({e}); {_RESULTS_LAYOUT}") from e
+    results = _clean_results(path, raw)
+    model = results["model"] if isinstance(results["model"], str) else path.stem
+    return name or Path(model).name or path.stem, results
 
 
 def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Row]]:
@@ -105,25 +148,34 @@ def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str]
         if metrics:
             metric = next(iter(metrics))
             labels.append(f"{task} ({metric})")
-            cells.append([r["tasks"].get(task, {}).get("metrics", {}).get(metric) for _, r in named])
+            cells.append([_value(r, task, metric) for _, r in named])
     rows = [list(row) for row in zip(*cells, strict=True)] if cells else [[] for _ in named]
     return labels, rows
 
 
 def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
     """Rows of a reference CSV: header `model,<column>,...` (the columns as compare.csv names them,
-    e.g. `En-MMLU`, or any other such as `MERA`), one model per line, values as numbers or empty."""
+    e.g. `En-MMLU`, or any other such as `MERA`), one model per line, values as numbers or empty.
+    A UTF-8 byte-order mark (a spreadsheet's export) is allowed."""
     layout = "expected a CSV with the header model,<column>,... and numbers or empty cells (as compare.csv)"
     try:
-        with path.open(encoding="utf-8", newline="") as f:
-            lines = list(csv.reader(f))
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            lines = list(csv.reader(f, strict=True))
     except FileNotFoundError:
         raise VikhrError(f"reference file not found: {path} ({layout})") from None
+    except IsADirectoryError:
+        raise VikhrError(f"{path} is a directory, not a reference CSV ({layout})") from None
     except UnicodeDecodeError as e:
         raise VikhrError(f"{path} is not UTF-8 text ({e}); {layout}") from e
+    except csv.Error as e:
+        raise VikhrError(f"{path}: not a readable CSV ({e}); {layout}") from None
     if not lines or not lines[0] or lines[0][0].strip() != "model" or len(lines[0]) < 2:
         raise VikhrError(f"{path}: the first line is not model,<column>,...; {layout}")
     columns = [c.strip() for c in lines[0][1:]]
+    bad = next((c for i, c in enumerate(columns) if not c or c == "model" or c in columns[:i]), None)
+    if bad is not None:
+        what = "an empty column name" if not bad else f"the column {bad!r} twice"
+        raise VikhrError(f"{path}:1: {what}; {layout}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not any(cell.strip() for cell in line):
@@ -132,12 +184,16 @@ def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
             raise VikhrError(
                 f"{path}:{number}: {len(line)} cells, the header has {len(columns) + 1}; {layout}"
             )
+        if not line[0].strip():
+            raise VikhrError(f"{path}:{number}: the model name is empty; {layout}")
         values: dict[str, float | None] = {}
         for column, cell in zip(columns, line[1:], strict=True):
             try:
                 values[column] = float(cell) if cell.strip() else None
             except ValueError:
-                raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}") from None
+                values[column] = math.nan
+            if values[column] is not None and not math.isfinite(values[column]):
+                raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}")
         rows.append((line[0].strip(), values))
     return rows
 
@@ -212,29 +268,42 @@ def bar_chart(
     ax.legend(fontsize="small", ncol=1 + len(names) // 8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with temporary_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(out, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
     """Write compare.md, compare.csv and compare.png to `out_dir` (with the rows of each reference
-    CSV below the models'); returns (Markdown, paths)."""
+    CSV below the models'); returns (Markdown, paths). The three appear together or not at all."""
+    if not str(out_dir) or out_dir.is_file():
+        raise VikhrError(
+            f"--out {str(out_dir)!r} is {'a file' if str(out_dir) else 'empty'}: give a directory"
+        )
     named = [load_results(s) for s in specs]
     reference_rows = [row for path in references for row in load_reference(path)]
     names = [n for n, _ in named] + [n for n, _ in reference_rows]
-    if len(set(names)) != len(names):
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
         raise VikhrError(
-            f"two rows have the same model name ({', '.join(names)}): label results files NAME=FILE "
+            f"two rows are named {', '.join(map(repr, twice))}: label results files NAME=FILE "
             "and give reference rows other names"
         )
     columns, rows = add_reference(*comparison_table(named), reference_rows)
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(names, columns, rows)
+    markdown, table = to_markdown(names, columns, rows), to_csv(names, columns, rows)
     paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]
-    write_text(paths[0], markdown)
-    write_text(paths[1], to_csv(names, columns, rows))
-    bar_chart(names, columns, rows, paths[2], reference_rows=len(reference_rows))
+    blocked = [p for p in paths if p.is_dir()]
+    if blocked:
+        raise VikhrError(f"{blocked[0]} is a directory: move it away, or give another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with temporary_paths(paths) as temps:
+            temps[0].write_text(markdown, encoding="utf-8")
+            temps[1].write_text(table, encoding="utf-8")
+            bar_chart(names, columns, rows, temps[2], reference_rows=len(reference_rows))
+    except OSError as e:
+        raise VikhrError(f"cannot write {out_dir}: {e.strerror or e} (give a writable --out)") from None
     return markdown, paths

@@ -230,18 +230,22 @@ TASK_GROUPS["table6"] = ["mmlu_en", "mmlu_ru", "chegeka", *TASK_GROUPS["rsg"], *
 
 
 def parse_task_list(tasks: str) -> list[str]:
-    """Task names from a comma-separated list ('all': every task; 'rsg', 'mera', 'table6': TASK_GROUPS)."""
+    """Task names from a comma-separated list: names, groups ('all' and TASK_GROUPS), and names or
+    groups after a '-' to leave out ("table6,-mera_ruhumaneval")."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    choices = f"choose from {', '.join(TASKS)} (or 'all', {', '.join(repr(g) for g in TASK_GROUPS)})"
+    groups = {"all": list(TASKS), **TASK_GROUPS}
+    choices = f"choose from {', '.join(TASKS)} (or {', '.join(map(repr, groups))}; '-name' leaves one out)"
     if not names:
         raise VikhrError(f"--tasks is empty; {choices}")
-    if names == ["all"]:
-        return list(TASKS)
-    expanded = [t for n in names for t in TASK_GROUPS.get(n, [n])]
-    unknown = [n for n in expanded if n not in TASKS]
+    chosen = [t for n in names if not n.startswith("-") for t in groups.get(n, [n])]
+    left_out = {t for n in names if n.startswith("-") for t in groups.get(n[1:], [n[1:]])}
+    unknown = [n for n in [*chosen, *left_out] if n not in TASKS]
     if unknown:
         raise VikhrError(f"unknown task {unknown[0]!r} in --tasks; {choices}")
-    return list(dict.fromkeys(expanded))
+    kept = [t for t in dict.fromkeys(chosen) if t not in left_out]
+    if not kept:
+        raise VikhrError(f"--tasks {tasks!r} leaves no task; {choices}")
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------------

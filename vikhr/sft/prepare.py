@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vikhr.data import indexed
-from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import sft_datasets, sft_files
 from vikhr.sft.template import encode_chat, load_chat_tokenizer, read_chats, template_token_ids
 from vikhr.tokenizer.corpus import corpus_sha256
@@ -58,9 +58,9 @@ def prepare_sft(
 
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
+    require_output_prefix(output_prefix)
     tok = load_chat_tokenizer(tokenizer, template)
     paths = sft_files(output_prefix)
-    require_writable_dir(paths["meta"].parent, "--output-prefix directory")
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
     tmp_meta = paths["meta"].with_name(paths["meta"].name + f".tmp{os.getpid()}")
     text_writer = indexed.IndexedWriter(
