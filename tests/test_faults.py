@@ -508,6 +508,26 @@ _BAD_INPUTS = [
     ),
     ("tokenizer compare --tokenizer {tok} --texts {dir}/nope --out {dir}/o", "not found", "o"),
     ("tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --max-chars 0", "must be positive", "o"),
+    (
+        "tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --heldout-percent 150",
+        "--heldout-percent: expected a percentage between 0 and 100",
+        "o",
+    ),
+    (
+        "tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --heldout-percent nan",
+        "expected a percentage",
+        "o",
+    ),
+    (
+        "tokenizer compare --tokenizer {tok} --texts a={ru} --texts a={ru} --out {dir}/o --max-chars 20k",
+        "two text sets have the same name",
+        "o",
+    ),
+    (
+        "tokenizer compare --tokenizer {tok} --texts {dir}/empty --split all --out {dir}/o",
+        "has no lines in split 'all' (the file has no text under the key)",
+        "o",
+    ),
     ("tokenizer compare --tokenizer {tok} --texts {ru} --out {ro}/o", "is not writable", None),
     (
         "adapt-vocab --model {dir}/nope --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o",

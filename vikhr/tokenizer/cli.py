@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vikhr.errors import VikhrError
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, parse_budget
 
 
@@ -65,11 +66,11 @@ def _register_train(tsub: Any) -> None:
     tr.add_argument("--text-key", default="text", help="JSON field holding the text (default: text)")
     tr.add_argument(
         "--max-chars-per-file",
-        type=parse_budget,
+        type=_budget,
         default=parse_budget("20M"),
         help="default character budget per corpus file, sampled evenly (default 20M)",
     )
-    tr.add_argument("--heldout-percent", type=float, default=DEFAULT_HELDOUT_PERCENT)
+    tr.add_argument("--heldout-percent", type=_percent, default=DEFAULT_HELDOUT_PERCENT)
     tr.add_argument("--pad-to-multiple", type=int, default=128, help="recorded in the manifest")
     tr.add_argument("--character-coverage", type=float, default=0.9999)
     tr.add_argument(
@@ -93,6 +94,25 @@ def _register_train(tsub: Any) -> None:
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=_train)
+
+
+def _budget(text: str) -> int:
+    """parse_budget for argparse: its error becomes the subcommand's usage line."""
+    try:
+        return parse_budget(text)
+    except VikhrError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _percent(text: str) -> float:
+    """A share of documents in percent, strictly between 0 and 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage between 0 and 100 (exclusive), got {text!r}")
+    return value
 
 
 def _register_compare(tsub: Any) -> None:
@@ -125,8 +145,8 @@ def _register_compare(tsub: Any) -> None:
         "manifest.json), all of the others. The report says per figure whether the tokenizer trained on "
         "the set ('no': a left-out corpus)",
     )
-    cp.add_argument("--heldout-percent", type=float, default=DEFAULT_HELDOUT_PERCENT)
-    cp.add_argument("--max-chars", type=parse_budget, default=parse_budget("2M"), help="per text set")
+    cp.add_argument("--heldout-percent", type=_percent, default=DEFAULT_HELDOUT_PERCENT)
+    cp.add_argument("--max-chars", type=_budget, default=parse_budget("2M"), help="per text set")
     cp.set_defaults(func=_compare)
 
 

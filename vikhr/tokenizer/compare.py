@@ -94,7 +94,8 @@ def load_text_set(
         name = Path(path).name.removesuffix(".gz").removesuffix(".zst").removesuffix(".jsonl")
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
-        raise VikhrError(f"text set {path} has no lines in split '{split}' (try --split all)")
+        hint = "the file has no text under the key" if split == "all" else "try --split all"
+        raise VikhrError(f"text set {path} has no lines in split '{split}' ({hint})")
     return TextSet(name, path, lines, split, corpus_sha256(path))
 
 
@@ -270,6 +271,8 @@ def compare(
         return "heldout" if corpus_sha256(_split_label(spec)[1]) in trained else "all"
 
     sets = [load_text_set(s, text_key, split_of(s), heldout_percent, max_chars) for s in text_specs]
+    if len({s.name for s in sets}) != len(sets):
+        raise VikhrError("two text sets have the same name; label them as NAME=FILE")
     results = [
         measure(t, s)
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
