@@ -437,6 +437,39 @@ def test_keep_last_removes_older_steps_only(tmp_path: Path, monkeypatch: pytest.
     assert len(warnings) == 1 and "step_000005" in warnings[0] and "keep_last" in warnings[0]
 
 
+def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A process killed while it filled an output directory leaves its hidden temporary directory;
+    the next output_dir for that path removes it — not another host's, nor a live process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from vikhr.atomic import output_dir
+
+    out = tmp_path / "converted"
+    child = (
+        "import os, signal, sys\n"
+        "from vikhr.atomic import output_dir\n"
+        "with output_dir(sys.argv[1]) as work:\n"
+        "    (work / 'shard.bin').write_bytes(b'0' * 1024)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", child, str(out)], timeout=60)
+    assert killed.returncode == -9
+    (left,) = tmp_path.glob(".converted.tmp-*")
+    assert (left / "shard.bin").is_file() and not out.exists()
+    host = socket.gethostname()
+    elsewhere = tmp_path / f".converted.tmp-999999@other-{host}@x"  # a dead pid, but on another host
+    live = tmp_path / f".converted.tmp-{os.getpid()}@{host}@y"
+    for kept in (elsewhere, live):
+        kept.mkdir()
+    with output_dir(out) as work:
+        (work / "config.json").write_text("{}", encoding="utf-8")
+    assert not left.exists() and elsewhere.is_dir() and live.is_dir()
+    assert (out / "config.json").is_file()
+
+
 def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
     saved_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

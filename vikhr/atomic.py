@@ -7,8 +7,10 @@ temporary directory beside the target and renamed over it at the end (removed on
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,12 +46,43 @@ def temporary_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
             tmp.unlink(missing_ok=True)
 
 
+def _temporary_prefix(path: Path) -> str:
+    """The start of the names of `path`'s temporary directories: who made it (process and host),
+    so that a later run can tell the leftovers of a killed one from a live one's work."""
+    return f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}@"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary directories of `path` that processes of this host, since gone (killed:
+    a clean failure removes its own), left beside it: a killed 7B conversion leaves ~15 GB there.
+    Another host's (a shared file system) or a running process's are left alone."""
+    host, removed = socket.gethostname(), []
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*@*@*"):
+        pid, _, rest = entry.name.removeprefix(f".{path.name}.tmp-").partition("@")
+        if pid.isdigit() and rest.partition("@")[0] == host and not _alive(int(pid)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def output_dir(path: str | Path) -> Iterator[Path]:
-    """A private directory to fill; on success it replaces `path` (an existing one is removed)."""
+    """A private directory to fill; on success it replaces `path` (an existing one is removed).
+    What killed runs left for `path` is removed first (see remove_stale_temporaries)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    work = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
         yield work
         os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
