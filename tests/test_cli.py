@@ -124,3 +124,23 @@ def test_doctor_names_a_missing_package_and_the_modules_it_stops(tmp_path: Path)
     # The rest of the report is still there: doctor reports, it does not stop at the first problem.
     assert "vikhr._core (Rust)" in proc.stdout and "csrc ops" in proc.stdout and "not built" in proc.stdout
     assert "vikhr modules" not in proc.stdout
+
+
+def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:
+    """An OSError a verb did not foresee (a full disk, a place that turned read-only) ends the run
+    with one line naming the path, exit status 2, not a traceback."""
+    import errno
+
+    from vikhr import cli
+    from vikhr.eval import compare
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/compare.md")
+
+    monkeypatch.setattr(compare, "compare", full_disk)
+    assert cli.main(["eval", "compare", "x.json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "vikhr eval: error: cannot access /data/out/compare.md: No space left on device "
+        "(check the path, its permissions and the free space)"
+    ]

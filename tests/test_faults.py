@@ -516,6 +516,12 @@ def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
 _BAD_INPUTS = [
     ("tokenizer train --corpus {dir}/nope.jsonl --out {dir}/o", "corpus file not found", "o"),
     ("tokenizer train --corpus {dir}/folder --out {dir}/o", "not a regular file", "o"),
+    (
+        "tokenizer train --corpus {dir}/empty --out {dir}/o",
+        "the training split of the corpora has no text",
+        "o",
+    ),
+    ("tokenizer train --corpus {dir}/lines.jsonl --out {dir}/o", "lines.jsonl:1: not valid JSON", "o"),
     ("tokenizer train --corpus {ru} --out {dir}/o --vocab-size 0", "--vocab-size 0 is too small", "o"),
     (
         "tokenizer train --corpus {ru} --out {dir}/o --pad-to-multiple 0",
@@ -631,6 +637,11 @@ _BAD_INPUTS = [
         "--gpus must be >= 1",
         None,
     ),
+    (
+        "pretrain --dry-run --gpus -1 'data.train=[{{prefix: x}}]' data.seq_len=128",
+        "--gpus must be >= 1",
+        None,
+    ),
     ("pretrain --dry-run --gpu-memory-gb 0 'data.train=[{{prefix: x}}]' data.seq_len=128", "positive", None),
     ("sft prepare --input {dir}/nope --tokenizer {tok} --output-prefix {dir}/o", "not found", "o_sft.json"),
     (
@@ -668,6 +679,7 @@ _BAD_INPUTS = [
     ("convert hf-to-megatron {dir}/empty {dir}/o", "not found or not a directory", "o"),
     ("convert hf-to-megatron {hf} {dir}/o", "config.json is not valid JSON", "o"),
     ("convert hf-to-megatron {hf} {dir}/o --tp -1", "must be at least 1", "o"),
+    ("convert hf-to-megatron {hfcfg} {ro}/o", "is not writable", None),
     ("convert megatron-to-hf {dir}/nope {dir}/o", "no vikhr checkpoint", "o"),
     ("convert megatron-to-hf {dir}/folder {dir}/o", "no vikhr checkpoint", "o"),
     ("eval --model {dir}/nope --tasks bpc", "model directory not found", None),
@@ -676,6 +688,8 @@ _BAD_INPUTS = [
     ("eval --model {hf} --tasks nonsense", "unknown task 'nonsense'", None),
     ("eval --model {hf} --tasks bpc --batch-size 0", "--batch-size", None),
     ("eval --model {hf} --tasks bpc --max-length 0", "--max-length must be positive", None),
+    ("eval --model {hf} --tasks bpc --max-length -1", "--max-length must be positive", None),
+    ("eval --model {hf} --tasks bpc --limit 0", "--limit must be positive", None),
     ("eval --model {hf} --tasks terra --num-fewshot -1", "--num-fewshot must be >= 0", None),
     (
         "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o "
@@ -693,6 +707,7 @@ _BAD_INPUTS = [
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The placeholders of _BAD_INPUTS: a folder of bad inputs beside a few good ones."""
+    import json
     import os
 
     from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE, RU_SEED_CHATS
@@ -708,6 +723,11 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "x.bin").write_bytes(np.random.default_rng(0).integers(128, 256, 300, dtype=np.uint8).tobytes())
     (d / "hf").mkdir()
     (d / "hf" / "config.json").write_text("{bad")
+    (d / "hfcfg").mkdir()  # a good config.json, no weights: checks that come before any tensor is read
+    from vikhr.convert.mistral import model_config_to_hf_config
+    from vikhr.model.config import preset
+
+    (d / "hfcfg" / "config.json").write_text(json.dumps(model_config_to_hf_config(preset("tiny"))))
     write_indexed(d / "ds", [[1, 2, 3], [4, 5]], "uint16")
     write_indexed(d / "flipped", [[1, 2, 3], [4, 5]], "uint16")
     _flip(d / "flipped.idx", 17, b"\x01")
@@ -718,6 +738,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "chats": str(RU_SEED_CHATS),
         "ds": str(d / "ds"),
         "hf": str(d / "hf"),
+        "hfcfg": str(d / "hfcfg"),
         "ro": "/sys" if os.geteuid() == 0 else str(_locked(d)),
         "pre": f"--tokenizer-type SentencePieceTokenizer --tokenizer-model {MISTRAL_TOKENIZER}",
     }

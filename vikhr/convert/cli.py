@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="convert checkpoints between HF and Megatron (any tensor-parallel size)",
-        description="Convert HF Mistral/Llama safetensors checkpoints to vikhr's megatron-core checkpoints "
-        "and back. Logits of the converted model match transformers'.",
+        description="Convert HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoints to vikhr's megatron-core "
+        "checkpoints and back. Logits of the converted model match transformers'.",
     )
     conv = p.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
     a = conv.add_parser("hf-to-megatron", help="HF directory -> vikhr checkpoint directory")

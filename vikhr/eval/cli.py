@@ -59,11 +59,13 @@ def _run(args: argparse.Namespace) -> int:
             f"--data-dir {data_dir} not found (it should hold mmlu-en/, mmlu-ru/, terra/, rucola/, chgk/, "
             "xquad-ru/, russian-superglue/, mera/)"
         )
-    for flag, value in (("--max-length", args.max_length), ("--num-fewshot", args.num_fewshot)):
-        if value is not None and value < (1 if flag == "--max-length" else 0):
-            raise VikhrError(
-                f"{flag} must be {'positive' if flag == '--max-length' else '>= 0'}, got {value}"
-            )
+    for flag, value, least in (
+        ("--max-length", args.max_length, 1),
+        ("--limit", args.limit, 1),
+        ("--num-fewshot", args.num_fewshot, 0),
+    ):
+        if value is not None and value < least:
+            raise VikhrError(f"{flag} must be {'positive' if least else '>= 0'}, got {value}")
     if "mera_ruhumaneval" in tasks and not args.allow_code_execution:
         raise VikhrError(
             "task mera_ruhumaneval runs the Python code the model writes (in a resource-limited "
@@ -171,7 +173,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "others 0)",
     )
     _add_running_options(p)
-    p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap draws for MCC/BPC stderr")
+    p.add_argument(
+        "--bootstrap-iters",
+        type=int,
+        default=1000,
+        help="bootstrap draws for the stderr of MCC (default 1000)",
+    )
     p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot sampling (default 1234)")
     p.add_argument(
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
