@@ -193,6 +193,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mera-submission", help="write MERA's submission archive (.zip) of the mera_* tasks' answers here"
     )
     p.set_defaults(func=_run)
+    _register_compare(p)
+
+
+def _register_compare(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="eval_command", metavar="{compare}")
     c = verbs.add_parser(
         "compare",
