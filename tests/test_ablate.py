@@ -58,6 +58,10 @@ def _write(path: Path, cfg: dict) -> Path:
         ({"arms": [{"name": "m", "slerp_t": 0.5}]}, "needs both slerp_of and slerp_t"),
         ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key arms[0].kl_weight must be >= 0, got -1"),
         ({"seeds": []}, "config key seeds must have at least 1 item, got []"),
+        (
+            {"train": {"save_every": True}},
+            "config key train.save_every: expected a number, not a yes/no value",
+        ),
         ({"arms": [{"name": "a/b"}]}, "config key arms[0].name: String should match pattern"),
         ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
     ],

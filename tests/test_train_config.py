@@ -105,6 +105,24 @@ def test_nan_and_infinity_are_refused(tmp_path: Path, dataset: str, key: str, va
     assert "finite" in str(e.value) or "positive" in str(e.value) or ">=" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("checkpoint.keep_last=true", "checkpoint.keep_last"),
+        ("optim.lr=yes", "optim.lr"),
+        ("train.steps=false", "train.steps"),
+        ("kl.weight=true", "kl.weight"),
+    ],
+)
+def test_a_yes_no_value_is_not_a_number(tmp_path: Path, dataset: str, override: str, key: str) -> None:
+    """YAML's true/yes/false are not read as 1 or 0 where a number belongs (pydantic's lax mode
+    would); a yes/no key still takes them."""
+    with pytest.raises(VikhrError) as e:
+        load_config(_config(tmp_path, dataset), [override])
+    assert str(e.value).startswith(f"config key {key}: expected a number, not a yes/no value, got ")
+    assert load_config(_config(tmp_path, dataset), ["logging.tensorboard=false"]).logging.tensorboard is False
+
+
 def test_dataset_weight_must_be_finite(tmp_path: Path, dataset: str) -> None:
     with pytest.raises(VikhrError, match=r"config key data.train\[0\].weight must be a finite number"):
         load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {dataset}, weight: .inf}}]"])

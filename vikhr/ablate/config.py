@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import pydantic
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -28,10 +27,11 @@ from pydantic import (
     PositiveInt,
 )
 
+from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 
 
-class _Section(BaseModel):
+class _Section(ConfigSection):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
+from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 from vikhr.sft.sources import FORMATS
 from vikhr.sft.template import TEMPLATES
@@ -28,7 +29,7 @@ from vikhr.sft.template import TEMPLATES
 Fraction = Field(default=None, gt=0, le=1)
 
 
-class _Section(BaseModel):
+class _Section(ConfigSection):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 

@@ -28,7 +28,6 @@ from typing import Annotated, Any, Literal
 import pydantic
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -37,6 +36,7 @@ from pydantic import (
     PositiveInt,
 )
 
+from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
@@ -48,7 +48,7 @@ KLDirection = Literal[KL_DIRECTIONS]  # type: ignore[valid-type]  # the op's own
 _MODEL_SHAPE = pydantic.TypeAdapter(ModelConfig)
 
 
-class _Section(BaseModel):
+class _Section(ConfigSection):
     # Unknown keys are errors; numbers read as text ("1e-4" in YAML 1.1) are converted; NaN and
     # infinities are refused everywhere (no key of this config means anything with them).
     model_config = ConfigDict(
