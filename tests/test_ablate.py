@@ -62,6 +62,7 @@ def _write(path: Path, cfg: dict) -> Path:
             {"train": {"save_every": True}},
             "config key train.save_every: expected a number, not a yes/no value",
         ),
+        ({"seeds": [True, 2]}, "config key seeds: expected a number, not a yes/no value"),
         ({"arms": [{"name": "a/b"}]}, "config key arms[0].name: String should match pattern"),
         ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
     ],

@@ -439,13 +439,14 @@ def test_keep_last_removes_older_steps_only(tmp_path: Path, monkeypatch: pytest.
 
 def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path) -> None:
     """A process killed while it filled an output directory leaves its hidden temporary directory;
-    the next output_dir for that path removes it — not another host's, nor a live process's."""
+    the next output_dir for that path removes it — not another host's, nor a live process's, nor a
+    locked one (a writer in another PID namespace of this host), nor another output's."""
+    import fcntl
     import os
-    import socket
     import subprocess
     import sys
 
-    from vikhr.atomic import output_dir
+    from vikhr.atomic import _host_tag, output_dir
 
     out = tmp_path / "converted"
     child = (
@@ -457,17 +458,25 @@ def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path
     )
     killed = subprocess.run([sys.executable, "-c", child, str(out)], timeout=60)
     assert killed.returncode == -9
-    (left,) = tmp_path.glob(".converted.tmp-*")
-    assert (left / "shard.bin").is_file() and not out.exists()
-    host = socket.gethostname()
-    elsewhere = tmp_path / f".converted.tmp-999999@other-{host}@x"  # a dead pid, but on another host
-    live = tmp_path / f".converted.tmp-{os.getpid()}@{host}@y"
-    for kept in (elsewhere, live):
-        kept.mkdir()
-    with output_dir(out) as work:
-        (work / "config.json").write_text("{}", encoding="utf-8")
-    assert not left.exists() and elsewhere.is_dir() and live.is_dir()
-    assert (out / "config.json").is_file()
+    (left,) = (p for p in tmp_path.glob(".converted.tmp-*") if p.is_dir())
+    assert (left / "shard.bin").is_file() and left.with_name(left.name + ".lock").is_file()
+    dead = 999_999_999  # above any pid_max: no such process
+    kept = [
+        tmp_path / f".converted.tmp-{dead}@0123456789@x",  # another host
+        tmp_path / f".converted.tmp-{os.getpid()}@{_host_tag()}@y",  # a live process
+        tmp_path / f".converted.tmp-{dead}@{_host_tag()}@z",  # locked: alive in another namespace
+        tmp_path / f".converted2.tmp-{dead}@{_host_tag()}@w",  # another output's
+    ]
+    for directory in kept:
+        directory.mkdir()
+    with open(kept[2].with_name(kept[2].name + ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with output_dir(out) as work:
+            (work / "config.json").write_text("{}", encoding="utf-8")
+    assert not left.exists() and not left.with_name(left.name + ".lock").exists()
+    assert all(directory.is_dir() for directory in kept)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert [p.name for p in tmp_path.glob(".converted.tmp-*.lock")] == [kept[2].name + ".lock"]
 
 
 def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
@@ -557,6 +566,12 @@ _BAD_INPUTS = [
         "expected a percentage",
         "o",
     ),
+    (
+        "tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --heldout-percent 0",
+        "(exclusive)",
+        "o",
+    ),
+    ("tokenizer train --corpus {ru} --out {dir}/o --heldout-percent 100", "up to (not including) 100", "o"),
     (
         "tokenizer compare --tokenizer {tok} --texts a={ru} --texts a={ru} --out {dir}/o --max-chars 20k",
         "two text sets have the same name",
@@ -673,6 +688,7 @@ _BAD_INPUTS = [
     ("sft prepare --input {chats} --tokenizer {tok} --output-prefix ''", "names a directory", None),
     ("data preprocess --input {ru} {pre} --output-prefix {dir}/", "names a directory", "_text_document.bin"),
     ("data merge --inputs {ds} --output-prefix {dir}/", "names a directory", ".bin"),
+    ("data merge --inputs {ds} --output-prefix {dir}/.", "names a directory", "._text_document.bin"),
     ("sft show {dir}/nope --tokenizer {tok}", "SFT dataset file not found", None),
     ("sft train --config {dir}/bad.yaml", "is not valid YAML", None),
     ("convert hf-to-megatron {dir}/nope {dir}/o", "not found or not a directory", "o"),

@@ -84,6 +84,10 @@ def test_reasoning_content_is_kept_in_the_think_form(tmp_path: Path) -> None:
     items = [item for _, item in read_chats_of(path, "messages")]
     assert items[0][0].messages[1] == ("assistant", "<think>\nДва и два.\n</think>\n\n4")
     assert isinstance(items[1], Unfit) and items[1].reason == "bad_record"
+    # An empty reasoning_content, on any turn, is nothing to keep (converted sets put it everywhere).
+    from vikhr.sft.template import with_reasoning
+
+    assert with_reasoning("hi", "", "user", 1) == "hi" and with_reasoning("4", "", "assistant", 2) == "4"
     assert "turn 1: only an assistant message may carry reasoning_content" in str(items[1])
 
 

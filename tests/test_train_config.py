@@ -112,6 +112,9 @@ def test_nan_and_infinity_are_refused(tmp_path: Path, dataset: str, key: str, va
         ("optim.lr=yes", "optim.lr"),
         ("train.steps=false", "train.steps"),
         ("kl.weight=true", "kl.weight"),
+        ("optim.betas=[false,0.95]", "optim.betas"),
+        ("debug.nonfinite_at_steps=[true]", "debug.nonfinite_at_steps"),
+        ("model.overrides={num_layers: true}", "model.overrides.num_layers"),
     ],
 )
 def test_a_yes_no_value_is_not_a_number(tmp_path: Path, dataset: str, override: str, key: str) -> None:

@@ -7,7 +7,9 @@ temporary directory beside the target and renamed over it at the end (removed on
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -46,10 +48,19 @@ def temporary_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
             tmp.unlink(missing_ok=True)
 
 
+def _host_tag() -> str:
+    """This host, briefly (a host name may be 64 characters; a file name only 255)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10]
+
+
 def _temporary_prefix(path: Path) -> str:
     """The start of the names of `path`'s temporary directories: who made it (process and host),
     so that a later run can tell the leftovers of a killed one from a live one's work."""
-    return f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}@"
+    return f".{path.name}.tmp-{os.getpid()}@{_host_tag()}@"
+
+
+def _lock_of(work: Path) -> Path:
+    return work.with_name(work.name + ".lock")
 
 
 def _alive(pid: int) -> bool:
@@ -62,15 +73,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unlocked(work: Path) -> bool:
+    """Whether no process holds `work`'s lock: a writer in another PID namespace of this host (a
+    container) is alive though its pid is not ours to see. No lock file: none was taken."""
+    try:
+        with open(_lock_of(work), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return True
+    except OSError:  # held, or locks unsupported here: keep it
+        return False
+    return True
+
+
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporary directories of `path` that processes of this host, since gone (killed:
     a clean failure removes its own), left beside it: a killed 7B conversion leaves ~15 GB there.
-    Another host's (a shared file system) or a running process's are left alone."""
-    host, removed = socket.gethostname(), []
+    Another host's (a shared file system), a running process's, or a locked one are left alone."""
+    removed = []
     for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*@*@*"):
         pid, _, rest = entry.name.removeprefix(f".{path.name}.tmp-").partition("@")
-        if pid.isdigit() and rest.partition("@")[0] == host and not _alive(int(pid)) and entry.is_dir():
+        if entry.name.endswith(".lock") or not pid.isdigit() or rest.partition("@")[0] != _host_tag():
+            continue
+        if entry.is_dir() and not _alive(int(pid)) and _unlocked(entry):
             shutil.rmtree(entry, ignore_errors=True)
+            _lock_of(entry).unlink(missing_ok=True)
             removed.append(entry)
     return removed
 
@@ -84,7 +111,10 @@ def output_dir(path: str | Path) -> Iterator[Path]:
     remove_stale_temporaries(path)
     work = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
-        yield work
+        with open(_lock_of(work), "w") as lock:  # held while the directory is filled (see _unlocked)
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield work
         os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
         if path.exists():
             shutil.rmtree(path)
@@ -92,3 +122,5 @@ def output_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        _lock_of(work).unlink(missing_ok=True)

@@ -70,7 +70,7 @@ def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> 
     would write "data/_text_document.bin") — or its directory cannot be written (see
     require_writable_dir)."""
     text = str(prefix)
-    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+    if not text or text.endswith(("/", os.sep, "/.", "/..")) or text in (".", ".."):
         raise VikhrError(
             f"{what} {text!r} names a directory, not files: give a directory and a name, e.g. data/ru"
         )

@@ -38,6 +38,8 @@ def _compare(args: argparse.Namespace) -> int:
     from vikhr.assets import PAPER_TABLE6
     from vikhr.eval.compare import compare
 
+    if not args.out.strip():
+        raise VikhrError("--out is empty: give the directory for compare.md, compare.csv and compare.png")
     references = [Path(r) for r in args.reference] + ([PAPER_TABLE6] if args.paper else [])
     markdown, paths = compare(args.results, Path(args.out), references)
     print(markdown, end="")

@@ -71,7 +71,10 @@ def _number(value: Any, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise VikhrError(f"{where} is {type(value).__name__} {value!r}, not a number; {_RESULTS_LAYOUT}")
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an integer too large for a float
+        return None
 
 
 def _clean_results(path: Path, results: Any) -> dict[str, Any]:
@@ -189,11 +192,11 @@ def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
         values: dict[str, float | None] = {}
         for column, cell in zip(columns, line[1:], strict=True):
             try:
-                values[column] = float(cell) if cell.strip() else None
+                value = float(cell) if cell.strip() else None
             except ValueError:
-                values[column] = math.nan
-            if values[column] is not None and not math.isfinite(values[column]):
-                raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}")
+                raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}") from None
+            # nan/inf (a score not known, as an earlier compare.csv may hold it): an empty cell.
+            values[column] = value if value is not None and math.isfinite(value) else None
         rows.append((line[0].strip(), values))
     return rows
 
@@ -277,10 +280,8 @@ def bar_chart(
 def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
     """Write compare.md, compare.csv and compare.png to `out_dir` (with the rows of each reference
     CSV below the models'); returns (Markdown, paths). The three appear together or not at all."""
-    if not str(out_dir) or out_dir.is_file():
-        raise VikhrError(
-            f"--out {str(out_dir)!r} is {'a file' if str(out_dir) else 'empty'}: give a directory"
-        )
+    if out_dir.is_file():
+        raise VikhrError(f"--out {out_dir} is a file: give a directory")
     named = [load_results(s) for s in specs]
     reference_rows = [row for path in references for row in load_reference(path)]
     names = [n for n, _ in named] + [n for n, _ in reference_rows]

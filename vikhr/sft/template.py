@@ -152,8 +152,9 @@ def _a(word: str) -> str:
 
 def with_reasoning(content: str, reasoning: Any, role: str, number: int) -> str:
     """`content` with an assistant message's separate reasoning (``reasoning_content``; None when
-    absent) written before it in the ``<think>`` form, or VikhrError saying what is wrong."""
-    if reasoning is None:
+    absent) written before it in the ``<think>`` form, or VikhrError saying what is wrong. An empty
+    one, on any message (converted datasets put it on every turn), is nothing to keep."""
+    if reasoning is None or reasoning == "":
         return content
     if role != "assistant":
         raise VikhrError(f"message {number}: only an assistant message may carry reasoning_content")

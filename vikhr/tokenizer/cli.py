@@ -70,7 +70,12 @@ def _register_train(tsub: Any) -> None:
         default=parse_budget("20M"),
         help="default character budget per corpus file, sampled evenly (default 20M)",
     )
-    tr.add_argument("--heldout-percent", type=_percent, default=DEFAULT_HELDOUT_PERCENT)
+    tr.add_argument(
+        "--heldout-percent",
+        type=_train_percent,
+        default=DEFAULT_HELDOUT_PERCENT,
+        help=f"documents kept out of training, by id hash (default {DEFAULT_HELDOUT_PERCENT:g}; 0: none)",
+    )
     tr.add_argument("--pad-to-multiple", type=int, default=128, help="recorded in the manifest")
     tr.add_argument("--character-coverage", type=float, default=0.9999)
     tr.add_argument(
@@ -104,15 +109,21 @@ def _budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _percent(text: str) -> float:
-    """A share of documents in percent, strictly between 0 and 100."""
+def _percent(text: str, least_exclusive: bool = True) -> float:
+    """A share of documents in percent, below 100 and above 0 (or from 0 when not `least_exclusive`)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage between 0 and 100 (exclusive), got {text!r}")
+    if not (0 < value < 100 if least_exclusive else 0 <= value < 100):
+        low = "between 0 and 100 (exclusive)" if least_exclusive else "from 0 up to (not including) 100"
+        raise argparse.ArgumentTypeError(f"expected a percentage {low}, got {text!r}")
     return value
+
+
+def _train_percent(text: str) -> float:
+    """Training may keep no documents out (0: train on all of them)."""
+    return _percent(text, least_exclusive=False)
 
 
 def _register_compare(tsub: Any) -> None:

@@ -86,12 +86,20 @@ class TextSet:
     sha256: str = ""
 
 
+def text_set_name(spec: str) -> str:
+    """`NAME=FILE`'s NAME, or FILE's name without its JSONL/compression suffixes."""
+    name, path = _split_label(spec)
+    return (
+        name
+        if name is not None
+        else Path(path).name.removesuffix(".gz").removesuffix(".zst").removesuffix(".jsonl")
+    )
+
+
 def load_text_set(
     spec: str, text_key: str, split: Split, heldout_percent: float, max_chars: int | None
 ) -> TextSet:
-    name, path = _split_label(spec)
-    if name is None:
-        name = Path(path).name.removesuffix(".gz").removesuffix(".zst").removesuffix(".jsonl")
+    name, path = text_set_name(spec), _split_label(spec)[1]
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
         hint = "the file has no text under the key" if split == "all" else "try --split all"
@@ -270,9 +278,9 @@ def compare(
             return split
         return "heldout" if corpus_sha256(_split_label(spec)[1]) in trained else "all"
 
-    sets = [load_text_set(s, text_key, split_of(s), heldout_percent, max_chars) for s in text_specs]
-    if len({s.name for s in sets}) != len(sets):
+    if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")
+    sets = [load_text_set(s, text_key, split_of(s), heldout_percent, max_chars) for s in text_specs]
     results = [
         measure(t, s)
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,8 +36,9 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
 )
+from pydantic_core import PydanticCustomError
 
-from vikhr.config_section import ConfigSection
+from vikhr.config_section import ConfigSection, refuse_yes_no
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
@@ -277,6 +279,12 @@ def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
     for k in m.overrides:
         if k not in known:
             raise VikhrError(f"unknown config key 'model.overrides.{k}'{suggest(k, known)}")
+    types = typing.get_type_hints(ModelConfig)
+    for k, v in m.overrides.items():
+        try:
+            refuse_yes_no(v, types[k])
+        except PydanticCustomError as e:
+            raise VikhrError(f"config key model.overrides.{k}: {e.message()}, got {v!r}") from None
     try:
         mcfg = m.shape()
     except pydantic.ValidationError as e:
