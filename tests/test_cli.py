@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 from vikhr.cli import COMMAND_MODULES, build_parser
 
@@ -141,6 +143,25 @@ def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:
     assert cli.main(["eval", "compare", "x.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "vikhr eval: error: cannot access /data/out/compare.md: No space left on device "
+        "vikhr eval compare: error: cannot access /data/out/compare.md: No space left on device "
         "(check the path, its permissions and the free space)"
     ]
+
+
+def test_errors_name_the_verb_they_belong_to(capsys) -> None:
+    """An error line starts with the whole verb (`vikhr sft prepare`), and an option a verb does
+    not know points at that verb's --help, not at `vikhr --help`."""
+    from vikhr import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["convert", "hf-to-megatron", "a", "--out", "b"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "vikhr convert hf-to-megatron: error: unrecognized arguments: --out "
+        "(see 'vikhr convert hf-to-megatron --help')"
+    )
+    assert (
+        cli.main(["sft", "prepare", "--input", "nope.jsonl", "--tokenizer", "nope", "--output-prefix", "o/x"])
+        == 2
+    )
+    assert capsys.readouterr().err.startswith("vikhr sft prepare: error: ")

@@ -232,7 +232,7 @@ def test_bad_chat_is_one_error_line_naming_file_and_line(
     )
     assert rc == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"vikhr sft: error: {chats}:4: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"vikhr sft prepare: error: {chats}:4: "), err
     assert message in lines[0]
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
 
@@ -269,7 +269,7 @@ def test_chats_are_read_compressed_and_other_encodings_refused(
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert (
-        lines[0].startswith(f"vikhr sft: error: {cp1251}:1: not UTF-8")
+        lines[0].startswith(f"vikhr sft prepare: error: {cp1251}:1: not UTF-8")
         and "re-encode it as UTF-8" in lines[0]
     )
 
@@ -641,7 +641,7 @@ def test_bad_sft_config_is_one_line_before_allocation(
     rc, _, err = _cli(capfd, "sft", "train", "--config", str(config), override)
     assert rc == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vikhr sft: error: ") and message in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("vikhr sft train: error: ") and message in lines[0], err
     assert not (tmp_path / "run").exists()
 
 
@@ -652,7 +652,7 @@ def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest
     rc, _, err = _cli(capfd, "sft", "train", "--config", str(config))
     assert rc == 2
     assert err.strip().splitlines() == [
-        f"vikhr sft: error: config key data.train[0].prefix: SFT dataset file not found: "
+        f"vikhr sft train: error: config key data.train[0].prefix: SFT dataset file not found: "
         f"{tmp_path}/half_mask_document.bin (see vikhr sft prepare)"
     ]
 

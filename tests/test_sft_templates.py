@@ -405,7 +405,9 @@ def test_llama3_refuses_a_tokenizer_without_its_header_tokens(
     argv = ["sft", "prepare", "--input", str(RU_SEED_CHATS), "--tokenizer", str(qwen)]
     rc = main([*argv, "--output-prefix", str(out / "x"), "--template", "llama3", "--no-progress"])
     err = capfd.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("vikhr sft: error: ") and missing in err[0], err
+    assert (
+        rc == 2 and len(err) == 1 and err[0].startswith("vikhr sft prepare: error: ") and missing in err[0]
+    ), err
     assert not out.exists()
 
 

@@ -66,22 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)parser of the verb `args` chose, e.g. the one of `vikhr sft prepare`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest:
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _chosen_parser(chosen, args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
     except VikhrError as e:  # raised by an argument's own parser (e.g. a character budget)
         print_error_line(f"vikhr: error: {e}")
         return 2
+    verb = _chosen_parser(parser, args)
+    if extras:  # named by the verb they were given to, with its --help
+        verb.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.func(args) or 0)
     except VikhrError as e:
-        print_error_line(f"vikhr {args.command}: error: {e}")
+        print_error_line(f"{verb.prog}: error: {e}")
         return 2
     except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
         where = f" {e.filename}" if e.filename else ""
         print_error_line(
-            f"vikhr {args.command}: error: cannot access{where}: {e.strerror or e} "
+            f"{verb.prog}: error: cannot access{where}: {e.strerror or e} "
             "(check the path, its permissions and the free space)"
         )
         return 2
