@@ -77,7 +77,7 @@ def _unlocked(work: Path) -> bool:
     """Whether no process holds `work`'s lock: a writer in another PID namespace of this host (a
     container) is alive though its pid is not ours to see. No lock file: none was taken."""
     try:
-        with open(_lock_of(work), "a") as f:
+        with open(_lock_of(work), "r+") as f:  # never creates it
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except FileNotFoundError:
         return True

@@ -474,6 +474,8 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
 
     import_megatron_core()
     ab = Ablation(cfg)
+    trained = [a for a in cfg.arms if a.slerp_of is None]
+    merged = [a for a in cfg.arms if a.slerp_of is not None]
     settings = ab.settings()
     if not (resume and ab.restore(settings)):
         if resume:
@@ -487,7 +489,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
         ab.continued_data()
         ab.save_state(settings)
     else:
-        removed = ab.prune_unrecorded_runs([a for a in cfg.arms if a.slerp_of is None])
+        removed = ab.prune_unrecorded_runs(trained)
         if removed:
             print(
                 f"vikhr ablate: --resume: removed {len(removed)} unfinished run "
@@ -497,8 +499,6 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     shutil.rmtree(ab.work / "starts", ignore_errors=True)  # rebuilt on demand (cheap, deterministic)
     base_cached = ab.base_was_cached(ab.base_model())
     base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
-    trained = [a for a in cfg.arms if a.slerp_of is None]
-    merged = [a for a in cfg.arms if a.slerp_of is not None]
     runs: list[RunResult] = []
     with tqdm(total=len(cfg.seeds) * len(cfg.arms), desc="arms", disable=not show_progress) as bar:
         for seed in cfg.seeds:

@@ -162,7 +162,7 @@ def with_reasoning(content: str, reasoning: Any, role: str, number: int) -> str:
         raise VikhrError(
             f"message {number}: reasoning_content must be a string, got {type(reasoning).__name__}"
         )
-    if reasoning and "</think>" in reasoning + content:
+    if "</think>" in reasoning + content:
         # Written together, the text around that tag would be split as reasoning and answer anew.
         where = "reasoning_content" if "</think>" in reasoning else "content"
         raise VikhrError(
@@ -170,7 +170,7 @@ def with_reasoning(content: str, reasoning: Any, role: str, number: int) -> str:
             "of a message with reasoning_content (give the reasoning in one place: the field, or "
             "<think>…</think> in the content)"
         )
-    return f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+    return f"<think>\n{reasoning}\n</think>\n\n{content}"
 
 
 def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
