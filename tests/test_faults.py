@@ -437,6 +437,28 @@ def test_keep_last_removes_older_steps_only(tmp_path: Path, monkeypatch: pytest.
     assert len(warnings) == 1 and "step_000005" in warnings[0] and "keep_last" in warnings[0]
 
 
+def test_optimizer_state_range_is_cut_from_the_saved_pieces() -> None:
+    """A DP rank's part of a distributed optimizer's state is assembled from the pieces other DP
+    layouts saved: any overlap, in any order, with the scalar step taken once; a range that no
+    piece covers is one error naming the parameter and the elements."""
+    import torch
+
+    from vikhr.train import checkpoint
+
+    full = torch.arange(10.0)
+    pieces = [
+        {"name": "w", "start": s, "end": e, "tensors": {"exp_avg": full[s:e] * 2, "step": torch.tensor(7.0)}}
+        for s, e in ((6, 10), (0, 3), (3, 6))
+    ]
+    got = checkpoint._state_range(pieces, 2, 8, "w")
+    assert torch.equal(got["exp_avg"], full[2:8] * 2) and float(got["step"]) == 7.0
+    assert torch.equal(checkpoint._state_range(pieces, 0, 10, "w")["exp_avg"], full * 2)
+    with pytest.raises(VikhrError, match=r"^ckpt, w: no optimizer state for elements 3\.\.8 "):
+        checkpoint._state_range([p for p in pieces if p["start"] != 3], 1, 8, "ckpt, w")
+    with pytest.raises(VikhrError, match=r"elements 10\.\.12"):
+        checkpoint._state_range(pieces, 4, 12, "w")
+
+
 def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path) -> None:
     """A process killed while it filled an output directory leaves its hidden temporary directory;
     the next output_dir for that path removes it — not another host's, nor a live process's, nor a

@@ -188,31 +188,40 @@ def test_kill_and_resume_matches_uninterrupted(
     assert valid[8] == reference_valid[8]
 
 
+DISTRIBUTED = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}
+
+
+@pytest.fixture(scope="module")
+def distributed_run(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DP=2 job of `parallel_runs` with optim.distributed (8 steps, a checkpoint at step 4)."""
+    run_dir = tmp_path_factory.mktemp("distributed") / "run"
+    proc = _launch(write_config(run_dir.parent / "c.yaml", corpus, run_dir, optim=DISTRIBUTED), 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir
+
+
 @pytest.mark.distributed
 def test_distributed_optimizer_matches_and_resumes_exactly(
-    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+    corpus: dict[str, str], parallel_runs: dict[str, Path], distributed_run: Path, tmp_path: Path
 ) -> None:
     """optim.distributed shards the optimizer state over DP=2: the losses are the replicated
     optimizer's (up to the float rounding of the grad norm summed by shards), each DP rank
-    saves its own shard, and kill + resume reproduces the uninterrupted run bit for bit."""
-    distributed = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}
-    whole = tmp_path / "whole" / "run"
-    whole.parent.mkdir()
-    proc = _launch(write_config(whole.parent / "c.yaml", corpus, whole, optim=distributed), 2)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    train, _ = read_metrics(whole)
+    saves its own part, and kill + resume reproduces the uninterrupted run bit for bit."""
+    train, _ = read_metrics(distributed_run)
     replicated, _ = read_metrics(parallel_runs["dp2"])
     assert sorted(train) == sorted(replicated)
     for step in sorted(train):
         for key in ("loss", "ce", "kl", "grad_norm"):
             assert train[step][key] == pytest.approx(replicated[step][key], rel=1e-5), (step, key)
-    assert sorted(p.name for p in (whole / "step_000004").glob("optim_*")) == [
-        "optim_tp00_dp000.pt",
-        "optim_tp00_dp001.pt",
-    ]
+    step_dir = distributed_run / "step_000004"
+    assert sorted(p.name for p in step_dir.glob("optim_*")) == ["optim_tp00_dp000.pt", "optim_tp00_dp001.pt"]
+    # Together the parts hold 12 B per parameter (fp32 weights and two moments), the weights file
+    # 4 B: no part drags in the whole parameter buffer its fp32 main weights are views of.
+    optim_bytes = sum(p.stat().st_size for p in step_dir.glob("optim_*"))
+    assert optim_bytes < 3.3 * (step_dir / "model_tp00.safetensors").stat().st_size
 
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=distributed)
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=DISTRIBUTED)
     killed = _launch(config, 2, "debug.kill_at_step=6")
     assert killed.returncode != 0 and (run_dir / "latest").read_text().strip() == "step_000004"
     wrong = _launch(config, 2, "optim.distributed=false")
@@ -221,11 +230,55 @@ def test_distributed_optimizer_matches_and_resumes_exactly(
     resumed = _launch(config, 2, "checkpoint.keep_last=1")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "step_000004" in resumed.stderr
+    assert "processes" not in resumed.stderr  # same layout: the saved RNG states are restored
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000008"]  # keep_last=1
     after, _ = read_metrics(run_dir)
     for step in sorted(train):
         for key in ("loss", "ce", "kl", "lr", "grad_norm"):
             assert after[step][key] == train[step][key], (step, key)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("optimizer", ["replicated", "distributed"])
+def test_resume_on_another_number_of_processes(
+    corpus: dict[str, str],
+    parallel_runs: dict[str, Path],
+    distributed_run: Path,
+    optimizer: str,
+    tmp_path: Path,
+) -> None:
+    """A node lost or added: a checkpoint saved by 2 processes resumes on 1, and one saved by 1 on
+    2. The optimizer state is redistributed over the new DP ranks (with optim.distributed, each
+    rank's part is cut from the pieces the old ranks saved), so steps 5-8 are those of the
+    uninterrupted DP=2 run, up to the float rounding of another DP size."""
+    optim = DISTRIBUTED if optimizer == "distributed" else {}
+    whole = distributed_run if optimizer == "distributed" else parallel_runs["dp2"]
+    shrunk, grown = tmp_path / "shrunk", tmp_path / "grown"
+    proc = _launch(
+        write_config(tmp_path / "shrunk.yaml", corpus, shrunk, optim=optim),
+        1,
+        f"checkpoint.resume={whole / 'step_000004'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "saved by 2 processes, this run has 1" in proc.stderr
+    config = write_config(tmp_path / "grown.yaml", corpus, grown, optim=optim)
+    assert _launch(config, 1, "debug.kill_at_step=6").returncode != 0
+    proc = _launch(config, 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "saved by 1 process, this run has 2" in proc.stderr and "step_000004" in proc.stderr
+    reference, reference_valid = read_metrics(whole)
+    for run_dir in (shrunk, grown):
+        train, valid = read_metrics(run_dir)
+        for step in (5, 6, 7, 8):
+            for key in ("loss", "ce", "kl", "lr"):
+                assert train[step][key] == pytest.approx(reference[step][key], rel=2e-5, abs=2e-6), (
+                    run_dir.name,
+                    step,
+                    key,
+                )
+            assert train[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4)
+        for key in ("loss_ru", "loss_en"):
+            assert valid[8][key] == pytest.approx(reference_valid[8][key], rel=2e-5), (run_dir.name, key)
 
 
 def test_recompute_trains_to_the_same_losses(

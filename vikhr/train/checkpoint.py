@@ -6,7 +6,8 @@ Layout of `<checkpoint.dir>`:
         meta.json               step, consumed samples, TP/DP layout, model shape, config
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
         optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
-        optim_tp00_dp000.pt     with optim.distributed: each DP rank's shard of it (same DP size to resume)
+        optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges
+                                of named parameters (so a resume may use another number of DP ranks)
         rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
 
 All ranks write into `step_000020.tmp/` and fsync their files; rank 0 fsyncs the directory,
@@ -132,19 +133,92 @@ def _inner_optimizers(optimizer: Any) -> list[Any]:
 
 
 def is_distributed_optimizer(optimizer: Any) -> bool:
-    return any(hasattr(o, "get_parameter_state_dp_reshardable") for o in _inner_optimizers(optimizer))
+    return any(hasattr(o, "gbuf_ranges") for o in _inner_optimizers(optimizer))
 
 
-def _mark_unpadded(shard: dict[Any, Any]) -> dict[Any, Any]:
-    """megatron 0.16's `get_parameter_state_dp_reshardable` lists only real parameters but its
-    loader expects each entry to say whether it is bucket padding: say so (it never is)."""
-    for gbuf_idx, by_dtype in shard.items():
-        if isinstance(gbuf_idx, int):
-            for buckets in by_dtype.values():
-                for bucket in buckets:
-                    for entry in bucket:
-                        entry.setdefault("padding", False)
-    return shard
+def _owned_ranges(inner: Any) -> list[tuple[torch.nn.Parameter, int, int]]:
+    """The (parameter, first element, end element) pieces a distributed optimizer holds on this DP rank."""
+    return [
+        (param, ranges["param"].start, ranges["param"].end)
+        for by_dtype in inner.gbuf_ranges
+        for buckets in by_dtype.values()
+        for bucket in buckets
+        for param, ranges in bucket["param_map"].items()
+    ]
+
+
+def _optimizer_pieces(inner: Any, names: dict[torch.nn.Parameter, str]) -> list[dict[str, Any]]:
+    """This DP rank's part of a distributed optimizer's state: per parameter piece its name, element
+    range and tensors (fp32 main weights, Adam moments, step). The layout does not depend on how
+    many DP ranks share the state, so a run can resume on another number of them."""
+    pieces = []
+    for param, start, end in _owned_ranges(inner):
+        tensors = inner._get_main_param_and_optimizer_states(param)
+        own = {key: _alone_in_storage(value.detach()) for key, value in tensors.items()}
+        pieces.append({"name": names[param], "start": start, "end": end, "tensors": own})
+    return pieces
+
+
+def _alone_in_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, copied when it is a view into a larger storage: torch.save writes whole storages,
+    and without bf16 the fp32 main weights are views into the model's whole parameter buffer.
+    (Tensors stay on their device: torch.save moves one storage at a time to the host.)"""
+    if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
+        return tensor
+    return tensor.clone()
+
+
+def _state_range(pieces: list[dict[str, Any]], start: int, end: int, where: str) -> dict[str, torch.Tensor]:
+    """Elements [start, end) of one parameter's optimizer state, cut from the saved pieces."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    at = start
+    for piece in sorted(pieces, key=lambda p: p["start"]):
+        if piece["end"] <= at or piece["start"] >= end:
+            continue
+        if piece["start"] > at:
+            break  # a gap: reported below
+        lo, hi = at - piece["start"], min(end, piece["end"]) - piece["start"]
+        for key, tensor in piece["tensors"].items():
+            parts.setdefault(key, []).append(tensor if tensor.dim() == 0 else tensor[lo:hi])
+        at = piece["start"] + hi
+    if at != end:
+        raise VikhrError(
+            f"{where}: no optimizer state for elements {at}..{end} (the checkpoint is incomplete: "
+            "resume from another step, or start from its weights with model.init)"
+        )
+    return {key: ts[0] if ts[0].dim() == 0 else torch.cat(ts) for key, ts in parts.items()}
+
+
+def _load_distributed_optimizer(optimizer: Any, model: torch.nn.Module, step_dir: Path, tp_rank: int) -> None:
+    """Give each inner optimizer of this rank its part of the state saved by the checkpoint's DP
+    ranks (however many there were), read lazily: only the elements this rank owns are loaded."""
+    saved_dp = int(read_meta(step_dir)["dp"])
+    files = [
+        torch.load(step_dir / _optimizer_file(tp_rank, d), map_location="cpu", weights_only=True, mmap=True)
+        for d in range(saved_dp)
+    ]
+    names = {param: canonical_name(name) for name, param in model.named_parameters()}
+    for i, inner in enumerate(_inner_optimizers(optimizer)):
+        if "pieces" not in files[0][i]:
+            raise VikhrError(
+                f"checkpoint {step_dir} keeps its optimizer state in the per-DP-rank bucket layout of "
+                f"earlier vikhr versions, which this one does not read: start a new run from its "
+                f"weights (model.init={step_dir})"
+            )
+        inner.load_state_dict(files[0][i]["common"])
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for saved in files:
+            for piece in saved[i]["pieces"]:
+                by_name.setdefault(piece["name"], []).append(piece)
+        with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
+            for param, start, end in _owned_ranges(inner):
+                name = names[param]
+                tensors = _state_range(by_name.get(name, []), start, end, f"checkpoint {step_dir}, {name}")
+                inner._set_main_param_and_optimizer_states(param, tensors)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _optimizer_file(tp_rank: int, dp_rank: int | None) -> str:
@@ -229,9 +303,10 @@ def _write_rank_files(
     if dp_rank == 0:
         written.append(tmp / f"model_tp{tp_rank:02d}.safetensors")
         save_file(model_tensors(model), str(written[-1]))
-    if is_distributed_optimizer(optimizer):  # every DP rank holds its own shard of the state
+    if is_distributed_optimizer(optimizer):  # every DP rank holds its own part of the state
+        names = {param: canonical_name(name) for name, param in model.named_parameters()}
         shards = [
-            {"common": o.state_dict(), "shard": o.get_parameter_state_dp_reshardable()}
+            {"common": o.state_dict(), "pieces": _optimizer_pieces(o, names)}
             for o in _inner_optimizers(optimizer)
         ]
         written.append(tmp / _optimizer_file(tp_rank, dp_rank))
@@ -404,7 +479,6 @@ def resume(
     optimizer: Any,
     tp_rank: int,
     tp_size: int,
-    dp_rank: int,
     rank: int,
     world: int,
     expected: dict[str, Any] | None = None,
@@ -413,7 +487,10 @@ def resume(
     """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
 
     `runtime`: this run's {"device": "cuda" | "cpu", "params_dtype": ...}; a checkpoint saved with
-    others is refused (optimizer formats and RNG states differ between them)."""
+    others is refused (optimizer formats and RNG states differ between them). The number of
+    processes may differ from the run that saved it (same TP, another DP): the optimizer state is
+    redistributed over the DP ranks, and the RNG states stay as seeded by this start (a rank's saved
+    state belongs to a layout that no longer exists); a warning says so."""
     meta = read_meta(step_dir)
     for key, now in (runtime or {}).items():
         then = meta.get(key)  # absent in checkpoints from before it was recorded
@@ -423,11 +500,6 @@ def resume(
                 f"and RNG states do not carry over; resume with the same {key}, or start a new run "
                 f"from its weights (model.init={step_dir})"
             )
-    if meta["world_size"] != world:
-        raise VikhrError(
-            f"checkpoint {step_dir} was saved by {meta['world_size']} processes; resume with the same "
-            f"world size (this run has {world})"
-        )
     distributed = is_distributed_optimizer(optimizer)
     if bool(meta.get("distributed_optimizer", False)) != distributed:
         raise VikhrError(
@@ -436,22 +508,22 @@ def resume(
         )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
-        # On the CPU, whatever device saved it: state tensors saved on cuda:N would
-        # otherwise load onto cuda:N, another process's GPU (or none); load_state_dict moves them.
-        shards = torch.load(
-            step_dir / _optimizer_file(tp_rank, dp_rank), map_location="cpu", weights_only=True
-        )
-        for inner, state in zip(_inner_optimizers(optimizer), shards, strict=True):
-            inner.load_state_dict(state["common"])
-            with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
-                inner.load_parameter_state_from_dp_reshardable(_mark_unpadded(state["shard"]))
-            # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
-            # Adam then increments once per parameter: give each its own.
+        _load_distributed_optimizer(optimizer, model, step_dir, tp_rank)
+        # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
+        # Adam then increments once per parameter: give each its own.
+        for inner in _inner_optimizers(optimizer):
             for param_state in inner.optimizer.state.values():
                 if isinstance(param_state.get("step"), torch.Tensor):
                     param_state["step"] = param_state["step"].clone()
     else:
         state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state)
-    _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
+    if meta["world_size"] == world:
+        _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
+    else:
+        warn(
+            f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])}, this run has {world}: "
+            f"the optimizer state is redistributed over {world // tp_size} data-parallel ranks; the "
+            "random states start from train.seed (dropout draws differ from an uninterrupted run)"
+        )
     return meta

@@ -362,7 +362,6 @@ class Trainer:
             self.optimizer,
             env.tp_rank,
             env.tp_size,
-            env.dp_rank,
             env.rank,
             env.world_size,
             self.model_cfg.to_dict(),
