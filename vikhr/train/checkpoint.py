@@ -189,32 +189,62 @@ def _state_range(pieces: list[dict[str, Any]], start: int, end: int, where: str)
     return {key: ts[0] if ts[0].dim() == 0 else torch.cat(ts) for key, ts in parts.items()}
 
 
-def _load_distributed_optimizer(optimizer: Any, model: torch.nn.Module, step_dir: Path, tp_rank: int) -> None:
-    """Give each inner optimizer of this rank its part of the state saved by the checkpoint's DP
-    ranks (however many there were), read lazily: only the elements this rank owns are loaded."""
-    saved_dp = int(read_meta(step_dir)["dp"])
-    files = [
-        torch.load(step_dir / _optimizer_file(tp_rank, d), map_location="cpu", weights_only=True, mmap=True)
-        for d in range(saved_dp)
-    ]
+def _load_distributed_optimizer(
+    optimizer: Any, model: torch.nn.Module, step_dir: Path, tp_rank: int, saved_dp: int
+) -> None:
+    """Give each inner optimizer of this rank its part of the state saved by the checkpoint's
+    `saved_dp` DP ranks (however many this run has): the old ranks' files are read one at a time,
+    keeping only the elements this rank owns."""
+    inners = _inner_optimizers(optimizer)
     names = {param: canonical_name(name) for name, param in model.named_parameters()}
-    for i, inner in enumerate(_inner_optimizers(optimizer)):
-        if "pieces" not in files[0][i]:
+    owned = [{names[param]: (start, end) for param, start, end in _owned_ranges(inner)} for inner in inners]
+    common: list[Any] = [None] * len(inners)
+    kept: list[dict[str, list[dict[str, Any]]]] = [{} for _ in inners]
+    for d in range(saved_dp):
+        path = step_dir / _optimizer_file(tp_rank, d)
+        parts = _read_optimizer_part(path)
+        if len(parts) != len(inners) or any("pieces" not in part for part in parts):
             raise VikhrError(
-                f"checkpoint {step_dir} keeps its optimizer state in the per-DP-rank bucket layout of "
-                f"earlier vikhr versions, which this one does not read: start a new run from its "
-                f"weights (model.init={step_dir})"
+                f"{path} does not hold this run's optimizer parts ({len(inners)} optimizers, each as "
+                f"named pieces; earlier vikhr checkpoints keep another layout): start a new run "
+                f"from its weights (model.init={step_dir})"
             )
-        inner.load_state_dict(files[0][i]["common"])
-        by_name: dict[str, list[dict[str, Any]]] = {}
-        for saved in files:
-            for piece in saved[i]["pieces"]:
-                by_name.setdefault(piece["name"], []).append(piece)
+        for i, part in enumerate(parts):
+            if common[i] is None:  # the same on every DP rank: hyperparameters, step counts
+                common[i] = part["common"]
+            for piece in part["pieces"]:
+                start, end = owned[i].get(piece["name"], (0, 0))
+                lo, hi = max(start, piece["start"]), min(end, piece["end"])
+                if lo < hi:  # a copy: the file's storage is released after this loop
+                    cut = {
+                        k: t.clone() if t.dim() == 0 else t[lo - piece["start"] : hi - piece["start"]].clone()
+                        for k, t in piece["tensors"].items()
+                    }
+                    kept[i].setdefault(piece["name"], []).append({"start": lo, "end": hi, "tensors": cut})
+        del parts
+    for i, inner in enumerate(inners):
+        inner.load_state_dict(common[i])
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
             for param, start, end in _owned_ranges(inner):
-                name = names[param]
-                tensors = _state_range(by_name.get(name, []), start, end, f"checkpoint {step_dir}, {name}")
+                where = f"checkpoint {step_dir}, {names[param]}"
+                tensors = _state_range(kept[i].get(names[param], []), start, end, where)
+                needed = inner._get_main_param_and_optimizer_states(param).keys() - tensors.keys()
+                if needed:
+                    raise VikhrError(
+                        f"{where}: the saved optimizer state lacks {sorted(needed)} (saved with "
+                        f"{sorted(tensors)}): resume with the optimizer that saved it, or start from "
+                        f"its weights (model.init={step_dir})"
+                    )
                 inner._set_main_param_and_optimizer_states(param, tensors)
+
+
+def _read_optimizer_part(path: Path) -> list[dict[str, Any]]:
+    """A DP rank's optimizer file, memory-mapped where the file system allows (only the elements
+    touched are read), else read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _processes(n: int) -> str:
@@ -508,7 +538,8 @@ def resume(
         )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
-        _load_distributed_optimizer(optimizer, model, step_dir, tp_rank)
+        saved_dp = int(meta.get("dp", meta["world_size"] // meta["tp"]))
+        _load_distributed_optimizer(optimizer, model, step_dir, tp_rank, saved_dp)
         # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
         # Adam then increments once per parameter: give each its own.
         for inner in _inner_optimizers(optimizer):
@@ -521,9 +552,10 @@ def resume(
     if meta["world_size"] == world:
         _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
     else:
+        spread = f"the optimizer state is redistributed over {world // tp_size} data-parallel ranks; "
         warn(
             f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])}, this run has {world}: "
-            f"the optimizer state is redistributed over {world // tp_size} data-parallel ranks; the "
-            "random states start from train.seed (dropout draws differ from an uninterrupted run)"
+            f"{spread if distributed else ''}the random states start from train.seed (dropout draws "
+            "differ from an uninterrupted run)"
         )
     return meta
