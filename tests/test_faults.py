@@ -488,6 +488,9 @@ class _LayoutOptimizer:
         self.restored[param] = tensors
 
 
+META = {"tp": 1, "dp": 2, "world_size": 2}  # the layout _save_layout writes
+
+
 def _save_layout(step_dir: Path, model: torch.nn.Module, layouts: list[_LayoutOptimizer]) -> None:
     from vikhr.train import checkpoint
 
@@ -514,7 +517,7 @@ def test_distributed_optimizer_state_is_redistributed_over_another_dp_layout(tmp
     _save_layout(tmp_path / "step", model, saved)
     for owned in ({a: (0, 4)}, {a: (4, 10), b: (0, 1)}, {b: (1, 7)}):
         rank = _LayoutOptimizer(owned, full, keys)
-        checkpoint._load_distributed_optimizer(rank, model, tmp_path / "step", 0, saved_dp=2)
+        checkpoint._load_distributed_optimizer(rank, model, tmp_path / "step", META, 0, 1)
         assert rank.common == {"optimizer": {"param_groups": [{"lr": 0.5}]}}
         assert rank.restored.keys() == owned.keys()
         for param, (start, end) in owned.items():
@@ -525,10 +528,10 @@ def test_distributed_optimizer_state_is_redistributed_over_another_dp_layout(tmp
     amsgrad = {p: full[p] | {"max_exp_avg_sq": torch.zeros(p.numel())} for p in (a, b)}
     with_more_state = _LayoutOptimizer({a: (0, 10), b: (0, 7)}, amsgrad, (*keys, "max_exp_avg_sq"))
     with pytest.raises(VikhrError, match=r"a: the saved optimizer state lacks \['max_exp_avg_sq'\]"):
-        checkpoint._load_distributed_optimizer(with_more_state, model, tmp_path / "step", 0, saved_dp=2)
+        checkpoint._load_distributed_optimizer(with_more_state, model, tmp_path / "step", META, 0, 1)
     torch.save([{"common": {}, "shard": {}}], tmp_path / "step" / "optim_tp00_dp000.pt")
     with pytest.raises(VikhrError, match=r"optim_tp00_dp000.pt does not hold this run's optimizer parts"):
-        checkpoint._load_distributed_optimizer(saved[0], model, tmp_path / "step", 0, saved_dp=2)
+        checkpoint._load_distributed_optimizer(saved[0], model, tmp_path / "step", META, 0, 1)
 
 
 def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path) -> None:

@@ -260,13 +260,13 @@ def test_resume_on_another_number_of_processes(
         f"checkpoint.resume={whole / 'step_000004'}",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "saved by 2 processes, this run has 1" in proc.stderr
-    assert ("redistributed over 1 data-parallel ranks" in proc.stderr) == (optimizer == "distributed")
+    assert "saved by 2 processes (TP=1 DP=2), this run has 1" in proc.stderr
+    assert ("redistributed for TP=1 DP=1" in proc.stderr) == (optimizer == "distributed")
     config = write_config(tmp_path / "grown.yaml", corpus, grown, optim=optim)
     assert _launch(config, 1, "debug.kill_at_step=6").returncode != 0
     proc = _launch(config, 2)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "saved by 1 process, this run has 2" in proc.stderr and "step_000004" in proc.stderr
+    assert "saved by 1 process (TP=1 DP=1), this run has 2" in proc.stderr and "step_000004" in proc.stderr
     reference, reference_valid = read_metrics(whole)
     for run_dir in (shrunk, grown):
         train, valid = read_metrics(run_dir)
@@ -280,6 +280,51 @@ def test_resume_on_another_number_of_processes(
             assert train[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4)
         for key in ("loss_ru", "loss_en"):
             assert valid[8][key] == pytest.approx(reference_valid[8][key], rel=2e-5), (run_dir.name, key)
+
+
+@pytest.mark.distributed
+def test_resume_at_another_tensor_parallel_size(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], distributed_run: Path, tmp_path: Path
+) -> None:
+    """With the distributed optimizer a checkpoint resumes at another parallel.tensor: TP=1 DP=2
+    -> TP=2 DP=1, and a TP=2 run killed after step 6 -> TP=1 DP=2 (weights, fp32 master weights
+    and moments merged and cut again, the vocabulary padded for the new size); steps 5-8 are the
+    uninterrupted run's up to float rounding. The replicated optimizer's state is refused in one line."""
+    reference, reference_valid = read_metrics(distributed_run)
+    to_tp2 = tmp_path / "to_tp2"
+    config = write_config(
+        tmp_path / "to_tp2.yaml", corpus, to_tp2, optim=DISTRIBUTED, parallel={"tensor": 2, "device": "cpu"}
+    )
+    proc = _launch(config, 2, f"checkpoint.resume={distributed_run / 'step_000004'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(TP=1 DP=2), this run has 2: the optimizer state is redistributed for TP=2 DP=1" in proc.stderr
+
+    to_tp1 = tmp_path / "to_tp1"
+    config = write_config(
+        tmp_path / "to_tp1.yaml", corpus, to_tp1, optim=DISTRIBUTED, parallel={"tensor": 2, "device": "cpu"}
+    )
+    assert _launch(config, 2, "debug.kill_at_step=6").returncode != 0
+    proc = _launch(config, 2, "parallel.tensor=1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(TP=2 DP=1), this run has 2: the optimizer state is redistributed for TP=1 DP=2" in proc.stderr
+    for run_dir in (to_tp2, to_tp1):
+        train, valid = read_metrics(run_dir)
+        for step in (5, 6, 7, 8):
+            for key in ("loss", "ce", "kl", "lr"):
+                assert train[step][key] == pytest.approx(reference[step][key], rel=2e-5, abs=2e-6), (
+                    run_dir.name,
+                    step,
+                    key,
+                )
+            assert train[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4)
+        for key in ("loss_ru", "loss_en"):
+            assert valid[8][key] == pytest.approx(reference_valid[8][key], rel=2e-5), (run_dir.name, key)
+
+    replicated = tmp_path / "replicated"
+    config = write_config(tmp_path / "replicated.yaml", corpus, replicated)
+    proc = _launch(config, 1, f"checkpoint.resume={parallel_runs['tp2'] / 'step_000004'}")
+    assert proc.returncode != 0
+    assert "was saved with parallel.tensor = 2, this run has 1: the replicated optimizer" in proc.stderr
 
 
 def test_recompute_trains_to_the_same_losses(
@@ -534,7 +579,9 @@ def test_bad_layout_under_torchrun_fails_on_every_rank_before_allocation(
     proc = _launch(config, 2)  # DP=2 × micro-batch 2 does not divide 6
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("pretrain_vikhr.py: error:")]
-    assert len(errors) == 2 and all("train.global_batch = 6" in e for e in errors), proc.stderr[-3000:]
+    # Each rank checks on its own; torchrun stops the other once one has exited, sometimes before it
+    # has printed its line (on a loaded machine), so one or two lines.
+    assert 1 <= len(errors) <= 2 and all("train.global_batch = 6" in e for e in errors), proc.stderr[-3000:]
     assert f'File "{PRETRAIN}"' not in proc.stderr  # no traceback from the trainer (torchrun adds its own)
     assert not run_dir.exists()
 

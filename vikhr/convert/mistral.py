@@ -39,6 +39,7 @@ from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, lo
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
+from vikhr.model.tp_layout import merge, shard, split_of
 
 _MEG_LAYER = "decoder.layers.{i}."
 _HF_LAYER = "model.layers.{i}."
@@ -389,50 +390,36 @@ def _qkv_split(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
 
 def _megatron_full_tensors(
     src: _HFCheckpoint, cfg: ModelConfig, v_pad: int
-) -> Iterator[tuple[str, torch.Tensor, int | str | None]]:
-    """(megatron name, full unsharded tensor, shard dim or None) in a streaming order."""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(megatron name, full unsharded tensor) in a streaming order (the split: vikhr.model.tp_layout)."""
     emb = src.get(EMBED)
-    yield "embedding.word_embeddings.weight", _pad_rows(emb, v_pad), 0
+    yield "embedding.word_embeddings.weight", _pad_rows(emb, v_pad)
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        yield meg + "input_layernorm.weight", src.get(hf + "input_layernorm.weight"), None
+        yield meg + "input_layernorm.weight", src.get(hf + "input_layernorm.weight")
         qkv = _qkv_full(
             src.get(hf + "self_attn.q_proj.weight"),
             src.get(hf + "self_attn.k_proj.weight"),
             src.get(hf + "self_attn.v_proj.weight"),
             cfg,
         )
-        yield meg + "self_attention.linear_qkv.weight", qkv, "qkv"
+        yield meg + "self_attention.linear_qkv.weight", qkv
         if cfg.qkv_bias:
             names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
-            yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg), "qkv"
+            yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg)
         if cfg.qk_norm:
             for x in "qk":
-                yield (
-                    meg + f"self_attention.{x}_layernorm.weight",
-                    src.get(hf + f"self_attn.{x}_norm.weight"),
-                    None,
-                )
-        yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight"), 1
-        yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight"), None
-        gate_up = torch.stack([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
-        yield meg + "mlp.linear_fc1.weight", gate_up, "fc1"
-        yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight"), 1
-    yield "decoder.final_layernorm.weight", src.get("model.norm.weight"), None
+                yield meg + f"self_attention.{x}_layernorm.weight", src.get(hf + f"self_attn.{x}_norm.weight")
+        yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight")
+        yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight")
+        gate_up = torch.cat([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
+        yield meg + "mlp.linear_fc1.weight", gate_up
+        yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight")
+    yield "decoder.final_layernorm.weight", src.get("model.norm.weight")
     if cfg.tie_embeddings:
         src.lm_head(emb)  # a stored copy of the LM head must equal the embedding
     else:
-        yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad), 0
-
-
-def _shard(t: torch.Tensor, how: int | str | None, rank: int, tp: int) -> torch.Tensor:
-    if how is None:
-        return t
-    if how == "fc1":  # [2, F, H] -> [gate chunk; up chunk]
-        return torch.cat([t[0].chunk(tp, dim=0)[rank], t[1].chunk(tp, dim=0)[rank]])
-    if how == "qkv":  # whole KV groups per rank; the rows are already grouped
-        return t.chunk(tp, dim=0)[rank]
-    return t.chunk(tp, dim=int(how))[rank]
+        yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad)
 
 
 def hf_to_megatron(
@@ -462,9 +449,9 @@ def hf_to_megatron(
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
-    for name, full, how in _megatron_full_tensors(checkpoint, cfg, v_pad):
+    for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
         for r in range(tp_size):
-            shards[r][name] = _shard(full, how, r, tp_size).contiguous().clone()
+            shards[r][name] = shard(full, split_of(name), r, tp_size).contiguous().clone()
     meta: dict[str, Any] = {
         "step": 0,
         "consumed_samples": 0,
@@ -532,27 +519,21 @@ def _read_megatron_shards(step_dir: Path, meta: dict[str, Any], cfg: ModelConfig
 def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The full HF tensors from the tensor-parallel files of a megatron checkpoint."""
 
-    def gather(name: str, how: int | str | None) -> torch.Tensor:
-        parts = [load_tensor(h.tensors[name], h.path) for h in headers]
-        if how is None:
-            return parts[0]
-        if how == "fc1":
-            halves = [p.chunk(2, dim=0) for p in parts]
-            return torch.cat([torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])])
-        return torch.cat(parts, dim=0 if how == "qkv" else int(how))
+    def gather(name: str) -> torch.Tensor:
+        return merge([load_tensor(h.tensors[name], h.path) for h in headers], split_of(name))
 
     out: dict[str, torch.Tensor] = {}
     v = cfg.vocab_size
-    out[EMBED] = gather("embedding.word_embeddings.weight", 0)[:v]
+    out[EMBED] = gather("embedding.word_embeddings.weight")[:v]
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        out[hf + "input_layernorm.weight"] = gather(meg + "input_layernorm.weight", None)
-        q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.weight", "qkv"), cfg)
+        out[hf + "input_layernorm.weight"] = gather(meg + "input_layernorm.weight")
+        q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.weight"), cfg)
         out[hf + "self_attn.q_proj.weight"] = q
         out[hf + "self_attn.k_proj.weight"] = k
         out[hf + "self_attn.v_proj.weight"] = vv
         if cfg.qkv_bias:
-            q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.bias", "qkv"), cfg)
+            q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.bias"), cfg)
             out.update(
                 {
                     hf + "self_attn.q_proj.bias": q,
@@ -562,18 +543,16 @@ def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> di
             )
         if cfg.qk_norm:
             for x in "qk":
-                out[hf + f"self_attn.{x}_norm.weight"] = gather(
-                    meg + f"self_attention.{x}_layernorm.weight", None
-                )
-        out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight", 1)
-        out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight", None)
-        gate, up = gather(meg + "mlp.linear_fc1.weight", "fc1").chunk(2, dim=0)
+                out[hf + f"self_attn.{x}_norm.weight"] = gather(meg + f"self_attention.{x}_layernorm.weight")
+        out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight")
+        out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight")
+        gate, up = gather(meg + "mlp.linear_fc1.weight").chunk(2, dim=0)
         out[hf + "mlp.gate_proj.weight"] = gate
         out[hf + "mlp.up_proj.weight"] = up
-        out[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight", 1)
-    out["model.norm.weight"] = gather("decoder.final_layernorm.weight", None)
+        out[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight")
+    out["model.norm.weight"] = gather("decoder.final_layernorm.weight")
     if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
-        out[LM_HEAD] = gather("output_layer.weight", 0)[:v]
+        out[LM_HEAD] = gather("output_layer.weight")[:v]
     return {k: t.contiguous() for k, t in out.items()}
 
 

@@ -7,7 +7,7 @@ Layout of `<checkpoint.dir>`:
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
         optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges
-                                of named parameters (so a resume may use another number of DP ranks)
+                                of named parameters (so a resume may use another DP or TP size)
         rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
 
 All ranks write into `step_000020.tmp/` and fsync their files; rank 0 fsyncs the directory,
@@ -20,6 +20,7 @@ step when the newest is damaged. Loading uses safetensors and `torch.load(weight
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -35,6 +36,7 @@ import torch.distributed as dist
 
 from vikhr.adapt.safetensors_io import read_header
 from vikhr.errors import VikhrError
+from vikhr.model.tp_layout import reshard
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -108,9 +110,37 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_model_tensors(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
+    _load_tensors(model, load_file(str(path)), path)
+
+
+def _resharded_tensors(
+    model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
+) -> dict[str, torch.Tensor]:
+    """This TP rank's weights, cut from a checkpoint saved at another TP size (one whole tensor
+    in memory at a time)."""
+    from contextlib import ExitStack
+
+    from safetensors import safe_open
+
+    own = {canonical_name(k): v for k, v in model.state_dict().items()}
+    vocab = int(meta["model"]["vocab_size"])
+    out = {}
+    with ExitStack() as stack:
+        files = [
+            stack.enter_context(safe_open(str(step_dir / f"model_tp{t:02d}.safetensors"), "pt"))
+            for t in range(int(meta["tp"]))
+        ]
+        for name in read_header(step_dir / "model_tp00.safetensors").tensors:
+            rows = own[name].shape[0] * tp_size if name in own else 0
+            out[name] = reshard([f.get_tensor(name) for f in files], name, tp_rank, tp_size, vocab, rows)
+    return out
+
+
+def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> None:
+    """Load tensors named canonically into `model`, refusing any that do not fit."""
     own = model.state_dict()
     own_name = {canonical_name(k): k for k in own}
-    tensors = {own_name.get(k, k): v for k, v in load_file(str(path)).items()}
+    tensors = {own_name.get(k, k): v for k, v in loaded.items()}
     for name, tensor in tensors.items():
         if name in own and tuple(own[name].shape) != tuple(tensor.shape):
             raise VikhrError(
@@ -190,44 +220,52 @@ def _state_range(pieces: list[dict[str, Any]], start: int, end: int, where: str)
 
 
 def _load_distributed_optimizer(
-    optimizer: Any, model: torch.nn.Module, step_dir: Path, tp_rank: int, saved_dp: int
+    optimizer: Any, model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
 ) -> None:
-    """Give each inner optimizer of this rank its part of the state saved by the checkpoint's
-    `saved_dp` DP ranks (however many this run has): the old ranks' files are read one at a time,
-    keeping only the elements this rank owns."""
+    """Give each inner optimizer of this rank its part of the state the checkpoint's ranks saved,
+    whatever their DP and TP sizes. The old ranks' files are read one at a time; kept are, at the
+    same TP size, only the elements this rank owns, else the whole old parts of the parameters it
+    owns elements of (which are merged and cut again by vikhr.model.tp_layout)."""
     inners = _inner_optimizers(optimizer)
     names = {param: canonical_name(name) for name, param in model.named_parameters()}
     owned = [{names[param]: (start, end) for param, start, end in _owned_ranges(inner)} for inner in inners]
+    saved_tp = int(meta["tp"])
+    saved_dp = int(meta.get("dp", meta["world_size"] // saved_tp))
+    same_tp = saved_tp == tp_size
     common: list[Any] = [None] * len(inners)
-    kept: list[dict[str, list[dict[str, Any]]]] = [{} for _ in inners]
-    for d in range(saved_dp):
-        path = step_dir / _optimizer_file(tp_rank, d)
-        parts = _read_optimizer_part(path)
-        if len(parts) != len(inners) or any("pieces" not in part for part in parts):
-            raise VikhrError(
-                f"{path} does not hold this run's optimizer parts ({len(inners)} optimizers, each as "
-                f"named pieces; earlier vikhr checkpoints keep another layout): start a new run "
-                f"from its weights (model.init={step_dir})"
-            )
-        for i, part in enumerate(parts):
-            if common[i] is None:  # the same on every DP rank: hyperparameters, step counts
-                common[i] = part["common"]
-            for piece in part["pieces"]:
-                start, end = owned[i].get(piece["name"], (0, 0))
-                lo, hi = max(start, piece["start"]), min(end, piece["end"])
-                if lo < hi:  # a copy: the file's storage is released after this loop
-                    cut = {
-                        k: t.clone() if t.dim() == 0 else t[lo - piece["start"] : hi - piece["start"]].clone()
-                        for k, t in piece["tensors"].items()
-                    }
-                    kept[i].setdefault(piece["name"], []).append({"start": lo, "end": hi, "tensors": cut})
-        del parts
+    kept: list[dict[str, dict[int, list[dict[str, Any]]]]] = [
+        {} for _ in inners
+    ]  # name -> old TP rank -> pieces
+    for t in [tp_rank] if same_tp else range(saved_tp):
+        for d in range(saved_dp):
+            for i, part in enumerate(_optimizer_parts(step_dir, t, d, len(inners))):
+                if common[i] is None:  # the same on every rank: hyperparameters, step counts
+                    common[i] = part["common"]
+                for piece in part["pieces"]:
+                    if piece["name"] in owned[i]:
+                        cut = _cut(piece, *owned[i][piece["name"]]) if same_tp else piece
+                        if cut is not None:
+                            kept[i].setdefault(piece["name"], {}).setdefault(t, []).append(cut)
+    old_shapes, vocab = {}, 0  # what the old TP parts are unflattened to, when they are merged
+    if not same_tp:
+        old_shapes = {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
+        vocab = int(meta["model"]["vocab_size"])
     for i, inner in enumerate(inners):
         inner.load_state_dict(common[i])
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
             for param, start, end in _owned_ranges(inner):
-                where = f"checkpoint {step_dir}, {names[param]}"
-                tensors = _state_range(kept[i].get(names[param], []), start, end, where)
+                name = names[param]
+                where = f"checkpoint {step_dir}, {name}"
+                by_tp = kept[i].get(name, {})
+                if same_tp:
+                    tensors = _state_range(by_tp.get(tp_rank, []), start, end, where)
+                else:
+                    old = [
+                        _state_range(by_tp.get(t, []), 0, math.prod(old_shapes[name]), where)
+                        for t in range(saved_tp)
+                    ]
+                    tensors = _resharded_state(old, old_shapes[name], name, param, tp_rank, tp_size, vocab)
+                    tensors = {k: v if v.dim() == 0 else v[start:end] for k, v in tensors.items()}
                 needed = inner._get_main_param_and_optimizer_states(param).keys() - tensors.keys()
                 if needed:
                     raise VikhrError(
@@ -236,6 +274,51 @@ def _load_distributed_optimizer(
                         f"its weights (model.init={step_dir})"
                     )
                 inner._set_main_param_and_optimizer_states(param, tensors)
+
+
+def _cut(piece: dict[str, Any], start: int, end: int) -> dict[str, Any] | None:
+    """The part of a saved piece within elements [start, end), copied (the file it was read from
+    is released); None if they do not overlap."""
+    lo, hi = max(start, piece["start"]), min(end, piece["end"])
+    if lo >= hi:
+        return None
+    a, b = lo - piece["start"], hi - piece["start"]
+    tensors = {k: t.clone() if t.dim() == 0 else t[a:b].clone() for k, t in piece["tensors"].items()}
+    return {"start": lo, "end": hi, "tensors": tensors}
+
+
+def _resharded_state(
+    old: list[dict[str, torch.Tensor]],
+    old_shape: tuple[int, ...],
+    name: str,
+    param: torch.nn.Parameter,
+    tp_rank: int,
+    tp_size: int,
+    vocab: int,
+) -> dict[str, torch.Tensor]:
+    """This TP rank's flat optimizer state of `name` from the old TP ranks' flat states."""
+    rows = param.shape[0] * tp_size  # the padded vocabulary at this TP size (for vocabulary rows)
+    out = {}
+    for key, first in old[0].items():
+        if first.dim() == 0:
+            out[key] = first
+        else:
+            parts = [state[key].reshape(old_shape) for state in old]
+            out[key] = reshard(parts, name, tp_rank, tp_size, vocab, rows).reshape(-1)
+    return out
+
+
+def _optimizer_parts(step_dir: Path, tp_rank: int, dp_rank: int, inners: int) -> list[dict[str, Any]]:
+    """The optimizer parts one old rank saved, checked to be this run's layout."""
+    path = step_dir / _optimizer_file(tp_rank, dp_rank)
+    parts = _read_optimizer_part(path)
+    if len(parts) != inners or any("pieces" not in part for part in parts):
+        raise VikhrError(
+            f"{path} does not hold this run's optimizer parts ({inners} optimizers, each as "
+            f"named pieces; earlier vikhr checkpoints keep another layout): start a new run "
+            f"from its weights (model.init={step_dir})"
+        )
+    return parts
 
 
 def _read_optimizer_part(path: Path) -> list[dict[str, Any]]:
@@ -485,10 +568,6 @@ def load_model(
     if problem is not None:
         raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
-    if meta["tp"] != tp_size:
-        raise VikhrError(
-            f"checkpoint {step_dir} was saved with parallel.tensor = {meta['tp']}, this run uses {tp_size}"
-        )
     if expected is not None and "model" in meta:
         differ = [
             f"{k} {meta['model'].get(k)} (run: {v})"
@@ -500,7 +579,10 @@ def load_model(
                 f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
                 "set model.preset / model.overrides to match it"
             )
-    load_model_tensors(model, step_dir / f"model_tp{tp_rank:02d}.safetensors")
+    if meta["tp"] == tp_size:
+        load_model_tensors(model, step_dir / f"model_tp{tp_rank:02d}.safetensors")
+    else:  # saved at another parallel.tensor: every rank cuts its part from the whole tensors
+        _load_tensors(model, _resharded_tensors(model, step_dir, meta, tp_rank, tp_size), step_dir)
 
 
 def resume(
@@ -517,10 +599,11 @@ def resume(
     """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
 
     `runtime`: this run's {"device": "cuda" | "cpu", "params_dtype": ...}; a checkpoint saved with
-    others is refused (optimizer formats and RNG states differ between them). The number of
-    processes may differ from the run that saved it (same TP, another DP): the optimizer state is
-    redistributed over the DP ranks, and the RNG states stay as seeded by this start (a rank's saved
-    state belongs to a layout that no longer exists); a warning says so."""
+    others is refused (optimizer formats and RNG states differ between them). The layout may differ
+    from the run that saved it — another DP size, and with the distributed optimizer another TP
+    size: the weights and optimizer state are cut again for this layout, and the RNG states stay as
+    seeded by this start (a rank's saved state belongs to a layout that no longer exists); a
+    warning says so."""
     meta = read_meta(step_dir)
     for key, now in (runtime or {}).items():
         then = meta.get(key)  # absent in checkpoints from before it was recorded
@@ -536,10 +619,16 @@ def resume(
             f"checkpoint {step_dir} was saved with optim.distributed = "
             f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
         )
+    if meta["tp"] != tp_size and not distributed:
+        raise VikhrError(
+            f"checkpoint {step_dir} was saved with parallel.tensor = {meta['tp']}, this run has {tp_size}: "
+            "the replicated optimizer's state (optim.distributed = false) is resumed at its own TP size "
+            f"only; resume with parallel.tensor = {meta['tp']}, or start from its weights "
+            f"(model.init={step_dir})"
+        )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
-        saved_dp = int(meta.get("dp", meta["world_size"] // meta["tp"]))
-        _load_distributed_optimizer(optimizer, model, step_dir, tp_rank, saved_dp)
+        _load_distributed_optimizer(optimizer, model, step_dir, meta, tp_rank, tp_size)
         # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
         # Adam then increments once per parameter: give each its own.
         for inner in _inner_optimizers(optimizer):
@@ -549,13 +638,14 @@ def resume(
     else:
         state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state)
-    if meta["world_size"] == world:
+    if (meta["world_size"], meta["tp"]) == (world, tp_size):
         _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
     else:
-        spread = f"the optimizer state is redistributed over {world // tp_size} data-parallel ranks; "
+        layout = f"TP={meta['tp']} DP={meta['world_size'] // meta['tp']}"
+        spread = f"the optimizer state is redistributed for TP={tp_size} DP={world // tp_size}; "
         warn(
-            f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])}, this run has {world}: "
-            f"{spread if distributed else ''}the random states start from train.seed (dropout draws "
-            "differ from an uninterrupted run)"
+            f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])} ({layout}), this run "
+            f"has {world}: {spread if distributed else ''}the random states start from train.seed "
+            "(dropout draws differ from an uninterrupted run)"
         )
     return meta
