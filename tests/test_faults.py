@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vikhr.errors import VikhrError
 from vikhr.train.index_cache import check_index_cache
@@ -436,102 +435,6 @@ def test_keep_last_removes_older_steps_only(tmp_path: Path, monkeypatch: pytest.
     )
     assert checkpoint.prune_step_dirs(tmp_path, 6, keep_last=1) == []
     assert len(warnings) == 1 and "step_000005" in warnings[0] and "keep_last" in warnings[0]
-
-
-def test_optimizer_state_range_is_cut_from_the_saved_pieces() -> None:
-    """A DP rank's part of a distributed optimizer's state is assembled from the pieces other DP
-    layouts saved: any overlap, in any order, with the scalar step taken once; a range that no
-    piece covers is one error naming the parameter and the elements."""
-    import torch
-
-    from vikhr.train import checkpoint
-
-    full = torch.arange(10.0)
-    pieces = [
-        {"name": "w", "start": s, "end": e, "tensors": {"exp_avg": full[s:e] * 2, "step": torch.tensor(7.0)}}
-        for s, e in ((6, 10), (0, 3), (3, 6))
-    ]
-    got = checkpoint._state_range(pieces, 2, 8, "w")
-    assert torch.equal(got["exp_avg"], full[2:8] * 2) and float(got["step"]) == 7.0
-    assert torch.equal(checkpoint._state_range(pieces, 0, 10, "w")["exp_avg"], full * 2)
-    with pytest.raises(VikhrError, match=r"^ckpt, w: no optimizer state for elements 3\.\.8 "):
-        checkpoint._state_range([p for p in pieces if p["start"] != 3], 1, 8, "ckpt, w")
-    with pytest.raises(VikhrError, match=r"elements 10\.\.12"):
-        checkpoint._state_range(pieces, 4, 12, "w")
-
-
-class _LayoutOptimizer:
-    """The part of megatron's DistributedOptimizer the checkpoint uses, for one DP layout: which
-    element range of each parameter this rank owns, and its state there (slices of `full`)."""
-
-    def __init__(self, owned: dict[torch.nn.Parameter, tuple[int, int]], full: dict, keys: tuple[str, ...]):
-        from types import SimpleNamespace
-
-        param_map = {p: {"param": SimpleNamespace(start=s, end=e)} for p, (s, e) in owned.items()}
-        self.gbuf_ranges = [{torch.float32: [{"param_map": param_map}]}]
-        self.optimizer = SimpleNamespace(state={})
-        self.owned, self.full, self.keys = owned, full, keys
-        self.restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
-        self.common = None
-
-    def state_dict(self) -> dict:
-        return {"optimizer": {"param_groups": [{"lr": 0.5}]}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.common = state
-
-    def _get_main_param_and_optimizer_states(self, param: torch.nn.Parameter) -> dict:
-        start, end = self.owned[param]
-        return {k: self.full[param][k] if k == "step" else self.full[param][k][start:end] for k in self.keys}
-
-    def _set_main_param_and_optimizer_states(self, param: torch.nn.Parameter, tensors: dict) -> None:
-        self.restored[param] = tensors
-
-
-META = {"tp": 1, "dp": 2, "world_size": 2}  # the layout _save_layout writes
-
-
-def _save_layout(step_dir: Path, model: torch.nn.Module, layouts: list[_LayoutOptimizer]) -> None:
-    from vikhr.train import checkpoint
-
-    step_dir.mkdir()
-    names = {p: n for n, p in model.named_parameters()}
-    for d, inner in enumerate(layouts):
-        parts = [{"common": inner.state_dict(), "pieces": checkpoint._optimizer_pieces(inner, names)}]
-        torch.save(parts, step_dir / f"optim_tp00_dp{d:03d}.pt")
-
-
-def test_distributed_optimizer_state_is_redistributed_over_another_dp_layout(tmp_path: Path) -> None:
-    """What DP=2 ranks saved (parameters split mid-way, one whole on a rank) reaches the three
-    ranks of DP=3 element for element — main weights, both moments and the step — whatever range
-    each owns; a saved state without a key the optimizer keeps, or a file in another layout, is
-    one error naming the file or parameter."""
-    from vikhr.train import checkpoint
-
-    model = torch.nn.Module()
-    model.a, model.b = torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(7))
-    a, b = model.a, model.b
-    keys = ("param", "exp_avg", "exp_avg_sq", "step")
-    full = {p: {k: torch.randn(p.numel()) for k in keys[:3]} | {"step": torch.tensor(5.0)} for p in (a, b)}
-    saved = [_LayoutOptimizer({a: (0, 6)}, full, keys), _LayoutOptimizer({a: (6, 10), b: (0, 7)}, full, keys)]
-    _save_layout(tmp_path / "step", model, saved)
-    for owned in ({a: (0, 4)}, {a: (4, 10), b: (0, 1)}, {b: (1, 7)}):
-        rank = _LayoutOptimizer(owned, full, keys)
-        checkpoint._load_distributed_optimizer(rank, model, tmp_path / "step", META, 0, 1)
-        assert rank.common == {"optimizer": {"param_groups": [{"lr": 0.5}]}}
-        assert rank.restored.keys() == owned.keys()
-        for param, (start, end) in owned.items():
-            for key in keys[:3]:
-                assert torch.equal(rank.restored[param][key], full[param][key][start:end]), (key, start)
-            assert float(rank.restored[param]["step"]) == 5.0
-
-    amsgrad = {p: full[p] | {"max_exp_avg_sq": torch.zeros(p.numel())} for p in (a, b)}
-    with_more_state = _LayoutOptimizer({a: (0, 10), b: (0, 7)}, amsgrad, (*keys, "max_exp_avg_sq"))
-    with pytest.raises(VikhrError, match=r"a: the saved optimizer state lacks \['max_exp_avg_sq'\]"):
-        checkpoint._load_distributed_optimizer(with_more_state, model, tmp_path / "step", META, 0, 1)
-    torch.save([{"common": {}, "shard": {}}], tmp_path / "step" / "optim_tp00_dp000.pt")
-    with pytest.raises(VikhrError, match=r"optim_tp00_dp000.pt does not hold this run's optimizer parts"):
-        checkpoint._load_distributed_optimizer(saved[0], model, tmp_path / "step", META, 0, 1)
 
 
 def test_a_killed_runs_temporary_directory_is_removed_by_the_next(tmp_path: Path) -> None:

@@ -68,4 +68,5 @@ def reshard(
     if is_vocab_rows(name):
         rows = full[:vocab_size]
         full = torch.cat([rows, rows.new_zeros(padded_vocab - vocab_size, *rows.shape[1:])])
-    return shard(full, how, rank, tp).contiguous()
+    # A copy: a chunk of rows would otherwise be a view keeping the whole merged tensor alive.
+    return shard(full, how, rank, tp).clone(memory_format=torch.contiguous_format)

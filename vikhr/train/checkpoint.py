@@ -146,14 +146,14 @@ def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path:
             raise VikhrError(
                 f"checkpoint {path} does not fit the model: {canonical_name(name)} is "
                 f"{list(tensor.shape)} there and {list(own[name].shape)} in this run (same model preset, "
-                "overrides, model.vocab_multiple and parallel.tensor?)"
+                "overrides and model.vocab_multiple?)"
             )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
         raise VikhrError(
             f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]} "
-            "(same model preset, overrides and parallel.tensor?)"
+            "(same model preset and overrides?)"
         )
 
 
@@ -220,34 +220,26 @@ def _state_range(pieces: list[dict[str, Any]], start: int, end: int, where: str)
 
 
 def _load_distributed_optimizer(
-    optimizer: Any, model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
+    optimizer: Any,
+    model: torch.nn.Module,
+    step_dir: Path,
+    meta: dict[str, Any],
+    layout: tuple[int, int, int],
 ) -> None:
     """Give each inner optimizer of this rank its part of the state the checkpoint's ranks saved,
-    whatever their DP and TP sizes. The old ranks' files are read one at a time; kept are, at the
-    same TP size, only the elements this rank owns, else the whole old parts of the parameters it
-    owns elements of (which are merged and cut again by vikhr.model.tp_layout)."""
+    whatever their DP and TP sizes (`layout`: this rank's TP rank, TP size and DP rank). At the same
+    TP size only the elements this rank owns are kept, read from its own old DP rank's file first
+    (enough when the DP size is unchanged); at another TP size the old parts of the parameters it
+    owns elements of, from every old rank, are merged and cut again by vikhr.model.tp_layout."""
+    tp_rank, tp_size, dp_rank = layout
     inners = _inner_optimizers(optimizer)
     names = {param: canonical_name(name) for name, param in model.named_parameters()}
     owned = [{names[param]: (start, end) for param, start, end in _owned_ranges(inner)} for inner in inners]
     saved_tp = int(meta["tp"])
     saved_dp = int(meta.get("dp", meta["world_size"] // saved_tp))
-    same_tp = saved_tp == tp_size
-    common: list[Any] = [None] * len(inners)
-    kept: list[dict[str, dict[int, list[dict[str, Any]]]]] = [
-        {} for _ in inners
-    ]  # name -> old TP rank -> pieces
-    for t in [tp_rank] if same_tp else range(saved_tp):
-        for d in range(saved_dp):
-            for i, part in enumerate(_optimizer_parts(step_dir, t, d, len(inners))):
-                if common[i] is None:  # the same on every rank: hyperparameters, step counts
-                    common[i] = part["common"]
-                for piece in part["pieces"]:
-                    if piece["name"] in owned[i]:
-                        cut = _cut(piece, *owned[i][piece["name"]]) if same_tp else piece
-                        if cut is not None:
-                            kept[i].setdefault(piece["name"], {}).setdefault(t, []).append(cut)
+    common, kept = _collect_pieces(step_dir, owned, (saved_tp, saved_dp), (tp_rank, tp_size, dp_rank))
     old_shapes, vocab = {}, 0  # what the old TP parts are unflattened to, when they are merged
-    if not same_tp:
+    if saved_tp != tp_size:
         old_shapes = {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
         vocab = int(meta["model"]["vocab_size"])
     for i, inner in enumerate(inners):
@@ -257,15 +249,13 @@ def _load_distributed_optimizer(
                 name = names[param]
                 where = f"checkpoint {step_dir}, {name}"
                 by_tp = kept[i].get(name, {})
-                if same_tp:
+                if saved_tp == tp_size:
                     tensors = _state_range(by_tp.get(tp_rank, []), start, end, where)
                 else:
-                    old = [
-                        _state_range(by_tp.get(t, []), 0, math.prod(old_shapes[name]), where)
-                        for t in range(saved_tp)
-                    ]
-                    tensors = _resharded_state(old, old_shapes[name], name, param, tp_rank, tp_size, vocab)
-                    tensors = {k: v if v.dim() == 0 else v[start:end] for k, v in tensors.items()}
+                    cut = (tp_rank, tp_size, start, end)
+                    tensors = _resharded_state(
+                        by_tp, saved_tp, old_shapes[name], name, param, cut, vocab, where
+                    )
                 needed = inner._get_main_param_and_optimizer_states(param).keys() - tensors.keys()
                 if needed:
                     raise VikhrError(
@@ -276,6 +266,39 @@ def _load_distributed_optimizer(
                 inner._set_main_param_and_optimizer_states(param, tensors)
 
 
+def _collect_pieces(
+    step_dir: Path,
+    owned: list[dict[str, tuple[int, int]]],
+    saved: tuple[int, int],
+    layout: tuple[int, int, int],
+) -> tuple[list[Any], list[dict[str, dict[int, list[dict[str, Any]]]]]]:
+    """From the old ranks' optimizer files: each inner optimizer's common state, and the pieces
+    this rank needs, by parameter name and old TP rank (see `_load_distributed_optimizer`)."""
+    (saved_tp, saved_dp), (tp_rank, tp_size, dp_rank) = saved, layout
+    same_tp = saved_tp == tp_size
+    common: list[Any] = [None] * len(owned)
+    kept: list[dict[str, dict[int, list[dict[str, Any]]]]] = [{} for _ in owned]
+    missing = sum(end - start for ranges in owned for start, end in ranges.values())
+    own_first = sorted(range(saved_dp), key=lambda d: d != dp_rank)
+    for t in [tp_rank] if same_tp else range(saved_tp):
+        for d in own_first:
+            if same_tp and missing == 0:
+                break  # every owned element found (the old DP ranks' pieces are disjoint)
+            for i, part in enumerate(_optimizer_parts(step_dir, t, d, len(owned))):
+                if common[i] is None:  # the same on every rank: hyperparameters, step counts
+                    common[i] = part["common"]
+                for piece in part["pieces"]:
+                    if piece["name"] not in owned[i]:
+                        continue
+                    if same_tp:
+                        piece = _cut(piece, *owned[i][piece["name"]])
+                        if piece is None:
+                            continue
+                        missing -= piece["end"] - piece["start"]
+                    kept[i].setdefault(piece["name"], {}).setdefault(t, []).append(piece)
+    return common, kept
+
+
 def _cut(piece: dict[str, Any], start: int, end: int) -> dict[str, Any] | None:
     """The part of a saved piece within elements [start, end), copied (the file it was read from
     is released); None if they do not overlap."""
@@ -284,27 +307,36 @@ def _cut(piece: dict[str, Any], start: int, end: int) -> dict[str, Any] | None:
         return None
     a, b = lo - piece["start"], hi - piece["start"]
     tensors = {k: t.clone() if t.dim() == 0 else t[a:b].clone() for k, t in piece["tensors"].items()}
-    return {"start": lo, "end": hi, "tensors": tensors}
+    return {"name": piece["name"], "start": lo, "end": hi, "tensors": tensors}
 
 
 def _resharded_state(
-    old: list[dict[str, torch.Tensor]],
+    by_tp: dict[int, list[dict[str, Any]]],
+    saved_tp: int,
     old_shape: tuple[int, ...],
     name: str,
     param: torch.nn.Parameter,
-    tp_rank: int,
-    tp_size: int,
+    cut: tuple[int, int, int, int],
     vocab: int,
+    where: str,
 ) -> dict[str, torch.Tensor]:
-    """This TP rank's flat optimizer state of `name` from the old TP ranks' flat states."""
+    """Elements [start, end) of this TP rank's flat optimizer state of `name` (`cut`: TP rank, TP
+    size, start, end), from the old TP ranks' pieces; one state key in memory at a time."""
+    tp_rank, tp_size, start, end = cut
     rows = param.shape[0] * tp_size  # the padded vocabulary at this TP size (for vocabulary rows)
+    numel = math.prod(old_shape)
+    first = by_tp.get(0, [{"tensors": {}}])[0]["tensors"]
     out = {}
-    for key, first in old[0].items():
-        if first.dim() == 0:
-            out[key] = first
-        else:
-            parts = [state[key].reshape(old_shape) for state in old]
-            out[key] = reshard(parts, name, tp_rank, tp_size, vocab, rows).reshape(-1)
+    for key, sample in first.items():
+        if sample.dim() == 0:
+            out[key] = sample
+            continue
+        parts = []
+        for t in range(saved_tp):
+            pieces = [{**p, "tensors": {key: p["tensors"][key]}} for p in by_tp.get(t, [])]
+            parts.append(_state_range(pieces, 0, numel, where)[key].reshape(old_shape))
+        whole = reshard(parts, name, tp_rank, tp_size, vocab, rows).reshape(-1)
+        out[key] = whole[start:end].clone()
     return out
 
 
@@ -591,6 +623,7 @@ def resume(
     optimizer: Any,
     tp_rank: int,
     tp_size: int,
+    dp_rank: int,
     rank: int,
     world: int,
     expected: dict[str, Any] | None = None,
@@ -628,7 +661,7 @@ def resume(
         )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
-        _load_distributed_optimizer(optimizer, model, step_dir, meta, tp_rank, tp_size)
+        _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
         # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
         # Adam then increments once per parameter: give each its own.
         for inner in _inner_optimizers(optimizer):

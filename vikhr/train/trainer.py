@@ -362,6 +362,7 @@ class Trainer:
             self.optimizer,
             env.tp_rank,
             env.tp_size,
+            env.dp_rank,
             env.rank,
             env.world_size,
             self.model_cfg.to_dict(),
@@ -374,6 +375,18 @@ class Trainer:
                 "train.global_batch differs from the run that saved it"
             )
         self.step = step
+        cfg = self.cfg
+        if (
+            cfg.kl.weight > 0
+            and cfg.kl.reference == "init"
+            and cfg.model.init == "random"
+            and meta["tp"] != env.tp_size
+        ):
+            checkpoint.warn(
+                f"kl.reference is the random initialisation, drawn again at parallel.tensor = "
+                f"{env.tp_size}: it may differ from the one the run started with at {meta['tp']} (on a GPU "
+                "each rank draws its own part); give kl.reference a checkpoint to keep it"
+            )
         self.monitor.info(f"resumed from {step_dir} at step {step}")
 
     def train(self) -> dict[str, Any]:

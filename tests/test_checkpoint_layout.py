@@ -1,0 +1,187 @@
+"""The distributed optimizer's checkpoint layout: each DP rank's state saved as element ranges of
+named parameters, and cut again for another DP or TP layout (vikhr.train.checkpoint). End-to-end
+resumes in another layout: tests/test_train.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vikhr.errors import VikhrError
+from vikhr.model.tp_layout import shard, split_of
+from vikhr.train import checkpoint
+
+
+def test_optimizer_state_range_is_cut_from_the_saved_pieces() -> None:
+    """A DP rank's part of a distributed optimizer's state is assembled from the pieces other DP
+    layouts saved: any overlap, in any order, with the scalar step taken once; a range that no
+    piece covers is one error naming the parameter and the elements."""
+
+    full = torch.arange(10.0)
+    pieces = [
+        {"name": "w", "start": s, "end": e, "tensors": {"exp_avg": full[s:e] * 2, "step": torch.tensor(7.0)}}
+        for s, e in ((6, 10), (0, 3), (3, 6))
+    ]
+    got = checkpoint._state_range(pieces, 2, 8, "w")
+    assert torch.equal(got["exp_avg"], full[2:8] * 2) and float(got["step"]) == 7.0
+    assert torch.equal(checkpoint._state_range(pieces, 0, 10, "w")["exp_avg"], full * 2)
+    with pytest.raises(VikhrError, match=r"^ckpt, w: no optimizer state for elements 3\.\.8 "):
+        checkpoint._state_range([p for p in pieces if p["start"] != 3], 1, 8, "ckpt, w")
+    with pytest.raises(VikhrError, match=r"elements 10\.\.12"):
+        checkpoint._state_range(pieces, 4, 12, "w")
+
+
+class _LayoutOptimizer:
+    """The part of megatron's DistributedOptimizer the checkpoint uses, for one DP layout: which
+    element range of each parameter this rank owns, and its state there (slices of `full`)."""
+
+    def __init__(self, owned: dict[torch.nn.Parameter, tuple[int, int]], full: dict, keys: tuple[str, ...]):
+        param_map = {p: {"param": SimpleNamespace(start=s, end=e)} for p, (s, e) in owned.items()}
+        self.gbuf_ranges = [{torch.float32: [{"param_map": param_map}]}]
+        self.optimizer = SimpleNamespace(state={})
+        self.owned, self.full, self.keys = owned, full, keys
+        self.restored: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        self.common = None
+
+    def state_dict(self) -> dict:
+        return {"optimizer": {"param_groups": [{"lr": 0.5}]}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.common = state
+
+    def _get_main_param_and_optimizer_states(self, param: torch.nn.Parameter) -> dict:
+        start, end = self.owned[param]
+        return {k: self.full[param][k] if k == "step" else self.full[param][k][start:end] for k in self.keys}
+
+    def _set_main_param_and_optimizer_states(self, param: torch.nn.Parameter, tensors: dict) -> None:
+        self.restored[param] = tensors
+
+
+META = {"tp": 1, "dp": 2, "world_size": 2}  # the layout _save_layout writes
+
+
+def _save_layout(step_dir: Path, model: torch.nn.Module, layouts: list[_LayoutOptimizer]) -> None:
+    step_dir.mkdir()
+    names = {p: n for n, p in model.named_parameters()}
+    for d, inner in enumerate(layouts):
+        parts = [{"common": inner.state_dict(), "pieces": checkpoint._optimizer_pieces(inner, names)}]
+        torch.save(parts, step_dir / f"optim_tp00_dp{d:03d}.pt")
+
+
+def test_distributed_optimizer_state_is_redistributed_over_another_dp_layout(tmp_path: Path) -> None:
+    """What DP=2 ranks saved (parameters split mid-way, one whole on a rank) reaches the three
+    ranks of DP=3 element for element — main weights, both moments and the step — whatever range
+    each owns; a saved state without a key the optimizer keeps, or a file in another layout, is
+    one error naming the file or parameter."""
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(7))
+    a, b = model.a, model.b
+    keys = ("param", "exp_avg", "exp_avg_sq", "step")
+    full = {p: {k: torch.randn(p.numel()) for k in keys[:3]} | {"step": torch.tensor(5.0)} for p in (a, b)}
+    saved = [_LayoutOptimizer({a: (0, 6)}, full, keys), _LayoutOptimizer({a: (6, 10), b: (0, 7)}, full, keys)]
+    _save_layout(tmp_path / "step", model, saved)
+    for owned in ({a: (0, 4)}, {a: (4, 10), b: (0, 1)}, {b: (1, 7)}):
+        rank = _LayoutOptimizer(owned, full, keys)
+        checkpoint._load_distributed_optimizer(rank, model, tmp_path / "step", META, (0, 1, 0))
+        assert rank.common == {"optimizer": {"param_groups": [{"lr": 0.5}]}}
+        assert rank.restored.keys() == owned.keys()
+        for param, (start, end) in owned.items():
+            for key in keys[:3]:
+                assert torch.equal(rank.restored[param][key], full[param][key][start:end]), (key, start)
+            assert float(rank.restored[param]["step"]) == 5.0
+
+    amsgrad = {p: full[p] | {"max_exp_avg_sq": torch.zeros(p.numel())} for p in (a, b)}
+    with_more_state = _LayoutOptimizer({a: (0, 10), b: (0, 7)}, amsgrad, (*keys, "max_exp_avg_sq"))
+    with pytest.raises(VikhrError, match=r"a: the saved optimizer state lacks \['max_exp_avg_sq'\]"):
+        checkpoint._load_distributed_optimizer(with_more_state, model, tmp_path / "step", META, (0, 1, 0))
+    torch.save([{"common": {}, "shard": {}}], tmp_path / "step" / "optim_tp00_dp000.pt")
+    with pytest.raises(VikhrError, match=r"optim_tp00_dp000.pt does not hold this run's optimizer parts"):
+        checkpoint._load_distributed_optimizer(saved[0], model, tmp_path / "step", META, (0, 1, 0))
+
+
+def _model(shapes: dict[str, tuple[int, ...]]) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
+    """A module whose parameters have megatron's names (nested modules) and the given shapes."""
+    model, params = torch.nn.Module(), {}
+    for name, shape in shapes.items():
+        parent, *_, leaf = [model, *name.split(".")]
+        for part in name.split(".")[:-1]:
+            if not hasattr(parent, part):
+                parent.add_module(part, torch.nn.Module())
+            parent = getattr(parent, part)
+        params[name] = torch.nn.Parameter(torch.zeros(shape))
+        parent.register_parameter(leaf, params[name])
+    return model, params
+
+
+EMBED, FC1, PROJ = (
+    "embedding.word_embeddings.weight",
+    "decoder.layers.0.mlp.linear_fc1.weight",
+    "decoder.layers.0.self_attention.linear_proj.weight",
+)
+
+
+def _shard_shapes(padded_vocab: int, tp: int) -> dict[str, tuple[int, ...]]:
+    return {EMBED: (padded_vocab // tp, 4), FC1: (16 // tp, 4), PROJ: (4, 8 // tp)}
+
+
+@pytest.mark.parametrize(("new_tp", "new_padded_vocab"), [(1, 20), (4, 32)])
+def test_distributed_optimizer_state_is_cut_again_for_another_tp_size(
+    tmp_path: Path, new_tp: int, new_padded_vocab: int
+) -> None:
+    """TP=2 × DP=2 ranks saved a 20-token vocabulary padded to 24 rows, parameters split mid-way
+    over DP; at TP=1 (padded to 20) and TP=4 (to 32) each rank's owned elements of the main
+    weights and moments are those of the whole tensor sharded the new way, vocabulary rows
+    trimmed or zero-padded, the fc1 gate/up halves and the column split respected."""
+    keys = ("param", "exp_avg", "exp_avg_sq", "step")
+    torch.manual_seed(0)
+    whole = {
+        n: {k: torch.randn(s[0] * (2 if n != PROJ else 1), s[1] * (2 if n == PROJ else 1)) for k in keys[:3]}
+        for n, s in _shard_shapes(24, 2).items()
+    }
+    step_dir = tmp_path / "step"
+    step_dir.mkdir()
+    for t in range(2):
+        _, params = _model(_shard_shapes(24, 2))
+        names = {p: n for n, p in params.items()}
+        full = {
+            p: {k: shard(whole[n][k], split_of(n), t, 2).reshape(-1) for k in keys[:3]}
+            | {"step": torch.tensor(3.0)}
+            for n, p in params.items()
+        }
+        sizes = {n: p.numel() for n, p in params.items()}
+        rest = {
+            params[EMBED]: (30, sizes[EMBED]),
+            params[FC1]: (0, sizes[FC1]),
+            params[PROJ]: (0, sizes[PROJ]),
+        }
+        by_dp = [{params[EMBED]: (0, 30)}, rest]
+        for d, owned in enumerate(by_dp):
+            inner = _LayoutOptimizer(owned, full, keys)
+            parts = [{"common": inner.state_dict(), "pieces": checkpoint._optimizer_pieces(inner, names)}]
+            torch.save(parts, step_dir / f"optim_tp{t:02d}_dp{d:03d}.pt")
+        weights = {n: torch.zeros(s) for n, s in _shard_shapes(24, 2).items()}
+        save_file(weights, str(step_dir / f"model_tp{t:02d}.safetensors"))
+    meta = {"tp": 2, "dp": 2, "world_size": 4, "model": {"vocab_size": 20}}
+    for rank in range(new_tp):
+        model, params = _model(_shard_shapes(new_padded_vocab, new_tp))
+        owned = {p: (1, p.numel() - 1) for p in params.values()}
+        state = {
+            p: {k: torch.zeros(p.numel()) for k in keys[:3]} | {"step": torch.tensor(0.0)}
+            for p in params.values()
+        }
+        inner = _LayoutOptimizer(owned, state, keys)
+        checkpoint._load_distributed_optimizer(inner, model, step_dir, meta, (rank, new_tp, 0))
+        for name, param in params.items():
+            for key in keys[:3]:
+                expected = whole[name][key]
+                if name == EMBED:
+                    expected = torch.cat([expected[:20], torch.zeros(new_padded_vocab - 20, 4)])
+                expected = shard(expected, split_of(name), rank, new_tp).reshape(-1)[1:-1]
+                assert torch.equal(inner.restored[param][key], expected), (rank, name, key)
+            assert float(inner.restored[param]["step"]) == 3.0
+            assert math.prod(param.shape) == inner.restored[param]["param"].numel() + 2
