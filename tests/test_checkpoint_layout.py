@@ -139,10 +139,7 @@ def test_distributed_optimizer_state_is_cut_again_for_another_tp_size(
     trimmed or zero-padded, the fc1 gate/up halves and the column split respected."""
     keys = ("param", "exp_avg", "exp_avg_sq", "step")
     torch.manual_seed(0)
-    whole = {
-        n: {k: torch.randn(s[0] * (2 if n != PROJ else 1), s[1] * (2 if n == PROJ else 1)) for k in keys[:3]}
-        for n, s in _shard_shapes(24, 2).items()
-    }
+    whole = {n: {k: torch.randn(_shard_shapes(24, 1)[n]) for k in keys[:3]} for n in (EMBED, FC1, PROJ)}
     step_dir = tmp_path / "step"
     step_dir.mkdir()
     for t in range(2):
@@ -185,3 +182,61 @@ def test_distributed_optimizer_state_is_cut_again_for_another_tp_size(
                 assert torch.equal(inner.restored[param][key], expected), (rank, name, key)
             assert float(inner.restored[param]["step"]) == 3.0
             assert math.prod(param.shape) == inner.restored[param]["param"].numel() + 2
+
+
+class _Float16Optimizer:
+    """What the checkpoint reads of megatron's bf16 replicated optimizer: the model's parameters,
+    their fp32 copies that torch's optimizer steps (in the copies' order), and the loaded state."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.float16_groups = [params]
+        self.fp32_from_float16_groups = [[p.detach().float().clone() for p in params]]
+        self.optimizer = SimpleNamespace(param_groups=[{"params": self.fp32_from_float16_groups[0]}])
+        self.loaded: dict = {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def test_replicated_bf16_optimizer_state_is_cut_again_for_another_tp_size(tmp_path: Path) -> None:
+    """Megatron's bf16 state dict of TP=2 ranks (Adam moments by parameter index, fp32 master
+    weights by group) becomes each TP=4 rank's: the embedding's vocabulary rows re-padded, fc1's
+    gate/up halves and linear_proj's columns cut the new way; step counts and hyperparameters kept."""
+    names = [EMBED, FC1, PROJ]
+    torch.manual_seed(0)
+    whole = {
+        n: {k: torch.randn(_shard_shapes(24, 1)[n]) for k in ("exp_avg", "exp_avg_sq", "main")} for n in names
+    }
+    step_dir = tmp_path / "step"
+    step_dir.mkdir()
+    for t in range(2):
+        part = {n: {k: shard(v, split_of(n), t, 2) for k, v in whole[n].items()} for n in names}
+        state = {
+            k: {"step": torch.tensor(3.0), "exp_avg": part[n]["exp_avg"], "exp_avg_sq": part[n]["exp_avg_sq"]}
+            for k, n in enumerate(names)
+        }
+        saved = {
+            "optimizer": {"state": state, "param_groups": [{"lr": 0.5, "params": [0, 1, 2]}]},
+            "fp32_from_fp16_params": [[part[n]["main"] for n in names]],
+        }
+        torch.save(saved, step_dir / f"optim_tp{t:02d}.pt")
+    meta = {"tp": 2, "world_size": 2, "model": {"vocab_size": 20}}
+    for rank in range(4):
+        model, params = _model(_shard_shapes(32, 4))
+        optimizer = _Float16Optimizer([params[n] for n in names])
+        checkpoint._load_replicated_optimizer(optimizer, model, step_dir, meta, rank, 4)
+        loaded = optimizer.loaded
+        assert loaded["optimizer"]["param_groups"] == [{"lr": 0.5, "params": [0, 1, 2]}]
+        for k, name in enumerate(names):
+            for key in ("exp_avg", "exp_avg_sq", "main"):
+                expected = whole[name][key]
+                if name == EMBED:
+                    expected = torch.cat([expected[:20], torch.zeros(12, 4)])
+                expected = shard(expected, split_of(name), rank, 4)
+                got = (
+                    loaded["fp32_from_fp16_params"][0][k]
+                    if key == "main"
+                    else loaded["optimizer"]["state"][k][key]
+                )
+                assert torch.equal(got, expected), (rank, name, key)
+            assert float(loaded["optimizer"]["state"][k]["step"]) == 3.0

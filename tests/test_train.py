@@ -287,12 +287,12 @@ def test_resume_on_another_number_of_processes(
 
 @pytest.mark.distributed
 def test_resume_at_another_tensor_parallel_size(
-    corpus: dict[str, str], parallel_runs: dict[str, Path], distributed_run: Path, tmp_path: Path
+    corpus: dict[str, str], distributed_run: Path, tmp_path: Path
 ) -> None:
     """With the distributed optimizer a checkpoint resumes at another parallel.tensor: TP=1 DP=2
     -> TP=2 DP=1, and a TP=2 run killed after step 6 -> TP=1 DP=2 (weights, fp32 master weights
     and moments merged and cut again, the vocabulary padded for the new size); steps 5-8 are the
-    uninterrupted run's up to float rounding. The replicated optimizer's state is refused in one line."""
+    uninterrupted run's up to float rounding."""
     to_tp2 = tmp_path / "to_tp2"
     config = write_config(
         tmp_path / "to_tp2.yaml", corpus, to_tp2, optim=DISTRIBUTED, parallel={"tensor": 2, "device": "cpu"}
@@ -313,11 +313,22 @@ def test_resume_at_another_tensor_parallel_size(
     for run_dir in (to_tp2, to_tp1):
         _assert_continues(run_dir, distributed_run)
 
-    replicated = tmp_path / "replicated"
-    config = write_config(tmp_path / "replicated.yaml", corpus, replicated)
-    proc = _launch(config, 1, f"checkpoint.resume={parallel_runs['tp2'] / 'step_000004'}")
-    assert proc.returncode != 0
-    assert "was saved with parallel.tensor = 2, this run has 1: the replicated optimizer" in proc.stderr
+
+@pytest.mark.distributed
+def test_replicated_optimizer_resumes_at_another_tensor_parallel_size(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The replicated optimizer's state (megatron's state dict per TP rank) moves between TP sizes
+    too: step 4 of the TP=2 run resumes at TP=1, step 4 of the TP=1 run at TP=2, and steps 5-8
+    are the uninterrupted runs'."""
+    for source, tensor, nproc in (("tp2", 1, 1), ("tp1", 2, 2)):
+        run_dir = tmp_path / f"from_{source}"
+        parallel = {"tensor": tensor, "device": "cpu"}
+        config = write_config(tmp_path / f"{source}.yaml", corpus, run_dir, parallel=parallel)
+        proc = _launch(config, nproc, f"checkpoint.resume={parallel_runs[source] / 'step_000004'}")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert f"the optimizer state is redistributed for TP={tensor} DP=1" in proc.stderr
+        _assert_continues(run_dir, parallel_runs[source])
 
 
 def test_recompute_trains_to_the_same_losses(

@@ -340,6 +340,62 @@ def _resharded_state(
     return out
 
 
+def _load_replicated_optimizer(
+    optimizer: Any, model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
+) -> None:
+    """The replicated optimizer's state (megatron's state dict, one per TP rank) at another TP size:
+    entry k of a saved state belongs to the k-th parameter of the optimizer's groups, an order that
+    does not depend on the TP size; each tensor (Adam moments, fp32 master weights) is merged over
+    the old TP ranks and cut again for this one by vikhr.model.tp_layout."""
+    inners = _inner_optimizers(optimizer)
+    saved = []
+    for t in range(int(meta["tp"])):
+        path = step_dir / _optimizer_file(t, None)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved.append(state if isinstance(state, list) else [state])
+        if len(saved[-1]) != len(inners):
+            raise VikhrError(f"{path} does not hold this run's {len(inners)} optimizers (another model?)")
+    names = {param: canonical_name(name) for name, param in model.named_parameters()}
+    vocab = int(meta["model"]["vocab_size"])
+
+    def cut(param: torch.nn.Parameter, parts: list[torch.Tensor]) -> torch.Tensor:
+        return reshard(parts, names[param], tp_rank, tp_size, vocab, param.shape[0] * tp_size)
+
+    states = [
+        _resharded_replicated(inner, [parts[i] for parts in saved], cut) for i, inner in enumerate(inners)
+    ]
+    optimizer.load_state_dict(states if len(states) > 1 else states[0])
+
+
+def _resharded_replicated(inner: Any, olds: list[dict[str, Any]], cut: Any) -> dict[str, Any]:
+    """One inner optimizer's state dict for this TP rank, from the old TP ranks' (`cut`: merge and
+    cut one parameter's tensors)."""
+    # megatron's bf16 optimizer steps fp32 copies of the model's parameters, in their place
+    float16 = getattr(inner, "float16_groups", [])
+    copies = getattr(inner, "fp32_from_float16_groups", [])
+    model_param = {
+        id(c): p for ps, cs in zip(float16, copies, strict=True) for p, c in zip(ps, cs, strict=True)
+    }
+    order = [model_param.get(id(p), p) for group in inner.optimizer.param_groups for p in group["params"]]
+    wrapped = "optimizer" in olds[0]  # bf16: {"optimizer": torch's state dict, "fp32_from_fp16_params": ...}
+    torch_states = [old["optimizer"] if wrapped else old for old in olds]
+    state = {
+        k: {
+            key: value if value.dim() == 0 else cut(order[k], [ts["state"][k][key] for ts in torch_states])
+            for key, value in entry.items()
+        }
+        for k, entry in torch_states[0]["state"].items()
+    }
+    resharded = {**torch_states[0], "state": state}
+    if not wrapped:
+        return resharded
+    main_weights = [
+        [cut(param, [old["fp32_from_fp16_params"][g][j] for old in olds]) for j, param in enumerate(group)]
+        for g, group in enumerate(float16)
+    ]
+    return {**olds[0], "optimizer": resharded, "fp32_from_fp16_params": main_weights}
+
+
 def _optimizer_parts(step_dir: Path, tp_rank: int, dp_rank: int, inners: int) -> list[dict[str, Any]]:
     """The optimizer parts one old rank saved, checked to be this run's layout."""
     path = step_dir / _optimizer_file(tp_rank, dp_rank)
@@ -633,10 +689,9 @@ def resume(
 
     `runtime`: this run's {"device": "cuda" | "cpu", "params_dtype": ...}; a checkpoint saved with
     others is refused (optimizer formats and RNG states differ between them). The layout may differ
-    from the run that saved it — another DP size, and with the distributed optimizer another TP
-    size: the weights and optimizer state are cut again for this layout, and the RNG states stay as
-    seeded by this start (a rank's saved state belongs to a layout that no longer exists); a
-    warning says so."""
+    from the run that saved it — another DP or TP size: the weights and optimizer state are cut
+    again for this layout, and the RNG states stay as seeded by this start (a rank's saved state
+    belongs to a layout that no longer exists); a warning says so."""
     meta = read_meta(step_dir)
     for key, now in (runtime or {}).items():
         then = meta.get(key)  # absent in checkpoints from before it was recorded
@@ -652,13 +707,6 @@ def resume(
             f"checkpoint {step_dir} was saved with optim.distributed = "
             f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
         )
-    if meta["tp"] != tp_size and not distributed:
-        raise VikhrError(
-            f"checkpoint {step_dir} was saved with parallel.tensor = {meta['tp']}, this run has {tp_size}: "
-            "the replicated optimizer's state (optim.distributed = false) is resumed at its own TP size "
-            f"only; resume with parallel.tensor = {meta['tp']}, or start from its weights "
-            f"(model.init={step_dir})"
-        )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
         _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
@@ -668,6 +716,8 @@ def resume(
             for param_state in inner.optimizer.state.values():
                 if isinstance(param_state.get("step"), torch.Tensor):
                     param_state["step"] = param_state["step"].clone()
+    elif meta["tp"] != tp_size:
+        _load_replicated_optimizer(optimizer, model, step_dir, meta, tp_rank, tp_size)
     else:
         state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state)
@@ -675,10 +725,13 @@ def resume(
         _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
     else:
         layout = f"TP={meta['tp']} DP={meta['world_size'] // meta['tp']}"
-        spread = f"the optimizer state is redistributed for TP={tp_size} DP={world // tp_size}; "
+        moved = distributed or meta["tp"] != tp_size  # else every rank loads the same saved state
+        spread = (
+            f"the optimizer state is redistributed for TP={tp_size} DP={world // tp_size}; " if moved else ""
+        )
         warn(
             f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])} ({layout}), this run "
-            f"has {world}: {spread if distributed else ''}the random states start from train.seed "
-            "(dropout draws differ from an uninterrupted run)"
+            f"has {world}: {spread}the random states start from train.seed (dropout draws differ from "
+            "an uninterrupted run)"
         )
     return meta
