@@ -351,7 +351,7 @@ def _load_replicated_optimizer(
     saved = []
     for t in range(int(meta["tp"])):
         path = step_dir / _optimizer_file(t, None)
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _read_mapped(path)
         saved.append(state if isinstance(state, list) else [state])
         if len(saved[-1]) != len(inners):
             raise VikhrError(f"{path} does not hold this run's {len(inners)} optimizers (another model?)")
@@ -399,7 +399,7 @@ def _resharded_replicated(inner: Any, olds: list[dict[str, Any]], cut: Any) -> d
 def _optimizer_parts(step_dir: Path, tp_rank: int, dp_rank: int, inners: int) -> list[dict[str, Any]]:
     """The optimizer parts one old rank saved, checked to be this run's layout."""
     path = step_dir / _optimizer_file(tp_rank, dp_rank)
-    parts = _read_optimizer_part(path)
+    parts = _read_mapped(path)
     if len(parts) != inners or any("pieces" not in part for part in parts):
         raise VikhrError(
             f"{path} does not hold this run's optimizer parts ({inners} optimizers, each as "
@@ -409,9 +409,9 @@ def _optimizer_parts(step_dir: Path, tp_rank: int, dp_rank: int, inners: int) ->
     return parts
 
 
-def _read_optimizer_part(path: Path) -> list[dict[str, Any]]:
-    """A DP rank's optimizer file, memory-mapped where the file system allows (only the elements
-    touched are read), else read whole."""
+def _read_mapped(path: Path) -> Any:
+    """An optimizer file, memory-mapped where the file system allows (only the elements touched are
+    read), else read whole."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError):
