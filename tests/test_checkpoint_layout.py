@@ -240,3 +240,48 @@ def test_replicated_bf16_optimizer_state_is_cut_again_for_another_tp_size(tmp_pa
                 )
                 assert torch.equal(got, expected), (rank, name, key)
             assert float(loaded["optimizer"]["state"][k]["step"]) == 3.0
+
+
+def test_megatron_bf16_optimizer_state_has_the_layout_the_reshard_reads() -> None:
+    """On megatron's own bf16 replicated optimizer (after a step): every entry of its state dict
+    reaches `cut` with the shape of the model parameter it belongs to, and at TP 1 -> 1 the
+    resharded state dict is the saved one and loads back."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from vikhr.model.config import preset
+    from vikhr.model.gpt import build_gpt_model
+    from vikhr.model.tp_layout import reshard
+    from vikhr.runtime.distributed import distributed_env
+
+    with distributed_env(tp_size=1, device="cpu"):
+        cfg = preset("tiny")
+        model = build_gpt_model(cfg, 1, params_dtype=torch.bfloat16)
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True)
+        ddp = DistributedDataParallel(model.config, ddp_config, model)
+        optimizer_config = OptimizerConfig(optimizer="adam", lr=1e-3, bf16=True, params_dtype=torch.bfloat16)
+        optimizer = get_megatron_optimizer(optimizer_config, [ddp])
+        for param in model.parameters():
+            param.main_grad.copy_(torch.randn_like(param.main_grad))
+        optimizer.step()
+        saved = optimizer.state_dict()
+        names = {p: checkpoint.canonical_name(n) for n, p in model.named_parameters()}
+        seen = set()
+
+        def cut(param: torch.nn.Parameter, parts: list[torch.Tensor]) -> torch.Tensor:
+            assert parts[0].shape == param.shape, names[param]
+            seen.add(names[param])
+            return reshard(parts, names[param], 0, 1, cfg.vocab_size, param.shape[0])
+
+        inner = checkpoint._inner_optimizers(optimizer)[0]
+        new = checkpoint._resharded_replicated(inner, [saved], cut)
+        assert seen == set(names.values())
+        weights = zip(new["fp32_from_fp16_params"], saved["fp32_from_fp16_params"], strict=True)
+        assert all(
+            torch.equal(a, b)
+            for new_group, old_group in weights
+            for a, b in zip(new_group, old_group, strict=True)
+        )
+        for k, entry in saved["optimizer"]["state"].items():
+            assert all(torch.equal(new["optimizer"]["state"][k][key], value) for key, value in entry.items())
+        optimizer.load_state_dict(new)
