@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,63 @@ def test_lr_schedule_warms_up_then_decays_to_min(tmp_path: Path, dataset: str) -
     linear = load_config(_config(tmp_path, dataset), ["train.steps=110", "optim.decay=linear"])
     assert lr_at(60, linear) == pytest.approx(1e-4 + 0.5 * 9e-4)
     assert not math.isclose(lr_at(35, linear), lr_at(35, cfg))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kept"),
+    [
+        ("linear", lambda p: 1 - p),
+        ("cosine", lambda p: 0.5 * (1 + math.cos(math.pi * p))),
+        ("minus_sqrt", lambda p: 1 - math.sqrt(p)),
+        ("exponential", lambda p: 2 * 0.5**p - 1),
+    ],
+)
+def test_wsd_schedule_holds_then_decays_over_its_last_steps(
+    tmp_path: Path, dataset: str, shape: str, kept
+) -> None:
+    """optim.decay=wsd (Megatron-LM's WSD): warm-up, lr held, then (lr - min_lr) scaled by the shape
+    over the last decay_steps steps; extending train.steps before the decay leaves the steps run
+    so far unchanged."""
+    from vikhr.train.trainer import lr_at
+
+    overrides = ["train.steps=110", "optim.min_lr=1e-4", "optim.decay=wsd", "optim.decay_steps=40"]
+    cfg = load_config(_config(tmp_path, dataset), [*overrides, f"optim.wsd_shape={shape}"])
+    lrs = [lr_at(s, cfg) for s in range(110)]
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert lrs[10:71] == pytest.approx([1e-3] * 61)  # held until the last 40 steps
+    for step in (70, 80, 90, 109):
+        assert lrs[step] == pytest.approx(1e-4 + 9e-4 * kept((step - 70) / 40)), step
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:])) and lrs[-1] > 1e-4
+    longer = load_config(_config(tmp_path, dataset), ["train.steps=200", *overrides[1:]])
+    assert [lr_at(s, longer) for s in range(70)] == lrs[:70]
+    default = load_config(_config(tmp_path, dataset), ["train.steps=110", "optim.decay=wsd"])
+    assert lr_at(90, default) == pytest.approx(1e-3) and lr_at(91, default) < 1e-3  # 20% of 100 steps
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.decay_steps=20"], "optim.decay_steps is the length of the wsd decay; optim.decay is cosine"),
+        (["optim.decay=wsd", "train.steps=30", "optim.decay_steps=25"], "optim.decay_steps = 25 is longer"),
+        (["optim.decay=wsd", "optim.wsd_shape=sqrt"], "optim.wsd_shape"),
+    ],
+)
+def test_wsd_settings_are_checked(tmp_path: Path, dataset: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(VikhrError, match=re.escape(message)):
+        load_config(_config(tmp_path, dataset), overrides)
+
+
+def test_megatron_wsd_flags_map_to_the_schedule() -> None:
+    from vikhr.train.cli import build_arg_parser, config_overrides
+
+    args = build_arg_parser().parse_args(
+        ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "200", "--lr-wsd-decay-style", "cosine"]
+    )
+    assert sorted(config_overrides(args)) == [
+        "optim.decay=wsd",
+        "optim.decay_steps=200",
+        "optim.wsd_shape=cosine",
+    ]
 
 
 def test_memory_estimate_of_mistral_7b_follows_tp() -> None:

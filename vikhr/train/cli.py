@@ -24,7 +24,9 @@ MEGATRON_FLAGS: dict[str, str] = {
     "--lr": "optim.lr",
     "--min-lr": "optim.min_lr",
     "--lr-warmup-iters": "optim.warmup_steps",
-    "--lr-decay-style": "optim.decay",
+    "--lr-decay-style": "optim.decay",  # Megatron-LM spells one of them WSD
+    "--lr-wsd-decay-iters": "optim.decay_steps",
+    "--lr-wsd-decay-style": "optim.wsd_shape",
     "--weight-decay": "optim.weight_decay",
     "--clip-grad": "optim.clip_grad",
     "--adam-beta1": "optim.betas.0",
@@ -73,6 +75,8 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         key = dest.removeprefix("megatron:")
         if key.startswith("optim.betas."):
             betas[int(key.rsplit(".", 1)[1])] = value
+        elif key == "optim.decay":
+            overrides.append(f"{key}={value.lower()}")
         else:
             overrides.append(f"{key}={value}")
     if betas:

@@ -10,7 +10,8 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
                 packing (sft: pack | pad), isolate_documents, cache_dir, eod_id, valid_samples
     train:      steps, micro_batch, global_batch, seed, recompute
-    optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, distributed
+    optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, decay_steps,
+                wsd_shape, distributed
     kl:         weight (λ), direction, temperature, reference
     checkpoint: dir, save_every, keep_last, resume
     logging:    log_every, eval_every, tensorboard, max_nonfinite
@@ -138,7 +139,12 @@ class OptimSection(_Section):
     weight_decay: NonNegativeFloat = 0.1  # AdamW's, on the matrices: not on norms and biases
     clip_grad: NonNegativeFloat = 1.0  # 0 disables clipping
     warmup_steps: NonNegativeInt = 10
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    # After warm-up: cosine or linear decay to min_lr over the remaining steps, constant, or wsd
+    # (warmup-stable-decay: lr held, then decayed to min_lr over the last `decay_steps` steps, in
+    # the shape `wsd_shape`; a run can be extended before its decay begins).
+    decay: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_steps: PositiveInt | None = None  # wsd: the decay's length; default 20% after warm-up
+    wsd_shape: Literal["linear", "cosine", "minus_sqrt", "exponential"] = "minus_sqrt"
     # Shard the fp32 master weights and Adam moments over the data-parallel ranks (megatron's
     # distributed optimizer, ZeRO-1): 12 B/param become 12/DP B/param per GPU.
     distributed: bool = False
@@ -156,7 +162,7 @@ class CheckpointSection(_Section):
     dir: str = "runs/pretrain"
     save_every: PositiveInt = 500
     # 0 keeps every checkpoint; N keeps the newest N (a 7B model's step with its Adam state is
-    # ~110 GB): earlier ones are removed once a new one is whole. 2 leaves a fallback if the newest
+    # ~100 GB): earlier ones are removed once a new one is whole. 2 leaves a fallback if the newest
     # is damaged.
     keep_last: NonNegativeInt = 0
     resume: str = "auto"  # auto (latest in dir, if any) | never | a step_* directory
@@ -263,6 +269,16 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
             )
     if o.min_lr > o.lr:
         raise VikhrError(f"config key optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    if o.decay_steps is not None and o.decay != "wsd":
+        raise VikhrError(
+            f"config key optim.decay_steps is the length of the wsd decay; optim.decay is {o.decay} "
+            "(set optim.decay=wsd, or drop optim.decay_steps)"
+        )
+    if o.decay_steps is not None and o.decay_steps > t.steps - o.warmup_steps:
+        raise VikhrError(
+            f"config key optim.decay_steps = {o.decay_steps} is longer than the steps after warm-up "
+            f"(train.steps - optim.warmup_steps = {t.steps - o.warmup_steps})"
+        )
     if check_files and k.weight > 0 and k.reference != "init" and not Path(k.reference).exists():
         raise VikhrError(f"config key kl.reference: checkpoint not found: {k.reference} (or use 'init')")
     c = cfg.checkpoint

@@ -138,16 +138,31 @@ def forward_loss(
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of 0-based optimizer step `step`: linear warm-up, then cosine/linear decay to min_lr."""
+    """Learning rate of 0-based optimizer step `step`: linear warm-up, then cosine/linear decay to
+    min_lr, constant, or warmup-stable-decay (Megatron-LM's WSD: held, then decayed over the last
+    `optim.decay_steps` steps in the shape `optim.wsd_shape`)."""
     o, total = cfg.optim, cfg.train.steps
     if step < o.warmup_steps:
         return o.lr * (step + 1) / o.warmup_steps
     if o.decay == "constant" or total <= o.warmup_steps:
         return o.lr
+    if o.decay == "wsd":
+        length = o.decay_steps or max(1, round(0.2 * (total - o.warmup_steps)))
+        progress = max(0.0, (step - (total - length)) / length)
+        return o.min_lr + (o.lr - o.min_lr) * _WSD_SHAPES[o.wsd_shape](min(progress, 1.0))
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
     if o.decay == "linear":
         return o.min_lr + (o.lr - o.min_lr) * (1.0 - progress)
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+# The fraction of (lr - min_lr) kept at decay progress p in [0, 1] (Megatron-LM's WSD decay styles).
+_WSD_SHAPES = {
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "minus_sqrt": lambda p: 1.0 - math.sqrt(p),
+    "exponential": lambda p: 2.0 * 0.5**p - 1.0,
+}
 
 
 def index_cache_dir(cfg: TrainConfig) -> str:
