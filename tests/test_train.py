@@ -331,6 +331,27 @@ def test_replicated_optimizer_resumes_at_another_tensor_parallel_size(
         _assert_continues(run_dir, parallel_runs[source])
 
 
+def test_wsd_run_is_extended_on_resume(corpus: dict[str, str], tmp_path: Path) -> None:
+    """optim.decay=wsd: a 6-step run (decay over its last 2) stopped after its step-4 checkpoint,
+    before the decay, resumes with train.steps=8 and gives exactly the 8-step run's steps 5-8 —
+    held learning rate, then the decay of the longer run."""
+    wsd = {"decay": "wsd", "decay_steps": 2, "warmup_steps": 2, "min_lr": 3e-4}
+    whole = tmp_path / "whole"
+    proc = _launch(write_config(tmp_path / "whole.yaml", corpus, whole, optim=wsd), 1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=wsd, train={"steps": 6})
+    assert _launch(config, 1, "debug.kill_at_step=5").returncode != 0
+    proc = _launch(config, 1, "train.steps=8")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    train, _ = read_metrics(run_dir)
+    reference, _ = read_metrics(whole)
+    assert [reference[s]["lr"] for s in range(3, 7)] == [3e-3] * 4 and reference[8]["lr"] < 3e-3
+    for step in (5, 6, 7, 8):
+        for key in ("loss", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (step, key)
+
+
 def test_recompute_trains_to_the_same_losses(
     corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
 ) -> None:

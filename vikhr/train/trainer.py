@@ -148,8 +148,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return o.lr
     if o.decay == "wsd":
         length = o.decay_steps or max(1, round(0.2 * (total - o.warmup_steps)))
-        progress = max(0.0, (step - (total - length)) / length)
-        return o.min_lr + (o.lr - o.min_lr) * _WSD_SHAPES[o.wsd_shape](min(progress, 1.0))
+        if step < total - length:
+            return o.lr
+        progress = min(1.0, (step - (total - length)) / length)
+        return o.min_lr + (o.lr - o.min_lr) * _WSD_SHAPES[o.wsd_shape](progress)
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
     if o.decay == "linear":
         return o.min_lr + (o.lr - o.min_lr) * (1.0 - progress)
