@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -300,7 +301,9 @@ def test_resume_at_another_tensor_parallel_size(
     proc = _launch(config, 2, f"checkpoint.resume={distributed_run / 'step_000004'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(TP=1 DP=2), this run has 2: the optimizer state is redistributed for TP=2 DP=1" in proc.stderr
-    assert "kl.reference is the random initialisation, drawn again at parallel.tensor = 2" in proc.stderr
+    assert (
+        "kl.reference is the random initialisation, drawn again for parallel.tensor = 2 on cpu" in proc.stderr
+    )
 
     to_tp1 = tmp_path / "to_tp1"
     config = write_config(
@@ -329,6 +332,45 @@ def test_replicated_optimizer_resumes_at_another_tensor_parallel_size(
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert f"the optimizer state is redistributed for TP={tensor} DP=1" in proc.stderr
         _assert_continues(run_dir, parallel_runs[source])
+
+
+def _as_saved_on_gpu(step_dir: Path, copy: Path) -> Path:
+    """A copy of a CPU checkpoint as a bf16 GPU run would have saved it: meta.json's device and
+    dtype, the weights file rounded to bf16 (the fp32 master weights stay in the optimizer state)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(step_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "device": "cuda", "params_dtype": "bfloat16"}))
+    for path in copy.glob("model_tp*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(path).items()}, str(path))
+    return copy
+
+
+@pytest.mark.distributed
+def test_distributed_optimizer_moves_between_devices(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], distributed_run: Path, tmp_path: Path
+) -> None:
+    """A bf16 GPU checkpoint (made from the CPU run's step 4) resumes on the CPU in fp32 with the
+    distributed optimizer: the weights come from the fp32 master weights, not the rounded file, so
+    steps 5-8 are the uninterrupted run's exactly. The replicated optimizer refuses in one line."""
+    gpu_like = _as_saved_on_gpu(distributed_run / "step_000004", tmp_path / "gpu" / "step_000004")
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=DISTRIBUTED)
+    proc = _launch(config, 2, f"checkpoint.resume={gpu_like}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(TP=1 DP=2, cuda bfloat16), this run has 2 (cpu float32)" in proc.stderr
+    train, _ = read_metrics(run_dir)
+    reference, _ = read_metrics(distributed_run)
+    for step in (5, 6, 7, 8):
+        for key in ("loss", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (step, key)
+
+    replicated = _as_saved_on_gpu(parallel_runs["dp2"] / "step_000004", tmp_path / "gpu2" / "step_000004")
+    config = write_config(tmp_path / "r.yaml", corpus, tmp_path / "r")
+    proc = _launch(config, 2, f"checkpoint.resume={replicated}")
+    assert proc.returncode != 0
+    assert "saved with device cuda, this run has cpu: the replicated optimizer's state" in proc.stderr
 
 
 def test_wsd_run_is_extended_on_resume(corpus: dict[str, str], tmp_path: Path) -> None:
@@ -479,6 +521,27 @@ def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Pat
     assert valid[8]["loss_ru"] < valid[0]["loss_ru"]
     if any(name in torch.cuda.get_device_name() for name in ("H100", "H200", "A100")):
         assert 0 < train[8]["mfu"] < 1
+
+
+@pytest.mark.gpu
+def test_cpu_checkpoint_resumes_on_gpu(corpus: dict[str, str], tmp_path: Path) -> None:
+    """With the distributed optimizer, step 4 of a CPU (fp32) run continues on the GPU in bf16:
+    steps 5-8 follow the CPU run's up to bf16 rounding (λ = 0: a random-init KL reference would be
+    drawn again on the GPU)."""
+    settings = {"optim": {"distributed": True}, "kl": {"weight": 0.0}}
+    cpu_dir = tmp_path / "cpu"
+    proc = _launch(write_config(tmp_path / "cpu.yaml", corpus, cpu_dir, **settings), 1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    gpu_dir = tmp_path / "gpu"
+    on_gpu = {"parallel": {"tensor": 1, "device": "cuda"}, "model": {"attention": "auto"}}
+    config = write_config(tmp_path / "gpu.yaml", corpus, gpu_dir, **settings, **on_gpu)
+    proc = _launch(config, 1, f"checkpoint.resume={cpu_dir / 'step_000004'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(TP=1 DP=1, cpu float32), this run has 1 (cuda bfloat16)" in proc.stderr
+    train, _ = read_metrics(gpu_dir)
+    reference, _ = read_metrics(cpu_dir)
+    for step in (5, 6, 7, 8):
+        assert train[step]["loss"] == pytest.approx(reference[step]["loss"], rel=2e-2), step
 
 
 def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:

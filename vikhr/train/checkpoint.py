@@ -687,29 +687,23 @@ def resume(
 ) -> dict[str, Any]:
     """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
 
-    `runtime`: this run's {"device": "cuda" | "cpu", "params_dtype": ...}; a checkpoint saved with
-    others is refused (optimizer formats and RNG states differ between them). The layout may differ
-    from the run that saved it — another DP or TP size: the weights and optimizer state are cut
-    again for this layout, and the RNG states stay as seeded by this start (a rank's saved state
-    belongs to a layout that no longer exists); a warning says so."""
+    The layout may differ from the run that saved it — another DP or TP size: the weights and
+    optimizer state are cut again for this layout. With the distributed optimizer so may the
+    `runtime` ({"device": "cuda" | "cpu", "params_dtype": ...}): the weights are then taken from
+    the fp32 master weights of the optimizer state (a bf16 run's weights file is rounded); the
+    replicated optimizer's state has another format on each, and such a change is refused. When
+    anything changed, the RNG states stay as seeded by this start (a saved state belongs to a
+    layout or device that is gone); a warning says so."""
     meta = read_meta(step_dir)
-    for key, now in (runtime or {}).items():
-        then = meta.get(key)  # absent in checkpoints from before it was recorded
-        if then is not None and then != now:
-            raise VikhrError(
-                f"checkpoint {step_dir} was saved with {key} {then}, this run has {now}: its optimizer "
-                f"and RNG states do not carry over; resume with the same {key}, or start a new run "
-                f"from its weights (model.init={step_dir})"
-            )
+    runtime = runtime or {}
+    saved_runtime = {key: meta.get(key, now) for key, now in runtime.items()}  # absent in old checkpoints
     distributed = is_distributed_optimizer(optimizer)
-    if bool(meta.get("distributed_optimizer", False)) != distributed:
-        raise VikhrError(
-            f"checkpoint {step_dir} was saved with optim.distributed = "
-            f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
-        )
+    _check_resumable(step_dir, meta, distributed, saved_runtime, runtime)
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
         _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
+        if saved_runtime.get("params_dtype") != runtime.get("params_dtype"):
+            _load_master_weights(model, step_dir, meta, tp_rank, tp_size)
         # megatron (without Apex/TE) gives every parameter the same `step` tensor, which torch's
         # Adam then increments once per parameter: give each its own.
         for inner in _inner_optimizers(optimizer):
@@ -721,17 +715,73 @@ def resume(
     else:
         state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state)
-    if (meta["world_size"], meta["tp"]) == (world, tp_size):
+    if (meta["world_size"], meta["tp"], saved_runtime) == (world, tp_size, runtime):
         _set_rng_state(torch.load(step_dir / f"rng_rank{rank:04d}.pt", map_location="cpu", weights_only=True))
-    else:
-        layout = f"TP={meta['tp']} DP={meta['world_size'] // meta['tp']}"
-        moved = distributed or meta["tp"] != tp_size  # else every rank loads the same saved state
-        spread = (
-            f"the optimizer state is redistributed for TP={tp_size} DP={world // tp_size}; " if moved else ""
-        )
-        warn(
-            f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])} ({layout}), this run "
-            f"has {world}: {spread}the random states start from train.seed (dropout draws differ from "
-            "an uninterrupted run)"
-        )
+        return meta
+    moved = distributed or meta["tp"] != tp_size  # else every rank loads the same saved state
+    spread = f"the optimizer state is redistributed for TP={tp_size} DP={world // tp_size}; " if moved else ""
+    then = f"TP={meta['tp']} DP={meta['world_size'] // meta['tp']}"
+    if saved_runtime != runtime:
+        then += ", " + " ".join(saved_runtime.values())
+    now = "" if saved_runtime == runtime else f" ({' '.join(runtime.values())})"
+    warn(
+        f"checkpoint {step_dir} was saved by {_processes(meta['world_size'])} ({then}), this run has "
+        f"{world}{now}: {spread}the random states start from train.seed (dropout draws differ from an "
+        "uninterrupted run)"
+    )
     return meta
+
+
+def _check_resumable(
+    step_dir: Path, meta: dict[str, Any], distributed: bool, saved: dict[str, str], now: dict[str, str]
+) -> None:
+    """One line for what a resume cannot change: optim.distributed, and the device or parameter
+    dtype with the replicated optimizer (megatron's fp32 and bf16 optimizers save other formats)."""
+    if bool(meta.get("distributed_optimizer", False)) != distributed:
+        raise VikhrError(
+            f"checkpoint {step_dir} was saved with optim.distributed = "
+            f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
+        )
+    for key, value in now.items():
+        if not distributed and saved[key] != value:
+            raise VikhrError(
+                f"checkpoint {step_dir} was saved with {key} {saved[key]}, this run has {value}: the "
+                f"replicated optimizer's state does not carry over (runs with optim.distributed = true "
+                f"move between devices); resume with the same {key}, or start a new run from its "
+                f"weights (model.init={step_dir})"
+            )
+
+
+def _load_master_weights(
+    model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
+) -> None:
+    """Set the model's parameters to the fp32 master weights the distributed optimizer saved (every
+    old DP rank's pieces of this TP rank, or of all TP ranks merged and cut again), in the model's
+    dtype: a checkpoint of a bf16 run resumed in fp32 continues from the unrounded weights."""
+    saved_tp = int(meta["tp"])
+    saved_dp = int(meta.get("dp", meta["world_size"] // saved_tp))
+    shapes = {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
+    olds = [tp_rank] if saved_tp == tp_size else range(saved_tp)
+    pieces: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for t in olds:
+        for d in range(saved_dp):
+            for part in _read_mapped(step_dir / _optimizer_file(t, d)):
+                for piece in part["pieces"]:
+                    master = {**piece, "tensors": {"param": piece["tensors"]["param"]}}
+                    pieces.setdefault(piece["name"], {}).setdefault(t, []).append(master)
+    vocab = int(meta["model"]["vocab_size"])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            name = canonical_name(name)
+            where = f"checkpoint {step_dir}, {name}"
+            parts = [
+                _state_range(pieces.get(name, {}).get(t, []), 0, math.prod(shapes[name]), where)["param"]
+                for t in olds
+            ]
+            parts = [part.reshape(shapes[name]) for part in parts]
+            weights = (
+                parts[0]
+                if saved_tp == tp_size
+                else reshard(parts, name, tp_rank, tp_size, vocab, param.shape[0] * tp_size)
+            )
+            param.copy_(weights)

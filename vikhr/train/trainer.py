@@ -397,12 +397,12 @@ class Trainer:
             cfg.kl.weight > 0
             and cfg.kl.reference == "init"
             and cfg.model.init == "random"
-            and meta["tp"] != env.tp_size
+            and (meta["tp"], meta.get("device", env.device.type)) != (env.tp_size, env.device.type)
         ):
             checkpoint.warn(
-                f"kl.reference is the random initialisation, drawn again at parallel.tensor = "
-                f"{env.tp_size}: it may differ from the one the run started with at {meta['tp']} (on a GPU "
-                "each rank draws its own part); give kl.reference a checkpoint to keep it"
+                f"kl.reference is the random initialisation, drawn again for parallel.tensor = "
+                f"{env.tp_size} on {env.device.type}: it may differ from the one the run started with (on a "
+                "GPU each rank draws its own part); give kl.reference a checkpoint to keep it"
             )
         self.monitor.info(f"resumed from {step_dir} at step {step}")
 
