@@ -130,7 +130,7 @@ def _resharded_tensors(
             stack.enter_context(safe_open(str(step_dir / f"model_tp{t:02d}.safetensors"), "pt"))
             for t in range(int(meta["tp"]))
         ]
-        for name in read_header(step_dir / "model_tp00.safetensors").tensors:
+        for name in _part_shapes(step_dir):
             rows = own[name].shape[0] * tp_size if name in own else 0
             out[name] = reshard([f.get_tensor(name) for f in files], name, tp_rank, tp_size, vocab, rows)
     return out
@@ -160,6 +160,22 @@ def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path:
 def _inner_optimizers(optimizer: Any) -> list[Any]:
     """megatron wraps its optimizers in a ChainedOptimizer (one per parameter kind)."""
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _param_names(model: torch.nn.Module) -> dict[torch.nn.Parameter, str]:
+    """Each parameter's canonical name (the name its checkpoint tensors and optimizer pieces have)."""
+    return {param: canonical_name(name) for name, param in model.named_parameters()}
+
+
+def _saved_layout(meta: dict[str, Any]) -> tuple[int, int]:
+    """(TP size, DP size) of the run that saved a checkpoint."""
+    tp = int(meta["tp"])
+    return tp, int(meta.get("dp", int(meta.get("world_size", tp)) // tp))
+
+
+def _part_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter's part on one saved TP rank (the same on every rank)."""
+    return {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
 
 
 def is_distributed_optimizer(optimizer: Any) -> bool:
@@ -233,29 +249,23 @@ def _load_distributed_optimizer(
     owns elements of, from every old rank, are merged and cut again by vikhr.model.tp_layout."""
     tp_rank, tp_size, dp_rank = layout
     inners = _inner_optimizers(optimizer)
-    names = {param: canonical_name(name) for name, param in model.named_parameters()}
+    names = _param_names(model)
     owned = [{names[param]: (start, end) for param, start, end in _owned_ranges(inner)} for inner in inners]
-    saved_tp = int(meta["tp"])
-    saved_dp = int(meta.get("dp", meta["world_size"] // saved_tp))
+    saved_tp, saved_dp = _saved_layout(meta)
     common, kept = _collect_pieces(step_dir, owned, (saved_tp, saved_dp), (tp_rank, tp_size, dp_rank))
     old_shapes, vocab = {}, 0  # what the old TP parts are unflattened to, when they are merged
     if saved_tp != tp_size:
-        old_shapes = {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
-        vocab = int(meta["model"]["vocab_size"])
+        old_shapes, vocab = _part_shapes(step_dir), int(meta["model"]["vocab_size"])
     for i, inner in enumerate(inners):
         inner.load_state_dict(common[i])
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) model params
             for param, start, end in _owned_ranges(inner):
                 name = names[param]
                 where = f"checkpoint {step_dir}, {name}"
-                by_tp = kept[i].get(name, {})
-                if saved_tp == tp_size:
-                    tensors = _state_range(by_tp.get(tp_rank, []), start, end, where)
-                else:
-                    cut = (tp_rank, tp_size, start, end)
-                    tensors = _resharded_state(
-                        by_tp, saved_tp, old_shapes[name], name, param, cut, vocab, where
-                    )
+                cut = (tp_rank, tp_size, start, end)
+                tensors = _part_state(
+                    kept[i].get(name, {}), saved_tp, old_shapes.get(name), name, param, cut, vocab, where
+                )
                 needed = inner._get_main_param_and_optimizer_states(param).keys() - tensors.keys()
                 if needed:
                     raise VikhrError(
@@ -310,10 +320,10 @@ def _cut(piece: dict[str, Any], start: int, end: int) -> dict[str, Any] | None:
     return {"name": piece["name"], "start": lo, "end": hi, "tensors": tensors}
 
 
-def _resharded_state(
+def _part_state(
     by_tp: dict[int, list[dict[str, Any]]],
     saved_tp: int,
-    old_shape: tuple[int, ...],
+    old_shape: tuple[int, ...] | None,
     name: str,
     param: torch.nn.Parameter,
     cut: tuple[int, int, int, int],
@@ -321,8 +331,13 @@ def _resharded_state(
     where: str,
 ) -> dict[str, torch.Tensor]:
     """Elements [start, end) of this TP rank's flat optimizer state of `name` (`cut`: TP rank, TP
-    size, start, end), from the old TP ranks' pieces; one state key in memory at a time."""
+    size, start, end) from the pieces the old ranks saved, by old TP rank: cut out directly at the
+    same TP size, else merged from the old TP parts (of `old_shape`) and cut again, one state key
+    in memory at a time."""
     tp_rank, tp_size, start, end = cut
+    if saved_tp == tp_size:
+        return _state_range(by_tp.get(tp_rank, []), start, end, where)
+    assert old_shape is not None
     rows = param.shape[0] * tp_size  # the padded vocabulary at this TP size (for vocabulary rows)
     numel = math.prod(old_shape)
     first = by_tp.get(0, [{"tensors": {}}])[0]["tensors"]
@@ -355,7 +370,7 @@ def _load_replicated_optimizer(
         saved.append(state if isinstance(state, list) else [state])
         if len(saved[-1]) != len(inners):
             raise VikhrError(f"{path} does not hold this run's {len(inners)} optimizers (another model?)")
-    names = {param: canonical_name(name) for name, param in model.named_parameters()}
+    names = _param_names(model)
     vocab = int(meta["model"]["vocab_size"])
 
     def cut(param: torch.nn.Parameter, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -505,7 +520,7 @@ def _write_rank_files(
         written.append(tmp / f"model_tp{tp_rank:02d}.safetensors")
         save_file(model_tensors(model), str(written[-1]))
     if is_distributed_optimizer(optimizer):  # every DP rank holds its own part of the state
-        names = {param: canonical_name(name) for name, param in model.named_parameters()}
+        names = _param_names(model)
         shards = [
             {"common": o.state_dict(), "pieces": _optimizer_pieces(o, names)}
             for o in _inner_optimizers(optimizer)
@@ -575,8 +590,8 @@ def checkpoint_problem(step_dir: Path, weights_only: bool = False) -> str | None
     layout names (only the model files with `weights_only`: a start or a KL reference)."""
     try:
         meta = read_meta(step_dir)
-        tp, world = int(meta["tp"]), int(meta.get("world_size", meta["tp"]))
-        dp = int(meta.get("dp", world // tp))
+        tp, dp = _saved_layout(meta)
+        world = int(meta.get("world_size", tp))
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"meta.json is unreadable ({e})"
     files = [f"model_tp{t:02d}.safetensors" for t in range(tp)]
@@ -758,30 +773,19 @@ def _load_master_weights(
     """Set the model's parameters to the fp32 master weights the distributed optimizer saved (every
     old DP rank's pieces of this TP rank, or of all TP ranks merged and cut again), in the model's
     dtype: a checkpoint of a bf16 run resumed in fp32 continues from the unrounded weights."""
-    saved_tp = int(meta["tp"])
-    saved_dp = int(meta.get("dp", meta["world_size"] // saved_tp))
-    shapes = {n: e.shape for n, e in read_header(step_dir / "model_tp00.safetensors").tensors.items()}
-    olds = [tp_rank] if saved_tp == tp_size else range(saved_tp)
+    saved_tp, saved_dp = _saved_layout(meta)
     pieces: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    for t in olds:
+    for t in [tp_rank] if saved_tp == tp_size else range(saved_tp):
         for d in range(saved_dp):
             for part in _read_mapped(step_dir / _optimizer_file(t, d)):
                 for piece in part["pieces"]:
                     master = {**piece, "tensors": {"param": piece["tensors"]["param"]}}
                     pieces.setdefault(piece["name"], {}).setdefault(t, []).append(master)
+    shapes = _part_shapes(step_dir)
     vocab = int(meta["model"]["vocab_size"])
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            name = canonical_name(name)
+        for param, name in _param_names(model).items():
+            cut = (tp_rank, tp_size, 0, param.numel())
             where = f"checkpoint {step_dir}, {name}"
-            parts = [
-                _state_range(pieces.get(name, {}).get(t, []), 0, math.prod(shapes[name]), where)["param"]
-                for t in olds
-            ]
-            parts = [part.reshape(shapes[name]) for part in parts]
-            weights = (
-                parts[0]
-                if saved_tp == tp_size
-                else reshard(parts, name, tp_rank, tp_size, vocab, param.shape[0] * tp_size)
-            )
-            param.copy_(weights)
+            state = _part_state(pieces.get(name, {}), saved_tp, shapes[name], name, param, cut, vocab, where)
+            param.copy_(state["param"].reshape(param.shape))
