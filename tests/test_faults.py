@@ -120,12 +120,12 @@ def test_pickled_index_cache_stops_the_trainer_before_megatron_reads_it(
     from vikhr.runtime.distributed import distributed_env
     from vikhr.train.config import load_config
     from vikhr.train.data import build_pretrain_datasets
-    from vikhr.train.trainer import index_cache_dir
+    from vikhr.train.trainer import index_cache_dir, train_samples
 
     config = _train_config(tmp_path, _write_tokens(tmp_path / "ru"))
     cfg = load_config(config)
     with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):  # megatron builds on rank 0
-        build_pretrain_datasets(cfg, index_cache_dir(cfg))
+        build_pretrain_datasets(cfg, index_cache_dir(cfg), train_samples(cfg))
     cached = sorted(Path(index_cache_dir(cfg)).glob("*-GPTDataset-train-document_index.npy"))
     assert cached, "megatron-core built no index cache"
     marker = tmp_path / "payload-ran"

@@ -493,10 +493,10 @@ def test_only_assistant_tokens_reach_the_loss(
     from vikhr.sft.template import read_chats
     from vikhr.train.config import load_config
     from vikhr.train.data import IGNORE_INDEX, collate
-    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss
+    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss, train_samples
 
     cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run"))
-    data = build_sft_datasets(cfg)
+    data = build_sft_datasets(cfg, train_samples(cfg))
     chats = [m for _, m in read_chats(shared_data / "sft" / "rulm-self-instruct.chat.jsonl")]
     samples = [data.train[i] for i in range(4)]
 
@@ -562,11 +562,11 @@ def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, me
     from vikhr.sft.data import build_sft_datasets
     from vikhr.train.config import load_config
     from vikhr.train.data import IGNORE_INDEX, collate
-    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss
+    from vikhr.train.trainer import CrossEntropyKL, attention_mask_for, forward_loss, train_samples
 
     cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"seq_len": 256}))
     assert cfg.data.documents_isolated()
-    data = build_sft_datasets(cfg)
+    data = build_sft_datasets(cfg, train_samples(cfg))
     window = next(i for i in range(len(data.train)) if int(data.train[i]["segments"].max()) >= 3)
     batch = collate([data.train[window]])
     mcfg = cfg.model.shape()
@@ -601,6 +601,7 @@ def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, me
 def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_path: Path) -> None:
     from vikhr.sft.data import build_sft_datasets
     from vikhr.train.config import load_config
+    from vikhr.train.trainer import train_samples
 
     chatml = tmp_path / "chatml"
     source = shared_data / "sft" / "rulm-self-instruct.chat.jsonl"
@@ -610,7 +611,7 @@ def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_pat
         {"prefix": str(chatml), "name": "b", "weight": 1},
     ]
     cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"train": blend}))
-    data = build_sft_datasets(cfg)
+    data = build_sft_datasets(cfg, train_samples(cfg))
     assert len(data.train) == 20 * 8 and sorted(data.valid) == ["a", "b"]
     assert np.bincount(data.train.dataset_index).tolist() == [120, 40]
     im_start = torch.tensor(load_chat_tokenizer(MISTRAL_TOKENIZER).encode("<|im_start|>")[1:])

@@ -5,8 +5,8 @@ tokenized with the bundled Mistral SentencePiece model, with the ids folded into
 preset's 512-token vocabulary (the 509 most frequent ids keep their own slot, the rest share
 one), written as megatron .bin/.idx by megatron-core's own builder.
 
-This file is also a script (`python tests/test_train.py kl-check CONFIG STEP OUT`) that
-recomputes a logged KL independently, with the float64 reference op.
+This file is also a script (`python tests/test_train.py kl-check CONFIG STEP_DIR OUT`) that
+recomputes a logged CE and KL independently, with the float64 reference op.
 """
 
 from __future__ import annotations
@@ -129,13 +129,39 @@ def test_logged_kl_is_the_ops(parallel_runs: dict[str, Path], tmp_path: Path) ->
     float64 reference op, and step 1's CE from the initial weights alone."""
     run = parallel_runs["tp1"]
     out = tmp_path / "kl.json"
-    run_torchrun(Path(__file__), "kl-check", str(run.parent / "c.yaml"), "4", str(out), nproc=1)
+    run_torchrun(
+        Path(__file__), "kl-check", str(run.parent / "c.yaml"), str(run / "step_000004"), str(out), nproc=1
+    )
     got = json.loads(out.read_text())
     train, _ = read_metrics(run)
     assert got["ce_step1"] == pytest.approx(train[1]["ce"], rel=1e-5)
     assert got["ce"] == pytest.approx(train[5]["ce"], rel=1e-5)
     assert got["kl"] == pytest.approx(train[5]["kl"], rel=1e-4)
     assert got["kl"] > 1e-4
+
+
+@pytest.mark.distributed
+def test_global_batch_changes_on_resume(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Steps 1-4 with 8 samples each (the TP=1 job), then steps 5-6 with 16 on 2 ranks: the run reads
+    on from sample 32, not from step × 16 — step 5's logged CE and KL are the float64 reference's
+    for the step-4 weights on samples 32-47 — and its checkpoint counts 64 samples."""
+    saved = parallel_runs["tp1"] / "step_000004"
+    assert json.loads((saved / "meta.json").read_text())["consumed_samples"] == 32
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 6, "global_batch": 16})
+    proc = _launch(config, 2, f"checkpoint.resume={saved}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "train.global_batch 8 -> 16 from step 5: the run reads on from sample 32" in proc.stderr
+    train, _ = read_metrics(run_dir)
+    assert sorted(train) == [5, 6]
+    assert json.loads((run_dir / "step_000006" / "meta.json").read_text())["consumed_samples"] == 64
+    out = tmp_path / "kl.json"
+    run_torchrun(Path(__file__), "kl-check", str(config), str(saved), str(out), nproc=1)
+    got = json.loads(out.read_text())
+    assert got["ce"] == pytest.approx(train[5]["ce"], rel=1e-5)
+    assert got["kl"] == pytest.approx(train[5]["kl"], rel=1e-4)
 
 
 @pytest.mark.distributed
@@ -729,23 +755,26 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
 # --------------------------------------------------------------------------- script mode
 
 
-def _kl_check(config_path: str, step: int, out: str) -> None:
+def _kl_check(config_path: str, step_dir: str, out: str) -> None:
     """Write {"ce_step1", "ce", "kl"}: CE of the initial weights on step 1's batch, and CE/KL of the
-    step-`step` checkpoint against the initial weights on the next step's batch (float64)."""
+    checkpoint `step_dir` against the initial weights on the batch after the samples it consumed
+    (float64), with the config's global batch."""
     from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.checkpoint import read_meta
     from vikhr.train.config import load_config
-    from vikhr.train.trainer import build_datasets
+    from vikhr.train.trainer import build_datasets, train_samples
 
     cfg = load_config(config_path)
     mcfg = cfg.model.shape()
+    meta = read_meta(Path(step_dir))
     with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
         # The trainer's order: data first, then the model (the same seeded initialisation).
-        data = build_datasets(cfg)
-        result = _ce_and_kl(cfg, mcfg, data, step)
+        data = build_datasets(cfg, train_samples(cfg, meta["step"], meta["consumed_samples"]))
+        result = _ce_and_kl(cfg, mcfg, data, Path(step_dir), meta["consumed_samples"])
     Path(out).write_text(json.dumps(result))
 
 
-def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
+def _ce_and_kl(cfg, mcfg, data, step_dir: Path, consumed: int) -> dict[str, float]:
 
     from vikhr.model import build_gpt_model
     from vikhr.ops.reference import cross_entropy_kl_reference
@@ -759,7 +788,7 @@ def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
 
     initial = model()
     trained = model()
-    checkpoint.load_model(trained, Path(cfg.checkpoint.dir) / checkpoint.step_dir_name(step), 0, 1)
+    checkpoint.load_model(trained, step_dir, 0, 1)
 
     def batch(at: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts = step_micro_batches(data.train, at, cfg.train.global_batch, cfg.train.micro_batch, 0, 1)
@@ -775,7 +804,7 @@ def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
     first = cross_entropy_kl_reference(
         logits(initial, tokens), None, labels.reshape(-1), valid_vocab_size=VOCAB
     )
-    tokens, labels = batch(step)
+    tokens, labels = batch(consumed)
     out_ = cross_entropy_kl_reference(
         logits(trained, tokens),
         logits(initial, tokens),
@@ -790,7 +819,7 @@ def _ce_and_kl(cfg, mcfg, data, step: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     if sys.argv[1] == "kl-check":
-        _kl_check(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        _kl_check(sys.argv[2], sys.argv[3], sys.argv[4])
 
 
 def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None:

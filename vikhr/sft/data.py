@@ -20,7 +20,8 @@ turns mask 0 into IGNORE_INDEX and averages the loss over the assistant tokens o
 
 Determinism and resume: the train stream is epoch after epoch of the train chats, each epoch in
 the order `permutation(seed, epoch)`, packed; sample `i` is a pure function of (data, split,
-seq_len, packing, seed), so the trainer's position is again just `step × global_batch`.
+seq_len, packing, seed) — and does not depend on the stream's length — so the trainer's position
+is again just the number of samples consumed.
 Several datasets are blended by weight with megatron-core's own blending index.
 
 Split: `data.split` divides the chats of each dataset into train/valid/test through a fixed
@@ -185,11 +186,10 @@ class BlendedSFTDataset(torch.utils.data.Dataset):
         return self.parts[int(self.dataset_index[i])][int(self.sample_index[i])]
 
 
-def build_sft_datasets(cfg) -> Datasets:  # cfg: vikhr.train.config.TrainConfig
-    """The blended, packed train stream and one packed valid set per dataset (every rank builds
-    the same, cheaply: only lengths and mask sums are read up front)."""
+def build_sft_datasets(cfg, n_train: int) -> Datasets:  # cfg: vikhr.train.config.TrainConfig
+    """The blended, packed train stream (`n_train` samples) and one packed valid set per dataset
+    (every rank builds the same, cheaply: only lengths and mask sums are read up front)."""
     window = cfg.data.seq_len + 1
-    n_train = cfg.train.steps * cfg.train.global_batch
     entries = dataset_entries(cfg)
     dataset_index, sample_index = blend_index([w for _, _, w in entries], n_train)
     needed = np.bincount(dataset_index, minlength=len(entries))  # each stream is made this long

@@ -3,9 +3,11 @@
 The train stream is megatron-core's `BlendedMegatronDatasetBuilder` over `GPTDataset`s (document
 packing into `seq_len + 1` token windows, a seeded shuffle, blending by weight). Sample `i` of
 that stream is a pure function of (datasets, split, seq_len, seed), so the data position of a
-run is just the number of samples consumed: step `s` reads samples
-[s·GB, (s+1)·GB), data-parallel rank r its contiguous GB/DP of them, in micro-batches. Resuming
-at step s therefore continues mid-epoch exactly where the run stopped, for any worker count.
+run is just the number of samples consumed, c: the next step reads samples [c, c + GB),
+data-parallel rank r its contiguous GB/DP of them, in micro-batches. Resuming therefore continues
+mid-epoch exactly where the run stopped, for any worker count, and with another global batch GB.
+(megatron-core shuffles each pass over a dataset: a stream long enough to need more passes than
+the one it was cut from is another permutation.)
 
 Validation: every named dataset of the blend keeps its own held-out documents (the `valid`
 part of `data.split`) and is evaluated separately — Russian and English losses side by side.
@@ -69,8 +71,8 @@ def dataset_entries(cfg) -> list[tuple[str, str, float]]:
     return [(e.name, e.prefix, e.weight) for e in cfg.data.train]
 
 
-def build_pretrain_datasets(cfg, cache_dir: str) -> Datasets:  # cfg: vikhr.train.config.TrainConfig
-    """The blended train stream (steps × global_batch samples) and one valid set per dataset.
+def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # cfg: TrainConfig
+    """The blended train stream (`n_train` samples) and one valid set per dataset.
 
     Must be called on every rank (megatron's builder builds on rank 0 first, then the others read
     its cached indices). `data.kind: sft` streams packed chats instead (vikhr.sft.data).
@@ -83,7 +85,6 @@ def build_pretrain_datasets(cfg, cache_dir: str) -> Datasets:  # cfg: vikhr.trai
     entries = dataset_entries(cfg)
     prefixes = [p for _, p, _ in entries]
     weights = [w for _, _, w in entries]
-    n_train = cfg.train.steps * cfg.train.global_batch
     train_cfg = _gpt_config(cfg, (prefixes, weights), cache_dir)
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [n_train, 0, 0], lambda: True, train_cfg).build()
     if train is None or len(train) < n_train:
@@ -123,15 +124,15 @@ def collate(samples: Sequence[dict[str, torch.Tensor]]) -> Batch:
 
 def step_micro_batches(
     dataset: torch.utils.data.Dataset,
-    step: int,
+    consumed: int,
     global_batch: int,
     micro_batch: int,
     dp_rank: int,
     dp_size: int,
 ) -> list[Batch]:
-    """This DP rank's micro-batches of 0-based optimizer step `step` (see the module docstring)."""
+    """This DP rank's micro-batches of the step after `consumed` samples (see the module docstring)."""
     per_rank = global_batch // dp_size
-    start = step * global_batch + dp_rank * per_rank
+    start = consumed + dp_rank * per_rank
     return [
         collate([dataset[i] for i in range(first, first + micro_batch)])
         for first in range(start, start + per_rank, micro_batch)

@@ -3,8 +3,8 @@
 Read it top to bottom. `run` checks the whole config, every dataset (`check_data`) and the
 checkpoint to resume from before anything is allocated, joins the job
 (`vikhr.runtime.distributed.distributed_env`: process groups, megatron's TP/DP groups, seeds),
-sets up a `Trainer` (data, model, frozen reference, DDP, optimizer), resumes it from the
-latest checkpoint if there is one, and calls `Trainer.train`: one `train_step` per optimizer
+sets up a `Trainer` (data, model, frozen reference, DDP, optimizer, then the state of the
+latest checkpoint if there is one), and calls `Trainer.train`: one `train_step` per optimizer
 step, `evaluate` and `save` at their intervals.
 
 The loss is a plug-in: a `LossFn` maps this rank's vocabulary-parallel logits (and the frozen
@@ -172,11 +172,17 @@ def index_cache_dir(cfg: TrainConfig) -> str:
     return cfg.data.cache_dir or str(Path(cfg.checkpoint.dir) / "data-cache")
 
 
-def build_datasets(cfg: TrainConfig) -> Datasets:
-    """The train stream and validation sets of `data.kind` (every rank calls it)."""
+def build_datasets(cfg: TrainConfig, n_train: int) -> Datasets:
+    """The train stream (`n_train` samples) and validation sets of `data.kind` (every rank calls it)."""
     if cfg.data.kind == "sft":
-        return build_sft_datasets(cfg)
-    return build_pretrain_datasets(cfg, index_cache_dir(cfg))
+        return build_sft_datasets(cfg, n_train)
+    return build_pretrain_datasets(cfg, index_cache_dir(cfg), n_train)
+
+
+def train_samples(cfg: TrainConfig, step: int = 0, consumed: int = 0) -> int:
+    """The train stream's length for a run at `step` that has read `consumed` samples: those,
+    and the remaining steps' global batches (which a resume may have changed)."""
+    return consumed + max(cfg.train.steps - step, 0) * cfg.train.global_batch
 
 
 def check_data(cfg: TrainConfig) -> None:
@@ -239,17 +245,17 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
         if damaged is not None:
             checkpoint.warn(damaged)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        trainer = Trainer(cfg, env, loss_fn)
-        if resume_from is not None:
-            trainer.resume(resume_from)
-        return trainer.train()
+        return Trainer(cfg, env, loss_fn, resume_from).train()
 
 
 class Trainer:
     """One rank's share of a run: set up on construction, then `train` (or single `train_step`s)."""
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, loss_fn: LossFn | None = None) -> None:
-        """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer.
+    def __init__(
+        self, cfg: TrainConfig, env: DistEnv, loss_fn: LossFn | None = None, resume_from: Path | None = None
+    ) -> None:
+        """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer;
+        then, given a checkpoint, its state (`resume`).
 
         The order is part of the run's reproducibility: model initialisation draws from the
         RNGs seeded by the environment, after the data.
@@ -261,7 +267,10 @@ class Trainer:
         self.dp_group = parallel_state.get_data_parallel_group()
         self.params_dtype = torch.bfloat16 if env.on_gpu else torch.float32
         self.monitor = Monitor(self.run_dir, env.is_main, cfg.logging.tensorboard)
-        self.data = build_datasets(cfg)
+        saved = checkpoint.read_meta(resume_from) if resume_from is not None else {}
+        self.data = build_datasets(
+            cfg, train_samples(cfg, saved.get("step", 0), saved.get("consumed_samples", 0))
+        )
         self.model = self._build_model(recompute=cfg.train.recompute == "full")
         if cfg.model.init != "random":
             self._load_weights(self.model, cfg.model.init, "model.init")
@@ -269,7 +278,8 @@ class Trainer:
         self.ddp, self.optimizer = self._wrap_for_training()
         self.loss_fn = loss_fn or CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group, cfg.kl)
         self.validation_loss_fn = CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group)
-        self.step = 0  # optimizer steps done; the LR schedule and the data position follow from it
+        self.step = 0  # optimizer steps done: the LR schedule follows from it
+        self.consumed_samples = 0  # the data position (the global batch may change on resume)
         self.nonfinite_in_a_row = 0
         self.num_params = self._count_parameters()
         lookup = 0 if self.model_cfg.tie_embeddings else self.model.vocab_size * self.model_cfg.hidden_size
@@ -281,6 +291,8 @@ class Trainer:
             reference=self.reference is not None,
         )
         self.peak_flops = peak_flops() if env.on_gpu else None
+        if resume_from is not None:
+            self.resume(resume_from)
 
     # ---- setup pieces
 
@@ -385,14 +397,15 @@ class Trainer:
             self.model_cfg.to_dict(),
             self.runtime(),
         )
-        step = int(meta["step"])
-        if meta["consumed_samples"] != step * self.cfg.train.global_batch:
-            raise VikhrError(
-                f"checkpoint {step_dir} consumed {meta['consumed_samples']} samples in {step} steps: "
-                "train.global_batch differs from the run that saved it"
-            )
-        self.step = step
+        step = self.step = int(meta["step"])
+        self.consumed_samples = int(meta["consumed_samples"])
         cfg = self.cfg
+        saved_batch = meta.get("config", {}).get("train", {}).get("global_batch", cfg.train.global_batch)
+        if saved_batch != cfg.train.global_batch:
+            self.monitor.info(
+                f"train.global_batch {saved_batch} -> {cfg.train.global_batch} from step {step + 1}: the "
+                f"run reads on from sample {self.consumed_samples} (the learning-rate schedule counts steps)"
+            )
         if (
             cfg.kl.weight > 0
             and cfg.kl.reference == "init"
@@ -439,7 +452,7 @@ class Trainer:
             group["weight_decay"] = cfg.optim.weight_decay * group.get("wd_mult", 1.0)
         micro_batches = step_micro_batches(
             self.data.train,
-            self.step,
+            self.consumed_samples,
             cfg.train.global_batch,
             cfg.train.micro_batch,
             env.dp_rank,
@@ -448,6 +461,7 @@ class Trainer:
         losses = self.forward_backward(micro_batches)
         grad_norm = self.optimizer_step(losses["loss"])
         self.step += 1
+        self.consumed_samples += cfg.train.global_batch
         if env.on_gpu:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -550,7 +564,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         meta = {
             "step": self.step,
-            "consumed_samples": self.step * cfg.train.global_batch,
+            "consumed_samples": self.consumed_samples,
             "tp": env.tp_size,
             "dp": env.dp_size,
             "world_size": env.world_size,
