@@ -684,6 +684,26 @@ def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> Non
     assert not run_dir.exists()
 
 
+def test_isolated_documents_must_end_with_the_eod_id(corpus: dict[str, str], tmp_path: Path) -> None:
+    """data.isolate_documents splits pre-training windows at data.eod_id: a dataset whose documents
+    end with another id (here: the config names 3, the corpus appends 2) is refused in one line."""
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import check_data
+
+    isolated = {"isolate_documents": True}
+    check_data(load_config(write_config(tmp_path / "ok.yaml", corpus, tmp_path / "ok", data=isolated)))
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, data={**isolated, "eod_id": 3})
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("vikhr pretrain: error: config key data.train[0] (ru): data.isolate_documents")
+    sampled = line.split("but ")[1].split(" documents sampled")[0].split(" of ")
+    assert sampled[0] == sampled[1]  # every document ends with 2
+    assert f"documents sampled from {corpus['ru']} end otherwise (most often with 2)" in line
+    assert not run_dir.exists()
+
+
 @pytest.mark.distributed
 def test_bad_layout_under_torchrun_fails_on_every_rank_before_allocation(
     corpus: dict[str, str], tmp_path: Path

@@ -32,7 +32,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from vikhr.data.indexed import ValidationRecord
+from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model
@@ -208,6 +208,8 @@ def check_data(cfg: TrainConfig) -> None:
                 )
         else:
             _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess", record)
+            if cfg.data.documents_isolated():
+                _check_document_ends(key, entry.prefix, cfg.data.eod_id)
     record.save()  # only once every dataset passed: a run refused at this point writes nothing
     if cfg.data.kind == "pretrain":
         check_index_cache(cache)
@@ -223,6 +225,24 @@ def _check_dataset(
         fix = f" (write it again with {writer})" if str(e).startswith("invalid indexed dataset") else ""
         raise VikhrError(f"{key}: {e}{fix}") from None
     return info.max_token_id or 0
+
+
+def _check_document_ends(key: str, prefix: str, eod_id: int, samples: int = 64) -> None:
+    """With data.isolate_documents a pre-training window is split where data.eod_id occurs: the
+    documents must end with it, or nothing is isolated (checked on documents spread over the file)."""
+    reader = IndexedReader(prefix)
+    picked = (
+        sorted({i * (len(reader) - 1) // max(samples - 1, 1) for i in range(samples)}) if len(reader) else []
+    )
+    ends = [doc[-1] for doc in map(reader.document, picked) if doc]
+    others = [end for end in ends if end != eod_id]
+    if others:
+        common = max(set(others), key=others.count)
+        raise VikhrError(
+            f"{key}: data.isolate_documents splits documents at data.eod_id = {eod_id}, but {len(others)} "
+            f"of {len(ends)} documents sampled from {prefix} end otherwise (most often with {common}): set "
+            "data.eod_id to the id your tokenizer's EOS has, or write the dataset again with --append-eod"
+        )
 
 
 def _labelled(batch: Batch) -> int:
