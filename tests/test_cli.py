@@ -27,6 +27,32 @@ def test_help_lists_every_command() -> None:
         assert name in proc.stdout
 
 
+def test_every_verb_describes_itself_and_shows_its_defaults() -> None:
+    """Each verb's --help has a description (its one-line help when it has no other) and ends an
+    option's help with the default, unless there is none or the help already names it."""
+
+    def verbs(parser, path=()):
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for name, verb in action.choices.items():
+                    yield (*path, name), verb
+                    yield from verbs(verb, (*path, name))
+
+    found = dict(verbs(build_parser()))
+    assert ("data", "merge") in found and ("sft", "score") in found
+    for path, verb in found.items():
+        assert verb.description, " ".join(path)
+    text = " ".join(found[("sft", "score")].format_help().split())
+    assert "--batch-size BATCH_SIZE default: 16 --" in text  # no help string: the default alone
+    assert "tokens per chat (longer ones are cut) (default: 2048)" in text
+    assert "--no-progress no progress bar --" not in text and "default: False" not in text
+    text = " ".join(found[("data", "merge")].format_help().split())
+    assert text.count("default") == 0  # required options and flags: nothing to show
+    assert "--gpus GPUS cluster size for --dry-run (default 8) --" in " ".join(
+        found[("pretrain",)].format_help().split()
+    )  # the help names its default: not repeated
+
+
 def test_registering_the_verbs_imports_no_heavy_library() -> None:
     code = (
         "import sys, vikhr.cli; vikhr.cli.build_parser(); "

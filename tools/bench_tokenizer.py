@@ -61,7 +61,8 @@ from vikhr.tokenizer.compare import compare, load_text_set
 from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("../shared/data")  # relative, so the manifest does not record this machine's layout
+# relative by default, so the manifest does not record this machine's layout
+DATA = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data"))
 CORPUS = DATA / "corpus"
 MISTRAL = DATA / "tokenizers" / "mistral-7b-v0.1.model"
 LLAMA = DATA / "tokenizers" / "llama-2.model"

@@ -41,8 +41,9 @@ if [[ ${1:-} == --dry-run ]]; then
   DRY=1
   shift
 fi
-if [[ $# -ne 1 ]]; then
+if [[ $# -ne 1 || $1 == -* ]]; then
   echo "usage: $0 [--dry-run] OUT_DIR" >&2
+  [[ ${1:-} == -h || ${1:-} == --help ]] && exit 0
   exit 2
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)

@@ -27,6 +27,11 @@ if [[ ${1:-} == --list ]]; then
   echo "fetched: ${FETCH[*]} ${BUILD[*]}"
   exit 0
 fi
+if [[ $# -ne 0 ]]; then
+  echo "usage: $0 [--list]   (no argument: fetch the wheels into .whl/, replacing it)" >&2
+  [[ $1 == -h || $1 == --help ]] && exit 0
+  exit 2
+fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 cd "$REPO"

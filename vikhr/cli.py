@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from vikhr.errors import VikhrError, print_error_line
 
@@ -45,8 +46,40 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """An option's help ends with its default, unless the help names one or there is none to name
+    (no value, or a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not _has_default_to_show(action) or "default" in text:
+            return text
+        return f"{text} ({_default_text(action)})"
+
+
+def _default_text(action: argparse.Action) -> str:
+    shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else "%(default)s"
+    return f"default: {shown}"
+
+
+def _has_default_to_show(action: argparse.Action) -> bool:
+    default = action.default
+    return bool(action.option_strings) and not (
+        default is None or default is False or default == argparse.SUPPRESS
+    )
+
+
+class RawDescriptionHelpWithDefaults(argparse.RawDescriptionHelpFormatter, HelpWithDefaults):
+    """HelpWithDefaults for a verb whose description is laid out by hand."""
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as a single line instead of the usage block."""
+    """argparse that reports usage errors as a single line instead of the usage block, and shows the
+    options' defaults in help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -63,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _describe_by_help(parser)
     return parser
+
+
+def _describe_by_help(parser: argparse.ArgumentParser) -> None:
+    """A verb registered with a one-line help only gets that line as its --help description too;
+    an option without help that has a default gets a line for it (argparse lists such an option
+    bare, and never asks the formatter)."""
+    for action in parser._actions:
+        if action.help is None and _has_default_to_show(action):
+            action.help = _default_text(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for listed in action._choices_actions:
+                verb = action.choices[listed.dest]
+                if verb.description is None:
+                    verb.description = listed.help
+                _describe_by_help(verb)
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -504,12 +504,13 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from vikhr import assets
+    from vikhr.cli import RawDescriptionHelpWithDefaults
 
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on the bundled sample (CPU, no downloads)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpWithDefaults,
     )
     p.add_argument("--ru-corpus", default=str(assets.RU_SAMPLE), help="Russian JSONL(.gz) with id and text")
     p.add_argument("--en-corpus", default=str(assets.EN_SAMPLE), help="English JSONL(.gz) with id and text")

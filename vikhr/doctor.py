@@ -36,7 +36,9 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
     many modules); any other failure is reported with its module's name.
     """
     import vikhr
+    from vikhr.runtime.megatron import import_megatron_core
 
+    import_megatron_core()  # as the entry points do: megatron-core's import-time warnings hidden
     problems: dict[str, list[str]] = {}
     names = [
         m.name

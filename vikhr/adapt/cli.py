@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
         help="old → new id map of a prune-extend tokenizer (default: id_map.json beside --new-tokenizer)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=_run)
 
 

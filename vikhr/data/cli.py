@@ -116,5 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pm = data_sub.add_parser("merge", help="concatenate datasets into one (Megatron's merge_datasets)")
     pm.add_argument("--inputs", nargs="+", required=True, help="dataset prefixes, in order")
-    pm.add_argument("--output-prefix", required=True)
+    pm.add_argument(
+        "--output-prefix", required=True, help="writes PREFIX.bin/.idx (no _{key}_document is appended)"
+    )
     pm.set_defaults(func=run_merge)

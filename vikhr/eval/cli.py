@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from vikhr.errors import VikhrError
 
-DEFAULT_DATA_DIR = Path("../shared/data/eval")
+DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
 DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
         help="t for tensors whose name contains FILTER (e.g. self_attn=0,0.5,1 mlp=1,0.5,0); repeatable, "
         "the first match wins, others use --t",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=_run)
 
 

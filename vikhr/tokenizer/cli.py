@@ -77,7 +77,12 @@ def _register_train(tsub: Any) -> None:
         help=f"documents kept out of training, by id hash (default {DEFAULT_HELDOUT_PERCENT:g}; 0: none)",
     )
     tr.add_argument("--pad-to-multiple", type=int, default=128, help="recorded in the manifest")
-    tr.add_argument("--character-coverage", type=float, default=0.9999)
+    tr.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9999,
+        help="SentencePiece: share of characters that get their own piece (the rest: byte fallback)",
+    )
     tr.add_argument(
         "--no-split-by-script",
         dest="split_by_script",
@@ -96,8 +101,8 @@ def _register_train(tsub: Any) -> None:
         default=2,
         help="byte-level BPE: fewest occurrences of a pair to merge (default 2)",
     )
-    tr.add_argument("--threads", type=int, default=2)
-    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--threads", type=int, default=2, help="training threads")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     tr.set_defaults(func=_train)
 
 
@@ -147,7 +152,7 @@ def _register_compare(tsub: Any) -> None:
         help="JSONL (plain, .gz or .zst); repeatable",
     )
     cp.add_argument("--out", required=True, help="report directory")
-    cp.add_argument("--text-key", default="text")
+    cp.add_argument("--text-key", default="text", help="JSON field holding the text")
     cp.add_argument(
         "--split",
         choices=["heldout", "all", "auto"],
@@ -156,7 +161,12 @@ def _register_compare(tsub: Any) -> None:
         "manifest.json), all of the others. The report says per figure whether the tokenizer trained on "
         "the set ('no': a left-out corpus)",
     )
-    cp.add_argument("--heldout-percent", type=_percent, default=DEFAULT_HELDOUT_PERCENT)
+    cp.add_argument(
+        "--heldout-percent",
+        type=_percent,
+        default=DEFAULT_HELDOUT_PERCENT,
+        help="share of documents held out (by a hash of their id), as at training time",
+    )
     cp.add_argument("--max-chars", type=_budget, default=parse_budget("2M"), help="per text set")
     cp.set_defaults(func=_compare)
 
@@ -178,7 +188,7 @@ def _register_import_tekken(tsub: Any) -> None:
         help="JSONL whose held-out lines are checked (repeatable; default: the bundled RU/EN samples)",
     )
     tk.add_argument("--no-verify", dest="verify", action="store_false", help="skip the mistral-common check")
-    tk.add_argument("--overwrite", action="store_true")
+    tk.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     tk.set_defaults(func=_import_tekken)
 
 
