@@ -1,16 +1,18 @@
-"""The distributed optimizer's checkpoint layout: each DP rank's state saved as element ranges of
-named parameters, and cut again for another DP or TP layout (vikhr.train.checkpoint). End-to-end
-resumes in another layout: tests/test_train.py."""
+"""Optimizer checkpoint layouts (vikhr.train.checkpoint): the distributed optimizer's state saved as
+element ranges of named parameters and cut again for another DP or TP layout; the replicated
+optimizer's state dicts cut for another TP size and converted between megatron's fp32 and bf16
+formats. End-to-end resumes in another layout or on another device: tests/test_train.py."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vikhr.errors import VikhrError
 from vikhr.model.tp_layout import shard, split_of
@@ -274,7 +276,8 @@ def test_megatron_bf16_optimizer_state_has_the_layout_the_reshard_reads() -> Non
             return reshard(parts, names[param], 0, 1, cfg.vocab_size, param.shape[0])
 
         inner = checkpoint._inner_optimizers(optimizer)[0]
-        new = checkpoint._resharded_replicated(inner, [saved], cut)
+        new, masters = checkpoint._resharded_replicated(inner, [saved], cut, None, Path("step"))
+        assert masters == {}
         assert seen == set(names.values())
         weights = zip(new["fp32_from_fp16_params"], saved["fp32_from_fp16_params"], strict=True)
         assert all(
@@ -285,3 +288,77 @@ def test_megatron_bf16_optimizer_state_has_the_layout_the_reshard_reads() -> Non
         for k, entry in saved["optimizer"]["state"].items():
             assert all(torch.equal(new["optimizer"]["state"][k][key], value) for key, value in entry.items())
         optimizer.load_state_dict(new)
+
+
+def _megatron_optimizer(dtype: torch.dtype, stepped: bool) -> tuple[torch.nn.Module, Any]:
+    """A tiny model and megatron's replicated optimizer for it (fp32 or bf16), after one step with
+    random gradients when `stepped` (call inside distributed_env)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from vikhr.model.config import preset
+    from vikhr.model.gpt import build_gpt_model
+
+    model = build_gpt_model(preset("tiny"), 1, params_dtype=dtype)
+    ddp = DistributedDataParallel(
+        model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model
+    )
+    bf16 = dtype == torch.bfloat16
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-2, bf16=bf16, params_dtype=dtype), [ddp]
+    )
+    if stepped:
+        for param in model.parameters():
+            param.main_grad.copy_(torch.randn_like(param.main_grad))
+        optimizer.step()
+    return model, optimizer
+
+
+def _state_by_name(model: torch.nn.Module, optimizer: Any) -> dict[str, list[torch.Tensor]]:
+    """{parameter name: [fp32 weight stepped, exp_avg, exp_avg_sq]}, read from the live optimizer
+    by object identity (the parameter itself, or the bf16 optimizer's fp32 copy of it)."""
+    inner = checkpoint._inner_optimizers(optimizer)[0]
+    names = {p: checkpoint.canonical_name(n) for n, p in model.named_parameters()}
+    if hasattr(inner, "fp32_from_float16_groups"):
+        pairs = [
+            (names[p], c)
+            for ps, cs in zip(inner.float16_groups, inner.fp32_from_float16_groups, strict=True)
+            for p, c in zip(ps, cs, strict=True)
+        ]
+    else:
+        pairs = [(names[p], p) for group in inner.optimizer.param_groups for p in group["params"]]
+    state = inner.optimizer.state
+    return {n: [w.detach(), state[w]["exp_avg"], state[w]["exp_avg_sq"]] for n, w in pairs}
+
+
+def test_replicated_optimizer_state_converts_between_fp32_and_bf16(tmp_path: Path) -> None:
+    """megatron's fp32 optimizer (the CPU's) and bf16 one (a GPU's) save other formats. A stepped
+    state of either loads into the other: every parameter's Adam moments, and its fp32 weights —
+    the bf16 optimizer's fp32 copies taken from the fp32 run's weights, the fp32 run's parameters
+    from the bf16 run's copies (not its rounded weights file) — equal, matched by name."""
+    from vikhr.runtime.distributed import distributed_env
+
+    with distributed_env(tp_size=1, device="cpu"):
+        for saved_dtype, loaded_dtype in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)):
+            model, optimizer = _megatron_optimizer(saved_dtype, stepped=True)
+            step_dir = tmp_path / str(saved_dtype)
+            step_dir.mkdir()
+            torch.save(optimizer.state_dict(), step_dir / "optim_tp00.pt")
+            save_file(checkpoint.model_tensors(model), str(step_dir / "model_tp00.safetensors"))
+            meta = {"tp": 1, "world_size": 1, "model": {"vocab_size": model.vocab_size}}
+            expected = _state_by_name(model, optimizer)
+
+            fresh, fresh_optimizer = _megatron_optimizer(loaded_dtype, stepped=False)
+            weights = step_dir / "model_tp00.safetensors"
+            checkpoint._load_tensors(
+                fresh, load_file(str(weights)), weights
+            )  # the weights, as resume loads them
+            checkpoint._load_replicated_optimizer(fresh_optimizer, fresh, step_dir, meta, 0, 1)
+            got = _state_by_name(fresh, fresh_optimizer)
+            assert sorted(got) == sorted(expected)
+            for name, tensors in expected.items():
+                for what, a, b in zip(("weight", "exp_avg", "exp_avg_sq"), got[name], tensors, strict=True):
+                    assert a.dtype == torch.float32 and torch.equal(a, b), (saved_dtype, name, what)
+            if loaded_dtype == torch.float32:  # bf16 weights file: rounded; the parameters are not
+                weight = dict(fresh.named_parameters())["embedding.word_embeddings.weight"]
+                assert not torch.equal(weight, weight.to(torch.bfloat16).float())

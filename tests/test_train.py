@@ -362,24 +362,57 @@ def test_replicated_optimizer_resumes_at_another_tensor_parallel_size(
 
 def _as_saved_on_gpu(step_dir: Path, copy: Path) -> Path:
     """A copy of a CPU checkpoint as a bf16 GPU run would have saved it: meta.json's device and
-    dtype, the weights file rounded to bf16 (the fp32 master weights stay in the optimizer state)."""
+    dtype, the weights file rounded to bf16, the fp32 master weights in the optimizer state (the
+    distributed optimizer's pieces hold them already; the replicated optimizer's state becomes
+    megatron's bf16 format, the fp32 weights as the copies beside the moments)."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(step_dir, copy)
     meta = json.loads((copy / "meta.json").read_text())
     (copy / "meta.json").write_text(json.dumps({**meta, "device": "cuda", "params_dtype": "bfloat16"}))
     for path in copy.glob("model_tp*.safetensors"):
-        save_file({k: v.to(torch.bfloat16) for k, v in load_file(path).items()}, str(path))
+        weights = load_file(path)
+        save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(path))
+        optimizer_file = copy / path.name.replace("model", "optim").replace(".safetensors", ".pt")
+        if not meta["distributed_optimizer"]:
+            state = torch.load(optimizer_file, weights_only=True)
+            groups = [[weights[name] for name in group] for group in _megatron_param_groups()]
+            torch.save({"optimizer": state, "fp32_from_fp16_params": groups}, optimizer_file)
     return copy
 
 
+def _megatron_param_groups() -> list[list[str]]:
+    """The names of the tiny model's parameters in each of megatron's optimizer groups, in order (as
+    megatron-core groups them for the trainer: weight decay or not)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from vikhr.model.config import preset
+    from vikhr.model.gpt import build_gpt_model
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.checkpoint import canonical_name
+
+    with distributed_env(tp_size=1, device="cpu"):
+        model = build_gpt_model(preset("tiny"), 1)
+        ddp = DistributedDataParallel(
+            model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model
+        )
+        optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=1e-3, weight_decay=0.1), [ddp]
+        )
+        names = {p: canonical_name(n) for n, p in model.named_parameters()}
+        inner = optimizer.chained_optimizers[0] if hasattr(optimizer, "chained_optimizers") else optimizer
+        return [[names[p] for p in group["params"]] for group in inner.optimizer.param_groups]
+
+
 @pytest.mark.distributed
-def test_distributed_optimizer_moves_between_devices(
+def test_optimizer_state_moves_between_devices(
     corpus: dict[str, str], parallel_runs: dict[str, Path], distributed_run: Path, tmp_path: Path
 ) -> None:
-    """A bf16 GPU checkpoint (made from the CPU run's step 4) resumes on the CPU in fp32 with the
-    distributed optimizer: the weights come from the fp32 master weights, not the rounded file, so
-    steps 5-8 are the uninterrupted run's exactly. The replicated optimizer refuses in one line."""
+    """A bf16 GPU checkpoint (made from the CPU run's step 4) resumes on the CPU in fp32, with the
+    distributed optimizer and with the replicated one (its state converted from megatron's bf16
+    format): the weights come from the fp32 master weights, not the rounded file, so steps 5-8 are
+    the uninterrupted run's exactly."""
     gpu_like = _as_saved_on_gpu(distributed_run / "step_000004", tmp_path / "gpu" / "step_000004")
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", corpus, run_dir, optim=DISTRIBUTED)
@@ -393,10 +426,15 @@ def test_distributed_optimizer_moves_between_devices(
             assert train[step][key] == reference[step][key], (step, key)
 
     replicated = _as_saved_on_gpu(parallel_runs["dp2"] / "step_000004", tmp_path / "gpu2" / "step_000004")
-    config = write_config(tmp_path / "r.yaml", corpus, tmp_path / "r")
-    proc = _launch(config, 2, f"checkpoint.resume={replicated}")
-    assert proc.returncode != 0
-    assert "saved with device cuda, this run has cpu: the replicated optimizer's state" in proc.stderr
+    run_dir = tmp_path / "r"
+    proc = _launch(write_config(tmp_path / "r.yaml", corpus, run_dir), 2, f"checkpoint.resume={replicated}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(TP=1 DP=2, cuda bfloat16), this run has 2 (cpu float32)" in proc.stderr
+    train, _ = read_metrics(run_dir)
+    reference, _ = read_metrics(parallel_runs["dp2"])
+    for step in (5, 6, 7, 8):
+        for key in ("loss", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (step, key)
 
 
 def test_wsd_run_is_extended_on_resume(corpus: dict[str, str], tmp_path: Path) -> None:
@@ -550,11 +588,12 @@ def test_trains_on_gpu_in_bf16_and_resumes(corpus: dict[str, str], tmp_path: Pat
 
 
 @pytest.mark.gpu
-def test_cpu_checkpoint_resumes_on_gpu(corpus: dict[str, str], tmp_path: Path) -> None:
-    """With the distributed optimizer, step 4 of a CPU (fp32) run continues on the GPU in bf16:
-    steps 5-8 follow the CPU run's up to bf16 rounding (λ = 0: a random-init KL reference would be
-    drawn again on the GPU)."""
-    settings = {"optim": {"distributed": True}, "kl": {"weight": 0.0}}
+@pytest.mark.parametrize("distributed", [False, True])
+def test_cpu_checkpoint_resumes_on_gpu(corpus: dict[str, str], tmp_path: Path, distributed: bool) -> None:
+    """Step 4 of a CPU (fp32) run continues on the GPU in bf16, with either optimizer (the replicated
+    one's state converted into megatron's bf16 format): steps 5-8 follow the CPU run's up to bf16
+    rounding (λ = 0: a random-init KL reference would be drawn again on the GPU)."""
+    settings = {"optim": {"distributed": distributed}, "kl": {"weight": 0.0}}
     cpu_dir = tmp_path / "cpu"
     proc = _launch(write_config(tmp_path / "cpu.yaml", corpus, cpu_dir, **settings), 1)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -254,9 +254,9 @@ def test_megatron_flags_are_overrides(tmp_path: Path, dataset: str) -> None:
 def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> None:
     """Transformer Engine's fused-norm parameter names are saved (and loaded) under the local names."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    from vikhr.train.checkpoint import load_model_tensors, model_tensors
+    from vikhr.train.checkpoint import _load_tensors, model_tensors
 
     class Layer(torch.nn.Module):
         def __init__(self) -> None:
@@ -275,7 +275,7 @@ def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> Non
     assert sorted(tensors) == ["block.input_layernorm.weight", "block.self_attention.linear_qkv.weight"]
     save_file(tensors, str(tmp_path / "m.safetensors"))
     fresh = model()
-    load_model_tensors(fresh, tmp_path / "m.safetensors")
+    _load_tensors(fresh, load_file(str(tmp_path / "m.safetensors")), tmp_path / "m.safetensors")
     assert torch.equal(
         fresh.state_dict()["block.self_attention.linear_qkv.layer_norm_weight"],
         tensors["block.input_layernorm.weight"],

@@ -217,7 +217,7 @@ step_wait eval-bench
 if ((BUILT == 0)); then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
   step kernel-sweep 60 "$PY" tools/bench_kernels.py --sweep-schedules "${BENCH_SWEEP[@]}" --json "$OUT/kernel-sweep.json"
-  step train-tests 210 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
+  step train-tests 240 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
   if [[ $DRY == 0 && -z $NCU ]]; then

@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,6 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def load_model_tensors(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    _load_tensors(model, load_file(str(path)), path)
-
-
 def _resharded_tensors(
     model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
 ) -> dict[str, torch.Tensor]:
@@ -134,6 +129,18 @@ def _resharded_tensors(
             rows = own[name].shape[0] * tp_size if name in own else 0
             out[name] = reshard([f.get_tensor(name) for f in files], name, tp_rank, tp_size, vocab, rows)
     return out
+
+
+def _saved_weights(
+    model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
+) -> dict[str, torch.Tensor]:
+    """This TP rank's weights as the checkpoint holds them (in its dtype), by canonical name: its
+    own file, or at another saved TP size every rank's part merged and cut again."""
+    from safetensors.torch import load_file
+
+    if int(meta["tp"]) == tp_size:
+        return load_file(str(step_dir / f"model_tp{tp_rank:02d}.safetensors"))
+    return _resharded_tensors(model, step_dir, meta, tp_rank, tp_size)
 
 
 def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> None:
@@ -358,10 +365,13 @@ def _part_state(
 def _load_replicated_optimizer(
     optimizer: Any, model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
 ) -> None:
-    """The replicated optimizer's state (megatron's state dict, one per TP rank) at another TP size:
-    entry k of a saved state belongs to the k-th parameter of the optimizer's groups, an order that
-    does not depend on the TP size; each tensor (Adam moments, fp32 master weights) is merged over
-    the old TP ranks and cut again for this one by vikhr.model.tp_layout."""
+    """The replicated optimizer's state (megatron's state dict, one per TP rank) at another TP size,
+    or saved in the other format: entry k of a saved state belongs to the k-th parameter of the
+    optimizer's groups, an order that depends on neither the TP size nor the device; each tensor
+    (Adam moments, fp32 master weights) is merged over the old TP ranks and cut again for this one
+    by vikhr.model.tp_layout. megatron's fp32 optimizer (CPU) steps the parameters themselves, its
+    bf16 one (GPU) fp32 copies it saves beside the moments: from the fp32 format the copies are the
+    saved fp32 weights; into it the parameters take the saved copies, not the rounded weights file."""
     inners = _inner_optimizers(optimizer)
     saved = []
     for t in range(int(meta["tp"])):
@@ -376,15 +386,36 @@ def _load_replicated_optimizer(
     def cut(param: torch.nn.Parameter, parts: list[torch.Tensor]) -> torch.Tensor:
         return reshard(parts, names[param], tp_rank, tp_size, vocab, param.shape[0] * tp_size)
 
-    states = [
-        _resharded_replicated(inner, [parts[i] for parts in saved], cut) for i, inner in enumerate(inners)
-    ]
+    weights: dict[str, torch.Tensor] = {}
+    if "optimizer" not in saved[0][0] and any(_steps_fp32_copies(inner) for inner in inners):
+        weights = _saved_weights(model, step_dir, meta, tp_rank, tp_size)
+    states, masters = [], {}
+    for i, inner in enumerate(inners):
+        olds = [parts[i] for parts in saved]
+        state, inner_masters = _resharded_replicated(inner, olds, cut, lambda p: weights[names[p]], step_dir)
+        states.append(state)
+        masters.update(inner_masters)
     optimizer.load_state_dict(states if len(states) > 1 else states[0])
+    with torch.no_grad():
+        for param, master in masters.items():
+            param.copy_(master)
 
 
-def _resharded_replicated(inner: Any, olds: list[dict[str, Any]], cut: Any) -> dict[str, Any]:
-    """One inner optimizer's state dict for this TP rank, from the old TP ranks' (`cut`: merge and
-    cut one parameter's tensors)."""
+def _steps_fp32_copies(inner: Any) -> bool:
+    """megatron's bf16 optimizer (Float16OptimizerWithFloat16Params), not its fp32 one."""
+    return hasattr(inner, "fp32_from_float16_groups")
+
+
+def _resharded_replicated(
+    inner: Any,
+    olds: list[dict[str, Any]],
+    cut: Callable[[torch.nn.Parameter, list[torch.Tensor]], torch.Tensor],
+    saved_weight: Callable[[torch.nn.Parameter], torch.Tensor],
+    step_dir: Path,
+) -> tuple[dict[str, Any], dict[torch.nn.Parameter, torch.Tensor]]:
+    """One inner optimizer's state dict for this TP rank, in this run's format, from the old TP
+    ranks' (`cut`: merge and cut one parameter's tensors); and the values the model's parameters
+    must take (only when a bf16 optimizer's state becomes an fp32 one's)."""
     # megatron's bf16 optimizer steps fp32 copies of the model's parameters, in their place
     float16 = getattr(inner, "float16_groups", [])
     copies = getattr(inner, "fp32_from_float16_groups", [])
@@ -392,8 +423,8 @@ def _resharded_replicated(inner: Any, olds: list[dict[str, Any]], cut: Any) -> d
         id(c): p for ps, cs in zip(float16, copies, strict=True) for p, c in zip(ps, cs, strict=True)
     }
     order = [model_param.get(id(p), p) for group in inner.optimizer.param_groups for p in group["params"]]
-    wrapped = "optimizer" in olds[0]  # bf16: {"optimizer": torch's state dict, "fp32_from_fp16_params": ...}
-    torch_states = [old["optimizer"] if wrapped else old for old in olds]
+    saved_copies = "optimizer" in olds[0]  # {"optimizer": torch's state dict, "fp32_from_fp16_params": ...}
+    torch_states = [old["optimizer"] if saved_copies else old for old in olds]
     state = {
         k: {
             key: value if value.dim() == 0 else cut(order[k], [ts["state"][k][key] for ts in torch_states])
@@ -402,13 +433,31 @@ def _resharded_replicated(inner: Any, olds: list[dict[str, Any]], cut: Any) -> d
         for k, entry in torch_states[0]["state"].items()
     }
     resharded = {**torch_states[0], "state": state}
-    if not wrapped:
-        return resharded
-    main_weights = [
-        [cut(param, [old["fp32_from_fp16_params"][g][j] for old in olds]) for j, param in enumerate(group)]
-        for g, group in enumerate(float16)
-    ]
-    return {**olds[0], "optimizer": resharded, "fp32_from_fp16_params": main_weights}
+    if not _steps_fp32_copies(inner):
+        if not saved_copies:
+            return resharded, {}
+        by_index = [_copies_by_index(old, step_dir) for old in olds]
+        return resharded, {p: cut(p, [old[k] for old in by_index]) for k, p in enumerate(order)}
+    if saved_copies:
+        main = [
+            [cut(p, [old["fp32_from_fp16_params"][g][j] for old in olds]) for j, p in enumerate(group)]
+            for g, group in enumerate(float16)
+        ]
+        return {**olds[0], "optimizer": resharded, "fp32_from_fp16_params": main}, {}
+    main = [[saved_weight(p).float() for p in group] for group in float16]
+    return {"optimizer": resharded, "fp32_from_fp16_params": main}, {}
+
+
+def _copies_by_index(saved: dict[str, Any], step_dir: Path) -> list[torch.Tensor]:
+    """The fp32 copies of a bf16 optimizer's state in parameter order (every parameter had one)."""
+    groups = saved["fp32_from_fp16_params"]
+    if [len(g) for g in groups] != [len(g["params"]) for g in saved["optimizer"]["param_groups"]]:
+        raise VikhrError(
+            f"checkpoint {step_dir}: its bf16 optimizer state holds fp32 parameters beside bf16 ones and "
+            f"does not convert to the CPU's fp32 optimizer; resume it on a GPU, or start a new run from "
+            f"its weights (model.init={step_dir})"
+        )
+    return [copy for group in groups for copy in group]
 
 
 def _optimizer_parts(step_dir: Path, tp_rank: int, dp_rank: int, inners: int) -> list[dict[str, Any]]:
@@ -682,10 +731,9 @@ def load_model(
                 f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
                 "set model.preset / model.overrides to match it"
             )
-    if meta["tp"] == tp_size:
-        load_model_tensors(model, step_dir / f"model_tp{tp_rank:02d}.safetensors")
-    else:  # saved at another parallel.tensor: every rank cuts its part from the whole tensors
-        _load_tensors(model, _resharded_tensors(model, step_dir, meta, tp_rank, tp_size), step_dir)
+    same = int(meta["tp"]) == tp_size
+    where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
+    _load_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
 
 def resume(
@@ -703,17 +751,17 @@ def resume(
     """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
 
     The layout may differ from the run that saved it — another DP or TP size: the weights and
-    optimizer state are cut again for this layout. With the distributed optimizer so may the
-    `runtime` ({"device": "cuda" | "cpu", "params_dtype": ...}): the weights are then taken from
-    the fp32 master weights of the optimizer state (a bf16 run's weights file is rounded); the
-    replicated optimizer's state has another format on each, and such a change is refused. When
-    anything changed, the RNG states stay as seeded by this start (a saved state belongs to a
-    layout or device that is gone); a warning says so."""
+    optimizer state are cut again for this layout. So may the `runtime` ({"device": "cuda" |
+    "cpu", "params_dtype": ...}): the weights are then taken from the fp32 master weights of the
+    optimizer state (a bf16 run's weights file is rounded), and the replicated optimizer's state is
+    converted between megatron's fp32 and bf16 formats. When anything changed, the RNG states stay
+    as seeded by this start (a saved state belongs to a layout or device that is gone); a warning
+    says so."""
     meta = read_meta(step_dir)
     runtime = runtime or {}
     saved_runtime = {key: meta.get(key, now) for key, now in runtime.items()}  # absent in old checkpoints
     distributed = is_distributed_optimizer(optimizer)
-    _check_resumable(step_dir, meta, distributed, saved_runtime, runtime)
+    _check_resumable(step_dir, meta, distributed)
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
         _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
@@ -725,7 +773,7 @@ def resume(
             for param_state in inner.optimizer.state.values():
                 if isinstance(param_state.get("step"), torch.Tensor):
                     param_state["step"] = param_state["step"].clone()
-    elif meta["tp"] != tp_size:
+    elif meta["tp"] != tp_size or saved_runtime != runtime:
         _load_replicated_optimizer(optimizer, model, step_dir, meta, tp_rank, tp_size)
     else:
         state = torch.load(step_dir / _optimizer_file(tp_rank, None), map_location="cpu", weights_only=True)
@@ -747,24 +795,13 @@ def resume(
     return meta
 
 
-def _check_resumable(
-    step_dir: Path, meta: dict[str, Any], distributed: bool, saved: dict[str, str], now: dict[str, str]
-) -> None:
-    """One line for what a resume cannot change: optim.distributed, and the device or parameter
-    dtype with the replicated optimizer (megatron's fp32 and bf16 optimizers save other formats)."""
+def _check_resumable(step_dir: Path, meta: dict[str, Any], distributed: bool) -> None:
+    """One line for what a resume cannot change: optim.distributed."""
     if bool(meta.get("distributed_optimizer", False)) != distributed:
         raise VikhrError(
             f"checkpoint {step_dir} was saved with optim.distributed = "
             f"{str(meta.get('distributed_optimizer', False)).lower()}; resume with the same setting"
         )
-    for key, value in now.items():
-        if not distributed and saved[key] != value:
-            raise VikhrError(
-                f"checkpoint {step_dir} was saved with {key} {saved[key]}, this run has {value}: the "
-                f"replicated optimizer's state does not carry over (runs with optim.distributed = true "
-                f"move between devices); resume with the same {key}, or start a new run from its "
-                f"weights (model.init={step_dir})"
-            )
 
 
 def _load_master_weights(
