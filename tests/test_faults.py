@@ -293,29 +293,33 @@ def test_no_complete_checkpoint_is_one_line(
     )
 
 
-@pytest.mark.parametrize(("key", "saved"), [("device", "cuda"), ("params_dtype", "bfloat16")])
-def test_resuming_on_another_device_or_dtype_is_one_line(
-    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, saved: str
+def test_a_bf16_state_with_fp32_parameters_does_not_move_to_the_cpu(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A GPU (bf16) checkpoint's optimizer and RNG states do not fit a CPU (float32) run, nor the
-    reverse: refused before anything is loaded, with the way to start from its weights."""
+    """A GPU checkpoint whose replicated (bf16) optimizer kept some parameters in fp32 has no fp32
+    copy of those to match by position: its move to the CPU is refused in one line, with the way to
+    start from its weights, before the state is loaded."""
     import json
+
+    import torch
 
     from vikhr.cli import main
 
     run = _copy_run(saved_run, tmp_path)
-    meta_path = run / "step_000002" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    assert meta["device"] == "cpu" and meta["params_dtype"] == "float32"  # what this run records
-    meta[key] = saved
-    meta_path.write_text(json.dumps(meta))
+    step = run / "step_000002"
+    meta = json.loads((step / "meta.json").read_text())
+    assert (meta["device"], meta["params_dtype"], meta["distributed_optimizer"]) == ("cpu", "float32", False)
+    (step / "meta.json").write_text(json.dumps({**meta, "device": "cuda", "params_dtype": "bfloat16"}))
+    state = torch.load(step / "optim_tp00.pt", weights_only=True)
+    copies = [[torch.zeros(1)] * (len(group["params"]) - 1) for group in state["param_groups"]]
+    torch.save({"optimizer": state, "fp32_from_fp16_params": copies}, step / "optim_tp00.pt")
     capsys.readouterr()
     config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
     _one_error_line(
         capsys,
         main(["pretrain", "--config", str(config)]),
-        f"was saved with {key} {saved}, this run has",
-        f"model.init={run / 'step_000002'}",
+        "holds fp32 parameters beside bf16 ones",
+        f"model.init={step}",
     )
 
 
