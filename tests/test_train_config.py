@@ -333,3 +333,27 @@ def test_sft_7b_config_has_the_papers_table_5() -> None:
     train_chats = 680_000 * 0.99  # Table 4's mix, the config's 99 % train split; one chat per window
     assert cfg.train.steps == math.ceil(3 * train_chats / cfg.train.global_batch)
     assert _bytes_per_gpu_on_8(cfg) < 80e9 * 0.9
+
+
+def test_changed_settings_names_each_difference_by_dotted_key() -> None:
+    """What a resume reports as changed: nested sections and list elements by their dotted key."""
+    from vikhr.train.config import changed_settings
+
+    saved = {
+        "train": {"steps": 6, "global_batch": 8, "seed": 1},
+        "data": {"train": [{"prefix": "ru", "weight": 0.8}, {"prefix": "en", "weight": 0.2}]},
+        "optim": {"betas": [0.9, 0.95]},
+    }
+    now = {
+        "train": {"steps": 8, "global_batch": 8, "seed": 1},
+        "data": {"train": [{"prefix": "ru", "weight": 0.7}, {"prefix": "en", "weight": 0.2}]},
+        "optim": {"betas": [0.9, 0.99]},
+    }
+    assert changed_settings(saved, now) == [
+        "data.train[0].weight 0.8 -> 0.7",
+        "optim.betas[1] 0.95 -> 0.99",
+        "train.steps 6 -> 8",
+    ]
+    assert changed_settings(saved, saved) == []
+    grown = {**now, "data": {"train": [*now["data"]["train"], {"prefix": "code", "weight": 0.1}]}}
+    assert "data.train [" in changed_settings(now, grown)[0]  # another number of datasets: the whole list

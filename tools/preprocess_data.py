@@ -10,16 +10,16 @@ megatron-core's IndexedDatasetBuilder writes for the same ids. Same as `vikhr da
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from vikhr.cli import OneLineErrorParser
 from vikhr.data.cli import add_preprocess_arguments, run_preprocess
 from vikhr.errors import VikhrError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="preprocess_data.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="preprocess_data.py", description=__doc__.split("\n\n")[0])
     add_preprocess_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -81,6 +81,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpWithDefaults)
         super().__init__(*args, **kwargs)
 
+    def format_help(self) -> str:
+        for action in self._actions:
+            # argparse lists an option without help bare, without asking the formatter
+            if action.help is None and _has_default_to_show(action):
+                action.help = _default_text(action)
+        return super().format_help()
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
@@ -101,12 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe_by_help(parser: argparse.ArgumentParser) -> None:
-    """A verb registered with a one-line help only gets that line as its --help description too;
-    an option without help that has a default gets a line for it (argparse lists such an option
-    bare, and never asks the formatter)."""
+    """A verb registered with a one-line help only gets that line as its --help description too."""
     for action in parser._actions:
-        if action.help is None and _has_default_to_show(action):
-            action.help = _default_text(action)
         if isinstance(action, argparse._SubParsersAction):
             for listed in action._choices_actions:
                 verb = action.choices[listed.dest]

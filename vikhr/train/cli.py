@@ -47,7 +47,9 @@ MEGATRON_SWITCHES: dict[str, str] = {
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The arguments of pretrain_vikhr.py and `vikhr pretrain`."""
-    p = parser or argparse.ArgumentParser(
+    from vikhr.cli import OneLineErrorParser
+
+    p = parser or OneLineErrorParser(
         prog="pretrain_vikhr.py", description="Continued pre-training with CE + λ·KL on megatron-core."
     )
     p.add_argument("--config", help="YAML config (see configs/)")

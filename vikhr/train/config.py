@@ -197,6 +197,25 @@ class TrainConfig(_Section):
         return self.model_dump()
 
 
+def changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key old -> new` for each setting of `now` (TrainConfig.to_dict()) that differs from `saved`
+    (the config a checkpoint recorded), by dotted key; lists compared element by element."""
+    changes = []
+    for key in sorted(set(saved) | set(now)):
+        old, new, name = saved.get(key), now.get(key), f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{name}.")
+        elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+            for i, (a, b) in enumerate(zip(old, new, strict=True)):
+                if isinstance(a, dict) and isinstance(b, dict):
+                    changes += changed_settings(a, b, f"{name}[{i}].")
+                elif a != b:
+                    changes.append(f"{name}[{i}] {a} -> {b}")
+        elif old != new:
+            changes.append(f"{name} {old} -> {new}")
+    return changes
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -42,7 +42,7 @@ from vikhr.runtime.distributed import DistEnv, distributed_env
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
 from vikhr.train import checkpoint
-from vikhr.train.config import DataSection, KLSection, TrainConfig, validate
+from vikhr.train.config import DataSection, KLSection, TrainConfig, changed_settings, validate
 from vikhr.train.data import (
     IGNORE_INDEX,
     Batch,
@@ -420,6 +420,14 @@ class Trainer:
         step = self.step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
         cfg = self.cfg
+        # The layout, checkpointing and logging may change at will (the layout is reported above).
+        changes = [
+            change
+            for change in changed_settings(meta.get("config", {}), cfg.to_dict())
+            if not change.startswith(("parallel.", "checkpoint.", "logging.", "debug."))
+        ]
+        if changes:
+            self.monitor.info(f"settings changed since {step_dir.name}: {', '.join(changes)}")
         saved_batch = meta.get("config", {}).get("train", {}).get("global_batch", cfg.train.global_batch)
         if saved_batch != cfg.train.global_batch:
             self.monitor.info(
