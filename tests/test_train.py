@@ -724,6 +724,71 @@ def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> Non
     assert not run_dir.exists()
 
 
+def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
+    """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
+    forever building an index over it), so the run trains without a validation set for that
+    dataset; a split whose train part gets no document is one line before anything is built."""
+    from tests.helpers import EOD
+    from vikhr.data.indexed import write_indexed
+
+    prefix = tmp_path / "small_text_document"
+    write_indexed(prefix, [[(7 * i + j) % 500 + 3 for j in range(18)] + [EOD] for i in range(20)], "uint16")
+    small = {"train": [{"prefix": str(prefix), "name": "small"}], "split": "98,2,0"}
+    run_dir = tmp_path / "run"
+    both = {"ru": str(prefix), "en": str(prefix)}  # replaced by data.train below
+    config = write_config(tmp_path / "c.yaml", both, run_dir, data=small, train={"steps": 2})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", "pretrain", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, valid = read_metrics(run_dir)
+    assert sorted(train) == [1, 2] and all(math.isfinite(r["loss"]) for r in train.values())
+    assert all("loss_small" not in row for row in valid.values())
+
+    proc = _pretrain_cli("--config", str(config), "data.split=2,98,0", f"checkpoint.dir={tmp_path / 'run2'}")
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert "config key data.train[0] (small): the train part of data.split '2,98,0' holds no token" in line
+    assert "(0 of the dataset's 20 documents)" in line
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.init=HF", "config key model.init: HF is a Hugging Face model directory, not a vikhr"),
+        ("kl.reference=EMPTY", "config key kl.reference: no checkpoint in EMPTY"),
+        ("checkpoint.resume=EMPTY", "config key checkpoint.resume: no checkpoint in EMPTY"),
+        ("data.cache_dir=FILE", "data.cache_dir FILE is a file, not a directory"),
+    ],
+)
+def test_a_start_that_names_no_checkpoint_or_an_unusable_cache_is_one_line(
+    corpus: dict[str, str], tmp_path: Path, override: str, message: str
+) -> None:
+    """Starting weights, a KL reference or a resume step that is no vikhr checkpoint (an HF model
+    directory: with the conversion to run; an empty directory: was a silent fresh start), or a data
+    cache that cannot be written (was megatron's traceback), stop the start before anything is built."""
+    places = {"HF": tmp_path / "hf", "EMPTY": tmp_path / "empty", "FILE": tmp_path / "file"}
+    places["HF"].mkdir()
+    (places["HF"] / "config.json").write_text("{}")
+    places["EMPTY"].mkdir()
+    places["FILE"].write_text("")
+    for name, place in places.items():
+        override, message = override.replace(name, str(place)), message.replace(name, str(place))
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir)
+    proc = _pretrain_cli("--config", str(config), override)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert message in line
+    assert not run_dir.exists()
+
+
 def test_isolated_documents_must_end_with_the_eod_id(corpus: dict[str, str], tmp_path: Path) -> None:
     """data.isolate_documents splits pre-training windows at data.eod_id: a dataset whose documents
     end with another id (here: the config names 3, the corpus appends 2) is refused in one line."""

@@ -614,6 +614,23 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
+def find_weights(path: str | Path, key: str) -> Path:
+    """The step directory a config key that names starting weights points at (`find_checkpoint`);
+    VikhrError naming the key otherwise, with the conversion an HF model directory needs."""
+    step_dir = find_checkpoint(path)
+    if step_dir is not None:
+        return step_dir
+    if (Path(path) / "config.json").is_file():
+        raise VikhrError(
+            f"config key {key}: {path} is a Hugging Face model directory, not a vikhr checkpoint: convert "
+            f"it first (vikhr convert hf-to-megatron {path} OUT --tp N) and give OUT"
+        )
+    raise VikhrError(
+        f"config key {key}: no checkpoint in {path} (a step directory holds meta.json; a run directory "
+        f"names its newest step in {LATEST})"
+    )
+
+
 def _file_problem(path: Path) -> str | None:
     """Why a checkpoint file is not whole (None: it is), from its structure alone (no tensor is read)."""
     if not path.is_file():

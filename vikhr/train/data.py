@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from vikhr.errors import VikhrError
@@ -49,10 +50,12 @@ class Datasets:
     valid: dict[str, torch.utils.data.Dataset]
 
 
-def _gpt_config(cfg, blend: tuple[list[str], list[float] | None], cache_dir: str):  # -> GPTDatasetConfig
+def _gpt_config(cfg, blend: tuple[list[str], list[float] | None], cache_dir: str, part: int):
+    """megatron's dataset config for one part of data.split (0 train, 1 valid): the other parts are
+    left out, so megatron builds no index for them (an empty one would make it loop forever)."""
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
-    return GPTDatasetConfig(
+    config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
         sequence_length=cfg.data.seq_len,
         blend=blend,
@@ -64,6 +67,29 @@ def _gpt_config(cfg, blend: tuple[list[str], list[float] | None], cache_dir: str
         eod_mask_loss=False,
         create_attention_mask=False,
     )
+    config.split_matrix = [bounds if i == part else None for i, bounds in enumerate(config.split_matrix)]
+    return config
+
+
+def split_part_tokens(prefix: str, split: str) -> tuple[list[int], list[int]]:
+    """(documents, tokens) in each part (train, valid, test) of data.split for one dataset, as
+    megatron-core cuts it: part i holds documents [round(a·n), round(b·n)) of its split bounds."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(prefix)  # held while its lengths are read: they are a view of its mmap
+    lengths = dataset.sequence_lengths
+    n = len(lengths)
+    documents, tokens = [], []
+    for bounds in convert_split_vector_to_split_matrix(parse_and_normalize_split(split)):
+        begin, end = (0, 0) if bounds is None else (round(bounds[0] * n), round(bounds[1] * n))
+        documents.append(end - begin)
+        tokens.append(int(lengths[begin:end].sum(dtype=np.int64)))
+    del lengths, dataset
+    return documents, tokens
 
 
 def dataset_entries(cfg) -> list[tuple[str, str, float]]:
@@ -85,18 +111,18 @@ def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # c
     entries = dataset_entries(cfg)
     prefixes = [p for _, p, _ in entries]
     weights = [w for _, _, w in entries]
-    train_cfg = _gpt_config(cfg, (prefixes, weights), cache_dir)
+    train_cfg = _gpt_config(cfg, (prefixes, weights), cache_dir, part=0)
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [n_train, 0, 0], lambda: True, train_cfg).build()
     if train is None or len(train) < n_train:
         raise VikhrError(f"data.train: could not draw {n_train} training samples from {prefixes}")
     valid: dict[str, torch.utils.data.Dataset] = {}
     for name, prefix, _ in entries:
-        one = _gpt_config(cfg, ([prefix], None), cache_dir)
+        if split_part_tokens(prefix, cfg.data.split)[1][1] == 0:
+            continue  # too few documents for a held-out part: no validation set for this dataset
+        one = _gpt_config(cfg, ([prefix], None), cache_dir, part=1)
         _, v, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, None, None], lambda: True, one).build()
-        if v is None or len(v) == 0:
-            # Too few documents for a held-out part: no validation set for this dataset.
-            continue
-        valid[name] = v
+        if v is not None and len(v) > 0:
+            valid[name] = v
     return Datasets(train=train, valid=valid)
 
 

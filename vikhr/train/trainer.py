@@ -49,6 +49,7 @@ from vikhr.train.data import (
     Datasets,
     build_pretrain_datasets,
     collate,
+    split_part_tokens,
     step_micro_batches,
 )
 from vikhr.train.index_cache import check_index_cache
@@ -208,6 +209,7 @@ def check_data(cfg: TrainConfig) -> None:
                 )
         else:
             _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess", record)
+            _check_train_part(key, entry.prefix, cfg.data.split)
             if cfg.data.documents_isolated():
                 _check_document_ends(key, entry.prefix, cfg.data.eod_id)
     record.save()  # only once every dataset passed: a run refused at this point writes nothing
@@ -225,6 +227,17 @@ def _check_dataset(
         fix = f" (write it again with {writer})" if str(e).startswith("invalid indexed dataset") else ""
         raise VikhrError(f"{key}: {e}{fix}") from None
     return info.max_token_id or 0
+
+
+def _check_train_part(key: str, prefix: str, split: str) -> None:
+    """megatron-core draws the train stream from the train part of data.split: it must hold a token."""
+    documents, tokens = split_part_tokens(prefix, split)
+    if tokens[0] == 0:
+        raise VikhrError(
+            f"{key}: the train part of data.split {split!r} holds no token ({documents[0]} of the "
+            f"dataset's {sum(documents)} documents): give the train part a larger share, or the "
+            "dataset more documents"
+        )
 
 
 def _check_document_ends(key: str, prefix: str, eod_id: int, samples: int = 64) -> None:
@@ -257,13 +270,24 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     # Everything that can be checked is checked before a process group or a tensor exists.
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
-    check_data(cfg)
+    if cfg.data.cache_dir:
+        require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
+    if cfg.model.init != "random":
+        checkpoint.find_weights(cfg.model.init, "model.init")
+    if cfg.kl.weight > 0 and cfg.kl.reference != "init":
+        checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     resume_from = None
     if cfg.checkpoint.resume != "never":
         where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
         resume_from, damaged = checkpoint.find_resumable(where)
         if damaged is not None:
             checkpoint.warn(damaged)
+        if resume_from is None and cfg.checkpoint.resume != "auto":
+            raise VikhrError(
+                f"config key checkpoint.resume: no checkpoint in {where} (a step directory holds meta.json, "
+                "a run directory names its newest step in latest); give one, or checkpoint.resume=auto/never"
+            )
+    check_data(cfg)  # last: it records what it checked in the data cache
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from).train()
 
@@ -334,9 +358,7 @@ class Trainer:
         return model.to(env.device)
 
     def _load_weights(self, model: torch.nn.Module, directory: str, key: str) -> None:
-        step_dir = checkpoint.find_checkpoint(directory)
-        if step_dir is None:
-            raise VikhrError(f"{key}: no checkpoint in {directory}")
+        step_dir = checkpoint.find_weights(directory, key)
         env = self.env
         checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict())
 
