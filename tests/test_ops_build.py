@@ -78,22 +78,34 @@ def test_cuda_kernels_compile_for_sm90_and_load_without_a_gpu(tmp_path: Path) ->
     assert (Path(report["cuda_home"]) / "bin" / "nvcc").exists()
 
 
-def test_a_lock_file_left_by_a_killed_build_does_not_block_the_next(tmp_path: Path, monkeypatch) -> None:
-    """torch's JIT build (before its OS-level lock) waits as long as its lock file exists, and a
-    build killed mid-way (a timeout, SIGTERM) leaves it: every later build would wait forever.
-    vikhr builds under its own OS lock, so such a file is stale and goes before torch looks."""
+@pytest.mark.parametrize("torch_lock", ["file baton", "filelock"])
+def test_a_lock_file_left_by_a_killed_build_does_not_block_the_next(
+    tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str], torch_lock: str
+) -> None:
+    """torch's JIT build before its OS-level lock (a FileBaton) waits as long as its lock file
+    exists, and a build killed mid-way (a timeout, SIGTERM) leaves it: every later build would wait
+    forever. vikhr builds under its own OS lock, so such a file is stale and goes before torch
+    looks. With torch's filelock the file always exists and blocks nothing: it stays, unreported."""
     from torch.utils import cpp_extension
 
     from vikhr.ops.build import compile_ops, ops_build_dir
 
+    if torch_lock == "file baton":
+        monkeypatch.delattr(cpp_extension, "FileLock", raising=False)
+    else:
+        monkeypatch.setattr(cpp_extension, "FileLock", object, raising=False)
     build_dir = ops_build_dir(False, tmp_path)
     build_dir.mkdir(parents=True)
     (build_dir / "lock").touch()
 
-    def file_baton_load(**kwargs: object) -> str:
+    def load(**kwargs: object) -> str:
         where = Path(str(kwargs["build_directory"]))
-        assert not (where / "lock").exists(), "the build would wait on the stale lock forever"
+        if torch_lock == "file baton":
+            assert not (where / "lock").exists(), "the build would wait on the stale lock forever"
+        else:
+            assert (where / "lock").exists(), "another process's filelock file was removed"
         return str(where / "vikhr_ops_cpu.so")
 
-    monkeypatch.setattr(cpp_extension, "load", file_baton_load)
+    monkeypatch.setattr(cpp_extension, "load", load)
     assert compile_ops(with_cuda=False, build_root=tmp_path) == build_dir / "vikhr_ops_cpu.so"
+    assert ("left by a build that was killed" in capsys.readouterr().err) == (torch_lock == "file baton")

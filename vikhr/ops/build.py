@@ -217,15 +217,18 @@ def ops_build_dir(with_cuda: bool, build_root: Path | None = None) -> Path:
 @contextlib.contextmanager
 def _exclusive_build(build_dir: Path) -> Iterator[None]:
     """One vikhr build at a time in `build_dir`, under an OS lock that dies with its process.
-    torch's own lock is a file that a build killed mid-way (SIGTERM, SIGKILL, a timeout) leaves
-    behind, and every later build then waits on it forever: holding this lock, such a file can
-    only be stale, and is removed."""
+    Before torch took an OS-level lock (filelock) too, its lock was a file whose existence blocks:
+    a build killed mid-way (SIGTERM, SIGKILL, a timeout) left it behind, and every later build
+    waited on it forever. Holding this lock, such a file can only be stale, and is removed; torch's
+    filelock file stays (it always exists, and blocks nothing)."""
     import fcntl
+
+    from torch.utils import cpp_extension
 
     with (build_dir / "vikhr-build.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         stale = build_dir / "lock"
-        if stale.exists():
+        if not hasattr(cpp_extension, "FileLock") and stale.exists():
             print(f"vikhr: removing {stale}, left by a build that was killed", file=sys.stderr)
             stale.unlink(missing_ok=True)
         yield
