@@ -642,6 +642,16 @@ _BAD_INPUTS = [
     ("data inspect {ds}.bin", "give the dataset prefix without .bin/.idx", None),
     ("data inspect {ds} --tokens -1", "--tokens must be >= 0", None),
     ("data inspect {dir}/flipped", "points at byte", None),
+    (  # ids of a 40k-token tokenizer decoded with Mistral's 32k: was sentencepiece's IndexError
+        "data inspect {dir}/ids40k --tokenizer-model {tok}",
+        "token id 39999 is outside the vocabulary of",
+        None,
+    ),
+    (  # the same with a tokenizer.json: was an empty string, exit 0
+        "data inspect {dir}/ids70k --tokenizer-model {hfjson}",
+        "token id 70000 is outside the vocabulary of",
+        None,
+    ),
     ("data merge --inputs {dir}/nope --output-prefix {dir}/o", "nope.idx not found", "o.bin"),
     ("data merge --inputs {ds} --output-prefix {ro}/o", "is not writable", None),
     ("pretrain --config {dir}/nope.yaml", "config file not found", None),
@@ -750,10 +760,13 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "hfcfg" / "config.json").write_text(json.dumps(model_config_to_hf_config(preset("tiny"))))
     write_indexed(d / "ds", [[1, 2, 3], [4, 5]], "uint16")
     write_indexed(d / "flipped", [[1, 2, 3], [4, 5]], "uint16")
+    write_indexed(d / "ids40k", [[1, 39999, 3]], "uint16")
+    write_indexed(d / "ids70k", [[1, 70000, 3]], "int32")
     _flip(d / "flipped.idx", 17, b"\x01")
     return {
         "dir": str(d),
         "tok": str(MISTRAL_TOKENIZER),
+        "hfjson": str(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json"),
         "ru": str(RU_SAMPLE),
         "chats": str(RU_SEED_CHATS),
         "ds": str(d / "ds"),

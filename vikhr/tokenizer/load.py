@@ -93,10 +93,18 @@ class Tokenizer:
         return [readable_piece(p) for p in pieces]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of `ids`; special tokens (BOS, EOS, …) are dropped."""
+        """The text of `ids`; special tokens (BOS, EOS, …) are dropped. An id outside the vocabulary
+        (ids written with another tokenizer) is an error, not a crash or an empty string."""
+        ids = [int(i) for i in ids]
+        outside = [i for i in ids if not 0 <= i < self.vocab_size]
+        if outside:
+            raise VikhrError(
+                f"token id {max(outside, key=abs)} is outside the vocabulary of {self.path} (size "
+                f"{self.vocab_size}): the ids were written with another tokenizer (give that one)"
+            )
         if self.kind == "sentencepiece":
-            return str(self.backend.decode([int(i) for i in ids]))
-        return str(self.backend.decode([int(i) for i in ids], skip_special_tokens=True))
+            return str(self.backend.decode(ids))
+        return str(self.backend.decode(ids, skip_special_tokens=True))
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary piece of id `i` (e.g. "▁мир", "<0x0A>", "</s>")."""
