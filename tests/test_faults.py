@@ -535,6 +535,11 @@ _BAD_INPUTS = [
         "o",
     ),
     ("tokenizer train --corpus {dir}/lines.jsonl --out {dir}/o", "lines.jsonl:1: not valid JSON", "o"),
+    (  # a lone surrogate escape: was a traceback in compare and silently accepted by train
+        "tokenizer compare --tokenizer {tok} --texts {dir}/surrogate.jsonl --out {dir}/o --split all",
+        "surrogate.jsonl:2: not valid JSON (the escape \\ud800 is half of a UTF-16 surrogate pair",
+        "o",
+    ),
     ("tokenizer train --corpus {ru} --out {dir}/o --vocab-size 0", "--vocab-size 0 is too small", "o"),
     (
         "tokenizer train --corpus {ru} --out {dir}/o --pad-to-multiple 0",
@@ -750,6 +755,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "bad.yaml").write_text("a: [1,\n b")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "lines.jsonl").write_text("hello\nworld\n")
+    (d / "surrogate.jsonl").write_text('{"text": "пара \\ud83d\\ude00"}\n{"text": "bad \\ud800 half"}\n')
     (d / "x.bin").write_bytes(np.random.default_rng(0).integers(128, 256, 300, dtype=np.uint8).tobytes())
     (d / "hf").mkdir()
     (d / "hf" / "config.json").write_text("{bad")

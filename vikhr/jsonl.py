@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,7 +179,26 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             ) from e
         if not isinstance(record, dict):
             raise VikhrError(f"{p}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
+        if ("\\ud" in line or "\\uD" in line) and _SURROGATE_ESCAPE.search(line):  # substring test: fast
+            _refuse_lone_surrogates(record, f"{p}:{line_no}")
         yield line_no, record
+
+
+# A \uD800-\uDFFF escape: half of a UTF-16 pair, which json.loads turns into a lone surrogate
+# (text no encoder takes) unless its other half follows.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(record: dict[str, Any], where: str) -> None:
+    """VikhrError when a string of `record` holds an unpaired surrogate (as the Rust reader does)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        escape = f"\\u{ord(e.object[e.start]):04x}"
+        raise VikhrError(
+            f"{where}: not valid JSON (the escape {escape} is half of a UTF-16 surrogate pair, without its "
+            "other half): fix or drop the line"
+        ) from None
 
 
 def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]:
