@@ -210,6 +210,20 @@ def test_blank_lines_are_skipped(tmp_path: Path, lines: list[str]) -> None:
     assert _files(tmp_path / "plain") == _files(tmp_path / "blank")
 
 
+def test_a_byte_order_mark_opening_a_file_is_dropped(tmp_path: Path, lines: list[str]) -> None:
+    """A UTF-8 BOM (files saved on Windows) before line 1 — in a plain and a gzip file — gives the
+    same dataset as the file without it (was 'line 1: not valid JSON'), as the Python readers do."""
+    text = "\n".join(lines[1:11]) + "\n"
+    (tmp_path / "plain.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with gzip.open(tmp_path / "bom.jsonl.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + text.encode())
+    for name in ("plain.jsonl", "bom.jsonl", "bom.jsonl.gz"):
+        preprocess([tmp_path / name], tmp_path / name.replace(".", "-"), MISTRAL_TOKENIZER, append_eod=True)
+    plain = _files(tmp_path / "plain-jsonl")
+    assert _files(tmp_path / "bom-jsonl") == plain and _files(tmp_path / "bom-jsonl-gz") == plain
+
+
 def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     src = tmp_path / "blank.jsonl"
     src.write_text("\n\n", encoding="utf-8")

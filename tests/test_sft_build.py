@@ -386,6 +386,9 @@ def _no_outputs(tmp_path: Path) -> None:
         ("count_and_fraction", "source s: give count or fraction, not both"),
         ("forced_format", "sources[0].format must be messages, sharegpt, alpaca or nectar, got 'csv'"),
         ("no_sources", "config key sources must have at least 1 item, got []"),
+        # A format forced on a file of another: every record unfit (was 0 chats, exit 0).
+        ("wrong_format", "source s: no record of"),
+        ("no_files", "source s: path lists no file"),
     ],
 )
 def test_bad_input_is_one_line_with_status_2(
@@ -400,6 +403,8 @@ def test_bad_input_is_one_line_with_status_2(
         "count_and_fraction": [{"name": "s", "path": str(texts), "count": 1, "fraction": 0.5}],
         "forced_format": [{"name": "s", "path": str(texts), "format": "csv"}],
         "no_sources": [],
+        "wrong_format": [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl"), "format": "alpaca"}],
+        "no_files": [{"name": "s", "path": []}],
     }[case]
     rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources)), "--no-progress")
     assert rc == 2 and out == ""

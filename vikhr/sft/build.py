@@ -108,12 +108,20 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
         fmt = src.format or detect_format(path)
         if report is not None:
             report.formats[str(path)] = fmt
+        usable, first_unfit = 0, None
         for where, item in read_chats_of(path, fmt, src.max_rank):
             if isinstance(item, Unfit):
+                first_unfit = first_unfit or f"{where}: {item}"
                 if report is not None:
                     report.drop(item.reason, where, str(item))
                 continue
+            usable += 1
             yield where, item
+        if usable == 0 and first_unfit is not None:  # records, none of them read as `fmt`
+            given = " (format: in the config; check it, or leave it out to detect one)" if src.format else ""
+            raise VikhrError(
+                f"source {src.name}: no record of {path} is a chat as {fmt}{given}; {first_unfit}"
+            )
 
 
 def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer) -> tuple[str, str, int]:

@@ -77,6 +77,8 @@ class SourceConfig(_Section):
                     f"source {self.name}: file not found: {pattern} (check sources[].path in the config)"
                 )
             found += [Path(m) for m in matches]
+        if not found:
+            raise VikhrError(f"source {self.name}: path lists no file (check sources[].path in the config)")
         return found
 
 

@@ -58,7 +58,10 @@ impl LineBatch {
     }
 }
 
-/// Reads a file as [`LineBatch`]es of about `batch_bytes` each (never splitting a line).
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Reads a file as [`LineBatch`]es of about `batch_bytes` each (never splitting a line; a
+/// byte-order mark at the start of the file is dropped).
 pub struct LineBatcher {
     reader: Box<dyn BufRead + Send>,
     file: usize,
@@ -99,6 +102,12 @@ impl LineBatcher {
             if b.data[end - 1] == b'\n' {
                 end -= 1;
             }
+            // A UTF-8 byte-order mark opens some files written on Windows: not part of line 1.
+            let start = if self.next_line == 1 && b.data[start..end].starts_with(UTF8_BOM) {
+                start + UTF8_BOM.len()
+            } else {
+                start
+            };
             b.starts.push(start);
             b.ends.push(end);
             self.next_line += 1;
@@ -295,6 +304,17 @@ mod tests {
             Err(LineError::MissingKey("text".into()))
         );
         assert_eq!(extract_fields(b"{\"text\":\"\"}\r", &k).unwrap(), [""]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_opening_the_file_is_not_part_of_line_1() {
+        let data = b"\xef\xbb\xbf{\"text\":\"a\"}\n\xef\xbb\xbf{\"text\":\"b\"}\n";
+        let got = batches(data, 64);
+        let lines: Vec<&[u8]> = got[0].lines().collect();
+        assert_eq!(lines[0], b"{\"text\":\"a\"}");
+        assert_eq!(lines[1], b"\xef\xbb\xbf{\"text\":\"b\"}"); // only the file's first bytes
+        assert_eq!(extract_fields(lines[0], &keys(&["text"])).unwrap(), ["a"]);
+        assert_eq!(batches(b"\xef\xbb\xbf", 64)[0].line(0), b"");
     }
 
     fn batches(data: &[u8], batch: usize) -> Vec<LineBatch> {
