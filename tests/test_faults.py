@@ -558,6 +558,12 @@ _BAD_INPUTS = [
         "o",
     ),
     ("tokenizer compare --tokenizer {dir}/folder --texts {ru} --out {dir}/o", "holds neither tokenizer", "o"),
+    ("tokenizer compare --tokenizer ={tok} --texts {ru} --out {dir}/o", "the label before '=' is empty", "o"),
+    (
+        "data merge --inputs {dir}/empty_ds --output-prefix {dir}/o",
+        "every input of the merge holds no token",
+        "o.bin",
+    ),
     (
         "tokenizer compare --tokenizer {dir}/bad.json --texts {ru} --out {dir}/o",
         "not an HF tokenizer.json",
@@ -767,6 +773,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     write_indexed(d / "ds", [[1, 2, 3], [4, 5]], "uint16")
     write_indexed(d / "flipped", [[1, 2, 3], [4, 5]], "uint16")
     write_indexed(d / "ids40k", [[1, 39999, 3]], "uint16")
+    write_indexed(d / "empty_ds", [[]], "uint16")
     write_indexed(d / "ids70k", [[1, 70000, 3]], "int32")
     _flip(d / "flipped.idx", 17, b"\x01")
     return {

@@ -336,6 +336,9 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     )
     assert "outside [0, 1]" in _one_line_error([*args, "--t", "0,1.2"], capsys)
     assert "FILTER=T" in _one_line_error([*args, "--t", "0.5", "--t-for", "mlp"], capsys)
+    # A filter no tensor name contains (a typo) would merge silently with the default t.
+    err = _one_line_error([*args, "--t", "0.5", "--t-for", "self-attn=0.3"], capsys)
+    assert "--t-for self-attn=...: no tensor name contains 'self-attn'" in err
     err = _one_line_error([str(a), str(models["b_llama"]), "--out", str(out), "--t", "0.5"], capsys)
     assert "config.json differs in model_type" in err and "different architectures" in err
     _nothing_written(out)

@@ -139,6 +139,13 @@ def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> 
         load_config(_config(tmp_path, dataset), [f'data.train=[{{prefix: "{dataset}", wieght: 1}}]'])
     with pytest.raises(VikhrError, match=r"data.train\[0\].prefix: dataset file not found: .*/nope.bin"):
         load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"])
+    # The prefix given with its suffix, or without the _text_document that preprocess appends.
+    with pytest.raises(VikhrError, match=r"not found: .*\.bin\.bin \(give the prefix without \.bin/\.idx\)"):
+        load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {dataset}.bin}}]"])
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"en_text_document{suffix}").write_bytes(b"")
+    with pytest.raises(VikhrError, match=f"writes {tmp_path}/en_text_document: give that prefix"):
+        load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/en}}]"])
     # --dry-run sizes a job from its shapes: the files need not exist there.
     load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"], check_files=False)
 

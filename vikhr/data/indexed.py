@@ -263,6 +263,11 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
         raise VikhrError("nothing to merge (give at least one input prefix)")
     for name in names:
         _check_files(name)
+    if all(inspect(name).tokens == 0 for name in names):
+        raise VikhrError(
+            f"every input of the merge holds no token ({', '.join(names)}): the merged dataset would be "
+            "empty, which Megatron cannot load"
+        )
     require_output_prefix(output_prefix)
     if str(output_prefix) in names:
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")

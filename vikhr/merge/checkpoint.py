@@ -192,6 +192,7 @@ def merge_checkpoints(
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
     _check_tensors(entries_a, entries_b, a, b)
+    schedule.check_filters(list(entries_a))
     t_of = {name: schedule.t_for(name, num_layers) for name in entries_a}
 
     def merged(entry: TensorEntry) -> Any:

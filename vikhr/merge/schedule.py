@@ -82,6 +82,17 @@ class Schedule:
         values = next((g for f, g in self.filters if f in name), self.default)
         return gradient_value(values, layer_position(name, num_layers))
 
+    def check_filters(self, names: list[str]) -> None:
+        """VikhrError naming a filter that matches no tensor name (a typo would merge silently
+        with the default t)."""
+        for f, _ in self.filters:
+            if not any(f in name for name in names):
+                example = next(iter(sorted(names)), "")
+                raise VikhrError(
+                    f"--t-for {f}=...: no tensor name contains {f!r} (names look like {example!r}); check "
+                    "the filter's spelling"
+                )
+
     def describe(self) -> dict[str, object]:
         """The schedule as JSON values (for the merge summary)."""
         return {"default": list(self.default), "filters": [[f, list(g)] for f, g in self.filters]}

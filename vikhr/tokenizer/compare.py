@@ -64,6 +64,8 @@ def _split_label(spec: str) -> tuple[str | None, str]:
     """'NAME=PATH' → (NAME, PATH); a bare path → (None, PATH)."""
     if "=" in spec and not Path(spec).exists():
         name, path = spec.split("=", 1)
+        if not name.strip():
+            raise VikhrError(f"{spec!r}: the label before '=' is empty (give NAME=PATH, or the path alone)")
         return name, path
     return None, spec
 

@@ -325,9 +325,11 @@ def _check_mode(s: TrainSettings) -> Any:
     if s.mode not in MODES:
         raise VikhrError(f"unknown mode {s.mode!r} (choose {', '.join(MODES)})")
     if s.mode == "replace":
-        if s.vocab_size < NUM_BYTE_PIECES + NUM_SPECIALS + 100:
+        least = NUM_BYTE_PIECES + NUM_SPECIALS + 100
+        if s.vocab_size < least:
             raise VikhrError(
-                f"--vocab-size {s.vocab_size} is too small (byte fallback alone needs 259 pieces)"
+                f"--vocab-size {s.vocab_size} is too small: give at least {least} (byte fallback alone "
+                f"takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
             )
         return None
     if not s.base_model:

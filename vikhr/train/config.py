@@ -305,6 +305,15 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
         raise VikhrError(f"config key checkpoint.resume: not a checkpoint directory: {c.resume}")
 
 
+def _prefix_hint(prefix: str) -> str:
+    """What a dataset prefix that names no files most likely lacks, or too much."""
+    if prefix.endswith((".bin", ".idx")):
+        return " (give the prefix without .bin/.idx)"
+    if Path(f"{prefix}_text_document.bin").is_file():
+        return f" (vikhr data preprocess writes {prefix}_text_document: give that prefix)"
+    return ""
+
+
 def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
     if m.preset not in PRESETS:
         raise VikhrError(
@@ -366,7 +375,10 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
             check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)
         for suffix in (".bin", ".idx") if check_files and d.kind == "pretrain" else ():
             if not Path(entry.prefix + suffix).is_file():
-                raise VikhrError(f"config key {key}.prefix: dataset file not found: {entry.prefix}{suffix}")
+                hint = _prefix_hint(entry.prefix)
+                raise VikhrError(
+                    f"config key {key}.prefix: dataset file not found: {entry.prefix}{suffix}{hint}"
+                )
         if entry.name in names:
             raise VikhrError(f"config key {key}.name: duplicate dataset name {entry.name!r}")
         names.add(entry.name)
