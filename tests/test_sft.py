@@ -658,6 +658,24 @@ def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest
     ]
 
 
+def test_prepare_warns_of_chats_with_an_empty_answer(tmp_path: Path, capsys) -> None:
+    """An empty assistant turn trains the model to end its answer at once: prepare keeps the chat
+    (the data are the user's) and says how many there are, once."""
+    chats = tmp_path / "c.jsonl"
+    turns = [("a", "b"), ("c", ""), ("d", "  ")]
+    records = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in turns
+    ]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = prepare_sft(chats, MISTRAL_TOKENIZER, tmp_path / "x")
+    assert summary.chats == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"warning: 2 of 3 chats of {chats} have an empty assistant turn: the model learns to end its answer "
+        "at once there (vikhr sft build drops such chats)"
+    ]
+
+
 def test_prepare_rejects_unknown_template_and_missing_tokenizer(tmp_path: Path) -> None:
     chats = tmp_path / "c.jsonl"
     chats.write_text(

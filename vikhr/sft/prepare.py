@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def prepare_sft(
         indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
     )
     mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
-    chats = tokens = loss_tokens = max_id = 0
+    chats = tokens = loss_tokens = max_id = empty_answers = 0
     try:
         bar = None
         if progress:
@@ -81,6 +82,7 @@ def prepare_sft(
             text_writer.add_document(enc.ids)
             mask_writer.add_document(enc.mask)
             chats += 1
+            empty_answers += any(m.role == "assistant" and not m.content.strip() for m in messages)
             tokens += len(enc.ids)
             loss_tokens += sum(enc.mask)
             max_id = max(max_id, max(enc.ids))
@@ -90,6 +92,12 @@ def prepare_sft(
             bar.close()
         if chats == 0:
             raise VikhrError(f"{input_path}: no chats found")
+        if empty_answers:
+            print(
+                f"warning: {empty_answers} of {chats} chats of {input_path} have an empty assistant turn: "
+                "the model learns to end its answer at once there (vikhr sft build drops such chats)",
+                file=sys.stderr,
+            )
         summary = PrepareSummary(
             prefix=str(output_prefix),
             template=template,
