@@ -224,6 +224,25 @@ def test_a_byte_order_mark_opening_a_file_is_dropped(tmp_path: Path, lines: list
     assert _files(tmp_path / "bom-jsonl") == plain and _files(tmp_path / "bom-jsonl-gz") == plain
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_truncated_compressed_input_is_named_as_damaged(
+    tmp_path: Path, lines: list[str], suffix: str
+) -> None:
+    """A .gz / .zst cut short (an interrupted copy) is one line naming the file as damaged or
+    truncated — was the decoder's message with a hint to check the paths."""
+    text = ("\n".join(lines) + "\n").encode()
+    whole = gzip.compress(text) if suffix == ".gz" else zstandard.ZstdCompressor().compress(text)
+    cut = tmp_path / f"cut.jsonl{suffix}"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VikhrError) as e:
+        preprocess([cut], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+    message = str(e.value)
+    assert message.startswith(f"{cut}: ") and "\n" not in message
+    assert "the compressed file is damaged or truncated: test it with gzip -t or zstd -t" in message
+    assert "check the input and output paths" not in message
+    assert not list(tmp_path.glob("out*"))
+
+
 def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     src = tmp_path / "blank.jsonl"
     src.write_text("\n\n", encoding="utf-8")

@@ -83,6 +83,9 @@ pub enum PipelineError {
     Empty { what: String },
     #[error("{0}")]
     Io(String),
+    /// A compressed input that cannot be decoded to its end.
+    #[error("{0} (the compressed file is damaged or truncated: test it with gzip -t or zstd -t, and write it again)")]
+    Damaged(String),
     #[error("{0}")]
     Tokenizer(String),
     #[error("cancelled")]
@@ -116,7 +119,7 @@ struct BatchResult {
 
 enum Work {
     Batch(u64, LineBatch),
-    Fail(u64, String),
+    Fail(u64, PipelineError),
 }
 
 enum Done {
@@ -179,13 +182,24 @@ fn tokenize_batch(
     })
 }
 
+/// A read error in the middle of `path`: from a gzip or zstd file, almost always a damaged one.
+fn read_error(path: &Path, e: std::io::Error) -> PipelineError {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let what = format!("{}: {e}", path.display());
+    if [".gz", ".zst", ".zstd"].iter().any(|s| name.ends_with(s)) {
+        PipelineError::Damaged(what)
+    } else {
+        PipelineError::Io(what)
+    }
+}
+
 fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBool) {
     let mut seq = 0u64;
     for (fi, path) in job.inputs.iter().enumerate() {
         let reader = match open_input(path) {
             Ok(r) => r,
             Err(e) => {
-                let _ = work.send(Work::Fail(seq, e.to_string()));
+                let _ = work.send(Work::Fail(seq, e.into()));
                 return;
             }
         };
@@ -203,7 +217,7 @@ fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBoo
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = work.send(Work::Fail(seq, format!("{}: {e}", path.display())));
+                    let _ = work.send(Work::Fail(seq, read_error(path, e)));
                     return;
                 }
             }
@@ -223,7 +237,7 @@ fn work_loop(job: &Job, tok: &Tokenizer, work: &Mutex<Receiver<Work>>, done: Sen
                 Ok(r) => Done::Batch(seq, r),
                 Err(e) => Done::Fail(seq, e),
             },
-            Ok(Work::Fail(seq, e)) => Done::Fail(seq, PipelineError::Io(e)),
+            Ok(Work::Fail(seq, e)) => Done::Fail(seq, e),
             Err(_) => return,
         };
         if done.send(msg).is_err() {
