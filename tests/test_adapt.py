@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,15 @@ def test_clear_errors_and_no_half_written_output(
     t = tensors_of(broken)
     del t[LM_HEAD]
     save_file(t, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(VikhrError, match=r"lm_head\.weight not found"):
+    with pytest.raises(VikhrError, match=r"implies tensor lm_head\.weight, which the weights lack"):
+        adapt_vocab(broken, MISTRAL_TOKENIZER, new_tok, tmp_path / "o2")
+    _assert_nothing_written(tmp_path, tmp_path / "o2")
+    # ... or a layer's weight, which was copied on without it (exit 0).
+    t = tensors_of(src)
+    layer = next(name for name in t if name.endswith("mlp.down_proj.weight"))
+    del t[layer]
+    save_file(t, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(VikhrError, match=f"implies tensor {re.escape(layer)}, which the weights lack"):
         adapt_vocab(broken, MISTRAL_TOKENIZER, new_tok, tmp_path / "o2")
     _assert_nothing_written(tmp_path, tmp_path / "o2")
 

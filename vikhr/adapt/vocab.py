@@ -407,6 +407,9 @@ def adapt_vocab(
     """Adapt the checkpoint in `model_dir` to `new_tokenizer`, writing `out_dir`; returns the summary."""
     model_dir, out_dir = _check_paths(model_dir, out_dir, init, overwrite)
     cfg = _load_config(model_dir)
+    from vikhr.convert.mistral import check_hf_tensors  # (the converter's layout; imports torch)
+
+    check_hf_tensors(model_dir, cfg)  # a tensor the config implies and the shards lack is not copied
     headers = checkpoint_headers(model_dir)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_src, head_src = _embedding_sources(headers, tied, model_dir)

@@ -362,6 +362,17 @@ class _HFCheckpoint:
         return head
 
 
+def check_hf_tensors(model_dir: Path, hf: dict[str, Any]) -> None:
+    """VikhrError unless an HF checkpoint holds exactly the tensors (and shapes) its config.json
+    implies; a config of a kind the converter does not take (another RoPE scaling, a sliding
+    window) is not checked."""
+    try:
+        cfg = hf_config_to_model_config(hf, str(model_dir / "config.json"))
+    except VikhrError:
+        return
+    _HFCheckpoint(model_dir, cfg)
+
+
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     if t.shape[0] == rows:
         return t
