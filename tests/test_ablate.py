@@ -65,6 +65,15 @@ def _write(path: Path, cfg: dict) -> Path:
         ({"seeds": [True, 2]}, "config key seeds: expected a number, not a yes/no value"),
         ({"arms": [{"name": "a/b"}]}, "config key arms[0].name: String should match pattern"),
         ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
+        # numpy's seeding refused it after the base model had trained
+        ({"seeds": [-1]}, "config key seeds[0] must be >= 0, got -1"),
+        ({"base": {"seed": 2**32}}, "config key base.seed must be < 4294967296"),
+        # the trainer's own checks, which ran after the tokenizer and the data had been prepared
+        ({"train": {"micro_batch": 16, "global_batch": 4}}, "is not a multiple of train.micro_batch = 16"),
+        ({"model": {"overrides": {"bogus": 1}}}, "model.overrides.bogus"),
+        # a fresh grid empties out_dir/work: "" was the directory it was started from
+        ({"out_dir": ""}, "config key out_dir"),
+        ({"out_dir": "x", "cache_dir": "x"}, "out_dir and cache_dir are both x"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) -> None:

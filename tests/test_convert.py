@@ -498,3 +498,9 @@ def test_megatron_checkpoint_that_disagrees_with_its_meta(
     _fails(argv, capsys, out, "model_tp00.safetensors", "decoder.layers.1.")
     (meg / "meta.json").write_text("{")
     _fails(argv, capsys, out, str(meg / "meta.json"))
+    # A key missing or of another type: said as such, not as Python's "('tp')".
+    meta["model"]["num_layers"] = 2
+    (meg / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tp"}))
+    _fails(argv, capsys, out, "is not a usable vikhr checkpoint description (no 'tp' key)")
+    (meg / "meta.json").write_text(json.dumps({**meta, "model": [1, 2]}))
+    _fails(argv, capsys, out, "is not a usable vikhr checkpoint description (a field of another type:")

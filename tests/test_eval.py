@@ -513,6 +513,20 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
         (bare / f).symlink_to(tiny_dir / f)
     err = _one_line_error([*base, "--model", str(bare), "--tasks", "bpc"], capsys)
     assert "--tokenizer" in err
+    # More shots than the few-shot file holds (numpy's traceback after the model had loaded).
+    record = '{"premise": "Кот спит.", "hypothesis": "Кот не бодрствует.", "label": "entailment"}\n'
+    (data / "terra" / "val.jsonl").write_text(record * 3, encoding="utf-8")
+    (data / "terra" / "train.jsonl").write_text(record * 2, encoding="utf-8")
+    terra = [*base, "--model", str(tiny_dir), "--tasks", "terra"]
+    err = _one_line_error([*terra, "--num-fewshot", "10"], capsys)
+    assert "task terra: 10 shots asked for, but its few-shot file holds 2 records" in err
+    assert "--bootstrap-iters must be >= 0" in _one_line_error([*terra, "--bootstrap-iters", "-1"], capsys)
+    for seed in ("-1", str(2**32)):  # numpy's seeding traceback, after the model had loaded
+        with pytest.raises(SystemExit) as e:
+            cli_main([*terra, "--seed", seed])
+        assert e.value.code == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "argument --seed: expected an integer from 0 to 2^32-1" in line
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
     err = _one_line_error(

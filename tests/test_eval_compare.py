@@ -174,6 +174,7 @@ def test_reference_rows_sit_beside_the_models(tmp_path: Path, capsys: Any) -> No
         ("model,model\nref,0.4\n", "paper.csv:1: the column 'model' twice"),
         ("model,En-MMLU\n,0.4\n", "paper.csv:2: the model name is empty"),
         ('model,En-MMLU\n"ref,0.4\n', "not a readable CSV"),
+        ("model,En-MMLU\n\n", "paper.csv: no model row below the header"),  # added nothing, silently
     ],
 )
 def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, message: str) -> None:
@@ -249,6 +250,9 @@ def test_bundled_table6_reads_as_a_reference() -> None:
         ),
         ({"tasks": {}, "groups": []}, "'groups' is not an object of objects"),
         ({"tasks": {}, "groups": {"rsg": {"score": "x"}}}, "groups.rsg.score is str 'x', not a number"),
+        # a row of dashes, silently
+        ({"model": "m", "tasks": {}}, "holds no score (no task metric, no group score)"),
+        ({"tasks": {"terra": {"metrics": {}}}}, "holds no score"),
     ],
 )
 def test_results_of_the_wrong_shape_are_one_line(
@@ -348,3 +352,17 @@ def test_a_failed_chart_leaves_the_earlier_table_and_csv(
     err = one_line_error(["eval", "compare", str(a), str(b), "--out", str(out)], capsys)
     assert f"cannot write {out}: No space left on device" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_name_with_a_bar_or_a_line_break_keeps_the_markdown_table_whole(tmp_path: Path) -> None:
+    """Model names come from the results files (or NAME=FILE): a '|' is escaped and a line break
+    becomes a space in Markdown, so every row keeps the header's cells; the CSV keeps the name."""
+    odd = write(tmp_path / "odd.json", results("a|b\nc", 0.5, None, 0.1, None))
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(odd), "x|y=" + str(odd), "--out", str(out)]) == 0
+    lines = (out / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2].startswith("| a\\|b c | ") and lines[3].startswith("| x\\|y | ")
+    cells = lines[0].count("|") - lines[0].count("\\|")
+    assert all(line.count("|") - line.count("\\|") == cells for line in lines)
+    with open(out / "compare.csv", newline="", encoding="utf-8") as f:
+        assert [row[0] for row in csv.reader(f)][1:] == ["a|b\nc", "x|y"]

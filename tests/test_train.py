@@ -877,6 +877,18 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
     assert float(sharded[2].split()[5].rstrip("Gi")) == pytest.approx(optim[2] / 4, abs=0.1)
 
 
+def test_overrides_may_follow_options() -> None:
+    """`--dry-run --gpus 8 data.seq_len=2048`: an override after an option is an override (argparse
+    left it over as an unrecognized argument), in vikhr pretrain and pretrain_vikhr.py alike."""
+    config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")
+    args = ["--config", config, "data.seq_len=512", "--dry-run", "--gpus", "8", "data.seq_len=2048"]
+    command = [sys.executable, str(PRETRAIN), *args]
+    script = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    for proc in (_pretrain_cli(*args), script):
+        assert proc.returncode == 0, proc.stderr
+        assert "micro-batch 4 × 2048 tokens" in proc.stdout.splitlines()[0]  # the later override wins
+
+
 # --------------------------------------------------------------------------- script mode
 
 

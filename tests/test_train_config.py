@@ -86,6 +86,8 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("model.overrides.num_layers=two", "config key model.overrides.num_layers: expected int, got 'two'"),
         ("logging.tensorbord=false", "unknown config key 'logging.tensorbord' (did you mean 'tensorboard'?)"),
         ("train.steps.x=1", "config key train.steps: expected int"),
+        ("train.seed=-1", "config key train.seed must be >= 0, got -1"),  # numpy's seeding refuses it
+        ("train.seed=4294967296", "config key train.seed must be < 4294967296"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, dataset: str, override: str, message: str) -> None:

@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error_line(f"vikhr: error: {e}")
         return 2
     verb = _chosen_parser(parser, args)
+    if hasattr(args, "overrides"):  # `section.key=value` after an option: argparse leaves it over
+        args.overrides = [*args.overrides, *(e for e in extras if not e.startswith("-"))]
+        extras = [e for e in extras if e.startswith("-")]
     if extras:  # named by the verb they were given to, with its --help
         verb.error(f"unrecognized arguments: {' '.join(extras)}")
     try:

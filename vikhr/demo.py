@@ -174,8 +174,10 @@ def train_config(
     sft: bool = False,
     family_shape: dict[str, Any] | None = None,
     extra: Sequence[str] = (),
+    check_files: bool = True,
 ) -> Any:
-    """The demo's trainer config for one run; `extra` overrides (section.key=value) come last and win."""
+    """The demo's trainer config for one run; `extra` overrides (section.key=value) come last and win.
+    `check_files=False` checks the settings alone (the datasets need not exist yet)."""
     from vikhr.train.config import load_config
 
     family_shape = family_shape or {}
@@ -207,7 +209,7 @@ def train_config(
         f"logging.eval_every={steps}",
         *extra,
     ]
-    return load_config(None, overrides)
+    return load_config(None, overrides, check_files=check_files)
 
 
 def _valid_losses(run_dir: Path, name: str) -> tuple[float, float]:

@@ -174,7 +174,9 @@ def config_error_line(error: Any, root: Any = None, key_prefix: str = "", prefix
         return f"{prefix}config key {key} must be positive, got {got}"
     bounds = {"greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=", "greater_than": ">"}
     if kind in bounds:
-        return f"{prefix}config key {key} must be {bounds[kind]} {next(iter(ctx.values())):g}, got {got}"
+        bound = next(iter(ctx.values()))
+        shown = bound if isinstance(bound, int) else f"{bound:g}"  # a seed's 2^32 in full, 1e-08 short
+        return f"{prefix}config key {key} must be {bounds[kind]} {shown}, got {got}"
     if kind in ("too_short", "too_long"):
         n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
         bound = f"{'at least' if kind == 'too_short' else 'at most'} {n} item{'' if n == 1 else 's'}"

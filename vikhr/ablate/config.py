@@ -29,6 +29,7 @@ from pydantic import (
 
 from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
+from vikhr.train.config import Seed
 
 
 class _Section(ConfigSection):
@@ -56,7 +57,7 @@ class BaseTrainSection(_Section):
 
     steps: PositiveInt = 150
     lr: PositiveFloat = 3e-3
-    seed: int = 1234
+    seed: Seed = 1234
 
 
 class TrainSection(_Section):
@@ -93,9 +94,10 @@ class Arm(_Section):
 
 
 class AblateConfig(_Section):
-    out_dir: str = "runs/ablate"
-    cache_dir: str = "runs/ablate-cache"  # cached base models, keyed by their config hash
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    out_dir: str = Field("runs/ablate", min_length=1)
+    # cached base models, keyed by their config hash
+    cache_dir: str = Field("runs/ablate-cache", min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     data: DataSection = Field(default_factory=DataSection)
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -172,4 +174,11 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         )
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise VikhrError(f"{p}: seeds repeat ({cfg.seeds}); give distinct seeds")
+    if Path(cfg.out_dir).resolve() == Path(cfg.cache_dir).resolve():
+        raise VikhrError(
+            f"{p}: out_dir and cache_dir are both {cfg.out_dir}; give them their own directories"
+        )
+    from vikhr.ablate.runner import check_trainer_settings
+
+    check_trainer_settings(cfg, p)  # the trainer's own checks, before any stage runs
     return cfg

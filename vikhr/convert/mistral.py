@@ -491,6 +491,7 @@ def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelC
     if step_dir is None:
         raise VikhrError(f"{ckpt_dir}: no vikhr checkpoint (meta.json or latest) found")
     path = step_dir / "meta.json"
+    unusable = f"{path} is not a usable vikhr checkpoint description"
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         cfg = ModelConfig(**meta["model"])
@@ -498,8 +499,12 @@ def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelC
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
             raise ValueError(f"tp {tp!r} is not a positive integer")
         cfg.validate(tp)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, VikhrError) as e:
-        raise VikhrError(f"{path} is not a usable vikhr checkpoint description ({e})") from e
+    except KeyError as e:  # its text alone would be "('tp')"
+        raise VikhrError(f"{unusable} (no {e} key)") from e
+    except TypeError as e:  # e.g. "list indices must be integers or slices, not str"
+        raise VikhrError(f"{unusable} (a field of another type: {e})") from e
+    except (OSError, ValueError, VikhrError) as e:
+        raise VikhrError(f"{unusable} ({e})") from e
     return step_dir, meta, cfg
 
 

@@ -25,6 +25,16 @@ def _batch_size(value: str) -> int | str:
     return size
 
 
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2^32-1, got {value!r}")
+    return seed
+
+
 def _positive_int(value: str) -> int:
     try:
         size = int(value)
@@ -66,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         ("--max-length", args.max_length, 1),
         ("--limit", args.limit, 1),
         ("--num-fewshot", args.num_fewshot, 0),
+        ("--bootstrap-iters", args.bootstrap_iters, 0),
     ):
         if value is not None and value < least:
             raise VikhrError(f"{flag} must be {'positive' if least else '>= 0'}, got {value}")
@@ -182,7 +193,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1000,
         help="bootstrap draws for the stderr of MCC (default 1000)",
     )
-    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot sampling (default 1234)")
+    p.add_argument(
+        "--seed", type=_seed, default=1234, help="seed of the few-shot sampling, 0 to 2^32-1 (default 1234)"
+    )
     p.add_argument(
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
     )

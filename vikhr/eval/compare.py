@@ -93,13 +93,11 @@ def _clean_results(path: Path, results: Any) -> dict[str, Any]:
     groups = results.get("groups", {})
     if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
         raise VikhrError(f"{path}: 'groups' is not an object of objects; {_RESULTS_LAYOUT}")
-    return {
-        "model": results.get("model"),
-        "tasks": tasks,
-        "groups": {
-            g: {"score": _number(v.get("score"), f"{path}: groups.{g}.score")} for g, v in groups.items()
-        },
-    }
+    scores = {g: {"score": _number(v.get("score"), f"{path}: groups.{g}.score")} for g, v in groups.items()}
+    known = [v for t in tasks.values() for v in t["metrics"].values()] + [g["score"] for g in scores.values()]
+    if all(v is None for v in known):  # a row of dashes: not what a results file is for
+        raise VikhrError(f"{path} holds no score (no task metric, no group score); {_RESULTS_LAYOUT}")
+    return {"model": results.get("model"), "tasks": tasks, "groups": scores}
 
 
 def load_results(spec: str) -> tuple[str, dict[str, Any]]:
@@ -198,6 +196,8 @@ def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
             # nan/inf (a score not known, as an earlier compare.csv may hold it): an empty cell.
             values[column] = value if value is not None and math.isfinite(value) else None
         rows.append((line[0].strip(), values))
+    if not rows:
+        raise VikhrError(f"{path}: no model row below the header; {layout}")
     return rows
 
 
@@ -220,9 +220,12 @@ def to_markdown(names: list[str], columns: list[str], rows: list[list[float | No
     def cell(v: float | None) -> str:
         return "—" if v is None else f"{v:.3f}"
 
-    lines = ["| Model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    def text(name: str) -> str:  # a '|' or a line break in a name would break the table's row
+        return " ".join(name.splitlines()).replace("|", "\\|")
+
+    lines = ["| Model | " + " | ".join(map(text, columns)) + " |", "|---|" + "---:|" * len(columns)]
     lines += [
-        f"| {name} | " + " | ".join(cell(v) for v in row) + " |"
+        f"| {text(name)} | " + " | ".join(cell(v) for v in row) + " |"
         for name, row in zip(names, rows, strict=True)
     ]
     return "\n".join(lines) + "\n"

@@ -166,10 +166,24 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
         for name, config in configs.items():
             task = ConfigurableTask(config=config)
             task.set_fewshot_seed(seed=settings.seed)
+            _check_shots(name, task)
             tasks[name] = task
     finally:
         task_logger.setLevel(level)
     return tasks, rutie
+
+
+def _check_shots(name: str, task: Any) -> None:
+    """lm-eval draws a task's shots from its few-shot records: asking for more fails in numpy's
+    sampler, after the model has loaded."""
+    shots = task.config.num_fewshot or 0
+    if shots > 0:
+        pool = len(task.fewshot_docs() or [])
+        if pool < shots:
+            raise VikhrError(
+                f"task {name}: {shots} shots asked for, but its few-shot file holds {pool} records "
+                f"(give --num-fewshot {pool} or fewer, or more few-shot records)"
+            )
 
 
 def task_documents(settings: EvalSettings) -> dict[str, int]:

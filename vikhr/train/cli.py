@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """pretrain_vikhr.py: parse the arguments and run (errors reach the caller as VikhrError)."""
-    args = build_arg_parser().parse_args(argv)
+    # intermixed: `--dry-run data.seq_len=128 --gpus 2 train.steps=10` gives both overrides
+    args = build_arg_parser().parse_intermixed_args(argv)
     return run_from_args(args)
 
 

@@ -47,6 +47,8 @@ from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
 from vikhr.runtime.distributed import Device
 from vikhr.sft.layout import Packing, check_sft_dataset
 
+# numpy's and torch's generators take seeds in [0, 2^32)
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 KLDirection = Literal[KL_DIRECTIONS]  # type: ignore[valid-type]  # the op's own tuple, as a type
 _MODEL_SHAPE = pydantic.TypeAdapter(ModelConfig)
 
@@ -120,7 +122,7 @@ class TrainSection(_Section):
     steps: PositiveInt = 1000
     micro_batch: PositiveInt = 1
     global_batch: PositiveInt = 8
-    seed: int = 1234
+    seed: Seed = 1234
     # Activation recomputation: none, or full (each layer keeps only its input for backward and
     # runs again there: ~1/3 more compute for a fraction of the activation memory).
     recompute: Literal["none", "full"] = "none"
