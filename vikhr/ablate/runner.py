@@ -21,10 +21,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from vikhr.ablate.config import AblateConfig, Arm
+from vikhr.ablate.config import AblateConfig, Arm, trainer_config
 from vikhr.atomic import output_dir, write_text
 from vikhr.errors import VikhrError, require_file
 from vikhr.tokenizer.corpus import corpus_sha256
@@ -429,64 +428,6 @@ class Ablation:
         )
         self._save_result(record, result, out)
         return result
-
-
-def trainer_config(
-    cfg: AblateConfig,
-    run_dir: Path,
-    blend: list[tuple[str, str, float]],
-    vocab: int,
-    steps: int,
-    check_files: bool = True,
-    **kw: Any,
-) -> Any:
-    """The trainer config of one run of the grid (`kw`: seed, and lr, init, kl_weight, kl_direction)."""
-    from vikhr.demo import train_config
-
-    t = cfg.train
-    args = SimpleNamespace(seq_len=t.seq_len, seed=kw.pop("seed"), lr=kw.pop("lr", t.lr))
-    extra = [
-        f"model.preset={cfg.model.preset}",
-        f"parallel.device={t.device}",
-        f"train.micro_batch={t.micro_batch}",
-        f"train.global_batch={t.global_batch}",
-        f"logging.log_every={t.log_every}",
-        "logging.tensorboard=false",
-        # Continue from the run's last checkpoint when there is one (train_arm removes a run's
-        # files unless it saves periodically; see train.save_every).
-        f"checkpoint.save_every={t.save_every or steps}",
-        "checkpoint.keep_last=1",  # a save is atomic: the newest whole checkpoint is enough
-        "checkpoint.resume=auto",
-        f"kl.direction={kw.pop('kl_direction', 'reverse')}",
-    ]
-    return train_config(
-        run_dir.parent,
-        run_dir.name,
-        blend,
-        vocab,
-        args,
-        steps,
-        family_shape=dict(cfg.model.overrides),
-        extra=extra,
-        check_files=check_files,
-        **kw,
-    )
-
-
-def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
-    """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
-    numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
-    blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = [(cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
-        (cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds
-    ]
-    try:
-        for steps, lr, seed in runs:
-            trainer_config(
-                cfg, Path("grid") / "check", blend, cfg.tokenizer.vocab_size, steps, False, seed=seed, lr=lr
-            )
-    except VikhrError as e:
-        raise VikhrError(f"{path}: {e}") from None
 
 
 def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = False) -> AblationResult:
