@@ -280,6 +280,16 @@ def _assert_continues(run_dir: Path, whole: Path) -> None:
         assert valid[8][key] == pytest.approx(reference_valid[8][key], rel=2e-5), (run_dir.name, key)
 
 
+def _assert_continues_exactly(run_dir: Path, whole: Path) -> None:
+    """Steps 5-8 of a run resumed from step 4 are those of the uninterrupted run `whole`, bit for bit
+    (same layout: the same float operations)."""
+    train, _ = read_metrics(run_dir)
+    reference, _ = read_metrics(whole)
+    for step in (5, 6, 7, 8):
+        for key in ("loss", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (run_dir.name, step, key)
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("optimizer", ["replicated", "distributed"])
 def test_resume_on_another_number_of_processes(
@@ -420,22 +430,14 @@ def test_optimizer_state_moves_between_devices(
     proc = _launch(config, 2, f"checkpoint.resume={gpu_like}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(TP=1 DP=2, cuda bfloat16), this run has 2 (cpu float32)" in proc.stderr
-    train, _ = read_metrics(run_dir)
-    reference, _ = read_metrics(distributed_run)
-    for step in (5, 6, 7, 8):
-        for key in ("loss", "lr", "grad_norm"):
-            assert train[step][key] == reference[step][key], (step, key)
+    _assert_continues_exactly(run_dir, distributed_run)
 
     replicated = _as_saved_on_gpu(parallel_runs["dp2"] / "step_000004", tmp_path / "gpu2" / "step_000004")
     run_dir = tmp_path / "r"
     proc = _launch(write_config(tmp_path / "r.yaml", corpus, run_dir), 2, f"checkpoint.resume={replicated}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(TP=1 DP=2, cuda bfloat16), this run has 2 (cpu float32)" in proc.stderr
-    train, _ = read_metrics(run_dir)
-    reference, _ = read_metrics(parallel_runs["dp2"])
-    for step in (5, 6, 7, 8):
-        for key in ("loss", "lr", "grad_norm"):
-            assert train[step][key] == reference[step][key], (step, key)
+    _assert_continues_exactly(run_dir, parallel_runs["dp2"])
 
 
 def test_wsd_run_is_extended_on_resume(corpus: dict[str, str], tmp_path: Path) -> None:
@@ -451,12 +453,9 @@ def test_wsd_run_is_extended_on_resume(corpus: dict[str, str], tmp_path: Path) -
     assert _launch(config, 1, "debug.kill_at_step=5").returncode != 0
     proc = _launch(config, 1, "train.steps=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    train, _ = read_metrics(run_dir)
     reference, _ = read_metrics(whole)
     assert [reference[s]["lr"] for s in range(3, 7)] == [3e-3] * 4 and reference[8]["lr"] < 3e-3
-    for step in (5, 6, 7, 8):
-        for key in ("loss", "lr", "grad_norm"):
-            assert train[step][key] == reference[step][key], (step, key)
+    _assert_continues_exactly(run_dir, whole)
 
 
 def test_recompute_trains_to_the_same_losses(
