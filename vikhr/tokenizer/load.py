@@ -96,22 +96,24 @@ class Tokenizer:
         """The text of `ids`; special tokens (BOS, EOS, …) are dropped. An id outside the vocabulary
         (ids written with another tokenizer) is an error, not a crash or an empty string."""
         ids = [int(i) for i in ids]
+        self._check_ids(ids)
+        if self.kind == "sentencepiece":
+            return str(self.backend.decode(ids))
+        return str(self.backend.decode(ids, skip_special_tokens=True))
+
+    def _check_ids(self, ids: list[int]) -> None:
+        """VikhrError for an id outside the vocabulary (ids written with another tokenizer): the
+        backends crash (sentencepiece) or give an empty string (tokenizers) instead."""
         outside = [i for i in ids if not 0 <= i < self.vocab_size]
         if outside:
             raise VikhrError(
                 f"token id {max(outside, key=abs)} is outside the vocabulary of {self.path} (size "
                 f"{self.vocab_size}): the ids were written with another tokenizer (give that one)"
             )
-        if self.kind == "sentencepiece":
-            return str(self.backend.decode(ids))
-        return str(self.backend.decode(ids, skip_special_tokens=True))
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary piece of id `i` (e.g. "▁мир", "<0x0A>", "</s>")."""
-        if not 0 <= i < self.vocab_size:
-            raise VikhrError(
-                f"token id {i} is outside the vocabulary of {self.path} (size {self.vocab_size})"
-            )
+        self._check_ids([i])
         if self.kind == "sentencepiece":
             return str(self.backend.id_to_piece(i))
         piece = self.backend.id_to_token(i)
