@@ -162,13 +162,37 @@ def test_reference_rows_sit_beside_the_models(tmp_path: Path, capsys: Any) -> No
     capsys.readouterr()
 
 
+def test_reference_row_named_like_a_model_fills_its_row(tmp_path: Path, capsys: Any) -> None:
+    """The MERA total MERA's site gave a model's submission joins that model's row: no row of its
+    own, the measured cells kept (a reference value that agrees to compare.csv's six decimals is
+    the same value)."""
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    b = write(tmp_path / "b.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    mera = tmp_path / "mera.csv"
+    mera.write_text("model,MERA,En-MMLU\nvikhr-7b,0.401,0.5970004\nOther,0.3,\n", encoding="utf-8")
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(a), str(b), "--reference", str(mera), "--out", str(out)]) == 0
+    table = (out / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert table[0].endswith("| rucola (acc) | MERA |")
+    assert table[2:] == [
+        "| vikhr-7b | 0.597 | 0.503 | 0.124 | 0.544 | 0.700 | 0.401 |",
+        "| mistral-7b | 0.604 | — | 0.050 | 0.515 | 0.700 | — |",
+        "| Other | — | — | — | — | — | 0.300 |",
+    ]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
         ("name,En-MMLU\nm,0.5\n", "the first line is not model,<column>"),
         ("model,En-MMLU\nm,0.5,0.1\n", "paper.csv:2: 3 cells, the header has 2"),
         ("model,En-MMLU\nm,high\n", "paper.csv:2: En-MMLU = 'high' is not a number"),
-        ("model,En-MMLU\nvikhr-7b,0.5\n", "two rows are named 'vikhr-7b'"),
+        (
+            "model,En-MMLU\nvikhr-7b,0.5\n",
+            "paper.csv: the row 'vikhr-7b' gives En-MMLU = 0.5, its results file 0.597",
+        ),
+        ("model,En-MMLU\nref,0.5\nref,0.6\n", "two rows are named 'ref'"),
         ("model,En-MMLU,En-MMLU\nref,0.4,0.9\n", "paper.csv:1: the column 'En-MMLU' twice"),
         ("model,En-MMLU,\nref,0.4,\n", "paper.csv:1: an empty column name"),
         ("model,model\nref,0.4\n", "paper.csv:1: the column 'model' twice"),

@@ -228,7 +228,8 @@ def _register_compare(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="rows to show beside the models: a CSV 'model,<column>,...' (e.g. published scores, or an "
-        "earlier compare.csv); its columns are matched by name, new ones added; repeatable",
+        "earlier compare.csv); its columns are matched by name, new ones added; a row named like a model "
+        "fills that model's row (e.g. its MERA total); repeatable",
     )
     c.add_argument(
         "--paper",

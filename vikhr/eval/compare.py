@@ -3,7 +3,8 @@
 Rows are models, columns benchmarks: first those of the Vikhr paper's comparison table (En-MMLU,
 Ru-MMLU, CheGeKa, Russian SuperGLUE total), then the main metric of every other task found.
 Reference rows (the paper's Table 6 as bundled, published numbers typed into a CSV, or an earlier
-compare.csv) can sit beside them.
+compare.csv) can sit beside them; one named like a model adds to its row (say, the MERA total
+MERA's site gave the model's submission).
 """
 
 from __future__ import annotations
@@ -201,19 +202,41 @@ def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
     return rows
 
 
+# compare.csv keeps six decimals: a reference value within half of its last digit agrees.
+_AGREE = 5e-7
+
+
 def add_reference(
-    columns: list[str], rows: list[Row], reference: list[tuple[str, dict[str, float | None]]]
+    columns: list[str],
+    rows: list[Row],
+    names: list[str],
+    reference: list[tuple[Path, str, dict[str, float | None]]],
 ) -> tuple[list[str], list[Row]]:
-    """The table with the reference rows below the models' rows. A column only the reference has
-    is added: among the paper's columns in their place, any other at the end (the models' cells
-    there are empty)."""
+    """The table with the reference rows ((file, model, values)) below the models' rows. A column
+    only the reference has is added: among the paper's columns in their place, any other at the end
+    (the models' cells there are empty). A reference row named like a model fills that model's row
+    instead (e.g. the MERA total MERA's site gave its submission); a value it gives where the
+    results file has another is a VikhrError."""
     paper = [column.label for column in TABLE_COLUMNS]
-    named = dict.fromkeys(columns + [c for _, values in reference for c in values])
+    named = dict.fromkeys(columns + [c for _, _, values in reference for c in values])
     ordered = [c for c in paper if c in named] + [c for c in named if c not in paper]
     index = {c: i for i, c in enumerate(columns)}
     rows = [[row[index[c]] if c in index else None for c in ordered] for row in rows]
-    rows += [[values.get(c) for c in ordered] for _, values in reference]
-    return ordered, rows
+    below = []
+    for path, name, values in reference:
+        if name not in names:
+            below.append([values.get(c) for c in ordered])
+            continue
+        row = rows[names.index(name)]
+        for column, value in values.items():
+            i = ordered.index(column)
+            if value is not None and row[i] is not None and abs(row[i] - value) > _AGREE:
+                raise VikhrError(
+                    f"{path}: the row {name!r} gives {column} = {value:g}, its results file {row[i]:g} "
+                    "(give the reference row another name to show both)"
+                )
+            row[i] = row[i] if value is None else value
+    return ordered, rows + below
 
 
 def to_markdown(names: list[str], columns: list[str], rows: list[list[float | None]]) -> str:
@@ -280,21 +303,25 @@ def bar_chart(
         plt.close(fig)
 
 
+def _refuse_twice(names: list[str], fix: str) -> None:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise VikhrError(f"two rows are named {', '.join(map(repr, twice))}: {fix}")
+
+
 def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
     """Write compare.md, compare.csv and compare.png to `out_dir` (with the rows of each reference
-    CSV below the models'); returns (Markdown, paths). The three appear together or not at all."""
+    CSV below the models', or in a model's row when named like it); returns (Markdown, paths). The
+    three appear together or not at all."""
     if out_dir.is_file():
         raise VikhrError(f"--out {out_dir} is a file: give a directory")
     named = [load_results(s) for s in specs]
-    reference_rows = [row for path in references for row in load_reference(path)]
-    names = [n for n, _ in named] + [n for n, _ in reference_rows]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise VikhrError(
-            f"two rows are named {', '.join(map(repr, twice))}: label results files NAME=FILE "
-            "and give reference rows other names"
-        )
-    columns, rows = add_reference(*comparison_table(named), reference_rows)
+    models = [n for n, _ in named]
+    reference_rows = [(path, *row) for path in references for row in load_reference(path)]
+    _refuse_twice(models, "label results files NAME=FILE")
+    _refuse_twice([n for _, n, _ in reference_rows], "give reference rows other names")
+    columns, rows = add_reference(*comparison_table(named), models, reference_rows)
+    names = models + [n for _, n, _ in reference_rows if n not in models]
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
     markdown, table = to_markdown(names, columns, rows), to_csv(names, columns, rows)
@@ -307,7 +334,7 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
         with temporary_paths(paths) as temps:
             temps[0].write_text(markdown, encoding="utf-8")
             temps[1].write_text(table, encoding="utf-8")
-            bar_chart(names, columns, rows, temps[2], reference_rows=len(reference_rows))
+            bar_chart(names, columns, rows, temps[2], reference_rows=len(names) - len(models))
     except OSError as e:
         raise VikhrError(f"cannot write {out_dir}: {e.strerror or e} (give a writable --out)") from None
     return markdown, paths
