@@ -74,6 +74,21 @@ def test_compressed_split_and_globbed_inputs_equal_one_plain_file(tmp_path: Path
     assert _files(tmp_path / "plain") == _files(tmp_path / "parts")
 
 
+def test_a_file_named_twice_is_written_twice_with_a_warning(tmp_path: Path, lines: list[str], capsys) -> None:
+    """Overlapping globs repeat a file: kept (upsampling may be meant), but said once per file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ru.jsonl").write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    (data / "en.jsonl").write_text("\n".join(lines[50:80]) + "\n", encoding="utf-8")
+    s = preprocess([str(data / "*.jsonl"), str(data / "ru*.jsonl")], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert s.documents == 50 + 30 + 50
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning:")] == [
+        f"warning: --input names {(data / 'ru.jsonl').resolve()} 2 times: its documents are written 2 times "
+        "(drop the repeat unless that is meant)"
+    ]
+
+
 def test_bad_lines_are_named_or_skipped_and_counted(tmp_path: Path, lines: list[str], capsys) -> None:
     bad = list(lines[:100])
     bad[9] = '{"text": "unterminated'

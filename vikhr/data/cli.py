@@ -14,7 +14,11 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("input data")
     g.add_argument(
-        "--input", nargs="+", required=True, help="JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or globs"
+        "--input",
+        nargs="+",
+        required=True,
+        help="JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or globs; a file named twice is written twice "
+        "(with a warning)",
     )
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (one dataset each)")
     g.add_argument("--skip-invalid", action="store_true", help="skip and count bad lines instead of failing")

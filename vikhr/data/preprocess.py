@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,16 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
             files.append(path)
     if not files:
         raise VikhrError("no input files (give --input)")
+    # Overlapping globs (data/*.jsonl data/ru*.jsonl) repeat a file without a word: say so, but
+    # keep it, as a repeat may be meant as upsampling.
+    named = Counter(f.resolve() for f in files)
+    for path, count in named.items():
+        if count > 1:
+            print(
+                f"warning: --input names {path} {count} times: its documents are written {count} times "
+                "(drop the repeat unless that is meant)",
+                file=sys.stderr,
+            )
     return files
 
 
