@@ -206,7 +206,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="let mera_ruhumaneval run the generated code to score it (a limited subprocess, no sandbox)",
     )
     p.add_argument(
-        "--mera-submission", help="write MERA's submission archive (.zip) of the mera_* tasks' answers here"
+        "--mera-submission",
+        help="write MERA's submission archive (.zip, MERA v1.1's format) of the mera_* tasks' answers here",
     )
     p.set_defaults(func=_run)
     _register_compare(p)

@@ -1,4 +1,5 @@
-"""MERA tasks (ai-forever/MERA): the release's own instructions, shot counts and submission format.
+"""MERA v1.1 tasks (ai-forever/MERA, as ported to lm-eval 0.4 on its update/new_harness_codebase
+branch): the release's own instructions, shot counts and submission format.
 
 Every MERA record carries its prompt: `{"instruction": "... {text} ...", "inputs": {...}, "outputs":
 "A", "meta": {"id": 0, ...}}`; the instruction is formatted with the inputs. Prompts follow the
