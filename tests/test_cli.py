@@ -51,8 +51,10 @@ def test_every_verb_describes_itself_and_shows_its_defaults() -> None:
     assert "--gpus GPUS cluster size for --dry-run (default 8) --" in " ".join(
         found[("pretrain",)].format_help().split()
     )  # the help names its default: not repeated
-    for path, verb in found.items():  # a repeatable option starts empty: nothing to show either
+    for path, verb in found.items():  # a repeatable option starts empty, a flag says what it does
         assert "(default: )" not in verb.format_help(), " ".join(path)
+    text = " ".join(found[("tokenizer", "train")].format_help().split())
+    assert "--no-split-by-whitespace" in text and "default: True" not in text
 
 
 def test_registering_the_verbs_imports_no_heavy_library() -> None:

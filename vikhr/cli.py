@@ -48,7 +48,7 @@ class _VersionAction(argparse.Action):
 
 class HelpWithDefaults(argparse.HelpFormatter):
     """An option's help ends with its default, unless the help names one or there is none to name
-    (no value, an empty list or a flag that is off)."""
+    (no value, an empty list, or a flag: its help says what giving it does)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -65,7 +65,7 @@ def _default_text(action: argparse.Action) -> str:
 def _has_default_to_show(action: argparse.Action) -> bool:
     default = action.default
     return bool(action.option_strings) and not (
-        default is None or default is False or default == [] or default == argparse.SUPPRESS
+        action.nargs == 0 or default is None or default == [] or default == argparse.SUPPRESS
     )
 
 
