@@ -192,7 +192,7 @@ def test_reference_row_named_like_a_model_fills_its_row(tmp_path: Path, capsys: 
             "model,En-MMLU\nvikhr-7b,0.5\n",
             "paper.csv: the row 'vikhr-7b' gives En-MMLU = 0.5, its results file 0.597",
         ),
-        ("model,En-MMLU\nref,0.5\nref,0.6\n", "two rows are named 'ref'"),
+        ("model,En-MMLU\nref,0.5\nref,0.6\n", "paper.csv: give reference rows other names"),
         ("model,En-MMLU,En-MMLU\nref,0.4,0.9\n", "paper.csv:1: the column 'En-MMLU' twice"),
         ("model,En-MMLU,\nref,0.4,\n", "paper.csv:1: an empty column name"),
         ("model,model\nref,0.4\n", "paper.csv:1: the column 'model' twice"),

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import resource
@@ -422,13 +423,22 @@ def main() -> int:
         print(json.dumps(run_one(args.one, args.corpus, args.model, args.threads[0], args.work)))
         return 0
 
+    byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
+    tools = args.tools or list(BYTE_TOOLS if byte_level else TOOLS)
+    # A baseline that is not installed would only show as a "failed" row after the corpus is built.
+    missing = [t for t in ("gigatoken", "tiktoken") if t in tools and importlib.util.find_spec(t) is None]
+    if missing:
+        print(
+            f"bench_preprocess: {', '.join(missing)} not installed: pip install -e '.[bench]' "
+            "(or leave them out of --tools)",
+            file=sys.stderr,
+        )
+        return 2
     with tempfile.TemporaryDirectory(prefix="vikhr-bench-") as tmp:
         work = Path(tmp)
-        byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
         model = args.model
         if byte_level:
             model = args.tokenizer_json or build_tekken_json(work / "tekken.json")
-        tools = args.tools or list(BYTE_TOOLS if byte_level else TOOLS)
         corpus = work / "corpus.jsonl"
         # Byte-level peers are slow (HF tokenizers ~1.5 MB/s): a corpus of the size asked for.
         nbytes, ndocs = build_corpus(corpus, args.mb, whole_files=not byte_level)

@@ -303,10 +303,15 @@ def bar_chart(
         plt.close(fig)
 
 
-def _refuse_twice(names: list[str], fix: str) -> None:
+def _refuse_twice(names: list[str], fix: str, files: list[Path] | None = None) -> None:
+    """One line for names given to more than one row (`files`: where each name comes from)."""
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise VikhrError(f"two rows are named {', '.join(map(repr, twice))}: {fix}")
+        where = ""
+        if files is not None:
+            found = dict.fromkeys(str(f) for f, n in zip(files, names, strict=True) if n in twice)
+            where = f" in {', '.join(found)}"
+        raise VikhrError(f"two rows are named {', '.join(map(repr, twice))}{where}: {fix}")
 
 
 def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
@@ -319,7 +324,11 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     models = [n for n, _ in named]
     reference_rows = [(path, *row) for path in references for row in load_reference(path)]
     _refuse_twice(models, "label results files NAME=FILE")
-    _refuse_twice([n for _, n, _ in reference_rows], "give reference rows other names")
+    _refuse_twice(
+        [n for _, n, _ in reference_rows],
+        "give reference rows other names",
+        [f for f, _, _ in reference_rows],
+    )
     columns, rows = add_reference(*comparison_table(named), models, reference_rows)
     names = models + [n for _, n, _ in reference_rows if n not in models]
     if not columns:

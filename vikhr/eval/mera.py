@@ -184,12 +184,9 @@ def _format(template: str, inputs: dict[str, Any] | str, path: Path, doc_id: Any
         ) from e
 
 
-def shot_answer(task: MeraTask, record: dict[str, Any]) -> str:
-    """The answer written after a shot: `outputs`; MultiQ's first answer segment; for ruEthics the
-    majority over the five criteria (the release's stand-in, the records have no single answer)."""
+def _shot_answer(record: dict[str, Any]) -> str:
+    """The answer written after a shot: `outputs`, or MultiQ's first answer segment."""
     outputs = record["outputs"]
-    if task.kind == "ethics":
-        return str(int(sum(int(outputs[c]) for c in ETHICS_CRITERIA) >= 3))
     if isinstance(outputs, list):
         return outputs[0]["segment"]
     return outputs
@@ -213,7 +210,7 @@ def mera_prompt(task: MeraTask, doc: dict[str, Any], shots: list[dict[str, Any]]
     if not shots:
         text = formatted(doc["instruction"], doc)
         return text.strip() if task.strip_zero_shot else text
-    parts = [f"{query(s) if i == 0 else plain(s)} {shot_answer(task, s)}\n\n" for i, s in enumerate(shots)]
+    parts = [f"{query(s) if i == 0 else plain(s)} {_shot_answer(s)}\n\n" for i, s in enumerate(shots)]
     return "".join(parts) + plain(doc)
 
 
