@@ -361,7 +361,9 @@ def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(
     assert str(MISTRAL_TOKENIZER) in err
 
 
-def test_sft_run_exports_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
+def test_sft_run_exports_its_tokenizer_and_chat_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An SFT run records its tokenizer and template in the datasets' _sft.json; a run started from
     a converted checkpoint inherits that checkpoint's tokenizer through model.init."""
     from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
@@ -400,6 +402,19 @@ def test_sft_run_exports_its_tokenizer_and_chat_template(tmp_path: Path) -> None
     meta["config"] = {"model": {"init": str(sft_run)}, "data": {"kind": "pretrain", "train": []}}
     (continued / "meta.json").write_text(json.dumps(meta))
     _assert_loads_alone(megatron_to_hf(continued, tmp_path / "out2"))
+
+    # Relative paths in the config are relative to where the run trained (meta.json's cwd), not to
+    # where the conversion runs.
+    meta["config"] = {"model": {"init": "sft-run"}, "data": {"kind": "pretrain", "train": []}}
+    (continued / "meta.json").write_text(json.dumps({**meta, "cwd": str(tmp_path)}))
+    sft_meta = json.loads((sft_run / "meta.json").read_text())
+    sft_meta["config"]["data"]["train"] = [{"prefix": "chats"}]
+    (sft_run / "meta.json").write_text(json.dumps({**sft_meta, "cwd": str(tmp_path)}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tok = _assert_loads_alone(megatron_to_hf(continued, tmp_path / "out3"))
+    assert tok.chat_template  # the SFT run's template, found through both relative paths
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -148,7 +148,9 @@ def test_global_batch_changes_on_resume(
     on from sample 32, not from step × 16 — step 5's logged CE and KL are the float64 reference's
     for the step-4 weights on samples 32-47 — and its checkpoint counts 64 samples."""
     saved = parallel_runs["tp1"] / "step_000004"
-    assert json.loads((saved / "meta.json").read_text())["consumed_samples"] == 32
+    saved_meta = json.loads((saved / "meta.json").read_text())
+    assert saved_meta["consumed_samples"] == 32
+    assert saved_meta["cwd"] == str(REPO)  # where the config's relative paths start (torchrun's cwd)
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 6, "global_batch": 16})
     proc = _launch(config, 2, f"checkpoint.resume={saved}")

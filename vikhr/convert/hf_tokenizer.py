@@ -103,15 +103,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, "fix or remove it")
 
 
-def _sft_tokenizer(config: dict[str, Any]) -> RecordedTokenizer | None:
-    """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record."""
+def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | None:
+    """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record
+    (relative dataset prefixes are relative to `cwd`, where the run trained)."""
     from vikhr.sft.layout import sft_files
 
     found: dict[tuple[str, str | None], Path] = {}
     for entry in config.get("data", {}).get("train") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
             continue
-        meta_path = sft_files(entry["prefix"])["meta"]
+        meta_path = sft_files(str(cwd / entry["prefix"]))["meta"]
         if meta_path.is_file():
             sft = _read_json(meta_path)
             if isinstance(sft.get("tokenizer"), str):
@@ -135,16 +136,18 @@ def recorded_tokenizer(step_dir: Path) -> RecordedTokenizer | None:
         meta = _read_json(step_dir / "meta.json")
         if isinstance(meta.get("tokenizer"), str):
             return RecordedTokenizer(Path(meta["tokenizer"]), str(step_dir / "meta.json"))
+        # Where the run trained (checkpoints of older versions: the current directory).
+        cwd = Path(meta["cwd"]) if isinstance(meta.get("cwd"), str) else Path()
         config = meta.get("config") or {}
         if config.get("data", {}).get("kind") == "sft":
-            sft = _sft_tokenizer(config)
+            sft = _sft_tokenizer(config, cwd)
             if sft is not None:
                 return sft
         init = config.get("model", {}).get("init")
         if not isinstance(init, str) or init == "random":
             return None
         try:
-            start = find_checkpoint(init)
+            start = find_checkpoint(str(cwd / init))
         except VikhrError:
             return None  # the starting point is gone: nothing recorded that can be used
         if start is None or start.resolve() in seen:

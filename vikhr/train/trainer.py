@@ -623,6 +623,9 @@ class Trainer:
             "distributed_optimizer": cfg.optim.distributed,
             **self.runtime(),
             "config": cfg.to_dict(),
+            # The config's relative paths (data prefixes, model.init) are relative to it: vikhr convert,
+            # run from elsewhere, finds the run's tokenizer through them.
+            "cwd": os.getcwd(),
         }
         path = checkpoint.save(
             self.run_dir,
