@@ -615,6 +615,21 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     assert not list(data.rglob("*.tmp*")) and not (tmp_path / "s.json").exists()
 
 
+def test_a_generation_as_long_as_the_context_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """lm-eval asserts that a task's generated tokens fit in the model's context, after the tasks
+    before it have run: vikhr refuses before the first task, naming the way out."""
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--data-dir"]
+    argv += [str(FIXTURES), "--tasks", "rsg_parus,mera_simplear", "--limit", "1", "--max-length", "32"]
+    assert cli_main([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' progress bar
+    assert err.startswith("vikhr eval: error: task mera_simplear generates up to 32 tokens, but the ")
+    assert "model's context is 32 tokens" in err
+    assert "-mera_simplear" in err and "--max-length above 32" in err
+    assert not out.exists()
+    assert cli_main([*argv[:-1], "33", "--output", str(out)]) == 0
+
+
 def test_submission_without_mera_tasks_is_refused(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(VikhrError, match="no MERA task is evaluated"):
         run_eval(

@@ -186,6 +186,19 @@ def _check_shots(name: str, task: Any) -> None:
             )
 
 
+def _check_generation_fits(tasks: dict[str, Any], max_length: int) -> None:
+    """lm-eval keeps a generation's tokens inside the context: a task generating as many tokens as
+    the model's context fails in an assertion, after the tasks before it have run."""
+    for name, task in tasks.items():
+        generated = int((task.config.generation_kwargs or {}).get("max_gen_toks", 0))
+        if task.config.output_type == "generate_until" and generated >= max_length:
+            raise VikhrError(
+                f"task {name} generates up to {generated} tokens, but the model's context is {max_length} "
+                f"tokens: leave it out (--tasks ...,-{name}), or give --max-length above {generated} if "
+                "the model takes longer inputs"
+            )
+
+
 def task_documents(settings: EvalSettings) -> dict[str, int]:
     """How many documents each task of `settings` evaluates (`settings.limit` applied); ruTiE counts
     questions. Reads and checks every document, loads no model."""
@@ -262,6 +275,7 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     tasks, dialogues = _build_tasks(settings)
     if lm is None:
         lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
+    _check_generation_fits(tasks, lm.max_length)
     import random
 
     import lm_eval.evaluator
