@@ -75,6 +75,7 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("model.overrides.num_attention_heads=3", "config key model (tiny): hidden_size 64 is not divisible"),
         ("data.seq_len=100000", "config key data.seq_len = 100000 exceeds the model's max_seq_len"),
         ("data.split=1,2", "config key data.split"),
+        ("data.split=0,1,0", "gives training nothing: the first weight (train) must be above 0"),
         ("optim.decay=exp", "config key optim.decay"),
         ("kl.temperature=0", "config key kl.temperature must be positive"),
         ("checkpoint.resume=/nonexistent", "config key checkpoint.resume"),

@@ -388,9 +388,14 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
         split = []
-    if len(split) != 3 or not all(0 <= x < math.inf for x in split) or split[0] <= 0:
+    if len(split) != 3 or not all(0 <= x < math.inf for x in split):
         raise VikhrError(
             f"config key data.split must be three non-negative weights like '98,2,0', got {d.split!r}"
+        )
+    if split[0] == 0:
+        raise VikhrError(
+            f"config key data.split = {d.split!r} gives training nothing: the first weight (train) must "
+            "be above 0, e.g. '98,2,0'"
         )
     if d.seq_len > mcfg.max_seq_len:
         raise VikhrError(
