@@ -235,7 +235,8 @@ def add_reference(
                     f"{path}: the row {name!r} gives {column} = {value:g}, its results file {row[i]:g} "
                     "(give the reference row another name to show both)"
                 )
-            row[i] = row[i] if value is None else value
+            if row[i] is None:  # an agreeing value keeps the measured one, unrounded
+                row[i] = value
     return ordered, rows + below
 
 
