@@ -3,7 +3,8 @@
 Layout of `<checkpoint.dir>`:
     latest                      name of the newest complete checkpoint (replaced atomically)
     step_000020/
-        meta.json               step, consumed samples, TP/DP layout, model shape, config
+        meta.json               step, consumed samples, TP/DP layout, model shape, config, and the
+                                directory the run trained in (its relative paths start there)
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
         optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges
