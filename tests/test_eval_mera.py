@@ -16,7 +16,7 @@ import pytest
 
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import MERA_TASKS, mera_prompt, write_submission
-from vikhr.eval.mera_code import execute_completions, pass_at_k, passes, run_tests
+from vikhr.eval.mera_code import execute_completions, pass_at_k, passes, run_tests, unfenced
 from vikhr.eval.mera_metrics import (
     ethics_items,
     ethics_mcc,
@@ -181,7 +181,8 @@ def test_five_shot_question_answering_prompts() -> None:
 
 def test_submission_records_of_the_new_tasks(tmp_path: Path) -> None:
     """MultiQ's answer as a segment with its offset, USE's meta with id_task and variant, ruEthics'
-    choice under all five criteria, ruDetox's and CheGeKa's generated line."""
+    choice under all five criteria, CheGeKa's generated line without leading spaces, ruDetox's
+    stripped at both ends (as the release writes them)."""
 
     def samples(name: str, responses: list[Any]) -> list[dict[str, Any]]:
         docs = dataset(name)
@@ -194,7 +195,7 @@ def test_submission_records_of_the_new_tasks(tmp_path: Path) -> None:
             "mera_ruethics": samples(
                 "mera_ruethics", [[(-2.0, False), (-1.0, False)], [(-1.0, False), (-3.0, False)]]
             ),
-            "mera_rudetox": samples("mera_rudetox", [["  иди читай правила"]]),
+            "mera_rudetox": samples("mera_rudetox", [["  иди читай правила \t"]]),
             "mera_chegeka": samples("mera_chegeka", [[" медведь"]]),
             "rsg_parus": [],  # not a MERA task: not in the archive
         },
@@ -267,6 +268,14 @@ def test_bad_records_are_one_line(task: str, split: str, change: Any, message: s
 # ruHumanEval
 
 
+def test_a_fence_around_the_whole_completion_is_cut() -> None:
+    assert unfenced("```python\n    return 1\n```") == "\n    return 1\n"
+    assert unfenced("~~~python\n    return 1\n~~~") == "\n    return 1\n"  # any fence character
+    assert unfenced("    return 1  # ```python ... ```") == "    return 1  # ```python ... ```"  # a body
+    assert unfenced("```python\n    return 1\n") == "```python\n    return 1\n"  # not closed: kept
+    assert unfenced("") == ""
+
+
 def test_pass_at_k_formula() -> None:
     # 1 - C(n-c, k) / C(n, k): n 10, c 3 -> pass@1 3/10, pass@5 1 - C(7,5)/C(10,5) = 1 - 21/252
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
@@ -315,6 +324,9 @@ def test_ruhumaneval_scores_completions_by_running_them() -> None:
     config = build_task_config("mera_ruhumaneval", FIXTURES, None, Path())
     assert config["repeats"] == 10
     assert config["generation_kwargs"]["do_sample"] and config["generation_kwargs"]["temperature"] == 0.6
+    # The release sets no generation length: lm-eval's HF default, 256, for every generated answer.
+    for name in ("mera_ruhumaneval", "mera_chegeka", "mera_multiq", "mera_use", "mera_simplear"):
+        assert build_task_config(name, FIXTURES, None, Path())["generation_kwargs"]["max_gen_toks"] == 256
     docs = dataset("mera_ruhumaneval")
     raw = records("ruhumaneval", "test")
     assert docs[0]["prompt"] == raw[0]["instruction"].format(**raw[0]["inputs"]).strip()
@@ -325,9 +337,11 @@ def test_ruhumaneval_scores_completions_by_running_them() -> None:
         "scoring": json.dumps({**json.loads(docs[0]["scoring"]), "expected": ["1", "5", "7", "12"]}),
     }
     right = raw[0]["meta"]["canonical_solution"]
-    completions = [right] * 3 + ["    return a\n"] * 6 + ["    return 1\n"]
+    # A chat model's habit: the body inside a Markdown fence, cut out as the release does.
+    fenced = f"```python\n{right}```"
+    completions = [right] * 2 + [fenced] + ["    return a\n"] * 6 + ["    return 1\n"]
     results = execute_completions([completions], [doc])[0]
-    assert results[0] == ["1", "5", "7", "12"] and results[3] == ["3", "10", "49", "144"]
+    assert results[0] == results[2] == ["1", "5", "7", "12"] and results[3] == ["3", "10", "49", "144"]
     scores = config["process_results"](doc, [results])
     assert scores == {
         "pass@1": pytest.approx(0.3),

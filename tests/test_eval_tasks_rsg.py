@@ -620,14 +620,14 @@ def test_a_generation_as_long_as_the_context_is_one_line(tiny_dir: Path, tmp_pat
     before it have run: vikhr refuses before the first task, naming the way out."""
     out = tmp_path / "r.json"
     argv = ["eval", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--data-dir"]
-    argv += [str(FIXTURES), "--tasks", "rsg_parus,mera_simplear", "--limit", "1", "--max-length", "32"]
+    argv += [str(FIXTURES), "--tasks", "rsg_parus,mera_simplear", "--limit", "1", "--max-length", "256"]
     assert cli_main([*argv, "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' progress bar
-    assert err.startswith("vikhr eval: error: task mera_simplear generates up to 32 tokens, but the ")
-    assert "model's context is 32 tokens" in err
-    assert "-mera_simplear" in err and "--max-length above 32" in err
+    assert err.startswith("vikhr eval: error: task mera_simplear generates up to 256 tokens, but the ")
+    assert "model's context is 256 tokens" in err
+    assert "-mera_simplear" in err and "--max-length above 256" in err
     assert not out.exists()
-    assert cli_main([*argv[:-1], "33", "--output", str(out)]) == 0
+    assert cli_main([*argv[:-1], "257", "--output", str(out)]) == 0
 
 
 def test_submission_without_mera_tasks_is_refused(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ class MeraTask:
     kind: str = "choice"
     macro_f1: bool = False  # also report macro-F1 over the choices
     until: tuple[str, ...] = ("\n",)  # where generation stops
-    max_gen_toks: int = 32
+    # The release sets no length: lm-eval's HF model generates up to its default, 256 tokens.
+    max_gen_toks: int = 256
     input_name: str = "inputs"  # the instruction's name for a string `inputs`
     repeats: int = 1  # completions per document (sampled when more than one)
     temperature: float = 0.0
@@ -137,7 +138,7 @@ MERA_TASKS: dict[str, MeraTask] = {
     "mera_rumodar": MeraTask("ruModAr", (), "{inputs}", kind="exact"),
     # Open answers, generated up to a full stop.
     "mera_chegeka": MeraTask(
-        "CheGeKa", (), 'Категория "{topic}"\nВопрос: {text}\nОтвет:', kind="qa", until=(".",), max_gen_toks=64
+        "CheGeKa", (), 'Категория "{topic}"\nВопрос: {text}\nОтвет:', kind="qa", until=(".",)
     ),
     "mera_multiq": MeraTask(
         "MultiQ",
@@ -145,9 +146,8 @@ MERA_TASKS: dict[str, MeraTask] = {
         "Вопрос: {question}\nТекст 1: {support_text}\nТекст 2: {text}\nОтвет:",
         kind="qa",
         until=(".",),
-        max_gen_toks=64,
     ),
-    "mera_use": MeraTask("USE", (), "", strip_query=False, kind="use", until=("\n", "."), max_gen_toks=64),
+    "mera_use": MeraTask("USE", (), "", strip_query=False, kind="use", until=("\n", ".")),
     # Ten completions per function at temperature 0.6, as the release's run script samples them.
     "mera_ruhumaneval": MeraTask(
         "ruHumanEval",
@@ -155,7 +155,6 @@ MERA_TASKS: dict[str, MeraTask] = {
         "Функция:\n{function}",
         kind="code",
         until=("\nclass", "\ndef", "\n#", "\nif", "\nprint"),
-        max_gen_toks=256,
         repeats=10,
         temperature=0.6,
     ),
@@ -164,7 +163,6 @@ MERA_TASKS: dict[str, MeraTask] = {
         (),
         "Токсичный текст: {toxic_comment}\nНетоксичный текст:",
         kind="text",
-        max_gen_toks=256,
         input_name="toxic_comment",
     ),
 }
@@ -479,7 +477,10 @@ def _submission_outputs(task: MeraTask, sample: dict[str, Any]) -> tuple[Any, di
         return answer, {}
     if task.kind == "code":
         return sample["filtered_resps"][0], {}  # each completion's test results, as the release submits
-    answer = sample["filtered_resps"][0].lstrip()
+    # ruDetox submits the rewritten comment stripped, the rest the generated line as filtered.
+    answer = (
+        sample["filtered_resps"][0].strip() if task.kind == "text" else sample["filtered_resps"][0].lstrip()
+    )
     scoring = json.loads(sample["doc"]["scoring"])
     if task.submission_name == "MultiQ":
         support_text, text = scoring["texts"]

@@ -112,6 +112,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def unfenced(completion: str) -> str:
+    """The code inside a Markdown fence wrapping the whole completion (a chat model's habit, e.g.
+    "```python\n...\n```"; also with another fence character), as the release cuts it; a
+    completion opening with whitespace (the function's body) is kept as it is."""
+    if not completion or completion[0] in " \n\t":
+        return completion
+    fence = completion[0] * 3
+    opening = fence + "python"
+    if completion.startswith(opening) and completion.endswith(fence):
+        return completion[len(opening) : -len(fence)]
+    return completion
+
+
 def execute_completions(resps: list[list[str]], docs: list[dict[str, Any]]) -> list[list[Any]]:
     """lm-eval filter: each document's completions -> the test results of each completion."""
     from tqdm import tqdm
@@ -121,7 +134,7 @@ def execute_completions(resps: list[list[str]], docs: list[dict[str, Any]]) -> l
         scoring = json.loads(doc["scoring"])
         out.append(
             [
-                run_tests(scoring["function"] + c, scoring["entry_point"], scoring["tests"])
+                run_tests(scoring["function"] + unfenced(c), scoring["entry_point"], scoring["tests"])
                 for c in completions
             ]
         )
