@@ -150,6 +150,13 @@ def test_shot_answers_and_instruction_free_templates() -> None:
     assert three.endswith(
         "Варианты ответа:\n1) з..ря, к..сание\n2) пр..шёл, пр..мер\n3) б..лет, в..сна\nОтвет:"
     )
+    # Forced USE shots come from the same exam task (meta.id_task) as the document, as the
+    # release's sampler draws them: one each here, whatever k.
+    for doc, shot in zip(dataset("mera_use", num_fewshot=2), use[:2], strict=True):
+        assert doc["prompt"].startswith(
+            shot["instruction"].format(**shot["inputs"]) + f" {shot['outputs']}\n\n"
+        )
+        assert doc["prompt"].count("Ответ:") == 2
     # ruDetox's string input is {toxic_comment} in its instruction.
     detox = records("rudetox", "test")
     assert (

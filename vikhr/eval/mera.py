@@ -6,12 +6,12 @@ Every MERA record carries its prompt: `{"instruction": "... {text} ...", "inputs
 release's lm-eval task files: without shots the prompt is the formatted instruction; with k shots
 the first shot keeps the instruction, the later shots and the document use the task's
 instruction-free template, each shot followed by " " + its answer and a blank line. ruMMLU's shots
-come from the same subject (`meta.domain`). Test answers of the public release are hidden (empty
-`outputs`): such a task is not scored locally (its metrics are n/a) and its predictions go into
-the submission archive (`write_submission`). MERA's own metrics (SQuAD EM/F1, the USE grade,
-ruEthics MCC) are in `vikhr.eval.mera_metrics`. ruHumanEval runs the generated code in
-`vikhr.eval.mera_code`. ruTiE, whose prompts hold the model's earlier answers, is asked one
-question at a time in `vikhr.eval.mera_rutie`.
+come from the same subject (`meta.domain`), USE's from the same exam task (`meta.id_task`). Test
+answers of the public release are hidden (empty `outputs`): such a task is not scored locally
+(its metrics are n/a) and its predictions go into the submission archive (`write_submission`).
+MERA's own metrics (SQuAD EM/F1, the USE grade, ruEthics MCC) are in `vikhr.eval.mera_metrics`.
+ruHumanEval runs the generated code in `vikhr.eval.mera_code`. ruTiE, whose prompts hold the
+model's earlier answers, is asked one question at a time in `vikhr.eval.mera_rutie`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class MeraTask:
     query_suffix: str = ""  # appended to the formatted instruction of the first shot
     strip_query: bool = True
     strip_plain: str = ""  # "left" or "both": how the instruction-free template's text is stripped
-    same_domain_shots: bool = False
+    shot_group: str | None = None  # a meta key shots must share with the document (ruMMLU, USE)
     strip_zero_shot: bool = True
     # How `outputs` looks and is scored: "choice" (one of `choices`, acc), "exact" (generated, exact
     # match), "qa" (generated, SQuAD EM/F1 over the gold answers), "use" (generated, USE grade),
@@ -84,7 +84,7 @@ _USE_TEMPLATES = {
 assert set(_USE_TEMPLATES) == set(USE_TYPES)
 
 MERA_TASKS: dict[str, MeraTask] = {
-    "mera_rummlu": MeraTask("ruMMLU", _ABCD, _OPTIONS, strip_plain="left", same_domain_shots=True),
+    "mera_rummlu": MeraTask("ruMMLU", _ABCD, _OPTIONS, strip_plain="left", shot_group="domain"),
     "mera_mathlogicqa": MeraTask("MathLogicQA", _ABCD, _OPTIONS),
     "mera_ruopenbookqa": MeraTask("ruOpenBookQA", _ABCD, _QUESTION_OPTIONS, macro_f1=True),
     "mera_ruworldtree": MeraTask("ruWorldTree", _ABCD, _QUESTION_OPTIONS, macro_f1=True),
@@ -147,7 +147,9 @@ MERA_TASKS: dict[str, MeraTask] = {
         kind="qa",
         until=(".",),
     ),
-    "mera_use": MeraTask("USE", (), "", strip_query=False, kind="use", until=("\n", ".")),
+    "mera_use": MeraTask(
+        "USE", (), "", strip_query=False, kind="use", until=("\n", "."), shot_group="id_task"
+    ),
     # Ten completions per function at temperature 0.6, as the release's run script samples them.
     "mera_ruhumaneval": MeraTask(
         "ruHumanEval",
@@ -331,8 +333,9 @@ def _rows(
     rows = []
     for i, r in enumerate(_mera_records(eval_path, task, limit)):
         pool = answered
-        if task.same_domain_shots:
-            pool = [s for s in answered if s["meta"].get("domain") == r["meta"].get("domain")]
+        if task.shot_group is not None:
+            key = task.shot_group
+            pool = [s for s in answered if s["meta"].get(key) == r["meta"].get(key)]
         # Seeded by position: the same document gets the same shots whatever --limit is.
         shots = random.Random(1234 + i).sample(pool, min(k, len(pool)))
         outputs = r["outputs"]
