@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vikhr.errors import VikhrError
-from vikhr.train.config import load_config
+from vikhr.train.config import doubtful_settings, load_config
 
 
 @pytest.fixture
@@ -39,6 +39,15 @@ def test_defaults_are_the_papers(tmp_path: Path, dataset: str) -> None:
         10,
     )
     assert cfg.kl.direction == "reverse" and cfg.kl.weight == 0.0
+
+
+def test_a_warmup_as_long_as_the_run_is_a_warning(tmp_path: Path, dataset: str) -> None:
+    cfg = load_config(_config(tmp_path, dataset, train={"steps": 10}))
+    assert doubtful_settings(cfg) == [
+        "optim.warmup_steps = 10 is not below train.steps = 10: the learning rate never reaches "
+        "optim.lr = 0.001"
+    ]
+    assert doubtful_settings(load_config(_config(tmp_path, dataset, train={"steps": 11}))) == []
 
 
 def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:

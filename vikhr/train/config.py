@@ -266,6 +266,19 @@ def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:
 # --------------------------------------------------------------------------- checks across keys
 
 
+def doubtful_settings(cfg: TrainConfig) -> list[str]:
+    """Settings that are allowed but most likely not meant (warnings, not errors: a smoke test may
+    mean them)."""
+    o, t = cfg.optim, cfg.train
+    found = []
+    if o.warmup_steps >= t.steps:
+        found.append(
+            f"optim.warmup_steps = {o.warmup_steps} is not below train.steps = {t.steps}: the learning "
+            f"rate never reaches optim.lr = {o.lr:g}"
+        )
+    return found
+
+
 def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool = True) -> None:
     """The checks that look at several keys, the model shape or the files; VikhrError naming the key.
 

@@ -42,7 +42,14 @@ from vikhr.runtime.distributed import DistEnv, distributed_env
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
 from vikhr.train import checkpoint
-from vikhr.train.config import DataSection, KLSection, TrainConfig, changed_settings, validate
+from vikhr.train.config import (
+    DataSection,
+    KLSection,
+    TrainConfig,
+    changed_settings,
+    doubtful_settings,
+    validate,
+)
 from vikhr.train.data import (
     IGNORE_INDEX,
     Batch,
@@ -269,6 +276,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     """Train as configured; returns the final step and validation losses (on every rank)."""
     # Everything that can be checked is checked before a process group or a tensor exists.
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    for doubt in doubtful_settings(cfg):
+        checkpoint.warn(doubt)
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
