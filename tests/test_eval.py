@@ -330,7 +330,11 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "| terra | acc |" in table and "| bpc | bpc |" in table
     assert not list(out.parent.glob("*.tmp"))
-    assert "| terra | acc |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| terra | acc |" in captured.out
+    # Told, not silently ignored: bpc takes no shots; terra's one is within its cap.
+    assert "note: task bpc takes no shots: it runs with 0, not --num-fewshot 1" in captured.err
+    assert "note: task terra" not in captured.err
 
 
 def test_each_task_records_its_time_requests_and_model_tokens(

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
         if name != RUTIE
     }
     rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
+    _note_capped_shots(settings)
     from lm_eval.api.task import ConfigurableTask
 
     tasks = {}
@@ -171,6 +173,19 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     finally:
         task_logger.setLevel(level)
     return tasks, rutie
+
+
+def _note_capped_shots(settings: EvalSettings) -> None:
+    """One line per task that runs with fewer shots than --num-fewshot asks for (its cap, or none)."""
+    asked = settings.num_fewshot
+    for name in settings.tasks if asked else ():
+        used = effective_fewshot(name, asked)
+        if used < asked:
+            how = f"at most {used} shots" if used else "no shots"
+            print(
+                f"note: task {name} takes {how}: it runs with {used}, not --num-fewshot {asked}",
+                file=sys.stderr,
+            )
 
 
 def _check_shots(name: str, task: Any) -> None:
