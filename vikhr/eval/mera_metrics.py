@@ -12,20 +12,10 @@ from __future__ import annotations
 
 import math
 import re
-import string
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from vikhr.eval.rsg import matthews_corr
-from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_QUESTIONS
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCT = set(string.punctuation)
-
-
-def squad_normalize(text: str) -> str:
-    """SQuAD's answer normalisation, which MERA uses for CheGeKa and MultiQ (no ё→е, no «»)."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_QUESTIONS, overlap_f1, squad_normalize
 
 
 def squad_f1(prediction: str, gold: str) -> float:
@@ -33,11 +23,7 @@ def squad_f1(prediction: str, gold: str) -> float:
     pred, ref = squad_normalize(prediction).split(), squad_normalize(gold).split()
     if not pred or not ref:
         return float(pred == ref)
-    same = sum((Counter(pred) & Counter(ref)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return overlap_f1(pred, ref)
 
 
 def squad_scores(prediction: str, golds: list[str]) -> dict[str, float]:

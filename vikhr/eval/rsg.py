@@ -6,17 +6,18 @@ directory per task under `russian-superglue/`:
     LiDiRus/LiDiRus.jsonl   RCB/ PARus/ MuSeRC/ TERRa/ RUSSE/ RWSD/ DaNetQA/ RuCoS/  {train,val}.jsonl
 
 The labelled `val` split is evaluated (test labels are hidden); shots come from `train` (LiDiRus,
-a diagnostic set without a train split, takes TERRa's). Metrics are the leaderboard's: MCC for
-LiDiRus, macro-F1 and accuracy for RCB, F1a and EM for MuSeRC, token F1 and EM (best over the gold
-answers) for RuCoS, accuracy for the rest. A task's score is the mean of its metrics and the total
-is the mean of the nine task scores.
+a diagnostic set without a train split, takes TERRa's). Metrics are computed as the official
+(jiant-russian) scorer does: MCC for LiDiRus, macro-F1 over the three classes and accuracy for RCB,
+F1a and EM for MuSeRC, ReCoRD's token F1 and EM (SQuAD's normalisation, best over the gold answers)
+for RuCoS, accuracy for the rest. A task's score is the mean of its metrics and the total is the
+mean of the nine task scores (the leaderboard's formula).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,12 @@ from vikhr.errors import VikhrError
 from vikhr.eval.tasks import (
     TERRA_DESCRIPTION,
     choice_task_with_shots,
-    exact_match,
+    overlap_f1,
     read_records,
+    squad_normalize,
     terra_config,
     terra_prompt,
     to_dataset_dict,
-    token_f1,
 )
 
 # Task name -> the metrics whose mean is its leaderboard score.
@@ -70,9 +71,11 @@ def binary_f1(items: list[tuple[int, int]]) -> float:
     return 2 * tp / (2 * tp + wrong) if tp else 0.0
 
 
-def macro_f1(items: list[tuple[int, int]]) -> float:
-    """Unweighted mean over the classes seen (gold or predicted) of each class's one-vs-rest F1."""
-    classes = sorted({g for g, _ in items} | {p for _, p in items})
+def macro_f1(items: list[tuple[int, int]], classes: Sequence[int] | None = None) -> float:
+    """Unweighted mean of each class's one-vs-rest F1 over `classes` (a class never gold nor
+    predicted scores 0), by default over the classes seen (gold or predicted), as scikit-learn's."""
+    if classes is None:
+        classes = sorted({g for g, _ in items} | {p for _, p in items})
     scores = []
     for c in classes:
         tp = sum(1 for g, p in items if g == c and p == c)
@@ -80,6 +83,12 @@ def macro_f1(items: list[tuple[int, int]]) -> float:
         fn = sum(1 for g, p in items if g == c and p != c)
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(scores) / len(scores)
+
+
+def rcb_macro_f1(items: list[tuple[int, int]]) -> float:
+    """RCB's macro-F1 as the official scorer (jiant's) computes it: over all three classes, even
+    when a run (a small --limit) has none of one."""
+    return macro_f1(items, range(3))
 
 
 def grouped_exact_match(items: list[tuple[str, bool]]) -> float:
@@ -91,10 +100,12 @@ def grouped_exact_match(items: list[tuple[str, bool]]) -> float:
 
 
 def rucos_scores(prediction: str, golds: list[str]) -> dict[str, float]:
-    """RuCoS EM and token F1 of the chosen entity: the best over the gold answers (normalised, ё = е)."""
+    """RuCoS EM and token F1 of the chosen entity, the best over the gold answers, as the official
+    scorer (ReCoRD's) computes them: SQuAD's normalisation, F1 0 without a shared token."""
+    pred = squad_normalize(prediction)
     return {
-        "em": max(exact_match(prediction, g) for g in golds),
-        "f1": max(token_f1(prediction, g) for g in golds),
+        "em": max(float(pred == squad_normalize(g)) for g in golds),
+        "f1": max(overlap_f1(pred.split(), squad_normalize(g).split()) for g in golds),
     }
 
 
@@ -188,7 +199,7 @@ def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) 
         choices=["да", "нет", "возможно"],
         metrics=[
             {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "f1", "aggregation": macro_f1, "higher_is_better": True},
+            {"metric": "f1", "aggregation": rcb_macro_f1, "higher_is_better": True},
         ],
     )
 

@@ -298,18 +298,32 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
+def overlap_f1(pred: list[str], gold: list[str]) -> float:
+    """F1 of two token lists' overlap; 0 when they share no token (two empty lists included)."""
+    overlap = sum((Counter(pred) & Counter(gold)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
 def token_f1(prediction: str, gold: str) -> float:
     pred_tokens = normalize_answer(prediction).split()
     gold_tokens = normalize_answer(gold).split()
     if not pred_tokens or not gold_tokens:
         return float(pred_tokens == gold_tokens)
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision = overlap / len(pred_tokens)
-    recall = overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return overlap_f1(pred_tokens, gold_tokens)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's answer normalisation, which MERA (CheGeKa, MultiQ) and Russian SuperGLUE's RuCoS
+    scorer use: lower case, ASCII punctuation and English articles removed, whitespace collapsed
+    (ё stays ё, «» stay)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def qa_scores(prediction: str, golds: list[str]) -> dict[str, float]:
