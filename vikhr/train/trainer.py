@@ -276,8 +276,6 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     """Train as configured; returns the final step and validation losses (on every rank)."""
     # Everything that can be checked is checked before a process group or a tensor exists.
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    for doubt in doubtful_settings(cfg):
-        checkpoint.warn(doubt)
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
@@ -297,6 +295,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
                 "a run directory names its newest step in latest); give one, or checkpoint.resume=auto/never"
             )
     check_data(cfg)  # last: it records what it checked in the data cache
+    for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
+        checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from).train()
 
