@@ -626,9 +626,14 @@ def find_weights(path: str | Path, key: str) -> Path:
             f"config key {key}: {path} is a Hugging Face model directory, not a vikhr checkpoint: convert "
             f"it first (vikhr convert hf-to-megatron {path} OUT --tp N) and give OUT"
         )
-    raise VikhrError(
+    raise no_checkpoint(key, path)
+
+
+def no_checkpoint(key: str, path: str | Path, fix: str = "") -> VikhrError:
+    """The error for a config key naming a directory that holds no checkpoint (`fix`: what else to give)."""
+    return VikhrError(
         f"config key {key}: no checkpoint in {path} (a step directory holds meta.json; a run directory "
-        f"names its newest step in {LATEST})"
+        f"names its newest step in {LATEST}){fix}"
     )
 
 

@@ -290,9 +290,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
         if damaged is not None:
             checkpoint.warn(damaged)
         if resume_from is None and cfg.checkpoint.resume != "auto":
-            raise VikhrError(
-                f"config key checkpoint.resume: no checkpoint in {where} (a step directory holds meta.json, "
-                "a run directory names its newest step in latest); give one, or checkpoint.resume=auto/never"
+            raise checkpoint.no_checkpoint(
+                "checkpoint.resume", where, ": give one, or checkpoint.resume=auto/never"
             )
     check_data(cfg)  # last: it records what it checked in the data cache
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
