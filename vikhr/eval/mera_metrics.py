@@ -20,10 +20,7 @@ from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_QUESTIONS, overlap_f1, squa
 
 def squad_f1(prediction: str, gold: str) -> float:
     """Token F1 of the normalised answers; two empty answers score 1, one empty answer 0."""
-    pred, ref = squad_normalize(prediction).split(), squad_normalize(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    return overlap_f1(pred, ref)
+    return overlap_f1(squad_normalize(prediction).split(), squad_normalize(gold).split(), both_empty=1.0)
 
 
 def squad_scores(prediction: str, golds: list[str]) -> dict[str, float]:

@@ -298,8 +298,11 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def overlap_f1(pred: list[str], gold: list[str]) -> float:
-    """F1 of two token lists' overlap; 0 when they share no token (two empty lists included)."""
+def overlap_f1(pred: list[str], gold: list[str], both_empty: float = 0.0) -> float:
+    """F1 of two token lists' overlap; 0 when they share no token, except `both_empty` for two empty
+    lists (SQuAD's scorer gives them 1, ReCoRD's 0)."""
+    if not pred and not gold:
+        return both_empty
     overlap = sum((Counter(pred) & Counter(gold)).values())
     if overlap == 0:
         return 0.0
@@ -308,11 +311,7 @@ def overlap_f1(pred: list[str], gold: list[str]) -> float:
 
 
 def token_f1(prediction: str, gold: str) -> float:
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
-    return overlap_f1(pred_tokens, gold_tokens)
+    return overlap_f1(normalize_answer(prediction).split(), normalize_answer(gold).split(), both_empty=1.0)
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
