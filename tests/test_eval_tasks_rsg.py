@@ -33,9 +33,9 @@ from vikhr.eval.rsg import (
     rucos_scores,
     task_score,
 )
-from vikhr.eval.runner import load_tokenizer, make_lm, run_eval
+from vikhr.eval.runner import load_tokenizer, make_lm, markdown_table, run_eval
 from vikhr.eval.task_config import build_task_config
-from vikhr.eval.tasks import TASKS, parse_task_list
+from vikhr.eval.tasks import TASK_GROUPS, TASKS, parse_task_list
 from vikhr.jsonl import read_jsonl
 
 pytest.importorskip("lm_eval")
@@ -508,8 +508,10 @@ def test_mera_scores_local_answers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path)
     assert math.isnan(process({"answer": ""}, ["119"])["em"])  # hidden answer: not scored
 
 
-def test_rigged_model_scores_the_share_of_yes(tiny_dir: Path) -> None:
-    """A model that always says " да" scores the share of label-1 documents; its LiDiRus MCC is 0."""
+@pytest.fixture(scope="module")
+def yes_lm(tiny_dir: Path) -> Any:
+    """A model that always says " да": every position has the same hidden state, and the head
+    puts (almost) all probability on that token."""
     lm = make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
     import torch
 
@@ -520,14 +522,142 @@ def test_rigged_model_scores_the_share_of_yes(tiny_dir: Path) -> None:
         lm.model.model.embed_tokens.weight.fill_(1.0)
         lm.model.model.norm.weight.fill_(1.0)
     rig(lm, last_token(lm, "Ответ: да"))
+    return lm
+
+
+def test_rigged_model_scores_the_share_of_yes(yes_lm: Any, tiny_dir: Path) -> None:
+    """A model that always says " да" scores the share of label-1 documents; its LiDiRus MCC is 0."""
     tasks = ["rsg_russe", "rsg_danetqa", "rsg_lidirus"]
-    out = run_eval(settings_for(tiny_dir, tasks, FIXTURES, bootstrap_iters=0), lm=lm)
+    out = run_eval(settings_for(tiny_dir, tasks, FIXTURES, bootstrap_iters=0), lm=yes_lm)
     for name, folder in (("rsg_russe", "RUSSE"), ("rsg_danetqa", "DaNetQA")):
         labels = [r["label"] for _, r in read_jsonl(RSG / folder / "val.jsonl")]
         share = sum(labels) / len(labels)
         assert 0 < share < 1
         assert out["tasks"][name]["metrics"]["acc"] == pytest.approx(share)
     assert out["tasks"]["rsg_lidirus"]["metrics"]["mcc"] == 0.0
+
+
+def test_rsg_submission_archive(yes_lm: Any, tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """--rsg-submission predicts each task's test split (labels hidden in the release) and writes the
+    leaderboard's archive: one <Task>.jsonl per task, records named by the test file's idx, labels in
+    the official encodings. The model always says " да", so every yes/no answer is known."""
+    limit = 3
+    archive_path = tmp_path / "rsg.zip"
+    out = run_eval(
+        settings_for(
+            tiny_dir,
+            TASK_GROUPS["rsg"],
+            FIXTURES,
+            limit=limit,
+            bootstrap_iters=0,
+            rsg_submission=archive_path,
+        ),
+        lm=yes_lm,
+    )
+    assert "first 3 test documents of each task" in capsys.readouterr().err
+    with zipfile.ZipFile(archive_path) as archive:
+        files = {
+            name: [json.loads(line) for line in archive.read(name).decode("utf-8").splitlines()]
+            for name in archive.namelist()
+        }
+    folders = ("LiDiRus", "RCB", "PARus", "MuSeRC", "TERRa", "RUSSE", "RWSD", "DaNetQA", "RuCoS")
+    assert sorted(files) == sorted(f"{folder}.jsonl" for folder in folders)
+
+    def test_records(folder: str) -> list[dict[str, Any]]:
+        name = "LiDiRus.jsonl" if folder == "LiDiRus" else "test.jsonl"
+        return [r for _, r in read_jsonl(RSG / folder / name)]
+
+    # " да" is entailment for LiDiRus, TERRa and RCB, true for the yes/no tasks.
+    for folder, label in (
+        ("LiDiRus", "entailment"),
+        ("TERRa", "entailment"),
+        ("RCB", "entailment"),
+        ("DaNetQA", "true"),
+        ("RUSSE", "true"),
+        ("RWSD", "True"),
+    ):
+        expected = [{"idx": r["idx"], "label": label} for r in test_records(folder)[:limit]]
+        assert files[f"{folder}.jsonl"] == expected, folder
+    parus = files["PARus.jsonl"]
+    assert [r["idx"] for r in parus] == [r["idx"] for r in test_records("PARus")[:limit]]
+    assert all(type(r["label"]) is int and r["label"] in (0, 1) for r in parus)
+    # MuSeRC: the first three answer options, nested by question and passage, each judged true.
+    first = test_records("MuSeRC")[0]
+    question = first["passage"]["questions"][0]
+    assert files["MuSeRC.jsonl"] == [
+        {
+            "idx": first["idx"],
+            "passage": {
+                "questions": [
+                    {
+                        "idx": question["idx"],
+                        "answers": [{"idx": a["idx"], "label": 1} for a in question["answers"][:3]],
+                    }
+                ]
+            },
+        }
+    ]
+    # RuCoS: per query, one of its passage's entities (the release's offsets end exclusively).
+    rucos = files["RuCoS.jsonl"]
+    records = test_records("RuCoS")[:limit]
+    assert [r["idx"] for r in rucos] == [r["qas"][0]["idx"] for r in records]
+    for line, record in zip(rucos, records, strict=True):
+        text = record["passage"]["text"]
+        assert line["label"] in {text[e["start"] : e["end"]] for e in record["passage"]["entities"]}
+    # The val scores are those of a run without the archive; the test splits are timed apart.
+    assert out["tasks"]["rsg_danetqa"]["n"] == limit
+    assert set(out["rsg_submission"]["test_splits"]) == set(TASK_GROUPS["rsg"]) - {"rsg_lidirus"}
+    assert "| rsg_terra (test split) |" in markdown_table(out)
+
+
+def test_rsg_submission_refusals(tiny_lm: Any, tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    archive = tmp_path / "rsg.zip"
+    with pytest.raises(VikhrError, match="no Russian SuperGLUE task is evaluated"):
+        run_eval(
+            settings_for(tiny_dir, ["mera_parus"], FIXTURES, limit=1, rsg_submission=archive), lm=tiny_lm
+        )
+    # A data directory without the test split names the file, before anything runs.
+    data = tmp_path / "data"
+    shutil.copytree(
+        RSG / "TERRa", data / "russian-superglue" / "TERRa", ignore=shutil.ignore_patterns("test.jsonl")
+    )
+    with pytest.raises(VikhrError, match=r"russian-superglue/TERRa/test.jsonl \(the submission needs"):
+        run_eval(settings_for(tiny_dir, ["rsg_terra"], data, limit=1, rsg_submission=archive), lm=tiny_lm)
+    # A test record without its idx cannot be named in the submission.
+    lines = (RSG / "TERRa" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    (data / "russian-superglue" / "TERRa" / "test.jsonl").write_text(
+        "\n".join([lines[0], json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "idx"})]),
+        encoding="utf-8",
+    )
+    with pytest.raises(VikhrError, match=r"TERRa/test.jsonl:2: no 'idx' field"):
+        run_eval(settings_for(tiny_dir, ["rsg_terra"], data, limit=2, rsg_submission=archive), lm=tiny_lm)
+    # MuSeRC's nested ids likewise.
+    muserc = json.loads((RSG / "MuSeRC" / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    del muserc["passage"]["questions"][0]["answers"][0]["idx"]
+    with pytest.raises(VikhrError, match=r"lacks 'idx'.*MuSeRC layout"):
+        _muserc_rows(_write(tmp_path / "muserc.jsonl", [muserc]), hide=True)
+    assert not archive.exists()
+    assert "note:" not in capsys.readouterr().err  # refused input gets its error line only
+    err = one_line_error(
+        [
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--data-dir",
+            str(FIXTURES),
+            "--tasks",
+            "rsg_terra",
+            "--rsg-submission",
+            str(tmp_path / "s.json"),
+        ],
+        capsys,
+    )
+    assert "--rsg-submission" in err and ".zip" in err
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------

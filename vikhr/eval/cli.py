@@ -89,6 +89,11 @@ def _run(args: argparse.Namespace) -> int:
     submission = Path(args.mera_submission) if args.mera_submission else None
     if submission is not None and submission.suffix != ".zip":
         raise VikhrError(f"--mera-submission {submission}: use a .zip file name (MERA takes a zip archive)")
+    rsg_submission = Path(args.rsg_submission) if args.rsg_submission else None
+    if rsg_submission is not None and rsg_submission.suffix != ".zip":
+        raise VikhrError(
+            f"--rsg-submission {rsg_submission}: use a .zip file name (the leaderboard takes a zip archive)"
+        )
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix != ".json":
         raise VikhrError(f"--output {output}: use a .json file name (the Markdown table goes next to it)")
@@ -110,14 +115,16 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         log_samples=args.log_samples,
         mera_submission=submission,
+        rsg_submission=rsg_submission,
     )
     results = run_eval(settings)
     print(markdown_table(results), end="")
     if output is not None:
         json_path, md_path = write_results(results, output)
         print(f"wrote {json_path} and {md_path}")
-    if submission is not None:
-        print(f"wrote {submission}")
+    for archive in (submission, rsg_submission):
+        if archive is not None:
+            print(f"wrote {archive}")
     return 0
 
 
@@ -208,6 +215,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mera-submission",
         help="write MERA's submission archive (.zip, MERA v1.1's format) of the mera_* tasks' answers here",
+    )
+    p.add_argument(
+        "--rsg-submission",
+        help="also run the rsg_* tasks on their test splits and write the Russian SuperGLUE leaderboard's "
+        "submission archive (.zip, one <Task>.jsonl each) here",
     )
     p.set_defaults(func=_run)
     _register_compare(p)

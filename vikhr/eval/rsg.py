@@ -3,10 +3,11 @@
 Files are read in the layout of the official archive (russiansuperglue.com, `combined.zip`), one
 directory per task under `russian-superglue/`:
 
-    LiDiRus/LiDiRus.jsonl   RCB/ PARus/ MuSeRC/ TERRa/ RUSSE/ RWSD/ DaNetQA/ RuCoS/  {train,val}.jsonl
+    LiDiRus/LiDiRus.jsonl   RCB/ PARus/ MuSeRC/ TERRa/ RUSSE/ RWSD/ DaNetQA/ RuCoS/  {train,val,test}.jsonl
 
-The labelled `val` split is evaluated (test labels are hidden); shots come from `train` (LiDiRus,
-a diagnostic set without a train split, takes TERRa's). Metrics are computed as the official
+The labelled `val` split is evaluated; shots come from `train` (LiDiRus, a diagnostic set without a
+train split, takes TERRa's). The `test` split's labels are hidden: its predictions go into the
+leaderboard's submission archive (`write_submission`). Metrics are computed as the official
 (jiant-russian) scorer does: MCC for LiDiRus, macro-F1 over the three classes and accuracy for RCB,
 F1a and EM for MuSeRC, ReCoRD's token F1 and EM (SQuAD's normalisation, best over the gold answers)
 for RuCoS, accuracy for the rest. A task's score is the mean of its metrics and the total is the
@@ -15,14 +16,18 @@ mean of the nine task scores (the leaderboard's formula).
 
 from __future__ import annotations
 
+import json
 import math
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vikhr.atomic import temporary_path
 from vikhr.errors import VikhrError
 from vikhr.eval.tasks import (
+    TASKS,
     TERRA_DESCRIPTION,
     choice_task_with_shots,
     overlap_f1,
@@ -129,6 +134,10 @@ def rsg_total(task_metrics: dict[str, dict[str, float | None]]) -> dict[str, Any
 
 # ----------------------------------------------------------------------------------------------------
 # Readers and configs
+#
+# Every builder takes `hidden`: the evaluated file is the test split, whose labels the release
+# withholds. Its records are read without labels (each must carry the `idx` the submission names it
+# by) and every document gets label 0, which only the submission's predictions ignore.
 
 
 def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
@@ -143,18 +152,40 @@ def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
     )
 
 
+def _records(
+    path: Path, keys: tuple[str, ...], limit: int | None, task: str, hide: bool
+) -> list[dict[str, Any]]:
+    """The file's records, checked to have `keys`; a file whose labels are hidden needs no `label`
+    but an `idx` in every record."""
+    if hide:
+        keys = (*(k for k in keys if k != "label"), "idx")
+    return read_records(path, keys, limit, f"Russian SuperGLUE {task}")
+
+
+def _gold(path: Path, record: dict[str, Any], allowed: dict[Any, int], hide: bool) -> int:
+    return 0 if hide else _label(path, record, allowed)
+
+
 _BOOL = {False: 0, True: 1}
 _ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 
 
-def _lidirus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _lidirus_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         # LiDiRus names the pair sentence1/sentence2; its TERRa shots name it premise/hypothesis.
         first, second = ("sentence1", "sentence2") if path == eval_path else ("premise", "hypothesis")
         labels = {"entailment": 0, "not_entailment": 1}  # TERRa's encoding (MCC does not depend on it)
+        hide = hidden and path == eval_path
         return [
-            {"premise": r[first].strip(), "hypothesis": r[second].strip(), "label": _label(path, r, labels)}
-            for r in read_records(path, (first, second, "label"), limit, "Russian SuperGLUE LiDiRus/TERRa")
+            {
+                "premise": r[first].strip(),
+                "hypothesis": r[second].strip(),
+                "label": _gold(path, r, labels, hide),
+                "idx": r.get("idx"),
+            }
+            for r in _records(path, (first, second, "label"), limit, "LiDiRus/TERRa", hide)
         ]
 
     return choice_task_with_shots(
@@ -171,17 +202,21 @@ def _lidirus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
     )
 
 
-def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _rcb_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     labels = {"entailment": 0, "contradiction": 1, "neutral": 2}
 
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         return [
             {
                 "premise": r["premise"].strip(),
                 "hypothesis": r["hypothesis"].strip(),
-                "label": _label(path, r, labels),
+                "label": _gold(path, r, labels, hide),
+                "idx": r.get("idx"),
             }
-            for r in read_records(path, ("premise", "hypothesis", "label"), limit, "Russian SuperGLUE RCB")
+            for r in _records(path, ("premise", "hypothesis", "label"), limit, "RCB", hide)
         ]
 
     return choice_task_with_shots(
@@ -204,12 +239,13 @@ def _rcb_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) 
     )
 
 
-def _parus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _parus_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         out = []
-        for r in read_records(
-            path, ("premise", "choice1", "choice2", "question", "label"), limit, "Russian SuperGLUE PARus"
-        ):
+        for r in _records(path, ("premise", "choice1", "choice2", "question", "label"), limit, "PARus", hide):
             if r["question"] not in ("cause", "effect"):
                 raise VikhrError(
                     f"{path}: question {r['question']!r} (idx {r.get('idx')!r}) is not cause/effect"
@@ -219,7 +255,8 @@ def _parus_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
                     "premise": r["premise"].strip().rstrip("."),
                     "connector": "потому что" if r["question"] == "cause" else "поэтому",
                     "choices": [_lower_first(r["choice1"].strip()), _lower_first(r["choice2"].strip())],
-                    "label": _label(path, r, {0: 0, 1: 1}),
+                    "label": _gold(path, r, {0: 0, 1: 1}, hide),
+                    "idx": r.get("idx"),
                 }
             )
         return out
@@ -243,18 +280,20 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _russe_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _russe_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         return [
             {
                 "word": r["word"].strip(),
                 "sentence1": r["sentence1"].strip(),
                 "sentence2": r["sentence2"].strip(),
-                "label": _label(path, r, _BOOL),
+                "label": _gold(path, r, _BOOL, hide),
+                "idx": r.get("idx"),
             }
-            for r in read_records(
-                path, ("word", "sentence1", "sentence2", "label"), limit, "Russian SuperGLUE RUSSE"
-            )
+            for r in _records(path, ("word", "sentence1", "sentence2", "label"), limit, "RUSSE", hide)
         ]
 
     return choice_task_with_shots(
@@ -274,10 +313,13 @@ def _russe_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
     )
 
 
-def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _rwsd_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         out = []
-        for r in read_records(path, ("text", "target", "label"), limit, "Russian SuperGLUE RWSD"):
+        for r in _records(path, ("text", "target", "label"), limit, "RWSD", hide):
             target = r["target"]
             if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
                 raise VikhrError(f"{path}: target of idx {r.get('idx')!r} has no span1_text/span2_text")
@@ -286,7 +328,8 @@ def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None)
                     "text": r["text"].strip(),
                     "span1": target["span1_text"],
                     "span2": target["span2_text"],
-                    "label": _label(path, r, _BOOL),
+                    "label": _gold(path, r, _BOOL, hide),
+                    "idx": r.get("idx"),
                 }
             )
         return out
@@ -308,15 +351,19 @@ def _rwsd_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None)
     )
 
 
-def _danetqa_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _danetqa_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         return [
             {
                 "passage": r["passage"].strip(),
                 "question": r["question"].strip(),
-                "label": _label(path, r, _BOOL),
+                "label": _gold(path, r, _BOOL, hide),
+                "idx": r.get("idx"),
             }
-            for r in read_records(path, ("question", "passage", "label"), limit, "Russian SuperGLUE DaNetQA")
+            for r in _records(path, ("question", "passage", "label"), limit, "DaNetQA", hide)
         ]
 
     return choice_task_with_shots(
@@ -344,19 +391,19 @@ def _nested(path: Path, task: str, read: Any) -> list[dict[str, Any]]:
         ) from e
 
 
-def _muserc_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    return _nested(path, "MuSeRC", lambda: _read_muserc(path, limit))
+def _muserc_rows(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
+    return _nested(path, "MuSeRC", lambda: _read_muserc(path, limit, hide))
 
 
-def _rucos_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    return _nested(path, "RuCoS", lambda: _read_rucos(path, limit))
+def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
+    return _nested(path, "RuCoS", lambda: _read_rucos(path, limit, hide))
 
 
-def _read_muserc(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
     """One document per (passage, question, answer option); `limit` counts options, in file order."""
     out: list[dict[str, Any]] = []
     # Every passage has at least one option: `limit` passages are enough.
-    for r in read_records(path, ("passage",), limit, "Russian SuperGLUE MuSeRC"):
+    for r in _records(path, ("passage",), limit, "MuSeRC", hide):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
@@ -370,13 +417,19 @@ def _read_muserc(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                         "question": q["question"].strip(),
                         "answer": a["text"].strip(),
                         "question_key": f"{r.get('idx')}/{q.get('idx')}",
-                        "label": _label(path, a, {0: 0, 1: 1}),
+                        "label": _gold(path, a, {0: 0, 1: 1}, hide),
+                        # The submission nests answers by question and passage.
+                        "idx": [r["idx"], q["idx"], a["idx"]]
+                        if hide
+                        else [r.get("idx"), q.get("idx"), a.get("idx")],
                     }
                 )
     return out
 
 
-def _muserc_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _muserc_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, Any]:
         pred = int(results[1][0] > results[0][0])
         return {"f1a": (doc["label"], pred), "em": (doc["question_key"], pred == doc["label"])}
@@ -384,7 +437,7 @@ def _muserc_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | Non
     return {
         **choice_task_with_shots(
             "rsg_muserc",
-            _muserc_rows,
+            lambda path, limit=None: _muserc_rows(path, limit, hidden and path == eval_path),
             eval_path,
             fewshot_path,
             k,
@@ -414,11 +467,11 @@ def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
     raise VikhrError(f"{path}: answer spans do not match the passage text (RuCoS layout: start/end offsets)")
 
 
-def _read_rucos(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
     """One document per query: the passage, the query and every passage entity filled in."""
     out: list[dict[str, Any]] = []
     # Every passage has at least one query: `limit` passages are enough.
-    for r in read_records(path, ("passage", "qas"), limit, "Russian SuperGLUE RuCoS"):
+    for r in _records(path, ("passage", "qas"), limit, "RuCoS", hide):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/entities (RuCoS layout)")
@@ -427,11 +480,12 @@ def _read_rucos(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             if limit is not None and len(out) >= limit:
                 return out
             golds = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
-            if not golds:
+            if not golds and not hide:
                 raise VikhrError(
                     f"{path}: query {qa.get('idx')!r} has no answers (use the labelled val split)"
                 )
-            inclusive = _entity_end(path, text, qa["answers"])
+            # Without answers to tell, the release's own convention: exclusive ends.
+            inclusive = _entity_end(path, text, qa["answers"]) if golds else 0
             entities = list(
                 dict.fromkeys(text[e["start"] : e["end"] + inclusive] for e in passage["entities"])
             )
@@ -446,20 +500,27 @@ def _read_rucos(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                     "entities": entities,
                     "golds": golds,
                     "label": next((i for i, e in enumerate(entities) if e in golds), 0),
+                    "idx": qa["idx"] if hide else qa.get("idx"),
                 }
             )
     return out
 
 
-def _rucos_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _rucos_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
-        best = max(range(len(results)), key=lambda i: results[i][0])
-        return rucos_scores(doc["entities"][best], doc["golds"])
+        if not doc["golds"]:  # the test split: nothing to score, only the prediction is kept
+            return {"f1": math.nan, "em": math.nan}
+        return rucos_scores(doc["entities"][_argmax(results)], doc["golds"])
 
     return {
         "task": "rsg_rucos",
         "custom_dataset": lambda **_: to_dataset_dict(
-            {"test": _rucos_rows(eval_path, limit), "train": _rucos_rows(fewshot_path, max(k, 1) * 20)}
+            {
+                "test": _rucos_rows(eval_path, limit, hidden),
+                "train": _rucos_rows(fewshot_path, max(k, 1) * 20),
+            }
         ),
         "test_split": "test",
         "fewshot_split": "train",
@@ -477,14 +538,87 @@ def _rucos_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None
     }
 
 
-RSG_BUILDERS: dict[str, Callable[[Path, Path, int, int | None], dict[str, Any]]] = {
+RSG_BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
     "rsg_lidirus": _lidirus_config,
     "rsg_rcb": _rcb_config,
     "rsg_parus": _parus_config,
     "rsg_muserc": _muserc_config,
-    "rsg_terra": lambda e, f, k, limit: {**terra_config(e, f, k, limit), "task": "rsg_terra"},
+    "rsg_terra": lambda e, f, k, limit, hidden=False: {
+        **terra_config(e, f, k, limit, hidden),
+        "task": "rsg_terra",
+    },
     "rsg_russe": _russe_config,
     "rsg_rwsd": _rwsd_config,
     "rsg_danetqa": _danetqa_config,
     "rsg_rucos": _rucos_config,
 }
+
+
+# ----------------------------------------------------------------------------------------------------
+# The leaderboard's submission archive
+
+# The label each choice stands for in a submission file, in the official encodings (as the
+# jiant-russian baselines write them in their strict format: note RWSD's capitalised strings).
+SUBMISSION_LABELS: dict[str, list[Any]] = {
+    "rsg_lidirus": ["entailment", "not_entailment"],
+    "rsg_rcb": ["entailment", "contradiction", "neutral"],
+    "rsg_parus": [0, 1],
+    "rsg_muserc": [0, 1],
+    "rsg_terra": ["entailment", "not_entailment"],
+    "rsg_russe": ["false", "true"],
+    "rsg_rwsd": ["False", "True"],
+    "rsg_danetqa": ["false", "true"],
+}
+
+
+def _argmax(results: list[tuple[float, bool]]) -> int:
+    # The first of equal loglikelihoods, as the scored metrics take it.
+    return max(range(len(results)), key=lambda i: results[i][0])
+
+
+def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of task `name`'s submission file from lm-eval's logged samples of its test split:
+    {"idx", "label"} per document (RuCoS: per query, the chosen entity), MuSeRC's options nested
+    as {"idx": passage, "passage": {"questions": [{"idx", "answers": [{"idx", "label"}]}]}}."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    if name == "rsg_rucos":
+        return [
+            {"idx": s["doc"]["idx"], "label": s["doc"]["entities"][_argmax(s["filtered_resps"])]}
+            for s in samples
+        ]
+    labels = SUBMISSION_LABELS[name]
+    if name != "rsg_muserc":
+        return [{"idx": s["doc"]["idx"], "label": labels[_argmax(s["filtered_resps"])]} for s in samples]
+    passages: list[dict[str, Any]] = []
+    for s in samples:
+        passage_idx, question_idx, answer_idx = s["doc"]["idx"]
+        if not passages or passages[-1]["idx"] != passage_idx:
+            passages.append({"idx": passage_idx, "passage": {"questions": []}})
+        questions = passages[-1]["passage"]["questions"]
+        if not questions or questions[-1]["idx"] != question_idx:
+            questions.append({"idx": question_idx, "answers": []})
+        questions[-1]["answers"].append({"idx": answer_idx, "label": labels[_argmax(s["filtered_resps"])]})
+    return passages
+
+
+def submission_file(name: str) -> str:
+    """The task's file name in the archive: its directory in the release (`TERRa.jsonl`, ...)."""
+    return f"{Path(TASKS[name].eval_file).parent.name}.jsonl"
+
+
+def write_submission(samples: dict[str, list[dict[str, Any]]], out_zip: Path) -> Path:
+    """The Russian SuperGLUE leaderboard's submission archive (zip): per task one `<Task>.jsonl`
+    of `submission_lines`, from the logged samples of each task's test split."""
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    with temporary_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(samples):
+            lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in submission_lines(name, samples[name]))
+            info = zipfile.ZipInfo(submission_file(name), date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, "".join(lines), compress_type=zipfile.ZIP_DEFLATED)
+    return out_zip
+
+
+def submission_split(name: str) -> str:
+    """The task's test split, relative to --data-dir (LiDiRus, a diagnostic, is its own test)."""
+    eval_file = Path(TASKS[name].eval_file)
+    return str(eval_file if name == "rsg_lidirus" else eval_file.parent / "test.jsonl")

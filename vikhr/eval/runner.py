@@ -18,7 +18,7 @@ from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.rsg import rsg_total
-from vikhr.eval.task_config import build_task_config, checked_task_files
+from vikhr.eval.task_config import build_rsg_test_config, build_task_config, checked_task_files
 from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
@@ -48,6 +48,8 @@ class EvalSettings:
     seed: int = DEFAULT_SEED
     log_samples: bool = False
     mera_submission: Path | None = None  # write MERA's submission archive (.zip) of the mera_* tasks here
+    # Run the rsg_* tasks on their test splits too and write the leaderboard's archive (.zip) here.
+    rsg_submission: Path | None = None
 
 
 def _offline() -> None:
@@ -157,6 +159,35 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     }
     rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
     _note_capped_shots(settings)
+    return _task_objects(configs, settings.seed), rutie
+
+
+def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
+    """With `settings.rsg_submission`, lm-eval task objects of the rsg_* tasks on their test splits
+    (documents read and checked here, before the model loads); otherwise none."""
+    if settings.rsg_submission is None:
+        return {}
+    names = [name for name in settings.tasks if name.startswith("rsg_")]
+    if not names:
+        raise VikhrError(
+            f"--rsg-submission {settings.rsg_submission}: no Russian SuperGLUE task is evaluated "
+            "(--tasks rsg)"
+        )
+    configs = {
+        name: build_rsg_test_config(name, settings.data_dir, settings.num_fewshot, settings.limit)
+        for name in names
+    }
+    tasks = _task_objects(configs, settings.seed)
+    if settings.limit is not None:
+        print(
+            f"note: --limit {settings.limit}: the Russian SuperGLUE archive holds the first "
+            f"{settings.limit} test documents of each task (the leaderboard scores whole test sets)",
+            file=sys.stderr,
+        )
+    return tasks
+
+
+def _task_objects(configs: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     from lm_eval.api.task import ConfigurableTask
 
     tasks = {}
@@ -167,12 +198,12 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     try:
         for name, config in configs.items():
             task = ConfigurableTask(config=config)
-            task.set_fewshot_seed(seed=settings.seed)
+            task.set_fewshot_seed(seed=seed)
             _check_shots(name, task)
             tasks[name] = task
     finally:
         task_logger.setLevel(level)
-    return tasks, rutie
+    return tasks
 
 
 def _note_capped_shots(settings: EvalSettings) -> None:
@@ -288,12 +319,12 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         check_vocab(tokenizer, settings.model_dir)
     started = time.time()
     tasks, dialogues = _build_tasks(settings)
+    test_splits = _build_test_split_tasks(settings)
     if lm is None:
         lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
     _check_generation_fits(tasks, lm.max_length)
     import random
 
-    import lm_eval.evaluator
     import numpy as np
     import torch
 
@@ -302,21 +333,12 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
     cost: dict[str, dict[str, Any]] = {}
+    # The submission archives are written from the per-document responses.
+    log_samples = settings.log_samples or settings.mera_submission is not None or bool(test_splits)
     # One task at a time, so that each task's time and compute can be told apart.
     for name, task in tasks.items():
         start = _task_start(lm)
-        with warnings.catch_warnings():
-            # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
-            # about each one.
-            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-            part = lm_eval.evaluator.evaluate(
-                lm=lm,
-                task_dict={"tasks": {name: task}, "groups": {}},
-                limit=settings.limit,
-                bootstrap_iters=settings.bootstrap_iters,
-                # The submission archive is written from the per-document responses.
-                log_samples=settings.log_samples or settings.mera_submission is not None,
-            )
+        part = _evaluate(lm, name, task, settings, log_samples)
         if part is None:  # only on non-zero ranks of a distributed run
             return {}
         for key in ("results", "n-samples", "samples"):
@@ -334,8 +356,58 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         from vikhr.eval.mera import write_submission
 
         write_submission(raw["samples"], settings.mera_submission)
+    test_cost = _run_test_splits(lm, test_splits, raw["samples"], settings)
+    if test_cost is None:
+        return {}
     used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
-    return _summary(raw, cost, settings, str(used), time.time() - started)
+    out = _summary(raw, cost, settings, str(used), time.time() - started)
+    if settings.rsg_submission is not None:
+        out["rsg_submission"] = {"archive": str(settings.rsg_submission), "test_splits": test_cost}
+    return out
+
+
+def _evaluate(
+    lm: Any, name: str, task: Any, settings: EvalSettings, log_samples: bool
+) -> dict[str, Any] | None:
+    """lm-eval's results of one task (None on the non-zero ranks of a distributed run)."""
+    import lm_eval.evaluator
+
+    with warnings.catch_warnings():
+        # Bootstrapping MCC on few documents draws resamples with a single label; sklearn warns
+        # about each one.
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        return lm_eval.evaluator.evaluate(
+            lm=lm,
+            task_dict={"tasks": {name: task}, "groups": {}},
+            limit=settings.limit,
+            bootstrap_iters=settings.bootstrap_iters,
+            log_samples=log_samples,
+        )
+
+
+def _run_test_splits(
+    lm: Any, tasks: dict[str, Any], scored_samples: dict[str, Any], settings: EvalSettings
+) -> dict[str, dict[str, Any]] | None:
+    """Predict the Russian SuperGLUE test splits and write the submission archive; the cost of each
+    split ({} without --rsg-submission, None on the non-zero ranks of a distributed run)."""
+    from vikhr.eval.rsg import write_submission
+
+    samples: dict[str, list[dict[str, Any]]] = {}
+    cost: dict[str, dict[str, Any]] = {}
+    for name, task in tasks.items():
+        if name == "rsg_lidirus":
+            # LiDiRus is its own test split: the scored run's predictions are the submission's.
+            samples[name] = scored_samples[name]
+            continue
+        start = _task_start(lm)
+        part = _evaluate(lm, name, task, settings, log_samples=True)
+        if part is None:
+            return None
+        samples[name] = part["samples"][name]
+        cost[name] = {"n": len(samples[name]), **_task_cost(lm, start, requests=len(task.instances))}
+    if settings.rsg_submission is not None:
+        write_submission(samples, settings.rsg_submission)
+    return cost
 
 
 def _task_start(lm: Any) -> tuple[float, int | None, float]:
@@ -375,6 +447,9 @@ def markdown_table(results: dict[str, Any]) -> str:
     for group, value in results.get("groups", {}).items():
         lines.append(f"| {group} | total | {value['score']:.4f} |  |  |  |")
     timed = {name: task for name, task in results["tasks"].items() if "seconds" in task}
+    # The predictions of the Russian SuperGLUE test splits, for the submission archive.
+    test_splits = results.get("rsg_submission", {}).get("test_splits", {})
+    timed.update({f"{name} (test split)": cost for name, cost in test_splits.items()})
     if timed:
         lines += [
             "",

@@ -9,7 +9,7 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import mera_config
-from vikhr.eval.rsg import RSG_BUILDERS
+from vikhr.eval.rsg import RSG_BUILDERS, submission_split
 from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, task_files
 
 
@@ -48,3 +48,20 @@ def build_task_config(
     if name.startswith("mera_"):
         return mera_config(name, eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
     return TASK_BUILDERS[name](eval_path, fewshot_path, k, limit)
+
+
+def build_rsg_test_config(
+    name: str, data_dir: Path, num_fewshot: int | None, limit: int | None
+) -> dict[str, Any]:
+    """The lm-eval config of Russian SuperGLUE task `name` on its test split (labels hidden), whose
+    predictions make its submission file; shots as in the scored run."""
+    spec = TASKS[name]
+    test_path = data_dir / submission_split(name)
+    for path in (test_path, data_dir / spec.fewshot_file):
+        if not path.is_file():
+            raise VikhrError(
+                f"task {name}: data file not found: {path} (the submission needs the release's test "
+                f"split beside val; check --data-dir {data_dir})"
+            )
+    k = effective_fewshot(name, num_fewshot)
+    return RSG_BUILDERS[name](test_path, data_dir / spec.fewshot_file, k, limit, hidden=True)

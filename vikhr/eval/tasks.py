@@ -491,17 +491,23 @@ def terra_prompt(doc: dict[str, Any]) -> str:
     )
 
 
-def terra_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def terra_config(
+    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+) -> dict[str, Any]:
+    """TERRa; `hidden`: the evaluated file is the test split, without labels (each record has an `idx`)."""
+
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+        hide = hidden and path == eval_path
         out = []
-        for r in read_records(path, ("premise", "hypothesis", "label"), limit):
-            if r["label"] not in ("entailment", "not_entailment"):
+        for r in read_records(path, ("premise", "hypothesis", "idx" if hide else "label"), limit):
+            if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(f"{path}: label {r['label']!r} is not entailment/not_entailment")
             out.append(
                 {
                     "premise": clean_terra_text(r["premise"]).strip(),
                     "hypothesis": clean_terra_text(r["hypothesis"]).strip(),
-                    "label": 0 if r["label"] == "entailment" else 1,
+                    "label": 0 if hide or r["label"] == "entailment" else 1,
+                    "idx": r.get("idx"),
                 }
             )
         return out
