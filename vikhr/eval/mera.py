@@ -39,7 +39,14 @@ from vikhr.eval.mera_metrics import (
 )
 from vikhr.eval.mera_rutie import RUTIE, rutie_submission
 from vikhr.eval.rsg import macro_f1
-from vikhr.eval.tasks import ETHICS_CRITERIA, ETHICS_METRICS, ETHICS_QUESTIONS, read_records, to_dataset_dict
+from vikhr.eval.tasks import (
+    ETHICS_CRITERIA,
+    ETHICS_METRICS,
+    ETHICS_QUESTIONS,
+    most_likely,
+    read_records,
+    to_dataset_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -360,13 +367,9 @@ def _nan_if_hidden(
     return aggregation
 
 
-def _argmax(results: list[tuple[float, bool]]) -> int:
-    return max(range(len(results)), key=lambda i: results[i][0])
-
-
 def _choice_results(task: MeraTask) -> Callable[[dict[str, Any], list[tuple[float, bool]]], dict[str, Any]]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, Any]:
-        pred = _argmax(results)
+        pred = most_likely(results)
         if task.kind == "ethics":
             scoring = json.loads(doc["scoring"])
             return ethics_items(scoring["question"], scoring["criteria"], pred)
@@ -474,7 +477,7 @@ def mera_config(
 def _submission_outputs(task: MeraTask, sample: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(outputs, extra meta) of one submission record, in the release's `log_to_submission.py` form."""
     if task.choices:
-        answer = task.choices[_argmax(sample["filtered_resps"])]
+        answer = task.choices[most_likely(sample["filtered_resps"])]
         if task.kind == "ethics":
             return {c: answer for c in ETHICS_CRITERIA}, {}
         return answer, {}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
-from vikhr.eval.tasks import read_records
+from vikhr.eval.tasks import most_likely, read_records
 
 RUTIE = "mera_rutie"
 CHOICES = ("1", "2")
@@ -119,7 +119,7 @@ def evaluate_rutie(lm: Any, dialogues: list[list[dict[str, Any]]], path: Path) -
                     for i, c in enumerate(CHOICES)
                 ]
                 resps = lm.loglikelihood(requests, disable_tqdm=True)
-                pred = CHOICES[max(range(len(CHOICES)), key=lambda i: resps[i][0])]
+                pred = CHOICES[most_likely(resps)]
                 answers.append(pred)
                 samples.append(
                     {

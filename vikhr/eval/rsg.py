@@ -30,6 +30,7 @@ from vikhr.eval.tasks import (
     TASKS,
     TERRA_DESCRIPTION,
     choice_task_with_shots,
+    most_likely,
     overlap_f1,
     read_records,
     squad_normalize,
@@ -431,7 +432,7 @@ def _muserc_config(
     eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, Any]:
-        pred = int(results[1][0] > results[0][0])
+        pred = most_likely(results)
         return {"f1a": (doc["label"], pred), "em": (doc["question_key"], pred == doc["label"])}
 
     return {
@@ -512,7 +513,7 @@ def _rucos_config(
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
         if not doc["golds"]:  # the test split: nothing to score, only the prediction is kept
             return {"f1": math.nan, "em": math.nan}
-        return rucos_scores(doc["entities"][_argmax(results)], doc["golds"])
+        return rucos_scores(doc["entities"][most_likely(results)], doc["golds"])
 
     return {
         "task": "rsg_rucos",
@@ -571,11 +572,6 @@ SUBMISSION_LABELS: dict[str, list[Any]] = {
 }
 
 
-def _argmax(results: list[tuple[float, bool]]) -> int:
-    # The first of equal loglikelihoods, as the scored metrics take it.
-    return max(range(len(results)), key=lambda i: results[i][0])
-
-
 def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of task `name`'s submission file from lm-eval's logged samples of its test split:
     {"idx", "label"} per document (RuCoS: per query, the chosen entity), MuSeRC's options nested
@@ -583,12 +579,12 @@ def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str,
     samples = sorted(samples, key=lambda s: s["doc_id"])
     if name == "rsg_rucos":
         return [
-            {"idx": s["doc"]["idx"], "label": s["doc"]["entities"][_argmax(s["filtered_resps"])]}
+            {"idx": s["doc"]["idx"], "label": s["doc"]["entities"][most_likely(s["filtered_resps"])]}
             for s in samples
         ]
     labels = SUBMISSION_LABELS[name]
     if name != "rsg_muserc":
-        return [{"idx": s["doc"]["idx"], "label": labels[_argmax(s["filtered_resps"])]} for s in samples]
+        return [{"idx": s["doc"]["idx"], "label": labels[most_likely(s["filtered_resps"])]} for s in samples]
     passages: list[dict[str, Any]] = []
     for s in samples:
         passage_idx, question_idx, answer_idx = s["doc"]["idx"]
@@ -597,7 +593,9 @@ def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str,
         questions = passages[-1]["passage"]["questions"]
         if not questions or questions[-1]["idx"] != question_idx:
             questions.append({"idx": question_idx, "answers": []})
-        questions[-1]["answers"].append({"idx": answer_idx, "label": labels[_argmax(s["filtered_resps"])]})
+        questions[-1]["answers"].append(
+            {"idx": answer_idx, "label": labels[most_likely(s["filtered_resps"])]}
+        )
     return passages
 
 

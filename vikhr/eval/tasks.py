@@ -273,6 +273,12 @@ def read_records(
     return out
 
 
+def most_likely(results: list[tuple[float, bool]]) -> int:
+    """The index of the most likely choice of a multiple-choice document's (loglikelihood, is_greedy)
+    results; the first of equal ones, as lm-eval's `acc` takes it."""
+    return max(range(len(results)), key=lambda i: results[i][0])
+
+
 def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
     import datasets
 
