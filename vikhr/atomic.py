@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from vikhr.errors import refuse_to_replace
+
 
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
@@ -107,6 +109,7 @@ def output_dir(path: str | Path) -> Iterator[Path]:
     """A private directory to fill; on success it replaces `path` (an existing one is removed).
     What killed runs left for `path` is removed first (see remove_stale_temporaries)."""
     path = Path(path)
+    refuse_to_replace(path)  # callers check their inputs too, before the work
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     work = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))

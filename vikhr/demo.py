@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import output_dir, temporary_path, write_text
-from vikhr.errors import VikhrError, require_file
+from vikhr.errors import VikhrError, refuse_to_replace, require_file
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 
 # Meta-Llama-3's pre-tokenizer split and the special tokens its base and instruct models use.
@@ -487,6 +487,8 @@ def run(args: argparse.Namespace) -> int:
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
+        inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
+        refuse_to_replace(workdir, inputs, "--workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     from vikhr.runtime.megatron import import_megatron_core

@@ -65,6 +65,41 @@ def require_writable_dir(path: str | Path, what: str = "output directory") -> Pa
     return p
 
 
+def require_output_dir(
+    path: str | Path,
+    overwrite: bool,
+    inputs: Sequence[str | Path] = (),
+    flag: str = "--out",
+    what: str = "--out",
+) -> Path:
+    """`path` as an output directory this run may create, or with `overwrite` replace: writable, not
+    an existing one without `overwrite`, and safe to replace whole (see `refuse_to_replace`)."""
+    p = require_writable_dir(path, what)
+    if p.exists() and not overwrite:
+        raise VikhrError(f"output directory {p} exists (choose another {flag} or pass --overwrite)")
+    refuse_to_replace(p, inputs, flag)
+    return p
+
+
+def refuse_to_replace(path: Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> None:
+    """Replacing an output directory removes it whole: refuse, before any work, one that is the
+    current directory or above it, the home directory or a filesystem root, or one holding an input."""
+    if not path.exists():
+        return
+    target = path.resolve()
+    if Path.cwd().resolve().is_relative_to(target) or target in (Path.home().resolve(), Path(target.anchor)):
+        raise VikhrError(
+            f"{flag} {path} is the current directory, one above it or the home directory: replacing it "
+            "would delete everything in it (give a new directory for the output)"
+        )
+    for item in inputs:
+        if Path(item).resolve().is_relative_to(target):
+            raise VikhrError(
+                f"{flag} {path} holds the input {item}: replacing it would delete the input "
+                "(give the output a directory of its own)"
+            )
+
+
 def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> Path:
     """`prefix` as a Path, or VikhrError when it names no file — empty, or a directory ("data/"
     would write "data/_text_document.bin") — or its directory cannot be written (see

@@ -430,6 +430,20 @@ class Ablation:
         return result
 
 
+# What a grid writes in out_dir/work (and a killed one may have left part of).
+WORK_ENTRIES = {GRID_STATE, "corpora", "data", "results", "runs", "starts", "tokenizer"}
+
+
+def _check_is_grid_work(work: Path) -> None:
+    """A fresh run removes out_dir/work: only when it holds nothing but what a grid writes."""
+    foreign = sorted(p.name for p in work.iterdir() if p.name not in WORK_ENTRIES)
+    if foreign:
+        raise VikhrError(
+            f"{work} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not written by an "
+            "ablation: a fresh run would delete it (give the config another out_dir)"
+        )
+
+
 def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = False) -> AblationResult:
     """Run every arm × seed of `cfg`; writes work files under cfg.out_dir/work and returns the figures.
 
@@ -452,6 +466,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                 file=sys.stderr,
             )
         if ab.work.exists():
+            _check_is_grid_work(ab.work)
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
         ab.prepare()
         ab.continued_data()

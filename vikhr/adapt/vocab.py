@@ -33,7 +33,7 @@ from typing import Any, Literal
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
 from vikhr.tokenizer.load import load
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
@@ -290,13 +290,14 @@ COPY_BLOCK_ROWS = 8192  # rows copied per block by build_matrix
 METHODS = ("copied", "averaged", "byte-fallback", "random", "whitespace-space", "mean-of-all", "padding")
 
 
-def _check_paths(model_dir: str | Path, out_dir: str | Path, init: str, overwrite: bool) -> tuple[Path, Path]:
+def _check_paths(
+    model_dir: str | Path, out_dir: str | Path, init: str, overwrite: bool, inputs: list[str | Path | None]
+) -> tuple[Path, Path]:
     model_dir = require_dir(model_dir, "model directory")
-    out_dir = require_writable_dir(out_dir, "--out")
-    if out_dir.exists() and not overwrite:
-        raise VikhrError(f"output directory {out_dir} exists (choose another --out or pass --overwrite)")
-    if out_dir.resolve() == model_dir.resolve():
+    if Path(out_dir).resolve() == model_dir.resolve():
         raise VikhrError("--out must differ from --model (the input is read while the output is written)")
+    others = [p for p in inputs if p is not None]
+    out_dir = require_output_dir(out_dir, overwrite, inputs=[model_dir, *others])
     if init not in ("mean", "random", "mean-of-all"):
         raise VikhrError(f"unknown --init {init!r} (choose mean, random or mean-of-all)")
     return model_dir, out_dir
@@ -405,7 +406,9 @@ def adapt_vocab(
     id_map_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Adapt the checkpoint in `model_dir` to `new_tokenizer`, writing `out_dir`; returns the summary."""
-    model_dir, out_dir = _check_paths(model_dir, out_dir, init, overwrite)
+    model_dir, out_dir = _check_paths(
+        model_dir, out_dir, init, overwrite, [old_tokenizer, new_tokenizer, id_map_path]
+    )
     cfg = _load_config(model_dir)
     from vikhr.convert.mistral import check_hf_tensors  # (the converter's layout; imports torch)
 

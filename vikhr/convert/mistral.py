@@ -37,7 +37,7 @@ import torch
 
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, read_header
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
+from vikhr.errors import VikhrError, read_json_object, refuse_to_replace, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
 from vikhr.model.tp_layout import merge, shard, split_of
 
@@ -456,7 +456,7 @@ def hf_to_megatron(
     cfg = hf_config_to_model_config(hf_cfg, str(src / "config.json"))
     cfg.validate(tp_size)
     out = Path(out_dir)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=[src])
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
@@ -590,7 +590,7 @@ def megatron_to_hf(
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=[step_dir, *([tokenizer] if tokenizer is not None else [])])
     recorded = recorded_tokenizer(step_dir)
     chat_template = recorded.template if recorded is not None else None
     tok = None
@@ -612,9 +612,10 @@ def megatron_to_hf(
     return out
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def _check_output(out: Path, overwrite: bool, inputs: list[Path | str]) -> None:
     if out.exists() and not out.is_dir():
         raise VikhrError(f"output {out} exists and is not a directory; choose another path")
     require_writable_dir(out, "output directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VikhrError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
+    refuse_to_replace(out, inputs, "output directory")

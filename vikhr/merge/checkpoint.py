@@ -24,7 +24,7 @@ from vikhr.adapt.safetensors_io import (
     write_computed,
 )
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_writable_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
 
@@ -60,12 +60,9 @@ def _check_paths(
     model_a: str | Path, model_b: str | Path, out: str | Path, overwrite: bool
 ) -> tuple[Path, Path, Path]:
     a, b = require_dir(model_a, "model A directory"), require_dir(model_b, "model B directory")
-    out = require_writable_dir(out, "--out")
-    if out.exists() and not overwrite:
-        raise VikhrError(f"output directory {out} exists (choose another --out or pass --overwrite)")
-    if out.resolve() in (a.resolve(), b.resolve()):
+    if Path(out).resolve() in (a.resolve(), b.resolve()):
         raise VikhrError("--out must differ from both models (they are read while the output is written)")
-    return a, b, out
+    return a, b, require_output_dir(out, overwrite, inputs=[a, b])
 
 
 def _check_configs(a: Path, b: Path) -> int:

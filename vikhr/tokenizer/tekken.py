@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import output_dir, write_text
-from vikhr.errors import VikhrError, require_file
+from vikhr.errors import VikhrError, require_file, require_output_dir
 
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 IMPORT_HINT = "run `vikhr tokenizer import-tekken TEKKEN_JSON OUT_DIR` and use OUT_DIR instead"
@@ -178,10 +178,8 @@ def import_tekken(
     from vikhr.tokenizer.corpus import corpus_sha256
 
     src = require_file(tekken_path, "tekken file")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise VikhrError(f"output directory {out} exists (choose another OUT_DIR or pass --overwrite)")
     texts = [require_file(p, "verification text") for p in verify_texts or []]
+    out = require_output_dir(out_dir, overwrite, inputs=[src, *texts], flag="OUT_DIR", what="OUT_DIR")
     tok = convert_tekken(src)
     with output_dir(out) as work:
         tok_json = work / "tokenizer.json"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, require_file
+from vikhr.errors import VikhrError, require_file, require_output_dir
 from vikhr.tokenizer.byte_level import CYRILLIC
 from vikhr.tokenizer.corpus import (
     DEFAULT_HELDOUT_PERCENT,
@@ -358,9 +358,8 @@ def _check_inputs(
     budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
     if not paths:
         raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise VikhrError(f"output directory {out} exists (choose another --out or pass --overwrite)")
+    base = [s.base_model] if s.base_model and Path(s.base_model).exists() else []
+    out = require_output_dir(out_dir, overwrite, inputs=[*paths, *base])
     if s.new_tokens is not None and s.mode != "extend":
         raise VikhrError(f"--new-tokens is for --mode extend (--mode {s.mode} takes --vocab-size)")
     if s.keep_base_pieces is not None and s.mode != "prune-extend":

@@ -1,0 +1,130 @@
+"""Replacing an output directory (--overwrite) removes it whole: never the directory one works in,
+one above it, or one holding an input. Checked on the helpers and through the commands that take
+--overwrite, each refusing before any work and leaving every file in place."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import tiny_hf_model
+from vikhr.ablate.runner import GRID_STATE, _check_is_grid_work
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.atomic import output_dir
+from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError, refuse_to_replace, require_output_dir
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_the_working_directory_and_those_above_it_are_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    (inner / "notes.txt").write_text("keep")
+    monkeypatch.chdir(inner)
+    for target in (Path("."), Path(".."), inner, tmp_path):
+        with pytest.raises(VikhrError, match="current directory, one above it"):
+            refuse_to_replace(target)
+        with pytest.raises(VikhrError, match="current directory"), output_dir(target) as work:
+            (work / "x").write_text("new")
+    with pytest.raises(VikhrError, match="home directory"):
+        refuse_to_replace(Path.home())
+    assert (inner / "notes.txt").read_text() == "keep"
+    assert not list(tmp_path.rglob("*tmp*"))
+    # A sibling is an ordinary output: replaced.
+    sibling = tmp_path / "a" / "out"
+    sibling.mkdir()
+    (sibling / "old").write_text("old")
+    with output_dir(sibling) as work:
+        (work / "new").write_text("new")
+    assert _files(sibling) == {"new"}
+
+
+def test_an_output_holding_an_input_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus = data / "corpus.jsonl"
+    corpus.write_text("{}\n")
+    for out in (data, tmp_path):
+        with pytest.raises(VikhrError, match=r"holds the input .*corpus.jsonl: replacing it would delete"):
+            require_output_dir(out, overwrite=True, inputs=[corpus])
+    # Without --overwrite an existing directory is refused as before; a new one is fine.
+    with pytest.raises(VikhrError, match=r"exists .*--overwrite"):
+        require_output_dir(data, overwrite=False, inputs=[corpus])
+    assert require_output_dir(tmp_path / "new", overwrite=True, inputs=[corpus]) == tmp_path / "new"
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_commands_refuse_to_replace_their_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    a, b = models / "a", models / "b"
+    tiny_hf_model(a, 32000, seed=0)
+    tiny_hf_model(b, 32000, seed=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus = data / "ru.jsonl.gz"
+    shutil.copy(RU_SAMPLE, corpus)
+    tokenizer = data / "tokenizer.model"
+    shutil.copy(MISTRAL_TOKENIZER, tokenizer)
+    before = _files(tmp_path)
+    capsys.readouterr()  # the models' saving progress bars
+
+    _refused(
+        ["merge", str(a), str(b), "--out", str(models), "--t", "0.5", "--overwrite"],
+        capsys,
+        "holds the input",
+    )
+    _refused(
+        [
+            "tokenizer",
+            "train",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(data),
+            "--vocab-size",
+            "400",
+            "--overwrite",
+        ],
+        capsys,
+        "holds the input",
+    )
+    argv = ["adapt-vocab", "--model", str(a), "--old-tokenizer", str(MISTRAL_TOKENIZER)]
+    _refused(
+        [*argv, "--new-tokenizer", str(tokenizer), "--out", str(data), "--overwrite"],
+        capsys,
+        "holds the input",
+    )
+    _refused(["convert", "hf-to-megatron", str(a), str(models), "--overwrite"], capsys, "holds the input")
+    monkeypatch.chdir(data)
+    _refused(
+        ["tokenizer", "train", "--corpus", "ru.jsonl.gz", "--out", ".", "--vocab-size", "400", "--overwrite"],
+        capsys,
+        "is the current directory",
+    )
+    _refused(["demo", "--workdir", "..", "--overwrite"], capsys, "is the current directory")
+    assert _files(tmp_path) == before
+
+
+def test_a_fresh_ablation_removes_only_a_grids_work_directory(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in (GRID_STATE, "corpora", "runs"):
+        (work / name).mkdir()
+    _check_is_grid_work(work)  # an earlier grid's (or a killed one's): removed
+    (work / "thesis.tex").write_text("mine")
+    with pytest.raises(VikhrError, match=r"holds thesis.tex, not written by an ablation"):
+        _check_is_grid_work(work)
