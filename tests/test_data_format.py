@@ -210,6 +210,11 @@ def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
     builder.finalize(str(tmp_path / "ref.idx"))
     assert _read(str(tmp_path / "merged")) == _read(str(tmp_path / "ref"))
     assert summary.documents == 40 + 41 + 42
+    # The output may not be an input, however the path is spelled.
+    before = (tmp_path / "part1.bin").read_bytes()
+    with pytest.raises(VikhrError, match="is also an input"):
+        merge(parts, tmp_path / "sub" / ".." / "part1")
+    assert (tmp_path / "part1.bin").read_bytes() == before
 
 
 def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:

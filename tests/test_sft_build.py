@@ -442,6 +442,18 @@ def test_glob_and_several_files_per_source(tmp_path: Path) -> None:
         build(_config(tmp_path, [{"name": "both", "path": str(tmp_path / "*.parquet")}]))
 
 
+def test_the_output_may_not_be_a_source_file_or_a_directory(tmp_path: Path) -> None:
+    saiga = tmp_path / "saiga.jsonl"
+    shutil.copy(FORMATS_DIR / "saiga.jsonl", saiga)
+    cfg = _config(tmp_path, [{"name": "saiga", "path": str(tmp_path / "*.jsonl")}])
+    with pytest.raises(VikhrError, match=r"is also a file of source saiga: the build would replace its input"):
+        build(cfg, output=tmp_path / "." / "saiga.jsonl")
+    assert saiga.read_bytes() == (FORMATS_DIR / "saiga.jsonl").read_bytes()
+    (tmp_path / "mix").mkdir()
+    with pytest.raises(VikhrError, match=r"mix is a directory \(give a file name: .*mix.jsonl\)"):
+        build(cfg, output=tmp_path / "mix")
+
+
 def test_bundled_rulm_chats_and_their_seed_tasks_mix_without_duplicates(
     shared_data: Path, tmp_path: Path
 ) -> None:

@@ -269,7 +269,7 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
             "empty, which Megatron cannot load"
         )
     require_output_prefix(output_prefix)
-    if str(output_prefix) in names:
+    if Path(output_prefix).resolve() in {Path(name).resolve() for name in names}:
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
     try:
         _core.merge_datasets(names, str(output_prefix))

@@ -249,8 +249,15 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     cfg = load_build_config(config, output)
     out_path = Path(cfg.output)
     require_writable_dir(out_path.parent, "output directory")
+    if out_path.is_dir():
+        raise VikhrError(f"output {out_path} is a directory (give a file name: {out_path / 'mix.jsonl'})")
     for src in cfg.sources:
-        src.files()  # every file named before any work
+        # Every file named before any work; none may be the output, which replaces it.
+        if any(f.resolve() == out_path.resolve() for f in src.files()):
+            raise VikhrError(
+                f"output {out_path} is also a file of source {src.name}: the build would replace its input "
+                "(choose another output)"
+            )
     tok = load_chat_tokenizer(cfg.tokenizer, cfg.template)
     reports = [SourceReport(s.name, s.language, [str(p) for p in s.files()]) for s in cfg.sources]
     out_path.parent.mkdir(parents=True, exist_ok=True)
