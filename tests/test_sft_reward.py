@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +222,44 @@ def test_a_model_with_several_outputs_is_refused(tmp_path: Path) -> None:
     LlamaForSequenceClassification(config).save_pretrained(model_dir)
     with pytest.raises(VikhrError, match="one output"):
         RewardModel(model_dir, "cpu")
+
+
+def test_a_directory_that_is_not_a_reward_model_is_one_line(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """Checked from the files before transformers loads anything (and prints its load report)."""
+    from tests.test_eval import make_tiny_model
+    from vikhr.cli import main
+    from vikhr.errors import VikhrError
+
+    causal = make_tiny_model(tmp_path / "causal")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(reward_dir / f, no_tokenizer / f)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(reward_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cases = [
+        (causal, "cpu", 2048, "are not a reward model's"),
+        (no_tokenizer, "cpu", 2048, "its tokenizer does not load"),
+        (truncated, "cpu", 2048, "model.safetensors"),
+        (reward_dir, "tpu", 2048, "device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        (reward_dir, "cpu", 0, "max length (tokens per chat) must be >= 1"),
+    ]
+    for model_dir, device, max_length, message in cases:
+        with pytest.raises(VikhrError, match=re.escape(message)):
+            RewardModel(model_dir, device, max_length)
+    chats = _write_chats(tmp_path / "chats.jsonl", 2)
+    scores = tmp_path / "scores.jsonl"
+    capfd.readouterr()
+    args = ["sft", "score", "--input", str(chats), "--scores", str(scores), "--no-progress"]
+    assert main([*args, "--model", str(causal)]) == 2
+    out, err = capfd.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "are not a reward model's" in err and out == ""
+    assert main([*args, "--model", str(reward_dir), "--max-length", "0"]) == 2
+    assert "max length" in capfd.readouterr()[1] and not scores.exists()
 
 
 def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
@@ -373,6 +374,33 @@ def test_prepare_and_show_with_llama3_and_qwen_tokenizers(tmp_path: Path) -> Non
         assert shown in rendered, rendered
         start = "<|begin_of_text|><|start_header_id|>user" if template == "llama3" else "<|im_start|>user"
         assert rendered.splitlines()[1].startswith(start), rendered
+
+
+def test_show_refuses_what_is_not_its_prepared_data(tmp_path: Path) -> None:
+    """Metadata that is not `vikhr sft prepare`'s, a tokenizer other than the recorded one, and a
+    mask dataset of another run are one line each, not a traceback or wrongly decoded text."""
+    used = write_model_tokenizer(tmp_path / "used", byte_level_bpe("llama3"), "chatml")
+    another = write_model_tokenizer(tmp_path / "another", byte_level_bpe("gpt2"), "chatml")
+    prefix = tmp_path / "out" / "a"
+    prepare_sft(RU_SEED_CHATS, used, prefix, template="chatml")
+    with pytest.raises(VikhrError, match=r"is not the tokenizer .* was prepared with"):
+        render_prepared(prefix, 0, tokenizer=another)
+    meta = tmp_path / "out" / "a_sft.json"
+    good = meta.read_text()
+    for bad in ("{bad", "{}", "[1]"):
+        meta.write_text(bad)
+        with pytest.raises(VikhrError, match=r"a_sft.json is not SFT metadata"):
+            render_prepared(prefix, 0)
+    meta.write_text(good)
+    # The mask of a run on other chats (shorter by one chat and of other lengths).
+    other = tmp_path / "out" / "b"
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(RU_SEED_CHATS.read_text(encoding="utf-8").splitlines(keepends=True)[1:]))
+    prepare_sft(chats, used, other, template="chatml")
+    for suffix in (".bin", ".idx"):
+        shutil.copy(f"{other}_mask_document{suffix}", f"{prefix}_mask_document{suffix}")
+    with pytest.raises(VikhrError, match="token and mask datasets are not aligned"):
+        render_prepared(prefix, 0)
 
 
 def test_llama3_refuses_a_tokenizer_without_its_header_tokens(

@@ -51,7 +51,7 @@ class RewardSection(_Section):
     threshold: float | None = None
     top_fraction: float | None = Fraction
     batch_size: PositiveInt = 16
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_length: PositiveInt = 2048
 
 

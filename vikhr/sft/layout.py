@@ -38,20 +38,28 @@ def sft_files(prefix: str | Path) -> dict[str, Path]:
     }
 
 
+def read_sft_meta(meta_path: Path) -> dict:
+    """The `_sft.json` `vikhr sft prepare` wrote; VikhrError for anything else."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta["tokenizer"], str):
+            raise TypeError("not an object with a tokenizer path")
+        int(meta["max_token_id"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise VikhrError(f"{meta_path} is not SFT metadata ({e}; re-run vikhr sft prepare)") from e
+    return meta
+
+
 def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> None:
     """Config-time check (no allocation): the files exist and the token ids fit the model."""
     for path in sft_files(prefix).values():
         if not path.is_file():
             raise VikhrError(f"config key {key}: SFT dataset file not found: {path} (see vikhr sft prepare)")
-    meta_path = Path(prefix + META_SUFFIX)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        max_id = int(meta["max_token_id"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise VikhrError(
-            f"config key {key}: {meta_path} is not SFT metadata (re-run vikhr sft prepare)"
-        ) from e
-    if max_id >= vocab_size:
+        meta = read_sft_meta(Path(prefix + META_SUFFIX))
+    except VikhrError as e:
+        raise VikhrError(f"config key {key}: {e}") from e
+    if int(meta["max_token_id"]) >= vocab_size:
         raise VikhrError(
             f"config key {key}: the SFT data holds token id {meta['max_token_id']} but the model's "
             f"vocab_size is {vocab_size} (tokenizer {meta.get('tokenizer')})"

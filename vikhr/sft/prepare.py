@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
-from vikhr.sft.layout import sft_datasets, sft_files
+from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.template import encode_chat, load_chat_tokenizer, read_chats, template_token_ids
 from vikhr.tokenizer.corpus import corpus_sha256
 from vikhr.tokenizer.load import Tokenizer
@@ -146,18 +146,25 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
     for path in files.values():
         if not path.is_file():
             raise VikhrError(f"SFT dataset file not found: {path} (write it with `vikhr sft prepare`)")
-    meta = json.loads(files["meta"].read_text(encoding="utf-8"))
+    meta = read_sft_meta(files["meta"])
     template = meta.get("template", "mistral")
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
+    if tokenizer is not None and meta.get("tokenizer_sha256") not in (None, corpus_sha256(tok.path)):
+        raise VikhrError(
+            f"--tokenizer {tokenizer} is not the tokenizer {prefix} was prepared with ({meta['tokenizer']}, "
+            "by its sha256): its ids would decode to other text"
+        )
     shown = {i: tok.id_to_piece(i) for i in template_token_ids(tok, template).values()}
     shown.update({i: tok.id_to_piece(i) for i in (tok.bos_id, tok.eos_id) if i is not None})
     text_prefix, mask_prefix = sft_datasets(prefix)
     text, mask = indexed.IndexedReader(text_prefix), indexed.IndexedReader(mask_prefix)
     if not 0 <= index < len(text):
         raise VikhrError(f"--index {index} is outside the dataset's {len(text)} chats")
-    ids_of_chat = text.document(index)
+    ids_of_chat, mask_of_chat = text.document(index), mask.document(index)
+    if len(text) != len(mask) or len(ids_of_chat) != len(mask_of_chat):
+        raise VikhrError(f"{prefix}: token and mask datasets are not aligned (re-run `vikhr sft prepare`)")
     parts = []
-    for trained, ids in mask_runs(ids_of_chat, mask.document(index)):
+    for trained, ids in mask_runs(ids_of_chat, mask_of_chat):
         decoded = _decode_showing(tok, ids, shown)
         parts.append(f"[[{decoded}]]" if trained else decoded)
     return f"--- chat {index} ({len(ids_of_chat)} tokens)\n" + "".join(parts)

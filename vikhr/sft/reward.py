@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError, require_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.template import parse_chat
 
@@ -61,6 +62,32 @@ def _drop_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
+def _check_reward_model_dir(model_dir: str | Path) -> Path:
+    """An HF sequence-classification model with one output, complete safetensors weights and a
+    tokenizer: checked from its files, before transformers loads (and reports on) anything."""
+    from vikhr.adapt.safetensors_io import checkpoint_headers
+
+    path = require_dir(model_dir, "reward model directory")
+    if not (path / "config.json").is_file():
+        raise VikhrError(f"{path} has no config.json (give an HF reward model directory)")
+    config = read_json_object(path / "config.json")
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise VikhrError(
+            f"{path}: config.json's architectures {architectures} are not a reward model's "
+            "(an HF *ForSequenceClassification model with num_labels=1)"
+        )
+    labels = (
+        len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels", 2)
+    )
+    if labels != 1:
+        raise VikhrError(f"{path}: a reward model has one output (num_labels=1), this one has {labels}")
+    if not any(path.glob("*.safetensors")):
+        raise VikhrError(f"{path} has no *.safetensors weights (pickled weights are not loaded)")
+    checkpoint_headers(path)  # every shard present and readable
+    return path
+
+
 class RewardModel:
     """An HF reward model (one output) and its tokenizer, scoring batches of chats."""
 
@@ -68,13 +95,23 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = require_dir(model_dir, "reward model directory")
+        path = _check_reward_model_dir(model_dir)
+        if max_length < 1:
+            raise VikhrError(f"max length (tokens per chat) must be >= 1, got {max_length}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise VikhrError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise VikhrError(f"--device {device}: no CUDA device here (use --device cpu or auto)")
         self.device, self.max_length = torch.device(device), max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise VikhrError(
+                f"{path}: its tokenizer does not load ({' '.join(str(e).split())[:200]}); a reward model "
+                "directory holds the tokenizer it was trained with"
+            ) from None
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -82,11 +119,6 @@ class RewardModel:
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, dtype=dtype
         )
-        if self.model.config.num_labels != 1:
-            raise VikhrError(
-                f"{path}: a reward model has one output (num_labels=1), this one has "
-                f"{self.model.config.num_labels}"
-            )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(self.device).eval()
 
