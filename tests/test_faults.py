@@ -543,7 +543,15 @@ _BAD_INPUTS = [
     ("tokenizer train --corpus {ru} --out {dir}/o --vocab-size 0", "--vocab-size 0 is too small", "o"),
     (
         "tokenizer train --corpus {ru} --out {dir}/o --pad-to-multiple 0",
-        "--pad-to-multiple must be >= 1",
+        "--pad-to-multiple must be from 1 (no padding) to 65536, got 0",
+        "o",
+    ),
+    ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0", "(0, 1], got 0.0", "o"),
+    ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage nan", "(0, 1], got nan", "o"),
+    ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be >= 1", "o"),
+    (  # was an OverflowError from the byte-level trainer
+        "tokenizer train --corpus {ru} --out {dir}/o --min-frequency -1",
+        "--min-frequency must be from 0 to 2^32-1, got -1",
         "o",
     ),
     ("tokenizer train --corpus {ru}@-3 --out {dir}/o", "character budget must be positive", "o"),
@@ -735,7 +743,13 @@ _BAD_INPUTS = [
     (
         "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o "
         "--pad-to-multiple 0",
-        "--pad-to-multiple must be >= 1",
+        "--pad-to-multiple must be from 1 to 65536, got 0",
+        "o",
+    ),
+    (  # was a runaway allocation of a billion rows
+        "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o "
+        "--pad-to-multiple 1000000000",
+        "--pad-to-multiple must be from 1 to 65536, got 1000000000",
         "o",
     ),
     ("demo --workdir {dir}/demo --steps 0", "--steps must be positive", "demo"),

@@ -47,9 +47,12 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vikhr.adapt.vocab import adapt_vocab
     from vikhr.errors import VikhrError
+    from vikhr.tokenizer.train import MAX_PAD_MULTIPLE
 
-    if args.pad_to_multiple is not None and args.pad_to_multiple < 1:
-        raise VikhrError(f"--pad-to-multiple must be >= 1, got {args.pad_to_multiple}")
+    if args.pad_to_multiple is not None and not 1 <= args.pad_to_multiple <= MAX_PAD_MULTIPLE:
+        raise VikhrError(
+            f"--pad-to-multiple must be from 1 to {MAX_PAD_MULTIPLE}, got {args.pad_to_multiple}"
+        )
     summary = adapt_vocab(
         args.model,
         args.old_tokenizer,

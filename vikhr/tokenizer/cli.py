@@ -193,11 +193,8 @@ def _register_import_tekken(tsub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vikhr.errors import VikhrError
     from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
-    if args.pad_to_multiple < 1:
-        raise VikhrError(f"--pad-to-multiple must be >= 1 (1: no padding), got {args.pad_to_multiple}")
     settings = TrainSettings(
         mode=args.mode,
         vocab_size=args.vocab_size,

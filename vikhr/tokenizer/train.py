@@ -48,6 +48,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
+MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
 
 
@@ -61,7 +62,7 @@ class TrainSettings:
     text_key: str = "text"
     max_chars_per_file: int | None = 20_000_000
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT
-    pad_to_multiple: int = 128
+    pad_to_multiple: int = 128  # at most MAX_PAD_MULTIPLE
     character_coverage: float = 0.9999
     max_piece_length: int = 16
     # False lets pieces join letters and punctuation ("мир."): better compression than Mistral's setting.
@@ -349,6 +350,20 @@ def _check_mode(s: TrainSettings) -> Any:
     return base_proto
 
 
+def _check_numbers(s: TrainSettings) -> None:
+    """The numeric settings in their ranges (the trainers report these as internal errors)."""
+    if not 1 <= s.pad_to_multiple <= MAX_PAD_MULTIPLE:
+        raise VikhrError(
+            f"--pad-to-multiple must be from 1 (no padding) to {MAX_PAD_MULTIPLE}, got {s.pad_to_multiple}"
+        )
+    if not 0 < s.character_coverage <= 1:  # also false for NaN
+        raise VikhrError(f"--character-coverage must be in (0, 1], got {s.character_coverage}")
+    if s.num_threads < 1:
+        raise VikhrError(f"--threads must be >= 1, got {s.num_threads}")
+    if not 0 <= s.min_frequency < 2**32:
+        raise VikhrError(f"--min-frequency must be from 0 to 2^32-1, got {s.min_frequency}")
+
+
 def _check_inputs(
     corpora: list[str | Path], out_dir: str | Path, s: TrainSettings, overwrite: bool
 ) -> tuple[list[Path], list[int | None], Path]:
@@ -358,6 +373,7 @@ def _check_inputs(
     budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
     if not paths:
         raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
+    _check_numbers(s)
     base = [s.base_model] if s.base_model and Path(s.base_model).exists() else []
     out = require_output_dir(out_dir, overwrite, inputs=[*paths, *base])
     if s.new_tokens is not None and s.mode != "extend":
