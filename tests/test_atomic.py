@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import tiny_hf_model
 from vikhr.ablate.runner import GRID_STATE, _check_is_grid_work
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
-from vikhr.atomic import output_dir
+from vikhr.atomic import output_dir, write_text
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError, refuse_to_replace, require_output_dir
 
@@ -128,3 +128,10 @@ def test_a_fresh_ablation_removes_only_a_grids_work_directory(tmp_path: Path) ->
     (work / "thesis.tex").write_text("mine")
     with pytest.raises(VikhrError, match=r"holds thesis.tex, not written by an ablation"):
         _check_is_grid_work(work)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "r.json").mkdir()
+    with pytest.raises(OSError):
+        write_text(tmp_path / "r.json", "{}")
+    assert _files(tmp_path) == {"r.json"}

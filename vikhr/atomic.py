@@ -22,10 +22,8 @@ from vikhr.errors import refuse_to_replace
 
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with temporary_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -100,6 +100,16 @@ def refuse_to_replace(path: Path, inputs: Sequence[str | Path] = (), flag: str =
             )
 
 
+def require_output_file(path: str | Path, what: str) -> Path:
+    """`path` as a file this run may write: not a directory, in a directory that can be written
+    (checked before the work whose result it holds)."""
+    p = Path(path)
+    if p.is_dir():
+        raise VikhrError(f"{what} {p} is a directory (give a file name)")
+    require_writable_dir(p.parent, f"{what} {p}: directory")
+    return p
+
+
 def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> Path:
     """`prefix` as a Path, or VikhrError when it names no file — empty, or a directory ("data/"
     would write "data/_text_document.bin") — or its directory cannot be written (see

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, require_output_file
 
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
@@ -58,6 +58,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """--output, --mera-submission and --rsg-submission, each checked to be writable before the
+    (long) run rather than after it."""
+    paths = []
+    for flag, value, suffix, why in (
+        ("--output", args.output, ".json", "the Markdown table goes next to it"),
+        ("--mera-submission", args.mera_submission, ".zip", "MERA takes a zip archive"),
+        ("--rsg-submission", args.rsg_submission, ".zip", "the leaderboard takes a zip archive"),
+    ):
+        path = Path(value) if value else None
+        if path is not None:
+            if path.suffix != suffix:
+                raise VikhrError(f"{flag} {path}: use a {suffix} file name ({why})")
+            require_output_file(path, flag)
+        paths.append(path)
+    if paths[0] is not None:
+        require_output_file(paths[0].with_suffix(".md"), "--output's table")
+    return paths[0], paths[1], paths[2]
+
+
 def _run(args: argparse.Namespace) -> int:
     from vikhr.assets import RU_SAMPLE
     from vikhr.eval.runner import EvalSettings, markdown_table, run_eval, write_results
@@ -86,17 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             "subprocess, not a sandbox); add --allow-code-execution to run it, or leave it out "
             "(e.g. --tasks mera,-mera_ruhumaneval)"
         )
-    submission = Path(args.mera_submission) if args.mera_submission else None
-    if submission is not None and submission.suffix != ".zip":
-        raise VikhrError(f"--mera-submission {submission}: use a .zip file name (MERA takes a zip archive)")
-    rsg_submission = Path(args.rsg_submission) if args.rsg_submission else None
-    if rsg_submission is not None and rsg_submission.suffix != ".zip":
-        raise VikhrError(
-            f"--rsg-submission {rsg_submission}: use a .zip file name (the leaderboard takes a zip archive)"
-        )
-    output = Path(args.output) if args.output else None
-    if output is not None and output.suffix != ".json":
-        raise VikhrError(f"--output {output}: use a .json file name (the Markdown table goes next to it)")
+    output, submission, rsg_submission = _output_files(args)
     settings = EvalSettings(
         model_dir=Path(args.model),
         tasks=tasks,

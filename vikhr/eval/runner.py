@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.adapt.safetensors_io import checkpoint_headers
-from vikhr.atomic import write_text
+from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.rsg import rsg_total
@@ -476,9 +476,10 @@ def write_results(results: dict[str, Any], output: Path) -> tuple[Path, Path]:
     md_path = output.with_suffix(".md")
     if md_path == output:
         raise VikhrError(f"--output {output}: use a .json file name (the Markdown table goes next to it)")
-    for path, text in (
-        (output, json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n"),
-        (md_path, markdown_table(results)),
-    ):
-        write_text(path, text)
+    # Both or neither: a results file never sits beside another run's table.
+    with temporary_paths([output, md_path]) as (json_tmp, md_tmp):
+        json_tmp.write_text(
+            json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8"
+        )
+        md_tmp.write_text(markdown_table(results), encoding="utf-8")
     return output, md_path
