@@ -10,7 +10,7 @@ The loop itself is `vikhr.train.trainer` (read it top to bottom); `vikhr pretrai
 
 import sys
 
-from vikhr.errors import VikhrError, print_error_line
+from vikhr.errors import VikhrError, os_error_line, print_error_line
 from vikhr.train.cli import main
 
 if __name__ == "__main__":
@@ -18,4 +18,7 @@ if __name__ == "__main__":
         sys.exit(main())
     except VikhrError as e:
         print_error_line(f"pretrain_vikhr.py: error: {e}")
+        sys.exit(2)
+    except OSError as e:  # as `vikhr pretrain` reports it: a read-only place, a full disk
+        print_error_line(f"pretrain_vikhr.py: error: {os_error_line(e)}")
         sys.exit(2)

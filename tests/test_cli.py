@@ -173,7 +173,37 @@ def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:
     assert cli.main(["eval", "compare", "x.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "vikhr eval compare: error: cannot access /data/out/compare.md: No space left on device "
+        "vikhr eval compare: error: no space left on the device writing /data/out/compare.md "
+        "(free some space, or write elsewhere)"
+    ]
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/data/out/compare.md")
+
+    monkeypatch.setattr(compare, "compare", read_only)
+    assert cli.main(["eval", "compare", "x.json"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "vikhr eval compare: error: cannot access /data/out/compare.md: Read-only file system "
+        "(check the path, its permissions and the free space)"
+    ]
+
+
+def test_the_torchrun_entry_reports_an_os_error_in_one_line(monkeypatch, capsys) -> None:
+    """pretrain_vikhr.py ends a run the machine refused as `vikhr pretrain` does."""
+    import errno
+    import runpy
+
+    import vikhr.train.cli
+
+    def refused(*args, **kwargs):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/cache/afile/ops")
+
+    monkeypatch.setattr(vikhr.train.cli, "main", refused)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(REPO / "pretrain_vikhr.py"), run_name="__main__")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "pretrain_vikhr.py: error: cannot access /cache/afile/ops: Not a directory "
         "(check the path, its permissions and the free space)"
     ]
 

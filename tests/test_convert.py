@@ -497,6 +497,23 @@ def test_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _fails(_to_megatron(sharded, out), capsys, out, "model.safetensors.index.json")
 
 
+def test_a_full_disk_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reports a full disk as its own SafetensorError, not OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    hf = _tiny_hf(tmp_path / "hf")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "meg"
+    _fails(_to_megatron(hf, out), capsys, out, "no space left on the device writing", str(out))
+
+
 def test_megatron_checkpoint_that_disagrees_with_its_meta(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -386,28 +386,58 @@ def test_unwritable_checkpoint_dir_is_one_line_before_training(
     )
 
 
+@pytest.mark.parametrize(
+    ("module", "writer", "failure"),
+    [
+        ("torch", "save", "OSError"),
+        # What torch.save and safetensors really raise when the disk fills up.
+        (
+            "torch",
+            "save",
+            "RuntimeError: [enforce fail at inline_container.cc:671] . unexpected pos 826176 vs 826064",
+        ),
+        (
+            "safetensors.torch",
+            "save_file",
+            "SafetensorError: Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+            'message: "No space left on device" })',
+        ),
+    ],
+)
 def test_disk_full_during_a_save_is_one_line_and_leaves_no_checkpoint(
     saved_run: tuple[Path, str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    writer: str,
+    failure: str,
 ) -> None:
     import errno
+    import importlib
 
-    import torch
+    from safetensors import SafetensorError
 
     from vikhr.cli import main
 
-    def full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    kind, _, text = failure.partition(": ")
+    error = {
+        "OSError": OSError(errno.ENOSPC, "No space left on device"),
+        "RuntimeError": RuntimeError(text),
+        "SafetensorError": SafetensorError(text),
+    }[kind]
 
-    monkeypatch.setattr(torch, "save", full)
+    def full(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(importlib.import_module(module), writer, full)
     config = _train_config(tmp_path, saved_run[1], train={"steps": 1})
     status = main(["pretrain", "--config", str(config)])
     err = capsys.readouterr().err  # the run's progress lines come first: the failure is one line, the last
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert status == 2 and "Traceback" not in err and errors == [err.strip().splitlines()[-1]], err[-3000:]
-    assert "cannot write checkpoint" in errors[0] and "No space left on device" in errors[0]
+    assert "cannot write checkpoint" in errors[0]
+    assert ("No space left on device" if kind != "RuntimeError" else "is the disk full?") in errors[0]
     run = tmp_path / "run"
     assert not (run / "latest").exists() and not list(run.glob("step_*"))
 

@@ -7,6 +7,7 @@ temporary directory beside the target and renamed over it at the end (removed on
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -18,6 +19,27 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from vikhr.errors import refuse_to_replace
+
+# How torch.save and safetensors word a failed write: their own exceptions, not OSError.
+_FULL_DISK = ("No space left", "StorageFull", "os error 28")
+_SHORT_WRITE = ("file write failed", "unexpected pos")
+
+
+@contextlib.contextmanager
+def write_errors_as_os_errors(path: str | Path) -> Iterator[None]:
+    """torch.save and safetensors report a failed write (a full disk) as RuntimeError or
+    SafetensorError: re-raise those as the OSError naming `path` that the callers handle."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as e:
+        text = " ".join(str(e).split())
+        if any(s in text for s in _FULL_DISK):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        if any(s in text for s in _SHORT_WRITE):
+            raise OSError(errno.EIO, f"a write failed ({text[:100]}); is the disk full?", str(path)) from e
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vikhr.errors import VikhrError, print_error_line
+from vikhr.errors import VikhrError, os_error_line, print_error_line
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -147,11 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error_line(f"{verb.prog}: error: {e}")
         return 2
     except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
-        where = f" {e.filename}" if e.filename else ""
-        print_error_line(
-            f"{verb.prog}: error: cannot access{where}: {e.strerror or e} "
-            "(check the path, its permissions and the free space)"
-        )
+        print_error_line(f"{verb.prog}: error: {os_error_line(e)}")
         return 2
     except KeyboardInterrupt:
         print("vikhr: interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import sys
@@ -14,6 +15,15 @@ from typing import Any, get_args
 
 class VikhrError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
+
+
+def os_error_line(e: OSError) -> str:
+    """What the machine refused (a read-only place, a full disk), as one line with the way out."""
+    if e.errno == errno.ENOSPC:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"no space left on the device{where} (free some space, or write elsewhere)"
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot access{where}: {e.strerror or e} (check the path, its permissions and the free space)"
 
 
 def print_error_line(line: str) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, read_header
-from vikhr.atomic import output_dir
+from vikhr.atomic import output_dir, write_errors_as_os_errors
 from vikhr.errors import VikhrError, read_json_object, refuse_to_replace, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
 from vikhr.model.tp_layout import merge, shard, split_of
@@ -478,7 +478,8 @@ def hf_to_megatron(
         meta["tokenizer"] = str(tokenizer.resolve())
     with output_dir(out) as tmp:
         for r, tensors in enumerate(shards):
-            save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
+            with write_errors_as_os_errors(out):
+                save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 
@@ -605,7 +606,8 @@ def megatron_to_hf(
     if "dtype" in hf_cfg:  # transformers 5 writes the dtype under this name
         hf_cfg["dtype"] = dtype
     with output_dir(out) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        with write_errors_as_os_errors(out):
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok is not None:
             hf_cfg.update(write_tokenizer_files(tok, tmp, chat_template))
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from vikhr.adapt.safetensors_io import read_header
+from vikhr.atomic import write_errors_as_os_errors
 from vikhr.errors import VikhrError
 from vikhr.model.tp_layout import reshard
 
@@ -527,7 +528,9 @@ def save(
                 shutil.rmtree(tmp)  # left by an interrupted save
             tmp.mkdir()
         _barrier()
-        for path in _write_rank_files(tmp, model, optimizer, tp_rank, dp_rank, rank):
+        with write_errors_as_os_errors(tmp):
+            written = _write_rank_files(tmp, model, optimizer, tp_rank, dp_rank, rank)
+        for path in written:
             _fsync(path)
         _barrier()
         if rank == 0:
