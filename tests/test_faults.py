@@ -706,6 +706,12 @@ _BAD_INPUTS = [
     ("pretrain --config {dir}/nope.yaml", "config file not found", None),
     ("pretrain --config {dir}/folder", "config file not found", None),
     ("pretrain --config {dir}/bad.yaml", "is not valid YAML", None),
+    (  # PyYAML keeps the last of two `train:` sections: the first's settings would be lost
+        "pretrain --config {dir}/twice.yaml",
+        "twice.yaml is not valid YAML: duplicate key 'train' (first at line 1) at line 3, column 1",
+        None,
+    ),
+    ("ablate {dir}/twice.yaml", "duplicate key 'train'", None),
     ("pretrain --config {dir}/list.yaml", "top level must be a mapping", None),
     ("pretrain --config {dir}/x.bin", "is not UTF-8 text", None),
     ("pretrain 'data.train=[{{prefix: {ds}}}]' train.steps=0", "train.steps must be positive", None),
@@ -806,6 +812,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "folder").mkdir()
     (d / "bad.json").write_text("{not json")
     (d / "bad.yaml").write_text("a: [1,\n b")
+    (d / "twice.yaml").write_text("train:\n  steps: 4\ntrain:\n  micro_batch: 4\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "lines.jsonl").write_text("hello\nworld\n")
     (d / "surrogate.jsonl").write_text('{"text": "пара \\ud83d\\ude00"}\n{"text": "bad \\ud800 half"}\n')

@@ -133,6 +133,35 @@ def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> 
     return Path(text)
 
 
+def _unique_keys_loader() -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last: a
+    second `train:` section would silently replace the first)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {first_line[key] + 1})",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the safe loader's own error follows
+                pass
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any]:
     """The YAML mapping in the config file `path` (empty file: {}); VikhrError in one line otherwise."""
     import yaml
@@ -141,13 +170,16 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any
     if not p.is_file():
         raise VikhrError(f"config file not found: {p} (check the path)")
     try:
-        value = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        value = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_keys_loader()) or {}
     except UnicodeDecodeError as e:
         raise VikhrError(
             f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start}); give a YAML file"
         ) from None
     except yaml.YAMLError as e:
-        raise VikhrError(f"config file {p} is not valid YAML: {e}".replace("\n", " ")) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise VikhrError(f"config file {p} is not valid YAML: {problem}{where}") from None
     if not isinstance(value, dict):
         raise VikhrError(f"config file {p}: top level must be a mapping of {contents}")
     return value
