@@ -117,3 +117,16 @@ def test_zst_with_several_frames(tmp_path: Path) -> None:
     path = tmp_path / "frames.jsonl.zst"
     path.write_bytes(b"".join(frames))
     assert [r for _, r in read_jsonl(path)] == RECORDS
+
+
+def test_a_resumed_run_appends_its_metrics_after_what_a_kill_left(tmp_path: Path) -> None:
+    """A kill (or a full disk) mid-append leaves a partial last line; the next run's first record
+    must not be glued onto it."""
+    from vikhr.train.monitor import Monitor, read_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "kind": "train", "loss": 2.5}\n{"step": 2, "kind": "tr')
+    monitor = Monitor(tmp_path, enabled=True, tensorboard=False)
+    monitor.record(2, "train", {"loss": 2.25})
+    train, _ = read_metrics(tmp_path)
+    assert {step: row["loss"] for step, row in train.items()} == {1: 2.5, 2: 2.25}

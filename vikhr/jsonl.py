@@ -165,6 +165,20 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise _not_utf8(f"{path}:{line_no}", e) from e
 
 
+def drop_partial_last_line(path: str | os.PathLike[str]) -> None:
+    """Cut what a killed append left after the last newline of a JSONL file appended to record by
+    record, so that the next record starts a line of its own."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst)."""
     p = Path(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object, require_dir
-from vikhr.jsonl import read_jsonl
+from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.sft.template import parse_chat
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -40,7 +40,7 @@ def load_scores(path: str | Path) -> dict[str, float]:
     p = Path(path)
     if not p.exists():
         return {}
-    _drop_partial_line(p)
+    drop_partial_last_line(p)
     scores = {}
     for line_no, record in read_jsonl(p):
         key, score = record.get("key"), record.get("score")
@@ -50,16 +50,6 @@ def load_scores(path: str | Path) -> dict[str, float]:
     return scores
 
 
-def _drop_partial_line(path: Path) -> None:
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        f.truncate(data.rfind(b"\n") + 1)
 
 
 def _check_reward_model_dir(model_dir: str | Path) -> Path:

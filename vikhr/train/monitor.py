@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from vikhr.atomic import temporary_path
-from vikhr.jsonl import read_jsonl
+from vikhr.jsonl import drop_partial_last_line, read_jsonl
 
 # Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity; vendors' datasheets). The
 # first name contained in the device's name wins: the PCIe and NVL H100s before the SXM one.
@@ -58,6 +58,8 @@ class Monitor:
         self.tb = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if self.metrics_path.is_file():  # a resumed run appends after what a kill left
+                drop_partial_last_line(self.metrics_path)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
