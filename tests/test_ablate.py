@@ -94,6 +94,23 @@ def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_base_that_is_no_tokenizer_is_refused_before_an_earlier_grid_is_removed(tmp_path: Path) -> None:
+    from vikhr.ablate.runner import GRID_STATE, run_ablation
+
+    work = tmp_path / "out" / "work"
+    (work / "results").mkdir(parents=True)
+    (work / GRID_STATE).write_text("{}")
+    (work / "results" / "a.json").write_text("{}")
+    not_a_tokenizer = _write(tmp_path / "base.yaml", {"a": 1})
+    path = _write(
+        tmp_path / "ablate.yaml",
+        {**MICRO, "out_dir": str(tmp_path / "out"), "tokenizer": {"base": str(not_a_tokenizer)}},
+    )
+    with pytest.raises(VikhrError, match="base.yaml"):
+        run_ablation(load_ablate_config(path), show_progress=False)
+    assert (work / "results" / "a.json").is_file()
+
+
 def test_shipped_configs_validate() -> None:
     root = Path(__file__).resolve().parents[1]
     for name in ("ablate-cpu.yaml", "ablate-gpu.yaml"):

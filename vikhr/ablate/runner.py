@@ -84,6 +84,9 @@ class Ablation:
         self.ru = require_file(cfg.data.ru_corpus or assets.RU_SAMPLE, "data.ru_corpus")
         self.en = require_file(cfg.data.en_corpus or assets.EN_SAMPLE, "data.en_corpus")
         self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
+        from vikhr.tokenizer import load as load_tokenizer
+
+        load_tokenizer(self.base_tok)  # a file that is no tokenizer fails here, before any work is removed
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
 
