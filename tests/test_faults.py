@@ -218,6 +218,20 @@ def test_trainer_refuses_an_empty_dataset(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "run").exists()
 
 
+def test_trainer_refuses_a_run_that_would_read_its_data_a_million_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """megatron-core counts the passes one by one: train.steps=10^12 hung silently."""
+    from vikhr.cli import main
+    from vikhr.data.indexed import write_indexed
+
+    write_indexed(tmp_path / "ru", [[5, 6, 7, EOD]] * 100, "uint16")
+    config = _train_config(tmp_path, str(tmp_path / "ru"), train={"steps": 10**12})
+    status = main(["pretrain", "--config", str(config)])
+    _one_error_line(capsys, status, "data.train[0]", "passes over its train part", "more than 100,000")
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -216,7 +216,8 @@ def check_data(cfg: TrainConfig) -> None:
                 )
         else:
             _check_dataset(key, entry.prefix, vocab_size, "vikhr data preprocess", record)
-            _check_train_part(key, entry.prefix, cfg.data.split)
+            share = entry.weight / sum(e.weight for e in cfg.data.train)
+            _check_train_part(key, entry.prefix, cfg.data.split, share * _run_tokens(cfg))
             if cfg.data.documents_isolated():
                 _check_document_ends(key, entry.prefix, cfg.data.eod_id)
     record.save()  # only once every dataset passed: a run refused at this point writes nothing
@@ -236,14 +237,31 @@ def _check_dataset(
     return info.max_token_id or 0
 
 
-def _check_train_part(key: str, prefix: str, split: str) -> None:
-    """megatron-core draws the train stream from the train part of data.split: it must hold a token."""
+# More passes over a train part than this is a mistake (megatron-core would count the epochs one
+# by one and index every document of each: a silent hang, then memory).
+MAX_PASSES = 100_000
+
+
+def _run_tokens(cfg: TrainConfig) -> int:
+    """The tokens the run's train stream takes: steps × global batch × (sequence + its label)."""
+    return cfg.train.steps * cfg.train.global_batch * (cfg.data.seq_len + 1)
+
+
+def _check_train_part(key: str, prefix: str, split: str, needed: float) -> None:
+    """megatron-core draws the train stream from the train part of data.split: it must hold a
+    token, and not have to be read more than MAX_PASSES times for the `needed` tokens."""
     documents, tokens = split_part_tokens(prefix, split)
     if tokens[0] == 0:
         raise VikhrError(
             f"{key}: the train part of data.split {split!r} holds no token ({documents[0]} of the "
             f"dataset's {sum(documents)} documents): give the train part a larger share, or the "
             "dataset more documents"
+        )
+    if needed / tokens[0] > MAX_PASSES:
+        raise VikhrError(
+            f"{key}: train.steps × train.global_batch × (data.seq_len + 1) takes {needed:,.0f} tokens of "
+            f"it, {needed / tokens[0]:,.0f} passes over its train part ({tokens[0]:,} tokens), more than "
+            f"{MAX_PASSES:,}: give fewer steps or a smaller batch, or more data"
         )
 
 
