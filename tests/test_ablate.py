@@ -106,7 +106,7 @@ def test_a_base_that_is_no_tokenizer_is_refused_before_an_earlier_grid_is_remove
         tmp_path / "ablate.yaml",
         {**MICRO, "out_dir": str(tmp_path / "out"), "tokenizer": {"base": str(not_a_tokenizer)}},
     )
-    with pytest.raises(VikhrError, match="base.yaml"):
+    with pytest.raises(VikhrError, match=r"base\.yaml"):
         run_ablation(load_ablate_config(path), show_progress=False)
     assert (work / "results" / "a.json").is_file()
 

@@ -739,6 +739,17 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     write("mera/rwsd/test.jsonl", [{**record, "instruction": "{missing}"}])
     err = one_line_error([*base, "--tasks", "mera_rwsd"], capsys)
     assert "mera/rwsd/test.jsonl" in err and "'missing'" in err
+    # A number where the release has a text; a SQuAD answers list where XQuAD-ru has {"text": [...]}.
+    write("terra/val.jsonl", [{"idx": 0, "premise": "p", "hypothesis": 5, "label": "entailment"}])
+    write("terra/train.jsonl", [{"idx": 0, "premise": "p", "hypothesis": "h", "label": "entailment"}])
+    err = one_line_error([*base, "--tasks", "terra"], capsys)
+    assert "task terra: a record of" in err and "terra/val.jsonl" in err and "another type" in err
+    squad = {"id": "1", "context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}
+    write("xquad-ru/validation.jsonl", [squad])
+    err = one_line_error([*base, "--tasks", "xquad_ru"], capsys)
+    assert "xquad-ru/validation.jsonl" in err and "another type" in err
+    write("terra/val.jsonl", [{"idx": 0, "premise": None, "hypothesis": "h", "label": "entailment"}])
+    assert "field 'premise' is null" in one_line_error([*base, "--tasks", "terra"], capsys)
     # Ru-MMLU in the English field names.
     en = {"subject": "astronomy", "question": "q", "choices": ["a", "b", "c", "d"], "answer": "A"}
     write("mmlu-ru/test.jsonl", [en])

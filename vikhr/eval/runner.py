@@ -17,7 +17,7 @@ from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
-from vikhr.eval.rsg import rsg_total
+from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, build_task_config, checked_task_files
 from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
@@ -159,7 +159,8 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     }
     rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
     _note_capped_shots(settings)
-    return _task_objects(configs, settings.seed), rutie
+    files = {name: task_files(name, settings.data_dir, settings.bpc_data) for name in configs}
+    return _task_objects(configs, settings.seed, files), rutie
 
 
 def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
@@ -177,7 +178,8 @@ def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
         name: build_rsg_test_config(name, settings.data_dir, settings.num_fewshot, settings.limit)
         for name in names
     }
-    tasks = _task_objects(configs, settings.seed)
+    files = {name: [settings.data_dir / submission_split(name)] for name in configs}
+    tasks = _task_objects(configs, settings.seed, files)
     if settings.limit is not None:
         print(
             f"note: --limit {settings.limit}: the Russian SuperGLUE archive holds the first "
@@ -187,7 +189,10 @@ def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
     return tasks
 
 
-def _task_objects(configs: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+def _task_objects(
+    configs: dict[str, dict[str, Any]], seed: int, files: dict[str, list[Path]]
+) -> dict[str, Any]:
+    """lm-eval's task objects; building one reads its documents (`files`)."""
     from lm_eval.api.task import ConfigurableTask
 
     tasks = {}
@@ -197,7 +202,14 @@ def _task_objects(configs: dict[str, dict[str, Any]], seed: int) -> dict[str, An
     task_logger.setLevel(logging.ERROR)
     try:
         for name, config in configs.items():
-            task = ConfigurableTask(config=config)
+            try:
+                task = ConfigurableTask(config=config)
+            except (TypeError, AttributeError, KeyError) as e:
+                # A field of another type than the release's (a number for a text, a list for a mapping).
+                raise VikhrError(
+                    f"task {name}: a record of {', '.join(map(str, files[name]))} has a field of another "
+                    f"type than the release's ({type(e).__name__}: {e}); see docs/eval.md for the layout"
+                ) from None
             task.set_fewshot_seed(seed=seed)
             _check_shots(name, task)
             tasks[name] = task

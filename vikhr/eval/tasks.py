@@ -264,9 +264,8 @@ def read_records(
         for k in keys:
             if r.get(k) is None:
                 expected = f"the {layout} layout" if layout else "records"
-                raise VikhrError(
-                    f"{path}:{line_no}: no {k!r} field (expected {expected} with {', '.join(keys)})"
-                )
+                what = f"field {k!r} is null" if k in r else f"no {k!r} field"
+                raise VikhrError(f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)})")
         out.append(r)
     if not out:
         raise VikhrError(f"{path} has no records")

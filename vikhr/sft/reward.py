@@ -50,8 +50,6 @@ def load_scores(path: str | Path) -> dict[str, float]:
     return scores
 
 
-
-
 def _check_reward_model_dir(model_dir: str | Path) -> Path:
     """An HF sequence-classification model with one output, complete safetensors weights and a
     tokenizer: checked from its files, before transformers loads (and reports on) anything."""
