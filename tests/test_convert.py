@@ -4,6 +4,7 @@ every input tensor is accounted for; HF exports carry their tokenizer and load w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -157,6 +158,25 @@ def test_hf_config_mapping_and_errors(tmp_path: Path) -> None:
         hf_config_to_model_config({"model_type": "gpt2"})
     with pytest.raises(VikhrError, match="hidden_size must be a positive integer"):
         hf_config_to_model_config({"model_type": "llama", "num_hidden_layers": 2})
+    mistral = {
+        "model_type": "mistral",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+    }
+    # A string or null where a number belongs failed deep in the model's checks (a TypeError).
+    for key, value, message in (
+        ("rms_norm_eps", "1e-05", "rms_norm_eps must be a positive number, got '1e-05'"),
+        ("max_position_embeddings", None, "max_position_embeddings must be a positive integer, got None"),
+        ("num_key_value_heads", "2", "num_key_value_heads must be a positive integer, got '2'"),
+        ("sliding_window", 0, "sliding_window must be a positive integer, got 0"),
+        ("rope_theta", "1e4", "rope_theta must be a positive number, got '1e4'"),
+    ):
+        with pytest.raises(VikhrError, match=re.escape(message)):
+            hf_config_to_model_config({**mistral, key: value})
+    assert hf_config_to_model_config({**mistral, "sliding_window": None}).sliding_window is None
     hf = _tiny_hf(tmp_path / "hf")
     with pytest.raises(VikhrError, match="does not divide"):
         hf_to_megatron(hf, tmp_path / "meg", tp_size=4)  # 2 KV heads

@@ -578,6 +578,19 @@ def test_truncated_weights_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: 
     assert weights.name in err and "truncated" in err
 
 
+def test_a_malformed_config_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """A string where config.json has a number: transformers' config check raised a long traceback."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "rms_norm_eps": "1e-05"}))
+    argv = ["eval", "--model", str(broken), "--tasks", "bpc", "--device", "cpu", "--limit", "1"]
+    err = _one_line_error(argv, capsys)
+    assert f"cannot load the model in {broken}" in err and "rms_norm_eps" in err and "config.json" in err
+
+
 @pytest.mark.parametrize("name", ["texts.jsonl.gz", "texts.jsonl.zst"])
 def test_bpc_reads_compressed_text_sets(tiny_lm: Any, tiny_dir: Path, tmp_path: Path, name: str) -> None:
     import zstandard

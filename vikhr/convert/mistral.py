@@ -28,6 +28,7 @@ held in memory until written (peak ≈ one copy of the model).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,7 +107,7 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         raise VikhrError(
             f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama/Qwen3 have none)"
         )
-    sliding_window = hf.get("sliding_window")
+    sliding_window = _positive(hf, "sliding_window", None, where, integer=True, optional=True)
     if family in ("qwen2", "qwen3"):
         if hf.get("use_sliding_window"):
             raise VikhrError(f"{where}: use_sliding_window is not supported for {family} (set it to false)")
@@ -116,12 +117,12 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         hidden_size=hf["hidden_size"],
         ffn_hidden_size=hf["intermediate_size"],
         num_attention_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        num_kv_heads=_positive(hf, "num_key_value_heads", None, where, integer=True, optional=True) or heads,
         vocab_size=hf["vocab_size"],
-        max_seq_len=hf.get("max_position_embeddings", 4096),
+        max_seq_len=_positive(hf, "max_position_embeddings", 4096, where, integer=True),
         sliding_window=sliding_window,
-        norm_eps=hf.get("rms_norm_eps", 1e-5),
-        init_std=hf.get("initializer_range", 0.02),
+        norm_eps=_positive(hf, "rms_norm_eps", 1e-5, where),
+        init_std=_positive(hf, "initializer_range", 0.02, where),
         kv_channels=None if head_dim * heads == hf["hidden_size"] else head_dim,
         qkv_bias=family == "qwen2",
         qk_norm=family == "qwen3",
@@ -130,11 +131,28 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
     )
 
 
+def _positive(
+    hf: dict[str, Any], key: str, default: Any, where: str, integer: bool = False, optional: bool = False
+) -> Any:
+    """config.json's `key` (`default` when absent), checked to be a positive (finite) number, or
+    null when `optional`: a string or null elsewhere failed deep inside the model's checks."""
+    value = hf.get(key, default)
+    if value is None and optional:
+        return None
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+        raise VikhrError(
+            f"{where}: {key} must be a positive {'integer' if integer else 'number'}, got {value!r}"
+        )
+    return value
+
+
 def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
     """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4) or
     `rope_parameters` (transformers 5); plain RoPE and Llama-3.1's "llama3" scaling are known."""
     rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    _positive({"rope_theta": theta}, "rope_theta", None, where)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in ("default", None):
         return {"rope_theta": float(theta)}

@@ -110,6 +110,16 @@ def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
         )
 
 
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What loading a model with a malformed config.json raises (huggingface_hub's strict
+    dataclasses validate transformers' configs in recent versions)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, StrictDataclassError)
+
+
 def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> Any:
     """The lm-eval LM of `settings.model_dir`, or of `model` (a transformers causal LM already in
     memory, on its device and in its dtype) when given."""
@@ -120,16 +130,25 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VikhrError(f"--device {device}: no CUDA device is available (use --device cpu)")
-    return VikhrLM(
-        pretrained=str(settings.model_dir) if model is None else model,
-        tokenizer=tokenizer.to_transformers(),
-        device=device,
-        dtype=settings.dtype,
-        batch_size=settings.batch_size,
-        max_batch_size=settings.max_batch_size,
-        max_length=settings.max_length,
-        trust_remote_code=False,
-    )
+    try:
+        return VikhrLM(
+            pretrained=str(settings.model_dir) if model is None else model,
+            tokenizer=tokenizer.to_transformers(),
+            device=device,
+            dtype=settings.dtype,
+            batch_size=settings.batch_size,
+            max_batch_size=settings.max_batch_size,
+            max_length=settings.max_length,
+            trust_remote_code=False,
+        )
+    except _config_errors() as e:
+        if model is not None:
+            raise
+        # transformers' config checks (a string or null where a number belongs) end in long tracebacks.
+        first = " ".join(str(e).split())[:300]
+        raise VikhrError(
+            f"cannot load the model in {settings.model_dir}: {first} (check its config.json)"
+        ) from None
 
 
 def _metric_value(value: Any) -> float | None:
