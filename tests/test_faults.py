@@ -218,6 +218,35 @@ def test_trainer_refuses_an_empty_dataset(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "run").exists()
 
 
+def test_a_full_disk_while_megatron_writes_its_data_cache_is_one_line_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """megatron-core wraps the OSError in a plain Exception (under torch.distributed); the files it
+    had written would stop the next run."""
+    import errno
+
+    from vikhr.train.data import _writing_cache
+
+    cache = tmp_path / "data-cache"
+    cache.mkdir()
+    (cache / "earlier-document_index.npy").write_bytes(b"kept")
+    for wrapped in (True, False):
+        with (
+            pytest.raises(
+                VikhrError, match=r"data cache .*: no space left on the device writing .*index\.npy"
+            ),
+            _writing_cache(str(cache)),
+        ):
+            (cache / "new-document_index.npy").write_bytes(b"")
+            full = OSError(errno.ENOSPC, "No space left on device", str(cache / "new-document_index.npy"))
+            if wrapped:
+                raise Exception("Failed to write dataset materials to the data cache directory.") from full
+            raise full
+        assert sorted(p.name for p in cache.iterdir()) == ["earlier-document_index.npy"]
+    with pytest.raises(ValueError, match="unrelated"), _writing_cache(str(cache)):
+        raise ValueError("unrelated")
+
+
 def test_trainer_refuses_a_run_that_would_read_its_data_a_million_times(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
