@@ -589,6 +589,9 @@ def test_a_malformed_config_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: 
     argv = ["eval", "--model", str(broken), "--tasks", "bpc", "--device", "cpu", "--limit", "1"]
     err = _one_line_error(argv, capsys)
     assert f"cannot load the model in {broken}" in err and "rms_norm_eps" in err and "config.json" in err
+    # lm-eval ran an unknown device on its default one.
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "gpu"]
+    assert "--device 'gpu' is not cpu, cuda or cuda:N" in _one_line_error(argv, capsys)
 
 
 @pytest.mark.parametrize("name", ["texts.jsonl.gz", "texts.jsonl.zst"])

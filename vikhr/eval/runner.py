@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -128,8 +129,14 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
     from vikhr.eval.lm import VikhrLM
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # lm-eval runs an unknown device string on its own default device.
+    index = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if index is None:
+        raise VikhrError(f"--device {device!r} is not cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VikhrError(f"--device {device}: no CUDA device is available (use --device cpu)")
+    if index.group(1) is not None and int(index.group(1)) >= torch.cuda.device_count():
+        raise VikhrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     try:
         return VikhrLM(
             pretrained=str(settings.model_dir) if model is None else model,
