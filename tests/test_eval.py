@@ -578,7 +578,7 @@ def test_truncated_weights_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: 
     assert weights.name in err and "truncated" in err
 
 
-def test_a_malformed_config_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+def test_a_malformed_config_or_device_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """A string where config.json has a number: transformers' config check raised a long traceback."""
     import shutil
 

@@ -701,12 +701,12 @@ _BAD_INPUTS = [
     ),
     (
         "data preprocess --input {dir}/nope.jsonl {pre} --output-prefix {dir}/o",
-        "input file not found",
+        "nope.jsonl not found (check --input)",
         "o_text_document.bin",
     ),
     (
         "data preprocess --input {dir}/folder {pre} --output-prefix {dir}/o",
-        "input file not found",
+        "folder is a directory (give its files",
         "o_text_document.bin",
     ),
     (
@@ -747,8 +747,8 @@ _BAD_INPUTS = [
     ("data merge --inputs {dir}/nope --output-prefix {dir}/o", "nope.idx not found", "o.bin"),
     ("data merge --inputs {ds} --output-prefix {ro}/o", "is not writable", None),
     ("pretrain --config {dir}/nope.yaml", "config file not found", None),
-    ("pretrain --config {dir}/folder", "config file not found", None),
     ("pretrain --config {dir}/bad.yaml", "is not valid YAML", None),
+    ("pretrain --config {dir}/folder", "folder is a directory (give the YAML file)", None),
     (  # PyYAML keeps the last of two `train:` sections: the first's settings would be lost
         "pretrain --config {dir}/twice.yaml",
         "twice.yaml is not valid YAML: duplicate key 'train' (first at line 1) at line 3, column 1",
@@ -813,6 +813,7 @@ _BAD_INPUTS = [
     ("eval --model {dir}/nope --tasks bpc", "model directory not found", None),
     ("eval --model {dir}/empty --tasks bpc", "not a file", None),
     ("eval --model {hf} --tasks bpc", "has no *.safetensors weights", None),
+    ("eval --model {dir}/ckpt --tasks bpc", "is a vikhr training checkpoint, not an HF model", None),
     ("eval --model {hf} --tasks nonsense", "unknown task 'nonsense'", None),
     ("eval --model {hf} --tasks bpc --batch-size 0", "--batch-size", None),
     ("eval --model {hf} --tasks bpc --max-length 0", "--max-length must be positive", None),
@@ -855,6 +856,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "folder").mkdir()
     (d / "bad.json").write_text("{not json")
     (d / "bad.yaml").write_text("a: [1,\n b")
+    (d / "ckpt").mkdir()
+    (d / "ckpt" / "latest").write_text("step_000004\n")
     (d / "twice.yaml").write_text("train:\n  steps: 4\ntrain:\n  micro_batch: 4\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "lines.jsonl").write_text("hello\nworld\n")

@@ -167,6 +167,8 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise VikhrError(f"config file {p} is a directory (give the YAML file)")
     if not p.is_file():
         raise VikhrError(f"config file not found: {p} (check the path)")
     try:

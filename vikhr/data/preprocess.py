@@ -78,7 +78,8 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
             path = Path(p)
             # Any readable non-directory will do (a named pipe, /dev/stdin).
             if not path.exists() or path.is_dir():
-                raise VikhrError(f"input file not found: {p} (check --input)")
+                why = "is a directory (give its files, e.g. 'dir/*.jsonl')" if path.is_dir() else "not found"
+                raise VikhrError(f"input file {p} {why} (check --input)")
             files.append(path)
     if not files:
         raise VikhrError("no input files (give --input)")

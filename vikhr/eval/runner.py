@@ -71,6 +71,13 @@ def check_model_dir(model_dir: Path) -> None:
         )
     if not model_dir.is_dir():
         raise VikhrError(f"--model must be an HF model directory, not a file: {model_dir}")
+    if not (model_dir / "config.json").is_file() and any(
+        (model_dir / f).is_file() for f in ("meta.json", "latest")
+    ):
+        raise VikhrError(
+            f"{model_dir} is a vikhr training checkpoint, not an HF model directory: convert it first "
+            f"(vikhr convert megatron-to-hf {model_dir} OUT_DIR)"
+        )
     if not (model_dir / "config.json").is_file():
         raise VikhrError(f"{model_dir} has no config.json (is it an HF model directory?)")
     if not any(model_dir.glob("*.safetensors")):
