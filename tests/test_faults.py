@@ -699,6 +699,12 @@ _BAD_INPUTS = [
         "is not writable",
         None,
     ),
+    (  # said "lines.jsonl is a sentencepiece tokenizer"
+        "data preprocess --input {ru} --tokenizer-type HuggingFaceTokenizer --tokenizer-model "
+        "{dir}/lines.jsonl --output-prefix {dir}/o",
+        "lines.jsonl is not a .json file",
+        "o_text_document.bin",
+    ),
     (
         "data preprocess --input {dir}/nope.jsonl {pre} --output-prefix {dir}/o",
         "nope.jsonl not found (check --input)",

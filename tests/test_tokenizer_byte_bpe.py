@@ -186,6 +186,12 @@ def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    # A cut download is named as such, not as "not a tekken file".
+    cut = tmp_path / "cut.json"
+    cut.write_bytes(src.read_bytes()[:100_000])
+    assert cli_main(["tokenizer", "import-tekken", str(cut), str(tmp_path / "cut")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cut.json is not valid JSON" in err and "truncated download" in err and len(err.splitlines()) == 1
 
 
 def test_tekken_file_is_refused_with_the_import_command(tmp_path: Path) -> None:

@@ -129,8 +129,9 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     file_kind = "huggingface" if file.suffix == ".json" else "sentencepiece"
     if file_kind != kind:
         wanted = "a SentencePiece .model" if kind == "sentencepiece" else "a tokenizer.json"
+        found = "an HF tokenizer.json" if file_kind == "huggingface" else "not a .json file"
         raise VikhrError(
-            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is a {file_kind} tokenizer "
+            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found} "
             "(check --tokenizer-type and --tokenizer-model)"
         )
     # sentencepiece first: its error for a file that is not a .model is the clear one.

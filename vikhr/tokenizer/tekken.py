@@ -82,6 +82,10 @@ def convert_tekken(path: str | os.PathLike[str]) -> Any:
     from tokenizers import processors
 
     path = require_file(path, "tekken file")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise VikhrError(f"{path} is not valid JSON ({e}; a truncated download?)") from None
     if not is_tekken_file(path):
         raise VikhrError(f"{path} is not a Mistral tekken file (expected top-level 'config' and 'vocab')")
     tok = _converter(path).converted()
