@@ -401,6 +401,12 @@ def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
     (b / "tokenizer.json").write_text(json.dumps(padded), encoding="utf-8")
     merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
     assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
+    # A vocabulary file only B has is not compared with A's: the output takes A's files only.
+    shutil.copy2(NEW_TOKENIZER, b / "tokenizer.model")
+    (a / "tokenizer.model").unlink(missing_ok=True)
+    merge_checkpoints(a, b, tmp_path / "mixed", Schedule((0.5,)), show_progress=False)
+    assert not (tmp_path / "mixed" / "tokenizer.model").exists()
+    (b / "tokenizer.model").unlink()
 
     vocab = dict(spec["model"]["vocab"])
     piece = next(p for p, i in vocab.items() if i == 1000)

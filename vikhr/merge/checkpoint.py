@@ -158,13 +158,19 @@ def _merged_tensor(
 
 
 def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int]) -> None:
-    """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B."""
+    """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
+    the vocabulary files all from one model (A's if it has any): a vocabulary only B has is not
+    compared with A's, and could be another."""
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
         (work / INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    vocabulary_of = a if any((a / name).is_file() for name in VOCABULARY_FILES) else b
     for name in SIDE_FILES:
-        source = a / name if (a / name).is_file() else b / name
+        if name in VOCABULARY_FILES:
+            source = vocabulary_of / name
+        else:
+            source = a / name if (a / name).is_file() else b / name
         if source.is_file():
             shutil.copy2(source, work / name)
 
