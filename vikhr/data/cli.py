@@ -7,6 +7,8 @@ import sys
 
 from vikhr.errors import VikhrError
 
+MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
+
 
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     """Megatron-LM's tools/preprocess_data.py flags (those vikhr cannot honour are rejected)."""
@@ -63,8 +65,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
         raise VikhrError("--vocab-extra-ids is not supported; add special tokens to the tokenizer instead")
     if args.partitions != 1:
         raise VikhrError("--partitions must be 1: inputs are streamed, partitioning is not needed")
-    if args.workers < 0:
-        raise VikhrError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.workers <= MAX_WORKERS:
+        raise VikhrError(f"--workers must be from 0 (all cores) to {MAX_WORKERS}, got {args.workers}")
     summary = preprocess(
         args.input,
         args.output_prefix,

@@ -82,10 +82,12 @@ def _deterministic_algorithms() -> Iterator[None]:
 
 def _use_cuda(device: str) -> bool:
     if device not in DEVICES:
-        raise VikhrError(f"device must be auto, cuda or cpu, got {device!r}")
+        raise VikhrError(f"config key parallel.device must be auto, cuda or cpu, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise VikhrError("device=cuda was asked for but torch sees no CUDA device; use device=cpu")
+        raise VikhrError(
+            "config key parallel.device = cuda, but torch sees no CUDA device (set parallel.device=cpu)"
+        )
     return use_cuda
 
 
