@@ -622,6 +622,16 @@ _BAD_INPUTS = [
     ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0", "(0, 1], got 0.0", "o"),
     ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage nan", "(0, 1], got nan", "o"),
     ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be >= 1", "o"),
+    (  # the base was ignored, yet recorded in the manifest
+        "tokenizer train --corpus {ru} --out {dir}/o --mode replace --base-model {tok}",
+        "would be ignored (leave it out, or use --mode extend / prune-extend)",
+        "o",
+    ),
+    (
+        "tokenizer import-tekken {dir}/bad.json {dir}/o --verify-texts {ru} --no-verify",
+        "--no-verify skips the check: give one of them",
+        "o",
+    ),
     (  # was an OverflowError from the byte-level trainer
         "tokenizer train --corpus {ru} --out {dir}/o --min-frequency -1",
         "--min-frequency must be from 0 to 2^32-1, got -1",

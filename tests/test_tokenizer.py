@@ -175,6 +175,15 @@ def test_manifest_records_corpora_settings_and_files(replace_dir: Path) -> None:
     for name, digest in m["files"].items():
         assert hashlib.sha256((replace_dir / name).read_bytes()).hexdigest() == digest
     assert m["hf_check"]["mismatches"] == 0 and m["hf_check"]["heldout_lines_checked"] > 0
+    assert m["hf_check"]["train_lines_checked"] == 0  # every corpus had held-out lines
+
+
+def test_without_held_out_lines_the_export_is_checked_on_training_lines(tmp_path: Path) -> None:
+    """--heldout-percent 0 left no line to compare the .model and tokenizer.json on: 0 were checked."""
+    settings = TrainSettings(vocab_size=400, heldout_percent=0, max_chars_per_file=50_000)
+    manifest = train_tokenizer([RU_SAMPLE], tmp_path / "tok", settings)
+    assert manifest["hf_check"]["heldout_lines_checked"] == 0
+    assert manifest["hf_check"]["train_lines_checked"] > 0
 
 
 def test_extend_keeps_base_ids_and_english_encoding(extend_dir: Path, optional_shared: Path | None) -> None:

@@ -235,6 +235,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _import_tekken(args: argparse.Namespace) -> int:
+    if args.verify_texts and not args.verify:
+        from vikhr.errors import VikhrError
+
+        raise VikhrError("--verify-texts names texts to check, --no-verify skips the check: give one of them")
     from vikhr.tokenizer.tekken import import_tekken
 
     manifest = import_tekken(

@@ -305,19 +305,25 @@ def _check_base_specials(proto: Any, where: str) -> None:
         )
 
 
-def verify_hf_export(model_path: Path, tokenizer_json: Path, corpora: list[Path], s: TrainSettings) -> int:
-    """Compare `.model` and `tokenizer.json` ids on held-out lines of every corpus; returns lines checked."""
+def verify_hf_export(
+    model_path: Path, tokenizer_json: Path, corpora: list[Path], s: TrainSettings
+) -> dict[str, int]:
+    """Compare `.model` and `tokenizer.json` ids on held-out lines of every corpus (on training lines
+    of a corpus too small for a held-out part: the two must agree on any text); the lines checked."""
     expected, got = load(model_path), load(tokenizer_json)
-    checked = 0
+    checked = {"heldout": 0, "train": 0}
     for path in corpora:
-        lines = list(iter_lines(path, s.text_key, "heldout", s.heldout_percent))[: s.verify_lines_per_file]
+        for split in ("heldout", "train"):
+            lines = list(iter_lines(path, s.text_key, split, s.heldout_percent))[: s.verify_lines_per_file]
+            if lines:
+                break
         bad = compare_encodings(expected, got, lines)
         if bad:
             raise VikhrError(
-                f"tokenizer.json encodes {len(bad)} of {len(lines)} held-out lines of {path} differently "
+                f"tokenizer.json encodes {len(bad)} of {len(lines)} {split} lines of {path} differently "
                 f"from the .model (first: {lines[bad[0]][:80]!r}); please report this as a bug"
             )
-        checked += len(lines)
+        checked[split] += len(lines)
     return checked
 
 
@@ -331,6 +337,11 @@ def _check_mode(s: TrainSettings) -> Any:
             raise VikhrError(
                 f"--vocab-size {s.vocab_size} is too small: give at least {least} (byte fallback alone "
                 f"takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
+            )
+        if s.base_model:  # a byte-level base was taken before this point: this one would be ignored
+            raise VikhrError(
+                f"--mode replace trains a SentencePiece tokenizer from scratch: --base-model {s.base_model} "
+                "would be ignored (leave it out, or use --mode extend / prune-extend)"
             )
         return None
     if not s.base_model:
@@ -464,7 +475,11 @@ def train_tokenizer(
             "settings": asdict(s),
             "extend": extend_stats,
             "prune": prune_stats,
-            "hf_check": {"heldout_lines_checked": checked, "mismatches": 0},
+            "hf_check": {
+                "heldout_lines_checked": checked["heldout"],
+                "train_lines_checked": checked["train"],
+                "mismatches": 0,
+            },
             "files": {
                 path.name: corpus_sha256(path)
                 for path in (work / MODEL_FILE, tok_json, tok_cfg, work / ID_MAP_FILE)
