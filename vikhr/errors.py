@@ -97,7 +97,11 @@ def refuse_to_replace(path: Path, inputs: Sequence[str | Path] = (), flag: str =
     if not path.exists():
         return
     target = path.resolve()
-    if Path.cwd().resolve().is_relative_to(target) or target in (Path.home().resolve(), Path(target.anchor)):
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry (some containers)
+        home = None
+    if Path.cwd().resolve().is_relative_to(target) or target in (home, Path(target.anchor)):
         raise VikhrError(
             f"{flag} {path} is the current directory, one above it or the home directory: replacing it "
             "would delete everything in it (give a new directory for the output)"
