@@ -212,14 +212,7 @@ def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
         for name in names
     }
     files = {name: [settings.data_dir / submission_split(name)] for name in configs}
-    tasks = _task_objects(configs, settings.seed, files)
-    if settings.limit is not None:
-        print(
-            f"note: --limit {settings.limit}: the Russian SuperGLUE archive holds the first "
-            f"{settings.limit} test documents of each task (the leaderboard scores whole test sets)",
-            file=sys.stderr,
-        )
-    return tasks
+    return _task_objects(configs, settings.seed, files)
 
 
 def _task_objects(
@@ -368,6 +361,12 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     if lm is None:
         lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
     _check_generation_fits(tasks, lm.max_length)
+    if test_splits and settings.limit is not None:  # said once every check has passed
+        print(
+            f"note: --limit {settings.limit}: the Russian SuperGLUE archive holds the first "
+            f"{settings.limit} test documents of each task (the leaderboard scores whole test sets)",
+            file=sys.stderr,
+        )
     import random
 
     import numpy as np
