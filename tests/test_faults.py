@@ -622,6 +622,17 @@ _BAD_INPUTS = [
     ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0", "(0, 1], got 0.0", "o"),
     ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage nan", "(0, 1], got nan", "o"),
     ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be >= 1", "o"),
+    (  # SentencePiece has no such setting: it was ignored
+        "tokenizer train --corpus {ru} --out {dir}/o --min-frequency 5",
+        "--min-frequency is for byte-level BPE",
+        "o",
+    ),
+    (  # --vocab-size was ignored
+        "tokenizer train --corpus {ru} --out {dir}/o --mode extend --base-model {tok} --vocab-size 33000 "
+        "--new-tokens 100",
+        "takes --vocab-size (the total) or --new-tokens (how many to add), not both",
+        "o",
+    ),
     (  # the base was ignored, yet recorded in the manifest
         "tokenizer train --corpus {ru} --out {dir}/o --mode replace --base-model {tok}",
         "would be ignored (leave it out, or use --mode extend / prune-extend)",

@@ -49,7 +49,7 @@ def _register_train(tsub: Any) -> None:
         help="replace: a new vocabulary; extend: base ids kept, Russian pieces appended; prune-extend: the "
         "base's most used pieces kept (they may move: id_map.json), Russian pieces fill up to --vocab-size",
     )
-    tr.add_argument("--vocab-size", type=int, default=40000, help="total vocabulary size (default 40000)")
+    tr.add_argument("--vocab-size", type=int, help="total vocabulary size (default 40000)")
     tr.add_argument(
         "--new-tokens", type=int, help="extend mode: how many tokens to add (instead of --vocab-size)"
     )
@@ -98,7 +98,6 @@ def _register_train(tsub: Any) -> None:
     tr.add_argument(
         "--min-frequency",
         type=int,
-        default=2,
         help="byte-level BPE: fewest occurrences of a pair to merge (default 2)",
     )
     tr.add_argument("--threads", type=int, default=2, help="training threads")
@@ -193,11 +192,16 @@ def _register_import_tekken(tsub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vikhr.errors import VikhrError
     from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
+    if args.mode == "extend" and args.new_tokens is not None and args.vocab_size is not None:
+        raise VikhrError(
+            "--mode extend takes --vocab-size (the total) or --new-tokens (how many to add), not both"
+        )
     settings = TrainSettings(
         mode=args.mode,
-        vocab_size=args.vocab_size,
+        vocab_size=args.vocab_size if args.vocab_size is not None else TrainSettings.vocab_size,
         base_model=args.base_model,
         text_key=args.text_key,
         max_chars_per_file=args.max_chars_per_file,

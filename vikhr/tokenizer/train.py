@@ -48,6 +48,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
+DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
 
@@ -76,8 +77,9 @@ class TrainSettings:
     extra_sentencepiece_args: dict[str, Any] = field(default_factory=dict)
     # extend mode: how many tokens to add (instead of giving the total as vocab_size).
     new_tokens: int | None = None
-    # Byte-level BPE (a tokenizer.json base) only: the fewest occurrences of a pair that BpeTrainer merges.
-    min_frequency: int = 2
+    # Byte-level BPE (a tokenizer.json base) only: the fewest occurrences of a pair that BpeTrainer
+    # merges (None: 2); SentencePiece has no such setting.
+    min_frequency: int | None = None
     # prune-extend: how many of the base's normal pieces to keep (dependencies included); None keeps
     # DEFAULT_KEEP_SHARE of them.
     keep_base_pieces: int | None = None
@@ -371,7 +373,7 @@ def _check_numbers(s: TrainSettings) -> None:
         raise VikhrError(f"--character-coverage must be in (0, 1], got {s.character_coverage}")
     if s.num_threads < 1:
         raise VikhrError(f"--threads must be >= 1, got {s.num_threads}")
-    if not 0 <= s.min_frequency < 2**32:
+    if s.min_frequency is not None and not 0 <= s.min_frequency < 2**32:
         raise VikhrError(f"--min-frequency must be from 0 to 2^32-1, got {s.min_frequency}")
 
 
@@ -440,7 +442,13 @@ def train_tokenizer(
                 "--mode prune-extend needs a SentencePiece .model as --base-model (byte-level bases: "
                 "replace or extend)"
             )
-        return train_byte_level(paths, budgets, out_dir, byte_base, s)
+        min_frequency = DEFAULT_MIN_FREQUENCY if s.min_frequency is None else s.min_frequency
+        return train_byte_level(paths, budgets, out_dir, byte_base, replace(s, min_frequency=min_frequency))
+    if s.min_frequency is not None:
+        raise VikhrError(
+            "--min-frequency is for byte-level BPE (a tokenizer.json --base-model); SentencePiece has "
+            "no such setting (leave it out)"
+        )
     base_proto = _check_mode(s)
     if base_proto is not None and s.new_tokens is not None:
         s = replace(s, vocab_size=len(base_proto.pieces) + s.new_tokens)
