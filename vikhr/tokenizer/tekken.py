@@ -83,10 +83,10 @@ def convert_tekken(path: str | os.PathLike[str]) -> Any:
 
     path = require_file(path, "tekken file")
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        spec = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise VikhrError(f"{path} is not valid JSON ({e}; a truncated download?)") from None
-    if not is_tekken_file(path):
+    if not is_tekken(spec):
         raise VikhrError(f"{path} is not a Mistral tekken file (expected top-level 'config' and 'vocab')")
     tok = _converter(path).converted()
     bos_id = tok.token_to_id(BOS)
