@@ -591,7 +591,7 @@ def test_a_malformed_config_or_device_is_one_line(tiny_dir: Path, tmp_path: Path
     assert f"cannot load the model in {broken}" in err and "rms_norm_eps" in err and "config.json" in err
     # lm-eval ran an unknown device on its default one.
     argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "gpu"]
-    assert "--device 'gpu' is not cpu, cuda or cuda:N" in _one_line_error(argv, capsys)
+    assert "--device 'gpu' is not one of auto, cpu, cuda, cuda:N" in _one_line_error(argv, capsys)
 
 
 @pytest.mark.parametrize("name", ["texts.jsonl.gz", "texts.jsonl.zst"])

@@ -154,7 +154,7 @@ def _add_running_options(p: argparse.ArgumentParser) -> None:
         default=64,
         help="the largest batch 'auto' may choose (default 64)",
     )
-    g.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    g.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:N")
     g.add_argument(
         "--dtype",
         default="auto",

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -131,19 +130,11 @@ def _config_errors() -> tuple[type[Exception], ...]:
 def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> Any:
     """The lm-eval LM of `settings.model_dir`, or of `model` (a transformers causal LM already in
     memory, on its device and in its dtype) when given."""
-    import torch
-
     from vikhr.eval.lm import VikhrLM
+    from vikhr.runtime.device import torch_device
 
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # lm-eval runs an unknown device string on its own default device.
-    index = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
-    if index is None:
-        raise VikhrError(f"--device {device!r} is not cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VikhrError(f"--device {device}: no CUDA device is available (use --device cpu)")
-    if index.group(1) is not None and int(index.group(1)) >= torch.cuda.device_count():
-        raise VikhrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    # lm-eval runs an unknown device string on its own default device: check it first.
+    device = torch_device(settings.device)
     try:
         return VikhrLM(
             pretrained=str(settings.model_dir) if model is None else model,

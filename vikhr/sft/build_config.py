@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, PositiveInt
 
 from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
+from vikhr.runtime.device import DEVICE_PATTERN
 from vikhr.sft.sources import FORMATS
 from vikhr.sft.template import TEMPLATES
 
@@ -51,7 +52,7 @@ class RewardSection(_Section):
     threshold: float | None = None
     top_fraction: float | None = Fraction
     batch_size: PositiveInt = 16
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field(default="auto", pattern=f"^({DEVICE_PATTERN})$")
     max_length: PositiveInt = 2048
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object, require_dir
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
+from vikhr.runtime.device import torch_device
 from vikhr.sft.template import parse_chat
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -86,12 +86,7 @@ class RewardModel:
         path = _check_reward_model_dir(model_dir)
         if max_length < 1:
             raise VikhrError(f"max length (tokens per chat) must be >= 1, got {max_length}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-            raise VikhrError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise VikhrError(f"--device {device}: no CUDA device here (use --device cpu or auto)")
+        device = torch_device(device, "device")
         self.device, self.max_length = torch.device(device), max_length
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
