@@ -84,6 +84,19 @@ def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) 
     assert "\n" not in str(e.value)
 
 
+def test_a_cuda_grid_without_a_gpu_is_refused_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.device: cuda on a machine without one stopped only when the base model's training
+    began, after the tokenizer had been trained and the corpora tokenized."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, "train": {**MICRO["train"], "device": "cuda"}})
+    with pytest.raises(VikhrError, match=r"config key train\.device is cuda, but torch sees no CUDA device"):
+        load_ablate_config(path)
+
+
 def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> None:
     path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(tmp_path / "out"), "bogus": 1})
     proc = subprocess.run(

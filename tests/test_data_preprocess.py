@@ -15,6 +15,7 @@ import pytest
 import sentencepiece
 import zstandard
 
+from tests.conftest import SHARED_DATA
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as vikhr_main
 from vikhr.data import preprocess
@@ -305,3 +306,22 @@ def test_huggingface_tokenizer_json(tmp_path: Path, lines: list[str]) -> None:
             want = [1, 0]
         got = ds[int(seq[i])].tolist() if seq[i + 1] > seq[i] else []
         assert got == want, i
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "corpus" / "ru").is_dir(), reason="needs ../shared/data/corpus/ru")
+def test_the_benchmark_times_only_the_tools_asked_for(tmp_path: Path) -> None:
+    """`--tools vikhr` also limits the whole-process table (it ran gigatoken's process anyway, a
+    failed row where gigatoken is not installed)."""
+    bench = ["--mb", "1", "--threads", "1", "--repeats", "1", "--tools", "vikhr"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_preprocess.py"), *bench],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert any(row.startswith("| vikhr | 1 | 1 |") for row in rows)
+    assert any(row.startswith("| vikhr data preprocess | 1 | 1 |") for row in rows)
+    assert not any("gigatoken" in row for row in rows)

@@ -728,7 +728,7 @@ def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> Non
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
     """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
     forever building an index over it), so the run trains without a validation set for that
-    dataset; a split whose train part gets no document is one line before anything is built."""
+    dataset and says so; a split whose train part gets no document is one line before anything is built."""
     from tests.helpers import EOD
     from vikhr.data.indexed import write_indexed
 
@@ -750,6 +750,7 @@ def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tm
     train, valid = read_metrics(run_dir)
     assert sorted(train) == [1, 2] and all(math.isfinite(r["loss"]) for r in train.values())
     assert all("loss_small" not in row for row in valid.values())
+    assert "no validation loss for small: the held-out part of data.split '98,2,0' gets none" in proc.stderr
 
     proc = _pretrain_cli("--config", str(config), "data.split=2,98,0", f"checkpoint.dir={tmp_path / 'run2'}")
     assert proc.returncode == 2

@@ -1,4 +1,4 @@
-"""Benchmark: peak RSS and time of `vikhr adapt-vocab` on a synthetic checkpoint slice.
+r"""Benchmark: peak RSS and time of `vikhr adapt-vocab` on a synthetic checkpoint slice.
 
 `--shape mistral-7b` (default): Mistral-7B's real embedding and LM head (32000 x 4096, bf16) and N
 full-size decoder layers (hidden 4096, MLP 14336, 32 heads / 8 KV heads), written as 2 shards; the

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the fused cross-entropy + KL op (vikhr.ops.cross_entropy_kl).
+r"""Micro-benchmark of the fused cross-entropy + KL op (vikhr.ops.cross_entropy_kl).
 
 For each vocabulary size it times forward+backward (median of --runs runs) and measures the peak
 extra memory (beyond the inputs) of:
@@ -42,8 +42,8 @@ against the row schedule's with 1 pack.
 launches; e.g. the
 DRAM bytes each schedule moves (what decides whether the second read of a row hits L2):
 
-    ncu --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6 \\
-        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \\
+    ncu --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6 \
+        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
         python tools/bench_kernels.py --profile-schedules --device cuda --vocab 40000
 """
 

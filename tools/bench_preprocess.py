@@ -281,21 +281,28 @@ def measure_process(process: str, corpus: Path, model: Path, threads: int, work:
 
 
 def process_table(
-    corpus: Path, nbytes: int, model: Path, threads_list: list[int], repeats: int, work: Path
+    processes: list[str],
+    corpus: Path,
+    nbytes: int,
+    model: Path,
+    threads_list: list[int],
+    repeats: int,
+    work: Path,
 ) -> None:
-    """Rows of the whole-process table (interleaved runs, median wall time, max peak RSS)."""
+    """Rows of the whole-process table of `processes` (interleaved runs, median wall time, max
+    peak RSS)."""
     print(
         "\n| process | threads | runs | wall s (median) | wall range s | MB/s incl. start-up | peak RSS MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for threads in threads_list:
-        runs: dict[str, list[dict]] = {p: [] for p in PROCESSES}
+        runs: dict[str, list[dict]] = {p: [] for p in processes}
         for _ in range(repeats):
-            for process in PROCESSES:
+            for process in processes:
                 runs[process].append(measure_process(process, corpus, model, threads, work))
         medians = {}
-        for process in PROCESSES:
+        for process in processes:
             ok = [r for r in runs[process] if "error" not in r]
             if not ok:
                 print(f"| {process} | {threads} | | failed: {runs[process][0]['error']} | | | |")
@@ -457,8 +464,9 @@ def main() -> int:
         for threads in args.threads:
             print(fastest_peer_line(rows, threads))
         process_repeats = args.repeats if args.process_repeats is None else args.process_repeats
-        if process_repeats > 0:
-            process_table(corpus, nbytes, model, args.threads, process_repeats, work)
+        processes = [p for p in PROCESSES if p.split()[0] in tools]  # each process runs one tool
+        if process_repeats > 0 and processes:
+            process_table(processes, corpus, nbytes, model, args.threads, process_repeats, work)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: train the 40k Russian tokenizers and measure them against Mistral-7B v0.1 and Llama 2.
+r"""Benchmark: train the 40k Russian tokenizers and measure them against Mistral-7B v0.1 and Llama 2.
 
 Trains (on the training split only; measurement is on the held-out split, 5 % of documents by id hash):
   ru40k-replace           replace mode, 40k, RusLit + RusDraCor (all) + English novels (6M chars),

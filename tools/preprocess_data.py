@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Megatron-LM's `tools/preprocess_data.py` command line, backed by vikhr's Rust pre-tokenizer.
+r"""Megatron-LM's `tools/preprocess_data.py` command line, backed by vikhr's Rust pre-tokenizer.
 
-    python tools/preprocess_data.py --input corpus.jsonl.gz --output-prefix out/ru \\
+    python tools/preprocess_data.py --input corpus.jsonl.gz --output-prefix out/ru \
         --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model mistral.model --append-eod --workers 8
 
 writes out/ru_text_document.bin/.idx (one pair per --json-keys key), byte-identical to what

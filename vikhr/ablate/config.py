@@ -228,6 +228,14 @@ def trainer_config(
 def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
     """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
     numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise VikhrError(
+                f"{path}: config key train.device is cuda, but torch sees no CUDA device here "
+                "(set train.device: cpu)"
+            )
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
     runs = [(cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
         (cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds

@@ -499,6 +499,12 @@ class Trainer:
         """Optimizer steps up to train.steps; evaluation and checkpoints at their intervals."""
         cfg, monitor = self.cfg, self.monitor
         monitor.info(self.describe())
+        unvalidated = [e.name for e in cfg.data.train if e.name not in self.data.valid]
+        if unvalidated:
+            monitor.info(
+                f"no validation loss for {', '.join(unvalidated)}: the held-out part of data.split "
+                f"{cfg.data.split!r} gets none of its {'chats' if cfg.data.kind == 'sft' else 'documents'}"
+            )
         valid_losses = self.evaluate() if self.step == 0 else {}
         while self.step < cfg.train.steps:
             metrics = self.train_step()
