@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +405,22 @@ def test_byte_level_replaced_vocabulary_copies_specials_by_name(
             assert list(step.old_ids) == byte_level_source_ids(old_json, step.token)[0]
     methods = {s.method for s in plan}
     assert {"copied", "averaged"} <= methods <= {"copied", "averaged", "byte-fallback"}
+
+
+def test_a_header_whose_offsets_do_not_fit_the_shape_is_refused(tmp_path: Path, new_tok: Path) -> None:
+    """A safetensors header whose data offsets hold another number of bytes than dtype × shape:
+    adapt-vocab copied the short tensor into an output that looked complete (exit 0)."""
+    src = tmp_path / "src"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k.endswith("mlp.down_proj.weight"))
+    header[name]["data_offsets"][1] -= 4  # one element short
+    text = json.dumps(header).encode()  # data offsets count from the header's end
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    message = rf"is not a readable safetensors file \(tensor {re.escape(name)}: F32 \[64, 176\] is 45056 bytes but"
+    with pytest.raises(VikhrError, match=message):
+        adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out")
+    _assert_nothing_written(tmp_path, tmp_path / "out")

@@ -10,6 +10,7 @@ with spaces to a multiple of 8, then the data buffer.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,15 +22,21 @@ from vikhr.errors import VikhrError
 COPY_CHUNK_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20
 
+# Bytes per element of the safetensors dtypes (a header's offsets must match its shapes).
 DTYPE_BYTES = {
     "F64": 8,
     "F32": 4,
     "F16": 2,
     "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
     "I64": 8,
     "I32": 4,
     "I16": 2,
     "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
     "U8": 1,
     "BOOL": 1,
 }
@@ -69,9 +76,20 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         metadata = header.pop("__metadata__", None)
         entries = []
         for name, info in header.items():
-            begin, end = info["data_offsets"]
+            begin, end = (int(offset) for offset in info["data_offsets"])
             shape = tuple(int(d) for d in info["shape"])
-            entries.append(TensorEntry(name, str(info["dtype"]), shape, base + int(begin), base + int(end)))
+            dtype = str(info["dtype"])
+            if min(shape, default=0) < 0 or not 0 <= begin <= end:
+                raise ValueError(f"tensor {name}: shape {list(shape)}, offsets [{begin}, {end}]")
+            # A damaged header would otherwise end in a reshape error, or in bytes copied on as a
+            # tensor they cannot hold (sub-byte dtypes, which vikhr only copies, are not checked).
+            size = math.prod(shape) * DTYPE_BYTES.get(dtype, 0)
+            if dtype in DTYPE_BYTES and end - begin != size:
+                raise ValueError(
+                    f"tensor {name}: {dtype} {list(shape)} is {size} bytes but its offsets [{begin}, {end}] "
+                    f"hold {end - begin}"
+                )
+            entries.append(TensorEntry(name, dtype, shape, base + begin, base + end))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise VikhrError(f"{path} is not a readable safetensors file ({e})") from e
     entries.sort(key=lambda e: e.start)
