@@ -420,7 +420,8 @@ def test_a_header_whose_offsets_do_not_fit_the_shape_is_refused(tmp_path: Path, 
     header[name]["data_offsets"][1] -= 4  # one element short
     text = json.dumps(header).encode()  # data offsets count from the header's end
     weights.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
-    message = rf"is not a readable safetensors file \(tensor {re.escape(name)}: F32 \[64, 176\] is 45056 bytes but"
+    shape = r"F32 \[64, 176\] is 45056 bytes but its offsets"
+    message = rf"is not a readable safetensors file \(tensor {re.escape(name)}: {shape}"
     with pytest.raises(VikhrError, match=message):
         adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out")
     _assert_nothing_written(tmp_path, tmp_path / "out")

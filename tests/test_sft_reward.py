@@ -273,7 +273,8 @@ def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: p
     out, _ = capfd.readouterr()
     assert out.strip() == f"{scores}: 5 chats scored" and len(load_scores(scores)) == 5
     assert main([*args, "--no-progress"]) == 0
-    assert capfd.readouterr()[0].strip() == f"{scores}: 0 chats scored"
+    # a second run resumes: nothing left, and it says why
+    assert capfd.readouterr()[0].strip() == f"{scores}: 0 chats scored (5 already in the file)"
     _write_chats(tmp_path / "more.jsonl", 7)
     missing = ["sft", "score", "--input", str(tmp_path / "more.jsonl"), "--model", str(tmp_path / "nope")]
     assert main([*missing, "--scores", str(scores), "--no-progress"]) == 2

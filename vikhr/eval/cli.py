@@ -187,12 +187,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir",
         default=str(DEFAULT_DATA_DIR),
-        help=f"evaluation data directory (default {DEFAULT_DATA_DIR})",
+        help=f"evaluation data directory (default {DEFAULT_DATA_DIR}: $VIKHR_SHARED_DATA/eval when set, "
+        "else ../shared/data/eval)",
     )
     p.add_argument(
         "--tokenizer", help="HF tokenizer directory or SentencePiece .model (default: the model dir)"
     )
-    p.add_argument("--bpc-data", help="JSONL(.gz) text set for bpc (default: the bundled Russian sample)")
+    p.add_argument(
+        "--bpc-data", help="JSONL text set for bpc, plain, .gz or .zst (default: the bundled Russian sample)"
+    )
     p.add_argument("--bpc-field", default="text", help="JSON field holding the text (default 'text')")
     p.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     p.add_argument(
@@ -211,7 +214,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="bootstrap draws for the stderr of MCC (default 1000)",
     )
     p.add_argument(
-        "--seed", type=_seed, default=1234, help="seed of the few-shot sampling, 0 to 2^32-1 (default 1234)"
+        "--seed",
+        type=_seed,
+        default=1234,
+        help="seed of the few-shot sampling (MERA's shots are fixed), 0 to 2^32-1 (default 1234)",
     )
     p.add_argument(
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"

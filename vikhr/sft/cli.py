@@ -105,8 +105,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from vikhr.sft.reward import score_file
+    from vikhr.sft.reward import load_scores, score_file
 
+    before = len(load_scores(args.scores))  # a resumed run scores only the rest
     scored = score_file(
         args.input,
         args.model,
@@ -116,7 +117,8 @@ def _score(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    print(f"{args.scores}: {scored:,} chats scored")
+    kept = f" ({before:,} already in the file)" if before else ""
+    print(f"{args.scores}: {scored:,} chats scored{kept}")
     return 0
 
 
