@@ -217,6 +217,33 @@ def test_mask_is_exactly_the_answers_and_their_end_tokens(
         assert trained == [a + END_TOKEN[template] for a in answers], number
 
 
+@pytest.mark.parametrize("template", ["chatml", "qwen3"])
+def test_mask_holds_answer_whitespace_when_offsets_are_trimmed(template: str, tmp_path: Path) -> None:
+    """A GPT-2 style ByteLevel post-processor with trim_offsets gives whitespace-only tokens empty
+    offsets: an answer's trailing spaces went untrained."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+
+    directory = write_model_tokenizer(tmp_path / "trim", byte_level_bpe("gpt2"), template)
+    hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    hf.post_processor = processors.ByteLevel(trim_offsets=True)
+    hf.save(str(directory / "tokenizer.json"))
+    tok = load_chat_tokenizer(directory, template)
+    answers = ["Привет  ", "  x", "   ", "\n x", "Привет  мир", "да \n"]
+    for answer in answers:
+        messages = parse_chat(
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]}
+        )
+        enc = encode_chat(messages, tok, template)
+        trained = [
+            tok.backend.decode(ids, skip_special_tokens=False)
+            for is_trained, ids in mask_runs(enc.ids, enc.mask)
+            if is_trained
+        ]
+        expected = (EMPTY_THINKING + answer.lstrip("\n")) if template == "qwen3" else answer
+        assert trained == [expected + END_TOKEN[template]], answer
+
+
 def test_bos_follows_the_tokenizer(model_dir: tuple[str, Path], chats: list[list[Message]]) -> None:
     """Qwen names no BOS (bos_token null): chatml starts with <|im_start|>. Llama-3's BOS is
     <|begin_of_text|>, written once, at the start."""

@@ -384,10 +384,23 @@ class _Encoder:
         elif flags:  # template text and an answer in one run: a token is trained if it holds answer text
             trained_chars = [trained for part, trained in self.run for _ in part]
             encoding = self.tok.backend.encode(text, add_special_tokens=False)  # an HF tokenizer here
-            for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            spans = _token_spans(encoding.offsets, len(text))
+            for token, (start, end) in zip(encoding.ids, spans, strict=True):
                 self.out.ids.append(token)
-                self.out.mask.append(int(any(trained_chars[start:end] or trained_chars[start : start + 1])))
+                self.out.mask.append(int(any(trained_chars[start:end])))
         self.run.clear()
+
+
+def _token_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """Each token's characters: its offsets, or where they are empty (a ByteLevel post-processor
+    with trim_offsets gives whitespace tokens none) the gap between its neighbours' characters."""
+    spans = list(offsets)
+    for i, (start, end) in enumerate(offsets):
+        if start == end:
+            before = next((e for s, e in reversed(offsets[:i]) if s != e), 0)
+            after = next((s for s, e in offsets[i + 1 :] if s != e), length)
+            spans[i] = (before, max(before, after))
+    return spans
 
 
 def encode_chat(
