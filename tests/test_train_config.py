@@ -41,6 +41,26 @@ def test_defaults_are_the_papers(tmp_path: Path, dataset: str) -> None:
     assert cfg.kl.direction == "reverse" and cfg.kl.weight == 0.0
 
 
+def test_yaml_merge_keys_may_be_overridden_but_keys_not_repeated(tmp_path: Path, dataset: str) -> None:
+    """`<<: *anchor` brings an anchor's keys in, and keys after it override them (the duplicate-key
+    check refused every merge key); a key written twice by hand is still refused."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "data:\n  seq_len: 64\n  train:\n"
+        f"    - &ru {{prefix: {dataset}, weight: 1.0, name: ru}}\n"
+        "    - {<<: *ru, name: ru2, weight: 0.5}\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(path)
+    assert [(e.prefix, e.weight, e.name) for e in cfg.data.train] == [
+        (dataset, 1.0, "ru"),
+        (dataset, 0.5, "ru2"),
+    ]
+    path.write_text(path.read_text(encoding="utf-8").replace("name: ru2,", "name: ru2, name: ru3,"))
+    with pytest.raises(VikhrError, match=r"duplicate key 'name' \(first at line 5\)"):
+        load_config(path)
+
+
 def test_a_warmup_as_long_as_the_run_is_a_warning(tmp_path: Path, dataset: str) -> None:
     cfg = load_config(_config(tmp_path, dataset, train={"steps": 10}))
     assert doubtful_settings(cfg) == [

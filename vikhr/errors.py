@@ -139,7 +139,8 @@ def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> 
 
 def _unique_keys_loader() -> Any:
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last: a
-    second `train:` section would silently replace the first)."""
+    second `train:` section would silently replace the first). Keys a merge (`<<: *base`) brings
+    in may be given again: that is how a merge is overridden."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -148,6 +149,8 @@ def _unique_keys_loader() -> Any:
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = loader.construct_object(key_node, deep=deep)
             try:
                 if key in first_line:
