@@ -48,8 +48,15 @@ ANSWERS = [
 ]
 
 
-def _reward_model(path: Path, chat_template: str | None = None) -> Path:
-    """A random tiny Llama reward model (num_labels=1) with a small BPE tokenizer trained here."""
+def _reward_model(
+    path: Path,
+    chat_template: str | None = None,
+    seed: int = 0,
+    specials: bool = True,
+    gpt2_positions: int = 0,
+) -> Path:
+    """A random tiny Llama reward model (num_labels=1) with a small BPE tokenizer trained here
+    (`specials`: with BOS/EOS/UNK tokens; `gpt2_positions`: a GPT-2 of that many positions instead)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
@@ -58,12 +65,21 @@ def _reward_model(path: Path, chat_template: str | None = None) -> Path:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
     backend.train_from_iterator(QUESTIONS + ANSWERS + ["User Assistant System"], trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} if specials else {}
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **names)
     if chat_template is not None:
         tok.chat_template = chat_template
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
+    if gpt2_positions:
+        from transformers import GPT2Config, GPT2ForSequenceClassification
+
+        gpt2 = GPT2Config(
+            vocab_size=backend.get_vocab_size(), n_embd=32, n_layer=1, n_head=2, n_positions=gpt2_positions
+        )
+        gpt2.num_labels = 1
+        GPT2ForSequenceClassification(gpt2).save_pretrained(path)
+        tok.save_pretrained(path)
+        return path
     config = LlamaConfig(
         vocab_size=backend.get_vocab_size(),
         hidden_size=32,
@@ -110,8 +126,12 @@ def _messages(i: int) -> list[dict[str, str]]:
 def test_batched_scores_equal_one_by_one_and_repeat(tmp_path: Path, template: str | None) -> None:
     model_dir = _reward_model(tmp_path / "rm", template)
     chats = _write_chats(tmp_path / "chats.jsonl")
-    assert score_file(chats, model_dir, tmp_path / "a.jsonl", batch_size=4, progress=False) == len(QUESTIONS)
-    assert score_file(chats, model_dir, tmp_path / "b.jsonl", batch_size=4, progress=False) == len(QUESTIONS)
+    assert score_file(chats, model_dir, tmp_path / "a.jsonl", batch_size=4, progress=False).scored == len(
+        QUESTIONS
+    )
+    assert score_file(chats, model_dir, tmp_path / "b.jsonl", batch_size=4, progress=False).scored == len(
+        QUESTIONS
+    )
     a, b = load_scores(tmp_path / "a.jsonl"), load_scores(tmp_path / "b.jsonl")
     assert a == b  # deterministic
     model = RewardModel(model_dir, "cpu")
@@ -155,12 +175,12 @@ def test_a_stopped_scoring_run_resumes_without_rescoring(
         return original(self, batch)
 
     monkeypatch.setattr(RewardModel, "score", counting)
-    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False) == len(QUESTIONS) - 6
+    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False).scored == len(QUESTIONS) - 6
     assert sorted(q for batch in scored for q in batch) == sorted(QUESTIONS[6:])
     final, reference = load_scores(resumed), load_scores(full)
     assert final.keys() == reference.keys()
     np.testing.assert_allclose([final[k] for k in reference], list(reference.values()), atol=1e-5)
-    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False) == 0  # nothing left
+    assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False).scored == 0  # nothing left
 
 
 def test_keep_mask_threshold_and_top_fraction() -> None:
@@ -281,6 +301,66 @@ def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: p
     err = capfd.readouterr()[1].strip().splitlines()
     assert len(err) == 1 and "reward model directory not found" in err[0]
     assert len(load_scores(scores)) == 5  # nothing appended
+
+
+def test_a_long_chat_is_scored_on_its_answer(tmp_path: Path, reward_dir: Path) -> None:
+    """Cut on the right, two chats with one long prompt got the same score whatever the answer."""
+    prompt = " ".join(QUESTIONS)
+    chats = tmp_path / "long.jsonl"
+    chats.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": a}]}
+            )
+            + "\n"
+            for a in (ANSWERS[0], ANSWERS[3])
+        ),
+        encoding="utf-8",
+    )
+    run = score_file(chats, reward_dir, tmp_path / "s.jsonl", max_length=24, progress=False)
+    assert (run.scored, run.cut, run.before) == (2, 2, 0)
+    first, second = load_scores(tmp_path / "s.jsonl").values()
+    assert first != second
+
+
+def test_scores_of_another_reward_model_or_max_length_are_refused(tmp_path: Path, reward_dir: Path) -> None:
+    """A scores file is a cache of one model's scores: another model (or max length) resumed it,
+    keeping the first model's scores for every chat already there."""
+    from vikhr.errors import VikhrError
+
+    chats, scores = _write_chats(tmp_path / "chats.jsonl", 3), tmp_path / "scores.jsonl"
+    assert score_file(chats, reward_dir, scores, progress=False).scored == 3
+    other = _reward_model(tmp_path / "other", seed=1)  # same shapes and tokenizer, other weights
+    for model_dir, max_length in ((other, 2048), (reward_dir, 100)):
+        with pytest.raises(
+            VikhrError, match=r"scores\.jsonl:1: a score of another reward model or max length"
+        ):
+            score_file(chats, model_dir, scores, max_length=max_length, progress=False)
+    assert score_file(chats, reward_dir, scores, progress=False).before == 3  # the same: resumed
+
+
+def test_a_tokenizer_with_nothing_to_pad_with_scores_one_chat_at_a_time(tmp_path: Path) -> None:
+    """No pad, EOS or UNK token: transformers refused to pad a batch (a traceback)."""
+    model_dir = _reward_model(tmp_path / "rm", specials=False)
+    chats = _write_chats(tmp_path / "chats.jsonl", 5)
+    assert score_file(chats, model_dir, tmp_path / "s.jsonl", batch_size=4, progress=False).scored == 5
+    model = RewardModel(model_dir, "cpu")
+    one_by_one = [model.score([_messages(i)])[0] for i in range(5)]
+    scores = load_scores(tmp_path / "s.jsonl")
+    np.testing.assert_allclose(
+        [scores[chat_key(_messages(i))] for i in range(5)], one_by_one, rtol=0, atol=1e-6
+    )
+
+
+def test_max_length_is_capped_at_the_models_context(tmp_path: Path) -> None:
+    """A GPT-2 reward model of 32 positions under the default max length of 2048: an IndexError."""
+    model_dir = _reward_model(tmp_path / "rm", gpt2_positions=32)
+    chats = tmp_path / "long.jsonl"
+    long = [{"role": "user", "content": " ".join(QUESTIONS)}, {"role": "assistant", "content": ANSWERS[0]}]
+    chats.write_text(json.dumps({"messages": long}) + "\n", encoding="utf-8")
+    run = score_file(chats, model_dir, tmp_path / "s.jsonl", progress=False)
+    assert (run.scored, run.cut) == (1, 1)
+    assert run.note == "the reward model takes 32 positions: chats are scored on their last 32 tokens"
 
 
 def test_a_chat_template_that_fails_is_one_line(tmp_path: Path) -> None:

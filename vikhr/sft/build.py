@@ -291,7 +291,7 @@ def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progres
 
     r = cfg.reward
     assert r is not None
-    score_file(candidates, r.model, r.scores, r.batch_size, r.device, r.max_length, progress)
+    run = score_file(candidates, r.model, r.scores, r.batch_size, r.device, r.max_length, progress)
     scores = load_scores(r.scores)
     names = [s.name for s in cfg.sources]
     values: dict[str, list[float]] = {n: [] for n in names}
@@ -300,7 +300,14 @@ def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progres
         values[record["source"]].append(scores[chat_key(record["messages"])])
         lines_of[record["source"]].append(line)
     keep = np.zeros(sum(len(v) for v in values.values()), dtype=bool)
-    result: dict[str, Any] = {"model": r.model, "scores": r.scores, "sources": {}}
+    result: dict[str, Any] = {
+        "model": r.model,
+        "scores": r.scores,
+        "scored_now": run.scored,
+        "scored_on_last_tokens": run.cut,  # of those scored now: longer than the max length
+        "max_length_note": run.note,
+        "sources": {},
+    }
     cuts = {}
     for src in cfg.sources:
         threshold, fraction = r.threshold, r.top_fraction

@@ -105,10 +105,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from vikhr.sft.reward import load_scores, score_file
+    from vikhr.sft.reward import score_file
 
-    before = len(load_scores(args.scores))  # a resumed run scores only the rest
-    scored = score_file(
+    run = score_file(
         args.input,
         args.model,
         args.scores,
@@ -117,8 +116,11 @@ def _score(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    kept = f" ({before:,} already in the file)" if before else ""
-    print(f"{args.scores}: {scored:,} chats scored{kept}")
+    if run.note:
+        print(f"note: {run.note}", file=sys.stderr)
+    details = [f"{run.before:,} already in the file"] if run.before else []
+    details += [f"{run.cut:,} longer than the max length, scored on their last tokens"] if run.cut else []
+    print(f"{args.scores}: {run.scored:,} chats scored" + (f" ({'; '.join(details)})" if details else ""))
     return 0
 
 

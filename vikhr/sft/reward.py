@@ -4,12 +4,15 @@ The model is an HF sequence classifier with one output (``AutoModelForSequenceCl
 ``num_labels=1``, safetensors weights). A chat is rendered with its tokenizer's chat template when it
 has one (``apply_chat_template(messages, tokenize=False)``), else as "User: …\\n\\nAssistant: …"
 turns; padding is on the right and the model reads its score at the last real token, so a chat's
-score does not depend on the batch it is in.
+score does not depend on the batch it is in (a tokenizer without a pad, EOS or UNK token scores
+one chat at a time). A chat longer than the max length (capped at the model's context) is scored
+on its last tokens, which hold the answer.
 
-Scores file: JSONL, one ``{"key", "id", "score"}`` a line, appended and flushed after every batch.
-`key` is a hash of the chat's messages, so the scores follow the text, not its line number; a run
-that was stopped resumes with the chats whose key is not in the file (a last line cut short by the
-stop is removed first).
+Scores file: JSONL, one ``{"key", "id", "score", "scorer"}`` a line, appended and flushed after
+every batch. `key` is a hash of the chat's messages, so the scores follow the text, not its line
+number; a run that was stopped resumes with the chats whose key is not in the file (a last line cut
+short by the stop is removed first). `scorer` identifies the reward model (its config, tokenizer
+and samples of its weights) and the max length: a file written by another is refused, not resumed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,9 @@ def chat_key(messages: list[dict[str, str]]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-def load_scores(path: str | Path) -> dict[str, float]:
-    """key → score of a scores file; a last line without its newline (a stopped run) is cut off."""
+def load_scores(path: str | Path, scorer: str | None = None) -> dict[str, float]:
+    """key → score of a scores file; a last line without its newline (a stopped run) is cut off.
+    With `scorer`, every line must come from that scorer (see `reward_scorer`)."""
     p = Path(path)
     if not p.exists():
         return {}
@@ -46,6 +51,12 @@ def load_scores(path: str | Path) -> dict[str, float]:
         key, score = record.get("key"), record.get("score")
         if not isinstance(key, str) or not isinstance(score, (int, float)):
             raise VikhrError(f"{p}:{line_no}: expected {{'key': str, 'score': number}} (a vikhr scores file)")
+        if scorer is not None and record.get("scorer") != scorer:
+            raise VikhrError(
+                f"{p}:{line_no}: a score of another reward model or max length (scorer "
+                f"{record.get('scorer')}, this run's {scorer}): give another scores file, or remove this "
+                "one to score again"
+            )
         scores[key] = float(score)
     return scores
 
@@ -76,6 +87,55 @@ def _check_reward_model_dir(model_dir: str | Path) -> Path:
     return path
 
 
+def _model_context(config: dict[str, Any]) -> int | None:
+    """The positions a model takes, from its config.json (None: it does not say)."""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _sample_digest(path: Path, hasher: Any, chunk: int = 1 << 16) -> None:
+    """Feed `hasher` a file's size and three `chunk`-byte samples (start, middle, end): two
+    fine-tunes of one model share configs and shapes, not weights."""
+    size = path.stat().st_size
+    hasher.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(size // 2 - chunk // 2, 0), max(size - chunk, 0)}):
+            f.seek(offset)
+            hasher.update(f.read(chunk))
+
+
+@dataclass(frozen=True)
+class RewardScorer:
+    """A checked reward model directory, the max length it scores with, and their identity."""
+
+    path: Path
+    max_length: int
+    scorer: str
+    note: str | None  # the max length was lowered to the model's context
+
+
+def reward_scorer(model_dir: str | Path, max_length: int = 2048) -> RewardScorer:
+    """The reward model `model_dir` checked from its files (nothing loaded), `max_length` capped
+    at its context, and the id its scores are written with."""
+    if max_length < 1:
+        raise VikhrError(f"max length (tokens per chat) must be >= 1, got {max_length}")
+    path = _check_reward_model_dir(model_dir)
+    context, note = _model_context(read_json_object(path / "config.json")), None
+    if context is not None and context < max_length:
+        note = f"the reward model takes {context} positions: chats are scored on their last {context} tokens"
+        max_length = context
+    hasher = hashlib.blake2b(f"max_length={max_length}".encode(), digest_size=8)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        if (path / name).is_file():
+            hasher.update(name.encode() + (path / name).read_bytes())
+    for weights in sorted(path.glob("*.safetensors")):
+        _sample_digest(weights, hasher)
+    return RewardScorer(path, max_length, hasher.hexdigest(), note)
+
+
 class RewardModel:
     """An HF reward model (one output) and its tokenizer, scoring batches of chats."""
 
@@ -96,8 +156,10 @@ class RewardModel:
                 "directory holds the tokenizer it was trained with"
             ) from None
         self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token_id is None:
+        self.tokenizer.truncation_side = "left"  # a long chat keeps its answer
+        if self.tokenizer.pad_token_id is None and (self.tokenizer.eos_token or self.tokenizer.unk_token):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.cut = 0  # chats scored on their last max_length tokens
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, dtype=dtype
@@ -117,14 +179,23 @@ class RewardModel:
         return "\n\n".join(f"{ROLE_LABELS[m['role']]}: {m['content']}" for m in messages)
 
     def score(self, chats: list[list[dict[str, str]]]) -> list[float]:
+        texts = [self.render(c) for c in chats]
+        special = not self.tokenizer.chat_template
+        lengths = self.tokenizer(texts, add_special_tokens=special, return_length=True)["length"]
+        self.cut += sum(n > self.max_length for n in lengths)
+        if self.tokenizer.pad_token_id is None:  # nothing to pad with: one chat at a time
+            return [self._score_batch([text], special)[0] for text in texts]
+        return self._score_batch(texts, special)
+
+    def _score_batch(self, texts: list[str], special: bool) -> list[float]:
         import torch
 
         batch = self.tokenizer(
-            [self.render(c) for c in chats],
-            padding=True,
+            texts,
+            padding=len(texts) > 1,
             truncation=True,
             max_length=self.max_length,
-            add_special_tokens=not self.tokenizer.chat_template,
+            add_special_tokens=special,
             return_tensors="pt",
         ).to(self.device)
         with torch.inference_mode():
@@ -146,6 +217,16 @@ def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
         )
 
 
+@dataclass(frozen=True)
+class ScoreRun:
+    """What `score_file` did."""
+
+    scored: int  # chats scored now
+    before: int  # scores the file held already
+    cut: int  # chats scored on their last max-length tokens
+    note: str | None  # the max length was lowered to the model's context
+
+
 def score_file(
     chats_path: str | Path,
     model_dir: str | Path,
@@ -154,15 +235,17 @@ def score_file(
     device: str = "auto",
     max_length: int = 2048,
     progress: bool = True,
-) -> int:
-    """Score every chat of `chats_path` not yet in `scores_path`, appending to it; the number scored."""
+) -> ScoreRun:
+    """Score every chat of `chats_path` not yet in `scores_path`, appending to it."""
     if batch_size < 1:
         raise VikhrError(f"batch size must be >= 1, got {batch_size}")
-    done = load_scores(scores_path)
+    scorer = reward_scorer(model_dir, max_length)
+    done = load_scores(scores_path, scorer.scorer)
+    before = len(done)
     todo_total = sum(1 for _, m in _chats(chats_path) if chat_key(m) not in done)
     if todo_total == 0:
-        return 0
-    model = RewardModel(model_dir, device, max_length)
+        return ScoreRun(0, before, 0, scorer.note)
+    model = RewardModel(scorer.path, device, scorer.max_length)
     Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
     bar: Any = None
     if progress:
@@ -177,7 +260,8 @@ def score_file(
             nonlocal scored
             values = model.score([m for _, _, m in pending])
             out.writelines(
-                json.dumps({"key": k, "id": i, "score": s}, ensure_ascii=False) + "\n"
+                json.dumps({"key": k, "id": i, "score": s, "scorer": scorer.scorer}, ensure_ascii=False)
+                + "\n"
                 for (k, i, _), s in zip(pending, values, strict=True)
             )
             out.flush()  # a stopped run keeps every finished batch
@@ -199,7 +283,7 @@ def score_file(
         os.fsync(out.fileno())
     if bar is not None:
         bar.close()
-    return scored
+    return ScoreRun(scored, before, model.cut, scorer.note)
 
 
 def keep_mask(scores: Any, threshold: float | None, top_fraction: float | None) -> tuple[Any, float]:
