@@ -646,6 +646,24 @@ def test_bad_sft_config_is_one_line_before_allocation(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_blend_of_datasets_from_two_tokenizers_is_refused(
+    rulm: Path, shared_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """Llama-2's tokenizer has Mistral's 32,000 ids, other pieces: the blend trained (exit 0) on
+    two id spaces."""
+    llama = tmp_path / "llama"
+    source = shared_data / "sft" / "rulm-self-instruct.chat.jsonl"
+    prepare_sft(source, shared_data / "tokenizers" / "llama-2.model", llama, max_chats=20)
+    blend = [{"prefix": str(rulm), "name": "a"}, {"prefix": str(llama), "name": "b"}]
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"train": blend})
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config))
+    assert rc == 2
+    [line] = err.strip().splitlines()
+    assert "config key data.train[1].prefix: prepared with tokenizer " in line and "llama-2.model" in line
+    assert "the datasets of one run share one tokenizer" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     for suffix in ("_text_document.bin", "_text_document.idx", "_sft.json"):
         (tmp_path / f"half{suffix}").symlink_to(f"{rulm}{suffix}")

@@ -404,8 +404,9 @@ def test_prepare_and_show_with_llama3_and_qwen_tokenizers(tmp_path: Path) -> Non
 
 
 def test_show_refuses_what_is_not_its_prepared_data(tmp_path: Path) -> None:
-    """Metadata that is not `vikhr sft prepare`'s, a tokenizer other than the recorded one, and a
-    mask dataset of another run are one line each, not a traceback or wrongly decoded text."""
+    """Metadata that is not `vikhr sft prepare`'s, a tokenizer other than the recorded one (given,
+    or replaced at the recorded path), and a mask dataset of another run are one line each, not a
+    traceback or wrongly decoded text."""
     used = write_model_tokenizer(tmp_path / "used", byte_level_bpe("llama3"), "chatml")
     another = write_model_tokenizer(tmp_path / "another", byte_level_bpe("gpt2"), "chatml")
     prefix = tmp_path / "out" / "a"
@@ -428,6 +429,10 @@ def test_show_refuses_what_is_not_its_prepared_data(tmp_path: Path) -> None:
         shutil.copy(f"{other}_mask_document{suffix}", f"{prefix}_mask_document{suffix}")
     with pytest.raises(VikhrError, match="token and mask datasets are not aligned"):
         render_prepared(prefix, 0)
+    # The recorded tokenizer replaced in place by another: its ids decoded to other text (exit 0).
+    shutil.copy(another / "tokenizer.json", used / "tokenizer.json")
+    with pytest.raises(VikhrError, match=r"\(the recorded path\) is not the tokenizer .* was prepared with"):
+        render_prepared(other, 0)
 
 
 def test_llama3_refuses_a_tokenizer_without_its_header_tokens(

@@ -50,8 +50,9 @@ def read_sft_meta(meta_path: Path) -> dict:
     return meta
 
 
-def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> None:
-    """Config-time check (no allocation): the files exist and the token ids fit the model."""
+def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> dict:
+    """Config-time check (no allocation): the files exist and the token ids fit the model; the
+    dataset's `_sft.json`."""
     for path in sft_files(prefix).values():
         if not path.is_file():
             raise VikhrError(f"config key {key}: SFT dataset file not found: {path} (see vikhr sft prepare)")
@@ -64,3 +65,17 @@ def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> None:
             f"config key {key}: the SFT data holds token id {meta['max_token_id']} but the model's "
             f"vocab_size is {vocab_size} (tokenizer {meta.get('tokenizer')})"
         )
+    return meta
+
+
+def check_sft_blend(metas: list[tuple[str, dict]]) -> None:
+    """The datasets of one SFT run (config key, `_sft.json`) share a tokenizer: a blend of two
+    would train one model on two id spaces (their templates may differ)."""
+    first_key, first = metas[0]
+    for key, meta in metas[1:]:
+        if meta.get("tokenizer_sha256") != first.get("tokenizer_sha256"):
+            raise VikhrError(
+                f"config key {key}: prepared with tokenizer {meta.get('tokenizer')} but {first_key} with "
+                f"{first.get('tokenizer')} (their sha256 differ): the datasets of one run share one "
+                "tokenizer (prepare them again with the same --tokenizer)"
+            )

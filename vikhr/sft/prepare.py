@@ -149,10 +149,11 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
     meta = read_sft_meta(files["meta"])
     template = meta.get("template", "mistral")
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
-    if tokenizer is not None and meta.get("tokenizer_sha256") not in (None, corpus_sha256(tok.path)):
+    if meta.get("tokenizer_sha256") not in (None, corpus_sha256(tok.path)):
+        given = f"--tokenizer {tokenizer}" if tokenizer is not None else f"{tok.path} (the recorded path)"
         raise VikhrError(
-            f"--tokenizer {tokenizer} is not the tokenizer {prefix} was prepared with ({meta['tokenizer']}, "
-            "by its sha256): its ids would decode to other text"
+            f"{given} is not the tokenizer {prefix} was prepared with ({meta['tokenizer']}, by its "
+            "sha256): its ids would decode to other text; give that tokenizer with --tokenizer"
         )
     shown = {i: tok.id_to_piece(i) for i in template_token_ids(tok, template).values()}
     shown.update({i: tok.id_to_piece(i) for i in (tok.bos_id, tok.eos_id) if i is not None})

@@ -45,7 +45,7 @@ from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
 from vikhr.runtime.distributed import Device
-from vikhr.sft.layout import Packing, check_sft_dataset
+from vikhr.sft.layout import Packing, check_sft_blend, check_sft_dataset
 
 # numpy's and torch's generators take seeds in [0, 2^32)
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -383,11 +383,11 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
         raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
     if not d.train:
         raise VikhrError("config key data.train is empty: list the datasets as [{prefix: ..., weight: ...}]")
-    names = set()
+    names, metas = set(), []
     for i, entry in enumerate(d.train):
         key = f"data.train[{i}]"
         if check_files and d.kind == "sft":
-            check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)
+            metas.append((f"{key}.prefix", check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)))
         for suffix in (".bin", ".idx") if check_files and d.kind == "pretrain" else ():
             if not Path(entry.prefix + suffix).is_file():
                 hint = _prefix_hint(entry.prefix)
@@ -397,6 +397,8 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
         if entry.name in names:
             raise VikhrError(f"config key {key}.name: duplicate dataset name {entry.name!r}")
         names.add(entry.name)
+    if metas:
+        check_sft_blend(metas)
     try:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
