@@ -91,6 +91,24 @@ def test_reasoning_content_is_kept_in_the_think_form(tmp_path: Path) -> None:
     assert "turn 1: only an assistant message may carry reasoning_content" in str(items[1])
 
 
+def test_records_that_do_not_pair_up_or_rank_from_one_are_unfit(tmp_path: Path) -> None:
+    """Column-form messages with more contents than roles lost the extra text silently; a Nectar
+    rank of 0, below 0 or NaN sorted before rank 1 and chose that answer."""
+    path = tmp_path / "odd.jsonl"
+    columns = {"messages": {"role": ["user", "assistant"], "content": ["2+2?", "4", "лишнее"]}}
+    path.write_text(json.dumps(columns, ensure_ascii=False) + "\n", encoding="utf-8")
+    [(_, item)] = read_chats_of(path, "messages")
+    assert isinstance(item, Unfit) and item.reason == "bad_record" and "2 roles and 3 contents" in str(item)
+    for rank in ("0", "-5", "NaN"):
+        record = (
+            '{"prompt": "\\n\\nHuman: 2+2?\\n\\nAssistant:", "answers": ['
+            f'{{"answer": "5", "model": "a", "rank": {rank}}}, {{"answer": "4", "model": "b", "rank": 1}}]}}'
+        )
+        path.write_text(record + "\n", encoding="utf-8")
+        [(_, item)] = read_chats_of(path, "nectar")
+        assert isinstance(item, Unfit) and "with a rank >= 1" in str(item), rank
+
+
 def test_sharegpt_conversations_of_openhermes_and_veles() -> None:
     path = FORMATS_DIR / "veles.jsonl"
     assert detect_format(path) == "sharegpt"
@@ -389,6 +407,10 @@ def _no_outputs(tmp_path: Path) -> None:
         # A format forced on a file of another: every record unfit (was 0 chats, exit 0).
         ("wrong_format", "source s: no record of"),
         ("no_files", "source s: path lists no file"),
+        # numpy's traceback from the near-duplicate hashing
+        ("bad_seed", "config key seed must be >= 0, got -1"),
+        # an empty mix and its reports, exit 0 (vikhr sft prepare refused it later)
+        ("nothing_kept", "no chat is left to write (not_russian 2): loosen limits"),
     ],
 )
 def test_bad_input_is_one_line_with_status_2(
@@ -405,8 +427,11 @@ def test_bad_input_is_one_line_with_status_2(
         "no_sources": [],
         "wrong_format": [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl"), "format": "alpaca"}],
         "no_files": [{"name": "s", "path": []}],
+        "bad_seed": [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl")}],
+        "nothing_kept": [{"name": "s", "path": str(FORMATS_DIR / "nectar.jsonl"), "min_cyrillic_share": 0.5}],
     }[case]
-    rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources)), "--no-progress")
+    keys = {"seed": -1} if case == "bad_seed" else {}
+    rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources, **keys)), "--no-progress")
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
     _no_outputs(tmp_path)

@@ -86,6 +86,11 @@ class ModelConfig:
                 f"num_attention_heads {self.num_attention_heads} is not divisible by num_kv_heads "
                 f"{self.num_kv_heads}"
             )
+        if self.head_dim % 2:  # rotary embeddings turn the dimensions of a head in pairs
+            raise VikhrError(
+                f"the attention head size {self.head_dim} (kv_channels, or hidden_size / "
+                "num_attention_heads) must be even for rotary position embeddings"
+            )
         misfit = self.tensor_parallel_misfit(tp_size)
         if misfit is not None:
             raise VikhrError(f"tensor parallel size {tp_size} does not divide {misfit[0]} = {misfit[1]}")

@@ -244,6 +244,24 @@ def _progress(enabled: bool, desc: str, total: int | None = None) -> Any:
     return tqdm(desc=desc, unit=" records", total=total)
 
 
+def _check_a_chat_is_kept(a: dict[str, np.ndarray], reports: list[SourceReport]) -> None:
+    """A build that keeps no chat stops with why (it wrote an empty mix, exit 0)."""
+    if (a["status"] == 0).any():
+        return
+    statuses = (KEPT, *CHAT_REASONS)
+    counts: Counter[str] = Counter()
+    for report in reports:  # unfit records; the chats' own reasons are counted in a["status"]
+        counts.update({k: v for k, v in report.dropped.items() if k not in CHAT_REASONS})
+    for code, n in enumerate(np.bincount(a["status"], minlength=len(statuses))):
+        if code and n:
+            counts[statuses[code]] += int(n)
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in counts.most_common()) or "no record"
+    raise VikhrError(
+        f"no chat is left to write ({reasons}): loosen limits, min_cyrillic_share or the dedup "
+        "threshold, or check the sources"
+    )
+
+
 def build(config: str | Path, output: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the build described by `config` (see docs/sft.md); the report (also written beside the output)."""
     cfg = load_build_config(config, output)
@@ -267,6 +285,7 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
         bar.close()
     _mark_duplicates(cfg, a)
     _sample(cfg, a)
+    _check_a_chat_is_kept(a, reports)
     candidates = out_path.with_name(f".{out_path.name}.candidates.tmp{os.getpid()}")
     try:
         with temporary_path(out_path) as tmp:

@@ -87,7 +87,7 @@ class BuildConfig(_Section):
     output: str
     tokenizer: str
     template: Literal[TEMPLATES] = "mistral"  # type: ignore[valid-type]
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, lt=2**32)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     dedup: DedupSection = Field(default_factory=DedupSection)
     reward: RewardSection | None = None

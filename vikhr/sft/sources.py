@@ -210,7 +210,11 @@ def _text(value: Any, what: str) -> str:
 
 def _messages_turns(raw: Any) -> list[tuple[str, str]]:
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
-        raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=False)]
+        if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
+            raise Unfit(
+                "bad_record", f'"messages" has {len(raw["role"])} roles and {len(raw["content"])} contents'
+            )
+        raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=True)]
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
     turns = []
@@ -278,8 +282,11 @@ def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tup
     ranked = []
     for i, a in enumerate(answers, start=1):
         rank = a.get("rank") if isinstance(a, dict) else None
-        if not isinstance(rank, (int, float)) or isinstance(rank, bool):
-            raise Unfit("bad_record", f'answer {i}: expected {{"answer", "rank"}} with a numeric rank')
+        if not isinstance(rank, (int, float)) or isinstance(rank, bool) or not rank >= 1:
+            # ranks count from 1 (the best); 0, negatives and NaN would sort before it
+            raise Unfit(
+                "bad_record", f'answer {i}: expected {{"answer", "rank"}} with a rank >= 1, got {rank!r}'
+            )
         ranked.append((rank, i, _text(a.get("answer"), f'answer {i} "answer"')))
     ranked.sort()
     chosen = ranked[:1] if max_rank is None else [r for r in ranked if r[0] <= max_rank]
