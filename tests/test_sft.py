@@ -664,6 +664,23 @@ def test_a_blend_of_datasets_from_two_tokenizers_is_refused(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_split_that_leaves_training_no_chat_says_so(
+    rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """It said that no train chat had an assistant token, sending one to the chats, not the split."""
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config), "data.split=0.001,100,0")
+    assert rc == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "data.train 'rulm': the train part of data.split '0.001,100,0' gets none of its 806 chats: "
+            "give the train part a larger share"
+        )
+    )
+
+
 def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     for suffix in ("_text_document.bin", "_text_document.idx", "_sft.json"):
         (tmp_path / f"half{suffix}").symlink_to(f"{rulm}{suffix}")

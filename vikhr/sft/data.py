@@ -141,6 +141,11 @@ class PackedSFTDataset(torch.utils.data.Dataset):
 def train_stream(source: SFTSource, train_ids: np.ndarray, n_samples: int, cfg) -> PackedSFTDataset:
     """At least `n_samples` windows: epochs of the train chats, each in its own seeded order."""
     window, usable = cfg.data.seq_len + 1, train_ids[source.loss_tokens[train_ids] > 0]
+    if len(train_ids) == 0:
+        raise VikhrError(
+            f"data.train {source.name!r}: the train part of data.split {cfg.data.split!r} gets none of its "
+            f"{len(source.lengths)} chats: give the train part a larger share"
+        )
     if len(usable) == 0:
         raise VikhrError(f"data.train {source.name!r}: no train chat has an assistant token in seq_len")
     placements, bounds = [], [np.zeros(1, dtype=np.int64)]
