@@ -18,7 +18,7 @@ from tests.conftest import REPO, run_torchrun
 from tests.helpers import FAMILIES, tiny_hf_model
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
-from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf
+from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf, model_config_to_hf_config
 from vikhr.errors import VikhrError
 from vikhr.tokenizer.load import load
 
@@ -292,6 +292,67 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
     with pytest.raises(VikhrError, match="use_sliding_window"):
         hf_config_to_model_config({**qwen, "use_sliding_window": True})
+
+
+def test_configs_transformers_would_run_otherwise_are_refused_or_read_as_it_does() -> None:
+    """Each of these converted (exit 0) into a model whose logits differ from transformers': an
+    activation other than SiLU, a sliding window on Llama (transformers ignores the key), RoPE given
+    twice with different values; a rope_scaling string was a traceback."""
+    llama = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+    }
+    with pytest.raises(VikhrError, match=r"hidden_act 'gelu' is not supported \(only silu\)"):
+        hf_config_to_model_config({**llama, "hidden_act": "gelu"})
+    assert hf_config_to_model_config({**llama, "hidden_act": "swish"}) == hf_config_to_model_config(llama)
+    assert hf_config_to_model_config({**llama, "sliding_window": 16}).sliding_window is None
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    v4 = {**llama, "rope_theta": 500000.0, "rope_scaling": scaling}
+    v5 = {**llama, "rope_parameters": {**scaling, "rope_theta": 500000.0}}
+    assert (
+        hf_config_to_model_config(v4)
+        == hf_config_to_model_config(v5)
+        == hf_config_to_model_config({**v4, **v5})
+    )
+    for twice in (
+        {**llama, "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+        {**v5, "rope_scaling": scaling},  # the legacy form's θ is the default 10000
+        {**v4, "rope_parameters": {"rope_type": "default"}},
+    ):
+        with pytest.raises(VikhrError, match="keep one of the two forms"):
+            hf_config_to_model_config(twice)
+    with pytest.raises(VikhrError, match="rope_scaling must be a mapping or null, got 'linear'"):
+        hf_config_to_model_config({**llama, "rope_scaling": "linear"})
+    with pytest.raises(VikhrError, match="per-layer-type RoPE is not supported"):
+        hf_config_to_model_config({**llama, "rope_parameters": {"full_attention": {"rope_theta": 1e6}}})
+    # Qwen3 with llama3 RoPE: read, and written back as Qwen3 (export refused it).
+    qwen3 = {**v5, "model_type": "qwen3", "head_dim": 16}
+    cfg = hf_config_to_model_config(qwen3)
+    exported = model_config_to_hf_config(cfg)
+    assert exported["model_type"] == "qwen3" and hf_config_to_model_config(exported) == cfg
+
+
+def test_a_model_safetensors_beside_an_index_is_refused(tmp_path: Path) -> None:
+    """transformers loads model.safetensors when both exist, vikhr read the index's shards: two
+    different models under one name (exit 0)."""
+    hf = _tiny_hf(tmp_path / "hf", shards=True)
+    other = _tiny_hf(tmp_path / "other")
+    shutil.copy(other / "model.safetensors", hf / "model.safetensors")
+    with pytest.raises(
+        VikhrError, match=r"holds both model\.safetensors and model\.safetensors\.index\.json"
+    ):
+        hf_to_megatron(hf, tmp_path / "meg")
+    assert not (tmp_path / "meg").exists()
 
 
 @pytest.mark.parametrize(

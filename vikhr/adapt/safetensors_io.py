@@ -273,6 +273,12 @@ def checkpoint_headers(model_dir: Path) -> list[SafetensorsHeader]:
                 "(only safetensors checkpoints are supported)"
             )
         return [read_header(model_dir / "model.safetensors")]
+    if (model_dir / "model.safetensors").is_file():
+        # transformers loads model.safetensors and ignores the index: which weights are meant?
+        raise VikhrError(
+            f"{model_dir} holds both model.safetensors and {INDEX} (transformers would load the former, "
+            "vikhr the shards): remove the one that is left over"
+        )
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

@@ -107,11 +107,15 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         raise VikhrError(
             f"{where}: attention_bias / mlp_bias are not supported (Mistral/Llama/Qwen3 have none)"
         )
+    if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # the SwiGLU MLP of all four families
+        raise VikhrError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
     sliding_window = _positive(hf, "sliding_window", None, where, integer=True, optional=True)
     if family in ("qwen2", "qwen3"):
         if hf.get("use_sliding_window"):
             raise VikhrError(f"{where}: use_sliding_window is not supported for {family} (set it to false)")
         sliding_window = None
+    elif family == "llama":
+        sliding_window = None  # transformers' Llama has no sliding window: the key is ignored there too
     return ModelConfig(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
@@ -149,9 +153,33 @@ def _positive(
 
 def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
     """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4) or
-    `rope_parameters` (transformers 5); plain RoPE and Llama-3.1's "llama3" scaling are known."""
-    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    `rope_parameters` (transformers 5); plain RoPE and Llama-3.1's "llama3" scaling are known.
+    A config giving both forms must give the same RoPE in each (which one transformers follows
+    has changed between its versions)."""
+    forms = []
+    if "rope_theta" in hf or hf.get("rope_scaling") is not None:
+        scaling = hf.get("rope_scaling") or {}
+        if not isinstance(scaling, dict):
+            raise VikhrError(f"{where}: rope_scaling must be a mapping or null, got {scaling!r}")
+        forms.append(("rope_theta / rope_scaling", _rope_form(hf.get("rope_theta"), scaling, where)))
+    params = hf.get("rope_parameters")
+    if params is not None:
+        if not isinstance(params, dict) or (params and all(isinstance(v, dict) for v in params.values())):
+            raise VikhrError(
+                f"{where}: rope_parameters must be one mapping (per-layer-type RoPE is not supported), "
+                f"got {params!r}"
+            )
+        theta = params.get("rope_theta", hf.get("rope_theta"))
+        forms.append(("rope_parameters", _rope_form(theta, params, where)))
+    if len(forms) == 2 and forms[0][1] != forms[1][1]:
+        (a, first), (b, second) = forms
+        raise VikhrError(f"{where}: {a} give {first} but {b} {second}: keep one of the two forms")
+    return forms[-1][1] if forms else {"rope_theta": 10000.0}
+
+
+def _rope_form(theta: Any, rope: dict[str, Any], where: str) -> dict[str, Any]:
+    """The RoPE fields of one form: its θ (10000 when absent) and its scaling."""
+    theta = 10000.0 if theta is None else theta
     _positive({"rope_theta": theta}, "rope_theta", None, where)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in ("default", None):
@@ -177,10 +205,9 @@ def _hf_family(cfg: ModelConfig, template_type: Any) -> str:
     the template's (Llama or Mistral), else Llama for llama3 RoPE and Mistral otherwise (sliding
     windows: Mistral)."""
     if cfg.qk_norm:
-        if cfg.qkv_bias or cfg.sliding_window is not None or cfg.rope_scaling_factor is not None:
+        if cfg.qkv_bias or cfg.sliding_window is not None:
             raise VikhrError(
-                "qk_norm with qkv_bias, a sliding_window or RoPE scaling has no HF architecture here "
-                "(Qwen3 has none of them)"
+                "qk_norm with qkv_bias or a sliding_window has no HF architecture here (Qwen3 has neither)"
             )
         return "qwen3"
     if cfg.qkv_bias:
