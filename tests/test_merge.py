@@ -389,6 +389,34 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     )
 
 
+def test_configs_are_compared_as_the_model_reads_them(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head_dim written in one config and implied in the other is the same model (it was refused);
+    another RoPE base or activation is another model (it was merged with A's config)."""
+    a, b = models["a"], models["b"]
+    cfg = json.loads((b / "config.json").read_text())
+    implied = {k: v for k, v in cfg.items() if k != "head_dim"}
+    for change, error in (
+        (implied, None),
+        (
+            {**implied, "rope_parameters": {**cfg["rope_parameters"], "rope_theta": 1e6}},
+            "differs in rope_theta",
+        ),
+        ({**cfg, "hidden_act": "gelu"}, "differs in hidden_act: 'silu'"),
+    ):
+        other = tmp_path / "b"
+        shutil.rmtree(other, ignore_errors=True)
+        shutil.copytree(b, other)
+        (other / "config.json").write_text(json.dumps(change))
+        out = tmp_path / "out"
+        argv = [str(a), str(other), "--out", str(out), "--t", "0.5", "--overwrite"]
+        if error is None:
+            assert cli_main(["merge", *argv]) == 0
+        else:
+            assert error in _one_line_error(argv, capsys)
+
+
 def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
     models: dict[str, Path], tmp_path: Path
 ) -> None:

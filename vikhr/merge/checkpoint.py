@@ -41,6 +41,11 @@ ARCHITECTURE_KEYS = (
     "head_dim",
     "vocab_size",
     "tie_word_embeddings",
+    "hidden_act",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "sliding_window",
 )
 # Files that define the vocabulary: both models must have the same ones where both have them.
 VOCABULARY_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json")
@@ -73,17 +78,37 @@ def _check_configs(a: Path, b: Path) -> int:
             raise VikhrError(f"{d} has no config.json (give an HF model directory)")
         configs.append(read_json_object(d / "config.json"))
     cfg_a, cfg_b = configs
-    for key in ARCHITECTURE_KEYS:
-        if cfg_a.get(key) != cfg_b.get(key):
+    shapes = _model_shapes(a, b, cfg_a, cfg_b)
+    # A family vikhr runs is compared as it reads (defaults filled in, RoPE, activation and
+    # sliding window included: the merge takes A's config.json); another by its keys as written.
+    pairs = {key: (cfg_a.get(key), cfg_b.get(key)) for key in ("model_type", "architectures")}
+    pairs.update(shapes or {key: (cfg_a.get(key), cfg_b.get(key)) for key in ARCHITECTURE_KEYS})
+    for key, (value_a, value_b) in pairs.items():
+        if value_a != value_b:
             hint = "different vocabularies" if key == "vocab_size" else "different architectures"
             raise VikhrError(
-                f"config.json differs in {key}: {cfg_a.get(key)!r} in {a}, {cfg_b.get(key)!r} in {b} "
+                f"config.json differs in {key}: {value_a!r} in {a}, {value_b!r} in {b} "
                 f"({hint}; merging needs the same architecture and vocabulary)"
             )
     layers = cfg_a.get("num_hidden_layers")
     if not isinstance(layers, int) or layers < 1:
         raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
     return layers
+
+
+def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, tuple]:
+    """(A's, B's) value of each field of vikhr's model config when both configs read as one of
+    its families, else {}."""
+    from dataclasses import asdict
+
+    from vikhr.convert import hf_config_to_model_config
+
+    try:
+        shape_a = asdict(hf_config_to_model_config(cfg_a, str(a / "config.json")))
+        shape_b = asdict(hf_config_to_model_config(cfg_b, str(b / "config.json")))
+    except VikhrError:
+        return {}
+    return {key: (value, shape_b[key]) for key, value in shape_a.items() if key != "init_std"}
 
 
 def _vocabulary_content(path: Path) -> Any:
