@@ -209,6 +209,19 @@ def test_init_log_summary_padding_and_random_init(tmp_path: Path, new_tok: Path)
     assert not torch.allclose(a[EMBED][rand_ids], new_t[EMBED][rand_ids])
 
 
+def test_a_tied_model_storing_its_head_stays_tied_under_random_init(tmp_path: Path, new_tok: Path) -> None:
+    """The stored head drew other random rows than the embedding: the output said tied but was not
+    (transformers untied it; vikhr's convert refused it)."""
+    src = tmp_path / "src"
+    make_checkpoint(src, "llama", tied=True, shard=False)
+    t = tensors_of(src)
+    save_file({**t, LM_HEAD: t[EMBED].clone()}, str(src / "model.safetensors"), metadata={"format": "pt"})
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out", init="random", show_progress=False)
+    out = tensors_of(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
+    assert torch.equal(out[LM_HEAD], out[EMBED])
+
+
 def test_old_tokenizer_json_gives_same_plan_as_model(tmp_path: Path, new_tok: Path) -> None:
     write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path)
     from_model = plan_rows(load_vocabulary(MISTRAL_TOKENIZER), load_vocabulary(new_tok))

@@ -425,11 +425,12 @@ def adapt_vocab(
     padded = _round_up(new.size, pad_to_multiple)
     plan = plan_rows(old, new, init, whitespace, padded, id_map)
 
-    replacements = {
-        name: functools.partial(_adapted_matrix, src, name, plan, seed + (1 if name == LM_HEAD else 0))
-        for name, src in ((EMBED, embed_src), (LM_HEAD, head_src))
-        if src is not None
-    }
+    replacements = {EMBED: functools.partial(_adapted_matrix, embed_src, EMBED, plan, seed)}
+    if head_src is not None:
+        # A tied model that also stores the head keeps it equal to the embedding (random rows
+        # drawn apart would untie it); an untied head draws its own.
+        head = (embed_src, EMBED, seed) if tied else (head_src, LM_HEAD, seed + 1)
+        replacements[LM_HEAD] = functools.partial(_adapted_matrix, head[0], head[1], plan, head[2])
 
     with output_dir(out_dir) as work:
         sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
