@@ -440,6 +440,12 @@ def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(
     ]
     err = _fails(argv, capsys, tmp_path / "o2", "has 32000 tokens", f"vocabulary has {VOCAB}")
     assert str(MISTRAL_TOKENIZER) in err
+    # The same tokenizer inside the HF directory: refused at import (it was recorded, then refused
+    # by the export, after training).
+    shutil.copy2(MISTRAL_TOKENIZER, tmp_path / "hf-small" / "tokenizer.model")
+    with pytest.raises(VikhrError, match=f"has 32000 tokens but the model's vocabulary has {VOCAB}"):
+        hf_to_megatron(tmp_path / "hf-small", tmp_path / "meg-small2")
+    assert not (tmp_path / "meg-small2").exists()
 
 
 def test_sft_run_exports_its_tokenizer_and_chat_template(

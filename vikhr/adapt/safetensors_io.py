@@ -150,7 +150,11 @@ def load_tensor(entry: TensorEntry, path: Path) -> Any:
         data = bytearray(entry.end - entry.start)
         if f.readinto(data) != len(data):
             raise VikhrError(f"{path}: tensor {entry.name} is truncated (file shorter than its header says)")
-    flat = torch.frombuffer(data, dtype=torch_dtype(entry.dtype)) if data else torch.empty(0)
+    try:
+        dtype = torch_dtype(entry.dtype)
+    except VikhrError as e:
+        raise VikhrError(f"{path}: tensor {entry.name}: {e}") from None
+    flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0)
     return flat.reshape(entry.shape)
 
 

@@ -492,6 +492,7 @@ def hf_to_megatron(
     """
     from safetensors.torch import save_file
 
+    from vikhr.convert.hf_tokenizer import load_for_model
     from vikhr.tokenizer.load import TOKENIZER_FILES
 
     if tp_size < 1:
@@ -502,6 +503,9 @@ def hf_to_megatron(
     cfg.validate(tp_size)
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[src])
+    tokenizer = next((src / n for n in TOKENIZER_FILES if (src / n).is_file()), None)
+    if tokenizer is not None:  # recorded for the export, which would refuse it after training
+        load_for_model(src, cfg.vocab_size, f"{src}")
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
@@ -518,7 +522,6 @@ def hf_to_megatron(
         "source": {"format": "hf", "path": str(src), "tied_embeddings": checkpoint.tied},
         "hf_config": hf_cfg,
     }
-    tokenizer = next((src / n for n in TOKENIZER_FILES if (src / n).is_file()), None)
     if tokenizer is not None:
         meta["tokenizer"] = str(tokenizer.resolve())
     with output_dir(out) as tmp:

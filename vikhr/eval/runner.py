@@ -152,7 +152,8 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
         # transformers' config checks (a string or null where a number belongs) end in long tracebacks.
         first = " ".join(str(e).split())[:300]
         raise VikhrError(
-            f"cannot load the model in {settings.model_dir}: {first} (check its config.json)"
+            f"cannot load the model in {settings.model_dir}: {first} (check its config.json and "
+            "generation_config.json)"
         ) from None
 
 
