@@ -259,6 +259,15 @@ def test_a_truncated_compressed_input_is_named_as_damaged(
     assert not list(tmp_path.glob("out*"))
 
 
+def test_compressed_data_under_a_plain_name_is_named(tmp_path: Path, lines: list[str]) -> None:
+    """As the Python reader says it, before any output is written (was "not valid JSON" at line 1)."""
+    hidden = tmp_path / "ru.jsonl"
+    hidden.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(VikhrError, match=r"ru\.jsonl holds gzip-compressed data: name it ru\.jsonl\.gz$"):
+        preprocess([hidden], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+    assert not list(tmp_path.glob("out*"))
+
+
 def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     src = tmp_path / "blank.jsonl"
     src.write_text("\n\n", encoding="utf-8")

@@ -103,6 +103,44 @@ def test_truncated_or_mislabelled_compression_is_one_line(tmp_path: Path, name: 
         assert one_line_error(e).startswith(f"{path}:")
 
 
+def test_suffixes_in_any_case_and_compressed_data_under_a_plain_name(tmp_path: Path) -> None:
+    """`.GZ` and `.zstd` are read as the Rust reader reads them; gzip or zstd data named `.jsonl` was
+    "not UTF-8 ... re-encode it with iconv"."""
+    import zstandard
+
+    data = jsonl_bytes(RECORDS)
+    (tmp_path / "a.jsonl.GZ").write_bytes(gzip.compress(data))
+    (tmp_path / "a.jsonl.zstd").write_bytes(zstandard.ZstdCompressor().compress(data))
+    for name in ("a.jsonl.GZ", "a.jsonl.zstd"):
+        assert [r for _, r in read_jsonl(tmp_path / name)] == RECORDS
+    (tmp_path / "g.jsonl").write_bytes(gzip.compress(data))
+    (tmp_path / "z.jsonl").write_bytes(zstandard.ZstdCompressor().compress(data))
+    for name, what, suffix in (("g.jsonl", "gzip", ".gz"), ("z.jsonl", "zstd", ".zst")):
+        with pytest.raises(VikhrError) as e:
+            list(read_jsonl(tmp_path / name))
+        assert one_line_error(e) == f"{tmp_path / name} holds {what}-compressed data: name it {name}{suffix}"
+
+
+def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) -> None:
+    """NaN (not JSON; the Rust reader refuses it), nesting past Python's recursion limit (a
+    traceback), and lines of non-ASCII white space (skipped here, refused there)."""
+    cases = [
+        (b'{"text": "a", "score": NaN}\n', "not valid JSON (NaN is not a JSON value)"),
+        (
+            b'{"text": "a", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            "not valid JSON (nested too deeply)",
+        ),
+        ("\u00a0\n".encode(), "not valid JSON"),
+    ]
+    for data, message in cases:
+        path = write(tmp_path / "s.jsonl", data)
+        with pytest.raises(VikhrError) as e:
+            list(read_jsonl(path))
+        assert one_line_error(e).startswith(f"{path}:1: {message}")
+    path = write(tmp_path / "ws.jsonl", b' \t\x0c\r\n{"text": "a"}\n')
+    assert list(read_jsonl(path)) == [(2, {"text": "a"})]
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(VikhrError, match="file not found"):
         list(read_jsonl(tmp_path / "nope.jsonl"))

@@ -1,8 +1,10 @@
 """Reading JSONL: the one reader every stage uses, for plain, `.gz` and `.zst` files.
 
-The compression is chosen by the file name's suffix (`.gz`, `.zst`; anything else is plain text).
-Text is UTF-8 (a leading byte-order mark is skipped). Blank lines are skipped. Every problem is one
-VikhrError line naming `path:line`, what is wrong and how to fix it.
+The compression is chosen by the file name's suffix, in any case (`.gz`, `.zst` or `.zstd`;
+anything else is plain text), as the Rust reader chooses it; compressed data under a plain name is
+refused with the suffix to give it. Text is UTF-8 (a leading byte-order mark is skipped). Lines of
+ASCII whitespace are skipped, and JSON is strict (no NaN or Infinity), as in the Rust reader. Every
+problem is one VikhrError line naming `path:line`, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -86,13 +88,40 @@ def _check_file(path: Path) -> None:
         raise VikhrError(f"not a regular file: {path} (give a .jsonl, .jsonl.gz or .jsonl.zst file)")
 
 
+# Compressed data a plain file name hides: (magic bytes, what it is, the suffix to give the file).
+_MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"))
+
+
+def _compression(path: Path) -> str:
+    """ "gz", "zst" or "" (plain) for `path`, by its suffix in any case."""
+    suffix = path.suffix.lower()
+    return "gz" if suffix == ".gz" else "zst" if suffix in (".zst", ".zstd") else ""
+
+
+def check_compression_name(path: Path) -> None:
+    """VikhrError when a regular file named as plain text holds gzip or zstd data (it would be read
+    as bytes of text: "not UTF-8" or "not valid JSON" on its first line)."""
+    if _compression(path) or not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # opening it for real names the problem
+    for magic, what, suffix in _MAGIC:
+        if head.startswith(magic):
+            raise VikhrError(f"{path} holds {what}-compressed data: name it {path.name}{suffix}")
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     """`path` opened for reading bytes, decompressed by its suffix."""
     _check_file(path)
+    check_compression_name(path)
     try:
-        if path.suffix == ".gz":
+        kind = _compression(path)
+        if kind == "gz":
             return gzip.open(path, "rb")  # type: ignore[return-value]
-        if path.suffix == ".zst":
+        if kind == "zst":
             return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 16)
         return open(path, "rb")
     except OSError as e:
@@ -104,7 +133,7 @@ def _not_utf8(where: str, e: UnicodeDecodeError) -> VikhrError:
 
 
 def _damaged(where: str, path: Path, e: Exception) -> VikhrError:
-    kind = {".gz": "gzip", ".zst": "zstd"}.get(path.suffix, "")
+    kind = {"gz": "gzip", "zst": "zstd"}.get(_compression(path), "")
     return VikhrError(
         f"{where}: cannot read {kind} data ({e}); the file is truncated, damaged or not {kind}-compressed"
     )
@@ -183,19 +212,30 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst)."""
     p = Path(path)
     for line_no, line in _lines(p):
-        if not line.strip():
+        if not line.strip(_ASCII_WHITESPACE):
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_not_json_constant)
         except json.JSONDecodeError as e:
             raise VikhrError(
                 f"{p}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); expected one object per line"
             ) from e
+        except (ValueError, RecursionError) as e:
+            why = str(e) if isinstance(e, ValueError) else "nested too deeply"
+            raise VikhrError(f"{p}:{line_no}: not valid JSON ({why}); expected one object per line") from None
         if not isinstance(record, dict):
             raise VikhrError(f"{p}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
         if ("\\ud" in line or "\\uD" in line) and _SURROGATE_ESCAPE.search(line):  # substring test: fast
             _refuse_lone_surrogates(record, f"{p}:{line_no}")
         yield line_no, record
+
+
+# What the Rust reader (and JSON) counts as white space around a line.
+_ASCII_WHITESPACE = " \t\n\x0c\r"
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 # A \uD800-\uDFFF escape: half of a UTF-16 pair, which json.loads turns into a lone surrogate

@@ -14,6 +14,7 @@ from typing import Any
 
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.jsonl import check_compression_name
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
@@ -81,6 +82,8 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 why = "is a directory (give its files, e.g. 'dir/*.jsonl')" if path.is_dir() else "not found"
                 raise VikhrError(f"input file {p} {why} (check --input)")
             files.append(path)
+    for path in files:
+        check_compression_name(path)
     if not files:
         raise VikhrError("no input files (give --input)")
     # Overlapping globs (data/*.jsonl data/ru*.jsonl) repeat a file without a word: say so, but
