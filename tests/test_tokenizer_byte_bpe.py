@@ -182,6 +182,16 @@ def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["tekken_check"]["lines_checked"] > 1500
     assert load(out).piece_to_id("[IMG]") == 10
+    # --verify-texts checks the file's own lines (its held-out part, which a small file may lack,
+    # left only the built-in edge cases checked).
+    from vikhr.tokenizer.tekken import EDGE_CASES
+
+    five = tmp_path / "five.jsonl"
+    five.write_text("".join(json.dumps({"text": f"Строка номер {i}."}) + "\n" for i in range(5)))
+    argv = ["tokenizer", "import-tekken", str(src), str(tmp_path / "t5"), "--verify-texts", str(five)]
+    assert cli_main(argv) == 0
+    checked = json.loads((tmp_path / "t5" / "manifest.json").read_text(encoding="utf-8"))["tekken_check"]
+    assert checked["lines_checked"] == len(EDGE_CASES) + 5
     capsys.readouterr()
     assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -205,6 +215,63 @@ def test_tekken_file_is_refused_with_the_import_command(tmp_path: Path) -> None:
     with pytest.raises(VikhrError, match="import-tekken"):
         train_tokenizer([RU_SAMPLE], tmp_path / "o", TrainSettings(mode="extend", base_model=str(src)))
     assert not (tmp_path / "o").exists()
+
+
+def _damage(spec: dict, damage: str) -> None:
+    vocab, config = spec["vocab"], spec["config"]
+    if damage == "rank twice":
+        vocab[300]["rank"] = 299
+    elif damage == "bytes twice":
+        vocab[301]["token_bytes"] = vocab[300]["token_bytes"]
+    elif damage == "bytes out of order":
+        vocab[:256] = list(reversed(vocab[:256]))
+        for i, entry in enumerate(vocab[:256]):
+            entry["rank"] = i
+    elif damage == "rank as text":
+        vocab[5]["rank"] = "5"
+    elif damage == "no vocab":
+        vocab.clear()
+    elif damage == "vocab size too large":
+        config["default_vocab_size"] = 999_999
+    elif damage == "too few specials":
+        config["default_num_special_tokens"] = 2
+    elif damage == "bad pattern":
+        config["pattern"] = "[unclosed"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("rank twice", "vocab entry 300 has rank 299: the ranks must be 0, 1, 2, ... in order"),
+        ("bytes twice", "vocab entry 301 repeats the bytes"),
+        ("bytes out of order", "vocab entry 0 is b'\\xff': the first 256 entries must be the single bytes"),
+        ("rank as text", "vocab entry 5 has rank '5'"),
+        ("no vocab", "special_tokens is 3000: it must be from 256 (the bytes) to the 0 vocab entries"),
+        ("vocab size too large", "it must be from 256 (the bytes) to the 3000 vocab entries"),
+        ("too few specials", "config.default_num_special_tokens 2 is below the 3 special tokens"),
+        ("bad pattern", "is not a valid tekken file (Oniguruma error"),
+    ],
+)
+def test_a_damaged_tekken_file_is_one_line_even_without_the_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, message: str
+) -> None:
+    """Each of these ended in mistral-common's AssertionError (a traceback), or with --no-verify was
+    imported: a vocabulary with holes, text encoded as nothing."""
+    spec = json.loads(tekken_file("tekken_240911.json").read_text(encoding="utf-8"))
+    del spec["vocab"][3000:]
+    spec["config"]["default_vocab_size"] = 3000 + spec["config"]["default_num_special_tokens"]
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(spec), encoding="utf-8")
+    assert cli_main(["tokenizer", "import-tekken", str(small), str(tmp_path / "ok"), "--no-verify"]) == 0
+    _damage(spec, damage)
+    small.write_text(json.dumps(spec), encoding="utf-8")
+    capsys.readouterr()
+    for extra in ([], ["--no-verify"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert cli_main(["tokenizer", "import-tekken", str(small), str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not out.exists()
 
 
 # ---------------------------------------------------------------- extend

@@ -49,6 +49,60 @@ def is_tekken(spec: Any) -> bool:
     )
 
 
+def tekken_problem(spec: dict[str, Any]) -> str | None:
+    """What makes a parsed tekken file unusable (the rules mistral-common's Tekkenizer asserts), or
+    None: checked before converting, so that a damaged file is not imported with --no-verify."""
+    config, vocab = spec["config"], spec["vocab"]
+    numbers = {}
+    for key in ("default_vocab_size", "default_num_special_tokens"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"config.{key} must be a whole number >= 0, got {value!r}"
+        numbers[key] = value
+    if not isinstance(config.get("pattern"), str):
+        return f"config.pattern must be a regular expression string, got {config.get('pattern')!r}"
+    specials = spec.get("special_tokens") or []
+    names = (
+        [t.get("token_str") for t in specials if isinstance(t, dict)] if isinstance(specials, list) else []
+    )
+    if len(names) != len(specials) or len(set(names)) != len(names):
+        return 'special_tokens must be a list of {"rank", "token_str", ...} with distinct token_str'
+    if numbers["default_num_special_tokens"] < max(len(specials), 3):
+        return (
+            f"config.default_num_special_tokens {numbers['default_num_special_tokens']} is below the "
+            f"{max(len(specials), 3)} special tokens it must hold"
+        )
+    inner = numbers["default_vocab_size"] - numbers["default_num_special_tokens"]
+    if not 256 <= inner <= len(vocab):
+        return (
+            f"config.default_vocab_size minus default_num_special_tokens is {inner}: it must be from 256 "
+            f"(the bytes) to the {len(vocab)} vocab entries"
+        )
+    return _vocab_problem(vocab[:inner])
+
+
+def _vocab_problem(vocab: list[Any]) -> str | None:
+    """Ranks 0, 1, 2, ... in order, the 256 single bytes first, no byte string twice."""
+    import base64
+    import binascii
+
+    seen: set[bytes] = set()
+    for i, entry in enumerate(vocab):
+        rank = entry.get("rank") if isinstance(entry, dict) else None
+        if isinstance(rank, bool) or rank != i:
+            return f"vocab entry {i} has rank {rank!r}: the ranks must be 0, 1, 2, ... in order"
+        try:
+            piece = base64.b64decode(entry["token_bytes"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return f"vocab entry {i} has no base64 token_bytes"
+        if i < 256 and piece != bytes([i]):
+            return f"vocab entry {i} is {piece!r}: the first 256 entries must be the single bytes 0-255"
+        if piece in seen:
+            return f"vocab entry {i} repeats the bytes {piece!r} of an earlier entry"
+        seen.add(piece)
+    return None
+
+
 def is_tekken_file(path: str | os.PathLike[str]) -> bool:
     """True if `path` is a tekken file (reads and parses it: call it on error paths only)."""
     try:
@@ -88,7 +142,14 @@ def convert_tekken(path: str | os.PathLike[str]) -> Any:
         raise VikhrError(f"{path} is not valid JSON ({e}; a truncated download?)") from None
     if not is_tekken(spec):
         raise VikhrError(f"{path} is not a Mistral tekken file (expected top-level 'config' and 'vocab')")
-    tok = _converter(path).converted()
+    problem = tekken_problem(spec)
+    if problem is not None:
+        raise VikhrError(f"{path} is not a valid tekken file: {problem}")
+    converter = _converter(path)
+    try:
+        tok = converter.converted()
+    except Exception as e:  # tokenizers raises a plain Exception for a pattern Oniguruma refuses
+        raise VikhrError(f"{path} is not a valid tekken file ({' '.join(str(e).split())[:200]})") from None
     bos_id = tok.token_to_id(BOS)
     if bos_id is None or tok.token_to_id(EOS) is None:
         raise VikhrError(
@@ -133,10 +194,13 @@ def _verify_lines(verify_texts: list[Path] | None, lines_per_file: int) -> list[
     from vikhr.assets import EN_SAMPLE, RU_SAMPLE
     from vikhr.tokenizer.corpus import iter_lines
 
+    # The user's texts are checked whole (no tokenizer trained on them: a held-out part of a small
+    # file may hold no line); the bundled samples on the documents training leaves out.
     files = verify_texts if verify_texts else [RU_SAMPLE, EN_SAMPLE]
+    split = "all" if verify_texts else "heldout"
     lines = list(EDGE_CASES)
     for f in files:
-        lines += list(iter_lines(f, split="heldout"))[:lines_per_file]
+        lines += list(iter_lines(f, split=split))[:lines_per_file]
     return lines
 
 
@@ -150,7 +214,13 @@ def verify_against_tekkenizer(tekken_path: Path, tokenizer_json: Path, lines: li
         ) from None
     from tokenizers import Tokenizer
 
-    reference = Tekkenizer.from_file(str(tekken_path))
+    try:
+        reference = Tekkenizer.from_file(str(tekken_path))
+    except (AssertionError, ValueError, KeyError, TypeError) as e:  # its checks are bare asserts
+        detail = " ".join(f"{type(e).__name__} {e}".split())[:200]
+        raise VikhrError(
+            f"mistral-common refuses {tekken_path} ({detail}); check the file, or pass --no-verify"
+        ) from None
     ours = Tokenizer.from_file(str(tokenizer_json))
     ours.encode_special_tokens = True  # "<s>" typed in a text is text, as for Tekkenizer (and vikhr's load)
     got = [e.ids for e in ours.encode_batch(lines, add_special_tokens=False)]
