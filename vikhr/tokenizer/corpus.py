@@ -1,13 +1,17 @@
 """Reading JSONL corpora (plain, .gz, .zst: vikhr.jsonl) with a deterministic train / held-out split.
 
-A document belongs to the held-out split when a hash of its id (or, without an id, of its
-position and file name) falls into the lowest `heldout_percent` buckets. The split depends only
-on the id, so it is the same for every tool (training, `compare`, benchmarks) and every run.
+A document belongs to the held-out split when a hash of its id (or, without an id, of its line
+number) falls into the lowest `heldout_percent` buckets. The split depends only on the id, so it is
+the same for every tool (training, `compare`, benchmarks), every run and every copy of a file
+(renamed or compressed). Documents that share an id share their split: a file whose ids repeat
+gets a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +58,35 @@ def iter_documents(
     Raises VikhrError (with file and line number) on bad UTF-8, malformed JSON or a missing text key.
     """
     path = require_file(path, "corpus file")
+    first_line_of: dict[str, int] = {}
     for line_no, rec in read_jsonl(path):
         if not isinstance(rec.get(text_key), str):
             raise VikhrError(
                 f"{path}:{line_no}: no string field '{text_key}' (choose the field with --text-key)"
             )
-        doc_id = str(rec.get("id", f"{path.name}#{line_no}"))
+        doc_id = str(rec["id"]) if "id" in rec else f"#{line_no}"
+        if len(first_line_of) < _IDS_WATCHED and "id" in rec:
+            _watch_id(path, doc_id, line_no, first_line_of)
         if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
             continue
         yield Document(doc_id, rec[text_key])
+
+
+# How many ids of a file are remembered to notice a repeat (memory stays small on large corpora).
+_IDS_WATCHED = 100_000
+_warned_repeated_ids: set[str] = set()
+
+
+def _watch_id(path: Path, doc_id: str, line_no: int, first_line_of: dict[str, int]) -> None:
+    """Warn (once per file and process) when an id repeats: its documents share one split."""
+    first = first_line_of.setdefault(doc_id, line_no)
+    if first != line_no and str(path) not in _warned_repeated_ids:
+        _warned_repeated_ids.add(str(path))
+        print(
+            f"warning: {path}:{line_no}: id {doc_id!r} is also the id of line {first}; documents that "
+            "share an id share their train/held-out split (give each document its own id)",
+            file=sys.stderr,
+        )
 
 
 def iter_lines(
@@ -82,31 +106,47 @@ def iter_lines(
         for line in doc.text.split("\n"):
             if not line.strip():
                 continue
+            if max_chars is not None and total + len(line) > max_chars:
+                line = _cut_at_space(line, max_chars - total)  # one huge paragraph: the budget's worth
             yield line
             total += len(line)
             if max_chars is not None and total >= max_chars:
                 return
 
 
-def split_long_line(line: str, max_bytes: int) -> list[str]:
-    """Cut `line` at spaces into pieces of at most `max_bytes` UTF-8 bytes (SentencePiece skips longer)."""
+def _cut_at_space(line: str, chars: int) -> str:
+    """The first `chars` characters of `line`, back to its last white space when it has one."""
+    head = line[: max(chars, 1)]
+    return head if len(head) == len(line) else (head.rsplit(None, 1)[0] or head)
+
+
+# A word with the white space after it (any white space: NBSP-separated text has no ASCII spaces).
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+def split_long_line(line: str, max_bytes: int) -> tuple[list[str], int]:
+    """Cut `line` at white space into pieces of at most `max_bytes` UTF-8 bytes (SentencePiece skips
+    longer ones); the pieces and the characters of words longer than that, which are dropped (base64,
+    tables; and text without spaces, e.g. Chinese, whose paragraphs are one such "word")."""
     if len(line.encode("utf-8")) <= max_bytes:
-        return [line]
+        return [line], 0
     out: list[str] = []
     cur: list[str] = []
-    size = 0
-    for word in line.split(" "):
-        wsize = len(word.encode("utf-8")) + 1
+    size = dropped = 0
+    for match in _WORD.finditer(line):
+        word = match.group()
+        wsize = len(word.encode("utf-8"))
         if cur and size + wsize > max_bytes:
-            out.append(" ".join(cur))
+            out.append("".join(cur).rstrip())
             cur, size = [], 0
-        if wsize > max_bytes:  # a single giant "word" (base64, tables): drop it, it teaches nothing
+        if len(word.rstrip().encode("utf-8")) > max_bytes:
+            dropped += len(word.rstrip())
             continue
         cur.append(word)
         size += wsize
-    if cur:
-        out.append(" ".join(cur))
-    return out
+    if cur and "".join(cur).strip():
+        out.append("".join(cur).rstrip())
+    return [piece for piece in out if piece.strip()], dropped
 
 
 def corpus_sha256(path: str | Path) -> str:
@@ -167,20 +207,40 @@ def write_training_text(
                 for doc in iter_documents(path, text_key, "train", heldout_percent):
                     total += len(doc.text)
             rate = 1.0 if not budget or total <= budget else budget / total
-            kept_chars = kept_lines = 0
+            kept_chars = kept_lines = dropped_chars = 0
             for doc in iter_documents(path, text_key, "train", heldout_percent):
                 for i, para in enumerate(doc.text.split("\n")):
                     para = para.strip("\r")
-                    if not para.strip() or not keep_sampled(f"{doc.doc_id}#{i}", rate):
+                    if not para.strip():
                         continue
-                    if callable(line_filter) and not line_filter(para):
-                        continue
-                    for piece in split_long_line(para, max_line_bytes):
+                    pieces, dropped = split_long_line(para, max_line_bytes)
+                    # Each piece is sampled on its own: a long paragraph is not all-or-nothing.
+                    for j, piece in enumerate(pieces):
+                        key = f"{doc.doc_id}#{i}" if j == 0 else f"{doc.doc_id}#{i}.{j}"
+                        if not keep_sampled(key, rate) or (callable(line_filter) and not line_filter(piece)):
+                            continue
                         out.write(piece + "\n")
                         kept_chars += len(piece)
                         kept_lines += 1
-            stats[str(path)] = {"sample_rate": rate, "chars": kept_chars, "lines": kept_lines}
+                    dropped_chars += round(dropped * rate)
+            stats[str(path)] = {
+                "sample_rate": rate,
+                "chars": kept_chars,
+                "lines": kept_lines,
+                "dropped_chars": dropped_chars,
+            }
+            _warn_dropped(path, kept_chars, dropped_chars, max_line_bytes)
     return stats
+
+
+def _warn_dropped(path: Path, kept: int, dropped: int, max_line_bytes: int) -> None:
+    if dropped > 0.01 * (kept + dropped):
+        print(
+            f"warning: {path}: {dropped:,} of {kept + dropped:,} sampled characters are in runs without "
+            f"white space longer than {max_line_bytes} bytes, left out of training (text without "
+            "spaces, base64, tables)",
+            file=sys.stderr,
+        )
 
 
 def write_training_sample(
