@@ -130,6 +130,11 @@ def test_alpaca_input_follows_the_instruction_after_a_blank_line() -> None:
         ("assistant", "The cat is sleeping on the sofa."),
     )
     assert chats[1].messages[0] == ("user", "Назови три основных цвета.")  # empty input: no blank line
+    # An empty instruction: the input alone (it began with a blank line).
+    from vikhr.sft.sources import record_chats
+
+    [chat] = record_chats({"instruction": "", "input": " Кошка спит. ", "output": "Да."}, "alpaca", "x:1")
+    assert chat.messages[0] == ("user", "Кошка спит.")
 
 
 def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:

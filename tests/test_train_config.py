@@ -164,6 +164,10 @@ def test_a_yes_no_value_is_not_a_number(tmp_path: Path, dataset: str, override: 
 def test_dataset_weight_must_be_finite(tmp_path: Path, dataset: str) -> None:
     with pytest.raises(VikhrError, match=r"config key data.train\[0\].weight must be a finite number"):
         load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {dataset}, weight: .inf}}]"])
+    entry = f"{{prefix: {dataset}, weight: 1e308, name: NAME}}"
+    huge = f"data.train=[{entry.replace('NAME', 'a')}, {entry.replace('NAME', 'b')}]"
+    with pytest.raises(VikhrError, match="the weights sum to infinity"):
+        load_config(_config(tmp_path, dataset), [huge])
 
 
 def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> None:

@@ -7,7 +7,8 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   (``{"messages": {"role": [...], "content": [...]}}``) is read too.
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
 * ``alpaca`` (ruFLAN, rulm self-instruct): ``{"instruction", "input", "output"}``; the input, stripped
-  of surrounding whitespace, follows the instruction after a blank line when it is not empty. The
+  of surrounding whitespace, follows the instruction after a blank line when it is not empty (and
+  stands alone when the instruction is). The
   self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
   chat per instance.
 * ``nectar``: ``{"prompt": "\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:",
@@ -242,6 +243,8 @@ def _sharegpt_turns(raw: Any) -> list[tuple[str, str]]:
 
 def _alpaca_prompt(instruction: str, given: Any) -> str:
     given = "" if given is None else _text(given, '"input"').strip()
+    if not instruction.strip():  # the input alone, not after an empty line
+        return given or instruction
     return f"{instruction}\n\n{given}" if given else instruction
 
 

@@ -383,6 +383,8 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
         raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
     if not d.train:
         raise VikhrError("config key data.train is empty: list the datasets as [{prefix: ..., weight: ...}]")
+    if not math.isfinite(sum(e.weight for e in d.train)):  # each finite, the sum overflowed: equal shares
+        raise VikhrError("config key data.train: the weights sum to infinity (give them in a smaller unit)")
     names, metas = set(), []
     for i, entry in enumerate(d.train):
         key = f"data.train[{i}]"
