@@ -139,6 +139,10 @@ def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) ->
         assert one_line_error(e).startswith(f"{path}:1: {message}")
     path = write(tmp_path / "ws.jsonl", b' \t\x0c\r\n{"text": "a"}\n')
     assert list(read_jsonl(path)) == [(2, {"text": "a"})]
+    # vikhr's own files (metrics, scores) are written by json.dumps, which writes NaN
+    path = write(tmp_path / "metrics.jsonl", b'{"loss": NaN}\n')
+    [(_, row)] = read_jsonl(path, allow_nan=True)
+    assert row["loss"] != row["loss"]
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -208,14 +208,17 @@ def drop_partial_last_line(path: str | os.PathLike[str]) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst)."""
+def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst).
+
+    `allow_nan`: take Python's NaN/Infinity (files vikhr writes itself with json.dumps: metrics,
+    scores), which input corpora may not hold (the Rust reader refuses them)."""
     p = Path(path)
     for line_no, line in _lines(p):
         if not line.strip(_ASCII_WHITESPACE):
             continue
         try:
-            record = json.loads(line, parse_constant=_not_json_constant)
+            record = json.loads(line) if allow_nan else json.loads(line, parse_constant=_not_json_constant)
         except json.JSONDecodeError as e:
             raise VikhrError(
                 f"{p}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); expected one object per line"

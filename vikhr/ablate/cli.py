@@ -7,9 +7,10 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.ablate.config import load_ablate_config
+    from vikhr.ablate.config import check_device_here, load_ablate_config
 
     cfg = load_ablate_config(args.config)  # everything checked before the first stage runs
+    check_device_here(cfg, args.config)
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import run_ablation
 

@@ -225,9 +225,9 @@ def trainer_config(
     )
 
 
-def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
-    """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
-    numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
+def check_device_here(cfg: AblateConfig, path: str | Path) -> None:
+    """A grid for CUDA run where torch sees none stops before its first stage (a config is still
+    validated anywhere: the check belongs to the run, not to the file)."""
     if cfg.train.device == "cuda":
         import torch
 
@@ -236,6 +236,11 @@ def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
                 f"{path}: config key train.device is cuda, but torch sees no CUDA device here "
                 "(set train.device: cpu)"
             )
+
+
+def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
+    """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
+    numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
     runs = [(cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
         (cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds

@@ -47,7 +47,7 @@ def load_scores(path: str | Path, scorer: str | None = None) -> dict[str, float]
         return {}
     drop_partial_last_line(p)
     scores = {}
-    for line_no, record in read_jsonl(p):
+    for line_no, record in read_jsonl(p, allow_nan=True):  # written by json.dumps
         key, score = record.get("key"), record.get("score")
         if not isinstance(key, str) or not isinstance(score, (int, float)):
             raise VikhrError(f"{p}:{line_no}: expected {{'key': str, 'score': number}} (a vikhr scores file)")

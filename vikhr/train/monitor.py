@@ -105,7 +105,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, di
     resumed run rewrites the steps after its checkpoint)."""
     train: dict[int, dict[str, Any]] = {}
     valid: dict[int, dict[str, Any]] = {}
-    for _, row in read_jsonl(run_dir / "metrics.jsonl"):
+    for _, row in read_jsonl(run_dir / "metrics.jsonl", allow_nan=True):  # a skipped step's loss is NaN
         (train if row["kind"] == "train" else valid)[row["step"]] = row
     return train, valid
 
