@@ -786,3 +786,57 @@ def test_submission_without_mera_tasks_is_refused(tiny_lm: Any, tiny_dir: Path, 
             lm=tiny_lm,
         )
     assert not (tmp_path / "s.zip").exists()
+
+
+def _rewrite(src: Path, dst: Path, change: Any) -> Path:
+    records = [r for _, r in read_jsonl(src)]
+    change(records)
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return dst
+
+
+def test_nested_tasks_group_by_place_and_refuse_what_they_cannot_score(tmp_path: Path) -> None:
+    """MuSeRC's exact match grouped options by their ids: a repeated or missing question idx merged
+    two questions (a lower score, exit 0). RuCoS entity spans outside the passage became empty or
+    wrong candidates; a passage without entities, or files whose passages give no document, were
+    tracebacks; `--limit` read that many passages, not documents."""
+    muserc = RSG / "MuSeRC" / "val.jsonl"
+    keys = [d["question_key"] for d in _muserc_rows(muserc)]
+
+    def same_idx(records: list) -> None:
+        for q in records[0]["passage"]["questions"]:
+            q["idx"] = 0
+
+    def no_idx(records: list) -> None:
+        for r in records:
+            for q in r["passage"]["questions"]:
+                q.pop("idx", None)
+
+    for change in (same_idx, no_idx):
+        assert [
+            d["question_key"] for d in _muserc_rows(_rewrite(muserc, tmp_path / "m.jsonl", change))
+        ] == keys
+
+    def no_questions_first(records: list) -> None:
+        records[0]["passage"]["questions"] = []
+
+    rows = _muserc_rows(_rewrite(muserc, tmp_path / "m.jsonl", no_questions_first), limit=3)
+    assert len(rows) == 3  # filled from the later passages
+    with pytest.raises(VikhrError, match="no passage has a question with answer options"):
+        _muserc_rows(
+            _rewrite(muserc, tmp_path / "m.jsonl", lambda rs: [r["passage"].update(questions=[]) for r in rs])
+        )
+
+    rucos = RSG / "RuCoS" / "val.jsonl"
+    for spans, message in (
+        ([], "has no entities to choose from"),
+        ([{"start": 5000, "end": 5010}], "has an entity span 5000-5010 outside its"),
+        ([{"start": -10, "end": -2}], "has an entity span -10--2 outside its"),
+    ):
+        damaged = _rewrite(
+            rucos, tmp_path / "r.jsonl", lambda rs, s=spans: rs[0]["passage"].update(entities=s)
+        )
+        with pytest.raises(VikhrError, match=message):
+            _rucos_rows(damaged)
+    with pytest.raises(VikhrError, match="no passage has a query"):
+        _rucos_rows(_rewrite(rucos, tmp_path / "r.jsonl", lambda rs: [r.update(qas=[]) for r in rs]))

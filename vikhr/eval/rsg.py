@@ -401,14 +401,14 @@ def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> lis
 
 
 def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
-    """One document per (passage, question, answer option); `limit` counts options, in file order."""
+    """One document per (passage, question, answer option); `limit` counts options, in file order.
+    Exact match groups a question's options by their place in the file (ids may repeat or lack)."""
     out: list[dict[str, Any]] = []
-    # Every passage has at least one option: `limit` passages are enough.
-    for r in _records(path, ("passage",), limit, "MuSeRC", hide):
+    for p_no, r in enumerate(_records(path, ("passage",), None, "MuSeRC", hide)):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
-        for q in passage["questions"]:
+        for q_no, q in enumerate(passage["questions"]):
             for a in q["answers"]:
                 if limit is not None and len(out) >= limit:
                     return out
@@ -417,7 +417,7 @@ def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> li
                         "passage": passage["text"].strip(),
                         "question": q["question"].strip(),
                         "answer": a["text"].strip(),
-                        "question_key": f"{r.get('idx')}/{q.get('idx')}",
+                        "question_key": f"{p_no}/{q_no}",
                         "label": _gold(path, a, {0: 0, 1: 1}, hide),
                         # The submission nests answers by question and passage.
                         "idx": [r["idx"], q["idx"], a["idx"]]
@@ -425,6 +425,8 @@ def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> li
                         else [r.get("idx"), q.get("idx"), a.get("idx")],
                     }
                 )
+    if not out:
+        raise VikhrError(f"{path}: no passage has a question with answer options (MuSeRC layout)")
     return out
 
 
@@ -471,8 +473,7 @@ def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
 def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
     """One document per query: the passage, the query and every passage entity filled in."""
     out: list[dict[str, Any]] = []
-    # Every passage has at least one query: `limit` passages are enough.
-    for r in _records(path, ("passage", "qas"), limit, "RuCoS", hide):
+    for r in _records(path, ("passage", "qas"), None, "RuCoS", hide):
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/entities (RuCoS layout)")
@@ -487,9 +488,7 @@ def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> lis
                 )
             # Without answers to tell, the release's own convention: exclusive ends.
             inclusive = _entity_end(path, text, qa["answers"]) if golds else 0
-            entities = list(
-                dict.fromkeys(text[e["start"] : e["end"] + inclusive] for e in passage["entities"])
-            )
+            entities = _entities(path, r.get("idx"), text, passage["entities"], inclusive)
             query = qa["query"]
             if "@placeholder" not in query:
                 raise VikhrError(f"{path}: query {qa.get('idx')!r} has no @placeholder")
@@ -504,7 +503,25 @@ def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> lis
                     "idx": qa["idx"] if hide else qa.get("idx"),
                 }
             )
+    if not out:
+        raise VikhrError(f"{path}: no passage has a query (RuCoS layout)")
     return out
+
+
+def _entities(path: Path, idx: Any, text: str, spans: list[dict[str, Any]], inclusive: int) -> list[str]:
+    """The distinct candidate entities of a passage, every span checked to lie in its text."""
+    entities = []
+    for e in spans:
+        start, end = e["start"], e["end"] + inclusive
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise VikhrError(
+                f"{path}: passage of idx {idx!r} has an entity span {e['start']}-{e['end']} outside its "
+                f"{len(text)} characters (RuCoS layout: start/end offsets into passage.text)"
+            )
+        entities.append(text[start:end])
+    if not entities:
+        raise VikhrError(f"{path}: passage of idx {idx!r} has no entities to choose from (RuCoS layout)")
+    return list(dict.fromkeys(entities))
 
 
 def _rucos_config(
