@@ -538,6 +538,13 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
         capsys,
     )
     assert "bad.jsonl:2" in err
+    # A CheGeKa answer of white space only: scored against nothing (an empty generation matched it).
+    (data / "chgk").mkdir()
+    question = '{"question": "Столица Франции?", "answer": "Париж"}\n'
+    (data / "chgk" / "train.jsonl").write_text(question * 4, encoding="utf-8")
+    (data / "chgk" / "test.jsonl").write_text(question + '{"question": "?", "answer": "   "}\n')
+    chegeka = [*base, "--model", str(tiny_dir), "--tasks", "chegeka"]
+    assert "chgk/test.jsonl: record 2 has no answer text" in _one_line_error(chegeka, capsys)
 
 
 def test_tokenizer_from_sentencepiece_model(tiny_dir: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,9 @@ def test_submission_records_of_the_new_tasks(tmp_path: Path) -> None:
         ("rudetox", "test", lambda r: {**r, "outputs": 1.5}, "outputs 1.5 is not a string"),
         ("ruhumaneval", "test", lambda r: {**r, "inputs": {**r["inputs"], "tests": "[1, 2"}}, "inputs.tests"),
         ("ruhumaneval", "test", lambda r: {**r, "outputs": ["1"]}, "the 4 expected results as strings"),
+        # scored against nothing (" ; ") or against text a stripped generation never equals
+        ("chegeka", "train", lambda r: {**r, "outputs": " ; "}, "outputs ' ; ' holds no answer text"),
+        ("simplear", "train", lambda r: {**r, "outputs": " 119"}, "outputs ' 119' has white space around"),
     ],
 )
 def test_bad_records_are_one_line(task: str, split: str, change: Any, message: str, tmp_path: Path) -> None:
@@ -269,6 +273,17 @@ def test_bad_records_are_one_line(task: str, split: str, change: Any, message: s
         dataset(f"mera_{task}", tmp_path)
     assert message in str(e.value) and f"mera/{task}/{split}.jsonl" in str(e.value)
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_repeated_id_in_the_scored_split_is_one_line(tmp_path: Path) -> None:
+    """Two records with one meta.id went into the submission as two entries of one id."""
+    folder = tmp_path / "mera" / "parus"
+    shutil.copytree(MERA / "parus", folder)
+    rows = [r for _, r in read_jsonl(folder / "test.jsonl")]
+    rows[1]["meta"]["id"] = rows[0]["meta"]["id"]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(VikhrError, match=r"test\.jsonl: meta\.id \S+ occurs twice"):
+        dataset("mera_parus", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -840,3 +840,22 @@ def test_nested_tasks_group_by_place_and_refuse_what_they_cannot_score(tmp_path:
             _rucos_rows(damaged)
     with pytest.raises(VikhrError, match="no passage has a query"):
         _rucos_rows(_rewrite(rucos, tmp_path / "r.jsonl", lambda rs: [r.update(qas=[]) for r in rs]))
+
+
+def test_a_repeated_idx_in_a_test_split_is_one_line(tmp_path: Path) -> None:
+    """The leaderboard matches predictions by idx: repeats went into the archive as they were."""
+    from vikhr.eval.rsg import _records
+
+    terra = _rewrite(
+        RSG / "TERRa" / "test.jsonl", tmp_path / "t.jsonl", lambda rs: [r.update(idx=0) for r in rs]
+    )
+    with pytest.raises(VikhrError, match=r"t\.jsonl: idx 0 occurs twice"):
+        _records(terra, ("premise", "hypothesis", "label"), None, "TERRa", hide=True)
+
+    def same_answer_idx(records: list) -> None:
+        for a in records[0]["passage"]["questions"][0]["answers"]:
+            a["idx"] = 0
+
+    muserc = _rewrite(RSG / "MuSeRC" / "test.jsonl", tmp_path / "m.jsonl", same_answer_idx)
+    with pytest.raises(VikhrError, match=r"passage/question/answer idx .* occurs twice"):
+        _muserc_rows(muserc, hide=True)

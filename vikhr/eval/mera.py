@@ -45,6 +45,7 @@ from vikhr.eval.tasks import (
     ETHICS_QUESTIONS,
     most_likely,
     read_records,
+    require_unique,
     to_dataset_dict,
 )
 
@@ -250,6 +251,10 @@ def _check_outputs(path: Path, task: MeraTask, r: dict[str, Any]) -> None:
         raise _layout_error(path, r, f"outputs {outputs!r} is not a string")
     elif task.choices and outputs not in ("", *task.choices):
         raise _layout_error(path, r, f"outputs {outputs!r} is not one of {', '.join(task.choices)}")
+    elif outputs and not outputs.replace(";", "").strip():  # scored against nothing, or not at all
+        raise _layout_error(path, r, f"outputs {outputs!r} holds no answer text")
+    elif outputs != outputs.strip() and task.kind == "exact":  # the generation is stripped: never equal
+        raise _layout_error(path, r, f"outputs {outputs!r} has white space around the answer")
     if task.kind == "use":
         missing = [k for k in ("id_task", "variant", "score", "type") if k not in meta]
         if missing or meta["type"] not in USE_TYPES:
@@ -338,7 +343,9 @@ def _rows(
     if k and len(answered) < k:
         raise VikhrError(f"{fewshot_path}: {len(answered)} answered records, fewer than {k} shots")
     rows = []
-    for i, r in enumerate(_mera_records(eval_path, task, limit)):
+    records = _mera_records(eval_path, task, limit)
+    require_unique(eval_path, [r["meta"]["id"] for r in records], "meta.id")
+    for i, r in enumerate(records):
         pool = answered
         if task.shot_group is not None:
             key = task.shot_group

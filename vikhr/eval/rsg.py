@@ -33,6 +33,7 @@ from vikhr.eval.tasks import (
     most_likely,
     overlap_f1,
     read_records,
+    require_unique,
     squad_normalize,
     terra_config,
     terra_prompt,
@@ -160,7 +161,10 @@ def _records(
     but an `idx` in every record."""
     if hide:
         keys = (*(k for k in keys if k != "label"), "idx")
-    return read_records(path, keys, limit, f"Russian SuperGLUE {task}")
+    records = read_records(path, keys, limit, f"Russian SuperGLUE {task}")
+    if hide:  # the leaderboard matches predictions by idx
+        require_unique(path, [r["idx"] for r in records], "idx")
+    return records
 
 
 def _gold(path: Path, record: dict[str, Any], allowed: dict[Any, int], hide: bool) -> int:
@@ -427,6 +431,8 @@ def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> li
                 )
     if not out:
         raise VikhrError(f"{path}: no passage has a question with answer options (MuSeRC layout)")
+    if hide:
+        require_unique(path, [d["idx"] for d in out], "passage/question/answer idx")
     return out
 
 
@@ -505,6 +511,8 @@ def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> lis
             )
     if not out:
         raise VikhrError(f"{path}: no passage has a query (RuCoS layout)")
+    if hide:
+        require_unique(path, [d["idx"] for d in out], "query idx")
     return out
 
 

@@ -13,6 +13,7 @@ Prompts are in the language of the task. Layout of the data directory (`../share
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -270,6 +271,18 @@ def read_records(
     if not out:
         raise VikhrError(f"{path} has no records")
     return out
+
+
+def require_unique(path: Path, ids: list[Any], what: str) -> None:
+    """The ids a submission tells the records of a scored file apart by occur once each."""
+    seen: set[str] = set()
+    for value in ids:
+        key = json.dumps(value, sort_keys=True)
+        if key in seen:
+            raise VikhrError(
+                f"{path}: {what} {value!r} occurs twice (a submission tells records apart by it)"
+            )
+        seen.add(key)
 
 
 def most_likely(results: list[tuple[float, bool]]) -> int:
@@ -570,8 +583,10 @@ _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in read_records(path, ("question", "answer"), limit):
+        for line_no, r in enumerate(read_records(path, ("question", "answer"), limit), start=1):
             golds = chgk_golds(r["answer"], r.get("accepted"))
+            if not normalize_answer(golds[0]):  # scored against nothing, an empty generation matched it
+                raise VikhrError(f"{path}: record {line_no} has no answer text")
             out.append(
                 {
                     "topic": (r.get("topic") or "").strip(),
