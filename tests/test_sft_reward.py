@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import REPO
 from vikhr.sft.build import build
-from vikhr.sft.reward import RewardModel, chat_key, keep_mask, load_scores, score_file
+from vikhr.sft.reward import RewardModel, chat_key, keep_mask, load_scores, reward_scorer, score_file
 
 MISTRAL = REPO / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
 QUESTIONS = [
@@ -134,7 +134,7 @@ def test_batched_scores_equal_one_by_one_and_repeat(tmp_path: Path, template: st
     )
     a, b = load_scores(tmp_path / "a.jsonl"), load_scores(tmp_path / "b.jsonl")
     assert a == b  # deterministic
-    model = RewardModel(model_dir, "cpu")
+    model = RewardModel(reward_scorer(model_dir), "cpu")
     if template is not None:
         assert model.render(_messages(0)) == f"<s>user: {QUESTIONS[0]}</s><s>assistant: {ANSWERS[0]}</s>"
     one_by_one = [model.score([_messages(i)])[0] for i in range(len(QUESTIONS))]
@@ -241,7 +241,7 @@ def test_a_model_with_several_outputs_is_refused(tmp_path: Path) -> None:
     config.num_labels = 2
     LlamaForSequenceClassification(config).save_pretrained(model_dir)
     with pytest.raises(VikhrError, match="one output"):
-        RewardModel(model_dir, "cpu")
+        RewardModel(reward_scorer(model_dir), "cpu")
 
 
 def test_a_directory_that_is_not_a_reward_model_is_one_line(
@@ -270,7 +270,7 @@ def test_a_directory_that_is_not_a_reward_model_is_one_line(
     ]
     for model_dir, device, max_length, message in cases:
         with pytest.raises(VikhrError, match=re.escape(message)):
-            RewardModel(model_dir, device, max_length)
+            RewardModel(reward_scorer(model_dir, max_length), device)
     chats = _write_chats(tmp_path / "chats.jsonl", 2)
     scores = tmp_path / "scores.jsonl"
     capfd.readouterr()
@@ -344,7 +344,7 @@ def test_a_tokenizer_with_nothing_to_pad_with_scores_one_chat_at_a_time(tmp_path
     model_dir = _reward_model(tmp_path / "rm", specials=False)
     chats = _write_chats(tmp_path / "chats.jsonl", 5)
     assert score_file(chats, model_dir, tmp_path / "s.jsonl", batch_size=4, progress=False).scored == 5
-    model = RewardModel(model_dir, "cpu")
+    model = RewardModel(reward_scorer(model_dir), "cpu")
     one_by_one = [model.score([_messages(i)])[0] for i in range(5)]
     scores = load_scores(tmp_path / "s.jsonl")
     np.testing.assert_allclose(
@@ -370,6 +370,6 @@ def test_a_chat_template_that_fails_is_one_line(tmp_path: Path) -> None:
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
         "{% endif %}{{ m['content'] }}{% endfor %}"
     )
-    model = RewardModel(_reward_model(tmp_path / "rm", refuses_system), "cpu")
+    model = RewardModel(reward_scorer(_reward_model(tmp_path / "rm", refuses_system)), "cpu")
     with pytest.raises(VikhrError, match=r"chat template fails on a chat with roles \['system', 'user'"):
         model.score([[{"role": "system", "content": "x"}, *_messages(0)]])

@@ -139,15 +139,14 @@ def reward_scorer(model_dir: str | Path, max_length: int = 2048) -> RewardScorer
 class RewardModel:
     """An HF reward model (one output) and its tokenizer, scoring batches of chats."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", max_length: int = 2048) -> None:
+    def __init__(self, scorer: RewardScorer, device: str = "auto") -> None:
+        """`scorer`: the model directory and max length `reward_scorer` checked."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = _check_reward_model_dir(model_dir)
-        if max_length < 1:
-            raise VikhrError(f"max length (tokens per chat) must be >= 1, got {max_length}")
+        path = scorer.path
         device = torch_device(device, "device")
-        self.device, self.max_length = torch.device(device), max_length
+        self.device, self.max_length = torch.device(device), scorer.max_length
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
@@ -245,7 +244,7 @@ def score_file(
     todo_total = sum(1 for _, m in _chats(chats_path) if chat_key(m) not in done)
     if todo_total == 0:
         return ScoreRun(0, before, 0, scorer.note)
-    model = RewardModel(scorer.path, device, scorer.max_length)
+    model = RewardModel(scorer, device)
     Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
     bar: Any = None
     if progress:
