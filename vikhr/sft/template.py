@@ -394,12 +394,19 @@ class _Encoder:
 def _token_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
     """Each token's characters: its offsets, or where they are empty (a ByteLevel post-processor
     with trim_offsets gives whitespace tokens none) the gap between its neighbours' characters."""
-    spans = list(offsets)
+    # One pass each way (a run of many whitespace tokens stays linear).
+    next_start, after = [length] * len(offsets), length
+    for i in range(len(offsets) - 1, -1, -1):
+        next_start[i] = after
+        if offsets[i][0] != offsets[i][1]:
+            after = offsets[i][0]
+    spans, before = [], 0
     for i, (start, end) in enumerate(offsets):
         if start == end:
-            before = next((e for s, e in reversed(offsets[:i]) if s != e), 0)
-            after = next((s for s, e in offsets[i + 1 :] if s != e), length)
-            spans[i] = (before, max(before, after))
+            spans.append((before, max(before, next_start[i])))
+        else:
+            spans.append((start, end))
+            before = end
     return spans
 
 
