@@ -144,7 +144,7 @@ def split_long_line(line: str, max_bytes: int) -> tuple[list[str], int]:
             continue
         cur.append(word)
         size += wsize
-    if cur and "".join(cur).strip():
+    if cur:
         out.append("".join(cur).rstrip())
     return [piece for piece in out if piece.strip()], dropped
 
