@@ -20,6 +20,7 @@ from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as vikhr_main
 from vikhr.data import preprocess
 from vikhr.errors import VikhrError
+from vikhr.jsonl import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -238,6 +239,20 @@ def test_a_byte_order_mark_opening_a_file_is_dropped(tmp_path: Path, lines: list
         preprocess([tmp_path / name], tmp_path / name.replace(".", "-"), MISTRAL_TOKENIZER, append_eod=True)
     plain = _files(tmp_path / "plain-jsonl")
     assert _files(tmp_path / "bom-jsonl") == plain and _files(tmp_path / "bom-jsonl-gz") == plain
+
+
+def test_gzip_members_and_zero_padding_read_as_gzip_reads_them(tmp_path: Path, lines: list[str]) -> None:
+    """A .gz of several members (concatenated files, parallel gzip) with zero padding between and
+    after them (tape and block-device copies) gives the plain file's dataset, as gzip -d and the
+    Python readers read it (the zeros were refused as a damaged member)."""
+    first, second = "\n".join(lines[:6]) + "\n", "\n".join(lines[6:12]) + "\n"
+    (tmp_path / "plain.jsonl").write_text(first + second, encoding="utf-8")
+    padded = gzip.compress(first.encode()) + bytes(700) + gzip.compress(second.encode()) + bytes(512)
+    (tmp_path / "padded.jsonl.gz").write_bytes(padded)
+    assert [r for _, r in read_jsonl(tmp_path / "padded.jsonl.gz")] == [json.loads(x) for x in lines[:12]]
+    for name in ("plain.jsonl", "padded.jsonl.gz"):
+        preprocess([tmp_path / name], tmp_path / name.replace(".", "-"), MISTRAL_TOKENIZER, append_eod=True)
+    assert _files(tmp_path / "padded-jsonl-gz") == _files(tmp_path / "plain-jsonl")
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".zst"])

@@ -15,16 +15,70 @@ pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 20,
-            f,
-        )))
+        Box::new(GzMembers::new(BufReader::with_capacity(1 << 20, f)))
     } else if name.ends_with(".zst") || name.ends_with(".zstd") {
         Box::new(zstd::stream::read::Decoder::new(f)?)
     } else {
         Box::new(f)
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, raw)))
+}
+
+/// The data of every member of a gzip stream, the members read one after another as `gzip -d`
+/// and Python's `gzip` read them: zero bytes between or after members (tape and block-device
+/// padding) are skipped, anything else must be a further member.
+pub struct GzMembers<R: BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
+    rest: Option<R>, // between members
+}
+
+impl<R: BufRead> GzMembers<R> {
+    pub fn new(reader: R) -> Self {
+        GzMembers {
+            member: None,
+            rest: Some(reader),
+        }
+    }
+
+    /// Skips zero padding; true when a further member starts.
+    fn another_member(reader: &mut R) -> io::Result<bool> {
+        loop {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            let zeros = buf.iter().take_while(|&&b| b == 0).count();
+            if zeros < buf.len() {
+                reader.consume(zeros);
+                return Ok(true);
+            }
+            reader.consume(zeros);
+        }
+    }
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(member) = self.member.as_mut() {
+                let n = member.read(out)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.rest = self.member.take().map(|m| m.into_inner());
+            }
+            let Some(mut reader) = self.rest.take() else {
+                return Ok(0);
+            };
+            if !Self::another_member(&mut reader)? {
+                return Ok(0);
+            }
+            self.member = Some(flate2::bufread::GzDecoder::new(reader));
+        }
+    }
 }
 
 /// A run of consecutive whole lines of one input file.
@@ -315,6 +369,35 @@ mod tests {
         assert_eq!(lines[1], b"\xef\xbb\xbf{\"text\":\"b\"}"); // only the file's first bytes
         assert_eq!(extract_fields(lines[0], &keys(&["text"])).unwrap(), ["a"]);
         assert_eq!(batches(b"\xef\xbb\xbf", 64)[0].line(0), b"");
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn gunzip(data: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        GzMembers::new(Cursor::new(data)).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_members_and_zero_padding_are_read_as_gzip_reads_them() {
+        let (a, b) = (gzip(b"{\"text\":\"a\"}\n"), gzip(b"{\"text\":\"b\"}\n"));
+        let both = [a.clone(), b.clone()].concat();
+        assert_eq!(
+            gunzip(both.clone()).unwrap(),
+            b"{\"text\":\"a\"}\n{\"text\":\"b\"}\n"
+        );
+        let padded = [a.clone(), vec![0; 3000], b.clone(), vec![0; 512]].concat();
+        assert_eq!(gunzip(padded).unwrap(), gunzip(both).unwrap());
+        assert_eq!(gunzip(Vec::new()).unwrap(), b"");
+        // Anything but zeros after a member is a damaged member, as is a cut one.
+        assert!(gunzip([a.clone(), b"junk".to_vec()].concat()).is_err());
+        assert!(gunzip(a[..a.len() - 4].to_vec()).is_err());
     }
 
     fn batches(data: &[u8], batch: usize) -> Vec<LineBatch> {
