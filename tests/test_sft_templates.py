@@ -32,8 +32,18 @@ import pytest
 from tests.conftest import SHARED_DATA
 from vikhr.assets import RU_SAMPLE, RU_SEED_CHATS
 from vikhr.errors import VikhrError
+from vikhr.sft.build import build
 from vikhr.sft.prepare import mask_runs, prepare_sft, render_prepared
-from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer, parse_chat, read_chats
+from vikhr.sft.template import (
+    CHATML_END,
+    CHATML_START,
+    TEMPLATE_TOKENS,
+    Message,
+    encode_chat,
+    load_chat_tokenizer,
+    parse_chat,
+    read_chats,
+)
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 from vikhr.tokenizer.load import Tokenizer
 
@@ -378,6 +388,65 @@ def test_control_strings_typed_in_a_message_stay_text(model_dir: tuple[str, Path
     end = tok.piece_to_id(END_TOKEN[template])
     assert enc.ids.count(end) == 2  # the closing token of each message, nothing from the text
     assert tok.decode(enc.ids).count(typed) == 2
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3"])
+def test_controls_held_as_plain_added_tokens_typed_in_a_message_stay_text(
+    template: str, tmp_path: Path
+) -> None:
+    """A tokenizer.json holding the template's tokens as non-special added tokens (matched in any
+    text): typed in a message they are still text, and the template's own are still one id each."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    plain = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    plain.add_tokens(list(TEMPLATE_TOKENS[template]))
+    (tmp_path / "tokenizer.json").write_text(plain.to_str(), encoding="utf-8")
+    tok = load_chat_tokenizer(tmp_path, template)
+    typed = " ".join(TEMPLATE_TOKENS[template])
+    messages = parse_chat(
+        {"messages": [{"role": "user", "content": typed}, {"role": "assistant", "content": typed}]}
+    )
+    enc = encode_chat(messages, tok, template)
+    controls = [tok.piece_to_id(t) for t in TEMPLATE_TOKENS[template]]
+    per_chat = {"chatml": [2, 2], "llama3": [1, 2, 2, 2]}[template]  # the template's own, nothing typed
+    assert [enc.ids.count(i) for i in controls] == per_chat
+    assert "".join(tok.pieces(typed)) != typed  # spelled out in pieces
+    assert tok.backend.decode(enc.ids, skip_special_tokens=True).count(typed) == 2
+
+
+def test_a_typed_sentencepiece_user_defined_control_is_refused(tmp_path: Path) -> None:
+    """SentencePiece matches a user-defined symbol in any text and cannot be told not to: a chat
+    typing one that is a template control is refused by prepare (file:line) and dropped by build."""
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("привет мир\nмир труд май\n" * 20, encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=300, model_type="bpe",
+        user_defined_symbols=[CHATML_START, CHATML_END], byte_fallback=True, minloglevel=2,
+    )  # fmt: skip
+    chats = tmp_path / "chats.jsonl"
+    lines = [("привет", "мир"), ("привет", f"мир{CHATML_END}труд")]
+    roles = ("user", "assistant")
+    records = [
+        {"messages": [{"role": r, "content": c} for r, c in zip(roles, chat, strict=True)]} for chat in lines
+    ]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"chats.jsonl:2: a message holds the text '<\|im_end\|>'"):
+        prepare_sft(chats, tmp_path / "sp.model", tmp_path / "out" / "a", template="chatml")
+    assert not list((tmp_path / "out").glob("a_*"))
+    cfg = tmp_path / "build.yaml"
+    config = {
+        "output": str(tmp_path / "mix.jsonl"),
+        "tokenizer": str(tmp_path / "sp.model"),
+        "template": "chatml",
+        "limits": {"min_tokens": 1, "max_tokens": 100},
+        "sources": [{"name": "a", "path": str(chats)}],
+    }
+    cfg.write_text(json.dumps(config), encoding="utf-8")
+    report = build(cfg)
+    assert report["sources"][0]["dropped"] == {"control_text": 1}
+    assert read_chats(tmp_path / "mix.jsonl").__next__()[1][1].content == "мир"
 
 
 # --------------------------------------------------------------------------- prepared data, errors

@@ -28,12 +28,13 @@ from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
 from vikhr.sft.sources import Chat, Unfit, detect_format, read_chats_of
-from vikhr.sft.template import Message, encode_chat, load_chat_tokenizer
+from vikhr.sft.template import Message, TypedControlError, encode_chat, load_chat_tokenizer
 from vikhr.tokenizer.load import Tokenizer
 
 KEPT = "kept"
 # Why a chat is not in the output, in the order the checks run (record-level reasons come first).
 CHAT_REASONS = (
+    "control_text",
     "too_short",
     "too_long",
     "not_russian",
@@ -42,6 +43,7 @@ CHAT_REASONS = (
     "sampled_out",
     "reward",
 )
+_CHECKED_WHILE_READING = CHAT_REASONS[:4]  # by `_check_chat`, counted in pass 1
 EXAMPLES_PER_REASON = 5
 _HASH_BATCH = 512
 
@@ -126,7 +128,10 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
 
 def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer) -> tuple[str, str, int]:
     """(status, why, tokens) of a chat against the length limits and the source's language check."""
-    tokens = len(encode_chat([Message(r, c) for r, c in chat.messages], tok, cfg.template).ids)
+    try:
+        tokens = len(encode_chat([Message(r, c) for r, c in chat.messages], tok, cfg.template).ids)
+    except TypedControlError as e:
+        return "control_text", str(e), 0
     if tokens < cfg.limits.min_tokens:
         return "too_short", f"{tokens} tokens", tokens
     if tokens > cfg.limits.max_tokens:
@@ -362,7 +367,7 @@ def _report(
         report.tokens = int(a["tokens"][kept].sum())
         report.turns = int(a["turns"][kept].sum())
         for code, reason in enumerate(statuses):
-            if code and reason not in ("too_short", "too_long", "not_russian"):  # counted while reading
+            if code and reason not in _CHECKED_WHILE_READING:
                 n = int((mine & (a["status"] == code)).sum())
                 if n:
                     report.dropped[reason] = n

@@ -14,13 +14,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
-from vikhr.sft.template import encode_chat, load_chat_tokenizer, read_chats, template_token_ids
+from vikhr.sft.template import (
+    EncodedChat,
+    Message,
+    encode_chat,
+    load_chat_tokenizer,
+    read_chats,
+    template_token_ids,
+)
 from vikhr.tokenizer.corpus import corpus_sha256
 from vikhr.tokenizer.load import Tokenizer
 
@@ -75,10 +84,7 @@ def prepare_sft(
             from tqdm import tqdm
 
             bar = tqdm(desc="sft prepare", unit=" chats", total=max_chats)
-        for _, messages in read_chats(input_path):
-            if max_chats is not None and chats >= max_chats:
-                break
-            enc = encode_chat(messages, tok, template)
+        for messages, enc in islice(_encoded_chats(input_path, tok, template), max_chats):
             text_writer.add_document(enc.ids)
             mask_writer.add_document(enc.mask)
             chats += 1
@@ -124,6 +130,18 @@ def prepare_sft(
     finally:
         tmp_meta.unlink(missing_ok=True)
     return summary
+
+
+def _encoded_chats(
+    input_path: str | Path, tok: Tokenizer, template: str
+) -> Iterator[tuple[list[Message], EncodedChat]]:
+    """(messages, encoding) of each chat of `input_path`; one that cannot be encoded: "file:line: problem"."""
+    for line_no, messages in read_chats(input_path):
+        try:
+            enc = encode_chat(messages, tok, template)
+        except VikhrError as e:
+            raise VikhrError(f"{input_path}:{line_no}: {e}") from e
+        yield messages, enc
 
 
 def mask_runs(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:

@@ -46,13 +46,16 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
 ``<|im_start|>assistant\\n``, ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``).
 
 How text is encoded: the control tokens are single ids wherever the template names them, and text
-typed in a message ("</s>", "<|im_end|>") always stays text. With a byte-level BPE tokenizer (an
-HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3, Qwen, GPT-2 style), ``chatml``,
-``qwen3`` and ``llama3`` encode each run of text between two control tokens in one call, as transformers'
-``apply_chat_template(..., tokenize=True)`` does — its pre-tokenizer may split ``\\n\\n`` + an
-answer differently from the two parts encoded apart — so the ids equal those of the model's own
-Jinja template (tests/test_sft_templates.py). Otherwise (SentencePiece, a Metaspace
-tokenizer.json) every template segment is encoded on its own, each with its dummy-prefix space.
+typed in a message ("</s>", "<|im_end|>") always stays text (an HF tokenizer holding a control as a
+plain added token gets it marked special; a chat typing a SentencePiece user-defined symbol that is
+a control is refused with TypedControlError, as that tokenizer cannot encode it as text). With a
+byte-level BPE tokenizer (an HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3,
+Qwen, GPT-2 style), ``chatml``, ``qwen3`` and ``llama3`` encode each run of text between two control
+tokens in one call, as transformers' ``apply_chat_template(..., tokenize=True)`` does — its
+pre-tokenizer may split ``\\n\\n`` + an answer differently from the two parts encoded apart — so the
+ids equal those of the model's own Jinja template (tests/test_sft_templates.py). Otherwise
+(SentencePiece, a Metaspace tokenizer.json) every template segment is encoded on its own, each with
+its dummy-prefix space.
 
 Mask: 1 on every token of an assistant answer including its closing token (``</s>``,
 ``<|im_end|>``, ``<|eot_id|>``), 0 on BOS, system, user and template tokens. A token that spans
@@ -83,6 +86,10 @@ TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
     "qwen3": (CHATML_START, CHATML_END),
     "llama3": (LLAMA3_BEGIN, LLAMA3_HEADER_START, LLAMA3_HEADER_END, LLAMA3_EOT),
 }
+
+
+class TypedControlError(VikhrError):
+    """A message's text holds a control token's string that the tokenizer matches in any text."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +144,27 @@ def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
 
 def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenizer:
     """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless `template` can use it
-    (see `template_token_ids`)."""
+    (see `template_token_ids`), with the template's control tokens marked special (see
+    `_controls_made_special`)."""
     tok = load(path)
-    template_token_ids(tok, template)
+    _controls_made_special(tok, template_token_ids(tok, template))
     return tok
+
+
+def _controls_made_special(tok: Tokenizer, controls: dict[str, int]) -> None:
+    """Marks `controls`, BOS and EOS special in an HF tokenizer that holds them as plain added tokens.
+
+    Some tokenizer.json files hold ``<|im_start|>``/``<|im_end|>`` as non-special added tokens, which
+    `Tokenizer.encode` matches in any text: typed in a message they would become control ids. A special
+    one typed in a text is encoded as text (vikhr.tokenizer.load), as a chat's text must be.
+    """
+    if tok.kind != "huggingface":
+        return  # SentencePiece: see `_Encoder._check_no_control`
+    wanted = set(controls.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+    added = tok.backend.get_added_tokens_decoder()
+    plain = [t.content for i, t in added.items() if i in wanted and not t.special]
+    if plain:
+        tok.backend.add_special_tokens(plain)  # the same ids, now special
 
 
 # --------------------------------------------------------------------------- validation
@@ -348,6 +372,7 @@ class _Encoder:
 
     def __init__(self, tok: Tokenizer, controls: dict[str, int], across_segments: bool) -> None:
         self.tok, self.controls, self.across_segments = tok, controls, across_segments
+        self.control_ids = set(controls.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
         self.out = EncodedChat([], [])
         self.run: list[tuple[str, bool]] = []  # (text, trained) since the last cut
 
@@ -379,16 +404,31 @@ class _Encoder:
         flags = {trained for _, trained in self.run}
         if len(flags) == 1:  # one kind of text: no need to know where each token came from
             ids = self.tok.encode(text)
+            self._check_no_control(ids)
             self.out.ids.extend(ids)
             self.out.mask.extend([int(flags.pop())] * len(ids))
         elif flags:  # template text and an answer in one run: a token is trained if it holds answer text
             trained_chars = [trained for part, trained in self.run for _ in part]
             encoding = self.tok.backend.encode(text, add_special_tokens=False)  # an HF tokenizer here
+            self._check_no_control(encoding.ids)
             spans = _token_spans(encoding.offsets, len(text))
             for token, (start, end) in zip(encoding.ids, spans, strict=True):
                 self.out.ids.append(token)
                 self.out.mask.append(int(any(trained_chars[start:end])))
         self.run.clear()
+
+    def _check_no_control(self, ids: list[int]) -> None:
+        """VikhrError when text was encoded to a control id: a SentencePiece user-defined symbol (or a
+        plain added token of a tokenizer not loaded by `load_chat_tokenizer`) typed in a message,
+        which the model would read as the template's own token."""
+        typed = self.control_ids.intersection(ids)
+        if typed:
+            piece = self.tok.id_to_piece(min(typed))
+            raise TypedControlError(
+                f"a message holds the text {piece!r}, which {self.tok.path} encodes as that control token "
+                "(it is matched in any text, e.g. a SentencePiece user-defined symbol): the model would "
+                "read it as the template's own; remove it from the chat or make it a control symbol"
+            )
 
 
 def _token_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
