@@ -166,6 +166,23 @@ def test_shot_answers_and_instruction_free_templates() -> None:
     )
 
 
+def test_documents_with_fewer_shots_than_asked_are_counted_on_stderr(capsys: pytest.CaptureFixture) -> None:
+    """An MMLU subject / MERA domain with fewer shots than k gives its documents what there is (the
+    original protocols) and says how many documents that was; enough shots give no warning."""
+    for name, per_group, group, shots in (
+        ("mmlu_ru", 2, "subject", FIXTURES / "mmlu-ru" / "dev.jsonl"),
+        ("mera_rummlu", 2, "meta.domain", MERA / "rummlu" / "public_test.jsonl"),
+    ):
+        documents = dataset(name, num_fewshot=5)
+        warning = capsys.readouterr().err.strip()
+        assert warning == (
+            f"warning: {name}: {len(documents)} of {len(documents)} documents got fewer than 5 shots: "
+            f"their {group} has fewer in {shots} (the prompt holds those there are)"
+        )
+        dataset(name, num_fewshot=per_group)
+        assert capsys.readouterr().err == ""
+
+
 def test_five_shot_question_answering_prompts() -> None:
     """ruOpenBookQA and ruWorldTree: 5 shots, the first with its instruction, the rest "{question}\\nA) …"."""
     for name, folder in (("mera_ruopenbookqa", "ruopenbookqa"), ("mera_ruworldtree", "ruworldtree")):

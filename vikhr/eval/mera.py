@@ -47,6 +47,7 @@ from vikhr.eval.tasks import (
     read_records,
     require_unique,
     to_dataset_dict,
+    warn_of_short_shots,
 )
 
 
@@ -342,7 +343,7 @@ def _rows(
     answered = [r for r in _mera_records(fewshot_path, task) if r["outputs"]] if k and fewshot_path else []
     if k and len(answered) < k:
         raise VikhrError(f"{fewshot_path}: {len(answered)} answered records, fewer than {k} shots")
-    rows = []
+    rows, short = [], 0
     records = _mera_records(eval_path, task, limit)
     require_unique(eval_path, [r["meta"]["id"] for r in records], "meta.id")
     for i, r in enumerate(records):
@@ -352,6 +353,7 @@ def _rows(
             pool = [s for s in answered if s["meta"].get(key) == r["meta"].get(key)]
         # Seeded by position: the same document gets the same shots whatever --limit is.
         shots = random.Random(1234 + i).sample(pool, min(k, len(pool)))
+        short += len(shots) < k
         outputs = r["outputs"]
         rows.append(
             {
@@ -362,6 +364,8 @@ def _rows(
                 "scoring": json.dumps(_scoring(task, r), ensure_ascii=False),
             }
         )
+    if fewshot_path is not None:
+        warn_of_short_shots(name, fewshot_path, short, len(rows), k, f"meta.{task.shot_group}")
     return rows
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import string
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -285,6 +286,18 @@ def require_unique(path: Path, ids: list[Any], what: str) -> None:
         seen.add(key)
 
 
+def warn_of_short_shots(task: str, shot_path: Path, short: int, documents: int, k: int, group: str) -> None:
+    """A warning on stderr when `short` of `documents` got fewer than `k` shots because their `group`
+    (an MMLU subject, a MERA domain) has fewer in `shot_path`: the prompt holds what there is, as
+    the original protocols build it, but the run is not quite the k-shot its results name."""
+    if short:
+        print(
+            f"warning: {task}: {short} of {documents} documents got fewer than {k} shots: their {group} "
+            f"has fewer in {shot_path} (the prompt holds those there are)",
+            file=sys.stderr,
+        )
+
+
 def most_likely(results: list[tuple[float, bool]]) -> int:
     """The index of the most likely choice of a multiple-choice document's (loglikelihood, is_greedy)
     results; the first of equal ones, as lm-eval's `acc` takes it."""
@@ -433,11 +446,12 @@ def _mmlu_config(
         dev: dict[str, list[dict[str, Any]]] = {}
         for r in read_records(fewshot_path, keys, layout=layout):
             dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
-        rows = []
+        rows, short = [], 0
         for raw in read_records(eval_path, keys, limit, layout):
             r = _mmlu_record(eval_path, raw, russian)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
+            short += len(shots) < k
             rows.append(
                 {
                     "subject": r["subject"],
@@ -445,6 +459,7 @@ def _mmlu_config(
                     "label": "ABCD".index(r["answer"]),
                 }
             )
+        warn_of_short_shots(f"mmlu_{language}", fewshot_path, short, len(rows), k, "subject")
         return to_dataset_dict({"test": rows})
 
     return {
