@@ -61,6 +61,18 @@ def test_yaml_merge_keys_may_be_overridden_but_keys_not_repeated(tmp_path: Path,
         load_config(path)
 
 
+def test_a_key_yaml_reads_as_a_boolean_or_null_is_named(tmp_path: Path) -> None:
+    """`yes:` is `True:` to YAML 1.1 (was "Keys should be strings, got True" from the schema)."""
+    path = tmp_path / "odd.yaml"
+    for key, read in (("yes", "true"), ("Off", "false"), ("~", "null")):
+        path.write_text(f"train:\n  steps: 2\n  {key}: 2\n", encoding="utf-8")
+        with pytest.raises(VikhrError, match=rf"the key '{re.escape(key)}' is read as {read}, not as a name"):
+            load_config(path)
+    path.write_text("train:\n  'yes': 2\n", encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"unknown config key 'train.yes'"):
+        load_config(path)
+
+
 def test_a_warmup_as_long_as_the_run_is_a_warning(tmp_path: Path, dataset: str) -> None:
     cfg = load_config(_config(tmp_path, dataset, train={"steps": 10}))
     assert doubtful_settings(cfg) == [

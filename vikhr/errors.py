@@ -139,7 +139,8 @@ def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> 
 
 def _unique_keys_loader() -> Any:
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last: a
-    second `train:` section would silently replace the first). Keys a merge (`<<: *base`) brings
+    second `train:` section would silently replace the first) and a key YAML reads as a boolean or
+    null (`yes:`, `on:`). Keys a merge (`<<: *base`) brings
     in may be given again: that is how a merge is overridden."""
     import yaml
 
@@ -152,6 +153,14 @@ def _unique_keys_loader() -> Any:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = loader.construct_object(key_node, deep=deep)
+            if isinstance(key, bool) or key is None:  # `yes:`, `off:`, `~:` are not names to YAML 1.1
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key_node.value!r} is read as {json.dumps(key)}, not as a name (quote it: "
+                    f"'{key_node.value}':)",
+                    key_node.start_mark,
+                )
             try:
                 if key in first_line:
                     raise yaml.constructor.ConstructorError(
