@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_demo_byte_bpe_end_to_end(tmp_path: Path) -> None:
     assert list(getattr(got, "input_ids", got)) == expected
     stops = GenerationConfig.from_pretrained(work / "vikhr-instruct-hf").eos_token_id
     assert tok.piece_to_id("<|eot_id|>") in stops
+
+
+def test_demo_corpora_are_the_same_bytes_on_every_run(tmp_path: Path, monkeypatch: Any) -> None:
+    """The gzip header holds no write time or temporary name: the corpora, and so the sha256 the
+    tokenizer's manifest records of them, repeat from run to run."""
+    import gzip
+
+    from vikhr.demo import _write_jsonl
+
+    docs = [{"id": "a", "text": "Привет, мир"}, {"id": "b", "text": "Второй документ"}]
+    _write_jsonl(tmp_path / "first.jsonl.gz", docs)
+    monkeypatch.setattr(gzip.time, "time", lambda: 2_000_000_000.0)  # a later run
+    _write_jsonl(tmp_path / "second.jsonl.gz", docs)
+    first = (tmp_path / "first.jsonl.gz").read_bytes()
+    assert first == (tmp_path / "second.jsonl.gz").read_bytes()
+    assert [json.loads(line) for line in gzip.decompress(first).decode().splitlines()] == docs

@@ -118,9 +118,14 @@ def llama3_like_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int) 
 
 
 def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
-    with temporary_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    # No time or file name in the gzip header: the same documents give the same file (and the same
+    # sha256 in the tokenizer's manifest) on every run.
+    with (
+        temporary_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+    ):
+        gz.write("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
 
 
 def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path]:
