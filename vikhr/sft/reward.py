@@ -4,8 +4,8 @@ The model is an HF sequence classifier with one output (``AutoModelForSequenceCl
 ``num_labels=1``, safetensors weights). A chat is rendered with its tokenizer's chat template when it
 has one (``apply_chat_template(messages, tokenize=False)``), else as "User: …\\n\\nAssistant: …"
 turns; padding is on the right and the model reads its score at the last real token, so a chat's
-score does not depend on the batch it is in (a tokenizer without a pad, EOS or UNK token scores
-one chat at a time). A chat longer than the max length (capped at the model's context) is scored
+score depends on the batch it is in only through rounding (a tokenizer without a pad, EOS or UNK
+token scores one chat at a time). A chat longer than the max length (capped at the model's context) is scored
 on its last tokens, which hold the answer.
 
 Scores file: JSONL, one ``{"key", "id", "score", "scorer"}`` a line, appended and flushed after
