@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const INDEX_HEADER: &[u8; 9] = b"MMIDIDX\x00\x00";
 const HEADER_LEN: u64 = 9 + 8 + 1 + 8 + 8;
@@ -268,6 +269,12 @@ impl IndexedWriter {
     /// Append a whole existing dataset (megatron-core's `add_index`): its `.bin` bytes verbatim,
     /// its sequence lengths, and its document boundaries shifted by the sequences already written.
     pub fn add_index(&mut self, prefix: &str) -> io::Result<()> {
+        self.add_index_unless(prefix, &AtomicBool::new(false))
+    }
+
+    /// `add_index`, stopping with [`io::ErrorKind::Interrupted`] soon after `cancel` is set (the
+    /// `.bin` is copied in pieces, so a large dataset does not hold a Ctrl-C until it is copied).
+    pub fn add_index_unless(&mut self, prefix: &str, cancel: &AtomicBool) -> io::Result<()> {
         let info = read_index(prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if info.dtype != self.dtype {
             return Err(io::Error::new(
@@ -301,7 +308,17 @@ impl IndexedWriter {
         }
         let bin = bin_path(prefix);
         let mut f = File::open(&bin).map_err(|e| ctx(e, &bin))?;
-        io::copy(&mut f, &mut self.bin)?;
+        let mut piece = vec![0u8; 8 << 20];
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            let n = f.read(&mut piece)?;
+            if n == 0 {
+                break;
+            }
+            self.bin.write_all(&piece[..n])?;
+        }
         self.sequences += info.sequence_count;
         self.documents += info.document_count - 1;
         self.tokens += info.token_count;
@@ -596,14 +613,19 @@ impl IndexReader {
 }
 
 /// Concatenate datasets into one (Megatron's `merge_datasets.py`, byte for byte).
-pub fn merge(prefixes: &[String], output_prefix: &str) -> io::Result<IndexInfo> {
+/// Stops with [`io::ErrorKind::Interrupted`], leaving no output, soon after `cancel` is set.
+pub fn merge(
+    prefixes: &[String],
+    output_prefix: &str,
+    cancel: &AtomicBool,
+) -> io::Result<IndexInfo> {
     let first = prefixes
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "nothing to merge"))?;
     let info = read_index(first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut w = IndexedWriter::create(output_prefix, info.dtype)?;
     for p in prefixes {
-        w.add_index(p)?;
+        w.add_index_unless(p, cancel)?;
     }
     w.finish()?;
     read_index(output_prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -652,7 +674,7 @@ mod tests {
             (2, 4, 4, 1)
         );
         let m = dir.join("m").to_string_lossy().into_owned();
-        let im = merge(&[a.clone(), b.clone()], &m).unwrap();
+        let im = merge(&[a.clone(), b.clone()], &m, &AtomicBool::new(false)).unwrap();
         assert_eq!(
             (im.sequence_count, im.document_count, im.token_count),
             (3, 5, 6)
@@ -675,6 +697,23 @@ mod tests {
                 .all(|n| !n.to_string_lossy().ends_with(".partial")),
             "{left:?}"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_merge_leaves_nothing() {
+        let dir = tmpdir("cancel");
+        let a = dir.join("a").to_string_lossy().into_owned();
+        write(&a, &[vec![1, 2, 3]], DType::U16);
+        let m = dir.join("m").to_string_lossy().into_owned();
+        let err = merge(&[a.clone(), a], &m, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.bin", "a.idx"]);
         fs::remove_dir_all(dir).unwrap();
     }
 

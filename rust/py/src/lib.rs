@@ -116,7 +116,6 @@ fn preprocess<'py>(
         dtype: None,
     };
     let counters = Progress::default();
-    let finished = AtomicBool::new(false);
     let report = |cb: &Bound<'py, PyAny>| -> PyResult<()> {
         cb.call1((
             counters.documents.load(Ordering::Relaxed),
@@ -126,39 +125,15 @@ fn preprocess<'py>(
         ))
         .map(|_| ())
     };
-    let (result, interrupted) = std::thread::scope(|s| {
-        let handle = s.spawn(|| {
-            let r = pipeline::run(&job, tok, &counters);
-            finished.store(true, Ordering::Release);
-            r
-        });
-        let mut interrupted: Option<PyErr> = None;
-        while !finished.load(Ordering::Acquire) {
-            py.detach(|| {
-                for _ in 0..20 {
-                    if finished.load(Ordering::Acquire) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-            let step = py.check_signals().and_then(|_| match &progress {
-                Some(cb) if interrupted.is_none() => report(cb),
-                _ => Ok(()),
-            });
-            if let Err(e) = step {
-                counters.cancel.store(true, Ordering::Relaxed);
-                interrupted.get_or_insert(e);
-            }
-        }
-        (
-            handle.join().expect("preprocess thread panicked"),
-            interrupted,
-        )
-    });
-    if let Some(e) = interrupted {
-        return Err(e);
-    }
+    let result = interruptible(
+        py,
+        &counters.cancel,
+        || pipeline::run(&job, tok, &counters),
+        || match &progress {
+            Some(cb) => report(cb),
+            None => Ok(()),
+        },
+    )?;
     if let Some(cb) = &progress {
         report(cb)?;
     }
@@ -178,6 +153,49 @@ fn preprocess<'py>(
     d.set_item("seconds", summary.seconds_x1000 as f64 / 1000.0)?;
     d.set_item("threads", job.threads)?;
     Ok(d)
+}
+
+/// Runs `work` on its own thread while this one, every 0.2 s, lets Python handle signals (Ctrl-C)
+/// and calls `tick` (progress). A signal's or `tick`'s error sets `cancel`, which `work` must
+/// check; once `work` has stopped that error is returned.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    cancel: &AtomicBool,
+    work: impl FnOnce() -> T + Send,
+    mut tick: impl FnMut() -> PyResult<()>,
+) -> PyResult<T> {
+    let finished = AtomicBool::new(false);
+    let (result, interrupted) = std::thread::scope(|s| {
+        let handle = s.spawn(|| {
+            let r = work();
+            finished.store(true, Ordering::Release);
+            r
+        });
+        let mut interrupted: Option<PyErr> = None;
+        while !finished.load(Ordering::Acquire) {
+            py.detach(|| {
+                for _ in 0..20 {
+                    if finished.load(Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+            let step = py.check_signals().and_then(|_| match &interrupted {
+                None => tick(),
+                Some(_) => Ok(()),
+            });
+            if let Err(e) = step {
+                cancel.store(true, Ordering::Relaxed);
+                interrupted.get_or_insert(e);
+            }
+        }
+        (handle.join().expect("worker thread panicked"), interrupted)
+    });
+    match interrupted {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
 }
 
 fn info_dict<'py>(py: Python<'py>, info: &IndexInfo) -> PyResult<Bound<'py, PyDict>> {
@@ -206,9 +224,14 @@ fn merge_datasets<'py>(
     prefixes: Vec<String>,
     output_prefix: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let info = py
-        .detach(|| mmidx::merge(&prefixes, output_prefix))
-        .map_err(os_err)?;
+    let cancel = AtomicBool::new(false);
+    let info = interruptible(
+        py,
+        &cancel,
+        || mmidx::merge(&prefixes, output_prefix, &cancel),
+        || Ok(()),
+    )?
+    .map_err(os_err)?;
     info_dict(py, &info)
 }
 
