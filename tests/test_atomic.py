@@ -135,3 +135,37 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_text(tmp_path / "r.json", "{}")
     assert _files(tmp_path) == {"r.json"}
+
+
+def test_an_interrupt_while_the_old_output_is_deleted_leaves_the_new_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite of a large output: the old one is renamed aside and deleted after the new one is
+    in place (it was deleted first, so a Ctrl-C mid-deletion left part of it under the final name
+    and removed the finished new one); what is left aside is a temporary a later run removes."""
+    import vikhr.atomic as atomic
+
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("config.json", "model-1.safetensors", "model-2.safetensors", "index.json"):
+        (out / name).write_text("old")
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path: Path, ignore_errors: bool = False) -> None:
+        victim = sorted(Path(path).iterdir())[0] if Path(path).is_dir() else None
+        if victim is not None:
+            victim.unlink()  # part of the directory is gone when the interrupt comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt), output_dir(out) as work:
+        (work / "config.json").write_text("new")
+        (work / "model.safetensors").write_text("new")
+    monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
+    new = {"config.json": "new", "model.safetensors": "new"}
+    assert {p.name: p.read_text() for p in out.iterdir()} == new
+    (aside,) = tmp_path.glob(".model.tmp-*.old")
+    pid = aside.name.removeprefix(".model.tmp-").partition("@")[0]
+    dead = aside.with_name(aside.name.replace(f"tmp-{pid}@", "tmp-999999999@"))  # as if this run was killed
+    aside.rename(dead)
+    assert atomic.remove_stale_temporaries(out) == [dead] and not dead.exists()

@@ -124,9 +124,26 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _swap_in(work: Path, path: Path) -> None:
+    """Rename `work` to `path`. An existing `path` is first renamed aside (a temporary name of this
+    process, which a later run removes if this one is killed) and deleted only once the new one is
+    in place: an interrupt while a large output is deleted never leaves half of it under `path`."""
+    if not path.exists():
+        os.replace(work, path)
+        return
+    old = work.with_name(work.name + ".old")
+    os.replace(path, old)
+    try:
+        os.replace(work, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def output_dir(path: str | Path) -> Iterator[Path]:
-    """A private directory to fill; on success it replaces `path` (an existing one is removed).
+    """A private directory to fill; on success it replaces `path` (an existing one is removed after).
     What killed runs left for `path` is removed first (see remove_stale_temporaries)."""
     path = Path(path)
     refuse_to_replace(path)  # callers check their inputs too, before the work
@@ -139,9 +156,7 @@ def output_dir(path: str | Path) -> Iterator[Path]:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             yield work
         os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(work, path)
+        _swap_in(work, path)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
