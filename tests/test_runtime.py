@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,3 +156,55 @@ def test_megatron_import_leaves_the_compiler_stack_unloaded() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ranks_end_when_the_torchrun_launcher_is_killed(tmp_path: Path) -> None:
+    """torchrun starts ranks in sessions of their own: with the launcher killed -9 they trained on,
+    writing checkpoints, until the run's end. Each rank now gets SIGTERM when the launcher dies."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, child_env, free_port
+
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from vikhr.runtime.distributed import end_with_the_launcher\n"
+        "end_with_the_launcher()\n"
+        "open(os.path.join(sys.argv[1], f'rank{os.environ[\"RANK\"]}.pid'), 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n",
+        encoding="utf-8",
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", str(script), str(tmp_path)],
+        env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("rank*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ranks = [int(p.read_text()) for p in sorted(tmp_path.glob("rank*.pid"))]
+        assert len(ranks) == 2, "the ranks did not start"
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in ranks)
+    finally:
+        launcher.kill()
+        for p in tmp_path.glob("rank*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(p.read_text()), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not yet reaped by init, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

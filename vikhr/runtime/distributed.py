@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -91,6 +93,23 @@ def _use_cuda(device: str) -> bool:
     return use_cuda
 
 
+def end_with_the_launcher() -> None:
+    """Under torchrun (Linux), have the kernel send this rank SIGTERM when the launcher dies.
+
+    torchrun starts its ranks in sessions of their own, so when the launcher alone is killed (kill -9,
+    the OOM killer, a scheduler) they would train on and go on writing checkpoints where a rerun
+    writes. A plain process (`vikhr pretrain`, perhaps under nohup) is left alone.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") -> Iterator[DistEnv]:
     """Join the job: torch.distributed, megatron-core's parallel state, seeds; undone on exit.
@@ -101,6 +120,8 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
     """
     require_megatron()
     from megatron.core import parallel_state
+
+    end_with_the_launcher()
 
     use_cuda = _use_cuda(device)
     rank = int(os.environ.get("RANK", "0"))
