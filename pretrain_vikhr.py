@@ -22,3 +22,6 @@ if __name__ == "__main__":
     except OSError as e:  # as `vikhr pretrain` reports it: a read-only place, a full disk
         print_error_line(f"pretrain_vikhr.py: error: {os_error_line(e)}")
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on to every rank)
+        print_error_line("pretrain_vikhr.py: interrupted")
+        sys.exit(130)

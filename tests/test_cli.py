@@ -208,6 +208,33 @@ def test_the_torchrun_entry_reports_an_os_error_in_one_line(monkeypatch, capsys)
     ]
 
 
+def test_the_torchrun_entry_ends_a_ctrl_c_in_one_line(monkeypatch, capsys) -> None:
+    """As `vikhr pretrain`: exit 130 and one line (each rank printed a traceback)."""
+    import runpy
+
+    import vikhr.train.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vikhr.train.cli, "main", interrupted)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(REPO / "pretrain_vikhr.py"), run_name="__main__")
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["pretrain_vikhr.py: interrupted"]
+
+
+def test_a_ctrl_c_while_the_options_are_set_up_is_one_line(monkeypatch, capsys) -> None:
+    from vikhr import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["data", "inspect", "x"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["vikhr: interrupted"]
+
+
 def test_errors_name_the_verb_they_belong_to(capsys) -> None:
     """An error line starts with the whole verb (`vikhr sft prepare`), and an option a verb does
     not know points at that verb's --help, not at `vikhr --help`."""

@@ -129,12 +129,15 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     try:
+        parser = build_parser()
         args, extras = parser.parse_known_args(argv)
     except VikhrError as e:  # raised by an argument's own parser (e.g. a character budget)
         print_error_line(f"vikhr: error: {e}")
         return 2
+    except KeyboardInterrupt:  # a Ctrl-C at once, while the verbs' options are set up
+        print("vikhr: interrupted", file=sys.stderr)
+        return 130
     verb = _chosen_parser(parser, args)
     if hasattr(args, "overrides"):  # `section.key=value` after an option: argparse leaves it over
         args.overrides = [*args.overrides, *(e for e in extras if not e.startswith("-"))]
