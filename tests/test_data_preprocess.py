@@ -241,6 +241,23 @@ def test_a_byte_order_mark_opening_a_file_is_dropped(tmp_path: Path, lines: list
     assert _files(tmp_path / "bom-jsonl") == plain and _files(tmp_path / "bom-jsonl-gz") == plain
 
 
+@pytest.mark.timeout(300)
+def test_many_input_files_give_the_dataset_of_their_concatenation(tmp_path: Path, lines: list[str]) -> None:
+    """More files than batches in flight (2 × workers + 2): the end of each file kept one of those
+    places, and the run hung for good at the fifth file with one worker."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, line in enumerate(lines[:12]):
+        (parts / f"p{i:02}.jsonl").write_text(line + "\n", encoding="utf-8")
+    (tmp_path / "all.jsonl").write_text("\n".join(lines[:12]) + "\n", encoding="utf-8")
+    summary = preprocess(
+        sorted(parts.iterdir()), tmp_path / "many", MISTRAL_TOKENIZER, workers=1, append_eod=True
+    )
+    preprocess([tmp_path / "all.jsonl"], tmp_path / "one", MISTRAL_TOKENIZER, workers=1, append_eod=True)
+    assert summary.documents == 12
+    assert _files(tmp_path / "many") == _files(tmp_path / "one")
+
+
 def test_gzip_members_and_zero_padding_read_as_gzip_reads_them(tmp_path: Path, lines: list[str]) -> None:
     """A .gz of several members (concatenated files, parallel gzip) with zero padding between and
     after them (tape and block-device copies) gives the plain file's dataset, as gzip -d and the

@@ -205,12 +205,14 @@ fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBoo
         };
         let mut batcher = LineBatcher::new(reader, fi, job.batch_bytes);
         loop {
-            if stop.load(Ordering::Relaxed) || slots.recv().is_err() {
+            if stop.load(Ordering::Relaxed) {
                 return;
             }
             match batcher.next_batch() {
                 Ok(Some(b)) => {
-                    if work.send(Work::Batch(seq, b)).is_err() {
+                    // A slot per batch sent (the writer gives it back): taken only for a batch, as
+                    // the end of a file sends none and would keep it for good.
+                    if slots.recv().is_err() || work.send(Work::Batch(seq, b)).is_err() {
                         return;
                     }
                     seq += 1;
@@ -425,6 +427,7 @@ mod tests {
     use std::fs;
     use std::io::Write;
     use std::path::Path;
+    use std::time::Duration;
 
     fn model() -> Tokenizer {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -503,6 +506,44 @@ mod tests {
         j.skip_invalid = true;
         let s = run(&j, &tok, &Progress::default()).unwrap();
         assert_eq!((s.documents, s.skipped), (299, 1));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn more_input_files_than_batches_in_flight() {
+        // Each file's end used to keep one of the 2 * threads + 2 slots: the 5th file hung.
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-files-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut inputs = Vec::new();
+        let mut all = String::new();
+        for i in 0..40 {
+            let line = format!(
+                "{}\n",
+                serde_json::json!({"text": format!("файл {i}"), "title": "t"})
+            );
+            let path = dir.join(format!("f{i:02}.jsonl"));
+            fs::write(&path, &line).unwrap();
+            inputs.push(path);
+            all.push_str(&line);
+        }
+        fs::write(dir.join("all.jsonl"), all).unwrap();
+        let mut many = job(&dir, PathBuf::new(), 1, "many");
+        many.inputs = inputs;
+        let one = job(&dir, dir.join("all.jsonl"), 1, "one");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let tok = model();
+            let runs = [&many, &one].map(|j| run(j, &tok, &Progress::default()).unwrap().documents);
+            let files =
+                [&many, &one].map(|j| fs::read(format!("{}.bin", j.output_prefixes()[0])).unwrap());
+            tx.send((runs, files)).unwrap();
+        });
+        let (runs, files) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("preprocessing 40 files did not finish");
+        assert_eq!(runs, [40, 40]);
+        assert_eq!(files[0], files[1]);
         fs::remove_dir_all(dir).unwrap();
     }
 
