@@ -322,6 +322,21 @@ def test_minhash_estimates_jaccard_and_lsh_params_match_datasketch() -> None:
     assert abs(np.mean(sa == sb) - reference[0].jaccard(reference[1])) < 0.1
 
 
+def test_signatures_computed_a_piece_at_a_time_equal_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signature matrix is bounded by `SHINGLES_AT_ONCE` (a batch of long prompts took GBs):
+    pieces that cut texts anywhere, one text spanning several, give the same signatures."""
+    import vikhr.sft.dedup as dedup
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{x}" for x in rng.integers(0, 60, size=n)) for n in (1, 2, 3, 40, 7, 130, 5, 0, 64)]
+    hasher = MinHasher(num_perm=64, threshold=0.8, seed=5)
+    whole = hasher.signatures(texts)
+    assert dedup.SHINGLES_AT_ONCE > 300  # the texts above fit in one piece by default
+    for piece in (1, 2, 7, 50):
+        monkeypatch.setattr(dedup, "SHINGLES_AT_ONCE", piece)
+        assert np.array_equal(hasher.signatures(texts), whole), piece
+
+
 def test_duplicate_marks_on_arrays() -> None:
     keys = np.array([5, 7, 5, 9, 7], dtype=np.uint64)
     assert first_occurrences(keys).tolist() == [0, 1, 0, 3, 1]

@@ -28,6 +28,7 @@ import numpy as np
 _NON_WORD = re.compile(r"[\W_]+")
 SHINGLE_WORDS = 3
 _U32 = np.uint64(0xFFFFFFFF)
+SHINGLES_AT_ONCE = 1 << 15  # of the signature matrix computed at once: 32 MiB at 128 permutations
 
 
 def normalise(text: str) -> str:
@@ -100,9 +101,19 @@ class MinHasher:
     def signatures(self, texts: list[str]) -> np.ndarray:
         """(len(texts), num_perm) uint32 MinHash signatures."""
         flat, starts = self.shingles(texts)
-        # Multiply-shift: the high 32 bits of mul·h + add (mod 2^64) for each permutation.
-        values = (self._mul[:, None] * flat[None, :] + self._add[:, None]) >> np.uint64(32)
-        return np.minimum.reduceat(values & _U32, starts, axis=1).T.astype(np.uint32)
+        ends = np.append(starts[1:], len(flat))
+        out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        # The num_perm × shingles matrix a piece at a time: a batch of long prompts (or one chat of
+        # thousands of turns) would otherwise need num_perm × 8 bytes per word of it at once.
+        for lo in range(0, len(flat), SHINGLES_AT_ONCE):
+            hi = min(lo + SHINGLES_AT_ONCE, len(flat))
+            first, last = np.searchsorted(ends, lo, side="right"), np.searchsorted(starts, hi)
+            # Multiply-shift: the high 32 bits of mul·h + add (mod 2^64) for each permutation.
+            values = (self._mul[:, None] * flat[None, lo:hi] + self._add[:, None]) >> np.uint64(32)
+            pieces = np.maximum(starts[first:last], lo) - lo  # each text's part of this piece
+            mins = np.minimum.reduceat(values & _U32, pieces, axis=1).T.astype(np.uint32)
+            out[first:last] = np.minimum(out[first:last], mins)
+        return out
 
     def band_keys(self, texts: list[str]) -> np.ndarray:
         """(len(texts), bands) uint64: one hash per band of each signature."""
