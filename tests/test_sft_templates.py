@@ -472,6 +472,27 @@ def test_prepare_and_show_with_llama3_and_qwen_tokenizers(tmp_path: Path) -> Non
         assert rendered.splitlines()[1].startswith(start), rendered
 
 
+def test_show_reads_the_datasets_without_torch(tmp_path: Path) -> None:
+    """`sft show` prints a chat in a fraction of a second: it imported megatron-core and torch
+    (5 s, 800 MB) though the datasets are read natively."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, child_env
+    from vikhr.assets import MISTRAL_TOKENIZER
+
+    prepare_sft(RU_SEED_CHATS, MISTRAL_TOKENIZER, tmp_path / "a")
+    code = (
+        "import sys\nfrom vikhr.cli import main\n"
+        f"assert main(['sft', 'show', {str(tmp_path / 'a')!r}, '--index', '0']) == 0\n"
+        "print(sorted(m for m in ('torch', 'megatron', 'transformers') if m in sys.modules))\n"
+    )
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, capture_output=True, text=True, env=child_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("--- chat 0 (") and out.stdout.splitlines()[-1] == "[]"
+
+
 def test_show_refuses_what_is_not_its_prepared_data(tmp_path: Path) -> None:
     """Metadata that is not `vikhr sft prepare`'s, a tokenizer other than the recorded one (given,
     or replaced at the recorded path), and a mask dataset of another run are one line each, not a

@@ -134,10 +134,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from vikhr.runtime.megatron import import_megatron_core
     from vikhr.sft.prepare import render_prepared
 
-    import_megatron_core()  # rendering reads the datasets with megatron-core
     for index in args.index:
         print(render_prepared(args.prefix, index, args.tokenizer))
     return 0
