@@ -323,6 +323,42 @@ def test_a_long_chat_is_scored_on_its_answer(tmp_path: Path, reward_dir: Path) -
     assert first != second
 
 
+def test_a_very_long_chat_is_tokenized_from_its_tail_with_the_same_score(
+    tmp_path: Path, reward_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the last max_length × TAIL_CHARS_PER_TOKEN characters of a huge chat are tokenized (the
+    whole text was, for 30 s and GBs at 10 MB), and its score is the one of the whole text."""
+    import vikhr.sft.reward as reward
+
+    model = RewardModel(reward_scorer(reward_dir, max_length=32), "cpu")
+    long = [
+        {"role": "user", "content": " ".join(QUESTIONS * 40)},
+        {"role": "assistant", "content": ANSWERS[2]},
+    ]
+    short = [
+        {"role": "user", "content": QUESTIONS[1]},
+        {"role": "assistant", "content": " ".join(ANSWERS * 3)},
+    ]
+    spaced = _messages(3)  # long in characters, not in tokens: tokenized whole
+    spaced[0]["content"] = QUESTIONS[3] + " " * 3000
+    seen: list[int] = []
+    tokenize = model.tokenizer.__class__.__call__
+
+    def spy(tok, texts, *args, **kwargs):
+        seen.extend(len(t) for t in ([texts] if isinstance(texts, str) else texts))
+        return tokenize(tok, texts, *args, **kwargs)
+
+    monkeypatch.setattr(model.tokenizer.__class__, "__call__", spy)
+    tail_scores = model.score([long, short, spaced])
+    whole_spaced = len(model.render(spaced))
+    assert max(n for n in seen if n != whole_spaced) <= 32 * reward.TAIL_CHARS_PER_TOKEN
+    assert whole_spaced in seen and len(model.render(long)) > 32 * reward.TAIL_CHARS_PER_TOKEN
+    monkeypatch.setattr(reward, "TAIL_CHARS_PER_TOKEN", 10**9)  # every text whole
+    seen.clear()
+    assert model.score([long, short, spaced]) == tail_scores
+    assert max(seen) == len(model.render(long))
+
+
 def test_scores_of_another_reward_model_or_max_length_are_refused(tmp_path: Path, reward_dir: Path) -> None:
     """A scores file is a cache of one model's scores: another model (or max length) resumed it,
     keeping the first model's scores for every chat already there."""
