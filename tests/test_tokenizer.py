@@ -14,9 +14,17 @@ import sentencepiece as spm
 
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
+from vikhr.errors import VikhrError
 from vikhr.tokenizer import load
 from vikhr.tokenizer.compare import TABLE1_SENTENCE, compare
-from vikhr.tokenizer.corpus import is_heldout, iter_documents, iter_lines, write_training_text
+from vikhr.tokenizer.corpus import (
+    MAX_LINE_BYTES,
+    first_lines,
+    is_heldout,
+    iter_documents,
+    iter_lines,
+    write_training_text,
+)
 from vikhr.tokenizer.hf_export import build_hf_tokenizer, compare_encodings
 from vikhr.tokenizer.train import CYRILLIC, TrainSettings, train_tokenizer
 
@@ -311,6 +319,21 @@ def test_long_paragraphs_are_sampled_in_pieces_and_cut_at_any_white_space(
     stats = write_training_text([_write_jsonl(tmp_path / "zh.jsonl.gz", chinese)], out, "text", None, 0.0)
     assert next(iter(stats.values()))["dropped_chars"] == 3000
     assert "3,000 of 3,000 sampled characters are in runs without white space" in capsys.readouterr().err
+
+
+def test_the_export_check_reads_only_the_lines_it_checks_in_training_pieces(tmp_path: Path) -> None:
+    """The .model / tokenizer.json check took the whole split into memory (GBs for a large corpus)
+    and encoded paragraphs of any length whole; it reads its first lines, cut as training cuts them."""
+    corpus = tmp_path / "c.jsonl"
+    long = " ".join(["слово"] * 2000)  # 24,000 bytes: cut into pieces of at most 4,000
+    records = [{"id": "a", "text": f"Первая строка\n{long}"}, {"id": "b", "text": "Ещё одна строка"}]
+    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) + "{broken\n")
+    lines = first_lines(corpus, "text", "all", 0.0, 4)
+    assert lines[0] == "Первая строка"
+    assert all(0 < len(piece.encode()) <= MAX_LINE_BYTES for piece in lines[1:])
+    assert " ".join(lines[1:]) == " ".join(["слово"] * len(" ".join(lines[1:]).split()))
+    with pytest.raises(VikhrError, match=r"c\.jsonl:3"):  # reading on reaches the broken line
+        first_lines(corpus, "text", "all", 0.0, 100)
 
 
 def test_the_split_follows_ids_and_warns_when_they_repeat(

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -120,6 +121,7 @@ def _cut_at_space(line: str, chars: int) -> str:
     return head if len(head) == len(line) else (head.rsplit(None, 1)[0] or head)
 
 
+MAX_LINE_BYTES = 4000  # training lines are cut to this (SentencePiece skips those above 4192 bytes)
 # A word with the white space after it (any white space: NBSP-separated text has no ASCII spaces).
 _WORD = re.compile(r"\S+\s*|\s+")
 
@@ -147,6 +149,19 @@ def split_long_line(line: str, max_bytes: int) -> tuple[list[str], int]:
     if cur:
         out.append("".join(cur).rstrip())
     return [piece for piece in out if piece.strip()], dropped
+
+
+def first_lines(
+    path: str | Path, text_key: str, split: Split, heldout_percent: float, count: int
+) -> list[str]:
+    """The first `count` lines of `split` as tokenizer training takes them (a paragraph longer than
+    MAX_LINE_BYTES cut at white space), reading the file no further than that."""
+    pieces = (
+        piece
+        for line in iter_lines(path, text_key, split, heldout_percent)
+        for piece in split_long_line(line, MAX_LINE_BYTES)[0]
+    )
+    return list(islice(pieces, count))
 
 
 def corpus_sha256(path: str | Path) -> str:
@@ -186,7 +201,7 @@ def write_training_text(
     text_key: str,
     max_chars_per_file: int | list[int | None] | None,
     heldout_percent: float,
-    max_line_bytes: int = 4000,
+    max_line_bytes: int = MAX_LINE_BYTES,
     line_filter: object = None,
 ) -> dict[str, dict[str, int | float]]:
     """Write a deterministic sample of the training split of `paths` to `out_path`, one line per paragraph.

@@ -32,7 +32,7 @@ from vikhr.tokenizer.byte_level import CYRILLIC
 from vikhr.tokenizer.corpus import (
     DEFAULT_HELDOUT_PERCENT,
     corpus_sha256,
-    iter_lines,
+    first_lines,
     split_corpus_spec,
     write_training_sample,
 )
@@ -316,7 +316,7 @@ def verify_hf_export(
     checked = {"heldout": 0, "train": 0}
     for path in corpora:
         for split in ("heldout", "train"):
-            lines = list(iter_lines(path, s.text_key, split, s.heldout_percent))[: s.verify_lines_per_file]
+            lines = first_lines(path, s.text_key, split, s.heldout_percent, s.verify_lines_per_file)
             if lines:
                 break
         bad = compare_encodings(expected, got, lines)

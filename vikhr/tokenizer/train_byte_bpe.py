@@ -48,7 +48,7 @@ from vikhr.tokenizer.byte_level import (
     is_byte_level,
     piece_bytes,
 )
-from vikhr.tokenizer.corpus import corpus_sha256, iter_lines, write_training_sample
+from vikhr.tokenizer.corpus import corpus_sha256, first_lines, iter_lines, write_training_sample
 from vikhr.tokenizer.load import load, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
@@ -383,7 +383,7 @@ def _check_settings(base: ByteLevelBase, s: TrainSettings) -> int:
 def _heldout_lines(paths: list[Path], s: TrainSettings) -> list[str]:
     lines: list[str] = []
     for path in paths:
-        lines += list(iter_lines(path, s.text_key, "heldout", s.heldout_percent))[: s.verify_lines_per_file]
+        lines += first_lines(path, s.text_key, "heldout", s.heldout_percent, s.verify_lines_per_file)
     return lines
 
 
