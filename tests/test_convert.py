@@ -77,6 +77,35 @@ def test_round_trip_is_bit_exact(tmp_path: Path, tp: int) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def test_conversions_hold_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tensor is written (to every TP rank's file) before the next is made: a conversion needs
+    one tensor's memory, not the model's (it collected the whole converted model first)."""
+    import vikhr.convert.mistral as mistral
+    from vikhr.adapt.safetensors_io import SafetensorsSpool
+
+    events: list[str] = []
+
+    def watched(make: Any) -> Any:
+        def tensors(*args: Any) -> Any:
+            for item in make(*args):
+                events.append("made")
+                yield item
+
+        return tensors
+
+    add = SafetensorsSpool.add
+    monkeypatch.setattr(SafetensorsSpool, "add", lambda self, *a: (events.append("written"), add(self, *a)))
+    monkeypatch.setattr(mistral, "_megatron_full_tensors", watched(mistral._megatron_full_tensors))
+    monkeypatch.setattr(mistral, "_gather_hf_tensors", watched(mistral._gather_hf_tensors))
+    hf = _tiny_hf(tmp_path / "hf")
+    meg = hf_to_megatron(hf, tmp_path / "meg", tp_size=2)
+    assert events and events == ["made", "written", "written"] * (len(events) // 3)
+    events.clear()
+    megatron_to_hf(meg, tmp_path / "back")
+    assert events and events == ["made", "written"] * (len(events) // 2)
+    assert not list(tmp_path.rglob("*.data"))  # no spool left
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mistral"])
 def test_round_trip_of_each_family_is_bit_exact(tmp_path: Path, family: str, tp: int) -> None:
@@ -587,18 +616,23 @@ def test_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_a_full_disk_is_one_line_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """safetensors reports a full disk as its own SafetensorError, not OSError."""
-    import safetensors.torch
-    from safetensors import SafetensorError
+    """A write refused for a full disk names the output, in both directions."""
+    import errno
+
+    import vikhr.adapt.safetensors_io as safetensors_io
 
     hf = _tiny_hf(tmp_path / "hf")
+    meg = hf_to_megatron(hf, tmp_path / "meg")
 
     def full(*args: object, **kwargs: object) -> None:
-        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a file object's write raises it
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
-    out = tmp_path / "meg"
+    monkeypatch.setattr(safetensors_io, "_write_tensor_data", full)
+    out = tmp_path / "meg2"
     _fails(_to_megatron(hf, out), capsys, out, "no space left on the device writing", str(out))
+    out = tmp_path / "back"
+    argv = ["convert", "megatron-to-hf", str(meg), str(out)]
+    _fails(argv, capsys, out, "no space left on the device writing", str(out))
 
 
 def test_megatron_checkpoint_that_disagrees_with_its_meta(

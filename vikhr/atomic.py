@@ -28,11 +28,16 @@ _SHORT_WRITE = ("file write failed", "unexpected pos")
 @contextlib.contextmanager
 def write_errors_as_os_errors(path: str | Path) -> Iterator[None]:
     """torch.save and safetensors report a failed write (a full disk) as RuntimeError or
-    SafetensorError: re-raise those as the OSError naming `path` that the callers handle."""
+    SafetensorError, and a file object's write as an OSError naming no file: re-raise those as the
+    OSError naming `path` that the callers handle."""
     from safetensors import SafetensorError
 
     try:
         yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except (RuntimeError, SafetensorError) as e:
         text = " ".join(str(e).split())
         if any(s in text for s in _FULL_DISK):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,6 +210,34 @@ def write_streaming(
             else:
                 _copy_range(fin, fout, src.tensors[name].start, size, progress)
     return offset
+
+
+class SafetensorsSpool:
+    """Writes a safetensors file a tensor at a time, holding none of them: each tensor's data go to
+    a spool file beside `path` as it comes, and `finish` writes the header (which comes first and
+    needs every shape) and then the spooled data. A conversion thus needs one tensor's memory, not
+    the model's; the data are written twice."""
+
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        self.path, self.spool_path = path, path.with_name(path.name + ".data")
+        self.header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
+        self.size = 0
+        self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed by finish)
+
+    def add(self, name: str, tensor: Any) -> None:
+        t = tensor.contiguous()
+        n = t.numel() * t.element_size()
+        entry = {"dtype": safetensors_dtype(t.dtype), "shape": list(t.shape)}
+        self.header[name] = {**entry, "data_offsets": [self.size, self.size + n]}
+        _write_tensor_data(self.spool, t)
+        self.size += n
+
+    def finish(self) -> None:
+        self.spool.close()
+        with open(self.path, "wb") as fout, open(self.spool_path, "rb") as data:
+            _write_header(fout, self.header)
+            shutil.copyfileobj(data, fout, COPY_CHUNK_BYTES)
+        self.spool_path.unlink()
 
 
 def _write_header(fout: IO[bytes], header: dict[str, Any]) -> None:

@@ -36,7 +36,14 @@ from typing import Any
 
 import torch
 
-from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, read_header
+from vikhr.adapt.safetensors_io import (
+    SafetensorsHeader,
+    SafetensorsSpool,
+    checkpoint_headers,
+    load_tensor,
+    read_header,
+    torch_dtype,
+)
 from vikhr.atomic import output_dir, write_errors_as_os_errors
 from vikhr.errors import VikhrError, read_json_object, refuse_to_replace, require_dir, require_writable_dir
 from vikhr.model.config import ModelConfig, padded_vocab_size
@@ -490,8 +497,6 @@ def hf_to_megatron(
     The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`) so that
     `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
     """
-    from safetensors.torch import save_file
-
     from vikhr.convert.hf_tokenizer import load_for_model
     from vikhr.tokenizer.load import TOKENIZER_FILES
 
@@ -508,10 +513,6 @@ def hf_to_megatron(
         load_for_model(src, cfg.vocab_size, f"{src}")
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tp_size)]
-    for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
-        for r in range(tp_size):
-            shards[r][name] = shard(full, split_of(name), r, tp_size).contiguous().clone()
     meta: dict[str, Any] = {
         "step": 0,
         "consumed_samples": 0,
@@ -524,10 +525,14 @@ def hf_to_megatron(
     }
     if tokenizer is not None:
         meta["tokenizer"] = str(tokenizer.resolve())
-    with output_dir(out) as tmp:
-        for r, tensors in enumerate(shards):
-            with write_errors_as_os_errors(out):
-                save_file(tensors, str(tmp / f"model_tp{r:02d}.safetensors"))
+    with output_dir(out) as tmp, write_errors_as_os_errors(out):
+        # One tensor in memory at a time, each written to every rank's file as it is made.
+        spools = [SafetensorsSpool(tmp / f"model_tp{r:02d}.safetensors") for r in range(tp_size)]
+        for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
+            for r, spool in enumerate(spools):
+                spool.add(name, shard(full, split_of(name), r, tp_size))
+        for spool in spools:
+            spool.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 
@@ -581,44 +586,36 @@ def _read_megatron_shards(step_dir: Path, meta: dict[str, Any], cfg: ModelConfig
     return headers
 
 
-def _gather_hf_tensors(headers: list[SafetensorsHeader], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The full HF tensors from the tensor-parallel files of a megatron checkpoint."""
+def _gather_hf_tensors(
+    headers: list[SafetensorsHeader], cfg: ModelConfig
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor) from the tensor-parallel files of a megatron checkpoint, one at a time."""
 
     def gather(name: str) -> torch.Tensor:
         return merge([load_tensor(h.tensors[name], h.path) for h in headers], split_of(name))
 
-    out: dict[str, torch.Tensor] = {}
     v = cfg.vocab_size
-    out[EMBED] = gather("embedding.word_embeddings.weight")[:v]
+    yield EMBED, gather("embedding.word_embeddings.weight")[:v]
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        out[hf + "input_layernorm.weight"] = gather(meg + "input_layernorm.weight")
+        yield hf + "input_layernorm.weight", gather(meg + "input_layernorm.weight")
         q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.weight"), cfg)
-        out[hf + "self_attn.q_proj.weight"] = q
-        out[hf + "self_attn.k_proj.weight"] = k
-        out[hf + "self_attn.v_proj.weight"] = vv
+        yield from ((hf + f"self_attn.{x}_proj.weight", t) for x, t in zip("qkv", (q, k, vv), strict=True))
         if cfg.qkv_bias:
             q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.bias"), cfg)
-            out.update(
-                {
-                    hf + "self_attn.q_proj.bias": q,
-                    hf + "self_attn.k_proj.bias": k,
-                    hf + "self_attn.v_proj.bias": vv,
-                }
-            )
+            yield from ((hf + f"self_attn.{x}_proj.bias", t) for x, t in zip("qkv", (q, k, vv), strict=True))
         if cfg.qk_norm:
             for x in "qk":
-                out[hf + f"self_attn.{x}_norm.weight"] = gather(meg + f"self_attention.{x}_layernorm.weight")
-        out[hf + "self_attn.o_proj.weight"] = gather(meg + "self_attention.linear_proj.weight")
-        out[hf + "post_attention_layernorm.weight"] = gather(meg + "pre_mlp_layernorm.weight")
+                yield hf + f"self_attn.{x}_norm.weight", gather(meg + f"self_attention.{x}_layernorm.weight")
+        yield hf + "self_attn.o_proj.weight", gather(meg + "self_attention.linear_proj.weight")
+        yield hf + "post_attention_layernorm.weight", gather(meg + "pre_mlp_layernorm.weight")
         gate, up = gather(meg + "mlp.linear_fc1.weight").chunk(2, dim=0)
-        out[hf + "mlp.gate_proj.weight"] = gate
-        out[hf + "mlp.up_proj.weight"] = up
-        out[hf + "mlp.down_proj.weight"] = gather(meg + "mlp.linear_fc2.weight")
-    out["model.norm.weight"] = gather("decoder.final_layernorm.weight")
+        yield hf + "mlp.gate_proj.weight", gate
+        yield hf + "mlp.up_proj.weight", up
+        yield hf + "mlp.down_proj.weight", gather(meg + "mlp.linear_fc2.weight")
+    yield "model.norm.weight", gather("decoder.final_layernorm.weight")
     if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
-        out[LM_HEAD] = gather("output_layer.weight")[:v]
-    return {k: t.contiguous() for k, t in out.items()}
+        yield LM_HEAD, gather("output_layer.weight")[:v]
 
 
 def megatron_to_hf(
@@ -633,8 +630,6 @@ def megatron_to_hf(
     `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint
     records; without either, only the weights and config.json are written.
     """
-    from safetensors.torch import save_file
-
     from vikhr.convert.hf_tokenizer import load_for_model, recorded_tokenizer, write_tokenizer_files
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
@@ -647,15 +642,19 @@ def megatron_to_hf(
         tok = load_for_model(Path(tokenizer), cfg.vocab_size, "--tokenizer")
     elif recorded is not None:
         tok = load_for_model(recorded.path, cfg.vocab_size, recorded.recorded_by)
-    tensors = _gather_hf_tensors(_read_megatron_shards(step_dir, meta, cfg), cfg)
+    headers = _read_megatron_shards(step_dir, meta, cfg)
     hf_cfg = model_config_to_hf_config(cfg, meta.get("hf_config"))
-    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
+    dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     hf_cfg["torch_dtype"] = dtype
     if "dtype" in hf_cfg:  # transformers 5 writes the dtype under this name
         hf_cfg["dtype"] = dtype
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})
+            for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
+                spool.add(name, tensor)
+            spool.finish()
         if tok is not None:
             hf_cfg.update(write_tokenizer_files(tok, tmp, chat_template))
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
