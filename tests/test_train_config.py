@@ -414,3 +414,28 @@ def test_changed_settings_names_each_difference_by_dotted_key() -> None:
     assert changed_settings(saved, saved) == []
     grown = {**now, "data": {"train": [*now["data"]["train"], {"prefix": "code", "weight": 0.1}]}}
     assert "data.train [" in changed_settings(now, grown)[0]  # another number of datasets: the whole list
+
+
+def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused(tmp_path: Path, dataset: str) -> None:
+    """Two runs on one checkpoint.dir (a double submission, a requeue while the first runs) would
+    write the same step folders and remove each other's: the second stops before any work."""
+    import fcntl
+    import os
+
+    from vikhr.train.run_lock import LOCK_FILE, run_lock
+    from vikhr.train.trainer import run
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(_config(tmp_path, dataset, checkpoint={"dir": str(run_dir)}))
+    with run_lock(run_dir):
+        holder = rf"another run \(pid {os.getpid()} on {re.escape(os.uname().nodename)}\); wait"
+        with pytest.raises(VikhrError, match=rf"checkpoint.dir .*run is in use by {holder}"):
+            run(cfg)
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # nothing else was written
+    with open(run_dir / LOCK_FILE) as f:  # released at the end
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # A run refused before it wrote anything leaves no checkpoint.dir behind.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(VikhrError, match="refused"), run_lock(fresh):
+        raise VikhrError("refused")
+    assert not fresh.exists()

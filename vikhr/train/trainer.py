@@ -61,6 +61,7 @@ from vikhr.train.data import (
 )
 from vikhr.train.index_cache import check_index_cache
 from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
+from vikhr.train.run_lock import run_lock
 
 # --------------------------------------------------------------------------- the loss, pluggable
 
@@ -301,6 +302,11 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
         checkpoint.find_weights(cfg.model.init, "model.init")
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         checkpoint.find_weights(cfg.kl.reference, "kl.reference")
+    with run_lock(cfg.checkpoint.dir):  # before the checkpoint to resume is chosen
+        return _locked_run(cfg, loss_fn)
+
+
+def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None) -> dict[str, Any]:
     resume_from = None
     if cfg.checkpoint.resume != "never":
         where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
