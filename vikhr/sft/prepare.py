@@ -25,6 +25,7 @@ from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.template import (
     EncodedChat,
     Message,
+    control_ids,
     encode_chat,
     load_chat_tokenizer,
     read_chats,
@@ -173,8 +174,7 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
             f"{given} is not the tokenizer {prefix} was prepared with ({meta['tokenizer']}, by its "
             "sha256): its ids would decode to other text; give that tokenizer with --tokenizer"
         )
-    shown = {i: tok.id_to_piece(i) for i in template_token_ids(tok, template).values()}
-    shown.update({i: tok.id_to_piece(i) for i in (tok.bos_id, tok.eos_id) if i is not None})
+    shown = {i: tok.id_to_piece(i) for i in control_ids(tok, template_token_ids(tok, template))}
     text_prefix, mask_prefix = sft_datasets(prefix)
     text, mask = indexed.IndexedReader(text_prefix), indexed.IndexedReader(mask_prefix)
     if not 0 <= index < len(text):

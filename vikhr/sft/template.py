@@ -151,6 +151,11 @@ def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenize
     return tok
 
 
+def control_ids(tok: Tokenizer, controls: dict[str, int]) -> set[int]:
+    """The ids a chat's text must never produce: `controls` (see `template_token_ids`), BOS and EOS."""
+    return set(controls.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+
+
 def _controls_made_special(tok: Tokenizer, controls: dict[str, int]) -> None:
     """Marks `controls`, BOS and EOS special in an HF tokenizer that holds them as plain added tokens.
 
@@ -160,7 +165,7 @@ def _controls_made_special(tok: Tokenizer, controls: dict[str, int]) -> None:
     """
     if tok.kind != "huggingface":
         return  # SentencePiece: see `_Encoder._check_no_control`
-    wanted = set(controls.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+    wanted = control_ids(tok, controls)
     added = tok.backend.get_added_tokens_decoder()
     plain = [t.content for i, t in added.items() if i in wanted and not t.special]
     if plain:
@@ -372,7 +377,7 @@ class _Encoder:
 
     def __init__(self, tok: Tokenizer, controls: dict[str, int], across_segments: bool) -> None:
         self.tok, self.controls, self.across_segments = tok, controls, across_segments
-        self.control_ids = set(controls.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+        self.control_ids = control_ids(tok, controls)
         self.out = EncodedChat([], [])
         self.run: list[tuple[str, bool]] = []  # (text, trained) since the last cut
 
