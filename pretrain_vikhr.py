@@ -10,7 +10,7 @@ The loop itself is `vikhr.train.trainer` (read it top to bottom); `vikhr pretrai
 
 import sys
 
-from vikhr.errors import VikhrError, os_error_line, print_error_line
+from vikhr.errors import StoppedBySignal, VikhrError, os_error_line, print_error_line, print_stop_line
 from vikhr.train.cli import main
 
 if __name__ == "__main__":
@@ -22,6 +22,8 @@ if __name__ == "__main__":
     except OSError as e:  # as `vikhr pretrain` reports it: a read-only place, a full disk
         print_error_line(f"pretrain_vikhr.py: error: {os_error_line(e)}")
         sys.exit(2)
+    except StoppedBySignal as e:  # saved and stopped on a cluster's notice (checkpoint.save_on_signals)
+        sys.exit(print_stop_line("pretrain_vikhr.py", e))
     except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on to every rank)
         print_error_line("pretrain_vikhr.py: interrupted")
         sys.exit(130)

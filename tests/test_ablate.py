@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vikhr.ablate.config import load_ablate_config
-from vikhr.errors import VikhrError
+from vikhr.ablate.config import load_ablate_config, trainer_config
+from vikhr.errors import StoppedBySignal, VikhrError
 
 # The micro grid: the bundled samples cut to a few documents, a tiny model, a few steps, one seed.
 MICRO = {
@@ -137,6 +139,16 @@ def test_shipped_configs_validate() -> None:
         assert len(cfg.seeds) >= 3
         groups = {a.group for a in cfg.arms}
         assert {"vocabulary", "init", "regularisation", "slerp"} <= groups
+
+
+def test_an_arm_saves_on_a_signal_only_where_resume_continues_from_the_save() -> None:
+    """Without train.save_every, --resume starts an unfinished arm again: a SIGTERM then just ends it."""
+    root = Path(__file__).resolve().parents[1]
+    blend = [("ru", "ru", 1.0)]
+    for name, signals in (("ablate-cpu.yaml", []), ("ablate-gpu.yaml", ["SIGTERM", "SIGUSR1"])):
+        cfg = load_ablate_config(root / "configs" / name)
+        run = trainer_config(cfg, Path("grid/runs/a"), blend, 512, 10, check_files=False, seed=1)
+        assert run.checkpoint.save_on_signals == signals, name
 
 
 @pytest.fixture(scope="module")
@@ -336,15 +348,12 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     cfg = yaml.safe_load((first.parent / "ablate1.yaml").read_text(encoding="utf-8"))
     cfg_path = _write(first.parent / "saving.yaml", {**cfg, "out_dir": str(out), "train": cfg["train"]})
 
-    class Interrupted(Exception):
-        pass
-
     save, resume = Trainer.save, Trainer.resume
 
     def interrupting_save(self: Trainer) -> Path:
         path = save(self)
         if self.step == 2 and Path(self.cfg.checkpoint.dir).name.startswith("adapted-"):
-            raise Interrupted  # a kill right after the adapted arm's checkpoint at step 2
+            os.kill(os.getpid(), signal.SIGTERM)  # a cluster's notice right after the checkpoint at step 2
         return path
 
     monkeypatch.setattr(Trainer, "save", interrupting_save)
@@ -354,8 +363,10 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     assert load_ablate_config(cfg_path).grid_settings(*digests) == load_ablate_config(
         first.parent / "ablate1.yaml"
     ).grid_settings(*digests)
-    with pytest.raises(Interrupted):
+    with pytest.raises(StoppedBySignal) as stopped:  # the trainer stops at the step it just saved
         run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    assert str(stopped.value).startswith("stopped on SIGTERM after step 2 of 3, saved in ")
+    assert stopped.value.hint.startswith("`vikhr ablate --resume` with the same config continues")
     run_dir = next((out / "work" / "runs").glob("adapted-*-s7"))
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000002"]  # checkpoint.keep_last=1
 

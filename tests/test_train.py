@@ -11,18 +11,22 @@ recomputes a logged CE and KL independently, with the float64 reference op.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch.distributed.launcher.api import LaunchConfig
 
-from tests.conftest import REPO, child_env, launch_torchrun, run_torchrun
+from tests.conftest import REPO, child_env, free_port, launch_torchrun, run_torchrun
 from tests.helpers import VOCAB, make_corpus, write_config
 from vikhr.train.monitor import read_metrics
 
@@ -216,6 +220,107 @@ def test_kill_and_resume_matches_uninterrupted(
         for key in ("loss", "ce", "kl", "lr", "grad_norm"):
             assert train[step][key] == reference[step][key], (step, key)
     assert valid[8] == reference_valid[8]
+
+
+def _stop_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if ": stopped on SIG" in line]
+    assert len(lines) == 1, stderr[-4000:]  # rank 0's alone
+    return lines[0]
+
+
+@pytest.mark.distributed
+def test_a_signal_to_one_rank_saves_that_step_and_resumes_exactly(
+    corpus: dict[str, str], parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A cluster's SIGTERM may reach one rank before (or instead of) the others: after the step the
+    ranks agree, all save that step and stop; the resumed run equals the uninterrupted one."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir)
+    stopped = _launch(config, 2, "debug.signal_at_step=5")  # the last rank signals itself
+    assert stopped.returncode != 0, "a stopped run has not finished"
+    assert _stop_line(stopped.stderr) == (
+        f"pretrain_vikhr.py: stopped on SIGTERM after step 5 of 8, saved in {run_dir / 'step_000005'}; "
+        "run the same command again to resume"
+    )
+    assert (run_dir / "latest").read_text().strip() == "step_000005"
+    assert max(read_metrics(run_dir)[0]) == 5
+    resumed = _launch(config, 2)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from {run_dir / 'step_000005'}" in resumed.stderr
+    train, valid = read_metrics(run_dir)
+    reference, reference_valid = read_metrics(parallel_runs["dp2"])  # same job, never stopped
+    assert sorted(train) == sorted(reference)
+    for step in sorted(reference):
+        for key in ("loss", "ce", "kl", "lr", "grad_norm"):
+            assert train[step][key] == reference[step][key], (step, key)
+    assert valid[8] == reference_valid[8]
+
+
+# torchrun's own flags for SLURM's early notice: pass SIGUSR1 on, and give the ranks 15 minutes to
+# save (torchrun kills them 30 s after a signal by default).
+FORWARD_USR1 = ["--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--shutdown-timeout=900"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("sig", "launcher_flags", "received"),
+    [
+        (signal.SIGTERM, [], "SIGTERM"),  # passed on by torchrun
+        (signal.SIGUSR1, FORWARD_USR1, "SIGUSR1"),  # passed on, with time to save
+        (signal.SIGUSR1, [], "SIGTERM"),  # ends torchrun; its ranks get SIGTERM from the kernel
+    ],
+    ids=["sigterm", "sigusr1-forwarded", "sigusr1-kills-torchrun"],
+)
+def test_a_signal_to_torchrun_saves_the_step_its_ranks_were_in(
+    corpus: dict[str, str], tmp_path: Path, sig: signal.Signals, launcher_flags: list[str], received: str
+) -> None:
+    """What SLURM does at a time limit (SIGTERM) or ahead of it (`--signal=USR1@600`): whatever the
+    launcher does with the signal, the ranks save the step they were in and stop."""
+    if launcher_flags and "shutdown_timeout" not in inspect.signature(LaunchConfig).parameters:
+        pytest.skip("this torchrun has no --shutdown-timeout")
+    run_dir = tmp_path / "run"
+    steps = 2000  # far more than run before the signal
+    config = write_config(
+        tmp_path / "c.yaml", corpus, run_dir, train={"steps": steps}, checkpoint={"save_every": steps}
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", *launcher_flags, str(PRETRAIN), "--config", str(config)]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while the run goes on
+    with log.open("w") as err, subprocess.Popen(cmd, env=child_env(), cwd=REPO, stderr=err) as launcher:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "metrics.jsonl").is_file() or len(read_metrics(run_dir)[0]) < 3:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        launcher.send_signal(sig)
+        launcher.wait(timeout=120)
+    deadline = time.monotonic() + 120  # ranks whose torchrun died finish saving after it
+    while ": stopped on SIG" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    train, _ = read_metrics(run_dir)
+    last = max(train)
+    assert 3 <= last < steps
+    stop = f"pretrain_vikhr.py: stopped on {received} after step {last} of {steps},"
+    assert _stop_line(log.read_text()).startswith(stop)
+    assert (run_dir / "latest").read_text().strip() == f"step_{last:06d}"
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith("step_")] == [f"step_{last:06d}"]
+
+
+def test_vikhr_pretrain_stops_on_sigusr1_with_its_shell_status(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """One process (`vikhr pretrain`): SLURM's early notice (`--signal=USR1@120`) saves and ends the run
+    with status 128 + 10, so a job script can tell it from a finished run and requeue."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 4})
+    proc = _pretrain_cli(
+        "--config", str(config), "checkpoint.save_on_signals=[SIGUSR1]", "debug.signal_at_step=2"
+    )
+    assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"vikhr pretrain: stopped on SIGUSR1 after step 2 of 4, saved in {run_dir / 'step_000002'}; "
+        "run the same command again to resume"
+    )
+    assert (run_dir / "latest").read_text().strip() == "step_000002"
 
 
 DISTRIBUTED = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}

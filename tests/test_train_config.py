@@ -132,6 +132,11 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("train.steps.x=1", "config key train.steps: expected int"),
         ("train.seed=-1", "config key train.seed must be >= 0, got -1"),  # numpy's seeding refuses it
         ("train.seed=4294967296", "config key train.seed must be < 4294967296"),
+        ("checkpoint.save_on_signals=[SIGKILL]", "config key checkpoint.save_on_signals[0] must be SIGTERM,"),
+        (
+            "checkpoint.save_on_signals=SIGTERM",
+            "config key checkpoint.save_on_signals: expected a list, got 'SIGTERM'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, dataset: str, override: str, message: str) -> None:
@@ -439,3 +444,11 @@ def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused(tmp_path: Path, data
     with pytest.raises(VikhrError, match="refused"), run_lock(fresh):
         raise VikhrError("refused")
     assert not fresh.exists()
+
+
+def test_save_on_signals_defaults_to_slurms_notices_and_may_be_emptied(tmp_path: Path, dataset: str) -> None:
+    config = _config(tmp_path, dataset)
+    assert load_config(config).checkpoint.save_on_signals == ["SIGTERM", "SIGUSR1"]
+    assert load_config(config, ["checkpoint.save_on_signals=[]"]).checkpoint.save_on_signals == []
+    with pytest.raises(VikhrError, match=r"debug\.signal_at_step sends the first of checkpoint\.save_on"):
+        load_config(config, ["checkpoint.save_on_signals=[]", "debug.signal_at_step=2"])

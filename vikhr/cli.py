@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vikhr.errors import VikhrError, os_error_line, print_error_line
+from vikhr.errors import StoppedBySignal, VikhrError, os_error_line, print_error_line, print_stop_line
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -152,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
         print_error_line(f"{verb.prog}: error: {os_error_line(e)}")
         return 2
+    except StoppedBySignal as e:  # saved and stopped on a cluster's notice
+        return print_stop_line(verb.prog, e)
     except KeyboardInterrupt:
         print("vikhr: interrupted", file=sys.stderr)
         return 130

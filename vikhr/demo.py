@@ -210,6 +210,7 @@ def train_config(
         f"checkpoint.dir={workdir / name}",
         f"checkpoint.save_every={steps}",
         "checkpoint.resume=never",
+        "checkpoint.save_on_signals=[]",  # the demo starts afresh each time: a SIGTERM just ends it
         f"logging.log_every={max(1, steps // 5)}",
         f"logging.eval_every={steps}",
         *extra,

@@ -17,6 +17,23 @@ class VikhrError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
 
 
+class StoppedBySignal(Exception):
+    """A run that saved its step and stopped on a signal it was told to stop on (a cluster's notice of
+    the end); the CLI prints the message (rank 0) and exits with the signal's shell status."""
+
+    def __init__(self, message: str, status: int, hint: str = "run the same command again to resume") -> None:
+        super().__init__(message)
+        self.status = status
+        self.hint = hint  # how to continue: the verb that ran the trainer knows best
+
+
+def print_stop_line(prog: str, e: StoppedBySignal) -> int:
+    """Print a stopped run's line once (on rank 0 under torchrun); returns the exit status."""
+    if os.environ.get("RANK", "0") == "0":
+        print_error_line(f"{prog}: {e}; {e.hint}")
+    return e.status
+
+
 def os_error_line(e: OSError) -> str:
     """What the machine refused (a read-only place, a full disk), as one line with the way out."""
     if e.errno == errno.ENOSPC:

@@ -209,6 +209,9 @@ def trainer_config(
         f"checkpoint.save_every={t.save_every or steps}",
         "checkpoint.keep_last=1",  # a save is atomic: the newest whole checkpoint is enough
         "checkpoint.resume=auto",
+        # Saving on a cluster's notice pays only where --resume continues from the step saved (the
+        # demo's runs, whose config this extends, never save on one).
+        f"checkpoint.save_on_signals={'[SIGTERM, SIGUSR1]' if t.save_every else '[]'}",
         f"kl.direction={kw.pop('kl_direction', 'reverse')}",
     ]
     return train_config(

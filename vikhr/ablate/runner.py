@@ -25,7 +25,7 @@ from typing import Any
 
 from vikhr.ablate.config import AblateConfig, Arm, trainer_config
 from vikhr.atomic import output_dir, write_text
-from vikhr.errors import VikhrError, require_file
+from vikhr.errors import StoppedBySignal, VikhrError, require_file
 from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
@@ -97,7 +97,11 @@ class Ablation:
         from vikhr.train.checkpoint import find_checkpoint
         from vikhr.train.trainer import run as train
 
-        train(trainer_config(self.cfg, run_dir, blend, vocab, steps, **kw))
+        try:
+            train(trainer_config(self.cfg, run_dir, blend, vocab, steps, **kw))
+        except StoppedBySignal as e:
+            e.hint = "`vikhr ablate --resume` with the same config continues the grid from that step"
+            raise
         ckpt = find_checkpoint(run_dir)
         if ckpt is None:
             raise VikhrError(f"{run_dir}: training left no checkpoint")

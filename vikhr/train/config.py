@@ -13,9 +13,9 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, decay_steps,
                 wsd_shape, distributed
     kl:         weight (λ), direction, temperature, reference
-    checkpoint: dir, save_every, keep_last, resume
+    checkpoint: dir, save_every, keep_last, resume, save_on_signals
     logging:    log_every, eval_every, tensorboard, max_nonfinite
-    debug:      kill_at_step, nonfinite_at_steps (fault injection for tests)
+    debug:      kill_at_step, signal_at_step, nonfinite_at_steps (fault injection for tests)
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ from vikhr.sft.layout import Packing, check_sft_blend, check_sft_dataset
 
 # numpy's and torch's generators take seeds in [0, 2^32)
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# Signals a run can stop on cleanly (SIGKILL and SIGSTOP cannot be caught; SIGINT stays Ctrl-C's
+# immediate stop unless listed).
+StopSignal = Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGINT"]
 KLDirection = Literal[KL_DIRECTIONS]  # type: ignore[valid-type]  # the op's own tuple, as a type
 _MODEL_SHAPE = pydantic.TypeAdapter(ModelConfig)
 
@@ -168,6 +171,9 @@ class CheckpointSection(_Section):
     # is damaged.
     keep_last: NonNegativeInt = 0
     resume: str = "auto"  # auto (latest in dir, if any) | never | a step_* directory
+    # On these signals the ranks finish the step, save it and stop (exit status 128 + the signal's
+    # number): SLURM's notice of a time limit or preemption, torchrun passing on its own SIGTERM.
+    save_on_signals: list[StopSignal] = Field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 class LoggingSection(_Section):
@@ -181,6 +187,8 @@ class DebugSection(_Section):
     """Fault injection for tests."""
 
     kill_at_step: int | None = None  # SIGKILL every rank right after this step
+    # the last rank alone sends itself the first of checkpoint.save_on_signals right after this step
+    signal_at_step: int | None = None
     nonfinite_at_steps: list[int] = Field(default_factory=list)  # make these steps' loss NaN
 
 
@@ -303,6 +311,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
             )
     if o.min_lr > o.lr:
         raise VikhrError(f"config key optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    if cfg.debug.signal_at_step is not None and not cfg.checkpoint.save_on_signals:
+        raise VikhrError(
+            "config key debug.signal_at_step sends the first of checkpoint.save_on_signals, which is empty"
+        )
     if o.decay_steps is not None and o.decay != "wsd":
         raise VikhrError(
             f"config key optim.decay_steps is the length of the wsd decay; optim.decay is {o.decay} "

@@ -34,7 +34,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
-from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.errors import StoppedBySignal, VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
@@ -62,6 +62,7 @@ from vikhr.train.data import (
 from vikhr.train.index_cache import check_index_cache
 from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
 from vikhr.train.run_lock import run_lock
+from vikhr.train.stop_signals import StopSignals, exit_status
 
 # --------------------------------------------------------------------------- the loss, pluggable
 
@@ -512,21 +513,42 @@ class Trainer:
                 f"{cfg.data.split!r} gets none of its {'chats' if cfg.data.kind == 'sft' else 'documents'}"
             )
         valid_losses = self.evaluate() if self.step == 0 else {}
-        while self.step < cfg.train.steps:
-            metrics = self.train_step()
-            last = self.step == cfg.train.steps
-            monitor.record(self.step, "train", metrics)
-            if self.step % cfg.logging.log_every == 0 or last:
-                monitor.progress(self.step, cfg.train.steps, metrics)
-            if self.step % cfg.logging.eval_every == 0 or last:
-                valid_losses = self.evaluate()
-            if self.step % cfg.checkpoint.save_every == 0 or last:
-                self.save()
-            if self.step == cfg.debug.kill_at_step:
-                dist.barrier()
-                os.kill(os.getpid(), signal.SIGKILL)  # tests of resume: a real, unclean death
+        with StopSignals(cfg.checkpoint.save_on_signals) as stop_signals:
+            while self.step < cfg.train.steps:
+                metrics = self.train_step()
+                last = self.step == cfg.train.steps
+                monitor.record(self.step, "train", metrics)
+                if self.step % cfg.logging.log_every == 0 or last:
+                    monitor.progress(self.step, cfg.train.steps, metrics)
+                if self.step % cfg.logging.eval_every == 0 or last:
+                    valid_losses = self.evaluate()
+                saved = self.step % cfg.checkpoint.save_every == 0 or last
+                if saved:
+                    self.save()
+                self._inject_faults()
+                stop = stop_signals.agreed(self.env.device)
+                if stop is not None and not last:  # a run that has just finished simply ends
+                    self._stop(stop, saved)
         monitor.close()
         return {"step": self.step, "valid": valid_losses}
+
+    def _inject_faults(self) -> None:
+        """debug.*: a real, unclean death (tests of resume) or a signal to the last rank alone
+        (tests that every rank stops on what one of them received)."""
+        if self.step == self.cfg.debug.kill_at_step:
+            dist.barrier()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.step == self.cfg.debug.signal_at_step and self.env.rank == self.env.world_size - 1:
+            os.kill(os.getpid(), signal.Signals[self.cfg.checkpoint.save_on_signals[0]])
+
+    def _stop(self, received: signal.Signals, saved: bool) -> None:
+        """Save this step (unless it just was) and end the run with StoppedBySignal."""
+        path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
+        self.monitor.close()
+        raise StoppedBySignal(
+            f"stopped on {received.name} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
+            exit_status(received),
+        )
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step on the global batch of step `self.step`; returns its metrics."""
