@@ -252,3 +252,17 @@ def test_errors_name_the_verb_they_belong_to(capsys) -> None:
         == 2
     )
     assert capsys.readouterr().err.startswith("vikhr sft prepare: error: ")
+
+
+@pytest.mark.parametrize("entry", ["vikhr pretrain", "pretrain_vikhr.py"])
+def test_output_read_by_a_reader_that_stops_early_ends_quietly(entry: str) -> None:
+    """`... --dry-run | head -2`: the reader leaves before the output ends; the command ends as the
+    shell's tools do (status 141, no message), not with "cannot access: Broken pipe"."""
+    program = ["-m", "vikhr", "pretrain"] if entry == "vikhr pretrain" else [str(REPO / entry)]
+    cmd = [sys.executable, *program]
+    cmd += ["--config", str(REPO / "configs" / "mistral-7b-v0.2.yaml"), "--dry-run"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
+        proc.stdout.close()  # long before the table: importing megatron-core takes seconds
+        err = proc.stderr.read()
+        proc.wait(timeout=300)
+    assert (proc.returncode, err) == (141, "")

@@ -15,7 +15,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vikhr.errors import StoppedBySignal, VikhrError, os_error_line, print_error_line, print_stop_line
+from vikhr.errors import (
+    BROKEN_PIPE_STATUS,
+    StoppedBySignal,
+    VikhrError,
+    os_error_line,
+    print_error_line,
+    print_stop_line,
+    stdout_closed,
+)
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -150,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error_line(f"{verb.prog}: error: {e}")
         return 2
     except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
+        if isinstance(e, BrokenPipeError) and stdout_closed():
+            return BROKEN_PIPE_STATUS
         print_error_line(f"{verb.prog}: error: {os_error_line(e)}")
         return 2
     except StoppedBySignal as e:  # saved and stopped on a cluster's notice

@@ -6,6 +6,7 @@ import difflib
 import errno
 import json
 import os
+import select
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +33,26 @@ def print_stop_line(prog: str, e: StoppedBySignal) -> int:
     if os.environ.get("RANK", "0") == "0":
         print_error_line(f"{prog}: {e}; {e.hint}")
     return e.status
+
+
+def stdout_closed() -> bool:
+    """Whether stdout's reader went away (`vikhr ... | head`): a broken pipe elsewhere is an error."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without a reader
+        return False
+    # As the shell's tools end on SIGPIPE: without a message. stdout now points at /dev/null, or
+    # Python's own flush at exit would fail once more.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
+
+
+# The shell's status of a process ended by SIGPIPE.
+BROKEN_PIPE_STATUS = 141
 
 
 def os_error_line(e: OSError) -> str:

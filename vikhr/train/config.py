@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from vikhr.config_section import ConfigSection, refuse_yes_no
+from vikhr.data.indexed import dataset_prefix
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
@@ -336,8 +337,9 @@ def _prefix_hint(prefix: str) -> str:
     """What a dataset prefix that names no files most likely lacks, or too much."""
     if prefix.endswith((".bin", ".idx")):
         return " (give the prefix without .bin/.idx)"
-    if Path(f"{prefix}_text_document.bin").is_file():
-        return f" (vikhr data preprocess writes {prefix}_text_document: give that prefix)"
+    written = dataset_prefix(prefix, "text")
+    if Path(f"{written}.bin").is_file():
+        return f" (vikhr data preprocess writes {written}: give that prefix)"
     return ""
 
 
