@@ -417,6 +417,30 @@ def test_configs_are_compared_as_the_model_reads_them(
             assert error in _one_line_error(argv, capsys)
 
 
+def test_models_of_other_contexts_merge_and_keep_the_longer(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model and its instruction-tuned successor trained on longer sequences differ only in
+    max_position_embeddings (no weight depends on it): they merge, into the longer context."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(models["a"], a)
+    shutil.copytree(models["b"], b)
+    cfg = json.loads((b / "config.json").read_text())
+    longer = cfg["max_position_embeddings"] * 2
+    (b / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": longer}))
+    out = tmp_path / "out"
+    assert cli_main(["merge", str(a), str(b), "--out", str(out), "--t", "0.5"]) == 0
+    assert f"max_position_embeddings: the models' differ; the merge keeps the longer, {longer}" in (
+        capsys.readouterr().out
+    )
+    merged_cfg = json.loads((out / "config.json").read_text())
+    a_cfg = json.loads((a / "config.json").read_text())
+    assert merged_cfg == {**a_cfg, "max_position_embeddings": longer}  # A's config, B's context
+    assert json.loads((out / "merge_summary.json").read_text())["max_position_embeddings"] == longer
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert torch.isfinite(_logits(out, ids)).all()  # transformers loads it
+
+
 def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
     models: dict[str, Path], tmp_path: Path
 ) -> None:

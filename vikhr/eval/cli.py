@@ -191,7 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "else ../shared/data/eval)",
     )
     p.add_argument(
-        "--tokenizer", help="HF tokenizer directory or SentencePiece .model (default: the model dir)"
+        "--tokenizer",
+        help="SentencePiece .model, HF tokenizer.json, or a directory holding one (default: the model dir)",
     )
     p.add_argument(
         "--bpc-data", help="JSONL text set for bpc, plain, .gz or .zst (default: the bundled Russian sample)"

@@ -5,7 +5,8 @@ interpolated between A and B (vikhr.merge.slerp) at the t the schedule gives its
 (vikhr.merge.schedule), one tensor pair in memory at a time (vikhr.adapt.safetensors_io). Every
 check — same config architecture, tensor names, shapes and dtypes, same vocabulary files — runs
 before anything is written, and the output directory appears only when complete (vikhr.atomic).
-config.json, generation_config.json and the tokenizer files come from A (from B when A lacks one).
+config.json, generation_config.json and the tokenizer files come from A (from B when A lacks one);
+where the two contexts (max_position_embeddings) differ, config.json gets the longer.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ SIDE_FILES = (
     "chat_template.jinja",
 )
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
+# The context length: may differ between the models; the merge takes the longer.
+CONTEXT_KEY = "max_position_embeddings"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
@@ -70,14 +73,21 @@ def _check_paths(
     return a, b, require_output_dir(out, overwrite, inputs=[a, b])
 
 
-def _check_configs(a: Path, b: Path) -> int:
-    """The number of decoder layers, once A's and B's config.json agree on the architecture."""
+def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
+    """The number of decoder layers, once A's and B's config.json agree on the architecture, and
+    the merged model's context: the longer of the two when they differ (else None). The context
+    is no shape — RoPE has no weights per position — and an instruction-tuned successor is often
+    trained on longer sequences than the model it started from."""
     configs = []
     for d in (a, b):
         if not (d / "config.json").is_file():
             raise VikhrError(f"{d} has no config.json (give an HF model directory)")
         configs.append(read_json_object(d / "config.json"))
     cfg_a, cfg_b = configs
+    contexts = (cfg_a.get(CONTEXT_KEY), cfg_b.get(CONTEXT_KEY))
+    longer = None
+    if contexts[0] != contexts[1] and all(isinstance(n, int) and n > 0 for n in contexts):
+        longer = max(contexts)
     shapes = _model_shapes(a, b, cfg_a, cfg_b)
     # A family vikhr runs is compared as it reads (defaults filled in, RoPE, activation and
     # sliding window included: the merge takes A's config.json); another by its keys as written.
@@ -93,7 +103,7 @@ def _check_configs(a: Path, b: Path) -> int:
     layers = cfg_a.get("num_hidden_layers")
     if not isinstance(layers, int) or layers < 1:
         raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
-    return layers
+    return layers, longer
 
 
 def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, tuple]:
@@ -108,7 +118,9 @@ def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]
         shape_b = asdict(hf_config_to_model_config(cfg_b, str(b / "config.json")))
     except VikhrError:
         return {}
-    return {key: (value, shape_b[key]) for key, value in shape_a.items() if key != "init_std"}
+    # Neither the initialisation's scale nor the context (CONTEXT_KEY, read as max_seq_len) shapes a weight.
+    unshaped = ("init_std", "max_seq_len")
+    return {key: (value, shape_b[key]) for key, value in shape_a.items() if key not in unshaped}
 
 
 def _vocabulary_content(path: Path) -> Any:
@@ -182,10 +194,10 @@ def _merged_tensor(
         raise VikhrError(f"tensor {entry.name}: {e}") from None
 
 
-def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int]) -> None:
+def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], context: int | None) -> None:
     """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
     the vocabulary files all from one model (A's if it has any): a vocabulary only B has is not
-    compared with A's, and could be another."""
+    compared with A's, and could be another. `context`: the longer context, where they differ."""
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
@@ -198,6 +210,10 @@ def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int]) -> Non
             source = a / name if (a / name).is_file() else b / name
         if source.is_file():
             shutil.copy2(source, work / name)
+    if context is not None:
+        config = read_json_object(work / "config.json")
+        config[CONTEXT_KEY] = context
+        (work / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def merge_checkpoints(
@@ -215,7 +231,7 @@ def merge_checkpoints(
     if method not in METHODS:
         raise VikhrError(f"unknown merge method {method!r} (choose {' or '.join(METHODS)})")
     a, b, out = _check_paths(model_a, model_b, out_dir, overwrite)
-    num_layers = _check_configs(a, b)
+    num_layers, context = _check_configs(a, b)
     _check_vocabulary_files(a, b)
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
@@ -232,13 +248,14 @@ def merge_checkpoints(
             sizes = {
                 h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
             }
-        _copy_side_files(a, b, work, sizes)
+        _copy_side_files(a, b, work, sizes, context)
         summary = {
             "method": method,
             "model_a": str(a),
             "model_b": str(b),
             "schedule": schedule.describe(),
             "num_hidden_layers": num_layers,
+            **({CONTEXT_KEY: context} if context is not None else {}),
             "t": t_of,
         }
         (work / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")

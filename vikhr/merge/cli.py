@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         "methods do: t = 0 keeps model A, t = 1 takes model B. t is one value or a gradient over the "
         "layers (0,0.5,1: layer 0 at 0, the last at 1; the embedding takes the first value, the final "
         "norm and LM head the last); --t-for gives other values to tensors whose name contains a filter. "
-        "Streams one tensor pair at a time; config and tokenizer files come from model A.",
+        "Streams one tensor pair at a time; config and tokenizer files come from model A (from B where A "
+        "has none), with the longer of the two contexts.",
     )
     p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
     p.add_argument("model_b", help="HF model directory B (t = 1)")
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.merge.checkpoint import merge_checkpoints
+    from vikhr.merge.checkpoint import CONTEXT_KEY, merge_checkpoints
     from vikhr.merge.schedule import Schedule, parse_filter, parse_gradient
 
     schedule = Schedule(parse_gradient(args.t), tuple(parse_filter(f) for f in args.t_for))
@@ -43,4 +44,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     ts = summary["t"].values()
     print(f"wrote {args.out}: {len(ts)} tensors merged by {args.method}, t from {min(ts):g} to {max(ts):g}")
+    if CONTEXT_KEY in summary:
+        print(f"  {CONTEXT_KEY}: the models' differ; the merge keeps the longer, {summary[CONTEXT_KEY]}")
     return 0
