@@ -128,3 +128,33 @@ def test_functions_are_shorter_than_80_lines() -> None:
                 if lines >= MAX_FUNCTION_LINES and where not in LONG_FUNCTIONS:
                     too_long.append(f"{where} ({lines} lines)")
     assert not too_long, "functions of 80+ lines: " + ", ".join(too_long)
+
+
+def _test_functions() -> dict[str, set[str]]:
+    """The test functions of each tests/*.py file, by file name."""
+    return {
+        path.name: {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+        for path in (REPO / "tests").glob("test_*.py")
+    }
+
+
+def test_the_tests_the_docs_cite_exist() -> None:
+    """docs/ and the README name the test that holds each claim (`test_x.py::test_y`, or a name's
+    start and `…` or `*`): a renamed or deleted test must not leave a claim pointing at nothing."""
+    import re
+
+    functions = _test_functions()
+    everywhere = set().union(*functions.values())
+    cited = re.compile(r"(?<![.\w])(?:(test_\w+\.py)::)?(test_\w+)(…|\*)?")  # not a JSON key's .test_x
+    missing = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for line_no, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            for m in cited.finditer(line):
+                file, name, cut = m.groups()
+                if name + ".py" in functions and file is None:
+                    continue  # a test file named alone
+                names = functions.get(file, set()) if file else everywhere
+                found = any(n.startswith(name) for n in names) if cut else name in names
+                if not found:
+                    missing.append(f"{doc.relative_to(REPO)}:{line_no}: {m.group(0)}")
+    assert not missing, "\n".join(missing)
