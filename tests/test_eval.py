@@ -337,6 +337,36 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     assert "note: task terra" not in captured.err
 
 
+def test_cli_rerun_after_an_interrupt_reuses_finished_tasks(
+    tiny_dir: Path, shared_data: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    """The tasks an interrupted `vikhr eval --output X` finished wait in X.partial/; the same
+    command again runs only the others, writes X and removes X.partial/."""
+    from vikhr.eval import runner
+
+    out = tmp_path / "results.json"
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "terra,bpc", "--data-dir", str(shared_data / "eval")]
+    argv += ["--limit", "2", "--device", "cpu", "--output", str(out)]
+    evaluate, evaluated = runner._evaluate, []
+    kept = tmp_path / "results.json.partial"
+
+    def interrupted_at_the_first_bpc(lm: Any, name: str, *args: Any) -> Any:
+        evaluated.append(name)
+        if evaluated == ["terra", "bpc"]:
+            raise KeyboardInterrupt
+        return evaluate(lm, name, *args)
+
+    monkeypatch.setattr(runner, "_evaluate", interrupted_at_the_first_bpc)
+    assert cli_main(argv) == 130
+    assert not out.exists() and [p.name for p in kept.iterdir()] == ["terra.json"]
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert evaluated == ["terra", "bpc", "bpc"]  # terra only before the interrupt
+    assert "note: 1 task(s) taken from an earlier, interrupted run" in capsys.readouterr().err
+    assert set(json.loads(out.read_text(encoding="utf-8"))["tasks"]) == {"terra", "bpc"}
+    assert not kept.exists()
+
+
 def test_each_task_records_its_time_requests_and_model_tokens(
     tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
 ) -> None:

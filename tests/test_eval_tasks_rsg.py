@@ -859,3 +859,70 @@ def test_a_repeated_idx_in_a_test_split_is_one_line(tmp_path: Path) -> None:
     muserc = _rewrite(RSG / "MuSeRC" / "test.jsonl", tmp_path / "m.jsonl", same_answer_idx)
     with pytest.raises(VikhrError, match=r"passage/question/answer idx .* occurs twice"):
         _muserc_rows(muserc, hide=True)
+
+
+def test_a_rerun_of_an_interrupted_evaluation_reuses_its_finished_tasks(
+    tiny_lm: Any, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Interrupted after two tasks, the same evaluation run again takes those two from the progress
+    directory and runs the rest: the results and both submission archives are an uninterrupted
+    run's. Other settings reuse nothing."""
+    from vikhr.eval import runner
+    from vikhr.eval.progress import TaskProgress
+
+    tasks = ["rsg_parus", "rsg_rcb", "rsg_muserc", "mera_rwsd", "mera_rutie"]
+
+    def settings(out: Path, progress: Path | None, **kw: Any) -> Any:
+        out.mkdir(exist_ok=True)
+        return settings_for(
+            tiny_dir,
+            tasks,
+            FIXTURES,
+            mera_submission=out / "mera.zip",
+            rsg_submission=out / "rsg.zip",
+            progress_dir=progress,
+            **{"limit": 2, "bootstrap_iters": 0, **kw},
+        )
+
+    whole = run_eval(settings(tmp_path / "whole", None), lm=tiny_lm)
+    evaluated: list[str] = []
+    evaluate = runner._evaluate
+
+    def recording(lm: Any, name: str, *args: Any) -> Any:
+        if len(evaluated) == stop_after:
+            raise KeyboardInterrupt
+        evaluated.append(name)
+        return evaluate(lm, name, *args)
+
+    monkeypatch.setattr(runner, "_evaluate", recording)
+    progress = tmp_path / "results.json.partial"
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(settings(tmp_path / "resumed", progress), lm=tiny_lm)
+    assert evaluated == ["rsg_parus", "rsg_rcb"]
+    assert sorted(p.name for p in progress.iterdir()) == ["rsg_parus.json", "rsg_rcb.json"]
+
+    evaluated.clear()
+    stop_after = -1
+    capsys.readouterr()
+    resumed = run_eval(settings(tmp_path / "resumed", progress), lm=tiny_lm)
+    # ruTiE runs outside lm-eval's evaluator; the test splits are the rsg tasks' second runs.
+    assert evaluated == ["rsg_muserc", "mera_rwsd", "rsg_parus", "rsg_rcb", "rsg_muserc"]
+    assert "note: 2 task(s) taken from an earlier, interrupted run" in capsys.readouterr().err
+    for name in tasks:
+        for key in ("metrics", "n", "num_fewshot", "requests"):
+            assert resumed["tasks"][name][key] == whole["tasks"][name][key], (name, key)
+    for archive in ("mera.zip", "rsg.zip"):
+        with (
+            zipfile.ZipFile(tmp_path / "whole" / archive) as a,
+            zipfile.ZipFile(tmp_path / "resumed" / archive) as b,
+        ):
+            assert sorted(a.namelist()) == sorted(b.namelist())
+            assert all(a.read(n) == b.read(n) for n in a.namelist()), archive
+
+    parus_data = [FIXTURES / "russian-superglue" / "PARus" / f for f in ("val.jsonl", "train.jsonl")]
+    same = TaskProgress(progress, settings(tmp_path / "resumed", progress), log_samples=True)
+    assert same.load("rsg_parus", parus_data) is not None
+    for other in ({"seed": 7}, {"limit": 3}, {"num_fewshot": 0}):
+        changed = TaskProgress(progress, settings(tmp_path / "resumed", progress, **other), log_samples=True)
+        assert changed.load("rsg_parus", parus_data) is None, other

@@ -80,6 +80,7 @@ def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, P
 
 def _run(args: argparse.Namespace) -> int:
     from vikhr.assets import RU_SAMPLE
+    from vikhr.eval.progress import discard, progress_dir_of
     from vikhr.eval.runner import EvalSettings, markdown_table, run_eval, write_results
     from vikhr.eval.tasks import parse_task_list
 
@@ -126,11 +127,13 @@ def _run(args: argparse.Namespace) -> int:
         log_samples=args.log_samples,
         mera_submission=submission,
         rsg_submission=rsg_submission,
+        progress_dir=progress_dir_of(output) if output is not None else None,
     )
     results = run_eval(settings)
     print(markdown_table(results), end="")
     if output is not None:
         json_path, md_path = write_results(results, output)
+        discard(progress_dir_of(output))
         print(f"wrote {json_path} and {md_path}")
     for archive in (submission, rsg_submission):
         if archive is not None:
@@ -223,7 +226,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
     )
-    p.add_argument("--output", help="results JSON path; the Markdown table is written next to it (.md)")
+    p.add_argument(
+        "--output",
+        help="results JSON path; the Markdown table is written next to it (.md). Finished tasks are kept "
+        "in OUTPUT.partial/ until then: rerunning an interrupted command reuses them",
+    )
     p.add_argument(
         "--allow-code-execution",
         action="store_true",

@@ -17,6 +17,7 @@ from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
+from vikhr.eval.progress import TaskProgress, as_json
 from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, build_task_config, checked_task_files
 from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
@@ -50,6 +51,9 @@ class EvalSettings:
     mera_submission: Path | None = None  # write MERA's submission archive (.zip) of the mera_* tasks here
     # Run the rsg_* tasks on their test splits too and write the leaderboard's archive (.zip) here.
     rsg_submission: Path | None = None
+    # Keep each finished task here, and take those an interrupted run of the same settings left
+    # (vikhr.eval.progress); the CLI uses `<--output>.partial`.
+    progress_dir: Path | None = None
 
 
 def _offline() -> None:
@@ -359,47 +363,104 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
             f"{settings.limit} test documents of each task (the leaderboard scores whole test sets)",
             file=sys.stderr,
         )
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(settings.seed)
-    np.random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
     raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
     cost: dict[str, dict[str, Any]] = {}
     # The submission archives are written from the per-document responses.
     log_samples = settings.log_samples or settings.mera_submission is not None or bool(test_splits)
+    progress = TaskProgress(settings.progress_dir, settings, log_samples)
     # One task at a time, so that each task's time and compute can be told apart.
     for name, task in tasks.items():
-        start = _task_start(lm)
-        part = _evaluate(lm, name, task, settings, log_samples)
-        if part is None:  # only on non-zero ranks of a distributed run
+        done = _task_result(lm, name, task, settings, log_samples, progress)
+        if done is None:  # only on non-zero ranks of a distributed run
             return {}
         for key in ("results", "n-samples", "samples"):
-            raw[key].update(part.get(key, {}))
-        cost[name] = _task_cost(lm, start, requests=len(task.instances))
+            raw[key].update(done["part"].get(key, {}))
+        cost[name] = done["cost"]
     if dialogues is not None:
-        # Asked one question at a time (each prompt holds the model's earlier answers).
-        start = _task_start(lm)
-        rutie = evaluate_rutie(lm, dialogues, _rutie_path(settings))
-        raw["results"][RUTIE] = rutie["results"]
-        raw["n-samples"][RUTIE] = {"effective": rutie["n"]}
-        raw["samples"][RUTIE] = rutie["samples"]
-        cost[RUTIE] = _task_cost(lm, start, requests=rutie["requests"])
+        rutie = _rutie_result(lm, dialogues, settings, progress)
+        for key in ("results", "n-samples", "samples"):
+            raw[key][RUTIE] = rutie["part"][key]
+        cost[RUTIE] = rutie["cost"]
     if settings.mera_submission is not None:
         from vikhr.eval.mera import write_submission
 
         write_submission(raw["samples"], settings.mera_submission)
-    test_cost = _run_test_splits(lm, test_splits, raw["samples"], settings)
+    test_cost = _run_test_splits(lm, test_splits, raw["samples"], settings, progress)
     if test_cost is None:
         return {}
+    if progress.reused:
+        print(
+            f"note: {len(progress.reused)} task(s) taken from an earlier, interrupted run of the same "
+            f"settings ({settings.progress_dir}): {', '.join(progress.reused)}",
+            file=sys.stderr,
+        )
     used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
     out = _summary(raw, cost, settings, str(used), time.time() - started)
     if settings.rsg_submission is not None:
         out["rsg_submission"] = {"archive": str(settings.rsg_submission), "test_splits": test_cost}
     return out
+
+
+def _task_result(
+    lm: Any,
+    name: str,
+    task: Any,
+    settings: EvalSettings,
+    log_samples: bool,
+    progress: TaskProgress,
+    test_split: bool = False,
+) -> dict[str, Any] | None:
+    """{"part": lm-eval's results of the task (or of its Russian SuperGLUE test split), "cost": its
+    cost}: an earlier run's with the same fingerprint, or run now (None on the non-zero ranks of a
+    distributed run)."""
+    data = task_files(name, settings.data_dir, settings.bpc_data)
+    key = name
+    if test_split:
+        key, data = f"{name}.test", [settings.data_dir / submission_split(name), *data]
+    done = progress.load(key, data)
+    if done is not None:
+        return done
+    _seed_everything(settings.seed)  # each task alike, whichever ran before it (or were reused)
+    start = _task_start(lm)
+    part = _evaluate(lm, name, task, settings, log_samples)
+    if part is None:
+        return None
+    done = as_json(
+        {
+            "part": {key: part.get(key, {}) for key in ("results", "n-samples", "samples")},
+            "cost": _task_cost(lm, start, requests=len(task.instances)),
+        }
+    )
+    progress.save(key, data, done)
+    return done
+
+
+def _rutie_result(
+    lm: Any, dialogues: list[list[dict[str, Any]]], settings: EvalSettings, progress: TaskProgress
+) -> dict[str, Any]:
+    """ruTiE, asked one question at a time (each prompt holds the model's earlier answers)."""
+    data = [_rutie_path(settings)]
+    done = progress.load(RUTIE, data)
+    if done is not None:
+        return done
+    _seed_everything(settings.seed)
+    start = _task_start(lm)
+    rutie = evaluate_rutie(lm, dialogues, data[0])
+    part = {"results": rutie["results"], "n-samples": {"effective": rutie["n"]}, "samples": rutie["samples"]}
+    done = as_json({"part": part, "cost": _task_cost(lm, start, requests=rutie["requests"])})
+    progress.save(RUTIE, data, done)
+    return done
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _evaluate(
@@ -422,7 +483,11 @@ def _evaluate(
 
 
 def _run_test_splits(
-    lm: Any, tasks: dict[str, Any], scored_samples: dict[str, Any], settings: EvalSettings
+    lm: Any,
+    tasks: dict[str, Any],
+    scored_samples: dict[str, Any],
+    settings: EvalSettings,
+    progress: TaskProgress,
 ) -> dict[str, dict[str, Any]] | None:
     """Predict the Russian SuperGLUE test splits and write the submission archive; the cost of each
     split ({} without --rsg-submission, None on the non-zero ranks of a distributed run)."""
@@ -435,12 +500,11 @@ def _run_test_splits(
             # LiDiRus is its own test split: the scored run's predictions are the submission's.
             samples[name] = scored_samples[name]
             continue
-        start = _task_start(lm)
-        part = _evaluate(lm, name, task, settings, log_samples=True)
-        if part is None:
+        done = _task_result(lm, name, task, settings, True, progress, test_split=True)
+        if done is None:
             return None
-        samples[name] = part["samples"][name]
-        cost[name] = {"n": len(samples[name]), **_task_cost(lm, start, requests=len(task.instances))}
+        samples[name] = done["part"]["samples"][name]
+        cost[name] = {"n": len(samples[name]), **done["cost"]}
     if settings.rsg_submission is not None:
         write_submission(samples, settings.rsg_submission)
     return cost

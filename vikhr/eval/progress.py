@@ -1,0 +1,112 @@
+"""The finished tasks of an interrupted `vikhr eval`, kept beside its --output so that a rerun skips them.
+
+A full suite on a 7B model runs for hours: a time limit, a preemption or a crash near the end
+should not cost the tasks already done. As each task (or Russian SuperGLUE test split) ends, its
+lm-eval results, samples and cost go to `<output>.partial/<task>.json`, with a fingerprint of
+everything its numbers depend on: the evaluation settings, the model directory's files (names,
+sizes, modification times), the tokenizer given, the task's data files and the library versions.
+A rerun of the same command takes a task whose fingerprint matches instead of running it, and the
+directory is removed once the output is written. The files are JSON: nothing read back runs code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vikhr.atomic import temporary_paths
+from vikhr.errors import VikhrError
+
+# The settings that change where results go, not what they are.
+_NOT_IN_RESULTS = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _files_under(path: Path) -> list[list[Any]]:
+    """A file's stamp, or those of a directory's files (not below it)."""
+    if path.is_dir():
+        return [_file_stamp(p) for p in sorted(path.iterdir()) if p.is_file()]
+    return [_file_stamp(path)] if path.is_file() else []
+
+
+def as_json(value: Any) -> Any:
+    """`value` as JSON gives it back (numpy scalars as numbers, tuples as lists): a task's results
+    are used in this form whether they were just computed or read from an earlier run's file."""
+
+    def plain(o: Any) -> Any:
+        return o.item() if hasattr(o, "item") else str(o)
+
+    return json.loads(json.dumps(value, default=plain))
+
+
+class TaskProgress:
+    """Saved and reusable task results of one evaluation (does nothing when `directory` is None)."""
+
+    def __init__(self, directory: Path | None, settings: Any, log_samples: bool) -> None:
+        self.directory = directory
+        self.reused: list[str] = []
+        if directory is None:
+            return
+        import lm_eval
+
+        import vikhr
+
+        kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_RESULTS}
+        self._common = {
+            "settings": json.loads(json.dumps(kept, default=str)),
+            "log_samples": log_samples,
+            "model": _files_under(settings.model_dir),
+            "tokenizer": _files_under(settings.tokenizer) if settings.tokenizer else None,
+            "versions": [vikhr.__version__, lm_eval.__version__],
+        }
+
+    def _fingerprint(self, key: str, data: list[Path]) -> str:
+        stamps = [stamp for path in data for stamp in _files_under(path)]
+        text = json.dumps({**self._common, "task": key, "data": stamps}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{key}.json"
+
+    def load(self, key: str, data: list[Path]) -> dict[str, Any] | None:
+        """What an earlier run saved for `key` with the same fingerprint, else None."""
+        if self.directory is None or not self._path(key).is_file():
+            return None
+        try:
+            saved = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None  # a damaged file is run again, not trusted
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self._fingerprint(key, data):
+            return None
+        self.reused.append(key)
+        return saved.get("result")
+
+    def save(self, key: str, data: list[Path], result: dict[str, Any]) -> None:
+        """Keep `result` (JSON-ready, see `as_json`) for a rerun; written whole or not at all."""
+        if self.directory is None:
+            return
+        if self.directory.exists() and not self.directory.is_dir():
+            raise VikhrError(f"{self.directory} is not a directory (it keeps the finished tasks; remove it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        record = {"fingerprint": self._fingerprint(key, data), "result": result}
+        with temporary_paths([self._path(key)]) as (tmp,):
+            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+
+
+def progress_dir_of(output: Path) -> Path:
+    """Where the finished tasks of a run writing `output` are kept until it is written."""
+    return output.with_name(output.name + ".partial")
+
+
+def discard(directory: Path) -> None:
+    """The output is written: the kept tasks are no longer needed."""
+    shutil.rmtree(directory, ignore_errors=True)
