@@ -227,14 +227,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
     )
     p.add_argument(
-        "--output",
-        help="results JSON path; the Markdown table is written next to it (.md). Finished tasks are kept "
-        "in OUTPUT.partial/ until then: rerunning an interrupted command reuses them",
-    )
-    p.add_argument(
         "--allow-code-execution",
         action="store_true",
         help="let mera_ruhumaneval run the generated code to score it (a limited subprocess, no sandbox)",
+    )
+    _add_output_options(p)
+    p.set_defaults(func=_run)
+    _register_compare(p)
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output",
+        help="results JSON path; the Markdown table is written next to it (.md). Finished tasks are kept "
+        "in OUTPUT.partial/ until then: rerunning an interrupted command reuses them",
     )
     p.add_argument(
         "--mera-submission",
@@ -245,8 +251,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also run the rsg_* tasks on their test splits and write the Russian SuperGLUE leaderboard's "
         "submission archive (.zip, one <Task>.jsonl each) here",
     )
-    p.set_defaults(func=_run)
-    _register_compare(p)
 
 
 def _register_compare(p: argparse.ArgumentParser) -> None:
