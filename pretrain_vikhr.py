@@ -12,7 +12,7 @@ import sys
 
 from vikhr.errors import (
     BROKEN_PIPE_STATUS,
-    StoppedBySignal,
+    RunStopped,
     VikhrError,
     os_error_line,
     print_error_line,
@@ -32,7 +32,7 @@ if __name__ == "__main__":
             sys.exit(BROKEN_PIPE_STATUS)
         print_error_line(f"pretrain_vikhr.py: error: {os_error_line(e)}")
         sys.exit(2)
-    except StoppedBySignal as e:  # saved and stopped on a cluster's notice (checkpoint.save_on_signals)
+    except RunStopped as e:  # saved and stopped on a cluster's notice or at its time limit
         sys.exit(print_stop_line("pretrain_vikhr.py", e))
     except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on to every rank)
         print_error_line("pretrain_vikhr.py: interrupted")

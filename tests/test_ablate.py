@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from vikhr.ablate.config import load_ablate_config, trainer_config
-from vikhr.errors import StoppedBySignal, VikhrError
+from vikhr.errors import RunStopped, VikhrError
 
 # The micro grid: the bundled samples cut to a few documents, a tiny model, a few steps, one seed.
 MICRO = {
@@ -363,7 +363,7 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     assert load_ablate_config(cfg_path).grid_settings(*digests) == load_ablate_config(
         first.parent / "ablate1.yaml"
     ).grid_settings(*digests)
-    with pytest.raises(StoppedBySignal) as stopped:  # the trainer stops at the step it just saved
+    with pytest.raises(RunStopped) as stopped:  # the trainer stops at the step it just saved
         run_ablation(load_ablate_config(cfg_path), show_progress=False)
     assert str(stopped.value).startswith("stopped on SIGTERM after step 2 of 3, saved in ")
     assert stopped.value.hint.startswith("`vikhr ablate --resume` with the same config continues")

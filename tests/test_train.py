@@ -323,6 +323,20 @@ def test_vikhr_pretrain_stops_on_sigusr1_with_its_shell_status(
     assert (run_dir / "latest").read_text().strip() == "step_000002"
 
 
+def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path: Path) -> None:
+    """checkpoint.stop_after_minutes (--exit-duration-in-mins) counts from the start, setup included:
+    a limit the setup alone exceeds stops the run after its first step, saved, with status 75."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 4})
+    proc = _pretrain_cli("--config", str(config), "--exit-duration-in-mins", "0.001")
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vikhr pretrain: stopped at the time limit (checkpoint.stop_after_minutes = 0.001) after step 1 "
+        f"of 4, saved in {run_dir / 'step_000001'}; run the same command again to resume"
+    )
+    assert (run_dir / "latest").read_text().strip() == "step_000001"
+
+
 DISTRIBUTED = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}
 
 

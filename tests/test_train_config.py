@@ -133,6 +133,7 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("train.seed=-1", "config key train.seed must be >= 0, got -1"),  # numpy's seeding refuses it
         ("train.seed=4294967296", "config key train.seed must be < 4294967296"),
         ("checkpoint.save_on_signals=[SIGKILL]", "config key checkpoint.save_on_signals[0] must be SIGTERM,"),
+        ("checkpoint.stop_after_minutes=0", "checkpoint.stop_after_minutes must be positive, got 0"),
         (
             "checkpoint.save_on_signals=SIGTERM",
             "config key checkpoint.save_on_signals: expected a list, got 'SIGTERM'",

@@ -17,7 +17,7 @@ from typing import Any
 
 from vikhr.errors import (
     BROKEN_PIPE_STATUS,
-    StoppedBySignal,
+    RunStopped,
     VikhrError,
     os_error_line,
     print_error_line,
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return BROKEN_PIPE_STATUS
         print_error_line(f"{verb.prog}: error: {os_error_line(e)}")
         return 2
-    except StoppedBySignal as e:  # saved and stopped on a cluster's notice
+    except RunStopped as e:  # saved and stopped on a cluster's notice or at its time limit
         return print_stop_line(verb.prog, e)
     except KeyboardInterrupt:
         print("vikhr: interrupted", file=sys.stderr)

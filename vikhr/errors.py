@@ -18,9 +18,10 @@ class VikhrError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
 
 
-class StoppedBySignal(Exception):
-    """A run that saved its step and stopped on a signal it was told to stop on (a cluster's notice of
-    the end); the CLI prints the message (rank 0) and exits with the signal's shell status."""
+class RunStopped(Exception):
+    """A run that saved its step and stopped before its end, on a signal it was told to stop on (a
+    cluster's notice) or at its time limit; the CLI prints the message (rank 0) and exits with the
+    status the stop gives."""
 
     def __init__(self, message: str, status: int, hint: str = "run the same command again to resume") -> None:
         super().__init__(message)
@@ -28,7 +29,7 @@ class StoppedBySignal(Exception):
         self.hint = hint  # how to continue: the verb that ran the trainer knows best
 
 
-def print_stop_line(prog: str, e: StoppedBySignal) -> int:
+def print_stop_line(prog: str, e: RunStopped) -> int:
     """Print a stopped run's line once (on rank 0 under torchrun); returns the exit status."""
     if os.environ.get("RANK", "0") == "0":
         print_error_line(f"{prog}: {e}; {e.hint}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from vikhr.ablate.config import AblateConfig, Arm, trainer_config
 from vikhr.atomic import output_dir, write_text
-from vikhr.errors import StoppedBySignal, VikhrError, require_file
+from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
@@ -99,7 +99,7 @@ class Ablation:
 
         try:
             train(trainer_config(self.cfg, run_dir, blend, vocab, steps, **kw))
-        except StoppedBySignal as e:
+        except RunStopped as e:
             e.hint = "`vikhr ablate --resume` with the same config continues the grid from that step"
             raise
         ckpt = find_checkpoint(run_dir)

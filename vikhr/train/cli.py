@@ -37,6 +37,7 @@ MEGATRON_FLAGS: dict[str, str] = {
     "--log-interval": "logging.log_every",
     "--eval-interval": "logging.eval_every",
     "--recompute-granularity": "train.recompute",  # full (megatron's selective is not offered)
+    "--exit-duration-in-mins": "checkpoint.stop_after_minutes",
 }
 # Megatron-LM's on/off flags (no value), as `key=true` overrides.
 MEGATRON_SWITCHES: dict[str, str] = {

@@ -13,7 +13,7 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
     optim:      lr, min_lr, betas, eps, weight_decay, clip_grad, warmup_steps, decay, decay_steps,
                 wsd_shape, distributed
     kl:         weight (λ), direction, temperature, reference
-    checkpoint: dir, save_every, keep_last, resume, save_on_signals
+    checkpoint: dir, save_every, keep_last, resume, save_on_signals, stop_after_minutes
     logging:    log_every, eval_every, tensorboard, max_nonfinite
     debug:      kill_at_step, signal_at_step, nonfinite_at_steps (fault injection for tests)
 """
@@ -175,6 +175,9 @@ class CheckpointSection(_Section):
     # On these signals the ranks finish the step, save it and stop (exit status 128 + the signal's
     # number): SLURM's notice of a time limit or preemption, torchrun passing on its own SIGTERM.
     save_on_signals: list[StopSignal] = Field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Save and stop once this many minutes have passed since the start (exit status 75): for jobs
+    # whose end comes without a signal in time. Leave room for the step and the save.
+    stop_after_minutes: PositiveFloat | None = None
 
 
 class LoggingSection(_Section):

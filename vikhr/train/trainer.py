@@ -34,7 +34,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
-from vikhr.errors import StoppedBySignal, VikhrError, require_writable_dir
+from vikhr.errors import RunStopped, VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
@@ -62,7 +62,7 @@ from vikhr.train.data import (
 from vikhr.train.index_cache import check_index_cache
 from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
 from vikhr.train.run_lock import run_lock
-from vikhr.train.stop_signals import StopSignals, exit_status
+from vikhr.train.stop import RunStop, Stop
 
 # --------------------------------------------------------------------------- the loss, pluggable
 
@@ -295,6 +295,7 @@ def _labelled(batch: Batch) -> int:
 def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     """Train as configured; returns the final step and validation losses (on every rank)."""
     # Everything that can be checked is checked before a process group or a tensor exists.
+    started = time.monotonic()  # checkpoint.stop_after_minutes counts the setup too
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
@@ -304,10 +305,10 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     with run_lock(cfg.checkpoint.dir):  # before the checkpoint to resume is chosen
-        return _locked_run(cfg, loss_fn)
+        return _locked_run(cfg, loss_fn, started)
 
 
-def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None) -> dict[str, Any]:
+def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None, started: float) -> dict[str, Any]:
     resume_from = None
     if cfg.checkpoint.resume != "never":
         where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
@@ -322,22 +323,29 @@ def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None) -> dict[str, Any]:
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        return Trainer(cfg, env, loss_fn, resume_from).train()
+        return Trainer(cfg, env, loss_fn, resume_from, started).train()
 
 
 class Trainer:
     """One rank's share of a run: set up on construction, then `train` (or single `train_step`s)."""
 
     def __init__(
-        self, cfg: TrainConfig, env: DistEnv, loss_fn: LossFn | None = None, resume_from: Path | None = None
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        loss_fn: LossFn | None = None,
+        resume_from: Path | None = None,
+        started: float | None = None,
     ) -> None:
         """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer;
-        then, given a checkpoint, its state (`resume`).
+        then, given a checkpoint, its state (`resume`). `started`: when the run began
+        (time.monotonic(); default now), whence checkpoint.stop_after_minutes counts.
 
         The order is part of the run's reproducibility: model initialisation draws from the
         RNGs seeded by the environment, after the data.
         """
         self.cfg, self.env = cfg, env
+        self.started = time.monotonic() if started is None else started
         self.model_cfg = cfg.model.shape()
         self.run_dir = Path(cfg.checkpoint.dir)
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -513,7 +521,8 @@ class Trainer:
                 f"{cfg.data.split!r} gets none of its {'chats' if cfg.data.kind == 'sft' else 'documents'}"
             )
         valid_losses = self.evaluate() if self.step == 0 else {}
-        with StopSignals(cfg.checkpoint.save_on_signals) as stop_signals:
+        c = cfg.checkpoint
+        with RunStop(c.save_on_signals, c.stop_after_minutes, self.started) as run_stop:
             while self.step < cfg.train.steps:
                 metrics = self.train_step()
                 last = self.step == cfg.train.steps
@@ -526,7 +535,7 @@ class Trainer:
                 if saved:
                     self.save()
                 self._inject_faults()
-                stop = stop_signals.agreed(self.env.device)
+                stop = run_stop.agreed(self.env.device)
                 if stop is not None and not last:  # a run that has just finished simply ends
                     self._stop(stop, saved)
         monitor.close()
@@ -541,13 +550,13 @@ class Trainer:
         if self.step == self.cfg.debug.signal_at_step and self.env.rank == self.env.world_size - 1:
             os.kill(os.getpid(), signal.Signals[self.cfg.checkpoint.save_on_signals[0]])
 
-    def _stop(self, received: signal.Signals, saved: bool) -> None:
-        """Save this step (unless it just was) and end the run with StoppedBySignal."""
+    def _stop(self, stop: Stop, saved: bool) -> None:
+        """Save this step (unless it just was) and end the run with RunStopped."""
         path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
         self.monitor.close()
-        raise StoppedBySignal(
-            f"stopped on {received.name} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
-            exit_status(received),
+        raise RunStopped(
+            f"stopped {stop.reason} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
+            stop.status,
         )
 
     def train_step(self) -> dict[str, float]:
