@@ -115,6 +115,25 @@ def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_second_grid_on_an_out_dir_in_use_is_refused(tmp_path: Path) -> None:
+    """A fresh grid empties out_dir/work: started while another grid runs there, it deleted that
+    grid's files under it. It is refused in one line naming the running grid, nothing touched."""
+    from vikhr.ablate.runner import grid_lock
+
+    out = tmp_path / "out"
+    (out / "work").mkdir(parents=True)
+    (out / "work" / "grid.json").write_text("{}")
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(out)})
+    with grid_lock(out):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vikhr", "ablate", str(path)], capture_output=True, text=True, timeout=300
+        )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert f"out_dir {out} is in use by another ablation grid (pid {os.getpid()} on " in line
+    assert (out / "work" / "grid.json").read_text() == "{}"
+
+
 def test_a_base_that_is_no_tokenizer_is_refused_before_an_earlier_grid_is_removed(tmp_path: Path) -> None:
     from vikhr.ablate.runner import GRID_STATE, run_ablation
 

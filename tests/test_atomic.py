@@ -169,3 +169,22 @@ def test_an_interrupt_while_the_old_output_is_deleted_leaves_the_new_one_whole(
     dead = aside.with_name(aside.name.replace(f"tmp-{pid}@", "tmp-999999999@"))  # as if this run was killed
     aside.rename(dead)
     assert atomic.remove_stale_temporaries(out) == [dead] and not dead.exists()
+
+
+def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path: Path) -> None:
+    """Two runs writing one new output (no --overwrite: it did not exist) both reported success, the
+    later silently replacing the earlier. The later is refused in one line; the earlier's stays."""
+    from vikhr.atomic import WrittenMeanwhile
+
+    out = tmp_path / "tok"
+    refused = pytest.raises(WrittenMeanwhile, match=r"tok was written by another run while this one worked")
+    with refused, output_dir(out) as work:
+        (work / "mine.txt").write_text("late")
+        with output_dir(out) as other:  # the other run, which finishes first
+            (other / "theirs.txt").write_text("early")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # the refused run's work is removed
+    # An output that existed when the run began (the caller checked --overwrite) is replaced.
+    with output_dir(out) as work:
+        (work / "new.txt").write_text("replaced")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]

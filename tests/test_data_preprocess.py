@@ -366,3 +366,39 @@ def test_the_benchmark_times_only_the_tools_asked_for(tmp_path: Path) -> None:
     assert any(row.startswith("| vikhr | 1 | 1 |") for row in rows)
     assert any(row.startswith("| vikhr data preprocess | 1 | 1 |") for row in rows)
     assert not any("gigatoken" in row for row in rows)
+
+
+def test_a_second_writer_of_a_dataset_is_refused_while_the_first_writes(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """Two processes writing one dataset at once shared its scratch files: one published a mix of
+    both as a success. Every writer (preprocess, merge, sft prepare) holds the dataset's lock: the
+    second is refused in one line naming the first, and the first's output is whole."""
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.data import indexed
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    preprocess([corpus], tmp_path / "in", MISTRAL_TOKENIZER, append_eod=True)
+    out = tmp_path / "out"
+    dataset = f"{out}_text_document"
+    tok = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    chats = ["--input", str(RU_SEED_CHATS), "--tokenizer", str(MISTRAL_TOKENIZER)]
+    second_writers = {
+        "preprocess": ["data", "preprocess", "--input", str(corpus), *tok, "--output-prefix", str(out)],
+        "merge": ["data", "merge", "--inputs", f"{tmp_path}/in_text_document", "--output-prefix", dataset],
+        "sft prepare": ["sft", "prepare", *chats, "--output-prefix", str(out)],
+    }
+    busy = f"{dataset}.bin/.idx is being written by another process (pid {os.getpid()} on"
+    with indexed.IndexedWriter(dataset, "uint16") as first:
+        first.add_document([1, 2, 3])
+        for verb, argv in second_writers.items():
+            proc = subprocess.run(
+                [sys.executable, "-m", "vikhr", *argv], capture_output=True, text=True, cwd=REPO, timeout=300
+            )
+            assert proc.returncode == 2, (verb, proc.stderr)
+            [line] = proc.stderr.strip().splitlines()
+            assert busy in line, verb
+            assert not Path(f"{dataset}.bin").exists(), verb
+    assert indexed.IndexedReader(dataset).document(0) == [1, 2, 3]
+    assert not Path(f"{dataset}.lock").exists()  # no lock file left beside the dataset

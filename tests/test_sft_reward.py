@@ -183,6 +183,25 @@ def test_a_stopped_scoring_run_resumes_without_rescoring(
     assert score_file(chats, reward_dir, resumed, batch_size=3, progress=False).scored == 0  # nothing left
 
 
+def test_a_second_scoring_run_on_one_scores_file_is_refused(tmp_path: Path, reward_dir: Path) -> None:
+    """Two runs appending to one scores file scored every chat twice and could interleave their
+    lines; the second is refused in one line naming the first, before loading anything."""
+    import os
+
+    from vikhr.errors import VikhrError
+    from vikhr.locks import exclusive
+
+    chats = _write_chats(tmp_path / "chats.jsonl")
+    scores = tmp_path / "scores.jsonl"
+    first_run = exclusive(Path(f"{scores}.lock"), "held by {holder}", remove=True)
+    refused = pytest.raises(VikhrError, match=rf"written by another sft score run \(pid {os.getpid()} on")
+    with first_run, refused:
+        score_file(chats, reward_dir, scores, batch_size=3, progress=False)
+    assert not scores.exists()
+    assert score_file(chats, reward_dir, scores, batch_size=3, progress=False).scored == len(QUESTIONS)
+    assert not Path(f"{scores}.lock").exists()
+
+
 def test_keep_mask_threshold_and_top_fraction() -> None:
     scores = [0.5, -1.0, 2.0, 0.5, 0.1]
     keep, cut = keep_mask(scores, 0.5, None)

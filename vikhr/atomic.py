@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from vikhr.errors import refuse_to_replace
+from vikhr.errors import VikhrError, refuse_to_replace
 
 # How torch.save and safetensors word a failed write: their own exceptions, not OSError.
 _FULL_DISK = ("No space left", "StorageFull", "os error 28")
@@ -129,10 +129,27 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def _swap_in(work: Path, path: Path) -> None:
+class WrittenMeanwhile(VikhrError):
+    """An output that did not exist when the work began was written by another run meanwhile."""
+
+
+def _swap_in(work: Path, path: Path, existed: bool) -> None:
     """Rename `work` to `path`. An existing `path` is first renamed aside (a temporary name of this
     process, which a later run removes if this one is killed) and deleted only once the new one is
-    in place: an interrupt while a large output is deleted never leaves half of it under `path`."""
+    in place: an interrupt while a large output is deleted never leaves half of it under `path`.
+    A `path` that did not exist when the work began (`existed`) and does now was written by another
+    run meanwhile: it is kept, and this run's result refused."""
+    if not existed:
+        taken = f"{path} was written by another run while this one worked; this run's result is discarded"
+        if path.exists():
+            raise WrittenMeanwhile(f"{taken} (give another output path)")
+        try:
+            os.rename(work, path)  # refused if a directory with files appeared there since
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise WrittenMeanwhile(f"{taken} (give another output path)") from None
+            raise
+        return
     if not path.exists():
         os.replace(work, path)
         return
@@ -149,10 +166,12 @@ def _swap_in(work: Path, path: Path) -> None:
 @contextlib.contextmanager
 def output_dir(path: str | Path) -> Iterator[Path]:
     """A private directory to fill; on success it replaces `path` (an existing one is removed after).
-    What killed runs left for `path` is removed first (see remove_stale_temporaries)."""
+    What killed runs left for `path` is removed first (see remove_stale_temporaries). A `path` that
+    another run created meanwhile is not replaced: WrittenMeanwhile (see _swap_in)."""
     path = Path(path)
     refuse_to_replace(path)  # callers check their inputs too, before the work
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     remove_stale_temporaries(path)
     work = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
@@ -161,7 +180,7 @@ def output_dir(path: str | Path) -> Iterator[Path]:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             yield work
         os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-        _swap_in(work, path)
+        _swap_in(work, path, existed)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

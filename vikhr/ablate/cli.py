@@ -12,11 +12,12 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_ablate_config(args.config)  # everything checked before the first stage runs
     check_device_here(cfg, args.config)
     from vikhr.ablate.report import write_report
-    from vikhr.ablate.runner import run_ablation
+    from vikhr.ablate.runner import grid_lock, run_ablation
 
-    result = run_ablation(cfg, show_progress=not args.quiet, resume=args.resume)
-    for path in write_report(result):
-        print(path)
+    with grid_lock(cfg.out_dir):
+        result = run_ablation(cfg, show_progress=not args.quiet, resume=args.resume)
+        for path in write_report(result):
+            print(path)
     return 0
 
 

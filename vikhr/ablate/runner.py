@@ -12,6 +12,7 @@ arms compare directly, and against the base model itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.ablate.config import AblateConfig, Arm, trainer_config
-from vikhr.atomic import output_dir, write_text
+from vikhr.atomic import WrittenMeanwhile, output_dir, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
+from vikhr.locks import exclusive
 from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
@@ -157,12 +159,17 @@ class Ablation:
         en_all, _ = self._tokenize("base-en", self.en_train, self.base_tok)
         b = self.cfg.base
         # Built beside the cache entry and renamed into place: an interrupted run leaves no entry.
-        with output_dir(cache) as tmp:
-            ckpt = self._train(
-                tmp / "run", [("en", en_all, 1.0)], self.base_vocab, b.steps, lr=b.lr, seed=b.seed
-            )
-            megatron_to_hf(ckpt, tmp / BASE_HF, tokenizer=self.base_tok)
-            (tmp / "key.json").write_text(json.dumps({"key": key, "config": self.cfg.model_dump()}, indent=2))
+        try:
+            with output_dir(cache) as tmp:
+                ckpt = self._train(
+                    tmp / "run", [("en", en_all, 1.0)], self.base_vocab, b.steps, lr=b.lr, seed=b.seed
+                )
+                megatron_to_hf(ckpt, tmp / BASE_HF, tokenizer=self.base_tok)
+                record = {"key": key, "config": self.cfg.model_dump()}
+                (tmp / "key.json").write_text(json.dumps(record, indent=2))
+        except WrittenMeanwhile:
+            # Another grid trained the same base meanwhile: its entry serves this grid, as later ones.
+            return True
         return False
 
     def continued_data(self) -> None:
@@ -510,6 +517,18 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     order = {a.name: i for i, a in enumerate(cfg.arms)}
     runs.sort(key=lambda r: (order[r.arm.name], r.seed))
     return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs)
+
+
+def grid_lock(out_dir: str | Path) -> contextlib.AbstractContextManager[bool]:
+    """One grid at a time in `out_dir`: a fresh run empties out_dir/work, a resumed one prunes it,
+    and both write the report there. A second grid is refused in one line naming the first."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    busy = (
+        f"out_dir {out} is in use by another ablation grid ({{holder}}); wait for it to end, or give "
+        "this config another out_dir"
+    )
+    return exclusive(out / ".ablate.lock", busy, remove=True)
 
 
 def _renamed(result: RunResult, arm: Arm) -> RunResult:

@@ -10,15 +10,17 @@ Importing this module is cheap: the extension is loaded when a function is calle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from vikhr import atomic
 from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.locks import exclusive
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
 WRITABLE_DTYPES = ("uint8", "uint16", "int32")
@@ -195,9 +197,26 @@ class IndexedReader:
         return self._reader.max_token_id()
 
 
+@contextlib.contextmanager
+def writing(prefixes: Sequence[PathLike]) -> Iterator[None]:
+    """Hold the write lock of each dataset (`{prefix}.lock`, removed after): a second process writing
+    one of them at the same time is refused in one line before it touches a file (the two would
+    share scratch files and publish a mix of both)."""
+    with contextlib.ExitStack() as locks:
+        for prefix in sorted({str(p) for p in prefixes}):
+            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+            busy = (
+                f"{prefix}.bin/.idx is being written by another process ({{holder}}): wait for it to "
+                "end, or write another output prefix"
+            )
+            locks.enter_context(exclusive(Path(prefix + ".lock"), busy, remove=True))
+        yield
+
+
 class IndexedWriter:
     """Writes one dataset document by document; a context manager that finishes on success and
-    removes everything written on an exception (nothing at the final names is touched then)."""
+    removes everything written on an exception (nothing at the final names is touched then). It
+    holds the dataset's write lock (see `writing`) until it finishes or aborts."""
 
     def __init__(self, prefix: PathLike, dtype: str) -> None:
         from vikhr import _core
@@ -207,9 +226,12 @@ class IndexedWriter:
         self.prefix = str(prefix)
         self.dtype = dtype
         self.documents = 0
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(writing([self.prefix]))
         try:
             self._writer = _core.IndexedDatasetWriter(self.prefix, dtype)
         except OSError as e:
+            self._lock.close()
             raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e} (check the output path)") from None
 
     def add_document(self, ids: Sequence[int]) -> None:
@@ -224,15 +246,17 @@ class IndexedWriter:
 
     def finish(self) -> IndexInfo:
         """Write the index and move both files to their final names."""
-        try:
-            self._writer.finish()
-        except OSError as e:
-            raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e}") from None
-        return inspect(self.prefix)
+        with self._lock:
+            try:
+                self._writer.finish()
+            except OSError as e:
+                raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e}") from None
+            return inspect(self.prefix)
 
     def abort(self) -> None:
         """Remove everything written so far."""
-        self._writer.abort()
+        with self._lock:
+            self._writer.abort()
 
     def __enter__(self) -> IndexedWriter:
         return self
@@ -272,7 +296,8 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     if Path(output_prefix).resolve() in {Path(name).resolve() for name in names}:
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
     try:
-        _core.merge_datasets(names, str(output_prefix))
+        with writing([output_prefix]):
+            _core.merge_datasets(names, str(output_prefix))
     except OSError as e:
         raise VikhrError(f"merge failed: {e}") from None
     return inspect(output_prefix)

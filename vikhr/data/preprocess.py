@@ -203,18 +203,19 @@ def preprocess(
             bar.set_postfix_str(f"{nbytes / 1e6 / elapsed:.1f} MB/s, skipped {skipped}", refresh=False)
 
     try:
-        raw = _core.preprocess(
-            [str(f) for f in files],
-            str(output_prefix),
-            list(json_keys),
-            tok.native,
-            eod_id=tok.eos_id if append_eod else None,
-            bos_id=tok.bos_id if prepend_bos else None,
-            threads=workers,
-            skip_invalid=skip_invalid,
-            batch_bytes=batch_bytes,
-            progress=callback,
-        )
+        with indexed.writing([indexed.dataset_prefix(output_prefix, key) for key in json_keys]):
+            raw = _core.preprocess(
+                [str(f) for f in files],
+                str(output_prefix),
+                list(json_keys),
+                tok.native,
+                eod_id=tok.eos_id if append_eod else None,
+                bos_id=tok.bos_id if prepend_bos else None,
+                threads=workers,
+                skip_invalid=skip_invalid,
+                batch_bytes=batch_bytes,
+                progress=callback,
+            )
     except ValueError as e:
         raise VikhrError(str(e)) from None
     except OSError as e:

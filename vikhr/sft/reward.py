@@ -27,6 +27,7 @@ from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object, require_dir
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
+from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
 from vikhr.sft.template import parse_chat
 
@@ -254,9 +255,28 @@ def score_file(
     max_length: int = 2048,
     progress: bool = True,
 ) -> ScoreRun:
-    """Score every chat of `chats_path` not yet in `scores_path`, appending to it."""
+    """Score every chat of `chats_path` not yet in `scores_path`, appending to it (one run at a time:
+    two would score the same chats and could interleave their lines)."""
     if batch_size < 1:
         raise VikhrError(f"batch size must be >= 1, got {batch_size}")
+    Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
+    busy = (
+        f"{scores_path} is being written by another sft score run ({{holder}}); wait for it to end "
+        "(a rerun then scores only what it left)"
+    )
+    with exclusive(Path(f"{scores_path}.lock"), busy, remove=True):
+        return _score_file(chats_path, model_dir, scores_path, batch_size, device, max_length, progress)
+
+
+def _score_file(
+    chats_path: str | Path,
+    model_dir: str | Path,
+    scores_path: str | Path,
+    batch_size: int,
+    device: str,
+    max_length: int,
+    progress: bool,
+) -> ScoreRun:
     scorer = reward_scorer(model_dir, max_length)
     done = load_scores(scores_path, scorer.scorer)
     before = len(done)
@@ -264,7 +284,6 @@ def score_file(
     if todo_total == 0:
         return ScoreRun(0, before, 0, scorer.note)
     model = RewardModel(scorer, device)
-    Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
     bar: Any = None
     if progress:
         from tqdm import tqdm

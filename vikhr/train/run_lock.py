@@ -6,12 +6,11 @@ run; the kernel releases it when the process ends, however it ends."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vikhr.errors import VikhrError
+from vikhr.locks import exclusive
 
 LOCK_FILE = "run.lock"
 
@@ -26,24 +25,11 @@ def run_lock(checkpoint_dir: str | Path) -> Iterator[None]:
     directory = Path(checkpoint_dir)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a+", encoding="utf-8") as f:
-        locked = True
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise VikhrError(
-                f"checkpoint.dir {directory} is in use by another run ({holder}); wait for it to end, "
-                "stop it, or give this run another checkpoint.dir"
-            ) from None
-        except OSError:  # no locks on this file system: nothing to hold
-            locked = False
-        if locked:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            f.flush()
+    busy = (
+        f"checkpoint.dir {directory} is in use by another run ({{holder}}); wait for it to end, "
+        "stop it, or give this run another checkpoint.dir"
+    )
+    with exclusive(directory / LOCK_FILE, busy):
         try:
             yield
         except BaseException:
@@ -52,6 +38,3 @@ def run_lock(checkpoint_dir: str | Path) -> Iterator[None]:
                 (directory / LOCK_FILE).unlink()
                 directory.rmdir()
             raise
-        finally:
-            if locked:
-                fcntl.flock(f, fcntl.LOCK_UN)

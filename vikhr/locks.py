@@ -1,0 +1,60 @@
+"""One writer at a time: OS locks on lock files, naming the holder when a second process is refused.
+
+Two runs writing one output at once (a double submission, two shells, a requeue while the first
+still runs) would mix their files. Each writer holds `flock` on a lock file for as long as it
+writes; the kernel releases it however the process ends, so a killed run never blocks the next.
+A file system without locks (some network mounts) goes unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from vikhr.errors import VikhrError
+
+
+def holder_line() -> str:
+    return f"pid {os.getpid()} on {os.uname().nodename}"
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, busy: str, remove: bool = False) -> Iterator[bool]:
+    """Hold the lock of `lock_path` (created if missing); when another process holds it, VikhrError
+    `busy` with `{holder}` filled in. Yields whether a lock is held. `remove`: delete the lock file at
+    the end (for locks beside user files, which should not pile up)."""
+    while True:
+        f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # held open with the lock, closed below
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise VikhrError(busy.format(holder=holder)) from None
+        except OSError:  # no locks on this file system: nothing to hold
+            with f:
+                yield False
+            return
+        # A holder that removed the file as we opened it left us locking a name no one else sees.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    with f:
+        f.seek(0)
+        f.truncate()
+        f.write(holder_line() + "\n")
+        f.flush()
+        try:
+            yield True
+        finally:
+            if remove:
+                lock_path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
