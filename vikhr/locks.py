@@ -17,7 +17,7 @@ from pathlib import Path
 from vikhr.errors import VikhrError
 
 
-def holder_line() -> str:
+def _holder_line() -> str:
     return f"pid {os.getpid()} on {os.uname().nodename}"
 
 
@@ -34,7 +34,7 @@ def exclusive(lock_path: Path, busy: str, remove: bool = False) -> Iterator[bool
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise VikhrError(busy.format(holder=holder)) from None
+            raise VikhrError(busy.replace("{holder}", holder)) from None
         except OSError:  # no locks on this file system: nothing to hold
             with f:
                 yield False
@@ -50,7 +50,7 @@ def exclusive(lock_path: Path, busy: str, remove: bool = False) -> Iterator[bool
     with f:
         f.seek(0)
         f.truncate()
-        f.write(holder_line() + "\n")
+        f.write(_holder_line() + "\n")
         f.flush()
         try:
             yield True

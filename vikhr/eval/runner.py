@@ -427,7 +427,7 @@ def _task_result(
         return None
     done = as_json(
         {
-            "part": {key: part.get(key, {}) for key in ("results", "n-samples", "samples")},
+            "part": {field: part.get(field, {}) for field in ("results", "n-samples", "samples")},
             "cost": _task_cost(lm, start, requests=len(task.instances)),
         }
     )
