@@ -109,3 +109,36 @@ def test_a_lock_file_left_by_a_killed_build_does_not_block_the_next(
     monkeypatch.setattr(cpp_extension, "load", load)
     assert compile_ops(with_cuda=False, build_root=tmp_path) == build_dir / "vikhr_ops_cpu.so"
     assert ("left by a build that was killed" in capsys.readouterr().err) == (torch_lock == "file baton")
+
+
+def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process (a rank, a second job) that finds the ops being built waited without a word for
+    as long as the compile took; it names the build it waits for."""
+    import fcntl
+    import io
+    import threading
+    import time
+
+    from vikhr.ops.build import _exclusive_build
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    entered = threading.Event()
+
+    def second_build() -> None:
+        with _exclusive_build(tmp_path):
+            entered.set()
+
+    with (tmp_path / "vikhr-build.lock").open("w") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        first.write("pid 4242 on node07\n")
+        first.flush()
+        waiter = threading.Thread(target=second_build)
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while "waiting" not in err.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not entered.is_set()  # it waits while the first build holds the lock
+    waiter.join(timeout=60)
+    assert entered.is_set()
+    assert err.getvalue() == f"vikhr: waiting for the build of the ops in {tmp_path} (pid 4242 on node07)\n"

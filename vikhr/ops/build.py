@@ -225,8 +225,18 @@ def _exclusive_build(build_dir: Path) -> Iterator[None]:
 
     from torch.utils import cpp_extension
 
-    with (build_dir / "vikhr-build.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with (build_dir / "vikhr-build.lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process builds: it takes a while, and says so here
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"vikhr: waiting for the build of the ops in {build_dir} ({holder})", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
         stale = build_dir / "lock"
         if not hasattr(cpp_extension, "FileLock") and stale.exists():
             print(f"vikhr: removing {stale}, left by a build that was killed", file=sys.stderr)
