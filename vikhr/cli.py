@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vikhr.errors import (
-    BROKEN_PIPE_STATUS,
-    RunStopped,
-    VikhrError,
-    os_error_line,
-    print_error_line,
-    print_stop_line,
-    stdout_closed,
-)
+from vikhr.errors import ENDINGS, VikhrError, report_ending
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -140,12 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)
-    except VikhrError as e:  # raised by an argument's own parser (e.g. a character budget)
-        print_error_line(f"vikhr: error: {e}")
-        return 2
-    except KeyboardInterrupt:  # a Ctrl-C at once, while the verbs' options are set up
-        print("vikhr: interrupted", file=sys.stderr)
-        return 130
+    # An argument's own parser may raise VikhrError (e.g. a character budget); a Ctrl-C may come at
+    # once, while the verbs' options are set up.
+    except (VikhrError, KeyboardInterrupt) as e:
+        return report_ending("vikhr", e)
     verb = _chosen_parser(parser, args)
     if hasattr(args, "overrides"):  # `section.key=value` after an option: argparse leaves it over
         args.overrides = [*args.overrides, *(e for e in extras if not e.startswith("-"))]
@@ -154,19 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verb.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.func(args) or 0)
-    except VikhrError as e:
-        print_error_line(f"{verb.prog}: error: {e}")
-        return 2
-    except OSError as e:  # the machine refused a read or write: a read-only place, a full disk
-        if isinstance(e, BrokenPipeError) and stdout_closed():
-            return BROKEN_PIPE_STATUS
-        print_error_line(f"{verb.prog}: error: {os_error_line(e)}")
-        return 2
-    except RunStopped as e:  # saved and stopped on a cluster's notice or at its time limit
-        return print_stop_line(verb.prog, e)
-    except KeyboardInterrupt:
-        print("vikhr: interrupted", file=sys.stderr)
-        return 130
+    except ENDINGS as e:
+        return report_ending(verb.prog, e)
 
 
 if __name__ == "__main__":

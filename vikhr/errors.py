@@ -29,14 +29,7 @@ class RunStopped(Exception):
         self.hint = hint  # how to continue: the verb that ran the trainer knows best
 
 
-def print_stop_line(prog: str, e: RunStopped) -> int:
-    """Print a stopped run's line once (on rank 0 under torchrun); returns the exit status."""
-    if os.environ.get("RANK", "0") == "0":
-        print_error_line(f"{prog}: {e}; {e.hint}")
-    return e.status
-
-
-def stdout_closed() -> bool:
+def _stdout_closed() -> bool:
     """Whether stdout's reader went away (`vikhr ... | head`): a broken pipe elsewhere is an error."""
     try:
         fd = sys.stdout.fileno()
@@ -54,6 +47,24 @@ def stdout_closed() -> bool:
 
 # The shell's status of a process ended by SIGPIPE.
 BROKEN_PIPE_STATUS = 141
+# How a command may end early, each told in one line by `report_ending`.
+ENDINGS = (VikhrError, OSError, RunStopped, KeyboardInterrupt)
+
+
+def report_ending(prog: str, e: BaseException) -> int:
+    """Print in one line how command `prog` ended on `e` (one of ENDINGS); returns its exit status."""
+    if isinstance(e, RunStopped):  # said once (rank 0 under torchrun): every rank stops alike
+        if os.environ.get("RANK", "0") == "0":
+            print_error_line(f"{prog}: {e}; {e.hint}")
+        return e.status
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C ends the program, whichever verb ran
+        print_error_line(f"{prog.split()[0]}: interrupted")
+        return 130
+    if isinstance(e, BrokenPipeError) and _stdout_closed():
+        return BROKEN_PIPE_STATUS
+    # OSError: the machine refused a read or write (a read-only place, a full disk).
+    print_error_line(f"{prog}: error: {os_error_line(e) if isinstance(e, OSError) else e}")
+    return 2
 
 
 def os_error_line(e: OSError) -> str:

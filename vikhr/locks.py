@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,19 +23,24 @@ def _holder_line() -> str:
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: Path, busy: str, remove: bool = False) -> Iterator[bool]:
+def exclusive(lock_path: Path, busy: str, remove: bool = False, wait: bool = False) -> Iterator[bool]:
     """Hold the lock of `lock_path` (created if missing); when another process holds it, VikhrError
-    `busy` with `{holder}` filled in. Yields whether a lock is held. `remove`: delete the lock file at
-    the end (for locks beside user files, which should not pile up)."""
+    `busy` with `{holder}` filled in, or with `wait`, `busy` on stderr and a wait for the lock.
+    Yields whether a lock is held. `remove`: delete the lock file at the end (for locks beside user
+    files, which should not pile up)."""
     while True:
         f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # held open with the lock, closed below
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise VikhrError(busy.replace("{holder}", holder)) from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                said = busy.replace("{holder}", f.read().strip() or "another process")
+                if not wait:
+                    f.close()
+                    raise VikhrError(said) from None
+                print(said, file=sys.stderr)
+                fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # no locks on this file system: nothing to hold
             with f:
                 yield False

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vikhr.atomic import temporary_paths
+from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
 
 # The settings that change where results go, not what they are.
@@ -98,8 +98,7 @@ class TaskProgress:
             raise VikhrError(f"{self.directory} is not a directory (it keeps the finished tasks; remove it)")
         self.directory.mkdir(parents=True, exist_ok=True)
         record = {"fingerprint": self._fingerprint(key, data), "result": result}
-        with temporary_paths([self._path(key)]) as (tmp,):
-            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        write_text(self._path(key), json.dumps(record, ensure_ascii=False))
 
 
 def progress_dir_of(output: Path) -> Path:

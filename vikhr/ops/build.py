@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from vikhr.errors import VikhrError
+from vikhr.locks import exclusive
 from vikhr.ops.fake import register_fake_kernels
 
 
@@ -221,22 +222,10 @@ def _exclusive_build(build_dir: Path) -> Iterator[None]:
     a build killed mid-way (SIGTERM, SIGKILL, a timeout) left it behind, and every later build
     waited on it forever. Holding this lock, such a file can only be stale, and is removed; torch's
     filelock file stays (it always exists, and blocks nothing)."""
-    import fcntl
-
     from torch.utils import cpp_extension
 
-    with (build_dir / "vikhr-build.lock").open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process builds: it takes a while, and says so here
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            print(f"vikhr: waiting for the build of the ops in {build_dir} ({holder})", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        handle.flush()
+    waiting = f"vikhr: waiting for the build of the ops in {build_dir} ({{holder}})"  # it takes a while
+    with exclusive(build_dir / "vikhr-build.lock", waiting, wait=True):
         stale = build_dir / "lock"
         if not hasattr(cpp_extension, "FileLock") and stale.exists():
             print(f"vikhr: removing {stale}, left by a build that was killed", file=sys.stderr)
