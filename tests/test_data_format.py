@@ -137,6 +137,23 @@ def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monk
     record.save()
 
 
+def test_validation_records_of_two_runs_sharing_a_cache_keep_both_runs_entries(tmp_path: Path) -> None:
+    """Two runs on one data cache, each checking its own dataset: the later save kept only its own
+    entries, and the next start of the other run read its corpus again."""
+    path = tmp_path / "cache" / "data-check.json"
+    write_indexed(tmp_path / "a", [[5, 6, 7]], "uint16")
+    write_indexed(tmp_path / "b", [[8, 9]], "uint16")
+    first, second = ValidationRecord(path), ValidationRecord(path)  # both read before either saved
+    validate(tmp_path / "a", record=first)
+    validate(tmp_path / "b", record=second)
+    first.save()
+    second.save()
+    record = ValidationRecord(path)
+    assert record.lookup(str(tmp_path / "a")) == (True, 7)
+    assert record.lookup(str(tmp_path / "b")) == (True, 9)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["data-check.json"]  # no lock file left
+
+
 def test_megatron_reads_our_output_exactly(tmp_path: Path, ru_texts: list[str]) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

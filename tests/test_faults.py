@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import shlex
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -225,26 +228,106 @@ def test_a_full_disk_while_megatron_writes_its_data_cache_is_one_line_and_leaves
     had written would stop the next run."""
     import errno
 
-    from vikhr.train.data import _writing_cache
+    from vikhr.train.index_cache import building_index_cache
 
     cache = tmp_path / "data-cache"
     cache.mkdir()
-    (cache / "earlier-document_index.npy").write_bytes(b"kept")
+    np.save(cache / "earlier-document_index.npy", np.arange(3))
     for wrapped in (True, False):
         with (
             pytest.raises(
                 VikhrError, match=r"data cache .*: no space left on the device writing .*index\.npy"
             ),
-            _writing_cache(str(cache)),
+            building_index_cache(str(cache), builder=True),
         ):
             (cache / "new-document_index.npy").write_bytes(b"")
             full = OSError(errno.ENOSPC, "No space left on device", str(cache / "new-document_index.npy"))
             if wrapped:
                 raise Exception("Failed to write dataset materials to the data cache directory.") from full
             raise full
-        assert sorted(p.name for p in cache.iterdir()) == ["earlier-document_index.npy"]
-    with pytest.raises(ValueError, match="unrelated"), _writing_cache(str(cache)):
+        assert sorted(p.name for p in cache.glob("*.npy")) == ["earlier-document_index.npy"]
+    with pytest.raises(ValueError, match="unrelated"), building_index_cache(str(cache), builder=True):
         raise ValueError("unrelated")
+
+
+class _Noticed(io.StringIO):
+    """stderr that tells a waiting thread when something was written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.written.set()
+        return super().write(text)
+
+
+def _while_another_run_builds(cache: Path, monkeypatch: pytest.MonkeyPatch, action):
+    """Run `action()` while another run's builder writes `other-document_index.npy` into `cache`:
+    (what action said on stderr, the cache's .npy files when the other run finished, action's result).
+    The other run completes its file only once `action` said something (it waits) or after 30 s."""
+    from vikhr.train.index_cache import building_index_cache
+
+    holding, left = threading.Event(), []
+    stderr = _Noticed()
+
+    def other_run() -> None:
+        with building_index_cache(str(cache), builder=True):
+            partial = cache / "other-document_index.npy"
+            np.save(partial, np.arange(1000, dtype=np.int64))
+            full = partial.read_bytes()
+            partial.write_bytes(full[:300])  # half written
+            holding.set()
+            stderr.written.wait(timeout=30)
+            partial.write_bytes(full)
+            left.extend(sorted(p.name for p in cache.glob("*.npy")))
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(timeout=60)
+        monkeypatch.setattr(sys, "stderr", stderr)
+        result = action()
+    finally:
+        thread.join()
+        monkeypatch.undo()
+    return stderr.getvalue(), left, result
+
+
+def test_a_data_cache_check_waits_for_another_run_writing_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """megatron-core writes its index files in place: a run checking the cache while another run's
+    rank 0 writes it was told a half-written file is damaged (and to delete it)."""
+    cache = tmp_path / "data-cache"
+    cache.mkdir()
+    said, _, checked = _while_another_run_builds(cache, monkeypatch, lambda: check_index_cache(cache))
+    assert "data cache" in said and "being written by another run (pid" in said, said
+    assert checked == 1
+
+
+def test_a_run_builds_the_data_cache_only_after_another_run_built_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's rank 0 holds the cache while it checks and builds: a second run waits."""
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import index_cache_dir, train_samples
+
+    cfg = load_config(_train_config(tmp_path, _write_tokens(tmp_path / "ru")))
+    cache = Path(index_cache_dir(cfg))
+    cache.mkdir(parents=True)
+
+    def build():
+        with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+            return build_pretrain_datasets(cfg, str(cache), train_samples(cfg))
+
+    said, left, built = _while_another_run_builds(cache, monkeypatch, build)
+    assert "in use by another run (pid" in said, said
+    assert left == ["other-document_index.npy"]  # nothing of this run's yet when the other finished
+    assert len(built.train) == train_samples(cfg) and list(built.valid) == ["ru"]
+    assert len(list(cache.glob("*-GPTDataset-*.npy"))) > 0
 
 
 def test_trainer_refuses_a_run_that_would_read_its_data_a_million_times(

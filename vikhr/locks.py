@@ -3,7 +3,9 @@
 Two runs writing one output at once (a double submission, two shells, a requeue while the first
 still runs) would mix their files. Each writer holds `flock` on a lock file for as long as it
 writes; the kernel releases it however the process ends, so a killed run never blocks the next.
-A file system without locks (some network mounts) goes unlocked.
+Readers of something written in place (megatron-core's data cache) hold it `shared`: they wait
+while a writer writes, not each other. A file system without locks (some network mounts) goes
+unlocked.
 """
 
 from __future__ import annotations
@@ -25,21 +27,21 @@ def _holder_line() -> str:
 @contextlib.contextmanager
 def exclusive(lock_path: Path, busy: str, remove: bool = False, wait: bool = False) -> Iterator[bool]:
     """Hold the lock of `lock_path` (created if missing); when another process holds it, VikhrError
-    `busy` with `{holder}` filled in, or with `wait`, `busy` on stderr and a wait for the lock.
-    Yields whether a lock is held. `remove`: delete the lock file at the end (for locks beside user
-    files, which should not pile up)."""
+    `busy` with `{holder}` filled in, or with `wait`, `busy` on stderr (none when empty) and a wait
+    for the lock. Yields whether a lock is held. `remove`: delete the lock file at the end (for
+    locks beside user files, which should not pile up)."""
     while True:
         f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # held open with the lock, closed below
         try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
-                said = busy.replace("{holder}", f.read().strip() or "another process")
+                said = _busy_line(f, busy)
                 if not wait:
                     f.close()
                     raise VikhrError(said) from None
-                print(said, file=sys.stderr)
+                if said:
+                    print(said, file=sys.stderr)
                 fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # no locks on this file system: nothing to hold
             with f:
@@ -63,4 +65,39 @@ def exclusive(lock_path: Path, busy: str, remove: bool = False, wait: bool = Fal
         finally:
             if remove:
                 lock_path.unlink(missing_ok=True)
+            else:  # a reader waiting on this file's later holders must not name this process
+                f.truncate(0)
+                f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def shared(lock_path: Path, busy: str) -> Iterator[bool]:
+    """Hold `lock_path` shared with other readers, waiting (with `busy` on stderr, `{holder}` filled
+    in) while a writer holds it `exclusive`. Yields whether a lock is held: not where the lock file
+    cannot be opened (a read-only directory no one writes) or the file system has no locks."""
+    try:
+        f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # held open with the lock, closed below
+    except OSError:
+        yield False
+        return
+    with f:
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(_busy_line(f, busy), file=sys.stderr)
+                fcntl.flock(f, fcntl.LOCK_SH)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _busy_line(f, busy: str) -> str:
+    """`busy` naming the process whose line is in the lock file `f`."""
+    f.seek(0)
+    return busy.replace("{holder}", f.read().strip() or "another process")

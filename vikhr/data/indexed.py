@@ -127,7 +127,7 @@ class ValidationRecord:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        self._changed = False
+        self._added: dict = {}
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             ok = data.get("version") == self.VERSION and isinstance(data["datasets"], dict)
@@ -154,17 +154,19 @@ class ValidationRecord:
 
     def add(self, prefix: str, max_token_id: int | None) -> None:
         key, stamp = self._stamp(prefix)
-        self._datasets[key] = {"stamp": stamp, "max_token_id": max_token_id}
-        self._changed = True
+        self._datasets[key] = self._added[key] = {"stamp": stamp, "max_token_id": max_token_id}
 
     def save(self) -> None:
-        """Write the record (atomically) if anything was added. Ranks saving at once write the same."""
-        if not self._changed:
+        """Write the record (atomically) if anything was added, with what other runs sharing the
+        file added since it was read (under a lock, so that neither's entries are lost)."""
+        if not self._added:
             return
-        text = json.dumps({"version": self.VERSION, "datasets": self._datasets}, indent=1) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(self.path, text)
+            with exclusive(self.path.with_name(self.path.name + ".lock"), "", remove=True, wait=True):
+                datasets = {**ValidationRecord(self.path)._datasets, **self._added}
+                text = json.dumps({"version": self.VERSION, "datasets": datasets}, indent=1) + "\n"
+                atomic.write_text(self.path, text)
         except OSError:
             pass
 

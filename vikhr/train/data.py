@@ -15,16 +15,15 @@ part of `data.split`) and is evaluated separately — Russian and English losses
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from vikhr.errors import VikhrError, os_error_line
+from vikhr.errors import VikhrError
+from vikhr.train.index_cache import building_index_cache
 
 IGNORE_INDEX = -100
 
@@ -99,27 +98,6 @@ def dataset_entries(cfg) -> list[tuple[str, str, float]]:
     return [(e.name, e.prefix, e.weight) for e in cfg.data.train]
 
 
-@contextlib.contextmanager
-def _writing_cache(cache_dir: str) -> Iterator[None]:
-    """megatron-core writes its indices into `cache_dir` as it builds: a write that fails (a full
-    disk) is one line, and the files it left are removed (a next run would refuse them)."""
-    root = Path(cache_dir)
-    before = set(root.rglob("*")) if root.is_dir() else set()
-    try:
-        yield
-    except Exception as e:
-        # Under torch.distributed megatron wraps the OSError in a plain Exception.
-        cause = e if isinstance(e, OSError) else e.__cause__
-        if not isinstance(cause, OSError):
-            raise
-        for path in set(root.rglob("*")) - before if root.is_dir() else ():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-        raise VikhrError(
-            f"writing megatron-core's data cache ({cache_dir}, set by data.cache_dir): {os_error_line(cause)}"
-        ) from None
-
-
 def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # cfg: TrainConfig
     """The blended train stream (`n_train` samples) and one valid set per dataset.
 
@@ -135,21 +113,22 @@ def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # c
     prefixes = [p for _, p, _ in entries]
     weights = [w for _, _, w in entries]
     train_cfg = _gpt_config(cfg, (prefixes, weights), cache_dir, part=0)
-    with _writing_cache(cache_dir):
+    # megatron-core builds on rank 0, the others read what it built.
+    builder = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    valid: dict[str, torch.utils.data.Dataset] = {}
+    with building_index_cache(cache_dir, builder):
         train, _, _ = BlendedMegatronDatasetBuilder(
             GPTDataset, [n_train, 0, 0], lambda: True, train_cfg
         ).build()
-    if train is None or len(train) < n_train:
-        raise VikhrError(f"data.train: could not draw {n_train} training samples from {prefixes}")
-    valid: dict[str, torch.utils.data.Dataset] = {}
-    for name, prefix, _ in entries:
-        if split_part_tokens(prefix, cfg.data.split)[1][1] == 0:
-            continue  # too few documents for a held-out part: no validation set for this dataset
-        one = _gpt_config(cfg, ([prefix], None), cache_dir, part=1)
-        with _writing_cache(cache_dir):
+        if train is None or len(train) < n_train:
+            raise VikhrError(f"data.train: could not draw {n_train} training samples from {prefixes}")
+        for name, prefix, _ in entries:
+            if split_part_tokens(prefix, cfg.data.split)[1][1] == 0:
+                continue  # too few documents for a held-out part: no validation set for this dataset
+            one = _gpt_config(cfg, ([prefix], None), cache_dir, part=1)
             _, v, _ = BlendedMegatronDatasetBuilder(GPTDataset, [None, None, None], lambda: True, one).build()
-        if v is not None and len(v) > 0:
-            valid[name] = v
+            if v is not None and len(v) > 0:
+                valid[name] = v
     return Datasets(train=train, valid=valid)
 
 

@@ -5,15 +5,25 @@ megatron-core stores its document/sample/shuffle indices as `.npy` files and loa
 sent, a shared cache) would run code when a run resumes. Before megatron sees the cache, every
 `.npy` in it must be a plain numeric array whose size matches its header; anything else stops the
 run with one line naming the file.
+
+megatron-core writes the cache in place (rank 0 builds, the other ranks then read). Runs sharing a
+cache (an ablation grid, two jobs on one corpus) would otherwise read each other's half-written
+files, and be told they are damaged: the building rank holds `LOCK_FILE` exclusively while it
+checks and builds, and every check holds it shared, waiting while another run writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from vikhr.errors import VikhrError
+from vikhr import locks
+from vikhr.errors import VikhrError, os_error_line
+
+LOCK_FILE = ".vikhr-cache.lock"
 
 _READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
@@ -46,11 +56,47 @@ def check_npy_file(path: Path) -> None:
 
 
 def check_index_cache(cache_dir: str | Path) -> int:
-    """Check every `.npy` under `cache_dir` (absent: nothing to check); returns how many were checked."""
+    """Check every `.npy` under `cache_dir` (absent: nothing to check), once no other run writes
+    it; returns how many were checked."""
     root = Path(cache_dir)
     if not root.is_dir():
         return 0
+    busy = f"megatron-core's data cache {root} is being written by another run ({{holder}}); waiting for it"
+    with locks.shared(root / LOCK_FILE, busy):
+        return _check_files(root)
+
+
+def _check_files(root: Path) -> int:
     files = sorted(root.rglob("*.npy"))
     for path in files:
         check_npy_file(path)
     return len(files)
+
+
+@contextlib.contextmanager
+def building_index_cache(cache_dir: str | Path, builder: bool) -> Iterator[None]:
+    """Around megatron-core's dataset builder. The `builder` (the rank that writes the cache) holds
+    it against other runs, checks it again, and when a write fails (a full disk) removes the files
+    it left (a next run would refuse them); any rank's failed write is one line."""
+    root = Path(cache_dir)
+    with contextlib.ExitStack() as held:
+        before: set[Path] = set()
+        if builder:
+            root.mkdir(parents=True, exist_ok=True)
+            busy = f"megatron-core's data cache {root} is in use by another run ({{holder}}); waiting for it"
+            held.enter_context(locks.exclusive(root / LOCK_FILE, busy, wait=True))
+            _check_files(root)
+            before = set(root.rglob("*"))
+        try:
+            yield
+        except Exception as e:
+            # Under torch.distributed megatron wraps the OSError in a plain Exception.
+            cause = e if isinstance(e, OSError) else e.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            for path in set(root.rglob("*")) - before if builder else ():
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+            raise VikhrError(
+                f"writing megatron-core's data cache ({root}, set by data.cache_dir): {os_error_line(cause)}"
+            ) from None
