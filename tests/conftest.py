@@ -42,20 +42,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_command(nproc: int) -> list[str]:
+    """torchrun on this machine with `nproc` ranks. `--standalone`: its store binds a port the OS
+    picks, so tests running side by side never race for one (a port found free and taken by
+    another test's ranks before this launch bound it failed the launch)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
 def launch_torchrun(
     script: Path | str, *args: str, nproc: int = 2, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run `script` under torchrun with `nproc` CPU ranks (gloo); its output, whatever the exit status."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-        *args,
-    ]
+    cmd = [*torchrun_command(nproc), str(script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=REPO)
 
 

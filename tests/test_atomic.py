@@ -137,14 +137,18 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert _files(tmp_path) == {"r.json"}
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchanged", "renamed-aside"])
 def test_an_interrupt_while_the_old_output_is_deleted_leaves_the_new_one_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
-    """--overwrite of a large output: the old one is renamed aside and deleted after the new one is
-    in place (it was deleted first, so a Ctrl-C mid-deletion left part of it under the final name
-    and removed the finished new one); what is left aside is a temporary a later run removes."""
+    """--overwrite of a large output: the old one is swapped out (or, where the file system cannot
+    exchange two names, renamed aside) and deleted after the new one is in place (it was deleted
+    first, so a Ctrl-C mid-deletion left part of it under the final name and removed the finished
+    new one); what is left aside is a temporary a later run removes."""
     import vikhr.atomic as atomic
 
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     out = tmp_path / "model"
     out.mkdir()
     for name in ("config.json", "model-1.safetensors", "model-2.safetensors", "index.json"):
@@ -164,11 +168,48 @@ def test_an_interrupt_while_the_old_output_is_deleted_leaves_the_new_one_whole(
     monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
     new = {"config.json": "new", "model.safetensors": "new"}
     assert {p.name: p.read_text() for p in out.iterdir()} == new
-    (aside,) = tmp_path.glob(".model.tmp-*.old")
+    (aside,) = [p for p in tmp_path.glob(".model.tmp-*") if p.is_dir()]
+    assert {p.name for p in aside.iterdir()} < {
+        "config.json",
+        "model-1.safetensors",
+        "model-2.safetensors",
+        "index.json",
+    }
     pid = aside.name.removeprefix(".model.tmp-").partition("@")[0]
     dead = aside.with_name(aside.name.replace(f"tmp-{pid}@", "tmp-999999999@"))  # as if this run was killed
     aside.rename(dead)
     assert atomic.remove_stale_temporaries(out) == [dead] and not dead.exists()
+
+
+def test_a_reader_never_finds_an_output_missing_while_overwrite_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite renamed the old output aside and then the new one in: a reader (a serving process
+    loading the model, another job's eval) between the two renames found no directory at all. The
+    two are exchanged in one step; every rename this leaves is checked to leave the output there."""
+    import os
+
+    import vikhr.atomic as atomic
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    missing = []
+    real_replace, real_rename = os.replace, os.rename
+
+    def watched(real):
+        def rename(src, dst):
+            real(src, dst)
+            missing.extend([] if out.is_dir() else [(src, dst)])
+
+        return rename
+
+    monkeypatch.setattr(atomic.os, "replace", watched(real_replace))
+    monkeypatch.setattr(atomic.os, "rename", watched(real_rename))
+    with output_dir(out) as work:
+        (work / "config.json").write_text("new")
+    assert missing == [] and (out / "config.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # the old one is deleted
 
 
 def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path: Path) -> None:

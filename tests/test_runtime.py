@@ -163,10 +163,9 @@ def test_ranks_end_when_the_torchrun_launcher_is_killed(tmp_path: Path) -> None:
     writing checkpoints, until the run's end. Each rank now gets SIGTERM when the launcher dies."""
     import signal
     import subprocess
-    import sys
     import time
 
-    from tests.conftest import REPO, child_env, free_port
+    from tests.conftest import REPO, child_env, torchrun_command
 
     script = tmp_path / "rank.py"
     script.write_text(
@@ -178,8 +177,7 @@ def test_ranks_end_when_the_torchrun_launcher_is_killed(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", str(script), str(tmp_path)],
+        [*torchrun_command(2), str(script), str(tmp_path)],
         env=child_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -382,6 +382,27 @@ def test_compare_report_numbers_match_hand_count(tmp_path: Path, replace_dir: Pa
     assert (out / "chars_per_token.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_failed_compare_chart_leaves_the_earlier_report_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart is drawn after the table and CSV: when it fails, none of the earlier report's three
+    files is replaced (a new table beside an old chart would disagree), and nothing temporary is left."""
+    from vikhr.tokenizer import compare as compare_module
+
+    texts = _write_jsonl(tmp_path / "t.jsonl.gz", [{"id": "x", "text": "Мама мыла раму. " * 20}])
+    out = tmp_path / "report"
+    compare([f"mistral={MISTRAL_TOKENIZER}"], [f"a={texts}"], out, split="all")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_chart(results, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(compare_module, "plot_chars_per_token", no_chart)
+    with pytest.raises(OSError, match="No space"):
+        compare([f"mistral={MISTRAL_TOKENIZER}"], [f"b={texts}"], out, split="all")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli_main(argv)
     err = capsys.readouterr().err.strip()

@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch.distributed.launcher.api import LaunchConfig
 
-from tests.conftest import REPO, child_env, free_port, launch_torchrun, run_torchrun
+from tests.conftest import REPO, child_env, launch_torchrun, run_torchrun, torchrun_command
 from tests.helpers import VOCAB, make_corpus, write_config
 from vikhr.train.monitor import read_metrics
 
@@ -205,6 +205,7 @@ def test_kill_and_resume_matches_uninterrupted(
     config = write_config(tmp_path / "c.yaml", corpus, run_dir)
     killed = _launch(config, 2, "debug.kill_at_step=6")
     assert killed.returncode != 0, "the run should have been killed"
+    assert (run_dir / "latest").is_file(), killed.stderr[-4000:]  # it saved before it was killed
     assert (run_dir / "latest").read_text().strip() == "step_000004"
     assert not list(run_dir.glob("*.tmp"))
     interrupted, _ = read_metrics(run_dir)
@@ -283,8 +284,7 @@ def test_a_signal_to_torchrun_saves_the_step_its_ranks_were_in(
     config = write_config(
         tmp_path / "c.yaml", corpus, run_dir, train={"steps": steps}, checkpoint={"save_every": steps}
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", *launcher_flags, str(PRETRAIN), "--config", str(config)]
+    cmd = [*torchrun_command(2), *launcher_flags, str(PRETRAIN), "--config", str(config)]
     log = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while the run goes on
     with log.open("w") as err, subprocess.Popen(cmd, env=child_env(), cwd=REPO, stderr=err) as launcher:
         deadline = time.monotonic() + 300

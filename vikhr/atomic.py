@@ -7,6 +7,7 @@ temporary directory beside the target and renamed over it at the end (removed on
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import glob
@@ -134,9 +135,10 @@ class WrittenMeanwhile(VikhrError):
 
 
 def _swap_in(work: Path, path: Path, existed: bool) -> None:
-    """Rename `work` to `path`. An existing `path` is first renamed aside (a temporary name of this
-    process, which a later run removes if this one is killed) and deleted only once the new one is
-    in place: an interrupt while a large output is deleted never leaves half of it under `path`.
+    """Rename `work` to `path`. An existing `path` is exchanged with `work` in one step where the
+    system can (a reader never finds `path` missing), else renamed aside first; the old output is
+    deleted only once the new one is in place, under a temporary name of this process (which a later
+    run removes if this one is killed): an interrupt never leaves half of it under `path`.
     A `path` that did not exist when the work began (`existed`) and does now was written by another
     run meanwhile: it is kept, and this run's result refused."""
     if not existed:
@@ -153,6 +155,9 @@ def _swap_in(work: Path, path: Path, existed: bool) -> None:
     if not path.exists():
         os.replace(work, path)
         return
+    if _exchange(work, path):
+        shutil.rmtree(work, ignore_errors=True)  # the old output now
+        return
     old = work.with_name(work.name + ".old")
     os.replace(path, old)
     try:
@@ -161,6 +166,25 @@ def _swap_in(work: Path, path: Path, existed: bool) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the entries `a` and `b` atomically (Linux renameat2 with RENAME_EXCHANGE); False where
+    the C library, the kernel or the file system (some network mounts) cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 @contextlib.contextmanager

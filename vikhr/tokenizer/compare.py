@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vikhr.atomic import temporary_path, write_text
+from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_sha256, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
@@ -247,9 +247,10 @@ def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
     ax.set_title("Tokenizer efficiency")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with temporary_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def compare(
@@ -288,7 +289,9 @@ def compare(
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
     ]
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "report.md", render_markdown(results, toks, sentence))
-    write_text(out / "report.csv", render_csv(results))
-    plot_chars_per_token(results, out / "chars_per_token.png")
+    # All three written before any replaces an earlier report's: they never disagree.
+    with temporary_paths([out / "report.md", out / "report.csv", out / "chars_per_token.png"]) as temps:
+        temps[0].write_text(render_markdown(results, toks, sentence), encoding="utf-8")
+        temps[1].write_text(render_csv(results), encoding="utf-8")
+        plot_chars_per_token(results, temps[2])
     return results
