@@ -842,6 +842,134 @@ def test_nested_tasks_group_by_place_and_refuse_what_they_cannot_score(tmp_path:
         _rucos_rows(_rewrite(rucos, tmp_path / "r.jsonl", lambda rs: [r.update(qas=[]) for r in rs]))
 
 
+_BLANK_FIELDS = [
+    # (task, file under the data directory, a change to its first record, what the error names)
+    (
+        "rsg_parus",
+        "russian-superglue/PARus/val.jsonl",
+        lambda r: r.update(choice1=" "),
+        r":1: field 'choice1'",
+    ),
+    (
+        "rsg_danetqa",
+        "russian-superglue/DaNetQA/val.jsonl",
+        lambda r: r.update(passage=""),
+        r":1: field 'passage'",
+    ),
+    ("rsg_russe", "russian-superglue/RUSSE/val.jsonl", lambda r: r.update(word="  "), r":1: field 'word'"),
+    (
+        "rsg_lidirus",
+        "russian-superglue/LiDiRus/LiDiRus.jsonl",
+        lambda r: r.update(sentence2="\n"),
+        "'sentence2'",
+    ),
+    (
+        "rsg_rwsd",
+        "russian-superglue/RWSD/val.jsonl",
+        lambda r: r["target"].update(span1_text=""),
+        "'target.span1_text'",
+    ),
+    (
+        "rsg_muserc",
+        "russian-superglue/MuSeRC/val.jsonl",
+        lambda r: r["passage"]["questions"][0]["answers"][1].update(text=" "),
+        r"passage idx \d+: field 'answers.text'",
+    ),
+    (
+        "mmlu_ru",
+        "mmlu-ru/test.jsonl",
+        lambda r: r["choices_ru"].__setitem__(1, ""),
+        r":1: field 'choices_ru'",
+    ),
+    (
+        "mmlu_ru",
+        "mmlu-ru/dev.jsonl",
+        lambda r: r.update(question_ru=" "),
+        r":1: field 'question_ru'",
+    ),
+    ("mera_parus", "mera/parus/test.jsonl", lambda r: r.update(instruction=""), r":1: field 'instruction'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "file", "change", "names"), _BLANK_FIELDS, ids=[c[0] for c in _BLANK_FIELDS]
+)
+def test_a_blank_question_or_choice_is_one_line_naming_the_record(
+    tmp_path: Path, task: str, file: str, change: Any, names: str
+) -> None:
+    """A record whose premise, choice, passage or instruction is blank was scored as a real item
+    (an empty prompt still gets an answer right half the time): the file and record are named."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    _rewrite(FIXTURES / file, data / file, lambda records: change(records[0]))
+    with pytest.raises(VikhrError, match=rf"{Path(file).name.replace('.', '[.]')}.*{names} is blank"):
+        dataset(build_task_config(task, data, None, Path()))
+
+
+def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
+    """TERRa, RuCoLA, CheGeKa and XQuAD-ru (the sets of tests/test_eval.py's layouts): a blank text
+    is one line; an XQuAD gold of punctuation alone ("«»", which an empty answer matched) is none."""
+
+    def write(name: str, records: list[dict[str, Any]]) -> None:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 0}
+    write("terra/train.jsonl", [pair])
+    write("terra/val.jsonl", [pair, {**pair, "hypothesis": " "}])
+    with pytest.raises(VikhrError, match=r"terra/val\.jsonl:2: field 'hypothesis' is blank"):
+        dataset(build_task_config("terra", tmp_path, None, Path()))
+    write("rucola/train.jsonl", [{"sentence": "Мама мыла раму.", "label": 1}])
+    write("rucola/dev.jsonl", [{"sentence": "", "label": 1}])
+    with pytest.raises(VikhrError, match=r"rucola/dev\.jsonl:1: field 'sentence' is blank"):
+        dataset(build_task_config("rucola", tmp_path, None, Path()))
+    write("chgk/train.jsonl", [{"question": "Кто?", "answer": "Он"}])
+    write("chgk/test.jsonl", [{"question": "\t", "answer": "Он"}])
+    with pytest.raises(VikhrError, match=r"chgk/test\.jsonl:1: field 'question' is blank"):
+        dataset(build_task_config("chegeka", tmp_path, None, Path()))
+    qa = {"id": "q1", "context": "Он пришёл.", "question": "Кто пришёл?", "answers": {"text": ["Он"]}}
+    write("xquad-ru/validation.jsonl", [{**qa, "context": " "}])
+    with pytest.raises(VikhrError, match=r"validation\.jsonl:1: field 'context' is blank"):
+        dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
+    write(
+        "xquad-ru/validation.jsonl",
+        [{**qa, "answers": {"text": ["«»", "Он"]}}, {**qa, "answers": {"text": ["«»"]}}],
+    )
+    with pytest.raises(VikhrError, match="question 'q1' has no answer text"):
+        dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
+    write("xquad-ru/validation.jsonl", [{**qa, "answers": {"text": ["«»", "Он"]}}])
+    assert dataset(build_task_config("xquad_ru", tmp_path, None, Path()))[0]["golds"] == ["Он"]
+
+
+def test_blank_golds_are_not_answers(tmp_path: Path) -> None:
+    """A MERA answer list with a blank part ("Тореадор;  ") kept "  " as a gold an empty generation
+    matched; one of punctuation alone ("...") was accepted; a blank RuCoS answer placed first made
+    the reader take the other offset convention; bits-per-character scored white space as text."""
+    from vikhr.eval.mera import _check_outputs, _scoring
+    from vikhr.eval.tasks import bpc_config
+
+    chegeka = MERA_TASKS["mera_chegeka"]
+    record = {"instruction": "{text}", "inputs": {"text": "Кто?", "topic": "т"}, "meta": {"id": 0}}
+    assert _scoring(chegeka, {**record, "outputs": "Тореадор;  "})["golds"] == ["Тореадор"]
+    with pytest.raises(VikhrError, match="holds no answer text"):
+        _check_outputs(tmp_path / "c.jsonl", chegeka, {**record, "outputs": "..."})
+    rucos = RSG / "RuCoS" / "val.jsonl"
+    blank_first = _rewrite(
+        rucos,
+        tmp_path / "r.jsonl",
+        lambda rs: rs[0]["qas"][0]["answers"].insert(0, {"start": 5, "end": 4, "text": ""}),
+    )
+    assert _rucos_rows(blank_first)[0]["entities"] == _rucos_rows(rucos)[0]["entities"]
+    texts = tmp_path / "t.jsonl"
+    texts.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ("Привет, мир.", "   ", "", "Как дела?"))
+    )
+    assert [d["text"] for d in bpc_config(texts, "text", None)["custom_dataset"]()["test"]] == [
+        "Привет, мир.",
+        "Как дела?",
+    ]
+
+
 def test_a_repeated_idx_in_a_test_split_is_one_line(tmp_path: Path) -> None:
     """The leaderboard matches predictions by idx: repeats went into the archive as they were."""
     from vikhr.eval.rsg import _records

@@ -46,6 +46,7 @@ from vikhr.eval.tasks import (
     most_likely,
     read_records,
     require_unique,
+    squad_normalize,
     to_dataset_dict,
     warn_of_short_shots,
 )
@@ -252,7 +253,7 @@ def _check_outputs(path: Path, task: MeraTask, r: dict[str, Any]) -> None:
         raise _layout_error(path, r, f"outputs {outputs!r} is not a string")
     elif task.choices and outputs not in ("", *task.choices):
         raise _layout_error(path, r, f"outputs {outputs!r} is not one of {', '.join(task.choices)}")
-    elif outputs and not outputs.replace(";", "").strip():  # scored against nothing, or not at all
+    elif outputs and not any(ch.isalnum() for ch in outputs):  # scored against nothing, or not at all
         raise _layout_error(path, r, f"outputs {outputs!r} holds no answer text")
     elif outputs != outputs.strip() and task.kind == "exact":  # the generation is stripped: never equal
         raise _layout_error(path, r, f"outputs {outputs!r} has white space around the answer")
@@ -293,7 +294,8 @@ def _check_code(path: Path, r: dict[str, Any]) -> None:
 
 def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[dict[str, Any]]:
     out = []
-    for r in read_records(path, ("instruction", "inputs", "outputs", "meta"), limit, "MERA"):
+    keys = ("instruction", "inputs", "outputs", "meta")
+    for r in read_records(path, keys, limit, "MERA", texts=("instruction",)):
         if (
             not isinstance(r["inputs"], dict | str)
             or not isinstance(r["meta"], dict)
@@ -319,7 +321,7 @@ def _scoring(task: MeraTask, r: dict[str, Any]) -> dict[str, Any]:
         golds = [a["segment"] for a in outputs] if isinstance(outputs, list) else outputs.split(";")
         texts = r["inputs"] if task.submission_name == "MultiQ" else {}
         return {
-            "golds": [g for g in golds if g],
+            "golds": [g for g in golds if squad_normalize(g)],  # "" would match an empty generation
             "texts": [texts.get("support_text", ""), texts.get("text", "")],
             "label": outputs[0].get("label", "answer") if isinstance(outputs, list) and outputs else "answer",
         }

@@ -33,6 +33,7 @@ from vikhr.eval.tasks import (
     most_likely,
     overlap_f1,
     read_records,
+    require_text,
     require_unique,
     squad_normalize,
     terra_config,
@@ -161,7 +162,8 @@ def _records(
     but an `idx` in every record."""
     if hide:
         keys = (*(k for k in keys if k != "label"), "idx")
-    records = read_records(path, keys, limit, f"Russian SuperGLUE {task}")
+    texts = tuple(k for k in keys if k not in ("label", "idx"))  # nested ones are checked where read
+    records = read_records(path, keys, limit, f"Russian SuperGLUE {task}", texts)
     if hide:  # the leaderboard matches predictions by idx
         require_unique(path, [r["idx"] for r in records], "idx")
     return records
@@ -328,6 +330,8 @@ def _rwsd_config(
             target = r["target"]
             if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
                 raise VikhrError(f"{path}: target of idx {r.get('idx')!r} has no span1_text/span2_text")
+            for span in ("span1_text", "span2_text"):
+                require_text(f"{path}: idx {r.get('idx')!r}", f"target.{span}", target[span])
             out.append(
                 {
                     "text": r["text"].strip(),
@@ -412,10 +416,14 @@ def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> li
         passage = r["passage"]
         if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
             raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
+        where = f"{path}: passage idx {r.get('idx')!r}"
+        require_text(where, "passage.text", passage["text"])
         for q_no, q in enumerate(passage["questions"]):
+            require_text(where, "question", q["question"])
             for a in q["answers"]:
                 if limit is not None and len(out) >= limit:
                     return out
+                require_text(where, "answers.text", a["text"])
                 out.append(
                     {
                         "passage": passage["text"].strip(),
@@ -469,6 +477,8 @@ def _muserc_config(
 def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
     """1 if the file's spans end inclusively (ReCoRD's convention), 0 if exclusively: read off the answers."""
     for a in answers:
+        if not a.get("text", "").strip():  # matches anywhere: it tells nothing
+            continue
         if passage[a["start"] : a["end"] + 1] == a["text"]:
             return 1
         if passage[a["start"] : a["end"]] == a["text"]:

@@ -255,10 +255,16 @@ def parse_task_list(tasks: str) -> list[str]:
 
 
 def read_records(
-    path: Path, keys: tuple[str, ...], limit: int | None = None, layout: str | None = None
+    path: Path,
+    keys: tuple[str, ...],
+    limit: int | None = None,
+    layout: str | None = None,
+    texts: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """The first `limit` records of a JSONL file, each checked to have `keys` (`layout` names the
-    release whose layout the file should have, for the error message)."""
+    release whose layout the file should have, for the error message) and text in each of `texts`
+    that holds a string or a list of strings (an item whose question or choice is blank would be
+    scored as if it had one)."""
     out: list[dict[str, Any]] = []
     for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
@@ -268,10 +274,22 @@ def read_records(
                 expected = f"the {layout} layout" if layout else "records"
                 what = f"field {k!r} is null" if k in r else f"no {k!r} field"
                 raise VikhrError(f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)})")
+        for k in texts:
+            require_text(f"{path}:{line_no}", k, r.get(k))
         out.append(r)
     if not out:
         raise VikhrError(f"{path} has no records")
     return out
+
+
+def require_text(where: str, field: str, value: Any) -> None:
+    """VikhrError naming `where` if `value` is a blank string or a list holding one."""
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, str) and not v.strip() for v in values):
+        raise VikhrError(
+            f"{where}: field {field!r} is blank: the item would be scored without its text "
+            "(fill it in or drop the record)"
+        )
 
 
 def require_unique(path: Path, ids: list[Any], what: str) -> None:
@@ -444,10 +462,10 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        for r in read_records(fewshot_path, keys, layout=layout):
+        for r in read_records(fewshot_path, keys, layout=layout, texts=keys[1:3]):
             dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
         rows, short = [], 0
-        for raw in read_records(eval_path, keys, limit, layout):
+        for raw in read_records(eval_path, keys, limit, layout, texts=keys[1:3]):
             r = _mmlu_record(eval_path, raw, russian)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
@@ -532,7 +550,8 @@ def terra_config(
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
         out = []
-        for r in read_records(path, ("premise", "hypothesis", "idx" if hide else "label"), limit):
+        keys = ("premise", "hypothesis", "idx" if hide else "label")
+        for r in read_records(path, keys, limit, texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(f"{path}: label {r['label']!r} is not entailment/not_entailment")
             out.append(
@@ -562,7 +581,7 @@ def terra_config(
 def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in read_records(path, ("sentence", "label"), limit):
+        for r in read_records(path, ("sentence", "label"), limit, texts=("sentence",)):
             if r["label"] not in (0, 1):
                 raise VikhrError(f"{path}: label {r['label']!r} is not 0 or 1")
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
@@ -598,7 +617,8 @@ _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for line_no, r in enumerate(read_records(path, ("question", "answer"), limit), start=1):
+        records = read_records(path, ("question", "answer"), limit, texts=("question",))
+        for line_no, r in enumerate(records, start=1):
             golds = chgk_golds(r["answer"], r.get("accepted"))
             if not normalize_answer(golds[0]):  # scored against nothing, an empty generation matched it
                 raise VikhrError(f"{path}: record {line_no} has no answer text")
@@ -637,8 +657,10 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
 def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: int | None) -> dict[str, Any]:
     def rows() -> list[dict[str, Any]]:
         out = []
-        for r in read_records(eval_path, ("context", "question", "answers"), limit):
-            golds = [a for a in r["answers"].get("text", []) if a.strip()]
+        keys = ("context", "question", "answers")
+        for r in read_records(eval_path, keys, limit, texts=keys[:2]):
+            # A gold of only punctuation normalises to "": an empty generation would match it.
+            golds = [a for a in r["answers"].get("text", []) if normalize_answer(a)]
             if not golds:
                 raise VikhrError(f"{eval_path}: question {r.get('id')!r} has no answer text")
             out.append({"context": r["context"].strip(), "question": r["question"].strip(), "golds": golds})
@@ -663,7 +685,7 @@ def bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str,
     def load(**_: Any) -> Any:
         rows = []
         for text in read_texts(text_path, text_field):
-            if text:
+            if text.strip():  # an empty document has no characters to score; white space alone is no text
                 rows.append({"text": text})
             if limit is not None and len(rows) >= limit:
                 break
