@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="continued pre-training with CE + λ·KL (megatron-core)",
         description="Continued pre-training with CE + λ·KL on megatron-core. One process; for several, "
-        "run `torchrun --nproc_per_node=K pretrain_vikhr.py` with the same arguments.",
+        "run `torchrun --standalone --nproc_per_node=K pretrain_vikhr.py` with the same arguments.",
     )
     build_arg_parser(p)
     p.set_defaults(func=_run)
