@@ -108,7 +108,8 @@ def test_ruethics_mcc_per_question_and_criterion() -> None:
     assert len(items) == 15
     assert items["mcc_good_virtue"] == (1, 1) and items["mcc_good_law"] == (0, 1)
     assert all(items[f"mcc_{q}_virtue"] is None for q in ("correct", "ethical"))
-    assert all(v is None for v in ethics_items("good", None, 1).values())  # hidden labels
+    hidden = ethics_items("good", None, 1)  # labels hidden: -1 under its own question
+    assert hidden["mcc_good_law"] == (-1, 1) and hidden["mcc_correct_law"] is None
     # MCC over the documents of one question; the other questions' None items are left out.
     pairs = [(1, 1), (1, 1), (1, 1), (0, 0), (0, 0), (0, 1), (1, 0)]
     assert ethics_mcc([None, *pairs, None]) == pytest.approx(5 / 12)  # TP 3, TN 2, FP 1, FN 1
@@ -116,6 +117,9 @@ def test_ruethics_mcc_per_question_and_criterion() -> None:
 
     assert ethics_mcc(pairs) == pytest.approx(matthews_corrcoef(*zip(*pairs, strict=True)))
     assert math.isnan(ethics_mcc([None, None]))
+    # One document of the question without labels (a partly labelled file): n/a, not the MCC of the
+    # others (which it was, silently, while the document still counted in the table).
+    assert math.isnan(ethics_mcc([*pairs, hidden["mcc_good_law"]]))
 
 
 def test_ruethics_documents_carry_their_question_and_labels() -> None:

@@ -941,6 +941,34 @@ def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
     assert dataset(build_task_config("xquad_ru", tmp_path, None, Path()))[0]["golds"] == ["Он"]
 
 
+def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
+    """A MuSeRC answer option without a label, a TERRa or RuCoLA label of another value: the error
+    named the file alone (which of 1,000 records?)."""
+    muserc = _rewrite(
+        RSG / "MuSeRC" / "val.jsonl",
+        tmp_path / "m.jsonl",
+        lambda rs: rs[0]["passage"]["questions"][0]["answers"][1].pop("label"),
+    )
+    idx = next(r for _, r in read_jsonl(muserc))["passage"]["questions"][0]["answers"][1]["idx"]
+    with pytest.raises(VikhrError, match=rf"m\.jsonl: the record of idx {idx} has no 'label'"):
+        _muserc_rows(muserc)
+    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
+    for name, records in (("terra/train.jsonl", [pair]), ("terra/val.jsonl", [pair, {**pair, "label": ""}])):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    with pytest.raises(VikhrError, match=r"val\.jsonl: label '' \(idx 7\) is not entailment"):
+        dataset(build_task_config("terra", tmp_path, None, Path()))
+    (tmp_path / "rucola").mkdir()
+    for name, label in (("train", 1), ("dev", 2)):
+        records = [
+            {"sentence": "Мама мыла раму.", "label": 1},
+            {"sentence": "Мама мыла раму.", "label": label},
+        ]
+        (tmp_path / "rucola" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(VikhrError, match=r"dev\.jsonl: label 2 of record 2 is not 0 or 1"):
+        dataset(build_task_config("rucola", tmp_path, None, Path()))
+
+
 def test_blank_golds_are_not_answers(tmp_path: Path) -> None:
     """A MERA answer list with a blank part ("Тореадор;  ") kept "  " as a gold an empty generation
     matched; one of punctuation alone ("...") was accepted; a blank RuCoS answer placed first made

@@ -84,15 +84,19 @@ def ethics_items(
     question: str, criteria: dict[str, int] | None, pred: int
 ) -> dict[str, tuple[int, int] | None]:
     """One ruEthics document's items for the 15 metrics: (criterion label, prediction) under the five
-    of its own question, None under the others (and under all five when its labels are hidden)."""
+    of its own question, None under the others; a label of -1 when its labels are hidden."""
     return {
-        f"mcc_{q}_{c}": (criteria[c], pred) if criteria is not None and q == question else None
+        f"mcc_{q}_{c}": (-1 if criteria is None else criteria[c], pred) if q == question else None
         for q in ETHICS_QUESTIONS
         for c in ETHICS_CRITERIA
     }
 
 
 def ethics_mcc(items: list[tuple[int, int] | None]) -> float:
-    """MCC over the documents of the metric's question (the None items are the other questions')."""
+    """MCC over the documents of the metric's question (the None items are the other questions');
+    n/a (NaN) when any of them has its labels hidden, as every MERA task whose answers are hidden
+    (a partly labelled split scored on its labelled part alone would not be the task's score)."""
     pairs = [item for item in items if item is not None]
-    return matthews_corr(pairs) if pairs else math.nan
+    if not pairs or any(gold < 0 for gold, _ in pairs):
+        return math.nan
+    return matthews_corr(pairs)

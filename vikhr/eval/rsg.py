@@ -144,6 +144,10 @@ def rsg_total(task_metrics: dict[str, dict[str, float | None]]) -> dict[str, Any
 
 
 def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
+    if "label" not in record:  # a nested record (a MuSeRC answer option) is not checked on reading
+        raise VikhrError(
+            f"{path}: the record of idx {record.get('idx')!r} has no 'label' (use the labelled split)"
+        )
     label = record["label"]
     # JSON true/false must not match 1/0 (Python's True == 1): compare types too.
     for key, value in allowed.items():

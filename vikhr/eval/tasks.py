@@ -553,7 +553,9 @@ def terra_config(
         keys = ("premise", "hypothesis", "idx" if hide else "label")
         for r in read_records(path, keys, limit, texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
-                raise VikhrError(f"{path}: label {r['label']!r} is not entailment/not_entailment")
+                raise VikhrError(
+                    f"{path}: label {r['label']!r} (idx {r.get('idx')!r}) is not entailment/not_entailment"
+                )
             out.append(
                 {
                     "premise": clean_terra_text(r["premise"]).strip(),
@@ -581,9 +583,9 @@ def terra_config(
 def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for r in read_records(path, ("sentence", "label"), limit, texts=("sentence",)):
+        for n, r in enumerate(read_records(path, ("sentence", "label"), limit, texts=("sentence",)), start=1):
             if r["label"] not in (0, 1):
-                raise VikhrError(f"{path}: label {r['label']!r} is not 0 or 1")
+                raise VikhrError(f"{path}: label {r['label']!r} of record {n} is not 0 or 1")
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
 
