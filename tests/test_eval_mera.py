@@ -498,3 +498,26 @@ def test_rutie_bad_records_are_one_line(change: Any, message: str, tmp_path: Pat
     with pytest.raises(VikhrError) as e:
         evaluate_rutie(ShorterOptionLM(), read_dialogues(path), path)
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_split_with_some_answers_hidden_is_named_on_stderr(tmp_path: Path, capsys: Any) -> None:
+    """One record without its answer in a labelled split turns the task's score into n/a (it needs
+    every answer): nothing said which record; now a warning names it. A split whose answers are all
+    hidden (MERA's test) is no surprise and says nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    for task, folder, hide in (
+        ("mera_parus", "parus", lambda r: r.update(outputs="")),
+        ("mera_multiq", "multiq", lambda r: r.update(outputs=[{"label": "answer", "segment": "  "}])),
+    ):
+        records = [r for _, r in read_jsonl(FIXTURES / "mera" / folder / "train.jsonl")]
+        hide(records[1])
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        (data / "mera" / folder / "test.jsonl").write_text(text, encoding="utf-8")
+        build_task_config(task, data, 0, Path())["custom_dataset"]()
+        err = capsys.readouterr().err
+        hidden = records[1]["meta"]["id"]
+        assert f"warning: {task}: 1 of {len(records)} records of" in err, err
+        assert f"the first meta.id {hidden!r}: the task is reported n/a" in err, err
+    build_task_config("mera_parus", FIXTURES, 0, Path())["custom_dataset"]()  # all hidden
+    assert "warning" not in capsys.readouterr().err

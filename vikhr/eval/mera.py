@@ -20,6 +20,7 @@ import ast
 import json
 import math
 import random
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -309,6 +310,26 @@ def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[
     return out
 
 
+def _answered(r: dict[str, Any]) -> bool:
+    """Whether a record carries its answer (MERA hides them with an empty `outputs`)."""
+    outputs = r["outputs"]
+    if isinstance(outputs, list) and outputs and all(isinstance(a, dict) for a in outputs):
+        return any(str(a.get("segment", "")).strip() for a in outputs)  # MultiQ's answer spans
+    return bool(outputs)
+
+
+def _warn_of_partly_hidden(name: str, path: Path, records: list[dict[str, Any]]) -> None:
+    """A warning when some records of the scored split have answers and some not: the task is then
+    reported n/a (its score needs every answer), which is otherwise hard to trace to a record."""
+    hidden = [r["meta"]["id"] for r in records if not _answered(r)]
+    if hidden and len(hidden) < len(records):
+        print(
+            f"warning: {name}: {len(hidden)} of {len(records)} records of {path} have no answer (outputs), "
+            f"the first meta.id {hidden[0]!r}: the task is reported n/a; fill them in or leave them out",
+            file=sys.stderr,
+        )
+
+
 def _scoring(task: MeraTask, r: dict[str, Any]) -> dict[str, Any]:
     """What scoring and the submission need of a record besides its prompt (stored as JSON)."""
     outputs, meta = r["outputs"], r["meta"]
@@ -348,6 +369,7 @@ def _rows(
     rows, short = [], 0
     records = _mera_records(eval_path, task, limit)
     require_unique(eval_path, [r["meta"]["id"] for r in records], "meta.id")
+    _warn_of_partly_hidden(name, eval_path, records)
     for i, r in enumerate(records):
         pool = answered
         if task.shot_group is not None:
