@@ -438,3 +438,51 @@ def test_a_header_whose_offsets_do_not_fit_the_shape_is_refused(tmp_path: Path, 
     with pytest.raises(VikhrError, match=message):
         adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out")
     _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_stop_tokens_and_a_chat_template_file_survive_extension_adaptation_and_conversion(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
+) -> None:
+    """A Qwen/Llama-3 instruct model stops on several tokens (config and generation config list
+    them) and transformers >= 4.47 keeps its chat template in chat_template.jinja: adapt-vocab and
+    convert wrote the single EOS id, and the template was lost at tokenizer training, adapt-vocab
+    and convert alike (an exported chat model then ran on past its turns, untemplated)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from vikhr.convert import hf_to_megatron, megatron_to_hf
+
+    template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    base_json, _ = byte_level_tokenizers["qwen2"]
+    base = tmp_path / "base"
+    shutil.copytree(base_json.parent, base)
+    (base / "chat_template.jinja").write_text(template, encoding="utf-8")
+    settings = TrainSettings(
+        mode="extend",
+        base_model=str(base),
+        new_tokens=100,
+        max_chars_per_file=100_000,
+        verify_lines_per_file=50,
+    )
+    train_tokenizer([RU_SAMPLE], tmp_path / "tok", settings)
+    assert (tmp_path / "tok" / "chat_template.jinja").read_text(encoding="utf-8") == template
+
+    stops = [1202, 1200]  # <|im_end|>, <|endoftext|> (the EOS)
+    src = tmp_path / "src"
+    tiny_hf_model(src, vocab_size=1203, arch="qwen2", tied=True)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "eos_token_id": stops}))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": stops, "bos_token_id": None}))
+    adapted = tmp_path / "adapted"
+    adapt_vocab(
+        src, base / "tokenizer.json", tmp_path / "tok" / "tokenizer.json", adapted, show_progress=False
+    )
+    assert json.loads((adapted / "config.json").read_text())["eos_token_id"] == stops
+    assert json.loads((adapted / "generation_config.json").read_text())["eos_token_id"] == stops
+    assert (adapted / "chat_template.jinja").read_text(encoding="utf-8") == template
+
+    back = megatron_to_hf(hf_to_megatron(adapted, tmp_path / "meg"), tmp_path / "back")
+    assert json.loads((back / "config.json").read_text())["eos_token_id"] == stops
+    assert json.loads((back / "generation_config.json").read_text())["eos_token_id"] == stops
+    assert AutoTokenizer.from_pretrained(back).chat_template == template

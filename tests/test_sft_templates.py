@@ -585,3 +585,50 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
     assert end_of_turn_id(tok, template) == end
     stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
     assert end in (stops if isinstance(stops, list) else [stops])
+
+
+def test_without_template_chats_follow_the_tokenizers_own_chat_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sft prepare` without --template wrote Mistral's [INST] chats whatever the tokenizer: a
+    Llama-3 model was then tuned on a format it is never prompted in. The default now renders a
+    probe chat with the tokenizer's own template (tokenizer_config.json or chat_template.jinja) and
+    takes the vikhr template that renders it alike; mistral where the tokenizer carries none."""
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.cli import main
+    from vikhr.sft.template import AUTO, resolve_template
+    from vikhr.tokenizer.load import load
+
+    tokenizer_json = byte_level_bpe("llama3")
+    for template in ("llama3", "chatml", "qwen3"):  # the models' official templates
+        directory = write_model_tokenizer(tmp_path / template, tokenizer_json, template)
+        assert resolve_template(AUTO, load(directory)) == (template, directory / "tokenizer_config.json")
+    assert resolve_template(AUTO, load(MISTRAL_TOKENIZER)) == ("mistral", None)
+    assert resolve_template("chatml", load(tmp_path / "llama3")) == ("chatml", None)  # as given
+    # transformers >= 4.47 saves the template in chat_template.jinja, which wins over the inline one.
+    jinja = tmp_path / "jinja"
+    shutil.copytree(tmp_path / "qwen3", jinja)
+    shutil.copyfile(tmp_path / "chatml" / "tokenizer_config.json", jinja / "tokenizer_config.json")
+    official = json.loads((tmp_path / "qwen3" / "tokenizer_config.json").read_text())["chat_template"]
+    (jinja / "chat_template.jinja").write_text(official, encoding="utf-8")
+    assert resolve_template(AUTO, load(jinja)) == ("qwen3", jinja / "chat_template.jinja")
+
+    argv = ["sft", "prepare", "--input", str(RU_SEED_CHATS), "--no-progress"]
+    assert (
+        main([*argv, "--tokenizer", str(tmp_path / "llama3"), "--output-prefix", str(tmp_path / "o" / "a")])
+        == 0
+    )
+    assert "template llama3 (the tokenizer's own, in tokenizer_config.json)" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "o" / "a_sft.json").read_text())
+    assert meta["template"] == "llama3" and meta["template_from"].endswith("tokenizer_config.json")
+    rendered = render_prepared(tmp_path / "o" / "a", 0)
+    assert rendered.splitlines()[1].startswith("<|begin_of_text|><|start_header_id|>user"), rendered
+
+    # A template none of vikhr's renders alike: one line, nothing written.
+    (jinja / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    rc = main([*argv, "--tokenizer", str(jinja), "--output-prefix", str(tmp_path / "o" / "b")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "chat_template.jinja holds a chat template that renders" in err[0], (
+        err
+    )
+    assert "--template NAME" in err[0] and not list((tmp_path / "o").glob("b*"))

@@ -46,6 +46,7 @@ INIT_LOG = "vocab_init_log.json"
 MAX_PADDING_ROWS = 512
 BYTE_LEVEL_SPACE = "Ġ"  # the space byte in a byte-level vocabulary
 SUMMARY = "vocab_init_summary.json"
+CHAT_TEMPLATE = "chat_template.jinja"  # where transformers >= 4.47 saves a tokenizer's chat template
 # Files of the old tokenizer that must not survive into the output (the new one replaces them).
 OLD_TOKENIZER_FILES = {
     "tokenizer.model",
@@ -53,7 +54,7 @@ OLD_TOKENIZER_FILES = {
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
-    "chat_template.jinja",
+    CHAT_TEMPLATE,
 }
 
 
@@ -278,7 +279,7 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
     src = new_path.parent
     if new_path.suffix == ".json":
         shutil.copy2(new_path, out / "tokenizer.json")
-        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", CHAT_TEMPLATE):
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
     else:
@@ -363,23 +364,42 @@ def _write_side_files(model_dir: Path, work: Path, sizes: dict[str, int], new: V
     _write_tokenizer(Path(new.path), work)
 
 
-def _write_model_config(cfg: dict[str, Any], work: Path, padded: int, new: Vocabulary) -> None:
+def _write_model_config(
+    cfg: dict[str, Any], work: Path, padded: int, old: Vocabulary, new: Vocabulary
+) -> None:
     """config.json (and generation_config.json when present) with the new vocabulary's size and ids."""
     cfg["vocab_size"] = padded
     tok = load(new.path)
-    for key, token_id in (("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id)):
-        if token_id is not None:
-            cfg[key] = token_id
+    if tok.bos_id is not None:
+        cfg["bos_token_id"] = tok.bos_id
+    if tok.eos_id is not None:
+        cfg["eos_token_id"] = _stop_ids(cfg.get("eos_token_id"), tok.eos_id, old, tok)
     if cfg.get("pad_token_id") is not None and cfg["pad_token_id"] >= padded:
         cfg["pad_token_id"] = None
     (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     gen_cfg = work / "generation_config.json"
     if gen_cfg.is_file():
         g = json.loads(gen_cfg.read_text(encoding="utf-8"))
-        for key in ("bos_token_id", "eos_token_id"):
-            if key in cfg:
-                g[key] = cfg[key]
+        if "bos_token_id" in cfg:
+            g["bos_token_id"] = cfg["bos_token_id"]
+        if tok.eos_id is not None:
+            g["eos_token_id"] = _stop_ids(g.get("eos_token_id"), tok.eos_id, old, tok)
         gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
+
+
+def _stop_ids(before: Any, eos_id: int, old: Vocabulary, tok: Any) -> int | list[int]:
+    """The new tokenizer's EOS; where the model stopped on a list of tokens (Llama-3 instruct models
+    stop on <|eot_id|>, <|eom_id|> and <|end_of_text|>), that list with each token's new id (the
+    tokens the new vocabulary lacks dropped) and the EOS in it."""
+    if not isinstance(before, list):
+        return eos_id
+    ids = []
+    for i in before:
+        piece = old.pieces[i] if isinstance(i, int) and 0 <= i < len(old.pieces) else None
+        new_id = None if piece is None else tok.piece_to_id(piece)
+        if new_id is not None and new_id not in ids:
+            ids.append(new_id)
+    return ids if eos_id in ids else [*ids, eos_id]
 
 
 def _write_init_log(work: Path, plan: list[TokenInit], old: Vocabulary) -> Counter:
@@ -435,7 +455,7 @@ def adapt_vocab(
     with output_dir(out_dir) as work:
         sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
         _write_side_files(model_dir, work, sizes, new)
-        _write_model_config(cfg, work, padded, new)
+        _write_model_config(cfg, work, padded, old, new)
         counts = _write_init_log(work, plan, old)
         summary: dict[str, Any] = {
             "old_vocab_size": old.size,

@@ -27,66 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object
+from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
 from vikhr.tokenizer.load import Tokenizer, load
 
-# Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
-HF_CHAT_TEMPLATES = {
-    "mistral": (
-        "{{ bos_token }}"
-        "{% if messages[0]['role'] == 'system' %}"
-        "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
-        "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
-        "{% for message in turns %}"
-        "{% if message['role'] == 'user' %}"
-        "{% if loop.first and system %}{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
-        "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
-        "{% endfor %}"
-    ),
-    "chatml": (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn (a
-    # wrapped <tool_response> does not count), the reasoning split off at </think>; the generation
-    # prompt honours enable_thinking as Qwen3's does.
-    "qwen3": (
-        "{{ bos_token }}"
-        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
-        "{% for message in messages[::-1] %}{% set c = message['content'] %}"
-        "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
-        "and c.endswith('</tool_response>')) %}"
-        "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
-        "{% endif %}{% endfor %}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'assistant' %}"
-        "{% set content = message['content'] %}{% set reasoning = '' %}"
-        "{% if '</think>' in content %}"
-        "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
-        "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
-        "{% endif %}"
-        "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
-        "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
-        "+ content.lstrip('\\n') + '<|im_end|>\\n' }}"
-        "{% else %}{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{% endif %}"
-        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-        "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
-        "{% endif %}{% endif %}"
-    ),
-    # Meta-Llama-3-8B-Instruct's own template, verbatim.
-    "llama3": (
-        "{% set loop_messages = messages %}{% for message in loop_messages %}"
-        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-        "+ message['content'] | trim + '<|eot_id|>' %}"
-        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-    ),
-}
 _INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
 
 
@@ -174,16 +117,37 @@ def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
 
 
 def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
-    """tokenizer_config.json beside the tokenizer file, if there is one."""
+    """tokenizer_config.json beside the tokenizer file, if there is one, with its own chat template."""
     path = tok.path.with_name("tokenizer_config.json")
-    return _read_json(path) if path.is_file() else {}
+    config = _read_json(path) if path.is_file() else {}
+    own = own_chat_template(tok)
+    if own is not None:
+        config["chat_template"] = own[0]
+    return config
 
 
-def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = None) -> dict[str, int]:
+def _source_stop_ids(tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """The EOS ids that config.json and generation_config.json beside the tokenizer list (empty
+    where they give one id or none): Llama-3 instruct models stop on several tokens."""
+    found = []
+    for name in ("config.json", "generation_config.json"):
+        path = tok.path.with_name(name)
+        value = _read_json(path).get("eos_token_id") if path.is_file() else None
+        ids = value if isinstance(value, list) else []
+        found.append([i for i in ids if type(i) is int and 0 <= i < tok.vocab_size])
+    return found[0], found[1]
+
+
+def _with(ids: list[int], *more: int | None) -> list[int]:
+    return [*ids, *(i for i in dict.fromkeys(more) if i is not None and i not in ids)]
+
+
+def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = None) -> dict[str, Any]:
     """Write the tokenizer files and generation_config.json into `out_dir` (see module doc).
 
     `template`: a vikhr.sft.template name; without one, a chat template of the tokenizer's own
-    tokenizer_config.json is kept. Returns the BOS/EOS ids for config.json.
+    (tokenizer_config.json or chat_template.jinja beside it) is kept. Returns the BOS/EOS ids for
+    config.json (EOS a list where the config.json beside the tokenizer lists several).
     """
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
@@ -196,12 +160,17 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
         shutil.copyfile(tok.path, out_dir / "tokenizer.json")
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         config.update(source_config)
-    ids = {}
+    ids: dict[str, Any] = {}
     for name, i in (("bos", tok.bos_id), ("eos", tok.eos_id)):
         if i is not None:
             config[f"{name}_token"] = tok.id_to_piece(i)
             ids[f"{name}_token_id"] = i
     generation: dict[str, Any] = dict(ids)
+    # A model that stopped on several tokens keeps stopping on them (the EOS among them).
+    config_stops, generation_stops = _source_stop_ids(tok)
+    if config_stops and tok.eos_id is not None:
+        ids["eos_token_id"] = _with(config_stops, tok.eos_id)
+    stops = _with(generation_stops or config_stops, tok.eos_id)
     if template is not None:
         from vikhr.sft.template import end_of_turn_id
 
@@ -209,10 +178,10 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
             raise VikhrError(f"unknown chat template {template!r} (known: {', '.join(HF_CHAT_TEMPLATES)})")
         config["chat_template"] = HF_CHAT_TEMPLATES[template]
         # A tuned model ends its answers with the template's end-of-turn token (<|eot_id|>, <|im_end|>).
-        end = end_of_turn_id(tok, template)
-        if end is not None and end != tok.eos_id:
-            generation["eos_token_id"] = [i for i in (tok.eos_id, end) if i is not None]
-    elif isinstance(source_config.get("chat_template"), str):
+        stops = _with(stops, end_of_turn_id(tok, template))
+    if len(stops) > 1:
+        generation["eos_token_id"] = stops
+    if template is None and isinstance(source_config.get("chat_template"), str):
         config["chat_template"] = source_config["chat_template"]
     specials = {
         key: config[key]

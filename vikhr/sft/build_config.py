@@ -1,7 +1,7 @@
 """The config of `vikhr sft build` (YAML), validated before any file is read; errors name the key.
 
     output:    the chats JSONL to write (OUTPUT.report.json/.md beside it)
-    tokenizer: the target tokenizer (vikhr.tokenizer.load); template: its chat template
+    tokenizer: the target tokenizer (vikhr.tokenizer.load); template: its chat template (auto: as sft prepare)
     seed:      sampling seed
     limits:    min_tokens, max_tokens of a whole chat under the template (as `vikhr sft prepare` encodes it)
     dedup:     exact, near, threshold (Jaccard of prompt shingles), num_perm
@@ -25,7 +25,7 @@ from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 from vikhr.runtime.device import DEVICE_PATTERN
 from vikhr.sft.sources import FORMATS
-from vikhr.sft.template import TEMPLATES
+from vikhr.sft.template import AUTO, TEMPLATES
 
 Fraction = Field(default=None, gt=0, le=1)
 
@@ -86,7 +86,7 @@ class SourceConfig(_Section):
 class BuildConfig(_Section):
     output: str
     tokenizer: str
-    template: Literal[TEMPLATES] = "mistral"  # type: ignore[valid-type]
+    template: Literal[(AUTO, *TEMPLATES)] = AUTO  # type: ignore[valid-type]
     seed: int = Field(default=1234, ge=0, lt=2**32)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     dedup: DedupSection = Field(default_factory=DedupSection)

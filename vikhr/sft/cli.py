@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vikhr.errors import VikhrError
-from vikhr.sft.template import TEMPLATES
+from vikhr.sft.template import AUTO, TEMPLATES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--output-prefix", required=True)
     pp.add_argument(
         "--template",
-        default="mistral",
-        choices=TEMPLATES,
-        help="chat template: mistral (Mistral-7B-Instruct, default), chatml (Qwen2.5-Instruct's, "
+        default=AUTO,
+        choices=(AUTO, *TEMPLATES),
+        help="chat template: auto (default: the one rendering chats as the tokenizer's own chat "
+        "template does, mistral if it has none), mistral (Mistral-7B-Instruct), chatml (Qwen2.5-Instruct's, "
         "BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking block), llama3 "
         "(Llama-3-8B-Instruct's header template; the "
         "tokenizer needs its <|start_header_id|>-style special tokens); see docs/sft.md",

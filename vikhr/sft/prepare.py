@@ -23,16 +23,18 @@ from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.template import (
+    AUTO,
     EncodedChat,
     Message,
     control_ids,
     encode_chat,
     load_chat_tokenizer,
     read_chats,
+    resolve_template,
     template_token_ids,
 )
 from vikhr.tokenizer.corpus import corpus_sha256
-from vikhr.tokenizer.load import Tokenizer
+from vikhr.tokenizer.load import Tokenizer, load
 
 
 @dataclass
@@ -48,12 +50,14 @@ class PrepareSummary:
     tokens: int
     loss_tokens: int
     max_token_id: int
+    template_from: str | None = None  # the tokenizer's file whose chat template chose `template`
 
     def line(self) -> str:
         share = self.loss_tokens / max(self.tokens, 1)
+        origin = f" (the tokenizer's own, in {Path(self.template_from).name})" if self.template_from else ""
         return (
             f"{self.prefix}: {self.chats:,} chats, {self.tokens:,} tokens, "
-            f"{self.loss_tokens:,} assistant tokens ({100 * share:.1f}%), template {self.template}"
+            f"{self.loss_tokens:,} assistant tokens ({100 * share:.1f}%), template {self.template}{origin}"
         )
 
 
@@ -61,15 +65,17 @@ def prepare_sft(
     input_path: str | Path,
     tokenizer: str | Path,
     output_prefix: str | Path,
-    template: str = "mistral",
+    template: str = AUTO,
     max_chats: int | None = None,
     progress: bool = False,
 ) -> PrepareSummary:
-    """Encode every chat of `input_path` and write the SFT dataset at `output_prefix`.
+    """Encode every chat of `input_path` in `template` (AUTO: see `resolve_template`) and write the
+    SFT dataset at `output_prefix`.
 
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
     require_output_prefix(output_prefix)
+    template, template_from = resolve_template(template, load(tokenizer))
     tok = load_chat_tokenizer(tokenizer, template)
     paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +123,7 @@ def prepare_sft(
             tokens=tokens,
             loss_tokens=loss_tokens,
             max_token_id=max_id,
+            template_from=None if template_from is None else str(template_from.resolve()),
         )
         tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
         # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).

@@ -142,6 +142,60 @@ def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
     return controls.get(end, tok.eos_id) if end is not None else tok.eos_id
 
 
+AUTO = "auto"
+# Chats the templates are told apart by: with a system turn (Qwen2.5's adds a default system turn
+# to a chat without one), and without (Mistral's refuses a system turn).
+_PROBES = (
+    [
+        {"role": "system", "content": "Отвечай кратко."},
+        {"role": "user", "content": "Привет!"},
+        {"role": "assistant", "content": "Здравствуйте."},
+        {"role": "user", "content": "Как дела?"},
+        {"role": "assistant", "content": "Хорошо."},
+    ],
+    [
+        {"role": "user", "content": "Привет!"},
+        {"role": "assistant", "content": "Здравствуйте."},
+        {"role": "user", "content": "Как дела?"},
+        {"role": "assistant", "content": "Хорошо."},
+    ],
+)
+
+
+def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
+    """`template`, or for AUTO the template whose chats render as the tokenizer's own chat template
+    renders them (see `own_chat_template`), mistral where it carries none; with the file the choice
+    came from. VikhrError when its own template renders as none of vikhr's."""
+    if template != AUTO:
+        return template, None
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
+
+    own = own_chat_template(tok)
+    if own is None:
+        return "mistral", None
+    fast = tok.to_transformers()
+
+    def render(chat_template: str, chat: list[dict[str, str]]) -> str | None:
+        try:
+            return str(fast.apply_chat_template(chat, chat_template=chat_template, tokenize=False))
+        except Exception:  # a template may refuse a chat (a system turn): it tells nothing then
+            return None
+
+    for chat in _PROBES:
+        theirs = render(own[0], chat)
+        same = [
+            name
+            for name in TEMPLATES
+            if theirs is not None and render(HF_CHAT_TEMPLATES[name], chat) == theirs
+        ]
+        if same:
+            return same[0], own[1]
+    raise VikhrError(
+        f"{own[1]} holds a chat template that renders chats as none of vikhr's templates "
+        f"({', '.join(TEMPLATES)}) does: give the one to train with as --template NAME (docs/sft.md)"
+    )
+
+
 def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenizer:
     """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless `template` can use it
     (see `template_token_ids`), with the template's control tokens marked special (see

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -436,8 +437,9 @@ def _token_counts(base: ByteLevelBase, new_tok: Any, lines: list[str]) -> dict[s
     }
 
 
-def _write_config(base: ByteLevelBase, spec: dict[str, Any], work: Path) -> Path:
-    """tokenizer_config.json: the base's (added-token ids updated) or a new one (BOS/EOS by load's rule)."""
+def _write_config(base: ByteLevelBase, spec: dict[str, Any], work: Path) -> None:
+    """tokenizer_config.json: the base's (added-token ids updated) or a new one (BOS/EOS by load's
+    rule); the base's chat_template.jinja, if it has one."""
     base_cfg = base.path.with_name("tokenizer_config.json")
     added = tokenizer_config(spec, None, None, None)["added_tokens_decoder"]
     if base_cfg.is_file():
@@ -449,7 +451,9 @@ def _write_config(base: ByteLevelBase, spec: dict[str, Any], work: Path) -> Path
         cfg = tokenizer_config(spec, bos, eos, (base.spec.get("model") or {}).get("unk_token"))
     path = work / "tokenizer_config.json"
     write_text(path, json.dumps(cfg, ensure_ascii=False, indent=2))
-    return path
+    template = base.path.with_name("chat_template.jinja")  # transformers >= 4.47 keeps it there
+    if template.is_file():
+        shutil.copy2(template, work / template.name)
 
 
 def _train_spec(
@@ -493,7 +497,7 @@ def train_byte_level(
         _check_added_token_ids(new_tok, spec)
         tok_json = work / "tokenizer.json"
         write_text(tok_json, new_tok.to_str(pretty=False))
-        tok_cfg = _write_config(base, spec, work)
+        _write_config(base, spec, work)
         heldout = _heldout_lines(paths, s)
         checks: dict[str, Any] = {"heldout_cyrillic": _token_counts(base, new_tok, heldout)}
         if s.mode == "extend":
@@ -525,7 +529,7 @@ def train_byte_level(
             "settings": asdict(s),
             "extend": extend_stats,
             "checks": checks,
-            "files": {p.name: corpus_sha256(p) for p in (tok_json, tok_cfg)},
+            "files": {p.name: corpus_sha256(p) for p in sorted(work.iterdir()) if p.name != "manifest.json"},
             "versions": {"tokenizers": tokenizers.__version__},
         }
         write_text(work / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2))

@@ -1,0 +1,80 @@
+"""vikhr's chat templates as Jinja for transformers' `apply_chat_template` (an HF export carries
+one), and the chat template a tokenizer's own directory carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vikhr.errors import read_json_object
+from vikhr.tokenizer.load import Tokenizer
+
+# Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
+HF_CHAT_TEMPLATES = {
+    "mistral": (
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+        "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+        "{% for message in turns %}"
+        "{% if message['role'] == 'user' %}"
+        "{% if loop.first and system %}{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
+        "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+    "chatml": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn (a
+    # wrapped <tool_response> does not count), the reasoning split off at </think>; the generation
+    # prompt honours enable_thinking as Qwen3's does.
+    "qwen3": (
+        "{{ bos_token }}"
+        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
+        "{% for message in messages[::-1] %}{% set c = message['content'] %}"
+        "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
+        "and c.endswith('</tool_response>')) %}"
+        "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
+        "{% endif %}{% endfor %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% set content = message['content'] %}{% set reasoning = '' %}"
+        "{% if '</think>' in content %}"
+        "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+        "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
+        "{% endif %}"
+        "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
+        "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
+        "+ content.lstrip('\\n') + '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{% endif %}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+        "{% endif %}{% endif %}"
+    ),
+    # Meta-Llama-3-8B-Instruct's own template, verbatim.
+    "llama3": (
+        "{% set loop_messages = messages %}{% for message in loop_messages %}"
+        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        "+ message['content'] | trim + '<|eot_id|>' %}"
+        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+}
+
+
+def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:
+    """The chat template the tokenizer's directory carries, and the file holding it:
+    `chat_template.jinja` (where transformers >= 4.47 saves it; it wins, as there) or
+    tokenizer_config.json's `chat_template` (a string; named templates are not read)."""
+    jinja = tok.path.with_name("chat_template.jinja")
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8"), jinja
+    path = tok.path.with_name("tokenizer_config.json")
+    template = read_json_object(path, "fix or remove it").get("chat_template") if path.is_file() else None
+    return (template, path) if isinstance(template, str) else None
