@@ -8,6 +8,7 @@ The loop itself is `vikhr.train.trainer` (read it top to bottom); `vikhr pretrai
 `vikhr sft train` run the same code in one process.
 """
 
+import signal
 import sys
 
 from vikhr.errors import ENDINGS, report_ending
@@ -15,6 +16,8 @@ from vikhr.train.cli import main
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        status = main()
     except ENDINGS as e:  # as `vikhr pretrain` reports them; Ctrl-C: torchrun passes it on to every rank
-        sys.exit(report_ending("pretrain_vikhr.py", e))
+        status = report_ending("pretrain_vikhr.py", e)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ended and said so (see vikhr.cli.run)
+    sys.exit(status)

@@ -229,3 +229,35 @@ def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path: Path) -> None:
     with output_dir(out) as work:
         (work / "new.txt").write_text("replaced")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_scratch_files_a_killed_run_left_are_removed_by_the_next(tmp_path: Path) -> None:
+    """Files written under a temporary name (a report, `sft build`'s candidate chats: GBs) carried
+    only the pid: a kill left them beside the output for good. Now named like the temporary
+    directories, they are removed by the next run writing that output, unless their process is
+    alive, on another host, or holds the file's lock (a writer in another container of this host)."""
+    import fcntl
+    import os
+
+    from vikhr.atomic import _host_tag, scratch_file, temporary_paths
+
+    target = tmp_path / "mix.jsonl"
+    with scratch_file(target) as mine:
+        assert mine.parent == tmp_path and mine.name.startswith(".mix.jsonl.tmp-") and mine.suffix == ".jsonl"
+        assert mine.is_file()
+    assert not mine.exists()
+    host = _host_tag()
+    dead = tmp_path / f".mix.jsonl.tmp-999999999@{host}@.jsonl"
+    alive = tmp_path / f".mix.jsonl.tmp-{os.getppid()}@{host}@.jsonl"
+    elsewhere = tmp_path / ".mix.jsonl.tmp-999999999@0123456789@.jsonl"
+    locked = tmp_path / f".mix.jsonl.tmp-999999998@{host}@.jsonl"
+    for left in (dead, alive, elsewhere, locked):
+        left.write_text("partial")
+    with open(locked, "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with temporary_paths([target]) as (tmp,):
+            tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, alive.name, elsewhere.name, locked.name]
+    )

@@ -402,3 +402,41 @@ def test_a_second_writer_of_a_dataset_is_refused_while_the_first_writes(
             assert not Path(f"{dataset}.bin").exists(), verb
     assert indexed.IndexedReader(dataset).document(0) == [1, 2, 3]
     assert not Path(f"{dataset}.lock").exists()  # no lock file left beside the dataset
+
+
+def test_a_ctrl_c_either_stops_with_nothing_written_or_comes_too_late_to_stop_anything(
+    tmp_path: Path,
+) -> None:
+    """The native pipeline notices a Ctrl-C when it polls (every 0.2 s, with the progress call). One
+    noticed after the outputs were renamed in place turned a finished run into "interrupted" (exit
+    130) beside its complete output; one noticed before the rename must leave nothing."""
+    from vikhr import _core
+
+    native = _core.Tokenizer("sentencepiece", str(MISTRAL_TOKENIZER), add_special_tokens=False)
+    files = [str(RU_SAMPLE)] * 12  # long enough for the progress call to come while it works
+
+    def run(prefix: Path, interrupt_when) -> bool:
+        def progress(*counts: int) -> None:
+            if interrupt_when(prefix):
+                raise KeyboardInterrupt
+
+        try:
+            _core.preprocess(files, str(prefix), ["text"], native, threads=1, progress=progress)
+        except KeyboardInterrupt:
+            return True
+        return False
+
+    early = tmp_path / "early" / "x"
+    early.parent.mkdir()
+    assert run(early, lambda prefix: True)  # at the first poll: stopped
+    assert list(early.parent.iterdir()) == []
+    late = tmp_path / "late" / "x"
+    late.parent.mkdir()
+    written = lambda prefix: Path(f"{prefix}_text_document.idx").exists()  # noqa: E731
+    assert not run(late, written)  # after the rename: the run's own result, complete
+    reference = tmp_path / "reference" / "x"
+    reference.parent.mkdir()
+    assert not run(reference, lambda prefix: False)
+    for suffix in ("_text_document.bin", "_text_document.idx"):
+        assert Path(f"{late}{suffix}").read_bytes() == Path(f"{reference}{suffix}").read_bytes()
+    assert sorted(p.name for p in late.parent.iterdir()) == ["x_text_document.bin", "x_text_document.idx"]

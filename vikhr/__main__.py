@@ -1,3 +1,3 @@
-from vikhr.cli import main
+from vikhr.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

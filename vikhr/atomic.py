@@ -66,14 +66,28 @@ def temporary_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
     """Temporary file names beside `paths` that replace them when the block succeeds: every file is
     written before any is renamed, so a failure leaves the old set whole (a report's table, CSV
     and chart never disagree)."""
-    temps = [p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix}") for p in paths]
-    try:
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(scratch_file(p)) for p in paths]
         yield temps
         for tmp, path in zip(temps, paths, strict=True):
             os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def scratch_file(path: str | Path) -> Iterator[Path]:
+    """This process's temporary file for `path` (hidden, beside it, same suffix), removed after the
+    block unless the block renamed it. What killed runs left for `path` is removed first (see
+    remove_stale_temporaries); the file is locked meanwhile, so that no other run removes it."""
+    path = Path(path)
+    remove_stale_temporaries(path)
+    tmp = path.with_name(_temporary_prefix(path) + path.suffix)
+    try:
+        with open(tmp, "a") as held:  # created empty: the lock is on this file
+            with contextlib.suppress(OSError):
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield tmp
     finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _host_tag() -> str:
@@ -102,10 +116,11 @@ def _alive(pid: int) -> bool:
 
 
 def _unlocked(work: Path) -> bool:
-    """Whether no process holds `work`'s lock: a writer in another PID namespace of this host (a
-    container) is alive though its pid is not ours to see. No lock file: none was taken."""
+    """Whether no process holds `work`'s lock (a directory's lock file, a scratch file itself): a
+    writer in another PID namespace of this host (a container) is alive though its pid is not ours
+    to see. No lock file: none was taken."""
     try:
-        with open(_lock_of(work), "r+") as f:  # never creates it
+        with open(_lock_of(work) if work.is_dir() else work, "r+") as f:  # never creates it
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except FileNotFoundError:
         return True
@@ -115,17 +130,21 @@ def _unlocked(work: Path) -> bool:
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Remove the temporary directories of `path` that processes of this host, since gone (killed:
-    a clean failure removes its own), left beside it: a killed 7B conversion leaves ~15 GB there.
-    Another host's (a shared file system), a running process's, or a locked one are left alone."""
+    """Remove the temporary directories and files of `path` that processes of this host, since
+    gone (killed: a clean failure removes its own), left beside it: a killed 7B conversion leaves
+    ~15 GB there, a killed `sft build` its candidate chats. Another host's (a shared file system),
+    a running process's, or a locked one are left alone."""
     removed = []
     for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*@*@*"):
         pid, _, rest = entry.name.removeprefix(f".{path.name}.tmp-").partition("@")
         if entry.name.endswith(".lock") or not pid.isdigit() or rest.partition("@")[0] != _host_tag():
             continue
-        if entry.is_dir() and not _alive(int(pid)) and _unlocked(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-            _lock_of(entry).unlink(missing_ok=True)
+        if (entry.is_dir() or entry.is_file()) and not _alive(int(pid)) and _unlocked(entry):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                _lock_of(entry).unlink(missing_ok=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 

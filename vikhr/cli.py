@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,6 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ENDINGS as e:
         return report_ending(verb.prog, e)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The `vikhr` command: `main`, then Ctrl-C ignored. The verb has ended and said how; an
+    interrupt while the interpreter shuts down (torch takes 0.3 s) printed a traceback from an exit
+    handler or turned a reported success into status 130."""
+    try:
+        return main(argv)
+    finally:  # also after argparse's own exit (--help, a usage error)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

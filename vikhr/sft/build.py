@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vikhr.atomic import temporary_path, write_text
+from vikhr.atomic import scratch_file, temporary_path, write_text
 from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
@@ -293,20 +292,19 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     _mark_duplicates(cfg, a)
     _sample(cfg, a)
     _check_a_chat_is_kept(a, reports)
-    candidates = out_path.with_name(f".{out_path.name}.candidates.tmp{os.getpid()}")
-    try:
-        with temporary_path(out_path) as tmp:
-            bar = _progress(progress, "sft build: write", sum(r.records for r in reports))
-            _write_kept(cfg, a, reports, candidates if cfg.reward else tmp, bar)
-            if bar is not None:
-                bar.close()
-            reward = None
-            if cfg.reward is not None:
-                reward = _filter_by_reward(cfg, candidates, tmp, progress)
-                _apply_reward(a, reward.pop("dropped_positions"))
-            report = _report(cfg, reports, a, reward)
-    finally:
-        candidates.unlink(missing_ok=True)
+    with (
+        scratch_file(out_path.with_name(out_path.name + ".candidates")) as candidates,
+        temporary_path(out_path) as tmp,
+    ):
+        bar = _progress(progress, "sft build: write", sum(r.records for r in reports))
+        _write_kept(cfg, a, reports, candidates if cfg.reward else tmp, bar)
+        if bar is not None:
+            bar.close()
+        reward = None
+        if cfg.reward is not None:
+            reward = _filter_by_reward(cfg, candidates, tmp, progress)
+            _apply_reward(a, reward.pop("dropped_positions"))
+        report = _report(cfg, reports, a, reward)
     _write_report(out_path, report)  # after the output, which it describes
     return report
 

@@ -11,14 +11,15 @@ last, so a failed run leaves nothing that looks valid.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
+from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
@@ -79,7 +80,8 @@ def prepare_sft(
     tok = load_chat_tokenizer(tokenizer, template)
     paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
-    tmp_meta = paths["meta"].with_name(paths["meta"].name + f".tmp{os.getpid()}")
+    scratch = contextlib.ExitStack()
+    tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
     text_writer = indexed.IndexedWriter(
         indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
     )
@@ -136,7 +138,7 @@ def prepare_sft(
         mask_writer.abort()
         raise
     finally:
-        tmp_meta.unlink(missing_ok=True)
+        scratch.close()
     return summary
 
 

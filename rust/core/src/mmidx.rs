@@ -627,6 +627,9 @@ pub fn merge(
     for p in prefixes {
         w.add_index_unless(p, cancel)?;
     }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+    }
     w.finish()?;
     read_index(output_prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

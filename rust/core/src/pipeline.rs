@@ -406,6 +406,10 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         return Err(PipelineError::Empty { what });
     }
     let tokens = writers.iter().map(|w| w.tokens()).sum();
+    // Last chance to stop with nothing written: once the first output is renamed, all are.
+    if progress.cancel.load(Ordering::Relaxed) {
+        return Err(PipelineError::Cancelled);
+    }
     for w in writers {
         w.finish()?;
     }

@@ -129,13 +129,19 @@ fn preprocess<'py>(
         py,
         &counters.cancel,
         || pipeline::run(&job, tok, &counters),
+        |r| matches!(r, Err(PipelineError::Cancelled)),
         || match &progress {
             Some(cb) => report(cb),
             None => Ok(()),
         },
     )?;
     if let Some(cb) = &progress {
-        report(cb)?;
+        // The last count; a Ctrl-C while it is shown is too late to stop anything (see above).
+        if let Err(e) = report(cb) {
+            if !e.is_instance_of::<PyKeyboardInterrupt>(py) || result.is_err() {
+                return Err(e);
+            }
+        }
     }
     let summary = result.map_err(|e| match e {
         PipelineError::Cancelled => PyKeyboardInterrupt::new_err("cancelled"),
@@ -157,11 +163,14 @@ fn preprocess<'py>(
 
 /// Runs `work` on its own thread while this one, every 0.2 s, lets Python handle signals (Ctrl-C)
 /// and calls `tick` (progress). A signal's or `tick`'s error sets `cancel`, which `work` must
-/// check; once `work` has stopped that error is returned.
+/// check; once `work` has stopped for it (`stopped` says so of its result) that error is returned.
+/// A signal that comes when `work` is past its last check (its output in place) is too late:
+/// `work`'s own result is returned, so an interrupted run never leaves a complete output.
 fn interruptible<T: Send>(
     py: Python<'_>,
     cancel: &AtomicBool,
     work: impl FnOnce() -> T + Send,
+    stopped: impl Fn(&T) -> bool,
     mut tick: impl FnMut() -> PyResult<()>,
 ) -> PyResult<T> {
     let finished = AtomicBool::new(false);
@@ -193,8 +202,8 @@ fn interruptible<T: Send>(
         (handle.join().expect("worker thread panicked"), interrupted)
     });
     match interrupted {
-        Some(e) => Err(e),
-        None => Ok(result),
+        Some(e) if stopped(&result) => Err(e),
+        _ => Ok(result),
     }
 }
 
@@ -229,6 +238,7 @@ fn merge_datasets<'py>(
         py,
         &cancel,
         || mmidx::merge(&prefixes, output_prefix, &cancel),
+        |r| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::Interrupted),
         || Ok(()),
     )?
     .map_err(os_err)?;
