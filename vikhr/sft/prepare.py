@@ -80,12 +80,12 @@ def prepare_sft(
     tok = load_chat_tokenizer(tokenizer, template)
     paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
-    scratch = contextlib.ExitStack()
-    tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
     text_writer = indexed.IndexedWriter(
         indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
     )
     mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
+    scratch = contextlib.ExitStack()  # after the writers, which refuse a dataset in use
+    tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
     chats = tokens = loss_tokens = max_id = empty_answers = 0
     try:
         bar = None

@@ -165,7 +165,7 @@ fn preprocess<'py>(
 /// and calls `tick` (progress). A signal's or `tick`'s error sets `cancel`, which `work` must
 /// check; once `work` has stopped for it (`stopped` says so of its result) that error is returned.
 /// A signal that comes when `work` is past its last check (its output in place) is too late:
-/// `work`'s own result is returned, so an interrupted run never leaves a complete output.
+/// `work`'s own result is returned, so a run never reports an interrupt over a complete output.
 fn interruptible<T: Send>(
     py: Python<'_>,
     cancel: &AtomicBool,
