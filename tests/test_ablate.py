@@ -424,3 +424,24 @@ def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, 
     (out / "work" / "grid.json").write_text('{"settings": {}}', encoding="utf-8")
     with pytest.raises(VikhrError, match=r"grid\.json: not a record of a grid \(KeyError: 'prepared'\)"):
         run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+
+
+def test_a_fresh_start_over_finished_runs_names_resume(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same command rerun after an interrupt (without --resume) trained the whole grid again
+    without a word that its finished runs could have been reused."""
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, _, _ = micro_runs
+    out = first.parent / "started-over"
+    cfg_path = _copy_grid(first, out)
+
+    def stop(self: Ablation) -> None:
+        raise RuntimeError("stopped before preparing")
+
+    monkeypatch.setattr(Ablation, "prepare", stop)
+    with pytest.raises(RuntimeError, match="stopped before preparing"):
+        run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    err = capsys.readouterr().err
+    assert "starting the grid over" in err and "held 3 finished run(s)" in err and "--resume" in err, err

@@ -481,6 +481,13 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
             )
         if ab.work.exists():
             _check_is_grid_work(ab.work)
+            finished = len(list((ab.work / "results").glob("*.json")))
+            if finished and not resume:
+                print(
+                    f"vikhr ablate: starting the grid over; {ab.work} held {finished} finished run(s) "
+                    "of an earlier one (`vikhr ablate --resume` reuses them when its settings match)",
+                    file=sys.stderr,
+                )
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
         ab.prepare()
         ab.continued_data()
