@@ -310,18 +310,16 @@ def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[
     return out
 
 
-def _answered(r: dict[str, Any]) -> bool:
-    """Whether a record carries its answer (MERA hides them with an empty `outputs`)."""
-    outputs = r["outputs"]
-    if isinstance(outputs, list) and outputs and all(isinstance(a, dict) for a in outputs):
-        return any(str(a.get("segment", "")).strip() for a in outputs)  # MultiQ's answer spans
-    return bool(outputs)
+def _answered(task: MeraTask, r: dict[str, Any]) -> bool:
+    """Whether a record carries its answer (MERA hides them with an empty `outputs`); for question
+    answering, a gold that scoring keeps (see `_scoring`)."""
+    return bool(_scoring(task, r)["golds"]) if task.kind == "qa" else bool(r["outputs"])
 
 
-def _warn_of_partly_hidden(name: str, path: Path, records: list[dict[str, Any]]) -> None:
+def _warn_of_partly_hidden(name: str, task: MeraTask, path: Path, records: list[dict[str, Any]]) -> None:
     """A warning when some records of the scored split have answers and some not: the task is then
     reported n/a (its score needs every answer), which is otherwise hard to trace to a record."""
-    hidden = [r["meta"]["id"] for r in records if not _answered(r)]
+    hidden = [r["meta"]["id"] for r in records if not _answered(task, r)]
     if hidden and len(hidden) < len(records):
         print(
             f"warning: {name}: {len(hidden)} of {len(records)} records of {path} have no answer (outputs), "
@@ -369,7 +367,7 @@ def _rows(
     rows, short = [], 0
     records = _mera_records(eval_path, task, limit)
     require_unique(eval_path, [r["meta"]["id"] for r in records], "meta.id")
-    _warn_of_partly_hidden(name, eval_path, records)
+    _warn_of_partly_hidden(name, task, eval_path, records)
     for i, r in enumerate(records):
         pool = answered
         if task.shot_group is not None:

@@ -27,8 +27,8 @@ from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
 from vikhr.sft.sources import Chat, Unfit, detect_format, read_chats_of
-from vikhr.sft.template import Message, TypedControlError, encode_chat, load_chat_tokenizer, resolve_template
-from vikhr.tokenizer.load import Tokenizer, load
+from vikhr.sft.template import Message, TypedControlError, encode_chat, load_for_chats
+from vikhr.tokenizer.load import Tokenizer
 
 KEPT = "kept"
 # Why a chat is not in the output, in the order the checks run (record-level reasons come first).
@@ -280,9 +280,8 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
                 f"output {out_path} is also a file of source {src.name}: the build would replace its input "
                 "(choose another output)"
             )
-    template, _ = resolve_template(cfg.template, load(cfg.tokenizer))
+    tok, template, _ = load_for_chats(cfg.tokenizer, cfg.template)
     cfg = cfg.model_copy(update={"template": template})
-    tok = load_chat_tokenizer(cfg.tokenizer, cfg.template)
     reports = [SourceReport(s.name, s.language, [str(p) for p in s.files()]) for s in cfg.sources]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     bar = _progress(progress, "sft build: read")

@@ -30,12 +30,12 @@ from vikhr.sft.template import (
     control_ids,
     encode_chat,
     load_chat_tokenizer,
+    load_for_chats,
     read_chats,
-    resolve_template,
     template_token_ids,
 )
 from vikhr.tokenizer.corpus import corpus_sha256
-from vikhr.tokenizer.load import Tokenizer, load
+from vikhr.tokenizer.load import Tokenizer
 
 
 @dataclass
@@ -76,8 +76,7 @@ def prepare_sft(
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
     require_output_prefix(output_prefix)
-    template, template_from = resolve_template(template, load(tokenizer))
-    tok = load_chat_tokenizer(tokenizer, template)
+    tok, template, template_from = load_for_chats(tokenizer, template)
     paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
     text_writer = indexed.IndexedWriter(

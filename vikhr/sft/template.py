@@ -183,13 +183,11 @@ def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
 
     for chat in _PROBES:
         theirs = render(own[0], chat)
-        same = [
-            name
-            for name in TEMPLATES
-            if theirs is not None and render(HF_CHAT_TEMPLATES[name], chat) == theirs
-        ]
-        if same:
-            return same[0], own[1]
+        if theirs is None:
+            continue
+        for name in TEMPLATES:
+            if render(HF_CHAT_TEMPLATES[name], chat) == theirs:
+                return name, own[1]
     raise VikhrError(
         f"{own[1]} holds a chat template that renders chats as none of vikhr's templates "
         f"({', '.join(TEMPLATES)}) does: give the one to train with as --template NAME (docs/sft.md)"
@@ -200,9 +198,16 @@ def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenize
     """The tokenizer at `path` (see vikhr.tokenizer.load), refused unless `template` can use it
     (see `template_token_ids`), with the template's control tokens marked special (see
     `_controls_made_special`)."""
+    return load_for_chats(path, template)[0]
+
+
+def load_for_chats(path: str | Path, template: str) -> tuple[Tokenizer, str, Path | None]:
+    """`load_chat_tokenizer` for `template`, which may be AUTO (see `resolve_template`): the
+    tokenizer, the template, and the tokenizer's file that chose it (None when one was given)."""
     tok = load(path)
+    template, chosen_by = resolve_template(template, tok)
     _controls_made_special(tok, template_token_ids(tok, template))
-    return tok
+    return tok, template, chosen_by
 
 
 def control_ids(tok: Tokenizer, controls: dict[str, int]) -> set[int]:
