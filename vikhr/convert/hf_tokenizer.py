@@ -145,9 +145,9 @@ def _with(ids: list[int], *more: int | None) -> list[int]:
 def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = None) -> dict[str, Any]:
     """Write the tokenizer files and generation_config.json into `out_dir` (see module doc).
 
-    `template`: a vikhr.sft.template name; without one, a chat template of the tokenizer's own
-    (tokenizer_config.json or chat_template.jinja beside it) is kept. Returns the BOS/EOS ids for
-    config.json (EOS a list where the config.json beside the tokenizer lists several).
+    `template`: a vikhr.sft.template name; without one (or with ``own``), a chat template of the
+    tokenizer's own (tokenizer_config.json or chat_template.jinja beside it) is kept. Returns the
+    BOS/EOS ids for config.json (EOS a list where the config.json beside the tokenizer lists several).
     """
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
@@ -172,16 +172,18 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
         ids["eos_token_id"] = _with(config_stops, tok.eos_id)
     stops = _with(generation_stops or config_stops, tok.eos_id)
     if template is not None:
-        from vikhr.sft.template import end_of_turn_id
+        from vikhr.sft.template import OWN, end_of_turn_id
 
-        if template not in HF_CHAT_TEMPLATES:
-            raise VikhrError(f"unknown chat template {template!r} (known: {', '.join(HF_CHAT_TEMPLATES)})")
-        config["chat_template"] = HF_CHAT_TEMPLATES[template]
+        if template != OWN:  # the tokenizer's own template is kept below
+            if template not in HF_CHAT_TEMPLATES:
+                known = ", ".join((*HF_CHAT_TEMPLATES, OWN))
+                raise VikhrError(f"unknown chat template {template!r} (known: {known})")
+            config["chat_template"] = HF_CHAT_TEMPLATES[template]
         # A tuned model ends its answers with the template's end-of-turn token (<|eot_id|>, <|im_end|>).
         stops = _with(stops, end_of_turn_id(tok, template))
     if len(stops) > 1:
         generation["eos_token_id"] = stops
-    if template is None and isinstance(source_config.get("chat_template"), str):
+    if template not in HF_CHAT_TEMPLATES and isinstance(source_config.get("chat_template"), str):
         config["chat_template"] = source_config["chat_template"]
     specials = {
         key: config[key]

@@ -26,6 +26,7 @@ from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
+from vikhr.sft.own_template import ChatRefused
 from vikhr.sft.sources import Chat, Unfit, detect_format, read_chats_of
 from vikhr.sft.template import Message, TypedControlError, encode_chat, load_for_chats
 from vikhr.tokenizer.load import Tokenizer
@@ -34,6 +35,7 @@ KEPT = "kept"
 # Why a chat is not in the output, in the order the checks run (record-level reasons come first).
 CHAT_REASONS = (
     "control_text",
+    "template_refused",
     "too_short",
     "too_long",
     "not_russian",
@@ -42,7 +44,7 @@ CHAT_REASONS = (
     "sampled_out",
     "reward",
 )
-_CHECKED_WHILE_READING = CHAT_REASONS[:4]  # by `_check_chat`, counted in pass 1
+_CHECKED_WHILE_READING = CHAT_REASONS[:5]  # by `_check_chat`, counted in pass 1
 EXAMPLES_PER_REASON = 5
 _HASH_BATCH = 512
 
@@ -131,6 +133,8 @@ def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer)
         tokens = len(encode_chat([Message(r, c) for r, c in chat.messages], tok, cfg.template).ids)
     except TypedControlError as e:
         return "control_text", str(e), 0
+    except ChatRefused as e:  # the tokenizer's own template (--template own) cannot train on it
+        return "template_refused", str(e), 0
     if tokens < cfg.limits.min_tokens:
         return "too_short", f"{tokens} tokens", tokens
     if tokens > cfg.limits.max_tokens:

@@ -25,7 +25,7 @@ from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 from vikhr.runtime.device import DEVICE_PATTERN
 from vikhr.sft.sources import FORMATS
-from vikhr.sft.template import AUTO, TEMPLATES
+from vikhr.sft.template import AUTO, OWN, TEMPLATES
 
 Fraction = Field(default=None, gt=0, le=1)
 
@@ -86,7 +86,7 @@ class SourceConfig(_Section):
 class BuildConfig(_Section):
     output: str
     tokenizer: str
-    template: Literal[(AUTO, *TEMPLATES)] = AUTO  # type: ignore[valid-type]
+    template: Literal[(AUTO, *TEMPLATES, OWN)] = AUTO  # type: ignore[valid-type]
     seed: int = Field(default=1234, ge=0, lt=2**32)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     dedup: DedupSection = Field(default_factory=DedupSection)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vikhr.errors import VikhrError
-from vikhr.sft.template import AUTO, TEMPLATES
+from vikhr.sft.template import AUTO, OWN, TEMPLATES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,12 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument(
         "--template",
         default=AUTO,
-        choices=(AUTO, *TEMPLATES),
-        help="chat template: auto (default: the one rendering chats as the tokenizer's own chat "
-        "template does, mistral if it has none), mistral (Mistral-7B-Instruct), chatml (Qwen2.5-Instruct's, "
-        "BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking block), llama3 "
-        "(Llama-3-8B-Instruct's header template; the "
-        "tokenizer needs its <|start_header_id|>-style special tokens); see docs/sft.md",
+        choices=(AUTO, *TEMPLATES, OWN),
+        help="chat template: auto (default: the vikhr template rendering chats as the tokenizer's own "
+        "chat template does, else own; mistral if it has none), mistral (Mistral-7B-Instruct), chatml "
+        "(Qwen2.5-Instruct's, BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking "
+        "block), llama3 (Llama-3-8B-Instruct's header template; the tokenizer needs its "
+        "<|start_header_id|>-style special tokens), own (the tokenizer's own Jinja chat template, "
+        "rendered by transformers: Llama-3.1, Mistral-NeMo, Gemma ...); see docs/sft.md",
     )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")

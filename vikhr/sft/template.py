@@ -41,6 +41,9 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   ones); EOS is not used. Llama-3.1/3.2's template differs: it always writes a system header with
   "Cutting Knowledge Date: December 2023" and "Today Date: …" lines, which a training set should
   not depend on. The answer and its ``<|eot_id|>`` are trained.
+* ``own``, the tokenizer's own Jinja chat template, whatever it is, rendered by transformers (for
+  Llama-3.1, Mistral-NeMo, Gemma ...): see vikhr.sft.own_template. The rest of this doc is about
+  the four templates above.
 
 ``for_generation``: the prompt ends with the header of the answer to come (``[/INST]``,
 ``<|im_start|>assistant\\n``, ``<|start_header_id|>assistant<|end_header_id|>\\n\\n``).
@@ -72,10 +75,14 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
+from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
+from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
+from vikhr.sft.own_template import own_template
 from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
-TEMPLATES = ("mistral", "chatml", "qwen3", "llama3")
+TEMPLATES = ("mistral", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
+OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -88,31 +95,18 @@ TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
 }
 
 
-class TypedControlError(VikhrError):
-    """A message's text holds a control token's string that the tokenizer matches in any text."""
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-
-
-@dataclass
-class EncodedChat:
-    ids: list[int]
-    mask: list[int]  # 1 = assistant token (the loss is taken on it), 0 = context only
-
-
 def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
     """The control tokens of `template` that `tok` encodes as single ids, by string.
 
     VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
     the four header/turn tokens for ``llama3``. ``chatml`` and ``qwen3`` need nothing: without both
-    of their tokens they spell them out as text (and get an empty dict).
+    of their tokens they spell them out as text (and get an empty dict). ``own``: the tokenizer's
+    special tokens (VikhrError when it carries no chat template; see `own_template`).
     """
+    if template == OWN:
+        return dict(own_template(tok).specials)
     if template not in TEMPLATES:
-        raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
+        raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join((*TEMPLATES, OWN))})")
     if template == "mistral":
         for name, value in (("BOS", tok.bos_id), ("EOS", tok.eos_id)):
             if value is None:
@@ -136,7 +130,9 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
 def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
     """The id that ends an answer under `template` (generation stops there): EOS for ``mistral``,
     ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` and ``qwen3`` (EOS when it is spelled
-    out as text)."""
+    out as text); for ``own``, the control token its template closes an answer with."""
+    if template == OWN:
+        return own_template(tok).end_of_turn_id(tok.eos_id)
     controls = template_token_ids(tok, template)
     end = {"llama3": LLAMA3_EOT, "chatml": CHATML_END, "qwen3": CHATML_END}.get(template)
     return controls.get(end, tok.eos_id) if end is not None else tok.eos_id
@@ -164,12 +160,10 @@ _PROBES = (
 
 def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
     """`template`, or for AUTO the template whose chats render as the tokenizer's own chat template
-    renders them (see `own_chat_template`), mistral where it carries none; with the file the choice
-    came from. VikhrError when its own template renders as none of vikhr's."""
+    renders them (see `own_chat_template`), mistral where it carries none, OWN where it renders as
+    none of vikhr's; with the file the choice came from."""
     if template != AUTO:
         return template, None
-    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
-
     own = own_chat_template(tok)
     if own is None:
         return "mistral", None
@@ -188,10 +182,7 @@ def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
         for name in TEMPLATES:
             if render(HF_CHAT_TEMPLATES[name], chat) == theirs:
                 return name, own[1]
-    raise VikhrError(
-        f"{own[1]} holds a chat template that renders chats as none of vikhr's templates "
-        f"({', '.join(TEMPLATES)}) does: give the one to train with as --template NAME (docs/sft.md)"
-    )
+    return OWN, own[1]
 
 
 def load_chat_tokenizer(path: str | Path, template: str = "mistral") -> Tokenizer:
@@ -475,10 +466,8 @@ class _Encoder:
             trained_chars = [trained for part, trained in self.run for _ in part]
             encoding = self.tok.backend.encode(text, add_special_tokens=False)  # an HF tokenizer here
             self._check_no_control(encoding.ids)
-            spans = _token_spans(encoding.offsets, len(text))
-            for token, (start, end) in zip(encoding.ids, spans, strict=True):
-                self.out.ids.append(token)
-                self.out.mask.append(int(any(trained_chars[start:end])))
+            self.out.ids.extend(encoding.ids)
+            self.out.mask.extend(trained_tokens(encoding.offsets, trained_chars))
         self.run.clear()
 
     def _check_no_control(self, ids: list[int]) -> None:
@@ -495,25 +484,6 @@ class _Encoder:
             )
 
 
-def _token_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
-    """Each token's characters: its offsets, or where they are empty (a ByteLevel post-processor
-    with trim_offsets gives whitespace tokens none) the gap between its neighbours' characters."""
-    # One pass each way (a run of many whitespace tokens stays linear).
-    next_start, after = [length] * len(offsets), length
-    for i in range(len(offsets) - 1, -1, -1):
-        next_start[i] = after
-        if offsets[i][0] != offsets[i][1]:
-            after = offsets[i][0]
-    spans, before = [], 0
-    for i, (start, end) in enumerate(offsets):
-        if start == end:
-            spans.append((before, max(before, next_start[i])))
-        else:
-            spans.append((start, end))
-            before = end
-    return spans
-
-
 def encode_chat(
     messages: list[Message], tok: Tokenizer, template: str = "mistral", for_generation: bool = False
 ) -> EncodedChat:
@@ -522,6 +492,8 @@ def encode_chat(
     The ids start with the tokenizer's BOS when it has one (``llama3``: with ``<|begin_of_text|>``).
     `for_generation`: the prompt to feed a model for the next answer (earlier answers still marked 1).
     """
+    if template == OWN:
+        return own_template(tok).encode(messages, for_generation)
     controls = template_token_ids(tok, template)
     # Byte-level BPE: text runs go across segments, as transformers encodes a rendered template.
     across_segments = template != "mistral" and tok.byte_level

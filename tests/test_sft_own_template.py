@@ -1,0 +1,306 @@
+"""``--template own``: chats rendered by the tokenizer's own Jinja chat template.
+
+The official templates of Llama-3.1-8B-Instruct and Mistral-Nemo-Instruct-2407
+(tests/data/chat_templates), which render as none of vikhr's templates, on byte-level BPE
+tokenizers trained in the test (vikhr.sft.own_template), and Nemo's on Mistral's SentencePiece
+vocabulary as a Metaspace tokenizer.json: ids equal transformers' `apply_chat_template(...,
+tokenize=True)`, the mask covers each answer as the template writes it and its end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tests.test_sft_templates import TEMPLATE_FILES, _handmade_chats, byte_level_bpe
+from vikhr.assets import RU_SEED_CHATS
+from vikhr.sft.build import build
+from vikhr.sft.encoded import Message, TypedControlError
+from vikhr.sft.own_template import ChatRefused, own_template
+from vikhr.sft.prepare import mask_runs
+from vikhr.sft.template import (
+    AUTO,
+    OWN,
+    encode_chat,
+    end_of_turn_id,
+    load_chat_tokenizer,
+    parse_chat,
+    read_chats,
+)
+
+# Per model: its template file, BOS, EOS as its tokenizer_config.json names them, its special tokens.
+MODELS = {
+    "llama3.1": (
+        "meta-llama-3.1-8b-instruct",
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|python_tag|>",
+        ],
+    ),
+    "nemo": ("mistral-nemo-instruct-2407", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]),
+}
+END = {"llama3.1": "<|eot_id|>", "nemo": "</s>"}
+
+
+def write_tokenizer(directory: Path, model: str, tokenizer_json: str, template: str | None = None) -> Path:
+    """`directory` with `tokenizer_json` plus `model`'s special tokens and a tokenizer_config.json
+    holding its official chat template (or `template`) and BOS/EOS."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    name, specials = MODELS[model]
+    official = json.loads((TEMPLATE_FILES / f"{name}.json").read_text(encoding="utf-8"))
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = HFTokenizer.from_str(tokenizer_json)
+    tok.add_special_tokens(specials)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "bos_token": official["bos_token"],
+        "eos_token": official["eos_token"],
+        "chat_template": template if template is not None else official["chat_template"],
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
+
+
+def _metaspace_json() -> str:
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.tokenizer.hf_export import build_hf_tokenizer
+
+    return build_hf_tokenizer(MISTRAL_TOKENIZER).to_str()
+
+
+CASES = {
+    "llama3.1-bytelevel": ("llama3.1", lambda: byte_level_bpe("llama3")),
+    "nemo-bytelevel": ("nemo", lambda: byte_level_bpe("llama3")),
+    "nemo-metaspace": ("nemo", _metaspace_json),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    model, tokenizer_json = CASES[request.param]
+    return model, write_tokenizer(tmp_path_factory.mktemp(request.param), model, tokenizer_json())
+
+
+@pytest.fixture(scope="module")
+def chats() -> list[list[Message]]:
+    """The bundled seed chats, the first 200 of ../shared/data's rulm set when present, hand-made ones."""
+    found = [messages for _, messages in read_chats(RU_SEED_CHATS)]
+    rulm = SHARED_DATA / "sft" / "rulm-self-instruct.chat.jsonl"
+    if rulm.is_file():
+        found += [messages for _, messages in islice(read_chats(rulm), 200)]
+    return found + _handmade_chats()
+
+
+def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:
+    out = fast.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        tokenize=True,
+        add_generation_prompt=generation,
+    )
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def _trained_texts(tok: Any, ids: list[int], mask: list[int]) -> list[str]:
+    return [tok.backend.decode(run, skip_special_tokens=False) for on, run in mask_runs(ids, mask) if on]
+
+
+def test_ids_and_mask_follow_the_official_template(
+    model_dir: tuple[str, Path],
+    chats: list[list[Message]],
+) -> None:
+    from transformers import AutoTokenizer
+
+    model, directory = model_dir
+    fast = AutoTokenizer.from_pretrained(directory)
+    tok = load_chat_tokenizer(directory, OWN)
+    encoded = refused = 0
+    for number, messages in enumerate(chats):
+        has_system = messages[0].role == "system"
+        if model == "nemo" and has_system:
+            # Nemo's template writes the system message into the last user turn only (and drops
+            # it from a chat ending in an answer): a prompt would not begin its chat.
+            with pytest.raises(ChatRefused, match="renders the turns before it differently"):
+                encode_chat(messages, tok, OWN)
+            refused += 1
+            continue
+        enc = encode_chat(messages, tok, OWN)
+        assert enc.ids == _hf_ids(fast, messages), number
+        prompt = encode_chat(messages[:-1], tok, OWN, for_generation=True)
+        assert prompt.ids == _hf_ids(fast, messages[:-1], generation=True), number
+        answers = [m.content for m in messages if m.role == "assistant"]
+        if model == "llama3.1":
+            answers = [a.strip() for a in answers]  # the template's `| trim`
+        expected = [a + END[model] for a in answers]
+        trained = _trained_texts(tok, enc.ids, enc.mask)
+        if model == "nemo" and directory.name.startswith("nemo-metaspace"):
+            # SentencePiece pieces: an answer's first piece carries the space Metaspace puts before
+            # "▁"-led words, which decoding a run on its own drops or keeps as one space.
+            trained = [t.lstrip(" ") for t in trained]
+            expected = [e.lstrip(" ") for e in expected]
+        assert trained == expected, number
+        encoded += 1
+    assert encoded > 100 and (refused > 0) == (model == "nemo")
+
+
+def test_end_of_turn_and_auto_choice(model_dir: tuple[str, Path]) -> None:
+    from vikhr.sft.template import resolve_template
+    from vikhr.tokenizer.load import load
+
+    model, directory = model_dir
+    tok = load(directory)
+    assert resolve_template(AUTO, tok) == (OWN, directory / "tokenizer_config.json")
+    assert end_of_turn_id(tok, OWN) == tok.piece_to_id(END[model])
+
+
+def _chat(*turns: str) -> list[Message]:
+    roles = ["user", "assistant"] * len(turns)
+    return parse_chat({"messages": [{"role": r, "content": c} for r, c in zip(roles, turns, strict=False)]})
+
+
+def test_chatml_newline_after_the_end_token_is_not_trained(tmp_path: Path) -> None:
+    """An answer is its rendering up to its last control token: ChatML's "\\n" after <|im_end|>
+    is template text (a model never generates it)."""
+    chatml = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    directory = write_tokenizer(tmp_path, "nemo", byte_level_bpe("gpt2"), template=chatml)
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    hf.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    hf.save(str(directory / "tokenizer.json"))
+    tok = load_chat_tokenizer(directory, OWN)
+    enc = encode_chat(_chat("Привет", "Здравствуйте", "Как дела?", "Хорошо"), tok, OWN)
+    assert _trained_texts(tok, enc.ids, enc.mask) == ["Здравствуйте<|im_end|>", "Хорошо<|im_end|>"]
+    assert tok.backend.decode(enc.ids, skip_special_tokens=False).endswith("Хорошо<|im_end|>\n")
+    assert end_of_turn_id(tok, OWN) == tok.piece_to_id("<|im_end|>")
+
+
+def test_the_date_is_fixed_and_a_template_rewritten_is_read_anew(tmp_path: Path) -> None:
+    """Llama-3.2's template writes today's date through strftime_now: vikhr fixes it, so the
+    tokens do not depend on the day of the run."""
+    dated = (
+        "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}"
+        "{{ 'Today Date: ' + date_string + '\\n' }}"
+        "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+    )
+    directory = write_tokenizer(tmp_path, "nemo", byte_level_bpe("gpt2"), template=dated)
+    tok = load_chat_tokenizer(directory, OWN)
+    enc = encode_chat(_chat("вопрос", "ответ"), tok, OWN)
+    text = tok.backend.decode(enc.ids, skip_special_tokens=False)
+    assert text.startswith("Today Date: 26 Jul 2024\nuser:\nвопрос</s>"), text
+    assert _trained_texts(tok, enc.ids, enc.mask) == ["ответ</s>"]
+    # A template changed on disk (same process, same tokenizer) is used from then on.
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["chat_template"] = dated.replace(":\\n", ">\\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    text = tok.backend.decode(encode_chat(_chat("вопрос", "ответ"), tok, OWN).ids, skip_special_tokens=False)
+    assert "user>\nвопрос" in text
+
+
+def test_refusals_name_the_problem(model_dir: tuple[str, Path]) -> None:
+    model, directory = model_dir
+    tok = load_chat_tokenizer(directory, OWN)
+    control = MODELS[model][1][-1]  # a special token of the tokenizer, typed in a message
+    with pytest.raises(TypedControlError, match=r"message 2 holds the text .*a special token"):
+        encode_chat(_chat("вопрос", f"ответ {control}"), tok, OWN)
+    if model == "nemo":  # its template refuses a role order it does not know
+        bad = [Message("user", "a"), Message("assistant", "b"), Message("assistant", "c")]
+        with pytest.raises(ChatRefused, match="chat template refused the chat: After the optional"):
+            own_template(tok).encode(bad)
+
+
+def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.errors import VikhrError
+
+    bare = write_tokenizer(tmp_path / "bare", "nemo", byte_level_bpe("gpt2"))
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(VikhrError, match=r"carries no chat template .* for --template own"):
+        load_chat_tokenizer(bare, OWN)
+    sp = tmp_path / "sp"
+    sp.mkdir()
+    (sp / "tokenizer.model").write_bytes(MISTRAL_TOKENIZER.read_bytes())
+    (sp / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(VikhrError, match=r"\(chat_template\.jinja\) needs the model's tokenizer\.json"):
+        load_chat_tokenizer(sp / "tokenizer.model", OWN)
+
+
+def test_prepare_and_build_with_the_own_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sft prepare` without --template on a Llama-3.1 tokenizer: the summary names the own template
+    and its file; `sft build` without one on a Nemo tokenizer drops (and reports) the chat its
+    template cannot split."""
+    from vikhr.cli import main
+    from vikhr.sft.prepare import render_prepared
+
+    llama = write_tokenizer(tmp_path / "llama", "llama3.1", byte_level_bpe("llama3"))
+    argv = ["sft", "prepare", "--input", str(RU_SEED_CHATS), "--no-progress"]
+    assert main([*argv, "--tokenizer", str(llama), "--output-prefix", str(tmp_path / "o" / "a")]) == 0
+    assert "template own (the tokenizer's own, in tokenizer_config.json)" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "o" / "a_sft.json").read_text())
+    assert meta["template"] == OWN and meta["template_from"].endswith("tokenizer_config.json")
+    shown = render_prepared(tmp_path / "o" / "a", 0)
+    assert shown.splitlines()[1] == "<|begin_of_text|><|start_header_id|>system<|end_header_id|>", shown
+    assert "Today Date: 26 Jul 2024" in shown
+
+    nemo = write_tokenizer(tmp_path / "nemo", "nemo", byte_level_bpe("llama3"))
+    chats_file = tmp_path / "chats.jsonl"
+    records = [
+        [("user", "Привет!"), ("assistant", "Здравствуйте.")],
+        [("system", "Отвечай кратко."), ("user", "Привет!"), ("assistant", "Здравствуйте.")],
+    ]
+    chats_file.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": r, "content": c} for r, c in chat]}) + "\n" for chat in records
+        ),
+        encoding="utf-8",
+    )
+    config = {
+        "output": str(tmp_path / "mix.jsonl"),
+        "tokenizer": str(nemo),
+        "limits": {"min_tokens": 1, "max_tokens": 100},
+        "dedup": {"near": False},
+        "sources": [{"name": "a", "path": str(chats_file)}],
+    }
+    (tmp_path / "build.yaml").write_text(json.dumps(config), encoding="utf-8")
+    report = build(tmp_path / "build.yaml")
+    assert report["template"] == OWN and report["sources"][0]["dropped"] == {"template_refused": 1}
+    assert [len(m) for _, m in read_chats(tmp_path / "mix.jsonl")] == [2]
+
+
+def test_export_keeps_the_own_template_and_stops_at_its_end_of_turn(
+    model_dir: tuple[str, Path], chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """`vikhr convert megatron-to-hf` of a model tuned with ``own``: the exported tokenizer renders
+    the training ids, and generation stops at the template's end-of-turn token."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    model, directory = model_dir
+    tok = load_chat_tokenizer(directory, OWN)
+    write_tokenizer_files(tok, tmp_path, OWN)
+    exported = AutoTokenizer.from_pretrained(tmp_path)
+    plain = [messages for messages in chats if messages[0].role != "system"][:20]
+    for messages in plain:
+        assert _hf_ids(exported, messages) == encode_chat(messages, tok, OWN).ids
+    stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    assert tok.piece_to_id(END[model]) in (stops if isinstance(stops, list) else [stops])
