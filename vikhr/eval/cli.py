@@ -124,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         bootstrap_iters=args.bootstrap_iters,
         seed=args.seed,
+        chat_template=args.chat_template,
+        fewshot_as_multiturn=args.fewshot_as_multiturn,
+        system_instruction=args.system_instruction,
         log_samples=args.log_samples,
         mera_submission=submission,
         rsg_submission=rsg_submission,
@@ -210,6 +213,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mera_ruworldtree, mera_simplear, mera_rumultiar 5; chegeka, mera_chegeka 4; mera_lcs, mera_bps 2; "
         "others 0)",
     )
+    _add_prompt_options(p)
     _add_running_options(p)
     p.add_argument(
         "--bootstrap-iters",
@@ -234,6 +238,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_output_options(p)
     p.set_defaults(func=_run)
     _register_compare(p)
+
+
+def _add_prompt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="put each prompt in the model's own chat template (from its tokenizer directory, as "
+        "'vikhr convert' writes it after SFT): the prompt, few-shot examples included, as one user "
+        "turn, the answer scored or generated as the assistant's (lm-eval's apply_chat_template)",
+    )
+    p.add_argument(
+        "--fewshot-as-multiturn",
+        action="store_true",
+        help="with --chat-template: each few-shot example as a user turn and its answer as an assistant turn",
+    )
+    p.add_argument(
+        "--system-instruction",
+        help="with --chat-template: a system message before every prompt (e.g. 'Ты — полезный ассистент.')",
+    )
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:

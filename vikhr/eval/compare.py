@@ -98,7 +98,9 @@ def _clean_results(path: Path, results: Any) -> dict[str, Any]:
     known = [v for t in tasks.values() for v in t["metrics"].values()] + [g["score"] for g in scores.values()]
     if all(v is None for v in known):  # a row of dashes: not what a results file is for
         raise VikhrError(f"{path} holds no score (no task metric, no group score); {_RESULTS_LAYOUT}")
-    return {"model": results.get("model"), "tasks": tasks, "groups": scores}
+    prompt = results.get("prompt")
+    chat = isinstance(prompt, dict) and prompt.get("chat_template") is True
+    return {"model": results.get("model"), "tasks": tasks, "groups": scores, "chat": chat}
 
 
 def load_results(spec: str) -> tuple[str, dict[str, Any]]:
@@ -120,7 +122,9 @@ def load_results(spec: str) -> tuple[str, dict[str, Any]]:
         raise VikhrError(f"{path} is not a JSON file ({e}); {_RESULTS_LAYOUT}") from e
     results = _clean_results(path, raw)
     model = results["model"] if isinstance(results["model"], str) else path.stem
-    return name or Path(model).name or path.stem, results
+    # The same model prompted plainly and in its chat template: two rows told apart.
+    default = (Path(model).name or path.stem) + (" (chat)" if results["chat"] else "")
+    return name or default, results
 
 
 def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Row]]:

@@ -99,9 +99,16 @@ def rutie_prompt(
     )
 
 
-def evaluate_rutie(lm: Any, dialogues: list[list[dict[str, Any]]], path: Path) -> dict[str, Any]:
+def evaluate_rutie(
+    lm: Any,
+    dialogues: list[list[dict[str, Any]]],
+    path: Path,
+    chat: bool = False,
+    system_instruction: str | None = None,
+) -> dict[str, Any]:
     """Ask every question of `dialogues` (`read_dialogues` of `path`, which error messages name) in
-    order; lm-eval-shaped results:
+    order; `chat`: each prompt a user turn of the model's chat template (after `system_instruction`),
+    the answer scored as the assistant's, as lm-eval does for its tasks. lm-eval-shaped results:
     {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "requests": loglikelihoods,
     "samples": [...]}.
     Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
@@ -114,8 +121,13 @@ def evaluate_rutie(lm: Any, dialogues: list[list[dict[str, Any]]], path: Path) -
             answers: list[str] = []
             for position, doc in enumerate(dialogue):
                 prompt = rutie_prompt(dialogue, position, answers, path)
+                delimiter = " "
+                if chat:  # lm-eval's multiple choice in a chat: the answer opens the assistant turn
+                    system = [{"role": "system", "content": system_instruction}] if system_instruction else []
+                    prompt = lm.apply_chat_template([*system, {"role": "user", "content": prompt}])
+                    delimiter = ""
                 requests = [
-                    Instance("loglikelihood", doc, (prompt, " " + c), i, (RUTIE, len(samples), 1))
+                    Instance("loglikelihood", doc, (prompt, delimiter + c), i, (RUTIE, len(samples), 1))
                     for i, c in enumerate(CHOICES)
                 ]
                 resps = lm.loglikelihood(requests, disable_tqdm=True)

@@ -47,6 +47,12 @@ class EvalSettings:
     max_length: int | None = None
     bootstrap_iters: int = 1000
     seed: int = DEFAULT_SEED
+    # Prompts in the model's own chat template (lm-eval's apply_chat_template): few-shot examples in
+    # the one user turn, or (fewshot_as_multiturn) as turns of their own; system_instruction: a
+    # system message before every prompt.
+    chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    system_instruction: str | None = None
     log_samples: bool = False
     mera_submission: Path | None = None  # write MERA's submission archive (.zip) of the mera_* tasks here
     # Run the rsg_* tasks on their test splits too and write the leaderboard's archive (.zip) here.
@@ -139,10 +145,13 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
 
     # lm-eval runs an unknown device string on its own default device: check it first.
     device = torch_device(settings.device)
+    fast = tokenizer.to_transformers()
+    if settings.chat_template:
+        fast.chat_template = chat_template_of(tokenizer)
     try:
         return VikhrLM(
             pretrained=str(settings.model_dir) if model is None else model,
-            tokenizer=tokenizer.to_transformers(),
+            tokenizer=fast,
             device=device,
             dtype=settings.dtype,
             batch_size=settings.batch_size,
@@ -159,6 +168,32 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
             f"cannot load the model in {settings.model_dir}: {first} (check its config.json and "
             "generation_config.json)"
         ) from None
+
+
+def chat_template_of(tokenizer: Tokenizer) -> str:
+    """The chat template beside the tokenizer (for --chat-template), or a one-line VikhrError."""
+    from vikhr.sft.hf_chat import own_chat_template
+
+    own = own_chat_template(tokenizer)
+    if own is None:
+        raise VikhrError(
+            f"--chat-template: {tokenizer.path.parent} holds no chat template (chat_template.jinja, or "
+            "chat_template in tokenizer_config.json; 'vikhr convert megatron-to-hf' writes the SFT "
+            "run's): add the model's, or evaluate without --chat-template"
+        )
+    return own[0]
+
+
+def check_prompt_settings(settings: EvalSettings) -> None:
+    """The chat-template options go together: one-line VikhrError otherwise."""
+    for flag, given in (
+        ("--fewshot-as-multiturn", settings.fewshot_as_multiturn),
+        ("--system-instruction", settings.system_instruction is not None),
+    ):
+        if given and not settings.chat_template:
+            raise VikhrError(f"{flag} shapes the chat of --chat-template: add --chat-template")
+    if settings.system_instruction is not None and not settings.system_instruction.strip():
+        raise VikhrError("--system-instruction is empty: give the system message, or leave the flag out")
 
 
 def _metric_value(value: Any) -> float | None:
@@ -188,6 +223,7 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     }
     rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
     _note_capped_shots(settings)
+    _note_shots_in_the_prompt(settings, configs)
     files = {name: task_files(name, settings.data_dir, settings.bpc_data) for name in configs}
     return _task_objects(configs, settings.seed, files), rutie
 
@@ -253,6 +289,25 @@ def _note_capped_shots(settings: EvalSettings) -> None:
             )
 
 
+def _note_shots_in_the_prompt(settings: EvalSettings, configs: dict[str, dict[str, Any]]) -> None:
+    """With --fewshot-as-multiturn, one line naming the tasks whose shots are written into the
+    prompt itself (MMLU's of the same subject, MERA's fixed ones), not drawn by lm-eval: they stay
+    in the one user turn."""
+    if not settings.fewshot_as_multiturn:
+        return
+    inside = [
+        name
+        for name, config in configs.items()
+        if not config.get("num_fewshot") and effective_fewshot(name, settings.num_fewshot) > 0
+    ]
+    if inside:
+        print(
+            f"note: --fewshot-as-multiturn: {', '.join(inside)} write their shots into the prompt "
+            "(as their releases do), which stays one user turn",
+            file=sys.stderr,
+        )
+
+
 def _check_shots(name: str, task: Any) -> None:
     """lm-eval draws a task's shots from its few-shot records: asking for more fails in numpy's
     sampler, after the model has loaded."""
@@ -309,6 +364,11 @@ def _summary(
         "lm_eval_version": lm_eval.__version__,
         "limit": settings.limit,
         "seed": settings.seed,
+        "prompt": {
+            "chat_template": settings.chat_template,
+            "fewshot_as_multiturn": settings.fewshot_as_multiturn,
+            "system_instruction": settings.system_instruction,
+        },
         "seconds": round(seconds, 1),
         "tasks": {},
     }
@@ -345,12 +405,17 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         raise VikhrError(
             f"--mera-submission {settings.mera_submission}: no MERA task is evaluated (--tasks mera)"
         )
+    check_prompt_settings(settings)
     tokenizer = None
     if lm is None:
         check_model_dir(settings.model_dir)
         # Numbers from a tokenizer that is not the model's would look plausible: refuse first.
         tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
         check_vocab(tokenizer, settings.model_dir)
+        if settings.chat_template:
+            chat_template_of(tokenizer)
+    elif settings.chat_template and not getattr(lm.tokenizer, "chat_template", None):
+        raise VikhrError("--chat-template: the model's tokenizer has no chat template")
     started = time.time()
     tasks, dialogues = _build_tasks(settings)
     test_splits = _build_test_split_tasks(settings)
@@ -445,7 +510,7 @@ def _rutie_result(
         return done
     _seed_everything(settings.seed)
     start = _task_start(lm)
-    rutie = evaluate_rutie(lm, dialogues, data[0])
+    rutie = evaluate_rutie(lm, dialogues, data[0], settings.chat_template, settings.system_instruction)
     part = {"results": rutie["results"], "n-samples": {"effective": rutie["n"]}, "samples": rutie["samples"]}
     done = as_json({"part": part, "cost": _task_cost(lm, start, requests=rutie["requests"])})
     progress.save(RUTIE, data, done)
@@ -479,6 +544,9 @@ def _evaluate(
             limit=settings.limit,
             bootstrap_iters=settings.bootstrap_iters,
             log_samples=log_samples,
+            system_instruction=settings.system_instruction,
+            apply_chat_template=settings.chat_template,
+            fewshot_as_multiturn=settings.fewshot_as_multiturn,
         )
 
 
@@ -529,8 +597,10 @@ def _task_cost(lm: Any, start: tuple[float, int | None, float], requests: int) -
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per task and metric)."""
+    prompt = results.get("prompt") or {}
+    chat = ", prompts in its chat template" if prompt.get("chat_template") else ""
     lines = [
-        f"Model: `{results['model']}`"
+        f"Model: `{results['model']}`{chat}"
         + (f" (limit {results['limit']} documents per task)" if results["limit"] else ""),
         "",
         "| Task | Metric | Value | ± stderr | Shots | Documents |",

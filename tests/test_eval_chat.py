@@ -1,0 +1,139 @@
+"""`vikhr eval --chat-template`: prompts in the model's own chat template (lm-eval's
+apply_chat_template), on the tiny model of test_eval.py with a plain-text chat template beside its
+tokenizer and the bundled task fixtures (tests/data/eval_fixtures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_eval import make_tiny_model, settings_for
+from tests.test_eval_mera import FIXTURES
+from vikhr.cli import main as cli_main
+from vikhr.eval.runner import load_tokenizer, make_lm, run_eval
+
+# Markers in plain text: the tiny model's Mistral tokenizer has no chat tokens.
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}<</{{ m['role'] }}>>\n"
+    "{% endfor %}{% if add_generation_prompt %}<<assistant>>{% endif %}"
+)
+TASKS = ["mmlu_ru", "mera_parus", "mera_rutie"]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = make_tiny_model(tmp_path_factory.mktemp("chat") / "tiny")
+    (directory / "chat_template.jinja").write_text(TEMPLATE, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def chat_lm(chat_dir: Path) -> Any:
+    settings = settings_for(chat_dir, [], FIXTURES, chat_template=True)
+    return make_lm(settings, load_tokenizer(chat_dir, None))
+
+
+def _contexts(results: dict[str, Any]) -> dict[str, str]:
+    """The first prompt of each task as the model was given it."""
+    out = {}
+    for task, samples in results["samples"].items():
+        first = samples[0]
+        out[task] = first["prompt"] if "prompt" in first else first["arguments"][0][0]
+    return out
+
+
+def test_prompts_are_user_turns_and_answers_open_the_assistant_turn(chat_dir: Path, chat_lm: Any) -> None:
+    settings = settings_for(
+        chat_dir, TASKS, FIXTURES, limit=2, num_fewshot=1, chat_template=True, log_samples=True
+    )
+    results = run_eval(settings, lm=chat_lm)
+    assert results["prompt"] == {
+        "chat_template": True,
+        "fewshot_as_multiturn": False,
+        "system_instruction": None,
+    }
+    for task, context in _contexts(results).items():
+        # One user turn (the shot inside it), then the assistant's header; BOS once, from the template.
+        assert context.startswith("<s><<user>>") and context.endswith("<</user>>\n<<assistant>>"), task
+        assert context.count("<<user>>") == 1 and context.count("<<assistant>>") == 1, task
+        ids = chat_lm.tok_encode(context)
+        assert ids[0] == chat_lm.tokenizer.bos_token_id and ids.count(ids[0]) == 1, task
+    # The answer is the assistant's first text: no space before it (lm-eval's rule in a chat).
+    assert [a[1] for a in results["samples"]["mmlu_ru"][0]["arguments"]] == ["A", "B", "C", "D"]
+    # Plain prompts (the default) have none of it, and the answer follows a space.
+    plain = run_eval(
+        settings_for(chat_dir, TASKS, FIXTURES, limit=2, num_fewshot=1, log_samples=True), lm=chat_lm
+    )
+    assert not any("<<" in context for context in _contexts(plain).values())
+    assert [a[1] for a in plain["samples"]["mmlu_ru"][0]["arguments"]] == [" A", " B", " C", " D"]
+    assert "prompts in its chat template" not in json.dumps(plain["prompt"])
+
+
+def test_shots_as_turns_and_a_system_message(chat_dir: Path, chat_lm: Any, capsys: Any) -> None:
+    """--fewshot-as-multiturn: the shots lm-eval draws (rsg_terra's) become turns of their own;
+    MMLU's and MERA's shots are part of the prompt as their releases write it, and stay there."""
+    settings = settings_for(
+        chat_dir,
+        ["rsg_terra", "mmlu_ru", "mera_rutie"],
+        FIXTURES,
+        limit=1,
+        num_fewshot=2,
+        chat_template=True,
+        fewshot_as_multiturn=True,
+        system_instruction="Ты — полезный ассистент.",
+        log_samples=True,
+    )
+    contexts = _contexts(run_eval(settings, lm=chat_lm))
+    for context in contexts.values():  # lm-eval adds a task's description to the system message
+        assert context.startswith("<s><<system>>Ты — полезный ассистент."), context
+    assert contexts["rsg_terra"].count("<<user>>") == 3 and contexts["rsg_terra"].count("<<assistant>>") == 3
+    assert contexts["mmlu_ru"].count("<<user>>") == 1 and contexts["mmlu_ru"].count("Ответ:") == 3
+    assert contexts["mera_rutie"].count("<<user>>") == 1  # one question at a time, no shots
+    err = capsys.readouterr().err
+    assert "note: --fewshot-as-multiturn: mmlu_ru write their shots into the prompt" in err
+
+
+def test_cli_records_the_prompt_format_and_compare_labels_it(
+    chat_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    argv = ["eval", "--model", str(chat_dir), "--tasks", "mmlu_ru", "--data-dir", str(FIXTURES)]
+    argv += ["--limit", "2", "--device", "cpu"]
+    assert cli_main([*argv, "--output", str(tmp_path / "plain.json")]) == 0
+    assert cli_main([*argv, "--chat-template", "--output", str(tmp_path / "chat.json")]) == 0
+    chat = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    assert chat["prompt"]["chat_template"] is True
+    assert ", prompts in its chat template" in (tmp_path / "chat.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert (
+        cli_main(
+            ["eval", "compare", str(tmp_path / "plain.json"), str(tmp_path / "chat.json"), "--out", str(out)]
+        )
+        == 0
+    )
+    rows = (out / "compare.csv").read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["tiny", "tiny (chat)"]
+
+
+def test_prompt_options_need_a_template(chat_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(chat_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    base = ["eval", "--tasks", "mera_parus", "--data-dir", str(FIXTURES), "--limit", "1", "--device", "cpu"]
+    cases = [
+        (["--model", str(bare), "--chat-template"], f"--chat-template: {bare} holds no chat template"),
+        (["--model", str(chat_dir), "--fewshot-as-multiturn"], "--fewshot-as-multiturn shapes the chat"),
+        (["--model", str(chat_dir), "--system-instruction", "x"], "--system-instruction shapes the chat"),
+        (
+            ["--model", str(chat_dir), "--chat-template", "--system-instruction", " "],
+            "--system-instruction is empty",
+        ),
+    ]
+    for extra, message in cases:
+        assert cli_main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)
