@@ -49,20 +49,38 @@ MODELS = {
         ],
     ),
     "nemo": ("mistral-nemo-instruct-2407", ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]),
+    # Phi-3.5's headers and end token strip the whitespace after them (rstrip), as its tokenizer.json has it.
+    "phi3.5": (
+        "phi-3.5-mini-instruct",
+        ["<unk>", "<s>", "<|endoftext|>", *(("rstrip", t) for t in ("<|assistant|>", "<|end|>", "<|user|>"))],
+    ),
+    # DeepSeek-R1-Distill: the role markers are plain added tokens, only BOS/EOS are special.
+    "r1": (
+        "deepseek-r1-distill-qwen-32b",
+        [
+            "<｜begin▁of▁sentence｜>",
+            "<｜end▁of▁sentence｜>",
+            *(("plain", t) for t in ("<｜User｜>", "<｜Assistant｜>")),
+        ],
+    ),
 }
-END = {"llama3.1": "<|eot_id|>", "nemo": "</s>"}
+END = {"llama3.1": "<|eot_id|>", "nemo": "</s>", "phi3.5": "<|end|>", "r1": "<｜end▁of▁sentence｜>"}
 
 
 def write_tokenizer(directory: Path, model: str, tokenizer_json: str, template: str | None = None) -> Path:
     """`directory` with `tokenizer_json` plus `model`'s special tokens and a tokenizer_config.json
     holding its official chat template (or `template`) and BOS/EOS."""
+    from tokenizers import AddedToken
     from tokenizers import Tokenizer as HFTokenizer
 
     name, specials = MODELS[model]
     official = json.loads((TEMPLATE_FILES / f"{name}.json").read_text(encoding="utf-8"))
     directory.mkdir(parents=True, exist_ok=True)
     tok = HFTokenizer.from_str(tokenizer_json)
-    tok.add_special_tokens(specials)
+    for token in specials:
+        kind, text = token if isinstance(token, tuple) else ("special", token)
+        added = AddedToken(text, special=kind != "plain", normalized=False, rstrip=kind == "rstrip")
+        (tok.add_tokens if kind == "plain" else tok.add_special_tokens)([added])
     tok.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -86,6 +104,8 @@ CASES = {
     "llama3.1-bytelevel": ("llama3.1", lambda: byte_level_bpe("llama3")),
     "nemo-bytelevel": ("nemo", lambda: byte_level_bpe("llama3")),
     "nemo-metaspace": ("nemo", _metaspace_json),
+    "phi3.5-bytelevel": ("phi3.5", lambda: byte_level_bpe("llama3")),
+    "r1-bytelevel": ("r1", lambda: byte_level_bpe("llama3")),
 }
 
 
@@ -133,7 +153,7 @@ def test_ids_and_mask_follow_the_official_template(
         if model == "nemo" and has_system:
             # Nemo's template writes the system message into the last user turn only (and drops
             # it from a chat ending in an answer): a prompt would not begin its chat.
-            with pytest.raises(ChatRefused, match="renders the turns before it differently"):
+            with pytest.raises(ChatRefused, match="renders the turns before this answer differently"):
                 encode_chat(messages, tok, OWN)
             refused += 1
             continue
@@ -144,6 +164,8 @@ def test_ids_and_mask_follow_the_official_template(
         answers = [m.content for m in messages if m.role == "assistant"]
         if model == "llama3.1":
             answers = [a.strip() for a in answers]  # the template's `| trim`
+        if model == "phi3.5":  # <|assistant|> takes the whitespace after it: "\n" and the answer's own
+            answers = [a.lstrip() for a in answers]
         expected = [a + END[model] for a in answers]
         trained = _trained_texts(tok, enc.ids, enc.mask)
         if model == "nemo" and directory.name.startswith("nemo-metaspace"):
@@ -217,7 +239,7 @@ def test_the_date_is_fixed_and_a_template_rewritten_is_read_anew(tmp_path: Path)
 def test_refusals_name_the_problem(model_dir: tuple[str, Path]) -> None:
     model, directory = model_dir
     tok = load_chat_tokenizer(directory, OWN)
-    control = MODELS[model][1][-1]  # a special token of the tokenizer, typed in a message
+    control = MODELS[model][1][1]  # a special token of the tokenizer, typed in a message
     with pytest.raises(TypedControlError, match=r"message 2 holds the text .*a special token"):
         encode_chat(_chat("вопрос", f"ответ {control}"), tok, OWN)
     if model == "nemo":  # its template refuses a role order it does not know
@@ -304,3 +326,78 @@ def test_export_keeps_the_own_template_and_stops_at_its_end_of_turn(
         assert _hf_ids(exported, messages) == encode_chat(messages, tok, OWN).ids
     stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
     assert tok.piece_to_id(END[model]) in (stops if isinstance(stops, list) else [stops])
+
+
+def _config(directory: Path, **changes: Any) -> None:
+    """tokenizer_config.json of `directory` with `changes` (a None value removes the key)."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        config.pop(key, None) if value is None else config.__setitem__(key, value)
+    path.write_text(json.dumps(config), encoding="utf-8")
+
+
+def test_named_templates_a_missing_bos_and_plain_text_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Templates as transformers reads them: a list of named templates renders its "default"
+    (Hermes-3, Command-R ship such lists), a tokenizer_config.json naming no bos_token gives the
+    template none; a template ending answers in plain text trains no separator and says that the
+    model learns no end of turn; one that writes no answer cannot be trained on."""
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.errors import VikhrError
+    from vikhr.sft.template import resolve_template
+    from vikhr.tokenizer.load import load
+
+    bpe = byte_level_bpe("gpt2")
+    chat = _chat("вопрос", "ответ", "ещё", "второй")
+    plain = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + '\\n\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+    )
+    named = write_tokenizer(tmp_path / "named", "nemo", bpe)
+    official = json.loads((named / "tokenizer_config.json").read_text())["chat_template"]
+    _config(
+        named,
+        chat_template=[{"name": "default", "template": official}, {"name": "tool_use", "template": plain}],
+    )
+    assert resolve_template(AUTO, load(named)) == (OWN, named / "tokenizer_config.json")
+    tok = load_chat_tokenizer(named, OWN)
+    assert encode_chat(chat, tok, OWN).ids == _hf_ids(AutoTokenizer.from_pretrained(named), chat)
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(tok, tmp_path / "export", OWN)
+    exported = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert [t["name"] for t in exported["chat_template"]] == ["default", "tool_use"]  # kept whole
+
+    no_bos = write_tokenizer(tmp_path / "no_bos", "nemo", bpe, template=plain)
+    _config(no_bos, bos_token=None)
+    tok = load_chat_tokenizer(no_bos, OWN)
+    enc = encode_chat(chat, tok, OWN)
+    assert enc.ids == _hf_ids(AutoTokenizer.from_pretrained(no_bos), chat)
+    assert tok.backend.decode(enc.ids, skip_special_tokens=False).startswith("user:\n")  # no "<s>"
+    assert "ends an answer in plain text" in capsys.readouterr().err
+    assert _trained_texts(tok, enc.ids, enc.mask) == ["ответ", "второй"]  # not the "\n\n" after
+    assert end_of_turn_id(tok, OWN) == tok.eos_id
+
+    # Like YandexGPT-5-Lite's: the last answer is never written, a fixed header is.
+    drops_the_answer = (
+        "{% for m in messages %}{% if m['role'] == 'user' or not loop.last %}"
+        "{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endif %}{% endfor %}{{ 'assistant:' }}"
+    )
+    dropping = write_tokenizer(tmp_path / "drops", "nemo", bpe, template=drops_the_answer)
+    with pytest.raises(
+        VikhrError, match=r"cannot train a two-turn chat: message 2: .* writes no text for this answer"
+    ):
+        load_chat_tokenizer(dropping, OWN)
+
+
+def test_a_header_that_takes_the_answers_whitespace_is_not_trained(tmp_path: Path) -> None:
+    """Phi-3.5's <|assistant|> strips the whitespace after it (rstrip), an answer's leading
+    whitespace included: the header token covers answer characters but is still the prompt's."""
+    directory = write_tokenizer(tmp_path, "phi3.5", byte_level_bpe("llama3"))
+    tok = load_chat_tokenizer(directory, OWN)
+    for answer in (" ответ", "\n  ответ", "ответ"):
+        enc = encode_chat(_chat("вопрос", answer), tok, OWN)
+        assert _trained_texts(tok, enc.ids, enc.mask) == ["ответ<|end|>"], answer

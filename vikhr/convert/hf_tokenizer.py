@@ -117,11 +117,12 @@ def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
 
 
 def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
-    """tokenizer_config.json beside the tokenizer file, if there is one, with its own chat template."""
+    """tokenizer_config.json beside the tokenizer file, if there is one, with its own chat template
+    (chat_template.jinja's, which wins; a list of named templates is kept whole)."""
     path = tok.path.with_name("tokenizer_config.json")
     config = _read_json(path) if path.is_file() else {}
     own = own_chat_template(tok)
-    if own is not None:
+    if own is not None and own[1] != path:
         config["chat_template"] = own[0]
     return config
 

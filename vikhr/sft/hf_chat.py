@@ -71,10 +71,14 @@ HF_CHAT_TEMPLATES = {
 def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:
     """The chat template the tokenizer's directory carries, and the file holding it:
     `chat_template.jinja` (where transformers >= 4.47 saves it; it wins, as there) or
-    tokenizer_config.json's `chat_template` (a string; named templates are not read)."""
+    tokenizer_config.json's `chat_template`: a string, or of a list of named templates (Hermes-3,
+    Command-R) the one named "default", which transformers renders when no name is given."""
     jinja = tok.path.with_name("chat_template.jinja")
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8"), jinja
     path = tok.path.with_name("tokenizer_config.json")
     template = read_json_object(path, "fix or remove it").get("chat_template") if path.is_file() else None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
     return (template, path) if isinstance(template, str) else None

@@ -1,24 +1,37 @@
 """The ``own`` chat template: chats rendered by the Jinja chat template the tokenizer carries.
 
-For models whose template is none of vikhr's (Llama-3.1/3.2/3.3, Mistral-Instruct v0.3,
-Mistral-NeMo-Instruct, Gemma, Phi-3, ...): transformers' `apply_chat_template` renders the chat
-with the template of the tokenizer's directory (see `vikhr.sft.hf_chat.own_chat_template`), and
-the text is encoded as `apply_chat_template(..., tokenize=True)` encodes it (the control strings
-the template writes become their ids; nothing else is added), so the ids are those of the
-model's own template by construction.
+For models whose template is none of vikhr's (Llama-3.1/3.2/3.3, Mistral-Instruct v0.2,
+Mistral-NeMo-Instruct, Gemma, Phi-3, DeepSeek-R1-Distill, GigaChat3, ...): transformers'
+`apply_chat_template` renders the chat with the template of the tokenizer's directory (see
+`vikhr.sft.hf_chat.own_chat_template`), and the text is encoded as `apply_chat_template(...,
+tokenize=True)` encodes it (the control strings the template writes become their ids; nothing
+else is added), so the ids are those of the model's own template by construction.
 
-Mask: an answer is what its rendering adds to the prompt for it. The chat up to the answer,
-rendered with ``add_generation_prompt=True``, must begin the chat through the answer, which must
-begin the whole chat; the answer's characters lie between the two, less any text after their last
-control token (the newline ChatML and Gemma write after their end-of-turn token, which a model
-never generates). A token holding an answer character is trained (`vikhr.sft.encoded`).
+Mask. An answer begins where the template writes an answer's text: the chat up to it is
+rendered with a stand-in answer (a private-use character) and the answer starts where the
+stand-in does (DeepSeek-R1-Distill's generation prompt ends in "<think>\\n" that its answers lack,
+so the generation prompt alone does not tell it). It ends with the first control token after its
+start — the end of turn (`<|eot_id|>`, `</s>`, `<|end|>`), not what follows it (ChatML's and
+Gemma's newline, the EOS Phi-3 writes after a finished chat). A template that ends answers in plain
+text trains the answer without the whitespace after it, and `load_for_chats` warns that the model
+then learns no end of turn. A token holding an answer character is trained (`vikhr.sft.encoded`),
+a control token only where it begins in the answer (Phi-3.5's <|assistant|> strips the whitespace
+after it, an answer's leading spaces included, and stays the prompt's). The chat up to the answer
+must render alike with and without it (up to the last user message's text), and the chat through
+the answer must begin the whole chat.
 
-Refused chats (ChatRefused, one line naming the message): those the template itself refuses
-(Gemma's has no system role) and those whose earlier turns it renders differently once later
-turns follow, which cannot be split that way (Mistral v0.3's puts the system message in the last
-user turn only; Qwen3's drops earlier reasoning: train those with ``mistral`` / ``qwen3``).
-A message holding the string of one of the tokenizer's special tokens is refused as
+Refused chats (ChatRefused, one line): those the template itself refuses (Gemma-2's has no system
+role), those whose turns before an answer it renders differently once the answer follows
+(Mistral-NeMo's and Mistral v0.3's put the system message into the last user turn only), those
+whose answer it renders differently once later turns follow (Qwen3's drops earlier reasoning), and
+answers it writes no text for (YandexGPT-5-Lite's drops the last answer): train those with one of
+vikhr's templates. A template that cannot train a plain two-turn chat is refused when loaded. A
+message holding the string of one of the tokenizer's special tokens is refused as
 TypedControlError: rendered, it would become that control.
+
+The tokenizer is transformers' own of the directory (`PreTrainedTokenizerFast.from_pretrained`):
+its special tokens are those transformers reads (a template's `bos_token` is undefined where
+tokenizer_config.json names none).
 
 Templates that write today's date (Llama-3.2's ``strftime_now``) get ``date_string`` = 26 Jul 2024,
 the date Llama-3.1's template writes by default: the tokens do not depend on the day of the run.
@@ -38,6 +51,7 @@ from vikhr.sft.hf_chat import own_chat_template
 from vikhr.tokenizer.load import Tokenizer
 
 FIXED_DATE = "26 Jul 2024"
+STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`OwnTemplate._answer_start`)
 
 
 class ChatRefused(VikhrError):
@@ -51,6 +65,7 @@ class OwnTemplate:
     fast: Any  # transformers' tokenizer of the same tokenizer.json (renders and encodes)
     specials: dict[str, int]  # the tokenizer's special tokens: string -> id
     special_text: re.Pattern[str] | None  # matches any of their strings (None: there are none)
+    longest_special: int  # characters of the longest of them
 
     def render(self, chat: list[dict[str, str]], generation: bool) -> str:
         """The template's text of `chat`; ChatRefused when the template refuses it."""
@@ -79,29 +94,83 @@ class OwnTemplate:
                 start, end = self._answer(chat, i, whole)
                 trained[start:end] = b"\x01" * (end - start)
         encoding = self.fast.backend_tokenizer.encode(whole, add_special_tokens=False)
-        return EncodedChat(list(encoding.ids), trained_tokens(encoding.offsets, trained))
+        mask = trained_tokens(encoding.offsets, trained)
+        controls = set(self.specials.values())
+        # A control token is the answer's only where it begins in it: a header token with rstrip
+        # (Phi-3's <|assistant|>) also takes the whitespace an answer starts with.
+        for k, (token, (start, _)) in enumerate(zip(encoding.ids, encoding.offsets, strict=True)):
+            if token in controls:
+                mask[k] = int(start < len(trained) and trained[start])
+        return EncodedChat(list(encoding.ids), mask)
 
     def end_of_turn_id(self, fallback: int | None) -> int | None:
         """The control token that closes an answer (Llama-3.1's ``<|eot_id|>``, Mistral's ``</s>``),
-        read off a rendered two-turn chat; `fallback` (EOS) when an answer ends in plain text."""
-        probe = [Message("user", "Привет!"), Message("assistant", "Здравствуйте.")]
-        enc = self.encode(probe)
+        read off a rendered two-turn chat; `fallback` (EOS) when an answer ends in plain text.
+        VikhrError when the template cannot be trained on that chat."""
+        enc = self.probe()
         last = max(i for i, m in enumerate(enc.mask) if m)
         return enc.ids[last] if enc.ids[last] in self.specials.values() else fallback
+
+    def probe(self) -> EncodedChat:
+        """A two-turn chat encoded, or VikhrError saying the template cannot be trained on."""
+        try:
+            return self.encode([Message("user", "Привет!"), Message("assistant", "Здравствуйте.")])
+        except ChatRefused as e:
+            raise VikhrError(f"{self.source}: its chat template cannot train a two-turn chat: {e}") from None
 
     def _answer(self, chat: list[dict[str, str]], index: int, whole: str) -> tuple[int, int]:
         """The characters of answer `index` in `whole` (see the module doc), or ChatRefused."""
         prompt = self.render(chat[:index], True)
         through = self.render(chat[: index + 1], False)
-        if not (through.startswith(prompt) and whole.startswith(through)):
+        start = self._answer_start(chat, index, prompt, through)
+        asked = chat[index - 1]["content"].strip()
+        asked_end = prompt.rfind(asked) + len(asked) if asked and asked in prompt else len(prompt)
+        if _common_prefix(prompt, through[:start]) < asked_end:  # the turns before it differ
             raise ChatRefused(
-                f"message {index + 1}: {self.source.name}'s chat template renders the turns before it "
-                "differently once later turns follow (e.g. it moves the system message), so its answer "
-                "cannot be told from its prompt; train with one of vikhr's templates (--template NAME)"
+                f"message {index + 1}: {self.source.name}'s chat template renders the turns before "
+                "this answer differently once it follows (e.g. it moves the system message), so the "
+                "answer cannot be told from its prompt; train with one of vikhr's templates (--template NAME)"
             )
-        answer = through[len(prompt) :]
-        controls = list(self.special_text.finditer(answer)) if self.special_text else []
-        return len(prompt), len(prompt) + (controls[-1].end() if controls else len(answer))
+        first = self.special_text.search(through, start) if self.special_text else None
+        end = first.end() if first else len(through[start:].rstrip()) + start
+        if chat[index]["content"].strip() and not self._has_text(through[start:end]):
+            raise ChatRefused(
+                f"message {index + 1}: {self.source.name}'s chat template writes no text for this "
+                "answer (nothing to train on); train with one of vikhr's templates (--template NAME)"
+            )
+        if not whole.startswith(through[:end]):
+            raise ChatRefused(
+                f"message {index + 1}: {self.source.name}'s chat template renders this answer "
+                "differently once later turns follow, so it cannot be told from the turns after it; "
+                "train with one of vikhr's templates (--template NAME)"
+            )
+        return start, end
+
+    def _answer_start(self, chat: list[dict[str, str]], index: int, prompt: str, through: str) -> int:
+        """Where answer `index` begins in `through`: where the template writes an answer's text,
+        found by rendering a stand-in answer (R1-Distill's generation prompt adds "<think>\\n" that
+        its answers lack, and an answer may begin with the same characters). Where the stand-in is
+        not written as given, where `through` leaves the generation prompt, not inside a control."""
+        stand_in = self.render([*chat[:index], {"role": "assistant", "content": STAND_IN}], False)
+        at = stand_in.rfind(STAND_IN)
+        if at >= 0 and through.startswith(stand_in[:at]):
+            return at
+        return self._before_control(through, _common_prefix(prompt, through))
+
+    def _before_control(self, text: str, position: int) -> int:
+        """`position`, or the start of the control token of `text` it falls inside (a generation
+        prompt "<｜Assistant｜><think>" and an answer "<｜Assistant｜><｜end▁of▁sentence｜>" share a "<")."""
+        if self.special_text is None:
+            return position
+        window = (max(0, position - self.longest_special), position + self.longest_special)
+        for found in self.special_text.finditer(text, *window):
+            if found.start() < position < found.end():
+                return found.start()
+        return position
+
+    def _has_text(self, text: str) -> bool:
+        bare = self.special_text.sub("", text) if self.special_text else text
+        return bool(bare.strip())
 
     def _check_typed(self, messages: list[Message]) -> None:
         for number, m in enumerate(messages, start=1):
@@ -129,6 +198,32 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def _transformers_tokenizer(tok: Tokenizer) -> Any:
+    """transformers' own tokenizer of the directory (its special tokens as transformers reads them:
+    a template's `bos_token` is None where tokenizer_config.json names none), or, for a
+    tokenizer.json under another name, vikhr's conversion."""
+    if tok.path.name == "tokenizer.json":
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(tok.path.parent)
+    return tok.to_transformers()
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of `a` and `b` (a binary search of C comparisons:
+    prompts run to thousands of characters)."""
+    if b.startswith(a):
+        return len(a)
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 @functools.lru_cache(maxsize=8)
 def _own_template(tok: Tokenizer, stamps: tuple[tuple[int, int] | None, ...]) -> OwnTemplate:
     del stamps  # the cache key only
@@ -144,8 +239,9 @@ def _own_template(tok: Tokenizer, stamps: tuple[tuple[int, int] | None, ...]) ->
             "model's tokenizer.json, which transformers renders it with: give that file as --tokenizer "
             "(a directory holding both opens the .model), or choose a template with --template NAME"
         )
-    fast = tok.to_transformers()
+    fast = _transformers_tokenizer(tok)
     added = fast.backend_tokenizer.get_added_tokens_decoder()
     specials = {t.content: i for i, t in added.items() if t.special}
     pattern = "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))
-    return OwnTemplate(found[0], found[1], fast, specials, re.compile(pattern) if pattern else None)
+    longest = max(map(len, specials), default=0)
+    return OwnTemplate(found[0], found[1], fast, specials, re.compile(pattern) if pattern else None, longest)

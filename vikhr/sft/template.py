@@ -68,6 +68,7 @@ template text and the start of an answer (a byte-level merge of ``\\n`` + an ans
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,13 @@ def load_for_chats(path: str | Path, template: str) -> tuple[Tokenizer, str, Pat
     tok = load(path)
     template, chosen_by = resolve_template(template, tok)
     _controls_made_special(tok, template_token_ids(tok, template))
+    if template == OWN and own_template(tok).end_of_turn_id(None) is None:  # VikhrError if untrainable
+        print(
+            f"warning: {own_template(tok).source}: its chat template ends an answer in plain text, with "
+            "no control token: the model learns no end of turn, and stops only at EOS, which the "
+            "chats do not hold",
+            file=sys.stderr,
+        )
     return tok, template, chosen_by
 
 
