@@ -156,6 +156,9 @@ def test_ids_and_mask_follow_the_official_template(
             with pytest.raises(ChatRefused, match="renders the turns before this answer differently"):
                 encode_chat(messages, tok, OWN)
             refused += 1
+            # A prompt for generation needs no answer told apart: it is the template's, whole.
+            prompt = encode_chat(messages[:-1], tok, OWN, for_generation=True)
+            assert prompt.ids == _hf_ids(fast, messages[:-1], generation=True), number
             continue
         enc = encode_chat(messages, tok, OWN)
         assert enc.ids == _hf_ids(fast, messages), number
@@ -256,7 +259,7 @@ def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
     config = json.loads((bare / "tokenizer_config.json").read_text())
     del config["chat_template"]
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(VikhrError, match=r"carries no chat template .* for --template own"):
+    with pytest.raises(VikhrError, match=r"carries no chat template .* for the own template"):
         load_chat_tokenizer(bare, OWN)
     sp = tmp_path / "sp"
     sp.mkdir()
@@ -401,3 +404,41 @@ def test_a_header_that_takes_the_answers_whitespace_is_not_trained(tmp_path: Pat
     for answer in (" ответ", "\n  ответ", "ответ"):
         enc = encode_chat(_chat("вопрос", answer), tok, OWN)
         assert _trained_texts(tok, enc.ids, enc.mask) == ["ответ<|end|>"], answer
+
+
+def test_convert_warns_of_a_changed_template_and_stops_at_a_kept_ones_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sft prepare` records the own template's SHA-256; `convert` warns when the tokenizer's
+    template is no longer that one. An export that keeps a tokenizer's own template without an SFT
+    record (`--tokenizer`) still stops at its end of turn (Phi-3.5: <|end|>, not only EOS)."""
+    from transformers import GenerationConfig
+
+    from vikhr.convert.hf_tokenizer import _sft_tokenizer, warn_of_changed_template, write_tokenizer_files
+    from vikhr.sft.prepare import prepare_sft
+    from vikhr.tokenizer.load import load
+
+    directory = write_tokenizer(tmp_path / "tok", "llama3.1", byte_level_bpe("llama3"))
+    prepare_sft(
+        RU_SEED_CHATS, directory, tmp_path / "data" / "a", template="auto", max_chats=3, progress=False
+    )
+    config = {"data": {"kind": "sft", "train": [{"prefix": str(tmp_path / "data" / "a")}]}}
+    recorded = _sft_tokenizer(config, tmp_path)
+    assert recorded is not None and recorded.template == OWN and recorded.template_sha256
+    tok = load(directory)
+    warn_of_changed_template(tok, recorded)
+    assert "warning" not in capsys.readouterr().err
+    _config(
+        directory,
+        chat_template=json.loads((directory / "tokenizer_config.json").read_text())["chat_template"] + " ",
+    )
+    warn_of_changed_template(load(directory), recorded)
+    err = capsys.readouterr().err
+    assert "the chat template is not the one the model was tuned with" in err and err.count("\n") == 1
+
+    phi = write_tokenizer(tmp_path / "phi", "phi3.5", byte_level_bpe("llama3"))
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(phi), tmp_path / "export", None)
+    stops = GenerationConfig.from_pretrained(tmp_path / "export").eos_token_id
+    tok = load(phi)
+    assert tok.piece_to_id("<|end|>") in stops and tok.eos_id in stops

@@ -20,8 +20,10 @@ prefix on) `apply_chat_template` then gives the ids that the SFT data was traine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class RecordedTokenizer:
     path: Path
     recorded_by: str
     template: str | None = None  # the vikhr.sft.template chat template the model was tuned with
+    template_sha256: str | None = None  # for ``own``: the SHA-256 of the Jinja text it was tuned with
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
     (relative dataset prefixes are relative to `cwd`, where the run trained)."""
     from vikhr.sft.layout import sft_files
 
-    found: dict[tuple[str, str | None], Path] = {}
+    found: dict[tuple[str, str | None, str | None], Path] = {}
     for entry in config.get("data", {}).get("train") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
             continue
@@ -59,15 +62,33 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
         if meta_path.is_file():
             sft = _read_json(meta_path)
             if isinstance(sft.get("tokenizer"), str):
-                found.setdefault((sft["tokenizer"], sft.get("template")), meta_path)
+                sha = sft.get("template_sha256") if isinstance(sft.get("template_sha256"), str) else None
+                found.setdefault((sft["tokenizer"], sft.get("template"), sha), meta_path)
     if len(found) > 1:
         raise VikhrError(
             "the SFT datasets of this run record different tokenizers or chat templates "
             f"({', '.join(map(str, found.values()))}): the run mixed data of several tokenizers"
         )
-    for (path, template), meta_path in found.items():
-        return RecordedTokenizer(Path(path), str(meta_path), template)
+    for (path, template, sha), meta_path in found.items():
+        return RecordedTokenizer(Path(path), str(meta_path), template, sha)
     return None
+
+
+def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> None:
+    """One warning line when the tokenizer's own chat template is no longer the one an ``own``
+    SFT run was tuned with (the export carries the one there now)."""
+    if recorded.template != "own" or recorded.template_sha256 is None:
+        return
+    own = own_chat_template(tok)
+    now = hashlib.sha256(own[0].encode("utf-8")).hexdigest() if own is not None else None
+    if now != recorded.template_sha256:
+        where = own[1] if own is not None else tok.path.parent
+        print(
+            f"warning: {where}: the chat template is not the one the model was tuned with "
+            f"({recorded.recorded_by} records sha256 {recorded.template_sha256[:12]}…, now "
+            f"{now[:12] + '…' if now else 'none'}); the export carries the one there now",
+            file=sys.stderr,
+        )
 
 
 def recorded_tokenizer(step_dir: Path) -> RecordedTokenizer | None:
@@ -127,6 +148,17 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
     return config
 
 
+def _own_end_of_turn(tok: Tokenizer) -> int | None:
+    """The end-of-turn token of the chat template kept with the tokenizer (a model exported with it
+    stops there), None where it cannot be found (a bare .model, a template that writes no answer)."""
+    from vikhr.sft.own_template import own_template
+
+    try:
+        return own_template(tok).end_of_turn_id(None)
+    except VikhrError:
+        return None
+
+
 def _source_stop_ids(tok: Tokenizer) -> tuple[list[int], list[int]]:
     """The EOS ids that config.json and generation_config.json beside the tokenizer list (empty
     where they give one id or none): Llama-3 instruct models stop on several tokens."""
@@ -182,6 +214,8 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
             config["chat_template"] = HF_CHAT_TEMPLATES[template]
         # A tuned model ends its answers with the template's end-of-turn token (<|eot_id|>, <|im_end|>).
         stops = _with(stops, end_of_turn_id(tok, template))
+    elif own_chat_template(tok) is not None:
+        stops = _with(stops, _own_end_of_turn(tok))
     if len(stops) > 1:
         generation["eos_token_id"] = stops
     if template not in HF_CHAT_TEMPLATES and isinstance(source_config.get("chat_template"), str):

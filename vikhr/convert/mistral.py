@@ -630,7 +630,12 @@ def megatron_to_hf(
     `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint
     records; without either, only the weights and config.json are written.
     """
-    from vikhr.convert.hf_tokenizer import load_for_model, recorded_tokenizer, write_tokenizer_files
+    from vikhr.convert.hf_tokenizer import (
+        load_for_model,
+        recorded_tokenizer,
+        warn_of_changed_template,
+        write_tokenizer_files,
+    )
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
@@ -642,6 +647,8 @@ def megatron_to_hf(
         tok = load_for_model(Path(tokenizer), cfg.vocab_size, "--tokenizer")
     elif recorded is not None:
         tok = load_for_model(recorded.path, cfg.vocab_size, recorded.recorded_by)
+    if tok is not None and recorded is not None:
+        warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
     hf_cfg = model_config_to_hf_config(cfg, meta.get("hf_config"))
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype

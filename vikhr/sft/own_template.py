@@ -40,6 +40,7 @@ the date Llama-3.1's template writes by default: the tokens do not depend on the
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,12 @@ class OwnTemplate:
         trained = bytearray(len(whole))
         for i, m in enumerate(messages):
             if m.role == "assistant":
-                start, end = self._answer(chat, i, whole)
+                try:
+                    start, end = self._answer(chat, i, whole)
+                except ChatRefused:
+                    if not for_generation:
+                        raise
+                    continue  # a prompt needs its ids; an earlier answer's mask is a nicety
                 trained[start:end] = b"\x01" * (end - start)
         encoding = self.fast.backend_tokenizer.encode(whole, add_special_tokens=False)
         mask = trained_tokens(encoding.offsets, trained)
@@ -102,6 +108,11 @@ class OwnTemplate:
             if token in controls:
                 mask[k] = int(start < len(trained) and trained[start])
         return EncodedChat(list(encoding.ids), mask)
+
+    @property
+    def sha256(self) -> str:
+        """The template text's SHA-256: what `sft prepare` records and `convert` checks."""
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
 
     def end_of_turn_id(self, fallback: int | None) -> int | None:
         """The control token that closes an answer (Llama-3.1's ``<|eot_id|>``, Mistral's ``</s>``),
@@ -231,7 +242,7 @@ def _own_template(tok: Tokenizer, stamps: tuple[tuple[int, int] | None, ...]) ->
     if found is None:
         raise VikhrError(
             f"{tok.path.parent} carries no chat template (chat_template.jinja, or chat_template in "
-            "tokenizer_config.json) for --template own: add the model's, or choose one with --template NAME"
+            "tokenizer_config.json) for the own template: add the model's, or choose another template"
         )
     if tok.kind != "huggingface":
         raise VikhrError(

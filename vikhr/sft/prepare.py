@@ -23,8 +23,10 @@ from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
+from vikhr.sft.own_template import own_template
 from vikhr.sft.template import (
     AUTO,
+    OWN,
     EncodedChat,
     Message,
     control_ids,
@@ -52,6 +54,7 @@ class PrepareSummary:
     loss_tokens: int
     max_token_id: int
     template_from: str | None = None  # the tokenizer's file whose chat template chose `template`
+    template_sha256: str | None = None  # of the Jinja text, for ``own`` (`convert` checks it)
 
     def line(self) -> str:
         share = self.loss_tokens / max(self.tokens, 1)
@@ -125,6 +128,7 @@ def prepare_sft(
             loss_tokens=loss_tokens,
             max_token_id=max_id,
             template_from=None if template_from is None else str(template_from.resolve()),
+            template_sha256=own_template(tok).sha256 if template == OWN else None,
         )
         tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
         # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).
