@@ -137,3 +137,105 @@ def test_prompt_options_need_a_template(chat_dir: Path, tmp_path: Path, capsys: 
         assert cli_main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (extra, err)
+
+
+def _lm_with(template: str, chat_dir: Path, directory: Path) -> Any:
+    shutil.copytree(chat_dir, directory)
+    (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return make_lm(settings_for(directory, [], FIXTURES, chat_template=True), load_tokenizer(directory, None))
+
+
+def test_an_answer_is_scored_where_the_templates_answers_begin(chat_dir: Path, tmp_path: Path) -> None:
+    """The prompt ends with what the template writes before an answer's text: vikhr's mistral a
+    space (so " да" is scored as the SFT data trained it, "▁да"), Qwen3 its empty thinking block."""
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    lm = _lm_with(HF_CHAT_TEMPLATES["mistral"], chat_dir, tmp_path / "mistral")
+    context = lm.apply_chat_template([{"role": "user", "content": "Вопрос?"}])
+    assert context.endswith("[/INST] ")
+    tok = load_chat_tokenizer(tmp_path / "mistral", "mistral")
+    chat = parse_chat(
+        {"messages": [{"role": "user", "content": "Вопрос?"}, {"role": "assistant", "content": "да"}]}
+    )
+    trained = encode_chat(chat, tok, "mistral")
+    answer = [i for i, m in zip(trained.ids, trained.mask, strict=True) if m][:-1]  # without </s>
+    context_ids, continuation_ids = lm._encode_pair(context, "да")
+    assert continuation_ids == answer and context_ids == trained.ids[: len(context_ids)]
+
+    qwen3 = _lm_with(HF_CHAT_TEMPLATES["qwen3"], chat_dir, tmp_path / "qwen3")
+    context = qwen3.apply_chat_template([{"role": "user", "content": "Вопрос?"}])
+    assert context.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_generation_stops_at_the_templates_end_of_turn(
+    chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ChatML on a tokenizer without its tokens: <|im_end|> is text, and a stop of its own."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+
+    lm = _lm_with(HF_CHAT_TEMPLATES["chatml"], chat_dir, tmp_path / "chatml")
+    seen: list[Any] = []
+    monkeypatch.setattr(
+        HFLM, "generate_until", lambda self, requests, disable_tqdm=False: seen.extend(requests)
+    )
+    request = Instance("generate_until", {}, ("prompt", {"until": ["\n"], "max_gen_toks": 4}), 0)
+    lm.generate_until([request])
+    assert seen[0].args[1]["until"] == ["\n", "<|im_end|>"]
+
+
+def test_a_template_without_system_role_gets_the_system_text_in_the_user_turn(
+    chat_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """lm-eval drops a system turn such a template refuses (the task's description with it); here
+    it opens the first user turn, and a note says so once. A template without BOS gets none."""
+    refuses = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}<<{{ m['role'] }}>>{{ m['content'] }}"
+        "{% endfor %}{% if add_generation_prompt %}<<a>>{% endif %}"
+    )
+    lm = _lm_with(refuses, chat_dir, tmp_path / "gemma-like")
+    chat = [{"role": "system", "content": "Будь краток."}, {"role": "user", "content": "Вопрос?"}]
+    assert lm.apply_chat_template(chat) == "<<user>>Будь краток.\n\nВопрос?<<a>>"
+    lm.apply_chat_template(chat)
+    assert capsys.readouterr().err.count("the template refuses a system turn") == 1
+    assert lm.tok_encode("<<user>>Вопрос?<<a>>")[0] != lm.tokenizer.bos_token_id  # as the template writes it
+
+
+def test_a_rerun_with_another_template_beside_the_tokenizer_file_runs_again(
+    chat_dir: Path, tmp_path: Path
+) -> None:
+    from vikhr.eval.progress import TaskProgress
+
+    directory = tmp_path / "model"
+    shutil.copytree(chat_dir, directory)
+    settings = settings_for(
+        directory, ["mmlu_ru"], FIXTURES, chat_template=True, tokenizer=directory / "tokenizer.json"
+    )
+    before = TaskProgress(tmp_path / "progress", settings, False)._fingerprint("mmlu_ru", [])
+    (directory / "chat_template.jinja").write_text(TEMPLATE.replace("<<user>>", "<<u>>"), encoding="utf-8")
+    assert TaskProgress(tmp_path / "progress", settings, False)._fingerprint("mmlu_ru", []) != before
+
+
+def test_a_template_that_does_not_render_is_one_line_before_the_model_loads(
+    chat_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(chat_dir, broken)
+    (broken / "chat_template.jinja").write_text("{{ messages[0]['content'] }", encoding="utf-8")
+    argv = [
+        "eval",
+        "--model",
+        str(broken),
+        "--tasks",
+        "mmlu_ru",
+        "--data-dir",
+        str(FIXTURES),
+        "--chat-template",
+    ]
+    assert cli_main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chat_template.jinja: the chat template does not render a chat" in err[0], err

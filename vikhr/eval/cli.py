@@ -251,7 +251,8 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fewshot-as-multiturn",
         action="store_true",
-        help="with --chat-template: each few-shot example as a user turn and its answer as an assistant turn",
+        help="with --chat-template: each few-shot example lm-eval draws as a user turn and its answer as "
+        "an assistant turn (MMLU's and MERA's shots are part of their prompts and stay there)",
     )
     p.add_argument(
         "--system-instruction",

@@ -7,11 +7,16 @@ Imported when a model is loaded: it imports lm-eval and torch.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from lm_eval.models.huggingface import HFLM
+
+from vikhr.errors import VikhrError
+
+STAND_IN = "\ue000"  # a private-use character: a stand-in answer (`chat_answer_frame`)
 
 
 def available_memory() -> int:
@@ -44,6 +49,12 @@ class VikhrLM(HFLM):
       conditions the first real token, as in training.
     - It counts the positions it runs through the model (`model_tokens`).
     - `batch_size="auto"` searches at the length the requests need, and on a CPU not at all.
+    - With `use_chat_template` (--chat-template) a prompt ends with what the template writes
+      before an answer's text, not only its generation prompt (vikhr's mistral: a space; Qwen3:
+      its empty thinking block), generation also stops at the text the template closes an answer
+      with (a ChatML end spelled out as text), a template without a system role gets the system
+      text at the head of the first user turn (lm-eval would drop it), and text is encoded with
+      no special tokens added: the template's BOS or none, as transformers' tokenize=True does.
     """
 
     _rolling = False
@@ -62,6 +73,46 @@ class VikhrLM(HFLM):
     # than it needs no passes (a forward pass's memory grows with the length), where lm-eval alone
     # searches again for every task.
     _largest_fits_at = 0
+    chat = False
+    _answer_prefix = ""
+    _answer_end = ""
+    _noted_folded_system = False
+
+    def use_chat_template(self) -> None:
+        """Prompt in the tokenizer's chat template (see the class doc; `chat_answer_frame`)."""
+        self.chat = True
+        self._answer_prefix, self._answer_end = chat_answer_frame(self.tokenizer)
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        try:
+            text = self._render(chat_history, add_generation_prompt)
+        except Exception as e:
+            if not chat_history or chat_history[0]["role"] != "system" or len(chat_history) < 2:
+                raise VikhrError(
+                    f"--chat-template: the chat template refused a prompt: {_first_line(e)}"
+                ) from e
+            text = self._render(_system_folded(chat_history), add_generation_prompt)
+            if not self._noted_folded_system:
+                self._noted_folded_system = True
+                print(
+                    f"note: --chat-template: the template refuses a system turn ({_first_line(e)}): the "
+                    "system text (--system-instruction, a task's description) opens the first user turn",
+                    file=sys.stderr,
+                )
+        return text + self._answer_prefix if add_generation_prompt else text
+
+    def _render(self, chat_history: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return str(
+            self.tokenizer.apply_chat_template(
+                chat_history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+                **self.chat_template_args,
+            )
+        )
 
     def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
         if requests:  # lm-eval's own probe length for them
@@ -104,6 +155,11 @@ class VikhrLM(HFLM):
             self._probe_length = None
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        if self.chat and self._answer_end:
+            for r in requests:
+                context, kwargs = r.arguments
+                until = list(kwargs.get("until") or [])
+                r.arguments = (context, {**kwargs, "until": [*until, self._answer_end]})
         if self.batch_size != "auto" or not requests:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         prompt = max(len(self.tok_encode(r.args[0])) for r in requests)
@@ -134,6 +190,31 @@ class VikhrLM(HFLM):
             self._rolling = False
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        if self._rolling and add_special_tokens is None:
+        if (self._rolling or self.chat) and add_special_tokens is None:
             add_special_tokens = False
         return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+
+
+def chat_answer_frame(tokenizer: Any) -> tuple[str, str]:
+    """(what the tokenizer's chat template writes between its generation prompt and an answer's
+    text, the text it closes an answer with, stripped), from a one-turn chat with a stand-in answer;
+    ("", "") where the answer is not written after the generation prompt (R1-Distill's)."""
+    question = [{"role": "user", "content": "?"}]
+    prompt = str(tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True))
+    answered = [*question, {"role": "assistant", "content": STAND_IN}]
+    whole = str(tokenizer.apply_chat_template(answered, tokenize=False))
+    at = whole.rfind(STAND_IN)
+    if at < 0 or not whole.startswith(prompt):
+        return "", ""
+    return whole[len(prompt) : at], whole[at + len(STAND_IN) :].strip()
+
+
+def _system_folded(chat: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`chat` without its system turn, whose text opens the first user turn."""
+    system, first, *rest = chat
+    return [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -37,6 +37,17 @@ def _files_under(path: Path) -> list[list[Any]]:
     return [_file_stamp(path)] if path.is_file() else []
 
 
+def _tokenizer_files(path: Path) -> list[list[Any]]:
+    """The stamps of a tokenizer (a file or a directory's files) and, for a file, of the files
+    beside it that shape its use: its chat template and special tokens."""
+    stamps = _files_under(path)
+    if path.is_file():
+        for name in ("chat_template.jinja", "tokenizer_config.json", "special_tokens_map.json"):
+            if path.with_name(name).is_file() and path.name != name:
+                stamps.append(_file_stamp(path.with_name(name)))
+    return stamps
+
+
 def as_json(value: Any) -> Any:
     """`value` as JSON gives it back (numpy scalars as numbers, tuples as lists): a task's results
     are used in this form whether they were just computed or read from an earlier run's file."""
@@ -64,7 +75,7 @@ class TaskProgress:
             "settings": json.loads(json.dumps(kept, default=str)),
             "log_samples": log_samples,
             "model": _files_under(settings.model_dir),
-            "tokenizer": _files_under(settings.tokenizer) if settings.tokenizer else None,
+            "tokenizer": _tokenizer_files(settings.tokenizer) if settings.tokenizer else None,
             "versions": [vikhr.__version__, lm_eval.__version__],
         }
 

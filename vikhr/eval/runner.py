@@ -149,7 +149,7 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
     if settings.chat_template:
         fast.chat_template = chat_template_of(tokenizer)
     try:
-        return VikhrLM(
+        lm = VikhrLM(
             pretrained=str(settings.model_dir) if model is None else model,
             tokenizer=fast,
             device=device,
@@ -168,10 +168,14 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
             f"cannot load the model in {settings.model_dir}: {first} (check its config.json and "
             "generation_config.json)"
         ) from None
+    if settings.chat_template:
+        lm.use_chat_template()
+    return lm
 
 
 def chat_template_of(tokenizer: Tokenizer) -> str:
-    """The chat template beside the tokenizer (for --chat-template), or a one-line VikhrError."""
+    """The chat template beside the tokenizer (for --chat-template), checked to render a one-turn
+    chat; a one-line VikhrError otherwise."""
     from vikhr.sft.hf_chat import own_chat_template
 
     own = own_chat_template(tokenizer)
@@ -181,6 +185,14 @@ def chat_template_of(tokenizer: Tokenizer) -> str:
             "chat_template in tokenizer_config.json; 'vikhr convert megatron-to-hf' writes the SFT "
             "run's): add the model's, or evaluate without --chat-template"
         )
+    fast = tokenizer.to_transformers()
+    try:
+        fast.apply_chat_template([{"role": "user", "content": "?"}], chat_template=own[0], tokenize=False)
+    except Exception as e:  # a Jinja syntax error, or a template that refuses the simplest chat
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VikhrError(
+            f"--chat-template: {own[1]}: the chat template does not render a chat: {first}"
+        ) from None
     return own[0]
 
 
