@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import SHARED_DATA
-from tests.test_sft_templates import TEMPLATE_FILES, _handmade_chats, byte_level_bpe
+from tests.test_sft_templates import TEMPLATE_FILES, byte_level_bpe, seed_and_real_chats
 from vikhr.assets import RU_SEED_CHATS
 from vikhr.sft.build import build
 from vikhr.sft.encoded import Message, TypedControlError
@@ -117,12 +115,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def chats() -> list[list[Message]]:
-    """The bundled seed chats, the first 200 of ../shared/data's rulm set when present, hand-made ones."""
-    found = [messages for _, messages in read_chats(RU_SEED_CHATS)]
-    rulm = SHARED_DATA / "sft" / "rulm-self-instruct.chat.jsonl"
-    if rulm.is_file():
-        found += [messages for _, messages in islice(read_chats(rulm), 200)]
-    return found + _handmade_chats()
+    return seed_and_real_chats()
 
 
 def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:

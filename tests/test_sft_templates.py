@@ -79,13 +79,18 @@ def _handmade_chats() -> list[list[Message]]:
     return [parse_chat({"messages": [{"role": r, "content": c} for r, c in chat]}) for chat in chats]
 
 
-@pytest.fixture(scope="module")
-def chats() -> list[list[Message]]:
+def seed_and_real_chats() -> list[list[Message]]:
+    """The bundled seed chats, the first 200 of ../shared/data's rulm set when present, hand-made ones."""
     found = [messages for _, messages in read_chats(RU_SEED_CHATS)]
     rulm = SHARED_DATA / "sft" / "rulm-self-instruct.chat.jsonl"
     if rulm.is_file():
         found += [messages for _, messages in islice(read_chats(rulm), 200)]
     return found + _handmade_chats()
+
+
+@pytest.fixture(scope="module")
+def chats() -> list[list[Message]]:
+    return seed_and_real_chats()
 
 
 @functools.cache

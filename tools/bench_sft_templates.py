@@ -4,14 +4,15 @@
     python tools/bench_sft_templates.py --chats 500 --runs 1
 
 The chats: the rulm chats of ../shared/data/sft (the bundled seed chats where absent), repeated to
-`--chats`. The tokenizer: an 8,000-token Llama-3-style byte-level BPE trained here on the bundled
-Russian sample, with Llama-3's control tokens, beside a tokenizer_config.json holding an official
-chat template (tests/data/chat_templates). Each run is a whole `vikhr sft prepare` process
-(start-up, tokenizer load, writing the indexed dataset); peak RSS is that process's.
+`--chats`. The tokenizer: the demo's 8,000-token Llama-3-like byte-level BPE
+(`vikhr.demo.llama3_like_tokenizer`, trained here on the bundled Russian sample, Llama-3's control
+tokens), its tokenizer_config.json holding an official chat template (tests/data/chat_templates).
+Each run is a whole `vikhr sft prepare` process (start-up, tokenizer load, writing the indexed
+dataset); peak RSS is that process's.
 
 * llama3: `--template llama3` (vikhr's segments, encoded run by run) with Meta-Llama-3-8B-Instruct's
   template beside it;
-* own, same template: `--template own` on the same files: transformers renders each chat (2k+1
+* own, same template: `--template own` on the same files: transformers renders each chat (3k+1
   renders for k answers, to tell answers from prompts) and the text is encoded once. Its ids must
   equal llama3's (checked: the .bin files are compared);
 * own, Llama-3.1: `--template own` with Llama-3.1-8B-Instruct's template (a dated system header in
@@ -23,56 +24,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
+
+from vikhr.assets import RU_SAMPLE
+from vikhr.demo import llama3_like_tokenizer
+from vikhr.jsonl import read_texts
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "tests" / "data" / "chat_templates"
-LLAMA3_SPECIALS = [
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-]
 
 
-def byte_level_bpe(vocab_size: int = 8000) -> str:
-    """tokenizer.json text of a Llama-3-style byte-level BPE (Split regex + ByteLevel) trained on the
-    bundled Russian sample."""
-    from itertools import islice
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from vikhr.assets import RU_SAMPLE
-    from vikhr.jsonl import read_texts
-    from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(islice(read_texts(RU_SAMPLE), 2000), trainer)
-    bpe.add_special_tokens(LLAMA3_SPECIALS)
-    return bpe.to_str()
-
-
-def write_tokenizer(directory: Path, tokenizer_json: str, template_file: str) -> Path:
+def write_tokenizer(directory: Path, base: Path, template_file: str) -> Path:
+    """`base` (the demo's Llama-3-like tokenizer) with an official chat template and its BOS/EOS."""
     official = json.loads((TEMPLATES / template_file).read_text(encoding="utf-8"))
-    directory.mkdir(parents=True)
-    (directory / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    config = {key: official[key] for key in ("bos_token", "eos_token", "chat_template")}
+    shutil.copytree(base, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.update({key: official[key] for key in ("bos_token", "eos_token", "chat_template")})
     (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return directory
 
@@ -120,9 +94,9 @@ def main() -> None:
         work = Path(tmp)
         chats = work / "chats.jsonl"
         distinct = write_chats(chats, args.chats)
-        bpe = byte_level_bpe()
-        llama3 = write_tokenizer(work / "llama3", bpe, "meta-llama-3-8b-instruct.json")
-        llama31 = write_tokenizer(work / "llama31", bpe, "meta-llama-3.1-8b-instruct.json")
+        base = llama3_like_tokenizer(islice(read_texts(RU_SAMPLE), 2000), work / "base", 8000)
+        llama3 = write_tokenizer(work / "llama3", base, "meta-llama-3-8b-instruct.json")
+        llama31 = write_tokenizer(work / "llama31", base, "meta-llama-3.1-8b-instruct.json")
         cases = [
             ("llama3", llama3, "llama3"),
             ("own, same template", llama3, "own"),
