@@ -633,3 +633,40 @@ def test_without_template_chats_follow_the_tokenizers_own_chat_template(
     # A template none of vikhr's renders alike: the tokenizer's own, rendered (vikhr.sft.own_template).
     (jinja / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     assert resolve_template(AUTO, load(jinja)) == ("own", jinja / "chat_template.jinja")
+
+
+@pytest.mark.parametrize("inst_tokens", [True, False], ids=["inst-tokens", "no-inst-tokens"])
+def test_mistral_on_a_byte_level_tokenizer_gives_the_ids_of_its_export(
+    inst_tokens: bool, chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """Mistral-NeMo's tekken (byte-level) holds [INST]/[/INST] as control tokens: the mistral
+    template spelled them out as text, and wrote answers without the space SentencePiece's dummy
+    prefix gives them, so the export's template (`[INST] … [/INST] answer</s>`, rendered and
+    tokenized by transformers) gave other ids than training. Now they are one id each where the
+    tokenizer has both, and the answer opens with its space."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.tokenizer.load import load
+
+    source = tmp_path / "source"
+    source.mkdir()
+    bpe = HFTokenizer.from_str(byte_level_bpe("llama3"))
+    bpe.add_special_tokens(["<unk>", "<s>", "</s>", *(["[INST]", "[/INST]"] if inst_tokens else [])])
+    bpe.save(str(source / "tokenizer.json"))
+    (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = load_chat_tokenizer(source, "mistral")
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(source), tmp_path / "export", "mistral")
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    sample = chats[:50] + _handmade_chats()  # the hand-made ones: a system message, several turns
+    for number, messages in enumerate(sample):
+        assert encode_chat(messages, tok, "mistral").ids == _hf_ids(exported, messages), number
+        prompt = encode_chat(messages[:-1], tok, "mistral", for_generation=True).ids
+        assert prompt == _hf_ids(exported, messages[:-1], generation=True), number
+    typed = parse_chat(
+        {"messages": [{"role": "user", "content": "[INST] x"}, {"role": "assistant", "content": "y"}]}
+    )
+    inst = tok.piece_to_id("[INST]")
+    assert (encode_chat(typed, tok, "mistral").ids.count(inst) == 1) if inst_tokens else inst is None

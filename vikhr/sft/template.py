@@ -16,7 +16,10 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   SentencePiece every segment starts with the dummy-prefix space (``▁[``, ``▁Да``) exactly as
   mistral-common produces it. HF's jinja template applied to the whole string tokenizes the
   answer's first word differently (no space after ``[/INST]``); this module follows mistral-common.
-  Needs a tokenizer with BOS and EOS.
+  With a byte-level tokenizer (Mistral-NeMo's tekken) the answer opens with an explicit space (what
+  the dummy prefix writes), and ``[INST]``/``[/INST]`` are one id each where the tokenizer has both
+  (tekken's control tokens), so the ids equal those of the export's Jinja template tokenized by
+  transformers. Needs a tokenizer with BOS and EOS.
 * ``chatml``, Qwen2.5-Instruct's template without tools: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
   per message, ``{bos}`` being the tokenizer's BOS when it has one (``<s>`` for Mistral) and
   nothing when it has none (Qwen: ``bos_token`` null). Unlike Qwen's template, no system message
@@ -85,11 +88,12 @@ ROLES = ("system", "user", "assistant")
 TEMPLATES = ("mistral", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
 OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+MISTRAL_INST, MISTRAL_INST_END = "[INST]", "[/INST]"
 LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
 # The control-token strings of each template (Mistral's are the tokenizer's BOS/EOS ids).
 TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
-    "mistral": (),
+    "mistral": (MISTRAL_INST, MISTRAL_INST_END),  # ids only on a byte-level tokenizer having both
     "chatml": (CHATML_START, CHATML_END),
     "qwen3": (CHATML_START, CHATML_END),
     "llama3": (LLAMA3_BEGIN, LLAMA3_HEADER_START, LLAMA3_HEADER_END, LLAMA3_EOT),
@@ -115,7 +119,8 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
                     f"{tok.path} has no {name} token; the mistral chat template needs one "
                     "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
                 )
-        return {}
+        if not tok.byte_level:
+            return {}  # spelled out, as mistral-common's v1 tokenizer encodes it
     found = {s: tok.piece_to_id(s) for s in TEMPLATE_TOKENS[template]}
     ids = {s: i for s, i in found.items() if i is not None}
     if template == "llama3" and len(ids) < len(found):
@@ -338,10 +343,16 @@ def _mistral_segments(messages: list[Message], for_generation: bool) -> Segments
     for i, m in enumerate(turns):
         if m.role == "user":
             content = f"{system}\n\n{m.content}" if i == 0 and system else m.content
-            out.append(([f"[INST] {content} [/INST]"], False))
+            out.append(([Control(MISTRAL_INST), f" {content} ", Control(MISTRAL_INST_END)], False))
         else:
             out.append(([m.content, EOS], True))
     return out
+
+
+def _spaced_answers(segments: Segments) -> Segments:
+    """`mistral` segments for a byte-level tokenizer: each answer opens with the space that
+    SentencePiece's dummy prefix writes as "▁" (and the template's Jinja as ' ' + answer)."""
+    return [([" ", *parts] if trained else parts, trained) for parts, trained in segments]
 
 
 def _chatml_segments(messages: list[Message], for_generation: bool) -> Segments:
@@ -505,7 +516,10 @@ def encode_chat(
     controls = template_token_ids(tok, template)
     # Byte-level BPE: text runs go across segments, as transformers encodes a rendered template.
     across_segments = template != "mistral" and tok.byte_level
-    body = _Encoder(tok, controls, across_segments).encode(_SEGMENTS[template](messages, for_generation))
+    segments = _SEGMENTS[template](messages, for_generation)
+    if template == "mistral" and tok.byte_level:
+        segments = _spaced_answers(segments)
+    body = _Encoder(tok, controls, across_segments).encode(segments)
     if template == "llama3" or tok.bos_id is None:  # llama3 writes its <|begin_of_text|> itself
         return body
     return EncodedChat([tok.bos_id, *body.ids], [0, *body.mask])
