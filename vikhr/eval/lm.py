@@ -15,8 +15,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from vikhr.errors import VikhrError
-
-STAND_IN = "\ue000"  # a private-use character: a stand-in answer (`chat_answer_frame`)
+from vikhr.sft.own_template import STAND_IN
 
 
 def available_memory() -> int:
