@@ -67,6 +67,13 @@ def report_ending(prog: str, e: BaseException) -> int:
     return 2
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name where it has none): a library's
+    multi-line message quoted in one error line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def os_error_line(e: OSError) -> str:
     """What the machine refused (a read-only place, a full disk), as one line with the way out."""
     if e.errno == errno.ENOSPC:

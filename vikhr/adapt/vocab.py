@@ -34,7 +34,7 @@ from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, lo
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
-from vikhr.tokenizer.load import load
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
 Init = Literal["mean", "random", "mean-of-all"]
@@ -46,7 +46,6 @@ INIT_LOG = "vocab_init_log.json"
 MAX_PADDING_ROWS = 512
 BYTE_LEVEL_SPACE = "Ġ"  # the space byte in a byte-level vocabulary
 SUMMARY = "vocab_init_summary.json"
-CHAT_TEMPLATE = "chat_template.jinja"  # where transformers >= 4.47 saves a tokenizer's chat template
 # Files of the old tokenizer that must not survive into the output (the new one replaces them).
 OLD_TOKENIZER_FILES = {
     "tokenizer.model",
@@ -54,8 +53,15 @@ OLD_TOKENIZER_FILES = {
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
-    CHAT_TEMPLATE,
+    CHAT_TEMPLATE_FILE,
 }
+# Files beside a new tokenizer.json that go with it into the output.
+NEW_TOKENIZER_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    CHAT_TEMPLATE_FILE,
+)
 
 
 @dataclass(frozen=True)
@@ -279,7 +285,7 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
     src = new_path.parent
     if new_path.suffix == ".json":
         shutil.copy2(new_path, out / "tokenizer.json")
-        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", CHAT_TEMPLATE):
+        for name in NEW_TOKENIZER_SIDE_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
     else:

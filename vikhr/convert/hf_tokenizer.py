@@ -20,7 +20,6 @@ prefix on) `apply_chat_template` then gives the ids that the SFT data was traine
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object
-from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
+from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, own_chat_template
 from vikhr.tokenizer.load import Tokenizer, load
 
 _INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
@@ -80,7 +79,7 @@ def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> Non
     if recorded.template != "own" or recorded.template_sha256 is None:
         return
     own = own_chat_template(tok)
-    now = hashlib.sha256(own[0].encode("utf-8")).hexdigest() if own is not None else None
+    now = chat_template_sha256(own[0]) if own is not None else None
     if now != recorded.template_sha256:
         where = own[1] if own is not None else tok.path.parent
         print(

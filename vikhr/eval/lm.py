@@ -14,7 +14,7 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, first_line
 from vikhr.sft.own_template import STAND_IN
 
 
@@ -90,13 +90,13 @@ class VikhrLM(HFLM):
         except Exception as e:
             if not chat_history or chat_history[0]["role"] != "system" or len(chat_history) < 2:
                 raise VikhrError(
-                    f"--chat-template: the chat template refused a prompt: {_first_line(e)}"
+                    f"--chat-template: the chat template refused a prompt: {first_line(e)}"
                 ) from e
             text = self._render(_system_folded(chat_history), add_generation_prompt)
             if not self._noted_folded_system:
                 self._noted_folded_system = True
                 print(
-                    f"note: --chat-template: the template refuses a system turn ({_first_line(e)}): the "
+                    f"note: --chat-template: the template refuses a system turn ({first_line(e)}): the "
                     "system text (--system-instruction, a task's description) opens the first user turn",
                     file=sys.stderr,
                 )
@@ -212,8 +212,3 @@ def _system_folded(chat: list[dict[str, str]]) -> list[dict[str, str]]:
     """`chat` without its system turn, whose text opens the first user turn."""
     system, first, *rest = chat
     return [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -20,6 +20,7 @@ from typing import Any
 
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 # The settings that change where results go, not what they are.
 _NOT_IN_RESULTS = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
@@ -42,7 +43,7 @@ def _tokenizer_files(path: Path) -> list[list[Any]]:
     beside it that shape its use: its chat template and special tokens."""
     stamps = _files_under(path)
     if path.is_file():
-        for name in ("chat_template.jinja", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in (CHAT_TEMPLATE_FILE, "tokenizer_config.json", "special_tokens_map.json"):
             if path.with_name(name).is_file() and path.name != name:
                 stamps.append(_file_stamp(path.with_name(name)))
     return stamps

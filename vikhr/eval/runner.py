@@ -15,7 +15,7 @@ from typing import Any
 
 from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import temporary_paths
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, first_line
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.progress import TaskProgress, as_json
 from vikhr.eval.rsg import rsg_total, submission_split
@@ -189,9 +189,8 @@ def chat_template_of(tokenizer: Tokenizer) -> str:
     try:
         fast.apply_chat_template([{"role": "user", "content": "?"}], chat_template=own[0], tokenize=False)
     except Exception as e:  # a Jinja syntax error, or a template that refuses the simplest chat
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikhrError(
-            f"--chat-template: {own[1]}: the chat template does not render a chat: {first}"
+            f"--chat-template: {own[1]}: the chat template does not render a chat: {first_line(e)}"
         ) from None
     return own[0]
 

@@ -28,6 +28,7 @@ from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 SUMMARY = "merge_summary.json"
 # config.json fields that must agree for the two checkpoints to be one architecture.
@@ -56,7 +57,7 @@ SIDE_FILES = (
     *VOCABULARY_FILES,
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "chat_template.jinja",
+    CHAT_TEMPLATE_FILE,
 )
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
 # The context length: may differ between the models; the merge takes the longer.

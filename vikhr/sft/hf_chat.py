@@ -3,10 +3,11 @@ one), and the chat template a tokenizer's own directory carries."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from vikhr.errors import read_json_object
-from vikhr.tokenizer.load import Tokenizer
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 # Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
 HF_CHAT_TEMPLATES = {
@@ -73,7 +74,7 @@ def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:
     `chat_template.jinja` (where transformers >= 4.47 saves it; it wins, as there) or
     tokenizer_config.json's `chat_template`: a string, or of a list of named templates (Hermes-3,
     Command-R) the one named "default", which transformers renders when no name is given."""
-    jinja = tok.path.with_name("chat_template.jinja")
+    jinja = tok.path.with_name(CHAT_TEMPLATE_FILE)
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8"), jinja
     path = tok.path.with_name("tokenizer_config.json")
@@ -82,3 +83,9 @@ def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     return (template, path) if isinstance(template, str) else None
+
+
+def chat_template_sha256(template: str) -> str:
+    """The SHA-256 of a chat template's text: what `sft prepare` records for ``own`` and
+    `convert` checks."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()

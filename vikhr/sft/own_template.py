@@ -40,16 +40,15 @@ the date Llama-3.1's template writes by default: the tokens do not depend on the
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, first_line
 from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
-from vikhr.sft.hf_chat import own_chat_template
-from vikhr.tokenizer.load import Tokenizer
+from vikhr.sft.hf_chat import chat_template_sha256, own_chat_template
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 FIXED_DATE = "26 Jul 2024"
 STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`OwnTemplate._answer_start`)
@@ -79,8 +78,7 @@ class OwnTemplate:
                 date_string=FIXED_DATE,
             )
         except Exception as e:  # the template's raise_exception, or a template that fails on this chat
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ChatRefused(f"{self.source.name}'s chat template refused the chat: {message}") from e
+            raise ChatRefused(f"{self.source.name}'s chat template refused the chat: {first_line(e)}") from e
         return str(text)
 
     def encode(self, messages: list[Message], for_generation: bool = False) -> EncodedChat:
@@ -112,7 +110,7 @@ class OwnTemplate:
     @property
     def sha256(self) -> str:
         """The template text's SHA-256: what `sft prepare` records and `convert` checks."""
-        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
+        return chat_template_sha256(self.template)
 
     def end_of_turn_id(self, fallback: int | None) -> int | None:
         """The control token that closes an answer (Llama-3.1's ``<|eot_id|>``, Mistral's ``</s>``),
@@ -197,7 +195,7 @@ def own_template(tok: Tokenizer) -> OwnTemplate:
     """The tokenizer's own template, ready to render. VikhrError when the tokenizer carries no
     template or is not a tokenizer.json. Built once per tokenizer and state of its files (chats are
     encoded one by one; a file rewritten meanwhile is read anew)."""
-    names = (tok.path.name, "chat_template.jinja", "tokenizer_config.json")
+    names = (tok.path.name, CHAT_TEMPLATE_FILE, "tokenizer_config.json")
     return _own_template(tok, tuple(_stamp(tok.path.with_name(name)) for name in names))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from vikhr.errors import VikhrError, read_json_object
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # precedence when a directory is given
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 saves a tokenizer's template
 EOS_CANDIDATES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>")
 BOS_CANDIDATES = ("<s>", "<|begin_of_text|>")
 _GIVE = "give a SentencePiece .model, a tokenizer.json or a directory holding one"

@@ -50,7 +50,7 @@ from vikhr.tokenizer.byte_level import (
     piece_bytes,
 )
 from vikhr.tokenizer.corpus import corpus_sha256, first_lines, iter_lines, write_training_sample
-from vikhr.tokenizer.load import load, resolve_tokenizer_file
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
 if TYPE_CHECKING:  # train.py imports this module; the settings type is only an annotation here
@@ -451,7 +451,7 @@ def _write_config(base: ByteLevelBase, spec: dict[str, Any], work: Path) -> None
         cfg = tokenizer_config(spec, bos, eos, (base.spec.get("model") or {}).get("unk_token"))
     path = work / "tokenizer_config.json"
     write_text(path, json.dumps(cfg, ensure_ascii=False, indent=2))
-    template = base.path.with_name("chat_template.jinja")  # transformers >= 4.47 keeps it there
+    template = base.path.with_name(CHAT_TEMPLATE_FILE)
     if template.is_file():
         shutil.copy2(template, work / template.name)
 
