@@ -180,7 +180,9 @@ def test_end_of_turn_and_auto_choice(model_dir: tuple[str, Path]) -> None:
 
     model, directory = model_dir
     tok = load(directory)
-    assert resolve_template(AUTO, tok) == (OWN, directory / "tokenizer_config.json")
+    # Nemo's renders as vikhr's mistral-v3 (which keeps system messages; see test_sft_mistral_v3.py).
+    chosen = "mistral-v3" if model == "nemo" else OWN
+    assert resolve_template(AUTO, tok) == (chosen, directory / "tokenizer_config.json")
     assert end_of_turn_id(tok, OWN) == tok.piece_to_id(END[model])
 
 
@@ -264,8 +266,8 @@ def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
 
 def test_prepare_and_build_with_the_own_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`sft prepare` without --template on a Llama-3.1 tokenizer: the summary names the own template
-    and its file; `sft build` without one on a Nemo tokenizer drops (and reports) the chat its
-    template cannot split."""
+    and its file; `sft build` with it on a Nemo tokenizer drops (and reports) the chat its template
+    cannot split (without --template, Nemo's gets mistral-v3, which keeps it)."""
     from vikhr.cli import main
     from vikhr.sft.prepare import render_prepared
 
@@ -294,6 +296,7 @@ def test_prepare_and_build_with_the_own_template(tmp_path: Path, capsys: pytest.
     config = {
         "output": str(tmp_path / "mix.jsonl"),
         "tokenizer": str(nemo),
+        "template": OWN,
         "limits": {"min_tokens": 1, "max_tokens": 100},
         "dedup": {"near": False},
         "sources": [{"name": "a", "path": str(chats_file)}],
@@ -359,7 +362,8 @@ def test_named_templates_a_missing_bos_and_plain_text_ends(
         named,
         chat_template=[{"name": "default", "template": official}, {"name": "tool_use", "template": plain}],
     )
-    assert resolve_template(AUTO, load(named)) == (OWN, named / "tokenizer_config.json")
+    # The "default" one is read: Nemo's official template, which renders as vikhr's mistral-v3.
+    assert resolve_template(AUTO, load(named)) == ("mistral-v3", named / "tokenizer_config.json")
     tok = load_chat_tokenizer(named, OWN)
     assert encode_chat(chat, tok, OWN).ids == _hf_ids(AutoTokenizer.from_pretrained(named), chat)
     (tmp_path / "export").mkdir()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object
-from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, own_chat_template
+from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, hf_chat_template, own_chat_template
 from vikhr.tokenizer.load import Tokenizer, load
 
 _INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
@@ -210,7 +210,7 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
             if template not in HF_CHAT_TEMPLATES:
                 known = ", ".join((*HF_CHAT_TEMPLATES, OWN))
                 raise VikhrError(f"unknown chat template {template!r} (known: {known})")
-            config["chat_template"] = HF_CHAT_TEMPLATES[template]
+            config["chat_template"] = hf_chat_template(template, tok)
         # A tuned model ends its answers with the template's end-of-turn token (<|eot_id|>, <|im_end|>).
         stops = _with(stops, end_of_turn_id(tok, template))
     elif own_chat_template(tok) is not None:

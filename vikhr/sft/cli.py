@@ -55,11 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=AUTO,
         choices=(AUTO, *TEMPLATES, OWN),
         help="chat template: auto (default: the vikhr template rendering chats as the tokenizer's own "
-        "chat template does, else own; mistral if it has none), mistral (Mistral-7B-Instruct), chatml "
+        "chat template does, else own; mistral if it has none), mistral (Mistral-7B-Instruct v0.1), "
+        "mistral-v3 (mistral-common's v3: Mistral v0.3, Mistral-NeMo-Instruct; system in the last "
+        "user turn), chatml "
         "(Qwen2.5-Instruct's, BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking "
         "block), llama3 (Llama-3-8B-Instruct's header template; the tokenizer needs its "
         "<|start_header_id|>-style special tokens), own (the tokenizer's own Jinja chat template, "
-        "rendered by transformers: Llama-3.1, Mistral-NeMo, Gemma ...); see docs/sft.md",
+        "rendered by transformers: Llama-3.1, Gemma, Phi-3 ...); see docs/sft.md",
     )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,6 +9,29 @@ from pathlib import Path
 from vikhr.errors import read_json_object
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
+
+def _mistral_v3(spaced: bool) -> str:
+    """Jinja of the ``mistral-v3`` template; `spaced`: the spaces SentencePiece's dummy prefix writes
+    before each user text and answer written out (as Mistral-7B-Instruct-v0.3's template does)."""
+    pad = " " if spaced else ""
+    return (
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+        "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+        "{% set ns = namespace(last_user=-1) %}"
+        "{% for message in turns %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+        "{% endif %}{% endfor %}"
+        "{% for message in turns %}"
+        "{% if message['role'] == 'user' %}"
+        f"{{% if loop.index0 == ns.last_user and system %}}{{{{ '[INST]{pad}' + system + '\\n\\n' "
+        "+ message['content'] + '[/INST]' }}"
+        f"{{% else %}}{{{{ '[INST]{pad}' + message['content'] + '[/INST]' }}}}{{% endif %}}"
+        f"{{% else %}}{{{{ '{pad}' + message['content'] + eos_token }}}}{{% endif %}}"
+        "{% endfor %}"
+    )
+
+
 # Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
 HF_CHAT_TEMPLATES = {
     "mistral": (
@@ -23,6 +46,10 @@ HF_CHAT_TEMPLATES = {
         "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
         "{% endfor %}"
     ),
+    # Mistral's v3 format as a byte-level (tekken) tokenizer writes it, Mistral-NeMo-Instruct's template
+    # without tools; the system message goes into the last user turn of any chat (NeMo's drops it from
+    # a chat that ends with an answer), where mistral-common puts it.
+    "mistral-v3": _mistral_v3(spaced=False),
     "chatml": (
         "{{ bos_token }}"
         "{% for message in messages %}"
@@ -67,6 +94,26 @@ HF_CHAT_TEMPLATES = {
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
 }
+
+
+def hf_chat_template(template: str, tok: Tokenizer) -> str:
+    """The Jinja of vikhr's `template` for `tok`. ``mistral-v3`` trains each text after ``[INST]`` and
+    ``[/INST]`` with a SentencePiece model's dummy-prefix space: a tokenizer.json that writes none there
+    (Mistral v0.3's own, Metaspace with prepend_scheme "first") gets the spaces written out, as Mistral
+    v0.3's template does; vikhr's export of a `.model` adds it after every control token, as byte-level
+    ones need none."""
+    if template == "mistral-v3" and not tok.byte_level and not _prefixed_after_control(tok):
+        return _mistral_v3(spaced=True)
+    return HF_CHAT_TEMPLATES[template]
+
+
+def _prefixed_after_control(tok: Tokenizer) -> bool:
+    """Whether transformers' tokenizer of `tok` encodes a text after ``[INST]`` as `tok` encodes it alone."""
+    inst = tok.piece_to_id("[INST]")
+    if inst is None:
+        return True  # mistral-v3 refuses such a tokenizer anyway
+    ids = tok.to_transformers()("[INST]Да", add_special_tokens=False)["input_ids"]
+    return list(ids) == [inst, *tok.encode("Да")]
 
 
 def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:

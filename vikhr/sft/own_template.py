@@ -22,7 +22,8 @@ the answer must begin the whole chat.
 
 Refused chats (ChatRefused, one line): those the template itself refuses (Gemma-2's has no system
 role), those whose turns before an answer it renders differently once the answer follows
-(Mistral-NeMo's and Mistral v0.3's put the system message into the last user turn only), those
+(Mistral-NeMo's and Mistral v0.3's put the system message into the last user turn only: vikhr's
+``mistral-v3`` trains them), those
 whose answer it renders differently once later turns follow (Qwen3's drops earlier reasoning), and
 answers it writes no text for (YandexGPT-5-Lite's drops the last answer): train those with one of
 vikhr's templates. A template that cannot train a plain two-turn chat is refused when loaded. A

@@ -20,6 +20,13 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   the dummy prefix writes), and ``[INST]``/``[/INST]`` are one id each where the tokenizer has both
   (tekken's control tokens), so the ids equal those of the export's Jinja template tokenized by
   transformers. Needs a tokenizer with BOS and EOS.
+* ``mistral-v3``, Mistral's v3 instruct format as mistral-common's v3 tokenizer encodes it (Mistral-7B-
+  Instruct-v0.3 on SentencePiece, Mistral-NeMo-Instruct-2407 and Ministral on tekken):
+  ``<s>[INST]{user}[/INST]{answer}</s>``, ``[INST]``/``[/INST]`` one id each (required), each text
+  encoded on its own (SentencePiece gives it its dummy-prefix space, tekken none). A system message
+  goes before the last user message of the chat, followed by a blank line: where mistral-common puts
+  it, in training chats too (Nemo's Jinja drops it from a chat that ends with an answer, so ``own``
+  refuses such chats). Needs BOS and EOS.
 * ``chatml``, Qwen2.5-Instruct's template without tools: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
   per message, ``{bos}`` being the tokenizer's BOS when it has one (``<s>`` for Mistral) and
   nothing when it has none (Qwen: ``bos_token`` null). Unlike Qwen's template, no system message
@@ -80,12 +87,12 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
-from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, own_chat_template
+from vikhr.sft.hf_chat import hf_chat_template, own_chat_template
 from vikhr.sft.own_template import own_template
 from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
-TEMPLATES = ("mistral", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
+TEMPLATES = ("mistral", "mistral-v3", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
 OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 MISTRAL_INST, MISTRAL_INST_END = "[INST]", "[/INST]"
@@ -94,6 +101,7 @@ LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id
 # The control-token strings of each template (Mistral's are the tokenizer's BOS/EOS ids).
 TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
     "mistral": (MISTRAL_INST, MISTRAL_INST_END),  # ids only on a byte-level tokenizer having both
+    "mistral-v3": (MISTRAL_INST, MISTRAL_INST_END),  # always ids
     "chatml": (CHATML_START, CHATML_END),
     "qwen3": (CHATML_START, CHATML_END),
     "llama3": (LLAMA3_BEGIN, LLAMA3_HEADER_START, LLAMA3_HEADER_END, LLAMA3_EOT),
@@ -104,31 +112,33 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
     """The control tokens of `template` that `tok` encodes as single ids, by string.
 
     VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
-    the four header/turn tokens for ``llama3``. ``chatml`` and ``qwen3`` need nothing: without both
-    of their tokens they spell them out as text (and get an empty dict). ``own``: the tokenizer's
+    those and ``[INST]``/``[/INST]`` for ``mistral-v3``, the four header/turn tokens for ``llama3``.
+    ``chatml`` and ``qwen3`` need nothing: without both of their tokens they spell them out as text
+    (and get an empty dict). ``own``: the tokenizer's
     special tokens (VikhrError when it carries no chat template; see `own_template`).
     """
     if template == OWN:
         return dict(own_template(tok).specials)
     if template not in TEMPLATES:
         raise VikhrError(f"unknown chat template {template!r} (choose from {', '.join((*TEMPLATES, OWN))})")
-    if template == "mistral":
+    if template in ("mistral", "mistral-v3"):
         for name, value in (("BOS", tok.bos_id), ("EOS", tok.eos_id)):
             if value is None:
                 raise VikhrError(
-                    f"{tok.path} has no {name} token; the mistral chat template needs one "
+                    f"{tok.path} has no {name} token; the {template} chat template needs one "
                     "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
                 )
-        if not tok.byte_level:
+        if template == "mistral" and not tok.byte_level:
             return {}  # spelled out, as mistral-common's v1 tokenizer encodes it
     found = {s: tok.piece_to_id(s) for s in TEMPLATE_TOKENS[template]}
     ids = {s: i for s, i in found.items() if i is not None}
-    if template == "llama3" and len(ids) < len(found):
+    if template in ("llama3", "mistral-v3") and len(ids) < len(found):
         missing = [s for s, i in found.items() if i is None]
+        model = "a Llama-3" if template == "llama3" else "Mistral v0.3's or Mistral-NeMo's"
         raise VikhrError(
-            f"{tok.path} has no {' / '.join(missing)} token{'s' if len(missing) > 1 else ''}; the llama3 "
-            "chat template needs each of its control tokens as one id (use a Llama-3 tokenizer, or add "
-            f"{', '.join(TEMPLATE_TOKENS['llama3'])} to the tokenizer as special tokens)"
+            f"{tok.path} has no {' / '.join(missing)} token{'s' if len(missing) > 1 else ''}; the {template} "
+            f"chat template needs each of its control tokens as one id (use {model} tokenizer, or add "
+            f"{', '.join(TEMPLATE_TOKENS[template])} to the tokenizer as special tokens)"
         )
     return ids if len(ids) == len(found) else {}
 
@@ -186,7 +196,7 @@ def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
         if theirs is None:
             continue
         for name in TEMPLATES:
-            if render(HF_CHAT_TEMPLATES[name], chat) == theirs:
+            if render(hf_chat_template(name, tok), chat) == theirs:
                 return name, own[1]
     return OWN, own[1]
 
@@ -337,13 +347,26 @@ Segments = list[tuple[list[str | Control], bool]]
 
 def _mistral_segments(messages: list[Message], for_generation: bool) -> Segments:
     del for_generation  # the prompt ends with the user's [INST] … [/INST] either way
-    out: Segments = []
+    return _inst_segments(messages, system_in_last=False, pad=" ")
+
+
+def _mistral_v3_segments(messages: list[Message], for_generation: bool) -> Segments:
+    del for_generation
+    return _inst_segments(messages, system_in_last=True, pad="")
+
+
+def _inst_segments(messages: list[Message], system_in_last: bool, pad: str) -> Segments:
+    """Mistral's ``[INST]{pad}{user}{pad}[/INST]{answer}</s>`` turns, the system message (Mistral has no
+    system role) put before the first user message (v1) or the last one (v2 and later, mistral-common's
+    placement in training chats too), followed by a blank line."""
     system = messages[0].content if messages[0].role == "system" else None
     turns = messages[1:] if system is not None else messages
+    with_system = max(i for i, m in enumerate(turns) if m.role == "user") if system_in_last else 0
+    out: Segments = []
     for i, m in enumerate(turns):
         if m.role == "user":
-            content = f"{system}\n\n{m.content}" if i == 0 and system else m.content
-            out.append(([Control(MISTRAL_INST), f" {content} ", Control(MISTRAL_INST_END)], False))
+            content = f"{system}\n\n{m.content}" if i == with_system and system else m.content
+            out.append(([Control(MISTRAL_INST), f"{pad}{content}{pad}", Control(MISTRAL_INST_END)], False))
         else:
             out.append(([m.content, EOS], True))
     return out
@@ -434,6 +457,7 @@ def _llama3_segments(messages: list[Message], for_generation: bool) -> Segments:
 
 _SEGMENTS: dict[str, Callable[[list[Message], bool], Segments]] = {
     "mistral": _mistral_segments,
+    "mistral-v3": _mistral_v3_segments,
     "chatml": _chatml_segments,
     "qwen3": _qwen3_segments,
     "llama3": _llama3_segments,

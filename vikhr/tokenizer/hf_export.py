@@ -102,7 +102,7 @@ def build_hf_tokenizer(model_path: str | Path) -> Any:
     if proto.normalizer_spec.add_dummy_prefix:
         decode_steps.append(decoders.Strip(" ", 1, 0))
     tok.decoder = decoders.Sequence(decode_steps)
-    specials = [proto.pieces[i].piece for i in (spec.unk_id, spec.bos_id, spec.eos_id) if i >= 0]
+    specials = [proto.pieces[i].piece for i in _special_ids(proto)]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     if spec.bos_id >= 0:
         bos = proto.pieces[spec.bos_id].piece
@@ -112,6 +112,16 @@ def build_hf_tokenizer(model_path: str | Path) -> Any:
             special_tokens=[(bos, spec.bos_id)],
         )
     return tok
+
+
+def _special_ids(proto: Any) -> list[int]:
+    """The unknown piece and every control piece (BOS, EOS, Mistral v0.3's [INST]/[/INST] …): special
+    tokens of the export, so that a chat template's "[INST]" is read as the control it stands for."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    control = pb.ModelProto.SentencePiece.CONTROL
+    unk = proto.trainer_spec.unk_id
+    return [i for i, p in enumerate(proto.pieces) if p.type == control or i == unk]
 
 
 def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> dict[str, Any]:
@@ -131,8 +141,7 @@ def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> d
             "single_word": False,
             "special": True,
         }
-        for i in (spec.unk_id, spec.bos_id, spec.eos_id)
-        if i >= 0
+        for i in _special_ids(proto)
     }
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
