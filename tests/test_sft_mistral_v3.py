@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_sft_templates import _handmade_chats, seed_and_real_chats
+from tests.test_sft_own_template import _hf_ids, write_tokenizer
+from tests.test_sft_templates import _handmade_chats, byte_level_bpe, seed_and_real_chats
 from vikhr.errors import VikhrError
 from vikhr.sft.encoded import Message
 from vikhr.sft.template import (
@@ -69,15 +69,6 @@ def _reference_ids(reference: Any, messages: list[Message]) -> list[int]:
     kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
     request = ChatCompletionRequest(messages=[kinds[m.role](content=m.content) for m in messages])
     return list(reference.encode_chat_completion(request).tokens)
-
-
-def _hf_ids(fast: Any, messages: list[Message], generation: bool = False) -> list[int]:
-    out = fast.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages],
-        tokenize=True,
-        add_generation_prompt=generation,
-    )
-    return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
 def test_ids_equal_mistral_commons_v3_encoding(
@@ -170,8 +161,6 @@ def test_nemo_instruct_is_recognised_and_keeps_system_chats(tmp_path: Path) -> N
     that template drops from a chat ending in an answer (the own template has to refuse it)."""
     from transformers import AutoTokenizer
 
-    from tests.test_sft_own_template import write_tokenizer
-    from tests.test_sft_templates import byte_level_bpe
     from vikhr.sft.build import build
 
     nemo = write_tokenizer(tmp_path / "nemo", "nemo", byte_level_bpe("llama3"))
