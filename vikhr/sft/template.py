@@ -114,8 +114,8 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
     VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
     those and ``[INST]``/``[/INST]`` for ``mistral-v3``, the four header/turn tokens for ``llama3``.
     ``chatml`` and ``qwen3`` need nothing: without both of their tokens they spell them out as text
-    (and get an empty dict). ``own``: the tokenizer's
-    special tokens (VikhrError when it carries no chat template; see `own_template`).
+    (and get an empty dict). ``own``: the tokenizer's special tokens (VikhrError when it carries no
+    chat template; see `own_template`).
     """
     if template == OWN:
         return dict(own_template(tok).specials)
