@@ -3,7 +3,9 @@ every input tensor is accounted for; HF exports carry their tokenizer and load w
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import re
 import shutil
 import struct
@@ -415,7 +417,19 @@ def _assert_loads_alone(hf_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     reference = load(MISTRAL_TOKENIZER)
-    tok = AutoTokenizer.from_pretrained(hf_dir)
+    warned: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = warned.append  # type: ignore[method-assign]
+    logging.getLogger("transformers").addHandler(catcher)
+    try:
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+    finally:
+        logging.getLogger("transformers").removeHandler(catcher)
+    # transformers 5 reads a Mistral config.json without its version as one whose tokenizer needs
+    # `fix_mistral_regex=True`: a false alarm on every load, whose advice would change the ids.
+    assert not [r for r in warned if "fix_mistral_regex" in r.getMessage()]
+    installed = importlib.metadata.version("transformers")
+    assert json.loads((hf_dir / "config.json").read_text())["transformers_version"] == installed
     assert tok(TEXT).input_ids == [reference.bos_id, *reference.encode(TEXT)]
     assert (tok.bos_token_id, tok.eos_token_id) == (reference.bos_id, reference.eos_id) == (1, 2)
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
@@ -428,6 +442,10 @@ def _assert_loads_alone(hf_dir: Path) -> Any:
 def test_export_carries_the_tokenizer_recorded_by_hf_to_megatron(tmp_path: Path) -> None:
     hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
     shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(
+        json.dumps({**config, "transformers_version": "4.34.0.dev0"})
+    )  # Mistral-7B's
     meg = hf_to_megatron(hf, tmp_path / "meg")
     assert json.loads((meg / "meta.json").read_text())["tokenizer"] == str((hf / "tokenizer.model").resolve())
     out = megatron_to_hf(meg, tmp_path / "out")

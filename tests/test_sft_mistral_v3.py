@@ -126,9 +126,11 @@ def test_a_tokenizer_json_without_prefix_after_controls_gets_the_spaces_written(
     chats: list[list[Message]], tmp_path: Path
 ) -> None:
     """Mistral v0.3's own tokenizer.json (Metaspace, prepend_scheme "first") writes no "▁" after a
-    control token: the export's template writes the spaces out, as Mistral v0.3's template does.
-    (Not for a text that starts with spaces: Metaspace prepends no "▁" to it, the written one joins
-    its spaces.)"""
+    control token: the export's template writes the spaces out, as Mistral v0.3's template does, and
+    training writes them too — Metaspace prepends no "▁" to a text that starts with spaces, so the
+    texts encoded alone lost it (were not mistral-common's ids)."""
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, pre_tokenizers
     from transformers import AutoTokenizer
@@ -136,8 +138,9 @@ def test_a_tokenizer_json_without_prefix_after_controls_gets_the_spaces_written(
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
+    model = MISTRAL_COMMON_DATA / "mistral_instruct_tokenizer_240323.model.v3"
     source = tmp_path / "source"
-    write_hf_tokenizer(MISTRAL_COMMON_DATA / "mistral_instruct_tokenizer_240323.model.v3", source)
+    write_hf_tokenizer(model, source)
     metaspace = HFTokenizer.from_file(str(source / "tokenizer.json"))
     metaspace.normalizer = None
     metaspace.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
@@ -149,10 +152,26 @@ def test_a_tokenizer_json_without_prefix_after_controls_gets_the_spaces_written(
     exported = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert "'[INST] ' + message['content']" in exported["chat_template"]
     fast = AutoTokenizer.from_pretrained(tmp_path / "export")
-    unspaced = [c for c in chats[:-1] if not any(m.content[:1].isspace() for m in c)]
-    assert len(unspaced) > 100
-    for number, messages in enumerate(unspaced):
-        assert _hf_ids(fast, messages) == encode_chat(messages, tok, TEMPLATE).ids, number
+    reference = MistralTokenizer.from_file(str(model), mode=ValidationMode.finetuning)
+    spaced = [c for c in chats if any(m.content[:1].isspace() for m in c)]
+    assert spaced  # the hand-made "  Привет!\n"
+    for number, messages in enumerate(chats[:-1]):
+        ids = encode_chat(messages, tok, TEMPLATE).ids
+        assert ids == _hf_ids(fast, messages) == _reference_ids(reference, messages), number
+
+
+def test_auto_and_the_mistral_template_on_inst_tokens(tokenizer: tuple[Path, Path]) -> None:
+    """A tokenizer with [INST] / [/INST] tokens and no chat template (Mistral v0.3's, NeMo base's) gets
+    mistral-v3, its instruct models' format. `mistral` (v0.1) spelled them out on a SentencePiece
+    model, which its export then read as the controls (other ids than training): refused."""
+    path, _ = tokenizer
+    tok = load(path)
+    assert resolve_template(AUTO, tok) == (TEMPLATE, None)
+    if tok.byte_level:  # tekken: `mistral` uses the ids (test_sft_templates.py)
+        assert load_chat_tokenizer(path, "mistral").piece_to_id("[INST]") == 3
+        return
+    with pytest.raises(VikhrError, match=r"has \[INST\] / \[/INST\] as tokens .* use --template mistral-v3"):
+        load_chat_tokenizer(path, "mistral")
 
 
 def test_nemo_instruct_is_recognised_and_keeps_system_chats(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ held in memory until written (peak ≈ one copy of the model).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import re
@@ -656,6 +657,10 @@ def megatron_to_hf(
     hf_cfg["torch_dtype"] = dtype
     if "dtype" in hf_cfg:  # transformers 5 writes the dtype under this name
         hf_cfg["dtype"] = dtype
+    # The layout is the installed transformers'. Without it (or with a source's 4.x), transformers 5
+    # warns on every load of a Mistral export that its tokenizer needs `fix_mistral_regex=True`,
+    # which would give other ids than the model was trained on.
+    hf_cfg["transformers_version"] = importlib.metadata.version("transformers")
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
             spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})

@@ -3,11 +3,12 @@ one), and the chat template a tokenizer's own directory carries."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
 from vikhr.errors import read_json_object
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
 
 
 def _mistral_v3(spaced: bool) -> str:
@@ -97,23 +98,32 @@ HF_CHAT_TEMPLATES = {
 
 
 def hf_chat_template(template: str, tok: Tokenizer) -> str:
-    """The Jinja of vikhr's `template` for `tok`. ``mistral-v3`` trains each text after ``[INST]`` and
-    ``[/INST]`` with a SentencePiece model's dummy-prefix space: a tokenizer.json that writes none there
-    (Mistral v0.3's own, Metaspace with prepend_scheme "first") gets the spaces written out, as Mistral
-    v0.3's template does; vikhr's export of a `.model` adds it after every control token, as byte-level
-    ones need none."""
-    if template == "mistral-v3" and not tok.byte_level and not _prefixed_after_control(tok):
+    """The Jinja of vikhr's `template` for `tok` (``mistral-v3``: see `mistral_v3_spaced`)."""
+    if template == "mistral-v3" and mistral_v3_spaced(tok):
         return _mistral_v3(spaced=True)
     return HF_CHAT_TEMPLATES[template]
 
 
-def _prefixed_after_control(tok: Tokenizer) -> bool:
-    """Whether transformers' tokenizer of `tok` encodes a text after ``[INST]`` as `tok` encodes it alone."""
+def mistral_v3_spaced(tok: Tokenizer) -> bool:
+    """Whether ``mistral-v3`` writes out the spaces of SentencePiece's dummy prefix before each text:
+    for a tokenizer.json whose Metaspace prepends no "▁" after a control token (Mistral v0.3's own,
+    prepend_scheme "first"), as Mistral v0.3's template does. Not for byte-level tokenizers (none to
+    write) nor for a `.model`, whose export writes it after every control token."""
+    if tok.kind == "sentencepiece" or tok.byte_level:
+        return False
     inst = tok.piece_to_id("[INST]")
     if inst is None:
-        return True  # mistral-v3 refuses such a tokenizer anyway
+        return False  # mistral-v3 refuses such a tokenizer anyway
+    return _no_prefix_after_control(tok, inst, file_stamp(tok.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _no_prefix_after_control(tok: Tokenizer, inst: int, stamp: tuple[int, int] | None) -> bool:
+    """Whether transformers' tokenizer of `tok` encodes "Да" after [INST] otherwise than alone (once per
+    tokenizer and state of its file: `stamp`)."""
+    del stamp
     ids = tok.to_transformers()("[INST]Да", add_special_tokens=False)["input_ids"]
-    return list(ids) == [inst, *tok.encode("Да")]
+    return list(ids) != [inst, *tok.encode("Да")]
 
 
 def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:

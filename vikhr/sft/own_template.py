@@ -49,7 +49,7 @@ from typing import Any
 from vikhr.errors import VikhrError, first_line
 from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
 from vikhr.sft.hf_chat import chat_template_sha256, own_chat_template
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
 
 FIXED_DATE = "26 Jul 2024"
 STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`OwnTemplate._answer_start`)
@@ -197,15 +197,7 @@ def own_template(tok: Tokenizer) -> OwnTemplate:
     template or is not a tokenizer.json. Built once per tokenizer and state of its files (chats are
     encoded one by one; a file rewritten meanwhile is read anew)."""
     names = (tok.path.name, CHAT_TEMPLATE_FILE, "tokenizer_config.json")
-    return _own_template(tok, tuple(_stamp(tok.path.with_name(name)) for name in names))
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_mtime_ns, st.st_size
+    return _own_template(tok, tuple(file_stamp(tok.path.with_name(name)) for name in names))
 
 
 def _transformers_tokenizer(tok: Tokenizer) -> Any:

@@ -87,7 +87,7 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
-from vikhr.sft.hf_chat import hf_chat_template, own_chat_template
+from vikhr.sft.hf_chat import hf_chat_template, mistral_v3_spaced, own_chat_template
 from vikhr.sft.own_template import own_template
 from vikhr.tokenizer.load import Tokenizer, load
 
@@ -129,6 +129,12 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
                     "(name it as bos_token/eos_token in the tokenizer_config.json beside a tokenizer.json)"
                 )
         if template == "mistral" and not tok.byte_level:
+            if _has_inst_tokens(tok):
+                raise VikhrError(
+                    f"{tok.path} has [INST] / [/INST] as tokens of their own (Mistral v0.3's control "
+                    "tokens): the mistral template (v0.1) spells them out as text, which the model's HF "
+                    "export would read as those tokens; use --template mistral-v3"
+                )
             return {}  # spelled out, as mistral-common's v1 tokenizer encodes it
     found = {s: tok.piece_to_id(s) for s in TEMPLATE_TOKENS[template]}
     ids = {s: i for s, i in found.items() if i is not None}
@@ -141,6 +147,10 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
             f"{', '.join(TEMPLATE_TOKENS[template])} to the tokenizer as special tokens)"
         )
     return ids if len(ids) == len(found) else {}
+
+
+def _has_inst_tokens(tok: Tokenizer) -> bool:
+    return all(tok.piece_to_id(s) is not None for s in TEMPLATE_TOKENS["mistral-v3"])
 
 
 def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
@@ -176,13 +186,14 @@ _PROBES = (
 
 def resolve_template(template: str, tok: Tokenizer) -> tuple[str, Path | None]:
     """`template`, or for AUTO the template whose chats render as the tokenizer's own chat template
-    renders them (see `own_chat_template`), mistral where it carries none, OWN where it renders as
-    none of vikhr's; with the file the choice came from."""
+    renders them (see `own_chat_template`), OWN where it renders as none of vikhr's; where it carries
+    none, mistral-v3 for a tokenizer with [INST] / [/INST] tokens (Mistral v0.3's, NeMo's tekken: the
+    format of their instruct models), else mistral; with the file the choice came from."""
     if template != AUTO:
         return template, None
     own = own_chat_template(tok)
     if own is None:
-        return "mistral", None
+        return ("mistral-v3" if _has_inst_tokens(tok) else "mistral"), None
     fast = tok.to_transformers()
 
     def render(chat_template: str, chat: list[dict[str, str]]) -> str | None:
@@ -378,6 +389,16 @@ def _spaced_answers(segments: Segments) -> Segments:
     return [([" ", *parts] if trained else parts, trained) for parts, trained in segments]
 
 
+def _spaced_texts(segments: Segments) -> Segments:
+    """`mistral-v3` segments for a tokenizer.json whose Metaspace writes no "▁" after a control token
+    (Mistral v0.3's own): every text opens with the space SentencePiece's dummy prefix stands for, as
+    the export's template writes it (and Metaspace then prepends no other, also to a text that starts
+    with spaces, where it would prepend none to the text alone: SentencePiece's ids either way)."""
+    return [
+        ([p if isinstance(p, Control) else f" {p}" for p in parts], trained) for parts, trained in segments
+    ]
+
+
 def _chatml_segments(messages: list[Message], for_generation: bool) -> Segments:
     return _im_segments(messages, for_generation, thinking=False)
 
@@ -543,6 +564,8 @@ def encode_chat(
     segments = _SEGMENTS[template](messages, for_generation)
     if template == "mistral" and tok.byte_level:
         segments = _spaced_answers(segments)
+    if template == "mistral-v3" and mistral_v3_spaced(tok):
+        segments = _spaced_texts(segments)
     body = _Encoder(tok, controls, across_segments).encode(segments)
     if template == "llama3" or tok.bos_id is None:  # llama3 writes its <|begin_of_text|> itself
         return body

@@ -38,6 +38,16 @@ BOS_CANDIDATES = ("<s>", "<|begin_of_text|>")
 _GIVE = "give a SentencePiece .model, a tokenizer.json or a directory holding one"
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time, size) of `path`, None if it does not exist: a cache key that changes when
+    the file is rewritten."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     """`path` itself if it is a file, else the first of `TOKENIZER_FILES` in the directory `path`."""
     p = Path(path)
