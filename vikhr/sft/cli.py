@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=AUTO,
         choices=(AUTO, *TEMPLATES, OWN),
         help="chat template: auto (default: the vikhr template rendering chats as the tokenizer's own "
-        "chat template does, else own; mistral if it has none), mistral (Mistral-7B-Instruct v0.1), "
+        "chat template does, else own; if it has none, mistral-v3 where it has [INST] tokens, else mistral), "
+        "mistral (Mistral-7B-Instruct v0.1), "
         "mistral-v3 (mistral-common's v3: Mistral v0.3, Mistral-NeMo-Instruct; system in the last "
         "user turn), chatml "
         "(Qwen2.5-Instruct's, BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking "
