@@ -58,6 +58,12 @@ def _write(path: Path, cfg: dict) -> Path:
         ({"arms": [{"name": "a", "tokenizer": "base", "init": "random"}]}, "init applies to the adapted"),
         ({"arms": [{"name": "m", "slerp_of": "x", "slerp_t": 0.5}]}, "slerp_of names no arm"),
         ({"arms": [{"name": "m", "slerp_t": 0.5}]}, "needs both slerp_of and slerp_t"),
+        # accepted, and shown in the table as if they had applied
+        ({"arms": [{"name": "a", "budget": "chars"}]}, "budget chars applies to base-tokenizer arms only"),
+        (
+            {"arms": [{"name": "a"}, {"name": "m", "slerp_of": "a", "slerp_t": 0.5, "kl_weight": 1.0}]},
+            "a merge arm trains nothing, so kl_weight would not apply",
+        ),
         ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key arms[0].kl_weight must be >= 0, got -1"),
         ({"seeds": []}, "config key seeds must have at least 1 item, got []"),
         (
@@ -84,6 +90,21 @@ def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) 
         load_ablate_config(path)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_more_eval_docs_than_held_out_documents_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bits per character were measured on the held-out documents there were, fewer than
+    data.eval_docs asked for, without a word."""
+    from vikhr.ablate.runner import Ablation
+
+    cfg = {**MICRO, "out_dir": str(tmp_path / "out"), "data": {"eval_docs": 100_000}}
+    ablation = Ablation(load_ablate_config(_write(tmp_path / "ablate.yaml", cfg)))
+    ablation.prepare()
+    err = capsys.readouterr().err
+    for lang in ("RU", "EN"):
+        assert f"warning: data.eval_docs is 100000, but the {lang} corpus keeps " in err, err
 
 
 def test_a_cuda_grid_without_a_gpu_is_refused_before_any_stage(
@@ -299,7 +320,7 @@ def _copy_grid(src_out: Path, dst_out: Path, change: dict | None = None) -> Path
 
 
 def test_resume_runs_only_what_did_not_finish(
-    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import Ablation, run_ablation
@@ -308,13 +329,17 @@ def test_resume_runs_only_what_did_not_finish(
     out = first.parent / "resumed"
     cfg_path = _copy_grid(first, out)
     # An interruption while the adapted arm trained: the base-tokenizer run finished (its record
-    # stays), the adapted run left files but no record, the merge never ran.
+    # stays), the adapted run left files but no record, the merge never ran. A damaged record (was a
+    # traceback) counts as none.
     records = sorted((out / "work" / "results").glob("*.json"))
     assert len(records) == 3
     adapted_dir = next((out / "work" / "runs").glob("adapted-*-s7"))
     for record in records:
         hf = json.loads(record.read_text(encoding="utf-8"))["hf"]
-        if not hf.startswith("runs/base-tokenizer-"):
+        if hf.startswith("runs/adapted-"):
+            record.write_text(record.read_text(encoding="utf-8")[:40], encoding="utf-8")
+            damaged = record
+        elif not hf.startswith("runs/base-tokenizer-"):
             record.unlink()
     assert adapted_dir.is_dir()
     # Leftovers of an arm since renamed (no record) and of a killed conversion: pruned on resume.
@@ -332,6 +357,9 @@ def test_resume_runs_only_what_did_not_finish(
     monkeypatch.setattr(Ablation, "_train", counting_train)
     write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
     assert trained == [adapted_dir.name]  # the cached base and the finished run are not trained again
+    err = capsys.readouterr().err
+    assert f"warning: {damaged} is damaged (JSONDecodeError" in err
+    assert "optim.warmup_steps" not in err  # a 3-step grid: warmup below its steps (was a warning per run)
     assert not any(leftover.exists() for leftover in leftovers)
     assert {p.name for p in (out / "work" / "runs").iterdir()} == {
         p.name for p in (first / "work" / "runs").iterdir()

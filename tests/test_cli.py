@@ -224,15 +224,23 @@ def test_the_torchrun_entry_ends_a_ctrl_c_in_one_line(monkeypatch, capsys) -> No
     assert capsys.readouterr().err.strip().splitlines() == ["pretrain_vikhr.py: interrupted"]
 
 
-def test_a_ctrl_c_after_the_verb_ended_changes_nothing() -> None:
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from vikhr.cli import run\nsys.exit(run(['tokenizer', '--help']))\n",  # the `vikhr` script
+        # `python -m vikhr.cli` (it ran `main`, without the guard)
+        "import runpy\nsys.argv = ['vikhr', 'tokenizer', '--help']\n"
+        "runpy.run_module('vikhr.cli', run_name='__main__')\n",
+    ],
+    ids=["vikhr", "python-m-vikhr.cli"],
+)
+def test_a_ctrl_c_after_the_verb_ended_changes_nothing(entry: str) -> None:
     """A Ctrl-C while the interpreter shut down (torch's exit handlers take 0.3 s) printed a
     traceback from an exit handler, or turned a reported success into status 130 (and a script's
     rerun then failed on the output that was there): once the verb has ended, it is ignored."""
     code = (
         "import atexit, os, signal, sys\n"
-        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))  # as if Ctrl-C came at exit\n"
-        "from vikhr.cli import run\n"
-        "sys.exit(run(['tokenizer', '--help']))\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))  # as if Ctrl-C came at exit\n" + entry
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert (

@@ -137,11 +137,13 @@ def test_dot_and_norms_of_large_tensors_are_float64_exact() -> None:
     assert norm_b == pytest.approx(float(b64.norm()), rel=1e-9)
 
 
-def test_non_finite_values_are_refused() -> None:
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_non_finite_values_are_refused(method: str) -> None:
+    """A NaN weight (a broken model): refused by both methods (linear wrote it through)."""
     a = torch.ones(4)
     b = torch.tensor([1.0, float("nan"), 0.0, 2.0])
     with pytest.raises(VikhrError, match="inf or NaN"):
-        interpolate(a, b, 0.5)
+        interpolate(a, b, 0.5, method)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the schedule of t
@@ -274,6 +276,7 @@ def test_merged_tiny_models_load_in_transformers_and_the_endpoints_are_the_input
         expected = torch.from_numpy(reference_slerp(t, ta[name].numpy(), tb[name].numpy())).float()
         assert_close(tm[name], expected, rtol=2e-5, atol=2e-6, what=name)
     assert json.loads((out / SUMMARY).read_text()) == summary
+    assert (summary["model_a"], summary["model_b"]) == (str(a.resolve()), str(b.resolve()))
     logits = _logits(out, ids)
     assert torch.isfinite(logits).all()
     assert not torch.allclose(logits, logits_a) and not torch.allclose(logits, logits_b)
@@ -468,3 +471,48 @@ def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
     with pytest.raises(VikhrError, match=r"tokenizer\.json differs .* different vocabularies"):
         merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
     _nothing_written(tmp_path / "bad")
+
+
+def test_vocabularies_in_files_of_other_names_are_compared_by_their_pieces(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A `.model` beside another model's tokenizer.json: no file name to compare by, so the two were
+    merged unchecked (the output's tokenizer files from either). Now their pieces are compared."""
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(models["a"], a)  # Mistral's tokenizer.model
+    shutil.copytree(models["b"], b)
+    (b / "tokenizer.model").unlink()
+    shutil.copy2(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json", b / "tokenizer.json")
+    with pytest.raises(VikhrError, match=r"have different vocabularies .* same ids"):
+        merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
+    _nothing_written(tmp_path / "bad")
+    write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "export")  # Mistral's own, as tokenizer.json
+    shutil.copy2(tmp_path / "export" / "tokenizer.json", b / "tokenizer.json")
+    merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
+    assert (tmp_path / "ok" / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+
+
+@pytest.mark.parametrize("stored_by", ["a", "b"])
+def test_a_tied_model_may_store_its_head(stored_by: str, tmp_path: Path) -> None:
+    """transformers replaces a tied model's stored lm_head with the embedding when it loads: a head
+    one side stores was refused as another architecture. A's is merged with B's embedding, B's left out."""
+    from transformers import AutoModelForCausalLM
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0)
+    tiny_hf_model(b, VOCAB, arch="qwen2", tied=True, seed=1)
+    stored = a if stored_by == "a" else b
+    weights = tensors_of(stored)
+    assert "lm_head.weight" not in weights
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+    save_file(weights, str(stored / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    merge_checkpoints(a, b, out, Schedule((0.5,)), show_progress=False)
+    merged = tensors_of(out)
+    assert ("lm_head.weight" in merged) == (stored_by == "a")
+    if stored_by == "a":
+        assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])

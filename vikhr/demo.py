@@ -205,7 +205,7 @@ def train_config(
         f"train.seed={args.seed}",
         f"optim.lr={args.lr}",
         f"optim.min_lr={args.lr / 10}",
-        "optim.warmup_steps=10",
+        f"optim.warmup_steps={min(10, steps - 1)}",  # below train.steps: a short grid's LR reaches lr
         f"kl.weight={kl_weight}",
         f"checkpoint.dir={workdir / name}",
         f"checkpoint.save_every={steps}",

@@ -135,6 +135,10 @@ class AblateConfig(_Section):
         }
 
 
+# What an arm trains with: a merge arm (slerp_of) takes its trained arm's.
+TRAINING_KEYS = frozenset({"tokenizer", "init", "kl_weight", "kl_direction", "budget"})
+
+
 def _check_arms(path: Path, arms: list[Arm]) -> None:
     names = [a.name for a in arms]
     by_name = {a.name: a for a in arms}
@@ -146,8 +150,19 @@ def _check_arms(path: Path, arms: list[Arm]) -> None:
             raise VikhrError(
                 f"{where}: init applies to the adapted tokenizer only (drop init or use adapted)"
             )
+        if arm.budget == "chars" and arm.tokenizer != "base":
+            raise VikhrError(
+                f"{where}: budget chars applies to base-tokenizer arms only (their steps see the adapted "
+                "tokenizer's characters); drop it"
+            )
         if (arm.slerp_of is None) != (arm.slerp_t is None):
             raise VikhrError(f"{where}: a merge arm needs both slerp_of and slerp_t")
+        trains = sorted(arm.model_fields_set & TRAINING_KEYS) if arm.slerp_of is not None else []
+        if trains:
+            raise VikhrError(
+                f"{where}: a merge arm trains nothing, so {', '.join(trains)} would not apply (they are "
+                "the merged arm's, slerp_of); drop them"
+            )
         if arm.slerp_of is not None:
             source = by_name.get(arm.slerp_of)
             if source is None:

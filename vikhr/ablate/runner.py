@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gzip
 import hashlib
 import json
 import shutil
@@ -137,6 +138,15 @@ class Ablation:
         corpora.mkdir(parents=True)
         self.ru_train, self.ru_held = split_heldout(self.ru, corpora, "ru")
         self.en_train, self.en_held = split_heldout(self.en, corpora, "en")
+        for lang, held in (("RU", self.ru_held), ("EN", self.en_held)):
+            with gzip.open(held, "rt", encoding="utf-8") as f:
+                found = sum(1 for _ in f)
+            if found < self.cfg.data.eval_docs:
+                print(
+                    f"warning: data.eval_docs is {self.cfg.data.eval_docs}, but the {lang} corpus keeps "
+                    f"{found} held-out document(s): bits per character are measured on those",
+                    file=sys.stderr,
+                )
         tok_dir = self.work / "tokenizer"
         settings = TrainSettings(
             vocab_size=self.cfg.tokenizer.vocab_size, split_by_script=False, verify_lines_per_file=200
@@ -301,19 +311,25 @@ class Ablation:
         """A finished run's figures and HF model, or None when it did not finish (or lost its model)."""
         if not path.is_file():
             return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        hf = self.work / record["hf"]
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            hf = self.work / record["hf"]
+            result = RunResult(
+                arm=arm,
+                seed=seed,
+                trained=trained,
+                train_losses={int(k): float(v) for k, v in record["train_losses"].items()},
+                wall_train_s=float(record["wall_train_s"]),
+                wall_eval_s=float(record["wall_eval_s"]),
+                **{k: record[k] for k in _KEPT},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
+            # A record is written whole (renamed into place): one that does not read was damaged
+            # since. The run is redone, as one that never finished.
+            print(f"warning: {path} is damaged ({type(e).__name__}: {e}); running it again", file=sys.stderr)
+            return None
         if not (hf / "config.json").is_file():
             return None
-        result = RunResult(
-            arm=arm,
-            seed=seed,
-            trained=trained,
-            train_losses={int(k): v for k, v in record["train_losses"].items()},
-            wall_train_s=record["wall_train_s"],
-            wall_eval_s=record["wall_eval_s"],
-            **{k: record[k] for k in _KEPT},
-        )
         return result, hf
 
     # -- arms ----------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 The output has model A's shard layout: each of A's shards is rewritten with every tensor
 interpolated between A and B (vikhr.merge.slerp) at the t the schedule gives its name
 (vikhr.merge.schedule), one tensor pair in memory at a time (vikhr.adapt.safetensors_io). Every
-check — same config architecture, tensor names, shapes and dtypes, same vocabulary files — runs
-before anything is written, and the output directory appears only when complete (vikhr.atomic).
+check — same config architecture, tensor names, shapes and dtypes, the same vocabulary (files of one
+name compared, else the tokenizers' pieces) — runs before anything is written (a NaN or inf weight,
+found while merging, stops it with nothing written); a tied model's stored head is taken as its
+embedding; the output directory appears only when complete (vikhr.atomic).
 config.json, generation_config.json and the tokenizer files come from A (from B when A lacks one);
 where the two contexts (max_position_embeddings) differ, config.json gets the longer.
 """
@@ -60,6 +62,7 @@ SIDE_FILES = (
     CHAT_TEMPLATE_FILE,
 )
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
+HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 # The context length: may differ between the models; the merge takes the longer.
 CONTEXT_KEY = "max_position_embeddings"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -134,17 +137,51 @@ def _vocabulary_content(path: Path) -> Any:
 
 
 def _check_vocabulary_files(a: Path, b: Path) -> None:
+    """The vocabulary files both models have must define the same ids; where they share none (a
+    `.model` beside a tokenizer.json), the vocabularies are loaded and compared piece by piece."""
+    compared = False
     for name in VOCABULARY_FILES:
         both = (a / name).is_file() and (b / name).is_file()
+        compared |= both
         if both and _vocabulary_content(a / name) != _vocabulary_content(b / name):
             raise VikhrError(
                 f"{name} differs between {a} and {b}: the models have different vocabularies "
                 "(merging needs the same tokenizer)"
             )
+    if not compared and all(any((m / n).is_file() for n in VOCABULARY_FILES) for m in (a, b)):
+        pieces_a, pieces_b = _pieces(a), _pieces(b)
+        if pieces_a is not None and pieces_b is not None and pieces_a != pieces_b:
+            raise VikhrError(
+                f"{a} and {b} have different vocabularies (their tokenizer files give other pieces "
+                "to the same ids): merging needs the same tokenizer"
+            )
+
+
+def _pieces(model: Path) -> list[str] | None:
+    """The piece of every id of the tokenizer in `model` (None: no tokenizer vikhr reads)."""
+    from vikhr.tokenizer.load import load
+
+    try:
+        tok = load(model)
+    except VikhrError:
+        return None  # vocab.json / merges.txt only: its files were compared by name above
+    return [tok.id_to_piece(i) for i in range(tok.vocab_size)]
 
 
 def _entries_by_name(headers: list[SafetensorsHeader]) -> dict[str, tuple[TensorEntry, Path]]:
     return {name: (e, h.path) for h in headers for name, e in h.tensors.items()}
+
+
+def _tied_head_aliased(
+    entries_a: dict[str, tuple[TensorEntry, Path]], entries_b: dict[str, tuple[TensorEntry, Path]]
+) -> None:
+    """Tied models (the same `tie_word_embeddings` in both, checked before): one may store its head as
+    well, which transformers replaces with the embedding on load. A head only A stores is merged with
+    B's embedding, one only B stores is left out (the output has A's tensors)."""
+    if HEAD in entries_a and HEAD not in entries_b and EMBEDDING in entries_b:
+        entries_b[HEAD] = entries_b[EMBEDDING]
+    if HEAD in entries_b and HEAD not in entries_a:
+        del entries_b[HEAD]
 
 
 def _check_tensors(
@@ -236,6 +273,8 @@ def merge_checkpoints(
     _check_vocabulary_files(a, b)
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
+    if read_json_object(a / "config.json").get("tie_word_embeddings") is True:
+        _tied_head_aliased(entries_a, entries_b)
     _check_tensors(entries_a, entries_b, a, b)
     schedule.check_filters(list(entries_a))
     t_of = {name: schedule.t_for(name, num_layers) for name in entries_a}
@@ -252,8 +291,8 @@ def merge_checkpoints(
         _copy_side_files(a, b, work, sizes, context)
         summary = {
             "method": method,
-            "model_a": str(a),
-            "model_b": str(b),
+            "model_a": str(a.resolve()),  # where the inputs were, whatever directory the merge ran from
+            "model_b": str(b.resolve()),
             "schedule": schedule.describe(),
             "num_hidden_layers": num_layers,
             **({CONTEXT_KEY: context} if context is not None else {}),

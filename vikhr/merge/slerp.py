@@ -49,6 +49,9 @@ def dot_and_norms(a: Any, b: Any) -> tuple[float, float, float]:
     return dot, math.sqrt(sq_a), math.sqrt(sq_b)
 
 
+NOT_FINITE = "the tensors hold inf or NaN values (a model with them is broken: nothing to merge)"
+
+
 def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     """`method` interpolation of two floating-point tensors of one shape at `t` in [0, 1], in a's dtype.
 
@@ -72,7 +75,7 @@ def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     else:
         dot, norm_a, norm_b = dot_and_norms(a, b)
         if not all(math.isfinite(v) for v in (dot, norm_a, norm_b)):
-            raise VikhrError("the tensors hold inf or NaN values (no angle between them)")
+            raise VikhrError(NOT_FINITE)
         c_a, c_b = slerp_coefficients(t, dot, norm_a, norm_b)
     compute = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
@@ -80,5 +83,7 @@ def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     for s in range(0, flat_a.numel(), CHUNK_ELEMENTS):
         part = flat_a[s : s + CHUNK_ELEMENTS].to(compute, copy=True).mul_(c_a)  # a copy: `a` stays
         part.add_(flat_b[s : s + CHUNK_ELEMENTS].to(compute), alpha=c_b)
+        if method == "linear" and not bool(torch.isfinite(part).all()):  # slerp's norms found them above
+            raise VikhrError(NOT_FINITE)
         out[s : s + CHUNK_ELEMENTS].copy_(part)
     return out.reshape(a.shape)
