@@ -122,7 +122,7 @@ def test_sharegpt_conversations_of_openhermes_and_veles() -> None:
 
 
 def test_alpaca_input_follows_the_instruction_after_a_blank_line() -> None:
-    path = FORMATS_DIR / "ruflan.jsonl"
+    path = FORMATS_DIR / "alpaca.jsonl"
     assert detect_format(path) == "alpaca"
     chats = _chats(path)
     assert chats[0].messages == (
@@ -135,6 +135,80 @@ def test_alpaca_input_follows_the_instruction_after_a_blank_line() -> None:
 
     [chat] = record_chats({"instruction": "", "input": " Кошка спит. ", "output": "Да."}, "alpaca", "x:1")
     assert chat.messages[0] == ("user", "Кошка спит.")
+
+
+def test_flan_inputs_and_targets_of_ruflan() -> None:
+    """ruFLAN is published in FLAN's layout (inputs, targets, task_source, task_name, template_type), which
+    no reader took ("unknown chat format"); the fixture used to dress it as Alpaca."""
+    path = FORMATS_DIR / "ruflan.jsonl"
+    assert detect_format(path) == "flan"
+    assert [c.messages for c in _chats(path)] == [c.messages for c in _chats(FORMATS_DIR / "alpaca.jsonl")]
+    from vikhr.sft.sources import record_chats
+
+    [chat] = record_chats({"inputs": "2+2?", "target": "4"}, "flan", "x:1")  # AlexWortega/flan's "target"
+    assert chat.messages == (("user", "2+2?"), ("assistant", "4"))
+
+
+def test_grandmaster_conversation_and_slimorcas_empty_system(tmp_path: Path) -> None:
+    """GrandMaster-PRO-MAX (the Vikhr models' SFT set) keeps its chat under "conversation", and
+    SlimOrca writes an empty system turn where there is no system prompt: the first was an unknown
+    format, the second dropped the chat as empty_turn."""
+    grandmaster = {
+        "conversation": [
+            {"role": "user", "content": "Привет!"},
+            {"role": "assistant", "content": "Здравствуйте."},
+        ],
+        "prompt_lang": "ru",
+        "answer_lang": "ru",
+        "cluster": 12,
+    }
+    slimorca = {
+        "conversations": [
+            {"from": "system", "value": "", "weight": None},
+            {"from": "human", "value": "Translate: cat", "weight": 0.0},
+            {"from": "gpt", "value": "кошка", "weight": 1.0},
+        ]
+    }
+    (tmp_path / "gm.jsonl").write_text(json.dumps(grandmaster, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "so.jsonl").write_text(json.dumps(slimorca) + "\n", encoding="utf-8")
+    assert detect_format(tmp_path / "gm.jsonl") == "messages"
+    assert [c.messages for c in _chats(tmp_path / "gm.jsonl")] == [
+        (("user", "Привет!"), ("assistant", "Здравствуйте."))
+    ]
+    assert [c.messages for c in _chats(tmp_path / "so.jsonl")] == [
+        (("user", "Translate: cat"), ("assistant", "кошка"))
+    ]
+
+
+def test_a_json_array_file_is_read_record_by_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenHermes-2.5 and alpaca_data.json are one JSON array (1.9 GB for OpenHermes): they were an
+    unknown format. Read one record at a time across read chunks; a damaged array is one Unfit."""
+    import vikhr.sft.sources as sources
+
+    monkeypatch.setattr(sources, "ARRAY_CHUNK_CHARS", 1000)  # records cross the chunks read
+    records = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"вопрос {i} " + "х" * (i * 700)},
+                {"from": "gpt", "value": "да"},
+            ]
+        }
+        for i in range(12)
+    ]
+    path = tmp_path / "openhermes2_5.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    read = list(sources.read_records(path))
+    assert [r for _, r in read] == records and read[3][0] == f"{path}:item 3"
+    assert detect_format(path) == "sharegpt" and len(_chats(path)) == 12
+    for text, message in (
+        ('[{"a": 1} {"b": 2}]', "unexpected '{' between the array's records"),
+        ('[{"a": 1},]', "unexpected ']'"),
+        ('[{"a": 1}', "not closed"),
+        ('[{"a": 1}]\n[{"b": 2}]', "more after the JSON array's closing ']'"),
+    ):
+        path.write_text(text, encoding="utf-8")
+        *_, (where, last) = sources.read_records(path)
+        assert isinstance(last, Unfit) and message in str(last) and where == f"{path}:item 1", text
 
 
 def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:
@@ -422,7 +496,7 @@ def _no_outputs(tmp_path: Path) -> None:
         ("missing_file", "source s: file not found:"),
         ("bad_key", "unknown config key 'sources[0].wieght'"),
         ("count_and_fraction", "source s: give count or fraction, not both"),
-        ("forced_format", "sources[0].format must be messages, sharegpt, alpaca or nectar, got 'csv'"),
+        ("forced_format", "sources[0].format must be messages, sharegpt, flan, alpaca or nectar, got 'csv'"),
         ("no_sources", "config key sources must have at least 1 item, got []"),
         # A format forced on a file of another: every record unfit (was 0 chats, exit 0).
         ("wrong_format", "source s: no record of"),

@@ -4,37 +4,45 @@ Formats (`FORMATS`), each recognised by the fields of its records:
 
 * ``messages`` (Saiga, OpenAI style): ``{"messages": [{"role", "content"}, ...]}``; roles user/assistant/
   system, also ``bot`` (Saiga's name for the assistant). The column layout of an HF dataset
-  (``{"messages": {"role": [...], "content": [...]}}``) is read too.
+  (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
+  ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
-* ``alpaca`` (ruFLAN, rulm self-instruct): ``{"instruction", "input", "output"}``; the input, stripped
-  of surrounding whitespace, follows the instruction after a blank line when it is not empty (and
-  stands alone when the instruction is). The
+* ``flan`` (ruFLAN, FLAN collections): ``{"inputs", "targets"}`` (or ``"target"``): the inputs, the
+  whole prompt, are the user turn and the targets the answer.
+* ``alpaca`` (rulm self-instruct, ru_turbo_alpaca): ``{"instruction", "input", "output"}``; the input,
+  stripped of surrounding whitespace, follows the instruction after a blank line when it is not empty
+  (and stands alone when the instruction is). The
   self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
   chat per instance.
 * ``nectar``: ``{"prompt": "\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:",
   "answers": [{"answer", "model", "rank"}, ...]}``; the best-ranked answer (rank 1 is best), or one
   chat per answer ranked `max_rank` or better.
 
-Files: JSONL (plain, ``.gz``, ``.zst``, through `vikhr.jsonl`) and Parquet (read one row group at a
-time). A record that fits no chat (bad JSON, a role the chat format lacks, an empty turn, turns out
+A system turn that is empty (SlimOrca writes ``{"from": "system", "value": ""}`` where there is no
+system prompt) is left out.
+
+Files: JSONL (plain, ``.gz``, ``.zst``, through `vikhr.jsonl`), a ``.json`` file holding one JSON array
+of records (OpenHermes-2.5, alpaca_data.json; read one record at a time), and Parquet (read one row
+group at a time). A record that fits no chat (bad JSON, a role the chat format lacks, an empty turn, turns out
 of order, missing fields) is an `Unfit` with a reason and its place (``file:line`` or
 ``file:row N``); the caller counts it, nothing is dropped silently.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.template import parse_chat, with_reasoning
 
-FORMATS = ("messages", "sharegpt", "alpaca", "nectar")
+FORMATS = ("messages", "sharegpt", "flan", "alpaca", "nectar")
 ROLE_NAMES = {
     "user": "user",
     "human": "user",
@@ -44,6 +52,7 @@ ROLE_NAMES = {
     "system": "system",
 }
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
+ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
 _NECTAR_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 
 
@@ -98,7 +107,15 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
         yield from _parquet_records(p)
         return
     with open_text(p) as f:
-        for line_no, line in enumerate(f, start=1):
+        lead = f.read(1)
+        while lead[-1:].isspace():
+            lead += f.read(1)
+        if lead[-1:] == "[":  # one JSON array (a .json file)
+            yield from _array_records(f, p)
+            return
+        first_line = lead.count("\n") + 1  # the blank lines read past are counted
+        lines = itertools.chain([lead.rpartition("\n")[2] + f.readline()], f)
+        for line_no, line in enumerate(lines, start=first_line):
             if not line.strip():
                 continue
             where = f"{p}:{line_no}"
@@ -111,6 +128,56 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
                 yield where, Unfit("bad_json", f"expected a JSON object, got {type(record).__name__}")
             else:
                 yield where, record
+
+
+def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
+    """The records of a JSON array whose "[" was read from `f`, decoded one at a time (OpenHermes-2.5's
+    is 1.9 GB); places are ``file:item N``. Bad JSON ends the file: its one Unfit says where."""
+    decoder = json.JSONDecoder()
+    buffer, at, item, ended, after_value = "", 0, 0, False, False
+
+    def more() -> bool:
+        nonlocal buffer, at, ended
+        chunk = f.read(ARRAY_CHUNK_CHARS)
+        buffer, at, ended = buffer[at:] + chunk, 0, not chunk
+        return bool(chunk)
+
+    def unfit(message: str) -> tuple[str, Unfit]:
+        return f"{path}:item {item}", Unfit("bad_json", message)
+
+    while True:
+        while True:  # past white space
+            while at < len(buffer) and buffer[at].isspace():
+                at += 1
+            if at < len(buffer) or not more():
+                break
+        if at >= len(buffer):
+            yield unfit("the JSON array is not closed (a cut file?)")
+            return
+        if buffer[at] == "]" and (after_value or item == 0):
+            rest = buffer[at + 1 :] + f.read()  # the array ends the file (not JSON Lines of arrays)
+            if rest.strip():
+                yield unfit("more after the JSON array's closing ']' (give one array, or JSON Lines)")
+            return
+        if buffer[at] == "," and after_value:
+            at, after_value = at + 1, False
+            continue
+        if after_value or buffer[at] in ",]":
+            yield unfit(f"not valid JSON (unexpected {buffer[at]!r} between the array's records)")
+            return
+        try:
+            record, end = decoder.raw_decode(buffer, at)
+        except json.JSONDecodeError as e:
+            if not ended and more():
+                continue  # the value goes on in the next chunk
+            yield unfit(f"not valid JSON ({e.msg})")
+            return
+        at, after_value = end, True
+        if isinstance(record, dict):
+            yield f"{path}:item {item}", record
+        else:
+            yield unfit(f"expected a JSON object, got {type(record).__name__}")
+        item += 1
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
@@ -155,7 +222,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def record_format(record: dict[str, Any]) -> str | None:
-    if "messages" in record:
+    if "messages" in record or "conversation" in record:
         return "messages"
     if "conversations" in record:
         return "sharegpt"
@@ -163,6 +230,8 @@ def record_format(record: dict[str, Any]) -> str | None:
         return "nectar"
     if "instruction" in record and ("output" in record or "instances" in record):
         return "alpaca"
+    if "inputs" in record and ("targets" in record or "target" in record):
+        return "flan"
     return None
 
 
@@ -170,17 +239,24 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     """The chats of one record in format `fmt`, or Unfit. `where` names it when it has no id."""
     record_id = _record_id(record, where)
     if fmt == "messages":
-        turns = [_messages_turns(record.get("messages"))]
+        turns = [_messages_turns(record["messages"] if "messages" in record else record.get("conversation"))]
     elif fmt == "sharegpt":
         turns = [_sharegpt_turns(record.get("conversations"))]
     elif fmt == "alpaca":
         turns = _alpaca_turns(record)
+    elif fmt == "flan":
+        answer = record["targets"] if "targets" in record else record.get("target")
+        turns = [
+            [("user", _text(record.get("inputs"), '"inputs"')), ("assistant", _text(answer, '"targets"'))]
+        ]
     elif fmt == "nectar":
         turns = _nectar_turns(record, max_rank)
     else:
         raise VikhrError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     chats = []
     for n, messages in enumerate(turns):
+        if messages and messages[0][0] == "system" and not messages[0][1].strip():
+            messages = messages[1:]  # "no system prompt", as SlimOrca writes it
         _check(messages)
         chat_id = record_id if len(turns) == 1 else f"{record_id}#{n}"
         chats.append(Chat(chat_id, record_id, tuple(messages)))
