@@ -275,6 +275,40 @@ def test_hf_column_layout_of_messages(tmp_path: Path) -> None:
     assert chat.messages == (("user", "Привет"), ("assistant", "Здравствуйте!")) and chat.id == "7"
 
 
+def test_keep_where_filters_records_by_their_quality_fields(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """saiga_scored carries opus_score and is_bad_by_regex, ru_turbo_alpaca a label: those were kept
+    whatever they said. keep_where keeps a record by value, list of values or number range; the rest
+    are counted as not_kept; a yes/no field matches only true/false (not 0/1)."""
+    chat = [{"role": "user", "content": "Привет, как дела?"}, {"role": "bot", "content": "Хорошо, спасибо!"}]
+    records = [
+        {"messages": chat, "opus_score": 9, "is_bad_by_regex": False, "id": "good"},
+        {"messages": chat, "opus_score": 2, "is_bad_by_regex": False, "id": "low"},
+        {"messages": chat, "opus_score": 10, "is_bad_by_regex": True, "id": "regex"},
+        {"messages": chat, "opus_score": 9, "is_bad_by_regex": 0, "id": "zero"},
+        {"messages": chat, "id": "unscored"},
+    ]
+    path = tmp_path / "saiga_scored.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    keep = {"opus_score": {"min": 8}, "is_bad_by_regex": False}
+    cfg = _config(tmp_path, [{"name": "s", "path": str(path), "keep_where": keep}], dedup={"exact": False})
+    report = build(cfg)
+    assert [r["id"] for r in _written(tmp_path / "out" / "chats.jsonl")] == ["s/good"]
+    dropped = report["sources"][0]["dropped"]
+    assert dropped == {"not_kept": 4}, dropped
+
+    from vikhr.sft.build_config import load_build_config
+
+    labels = _config(tmp_path, [{"name": "s", "path": str(path), "keep_where": {"opus_score": [9, 10]}}])
+    assert load_build_config(labels).sources[0].not_kept({"opus_score": 2}) == (
+        "opus_score = 2, not [9, 10] (keep_where)"
+    )
+    bad = _config(tmp_path, [{"name": "s", "path": str(path), "keep_where": {"opus_score": {"mn": 8}}}])
+    rc, _, err = _cli(capfd, "sft", "build", str(bad), "--no-progress")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "keep_where" in err, err
+
+
 def test_bundled_rulm_seed_tasks_give_the_chats_of_the_chat_file(shared_data: Path) -> None:
     sft = shared_data / "sft"
     seeds = sft / "ru_alpaca_seed_tasks.jsonl"
@@ -505,6 +539,8 @@ def _no_outputs(tmp_path: Path) -> None:
         ("bad_seed", "config key seed must be >= 0, got -1"),
         # an empty mix and its reports, exit 0 (vikhr sft prepare refused it later)
         ("nothing_kept", "no chat is left to write (not_russian 2): loosen limits"),
+        # every record left out by keep_where: no chat read at all (a numpy TypeError)
+        ("none_kept_where", "no chat is left to write (not_kept 3)"),
     ],
 )
 def test_bad_input_is_one_line_with_status_2(
@@ -523,6 +559,9 @@ def test_bad_input_is_one_line_with_status_2(
         "no_files": [{"name": "s", "path": []}],
         "bad_seed": [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl")}],
         "nothing_kept": [{"name": "s", "path": str(FORMATS_DIR / "nectar.jsonl"), "min_cyrillic_share": 0.5}],
+        "none_kept_where": [
+            {"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl"), "keep_where": {"score": 1}}
+        ],
     }[case]
     keys = {"seed": -1} if case == "bad_seed" else {}
     rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources, **keys)), "--no-progress")

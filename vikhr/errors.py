@@ -346,6 +346,8 @@ def config_error_line(error: Any, root: Any = None, key_prefix: str = "", prefix
     base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
     if base in _EXPECTED:
         return f"{prefix}config key {key}: expected {_EXPECTED[base]}, got {got!r}"
+    if kind == "value_error":  # a validator's own message, which names what it got
+        return f"{prefix}config key {key}: {error['msg'].removeprefix('Value error, ')}"
     return f"{prefix}config key {key}: {error['msg']}, got {got!r}"
 
 

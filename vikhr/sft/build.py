@@ -27,7 +27,7 @@ from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
 from vikhr.sft.own_template import ChatRefused
-from vikhr.sft.sources import Chat, Unfit, detect_format, read_chats_of
+from vikhr.sft.sources import NOT_KEPT, Chat, Unfit, detect_format, read_chats_of
 from vikhr.sft.template import Message, TypedControlError, encode_chat, load_for_chats
 from vikhr.tokenizer.load import Tokenizer
 
@@ -112,11 +112,14 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
         if report is not None:
             report.formats[str(path)] = fmt
         usable, first_unfit = 0, None
-        for where, item in read_chats_of(path, fmt, src.max_rank):
+        for where, item in read_chats_of(path, fmt, src.max_rank, src.not_kept):
             if isinstance(item, Unfit):
-                first_unfit = first_unfit or f"{where}: {item}"
                 if report is not None:
                     report.drop(item.reason, where, str(item))
+                if item.reason == NOT_KEPT:
+                    usable += 1  # read as a chat's record; keep_where left it out
+                else:
+                    first_unfit = first_unfit or f"{where}: {item}"
                 continue
             usable += 1
             yield where, item
@@ -260,7 +263,7 @@ def _check_a_chat_is_kept(a: dict[str, np.ndarray], reports: list[SourceReport])
     counts: Counter[str] = Counter()
     for report in reports:  # unfit records; the chats' own reasons are counted in a["status"]
         counts.update({k: v for k, v in report.dropped.items() if k not in CHAT_REASONS})
-    for code, n in enumerate(np.bincount(a["status"], minlength=len(statuses))):
+    for code, n in enumerate(np.bincount(a["status"].astype(np.intp), minlength=len(statuses))):
         if code and n:
             counts[statuses[code]] += int(n)
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in counts.most_common()) or "no record"

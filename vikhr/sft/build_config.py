@@ -7,7 +7,7 @@
     dedup:     exact, near, threshold (Jaccard of prompt shingles), num_perm
     reward:    model, scores, threshold | top_fraction, batch_size, device, max_length (optional section)
     sources:   [{name, path (file, glob or list), format, language, min_cyrillic_share,
-                 count | fraction, max_rank, reward_threshold | reward_top_fraction}]
+                 count | fraction, max_rank, reward_threshold | reward_top_fraction, keep_where}]
 
 Relative paths are relative to the current directory, as in the trainer's configs.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 from pydantic import ConfigDict, Field, PositiveInt
@@ -56,6 +56,17 @@ class RewardSection(_Section):
     max_length: PositiveInt = 2048
 
 
+class KeepRange(_Section):
+    """A number field kept within [min, max] (either end may be left out)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+# keep_where: a field equal to a value, one of a list of values, or a number within a range.
+KeepCondition = bool | int | float | str | list[bool | int | float | str] | KeepRange
+
+
 class SourceConfig(_Section):
     name: str = Field(pattern=r"^[\w.-]+$")
     path: str | list[str]
@@ -67,6 +78,46 @@ class SourceConfig(_Section):
     max_rank: PositiveInt | None = None
     reward_threshold: float | None = None
     reward_top_fraction: float | None = Fraction
+    # Records kept by the fields a collection carries (saiga_scored: opus_score {min: 8},
+    # is_bad_by_regex: false; ru_turbo_alpaca: label: ok); others are dropped as not_kept.
+    keep_where: dict[str, KeepCondition] = Field(default_factory=dict)
+
+    @pydantic.field_validator("keep_where", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        """Each condition checked here, for one line naming it (pydantic's union tells little)."""
+        if not isinstance(value, dict):
+            return value
+        for name, wanted in value.items():
+            if isinstance(wanted, dict):
+                numbers = all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in wanted.values()
+                )
+                if not wanted or set(wanted) - {"min", "max"} or not numbers:
+                    raise ValueError(
+                        f"{name}: a range is {{min: N, max: N}} (either may be left out), got {wanted!r}"
+                    )
+            elif not (_scalar(wanted) or (isinstance(wanted, list) and wanted and all(map(_scalar, wanted)))):
+                raise ValueError(f"{name}: give a value, a list of values or {{min, max}}, got {wanted!r}")
+        return value
+
+    def not_kept(self, record: dict[str, Any]) -> str | None:
+        """Why `record` fails `keep_where`, or None when it passes."""
+        for name, wanted in self.keep_where.items():
+            if name not in record:
+                return f"no field {name!r} (keep_where)"
+            value = record[name]
+            if isinstance(wanted, KeepRange):
+                number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+                if (
+                    not number
+                    or (wanted.min is not None and value < wanted.min)
+                    or (wanted.max is not None and value > wanted.max)
+                ):
+                    return f"{name} = {value!r}, not within [{wanted.min}, {wanted.max}] (keep_where)"
+            elif not any(_same(value, w) for w in (wanted if isinstance(wanted, list) else [wanted])):
+                return f"{name} = {value!r}, not {wanted!r} (keep_where)"
+        return None
 
     def files(self) -> list[Path]:
         """The files of `path` (globs expanded, sorted); VikhrError naming what matches nothing."""
@@ -81,6 +132,15 @@ class SourceConfig(_Section):
         if not found:
             raise VikhrError(f"source {self.name}: path lists no file (check sources[].path in the config)")
         return found
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def _same(value: Any, wanted: bool | int | float | str) -> bool:
+    """`value == wanted` without Python's True == 1: a yes/no field matches only true or false."""
+    return isinstance(value, bool) == isinstance(wanted, bool) and value == wanted
 
 
 class BuildConfig(_Section):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,6 +51,7 @@ ROLE_NAMES = {
     "gpt": "assistant",
     "system": "system",
 }
+NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
 ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
 _NECTAR_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -386,13 +387,21 @@ def _check(messages: list[tuple[str, str]]) -> None:
 
 
 def read_chats_of(
-    path: str | Path, fmt: str | None = None, max_rank: int | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    max_rank: int | None = None,
+    not_kept: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Iterator[tuple[str, list[Chat] | Unfit]]:
-    """(place, chats or Unfit) of every record of `path`; `fmt` None: detected from the first records."""
+    """(place, chats or Unfit) of every record of `path`; `fmt` None: detected from the first records.
+    `not_kept`: why a record is left out by its fields (an Unfit "not_kept"), None to keep it."""
     fmt = fmt or detect_format(path)
     for where, record in read_records(path):
         if isinstance(record, Unfit):
             yield where, record
+            continue
+        why = not_kept(record) if not_kept is not None else None
+        if why is not None:
+            yield where, Unfit(NOT_KEPT, why)
             continue
         if record_format(record) is None:
             shown = ", ".join(sorted(map(str, record))[:8]) or "none"
