@@ -211,6 +211,27 @@ def test_a_json_array_file_is_read_record_by_record(tmp_path: Path, monkeypatch:
         assert isinstance(last, Unfit) and message in str(last) and where == f"{path}:item 1", text
 
 
+def test_oasst_trees_give_their_main_branch() -> None:
+    """OpenAssistant's message rows (oasst1/oasst2) had no reader: each tree gives the chat of its
+    best-ranked replies, without deleted messages or those that failed their review; a tree whose
+    first message is deleted, or that has no answer, gives none (counted)."""
+    path = FORMATS_DIR / "oasst.jsonl"
+    assert detect_format(path) == "oasst"
+    items = list(read_chats_of(path))
+    chats = [c for _, item in items if not isinstance(item, Unfit) for c in item]
+    assert [c.messages for c in chats] == [
+        (
+            ("user", "Как приготовить борщ?"),
+            ("assistant", "Сначала сварите мясной бульон, затем добавьте свёклу, капусту и картофель."),
+            ("user", "А сколько варить свёклу?"),
+            ("assistant", "Около сорока минут."),
+        )
+    ]
+    assert chats[0].id == "6ab24d72-0181-4594-a9cd-deaf170242fb"
+    unfit = [(where.rpartition(":")[2], item.reason) for where, item in items if isinstance(item, Unfit)]
+    assert unfit == [("8", "bad_record"), ("10", "bad_turns")]
+
+
 def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:
     path = FORMATS_DIR / "nectar.jsonl"
     assert detect_format(path) == "nectar"
@@ -499,7 +520,7 @@ def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
     }
     examples = source["examples"]
     assert examples["bad_role"] == [
-        f"{bad}:1: turn 2: role 'narrator' is not one of assistant, bot, gpt, human, system, user"
+        f"{bad}:1: turn 2: role 'narrator' is not one of assistant, bot, gpt, human, prompter, system, user"
     ]
     assert examples["empty_turn"][0].startswith(f"{bad}:2: turn 2 (assistant) is empty")
     assert examples["unknown_format"][0].startswith(f"{bad}:3: fields (text) fit none of")
@@ -530,7 +551,10 @@ def _no_outputs(tmp_path: Path) -> None:
         ("missing_file", "source s: file not found:"),
         ("bad_key", "unknown config key 'sources[0].wieght'"),
         ("count_and_fraction", "source s: give count or fraction, not both"),
-        ("forced_format", "sources[0].format must be messages, sharegpt, flan, alpaca or nectar, got 'csv'"),
+        (
+            "forced_format",
+            "sources[0].format must be messages, sharegpt, flan, alpaca, nectar or oasst, got 'csv'",
+        ),
         ("no_sources", "config key sources must have at least 1 item, got []"),
         # A format forced on a file of another: every record unfit (was 0 chats, exit 0).
         ("wrong_format", "source s: no record of"),

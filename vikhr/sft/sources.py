@@ -14,6 +14,11 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   (and stands alone when the instruction is). The
   self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
   chat per instance.
+* ``oasst`` (OpenAssistant oasst1/oasst2): message rows ``{"message_id", "parent_id", "role":
+  "prompter"|"assistant", "text", "rank", "deleted", "review_result", "message_tree_id"}``, read a whole
+  file at a time: one chat per tree, its main branch — from the first message, the best-ranked reply
+  at each step (rank 0; unranked ones after the ranked, the first of equals), leaving out deleted
+  messages and those that failed their review, ending with the last answer.
 * ``nectar``: ``{"prompt": "\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:",
   "answers": [{"answer", "model", "rank"}, ...]}``; the best-ranked answer (rank 1 is best), or one
   chat per answer ranked `max_rank` or better.
@@ -42,7 +47,7 @@ from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.template import parse_chat, with_reasoning
 
-FORMATS = ("messages", "sharegpt", "flan", "alpaca", "nectar")
+FORMATS = ("messages", "sharegpt", "flan", "alpaca", "nectar", "oasst")
 ROLE_NAMES = {
     "user": "user",
     "human": "user",
@@ -50,6 +55,7 @@ ROLE_NAMES = {
     "bot": "assistant",
     "gpt": "assistant",
     "system": "system",
+    "prompter": "user",  # OpenAssistant's
 }
 NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
@@ -233,6 +239,8 @@ def record_format(record: dict[str, Any]) -> str | None:
         return "alpaca"
     if "inputs" in record and ("targets" in record or "target" in record):
         return "flan"
+    if all(key in record for key in ("message_id", "parent_id", "role", "text")):
+        return "oasst"
     return None
 
 
@@ -252,6 +260,8 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         ]
     elif fmt == "nectar":
         turns = _nectar_turns(record, max_rank)
+    elif fmt == "oasst":
+        raise Unfit("bad_record", "an OASST message row is read with its tree (read_chats_of reads the file)")
     else:
         raise VikhrError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     chats = []
@@ -395,6 +405,7 @@ def read_chats_of(
     """(place, chats or Unfit) of every record of `path`; `fmt` None: detected from the first records.
     `not_kept`: why a record is left out by its fields (an Unfit "not_kept"), None to keep it."""
     fmt = fmt or detect_format(path)
+    messages: list[tuple[str, dict[str, Any]]] = []  # oasst: the file's message rows, for its trees
     for where, record in read_records(path):
         if isinstance(record, Unfit):
             yield where, record
@@ -408,6 +419,60 @@ def read_chats_of(
             yield where, Unfit("unknown_format", f"fields ({shown}) fit none of {', '.join(FORMATS)}")
             continue
         try:
+            if fmt == "oasst":
+                messages.append((where, _oasst_message(record)))
+                continue
             yield where, record_chats(record, fmt, where, max_rank)
         except Unfit as e:
             yield where, e
+    yield from _oasst_chats(messages)
+
+
+def _oasst_message(record: dict[str, Any]) -> dict[str, Any]:
+    """What of an OASST message row its tree needs, checked (Unfit otherwise)."""
+    message_id, parent = record.get("message_id"), record.get("parent_id")
+    if not isinstance(message_id, str) or not message_id:
+        raise Unfit("bad_record", '"message_id" must be a non-empty string')
+    if parent is not None and not isinstance(parent, str):
+        raise Unfit("bad_record", f'"parent_id" must be a string or null, got {type(parent).__name__}')
+    if record.get("role") not in ("prompter", "assistant"):
+        raise Unfit("bad_role", f"role {record.get('role')!r} is not prompter or assistant")
+    rank = record.get("rank")
+    if rank is not None and (not isinstance(rank, (int, float)) or isinstance(rank, bool) or rank != rank):
+        raise Unfit("bad_record", f'"rank" must be a number or null, got {rank!r}')
+    tree = record.get("message_tree_id")
+    return {
+        "id": message_id,
+        "parent": parent,
+        "role": ROLE_NAMES[record["role"]],
+        "text": _text(record.get("text"), '"text"'),
+        "rank": rank,
+        "tree": tree if isinstance(tree, str) and tree else message_id,
+        "usable": record.get("deleted") is not True and record.get("review_result") is not False,
+    }
+
+
+def _oasst_chats(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, list[Chat] | Unfit]]:
+    """One chat per tree of `messages` (see the module doc), placed at its first message."""
+    replies: dict[str, list[dict[str, Any]]] = {}
+    for _, m in messages:
+        if m["parent"] is not None and m["usable"]:
+            replies.setdefault(m["parent"], []).append(m)
+    for where, root in messages:
+        if root["parent"] is not None:
+            continue
+        if not root["usable"]:
+            yield where, Unfit("bad_record", "the tree's first message is deleted or failed its review")
+            continue
+        branch = [root]
+        while found := replies.get(branch[-1]["id"]):
+            branch.append(min(found, key=lambda m: (m["rank"] is None, m["rank"] or 0)))  # first of equals
+        if branch[-1]["role"] == "user":
+            branch.pop()  # a question no answer followed
+        turns = [(m["role"], m["text"]) for m in branch]
+        try:
+            _check(turns)
+        except Unfit as e:
+            yield where, e
+            continue
+        yield where, [Chat(root["tree"], root["tree"], tuple(turns))]
