@@ -26,11 +26,11 @@ Formats (`FORMATS`), each recognised by the fields of its records:
 A system turn that is empty (SlimOrca writes ``{"from": "system", "value": ""}`` where there is no
 system prompt) is left out.
 
-Files: JSONL (plain, ``.gz``, ``.zst``, through `vikhr.jsonl`), a ``.json`` file holding one JSON array
-of records (OpenHermes-2.5, alpaca_data.json; read one record at a time), and Parquet (read one row
-group at a time). A record that fits no chat (bad JSON, a role the chat format lacks, an empty turn, turns out
-of order, missing fields) is an `Unfit` with a reason and its place (``file:line`` or
-``file:row N``); the caller counts it, nothing is dropped silently.
+Files: JSONL (plain, ``.gz``, ``.zst``, through `vikhr.jsonl`), a ``.json`` file holding one JSON
+array of records (OpenHermes-2.5, alpaca_data.json; read one record at a time), and Parquet (read one
+row group at a time). A record that fits no chat (bad JSON, a role the chat format lacks, an empty
+turn, turns out of order, missing fields) is an `Unfit` with a reason and its place (``file:line``,
+``file:item N`` or ``file:row N``); the caller counts it, nothing is dropped silently.
 """
 
 from __future__ import annotations
