@@ -211,6 +211,41 @@ def test_a_json_array_file_is_read_record_by_record(tmp_path: Path, monkeypatch:
         assert isinstance(last, Unfit) and message in str(last) and where == f"{path}:item 1", text
 
 
+def test_dolly_and_orca_columns(tmp_path: Path) -> None:
+    """databricks-dolly-15k's instruction/context/response and OpenOrca's system_prompt/question/
+    response columns were unknown formats."""
+    dolly = [
+        {
+            "instruction": "Кто написал «Войну и мир»?",
+            "context": "",
+            "response": "Лев Толстой.",
+            "category": "open_qa",
+        },
+        {
+            "instruction": "Сократи текст.",
+            "context": " Длинный текст. ",
+            "response": "Текст.",
+            "category": "summarization",
+        },
+    ]
+    orca = [
+        {"id": "niv.1", "system_prompt": "Ты — полезный помощник.", "question": "2+2?", "response": "4."},
+        {"id": "cot.2", "system_prompt": "", "question": "3+3?", "response": "6."},
+    ]
+    for name, records in (("dolly", dolly), ("orca", orca)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        assert detect_format(path) == name
+    assert [c.messages for c in _chats(tmp_path / "dolly.jsonl")] == [
+        (("user", "Кто написал «Войну и мир»?"), ("assistant", "Лев Толстой.")),
+        (("user", "Сократи текст.\n\nДлинный текст."), ("assistant", "Текст.")),
+    ]
+    assert [c.messages for c in _chats(tmp_path / "orca.jsonl")] == [
+        (("system", "Ты — полезный помощник."), ("user", "2+2?"), ("assistant", "4.")),
+        (("user", "3+3?"), ("assistant", "6.")),  # an empty system prompt: none
+    ]
+
+
 def test_oasst_trees_give_their_main_branch() -> None:
     """OpenAssistant's message rows (oasst1/oasst2) had no reader: each tree gives the chat of its
     best-ranked replies, without deleted messages or those that failed their review; a tree whose
@@ -553,7 +588,8 @@ def _no_outputs(tmp_path: Path) -> None:
         ("count_and_fraction", "source s: give count or fraction, not both"),
         (
             "forced_format",
-            "sources[0].format must be messages, sharegpt, flan, alpaca, nectar or oasst, got 'csv'",
+            "sources[0].format must be messages, sharegpt, flan, alpaca, dolly, orca, nectar or oasst, "
+            "got 'csv'",
         ),
         ("no_sources", "config key sources must have at least 1 item, got []"),
         # A format forced on a file of another: every record unfit (was 0 chats, exit 0).

@@ -14,6 +14,10 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   (and stands alone when the instruction is). The
   self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
   chat per instance.
+* ``dolly`` (databricks-dolly-15k and its translations): ``{"instruction", "context", "response"}``; the
+  context follows the instruction as an Alpaca input does.
+* ``orca`` (OpenOrca, SlimOrca-style dumps as columns): ``{"system_prompt", "question", "response"}``;
+  the system prompt, when not empty, opens the chat.
 * ``oasst`` (OpenAssistant oasst1/oasst2): message rows ``{"message_id", "parent_id", "role":
   "prompter"|"assistant", "text", "rank", "deleted", "review_result", "message_tree_id"}``, read a whole
   file at a time: one chat per tree, its main branch — from the first message, the best-ranked reply
@@ -47,7 +51,7 @@ from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.template import parse_chat, with_reasoning
 
-FORMATS = ("messages", "sharegpt", "flan", "alpaca", "nectar", "oasst")
+FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst")
 ROLE_NAMES = {
     "user": "user",
     "human": "user",
@@ -239,6 +243,10 @@ def record_format(record: dict[str, Any]) -> str | None:
         return "alpaca"
     if "inputs" in record and ("targets" in record or "target" in record):
         return "flan"
+    if "instruction" in record and "response" in record:
+        return "dolly"
+    if "question" in record and "response" in record:
+        return "orca"
     if all(key in record for key in ("message_id", "parent_id", "role", "text")):
         return "oasst"
     return None
@@ -258,6 +266,18 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         turns = [
             [("user", _text(record.get("inputs"), '"inputs"')), ("assistant", _text(answer, '"targets"'))]
         ]
+    elif fmt == "dolly":
+        instruction = _text(record.get("instruction"), '"instruction"')
+        prompt = _alpaca_prompt(instruction, record.get("context"), '"context"')
+        turns = [[("user", prompt), ("assistant", _text(record.get("response"), '"response"'))]]
+    elif fmt == "orca":
+        system = record.get("system_prompt")
+        opening = [("system", _text(system, '"system_prompt"'))] if system is not None else []
+        question, response = (
+            _text(record.get("question"), '"question"'),
+            _text(record.get("response"), '"response"'),
+        )
+        turns = [[*opening, ("user", question), ("assistant", response)]]
     elif fmt == "nectar":
         turns = _nectar_turns(record, max_rank)
     elif fmt == "oasst":
@@ -328,8 +348,8 @@ def _sharegpt_turns(raw: Any) -> list[tuple[str, str]]:
     return turns
 
 
-def _alpaca_prompt(instruction: str, given: Any) -> str:
-    given = "" if given is None else _text(given, '"input"').strip()
+def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
+    given = "" if given is None else _text(given, what).strip()
     if not instruction.strip():  # the input alone, not after an empty line
         return given or instruction
     return f"{instruction}\n\n{given}" if given else instruction
