@@ -128,8 +128,9 @@ def _write_jsonl(path: Path, docs: list[dict[str, str]]) -> None:
         gz.write("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
 
 
-def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path]:
-    """(train JSONL, held-out JSONL) by the tokenizer's deterministic hash split of document ids."""
+def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path, int]:
+    """(train JSONL, held-out JSONL, held-out documents) by the tokenizer's deterministic hash split
+    of document ids."""
     from vikhr.tokenizer.corpus import iter_documents
 
     parts = {
@@ -141,7 +142,7 @@ def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path]:
     _write_jsonl(out / f"{name}-train.jsonl.gz", parts["train"])
     _write_jsonl(out / f"{name}-heldout.jsonl.gz", parts["heldout"])
     print(f"      {name}: {len(parts['train'])} training, {len(parts['heldout'])} held-out documents")
-    return out / f"{name}-train.jsonl.gz", out / f"{name}-heldout.jsonl.gz"
+    return out / f"{name}-train.jsonl.gz", out / f"{name}-heldout.jsonl.gz", len(parts["heldout"])
 
 
 def bits_per_char(
@@ -310,8 +311,8 @@ class Demo:
         self.stage(1, "split: held-out documents are kept out of every training step")
         corpora = self.workdir / "corpora"
         corpora.mkdir()
-        self.ru_train, self.ru_held = split_heldout(ru, corpora, "ru")
-        self.en_train, self.en_held = split_heldout(en, corpora, "en")
+        self.ru_train, self.ru_held, _ = split_heldout(ru, corpora, "ru")
+        self.en_train, self.en_held, _ = split_heldout(en, corpora, "en")
 
     def tokenizer(self) -> None:
         from vikhr.tokenizer.train import TrainSettings, train_tokenizer

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import shutil
@@ -136,11 +135,9 @@ class Ablation:
 
         corpora = self.work / "corpora"
         corpora.mkdir(parents=True)
-        self.ru_train, self.ru_held = split_heldout(self.ru, corpora, "ru")
-        self.en_train, self.en_held = split_heldout(self.en, corpora, "en")
-        for lang, held in (("RU", self.ru_held), ("EN", self.en_held)):
-            with gzip.open(held, "rt", encoding="utf-8") as f:
-                found = sum(1 for _ in f)
+        self.ru_train, self.ru_held, ru_held_docs = split_heldout(self.ru, corpora, "ru")
+        self.en_train, self.en_held, en_held_docs = split_heldout(self.en, corpora, "en")
+        for lang, found in (("RU", ru_held_docs), ("EN", en_held_docs)):
             if found < self.cfg.data.eval_docs:
                 print(
                     f"warning: data.eval_docs is {self.cfg.data.eval_docs}, but the {lang} corpus keeps "
