@@ -180,6 +180,47 @@ def test_grandmaster_conversation_and_slimorcas_empty_system(tmp_path: Path) -> 
     ]
 
 
+def test_per_turn_weights_are_kept_and_an_answer_of_weight_0_is_not_trained(tmp_path: Path) -> None:
+    """ShareGPT's per-turn weight (and OpenAI's on messages): a weight-0 answer was trained."""
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    turns = [
+        {"from": "system", "value": "", "weight": None},
+        {"from": "human", "value": "Сколько будет 2+2?", "weight": 0},
+        {"from": "gpt", "value": "Пять.", "weight": 0},
+        {"from": "human", "value": "Неверно. Сколько?", "weight": 0.0},
+        {"from": "gpt", "value": "Четыре.", "weight": 1.0},
+    ]
+    records = [
+        {"id": "w", "conversations": turns},
+        {"id": "bad", "conversations": [*turns[1:4], {**turns[4], "weight": 0.5}]},
+        {"id": "none", "conversations": [*turns[1:4], {**turns[4], "weight": 0}]},
+        {"id": "user1", "conversations": [{**turns[1], "weight": 1}, turns[4]]},
+    ]
+    path = tmp_path / "weighted.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    out = dict(read_chats_of(path))
+    chat = out[f"{path}:1"][0]
+    assert chat.untrained == (1,)  # after the empty system turn is left out
+    written = chat.record("src")["messages"]
+    assert [m.get("weight") for m in written] == [None, 0, None, None]
+    reasons = {
+        where.rsplit(":", 1)[1]: (e.reason, str(e)) for where, e in out.items() if isinstance(e, Unfit)
+    }
+    assert reasons == {
+        "2": ("bad_weight", "turn 4: weight must be 0, 1 or null, got 0.5"),
+        "3": ("bad_turns", "every assistant turn has weight 0 (nothing to train on)"),
+        "4": (
+            "bad_weight",
+            "turn 1: weight 1 on a user turn: only assistant turns are trained (give it weight 0 or none)",
+        ),
+    }
+    tok = load_chat_tokenizer(MISTRAL, "mistral")
+    enc = encode_chat(parse_chat({"messages": written}), tok, "mistral")
+    trained = tok.decode([t for t, m in zip(enc.ids, enc.mask, strict=True) if m])
+    assert trained.strip() == "Четыре."
+
+
 def test_a_json_array_file_is_read_record_by_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenHermes-2.5 and alpaca_data.json are one JSON array (1.9 GB for OpenHermes): they were an
     unknown format. Read one record at a time across read chunks; a damaged array is one Unfit."""

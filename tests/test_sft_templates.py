@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SHARED_DATA
-from vikhr.assets import RU_SAMPLE, RU_SEED_CHATS
+from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE, RU_SEED_CHATS
 from vikhr.errors import VikhrError
 from vikhr.sft.build import build
 from vikhr.sft.prepare import mask_runs, prepare_sft, render_prepared
@@ -230,6 +230,63 @@ def test_mask_is_exactly_the_answers_and_their_end_tokens(
         if template == "qwen3":  # the last answer opens with its (empty) thinking block
             answers[-1] = EMPTY_THINKING + answers[-1].lstrip("\n")
         assert trained == [a + END_TOKEN[template] for a in answers], number
+
+
+def _first_answer_untrained(tok: Tokenizer, template: str) -> None:
+    """A two-answer chat whose first answer has weight 0 gets the same ids, and the mask of the chat
+    without weights less the first answer's run."""
+    chat = [
+        ("user", "Hi"),
+        ("assistant", "Привет! Чем помочь?"),
+        ("user", "Ничем."),
+        ("assistant", "Хорошо."),
+    ]
+    plain = parse_chat({"messages": [{"role": r, "content": c} for r, c in chat]})
+    weighted = parse_chat(
+        {
+            "messages": [
+                {"role": r, "content": c, "weight": 0 if i == 1 else None} for i, (r, c) in enumerate(chat)
+            ]
+        }
+    )
+    full, enc = encode_chat(plain, tok, template), encode_chat(weighted, tok, template)
+    start = full.mask.index(1)
+    end = full.mask.index(0, start)
+    expected = [*full.mask[:start], *[0] * (end - start), *full.mask[end:]]
+    assert enc.ids == full.ids
+    assert enc.mask == expected and 0 < sum(expected) < sum(full.mask)
+
+
+def test_an_answer_of_weight_0_is_context_only(model_dir: tuple[str, Path]) -> None:
+    template, directory = model_dir
+    # Qwen3's own template renders an earlier answer apart from the last (no thinking block): `own`
+    # refuses its multi-turn chats.
+    for name in (template, "own") if template != "qwen3" else (template,):
+        _first_answer_untrained(load_chat_tokenizer(directory, name), name)
+
+
+@pytest.mark.parametrize("template", ["mistral", "chatml"])
+def test_an_answer_of_weight_0_is_context_only_with_sentencepiece(template: str) -> None:
+    _first_answer_untrained(load_chat_tokenizer(MISTRAL_TOKENIZER, template), template)
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"),
+    [
+        ((None, 2), "message 2: weight must be 0, 1 or null, got 2"),
+        ((None, True), "message 2: weight must be 0, 1 or null, got True"),
+        ((1, None), "message 1: weight 1 on a user turn: only assistant turns are trained"),
+        ((0, 0.0), "every assistant turn has weight 0 (nothing to train on)"),
+    ],
+)
+def test_bad_weights_are_refused(weights: tuple[Any, Any], problem: str) -> None:
+    messages = [
+        {"role": "user", "content": "Привет", "weight": weights[0]},
+        {"role": "assistant", "content": "Здравствуйте", "weight": weights[1]},
+    ]
+    with pytest.raises(VikhrError) as e:
+        parse_chat({"messages": messages})
+    assert str(e.value).startswith(problem)
 
 
 @pytest.mark.parametrize("template", ["chatml", "qwen3"])

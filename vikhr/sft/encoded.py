@@ -16,6 +16,7 @@ class TypedControlError(VikhrError):
 class Message:
     role: str
     content: str
+    trained: bool = True  # an assistant turn with weight 0 (ShareGPT's per-turn weight) is context only
 
 
 @dataclass

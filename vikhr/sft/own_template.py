@@ -90,7 +90,7 @@ class OwnTemplate:
         whole = self.render(chat, for_generation)
         trained = bytearray(len(whole))
         for i, m in enumerate(messages):
-            if m.role == "assistant":
+            if m.role == "assistant" and m.trained:
                 try:
                     start, end = self._answer(chat, i, whole)
                 except ChatRefused:

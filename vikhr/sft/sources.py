@@ -49,7 +49,7 @@ from typing import Any, TextIO
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
-from vikhr.sft.template import parse_chat, with_reasoning
+from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 
 FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst")
 ROLE_NAMES = {
@@ -74,6 +74,7 @@ class Chat:
     id: str  # unique within its source: the record's own id (or its place), "#n" for a record's n-th chat
     group: str  # the record it came from: the chats of one record are not near-duplicates of each other
     messages: tuple[tuple[str, str], ...]  # (role, content), validated by vikhr.sft.template.parse_chat
+    untrained: tuple[int, ...] = ()  # the answers (indices into messages) of weight 0: context only
 
     def prompt(self) -> str:
         """Every turn before the last answer (system and user turns, earlier answers)."""
@@ -87,7 +88,10 @@ class Chat:
         return {
             "id": f"{source}/{self.id}",
             "source": source,
-            "messages": [{"role": r, "content": c} for r, c in self.messages],
+            "messages": [
+                {"role": r, "content": c, **({"weight": 0} if i in self.untrained else {})}
+                for i, (r, c) in enumerate(self.messages)
+            ],
         }
 
 
@@ -255,10 +259,14 @@ def record_format(record: dict[str, Any]) -> str | None:
 def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | None = None) -> list[Chat]:
     """The chats of one record in format `fmt`, or Unfit. `where` names it when it has no id."""
     record_id = _record_id(record, where)
+    untrained: tuple[int, ...] = ()  # messages and sharegpt: the answers of weight 0
     if fmt == "messages":
-        turns = [_messages_turns(record["messages"] if "messages" in record else record.get("conversation"))]
+        raw = record["messages"] if "messages" in record else record.get("conversation")
+        messages, untrained = _messages_turns(raw)
+        turns = [messages]
     elif fmt == "sharegpt":
-        turns = [_sharegpt_turns(record.get("conversations"))]
+        messages, untrained = _sharegpt_turns(record.get("conversations"))
+        turns = [messages]
     elif fmt == "alpaca":
         turns = _alpaca_turns(record)
     elif fmt == "flan":
@@ -288,9 +296,10 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     for n, messages in enumerate(turns):
         if messages and messages[0][0] == "system" and not messages[0][1].strip():
             messages = messages[1:]  # "no system prompt", as SlimOrca writes it
-        _check(messages)
+            untrained = tuple(i - 1 for i in untrained)
+        _check(messages, untrained)
         chat_id = record_id if len(turns) == 1 else f"{record_id}#{n}"
-        chats.append(Chat(chat_id, record_id, tuple(messages)))
+        chats.append(Chat(chat_id, record_id, tuple(messages), untrained))
     return chats
 
 
@@ -316,7 +325,16 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _messages_turns(raw: Any) -> list[tuple[str, str]]:
+def _weight(m: dict[str, Any], role: str, i: int) -> bool:
+    """Whether turn `i` is trained by its optional "weight" (see template.turn_weight), or Unfit."""
+    try:
+        return turn_weight(m.get("weight"), role, i)
+    except VikhrError as e:
+        raise Unfit("bad_weight", str(e).replace("message", "turn", 1)) from None
+
+
+def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The turns of a "messages" list and the indices of the answers of weight 0."""
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
@@ -325,7 +343,7 @@ def _messages_turns(raw: Any) -> list[tuple[str, str]]:
         raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=True)]
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
-    turns = []
+    turns, untrained = [], []
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
@@ -334,18 +352,24 @@ def _messages_turns(raw: Any) -> list[tuple[str, str]]:
             turns.append((role, with_reasoning(content, m.get("reasoning_content"), role, i)))
         except VikhrError as e:
             raise Unfit("bad_record", str(e).replace("message", "turn", 1)) from None
-    return turns
+        if not _weight(m, role, i):
+            untrained.append(i - 1)
+    return turns, tuple(untrained)
 
 
-def _sharegpt_turns(raw: Any) -> list[tuple[str, str]]:
+def _sharegpt_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The turns of a ShareGPT "conversations" list and the indices of the answers of weight 0."""
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
-    turns = []
+    turns, untrained = [], []
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"from", "value"}}, got {type(m).__name__}')
-        turns.append((_role(m.get("from"), i), _text(m.get("value"), f"turn {i} value")))
-    return turns
+        role = _role(m.get("from"), i)
+        turns.append((role, _text(m.get("value"), f"turn {i} value")))
+        if not _weight(m, role, i):
+            untrained.append(i - 1)
+    return turns, tuple(untrained)
 
 
 def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
@@ -405,13 +429,14 @@ def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tup
     return [[*prompt, ("assistant", answer)] for _, _, answer in chosen]
 
 
-def _check(messages: list[tuple[str, str]]) -> None:
-    """Unfit unless `vikhr sft prepare` accepts the chat and no turn is empty."""
+def _check(messages: list[tuple[str, str]], untrained: tuple[int, ...] = ()) -> None:
+    """Unfit unless `vikhr sft prepare` accepts the chat (`untrained`: its answers of weight 0) and no
+    turn is empty."""
     for i, (role, content) in enumerate(messages, start=1):
         if not content.strip():
             raise Unfit("empty_turn", f"turn {i} ({role}) is empty")
     try:
-        parse_chat({"messages": [{"role": r, "content": c} for r, c in messages]})
+        parse_chat({"messages": Chat("", "", tuple(messages), untrained).record("")["messages"]})
     except VikhrError as e:
         raise Unfit("bad_turns", str(e)) from None
 

@@ -73,7 +73,8 @@ its dummy-prefix space.
 Mask: 1 on every token of an assistant answer including its closing token (``</s>``,
 ``<|im_end|>``, ``<|eot_id|>``), 0 on BOS, system, user and template tokens. A token that spans
 template text and the start of an answer (a byte-level merge of ``\\n`` + an answer's leading
-``\\n``) is trained.
+``\\n``) is trained. An answer whose message has ``"weight": 0`` (OpenAI's fine-tuning format and
+ShareGPT's per-turn weight; absent or null trains it) is context only, masked like a user turn.
 """
 
 from __future__ import annotations
@@ -286,6 +287,22 @@ def with_reasoning(content: str, reasoning: Any, role: str, number: int) -> str:
     return f"<think>\n{reasoning}\n</think>\n\n{content}"
 
 
+def turn_weight(weight: Any, role: str, number: int) -> bool:
+    """Whether message `number` is trained, by its optional per-turn ``"weight"`` (ShareGPT's, as
+    axolotl reads it): absent or null keeps the default (answers trained), 0 makes an answer context
+    only; 1 on another role is refused (only answers are trained). VikhrError on another value."""
+    if weight is None:
+        return True
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+        raise VikhrError(f"message {number}: weight must be 0, 1 or null, got {weight!r}")
+    if weight == 1 and role != "assistant":
+        raise VikhrError(
+            f"message {number}: weight 1 on a {role} turn: only assistant turns are trained "
+            "(give it weight 0 or none)"
+        )
+    return bool(weight) or role != "assistant"
+
+
 def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
     """The messages of one chat record, or VikhrError saying what is wrong (without a location).
 
@@ -305,7 +322,8 @@ def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
             raise VikhrError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
         if not isinstance(content, str):
             raise VikhrError(f"message {i}: content must be a string, got {type(content).__name__}")
-        messages.append(Message(role, with_reasoning(content, m.get("reasoning_content"), role, i)))
+        content = with_reasoning(content, m.get("reasoning_content"), role, i)
+        messages.append(Message(role, content, turn_weight(m.get("weight"), role, i)))
     turns = messages[1:] if messages[0].role == "system" else messages
     for i, m in enumerate(turns):
         number = i + 1 + (len(messages) - len(turns))
@@ -323,6 +341,8 @@ def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
             raise VikhrError("a prompt for generation must end with a user turn")
     elif not any(m.role == "assistant" for m in turns):
         raise VikhrError("chat has no assistant turn (nothing to train on)")
+    elif not any(m.role == "assistant" and m.trained for m in turns):
+        raise VikhrError("every assistant turn has weight 0 (nothing to train on)")
     elif turns[-1].role != "assistant":
         raise VikhrError(f"message {len(messages)}: chat ends with a user turn that has no answer")
     return messages
@@ -476,6 +496,13 @@ def _llama3_segments(messages: list[Message], for_generation: bool) -> Segments:
     return [*out, (prompt, False)] if prompt else out
 
 
+def _weighted(segments: Segments, messages: list[Message]) -> Segments:
+    """`segments` with the answers of weight-0 messages untrained: every template writes each
+    assistant message as one trained segment, in order."""
+    answers = iter([m.trained for m in messages if m.role == "assistant"])
+    return [(parts, trained and next(answers)) for parts, trained in segments]
+
+
 _SEGMENTS: dict[str, Callable[[list[Message], bool], Segments]] = {
     "mistral": _mistral_segments,
     "mistral-v3": _mistral_v3_segments,
@@ -566,6 +593,7 @@ def encode_chat(
         segments = _spaced_answers(segments)
     if template == "mistral-v3" and mistral_v3_spaced(tok):
         segments = _spaced_texts(segments)
+    segments = _weighted(segments, messages)
     body = _Encoder(tok, controls, across_segments).encode(segments)
     if template == "llama3" or tok.bos_id is None:  # llama3 writes its <|begin_of_text|> itself
         return body
