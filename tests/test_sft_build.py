@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -135,6 +136,35 @@ def test_alpaca_input_follows_the_instruction_after_a_blank_line() -> None:
 
     [chat] = record_chats({"instruction": "", "input": " Кошка спит. ", "output": "Да."}, "alpaca", "x:1")
     assert chat.messages[0] == ("user", "Кошка спит.")
+
+
+def test_llama_factory_alpaca_system_and_history_open_the_chat() -> None:
+    """LLaMA-Factory's alpaca layout adds `system` and `history`: both were dropped silently."""
+    from vikhr.sft.sources import record_chats
+
+    record = {
+        "instruction": "А теперь умножь на три.",
+        "input": "",
+        "output": "Двенадцать.",
+        "system": "Отвечай словами.",
+        "history": [["Сколько будет 2+2?", "Четыре."]],
+    }
+    [chat] = record_chats(record, "alpaca", "x:1")
+    assert chat.messages == (
+        ("system", "Отвечай словами."),
+        ("user", "Сколько будет 2+2?"),
+        ("assistant", "Четыре."),
+        ("user", "А теперь умножь на три."),
+        ("assistant", "Двенадцать."),
+    )
+    [chat] = record_chats({**record, "system": "", "history": None}, "alpaca", "x:2")
+    assert chat.messages == (("user", "А теперь умножь на три."), ("assistant", "Двенадцать."))
+    for history, problem in [
+        ("Q", "must be a list"),
+        ([["Q"]], "item 1: expected a [question, answer] pair"),
+    ]:
+        with pytest.raises(Unfit, match=re.escape(problem)):
+            record_chats({**record, "history": history}, "alpaca", "x:3")
 
 
 def test_flan_inputs_and_targets_of_ruflan() -> None:

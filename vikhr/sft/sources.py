@@ -11,7 +11,8 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   whole prompt, are the user turn and the targets the answer.
 * ``alpaca`` (rulm self-instruct, ru_turbo_alpaca): ``{"instruction", "input", "output"}``; the input,
   stripped of surrounding whitespace, follows the instruction after a blank line when it is not empty
-  (and stands alone when the instruction is). The
+  (and stands alone when the instruction is). LLaMA-Factory's ``system`` and ``history``
+  (``[[question, answer], ...]``) are the turns before it. The
   self-instruct seed layout ``{"instruction", "instances": [{"input", "output"}, ...]}`` gives one
   chat per instance.
 * ``dolly`` (databricks-dolly-15k and its translations): ``{"instruction", "context", "response"}``; the
@@ -379,11 +380,36 @@ def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
     return f"{instruction}\n\n{given}" if given else instruction
 
 
+def _alpaca_opening(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """LLaMA-Factory's alpaca fields: the ``system`` prompt and the ``history`` of earlier
+    ``[question, answer]`` pairs, the turns before the instruction (none when absent or null)."""
+    system, history = record.get("system"), record.get("history")
+    turns = [("system", _text(system, '"system"'))] if system is not None else []
+    if history is None:
+        return turns
+    if not isinstance(history, list):
+        raise Unfit(
+            "bad_record",
+            f'"history" must be a list of [question, answer] pairs, got {type(history).__name__}',
+        )
+    for i, pair in enumerate(history, start=1):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise Unfit(
+                "bad_record", f'"history" item {i}: expected a [question, answer] pair, got {pair!r:.60}'
+            )
+        turns += [
+            ("user", _text(pair[0], f'"history" item {i} question')),
+            ("assistant", _text(pair[1], f'"history" item {i} answer')),
+        ]
+    return turns
+
+
 def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
     instruction = _text(record.get("instruction"), '"instruction"')
     if "output" in record:
         output = _text(record["output"], '"output"')
-        return [[("user", _alpaca_prompt(instruction, record.get("input"))), ("assistant", output)]]
+        last = [("user", _alpaca_prompt(instruction, record.get("input"))), ("assistant", output)]
+        return [[*_alpaca_opening(record), *last]]
     instances = record.get("instances")
     if not isinstance(instances, list) or not instances:
         raise Unfit("bad_record", '"instances" must be a non-empty list of {"input", "output"}')
