@@ -167,6 +167,42 @@ def test_llama_factory_alpaca_system_and_history_open_the_chat() -> None:
             record_chats({**record, "history": history}, "alpaca", "x:3")
 
 
+def test_preference_pairs_give_their_chosen_chat(tmp_path: Path) -> None:
+    """DPO pairs in UltraFeedback-binarized's, HH-RLHF's and TRL's explicit-prompt layouts."""
+    user = {"role": "user", "content": "Какого цвета небо?"}
+    hh_prompt = "\n\nHuman: Привет\n\nAssistant: Здравствуйте!\n\nHuman: Как дела?\n\nAssistant:"
+    records = [
+        {  # UltraFeedback-binarized: chosen is the whole chat, prompt repeats its question
+            "prompt": user["content"],
+            "chosen": [user, {"role": "assistant", "content": "Голубое."}],
+            "rejected": [user, {"role": "assistant", "content": "Зелёное."}],
+            "score_chosen": 8.0,
+        },
+        {  # Anthropic HH-RLHF
+            "chosen": f"{hh_prompt} Хорошо.",
+            "rejected": f"{hh_prompt} Плохо.",
+        },
+        {"prompt": "Небо", "chosen": "голубое.", "rejected": "зелёное."},  # TRL standard, explicit prompt
+        {  # TRL conversational, explicit prompt
+            "prompt": [{"role": "system", "content": "Кратко."}, user],
+            "chosen": [{"role": "assistant", "content": "Голубое."}],
+            "rejected": [{"role": "assistant", "content": "Зелёное."}],
+        },
+        {"chosen": "Небо голубое.", "rejected": "Небо зелёное."},  # implicit prompt in plain text: no turns
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert detect_format(path) == "preference"
+    out = [item for _, item in read_chats_of(path)]
+    assert [chat.messages for [chat] in out[:4]] == [
+        (("user", "Какого цвета небо?"), ("assistant", "Голубое.")),
+        (("user", "Привет"), ("assistant", "Здравствуйте!"), ("user", "Как дела?"), ("assistant", "Хорошо.")),
+        (("user", "Небо"), ("assistant", "голубое.")),
+        (("system", "Кратко."), ("user", "Какого цвета небо?"), ("assistant", "Голубое.")),
+    ]
+    assert isinstance(out[4], Unfit) and out[4].reason == "bad_turns"
+
+
 def test_flan_inputs_and_targets_of_ruflan() -> None:
     """ruFLAN is published in FLAN's layout (inputs, targets, task_source, task_name, template_type), which
     no reader took ("unknown chat format"); the fixture used to dress it as Alpaca."""
@@ -659,8 +695,8 @@ def _no_outputs(tmp_path: Path) -> None:
         ("count_and_fraction", "source s: give count or fraction, not both"),
         (
             "forced_format",
-            "sources[0].format must be messages, sharegpt, flan, alpaca, dolly, orca, nectar or oasst, "
-            "got 'csv'",
+            "sources[0].format must be messages, sharegpt, flan, alpaca, dolly, orca, nectar, oasst or "
+            "preference, got 'csv'",
         ),
         ("no_sources", "config key sources must have at least 1 item, got []"),
         # A format forced on a file of another: every record unfit (was 0 chats, exit 0).

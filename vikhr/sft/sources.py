@@ -28,6 +28,12 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   "answers": [{"answer", "model", "rank"}, ...]}``; the best-ranked answer (rank 1 is best), or one
   chat per answer ranked `max_rank` or better.
 
+* ``preference`` (DPO pairs: UltraFeedback-binarized, Anthropic HH-RLHF, TRL's preference layouts):
+  ``{"chosen", "rejected"}`` and an optional ``"prompt"``; the chosen side is the chat, the rejected
+  one is not used. ``chosen`` is a whole chat (a messages list opening with a user or system turn,
+  or HH-RLHF's ``"\\n\\nHuman: …\\n\\nAssistant: …"`` text) or the answer to ``prompt`` (a string
+  or a messages list).
+
 A system turn that is empty (SlimOrca writes ``{"from": "system", "value": ""}`` where there is no
 system prompt) is left out.
 
@@ -52,7 +58,7 @@ from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 
-FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst")
+FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst", "preference")
 ROLE_NAMES = {
     "user": "user",
     "human": "user",
@@ -65,7 +71,7 @@ ROLE_NAMES = {
 NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
 ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
-_NECTAR_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_HUMAN_ASSISTANT_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")  # Anthropic HH-RLHF's and Nectar's
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,8 @@ def record_format(record: dict[str, Any]) -> str | None:
         return "sharegpt"
     if "prompt" in record and "answers" in record:
         return "nectar"
+    if "chosen" in record and "rejected" in record:
+        return "preference"
     if "instruction" in record and ("output" in record or "instances" in record):
         return "alpaca"
     if "inputs" in record and ("targets" in record or "target" in record):
@@ -289,6 +297,9 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         turns = [[*opening, ("user", question), ("assistant", response)]]
     elif fmt == "nectar":
         turns = _nectar_turns(record, max_rank)
+    elif fmt == "preference":
+        messages, untrained = _preference_turns(record)
+        turns = [messages]
     elif fmt == "oasst":
         raise Unfit("bad_record", "an OASST message row is read with its tree (read_chats_of reads the file)")
     else:
@@ -424,7 +435,7 @@ def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
 
 def _nectar_prompt(prompt: str) -> list[tuple[str, str]]:
     """The turns of a Nectar prompt, which ends with the "Assistant:" of the answer to come."""
-    parts = _NECTAR_TURN.split(prompt)
+    parts = _HUMAN_ASSISTANT_TURN.split(prompt)
     if parts[0].strip() or len(parts) < 5 or parts[-2] != "Assistant" or parts[-1].strip():
         raise Unfit(
             "bad_turns", 'prompt is not "\\n\\nHuman: …\\n\\nAssistant:" turns ending with Assistant:'
@@ -453,6 +464,35 @@ def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tup
     if not chosen:
         raise Unfit("bad_record", f"no answer ranked {max_rank} or better")
     return [[*prompt, ("assistant", answer)] for _, _, answer in chosen]
+
+
+def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The chat of a preference pair's chosen side (the rejected one is not trained on), in the
+    layouts of TRL's preference datasets: `chosen` a whole chat (a messages list opening with a
+    user or system turn: UltraFeedback-binarized; or Anthropic HH-RLHF's "\n\nHuman: …\n\nAssistant:
+    …" text), or the answer to `prompt` (a string or a messages list)."""
+    chosen, prompt = record.get("chosen"), record.get("prompt")
+    if isinstance(chosen, list):
+        turns, untrained = _messages_turns(chosen)
+        if turns[0][0] in ("user", "system") or prompt is None:
+            return turns, untrained
+        if isinstance(prompt, str):
+            return [("user", prompt), *turns], tuple(i + 1 for i in untrained)
+        opening, opening_untrained = _messages_turns(prompt)
+        return [*opening, *turns], (*opening_untrained, *(i + len(opening) for i in untrained))
+    chosen = _text(chosen, '"chosen"')
+    if prompt is None:
+        parts = _HUMAN_ASSISTANT_TURN.split(chosen)
+        if parts[0].strip() or len(parts) < 5 or len(parts) % 4 != 1:
+            raise Unfit("bad_turns", '"chosen" without "prompt" must be "\n\nHuman: …\n\nAssistant: …" turns')
+        names, contents = parts[1::2], parts[2::2]
+        return [
+            ("user" if n == "Human" else "assistant", c) for n, c in zip(names, contents, strict=True)
+        ], ()
+    if isinstance(prompt, list):
+        opening, untrained = _messages_turns(prompt)
+        return [*opening, ("assistant", chosen)], untrained
+    return [("user", _text(prompt, '"prompt"')), ("assistant", chosen)], ()
 
 
 def _check(messages: list[tuple[str, str]], untrained: tuple[int, ...] = ()) -> None:
