@@ -168,6 +168,51 @@ def test_an_answer_is_scored_where_the_templates_answers_begin(chat_dir: Path, t
     assert context.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
+def test_a_generation_prompt_gives_the_ids_the_sft_data_trains_before_an_answer(
+    chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vikhr's mistral writes "[/INST] " before an answer: a generation prompt ended in a lone "▁"
+    (SFT trains "▁Пушкин"), and lm-eval's batch encoding added a BOS the template did not write."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    lm = _lm_with(HF_CHAT_TEMPLATES["mistral"], chat_dir, tmp_path / "mistral")
+    seen: list[Any] = []
+    monkeypatch.setattr(
+        HFLM, "generate_until", lambda self, requests, disable_tqdm=False: seen.extend(requests)
+    )
+    context = lm.apply_chat_template([{"role": "user", "content": "Кто написал «Онегина»?"}])
+    lm.generate_until([Instance("generate_until", {}, (context, {"until": ["\n"]}), 0)])
+    prompt = seen[0].args[0]
+    tok = load_chat_tokenizer(tmp_path / "mistral", "mistral")
+    chat = parse_chat(
+        {
+            "messages": [
+                {"role": "user", "content": "Кто написал «Онегина»?"},
+                {"role": "assistant", "content": "Пушкин"},
+            ]
+        }
+    )
+    trained = encode_chat(chat, tok, "mistral")
+    before_answer = trained.ids[: trained.mask.index(1)]
+    assert lm.tok_encode(prompt) == before_answer
+    batch, _ = lm.tok_batch_encode([prompt])
+    assert batch[0].tolist() == before_answer  # one BOS, the template's
+
+    bosless = _lm_with(
+        "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<<a>>{% endif %}",
+        chat_dir,
+        tmp_path / "bosless",
+    )
+    batch, _ = bosless.tok_batch_encode(["<<user>>Вопрос?<<a>>"])
+    assert batch[0].tolist() == bosless.tok_encode("<<user>>Вопрос?<<a>>")
+    assert batch[0, 0] != bosless.tokenizer.bos_token_id
+
+
 def test_generation_stops_at_the_templates_end_of_turn(
     chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,10 +50,12 @@ class VikhrLM(HFLM):
     - `batch_size="auto"` searches at the length the requests need, and on a CPU not at all.
     - With `use_chat_template` (--chat-template) a prompt ends with what the template writes
       before an answer's text, not only its generation prompt (vikhr's mistral: a space; Qwen3:
-      its empty thinking block), generation also stops at the text the template closes an answer
-      with (a ChatML end spelled out as text), a template without a system role gets the system
-      text at the head of the first user turn (lm-eval would drop it), and text is encoded with
-      no special tokens added: the template's BOS or none, as transformers' tokenize=True does.
+      its empty thinking block) — a prompt to generate from without its trailing spaces, which the
+      answer's first token holds in the SFT data —, generation also stops at the text the template
+      closes an answer with (a ChatML end spelled out as text), a template without a system role
+      gets the system text at the head of the first user turn (lm-eval would drop it), and text is
+      encoded with no special tokens added: the template's BOS or none, as transformers'
+      tokenize=True does.
     """
 
     _rolling = False
@@ -154,11 +156,16 @@ class VikhrLM(HFLM):
             self._probe_length = None
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        if self.chat and self._answer_end:
+        if self.chat:
             for r in requests:
                 context, kwargs = r.arguments
                 until = list(kwargs.get("until") or [])
-                r.arguments = (context, {**kwargs, "until": [*until, self._answer_end]})
+                if self._answer_end:
+                    kwargs = {**kwargs, "until": [*until, self._answer_end]}
+                # A space before the answer (vikhr's mistral "[/INST] ") is, in the SFT data, part of the
+                # answer's first token ("▁Пушкин", " Пушкин"): a prompt ending in it alone would have the
+                # model go on from a token it never saw there.
+                r.arguments = (context.rstrip(" "), kwargs)
         if self.batch_size != "auto" or not requests:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         prompt = max(len(self.tok_encode(r.args[0])) for r in requests)
@@ -187,6 +194,17 @@ class VikhrLM(HFLM):
                 return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         finally:
             self._rolling = False
+
+    def tok_batch_encode(self, strings: list[str], *args: Any, **kwargs: Any) -> Any:
+        """lm-eval's encoding of generation prompts: with --chat-template no special token is added
+        either (the template's BOS, or none), as in `tok_encode`."""
+        if not self.chat:
+            return super().tok_batch_encode(strings, *args, **kwargs)
+        saved, self.add_bos_token = self.add_bos_token, False
+        try:
+            return super().tok_batch_encode(strings, *args, **kwargs)
+        finally:
+            self.add_bos_token = saved
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         if (self._rolling or self.chat) and add_special_tokens is None:
