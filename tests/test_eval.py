@@ -577,6 +577,32 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     assert "chgk/test.jsonl: record 2 has no answer text" in _one_line_error(chegeka, capsys)
 
 
+def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """A string where a list of gold answers belongs was read as one gold per character (answering
+    "а" scored 1.0); a field that is a number in one record and a string in another was Arrow's
+    traceback."""
+    data = tmp_path / "eval"
+    for task in ("chgk", "xquad-ru", "terra"):
+        (data / task).mkdir(parents=True)
+    base = ["eval", "--data-dir", str(data), "--device", "cpu", "--model", str(tiny_dir), "--tasks"]
+    question = {"question": "Кого называют матадором?", "answer": "Тореадор"}
+    (data / "chgk" / "train.jsonl").write_text(json.dumps(question) + "\n", encoding="utf-8")
+    (data / "chgk" / "test.jsonl").write_text(json.dumps({**question, "accepted": "Матадор"}) + "\n")
+    err = _one_line_error([*base, "chegeka"], capsys)
+    assert "chgk/test.jsonl: record 1: field 'accepted' must be a list of strings, got str" in err
+    squad = {"id": "q1", "context": "Текст о Париже.", "question": "Какой город?"}
+    flattened = {**squad, "answers": {"text": "Париж", "answer_start": 8}}
+    (data / "xquad-ru" / "validation.jsonl").write_text(json.dumps(flattened) + "\n", encoding="utf-8")
+    err = _one_line_error([*base, "xquad_ru"], capsys)
+    assert "xquad-ru/validation.jsonl: record 1: field 'answers.text' must be a list of strings" in err
+    record = {"premise": "Кот спит.", "hypothesis": "Кот не бодрствует.", "label": "entailment"}
+    rows = [{**record, "idx": 0}, {**record, "idx": "x1"}]
+    (data / "terra" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (data / "terra" / "train.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    err = _one_line_error([*base, "terra", "--num-fewshot", "0"], capsys)
+    assert "terra/val.jsonl" in err and "field 'idx' is a number in record 1 and a str in record 2" in err
+
+
 def test_tokenizer_from_sentencepiece_model(tiny_dir: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()

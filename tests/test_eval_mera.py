@@ -472,6 +472,12 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
         "meta": {"dialog_id": 1, "question_id": 1},
     }
     assert evaluate_rutie(ShorterOptionLM(), read_dialogues(path, limit=7), path)["n"] == 7
+    # Answers stored as numbers, as the other MERA readers take them.
+    path.write_text(
+        "".join(json.dumps({**r, "outputs": int(r["outputs"])}, ensure_ascii=False) + "\n" for r in train),
+        encoding="utf-8",
+    )
+    assert [r["outputs"] for d in read_dialogues(path) for r in d] == [r["outputs"] for r in train]
     # Hidden answers (the public test split): no local accuracy.
     test = MERA / "rutie" / "test.jsonl"
     hidden = evaluate_rutie(ShorterOptionLM(), read_dialogues(test), test)

@@ -46,6 +46,8 @@ def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, 
                 f"{path}: a record lacks inputs.question/choice1/choice2 or integer "
                 "meta.dialog_id/question_id (MERA ruTiE layout)"
             )
+        if isinstance(r["outputs"], int) and not isinstance(r["outputs"], bool):
+            r["outputs"] = str(r["outputs"])  # as every MERA reader: numeric answers may be numbers
         if r["outputs"] not in ("", *CHOICES):
             raise VikhrError(
                 f"{path}: dialog {meta['dialog_id']} question {meta['question_id']}: "

@@ -292,6 +292,17 @@ def require_text(where: str, field: str, value: Any) -> None:
         )
 
 
+def require_strings(where: str, field: str, value: Any, expected: str) -> list[str]:
+    """`value`, a list of strings, else VikhrError naming `where` (a string where the list belongs
+    would be read as one answer per character)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise VikhrError(
+            f"{where}: field {field!r} must be a list of strings, got {type(value).__name__} "
+            f"{json.dumps(value, ensure_ascii=False)[:60]} (expected {expected})"
+        )
+    return value
+
+
 def require_unique(path: Path, ids: list[Any], what: str) -> None:
     """The ids a submission tells the records of a scored file apart by occur once each."""
     seen: set[str] = set()
@@ -323,9 +334,36 @@ def most_likely(results: list[tuple[float, bool]]) -> int:
 
 
 def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
+    """The splits as an HF DatasetDict; TypeError naming the field whose records disagree on its type
+    (Arrow wants one type per column; the runner turns it into one line naming the file)."""
     import datasets
+    import pyarrow
 
-    return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+    out = {}
+    for name, rows in splits.items():
+        try:
+            out[name] = datasets.Dataset.from_list(rows)
+        except pyarrow.ArrowException as e:
+            raise TypeError(_mixed_field(rows) or f"its records do not form one table ({e})") from None
+    return datasets.DatasetDict(out)
+
+
+def _mixed_field(rows: list[dict[str, Any]]) -> str | None:
+    """Which field of `rows` holds values of two JSON types (null aside), and where."""
+    first: dict[str, tuple[str, int]] = {}
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind = (
+                "number"
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else type(value).__name__
+            )
+            seen = first.setdefault(key, (kind, number))
+            if seen[0] != kind:
+                return f"field {key!r} is a {seen[0]} in record {seen[1]} and a {kind} in record {number}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -621,7 +659,15 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
         out = []
         records = read_records(path, ("question", "answer"), limit, texts=("question",))
         for line_no, r in enumerate(records, start=1):
-            golds = chgk_golds(r["answer"], r.get("accepted"))
+            layout = 'the CheGeKa layout: "answer" a string, "accepted" a list of strings'
+            if not isinstance(r["answer"], str):
+                raise VikhrError(
+                    f"{path}: record {line_no}: field 'answer' must be a string (expected {layout})"
+                )
+            accepted = r.get("accepted")
+            if accepted is not None:
+                accepted = require_strings(f"{path}: record {line_no}", "accepted", accepted, layout)
+            golds = chgk_golds(r["answer"], accepted)
             if not normalize_answer(golds[0]):  # scored against nothing, an empty generation matched it
                 raise VikhrError(f"{path}: record {line_no} has no answer text")
             out.append(
@@ -660,9 +706,15 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
     def rows() -> list[dict[str, Any]]:
         out = []
         keys = ("context", "question", "answers")
-        for r in read_records(eval_path, keys, limit, texts=keys[:2]):
+        for number, r in enumerate(read_records(eval_path, keys, limit, texts=keys[:2]), start=1):
+            answers = r["answers"]
+            where = f"{eval_path}: record {number}"
+            layout = 'the SQuAD layout: "answers": {"text": [...], "answer_start": [...]}'
+            if not isinstance(answers, dict):
+                raise VikhrError(f"{where}: field 'answers' must be an object (expected {layout})")
+            texts = require_strings(where, "answers.text", answers.get("text", []), layout)
             # A gold of only punctuation normalises to "": an empty generation would match it.
-            golds = [a for a in r["answers"].get("text", []) if normalize_answer(a)]
+            golds = [a for a in texts if normalize_answer(a)]
             if not golds:
                 raise VikhrError(f"{eval_path}: question {r.get('id')!r} has no answer text")
             out.append({"context": r["context"].strip(), "question": r["question"].strip(), "golds": golds})
