@@ -67,6 +67,21 @@ def test_compare_two_models_writes_table_csv_and_chart(tmp_path: Path, capsys: A
     assert not list(out.glob(".*tmp*"))
 
 
+def test_a_run_with_limit_is_marked_in_its_row_and_below_the_table(tmp_path: Path, capsys: Any) -> None:
+    """A --limit run's scores (a few documents per task) sat beside full runs and the paper's rows
+    unmarked."""
+    a = write(tmp_path / "a.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    b = write(tmp_path / "b.json", {**results("vikhr-7b", 0.6, 0.5, 0.1, 0.287), "limit": 3})
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(a), str(b), f"Named={b}", "--out", str(out)]) == 0
+    table = (out / "compare.md").read_text(encoding="utf-8")
+    names = [row.split(",")[0] for row in (out / "compare.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert names == ["mistral-7b", "vikhr-7b (limit 3)", "Named"]
+    assert f"vikhr-7b (limit 3): run with --limit 3 ({b}), each task scored on its first documents" in table
+    assert f"Named: run with --limit 3 ({b})" in table and "mistral-7b:" not in table
+    assert table in capsys.readouterr().out
+
+
 def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
     first = results("m", 0.5, 0.4, 0.1, None)
     first["tasks"]["mmlu_ru"] = {"metrics": {"acc": 0.45}}
@@ -277,6 +292,10 @@ def test_bundled_table6_reads_as_a_reference() -> None:
         # a row of dashes, silently
         ({"model": "m", "tasks": {}}, "holds no score (no task metric, no group score)"),
         ({"tasks": {"terra": {"metrics": {}}}}, "holds no score"),
+        (
+            {"limit": "3", "tasks": {"terra": {"metrics": {"acc": 0.5}}}},
+            "'limit' is '3', not a positive integer",
+        ),
     ],
 )
 def test_results_of_the_wrong_shape_are_one_line(

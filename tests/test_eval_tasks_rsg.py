@@ -310,7 +310,7 @@ def argmax(resps: list[Any]) -> int:
 
 
 def test_every_new_task_end_to_end(
-    tiny_lm: Any, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_lm: Any, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """All nine RSG tasks, Ru-MMLU and the MERA tasks in one run (limit 2); every metric is
     recomputed from the logged per-document loglikelihoods by the documented formula."""
@@ -331,6 +331,8 @@ def test_every_new_task_end_to_end(
         ),
         lm=tiny_lm,
     )
+    # A partial archive is said to be one (the site scores whole test sets).
+    assert "--limit 2: the MERA archive holds the first 2 test documents" in capsys.readouterr().err
     for name in NEW_TASKS:
         samples = out["samples"][name]
         metrics = out["tasks"][name]["metrics"]

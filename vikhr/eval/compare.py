@@ -100,7 +100,10 @@ def _clean_results(path: Path, results: Any) -> dict[str, Any]:
         raise VikhrError(f"{path} holds no score (no task metric, no group score); {_RESULTS_LAYOUT}")
     prompt = results.get("prompt")
     chat = isinstance(prompt, dict) and prompt.get("chat_template") is True
-    return {"model": results.get("model"), "tasks": tasks, "groups": scores, "chat": chat}
+    limit = results.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise VikhrError(f"{path}: 'limit' is {limit!r}, not a positive integer or null; {_RESULTS_LAYOUT}")
+    return {"model": results.get("model"), "tasks": tasks, "groups": scores, "chat": chat, "limit": limit}
 
 
 def load_results(spec: str) -> tuple[str, dict[str, Any]]:
@@ -124,6 +127,8 @@ def load_results(spec: str) -> tuple[str, dict[str, Any]]:
     model = results["model"] if isinstance(results["model"], str) else path.stem
     # The same model prompted plainly and in its chat template: two rows told apart.
     default = (Path(model).name or path.stem) + (" (chat)" if results["chat"] else "")
+    if results["limit"]:  # scores of a few documents: not to be read beside full runs unmarked
+        default += f" (limit {results['limit']})"
     return name or default, results
 
 
@@ -339,6 +344,12 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
     markdown, table = to_markdown(names, columns, rows), to_csv(names, columns, rows)
+    for (name, results), spec in zip(named, specs, strict=True):
+        if results["limit"]:
+            markdown += (
+                f"\n{name}: run with --limit {results['limit']} ({spec.rpartition('=')[2]}), each task "
+                "scored on its first documents only: not comparable with full runs or the paper's rows.\n"
+            )
     paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]
     blocked = [p for p in paths if p.is_dir()]
     if blocked:

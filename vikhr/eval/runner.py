@@ -433,9 +433,17 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     if lm is None:
         lm = make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
     _check_generation_fits(tasks, lm.max_length)
-    if test_splits and settings.limit is not None:  # said once every check has passed
+    archives = [
+        name
+        for name, asked in (
+            ("Russian SuperGLUE", test_splits),
+            ("MERA", settings.mera_submission is not None),
+        )
+        if asked
+    ]
+    if archives and settings.limit is not None:  # said once every check has passed
         print(
-            f"note: --limit {settings.limit}: the Russian SuperGLUE archive holds the first "
+            f"note: --limit {settings.limit}: the {' and the '.join(archives)} archive holds the first "
             f"{settings.limit} test documents of each task (the leaderboard scores whole test sets)",
             file=sys.stderr,
         )
