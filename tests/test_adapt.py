@@ -420,6 +420,41 @@ def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     assert {"copied", "averaged"} <= methods <= {"copied", "averaged", "byte-fallback"}
 
 
+def test_a_replaced_vocabulary_moves_the_config_ids_and_drops_the_old_tokenizer_files(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
+) -> None:
+    """Qwen2.5 names no BOS but its config's bos/pad ids are <|endoftext|>: after a replaced
+    vocabulary they pointed past the new matrices (generate() failed). Old tokenizer files beside the
+    weights (vocab.json/merges.txt, Mistral-NeMo's tekken.json, tokenizer.model.v3) were copied into
+    the output, where transformers loads them instead of the new tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    old_json, _ = byte_level_tokenizers["qwen2"]
+    settings = TrainSettings(base_model=str(old_json), vocab_size=700, max_chars_per_file=200_000)
+    train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / "rep", settings)
+    old_tok, new_tok = (
+        Tokenizer.from_file(str(old_json)),
+        Tokenizer.from_file(str(tmp_path / "rep" / "tokenizer.json")),
+    )
+    end_old, end_new = old_tok.token_to_id("<|endoftext|>"), new_tok.token_to_id("<|endoftext|>")
+    assert end_old != end_new and end_old >= new_tok.get_vocab_size()
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=old_tok.get_vocab_size(), arch="qwen2", tied=True)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "bos_token_id": end_old, "pad_token_id": end_old}))
+    generation = {"bos_token_id": end_old, "eos_token_id": end_old, "pad_token_id": end_old}
+    (src / "generation_config.json").write_text(json.dumps(generation))
+    old_files = ["vocab.json", "merges.txt", "tekken.json", "tokenizer.model.v3", "params.json"]
+    for name in [*old_files, "README.md"]:
+        (src / name).write_text("{}")
+    adapt_vocab(src, old_json, tmp_path / "rep", out, show_progress=False)
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (config["bos_token_id"], config["pad_token_id"]) == (end_new, end_new)
+    assert generation == {"bos_token_id": end_new, "eos_token_id": end_new, "pad_token_id": end_new}
+    assert not [name for name in old_files if (out / name).exists()] and (out / "README.md").is_file()
+
+
 def test_a_header_whose_offsets_do_not_fit_the_shape_is_refused(tmp_path: Path, new_tok: Path) -> None:
     """A safetensors header whose data offsets hold another number of bytes than dtype × shape:
     adapt-vocab copied the short tensor into an output that looked complete (exit 0)."""

@@ -53,8 +53,20 @@ OLD_TOKENIZER_FILES = {
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
+    "vocab.json",  # a BPE's vocabulary and merges as two files (Qwen, GPT-2)
+    "merges.txt",
+    "tekken.json",  # mistral-common's (Mistral-NeMo, Ministral), which transformers prefers when present
+    "params.json",  # the Mistral-native checkpoint's config, with the old vocabulary size
     CHAT_TEMPLATE_FILE,
 }
+
+
+def _old_tokenizer_file(name: str) -> bool:
+    """A file of the old tokenizer, left out of the output (transformers or mistral-common would
+    load it instead of the new one): the names above and mistral-common's tokenizer.model.v1/v3."""
+    return name in OLD_TOKENIZER_FILES or name.startswith("tokenizer.model.v")
+
+
 # Files beside a new tokenizer.json that go with it into the output.
 NEW_TOKENIZER_SIDE_FILES = (
     "tokenizer_config.json",
@@ -362,8 +374,10 @@ def _write_side_files(model_dir: Path, work: Path, sizes: dict[str, int], new: V
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
         (work / index_path.name).write_text(json.dumps(index, indent=2), encoding="utf-8")
     for item in model_dir.iterdir():
-        skip = item.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or item.name in (
-            OLD_TOKENIZER_FILES | {"config.json", index_path.name}
+        skip = (
+            item.name.endswith((".safetensors", ".bin", ".pt", ".pth"))
+            or _old_tokenizer_file(item.name)
+            or item.name in ("config.json", index_path.name)
         )
         if item.is_file() and not skip:
             shutil.copy2(item, work / item.name)
@@ -376,12 +390,15 @@ def _write_model_config(
     """config.json (and generation_config.json when present) with the new vocabulary's size and ids."""
     cfg["vocab_size"] = padded
     tok = load(new.path)
+    # BOS: the new tokenizer's; where it names none (Qwen), the old id's token at its new id.
     if tok.bos_id is not None:
         cfg["bos_token_id"] = tok.bos_id
+    elif "bos_token_id" in cfg:
+        cfg["bos_token_id"] = _new_id(cfg["bos_token_id"], old, tok)
     if tok.eos_id is not None:
         cfg["eos_token_id"] = _stop_ids(cfg.get("eos_token_id"), tok.eos_id, old, tok)
-    if cfg.get("pad_token_id") is not None and cfg["pad_token_id"] >= padded:
-        cfg["pad_token_id"] = None
+    if "pad_token_id" in cfg:
+        cfg["pad_token_id"] = _new_id(cfg["pad_token_id"], old, tok)
     (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     gen_cfg = work / "generation_config.json"
     if gen_cfg.is_file():
@@ -390,7 +407,17 @@ def _write_model_config(
             g["bos_token_id"] = cfg["bos_token_id"]
         if tok.eos_id is not None:
             g["eos_token_id"] = _stop_ids(g.get("eos_token_id"), tok.eos_id, old, tok)
+        if "pad_token_id" in g:
+            g["pad_token_id"] = _new_id(g["pad_token_id"], old, tok)
         gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
+
+
+def _new_id(old_id: Any, old: Vocabulary, tok: Any) -> int | None:
+    """The new id of the old vocabulary's token `old_id` (a replaced vocabulary moves it), None
+    where the new vocabulary lacks it or `old_id` names no token."""
+    if isinstance(old_id, bool) or not isinstance(old_id, int) or not 0 <= old_id < len(old.pieces):
+        return None
+    return tok.piece_to_id(old.pieces[old_id])
 
 
 def _stop_ids(before: Any, eos_id: int, old: Vocabulary, tok: Any) -> int | list[int]:
