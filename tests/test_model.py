@@ -321,3 +321,25 @@ def test_auto_attention_takes_te_only_where_megatron_imported_it(tmp_path: Path,
     monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", True)
     assert resolve_attention("auto", on_gpu=True) == "te"
     assert resolve_attention("auto", on_gpu=False) == "sdpa"
+
+
+def test_a_checkpoints_rope_scaling_is_compared_with_a_run_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """to_dict() leaves a later family's fields out at their defaults: a Llama-3.1 checkpoint (llama3
+    RoPE scaling) loaded into a run without scaling silently, and exported as another model."""
+    from vikhr.errors import VikhrError
+    from vikhr.model.config import shape_differences
+    from vikhr.train import checkpoint
+
+    scaled, plain = PRESETS["llama-3.1-8b"].to_dict(), PRESETS["llama-3-8b"].to_dict()
+    assert "rope_scaling_factor" in scaled and "rope_scaling_factor" not in plain
+    assert shape_differences(scaled, plain) == ["rope_scaling_factor 8.0 (run: None)"]
+    assert shape_differences(plain, scaled) == ["rope_scaling_factor None (run: 8.0)"]
+    assert shape_differences(scaled, dict(scaled, max_seq_len=4096)) == []
+    # A field the run leaves at its default, saved at that default by an older meta.json: equal.
+    assert shape_differences(plain, dict(plain, qkv_bias=False, tie_embeddings=False)) == []
+    monkeypatch.setattr(checkpoint, "checkpoint_problem", lambda *args, **kwargs: None)
+    monkeypatch.setattr(checkpoint, "read_meta", lambda step_dir: {"model": scaled, "tp": 1})
+    with pytest.raises(VikhrError, match=r"another model shape: rope_scaling_factor 8.0 \(run: None\)"):
+        checkpoint.load_model(torch.nn.Linear(1, 1), tmp_path, 0, 1, expected=plain)

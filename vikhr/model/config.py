@@ -144,6 +144,21 @@ _LATER_FIELD_DEFAULTS: dict[str, Any] = {
 }
 
 
+def shape_differences(saved: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """ "field saved (run: value)" for each field in which a checkpoint's model shape (`saved`, as its
+    meta.json holds `to_dict()`) and the run's differ; a later family's field missing on either side
+    is at its default (to_dict() leaves it out), so a Llama-3.1 checkpoint's RoPE scaling is compared
+    with a run that has none. The sequence length and init std may differ."""
+    out = []
+    for k in dict.fromkeys([*run, *saved]):
+        if k in ("max_seq_len", "init_std"):
+            continue
+        was, now = saved.get(k, _LATER_FIELD_DEFAULTS.get(k)), run.get(k, _LATER_FIELD_DEFAULTS.get(k))
+        if was != now:
+            out.append(f"{k} {was} (run: {now})")
+    return out
+
+
 _MISTRAL_7B_V01 = ModelConfig(
     num_layers=32,
     hidden_size=4096,

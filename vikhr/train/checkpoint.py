@@ -39,6 +39,7 @@ import torch.distributed as dist
 from vikhr.adapt.safetensors_io import read_header
 from vikhr.atomic import write_errors_as_os_errors
 from vikhr.errors import VikhrError
+from vikhr.model.config import shape_differences
 from vikhr.model.tp_layout import reshard
 
 LATEST = "latest"
@@ -747,11 +748,7 @@ def load_model(
         raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
     if expected is not None and "model" in meta:
-        differ = [
-            f"{k} {meta['model'].get(k)} (run: {v})"
-            for k, v in expected.items()
-            if k not in ("max_seq_len", "init_std") and meta["model"].get(k) != v
-        ]
+        differ = shape_differences(meta["model"], expected)
         if differ:
             raise VikhrError(
                 f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
