@@ -238,7 +238,7 @@ def test_a_full_disk_while_megatron_writes_its_data_cache_is_one_line_and_leaves
             pytest.raises(
                 VikhrError, match=r"data cache .*: no space left on the device writing .*index\.npy"
             ),
-            building_index_cache(str(cache), builder=True),
+            building_index_cache(str(cache), builder=True, prefixes=[]),
         ):
             (cache / "new-document_index.npy").write_bytes(b"")
             full = OSError(errno.ENOSPC, "No space left on device", str(cache / "new-document_index.npy"))
@@ -246,7 +246,10 @@ def test_a_full_disk_while_megatron_writes_its_data_cache_is_one_line_and_leaves
                 raise Exception("Failed to write dataset materials to the data cache directory.") from full
             raise full
         assert sorted(p.name for p in cache.glob("*.npy")) == ["earlier-document_index.npy"]
-    with pytest.raises(ValueError, match="unrelated"), building_index_cache(str(cache), builder=True):
+    with (
+        pytest.raises(ValueError, match="unrelated"),
+        building_index_cache(str(cache), builder=True, prefixes=[]),
+    ):
         raise ValueError("unrelated")
 
 
@@ -272,7 +275,7 @@ def _while_another_run_builds(cache: Path, monkeypatch: pytest.MonkeyPatch, acti
     stderr = _Noticed()
 
     def other_run() -> None:
-        with building_index_cache(str(cache), builder=True):
+        with building_index_cache(str(cache), builder=True, prefixes=[]):
             partial = cache / "other-document_index.npy"
             np.save(partial, np.arange(1000, dtype=np.int64))
             full = partial.read_bytes()
@@ -328,6 +331,39 @@ def test_a_run_builds_the_data_cache_only_after_another_run_built_it(
     assert left == ["other-document_index.npy"]  # nothing of this run's yet when the other finished
     assert len(built.train) == train_samples(cfg) and list(built.valid) == ["ru"]
     assert len(list(cache.glob("*-GPTDataset-*.npy"))) > 0
+
+
+def test_a_dataset_written_again_at_its_prefix_gets_its_index_cache_built_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """megatron-core names its cached indices by the dataset's path, not its contents: a dataset
+    rewritten at the same prefix was read through the old indices (new documents never read; an
+    IndexError once it shrank)."""
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import index_cache_dir, train_samples
+
+    prefix = tmp_path / "ru"
+    cfg = load_config(_train_config(tmp_path, _write_tokens(prefix)))
+
+    def documents_read(n_docs: int | None, seed: int = 0) -> int:
+        if n_docs is not None:
+            _write_tokens(prefix, n_docs=n_docs, seed=seed)
+        with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+            built = build_pretrain_datasets(cfg, index_cache_dir(cfg), train_samples(cfg) * 40)
+        for i in range(len(built.train)):  # every sample reads (the stale indices: IndexError)
+            built.train[i]
+        gpt = getattr(built.train, "datasets", [built.train])[0]
+        return int(gpt.document_index.max()) + 1
+
+    first = documents_read(40, 0)
+    assert "changed since" not in capsys.readouterr().err
+    assert documents_read(None) == first  # the same files: the cache is used as it is
+    assert "changed since" not in capsys.readouterr().err
+    grown = documents_read(120, 1)
+    assert grown > 40 and f"note: {prefix} changed since" in capsys.readouterr().err
+    assert documents_read(12, 2) <= 12
 
 
 def test_trainer_refuses_a_run_that_would_read_its_data_a_million_times(

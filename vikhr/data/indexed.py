@@ -116,6 +116,16 @@ def validate(
     return IndexInfo(**{**info.__dict__, "max_token_id": max_id})
 
 
+def dataset_stamp(prefix: str) -> tuple[str, list[int]]:
+    """A dataset's absolute prefix, and [size, mtime_ns] of its .bin and .idx: what changes when it is
+    written again."""
+    values = []
+    for suffix in (".bin", ".idx"):
+        st = os.stat(prefix + suffix)
+        values += [st.st_size, st.st_mtime_ns]
+    return str(Path(prefix).resolve()), values
+
+
 class ValidationRecord:
     """The largest token ids of datasets already scanned, kept in a JSON file, so that a restarted
     run does not re-read a corpus of terabytes. An entry holds while the dataset's `.bin` and `.idx`
@@ -135,25 +145,16 @@ class ValidationRecord:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self._datasets = {}
 
-    @staticmethod
-    def _stamp(prefix: str) -> tuple[str, list[int]]:
-        """The dataset's absolute prefix, and [size, mtime_ns] of its .bin and .idx."""
-        values = []
-        for suffix in (".bin", ".idx"):
-            st = os.stat(prefix + suffix)
-            values += [st.st_size, st.st_mtime_ns]
-        return str(Path(prefix).resolve()), values
-
     def lookup(self, prefix: str) -> tuple[bool, int | None]:
         """(whether the record holds the dataset as it is now, its largest token id)."""
-        key, stamp = self._stamp(prefix)
+        key, stamp = dataset_stamp(prefix)
         entry = self._datasets.get(key)
         if isinstance(entry, dict) and entry.get("stamp") == stamp and "max_token_id" in entry:
             return True, entry["max_token_id"]
         return False, None
 
     def add(self, prefix: str, max_token_id: int | None) -> None:
-        key, stamp = self._stamp(prefix)
+        key, stamp = dataset_stamp(prefix)
         self._datasets[key] = self._added[key] = {"stamp": stamp, "max_token_id": max_token_id}
 
     def save(self) -> None:

@@ -116,7 +116,7 @@ def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # c
     # megatron-core builds on rank 0, the others read what it built.
     builder = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     valid: dict[str, torch.utils.data.Dataset] = {}
-    with building_index_cache(cache_dir, builder):
+    with building_index_cache(cache_dir, builder, prefixes):
         train, _, _ = BlendedMegatronDatasetBuilder(
             GPTDataset, [n_train, 0, 0], lambda: True, train_cfg
         ).build()

@@ -10,20 +10,37 @@ megatron-core writes the cache in place (rank 0 builds, the other ranks then rea
 cache (an ablation grid, two jobs on one corpus) would otherwise read each other's half-written
 files, and be told they are damaged: the building rank holds `LOCK_FILE` exclusively while it
 checks and builds, and every check holds it shared, waiting while another run writes.
+
+megatron-core names its cached indices by the dataset's path and the run's settings, not by what the
+dataset holds: a dataset written again at the same prefix would be read through the indices of the
+old one (documents past the old count never read, or an IndexError when it shrank). The building
+rank records each dataset's `.bin`/`.idx` size and modification time in `STAMPS_FILE`, and removes
+the cached indices built from a dataset whose files changed since (or were built before the record
+existed), so that megatron-core builds them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vikhr import locks
+from vikhr import atomic, locks
+from vikhr.data.indexed import dataset_stamp
 from vikhr.errors import VikhrError, os_error_line
 
 LOCK_FILE = ".vikhr-cache.lock"
+STAMPS_FILE = (
+    "vikhr-datasets.json"  # {absolute prefix: [size, mtime_ns] of .bin and .idx} the indices were built from
+)
+_DESCRIPTION = (
+    "-description.txt"  # megatron-core's {hash}-{class}-{split}-description.txt beside its .npy files
+)
 
 _READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
@@ -73,10 +90,52 @@ def _check_files(root: Path) -> int:
     return len(files)
 
 
+def _dataset_paths(description: Any) -> Iterator[str]:
+    """Every "dataset_path" in megatron-core's description of a dataset (a blend nests its parts')."""
+    if isinstance(description, dict):
+        for key, value in description.items():
+            if key == "dataset_path" and isinstance(value, str):
+                yield value
+            else:
+                yield from _dataset_paths(value)
+    elif isinstance(description, list):
+        for value in description:
+            yield from _dataset_paths(value)
+
+
+def forget_changed_datasets(root: Path, prefixes: list[str]) -> list[str]:
+    """Remove the cached indices built from any of `prefixes` whose files are not those recorded in
+    `STAMPS_FILE` (changed, or not recorded), then record them; returns the prefixes whose indices
+    were removed. Called by the building rank holding the cache's lock."""
+    try:
+        saved = json.loads((root / STAMPS_FILE).read_text(encoding="utf-8"))
+        saved = saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}
+    current = dict(dataset_stamp(p) for p in prefixes)
+    changed = {key for key, stamp in current.items() if saved.get(key) != stamp}
+    removed: set[str] = set()
+    for description in sorted(root.glob(f"*{_DESCRIPTION}")) if changed else ():
+        try:
+            paths = {
+                str(Path(p).resolve()) for p in _dataset_paths(json.loads(description.read_text("utf-8")))
+            }
+        except (OSError, ValueError):
+            paths = changed  # unreadable: which dataset it belongs to is unknown, so it goes too
+        if paths & changed:
+            removed |= paths & changed
+            for path in root.glob(f"{description.name[: -len(_DESCRIPTION)]}-*"):
+                path.unlink(missing_ok=True)
+    if changed:
+        atomic.write_text(root / STAMPS_FILE, json.dumps({**saved, **current}, indent=1) + "\n")
+    return sorted(removed)
+
+
 @contextlib.contextmanager
-def building_index_cache(cache_dir: str | Path, builder: bool) -> Iterator[None]:
+def building_index_cache(cache_dir: str | Path, builder: bool, prefixes: list[str]) -> Iterator[None]:
     """Around megatron-core's dataset builder. The `builder` (the rank that writes the cache) holds
-    it against other runs, checks it again, and when a write fails (a full disk) removes the files
+    it against other runs, checks it again, removes the indices of `prefixes` whose datasets changed
+    since they were built (see the module doc), and when a write fails (a full disk) removes the files
     it left (a next run would refuse them); any rank's failed write is one line."""
     root = Path(cache_dir)
     with contextlib.ExitStack() as held:
@@ -86,6 +145,11 @@ def building_index_cache(cache_dir: str | Path, builder: bool) -> Iterator[None]
             busy = f"megatron-core's data cache {root} is in use by another run ({{holder}}); waiting for it"
             held.enter_context(locks.exclusive(root / LOCK_FILE, busy, wait=True))
             _check_files(root)
+            for prefix in forget_changed_datasets(root, prefixes):
+                print(
+                    f"note: {prefix} changed since megatron-core's index cache was built: built again",
+                    file=sys.stderr,
+                )
             before = set(root.rglob("*"))
         try:
             yield
