@@ -998,6 +998,21 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
     assert float(sharded[2].split()[5].rstrip("Gi")) == pytest.approx(optim[2] / 4, abs=0.1)
 
 
+def test_dry_run_marks_layouts_the_trainer_would_refuse() -> None:
+    """A global batch of 8 over 16 GPUs at micro-batch 4: every layout but TP 8 (DP 2) was marked
+    "fits: yes", and the trainer refused them."""
+    config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")
+    proc = _pretrain_cli("--config", config, "--dry-run", "--gpus", "16", "train.global_batch=8")
+    assert proc.returncode == 0, proc.stderr
+    rows = {int(line.split()[0]): line for line in proc.stdout.splitlines()[2:]}
+    for tp in (1, 2, 4):
+        assert rows[tp].endswith(
+            f"not possible: train.global_batch = 8 is not divisible by micro_batch × data-parallel size "
+            f"= 4 × {16 // tp}"
+        ), rows[tp]
+    assert rows[8].split()[:2] == ["8", "2"] and rows[8].endswith(("yes", "no"))
+
+
 def test_overrides_may_follow_options() -> None:
     """`--dry-run --gpus 8 data.seq_len=2048`: an override after an option is an override (argparse
     left it over as an unrecognized argument), in vikhr pretrain and pretrain_vikhr.py alike."""

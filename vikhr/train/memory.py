@@ -108,6 +108,9 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
     ]
+    from vikhr.errors import VikhrError
+    from vikhr.train.config import validate
+
     for tp in (1, 2, 4, 8):
         if tp > gpus or gpus % tp:
             continue
@@ -115,6 +118,15 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             mcfg.validate(tp)
         except Exception as e:  # a TP size the shape cannot take
             lines.append(f"{tp:>3} {'-':>3}  not possible: {e}")
+            continue
+        # What the trainer would refuse at this layout (a global batch DP does not divide, ...).
+        parallel = cfg.parallel.model_copy(
+            update={"tensor": tp, "sequence": cfg.parallel.sequence and tp > 1}
+        )
+        try:
+            validate(cfg.model_copy(update={"parallel": parallel}), world_size=gpus, check_files=False)
+        except VikhrError as e:
+            lines.append(f"{tp:>3} {gpus // tp:>3}  not possible: {str(e).removeprefix('config key ')}")
             continue
         e = estimate(
             mcfg,
