@@ -19,6 +19,7 @@ from vikhr.tokenizer import load
 from vikhr.tokenizer.compare import TABLE1_SENTENCE, compare
 from vikhr.tokenizer.corpus import (
     MAX_LINE_BYTES,
+    corpus_sha256,
     first_lines,
     is_heldout,
     iter_documents,
@@ -380,6 +381,39 @@ def test_compare_report_numbers_match_hand_count(tmp_path: Path, replace_dir: Pa
     md = (out / "report.md").read_text(encoding="utf-8")
     assert " ".join(f"`{p}`" for p in MISTRAL_TABLE1) in md
     assert (out / "chars_per_token.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_holds_out_only_what_the_tokenizers_training_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenizer trained with --heldout-percent 2 (or 0) was measured on compare's 5 % "held-out"
+    documents, most of which it had trained on."""
+    import shutil
+
+    docs = [{"id": f"d{i}", "text": f"Документ номер {i}."} for i in range(400)]
+    texts = _write_jsonl(tmp_path / "ru.jsonl.gz", docs)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, tok / "tokenizer.model")
+
+    def measured(percent: float) -> int:
+        manifest = {"corpora": [{"sha256": corpus_sha256(texts)}], "settings": {"heldout_percent": percent}}
+        (tok / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        [result] = compare([f"t={tok}"], [f"ru={texts}"], tmp_path / "report", split="auto")
+        return result.chars
+
+    held_out = [d["text"] for d in docs if is_heldout(d["id"], 2.0)]
+    assert 0 < len(held_out) < len([d for d in docs if is_heldout(d["id"], 5.0)])
+    assert measured(2.0) == sum(map(len, held_out))
+    assert (
+        "held-out documents are the 2 % tokenizer t left out of its training (not 5 %)"
+        in capsys.readouterr().err
+    )
+    assert measured(10.0) == sum(len(d["text"]) for d in docs if is_heldout(d["id"], 5.0))
+    with pytest.raises(
+        VikhrError, match=r"tokenizer t was trained on every document of .*--heldout-percent 0"
+    ):
+        measured(0.0)
 
 
 def test_a_failed_compare_chart_leaves_the_earlier_report_whole(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class NamedTokenizer:
     tokenizer: Tokenizer
     # sha256 of every corpus it was trained on (its manifest.json); None without a manifest
     training_corpora: frozenset[str] | None = None
+    heldout_percent: float | None = None  # the share of documents its training left out (manifest)
 
 
 def _manifest_path(tok_path: Path) -> Path:
@@ -45,19 +47,24 @@ def _manifest_path(tok_path: Path) -> Path:
     return tok_path.parent / f"{tok_path.name.split('.')[0]}.manifest.json"
 
 
-def training_corpora(tok_path: Path) -> frozenset[str] | None:
-    """sha256 of the corpora a tokenizer was trained on, from its manifest; None when it has none or the
-    manifest lists no corpora (an imported tokenizer: `import-tekken`)."""
+def training_corpora(tok_path: Path) -> tuple[frozenset[str] | None, float | None]:
+    """(sha256 of the corpora a tokenizer was trained on, the percentage of their documents training
+    left out), from its manifest; (None, None) when it has none or the manifest lists no corpora (an
+    imported tokenizer: `import-tekken`)."""
     path = _manifest_path(tok_path)
     if not path.is_file():
-        return None
+        return None, None
     try:
-        corpora = json.loads(path.read_text(encoding="utf-8")).get("corpora")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        corpora = manifest.get("corpora")
+        percent = (manifest.get("settings") or {}).get("heldout_percent")
     except (OSError, ValueError, AttributeError) as e:
         raise VikhrError(f"{path} is not a tokenizer manifest ({e}); remove or regenerate it") from None
     if not isinstance(corpora, list):
-        return None
-    return frozenset(str(c.get("sha256")) for c in corpora if isinstance(c, dict))
+        return None, None
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+        percent = None  # an older manifest: the default was used
+    return frozenset(str(c.get("sha256")) for c in corpora if isinstance(c, dict)), percent
 
 
 def _split_label(spec: str) -> tuple[str | None, str]:
@@ -76,7 +83,7 @@ def named_tokenizer(spec: str) -> NamedTokenizer:
     tok = load(path)
     if name is None:
         name = tok.path.parent.name if tok.path.stem == "tokenizer" else tok.path.stem
-    return NamedTokenizer(name, tok, training_corpora(tok.path))
+    return NamedTokenizer(name, tok, *training_corpora(tok.path))
 
 
 @dataclass
@@ -107,6 +114,32 @@ def load_text_set(
         hint = "the file has no text under the key" if split == "all" else "try --split all"
         raise VikhrError(f"text set {path} has no lines in split '{split}' ({hint})")
     return TextSet(name, path, lines, split, corpus_sha256(path))
+
+
+def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) -> float:
+    """The held-out share to measure `spec` on: `asked`, or less where a tokenizer that trained on
+    the file left out fewer of its documents (its training documents are not held out)."""
+    path = _split_label(spec)[1]
+    sha = corpus_sha256(path)
+    left_out = [
+        (t.heldout_percent if t.heldout_percent is not None else DEFAULT_HELDOUT_PERCENT, t.name)
+        for t in toks
+        if t.training_corpora and sha in t.training_corpora
+    ]
+    percent, name = min(left_out, default=(asked, None))
+    if name is None or percent >= asked:
+        return asked
+    if percent <= 0:
+        raise VikhrError(
+            f"tokenizer {name} was trained on every document of {path} (--heldout-percent 0): no held-out "
+            "text to measure it on; give other --texts, or --split all (reported as trained on)"
+        )
+    print(
+        f"note: {path}: held-out documents are the {percent:g} % tokenizer {name} left out of its training "
+        f"(not {asked:g} %)",
+        file=sys.stderr,
+    )
+    return percent
 
 
 @dataclass
@@ -283,7 +316,13 @@ def compare(
 
     if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")
-    sets = [load_text_set(s, text_key, split_of(s), heldout_percent, max_chars) for s in text_specs]
+    sets = []
+    for spec in text_specs:
+        split_here = split_of(spec)
+        percent = (
+            _heldout_percent_for(spec, toks, heldout_percent) if split_here == "heldout" else heldout_percent
+        )
+        sets.append(load_text_set(spec, text_key, split_here, percent, max_chars))
     results = [
         measure(t, s)
         for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
