@@ -421,6 +421,12 @@ def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: 
         (["--mode", "extend", "--vocab-size", "1000"], "adds no tokens"),
         (["--vocab-size", "300"], "too small"),
         (["--new-tokens", "10"], "--new-tokens is for --mode extend"),
+        # SentencePiece's settings were recorded in the manifest as if applied, and changed nothing.
+        (["--character-coverage", "0.5"], "--character-coverage: SentencePiece's settings"),
+        (
+            ["--no-split-by-script", "--no-split-by-whitespace", "--threads", "7"],
+            "--no-split-by-script, --no-split-by-whitespace, --threads: SentencePiece's settings",
+        ),
     ],
 )
 def test_byte_level_errors_are_one_line(
@@ -434,6 +440,29 @@ def test_byte_level_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_extend_without_a_size_names_the_default_it_used(
+    tekken_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Extending tekken (131,072 ids) without --vocab-size or --new-tokens named a flag not given."""
+    argv = ["tokenizer", "train", "--corpus", f"{RU_SAMPLE}@50k", "--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert cli_main([*argv, "--mode", "extend", "--base-model", str(tekken_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--vocab-size 40000 (the default) adds no tokens" in err and len(err.splitlines()) == 1
+
+
+def test_checks_read_training_lines_when_nothing_is_held_out(bases: dict[str, Path], tmp_path: Path) -> None:
+    """--heldout-percent 0: the Cyrillic counts were all zeros and the base-id check never read the
+    corpora; as for SentencePiece, the checks now read training lines."""
+    settings = TrainSettings(
+        mode="extend", base_model=str(bases["llama3"]), new_tokens=100, heldout_percent=0.0, **SMALL
+    )
+    manifest = train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / "o", settings)
+    counts = manifest["checks"]["train_cyrillic"]
+    assert "heldout_cyrillic" not in manifest["checks"] and all(v > 0 for v in counts.values()), counts
+    assert manifest["checks"]["base_ids_kept"]["lines_without_cyrillic_checked"] > 500
 
 
 # ---------------------------------------------------------------- compare

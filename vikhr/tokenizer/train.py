@@ -48,6 +48,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
+DEFAULT_VOCAB_SIZE = 40000  # the paper's
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
@@ -58,7 +59,7 @@ class TrainSettings:
     """Everything that determines the trained tokenizer (recorded in the manifest)."""
 
     mode: Mode = "replace"
-    vocab_size: int = 40000
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     base_model: str | None = None
     text_key: str = "text"
     max_chars_per_file: int | None = 20_000_000
@@ -422,6 +423,29 @@ def _train_model(
     return extend_stats, None
 
 
+def _refuse_sentencepiece_settings(s: TrainSettings) -> None:
+    """VikhrError naming the SentencePiece trainer's settings given for a byte-level BPE (they would be
+    recorded in the manifest as if applied)."""
+    default = TrainSettings()
+    given = [
+        flag
+        for flag, value, unset in (
+            ("--character-coverage", s.character_coverage, default.character_coverage),
+            ("--no-split-by-script", s.split_by_script, default.split_by_script),
+            ("--no-split-by-whitespace", s.split_by_whitespace, default.split_by_whitespace),
+            ("--threads", s.num_threads, default.num_threads),
+            ("max_piece_length", s.max_piece_length, default.max_piece_length),
+            ("extra_sentencepiece_args", s.extra_sentencepiece_args, default.extra_sentencepiece_args),
+        )
+        if value != unset
+    ]
+    if given:
+        raise VikhrError(
+            f"{', '.join(given)}: SentencePiece's settings; a byte-level BPE (a tokenizer.json --base-model) "
+            "has no such setting (leave them out; --min-frequency is its own)"
+        )
+
+
 def train_tokenizer(
     corpora: list[str | Path], out_dir: str | Path, settings: TrainSettings, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -442,6 +466,7 @@ def train_tokenizer(
                 "--mode prune-extend needs a SentencePiece .model as --base-model (byte-level bases: "
                 "replace or extend)"
             )
+        _refuse_sentencepiece_settings(s)
         min_frequency = DEFAULT_MIN_FREQUENCY if s.min_frequency is None else s.min_frequency
         return train_byte_level(paths, budgets, out_dir, byte_base, replace(s, min_frequency=min_frequency))
     if s.min_frequency is not None:

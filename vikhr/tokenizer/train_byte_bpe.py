@@ -370,7 +370,14 @@ def _check_settings(base: ByteLevelBase, s: TrainSettings) -> int:
         return s.vocab_size
     num_new = s.new_tokens if s.new_tokens is not None else s.vocab_size - base.size
     if num_new <= 0:
-        what = f"--new-tokens {s.new_tokens}" if s.new_tokens is not None else f"--vocab-size {s.vocab_size}"
+        from vikhr.tokenizer.train import DEFAULT_VOCAB_SIZE  # (train.py imports this module)
+
+        default = " (the default)" if s.vocab_size == DEFAULT_VOCAB_SIZE else ""
+        what = (
+            f"--new-tokens {s.new_tokens}"
+            if s.new_tokens is not None
+            else f"--vocab-size {s.vocab_size}{default}"
+        )
         raise VikhrError(
             f"{what} adds no tokens to {base.path} ({base.size} ids); in extend mode ask for a "
             f"--vocab-size above {base.size} or a positive --new-tokens"
@@ -381,11 +388,16 @@ def _check_settings(base: ByteLevelBase, s: TrainSettings) -> int:
 # ---------------------------------------------------------------- checks, config, manifest
 
 
-def _heldout_lines(paths: list[Path], s: TrainSettings) -> list[str]:
-    lines: list[str] = []
-    for path in paths:
-        lines += first_lines(path, s.text_key, "heldout", s.heldout_percent, s.verify_lines_per_file)
-    return lines
+def _heldout_lines(paths: list[Path], s: TrainSettings) -> tuple[list[str], str]:
+    """Held-out lines of every corpus for the checks, and "heldout"; training lines ("train") when
+    no corpus has a held-out part (--heldout-percent 0, a tiny corpus): the checks hold on any text."""
+    for split in ("heldout", "train"):
+        lines: list[str] = []
+        for path in paths:
+            lines += first_lines(path, s.text_key, split, s.heldout_percent, s.verify_lines_per_file)
+        if lines:
+            return lines, split
+    return [], "heldout"
 
 
 def check_base_ids_kept(base: ByteLevelBase, new_tok: Any, lines: list[str], where: str) -> int:
@@ -498,8 +510,8 @@ def train_byte_level(
         tok_json = work / "tokenizer.json"
         write_text(tok_json, new_tok.to_str(pretty=False))
         _write_config(base, spec, work)
-        heldout = _heldout_lines(paths, s)
-        checks: dict[str, Any] = {"heldout_cyrillic": _token_counts(base, new_tok, heldout)}
+        heldout, split = _heldout_lines(paths, s)
+        checks: dict[str, Any] = {f"{split}_cyrillic": _token_counts(base, new_tok, heldout)}
         if s.mode == "extend":
             checks["base_ids_kept"] = {
                 "lines_without_cyrillic_checked": check_base_ids_kept(base, new_tok, heldout, str(out_dir)),
