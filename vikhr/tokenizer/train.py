@@ -48,7 +48,6 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
-DEFAULT_VOCAB_SIZE = 40000  # the paper's
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
@@ -59,7 +58,7 @@ class TrainSettings:
     """Everything that determines the trained tokenizer (recorded in the manifest)."""
 
     mode: Mode = "replace"
-    vocab_size: int = DEFAULT_VOCAB_SIZE
+    vocab_size: int = 40000
     base_model: str | None = None
     text_key: str = "text"
     max_chars_per_file: int | None = 20_000_000

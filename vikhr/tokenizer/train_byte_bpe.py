@@ -36,7 +36,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -370,9 +370,8 @@ def _check_settings(base: ByteLevelBase, s: TrainSettings) -> int:
         return s.vocab_size
     num_new = s.new_tokens if s.new_tokens is not None else s.vocab_size - base.size
     if num_new <= 0:
-        from vikhr.tokenizer.train import DEFAULT_VOCAB_SIZE  # (train.py imports this module)
-
-        default = " (the default)" if s.vocab_size == DEFAULT_VOCAB_SIZE else ""
+        unset = next(f.default for f in fields(s) if f.name == "vocab_size")
+        default = " (the default)" if s.vocab_size == unset else ""
         what = (
             f"--new-tokens {s.new_tokens}"
             if s.new_tokens is not None
