@@ -701,12 +701,17 @@ def test_prepare_warns_of_chats_with_an_empty_answer(tmp_path: Path, capsys) -> 
     records = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in turns
     ]
+    # An empty answer of weight 0 is not trained: nothing is learnt from it.
+    untrained = [{"role": "user", "content": "e"}, {"role": "assistant", "content": "", "weight": 0}]
+    records.append(
+        {"messages": [*untrained, {"role": "user", "content": "f"}, {"role": "assistant", "content": "g"}]}
+    )
     chats.write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = prepare_sft(chats, MISTRAL_TOKENIZER, tmp_path / "x")
-    assert summary.chats == 3
+    assert summary.chats == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"warning: 2 of 3 chats of {chats} have an empty assistant turn: the model learns to end its answer "
+        f"warning: 2 of 4 chats of {chats} have an empty assistant turn: the model learns to end its answer "
         "at once there (vikhr sft build drops such chats)"
     ]
 

@@ -189,6 +189,7 @@ def test_preference_pairs_give_their_chosen_chat(tmp_path: Path) -> None:
             "rejected": [{"role": "assistant", "content": "Зелёное."}],
         },
         {"chosen": "Небо голубое.", "rejected": "Небо зелёное."},  # implicit prompt in plain text: no turns
+        {"prompt": hh_prompt, "chosen": " Хорошо.", "rejected": " Плохо."},  # HH-RLHF's explicit prompt
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -201,6 +202,50 @@ def test_preference_pairs_give_their_chosen_chat(tmp_path: Path) -> None:
         (("system", "Кратко."), ("user", "Какого цвета небо?"), ("assistant", "Голубое.")),
     ]
     assert isinstance(out[4], Unfit) and out[4].reason == "bad_turns"
+    assert out[5][0].messages == out[1][0].messages
+
+
+def test_a_lone_surrogate_is_an_unfit_record_not_a_crash(tmp_path: Path) -> None:
+    """JSON decoding accepts "\\ud83d" alone (scraped chat dumps hold it); the tokenizer then raised
+    and the whole build was lost."""
+    good = {
+        "conversations": [{"from": "human", "value": "Привет 😀"}, {"from": "gpt", "value": "Здравствуйте!"}]
+    }
+    text = json.dumps(good, ensure_ascii=True)  # the emoji as an escaped surrogate pair: fine
+    bad = '{"conversations": [{"from": "human", "value": "Привет \\ud83d"}, {"from": "gpt", "value": "Да."}]}'
+    jsonl, array = tmp_path / "c.jsonl", tmp_path / "c.json"
+    jsonl.write_text(f"{text}\n{bad}\n", encoding="utf-8")
+    array.write_text(f"[{text}, {bad}]", encoding="utf-8")
+    for path in (jsonl, array):
+        [(_, first), (where, second)] = list(read_chats_of(path))
+        assert first[0].messages[0] == ("user", "Привет 😀")
+        assert isinstance(second, Unfit) and second.reason == "bad_json"
+        assert "lone UTF-16 surrogate \\ud83d" in str(second), where
+    report = build(_config(tmp_path, [{"name": "s", "path": str(jsonl)}]))
+    assert report["kept"] == 1 and report["sources"][0]["dropped"] == {"bad_json": 1}
+
+
+def test_a_system_field_beside_the_turns_opens_the_chat() -> None:
+    """LLaMA-Factory's ShareGPT layout (and OpenAI-style records) keep the system prompt beside the
+    turns: it was dropped silently."""
+    from vikhr.sft.sources import record_chats
+
+    turns = [
+        {"from": "human", "value": "Привет"},
+        {"from": "gpt", "value": "Здравствуйте", "weight": 0},
+        {"from": "human", "value": "Как дела?"},
+        {"from": "gpt", "value": "Хорошо."},
+    ]
+    [chat] = record_chats({"conversations": turns, "system": "Будь краток."}, "sharegpt", "x:1")
+    assert chat.messages[0] == ("system", "Будь краток.") and chat.untrained == (2,)
+    messages = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
+    [chat] = record_chats({"messages": messages, "system": "Будь краток."}, "messages", "x:2")
+    assert chat.messages[0] == ("system", "Будь краток.")
+    own = [{"role": "system", "content": "Свой."}, *messages]
+    [chat] = record_chats({"messages": own, "system": "Будь краток."}, "messages", "x:3")
+    assert [r for r, _ in chat.messages] == ["system", "user", "assistant"] and chat.messages[0][1] == "Свой."
+    [chat] = record_chats({"conversations": turns, "system": ""}, "sharegpt", "x:4")
+    assert chat.messages[0] == ("user", "Привет") and chat.untrained == (1,)
 
 
 def test_flan_inputs_and_targets_of_ruflan() -> None:
@@ -566,6 +611,36 @@ def test_exact_and_near_duplicates_are_removed(tmp_path: Path) -> None:
     assert any("гимназии" in k for k in kept)
     off = build(_config(tmp_path, [{"name": "s", "path": str(data)}], dedup={"exact": False, "near": False}))
     assert off["kept"] == 7
+
+
+def test_a_shared_system_prompt_does_not_make_different_tasks_near_duplicates(tmp_path: Path) -> None:
+    """The system turn was part of the compared prompt: a collection's long shared system prompt made
+    short, different tasks look alike (372 of 806 rulm chats dropped)."""
+    system = " ".join(["Ты — вежливый и точный русскоязычный ассистент, отвечай по существу и кратко."] * 4)
+    tasks = [
+        "Напиши хайку о лете.",
+        "Ночь : День = Зима : ?",
+        "Назови столицу Италии.",
+        "Сколько ног у жука?",
+    ]
+    lines = [
+        json.dumps(
+            {
+                "id": str(i),
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": task},
+                    {"role": "assistant", "content": f"Ответ {i}."},
+                ],
+            },
+            ensure_ascii=False,
+        )
+        for i, task in enumerate(tasks)
+    ]
+    data = tmp_path / "system.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = build(_config(tmp_path, [{"name": "s", "path": str(data)}]))
+    assert report["kept"] == 4 and report["sources"][0]["dropped"] == {}
 
 
 def test_answers_of_one_nectar_prompt_are_not_near_duplicates(tmp_path: Path) -> None:

@@ -133,7 +133,8 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
 def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer) -> tuple[str, str, int]:
     """(status, why, tokens) of a chat against the length limits and the source's language check."""
     try:
-        tokens = len(encode_chat([Message(r, c) for r, c in chat.messages], tok, cfg.template).ids)
+        messages = [Message(r, c, i not in chat.untrained) for i, (r, c) in enumerate(chat.messages)]
+        tokens = len(encode_chat(messages, tok, cfg.template).ids)
     except TypedControlError as e:
         return "control_text", str(e), 0
     except ChatRefused as e:  # the tokenizer's own template (--template own) cannot train on it

@@ -99,7 +99,9 @@ def prepare_sft(
             text_writer.add_document(enc.ids)
             mask_writer.add_document(enc.mask)
             chats += 1
-            empty_answers += any(m.role == "assistant" and not m.content.strip() for m in messages)
+            empty_answers += any(
+                m.role == "assistant" and m.trained and not m.content.strip() for m in messages
+            )
             tokens += len(enc.ids)
             loss_tokens += sum(enc.mask)
             max_id = max(max_id, max(enc.ids))

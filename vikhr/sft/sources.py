@@ -7,6 +7,8 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
+  A ``"system"`` field beside the turns (LLaMA-Factory's layout; also beside ``messages``) opens the
+  chat unless it has a system turn.
 * ``flan`` (ruFLAN, FLAN collections): ``{"inputs", "targets"}`` (or ``"target"``): the inputs, the
   whole prompt, are the user turn and the targets the answer.
 * ``alpaca`` (rulm self-instruct, ru_turbo_alpaca): ``{"instruction", "input", "output"}``; the input,
@@ -31,8 +33,8 @@ Formats (`FORMATS`), each recognised by the fields of its records:
 * ``preference`` (DPO pairs: UltraFeedback-binarized, Anthropic HH-RLHF, TRL's preference layouts):
   ``{"chosen", "rejected"}`` and an optional ``"prompt"``; the chosen side is the chat, the rejected
   one is not used. ``chosen`` is a whole chat (a messages list opening with a user or system turn,
-  or HH-RLHF's ``"\\n\\nHuman: …\\n\\nAssistant: …"`` text) or the answer to ``prompt`` (a string
-  or a messages list).
+  or HH-RLHF's ``"\\n\\nHuman: …\\n\\nAssistant: …"`` text) or the answer to ``prompt`` (a string,
+  HH-RLHF's text split into its turns, or a messages list).
 
 A system turn that is empty (SlimOrca writes ``{"from": "system", "value": ""}`` where there is no
 system prompt) is left out.
@@ -71,6 +73,7 @@ ROLE_NAMES = {
 NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
 ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate escaped in JSON text
 _HUMAN_ASSISTANT_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")  # Anthropic HH-RLHF's and Nectar's
 
 
@@ -84,8 +87,10 @@ class Chat:
     untrained: tuple[int, ...] = ()  # the answers (indices into messages) of weight 0: context only
 
     def prompt(self) -> str:
-        """Every turn before the last answer (system and user turns, earlier answers)."""
-        return "\n\n".join(content for _, content in self.messages[:-1])
+        """Every turn before the last answer but the system turn (user turns, earlier answers): what
+        near-duplicate removal compares. A collection's shared system prompt would make different tasks
+        look alike (a 56-word one dropped 372 of 806 rulm chats)."""
+        return "\n\n".join(content for role, content in self.messages[:-1] if role != "system")
 
     def text(self) -> str:
         return "\n\n".join(content for _, content in self.messages)
@@ -149,7 +154,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
             if not isinstance(record, dict):
                 yield where, Unfit("bad_json", f"expected a JSON object, got {type(record).__name__}")
             else:
-                yield where, record
+                yield where, _without_lone_surrogates(record) if _SURROGATE_ESCAPE.search(line) else record
 
 
 def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
@@ -194,12 +199,26 @@ def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] 
                 continue  # the value goes on in the next chunk
             yield unfit(f"not valid JSON ({e.msg})")
             return
+        escaped = _SURROGATE_ESCAPE.search(buffer, at, end) is not None
         at, after_value = end, True
         if isinstance(record, dict):
-            yield f"{path}:item {item}", record
+            yield f"{path}:item {item}", _without_lone_surrogates(record) if escaped else record
         else:
             yield unfit(f"expected a JSON object, got {type(record).__name__}")
         item += 1
+
+
+def _without_lone_surrogates(record: dict[str, Any]) -> dict[str, Any] | Unfit:
+    """`record`, or Unfit when a string in it holds half of a UTF-16 surrogate pair ("\\ud83d" escaped
+    alone in scraped chat dumps): JSON decoding accepts it, no tokenizer can encode it."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end]
+        return Unfit(
+            "bad_json", f"holds a lone UTF-16 surrogate {bad.encode('unicode_escape').decode()} (not text)"
+        )
+    return record
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
@@ -271,10 +290,10 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     untrained: tuple[int, ...] = ()  # messages and sharegpt: the answers of weight 0
     if fmt == "messages":
         raw = record["messages"] if "messages" in record else record.get("conversation")
-        messages, untrained = _messages_turns(raw)
+        messages, untrained = _with_record_system(record, *_messages_turns(raw))
         turns = [messages]
     elif fmt == "sharegpt":
-        messages, untrained = _sharegpt_turns(record.get("conversations"))
+        messages, untrained = _with_record_system(record, *_sharegpt_turns(record.get("conversations")))
         turns = [messages]
     elif fmt == "alpaca":
         turns = _alpaca_turns(record)
@@ -335,6 +354,17 @@ def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise Unfit("bad_record", f"{what} must be a string, got {type(value).__name__}")
     return value
+
+
+def _with_record_system(
+    record: dict[str, Any], turns: list[tuple[str, str]], untrained: tuple[int, ...]
+) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """The turns with the record's own ``"system"`` field first (LLaMA-Factory's ShareGPT and OpenAI
+    layouts keep the system prompt beside the turns), unless they open with a system turn."""
+    system = record.get("system")
+    if system is None or (turns and turns[0][0] == "system"):
+        return turns, untrained
+    return [("system", _text(system, '"system"')), *turns], tuple(i + 1 for i in untrained)
 
 
 def _weight(m: dict[str, Any], role: str, i: int) -> bool:
@@ -433,8 +463,9 @@ def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
     return chats
 
 
-def _nectar_prompt(prompt: str) -> list[tuple[str, str]]:
-    """The turns of a Nectar prompt, which ends with the "Assistant:" of the answer to come."""
+def _human_assistant_prompt(prompt: str) -> list[tuple[str, str]]:
+    """The turns of an Anthropic-style prompt (Nectar's, HH-RLHF's), which ends with the "Assistant:"
+    of the answer to come."""
     parts = _HUMAN_ASSISTANT_TURN.split(prompt)
     if parts[0].strip() or len(parts) < 5 or parts[-2] != "Assistant" or parts[-1].strip():
         raise Unfit(
@@ -446,7 +477,7 @@ def _nectar_prompt(prompt: str) -> list[tuple[str, str]]:
 
 
 def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tuple[str, str]]]:
-    prompt = _nectar_prompt(_text(record.get("prompt"), '"prompt"'))
+    prompt = _human_assistant_prompt(_text(record.get("prompt"), '"prompt"'))
     answers = record.get("answers")
     if not isinstance(answers, list) or not answers:
         raise Unfit("bad_record", '"answers" must be a non-empty list of {"answer", "model", "rank"}')
@@ -492,6 +523,8 @@ def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tu
     if isinstance(prompt, list):
         opening, untrained = _messages_turns(prompt)
         return [*opening, ("assistant", chosen)], untrained
+    if isinstance(prompt, str) and _HUMAN_ASSISTANT_TURN.match(prompt):  # HH-RLHF's explicit prompt
+        return [*_human_assistant_prompt(prompt), ("assistant", chosen.lstrip())], ()
     return [("user", _text(prompt, '"prompt"')), ("assistant", chosen)], ()
 
 
