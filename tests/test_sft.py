@@ -598,6 +598,24 @@ def test_packed_chats_train_as_if_each_were_alone(rulm: Path, tmp_path: Path, me
     assert abs(float(leaky_ce) - float(packed_ce)) > 1e-4
 
 
+def test_chats_cut_before_their_answer_are_counted(rulm: Path, tmp_path: Path, capsys) -> None:
+    """A chat whose first answer token lies past data.seq_len trains nothing: the trainer left such
+    chats out without saying how many."""
+    from vikhr.data.indexed import IndexedReader
+    from vikhr.sft.data import build_sft_datasets
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import train_samples
+
+    cfg = load_config(_config(tmp_path / "c.yaml", rulm, tmp_path / "run", data={"seq_len": 64}))
+    masks = IndexedReader(f"{rulm}_mask_document")
+    window = cfg.data.seq_len + 1
+    unused = sum(not any(masks.document(i)[1:window]) for i in range(len(masks)))
+    assert unused > 0
+    capsys.readouterr()
+    build_sft_datasets(cfg, train_samples(cfg))
+    assert f"({unused} with no answer token left: not used)" in capsys.readouterr().err
+
+
 def test_two_sft_datasets_blend_by_weight(rulm: Path, shared_data: Path, tmp_path: Path) -> None:
     from vikhr.sft.data import build_sft_datasets
     from vikhr.train.config import load_config

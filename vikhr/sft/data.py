@@ -207,9 +207,14 @@ def build_sft_datasets(cfg, n_train: int) -> Datasets:  # cfg: vikhr.train.confi
         if len(kept):
             bounds = pack_windows(kept, source.lengths, window, cfg.data.packing)
             valid[name] = PackedSFTDataset(source, kept, bounds, window, cfg.data.eod_id)
+        # A chat cut before its first answer token trains nothing: say how many (a longer data.seq_len
+        # or a shorter max length in `sft build` keeps them).
+        unused = int((source.loss_tokens == 0).sum())
         report.append(
             f"{name}: {len(source.lengths)} chats ({len(train_ids)} train, {len(valid_ids)} valid), "
-            f"{source.truncated} cut to {window} tokens, window fill {100 * parts[-1].token_fill():.0f}%"
+            f"{source.truncated} cut to {window} tokens"
+            + (f" ({unused} with no answer token left: not used)" if unused else "")
+            + f", window fill {100 * parts[-1].token_fill():.0f}%"
         )
     train = parts[0] if len(parts) == 1 else BlendedSFTDataset(parts, dataset_index, sample_index)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
