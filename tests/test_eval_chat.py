@@ -116,7 +116,7 @@ def test_cli_records_the_prompt_format_and_compare_labels_it(
         == 0
     )
     rows = (out / "compare.csv").read_text(encoding="utf-8").splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["tiny", "tiny (chat)"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["tiny (limit 2)", "tiny (chat) (limit 2)"]
 
 
 def test_prompt_options_need_a_template(chat_dir: Path, tmp_path: Path, capsys: Any) -> None:

@@ -120,6 +120,8 @@ def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) ->
     """The held-out share to measure `spec` on: `asked`, or less where a tokenizer that trained on
     the file left out fewer of its documents (its training documents are not held out)."""
     path = _split_label(spec)[1]
+    if not any(t.training_corpora for t in toks) or not Path(path).is_file():
+        return asked  # nothing to compare with (a missing file is named when the set is read)
     sha = corpus_sha256(path)
     left_out = [
         (t.heldout_percent if t.heldout_percent is not None else DEFAULT_HELDOUT_PERCENT, t.name)
