@@ -675,3 +675,34 @@ def test_megatron_checkpoint_that_disagrees_with_its_meta(
     _fails(argv, capsys, out, "is not a usable vikhr checkpoint description (no 'tp' key)")
     (meg / "meta.json").write_text(json.dumps({**meta, "model": [1, 2]}))
     _fails(argv, capsys, out, "is not a usable vikhr checkpoint description (a field of another type:")
+
+
+def test_an_sft_blend_of_one_tokenizer_exports_with_the_first_datasets_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training accepts datasets of one tokenizer (by sha256) whatever their paths and templates;
+    convert refused a copy of the tokenizer elsewhere, or a chatml + qwen3 blend, as "several
+    tokenizers"."""
+    from vikhr.convert.hf_tokenizer import _sft_tokenizer
+    from vikhr.sft.layout import sft_files
+
+    def prepared(name: str, tokenizer: str, sha: str, template: str) -> dict[str, str]:
+        meta = {"tokenizer": tokenizer, "tokenizer_sha256": sha, "template": template}
+        sft_files(tmp_path / name)["meta"].write_text(json.dumps(meta), encoding="utf-8")
+        return {"prefix": name}
+
+    config = {
+        "data": {
+            "train": [prepared("a", "/tok/one", "s1", "chatml"), prepared("b", "/copy/one", "s1", "chatml")]
+        }
+    }
+    recorded = _sft_tokenizer(config, tmp_path)
+    assert recorded is not None and (str(recorded.path), recorded.template) == ("/tok/one", "chatml")
+    assert capsys.readouterr().err == ""
+    config["data"]["train"].append(prepared("c", "/tok/one", "s1", "qwen3"))
+    recorded = _sft_tokenizer(config, tmp_path)
+    assert recorded is not None and recorded.template == "chatml"
+    assert "prepared with chat templates chatml" in capsys.readouterr().err
+    config["data"]["train"].append(prepared("d", "/tok/two", "s2", "chatml"))
+    with pytest.raises(VikhrError, match="record different tokenizers"):
+        _sft_tokenizer(config, tmp_path)

@@ -53,7 +53,7 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
     (relative dataset prefixes are relative to `cwd`, where the run trained)."""
     from vikhr.sft.layout import sft_files
 
-    found: dict[tuple[str, str | None, str | None], Path] = {}
+    found: list[tuple[dict[str, Any], Path]] = []
     for entry in config.get("data", {}).get("train") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
             continue
@@ -61,16 +61,27 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
         if meta_path.is_file():
             sft = _read_json(meta_path)
             if isinstance(sft.get("tokenizer"), str):
-                sha = sft.get("template_sha256") if isinstance(sft.get("template_sha256"), str) else None
-                found.setdefault((sft["tokenizer"], sft.get("template"), sha), meta_path)
-    if len(found) > 1:
+                found.append((sft, meta_path))
+    if not found:
+        return None
+    # One tokenizer (by its contents: a copy elsewhere is the same), as training checked.
+    tokenizers = {sft.get("tokenizer_sha256") or sft["tokenizer"] for sft, _ in found}
+    if len(tokenizers) > 1:
         raise VikhrError(
-            "the SFT datasets of this run record different tokenizers or chat templates "
-            f"({', '.join(map(str, found.values()))}): the run mixed data of several tokenizers"
+            "the SFT datasets of this run record different tokenizers "
+            f"({', '.join(str(p) for _, p in found)}): the run mixed data of several tokenizers"
         )
-    for (path, template, sha), meta_path in found.items():
-        return RecordedTokenizer(Path(path), str(meta_path), template, sha)
-    return None
+    first, first_path = found[0]
+    sha = first.get("template_sha256") if isinstance(first.get("template_sha256"), str) else None
+    others = sorted({str(sft.get("template")) for sft, _ in found} - {str(first.get("template"))})
+    if others:  # a blend of two formats: the model knows both, the export carries one
+        template = first.get("template")
+        print(
+            f"warning: the SFT datasets of this run were prepared with chat templates {template} "
+            f"({first_path}) and {', '.join(others)}: the export carries {template}, the first dataset's",
+            file=sys.stderr,
+        )
+    return RecordedTokenizer(Path(first["tokenizer"]), str(first_path), first.get("template"), sha)
 
 
 def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> None:
