@@ -154,8 +154,49 @@ def test_doctor_names_a_missing_package_and_the_modules_it_stops(tmp_path: Path)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("missing package pydantic"))
     assert "FAILED" in line and "vikhr." in line and "cannot be imported" in line
     # The rest of the report is still there: doctor reports, it does not stop at the first problem.
-    assert "vikhr._core (Rust)" in proc.stdout and "csrc ops" in proc.stdout and "not built" in proc.stdout
+    assert "vikhr._core (Rust)" in proc.stdout and "csrc ops" in proc.stdout
     assert "vikhr modules" not in proc.stdout
+
+
+def test_doctor_names_a_dependency_that_only_a_function_imports(tmp_path: Path) -> None:
+    """sentencepiece (like zstandard, matplotlib, pyarrow) is imported where it is used: every vikhr
+    module imported without it, and doctor said all was well (exit 0)."""
+    (tmp_path / "sentencepiece.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'sentencepiece'\", name='sentencepiece')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    command = [sys.executable, "-m", "vikhr", "doctor", "--no-build"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("missing package sentencepiece"))
+    assert "FAILED: vikhr needs it (pip install sentencepiece)" in line
+
+
+def test_doctor_checks_every_dependency_of_pyproject() -> None:
+    import tomllib
+
+    from vikhr.doctor import REQUIRED_IMPORTS
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = {re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    assert names == set(REQUIRED_IMPORTS)
+
+
+def test_doctor_without_build_reports_what_the_build_cache_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-build said "not built" even where the ops were built (device_check.sh's log)."""
+    from vikhr.doctor import _ops_rows
+    from vikhr.ops.build import ops_build_dir
+
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path))
+    [(_, status)] = _ops_rows(cuda=False, build=False)
+    assert status == "not built yet (--no-build skips the first build)"
+    built = ops_build_dir(False)
+    built.mkdir(parents=True)
+    (built / "vikhr_ops_cpu.so").write_bytes(b"")
+    [(_, status)] = _ops_rows(cuda=False, build=False)
+    assert status == f"built in {built}, not loaded (--no-build)"
 
 
 def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:

@@ -1,8 +1,9 @@
 """`vikhr doctor`: what is installed, what compiled, and what vikhr will use.
 
-It also imports every module of vikhr, so that a Python environment put together by hand (a
-cluster image, packages on PYTHONPATH) that lacks one of vikhr's dependencies is found at once,
-with the missing package named, rather than minutes into a run.
+It also imports every module of vikhr and every package vikhr depends on (many are imported only
+where used, so a module imports without them), so that a Python environment put together by hand
+(a cluster image, packages on PYTHONPATH) that lacks one is found at once, with the missing package
+named, rather than minutes into a run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,27 @@ import importlib
 import importlib.metadata as md
 import pkgutil
 import platform
+
+# pyproject.toml's dependencies (distribution name -> the module vikhr imports); a test keeps the two equal.
+REQUIRED_IMPORTS = {
+    "torch": "torch",
+    "megatron-core": "megatron.core",
+    "transformers": "transformers",
+    "sentencepiece": "sentencepiece",
+    "tokenizers": "tokenizers",
+    "safetensors": "safetensors",
+    "numpy": "numpy",
+    "pyyaml": "yaml",
+    "pydantic": "pydantic",
+    "tqdm": "tqdm",
+    "tensorboard": "tensorboard",
+    "matplotlib": "matplotlib",
+    "psutil": "psutil",
+    "zstandard": "zstandard",
+    "ninja": "ninja",
+    "lm-eval": "lm_eval",
+    "pyarrow": "pyarrow",
+}
 
 
 def _version(dist: str) -> str:
@@ -45,7 +67,7 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
         for m in pkgutil.walk_packages(vikhr.__path__, "vikhr.", onerror=lambda _name: None)
         if not m.name.endswith("__main__")  # running the CLI is not importing it
     ]
-    for name in names:
+    for name in [*names, *REQUIRED_IMPORTS.values()]:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -63,13 +85,31 @@ def _module_rows() -> list[tuple[str, str]]:
     rows = []
     for problem, modules in problems.items():
         shown = ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3 else "")
-        rows.append((problem, f"FAILED: {shown} cannot be imported"))
+        stopped = [m for m in modules if m.startswith("vikhr")]
+        what = (
+            f"{shown} cannot be imported"
+            if stopped
+            else f"vikhr needs it (pip install {_dist_of(modules[0])})"
+        )
+        rows.append((problem, f"FAILED: {what}"))
     return rows
 
 
+def _dist_of(module: str) -> str:
+    return next((d for d, m in REQUIRED_IMPORTS.items() if m == module), module)
+
+
 def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
-    if not build:
-        return [("csrc ops", "not built (--no-build)")]
+    if not build:  # what the build cache holds, without building or loading
+        try:
+            from vikhr.ops.build import cuda_build_possible, ops_build_dir
+
+            built = ops_build_dir(cuda_build_possible())
+        except Exception as e:  # doctor reports, it does not stop
+            return [("csrc ops", f"not checked (--no-build): {e}")]
+        if any(built.glob("*.so")):
+            return [("csrc ops", f"built in {built}, not loaded (--no-build)")]
+        return [("csrc ops", "not built yet (--no-build skips the first build)")]
     try:
         from vikhr.ops.build import compiled_ops, pip_toolkit_command
 
