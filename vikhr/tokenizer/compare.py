@@ -7,9 +7,11 @@ Works for SentencePiece `.model`s and any `tokenizer.json`; byte-level pieces ar
 
 Each figure says whether the text set's file was among the tokenizer's training corpora (by sha256,
 from the `manifest.json` that `vikhr tokenizer train` writes beside it): "yes" figures are on held-out
-documents of a corpus the tokenizer learned from, "no" figures on a corpus (a domain) it never saw,
-"—" when the tokenizer has no manifest (e.g. Mistral's own). `split="auto"` measures a text set on its
-held-out documents when some compared tokenizer trained on it and on all its documents otherwise.
+documents of a corpus the tokenizer learned from, "no" figures on a file it did not train on (a
+corpus — a domain — it never saw, or documents set apart in a file of their own, as the demo's
+held-out files), "—" when the tokenizer has no manifest (e.g. Mistral's own). `split="auto"`
+measures a text set on its held-out documents when some compared tokenizer trained on it and on all
+its documents otherwise.
 """
 
 from __future__ import annotations
@@ -232,7 +234,8 @@ def render_markdown(
     out.write("# Tokenizer efficiency\n\n")
     out.write(
         "Trained on it: whether the text set's file was a training corpus of the tokenizer (no = a "
-        "left-out corpus, a domain it never saw; — = no manifest).\n\n"
+        "file it did not train on: a left-out corpus, or documents set apart in a file of their own; "
+        "— = no manifest).\n\n"
     )
     out.write(
         "| tokenizer | text set | split | trained on it | chars/token | tokens/word | words in ≥3 pieces "
