@@ -141,34 +141,33 @@ def test_doctor_reports_versions_devices_and_native_parts() -> None:
     assert re.search(r"^vikhr modules +all \d+ import$", out, re.M), out
 
 
-def test_doctor_names_a_missing_package_and_the_modules_it_stops(tmp_path: Path) -> None:
-    # An environment put together by hand without pydantic: a stand-in that fails as a missing
-    # package does, ahead of the real one on the path.
-    (tmp_path / "pydantic.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'pydantic'\", name='pydantic')\n"
+def _doctor_without(package: str, tmp_path: Path) -> str:
+    """`vikhr doctor --no-build`'s report (it must exit 1) in an environment put together by hand
+    without `package`: a stand-in that fails as a missing package does, ahead of the real one."""
+    (tmp_path / f"{package}.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{package}'\", name='{package}')\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     command = [sys.executable, "-m", "vikhr", "doctor", "--no-build"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("missing package pydantic"))
+    return proc.stdout
+
+
+def test_doctor_names_a_missing_package_and_the_modules_it_stops(tmp_path: Path) -> None:
+    out = _doctor_without("pydantic", tmp_path)
+    line = next(x for x in out.splitlines() if x.startswith("missing package pydantic"))
     assert "FAILED" in line and "vikhr." in line and "cannot be imported" in line
     # The rest of the report is still there: doctor reports, it does not stop at the first problem.
-    assert "vikhr._core (Rust)" in proc.stdout and "csrc ops" in proc.stdout
-    assert "vikhr modules" not in proc.stdout
+    assert "vikhr._core (Rust)" in out and "csrc ops" in out
+    assert "vikhr modules" not in out
 
 
 def test_doctor_names_a_dependency_that_only_a_function_imports(tmp_path: Path) -> None:
     """sentencepiece (like zstandard, matplotlib, pyarrow) is imported where it is used: every vikhr
     module imported without it, and doctor said all was well (exit 0)."""
-    (tmp_path / "sentencepiece.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'sentencepiece'\", name='sentencepiece')\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    command = [sys.executable, "-m", "vikhr", "doctor", "--no-build"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("missing package sentencepiece"))
+    out = _doctor_without("sentencepiece", tmp_path)
+    line = next(x for x in out.splitlines() if x.startswith("missing package sentencepiece"))
     assert "FAILED: vikhr needs it (pip install sentencepiece)" in line
 
 
