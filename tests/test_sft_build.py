@@ -201,7 +201,7 @@ def test_preference_pairs_give_their_chosen_chat(tmp_path: Path) -> None:
         (("user", "Небо"), ("assistant", "голубое.")),
         (("system", "Кратко."), ("user", "Какого цвета небо?"), ("assistant", "Голубое.")),
     ]
-    assert isinstance(out[4], Unfit) and out[4].reason == "bad_turns"
+    assert isinstance(out[4], Unfit) and out[4].reason == "bad_turns" and "\n" not in str(out[4])
     assert out[5][0].messages == out[1][0].messages
 
 

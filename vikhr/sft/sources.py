@@ -500,8 +500,8 @@ def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tup
 def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
     """The chat of a preference pair's chosen side (the rejected one is not trained on), in the
     layouts of TRL's preference datasets: `chosen` a whole chat (a messages list opening with a
-    user or system turn: UltraFeedback-binarized; or Anthropic HH-RLHF's "\n\nHuman: …\n\nAssistant:
-    …" text), or the answer to `prompt` (a string or a messages list)."""
+    user or system turn: UltraFeedback-binarized; or Anthropic HH-RLHF's "Human: … Assistant: …"
+    text), or the answer to `prompt` (a string, HH-RLHF's text, or a messages list)."""
     chosen, prompt = record.get("chosen"), record.get("prompt")
     if isinstance(chosen, list):
         turns, untrained = _messages_turns(chosen)
@@ -515,7 +515,9 @@ def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tu
     if prompt is None:
         parts = _HUMAN_ASSISTANT_TURN.split(chosen)
         if parts[0].strip() or len(parts) < 5 or len(parts) % 4 != 1:
-            raise Unfit("bad_turns", '"chosen" without "prompt" must be "\n\nHuman: …\n\nAssistant: …" turns')
+            raise Unfit(
+                "bad_turns", '"chosen" without "prompt" must be "\\n\\nHuman: …\\n\\nAssistant: …" turns'
+            )
         names, contents = parts[1::2], parts[2::2]
         return [
             ("user" if n == "Human" else "assistant", c) for n, c in zip(names, contents, strict=True)
