@@ -35,12 +35,10 @@ from vikhr.data.indexed import dataset_stamp
 from vikhr.errors import VikhrError, os_error_line
 
 LOCK_FILE = ".vikhr-cache.lock"
-STAMPS_FILE = (
-    "vikhr-datasets.json"  # {absolute prefix: [size, mtime_ns] of .bin and .idx} the indices were built from
-)
-_DESCRIPTION = (
-    "-description.txt"  # megatron-core's {hash}-{class}-{split}-description.txt beside its .npy files
-)
+# {absolute prefix: [size, mtime_ns] of .bin and .idx} of the datasets the cached indices were built from
+STAMPS_FILE = "vikhr-datasets.json"
+# megatron-core's {hash}-{class}-{split}-description.txt beside its .npy files
+_DESCRIPTION = "-description.txt"
 
 _READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
