@@ -213,6 +213,31 @@ def test_a_generation_prompt_gives_the_ids_the_sft_data_trains_before_an_answer(
     assert batch[0, 0] != bosless.tokenizer.bos_token_id
 
 
+@pytest.mark.parametrize("template", ["llama3", "chatml"])
+def test_the_templates_text_before_an_answer_is_not_scored(template: str, tmp_path: Path) -> None:
+    """Llama-3's "\n\n" after the assistant header (ChatML's "\n") is a token of its own: lm-eval
+    moved it into the scored continuation, so every choice was scored on it too (acc_norm shifted).
+    The split is now the SFT mask's: context = the template's tokens, continuation = the answer's."""
+    from tests.helpers import tiny_hf_model
+    from tests.test_sft_templates import byte_level_bpe, write_model_tokenizer
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    directory = write_model_tokenizer(tmp_path / template, byte_level_bpe("llama3"), template)
+    tok = load_chat_tokenizer(directory, template)
+    tiny_hf_model(directory, vocab_size=tok.vocab_size, arch="llama")
+    lm = make_lm(settings_for(directory, [], FIXTURES, chat_template=True), load_tokenizer(directory, None))
+    question = [{"role": "system", "content": "Кратко."}, {"role": "user", "content": "Столица Франции?"}]
+    context = lm.apply_chat_template(question)
+    trained = encode_chat(
+        parse_chat({"messages": [*question, {"role": "assistant", "content": "Париж"}]}), tok, template
+    )
+    answer_at = trained.mask.index(1)
+    context_ids, continuation_ids = lm._encode_pair(context, "Париж")
+    assert context_ids == trained.ids[:answer_at]
+    assert continuation_ids == trained.ids[answer_at : answer_at + len(continuation_ids)]
+    assert all(trained.mask[answer_at : answer_at + len(continuation_ids)])
+
+
 def test_generation_stops_at_the_templates_end_of_turn(
     chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -195,6 +195,19 @@ class VikhrLM(HFLM):
         finally:
             self._rolling = False
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """With --chat-template: the tokens of context + continuation, split before the first token
+        that holds a character of the continuation, as the SFT mask splits a template's text from an
+        answer. lm-eval moves the prompt's trailing white space into the scored part instead: right
+        for vikhr's mistral ("[/INST] " + "да" is "▁да"), but Llama-3's and ChatML's "\n\n"/"\n"
+        before an answer is a token of its own, which every choice was then scored on."""
+        if not self.chat:
+            return super()._encode_pair(context, continuation)
+        enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        cut = next((k for k, (_, end) in enumerate(offsets) if end > len(context)), len(ids))
+        return ids[:cut], ids[cut:]
+
     def tok_batch_encode(self, strings: list[str], *args: Any, **kwargs: Any) -> Any:
         """lm-eval's encoding of generation prompts: with --chat-template no special token is added
         either (the template's BOS, or none), as in `tok_encode`."""
