@@ -259,7 +259,9 @@ def test_grad_scale_is_folded_into_the_gradient(device, inplace):
 
 def test_grad_scale_must_be_positive():
     z, r, labels = _inputs(n=3, v=20, seed=14)
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
+    z.requires_grad_(True)
+    # 1e-46 / 3 rows underflows the kernel's float32 row scale: every row looked ignored, loss 0.
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 1e-46, 1e40):
         with pytest.raises(ValueError, match="grad_scale"):
             cross_entropy_kl(z, r, labels, grad_scale=bad)
 
@@ -364,6 +366,10 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         (lambda z, r, y: (z, None, y, {"kl_weight": 0.1}), ValueError, "needs ref_logits"),
         (lambda z, r, y: (z, r, y, {"kl_direction": "sideways"}), ValueError, "kl_direction"),
         (lambda z, r, y: (z, r, y, {"temperature": 0.0}), ValueError, "temperature"),
+        # NaN/inf options: a NaN loss beside a CE-only gradient, or a non-finite gradient.
+        (lambda z, r, y: (z, r, y, {"temperature": float("inf")}), ValueError, "temperature"),
+        (lambda z, r, y: (z, r, y, {"kl_weight": float("nan")}), ValueError, "kl_weight"),
+        (lambda z, r, y: (z, r, y, {"kl_weight": float("inf")}), ValueError, "kl_weight"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):

@@ -86,10 +86,10 @@ def check_inputs(
         raise ValueError(f"labels on {labels.device} but logits on {logits.device}")
     if kl_direction not in KL_DIRECTIONS:
         raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if kl_weight < 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if not (math.isfinite(kl_weight) and kl_weight >= 0):
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight}")
     if kl_weight > 0:
         if ref_logits is None:
             raise ValueError("kl_weight > 0 needs ref_logits")
@@ -164,9 +164,17 @@ def cuda_schedule() -> tuple[int, int, int]:
     return kind, per_sm, int(packs)
 
 
-def _check_grad_scale(grad_scale: float) -> None:
+def _check_grad_scale(grad_scale: float, rows: int) -> None:
+    """The kernel takes grad_scale / rows as a float32 row scale: it must be a normal float32
+    (one that underflowed to 0 made every row look ignored, and the loss 0)."""
     if not (math.isfinite(grad_scale) and grad_scale > 0):
         raise ValueError(f"grad_scale must be a positive finite number, got {grad_scale}")
+    f32 = torch.finfo(torch.float32)
+    if not f32.tiny <= grad_scale / max(rows, 1) <= f32.max:
+        raise ValueError(
+            f"grad_scale {grad_scale} over {rows} rows is outside float32's normal range "
+            f"[{f32.tiny:.3g}, {f32.max:.3g}] (scale the loss within it)"
+        )
 
 
 class _CrossEntropyKLFunction(torch.autograd.Function):
@@ -277,7 +285,7 @@ def cross_entropy_kl(
     _check_kernel_dtypes(logits, ref_logits if kl_weight > 0 else None)
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
-    _check_grad_scale(grad_scale)
+    _check_grad_scale(grad_scale, logits.shape[0])
     schedule = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
