@@ -24,6 +24,8 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   if (m2 > m) {
     s = s * __expf(m - m2) + s2;
     m = m2;
+  } else if (m2 == m) {  // also two +inf maxima, where exp(inf - inf) would make the sum NaN
+    s += s2;
   } else {
     s += s2 * __expf(m2 - m);
   }
