@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -129,6 +130,23 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
         torch._foreach_mul_(grads, clip_coeff)
 
 
+_NORM_CHUNK = 1 << 22  # elements squared in float64 at a time (32 MiB)
+
+
+def _l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):  # type: ignore[no-untyped-def]
+    """megatron's fallback multi_tensor_l2norm (no TE, no apex): the L2 norm of every tensor of
+    `tensor_lists`, as a one-element float32 tensor. megatron's own calls `torch.norm` in float32,
+    which on the CPU falls short on large tensors (1.3 % on a 131M-element output layer: the logged
+    grad norm, and the clipping it decides); here squares are summed in float64, a chunk at a time."""
+    del chunk_size, noop_flag, per_tensor, args
+    total = 0.0
+    for tensors in tensor_lists:
+        for tensor in tensors:
+            for chunk in tensor.detach().reshape(-1).split(_NORM_CHUNK):
+                total += float(chunk.double().square().sum())
+    return torch.tensor([math.sqrt(total)], dtype=torch.float32), None
+
+
 class _Patches:
     """Attributes replaced for the life of the context, restored in reverse order on exit."""
 
@@ -158,6 +176,7 @@ def megatron_on_cpu() -> Iterator[None]:
 
     # By module path: the package megatron.core.optimizer rebinds the name `optimizer`.
     moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
+    clip_grads = importlib.import_module("megatron.core.optimizer.clip_grads")
     tracker_cls = _cpu_rng_tracker_class()
 
     def initialize_rng_tracker(*args: object, force_reset: bool = False, **kwargs: object) -> None:
@@ -178,6 +197,7 @@ def megatron_on_cpu() -> Iterator[None]:
     patches.set(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
     patches.set(mrandom, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
     patches.set(moptimizer, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_fp32)
+    patches.set(clip_grads, "l2_norm_impl", _l2_norm)
     # The tracker holding CPU states must not outlive the context.
     patches.set(mrandom, "_CUDA_RNG_STATE_TRACKER", None)
     patches.set(mrandom, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", False)

@@ -65,6 +65,11 @@ class PrepareSummary:
         )
 
 
+def _empty_trained_answer(m: Message) -> bool:
+    """An answer that teaches the model to end at once (one of weight 0 teaches nothing)."""
+    return m.role == "assistant" and m.trained and not m.content.strip()
+
+
 def prepare_sft(
     input_path: str | Path,
     tokenizer: str | Path,
@@ -99,9 +104,7 @@ def prepare_sft(
             text_writer.add_document(enc.ids)
             mask_writer.add_document(enc.mask)
             chats += 1
-            empty_answers += any(
-                m.role == "assistant" and m.trained and not m.content.strip() for m in messages
-            )
+            empty_answers += any(_empty_trained_answer(m) for m in messages)
             tokens += len(enc.ids)
             loss_tokens += sum(enc.mask)
             max_id = max(max_id, max(enc.ids))
