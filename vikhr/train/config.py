@@ -147,7 +147,9 @@ class OptimSection(_Section):
     warmup_steps: NonNegativeInt = 10
     # After warm-up: cosine or linear decay to min_lr over the remaining steps, constant, or wsd
     # (warmup-stable-decay: lr held, then decayed to min_lr over the last `decay_steps` steps, in
-    # the shape `wsd_shape`; a run can be extended before its decay begins).
+    # the shape `wsd_shape`; a run can be extended before its decay begins). As in Megatron-LM, a
+    # step's lr is the schedule's value after the steps before it: the last step's is one step short
+    # of min_lr (a wsd decay of 1 step does not lower the lr).
     decay: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     decay_steps: PositiveInt | None = None  # wsd: the decay's length; default 20% after warm-up
     wsd_shape: Literal["linear", "cosine", "minus_sqrt", "exponential"] = "minus_sqrt"
