@@ -17,8 +17,10 @@ its documents otherwise.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -107,6 +109,19 @@ def text_set_name(spec: str) -> str:
     )
 
 
+def _file_sha256(path: str | Path) -> str:
+    """corpus_sha256 of a text set, read once per state of the file: choosing its split, its held-out
+    share and recording it each ask (a corpus may be GBs)."""
+    st = os.stat(path)
+    return _sha256_of_state(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_state(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # the cache key: a file written again is read again
+    return corpus_sha256(path)
+
+
 def load_text_set(
     spec: str, text_key: str, split: Split, heldout_percent: float, max_chars: int | None
 ) -> TextSet:
@@ -115,7 +130,7 @@ def load_text_set(
     if not lines:
         hint = "the file has no text under the key" if split == "all" else "try --split all"
         raise VikhrError(f"text set {path} has no lines in split '{split}' ({hint})")
-    return TextSet(name, path, lines, split, corpus_sha256(path))
+    return TextSet(name, path, lines, split, _file_sha256(path))
 
 
 def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) -> float:
@@ -124,7 +139,7 @@ def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) ->
     path = _split_label(spec)[1]
     if not any(t.training_corpora for t in toks) or not Path(path).is_file():
         return asked  # nothing to compare with (a missing file is named when the set is read)
-    sha = corpus_sha256(path)
+    sha = _file_sha256(path)
     left_out = [
         (t.heldout_percent if t.heldout_percent is not None else DEFAULT_HELDOUT_PERCENT, t.name)
         for t in toks
@@ -317,7 +332,7 @@ def compare(
     def split_of(spec: str) -> Split:
         if split != "auto":
             return split
-        return "heldout" if corpus_sha256(_split_label(spec)[1]) in trained else "all"
+        return "heldout" if _file_sha256(_split_label(spec)[1]) in trained else "all"
 
     if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")
