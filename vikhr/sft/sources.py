@@ -421,11 +421,11 @@ def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
     return f"{instruction}\n\n{given}" if given else instruction
 
 
-def _alpaca_opening(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """LLaMA-Factory's alpaca fields: the ``system`` prompt and the ``history`` of earlier
-    ``[question, answer]`` pairs, the turns before the instruction (none when absent or null)."""
-    system, history = record.get("system"), record.get("history")
-    turns = [("system", _text(system, '"system"'))] if system is not None else []
+def _alpaca_history(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """LLaMA-Factory's alpaca ``history``: the earlier ``[question, answer]`` pairs, the turns before
+    the instruction (none when absent or null)."""
+    history = record.get("history")
+    turns: list[tuple[str, str]] = []
     if history is None:
         return turns
     if not isinstance(history, list):
@@ -450,7 +450,7 @@ def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
     if "output" in record:
         output = _text(record["output"], '"output"')
         last = [("user", _alpaca_prompt(instruction, record.get("input"))), ("assistant", output)]
-        return [[*_alpaca_opening(record), *last]]
+        return [_with_record_system(record, [*_alpaca_history(record), *last], ())[0]]
     instances = record.get("instances")
     if not isinstance(instances, list) or not instances:
         raise Unfit("bad_record", '"instances" must be a non-empty list of {"input", "output"}')
@@ -512,16 +512,14 @@ def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tu
         opening, opening_untrained = _messages_turns(prompt)
         return [*opening, *turns], (*opening_untrained, *(i + len(opening) for i in untrained))
     chosen = _text(chosen, '"chosen"')
-    if prompt is None:
-        parts = _HUMAN_ASSISTANT_TURN.split(chosen)
-        if parts[0].strip() or len(parts) < 5 or len(parts) % 4 != 1:
+    if prompt is None:  # HH-RLHF: the turns and the answer in one text, cut at its last "Assistant:"
+        last = next(reversed(list(_HUMAN_ASSISTANT_TURN.finditer(chosen))), None)
+        if last is None or last.group(1) != "Assistant":
             raise Unfit(
                 "bad_turns", '"chosen" without "prompt" must be "\\n\\nHuman: …\\n\\nAssistant: …" turns'
             )
-        names, contents = parts[1::2], parts[2::2]
-        return [
-            ("user" if n == "Human" else "assistant", c) for n, c in zip(names, contents, strict=True)
-        ], ()
+        opening = _human_assistant_prompt(chosen[: last.start()] + "\n\nAssistant:")
+        return [*opening, ("assistant", chosen[last.end() :])], ()
     if isinstance(prompt, list):
         opening, untrained = _messages_turns(prompt)
         return [*opening, ("assistant", chosen)], untrained
