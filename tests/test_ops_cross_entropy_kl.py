@@ -370,6 +370,9 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         (lambda z, r, y: (z, r, y, {"temperature": float("inf")}), ValueError, "temperature"),
         (lambda z, r, y: (z, r, y, {"kl_weight": float("nan")}), ValueError, "kl_weight"),
         (lambda z, r, y: (z, r, y, {"kl_weight": float("inf")}), ValueError, "kl_weight"),
+        (lambda z, r, y: (z[:, :0], r, y, {}), ValueError, r"a vocabulary \(V >= 1\)"),
+        (lambda z, r, y: (z, r, y, {"ignore_index": 2**63}), ValueError, "ignore_index must be an int64"),
+        (lambda z, r, y: (z, r, y, {"ignore_index": -100.0}), ValueError, "ignore_index must be an int64"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):

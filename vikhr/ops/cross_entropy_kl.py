@@ -62,7 +62,9 @@ _MODE_NONE, _MODE_REVERSE, _MODE_FORWARD = 0, 1, 2
 class CEKLOutput(NamedTuple):
     loss: torch.Tensor  # scalar, differentiable w.r.t. logits
     ce: torch.Tensor  # scalar, detached: mean CE over valid tokens
-    kl: torch.Tensor  # scalar, detached: mean KL over valid tokens (before λ and T²)
+    # scalar, detached: mean KL over valid tokens (before λ and T²); 0 at kl_weight=0, where
+    # ref_logits are not read (measuring it would cost the pass over them the weight saves)
+    kl: torch.Tensor
 
 
 def check_inputs(
@@ -76,6 +78,8 @@ def check_inputs(
     """Shapes, dtypes, devices and options of a `cross_entropy_kl` call (also the reference's)."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have a vocabulary (V >= 1), got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
     if labels.shape != logits.shape[:1]:
@@ -286,6 +290,8 @@ def cross_entropy_kl(
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
     _check_grad_scale(grad_scale, logits.shape[0])
+    if not isinstance(ignore_index, int) or not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must be an int64 value (labels are int64), got {ignore_index!r}")
     schedule = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
     ref = ref_logits if kl_weight > 0 else None
