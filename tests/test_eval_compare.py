@@ -82,6 +82,21 @@ def test_a_run_with_limit_is_marked_in_its_row_and_below_the_table(tmp_path: Pat
     assert table in capsys.readouterr().out
 
 
+def test_a_results_path_holding_an_equals_sign_is_a_file_not_a_name(tmp_path: Path) -> None:
+    """Sweep directories are named like ``lr=3e-4``: such a path was split into the name "…/lr" and a
+    file "3e-4/…" that does not exist."""
+    sweep = tmp_path / "lr=3e-4"
+    sweep.mkdir()
+    a = write(sweep / "results.json", results("mistral-7b", 0.604, None, 0.05, 0.515))
+    b = write(tmp_path / "b=c.json", {**results("vikhr-7b", 0.6, 0.5, 0.1, 0.287), "limit": 3})
+    out = tmp_path / "cmp"
+    argv = ["eval", "compare", str(a), f"Sweep={a}", f"x=y={b}", "--out", str(out)]
+    assert cli_main(argv) == 0
+    names = [row.split(",")[0] for row in (out / "compare.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert names == ["mistral-7b", "Sweep", "x=y"]
+    assert f"x=y: run with --limit 3 ({b})" in (out / "compare.md").read_text(encoding="utf-8")
+
+
 def test_translated_ru_mmlu_is_preferred_and_empty_columns_dropped() -> None:
     first = results("m", 0.5, 0.4, 0.1, None)
     first["tasks"]["mmlu_ru"] = {"metrics": {"acc": 0.45}}
@@ -370,7 +385,7 @@ def test_outputs_appear_together_or_not_at_all(tmp_path: Path, capsys: Any) -> N
     err = one_line_error(["eval", "compare", str(a), "--out", str(tmp_path / "file")], capsys)
     assert "is a file: give a directory" in err
     err = one_line_error(["eval", "compare", "A=", "--out", str(tmp_path / "c2")], capsys)
-    assert "'A=' names no results file" in err
+    assert "'A=' names no file (give NAME=FILE" in err
     err = one_line_error(["eval", "compare", str(a), "--out", ""], capsys)
     assert "--out is empty" in err
 

@@ -90,6 +90,22 @@ def print_error_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def split_label(spec: str, what: str = "PATH") -> tuple[str | None, str]:
+    """A command-line `NAME=PATH` or `PATH` -> (NAME or None, PATH). A path holding "=" (sweep
+    directories like ``lr=3e-4``) is taken whole when it exists; else the spec splits at the first
+    "=" after which a path exists, or at its first "=" when none does (the error names that path)."""
+    if "=" not in spec or Path(spec).exists():
+        return None, spec
+    cuts = [i for i, c in enumerate(spec) if c == "="]
+    cut = next((i for i in cuts if Path(spec[i + 1 :]).exists()), cuts[0])
+    name, path = spec[:cut], spec[cut + 1 :]
+    if not name.strip():
+        raise VikhrError(f"{spec!r}: the label before '=' is empty (give NAME={what}, or the {what} alone)")
+    if not path:
+        raise VikhrError(f"{spec!r} names no {what.lower()} (give NAME={what}, or the {what} alone)")
+    return name, path
+
+
 def require_file(path: str | Path, what: str = "file") -> Path:
     """Return `path` as a Path, or raise VikhrError if it is not an existing regular file."""
     p = Path(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import temporary_paths
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, split_label
 
 Row = list[float | None]  # one model's values, in the table's column order
 
@@ -106,12 +106,10 @@ def _clean_results(path: Path, results: Any) -> dict[str, Any]:
     return {"model": results.get("model"), "tasks": tasks, "groups": scores, "chat": chat, "limit": limit}
 
 
-def load_results(spec: str) -> tuple[str, dict[str, Any]]:
-    """`NAME=FILE` or `FILE` (named after the model directory) -> (name, the checked results of
-    `vikhr eval --output`: tasks' metrics and groups' scores, unknown ones None)."""
-    name, _, file = spec.rpartition("=")
-    if not file:
-        raise VikhrError(f"{spec!r} names no results file (give NAME=FILE or FILE)")
+def load_results(spec: str) -> tuple[str, Path, dict[str, Any]]:
+    """`NAME=FILE` or `FILE` (named after the model directory) -> (name, FILE, the checked results
+    of `vikhr eval --output`: tasks' metrics and groups' scores, unknown ones None)."""
+    name, file = split_label(spec, "FILE")
     path = Path(file)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -129,7 +127,7 @@ def load_results(spec: str) -> tuple[str, dict[str, Any]]:
     default = (Path(model).name or path.stem) + (" (chat)" if results["chat"] else "")
     if results["limit"]:  # scores of a few documents: not to be read beside full runs unmarked
         default += f" (limit {results['limit']})"
-    return name or default, results
+    return name or default, path, results
 
 
 def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Row]]:
@@ -330,7 +328,8 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     three appear together or not at all."""
     if out_dir.is_file():
         raise VikhrError(f"--out {out_dir} is a file: give a directory")
-    named = [load_results(s) for s in specs]
+    loaded = [load_results(s) for s in specs]
+    named = [(name, results) for name, _, results in loaded]
     models = [n for n, _ in named]
     reference_rows = [(path, *row) for path in references for row in load_reference(path)]
     _refuse_twice(models, "label results files NAME=FILE")
@@ -344,10 +343,10 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
     markdown, table = to_markdown(names, columns, rows), to_csv(names, columns, rows)
-    for (name, results), spec in zip(named, specs, strict=True):
+    for name, path, results in loaded:
         if results["limit"]:
             markdown += (
-                f"\n{name}: run with --limit {results['limit']} ({spec.rpartition('=')[2]}), each task "
+                f"\n{name}: run with --limit {results['limit']} ({path}), each task "
                 "scored on its first documents only: not comparable with full runs or the paper's rows.\n"
             )
     paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]

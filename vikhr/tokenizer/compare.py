@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from vikhr.atomic import temporary_paths
-from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.errors import VikhrError, require_writable_dir, split_label
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_sha256, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
@@ -71,19 +71,9 @@ def training_corpora(tok_path: Path) -> tuple[frozenset[str] | None, float | Non
     return frozenset(str(c.get("sha256")) for c in corpora if isinstance(c, dict)), percent
 
 
-def _split_label(spec: str) -> tuple[str | None, str]:
-    """'NAME=PATH' → (NAME, PATH); a bare path → (None, PATH)."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        if not name.strip():
-            raise VikhrError(f"{spec!r}: the label before '=' is empty (give NAME=PATH, or the path alone)")
-        return name, path
-    return None, spec
-
-
 def named_tokenizer(spec: str) -> NamedTokenizer:
     """NAME=PATH or PATH (a `.model`, a `tokenizer.json` or a directory, see vikhr.tokenizer.load)."""
-    name, path = _split_label(spec)
+    name, path = split_label(spec)
     tok = load(path)
     if name is None:
         name = tok.path.parent.name if tok.path.stem == "tokenizer" else tok.path.stem
@@ -101,7 +91,7 @@ class TextSet:
 
 def text_set_name(spec: str) -> str:
     """`NAME=FILE`'s NAME, or FILE's name without its JSONL/compression suffixes."""
-    name, path = _split_label(spec)
+    name, path = split_label(spec)
     return (
         name
         if name is not None
@@ -125,7 +115,7 @@ def _sha256_of_state(path: str, size: int, mtime_ns: int) -> str:
 def load_text_set(
     spec: str, text_key: str, split: Split, heldout_percent: float, max_chars: int | None
 ) -> TextSet:
-    name, path = text_set_name(spec), _split_label(spec)[1]
+    name, path = text_set_name(spec), split_label(spec)[1]
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
         hint = "the file has no text under the key" if split == "all" else "try --split all"
@@ -136,7 +126,7 @@ def load_text_set(
 def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) -> float:
     """The held-out share to measure `spec` on: `asked`, or less where a tokenizer that trained on
     the file left out fewer of its documents (its training documents are not held out)."""
-    path = _split_label(spec)[1]
+    path = split_label(spec)[1]
     if not any(t.training_corpora for t in toks) or not Path(path).is_file():
         return asked  # nothing to compare with (a missing file is named when the set is read)
     sha = _file_sha256(path)
@@ -332,7 +322,7 @@ def compare(
     def split_of(spec: str) -> Split:
         if split != "auto":
             return split
-        return "heldout" if _file_sha256(_split_label(spec)[1]) in trained else "all"
+        return "heldout" if _file_sha256(split_label(spec)[1]) in trained else "all"
 
     if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")
