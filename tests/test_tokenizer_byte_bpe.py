@@ -14,7 +14,7 @@ from vikhr.errors import VikhrError
 from vikhr.tokenizer import load
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN, piece_bytes
 from vikhr.tokenizer.compare import compare
-from vikhr.tokenizer.corpus import iter_lines
+from vikhr.tokenizer.corpus import iter_lines, read_break_lines, write_training_text
 from vikhr.tokenizer.tekken import import_tekken
 from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
@@ -401,6 +401,34 @@ def test_replace_keeps_pre_tokenizer_and_lays_out_specials(
         assert tok.to_transformers()("мир").input_ids == [tok.bos_id, *tok.encode("мир")]
     text = "Съешь же ещё этих мягких французских булок, да выпей чаю. The quick brown fox 🙂"
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_replace_learns_the_newline_runs_between_paragraphs(bases: dict[str, Path], tmp_path: Path) -> None:
+    """The training sample was one line per paragraph: a replaced vocabulary learned no newline token,
+    so every blank line between paragraphs cost two tokens (Llama-3's own vocabulary has "\n\n")."""
+    docs = tmp_path / "paras.jsonl.gz"
+    with gzip.open(docs, "wt", encoding="utf-8") as f:
+        for i in range(300):
+            text = f"Первый абзац номер {i}.\n\nВторой абзац {i}.\nТретья строка.\n\n\nКонец {i}.\n"
+            f.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
+    sample = tmp_path / "sample.txt"
+    write_training_text([docs], sample, "text", None, 0.0, keep_breaks=True)
+    first = list(read_break_lines(sample))[:5]
+    assert first == [
+        "Первый абзац номер 0.\n\n",
+        "Второй абзац 0.\n",
+        "Третья строка.\n\n\n",
+        "Конец 0.\n",
+        "Первый абзац номер 1.\n\n",
+    ]
+    out = tmp_path / "rep"
+    settings = TrainSettings(base_model=str(bases["llama3"]), vocab_size=700, heldout_percent=0.0)
+    train_tokenizer([docs, RU_SAMPLE], out, settings)
+    tok = load(out)
+    ids = tok.encode("Конец.\n\nПервый")
+    # Llama-3's pre-tokenizer keeps punctuation with the newlines after it: ".\n\n" is one token
+    assert b".\n\n" in [piece_bytes(tok.id_to_piece(i)) for i in ids]
+    assert tok.decode(ids) == "Конец.\n\nПервый"
 
 
 def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: Path) -> None:

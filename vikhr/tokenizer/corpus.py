@@ -10,6 +10,7 @@ gets a warning.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -203,6 +204,7 @@ def write_training_text(
     heldout_percent: float,
     max_line_bytes: int = MAX_LINE_BYTES,
     line_filter: object = None,
+    keep_breaks: bool = False,
 ) -> dict[str, dict[str, int | float]]:
     """Write a deterministic sample of the training split of `paths` to `out_path`, one line per paragraph.
 
@@ -210,6 +212,10 @@ def write_training_text(
     paragraphs are kept with probability budget/total chosen by a hash
     of (document id, paragraph number), which spreads the sample over the whole file instead of
     taking its first works. Returns per-file statistics for the manifest.
+
+    With `keep_breaks` each line is a JSON string (read it with `read_break_lines`): a paragraph's last
+    piece carries the newlines that followed it in the document (a blank line between paragraphs is
+    "\n\n"), so a byte-level BPE, whose pre-tokenizer makes words of newline runs, learns them.
     """
     stats: dict[str, dict[str, int | float]] = {}
     budgets = (
@@ -224,7 +230,8 @@ def write_training_text(
             rate = 1.0 if not budget or total <= budget else budget / total
             kept_chars = kept_lines = dropped_chars = 0
             for doc in iter_documents(path, text_key, "train", heldout_percent):
-                for i, para in enumerate(doc.text.split("\n")):
+                paras = doc.text.split("\n")
+                for i, para in enumerate(paras):
                     para = para.strip("\r")
                     if not para.strip():
                         continue
@@ -234,6 +241,9 @@ def write_training_text(
                         key = f"{doc.doc_id}#{i}" if j == 0 else f"{doc.doc_id}#{i}.{j}"
                         if not keep_sampled(key, rate) or (callable(line_filter) and not line_filter(piece)):
                             continue
+                        if keep_breaks:
+                            brk = "\n" * _breaks_after(paras, i) if j == len(pieces) - 1 else ""
+                            piece = json.dumps(piece + brk, ensure_ascii=False)
                         out.write(piece + "\n")
                         kept_chars += len(piece)
                         kept_lines += 1
@@ -246,6 +256,21 @@ def write_training_text(
             }
             _warn_dropped(path, kept_chars, dropped_chars, max_line_bytes)
     return stats
+
+
+def _breaks_after(paras: list[str], i: int) -> int:
+    """The newlines between paragraph `i` and the next non-blank one (or the document's end)."""
+    j = i + 1
+    while j < len(paras) and not paras[j].strip():
+        j += 1
+    return j - i - (j == len(paras))
+
+
+def read_break_lines(path: Path) -> Iterator[str]:
+    """The texts of a sample written with `keep_breaks` (see `write_training_text`)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def _warn_dropped(path: Path, kept: int, dropped: int, max_line_bytes: int) -> None:
@@ -265,11 +290,14 @@ def write_training_sample(
     text_key: str,
     heldout_percent: float,
     only_cyrillic: bool,
+    keep_breaks: bool = False,
 ) -> dict[str, dict[str, int | float]]:
     """`write_training_text` for a trainer: with `only_cyrillic`, only lines holding Cyrillic letters (the
     Russian pool of extend modes); VikhrError when nothing is left. Returns the per-file statistics."""
     line_filter = (lambda line: bool(CYRILLIC.search(line))) if only_cyrillic else None
-    stats = write_training_text(paths, out_path, text_key, budgets, heldout_percent, line_filter=line_filter)
+    stats = write_training_text(
+        paths, out_path, text_key, budgets, heldout_percent, line_filter=line_filter, keep_breaks=keep_breaks
+    )
     if sum(int(v["chars"]) for v in stats.values()) == 0:
         what = "lines with Cyrillic letters" if only_cyrillic else "text"
         raise VikhrError(f"the training split of the corpora has no {what} (check --text-key and the files)")

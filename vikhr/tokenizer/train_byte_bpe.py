@@ -20,10 +20,12 @@ keep the base's normalizer, pre-tokenizer (its Split regex + ByteLevel), decoder
   held-out lines without Cyrillic of every corpus before the result is written.
 
 * replace: a new byte-level BPE of `vocab_size` tokens (added tokens included) trained with
-  BpeTrainer on the corpora. Special-token layout: the base's added tokens keep their order and
-  flags; those that come before the base's first vocabulary id (tekken: ids 0-999) keep their ids
-  and the vocabulary follows them; the others (Llama-3, Qwen2.5: after the vocabulary) follow the new
-  vocabulary, contiguously. Post-processor ids (BOS templates) are renumbered to match.
+  BpeTrainer on the corpora, each paragraph with the newlines that followed it in its document (so
+  "\n\n" between paragraphs becomes one token, as in the base). Special-token layout: the base's
+  added tokens keep their order and flags; those that come before the base's first vocabulary id
+  (tekken: ids 0-999) keep their ids and the vocabulary follows them; the others (Llama-3, Qwen2.5:
+  after the vocabulary) follow the new vocabulary, contiguously. Post-processor ids (BOS templates)
+  are renumbered to match.
 
 BpeTrainer is deterministic here (its alphabet is sorted and ties go to the smaller pair id), and
 the input is fed in a fixed order, so the same corpora and settings give identical files.
@@ -49,7 +51,13 @@ from vikhr.tokenizer.byte_level import (
     is_byte_level,
     piece_bytes,
 )
-from vikhr.tokenizer.corpus import corpus_sha256, first_lines, iter_lines, write_training_sample
+from vikhr.tokenizer.corpus import (
+    corpus_sha256,
+    first_lines,
+    iter_lines,
+    read_break_lines,
+    write_training_sample,
+)
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
@@ -292,12 +300,6 @@ def _trainer_tokenizer(base: ByteLevelBase) -> Any:
     return base.backend(spec)
 
 
-def _text_lines(text_file: Path) -> Iterator[str]:
-    with open(text_file, encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\n")
-
-
 def _special_layout(base: ByteLevelBase, vocab_len: int) -> tuple[list[dict[str, Any]], int]:
     """The base's added tokens renumbered for a new vocabulary of `vocab_len`; returns (added, offset).
 
@@ -340,7 +342,7 @@ def replaced_spec(base: ByteLevelBase, text_file: Path, vocab_size: int, s: Trai
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_text_lines(text_file), trainer)
+    tok.train_from_iterator(read_break_lines(text_file), trainer)
     trained = json.loads(tok.to_str())["model"]
     if len(trained["vocab"]) < target:
         raise VikhrError(
@@ -500,7 +502,13 @@ def train_byte_level(
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
         sample_stats = write_training_sample(
-            paths, budgets, text_file, s.text_key, s.heldout_percent, only_cyrillic=s.mode == "extend"
+            paths,
+            budgets,
+            text_file,
+            s.text_key,
+            s.heldout_percent,
+            only_cyrillic=s.mode == "extend",
+            keep_breaks=s.mode == "replace",  # a new vocabulary learns newline runs (extend: Cyrillic only)
         )
         spec, extend_stats = _train_spec(base, text_file, size, s)
         text_file.unlink()
