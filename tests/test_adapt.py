@@ -420,6 +420,46 @@ def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     assert {"copied", "averaged"} <= methods <= {"copied", "averaged", "byte-fallback"}
 
 
+def _standing_for(piece: str, byte_level: bool) -> bytes | str:
+    """The bytes a normal or byte piece stands for, computed here without vikhr (specials: the piece)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    if byte_level:
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        return bytes(byte_of[c] for c in piece) if all(c in byte_of for c in piece) else piece
+    if m := re.fullmatch(r"<0x([0-9A-F]{2})>", piece):
+        return bytes([int(m.group(1), 16)])
+    return piece if piece in ("<unk>", "<s>", "</s>") else piece.replace("\u2581", " ").encode()
+
+
+@pytest.mark.parametrize("direction", ["sentencepiece-to-byte-level", "byte-level-to-sentencepiece"])
+def test_across_tokenizer_families_rows_are_copied_by_the_bytes_a_piece_stands_for(
+    byte_level_tokenizers: dict[str, tuple[Path, Path]], direction: str
+) -> None:
+    """Byte-level "Ð" is the byte 0xD0 (a Cyrillic lead byte), SentencePiece "Ð" the Latin letter: the
+    rows were matched by string, so ~95 byte tokens took the rows of Latin-1 letters, and SentencePiece
+    <0xXX> pieces never took the old byte tokens' rows."""
+    byte_json, _ = byte_level_tokenizers["llama3"]
+    old_path, new_path = (MISTRAL_TOKENIZER, byte_json)
+    if direction == "byte-level-to-sentencepiece":
+        old_path, new_path = new_path, old_path
+    old, new = load_vocabulary(old_path), load_vocabulary(new_path)
+    plan = plan_rows(old, new)
+    copied = {new_id: step.old_ids[0] for new_id, step in enumerate(plan) if step.method == "copied"}
+    for new_id, old_id in copied.items():
+        assert _standing_for(new.pieces[new_id], new.byte_level) == _standing_for(
+            old.pieces[old_id], old.byte_level
+        ), (new.pieces[new_id], old.pieces[old_id])
+    sp, bl = (old, new) if old_path == MISTRAL_TOKENIZER else (new, old)
+    lead_byte = (sp.pieces.index("<0xD0>"), bl.pieces.index("Ð"))  # 0xD0 in both
+    space = (sp.pieces.index("\u2581"), bl.pieces.index("Ġ"))
+    for sp_id, bl_id in (lead_byte, space):
+        assert (copied[bl_id] == sp_id) if sp is old else (copied[sp_id] == bl_id)
+    if sp is new:  # "»" is the two bytes C2 BB: the mean of their tokens, not a copy of 0xBB's ("»")
+        step = plan[sp.pieces.index("»")]
+        assert (step.method, step.old_ids) == ("averaged", (bl.pieces.index("Â"), bl.pieces.index("»")))
+
+
 def test_a_replaced_vocabulary_moves_the_config_ids_and_drops_the_old_tokenizer_files(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
 ) -> None:

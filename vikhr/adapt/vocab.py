@@ -2,7 +2,9 @@
 
 For each token of the new vocabulary:
 * copied   — the same piece exists in the old vocabulary (normal, byte `<0xXX>` and special pieces
-             are matched by their string, so `▁` stays part of the piece): its row is copied bit for bit.
+             are matched by their string, so `▁` stays part of the piece; between a SentencePiece and
+             a byte-level vocabulary normal and byte pieces are matched by the bytes they stand for:
+             `<0xD0>` is byte-level `Ð`, `▁мир` is `ĠÐ¼Ð¸ÑĢ`): its row is copied bit for bit.
              A prune-extend tokenizer moved the base pieces it kept to new ids; its `id_map.json`
              (vikhr.tokenizer.prune, found beside the new tokenizer or given) says which old row each
              new id copies, and is checked against both vocabularies piece by piece;
@@ -96,12 +98,16 @@ def plan_rows(
     """How every new row starts (see module doc); VikhrError if the old tokenizer cannot encode a piece.
 
     With `id_map` (checked by `check_id_map`), exactly the ids it maps are copied, from the old ids it
-    names; without it, pieces are matched by their string."""
+    names; without it, pieces are matched by their string, or by their bytes between a SentencePiece
+    and a byte-level vocabulary."""
     old_index = old.index()
+    by_bytes = old.byte_level != new.byte_level
+    old_by_key = old.piece_index(by_bytes)
     copy_from = id_map.new_to_old() if id_map is not None else None
     plan: list[TokenInit] = []
     for new_id, (piece, kind) in enumerate(zip(new.pieces, new.kinds, strict=True)):
-        source = copy_from.get(new_id) if copy_from is not None else old_index.get(piece)
+        key = new.piece_key(new_id) if by_bytes else piece
+        source = copy_from.get(new_id) if copy_from is not None else old_by_key.get(key)
         if source is not None:
             plan.append(TokenInit(piece, "copied", (source,)))
             continue

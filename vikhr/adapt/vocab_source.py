@@ -54,6 +54,27 @@ class Vocabulary:
         data = piece_bytes(piece)
         return [piece] if data is None else utf8_runs(data)
 
+    def piece_index(self, by_bytes: bool) -> dict[str | bytes, int]:
+        """Piece → id; with `by_bytes`, normal and byte pieces are keyed by the bytes they stand for
+        (to match across SentencePiece and byte-level vocabularies, where "Ð" is a Latin letter in one
+        and the byte 0xD0 in the other), a normal piece winning over a byte piece of the same bytes."""
+        if not by_bytes:
+            return self.index()
+        index: dict[str | bytes, int] = {}
+        for i in sorted(range(self.size), key=lambda i: self.kinds[i] != "normal"):
+            index.setdefault(self.piece_key(i), i)
+        return index
+
+    def piece_key(self, i: int) -> str | bytes:
+        """The bytes piece `i` stands for when it stands for text (`piece_index`), else the piece."""
+        piece, kind = self.pieces[i], self.kinds[i]
+        if kind == "byte" and (m := BYTE_PIECE.match(piece)):
+            return bytes([int(m.group(1), 16)])
+        if kind != "normal":
+            return piece
+        data = piece_bytes(piece) if self.byte_level else piece_text(piece).encode("utf-8")
+        return piece if data is None else data
+
     def byte_token(self, byte: int) -> int | None:
         """The id of this vocabulary's token for the single byte `byte` (None if it has none)."""
         if self._byte_index is None:
