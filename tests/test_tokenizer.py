@@ -258,6 +258,35 @@ def test_extend_with_cross_word_pieces_keeps_english_and_hf_equality(
     assert sum(map(len, ext.encode(russian))) < sum(map(len, words.encode(russian)))
 
 
+def test_extend_scores_have_no_ties_so_the_export_encodes_as_sentencepiece(tmp_path: Path) -> None:
+    """A Russian pool piece whose score equals an overlapping base piece's ("е." and Mistral's "..",
+    both -309): SentencePiece took the leftmost merge, the export the lower merge rank, so "1е.."
+    was ['▁', '1', 'е.', '.'] in one and ['▁', '1', 'е', '..'] in the other."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from vikhr.tokenizer.hf_export import load_model_proto, write_hf_tokenizer
+    from vikhr.tokenizer.train import extend_model
+
+    base = load_model_proto(MISTRAL_TOKENIZER)
+    dots = next(p.score for p in base.pieces if p.piece == "..")
+    pool = pb.ModelProto()
+    for piece, score in (("е.", dots), ("ж.", dots - 5), ("е", 0.0)):
+        pool.pieces.add(piece=piece, score=score, type=pb.ModelProto.SentencePiece.NORMAL)
+    merged, stats = extend_model(base, pool, 10)
+    assert stats["added_merges"] == 2
+    path = tmp_path / "tied.model"
+    path.write_bytes(merged.SerializeToString())
+    scores = [
+        p.score for p in merged.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL and len(p.piece) > 1
+    ]
+    assert len(set(scores)) == len(scores)
+    texts = ["1е..", "(е..)", "xе..", "ж..е.", "Mistral... keeps its ids."]
+    exported, _ = write_hf_tokenizer(path, tmp_path / "hf")
+    assert compare_encodings(load(path), load(exported), texts) == []
+    english = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    assert spm.SentencePieceProcessor(model_file=str(path)).encode(texts[-1]) == english.encode(texts[-1])
+
+
 def test_training_is_deterministic_and_thread_independent(tmp_path: Path) -> None:
     kw = {"vocab_size": 800, "max_chars_per_file": 150_000}
     train_tokenizer([RU_SAMPLE], tmp_path / "a", TrainSettings(num_threads=1, **kw))

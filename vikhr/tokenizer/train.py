@@ -150,8 +150,9 @@ def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dic
 
     Scores: Cyrillic pieces follow the Russian model's merge order (its scores), base Cyrillic pieces
     the Russian model does not know are moved after every other merge, and all other base pieces keep
-    their scores, which leaves the encoding of text without Cyrillic unchanged. A new piece is added
-    only if some split of it into two known pieces exists, so the merge that builds it can fire.
+    their order, which leaves the encoding of text without Cyrillic unchanged (scores are then
+    renumbered without ties, `_unique_merge_scores`). A new piece is added only if some split of it
+    into two known pieces exists, so the merge that builds it can fire.
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -196,6 +197,7 @@ def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dic
         else:
             added_merges += 1
     out.trainer_spec.vocab_size = len(out.pieces)
+    _unique_merge_scores(out)
     stats = {
         "base_pieces": len(base_proto.pieces),
         "added_pieces": added_chars + added_merges,
@@ -206,6 +208,20 @@ def extend_model(base_proto: Any, ru_proto: Any, num_new: int) -> tuple[Any, dic
         "skipped_unreachable": skipped_unreachable,
     }
     return out, stats
+
+
+def _unique_merge_scores(proto: Any) -> None:
+    """Renumber the scores of the multi-character pieces -0, -1, … in their order (score, then id), in
+    place. The Russian pool's scores fall on the base's (``е.`` and ``..`` both -309): SentencePiece
+    breaks such a tie by position (leftmost), a `tokenizers` BPE (the export) by merge rank, so "1е.."
+    encoded differently. With no ties both follow one order, and the base's pieces keep theirs."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    normal = pb.ModelProto.SentencePiece.NORMAL
+    pieces = proto.pieces
+    merged = [i for i, p in enumerate(pieces) if p.type == normal and len(p.piece) > 1]
+    for rank, i in enumerate(sorted(merged, key=lambda i: (-pieces[i].score, i))):
+        pieces[i].score = -float(rank)
 
 
 def _extend_from_corpus(
