@@ -287,6 +287,14 @@ def test_extend_scores_have_no_ties_so_the_export_encodes_as_sentencepiece(tmp_p
     assert spm.SentencePieceProcessor(model_file=str(path)).encode(texts[-1]) == english.encode(texts[-1])
 
 
+def test_an_output_path_with_a_comma_trains(tmp_path: Path) -> None:
+    """SentencePiece splits its `input` at commas: "--out runs,1/tok" failed after the sampling with
+    'NOT_FOUND: "…runs"'."""
+    out = tmp_path / "runs,1" / "tok a,b"
+    train_tokenizer([RU_SAMPLE], out, TrainSettings(vocab_size=1000, max_chars_per_file=100_000))
+    assert spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model")).get_piece_size() == 1000
+
+
 def test_training_is_deterministic_and_thread_independent(tmp_path: Path) -> None:
     kw = {"vocab_size": 800, "max_chars_per_file": 150_000}
     train_tokenizer([RU_SAMPLE], tmp_path / "a", TrainSettings(num_threads=1, **kw))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -95,12 +96,19 @@ def _round_up(n: int, multiple: int) -> int:
     return n if multiple <= 1 else -(-n // multiple) * multiple
 
 
+def _file_lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
 def _sentencepiece_bpe(text_file: Path, model_prefix: Path, vocab_size: int, s: TrainSettings) -> Path:
     """Train a Mistral-compatible SentencePiece BPE model; returns the `.model` path."""
     import sentencepiece as spm
 
     args: dict[str, Any] = {
-        "input": str(text_file),
+        # lines given one by one: SentencePiece splits an `input` path at commas ("--out runs,1/")
+        "sentence_iterator": _file_lines(text_file),
         "model_prefix": str(model_prefix),
         "model_type": "bpe",
         "vocab_size": vocab_size,
