@@ -282,6 +282,30 @@ def test_clear_errors_and_no_half_written_output(
     _assert_nothing_written(tmp_path, tmp_path / "o3")
 
 
+def test_a_damaged_generation_config_is_refused_before_the_shards(tmp_path: Path, new_tok: Path) -> None:
+    """generation_config.json is rewritten after every shard was written: a damaged one was a
+    JSONDecodeError traceback at the very end (an AttributeError for a JSON list)."""
+    src = tmp_path / "src"
+    make_checkpoint(src)
+    for text in ('{"bos_token_id": 1,', "[1, 2]"):
+        (src / "generation_config.json").write_text(text, encoding="utf-8")
+        with pytest.raises(VikhrError, match=r"generation_config\.json"):
+            adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "o", show_progress=False)
+        _assert_nothing_written(tmp_path, tmp_path / "o")
+
+
+def test_an_output_inside_the_model_directory_gets_no_hidden_files(tmp_path: Path, new_tok: Path) -> None:
+    """Every file of the model directory is carried over: with --out inside it, the run's own lock
+    file (hidden, beside the output) was copied into the result."""
+    src = tmp_path / "src"
+    make_checkpoint(src)
+    (src / ".gitattributes").write_text("*.safetensors filter=lfs\n", encoding="utf-8")
+    (src / "README.md").write_text("model card\n", encoding="utf-8")
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, src / "adapted", show_progress=False)
+    names = {p.name for p in (src / "adapted").iterdir()}
+    assert "README.md" in names and not [n for n in names if n.startswith(".")], names
+
+
 def test_old_tokenizer_that_cannot_encode_a_piece(tmp_path: Path, new_tok: Path) -> None:
     """An English-only old tokenizer without byte fallback maps Cyrillic to <unk>: a clear error."""
     import sentencepiece as spm_mod

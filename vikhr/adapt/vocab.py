@@ -270,6 +270,8 @@ def _load_config(model_dir: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise VikhrError(f"{model_dir} has no config.json (give an HF model directory)")
     cfg = read_json_object(cfg_path)
+    if (model_dir / "generation_config.json").is_file():  # rewritten after the shards: read it now
+        read_json_object(model_dir / "generation_config.json")
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise VikhrError(
             f"{cfg_path}: model_type {cfg.get('model_type')!r} is not supported "
@@ -384,6 +386,7 @@ def _write_side_files(model_dir: Path, work: Path, sizes: dict[str, int], new: V
             item.name.endswith((".safetensors", ".bin", ".pt", ".pth"))
             or _old_tokenizer_file(item.name)
             or item.name in ("config.json", index_path.name)
+            or item.name.startswith(".")  # hidden: VCS files, and our own lock when --out is inside
         )
         if item.is_file() and not skip:
             shutil.copy2(item, work / item.name)
@@ -408,7 +411,7 @@ def _write_model_config(
     (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     gen_cfg = work / "generation_config.json"
     if gen_cfg.is_file():
-        g = json.loads(gen_cfg.read_text(encoding="utf-8"))
+        g = read_json_object(gen_cfg)
         if "bos_token_id" in cfg:
             g["bos_token_id"] = cfg["bos_token_id"]
         if tok.eos_id is not None:
