@@ -719,6 +719,21 @@ def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
 #  {ds}: a good dataset, {hf}: a config-only HF folder, {ro}: a place nobody may write; the
 # expected message fragment; an output that must not exist afterwards, or None)
 _BAD_INPUTS = [
+    (  # the whole training ran, then the rename into the dangling link failed
+        "tokenizer train --corpus {ru} --vocab-size 1000 --out {dir}/dangling",
+        "dangling is a symbolic link to the missing",
+        "dangling",
+    ),
+    (  # measured everything, then "cannot access dangling: File exists"
+        "tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/dangling/report",
+        "dangling is a symbolic link to the missing",
+        "dangling",
+    ),
+    (  # --overwrite replaced the link by a directory and left a hidden link behind
+        "tokenizer train --corpus {ru} --vocab-size 1000 --out {dir}/linked --overwrite",
+        "linked is a symbolic link (to",
+        None,
+    ),
     ("tokenizer train --corpus {dir}/nope.jsonl --out {dir}/o", "corpus file not found", "o"),
     ("tokenizer train --corpus {dir}/folder --out {dir}/o", "not a regular file", "o"),
     (
@@ -1011,6 +1026,9 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "x.bin").write_bytes(np.random.default_rng(0).integers(128, 256, 300, dtype=np.uint8).tobytes())
     (d / "hf").mkdir()
     (d / "hf" / "config.json").write_text("{bad")
+    (d / "dangling").symlink_to(d / "nowhere")  # an output on storage that is not mounted
+    (d / "linked-target").mkdir()
+    (d / "linked").symlink_to(d / "linked-target")
     (d / "hfcfg").mkdir()  # a good config.json, no weights: checks that come before any tensor is read
     from vikhr.convert.mistral import model_config_to_hf_config
     from vikhr.model.config import preset

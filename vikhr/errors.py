@@ -135,6 +135,11 @@ def require_writable_dir(path: str | Path, what: str = "output directory") -> Pa
         raise VikhrError(f"{what} {p} is a file, not a directory (choose another path)")
     existing = p.absolute()
     while not existing.exists():
+        if existing.is_symlink():  # a dangling link: creating the directory would fail after the work
+            raise VikhrError(
+                f"{what} {p}: {existing} is a symbolic link to the missing {os.readlink(existing)} "
+                "(create its target, or choose another path)"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise VikhrError(f"{what} {p} cannot be created: {existing} is a file (choose another path)")
@@ -166,9 +171,15 @@ def require_output_dir(
 
 def refuse_to_replace(path: Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> None:
     """Replacing an output directory removes it whole: refuse, before any work, one that is the
-    current directory or above it, the home directory or a filesystem root, or one holding an input."""
+    current directory or above it, the home directory or a filesystem root, or one holding an input,
+    or a symbolic link (the link would be replaced, not the directory it names)."""
     if not path.exists():
         return
+    if path.is_symlink():
+        raise VikhrError(
+            f"{flag} {path} is a symbolic link (to {os.readlink(path)}): give the directory itself or a "
+            "new path"
+        )
     target = path.resolve()
     try:
         home = Path.home().resolve()
