@@ -76,6 +76,17 @@ def test_compressed_split_and_globbed_inputs_equal_one_plain_file(tmp_path: Path
     assert _files(tmp_path / "plain") == _files(tmp_path / "parts")
 
 
+def test_an_existing_file_with_glob_characters_in_its_name_is_that_file(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """ "корпус [1].jsonl" was read as a pattern (the class [1]) and refused: "matches no file"."""
+    named = tmp_path / "дир с пробелом=1" / "корпус [1]?.jsonl"
+    named.parent.mkdir()
+    named.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    s = preprocess([str(named)], tmp_path / "o", MISTRAL_TOKENIZER, append_eod=True, workers=1)
+    assert s.documents == len(lines)
+
+
 def test_a_file_named_twice_is_written_twice_with_a_warning(tmp_path: Path, lines: list[str], capsys) -> None:
     """Overlapping globs repeat a file: kept (upsampling may be meant), but said once per file."""
     data = tmp_path / "data"

@@ -832,6 +832,13 @@ def test_a_failed_build_leaves_nothing_that_looks_valid(tmp_path: Path, monkeypa
     ]
 
 
+def test_a_source_file_with_glob_characters_in_its_name_is_that_file(tmp_path: Path) -> None:
+    """A path: "saiga [v2].jsonl" was taken as a pattern (the class [v2]): "file not found"."""
+    shutil.copy(FORMATS_DIR / "saiga.jsonl", tmp_path / "saiga [v2].jsonl")
+    report = build(_config(tmp_path, [{"name": "saiga", "path": str(tmp_path / "saiga [v2].jsonl")}]))
+    assert report["sources"][0]["kept"] > 0
+
+
 def test_glob_and_several_files_per_source(tmp_path: Path) -> None:
     for name in ("saiga.jsonl", "veles.jsonl"):
         shutil.copy(FORMATS_DIR / name, tmp_path / name)

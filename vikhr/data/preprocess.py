@@ -66,11 +66,12 @@ class IndexSummary(indexed.IndexInfo):
 
 
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files named by paths or glob patterns, in the given order (each glob sorted)."""
+    """Files named by paths or glob patterns, in the given order (each glob sorted); an existing
+    file whose name holds glob characters is that file."""
     files: list[Path] = []
     for pattern in patterns:
         p = str(pattern)
-        if any(c in p for c in "*?["):
+        if glob.has_magic(p) and not Path(p).exists():  # "corpus [1].jsonl" is a file's own name
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 raise VikhrError(f"--input pattern matches no file: {p}")

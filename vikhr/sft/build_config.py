@@ -123,7 +123,9 @@ class SourceConfig(_Section):
         """The files of `path` (globs expanded, sorted); VikhrError naming what matches nothing."""
         found = []
         for pattern in [self.path] if isinstance(self.path, str) else self.path:
-            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            # an existing file whose name holds glob characters ("saiga [v2].jsonl") is that file
+            magic = glob.has_magic(pattern) and not Path(pattern).exists()
+            matches = sorted(glob.glob(pattern)) if magic else [pattern]
             if not matches or not Path(matches[0]).is_file():
                 raise VikhrError(
                     f"source {self.name}: file not found: {pattern} (check sources[].path in the config)"
