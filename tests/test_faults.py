@@ -719,6 +719,16 @@ def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
 #  {ds}: a good dataset, {hf}: a config-only HF folder, {ro}: a place nobody may write; the
 # expected message fragment; an output that must not exist afterwards, or None)
 _BAD_INPUTS = [
+    (  # trained on the file twice, listed twice in the manifest, without a word
+        "tokenizer train --corpus {ru} --corpus {ru}@1M --out {dir}/o",
+        "--corpus names",
+        "o",
+    ),
+    (  # said "not a character budget: '2024/ru.jsonl'"
+        "tokenizer train --corpus {dir}/backup@2024/ru.jsonl --out {dir}/o",
+        "corpus file not found: ",
+        "o",
+    ),
     (  # the whole training ran, then the rename into the dangling link failed
         "tokenizer train --corpus {ru} --vocab-size 1000 --out {dir}/dangling",
         "dangling is a symbolic link to the missing",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -192,6 +193,8 @@ def split_corpus_spec(spec: str | Path) -> tuple[Path, int | None]:
     text = str(spec)
     if "@" in text and not Path(text).exists():
         path, budget = text.rsplit("@", 1)
+        if "/" in budget or os.sep in budget:  # "backup@2024/ru.jsonl": a path, not a budget
+            raise VikhrError(f"corpus file not found: {text} (check the path; a budget is FILE@20M)")
         return Path(path), parse_budget(budget)
     return Path(text), None
 

@@ -410,6 +410,13 @@ def _check_inputs(
     budgets: list[int | None] = [b if b is not None else s.max_chars_per_file for _, b in specs]
     if not paths:
         raise VikhrError("no corpus given (pass one or more JSONL files with --corpus)")
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if (first := seen.setdefault(p.resolve(), p)) is not p:
+            raise VikhrError(
+                f"--corpus names {first} twice ({p}): give each file once (FILE@20M sets how much of a "
+                "file is sampled)"
+            )
     _check_numbers(s)
     base = [s.base_model] if s.base_model and Path(s.base_model).exists() else []
     out = require_output_dir(out_dir, overwrite, inputs=[*paths, *base])
