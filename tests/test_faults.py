@@ -719,6 +719,21 @@ def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(
 #  {ds}: a good dataset, {hf}: a config-only HF folder, {ro}: a place nobody may write; the
 # expected message fragment; an output that must not exist afterwards, or None)
 _BAD_INPUTS = [
+    (  # the second archive would have replaced the first
+        "eval --model {hf} --tasks bpc --mera-submission {dir}/s.zip --rsg-submission {dir}/s.zip",
+        "--mera-submission and --rsg-submission are both",
+        "s.zip",
+    ),
+    (  # failed after the first task: "OUTPUT.json.partial" is longer than a file name may be
+        "eval --model {hf} --tasks bpc --output {dir}/" + "r" * 245 + ".json",
+        "this filesystem leaves for it beside its temporary name",
+        None,
+    ),
+    (  # trained, then could not name its temporary directory
+        "tokenizer train --corpus {ru} --out {dir}/" + "t" * 230,
+        "this filesystem leaves for it beside its temporary name",
+        None,
+    ),
     (  # trained on the file twice, listed twice in the manifest, without a word
         "tokenizer train --corpus {ru} --corpus {ru}@1M --out {dir}/o",
         "--corpus names",

@@ -163,6 +163,7 @@ def require_output_dir(
     """`path` as an output directory this run may create, or with `overwrite` replace: writable, not
     an existing one without `overwrite`, and safe to replace whole (see `refuse_to_replace`)."""
     p = require_writable_dir(path, what)
+    _require_short_name(p, what)
     if p.exists() and not overwrite:
         raise VikhrError(f"output directory {p} exists (choose another {flag} or pass --overwrite)")
     refuse_to_replace(p, inputs, flag)
@@ -205,7 +206,28 @@ def require_output_file(path: str | Path, what: str) -> Path:
     if p.is_dir():
         raise VikhrError(f"{what} {p} is a directory (give a file name)")
     require_writable_dir(p.parent, f"{what} {p}: directory")
+    _require_short_name(p, what)
     return p
+
+
+# Bytes a temporary name adds to an output's name: ".NAME.tmp-PID@HOST@XXXXXXXX.SUFFIX.lock",
+# or eval's "NAME.partial/" (vikhr.atomic).
+TEMPORARY_NAME_ROOM = 48
+
+
+def _require_short_name(p: Path, what: str) -> None:
+    """Refuse a name that fits the filesystem but not with its temporary name around it: the run
+    would fail at its first save, or at the end."""
+    try:
+        limit = os.pathconf(p.parent if p.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(p.name))
+    if size + TEMPORARY_NAME_ROOM > limit:
+        raise VikhrError(
+            f"{what} {p}: the name is {size} bytes, longer than the {limit - TEMPORARY_NAME_ROOM} this "
+            f"filesystem leaves for it beside its temporary name (choose a shorter name)"
+        )
 
 
 def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> Path:

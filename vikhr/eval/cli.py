@@ -75,6 +75,8 @@ def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, P
         paths.append(path)
     if paths[0] is not None:
         require_output_file(paths[0].with_suffix(".md"), "--output's table")
+    if paths[1] is not None and paths[2] is not None and paths[1].absolute() == paths[2].absolute():
+        raise VikhrError(f"--mera-submission and --rsg-submission are both {paths[1]}: give two files")
     return paths[0], paths[1], paths[2]
 
 
