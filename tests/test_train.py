@@ -1096,14 +1096,19 @@ if __name__ == "__main__":
 
 
 def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None:
-    """MFU's numerator by hand: 6·N + 6·L·h·s per token, and 8·N + 8·L·h·s with the KL reference's
-    forward pass; the peak by device name, the specific H100s before the SXM one."""
+    """MFU's numerator by hand: 6·N + 6·L·w·s per token, and 8·N + 8·L·w·s with the KL reference's
+    forward pass, w the attention width heads·head_dim (Qwen3-0.6B: 16·128 = 2048 for a hidden size
+    of 1024; the hidden size was used); the peak by device name, the specific H100s before the SXM one."""
+    import dataclasses
+
+    from vikhr.model.config import preset
     from vikhr.train.monitor import peak_flops, train_flops_per_token
 
-    n, layers, hidden, seq = 1_000_000, 2, 64, 128
-    assert train_flops_per_token(n, layers, hidden, seq, reference=False) == 6 * n + 6 * layers * hidden * seq
-    assert train_flops_per_token(n, layers, hidden, seq, reference=True) == pytest.approx(
-        8 * n + 8 * layers * hidden * seq
+    cfg = dataclasses.replace(preset("tiny"), hidden_size=64, num_attention_heads=4, kv_channels=32)
+    n, layers, width, seq = 1_000_000, cfg.num_layers, 4 * 32, 128
+    assert train_flops_per_token(cfg, n, seq, reference=False) == 6 * n + 6 * layers * width * seq
+    assert train_flops_per_token(cfg, n, seq, reference=True) == pytest.approx(
+        8 * n + 8 * layers * width * seq
     )
     assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12

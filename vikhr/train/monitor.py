@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vikhr.atomic import temporary_path
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
+
+if TYPE_CHECKING:  # an annotation only
+    from vikhr.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity; vendors' datasheets). The
 # first name contained in the device's name wins: the PCIe and NVL H100s before the SXM one.
@@ -35,13 +38,13 @@ def peak_flops(name: str | None = None) -> float | None:
     return next((v for k, v in _PEAK_BF16.items() if k in name), None)
 
 
-def train_flops_per_token(
-    matmul_params: int, num_layers: int, hidden: int, seq_len: int, reference: bool
-) -> float:
+def train_flops_per_token(cfg: ModelConfig, matmul_params: int, seq_len: int, reference: bool) -> float:
     """Model FLOPs per trained token: 6·N for the matmuls (N: the parameters that multiply, the
-    input embedding being a lookup) plus causal attention (12·L·h·s, halved for causality); with a
+    input embedding being a lookup) plus causal attention (12·L·(heads·head_dim)·s, halved for
+    causality: the attention width, which is not the hidden size for Qwen3 or Mistral-NeMo); with a
     KL reference, its forward pass too (a third of that again)."""
-    trained = 6.0 * matmul_params + 6.0 * num_layers * hidden * seq_len
+    width = cfg.num_attention_heads * cfg.head_dim
+    trained = 6.0 * matmul_params + 6.0 * cfg.num_layers * width * seq_len
     return trained * (4.0 / 3.0 if reference else 1.0)
 
 

@@ -369,11 +369,7 @@ class Trainer:
         self.num_params = self._count_parameters()
         lookup = 0 if self.model_cfg.tie_embeddings else self.model.vocab_size * self.model_cfg.hidden_size
         self.flops_per_token = train_flops_per_token(
-            self.num_params - lookup,
-            self.model_cfg.num_layers,
-            self.model_cfg.hidden_size,
-            cfg.data.seq_len,
-            reference=self.reference is not None,
+            self.model_cfg, self.num_params - lookup, cfg.data.seq_len, reference=self.reference is not None
         )
         self.peak_flops = peak_flops() if env.on_gpu else None
         if resume_from is not None:
