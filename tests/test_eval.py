@@ -367,6 +367,22 @@ def test_cli_rerun_after_an_interrupt_reuses_finished_tasks(
     assert not kept.exists()
 
 
+def test_two_runs_on_one_output_are_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """Two `vikhr eval --output X` at once shared X.partial/, and the first to end deleted it under the
+    second: the second is refused in one line while the first holds X's lock, and no lock is left."""
+    from vikhr.locks import exclusive
+
+    out = tmp_path / "results.json"
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    argv += ["--output", str(out)]
+    with exclusive(tmp_path / "results.json.lock", "held", remove=True):
+        assert cli_main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{out} is being written by another vikhr eval (pid" in line
+    assert not out.exists() and not (tmp_path / "results.json.partial").exists()
+    assert cli_main(argv) == 0 and out.is_file() and not (tmp_path / "results.json.lock").exists()
+
+
 def test_each_task_records_its_time_requests_and_model_tokens(
     tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
 ) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
 from vikhr.errors import VikhrError, require_output_file
+from vikhr.locks import exclusive
 
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
@@ -134,12 +136,19 @@ def _run(args: argparse.Namespace) -> int:
         rsg_submission=rsg_submission,
         progress_dir=progress_dir_of(output) if output is not None else None,
     )
-    results = run_eval(settings)
-    print(markdown_table(results), end="")
-    if output is not None:
-        json_path, md_path = write_results(results, output)
-        discard(progress_dir_of(output))
-        print(f"wrote {json_path} and {md_path}")
+    with contextlib.ExitStack() as held:
+        if output is not None:  # two runs on one --output would share, then delete, OUTPUT.partial/
+            busy = (
+                f"{output} is being written by another vikhr eval ({{holder}}); wait for it to end or give "
+                "another --output"
+            )
+            held.enter_context(exclusive(output.with_name(output.name + ".lock"), busy, remove=True))
+        results = run_eval(settings)
+        print(markdown_table(results), end="")
+        if output is not None:
+            json_path, md_path = write_results(results, output)
+            discard(progress_dir_of(output))
+            print(f"wrote {json_path} and {md_path}")
     for archive in (submission, rsg_submission):
         if archive is not None:
             print(f"wrote {archive}")
