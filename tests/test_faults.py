@@ -988,6 +988,12 @@ _BAD_INPUTS = [
     ("data merge --inputs {ds} --output-prefix {dir}/", "names a directory", ".bin"),
     ("data merge --inputs {ds} --output-prefix {dir}/.", "names a directory", "._text_document.bin"),
     ("sft show {dir}/nope --tokenizer {tok}", "SFT dataset file not found", None),
+    # plain JSON was appended under the .gz name, exit 0; the next run failed "Not a gzipped file"
+    (
+        "sft score --input {chats} --model {dir}/nope --scores {dir}/sc.jsonl.gz",
+        "not .gz-compressed",
+        "sc.jsonl.gz",
+    ),
     ("sft train --config {dir}/bad.yaml", "is not valid YAML", None),
     ("convert hf-to-megatron {dir}/nope {dir}/o", "not found or not a directory", "o"),
     ("convert hf-to-megatron {dir}/empty {dir}/o", "not found or not a directory", "o"),

@@ -250,6 +250,39 @@ def test_build_cuts_each_source_by_its_reward_scores(tmp_path: Path, reward_dir:
     assert {s["name"]: s["kept"] for s in build(config)["sources"]} == {"a": 2, "b": 5}
 
 
+def test_build_refuses_reward_scores_that_are_a_file_it_reads_or_writes(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """reward.scores naming a source (its last line without a newline) cost the source its last chat."""
+    from vikhr.cli import main
+
+    source = _write_chats(tmp_path / "a.jsonl", 6, "a")
+    source.write_bytes(source.read_bytes().rstrip(b"\n"))
+    config, output = tmp_path / "build.yaml", tmp_path / "out" / "chats.jsonl"
+    cases = [
+        (source, "is a file of source a: scores would be appended"),
+        (config, "is the config file"),
+        (output, "is the output"),
+        (tmp_path / "scores.jsonl.gz", "not .gz-compressed"),
+    ]
+    for scores, message in cases:
+        cfg = {
+            "output": str(output),
+            "tokenizer": str(MISTRAL),
+            "limits": {"min_tokens": 1, "max_tokens": 512},
+            "reward": {"model": str(reward_dir), "scores": str(scores), "top_fraction": 0.5},
+            "sources": [{"name": "a", "path": str(source)}],
+        }
+        config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        before = {p: p.read_bytes() for p in (source, config)}
+        capfd.readouterr()
+        assert main(["sft", "build", str(config), "--no-progress"]) == 2
+        out, err = capfd.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+        assert {p: p.read_bytes() for p in before} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "build.yaml"]
+
+
 def test_a_model_with_several_outputs_is_refused(tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -320,6 +353,48 @@ def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: p
     err = capfd.readouterr()[1].strip().splitlines()
     assert len(err) == 1 and "reward model directory not found" in err[0]
     assert len(load_scores(scores)) == 5  # nothing appended
+
+
+def test_a_scores_file_that_is_no_scores_file_is_refused_unchanged(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The last line of a file without its newline was cut before the file was found to hold no
+    scores: --scores naming the chats lost the last chat, a .gz file lost its end; a new .gz name
+    got plain JSON that the next run could not read."""
+    import gzip
+
+    from vikhr.cli import main
+    from vikhr.errors import VikhrError
+
+    chats = _write_chats(tmp_path / "chats.jsonl", 5)
+    chats.write_bytes(chats.read_bytes().rstrip(b"\n"))  # the last chat without its newline
+    packed = tmp_path / "en.jsonl.gz"
+    packed.write_bytes(gzip.compress(chats.read_bytes()))
+    hidden = tmp_path / "hidden.jsonl"  # gzip data under a plain name
+    hidden.write_bytes(packed.read_bytes())
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"one line without a newline")
+    cases = [
+        (chats, "is the chats file"),
+        (packed, "not .gz-compressed (give a name without .gz"),
+        (tmp_path / "new.jsonl.zst", "not .zst-compressed"),
+        (hidden, "holds gzip-compressed data"),
+        (note, "its last line, without a newline, is not the start of a score"),
+        (tmp_path, "is a directory"),
+    ]
+    before = {p: p.read_bytes() for p, _ in cases if p.is_file()}
+    base = ["sft", "score", "--input", str(chats), "--model", str(reward_dir), "--device", "cpu"]
+    for scores, message in cases:
+        capfd.readouterr()
+        assert main([*base, "--scores", str(scores), "--no-progress"]) == 2
+        out, err = capfd.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "new.jsonl.zst").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in before)
+    with pytest.raises(VikhrError, match=r"chats\.jsonl:1: expected \{'key': str"):
+        load_scores(chats)
+    assert chats.read_bytes() == before[chats]
 
 
 def test_a_long_chat_is_scored_on_its_answer(tmp_path: Path, reward_dir: Path) -> None:

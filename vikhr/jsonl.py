@@ -174,8 +174,9 @@ def open_text(path: str | os.PathLike[str]) -> TextIO:
     return _TextReader(_open_binary(p), p)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of `path`, each line decoded on its own to name the bad one."""
+def _lines(path: Path, complete_only: bool = False) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of `path`, each line decoded on its own to name the bad one
+    (`complete_only`: without a last line that lacks its newline)."""
     line_no = 0
     with _open_binary(path) as f:
         while True:
@@ -183,7 +184,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 raw = f.readline()
             except _DAMAGED as e:  # truncated or corrupt .gz / .zst
                 raise _damaged(f"{path}:{line_no + 1}", path, e) from e
-            if not raw:
+            if not raw or (complete_only and not raw.endswith(b"\n")):
                 return
             line_no += 1
             if line_no == 1 and raw.startswith(_BOM):
@@ -208,13 +209,16 @@ def drop_partial_last_line(path: str | os.PathLike[str]) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
-def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(
+    path: str | os.PathLike[str], allow_nan: bool = False, complete_only: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) of every non-blank line of a JSONL file (plain, .gz or .zst).
 
     `allow_nan`: take Python's NaN/Infinity (files vikhr writes itself with json.dumps: metrics,
-    scores), which input corpora may not hold (the Rust reader refuses them)."""
+    scores), which input corpora may not hold (the Rust reader refuses them). `complete_only`: leave
+    out a last line without its newline (what a killed append left; see drop_partial_last_line)."""
     p = Path(path)
-    for line_no, line in _lines(p):
+    for line_no, line in _lines(p, complete_only):
         if not line.strip(_ASCII_WHITESPACE):
             continue
         try:

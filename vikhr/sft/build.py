@@ -274,6 +274,28 @@ def _check_a_chat_is_kept(a: dict[str, np.ndarray], reports: list[SourceReport])
     )
 
 
+def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
+    """Every file named before any work: the output replaces its file, and reward.scores is
+    appended to, so neither may be a file the build reads (nor the scores the output)."""
+    sources = [(f"a file of source {src.name}", f) for src in cfg.sources for f in src.files()]
+    for what, f in sources:
+        if f.resolve() == out_path.resolve():
+            raise VikhrError(
+                f"output {out_path} is also {what}: the build would replace its input (choose another output)"
+            )
+    if cfg.reward is None:
+        return
+    from vikhr.sft.reward import check_scores_path
+
+    scores = check_scores_path(cfg.reward.scores)
+    for what, f in [*sources, ("the config file", cfg.path), ("the output", out_path)]:
+        if scores.resolve() == f.resolve():
+            raise VikhrError(
+                f"{cfg.path}: reward.scores {scores} is {what}: scores would be appended to it (give a "
+                "scores file of its own)"
+            )
+
+
 def build(config: str | Path, output: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the build described by `config` (see docs/sft.md); the report (also written beside the output)."""
     cfg = load_build_config(config, output)
@@ -281,13 +303,7 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     require_writable_dir(out_path.parent, "output directory")
     if out_path.is_dir():
         raise VikhrError(f"output {out_path} is a directory (give a file name: {out_path / 'mix.jsonl'})")
-    for src in cfg.sources:
-        # Every file named before any work; none may be the output, which replaces it.
-        if any(f.resolve() == out_path.resolve() for f in src.files()):
-            raise VikhrError(
-                f"output {out_path} is also a file of source {src.name}: the build would replace its input "
-                "(choose another output)"
-            )
+    _refuse_overlaps(cfg, out_path)
     tok, template, _ = load_for_chats(cfg.tokenizer, cfg.template)
     cfg = cfg.model_copy(update={"template": template})
     reports = [SourceReport(s.name, s.language, [str(p) for p in s.files()]) for s in cfg.sources]

@@ -8,11 +8,12 @@ score depends on the batch it is in only through rounding (a tokenizer without a
 token scores one chat at a time). A chat longer than the max length (capped at the model's context) is scored
 on its last tokens, which hold the answer.
 
-Scores file: JSONL, one ``{"key", "id", "score", "scorer"}`` a line, appended and flushed after
-every batch. `key` is a hash of the chat's messages, so the scores follow the text, not its line
-number; a run that was stopped resumes with the chats whose key is not in the file (a last line cut
-short by the stop is removed first). `scorer` identifies the reward model (its config, tokenizer
-and samples of its weights) and the max length: a file written by another is refused, not resumed.
+Scores file: plain JSONL (a compressed name is refused), one ``{"key", "id", "score", "scorer"}`` a
+line, appended and flushed after every batch. `key` is a hash of the chat's messages, so the scores
+follow the text, not its line number; a run that was stopped resumes with the chats whose key is not
+in the file (a last line cut short by the stop is removed, once the lines before it read as
+scores). `scorer` identifies the reward model (its config, tokenizer and samples of its weights)
+and the max length: a file written by another is refused, not resumed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError, read_json_object, require_dir
+from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_file
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
@@ -40,15 +41,47 @@ def chat_key(messages: list[dict[str, str]]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+# Suffixes of compressed files: a scores file is appended to line by line, so it is plain JSONL.
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz", ".lz4", ".zip", ".7z")
+# How every line `score_file` writes begins (json.dumps of a dict whose first key is "key").
+_SCORE_LINE_START = b'{"key": '
+
+
+def check_scores_path(scores_path: str | Path, chats_path: str | Path | None = None) -> Path:
+    """`scores_path` as a scores file to append to: plain JSONL, not a directory, not the chats file
+    it scores (checked before anything is read or written)."""
+    p = require_output_file(scores_path, "scores file")
+    suffix = p.suffix.lower()
+    if suffix in COMPRESSED_SUFFIXES:
+        raise VikhrError(
+            f"scores file {p}: scores are appended as plain JSONL, not {suffix}-compressed (give a name "
+            f"without {p.suffix}, e.g. {p.with_suffix('')})"
+        )
+    if chats_path is not None and _same_file(p, Path(chats_path)):
+        raise VikhrError(
+            f"scores file {p} is the chats file {chats_path}: scores would be appended to the chats "
+            "(give a scores file of its own)"
+        )
+    return p
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one existing file (through links and relative paths)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist
+        return False
+
+
 def load_scores(path: str | Path, scorer: str | None = None) -> dict[str, float]:
-    """key → score of a scores file; a last line without its newline (a stopped run) is cut off.
+    """key → score of a scores file; a last line without its newline (a stopped run) is cut off,
+    once the complete lines were read as scores (a file that is not one is refused unchanged).
     With `scorer`, every line must come from that scorer (see `reward_scorer`)."""
     p = Path(path)
     if not p.exists():
         return {}
-    drop_partial_last_line(p)
     scores = {}
-    for line_no, record in read_jsonl(p, allow_nan=True):  # written by json.dumps
+    for line_no, record in read_jsonl(p, allow_nan=True, complete_only=True):  # written by json.dumps
         key, score = record.get("key"), record.get("score")
         if not isinstance(key, str) or not isinstance(score, (int, float)):
             raise VikhrError(f"{p}:{line_no}: expected {{'key': str, 'score': number}} (a vikhr scores file)")
@@ -59,7 +92,29 @@ def load_scores(path: str | Path, scorer: str | None = None) -> dict[str, float]
                 "one to score again"
             )
         scores[key] = float(score)
+    tail = _partial_last_line(p)
+    if tail and not (_SCORE_LINE_START.startswith(tail) or tail.startswith(_SCORE_LINE_START)):
+        raise VikhrError(
+            f"{p}: its last line, without a newline, is not the start of a score (a vikhr scores file): "
+            "give another scores file"
+        )
+    if tail:
+        drop_partial_last_line(p)
     return scores
+
+
+def _partial_last_line(path: Path) -> bytes:
+    """The bytes after the last newline of `path` (empty when it ends with one)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return b""
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return b""
+        f.seek(0)
+        data = f.read()
+    return data[data.rfind(b"\n") + 1 :]
 
 
 def _check_reward_model_dir(model_dir: str | Path) -> Path:
@@ -259,6 +314,7 @@ def score_file(
     two would score the same chats and could interleave their lines)."""
     if batch_size < 1:
         raise VikhrError(f"batch size must be >= 1, got {batch_size}")
+    check_scores_path(scores_path, chats_path)
     Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{scores_path} is being written by another sft score run ({{holder}}); wait for it to end "
