@@ -861,6 +861,39 @@ def test_the_output_may_not_be_a_source_file_or_a_directory(tmp_path: Path) -> N
         build(cfg, output=tmp_path / "mix")
 
 
+def test_the_output_may_not_be_the_config_the_tokenizer_or_the_reward_model(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """Only the source files were compared with the output: `--output tok.model` or the config
+    itself was replaced by the chats (exit 0), and reports were written beside them."""
+    saiga = [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl")}]
+    (tmp_path / "tok").mkdir()
+    shutil.copy(MISTRAL, tmp_path / "tok" / "tokenizer.model")
+    shutil.copy(MISTRAL, tmp_path / "tok.model")
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "config.json").write_text("{}\n")
+    reward = {"model": str(tmp_path / "rm"), "scores": str(tmp_path / "scores.jsonl")}
+    dir_config = _config(tmp_path, saiga, tokenizer=str(tmp_path / "tok")).rename(tmp_path / "dir.yaml")
+    rm_config = _config(tmp_path, saiga, reward=reward).rename(tmp_path / "rm.yaml")
+    config = _config(tmp_path, saiga, tokenizer=str(tmp_path / "tok.model"))
+    shutil.copy(config, tmp_path / "mix.jsonl.report.md")  # a config where a report would go
+    cases = [
+        (config, tmp_path / "tok.model", "is also the tokenizer: the build would replace its input"),
+        (config, config, "is also the config file"),
+        (config, tmp_path / "tokenizer_config.json", "is also a file of the tokenizer"),
+        (tmp_path / "mix.jsonl.report.md", tmp_path / "mix.jsonl", "written beside it, is also the config"),
+        (dir_config, tmp_path / "tok" / "mix.jsonl", "is in the tokenizer directory"),
+        (rm_config, tmp_path / "rm" / "mix.jsonl", "is in the reward model directory"),
+    ]
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    for cfg, output, message in cases:
+        rc, out, err = _cli(capfd, "sft", "build", str(cfg), "--output", str(output), "--no-progress")
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+        assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files
+        assert {p: p.read_bytes() for p in files} == before
+
+
 def test_bundled_rulm_chats_and_their_seed_tasks_mix_without_duplicates(
     shared_data: Path, tmp_path: Path
 ) -> None:

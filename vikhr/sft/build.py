@@ -29,7 +29,7 @@ from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplic
 from vikhr.sft.own_template import ChatRefused
 from vikhr.sft.sources import NOT_KEPT, Chat, Unfit, detect_format, read_chats_of
 from vikhr.sft.template import Message, TypedControlError, encode_chat, load_for_chats
-from vikhr.tokenizer.load import Tokenizer
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 KEPT = "kept"
 # Why a chat is not in the output, in the order the checks run (record-level reasons come first).
@@ -274,26 +274,70 @@ def _check_a_chat_is_kept(a: dict[str, np.ndarray], reports: list[SourceReport])
     )
 
 
-def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
-    """Every file named before any work: the output replaces its file, and reward.scores is
-    appended to, so neither may be a file the build reads (nor the scores the output)."""
-    sources = [(f"a file of source {src.name}", f) for src in cfg.sources for f in src.files()]
-    for what, f in sources:
-        if f.resolve() == out_path.resolve():
-            raise VikhrError(
-                f"output {out_path} is also {what}: the build would replace its input (choose another output)"
-            )
-    if cfg.reward is None:
-        return
-    from vikhr.sft.reward import check_scores_path
+# What the build writes beside OUTPUT, under OUTPUT's name and these suffixes.
+_REPORT_SUFFIXES = (".report.json", ".report.md")
+_HISTOGRAM_SUFFIX = ".scores.png"
+# Files beside a tokenizer file that its loading reads (chat template, special tokens).
+_TOKENIZER_COMPANIONS = (
+    "tokenizer_config.json",
+    CHAT_TEMPLATE_FILE,
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
-    scores = check_scores_path(cfg.reward.scores)
-    for what, f in [*sources, ("the config file", cfg.path), ("the output", out_path)]:
-        if scores.resolve() == f.resolve():
-            raise VikhrError(
-                f"{cfg.path}: reward.scores {scores} is {what}: scores would be appended to it (give a "
-                "scores file of its own)"
-            )
+
+def _written_files(cfg: BuildConfig, out_path: Path) -> list[Path]:
+    """The output and the files written beside it."""
+    suffixes = (*_REPORT_SUFFIXES, _HISTOGRAM_SUFFIX) if cfg.reward is not None else _REPORT_SUFFIXES
+    return [out_path, *(out_path.with_name(out_path.name + s) for s in suffixes)]
+
+
+def _read_places(cfg: BuildConfig) -> list[tuple[str, Path]]:
+    """(what, path) of every file the build reads, and of the directories read as a whole."""
+    places = [(f"a file of source {src.name}", f) for src in cfg.sources for f in src.files()]
+    places.append(("the config file", cfg.path))
+    tokenizer = Path(cfg.tokenizer)
+    if tokenizer.is_dir():
+        places.append(("the tokenizer directory", tokenizer))
+    else:
+        places.append(("the tokenizer", tokenizer))
+        places += [("a file of the tokenizer", tokenizer.with_name(n)) for n in _TOKENIZER_COMPANIONS]
+    if cfg.reward is not None:
+        places.append(("the reward model directory", Path(cfg.reward.model)))
+    return places
+
+
+def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
+    """Every file named before any work: the output and its reports replace their files, and
+    reward.scores is appended to, so none may be a file the build reads (nor lie in a directory
+    it reads whole: a tokenizer's, a reward model's)."""
+    read = _read_places(cfg)
+    written = _written_files(cfg, out_path)
+    if cfg.reward is not None:
+        from vikhr.sft.reward import check_scores_path
+
+        scores = check_scores_path(cfg.reward.scores)
+        outputs = [("the output", f) if f == out_path else (f"the output's {f.name}", f) for f in written]
+        for what, f in [*read, *outputs]:
+            if scores.resolve() == f.resolve():
+                raise VikhrError(
+                    f"{cfg.path}: reward.scores {scores} is {what}: scores would be appended to it (give a "
+                    "scores file of its own)"
+                )
+    places = [(what, place.resolve(), place.is_dir()) for what, place in read]
+    for f in written:
+        target = f.resolve()
+        who = f"output {out_path}" if f == out_path else f"output {out_path}: {f.name}, written beside it,"
+        for what, place, whole in places:
+            if target == place:
+                raise VikhrError(
+                    f"{who} is also {what}: the build would replace its input (choose another output)"
+                )
+            if whole and target.is_relative_to(place):
+                raise VikhrError(
+                    f"{who} is in {what} {place}: the build would write among its files (give the output a "
+                    "directory of its own)"
+                )
 
 
 def build(config: str | Path, output: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
@@ -366,7 +410,7 @@ def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progres
         result["sources"][src.name] = {"scored": len(mask), "cut": cut, "kept": int(mask.sum())}
     with open(candidates, encoding="utf-8") as f, open(out_tmp, "w", encoding="utf-8") as out:
         out.writelines(line for line, kept in zip(f, keep, strict=True) if kept)
-    histogram = Path(cfg.output).with_name(Path(cfg.output).name + ".scores.png")
+    histogram = Path(cfg.output).with_name(Path(cfg.output).name + _HISTOGRAM_SUFFIX)
     plot_scores(values, cuts, histogram, title=f"reward scores: {Path(r.model).name}")
     result["histogram"] = str(histogram)
     result["dropped_positions"] = np.flatnonzero(~keep)
@@ -414,8 +458,9 @@ def _report(
 
 
 def _write_report(out_path: Path, report: dict[str, Any]) -> None:
-    write_text(out_path.with_name(out_path.name + ".report.json"), json.dumps(report, indent=2) + "\n")
-    write_text(out_path.with_name(out_path.name + ".report.md"), report_markdown(report))
+    json_path, md_path = (out_path.with_name(out_path.name + s) for s in _REPORT_SUFFIXES)
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(md_path, report_markdown(report))
 
 
 def report_markdown(report: dict[str, Any]) -> str:
