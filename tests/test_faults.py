@@ -129,7 +129,7 @@ def test_pickled_index_cache_stops_the_trainer_before_megatron_reads_it(
     cfg = load_config(config)
     with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):  # megatron builds on rank 0
         build_pretrain_datasets(cfg, index_cache_dir(cfg), train_samples(cfg))
-    cached = sorted(Path(index_cache_dir(cfg)).glob("*-GPTDataset-train-document_index.npy"))
+    cached = sorted(Path(index_cache_dir(cfg)).glob("*GPTDataset-train-document_index.npy"))
     assert cached, "megatron-core built no index cache"
     marker = tmp_path / "payload-ran"
     cached[0].write_bytes(pickle.dumps(_Payload(marker)))
@@ -330,7 +330,7 @@ def test_a_run_builds_the_data_cache_only_after_another_run_built_it(
     assert "in use by another run (pid" in said, said
     assert left == ["other-document_index.npy"]  # nothing of this run's yet when the other finished
     assert len(built.train) == train_samples(cfg) and list(built.valid) == ["ru"]
-    assert len(list(cache.glob("*-GPTDataset-*.npy"))) > 0
+    assert len(list(cache.glob("*GPTDataset-*.npy"))) > 0
 
 
 def test_a_dataset_written_again_at_its_prefix_gets_its_index_cache_built_again(
@@ -364,6 +364,32 @@ def test_a_dataset_written_again_at_its_prefix_gets_its_index_cache_built_again(
     grown = documents_read(120, 1)
     assert grown > 40 and f"note: {prefix} changed since" in capsys.readouterr().err
     assert documents_read(12, 2) <= 12
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_a_longer_stream_over_as_many_passes_starts_with_the_same_samples(
+    tmp_path: Path, blend: bool
+) -> None:
+    """megatron-core shuffles a last pass apart when it is under 80 % of one: a run given more steps
+    (or resumed with more) read other samples from step 1 though it needed no more passes."""
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import index_cache_dir
+
+    ru = _write_tokens(tmp_path / "ru", n_docs=80 if blend else 40)
+    train = [{"prefix": ru, "name": "ru", "weight": 0.7}]
+    if blend:  # the small dataset is read twice in both streams, the large one once
+        train.append(
+            {"prefix": _write_tokens(tmp_path / "en", n_docs=12, seed=1), "name": "en", "weight": 0.3}
+        )
+    cfg = load_config(_train_config(tmp_path, ru, data={"train": train}))
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+        streams = [build_pretrain_datasets(cfg, index_cache_dir(cfg), n).train for n in (50, 85)]
+    passes = [[len(d.document_index) // len(d.indices) for d in getattr(s, "datasets", [s])] for s in streams]
+    assert passes[0] == passes[1] and passes[0][-1] == 2, passes
+    for i in range(50):
+        assert streams[0][i]["tokens"].tolist() == streams[1][i]["tokens"].tolist(), i
 
 
 def test_trainer_refuses_a_run_that_would_read_its_data_a_million_times(

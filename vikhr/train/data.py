@@ -6,8 +6,12 @@ that stream is a pure function of (datasets, split, seq_len, seed), so the data 
 run is just the number of samples consumed, c: the next step reads samples [c, c + GB),
 data-parallel rank r its contiguous GB/DP of them, in micro-batches. Resuming therefore continues
 mid-epoch exactly where the run stopped, for any worker count, and with another global batch GB.
-(megatron-core shuffles each pass over a dataset: a stream long enough to need more passes than
-the one it was cut from is another permutation.)
+Each dataset of the blend is drawn in whole passes (`WholePassGPTDataset`): megatron-core shuffles
+all the passes a stream needs together, and shuffles a last pass apart when it is under 80 % of one,
+so a stream's order depended on its exact length — a run given more steps read other samples from
+step 1 though it needed no more passes. Rounded up to whole passes, the order depends on the number
+of passes only. (A stream long enough to need more passes than the one it was cut from is another
+permutation.)
 
 Validation: every named dataset of the blend keeps its own held-out documents (the `valid`
 part of `data.split`) and is evaluated separately — Russian and English losses side by side.
@@ -15,9 +19,10 @@ part of `data.split`) and is evaluated separately — Russian and English losses
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -98,6 +103,33 @@ def dataset_entries(cfg) -> list[tuple[str, str, float]]:
     return [(e.name, e.prefix, e.weight) for e in cfg.data.train]
 
 
+def whole_pass_samples(num_samples: int, tokens_per_pass: int, seq_len: int, extra_token: int) -> int:
+    """The samples of the fewest whole passes over a dataset of `tokens_per_pass` tokens that hold
+    `num_samples` windows of `seq_len` (+ `extra_token`) tokens, as megatron-core counts them."""
+    needed = num_samples * seq_len + extra_token
+    passes = max(1, -(-needed // tokens_per_pass))
+    return (passes * tokens_per_pass - extra_token) // seq_len
+
+
+@functools.cache
+def whole_pass_dataset_class() -> Any:
+    """GPTDataset drawing a train stream in whole passes (module doc); built on first use, as
+    megatron-core takes seconds to import."""
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    class WholePassGPTDataset(GPTDataset):
+        def __init__(  # megatron-core's signature
+            self, indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config
+        ) -> None:
+            if num_samples is not None and len(indexed_indices):
+                tokens = int(np.sum(indexed_dataset.sequence_lengths[indexed_indices], dtype=np.int64))
+                extra = int(config.add_extra_token_to_sequence)
+                num_samples = whole_pass_samples(num_samples, tokens, config.sequence_length, extra)
+            super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
+
+    return WholePassGPTDataset
+
+
 def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # cfg: TrainConfig
     """The blended train stream (`n_train` samples) and one valid set per dataset.
 
@@ -118,7 +150,7 @@ def build_pretrain_datasets(cfg, cache_dir: str, n_train: int) -> Datasets:  # c
     valid: dict[str, torch.utils.data.Dataset] = {}
     with building_index_cache(cache_dir, builder, prefixes):
         train, _, _ = BlendedMegatronDatasetBuilder(
-            GPTDataset, [n_train, 0, 0], lambda: True, train_cfg
+            whole_pass_dataset_class(), [n_train, 0, 0], lambda: True, train_cfg
         ).build()
         if train is None or len(train) < n_train:
             raise VikhrError(f"data.train: could not draw {n_train} training samples from {prefixes}")
