@@ -47,15 +47,33 @@ def test_pickled_index_cache_is_refused_and_never_loaded(tmp_path: Path) -> None
     assert not marker.exists()
 
 
-def test_truncated_index_cache_is_named(tmp_path: Path) -> None:
-    cache = tmp_path / "data-cache"
-    cache.mkdir()
-    path = cache / "x-shuffle_index.npy"
-    np.save(path, np.arange(1000, dtype=np.int64))
+def test_an_index_left_incomplete_by_a_killed_build_is_built_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """megatron-core writes its indices in place: a SIGTERM during the first start's build left a
+    short .npy that stopped every rerun ("delete it") — requeueing never resumed. Its build's files
+    are removed and built again; a file that is no .npy at all is still refused."""
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import index_cache_dir, train_samples
+
+    cfg = load_config(_train_config(tmp_path, _write_tokens(tmp_path / "ru")))
+    cache = Path(index_cache_dir(cfg))
+
+    def first_samples() -> list[list[int]]:
+        with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+            train = build_pretrain_datasets(cfg, str(cache), train_samples(cfg)).train
+        return [train[i]["tokens"].tolist() for i in range(4)]
+
+    before = first_samples()
+    [path] = cache.glob("*-train-document_index.npy")
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(VikhrError, match=r"x-shuffle_index\.npy is \d+ bytes, its header says \d+"):
-        check_index_cache(cache)
-    path.write_bytes(b"not numpy at all")
+    assert check_index_cache(cache) > 0
+    assert "was left incomplete by a killed build: built again" in capsys.readouterr().err
+    assert not list(cache.glob(path.name.split("-", 1)[0] + "-*"))  # the whole build's files
+    assert first_samples() == before
+    (cache / "x-shuffle_index.npy").write_bytes(b"not numpy at all")
     with pytest.raises(VikhrError, match=r"not a readable \.npy"):
         check_index_cache(cache)
 

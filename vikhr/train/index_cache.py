@@ -3,8 +3,9 @@
 megatron-core stores its document/sample/shuffle indices as `.npy` files and loads them back with
 `numpy.load(..., allow_pickle=True)`. A pickled `.npy` placed there (a checkpoint directory someone
 sent, a shared cache) would run code when a run resumes. Before megatron sees the cache, every
-`.npy` in it must be a plain numeric array whose size matches its header; anything else stops the
-run with one line naming the file.
+`.npy` in it must be a plain numeric array; anything else stops the run with one line naming the
+file. A numeric one whose size is not its header's was left by a build killed mid-write: the
+indices of that build are removed and megatron-core builds them again.
 
 megatron-core writes the cache in place (rank 0 builds, the other ranks then read). Runs sharing a
 cache (an ablation grid, two jobs on one corpus) would otherwise read each other's half-written
@@ -46,9 +47,17 @@ _READERS = {
 }
 
 
+class IncompleteNpy(VikhrError):
+    """A numeric `.npy` shorter or longer than its header says: megatron-core writes in place, so a
+    build killed mid-write (a time limit, a preemption) leaves one."""
+
+
 def check_npy_file(path: Path) -> None:
-    """Raise VikhrError unless `path` is a complete `.npy` of a numeric dtype (no pickled objects)."""
+    """Raise VikhrError unless `path` is a complete `.npy` of a numeric dtype (no pickled objects);
+    IncompleteNpy for an empty one or one of a numeric dtype whose size is not its header's."""
     fix = f"delete {path} (megatron-core rebuilds its index cache) or point data.cache_dir elsewhere"
+    if path.stat().st_size == 0:
+        raise IncompleteNpy(f"data cache file {path} is empty: {fix}")
     try:
         with path.open("rb") as f:
             version = np.lib.format.read_magic(f)
@@ -67,7 +76,7 @@ def check_npy_file(path: Path) -> None:
     expected = data_offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     actual = path.stat().st_size
     if actual != expected:
-        raise VikhrError(f"data cache file {path} is {actual} bytes, its header says {expected}: {fix}")
+        raise IncompleteNpy(f"data cache file {path} is {actual} bytes, its header says {expected}: {fix}")
 
 
 def check_index_cache(cache_dir: str | Path) -> int:
@@ -82,9 +91,23 @@ def check_index_cache(cache_dir: str | Path) -> int:
 
 
 def _check_files(root: Path) -> int:
+    """Check every `.npy` (called holding the cache's lock: no run is writing it). The indices of a
+    build that was killed mid-write are removed, so that megatron-core builds them again (they stopped
+    every rerun); anything else that is not a plain array stops the run."""
     files = sorted(root.rglob("*.npy"))
     for path in files:
-        check_npy_file(path)
+        if not path.exists():
+            continue  # removed with an incomplete file of its build
+        try:
+            check_npy_file(path)
+        except IncompleteNpy:
+            for sibling in path.parent.glob(path.name.split("-", 1)[0] + "-*"):
+                sibling.unlink(missing_ok=True)
+            print(
+                f"note: {path.name} in megatron-core's data cache {root} was left incomplete by a "
+                "killed build: built again",
+                file=sys.stderr,
+            )
     return len(files)
 
 
