@@ -269,6 +269,14 @@ def test_a_full_disk_while_megatron_writes_its_data_cache_is_one_line_and_leaves
         building_index_cache(str(cache), builder=True, prefixes=[]),
     ):
         raise ValueError("unrelated")
+    # A rank of another node that cannot find what rank 0 built: a cache on node-local disk was
+    # reported as a failed write ("check the path, its permissions and the free space").
+    missing = cache / "built-elsewhere-document_index.npy"
+    with (
+        pytest.raises(VikhrError, match=r"^reading .*rank 0 built it where this node does not see it; put "),
+        building_index_cache(str(cache), builder=False, prefixes=[]),
+    ):
+        raise Exception("Failed to read") from FileNotFoundError(2, "No such file or directory", str(missing))
 
 
 class _Noticed(io.StringIO):

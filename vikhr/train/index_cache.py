@@ -182,6 +182,12 @@ def building_index_cache(cache_dir: str | Path, builder: bool, prefixes: list[st
             for path in set(root.rglob("*")) - before if builder else ():
                 if path.is_file():
                     path.unlink(missing_ok=True)
+            if not builder and isinstance(cause, FileNotFoundError):
+                raise VikhrError(
+                    f"reading megatron-core's data cache ({root}, set by data.cache_dir): "
+                    f"{os_error_line(cause)}: rank 0 built it where this node does not see it; put "
+                    "data.cache_dir (or checkpoint.dir) on storage every node shares"
+                ) from None
             raise VikhrError(
                 f"writing megatron-core's data cache ({root}, set by data.cache_dir): {os_error_line(cause)}"
             ) from None
