@@ -168,7 +168,7 @@ def test_a_resumed_run_appends_its_metrics_after_what_a_kill_left(tmp_path: Path
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1, "kind": "train", "loss": 2.5}\n{"step": 2, "kind": "tr')
-    monitor = Monitor(tmp_path, enabled=True, tensorboard=False)
+    monitor = Monitor(tmp_path, enabled=True, tensorboard=False, resume_step=1)  # resumed at step 1
     monitor.record(2, "train", {"loss": 2.25})
     train, _ = read_metrics(tmp_path)
     assert {step: row["loss"] for step, row in train.items()} == {1: 2.5, 2: 2.25}

@@ -28,6 +28,7 @@ from torch.distributed.launcher.api import LaunchConfig
 
 from tests.conftest import REPO, child_env, launch_torchrun, run_torchrun, torchrun_command
 from tests.helpers import VOCAB, make_corpus, write_config
+from vikhr.jsonl import read_jsonl
 from vikhr.train.monitor import read_metrics
 
 PRETRAIN = REPO / "pretrain_vikhr.py"
@@ -979,6 +980,71 @@ def test_nonfinite_loss_skips_the_update_then_aborts(corpus: dict[str, str], tmp
         .splitlines()[-1]
         .startswith("vikhr pretrain: error: 2 non-finite losses in a row (logging.max_nonfinite)")
     )
+
+
+@pytest.fixture(scope="module")
+def four_step_run(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step run (one process) that validates and saves every 2 steps, with TensorBoard."""
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import run
+
+    tmp = tmp_path_factory.mktemp("four_steps")
+    config = write_config(
+        tmp / "c.yaml",
+        corpus,
+        tmp / "run",
+        train={"steps": 4},
+        checkpoint={"dir": str(tmp / "run"), "save_every": 2},
+        logging={"eval_every": 2, "tensorboard": True},
+    )
+    run(load_config(config))
+    return tmp / "run"
+
+
+def _run_again(finished: Path, run_dir: Path, *overrides: str) -> None:
+    """`finished` copied to `run_dir`, then its job run there with `overrides`."""
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import run
+
+    shutil.copytree(finished, run_dir)
+    run(load_config(finished.parent / "c.yaml", [f"checkpoint.dir={run_dir}", *overrides]))
+
+
+def _scalar_steps(tensorboard_dir: Path, tag: str) -> list[int]:
+    """The steps of a TensorBoard scalar as TensorBoard shows them (a restart purges later steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def test_a_fresh_run_over_an_earlier_one_logs_only_itself(four_step_run: Path, tmp_path: Path) -> None:
+    """checkpoint.resume=never in a used directory: the earlier run's metrics.jsonl, tensorboard/
+    and curves.png move to previous/1, and the new run's history is its own alone."""
+    run_dir = tmp_path / "run"
+    _run_again(four_step_run, run_dir, "checkpoint.resume=never", "train.steps=2", "train.seed=99")
+    train, valid = read_metrics(run_dir)
+    earlier, earlier_valid = read_metrics(four_step_run)
+    assert sorted(train) == [1, 2] and sorted(valid) == [0, 2]
+    assert train[1]["loss"] != earlier[1]["loss"]  # another seed: the rows are the new run's
+    assert read_metrics(run_dir / "previous" / "1") == (earlier, earlier_valid)
+    assert (run_dir / "previous" / "1" / "curves.png").is_file() and (run_dir / "curves.png").is_file()
+    assert _scalar_steps(run_dir / "tensorboard", "train/loss") == [1, 2]
+    assert _scalar_steps(run_dir / "previous" / "1" / "tensorboard", "train/loss") == [1, 2, 3, 4]
+
+
+def test_a_resume_from_an_earlier_step_drops_the_steps_after_it(four_step_run: Path, tmp_path: Path) -> None:
+    """A run resumed at step 2 of a 4-step history and ended at step 3: the abandoned steps 4 (train
+    and validation) leave metrics.jsonl; steps 1-2 stay as they ran."""
+    run_dir = tmp_path / "run"
+    _run_again(four_step_run, run_dir, f"checkpoint.resume={run_dir / 'step_000002'}", "train.steps=3")
+    train, valid = read_metrics(run_dir)
+    earlier, earlier_valid = read_metrics(four_step_run)
+    assert sorted(train) == [1, 2, 3] and sorted(valid) == [0, 2, 3]
+    assert [train[s] for s in (1, 2)] == [earlier[s] for s in (1, 2)] and valid[2] == earlier_valid[2]
+    rows = [row for _, row in read_jsonl(run_dir / "metrics.jsonl", allow_nan=True)]
+    assert len(rows) == len(train) + len(valid)  # one row per step and kind: nothing left to shadow
 
 
 def test_dry_run_mistral_7b_on_8_gpus() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vikhr.atomic import temporary_path
+from vikhr.atomic import temporary_path, write_text
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 
 if TYPE_CHECKING:  # an annotation only
@@ -53,24 +53,41 @@ _STEP_FIGURES = ("lr", "grad_norm", "tokens_per_s", "mfu")
 
 
 class Monitor:
-    """Rank 0 only: prints, appends to metrics.jsonl and writes TensorBoard scalars."""
+    """Rank 0 only: prints, appends to metrics.jsonl and writes TensorBoard scalars.
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
+    The files hold the current run's history alone. A run resumed at step `resume_step` drops what
+    an earlier attempt logged after that step; a fresh start (`resume_step` None) moves an earlier
+    run's metrics.jsonl, tensorboard/ and curves.png into previous/N/. Nothing is touched before the
+    first record, so a run refused during setup leaves them as they were."""
+
+    def __init__(
+        self, out_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None
+    ) -> None:
         self.enabled = enabled
+        self.out_dir = out_dir
         self.metrics_path = out_dir / "metrics.jsonl"
+        self.resume_step = resume_step
+        self.tensorboard = tensorboard
         self.tb = None
-        if enabled:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if self.metrics_path.is_file():  # a resumed run appends after what a kill left
-                drop_partial_last_line(self.metrics_path)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+        self.started = False
 
-                self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+    def _start(self) -> None:
+        self.started = True
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_step is None:
+            set_aside_previous_run(self.out_dir)
+        elif self.metrics_path.is_file():
+            keep_steps_up_to(self.metrics_path, self.resume_step)
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
 
     def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if not self.started:
+            self._start()
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
         if self.tb is not None:
@@ -99,13 +116,50 @@ class Monitor:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-        if self.enabled and self.metrics_path.is_file():
+        # A run that recorded nothing draws nothing: the file may still be an earlier run's.
+        if self.started and self.metrics_path.is_file():
             plot_metrics(self.metrics_path, self.metrics_path.with_name("curves.png"))
 
 
+# What a run writes beside its checkpoints, set aside together when a fresh run starts there.
+_RUN_LOGS = ("metrics.jsonl", "tensorboard", "curves.png")
+
+
+def set_aside_previous_run(out_dir: Path) -> Path | None:
+    """Move an earlier run's logs into out_dir/previous/N (the first free N); that folder, or None."""
+    present = [out_dir / name for name in _RUN_LOGS if (out_dir / name).exists()]
+    if not present:
+        return None
+    n = 1
+    while (out_dir / "previous" / str(n)).exists():
+        n += 1
+    target = out_dir / "previous" / str(n)
+    target.mkdir(parents=True)
+    for path in present:
+        path.rename(target / path.name)
+    return target
+
+
+def keep_steps_up_to(metrics_path: Path, step: int) -> None:
+    """Drop the rows after `step` (an abandoned attempt's, replayed by the resumed run) and a
+    partial last line a kill left; lines that are not JSON stay for the reader to name."""
+    drop_partial_last_line(metrics_path)
+    lines = metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def kept(line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return True
+        return not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step)
+
+    remaining = [line for line in lines if kept(line)]
+    if len(remaining) < len(lines):
+        write_text(metrics_path, "".join(remaining))
+
+
 def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
-    """A run's train and validation rows of metrics.jsonl by step (the last row of a step wins: a
-    resumed run rewrites the steps after its checkpoint)."""
+    """A run's train and validation rows of metrics.jsonl by step (the last row of a step wins)."""
     train: dict[int, dict[str, Any]] = {}
     valid: dict[int, dict[str, Any]] = {}
     for _, row in read_jsonl(run_dir / "metrics.jsonl", allow_nan=True):  # a skipped step's loss is NaN
@@ -120,7 +174,6 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # By step, so a resumed run's rewritten steps are drawn once, as they finally ran.
     train_rows, valid_rows = read_metrics(metrics_path.parent)
     train: dict[str, list[tuple[int, float]]] = {"loss": [], "ce": [], "kl": []}
     valid: dict[str, list[tuple[int, float]]] = {}

@@ -351,8 +351,13 @@ class Trainer:
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
         self.params_dtype = torch.bfloat16 if env.on_gpu else torch.float32
-        self.monitor = Monitor(self.run_dir, env.is_main, cfg.logging.tensorboard)
         saved = checkpoint.read_meta(resume_from) if resume_from is not None else {}
+        self.monitor = Monitor(
+            self.run_dir,
+            env.is_main,
+            cfg.logging.tensorboard,
+            resume_step=int(saved["step"]) if resume_from is not None else None,
+        )
         self.data = build_datasets(
             cfg, train_samples(cfg, saved.get("step", 0), saved.get("consumed_samples", 0))
         )
