@@ -1047,6 +1047,14 @@ def test_a_resume_from_an_earlier_step_drops_the_steps_after_it(four_step_run: P
     assert len(rows) == len(train) + len(valid)  # one row per step and kind: nothing left to shadow
 
 
+def test_tensorboard_shows_a_replayed_step_once(four_step_run: Path, tmp_path: Path) -> None:
+    """A run resumed at step 2 replays steps 3-4 of the earlier attempt: TensorBoard shows each once."""
+    run_dir = tmp_path / "run"
+    _run_again(four_step_run, run_dir, f"checkpoint.resume={run_dir / 'step_000002'}")
+    assert _scalar_steps(run_dir / "tensorboard", "train/loss") == [1, 2, 3, 4]
+    assert _scalar_steps(run_dir / "tensorboard", "valid/loss_ru") == [0, 2, 4]
+
+
 def test_dry_run_mistral_7b_on_8_gpus() -> None:
     def table(*overrides: str) -> tuple[str, dict[int, str]]:
         config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")

@@ -81,7 +81,9 @@ class Monitor:
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+            # TensorBoard hides the earlier events at and after purge_step: the replayed steps.
+            purge = None if self.resume_step is None else self.resume_step + 1
+            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=purge)
 
     def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
         if not self.enabled:
