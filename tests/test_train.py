@@ -1055,6 +1055,30 @@ def test_tensorboard_shows_a_replayed_step_once(four_step_run: Path, tmp_path: P
     assert _scalar_steps(run_dir / "tensorboard", "valid/loss_ru") == [0, 2, 4]
 
 
+def test_a_run_ended_by_nonfinite_losses_logs_that_step_and_draws_its_curves(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """The step that reaches logging.max_nonfinite is in metrics.jsonl, and curves.png is drawn."""
+    from vikhr.errors import VikhrError
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import run
+
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml",
+        corpus,
+        run_dir,
+        train={"steps": 3},
+        kl={"weight": 0.0},
+        logging={"eval_every": 100, "max_nonfinite": 2},
+    )
+    with pytest.raises(VikhrError, match="2 non-finite losses in a row"):
+        run(load_config(config, ["debug.nonfinite_at_steps=[2,3]"]))
+    train, _ = read_metrics(run_dir)
+    assert sorted(train) == [1, 2, 3] and math.isnan(train[3]["loss"])
+    assert (run_dir / "curves.png").is_file()
+
+
 def test_dry_run_mistral_7b_on_8_gpus() -> None:
     def table(*overrides: str) -> tuple[str, dict[int, str]]:
         config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")

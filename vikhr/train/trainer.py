@@ -523,23 +523,26 @@ class Trainer:
             )
         valid_losses = self.evaluate() if self.step == 0 else {}
         c = cfg.checkpoint
-        with RunStop(c.save_on_signals, c.stop_after_minutes, self.started) as run_stop:
-            while self.step < cfg.train.steps:
-                metrics = self.train_step()
-                last = self.step == cfg.train.steps
-                monitor.record(self.step, "train", metrics)
-                if self.step % cfg.logging.log_every == 0 or last:
-                    monitor.progress(self.step, cfg.train.steps, metrics)
-                if self.step % cfg.logging.eval_every == 0 or last:
-                    valid_losses = self.evaluate()
-                saved = self.step % cfg.checkpoint.save_every == 0 or last
-                if saved:
-                    self.save()
-                self._inject_faults()
-                stop = run_stop.agreed(self.env.device)
-                if stop is not None and not last:  # a run that has just finished simply ends
-                    self._stop(stop, saved)
-        monitor.close()
+        try:
+            with RunStop(c.save_on_signals, c.stop_after_minutes, self.started) as run_stop:
+                while self.step < cfg.train.steps:
+                    metrics = self.train_step()
+                    last = self.step == cfg.train.steps
+                    monitor.record(self.step, "train", metrics)
+                    if self.step % cfg.logging.log_every == 0 or last:
+                        monitor.progress(self.step, cfg.train.steps, metrics)
+                    self._abort_on_nonfinite()  # once the step that ends the run is logged
+                    if self.step % cfg.logging.eval_every == 0 or last:
+                        valid_losses = self.evaluate()
+                    saved = self.step % cfg.checkpoint.save_every == 0 or last
+                    if saved:
+                        self.save()
+                    self._inject_faults()
+                    stop = run_stop.agreed(self.env.device)
+                    if stop is not None and not last:  # a run that has just finished simply ends
+                        self._stop(stop, saved)
+        finally:  # a failed or stopped run's curves and TensorBoard events are written too
+            monitor.close()
         return {"step": self.step, "valid": valid_losses}
 
     def _inject_faults(self) -> None:
@@ -554,7 +557,6 @@ class Trainer:
     def _stop(self, stop: Stop, saved: bool) -> None:
         """Save this step (unless it just was) and end the run with RunStopped."""
         path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
-        self.monitor.close()
         raise RunStopped(
             f"stopped {stop.reason} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
             stop.status,
@@ -629,20 +631,23 @@ class Trainer:
         return dict(zip(names, (sums / n_global).tolist(), strict=True))
 
     def optimizer_step(self, loss: float) -> float:
-        """Apply the update and return the gradient norm; a non-finite loss skips the update
-        (NaN norm), and logging.max_nonfinite of them in a row abort the run."""
+        """Apply the update and return the gradient norm; a non-finite loss skips the update (NaN
+        norm) and counts towards logging.max_nonfinite (`_abort_on_nonfinite`)."""
         if math.isfinite(loss):
             self.nonfinite_in_a_row = 0
             _, grad_norm, _ = self.optimizer.step()
             return float(grad_norm) if grad_norm is not None else float("nan")
         self.nonfinite_in_a_row += 1
         warnings.warn(f"step {self.step + 1}: non-finite loss {loss}; skipping the update", stacklevel=1)
+        return float("nan")
+
+    def _abort_on_nonfinite(self) -> None:
+        """End the run after logging.max_nonfinite non-finite losses in a row."""
         if self.nonfinite_in_a_row >= self.cfg.logging.max_nonfinite:
             raise VikhrError(
                 f"{self.nonfinite_in_a_row} non-finite losses in a row (logging.max_nonfinite); "
                 "lower optim.lr or check the data"
             )
-        return float("nan")
 
     def attention_mask(self, batch: Batch) -> torch.Tensor | None:
         return attention_mask_for(batch, self.cfg.data, self.model_cfg.sliding_window)
