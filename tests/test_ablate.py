@@ -473,3 +473,24 @@ def test_a_fresh_start_over_finished_runs_names_resume(
         run_ablation(load_ablate_config(cfg_path), show_progress=False)
     err = capsys.readouterr().err
     assert "starting the grid over" in err and "held 3 finished run(s)" in err and "--resume" in err, err
+
+
+def test_loss_curves_of_one_step_are_drawn() -> None:
+    """train.steps: 1 gives each arm one point: a marker, since a line needs two."""
+    import matplotlib.pyplot as plt
+
+    from tests.test_monitor import marked_points
+    from vikhr.ablate.config import AblateConfig, Arm
+    from vikhr.ablate.report import loss_curves_figure
+    from vikhr.ablate.runner import AblationResult, RunResult
+
+    arm = Arm(name="adapted")
+    runs = [
+        RunResult(arm, seed, 1, 128, 400, 3.0, 2.0, 2.5, 2.1, train_losses={1: 5.0 + seed}) for seed in (1, 2)
+    ]
+    cfg = AblateConfig(arms=[arm], seeds=[1, 2])
+    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs)
+    fig = loss_curves_figure(result)
+    (line,) = fig.axes[0].get_lines()
+    plt.close(fig)
+    assert list(line.get_ydata()) == [6.5] and marked_points(line) == [0]

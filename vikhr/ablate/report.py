@@ -12,9 +12,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vikhr.ablate.runner import AblationResult, RunResult
 from vikhr.atomic import temporary_path, write_text
+from vikhr.curves import plot_curve
 
 CSV_COLUMNS = [
     "arm",
@@ -156,6 +158,28 @@ def _save(fig: object, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")  # type: ignore[attr-defined]
 
 
+def loss_curves_figure(result: AblationResult) -> Any:
+    """The figure of loss_curves.png: each training arm's train CE, the mean over its seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab20").colors
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, rs) in enumerate(_by_arm(result).items()):
+        if not rs[0].train_losses:
+            continue  # merges do not train
+        steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
+        means = [statistics.fmean(r.train_losses[s] for r in rs) for s in steps]
+        plot_curve(ax, steps, means, label=name, color=colours[i % len(colours)])
+    ax.set_xlabel("step")
+    ax.set_ylabel("train cross-entropy (nats/token; the tokenizers differ)")
+    ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def plot(result: AblationResult, out: Path) -> None:
     import matplotlib
 
@@ -163,18 +187,7 @@ def plot(result: AblationResult, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = _by_arm(result)
-    colours = plt.get_cmap("tab20").colors
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, rs) in enumerate(arms.items()):
-        if not rs[0].train_losses:
-            continue  # merges do not train
-        steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
-        means = [statistics.fmean(r.train_losses[s] for r in rs) for s in steps]
-        ax.plot(steps, means, label=name, color=colours[i % len(colours)])
-    ax.set_xlabel("step")
-    ax.set_ylabel("train cross-entropy (nats/token; the tokenizers differ)")
-    ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
-    ax.legend(fontsize=7)
+    fig = loss_curves_figure(result)
     _save(fig, out / "loss_curves.png")
     plt.close(fig)
 

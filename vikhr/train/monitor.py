@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vikhr.atomic import temporary_path, write_text
+from vikhr.curves import plot_curve
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 
 if TYPE_CHECKING:  # an annotation only
@@ -169,14 +170,15 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, di
     return train, valid
 
 
-def plot_metrics(metrics_path: Path, png_path: Path) -> None:
-    """Training loss (CE and KL) and per-dataset validation loss against the step, as one PNG."""
+def curves_figure(run_dir: Path) -> Any:
+    """The figure of curves.png: training loss (CE and KL) and per-dataset validation loss against
+    the step (a matplotlib Figure; close it with matplotlib.pyplot.close)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train_rows, valid_rows = read_metrics(metrics_path.parent)
+    train_rows, valid_rows = read_metrics(run_dir)
     train: dict[str, list[tuple[int, float]]] = {"loss": [], "ce": [], "kl": []}
     valid: dict[str, list[tuple[int, float]]] = {}
     for step, rec in sorted(train_rows.items()):
@@ -192,19 +194,30 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
         (f"valid {k}", v) for k, v in sorted(valid.items())
     ]:
         if points:
-            ax_loss.plot(
-                *zip(*points, strict=True), label=name, marker="." if name.startswith("valid") else None
+            plot_curve(
+                ax_loss,
+                *zip(*points, strict=True),
+                label=name,
+                marker="." if name.startswith("valid") else None,
             )
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss (nats/token)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     if train["kl"]:
-        ax_kl.plot(*zip(*train["kl"], strict=True), color="tab:red")
+        plot_curve(ax_kl, *zip(*train["kl"], strict=True), color="tab:red")
     ax_kl.set_xlabel("step")
     ax_kl.set_ylabel("KL to the reference (nats/token)")
     ax_kl.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_metrics(metrics_path: Path, png_path: Path) -> None:
+    """`curves_figure` of the run whose metrics.jsonl is `metrics_path`, as one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(metrics_path.parent)
     with temporary_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -1,0 +1,53 @@
+"""The run's curves (curves.png) as drawn from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from vikhr.curves import lone_points
+from vikhr.train.monitor import curves_figure
+
+
+def marked_points(line: Any) -> list[int]:
+    """Indices of the points of a matplotlib line that carry a marker."""
+    if line.get_marker() in (None, "None", "", " "):
+        return []
+    every = line.get_markevery()
+    return list(range(len(line.get_xdata()))) if every is None else list(every)
+
+
+def _write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
+
+
+def _lines(run_dir: Path) -> dict[str, Any]:
+    fig = curves_figure(run_dir)
+    lines = {f"{i}:{line.get_label()}": line for i, ax in enumerate(fig.axes) for line in ax.get_lines()}
+    plt.close(fig)
+    return lines
+
+
+def test_a_one_step_run_draws_its_points(tmp_path: Path) -> None:
+    """A line needs two points: each series of a one-step run is a marker."""
+    _write_metrics(tmp_path, [{"step": 1, "kind": "train", "loss": 5.0, "ce": 4.9, "kl": 0.2}])
+    lines = _lines(tmp_path)
+    assert len(lines) == 3 and all(marked_points(line) == [0] for line in lines.values())
+
+
+def test_a_value_between_nonfinite_steps_is_marked(tmp_path: Path) -> None:
+    """A skipped step's NaN loss cuts the line: the finite value before it, alone, gets a marker."""
+    losses = [6.0, math.nan, 5.0, 5.5]
+    _write_metrics(
+        tmp_path,
+        [{"step": s, "kind": "train", "loss": v, "ce": 4.0} for s, v in enumerate(losses, start=1)],
+    )
+    lines = _lines(tmp_path)
+    assert marked_points(lines["0:train loss"]) == [0]
+    assert marked_points(lines["0:train CE"]) == []  # a line of four
+    assert lone_points([math.nan, 1.0, math.nan, 2.0, 3.0, math.inf, 4.0]) == [1, 6]
