@@ -51,3 +51,14 @@ def test_a_value_between_nonfinite_steps_is_marked(tmp_path: Path) -> None:
     assert marked_points(lines["0:train loss"]) == [0]
     assert marked_points(lines["0:train CE"]) == []  # a line of four
     assert lone_points([math.nan, 1.0, math.nan, 2.0, 3.0, math.inf, 4.0]) == [1, 6]
+
+
+def test_a_run_without_kl_has_no_kl_panel(tmp_path: Path) -> None:
+    """kl.weight 0 logs no KL (none is computed): the curves show the losses alone."""
+    _write_metrics(tmp_path, [{"step": s, "kind": "train", "loss": 5.0 - s, "ce": 5.0 - s} for s in (1, 2)])
+    fig = curves_figure(tmp_path)
+    plt.close(fig)
+    assert len(fig.axes) == 1 and {line.get_label() for line in fig.axes[0].get_lines()} == {
+        "train loss",
+        "train CE",
+    }

@@ -821,6 +821,20 @@ def test_training_loss_writes_the_gradient_over_the_logits() -> None:
     torch.testing.assert_close(hidden.grad, expected @ head.T)
 
 
+def test_the_training_loss_reports_kl_only_when_it_computes_it() -> None:
+    """At kl.weight 0 the op computes no KL (it reports 0): the logged terms leave kl out."""
+    from vikhr.train.config import KLSection
+    from vikhr.train.trainer import CrossEntropyKL
+
+    g = torch.Generator().manual_seed(5)
+    logits, reference = torch.randn(6, 40, generator=g), torch.randn(6, 40, generator=g)
+    labels = torch.randint(0, 37, (6,), generator=g)
+    without = CrossEntropyKL(37, None, KLSection(weight=0.0))(logits.clone(), None, labels)
+    with_kl = CrossEntropyKL(37, None, KLSection(weight=0.2))(logits.clone(), reference, labels)
+    assert sorted(without.metrics) == ["ce"] and sorted(with_kl.metrics) == ["ce", "kl"]
+    assert float(with_kl.metrics["kl"]) > 0
+
+
 def test_pretraining_documents_end_with_their_eod() -> None:
     from vikhr.model.attention import document_attention_mask, segments_from_eod
 

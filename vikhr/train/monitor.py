@@ -171,8 +171,8 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, di
 
 
 def curves_figure(run_dir: Path) -> Any:
-    """The figure of curves.png: training loss (CE and KL) and per-dataset validation loss against
-    the step (a matplotlib Figure; close it with matplotlib.pyplot.close)."""
+    """The figure of curves.png: training loss (CE, and KL when the run logged it) and per-dataset
+    validation loss against the step (a matplotlib Figure; close it with matplotlib.pyplot.close)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +189,9 @@ def curves_figure(run_dir: Path) -> Any:
         for k, v in rec.items():
             if k not in ("step", "kind") and isinstance(v, (int, float)):
                 valid.setdefault(k, []).append((step, v))
-    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    # A run with kl.weight 0 logs no KL: no panel for it.
+    fig, axes = plt.subplots(1, 2 if train["kl"] else 1, figsize=(11 if train["kl"] else 6, 4), squeeze=False)
+    ax_loss = axes[0][0]
     for name, points in [("train loss", train["loss"]), ("train CE", train["ce"])] + [
         (f"valid {k}", v) for k, v in sorted(valid.items())
     ]:
@@ -205,10 +207,11 @@ def curves_figure(run_dir: Path) -> Any:
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     if train["kl"]:
+        ax_kl = axes[0][1]
         plot_curve(ax_kl, *zip(*train["kl"], strict=True), color="tab:red")
-    ax_kl.set_xlabel("step")
-    ax_kl.set_ylabel("KL to the reference (nats/token)")
-    ax_kl.grid(alpha=0.3)
+        ax_kl.set_xlabel("step")
+        ax_kl.set_ylabel("KL to the reference (nats/token)")
+        ax_kl.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -114,7 +114,8 @@ class CrossEntropyKL:
             inplace_backward=True,
             grad_scale=self.grad_scale,
         )
-        return LossTerms(out.loss, {"ce": out.ce, "kl": out.kl})
+        # At λ = 0 the kernel computes no KL (its kl is a placeholder 0): logged, it would pass for one.
+        return LossTerms(out.loss, {"ce": out.ce, "kl": out.kl} if self.kl.weight > 0 else {"ce": out.ce})
 
 
 def attention_mask_for(batch: Batch, data: DataSection, sliding_window: int | None) -> torch.Tensor | None:
