@@ -336,6 +336,12 @@ def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path
         f"of 4, saved in {run_dir / 'step_000001'}; run the same command again to resume"
     )
     assert (run_dir / "latest").read_text().strip() == "step_000001"
+    # torchrun exits 1 whatever its ranks' status: the run says it stopped unfinished in a file
+    stopped = json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))
+    assert stopped == {"step": 1, "steps": 4, "reason": stopped["reason"], "status": 75}
+    assert stopped["reason"].startswith("at the time limit")
+    assert _pretrain_cli("--config", str(config)).returncode == 0
+    assert not (run_dir / "stopped.json").exists()
 
 
 DISTRIBUTED = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}

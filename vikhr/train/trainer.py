@@ -17,6 +17,8 @@ the mask, so the loss needs no change. `pretrain_vikhr.py` (under torchrun) and 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import signal
@@ -32,6 +34,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from vikhr import atomic
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import RunStopped, VikhrError, require_writable_dir
@@ -243,6 +246,8 @@ def _check_dataset(
 # More passes over a train part than this is a mistake (megatron-core would count the epochs one
 # by one and index every document of each: a silent hang, then memory).
 MAX_PASSES = 100_000
+# In checkpoint.dir while a run is stopped unfinished (a signal, the time limit): why, and its status.
+STOPPED_FILE = "stopped.json"
 
 
 def _run_tokens(cfg: TrainConfig) -> int:
@@ -522,6 +527,8 @@ class Trainer:
                 f"no validation loss for {', '.join(unvalidated)}: the held-out part of data.split "
                 f"{cfg.data.split!r} gets none of its {'chats' if cfg.data.kind == 'sft' else 'documents'}"
             )
+        if self.env.rank == 0:
+            (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # running on: no longer stopped
         valid_losses = self.evaluate() if self.step == 0 else {}
         c = cfg.checkpoint
         try:
@@ -542,8 +549,11 @@ class Trainer:
                     stop = run_stop.agreed(self.env.device)
                     if stop is not None and not last:  # a run that has just finished simply ends
                         self._stop(stop, saved)
-        finally:  # a failed or stopped run's curves and TensorBoard events are written too
-            monitor.close()
+        except BaseException:  # a failed or stopped run's curves and TensorBoard events are written too
+            with contextlib.suppress(Exception):  # ... but its own error is the one reported
+                monitor.close()
+            raise
+        monitor.close()
         return {"step": self.step, "valid": valid_losses}
 
     def _inject_faults(self) -> None:
@@ -558,6 +568,11 @@ class Trainer:
     def _stop(self, stop: Stop, saved: bool) -> None:
         """Save this step (unless it just was) and end the run with RunStopped."""
         path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
+        if self.env.rank == 0:  # torchrun exits 1 whatever its ranks' status: a job script reads this
+            record = {"step": self.step, "steps": self.cfg.train.steps, "reason": stop.reason}
+            atomic.write_text(
+                self.run_dir / STOPPED_FILE, json.dumps({**record, "status": stop.status}) + "\n"
+            )
         raise RunStopped(
             f"stopped {stop.reason} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
             stop.status,
