@@ -60,6 +60,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     instruct = AutoTokenizer.from_pretrained(str(work / "vikhr-instruct-hf"))
     assert instruct.chat_template
     assert instruct.eos_token == "</s>"
+    # The size printed beside the answer is the model's (it was a fixed "1M" whatever --vocab-size)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(work / "vikhr-instruct-hf"))
+    assert summary["sft_answer"]["model_parameters"] == model.num_parameters()
 
 
 @pytest.mark.slow

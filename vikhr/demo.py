@@ -219,6 +219,15 @@ def train_config(
     return load_config(None, overrides, check_files=check_files)
 
 
+def _parameter_count(hf_dir: Path) -> int:
+    """Parameters of an HF checkpoint, from its safetensors headers (a tied head counted once)."""
+    import math
+
+    from vikhr.adapt.safetensors_io import checkpoint_headers
+
+    return sum(math.prod(t.shape) for h in checkpoint_headers(hf_dir) for t in h.tensors.values())
+
+
 def _valid_losses(run_dir: Path, name: str) -> tuple[float, float]:
     """(first, last) validation loss of dataset `name` in a run's metrics."""
     from vikhr.train.monitor import read_metrics
@@ -443,14 +452,17 @@ class Demo:
         print(f"      held-out chats, assistant-token loss: {before:.3f} before SFT -> {after:.3f} after")
         question = "Назови три столицы европейских государств."
         answer = _answer(self.instruct_hf, self.new_tok, self.family.template, question)
+        parameters = _parameter_count(self.instruct_hf)
+        millions = parameters / 1e6
         print(
             f"      asked «{question}», the tuned toy model answers {answer!r}\n"
-            "      (1M parameters and a few CPU minutes of training: the stages work, the answers do not yet)"
+            f"      ({millions:.1f}M parameters and a few CPU minutes of training: the stages work, the "
+            "answers do not yet)"
         )
         self.summary.update(
             {
                 "sft_valid_loss": {"before": before, "after": after},
-                "sft_answer": {"question": question, "answer": answer},
+                "sft_answer": {"question": question, "answer": answer, "model_parameters": parameters},
                 "bits_per_char": bpc,
                 "vocab": {
                     "base": self.base_vocab,
