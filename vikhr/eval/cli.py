@@ -142,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{output} is being written by another vikhr eval ({{holder}}); wait for it to end or give "
                 "another --output"
             )
+            output.parent.mkdir(parents=True, exist_ok=True)  # the lock sits beside the output
             held.enter_context(exclusive(output.with_name(output.name + ".lock"), busy, remove=True))
         results = run_eval(settings)
         print(markdown_table(results), end="")
