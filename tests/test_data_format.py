@@ -234,6 +234,19 @@ def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
     assert (tmp_path / "part1.bin").read_bytes() == before
 
 
+def test_merge_of_mixed_dtypes_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """An int32 input after uint16 ones failed only once the earlier inputs were copied, with no advice."""
+    write_indexed(tmp_path / "small", [[1, 2, 3]], token_dtype(32000))
+    write_indexed(tmp_path / "big", [[70000, 4]], token_dtype(131072))
+    with pytest.raises(
+        VikhrError, match=r"differ in token dtype \(int32: .*big; uint16: .*small\).*one tokenizer"
+    ):
+        merge([tmp_path / "small", tmp_path / "small", tmp_path / "big"], tmp_path / "out" / "m")
+    assert not (tmp_path / "out").exists()
+    # One prefix given as a string is that prefix, not its characters.
+    assert merge(str(tmp_path / "small"), tmp_path / "one").tokens == 3
+
+
 def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:
     docs = [[5, 6, 7], [], [8]]
     prefix = tmp_path / "d"

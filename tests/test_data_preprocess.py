@@ -87,6 +87,27 @@ def test_an_existing_file_with_glob_characters_in_its_name_is_that_file(
     assert s.documents == len(lines)
 
 
+def test_a_glob_skips_the_folders_it_matches(tmp_path: Path, lines: list[str]) -> None:
+    """'corpus/*' over a corpus with a subfolder failed on the folder after the files before it."""
+    corpus = tmp_path / "corpus"
+    (corpus / "zz" / "deeper").mkdir(parents=True)
+    (corpus / "a.jsonl").write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    (corpus / "zz" / "b.jsonl").write_text("\n".join(lines[40:50]) + "\n", encoding="utf-8")
+    assert preprocess([str(corpus / "*")], tmp_path / "one", MISTRAL_TOKENIZER).documents == 40
+    assert preprocess([str(corpus / "**")], tmp_path / "all", MISTRAL_TOKENIZER).documents == 50
+    with pytest.raises(VikhrError, match="matches no file"):
+        preprocess([str(corpus / "z*")], tmp_path / "none", MISTRAL_TOKENIZER)
+
+
+def test_one_input_and_one_key_given_as_strings(tmp_path: Path, lines: list[str]) -> None:
+    """A str was taken as a sequence of one-character paths and keys ("input file a not found")."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")
+    s = preprocess(str(src), tmp_path / "o", MISTRAL_TOKENIZER, json_keys="title")
+    assert s.documents == 30
+    assert Path(f"{tmp_path / 'o'}_title_document.idx").is_file()
+
+
 def test_a_file_named_twice_is_written_twice_with_a_warning(tmp_path: Path, lines: list[str], capsys) -> None:
     """Overlapping globs repeat a file: kept (upsampling may be meant), but said once per file."""
     data = tmp_path / "data"

@@ -285,12 +285,25 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does."""
     from vikhr import _core
 
+    if isinstance(prefixes, (str, os.PathLike)):  # one prefix, not a sequence of its characters
+        prefixes = [prefixes]
     names = [str(p) for p in prefixes]
     if not names:
         raise VikhrError("nothing to merge (give at least one input prefix)")
     for name in names:
         _check_files(name)
-    if all(inspect(name).tokens == 0 for name in names):
+    infos = {name: inspect(name) for name in names}
+    dtypes = {info.dtype for info in infos.values()}
+    if len(dtypes) > 1:  # found now, not after the earlier inputs have been copied
+        by_dtype = "; ".join(
+            f"{dtype}: {', '.join(n for n, i in infos.items() if i.dtype == dtype)}"
+            for dtype in sorted(dtypes)
+        )
+        raise VikhrError(
+            f"the merge inputs differ in token dtype ({by_dtype}); they come from different vocabularies: "
+            "pre-tokenize them all with one tokenizer"
+        )
+    if all(info.tokens == 0 for info in infos.values()):
         raise VikhrError(
             f"every input of the merge holds no token ({', '.join(names)}): the merged dataset would be "
             "empty, which Megatron cannot load"

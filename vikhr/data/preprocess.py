@@ -68,11 +68,14 @@ class IndexSummary(indexed.IndexInfo):
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Files named by paths or glob patterns, in the given order (each glob sorted); an existing
     file whose name holds glob characters is that file."""
+    if isinstance(patterns, (str, os.PathLike)):  # one path, not a sequence of its characters
+        patterns = [patterns]
     files: list[Path] = []
     for pattern in patterns:
         p = str(pattern)
         if glob.has_magic(p) and not Path(p).exists():  # "corpus [1].jsonl" is a file's own name
-            matches = sorted(glob.glob(p, recursive=True))
+            # Folders are skipped: 'corpus/*' or 'corpus/**' means the files in them.
+            matches = sorted(m for m in glob.glob(p, recursive=True) if not os.path.isdir(m))
             if not matches:
                 raise VikhrError(f"--input pattern matches no file: {p}")
             files.extend(Path(m) for m in matches)
@@ -175,6 +178,8 @@ def preprocess(
     from vikhr import _core
 
     files = expand_inputs(inputs)
+    if isinstance(json_keys, str):  # one key, not its characters
+        json_keys = [json_keys]
     # Refused now rather than after the corpus has been tokenized (the Rust writer makes the parents).
     require_output_prefix(output_prefix)
     tok = _load_tokenizer(tokenizer_model, tokenizer_type)
