@@ -324,6 +324,33 @@ def test_vikhr_pretrain_stops_on_sigusr1_with_its_shell_status(
     assert (run_dir / "latest").read_text().strip() == "step_000002"
 
 
+def test_a_signal_in_the_setup_ends_the_run_at_once_with_its_status_and_record(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """Before the first step a stop signal had its default action: no line, no stopped.json, so a
+    job script took a preempted setup (minutes for a 7B model) for a crash. Fresh and resumed."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 4})
+    usr1 = ("checkpoint.save_on_signals=[SIGUSR1]", "debug.signal_at_step=0")
+    proc = _pretrain_cli("--config", str(config), *usr1)
+    assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vikhr pretrain: stopped on SIGUSR1 before step 1 of 4, in its setup (nothing new to save); "
+        "run the same command again to resume"
+    )
+    stopped = json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))
+    assert stopped == {"step": 0, "steps": 4, "reason": "on SIGUSR1", "status": 128 + signal.SIGUSR1}
+    assert not list(run_dir.glob("step_*"))
+    assert _pretrain_cli("--config", str(config), "train.steps=2").returncode == 0
+    proc = _pretrain_cli(
+        "--config", str(config), "checkpoint.save_on_signals=[SIGTERM]", "debug.signal_at_step=2"
+    )
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert "stopped on SIGTERM before step 3 of 4, in its setup" in proc.stderr.strip().splitlines()[-1]
+    assert json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))["step"] == 2
+    assert (run_dir / "latest").read_text().strip() == "step_000002"
+
+
 def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path: Path) -> None:
     """checkpoint.stop_after_minutes (--exit-duration-in-mins) counts from the start, setup included:
     a limit the setup alone exceeds stops the run after its first step, saved, with status 75."""

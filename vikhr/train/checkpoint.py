@@ -50,6 +50,14 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def step_of(step_dir: Path) -> int:
+    """The step of a `step_dir_name` directory."""
+    match = _STEP_DIR.fullmatch(step_dir.name)
+    if match is None:
+        raise VikhrError(f"{step_dir} is not a step directory (step_NNNNNN)")
+    return int(match.group(1))
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

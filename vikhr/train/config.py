@@ -194,6 +194,7 @@ class DebugSection(_Section):
 
     kill_at_step: int | None = None  # SIGKILL every rank right after this step
     # the last rank alone sends itself the first of checkpoint.save_on_signals right after this step
+    # (at the step the run starts from: in its setup, before the step-0 evaluation)
     signal_at_step: int | None = None
     nonfinite_at_steps: list[int] = Field(default_factory=list)  # make these steps' loss NaN
 

@@ -6,7 +6,8 @@ its ranks and kills them 30 s later. A rank that gets one of `checkpoint.save_on
 notes it. Where no signal comes before the end, `checkpoint.stop_after_minutes` (Megatron-LM's
 `--exit-duration-in-mins`) stops the run itself. After each step the ranks agree (one all-reduce
 of two integers), so all of them save the same step and stop together, whichever of them was
-signalled or ran out of time first.
+signalled or ran out of time first. Before the first step (setup, the step-0 evaluation) there is
+nothing new to save: such a signal ends the run at once, with the same status.
 """
 
 from __future__ import annotations
@@ -29,17 +30,33 @@ class Stop(NamedTuple):
     status: int  # the process's exit status: 128 + the signal's number, or TIME_LIMIT_STATUS
 
 
+class SignalledInSetup(BaseException):
+    """A stop signal before the first step: there is nothing new to save, so the run ends at once
+    (a setup can take minutes, longer than a cluster's grace time). A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class RunStop:
-    """While entered, the given signals are recorded instead of ending the process."""
+    """While entered, the given signals are recorded instead of ending the process; while
+    `in_setup`, the first one raises SignalledInSetup where the run is."""
 
     def __init__(
-        self, signals: list[str], minutes: float | None = None, started: float | None = None
+        self,
+        signals: list[str],
+        minutes: float | None = None,
+        started: float | None = None,
+        in_setup: bool = False,
     ) -> None:
         """`minutes`: the time limit, counted from `started` (time.monotonic(); default: now)."""
         self.signals = [signal.Signals[name] for name in signals]
         self.minutes = minutes
         self.started = time.monotonic() if started is None else started
         self.received = 0  # the first signal's number; 0: none yet
+        self.in_setup = in_setup
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> RunStop:
@@ -58,6 +75,9 @@ class RunStop:
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.received = self.received or signum
+        if self.in_setup:
+            self.in_setup = False  # raised once; a second signal while unwinding is only noted
+            raise SignalledInSetup(signum)
 
     def agreed(self, device: torch.device) -> Stop | None:
         """Whether to stop now and why, the same on every rank (collective); None to go on."""

@@ -65,7 +65,7 @@ from vikhr.train.data import (
 from vikhr.train.index_cache import check_index_cache
 from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
 from vikhr.train.run_lock import run_lock
-from vikhr.train.stop import RunStop, Stop
+from vikhr.train.stop import RunStop, SignalledInSetup, Stop
 
 # --------------------------------------------------------------------------- the loss, pluggable
 
@@ -310,11 +310,42 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
         checkpoint.find_weights(cfg.model.init, "model.init")
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         checkpoint.find_weights(cfg.kl.reference, "kl.reference")
-    with run_lock(cfg.checkpoint.dir):  # before the checkpoint to resume is chosen
-        return _locked_run(cfg, loss_fn, started)
+    c = cfg.checkpoint
+    with RunStop(c.save_on_signals, c.stop_after_minutes, started, in_setup=True) as run_stop:
+        try:
+            with run_lock(c.dir):  # before the checkpoint to resume is chosen
+                return _locked_run(cfg, loss_fn, started, run_stop)
+        except SignalledInSetup as e:
+            raise _stopped_in_setup(cfg, e.signum) from None
 
 
-def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None, started: float) -> dict[str, Any]:
+def _stopped_in_setup(cfg: TrainConfig, signum: int) -> RunStopped:
+    """A signal before the first step: said as a stop after one (status, `stopped.json`), with the
+    step a resume starts from."""
+    c, step = cfg.checkpoint, 0
+    if c.resume != "never":
+        with contextlib.suppress(VikhrError, OSError):  # the run's own error, if any, comes at its next start
+            found = checkpoint.find_resumable(c.dir if c.resume == "auto" else c.resume)[0]
+            step = checkpoint.step_of(found) if found is not None else 0
+    stop = Stop(f"on {signal.Signals(signum).name}", 128 + signum)
+    # By every rank signalled (one file, written whole): rank 0 may not have been.
+    write_stopped_record(Path(c.dir), step, cfg.train.steps, stop)
+    return RunStopped(
+        f"stopped {stop.reason} before step {step + 1} of {cfg.train.steps}, in its setup "
+        "(nothing new to save)",
+        stop.status,
+    )
+
+
+def write_stopped_record(run_dir: Path, step: int, steps: int, stop: Stop) -> None:
+    """`run_dir/stopped.json`: torchrun exits 1 whatever its ranks' status, so a job script reads this."""
+    record = {"step": step, "steps": steps, "reason": stop.reason, "status": stop.status}
+    atomic.write_text(run_dir / STOPPED_FILE, json.dumps(record) + "\n")
+
+
+def _locked_run(
+    cfg: TrainConfig, loss_fn: LossFn | None, started: float, run_stop: RunStop
+) -> dict[str, Any]:
     resume_from = None
     if cfg.checkpoint.resume != "never":
         where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
@@ -329,7 +360,7 @@ def _locked_run(cfg: TrainConfig, loss_fn: LossFn | None, started: float) -> dic
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        return Trainer(cfg, env, loss_fn, resume_from, started).train()
+        return Trainer(cfg, env, loss_fn, resume_from, started).train(run_stop)
 
 
 class Trainer:
@@ -517,8 +548,9 @@ class Trainer:
             )
         self.monitor.info(f"resumed from {step_dir} at step {step}")
 
-    def train(self) -> dict[str, Any]:
-        """Optimizer steps up to train.steps; evaluation and checkpoints at their intervals."""
+    def train(self, run_stop: RunStop) -> dict[str, Any]:
+        """Optimizer steps up to train.steps; evaluation and checkpoints at their intervals.
+        `run_stop` (entered) notes stop signals from the first step on."""
         cfg, monitor = self.cfg, self.monitor
         monitor.info(self.describe())
         unvalidated = [e.name for e in cfg.data.train if e.name not in self.data.valid]
@@ -529,26 +561,26 @@ class Trainer:
             )
         if self.env.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # running on: no longer stopped
-        valid_losses = self.evaluate() if self.step == 0 else {}
-        c = cfg.checkpoint
         try:
-            with RunStop(c.save_on_signals, c.stop_after_minutes, self.started) as run_stop:
-                while self.step < cfg.train.steps:
-                    metrics = self.train_step()
-                    last = self.step == cfg.train.steps
-                    monitor.record(self.step, "train", metrics)
-                    if self.step % cfg.logging.log_every == 0 or last:
-                        monitor.progress(self.step, cfg.train.steps, metrics)
-                    self._abort_on_nonfinite()  # once the step that ends the run is logged
-                    if self.step % cfg.logging.eval_every == 0 or last:
-                        valid_losses = self.evaluate()
-                    saved = self.step % cfg.checkpoint.save_every == 0 or last
-                    if saved:
-                        self.save()
-                    self._inject_faults()
-                    stop = run_stop.agreed(self.env.device)
-                    if stop is not None and not last:  # a run that has just finished simply ends
-                        self._stop(stop, saved)
+            self._inject_faults()  # at the step the run starts from: a fault in its setup
+            valid_losses = self.evaluate() if self.step == 0 else {}
+            run_stop.in_setup = False  # from here a step's work would be lost: a signal saves it instead
+            while self.step < cfg.train.steps:
+                metrics = self.train_step()
+                last = self.step == cfg.train.steps
+                monitor.record(self.step, "train", metrics)
+                if self.step % cfg.logging.log_every == 0 or last:
+                    monitor.progress(self.step, cfg.train.steps, metrics)
+                self._abort_on_nonfinite()  # once the step that ends the run is logged
+                if self.step % cfg.logging.eval_every == 0 or last:
+                    valid_losses = self.evaluate()
+                saved = self.step % cfg.checkpoint.save_every == 0 or last
+                if saved:
+                    self.save()
+                self._inject_faults()
+                stop = run_stop.agreed(self.env.device)
+                if stop is not None and not last:  # a run that has just finished simply ends
+                    self._stop(stop, saved)
         except BaseException:  # a failed or stopped run's curves and TensorBoard events are written too
             with contextlib.suppress(Exception):  # ... but its own error is the one reported
                 monitor.close()
@@ -568,11 +600,8 @@ class Trainer:
     def _stop(self, stop: Stop, saved: bool) -> None:
         """Save this step (unless it just was) and end the run with RunStopped."""
         path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
-        if self.env.rank == 0:  # torchrun exits 1 whatever its ranks' status: a job script reads this
-            record = {"step": self.step, "steps": self.cfg.train.steps, "reason": stop.reason}
-            atomic.write_text(
-                self.run_dir / STOPPED_FILE, json.dumps({**record, "status": stop.status}) + "\n"
-            )
+        if self.env.rank == 0:
+            write_stopped_record(self.run_dir, self.step, self.cfg.train.steps, stop)
         raise RunStopped(
             f"stopped {stop.reason} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
             stop.status,
