@@ -987,6 +987,7 @@ _BAD_INPUTS = [
     ("pretrain --config {dir}/nope.yaml", "config file not found", None),
     ("pretrain --config {dir}/bad.yaml", "is not valid YAML", None),
     ("pretrain --config {dir}/folder", "folder is a directory (give the YAML file)", None),
+    ("pretrain --config /dev/null", "config file /dev/null is not a regular file", None),  # "not found"
     (  # PyYAML keeps the last of two `train:` sections: the first's settings would be lost
         "pretrain --config {dir}/twice.yaml",
         "twice.yaml is not valid YAML: duplicate key 'train' (first at line 1) at line 3, column 1",

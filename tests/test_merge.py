@@ -338,6 +338,9 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
         [str(a), str(tmp_path / "nope"), "--out", str(out), "--t", "0.5"], capsys
     )
     assert "outside [0, 1]" in _one_line_error([*args, "--t", "0,1.2"], capsys)
+    # One model twice (a mistyped path) gave a copy of it at any t.
+    err = _one_line_error([str(a), str(a / "."), "--out", str(out), "--t", "0.5"], capsys)
+    assert f"model A and model B are the same directory ({a})" in err
     assert "FILTER=T" in _one_line_error([*args, "--t", "0.5", "--t-for", "mlp"], capsys)
     # A filter no tensor name contains (a typo) would merge silently with the default t.
     err = _one_line_error([*args, "--t", "0.5", "--t-for", "self-attn=0.3"], capsys)

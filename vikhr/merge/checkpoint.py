@@ -72,6 +72,8 @@ def _check_paths(
     model_a: str | Path, model_b: str | Path, out: str | Path, overwrite: bool
 ) -> tuple[Path, Path, Path]:
     a, b = require_dir(model_a, "model A directory"), require_dir(model_b, "model B directory")
+    if a.resolve() == b.resolve():  # a copy at any t: surely a mistyped path
+        raise VikhrError(f"model A and model B are the same directory ({a}); give the two models to merge")
     if Path(out).resolve() in (a.resolve(), b.resolve()):
         raise VikhrError("--out must differ from both models (they are read while the output is written)")
     return a, b, require_output_dir(out, overwrite, inputs=[a, b])
