@@ -19,6 +19,8 @@ from vikhr.tokenizer import load
 from vikhr.tokenizer.compare import TABLE1_SENTENCE, compare
 from vikhr.tokenizer.corpus import (
     MAX_LINE_BYTES,
+    CorpusHashes,
+    corpus_hashes,
     corpus_sha256,
     first_lines,
     is_heldout,
@@ -451,6 +453,72 @@ def test_compare_holds_out_only_what_the_tokenizers_training_left_out(
         VikhrError, match=r"tokenizer t was trained on every document of .*--heldout-percent 0"
     ):
         measured(0.0)
+
+
+def test_compare_knows_a_training_corpus_by_its_content_in_any_compression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained on a .gz, its decompressed copy is the corpus it trained on; trained on the plain file,
+    so are a .gz and a .zst of it (other bytes as stored): "trained on it" yes, measured on the 2 %
+    its training left out, held out under --split auto. Each file's hashes are read once."""
+    import zstandard
+
+    from vikhr.tokenizer import compare as compare_module
+
+    plain = tmp_path / "ru.jsonl"
+    plain.write_bytes(gzip.decompress(RU_SAMPLE.read_bytes()))
+    regz = tmp_path / "ru-again.jsonl.gz"
+    regz.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1, mtime=0))
+    zst = tmp_path / "ru.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    assert len({corpus_sha256(p) for p in (RU_SAMPLE, plain, regz, zst)}) == 4
+    heldout_chars = sum(map(len, iter_lines(RU_SAMPLE, split="heldout", heldout_percent=2.0)))
+    reads: list[str | Path] = []
+
+    def counted(path: str | Path) -> CorpusHashes:
+        reads.append(path)
+        return corpus_hashes(path)
+
+    monkeypatch.setattr(compare_module, "corpus_hashes", counted)
+    for trained_on, copies in ((RU_SAMPLE, [plain]), (plain, [regz, zst, RU_SAMPLE])):
+        tok = tmp_path / f"tok-{trained_on.name}"
+        argv = ["tokenizer", "train", "--corpus", f"{trained_on}@100k", "--vocab-size", "600"]
+        assert cli_main([*argv, "--heldout-percent", "2", "--out", str(tok)]) == 0
+        manifest = json.loads((tok / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["corpora"][0]["content_sha256"] == corpus_hashes(plain).content
+        capsys.readouterr()
+        compare_module._hashes_of_state.cache_clear()
+        reads.clear()
+        texts = [f"{c.name}={c}" for c in copies]
+        results = compare([f"t={tok}", f"mistral={MISTRAL_TOKENIZER}"], texts, tmp_path / "rep", split="auto")
+        assert len(reads) == len(copies)
+        for r in results:
+            assert r.split == "heldout" and r.chars == heldout_chars
+            assert r.seen == ("yes" if r.tokenizer == "t" else "—")
+        err = capsys.readouterr().err
+        for c in copies:
+            assert f"note: {c}: held-out documents are the 2 % tokenizer t left out" in err
+
+
+def test_compare_knows_the_corpora_of_a_manifest_without_content_hashes_as_stored(tmp_path: Path) -> None:
+    """A tokenizer trained before manifests recorded content hashes keeps its corpus: the file whose
+    bytes as stored its manifest names (a decompressed copy it cannot tell from another file)."""
+    import shutil
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, tok / "tokenizer.model")
+    (tok / "manifest.json").write_text(
+        json.dumps({"corpora": [{"path": "ru.jsonl.gz", "sha256": corpus_sha256(RU_SAMPLE)}]}),
+        encoding="utf-8",
+    )
+    plain = tmp_path / "ru.jsonl"
+    plain.write_bytes(gzip.decompress(RU_SAMPLE.read_bytes()))
+    results = compare([f"t={tok}"], [f"gz={RU_SAMPLE}", f"plain={plain}"], tmp_path / "rep", split="auto")
+    assert [(r.text_set, r.seen, r.split) for r in results] == [
+        ("gz", "yes", "heldout"),
+        ("plain", "no", "all"),
+    ]
 
 
 def test_a_failed_compare_chart_leaves_the_earlier_report_whole(

@@ -174,6 +174,25 @@ def open_text(path: str | os.PathLike[str]) -> TextIO:
     return _TextReader(_open_binary(p), p)
 
 
+def iter_decompressed(path: str | os.PathLike[str], block_size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of `path`, decompressed by its suffix, block by block (damaged data: a VikhrError)."""
+    p = Path(path)
+    with _open_binary(p) as f:
+        while True:
+            try:
+                block = f.read(block_size)
+            except _DAMAGED as e:
+                raise _damaged(str(p), p, e) from e
+            if not block:
+                return
+            yield block
+
+
+def is_compressed(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is read decompressed (its suffix is .gz, .zst or .zstd, in any case)."""
+    return bool(_compression(Path(path)))
+
+
 def _lines(path: Path, complete_only: bool = False) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) of `path`, each line decoded on its own to name the bad one
     (`complete_only`: without a last line that lacks its newline)."""

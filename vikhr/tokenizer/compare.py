@@ -5,8 +5,9 @@ chars/token, tokens/word (words = whitespace-separated), and the share of word o
 tokenizer splits into three or more pieces (each word encoded on its own, as after a space).
 Works for SentencePiece `.model`s and any `tokenizer.json`; byte-level pieces are shown as text.
 
-Each figure says whether the text set's file was among the tokenizer's training corpora (by sha256,
-from the `manifest.json` that `vikhr tokenizer train` writes beside it): "yes" figures are on held-out
+Each figure says whether the text set's file was among the tokenizer's training corpora (by the sha256
+of its content, so a renamed, decompressed or compressed copy counts, as the `manifest.json` that
+`vikhr tokenizer train` writes beside it records them): "yes" figures are on held-out
 documents of a corpus the tokenizer learned from, "no" figures on a file it did not train on (a
 corpus — a domain — it never saw, or documents set apart in a file of their own, as the demo's
 held-out files), "—" when the tokenizer has no manifest (e.g. Mistral's own). `split="auto"`
@@ -29,7 +30,7 @@ from typing import Literal
 
 from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError, require_writable_dir, split_label
-from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_sha256, iter_lines
+from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
 TABLE1_SENTENCE = "Машинное обучение изменяет мир"
@@ -39,7 +40,7 @@ TABLE1_SENTENCE = "Машинное обучение изменяет мир"
 class NamedTokenizer:
     name: str  # the label in the report
     tokenizer: Tokenizer
-    # sha256 of every corpus it was trained on (its manifest.json); None without a manifest
+    # the hashes of every corpus it was trained on (its manifest.json); None without a manifest
     training_corpora: frozenset[str] | None = None
     heldout_percent: float | None = None  # the share of documents its training left out (manifest)
 
@@ -52,9 +53,9 @@ def _manifest_path(tok_path: Path) -> Path:
 
 
 def training_corpora(tok_path: Path) -> tuple[frozenset[str] | None, float | None]:
-    """(sha256 of the corpora a tokenizer was trained on, the percentage of their documents training
-    left out), from its manifest; (None, None) when it has none or the manifest lists no corpora (an
-    imported tokenizer: `import-tekken`)."""
+    """(the hashes of the corpora a tokenizer was trained on, the percentage of their documents
+    training left out), from its manifest; (None, None) when it has none or the manifest lists no
+    corpora (an imported tokenizer: `import-tekken`)."""
     path = _manifest_path(tok_path)
     if not path.is_file():
         return None, None
@@ -68,7 +69,11 @@ def training_corpora(tok_path: Path) -> tuple[frozenset[str] | None, float | Non
         return None, None
     if isinstance(percent, bool) or not isinstance(percent, (int, float)):
         percent = None  # an older manifest: the default was used
-    return frozenset(str(c.get("sha256")) for c in corpora if isinstance(c, dict)), percent
+    # A corpus's content hash, and its file's as stored: a manifest written before content hashes
+    # has only that one (such a tokenizer knows its corpora as stored, not their copies).
+    keys = ("content_sha256", "sha256")
+    hashes = frozenset(str(c[k]) for c in corpora if isinstance(c, dict) for k in keys if k in c)
+    return hashes, percent
 
 
 def named_tokenizer(spec: str) -> NamedTokenizer:
@@ -86,7 +91,7 @@ class TextSet:
     path: str
     lines: list[str]
     split: Split = "heldout"
-    sha256: str = ""
+    hashes: frozenset[str] = frozenset()  # _file_hashes
 
 
 def text_set_name(spec: str) -> str:
@@ -99,17 +104,23 @@ def text_set_name(spec: str) -> str:
     )
 
 
-def _file_sha256(path: str | Path) -> str:
-    """corpus_sha256 of a text set, read once per state of the file: choosing its split, its held-out
-    share and recording it each ask (a corpus may be GBs)."""
+def _file_hashes(path: str | Path) -> frozenset[str]:
+    """The content and stored sha256 of a text set (corpus_hashes), read once per state of the file:
+    choosing its split, its held-out share and recording it each ask (a corpus may be GBs)."""
     st = os.stat(path)
-    return _sha256_of_state(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _hashes_of_state(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_of_state(path: str, size: int, mtime_ns: int) -> str:
+def _hashes_of_state(path: str, size: int, mtime_ns: int) -> frozenset[str]:
     del size, mtime_ns  # the cache key: a file written again is read again
-    return corpus_sha256(path)
+    hashes = corpus_hashes(path)
+    return frozenset((hashes.content, hashes.stored))
+
+
+def _trained_on(named: NamedTokenizer, hashes: frozenset[str]) -> bool:
+    """Whether `named` was trained on the text set of these hashes (by its content, or as stored)."""
+    return not hashes.isdisjoint(named.training_corpora or ())
 
 
 def load_text_set(
@@ -120,7 +131,7 @@ def load_text_set(
     if not lines:
         hint = "the file has no text under the key" if split == "all" else "try --split all"
         raise VikhrError(f"text set {path} has no lines in split '{split}' ({hint})")
-    return TextSet(name, path, lines, split, _file_sha256(path))
+    return TextSet(name, path, lines, split, _file_hashes(path))
 
 
 def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) -> float:
@@ -129,11 +140,11 @@ def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) ->
     path = split_label(spec)[1]
     if not any(t.training_corpora for t in toks) or not Path(path).is_file():
         return asked  # nothing to compare with (a missing file is named when the set is read)
-    sha = _file_sha256(path)
+    hashes = _file_hashes(path)
     left_out = [
         (t.heldout_percent if t.heldout_percent is not None else DEFAULT_HELDOUT_PERCENT, t.name)
         for t in toks
-        if t.training_corpora and sha in t.training_corpora
+        if _trained_on(t, hashes)
     ]
     percent, name = min(left_out, default=(asked, None))
     if name is None or percent >= asked:
@@ -197,7 +208,7 @@ def measure(named: NamedTokenizer, texts: TextSet, batch: int = 512) -> Efficien
         for word, ids in zip(chunk, tok.encode_batch([prefix + w for w in chunk]), strict=True):
             if len(ids) >= 3:
                 words_3plus += word_counts[word]
-    seen = None if named.training_corpora is None else texts.sha256 in named.training_corpora
+    seen = None if named.training_corpora is None else _trained_on(named, texts.hashes)
     return Efficiency(
         named.name, texts.name, chars, sum(word_counts.values()), tokens, words_3plus, seen, texts.split
     )
@@ -317,12 +328,12 @@ def compare(
     toks = [named_tokenizer(s) for s in tokenizer_specs]
     if len({t.name for t in toks}) != len(toks):
         raise VikhrError("two tokenizers have the same name; label them as NAME=PATH")
-    trained = frozenset().union(*(t.training_corpora or frozenset() for t in toks))
 
     def split_of(spec: str) -> Split:
         if split != "auto":
             return split
-        return "heldout" if _file_sha256(split_label(spec)[1]) in trained else "all"
+        hashes = _file_hashes(split_label(spec)[1])
+        return "heldout" if any(_trained_on(t, hashes) for t in toks) else "all"
 
     if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from vikhr.errors import VikhrError, require_file
-from vikhr.jsonl import read_jsonl
+from vikhr.jsonl import is_compressed, iter_decompressed, read_jsonl
 from vikhr.tokenizer.byte_level import CYRILLIC
 
 Split = Literal["train", "heldout", "all"]
@@ -173,6 +173,46 @@ def corpus_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CorpusHashes:
+    """sha256 of a corpus file as stored and of its content (its decompressed bytes, the same for a
+    plain file): the content's is equal for every copy, renamed, decompressed or compressed again."""
+
+    stored: str
+    content: str
+
+
+def corpus_hashes(path: str | Path) -> CorpusHashes:
+    """The stored and content sha256 of a corpus file (see CorpusHashes)."""
+    stored = corpus_sha256(path)
+    if not is_compressed(path):
+        return CorpusHashes(stored, stored)
+    h = hashlib.sha256()
+    for block in iter_decompressed(path):
+        h.update(block)
+    return CorpusHashes(stored, h.hexdigest())
+
+
+def manifest_corpora(
+    paths: list[Path], budgets: list[int | None], sample_stats: dict[str, dict[str, int | float]]
+) -> list[dict[str, object]]:
+    """The "corpora" of a tokenizer's manifest: each file with both its hashes (`tokenizer compare`
+    knows a copy of it by the content's), its character budget and its sample's statistics."""
+    entries: list[dict[str, object]] = []
+    for path, budget in zip(paths, budgets, strict=True):
+        hashes = corpus_hashes(path)
+        entries.append(
+            {
+                "path": str(path),
+                "sha256": hashes.stored,
+                "content_sha256": hashes.content,
+                "max_chars": budget,
+                **sample_stats[str(path)],
+            }
+        )
+    return entries
 
 
 def parse_budget(text: str) -> int:

@@ -34,6 +34,7 @@ from vikhr.tokenizer.corpus import (
     DEFAULT_HELDOUT_PERCENT,
     corpus_sha256,
     first_lines,
+    manifest_corpora,
     split_corpus_spec,
     write_training_sample,
 )
@@ -531,10 +532,7 @@ def train_tokenizer(
             "base_model": (
                 {"path": str(s.base_model), "sha256": corpus_sha256(s.base_model)} if s.base_model else None
             ),
-            "corpora": [
-                {"path": str(p), "sha256": corpus_sha256(p), "max_chars": b, **sample_stats[str(p)]}
-                for p, b in zip(paths, budgets, strict=True)
-            ],
+            "corpora": manifest_corpora(paths, budgets, sample_stats),
             "settings": asdict(s),
             "extend": extend_stats,
             "prune": prune_stats,

@@ -55,6 +55,7 @@ from vikhr.tokenizer.corpus import (
     corpus_sha256,
     first_lines,
     iter_lines,
+    manifest_corpora,
     read_break_lines,
     write_training_sample,
 )
@@ -541,10 +542,7 @@ def train_byte_level(
                 "sha256": corpus_sha256(base.path),
                 "vocab_size": base.size,
             },
-            "corpora": [
-                {"path": str(p), "sha256": corpus_sha256(p), "max_chars": b, **sample_stats[str(p)]}
-                for p, b in zip(paths, budgets, strict=True)
-            ],
+            "corpora": manifest_corpora(paths, budgets, sample_stats),
             "settings": asdict(s),
             "extend": extend_stats,
             "checks": checks,
