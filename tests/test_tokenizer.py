@@ -555,6 +555,7 @@ def test_cli_train_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["corpora"][0]["max_chars"] == 100_000
     assert manifest["settings"]["split_by_script"] and manifest["settings"]["split_by_whitespace"]
+    assert (manifest["settings"]["character_coverage"], manifest["settings"]["num_threads"]) == (0.9999, 2)
     spanning = tmp_path / "tok-spanning"
     argv_spanning = [*argv[:-1], str(spanning), "--no-split-by-script", "--no-split-by-whitespace"]
     assert cli_main(argv_spanning) == 0

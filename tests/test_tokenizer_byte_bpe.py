@@ -455,6 +455,9 @@ def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: 
             ["--no-split-by-script", "--no-split-by-whitespace", "--threads", "7"],
             "--no-split-by-script, --no-split-by-whitespace, --threads: SentencePiece's settings",
         ),
+        # Given at their defaults they were taken silently (and recorded).
+        (["--threads", "2"], "--threads: SentencePiece's settings"),
+        (["--character-coverage", "0.9999"], "--character-coverage: SentencePiece's settings"),
     ],
 )
 def test_byte_level_errors_are_one_line(
@@ -468,6 +471,19 @@ def test_byte_level_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_byte_level_manifest_records_the_settings_it_used(bases: dict[str, Path], tmp_path: Path) -> None:
+    """The manifest recorded SentencePiece's thread count, coverage and script split, none of which a
+    byte-level BPE has, and, under --new-tokens, the default --vocab-size 40000 it did not use."""
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(bases["llama3"])]
+    assert cli_main([*argv, "--new-tokens", "100", "--corpus", f"{RU_SAMPLE}@100k", "--out", str(out)]) == 0
+    settings = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["settings"]
+    sentencepiece = {"character_coverage", "max_piece_length", "split_by_script", "split_by_whitespace"}
+    sentencepiece |= {"num_threads", "extra_sentencepiece_args", "keep_base_pieces"}
+    assert sentencepiece.isdisjoint(settings), settings
+    assert (settings["vocab_size"], settings["new_tokens"], settings["min_frequency"]) == (1202 + 100, 100, 2)
 
 
 def test_extend_without_a_size_names_the_default_it_used(

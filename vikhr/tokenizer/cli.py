@@ -80,19 +80,21 @@ def _register_train(tsub: Any) -> None:
     tr.add_argument(
         "--character-coverage",
         type=float,
-        default=0.9999,
-        help="SentencePiece: share of characters that get their own piece (the rest: byte fallback)",
+        help="SentencePiece: share of characters that get their own piece, the rest byte fallback "
+        "(default 0.9999)",
     )
     tr.add_argument(
         "--no-split-by-script",
         dest="split_by_script",
         action="store_false",
+        default=None,
         help="let pieces join letters and punctuation (SentencePiece split_by_unicode_script=false)",
     )
     tr.add_argument(
         "--no-split-by-whitespace",
         dest="split_by_whitespace",
         action="store_false",
+        default=None,
         help="let pieces span words ('▁не▁был'; SentencePiece split_by_whitespace=false)",
     )
     tr.add_argument(
@@ -100,7 +102,7 @@ def _register_train(tsub: Any) -> None:
         type=int,
         help="byte-level BPE: fewest occurrences of a pair to merge (default 2)",
     )
-    tr.add_argument("--threads", type=int, default=2, help="training threads")
+    tr.add_argument("--threads", type=int, help="SentencePiece: training threads (default 2)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     tr.set_defaults(func=_train)
 

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,9 +55,16 @@ MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
 
 
+def _sentencepiece_only(flag: str, default: Any) -> dict[str, Any]:
+    """The field metadata of a SentencePiece-only setting, None (not given) until SentencePiece training
+    takes `default`. A byte-level BPE has no such setting: given for one it is refused, named by `flag`,
+    and its manifest leaves it out."""
+    return {"sentencepiece_flag": flag, "sentencepiece_default": default}
+
+
 @dataclass
 class TrainSettings:
-    """Everything that determines the trained tokenizer (recorded in the manifest)."""
+    """Everything that determines the trained tokenizer (recorded in the manifest, as used)."""
 
     mode: Mode = "replace"
     vocab_size: int = 40000
@@ -66,17 +73,25 @@ class TrainSettings:
     max_chars_per_file: int | None = 20_000_000
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT
     pad_to_multiple: int = 128  # at most MAX_PAD_MULTIPLE
-    character_coverage: float = 0.9999
-    max_piece_length: int = 16
+    character_coverage: float | None = field(
+        default=None, metadata=_sentencepiece_only("--character-coverage", 0.9999)
+    )
+    max_piece_length: int | None = field(default=None, metadata=_sentencepiece_only("max_piece_length", 16))
     # False lets pieces join letters and punctuation ("мир."): better compression than Mistral's setting.
-    split_by_script: bool = True
+    split_by_script: bool | None = field(
+        default=None, metadata=_sentencepiece_only("--no-split-by-script", True)
+    )
     # False lets pieces span words (",▁что▁он", "▁не▁был"); SentencePiece and tokenizer.json still
     # encode identically (neither splits at spaces when encoding). Mistral's own pieces never span
     # words, so this is off by default; in extend mode it buys ~3.4 % fewer Russian tokens at 40k.
-    split_by_whitespace: bool = True
-    num_threads: int = 2
+    split_by_whitespace: bool | None = field(
+        default=None, metadata=_sentencepiece_only("--no-split-by-whitespace", True)
+    )
+    num_threads: int | None = field(default=None, metadata=_sentencepiece_only("--threads", 2))
     verify_lines_per_file: int = 2000
-    extra_sentencepiece_args: dict[str, Any] = field(default_factory=dict)
+    extra_sentencepiece_args: dict[str, Any] | None = field(
+        default=None, metadata=_sentencepiece_only("extra_sentencepiece_args", None)
+    )
     # extend mode: how many tokens to add (instead of giving the total as vocab_size).
     new_tokens: int | None = None
     # Byte-level BPE (a tokenizer.json base) only: the fewest occurrences of a pair that BpeTrainer
@@ -84,7 +99,9 @@ class TrainSettings:
     min_frequency: int | None = None
     # prune-extend: how many of the base's normal pieces to keep (dependencies included); None keeps
     # DEFAULT_KEEP_SHARE of them.
-    keep_base_pieces: int | None = None
+    keep_base_pieces: int | None = field(
+        default=None, metadata=_sentencepiece_only("--keep-base-pieces", None)
+    )
 
 
 # prune-extend default share of the base's normal pieces kept (Mistral: 22,854 of 31,741): with 8M
@@ -134,7 +151,7 @@ def _sentencepiece_bpe(text_file: Path, model_prefix: Path, vocab_size: int, s: 
         "num_threads": s.num_threads,
         "hard_vocab_limit": True,
         "minloglevel": 2,
-        **s.extra_sentencepiece_args,
+        **(s.extra_sentencepiece_args or {}),
     }
     try:
         spm.SentencePieceTrainer.train(**args)
@@ -394,9 +411,9 @@ def _check_numbers(s: TrainSettings) -> None:
         raise VikhrError(
             f"--pad-to-multiple must be from 1 (no padding) to {MAX_PAD_MULTIPLE}, got {s.pad_to_multiple}"
         )
-    if not 0 < s.character_coverage <= 1:  # also false for NaN
+    if s.character_coverage is not None and not 0 < s.character_coverage <= 1:  # also false for NaN
         raise VikhrError(f"--character-coverage must be in (0, 1], got {s.character_coverage}")
-    if s.num_threads < 1:
+    if s.num_threads is not None and s.num_threads < 1:
         raise VikhrError(f"--threads must be >= 1, got {s.num_threads}")
     if s.min_frequency is not None and not 0 <= s.min_frequency < 2**32:
         raise VikhrError(f"--min-frequency must be from 0 to 2^32-1, got {s.min_frequency}")
@@ -455,26 +472,24 @@ def _train_model(
 
 
 def _refuse_sentencepiece_settings(s: TrainSettings) -> None:
-    """VikhrError naming the SentencePiece trainer's settings given for a byte-level BPE (they would be
-    recorded in the manifest as if applied)."""
-    default = TrainSettings()
+    """VikhrError naming the SentencePiece trainer's settings given (whatever their values) for a
+    byte-level BPE: they would change nothing."""
     given = [
-        flag
-        for flag, value, unset in (
-            ("--character-coverage", s.character_coverage, default.character_coverage),
-            ("--no-split-by-script", s.split_by_script, default.split_by_script),
-            ("--no-split-by-whitespace", s.split_by_whitespace, default.split_by_whitespace),
-            ("--threads", s.num_threads, default.num_threads),
-            ("max_piece_length", s.max_piece_length, default.max_piece_length),
-            ("extra_sentencepiece_args", s.extra_sentencepiece_args, default.extra_sentencepiece_args),
-        )
-        if value != unset
+        f.metadata["sentencepiece_flag"]
+        for f in fields(s)
+        if "sentencepiece_flag" in f.metadata and getattr(s, f.name) is not None
     ]
     if given:
         raise VikhrError(
             f"{', '.join(given)}: SentencePiece's settings; a byte-level BPE (a tokenizer.json --base-model) "
             "has no such setting (leave them out; --min-frequency is its own)"
         )
+
+
+def _with_sentencepiece_defaults(s: TrainSettings) -> TrainSettings:
+    """`s` with SentencePiece's defaults for its settings not given (the manifest records those used)."""
+    unset = [f for f in fields(s) if "sentencepiece_flag" in f.metadata and getattr(s, f.name) is None]
+    return replace(s, **{f.name: f.metadata["sentencepiece_default"] for f in unset})
 
 
 def train_tokenizer(
@@ -505,6 +520,7 @@ def train_tokenizer(
             "--min-frequency is for byte-level BPE (a tokenizer.json --base-model); SentencePiece has "
             "no such setting (leave it out)"
         )
+    s = _with_sentencepiece_defaults(s)
     base_proto = _check_mode(s)
     if base_proto is not None and s.new_tokens is not None:
         s = replace(s, vocab_size=len(base_proto.pieces) + s.new_tokens)

@@ -38,7 +38,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -492,6 +492,12 @@ def _train_spec(
     return extended_spec(base, ext), stats
 
 
+def _settings_used(s: TrainSettings) -> dict[str, Any]:
+    """The manifest's settings: all but SentencePiece's, which a byte-level BPE has not."""
+    sentencepiece = {f.name for f in fields(s) if "sentencepiece_flag" in f.metadata}
+    return {k: v for k, v in asdict(s).items() if k not in sentencepiece}
+
+
 def train_byte_level(
     paths: list[Path], budgets: list[int | None], out_dir: Path, base: ByteLevelBase, s: TrainSettings
 ) -> dict[str, Any]:
@@ -500,6 +506,8 @@ def train_byte_level(
     import tokenizers
 
     size = _check_settings(base, s)
+    if s.mode == "extend":  # the total asked for (base + --new-tokens), as SentencePiece's extend records
+        s = replace(s, vocab_size=base.size + size)
     with output_dir(out_dir) as work:
         text_file = work / "train.txt"
         sample_stats = write_training_sample(
@@ -543,7 +551,7 @@ def train_byte_level(
                 "vocab_size": base.size,
             },
             "corpora": manifest_corpora(paths, budgets, sample_stats),
-            "settings": asdict(s),
+            "settings": _settings_used(s),
             "extend": extend_stats,
             "checks": checks,
             "files": {p.name: corpus_sha256(p) for p in sorted(work.iterdir()) if p.name != "manifest.json"},
