@@ -309,3 +309,21 @@ def test_a_template_that_does_not_render_is_one_line_before_the_model_loads(
     assert cli_main([*argv, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "chat_template.jinja: the chat template does not render a chat" in err[0], err
+
+
+def test_a_template_writing_todays_date_gets_the_date_the_model_was_tuned_with(
+    chat_dir: Path, tmp_path: Path
+) -> None:
+    """Llama-3.2's template writes today's date (strftime_now): prompts, and so scores, changed with
+    the day of the run, and differed from the SFT data (sft prepare fixes the date)."""
+    from vikhr.sft.own_template import FIXED_DATE
+
+    dated = (
+        "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}"
+        "{{ bos_token + 'Today Date: ' + date_string + '\\n' }}{% for m in messages %}<<{{ m['role'] }}>>"
+        "{{ m['content'] }}<</{{ m['role'] }}>>\n{% endfor %}{% if add_generation_prompt %}<<assistant>>"
+        "{% endif %}"
+    )
+    lm = _lm_with(dated, chat_dir, tmp_path / "dated")
+    context = lm.apply_chat_template([{"role": "user", "content": "Вопрос?"}])
+    assert context == f"<s>Today Date: {FIXED_DATE}\n<<user>>Вопрос?<</user>>\n<<assistant>>"

@@ -503,3 +503,15 @@ def test_a_chat_template_that_fails_is_one_line(tmp_path: Path) -> None:
     model = RewardModel(reward_scorer(_reward_model(tmp_path / "rm", refuses_system)), "cpu")
     with pytest.raises(VikhrError, match=r"chat template fails on a chat with roles \['system', 'user'"):
         model.score([[{"role": "system", "content": "x"}, *_messages(0)]])
+
+
+def test_a_template_writing_todays_date_renders_the_same_on_any_day(tmp_path: Path) -> None:
+    """A reward model with Llama-3.2's dated template scored each chat with the day of the run in it."""
+    from vikhr.sft.own_template import FIXED_DATE
+
+    dated = (
+        "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}"
+        "{{ 'Today Date: ' + date_string }}{% for m in messages %} {{ m['content'] }}{% endfor %}"
+    )
+    model = RewardModel(reward_scorer(_reward_model(tmp_path / "rm", dated)), "cpu")
+    assert model.render(_messages(0)) == f"Today Date: {FIXED_DATE} {QUESTIONS[0]} {ANSWERS[0]}"

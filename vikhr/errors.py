@@ -293,7 +293,7 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any
         raise VikhrError(f"config file {p} is a directory (give the YAML file)")
     if not p.is_file():
         if p.exists():  # /dev/null, a pipe (<(...)): read again by every rank and at each save
-            raise VikhrError(f"config file {p} is not a regular file; give the YAML file (write it out first)")
+            raise VikhrError(f"config file {p} is not a regular file; give a YAML file (write it out first)")
         raise VikhrError(f"config file not found: {p} (check the path)")
     try:
         value = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_keys_loader()) or {}

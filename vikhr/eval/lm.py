@@ -15,7 +15,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from vikhr.errors import VikhrError, first_line
-from vikhr.sft.own_template import STAND_IN
+from vikhr.sft.own_template import FIXED_DATE, STAND_IN
 
 
 def available_memory() -> int:
@@ -82,6 +82,9 @@ class VikhrLM(HFLM):
     def use_chat_template(self) -> None:
         """Prompt in the tokenizer's chat template (see the class doc; `chat_answer_frame`)."""
         self.chat = True
+        # The date the model was tuned with (sft prepare's), not the day of the run, in templates
+        # that write today's date (Llama-3.2's strftime_now): prompts and scores stay put.
+        self.chat_template_args = {**self.chat_template_args, "date_string": FIXED_DATE}
         self._answer_prefix, self._answer_end = chat_answer_frame(self.tokenizer)
 
     def apply_chat_template(
@@ -230,9 +233,10 @@ def chat_answer_frame(tokenizer: Any) -> tuple[str, str]:
     text, the text it closes an answer with, stripped), from a one-turn chat with a stand-in answer;
     ("", "") where the answer is not written after the generation prompt (R1-Distill's)."""
     question = [{"role": "user", "content": "?"}]
-    prompt = str(tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True))
+    fixed = {"tokenize": False, "date_string": FIXED_DATE}
+    prompt = str(tokenizer.apply_chat_template(question, add_generation_prompt=True, **fixed))
     answered = [*question, {"role": "assistant", "content": STAND_IN}]
-    whole = str(tokenizer.apply_chat_template(answered, tokenize=False))
+    whole = str(tokenizer.apply_chat_template(answered, **fixed))
     at = whole.rfind(STAND_IN)
     if at < 0 or not whole.startswith(prompt):
         return "", ""

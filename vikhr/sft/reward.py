@@ -30,6 +30,7 @@ from vikhr.errors import VikhrError, read_json_object, require_dir, require_outp
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
+from vikhr.sft.own_template import FIXED_DATE
 from vikhr.sft.template import parse_chat
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -231,7 +232,9 @@ class RewardModel:
     def render(self, messages: list[dict[str, str]]) -> str:
         if self.tokenizer.chat_template:
             try:
-                return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
+                # date_string: a template writing today's date scores alike on any day
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, date_string=FIXED_DATE)
+                return str(text)
             except Exception as e:  # jinja2's errors, e.g. a template that refuses system messages
                 raise VikhrError(
                     f"the reward model's chat template fails on a chat with roles "
