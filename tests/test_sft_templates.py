@@ -692,6 +692,40 @@ def test_without_template_chats_follow_the_tokenizers_own_chat_template(
     assert resolve_template(AUTO, load(jinja)) == ("own", jinja / "chat_template.jinja")
 
 
+@pytest.mark.parametrize(
+    ("template", "edit"),
+    [
+        ("chatml", ("message.content + '<|im_end|>'", "message.content | trim + '<|im_end|>'")),
+        ("llama3", ("message['content'] | trim", "message['content']")),
+    ],
+    ids=["chatml-trimmed", "llama3-untrimmed"],
+)
+def test_auto_tells_templates_apart_by_how_they_trim_contents(
+    template: str, edit: tuple[str, str], tmp_path: Path
+) -> None:
+    """The probe chats had no whitespace around their contents, so a ChatML template that trims them
+    was taken for `chatml` (which keeps it) and Llama-3's without `| trim` for `llama3` (which
+    strips): the chats were trained otherwise than the model's own template writes them. Probes now
+    have spaces and newlines around every content: such a template is used as it is (`own`)."""
+    from transformers import AutoTokenizer
+
+    from vikhr.sft.template import AUTO, OWN, load_for_chats
+
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe("llama3"), template)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    assert edit[0] in config["chat_template"]
+    config["chat_template"] = config["chat_template"].replace(*edit)
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    tok, chosen, chosen_by = load_for_chats(directory, AUTO)
+    assert (chosen, chosen_by) == (OWN, config_path)
+    fast = AutoTokenizer.from_pretrained(directory)
+    system = [("system", QWEN_DEFAULT_SYSTEM)] if template == "chatml" else []
+    turns = [*system, ("user", " Привет!\n"), ("assistant", "Здравствуйте.\n")]
+    messages = parse_chat({"messages": [{"role": r, "content": c} for r, c in turns]})
+    assert encode_chat(messages, tok, chosen).ids == _hf_ids(fast, messages)
+
+
 @pytest.mark.parametrize("inst_tokens", [True, False], ids=["inst-tokens", "no-inst-tokens"])
 def test_mistral_on_a_byte_level_tokenizer_gives_the_ids_of_its_export(
     inst_tokens: bool, chats: list[list[Message]], tmp_path: Path

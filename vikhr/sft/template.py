@@ -167,20 +167,22 @@ def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
 
 AUTO = "auto"
 # Chats the templates are told apart by: with a system turn (Qwen2.5's adds a default system turn
-# to a chat without one), and without (Mistral's refuses a system turn).
+# to a chat without one), and without (Mistral's refuses a system turn). Every content has spaces and
+# newlines around it, so that a template which trims contents (Llama-3's `| trim`) and one which keeps
+# them (ChatML's) render differently: a chat is trained as the model's own template writes it.
 _PROBES = (
     [
-        {"role": "system", "content": "Отвечай кратко."},
-        {"role": "user", "content": "Привет!"},
-        {"role": "assistant", "content": "Здравствуйте."},
-        {"role": "user", "content": "Как дела?"},
-        {"role": "assistant", "content": "Хорошо."},
+        {"role": "system", "content": " \nОтвечай кратко. \n"},
+        {"role": "user", "content": " \nПривет! \n"},
+        {"role": "assistant", "content": " \nЗдравствуйте. \n"},
+        {"role": "user", "content": " \nКак дела? \n"},
+        {"role": "assistant", "content": " \nХорошо. \n"},
     ],
     [
-        {"role": "user", "content": "Привет!"},
-        {"role": "assistant", "content": "Здравствуйте."},
-        {"role": "user", "content": "Как дела?"},
-        {"role": "assistant", "content": "Хорошо."},
+        {"role": "user", "content": " \nПривет! \n"},
+        {"role": "assistant", "content": " \nЗдравствуйте. \n"},
+        {"role": "user", "content": " \nКак дела? \n"},
+        {"role": "assistant", "content": " \nХорошо. \n"},
     ],
 )
 
