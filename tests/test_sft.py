@@ -128,7 +128,7 @@ def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None
     from tokenizers import Tokenizer
 
     chat = _msgs(("system", "Кратко."), ("user", "Столица России?"), ("assistant", "Москва."))
-    # Mistral's vocabulary has no <|im_*|> tokens: they are spelled out as text.
+    # Mistral's vocabulary has no <|im_*|> tokens: they are spelled out as text, and EOS closes the answer.
     runs = _decoded_runs(mistral, encode_chat(chat, mistral, "chatml"))
     assert [(t, s.strip()) for t, s in runs] == [
         (
@@ -136,7 +136,7 @@ def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None
             "<s><|im_start|>system\nКратко.<|im_end|>\n<|im_start|>user\nСтолица России?<|im_end|>\n"
             "<|im_start|>assistant",
         ),
-        (True, "Москва.<|im_end|>"),
+        (True, "Москва.<|im_end|></s>"),
         (False, ""),  # the "\n" after the last <|im_end|>, as Qwen's template ends a chat
     ]
     # An HF tokenizer that has them as added tokens: each is one id, and <|im_end|> is trained.
@@ -150,6 +150,31 @@ def test_chatml_with_and_without_special_tokens(mistral, tmp_path: Path) -> None
     trained = [i for i, m in zip(enc.ids, enc.mask, strict=True) if m]
     assert trained[-1] == end and trained.count(end) == 1
     assert hf.decode(trained[:-1]).strip() == "Москва."
+
+
+def test_chatml_on_mistrals_sentencepiece_model_learns_to_stop(tmp_path: Path) -> None:
+    """`sft prepare --template chatml` on Mistral's `.model` (no <|im_*|> tokens) trained answers
+    ending in the spelled-out "<|im_end|>" and never EOS, where the export's generation stops: every
+    answer now closes with EOS, which the export's template writes too."""
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.data.indexed import IndexedReader
+    from vikhr.tokenizer.load import load
+
+    prefix = tmp_path / "chatml"
+    prepare_sft(ASSETS / "sft" / "ru-seed-chats.jsonl", MISTRAL_TOKENIZER, prefix, template="chatml")
+    ids, masks = IndexedReader(f"{prefix}_text_document"), IndexedReader(f"{prefix}_mask_document")
+    tok = load(MISTRAL_TOKENIZER)
+    for i in range(len(ids)):
+        answers = [run for trained, run in mask_runs(ids.document(i), masks.document(i)) if trained]
+        assert answers and all(run[-1] == tok.eos_id for run in answers), i
+        assert all(tok.decode(run[:-1]).endswith("<|im_end|>") for run in answers), i
+    write_tokenizer_files(tok, tmp_path, "chatml")
+    assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+    chat = [{"role": "user", "content": "Столица России?"}, {"role": "assistant", "content": "Москва."}]
+    rendered = AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(chat, tokenize=False)
+    assert rendered.endswith("assistant\nМосква.<|im_end|></s>\n")
 
 
 def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_data: Path) -> None:

@@ -649,6 +649,56 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
     assert end in (stops if isinstance(stops, list) else [stops])
 
 
+@pytest.mark.parametrize("template", ["chatml", "qwen3"])
+def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
+    template: str, chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """On a tokenizer without <|im_start|>/<|im_end|> tokens ChatML is spelled out as text: answers
+    ended with the pieces of "<|im_end|>", EOS never followed, yet the export's generation config
+    stopped at EOS only, so generation never stopped. Each answer now closes with EOS after its
+    <|im_end|>, in training and in the export's template alike (same ids through transformers)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.eval.lm import chat_answer_frame
+    from vikhr.sft.own_template import own_template
+    from vikhr.sft.template import end_of_turn_id
+    from vikhr.tokenizer.load import load
+
+    source = tmp_path / "source"
+    source.mkdir()
+    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    bpe.add_special_tokens(["<s>", "</s>"])
+    bpe.save(str(source / "tokenizer.json"))
+    (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = load_chat_tokenizer(source, template)
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(source), tmp_path / "export", template)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    for number, messages in enumerate(chats[:40] + _handmade_chats()):
+        encoded = encode_chat(messages, tok, template)
+        assert encoded.ids == _hf_ids(exported, messages), number
+        prompt = encode_chat(messages[:-1], tok, template, for_generation=True).ids
+        assert prompt == _hf_ids(exported, messages[:-1], generation=True), number
+        answers = [ids for trained, ids in mask_runs(encoded.ids, encoded.mask) if trained]
+        assert len(answers) == sum(m.role == "assistant" for m in messages), number
+        for ids in answers:  # the answer, its <|im_end|> as text, then EOS
+            assert ids[-1] == tok.eos_id and tok.decode(ids[:-1]).endswith(CHATML_END), number
+    assert end_of_turn_id(tok, template) == tok.eos_id
+    assert GenerationConfig.from_pretrained(tmp_path / "export").eos_token_id == tok.eos_id
+    # Read back as a model's own template: it closes an answer with EOS; lm-eval stops at the text.
+    assert own_template(load(tmp_path / "export")).end_of_turn_id(None) == tok.eos_id
+    assert chat_answer_frame(exported)[1] == CHATML_END
+
+
+def test_chatml_spelled_out_needs_an_eos(tmp_path: Path) -> None:
+    """Without its tokens and without EOS a ChatML answer could end with nothing the model stops at."""
+    (tmp_path / "tokenizer.json").write_text(byte_level_bpe("gpt2"), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"no <\|im_start\|> / <\|im_end\|> tokens and no EOS token"):
+        load_chat_tokenizer(tmp_path, "chatml")
+
+
 def test_without_template_chats_follow_the_tokenizers_own_chat_template(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -231,7 +231,9 @@ class VikhrLM(HFLM):
 def chat_answer_frame(tokenizer: Any) -> tuple[str, str]:
     """(what the tokenizer's chat template writes between its generation prompt and an answer's
     text, the text it closes an answer with, stripped), from a one-turn chat with a stand-in answer;
-    ("", "") where the answer is not written after the generation prompt (R1-Distill's)."""
+    ("", "") where the answer is not written after the generation prompt (R1-Distill's). A special
+    token after text (the EOS after a spelled-out ChatML end) is left out: generated text is decoded
+    without special tokens, so only the text before it can be matched as a stop."""
     question = [{"role": "user", "content": "?"}]
     fixed = {"tokenize": False, "date_string": FIXED_DATE}
     prompt = str(tokenizer.apply_chat_template(question, add_generation_prompt=True, **fixed))
@@ -240,7 +242,9 @@ def chat_answer_frame(tokenizer: Any) -> tuple[str, str]:
     at = whole.rfind(STAND_IN)
     if at < 0 or not whole.startswith(prompt):
         return "", ""
-    return whole[len(prompt) : at], whole[at + len(STAND_IN) :].strip()
+    end = whole[at + len(STAND_IN) :].strip()
+    cuts = [end.find(t) for t in tokenizer.all_special_tokens if end.find(t) > 0]
+    return whole[len(prompt) : at], end[: min(cuts)].strip() if cuts else end
 
 
 def _system_folded(chat: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mistral (Mistral-7B-Instruct v0.1), "
         "mistral-v3 (mistral-common's v3: Mistral v0.3, Mistral-NeMo-Instruct; system in the last "
         "user turn), chatml "
-        "(Qwen2.5-Instruct's, BOS only if the tokenizer has one), qwen3 (chatml with Qwen3's thinking "
+        "(Qwen2.5-Instruct's, BOS only if the tokenizer has one; a tokenizer without <|im_start|>/<|im_end|> "
+        "gets them as text and EOS after each answer), qwen3 (chatml with Qwen3's thinking "
         "block), llama3 (Llama-3-8B-Instruct's header template; the tokenizer needs its "
         "<|start_header_id|>-style special tokens), own (the tokenizer's own Jinja chat template, "
         "rendered by transformers: Llama-3.1, Gemma, Phi-3 ...); see docs/sft.md",

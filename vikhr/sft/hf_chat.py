@@ -10,6 +10,8 @@ from pathlib import Path
 from vikhr.errors import read_json_object
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
 
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+
 
 def _mistral_v3(spaced: bool) -> str:
     """Jinja of the ``mistral-v3`` template; `spaced`: the spaces SentencePiece's dummy prefix writes
@@ -33,6 +35,49 @@ def _mistral_v3(spaced: bool) -> str:
     )
 
 
+def _chatml(eos_after_answers: bool) -> str:
+    """Jinja of ``chatml``; `eos_after_answers`: EOS after each answer's <|im_end|> (see `chatml_as_text`)."""
+    end = "'<|im_end|>' + (eos_token if message['role'] == 'assistant' else '') + '\\n'"
+    if not eos_after_answers:
+        end = "'<|im_end|>\\n'"
+    return (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        f"{{{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + {end} }}}}{{% endfor %}}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def _qwen3(eos_after_answers: bool) -> str:
+    """Jinja of ``qwen3``; `eos_after_answers`: EOS after each answer's <|im_end|> (see `chatml_as_text`)."""
+    end = "'<|im_end|>' + eos_token + '\\n'" if eos_after_answers else "'<|im_end|>\\n'"
+    return (
+        "{{ bos_token }}"
+        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
+        "{% for message in messages[::-1] %}{% set c = message['content'] %}"
+        "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
+        "and c.endswith('</tool_response>')) %}"
+        "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
+        "{% endif %}{% endfor %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% set content = message['content'] %}{% set reasoning = '' %}"
+        "{% if '</think>' in content %}"
+        "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+        "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
+        "{% endif %}"
+        "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
+        "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
+        f"+ content.lstrip('\\n') + {end} }}}}"
+        f"{{% else %}}{{{{ '<|im_start|>assistant\\n' + content + {end} }}}}{{% endif %}}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+        "{% endif %}{% endif %}"
+    )
+
+
 # Jinja chat templates for transformers' `apply_chat_template`, one per vikhr.sft.template template.
 HF_CHAT_TEMPLATES = {
     "mistral": (
@@ -51,41 +96,11 @@ HF_CHAT_TEMPLATES = {
     # without tools; the system message goes into the last user turn of any chat (NeMo's drops it from
     # a chat that ends with an answer), where mistral-common puts it.
     "mistral-v3": _mistral_v3(spaced=False),
-    "chatml": (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
+    "chatml": _chatml(eos_after_answers=False),
     # Qwen3's rendering without tools: the thinking block on the answer to the last user turn (a
     # wrapped <tool_response> does not count), the reasoning split off at </think>; the generation
     # prompt honours enable_thinking as Qwen3's does.
-    "qwen3": (
-        "{{ bos_token }}"
-        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
-        "{% for message in messages[::-1] %}{% set c = message['content'] %}"
-        "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
-        "and c.endswith('</tool_response>')) %}"
-        "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
-        "{% endif %}{% endfor %}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'assistant' %}"
-        "{% set content = message['content'] %}{% set reasoning = '' %}"
-        "{% if '</think>' in content %}"
-        "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
-        "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
-        "{% endif %}"
-        "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
-        "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
-        "+ content.lstrip('\\n') + '<|im_end|>\\n' }}"
-        "{% else %}{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{% endif %}"
-        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-        "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
-        "{% endif %}{% endif %}"
-    ),
+    "qwen3": _qwen3(eos_after_answers=False),
     # Meta-Llama-3-8B-Instruct's own template, verbatim.
     "llama3": (
         "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -98,10 +113,21 @@ HF_CHAT_TEMPLATES = {
 
 
 def hf_chat_template(template: str, tok: Tokenizer) -> str:
-    """The Jinja of vikhr's `template` for `tok` (``mistral-v3``: see `mistral_v3_spaced`)."""
+    """The Jinja of vikhr's `template` for `tok` (``mistral-v3``: see `mistral_v3_spaced`; ``chatml``
+    and ``qwen3``: see `chatml_as_text`)."""
     if template == "mistral-v3" and mistral_v3_spaced(tok):
         return _mistral_v3(spaced=True)
+    if template in ("chatml", "qwen3") and chatml_as_text(tok):
+        return (_chatml if template == "chatml" else _qwen3)(eos_after_answers=True)
     return HF_CHAT_TEMPLATES[template]
+
+
+def chatml_as_text(tok: Tokenizer) -> bool:
+    """Whether ``chatml`` and ``qwen3`` spell <|im_start|> / <|im_end|> out as text: `tok` lacks one of
+    them as a token (Mistral's vocabulary). Each answer then closes with EOS after its <|im_end|>: a
+    spelled-out end is several ordinary pieces, on which no generation stops, so the model learns to
+    stop at EOS, where an export's generation config stops."""
+    return any(tok.piece_to_id(s) is None for s in (CHATML_START, CHATML_END))
 
 
 def mistral_v3_spaced(tok: Tokenizer) -> bool:

@@ -46,7 +46,7 @@ class PrepareSummary:
     template: str
     tokenizer: str
     tokenizer_sha256: str
-    bos_id: int | None  # None: the tokenizer has none (Qwen has no BOS; chatml and llama3 need no EOS)
+    bos_id: int | None  # None: the tokenizer has none (Qwen has no BOS; llama3, Qwen's chatml need no EOS)
     eos_id: int | None
     vocab_size: int
     chats: int

@@ -34,7 +34,9 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   are a helpful assistant."): ChatML is a format shared by many models, and a Russian model
   should not learn to call itself Qwen; put that system message into the chats to train with it.
   ``<|im_start|>`` and ``<|im_end|>`` become single ids when the tokenizer has both as tokens,
-  otherwise they are encoded as text. The answer and its closing ``<|im_end|>`` are trained.
+  otherwise they are encoded as text and each answer's ``<|im_end|>`` is followed by EOS (``</s>``),
+  the one token there generation can stop at (the export's template writes it too; a tokenizer
+  without EOS is refused). The answer and its closing ``<|im_end|>`` (and EOS) are trained.
 * ``qwen3``, Qwen3's hybrid-thinking template without tools: ``chatml`` (no default system message
   either; Qwen3 has none), except that the answer to the last user turn opens with its thinking
   block, ``<think>\n{reasoning}\n</think>\n\n{answer}``, empty (``<think>\n\n</think>\n\n``)
@@ -88,14 +90,20 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
-from vikhr.sft.hf_chat import hf_chat_template, mistral_v3_spaced, own_chat_template
+from vikhr.sft.hf_chat import (
+    CHATML_END,
+    CHATML_START,
+    chatml_as_text,
+    hf_chat_template,
+    mistral_v3_spaced,
+    own_chat_template,
+)
 from vikhr.sft.own_template import own_template
 from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant")
 TEMPLATES = ("mistral", "mistral-v3", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
 OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
-CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 MISTRAL_INST, MISTRAL_INST_END = "[INST]", "[/INST]"
 LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -114,9 +122,9 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
 
     VikhrError (one line) when `tok` lacks what the template needs: BOS and EOS for ``mistral``,
     those and ``[INST]``/``[/INST]`` for ``mistral-v3``, the four header/turn tokens for ``llama3``.
-    ``chatml`` and ``qwen3`` need nothing: without both of their tokens they spell them out as text
-    (and get an empty dict). ``own``: the tokenizer's special tokens (VikhrError when it carries no
-    chat template; see `own_template`).
+    ``chatml`` and ``qwen3`` need EOS only where the tokenizer lacks one of their tokens: they then
+    spell both out as text (and get an empty dict; see `chatml_as_text`). ``own``: the tokenizer's
+    special tokens (VikhrError when it carries no chat template; see `own_template`).
     """
     if template == OWN:
         return dict(own_template(tok).specials)
@@ -137,6 +145,13 @@ def template_token_ids(tok: Tokenizer, template: str) -> dict[str, int]:
                     "export would read as those tokens; use --template mistral-v3"
                 )
             return {}  # spelled out, as mistral-common's v1 tokenizer encodes it
+    if template in ("chatml", "qwen3") and chatml_as_text(tok) and tok.eos_id is None:
+        raise VikhrError(
+            f"{tok.path} has no {CHATML_START} / {CHATML_END} tokens and no EOS token; the {template} chat "
+            "template spells them out as text and ends each answer with EOS, the token the model learns to "
+            "stop at (add both as special tokens, or name eos_token in the tokenizer_config.json beside a "
+            "tokenizer.json)"
+        )
     found = {s: tok.piece_to_id(s) for s in TEMPLATE_TOKENS[template]}
     ids = {s: i for s, i in found.items() if i is not None}
     if template in ("llama3", "mistral-v3") and len(ids) < len(found):
@@ -156,8 +171,9 @@ def _has_inst_tokens(tok: Tokenizer) -> bool:
 
 def end_of_turn_id(tok: Tokenizer, template: str) -> int | None:
     """The id that ends an answer under `template` (generation stops there): EOS for ``mistral``,
-    ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` and ``qwen3`` (EOS when it is spelled
-    out as text); for ``own``, the control token its template closes an answer with."""
+    ``<|eot_id|>`` for ``llama3``, ``<|im_end|>`` for ``chatml`` and ``qwen3`` (EOS, which then follows
+    the spelled-out ``<|im_end|>``, where it is text); for ``own``, the control token its template
+    closes an answer with."""
     if template == OWN:
         return own_template(tok).end_of_turn_id(tok.eos_id)
     controls = template_token_ids(tok, template)
@@ -421,6 +437,12 @@ def _spaced_texts(segments: Segments) -> Segments:
     ]
 
 
+def _eos_after_answers(segments: Segments) -> Segments:
+    """`chatml`/`qwen3` segments for a tokenizer that spells their tokens out: each answer closes with
+    EOS after its textual <|im_end|>, as the export's template writes it (see `chatml_as_text`)."""
+    return [([*parts, EOS] if trained else parts, trained) for parts, trained in segments]
+
+
 def _chatml_segments(messages: list[Message], for_generation: bool) -> Segments:
     return _im_segments(messages, for_generation, thinking=False)
 
@@ -595,6 +617,8 @@ def encode_chat(
         segments = _spaced_answers(segments)
     if template == "mistral-v3" and mistral_v3_spaced(tok):
         segments = _spaced_texts(segments)
+    if template in ("chatml", "qwen3") and chatml_as_text(tok):
+        segments = _eos_after_answers(segments)
     segments = _weighted(segments, messages)
     body = _Encoder(tok, controls, across_segments).encode(segments)
     if template == "llama3" or tok.bos_id is None:  # llama3 writes its <|begin_of_text|> itself
