@@ -519,3 +519,99 @@ def test_a_tied_model_may_store_its_head(stored_by: str, tmp_path: Path) -> None
         assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])
+
+
+def _base_and_instruct(models: dict[str, Path], tmp_path: Path) -> tuple[Path, Path, list[int]]:
+    """A: a base model with a Qwen-like tokenizer, no chat template, stopping at <|endoftext|>; B: its
+    instruction-tuned successor (chatml, vikhr's; stops at <|im_end|>, samples); and the merge's stop
+    ids: B's, then A's."""
+    from tokenizers import Tokenizer
+
+    from tests.test_sft_templates import byte_level_bpe, write_model_tokenizer
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+
+    tok = write_model_tokenizer(tmp_path / "tok", byte_level_bpe("gpt2"), "chatml")
+    ids = Tokenizer.from_file(str(tok / "tokenizer.json")).token_to_id
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    a, b = tmp_path / "a", tmp_path / "b"
+    generation = {
+        a: {"eos_token_id": ids("<|endoftext|>")},
+        b: {"eos_token_id": ids("<|im_end|>"), "do_sample": True, "temperature": 0.7},
+    }
+    for model, template in ((a, None), (b, HF_CHAT_TEMPLATES["chatml"])):
+        shutil.copytree(models[model.name], model)
+        (model / "tokenizer.model").unlink()
+        shutil.copy2(tok / "tokenizer.json", model / "tokenizer.json")
+        own = {k: v for k, v in config.items() if k != "chat_template"}
+        own.update({"chat_template": template} if template is not None else {})
+        (model / "tokenizer_config.json").write_text(json.dumps(own))
+        (model / "generation_config.json").write_text(json.dumps(generation[model]))
+    return a, b, [ids("<|im_end|>"), ids("<|endoftext|>")]
+
+
+def test_a_base_and_its_instruction_tuned_successor_merge_into_a_chat_model(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's recipe (A = base, B = its SFT export) took every side file from A: no chat
+    template (`vikhr eval --chat-template` refused the merge) and A's stop id only, so generation ran
+    past <|im_end|>. The chat files now come from the model that has a template, and the merge stops
+    at both models' EOS ids."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_in
+
+    a, b, stops = _base_and_instruct(models, tmp_path)
+    for first, second in ((a, b), (b, a)):
+        out = tmp_path / f"out-{first.name}"
+        capsys.readouterr()
+        assert cli_main(["merge", str(first), str(second), "--out", str(out), "--t", "0.3"]) == 0
+        printed = capsys.readouterr().out
+        found = chat_template_in(out)
+        assert found is not None and found[0] == HF_CHAT_TEMPLATES["chatml"]
+        assert AutoTokenizer.from_pretrained(out).chat_template == HF_CHAT_TEMPLATES["chatml"]
+        generation = GenerationConfig.from_pretrained(out)
+        assert generation.eos_token_id == stops and generation.temperature == 0.7  # B's, with A's EOS
+        if first == a:
+            assert "chat template: model B's (model A has none)" in printed, printed
+            assert f"eos_token_id: {stops} (both models' stop ids)" in printed, printed
+            summary = json.loads((out / SUMMARY).read_text())
+            assert summary["chat_files"] == {"from": "model_b", "why": "model A has none"}
+
+
+def test_two_different_chat_templates_need_chat_template_from(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where A carried its original template (Qwen's) the merge got it, not the chatml B was tuned in,
+    without a word. Two different templates are now refused unless --chat-template-from names the
+    model whose chat files to take (the other's template is left out, wherever it is written)."""
+    from tests.test_sft_templates import QWEN_DEFAULT_SYSTEM
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_in
+
+    a, b, stops = _base_and_instruct(models, tmp_path)
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (a / "chat_template.jinja").write_text(config["chat_template"], encoding="utf-8")  # Qwen's own
+    out = tmp_path / "out"
+    argv = [str(a), str(b), "--out", str(out), "--t", "0.3"]
+    error = _one_line_error(argv, capsys)
+    assert "different chat templates" in error and "--chat-template-from a or b" in error, error
+    _nothing_written(out)
+    assert cli_main(["merge", *argv, "--chat-template-from", "b"]) == 0
+    assert "chat template: model B's (--chat-template-from b)" in capsys.readouterr().out
+    assert not (out / "chat_template.jinja").exists()
+    assert chat_template_in(out) == (HF_CHAT_TEMPLATES["chatml"], out / "tokenizer_config.json")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == stops
+    assert cli_main(["merge", *argv, "--chat-template-from", "a", "--out", str(tmp_path / "to_a")]) == 0
+    found = chat_template_in(tmp_path / "to_a")
+    assert found is not None and QWEN_DEFAULT_SYSTEM in found[0] and found[1].name == "chat_template.jinja"
+    # B's template in chat_template.jinja and no tokenizer_config.json, A's inline: A's file without it.
+    (a / "chat_template.jinja").unlink()
+    (a / "tokenizer_config.json").write_text(json.dumps(config))
+    (b / "tokenizer_config.json").unlink()
+    (b / "chat_template.jinja").write_text(HF_CHAT_TEMPLATES["chatml"], encoding="utf-8")
+    assert cli_main(["merge", *argv, "--chat-template-from", "b", "--out", str(tmp_path / "jinja")]) == 0
+    assert chat_template_in(tmp_path / "jinja") == (
+        HF_CHAT_TEMPLATES["chatml"],
+        tmp_path / "jinja" / "chat_template.jinja",
+    )
+    merged_config = json.loads((tmp_path / "jinja" / "tokenizer_config.json").read_text())
+    assert merged_config == {k: v for k, v in config.items() if k != "chat_template"}

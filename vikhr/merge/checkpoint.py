@@ -7,8 +7,13 @@ check — same config architecture, tensor names, shapes and dtypes, the same vo
 name compared, else the tokenizers' pieces) — runs before anything is written (a NaN or inf weight,
 found while merging, stops it with nothing written); a tied model's stored head is taken as its
 embedding; the output directory appears only when complete (vikhr.atomic).
-config.json, generation_config.json and the tokenizer files come from A (from B when A lacks one);
-where the two contexts (max_position_embeddings) differ, config.json gets the longer.
+config.json and the vocabulary files come from A (from B when A lacks one); where the two contexts
+(max_position_embeddings) differ, config.json gets the longer. The chat files (CHAT_FILES: the chat
+template, the special tokens' names, the generation config) come from the model whose chat template
+the merge takes: the one that has a template where only one has (a base model and its
+instruction-tuned successor), `chat_template_from` where given, else A; two different templates
+need `chat_template_from`. generation_config.json stops at the EOS ids of both models, so that a
+merge stops where either model learnt to.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
+from vikhr.sft.hf_chat import chat_template_in
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 SUMMARY = "merge_summary.json"
@@ -53,14 +59,17 @@ ARCHITECTURE_KEYS = (
 )
 # Files that define the vocabulary: both models must have the same ones where both have them.
 VOCABULARY_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json")
+GENERATION_CONFIG = "generation_config.json"
 SIDE_FILES = (
     "config.json",
-    "generation_config.json",
+    GENERATION_CONFIG,
     *VOCABULARY_FILES,
     "tokenizer_config.json",
     "special_tokens_map.json",
     CHAT_TEMPLATE_FILE,
 )
+# Files that go with the chat template: all from one model (see the module doc).
+CHAT_FILES = (GENERATION_CONFIG, "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE)
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
 HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 # The context length: may differ between the models; the merge takes the longer.
@@ -234,26 +243,76 @@ def _merged_tensor(
         raise VikhrError(f"tensor {entry.name}: {e}") from None
 
 
-def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], context: int | None) -> None:
+def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, str | None]:
+    """The model whose CHAT_FILES the merge takes, and why where the two carry other templates
+    (None: the same template, or none, in both: A's files)."""
+    if chat_template_from not in (None, "a", "b"):
+        raise VikhrError(f"chat_template_from must be 'a' or 'b', got {chat_template_from!r}")
+    found = {model: chat_template_in(model) for model in (a, b)}
+    templates = {model: f[0] if f is not None else None for model, f in found.items()}
+    if chat_template_from is not None:
+        chosen = a if chat_template_from == "a" else b
+        return chosen, f"--chat-template-from {chat_template_from}"
+    if templates[a] == templates[b]:
+        return a, None
+    if templates[a] is None or templates[b] is None:
+        has, lacks = (b, "A") if templates[a] is None else (a, "B")
+        return has, f"model {lacks} has none"
+    raise VikhrError(
+        f"the models carry different chat templates ({found[a][1]}, {found[b][1]}): give "
+        "--chat-template-from a or b, the model whose template the merge is to be prompted in (e.g. the "
+        "instruction-tuned one)"
+    )
+
+
+def _stop_ids(model: Path) -> list[int]:
+    """The EOS ids of the model's generation_config.json (one or a list; none without the file)."""
+    path = model / GENERATION_CONFIG
+    value = read_json_object(path).get("eos_token_id") if path.is_file() else None
+    return [i for i in (value if isinstance(value, list) else [value]) if type(i) is int]
+
+
+def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> list[int] | None:
     """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
     the vocabulary files all from one model (A's if it has any): a vocabulary only B has is not
-    compared with A's, and could be another. `context`: the longer context, where they differ."""
+    compared with A's, and could be another; CHAT_FILES from `chat` (see `_chat_side`) or else the
+    other model, without that one's chat template. Returns the merged stop ids where they are both
+    models' (None where `chat`'s own already hold them)."""
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
         (work / INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
     vocabulary_of = a if any((a / name).is_file() for name in VOCABULARY_FILES) else b
+    other = b if chat == a else a
     for name in SIDE_FILES:
         if name in VOCABULARY_FILES:
-            source = vocabulary_of / name
+            sources = [vocabulary_of]
+        elif name == CHAT_TEMPLATE_FILE:
+            sources = [chat]  # the other's template is not the merge's
         else:
-            source = a / name if (a / name).is_file() else b / name
-        if source.is_file():
+            sources = [chat, other] if name in CHAT_FILES else [a, b]
+        source = next((m / name for m in sources if (m / name).is_file()), None)
+        if source is not None:
             shutil.copy2(source, work / name)
+    config = work / "tokenizer_config.json"
+    if config.is_file() and not (chat / config.name).is_file():  # the other's, without its template
+        _write_json(config, {k: v for k, v in read_json_object(config).items() if k != "chat_template"})
+    stops = _stop_ids(chat) + [i for i in _stop_ids(other) if i not in _stop_ids(chat)]
+    if stops == _stop_ids(work):  # also where the merge has no generation_config.json
+        return None
+    generation = {**read_json_object(work / GENERATION_CONFIG), "eos_token_id": stops}
+    _write_json(work / GENERATION_CONFIG, generation)
+    return stops
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _with_context(work: Path, context: int | None) -> None:
+    """config.json with the longer context, where the models' differ (see `_check_configs`)."""
     if context is not None:
-        config = read_json_object(work / "config.json")
-        config[CONTEXT_KEY] = context
-        (work / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        _write_json(work / "config.json", {**read_json_object(work / "config.json"), CONTEXT_KEY: context})
 
 
 def merge_checkpoints(
@@ -264,8 +323,10 @@ def merge_checkpoints(
     method: Method = "slerp",
     overwrite: bool = False,
     show_progress: bool = True,
+    chat_template_from: str | None = None,
 ) -> dict[str, Any]:
-    """Merge `model_b` into `model_a` (t = 0 is A, t = 1 is B) into `out_dir`; returns the summary."""
+    """Merge `model_b` into `model_a` (t = 0 is A, t = 1 is B) into `out_dir`; returns the summary.
+    `chat_template_from`: "a" or "b", the model whose chat files the merge takes (module doc)."""
     from tqdm import tqdm
 
     if method not in METHODS:
@@ -273,6 +334,7 @@ def merge_checkpoints(
     a, b, out = _check_paths(model_a, model_b, out_dir, overwrite)
     num_layers, context = _check_configs(a, b)
     _check_vocabulary_files(a, b)
+    chat, chat_reason = _chat_side(a, b, chat_template_from)
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
     if read_json_object(a / "config.json").get("tie_word_embeddings") is True:
@@ -290,7 +352,9 @@ def merge_checkpoints(
             sizes = {
                 h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
             }
-        _copy_side_files(a, b, work, sizes, context)
+        stops = _copy_side_files(a, b, work, sizes, chat)
+        _with_context(work, context)
+        chat_files = {"from": "model_a" if chat == a else "model_b", "why": chat_reason}
         summary = {
             "method": method,
             "model_a": str(a.resolve()),  # where the inputs were, whatever directory the merge ran from
@@ -298,6 +362,9 @@ def merge_checkpoints(
             "schedule": schedule.describe(),
             "num_hidden_layers": num_layers,
             **({CONTEXT_KEY: context} if context is not None else {}),
+            # Where the two carry other chat templates or stop ids: what the merge took.
+            **({"chat_files": chat_files} if chat_reason is not None else {}),
+            **({"eos_token_id": stops} if stops is not None else {}),
             "t": t_of,
         }
         (work / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")

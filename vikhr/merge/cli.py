@@ -15,7 +15,11 @@ def register(sub: Any) -> None:
         "layers (0,0.5,1: layer 0 at 0, the last at 1; the embedding takes the first value, the final "
         "norm and LM head the last); --t-for gives other values to tensors whose name contains a filter. "
         "Streams one tensor pair at a time; config and tokenizer files come from model A (from B where A "
-        "has none), with the longer of the two contexts.",
+        "has none), with the longer of the two contexts. The chat files (the chat template, "
+        "tokenizer_config.json, special_tokens_map.json, generation_config.json) come from the model that "
+        "has a chat template where only one has (a base model and its instruction-tuned successor), "
+        "else from A; two different templates need --chat-template-from. The generation config stops "
+        "at the EOS ids of both models.",
     )
     p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
     p.add_argument("model_b", help="HF model directory B (t = 1)")
@@ -30,6 +34,13 @@ def register(sub: Any) -> None:
         help="t for tensors whose name contains FILTER (e.g. self_attn=0,0.5,1 mlp=1,0.5,0); repeatable, "
         "the first match wins, others use --t",
     )
+    p.add_argument(
+        "--chat-template-from",
+        choices=["a", "b"],
+        default=None,
+        help="the model whose chat template (and tokenizer_config.json, special_tokens_map.json, "
+        "generation_config.json) the merge takes; needed where both carry different templates",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=_run)
 
@@ -40,10 +51,22 @@ def _run(args: argparse.Namespace) -> int:
 
     schedule = Schedule(parse_gradient(args.t), tuple(parse_filter(f) for f in args.t_for))
     summary = merge_checkpoints(
-        args.model_a, args.model_b, args.out, schedule, method=args.method, overwrite=args.overwrite
+        args.model_a,
+        args.model_b,
+        args.out,
+        schedule,
+        method=args.method,
+        overwrite=args.overwrite,
+        chat_template_from=args.chat_template_from,
     )
     ts = summary["t"].values()
     print(f"wrote {args.out}: {len(ts)} tensors merged by {args.method}, t from {min(ts):g} to {max(ts):g}")
     if CONTEXT_KEY in summary:
         print(f"  {CONTEXT_KEY}: the models' differ; the merge keeps the longer, {summary[CONTEXT_KEY]}")
+    if "chat_files" in summary:
+        chat = summary["chat_files"]
+        model = "A" if chat["from"] == "model_a" else "B"
+        print(f"  chat template: model {model}'s ({chat['why']}), with its tokenizer and generation configs")
+    if "eos_token_id" in summary:
+        print(f"  eos_token_id: {summary['eos_token_id']} (both models' stop ids)")
     return 0

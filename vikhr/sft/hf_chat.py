@@ -153,14 +153,19 @@ def _no_prefix_after_control(tok: Tokenizer, inst: int, stamp: tuple[int, int] |
 
 
 def own_chat_template(tok: Tokenizer) -> tuple[str, Path] | None:
-    """The chat template the tokenizer's directory carries, and the file holding it:
+    """The chat template the tokenizer's directory carries (see `chat_template_in`)."""
+    return chat_template_in(tok.path.parent)
+
+
+def chat_template_in(directory: Path) -> tuple[str, Path] | None:
+    """The chat template an HF model or tokenizer directory carries, and the file holding it:
     `chat_template.jinja` (where transformers >= 4.47 saves it; it wins, as there) or
     tokenizer_config.json's `chat_template`: a string, or of a list of named templates (Hermes-3,
     Command-R) the one named "default", which transformers renders when no name is given."""
-    jinja = tok.path.with_name(CHAT_TEMPLATE_FILE)
+    jinja = directory / CHAT_TEMPLATE_FILE
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8"), jinja
-    path = tok.path.with_name("tokenizer_config.json")
+    path = directory / "tokenizer_config.json"
     template = read_json_object(path, "fix or remove it").get("chat_template") if path.is_file() else None
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
