@@ -156,3 +156,42 @@ def write_config(path: Path, corpus: dict[str, str], run_dir: Path, **sections: 
         cfg[section].update(values)
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+def sentencepiece_with_added_tokens(path: Path) -> Path:
+    """A chat model's tokenizer directory: Mistral's `tokenizer.model` and a `tokenizer.json` of it
+    that adds `<|im_end|>` (32000) and `<|im_start|>` (32001) as special tokens, with a
+    tokenizer_config.json naming `<|im_end|>` EOS and holding a ChatML template (as OpenHermes-2.5)."""
+    import json
+    import shutil
+
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MISTRAL_TOKENIZER, path / "tokenizer.model")
+    write_hf_tokenizer(path / "tokenizer.model", path)
+    tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+    added = ["<|im_end|>", "<|im_start|>"]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+    tok.save(str(path / "tokenizer.json"))
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    for i, token in enumerate(added, start=32000):
+        config["added_tokens_decoder"][str(i)] = {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    config["eos_token"] = "<|im_end|>"
+    config["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path

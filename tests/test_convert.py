@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, run_torchrun
-from tests.helpers import FAMILIES, tiny_hf_model
+from tests.helpers import FAMILIES, sentencepiece_with_added_tokens, tiny_hf_model
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf, model_config_to_hf_config
@@ -453,6 +453,30 @@ def test_export_carries_the_tokenizer_recorded_by_hf_to_megatron(tmp_path: Path)
         assert (out / name).is_file(), name
     assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
     _assert_loads_alone(out)
+
+
+def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> None:
+    """A chat model on a SentencePiece base whose tokenizer.json adds <|im_end|> / <|im_start|>: the
+    export rebuilt the tokenizer from the .model (32000 tokens, EOS </s>, the chat tags spelled out
+    as text) where transformers loads the tokenizer.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = sentencepiece_with_added_tokens(_tiny_hf(tmp_path / "hf", vocab_size=32002))
+    _edit_config(hf, eos_token_id=32000)
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    assert json.loads((meg / "meta.json").read_text())["tokenizer"].endswith("tokenizer.json")
+    out = megatron_to_hf(meg, tmp_path / "out")
+    source, exported = AutoTokenizer.from_pretrained(hf), AutoTokenizer.from_pretrained(out)
+    assert len(exported) == len(source) == 32002
+    assert (exported.eos_token, exported.eos_token_id) == ("<|im_end|>", 32000)
+
+    def chat_ids(tok: Any) -> list[int]:
+        got = tok.apply_chat_template([{"role": "user", "content": "Привет"}], add_generation_prompt=True)
+        return list(getattr(got, "input_ids", got))
+
+    assert chat_ids(exported) == chat_ids(source) and chat_ids(source)[0] == 32001
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == 32000
 
 
 def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(

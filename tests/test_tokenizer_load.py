@@ -34,18 +34,52 @@ def hf_tokenizer_json(path: Path, specials: list[str]) -> Path:
 
 
 def test_directory_precedence(tmp_path: Path) -> None:
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
     assert TOKENIZER_FILES == ("tokenizer.model", "tokenizer.json")
     both = tmp_path / "both"
     both.mkdir()
     shutil.copy(MISTRAL_TOKENIZER, both / "tokenizer.model")
-    shutil.copy(RU40K_JSON, both / "tokenizer.json")
+    write_hf_tokenizer(both / "tokenizer.model", both)  # the same vocabulary: the .model is the original
     assert resolve_tokenizer_file(both) == both / "tokenizer.model"
     assert load(both).kind == "sentencepiece"
     # A file is taken as given, whatever else lies beside it.
     assert resolve_tokenizer_file(both / "tokenizer.json") == both / "tokenizer.json"
     assert load(str(both / "tokenizer.json")).kind == "huggingface"
+    # A tokenizer.json with ids past the .model's end is the directory's tokenizer (transformers').
+    shutil.copy(RU40K_JSON, both / "tokenizer.json")
+    assert load(both).path == both / "tokenizer.json"
+    (both / "tokenizer.json").write_text("{")  # unreadable: the .model, as before
+    assert load(both).path == both / "tokenizer.model"
+    shutil.copy(RU40K_JSON, both / "tokenizer.json")
     (both / "tokenizer.model").unlink()
     assert load(both).path == both / "tokenizer.json"
+
+
+def test_a_directory_whose_tokenizer_json_adds_tokens_is_that_json_at_every_stage(tmp_path: Path) -> None:
+    """A chat model's directory (a SentencePiece .model, and a tokenizer.json adding <|im_end|> and
+    <|im_start|>): every stage loaded the .model, without the chat tokens and with </s> as EOS, where
+    transformers loads the tokenizer.json."""
+    from tests.helpers import sentencepiece_with_added_tokens
+    from vikhr.adapt.vocab_source import load_vocabulary
+    from vikhr.data.preprocess import _load_tokenizer
+    from vikhr.sft.template import load_for_chats
+    from vikhr.tokenizer.load import load_without_dummy_prefix
+
+    d = sentencepiece_with_added_tokens(tmp_path / "hermes")
+    json_file = d / "tokenizer.json"
+    tok = load(d)
+    assert (tok.path, tok.kind, tok.vocab_size) == (json_file, "huggingface", 32002)
+    assert (tok.bos_id, tok.eos_id) == (1, 32000)
+    assert load_without_dummy_prefix(d).path == json_file  # adapt-vocab encodes new pieces with it
+    assert load_vocabulary(d).size == 32002  # adapt-vocab's --old-tokenizer / --new-tokenizer
+    chat, _, _ = load_for_chats(d, "chatml")  # sft prepare
+    assert chat.path == json_file and chat.piece_to_id("<|im_start|>") == 32001
+    encoder = _load_tokenizer(d, "HuggingFaceTokenizer")  # data preprocess
+    assert (encoder.path, encoder.eos_id) == (json_file, 32000)
+    with pytest.raises(VikhrError, match=r"the tokenizer of .* has tokens its tokenizer\.model lacks"):
+        _load_tokenizer(d, "SentencePieceTokenizer")
+    assert _load_tokenizer(d / "tokenizer.model", "SentencePieceTokenizer").eos_id == 2  # the file itself
 
 
 def test_sentencepiece_model_uses_its_own_bos_eos() -> None:

@@ -7,7 +7,8 @@
     generation_config.json   BOS/EOS ids for `generate()` and serving engines
 
 Which tokenizer a checkpoint was trained with (`recorded_tokenizer`), first found of:
-  1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file;
+  1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
+     vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
      wrote into each dataset's `_sft.json`;
   3. the checkpoint the run started from (config `model.init`), by the same rules: training keeps

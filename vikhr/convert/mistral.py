@@ -509,9 +509,11 @@ def hf_to_megatron(
     cfg.validate(tp_size)
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[src])
-    tokenizer = next((src / n for n in TOKENIZER_FILES if (src / n).is_file()), None)
-    if tokenizer is not None:  # recorded for the export, which would refuse it after training
-        load_for_model(src, cfg.vocab_size, f"{src}")
+    tokenizer = None
+    if any((src / name).is_file() for name in TOKENIZER_FILES):
+        # The file loaded (vikhr.tokenizer.load's rule) is the one recorded; checked now, as the export
+        # would refuse it after training.
+        tokenizer = load_for_model(src, cfg.vocab_size, f"{src}").path
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
     meta: dict[str, Any] = {

@@ -137,6 +137,8 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     if file_kind != kind:
         wanted = "a SentencePiece .model" if kind == "sentencepiece" else "a tokenizer.json"
         found = "an HF tokenizer.json" if file_kind == "huggingface" else "not a .json file"
+        if path.is_dir() and (path / "tokenizer.model").is_file():  # the .json was chosen over it
+            found += f", the tokenizer of {path} (it has tokens its tokenizer.model lacks)"
         raise VikhrError(
             f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found} "
             "(check --tokenizer-type and --tokenizer-model)"

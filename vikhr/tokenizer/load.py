@@ -2,7 +2,10 @@
 
 Which file: a file path is loaded as it is (`.json` → HF `tokenizers`, anything else → SentencePiece).
 A directory is searched for `TOKENIZER_FILES` in order: `tokenizer.model` first, then
-`tokenizer.json` (an HF export written by vikhr holds both, and the `.model` is the original).
+`tokenizer.json` (an HF export written by vikhr holds both, and the `.model` is the original) —
+unless its `tokenizer.json` holds ids past the end of its `tokenizer.model` (tokens added to a
+SentencePiece base, such as a chat model's `<|im_start|>`/`<|im_end|>`): that `tokenizer.json` is
+then the directory's tokenizer, the one transformers loads.
 
 A Mistral `tekken.json` is refused with a pointer to `vikhr tokenizer import-tekken`, which
 converts it to a `tokenizer.json` (vikhr.tokenizer.tekken).
@@ -49,18 +52,40 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
 
 
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
-    """`path` itself if it is a file, else the first of `TOKENIZER_FILES` in the directory `path`."""
+    """`path` itself if it is a file, else the tokenizer file of the directory `path` (module doc)."""
     p = Path(path)
     if p.is_dir():
-        for name in TOKENIZER_FILES:
-            if (p / name).is_file():
-                return p / name
-        raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
+        found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
+        if not found:
+            raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
+        return found[1] if len(found) == 2 and _adds_tokens(found[1], found[0]) else found[0]
     if not p.exists():
         raise VikhrError(f"tokenizer not found: {p} ({_GIVE})")
     if not p.is_file():
         raise VikhrError(f"tokenizer is not a regular file: {p} ({_GIVE})")
     return p
+
+
+def _adds_tokens(json_path: Path, model_path: Path) -> bool:
+    """Whether the `tokenizer.json` holds ids past the end of the `.model` beside it (tokens added to
+    it); False where either cannot be read (the `.model` is then loaded, and its load says why)."""
+    import sentencepiece as spm
+
+    try:
+        size = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+        spec = json.loads(json_path.read_text(encoding="utf-8"))
+    except (RuntimeError, OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(spec, dict):
+        return False
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):  # BPE, WordPiece: piece -> id
+        ids = list(vocab.values())
+    else:  # Unigram: [piece, score] pairs in id order
+        ids = list(range(len(vocab))) if isinstance(vocab, list) else []
+    ids += [a.get("id") for a in spec.get("added_tokens") or [] if isinstance(a, dict)]
+    return max((i for i in ids if type(i) is int), default=-1) >= size
 
 
 @dataclass(frozen=True)
