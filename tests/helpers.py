@@ -195,3 +195,20 @@ def sentencepiece_with_added_tokens(path: Path) -> Path:
     )
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
+
+
+def hub_snapshot(src: Path, repo: Path) -> Path:
+    """The files of `src` laid out as an HF hub cache: repo/snapshots/REV/NAME, each a relative link
+    to repo/blobs/SHA256 (a blob's name says nothing of what it is); the snapshot directory."""
+    import hashlib
+    import os
+    import shutil
+
+    snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for f in src.iterdir():
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    return snapshot

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, run_torchrun
-from tests.helpers import FAMILIES, sentencepiece_with_added_tokens, tiny_hf_model
+from tests.helpers import FAMILIES, hub_snapshot, sentencepiece_with_added_tokens, tiny_hf_model
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf, model_config_to_hf_config
@@ -477,6 +477,29 @@ def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> No
     assert chat_ids(exported) == chat_ids(source) and chat_ids(source)[0] == 32001
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.eos_token_id == model.generation_config.eos_token_id == 32000
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.json", "tokenizer.model"])
+def test_a_hub_snapshot_records_its_tokenizer_by_name(tmp_path: Path, kind: str) -> None:
+    """The files of a hub snapshot are links to blobs named by their hash: the blob's path was recorded,
+    and the export then took a tokenizer.json blob for a .model (an error), and lost the chat template
+    and stop ids beside a tokenizer.model."""
+    from transformers import AutoTokenizer
+
+    if kind == "tokenizer.json":
+        hf = sentencepiece_with_added_tokens(_tiny_hf(tmp_path / "hf", vocab_size=32002))
+    else:
+        hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
+        shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+        template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+        (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    snapshot = hub_snapshot(hf, tmp_path / "hub" / "models--x--y")
+    meg = hf_to_megatron(snapshot, tmp_path / "meg")
+    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == str(snapshot.resolve() / kind)
+    out = megatron_to_hf(meg, tmp_path / "out")
+    source, exported = AutoTokenizer.from_pretrained(hf), AutoTokenizer.from_pretrained(out)
+    assert exported.chat_template == source.chat_template is not None
+    assert (len(exported), exported.eos_token_id) == (len(source), source.eos_token_id)
 
 
 def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(

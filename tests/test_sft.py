@@ -759,6 +759,26 @@ def test_prepare_warns_of_chats_with_an_empty_answer(tmp_path: Path, capsys) -> 
     ]
 
 
+def test_prepare_records_a_hub_snapshots_tokenizer_by_its_name(tmp_path: Path) -> None:
+    """The files of a hub snapshot are links to blobs named by their hash: prepare recorded the blob,
+    which the export then read as a SentencePiece .model (an error for a tokenizer.json), away from
+    the tokenizer_config.json and chat template beside the link."""
+    from tests.helpers import hub_snapshot, sentencepiece_with_added_tokens
+    from vikhr.convert.hf_tokenizer import load_for_model
+    from vikhr.sft.hf_chat import own_chat_template
+
+    snapshot = hub_snapshot(sentencepiece_with_added_tokens(tmp_path / "tok"), tmp_path / "hub")
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    )
+    summary = prepare_sft(chats, snapshot, tmp_path / "x")  # the template: the tokenizer's own
+    assert summary.tokenizer == str(snapshot.resolve() / "tokenizer.json")
+    assert summary.template_from == str(snapshot.resolve() / "tokenizer_config.json")
+    tok = load_for_model(Path(summary.tokenizer), 32002, "_sft.json")
+    assert tok.eos_id == 32000 and own_chat_template(tok) is not None
+
+
 def test_prepare_rejects_unknown_template_and_missing_tokenizer(tmp_path: Path) -> None:
     chats = tmp_path / "c.jsonl"
     chats.write_text(

@@ -499,7 +499,7 @@ def hf_to_megatron(
     `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
     """
     from vikhr.convert.hf_tokenizer import load_for_model
-    from vikhr.tokenizer.load import TOKENIZER_FILES
+    from vikhr.tokenizer.load import TOKENIZER_FILES, recorded_path
 
     if tp_size < 1:
         raise VikhrError(f"tensor-parallel size (--tp) must be at least 1, got {tp_size}")
@@ -527,7 +527,7 @@ def hf_to_megatron(
         "hf_config": hf_cfg,
     }
     if tokenizer is not None:
-        meta["tokenizer"] = str(tokenizer.resolve())
+        meta["tokenizer"] = str(recorded_path(tokenizer))
     with output_dir(out) as tmp, write_errors_as_os_errors(out):
         # One tensor in memory at a time, each written to every rank's file as it is made.
         spools = [SafetensorsSpool(tmp / f"model_tp{r:02d}.safetensors") for r in range(tp_size)]

@@ -37,7 +37,7 @@ from vikhr.sft.template import (
     template_token_ids,
 )
 from vikhr.tokenizer.corpus import corpus_sha256
-from vikhr.tokenizer.load import Tokenizer
+from vikhr.tokenizer.load import Tokenizer, recorded_path
 
 
 @dataclass
@@ -123,7 +123,7 @@ def prepare_sft(
         summary = PrepareSummary(
             prefix=str(output_prefix),
             template=template,
-            tokenizer=str(Path(tok.path).resolve()),
+            tokenizer=str(recorded_path(tok.path)),
             tokenizer_sha256=corpus_sha256(tok.path),
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
@@ -132,7 +132,7 @@ def prepare_sft(
             tokens=tokens,
             loss_tokens=loss_tokens,
             max_token_id=max_id,
-            template_from=None if template_from is None else str(template_from.resolve()),
+            template_from=None if template_from is None else str(recorded_path(template_from)),
             template_sha256=own_template(tok).sha256 if template == OWN else None,
         )
         tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")

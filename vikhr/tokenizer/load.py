@@ -51,6 +51,15 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def recorded_path(path: str | os.PathLike[str]) -> Path:
+    """The absolute path under which a tokenizer file is recorded for a later stage: its directory
+    resolved, its own name kept. A file of an HF hub snapshot is a link to a blob named by its hash:
+    the blob's path would lose the name (which says what the file is) and the files beside it
+    (tokenizer_config.json, the chat template, the stop ids)."""
+    p = Path(path)
+    return p.parent.resolve() / p.name
+
+
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     """`path` itself if it is a file, else the tokenizer file of the directory `path` (module doc)."""
     p = Path(path)
