@@ -598,6 +598,39 @@ def test_sft_run_exports_its_tokenizer_and_chat_template(
     assert tok.chat_template  # the SFT run's template, found through both relative paths
 
 
+def _trained_from(meg: Path, run: Path) -> Path:
+    """A run started from `meg`, as the trainer saves its checkpoints: meta.json holds the run's
+    config (model.init, relative to where it trained) and nothing of the HF source."""
+    step = run / "step_000002"
+    shutil.copytree(meg, step)
+    meta = json.loads((step / "meta.json").read_text())
+    for key in ("hf_config", "hf_generation_config", "tokenizer", "source"):
+        meta.pop(key, None)
+    config = {"model": {"init": meg.name}, "data": {"kind": "pretrain", "train": []}}
+    (step / "meta.json").write_text(json.dumps({**meta, "step": 2, "config": config, "cwd": str(meg.parent)}))
+    (run / "latest").write_text("step_000002\n")
+    return run
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_trained_run_exports_the_config_of_its_source(tmp_path: Path, family: str) -> None:
+    """A run's meta.json has no HF config: its export came back from a Llama-3-style source as
+    MistralForCausalLM with BOS 1, EOS 2 and no pad id, and from Qwen2 without its bos, layer_types,
+    max_window_layers, use_cache and attention_dropout. The source's is found through model.init."""
+    if family == "llama":
+        hf = _tiny_hf(tmp_path / "hf", llama=True, rope_theta=500000.0)
+        _edit_config(hf, bos_token_id=0, eos_token_id=[1, 2], pad_token_id=2)
+    else:
+        hf = _tiny_hf(tmp_path / "hf", family="qwen2")
+        _edit_config(hf, bos_token_id=0, eos_token_id=1, attention_dropout=0.1, max_window_layers=1)
+    run = _trained_from(hf_to_megatron(hf, tmp_path / "meg"), tmp_path / "run")
+    out = megatron_to_hf(run, tmp_path / "out")
+    source, exported = (json.loads((d / "config.json").read_text()) for d in (hf, out))
+    # RoPE is written in one form (rope_theta / rope_scaling), whichever the source used.
+    kept = {k: v for k, v in source.items() if k not in ("rope_parameters", "transformers_version")}
+    assert {k: exported.get(k) for k in kept} == kept
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

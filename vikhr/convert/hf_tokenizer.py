@@ -12,7 +12,7 @@ Which tokenizer a checkpoint was trained with (`recorded_tokenizer`), first foun
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
      wrote into each dataset's `_sft.json`;
   3. the checkpoint the run started from (config `model.init`), by the same rules: training keeps
-     the vocabulary of its starting point.
+     the vocabulary of its starting point (vikhr.convert.lineage).
 
 The chat templates render the strings of vikhr.sft.template; with a SentencePiece tokenizer (dummy
 prefix on) `apply_chat_template` then gives the ids that the SFT data was trained on for the
@@ -31,8 +31,6 @@ from typing import Any
 from vikhr.errors import VikhrError, read_json_object
 from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, hf_chat_template, own_chat_template
 from vikhr.tokenizer.load import Tokenizer, load
-
-_INIT_CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
 
 
 @dataclass(frozen=True)
@@ -104,31 +102,17 @@ def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> Non
 
 def recorded_tokenizer(step_dir: Path) -> RecordedTokenizer | None:
     """The tokenizer a checkpoint step directory records, directly or through its run (see module doc)."""
-    from vikhr.train.checkpoint import find_checkpoint
+    from vikhr.convert.lineage import lineage
 
-    seen = {step_dir.resolve()}
-    for _ in range(_INIT_CHAIN_LIMIT):
-        meta = _read_json(step_dir / "meta.json")
+    for ancestor in lineage(step_dir):
+        meta = ancestor.meta
         if isinstance(meta.get("tokenizer"), str):
-            return RecordedTokenizer(Path(meta["tokenizer"]), str(step_dir / "meta.json"))
-        # Where the run trained (checkpoints of older versions: the current directory).
-        cwd = Path(meta["cwd"]) if isinstance(meta.get("cwd"), str) else Path()
+            return RecordedTokenizer(Path(meta["tokenizer"]), str(ancestor.step_dir / "meta.json"))
         config = meta.get("config") or {}
         if config.get("data", {}).get("kind") == "sft":
-            sft = _sft_tokenizer(config, cwd)
+            sft = _sft_tokenizer(config, ancestor.cwd)
             if sft is not None:
                 return sft
-        init = config.get("model", {}).get("init")
-        if not isinstance(init, str) or init == "random":
-            return None
-        try:
-            start = find_checkpoint(str(cwd / init))
-        except VikhrError:
-            return None  # the starting point is gone: nothing recorded that can be used
-        if start is None or start.resolve() in seen:
-            return None
-        seen.add(start.resolve())
-        step_dir = start
     return None
 
 

@@ -631,7 +631,9 @@ def megatron_to_hf(
 
     The directory gets the tokenizer files and a generation config (vikhr.convert.hf_tokenizer):
     `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint
-    records; without either, only the weights and config.json are written.
+    records; without either, only the weights and config.json are written. config.json starts from
+    that of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: a
+    trained run's, through its model.init), with the model's shape and the tokenizer's ids over it.
     """
     from vikhr.convert.hf_tokenizer import (
         load_for_model,
@@ -639,6 +641,7 @@ def megatron_to_hf(
         warn_of_changed_template,
         write_tokenizer_files,
     )
+    from vikhr.convert.lineage import recorded_hf_config
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
@@ -653,7 +656,7 @@ def megatron_to_hf(
     if tok is not None and recorded is not None:
         warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
-    hf_cfg = model_config_to_hf_config(cfg, meta.get("hf_config"))
+    hf_cfg = model_config_to_hf_config(cfg, recorded_hf_config(step_dir))
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
     dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     hf_cfg["torch_dtype"] = dtype
