@@ -631,6 +631,42 @@ def test_a_trained_run_exports_the_config_of_its_source(tmp_path: Path, family: 
     assert {k: exported.get(k) for k in kept} == kept
 
 
+def test_the_source_generation_config_is_exported_with_the_tokenizers_stop_ids(tmp_path: Path) -> None:
+    """generation_config.json was made from the tokenizer alone: the source's sampling settings and
+    pad id were dropped, and without a tokenizer none was written."""
+    from transformers import GenerationConfig
+
+    hf = _tiny_hf(tmp_path / "hf", llama=True)
+    generation = {
+        "bos_token_id": 1,
+        "eos_token_id": [2, 0],
+        "pad_token_id": 0,
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "top_k": 20,
+        "repetition_penalty": 1.05,
+    }
+    (hf / "generation_config.json").write_text(json.dumps(generation))
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    for source in (meg, _trained_from(meg, tmp_path / "run")):  # no tokenizer
+        out = megatron_to_hf(source, tmp_path / f"out-{source.name}")
+        assert json.loads((out / "generation_config.json").read_text()) == generation
+    # With a tokenizer, its BOS and stop ids are written over the source's.
+    chat = sentencepiece_with_added_tokens(_tiny_hf(tmp_path / "chat", vocab_size=32002))
+    (chat / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": 2}))
+    out = megatron_to_hf(hf_to_megatron(chat, tmp_path / "chat-meg"), tmp_path / "chat-out")
+    got = GenerationConfig.from_pretrained(out)
+    assert (got.bos_token_id, got.eos_token_id, got.pad_token_id) == (1, 32000, 0)
+    assert (got.do_sample, got.temperature, got.top_p, got.top_k, got.repetition_penalty) == (
+        True,
+        0.6,
+        0.9,
+        20,
+        1.05,
+    )
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

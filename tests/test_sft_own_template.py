@@ -312,18 +312,18 @@ def test_export_keeps_the_own_template_and_stops_at_its_end_of_turn(
 ) -> None:
     """`vikhr convert megatron-to-hf` of a model tuned with ``own``: the exported tokenizer renders
     the training ids, and generation stops at the template's end-of-turn token."""
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
 
     model, directory = model_dir
     tok = load_chat_tokenizer(directory, OWN)
-    write_tokenizer_files(tok, tmp_path, OWN)
+    _, generation = write_tokenizer_files(tok, tmp_path, OWN)
     exported = AutoTokenizer.from_pretrained(tmp_path)
     plain = [messages for messages in chats if messages[0].role != "system"][:20]
     for messages in plain:
         assert _hf_ids(exported, messages) == encode_chat(messages, tok, OWN).ids
-    stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    stops = generation["eos_token_id"]  # for generation_config.json
     assert tok.piece_to_id(END[model]) in (stops if isinstance(stops, list) else [stops])
 
 
@@ -409,8 +409,6 @@ def test_convert_warns_of_a_changed_template_and_stops_at_a_kept_ones_end(
     """`sft prepare` records the own template's SHA-256; `convert` warns when the tokenizer's
     template is no longer that one. An export that keeps a tokenizer's own template without an SFT
     record (`--tokenizer`) still stops at its end of turn (Phi-3.5: <|end|>, not only EOS)."""
-    from transformers import GenerationConfig
-
     from vikhr.convert.hf_tokenizer import _sft_tokenizer, warn_of_changed_template, write_tokenizer_files
     from vikhr.sft.prepare import prepare_sft
     from vikhr.tokenizer.load import load
@@ -435,7 +433,7 @@ def test_convert_warns_of_a_changed_template_and_stops_at_a_kept_ones_end(
 
     phi = write_tokenizer(tmp_path / "phi", "phi3.5", byte_level_bpe("llama3"))
     (tmp_path / "export").mkdir()
-    write_tokenizer_files(load(phi), tmp_path / "export", None)
-    stops = GenerationConfig.from_pretrained(tmp_path / "export").eos_token_id
+    _, generation = write_tokenizer_files(load(phi), tmp_path / "export", None)
+    stops = generation["eos_token_id"]  # for generation_config.json
     tok = load(phi)
     assert tok.piece_to_id("<|end|>") in stops and tok.eos_id in stops

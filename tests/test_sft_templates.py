@@ -628,7 +628,7 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
 ) -> None:
     """`vikhr convert megatron-to-hf` of a model tuned with `template` writes a tokenizer whose own
     chat template gives vikhr's ids, and a generation config that stops at the template's end of turn."""
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
     from vikhr.sft.template import end_of_turn_id
@@ -636,7 +636,7 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
 
     template, directory = model_dir
     tok = load(directory)
-    write_tokenizer_files(tok, tmp_path, template)
+    _, generation = write_tokenizer_files(tok, tmp_path, template)
     exported = AutoTokenizer.from_pretrained(tmp_path)
     for messages in chats[:20]:
         messages = _like_qwen(template, messages)
@@ -645,7 +645,7 @@ def test_export_carries_the_template_and_stops_at_its_end_of_turn(
         assert _hf_ids(exported, messages[:-1], generation=True) == prompt
     end = tok.piece_to_id(END_TOKEN[template])
     assert end_of_turn_id(tok, template) == end
-    stops = GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    stops = generation["eos_token_id"]  # for generation_config.json
     assert end in (stops if isinstance(stops, list) else [stops])
 
 

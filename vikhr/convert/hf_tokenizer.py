@@ -4,7 +4,9 @@
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
     tokenizer_config.json    BOS/EOS/UNK tokens and, where known, the chat template
     special_tokens_map.json  the same special tokens, for loaders that read only this file
-    generation_config.json   BOS/EOS ids for `generate()` and serving engines
+
+and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, and the
+stop tokens for `generate()` and serving engines) over those of the source model.
 
 Which tokenizer a checkpoint was trained with (`recorded_tokenizer`), first found of:
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
@@ -170,12 +172,15 @@ def _with(ids: list[int], *more: int | None) -> list[int]:
     return [*ids, *(i for i in dict.fromkeys(more) if i is not None and i not in ids)]
 
 
-def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = None) -> dict[str, Any]:
-    """Write the tokenizer files and generation_config.json into `out_dir` (see module doc).
+def write_tokenizer_files(
+    tok: Tokenizer, out_dir: Path, template: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the tokenizer files into `out_dir` (see module doc).
 
     `template`: a vikhr.sft.template name; without one (or with ``own``), a chat template of the
     tokenizer's own (tokenizer_config.json or chat_template.jinja beside it) is kept. Returns the
-    BOS/EOS ids for config.json (EOS a list where the config.json beside the tokenizer lists several).
+    BOS/EOS ids for config.json (EOS a list where the config.json beside the tokenizer lists several)
+    and for generation_config.json (EOS a list of every stop token where there are several).
     """
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
@@ -220,11 +225,6 @@ def write_tokenizer_files(tok: Tokenizer, out_dir: Path, template: str | None = 
         for key in ("bos_token", "eos_token", "unk_token", "pad_token")
         if config.get(key) is not None
     }
-    files = {
-        "tokenizer_config.json": config,
-        "special_tokens_map.json": specials,
-        "generation_config.json": generation,
-    }
-    for name, content in files.items():
+    for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
         (out_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
-    return ids
+    return ids, generation

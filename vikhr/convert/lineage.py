@@ -2,8 +2,9 @@
 one's starting point, and so on.
 
 Training keeps the vocabulary and architecture of its starting point, so what `hf-to-megatron`
-recorded at the root of a lineage (the tokenizer file, the source's config.json) holds for every
-checkpoint trained from it: the export of a trained run finds them here.
+recorded at the root of a lineage (the tokenizer file, the source's config.json and
+generation_config.json) holds for every checkpoint trained from it: the export of a trained run
+finds them here.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ def lineage(step_dir: Path) -> Iterator[Ancestor]:
         step_dir = start
 
 
-def recorded_hf_config(step_dir: Path) -> dict[str, Any] | None:
-    """The config.json of the HF model the lineage of `step_dir` was converted from, as
-    `hf-to-megatron` recorded it (None where none was)."""
+def recorded_hf_source(step_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(config.json, generation_config.json) of the HF model the lineage of `step_dir` was converted
+    from, as `hf-to-megatron` recorded them (None for what it did not)."""
     for ancestor in lineage(step_dir):
         config = ancestor.meta.get("hf_config")
         if isinstance(config, dict):
-            return config
-    return None
+            generation = ancestor.meta.get("hf_generation_config")
+            return config, generation if isinstance(generation, dict) else None
+    return None, None

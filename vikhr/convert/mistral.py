@@ -495,8 +495,9 @@ def hf_to_megatron(
 ) -> Path:
     """Convert an HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoint into a vikhr megatron checkpoint.
 
-    The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`) so that
-    `megatron_to_hf` of this checkpoint, or of a run started from it, can export it again.
+    The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`), with its
+    config.json (`hf_config`) and generation_config.json (`hf_generation_config`), so that
+    `megatron_to_hf` of this checkpoint, or of a run started from it, can export them again.
     """
     from vikhr.convert.hf_tokenizer import load_for_model
     from vikhr.tokenizer.load import TOKENIZER_FILES, recorded_path
@@ -526,6 +527,8 @@ def hf_to_megatron(
         "source": {"format": "hf", "path": str(src), "tied_embeddings": checkpoint.tied},
         "hf_config": hf_cfg,
     }
+    if (src / "generation_config.json").is_file():  # sampling settings, pad and stop ids
+        meta["hf_generation_config"] = read_json_object(src / "generation_config.json")
     if tokenizer is not None:
         meta["tokenizer"] = str(recorded_path(tokenizer))
     with output_dir(out) as tmp, write_errors_as_os_errors(out):
@@ -629,11 +632,11 @@ def megatron_to_hf(
 ) -> Path:
     """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF directory.
 
-    The directory gets the tokenizer files and a generation config (vikhr.convert.hf_tokenizer):
-    `tokenizer` (a `.model`, a `tokenizer.json` or a directory) or else the one the checkpoint
-    records; without either, only the weights and config.json are written. config.json starts from
-    that of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: a
-    trained run's, through its model.init), with the model's shape and the tokenizer's ids over it.
+    The directory gets the tokenizer files (vikhr.convert.hf_tokenizer): `tokenizer` (a `.model`, a
+    `tokenizer.json` or a directory) or else the one the checkpoint records; without either, only
+    the weights and the configs are written. config.json and generation_config.json start from those
+    of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: a trained
+    run's, through its model.init), with the model's shape and the tokenizer's ids over them.
     """
     from vikhr.convert.hf_tokenizer import (
         load_for_model,
@@ -641,7 +644,7 @@ def megatron_to_hf(
         warn_of_changed_template,
         write_tokenizer_files,
     )
-    from vikhr.convert.lineage import recorded_hf_config
+    from vikhr.convert.lineage import recorded_hf_source
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
@@ -656,7 +659,8 @@ def megatron_to_hf(
     if tok is not None and recorded is not None:
         warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
-    hf_cfg = model_config_to_hf_config(cfg, recorded_hf_config(step_dir))
+    source_config, source_generation = recorded_hf_source(step_dir)
+    hf_cfg = model_config_to_hf_config(cfg, source_config)
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
     dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     hf_cfg["torch_dtype"] = dtype
@@ -666,6 +670,7 @@ def megatron_to_hf(
     # warns on every load of a Mistral export that its tokenizer needs `fix_mistral_regex=True`,
     # which would give other ids than the model was trained on.
     hf_cfg["transformers_version"] = importlib.metadata.version("transformers")
+    generation = dict(source_generation or {})  # sampling settings and pad id kept
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
             spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})
@@ -673,8 +678,12 @@ def megatron_to_hf(
                 spool.add(name, tensor)
             spool.finish()
         if tok is not None:
-            hf_cfg.update(write_tokenizer_files(tok, tmp, chat_template))
+            config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
+            hf_cfg.update(config_ids)
+            generation.update(generation_ids)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
+        if generation:
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     return out
 
 
