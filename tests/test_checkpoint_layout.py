@@ -5,6 +5,7 @@ formats. End-to-end resumes in another layout or on another device: tests/test_t
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,6 +185,36 @@ def test_distributed_optimizer_state_is_cut_again_for_another_tp_size(
                 assert torch.equal(inner.restored[param][key], expected), (rank, name, key)
             assert float(inner.restored[param]["step"]) == 3.0
             assert math.prod(param.shape) == inner.restored[param]["param"].numel() + 2
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_weights_padded_to_another_multiple_are_re_padded_at_the_same_tp(tmp_path: Path, tp: int) -> None:
+    """A start saved with the vocabulary padded to 24 rows (`vikhr convert` pads to a multiple of
+    128) loads into a run padding it to 32 (another model.vocab_multiple) at the same TP size: at
+    another TP size the rows were re-padded, at the same one the rank's file was loaded as it is and
+    refused ("is [24, 4] there and [32, 4] in this run")."""
+    torch.manual_seed(0)
+    whole = {n: torch.randn(s) for n, s in _shard_shapes(24, 1).items()}
+    whole[EMBED][20:] = 0  # the padding of a 20-token vocabulary
+    step_dir = tmp_path / "step"
+    step_dir.mkdir()
+    for t in range(tp):
+        parts = {n: shard(w, split_of(n), t, tp).contiguous() for n, w in whole.items()}
+        save_file(parts, str(step_dir / f"model_tp{t:02d}.safetensors"))
+    meta = {"tp": tp, "world_size": tp, "model": {"vocab_size": 20}, "padded_vocab_size": 24}
+    (step_dir / "meta.json").write_text(json.dumps(meta))
+    for rank in range(tp):
+        model, params = _model(_shard_shapes(32, tp))
+        checkpoint.load_model(model, step_dir, rank, tp)
+        for name, param in params.items():
+            expected = whole[name]
+            if name == EMBED:
+                expected = torch.cat([expected[:20], torch.zeros(12, 4)])
+            assert torch.equal(param.data, shard(expected, split_of(name), rank, tp)), (rank, name)
+        # The same padding: the rank's own file, as it is.
+        model, params = _model(_shard_shapes(24, tp))
+        checkpoint.load_model(model, step_dir, rank, tp)
+        assert torch.equal(params[EMBED].data, shard(whole[EMBED], split_of(EMBED), rank, tp))
 
 
 class _Float16Optimizer:

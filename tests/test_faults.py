@@ -540,7 +540,6 @@ def test_a_bf16_state_with_fp32_parameters_does_not_move_to_the_cpu(
 @pytest.mark.parametrize(
     ("key", "overrides", "fragment"),
     [
-        ("model.init", ["model.vocab_multiple=100"], "is [512, 64] there and [600, 64] in this run"),
         ("model.init", ["model.overrides.num_layers=3"], "num_layers 2 (run: 3)"),
         ("kl.reference", ["model.overrides.num_layers=3", "kl.weight=0.5"], "num_layers 2 (run: 3)"),
     ],
@@ -559,6 +558,29 @@ def test_start_or_reference_of_another_shape_is_one_line(
     argv = ["pretrain", "--config", str(config), f"{key}={saved_run[0] / 'step_000001'}", *overrides]
     _one_error_line(capsys, main(argv), "step_000001", fragment)
     assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_a_start_padded_to_another_vocab_multiple_trains(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.vocab_multiple other than the start's (`vikhr convert` pads to 128) at the same TP size
+    was refused ("is [512, 64] there and [600, 64] in this run"): the vocabulary rows are re-padded,
+    as at another TP size."""
+    from safetensors import safe_open
+
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 1})
+    argv = ["pretrain", "--config", str(config), f"model.init={saved_run[0] / 'step_000001'}"]
+    assert main([*argv, "model.vocab_multiple=100"]) == 0
+    with safe_open(str(tmp_path / "run" / "step_000001" / "model_tp00.safetensors"), "pt") as f:
+        assert f.get_slice("embedding.word_embeddings.weight").get_shape() == [600, 64]
+    # A resume reads the optimizer state as saved: it keeps the padding, in one line.
+    capsys.readouterr()
+    run = _copy_run(saved_run, tmp_path / "resumed")
+    config = _train_config(tmp_path / "resumed", saved_run[1], train={"steps": 3})
+    status = main(["pretrain", "--config", str(config), "model.vocab_multiple=100"])
+    _one_error_line(capsys, status, "pads the vocabulary to other rows", f"model.init={run / 'step_000002'}")
 
 
 def test_damaged_start_checkpoint_is_one_line(

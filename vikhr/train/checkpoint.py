@@ -40,7 +40,7 @@ from vikhr.adapt.safetensors_io import read_header
 from vikhr.atomic import write_errors_as_os_errors
 from vikhr.errors import VikhrError
 from vikhr.model.config import shape_differences
-from vikhr.model.tp_layout import reshard
+from vikhr.model.tp_layout import is_vocab_rows, reshard
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -142,14 +142,26 @@ def _resharded_tensors(
     return out
 
 
+def _as_saved(model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_size: int) -> bool:
+    """Whether this rank's part of every parameter is the one the checkpoint saved: the same TP
+    size, and the vocabulary padded to the same rows (model.vocab_multiple may differ from the
+    saving run's, or from the 128 of `vikhr convert`)."""
+    if int(meta["tp"]) != tp_size:
+        return False
+    own = {canonical_name(k): v.shape for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    saved = _part_shapes(step_dir)
+    return all(own[n][0] == saved[n][0] for n in saved if is_vocab_rows(n) and n in own)
+
+
 def _saved_weights(
     model: torch.nn.Module, step_dir: Path, meta: dict[str, Any], tp_rank: int, tp_size: int
 ) -> dict[str, torch.Tensor]:
     """This TP rank's weights as the checkpoint holds them (in its dtype), by canonical name: its
-    own file, or at another saved TP size every rank's part merged and cut again."""
+    own file, or (at another saved TP size or vocabulary padding) every rank's part merged, re-padded
+    and cut again."""
     from safetensors.torch import load_file
 
-    if int(meta["tp"]) == tp_size:
+    if _as_saved(model, step_dir, meta, tp_size):
         return load_file(str(step_dir / f"model_tp{tp_rank:02d}.safetensors"))
     return _resharded_tensors(model, step_dir, meta, tp_rank, tp_size)
 
@@ -163,8 +175,8 @@ def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path:
         if name in own and tuple(own[name].shape) != tuple(tensor.shape):
             raise VikhrError(
                 f"checkpoint {path} does not fit the model: {canonical_name(name)} is "
-                f"{list(tensor.shape)} there and {list(own[name].shape)} in this run (same model preset, "
-                "overrides and model.vocab_multiple?)"
+                f"{list(tensor.shape)} there and {list(own[name].shape)} in this run (same model preset "
+                "and overrides?)"
             )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
@@ -762,7 +774,7 @@ def load_model(
                 f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
                 "set model.preset / model.overrides to match it"
             )
-    same = int(meta["tp"]) == tp_size
+    same = _as_saved(model, step_dir, meta, tp_size)
     where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
     _load_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
@@ -793,6 +805,13 @@ def resume(
     saved_runtime = {key: meta.get(key, now) for key, now in runtime.items()}  # absent in old checkpoints
     distributed = is_distributed_optimizer(optimizer)
     _check_resumable(step_dir, meta, distributed)
+    if int(meta["tp"]) == tp_size and not _as_saved(model, step_dir, meta, tp_size):
+        # The optimizer state is read as saved at the same TP size: its rows must be the weights'.
+        raise VikhrError(
+            f"checkpoint {step_dir} pads the vocabulary to other rows than this run (model.vocab_multiple "
+            "changed): resume with the one it was saved with, or start from its weights "
+            f"(model.init={step_dir})"
+        )
     load_model(model, step_dir, tp_rank, tp_size, expected)
     if distributed:
         _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
