@@ -325,6 +325,29 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         hf_config_to_model_config({**qwen, "use_sliding_window": True})
 
 
+@pytest.mark.parametrize("family", ["mistral", "llama", "qwen2", "qwen3"])
+def test_keys_a_config_leaves_out_mean_what_they_mean_to_transformers(family: str) -> None:
+    """A key missing from config.json has the default of the family's transformers config class:
+    rms_norm_eps was 1e-5 where transformers takes 1e-6, a Mistral's sliding_window None where it
+    takes 4096, max_position_embeddings 4096, and the KV heads those of attention."""
+    from transformers import AutoConfig
+
+    minimal = {
+        "model_type": family,
+        "num_hidden_layers": 2,
+        "hidden_size": 2048,
+        "intermediate_size": 128,
+        "num_attention_heads": 32,
+        "vocab_size": 1000,
+    }
+    written = AutoConfig.for_model(**minimal).to_dict()  # every key, as transformers fills it in
+    assert hf_config_to_model_config(minimal) == hf_config_to_model_config(written)
+    cfg = hf_config_to_model_config(minimal)
+    assert cfg.norm_eps == 1e-6
+    assert cfg.sliding_window == (4096 if family == "mistral" else None)
+    assert cfg.head_dim == (128 if family == "qwen3" else 64)
+
+
 def test_configs_transformers_would_run_otherwise_are_refused_or_read_as_it_does() -> None:
     """Each of these converted (exit 0) into a model whose logits differ from transformers': an
     activation other than SiLU, a sliding window on Llama (transformers ignores the key), RoPE given

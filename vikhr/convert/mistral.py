@@ -27,6 +27,7 @@ held in memory until written (peak ≈ one copy of the model).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import math
@@ -72,6 +73,27 @@ _HF_ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
+# transformers' config class of each family: its defaults are what a key config.json leaves out means.
+_HF_CONFIG_CLASSES = {
+    "mistral": "MistralConfig",
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+}
+# The keys read with a default (the others are required).
+_DEFAULTED_KEYS = (
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "sliding_window",
+    "use_sliding_window",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+)
 _HF_SHAPE_FIELDS = {
     "embed_tokens": "vocab_size, hidden_size",
     "lm_head": "vocab_size, hidden_size",
@@ -96,8 +118,26 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
     return read_json_object(path)
 
 
+@functools.cache
+def _transformers_defaults(family: str) -> dict[str, Any]:
+    """The keyword defaults of transformers' config class for `family` (`_DEFAULTED_KEYS` and the
+    default RoPE θ): what transformers reads where config.json leaves a key out."""
+    import inspect
+
+    import transformers
+
+    cls = getattr(transformers, _HF_CONFIG_CLASSES[family])
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {k: params[k].default for k in _DEFAULTED_KEYS if k in params}
+    # transformers 4 takes rope_theta as an argument, 5 a class attribute (rope_parameters unset).
+    theta = params["rope_theta"].default if "rope_theta" in params else getattr(cls, "default_theta", None)
+    defaults["rope_theta"] = 10000.0 if theta in (None, inspect.Parameter.empty) else float(theta)
+    return defaults
+
+
 def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-    """ModelConfig from an HF Mistral/Llama/Qwen2/Qwen3 config.json dict (`where`: the file, in errors)."""
+    """ModelConfig from an HF Mistral/Llama/Qwen2/Qwen3 config.json dict (`where`: the file, in errors);
+    a key it leaves out has the default of the family's transformers config class."""
     arch = (hf.get("architectures") or ["?"])[0]
     family = hf.get("model_type")
     if family not in _HF_FAMILIES:
@@ -106,9 +146,11 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         value = hf.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise VikhrError(f"{where}: {key} must be a positive integer, got {value!r}")
+    defaults = _transformers_defaults(family)
+    hf = {**{k: v for k, v in defaults.items() if k != "rope_theta"}, **hf}
     heads = hf["num_attention_heads"]
-    # transformers' Qwen3Config defaults head_dim to 128; the others derive it from the width.
-    head_dim = hf.get("head_dim") or (128 if family == "qwen3" else hf["hidden_size"] // heads)
+    # Null as absent; no default (Mistral, Llama, Qwen2): derived from the width, as transformers does.
+    head_dim = hf.get("head_dim") or defaults.get("head_dim") or hf["hidden_size"] // heads
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
         raise VikhrError(f"{where}: head_dim must be a positive integer, got {head_dim!r}")
     if hf.get("mlp_bias") or (family != "qwen2" and hf.get("attention_bias")):
@@ -131,15 +173,15 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         num_attention_heads=heads,
         num_kv_heads=_positive(hf, "num_key_value_heads", None, where, integer=True, optional=True) or heads,
         vocab_size=hf["vocab_size"],
-        max_seq_len=_positive(hf, "max_position_embeddings", 4096, where, integer=True),
+        max_seq_len=_positive(hf, "max_position_embeddings", None, where, integer=True),
         sliding_window=sliding_window,
-        norm_eps=_positive(hf, "rms_norm_eps", 1e-5, where),
-        init_std=_positive(hf, "initializer_range", 0.02, where),
+        norm_eps=_positive(hf, "rms_norm_eps", None, where),
+        init_std=_positive(hf, "initializer_range", None, where),
         kv_channels=None if head_dim * heads == hf["hidden_size"] else head_dim,
         qkv_bias=family == "qwen2",
         qk_norm=family == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        **_hf_rope_fields(hf, where),
+        **_hf_rope_fields(hf, where, defaults["rope_theta"]),
     )
 
 
@@ -159,17 +201,18 @@ def _positive(
     return value
 
 
-def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
+def _hf_rope_fields(hf: dict[str, Any], where: str, default_theta: float) -> dict[str, Any]:
     """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4) or
-    `rope_parameters` (transformers 5); plain RoPE and Llama-3.1's "llama3" scaling are known.
-    A config giving both forms must give the same RoPE in each (which one transformers follows
-    has changed between its versions)."""
+    `rope_parameters` (transformers 5), θ `default_theta` where neither gives one; plain RoPE and
+    Llama-3.1's "llama3" scaling are known. A config giving both forms must give the same RoPE in
+    each (which one transformers follows has changed between its versions)."""
     forms = []
     if "rope_theta" in hf or hf.get("rope_scaling") is not None:
         scaling = hf.get("rope_scaling") or {}
         if not isinstance(scaling, dict):
             raise VikhrError(f"{where}: rope_scaling must be a mapping or null, got {scaling!r}")
-        forms.append(("rope_theta / rope_scaling", _rope_form(hf.get("rope_theta"), scaling, where)))
+        form = _rope_form(hf.get("rope_theta"), scaling, where, default_theta)
+        forms.append(("rope_theta / rope_scaling", form))
     params = hf.get("rope_parameters")
     if params is not None:
         if not isinstance(params, dict) or (params and all(isinstance(v, dict) for v in params.values())):
@@ -178,16 +221,16 @@ def _hf_rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
                 f"got {params!r}"
             )
         theta = params.get("rope_theta", hf.get("rope_theta"))
-        forms.append(("rope_parameters", _rope_form(theta, params, where)))
+        forms.append(("rope_parameters", _rope_form(theta, params, where, default_theta)))
     if len(forms) == 2 and forms[0][1] != forms[1][1]:
         (a, first), (b, second) = forms
         raise VikhrError(f"{where}: {a} give {first} but {b} {second}: keep one of the two forms")
-    return forms[-1][1] if forms else {"rope_theta": 10000.0}
+    return forms[-1][1] if forms else {"rope_theta": default_theta}
 
 
-def _rope_form(theta: Any, rope: dict[str, Any], where: str) -> dict[str, Any]:
-    """The RoPE fields of one form: its θ (10000 when absent) and its scaling."""
-    theta = 10000.0 if theta is None else theta
+def _rope_form(theta: Any, rope: dict[str, Any], where: str, default_theta: float) -> dict[str, Any]:
+    """The RoPE fields of one form: its θ (`default_theta` when absent) and its scaling."""
+    theta = default_theta if theta is None else theta
     _positive({"rope_theta": theta}, "rope_theta", None, where)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in ("default", None):
