@@ -170,8 +170,8 @@ def test_chatml_on_mistrals_sentencepiece_model_learns_to_stop(tmp_path: Path) -
         answers = [run for trained, run in mask_runs(ids.document(i), masks.document(i)) if trained]
         assert answers and all(run[-1] == tok.eos_id for run in answers), i
         assert all(tok.decode(run[:-1]).endswith("<|im_end|>") for run in answers), i
-    write_tokenizer_files(tok, tmp_path, "chatml")
-    assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == tok.eos_id
+    _, generation = write_tokenizer_files(tok, tmp_path, "chatml")
+    assert generation["eos_token_id"] == tok.eos_id  # the export's generation_config.json stops there
     chat = [{"role": "user", "content": "Столица России?"}, {"role": "assistant", "content": "Москва."}]
     rendered = AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(chat, tokenize=False)
     assert rendered.endswith("assistant\nМосква.<|im_end|></s>\n")

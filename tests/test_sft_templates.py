@@ -658,7 +658,7 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     stopped at EOS only, so generation never stopped. Each answer now closes with EOS after its
     <|im_end|>, in training and in the export's template alike (same ids through transformers)."""
     from tokenizers import Tokenizer as HFTokenizer
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
     from vikhr.eval.lm import chat_answer_frame
@@ -674,7 +674,7 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     tok = load_chat_tokenizer(source, template)
     (tmp_path / "export").mkdir()
-    write_tokenizer_files(load(source), tmp_path / "export", template)
+    _, generation = write_tokenizer_files(load(source), tmp_path / "export", template)
     exported = AutoTokenizer.from_pretrained(tmp_path / "export")
     for number, messages in enumerate(chats[:40] + _handmade_chats()):
         encoded = encode_chat(messages, tok, template)
@@ -686,7 +686,7 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
         for ids in answers:  # the answer, its <|im_end|> as text, then EOS
             assert ids[-1] == tok.eos_id and tok.decode(ids[:-1]).endswith(CHATML_END), number
     assert end_of_turn_id(tok, template) == tok.eos_id
-    assert GenerationConfig.from_pretrained(tmp_path / "export").eos_token_id == tok.eos_id
+    assert generation["eos_token_id"] == tok.eos_id  # the export's generation_config.json stops there
     # Read back as a model's own template: it closes an answer with EOS; lm-eval stops at the text.
     assert own_template(load(tmp_path / "export")).end_of_turn_id(None) == tok.eos_id
     assert chat_answer_frame(exported)[1] == CHATML_END
