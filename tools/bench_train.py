@@ -3,8 +3,11 @@
 
 One forward + backward of a Mistral-shaped slice with the loss each stack trains with (vikhr:
 cross_entropy_kl over the vocab-parallel logits; HF: its own `labels=` loss), same shape, same
-dtype, in the same process. Prints the median of several timed steps: tokens/s, TFLOP/s and
-peak memory, and each stack's ratio to HF.
+dtype, same weights (HF's, copied into each vikhr model through the HF → megatron conversion),
+same tokens and labels, in the same process. Before anything is timed, each vikhr model's first
+loss must equal HF's within a tolerance (fp32: 1e-4, bf16: 2e-2 relative); a mismatch ends the
+script with status 1. Prints the median of several timed steps: tokens/s, TFLOP/s and peak
+memory, and each stack's ratio to HF.
 
     python tools/bench_train.py              # GPU: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16
     python tools/bench_train.py --cpu-small  # CPU: a small shape in fp32 (the same code path)
@@ -15,12 +18,15 @@ the same torch SDPA. On GPU both are pinned to the flash / memory-efficient SDPA
 fall-back to the math kernel), and the table names the backend each row ran with.
 
 Memory: on GPU the peak of torch.cuda.max_memory_allocated during a step (weights, gradients,
-activations, temporaries); on CPU the activations autograd saves for backward in one step.
+activations, temporaries); on CPU everything one step keeps for its backward at the end of the
+forward: the tensors autograd saves, and the tensors the graph's custom autograd functions hold
+as attributes of their context (vikhr's loss keeps its [tokens × vocab] gradient that way).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
@@ -28,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -36,20 +43,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 class PeakMemory:
-    """GPU: peak of the CUDA allocator above the level at start. CPU: the bytes autograd saves for
-    backward in one step (unique storages, parameters excluded), which is what differs between
-    the stacks and, unlike process RSS, does not depend on what the allocator kept from before."""
+    """GPU: peak of the CUDA allocator above the level at start. CPU: the bytes one step keeps for
+    backward at the end of its forward (unique storages; the model's parameters and buffers, and
+    views of them such as a transposed weight, excluded) — what autograd saves (saved_tensors_hooks)
+    and what custom autograd functions hold on their context (found by walking the graph from the
+    loss), so that a loss keeping its gradient as a context attribute is counted like one saving
+    its log-softmax output. Unlike process RSS, this does not depend on what the allocator kept
+    from before."""
 
-    def __init__(self, cuda: bool) -> None:
+    def __init__(self, cuda: bool, model: torch.nn.Module) -> None:
         self.cuda = cuda
         self.peak = 0
         self.saved: dict[int, int] = {}
+        weights = [*model.parameters(), *model.buffers()]
+        self.weights = {t.untyped_storage().data_ptr() for t in weights}
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        if not (t.is_leaf and t.requires_grad):
-            storage = t.untyped_storage()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self.weights:
             self.saved[storage.data_ptr()] = storage.nbytes()
         return t
+
+    def forward_done(self, loss: torch.Tensor) -> None:
+        """Count the tensors the graph behind `loss` holds outside autograd's saved tensors."""
+        if self.cuda:
+            return
+        todo, seen = [loss.grad_fn], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            for value in getattr(node, "__dict__", {}).values():
+                for t in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(t, torch.Tensor):
+                        self._pack(t)
+            todo.extend(fn for fn, _ in node.next_functions)
 
     def step_done(self) -> None:
         self.peak = max(self.peak, sum(self.saved.values()))
@@ -91,30 +120,35 @@ def step_flops(cfg, tokens: int, seq_len: int) -> float:
     return 3.0 * tokens * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size)
 
 
-def vikhr_step(cfg, spec: str, batch: int, seq: int, dtype, env) -> Callable[[], None]:
-    """One fwd+bwd of vikhr's GPTModel with the trainer's loss (gradients freed after each step)."""
-    from megatron.core import parallel_state
+class Stack(NamedTuple):
+    """One row of the table: a model and the loss of its micro-batch (a new graph per call)."""
 
-    from vikhr.model import build_gpt_model
-    from vikhr.train.data import Batch
-    from vikhr.train.trainer import CrossEntropyKL, forward_loss
+    name: str
+    model: torch.nn.Module
+    loss: Callable[[], torch.Tensor]
 
-    device = env.device
-    model = build_gpt_model(cfg, params_dtype=dtype, attention=spec, on_gpu=env.on_gpu).to(device)
+
+def train_step(stack: Stack, mem: PeakMemory | None = None) -> None:
+    """One fwd+bwd (gradients freed after it); `mem` counts what the forward keeps for backward."""
+    loss = stack.loss()
+    if mem is not None:
+        mem.forward_done(loss)
+    loss.backward()
+    stack.model.zero_grad(set_to_none=True)
+    if mem is not None:
+        mem.step_done()
+
+
+def micro_batch(cfg, batch: int, seq: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens and the labels both losses train on: the next token, none after the last."""
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen).to(device)
-    micro_batch = Batch(tokens[:, :-1], tokens[:, 1:], None)
-    loss_fn = CrossEntropyKL(cfg.vocab_size, parallel_state.get_tensor_model_parallel_group())
-
-    def step() -> None:
-        forward_loss(model, micro_batch, loss_fn).loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen)
+    labels = torch.cat([tokens[:, 1:], torch.full((batch, 1), -100)], dim=1)  # -100: ignored by both
+    return tokens.to(device), labels.to(device)
 
 
-def hf_step(cfg, batch: int, seq: int, dtype, device) -> Callable[[], None]:
-    """One fwd+bwd of transformers' MistralForCausalLM (SDPA) with its own loss."""
+def hf_model(cfg, dtype, device) -> torch.nn.Module:
+    """transformers' MistralForCausalLM (SDPA, no KV cache) of shape `cfg`, random weights (seed 0)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     from vikhr.convert.mistral import model_config_to_hf_config
@@ -124,30 +158,73 @@ def hf_step(cfg, batch: int, seq: int, dtype, device) -> Callable[[], None]:
     torch.manual_seed(0)
     model = MistralForCausalLM(hf_cfg).to(device=device, dtype=dtype)
     model.train()
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
+    return model
 
-    def step() -> None:
-        model(input_ids=tokens, labels=tokens, use_cache=False).loss.backward()
-        model.zero_grad(set_to_none=True)
 
-    return step
+def hf_stack(name: str, model: torch.nn.Module, tokens: torch.Tensor) -> Stack:
+    """HF with its own `labels=` loss (it shifts the labels: position t predicts token t + 1)."""
+    return Stack(name, model, lambda: model(input_ids=tokens, labels=tokens, use_cache=False).loss)
+
+
+def copy_hf_weights(model: torch.nn.Module, hf: torch.nn.Module, cfg) -> None:
+    """Give vikhr's model HF's weights, through the converter's HF → megatron mapping (fused QKV,
+    gate/up, padded vocabulary rows); a missing, extra or misshapen tensor raises."""
+    from vikhr.convert.mistral import LM_HEAD, _megatron_full_tensors
+    from vikhr.train.checkpoint import _load_tensors
+
+    state = hf.state_dict()
+
+    class Source:  # what _megatron_full_tensors reads from an HF checkpoint
+        @staticmethod
+        def get(name: str) -> torch.Tensor:
+            return state[name]
+
+        @staticmethod
+        def lm_head(embedding: torch.Tensor) -> torch.Tensor:
+            return state.get(LM_HEAD, embedding)
+
+    v_pad = model.embedding.word_embeddings.weight.shape[0]
+    with torch.no_grad():
+        _load_tensors(model, dict(_megatron_full_tensors(Source, cfg, v_pad)), Path("<HF model>"))
+
+
+def vikhr_stack(name: str, cfg, spec: str, dtype, env, hf: torch.nn.Module, data) -> Stack:
+    """vikhr's GPTModel with HF's weights and the trainer's loss on the same tokens and labels."""
+    from megatron.core import parallel_state
+
+    from vikhr.model import build_gpt_model
+    from vikhr.train.data import Batch
+    from vikhr.train.trainer import CrossEntropyKL, forward_loss
+
+    model = build_gpt_model(cfg, params_dtype=dtype, attention=spec, on_gpu=env.on_gpu).to(env.device)
+    copy_hf_weights(model, hf, cfg)
+    tokens, labels = data
+    batch = Batch(tokens, labels, None)
+    loss_fn = CrossEntropyKL(cfg.vocab_size, parallel_state.get_tensor_model_parallel_group())
+    return Stack(name, model, lambda: forward_loss(model, batch, loss_fn).loss)
+
+
+def check_losses(stacks: list[Stack], dtype: torch.dtype) -> None:
+    """Each stack's first training loss (the timed code path, backward included) equals HF's (the
+    first stack's) within the dtype's tolerance; otherwise the script ends with status 1."""
+    rtol = 1e-4 if dtype == torch.float32 else 2e-2
+    losses = []
+    for stack in stacks:
+        loss = stack.loss()
+        losses.append(float(loss.detach()))
+        loss.backward()
+        stack.model.zero_grad(set_to_none=True)
+    pairs = list(zip((s.name for s in stacks), losses, strict=True))
+    print("first loss (same weights, tokens and labels): " + ", ".join(f"{n} {x:.6f}" for n, x in pairs))
+    bad = [f"{n} {x:.6f}" for n, x in pairs if not abs(x - losses[0]) <= rtol * abs(losses[0])]
+    if bad:
+        sys.exit(
+            f"loss mismatch before timing: {', '.join(bad)} against HF's {losses[0]:.6f} (rtol {rtol:g})"
+        )
 
 
 # The SDPA kernels both stacks may use on GPU: torch raises rather than falling back to math.
 SDPA_GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-
-
-def pinned(step: Callable[[], None], backends: list[SDPBackend] | None) -> Callable[[], None]:
-    """`step` run with torch SDPA restricted to `backends` (None: torch's own choice)."""
-    if backends is None:
-        return step
-
-    def run() -> None:
-        with sdpa_kernel(backends):
-            step()
-
-    return run
 
 
 def main() -> None:
@@ -181,10 +258,9 @@ def main() -> None:
 
 
 def compare(cfg, args: argparse.Namespace, batch: int, seq: int, dtype: torch.dtype, env) -> None:
-    """Time HF and each vikhr spec on the same shape and print the table."""
-    cuda, device = env.on_gpu, env.device
+    """Check that the stacks agree, time HF and each vikhr spec on the same shape, print the table."""
+    cuda = env.on_gpu
     tokens = batch * seq
-    flops = step_flops(cfg, tokens, seq)
     where = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores), fp32"
     print(
         f"{where}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, FFN {cfg.ffn_hidden_size}, "
@@ -194,46 +270,56 @@ def compare(cfg, args: argparse.Namespace, batch: int, seq: int, dtype: torch.dt
 
     from vikhr.model.gpt import resolve_attention
 
-    sdpa = SDPA_GPU_BACKENDS if cuda else None
     sdpa_name = "flash/efficient" if cuda else "torch default"
     print(f"torch SDPA kernels: {sdpa_name} (HF sdpa and vikhr's sdpa spec)")
-    stacks: list[tuple[str, Callable[[], None]]] = [
-        (f"HF Mistral (sdpa: {sdpa_name})", pinned(hf_step(cfg, batch, seq, dtype, device), sdpa))
-    ]
+    data = micro_batch(cfg, batch, seq, env.device)
+    hf = hf_model(cfg, dtype, env.device)
+    stacks = [hf_stack(f"HF Mistral (sdpa: {sdpa_name})", hf, data[0])]
     for spec in args.specs:
         name = resolve_attention(spec, cuda)
         backend = f"sdpa: {sdpa_name}" if name == "sdpa" else name
-        step = pinned(vikhr_step(cfg, name, batch, seq, dtype, env), sdpa)
-        stacks.append((f"vikhr GPTModel ({backend})", step))
-    # Peak memory of each stack alone (its warm-up steps), then timing rounds that interleave the
-    # stacks, so a change in machine load hits them all alike.
-    # Each figure is printed as soon as it is measured: a run stopped at its limit keeps them.
+        stacks.append(vikhr_stack(f"vikhr GPTModel ({backend})", cfg, name, dtype, env, hf, data))
+    # On GPU both SDPA users are pinned to the flash / memory-efficient kernels (torch raises
+    # rather than falling back to math); megatron's local spec and TE do not call torch SDPA.
+    with sdpa_kernel(SDPA_GPU_BACKENDS) if cuda else contextlib.nullcontext():
+        check_losses(stacks, dtype)
+        peaks, times = measure(stacks, args, cuda)
+    print_table(stacks, peaks, times, step_flops(cfg, tokens, seq), tokens, cuda)
+
+
+def measure(stacks: list[Stack], args: argparse.Namespace, cuda: bool) -> tuple[list[int], list[list[float]]]:
+    """Peak memory of each stack alone (its warm-up steps), then timing rounds that interleave the
+    stacks, so a change in machine load hits them all alike. Each figure is printed as soon as it
+    is measured: a run stopped at its limit keeps them."""
     peaks = []
-    for name, step in stacks:
+    for stack in stacks:
         gc.collect()
-        with PeakMemory(cuda) as mem:
+        with PeakMemory(cuda, stack.model) as mem:
             for _ in range(args.warmup):
-                step()
-                mem.step_done()
+                train_step(stack, mem)
         peaks.append(mem.peak)
-        print(f"warm-up {name}: peak {mem.peak / 2**20:,.1f} MiB")
+        print(f"warm-up {stack.name}: peak {mem.peak / 2**20:,.1f} MiB")
     times: list[list[float]] = [[] for _ in stacks]
     for round_index in range(args.repeats):
-        for i, (_, step) in enumerate(stacks):
-            times[i].append(timed(step, cuda))
+        for i, stack in enumerate(stacks):
+            times[i].append(timed(lambda s=stack: train_step(s), cuda))
         print(f"round {round_index + 1}: " + ", ".join(f"{t[-1] * 1e3:.1f} ms" for t in times))
-    results = [(name, t, peak) for (name, _), t, peak in zip(stacks, times, peaks, strict=True)]
+    return peaks, times
 
-    hf_tps = tokens / statistics.median(results[0][1])
-    hf_mem = results[0][2]
-    mem_name = "GPU peak" if cuda else "saved act."
+
+def print_table(
+    stacks: list[Stack], peaks: list[int], times: list[list[float]], flops: float, tokens: int, cuda: bool
+) -> None:
+    hf_tps = tokens / statistics.median(times[0])
+    hf_mem = peaks[0]
+    mem_name = "GPU peak" if cuda else "kept bwd"
     unit, unit_name = (2**30, "Gi") if cuda else (2**20, "Mi")
     print(f"{'stack':<40} {'tokens/s':>10} {'TFLOP/s':>8} {mem_name:>10} {'× HF tok/s':>10} {'× HF mem':>9}")
-    for name, times, peak in results:
-        med = statistics.median(times)
+    for stack, t, peak in zip(stacks, times, peaks, strict=True):
+        med = statistics.median(t)
         tps = tokens / med
         print(
-            f"{name:<40} {tps:>10,.0f} {flops / med / 1e12:>8.2f} {peak / unit:>8.2f}{unit_name} "
+            f"{stack.name:<40} {tps:>10,.0f} {flops / med / 1e12:>8.2f} {peak / unit:>8.2f}{unit_name} "
             f"{tps / hf_tps:>10.2f} {peak / max(hf_mem, 1):>9.2f}"
         )
 
