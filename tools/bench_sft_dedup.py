@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -131,7 +130,9 @@ def run_build(path: Path) -> int:
 
 
 def _report(n: int, seconds: float, duplicates: int) -> None:
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM: this process's own peak (its ru_maxrss would start from the parent's peak: vfork/exec).
+    with open("/proc/self/status", encoding="ascii") as f:
+        peak_mib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"chats": n, "seconds": seconds, "duplicates": duplicates, "peak_mib": peak_mib}))
 
 
@@ -173,9 +174,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "chats.jsonl"
         make_chats(data, args.chats)
-        rows = {
-            k: measure(k, data, args.runs) for k in ("vikhr", "datasketch", "build") if k not in args.skip
-        }
+        runs = {"vikhr": args.runs, "datasketch": args.runs, "build": args.build_runs}
+        rows = {k: measure(k, data, n) for k, n in runs.items() if k not in args.skip}
     base = rows.get("datasketch")
     print(
         f"{args.chats:,} synthetic chats, median of {args.runs} run(s) ({args.build_runs} of the build), "
