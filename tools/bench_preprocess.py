@@ -5,18 +5,26 @@ sentencepiece, on the shared Russian corpus with the Mistral v0.1 tokenizer.
     python tools/bench_preprocess.py --mb 100 --threads 1 2 --repeats 3 --slow-repeats 1
     python tools/bench_preprocess.py --mb 1000 --tools vikhr --repeats 1   # peak RSS on 1 GB
 
+Before anything is timed, every tool encodes the first `--check-mb` MB of the corpus (whole
+documents) and its ids must equal vikhr's (one sha256 of each document's ids, EOD left out; vikhr's
+and the Megatron-style datasets are read back): a difference ends the script with status 1. So
+does a tool whose runs count different tokens, or one counting other tokens than vikhr.
+
 Every measurement runs in a fresh subprocess (so peak RSS is its own); the runs of the tools are
 interleaved (one run of each, then the next round), so a busy moment on a shared machine hits
 them alike. The table shows the median of `--repeats` runs (`--slow-repeats` for the two slow
-baselines) and each tool's speed relative to vikhr with the same thread count.
+baselines) and each tool's speed relative to vikhr with the same thread count. Every tool's clock
+starts at the same point, after its imports (megatron-core's among them), and includes loading its
+tokenizer (gigatoken's and the Megatron-style conversion of the .model included); the table says so.
   vikhr            JSONL -> .bin/.idx (tools/preprocess_data.py)
   megatron-style   json.loads + HF `tokenizers` in a multiprocessing.Pool (imap, chunksize 32), the
                    main process writing with megatron-core's IndexedDatasetBuilder -- what
-                   Megatron-LM's tools/preprocess_data.py does
+                   Megatron-LM's tools/preprocess_data.py does. Peak RSS: the main process's plus
+                   each worker's (pages shared after fork counted in each: an upper bound)
   gigatoken        gigatoken.Tokenizer.from_sentencepiece(...).encode_files(JsonlFileSource) (ids in
                    memory, nothing written; RAYON_NUM_THREADS = threads)
   sentencepiece    SentencePieceProcessor.encode(texts, num_threads=threads) on texts already in
-                   memory (no JSON, no writing)
+                   memory (no JSON, no writing; the texts are read before the clock)
 
 A second table measures whole processes, as a user runs them: wall time from the start of the
 process to its exit (interpreter start-up, imports and model loading included) and its peak RSS:
@@ -29,11 +37,11 @@ with transformers' MistralConverter; or `--tokenizer-json PATH`), same corpus, t
   vikhr            JSONL -> .bin/.idx with --tokenizer-type HuggingFaceTokenizer (vikhr's own
                    byte-level encoder), the whole `preprocess()` call: loading the file included
   tokenizers       HF `tokenizers` Tokenizer.from_file(...).encode_batch(texts) on texts already in
-                   memory (RAYON_NUM_THREADS = threads; loading not timed)
+                   memory (RAYON_NUM_THREADS = threads; loading timed, as vikhr's)
   tiktoken         tiktoken.Encoding built from the file's byte vocabulary (rank = id) and split
-                   pattern, encode_ordinary_batch(texts, num_threads=threads); loading not timed.
+                   pattern, encode_ordinary_batch(texts, num_threads=threads); building it timed.
                    Its ids equal the file's only for tiktoken-derived vocabularies (tekken, Llama-3)
-  gigatoken        gigatoken.Tokenizer.from_json(...).encode_files(JsonlFileSource) (loading not timed)
+  gigatoken        gigatoken.Tokenizer.from_json(...).encode_files(JsonlFileSource) (loading timed)
 After each thread count the table names the fastest peer and vikhr's speed relative to it.
 
     python tools/bench_preprocess.py --family byte-bpe --mb 50 --threads 1 2 --repeats 3
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -52,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,16 +153,17 @@ def _tiktoken_encoding(tokenizer_json: Path):  # -> tiktoken.Encoding
 
 
 def run_byte_level_peer(tool: str, corpus: Path, tokenizer_json: Path, threads: int) -> dict:
-    """One measurement of a peer byte-level encoder (its loading not timed): seconds, documents,
-    tokens (ids + one EOD per non-empty document, as vikhr writes them)."""
+    """One measurement of a peer byte-level encoder (clock: after its imports and reading the texts
+    into memory, tokenizer load included): seconds, documents, tokens (ids + one EOD per non-empty
+    document, as vikhr writes them)."""
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     if tool == "gigatoken":
         import gigatoken
 
-        tok = gigatoken.Tokenizer.from_json(tokenizer_json.read_bytes())
         start = time.perf_counter()
+        tok = gigatoken.Tokenizer.from_json(tokenizer_json.read_bytes())
         result = tok.encode_files(gigatoken.JsonlFileSource([str(corpus)]), parallel=threads > 1)
         lengths = [len(r) for r in result]
     else:
@@ -160,12 +171,14 @@ def run_byte_level_peer(tool: str, corpus: Path, tokenizer_json: Path, threads: 
         if tool == "tokenizers":
             import tokenizers
 
-            tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
             start = time.perf_counter()
+            tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
             lengths = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)]
         elif tool == "tiktoken":
-            enc = _tiktoken_encoding(tokenizer_json)
+            import tiktoken  # noqa: F401  (imported before the clock, like the other tools)
+
             start = time.perf_counter()
+            enc = _tiktoken_encoding(tokenizer_json)
             lengths = [len(ids) for ids in enc.encode_ordinary_batch(texts, num_threads=threads)]
         else:
             raise SystemExit(f"unknown tool {tool}")
@@ -174,51 +187,35 @@ def run_byte_level_peer(tool: str, corpus: Path, tokenizer_json: Path, threads: 
     return {"seconds": seconds, "documents": len(lengths), "tokens": tokens}
 
 
+# Where every tool's clock starts: the same point for all, printed with the table.
+CLOCK = (
+    "clock: from after the tool's imports to the end of its work, its tokenizer load (and conversion) "
+    "included; sentencepiece, tokenizers and tiktoken encode texts read into memory before the clock"
+)
+
+
 def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -> dict:
-    """One measurement, in this (fresh) process: seconds, documents, tokens."""
-    start = time.perf_counter()
-    byte_level = model.suffix == ".json"
-    if tool == "vikhr" and byte_level:
+    """One measurement, in this (fresh) process: seconds (clock: CLOCK), documents, tokens, peak RSS."""
+    if model.suffix != ".json" and tool in ("vikhr", "megatron-style"):
+        return _run_writer(tool, corpus, model, threads, out_dir)
+    if tool == "vikhr":
         from vikhr.data import preprocess
 
+        start = time.perf_counter()
         s = preprocess(
             [corpus], out_dir / "vikhr", model, tokenizer_type="HuggingFaceTokenizer",
             append_eod=True, workers=threads,
         )  # fmt: skip
         result = {"seconds": time.perf_counter() - start, "documents": s.documents, "tokens": s.tokens}
         return {**result, "rss_mib": _peak_rss_mib()}
-    if byte_level:
+    if model.suffix == ".json":
         return {**run_byte_level_peer(tool, corpus, model, threads), "rss_mib": _peak_rss_mib()}
-    if tool == "vikhr":
-        from vikhr.data import preprocess
-
-        s = preprocess([corpus], out_dir / "vikhr", model, append_eod=True, workers=threads)
-        docs, tokens = s.documents, s.tokens
-    elif tool == "megatron-style":
-        import multiprocessing
-
-        from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
-        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-
-        tj = sentencepiece_to_tokenizer_json(model.read_bytes())
-        tj = tj if isinstance(tj, str) else tj.decode()
-        builder = IndexedDatasetBuilder(str(out_dir / "meg.bin"), dtype=DType.optimal_dtype(32000))
-        docs = tokens = 0
-        with (
-            open(corpus, encoding="utf-8") as f,
-            multiprocessing.Pool(threads, _megatron_init, (tj,)) as pool,
-        ):
-            for ids in pool.imap(_megatron_encode, f, chunksize=32):
-                builder.add_document(ids, [len(ids)] if ids else [])
-                docs += 1
-                tokens += len(ids)
-        builder.finalize(str(out_dir / "meg.idx"))
-    elif tool == "gigatoken":
+    if tool == "gigatoken":
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         import gigatoken
 
-        tok = gigatoken.Tokenizer.from_sentencepiece(model)
-        start = time.perf_counter()  # loading converts the model; time the encoding
+        start = time.perf_counter()
+        tok = gigatoken.Tokenizer.from_sentencepiece(model)  # converts the model
         result = tok.encode_files(gigatoken.JsonlFileSource([str(corpus)]), parallel=threads > 1)
         docs = len(result)
         tokens = int(sum(len(r) for r in result)) + docs  # + EOD, as the others count it
@@ -226,8 +223,8 @@ def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -
         import sentencepiece
 
         texts = _texts(corpus)
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
         start = time.perf_counter()
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
         docs = tokens = 0
         for i in range(0, len(texts), 256):
             for ids in sp.encode(texts[i : i + 256], num_threads=threads):
@@ -239,12 +236,142 @@ def run_one(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -
     return {"seconds": seconds, "documents": docs, "tokens": tokens, "rss_mib": _peak_rss_mib()}
 
 
+def _run_writer(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -> dict:
+    """vikhr or the Megatron-style pipeline on a SentencePiece model, writing `.bin/.idx` under
+    `out_dir` (vikhr_text_document, meg). The Megatron-style RSS is the main process's peak plus
+    the sum of its pool workers' peaks (pages shared after fork counted in each: an upper bound)."""
+    if tool == "vikhr":
+        from vikhr.data import preprocess
+
+        start = time.perf_counter()
+        s = preprocess([corpus], out_dir / "vikhr", model, append_eod=True, workers=threads)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "documents": s.documents, "tokens": s.tokens, "rss_mib": _peak_rss_mib()}
+    import multiprocessing
+
+    from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    start = time.perf_counter()
+    tj = sentencepiece_to_tokenizer_json(model.read_bytes())
+    tj = tj if isinstance(tj, str) else tj.decode()
+    builder = IndexedDatasetBuilder(str(out_dir / "meg.bin"), dtype=DType.optimal_dtype(32000))
+    docs = tokens = 0
+    with open(corpus, encoding="utf-8") as f, multiprocessing.Pool(threads, _megatron_init, (tj,)) as pool:
+        for ids in pool.imap(_megatron_encode, f, chunksize=32):
+            builder.add_document(ids, [len(ids)] if ids else [])
+            docs += 1
+            tokens += len(ids)
+        workers_kib = sum(_peak_rss_kib(p.pid) for p in pool._pool)  # before the pool's exit ends them
+    builder.finalize(str(out_dir / "meg.idx"))
+    seconds = time.perf_counter() - start
+    rss = _peak_rss_kib(os.getpid()) + workers_kib
+    return {"seconds": seconds, "documents": docs, "tokens": tokens, "rss_mib": rss / 1024}
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The peak RSS (VmHWM) of a live process, in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 def _peak_rss_mib() -> float:
-    rss_kb = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    """This process's own peak RSS (VmHWM: its ru_maxrss would start from its parent's peak, which
+    vfork/exec hands on, e.g. the transformers import of --family byte-bpe)."""
+    return _peak_rss_kib(os.getpid()) / 1024
+
+
+def _digest(documents: Iterable[Sequence[int]]) -> dict:
+    """One sha256 of the documents' ids (each document's length, then its ids, as int64), with the
+    number of documents and ids."""
+    import numpy as np
+
+    h, docs, tokens = hashlib.sha256(), 0, 0
+    for ids in documents:
+        a = np.asarray(ids, dtype=np.int64)
+        h.update(np.int64(len(a)).tobytes() + a.tobytes())
+        docs, tokens = docs + 1, tokens + len(a)
+    return {"sha256": h.hexdigest(), "documents": docs, "tokens": tokens}
+
+
+def _written_documents(prefix: Path) -> Iterator[list[int]]:
+    """The documents of a written dataset, each without the EOD the writer appended."""
+    from vikhr.data.indexed import IndexedReader
+
+    reader = IndexedReader(prefix)
+    for i in range(len(reader)):
+        ids = reader.document(i)
+        yield ids[:-1] if ids else ids
+
+
+def sample_ids(tool: str, corpus: Path, model: Path, threads: int, out_dir: Path) -> dict:
+    """`_digest` of the ids `tool` gives each document of `corpus` (EOD left out). vikhr and the
+    Megatron-style pipeline run their timed code and their datasets are read back; the others run
+    the calls they are timed with, keeping the ids."""
+    if tool == "vikhr" or (tool == "megatron-style" and model.suffix != ".json"):
+        run_one(tool, corpus, model, threads, out_dir)
+        return _digest(_written_documents(out_dir / ("vikhr_text_document" if tool == "vikhr" else "meg")))
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    if tool == "gigatoken":
+        import gigatoken
+
+        if model.suffix == ".json":
+            tok = gigatoken.Tokenizer.from_json(model.read_bytes())
+        else:
+            tok = gigatoken.Tokenizer.from_sentencepiece(model)
+        return _digest(tok.encode_files(gigatoken.JsonlFileSource([str(corpus)]), parallel=threads > 1))
+    texts = _texts(corpus)
+    if tool == "sentencepiece" and model.suffix != ".json":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        return _digest(sp.encode(texts, num_threads=threads))
+    if tool == "tokenizers" and model.suffix == ".json":
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(model))
+        return _digest(e.ids for e in tok.encode_batch(texts, add_special_tokens=True))
+    if tool == "tiktoken" and model.suffix == ".json":
+        enc = _tiktoken_encoding(model)
+        return _digest(enc.encode_ordinary_batch(texts, num_threads=threads))
+    raise SystemExit(f"no {tool} for {model.name}")
+
+
+def check_ids(tools: list[str], corpus: Path, megabytes: int, model: Path, threads: int, work: Path) -> None:
+    """Before anything is timed: every tool's ids on the first `megabytes` MB of the corpus (whole
+    documents) equal vikhr's, else exit 1."""
+    sample = work / "sample.jsonl"
+    with open(corpus, "rb") as src, open(sample, "wb") as out:
+        for line in src:
+            out.write(line)
+            if out.tell() >= megabytes * 1_000_000:
+                break
+    results = {}
+    for tool in ["vikhr", *(t for t in tools if t != "vikhr")]:
+        out_dir = work / "check" / tool
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, __file__, "--ids", tool, "--corpus", str(sample), "--model", str(model)]
+        proc = subprocess.run(
+            [*cmd, "--threads", str(threads), "--work", str(out_dir)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_preprocess: {tool} failed on the sample: {proc.stderr.strip()[-500:]}")
+        results[tool] = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = results["vikhr"]
+    lines = [
+        f"  {t}: {r['documents']:,} documents, {r['tokens']:,} ids, sha256 {r['sha256'][:16]}"
+        for t, r in results.items()
+    ]
+    print(
+        f"ids on a {sample.stat().st_size / 1e6:.1f} MB sample ({threads} thread(s)), EOD left out:\n"
+        + "\n".join(lines)
     )
-    return rss_kb / 1024
+    differ = [t for t, r in results.items() if r != want]
+    if differ:
+        raise SystemExit(f"bench_preprocess: ids differ from vikhr's for {', '.join(differ)}: nothing timed")
 
 
 def process_command(process: str, corpus: Path, model: Path, threads: int, work: Path) -> list[str]:
@@ -335,7 +462,12 @@ def print_tool_table(rows: list[tuple[str, int, dict | str]]) -> None:
         "| tool | threads | runs | MB/s | MB/s range | docs/s | tokens/s | peak RSS MiB "
         "| vikhr speed-up | tokens |"
     )
-    print("\n" + header)
+    print(f"\n{CLOCK}.")
+    print(
+        "peak RSS: the measuring process's own; megatron-style: its main process's peak plus each pool "
+        "worker's, summed (pages shared after fork counted in each: an upper bound)."
+    )
+    print(header)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for tool, threads, row in rows:
         if isinstance(row, str):
@@ -373,7 +505,11 @@ def parse_args() -> argparse.Namespace:
         help="byte-bpe: benchmark the byte-level encoders on Mistral's tekken tokenizer.json",
     )
     ap.add_argument("--tokenizer-json", type=Path, help="benchmark the byte-level encoders on this file")
+    ap.add_argument(
+        "--check-mb", type=int, default=2, help="sample on which every tool's ids are checked first (MB)"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--run-process", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -388,6 +524,10 @@ def tool_rows(runs: dict[str, list[dict]], nbytes: int, threads: int) -> list[tu
         ok = [r for r in tool_runs if "error" not in r]
         if not ok:
             rows.append((tool, threads, tool_runs[0]["error"]))
+            continue
+        counts = {(r["documents"], r["tokens"]) for r in ok}
+        if len(counts) > 1:
+            rows.append((tool, threads, f"runs disagree on (documents, tokens): {sorted(counts)}"))
             continue
         sec = statistics.median(r["seconds"] for r in ok)
         row = {
@@ -405,6 +545,18 @@ def tool_rows(runs: dict[str, list[dict]], nbytes: int, threads: int) -> list[tu
         row["vs"] = f"{base / row['mb_s']:.2f}x" if base else "-"
         rows.append((tool, threads, row))
     return rows
+
+
+def token_count_problems(rows: list[tuple[str, int, dict | str]]) -> list[str]:
+    """Rows whose runs disagreed, failed, or counted other tokens than vikhr with the same threads."""
+    problems = [f"{t} ({n} thread(s)): {r}" for t, n, r in rows if isinstance(r, str)]
+    vikhr = {n: r["tokens"] for t, n, r in rows if t == "vikhr" and isinstance(r, dict)}
+    for tool, threads, row in rows:
+        if isinstance(row, dict) and threads in vikhr and row["tokens"] != vikhr[threads]:
+            problems.append(
+                f"{tool} ({threads} thread(s)): {row['tokens']:,} tokens, vikhr {vikhr[threads]:,}"
+            )
+    return problems
 
 
 def fastest_peer_line(rows: list[tuple[str, int, dict | str]], threads: int) -> str:
@@ -429,6 +581,9 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_one(args.one, args.corpus, args.model, args.threads[0], args.work)))
         return 0
+    if args.ids:
+        print(json.dumps(sample_ids(args.ids, args.corpus, args.model, args.threads[0], args.work)))
+        return 0
 
     byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
     tools = args.tools or list(BYTE_TOOLS if byte_level else TOOLS)
@@ -450,6 +605,7 @@ def main() -> int:
         # Byte-level peers are slow (HF tokenizers ~1.5 MB/s): a corpus of the size asked for.
         nbytes, ndocs = build_corpus(corpus, args.mb, whole_files=not byte_level)
         print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} documents (corpus/ru, cycled); model {model.name}")
+        check_ids(tools, corpus, args.check_mb, model, max(args.threads), work)
         slow = args.repeats if args.slow_repeats is None else args.slow_repeats
         rows = []
         for threads in args.threads:
@@ -463,10 +619,14 @@ def main() -> int:
         print()
         for threads in args.threads:
             print(fastest_peer_line(rows, threads))
+        problems = token_count_problems(rows)
         process_repeats = args.repeats if args.process_repeats is None else args.process_repeats
         processes = [p for p in PROCESSES if p.split()[0] in tools]  # each process runs one tool
         if process_repeats > 0 and processes:
             process_table(processes, corpus, nbytes, model, args.threads, process_repeats, work)
+    if problems:
+        print("bench_preprocess: token counts disagree: " + "; ".join(problems), file=sys.stderr)
+        return 1
     return 0
 
 
