@@ -5,8 +5,10 @@ real 32000 x 4096 embedding and LM head plus N full-size decoder layers, 2 shard
 with one layer. Baseline in the same run: load every
 tensor of both models with safetensors.torch.load_file, SLERP each pair on whole float32 copies
 (normalised copies for the angle, as mergekit does), hold the results, then save_file per shard of A.
-Each run is a fresh child process (peak RSS from getrusage); medians of --runs. At the end the two
-outputs are compared tensor by tensor (share of bf16 values that differ, largest difference).
+Each run is a fresh child process (peak RSS from getrusage); medians of --runs. Before timing, one
+run of each merge and their outputs compared tensor by tensor (share of bf16 values that differ,
+largest difference): every value must agree within rounding (2^-7 of the larger value plus 1e-5 of
+the tensor's RMS), else the script ends with status 1 and times nothing.
 
     .venv/bin/python tools/bench_merge.py --layers 1 2 --runs 3 --work /tmp/bench-merge
 """
@@ -46,23 +48,61 @@ for f in sorted(a_dir.glob('*.safetensors')):
 """
 
 
-def compare_outputs(out: Path, reference: Path) -> tuple[float, float]:
-    """(share of elements not bit-identical, largest |difference| / the tensor's RMS) over all tensors."""
+# The outputs may differ by rounding only (the angle from float64 sums in vikhr, float32 in the
+# baseline): each element within one bf16 step (2^-7 of the larger value), plus float32 noise.
+REL_TOLERANCE, RMS_TOLERANCE = 2**-7, 1e-5
+
+
+def compare_outputs(out: Path, reference: Path) -> tuple[float, float, int]:
+    """(share of elements not bit-identical, largest |difference| / the tensor's RMS, elements
+    outside the tolerance) over all tensors; a tensor missing from either side raises."""
     import torch
     from safetensors import safe_open
 
-    differing = total = 0
+    differing = total = outside = 0
     worst = 0.0
-    for f in sorted(out.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as x, safe_open(str(reference / f.name), "pt") as y:
+    files = sorted(f.name for f in out.glob("*.safetensors"))
+    if not files or files != sorted(f.name for f in reference.glob("*.safetensors")):
+        raise SystemExit(f"{out} and {reference} hold different shard files")
+    for name_of_file in files:
+        with (
+            safe_open(str(out / name_of_file), "pt") as x,
+            safe_open(str(reference / name_of_file), "pt") as y,
+        ):
+            if set(x.keys()) != set(y.keys()):
+                raise SystemExit(f"{name_of_file}: the merges wrote different tensors")
             for name in x.keys():  # noqa: SIM118 - safe_open is not a mapping
                 got, ref = x.get_tensor(name), y.get_tensor(name)
+                if got.shape != ref.shape or got.dtype != ref.dtype:
+                    raise SystemExit(
+                        f"{name}: {got.dtype} {list(got.shape)} against {ref.dtype} {list(ref.shape)}"
+                    )
                 differing += int((got.view(torch.int16) != ref.view(torch.int16)).sum())
                 total += ref.numel()
-                ref32 = ref.float()
+                got32, ref32 = got.float(), ref.float()
                 rms = float(ref32.square().mean().sqrt())
-                worst = max(worst, float((got.float() - ref32).abs().max()) / rms)
-    return differing / total, worst
+                diff = (got32 - ref32).abs()
+                worst = max(worst, float(diff.max()) / rms)
+                allowed = torch.maximum(got32.abs(), ref32.abs()) * REL_TOLERANCE + RMS_TOLERANCE * rms
+                outside += int((diff > allowed).sum())
+    return differing / total, worst, outside
+
+
+def checked_merges(a: Path, b: Path, out: Path, base_out: Path, vikhr: str, t: float) -> tuple[float, float]:
+    """Before timing: one untimed run of each merge; their outputs must agree within the rounding
+    tolerance, else the script ends with status 1. Returns (share differing, worst diff / RMS)."""
+    merge = [vikhr, "merge", str(a), str(b), "--out", str(out), "--t", str(t), "--overwrite"]
+    measure(merge)
+    shutil.rmtree(base_out, ignore_errors=True)
+    measure([sys.executable, "-c", BASELINE, str(a), str(b), str(base_out), str(t)])
+    share, worst, outside = compare_outputs(out, base_out)
+    print(f"outputs before timing: {share:.2%} of bf16 values differ, at most {worst:.1e} of the RMS")
+    if outside:
+        sys.exit(
+            f"vikhr merge and the load-everything merge disagree on {outside:,} values by more than "
+            f"rounding ({REL_TOLERANCE:g} relative + {RMS_TOLERANCE:g} of the RMS): nothing timed"
+        )
+    return share, worst
 
 
 def main() -> None:
@@ -79,13 +119,13 @@ def main() -> None:
         out, base_out = args.work / f"out-{layers}", args.work / f"baseline-{layers}"
         size = make_checkpoint(a, layers, seed=0)
         make_checkpoint(b, layers, seed=1)
+        agreement = checked_merges(a, b, out, base_out, vikhr, args.t)
         stream, base = [], []
         for _ in range(args.runs):
             cmd = [vikhr, "merge", str(a), str(b), "--out", str(out), "--t", str(args.t), "--overwrite"]
             stream.append(measure(cmd))
             shutil.rmtree(base_out, ignore_errors=True)
             base.append(measure([sys.executable, "-c", BASELINE, str(a), str(b), str(base_out), str(args.t)]))
-        agreement = compare_outputs(out, base_out)
         for d in (a, b, out, base_out):
             shutil.rmtree(d)
         rows.append((layers, size, stream, base, agreement))
