@@ -6,8 +6,9 @@ new vocabulary is the shipped vikhr-ru-40k tokenizer. `--shape mistral-nemo-12b`
 byte-level case, 131072 x 5120 matrices and 128-wide heads, with `--old-tokenizer` the imported
 tekken and `--new-tokenizer` its Russian extension (tools/bench_tokenizer.py --byte-bpe writes both).
 Peak RSS comes from getrusage of a fresh child process per run. Baseline in the same run: load every
-shard with safetensors.torch.load_file, replace the two matrices, save_file (what a script holding
-whole shards in memory does).
+shard with safetensors.torch.load_file, replace the two matrices by ones with as many rows as the
+adapted checkpoint's (the new vocabulary padded to a multiple of 128), save_file (what a script
+holding whole shards in memory does).
 
     .venv/bin/python tools/bench_adapt.py --layers 1 4 --runs 3 --work /tmp/bench-adapt
     .venv/bin/python tools/bench_adapt.py --shape mistral-nemo-12b --layers 1 2 --runs 2 \
@@ -105,13 +106,13 @@ BASELINE = """
 import sys, json, torch
 from pathlib import Path
 from safetensors.torch import load_file, save_file
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
+src, out, rows = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 out.mkdir(exist_ok=True)
 for shard in sorted(src.glob('*.safetensors')):
     t = load_file(str(shard))
     for n in ('model.embed_tokens.weight', 'lm_head.weight'):
         if n in t:
-            t[n] = torch.cat([t[n], t[n][:8000]])
+            t[n] = torch.cat([t[n], t[n][:rows]])
     save_file(t, str(out / shard.name), metadata={'format': 'pt'})
     del t
 """
@@ -128,6 +129,18 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     return float(secs), int(kib) / 2**20
 
 
+def added_rows(new_tokenizer: Path, multiple: int = 128) -> int:
+    """Rows the adaptation adds to each matrix: the new vocabulary padded as `--pad-to-multiple`
+    pads it, less the old VOCAB rows (the baseline appends as many)."""
+    sys.path.insert(0, str(ROOT))
+    from vikhr.tokenizer.load import load
+
+    rows = -(-load(new_tokenizer).vocab_size // multiple) * multiple - VOCAB
+    if not 0 <= rows <= VOCAB:
+        raise SystemExit(f"{new_tokenizer}: {rows} new rows; the baseline copies at most {VOCAB} old ones")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
@@ -140,6 +153,8 @@ def main() -> None:
     global HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS
     HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS = SHAPES[args.shape]
     vikhr = str(Path(sys.executable).parent / "vikhr")
+    new_rows = added_rows(args.new_tokenizer)
+    print(f"new vocabulary: {VOCAB:,} + {new_rows:,} rows per matrix (padded to a multiple of 128)")
     rows = []
     for layers in args.layers:
         src, out = args.work / f"src-{layers}", args.work / f"out-{layers}"
@@ -151,7 +166,7 @@ def main() -> None:
             cmd += ["--pad-to-multiple", "128"]
             stream.append(measure(cmd))
             shutil.rmtree(out)
-            base.append(measure([sys.executable, "-c", BASELINE, str(src), str(out)]))
+            base.append(measure([sys.executable, "-c", BASELINE, str(src), str(out), str(new_rows)]))
             shutil.rmtree(out)
         shutil.rmtree(src)
         rows.append((layers, size, stream, base))
