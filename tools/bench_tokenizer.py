@@ -406,8 +406,11 @@ def loo_main(out: Path, report: Path, sizes: list[int], threads: int, reuse: boo
         + loo_table(results, folds, modes, "mistral-7b-v0.1")
     )
     if seconds:
-        median = statistics.median(seconds.values())
-        text += f"\nTraining: {median:.0f} s median per tokenizer ({threads} thread(s), shared machine).\n"
+        by_size: dict[str, list[float]] = {}
+        for (mode, _), took in seconds.items():
+            by_size.setdefault(mode.rsplit("-", 1)[1], []).append(took)
+        medians = ", ".join(f"{statistics.median(v):.0f} s at {size}" for size, v in by_size.items())
+        text += f"\nTraining: median per tokenizer {medians} ({threads} thread(s), shared machine).\n"
     text += f"\nMachine: {_machine_note()}.\n"
     report.write_text(text, encoding="utf-8")
     print(text)
