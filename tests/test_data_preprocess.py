@@ -18,7 +18,7 @@ import zstandard
 from tests.conftest import SHARED_DATA
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as vikhr_main
-from vikhr.data import preprocess
+from vikhr.data import indexed, preprocess
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
 
@@ -381,6 +381,38 @@ def test_huggingface_tokenizer_json(tmp_path: Path, lines: list[str]) -> None:
         assert got == want, i
 
 
+@pytest.mark.parametrize("model", ["WordLevel", "byte-level BPE"])
+def test_truncation_and_padding_in_a_tokenizer_json_play_no_part(
+    tmp_path: Path, lines: list[str], model: str
+) -> None:
+    """transformers turns both off for a call that asks for neither, as Megatron's tokenizer calls it:
+    a WordLevel file had every document cut to its max_length and padded, a byte-level one was
+    refused."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, trainers
+
+    texts = [json.loads(line)["text"] for line in lines[:200]]
+    if model == "WordLevel":
+        words = sorted({w for t in texts for w in t.split()})
+        tok = tokenizers.Tokenizer(
+            models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}, "[UNK]")
+        )
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    want = [tok.encode(t).ids for t in texts]
+    tok.enable_truncation(4)
+    tok.enable_padding(length=4096, pad_id=0)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "hf", tmp_path, tokenizer_type="HuggingFaceTokenizer")
+    ds = indexed.IndexedReader(tmp_path / "hf_text_document")
+    assert [ds.document(i) for i in range(len(ds))] == want
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "corpus" / "ru").is_dir(), reason="needs ../shared/data/corpus/ru")
 def test_the_benchmark_times_only_the_tools_asked_for(tmp_path: Path) -> None:
     """`--tools vikhr` also limits the whole-process table (it ran gigatoken's process anyway, a
@@ -407,7 +439,6 @@ def test_a_second_writer_of_a_dataset_is_refused_while_the_first_writes(
     both as a success. Every writer (preprocess, merge, sft prepare) holds the dataset's lock: the
     second is refused in one line naming the first, and the first's output is whole."""
     from vikhr.assets import RU_SEED_CHATS
-    from vikhr.data import indexed
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")

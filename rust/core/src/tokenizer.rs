@@ -46,6 +46,9 @@ impl Tokenizer {
     /// A `tokenizer.json`; `add_special_tokens` applies its post-processor (e.g. a BOS), as
     /// Megatron's HuggingFaceTokenizer does. Byte-level BPE files get vikhr's own encoder, which
     /// refuses the components it does not reproduce exactly; the others the `tokenizers` crate.
+    /// The file's `truncation` and `padding` play no part on either path: transformers turns both
+    /// off for a call that asks for neither (as Megatron's tokenizer calls it), so they would cut
+    /// or pad every document where no reference does.
     pub fn huggingface(path: &Path, add_special_tokens: bool) -> Result<Self, TokenizerError> {
         let err = |reason: String| TokenizerError::HuggingFace {
             path: path.display().to_string(),
@@ -55,7 +58,11 @@ impl Tokenizer {
         if let Some(bpe) = ByteBpe::from_json_text(&text, add_special_tokens).map_err(err)? {
             return Ok(Tokenizer::ByteLevelBpe(Box::new(bpe)));
         }
-        let tokenizer: tokenizers::Tokenizer = text.parse().map_err(|e| err(format!("{e}")))?;
+        let mut tokenizer: tokenizers::Tokenizer = text.parse().map_err(|e| err(format!("{e}")))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| err(format!("{e}")))?
+            .with_padding(None);
         Ok(Tokenizer::HuggingFace {
             tokenizer: Box::new(tokenizer),
             add_special_tokens,
@@ -108,6 +115,62 @@ impl Tokenizer {
                 out.extend_from_slice(enc.get_ids());
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Write `v` as `{name}.json` in a fresh temporary folder; the folder and the file.
+    fn write_json(name: &str, v: &Value) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vikhr-tok-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        (dir, path)
+    }
+
+    fn encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        tok.encode_into(text, &mut TokenizerState::default(), &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn truncation_and_padding_in_the_file_play_no_part_on_either_path() {
+        // As the `tokenizers` package writes them (`enable_truncation(2)`, `enable_padding(length=8)`).
+        let truncation =
+            json!({"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0});
+        let padding = json!({"strategy": {"Fixed": 8}, "direction": "Right",
+            "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"});
+        let word_level = json!({"version": "1.0", "truncation": truncation, "padding": padding,
+            "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2},
+                      "unk_token": "[UNK]"}});
+        let byte_level = json!({"version": "1.0", "truncation": truncation, "padding": padding,
+            "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                              "trim_offsets": true, "use_regex": true},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "\u{120}": 2}, "merges": []}});
+        for (name, v, want) in [
+            ("word-level", &word_level, vec![1, 2, 1, 2, 2]),
+            ("byte-level", &byte_level, vec![0, 2, 1, 2, 0, 2, 1, 2, 1]),
+        ] {
+            let (dir, path) = write_json(name, v);
+            let tok = Tokenizer::huggingface(&path, true).unwrap();
+            assert_eq!(
+                matches!(tok, Tokenizer::ByteLevelBpe(_)),
+                name == "byte-level"
+            );
+            assert_eq!(encode(&tok, "a b a b b"), want, "{name}");
+            std::fs::remove_dir_all(dir).unwrap();
         }
     }
 }

@@ -103,10 +103,6 @@ pub(super) struct TokenizerFile<'a> {
     pub(super) post_processor: Value,
     #[serde(default)]
     pub(super) added_tokens: Value,
-    #[serde(default)]
-    pub(super) truncation: Value,
-    #[serde(default)]
-    pub(super) padding: Value,
 }
 
 fn type_of(v: &Value) -> &str {
@@ -132,21 +128,6 @@ fn flag(v: &Value, key: &str, default: bool) -> Result<bool, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(format!("{key} is {other}, expected true or false")),
     }
-}
-
-/// `tokenizer.json` truncation and padding change the ids of long or short texts.
-pub(super) fn check_no_truncation_or_padding(file: &TokenizerFile) -> Result<(), String> {
-    for (key, v) in [("truncation", &file.truncation), ("padding", &file.padding)] {
-        match v {
-            Value::Null => {}
-            v => {
-                return Err(format!(
-                    "{key} {v} is not supported by {ENCODER} (set \"{key}\": null in the file)"
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// True when the normalizer is NFC; no normalizer is false.

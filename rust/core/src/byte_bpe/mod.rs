@@ -15,7 +15,8 @@
 //!   `rstrip` are refused;
 //! * post_processor: none, `ByteLevel` (no effect on ids), `TemplateProcessing` (its `single`
 //!   template, applied when special tokens are added), or a `Sequence` of these;
-//!   `truncation`/`padding` must be null; the decoder plays no part in encoding.
+//! * `truncation`, `padding` and the decoder play no part in encoding (see
+//!   [`crate::tokenizer::Tokenizer::huggingface`]).
 //!
 //! Speed comes from observations that do not change the result:
 //! * the split patterns of the common families are recognised by their text and cut by
@@ -132,7 +133,6 @@ impl ByteBpe {
         model: config::Model,
         add_special_tokens: bool,
     ) -> Result<Self, String> {
-        config::check_no_truncation_or_padding(file)?;
         let nfc = config::normalizer(&file.normalizer)?;
         let pre = config::pre_tokenizer(&file.pre_tokenizer)?;
         let (before, after) = config::post_processor(&file.post_processor)?;

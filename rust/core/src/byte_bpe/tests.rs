@@ -339,7 +339,6 @@ fn unsupported_parts_are_refused_in_one_line() {
         (Box::new(|v| v["post_processor"] = json!({"type": "RobertaProcessing"})),
          "post_processor \"RobertaProcessing\" is not supported"),
         (Box::new(|v| v["model"]["byte_fallback"] = json!(true)), "model byte_fallback true"),
-        (Box::new(|v| v["truncation"] = json!({"max_length": 512})), "truncation {\"max_length\":512}"),
         (Box::new(|v| v["model"]["merges"] = json!(["a b c"])), "model merge 1 (\"a b c\") is malformed"),
     ];
     for (edit, want) in cases {
