@@ -13,6 +13,7 @@ import sentencepiece
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SHARED_DATA
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.data import preprocess
 from vikhr.data.indexed import IndexedReader, dataset_prefix
@@ -132,12 +133,8 @@ def _train(tmp_dir: Path, name: str, **options: object) -> Path:
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
-        model_type="bpe",
-        vocab_size=1200,
-        byte_fallback=True,
-        num_threads=1,
-        minloglevel=2,
-        **options,
+        **{"model_type": "bpe", "vocab_size": 1200, "byte_fallback": True, "num_threads": 1, "minloglevel": 2}
+        | options,
     )
     path = tmp_dir / f"{name}.model"
     path.write_bytes(model.getvalue())
@@ -167,6 +164,34 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_vikhr_trained_models_match_sentencepiece(trained_models: dict[str, Path], kind: str) -> None:
     extra = ["ёжик <code>x</code> @@ ёж", "ＦＵＬＬＷＩＤＴＨ ① ﬁ ㎏ Å", "  many   spaces  "]
     _assert_same(trained_models[kind], EDGE_CASES + extra + _read_texts(RU_SAMPLE, 60)[-30:])
+
+
+@pytest.mark.parametrize("normalization", ["nmt_nfkc", "identity"])
+def test_models_without_byte_fallback_match_sentencepiece(tmp_path: Path, normalization: str) -> None:
+    """Without byte fallback sentencepiece makes a run of unknown characters one <unk>; vikhr wrote
+    one per character. Both of vikhr's ways to cut a text (on the normalized text; on the raw text,
+    when the normalizer only escapes spaces) are checked on real text."""
+    identity = normalization == "identity"
+    model = _train(
+        tmp_path,
+        normalization,
+        byte_fallback=False,
+        character_coverage=0.99,  # rarer characters (and other scripts) are unknown
+        normalization_rule_name=normalization,
+        remove_extra_whitespaces=not identity,
+    )
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    texts = EDGE_CASES + _read_texts(RU_SAMPLE, 300) + _read_texts(EN_SAMPLE, 100)
+    for corpus in sorted((SHARED_DATA / "corpus" / "ru").glob("*.jsonl.gz")):  # docs, code, plays, verse
+        texts += _read_texts(corpus, 40)
+    runs = [
+        p
+        for t in texts
+        for p, i in zip(sp.encode(t, out_type=str), sp.encode(t), strict=True)
+        if i == sp.unk_id()
+    ]
+    assert sum(len(p) > 1 for p in runs) > 20  # the texts do hold runs of unknown characters
+    _assert_same(model, texts)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

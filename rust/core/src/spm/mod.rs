@@ -1,7 +1,8 @@
 //! SentencePiece BPE models (`.model` protobuf files), encoded exactly as the `sentencepiece`
 //! library does: normalizer (precompiled charsmap, extra-whitespace removal, dummy prefix, `▁`
 //! escaping), user-defined symbols, score-ordered BPE merges with leftmost tie-breaking,
-//! resegmentation of UNUSED pieces and byte fallback for unknown pieces.
+//! resegmentation of UNUSED pieces, and byte fallback for unknown pieces (without it, one `<unk>`
+//! for each run of unknown characters).
 //!
 //! * [`model`]: parsing the `.model` file and cutting a text into chunks;
 //! * [`normalizer`]: the precompiled charsmap and sentencepiece's normalization rules;
@@ -158,6 +159,37 @@ mod tests {
         let ids = m.encode("\u{10FFFF}");
         let pieces: Vec<&str> = ids.iter().map(|&i| m.piece(i).unwrap()).collect();
         assert_eq!(pieces, ["▁", "<0xF4>", "<0x8F>", "<0xBF>", "<0xBF>"]);
+    }
+
+    #[test]
+    fn without_byte_fallback_a_run_of_unknown_characters_is_one_unk_within_a_text() {
+        // Mistral without its byte pieces; U+10FFFF and U+12000 are outside its vocabulary.
+        let mut m = mistral().clone();
+        m.bpe.byte_ids = None;
+        let unk = m.bpe.unk_id;
+        let (a, space) = (m.bpe.piece_to_id(b"a"), m.bpe.piece_to_id(SPACE_BYTES));
+        for raw_chunking in [true, false] {
+            m.raw_chunking = raw_chunking;
+            m.normalizer.add_dummy_prefix = true;
+            let mut state = EncodeState::default();
+            for _ in 0..2 {
+                // The second time from the chunk cache.
+                let mut ids = Vec::new();
+                m.encode_into(
+                    "\u{10FFFF}\u{12000}\u{10FFFF}a\u{12000}",
+                    &mut state,
+                    &mut ids,
+                );
+                assert_eq!(ids, [space, unk, a, unk], "raw_chunking {raw_chunking}");
+            }
+            // A text starting with an unknown character follows a text (or a BOS) ending with
+            // one: each keeps its own.
+            m.normalizer.add_dummy_prefix = false;
+            let mut ids = vec![unk];
+            m.encode_into("\u{12000}\u{12000}", &mut state, &mut ids);
+            m.encode_into("\u{12000}", &mut state, &mut ids);
+            assert_eq!(ids, [unk, unk, unk], "raw_chunking {raw_chunking}");
+        }
     }
 
     #[test]

@@ -166,10 +166,21 @@ impl SpmModel {
     /// Encode `text` into ids (no BOS/EOS), appending to `out`; identical to `sentencepiece`'s
     /// `encode(text)`.
     pub fn encode_into(&self, text: &str, state: &mut EncodeState, out: &mut Vec<u32>) {
+        let start = out.len();
         if self.raw_chunking {
             self.encode_raw(text.as_bytes(), state, out);
-            return;
+        } else {
+            self.encode_normalized(text, state, out);
         }
+        // Without byte fallback, sentencepiece makes a run of unknown pieces one `<unk>`
+        // (`PopulateSentencePieceText`), over the whole text whatever chunks it was cut into.
+        if self.bpe.byte_ids.is_none() {
+            merge_unknown_runs(out, start, self.bpe.unk_id);
+        }
+    }
+
+    /// [`Self::encode_into`] by normalizing the whole text first.
+    fn encode_normalized(&self, text: &str, state: &mut EncodeState, out: &mut Vec<u32>) {
         let mut norm = std::mem::take(&mut state.normalized);
         norm.clear();
         self.normalizer.normalize_into(text, &mut norm);
@@ -286,6 +297,25 @@ impl SpmModel {
             state.cache.insert(raw, hash, &out[start..]);
         }
     }
+}
+
+/// Keep one `unk` of each run of `unk`s in `ids[start..]`.
+fn merge_unknown_runs(ids: &mut Vec<u32>, start: usize, unk: u32) {
+    let Some(first) = ids[start..]
+        .windows(2)
+        .position(|w| w[0] == unk && w[1] == unk)
+    else {
+        return;
+    };
+    // ids[..kept] is the result so far; it ends with the run's first `unk`.
+    let mut kept = start + first + 1;
+    for i in kept + 1..ids.len() {
+        if ids[i] != unk || ids[kept - 1] != unk {
+            ids[kept] = ids[i];
+            kept += 1;
+        }
+    }
+    ids.truncate(kept);
 }
 
 /// How many chunks ahead `encode_raw` looks up cache slots.
