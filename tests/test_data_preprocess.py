@@ -241,10 +241,33 @@ def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) ->
         assert not Path(p + ".idx").exists() and not Path(p + ".bin").exists()
         with pytest.raises(Exception):  # noqa: B017 - any failure to load is the point
             IndexedDataset(p)
-    # The next run to the same prefix removes the killed run's scratch files, of every key.
+    # The next run writing these datasets takes over the killed run's scratch files.
     src = tmp_path / "again.jsonl"
     src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
-    preprocess([src], prefix, MISTRAL_TOKENIZER, json_keys=("text",), workers=1)
+    preprocess([src], prefix, MISTRAL_TOKENIZER, json_keys=("text", "title"), workers=1)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """Starting `--output-prefix out/ru` removed every `out/ru_*_document` scratch file: those of
+    `out/ru_lit` and of other keys of `out/ru` being written, which then failed at their end with
+    "No such file or directory" naming no file."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    others = [f"{tmp_path}/ru_lit_text_document", f"{tmp_path}/ru_body_document"]
+    with (
+        indexed.IndexedWriter(others[0], "uint16") as lit,
+        indexed.IndexedWriter(others[1], "uint16") as body,
+    ):
+        for w in (lit, body):
+            w.add_document([1, 2])
+        preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, json_keys=("text", "title"), workers=1)
+        for w in (lit, body):
+            w.add_document([3])
+    for prefix in others:
+        assert indexed.IndexedReader(prefix).document(1) == [3]
     assert not list(tmp_path.glob("*.partial"))
 
 

@@ -169,13 +169,6 @@ fn partial(prefix: &str, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}{suffix}"))
 }
 
-/// The dataset prefix (a file name, no directory) whose writer's scratch file `file_name` is.
-pub fn scratch_file_prefix(file_name: &str) -> Option<&str> {
-    SCRATCH_SUFFIXES
-        .iter()
-        .find_map(|suffix| file_name.strip_suffix(suffix))
-}
-
 fn ctx(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -199,6 +192,9 @@ pub struct IndexedWriter {
 }
 
 impl IndexedWriter {
+    /// A writer of `{prefix}.bin/.idx`. The scratch files a killed writer of the same dataset
+    /// left are taken over: truncated here, or (the `.idx` one) written over by `finish` and
+    /// removed on drop. The caller makes sure no other writer of the dataset runs (a lock).
     pub fn create(prefix: &str, dtype: DType) -> io::Result<Self> {
         let bin = bin_path(prefix);
         if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -340,7 +336,9 @@ impl IndexedWriter {
             idx.write_all(&[self.dtype.code()])?;
             idx.write_all(&self.sequences.to_le_bytes())?;
             idx.write_all(&self.documents.to_le_bytes())?;
-            let mut lengths = BufReader::new(File::open(&self.tmp_lengths)?);
+            let mut lengths = BufReader::new(
+                File::open(&self.tmp_lengths).map_err(|e| ctx(e, &self.tmp_lengths))?,
+            );
             io::copy(&mut lengths, &mut idx)?;
             lengths.seek(SeekFrom::Start(0))?;
             let mut pointer = 0i64;
@@ -350,7 +348,8 @@ impl IndexedWriter {
                 idx.write_all(&pointer.to_le_bytes())?;
                 pointer += i64::from(i32::from_le_bytes(buf)) * self.dtype.size() as i64;
             }
-            io::copy(&mut BufReader::new(File::open(&self.tmp_docs)?), &mut idx)?;
+            let docs = File::open(&self.tmp_docs).map_err(|e| ctx(e, &self.tmp_docs))?;
+            io::copy(&mut BufReader::new(docs), &mut idx)?;
             let f = idx.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
         }
@@ -743,12 +742,19 @@ mod tests {
     }
 
     #[test]
-    fn scratch_files_name_their_dataset() {
-        assert_eq!(
-            scratch_file_prefix("ru_text_document.idx.lengths.partial"),
-            Some("ru_text_document")
+    fn io_errors_name_the_file() {
+        let dir = tmpdir("io");
+        let p = dir.join("x").to_string_lossy().into_owned();
+        let mut w = IndexedWriter::create(&p, DType::U16).unwrap();
+        w.add_document(&[1, 2], &[2]).unwrap();
+        let lengths = dir.join("x.idx.lengths.partial");
+        fs::remove_file(&lengths).unwrap();
+        let err = w.finish().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", lengths.display())),
+            "{err}"
         );
-        assert_eq!(scratch_file_prefix("ru_text_document.bin"), None);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
-use crate::mmidx::{scratch_file_prefix, DType, IndexedWriter};
+use crate::mmidx::{DType, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
 #[derive(Debug, Clone)]
@@ -318,32 +318,6 @@ fn write_all(
     Ok((empty, skipped))
 }
 
-/// Remove the scratch files that killed runs left for datasets of `output_prefix`
-/// (`{output_prefix}_{key}_document`, any key): they are never completed.
-fn remove_stale_scratch_files(output_prefix: &str) -> Result<(), PipelineError> {
-    let path = Path::new(output_prefix);
-    let (dir, stem) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n.to_string_lossy()),
-        (_, Some(n)) => (Path::new("."), n.to_string_lossy()),
-        _ => return Ok(()),
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(()); // no directory yet: nothing stale
-    };
-    let start = format!("{stem}_");
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(dataset) = name.to_str().and_then(scratch_file_prefix) else {
-            continue;
-        };
-        if dataset.starts_with(&start) && dataset.ends_with("_document") {
-            std::fs::remove_file(entry.path())
-                .map_err(|e| PipelineError::Io(format!("{}: {e}", entry.path().display())))?;
-        }
-    }
-    Ok(())
-}
-
 /// Run `job`: read, tokenize and write every output, or leave no output at all.
 pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, PipelineError> {
     let started = Instant::now();
@@ -354,7 +328,8 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         .dtype
         .unwrap_or_else(|| DType::optimal(tok.vocab_size()));
     let prefixes = job.output_prefixes();
-    remove_stale_scratch_files(&job.output_prefix)?;
+    // The writers take over what a killed run left of these datasets; a scratch file of another
+    // dataset in the folder (another prefix or key) may be a run in progress and is not touched.
     let mut writers = prefixes
         .iter()
         .map(|p| IndexedWriter::create(p, dtype))
@@ -552,6 +527,47 @@ mod tests {
     }
 
     #[test]
+    fn a_run_takes_over_what_a_killed_run_left_of_its_datasets_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-others-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.jsonl");
+        fs::write(&input, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
+        let prefix = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        // Runs in progress in the same folder: another prefix that starts like this one, and
+        // another key of this prefix. Both used to lose their scratch files, then fail at the end.
+        let mut others = ["ru_lit_text_document", "ru_body_document"].map(|name| {
+            let mut w = IndexedWriter::create(&prefix(name), DType::U16).unwrap();
+            w.add_document(&[5, 6], &[2]).unwrap();
+            w
+        });
+        // What a killed run left of this run's own datasets.
+        let stale = dir.join("ru_text_document.idx.tmp.partial");
+        fs::write(&stale, b"x").unwrap();
+        run(&job(&dir, input, 1, "ru"), &model(), &Progress::default()).unwrap();
+        assert!(!stale.exists());
+        for w in &mut others {
+            w.add_document(&[7], &[1]).unwrap();
+        }
+        for (w, name) in others
+            .into_iter()
+            .zip(["ru_lit_text_document", "ru_body_document"])
+        {
+            w.finish().unwrap();
+            let r = crate::mmidx::IndexReader::open(&prefix(name)).unwrap();
+            assert_eq!(r.document(1).unwrap(), [7]);
+        }
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        left.sort();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn blank_lines_are_skipped_and_empty_inputs_refused() {
         let dir = std::env::temp_dir().join(format!("vikhr-pipe-blank-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -559,9 +575,6 @@ mod tests {
         let tok = model();
         let input = dir.join("in.jsonl");
         fs::write(&input, "{\"text\": \"a\", \"title\": \"b\"}\n\n  \r\n").unwrap();
-        // A stale scratch file of another key of the same prefix, left by a killed run.
-        let stale = dir.join("ok_body_document.idx.lengths.partial");
-        fs::write(&stale, b"x").unwrap();
         let s = run(
             &job(&dir, input.clone(), 1, "ok"),
             &tok,
@@ -569,7 +582,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.documents, s.skipped), (1, 0));
-        assert!(!stale.exists());
 
         fs::write(&input, "\n\n").unwrap();
         let err = run(
