@@ -271,6 +271,24 @@ def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_an_error_writing_one_key_publishes_no_key(tmp_path: Path, lines: list[str]) -> None:
+    """The keys' datasets were published one by one: an I/O error (a full disk) while the title's
+    .idx was written left the new text dataset beside the old title dataset, both valid."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    keys = ("text", "title")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, json_keys=keys, workers=1)
+    old = _files(tmp_path / "ru", keys)
+    blocked = tmp_path / "ru_title_document.idx.tmp.partial"
+    blocked.mkdir()  # the title's .idx cannot be written
+    src.write_text("\n".join(lines[20:40]) + "\n", encoding="utf-8")
+    with pytest.raises(VikhrError, match=f"^{blocked}: "):
+        preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, json_keys=keys, workers=1)
+    assert _files(tmp_path / "ru", keys) == old
+    blocked.rmdir()
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_blank_lines_are_skipped(tmp_path: Path, lines: list[str]) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines[1:11]) + "\n", encoding="utf-8")

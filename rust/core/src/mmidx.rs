@@ -9,7 +9,9 @@
 //!
 //! The writer streams the `.bin` and spills the per-sequence/per-document arrays to scratch
 //! files, so memory stays bounded however large the corpus. Outputs are written under
-//! `*.partial` names and renamed only once complete: an interrupted run leaves nothing that loads.
+//! `*.partial` names and renamed only once complete: an interrupted run leaves nothing that loads,
+//! and the datasets of one run (one per key) are renamed only once all are complete
+//! ([`finish_all`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -244,7 +246,9 @@ impl IndexedWriter {
         debug_assert_eq!(lengths.iter().sum::<u64>(), tokens.len() as u64);
         self.scratch.clear();
         encode_tokens(self.dtype, tokens, &mut self.scratch)?;
-        self.bin.write_all(&self.scratch)?;
+        self.bin
+            .write_all(&self.scratch)
+            .map_err(|e| ctx(e, &self.tmp_bin))?;
         for &l in lengths {
             let l = i32::try_from(l).map_err(|_| {
                 io::Error::new(
@@ -252,13 +256,16 @@ impl IndexedWriter {
                     "a sequence longer than 2^31 tokens",
                 )
             })?;
-            self.lengths.write_all(&l.to_le_bytes())?;
+            self.lengths
+                .write_all(&l.to_le_bytes())
+                .map_err(|e| ctx(e, &self.tmp_lengths))?;
         }
         self.sequences += lengths.len() as u64;
         self.documents += 1;
         self.tokens += tokens.len() as u64;
         self.docs
-            .write_all(&(self.sequences as i64).to_le_bytes())?;
+            .write_all(&(self.sequences as i64).to_le_bytes())
+            .map_err(|e| ctx(e, &self.tmp_docs))?;
         Ok(())
     }
 
@@ -300,7 +307,9 @@ impl IndexedWriter {
         for _ in 1..info.document_count {
             r.read_exact(&mut buf)?;
             let v = i64::from_le_bytes(buf) + self.sequences as i64;
-            self.docs.write_all(&v.to_le_bytes())?;
+            self.docs
+                .write_all(&v.to_le_bytes())
+                .map_err(|e| ctx(e, &self.tmp_docs))?;
         }
         let bin = bin_path(prefix);
         let mut f = File::open(&bin).map_err(|e| ctx(e, &bin))?;
@@ -309,11 +318,13 @@ impl IndexedWriter {
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
             }
-            let n = f.read(&mut piece)?;
+            let n = f.read(&mut piece).map_err(|e| ctx(e, &bin))?;
             if n == 0 {
                 break;
             }
-            self.bin.write_all(&piece[..n])?;
+            self.bin
+                .write_all(&piece[..n])
+                .map_err(|e| ctx(e, &self.tmp_bin))?;
         }
         self.sequences += info.sequence_count;
         self.documents += info.document_count - 1;
@@ -321,53 +332,105 @@ impl IndexedWriter {
         Ok(())
     }
 
-    /// Write the `.idx`, then move both files to their final names.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.bin.flush()?;
-        self.lengths.flush()?;
-        self.docs.flush()?;
-        {
-            let mut idx = BufWriter::with_capacity(
-                1 << 20,
-                File::create(&self.tmp_idx).map_err(|e| ctx(e, &self.tmp_idx))?,
-            );
-            idx.write_all(INDEX_HEADER)?;
-            idx.write_all(&1u64.to_le_bytes())?;
-            idx.write_all(&[self.dtype.code()])?;
-            idx.write_all(&self.sequences.to_le_bytes())?;
-            idx.write_all(&self.documents.to_le_bytes())?;
-            let mut lengths = BufReader::new(
-                File::open(&self.tmp_lengths).map_err(|e| ctx(e, &self.tmp_lengths))?,
-            );
-            io::copy(&mut lengths, &mut idx)?;
-            lengths.seek(SeekFrom::Start(0))?;
-            let mut pointer = 0i64;
-            let mut buf = [0u8; 4];
-            for _ in 0..self.sequences {
-                lengths.read_exact(&mut buf)?;
-                idx.write_all(&pointer.to_le_bytes())?;
-                pointer += i64::from(i32::from_le_bytes(buf)) * self.dtype.size() as i64;
-            }
-            let docs = File::open(&self.tmp_docs).map_err(|e| ctx(e, &self.tmp_docs))?;
-            io::copy(&mut BufReader::new(docs), &mut idx)?;
-            let f = idx.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
+    /// Write the `.idx`, then move both files to their final names (see [`finish_all`]).
+    pub fn finish(self) -> io::Result<()> {
+        finish_all(vec![self])
+    }
+
+    /// Write the `.idx` under its scratch name and sync both files to disk; nothing at the final
+    /// names changes.
+    fn prepare(&mut self) -> io::Result<()> {
+        self.bin.flush().map_err(|e| ctx(e, &self.tmp_bin))?;
+        self.lengths
+            .flush()
+            .map_err(|e| ctx(e, &self.tmp_lengths))?;
+        self.docs.flush().map_err(|e| ctx(e, &self.tmp_docs))?;
+        self.write_index()?;
+        self.bin
+            .get_ref()
+            .sync_all()
+            .map_err(|e| ctx(e, &self.tmp_bin))
+    }
+
+    /// The `.idx`, from the header and the spilled arrays.
+    fn write_index(&self) -> io::Result<()> {
+        let open = |p: &Path| File::open(p).map_err(|e| ctx(e, p));
+        let f = File::create(&self.tmp_idx).map_err(|e| ctx(e, &self.tmp_idx))?;
+        let mut idx = BufWriter::with_capacity(1 << 20, Named(f, &self.tmp_idx));
+        idx.write_all(INDEX_HEADER)?;
+        idx.write_all(&1u64.to_le_bytes())?;
+        idx.write_all(&[self.dtype.code()])?;
+        idx.write_all(&self.sequences.to_le_bytes())?;
+        idx.write_all(&self.documents.to_le_bytes())?;
+        io::copy(
+            &mut Named(open(&self.tmp_lengths)?, &self.tmp_lengths),
+            &mut idx,
+        )?;
+        let mut lengths = BufReader::new(open(&self.tmp_lengths)?);
+        let mut pointer = 0i64;
+        let mut buf = [0u8; 4];
+        for _ in 0..self.sequences {
+            lengths
+                .read_exact(&mut buf)
+                .map_err(|e| ctx(e, &self.tmp_lengths))?;
+            idx.write_all(&pointer.to_le_bytes())?;
+            pointer += i64::from(i32::from_le_bytes(buf)) * self.dtype.size() as i64;
         }
-        self.bin.get_ref().sync_all()?;
-        let (bin, idx) = (bin_path(&self.prefix), idx_path(&self.prefix));
-        // Remove a stale index first: between the two renames no complete pair exists.
+        io::copy(&mut Named(open(&self.tmp_docs)?, &self.tmp_docs), &mut idx)?;
+        let Named(f, _) = idx.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all().map_err(|e| ctx(e, &self.tmp_idx))
+    }
+}
+
+/// A file whose read and write errors name its path (for `io::copy`, whose error may come from
+/// either side).
+struct Named<'a>(File, &'a Path);
+
+impl Read for Named<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| ctx(e, self.1))
+    }
+}
+
+impl Write for Named<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(|e| ctx(e, self.1))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(|e| ctx(e, self.1))
+    }
+}
+
+/// Finish writers whose datasets make one output (the keys of one preprocess run): every
+/// `.bin` and `.idx` is written and synced before any final name changes, so an error then (a
+/// full disk) leaves every old dataset as it was; then every old `.idx` goes before the first new
+/// file takes its final name, so an error in the renames never leaves an old dataset that loads
+/// beside a new one. I/O errors name their file.
+pub fn finish_all(mut writers: Vec<IndexedWriter>) -> io::Result<()> {
+    for w in &mut writers {
+        w.prepare()?;
+    }
+    for w in &writers {
+        let idx = idx_path(&w.prefix);
         match fs::remove_file(&idx) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ctx(e, &idx)),
         }
-        fs::rename(&self.tmp_bin, &bin).map_err(|e| ctx(e, &bin))?;
-        fs::rename(&self.tmp_idx, &idx).map_err(|e| ctx(e, &idx))?;
-        self.finished = true;
-        let _ = fs::remove_file(&self.tmp_lengths);
-        let _ = fs::remove_file(&self.tmp_docs);
-        Ok(())
     }
+    for w in &writers {
+        let bin = bin_path(&w.prefix);
+        fs::rename(&w.tmp_bin, &bin).map_err(|e| ctx(e, &bin))?;
+    }
+    for w in &mut writers {
+        let idx = idx_path(&w.prefix);
+        fs::rename(&w.tmp_idx, &idx).map_err(|e| ctx(e, &idx))?;
+        w.finished = true;
+        let _ = fs::remove_file(&w.tmp_lengths);
+        let _ = fs::remove_file(&w.tmp_docs);
+    }
+    Ok(())
 }
 
 impl Drop for IndexedWriter {
@@ -754,6 +817,31 @@ mod tests {
             err.starts_with(&format!("{}: ", lengths.display())),
             "{err}"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_error_renaming_one_output_leaves_no_old_dataset_beside_a_new_one() {
+        let dir = tmpdir("publish");
+        let [a, b] = ["a", "b"].map(|n| dir.join(n).to_string_lossy().into_owned());
+        write(&a, &[vec![1]], DType::U16);
+        // b's `.idx` cannot be removed to make way for the new one.
+        fs::create_dir_all(dir.join("b.idx").join("x")).unwrap();
+        let writers = [&a, &b].map(|p| {
+            let mut w = IndexedWriter::create(p, DType::U16).unwrap();
+            w.add_document(&[2], &[1]).unwrap();
+            w
+        });
+        let err = finish_all(writers.into()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", idx_path(&b).display())),
+            "{err}"
+        );
+        // a's old `.idx` is gone (its old dataset would stand beside b's new one otherwise) and
+        // its new files are not in place.
+        assert!(!idx_path(&a).exists());
+        assert_eq!(fs::read(bin_path(&a)).unwrap(), 1u16.to_le_bytes());
+        assert!(!bin_path(&b).exists());
         fs::remove_dir_all(dir).unwrap();
     }
 

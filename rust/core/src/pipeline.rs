@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
-use crate::mmidx::{DType, IndexedWriter};
+use crate::mmidx::{finish_all, DType, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
 #[derive(Debug, Clone)]
@@ -381,13 +381,11 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         return Err(PipelineError::Empty { what });
     }
     let tokens = writers.iter().map(|w| w.tokens()).sum();
-    // Last chance to stop with nothing written: once the first output is renamed, all are.
+    // Last chance to stop with nothing written: the outputs are then published together.
     if progress.cancel.load(Ordering::Relaxed) {
         return Err(PipelineError::Cancelled);
     }
-    for w in writers {
-        w.finish()?;
-    }
+    finish_all(writers)?;
     Ok(Summary {
         documents,
         empty_documents: empty,
@@ -563,6 +561,45 @@ mod tests {
             .filter(|n| n.ends_with(".partial"))
             .collect();
         left.sort();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_error_writing_one_output_publishes_none() {
+        // The outputs were published one by one: a full disk while the title's `.idx` was written
+        // left the new text dataset beside the old title dataset, both valid.
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-publish-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.jsonl");
+        let tok = model();
+        let j = job(&dir, input.clone(), 1, "ru");
+        let files = |j: &Job| -> Vec<Vec<u8>> {
+            j.output_prefixes()
+                .iter()
+                .flat_map(|p| [".bin", ".idx"].map(|ext| fs::read(format!("{p}{ext}")).unwrap()))
+                .collect()
+        };
+        fs::write(&input, "{\"text\": \"старый\", \"title\": \"old\"}\n").unwrap();
+        run(&j, &tok, &Progress::default()).unwrap();
+        let old = files(&j);
+        // The title's `.idx` cannot be written: its scratch name is taken by a directory.
+        let blocked = dir.join("ru_title_document.idx.tmp.partial");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(&input, "{\"text\": \"новый\", \"title\": \"new\"}\n").unwrap();
+        let err = run(&j, &tok, &Progress::default()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", blocked.display())),
+            "{err}"
+        );
+        assert_eq!(files(&j), old);
+        fs::remove_dir(&blocked).unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
         assert!(left.is_empty(), "{left:?}");
         fs::remove_dir_all(dir).unwrap();
     }
