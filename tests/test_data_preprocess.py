@@ -454,6 +454,23 @@ def test_truncation_and_padding_in_a_tokenizer_json_play_no_part(
     assert [ds.document(i) for i in range(len(ds))] == want
 
 
+def test_a_tokenizer_json_with_a_gap_in_its_ids_gets_a_dtype_that_holds_the_largest(tmp_path: Path) -> None:
+    """The dtype followed the number of tokens (3: uint16) rather than the largest id: the run
+    failed at the first "b" with "token id 70000 does not fit uint16 (check the input and output
+    paths)"."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 70000}, "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a b c"}\n', encoding="utf-8")
+    summary = preprocess([src], tmp_path / "gap", tmp_path, tokenizer_type="HuggingFaceTokenizer")
+    assert summary.dtype == "int32"
+    assert indexed.IndexedReader(tmp_path / "gap_text_document").document(0) == [1, 70000, 0]
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "corpus" / "ru").is_dir(), reason="needs ../shared/data/corpus/ru")
 def test_the_benchmark_times_only_the_tools_asked_for(tmp_path: Path) -> None:
     """`--tools vikhr` also limits the whole-process table (it ran gigatoken's process anyway, a

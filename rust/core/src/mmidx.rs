@@ -95,6 +95,14 @@ impl DType {
     }
 }
 
+/// A token id that the dataset's dtype cannot hold (inside the `io::Error` of `add_document`).
+#[derive(Debug, thiserror::Error)]
+#[error("token id {id} does not fit {}", dtype.name())]
+pub struct IdDoesNotFit {
+    pub id: u32,
+    pub dtype: DType,
+}
+
 /// Append `tokens` to `out` as little-endian values of `dtype` (uint8, uint16 or int32).
 fn encode_tokens(dtype: DType, tokens: &[u32], out: &mut Vec<u8>) -> io::Result<()> {
     let max = match dtype {
@@ -108,10 +116,10 @@ fn encode_tokens(dtype: DType, tokens: &[u32], out: &mut Vec<u8>) -> io::Result<
             ))
         }
     };
-    if let Some(&t) = tokens.iter().find(|&&t| t > max) {
+    if let Some(&id) = tokens.iter().find(|&&t| t > max) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("token id {t} does not fit {}", dtype.name()),
+            IdDoesNotFit { id, dtype },
         ));
     }
     out.reserve(tokens.len() * dtype.size() as usize);

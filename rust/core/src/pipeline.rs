@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
-use crate::mmidx::{finish_all, DType, IndexedWriter};
+use crate::mmidx::{finish_all, DType, IdDoesNotFit, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
 #[derive(Debug, Clone)]
@@ -31,8 +31,6 @@ pub struct Job {
     pub skip_invalid: bool,
     /// Target size of one batch of lines.
     pub batch_bytes: usize,
-    /// Override the dtype chosen from the vocabulary size.
-    pub dtype: Option<DType>,
 }
 
 impl Job {
@@ -250,6 +248,7 @@ fn work_loop(job: &Job, tok: &Tokenizer, work: &Mutex<Receiver<Work>>, done: Sen
 
 fn write_all(
     job: &Job,
+    vocab_size: usize,
     writers: &mut [IndexedWriter],
     done: Receiver<Done>,
     slots: SyncSender<()>,
@@ -300,7 +299,19 @@ fn write_all(
                     let ids = &kt.ids[offsets[k]..offsets[k] + n];
                     offsets[k] += n;
                     lens[0] = n as u64;
-                    w.add_document(ids, if n == 0 { &[] } else { &lens })?;
+                    w.add_document(ids, if n == 0 { &[] } else { &lens })
+                        .map_err(|e| match e.get_ref().and_then(|e| e.downcast_ref()) {
+                            // The tokenizer's error, not the disk's.
+                            Some(IdDoesNotFit { id, dtype }) => PipelineError::Tokenizer(format!(
+                                "{}:{}: the tokenizer gave id {id}, outside its vocabulary of \
+                                 {vocab_size} ids (the dataset's dtype {} cannot hold it): \
+                                 check the tokenizer file",
+                                job.inputs[r.file].display(),
+                                r.first_line + line as u64,
+                                dtype.name(),
+                            )),
+                            None => e.into(),
+                        })?;
                     if n == 0 && k == 0 {
                         empty += 1;
                     }
@@ -324,9 +335,8 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
     if job.json_keys.is_empty() {
         return Err(PipelineError::Io("no --json-keys given".into()));
     }
-    let dtype = job
-        .dtype
-        .unwrap_or_else(|| DType::optimal(tok.vocab_size()));
+    let vocab_size = tok.vocab_size();
+    let dtype = DType::optimal(vocab_size);
     let prefixes = job.output_prefixes();
     // The writers take over what a killed run left of these datasets; a scratch file of another
     // dataset in the folder (another prefix or key) may be a run in progress and is not touched.
@@ -353,7 +363,7 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
             s.spawn(move || work_loop(job, tok, work_rx, done_tx));
         }
         drop(done_tx);
-        let r = write_all(job, &mut writers, done_rx, slot_tx, progress);
+        let r = write_all(job, vocab_size, &mut writers, done_rx, slot_tx, progress);
         // Unblock the reader and workers (their channels are closed now) before joining them.
         stop.store(true, Ordering::Relaxed);
         r
@@ -422,7 +432,6 @@ mod tests {
             threads,
             skip_invalid: false,
             batch_bytes: 64,
-            dtype: None,
         }
     }
 
@@ -601,6 +610,60 @@ mod tests {
             .filter(|n| n.ends_with(".partial"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_dtype_holds_the_largest_id_and_an_id_past_the_vocabulary_names_its_line() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-ids-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.jsonl");
+        fs::write(&input, "\n{\"text\": \"a b\", \"title\": \"b\"}\n").unwrap();
+        let tokenizer = |vocab: serde_json::Value, post: serde_json::Value| {
+            let path = dir.join("tokenizer.json");
+            let v = serde_json::json!({"model": {"type": "WordLevel", "unk_token": "[UNK]",
+                "vocab": vocab}, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": post});
+            fs::write(&path, v.to_string()).unwrap();
+            Tokenizer::huggingface(&path, true).unwrap()
+        };
+        // Three tokens with ids up to 70000: int32 (a uint16 dataset failed at the first "b").
+        let tok = tokenizer(
+            serde_json::json!({"[UNK]": 0, "a": 1, "b": 70000}),
+            serde_json::Value::Null,
+        );
+        let s = run(
+            &job(&dir, input.clone(), 1, "gap"),
+            &tok,
+            &Progress::default(),
+        )
+        .unwrap();
+        assert_eq!(s.dtype, DType::I32);
+        let r = crate::mmidx::IndexReader::open(&s.outputs[0]).unwrap();
+        assert_eq!(r.document(0).unwrap(), [1, 70000, 2]);
+        // A post-processor adding an id outside the vocabulary: the tokenizer's error, at the
+        // line it was met (an I/O error naming nothing before).
+        let bos = serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [70000], "tokens": ["<s>"]}}});
+        let tok = tokenizer(serde_json::json!({"[UNK]": 0, "a": 1, "b": 2}), bos);
+        let err = run(
+            &job(&dir, input.clone(), 1, "past"),
+            &tok,
+            &Progress::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PipelineError::Tokenizer(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2: the tokenizer gave id 70000, outside its vocabulary of 3 ids (the \
+                 dataset's dtype uint16 cannot hold it): check the tokenizer file",
+                input.display()
+            )
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -26,7 +26,16 @@ pub enum Tokenizer {
     HuggingFace {
         tokenizer: Box<tokenizers::Tokenizer>,
         add_special_tokens: bool,
+        vocab_size: usize,
     },
+}
+
+/// The vocabulary size of `distinct` tokens with the ids `ids`: the number of tokens (added ones
+/// included, as Megatron counts them), or the largest id + 1 when the ids have gaps, which is
+/// what a dataset's dtype must hold.
+pub(crate) fn vocab_size(distinct: usize, ids: impl Iterator<Item = u32>) -> usize {
+    let largest = ids.max().map_or(0, |m| m as usize + 1);
+    distinct.max(largest)
 }
 
 /// Per-thread scratch state of a tokenizer.
@@ -63,18 +72,24 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| err(format!("{e}")))?
             .with_padding(None);
+        let vocab_size = vocab_size(
+            tokenizer.get_vocab_size(true),
+            tokenizer.get_vocab(true).into_values(),
+        );
         Ok(Tokenizer::HuggingFace {
             tokenizer: Box::new(tokenizer),
             add_special_tokens,
+            vocab_size,
         })
     }
 
-    /// Vocabulary size as Megatron counts it (added tokens included).
+    /// Vocabulary size as Megatron counts it (added tokens included), or the largest id + 1
+    /// when the ids have gaps (see [`vocab_size`]).
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::SentencePiece(m) => m.vocab_size(),
             Tokenizer::ByteLevelBpe(m) => m.vocab_size(),
-            Tokenizer::HuggingFace { tokenizer, .. } => tokenizer.get_vocab_size(true),
+            Tokenizer::HuggingFace { vocab_size, .. } => *vocab_size,
         }
     }
 
@@ -108,6 +123,7 @@ impl Tokenizer {
             Tokenizer::HuggingFace {
                 tokenizer,
                 add_special_tokens,
+                ..
             } => {
                 let enc = tokenizer
                     .encode_fast(text, *add_special_tokens)
@@ -139,6 +155,25 @@ mod tests {
         tok.encode_into(text, &mut TokenizerState::default(), &mut out)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn the_vocabulary_size_holds_the_largest_id_on_every_path() {
+        // Three tokens, but ids up to 70000: a uint16 dataset cannot hold them.
+        let word_level = json!({"model": {"type": "WordLevel", "unk_token": "[UNK]",
+            "vocab": {"[UNK]": 0, "a": 1, "b": 70000}}, "pre_tokenizer": {"type": "Whitespace"}});
+        let byte_level = json!({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+            "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 70000}, "merges": []}});
+        for (name, v) in [
+            ("gap-word-level", &word_level),
+            ("gap-byte-level", &byte_level),
+        ] {
+            let (dir, path) = write_json(name, v);
+            let tok = Tokenizer::huggingface(&path, true).unwrap();
+            assert_eq!(tok.vocab_size(), 70001, "{name}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[test]

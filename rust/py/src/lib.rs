@@ -113,7 +113,6 @@ fn preprocess<'py>(
         },
         skip_invalid,
         batch_bytes,
-        dtype: None,
     };
     let counters = Progress::default();
     let report = |cb: &Bound<'py, PyAny>| -> PyResult<()> {

@@ -137,20 +137,15 @@ impl ByteBpe {
         let pre = config::pre_tokenizer(&file.pre_tokenizer)?;
         let (before, after) = config::post_processor(&file.post_processor)?;
         let added = config::added_tokens(&file.added_tokens, &model.vocab)?;
-        // Megatron counts the distinct tokens (`len(tokenizer)`); with a gap in the ids that is
-        // less than the largest id + 1, which is what the dataset's dtype must hold.
         let distinct = model.vocab.len()
             + added
                 .iter()
                 .filter(|t| model.vocab.get(&t.content).is_none())
                 .count();
-        let largest = model
-            .vocab
-            .ids()
-            .chain(added.iter().map(|t| t.id))
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        let vocab_size = distinct.max(largest);
+        let vocab_size = crate::tokenizer::vocab_size(
+            distinct,
+            model.vocab.ids().chain(added.iter().map(|t| t.id)),
+        );
         let added_ids = added.iter().map(|t| (t.content.clone(), t.id)).collect();
         let (normalized, raw): (Vec<_>, Vec<_>) = added.into_iter().partition(|t| t.normalized);
         let raw = raw.into_iter().map(|t| (t.content, t.id)).collect();
@@ -199,7 +194,7 @@ impl ByteBpe {
     }
 
     /// Vocabulary size as Megatron counts it (added tokens included), or the largest id + 1 when
-    /// the ids have gaps.
+    /// the ids have gaps (see [`crate::tokenizer::vocab_size`]).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
