@@ -151,6 +151,34 @@ def test_bad_lines_are_named_or_skipped_and_counted(tmp_path: Path, lines: list[
         preprocess([src], tmp_path / "out2", MISTRAL_TOKENIZER)
 
 
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        # The column in characters, without serde_json's "line 1" beside the file's line.
+        ('{"text": "ёж", "x": oops}'.encode(), "not valid JSON (expected value at column 21)"),
+        # Python's json.dumps writes NaN and Infinity; Megatron's json.loads reads them.
+        (
+            b'{"text": "x", "score": NaN}',
+            "not valid JSON (NaN at column 24: NaN and Infinity are not JSON (Python's json.dumps writes "
+            "them unless allow_nan=False); write null instead)",
+        ),
+        (
+            b'{"text": "\\ud83d lone"}',
+            "not valid JSON (unpaired UTF-16 surrogate escape \\ud83d at column 11 (half of a pair, "
+            "without its other half))",
+        ),
+        ('{"text": "Привет"}'.encode("cp1251"), "not UTF-8 (byte 0xcf); re-encode it as UTF-8, e.g. iconv"),
+    ],
+    ids=["column", "nan", "surrogate", "cp1251"],
+)
+def test_a_bad_line_is_said_with_its_cause(tmp_path: Path, line: bytes, said: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "a"}\n' + line + b"\n")
+    with pytest.raises(VikhrError) as e:
+        preprocess([src], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert str(e.value).startswith(f"{src}:2: {said}"), str(e.value)
+
+
 def test_megatron_flags_rejected_clearly(tmp_path: Path, capsys) -> None:
     base = [
         "data", "preprocess", "--input", str(RU_SAMPLE), "--output-prefix", str(tmp_path / "o"),

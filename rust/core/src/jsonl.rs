@@ -173,7 +173,8 @@ impl LineBatcher {
 /// Why a line cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineError {
-    NotUtf8,
+    /// Not UTF-8: the first byte that is not.
+    NotUtf8(u8),
     BadJson(String),
     MissingKey(String),
 }
@@ -181,7 +182,11 @@ pub enum LineError {
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LineError::NotUtf8 => f.write_str("not valid UTF-8"),
+            // As the Python reader says it: a file in a legacy encoding is the usual cause.
+            LineError::NotUtf8(b) => write!(
+                f,
+                "not UTF-8 (byte 0x{b:02x}); re-encode it as UTF-8, e.g. iconv -f cp1251 -t utf-8"
+            ),
             LineError::BadJson(e) => write!(f, "not valid JSON ({e})"),
             LineError::MissingKey(k) => write!(f, "no string field {k:?}"),
         }
@@ -299,17 +304,82 @@ impl<'de> Visitor<'de> for Fields<'_> {
 /// The string values of `keys` in one JSON line, in the order of `keys`.
 pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a, str>>, LineError> {
     // SIMD validation: the line is mostly one long non-ASCII string, where std's check is slow.
-    let text = simdutf8::basic::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let text = simdutf8::basic::from_utf8(line).map_err(|_| {
+        let valid = std::str::from_utf8(line)
+            .err()
+            .map_or(0, |e| e.valid_up_to());
+        LineError::NotUtf8(line[valid])
+    })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let values = Fields { keys }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| LineError::BadJson(e.to_string()))?;
+        .map_err(|e| LineError::BadJson(json_error(text, &e)))?;
     values
         .into_iter()
         .zip(keys)
         .map(|(v, k)| v.ok_or_else(|| LineError::MissingKey(k.clone())))
         .collect()
+}
+
+/// serde_json's error `e` on the line `text`, said for a line of a file: the column in
+/// characters (its "line 1" is no line of the file), and the causes it does not name.
+fn json_error(text: &str, e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let what = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(w, _)| w);
+    // The byte the error was met at (serde_json's 1-based column counts bytes).
+    let mut at = e.column().saturating_sub(1).min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let column = |at: usize| text[..at].chars().count() + 1;
+    let rest = &text[at..];
+    if rest.starts_with("NaN") || rest.starts_with("Infinity") {
+        // Python's json.dumps writes these unless told not to; a "-Infinity" is met at its "I".
+        let (start, word) = if rest.starts_with('N') {
+            (at, "NaN")
+        } else if text[..at].ends_with('-') {
+            (at - 1, "-Infinity")
+        } else {
+            (at, "Infinity")
+        };
+        return format!(
+            "{word} at column {}: NaN and Infinity are not JSON (Python's json.dumps writes them \
+             unless allow_nan=False); write null instead",
+            column(start)
+        );
+    }
+    if what.contains("surrogate") || what.contains("hex escape") {
+        // serde_json stops at most two escapes (12 bytes) past the surrogate's.
+        let end = at + rest.chars().next().map_or(0, char::len_utf8);
+        let from = at.saturating_sub(12);
+        if let Some(start) = text[..end]
+            .match_indices("\\u")
+            .map(|(i, _)| i)
+            .filter(|&i| i >= from && is_surrogate_escape(&text[i..]))
+            .last()
+        {
+            return format!(
+                "unpaired UTF-16 surrogate escape {} at column {} (half of a pair, without its \
+                 other half)",
+                &text[start..start + 6],
+                column(start)
+            );
+        }
+    }
+    format!("{what} at column {}", column(at))
+}
+
+/// True when `s` starts with a `\uD800`-`\uDFFF` escape.
+fn is_surrogate_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 6
+        && b[2].eq_ignore_ascii_case(&b'd')
+        && matches!(b[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
+        && b[4].is_ascii_hexdigit()
+        && b[5].is_ascii_hexdigit()
 }
 
 #[cfg(test)]
@@ -332,7 +402,10 @@ mod tests {
     #[test]
     fn reports_bad_lines() {
         let k = keys(&["text"]);
-        assert_eq!(extract_fields(b"\xff\xfe", &k), Err(LineError::NotUtf8));
+        assert_eq!(
+            extract_fields(b"\xff\xfe", &k),
+            Err(LineError::NotUtf8(0xff))
+        );
         assert!(matches!(
             extract_fields(b"{\"text\": ", &k),
             Err(LineError::BadJson(_))
@@ -358,6 +431,45 @@ mod tests {
             Err(LineError::MissingKey("text".into()))
         );
         assert_eq!(extract_fields(b"{\"text\":\"\"}\r", &k).unwrap(), [""]);
+    }
+
+    #[test]
+    fn bad_lines_are_said_as_lines_of_a_file_with_their_cause() {
+        let k = keys(&["text"]);
+        let said = |line: &[u8]| extract_fields(line, &k).unwrap_err().to_string();
+        // The column counts characters; serde_json's "line 1" is no line of the file.
+        assert_eq!(
+            said("{\"text\": \"ёж\", \"x\": oops}".as_bytes()),
+            "not valid JSON (expected value at column 21)"
+        );
+        let nan = "NaN and Infinity are not JSON (Python's json.dumps writes them unless \
+                   allow_nan=False); write null instead";
+        for (line, word, column) in [
+            ("{\"text\":\"x\",\"score\":NaN}", "NaN", 21),
+            ("{\"x\": [1, Infinity], \"text\": \"a\"}", "Infinity", 11),
+            ("{\"x\": -Infinity, \"text\": \"a\"}", "-Infinity", 7),
+        ] {
+            let want = format!("not valid JSON ({word} at column {column}: {nan})");
+            assert_eq!(said(line.as_bytes()), want);
+        }
+        let unpaired = "(half of a pair, without its other half)";
+        for (line, escape, column) in [
+            (r#"{"text": "a\ud83d b"}"#, r"\ud83d", 12),
+            (r#"{"text": "\ud800"}"#, r"\ud800", 11),
+            (r#"{"text": "\uDC00"}"#, r"\uDC00", 11),
+            (r#"{"text": "\ud83d\u0041"}"#, r"\ud83d", 11),
+        ] {
+            let want = format!(
+                "not valid JSON (unpaired UTF-16 surrogate escape {escape} at column {column} \
+                 {unpaired})"
+            );
+            assert_eq!(said(line.as_bytes()), want);
+        }
+        // "Привет" in cp1251.
+        assert_eq!(
+            said(b"{\"text\": \"\xcf\xf0\xe8\xe2\xe5\xf2\"}"),
+            "not UTF-8 (byte 0xcf); re-encode it as UTF-8, e.g. iconv -f cp1251 -t utf-8"
+        );
     }
 
     #[test]
@@ -428,6 +540,12 @@ mod tests {
                 s.split(|&c| c == b'\n').map(|l| l.to_vec()).collect()
             };
             prop_assert_eq!(all, want);
+        }
+
+        /// Saying why a line is not JSON never panics, whatever the line.
+        #[test]
+        fn json_errors_are_said_for_any_line(line in r#"[{}\[\]":, \\udDcC8aF0-9ëжNaIinfty-]{0,40}"#) {
+            let _ = extract_fields(line.as_bytes(), &keys(&["text"]));
         }
 
         /// The field extractor never panics and agrees with a full JSON parse.
