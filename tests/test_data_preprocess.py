@@ -401,6 +401,23 @@ def test_compressed_data_under_a_plain_name_is_named(tmp_path: Path, lines: list
     assert not list(tmp_path.glob("out*"))
 
 
+def test_an_input_in_a_compression_the_readers_do_not_decode_is_named(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """An .xz input was read as plain text: "not valid UTF-8 (fix the line, or pass --skip-invalid)"."""
+    import lzma
+
+    plain = tmp_path / "a.jsonl"
+    plain.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
+    packed = tmp_path / "b.jsonl.xz"
+    packed.write_bytes(lzma.compress(plain.read_bytes()))
+    message = f"{packed}: unsupported compression (.xz); decompress it or recompress with gzip/zstd"
+    with pytest.raises(VikhrError) as e:
+        preprocess([plain, packed], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert str(e.value) == message
+    assert not list(tmp_path.glob("out*"))
+
+
 def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     src = tmp_path / "blank.jsonl"
     src.write_text("\n\n", encoding="utf-8")

@@ -121,6 +121,18 @@ def test_suffixes_in_any_case_and_compressed_data_under_a_plain_name(tmp_path: P
         assert one_line_error(e) == f"{tmp_path / name} holds {what}-compressed data: name it {name}{suffix}"
 
 
+def test_a_compression_the_readers_do_not_decode_is_named(tmp_path: Path) -> None:
+    """An .xz or .bz2 file was read as plain text: "not UTF-8 ... re-encode it with iconv"."""
+    for name in ("a.jsonl.xz", "a.jsonl.BZ2"):
+        path = write(tmp_path / name, b"\xfd7zXZ\x00\x00\x04")
+        with pytest.raises(VikhrError) as e:
+            list(read_jsonl(path))
+        suffix = name[name.rindex(".") :].lower()
+        assert one_line_error(e) == (
+            f"{path}: unsupported compression ({suffix}); decompress it or recompress with gzip/zstd"
+        )
+
+
 def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) -> None:
     """NaN (not JSON; the Rust reader refuses it), nesting past Python's recursion limit (a
     traceback), and lines of non-ASCII white space (skipped here, refused there)."""

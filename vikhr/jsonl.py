@@ -1,10 +1,11 @@
 """Reading JSONL: the one reader every stage uses, for plain, `.gz` and `.zst` files.
 
 The compression is chosen by the file name's suffix, in any case (`.gz`, `.zst` or `.zstd`;
-anything else is plain text), as the Rust reader chooses it; compressed data under a plain name is
-refused with the suffix to give it. Text is UTF-8 (a leading byte-order mark is skipped). Lines of
-ASCII whitespace are skipped, and JSON is strict (no NaN or Infinity), as in the Rust reader. Every
-problem is one VikhrError line naming `path:line`, what is wrong and how to fix it.
+`.xz`, `.bz2` and other compressions are refused; anything else is plain text), as the Rust reader
+chooses it; compressed data under a plain name is refused with the suffix to give it. Text is UTF-8
+(a leading byte-order mark is skipped). Lines of ASCII whitespace are skipped, and JSON is strict
+(no NaN or Infinity), as in the Rust reader. Every problem is one VikhrError line naming
+`path:line`, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -98,9 +99,19 @@ def _compression(path: Path) -> str:
     return "gz" if suffix == ".gz" else "zst" if suffix in (".zst", ".zstd") else ""
 
 
+# Compressions neither reader decodes, by suffix (as the Rust reader refuses them).
+_UNSUPPORTED = (".xz", ".lzma", ".bz2", ".lz4", ".zip", ".7z")
+
+
 def check_compression_name(path: Path) -> None:
-    """VikhrError when a regular file named as plain text holds gzip or zstd data (it would be read
-    as bytes of text: "not UTF-8" or "not valid JSON" on its first line)."""
+    """VikhrError when a file's name says a compression the readers do not decode, or a regular file
+    named as plain text holds gzip or zstd data (either would be read as bytes of text: "not UTF-8"
+    or "not valid JSON" on its first line)."""
+    suffix = next((s for s in _UNSUPPORTED if path.name.lower().endswith(s)), None)
+    if suffix is not None:
+        raise VikhrError(
+            f"{path}: unsupported compression ({suffix}); decompress it or recompress with gzip/zstd"
+        )
     if _compression(path) or not path.is_file():
         return
     try:

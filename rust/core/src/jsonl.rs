@@ -9,6 +9,22 @@ use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+/// Compressions the reader does not decode, by the suffix of a file name (read as plain text,
+/// their bytes would be "not UTF-8").
+const UNSUPPORTED_COMPRESSIONS: [&str; 6] = [".xz", ".lzma", ".bz2", ".lz4", ".zip", ".7z"];
+
+/// Why an input named `path` cannot be read: a compression the reader does not decode.
+pub fn check_compression_name(path: &Path) -> Result<(), String> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    match UNSUPPORTED_COMPRESSIONS.iter().find(|s| name.ends_with(*s)) {
+        Some(suffix) => Err(format!(
+            "{}: unsupported compression ({suffix}); decompress it or recompress with gzip/zstd",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Open a (possibly compressed) input file, choosing the decoder from the file name.
 pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
     let f = File::open(path)

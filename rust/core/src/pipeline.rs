@@ -14,7 +14,7 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::jsonl::{extract_fields, open_input, LineBatch, LineBatcher};
+use crate::jsonl::{check_compression_name, extract_fields, open_input, LineBatch, LineBatcher};
 use crate::mmidx::{finish_all, DType, IdDoesNotFit, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
@@ -76,6 +76,9 @@ pub enum PipelineError {
         line: u64,
         reason: String,
     },
+    /// An input the reader cannot take, named.
+    #[error("{0}")]
+    Input(String),
     /// An output would hold no token: Megatron cannot load an empty `.bin`.
     #[error("{what}: nothing written (give input with text under every --json-keys key)")]
     Empty { what: String },
@@ -334,6 +337,10 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
     let started = Instant::now();
     if job.json_keys.is_empty() {
         return Err(PipelineError::Io("no --json-keys given".into()));
+    }
+    // Refused before any output is written, not at the file's first line.
+    for path in &job.inputs {
+        check_compression_name(path).map_err(PipelineError::Input)?;
     }
     let vocab_size = tok.vocab_size();
     let dtype = DType::optimal(vocab_size);
@@ -664,6 +671,34 @@ mod tests {
                 input.display()
             )
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_input_in_an_unsupported_compression_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-xz-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("in.jsonl");
+        fs::write(&plain, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
+        for name in ["in.jsonl.xz", "IN.JSONL.BZ2"] {
+            // xz's magic bytes: read as text they were "not valid UTF-8 ... --skip-invalid".
+            let packed = dir.join(name);
+            fs::write(&packed, b"\xfd7zXZ\x00\x00\x04").unwrap();
+            let mut j = job(&dir, plain.clone(), 1, "out");
+            j.inputs.push(packed.clone());
+            let err = run(&j, &model(), &Progress::default()).unwrap_err();
+            let suffix = &name[name.rfind('.').unwrap()..];
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: unsupported compression ({}); decompress it or recompress with gzip/zstd",
+                    packed.display(),
+                    suffix.to_ascii_lowercase()
+                )
+            );
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3); // no output begun
         fs::remove_dir_all(dir).unwrap();
     }
 
