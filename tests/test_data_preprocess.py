@@ -418,6 +418,27 @@ def test_an_input_in_a_compression_the_readers_do_not_decode_is_named(
     assert not list(tmp_path.glob("out*"))
 
 
+def test_a_sentencepiece_unigram_model_is_named_as_one(tmp_path: Path, lines: list[str]) -> None:
+    """It was "not a SentencePiece model: only BPE models are supported (model_type 1 ...)"."""
+    import io
+
+    model = io.BytesIO()
+    texts = [json.loads(line)["text"] for line in lines[:300]]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, model_type="unigram", vocab_size=500, minloglevel=2
+    )
+    path = tmp_path / "uni.model"
+    path.write_bytes(model.getvalue())
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
+    with pytest.raises(VikhrError) as e:
+        preprocess([src], tmp_path / "out", path)
+    assert str(e.value) == (
+        f"{path} is a SentencePiece Unigram model: vikhr encodes SentencePiece BPE models only (give a BPE "
+        "model, or the tokenizer's tokenizer.json with --tokenizer-type HuggingFaceTokenizer)"
+    )
+
+
 def test_input_without_documents_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     src = tmp_path / "blank.jsonl"
     src.write_text("\n\n", encoding="utf-8")

@@ -40,6 +40,13 @@ pub enum SpmError {
     },
     #[error("{path} is not a SentencePiece model: {reason}")]
     NotAModel { path: String, reason: String },
+    /// A SentencePiece model of another kind than BPE (`kind`: Unigram, word or char).
+    #[error(
+        "{path} is a SentencePiece {kind} model: vikhr encodes SentencePiece BPE models only \
+         (give a BPE model, or the tokenizer's tokenizer.json with --tokenizer-type \
+         HuggingFaceTokenizer)"
+    )]
+    NotBpe { path: String, kind: &'static str },
     #[error(transparent)]
     Proto(#[from] ProtoError),
     #[error("{0}")]
@@ -190,6 +197,35 @@ mod tests {
             m.encode_into("\u{12000}", &mut state, &mut ids);
             assert_eq!(ids, [unk, unk, unk], "raw_chunking {raw_chunking}");
         }
+    }
+
+    #[test]
+    fn a_model_other_than_bpe_is_named_as_what_it_is() {
+        // One `<unk>` piece, and a trainer spec of model_type 1 (Unigram), or none (Unigram too).
+        let piece = b"\x0a\x07\x0a\x05<unk>";
+        let unigram = [&piece[..], b"\x12\x02\x18\x01"].concat();
+        let word = [&piece[..], b"\x12\x02\x18\x03"].concat();
+        let why = "vikhr encodes SentencePiece BPE models only (give a BPE model, or the \
+                   tokenizer's tokenizer.json with --tokenizer-type HuggingFaceTokenizer)";
+        for (bytes, kind) in [
+            (&unigram[..], "Unigram"),
+            (&piece[..], "Unigram"),
+            (&word, "word"),
+        ] {
+            let err = SpmModel::from_bytes(bytes).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("the model is a SentencePiece {kind} model: {why}")
+            );
+        }
+        let path = std::env::temp_dir().join(format!("vikhr-unigram-{}.model", std::process::id()));
+        std::fs::write(&path, &unigram).unwrap();
+        let err = SpmModel::from_file(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            err,
+            format!("{} is a SentencePiece Unigram model: {why}", path.display())
+        );
     }
 
     #[test]

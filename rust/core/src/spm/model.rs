@@ -108,11 +108,19 @@ fn read_proto(bytes: &[u8]) -> Result<ModelProto, SpmError> {
     if m.pieces.is_empty() {
         return Err(SpmError::Model("no pieces".into()));
     }
-    if !saw_trainer || m.model_type != 2 {
-        return Err(SpmError::Model(format!(
-            "only BPE models are supported (model_type {}; 1=unigram, 2=BPE)",
-            m.model_type
-        )));
+    // sentencepiece's default model_type (and that of a model without a trainer spec) is Unigram.
+    let kind = if saw_trainer { m.model_type } else { 1 };
+    if kind != 2 {
+        let kind = match kind {
+            1 => "Unigram",
+            3 => "word",
+            4 => "char",
+            _ => return Err(SpmError::Model(format!("unknown model_type {kind}"))),
+        };
+        return Err(SpmError::NotBpe {
+            path: "the model".into(),
+            kind,
+        });
     }
     Ok(m)
 }
@@ -123,9 +131,13 @@ impl SpmModel {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_bytes(&bytes).map_err(|e| SpmError::NotAModel {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let path = path.display().to_string();
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            SpmError::NotBpe { kind, .. } => SpmError::NotBpe { path, kind },
+            e => SpmError::NotAModel {
+                path,
+                reason: e.to_string(),
+            },
         })
     }
 
