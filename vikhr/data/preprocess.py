@@ -19,6 +19,9 @@ from vikhr.jsonl import check_compression_name
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
 # its HuggingFaceTokenizer applies the tokenizer's post-processor (add_special_tokens=True).
+# SentencePieceTokenizer tokenizes as GPTSentencePieceTokenizer (EOS as EOD, text kept as text), not
+# as Megatron's own, which adds an <EOD> id after the vocabulary and reads special-token strings in
+# the text (see the README).
 TOKENIZER_TYPES: dict[str, tuple[str, bool]] = {
     "SentencePieceTokenizer": ("sentencepiece", False),
     "GPTSentencePieceTokenizer": ("sentencepiece", False),
