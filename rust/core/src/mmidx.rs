@@ -95,6 +95,14 @@ impl DType {
     }
 }
 
+/// The vocabulary size of `distinct` tokens with the ids `ids`: the number of tokens (added ones
+/// included, as Megatron counts them), or the largest id + 1 when the ids have gaps, which is
+/// what a dataset's dtype must hold.
+pub(crate) fn vocab_size(distinct: usize, ids: impl Iterator<Item = u32>) -> usize {
+    let largest = ids.max().map_or(0, |m| m as usize + 1);
+    distinct.max(largest)
+}
+
 /// A token id that the dataset's dtype cannot hold (inside the `io::Error` of `add_document`).
 #[derive(Debug, thiserror::Error)]
 #[error("token id {id} does not fit {}", dtype.name())]

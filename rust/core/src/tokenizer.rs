@@ -30,14 +30,6 @@ pub enum Tokenizer {
     },
 }
 
-/// The vocabulary size of `distinct` tokens with the ids `ids`: the number of tokens (added ones
-/// included, as Megatron counts them), or the largest id + 1 when the ids have gaps, which is
-/// what a dataset's dtype must hold.
-pub(crate) fn vocab_size(distinct: usize, ids: impl Iterator<Item = u32>) -> usize {
-    let largest = ids.max().map_or(0, |m| m as usize + 1);
-    distinct.max(largest)
-}
-
 /// Per-thread scratch state of a tokenizer.
 #[derive(Default)]
 pub struct TokenizerState {
@@ -72,7 +64,7 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| err(format!("{e}")))?
             .with_padding(None);
-        let vocab_size = vocab_size(
+        let vocab_size = crate::mmidx::vocab_size(
             tokenizer.get_vocab_size(true),
             tokenizer.get_vocab(true).into_values(),
         );
@@ -84,7 +76,7 @@ impl Tokenizer {
     }
 
     /// Vocabulary size as Megatron counts it (added tokens included), or the largest id + 1
-    /// when the ids have gaps (see [`vocab_size`]).
+    /// when the ids have gaps (see [`crate::mmidx::vocab_size`]).
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::SentencePiece(m) => m.vocab_size(),

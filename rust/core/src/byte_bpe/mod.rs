@@ -142,7 +142,7 @@ impl ByteBpe {
                 .iter()
                 .filter(|t| model.vocab.get(&t.content).is_none())
                 .count();
-        let vocab_size = crate::tokenizer::vocab_size(
+        let vocab_size = crate::mmidx::vocab_size(
             distinct,
             model.vocab.ids().chain(added.iter().map(|t| t.id)),
         );
@@ -194,7 +194,7 @@ impl ByteBpe {
     }
 
     /// Vocabulary size as Megatron counts it (added tokens included), or the largest id + 1 when
-    /// the ids have gaps (see [`crate::tokenizer::vocab_size`]).
+    /// the ids have gaps (see [`crate::mmidx::vocab_size`]).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
