@@ -297,7 +297,8 @@ def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: 
     config = work / "tokenizer_config.json"
     if config.is_file() and not (chat / config.name).is_file():  # the other's, without its template
         _write_json(config, {k: v for k, v in read_json_object(config).items() if k != "chat_template"})
-    stops = _stop_ids(chat) + [i for i in _stop_ids(other) if i not in _stop_ids(chat)]
+    chat_stops = _stop_ids(chat)
+    stops = chat_stops + [i for i in _stop_ids(other) if i not in chat_stops]
     if stops == _stop_ids(work):  # also where the merge has no generation_config.json
         return None
     generation = {**read_json_object(work / GENERATION_CONFIG), "eos_token_id": stops}

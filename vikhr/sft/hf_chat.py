@@ -37,9 +37,11 @@ def _mistral_v3(spaced: bool) -> str:
 
 def _chatml(eos_after_answers: bool) -> str:
     """Jinja of ``chatml``; `eos_after_answers`: EOS after each answer's <|im_end|> (see `chatml_as_text`)."""
-    end = "'<|im_end|>' + (eos_token if message['role'] == 'assistant' else '') + '\\n'"
-    if not eos_after_answers:
-        end = "'<|im_end|>\\n'"
+    end = (
+        "'<|im_end|>' + (eos_token if message['role'] == 'assistant' else '') + '\\n'"
+        if eos_after_answers
+        else "'<|im_end|>\\n'"
+    )
     return (
         "{{ bos_token }}"
         "{% for message in messages %}"

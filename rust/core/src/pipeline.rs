@@ -429,6 +429,17 @@ mod tests {
         Tokenizer::sentencepiece(&p).unwrap()
     }
 
+    /// The names of the scratch (`.partial`) files in `dir`, sorted.
+    fn scratch_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        names.sort();
+        names
+    }
+
     fn job(dir: &Path, input: PathBuf, threads: usize, name: &str) -> Job {
         Job {
             inputs: vec![input],
@@ -571,12 +582,7 @@ mod tests {
             let r = crate::mmidx::IndexReader::open(&prefix(name)).unwrap();
             assert_eq!(r.document(1).unwrap(), [7]);
         }
-        let mut left: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".partial"))
-            .collect();
-        left.sort();
+        let left = scratch_files(&dir);
         assert!(left.is_empty(), "{left:?}");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -611,11 +617,7 @@ mod tests {
         );
         assert_eq!(files(&j), old);
         fs::remove_dir(&blocked).unwrap();
-        let left: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".partial"))
-            .collect();
+        let left = scratch_files(&dir);
         assert!(left.is_empty(), "{left:?}");
         fs::remove_dir_all(dir).unwrap();
     }
