@@ -343,3 +343,69 @@ def test_a_checkpoints_rope_scaling_is_compared_with_a_run_without_one(
     monkeypatch.setattr(checkpoint, "read_meta", lambda step_dir: {"model": scaled, "tp": 1})
     with pytest.raises(VikhrError, match=r"another model shape: rope_scaling_factor 8.0 \(run: None\)"):
         checkpoint.load_model(torch.nn.Linear(1, 1), tmp_path, 0, 1, expected=plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_is_eager_silu_times_up_bit_for_bit_and_keeps_only_its_input(dtype: torch.dtype) -> None:
+    from vikhr.model.swiglu import swiglu
+
+    g = torch.Generator().manual_seed(4)
+    fc1_out = (3 * torch.randn(2, 7, 2 * 45, generator=g)).to(dtype).requires_grad_()
+    grad = torch.randn(2, 7, 45, generator=g).to(dtype)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours = swiglu(fc1_out)
+    gate, up = fc1_out.chunk(2, dim=-1)
+    eager = torch.nn.functional.silu(gate) * up
+    assert torch.equal(ours, eager)
+    (ours_grad,), (eager_grad,) = (
+        torch.autograd.grad(ours, fc1_out, grad),
+        torch.autograd.grad(eager, fc1_out, grad),
+    )
+    assert torch.equal(ours_grad, eager_grad)
+    assert len(saved) == 1 and saved[0] is fc1_out
+    with pytest.raises(ValueError, match="even last dimension"):
+        swiglu(torch.zeros(3, 5))
+
+
+def _kept_for_backward(model: torch.nn.Module, run) -> dict[int, int]:
+    """The distinct storages (data pointer: bytes) autograd keeps during `run()`, the model's
+    weights (and views of them, such as a transposed weight) excluded."""
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return {ptr: n for ptr, n in kept.items() if ptr not in weights}
+
+
+def test_sdpa_spec_keeps_no_more_for_backward_than_transformers(megatron_cpu: None) -> None:
+    """The layers keep what HF Mistral's keep or less: the MLP its fc1 output (vikhr.model.swiglu,
+    not megatron's chunks plus a copy of the up half), attention a copy of V (not the whole fused
+    QKV output, of which V is a view)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from vikhr.convert.mistral import model_config_to_hf_config
+
+    cfg = preset("tiny", hidden_size=128, ffn_hidden_size=512, num_attention_heads=8, kv_channels=16)
+    hf_config = MistralConfig.from_dict(model_config_to_hf_config(cfg), attn_implementation="sdpa")
+    hf = MistralForCausalLM(hf_config)
+    model = build_gpt_model(cfg, attention="sdpa")
+    model.load_state_dict(_hf_to_megatron(hf, cfg), strict=False)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(2))
+    positions = torch.arange(128).expand(2, 128)
+    # Held here, so that no later tensor can take a freed QKV output's address.
+    qkv_outputs: list[torch.Tensor] = []
+    for layer in model.decoder.layers:
+        layer.self_attention.linear_qkv.register_forward_hook(lambda _m, _i, out: qkv_outputs.append(out[0]))
+    out: dict[str, torch.Tensor] = {}
+    ours = _kept_for_backward(model, lambda: out.setdefault("ours", model(tokens, positions, None)))
+    theirs = _kept_for_backward(hf, lambda: out.setdefault("theirs", hf(tokens, use_cache=False).logits))
+    torch.testing.assert_close(out["ours"][..., : cfg.vocab_size], out["theirs"], rtol=1e-4, atol=1e-4)
+    assert len(qkv_outputs) == cfg.num_layers
+    assert not {t.untyped_storage().data_ptr() for t in qkv_outputs} & set(ours)
+    assert sum(ours.values()) <= sum(theirs.values()), (sum(ours.values()), sum(theirs.values()))

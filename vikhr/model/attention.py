@@ -117,6 +117,11 @@ class SDPAttention(MegatronModule):
         q = query.permute(1, 2, 0, 3)
         k = key.permute(1, 2, 0, 3)
         v = value.permute(1, 2, 0, 3)
+        if not self.config.qk_layernorm and not value.is_contiguous():
+            # value is a view of the fused QKV projection's output; SDPA keeps v for backward,
+            # which would keep the whole projection alive (q and k are new tensors after RoPE).
+            # With q/k norms their inputs, views of it too, keep it anyway.
+            v = v.contiguous()
         dropout = self.dropout_p if self.training else 0.0
         gqa = self.heads_per_partition != self.groups_per_partition
         windowed = self.window_left is not None and self.window_left + 1 < k.shape[2]

@@ -62,6 +62,9 @@ def transformer_config(
         use_cpu_initialization=not on_gpu,
         perform_initialization=True,
         bias_activation_fusion=False,
+        # megatron's hook for an activation module from the layer spec, applied to the whole fc1
+        # output: vikhr.model.swiglu (what layer_spec sets), whatever the backend.
+        use_te_activation_func=True,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
@@ -115,17 +118,23 @@ class RMSNorm(torch.nn.RMSNorm):
 
 
 def layer_spec(attention: str = "sdpa", qk_norm: bool = False):  # -> megatron ModuleSpec
-    """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local");
-    `qk_norm` adds megatron's per-head query and key norms (its finalize_model_grads sums their
-    gradients over the TP ranks, which hold different heads)."""
+    """The transformer-layer spec for a resolved attention backend ("te", "sdpa" or "local"),
+    with vikhr.model.swiglu as the MLP's activation; `qk_norm` adds megatron's per-head query and
+    key norms (its finalize_model_grads sums their gradients over the TP ranks, which hold
+    different heads)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
+    from vikhr.model.swiglu import SwiGLU
+
     if attention == "te":
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
+        spec.submodules.mlp.submodules.activation_func = SwiGLU
+        return spec
     spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_norm)
+    spec.submodules.mlp.submodules.activation_func = SwiGLU
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     if qk_norm:
