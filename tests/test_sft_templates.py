@@ -692,6 +692,46 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     assert chat_answer_frame(exported)[1] == CHATML_END
 
 
+@pytest.mark.parametrize("template", ["chatml", "qwen3"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        MISTRAL_TOKENIZER,
+        *(MISTRAL_TOKENIZER.parent / f"vikhr-ru-40k.{end}" for end in ("model", "tokenizer.json")),
+    ],
+    ids=lambda p: p.name,
+)
+def test_chatml_on_sentencepiece_gives_the_ids_of_its_export(
+    template: str, source: Path, chats: list[list[Message]], tmp_path: Path
+) -> None:
+    """Each answer was encoded apart, so with SentencePiece (and a Metaspace tokenizer.json) it opened
+    with the dummy-prefix space ("▁Да"), while transformers, rendering the export's template, encodes
+    "assistant\n" and the answer in one run ("Д", "а"): every training answer's first token differed
+    from what the exported model reads and writes. Text between two control ids is now one run
+    whatever the tokenizer, and the mask still covers exactly the answers and their ends."""
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.tokenizer.load import load
+
+    name = "tokenizer.json" if source.suffix == ".json" else "tokenizer.model"
+    shutil.copy(source, tmp_path / name)
+    tok = load_chat_tokenizer(tmp_path, template)
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(tmp_path / name), tmp_path / "export", template)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    for number, messages in enumerate(chats):
+        encoded = encode_chat(messages, tok, template)
+        assert encoded.ids == _hf_ids(exported, messages), number
+        prompt = encode_chat(messages[:-1], tok, template, for_generation=True).ids
+        assert prompt == _hf_ids(exported, messages[:-1], generation=True), number
+        answers = [m.content for m in messages if m.role == "assistant"]
+        if template == "qwen3":
+            answers[-1] = EMPTY_THINKING + answers[-1].lstrip("\n")
+        trained = [tok.decode(ids) for is_trained, ids in mask_runs(encoded.ids, encoded.mask) if is_trained]
+        assert trained == [a + CHATML_END for a in answers], number
+
+
 def test_chatml_spelled_out_needs_an_eos(tmp_path: Path) -> None:
     """Without its tokens and without EOS a ChatML answer could end with nothing the model stops at."""
     (tmp_path / "tokenizer.json").write_text(byte_level_bpe("gpt2"), encoding="utf-8")

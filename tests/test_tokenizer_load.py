@@ -125,6 +125,21 @@ def test_tokenizer_json_without_config_uses_well_known_tokens(tmp_path: Path) ->
     assert (qwen.bos_id, qwen.eos_id) == (None, 0)  # the first well-known EOS present
 
 
+def test_offsets_of_sentencepiece_equal_those_of_its_tokenizer_json() -> None:
+    """encode_with_offsets (the chat templates' mask comes from it): character offsets, a character
+    spelled in byte pieces held by each of them, on both backends alike; the dummy-prefix "▁" holds no
+    character of the text on sentencepiece."""
+    sp, hf = load(ASSETS / "tokenizers" / "vikhr-ru-40k.model"), load(RU40K_JSON)
+    for text in (TEXT, "рапсодия № 2 😀!", "№№\nx", "  two spaces", "ё"):
+        sp_ids, sp_offsets = sp.encode_with_offsets(text)
+        hf_ids, hf_offsets = hf.encode_with_offsets(text)
+        assert sp_ids == hf_ids == sp.encode(text), text
+        if sp_offsets[0] == (0, 0):
+            sp_offsets, hf_offsets = sp_offsets[1:], hf_offsets[1:]
+        assert sp_offsets == hf_offsets, text
+        assert all(text[start:end] for start, end in sp_offsets), text
+
+
 def test_tokenizer_json_with_config_uses_its_tokens(tmp_path: Path) -> None:
     path = hf_tokenizer_json(tmp_path / "qwen", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     config = path.with_name("tokenizer_config.json")

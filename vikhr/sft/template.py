@@ -63,14 +63,14 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
 How text is encoded: the control tokens are single ids wherever the template names them, and text
 typed in a message ("</s>", "<|im_end|>") always stays text (an HF tokenizer holding a control as a
 plain added token gets it marked special; a chat typing a SentencePiece user-defined symbol that is
-a control is refused with TypedControlError, as that tokenizer cannot encode it as text). With a
-byte-level BPE tokenizer (an HF tokenizer.json whose pre-tokenizer includes ByteLevel: Llama-3,
-Qwen, GPT-2 style), ``chatml``, ``qwen3`` and ``llama3`` encode each run of text between two control
-tokens in one call, as transformers' ``apply_chat_template(..., tokenize=True)`` does — its
-pre-tokenizer may split ``\\n\\n`` + an answer differently from the two parts encoded apart — so the
-ids equal those of the model's own Jinja template (tests/test_sft_templates.py). Otherwise
-(SentencePiece, a Metaspace tokenizer.json) every template segment is encoded on its own, each with
-its dummy-prefix space.
+a control is refused with TypedControlError, as that tokenizer cannot encode it as text).
+``chatml``, ``qwen3``, ``llama3`` and ``mistral-v3`` encode each run of text between two control ids
+in one call, as transformers' ``apply_chat_template(..., tokenize=True)`` does — a byte-level
+pre-tokenizer may split ``\\n\\n`` + an answer differently from the two parts encoded apart, and
+SentencePiece (or a Metaspace tokenizer.json) gives an answer encoded apart its dummy-prefix space
+(``▁Да`` where the rendered template has ``Д``, ``а`` after ``assistant\\n``) — so the ids equal
+those of the model's own Jinja template and of vikhr's export (tests/test_sft_templates.py).
+``mistral`` encodes every segment on its own, as mistral-common does.
 
 Mask: 1 on every token of an assistant answer including its closing token (``</s>``,
 ``<|im_end|>``, ``<|eot_id|>``), 0 on BOS, system, user and template tokens. A token that spans
@@ -579,10 +579,10 @@ class _Encoder:
             self.out.mask.extend([int(flags.pop())] * len(ids))
         elif flags:  # template text and an answer in one run: a token is trained if it holds answer text
             trained_chars = [trained for part, trained in self.run for _ in part]
-            encoding = self.tok.backend.encode(text, add_special_tokens=False)  # an HF tokenizer here
-            self._check_no_control(encoding.ids)
-            self.out.ids.extend(encoding.ids)
-            self.out.mask.extend(trained_tokens(encoding.offsets, trained_chars))
+            ids, offsets = self.tok.encode_with_offsets(text)
+            self._check_no_control(ids)
+            self.out.ids.extend(ids)
+            self.out.mask.extend(trained_tokens(offsets, trained_chars))
         self.run.clear()
 
     def _check_no_control(self, ids: list[int]) -> None:
@@ -610,8 +610,9 @@ def encode_chat(
     if template == OWN:
         return own_template(tok).encode(messages, for_generation)
     controls = template_token_ids(tok, template)
-    # Byte-level BPE: text runs go across segments, as transformers encodes a rendered template.
-    across_segments = template != "mistral" and tok.byte_level
+    # Text runs go across segments, as transformers encodes a rendered template (mistral: each
+    # segment apart, as mistral-common encodes).
+    across_segments = template != "mistral"
     segments = _SEGMENTS[template](messages, for_generation)
     if template == "mistral" and tok.byte_level:
         segments = _spaced_answers(segments)

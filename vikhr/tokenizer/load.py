@@ -116,6 +116,31 @@ class Tokenizer:
             return list(self.backend.encode(text))
         return list(self.backend.encode(text, add_special_tokens=False).ids)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode` of `text` and each token's (start, end) character offsets in it (empty for a
+        token that holds no character of the text, such as SentencePiece's dummy-prefix "▁")."""
+        if self.kind != "sentencepiece":
+            encoding = self.backend.encode(text, add_special_tokens=False)
+            return list(encoding.ids), list(encoding.offsets)
+        # sentencepiece gives UTF-8 byte offsets into the original text.
+        char_at = [0] * (len(text.encode("utf-8")) + 1)
+        position = 0
+        for index, char in enumerate(text):
+            width = len(char.encode("utf-8", "surrogatepass"))
+            char_at[position : position + width] = [index] * width
+            position += width
+        char_at[position] = len(text)
+        pieces = self.backend.encode(text, return_type="proto").pieces
+        spans = [(p.begin, p.end) for p in pieces]
+        # A character spelled in byte pieces: sentencepiece gives it to the last one, the others
+        # are empty; each one holds it (as tokenizers reports them).
+        is_byte = [self.backend.is_byte(p.id) for p in pieces]
+        for i in range(len(pieces) - 2, -1, -1):
+            begin, end = spans[i]
+            if begin == end and is_byte[i] and is_byte[i + 1] and spans[i + 1][0] == begin:
+                spans[i] = spans[i + 1]
+        return [p.id for p in pieces], [(char_at[begin], char_at[end]) for begin, end in spans]
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` of each text (in one native call)."""
         if self.kind == "sentencepiece":
