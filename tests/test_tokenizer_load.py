@@ -82,6 +82,24 @@ def test_a_directory_whose_tokenizer_json_adds_tokens_is_that_json_at_every_stag
     assert _load_tokenizer(d / "tokenizer.model", "SentencePieceTokenizer").eos_id == 2  # the file itself
 
 
+def test_which_file_of_a_directory_is_decided_once_per_version_of_its_files(tmp_path: Path) -> None:
+    """Stages resolve one directory several times: the tokenizer.json is parsed once, and again only
+    when a file changes."""
+    import json as json_module
+
+    from tests.helpers import sentencepiece_with_added_tokens
+    from vikhr.tokenizer.load import _adds_tokens_of
+
+    d = sentencepiece_with_added_tokens(tmp_path / "hermes")
+    _adds_tokens_of.cache_clear()
+    assert resolve_tokenizer_file(d) == resolve_tokenizer_file(d) == d / "tokenizer.json"
+    assert (_adds_tokens_of.cache_info().misses, _adds_tokens_of.cache_info().hits) == (1, 1)
+    spec = json_module.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < 32000]
+    (d / "tokenizer.json").write_text(json_module.dumps(spec), encoding="utf-8")
+    assert resolve_tokenizer_file(d) == d / "tokenizer.model"  # the rewritten file is read again
+
+
 def test_sentencepiece_model_uses_its_own_bos_eos() -> None:
     import sentencepiece as spm
 

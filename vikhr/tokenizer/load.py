@@ -25,6 +25,7 @@ sentencepiece, tokenizers nor transformers: `load` does, when called.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -77,7 +78,16 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
 
 def _adds_tokens(json_path: Path, model_path: Path) -> bool:
     """Whether the `tokenizer.json` holds ids past the end of the `.model` beside it (tokens added to
-    it); False where either cannot be read (the `.model` is then loaded, and its load says why)."""
+    it); False where either cannot be read (the `.model` is then loaded, and its load says why).
+    Cached by the files' stamps: stages resolve one directory several times, and a 128k-token
+    tokenizer.json takes a tenth of a second to parse."""
+    return _adds_tokens_of(
+        json_path.resolve(), file_stamp(json_path), model_path.resolve(), file_stamp(model_path)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _adds_tokens_of(json_path: Path, _json_stamp: Any, model_path: Path, _model_stamp: Any) -> bool:
     import sentencepiece as spm
 
     try:
