@@ -534,9 +534,11 @@ def hf_to_megatron(
     out_dir: str | Path,
     tp_size: int = 1,
     overwrite: bool = False,
-    vocab_multiple: int = 128,
 ) -> Path:
     """Convert an HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoint into a vikhr megatron checkpoint.
+
+    The vocabulary rows are padded to the default multiple (128 × TP); a run with another
+    `model.vocab_multiple` re-pads them when it loads the checkpoint.
 
     The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`), with its
     config.json (`hf_config`) and generation_config.json (`hf_generation_config`), so that
@@ -559,7 +561,7 @@ def hf_to_megatron(
         # would refuse it after training.
         tokenizer = load_for_model(src, cfg.vocab_size, f"{src}").path
     checkpoint = _HFCheckpoint(src, cfg)
-    v_pad = padded_vocab_size(cfg.vocab_size, tp_size, vocab_multiple)
+    v_pad = padded_vocab_size(cfg.vocab_size, tp_size)
     meta: dict[str, Any] = {
         "step": 0,
         "consumed_samples": 0,
