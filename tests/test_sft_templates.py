@@ -701,18 +701,30 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     ],
     ids=lambda p: p.name,
 )
+@pytest.mark.parametrize("mixed_runs", ["fast", "offsets"])
 def test_chatml_on_sentencepiece_gives_the_ids_of_its_export(
-    template: str, source: Path, chats: list[list[Message]], tmp_path: Path
+    template: str,
+    source: Path,
+    mixed_runs: str,
+    chats: list[list[Message]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each answer was encoded apart, so with SentencePiece (and a Metaspace tokenizer.json) it opened
     with the dummy-prefix space ("▁Да"), while transformers, rendering the export's template, encodes
     "assistant\n" and the answer in one run ("Д", "а"): every training answer's first token differed
     from what the exported model reads and writes. Text between two control ids is now one run
-    whatever the tokenizer, and the mask still covers exactly the answers and their ends."""
+    whatever the tokenizer, and the mask still covers exactly the answers and their ends, whether a
+    run of template text and answer is split where the template text alone ends (`fast`) or by the
+    tokens' character offsets."""
     from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.sft.template import _Encoder
     from vikhr.tokenizer.load import load
+
+    if mixed_runs == "offsets":
+        monkeypatch.setattr(_Encoder, "_encode_mixed", _Encoder._encode_by_offsets)
 
     name = "tokenizer.json" if source.suffix == ".json" else "tokenizer.model"
     shutil.copy(source, tmp_path / name)

@@ -578,12 +578,32 @@ class _Encoder:
             self.out.ids.extend(ids)
             self.out.mask.extend([int(flags.pop())] * len(ids))
         elif flags:  # template text and an answer in one run: a token is trained if it holds answer text
-            trained_chars = [trained for part, trained in self.run for _ in part]
-            ids, offsets = self.tok.encode_with_offsets(text)
+            ids, mask = self._encode_mixed(text)
             self._check_no_control(ids)
             self.out.ids.extend(ids)
-            self.out.mask.extend(trained_tokens(offsets, trained_chars))
+            self.out.mask.extend(mask)
         self.run.clear()
+
+    def _encode_mixed(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids and mask of a run holding template text and an answer. The usual run, template text
+        then the answer, is encoded twice, whole and up to the answer: where the whole starts with
+        the ids of the part before the answer, no token crosses into the answer (several times faster
+        than offsets, which sentencepiece gives through a protobuf)."""
+        untrained = 0
+        while not self.run[untrained][1]:
+            untrained += 1
+        if untrained and all(trained for _, trained in self.run[untrained:]):
+            before = self.tok.encode("".join(part for part, _ in self.run[:untrained]))
+            ids = self.tok.encode(text)
+            if ids[: len(before)] == before:
+                return ids, [0] * len(before) + [1] * (len(ids) - len(before))
+        return self._encode_by_offsets(text)
+
+    def _encode_by_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids and mask of any run: a token is trained if its characters hold answer text."""
+        trained_chars = [trained for part, trained in self.run for _ in part]
+        ids, offsets = self.tok.encode_with_offsets(text)
+        return ids, trained_tokens(offsets, trained_chars)
 
     def _check_no_control(self, ids: list[int]) -> None:
         """VikhrError when text was encoded to a control id: a SentencePiece user-defined symbol (or a

@@ -132,24 +132,32 @@ class Tokenizer:
         if self.kind != "sentencepiece":
             encoding = self.backend.encode(text, add_special_tokens=False)
             return list(encoding.ids), list(encoding.offsets)
-        # sentencepiece gives UTF-8 byte offsets into the original text.
-        char_at = [0] * (len(text.encode("utf-8")) + 1)
-        position = 0
-        for index, char in enumerate(text):
-            width = len(char.encode("utf-8", "surrogatepass"))
-            char_at[position : position + width] = [index] * width
-            position += width
-        char_at[position] = len(text)
+        return self._sentencepiece_offsets(text)
+
+    def _sentencepiece_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """sentencepiece's pieces with their UTF-8 byte offsets turned into character offsets. A
+        character spelled in byte pieces is given to the last of them (the others are empty): each
+        one holds it here, as tokenizers reports them."""
+        data = text.encode("utf-8")
         pieces = self.backend.encode(text, return_type="proto").pieces
-        spans = [(p.begin, p.end) for p in pieces]
-        # A character spelled in byte pieces: sentencepiece gives it to the last one, the others
-        # are empty; each one holds it (as tokenizers reports them).
-        is_byte = [self.backend.is_byte(p.id) for p in pieces]
-        for i in range(len(pieces) - 2, -1, -1):
-            begin, end = spans[i]
-            if begin == end and is_byte[i] and is_byte[i + 1] and spans[i + 1][0] == begin:
+        ids, spans = [], []
+        chars_before = bytes_before = 0  # a non-empty span is whole characters: decode piece by piece
+        for p in pieces:
+            if p.begin > bytes_before:
+                chars_before += len(data[bytes_before : p.begin].decode("utf-8"))
+                bytes_before = p.begin
+            start = chars_before
+            if p.end > bytes_before:
+                chars_before += len(data[bytes_before : p.end].decode("utf-8"))
+                bytes_before = p.end
+            ids.append(p.id)
+            spans.append((start, chars_before))
+        is_byte = self.backend.is_byte
+        for i in range(len(spans) - 2, -1, -1):
+            empty, next_start = spans[i][0] == spans[i][1], spans[i + 1][0]
+            if empty and next_start == spans[i][0] and is_byte(ids[i]) and is_byte(ids[i + 1]):
                 spans[i] = spans[i + 1]
-        return [p.id for p in pieces], [(char_at[begin], char_at[end]) for begin, end in spans]
+        return ids, spans
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` of each text (in one native call)."""
