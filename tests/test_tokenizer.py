@@ -6,7 +6,9 @@ import csv
 import gzip
 import hashlib
 import json
+import random
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,131 @@ def test_mistral_export_matches_reference_vectors(shared_data: Path) -> None:
         hf.encode_special_tokens = True
         got = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         assert got == expected[: len(texts)]
+
+
+def _byte_id(sp: spm.SentencePieceProcessor, value: int) -> int:
+    return sp.piece_to_id(f"<0x{value:02X}>")
+
+
+def _generated_id_sequences(sp: spm.SentencePieceProcessor, count: int, seed: int) -> list[list[int]]:
+    """Seeded id sequences as a model may generate them: byte pieces (spaces, newlines, whole
+    characters, lone bytes of none), runs of "▁", control ids anywhere, any piece."""
+    rng = random.Random(seed)
+    controls = [i for i in range(sp.get_piece_size()) if sp.is_control(i)]
+    spaces = [sp.piece_to_id(p) for p in ("▁", "▁▁", "▁▁▁▁")]
+
+    def unit() -> list[int]:
+        kind = rng.randrange(7)
+        if kind == 0:
+            return [_byte_id(sp, rng.choice([0x20, 0x20, 0x0A, rng.randrange(0x80)]))]
+        if kind == 1:  # one character as its 2-4 UTF-8 bytes
+            char = chr(rng.choice([rng.randrange(0x80, 0xD800), rng.randrange(0x10000, 0x1F700)]))
+            return [_byte_id(sp, b) for b in char.encode()]
+        if kind == 2:  # a lead or continuation byte
+            return [_byte_id(sp, rng.randrange(0x80, 0x100))]
+        if kind == 3:
+            return [rng.choice(spaces)]
+        if kind == 4:
+            return [rng.choice(controls)]
+        return [rng.randrange(sp.get_piece_size())]
+
+    return [[i for _ in range(rng.randint(1, 6)) for i in unit()] for _ in range(count)]
+
+
+def _decoder_reproduces(sp: spm.SentencePieceProcessor, ids: list[int]) -> bool:
+    """False for what no tokenizers decoder decodes as SentencePiece does (docs/tokenizer.md): <unk>,
+    byte pieces on both sides of control pieces, a run of non-ASCII byte pieces that holds both a
+    valid character and an invalid byte."""
+    if sp.unk_id() in ids:
+        return False
+    kept = [i for i in ids if not sp.is_control(i)]  # as decode(skip_special_tokens=True) sees them
+    # SentencePiece ends a byte run at a control piece; transformers drops the control first.
+    if any(
+        sp.is_byte(a) and sp.is_byte(b) and a_at + 1 < b_at
+        for (a_at, a), (b_at, b) in pairwise([(k, i) for k, i in enumerate(ids) if not sp.is_control(i)])
+    ):
+        return False
+    run: list[int] = []
+    for i in [*kept, -1]:
+        if i >= 0 and sp.is_byte(i) and int(sp.id_to_piece(i)[3:5], 16) >= 0x80:
+            run.append(i)
+            continue
+        if run and sp.decode(run) != "\ufffd" * len(run):
+            try:
+                bytes(int(sp.id_to_piece(j)[3:5], 16) for j in run).decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        run = []
+    return True
+
+
+@pytest.mark.parametrize("model", [MISTRAL_TOKENIZER, RU40K_MODEL], ids=["mistral", "ru40k"])
+def test_export_decodes_generated_ids_as_sentencepiece(model: Path, tmp_path: Path) -> None:
+    """transformers' decode of the export equals SentencePiece's: a <0x20> byte first kept (was
+    stripped as the dummy prefix), a newline or other ASCII byte after a broken character kept
+    (was a second U+FFFD), spaces after control pieces, real text and pieces of it."""
+    from transformers import AutoTokenizer
+
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    write_hf_tokenizer(model, tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    word, space, newline, bos, eos = (sp.piece_to_id(p) for p in ("▁world", "▁", "<0x0A>", "<s>", "</s>"))
+    by_hand = [
+        [_byte_id(sp, 0x20), word],  # "  world": a byte's space is no dummy prefix
+        [bos, _byte_id(sp, 0x20), space, word],
+        [_byte_id(sp, 0xD0), newline, word],  # "\ufffd\n world"
+        [newline, _byte_id(sp, 0xB2)],
+        [_byte_id(sp, 0xE2), _byte_id(sp, 0x84)],  # an unfinished character: one U+FFFD a byte
+        [space],
+        [space, space, word],
+        [sp.piece_to_id("▁▁▁▁"), word],
+        [bos, word, eos, bos, word, eos],
+    ]
+    texts = [*first_lines(RU_SAMPLE, "text", "all", 5.0, 60), *first_lines(EN_SAMPLE, "text", "all", 5.0, 30)]
+    real = [ids[:200] for ids in sp.encode(texts)]
+    rng = random.Random(1)
+    windows = [
+        ids[a : a + rng.randint(1, 12)] for ids in real if ids for a in rng.choices(range(len(ids)), k=3)
+    ]
+    cases = by_hand + real + windows + _generated_id_sequences(sp, 3000, seed=0)
+    cases = [ids for ids in cases if ids and _decoder_reproduces(sp, ids)]
+    assert len(cases) > 2000
+    decoded = [(ids, sp.decode(ids), hf.decode(ids, skip_special_tokens=True)) for ids in cases]
+    assert [(ids, want, got) for ids, want, got in decoded if want != got] == []
+
+
+def test_export_decode_limits_are_as_documented(tmp_path: Path) -> None:
+    """The cases docs/tokenizer.md lists as decoded otherwise than by SentencePiece, as they are."""
+    from transformers import AutoTokenizer
+
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    word, eos = sp.piece_to_id("▁world"), sp.piece_to_id("</s>")
+    smile_and_half = [_byte_id(sp, b) for b in "😀".encode() + b"\xf0\x9f"]
+    split_by_eos = [_byte_id(sp, 0xD0), eos, _byte_id(sp, 0xBF)]
+    cases = {  # ids: (SentencePiece, transformers)
+        (sp.unk_id(), word): (" ⁇  world", "world"),
+        tuple(smile_and_half): ("😀\ufffd\ufffd", "\ufffd" * 6),
+        tuple(split_by_eos): ("\ufffd\ufffd", "п"),
+    }
+    for ids, expected in cases.items():
+        assert (sp.decode(list(ids)), hf.decode(list(ids), skip_special_tokens=True)) == expected
+
+
+def test_a_piece_spelled_as_the_decoders_hidden_byte_is_refused(tmp_path: Path) -> None:
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    proto = load_model_proto(MISTRAL_TOKENIZER)
+    proto.pieces[1000].piece = "< 0x41>"
+    path = tmp_path / "odd.model"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(VikhrError, match=r"piece '< 0x41>' cannot be exported: .* decode it as <0x41>"):
+        build_hf_tokenizer(path)
 
 
 @pytest.mark.parametrize("mode", ["replace", "extend"])

@@ -6,11 +6,13 @@ adjacent pair with the lowest merge rank (leftmost on ties). Listing, for every 
 of its two-part splits ordered by the piece's score gives the same order of merges, so both encode
 the same ids. The normaliser reproduces `add_dummy_prefix` and the space → `▁` mapping of the
 identity normalisation that Mistral and Llama use; unknown characters go to the `<0xXX>` byte tokens.
+The decoder gives SentencePiece's text for ids but in the cases docs/tokenizer.md lists.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +77,7 @@ def vocab_and_merges(proto: Any) -> tuple[dict[str, int], list[tuple[str, str]]]
 
 def build_hf_tokenizer(model_path: str | Path) -> Any:
     """A `tokenizers.Tokenizer` equivalent to the SentencePiece BPE model at `model_path`."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, processors
 
     proto = load_model_proto(model_path)
     _check_supported(proto, str(model_path))
@@ -98,10 +100,7 @@ def build_hf_tokenizer(model_path: str | Path) -> Any:
     steps.append(normalizers.Replace(" ", SPIECE_UNDERLINE))
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = None
-    decode_steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    if proto.normalizer_spec.add_dummy_prefix:
-        decode_steps.append(decoders.Strip(" ", 1, 0))
-    tok.decoder = decoders.Sequence(decode_steps)
+    tok.decoder = build_decoder(proto)
     specials = [proto.pieces[i].piece for i in _special_ids(proto)]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     if spec.bos_id >= 0:
@@ -112,6 +111,43 @@ def build_hf_tokenizer(model_path: str | Path) -> Any:
             special_tokens=[(bos, spec.bos_id)],
         )
     return tok
+
+
+# The tail of an ASCII byte piece's name; spelled "< 0x0A>", the piece is not a byte to ByteFallback.
+_ASCII_BYTE_TAIL = r"0x[0-7][0-9A-F]>"
+
+
+def build_decoder(proto: Any) -> Any:
+    """The `tokenizers` decoder that turns ids into the text `SentencePieceProcessor.decode` gives.
+
+    SentencePiece drops the "▁" that starts the first piece (the dummy prefix), never a space from a
+    `<0x20>` byte piece, and decodes a run of byte pieces character by character: an invalid byte is
+    one U+FFFD, the valid characters around it stay. `ByteFallback` replaces every byte of a run that
+    is not valid UTF-8 as a whole, so the runs are first cut at the ASCII byte pieces (a character
+    each) and those are decoded by a second pass. What no decoder reproduces is in docs/tokenizer.md.
+    """
+    from tokenizers import Regex, decoders
+
+    hidden = [p.piece for p in proto.pieces if re.fullmatch("< " + _ASCII_BYTE_TAIL, p.piece)]
+    if hidden:  # the decoder hides ASCII byte pieces under this spelling
+        raise VikhrError(
+            f"piece {hidden[0]!r} cannot be exported: the tokenizer.json would decode it as <{hidden[0][2:]}"
+        )
+    steps = [decoders.Replace(Regex(r"\A<(?=" + _ASCII_BYTE_TAIL + r"\z)"), "< ")]
+    if proto.normalizer_spec.add_dummy_prefix:
+        # Only the "▁" that starts a piece can be the dummy prefix, and only in the first piece:
+        # Metaspace drops it there alone (Strip after Fuse would also eat a <0x20> byte's space).
+        steps.append(decoders.Replace(Regex(f"(?<!\\A){SPIECE_UNDERLINE}"), " "))
+        steps.append(decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="first", split=False))
+    else:
+        steps.append(decoders.Replace(SPIECE_UNDERLINE, " "))
+    steps += [
+        decoders.ByteFallback(),  # the non-ASCII runs
+        decoders.Replace(Regex(r"\A< (?=" + _ASCII_BYTE_TAIL + r"\z)"), "<"),
+        decoders.ByteFallback(),  # the ASCII byte pieces
+        decoders.Fuse(),
+    ]
+    return decoders.Sequence(steps)
 
 
 def _special_ids(proto: Any) -> list[int]:
