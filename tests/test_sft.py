@@ -195,7 +195,7 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
         ('{"messages": [{"role": "user", "content": "Привет"}]}', "chat has no assistant turn"),
         (
             '{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
-            "message 2: unknown role 'bot' (expected system, user or assistant)",
+            "message 2: unknown role 'bot' (expected system, user, assistant or tool)",
         ),
         (
             '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',

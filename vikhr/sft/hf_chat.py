@@ -11,6 +11,17 @@ from vikhr.errors import read_json_object
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
 
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+# Qwen2.5's and Qwen3's wording around the functions a chat offers, in its system turn: the text before
+# the functions' JSON schemas (each on a line of its own) and after them.
+TOOLS_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_OUTRO = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>"
+)
 
 
 def _mistral_v3(spaced: bool) -> str:
@@ -35,17 +46,50 @@ def _mistral_v3(spaced: bool) -> str:
     )
 
 
+def _jinja_text(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# Qwen's rendering of functions, shared by ``chatml`` and ``qwen3``: the tool block in the system turn
+# (the chat's system message before it, no default one), each call after its answer's text (a newline
+# before each but the first of an answer without text; arguments given as a string written as they
+# are, as Qwen3's template does), consecutive tool results wrapped in one user turn.
+_TOOLS_SYSTEM = (
+    "{% if tools %}{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    f"{{{{ {_jinja_text(TOOLS_INTRO)} }}}}"
+    "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}"
+    f"{{{{ {_jinja_text(TOOLS_OUTRO + CHATML_END)} + '\\n' }}}}{{% endif %}}"
+)
+_TOOL_CALLS = (
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if content or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% if call['function'] is defined %}{% set call = call['function'] %}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{% if call['arguments'] is string %}{{ call['arguments'] }}{% else %}{{ call['arguments'] | tojson }}"
+    "{% endif %}{{ '}\\n</tool_call>' }}{% endfor %}"
+)
+_TOOL_RESULT = (
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+)
+# A chat's first system message goes into the tool block when the chat offers functions.
+_SYSTEM_IN_TOOLS = "loop.first and message['role'] == 'system' and tools"
+
+
 def _chatml(eos_after_answers: bool) -> str:
     """Jinja of ``chatml``; `eos_after_answers`: EOS after each answer's <|im_end|> (see `chatml_as_text`)."""
-    end = (
-        "'<|im_end|>' + (eos_token if message['role'] == 'assistant' else '') + '\\n'"
-        if eos_after_answers
-        else "'<|im_end|>\\n'"
-    )
+    end = "'<|im_end|>' + eos_token + '\\n'" if eos_after_answers else "'<|im_end|>\\n'"
     return (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        f"{{{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + {end} }}}}{{% endfor %}}"
+        "{{ bos_token }}" + _TOOLS_SYSTEM + "{% for message in messages %}"
+        f"{{% if {_SYSTEM_IN_TOOLS} %}}{{% elif message['role'] == 'tool' %}}{_TOOL_RESULT}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{% set content = message['content'] if message['content'] is string else '' %}"
+        f"{{{{ '<|im_start|>assistant\\n' + content }}}}{_TOOL_CALLS}{{{{ {end} }}}}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
 
@@ -55,23 +99,26 @@ def _qwen3(eos_after_answers: bool) -> str:
     end = "'<|im_end|>' + eos_token + '\\n'" if eos_after_answers else "'<|im_end|>\\n'"
     return (
         "{{ bos_token }}"
-        "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
+        + _TOOLS_SYSTEM
+        + "{% set ns = namespace(last_user=messages|length - 1, found=false) %}"
         "{% for message in messages[::-1] %}{% set c = message['content'] %}"
         "{% if not ns.found and message['role'] == 'user' and not (c.startswith('<tool_response>') "
         "and c.endswith('</tool_response>')) %}"
         "{% set ns.last_user = messages|length - 1 - loop.index0 %}{% set ns.found = true %}"
         "{% endif %}{% endfor %}"
         "{% for message in messages %}"
-        "{% if message['role'] == 'assistant' %}"
-        "{% set content = message['content'] %}{% set reasoning = '' %}"
-        "{% if '</think>' in content %}"
+        f"{{% if {_SYSTEM_IN_TOOLS} %}}{{% elif message['role'] == 'tool' %}}{_TOOL_RESULT}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{% set content = message['content'] if message['content'] is string else '' %}"
+        "{% set reasoning = '' %}{% if '</think>' in content %}"
         "{% set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
         "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
         "{% endif %}"
         "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
         "{{ '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' "
-        f"+ content.lstrip('\\n') + {end} }}}}"
-        f"{{% else %}}{{{{ '<|im_start|>assistant\\n' + content + {end} }}}}{{% endif %}}"
+        "+ content.lstrip('\\n') }}"
+        "{% else %}{{ '<|im_start|>assistant\\n' + content }}{% endif %}"
+        f"{_TOOL_CALLS}{{{{ {end} }}}}"
         "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -99,9 +146,9 @@ HF_CHAT_TEMPLATES = {
     # a chat that ends with an answer), where mistral-common puts it.
     "mistral-v3": _mistral_v3(spaced=False),
     "chatml": _chatml(eos_after_answers=False),
-    # Qwen3's rendering without tools: the thinking block on the answer to the last user turn (a
-    # wrapped <tool_response> does not count), the reasoning split off at </think>; the generation
-    # prompt honours enable_thinking as Qwen3's does.
+    # Qwen3's rendering: the thinking block on the answer to the last user turn (a wrapped
+    # <tool_response> does not count), the reasoning split off at </think>; the generation prompt
+    # honours enable_thinking as Qwen3's does; functions as `_TOOLS_SYSTEM` and the rest say.
     "qwen3": _qwen3(eos_after_answers=False),
     # Meta-Llama-3-8B-Instruct's own template, verbatim.
     "llama3": (

@@ -34,6 +34,13 @@ The tokenizer is transformers' own of the directory (`PreTrainedTokenizerFast.fr
 its special tokens are those transformers reads (a template's `bos_token` is undefined where
 tokenizer_config.json names none).
 
+A chat with function calls is rendered with ``tools=`` (the functions it offers) and its messages in
+OpenAI's layout (``tool_calls`` with arguments as objects, the form transformers' templates expect;
+``tool`` messages with their ``name``/``tool_call_id``); an answer that only calls functions is found
+as any answer (its calls are its text), and a special token's string in a call or a tool's schema
+is refused as in a message. Qwen3's own template is refused for a call followed by results (it
+writes the last turn's thinking block only while the call is last): use vikhr's ``qwen3``.
+
 Templates that write today's date (Llama-3.2's ``strftime_now``) get ``date_string`` = 26 Jul 2024,
 the date Llama-3.1's template writes by default: the tokens do not depend on the day of the run.
 """
@@ -41,13 +48,21 @@ the date Llama-3.1's template writes by default: the tokens do not depend on the
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, first_line
-from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
+from vikhr.sft.encoded import (
+    EncodedChat,
+    Message,
+    TypedControlError,
+    arguments_object,
+    tools_of,
+    trained_tokens,
+)
 from vikhr.sft.hf_chat import chat_template_sha256, own_chat_template
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
 
@@ -56,7 +71,8 @@ STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`
 
 
 class ChatRefused(VikhrError):
-    """A chat the tokenizer's own template refuses or cannot be split into prompts and answers."""
+    """A chat the tokenizer's own template refuses or cannot be split into prompts and answers, or
+    one with function calls given to a template without them (vikhr.sft.template)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,11 +84,12 @@ class OwnTemplate:
     special_text: re.Pattern[str] | None  # matches any of their strings (None: there are none)
     longest_special: int  # characters of the longest of them
 
-    def render(self, chat: list[dict[str, str]], generation: bool) -> str:
-        """The template's text of `chat`; ChatRefused when the template refuses it."""
+    def render(self, chat: list[dict[str, Any]], generation: bool, tools: list[Any] | None = None) -> str:
+        """The template's text of `chat` offering `tools`; ChatRefused when the template refuses it."""
         try:
             text = self.fast.apply_chat_template(
                 chat,
+                tools=tools,
                 chat_template=self.template,
                 tokenize=False,
                 add_generation_prompt=generation,
@@ -86,13 +103,14 @@ class OwnTemplate:
         """Ids and mask of `messages` (see the module doc); `for_generation`: the prompt for the
         answer to the last user turn, as rendered with ``add_generation_prompt=True``."""
         self._check_typed(messages)
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        whole = self.render(chat, for_generation)
+        chat = [_message_dict(m) for m in messages]
+        tools = [json.loads(tool) for tool in tools_of(messages)] or None
+        whole = self.render(chat, for_generation, tools)
         trained = bytearray(len(whole))
         for i, m in enumerate(messages):
             if m.role == "assistant" and m.trained:
                 try:
-                    start, end = self._answer(chat, i, whole)
+                    start, end = self._answer(chat, i, whole, tools)
                 except ChatRefused:
                     if not for_generation:
                         raise
@@ -128,11 +146,13 @@ class OwnTemplate:
         except ChatRefused as e:
             raise VikhrError(f"{self.source}: its chat template cannot train a two-turn chat: {e}") from None
 
-    def _answer(self, chat: list[dict[str, str]], index: int, whole: str) -> tuple[int, int]:
+    def _answer(
+        self, chat: list[dict[str, Any]], index: int, whole: str, tools: list[Any] | None
+    ) -> tuple[int, int]:
         """The characters of answer `index` in `whole` (see the module doc), or ChatRefused."""
-        prompt = self.render(chat[:index], True)
-        through = self.render(chat[: index + 1], False)
-        start = self._answer_start(chat, index, prompt, through)
+        prompt = self.render(chat[:index], True, tools)
+        through = self.render(chat[: index + 1], False, tools)
+        start = self._answer_start(chat, index, prompt, through, tools)
         asked = chat[index - 1]["content"].strip()
         asked_end = prompt.rfind(asked) + len(asked) if asked and asked in prompt else len(prompt)
         if _common_prefix(prompt, through[:start]) < asked_end:  # the turns before it differ
@@ -143,7 +163,9 @@ class OwnTemplate:
             )
         first = self.special_text.search(through, start) if self.special_text else None
         end = first.end() if first else len(through[start:].rstrip()) + start
-        if chat[index]["content"].strip() and not self._has_text(through[start:end]):
+        if (chat[index]["content"].strip() or "tool_calls" in chat[index]) and not self._has_text(
+            through[start:end]
+        ):
             raise ChatRefused(
                 f"message {index + 1}: {self.source.name}'s chat template writes no text for this "
                 "answer (nothing to train on); train with one of vikhr's templates (--template NAME)"
@@ -156,12 +178,14 @@ class OwnTemplate:
             )
         return start, end
 
-    def _answer_start(self, chat: list[dict[str, str]], index: int, prompt: str, through: str) -> int:
+    def _answer_start(
+        self, chat: list[dict[str, Any]], index: int, prompt: str, through: str, tools: list[Any] | None
+    ) -> int:
         """Where answer `index` begins in `through`: where the template writes an answer's text,
         found by rendering a stand-in answer (R1-Distill's generation prompt adds "<think>\\n" that
         its answers lack, and an answer may begin with the same characters). Where the stand-in is
         not written as given, where `through` leaves the generation prompt, not inside a control."""
-        stand_in = self.render([*chat[:index], {"role": "assistant", "content": STAND_IN}], False)
+        stand_in = self.render([*chat[:index], {"role": "assistant", "content": STAND_IN}], False, tools)
         at = stand_in.rfind(STAND_IN)
         if at >= 0 and through.startswith(stand_in[:at]):
             return at
@@ -183,13 +207,39 @@ class OwnTemplate:
         return bool(bare.strip())
 
     def _check_typed(self, messages: list[Message]) -> None:
-        for number, m in enumerate(messages, start=1):
-            found = self.special_text.search(m.content) if self.special_text else None
+        if self.special_text is None:
+            return
+        texts = [(f"message {n}", m.content) for n, m in enumerate(messages, start=1)]
+        texts += [
+            (f"message {n}", f"{call.name} {call.arguments}")
+            for n, m in enumerate(messages, start=1)
+            for call in m.tool_calls
+        ]
+        texts += [(f"tool {k}", tool) for k, tool in enumerate(tools_of(messages), start=1)]
+        for where, text in texts:
+            found = self.special_text.search(text)
             if found:
                 raise TypedControlError(
-                    f"message {number} holds the text {found.group()!r}, a special token of the "
+                    f"{where} holds the text {found.group()!r}, a special token of the "
                     "tokenizer: the rendered chat would hold that control token; remove it from the chat"
                 )
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    """`m` as transformers' chat templates read a message: OpenAI's fields, a call's arguments as an
+    object (the form those templates expect)."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "type": "function",
+                "function": {"name": call.name, "arguments": arguments_object(call)},
+                **({"id": call.id} if call.id is not None else {}),
+            }
+            for call in m.tool_calls
+        ]
+    out.update({key: value for key in ("name", "tool_call_id") if (value := getattr(m, key)) is not None})
+    return out
 
 
 def own_template(tok: Tokenizer) -> OwnTemplate:

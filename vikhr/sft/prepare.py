@@ -67,7 +67,7 @@ class PrepareSummary:
 
 def _empty_trained_answer(m: Message) -> bool:
     """An answer that teaches the model to end at once (one of weight 0 teaches nothing)."""
-    return m.role == "assistant" and m.trained and not m.content.strip()
+    return m.role == "assistant" and m.trained and not m.content.strip() and not m.tool_calls
 
 
 def prepare_sft(

@@ -3,10 +3,12 @@
 The model is an HF sequence classifier with one output (``AutoModelForSequenceClassification``,
 ``num_labels=1``, safetensors weights). A chat is rendered with its tokenizer's chat template when it
 has one (``apply_chat_template(messages, tokenize=False)``), else as "User: …\\n\\nAssistant: …"
-turns; padding is on the right and the model reads its score at the last real token, so a chat's
-score depends on the batch it is in only through rounding (a tokenizer without a pad, EOS or UNK
-token scores one chat at a time). A chat longer than the max length (capped at the model's context) is scored
-on its last tokens, which hold the answer.
+turns; a chat with function calls is given as plain turns (`vikhr.sft.template.plain_turns`: each
+answer followed by its calls, tool results as user turns, as ``chatml`` writes them; the functions
+offered are left out). Padding is on the right and the model reads its score at the last real
+token, so a chat's score depends on the batch it is in only through rounding (a tokenizer without a
+pad, EOS or UNK token scores one chat at a time). A chat longer than the max length (capped at the
+model's context) is scored on its last tokens, which hold the answer.
 
 Scores file: plain JSONL (a compressed name is refused), one ``{"key", "id", "score", "scorer"}`` a
 line, appended and flushed after every batch. `key` is a hash of the chat's messages, so the scores
@@ -31,7 +33,7 @@ from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
 from vikhr.sft.own_template import FIXED_DATE
-from vikhr.sft.template import parse_chat
+from vikhr.sft.template import parse_chat, plain_turns
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -290,7 +292,7 @@ def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
         chat_id = record.get("id")
         yield (
             str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}",
-            [{"role": m.role, "content": m.content} for m in messages],
+            [{"role": role, "content": text} for role, text in plain_turns(messages)],
         )
 
 

@@ -3,12 +3,22 @@
 Formats (`FORMATS`), each recognised by the fields of its records:
 
 * ``messages`` (Saiga, OpenAI style): ``{"messages": [{"role", "content"}, ...]}``; roles user/assistant/
-  system, also ``bot`` (Saiga's name for the assistant). The column layout of an HF dataset
+  system, also ``bot`` (Saiga's name for the assistant). OpenAI's function calls pass through: an
+  assistant's ``tool_calls`` (content then empty or null), ``tool`` messages (with ``name`` and
+  ``tool_call_id``), the record's ``tools``. The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
   A ``"system"`` field beside the turns (LLaMA-Factory's layout; also beside ``messages``) opens the
-  chat unless it has a system turn.
+  chat unless it has a system turn. LLaMA-Factory's (and its Glaive conversion's) function calls:
+  a ``"function_call"`` turn is an assistant turn calling the functions of its value (the JSON of
+  ``{"name", "arguments"}``, or of a list of them), an ``"observation"`` turn a tool result, and the
+  record's ``"tools"`` (a list, or its JSON text) the functions offered; written in OpenAI's layout.
+
+A record's ``"tools"`` may hold bare function schemas (``{"name", "description", "parameters"}``,
+LLaMA-Factory's and Glaive's): each is wrapped as ``{"type": "function", "function": schema}``, as
+LLaMA-Factory does for Qwen's template. Function calls in a ``preference`` pair are not read
+(``bad_role``).
 * ``flan`` (ruFLAN, FLAN collections): ``{"inputs", "targets"}`` (or ``"target"``): the inputs, the
   whole prompt, are the user turn and the targets the answer.
 * ``alpaca`` (rulm self-instruct, ru_turbo_alpaca): ``{"instruction", "input", "output"}``; the input,
@@ -85,25 +95,51 @@ class Chat:
     group: str  # the record it came from: the chats of one record are not near-duplicates of each other
     messages: tuple[tuple[str, str], ...]  # (role, content), validated by vikhr.sft.template.parse_chat
     untrained: tuple[int, ...] = ()  # the answers (indices into messages) of weight 0: context only
+    # (message index, key, value) of what a message holds beside its role and content, in OpenAI's
+    # layout: an assistant's "tool_calls", a tool result's "name" and "tool_call_id".
+    fields: tuple[tuple[int, str, Any], ...] = ()
+    tools: tuple[Any, ...] = ()  # the functions the chat offers ({"type": "function", "function": ...})
 
     def prompt(self) -> str:
-        """Every turn before the last answer but the system turn (user turns, earlier answers): what
-        near-duplicate removal compares. A collection's shared system prompt would make different tasks
-        look alike (a 56-word one dropped 372 of 806 rulm chats)."""
-        return "\n\n".join(content for role, content in self.messages[:-1] if role != "system")
+        """Every turn before the last answer but the system turn (user turns, earlier answers and their
+        calls, tool results): what near-duplicate removal compares. A collection's shared system prompt
+        would make different tasks look alike (a 56-word one dropped 372 of 806 rulm chats)."""
+        return "\n\n".join(text for role, text in self._turn_texts()[:-1] if role != "system")
 
     def text(self) -> str:
-        return "\n\n".join(content for _, content in self.messages)
+        """Every turn, calls included: what exact-duplicate removal compares."""
+        return "\n\n".join(text for _, text in self._turn_texts())
+
+    def prose(self) -> str:
+        """The system, user and assistant texts, without function calls and tool results (JSON, mostly
+        Latin): what the language check reads."""
+        return "\n\n".join(content for role, content in self.messages if role != "tool")
+
+    def _turn_texts(self) -> list[tuple[str, str]]:
+        calls: dict[int, list[str]] = {}
+        for i, key, value in self.fields:
+            if key == "tool_calls":
+                calls.setdefault(i, []).append(json.dumps(value, ensure_ascii=False))
+        return [(r, "\n".join([c, *calls[i]]) if i in calls else c) for i, (r, c) in enumerate(self.messages)]
 
     def record(self, source: str) -> dict[str, Any]:
-        """The JSONL object written for this chat (`vikhr sft prepare` reads "messages")."""
+        """The JSONL object written for this chat (`vikhr sft prepare` reads "messages" and "tools")."""
+        fields: dict[int, dict[str, Any]] = {}
+        for i, key, value in self.fields:
+            fields.setdefault(i, {})[key] = value
         return {
             "id": f"{source}/{self.id}",
             "source": source,
             "messages": [
-                {"role": r, "content": c, **({"weight": 0} if i in self.untrained else {})}
+                {
+                    "role": r,
+                    "content": c,
+                    **fields.get(i, {}),
+                    **({"weight": 0} if i in self.untrained else {}),
+                }
                 for i, (r, c) in enumerate(self.messages)
             ],
+            **({"tools": list(self.tools)} if self.tools else {}),
         }
 
 
@@ -288,12 +324,17 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     """The chats of one record in format `fmt`, or Unfit. `where` names it when it has no id."""
     record_id = _record_id(record, where)
     untrained: tuple[int, ...] = ()  # messages and sharegpt: the answers of weight 0
-    if fmt == "messages":
-        raw = record["messages"] if "messages" in record else record.get("conversation")
-        messages, untrained = _with_record_system(record, *_messages_turns(raw))
-        turns = [messages]
-    elif fmt == "sharegpt":
-        messages, untrained = _with_record_system(record, *_sharegpt_turns(record.get("conversations")))
+    fields: tuple[tuple[int, str, Any], ...] = ()  # and what their messages hold beside role and content
+    tools: tuple[Any, ...] = ()  # and the functions the chat offers
+    if fmt in ("messages", "sharegpt"):
+        if fmt == "messages":
+            raw = record["messages"] if "messages" in record else record.get("conversation")
+            messages, untrained, fields = _messages_turns(raw)
+        else:
+            messages, untrained, fields = _sharegpt_turns(record.get("conversations"))
+        messages, added = _with_record_system(record, messages)
+        untrained, fields = _moved(untrained, fields, added)
+        tools = _record_tools(record)
         turns = [messages]
     elif fmt == "alpaca":
         turns = _alpaca_turns(record)
@@ -327,11 +368,25 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     for n, messages in enumerate(turns):
         if messages and messages[0][0] == "system" and not messages[0][1].strip():
             messages = messages[1:]  # "no system prompt", as SlimOrca writes it
-            untrained = tuple(i - 1 for i in untrained)
-        _check(messages, untrained)
-        chat_id = record_id if len(turns) == 1 else f"{record_id}#{n}"
-        chats.append(Chat(chat_id, record_id, tuple(messages), untrained))
+            untrained, fields = _moved(untrained, fields, -1)
+        chat = Chat(
+            record_id if len(turns) == 1 else f"{record_id}#{n}",
+            record_id,
+            tuple(messages),
+            untrained,
+            fields,
+            tools,
+        )
+        _check(chat)
+        chats.append(chat)
     return chats
+
+
+def _moved(
+    untrained: tuple[int, ...], fields: tuple[tuple[int, str, Any], ...], by: int
+) -> tuple[tuple[int, ...], tuple[tuple[int, str, Any], ...]]:
+    """`untrained` and `fields` of turns that moved `by` places (a system turn put before or left out)."""
+    return tuple(i + by for i in untrained), tuple((i + by, key, value) for i, key, value in fields)
 
 
 def _record_id(record: dict[str, Any], where: str) -> str:
@@ -357,14 +412,48 @@ def _text(value: Any, what: str) -> str:
 
 
 def _with_record_system(
-    record: dict[str, Any], turns: list[tuple[str, str]], untrained: tuple[int, ...]
-) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    record: dict[str, Any], turns: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], int]:
     """The turns with the record's own ``"system"`` field first (LLaMA-Factory's ShareGPT and OpenAI
-    layouts keep the system prompt beside the turns), unless they open with a system turn."""
+    layouts keep the system prompt beside the turns), unless they open with a system turn; and the
+    number of turns put before them (0 or 1)."""
     system = record.get("system")
     if system is None or (turns and turns[0][0] == "system"):
-        return turns, untrained
-    return [("system", _text(system, '"system"')), *turns], tuple(i + 1 for i in untrained)
+        return turns, 0
+    return [("system", _text(system, '"system"')), *turns], 1
+
+
+def _record_tools(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The functions a record offers: its ``"tools"``, a list or its JSON text (LLaMA-Factory's
+    ShareGPT layout), each in OpenAI's form; a bare function schema ``{"name", ...}`` (LLaMA-Factory's,
+    Glaive's) is wrapped as ``{"type": "function", "function": ...}``, as LLaMA-Factory does for Qwen."""
+    raw = record.get("tools")
+    if isinstance(raw, str):
+        if not raw.strip():
+            return ()
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise Unfit("bad_record", f'"tools" is not valid JSON ({e.msg} at column {e.colno})') from None
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise Unfit("bad_record", f'"tools" must be a list of function schemas, got {type(raw).__name__}')
+    tools = []
+    for k, tool in enumerate(raw, start=1):
+        if (
+            isinstance(tool, dict)
+            and tool.get("type") == "function"
+            and isinstance(tool.get("function"), dict)
+        ):
+            tools.append(tool)
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str) and "type" not in tool:
+            tools.append({"type": "function", "function": tool})
+        else:
+            raise Unfit(
+                "bad_record", f'"tools" item {k}: expected a function schema {{"name", "parameters", ...}}'
+            )
+    return tuple(tools)
 
 
 def _weight(m: dict[str, Any], role: str, i: int) -> bool:
@@ -375,8 +464,12 @@ def _weight(m: dict[str, Any], role: str, i: int) -> bool:
         raise Unfit("bad_weight", str(e).replace("message", "turn", 1)) from None
 
 
-def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
-    """The turns of a "messages" list and the indices of the answers of weight 0."""
+Fields = tuple[tuple[int, str, Any], ...]  # see Chat.fields
+
+
+def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
+    """The turns of a "messages" list, the indices of the answers of weight 0, and the messages'
+    function calls and tool-result fields (OpenAI's layout, passed on as given)."""
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
@@ -385,33 +478,71 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
         raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=True)]
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
-    turns, untrained = [], []
+    turns, untrained, fields = [], [], []
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
-        role, content = _role(m.get("role"), i), _text(m.get("content"), f"turn {i} content")
+        role = "tool" if m.get("role") == "tool" else _role(m.get("role"), i)
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls not in (None, []):
+            fields.append((i - 1, "tool_calls", calls))
+        content = "" if calls not in (None, []) and m.get("content") is None else m.get("content")
+        content = _text(content, f"turn {i} content")
+        fields += [
+            (i - 1, key, m[key])
+            for key in ("name", "tool_call_id")
+            if role == "tool" and m.get(key) is not None
+        ]
         try:
             turns.append((role, with_reasoning(content, m.get("reasoning_content"), role, i)))
         except VikhrError as e:
             raise Unfit("bad_record", str(e).replace("message", "turn", 1)) from None
         if not _weight(m, role, i):
             untrained.append(i - 1)
-    return turns, tuple(untrained)
+    return turns, tuple(untrained), tuple(fields)
 
 
-def _sharegpt_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
-    """The turns of a ShareGPT "conversations" list and the indices of the answers of weight 0."""
+def _sharegpt_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
+    """The turns of a ShareGPT "conversations" list, the indices of the answers of weight 0, and the
+    function calls of its ``function_call`` turns (LLaMA-Factory's and Glaive's layout: an assistant
+    turn whose value is the JSON of ``{"name", "arguments"}`` or of a list of them, parallel calls;
+    an ``observation`` turn is a tool result)."""
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
-    turns, untrained = [], []
+    turns, untrained, fields = [], [], []
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"from", "value"}}, got {type(m).__name__}')
-        role = _role(m.get("from"), i)
-        turns.append((role, _text(m.get("value"), f"turn {i} value")))
+        value = _text(m.get("value"), f"turn {i} value")
+        if m.get("from") == "function_call":
+            role = "assistant"
+            fields.append((i - 1, "tool_calls", _function_calls(value, i)))
+            turns.append((role, ""))
+        else:
+            role = "tool" if m.get("from") == "observation" else _role(m.get("from"), i)
+            turns.append((role, value))
         if not _weight(m, role, i):
             untrained.append(i - 1)
-    return turns, tuple(untrained)
+    return turns, tuple(untrained), tuple(fields)
+
+
+def _function_calls(value: str, i: int) -> list[dict[str, Any]]:
+    """The calls of ShareGPT function_call turn `i` in OpenAI's form, or Unfit."""
+    try:
+        given = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise Unfit(
+            "bad_record", f'turn {i}: a function_call value must be JSON {{"name", "arguments"}} ({e.msg})'
+        ) from None
+    calls = given if isinstance(given, list) and given else [given]
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or "arguments" not in call:
+            raise Unfit(
+                "bad_record",
+                f'turn {i}: a function_call value must be {{"name", "arguments"}} or a list of them, '
+                f"got {value:.60}",
+            )
+    return [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
 
 
 def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
@@ -450,7 +581,7 @@ def _alpaca_turns(record: dict[str, Any]) -> list[list[tuple[str, str]]]:
     if "output" in record:
         output = _text(record["output"], '"output"')
         last = [("user", _alpaca_prompt(instruction, record.get("input"))), ("assistant", output)]
-        return [_with_record_system(record, [*_alpaca_history(record), *last], ())[0]]
+        return [_with_record_system(record, [*_alpaca_history(record), *last])[0]]
     instances = record.get("instances")
     if not isinstance(instances, list) or not instances:
         raise Unfit("bad_record", '"instances" must be a non-empty list of {"input", "output"}')
@@ -497,6 +628,16 @@ def _nectar_turns(record: dict[str, Any], max_rank: int | None) -> list[list[tup
     return [[*prompt, ("assistant", answer)] for _, _, answer in chosen]
 
 
+def _plain_messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+    """`_messages_turns` of a preference pair's side, which is read without function calls."""
+    turns, untrained, fields = _messages_turns(raw)
+    if fields or any(role == "tool" for role, _ in turns):
+        raise Unfit(
+            "bad_role", "function calls in a preference pair are not read (give the chat as messages)"
+        )
+    return turns, untrained
+
+
 def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
     """The chat of a preference pair's chosen side (the rejected one is not trained on), in the
     layouts of TRL's preference datasets: `chosen` a whole chat (a messages list opening with a
@@ -504,12 +645,12 @@ def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tu
     text), or the answer to `prompt` (a string, HH-RLHF's text, or a messages list)."""
     chosen, prompt = record.get("chosen"), record.get("prompt")
     if isinstance(chosen, list):
-        turns, untrained = _messages_turns(chosen)
+        turns, untrained = _plain_messages_turns(chosen)
         if turns[0][0] in ("user", "system") or prompt is None:
             return turns, untrained
         if isinstance(prompt, str):
             return [("user", prompt), *turns], tuple(i + 1 for i in untrained)
-        opening, opening_untrained = _messages_turns(prompt)
+        opening, opening_untrained = _plain_messages_turns(prompt)
         return [*opening, *turns], (*opening_untrained, *(i + len(opening) for i in untrained))
     chosen = _text(chosen, '"chosen"')
     if prompt is None:  # HH-RLHF: the turns and the answer in one text, cut at its last "Assistant:"
@@ -521,21 +662,22 @@ def _preference_turns(record: dict[str, Any]) -> tuple[list[tuple[str, str]], tu
         opening = _human_assistant_prompt(chosen[: last.start()] + "\n\nAssistant:")
         return [*opening, ("assistant", chosen[last.end() :])], ()
     if isinstance(prompt, list):
-        opening, untrained = _messages_turns(prompt)
+        opening, untrained = _plain_messages_turns(prompt)
         return [*opening, ("assistant", chosen)], untrained
     if isinstance(prompt, str) and _HUMAN_ASSISTANT_TURN.match(prompt):  # HH-RLHF's explicit prompt
         return [*_human_assistant_prompt(prompt), ("assistant", chosen.lstrip())], ()
     return [("user", _text(prompt, '"prompt"')), ("assistant", chosen)], ()
 
 
-def _check(messages: list[tuple[str, str]], untrained: tuple[int, ...] = ()) -> None:
-    """Unfit unless `vikhr sft prepare` accepts the chat (`untrained`: its answers of weight 0) and no
-    turn is empty."""
-    for i, (role, content) in enumerate(messages, start=1):
-        if not content.strip():
+def _check(chat: Chat) -> None:
+    """Unfit unless `vikhr sft prepare` accepts the chat and no turn is empty (an answer that only
+    calls functions has no text)."""
+    calls = {i for i, key, _ in chat.fields if key == "tool_calls"}
+    for i, (role, content) in enumerate(chat.messages, start=1):
+        if not content.strip() and i - 1 not in calls:
             raise Unfit("empty_turn", f"turn {i} ({role}) is empty")
     try:
-        parse_chat({"messages": Chat("", "", tuple(messages), untrained).record("")["messages"]})
+        parse_chat(chat.record(""))
     except VikhrError as e:
         raise Unfit("bad_turns", str(e)) from None
 
@@ -613,10 +755,10 @@ def _oasst_chats(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[s
             branch.append(min(found, key=lambda m: (m["rank"] is None, m["rank"] or 0)))  # first of equals
         if branch[-1]["role"] == "user":
             branch.pop()  # a question no answer followed
-        turns = [(m["role"], m["text"]) for m in branch]
+        chat = Chat(root["tree"], root["tree"], tuple((m["role"], m["text"]) for m in branch))
         try:
-            _check(turns)
+            _check(chat)
         except Unfit as e:
             yield where, e
             continue
-        yield where, [Chat(root["tree"], root["tree"], tuple(turns))]
+        yield where, [chat]

@@ -2,8 +2,9 @@
 
 A chat is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`: an
 optional system message first, then user and assistant turns alternating, starting with a user
-turn and ending with an assistant turn. An assistant message may carry its reasoning apart, as
-``"reasoning_content"`` (Qwen3's and DeepSeek-R1's field): it is written into the content as
+turn and ending with an assistant turn (function calls and their results between: see the end).
+An assistant message may carry its reasoning apart, as ``"reasoning_content"`` (Qwen3's and
+DeepSeek-R1's field): it is written into the content as
 ``<think>\n{reasoning}\n</think>\n\n{answer}``, the form every template trains on (``qwen3``
 turns it into its thinking block).
 
@@ -27,7 +28,7 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   goes before the last user message of the chat, followed by a blank line: where mistral-common puts
   it, in training chats too (Nemo's Jinja drops it from a chat that ends with an answer, so ``own``
   refuses such chats). Needs BOS and EOS.
-* ``chatml``, Qwen2.5-Instruct's template without tools: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
+* ``chatml``, Qwen2.5-Instruct's template: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
   per message, ``{bos}`` being the tokenizer's BOS when it has one (``<s>`` for Mistral) and
   nothing when it has none (Qwen: ``bos_token`` null). Unlike Qwen's template, no system message
   is invented when the chat has none (Qwen's adds "You are Qwen, created by Alibaba Cloud. You
@@ -37,7 +38,7 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   otherwise they are encoded as text and each answer's ``<|im_end|>`` is followed by EOS (``</s>``),
   the one token there generation can stop at (the export's template writes it too; a tokenizer
   without EOS is refused). The answer and its closing ``<|im_end|>`` (and EOS) are trained.
-* ``qwen3``, Qwen3's hybrid-thinking template without tools: ``chatml`` (no default system message
+* ``qwen3``, Qwen3's hybrid-thinking template: ``chatml`` (no default system message
   either; Qwen3 has none), except that the answer to the last user turn opens with its thinking
   block, ``<think>\n{reasoning}\n</think>\n\n{answer}``, empty (``<think>\n\n</think>\n\n``)
   when the answer carries no reasoning. An answer may carry it as Qwen3's template reads it:
@@ -77,10 +78,34 @@ Mask: 1 on every token of an assistant answer including its closing token (``</s
 template text and the start of an answer (a byte-level merge of ``\\n`` + an answer's leading
 ``\\n``) is trained. An answer whose message has ``"weight": 0`` (OpenAI's fine-tuning format and
 ShareGPT's per-turn weight; absent or null trains it) is context only, masked like a user turn.
+
+Function calls (OpenAI's layout). An assistant message may carry ``"tool_calls": [{"type": "function",
+"function": {"name": str, "arguments": JSON text of an object | object}}, ...]`` (content then empty
+or null); ``{"role": "tool", "content": str}`` messages (optional ``name``, ``tool_call_id``) hold the
+results; the record's optional ``"tools": [{"type": "function", "function": {...}}, ...]`` lists the
+functions offered. An assistant turn with calls is followed by one or more tool results, then an
+assistant turn; the chat ends with an assistant turn (one that only calls functions too: the calls
+are trained, no result need follow). ``chatml`` and ``qwen3`` render them as Qwen2.5-7B-Instruct's
+and Qwen3-8B's templates do: the tools, each as ``tojson`` writes it (json.dumps with
+ensure_ascii=False, keys in the chat's order), in the system turn after the system message and a
+blank line, with Qwen's wording (``# Tools`` … ``<tools>`` … ``</tools>`` …); each call after its
+answer's text as ``<tool_call>\\n{"name": "…", "arguments": …}\\n</tool_call>``, a newline before
+each but the first of an answer without text; consecutive tool results as one user turn of
+``\\n<tool_response>\\n{result}\\n</tool_response>`` blocks. Trained: each answer with its calls and
+its end; the tool block and the results are context. Two differences from Qwen2.5's template, both
+Qwen3's behaviour: a chat with tools and no system message gets the tool block alone (Qwen2.5 writes
+its default system message before it), and arguments given as JSON text are written as they are
+(Qwen2.5's ``tojson`` writes them as a quoted JSON string, ``"arguments": "{\\"city\\": …}"``, a
+form a model would learn to call functions in); arguments given as an object are written as
+``tojson`` writes them by both. ``mistral``, ``mistral-v3`` and ``llama3`` have no function calls:
+a chat with tools, calls or tool results is refused (ChatRefused, one line). ``own`` passes the
+tools and the calls (arguments as objects, the form transformers' templates expect) to the
+tokenizer's template.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,21 +114,33 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
-from vikhr.sft.encoded import EncodedChat, Message, TypedControlError, trained_tokens
+from vikhr.sft.encoded import (
+    ChatMessages,
+    EncodedChat,
+    Message,
+    ToolCall,
+    TypedControlError,
+    tools_of,
+    trained_tokens,
+    uses_tools,
+)
 from vikhr.sft.hf_chat import (
     CHATML_END,
     CHATML_START,
+    TOOLS_INTRO,
+    TOOLS_OUTRO,
     chatml_as_text,
     hf_chat_template,
     mistral_v3_spaced,
     own_chat_template,
 )
-from vikhr.sft.own_template import own_template
+from vikhr.sft.own_template import ChatRefused, own_template
 from vikhr.tokenizer.load import Tokenizer, load
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 TEMPLATES = ("mistral", "mistral-v3", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
 OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
+TOOL_TEMPLATES = ("chatml", "qwen3")  # vikhr's templates that render function calls (and `own`)
 MISTRAL_INST, MISTRAL_INST_END = "[INST]", "[/INST]"
 LLAMA3_BEGIN, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_HEADER_START, LLAMA3_HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -321,49 +358,165 @@ def turn_weight(weight: Any, role: str, number: int) -> bool:
     return bool(weight) or role != "assistant"
 
 
-def parse_chat(record: Any, for_generation: bool = False) -> list[Message]:
-    """The messages of one chat record, or VikhrError saying what is wrong (without a location).
+def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
+    """The messages of one chat record (with the functions it offers, see `ChatMessages`), or
+    VikhrError saying what is wrong (without a location).
 
-    `for_generation`: the chat ends with the user turn to be answered instead of an answer.
+    `for_generation`: the chat ends with the user turn (or the tool results) to be answered instead
+    of an answer.
     """
     if not isinstance(record, dict) or "messages" not in record:
         raise VikhrError('expected an object with a "messages" list')
     raw = record["messages"]
     if not isinstance(raw, list) or not raw:
         raise VikhrError('"messages" must be a non-empty list')
-    messages = []
-    for i, m in enumerate(raw, start=1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise VikhrError(f'message {i}: expected {{"role": ..., "content": ...}}')
-        role, content = m["role"], m["content"]
-        if role not in ROLES:
-            raise VikhrError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
-        if not isinstance(content, str):
-            raise VikhrError(f"message {i}: content must be a string, got {type(content).__name__}")
-        content = with_reasoning(content, m.get("reasoning_content"), role, i)
-        messages.append(Message(role, content, turn_weight(m.get("weight"), role, i)))
+    messages = ChatMessages((_message(m, i) for i, m in enumerate(raw, start=1)), _tools(record.get("tools")))
     turns = messages[1:] if messages[0].role == "system" else messages
+    offset = len(messages) - len(turns)
     for i, m in enumerate(turns):
-        number = i + 1 + (len(messages) - len(turns))
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m.role == "system":
-            raise VikhrError(f"message {number}: a system message may only come first")
-        if m.role != expected:
-            previous = "the start" if i == 0 else f"{_a(turns[i - 1].role)} {turns[i - 1].role} turn"
-            raise VikhrError(
-                f"message {number}: expected {_a(expected)} {expected} turn after {previous}, got {m.role} "
-                "(turns must alternate user/assistant, starting with user)"
-            )
+        _check_turn(m, turns[i - 1] if i else None, i + 1 + offset)
     if for_generation:
-        if not turns or turns[-1].role != "user":
-            raise VikhrError("a prompt for generation must end with a user turn")
+        if not turns or turns[-1].role not in ("user", "tool"):
+            raise VikhrError("a prompt for generation must end with a user turn (or tool results)")
     elif not any(m.role == "assistant" for m in turns):
         raise VikhrError("chat has no assistant turn (nothing to train on)")
     elif not any(m.role == "assistant" and m.trained for m in turns):
         raise VikhrError("every assistant turn has weight 0 (nothing to train on)")
     elif turns[-1].role != "assistant":
-        raise VikhrError(f"message {len(messages)}: chat ends with a user turn that has no answer")
+        what = "a user turn" if turns[-1].role == "user" else "a tool result"
+        raise VikhrError(f"message {len(messages)}: chat ends with {what} that has no answer")
     return messages
+
+
+def _message(m: Any, number: int) -> Message:
+    """Message `number` of a chat record, or VikhrError saying what is wrong."""
+    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        raise VikhrError(f'message {number}: expected {{"role": ..., "content": ...}}')
+    role, content = m["role"], m["content"]
+    if role not in ROLES:
+        raise VikhrError(
+            f"message {number}: unknown role {role!r} (expected system, user, assistant or tool)"
+        )
+    calls = _tool_calls(m.get("tool_calls"), role, number)
+    if content is None and calls:
+        content = ""  # OpenAI's form of a message that only calls functions
+    if not isinstance(content, str):
+        raise VikhrError(f"message {number}: content must be a string, got {type(content).__name__}")
+    content = with_reasoning(content, m.get("reasoning_content"), role, number)
+    trained = turn_weight(m.get("weight"), role, number)
+    if role != "tool":
+        return Message(role, content, trained, calls)
+    name, call_id = (_optional_text(m.get(key), key, number) for key in ("name", "tool_call_id"))
+    return Message(role, content, trained, name=name, tool_call_id=call_id)
+
+
+def _optional_text(value: Any, key: str, number: int) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise VikhrError(f"message {number}: {key} must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def _tool_calls(raw: Any, role: str, number: int) -> tuple[ToolCall, ...]:
+    """The function calls of message `number` (OpenAI's ``tool_calls``; null or [] for none)."""
+    if raw is None or raw == []:
+        return ()
+    if role != "assistant":
+        raise VikhrError(
+            f"message {number}: only an assistant message may carry tool_calls, not a {role} one"
+        )
+    if not isinstance(raw, list):
+        raise VikhrError(
+            f'message {number}: tool_calls must be a list of {{"type": "function", "function": '
+            f'{{"name", "arguments"}}}}, got {type(raw).__name__}'
+        )
+    return tuple(_tool_call(item, k, number) for k, item in enumerate(raw, start=1))
+
+
+def _tool_call(item: Any, k: int, number: int) -> ToolCall:
+    """Call `k` of message `number`: ``{"type": "function", "function": {"name", "arguments"}}`` (the
+    bare ``{"name", "arguments"}`` too, as Qwen's templates read it), or VikhrError."""
+    where = f"message {number}: tool call {k}"
+    if isinstance(item, dict) and item.get("type", "function") != "function":
+        raise VikhrError(f'{where}: type {item.get("type")!r} is not "function"')
+    function = item.get("function", item) if isinstance(item, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise VikhrError(
+            f'{where}: expected {{"type": "function", "function": {{"name": "...", "arguments": ...}}}}'
+        )
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise VikhrError(f"{where}: arguments are not valid JSON ({e.msg} at column {e.colno})") from None
+        text = arguments  # written as given, as Qwen3's template writes a string
+    else:
+        parsed, text = arguments, json.dumps(arguments, ensure_ascii=False)  # the templates' `tojson`
+    if not isinstance(parsed, dict):
+        raise VikhrError(
+            f"{where}: arguments must be a JSON object (as an object or as its JSON text), "
+            f"got {type(parsed).__name__}"
+        )
+    call_id = item.get("id") if isinstance(item, dict) and item is not function else None
+    if call_id is not None and not isinstance(call_id, str):
+        raise VikhrError(f"{where}: id must be a string or null, got {type(call_id).__name__}")
+    return ToolCall(function["name"], text, call_id)
+
+
+def _tools(raw: Any) -> tuple[str, ...]:
+    """The functions a chat offers (its ``tools``; null or [] for none), each as the templates'
+    `tojson` writes it, or VikhrError."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise VikhrError(
+            f'"tools" must be a list of {{"type": "function", "function": ...}}, got {type(raw).__name__}'
+        )
+    for k, tool in enumerate(raw, start=1):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise VikhrError(
+                f'tool {k}: expected {{"type": "function", "function": {{"name": "...", ...}}}} '
+                "(a function's JSON schema)"
+            )
+    return tuple(json.dumps(tool, ensure_ascii=False) for tool in raw)
+
+
+def _check_turn(m: Message, previous: Message | None, number: int) -> None:
+    """VikhrError unless message `number` may follow `previous` (None: it opens the turns): user and
+    assistant turns alternate, starting with user; an assistant turn with tool calls is followed by
+    one or more tool results, then an assistant turn."""
+    before = previous.role if previous is not None else None
+    calls = previous is not None and bool(previous.tool_calls)
+    if m.role == "system":
+        raise VikhrError(f"message {number}: a system message may only come first")
+    if m.role == "tool":
+        if before == "tool" or calls:
+            return
+        after = "the start" if before is None else f"{_a(before)} {before} turn"
+        raise VikhrError(
+            f"message {number}: a tool result after {after}{' without tool calls' * (before == 'assistant')} "
+            "(tool results follow an assistant turn with tool_calls, or another tool result)"
+        )
+    if calls:
+        raise VikhrError(
+            f"message {number}: expected a tool result after an assistant turn with tool calls, got "
+            f"{m.role} (the result of each call follows as a tool message)"
+        )
+    if before == "tool":
+        if m.role != "assistant":
+            raise VikhrError(
+                f"message {number}: expected an assistant turn (or another tool result) after a tool "
+                f"result, got {m.role}"
+            )
+        return
+    expected = "user" if before in (None, "assistant") else "assistant"
+    if m.role != expected:
+        after = "the start" if before is None else f"{_a(before)} {before} turn"
+        raise VikhrError(
+            f"message {number}: expected {_a(expected)} {expected} turn after {after}, got {m.role} "
+            "(turns must alternate user/assistant, starting with user)"
+        )
 
 
 def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
@@ -473,29 +626,91 @@ def _last_query(messages: list[Message]) -> int:
 
 
 def _im_segments(messages: list[Message], for_generation: bool, thinking: bool) -> Segments:
-    """ChatML turns; `thinking`: Qwen3's, with the thinking block on the answers after its last query."""
+    """ChatML turns; `thinking`: Qwen3's, with the thinking block on the answers after its last query.
+    A chat with functions: Qwen's tool block in the system turn, calls closing their answers, tool
+    results as user turns (see `tools_system_text`, `_answer_text`, `_tool_result_parts`)."""
     start, end = Control(CHATML_START), Control(CHATML_END)
     last_query = _last_query(messages) if thinking else -1
+    tools = tools_of(messages)
     out: Segments = []
     prompt: list[str | Control] = []  # untrained parts gathered up to the next answer
+    if tools:
+        system = messages[0].content if messages[0].role == "system" else None
+        prompt += [start, f"system\n{tools_system_text(system, tools)}", end, "\n"]
     for i, m in enumerate(messages):
         if m.role == "assistant":
-            answer = m.content
-            if thinking:
-                reasoning, answer = split_reasoning(m.content)
-                # Qwen3 writes the block on the final answer, and on earlier answers after its last
-                # query only when they carry reasoning.
-                if i > last_query and (i == len(messages) - 1 or reasoning):
-                    answer = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + answer.lstrip("\n")
+            # Qwen3 writes the block on the final answer, and on earlier answers after its last
+            # query only when they carry reasoning.
             out.append(([*prompt, start, "assistant\n"], False))
-            out.append(([answer, end], True))
+            out.append(([_answer_text(m, thinking, i > last_query, i == len(messages) - 1), end], True))
             prompt = ["\n"]
-        else:
+        elif m.role == "tool":
+            prompt += _tool_result_parts(messages, i)
+        elif not (tools and i == 0 and m.role == "system"):  # it went into the tool block
             prompt += [start, f"{m.role}\n{m.content}", end, "\n"]
     if for_generation:
         prompt += [start, "assistant\n<think>\n\n</think>\n\n" if thinking else "assistant\n"]
     # A training chat ends with the "\n" after its last <|im_end|>, as Qwen's template renders it.
     return [*out, (prompt, False)] if prompt else out
+
+
+def tools_system_text(system: str | None, tools: tuple[str, ...]) -> str:
+    """The system turn of a chat offering `tools` (JSON texts) under ``chatml``/``qwen3``: its system
+    message (if any) and a blank line, then Qwen's tool block. Qwen2.5's template writes its default
+    system message where the chat has none; vikhr's writes none, as Qwen3's."""
+    opening = f"{system}\n\n" if system is not None else ""
+    return opening + TOOLS_INTRO + "".join(f"\n{tool}" for tool in tools) + TOOLS_OUTRO
+
+
+def tool_call_text(call: ToolCall) -> str:
+    """A function call as Qwen's templates write it (the arguments' JSON text as the chat gives it)."""
+    return f'<tool_call>\n{{"name": "{call.name}", "arguments": {call.arguments}}}\n</tool_call>'
+
+
+def _answer_text(m: Message, thinking: bool, after_last_query: bool, last: bool) -> str:
+    """The trained text of an assistant message under ``chatml``/``qwen3``: its content (``qwen3``:
+    with the thinking block where Qwen3 writes one), then its calls, each after a newline but the
+    first of a message without content (Qwen's rule, which reads the content without reasoning)."""
+    content = text = m.content
+    if thinking:
+        reasoning, content = split_reasoning(m.content)
+        text = content
+        if after_last_query and (last or reasoning):
+            text = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+    for k, call in enumerate(m.tool_calls):
+        text += ("\n" if k or content else "") + tool_call_text(call)
+    return text
+
+
+def plain_turns(messages: list[Message]) -> list[tuple[str, str]]:
+    """(role, text) of a chat as system, user and assistant turns, functions written as ``chatml`` writes
+    them: each answer followed by its calls, consecutive tool results one user turn of
+    <tool_response> blocks (the tools offered left out). For readers of plain turns (reward models)."""
+    turns: list[tuple[str, str]] = []
+    for i, m in enumerate(messages):
+        if m.role == "assistant":
+            turns.append((m.role, _answer_text(m, thinking=False, after_last_query=False, last=False)))
+        elif m.role == "tool":
+            result = f"<tool_response>\n{m.content}\n</tool_response>"
+            if i and messages[i - 1].role == "tool":
+                turns[-1] = ("user", f"{turns[-1][1]}\n{result}")
+            else:
+                turns.append(("user", result))
+        else:
+            turns.append((m.role, m.content))
+    return turns
+
+
+def _tool_result_parts(messages: list[Message], i: int) -> list[str | Control]:
+    """Tool result `i` as Qwen's templates write it: consecutive results in one user turn, each
+    wrapped in <tool_response>."""
+    parts: list[str | Control] = []
+    if i == 0 or messages[i - 1].role != "tool":
+        parts += [Control(CHATML_START), "user"]
+    parts.append(f"\n<tool_response>\n{messages[i].content}\n</tool_response>")
+    if i == len(messages) - 1 or messages[i + 1].role != "tool":
+        parts += [Control(CHATML_END), "\n"]
+    return parts
 
 
 def _llama3_segments(messages: list[Message], for_generation: bool) -> Segments:
@@ -625,11 +840,17 @@ def encode_chat(
     """Token ids and the assistant-only loss mask of a validated chat (see the module doc).
 
     The ids start with the tokenizer's BOS when it has one (``llama3``: with ``<|begin_of_text|>``).
+    ChatRefused for a chat with function calls under a template without them (see the module doc).
     `for_generation`: the prompt to feed a model for the next answer (earlier answers still marked 1).
     """
     if template == OWN:
         return own_template(tok).encode(messages, for_generation)
     controls = template_token_ids(tok, template)
+    if template not in TOOL_TEMPLATES and uses_tools(messages):
+        raise ChatRefused(
+            f"the {template} chat template has no function calling, and the chat offers or calls functions "
+            f"(tools, tool_calls or tool messages); templates with tools: {', '.join((*TOOL_TEMPLATES, OWN))}"
+        )
     # Text runs go across segments, as transformers encodes a rendered template (mistral: each
     # segment apart, as mistral-common encodes).
     across_segments = template != "mistral"

@@ -1,0 +1,720 @@
+"""Chats with function calls (tools) against the official Qwen2.5-7B-Instruct and Qwen3-8B templates.
+
+vikhr's ``chatml`` and ``qwen3`` must give the ids of transformers' `apply_chat_template(messages,
+tools=..., tokenize=True)` with the official templates (tests/data/chat_templates) on the byte-level
+BPE tokenizers of tests/test_sft_templates.py, for hand-made chats: one call, two parallel calls, two
+rounds, arguments as JSON text and as an object, Russian text, with and without a system message,
+a chat that ends with its call, calls without a tools list. Where vikhr differs from Qwen2.5 on
+purpose — no default system message before the tool block, arguments given as text written as they
+are rather than as a quoted JSON string — the official side is given the same chat in the form it
+renders alike (see `_official_chat`), and the difference itself is pinned. The mask covers exactly the
+answers, their calls and their ends; the export's template, the ``own`` template, the refusals of the
+templates without tools and the conversion of collections (OpenAI's and LLaMA-Factory's layouts)
+are checked too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_sft_templates import (
+    EMPTY_THINKING,
+    QWEN_DEFAULT_SYSTEM,
+    byte_level_bpe,
+    write_model_tokenizer,
+)
+from vikhr.assets import MISTRAL_TOKENIZER
+from vikhr.errors import VikhrError
+from vikhr.sft.own_template import ChatRefused
+from vikhr.sft.prepare import mask_runs
+from vikhr.sft.sources import Unfit, record_chats
+from vikhr.sft.template import (
+    CHATML_END,
+    ChatMessages,
+    Message,
+    ToolCall,
+    encode_chat,
+    load_chat_tokenizer,
+    parse_chat,
+    plain_turns,
+)
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Текущая погода в городе",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "Город, например Москва"}},
+            "required": ["city"],
+        },
+    },
+}
+CONVERT = {
+    "type": "function",
+    "function": {
+        "name": "convert_currency",
+        "description": "Convert an amount between currencies",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number"},
+                "from": {"type": "string"},
+                "to": {"type": "string"},
+            },
+        },
+    },
+}
+
+
+def _call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# Hand-made chats (records as `vikhr sft prepare` reads them). Arguments given as text are in the form
+# `tojson` writes, so that Qwen2.5 given them as objects renders the same (see `_official_chat`).
+TOOL_CHATS: dict[str, dict[str, Any]] = {
+    "one call, system, object arguments": {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "system", "content": "Ты — полезный ассистент."},
+            {"role": "user", "content": "Какая погода в Москве?"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Москва"})]},
+            {"role": "tool", "name": "get_weather", "content": '{"temperature": 21, "sky": "ясно"}'},
+            {"role": "assistant", "content": "В Москве ясно, +21 °C."},
+        ],
+    },
+    "two parallel calls, no system, text arguments": {
+        "tools": [WEATHER, CONVERT],
+        "messages": [
+            {"role": "user", "content": "Погода в Казани и в Сочи?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    _call("get_weather", '{"city": "Казань"}'),
+                    _call("get_weather", '{"city": "Сочи"}'),
+                ],
+            },
+            {"role": "tool", "content": "+12, дождь"},
+            {"role": "tool", "content": "+24, солнце"},
+            {"role": "assistant", "content": "В Казани +12 и дождь, в Сочи +24 и солнце."},
+        ],
+    },
+    "two rounds, text before a call, a later question": {
+        "tools": [WEATHER, CONVERT],
+        "messages": [
+            {"role": "system", "content": "Отвечай кратко."},
+            {"role": "user", "content": "Привет!"},
+            {"role": "assistant", "content": "Здравствуйте! Чем помочь?"},
+            {"role": "user", "content": "Сколько будет 100 долларов в рублях? И погода в Омске."},
+            {
+                "role": "assistant",
+                "content": "Сейчас посчитаю.",
+                "tool_calls": [_call("convert_currency", {"amount": 100, "from": "USD", "to": "RUB"})],
+            },
+            {"role": "tool", "content": "9150.5"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", '{"city": "Омск"}')]},
+            {"role": "tool", "content": "-3, снег"},
+            {"role": "assistant", "content": "100 $ ≈ 9150,5 ₽. В Омске −3 и снег."},
+        ],
+    },
+    "ends with its call": {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "Узнай погоду в Туле"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Тула"})]},
+        ],
+    },
+    "calls without a tools list, bare call form": {
+        "messages": [
+            {"role": "user", "content": "What's the weather in Perm?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"name": "get_weather", "arguments": {}}]},
+            {"role": "tool", "content": "cloudy"},
+            {"role": "assistant", "content": "Облачно."},
+        ],
+    },
+}
+
+
+def _official_chat(
+    record: dict[str, Any], template: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any] | None]:
+    """(vikhr's record, the official template's messages, tools) for the same ids: Qwen2.5's default
+    system message given to both where the chat has none and offers no tools (vikhr writes none; with
+    tools see `_expected_ids`), and Qwen2.5 given arguments written as text as objects (it writes a
+    string as a quoted JSON string; vikhr writes it as it is, as Qwen3 does)."""
+    record = copy.deepcopy(record)
+    if template == "chatml" and record["messages"][0]["role"] != "system" and not record.get("tools"):
+        record["messages"].insert(0, {"role": "system", "content": QWEN_DEFAULT_SYSTEM})
+    messages = copy.deepcopy(record["messages"])
+    if template == "chatml":
+        for m in messages:
+            for call in m.get("tool_calls") or []:
+                function = call.get("function", call)
+                if isinstance(function["arguments"], str):
+                    function["arguments"] = json.loads(function["arguments"])
+    return record, messages, record.get("tools")
+
+
+def _official_ids(
+    fast: Any, messages: list[dict[str, Any]], tools: Any, generation: bool = False
+) -> list[int]:
+    out = fast.apply_chat_template(
+        messages, tools=tools, tokenize=True, add_generation_prompt=generation, enable_thinking=False
+    )
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def _parsed(messages: list[dict[str, Any]], tools: Any, for_generation: bool = False) -> ChatMessages:
+    return parse_chat({"messages": messages, **({"tools": tools} if tools else {})}, for_generation)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(t, p) for t in ("chatml", "qwen3") for p in ("llama3", "gpt2")],
+    ids=lambda param: f"{param[0]}-{param[1]}-pretok",
+)
+def qwen_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(vikhr template, directory of a Qwen-like tokenizer with the official chat template)."""
+    template, pre_tokenizer = request.param
+    directory = tmp_path_factory.mktemp(f"{template}-{pre_tokenizer}")
+    return template, write_model_tokenizer(directory, byte_level_bpe(pre_tokenizer), template)
+
+
+def _fast(directory: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(directory)
+
+
+# --------------------------------------------------------------------------- equal to the official templates
+
+
+def test_tool_chats_get_the_official_ids(qwen_dir: tuple[str, Path]) -> None:
+    template, directory = qwen_dir
+    tok, fast = load_chat_tokenizer(directory, template), _fast(directory)
+    for name, record in TOOL_CHATS.items():
+        record, messages, tools = _official_chat(record, template)
+        enc = encode_chat(parse_chat(record), tok, template)
+        assert enc.ids == _expected_ids(fast, messages, tools, template), name
+        # The prompt for the last answer (after the tool results, or the user turn).
+        prompt = _parsed(record["messages"][:-1], tools, for_generation=True)
+        expected = _expected_ids(fast, messages[:-1], tools, template, generation=True)
+        assert encode_chat(prompt, tok, template, for_generation=True).ids == expected, name
+
+
+def _expected_ids(
+    fast: Any, messages: list[dict[str, Any]], tools: Any, template: str, generation: bool = False
+) -> list[int]:
+    """The official template's ids; for ``chatml`` with tools and no system message, those of its text
+    without the default system message it writes before the tool block (vikhr writes none)."""
+    if template == "qwen3" or messages[0]["role"] == "system" or not tools:
+        return _official_ids(fast, messages, tools, generation)
+    text = fast.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation)
+    assert text.startswith(f"<|im_start|>system\n{QWEN_DEFAULT_SYSTEM}\n\n# Tools\n\n")
+    return list(
+        fast(text.replace(f"{QWEN_DEFAULT_SYSTEM}\n\n", "", 1), add_special_tokens=False)["input_ids"]
+    )
+
+
+def _call_text(name: str, arguments: str) -> str:
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+
+def _expected_answers(record: dict[str, Any], template: str) -> list[str]:
+    """The trained text of each answer: its content, its calls (a newline before each but the first of
+    an answer without text), its end; ``qwen3``: the final answer with its empty thinking block."""
+    answers = []
+    assistants = [m for m in record["messages"] if m["role"] == "assistant"]
+    for number, m in enumerate(assistants, start=1):
+        text = m["content"] or ""
+        calls = [c.get("function", c) for c in m.get("tool_calls") or []]
+        for k, call in enumerate(calls):
+            arguments = call["arguments"]
+            arguments = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+            text += ("\n" if k or text else "") + _call_text(call["name"], arguments)
+        if template == "qwen3" and number == len(assistants):
+            text = EMPTY_THINKING + text
+        answers.append(text + CHATML_END)
+    return answers
+
+
+def test_mask_is_the_answers_their_calls_and_ends(qwen_dir: tuple[str, Path]) -> None:
+    template, directory = qwen_dir
+    tok = load_chat_tokenizer(directory, template)
+    for name, record in TOOL_CHATS.items():
+        enc = encode_chat(parse_chat(record), tok, template)
+        trained = [
+            tok.backend.decode(ids, skip_special_tokens=False)
+            for is_trained, ids in mask_runs(enc.ids, enc.mask)
+            if is_trained
+        ]
+        assert trained == _expected_answers(record, template), name
+
+
+def test_chatml_tool_block_writes_no_default_system_message(tmp_path: Path) -> None:
+    """Qwen2.5 writes "You are Qwen, created by Alibaba Cloud. …" before the tool block of a chat
+    without a system message; vikhr's chatml writes the block alone (as Qwen3 does): the official
+    text less that line, and its ids."""
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe("gpt2"), "chatml")
+    tok, fast = load_chat_tokenizer(directory, "chatml"), _fast(directory)
+    record = TOOL_CHATS["two parallel calls, no system, text arguments"]
+    _, messages, tools = _official_chat(record, "chatml")
+    official = fast.apply_chat_template(messages, tools=tools, tokenize=False)
+    assert official.startswith(f"<|im_start|>system\n{QWEN_DEFAULT_SYSTEM}\n\n# Tools\n\n")
+    expected = official.replace(f"{QWEN_DEFAULT_SYSTEM}\n\n", "", 1)
+    ids = encode_chat(parse_chat(record), tok, "chatml").ids
+    assert ids == fast(expected, add_special_tokens=False)["input_ids"]
+    assert tok.backend.decode(ids, skip_special_tokens=False) == expected
+
+
+def test_arguments_given_as_text_are_written_as_given(qwen_dir: tuple[str, Path]) -> None:
+    """Qwen3 writes arguments given as text as they are, and so does vikhr's chatml (Qwen2.5's template
+    would write them as a quoted JSON string, a form the model would learn to call functions in)."""
+    template, directory = qwen_dir
+    tok = load_chat_tokenizer(directory, template)
+    compact = '{"city":"Москва"}'  # not the form tojson writes
+    record = {
+        "messages": [
+            {"role": "user", "content": "Погода?"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", compact)]},
+        ]
+    }
+    enc = encode_chat(parse_chat(record), tok, template)
+    decoded = tok.backend.decode(enc.ids, skip_special_tokens=False)
+    assert f'{{"name": "get_weather", "arguments": {compact}}}' in decoded
+    if template == "qwen3":  # Qwen3's own template: the same ids
+        assert enc.ids == _official_ids(_fast(directory), record["messages"], None)
+    else:  # Qwen2.5's quotes the text
+        official = _fast(directory).apply_chat_template(
+            [{"role": "system", "content": "s"}, *record["messages"]], tokenize=False
+        )
+        assert '"arguments": "{\\"city\\":\\"Москва\\"}"' in official
+
+
+def test_qwen3_tool_call_with_reasoning_keeps_it_as_qwen3_does(tmp_path: Path) -> None:
+    """A call after the last user turn that carries reasoning keeps its thinking block though later
+    turns follow (Qwen3's rule); a call before that user turn loses it."""
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe("llama3"), "qwen3")
+    tok, fast = load_chat_tokenizer(directory, "qwen3"), _fast(directory)
+    messages = [
+        {"role": "user", "content": "Погода в Твери?"},
+        {
+            "role": "assistant",
+            "content": "Нужно вызвать функцию.",
+            "reasoning_content": "Пользователь спрашивает о погоде.",
+            "tool_calls": [_call("get_weather", {"city": "Тверь"})],
+        },
+        {"role": "tool", "content": "+5"},
+        {"role": "assistant", "content": "В Твери +5."},
+    ]
+    official = [dict(m) for m in messages]
+    official[1]["content"] = "<think>\nПользователь спрашивает о погоде.\n</think>\n\nНужно вызвать функцию."
+    del official[1]["reasoning_content"]
+    enc = encode_chat(_parsed(messages, [WEATHER]), tok, "qwen3")
+    assert enc.ids == _official_ids(fast, official, [WEATHER])
+    assert "<think>\nПользователь спрашивает о погоде.\n</think>" in tok.backend.decode(enc.ids)
+    later = [
+        *messages,
+        {"role": "user", "content": "А в Пскове?"},
+        {"role": "assistant", "content": "Не знаю."},
+    ]
+    enc = encode_chat(_parsed(later, [WEATHER]), tok, "qwen3")
+    assert enc.ids == _official_ids(fast, [*official, *later[4:]], [WEATHER])
+    assert "Пользователь спрашивает" not in tok.backend.decode(enc.ids)
+
+
+# --------------------------------------------------------------------------- export and own
+
+
+@pytest.mark.parametrize("template", ["chatml", "qwen3"])
+@pytest.mark.parametrize("spelled_out", [False, True], ids=["tokens", "spelled-out"])
+def test_export_renders_tool_chats_with_the_trained_ids(
+    template: str, spelled_out: bool, tmp_path: Path
+) -> None:
+    """The template `vikhr convert megatron-to-hf` writes gives, through transformers with tools=,
+    the ids vikhr trains on (arguments as text and as objects, as the chats give them), also where
+    <|im_start|>/<|im_end|> are spelled out and answers close with EOS."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.tokenizer.load import load
+
+    if spelled_out:
+        source = tmp_path / "source"
+        source.mkdir()
+        bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+        bpe.add_special_tokens(["<s>", "</s>"])
+        bpe.save(str(source / "tokenizer.json"))
+        (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    else:
+        source = write_model_tokenizer(tmp_path / "source", byte_level_bpe("gpt2"), template)
+    tok = load_chat_tokenizer(source, template)
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(source), tmp_path / "export", template)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    for name, record in TOOL_CHATS.items():
+        tools = record.get("tools")
+        assert (
+            _official_ids(exported, record["messages"], tools)
+            == encode_chat(parse_chat(record), tok, template).ids
+        )
+        prompt = _parsed(record["messages"][:-1], tools, for_generation=True)
+        expected = _official_ids(exported, record["messages"][:-1], tools, generation=True)
+        assert encode_chat(prompt, tok, template, for_generation=True).ids == expected, name
+
+
+def test_own_template_passes_tools_and_calls_to_the_models_template(tmp_path: Path) -> None:
+    """``own`` renders a tool chat with the tokenizer's own template (Qwen2.5's here) given tools= and
+    the calls, arguments as objects: its ids (its default system message included), and the answers
+    with their calls and ends trained."""
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe("gpt2"), "chatml")
+    tok, fast = load_chat_tokenizer(directory, "own"), _fast(directory)
+    for name, record in TOOL_CHATS.items():
+        record, messages, tools = _official_chat(record, "chatml")
+        enc = encode_chat(parse_chat(record), tok, "own")
+        assert enc.ids == _official_ids(fast, messages, tools), name
+        trained = [
+            tok.backend.decode(ids, skip_special_tokens=False) for t, ids in mask_runs(enc.ids, enc.mask) if t
+        ]
+        assert trained == _expected_answers(record, "chatml"), name
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _inst_tokenizer(directory: Path) -> Path:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    directory.mkdir()
+    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    bpe.add_special_tokens(["<s>", "</s>", "[INST]", "[/INST]"])
+    bpe.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return directory
+
+
+@pytest.mark.parametrize("template", ["mistral", "mistral-v3", "llama3"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        TOOL_CHATS["one call, system, object arguments"],
+        {
+            "tools": [WEATHER],
+            "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+        },
+    ],
+    ids=["calls", "tools-only"],
+)
+def test_templates_without_tools_refuse_tool_chats(
+    template: str, record: dict[str, Any], tmp_path: Path
+) -> None:
+    if template == "llama3":
+        directory = write_model_tokenizer(tmp_path / "t", byte_level_bpe("gpt2"), "llama3")
+    else:
+        directory = MISTRAL_TOKENIZER if template == "mistral" else _inst_tokenizer(tmp_path / "t")
+    tok = load_chat_tokenizer(directory, template)
+    with pytest.raises(ChatRefused) as e:
+        encode_chat(parse_chat(record), tok, template)
+    assert str(e.value) == (
+        f"the {template} chat template has no function calling, and the chat offers or calls functions "
+        "(tools, tool_calls or tool messages); templates with tools: chatml, qwen3, own"
+    )
+
+
+def _chat(*messages: dict[str, Any], **record: Any) -> dict[str, Any]:
+    return {"messages": list(messages), **record}
+
+
+USER = {"role": "user", "content": "Погода?"}
+CALLING = {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Москва"})]}
+RESULT = {"role": "tool", "content": "+20"}
+ANSWER = {"role": "assistant", "content": "+20."}
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (
+            _chat(USER, RESULT, ANSWER),
+            "message 2: a tool result after a user turn (tool results follow an assistant turn with "
+            "tool_calls, or another tool result)",
+        ),
+        (
+            _chat(USER, ANSWER, RESULT, ANSWER),
+            "message 3: a tool result after an assistant turn without tool calls",
+        ),
+        (
+            _chat(USER, CALLING, USER, ANSWER),
+            "message 3: expected a tool result after an assistant turn with tool calls, got user",
+        ),
+        (
+            _chat(USER, CALLING, RESULT, USER, ANSWER),
+            "message 4: expected an assistant turn (or another tool result) after a tool result, got user",
+        ),
+        (_chat(USER, CALLING, RESULT), "message 3: chat ends with a tool result that has no answer"),
+        (
+            _chat({**USER, "tool_calls": CALLING["tool_calls"]}, ANSWER),
+            "message 1: only an assistant message may carry tool_calls, not a user one",
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", "{city: 1}")]}, RESULT, ANSWER),
+            "message 2: tool call 1: arguments are not valid JSON",
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", "[1, 2]")]}, RESULT, ANSWER),
+            "message 2: tool call 1: arguments must be a JSON object (as an object or as its JSON text), "
+            "got list",
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [{"type": "function", "function": {"arguments": {}}}]}),
+            'message 2: tool call 1: expected {"type": "function", "function": {"name": "...", '
+            '"arguments": ...}}',
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [{"type": "code", "function": {"name": "f"}}]}),
+            "message 2: tool call 1: type 'code' is not \"function\"",
+        ),
+        (_chat(USER, {**CALLING, "tool_calls": {"name": "f"}}), "message 2: tool_calls must be a list"),
+        (
+            _chat(USER, {"role": "assistant", "content": None}),
+            "message 2: content must be a string, got NoneType",
+        ),
+        (
+            _chat(USER, CALLING, {**RESULT, "tool_call_id": 7}, ANSWER),
+            "message 3: tool_call_id must be a string",
+        ),
+        (_chat(USER, ANSWER, tools={"name": "f"}), '"tools" must be a list of'),
+        (_chat(USER, ANSWER, tools=[{"name": "f"}]), 'tool 1: expected {"type": "function", "function"'),
+    ],
+)
+def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], problem: str) -> None:
+    with pytest.raises(VikhrError) as e:
+        parse_chat(record)
+    assert str(e.value).startswith(problem) and "\n" not in str(e.value), str(e.value)
+
+
+def test_parsed_tool_chat_and_its_plain_turns() -> None:
+    chat = parse_chat(TOOL_CHATS["two parallel calls, no system, text arguments"])
+    assert chat.tools == tuple(json.dumps(t, ensure_ascii=False) for t in (WEATHER, CONVERT))
+    assert chat[1] == Message(
+        "assistant",
+        "",
+        tool_calls=(
+            ToolCall("get_weather", '{"city": "Казань"}'),
+            ToolCall("get_weather", '{"city": "Сочи"}'),
+        ),
+    )
+    assert chat[:2].tools == chat.tools  # a prompt keeps the functions offered
+    assert plain_turns(chat) == [
+        ("user", "Погода в Казани и в Сочи?"),
+        (
+            "assistant",
+            _call_text("get_weather", '{"city": "Казань"}')
+            + "\n"
+            + _call_text("get_weather", '{"city": "Сочи"}'),
+        ),
+        (
+            "user",
+            "<tool_response>\n+12, дождь\n</tool_response>\n<tool_response>\n+24, солнце\n</tool_response>",
+        ),
+        ("assistant", "В Казани +12 и дождь, в Сочи +24 и солнце."),
+    ]
+
+
+# --------------------------------------------------------------------------- collections
+
+
+GLAIVE = {
+    "conversations": [
+        {"from": "human", "value": "Переведи 50 евро в рубли."},
+        {
+            "from": "function_call",
+            "value": '{"name": "convert_currency", "arguments": {"amount": 50, "from": "EUR", "to": "RUB"}}',
+        },
+        {"from": "observation", "value": '{"result": 5100}'},
+        {"from": "gpt", "value": "50 евро — это 5100 рублей."},
+    ],
+    "system": "Ты помощник с доступом к функциям.",
+    "tools": json.dumps([CONVERT["function"]], ensure_ascii=False),
+}
+
+
+def test_llama_factory_sharegpt_tool_layout_is_converted(tmp_path: Path) -> None:
+    """LLaMA-Factory's (Glaive's) layout: function_call / observation turns, tools as JSON text of bare
+    schemas: the chat record holds OpenAI's form, and qwen3 renders it as Qwen3 renders that form."""
+    (chat,) = record_chats(GLAIVE, "sharegpt", "glaive.json:item 0")
+    record = chat.record("glaive")
+    assert record["tools"] == [CONVERT]
+    assert record["messages"] == [
+        {"role": "system", "content": "Ты помощник с доступом к функциям."},
+        {"role": "user", "content": "Переведи 50 евро в рубли."},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [_call("convert_currency", {"amount": 50, "from": "EUR", "to": "RUB"})],
+        },
+        {"role": "tool", "content": '{"result": 5100}'},
+        {"role": "assistant", "content": "50 евро — это 5100 рублей."},
+    ]
+    directory = write_model_tokenizer(tmp_path, byte_level_bpe("gpt2"), "qwen3")
+    enc = encode_chat(parse_chat(record), load_chat_tokenizer(directory, "qwen3"), "qwen3")
+    assert enc.ids == _official_ids(_fast(directory), record["messages"], record["tools"])
+    parallel = {
+        **GLAIVE,
+        "conversations": [
+            *GLAIVE["conversations"][:1],
+            {
+                "from": "function_call",
+                "value": json.dumps([{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]),
+            },
+            *GLAIVE["conversations"][2:],
+        ],
+    }
+    (chat,) = record_chats(parallel, "sharegpt", "glaive.json:item 1")
+    assert [c["function"]["name"] for c in chat.record("s")["messages"][2]["tool_calls"]] == ["a", "b"]
+
+
+def test_openai_messages_with_tools_pass_through() -> None:
+    record = {**TOOL_CHATS["one call, system, object arguments"], "id": "w1"}
+    record["messages"][3] = {**record["messages"][3], "tool_call_id": "call_1"}
+    (chat,) = record_chats(record, "messages", "tools.jsonl:1")
+    written = chat.record("s")
+    assert written["tools"] == [WEATHER]
+    assert written["messages"][2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [_call("get_weather", {"city": "Москва"})],
+    }
+    assert written["messages"][3] == {
+        "role": "tool",
+        "content": '{"temperature": 21, "sky": "ясно"}',
+        "name": "get_weather",
+        "tool_call_id": "call_1",
+    }
+    assert parse_chat(written)[3].tool_call_id == "call_1"
+    # What duplicate removal compares holds the calls; the language check reads the prose only.
+    other = copy.deepcopy(record)
+    other["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"city": "Москва", "days": 2}
+    (other_chat,) = record_chats(other, "messages", "tools.jsonl:2")
+    assert other_chat.text() != chat.text() and other_chat.prose() == chat.prose()
+    assert "get_weather" in chat.prompt() and "temperature" not in chat.prose()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "reason", "problem"),
+    [
+        ("sharegpt", {**GLAIVE, "tools": "[{"}, "bad_record", '"tools" is not valid JSON'),
+        (
+            "sharegpt",
+            {**GLAIVE, "tools": '[{"description": "no name"}]'},
+            "bad_record",
+            '"tools" item 1: expected',
+        ),
+        (
+            "sharegpt",
+            {
+                **GLAIVE,
+                "conversations": [GLAIVE["conversations"][0], {"from": "function_call", "value": "convert"}],
+            },
+            "bad_record",
+            "turn 2: a function_call value must be JSON",
+        ),
+        (
+            "sharegpt",
+            {
+                **GLAIVE,
+                "conversations": [
+                    GLAIVE["conversations"][0],
+                    {"from": "function_call", "value": '{"name": "f"}'},
+                ],
+            },
+            "bad_record",
+            'turn 2: a function_call value must be {"name", "arguments"}',
+        ),
+        (
+            "sharegpt",
+            {**GLAIVE, "conversations": [GLAIVE["conversations"][0], *GLAIVE["conversations"][2:]]},
+            "bad_turns",
+            "message 3: a tool result after a user turn",
+        ),
+        (
+            "messages",
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", "{oops")]}, RESULT, ANSWER),
+            "bad_turns",
+            "message 2: tool call 1: arguments are not valid JSON",
+        ),
+        (
+            "messages",
+            _chat(USER, CALLING, {**RESULT, "content": " "}, ANSWER),
+            "empty_turn",
+            "turn 3 (tool) is empty",
+        ),
+        (
+            "preference",
+            {"chosen": [USER, CALLING, RESULT, ANSWER], "rejected": [USER, ANSWER]},
+            "bad_role",
+            "function calls in a preference pair are not read",
+        ),
+    ],
+)
+def test_malformed_tool_records_are_unfit(
+    fmt: str, record: dict[str, Any], reason: str, problem: str
+) -> None:
+    with pytest.raises(Unfit) as e:
+        record_chats(record, fmt, "f.jsonl:1")
+    assert e.value.reason == reason and problem in str(e.value), (e.value.reason, str(e.value))
+
+
+def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> None:
+    """`vikhr sft build` encodes tool chats with the target template (duplicate removal and the language
+    check read their texts); two chats that differ only in a call's arguments are both kept, and the
+    written chats are what `sft prepare` reads; a template without tools counts them as template_refused."""
+    import yaml
+
+    from vikhr.sft.build import build
+
+    first = TOOL_CHATS["one call, system, object arguments"]
+    second = copy.deepcopy(first)
+    second["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"city": "Москва", "days": 3}
+    plain = {
+        "messages": [
+            {"role": "user", "content": "Привет, как дела?"},
+            {"role": "assistant", "content": "Хорошо!"},
+        ]
+    }
+    (tmp_path / "openai.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (first, second, plain)), encoding="utf-8"
+    )
+    (tmp_path / "glaive.json").write_text(json.dumps([GLAIVE], ensure_ascii=False), encoding="utf-8")
+    for template, kept, refused in (("chatml", 4, 0), ("mistral", 1, 3)):
+        output = tmp_path / template / "chats.jsonl"
+        cfg = {
+            "output": str(output),
+            "tokenizer": str(MISTRAL_TOKENIZER),
+            "template": template,
+            "limits": {"min_tokens": 4, "max_tokens": 4096},
+            "sources": [
+                {"name": name, "path": str(tmp_path / name), "min_cyrillic_share": 0.5}
+                for name in ("openai.jsonl", "glaive.json")
+            ],
+        }
+        path = tmp_path / f"{template}.yaml"
+        path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+        report = build(path)
+        dropped = sum(s["dropped"].get("template_refused", 0) for s in report["sources"])
+        assert (report["kept"], dropped) == (kept, refused), report
+    written = [json.loads(line) for line in (tmp_path / "chatml" / "chats.jsonl").read_text().splitlines()]
+    tok = load_chat_tokenizer(MISTRAL_TOKENIZER, "chatml")
+    for record in written:
+        encode_chat(parse_chat(record), tok, "chatml")
+    assert written[3]["tools"] == [CONVERT] and "tool_calls" in written[0]["messages"][2]
