@@ -446,6 +446,40 @@ pub fn finish_all(mut writers: Vec<IndexedWriter>) -> io::Result<()> {
         let _ = fs::remove_file(&w.tmp_lengths);
         let _ = fs::remove_file(&w.tmp_docs);
     }
+    // The renames live in the folders' entries: synced, a power loss after "done" cannot undo them.
+    let mut dirs: Vec<PathBuf> = writers.iter().map(|w| folder_of(&w.prefix)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// The folder that holds `{prefix}.bin/.idx`.
+fn folder_of(prefix: &str) -> PathBuf {
+    match bin_path(prefix).parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Sync `dir`'s entries (renames, removals) to disk. A file system that cannot sync a folder
+/// (EINVAL, ENOTSUP) is left as it is; elsewhere than Unix this does nothing.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+            ) {
+                return Err(ctx(e, dir));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 
@@ -858,6 +892,19 @@ mod tests {
         assert!(!idx_path(&a).exists());
         assert_eq!(fs::read(bin_path(&a)).unwrap(), 1u16.to_le_bytes());
         assert!(!bin_path(&b).exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_is_synced_after_the_renames_and_its_errors_name_it() {
+        let dir = tmpdir("syncdir");
+        sync_dir(&dir).unwrap();
+        sync_dir(Path::new(".")).unwrap();
+        let gone = dir.join("gone");
+        let err = sync_dir(&gone).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", gone.display())), "{err}");
+        assert_eq!(folder_of("x"), Path::new("."));
+        assert_eq!(folder_of(&format!("{}/x", dir.display())), dir);
         fs::remove_dir_all(dir).unwrap();
     }
 
