@@ -247,6 +247,25 @@ def test_merge_of_mixed_dtypes_is_refused_before_anything_is_written(tmp_path: P
     assert merge(str(tmp_path / "small"), tmp_path / "one").tokens == 3
 
 
+def test_a_damaged_merge_input_is_one_line_naming_its_file_and_the_fix(tmp_path: Path, capsys) -> None:
+    """A merge input whose .bin was cut short (an interrupted copy) said what was wrong but not what
+    to do; the Rust merge's read errors named no file."""
+    from vikhr.cli import main as vikhr_main
+
+    write_indexed(tmp_path / "a", [[1, 2, 3]], token_dtype(32000))
+    write_indexed(tmp_path / "b", [[4, 5]], token_dtype(32000))
+    bin_b = tmp_path / "b.bin"
+    bin_b.write_bytes(bin_b.read_bytes()[:3])
+    argv = ["data", "merge", "--inputs", str(tmp_path / "a"), str(tmp_path / "b"), "--output-prefix"]
+    assert vikhr_main([*argv, str(tmp_path / "m")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{tmp_path / 'b.idx'}: .bin is 3 bytes but the index describes 2 tokens" in line
+    assert line.endswith(
+        f"(an input of the merge: copy or write {tmp_path / 'b'} again, or leave it out of the merge)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.idx", "b.bin", "b.idx"]
+
+
 def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:
     docs = [[5, 6, 7], [], [8]]
     prefix = tmp_path / "d"

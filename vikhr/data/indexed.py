@@ -281,6 +281,17 @@ def write_indexed(prefix: PathLike, documents: Iterable[Sequence[int]], dtype: s
     return inspect(prefix)
 
 
+def _merge_input(name: str) -> IndexInfo:
+    """`inspect` of a merge input; its error says what to do (as the Rust merge says it)."""
+    try:
+        return inspect(name)
+    except VikhrError as e:
+        message = str(e)
+        if message.startswith("invalid indexed dataset"):
+            message += f" (an input of the merge: copy or write {name} again, or leave it out of the merge)"
+        raise VikhrError(message) from None
+
+
 def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does."""
     from vikhr import _core
@@ -290,9 +301,7 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     names = [str(p) for p in prefixes]
     if not names:
         raise VikhrError("nothing to merge (give at least one input prefix)")
-    for name in names:
-        _check_files(name)
-    infos = {name: inspect(name) for name in names}
+    infos = {name: _merge_input(name) for name in names}
     dtypes = {info.dtype for info in infos.values()}
     if len(dtypes) > 1:  # found now, not after the earlier inputs have been copied
         by_dtype = "; ".join(

@@ -14,7 +14,7 @@
 //! ([`finish_all`]).
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -293,8 +293,10 @@ impl IndexedWriter {
 
     /// `add_index`, stopping with [`io::ErrorKind::Interrupted`] soon after `cancel` is set (the
     /// `.bin` is copied in pieces, so a large dataset does not hold a Ctrl-C until it is copied).
+    /// An error reading the input is one line naming its `.idx` or `.bin`, with the fix.
     pub fn add_index_unless(&mut self, prefix: &str, cancel: &AtomicBool) -> io::Result<()> {
-        let info = read_index(prefix).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // The `.idx` is read once: what is copied is what was checked.
+        let (info, data) = load_index(prefix).map_err(|e| input_error(e, prefix))?;
         if info.dtype != self.dtype {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -311,36 +313,47 @@ impl IndexedWriter {
                 format!("{prefix}: multimodal datasets cannot be merged"),
             ));
         }
-        let idx = idx_path(prefix);
-        let mut r = BufReader::new(File::open(&idx).map_err(|e| ctx(e, &idx))?);
-        r.seek(SeekFrom::Start(HEADER_LEN))?;
-        io::copy(
-            &mut (&mut r).take(4 * info.sequence_count),
-            &mut self.lengths,
-        )?;
-        r.seek(SeekFrom::Start(info.document_indices_offset + 8))?;
-        let mut buf = [0u8; 8];
-        for _ in 1..info.document_count {
-            r.read_exact(&mut buf)?;
-            let v = i64::from_le_bytes(buf) + self.sequences as i64;
+        let lengths_at = HEADER_LEN as usize;
+        let lengths = &data[lengths_at..lengths_at + 4 * info.sequence_count as usize];
+        self.lengths
+            .write_all(lengths)
+            .map_err(|e| ctx(e, &self.tmp_lengths))?;
+        let docs_at = info.document_indices_offset as usize;
+        let docs = &data[docs_at..docs_at + 8 * info.document_count as usize];
+        for c in docs.chunks_exact(8).skip(1) {
+            let v = i64::from_le_bytes(c.try_into().unwrap()) + self.sequences as i64;
             self.docs
                 .write_all(&v.to_le_bytes())
                 .map_err(|e| ctx(e, &self.tmp_docs))?;
         }
         let bin = bin_path(prefix);
-        let mut f = File::open(&bin).map_err(|e| ctx(e, &bin))?;
+        let read_err = |e: io::Error| input_error(format!("{}: {e}", bin.display()), prefix);
+        // Exactly the bytes the `.idx` describes: a `.bin` cut or grown since it was checked
+        // would give a merged dataset whose `.bin` disagrees with its `.idx`.
+        let mut f = File::open(&bin).map_err(read_err)?.take(info.bin_bytes);
         let mut piece = vec![0u8; 8 << 20];
+        let mut copied = 0u64;
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
             }
-            let n = f.read(&mut piece).map_err(|e| ctx(e, &bin))?;
+            let n = f.read(&mut piece).map_err(read_err)?;
             if n == 0 {
                 break;
             }
+            copied += n as u64;
             self.bin
                 .write_all(&piece[..n])
                 .map_err(|e| ctx(e, &self.tmp_bin))?;
+        }
+        if copied != info.bin_bytes {
+            let what = format!(
+                "{}: ended after {copied} of the {} bytes its .idx describes (it changed during the \
+                 merge)",
+                bin.display(),
+                info.bin_bytes
+            );
+            return Err(input_error(what, prefix));
         }
         self.sequences += info.sequence_count;
         self.documents += info.document_count - 1;
@@ -622,12 +635,29 @@ pub fn parse_index(data: &[u8], bin_bytes: u64) -> Result<IndexInfo, String> {
 
 /// Read and validate `{prefix}.idx` against `{prefix}.bin`.
 pub fn read_index(prefix: &str) -> Result<IndexInfo, String> {
+    load_index(prefix).map(|(info, _)| info)
+}
+
+/// [`read_index`], and the bytes of the `.idx` it validated.
+fn load_index(prefix: &str) -> Result<(IndexInfo, Vec<u8>), String> {
     let (idx, bin) = (idx_path(prefix), bin_path(prefix));
     let data = fs::read(&idx).map_err(|e| format!("{}: {e}", idx.display()))?;
     let bin_bytes = fs::metadata(&bin)
         .map_err(|e| format!("{}: {e}", bin.display()))?
         .len();
-    parse_index(&data, bin_bytes).map_err(|e| format!("{}: {e}", idx.display()))
+    let info = parse_index(&data, bin_bytes).map_err(|e| format!("{}: {e}", idx.display()))?;
+    Ok((info, data))
+}
+
+/// `what` went wrong reading the merge input `prefix` (`what` names its file), with the fix.
+fn input_error(what: String, prefix: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{what} (an input of the merge: copy or write {prefix} again, or leave it out of the \
+             merge)"
+        ),
+    )
 }
 
 /// A validated dataset opened for reading documents and scanning its tokens.
@@ -734,7 +764,7 @@ pub fn merge(
     let first = prefixes
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "nothing to merge"))?;
-    let info = read_index(first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let info = read_index(first).map_err(|e| input_error(e, first))?;
     let mut w = IndexedWriter::create(output_prefix, info.dtype)?;
     for p in prefixes {
         w.add_index_unless(p, cancel)?;
@@ -829,6 +859,49 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["a.bin", "a.idx"]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_merge_input_is_one_line_naming_its_file_and_the_fix() {
+        let dir = tmpdir("damaged");
+        let [a, b, m] = ["a", "b", "m"].map(|n| dir.join(n).to_string_lossy().into_owned());
+        write(&a, &[vec![1, 2, 3]], DType::U16);
+        write(&b, &[vec![4, 5]], DType::U16);
+        let fix = |p: &str| {
+            format!(
+                " (an input of the merge: copy or write {p} again, or leave it out of the merge)"
+            )
+        };
+        // b's `.bin` cut short (an interrupted copy), then b's `.idx` unreadable.
+        let bin = fs::read(bin_path(&b)).unwrap();
+        fs::write(bin_path(&b), &bin[..3]).unwrap();
+        let err = merge(&[a.clone(), b.clone()], &m, &AtomicBool::new(false)).unwrap_err();
+        let want = format!(
+            "{}: .bin is 3 bytes but the index describes 2 tokens x 2 bytes = 4{}",
+            idx_path(&b).display(),
+            fix(&b)
+        );
+        assert_eq!(err.to_string(), want);
+        fs::write(bin_path(&b), &bin).unwrap();
+        fs::remove_file(idx_path(&b)).unwrap();
+        fs::create_dir(idx_path(&b)).unwrap();
+        for inputs in [[a.clone(), b.clone()], [b.clone(), a.clone()]] {
+            let err = merge(&inputs, &m, &AtomicBool::new(false))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{}: ", idx_path(&b).display())),
+                "{err}"
+            );
+            assert!(err.ends_with(&fix(&b)) && !err.contains('\n'), "{err}");
+        }
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.bin", "a.idx", "b.bin", "b.idx"]);
         fs::remove_dir_all(dir).unwrap();
     }
 
