@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -393,11 +394,36 @@ def test_a_truncated_compressed_input_is_named_as_damaged(
 
 
 def test_compressed_data_under_a_plain_name_is_named(tmp_path: Path, lines: list[str]) -> None:
-    """As the Python reader says it, before any output is written (was "not valid JSON" at line 1)."""
+    """As the Python reader says it, before any output is written (was "not valid JSON" at line 1;
+    xz data "not UTF-8 (byte 0xfd)"). The Rust reader says it too, of a file only it reads (a pipe)."""
+    import lzma
+    import threading
+
+    data = ("\n".join(lines) + "\n").encode()
     hidden = tmp_path / "ru.jsonl"
-    hidden.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    hidden.write_bytes(gzip.compress(data))
     with pytest.raises(VikhrError, match=r"ru\.jsonl holds gzip-compressed data: name it ru\.jsonl\.gz$"):
         preprocess([hidden], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+    hidden.write_bytes(lzma.compress(data))
+    undecoded = "which the readers do not decode: decompress it, or recompress it with gzip/zstd"
+    with pytest.raises(VikhrError, match=rf"ru\.jsonl holds xz-compressed data, {undecoded}$"):
+        preprocess([hidden], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+    fifo = tmp_path / "pipe.jsonl"
+    for packed, said in ((gzip.compress(data), "gzip-compressed data: name it pipe.jsonl.gz"),
+                         (lzma.compress(data), f"xz-compressed data, {undecoded}")):  # fmt: skip
+        os.mkfifo(fifo)
+
+        def feed(packed: bytes = packed) -> None:
+            with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as f:
+                f.write(packed)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        with pytest.raises(VikhrError) as e:
+            preprocess([fifo], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+        assert str(e.value) == f"{fifo} holds {said}"
+        writer.join(timeout=30)
+        fifo.unlink()
     assert not list(tmp_path.glob("out*"))
 
 

@@ -133,6 +133,29 @@ def test_a_compression_the_readers_do_not_decode_is_named(tmp_path: Path) -> Non
         )
 
 
+def test_xz_or_bzip2_data_under_a_plain_name_is_named(tmp_path: Path) -> None:
+    """xz or bzip2 data named `.jsonl` was "not UTF-8 ... re-encode it with iconv" (bzip2's first line
+    "not valid JSON"); text that merely starts as bzip2 data does is still read as text."""
+    import bz2
+    import lzma
+
+    data = jsonl_bytes(RECORDS)
+    for name, what, packed in (
+        ("x.jsonl", "xz", lzma.compress(data)),
+        ("b.json", "bzip2", bz2.compress(data)),
+    ):
+        path = write(tmp_path / name, packed)
+        with pytest.raises(VikhrError) as e:
+            list(read_jsonl(path))
+        assert one_line_error(e) == (
+            f"{path} holds {what}-compressed data, which the readers do not decode: decompress it, or "
+            "recompress it with gzip/zstd"
+        )
+    path = write(tmp_path / "t.jsonl", b"BZh9 is not JSON\n" + data)
+    with pytest.raises(VikhrError, match=r"t\.jsonl:1: "):
+        list(read_jsonl(path))
+
+
 def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) -> None:
     """NaN (not JSON; the Rust reader refuses it), nesting past Python's recursion limit (a
     traceback), and lines of non-ASCII white space (skipped here, refused there)."""

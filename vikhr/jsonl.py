@@ -91,6 +91,9 @@ def _check_file(path: Path) -> None:
 
 # Compressed data a plain file name hides: (magic bytes, what it is, the suffix to give the file).
 _MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"))
+# ... and in a compression the readers do not decode: xz, and bzip2 ("BZh", the block size, then a
+# block's magic or the end of an empty stream), as the Rust reader tells them.
+_UNDECODED_MAGIC = re.compile(rb"\xfd7zXZ\x00|BZh[1-9](?:\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)")
 
 
 def _compression(path: Path) -> str:
@@ -105,8 +108,8 @@ _UNSUPPORTED = (".xz", ".lzma", ".bz2", ".lz4", ".zip", ".7z")
 
 def check_compression_name(path: Path) -> None:
     """VikhrError when a file's name says a compression the readers do not decode, or a regular file
-    named as plain text holds gzip or zstd data (either would be read as bytes of text: "not UTF-8"
-    or "not valid JSON" on its first line)."""
+    named as plain text holds compressed data (gzip, zstd, xz or bzip2: read as bytes of text, "not
+    UTF-8" or "not valid JSON" on its first line)."""
     suffix = next((s for s in _UNSUPPORTED if path.name.lower().endswith(s)), None)
     if suffix is not None:
         raise VikhrError(
@@ -116,12 +119,19 @@ def check_compression_name(path: Path) -> None:
         return
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(10)
     except OSError:
         return  # opening it for real names the problem
     for magic, what, suffix in _MAGIC:
         if head.startswith(magic):
             raise VikhrError(f"{path} holds {what}-compressed data: name it {path.name}{suffix}")
+    undecoded = _UNDECODED_MAGIC.match(head)
+    if undecoded:
+        what = "xz" if undecoded[0].startswith(b"\xfd") else "bzip2"
+        raise VikhrError(
+            f"{path} holds {what}-compressed data, which the readers do not decode: decompress it, or "
+            "recompress it with gzip/zstd"
+        )
 
 
 def _open_binary(path: Path) -> IO[bytes]:

@@ -25,17 +25,64 @@ pub fn check_compression_name(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Open a (possibly compressed) input file, choosing the decoder from the file name.
+/// The compression whose data `head` (the first bytes of a file) starts with, and whether the
+/// reader decodes it: (what it is, the suffix a file of it takes, decoded).
+fn compression_of(head: &[u8]) -> Option<(&'static str, &'static str, bool)> {
+    // bzip2: "BZh", the block size, then a block's magic or the end of an empty stream.
+    let bzip2 = head.len() >= 10
+        && head.starts_with(b"BZh")
+        && (b'1'..=b'9').contains(&head[3])
+        && [b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90"]
+            .iter()
+            .any(|m| head[4..10] == m[..]);
+    if head.starts_with(b"\x1f\x8b") {
+        Some(("gzip", ".gz", true))
+    } else if head.starts_with(b"\x28\xb5\x2f\xfd") {
+        Some(("zstd", ".zst", true))
+    } else if head.starts_with(b"\xfd7zXZ\x00") {
+        Some(("xz", ".xz", false))
+    } else if bzip2 {
+        Some(("bzip2", ".bz2", false))
+    } else {
+        None
+    }
+}
+
+/// Why a file named as plain text cannot be read as text, from its first bytes `head`: compressed
+/// data under a plain name (read as text it was "not UTF-8" at line 1). As the Python reader says it.
+pub fn check_plain_content(path: &Path, head: &[u8]) -> Result<(), String> {
+    match compression_of(head) {
+        Some((what, suffix, true)) => Err(format!(
+            "{} holds {what}-compressed data: name it {}{suffix}",
+            path.display(),
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        Some((what, _, false)) => Err(format!(
+            "{} holds {what}-compressed data, which the readers do not decode: decompress it, or \
+             recompress it with gzip/zstd",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Open a (possibly compressed) input file, choosing the decoder from the file name. A file named
+/// as plain text whose first bytes are compressed data is refused ([`io::ErrorKind::InvalidData`],
+/// see [`check_plain_content`]).
 pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
-    let f = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let f = File::open(path).map_err(named)?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
         Box::new(GzMembers::new(BufReader::with_capacity(1 << 20, f)))
     } else if name.ends_with(".zst") || name.ends_with(".zstd") {
         Box::new(zstd::stream::read::Decoder::new(f)?)
     } else {
-        Box::new(f)
+        // The first read of the file, looked at once: no cost to the lines.
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        check_plain_content(path, r.fill_buf().map_err(named)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        return Ok(Box::new(r));
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, raw)))
 }

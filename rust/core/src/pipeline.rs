@@ -200,7 +200,12 @@ fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBoo
         let reader = match open_input(path) {
             Ok(r) => r,
             Err(e) => {
-                let _ = work.send(Work::Fail(seq, e.into()));
+                let e = match e.kind() {
+                    // Compressed data under a plain name: the input's fault, named.
+                    std::io::ErrorKind::InvalidData => PipelineError::Input(e.to_string()),
+                    _ => e.into(),
+                };
+                let _ = work.send(Work::Fail(seq, e));
                 return;
             }
         };
@@ -701,6 +706,58 @@ mod tests {
             );
         }
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 3); // no output begun
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn compressed_data_under_a_plain_name_is_named() {
+        // Read as text, every one was "not UTF-8 (byte 0x..)" at line 1.
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-hidden-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("in.jsonl");
+        fs::write(&plain, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&fs::read(&plain).unwrap()).unwrap();
+        let unsupported = "which the readers do not decode: decompress it, or recompress it with \
+                           gzip/zstd";
+        let cases: [(&str, Vec<u8>, String); 3] = [
+            (
+                "gz.jsonl",
+                gz.finish().unwrap(),
+                "name it gz.jsonl.gz".into(),
+            ),
+            (
+                "xz.jsonl",
+                b"\xfd7zXZ\x00\x00\x04\xe6\xd6".to_vec(),
+                format!("xz-compressed data, {unsupported}"),
+            ),
+            (
+                "bz2.json",
+                b"BZh91AY&SY\x00\x01".to_vec(),
+                format!("bzip2-compressed data, {unsupported}"),
+            ),
+        ];
+        for (name, data, said) in cases {
+            let hidden = dir.join(name);
+            fs::write(&hidden, data).unwrap();
+            let mut j = job(&dir, plain.clone(), 1, "out");
+            j.inputs.push(hidden.clone());
+            let err = run(&j, &model(), &Progress::default()).unwrap_err();
+            assert!(matches!(err, PipelineError::Input(_)), "{err:?}");
+            let err = err.to_string();
+            assert!(
+                err.starts_with(&format!("{} holds ", hidden.display())),
+                "{err}"
+            );
+            assert!(err.ends_with(&said), "{err}");
+            fs::remove_file(hidden).unwrap();
+        }
+        // Text that starts as bzip2 does, but not with a block: read as text.
+        fs::write(&plain, "BZh9\n{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
+        let mut j = job(&dir, plain.clone(), 1, "text");
+        j.skip_invalid = true;
+        assert_eq!(run(&j, &model(), &Progress::default()).unwrap().skipped, 1);
         fs::remove_dir_all(dir).unwrap();
     }
 
