@@ -300,6 +300,45 @@ def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_run_removes_the_scratch_files_a_killed_run_of_another_dataset_left(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """A killed run's scratch files of another dataset in the folder stayed until that dataset was
+    written again. Now a run removes them when the dataset's lock names a process of this host that is
+    gone and no one holds it; a dataset being written, another host's, or scratch without a lock file
+    (a writer that takes none) are left alone."""
+    from vikhr.locks import exclusive
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    host = os.uname().nodename
+    # Each dataset's lock file, by the holder line in it (None: no lock file).
+    locks = {
+        "killed": f"pid {int(gone.stdout)} on {host}",
+        "elsewhere": f"pid {int(gone.stdout)} on another-{host}",
+        "alive": f"pid {os.getpid()} on {host}",
+        "unlocked": None,
+        "held": None,  # held below
+    }
+    scratch = (".bin.tmp.partial", ".idx.lengths.partial")
+    for name, holder in locks.items():
+        for suffix in scratch:
+            (tmp_path / f"{name}_text_document{suffix}").write_bytes(b"x")
+        if holder is not None:
+            (tmp_path / f"{name}_text_document.lock").write_text(holder + "\n", encoding="utf-8")
+    with exclusive(tmp_path / "held_text_document.lock", "busy", remove=True):
+        preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, workers=1)
+    kept = ("elsewhere", "alive", "unlocked", "held")
+    assert sorted(p.name for p in tmp_path.glob("*.partial")) == sorted(
+        f"{name}_text_document{suffix}" for name in kept for suffix in scratch
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.lock")) == [
+        "alive_text_document.lock",
+        "elsewhere_text_document.lock",
+    ]
+
+
 def test_an_error_writing_one_key_publishes_no_key(tmp_path: Path, lines: list[str]) -> None:
     """The keys' datasets were published one by one: an I/O error (a full disk) while the title's
     .idx was written left the new text dataset beside the old title dataset, both valid."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,50 @@ def shared(lock_path: Path, busy: str) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def abandoned(lock_path: Path) -> Iterator[bool]:
+    """Hold the lock of `lock_path` if a process of this host left it when killed (its holder line is
+    still there) and is gone, and no process holds it now; yields whether it is held, and removes the
+    lock file at the end as its holder would have. The file is never created. Another host's lock (on
+    a shared file system its lock may not reach this host), a live process's, a held one, one without
+    a holder line, or a file system without locks: False."""
+    try:
+        f = open(lock_path, "r+", encoding="utf-8")  # noqa: SIM115  # held open with the lock, closed below
+    except OSError:
+        yield False
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path))
+            holder = re.fullmatch(r"pid (\d+) on (.+)", f.read().strip())
+        except (OSError, ValueError):
+            same, holder = False, None
+        held = same and holder is not None and holder[2] == os.uname().nodename and not _alive(int(holder[1]))
+        try:
+            yield held
+        finally:
+            if held:
+                lock_path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # no such pid
+        return False
+    return True
 
 
 def _busy_line(f, busy: str) -> str:

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from vikhr import atomic
 from vikhr.errors import VikhrError, require_output_prefix
-from vikhr.locks import exclusive
+from vikhr.locks import abandoned, exclusive
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
 WRITABLE_DTYPES = ("uint8", "uint16", "int32")
@@ -213,7 +213,35 @@ def writing(prefixes: Sequence[PathLike]) -> Iterator[None]:
                 "end, or write another output prefix"
             )
             locks.enter_context(exclusive(Path(prefix + ".lock"), busy, remove=True))
+        for folder in sorted({Path(p).parent for p in prefixes}):
+            remove_abandoned_scratch(folder)
         yield
+
+
+def remove_abandoned_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch files of datasets in `folder` whose writer was killed: those whose lock
+    (`{prefix}.lock`, see `vikhr.locks.abandoned`) names a process of this host that is gone and is
+    held by no one. A dataset being written (its lock held), one whose lock names another host, and
+    scratch files without a lock file (a writer that takes none) are left alone."""
+    from vikhr import _core
+
+    by_prefix: dict[str, list[Path]] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        suffix = next((s for s in _core.SCRATCH_SUFFIXES if name.endswith(s)), None)
+        if suffix is not None:
+            by_prefix.setdefault(name.removesuffix(suffix), []).append(folder / name)
+    removed = []
+    for prefix, files in sorted(by_prefix.items()):
+        with abandoned(folder / f"{prefix}.lock") as held:
+            for file in files if held else []:
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                    removed.append(file)
+    return removed
 
 
 class IndexedWriter:

@@ -176,7 +176,7 @@ pub fn idx_path(prefix: &str) -> PathBuf {
 }
 
 /// The scratch files of a writer, as suffixes of the dataset prefix.
-const SCRATCH_SUFFIXES: [&str; 4] = [
+pub const SCRATCH_SUFFIXES: [&str; 4] = [
     ".bin.tmp.partial",
     ".idx.tmp.partial",
     ".idx.lengths.partial",

@@ -351,7 +351,8 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
     let dtype = DType::optimal(vocab_size);
     let prefixes = job.output_prefixes();
     // The writers take over what a killed run left of these datasets; a scratch file of another
-    // dataset in the folder (another prefix or key) may be a run in progress and is not touched.
+    // dataset in the folder (another prefix or key) may be a run in progress and is not touched
+    // here (vikhr.data.indexed removes those of killed runs, by their locks).
     let mut writers = prefixes
         .iter()
         .map(|p| IndexedWriter::create(p, dtype))

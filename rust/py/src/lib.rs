@@ -15,6 +15,7 @@ use vikhr_core::tokenizer::Tokenizer;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", vikhr_core::VERSION)?;
+    m.add("SCRATCH_SUFFIXES", mmidx::SCRATCH_SUFFIXES.to_vec())?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_index, m)?)?;
