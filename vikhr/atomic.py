@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from vikhr.errors import VikhrError, refuse_to_replace
+from vikhr.locks import process_alive
 
 # How torch.save and safetensors word a failed write: their own exceptions, not OSError.
 _FULL_DISK = ("No space left", "StorageFull", "os error 28")
@@ -105,16 +106,6 @@ def _lock_of(work: Path) -> Path:
     return work.with_name(work.name + ".lock")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _unlocked(work: Path) -> bool:
     """Whether no process holds `work`'s lock (a directory's lock file, a scratch file itself): a
     writer in another PID namespace of this host (a container) is alive though its pid is not ours
@@ -139,7 +130,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         pid, _, rest = entry.name.removeprefix(f".{path.name}.tmp-").partition("@")
         if entry.name.endswith(".lock") or not pid.isdigit() or rest.partition("@")[0] != _host_tag():
             continue
-        if (entry.is_dir() or entry.is_file()) and not _alive(int(pid)) and _unlocked(entry):
+        if (entry.is_dir() or entry.is_file()) and not process_alive(int(pid)) and _unlocked(entry):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
                 _lock_of(entry).unlink(missing_ok=True)

@@ -121,7 +121,8 @@ def abandoned(lock_path: Path) -> Iterator[bool]:
             holder = re.fullmatch(r"pid (\d+) on (.+)", f.read().strip())
         except (OSError, ValueError):
             same, holder = False, None
-        held = same and holder is not None and holder[2] == os.uname().nodename and not _alive(int(holder[1]))
+        ours = holder is not None and holder[2] == os.uname().nodename
+        held = same and ours and not process_alive(int(holder[1]))
         try:
             yield held
         finally:
@@ -130,7 +131,8 @@ def abandoned(lock_path: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host (this PID namespace) exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
