@@ -119,6 +119,19 @@ def byte_level_bpe(pre_tokenizer: str) -> str:
     return bpe.to_str()
 
 
+def with_bos_eos_only(directory: Path, *controls: str) -> Path:
+    """`directory` with a byte-level BPE whose special tokens are BOS, EOS and `controls` (no ChatML
+    tokens: chatml and qwen3 then spell them out)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    directory.mkdir(parents=True)
+    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    bpe.add_special_tokens(["<s>", "</s>", *controls])
+    bpe.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return directory
+
+
 PRE_TOKENIZERS = pytest.mark.parametrize("pre_tokenizer", ["llama3", "gpt2"])
 
 
@@ -657,7 +670,6 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     ended with the pieces of "<|im_end|>", EOS never followed, yet the export's generation config
     stopped at EOS only, so generation never stopped. Each answer now closes with EOS after its
     <|im_end|>, in training and in the export's template alike (same ids through transformers)."""
-    from tokenizers import Tokenizer as HFTokenizer
     from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
@@ -666,12 +678,7 @@ def test_chatml_spelled_out_ends_answers_with_eos_the_export_stops_at(
     from vikhr.sft.template import end_of_turn_id
     from vikhr.tokenizer.load import load
 
-    source = tmp_path / "source"
-    source.mkdir()
-    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
-    bpe.add_special_tokens(["<s>", "</s>"])
-    bpe.save(str(source / "tokenizer.json"))
-    (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    source = with_bos_eos_only(tmp_path / "source")
     tok = load_chat_tokenizer(source, template)
     (tmp_path / "export").mkdir()
     _, generation = write_tokenizer_files(load(source), tmp_path / "export", template)

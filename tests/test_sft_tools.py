@@ -27,6 +27,7 @@ from tests.test_sft_templates import (
     EMPTY_THINKING,
     QWEN_DEFAULT_SYSTEM,
     byte_level_bpe,
+    with_bos_eos_only,
     write_model_tokenizer,
 )
 from vikhr.assets import MISTRAL_TOKENIZER
@@ -343,19 +344,13 @@ def test_export_renders_tool_chats_with_the_trained_ids(
     """The template `vikhr convert megatron-to-hf` writes gives, through transformers with tools=,
     the ids vikhr trains on (arguments as text and as objects, as the chats give them), also where
     <|im_start|>/<|im_end|> are spelled out and answers close with EOS."""
-    from tokenizers import Tokenizer as HFTokenizer
     from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
     from vikhr.tokenizer.load import load
 
     if spelled_out:
-        source = tmp_path / "source"
-        source.mkdir()
-        bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
-        bpe.add_special_tokens(["<s>", "</s>"])
-        bpe.save(str(source / "tokenizer.json"))
-        (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+        source = with_bos_eos_only(tmp_path / "source")
     else:
         source = write_model_tokenizer(tmp_path / "source", byte_level_bpe("gpt2"), template)
     tok = load_chat_tokenizer(source, template)
@@ -393,14 +388,7 @@ def test_own_template_passes_tools_and_calls_to_the_models_template(tmp_path: Pa
 
 
 def _inst_tokenizer(directory: Path) -> Path:
-    from tokenizers import Tokenizer as HFTokenizer
-
-    directory.mkdir()
-    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
-    bpe.add_special_tokens(["<s>", "</s>", "[INST]", "[/INST]"])
-    bpe.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
-    return directory
+    return with_bos_eos_only(directory, "[INST]", "[/INST]")
 
 
 @pytest.mark.parametrize("template", ["mistral", "mistral-v3", "llama3"])
