@@ -345,13 +345,16 @@ def test_a_checkpoints_rope_scaling_is_compared_with_a_run_without_one(
         checkpoint.load_model(torch.nn.Linear(1, 1), tmp_path, 0, 1, expected=plain)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_swiglu_is_eager_silu_times_up_bit_for_bit_and_keeps_only_its_input(dtype: torch.dtype) -> None:
+def test_swiglu_is_eager_silu_times_up_bit_for_bit_and_keeps_only_its_input(
+    dtype: torch.dtype, device: str
+) -> None:
     from vikhr.model.swiglu import swiglu
 
     g = torch.Generator().manual_seed(4)
-    fc1_out = (3 * torch.randn(2, 7, 2 * 45, generator=g)).to(dtype).requires_grad_()
-    grad = torch.randn(2, 7, 45, generator=g).to(dtype)
+    fc1_out = (3 * torch.randn(2, 7, 2 * 45, generator=g)).to(device, dtype).requires_grad_()
+    grad = torch.randn(2, 7, 45, generator=g).to(device, dtype)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         ours = swiglu(fc1_out)
@@ -387,17 +390,30 @@ def test_sdpa_spec_keeps_no_more_for_backward_than_transformers(megatron_cpu: No
     """The layers keep what HF Mistral's keep or less: the MLP its fc1 output (vikhr.model.swiglu,
     not megatron's chunks plus a copy of the up half), attention a copy of V (not the whole fused
     QKV output, of which V is a view)."""
+    _compare_kept_for_backward("cpu", torch.float32, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_sdpa_spec_keeps_no_more_for_backward_than_transformers_on_gpu_in_bf16() -> None:
+    """The same with torch's flash / memory-efficient SDPA kernels, which keep their own tensors."""
+    from vikhr.runtime.distributed import distributed_env
+
+    with distributed_env(tp_size=1, seed=7, device="cuda"):
+        _compare_kept_for_backward("cuda", torch.bfloat16, rtol=3e-2)
+
+
+def _compare_kept_for_backward(device: str, dtype: torch.dtype, rtol: float) -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
     from vikhr.convert.mistral import model_config_to_hf_config
 
     cfg = preset("tiny", hidden_size=128, ffn_hidden_size=512, num_attention_heads=8, kv_channels=16)
     hf_config = MistralConfig.from_dict(model_config_to_hf_config(cfg), attn_implementation="sdpa")
-    hf = MistralForCausalLM(hf_config)
-    model = build_gpt_model(cfg, attention="sdpa")
+    hf = MistralForCausalLM(hf_config).to(device, dtype)
+    model = build_gpt_model(cfg, attention="sdpa", params_dtype=dtype, on_gpu=device == "cuda")
     model.load_state_dict(_hf_to_megatron(hf, cfg), strict=False)
-    tokens = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(2))
-    positions = torch.arange(128).expand(2, 128)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(2)).to(device)
+    positions = torch.arange(128, device=device).expand(2, 128)
     # Held here, so that no later tensor can take a freed QKV output's address.
     qkv_outputs: list[torch.Tensor] = []
     for layer in model.decoder.layers:
@@ -405,7 +421,8 @@ def test_sdpa_spec_keeps_no_more_for_backward_than_transformers(megatron_cpu: No
     out: dict[str, torch.Tensor] = {}
     ours = _kept_for_backward(model, lambda: out.setdefault("ours", model(tokens, positions, None)))
     theirs = _kept_for_backward(hf, lambda: out.setdefault("theirs", hf(tokens, use_cache=False).logits))
-    torch.testing.assert_close(out["ours"][..., : cfg.vocab_size], out["theirs"], rtol=1e-4, atol=1e-4)
+    logits = out["ours"][..., : cfg.vocab_size].float()
+    torch.testing.assert_close(logits, out["theirs"].float(), rtol=rtol, atol=rtol)
     assert len(qkv_outputs) == cfg.num_layers
     assert not {t.untyped_storage().data_ptr() for t in qkv_outputs} & set(ours)
     assert sum(ours.values()) <= sum(theirs.values()), (sum(ours.values()), sum(theirs.values()))
