@@ -426,3 +426,27 @@ def _compare_kept_for_backward(device: str, dtype: torch.dtype, rtol: float) -> 
     assert len(qkv_outputs) == cfg.num_layers
     assert not {t.untyped_storage().data_ptr() for t in qkv_outputs} & set(ours)
     assert sum(ours.values()) <= sum(theirs.values()), (sum(ours.values()), sum(theirs.values()))
+
+
+def test_swiglu_benchmark_checks_exactness_then_prints_its_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_swiglu.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--shapes", "64x48", "--runs", "1"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[1]: line.split()[-1] for line in run.stdout.splitlines()[2:]}
+    # Kept for backward against eager (fc1 output + silu's output): megatron adds a copy of the up
+    # half, vikhr keeps the fc1 output only.
+    assert rows == {"eager": "1.00x", "megatron": "1.33x", "vikhr": "0.67x"}, run.stdout
+
+    spec = importlib.util.spec_from_file_location("bench_swiglu", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setitem(bench.IMPLEMENTATIONS, "vikhr swiglu", lambda x: bench.eager(x) * 1.0001)
+    x = torch.randn(8, 6, requires_grad=True)
+    with pytest.raises(SystemExit, match="vikhr swiglu: output or gradient differs"):
+        bench.check_exact(x, torch.randn(8, 3))
