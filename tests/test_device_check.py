@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO, SHARED_DATA
 
 # The order of the summary: eval-bench runs alongside the build (it does not need it) and is
-# recorded after it; the optional profile comes last.
+# recorded after it; the optional profile, then the activation benchmark (no build needed) come last.
 STEPS = [
     "env",
     "build",
@@ -28,6 +28,7 @@ STEPS = [
     "kernel-bench",
     "train-bench",
     "kernel-ncu",
+    "swiglu-bench",
 ]
 
 
@@ -86,6 +87,7 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
         for packs in (1, 2):
             assert f"profiled: forward kernel, schedule {name}, {packs} packs" in profiled, profiled
     assert "tokens/s" in (out / "train-bench.log").read_text()
+    assert "vikhr swiglu" in (out / "swiglu-bench.log").read_text()
     evaluated = json.loads((out / "eval-bench.json").read_text())
     fixtures = {"mmlu_ru", "rsg_terra", "rsg_muserc", "mera_chegeka", "bpc"}
     assert set(evaluated["tasks"]) == fixtures | ({"terra"} if carried.is_dir() else set())

@@ -2,7 +2,7 @@
 # GPU check of vikhr, meant to run once on a CUDA machine in a few minutes (<= 9 by default): builds
 # the csrc/ extension with CUDA while the evaluation benchmark (which does not need it) has the GPU,
 # then runs the GPU op tests, the kernel schedule sweep, the GPU training tests, the kernel benchmark,
-# the training benchmark and the kernel profile, in that order. Each step has a time limit and writes its results
+# the training benchmark, the kernel profile and the MLP activation benchmark, in that order. Each step has a time limit and writes its results
 # under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
 #   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
 #                     code, seconds, limit and log; "finished" is false until the last step is done
@@ -20,6 +20,7 @@
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
+#   swiglu-bench.log  tools/bench_swiglu.py: the MLP activation against eager and megatron's, bf16
 #   eval-bench.log    tools/bench_eval.py: `vikhr eval` per task on a random Mistral-7B (bf16), batch 1
 #                     vs auto, and the suite's time estimated from it (+ eval-bench.json); tasks on the
 #                     bundled eval fixtures, plus each default task whose data is in
@@ -179,12 +180,14 @@ if [[ $DRY == 1 ]]; then
   BENCH_SWEEP=(--device cpu --n 64 --vocab 4096 --threads 1 --runs 1)
   BENCH_TRAIN=(--cpu-small --layers 1 --batch 1 --seq 64 --warmup 1 --repeats 1)
   BENCH_EVAL=(--random tiny --device cpu --dtype float32 --batch-sizes 1 2 --limit 2 --repeats 1)
+  BENCH_SWIGLU=(--shapes 64x48 --runs 1)
 else
   BENCH_KERNELS=(--device cuda --n 8192 --vocab 40000 131072 --runs 5 --timeout 120)
   BENCH_PROFILE=(--device cuda --n 8192 --vocab 40000)
   BENCH_SWEEP=(--device cuda --n 8192 --vocab 40000 --runs 10)
   BENCH_TRAIN=(--warmup 1 --repeats 3)
   BENCH_EVAL=(--random mistral-7b --device cuda --dtype bfloat16 --batch-sizes 1 auto --limit 8 --repeats 1)
+  BENCH_SWIGLU=(--device cuda --dtype bfloat16 --runs 10)
 fi
 [[ ${DEVICE_CHECK_COMPILE:-0} == 1 ]] || BENCH_KERNELS+=(--no-compile)
 # The profiler around the schedules' launches (the second round of six; the first warms up).
@@ -231,6 +234,7 @@ if ((BUILT == 0)); then
 else
   for name in op-tests kernel-sweep train-tests kernel-bench train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
 fi
+step swiglu-bench 40 "$PY" tools/bench_swiglu.py "${BENCH_SWIGLU[@]}"  # needs no build
 write_summary true
 echo "device_check: $FAILED step(s) not passed, $((SECONDS - START))s (summary.json)" | tee -a "$OUT/summary.txt"
 ((FAILED == 0))
