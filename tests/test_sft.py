@@ -789,3 +789,28 @@ def test_prepare_rejects_unknown_template_and_missing_tokenizer(tmp_path: Path) 
     with pytest.raises(VikhrError, match="tokenizer not found"):
         prepare_sft(chats, tmp_path / "nope.model", tmp_path / "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+
+
+@pytest.mark.parametrize("template", ["chatml", "mistral"])
+def test_a_dataset_prepared_with_an_earlier_chatml_encoding_is_a_warning(
+    template: str, tmp_path: Path
+) -> None:
+    """chatml/qwen3 data prepared before the current chat encoding (SentencePiece answers opened with the
+    dummy-prefix space; no EOS after a spelled-out <|im_end|>) trains ids the export's template never
+    gives: the run says so once it starts (`doubtful_settings`); other templates' data is unaffected."""
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.train.config import doubtful_settings, load_config
+
+    prefix = tmp_path / "data" / "seed"
+    prepare_sft(RU_SEED_CHATS, MISTRAL_TOKENIZER, prefix, template=template, max_chats=4)
+    cfg = load_config(_config(tmp_path / "c.yaml", prefix, tmp_path / "run"))
+    assert doubtful_settings(cfg) == []  # prepared now
+    meta_path = Path(f"{prefix}_sft.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("chat_encoding") == 2
+    meta_path.write_text(json.dumps(meta))  # as an earlier vikhr wrote it
+    doubts = doubtful_settings(cfg)
+    if template == "mistral":
+        assert doubts == []
+    else:
+        assert len(doubts) == 1 and "data.train[0].prefix" in doubts[0] and "prepare it again" in doubts[0]

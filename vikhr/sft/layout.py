@@ -19,6 +19,10 @@ from vikhr.errors import VikhrError
 Packing = Literal["pack", "pad"]
 
 META_SUFFIX = "_sft.json"
+# How `vikhr sft prepare` encodes chats, recorded in `_sft.json` (absent: 1). 2: chatml and qwen3 encode
+# template text and answer in one run on every tokenizer (SentencePiece answers had opened with the
+# dummy-prefix space), and close answers with EOS where <|im_start|>/<|im_end|> are spelled out.
+CHAT_ENCODING = 2
 
 
 def sft_datasets(prefix: str | Path) -> tuple[str, str]:
@@ -79,3 +83,33 @@ def check_sft_blend(metas: list[tuple[str, dict]]) -> None:
                 f"{first.get('tokenizer')} (their sha256 differ): the datasets of one run share one "
                 "tokenizer (prepare them again with the same --tokenizer)"
             )
+
+
+def stale_chat_encoding(prefix: str, key: str) -> str | None:
+    """A warning when the dataset at `prefix` was prepared with an earlier chat encoding whose ids differ
+    from those the export's template gives (`CHAT_ENCODING`): chatml/qwen3 on a SentencePiece or
+    Metaspace tokenizer, or on one without the ChatML tokens. None otherwise, or where it cannot tell."""
+    try:
+        meta = read_sft_meta(Path(prefix + META_SUFFIX))
+    except VikhrError:
+        return None  # the config checks report it
+    if meta.get("chat_encoding", 1) >= CHAT_ENCODING or meta.get("template") not in ("chatml", "qwen3"):
+        return None
+    from vikhr.tokenizer.load import load
+
+    try:
+        tok = load(meta["tokenizer"])
+    except VikhrError:
+        tok = None
+    if (
+        tok is not None
+        and tok.byte_level
+        and None not in map(tok.piece_to_id, ("<|im_start|>", "<|im_end|>"))
+    ):
+        return None  # byte-level with the ChatML tokens: encoded as now
+    return (
+        f"config key {key}: {prefix} was prepared by an earlier vikhr sft prepare, whose "
+        f"{meta['template']} ids differ from the exported chat template's on this tokenizer (each "
+        "answer's first token, or no EOS after a spelled-out <|im_end|>): prepare it again so that the "
+        "tuned model answers as served"
+    )

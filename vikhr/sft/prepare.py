@@ -22,7 +22,7 @@ from pathlib import Path
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
-from vikhr.sft.layout import read_sft_meta, sft_datasets, sft_files
+from vikhr.sft.layout import CHAT_ENCODING, read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
 from vikhr.sft.template import (
     AUTO,
@@ -55,6 +55,7 @@ class PrepareSummary:
     max_token_id: int
     template_from: str | None = None  # the tokenizer's file whose chat template chose `template`
     template_sha256: str | None = None  # of the Jinja text, for ``own`` (`convert` checks it)
+    chat_encoding: int = CHAT_ENCODING  # see vikhr.sft.layout
 
     def line(self) -> str:
         share = self.loss_tokens / max(self.tokens, 1)

@@ -46,7 +46,7 @@ from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
 from vikhr.runtime.distributed import Device
-from vikhr.sft.layout import Packing, check_sft_blend, check_sft_dataset
+from vikhr.sft.layout import Packing, check_sft_blend, check_sft_dataset, stale_chat_encoding
 
 # numpy's and torch's generators take seeds in [0, 2^32)
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -291,6 +291,11 @@ def doubtful_settings(cfg: TrainConfig) -> list[str]:
             f"optim.warmup_steps = {o.warmup_steps} is not below train.steps = {t.steps}: the learning "
             f"rate never reaches optim.lr = {o.lr:g}"
         )
+    if cfg.data.kind == "sft":
+        stale = (
+            stale_chat_encoding(e.prefix, f"data.train[{i}].prefix") for i, e in enumerate(cfg.data.train)
+        )
+        found += [doubt for doubt in stale if doubt is not None]
     return found
 
 
