@@ -337,19 +337,26 @@ def test_qwen3_tool_call_with_reasoning_keeps_it_as_qwen3_does(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("template", ["chatml", "qwen3"])
-@pytest.mark.parametrize("spelled_out", [False, True], ids=["tokens", "spelled-out"])
+@pytest.mark.parametrize("spelled_out", [False, True, "sentencepiece"], ids=["tokens", "spelled-out", "sp"])
 def test_export_renders_tool_chats_with_the_trained_ids(
-    template: str, spelled_out: bool, tmp_path: Path
+    template: str, spelled_out: bool | str, tmp_path: Path
 ) -> None:
     """The template `vikhr convert megatron-to-hf` writes gives, through transformers with tools=,
     the ids vikhr trains on (arguments as text and as objects, as the chats give them), also where
-    <|im_start|>/<|im_end|> are spelled out and answers close with EOS."""
+    <|im_start|>/<|im_end|> are spelled out and answers close with EOS, on a byte-level BPE and on
+    the bundled Russian SentencePiece model."""
+    import shutil
+
     from transformers import AutoTokenizer
 
     from vikhr.convert.hf_tokenizer import write_tokenizer_files
     from vikhr.tokenizer.load import load
 
-    if spelled_out:
+    if spelled_out == "sentencepiece":
+        source = tmp_path / "source" / "tokenizer.model"
+        source.parent.mkdir()
+        shutil.copy(MISTRAL_TOKENIZER.with_name("vikhr-ru-40k.model"), source)
+    elif spelled_out:
         source = with_bos_eos_only(tmp_path / "source")
     else:
         source = write_model_tokenizer(tmp_path / "source", byte_level_bpe("gpt2"), template)
