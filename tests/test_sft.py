@@ -792,9 +792,7 @@ def test_prepare_rejects_unknown_template_and_missing_tokenizer(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("template", ["chatml", "mistral"])
-def test_a_dataset_prepared_with_an_earlier_chatml_encoding_is_a_warning(
-    template: str, tmp_path: Path
-) -> None:
+def test_data_prepared_with_an_earlier_chatml_encoding_is_a_warning(template: str, tmp_path: Path) -> None:
     """chatml/qwen3 data prepared before the current chat encoding (SentencePiece answers opened with the
     dummy-prefix space; no EOS after a spelled-out <|im_end|>) trains ids the export's template never
     gives: the run says so once it starts (`doubtful_settings`); other templates' data is unaffected."""
