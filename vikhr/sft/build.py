@@ -28,7 +28,7 @@ from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
 from vikhr.sft.own_template import ChatRefused
 from vikhr.sft.sources import NOT_KEPT, Chat, Unfit, detect_format, read_chats_of
-from vikhr.sft.template import TypedControlError, encode_chat, load_for_chats, parse_chat
+from vikhr.sft.template import TypedControlError, encode_chat, load_for_chats
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 KEPT = "kept"
@@ -133,7 +133,7 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
 def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer) -> tuple[str, str, int]:
     """(status, why, tokens) of a chat against the length limits and the source's language check."""
     try:
-        tokens = len(encode_chat(parse_chat(chat.record("")), tok, cfg.template).ids)
+        tokens = len(encode_chat(chat.parsed, tok, cfg.template).ids)
     except TypedControlError as e:
         return "control_text", str(e), 0
     except ChatRefused as e:  # the template cannot train on it (own's; one without function calls)

@@ -58,6 +58,7 @@ turn, turns out of order, missing fields) is an `Unfit` with a reason and its pl
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -68,6 +69,7 @@ from typing import Any, TextIO
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
+from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 
 FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst", "preference")
@@ -99,6 +101,12 @@ class Chat:
     # layout: an assistant's "tool_calls", a tool result's "name" and "tool_call_id".
     fields: tuple[tuple[int, str, Any], ...] = ()
     tools: tuple[Any, ...] = ()  # the functions the chat offers ({"type": "function", "function": ...})
+
+    @functools.cached_property
+    def parsed(self) -> ChatMessages:
+        """The messages as `vikhr sft prepare` reads them (VikhrError where it would refuse the chat):
+        parsed once, for the source's check and the build's encoding."""
+        return parse_chat(self.record(""))
 
     def prompt(self) -> str:
         """Every turn before the last answer but the system turn (user turns, earlier answers and their
@@ -677,7 +685,7 @@ def _check(chat: Chat) -> None:
         if not content.strip() and i - 1 not in calls:
             raise Unfit("empty_turn", f"turn {i} ({role}) is empty")
     try:
-        parse_chat(chat.record(""))
+        chat.parsed  # noqa: B018  # parsed (and kept) here, so that a chat prepare refuses is Unfit
     except VikhrError as e:
         raise Unfit("bad_turns", str(e)) from None
 
