@@ -691,7 +691,7 @@ def plain_turns(messages: list[Message]) -> list[tuple[str, str]]:
         if m.role == "assistant":
             turns.append((m.role, _answer_text(m, thinking=False, after_last_query=False, last=False)))
         elif m.role == "tool":
-            result = f"<tool_response>\n{m.content}\n</tool_response>"
+            result = _tool_response(m.content)
             if i and messages[i - 1].role == "tool":
                 turns[-1] = ("user", f"{turns[-1][1]}\n{result}")
             else:
@@ -701,13 +701,18 @@ def plain_turns(messages: list[Message]) -> list[tuple[str, str]]:
     return turns
 
 
+def _tool_response(content: str) -> str:
+    """A tool result as Qwen's templates wrap it."""
+    return f"<tool_response>\n{content}\n</tool_response>"
+
+
 def _tool_result_parts(messages: list[Message], i: int) -> list[str | Control]:
     """Tool result `i` as Qwen's templates write it: consecutive results in one user turn, each
     wrapped in <tool_response>."""
     parts: list[str | Control] = []
     if i == 0 or messages[i - 1].role != "tool":
         parts += [Control(CHATML_START), "user"]
-    parts.append(f"\n<tool_response>\n{messages[i].content}\n</tool_response>")
+    parts.append("\n" + _tool_response(messages[i].content))
     if i == len(messages) - 1 or messages[i + 1].role != "tool":
         parts += [Control(CHATML_END), "\n"]
     return parts
