@@ -89,11 +89,8 @@ def _check_file(path: Path) -> None:
         raise VikhrError(f"not a regular file: {path} (give a .jsonl, .jsonl.gz or .jsonl.zst file)")
 
 
-# Compressed data a plain file name hides: (magic bytes, what it is, the suffix to give the file).
-_MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"))
-# ... and in a compression the readers do not decode: xz, and bzip2 ("BZh", the block size, then a
-# block's magic or the end of an empty stream), as the Rust reader tells them.
-_UNDECODED_MAGIC = re.compile(rb"\xfd7zXZ\x00|BZh[1-9](?:\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)")
+# How many first bytes of a plain-named file tell compressed data (bzip2's magic is 10 long).
+_HEAD_BYTES = 10
 
 
 def _compression(path: Path) -> str:
@@ -119,19 +116,15 @@ def check_compression_name(path: Path) -> None:
         return
     try:
         with open(path, "rb") as f:
-            head = f.read(10)
+            head = f.read(_HEAD_BYTES)
     except OSError:
         return  # opening it for real names the problem
-    for magic, what, suffix in _MAGIC:
-        if head.startswith(magic):
-            raise VikhrError(f"{path} holds {what}-compressed data: name it {path.name}{suffix}")
-    undecoded = _UNDECODED_MAGIC.match(head)
-    if undecoded:
-        what = "xz" if undecoded[0].startswith(b"\xfd") else "bzip2"
-        raise VikhrError(
-            f"{path} holds {what}-compressed data, which the readers do not decode: decompress it, or "
-            "recompress it with gzip/zstd"
-        )
+    from vikhr import _core  # the Rust reader's check: one list of magic bytes, one wording
+
+    try:
+        _core.check_plain_content(path, head)
+    except ValueError as e:
+        raise VikhrError(str(e)) from None
 
 
 def _open_binary(path: Path) -> IO[bytes]:

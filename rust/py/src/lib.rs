@@ -21,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect_index, m)?)?;
     m.add_function(wrap_pyfunction!(merge_datasets, m)?)?;
     m.add_function(wrap_pyfunction!(token_dtype, m)?)?;
+    m.add_function(wrap_pyfunction!(check_plain_content, m)?)?;
     m.add_class::<NativeTokenizer>()?;
     m.add_class::<IndexedDatasetWriter>()?;
     m.add_class::<IndexedDatasetReader>()?;
@@ -31,6 +32,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn default_threads() -> usize {
     vikhr_core::default_threads()
+}
+
+/// ValueError when `head`, the first bytes of the file `path` named as plain text, is compressed
+/// data (the JSONL readers' check, shared with the Python reader).
+#[pyfunction]
+fn check_plain_content(path: PathBuf, head: &[u8]) -> PyResult<()> {
+    vikhr_core::jsonl::check_plain_content(&path, head).map_err(value_err)
 }
 
 fn value_err(e: impl std::fmt::Display) -> PyErr {
