@@ -434,6 +434,14 @@ USER = {"role": "user", "content": "Погода?"}
 CALLING = {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Москва"})]}
 RESULT = {"role": "tool", "content": "+20"}
 ANSWER = {"role": "assistant", "content": "+20."}
+CALLING_WITH_IDS = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {**_call("get_weather", {"city": "Москва"}), "id": "call_1"},
+        {**_call("get_weather", {"city": "Тула"}), "id": "call_2"},
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -490,12 +498,41 @@ ANSWER = {"role": "assistant", "content": "+20."}
         ),
         (_chat(USER, ANSWER, tools={"name": "f"}), '"tools" must be a list of'),
         (_chat(USER, ANSWER, tools=[{"name": "f"}]), 'tool 1: expected {"type": "function", "function"'),
+        (
+            _chat(USER, CALLING, RESULT, RESULT, ANSWER),
+            "message 4: tool result 2 after message 2, which makes 1 tool call (one result per call)",
+        ),
+        (
+            _chat(USER, CALLING_WITH_IDS, {**RESULT, "tool_call_id": "call_7"}, ANSWER),
+            "message 3: tool_call_id 'call_7' is none of the ids of the calls of message 2 "
+            "('call_1', 'call_2')",
+        ),
     ],
 )
 def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], problem: str) -> None:
     with pytest.raises(VikhrError) as e:
         parse_chat(record)
     assert str(e.value).startswith(problem) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _chat(
+            USER,
+            CALLING_WITH_IDS,
+            {**RESULT, "tool_call_id": "call_2"},
+            {**RESULT, "tool_call_id": "call_1"},
+            ANSWER,
+        ),
+        _chat(USER, CALLING_WITH_IDS, RESULT, ANSWER),  # LLaMA-Factory: one result turn for parallel calls
+        _chat(USER, CALLING, {**RESULT, "tool_call_id": "call_9"}, ANSWER),  # the calls name no ids
+        _chat(USER, CALLING_WITH_IDS),  # the chat ends with its calls: no result need follow
+    ],
+    ids=["ids-in-any-order", "fewer-results-than-calls", "calls-without-ids", "ends-with-calls"],
+)
+def test_results_that_answer_their_calls_are_read(record: dict[str, Any]) -> None:
+    parse_chat(record)
 
 
 def test_parsed_tool_chat_and_its_plain_turns() -> None:
@@ -653,6 +690,18 @@ def test_openai_messages_with_tools_pass_through() -> None:
             _chat(USER, CALLING, {**RESULT, "content": " "}, ANSWER),
             "empty_turn",
             "turn 3 (tool) is empty",
+        ),
+        (
+            "messages",
+            _chat(USER, CALLING, RESULT, RESULT, ANSWER),
+            "bad_turns",
+            "message 4: tool result 2 after message 2, which makes 1 tool call",
+        ),
+        (
+            "messages",
+            _chat(USER, CALLING_WITH_IDS, {**RESULT, "tool_call_id": "call_3"}, ANSWER),
+            "bad_turns",
+            "message 3: tool_call_id 'call_3' is none of the ids of the calls of message 2",
         ),
         (
             "preference",

@@ -85,12 +85,15 @@ or null); ``{"role": "tool", "content": str}`` messages (optional ``name``, ``to
 results; the record's optional ``"tools": [{"type": "function", "function": {...}}, ...]`` lists the
 functions offered. An assistant turn with calls is followed by one or more tool results, then an
 assistant turn; the chat ends with an assistant turn (one that only calls functions too: the calls
-are trained, no result need follow). ``chatml`` and ``qwen3`` render them as Qwen2.5-7B-Instruct's
-and Qwen3-8B's templates do: the tools, each as ``tojson`` writes it (json.dumps with
-ensure_ascii=False, keys in the chat's order), in the system turn after the system message and a
-blank line, with Qwen's wording (``# Tools`` … ``<tools>`` … ``</tools>`` …); each call after its
-answer's text as ``<tool_call>\\n{"name": "…", "arguments": …}\\n</tool_call>``, a newline before
-each but the first of an answer without text; consecutive tool results as one user turn of
+are trained, no result need follow). A result answers a call of the answer before it: no more
+results than calls (fewer is read: LLaMA-Factory's layout gives parallel calls one result), and
+where every call has an ``id``, a result's ``tool_call_id`` is one of them. ``chatml`` and
+``qwen3`` render them as Qwen2.5-7B-Instruct's and Qwen3-8B's templates do: the tools, each as
+``tojson`` writes it (json.dumps with ensure_ascii=False, keys in the chat's order), in the system
+turn after the system message and a blank line, with Qwen's wording (``# Tools`` … ``<tools>`` …
+``</tools>`` …); each call after its answer's text as
+``<tool_call>\\n{"name": "…", "arguments": …}\\n</tool_call>``, a newline before each but the
+first of an answer without text; consecutive tool results as one user turn of
 ``\\n<tool_response>\\n{result}\\n</tool_response>`` blocks. Trained: each answer with its calls and
 its end; the tool block and the results are context. Two differences from Qwen2.5's template, both
 Qwen3's behaviour: a chat with tools and no system message gets the tool block alone (Qwen2.5 writes
@@ -375,6 +378,7 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
     offset = len(messages) - len(turns)
     for i, m in enumerate(turns):
         _check_turn(m, turns[i - 1] if i else None, i + 1 + offset)
+    _check_results(messages)
     if for_generation:
         if not turns or turns[-1].role not in ("user", "tool"):
             raise VikhrError("a prompt for generation must end with a user turn (or tool results)")
@@ -517,6 +521,31 @@ def _check_turn(m: Message, previous: Message | None, number: int) -> None:
             f"message {number}: expected {_a(expected)} {expected} turn after {after}, got {m.role} "
             "(turns must alternate user/assistant, starting with user)"
         )
+
+
+def _check_results(messages: list[Message]) -> None:
+    """VikhrError unless the tool results after each answer with calls answer those calls: no more
+    results than calls, and a result's ``tool_call_id`` one of the calls' ids where every call has
+    one. (A call may go without a result: the chat may end with it, and LLaMA-Factory's layout gives
+    parallel calls one result turn.)"""
+    calls: tuple[ToolCall, ...] = ()
+    asked_by, answered = 0, 0  # the message that made the calls, and the results since
+    for number, m in enumerate(messages, start=1):
+        if m.role == "assistant":
+            calls, asked_by, answered = m.tool_calls, number, 0
+        elif m.role == "tool":  # `_check_turn` saw that calls came before
+            answered += 1
+            if answered > len(calls):
+                raise VikhrError(
+                    f"message {number}: tool result {answered} after message {asked_by}, which makes "
+                    f"{len(calls)} tool call{'s' * (len(calls) != 1)} (one result per call)"
+                )
+            ids = [call.id for call in calls]
+            if m.tool_call_id is not None and None not in ids and m.tool_call_id not in ids:
+                raise VikhrError(
+                    f"message {number}: tool_call_id {m.tool_call_id!r} is none of the ids of the calls "
+                    f"of message {asked_by} ({', '.join(map(repr, ids))})"
+                )
 
 
 def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
