@@ -642,6 +642,48 @@ def test_openai_messages_with_tools_pass_through() -> None:
     assert "get_weather" in chat.prompt() and "temperature" not in chat.prose()
 
 
+LEGACY_FUNCTIONS = {
+    "id": "legacy-1",
+    "functions": [WEATHER["function"]],
+    "messages": [
+        {"role": "system", "content": "Ты — полезный ассистент."},
+        {"role": "user", "content": "Какая погода в Москве?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "get_weather", "arguments": '{"city": "Москва"}'},
+        },
+        {"role": "function", "name": "get_weather", "content": '{"temperature": 21}'},
+        {"role": "assistant", "content": "В Москве +21 °C."},
+    ],
+}
+
+
+def test_openai_legacy_function_calling_is_read_as_tool_calls(qwen_dir: tuple[str, Path]) -> None:
+    """OpenAI's legacy layout (`functions`, an assistant's `function_call`, a `function` message) is
+    written as its current one, and renders as that does."""
+    (chat,) = record_chats(LEGACY_FUNCTIONS, "messages", "legacy.jsonl:1")
+    twin = copy.deepcopy(LEGACY_FUNCTIONS)
+    del twin["functions"]
+    twin["tools"] = [WEATHER]
+    twin["messages"][2] = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [_call("get_weather", '{"city": "Москва"}')],
+    }
+    twin["messages"][3]["role"] = "tool"
+    (twin_chat,) = record_chats(twin, "messages", "current.jsonl:1")
+    assert chat.record("s") == twin_chat.record("s")
+    assert chat.record("s")["messages"][2:4] == twin["messages"][2:4]
+    template, directory = qwen_dir
+    tok = load_chat_tokenizer(directory, template)
+    assert encode_chat(chat.parsed, tok, template).ids == encode_chat(parse_chat(twin), tok, template).ids
+    # a function listed both as a tool and in "functions" is offered once
+    both = {**LEGACY_FUNCTIONS, "tools": [WEATHER], "functions": [WEATHER["function"], CONVERT["function"]]}
+    (chat,) = record_chats(both, "messages", "legacy.jsonl:2")
+    assert chat.tools == (WEATHER, CONVERT)
+
+
 @pytest.mark.parametrize(
     ("fmt", "record", "reason", "problem"),
     [
@@ -708,6 +750,30 @@ def test_openai_messages_with_tools_pass_through() -> None:
             {"chosen": [USER, CALLING, RESULT, ANSWER], "rejected": [USER, ANSWER]},
             "bad_role",
             "function calls in a preference pair are not read",
+        ),
+        (
+            "messages",
+            _chat(USER, {"role": "assistant", "content": None, "function_call": "get_weather"}),
+            "bad_record",
+            'turn 2: function_call must be {"name", "arguments"}, got \'get_weather\'',
+        ),
+        (
+            "messages",
+            _chat(USER, {**CALLING, "function_call": {"name": "f", "arguments": "{}"}}),
+            "bad_record",
+            "turn 2: both tool_calls and function_call",
+        ),
+        (
+            "messages",
+            {**LEGACY_FUNCTIONS, "functions": [{"description": "no name"}]},
+            "bad_record",
+            '"functions" item 1: expected a function schema',
+        ),
+        (
+            "messages",
+            _chat(USER, {"role": "function", "name": "get_weather", "content": "+20"}, ANSWER),
+            "bad_turns",
+            "message 2: a tool result after a user turn",
         ),
     ],
 )

@@ -5,7 +5,9 @@ Formats (`FORMATS`), each recognised by the fields of its records:
 * ``messages`` (Saiga, OpenAI style): ``{"messages": [{"role", "content"}, ...]}``; roles user/assistant/
   system, also ``bot`` (Saiga's name for the assistant). OpenAI's function calls pass through: an
   assistant's ``tool_calls`` (content then empty or null), ``tool`` messages (with ``name`` and
-  ``tool_call_id``), the record's ``tools``. The column layout of an HF dataset
+  ``tool_call_id``), the record's ``tools``; and OpenAI's legacy function calling in that form: an
+  assistant's ``function_call`` ``{"name", "arguments"}`` (one call), a ``"function"`` message (with
+  ``name``) its result, the record's ``functions`` (bare schemas). The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
@@ -15,10 +17,10 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   ``{"name", "arguments"}``, or of a list of them), an ``"observation"`` turn a tool result, and the
   record's ``"tools"`` (a list, or its JSON text) the functions offered; written in OpenAI's layout.
 
-A record's ``"tools"`` may hold bare function schemas (``{"name", "description", "parameters"}``,
-LLaMA-Factory's and Glaive's): each is wrapped as ``{"type": "function", "function": schema}``, as
-LLaMA-Factory does for Qwen's template. Function calls in a ``preference`` pair are not read
-(``bad_role``).
+A record's ``"tools"`` (and ``"functions"``) may hold bare function schemas (``{"name",
+"description", "parameters"}``, LLaMA-Factory's, Glaive's, OpenAI's legacy ones): each is wrapped as
+``{"type": "function", "function": schema}``, as LLaMA-Factory does for Qwen's template. Function
+calls in a ``preference`` pair are not read (``bad_role``).
 * ``flan`` (ruFLAN, FLAN collections): ``{"inputs", "targets"}`` (or ``"target"``): the inputs, the
   whole prompt, are the user turn and the targets the answer.
 * ``alpaca`` (rulm self-instruct, ru_turbo_alpaca): ``{"instruction", "input", "output"}``; the input,
@@ -71,6 +73,7 @@ from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
+from vikhr.sft.tool_layouts import as_call, as_tool
 
 FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst", "preference")
 ROLE_NAMES = {
@@ -432,35 +435,34 @@ def _with_record_system(
 
 
 def _record_tools(record: dict[str, Any]) -> tuple[Any, ...]:
-    """The functions a record offers: its ``"tools"``, a list or its JSON text (LLaMA-Factory's
-    ShareGPT layout), each in OpenAI's form; a bare function schema ``{"name", ...}`` (LLaMA-Factory's,
-    Glaive's) is wrapped as ``{"type": "function", "function": ...}``, as LLaMA-Factory does for Qwen."""
-    raw = record.get("tools")
+    """The functions a record offers: its ``"tools"`` and OpenAI's legacy ``"functions"`` (each a list,
+    or its JSON text: LLaMA-Factory's ShareGPT layout), each in OpenAI's form (see
+    `tool_layouts.as_tool`); a function both lists hold is offered once."""
+    tools = _tool_list(record, "tools")
+    return (*tools, *(f for f in _tool_list(record, "functions") if f not in tools))
+
+
+def _tool_list(record: dict[str, Any], key: str) -> tuple[Any, ...]:
+    raw = record.get(key)
     if isinstance(raw, str):
         if not raw.strip():
             return ()
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise Unfit("bad_record", f'"tools" is not valid JSON ({e.msg} at column {e.colno})') from None
+            raise Unfit("bad_record", f'"{key}" is not valid JSON ({e.msg} at column {e.colno})') from None
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise Unfit("bad_record", f'"tools" must be a list of function schemas, got {type(raw).__name__}')
+        raise Unfit("bad_record", f'"{key}" must be a list of function schemas, got {type(raw).__name__}')
     tools = []
-    for k, tool in enumerate(raw, start=1):
-        if (
-            isinstance(tool, dict)
-            and tool.get("type") == "function"
-            and isinstance(tool.get("function"), dict)
-        ):
-            tools.append(tool)
-        elif isinstance(tool, dict) and isinstance(tool.get("name"), str) and "type" not in tool:
-            tools.append({"type": "function", "function": tool})
-        else:
+    for k, schema in enumerate(raw, start=1):
+        tool = as_tool(schema)
+        if tool is None:
             raise Unfit(
-                "bad_record", f'"tools" item {k}: expected a function schema {{"name", "parameters", ...}}'
+                "bad_record", f'"{key}" item {k}: expected a function schema {{"name", "parameters", ...}}'
             )
+        tools.append(tool)
     return tuple(tools)
 
 
@@ -477,7 +479,8 @@ Fields = tuple[tuple[int, str, Any], ...]  # see Chat.fields
 
 def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
     """The turns of a "messages" list, the indices of the answers of weight 0, and the messages'
-    function calls and tool-result fields (OpenAI's layout, passed on as given)."""
+    function calls and tool-result fields (OpenAI's layout, passed on as given; its legacy
+    ``function_call`` and ``"function"`` role read as a call and a tool result)."""
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
@@ -490,8 +493,9 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], F
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
-        role = "tool" if m.get("role") == "tool" else _role(m.get("role"), i)
-        calls = m.get("tool_calls") if role == "assistant" else None
+        # OpenAI's legacy "function" role is a tool result too
+        role = "tool" if m.get("role") in ("tool", "function") else _role(m.get("role"), i)
+        calls = _assistant_calls(m, i) if role == "assistant" else None
         if calls not in (None, []):
             fields.append((i - 1, "tool_calls", calls))
         content = "" if calls not in (None, []) and m.get("content") is None else m.get("content")
@@ -508,6 +512,22 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], F
         if not _weight(m, role, i):
             untrained.append(i - 1)
     return turns, tuple(untrained), tuple(fields)
+
+
+def _assistant_calls(m: dict[str, Any], i: int) -> Any:
+    """The calls of assistant message `i`: its ``tool_calls`` as given (checked by prepare's parser),
+    or OpenAI's legacy ``function_call`` ``{"name", "arguments"}`` as one call in the current form."""
+    calls, legacy = m.get("tool_calls"), m.get("function_call")
+    if legacy is None:
+        return calls
+    if calls not in (None, []):
+        raise Unfit("bad_record", f"turn {i}: both tool_calls and function_call (give the calls once)")
+    call = as_call(legacy)
+    if call is None:
+        raise Unfit(
+            "bad_record", f'turn {i}: function_call must be {{"name", "arguments"}}, got {legacy!r:.60}'
+        )
+    return [call]
 
 
 def _sharegpt_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
@@ -542,15 +562,17 @@ def _function_calls(value: str, i: int) -> list[dict[str, Any]]:
         raise Unfit(
             "bad_record", f'turn {i}: a function_call value must be JSON {{"name", "arguments"}} ({e.msg})'
         ) from None
-    calls = given if isinstance(given, list) and given else [given]
-    for call in calls:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or "arguments" not in call:
+    calls = []
+    for given_call in given if isinstance(given, list) and given else [given]:
+        call = as_call(given_call)
+        if call is None:
             raise Unfit(
                 "bad_record",
                 f'turn {i}: a function_call value must be {{"name", "arguments"}} or a list of them, '
                 f"got {value:.60}",
             )
-    return [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+        calls.append(call)
+    return calls
 
 
 def _alpaca_prompt(instruction: str, given: Any, what: str = '"input"') -> str:
