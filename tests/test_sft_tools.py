@@ -642,6 +642,198 @@ def test_openai_messages_with_tools_pass_through() -> None:
     assert "get_weather" in chat.prompt() and "temperature" not in chat.prose()
 
 
+HERMES_PREAMBLE = (
+    "You are a function calling AI model. You are provided with function signatures within <tools> </tools> "
+    "XML tags. You may call one or more functions to assist with the user query. Don't make assumptions "
+    "about what values to plug into functions."
+)
+HERMES_CALL_FORMAT = (
+    "For each function call return a json object with function name and arguments within <tool_call> "
+    "</tool_call> tags with the following schema:\n<tool_call>\n{'arguments': <args-dict>, 'name': "
+    "<function-name>}\n</tool_call>\n"
+)
+
+
+def _hermes_system(tools_text: str) -> str:
+    """A system prompt as hermes-function-calling-v1 writes it, offering `tools_text`."""
+    return f"{HERMES_PREAMBLE}\n<tools>\n{tools_text}\n</tools>\n{HERMES_CALL_FORMAT}"
+
+
+# How hermes-function-calling-v1 writes a <tools> block: a list printed by Python; the ShareGPT sets in
+# its shape: JSON objects one a line.
+HERMES_TOOLS_TEXTS = {
+    "python-list": repr([WEATHER, CONVERT]),
+    "json-lines": "\n".join(json.dumps(t, ensure_ascii=False) for t in (WEATHER, CONVERT)),
+}
+HERMES = {
+    "id": "hermes-1",
+    "conversations": [
+        {"from": "system", "value": _hermes_system(HERMES_TOOLS_TEXTS["python-list"])},
+        {"from": "human", "value": "Погода в Казани? И сколько будет 100 долларов в рублях?"},
+        {
+            "from": "gpt",
+            "value": "Сейчас узнаю.\n<tool_call>\n{'arguments': {'city': 'Казань'}, 'name': 'get_weather'}\n"
+            '</tool_call>\n<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 100, "from": '
+            '"USD", "to": "RUB", "exact": true}}\n</tool_call>\n',
+        },
+        {
+            "from": "tool",
+            "value": '<tool_response>\n{"name": "get_weather", "content": "+12, дождь"}\n</tool_response>\n'
+            '<tool_response>\n{"name": "convert_currency", "content": 9150.5}\n</tool_response>\n',
+        },
+        {"from": "gpt", "value": "В Казани +12 и дождь; 100 $ ≈ 9150,5 ₽."},
+        {"from": "human", "value": "А в Омске?"},
+        {
+            "from": "gpt",
+            "value": "<tool_call>\n{'arguments': {'city': 'Омск'}, 'name': 'get_weather'}\n</tool_call>",
+        },
+    ],
+}
+# The same chat in OpenAI's layout: what the Hermes one is read as.
+HERMES_TWIN = {
+    "id": "hermes-1",
+    "tools": [WEATHER, CONVERT],
+    "messages": [
+        {"role": "system", "content": HERMES_PREAMBLE},
+        {"role": "user", "content": "Погода в Казани? И сколько будет 100 долларов в рублях?"},
+        {
+            "role": "assistant",
+            "content": "Сейчас узнаю.",
+            "tool_calls": [
+                _call("get_weather", {"city": "Казань"}),
+                _call("convert_currency", {"amount": 100, "from": "USD", "to": "RUB", "exact": True}),
+            ],
+        },
+        {"role": "tool", "content": '{"name": "get_weather", "content": "+12, дождь"}'},
+        {"role": "tool", "content": '{"name": "convert_currency", "content": 9150.5}'},
+        {"role": "assistant", "content": "В Казани +12 и дождь; 100 $ ≈ 9150,5 ₽."},
+        {"role": "user", "content": "А в Омске?"},
+        {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Омск"})]},
+    ],
+}
+
+
+def _without_id(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "id"}
+
+
+@pytest.mark.parametrize("tools_text", sorted(HERMES_TOOLS_TEXTS))
+def test_hermes_sharegpt_layout_renders_as_its_openai_twin(
+    qwen_dir: tuple[str, Path], tools_text: str
+) -> None:
+    """Hermes's layout (tools in the system prompt's <tools> block, <tool_call> blocks after an
+    answer's text, <tool_response> blocks in tool turns) is read as the same chat in OpenAI's layout:
+    the same record, the same ids, those of Qwen's own template."""
+    record = copy.deepcopy(HERMES)
+    record["conversations"][0]["value"] = _hermes_system(HERMES_TOOLS_TEXTS[tools_text])
+    (chat,) = record_chats(record, "sharegpt", "hermes.json:item 0")
+    (twin,) = record_chats(HERMES_TWIN, "messages", "twin.jsonl:1")
+    written = chat.record("s")
+    assert _without_id(written) == _without_id(twin.record("s"))
+    assert written["messages"][0] == {"role": "system", "content": HERMES_PREAMBLE}
+    template, directory = qwen_dir
+    tok = load_chat_tokenizer(directory, template)
+    ids = encode_chat(chat.parsed, tok, template).ids
+    assert ids == encode_chat(twin.parsed, tok, template).ids
+    _, messages, tools = _official_chat(HERMES_TWIN, template)
+    assert ids == _expected_ids(_fast(directory), messages, tools, template)
+
+
+def _hermes(*turns: tuple[str, str], **record: Any) -> dict[str, Any]:
+    return {"conversations": [{"from": source, "value": value} for source, value in turns], **record}
+
+
+HERMES_SYSTEM = ("system", _hermes_system(json.dumps([WEATHER])))
+ASKS = ("human", "Погода в Москве?")
+CALLS = ("gpt", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Москва"}}\n</tool_call>')
+RESPONDS = ("tool", "<tool_response>\n+20\n</tool_response>")
+ANSWERS = ("gpt", "+20.")
+
+
+def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
+    """A <tools> block that does not parse leaves the system prompt as it is (and offers nothing);
+    <tool_call> text in a chat that offers no functions and holds no tool turn stays text; the record's
+    own tools come before the block's, whose text still goes; text after the block that is not the call
+    format is kept; a prompt that was only the block and its call format is left out."""
+    broken = ("system", "Be brief.\n<tools>\n[{'name': 'get_weather', broken\n</tools>")
+    (chat,) = record_chats(_hermes(broken, ASKS, CALLS), "sharegpt", "h:1")
+    assert chat.messages == (("system", broken[1]), ("user", ASKS[1]), ("assistant", CALLS[1]))
+    assert chat.tools == () and chat.fields == ()
+    (chat,) = record_chats(_hermes(HERMES_SYSTEM, ASKS, CALLS, tools=[CONVERT]), "sharegpt", "h:2")
+    assert chat.tools == (CONVERT,) and chat.messages[0] == ("system", HERMES_PREAMBLE)
+    kept_after = ("system", f"<tools>\n{json.dumps(WEATHER)}\n</tools>\nОтвечай по-русски.")
+    (chat,) = record_chats(_hermes(kept_after, ASKS, CALLS), "sharegpt", "h:3")
+    assert chat.messages[0] == ("system", "Отвечай по-русски.") and chat.tools == (WEATHER,)
+    block_alone = ("system", f"<tools>\n{json.dumps(WEATHER)}\n</tools>\n{HERMES_CALL_FORMAT}")
+    (chat,) = record_chats(_hermes(block_alone, ASKS, CALLS, RESPONDS, ANSWERS), "sharegpt", "h:4")
+    assert [role for role, _ in chat.messages] == ["user", "assistant", "tool", "assistant"]
+    assert chat.fields == ((1, "tool_calls", [_call("get_weather", {"city": "Москва"})]),)
+    # tool turns alone make a chat function calling; a plain tool turn is one result; a call wrapped in
+    # a literal backslash-n (some rows of hermes-function-calling-v1) is read
+    wrapped = ("gpt", '<tool_call>\\n{"name": "get_weather", "arguments": {}}\\n</tool_call>')
+    (chat,) = record_chats(_hermes(ASKS, wrapped, ("tool", "+20"), ANSWERS), "sharegpt", "h:5")
+    assert chat.messages[2] == ("tool", "+20") and chat.fields == (
+        (1, "tool_calls", [_call("get_weather", {})]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("turns", "reason", "problem"),
+    [
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", "<tool_call>\n{name: get_weather}\n</tool_call>")),
+            "bad_record",
+            'turn 3: <tool_call> 1 is not the JSON of {"name", "arguments"} (Expecting property name',
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", '<tool_call>\n{"arguments": {}}\n</tool_call>')),
+            "bad_record",
+            'turn 3: <tool_call> 1 must hold {"name", "arguments"}',
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", CALLS[1] + '\n<tool_call>\n{"name": "f", "arguments": {}}')),
+            "bad_record",
+            "turn 3: a <tool_call> without its </tool_call>",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", CALLS[1] + "\nГотово.")),
+            "bad_record",
+            "turn 3: text after a <tool_call> block (Готово.…)",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, CALLS, ("tool", "Ответ: <tool_response>\n+20\n</tool_response>"), ANSWERS),
+            "bad_record",
+            "turn 4: a tool turn that writes <tool_response> blocks must hold those alone",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, CALLS, ("tool", RESPONDS[1] + "\n" + RESPONDS[1]), ANSWERS),
+            "bad_turns",
+            "message 5: tool result 2 after message 3, which makes 1 tool call",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, RESPONDS, ANSWERS),
+            "bad_turns",
+            "message 3: a tool result after a user turn",
+        ),
+    ],
+    ids=[
+        "bad-json",
+        "no-name",
+        "unclosed",
+        "text-after-call",
+        "text-beside-response",
+        "more-results",
+        "no-call",
+    ],
+)
+def test_malformed_hermes_records_are_unfit(
+    turns: tuple[tuple[str, str], ...], reason: str, problem: str
+) -> None:
+    with pytest.raises(Unfit) as e:
+        record_chats(_hermes(*turns), "sharegpt", "hermes.json:item 0")
+    assert e.value.reason == reason and str(e.value).startswith(problem), (e.value.reason, str(e.value))
+
+
 LEGACY_FUNCTIONS = {
     "id": "legacy-1",
     "functions": [WEATHER["function"]],

@@ -16,6 +16,10 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   a ``"function_call"`` turn is an assistant turn calling the functions of its value (the JSON of
   ``{"name", "arguments"}``, or of a list of them), an ``"observation"`` turn a tool result, and the
   record's ``"tools"`` (a list, or its JSON text) the functions offered; written in OpenAI's layout.
+  NousResearch's Hermes layout (hermes-function-calling-v1 and the sets in its shape), written in
+  that layout too: the functions in the system prompt's ``<tools>`` block, ``<tool_call>`` blocks
+  after a gpt turn's text, ``"tool"`` turns of ``<tool_response>`` blocks (see `_sharegpt_chat`
+  and vikhr.sft.tool_layouts).
 
 A record's ``"tools"`` (and ``"functions"``) may hold bare function schemas (``{"name",
 "description", "parameters"}``, LLaMA-Factory's, Glaive's, OpenAI's legacy ones): each is wrapped as
@@ -67,13 +71,20 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import open_text
 from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
-from vikhr.sft.tool_layouts import as_call, as_tool
+from vikhr.sft.tool_layouts import (
+    MalformedToolText,
+    as_call,
+    as_tool,
+    calls_in_answer,
+    tool_results,
+    tools_in_system,
+)
 
 FORMATS = ("messages", "sharegpt", "flan", "alpaca", "dolly", "orca", "nectar", "oasst", "preference")
 ROLE_NAMES = {
@@ -337,15 +348,15 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     untrained: tuple[int, ...] = ()  # messages and sharegpt: the answers of weight 0
     fields: tuple[tuple[int, str, Any], ...] = ()  # and what their messages hold beside role and content
     tools: tuple[Any, ...] = ()  # and the functions the chat offers
-    if fmt in ("messages", "sharegpt"):
-        if fmt == "messages":
-            raw = record["messages"] if "messages" in record else record.get("conversation")
-            messages, untrained, fields = _messages_turns(raw)
-        else:
-            messages, untrained, fields = _sharegpt_turns(record.get("conversations"))
+    if fmt == "messages":
+        raw = record["messages"] if "messages" in record else record.get("conversation")
+        messages, untrained, fields = _messages_turns(raw)
         messages, added = _with_record_system(record, messages)
         untrained, fields = _moved(untrained, fields, added)
         tools = _record_tools(record)
+        turns = [messages]
+    elif fmt == "sharegpt":
+        messages, untrained, fields, tools = _sharegpt_chat(record)
         turns = [messages]
     elif fmt == "alpaca":
         turns = _alpaca_turns(record)
@@ -475,6 +486,7 @@ def _weight(m: dict[str, Any], role: str, i: int) -> bool:
 
 
 Fields = tuple[tuple[int, str, Any], ...]  # see Chat.fields
+_Read = TypeVar("_Read")
 
 
 def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
@@ -530,28 +542,70 @@ def _assistant_calls(m: dict[str, Any], i: int) -> Any:
     return [call]
 
 
-def _sharegpt_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
-    """The turns of a ShareGPT "conversations" list, the indices of the answers of weight 0, and the
-    function calls of its ``function_call`` turns (LLaMA-Factory's and Glaive's layout: an assistant
-    turn whose value is the JSON of ``{"name", "arguments"}`` or of a list of them, parallel calls;
-    an ``observation`` turn is a tool result)."""
+def _sharegpt_chat(
+    record: dict[str, Any],
+) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields, tuple[Any, ...]]:
+    """The turns of a ShareGPT record (the record's ``"system"`` first, see `_with_record_system`), the
+    indices of the answers of weight 0, the messages' calls and tool-result fields, and the functions
+    it offers: its ``"tools"``, else those of a Hermes ``<tools>`` block in its system prompt, which
+    then loses the block (see `tool_layouts.tools_in_system`). An answer's ``<tool_call>`` blocks are
+    read as calls in a chat that offers functions or holds tool turns; elsewhere they stay text."""
+    raw = record.get("conversations")
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
+    opens_with_system = isinstance(raw[0], dict) and raw[0].get("from") == "system"
+    system = raw[0].get("value") if opens_with_system else record.get("system")
+    hermes = tools_in_system(system) if isinstance(system, str) else None
+    tools = _record_tools(record) or (hermes[1] if hermes is not None else ())
+    reads_calls = bool(tools) or any(isinstance(m, dict) and m.get("from") == "tool" for m in raw)
+    turns, untrained, fields = _sharegpt_turns(raw, reads_calls)
+    turns, added = _with_record_system(record, turns)
+    if hermes is not None:  # emptied (the block and its instructions alone): left out as any empty one
+        turns[0] = ("system", hermes[0])
+    return (turns, *_moved(untrained, fields, added), tools)
+
+
+def _sharegpt_turns(
+    raw: list[Any], reads_calls: bool
+) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
+    """The turns of a ShareGPT "conversations" list, the indices of the answers of weight 0, and the
+    function calls: of ``function_call`` turns (LLaMA-Factory's and Glaive's layout: an assistant
+    turn whose value is the JSON of ``{"name", "arguments"}`` or of a list of them, parallel calls;
+    an ``observation`` turn is a tool result), and, where `reads_calls`, of the ``<tool_call>``
+    blocks of gpt turns (Hermes's layout; its ``tool`` turns hold ``<tool_response>`` blocks, one
+    tool result each)."""
     turns, untrained, fields = [], [], []
     for i, m in enumerate(raw, start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"from", "value"}}, got {type(m).__name__}')
         value = _text(m.get("value"), f"turn {i} value")
-        if m.get("from") == "function_call":
+        given = m.get("from")
+        if given == "function_call":
             role = "assistant"
-            fields.append((i - 1, "tool_calls", _function_calls(value, i)))
+            fields.append((len(turns), "tool_calls", _function_calls(value, i)))
             turns.append((role, ""))
+        elif given in ("tool", "observation"):
+            role = "tool"
+            results = _in_text(tool_results, value, i) if given == "tool" else [value]
+            turns += [(role, result) for result in results]
         else:
-            role = "tool" if m.get("from") == "observation" else _role(m.get("from"), i)
+            role = _role(given, i)
+            if role == "assistant" and reads_calls:
+                value, calls = _in_text(calls_in_answer, value, i)
+                if calls:
+                    fields.append((len(turns), "tool_calls", calls))
             turns.append((role, value))
         if not _weight(m, role, i):
-            untrained.append(i - 1)
+            untrained.append(len(turns) - 1)
     return turns, tuple(untrained), tuple(fields)
+
+
+def _in_text(read: Callable[[str, int], _Read], value: str, i: int) -> _Read:
+    """`read`(value, i) of turn `i`'s text (Hermes's tags), its MalformedToolText an Unfit."""
+    try:
+        return read(value, i)
+    except MalformedToolText as e:
+        raise Unfit("bad_record", str(e)) from None
 
 
 def _function_calls(value: str, i: int) -> list[dict[str, Any]]:
