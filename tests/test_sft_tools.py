@@ -998,7 +998,8 @@ def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> N
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (first, second, plain)), encoding="utf-8"
     )
     (tmp_path / "glaive.json").write_text(json.dumps([GLAIVE], ensure_ascii=False), encoding="utf-8")
-    for template, kept, refused in (("chatml", 4, 0), ("mistral", 1, 3)):
+    (tmp_path / "hermes.json").write_text(json.dumps([HERMES], ensure_ascii=False), encoding="utf-8")
+    for template, kept, refused in (("chatml", 5, 0), ("mistral", 1, 4)):
         output = tmp_path / template / "chats.jsonl"
         cfg = {
             "output": str(output),
@@ -1006,8 +1007,11 @@ def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> N
             "template": template,
             "limits": {"min_tokens": 4, "max_tokens": 4096},
             "sources": [
-                {"name": name, "path": str(tmp_path / name), "min_cyrillic_share": 0.5}
-                for name in ("openai.jsonl", "glaive.json")
+                *(
+                    {"name": name, "path": str(tmp_path / name), "min_cyrillic_share": 0.5}
+                    for name in ("openai.jsonl", "glaive.json")
+                ),
+                {"name": "hermes", "path": str(tmp_path / "hermes.json")},  # its system prompt is English
             ],
         }
         path = tmp_path / f"{template}.yaml"
@@ -1020,3 +1024,5 @@ def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> N
     for record in written:
         encode_chat(parse_chat(record), tok, "chatml")
     assert written[3]["tools"] == [CONVERT] and "tool_calls" in written[0]["messages"][2]
+    (hermes_twin,) = record_chats(HERMES_TWIN, "messages", "twin.jsonl:1")
+    assert _without_id(written[4]) == _without_id(hermes_twin.record("hermes"))
