@@ -225,6 +225,19 @@ def test_a_lone_surrogate_is_an_unfit_record_not_a_crash(tmp_path: Path) -> None
     assert report["kept"] == 1 and report["sources"][0]["dropped"] == {"bad_json": 1}
 
 
+def test_an_unknown_role_error_names_the_layouts_function_calling_turns() -> None:
+    """The error listed only the plain roles: a ShareGPT file with a misspelt "observation" turn was
+    told the function-calling turns it could use do not exist."""
+    from vikhr.sft.sources import record_chats
+
+    turns = [{"from": "human", "value": "Погода?"}, {"from": "observaton", "value": "{}"}]
+    with pytest.raises(Unfit, match=r"not one of .*function_call, gpt, human, observation, .*tool"):
+        record_chats({"conversations": turns}, "sharegpt", "x:1")
+    messages = [{"role": "user", "content": "Погода?"}, {"role": "tools", "content": "{}"}]
+    with pytest.raises(Unfit, match=r"not one of .*bot, function, gpt, .*tool, user"):
+        record_chats({"messages": messages}, "messages", "x:2")
+
+
 def test_a_system_field_beside_the_turns_opens_the_chat() -> None:
     """LLaMA-Factory's ShareGPT layout (and OpenAI-style records) keep the system prompt beside the
     turns: it was dropped silently."""
@@ -737,7 +750,8 @@ def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
     }
     examples = source["examples"]
     assert examples["bad_role"] == [
-        f"{bad}:1: turn 2: role 'narrator' is not one of assistant, bot, gpt, human, prompter, system, user"
+        f"{bad}:1: turn 2: role 'narrator' is not one of "
+        "assistant, bot, function, gpt, human, prompter, system, tool, user"
     ]
     assert examples["empty_turn"][0].startswith(f"{bad}:2: turn 2 (assistant) is empty")
     assert examples["unknown_format"][0].startswith(f"{bad}:3: fields (text) fit none of")

@@ -420,10 +420,13 @@ def _record_id(record: dict[str, Any], where: str) -> str:
     return f"{Path(path).name}:{place}"
 
 
-def _role(name: Any, i: int) -> str:
+def _role(name: Any, i: int, tool_roles: tuple[str, ...]) -> str:
+    """The role a turn's `name` stands for; `tool_roles`, the layout's names of function-calling
+    turns (read by the caller), are only named in the error."""
     role = ROLE_NAMES.get(name) if isinstance(name, str) else None
     if role is None:
-        raise Unfit("bad_role", f"turn {i}: role {name!r} is not one of {', '.join(sorted(ROLE_NAMES))}")
+        known = ", ".join(sorted((*ROLE_NAMES, *tool_roles)))
+        raise Unfit("bad_role", f"turn {i}: role {name!r} is not one of {known}")
     return role
 
 
@@ -506,7 +509,9 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], F
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
         # OpenAI's legacy "function" role is a tool result too
-        role = "tool" if m.get("role") in ("tool", "function") else _role(m.get("role"), i)
+        role = (
+            "tool" if m.get("role") in ("tool", "function") else _role(m.get("role"), i, ("tool", "function"))
+        )
         calls = _assistant_calls(m, i) if role == "assistant" else None
         if calls not in (None, []):
             fields.append((i - 1, "tool_calls", calls))
@@ -589,7 +594,7 @@ def _sharegpt_turns(
             results = _in_text(tool_results, value, i) if given == "tool" else [value]
             turns += [(role, result) for result in results]
         else:
-            role = _role(given, i)
+            role = _role(given, i, ("function_call", "observation", "tool"))
             if role == "assistant" and reads_calls:
                 value, calls = _in_text(calls_in_answer, value, i)
                 if calls:
