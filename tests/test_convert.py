@@ -654,6 +654,30 @@ def test_a_trained_run_exports_the_config_of_its_source(tmp_path: Path, family: 
     assert {k: exported.get(k) for k in kept} == kept
 
 
+def test_the_export_walks_the_lineage_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokenizer and the HF source were each looked for in a walk of their own, every meta.json
+    of the lineage read twice."""
+    import vikhr.convert.hf_tokenizer as hf_tokenizer
+    import vikhr.convert.lineage as lineage
+
+    hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
+    shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    run = _trained_from(hf_to_megatron(hf, tmp_path / "meg"), tmp_path / "run")
+    walks, walk = [], lineage.lineage
+
+    def counted(step_dir: Path) -> Any:
+        walks.append(step_dir)
+        return walk(step_dir)
+
+    monkeypatch.setattr(lineage, "lineage", counted)
+    monkeypatch.setattr(hf_tokenizer, "lineage", counted, raising=False)
+    out = megatron_to_hf(run, tmp_path / "out")
+    assert len(walks) == 1
+    assert (out / "tokenizer.model").is_file() and json.loads((out / "config.json").read_text())[
+        "bos_token_id"
+    ] == 1
+
+
 def test_the_source_generation_config_is_exported_with_the_tokenizers_stop_ids(tmp_path: Path) -> None:
     """generation_config.json was made from the tokenizer alone: the source's sampling settings and
     pad id were dropped, and without a tokenizer none was written."""

@@ -8,7 +8,7 @@
 and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, and the
 stop tokens for `generate()` and serving engines) over those of the source model.
 
-Which tokenizer a checkpoint was trained with (`recorded_tokenizer`), first found of:
+Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first found of:
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
      vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vikhr.convert.lineage import Ancestor, HFSource, hf_source, lineage
 from vikhr.errors import VikhrError, read_json_object
 from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, hf_chat_template, own_chat_template
 from vikhr.tokenizer.load import Tokenizer, load
@@ -102,20 +103,28 @@ def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> Non
         )
 
 
-def recorded_tokenizer(step_dir: Path) -> RecordedTokenizer | None:
-    """The tokenizer a checkpoint step directory records, directly or through its run (see module doc)."""
-    from vikhr.convert.lineage import lineage
-
-    for ancestor in lineage(step_dir):
-        meta = ancestor.meta
-        if isinstance(meta.get("tokenizer"), str):
-            return RecordedTokenizer(Path(meta["tokenizer"]), str(ancestor.step_dir / "meta.json"))
-        config = meta.get("config") or {}
-        if config.get("data", {}).get("kind") == "sft":
-            sft = _sft_tokenizer(config, ancestor.cwd)
-            if sft is not None:
-                return sft
+def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
+    """The tokenizer one checkpoint of a lineage records, directly or through its SFT data."""
+    meta = ancestor.meta
+    if isinstance(meta.get("tokenizer"), str):
+        return RecordedTokenizer(Path(meta["tokenizer"]), str(ancestor.step_dir / "meta.json"))
+    config = meta.get("config") or {}
+    if config.get("data", {}).get("kind") == "sft":
+        return _sft_tokenizer(config, ancestor.cwd)
     return None
+
+
+def recorded_in_lineage(step_dir: Path) -> tuple[RecordedTokenizer | None, HFSource | None]:
+    """The tokenizer a checkpoint step directory records, directly or through its run (see module
+    doc), and what `hf-to-megatron` recorded of the HF model its lineage was converted from: the
+    first of each found along one walk of the lineage (vikhr.convert.lineage)."""
+    tokenizer, source = None, None
+    for ancestor in lineage(step_dir):
+        tokenizer = tokenizer or _tokenizer_of(ancestor)
+        source = source or hf_source(ancestor)
+        if tokenizer is not None and source is not None:
+            break
+    return tokenizer, source
 
 
 def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:

@@ -52,12 +52,23 @@ def lineage(step_dir: Path) -> Iterator[Ancestor]:
         step_dir = start
 
 
-def recorded_hf_source(step_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(config.json, generation_config.json) of the HF model the lineage of `step_dir` was converted
-    from, as `hf-to-megatron` recorded them (None for what it did not)."""
-    for ancestor in lineage(step_dir):
-        config = ancestor.meta.get("hf_config")
-        if isinstance(config, dict):
-            generation = ancestor.meta.get("hf_generation_config")
-            return config, generation if isinstance(generation, dict) else None
-    return None, None
+@dataclass(frozen=True)
+class HFSource:
+    """What `hf-to-megatron` recorded of the HF model a lineage was converted from."""
+
+    config: dict[str, Any]  # its config.json
+    generation_config: dict[str, Any] | None  # its generation_config.json
+    tokenizer: Path | None  # the tokenizer file it was converted with
+
+
+def hf_source(ancestor: Ancestor) -> HFSource | None:
+    """What `hf-to-megatron` recorded in this checkpoint of a lineage (None: it is not a conversion)."""
+    meta = ancestor.meta
+    if not isinstance(meta.get("hf_config"), dict):
+        return None
+    generation, tokenizer = meta.get("hf_generation_config"), meta.get("tokenizer")
+    return HFSource(
+        meta["hf_config"],
+        generation if isinstance(generation, dict) else None,
+        Path(tokenizer) if isinstance(tokenizer, str) else None,
+    )

@@ -685,16 +685,15 @@ def megatron_to_hf(
     """
     from vikhr.convert.hf_tokenizer import (
         load_for_model,
-        recorded_tokenizer,
+        recorded_in_lineage,
         warn_of_changed_template,
         write_tokenizer_files,
     )
-    from vikhr.convert.lineage import recorded_hf_source
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[step_dir, *([tokenizer] if tokenizer is not None else [])])
-    recorded = recorded_tokenizer(step_dir)
+    recorded, source = recorded_in_lineage(step_dir)
     chat_template = recorded.template if recorded is not None else None
     tok = None
     if tokenizer is not None:
@@ -704,8 +703,7 @@ def megatron_to_hf(
     if tok is not None and recorded is not None:
         warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
-    source_config, source_generation = recorded_hf_source(step_dir)
-    hf_cfg = model_config_to_hf_config(cfg, source_config)
+    hf_cfg = model_config_to_hf_config(cfg, source.config if source is not None else None)
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
     dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     hf_cfg["torch_dtype"] = dtype
@@ -715,7 +713,8 @@ def megatron_to_hf(
     # warns on every load of a Mistral export that its tokenizer needs `fix_mistral_regex=True`,
     # which would give other ids than the model was trained on.
     hf_cfg["transformers_version"] = importlib.metadata.version("transformers")
-    generation = dict(source_generation or {})  # sampling settings and pad id kept
+    # The source's sampling settings and pad id kept.
+    generation = dict(source.generation_config or {}) if source is not None else {}
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
             spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})
