@@ -714,6 +714,80 @@ def test_the_source_generation_config_is_exported_with_the_tokenizers_stop_ids(t
     )
 
 
+def _word_level_tokenizer(directory: Path, pad_token: str | None) -> Path:
+    """A four-token HF tokenizer of another vocabulary than Mistral's (id 2 is a word there), EOS
+    <|endoftext|>, and `pad_token` named in its tokenizer_config.json."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "привет": 2, "<|pad|>": 3}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<|endoftext|>", "<|pad|>"])
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": pad_token}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _sentencepiece_with_a_pad_piece(path: Path, pad_id: int) -> Path:
+    """Mistral's .model with piece `pad_id` made its <pad> (a control piece, as training writes it)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    proto = load_model_proto(MISTRAL_TOKENIZER)
+    proto.pieces[pad_id].piece, proto.pieces[pad_id].type = "<pad>", pb.ModelProto.SentencePiece.CONTROL
+    proto.trainer_spec.pad_id = pad_id
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_the_exported_pad_id_is_one_of_the_exported_tokenizer(tmp_path: Path) -> None:
+    """The source's pad_token_id was exported whatever tokenizer the export carried: with another one
+    (--tokenizer, or one an SFT run recorded) it named another token, or none. It is now the
+    tokenizer's own pad token, else the source's where that is the same token in both, else null."""
+    from transformers import AutoTokenizer
+
+    hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
+    shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    _edit_config(hf, pad_token_id=2)  # </s>, as many Mistral fine-tunes pad
+    (hf / "generation_config.json").write_text(json.dumps({"pad_token_id": 2, "temperature": 0.6}))
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+
+    def pads(source: Path, tokenizer: Path | None, name: str) -> tuple[Any, Any]:
+        out = megatron_to_hf(source, tmp_path / "out" / name, tokenizer=tokenizer)
+        configs = [json.loads((out / f).read_text()) for f in ("config.json", "generation_config.json")]
+        assert configs[1]["temperature"] == 0.6
+        return configs[0].get("pad_token_id", "absent"), configs[1].get("pad_token_id", "absent")
+
+    assert pads(meg, None, "own") == (2, 2)  # the source's tokenizer
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert pads(meg, shutil.copy(MISTRAL_TOKENIZER, elsewhere), "copy") == (2, 2)  # the same pieces
+    other = _word_level_tokenizer(tmp_path / "other", pad_token=None)
+    assert pads(meg, other, "other") == (None, None)  # 2 is "привет" there
+    with_pad = _word_level_tokenizer(tmp_path / "with-pad", pad_token="<|pad|>")
+    assert pads(meg, with_pad, "with-pad") == (3, 3)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out" / "with-pad").pad_token_id == 3
+    spm_pad = _sentencepiece_with_a_pad_piece(tmp_path / "pad.model", 31999)
+    assert pads(meg, spm_pad, "spm-pad") == (31999, 31999)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out" / "spm-pad").pad_token_id == 31999
+
+    # A source tokenizer past its vocabulary: null; an SFT run's tokenizer, recorded in its data.
+    _edit_config(hf, pad_token_id=31999)
+    small = megatron_to_hf(hf_to_megatron(hf, tmp_path / "meg-2"), tmp_path / "out" / "x", tokenizer=other)
+    assert json.loads((small / "config.json").read_text())["pad_token_id"] is None
+    sft_run = _trained_from(meg, tmp_path / "sft-run")
+    step = sft_run / "step_000002"
+    meta = json.loads((step / "meta.json").read_text())
+    meta["config"]["data"] = {"kind": "sft", "train": [{"prefix": str(tmp_path / "chats")}]}
+    (step / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "chats_sft.json").write_text(json.dumps({"tokenizer": str(other / "tokenizer.json")}))
+    assert pads(sft_run, None, "sft") == (None, None)
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

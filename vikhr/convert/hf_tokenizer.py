@@ -5,8 +5,10 @@
     tokenizer_config.json    BOS/EOS/UNK tokens and, where known, the chat template
     special_tokens_map.json  the same special tokens, for loaders that read only this file
 
-and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, and the
-stop tokens for `generate()` and serving engines) over those of the source model.
+and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, the stop
+tokens for `generate()` and serving engines, and the pad id) over those of the source model. The pad
+id is the tokenizer's pad token; without one the source's stays only where it is the same token in
+the exported tokenizer as in the source's (`keep_source_pad_ids`).
 
 Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first found of:
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
@@ -177,6 +179,43 @@ def _source_stop_ids(tok: Tokenizer) -> tuple[list[int], list[int]]:
     return found[0], found[1]
 
 
+def _own_pad_id(tok: Tokenizer, config: dict[str, Any]) -> int | None:
+    """The id of the pad token that the written tokenizer_config.json names (None: it names none,
+    or a token the vocabulary lacks)."""
+    pad = config.get("pad_token")
+    name = pad.get("content") if isinstance(pad, dict) else pad
+    return tok.piece_to_id(name) if isinstance(name, str) else None
+
+
+def _means_the_same(i: Any, source: Tokenizer, tok: Tokenizer) -> bool:
+    """Whether id `i` is the same piece in `tok` as in the source's tokenizer."""
+    if type(i) is not int or not (0 <= i < source.vocab_size and i < tok.vocab_size):
+        return False
+    piece = tok.id_to_piece(i)
+    return piece != "" and piece == source.id_to_piece(i)
+
+
+def keep_source_pad_ids(tok: Tokenizer, source_tokenizer: Path | None, *configs: dict[str, Any]) -> None:
+    """For an export whose tokenizer `tok` has no pad token of its own: each config's pad_token_id,
+    the HF source's, is kept where it is the same piece in `tok` as in `source_tokenizer` (the
+    tokenizer the source was converted with), else set to null. Another tokenizer (--tokenizer, or
+    one an SFT run recorded) may give that id to another token, or not have it; with no source
+    tokenizer to compare with, the id is dropped."""
+    if all(c.get("pad_token_id") is None for c in configs):
+        return
+    source = None
+    if source_tokenizer is not None:
+        try:
+            same_file = source_tokenizer.resolve() == tok.path.resolve()
+            source = tok if same_file else load(source_tokenizer)
+        except (OSError, VikhrError):  # gone or unreadable since the conversion: nothing to compare with
+            source = None
+    for config in configs:
+        i = config.get("pad_token_id")
+        if i is not None and (source is None or not _means_the_same(i, source, tok)):
+            config["pad_token_id"] = None
+
+
 def _with(ids: list[int], *more: int | None) -> list[int]:
     return [*ids, *(i for i in dict.fromkeys(more) if i is not None and i not in ids)]
 
@@ -189,7 +228,9 @@ def write_tokenizer_files(
     `template`: a vikhr.sft.template name; without one (or with ``own``), a chat template of the
     tokenizer's own (tokenizer_config.json or chat_template.jinja beside it) is kept. Returns the
     BOS/EOS ids for config.json (EOS a list where the config.json beside the tokenizer lists several)
-    and for generation_config.json (EOS a list of every stop token where there are several).
+    and for generation_config.json (EOS a list of every stop token where there are several), and
+    for both the pad id where the tokenizer has a pad token (tokenizer_config.json's `pad_token`, a
+    SentencePiece model's pad piece); where it has none, `keep_source_pad_ids` decides.
     """
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
@@ -207,6 +248,9 @@ def write_tokenizer_files(
         if i is not None:
             config[f"{name}_token"] = tok.id_to_piece(i)
             ids[f"{name}_token_id"] = i
+    pad_id = _own_pad_id(tok, config)
+    if pad_id is not None:
+        ids["pad_token_id"] = pad_id
     generation: dict[str, Any] = dict(ids)
     # A model that stopped on several tokens keeps stopping on them (the EOS among them).
     config_stops, generation_stops = _source_stop_ids(tok)

@@ -681,9 +681,13 @@ def megatron_to_hf(
     `tokenizer.json` or a directory) or else the one the checkpoint records; without either, only
     the weights and the configs are written. config.json and generation_config.json start from those
     of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: a trained
-    run's, through its model.init), with the model's shape and the tokenizer's ids over them.
+    run's, through its model.init), with the model's shape and the tokenizer's ids over them. Their
+    pad_token_id is the tokenizer's pad token where it has one; else the source's is kept where it
+    is the same token in the exported tokenizer as in the one the source was converted with (with
+    another tokenizer it may name another token, or none), and is null otherwise.
     """
     from vikhr.convert.hf_tokenizer import (
+        keep_source_pad_ids,
         load_for_model,
         recorded_in_lineage,
         warn_of_changed_template,
@@ -713,7 +717,7 @@ def megatron_to_hf(
     # warns on every load of a Mistral export that its tokenizer needs `fix_mistral_regex=True`,
     # which would give other ids than the model was trained on.
     hf_cfg["transformers_version"] = importlib.metadata.version("transformers")
-    # The source's sampling settings and pad id kept.
+    # The source's sampling settings and ids (its pad id checked against the tokenizer below).
     generation = dict(source.generation_config or {}) if source is not None else {}
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
@@ -725,6 +729,8 @@ def megatron_to_hf(
             config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
             hf_cfg.update(config_ids)
             generation.update(generation_ids)
+            if "pad_token_id" not in config_ids:  # the tokenizer has no pad token: the source's, if it fits
+                keep_source_pad_ids(tok, source.tokenizer if source is not None else None, hf_cfg, generation)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")

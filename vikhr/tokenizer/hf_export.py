@@ -187,7 +187,7 @@ def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> d
         "bos_token": piece(spec.bos_id),
         "eos_token": piece(spec.eos_id),
         "unk_token": piece(spec.unk_id),
-        "pad_token": None,
+        "pad_token": piece(spec.pad_id),
         "clean_up_tokenization_spaces": False,
         "legacy": False,
         "model_max_length": model_max_length,
