@@ -578,6 +578,31 @@ def test_a_base_and_its_instruction_tuned_successor_merge_into_a_chat_model(
             assert summary["chat_files"] == {"from": "model_b", "why": "model A has none"}
 
 
+def test_config_json_stops_at_the_ids_the_generation_config_stops_at(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """generation_config.json stopped at both models' EOS ids while config.json kept A's alone: a
+    tool reading the EOS from config.json ran past B's <|im_end|>. A model without a
+    generation_config.json stops at config.json's EOS (transformers' rule), and the merge did not
+    stop there."""
+    from transformers import AutoConfig, GenerationConfig
+
+    a, b, stops = _base_and_instruct(models, tmp_path)
+    for first, second in ((a, b), (b, a)):
+        out = tmp_path / f"out-{first.name}"
+        summary = merge_checkpoints(first, second, out, Schedule((0.3,)), show_progress=False)
+        assert json.loads((out / "config.json").read_text())["eos_token_id"] == stops
+        assert AutoConfig.from_pretrained(out).eos_token_id == stops
+        assert GenerationConfig.from_pretrained(out).eos_token_id == stops == summary["eos_token_id"]
+    (a / "generation_config.json").unlink()
+    config = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**config, "eos_token_id": stops[1]}))  # <|endoftext|>
+    out = tmp_path / "a-without-generation-config"
+    merge_checkpoints(a, b, out, Schedule((0.3,)), show_progress=False)
+    assert GenerationConfig.from_pretrained(out).eos_token_id == stops
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == stops
+
+
 def test_two_different_chat_templates_need_chat_template_from(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,8 +12,9 @@ config.json and the vocabulary files come from A (from B when A lacks one); wher
 template, the special tokens' names, the generation config) come from the model whose chat template
 the merge takes: the one that has a template where only one has (a base model and its
 instruction-tuned successor), `chat_template_from` where given, else A; two different templates
-need `chat_template_from`. generation_config.json stops at the EOS ids of both models, so that a
-merge stops where either model learnt to.
+need `chat_template_from`. Where the two models stop at different EOS ids (generation_config.json's,
+else config.json's), generation_config.json and config.json both list the ids of both models, so that
+a merge stops where either model learnt to, whichever of the two files a tool reads.
 """
 
 from __future__ import annotations
@@ -266,18 +267,40 @@ def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, 
 
 
 def _stop_ids(model: Path) -> list[int]:
-    """The EOS ids of the model's generation_config.json (one or a list; none without the file)."""
-    path = model / GENERATION_CONFIG
-    value = read_json_object(path).get("eos_token_id") if path.is_file() else None
+    """The EOS ids the model's generation stops at: its generation_config.json's (one or a list),
+    else config.json's, which transformers takes where there is no generation config."""
+    value = None
+    for name in (GENERATION_CONFIG, "config.json"):
+        if (model / name).is_file():
+            value = read_json_object(model / name).get("eos_token_id")
+            break
     return [i for i in (value if isinstance(value, list) else [value]) if type(i) is int]
 
 
-def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> list[int] | None:
+def _merged_stops(a: Path, b: Path, chat: Path) -> list[int] | None:
+    """Both models' stop ids, `chat`'s first, where the two stop at different ids (else None)."""
+    chat_stops, other_stops = _stop_ids(chat), _stop_ids(b if chat == a else a)
+    if set(chat_stops) == set(other_stops):
+        return None
+    return chat_stops + [i for i in other_stops if i not in chat_stops]
+
+
+def _write_stops(work: Path, stops: list[int]) -> None:
+    """generation_config.json and config.json of the merge list `stops` as eos_token_id: transformers'
+    generate reads the first, tools that read the model's EOS from config.json the second (a list,
+    as in Llama-3.1's config.json; one id where there is one)."""
+    value = stops if len(stops) > 1 else stops[0]
+    for name in (GENERATION_CONFIG, "config.json"):
+        path = work / name
+        if path.is_file() and read_json_object(path).get("eos_token_id") != value:
+            _write_json(path, {**read_json_object(path), "eos_token_id": value})
+
+
+def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> None:
     """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
     the vocabulary files all from one model (A's if it has any): a vocabulary only B has is not
     compared with A's, and could be another; CHAT_FILES from `chat` (see `_chat_side`) or else the
-    other model, without that one's chat template. Returns the merged stop ids where they are both
-    models' (None where `chat`'s own already hold them)."""
+    other model, without that one's chat template."""
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
@@ -297,13 +320,6 @@ def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: 
     config = work / "tokenizer_config.json"
     if config.is_file() and not (chat / config.name).is_file():  # the other's, without its template
         _write_json(config, {k: v for k, v in read_json_object(config).items() if k != "chat_template"})
-    chat_stops = _stop_ids(chat)
-    stops = chat_stops + [i for i in _stop_ids(other) if i not in chat_stops]
-    if stops == _stop_ids(work):  # also where the merge has no generation_config.json
-        return None
-    generation = {**read_json_object(work / GENERATION_CONFIG), "eos_token_id": stops}
-    _write_json(work / GENERATION_CONFIG, generation)
-    return stops
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
@@ -353,8 +369,11 @@ def merge_checkpoints(
             sizes = {
                 h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
             }
-        stops = _copy_side_files(a, b, work, sizes, chat)
+        _copy_side_files(a, b, work, sizes, chat)
         _with_context(work, context)
+        stops = _merged_stops(a, b, chat)
+        if stops is not None:
+            _write_stops(work, stops)
         chat_files = {"from": "model_a" if chat == a else "model_b", "why": chat_reason}
         summary = {
             "method": method,

@@ -18,8 +18,8 @@ def register(sub: Any) -> None:
         "has none), with the longer of the two contexts. The chat files (the chat template, "
         "tokenizer_config.json, special_tokens_map.json, generation_config.json) come from the model that "
         "has a chat template where only one has (a base model and its instruction-tuned successor), "
-        "else from A; two different templates need --chat-template-from. The generation config stops "
-        "at the EOS ids of both models.",
+        "else from A; two different templates need --chat-template-from. The generation config and "
+        "config.json stop at the EOS ids of both models.",
     )
     p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
     p.add_argument("model_b", help="HF model directory B (t = 1)")
