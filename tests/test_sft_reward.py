@@ -54,17 +54,24 @@ def _reward_model(
     seed: int = 0,
     specials: bool = True,
     gpt2_positions: int = 0,
+    bos_eos: bool = False,
 ) -> Path:
     """A random tiny Llama reward model (num_labels=1) with a small BPE tokenizer trained here
-    (`specials`: with BOS/EOS/UNK tokens; `gpt2_positions`: a GPT-2 of that many positions instead)."""
+    (`specials`: with BOS/EOS/UNK tokens; `gpt2_positions`: a GPT-2 of that many positions instead;
+    `bos_eos`: the tokenizer writes BOS and EOS around a text, as its special tokens)."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
     backend.train_from_iterator(QUESTIONS + ANSWERS + ["User Assistant System"], trainer)
+    if bos_eos:
+        specials_ids = [("<s>", backend.token_to_id("<s>")), ("</s>", backend.token_to_id("</s>"))]
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=specials_ids
+        )
     names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} if specials else {}
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, **names)
     if chat_template is not None:
@@ -451,6 +458,56 @@ def test_a_very_long_chat_is_tokenized_from_its_tail_with_the_same_score(
     seen.clear()
     assert model.score([long, short, spaced]) == tail_scores
     assert max(seen) == len(model.render(long))
+
+
+@pytest.mark.parametrize(
+    "template", [None, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"]
+)
+def test_each_chat_is_tokenized_once_and_scored_on_the_tokenizers_own_cut_and_padding(
+    tmp_path: Path, template: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chat was tokenized twice, once for its length and once for the model. The ids of the one
+    pass, cut and padded by vikhr, are those the tokenizer's own left truncation (its BOS and EOS
+    kept) and right padding give, and so are the scores."""
+    import torch
+
+    model_dir = _reward_model(tmp_path / "rm", template, bos_eos=True)
+    model = RewardModel(reward_scorer(model_dir, max_length=12), "cpu")
+    chats = [_messages(i) for i in range(6)]
+    chats.append(
+        [{"role": "user", "content": " ".join(QUESTIONS[:4])}, {"role": "assistant", "content": ANSWERS[1]}]
+    )
+    texts = [model.render(c) for c in chats]
+    tok = model.tokenizer
+    tok.padding_side, tok.truncation_side = "right", "left"
+    expected = tok(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=12,
+        add_special_tokens=template is None,
+        return_tensors="pt",
+    )
+    if template is None:
+        assert (
+            expected["input_ids"][-1, 0] == tok.bos_token_id and tok.eos_token_id in expected["input_ids"][-1]
+        )
+    with torch.inference_mode():
+        logits = model.model(
+            input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]
+        ).logits
+    calls: list[int] = []
+    tokenize = tok.__class__.__call__
+
+    def counted(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return tokenize(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(tok.__class__, "__call__", counted)
+    assert model.score(chats) == [float(x) for x in logits[:, 0]]
+    assert calls == [len(chats)]  # one call, every chat once
+    long_ones = sum(len(ids) > 12 for ids in tok(texts, add_special_tokens=template is None)["input_ids"])
+    assert model.cut == long_ones > 0
 
 
 def test_scores_of_another_reward_model_or_max_length_are_refused(tmp_path: Path, reward_dir: Path) -> None:

@@ -199,6 +199,7 @@ def reward_scorer(model_dir: str | Path, max_length: int = 2048) -> RewardScorer
 # (more than a token holds, bar long runs of white space), when those give max_length + the spare.
 TAIL_CHARS_PER_TOKEN = 16
 TAIL_SPARE_TOKENS = 64
+_PROBE = "User: a"  # a text to find where a tokenizer puts its special tokens
 
 
 class RewardModel:
@@ -219,8 +220,6 @@ class RewardModel:
                 f"{path}: its tokenizer does not load ({' '.join(str(e).split())[:200]}); a reward model "
                 "directory holds the tokenizer it was trained with"
             ) from None
-        self.tokenizer.padding_side = "right"
-        self.tokenizer.truncation_side = "left"  # a long chat keeps its answer
         if self.tokenizer.pad_token_id is None and (self.tokenizer.eos_token or self.tokenizer.unk_token):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.cut = 0  # chats scored on their last max_length tokens
@@ -229,6 +228,7 @@ class RewardModel:
             path, use_safetensors=True, dtype=dtype
         )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.added_around = _added_around(self.tokenizer)  # BOS/EOS a chat cut to its end keeps
         self.model.to(self.device).eval()
 
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -246,40 +246,62 @@ class RewardModel:
 
     def score(self, chats: list[list[dict[str, str]]]) -> list[float]:
         special = not self.tokenizer.chat_template
-        texts, lengths = self._tails([self.render(c) for c in chats], special)
-        self.cut += sum(n > self.max_length for n in lengths)
+        ids = self._token_ids([self.render(c) for c in chats], special)
+        self.cut += sum(len(i) > self.max_length for i in ids)
+        ids = [self._last_tokens(i, special) for i in ids]
         if self.tokenizer.pad_token_id is None:  # nothing to pad with: one chat at a time
-            return [self._score_batch([text], special)[0] for text in texts]
-        return self._score_batch(texts, special)
+            return [self._score_batch([i])[0] for i in ids]
+        return self._score_batch(ids)
 
-    def _tails(self, texts: list[str], special: bool) -> tuple[list[str], list[int]]:
-        """The texts to tokenize, and their lengths in tokens. A text of more than max_length ×
-        TAIL_CHARS_PER_TOKEN characters is cut to that many last ones when they still hold well over
-        max_length tokens: the left truncation keeps only the last max_length, far from the cut
-        (a 10 MB chat tokenized whole took 30 s and GBs); else the whole text is taken."""
+    def _token_ids(self, texts: list[str], special: bool) -> list[list[int]]:
+        """Each text's ids, whole (they give its length, and then the model its input: each text is
+        tokenized once). A text of more than max_length × TAIL_CHARS_PER_TOKEN characters is cut to
+        that many last ones when they still hold well over max_length tokens: only the last
+        max_length are kept, far from the cut (a 10 MB chat tokenized whole took 30 s and GBs);
+        else the whole text is taken."""
         keep = self.max_length * TAIL_CHARS_PER_TOKEN
         tails = [text[-keep:] if len(text) > keep else text for text in texts]
-        lengths = list(self.tokenizer(tails, add_special_tokens=special, return_length=True)["length"])
-        for i, (text, n) in enumerate(zip(texts, lengths, strict=True)):
-            if len(text) > keep and n < self.max_length + TAIL_SPARE_TOKENS:
-                tails[i] = text
-                lengths[i] = len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-        return tails, lengths
+        ids = list(self.tokenizer(tails, add_special_tokens=special)["input_ids"])
+        for i, text in enumerate(texts):
+            if len(text) > keep and len(ids[i]) < self.max_length + TAIL_SPARE_TOKENS:
+                ids[i] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return ids
 
-    def _score_batch(self, texts: list[str], special: bool) -> list[float]:
+    def _last_tokens(self, ids: list[int], special: bool) -> list[int]:
+        """A chat's last max_length ids, those the tokenizer adds around a text (BOS, an EOS) kept:
+        what its own truncation on the left gives."""
+        if len(ids) <= self.max_length:
+            return ids
+        before, after = self.added_around if special else (0, 0)
+        end = len(ids) - after
+        start = max(before, end - (self.max_length - before - after))
+        return ids[:before] + ids[start:]
+
+    def _score_batch(self, ids: list[list[int]]) -> list[float]:
+        """The scores of chats given by their ids, padded on the right as the tokenizer pads."""
         import torch
 
-        batch = self.tokenizer(
-            texts,
-            padding=len(texts) > 1,
-            truncation=True,
-            max_length=self.max_length,
-            add_special_tokens=special,
-            return_tensors="pt",
-        ).to(self.device)
+        pad_id = self.tokenizer.pad_token_id  # None only for a batch of one: no padding
+        input_ids = torch.full((len(ids), max(map(len, ids))), pad_id or 0, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, : len(seq)] = 1
         with torch.inference_mode():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+            ).logits
         return [float(x) for x in logits[:, 0].float().cpu()]
+
+
+def _added_around(tokenizer: Any) -> tuple[int, int]:
+    """How many ids `tokenizer` adds before and after a text's own with its special tokens."""
+    own = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(_PROBE, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(own) + 1):
+        if full[start : start + len(own)] == own:
+            return start, len(full) - len(own) - start
+    return len(full) - len(own), 0  # the text's ids changed by the specials (none known does this)
 
 
 def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
