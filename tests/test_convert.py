@@ -747,7 +747,8 @@ def _sentencepiece_with_a_pad_piece(path: Path, pad_id: int) -> Path:
 def test_the_exported_pad_id_is_one_of_the_exported_tokenizer(tmp_path: Path) -> None:
     """The source's pad_token_id was exported whatever tokenizer the export carried: with another one
     (--tokenizer, or one an SFT run recorded) it named another token, or none. It is now the
-    tokenizer's own pad token, else the source's where that is the same token in both, else null."""
+    tokenizer's own pad token, else the source's where that is the same token in both, else null;
+    likewise the BOS id of a tokenizer without a BOS."""
     from transformers import AutoTokenizer
 
     hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
@@ -768,6 +769,9 @@ def test_the_exported_pad_id_is_one_of_the_exported_tokenizer(tmp_path: Path) ->
     assert pads(meg, shutil.copy(MISTRAL_TOKENIZER, elsewhere), "copy") == (2, 2)  # the same pieces
     other = _word_level_tokenizer(tmp_path / "other", pad_token=None)
     assert pads(meg, other, "other") == (None, None)  # 2 is "привет" there
+    # It has no BOS either: Mistral's <s> (1) is its <|endoftext|> and was exported as the BOS id.
+    assert json.loads((tmp_path / "out" / "other" / "config.json").read_text())["bos_token_id"] is None
+    assert json.loads((tmp_path / "out" / "copy" / "config.json").read_text())["bos_token_id"] == 1
     with_pad = _word_level_tokenizer(tmp_path / "with-pad", pad_token="<|pad|>")
     assert pads(meg, with_pad, "with-pad") == (3, 3)
     assert AutoTokenizer.from_pretrained(tmp_path / "out" / "with-pad").pad_token_id == 3

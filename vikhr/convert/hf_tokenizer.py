@@ -8,7 +8,8 @@
 and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, the stop
 tokens for `generate()` and serving engines, and the pad id) over those of the source model. The pad
 id is the tokenizer's pad token; without one the source's stays only where it is the same token in
-the exported tokenizer as in the source's (`keep_source_pad_ids`).
+the exported tokenizer as in the source's (`keep_source_ids`; likewise the BOS id of a tokenizer
+without a BOS).
 
 Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first found of:
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
@@ -195,13 +196,15 @@ def _means_the_same(i: Any, source: Tokenizer, tok: Tokenizer) -> bool:
     return piece != "" and piece == source.id_to_piece(i)
 
 
-def keep_source_pad_ids(tok: Tokenizer, source_tokenizer: Path | None, *configs: dict[str, Any]) -> None:
-    """For an export whose tokenizer `tok` has no pad token of its own: each config's pad_token_id,
-    the HF source's, is kept where it is the same piece in `tok` as in `source_tokenizer` (the
-    tokenizer the source was converted with), else set to null. Another tokenizer (--tokenizer, or
-    one an SFT run recorded) may give that id to another token, or not have it; with no source
-    tokenizer to compare with, the id is dropped."""
-    if all(c.get("pad_token_id") is None for c in configs):
+def keep_source_ids(
+    tok: Tokenizer, source_tokenizer: Path | None, keys: list[str], *configs: dict[str, Any]
+) -> None:
+    """For the special ids `keys` (``bos_token_id``, ``pad_token_id``) the exported tokenizer `tok`
+    has no token for: each config's id, the HF source's, is kept where it is the same piece in `tok`
+    as in `source_tokenizer` (the tokenizer the source was converted with), else set to null. Another
+    tokenizer (--tokenizer, or one an SFT run recorded) may give that id to another token, or not
+    have it; with no source tokenizer to compare with, the id is dropped."""
+    if all(c.get(key) is None for c in configs for key in keys):
         return
     source = None
     if source_tokenizer is not None:
@@ -211,9 +214,10 @@ def keep_source_pad_ids(tok: Tokenizer, source_tokenizer: Path | None, *configs:
         except (OSError, VikhrError):  # gone or unreadable since the conversion: nothing to compare with
             source = None
     for config in configs:
-        i = config.get("pad_token_id")
-        if i is not None and (source is None or not _means_the_same(i, source, tok)):
-            config["pad_token_id"] = None
+        for key in keys:
+            i = config.get(key)
+            if i is not None and (source is None or not _means_the_same(i, source, tok)):
+                config[key] = None
 
 
 def _with(ids: list[int], *more: int | None) -> list[int]:
@@ -230,7 +234,7 @@ def write_tokenizer_files(
     BOS/EOS ids for config.json (EOS a list where the config.json beside the tokenizer lists several)
     and for generation_config.json (EOS a list of every stop token where there are several), and
     for both the pad id where the tokenizer has a pad token (tokenizer_config.json's `pad_token`, a
-    SentencePiece model's pad piece); where it has none, `keep_source_pad_ids` decides.
+    SentencePiece model's pad piece); where it has none, `keep_source_ids` decides.
     """
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 

@@ -684,10 +684,11 @@ def megatron_to_hf(
     run's, through its model.init), with the model's shape and the tokenizer's ids over them. Their
     pad_token_id is the tokenizer's pad token where it has one; else the source's is kept where it
     is the same token in the exported tokenizer as in the one the source was converted with (with
-    another tokenizer it may name another token, or none), and is null otherwise.
+    another tokenizer it may name another token, or none), and is null otherwise; so is the
+    bos_token_id of a tokenizer without a BOS.
     """
     from vikhr.convert.hf_tokenizer import (
-        keep_source_pad_ids,
+        keep_source_ids,
         load_for_model,
         recorded_in_lineage,
         warn_of_changed_template,
@@ -729,8 +730,11 @@ def megatron_to_hf(
             config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
             hf_cfg.update(config_ids)
             generation.update(generation_ids)
-            if "pad_token_id" not in config_ids:  # the tokenizer has no pad token: the source's, if it fits
-                keep_source_pad_ids(tok, source.tokenizer if source is not None else None, hf_cfg, generation)
+            # Ids the tokenizer has no token for (no pad, no BOS): the source's, where they still fit.
+            missing = [key for key in ("bos_token_id", "pad_token_id") if key not in config_ids]
+            keep_source_ids(
+                tok, source.tokenizer if source is not None else None, missing, hf_cfg, generation
+            )
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
