@@ -442,6 +442,14 @@ CALLING_WITH_IDS = {
         {**_call("get_weather", {"city": "Тула"}), "id": "call_2"},
     ],
 }
+CALLING_TWO_FUNCTIONS = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {**_call("get_weather", {"city": "Москва"}), "id": "call_1"},
+        {**_call("convert_currency", {"amount": 1, "from": "USD", "to": "RUB"}), "id": "call_2"},
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -507,6 +515,27 @@ CALLING_WITH_IDS = {
             "message 3: tool_call_id 'call_7' is none of the ids of the calls of message 2 "
             "('call_1', 'call_2')",
         ),
+        (
+            _chat(
+                USER,
+                CALLING_WITH_IDS,
+                {**RESULT, "tool_call_id": "call_1"},
+                {**RESULT, "tool_call_id": "call_1"},
+                ANSWER,
+            ),
+            "message 4: a second tool result for tool_call_id 'call_1' (message 3 answers it already; "
+            "one result per call)",
+        ),
+        (
+            _chat(USER, CALLING, {**RESULT, "name": "convert_currency"}, ANSWER),
+            "message 3: tool result name 'convert_currency' is none of the functions it answers (the calls "
+            "of message 2: 'get_weather')",
+        ),
+        (  # the id names the call the result answers: the other call's name is not its
+            _chat(USER, CALLING_TWO_FUNCTIONS, {**RESULT, "tool_call_id": "call_2", "name": "get_weather"}),
+            "message 3: tool result name 'get_weather' is none of the functions it answers (the call "
+            "'call_2' of message 2: 'convert_currency')",
+        ),
     ],
 )
 def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], problem: str) -> None:
@@ -528,8 +557,37 @@ def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], proble
         _chat(USER, CALLING_WITH_IDS, RESULT, ANSWER),  # LLaMA-Factory: one result turn for parallel calls
         _chat(USER, CALLING, {**RESULT, "tool_call_id": "call_9"}, ANSWER),  # the calls name no ids
         _chat(USER, CALLING_WITH_IDS),  # the chat ends with its calls: no result need follow
+        _chat(
+            USER,
+            CALLING_TWO_FUNCTIONS,
+            {**RESULT, "tool_call_id": "call_2", "name": "convert_currency"},
+            {**RESULT, "tool_call_id": "call_1", "name": "get_weather"},
+            ANSWER,
+        ),
+        _chat(  # names without ids, in any order
+            USER,
+            CALLING_TWO_FUNCTIONS,
+            {**RESULT, "name": "convert_currency"},
+            {**RESULT, "name": "get_weather"},
+            ANSWER,
+        ),
+        _chat(  # the calls name no ids: a result's tool_call_id answers none, twice is no second answer
+            USER,
+            {**CALLING, "tool_calls": CALLING["tool_calls"] * 2},
+            {**RESULT, "tool_call_id": "call_0"},
+            {**RESULT, "tool_call_id": "call_0"},
+            ANSWER,
+        ),
     ],
-    ids=["ids-in-any-order", "fewer-results-than-calls", "calls-without-ids", "ends-with-calls"],
+    ids=[
+        "ids-in-any-order",
+        "fewer-results-than-calls",
+        "calls-without-ids",
+        "ends-with-calls",
+        "ids-and-names",
+        "names-without-ids",
+        "same-id-calls-without-ids",
+    ],
 )
 def test_results_that_answer_their_calls_are_read(record: dict[str, Any]) -> None:
     parse_chat(record)
@@ -966,6 +1024,31 @@ def test_openai_legacy_function_calling_is_read_as_tool_calls(qwen_dir: tuple[st
             _chat(USER, {"role": "function", "name": "get_weather", "content": "+20"}, ANSWER),
             "bad_turns",
             "message 2: a tool result after a user turn",
+        ),
+        (
+            "messages",
+            {
+                **LEGACY_FUNCTIONS,
+                "messages": [
+                    *LEGACY_FUNCTIONS["messages"][:3],
+                    {"role": "function", "name": "get_time", "content": "12:00"},
+                    LEGACY_FUNCTIONS["messages"][4],
+                ],
+            },
+            "bad_turns",
+            "message 4: tool result name 'get_time' is none of the functions it answers",
+        ),
+        (
+            "messages",
+            _chat(
+                USER,
+                CALLING_WITH_IDS,
+                {**RESULT, "tool_call_id": "call_2"},
+                {**RESULT, "tool_call_id": "call_2"},
+                ANSWER,
+            ),
+            "bad_turns",
+            "message 4: a second tool result for tool_call_id 'call_2'",
         ),
     ],
 )

@@ -86,8 +86,9 @@ results; the record's optional ``"tools": [{"type": "function", "function": {...
 functions offered. An assistant turn with calls is followed by one or more tool results, then an
 assistant turn; the chat ends with an assistant turn (one that only calls functions too: the calls
 are trained, no result need follow). A result answers a call of the answer before it: no more
-results than calls (fewer is read: LLaMA-Factory's layout gives parallel calls one result), and
-where every call has an ``id``, a result's ``tool_call_id`` is one of them. ``chatml`` and
+results than calls (fewer is read: LLaMA-Factory's layout gives parallel calls one result); where
+every call has an ``id``, a result's ``tool_call_id`` is one of them, answered once; a result's
+``name``, where given, is the function of a call it answers. ``chatml`` and
 ``qwen3`` render them as Qwen2.5-7B-Instruct's and Qwen3-8B's templates do: the tools, each as
 ``tojson`` writes it (json.dumps with ensure_ascii=False, keys in the chat's order), in the system
 turn after the system message and a blank line, with Qwen's wording (``# Tools`` … ``<tools>`` …
@@ -525,14 +526,16 @@ def _check_turn(m: Message, previous: Message | None, number: int) -> None:
 
 def _check_results(messages: list[Message]) -> None:
     """VikhrError unless the tool results after each answer with calls answer those calls: no more
-    results than calls, and a result's ``tool_call_id`` one of the calls' ids where every call has
-    one. (A call may go without a result: the chat may end with it, and LLaMA-Factory's layout gives
-    parallel calls one result turn.)"""
+    results than calls; where every call has an ``id``, a result's ``tool_call_id`` one of them and
+    no two results naming the same one; a result's ``name``, where given, the name of a call it
+    answers. (A call may go without a result: the chat may end with it, and LLaMA-Factory's layout
+    gives parallel calls one result turn.)"""
     calls: tuple[ToolCall, ...] = ()
     asked_by, answered = 0, 0  # the message that made the calls, and the results since
+    answered_ids: dict[str, int] = {}  # the tool_call_ids answered since, with the result naming each
     for number, m in enumerate(messages, start=1):
         if m.role == "assistant":
-            calls, asked_by, answered = m.tool_calls, number, 0
+            calls, asked_by, answered, answered_ids = m.tool_calls, number, 0, {}
         elif m.role == "tool":  # `_check_turn` saw that calls came before
             answered += 1
             if answered > len(calls):
@@ -540,12 +543,37 @@ def _check_results(messages: list[Message]) -> None:
                     f"message {number}: tool result {answered} after message {asked_by}, which makes "
                     f"{len(calls)} tool call{'s' * (len(calls) != 1)} (one result per call)"
                 )
-            ids = [call.id for call in calls]
-            if m.tool_call_id is not None and None not in ids and m.tool_call_id not in ids:
-                raise VikhrError(
-                    f"message {number}: tool_call_id {m.tool_call_id!r} is none of the ids of the calls "
-                    f"of message {asked_by} ({', '.join(map(repr, ids))})"
-                )
+            _check_result(m, number, calls, asked_by, answered_ids)
+
+
+def _check_result(
+    m: Message, number: int, calls: tuple[ToolCall, ...], asked_by: int, answered_ids: dict[str, int]
+) -> None:
+    """VikhrError unless tool result `m` (message `number`) names a call of message `asked_by` by its
+    id (where every call has one) that no earlier result named (`answered_ids`, which it joins), and
+    by its function's name (where it gives one)."""
+    ids = [call.id for call in calls]
+    answers = calls  # the calls the result may answer: the one its id names, where the calls have ids
+    if m.tool_call_id is not None and None not in ids:
+        if m.tool_call_id not in ids:
+            raise VikhrError(
+                f"message {number}: tool_call_id {m.tool_call_id!r} is none of the ids of the calls "
+                f"of message {asked_by} ({', '.join(map(repr, ids))})"
+            )
+        if m.tool_call_id in answered_ids:
+            raise VikhrError(
+                f"message {number}: a second tool result for tool_call_id {m.tool_call_id!r} (message "
+                f"{answered_ids[m.tool_call_id]} answers it already; one result per call)"
+            )
+        answered_ids[m.tool_call_id] = number
+        answers = tuple(call for call in calls if call.id == m.tool_call_id)
+    if m.name is not None and all(call.name != m.name for call in answers):
+        which = f"call {m.tool_call_id!r}" if len(answers) < len(calls) else "calls"
+        names = ", ".join(dict.fromkeys(repr(call.name) for call in answers))
+        raise VikhrError(
+            f"message {number}: tool result name {m.name!r} is none of the functions it answers "
+            f"(the {which} of message {asked_by}: {names})"
+        )
 
 
 def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
