@@ -536,6 +536,31 @@ CALLING_TWO_FUNCTIONS = {
             "message 3: tool result name 'get_weather' is none of the functions it answers (the call "
             "'call_2' of message 2: 'convert_currency')",
         ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", '{"x": NaN}')]}, RESULT, ANSWER),
+            "message 2: tool call 1: arguments hold NaN or an infinite number, which JSON cannot hold",
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", '{"x": [1e999]}')]}, RESULT, ANSWER),
+            "message 2: tool call 1: arguments hold NaN or an infinite number",
+        ),
+        (
+            _chat(USER, {**CALLING, "tool_calls": [_call("f", {"x": {"y": float("-inf")}})]}, RESULT, ANSWER),
+            "message 2: tool call 1: arguments hold NaN or an infinite number",
+        ),
+        (
+            _chat(
+                USER,
+                ANSWER,
+                tools=[
+                    WEATHER,
+                    json.loads(
+                        '{"type": "function", "function": {"name": "g", "parameters": {"maximum": Infinity}}}'
+                    ),
+                ],
+            ),
+            "tool 2 (g): its schema holds NaN or an infinite number, which JSON cannot hold",
+        ),
     ],
 )
 def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], problem: str) -> None:
@@ -1049,6 +1074,33 @@ def test_openai_legacy_function_calling_is_read_as_tool_calls(qwen_dir: tuple[st
             ),
             "bad_turns",
             "message 4: a second tool result for tool_call_id 'call_2'",
+        ),
+        (  # a record line as JSON gives it: json.loads reads NaN
+            "messages",
+            json.loads(
+                '{"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": null, '
+                '"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": NaN}}}]}]}'
+            ),
+            "bad_turns",
+            "message 2: tool call 1: arguments hold NaN or an infinite number",
+        ),
+        (
+            "sharegpt",
+            _hermes(
+                HERMES_SYSTEM,
+                ASKS,
+                ("gpt", '<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>'),
+            ),
+            "bad_turns",
+            "message 3: tool call 1: arguments hold NaN or an infinite number",
+        ),
+        (
+            "sharegpt",
+            _hermes(
+                ("system", _hermes_system('{"name": "f", "parameters": {"default": NaN}}')), ASKS, ANSWERS
+            ),
+            "bad_turns",
+            "tool 1 (f): its schema holds NaN or an infinite number",
         ),
     ],
 )

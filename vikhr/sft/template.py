@@ -88,8 +88,9 @@ assistant turn; the chat ends with an assistant turn (one that only calls functi
 are trained, no result need follow). A result answers a call of the answer before it: no more
 results than calls (fewer is read: LLaMA-Factory's layout gives parallel calls one result); where
 every call has an ``id``, a result's ``tool_call_id`` is one of them, answered once; a result's
-``name``, where given, is the function of a call it answers. ``chatml`` and
-``qwen3`` render them as Qwen2.5-7B-Instruct's and Qwen3-8B's templates do: the tools, each as
+``name``, where given, is the function of a call it answers. Arguments and tools holding NaN or an
+infinite number (which json.loads reads, and json.dumps would write as no JSON) are refused.
+``chatml`` and ``qwen3`` render them as Qwen2.5-7B-Instruct's and Qwen3-8B's templates do: the tools, each as
 ``tojson`` writes it (json.dumps with ensure_ascii=False, keys in the chat's order), in the system
 turn after the system message and a blank line, with Qwen's wording (``# Tools`` … ``<tools>`` …
 ``</tools>`` …); each call after its answer's text as
@@ -462,6 +463,8 @@ def _tool_call(item: Any, k: int, number: int) -> ToolCall:
             f"{where}: arguments must be a JSON object (as an object or as its JSON text), "
             f"got {type(parsed).__name__}"
         )
+    if not _is_finite(parsed):
+        raise VikhrError(f"{where}: arguments hold {_NON_FINITE}")
     call_id = item.get("id") if isinstance(item, dict) and item is not function else None
     if call_id is not None and not isinstance(call_id, str):
         raise VikhrError(f"{where}: id must be a string or null, got {type(call_id).__name__}")
@@ -484,7 +487,23 @@ def _tools(raw: Any) -> tuple[str, ...]:
                 f'tool {k}: expected {{"type": "function", "function": {{"name": "...", ...}}}} '
                 "(a function's JSON schema)"
             )
+        if not _is_finite(tool):
+            raise VikhrError(f"tool {k} ({function['name']}): its schema holds {_NON_FINITE}")
     return tuple(json.dumps(tool, ensure_ascii=False) for tool in raw)
+
+
+# json.loads reads NaN, Infinity (and 1e999 as infinity); json.dumps would write them into the
+# training text as it reads them, which is not JSON: a model would learn to call with them.
+_NON_FINITE = "NaN or an infinite number, which JSON cannot hold"
+
+
+def _is_finite(value: Any) -> bool:
+    """Whether `value` (parsed JSON) holds no NaN or infinite number."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_turn(m: Message, previous: Message | None, number: int) -> None:
