@@ -743,10 +743,11 @@ def _hermes_system(tools_text: str) -> str:
 
 
 # How hermes-function-calling-v1 writes a <tools> block: a list printed by Python; the ShareGPT sets in
-# its shape: JSON objects one a line.
+# its shape: JSON objects one a line, or dicts printed by Python one a line.
 HERMES_TOOLS_TEXTS = {
     "python-list": repr([WEATHER, CONVERT]),
     "json-lines": "\n".join(json.dumps(t, ensure_ascii=False) for t in (WEATHER, CONVERT)),
+    "python-lines": "\n".join(repr(t) for t in (WEATHER, CONVERT)),
 }
 HERMES = {
     "id": "hermes-1",
@@ -842,6 +843,11 @@ def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
     (chat,) = record_chats(_hermes(broken, ASKS, CALLS), "sharegpt", "h:1")
     assert chat.messages == (("system", broken[1]), ("user", ASKS[1]), ("assistant", CALLS[1]))
     assert chat.tools == () and chat.fields == ()
+    # Python literals one a line: each must be a function schema, else the block stays text
+    for other_line in (repr({"description": "no name"}), "{'name': 'f', broken"):
+        not_all = ("system", _hermes_system(f"{WEATHER!r}\n{other_line}"))
+        (chat,) = record_chats(_hermes(not_all, ASKS, CALLS), "sharegpt", "h:1")
+        assert chat.messages[0] == not_all and chat.tools == () and chat.fields == ()
     (chat,) = record_chats(_hermes(HERMES_SYSTEM, ASKS, CALLS, tools=[CONVERT]), "sharegpt", "h:2")
     assert chat.tools == (CONVERT,) and chat.messages[0] == ("system", HERMES_PREAMBLE)
     kept_after = ("system", f"<tools>\n{json.dumps(WEATHER)}\n</tools>\nОтвечай по-русски.")

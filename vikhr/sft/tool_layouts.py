@@ -6,7 +6,7 @@ Besides the schema and call shapes shared by every layout, the calls NousResearc
 writes into the text (hermes-function-calling-v1 and the ShareGPT sets in its shape):
 
 * the system prompt offers the functions in a ``<tools> … </tools>`` block: JSON objects one after
-  another (one a line) or a list of them;
+  another (one a line) or a list of them, or Python literals (one a line, or a list);
 * an answer calls them after its text, each as ``<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>``;
 * a tool turn holds the results, each as ``<tool_response>\\n…\\n</tool_response>``.
 
@@ -79,14 +79,11 @@ def tools_in_system(system: str) -> tuple[str, tuple[dict[str, Any], ...]] | Non
 
 
 def _tool_schemas(text: str) -> tuple[dict[str, Any], ...] | None:
-    """The functions of a ``<tools>`` block (a list, or objects one after another), None unless each
-    is a function schema."""
-    values = _json_values(text)
+    """The functions of a ``<tools>`` block (a list, or objects one after another: JSON, or Python
+    literals one a line), None unless each is a function schema."""
+    values = _json_values(text) or _python_literals(text)
     if values is None:
-        try:
-            values = [_python_literal(text)]
-        except ValueError:
-            return None
+        return None
     tools = [as_tool(item) for value in values for item in (value if isinstance(value, list) else [value])]
     return None if any(tool is None for tool in tools) else tuple(t for t in tools if t is not None)
 
@@ -105,6 +102,19 @@ def _json_values(text: str) -> list[Any] | None:
         except json.JSONDecodeError:
             return None
         values.append(value)
+
+
+def _python_literals(text: str) -> list[Any] | None:
+    """The value of `text` written as one Python literal, or the values of its lines, each one (a
+    printed dict a line); None unless it is either."""
+    try:
+        return [_python_literal(text)]
+    except ValueError:
+        pass
+    try:
+        return [_python_literal(line) for line in text.splitlines() if line.strip()] or None
+    except ValueError:
+        return None
 
 
 def _python_literal(text: str) -> Any:
