@@ -923,6 +923,107 @@ def test_malformed_hermes_records_are_unfit(
     assert e.value.reason == reason and str(e.value).startswith(problem), (e.value.reason, str(e.value))
 
 
+# Hermes's roles as collections that convert its chats to messages name them.
+HERMES_AS_MESSAGES_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
+
+
+def _as_messages(record: dict[str, Any]) -> dict[str, Any]:
+    """A Hermes ShareGPT record as collections convert it to "messages": roles and contents, the
+    calls and results still written in the text."""
+    messages = [
+        {"role": HERMES_AS_MESSAGES_ROLES[m["from"]], "content": m["value"]} for m in record["conversations"]
+    ]
+    return {**{k: v for k, v in record.items() if k != "conversations"}, "messages": messages}
+
+
+@pytest.mark.parametrize("tools_text", sorted(HERMES_TOOLS_TEXTS))
+def test_hermes_text_in_messages_renders_as_its_openai_twin(
+    qwen_dir: tuple[str, Path], tools_text: str
+) -> None:
+    """A Hermes chat converted to "messages" with its calls left in the text is read as the ShareGPT
+    one is: the record and the ids of its OpenAI twin."""
+    record = copy.deepcopy(HERMES)
+    record["conversations"][0]["value"] = _hermes_system(HERMES_TOOLS_TEXTS[tools_text])
+    (chat,) = record_chats(_as_messages(record), "messages", "hermes.jsonl:1")
+    (twin,) = record_chats(HERMES_TWIN, "messages", "twin.jsonl:1")
+    assert _without_id(chat.record("s")) == _without_id(twin.record("s"))
+    template, directory = qwen_dir
+    tok = load_chat_tokenizer(directory, template)
+    assert encode_chat(chat.parsed, tok, template).ids == encode_chat(twin.parsed, tok, template).ids
+
+
+def test_hermes_text_in_messages_is_read_on_sharegpts_terms() -> None:
+    """The Hermes text of "messages" is read where ShareGPT's would be: a chat offering no functions
+    and holding no tool message keeps its <tool_call> text; the record's own tools come before the
+    block's; an answer that has tool_calls keeps its text as it is; a tool message of one
+    <tool_response> block keeps its tool_call_id and name; the record's "system" field offers too."""
+    (chat,) = record_chats(_as_messages(_hermes(ASKS, CALLS)), "messages", "h:1")
+    assert chat.messages[1] == ("assistant", CALLS[1]) and chat.fields == () and chat.tools == ()
+    record = _as_messages(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS, tools=[CONVERT]))
+    record["messages"][3].update(name="get_weather", tool_call_id="call_1")
+    record["messages"][2]["tool_calls"] = [{**_call("get_weather", {"city": "Москва"}), "id": "call_1"}]
+    (chat,) = record_chats(record, "messages", "h:2")
+    written = chat.record("s")
+    assert written["tools"] == [CONVERT] and written["messages"][0] == {
+        "role": "system",
+        "content": HERMES_PREAMBLE,
+    }
+    assert written["messages"][2]["content"] == CALLS[1]  # it has tool_calls: its text is not read
+    assert written["messages"][3] == {
+        "role": "tool",
+        "content": "+20",
+        "name": "get_weather",
+        "tool_call_id": "call_1",
+    }
+    # tool messages alone make a chat function calling; the "system" field offers functions too
+    (chat,) = record_chats(_as_messages(_hermes(ASKS, CALLS, RESPONDS, ANSWERS)), "messages", "h:3")
+    assert chat.fields == ((1, "tool_calls", [_call("get_weather", {"city": "Москва"})]),)
+    assert chat.messages[1:3] == (("assistant", ""), ("tool", "+20"))
+    record = _as_messages(_hermes(ASKS, CALLS, system=HERMES_SYSTEM[1]))
+    (chat,) = record_chats(record, "messages", "h:4")
+    assert chat.tools == (WEATHER,) and chat.messages[0] == ("system", HERMES_PREAMBLE)
+    assert [key for _, key, _ in chat.fields] == ["tool_calls"]
+
+
+@pytest.mark.parametrize(
+    ("turns", "tool_fields", "problem"),
+    [
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", CALLS[1] + "\nГотово.")),
+            {},
+            "turn 3: text after a <tool_call> block (Готово.…)",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, ("gpt", "<tool_call>\n{name: get_weather}\n</tool_call>")),
+            {},
+            'turn 3: <tool_call> 1 is not the JSON of {"name", "arguments"}',
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, CALLS, ("tool", "Ответ: " + RESPONDS[1]), ANSWERS),
+            {},
+            "turn 4: a tool turn that writes <tool_response> blocks must hold those alone",
+        ),
+        (
+            (HERMES_SYSTEM, ASKS, CALLS, ("tool", RESPONDS[1] + "\n" + RESPONDS[1]), ANSWERS),
+            {"tool_call_id": "call_1"},
+            "turn 4: a tool message of 2 <tool_response> blocks carries a tool_call_id (give one message "
+            "per result)",
+        ),
+    ],
+    ids=["text-after-call", "bad-json", "text-beside-response", "one-id-for-two-results"],
+)
+def test_malformed_hermes_text_in_messages_is_unfit(
+    turns: tuple[tuple[str, str], ...], tool_fields: dict[str, Any], problem: str
+) -> None:
+    record = _as_messages(_hermes(*turns))
+    for m in record["messages"]:
+        if m["role"] == "tool":
+            m.update(tool_fields)
+    with pytest.raises(Unfit) as e:
+        record_chats(record, "messages", "hermes.jsonl:1")
+    assert e.value.reason == "bad_record" and str(e.value).startswith(problem), str(e.value)
+
+
 LEGACY_FUNCTIONS = {
     "id": "legacy-1",
     "functions": [WEATHER["function"]],

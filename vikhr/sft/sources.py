@@ -9,7 +9,9 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   assistant's ``function_call`` ``{"name", "arguments"}`` (one call), a ``"function"`` message (with
   ``name``) its result, the record's ``functions`` (bare schemas). The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
-  ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat).
+  ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat). Hermes's calls written in the
+  text of such messages (Hermes chats converted to roles and contents) are read as in ``sharegpt``
+  (see `_messages_chat`).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
   A ``"system"`` field beside the turns (LLaMA-Factory's layout; also beside ``messages``) opens the
   chat unless it has a system turn. LLaMA-Factory's (and its Glaive conversion's) function calls:
@@ -349,11 +351,7 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
     fields: tuple[tuple[int, str, Any], ...] = ()  # and what their messages hold beside role and content
     tools: tuple[Any, ...] = ()  # and the functions the chat offers
     if fmt == "messages":
-        raw = record["messages"] if "messages" in record else record.get("conversation")
-        messages, untrained, fields = _messages_turns(raw)
-        messages, added = _with_record_system(record, messages)
-        untrained, fields = _moved(untrained, fields, added)
-        tools = _record_tools(record)
+        messages, untrained, fields, tools = _messages_chat(record)
         turns = [messages]
     elif fmt == "sharegpt":
         messages, untrained, fields, tools = _sharegpt_chat(record)
@@ -492,10 +490,9 @@ Fields = tuple[tuple[int, str, Any], ...]  # see Chat.fields
 _Read = TypeVar("_Read")
 
 
-def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
-    """The turns of a "messages" list, the indices of the answers of weight 0, and the messages'
-    function calls and tool-result fields (OpenAI's layout, passed on as given; its legacy
-    ``function_call`` and ``"function"`` role read as a call and a tool result)."""
+def _message_list(raw: Any) -> list[Any]:
+    """A "messages" value as a list of messages: as it is, or made of an HF dataset's column layout
+    (``{"role": [...], "content": [...]}``); Unfit unless it is a non-empty one."""
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
@@ -504,8 +501,42 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], F
         raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=True)]
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
+    return raw
+
+
+def _messages_chat(
+    record: dict[str, Any],
+) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields, tuple[Any, ...]]:
+    """`_sharegpt_chat` of a "messages" record: its turns (the record's ``"system"`` first, see
+    `_with_record_system`), the answers of weight 0, the calls and tool-result fields, and the
+    functions it offers, its own or, as in ShareGPT, those of a Hermes ``<tools>`` block in its
+    system prompt. Hermes's text (``<tool_call>`` blocks in an answer without ``tool_calls``,
+    ``<tool_response>`` blocks in a tool message) is read on the same terms: in a chat that offers
+    functions or holds tool messages (collections convert Hermes chats to roles and contents and
+    keep the calls as text)."""
+    raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
+    opens_with_system = isinstance(raw[0], dict) and raw[0].get("role") == "system"
+    system = raw[0].get("content") if opens_with_system else record.get("system")
+    hermes = tools_in_system(system) if isinstance(system, str) else None
+    tools = _record_tools(record) or (hermes[1] if hermes is not None else ())
+    reads_calls = bool(tools) or any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
+    turns, untrained, fields = _messages_turns(raw, reads_calls)
+    turns, added = _with_record_system(record, turns)
+    if hermes is not None:  # emptied (the block and its instructions alone): left out as any empty one
+        turns[0] = ("system", hermes[0])
+    return (turns, *_moved(untrained, fields, added), tools)
+
+
+def _messages_turns(
+    raw: Any, reads_calls: bool = False
+) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields]:
+    """The turns of a "messages" list, the indices of the answers of weight 0, and the messages'
+    function calls and tool-result fields (OpenAI's layout, passed on as given; its legacy
+    ``function_call`` and ``"function"`` role read as a call and a tool result); where `reads_calls`,
+    Hermes's too: the ``<tool_call>`` blocks of an answer without ``tool_calls``, the
+    ``<tool_response>`` blocks of a ``"tool"`` message (one tool result each)."""
     turns, untrained, fields = [], [], []
-    for i, m in enumerate(raw, start=1):
+    for i, m in enumerate(_message_list(raw), start=1):
         if not isinstance(m, dict):
             raise Unfit("bad_record", f'turn {i}: expected {{"role", "content"}}, got {type(m).__name__}')
         # OpenAI's legacy "function" role is a tool result too
@@ -513,22 +544,38 @@ def _messages_turns(raw: Any) -> tuple[list[tuple[str, str]], tuple[int, ...], F
             "tool" if m.get("role") in ("tool", "function") else _role(m.get("role"), i, ("tool", "function"))
         )
         calls = _assistant_calls(m, i) if role == "assistant" else None
-        if calls not in (None, []):
-            fields.append((i - 1, "tool_calls", calls))
         content = "" if calls not in (None, []) and m.get("content") is None else m.get("content")
         content = _text(content, f"turn {i} content")
-        fields += [
-            (i - 1, key, m[key])
-            for key in ("name", "tool_call_id")
-            if role == "tool" and m.get(key) is not None
-        ]
+        if role == "assistant" and reads_calls and calls in (None, []):
+            content, calls = _in_text(calls_in_answer, content, i)
+        if calls not in (None, []):
+            fields.append((len(turns), "tool_calls", calls))
         try:
-            turns.append((role, with_reasoning(content, m.get("reasoning_content"), role, i)))
+            content = with_reasoning(content, m.get("reasoning_content"), role, i)
         except VikhrError as e:
             raise Unfit("bad_record", str(e).replace("message", "turn", 1)) from None
+        if role == "tool":
+            results = _in_text(tool_results, content, i) if reads_calls and m["role"] == "tool" else [content]
+            fields += _result_fields(m, i, len(turns), len(results))
+            turns += [(role, result) for result in results]
+        else:
+            turns.append((role, content))
         if not _weight(m, role, i):
-            untrained.append(i - 1)
+            untrained.append(len(turns) - 1)
     return turns, tuple(untrained), tuple(fields)
+
+
+def _result_fields(m: dict[str, Any], i: int, at: int, results: int) -> list[tuple[int, str, Any]]:
+    """The ``name`` and ``tool_call_id`` of tool message `i`, the turn `at` in the chat; Unfit where
+    it holds several results (``<tool_response>`` blocks), which one id or name cannot stand for."""
+    given = [(at, key, m[key]) for key in ("name", "tool_call_id") if m.get(key) is not None]
+    if given and results > 1:
+        raise Unfit(
+            "bad_record",
+            f"turn {i}: a tool message of {results} <tool_response> blocks carries a "
+            f"{' and a '.join(key for _, key, _ in given)} (give one message per result)",
+        )
+    return given
 
 
 def _assistant_calls(m: dict[str, Any], i: int) -> Any:
