@@ -955,8 +955,9 @@ def test_hermes_text_in_messages_renders_as_its_openai_twin(
 def test_hermes_text_in_messages_is_read_on_sharegpts_terms() -> None:
     """The Hermes text of "messages" is read where ShareGPT's would be: a chat offering no functions
     and holding no tool message keeps its <tool_call> text; the record's own tools come before the
-    block's; an answer that has tool_calls keeps its text as it is; a tool message of one
-    <tool_response> block keeps its tool_call_id and name; the record's "system" field offers too."""
+    block's; a chat giving calls in OpenAI's fields keeps all its text as it is (a <tool_call> in
+    another answer was read as a call); a tool message of one <tool_response> block keeps its
+    tool_call_id and name; the record's "system" field offers too."""
     (chat,) = record_chats(_as_messages(_hermes(ASKS, CALLS)), "messages", "h:1")
     assert chat.messages[1] == ("assistant", CALLS[1]) and chat.fields == () and chat.tools == ()
     record = _as_messages(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS, tools=[CONVERT]))
@@ -970,6 +971,21 @@ def test_hermes_text_in_messages_is_read_on_sharegpts_terms() -> None:
     }
     assert written["messages"][2]["content"] == CALLS[1]  # it has tool_calls: its text is not read
     assert written["messages"][3] == {
+        "role": "tool",
+        "content": RESPONDS[1],
+        "name": "get_weather",
+        "tool_call_id": "call_1",
+    }
+    assert written["messages"][4]["content"] == ANSWERS[1]
+    record["messages"][4]["content"] = "Вызов пишется так: " + CALLS[1]  # text, in a chat of native calls
+    (chat,) = record_chats(record, "messages", "h:2b")
+    assert chat.record("s")["messages"][4]["content"] == record["messages"][4]["content"]
+    assert [i for i, key, _ in chat.fields if key == "tool_calls"] == [2]
+    # a tool message of one <tool_response> block keeps its tool_call_id and name
+    record = _as_messages(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS))
+    record["messages"][3].update(name="get_weather", tool_call_id="call_1")
+    (chat,) = record_chats(record, "messages", "h:2c")
+    assert chat.record("s")["messages"][3] == {
         "role": "tool",
         "content": "+20",
         "name": "get_weather",

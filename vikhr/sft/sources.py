@@ -513,13 +513,16 @@ def _messages_chat(
     system prompt. Hermes's text (``<tool_call>`` blocks in an answer without ``tool_calls``,
     ``<tool_response>`` blocks in a tool message) is read on the same terms: in a chat that offers
     functions or holds tool messages (collections convert Hermes chats to roles and contents and
-    keep the calls as text)."""
+    keep the calls as text) and gives no call in OpenAI's fields."""
     raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
     opens_with_system = isinstance(raw[0], dict) and raw[0].get("role") == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
     hermes = tools_in_system(system) if isinstance(system, str) else None
     tools = _record_tools(record) or (hermes[1] if hermes is not None else ())
-    reads_calls = bool(tools) or any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
+    # A chat that gives its calls in OpenAI's fields writes them nowhere else: its text stays text.
+    native = any(isinstance(m, dict) and ("tool_calls" in m or "function_call" in m) for m in raw)
+    has_results = any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
+    reads_calls = not native and (bool(tools) or has_results)
     turns, untrained, fields = _messages_turns(raw, reads_calls)
     turns, added = _with_record_system(record, turns)
     if hermes is not None:  # emptied (the block and its instructions alone): left out as any empty one
