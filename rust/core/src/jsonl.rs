@@ -6,7 +6,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::LazyLock;
 
+use memchr::memmem;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// Compressions the reader does not decode, by the suffix of a file name (read as plain text,
@@ -378,6 +380,17 @@ pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a,
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| LineError::BadJson(json_error(text, &e)))?;
+    // serde_json skips the fields it is not asked for without decoding their strings or
+    // counting their depth: what a full parse (and the Python reader) refuses is checked here.
+    if let Some(at) = unpaired_surrogate(text) {
+        return Err(LineError::BadJson(unpaired_surrogate_said(text, at)));
+    }
+    if let Some(at) = too_deep(text) {
+        return Err(LineError::BadJson(format!(
+            "arrays and objects nested more than {MAX_DEPTH} deep at column {}",
+            column(text, at)
+        )));
+    }
     values
         .into_iter()
         .zip(keys)
@@ -397,7 +410,6 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
     while !text.is_char_boundary(at) {
         at -= 1;
     }
-    let column = |at: usize| text[..at].chars().count() + 1;
     let rest = &text[at..];
     if rest.starts_with("NaN") || rest.starts_with("Infinity") {
         // Python's json.dumps writes these unless told not to; a "-Infinity" is met at its "I".
@@ -411,7 +423,7 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
         return format!(
             "{word} at column {}: NaN and Infinity are not JSON (Python's json.dumps writes them \
              unless allow_nan=False); write null instead",
-            column(start)
+            column(text, start)
         );
     }
     if what.contains("surrogate") || what.contains("hex escape") {
@@ -424,15 +436,97 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
             .filter(|&i| i >= from && is_surrogate_escape(&text[i..]))
             .last()
         {
-            return format!(
-                "unpaired UTF-16 surrogate escape {} at column {} (half of a pair, without its \
-                 other half)",
-                &text[start..start + 6],
-                column(start)
-            );
+            return unpaired_surrogate_said(text, start);
         }
     }
-    format!("{what} at column {}", column(at))
+    format!("{what} at column {}", column(text, at))
+}
+
+/// The 1-based column, in characters, of the byte `at` of the line `text`.
+fn column(text: &str, at: usize) -> usize {
+    text[..at].chars().count() + 1
+}
+
+/// The unpaired surrogate escape at the byte `at` of the line `text`, said.
+fn unpaired_surrogate_said(text: &str, at: usize) -> String {
+    format!(
+        "unpaired UTF-16 surrogate escape {} at column {} (half of a pair, without its other half)",
+        &text[at..at + 6],
+        column(text, at)
+    )
+}
+
+/// Where the valid JSON line `text` has a `\uD800`-`\uDFFF` escape that is not half of a pair
+/// (a high half followed at once by a low half): the byte offset of the first such escape.
+fn unpaired_surrogate(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    // Cheap test first: most lines have no surrogate escape at all.
+    static UNICODE_ESCAPE: LazyLock<memmem::Finder> = LazyLock::new(|| memmem::Finder::new("\\u"));
+    if !UNICODE_ESCAPE
+        .find_iter(b)
+        .any(|i| is_surrogate_escape(&text[i..]))
+    {
+        return None;
+    }
+    let mut high: Option<usize> = None; // a high half, waiting for its low half
+    let mut from = 0;
+    // In valid JSON every backslash opens an escape inside a string: `\uXXXX` or two bytes.
+    while let Some(found) = memchr::memchr(b'\\', &b[from..]) {
+        let at = from + found;
+        let unit = (b.get(at + 1) == Some(&b'u'))
+            .then(|| text.get(at + 2..at + 6))
+            .flatten()
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        from = at + if unit.is_some() { 6 } else { 2 };
+        if let Some(h) = high.take() {
+            if at == h + 6 && matches!(unit, Some(0xDC00..=0xDFFF)) {
+                continue;
+            }
+            return Some(h);
+        }
+        match unit {
+            Some(0xD800..=0xDBFF) => high = Some(at),
+            Some(0xDC00..=0xDFFF) => return Some(at),
+            _ => {}
+        }
+    }
+    high
+}
+
+/// The deepest nesting of arrays and objects a line may hold, its own object counted: serde_json's
+/// own limit, and well within the depth Python's json module reads on every supported version.
+pub const MAX_DEPTH: usize = 128;
+
+/// Where the valid JSON line `text` nests arrays and objects deeper than [`MAX_DEPTH`]: the byte
+/// offset of the bracket that opens the level past it.
+fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    // Cheap test first: a line needs more brackets than the limit to pass it.
+    memchr::memchr2_iter(b'[', b'{', b).nth(MAX_DEPTH)?;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, &c) in b.iter().enumerate() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(at);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// True when `s` starts with a `\uD800`-`\uDFFF` escape.
@@ -533,6 +627,53 @@ mod tests {
             said(b"{\"text\": \"\xcf\xf0\xe8\xe2\xe5\xf2\"}"),
             "not UTF-8 (byte 0xcf); re-encode it as UTF-8, e.g. iconv -f cp1251 -t utf-8"
         );
+    }
+
+    #[test]
+    fn what_a_full_parse_refuses_is_refused_in_the_fields_not_asked_for() {
+        let k = keys(&["text"]);
+        let said = |line: &str| -> Result<Vec<String>, String> {
+            let texts = extract_fields(line.as_bytes(), &k).map_err(|e| e.to_string())?;
+            Ok(texts.into_iter().map(|t| t.into_owned()).collect())
+        };
+        let unpaired = |escape: &str, column: usize| {
+            Err(format!(
+                "not valid JSON (unpaired UTF-16 surrogate escape {escape} at column {column} \
+                 (half of a pair, without its other half))"
+            ))
+        };
+        // A lone half in another field, deep in one, or in a value a later key replaces.
+        for (line, escape, column) in [
+            (r#"{"x": "\ud83d", "text": "a"}"#, r"\ud83d", 8),
+            (r#"{"text": "a", "m": {"k": ["\uDFFF"]}}"#, r"\uDFFF", 28),
+            (r#"{"x": "\ude00\ud83d", "text": "a"}"#, r"\ude00", 8),
+            (r#"{"x": "\ud83d\u0041", "text": "a"}"#, r"\ud83d", 8),
+            (r#"{"text": "\ud83d", "text": "b"}"#, r"\ud83d", 11),
+        ] {
+            assert_eq!(said(line), unpaired(escape, column), "{line}");
+        }
+        // A pair, and an escaped backslash before "ud83d" (no escape), are text.
+        assert_eq!(
+            said(r#"{"x": "\ud83d\ude00", "text": "ж\\ud83d"}"#).unwrap(),
+            [r"ж\ud83d"]
+        );
+        // Nesting: MAX_DEPTH levels, the line's object counted, and no further.
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"text": "[{{", "n": {}{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert_eq!(said(&nested(MAX_DEPTH)).unwrap(), ["[{"]);
+        assert_eq!(
+            said(&nested(MAX_DEPTH + 1)),
+            Err(format!(
+                "not valid JSON (arrays and objects nested more than {MAX_DEPTH} deep at column {})",
+                21 + MAX_DEPTH - 1
+            ))
+        );
+        assert!(said(&nested(100_000)).is_err());
     }
 
     #[test]
