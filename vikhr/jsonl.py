@@ -4,8 +4,8 @@ The compression is chosen by the file name's suffix, in any case (`.gz`, `.zst` 
 `.xz`, `.bz2` and other compressions are refused; anything else is plain text), as the Rust reader
 chooses it; compressed data under a plain name is refused with the suffix to give it. Text is UTF-8
 (a leading byte-order mark is skipped). Lines of ASCII whitespace are skipped, and JSON is strict
-(no NaN or Infinity), as in the Rust reader. Every problem is one VikhrError line naming
-`path:line`, what is wrong and how to fix it.
+(no NaN or Infinity, no lone UTF-16 surrogate escape), as in the Rust reader. Every problem is one
+VikhrError line naming `path:line`, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -242,6 +242,14 @@ def drop_partial_last_line(path: str | os.PathLike[str]) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
+def record_lines(path: str | os.PathLike[str], complete_only: bool = False) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of every non-blank line of a JSONL file (plain, .gz or .zst), for
+    `parse_record` (`complete_only`: as in read_jsonl)."""
+    for line_no, line in _lines(Path(path), complete_only):
+        if line.strip(_ASCII_WHITESPACE):
+            yield line_no, line
+
+
 def read_jsonl(
     path: str | os.PathLike[str], allow_nan: bool = False, complete_only: bool = False
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -251,22 +259,11 @@ def read_jsonl(
     scores), which input corpora may not hold (the Rust reader refuses them). `complete_only`: leave
     out a last line without its newline (what a killed append left; see drop_partial_last_line)."""
     p = Path(path)
-    for line_no, line in _lines(p, complete_only):
-        if not line.strip(_ASCII_WHITESPACE):
-            continue
+    for line_no, line in record_lines(p, complete_only):
         try:
-            record = json.loads(line) if allow_nan else json.loads(line, parse_constant=_not_json_constant)
-        except json.JSONDecodeError as e:
-            raise VikhrError(
-                f"{p}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); expected one object per line"
-            ) from e
-        except (ValueError, RecursionError) as e:
-            why = str(e) if isinstance(e, ValueError) else "nested too deeply"
-            raise VikhrError(f"{p}:{line_no}: not valid JSON ({why}); expected one object per line") from None
-        if not isinstance(record, dict):
-            raise VikhrError(f"{p}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
-        if ("\\ud" in line or "\\uD" in line) and _SURROGATE_ESCAPE.search(line):  # substring test: fast
-            _refuse_lone_surrogates(record, f"{p}:{line_no}")
+            record = parse_record(line, allow_nan)
+        except BadLine as e:
+            raise VikhrError(f"{p}:{line_no}: {e}") from None
         yield line_no, record
 
 
@@ -274,25 +271,68 @@ def read_jsonl(
 _ASCII_WHITESPACE = " \t\n\x0c\r"
 
 
+class BadLine(ValueError):
+    """Why a line of a JSONL file holds no record, said to follow the line's `file:line: `."""
+
+
+def _not_json(why: str) -> BadLine:
+    return BadLine(f"not valid JSON ({why}); expected one object per line")
+
+
+def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
+    """The JSON object on one line, read as the Rust reader reads it (BadLine when it is refused):
+    strict JSON (no NaN or Infinity unless `allow_nan`), no half of a UTF-16 surrogate pair escaped
+    alone."""
+    constant = None if allow_nan else _not_json_constant
+    try:
+        record = json.loads(line, parse_constant=constant)
+    except BadLine:
+        raise
+    except json.JSONDecodeError as e:
+        raise _not_json(f"{e.msg} at column {e.colno}") from None
+    except (ValueError, RecursionError) as e:
+        raise _not_json(str(e) if isinstance(e, ValueError) else "nested too deeply") from None
+    if not isinstance(record, dict):
+        raise BadLine(f"expected a JSON object per line, got {type(record).__name__}")
+    unpaired = _unpaired_surrogate(line)
+    if unpaired is not None:
+        escape, column = unpaired[0], unpaired.start() + 1
+        raise BadLine(
+            f"not valid JSON (unpaired UTF-16 surrogate escape {escape} at column {column} (half of a pair, "
+            "without its other half)); fix or drop the line"
+        )
+    return record
+
+
 def _not_json_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+    raise _not_json(f"{name} is not a JSON value")
 
 
 # A \uD800-\uDFFF escape: half of a UTF-16 pair, which json.loads turns into a lone surrogate
 # (text no encoder takes) unless its other half follows.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# One escape of a JSON string (in valid JSON every backslash opens one).
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
 
 
-def _refuse_lone_surrogates(record: dict[str, Any], where: str) -> None:
-    """VikhrError when a string of `record` holds an unpaired surrogate (as the Rust reader does)."""
-    try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as e:
-        escape = f"\\u{ord(e.object[e.start]):04x}"
-        raise VikhrError(
-            f"{where}: not valid JSON (the escape {escape} is half of a UTF-16 surrogate pair, without its "
-            "other half): fix or drop the line"
-        ) from None
+def _unpaired_surrogate(line: str) -> re.Match[str] | None:
+    """The first surrogate escape of a valid JSON line that is not half of a pair (a high half
+    followed at once by a low one), None if there is none."""
+    if not ("\\ud" in line or "\\uD" in line) or not _SURROGATE_ESCAPE.search(line):  # cheap test first
+        return None
+    high = None  # a high half, waiting for its low half
+    for escape in _ESCAPE.finditer(line):
+        unit = int(escape[1], 16) if escape[1] else -1
+        if high is not None:
+            if escape.start() == high.end() and 0xDC00 <= unit <= 0xDFFF:
+                high = None
+                continue
+            return high
+        if 0xD800 <= unit <= 0xDBFF:
+            high = escape
+        elif 0xDC00 <= unit <= 0xDFFF:
+            return escape
+    return high
 
 
 def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]:
