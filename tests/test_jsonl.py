@@ -163,7 +163,7 @@ def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) ->
         (b'{"text": "a", "score": NaN}\n', "not valid JSON (NaN is not a JSON value)"),
         (
             b'{"text": "a", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
-            "not valid JSON (nested too deeply)",
+            "not valid JSON (arrays and objects nested more than 128 deep at column 147)",
         ),
         ("\u00a0\n".encode(), "not valid JSON"),
     ]

@@ -4,8 +4,8 @@ The compression is chosen by the file name's suffix, in any case (`.gz`, `.zst` 
 `.xz`, `.bz2` and other compressions are refused; anything else is plain text), as the Rust reader
 chooses it; compressed data under a plain name is refused with the suffix to give it. Text is UTF-8
 (a leading byte-order mark is skipped). Lines of ASCII whitespace are skipped, and JSON is strict
-(no NaN or Infinity, no lone UTF-16 surrogate escape), as in the Rust reader. Every problem is one
-VikhrError line naming `path:line`, what is wrong and how to fix it.
+(no NaN or Infinity, no lone UTF-16 surrogate escape, nesting up to MAX_DEPTH), as in the Rust
+reader. Every problem is one VikhrError line naming `path:line`, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -270,6 +270,10 @@ def read_jsonl(
 # What the Rust reader (and JSON) counts as white space around a line.
 _ASCII_WHITESPACE = " \t\n\x0c\r"
 
+# The deepest nesting of arrays and objects a line may hold, its own object counted: the Rust
+# reader's MAX_DEPTH (Python's own limit depends on its version and on the caller's stack).
+MAX_DEPTH = 128
+
 
 class BadLine(ValueError):
     """Why a line of a JSONL file holds no record, said to follow the line's `file:line: `."""
@@ -281,8 +285,11 @@ def _not_json(why: str) -> BadLine:
 
 def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     """The JSON object on one line, read as the Rust reader reads it (BadLine when it is refused):
-    strict JSON (no NaN or Infinity unless `allow_nan`), no half of a UTF-16 surrogate pair escaped
-    alone."""
+    strict JSON (no NaN or Infinity unless `allow_nan`), nesting up to MAX_DEPTH, no half of a UTF-16
+    surrogate pair escaped alone."""
+    deep_at = _too_deep(line)
+    if deep_at is not None:
+        raise _not_json(f"arrays and objects nested more than {MAX_DEPTH} deep at column {deep_at}")
     constant = None if allow_nan else _not_json_constant
     try:
         record = json.loads(line, parse_constant=constant)
@@ -290,8 +297,8 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
         raise
     except json.JSONDecodeError as e:
         raise _not_json(f"{e.msg} at column {e.colno}") from None
-    except (ValueError, RecursionError) as e:
-        raise _not_json(str(e) if isinstance(e, ValueError) else "nested too deeply") from None
+    except ValueError as e:
+        raise _not_json(str(e)) from None
     if not isinstance(record, dict):
         raise BadLine(f"expected a JSON object per line, got {type(record).__name__}")
     unpaired = _unpaired_surrogate(line)
@@ -306,6 +313,26 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
 
 def _not_json_constant(name: str) -> Any:
     raise _not_json(f"{name} is not a JSON value")
+
+
+# A JSON string or a bracket: what the nesting of a line is counted on.
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]+|\\.)*"|[][{}]', re.S)
+
+
+def _too_deep(line: str) -> int | None:
+    """The column of the bracket that nests arrays and objects past MAX_DEPTH, None if none does."""
+    if line.count("[") + line.count("{") <= MAX_DEPTH:  # cheap test first
+        return None
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(line):
+        first = match[0][0]
+        if first in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return match.start() + 1
+        elif first in "]}":
+            depth -= 1
+    return None
 
 
 # A \uD800-\uDFFF escape: half of a UTF-16 pair, which json.loads turns into a lone surrogate
