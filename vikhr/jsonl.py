@@ -286,7 +286,8 @@ def _not_json(why: str) -> BadLine:
 def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     """The JSON object on one line, read as the Rust reader reads it (BadLine when it is refused):
     strict JSON (no NaN or Infinity unless `allow_nan`), nesting up to MAX_DEPTH, no half of a UTF-16
-    surrogate pair escaped alone."""
+    surrogate pair escaped alone. Numbers of any size are JSON (an integer past Python's limit on
+    int() digits reads as ±inf, as 1e400 does)."""
     deep_at = _too_deep(line)
     if deep_at is not None:
         raise _not_json(f"arrays and objects nested more than {MAX_DEPTH} deep at column {deep_at}")
@@ -297,8 +298,8 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
         raise
     except json.JSONDecodeError as e:
         raise _not_json(f"{e.msg} at column {e.colno}") from None
-    except ValueError as e:
-        raise _not_json(str(e)) from None
+    except ValueError:  # an integer past sys.get_int_max_str_digits()
+        record = json.loads(line, parse_constant=constant, parse_int=_int_or_float)
     if not isinstance(record, dict):
         raise BadLine(f"expected a JSON object per line, got {type(record).__name__}")
     unpaired = _unpaired_surrogate(line)
@@ -313,6 +314,13 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
 
 def _not_json_constant(name: str) -> Any:
     raise _not_json(f"{name} is not a JSON value")
+
+
+def _int_or_float(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than int() takes: the float they name (±inf)
+        return float(digits)
 
 
 # A JSON string or a bracket: what the nesting of a line is counted on.
