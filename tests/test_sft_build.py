@@ -220,7 +220,7 @@ def test_a_lone_surrogate_is_an_unfit_record_not_a_crash(tmp_path: Path) -> None
         [(_, first), (where, second)] = list(read_chats_of(path))
         assert first[0].messages[0] == ("user", "Привет 😀")
         assert isinstance(second, Unfit) and second.reason == "bad_json"
-        assert "lone UTF-16 surrogate \\ud83d" in str(second), where
+        assert "UTF-16 surrogate" in str(second) and "\\ud83d" in str(second), where
     report = build(_config(tmp_path, [{"name": "s", "path": str(jsonl)}]))
     assert report["kept"] == 1 and report["sources"][0]["dropped"] == {"bad_json": 1}
 

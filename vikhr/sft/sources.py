@@ -66,8 +66,8 @@ turn, turns out of order, missing fields) is an `Unfit` with a reason and its pl
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from vikhr.errors import VikhrError
-from vikhr.jsonl import open_text
+from vikhr.jsonl import BadLine, iter_decompressed, open_text, parse_record, record_lines
 from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 from vikhr.sft.tool_layouts import (
@@ -183,9 +183,11 @@ def is_parquet(path: Path) -> bool:
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
-    """(place, record or Unfit) of every record of a JSONL or Parquet file, in order.
+    """(place, record or Unfit) of every record of a JSONL, JSON array or Parquet file, in order.
 
-    A line that is not a JSON object is an Unfit("bad_json"); an unreadable file is a VikhrError.
+    A JSONL line is read as vikhr.jsonl reads it, NaN and Infinity taken (collections written by
+    json.dumps hold them); one it refuses (not a JSON object, a lone surrogate escape, ...) is an
+    Unfit("bad_json"). An unreadable file, or a line that is not UTF-8, is a VikhrError.
     """
     p = Path(path)
     if not p.is_file():
@@ -193,28 +195,29 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
     if is_parquet(p):
         yield from _parquet_records(p)
         return
-    with open_text(p) as f:
-        lead = f.read(1)
-        while lead[-1:].isspace():
-            lead += f.read(1)
-        if lead[-1:] == "[":  # one JSON array (a .json file)
+    if _opens_an_array(p):  # one JSON array (a .json file)
+        with open_text(p) as f:
+            while f.read(1) not in ("[", ""):  # past the white space before it
+                pass
             yield from _array_records(f, p)
-            return
-        first_line = lead.count("\n") + 1  # the blank lines read past are counted
-        lines = itertools.chain([lead.rpartition("\n")[2] + f.readline()], f)
-        for line_no, line in enumerate(lines, start=first_line):
-            if not line.strip():
-                continue
-            where = f"{p}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, Unfit("bad_json", f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(record, dict):
-                yield where, Unfit("bad_json", f"expected a JSON object, got {type(record).__name__}")
-            else:
-                yield where, _without_lone_surrogates(record) if _SURROGATE_ESCAPE.search(line) else record
+        return
+    for line_no, line in record_lines(p):
+        try:
+            record: dict[str, Any] | Unfit = parse_record(line, allow_nan=True)
+        except BadLine as e:
+            record = Unfit("bad_json", str(e))
+        yield f"{p}:{line_no}", record
+
+
+def _opens_an_array(path: Path) -> bool:
+    """True when the first character of a file past white space (and a byte-order mark) is "[",
+    looked for in the bytes: a file of JSON Lines says which line is not UTF-8 when it is read."""
+    with contextlib.closing(iter_decompressed(path, 1 << 16)) as blocks:
+        for block in blocks:
+            rest = block.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n\x0c")
+            if rest:
+                return rest.startswith(b"[")
+    return False
 
 
 def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
