@@ -166,6 +166,7 @@ def test_json_is_read_as_strictly_as_the_rust_reader_reads_it(tmp_path: Path) ->
             "not valid JSON (arrays and objects nested more than 128 deep at column 147)",
         ),
         ("\u00a0\n".encode(), "not valid JSON"),
+        (b'{"text": "a\x01"}\n', "not valid JSON (Invalid control character at column 12)"),  # not "at at"
     ]
     for data, message in cases:
         path = write(tmp_path / "s.jsonl", data)

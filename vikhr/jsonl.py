@@ -297,7 +297,8 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     except BadLine:
         raise
     except json.JSONDecodeError as e:
-        raise _not_json(f"{e.msg} at column {e.colno}") from None
+        # json's "Invalid control character at" ends in the word the column follows
+        raise _not_json(f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
     except ValueError:  # an integer past sys.get_int_max_str_digits()
         record = json.loads(line, parse_constant=constant, parse_int=_int_or_float)
     if not isinstance(record, dict):
