@@ -10,6 +10,7 @@ dataset holds each text's UTF-8 bytes unchanged.
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,34 @@ def test_the_sft_reader_takes_the_records_vikhr_jsonl_takes(
     assert outcome(sft_records, path) == records
     if isinstance(expected, list):
         assert [r["text"] for r in records] == expected  # type: ignore[union-attr]
+
+
+# The cases about a record's JSON value (not about lines), which a JSON array file can hold too.
+VALUE_CASES = [
+    c
+    for c in CASES
+    if c[0].startswith(("lone ", "surrogate pair", "reversed pair", "high then", "escaped", "nested", "huge"))
+    or c[0] in ("nan", "infinity", "brackets in strings nest nothing", "duplicate key: the last wins")
+]
+
+
+@pytest.mark.parametrize(("case", "data", "expected"), VALUE_CASES, ids=[c[0] for c in VALUE_CASES])
+def test_a_json_array_file_takes_the_records_its_jsonl_twin_takes(
+    tmp_path: Path, case: str, data: bytes, expected: list[str] | int
+) -> None:
+    """A chat collection given as one JSON array (OpenHermes-2.5's file) takes and refuses the records
+    its JSON Lines twin does: a 5,000-digit number and nesting past Python's limit were tracebacks
+    there (the build lost), nesting past 128 levels was read."""
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    jsonl, array = tmp_path / "chats.jsonl", tmp_path / "chats.json"
+    jsonl.write_bytes(data)
+    array.write_bytes(b"[" + b",\n".join(lines) + b"]")
+
+    def taken(path: Path) -> list[str]:
+        return [
+            r.reason if isinstance(r, Unfit) else json.dumps(r, sort_keys=True) for _, r in read_records(path)
+        ]
+
+    assert taken(array) == taken(jsonl)
+    refused = case.startswith(("lone ", "reversed", "high then", "nested past"))  # NaN is taken here
+    assert len(taken(array)) == len(lines) and (taken(array)[-1] == "bad_json") == refused

@@ -288,9 +288,9 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     strict JSON (no NaN or Infinity unless `allow_nan`), nesting up to MAX_DEPTH, no half of a UTF-16
     surrogate pair escaped alone. Numbers of any size are JSON (an integer past Python's limit on
     int() digits reads as ±inf, as 1e400 does)."""
-    deep_at = _too_deep(line)
-    if deep_at is not None:
-        raise _not_json(f"arrays and objects nested more than {MAX_DEPTH} deep at column {deep_at}")
+    deep = depth_refusal(line)
+    if deep is not None:
+        raise _not_json(deep)
     constant = None if allow_nan else _not_json_constant
     try:
         record = json.loads(line, parse_constant=constant)
@@ -300,24 +300,45 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
         # json's "Invalid control character at" ends in the word the column follows
         raise _not_json(f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
     except ValueError:  # an integer past sys.get_int_max_str_digits()
-        record = json.loads(line, parse_constant=constant, parse_int=_int_or_float)
+        record = json.loads(line, parse_constant=constant, parse_int=int_or_float)
     if not isinstance(record, dict):
         raise BadLine(f"expected a JSON object per line, got {type(record).__name__}")
-    unpaired = _unpaired_surrogate(line)
+    unpaired = surrogate_refusal(line)
     if unpaired is not None:
-        escape, column = unpaired[0], unpaired.start() + 1
-        raise BadLine(
-            f"not valid JSON (unpaired UTF-16 surrogate escape {escape} at column {column} (half of a pair, "
-            "without its other half)); fix or drop the line"
-        )
+        raise BadLine(f"not valid JSON ({unpaired}); fix or drop the line")
     return record
+
+
+def depth_refusal(text: str) -> str | None:
+    """Why the JSON `text` of one record nests too deep for the readers (checked before decoding it:
+    Python's own limit is a RecursionError), None when it does not."""
+    deep_at = _too_deep(text)
+    return (
+        None
+        if deep_at is None
+        else f"arrays and objects nested more than {MAX_DEPTH} deep at column {deep_at}"
+    )
+
+
+def surrogate_refusal(text: str) -> str | None:
+    """Why the valid JSON `text` of one record is no text (an escaped half of a UTF-16 surrogate pair
+    alone, which json decodes and no encoder takes), None when it is text."""
+    unpaired = _unpaired_surrogate(text)
+    if unpaired is None:
+        return None
+    escape, column = unpaired[0], unpaired.start() + 1
+    return (
+        f"unpaired UTF-16 surrogate escape {escape} at column {column} (half of a pair, without its other "
+        "half)"
+    )
 
 
 def _not_json_constant(name: str) -> Any:
     raise _not_json(f"{name} is not a JSON value")
 
 
-def _int_or_float(digits: str) -> int | float:
+def int_or_float(digits: str) -> int | float:
+    """A JSON integer's value (`parse_int`): an int, or past int()'s digit limit the float it names."""
     try:
         return int(digits)
     except ValueError:  # more digits than int() takes: the float they name (±inf)

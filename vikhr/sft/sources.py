@@ -76,7 +76,17 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from vikhr.errors import VikhrError
-from vikhr.jsonl import BadLine, iter_decompressed, open_text, parse_record, record_lines
+from vikhr.jsonl import (
+    MAX_DEPTH,
+    BadLine,
+    depth_refusal,
+    int_or_float,
+    iter_decompressed,
+    open_text,
+    parse_record,
+    record_lines,
+    surrogate_refusal,
+)
 from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 from vikhr.sft.tool_layouts import (
@@ -101,7 +111,6 @@ ROLE_NAMES = {
 NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
 ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate escaped in JSON text
 _HUMAN_ASSISTANT_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")  # Anthropic HH-RLHF's and Nectar's
 
 
@@ -223,7 +232,7 @@ def _opens_an_array(path: Path) -> bool:
 def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
     """The records of a JSON array whose "[" was read from `f`, decoded one at a time (OpenHermes-2.5's
     is 1.9 GB); places are ``file:item N``. Bad JSON ends the file: its one Unfit says where."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=int_or_float)  # numbers of any size, as the JSONL readers
     buffer, at, item, ended, after_value = "", 0, 0, False, False
 
     def more() -> bool:
@@ -262,26 +271,18 @@ def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] 
                 continue  # the value goes on in the next chunk
             yield unfit(f"not valid JSON ({e.msg})")
             return
-        escaped = _SURROGATE_ESCAPE.search(buffer, at, end) is not None
-        at, after_value = end, True
-        if isinstance(record, dict):
-            yield f"{path}:item {item}", _without_lone_surrogates(record) if escaped else record
+        except RecursionError:  # nested past Python's limit: where the item ends is not known
+            yield unfit(f"not valid JSON (arrays and objects nested more than {MAX_DEPTH} deep)")
+            return
+        text, at, after_value = buffer[at:end], end, True
+        refused = depth_refusal(text) or surrogate_refusal(text)
+        if refused is not None:
+            yield unfit(f"not valid JSON ({refused}); fix or drop the item")
+        elif isinstance(record, dict):
+            yield f"{path}:item {item}", record
         else:
             yield unfit(f"expected a JSON object, got {type(record).__name__}")
         item += 1
-
-
-def _without_lone_surrogates(record: dict[str, Any]) -> dict[str, Any] | Unfit:
-    """`record`, or Unfit when a string in it holds half of a UTF-16 surrogate pair ("\\ud83d" escaped
-    alone in scraped chat dumps): JSON decoding accepts it, no tokenizer can encode it."""
-    try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = e.object[e.start : e.end]
-        return Unfit(
-            "bad_json", f"holds a lone UTF-16 surrogate {bad.encode('unicode_escape').decode()} (not text)"
-        )
-    return record
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
