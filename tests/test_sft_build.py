@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import shutil
@@ -681,6 +682,20 @@ def test_minhash_estimates_jaccard_and_lsh_params_match_datasketch() -> None:
     assert abs(np.mean(sa == sb) - reference[0].jaccard(reference[1])) < 0.1
 
 
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("  Привет,  МИР!! snake_case ﬁle ①² ", "привет мир snake case file 12"),
+        ("ё\u0301ж — 3,14\u00a0%", "ё ж 3 14"),  # a combining mark is not a letter
+        ("___", ""),
+        ("", ""),
+        ("ΣΑΣ straße İ", "σασ strasse i"),
+    ],
+)
+def test_normalise_folds_case_and_makes_each_run_of_non_letters_one_space(text: str, normalised: str) -> None:
+    assert normalise(text) == normalised
+
+
 def test_signatures_computed_a_piece_at_a_time_equal_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """The signature matrix is bounded by `SHINGLES_AT_ONCE` (a batch of long prompts took GBs):
     pieces that cut texts anywhere, one text spanning several, give the same signatures."""
@@ -924,3 +939,25 @@ def test_bundled_rulm_chats_and_their_seed_tasks_mix_without_duplicates(
     assert rulm["dropped"]["near_duplicate"] >= 18
     prompts = [normalise(r["messages"][0]["content"]) for r in _written(tmp_path / "out" / "chats.jsonl")]
     assert len(prompts) == rulm["kept"] == len(set(prompts))
+
+
+def test_bundled_rulm_mix_and_report_are_pinned(shared_data: Path, tmp_path: Path) -> None:
+    """The written mix and its reports, byte for byte, for the rulm chats and their seed tasks (a
+    change meant to be only faster must leave them as they are)."""
+    sft = shared_data / "sft"
+    sources = [
+        {"name": "rulm", "path": str(sft / "rulm-self-instruct.chat.jsonl"), "min_cyrillic_share": 0.3},
+        {"name": "seeds", "path": str(sft / "ru_alpaca_seed_tasks.jsonl")},
+    ]
+    build(_config(tmp_path, sources, limits={"min_tokens": 1, "max_tokens": 100_000}))
+    out = tmp_path / "out" / "chats.jsonl"
+    digests = {}
+    for name in (out.name, f"{out.name}.report.json", f"{out.name}.report.md"):
+        text = (out.parent / name).read_text(encoding="utf-8")
+        text = text.replace(str(tmp_path), "TMP").replace(str(sft), "SFT").replace(str(MISTRAL), "TOKENIZER")
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert digests == {
+        "chats.jsonl": "c3549bee2ff8b44d",
+        "chats.jsonl.report.json": "e9321efecccfbb31",
+        "chats.jsonl.report.md": "8f695d09c162188a",
+    }
