@@ -419,7 +419,13 @@ def _record_id(record: dict[str, Any], where: str) -> str:
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
             return str(value)
     path, _, place = where.rpartition(":")
-    return f"{Path(path).name}:{place}"
+    return f"{_file_name(path)}:{place}"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_name(path: str) -> str:
+    """The name of the file at `path`: one Path per file, not per record without an id."""
+    return Path(path).name
 
 
 def _role(name: Any, i: int, tool_roles: tuple[str, ...]) -> str:
