@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_NON_WORD = re.compile(r"[\W_]+")
+_WORD = re.compile(r"[^\W_]+")
 SHINGLE_WORDS = 3
 _U32 = np.uint64(0xFFFFFFFF)
 SHINGLES_AT_ONCE = 1 << 15  # of the signature matrix computed at once: 32 MiB at 128 permutations
@@ -33,7 +33,12 @@ SHINGLES_AT_ONCE = 1 << 15  # of the signature matrix computed at once: 32 MiB a
 
 def normalise(text: str) -> str:
     """NFKC, case folded, runs of non-letters/digits → one space, stripped."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return " ".join(normalised_words(text))
+
+
+def normalised_words(text: str) -> list[str]:
+    """The words of `normalise`: the runs of letters/digits of the NFKC, case-folded text."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def exact_key(text: str) -> int:
@@ -77,7 +82,7 @@ class MinHasher:
     def shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """64-bit hashes of the word 3-grams of each normalised text (one for a text of fewer words),
         all texts' in one array, and where each text's start."""
-        words = [normalise(t).split() or [t] for t in texts]
+        words = [normalised_words(t) or [t] for t in texts]
         counts = np.array([len(w) for w in words])
         flat = np.fromiter(
             (zlib.crc32(w.encode()) for ws in words for w in ws), dtype=np.uint64, count=int(counts.sum())
