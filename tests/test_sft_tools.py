@@ -16,6 +16,7 @@ are checked too.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -1224,6 +1225,21 @@ def test_openai_legacy_function_calling_is_read_as_tool_calls(qwen_dir: tuple[st
             ),
             "bad_turns",
             "tool 1 (f): its schema holds NaN or an infinite number",
+        ),
+        (  # a Parquet row's date (pyarrow gives datetime.date): json.dumps raised, the build was lost
+            "messages",
+            _chat(
+                USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        _call("get_weather", {"city": "Москва", "day": datetime.date(2024, 1, 1)})
+                    ],
+                },
+            ),
+            "bad_turns",
+            "message 2: tool call 1: arguments hold a value JSON cannot hold (Object of type date",
         ),
     ],
 )

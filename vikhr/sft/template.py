@@ -457,14 +457,17 @@ def _tool_call(item: Any, k: int, number: int) -> ToolCall:
             raise VikhrError(f"{where}: arguments are not valid JSON ({e.msg} at column {e.colno})") from None
         text = arguments  # written as given, as Qwen3's template writes a string
     else:
-        parsed, text = arguments, json.dumps(arguments, ensure_ascii=False)  # the templates' `tojson`
+        parsed, text = arguments, None
     if not isinstance(parsed, dict):
         raise VikhrError(
             f"{where}: arguments must be a JSON object (as an object or as its JSON text), "
             f"got {type(parsed).__name__}"
         )
-    if not _is_finite(parsed):
-        raise VikhrError(f"{where}: arguments hold {_NON_FINITE}")
+    refused = _not_json_data(parsed)
+    if refused is not None:
+        raise VikhrError(f"{where}: arguments hold {refused}")
+    if text is None:
+        text = json.dumps(parsed, ensure_ascii=False)  # the templates' `tojson`
     call_id = item.get("id") if isinstance(item, dict) and item is not function else None
     if call_id is not None and not isinstance(call_id, str):
         raise VikhrError(f"{where}: id must be a string or null, got {type(call_id).__name__}")
@@ -487,23 +490,27 @@ def _tools(raw: Any) -> tuple[str, ...]:
                 f'tool {k}: expected {{"type": "function", "function": {{"name": "...", ...}}}} '
                 "(a function's JSON schema)"
             )
-        if not _is_finite(tool):
-            raise VikhrError(f"tool {k} ({function['name']}): its schema holds {_NON_FINITE}")
+        refused = _not_json_data(tool)
+        if refused is not None:
+            raise VikhrError(f"tool {k} ({function['name']}): its schema holds {refused}")
     return tuple(json.dumps(tool, ensure_ascii=False) for tool in raw)
 
 
 # json.loads reads NaN, Infinity (and 1e999 as infinity); json.dumps would write them into the
-# training text as it reads them, which is not JSON: a model would learn to call with them.
+# training text as it reads them, which is not JSON: a model would learn to call with them. Records
+# read from Parquet may hold values JSON has no kind for (dates, bytes).
 _NON_FINITE = "NaN or an infinite number, which JSON cannot hold"
 
 
-def _is_finite(value: Any) -> bool:
-    """Whether `value` (parsed JSON) holds no NaN or infinite number."""
+def _not_json_data(value: Any) -> str | None:
+    """What of `value` (parsed JSON, or a Parquet row's values) JSON cannot hold, None if nothing."""
     try:
         json.dumps(value, allow_nan=False)
     except ValueError:
-        return False
-    return True
+        return _NON_FINITE
+    except TypeError as e:  # "Object of type date is not JSON serializable"
+        return f"a value JSON cannot hold ({e})"
+    return None
 
 
 def _check_turn(m: Message, previous: Message | None, number: int) -> None:
