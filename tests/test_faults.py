@@ -1075,8 +1075,17 @@ _BAD_INPUTS = [
     ("convert hf-to-megatron {hf} {dir}/o", "config.json is not valid JSON", "o"),
     ("convert hf-to-megatron {hf} {dir}/o --tp -1", "must be at least 1", "o"),
     ("convert hf-to-megatron {hfcfg} {ro}/o", "is not writable", None),
-    ("convert megatron-to-hf {dir}/nope {dir}/o", "no vikhr checkpoint", "o"),
+    ("convert megatron-to-hf {dir}/nope {dir}/o", "no vikhr checkpoint: the path does not exist", "o"),
     ("convert megatron-to-hf {dir}/folder {dir}/o", "no vikhr checkpoint", "o"),
+    # A directory of the other kind than the verb reads is named as such, with the verb it needs.
+    ("convert megatron-to-hf {hfcfg} {dir}/o", "is an HF model directory, not a vikhr checkpoint", "o"),
+    ("convert hf-to-megatron {dir}/ckpt {dir}/o", "convert it first (vikhr convert megatron-to-hf", "o"),
+    (
+        "adapt-vocab --model {dir}/ckpt --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o",
+        "is a vikhr training checkpoint, not an HF model directory: convert it first",
+        "o",
+    ),
+    ("merge {hfcfg} {dir}/ckpt --out {dir}/o --t 0.5", "is a vikhr training checkpoint, not an HF", "o"),
     ("eval --model {dir}/nope --tasks bpc", "model directory not found", None),
     ("eval --model {dir}/empty --tasks bpc", "not a file", None),
     ("eval --model {hf} --tasks bpc", "has no *.safetensors weights", None),

@@ -124,6 +124,23 @@ def require_dir(path: str | Path, what: str = "directory") -> Path:
     return p
 
 
+# Files that mark a directory as a vikhr training checkpoint: a step's description, or a run's
+# pointer to its latest step (vikhr.train.checkpoint).
+TRAINING_CHECKPOINT_MARKERS = ("meta.json", "latest")
+
+
+def not_an_hf_model_dir(model_dir: str | Path, what: str = "an HF model directory") -> VikhrError:
+    """The error for a directory without `config.json` where an HF model is expected; a vikhr
+    training checkpoint (a run or a step directory) is told the conversion it needs first."""
+    p = Path(model_dir)
+    if any((p / name).is_file() for name in TRAINING_CHECKPOINT_MARKERS):
+        return VikhrError(
+            f"{p} is a vikhr training checkpoint, not {what}: convert it first "
+            f"(vikhr convert megatron-to-hf {p} OUT_DIR)"
+        )
+    return VikhrError(f"{p} has no config.json (give {what})")
+
+
 def require_writable_dir(path: str | Path, what: str = "output directory") -> Path:
     """Return `path` as a Path, or raise VikhrError if it cannot be written into or created.
 

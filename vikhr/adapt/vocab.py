@@ -35,7 +35,7 @@ from typing import Any, Literal
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
+from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
@@ -268,7 +268,7 @@ def _round_up(n: int, multiple: int | None) -> int:
 def _load_config(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
-        raise VikhrError(f"{model_dir} has no config.json (give an HF model directory)")
+        raise not_an_hf_model_dir(model_dir)
     cfg = read_json_object(cfg_path)
     if (model_dir / "generation_config.json").is_file():  # rewritten after the shards: read it now
         read_json_object(model_dir / "generation_config.json")

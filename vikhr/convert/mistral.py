@@ -47,7 +47,14 @@ from vikhr.adapt.safetensors_io import (
     torch_dtype,
 )
 from vikhr.atomic import output_dir, write_errors_as_os_errors
-from vikhr.errors import VikhrError, read_json_object, refuse_to_replace, require_dir, require_writable_dir
+from vikhr.errors import (
+    VikhrError,
+    not_an_hf_model_dir,
+    read_json_object,
+    refuse_to_replace,
+    require_dir,
+    require_writable_dir,
+)
 from vikhr.model.config import ModelConfig, padded_vocab_size
 from vikhr.model.tp_layout import merge, shard, split_of
 
@@ -114,7 +121,7 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
     """The parsed `config.json` of an HF model directory; VikhrError naming the file if it is unusable."""
     path = model_dir / "config.json"
     if not path.is_file():
-        raise VikhrError(f"{model_dir}: config.json not found (an HF model directory is expected)")
+        raise not_an_hf_model_dir(model_dir)
     return read_json_object(path)
 
 
@@ -594,6 +601,13 @@ def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelC
 
     step_dir = find_checkpoint(ckpt_dir)
     if step_dir is None:
+        if not Path(ckpt_dir).exists():
+            raise VikhrError(f"{ckpt_dir}: no vikhr checkpoint: the path does not exist (check it)")
+        if (Path(ckpt_dir) / "config.json").is_file():
+            raise VikhrError(
+                f"{ckpt_dir} is an HF model directory, not a vikhr checkpoint: it is already in HF "
+                f"format (vikhr convert hf-to-megatron {ckpt_dir} OUT_DIR converts it the other way)"
+            )
         raise VikhrError(f"{ckpt_dir}: no vikhr checkpoint (meta.json or latest) found")
     path = step_dir / "meta.json"
     unusable = f"{path} is not a usable vikhr checkpoint description"

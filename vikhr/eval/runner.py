@@ -15,7 +15,7 @@ from typing import Any
 
 from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import temporary_paths
-from vikhr.errors import VikhrError, first_line
+from vikhr.errors import VikhrError, first_line, not_an_hf_model_dir
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.progress import TaskProgress, as_json
 from vikhr.eval.rsg import rsg_total, submission_split
@@ -80,15 +80,8 @@ def check_model_dir(model_dir: Path) -> None:
         )
     if not model_dir.is_dir():
         raise VikhrError(f"--model must be an HF model directory, not a file: {model_dir}")
-    if not (model_dir / "config.json").is_file() and any(
-        (model_dir / f).is_file() for f in ("meta.json", "latest")
-    ):
-        raise VikhrError(
-            f"{model_dir} is a vikhr training checkpoint, not an HF model directory: convert it first "
-            f"(vikhr convert megatron-to-hf {model_dir} OUT_DIR)"
-        )
     if not (model_dir / "config.json").is_file():
-        raise VikhrError(f"{model_dir} has no config.json (is it an HF model directory?)")
+        raise not_an_hf_model_dir(model_dir)
     if not any(model_dir.glob("*.safetensors")):
         # Pickled *.bin weights are not loaded: safetensors only.
         raise VikhrError(f"{model_dir} has no *.safetensors weights")

@@ -33,7 +33,7 @@ from vikhr.adapt.safetensors_io import (
     write_computed,
 )
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_dir
+from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
 from vikhr.sft.hf_chat import chat_template_in
@@ -97,7 +97,7 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
     configs = []
     for d in (a, b):
         if not (d / "config.json").is_file():
-            raise VikhrError(f"{d} has no config.json (give an HF model directory)")
+            raise not_an_hf_model_dir(d)
         configs.append(read_json_object(d / "config.json"))
     cfg_a, cfg_b = configs
     contexts = (cfg_a.get(CONTEXT_KEY), cfg_b.get(CONTEXT_KEY))
