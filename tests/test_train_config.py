@@ -206,6 +206,19 @@ def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> 
     load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"], check_files=False)
 
 
+def test_a_missing_config_or_one_given_as_an_override_is_named(tmp_path: Path, dataset: str) -> None:
+    """`vikhr pretrain` without --config, or with the YAML given where the overrides go, says so
+    (it said "data.train is empty", or only that an override must look like section.key=value)."""
+    with pytest.raises(VikhrError, match=r"no config given: pass --config FILE\.yaml"):
+        load_config(None, ["train.steps=4"])
+    with pytest.raises(VikhrError, match=r"a config file is given as --config .*c\.yaml\)$"):
+        load_config(None, [str(_config(tmp_path, dataset))])
+    with pytest.raises(VikhrError, match=r"must look like section\.key=value$"):
+        load_config(None, ["steps"])
+    # Overrides alone that name the data are a config.
+    load_config(None, [f"data.train=[{{prefix: {dataset}}}]", "data.seq_len=64"])
+
+
 def test_lr_schedule_warms_up_then_decays_to_min(tmp_path: Path, dataset: str) -> None:
     from vikhr.train.trainer import lr_at
 

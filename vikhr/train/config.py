@@ -245,7 +245,9 @@ def load_config(
         raw = read_yaml_mapping(path, "sections")
     for item in overrides:
         if "=" not in item:
-            raise VikhrError(f"override {item!r} must look like section.key=value")
+            looks_like_config = item.endswith((".yaml", ".yml")) or Path(item).is_file()
+            hint = f" (a config file is given as --config {item})" if looks_like_config else ""
+            raise VikhrError(f"override {item!r} must look like section.key=value{hint}")
         key, text = item.split("=", 1)
         key = key.strip().lstrip("-")
         try:
@@ -253,6 +255,13 @@ def load_config(
         except yaml.YAMLError as e:
             raise VikhrError(f"config key {key}: cannot parse {text!r}") from e
         _merge(raw, key, value)
+    data = raw.get("data", {})
+    if path is None and isinstance(data, dict) and not data.get("train"):
+        # Without a config nothing names the data: say what is missing, not which key is empty.
+        raise VikhrError(
+            "no config given: pass --config FILE.yaml (configs/ has examples, e.g. configs/tiny-cpu.yaml) "
+            "or name the datasets with data.train=[{prefix: ..., weight: ...}]"
+        )
     try:
         cfg = TrainConfig.model_validate(raw)
     except pydantic.ValidationError as e:
