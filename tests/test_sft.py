@@ -732,8 +732,34 @@ def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest
     assert rc == 2
     assert err.strip().splitlines() == [
         f"vikhr sft train: error: config key data.train[0].prefix: SFT dataset file not found: "
-        f"{tmp_path}/half_mask_document.bin (see vikhr sft prepare)"
+        f"{tmp_path}/half_mask_document.bin (write it with `vikhr sft prepare`)"
     ]
+
+
+def test_a_dataset_file_prefix_or_a_pretraining_dataset_is_named(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """`sft show` / `sft train` given a file prefix of a prepared dataset (`chats_text_document`,
+    `chats_sft.json`) or a `data preprocess` dataset said only that a file was missing, with the
+    suffix appended twice."""
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.data.indexed import write_indexed
+
+    prefix = tmp_path / "chats"
+    prepare_sft(RU_SEED_CHATS, MISTRAL_TOKENIZER, prefix, max_chats=4)
+    write_indexed(tmp_path / "ru_text_document", [[1, 5, 6, 2]], "uint16")
+    fix = f"(give the --output-prefix of `vikhr sft prepare`: {prefix})"
+    for given in ("chats_text_document", "chats_mask_document.idx", "chats_sft.json"):
+        rc, _, err = _cli(capfd, "sft", "show", str(tmp_path / given))
+        assert rc == 2 and err.strip().endswith(fix), err
+    for given in ("ru", "ru_text_document"):
+        rc, _, err = _cli(capfd, "sft", "show", str(tmp_path / given))
+        assert rc == 2 and f"{tmp_path}/ru is a pre-training dataset of `vikhr data preprocess`" in err, err
+    config = _config(tmp_path / "c.yaml", tmp_path / "chats_text_document", tmp_path / "run")
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config))
+    assert rc == 2 and err.strip().endswith(fix), err
+    rc, out, _ = _cli(capfd, "sft", "show", str(prefix))
+    assert rc == 0 and out.startswith("--- chat 0")
 
 
 def test_prepare_warns_of_chats_with_an_empty_answer(tmp_path: Path, capsys) -> None:

@@ -42,6 +42,27 @@ def sft_files(prefix: str | Path) -> dict[str, Path]:
     }
 
 
+def missing_sft_file(prefix: str | Path) -> str | None:
+    """What is wrong with a prefix whose files `vikhr sft prepare` did not all write (None when they
+    are all there): the first missing file, and what the prefix most likely names instead."""
+    missing = next((path for path in sft_files(prefix).values() if not path.is_file()), None)
+    if missing is None:
+        return None
+    # The prefix given to prepare, where a dataset's own file prefix or one of its files was given.
+    base = str(prefix)
+    for ending in (".bin", ".idx", META_SUFFIX, "_text_document", "_mask_document"):
+        base = base.removesuffix(ending)
+    hint = "write it with `vikhr sft prepare`"
+    if base != str(prefix) and base and missing_sft_file(base) is None:
+        hint = f"give the --output-prefix of `vikhr sft prepare`: {base}"
+    elif Path(dataset_prefix(base, "text") + ".bin").is_file() and not sft_files(base)["meta"].is_file():
+        hint = (
+            f"{base} is a pre-training dataset of `vikhr data preprocess`: an SFT dataset also needs the "
+            "loss mask `vikhr sft prepare` writes"
+        )
+    return f"SFT dataset file not found: {missing} ({hint})"
+
+
 def read_sft_meta(meta_path: Path) -> dict:
     """The `_sft.json` `vikhr sft prepare` wrote; VikhrError for anything else."""
     try:
@@ -57,9 +78,9 @@ def read_sft_meta(meta_path: Path) -> dict:
 def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> dict:
     """Config-time check (no allocation): the files exist and the token ids fit the model; the
     dataset's `_sft.json`."""
-    for path in sft_files(prefix).values():
-        if not path.is_file():
-            raise VikhrError(f"config key {key}: SFT dataset file not found: {path} (see vikhr sft prepare)")
+    missing = missing_sft_file(prefix)
+    if missing is not None:
+        raise VikhrError(f"config key {key}: {missing}")
     try:
         meta = read_sft_meta(Path(prefix + META_SUFFIX))
     except VikhrError as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
-from vikhr.sft.layout import CHAT_ENCODING, read_sft_meta, sft_datasets, sft_files
+from vikhr.sft.layout import CHAT_ENCODING, missing_sft_file, read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
 from vikhr.sft.template import (
     AUTO,
@@ -180,9 +180,9 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
     BOS, EOS and the template's control tokens are shown as their pieces (`decode` drops them).
     """
     files = sft_files(prefix)
-    for path in files.values():
-        if not path.is_file():
-            raise VikhrError(f"SFT dataset file not found: {path} (write it with `vikhr sft prepare`)")
+    missing = missing_sft_file(prefix)
+    if missing is not None:
+        raise VikhrError(missing)
     meta = read_sft_meta(files["meta"])
     template = meta.get("template", "mistral")
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
