@@ -1095,10 +1095,11 @@ _BAD_INPUTS = [
     ("eval --model {hf} --tasks bpc --max-length 0", "--max-length must be positive", None),
     ("eval --model {hf} --tasks bpc --max-length -1", "--max-length must be positive", None),
     ("eval --model {hf} --tasks bpc --limit 0", "--limit must be positive", None),
-    ("eval --model {hf} --tasks terra --num-fewshot -1", "--num-fewshot must be >= 0", None),
+    # --data-dir {dir} (a directory that exists): the rows hold without the shared data.
+    ("eval --model {hf} --tasks terra --data-dir {dir} --num-fewshot -1", "--num-fewshot must be >= 0", None),
     # Where the results go is checked before the run, not after it.
     ("eval --model {hf} --tasks bpc --output {ds}.idx/r.json", "ds.idx/r.json: directory", None),
-    ("eval --model {hf} --tasks rsg --rsg-submission {ro}/r.zip", "is not writable", None),
+    ("eval --model {hf} --tasks rsg --data-dir {dir} --rsg-submission {ro}/r.zip", "is not writable", None),
     (
         "adapt-vocab --model {hf} --old-tokenizer {tok} --new-tokenizer {tok} --out {dir}/o "
         "--pad-to-multiple 0",
