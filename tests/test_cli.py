@@ -57,6 +57,22 @@ def test_every_verb_describes_itself_and_shows_its_defaults() -> None:
     assert "--no-split-by-whitespace" in text and "default: True" not in text
 
 
+def test_every_argument_without_a_default_to_show_says_what_it_is() -> None:
+    """A required option or a positional argument with no help was a bare name in --help
+    (`sft prepare --output-prefix`, `data preprocess --tokenizer-type`, import-tekken's paths)."""
+    from vikhr.cli import _has_default_to_show
+
+    def bare(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action.choices, dict):  # the sub-commands
+                for name, verb in action.choices.items():
+                    yield from bare(verb, (*path, name))
+            elif action.help is None and not _has_default_to_show(action):
+                yield " ".join((*path, action.option_strings[0] if action.option_strings else action.dest))
+
+    assert list(bare(build_parser())) == []
+
+
 def test_registering_the_verbs_imports_no_heavy_library() -> None:
     code = (
         "import sys, vikhr.cli; vikhr.cli.build_parser(); "

@@ -558,8 +558,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=150, help="continued pre-training steps")
     p.add_argument("--sft-steps", type=int, default=60, help="instruction-tuning steps")
     p.add_argument("--kl-weight", type=float, default=0.1, help="λ of the KL regulariser")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--seq-len", type=int, default=128, help="tokens per training window (chats: twice as many)"
+    )
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every training stage")
     p.add_argument("--eval-docs", type=int, default=8, help="held-out documents per language for bpc")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of every training stage")
     p.set_defaults(func=run)

@@ -27,7 +27,12 @@ def register(sub: Any) -> None:
         default="mean",
         help="init of new rows (default mean)",
     )
-    p.add_argument("--pad-to-multiple", type=int, default=None, help="pad the vocabulary rows to a multiple")
+    p.add_argument(
+        "--pad-to-multiple",
+        type=int,
+        default=None,
+        help="pad the vocabulary rows to a multiple of this (default: no padding)",
+    )
     p.add_argument(
         "--whitespace-pieces",
         choices=["mean", "space"],

@@ -28,7 +28,14 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-newlines", action="store_true", help="accepted; newlines are always kept")
     g.add_argument("--lang", default=None, help="accepted and ignored (only used for sentence splitting)")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=sorted(TOKENIZER_TYPES))
+    g.add_argument(
+        "--tokenizer-type",
+        required=True,
+        choices=sorted(TOKENIZER_TYPES),
+        help="as Megatron-LM's: GPTSentencePieceTokenizer (SentencePieceTokenizer is taken as it) adds no "
+        "BOS, Llama2Tokenizer prepends BOS, HuggingFaceTokenizer applies the tokenizer.json's "
+        "post-processor; --append-eod ends each document with EOS",
+    )
     g.add_argument(
         "--tokenizer-model", required=True, help="SentencePiece .model, or tokenizer.json / its dir"
     )

@@ -49,7 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument(
         "--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or its directory"
     )
-    pp.add_argument("--output-prefix", required=True)
+    pp.add_argument(
+        "--output-prefix",
+        required=True,
+        help="writes PREFIX_text_document and PREFIX_mask_document (.bin/.idx) and PREFIX_sft.json; "
+        "the trainer's data.train and `sft show` take PREFIX",
+    )
     pp.add_argument(
         "--template",
         default=AUTO,

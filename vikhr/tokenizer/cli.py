@@ -180,8 +180,8 @@ def _register_import_tekken(tsub: Any) -> None:
         "MistralConverter into tokenizer.json + tokenizer_config.json (+ manifest.json) in OUT_DIR, and "
         "check on held-out lines that the ids equal mistral-common's Tekkenizer.",
     )
-    tk.add_argument("tekken_json", metavar="TEKKEN_JSON")
-    tk.add_argument("out_dir", metavar="OUT_DIR")
+    tk.add_argument("tekken_json", metavar="TEKKEN_JSON", help="Mistral's tekken.json")
+    tk.add_argument("out_dir", metavar="OUT_DIR", help="output directory (must not exist unless --overwrite)")
     tk.add_argument(
         "--verify-texts",
         action="append",
