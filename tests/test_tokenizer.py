@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 from itertools import pairwise
 from pathlib import Path
 
@@ -758,3 +759,18 @@ def test_cli_sentencepiece_extend_with_new_tokens(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["vocab_size"] == 32100 and manifest["settings"]["vocab_size"] == 32100
     assert manifest["extend"]["added_pieces"] == 100
+
+
+def test_cli_sentencepiece_base_model_may_be_its_directory(tmp_path: Path) -> None:
+    """A directory holding the SentencePiece base (an earlier output's `tok/`), as every other
+    tokenizer option takes it: it was refused as "not a regular file"."""
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, base_dir / "tokenizer.model")
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(base_dir)]
+    argv += ["--new-tokens", "100", "--corpus", f"{RU_SAMPLE}@100k", "--out", str(out)]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["vocab_size"] == 32100
+    assert manifest["base_model"]["path"] == str(base_dir / "tokenizer.model")

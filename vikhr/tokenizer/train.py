@@ -39,7 +39,7 @@ from vikhr.tokenizer.corpus import (
     write_training_sample,
 )
 from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
-from vikhr.tokenizer.load import load
+from vikhr.tokenizer.load import load, resolve_tokenizer_file
 from vikhr.tokenizer.prune import ID_MAP_FILE, id_map, piece_use, prune_base, write_id_map
 from vikhr.tokenizer.train_byte_bpe import byte_level_base, train_byte_level
 
@@ -520,6 +520,8 @@ def train_tokenizer(
             "--min-frequency is for byte-level BPE (a tokenizer.json --base-model); SentencePiece has "
             "no such setting (leave it out)"
         )
+    if s.base_model:  # a directory's tokenizer.model (a byte-level tokenizer.json was taken above)
+        s = replace(s, base_model=str(resolve_tokenizer_file(s.base_model)))
     s = _with_sentencepiece_defaults(s)
     base_proto = _check_mode(s)
     if base_proto is not None and s.new_tokens is not None:
