@@ -4,11 +4,13 @@ every input tensor is accounted for; HF exports carry their tokenizer and load w
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import logging
 import re
 import shutil
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +432,37 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "without a tokenizer" in capsys.readouterr().out  # the tiny HF model has none
     a, b = _hf_tensors(hf), _hf_tensors(tmp_path / "back")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("family", [None, "qwen3"])
+def test_cli_shows_a_bar_over_the_tensors_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family: str | None
+) -> None:
+    """A 7B conversion takes minutes: each direction shows a bar that ends at its tensor count (it
+    printed nothing until the end), and none where stderr is not a terminal or with --no-progress."""
+    hf = _tiny_hf(tmp_path / "hf", family=family)
+    n_hf = len(load_file(str(hf / "model.safetensors")))
+    runs = [
+        (["hf-to-megatron", str(hf), str(tmp_path / "meg"), "--tp", "2"], None),
+        (["megatron-to-hf", str(tmp_path / "meg"), str(tmp_path / "back")], n_hf),
+        (["megatron-to-hf", str(tmp_path / "meg"), str(tmp_path / "quiet"), "--no-progress"], 0),
+    ]
+    for argv, tensors in runs:
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert cli_main(["convert", *argv]) == 0
+        monkeypatch.undo()
+        if tensors == 0:
+            assert "converting" not in terminal.getvalue()
+            continue
+        if tensors is None:  # one megatron tensor per fused pair or triple of HF ones
+            tensors = len(load_file(str(tmp_path / "meg" / "model_tp00.safetensors")))
+        assert "converting: 100%" in terminal.getvalue() and f"{tensors}/{tensors}" in terminal.getvalue()
 
 
 # --------------------------------------------------------------------------- self-contained exports

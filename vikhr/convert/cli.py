@@ -8,7 +8,9 @@ import argparse
 def _hf_to_megatron(args: argparse.Namespace) -> int:
     from vikhr.convert import hf_to_megatron
 
-    out = hf_to_megatron(args.hf_dir, args.out, tp_size=args.tp, overwrite=args.overwrite)
+    out = hf_to_megatron(
+        args.hf_dir, args.out, tp_size=args.tp, overwrite=args.overwrite, progress=args.progress
+    )
     print(f"wrote {out} (tensor parallel {args.tp}); use it as model.init or kl.reference")
     return 0
 
@@ -16,7 +18,9 @@ def _hf_to_megatron(args: argparse.Namespace) -> int:
 def _megatron_to_hf(args: argparse.Namespace) -> int:
     from vikhr.convert import megatron_to_hf
 
-    out = megatron_to_hf(args.checkpoint, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer)
+    out = megatron_to_hf(
+        args.checkpoint, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer, progress=args.progress
+    )
     if (out / "tokenizer_config.json").is_file():
         print(f"wrote {out} (loads with transformers AutoTokenizer and AutoModelForCausalLM)")
     else:
@@ -40,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("out", help="output checkpoint directory")
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size to shard for (default 1)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a.set_defaults(func=_hf_to_megatron)
     b = conv.add_parser("megatron-to-hf", help="vikhr checkpoint (step dir or run dir) -> HF directory")
     b.add_argument("checkpoint", help="a checkpoint step directory, or a run directory with 'latest'")
@@ -50,4 +55,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default: the one the checkpoint records, if any",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    b.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     b.set_defaults(func=_megatron_to_hf)

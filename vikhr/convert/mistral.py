@@ -541,8 +541,10 @@ def hf_to_megatron(
     out_dir: str | Path,
     tp_size: int = 1,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
-    """Convert an HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoint into a vikhr megatron checkpoint.
+    """Convert an HF Mistral/Llama/Qwen2/Qwen3 safetensors checkpoint into a vikhr megatron checkpoint
+    (`progress`: a bar over the tensors when stderr is a terminal).
 
     The vocabulary rows are padded to the default multiple (128 × TP); a run with another
     `model.vocab_multiple` re-pads them when it loads the checkpoint.
@@ -586,9 +588,11 @@ def hf_to_megatron(
     with output_dir(out) as tmp, write_errors_as_os_errors(out):
         # One tensor in memory at a time, each written to every rank's file as it is made.
         spools = [SafetensorsSpool(tmp / f"model_tp{r:02d}.safetensors") for r in range(tp_size)]
-        for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
-            for r, spool in enumerate(spools):
-                spool.add(name, shard(full, split_of(name), r, tp_size))
+        with _tensor_progress(len(megatron_tensor_shapes(cfg, v_pad, 1)), progress) as bar:
+            for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
+                for r, spool in enumerate(spools):
+                    spool.add(name, shard(full, split_of(name), r, tp_size))
+                bar.update()
         for spool in spools:
             spool.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -688,8 +692,10 @@ def megatron_to_hf(
     out_dir: str | Path,
     overwrite: bool = False,
     tokenizer: str | Path | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF directory.
+    """Convert a vikhr megatron checkpoint (any TP size) into a self-contained HF directory
+    (`progress`: a bar over the tensors when stderr is a terminal).
 
     The directory gets the tokenizer files (vikhr.convert.hf_tokenizer): `tokenizer` (a `.model`, a
     `tokenizer.json` or a directory) or else the one the checkpoint records; without either, only
@@ -737,8 +743,10 @@ def megatron_to_hf(
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
             spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})
-            for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
-                spool.add(name, tensor)
+            with _tensor_progress(len(hf_tensor_shapes(cfg, not cfg.tie_embeddings)), progress) as bar:
+                for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
+                    spool.add(name, tensor)
+                    bar.update()
             spool.finish()
         if tok is not None:
             config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
@@ -753,6 +761,14 @@ def megatron_to_hf(
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     return out
+
+
+def _tensor_progress(tensors: int, show: bool) -> Any:
+    """A bar over the tensors a conversion writes (a 7B model takes minutes), on a terminal only: a
+    damaged input found mid-way stays one error line in a log."""
+    from tqdm import tqdm
+
+    return tqdm(total=tensors, unit="tensor", desc="converting", disable=None if show else True)
 
 
 def _check_output(out: Path, overwrite: bool, inputs: list[Path | str]) -> None:
