@@ -60,8 +60,8 @@ def _register_train(tsub: Any) -> None:
     )
     tr.add_argument(
         "--base-model",
-        help="SentencePiece .model to extend (extend mode), e.g. Mistral's; or a byte-level tokenizer.json "
-        "or directory (Llama-3, Qwen2.5, `import-tekken` output) to train byte-level BPE in either mode",
+        help="SentencePiece .model or its directory (extend, prune-extend), e.g. Mistral's; or a byte-level "
+        "tokenizer.json or its directory (Llama-3, Qwen2.5, import-tekken output): byte-level, either mode",
     )
     tr.add_argument("--text-key", default="text", help="JSON field holding the text (default: text)")
     tr.add_argument(
