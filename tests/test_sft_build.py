@@ -776,6 +776,22 @@ def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
     assert f"`{bad}:1: turn 2: role 'narrator'" in md
 
 
+def test_a_relative_source_path_that_names_no_file_says_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config written to run from one directory (configs/sft-mix-tiny.yaml: the repository root),
+    run from another, said only "file not found"."""
+    config = _config(tmp_path, [{"name": "saiga", "path": "tests/data/sft_formats/saiga.jsonl"}])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        VikhrError, match=f"; relative to the current directory, {re.escape(str(tmp_path))}\\)$"
+    ):
+        build(config)
+    absolute = _config(tmp_path, [{"name": "saiga", "path": str(tmp_path / "nope.jsonl")}])
+    with pytest.raises(VikhrError, match=r"nope\.jsonl \(check sources\[\]\.path in the config\)$"):
+        build(absolute)
+
+
 def _cli(capfd: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     from vikhr.cli import main
 

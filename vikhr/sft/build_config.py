@@ -127,8 +127,15 @@ class SourceConfig(_Section):
             magic = glob.has_magic(pattern) and not Path(pattern).exists()
             matches = sorted(glob.glob(pattern)) if magic else [pattern]
             if not matches or not Path(matches[0]).is_file():
+                # A config run from another directory than it was written for names no file.
+                where = (
+                    ""
+                    if Path(pattern).is_absolute()
+                    else f"; relative to the current directory, {Path.cwd()}"
+                )
                 raise VikhrError(
-                    f"source {self.name}: file not found: {pattern} (check sources[].path in the config)"
+                    f"source {self.name}: file not found: {pattern} "
+                    f"(check sources[].path in the config{where})"
                 )
             found += [Path(m) for m in matches]
         if not found:
