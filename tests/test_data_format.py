@@ -280,3 +280,12 @@ def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> N
         f.truncate(4)
     with pytest.raises(VikhrError, match="bin is 4 bytes"):
         inspect(prefix)
+
+
+def test_inspect_does_not_decode_a_loss_mask(tmp_path: Path) -> None:
+    """An SFT mask dataset (uint8 0/1) decoded with --tokenizer-model printed ids 0/1 as text."""
+    mask = tmp_path / "chats_mask_document"
+    write_indexed(mask, [[0, 0, 1, 1]], "uint8")
+    assert inspect(mask).first_tokens == [0, 0, 1, 1]
+    with pytest.raises(VikhrError, match=f"not token ids: decode {tmp_path}/chats_text_document, or leave"):
+        inspect(mask, MISTRAL_TOKENIZER)

@@ -250,6 +250,12 @@ def inspect(
         first = next(doc for doc in map(reader.document, range(len(reader))) if doc)
         first_tokens = first[:n_tokens]
     first_text = None
+    if tokenizer_model is not None and reader.info.dtype == "uint8":  # token ids are uint16 or int32
+        text = str(prefix).removesuffix("_mask_document") + "_text_document"
+        raise VikhrError(
+            f"{prefix} holds a loss mask (0/1 per token, from vikhr sft prepare), not token ids: decode "
+            f"{text}, or leave out --tokenizer-model"
+        )
     if tokenizer_model is not None and first_tokens:
         from vikhr.tokenizer.load import load
 
