@@ -1057,6 +1057,17 @@ def _run_again(finished: Path, run_dir: Path, *overrides: str) -> None:
     run(load_config(finished.parent / "c.yaml", [f"checkpoint.dir={run_dir}", *overrides]))
 
 
+def test_a_finished_run_started_again_says_there_is_nothing_to_train(
+    four_step_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same command again after the run ended printed that it resumed, then ended silently."""
+    capsys.readouterr()
+    _run_again(four_step_run, tmp_path / "run")
+    said = capsys.readouterr().err
+    assert "nothing to train: the run is at step 4 and train.steps = 4 (raise train.steps" in said
+    assert read_metrics(tmp_path / "run") == read_metrics(four_step_run)
+
+
 def _scalar_steps(tensorboard_dir: Path, tag: str) -> list[int]:
     """The steps of a TensorBoard scalar as TensorBoard shows them (a restart purges later steps)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -559,6 +559,11 @@ class Trainer:
                 f"no validation loss for {', '.join(unvalidated)}: the held-out part of data.split "
                 f"{cfg.data.split!r} gets none of its {'chats' if cfg.data.kind == 'sft' else 'documents'}"
             )
+        if self.step >= cfg.train.steps:  # a finished run started again ended without a word
+            monitor.info(
+                f"nothing to train: the run is at step {self.step} and train.steps = {cfg.train.steps} "
+                "(raise train.steps to train on)"
+            )
         if self.env.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # running on: no longer stopped
         try:
