@@ -152,6 +152,26 @@ def test_bad_lines_are_named_or_skipped_and_counted(tmp_path: Path, lines: list[
         preprocess([src], tmp_path / "out2", MISTRAL_TOKENIZER)
 
 
+def test_a_key_the_first_record_lacks_is_named_as_the_wrong_json_key(tmp_path: Path, capsys) -> None:
+    """--json-keys naming no field of the corpus said "fix the line, or pass --skip-invalid", which
+    skipped every line."""
+    src = tmp_path / "chats.jsonl"
+    src.write_text('{"id": "a", "messages": []}\n{"id": "b", "text": "x"}\n', encoding="utf-8")
+    args = [
+        "data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    assert vikhr_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"{src}:1: no string field 'text' (choose the field with --json-keys; the record's fields: id, "
+        "messages)\n"
+    )
+    assert not list(tmp_path.glob("out*"))
+    assert vikhr_main([*args, "--skip-invalid"]) == 0  # a first line skipped on purpose: the reader counts it
+    assert "documents 1," in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("line", "said"),
     [

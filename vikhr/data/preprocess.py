@@ -161,6 +161,33 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     return _Encoder(path=file, native=native, bos_id=bos_id, eos_id=eos_id)
 
 
+def _check_json_keys(first_file: Path, json_keys: Sequence[str], skip_invalid: bool) -> None:
+    """--json-keys: one key at least, none twice, and (unless bad lines are to be skipped) each a
+    string field of the first record: a key it lacks is most likely the wrong one, said so with the
+    fields it has, before any work (the reader's hint for a bad line, --skip-invalid, would skip
+    every line)."""
+    from vikhr.jsonl import read_jsonl
+
+    if not json_keys:
+        raise VikhrError("--json-keys needs at least one key")
+    if len(set(json_keys)) != len(json_keys):
+        raise VikhrError(f"--json-keys has duplicates: {' '.join(json_keys)}")
+    if skip_invalid:
+        return
+    path = first_file
+    try:
+        line_no, record = next(read_jsonl(path))
+    except (StopIteration, VikhrError):  # no record, or a bad line: the reader names it
+        return
+    missing = [key for key in json_keys if not isinstance(record.get(key), str)]
+    if missing:
+        fields = ", ".join(record) or "none"
+        raise VikhrError(
+            f"{path}:{line_no}: no string field {missing[0]!r} (choose the field with --json-keys; the "
+            f"record's fields: {fields})"
+        )
+
+
 def preprocess(
     inputs: Sequence[str | os.PathLike[str]],
     output_prefix: str | os.PathLike[str],
@@ -193,10 +220,7 @@ def preprocess(
         raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
     if prepend_bos and tok.bos_id is None:
         raise VikhrError(f"--tokenizer-type {tokenizer_type} prepends BOS, but {tok.path} has no BOS token")
-    if not json_keys:
-        raise VikhrError("--json-keys needs at least one key")
-    if len(set(json_keys)) != len(json_keys):
-        raise VikhrError(f"--json-keys has duplicates: {' '.join(json_keys)}")
+    _check_json_keys(files[0], json_keys, skip_invalid)
 
     bar = None
     callback: Callable[[int, int, int, int], None] | None = None
