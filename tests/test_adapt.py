@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,45 @@ def test_clear_errors_and_no_half_written_output(
     with pytest.raises(VikhrError, match=r"listed in the index .* is missing"):
         adapt_vocab(sharded, MISTRAL_TOKENIZER, new_tok, tmp_path / "o3")
     _assert_nothing_written(tmp_path, tmp_path / "o3")
+
+
+def test_an_old_tokenizer_of_the_right_size_but_not_the_models_is_refused(
+    tmp_path: Path, new_tok: Path
+) -> None:
+    """A tokenizer of the model's size that is not its own (Llama 2's for Mistral: 32,000 pieces
+    each) passed the size check and copied every row for another token, exit 0. The tokenizer kept
+    in the model's directory is compared with it; a few renamed pieces are still taken."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    src = tmp_path / "src"
+    make_checkpoint(src)
+    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
+    proto = load_model_proto(MISTRAL_TOKENIZER)
+    pieces = [p.piece for p in proto.pieces]
+    for i in range(1000, 2000):  # another tokenizer: the same pieces, other ids
+        proto.pieces[i].piece = pieces[i + 1000]
+        proto.pieces[i + 1000].piece = pieces[i]
+    other = tmp_path / "other.model"
+    other.write_bytes(proto.SerializeToString())
+    with pytest.raises(VikhrError) as e:
+        adapt_vocab(src, other, new_tok, tmp_path / "out")
+    message = str(e.value)
+    assert f"--old-tokenizer {other} is not the model's tokenizer {src / 'tokenizer.model'}" in message
+    assert f"2000 of their first 32000 ids are other pieces (id 1000: {pieces[2000]!r}" in message
+    assert f"(--old-tokenizer {src})" in message
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+    renamed = load_model_proto(MISTRAL_TOKENIZER)
+    renamed.pieces[31999].piece, renamed.pieces[31999].type = (
+        "<|im_start|>",
+        pb.ModelProto.SentencePiece.CONTROL,
+    )
+    (tmp_path / "renamed.model").write_bytes(renamed.SerializeToString())
+    for old in (src, MISTRAL_TOKENIZER, tmp_path / "renamed.model"):  # its own, a copy, a renamed piece
+        summary = adapt_vocab(src, old, new_tok, tmp_path / "ok", overwrite=True)
+        assert summary["old_vocab_size"] == 32000
 
 
 def test_a_damaged_generation_config_is_refused_before_the_shards(tmp_path: Path, new_tok: Path) -> None:

@@ -36,7 +36,7 @@ from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, lo
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, resolve_tokenizer_file
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
 Init = Literal["mean", "random", "mean-of-all"]
@@ -46,6 +46,10 @@ EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 INIT_LOG = "vocab_init_log.json"
 MAX_PADDING_ROWS = 512
+# The share of common ids on which --old-tokenizer may name other pieces than the tokenizer kept in the
+# model's directory (a renamed control piece, say) before it is taken for another tokenizer: its rows
+# would be copied for other tokens.
+MAX_OTHER_PIECES = 0.01
 BYTE_LEVEL_SPACE = "Ġ"  # the space byte in a byte-level vocabulary
 SUMMARY = "vocab_init_summary.json"
 # Files of the old tokenizer that must not survive into the output (the new one replaces them).
@@ -299,6 +303,30 @@ def _check_vocab_sizes(old: Vocabulary, rows: int, cfg_vocab: int | None, model_
         )
 
 
+def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path) -> None:
+    """VikhrError when the model's directory holds a tokenizer that gives other pieces than `old` on
+    more than MAX_OTHER_PIECES of their common ids: a tokenizer of the same size but not the model's
+    (Llama 2's for Mistral) passes the size check and copies every row for another token. A
+    directory without a readable tokenizer has nothing to compare with."""
+    try:
+        own_path = resolve_tokenizer_file(model_dir)
+        if own_path.resolve() == old.path.resolve():
+            return
+        own = load_vocabulary(own_path)
+    except VikhrError:
+        return
+    common = min(own.size, old.size)
+    other = [i for i in range(common) if own.pieces[i] != old.pieces[i]]
+    if len(other) > MAX_OTHER_PIECES * common:
+        i = other[0]
+        raise VikhrError(
+            f"--old-tokenizer {old.path} is not the model's tokenizer {own_path}: {len(other)} of their "
+            f"first {common} ids are other pieces (id {i}:"
+            f" {old.pieces[i]!r}, the model's {own.pieces[i]!r}); "
+            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+        )
+
+
 def _write_tokenizer(new_path: Path, out: Path) -> None:
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
 
@@ -481,6 +509,7 @@ def adapt_vocab(
     old = load_vocabulary(old_tokenizer)
     new = load_vocabulary(new_tokenizer)
     _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
+    _check_old_tokenizer_is_the_models(old, model_dir)
     id_map = find_id_map(new, id_map_path)
     if id_map is not None:
         check_id_map(id_map, old, new)
