@@ -527,17 +527,12 @@ def _messages_chat(
     raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
     opens_with_system = isinstance(raw[0], dict) and raw[0].get("role") == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
-    hermes = tools_in_system(system) if isinstance(system, str) else None
-    tools = _record_tools(record) or (hermes[1] if hermes is not None else ())
     # A chat that gives its calls in OpenAI's fields writes them nowhere else: its text stays text.
     native = any(isinstance(m, dict) and ("tool_calls" in m or "function_call" in m) for m in raw)
     has_results = any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
-    reads_calls = not native and (bool(tools) or has_results)
-    turns, untrained, fields = _messages_turns(raw, reads_calls)
-    turns, added = _with_record_system(record, turns)
-    if hermes is not None:  # emptied (the block and its instructions alone): left out as any empty one
-        turns[0] = ("system", hermes[0])
-    return (turns, *_moved(untrained, fields, added), tools)
+    return _chat_offering_tools(
+        record, system, lambda reads_calls: _messages_turns(raw, reads_calls), not native, has_results
+    )
 
 
 def _messages_turns(
@@ -620,10 +615,26 @@ def _sharegpt_chat(
         raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
     opens_with_system = isinstance(raw[0], dict) and raw[0].get("from") == "system"
     system = raw[0].get("value") if opens_with_system else record.get("system")
+    has_results = any(isinstance(m, dict) and m.get("from") == "tool" for m in raw)
+    return _chat_offering_tools(
+        record, system, lambda reads_calls: _sharegpt_turns(raw, reads_calls), True, has_results
+    )
+
+
+def _chat_offering_tools(
+    record: dict[str, Any],
+    system: Any,
+    turns_of: Callable[[bool], tuple[list[tuple[str, str]], tuple[int, ...], Fields]],
+    may_hold_text_calls: bool,
+    has_results: bool,
+) -> tuple[list[tuple[str, str]], tuple[int, ...], Fields, tuple[Any, ...]]:
+    """A chat's turns, answers of weight 0, fields and offered functions (messages and sharegpt
+    alike): the functions are the record's own, else a Hermes ``<tools>`` block's of the system
+    prompt `system`, which loses the block; `turns_of(reads_calls)` reads the turns, Hermes's text
+    calls too where the chat may hold them and offers functions or holds tool results."""
     hermes = tools_in_system(system) if isinstance(system, str) else None
     tools = _record_tools(record) or (hermes[1] if hermes is not None else ())
-    reads_calls = bool(tools) or any(isinstance(m, dict) and m.get("from") == "tool" for m in raw)
-    turns, untrained, fields = _sharegpt_turns(raw, reads_calls)
+    turns, untrained, fields = turns_of(may_hold_text_calls and (bool(tools) or has_results))
     turns, added = _with_record_system(record, turns)
     if hermes is not None:  # emptied (the block and its instructions alone): left out as any empty one
         turns[0] = ("system", hermes[0])
