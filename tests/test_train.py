@@ -1150,6 +1150,8 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
     # The distributed optimizer (the config's default) shards 12 B/param over DP: TP=2 (DP=4) fits.
     text, sharded = table()
     assert "distributed optimizer" in text and sharded[2].endswith("yes")
+    # The TP=1 row is without sequence parallelism, which needs TP > 1: the header said it was on.
+    assert "sequence parallel at TP > 1, " in text.splitlines()[0]
     optim = {tp: float(rows[tp].split()[5].rstrip("Gi")) for tp in rows}
     assert float(sharded[2].split()[5].rstrip("Gi")) == pytest.approx(optim[2] / 4, abs=0.1)
 

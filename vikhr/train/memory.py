@@ -103,7 +103,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
         f"model {cfg.model.preset}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
         f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
-        f"recompute {cfg.train.recompute}, {'sequence parallel, ' if cfg.parallel.sequence else ''}"
+        f"recompute {cfg.train.recompute}, {'sequence parallel at TP > 1, ' if cfg.parallel.sequence else ''}"
         f"{gpus} GPUs of {gpu_memory_gb:g} GB",
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
