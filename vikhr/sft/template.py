@@ -89,7 +89,8 @@ are trained, no result need follow). A result answers a call of the answer befor
 results than calls (fewer is read: LLaMA-Factory's layout gives parallel calls one result); where
 every call has an ``id``, a result's ``tool_call_id`` is one of them, answered once; a result's
 ``name``, where given, is the function of a call it answers. Arguments and tools holding NaN or an
-infinite number (which json.loads reads, and json.dumps would write as no JSON) are refused.
+infinite number (which json.loads reads, and json.dumps would write as no JSON), or a value JSON
+has no kind for (a Parquet row's date), are refused.
 ``chatml`` and ``qwen3`` render them as Qwen2.5-7B-Instruct's and Qwen3-8B's templates do: the tools, each as
 ``tojson`` writes it (json.dumps with ensure_ascii=False, keys in the chat's order), in the system
 turn after the system message and a blank line, with Qwen's wording (``# Tools`` … ``<tools>`` …
@@ -463,11 +464,8 @@ def _tool_call(item: Any, k: int, number: int) -> ToolCall:
             f"{where}: arguments must be a JSON object (as an object or as its JSON text), "
             f"got {type(parsed).__name__}"
         )
-    refused = _not_json_data(parsed)
-    if refused is not None:
-        raise VikhrError(f"{where}: arguments hold {refused}")
-    if text is None:
-        text = json.dumps(parsed, ensure_ascii=False)  # the templates' `tojson`
+    as_json = _json_text(parsed, f"{where}: arguments hold")  # the templates' `tojson`
+    text = as_json if text is None else text
     call_id = item.get("id") if isinstance(item, dict) and item is not function else None
     if call_id is not None and not isinstance(call_id, str):
         raise VikhrError(f"{where}: id must be a string or null, got {type(call_id).__name__}")
@@ -483,6 +481,7 @@ def _tools(raw: Any) -> tuple[str, ...]:
         raise VikhrError(
             f'"tools" must be a list of {{"type": "function", "function": ...}}, got {type(raw).__name__}'
         )
+    texts = []
     for k, tool in enumerate(raw, start=1):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -490,10 +489,8 @@ def _tools(raw: Any) -> tuple[str, ...]:
                 f'tool {k}: expected {{"type": "function", "function": {{"name": "...", ...}}}} '
                 "(a function's JSON schema)"
             )
-        refused = _not_json_data(tool)
-        if refused is not None:
-            raise VikhrError(f"tool {k} ({function['name']}): its schema holds {refused}")
-    return tuple(json.dumps(tool, ensure_ascii=False) for tool in raw)
+        texts.append(_json_text(tool, f"tool {k} ({function['name']}): its schema holds"))
+    return tuple(texts)
 
 
 # json.loads reads NaN, Infinity (and 1e999 as infinity); json.dumps would write them into the
@@ -502,15 +499,15 @@ def _tools(raw: Any) -> tuple[str, ...]:
 _NON_FINITE = "NaN or an infinite number, which JSON cannot hold"
 
 
-def _not_json_data(value: Any) -> str | None:
-    """What of `value` (parsed JSON, or a Parquet row's values) JSON cannot hold, None if nothing."""
+def _json_text(value: Any, holds: str) -> str:
+    """`value` (parsed JSON, or a Parquet row's values) as the templates' `tojson` writes it
+    (json.dumps, ensure_ascii=False), or VikhrError "`holds` …" naming what of it JSON cannot hold."""
     try:
-        json.dumps(value, allow_nan=False)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except ValueError:
-        return _NON_FINITE
+        raise VikhrError(f"{holds} {_NON_FINITE}") from None
     except TypeError as e:  # "Object of type date is not JSON serializable"
-        return f"a value JSON cannot hold ({e})"
-    return None
+        raise VikhrError(f"{holds} a value JSON cannot hold ({e})") from None
 
 
 def _check_turn(m: Message, previous: Message | None, number: int) -> None:
