@@ -292,8 +292,9 @@ def _write_stops(work: Path, stops: list[int]) -> None:
     value = stops if len(stops) > 1 else stops[0]
     for name in (GENERATION_CONFIG, "config.json"):
         path = work / name
-        if path.is_file() and read_json_object(path).get("eos_token_id") != value:
-            _write_json(path, {**read_json_object(path), "eos_token_id": value})
+        content = read_json_object(path) if path.is_file() else None
+        if content is not None and content.get("eos_token_id") != value:
+            _write_json(path, {**content, "eos_token_id": value})
 
 
 def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> None:
