@@ -266,6 +266,33 @@ def test_a_damaged_merge_input_is_one_line_naming_its_file_and_the_fix(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.idx", "b.bin", "b.idx"]
 
 
+def test_merge_reports_its_count_of_inputs_in_words(tmp_path: Path, capsys) -> None:
+    """One input was reported as "merged 1 datasets"."""
+    from vikhr.cli import main as vikhr_main
+
+    write_indexed(tmp_path / "a", [[1, 2, 3]], token_dtype(32000))
+    assert (
+        vikhr_main(["data", "merge", "--inputs", str(tmp_path / "a"), "--output-prefix", str(tmp_path / "m")])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith(f"merged 1 dataset -> {tmp_path / 'm'}: 1 document, 3 tokens")
+    assert (
+        vikhr_main(
+            [
+                "data",
+                "merge",
+                "--inputs",
+                str(tmp_path / "a"),
+                str(tmp_path / "m"),
+                "--output-prefix",
+                str(tmp_path / "n"),
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith(f"merged 2 datasets -> {tmp_path / 'n'}: 2 documents, 6 tokens")
+
+
 def test_inspect_reports_counts_and_rejects_a_truncated_bin(tmp_path: Path) -> None:
     docs = [[5, 6, 7], [], [8]]
     prefix = tmp_path / "d"

@@ -108,7 +108,11 @@ def run_merge(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import merge
 
     s = merge(args.inputs, args.output_prefix)
-    print(f"merged {len(args.inputs)} datasets -> {s.prefix}: {s.documents:,} documents, {s.tokens:,} tokens")
+    n, docs = len(args.inputs), s.documents
+    print(
+        f"merged {n} dataset{'s' * (n != 1)} -> {s.prefix}: "
+        f"{docs:,} document{'s' * (docs != 1)}, {s.tokens:,} tokens"
+    )
     return 0
 
 
