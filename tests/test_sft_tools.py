@@ -835,6 +835,18 @@ RESPONDS = ("tool", "<tool_response>\n+20\n</tool_response>")
 ANSWERS = ("gpt", "+20.")
 
 
+def test_language_check_leaves_out_a_function_calling_chats_system_prompt() -> None:
+    """Hermes's English calling instructions, kept before its <tools> block, made a Russian chat
+    `not_russian` at min_cyrillic_share 0.5; a chat offering no functions has its system prompt read."""
+    from vikhr.sft.build import cyrillic_share
+
+    (chat,) = record_chats(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS), "sharegpt", "h:1")
+    assert chat.tools and chat.messages[0] == ("system", HERMES_PREAMBLE)
+    assert chat.prose() == "Погода в Москве?\n\n\n\n+20." and cyrillic_share(chat.prose()) == 1.0
+    (plain,) = record_chats(_hermes(("system", HERMES_PREAMBLE), ASKS, ANSWERS), "sharegpt", "h:2")
+    assert not plain.tools and cyrillic_share(plain.prose()) < 0.5
+
+
 def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
     """A <tools> block that does not parse leaves the system prompt as it is (and offers nothing);
     <tool_call> text in a chat that offers no functions and holds no tool turn stays text; the record's
@@ -1285,7 +1297,8 @@ def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> N
                     {"name": name, "path": str(tmp_path / name), "min_cyrillic_share": 0.5}
                     for name in ("openai.jsonl", "glaive.json")
                 ),
-                {"name": "hermes", "path": str(tmp_path / "hermes.json")},  # its system prompt is English
+                # Its system prompt is English, left out of the language check as a function-calling one.
+                {"name": "hermes", "path": str(tmp_path / "hermes.json"), "min_cyrillic_share": 0.5},
             ],
         }
         path = tmp_path / f"{template}.yaml"

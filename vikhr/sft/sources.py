@@ -144,9 +144,12 @@ class Chat:
         return "\n\n".join(text for _, text in self._turn_texts())
 
     def prose(self) -> str:
-        """The system, user and assistant texts, without function calls and tool results (JSON, mostly
-        Latin): what the language check reads."""
-        return "\n\n".join(content for role, content in self.messages if role != "tool")
+        """The user and assistant texts, without function calls and tool results (JSON, mostly Latin),
+        and the system prompt of a chat that offers no functions: what the language check reads. A
+        function-calling chat's system prompt is mostly the collection's calling instructions, English
+        in translated sets (Hermes's alone outweighed a short Russian chat)."""
+        left_out = ("tool", "system") if self.tools else ("tool",)
+        return "\n\n".join(content for role, content in self.messages if role not in left_out)
 
     def _turn_texts(self) -> list[tuple[str, str]]:
         calls: dict[int, list[str]] = {}
