@@ -433,6 +433,50 @@ def test_oasst_trees_give_their_main_branch() -> None:
     assert unfit == [("8", "bad_record"), ("10", "bad_turns")]
 
 
+def test_oasst_max_rank_gives_a_chat_per_branch_through_the_best_replies() -> None:
+    """Only a tree's main branch could be read (max_rank was ignored for OASST): Open-Assistant's SFT
+    data takes every branch. With max_rank 2 the second-best answer is a chat of its own, a branch
+    that ends with an unanswered question ends with the answer before it, and a wider rank adds
+    nothing where no step has more replies."""
+    path = FORMATS_DIR / "oasst.jsonl"
+    tree = "6ab24d72-0181-4594-a9cd-deaf170242fb"
+    for max_rank in (2, 5):
+        items = list(read_chats_of(path, None, max_rank))
+        chats = [c for _, item in items if not isinstance(item, Unfit) for c in item]
+        assert [(c.id, c.group, c.messages[1:]) for c in chats] == [
+            (
+                f"{tree}#0",
+                tree,
+                (
+                    (
+                        "assistant",
+                        "Сначала сварите мясной бульон, затем добавьте свёклу, капусту и картофель.",
+                    ),
+                    ("user", "А сколько варить свёклу?"),
+                    ("assistant", "Около сорока минут."),
+                ),
+            ),
+            (f"{tree}#1", tree, (("assistant", "Сварите бульон и добавьте свёклу."),)),
+        ]
+        unfit = [(where.rpartition(":")[2], item.reason) for where, item in items if isinstance(item, Unfit)]
+        assert unfit == [("8", "bad_record"), ("10", "bad_turns")]
+    assert [
+        c.id for _, item in read_chats_of(path, None, 1) if not isinstance(item, Unfit) for c in item
+    ] == [tree]
+
+
+def test_max_rank_on_a_source_without_ranks_is_refused(tmp_path: Path) -> None:
+    """max_rank on a messages source was ignored without a word."""
+    path = _config(tmp_path, [{"name": "saiga", "path": str(FORMATS_DIR / "saiga.jsonl"), "max_rank": 2}])
+    with pytest.raises(
+        VikhrError,
+        match=r"source saiga: max_rank keeps ranked answers of nectar and oasst records, and "
+        r".*saiga.jsonl is read as messages: leave max_rank out of this source",
+    ):
+        build(path)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:
     path = FORMATS_DIR / "nectar.jsonl"
     assert detect_format(path) == "nectar"

@@ -27,7 +27,7 @@ from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
 from vikhr.sft.own_template import ChatRefused
-from vikhr.sft.sources import NOT_KEPT, Chat, Unfit, detect_format, read_chats_of
+from vikhr.sft.sources import NOT_KEPT, RANKED_FORMATS, Chat, Unfit, detect_format, read_chats_of
 from vikhr.sft.template import TypedControlError, encode_chat, load_for_chats
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
@@ -109,6 +109,11 @@ def _source_chats(src: SourceConfig, report: SourceReport | None) -> Iterator[tu
     """(place, chats) of every usable record of a source's files; unfit records go to the report."""
     for path in src.files():
         fmt = src.format or detect_format(path)
+        if src.max_rank is not None and fmt not in RANKED_FORMATS:
+            raise VikhrError(
+                f"source {src.name}: max_rank keeps ranked answers of {' and '.join(RANKED_FORMATS)} "
+                f"records, and {path} is read as {fmt}: leave max_rank out of this source"
+            )
         if report is not None:
             report.formats[str(path)] = fmt
         usable, first_unfit = 0, None

@@ -43,7 +43,8 @@ calls in a ``preference`` pair are not read (``bad_role``).
   "prompter"|"assistant", "text", "rank", "deleted", "review_result", "message_tree_id"}``, read a whole
   file at a time: one chat per tree, its main branch — from the first message, the best-ranked reply
   at each step (rank 0; unranked ones after the ranked, the first of equals), leaving out deleted
-  messages and those that failed their review, ending with the last answer.
+  messages and those that failed their review, ending with the last answer; with `max_rank` N, one
+  chat per branch through the N best-ranked replies at each step (as Open-Assistant's own SFT data).
 * ``nectar``: ``{"prompt": "\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:",
   "answers": [{"answer", "model", "rank"}, ...]}``; the best-ranked answer (rank 1 is best), or one
   chat per answer ranked `max_rank` or better.
@@ -108,6 +109,7 @@ ROLE_NAMES = {
     "system": "system",
     "prompter": "user",  # OpenAssistant's
 }
+RANKED_FORMATS = ("nectar", "oasst")  # the formats a source's max_rank applies to
 NOT_KEPT = "not_kept"  # the reason of a record a source's keep_where leaves out
 DETECT_RECORDS = 20  # records looked at to recognise a file's format
 ARRAY_CHUNK_CHARS = 1 << 20  # a JSON array file is read this much at a time
@@ -874,7 +876,7 @@ def read_chats_of(
             yield where, record_chats(record, fmt, where, max_rank)
         except Unfit as e:
             yield where, e
-    yield from _oasst_chats(messages)
+    yield from _oasst_chats(messages, max_rank)
 
 
 def _oasst_message(record: dict[str, Any]) -> dict[str, Any]:
@@ -901,27 +903,59 @@ def _oasst_message(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _oasst_chats(messages: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, list[Chat] | Unfit]]:
-    """One chat per tree of `messages` (see the module doc), placed at its first message."""
+def _oasst_chats(
+    messages: list[tuple[str, dict[str, Any]]], max_rank: int | None = None
+) -> Iterator[tuple[str, list[Chat] | Unfit]]:
+    """The chats of each tree of `messages` (see the module doc), placed at its first message: its
+    main branch, or with `max_rank` each branch through the `max_rank` best replies at each step (an
+    unfit one reported on its own; the tree is one chat's id, "#n" its n-th where it gives several)."""
     replies: dict[str, list[dict[str, Any]]] = {}
     for _, m in messages:
         if m["parent"] is not None and m["usable"]:
             replies.setdefault(m["parent"], []).append(m)
+    for found in replies.values():  # best first: rank 0 first, unranked after the ranked, first of equals
+        found.sort(key=lambda m: (m["rank"] is None, m["rank"] or 0))
     for where, root in messages:
         if root["parent"] is not None:
             continue
         if not root["usable"]:
             yield where, Unfit("bad_record", "the tree's first message is deleted or failed its review")
             continue
-        branch = [root]
-        while found := replies.get(branch[-1]["id"]):
-            branch.append(min(found, key=lambda m: (m["rank"] is None, m["rank"] or 0)))  # first of equals
-        if branch[-1]["role"] == "user":
-            branch.pop()  # a question no answer followed
-        chat = Chat(root["tree"], root["tree"], tuple((m["role"], m["text"]) for m in branch))
-        try:
-            _check(chat)
-        except Unfit as e:
+        branches = _oasst_branches(root, replies, max_rank or 1)
+        chats, unfit = [], []
+        for n, branch in enumerate(branches):
+            tree = root["tree"] if len(branches) == 1 else f"{root['tree']}#{n}"
+            chat = Chat(tree, root["tree"], tuple((m["role"], m["text"]) for m in branch))
+            try:
+                _check(chat)
+                chats.append(chat)
+            except Unfit as e:
+                unfit.append(e)
+        if chats:
+            yield where, chats
+        for e in unfit:
             yield where, e
+
+
+def _oasst_branches(
+    root: dict[str, Any], replies: dict[str, list[dict[str, Any]]], best: int
+) -> list[list[dict[str, Any]]]:
+    """The message lists from `root` through the `best` first replies at each step to a message
+    without one, each ending with its last answer (a question no answer followed is left out), in
+    reply order, without repeats (two unanswered questions after one answer end alike)."""
+    branches: list[list[dict[str, Any]]] = []
+    seen: set[tuple[str, ...]] = set()
+    stack = [[root]]
+    while stack:  # depth first, without recursion: a long chat is a deep tree
+        branch = stack.pop()
+        found = replies.get(branch[-1]["id"], [])[:best]
+        if found:
+            stack.extend([*branch, m] for m in reversed(found))
             continue
-        yield where, [chat]
+        if branch[-1]["role"] == "user":
+            branch = branch[:-1]
+        ids = tuple(m["id"] for m in branch)
+        if ids not in seen:
+            seen.add(ids)
+            branches.append(branch)
+    return branches
