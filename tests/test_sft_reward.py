@@ -526,6 +526,23 @@ def test_scores_of_another_reward_model_or_max_length_are_refused(tmp_path: Path
     assert score_file(chats, reward_dir, scores, progress=False).before == 3  # the same: resumed
 
 
+def test_scores_of_the_model_with_another_chat_template_are_refused(tmp_path: Path) -> None:
+    """transformers keeps a tokenizer's template in chat_template.jinja: a model that differs only
+    there renders (and scores) chats differently, and resumed the first model's scores."""
+    from vikhr.errors import VikhrError
+
+    chats, scores = _write_chats(tmp_path / "chats.jsonl", 3), tmp_path / "scores.jsonl"
+    plain = _reward_model(tmp_path / "plain")
+    templated = _reward_model(tmp_path / "templated", "{% for m in messages %}{{ m.content }}\n{% endfor %}")
+    assert (templated / "chat_template.jinja").is_file()
+    assert score_file(chats, plain, scores, progress=False).scored == 3
+    before = scores.read_bytes()
+    with pytest.raises(VikhrError, match=r"scores\.jsonl:1: a score of another reward model or max length"):
+        score_file(chats, templated, scores, progress=False)
+    assert scores.read_bytes() == before
+    assert score_file(chats, templated, tmp_path / "templated.jsonl", progress=False).scored == 3
+
+
 def test_a_tokenizer_with_nothing_to_pad_with_scores_one_chat_at_a_time(tmp_path: Path) -> None:
     """No pad, EOS or UNK token: transformers refused to pad a batch (a traceback)."""
     model_dir = _reward_model(tmp_path / "rm", specials=False)

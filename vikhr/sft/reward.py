@@ -176,6 +176,18 @@ class RewardScorer:
     note: str | None  # the max length was lowered to the model's context
 
 
+# The files that decide a chat's score besides the weights: the config, the tokenizer and the chat
+# template chats are rendered with (transformers saves it apart, in chat_template.jinja). A file
+# absent leaves the id what it was without it.
+SCORER_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
 def reward_scorer(model_dir: str | Path, max_length: int = 2048) -> RewardScorer:
     """The reward model `model_dir` checked from its files (nothing loaded), `max_length` capped
     at its context, and the id its scores are written with."""
@@ -187,7 +199,7 @@ def reward_scorer(model_dir: str | Path, max_length: int = 2048) -> RewardScorer
         note = f"the reward model takes {context} positions: chats are scored on their last {context} tokens"
         max_length = context
     hasher = hashlib.blake2b(f"max_length={max_length}".encode(), digest_size=8)
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+    for name in SCORER_FILES:
         if (path / name).is_file():
             hasher.update(name.encode() + (path / name).read_bytes())
     for weights in sorted(path.glob("*.safetensors")):
