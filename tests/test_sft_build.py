@@ -938,6 +938,33 @@ def test_glob_and_several_files_per_source(tmp_path: Path) -> None:
         build(_config(tmp_path, [{"name": "both", "path": str(tmp_path / "*.parquet")}]))
 
 
+def test_a_file_named_twice_in_a_source_is_read_once(tmp_path: Path) -> None:
+    """A list holding a file and a glob matching it read the file twice: without dedup every chat
+    was written twice, with it they were reported as duplicates of themselves."""
+    shutil.copy(FORMATS_DIR / "saiga.jsonl", tmp_path / "saiga.jsonl")
+    shutil.copy(FORMATS_DIR / "veles.jsonl", tmp_path / "veles.jsonl")
+    paths = [str(tmp_path / "saiga.jsonl"), str(tmp_path / "*.jsonl"), f"{tmp_path}/./saiga.jsonl"]
+    cfg = _config(tmp_path, [{"name": "s", "path": paths}], dedup={"exact": False, "near": False})
+    report = build(cfg)
+    (source,) = report["sources"]
+    assert source["files"] == [str(tmp_path / "saiga.jsonl"), str(tmp_path / "veles.jsonl")]
+    assert source["records"] == 5 and source["kept"] == 5 and source["dropped"] == {}
+    chats = _written(tmp_path / "out" / "chats.jsonl")
+    assert len({json.dumps(c["messages"]) for c in chats}) == len(chats) == 5
+
+
+def test_a_source_path_naming_a_directory_says_so(tmp_path: Path) -> None:
+    """A glob matching a subdirectory said "source file not found: DIR" (and a directory given as
+    the path "file not found")."""
+    shutil.copy(FORMATS_DIR / "saiga.jsonl", tmp_path / "saiga.jsonl")
+    (tmp_path / "more").mkdir()
+    with pytest.raises(VikhrError, match=r"source s: .*/\* matches the directory .*/more, not a file \("):
+        build(_config(tmp_path, [{"name": "s", "path": str(tmp_path / "*")}]))
+    with pytest.raises(VikhrError, match=r"source s: .*/more is a directory, not a file \("):
+        build(_config(tmp_path, [{"name": "s", "path": str(tmp_path / "more")}]))
+    _no_outputs(tmp_path)
+
+
 def test_the_output_may_not_be_a_source_file_or_a_directory(tmp_path: Path) -> None:
     saiga = tmp_path / "saiga.jsonl"
     shutil.copy(FORMATS_DIR / "saiga.jsonl", saiga)

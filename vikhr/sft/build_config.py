@@ -15,6 +15,7 @@ Relative paths are relative to the current directory, as in the trainer's config
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,12 +121,21 @@ class SourceConfig(_Section):
         return None
 
     def files(self) -> list[Path]:
-        """The files of `path` (globs expanded, sorted); VikhrError naming what matches nothing."""
-        found = []
+        """The files of `path` (globs expanded, sorted), each once: a file that two of its patterns
+        name (a list holding a file and a glob matching it) is read once, where first named.
+        VikhrError naming a pattern that matches nothing, or a directory."""
+        found: dict[str, Path] = {}
         for pattern in [self.path] if isinstance(self.path, str) else self.path:
             # an existing file whose name holds glob characters ("saiga [v2].jsonl") is that file
             magic = glob.has_magic(pattern) and not Path(pattern).exists()
             matches = sorted(glob.glob(pattern)) if magic else [pattern]
+            directory = next((m for m in matches if Path(m).is_dir()), None)
+            if directory is not None:
+                what = f"matches the directory {directory}" if magic else "is a directory"
+                raise VikhrError(
+                    f"source {self.name}: {pattern} {what}, not a file "
+                    "(check sources[].path in the config: a file, a glob of files or a list of them)"
+                )
             if not matches or not Path(matches[0]).is_file():
                 # A config run from another directory than it was written for names no file.
                 where = (
@@ -137,10 +147,11 @@ class SourceConfig(_Section):
                     f"source {self.name}: file not found: {pattern} "
                     f"(check sources[].path in the config{where})"
                 )
-            found += [Path(m) for m in matches]
+            for m in matches:
+                found.setdefault(os.path.realpath(m), Path(m))
         if not found:
             raise VikhrError(f"source {self.name}: path lists no file (check sources[].path in the config)")
-        return found
+        return list(found.values())
 
 
 def _scalar(value: Any) -> bool:
