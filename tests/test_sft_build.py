@@ -7,13 +7,15 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, child_env
 from vikhr.errors import VikhrError
 from vikhr.sft.build import build, cyrillic_share
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, lsh_params, near_duplicates, normalise
@@ -475,6 +477,32 @@ def test_max_rank_on_a_source_without_ranks_is_refused(tmp_path: Path) -> None:
     ):
         build(path)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_oasst_row_that_is_its_own_ancestor_is_unfit_not_a_hang(tmp_path: Path) -> None:
+    """A row whose parent_id loops back (here a copy of the last answer naming itself as parent) made the
+    walk down the tree go on for ever, its branch growing until memory ran out."""
+    rows = [
+        json.loads(line) for line in (FORMATS_DIR / "oasst.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    answer = next(r for r in rows if r["text"] == "Около сорока минут.")  # the main branch's last
+    looping = {**answer, "parent_id": answer["message_id"]}
+    path = tmp_path / "oasst.jsonl"
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, looping]), encoding="utf-8"
+    )
+    code = (
+        "import sys; from vikhr.sft.sources import read_chats_of\n"
+        "for where, item in read_chats_of(sys.argv[1]):\n"
+        "    reason = getattr(item, 'reason', None)\n"
+        "    print(where.rpartition(':')[2], reason or 'chat', item if reason else '')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    looped = f"1 bad_record message {answer['message_id']!r} is its own ancestor (its parent_id loops back)"
+    assert run.stdout.splitlines()[0] == looped
 
 
 def test_nectar_keeps_the_best_ranked_answer_or_all_up_to_a_rank() -> None:

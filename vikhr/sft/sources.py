@@ -921,7 +921,11 @@ def _oasst_chats(
         if not root["usable"]:
             yield where, Unfit("bad_record", "the tree's first message is deleted or failed its review")
             continue
-        branches = _oasst_branches(root, replies, max_rank or 1)
+        try:
+            branches = _oasst_branches(root, replies, max_rank or 1)
+        except Unfit as e:
+            yield where, e
+            continue
         chats, unfit = [], []
         for n, branch in enumerate(branches):
             tree = root["tree"] if len(branches) == 1 else f"{root['tree']}#{n}"
@@ -942,13 +946,21 @@ def _oasst_branches(
 ) -> list[list[dict[str, Any]]]:
     """The message lists from `root` through the `best` first replies at each step to a message
     without one, each ending with its last answer (a question no answer followed is left out), in
-    reply order, without repeats (two unanswered questions after one answer end alike)."""
+    reply order, without repeats (two unanswered questions after one answer end alike). Unfit where
+    a message turns out to be its own ancestor (rows whose parent_id loops back: the walk would
+    follow them for ever)."""
     branches: list[list[dict[str, Any]]] = []
     seen: set[tuple[str, ...]] = set()
     stack = [[root]]
     while stack:  # depth first, without recursion: a long chat is a deep tree
         branch = stack.pop()
         found = replies.get(branch[-1]["id"], [])[:best]
+        on_branch = {m["id"] for m in branch} if found else set()
+        for m in found:
+            if m["id"] in on_branch:
+                raise Unfit(
+                    "bad_record", f"message {m['id']!r} is its own ancestor (its parent_id loops back)"
+                )
         if found:
             stack.extend([*branch, m] for m in reversed(found))
             continue
