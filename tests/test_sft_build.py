@@ -900,6 +900,9 @@ def _no_outputs(tmp_path: Path) -> None:
         ("nothing_kept", "no chat is left to write (not_russian 2): loosen limits"),
         # every record left out by keep_where: no chat read at all (a numpy TypeError)
         ("none_kept_where", "no chat is left to write (not_kept 3)"),
+        # an empty download, or one of broken lines: "unknown chat format (fields of the first records: none)"
+        ("empty_file", "empty.jsonl holds no records (an empty file: check the download, or leave it out)"),
+        ("bad_json_file", "broken.jsonl: no record of it could be read ("),
     ],
 )
 def test_bad_input_is_one_line_with_status_2(
@@ -907,6 +910,8 @@ def test_bad_input_is_one_line_with_status_2(
 ) -> None:
     texts = tmp_path / "texts.jsonl"
     texts.write_text('{"text": "a", "title": "b"}\n', encoding="utf-8")
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    (tmp_path / "broken.jsonl").write_text('{"messages": [\n', encoding="utf-8")
     sources = {
         "unknown_format": [{"name": "s", "path": str(texts)}],
         "missing_file": [{"name": "s", "path": str(tmp_path / "nope.jsonl")}],
@@ -921,6 +926,8 @@ def test_bad_input_is_one_line_with_status_2(
         "none_kept_where": [
             {"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl"), "keep_where": {"score": 1}}
         ],
+        "empty_file": [{"name": "s", "path": str(tmp_path / "empty.jsonl")}],
+        "bad_json_file": [{"name": "s", "path": str(tmp_path / "broken.jsonl")}],
     }[case]
     keys = {"seed": -1} if case == "bad_seed" else {}
     rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources, **keys)), "--no-progress")

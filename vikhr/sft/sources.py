@@ -311,9 +311,10 @@ def detect_format(path: str | Path) -> str:
     """The format of the first records of `path` (the one most of them fit), or VikhrError."""
     counts: dict[str, int] = {}
     fields: set[str] = set()
-    seen = 0
-    for _, record in read_records(path):
+    seen, first_unfit = 0, None
+    for where, record in read_records(path):
         if isinstance(record, Unfit):
+            first_unfit = first_unfit or f"{where}: {record}"
             continue
         fields.update(record)
         fmt = record_format(record)
@@ -322,6 +323,10 @@ def detect_format(path: str | Path) -> str:
         seen += 1
         if seen >= DETECT_RECORDS:
             break
+    if seen == 0:  # nothing to tell a format by: say why, not "fields of the first records: none"
+        if first_unfit is None:
+            raise VikhrError(f"{path} holds no records (an empty file: check the download, or leave it out)")
+        raise VikhrError(f"{path}: no record of it could be read ({first_unfit})")
     if not counts:
         shown = ", ".join(sorted(fields)[:12]) or "none"
         raise VikhrError(
