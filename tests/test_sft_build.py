@@ -1012,6 +1012,23 @@ def test_the_output_may_not_be_a_source_file_or_a_directory(tmp_path: Path) -> N
         build(cfg, output=tmp_path / "mix")
 
 
+@pytest.mark.parametrize(
+    ("name", "plain"), [("mix.jsonl.gz", "mix.jsonl"), ("mix.zst", "mix.jsonl"), ("mix.parquet", "mix.jsonl")]
+)
+def test_an_output_named_as_compressed_or_parquet_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture, name: str, plain: str
+) -> None:
+    """The build wrote plain JSONL under mix.jsonl.gz; sft prepare then stopped on it with "cannot read
+    gzip data ... damaged", a build reading it as a source took it for Parquet."""
+    cfg = _config(tmp_path, [{"name": "saiga", "path": str(FORMATS_DIR / "saiga.jsonl")}])
+    out = tmp_path / "out" / name
+    rc, stdout, err = _cli(capfd, "sft", "build", str(cfg), "--output", str(out), "--no-progress")
+    assert rc == 2 and stdout == ""
+    assert err.strip().endswith(f"give a .jsonl name, e.g. {out.with_name(plain)}"), err
+    assert len(err.strip().splitlines()) == 1 and "the build writes plain JSONL" in err
+    _no_outputs(tmp_path)
+
+
 def test_the_output_may_not_be_the_config_the_tokenizer_or_the_reward_model(
     tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:

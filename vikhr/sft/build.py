@@ -344,6 +344,22 @@ def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
                 )
 
 
+def _refuse_a_name_read_as_another_format(out_path: Path) -> None:
+    """The output is plain JSONL: a name that `sft prepare`, `sft score` and a build's source reader
+    take for compressed data or Parquet (mix.jsonl.gz) would be refused by them as damaged."""
+    from vikhr.sft.reward import COMPRESSED_SUFFIXES
+
+    suffix = out_path.suffix.lower()
+    if suffix in (*COMPRESSED_SUFFIXES, ".parquet"):
+        kind = "Parquet" if suffix == ".parquet" else f"{suffix}-compressed"
+        stem = out_path.with_suffix("")
+        plain = stem if stem.suffix == ".jsonl" else stem.with_suffix(".jsonl")
+        raise VikhrError(
+            f"output {out_path}: the build writes plain JSONL, not the {kind} data a {suffix} name stands "
+            f"for (read back as such, it is refused as damaged): give a .jsonl name, e.g. {plain}"
+        )
+
+
 def build(config: str | Path, output: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the build described by `config` (see docs/sft.md); the report (also written beside the output)."""
     cfg = load_build_config(config, output)
@@ -351,6 +367,7 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     require_writable_dir(out_path.parent, "output directory")
     if out_path.is_dir():
         raise VikhrError(f"output {out_path} is a directory (give a file name: {out_path / 'mix.jsonl'})")
+    _refuse_a_name_read_as_another_format(out_path)
     _refuse_overlaps(cfg, out_path)
     tok, template, _ = load_for_chats(cfg.tokenizer, cfg.template)
     cfg = cfg.model_copy(update={"template": template})
