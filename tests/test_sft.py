@@ -262,6 +262,43 @@ def test_bad_chat_is_one_error_line_naming_file_and_line(
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("layout", ["parquet", "json_array"])
+def test_a_parquet_or_json_array_file_is_named_as_such_by_prepare_and_score(
+    capfd: pytest.CaptureFixture, tmp_path: Path, layout: str
+) -> None:
+    """Chats as a Parquet file said 'not UTF-8 (byte 0x..); re-encode it ... iconv -f cp1251', as one
+    JSON array 'not valid JSON' on line 1: neither says that prepare and score read JSON Lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "Привет"},
+                {"role": "assistant", "content": "Здравствуйте"},
+            ]
+        }
+    ]
+    if layout == "parquet":
+        chats = tmp_path / "chats.parquet"
+        pq.write_table(pa.Table.from_pylist(records), chats)
+        kind = "a Parquet file"
+    else:
+        chats = tmp_path / "chats.json"
+        chats.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        kind = "one JSON array"
+    prepare = ["--tokenizer", str(MISTRAL_TOKENIZER), "--output-prefix", str(tmp_path / "out" / "sft")]
+    score = ["--model", str(tmp_path / "rm"), "--scores", str(tmp_path / "out" / "scores.jsonl")]
+    for command, args in (("prepare", prepare), ("score", score)):
+        rc, _, err = _cli(capfd, "sft", command, "--input", str(chats), *args, "--no-progress")
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err
+        said = f"vikhr sft {command}: error: {chats} is {kind}, not JSON Lines: sft {command} reads a"
+        assert lines[0].startswith(said + " chats JSONL"), err
+        assert "`vikhr sft build` reads" in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_chats_are_read_compressed_and_other_encodings_refused(
     capfd: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

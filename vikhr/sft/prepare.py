@@ -24,6 +24,7 @@ from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.sft.layout import CHAT_ENCODING, missing_sft_file, read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
+from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import (
     AUTO,
     OWN,
@@ -85,6 +86,7 @@ def prepare_sft(
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
     require_output_prefix(output_prefix)
+    refuse_a_collection_file(input_path, "sft prepare")
     tok, template, template_from = load_for_chats(tokenizer, template)
     paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)

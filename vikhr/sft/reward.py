@@ -33,6 +33,7 @@ from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
 from vikhr.sft.own_template import FIXED_DATE
+from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import parse_chat, plain_turns
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -354,6 +355,7 @@ def score_file(
     if batch_size < 1:
         raise VikhrError(f"batch size must be >= 1, got {batch_size}")
     check_scores_path(scores_path, chats_path)
+    refuse_a_collection_file(chats_path, "sft score")
     Path(scores_path).parent.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{scores_path} is being written by another sft score run ({{holder}}); wait for it to end "

@@ -223,6 +223,27 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
         yield f"{p}:{line_no}", record
 
 
+def refuse_a_collection_file(path: str | Path, command: str) -> None:
+    """VikhrError when `path`, given to `command` as a chats JSONL, is a Parquet file or one JSON
+    array: read as JSON Lines it said "not UTF-8 … iconv -f cp1251" or "not valid JSON" on line 1.
+    Anything else (a missing file included) is left to the reader to name."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        with open(p, "rb") as f:
+            parquet = is_parquet(p) or f.read(4) == b"PAR1"
+    except OSError:
+        return  # unreadable: the reader names the problem
+    if not parquet and not _opens_an_array(p):
+        return
+    kind, kinds = ("a Parquet file", "Parquet files") if parquet else ("one JSON array", "JSON arrays")
+    raise VikhrError(
+        f'{p} is {kind}, not JSON Lines: {command} reads a chats JSONL, one {{"messages": [...]}} a '
+        f"line; `vikhr sft build` reads {kinds} of the collections' formats and writes one (docs/sft.md)"
+    )
+
+
 def _opens_an_array(path: Path) -> bool:
     """True when the first character of a file past white space (and a byte-order mark) is "[",
     looked for in the bytes: a file of JSON Lines says which line is not UTF-8 when it is read."""
