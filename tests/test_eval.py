@@ -367,6 +367,38 @@ def test_cli_rerun_after_an_interrupt_reuses_finished_tasks(
     assert not kept.exists()
 
 
+def test_a_rerun_reuses_finished_tasks_when_the_output_is_inside_the_model_directory(
+    tiny_dir: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    """`--output MODEL/eval.json`: the output's lock, there during each run, is not part of the model's
+    fingerprint, so the rerun takes the finished task instead of running everything again."""
+    import shutil
+
+    from vikhr.eval import runner
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    out = model / "eval.json"
+    fixtures = Path(__file__).parent / "data" / "eval_fixtures"
+    argv = ["eval", "--model", str(model), "--tasks", "mmlu_ru,bpc", "--data-dir", str(fixtures)]
+    argv += ["--limit", "1", "--device", "cpu", "--output", str(out)]
+    evaluate, evaluated = runner._evaluate, []
+
+    def interrupted_at_the_first_bpc(lm: Any, name: str, *args: Any) -> Any:
+        evaluated.append(name)
+        if evaluated == ["mmlu_ru", "bpc"]:
+            raise KeyboardInterrupt
+        return evaluate(lm, name, *args)
+
+    monkeypatch.setattr(runner, "_evaluate", interrupted_at_the_first_bpc)
+    assert cli_main(argv) == 130
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert evaluated == ["mmlu_ru", "bpc", "bpc"]  # mmlu_ru only before the interrupt
+    assert "note: 1 task(s) taken from an earlier, interrupted run" in capsys.readouterr().err
+    assert set(json.loads(out.read_text(encoding="utf-8"))["tasks"]) == {"mmlu_ru", "bpc"}
+
+
 def test_two_runs_on_one_output_are_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """Two `vikhr eval --output X` at once shared X.partial/, and the first to end deleted it under the
     second: the second is refused in one line while the first holds X's lock, and no lock is left."""

@@ -4,9 +4,10 @@ A full suite on a 7B model runs for hours: a time limit, a preemption or a crash
 should not cost the tasks already done. As each task (or Russian SuperGLUE test split) ends, its
 lm-eval results, samples and cost go to `<output>.partial/<task>.json`, with a fingerprint of
 everything its numbers depend on: the evaluation settings, the model directory's files (names,
-sizes, modification times), the tokenizer given, the task's data files and the library versions.
-A rerun of the same command takes a task whose fingerprint matches instead of running it, and the
-directory is removed once the output is written. The files are JSON: nothing read back runs code.
+sizes, modification times; not the run's own outputs written there), the tokenizer given, the
+task's data files and the library versions. A rerun of the same command takes a task whose
+fingerprint matches instead of running it, and the directory is removed once the output is
+written. The files are JSON: nothing read back runs code.
 """
 
 from __future__ import annotations
@@ -31,11 +32,26 @@ def _file_stamp(path: Path) -> list[Any]:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def _files_under(path: Path) -> list[list[Any]]:
-    """A file's stamp, or those of a directory's files (not below it)."""
+def _files_under(path: Path, skip: tuple[Path, ...] = ()) -> list[list[Any]]:
+    """A file's stamp, or those of a directory's files (not below it) other than `skip` and their
+    temporaries (`.NAME.tmp-...`, vikhr.atomic's)."""
     if path.is_dir():
-        return [_file_stamp(p) for p in sorted(path.iterdir()) if p.is_file()]
+        names = {p.name for p in skip if p.parent.resolve() == path.resolve()}
+        return [
+            _file_stamp(p)
+            for p in sorted(path.iterdir())
+            if p.is_file() and p.name not in names and not any(p.name.startswith(f".{n}.tmp-") for n in names)
+        ]
     return [_file_stamp(path)] if path.is_file() else []
+
+
+def _run_outputs(settings: Any) -> tuple[Path, ...]:
+    """The files the run itself writes: --output's JSON, table and lock, and the archives."""
+    paths = [settings.mera_submission, settings.rsg_submission]
+    if settings.progress_dir is not None:
+        output = settings.progress_dir.with_name(settings.progress_dir.name.removesuffix(".partial"))
+        paths += [output, output.with_suffix(".md"), output.with_name(output.name + ".lock")]
+    return tuple(Path(p) for p in paths if p is not None)
 
 
 def _tokenizer_files(path: Path) -> list[list[Any]]:
@@ -75,7 +91,9 @@ class TaskProgress:
         self._common = {
             "settings": json.loads(json.dumps(kept, default=str)),
             "log_samples": log_samples,
-            "model": _files_under(settings.model_dir),
+            # An --output inside the model directory (its lock appears and goes with each run) is
+            # not the model: stamped, it would make every rerun's fingerprint differ.
+            "model": _files_under(settings.model_dir, skip=_run_outputs(settings)),
             "tokenizer": _tokenizer_files(settings.tokenizer) if settings.tokenizer else None,
             "versions": [vikhr.__version__, lm_eval.__version__],
         }
