@@ -129,6 +129,11 @@ def test_chgk_gold_variants() -> None:
         "соотношение неопределенностей",
     ]
     assert qa_scores("принцип неопределённости", golds)["exact_match"] == 1.0
+    # Notes to the judge in any form of "любой" (real test records) are no answers; "Любовь" is one.
+    assert chgk_golds("Минамото и Тайра соответственно", ["в любом порядке"]) == [
+        "Минамото и Тайра соответственно"
+    ]
+    assert chgk_golds("Юра", ['Юлик, любое другое мужское имя на "Ю"', "Любовь"]) == ["Юра", "Любовь"]
 
 
 def test_terra_csv_leftovers_are_cleaned() -> None:

@@ -424,7 +424,12 @@ def qa_scores(prediction: str, golds: list[str]) -> dict[str, float]:
 
 _BRACKETED = re.compile(r"\[([^\]]*)\]")
 # "зачет" notes that instruct a human judge instead of listing an answer.
-_JUDGE_NOTE = re.compile(r"по смыслу|синоним|ответ|смысл|любой|упоминани|зач[её]т|по логике", re.IGNORECASE)
+# "любой" in every form ("в любом порядке", "любое прилагательное"), not "любовь" or "любимый".
+_JUDGE_NOTE = re.compile(
+    r"по смыслу|синоним|ответ|смысл|упоминани|зач[её]т|по логике"
+    r"|\bлюб(?:ой|ая|ое|ые|ого|ому|ом|ую|ых|ым|ыми)\b",
+    re.IGNORECASE,
+)
 
 
 def chgk_golds(answer: str, accepted: list[str] | None) -> list[str]:
