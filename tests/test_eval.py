@@ -630,6 +630,19 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     assert "chgk/test.jsonl: record 2 has no answer text" in _one_line_error(chegeka, capsys)
 
 
+@pytest.mark.parametrize("size", ["auto:0", "auto:x", "auto:", "auto:4", "0", "-3", "big"])
+def test_a_bad_batch_size_is_one_line_before_the_model_loads(tiny_dir: Path, size: str, capsys: Any) -> None:
+    """lm-eval's "auto:N" (it failed after the model load: ZeroDivisionError for "auto:0", a
+    config.json complaint for "auto:x") and non-positive sizes are refused by the argument parser."""
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    argv.append(f"--batch-size={size}")
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert e.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("vikhr eval: error: argument --batch-size:") and repr(size) in line
+
+
 def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """A string where a list of gold answers belongs was read as one gold per character (answering
     "а" scored 1.0); a field that is a number in one record and a string in another was Arrow's

@@ -16,8 +16,15 @@ DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 
 
 def _batch_size(value: str) -> int | str:
-    if value == "auto" or value.startswith("auto:"):
+    if value == "auto":
         return value
+    if value.startswith("auto:"):
+        # lm-eval's own schedule: it bypasses vikhr's auto (the CPU memory rule, the search at the
+        # requests' length) and fails after the model load on "auto:0", "auto:x".
+        raise argparse.ArgumentTypeError(
+            f"lm-eval's 'auto:N' is not taken, got {value!r}: give 'auto' (sized per task) or a positive "
+            "integer"
+        )
     try:
         size = int(value)
     except ValueError:
