@@ -404,6 +404,30 @@ def test_a_rerun_reuses_finished_tasks_when_the_output_is_inside_the_model_direc
     assert set(json.loads(out.read_text(encoding="utf-8"))["tasks"]) == {"mmlu_ru", "bpc"}
 
 
+def test_an_output_over_a_file_of_another_kind_is_refused(
+    tiny_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """--output X.json replaces X.json and X.md: a model's config.json, or notes in X.md, were
+    overwritten by the results after the run; an earlier run's results and table still are."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = (model / "config.json").read_bytes()
+    base = ["eval", "--model", str(model), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    err = _one_line_error([*base, "--output", str(model / "config.json")], capsys)
+    assert "config.json exists and is not the results of a vikhr eval" in err
+    assert (model / "config.json").read_bytes() == config and not (model / "config.md").exists()
+    notes = tmp_path / "eval.md"
+    notes.write_text("# My notes\n", encoding="utf-8")
+    err = _one_line_error([*base, "--output", str(tmp_path / "eval.json")], capsys)
+    assert f"{notes} exists and is not a table vikhr eval wrote" in err
+    assert notes.read_text(encoding="utf-8") == "# My notes\n" and not (tmp_path / "eval.json").exists()
+    out = tmp_path / "results.json"
+    assert cli_main([*base, "--output", str(out)]) == 0
+    assert cli_main([*base, "--output", str(out)]) == 0  # a rerun replaces its own earlier results
+
+
 def test_two_runs_on_one_output_are_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """Two `vikhr eval --output X` at once shared X.partial/, and the first to end deleted it under the
     second: the second is refused in one line while the first holds X's lock, and no lock is left."""

@@ -13,6 +13,8 @@ from vikhr.locks import exclusive
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
 DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
+# How the Markdown table vikhr eval writes begins (vikhr.eval.runner.markdown_table).
+_TABLE_START = b"Model: `"
 
 
 def _batch_size(value: str) -> int | str:
@@ -84,9 +86,37 @@ def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, P
         paths.append(path)
     if paths[0] is not None:
         require_output_file(paths[0].with_suffix(".md"), "--output's table")
+        _refuse_to_replace_other_files(paths[0])
     if paths[1] is not None and paths[2] is not None and paths[1].absolute() == paths[2].absolute():
         raise VikhrError(f"--mera-submission and --rsg-submission are both {paths[1]}: give two files")
     return paths[0], paths[1], paths[2]
+
+
+def _refuse_to_replace_other_files(output: Path) -> None:
+    """--output X.json replaces X.json and X.md: only when they are an earlier run's results and table,
+    not a file of another kind that happens to have the name (MODEL/config.json, docs/eval.json's
+    docs/eval.md)."""
+    import json
+
+    table = output.with_suffix(".md")
+    if output.is_file():
+        try:
+            earlier = json.loads(output.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "tasks" in earlier and "lm_eval_version" in earlier):
+            raise VikhrError(
+                f"--output {output} exists and is not the results of a vikhr eval: it would be replaced "
+                "(give another --output, or move the file away)"
+            )
+    if table.is_file():
+        with open(table, "rb") as f:
+            start = f.read(len(_TABLE_START))
+        if start != _TABLE_START:
+            raise VikhrError(
+                f"--output {output}: {table} exists and is not a table vikhr eval wrote: it would be "
+                "replaced (give another --output, or move the file away)"
+            )
 
 
 def _run(args: argparse.Namespace) -> int:
