@@ -428,6 +428,20 @@ def test_an_output_over_a_file_of_another_kind_is_refused(
     assert cli_main([*base, "--output", str(out)]) == 0  # a rerun replaces its own earlier results
 
 
+def test_a_file_where_the_finished_tasks_go_is_refused_before_any_task(
+    tiny_dir: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    """OUTPUT.json.partial as a file was found when the first task ended, after the model load."""
+    from vikhr.eval import runner
+
+    evaluated: list[str] = []
+    monkeypatch.setattr(runner, "_evaluate", lambda lm, name, *args: evaluated.append(name))
+    (tmp_path / "results.json.partial").write_text("x", encoding="utf-8")
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    err = _one_line_error([*argv, "--output", str(tmp_path / "results.json")], capsys)
+    assert "results.json.partial is a file" in err and evaluated == []
+
+
 def test_two_runs_on_one_output_are_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """Two `vikhr eval --output X` at once shared X.partial/, and the first to end deleted it under the
     second: the second is refused in one line while the first holds X's lock, and no lock is left."""

@@ -87,6 +87,12 @@ def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, P
     if paths[0] is not None:
         require_output_file(paths[0].with_suffix(".md"), "--output's table")
         _refuse_to_replace_other_files(paths[0])
+        kept = paths[0].with_name(paths[0].name + ".partial")  # vikhr.eval.progress.progress_dir_of
+        if kept.exists() and not kept.is_dir():  # found at the first task's end, after the model load
+            raise VikhrError(
+                f"--output {paths[0]}: {kept} is a file; the run keeps its finished tasks in a directory "
+                "of that name (move the file away, or give another --output)"
+            )
     if paths[1] is not None and paths[2] is not None and paths[1].absolute() == paths[2].absolute():
         raise VikhrError(f"--mera-submission and --rsg-submission are both {paths[1]}: give two files")
     return paths[0], paths[1], paths[2]
