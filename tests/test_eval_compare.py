@@ -67,6 +67,36 @@ def test_compare_two_models_writes_table_csv_and_chart(tmp_path: Path, capsys: A
     assert not list(out.glob(".*tmp*"))
 
 
+def test_bits_per_character_gets_an_axis_of_its_own() -> None:
+    """bpc (about 1 to 13, lower is better) shared the accuracies' axis: their bars were flattened
+    to slivers. Now scores and bits each have an axis; a chart of scores only has one."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.eval.compare import chart_figure, comparison_table
+
+    named = []
+    for name, acc, bpc in (("base", 0.604, 12.9), ("vikhr", 0.597, 0.81)):
+        data = results(name, acc, None, 0.1, None)
+        data["tasks"]["bpc"] = {"metrics": {"bpc": bpc, "bits_per_byte": bpc / 1.8}, "stderr": {}}
+        named.append((name, data))
+    columns, rows = comparison_table(named)
+    assert columns == ["En-MMLU", "CheGeKa (F1)", "rucola (acc)", "bpc (bpc)"]
+    fig = chart_figure(["base", "vikhr"], columns, rows)
+    try:
+        scores, bits = fig.axes
+        assert [t.get_text() for t in scores.get_xticklabels()] == columns[:3]
+        assert [t.get_text() for t in bits.get_xticklabels()] == ["bpc (bpc)"]
+        assert scores.get_ylim()[1] < 1 and bits.get_ylim()[1] > 12.9
+        assert "lower is better" in bits.get_ylabel() and "higher is better" in scores.get_ylabel()
+    finally:
+        plt.close(fig)
+    fig = chart_figure(["base", "vikhr"], columns[:3], [row[:3] for row in rows])
+    try:
+        assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "score"
+    finally:
+        plt.close(fig)
+
+
 def test_a_run_with_limit_is_marked_in_its_row_and_below_the_table(tmp_path: Path, capsys: Any) -> None:
     """A --limit run's scores (a few documents per task) sat beside full runs and the paper's rows
     unmarked."""

@@ -271,22 +271,62 @@ def to_csv(names: list[str], columns: list[str], rows: list[list[float | None]])
     return buffer.getvalue()
 
 
-def bar_chart(
-    names: list[str], columns: list[str], rows: list[list[float | None]], out: Path, reference_rows: int = 0
-) -> None:
-    """Grouped bars: one group per benchmark, one bar per model (missing values left out); the last
-    `reference_rows` rows are published figures, hatched so they stand apart from measured ones."""
+# Metrics where a smaller value is better (bits, perplexities): charted on an axis of their own, as
+# their scale (bpc ≈ 1–13) would flatten the accuracies beside them.
+LOWER_IS_BETTER = frozenset({"bpc", "bits_per_byte", "byte_perplexity", "word_perplexity", "perplexity"})
+
+
+def lower_is_better(column: str) -> bool:
+    """Whether a column (`task (metric)`, or a paper column) holds a metric where less is better."""
+    return column.endswith(")") and column.rpartition(" (")[2][:-1] in LOWER_IS_BETTER
+
+
+def chart_figure(
+    names: list[str], columns: list[str], rows: list[list[float | None]], reference_rows: int = 0
+) -> Any:
+    """The figure of `bar_chart`: scores on one axis; bits and perplexities, if any, on a second
+    beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (title, [c for c, column in enumerate(columns) if lower_is_better(column) == lower])
+        for title, lower in (("score (higher is better)", False), ("lower is better", True))
+    ]
+    panels = [(title, cs) for title, cs in panels if cs]
+    width = 0.8 / len(names)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(6.0, (0.9 + 0.1 * len(names)) * len(columns) + 2), 4.5),
+        gridspec_kw={"width_ratios": [len(cs) for _, cs in panels]},
+        squeeze=False,
+    )
+    for ax, (title, cs) in zip(axes[0], panels, strict=True):
+        _bars(ax, names, [[row[c] for c in cs] for row in rows], width, reference_rows)
+        ax.set_xticks(range(len(cs)), [columns[c] for c in cs], rotation=20, ha="right")
+        ax.set_ylabel(title if len(panels) > 1 else "score")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(
+        fontsize="small", ncol=1 + len(names) // 8, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _bars(
+    ax: Any, names: list[str], rows: list[list[float | None]], width: float, reference_rows: int
+) -> None:
+    """One bar per model and column (missing values left out); the last `reference_rows` rows are
+    published figures, hatched so they stand apart from measured ones."""
     import matplotlib.pyplot as plt
 
     # Beyond ten bars the default colour cycle repeats: two models would share a colour. tab20
     # pairs dark and light shades; its dark ones come first so neighbours do not look paired.
     tab20 = plt.get_cmap("tab20").colors
     colours = plt.get_cmap("tab10").colors if len(names) <= 10 else tab20[0::2] + tab20[1::2]
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6.0, (0.9 + 0.1 * len(names)) * len(columns) + 2), 4.5))
     for i, (name, row) in enumerate(zip(names, rows, strict=True)):
         xs = [c + (i - (len(names) - 1) / 2) * width for c, v in enumerate(row) if v is not None]
         published = i >= len(names) - reference_rows
@@ -300,11 +340,17 @@ def bar_chart(
             edgecolor="white" if published else None,
             linewidth=0,
         )
-    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
-    ax.set_ylabel("score")
-    ax.legend(fontsize="small", ncol=1 + len(names) // 8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+
+
+def bar_chart(
+    names: list[str], columns: list[str], rows: list[list[float | None]], out: Path, reference_rows: int = 0
+) -> None:
+    """Grouped bars as a PNG: one group per benchmark, one bar per model (missing values left out);
+    the last `reference_rows` rows are published figures, hatched so they stand apart from measured
+    ones. Bits and perplexities (lower is better) get an axis of their own."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(names, columns, rows, reference_rows)
     try:
         fig.savefig(out, format="png", dpi=120, bbox_inches="tight")
     finally:
