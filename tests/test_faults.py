@@ -583,6 +583,20 @@ def test_a_start_padded_to_another_vocab_multiple_trains(
     _one_error_line(capsys, status, "pads the vocabulary to other rows", f"model.init={run / 'step_000002'}")
 
 
+def test_a_resume_with_another_vocabulary_size_names_the_vocabulary_size(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.overrides.vocab_size changed between resumes was blamed on model.vocab_multiple ("pads
+    the vocabulary to other rows"), which the user had not touched: it is named as a shape change."""
+    from vikhr.cli import main
+
+    _copy_run(saved_run, tmp_path)
+    config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
+    status = main(["pretrain", "--config", str(config), "model.overrides.vocab_size=600"])
+    line = _one_error_line(capsys, status, "has another model shape: vocab_size 512 (run: 600)")
+    assert "vocab_multiple" not in line
+
+
 def test_damaged_start_checkpoint_is_one_line(
     saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -767,6 +767,14 @@ def load_model(
     if problem is not None:
         raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
+    _check_shape(step_dir, meta, expected)
+    same = _as_saved(model, step_dir, meta, tp_size)
+    where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
+    _load_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
+
+
+def _check_shape(step_dir: Path, meta: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    """Refuse a checkpoint of another model shape than the run's (`expected`), naming the fields."""
     if expected is not None and "model" in meta:
         differ = shape_differences(meta["model"], expected)
         if differ:
@@ -774,9 +782,6 @@ def load_model(
                 f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
                 "set model.preset / model.overrides to match it"
             )
-    same = _as_saved(model, step_dir, meta, tp_size)
-    where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
-    _load_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
 
 def resume(
@@ -805,6 +810,8 @@ def resume(
     saved_runtime = {key: meta.get(key, now) for key, now in runtime.items()}  # absent in old checkpoints
     distributed = is_distributed_optimizer(optimizer)
     _check_resumable(step_dir, meta, distributed)
+    # Before the padding: another vocabulary size pads to other rows too, but is not a padding change.
+    _check_shape(step_dir, meta, expected)
     if int(meta["tp"]) == tp_size and not _as_saved(model, step_dir, meta, tp_size):
         # The optimizer state is read as saved at the same TP size: its rows must be the weights'.
         raise VikhrError(
