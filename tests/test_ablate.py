@@ -82,6 +82,11 @@ def _write(path: Path, cfg: dict) -> Path:
         # a fresh grid empties out_dir/work: "" was the directory it was started from
         ({"out_dir": ""}, "config key out_dir"),
         ({"out_dir": "x", "cache_dir": "x"}, "out_dir and cache_dir are both x"),
+        # refused by the tokenizer's training, after an earlier grid's work had been cleared
+        (
+            {"tokenizer": {"vocab_size": 100}},
+            "config key tokenizer.vocab_size = 100 is too small: give at least 359",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) -> None:
@@ -134,6 +139,23 @@ def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown config key 'bogus'" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_too_small_vocabulary_leaves_an_earlier_grid_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tokenizer.vocab_size below what byte fallback takes emptied out_dir/work (the finished runs a
+    later --resume reloads) and then stopped on `--vocab-size 100`, a flag the user never gave."""
+    from vikhr.cli import main
+
+    out = tmp_path / "out"
+    (out / "work" / "results").mkdir(parents=True)
+    (out / "work" / "results" / "a.json").write_text("{}")
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(out), "tokenizer": {"vocab_size": 100}})
+    assert main(["ablate", str(path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "tokenizer.vocab_size = 100 is too small" in line and "--vocab-size" not in line
+    assert (out / "work" / "results" / "a.json").read_text() == "{}"
 
 
 def test_a_second_grid_on_an_out_dir_in_use_is_refused(tmp_path: Path) -> None:

@@ -188,6 +188,14 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         raise VikhrError(
             f"{p}: unknown model.preset {cfg.model.preset!r} (choose {', '.join(sorted(PRESETS))})"
         )
+    from vikhr.tokenizer.train import MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
+
+    # The adapted tokenizer is trained in replace mode, after the previous grid's work is cleared.
+    if cfg.tokenizer.vocab_size < MIN_REPLACE_VOCAB:
+        raise VikhrError(
+            f"{p}: config key tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is too small: give at least "
+            f"{MIN_REPLACE_VOCAB} (byte fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
+        )
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise VikhrError(f"{p}: seeds repeat ({cfg.seeds}); give distinct seeds")
     if Path(cfg.out_dir).resolve() == Path(cfg.cache_dir).resolve():

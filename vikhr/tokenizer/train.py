@@ -50,6 +50,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vikhr-tokenizer/1"
 NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
+MIN_REPLACE_VOCAB = NUM_BYTE_PIECES + NUM_SPECIALS + 100  # a replace tokenizer: at least 100 learned pieces
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
@@ -376,11 +377,10 @@ def _check_mode(s: TrainSettings) -> Any:
     if s.mode not in MODES:
         raise VikhrError(f"unknown mode {s.mode!r} (choose {', '.join(MODES)})")
     if s.mode == "replace":
-        least = NUM_BYTE_PIECES + NUM_SPECIALS + 100
-        if s.vocab_size < least:
+        if s.vocab_size < MIN_REPLACE_VOCAB:
             raise VikhrError(
-                f"--vocab-size {s.vocab_size} is too small: give at least {least} (byte fallback alone "
-                f"takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
+                f"--vocab-size {s.vocab_size} is too small: give at least {MIN_REPLACE_VOCAB} (byte "
+                f"fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
             )
         if s.base_model:  # a byte-level base was taken before this point: this one would be ignored
             raise VikhrError(
