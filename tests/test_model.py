@@ -309,6 +309,7 @@ def test_auto_attention_takes_te_only_where_megatron_imported_it(tmp_path: Path,
     doctor` reports; where megatron has TE, "auto" on a GPU takes it."""
     from megatron.core.models.gpt import gpt_layer_specs
 
+    from vikhr.errors import VikhrError
     from vikhr.model import resolve_attention
 
     broken = tmp_path / "transformer_engine"
@@ -317,10 +318,14 @@ def test_auto_attention_takes_te_only_where_megatron_imported_it(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", False)
     assert resolve_attention("auto", on_gpu=True) == "sdpa"
-    assert resolve_attention("te", on_gpu=True) == "te"  # asked for by name: megatron's error then
+    # Asked for by name: one line, not megatron's NameError from inside its TE layer spec.
+    with pytest.raises(VikhrError, match="could not import Transformer Engine here"):
+        resolve_attention("te", on_gpu=True)
     monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", True)
     assert resolve_attention("auto", on_gpu=True) == "te"
     assert resolve_attention("auto", on_gpu=False) == "sdpa"
+    with pytest.raises(VikhrError, match=r"model\.attention = te needs a GPU"):
+        resolve_attention("te", on_gpu=False)
 
 
 def test_a_checkpoints_rope_scaling_is_compared_with_a_run_without_one(

@@ -781,6 +781,8 @@ def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:
         ("parallel.tensor=3", "parallel.tensor = 3 does not divide the model's num_attention_heads = 4"),
         ("kl.direction=sideways", "kl.direction"),
         ("train.global_batch=7", "train.global_batch = 7"),
+        # megatron's TE layer spec failed with a NameError traceback after the data cache was built
+        ("model.attention=te", "model.attention = te needs a GPU"),
     ],
 )
 def test_bad_config_is_one_line_before_allocation(

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from vikhr.errors import VikhrError
 from vikhr.model.config import ModelConfig, padded_vocab_size
 
 
@@ -97,11 +98,23 @@ def have_transformer_engine() -> bool:
 
 
 def resolve_attention(attention: str, on_gpu: bool) -> str:
-    """The concrete layer-spec name for `attention` ("auto" -> "te" or "sdpa")."""
+    """The concrete layer-spec name for `attention` ("auto" -> "te" or "sdpa"); VikhrError for "te"
+    where it cannot be built (on the CPU, or without Transformer Engine)."""
     if attention not in ATTENTION_BACKENDS:
         raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
     if attention == "auto":
         return "te" if on_gpu and have_transformer_engine() else "sdpa"
+    # megatron's TE spec without TE fails on an undefined name deep in its layer specs.
+    if attention == "te" and not on_gpu:
+        raise VikhrError(
+            "config key model.attention = te needs a GPU (Transformer Engine's kernels), and this run is on "
+            "the CPU: use sdpa, or auto (te where it can run)"
+        )
+    if attention == "te" and not have_transformer_engine():
+        raise VikhrError(
+            "config key model.attention = te, but megatron-core could not import Transformer Engine here: "
+            "install transformer-engine for this torch, or use sdpa or auto"
+        )
     return attention
 
 

@@ -82,7 +82,8 @@ def _deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
-def _use_cuda(device: str) -> bool:
+def uses_cuda(device: str) -> bool:
+    """Whether a run with `parallel.device` = `device` trains on CUDA; VikhrError where it cannot."""
     if device not in DEVICES:
         raise VikhrError(f"config key parallel.device must be auto, cuda or cpu, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -123,7 +124,7 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
 
     end_with_the_launcher()
 
-    use_cuda = _use_cuda(device)
+    use_cuda = uses_cuda(device)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

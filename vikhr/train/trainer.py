@@ -38,10 +38,10 @@ from vikhr import atomic
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import RunStopped, VikhrError, require_writable_dir
-from vikhr.model import build_gpt_model
+from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
-from vikhr.runtime.distributed import DistEnv, distributed_env
+from vikhr.runtime.distributed import DistEnv, distributed_env, uses_cuda
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
 from vikhr.train import checkpoint
@@ -303,6 +303,7 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     # Everything that can be checked is checked before a process group or a tensor exists.
     started = time.monotonic()  # checkpoint.stop_after_minutes counts the setup too
     validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    resolve_attention(cfg.model.attention, uses_cuda(cfg.parallel.device))  # a layer spec this machine has
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
