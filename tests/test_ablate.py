@@ -158,6 +158,21 @@ def test_a_too_small_vocabulary_leaves_an_earlier_grid_untouched(
     assert (out / "work" / "results" / "a.json").read_text() == "{}"
 
 
+def test_a_corpus_without_text_fields_names_no_flag_the_grid_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corpus whose records keep their text under another field stopped the grid with "choose the
+    field with --text-key", a flag `vikhr ablate` does not have."""
+    from vikhr.cli import main
+
+    corpus = tmp_path / "ru.jsonl"
+    corpus.write_text('{"id": "a", "body": "Привет"}\n', encoding="utf-8")
+    cfg = {**MICRO, "out_dir": str(tmp_path / "out"), "data": {**MICRO["data"], "ru_corpus": str(corpus)}}
+    assert main(["ablate", "--quiet", str(_write(tmp_path / "ablate.yaml", cfg))]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{corpus}:1: no string field 'text'" in line and "--text-key" not in line, line
+
+
 def test_a_second_grid_on_an_out_dir_in_use_is_refused(tmp_path: Path) -> None:
     """A fresh grid empties out_dir/work: started while another grid runs there, it deleted that
     grid's files under it. It is refused in one line naming the running grid, nothing touched."""

@@ -133,8 +133,10 @@ def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path, int]:
     of document ids."""
     from vikhr.tokenizer.corpus import iter_documents
 
+    # The demo and `vikhr ablate` have no --text-key: their corpora hold the text under "text".
+    fix = "every record needs its text in a string 'text' field"
     parts = {
-        split: [{"id": d.doc_id, "text": d.text} for d in iter_documents(path, split=split)]
+        split: [{"id": d.doc_id, "text": d.text} for d in iter_documents(path, split=split, text_key_fix=fix)]
         for split in ("train", "heldout")
     }
     if not parts["train"] or not parts["heldout"]:

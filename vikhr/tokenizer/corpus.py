@@ -55,18 +55,18 @@ def iter_documents(
     text_key: str = "text",
     split: Split = "all",
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
+    text_key_fix: str = "choose the field with --text-key",
 ) -> Iterator[Document]:
     """Documents of one JSONL file (plain, .gz or .zst), restricted to `split`.
 
-    Raises VikhrError (with file and line number) on bad UTF-8, malformed JSON or a missing text key.
+    Raises VikhrError (with file and line number) on bad UTF-8, malformed JSON or a missing text key
+    (`text_key_fix`: what the caller's user can do about the last).
     """
     path = require_file(path, "corpus file")
     first_line_of: dict[str, int] = {}
     for line_no, rec in read_jsonl(path):
         if not isinstance(rec.get(text_key), str):
-            raise VikhrError(
-                f"{path}:{line_no}: no string field '{text_key}' (choose the field with --text-key)"
-            )
+            raise VikhrError(f"{path}:{line_no}: no string field '{text_key}' ({text_key_fix})")
         doc_id = str(rec["id"]) if "id" in rec else f"#{line_no}"
         if len(first_line_of) < _IDS_WATCHED and "id" in rec:
             _watch_id(path, doc_id, line_no, first_line_of)
