@@ -783,6 +783,11 @@ def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:
         ("train.global_batch=7", "train.global_batch = 7"),
         # megatron's TE layer spec failed with a NameError traceback after the data cache was built
         ("model.attention=te", "model.attention = te needs a GPU"),
+        # `vikhr pretrain` is one process: the line says how to start the processes TP needs
+        (
+            "parallel.tensor=2",
+            "does not divide the world size 1 (the processes of the job): start a multiple",
+        ),
     ],
 )
 def test_bad_config_is_one_line_before_allocation(

@@ -406,8 +406,11 @@ def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig, world_size: int | None)
             f"{p.tensor} with parallel.sequence"
         )
     if world_size is not None and world_size % p.tensor:
+        # Most often `vikhr pretrain` (one process) given a multi-GPU config.
         raise VikhrError(
-            f"config key parallel.tensor = {p.tensor} does not divide the world size {world_size}"
+            f"config key parallel.tensor = {p.tensor} does not divide the world size {world_size} (the "
+            f"processes of the job): start a multiple of {p.tensor} with torchrun --nproc_per_node=N "
+            "pretrain_vikhr.py, or lower parallel.tensor"
         )
 
 
