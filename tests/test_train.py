@@ -802,6 +802,20 @@ def test_bad_config_is_one_line_before_allocation(
     assert not run_dir.exists()  # nothing was started, so nothing was written
 
 
+def test_a_cpu_run_with_the_distributed_optimizer_shows_no_torch_warning(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """megatron's distributed optimizer asks for the `.grad` of its fp32 shards (views); torch's
+    warning about it, attributed to the CPU layer its calls pass through, escaped the filter of
+    megatron's own warnings: a UserWarning and its source line on every rank's stderr."""
+    config = write_config(
+        tmp_path / "c.yaml", corpus, tmp_path / "run", train={"steps": 1}, optim={"distributed": True}
+    )
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "UserWarning" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -36,6 +37,17 @@ from torch.overrides import TorchFunctionMode
 from vikhr.errors import VikhrError
 
 _CPU = torch.device("cpu")
+
+# torch's C++ warnings are attributed to the innermost Python frame, which for every call megatron
+# makes through `_CudaToCpuMode` is this module's, so vikhr.runtime.megatron's filter of megatron's
+# own warnings misses them. This one is megatron's distributed optimizer on fp32 parameters, whose
+# shards are views (non-leaf): its zero_grad asks their `.grad` once per rank and run.
+warnings.filterwarnings(
+    "ignore",
+    message=r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
+    category=UserWarning,
+    module=r"vikhr\.runtime\.cpu_compat",
+)
 
 
 class _NullStream:
