@@ -597,6 +597,19 @@ def test_a_resume_with_another_vocabulary_size_names_the_vocabulary_size(
     assert "vocab_multiple" not in line
 
 
+def test_gpus_without_dry_run_is_refused_not_ignored(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vikhr pretrain --gpus 8` reads as "train on 8 GPUs"; the option sizes only --dry-run's table,
+    and the run trained on one process without a word."""
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, saved_run[1])
+    status = main(["pretrain", "--config", str(config), "--gpus", "8"])
+    _one_error_line(capsys, status, "--gpus sizes the --dry-run's memory table only", "--nproc_per_node=N")
+    assert not (tmp_path / "run").exists()
+
+
 def test_damaged_start_checkpoint_is_one_line(
     saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

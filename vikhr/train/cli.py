@@ -39,6 +39,9 @@ MEGATRON_FLAGS: dict[str, str] = {
     "--recompute-granularity": "train.recompute",  # full (megatron's selective is not offered)
     "--exit-duration-in-mins": "checkpoint.stop_after_minutes",
 }
+# The cluster --dry-run sizes when --gpus / --gpu-memory-gb are not given.
+DRY_RUN_GPUS = 8
+DRY_RUN_GPU_MEMORY_GB = 80.0
 # Megatron-LM's on/off flags (no value), as `key=true` overrides.
 MEGATRON_SWITCHES: dict[str, str] = {
     "--use-distributed-optimizer": "optim.distributed",
@@ -56,8 +59,11 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--dry-run", action="store_true", help="print per-GPU memory for TP in {1,2,4,8} and exit")
-    p.add_argument("--gpus", type=int, default=8, help="cluster size for --dry-run (default 8)")
-    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="per-GPU memory for --dry-run")
+    # None when not given: a training run refuses them rather than ignore them (DRY_RUN_GPUS, ...).
+    p.add_argument("--gpus", type=int, default=None, help="cluster size for --dry-run (default 8)")
+    p.add_argument(
+        "--gpu-memory-gb", type=float, default=None, help="per-GPU memory for --dry-run (default 80)"
+    )
     megatron = p.add_argument_group("Megatron-LM flags (same as the overrides they name)")
     for flag, key in MEGATRON_FLAGS.items():
         megatron.add_argument(flag, dest=f"megatron:{key}", metavar="V", default=None, help=key)
@@ -118,6 +124,18 @@ def run_from_args(args: argparse.Namespace) -> int:
     import_megatron_core()
     from vikhr.train.config import load_config
 
+    given = [
+        flag for flag, v in (("--gpus", args.gpus), ("--gpu-memory-gb", args.gpu_memory_gb)) if v is not None
+    ]
+    if not args.dry_run and given:
+        # `--gpus 8` reads like "train on 8 GPUs", and the run went on in one process.
+        raise VikhrError(
+            f"{' and '.join(given)} size{'s' if len(given) == 1 else ''} the --dry-run's memory table only "
+            "(add --dry-run); to train on N GPUs start N processes: torchrun --standalone "
+            "--nproc_per_node=N pretrain_vikhr.py ..."
+        )
+    args.gpus = DRY_RUN_GPUS if args.gpus is None else args.gpus
+    args.gpu_memory_gb = DRY_RUN_GPU_MEMORY_GB if args.gpu_memory_gb is None else args.gpu_memory_gb
     if args.dry_run and (args.gpus < 1 or not args.gpu_memory_gb > 0):
         raise VikhrError(
             f"--gpus must be >= 1 and --gpu-memory-gb positive, got {args.gpus} and {args.gpu_memory_gb:g}"
