@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -191,6 +192,38 @@ def test_start_and_reference_from_a_checkpoint(parallel_runs: dict[str, Path], t
     before, _ = read_metrics(trained)
     assert train[1]["kl"] == pytest.approx(0.0, abs=1e-7)  # reference == starting weights
     assert train[1]["ce"] < before[1]["ce"] - 0.3  # it starts from the trained weights, not from scratch
+
+
+def test_a_resume_reads_model_init_only_for_the_kl_reference(
+    parallel_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every resume loaded model.init's weights, then overwrote them with the checkpoint's: a resume
+    failed where the start weights had been moved away. Now they are read only as the KL reference
+    (kl.reference: init), straight into it: the resumed steps equal an uninterrupted run's."""
+    start = tmp_path / "start"
+    shutil.copytree(parallel_runs["tp1"], start)
+    corpus = _corpus_of(parallel_runs["tp1"])
+
+    def config(name: str, steps: int, **kl: Any) -> Path:
+        sections = {"model": {"init": str(start)}, "train": {"steps": steps}, "checkpoint": {"save_every": 1}}
+        return write_config(tmp_path / f"{name}.yaml", corpus, tmp_path / name, kl=kl, **sections)
+
+    for name, steps in (("whole", 3), ("resumed", 2), ("resumed", 3)):
+        proc = _pretrain_cli("--config", str(config(name, steps)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    whole, resumed = read_metrics(tmp_path / "whole")[0], read_metrics(tmp_path / "resumed")[0]
+    assert resumed[3]["kl"] > 0
+    assert all(resumed[3][key] == whole[3][key] for key in ("loss", "ce", "kl", "lr", "grad_norm"))
+    assert _pretrain_cli("--config", str(config("plain", 1, weight=0.0))).returncode == 0
+    start.rename(tmp_path / "moved")
+    proc = _pretrain_cli("--config", str(config("plain", 2, weight=0.0)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and sorted(read_metrics(tmp_path / "plain")[0]) == [1, 2]
+    proc = _pretrain_cli("--config", str(config("resumed", 4)))  # its KL reference is model.init
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.endswith(f"config key model.init: checkpoint not found: {start} (or use 'random')")
+    assert not (tmp_path / "resumed" / "step_000004").exists()
 
 
 def _corpus_of(run_dir: Path) -> dict[str, str]:

@@ -645,6 +645,15 @@ def find_weights(path: str | Path, key: str) -> Path:
     step_dir = find_checkpoint(path)
     if step_dir is not None:
         return step_dir
+    if not Path(path).exists():
+        fix = (
+            " (or use 'random')"
+            if key == "model.init"
+            else " (or use 'init')"
+            if key == "kl.reference"
+            else ""
+        )
+        raise VikhrError(f"config key {key}: checkpoint not found: {path}{fix}")
     if (Path(path) / "config.json").is_file():
         raise VikhrError(
             f"config key {key}: {path} is a Hugging Face model directory, not a vikhr checkpoint: convert "

@@ -386,9 +386,7 @@ def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
         mcfg.validate()
     except VikhrError as e:
         raise VikhrError(f"config key model ({m.preset}): {e}") from e
-    if check_files and m.init != "random" and not Path(m.init).exists():
-        raise VikhrError(f"config key model.init: checkpoint not found: {m.init} (or use 'random')")
-    return mcfg
+    return mcfg  # model.init is looked for once the run knows whether it resumes (trainer.run)
 
 
 def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig, world_size: int | None) -> None:

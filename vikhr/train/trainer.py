@@ -307,8 +307,6 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
-    if cfg.model.init != "random":
-        checkpoint.find_weights(cfg.model.init, "model.init")
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     c = cfg.checkpoint
@@ -357,11 +355,19 @@ def _locked_run(
             raise checkpoint.no_checkpoint(
                 "checkpoint.resume", where, ": give one, or checkpoint.resume=auto/never"
             )
+    if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
+        checkpoint.find_weights(cfg.model.init, "model.init")
     check_data(cfg)  # last: it records what it checked in the data cache
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from, started).train(run_stop)
+
+
+def _reference_is_init(cfg: TrainConfig) -> bool:
+    """Whether the KL term's frozen reference is the run's starting weights (then a resume reads
+    model.init for it; otherwise a resume needs only its checkpoint)."""
+    return cfg.kl.weight > 0 and cfg.kl.reference == "init"
 
 
 class Trainer:
@@ -400,9 +406,12 @@ class Trainer:
             cfg, train_samples(cfg, saved.get("step", 0), saved.get("consumed_samples", 0))
         )
         self.model = self._build_model(recompute=cfg.train.recompute == "full")
-        if cfg.model.init != "random":
+        # A resume overwrites the model's weights with the checkpoint's: model.init is read only
+        # where it is the KL reference (a 7B restart would read 14 GB for nothing, or fail where
+        # the start weights were moved away).
+        if cfg.model.init != "random" and resume_from is None:
             self._load_weights(self.model, cfg.model.init, "model.init")
-        self.reference = self._build_reference() if cfg.kl.weight > 0 else None  # λ = 0: none at all
+        self.reference = self._build_reference(resume_from is not None) if cfg.kl.weight > 0 else None
         self.ddp, self.optimizer = self._wrap_for_training()
         self.loss_fn = loss_fn or CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group, cfg.kl)
         self.validation_loss_fn = CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group)
@@ -442,13 +451,17 @@ class Trainer:
         env = self.env
         checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict())
 
-    def _build_reference(self) -> torch.nn.Module:
-        """The frozen model of the KL term: the starting weights (kl.reference: init) or a checkpoint."""
+    def _build_reference(self, resuming: bool) -> torch.nn.Module:
+        """The frozen model of the KL term (none at λ = 0): the starting weights (kl.reference:
+        init) or a checkpoint. `resuming`: the model was not given model.init's weights."""
         reference = self._build_model()
-        if self.cfg.kl.reference == "init":
+        cfg = self.cfg
+        if cfg.kl.reference != "init":
+            self._load_weights(reference, cfg.kl.reference, "kl.reference")
+        elif cfg.model.init != "random" and resuming:
+            self._load_weights(reference, cfg.model.init, "model.init")
+        else:  # the model's weights before any step: model.init's, or the seeded random ones
             reference.load_state_dict(self.model.state_dict())
-        else:
-            self._load_weights(reference, self.cfg.kl.reference, "kl.reference")
         reference.requires_grad_(False)
         return reference.eval()
 
