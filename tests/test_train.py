@@ -1210,6 +1210,17 @@ def test_dry_run_mistral_7b_on_8_gpus() -> None:
     assert float(sharded[2].split()[5].rstrip("Gi")) == pytest.approx(optim[2] / 4, abs=0.1)
 
 
+def test_dry_run_counts_a_cards_memory_in_gib() -> None:
+    """--gpu-memory-gb 80 allowed 0.9 × 80e9 bytes (67 GiB) of an 80 GB card's 80 GiB: a layout
+    needing 48.1 GiB was "no" on 55 GB cards (46.1 GiB allowed); 0.9 × 55 GiB = 49.5 GiB fit it."""
+    config = str(REPO / "configs" / "mistral-7b-v0.2.yaml")
+    proc = _pretrain_cli("--config", config, "--dry-run", "--gpus", "8", "--gpu-memory-gb", "55")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith("8 GPUs of 55 GiB")
+    rows = {int(line.split()[0]): line for line in proc.stdout.splitlines()[2:]}
+    assert rows[2].split()[-2:] == ["48.1Gi", "yes"] and rows[1].endswith("no")
+
+
 def test_dry_run_marks_layouts_the_trainer_would_refuse() -> None:
     """A global batch of 8 over 16 GPUs at micro-batch 4: every layout but TP 8 (DP 2) was marked
     "fits: yes", and the trainer refused them."""

@@ -62,7 +62,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     # None when not given: a training run refuses them rather than ignore them (DRY_RUN_GPUS, ...).
     p.add_argument("--gpus", type=int, default=None, help="cluster size for --dry-run (default 8)")
     p.add_argument(
-        "--gpu-memory-gb", type=float, default=None, help="per-GPU memory for --dry-run (default 80)"
+        "--gpu-memory-gb",
+        type=float,
+        default=None,
+        help='per-GPU memory for --dry-run, in GiB as an "80 GB" card holds 80 (default 80)',
     )
     megatron = p.add_argument_group("Megatron-LM flags (same as the overrides they name)")
     for flag, key in MEGATRON_FLAGS.items():

@@ -104,7 +104,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
         f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
         f"recompute {cfg.train.recompute}, {'sequence parallel at TP > 1, ' if cfg.parallel.sequence else ''}"
-        f"{gpus} GPUs of {gpu_memory_gb:g} GB",
+        f"{gpus} GPUs of {gpu_memory_gb:g} GiB",
         f"{'TP':>3} {'DP':>3} {'params/GPU':>11} {'weights':>9} {'grads':>9} {'optim':>9} "
         f"{'activ.':>9} {'total':>9}  fits",
     ]
@@ -140,7 +140,8 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             recompute=cfg.train.recompute == "full",
             sequence_parallel=cfg.parallel.sequence and tp > 1,
         )
-        fits = e.total <= 0.9 * gpu_memory_gb * 1e9
+        # An "80 GB" card holds 80 GiB (nvidia-smi: 81,559 MiB of 81,920): the size is in GiB.
+        fits = e.total <= 0.9 * gpu_memory_gb * GIB
         lines.append(
             f"{tp:>3} {e.dp:>3} {e.params_per_gpu / 1e9:>10.3f}B "
             + " ".join(
