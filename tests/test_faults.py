@@ -1089,6 +1089,18 @@ _BAD_INPUTS = [
     ("data preprocess --input {ru} {pre} --output-prefix {dir}/", "names a directory", "_text_document.bin"),
     ("data merge --inputs {ds} --output-prefix {dir}/", "names a directory", ".bin"),
     ("data merge --inputs {ds} --output-prefix {dir}/.", "names a directory", "._text_document.bin"),
+    # A prefix given with its suffix wrote m.bin.bin / m.bin_text_document.bin
+    ("data merge --inputs {ds} --output-prefix {dir}/m.bin", "ends with .bin: a prefix names", "m.bin.bin"),
+    (
+        "data preprocess --input {ru} {pre} --output-prefix {dir}/p.idx",
+        "ends with .idx: a prefix names the dataset without .bin/.idx (give ",
+        "p.idx_text_document.bin",
+    ),
+    (
+        "sft prepare --input {chats} --tokenizer {tok} --output-prefix {dir}/s.bin",
+        "without .bin/.idx",
+        "s.bin_sft.json",
+    ),
     ("sft show {dir}/nope --tokenizer {tok}", "SFT dataset file not found", None),
     # plain JSON was appended under the .gz name, exit 0; the next run failed "Not a gzipped file"
     (
