@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from vikhr.errors import VikhrError
 from vikhr.train.index_cache import check_index_cache
 
@@ -1044,6 +1045,16 @@ _BAD_INPUTS = [
     ),
     ("ablate {dir}/twice.yaml", "duplicate key 'train'", None),
     ("pretrain --config {dir}/list.yaml", "top level must be a mapping", None),
+    # Another verb's config: the unknown keys of the first were named ("data.eval_docs", "sources")
+    ("pretrain --config {configs}/ablate-cpu.yaml", "is an ablation grid: run vikhr ablate ", None),
+    (  # named no choice
+        "pretrain 'data.train=[{{prefix: {ds}}}]' data.seq_len=128 checkpoint.resume=NEVER",
+        "not a checkpoint directory: NEVER (give auto, never or the directory of a run",
+        None,
+    ),
+    ("pretrain --config {configs}/sft-mix-tiny.yaml", "is an SFT data mix: run vikhr sft build ", None),
+    ("ablate {configs}/tiny-cpu.yaml", "is a trainer config: run vikhr pretrain --config ", None),
+    ("sft build {configs}/sft-tiny-cpu.yaml", "is a trainer config: run vikhr pretrain --config ", None),
     ("pretrain --config {dir}/x.bin", "is not UTF-8 text", None),
     ("pretrain 'data.train=[{{prefix: {ds}}}]' train.steps=0", "train.steps must be positive", None),
     ("pretrain data=5", "config key data: expected a mapping", None),
@@ -1197,6 +1208,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     _flip(d / "flipped.idx", 17, b"\x01")
     return {
         "dir": str(d),
+        "configs": str(REPO / "configs"),
         "tok": str(MISTRAL_TOKENIZER),
         "hfjson": str(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json"),
         "ru": str(RU_SAMPLE),

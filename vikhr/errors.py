@@ -308,8 +308,17 @@ def _unique_keys_loader() -> Any:
     return UniqueKeyLoader
 
 
-def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any]:
-    """The YAML mapping in the config file `path` (empty file: {}); VikhrError in one line otherwise."""
+# The config files of the verbs that read one, told apart by keys only their kind has.
+CONFIG_KINDS = {
+    "pretrain": ({"checkpoint", "optim", "kl"}, "a trainer config: run vikhr pretrain --config {}"),
+    "ablate": ({"arms"}, "an ablation grid: run vikhr ablate {}"),
+    "sft build": ({"sources"}, "an SFT data mix: run vikhr sft build {}"),
+}
+
+
+def read_yaml_mapping(path: str | Path, contents: str = "keys", kind: str | None = None) -> dict[str, Any]:
+    """The YAML mapping in the config file `path` (empty file: {}); VikhrError in one line otherwise,
+    also where the file is another verb's config than `kind`'s (a key of `CONFIG_KINDS`)."""
     import yaml
 
     p = Path(path)
@@ -332,6 +341,12 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys") -> dict[str, Any
         raise VikhrError(f"config file {p} is not valid YAML: {problem}{where}") from None
     if not isinstance(value, dict):
         raise VikhrError(f"config file {p}: top level must be a mapping of {contents}")
+    if kind is not None and not CONFIG_KINDS[kind][0] & value.keys():
+        for other, (keys, what) in CONFIG_KINDS.items():
+            if other != kind and keys & value.keys():
+                raise VikhrError(
+                    f"config file {p} is {what.format(p)} (its {sorted(keys & value.keys())[0]}: key)"
+                )
     return value
 
 

@@ -176,7 +176,7 @@ def _check_arms(path: Path, arms: list[Arm]) -> None:
 def load_ablate_config(path: str | Path) -> AblateConfig:
     """Read and validate CONFIG.yaml; VikhrError (one line) on anything wrong."""
     p = Path(path)
-    raw = read_yaml_mapping(p)
+    raw = read_yaml_mapping(p, kind="ablate")
     try:
         cfg = AblateConfig.model_validate(raw)
     except pydantic.ValidationError as e:

@@ -25,8 +25,9 @@ def _megatron_to_hf(args: argparse.Namespace) -> int:
         print(f"wrote {out} (loads with transformers AutoTokenizer and AutoModelForCausalLM)")
     else:
         print(
-            f"wrote {out} without a tokenizer: the checkpoint records none that can be found (a run "
-            "records it through its datasets and model.init); pass --tokenizer PATH to include one"
+            f"wrote {out} without a tokenizer: the checkpoint records none that can be found (an SFT run "
+            "records it through its datasets, any run through a model.init converted from an HF "
+            "directory); pass --tokenizer PATH to include one"
         )
     return 0
 

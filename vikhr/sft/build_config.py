@@ -196,7 +196,7 @@ def _check(cfg: BuildConfig) -> None:
 def load_build_config(path: str | Path, output: str | Path | None = None) -> BuildConfig:
     """The validated config at `path` (`output` replaces its output:)."""
     p = Path(path)
-    raw = read_yaml_mapping(p)
+    raw = read_yaml_mapping(p, kind="sft build")
     if output is not None:
         raw["output"] = str(output)
     try:

@@ -242,7 +242,7 @@ def load_config(
     """Read YAML (optional), apply `section.key=value` overrides (values in YAML syntax), validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = read_yaml_mapping(path, "sections")
+        raw = read_yaml_mapping(path, "sections", kind="pretrain")
     for item in overrides:
         if "=" not in item:
             looks_like_config = item.endswith((".yaml", ".yml")) or Path(item).is_file()
@@ -350,7 +350,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
         raise VikhrError(f"config key kl.reference: checkpoint not found: {k.reference} (or use 'init')")
     c = cfg.checkpoint
     if check_files and c.resume not in ("auto", "never") and not Path(c.resume).is_dir():
-        raise VikhrError(f"config key checkpoint.resume: not a checkpoint directory: {c.resume}")
+        raise VikhrError(
+            f"config key checkpoint.resume: not a checkpoint directory: {c.resume} (give auto, never or "
+            "the directory of a run or of one of its steps)"
+        )
 
 
 def _prefix_hint(prefix: str) -> str:
