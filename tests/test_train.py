@@ -163,6 +163,7 @@ def test_global_batch_changes_on_resume(
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "train.global_batch 8 -> 16 from step 5: the run reads on from sample 32" in proc.stderr
     assert "settings changed since step_000004: train.global_batch 8 -> 16, train.steps 8 -> 6" in proc.stderr
+    assert "warning: resuming from step_000004: step 5 trains at lr " in proc.stderr  # 6 steps decay faster
     train, _ = read_metrics(run_dir)
     assert sorted(train) == [5, 6]
     assert json.loads((run_dir / "step_000006" / "meta.json").read_text())["consumed_samples"] == 64

@@ -264,6 +264,26 @@ def test_wsd_schedule_holds_then_decays_over_its_last_steps(
     assert lr_at(90, default) == pytest.approx(1e-3) and lr_at(91, default) < 1e-3  # 20% of 100 steps
 
 
+def test_a_resume_that_moves_the_learning_rate_says_so(tmp_path: Path, dataset: str) -> None:
+    """A wsd run extended after its decay began climbed back to optim.lr at the next step, with only
+    "settings changed: train.steps" said. Now a schedule that gives the next step another rate than
+    the saved one is named, the wsd case with the fix; an extension before the decay is silent."""
+    from vikhr.train.trainer import lr_jump
+
+    wsd = ["optim.min_lr=1e-4", "optim.warmup_steps=1", "optim.decay=wsd", "optim.decay_steps=40"]
+    saved = load_config(_config(tmp_path, dataset), ["train.steps=100", *wsd]).to_dict()
+    longer = load_config(_config(tmp_path, dataset), ["train.steps=150", *wsd])
+    assert lr_jump(saved, longer, 60) is None  # the decay begins at step 61
+    jump = lr_jump(saved, longer, 80)
+    assert jump is not None and jump.startswith("step 81 trains at lr 0.001, where the schedule it was saved")
+    assert "its wsd decay had begun: extend a wsd run from a checkpoint saved before its decay" in jump
+    cosine = load_config(_config(tmp_path, dataset), ["train.steps=100", "optim.warmup_steps=1"])
+    extended = load_config(_config(tmp_path, dataset), ["train.steps=150", "optim.warmup_steps=1"])
+    jump = lr_jump(cosine.to_dict(), extended, 50)
+    assert jump is not None and "wsd" not in jump
+    assert lr_jump(cosine.to_dict(), cosine, 50) is None and lr_jump({}, cosine, 50) is None
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -48,7 +48,9 @@ from vikhr.train import checkpoint
 from vikhr.train.config import (
     DataSection,
     KLSection,
+    OptimSection,
     TrainConfig,
+    TrainSection,
     changed_settings,
     doubtful_settings,
     validate,
@@ -170,6 +172,36 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if o.decay == "linear":
         return o.min_lr + (o.lr - o.min_lr) * (1.0 - progress)
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_jump(saved: dict[str, Any], cfg: TrainConfig, step: int) -> str | None:
+    """What a resume at `step` (optimizer steps done) with `cfg` does to the learning rate where its
+    schedule gives the next step another rate than the one the checkpoint's config (`saved`) would
+    (by more than 5 %); None otherwise. A wsd run extended after its decay began climbs back to
+    optim.lr (extend it from a step before the decay)."""
+    try:
+        before = cfg.model_copy(
+            update={
+                "optim": OptimSection.model_validate(saved["optim"]),
+                "train": TrainSection.model_validate(saved["train"]),
+            }
+        )
+    except (KeyError, TypeError, ValueError):  # a checkpoint of an older trainer: nothing to compare
+        return None
+    was, now = lr_at(step, before), lr_at(step, cfg)
+    if abs(now - was) <= 0.05 * max(was, now):
+        return None
+    said = (
+        f"step {step + 1} trains at lr {now:.3g}, where the schedule it was saved with gives {was:.3g} "
+        f"(step {step}: {lr_at(step - 1, before):.3g})"
+    )
+    o = before.optim
+    if o.decay == "wsd" and was < o.lr and step >= o.warmup_steps:
+        said += (
+            "; its wsd decay had begun: extend a wsd run from a checkpoint saved before its decay "
+            "(checkpoint.resume=STEP_DIR)"
+        )
+    return said
 
 
 # The fraction of (lr - min_lr) kept at decay progress p in [0, 1] (Megatron-LM's WSD decay styles).
@@ -543,6 +575,9 @@ class Trainer:
         ]
         if changes:
             self.monitor.info(f"settings changed since {step_dir.name}: {', '.join(changes)}")
+            jump = lr_jump(meta.get("config", {}), cfg, step)
+            if jump is not None:
+                checkpoint.warn(f"resuming from {step_dir.name}: {jump}")
         saved_batch = meta.get("config", {}).get("train", {}).get("global_batch", cfg.train.global_batch)
         if saved_batch != cfg.train.global_batch:
             self.monitor.info(
