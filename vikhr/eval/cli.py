@@ -274,7 +274,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bootstrap-iters",
         type=int,
         default=1000,
-        help="bootstrap draws for the stderr of MCC (default 1000)",
+        help="bootstrap draws for the stderr of MCC (default 1000; 0: no standard errors at all, lm-eval "
+        "then leaves out the means' analytic ones too)",
     )
     p.add_argument(
         "--seed",
