@@ -761,6 +761,21 @@ def test_cli_sentencepiece_extend_with_new_tokens(tmp_path: Path) -> None:
     assert manifest["extend"]["added_pieces"] == 100
 
 
+def test_extend_on_a_small_corpus_trains_the_largest_pool_it_supports(tmp_path: Path) -> None:
+    """A few thousand characters of Russian support a pool of ~2,000 pieces, fewer than the first pool
+    extend mode asks for (the base's 1,600 Cyrillic pieces + room); the 50 new pieces asked for are
+    still in it. The run failed with SentencePiece's "Vocabulary size too high"."""
+    lines = [ln for ln in iter_lines(RU_SAMPLE, split="train") if CYRILLIC.search(ln)]
+    small = _write_jsonl(tmp_path / "small.jsonl.gz", [{"text": ln} for ln in lines[:40]])
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(MISTRAL_TOKENIZER)]
+    argv += ["--new-tokens", "50", "--heldout-percent", "0", "--corpus", str(small), "--out", str(out)]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["vocab_size"] == 32050 and manifest["extend"]["added_pieces"] == 50
+    assert manifest["hf_check"]["mismatches"] == 0
+
+
 def test_cli_sentencepiece_base_model_may_be_its_directory(tmp_path: Path) -> None:
     """A directory holding the SentencePiece base (an earlier output's `tok/`), as every other
     tokenizer option takes it: it was refused as "not a regular file"."""

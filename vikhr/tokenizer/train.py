@@ -268,11 +268,12 @@ def _extend_from_corpus(
         try:
             ru_model = _sentencepiece_bpe(text_file, work / "ru", pool_size, s)
         except VikhrError as e:
-            # SentencePiece names the largest pool this corpus supports ("... a value <= 58873").
+            # SentencePiece names the largest pool this corpus supports ("... a value <= 58873"): a small
+            # corpus trains that pool, which may still hold the few pieces asked for.
             largest = re.search(r"<= (\d+)", str(e))
-            if best is None:
-                raise
             if largest is None or int(largest[1]) >= pool_size:
+                if best is None:
+                    raise
                 break
             pool_size = int(largest[1])
             continue
@@ -284,7 +285,11 @@ def _extend_from_corpus(
         # Grow the pool by the shortfall divided by the share of the pool that was usable.
         usable = max(added / pool_size, 0.05)
         pool_size += int((num_new - added) / usable) + 500
-    assert best is not None
+    if best is None:
+        raise VikhrError(
+            f"the corpora's Cyrillic lines are too few for a Russian pool (SentencePiece refused "
+            f"{POOL_ATTEMPTS} sizes, the last {pool_size}); add Russian text"
+        )
     return (*best, ru_proto)
 
 
