@@ -283,6 +283,34 @@ def test_clear_errors_and_no_half_written_output(
     _assert_nothing_written(tmp_path, tmp_path / "o3")
 
 
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        # A tokenizer_config.json given for the tokenizer.json beside it ("only BPE tokenizer.json
+        # files are supported (got None)").
+        ({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>"}, 'it has no "model" section'),
+        # A JSON array: AttributeError traceback.
+        ([{"text": "привет"}], "not a JSON object"),
+    ],
+)
+def test_a_json_file_that_is_not_a_tokenizer_is_refused_in_one_line(
+    content: Any, reason: str, tmp_path: Path, new_tok: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src)
+    not_a_tokenizer = tmp_path / "tokenizer_config.json"
+    not_a_tokenizer.write_text(json.dumps(content), encoding="utf-8")
+    for old, new in [(MISTRAL_TOKENIZER, not_a_tokenizer), (not_a_tokenizer, new_tok)]:
+        argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(old)]
+        argv += ["--new-tokenizer", str(new), "--out", str(out)]
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{not_a_tokenizer} is not an HF tokenizer.json ({reason})" in err, err
+        assert len(err.splitlines()) == 1
+        _assert_nothing_written(tmp_path, out)
+
+
 def test_an_old_tokenizer_of_the_right_size_but_not_the_models_is_refused(
     tmp_path: Path, new_tok: Path
 ) -> None:

@@ -446,6 +446,11 @@ def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: 
     "extra, message",
     [
         (["--mode", "extend", "--base-model", str(RU40K_JSON)], "is not byte-level BPE"),
+        # The manifest beside a tokenizer was "pre-tokenizer None is not byte-level BPE".
+        (
+            ["--mode", "extend", "--base-model", str(ASSET_DIR / "vikhr-ru-40k.manifest.json")],
+            'is not an HF tokenizer.json (it has no "model" section)',
+        ),
         (["--mode", "extend", "--vocab-size", "1000"], "adds no tokens"),
         (["--vocab-size", "300"], "too small"),
         (["--new-tokens", "10"], "--new-tokens is for --mode extend"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vikhr.errors import VikhrError
 from vikhr.tokenizer.byte_level import bytes_piece, is_byte_level, piece_bytes, utf8_runs
-from vikhr.tokenizer.load import load_without_dummy_prefix, resolve_tokenizer_file
+from vikhr.tokenizer.load import load_without_dummy_prefix, require_tokenizer_json, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import is_tekken, tekken_error
 
 SPIECE_UNDERLINE = "▁"
@@ -103,7 +103,8 @@ def _from_tokenizer_json(path: Path) -> Vocabulary:
         raise VikhrError(f"{path} is not a tokenizer.json ({e})") from e
     if is_tekken(spec):
         raise tekken_error(path)
-    model = spec.get("model", {})
+    require_tokenizer_json(spec, path)
+    model = spec["model"]
     if model.get("type") != "BPE":
         raise VikhrError(f"{path}: only BPE tokenizer.json files are supported (got {model.get('type')})")
     raw = load_without_dummy_prefix(path)

@@ -61,6 +61,15 @@ def recorded_path(path: str | os.PathLike[str]) -> Path:
     return p.parent.resolve() / p.name
 
 
+def require_tokenizer_json(spec: Any, path: Path) -> None:
+    """VikhrError unless parsed JSON `spec` has the "model" section of every tokenizer.json: the
+    tokenizer_config.json, config.json or manifest.json beside one is easily given in its place."""
+    if not isinstance(spec, dict):
+        raise VikhrError(f"{path} is not an HF tokenizer.json (not a JSON object); {_GIVE}")
+    if not isinstance(spec.get("model"), dict):
+        raise VikhrError(f'{path} is not an HF tokenizer.json (it has no "model" section); {_GIVE}')
+
+
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     """`path` itself if it is a file, else the tokenizer file of the directory `path` (module doc)."""
     p = Path(path)

@@ -59,7 +59,7 @@ from vikhr.tokenizer.corpus import (
     read_break_lines,
     write_training_sample,
 )
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, resolve_tokenizer_file
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, require_tokenizer_json, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
 if TYPE_CHECKING:  # train.py imports this module; the settings type is only an annotation here
@@ -124,6 +124,7 @@ def byte_level_base(base_model: str | Path | None) -> ByteLevelBase | None:
     spec = read_json_object(path, "give a byte-level tokenizer.json or a SentencePiece .model")
     if is_tekken(spec):
         raise tekken_error(path)
+    require_tokenizer_json(spec, path)
     if not is_byte_level(spec):
         pre = (spec.get("pre_tokenizer") or {}).get("type")
         raise VikhrError(
