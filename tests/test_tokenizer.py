@@ -776,6 +776,41 @@ def test_extend_on_a_small_corpus_trains_the_largest_pool_it_supports(tmp_path: 
     assert manifest["hf_check"]["mismatches"] == 0
 
 
+def test_sentencepiece_extend_keeps_the_bases_chat_template(tmp_path: Path) -> None:
+    """An instruct model's directory (its .model, tokenizer_config.json with a chat template, and a
+    chat_template.jinja) as the base: extend keeps every base id, so the template still renders,
+    but the export wrote a config without it and no template file (byte-level training kept both)."""
+    template = "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"
+    jinja = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}{% endfor %}"
+    base = tmp_path / "instruct"
+    base.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, base / "tokenizer.model")
+    config = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": template}
+    (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (base / "chat_template.jinja").write_text(jinja, encoding="utf-8")
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(base), "--new-tokens", "50"]
+    argv += ["--corpus", f"{RU_SAMPLE}@100k", "--out", str(out)]
+    assert cli_main(argv) == 0
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert written["chat_template"] == template and written["eos_token"] == "</s>"
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == jinja
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["files"]) >= {"tokenizer_config.json", "chat_template.jinja"}
+
+    # adapt-vocab given the .model (README's `--new-tokenizer tok/tokenizer.model`) wrote the
+    # tokenizer.json and config afresh, dropping both again.
+    from tests.helpers import tiny_hf_model
+    from vikhr.adapt import adapt_vocab
+
+    tiny_hf_model(tmp_path / "model", 32000)
+    adapted = tmp_path / "adapted"
+    adapt_vocab(tmp_path / "model", MISTRAL_TOKENIZER, out / "tokenizer.model", adapted, show_progress=False)
+    written = json.loads((adapted / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert written["chat_template"] == template
+    assert (adapted / "chat_template.jinja").read_text(encoding="utf-8") == jinja
+
+
 def test_cli_sentencepiece_base_model_may_be_its_directory(tmp_path: Path) -> None:
     """A directory holding the SentencePiece base (an earlier output's `tok/`), as every other
     tokenizer option takes it: it was refused as "not a regular file"."""

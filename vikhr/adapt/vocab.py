@@ -36,7 +36,7 @@ from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, lo
 from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, resolve_tokenizer_file
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, carry_chat_template, load, resolve_tokenizer_file
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
 Init = Literal["mean", "random", "mean-of-all"]
@@ -339,6 +339,7 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
     else:
         shutil.copy2(new_path, out / "tokenizer.model")
         write_hf_tokenizer(new_path, out)
+        carry_chat_template(src, out)
 
 
 COPY_BLOCK_ROWS = 8192  # rows copied per block by build_matrix

@@ -61,6 +61,29 @@ def recorded_path(path: str | os.PathLike[str]) -> Path:
     return p.parent.resolve() / p.name
 
 
+def carry_chat_template(src_dir: Path | None, out_dir: Path) -> None:
+    """The chat template of the tokenizer in `src_dir` into the one written to `out_dir` from a
+    SentencePiece .model (whose export has none): `src_dir`'s chat_template.jinja, and its
+    tokenizer_config.json's `chat_template` into `out_dir`'s. For a tokenizer that keeps the source's
+    special pieces at their ids (extend, prune-extend, that tokenizer itself), so the template renders."""
+    import shutil
+
+    from vikhr.atomic import write_text
+
+    if src_dir is None:
+        return
+    if (src_dir / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copy2(src_dir / CHAT_TEMPLATE_FILE, out_dir / CHAT_TEMPLATE_FILE)
+    src_cfg = src_dir / "tokenizer_config.json"
+    template = (
+        read_json_object(src_cfg, "fix or remove it").get("chat_template") if src_cfg.is_file() else None
+    )
+    if template is not None:
+        cfg = read_json_object(out_dir / "tokenizer_config.json")
+        cfg["chat_template"] = template
+        write_text(out_dir / "tokenizer_config.json", json.dumps(cfg, ensure_ascii=False, indent=2))
+
+
 def require_tokenizer_json(spec: Any, path: Path) -> None:
     """VikhrError unless parsed JSON `spec` has the "model" section of every tokenizer.json: the
     tokenizer_config.json, config.json or manifest.json beside one is easily given in its place."""

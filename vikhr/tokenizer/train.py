@@ -39,7 +39,7 @@ from vikhr.tokenizer.corpus import (
     write_training_sample,
 )
 from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
-from vikhr.tokenizer.load import load, resolve_tokenizer_file
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, carry_chat_template, load, resolve_tokenizer_file
 from vikhr.tokenizer.prune import ID_MAP_FILE, id_map, piece_use, prune_base, write_id_map
 from vikhr.tokenizer.train_byte_bpe import byte_level_base, train_byte_level
 
@@ -497,6 +497,10 @@ def _with_sentencepiece_defaults(s: TrainSettings) -> TrainSettings:
     return replace(s, **{f.name: f.metadata["sentencepiece_default"] for f in unset})
 
 
+# Files an output may hold besides the .model, tokenizer.json and its config (manifest "files").
+OUTPUT_SIDE_FILES = (ID_MAP_FILE, CHAT_TEMPLATE_FILE)
+
+
 def train_tokenizer(
     corpora: list[str | Path], out_dir: str | Path, settings: TrainSettings, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -542,6 +546,7 @@ def train_tokenizer(
         for leftover in [text_file, *work.glob("*.vocab"), *work.glob("ru.model")]:
             leftover.unlink()
         tok_json, tok_cfg = write_hf_tokenizer(model_path, work)
+        carry_chat_template(Path(s.base_model).parent if s.base_model else None, work)
         checked = verify_hf_export(model_path, tok_json, paths, s)
         vocab_size = load(model_path).vocab_size
         manifest: dict[str, Any] = {
@@ -566,7 +571,7 @@ def train_tokenizer(
             },
             "files": {
                 path.name: corpus_sha256(path)
-                for path in (work / MODEL_FILE, tok_json, tok_cfg, work / ID_MAP_FILE)
+                for path in (work / MODEL_FILE, tok_json, tok_cfg, *(work / n for n in OUTPUT_SIDE_FILES))
                 if path.is_file()
             },
             "versions": {"sentencepiece": spm.__version__, "tokenizers": tokenizers.__version__},
