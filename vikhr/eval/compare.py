@@ -156,8 +156,11 @@ def comparison_table(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str]
         metrics = next(r["tasks"][task].get("metrics") or {} for _, r in named if task in r["tasks"])
         if metrics:
             metric = next(iter(metrics))
+            values = [_value(r, task, metric) for _, r in named]
+            if all(v is None for v in values):  # MERA's hidden test answers: named below the table
+                continue
             labels.append(f"{task} ({metric})")
-            cells.append([_value(r, task, metric) for _, r in named])
+            cells.append(values)
     rows = [list(row) for row in zip(*cells, strict=True)] if cells else [[] for _ in named]
     return labels, rows
 
@@ -389,6 +392,13 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     if not columns:
         raise VikhrError("the results files have no metric values to compare")
     markdown, table = to_markdown(names, columns, rows), to_csv(names, columns, rows)
+    unscored = [
+        task
+        for task in dict.fromkeys(t for _, r in named for t in r["tasks"])
+        if all(v is None for _, r in named for v in r["tasks"].get(task, {}).get("metrics", {}).values())
+    ]
+    if unscored:
+        markdown += f"\nNo score in any file (hidden test answers, or NaN): {', '.join(unscored)}.\n"
     for name, path, results in loaded:
         if results["limit"]:
             markdown += (
