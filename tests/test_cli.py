@@ -319,6 +319,23 @@ def test_a_ctrl_c_while_the_options_are_set_up_is_one_line(monkeypatch, capsys) 
     assert capsys.readouterr().err.strip().splitlines() == ["vikhr: interrupted"]
 
 
+def test_files_left_over_by_an_unquoted_glob_are_named_as_such(tmp_path, capsys) -> None:
+    """`--corpus ru/*.jsonl.gz` unquoted: the shell's second file and on were "unrecognized
+    arguments" with no word on why; an option naming a file takes one."""
+    from vikhr import cli
+
+    shards = [tmp_path / f"ru-{i}.jsonl" for i in range(3)]
+    for shard in shards:
+        shard.write_text('{"text": "привет"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["tokenizer", "train", "--corpus", *map(str, shards), "--out", str(tmp_path / "tok")])
+    assert e.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"vikhr tokenizer train: error: unrecognized arguments: {shards[1]} {shards[2]}; ")
+    assert "they are files: an option naming a file takes one, repeat it per file (an unquoted glob" in line
+    assert not (tmp_path / "tok").exists()
+
+
 def test_errors_name_the_verb_they_belong_to(capsys) -> None:
     """An error line starts with the whole verb (`vikhr sft prepare`), and an option a verb does
     not know points at that verb's --help, not at `vikhr --help`."""

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vikhr.errors import ENDINGS, VikhrError, report_ending
@@ -141,7 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *(e for e in extras if not e.startswith("-"))]
         extras = [e for e in extras if e.startswith("-")]
     if extras:  # named by the verb they were given to, with its --help
-        verb.error(f"unrecognized arguments: {' '.join(extras)}")
+        files = [e for e in extras if not e.startswith("-")]
+        hint = ""
+        if files and all(Path(f).exists() for f in files):  # `--corpus ru/*.jsonl.gz`, unquoted
+            hint = (
+                "; they are files: an option naming a file takes one, repeat it per file (an unquoted "
+                "glob gives the shell's list of files)"
+            )
+        verb.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     try:
         return int(args.func(args) or 0)
     except ENDINGS as e:
