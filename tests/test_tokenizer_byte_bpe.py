@@ -202,6 +202,11 @@ def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli_main(["tokenizer", "import-tekken", str(cut), str(tmp_path / "cut")]) == 2
     err = capsys.readouterr().err.strip()
     assert "cut.json is not valid JSON" in err and "truncated download" in err and len(err.splitlines()) == 1
+    # A JSON Lines file (a corpus given by mistake) is named so, not as a cut download.
+    assert cli_main(["tokenizer", "import-tekken", str(five), str(tmp_path / "lines")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Extra data: line 2 column 1" in err and "a JSON Lines file? give Mistral's tekken.json" in err
+    assert "truncated" not in err
 
 
 def test_tekken_file_is_refused_with_the_import_command(tmp_path: Path) -> None:
