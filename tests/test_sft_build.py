@@ -823,6 +823,30 @@ def test_language_and_length_checks(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- bad input
 
 
+def test_a_dropped_chats_example_names_its_place_once(tmp_path: Path) -> None:
+    """A record without an id is named by its place, which the example line then said twice
+    ("chats.jsonl:1: chats.jsonl:1: 12 tokens"); a record's id is still given after its place."""
+    data = tmp_path / "chats.jsonl"
+    chat = [{"role": "user", "content": "Привет!"}, {"role": "assistant", "content": "Здравствуйте."}]
+    data.write_text(
+        json.dumps({"messages": chat}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"id": "c2", "messages": chat}, ensure_ascii=False)
+        + "\n"
+        + json.dumps(
+            {"messages": [chat[0], {"role": "assistant", "content": "Слово. " * 100}]}, ensure_ascii=False
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    report = build(_config(tmp_path, [{"name": "s", "path": str(data)}], limits={"min_tokens": 100}))
+    shown = report["sources"][0]["examples"]["too_short"]
+    assert [re.sub(r"\d+ tokens$", "N tokens", line) for line in shown] == [
+        f"{data}:1: N tokens",
+        f"{data}:2: c2: N tokens",
+    ]
+
+
 def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
     bad = FORMATS_DIR / "bad.jsonl"
     report = build(_config(tmp_path, [{"name": "bad", "path": str(bad)}]))

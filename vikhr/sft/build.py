@@ -154,6 +154,16 @@ def _check_chat(chat: Chat, src: SourceConfig, cfg: BuildConfig, tok: Tokenizer)
     return KEPT, "", tokens
 
 
+def _chat_label(chat: Chat, where: str) -> str:
+    """How a dropped chat's example names it after its place: by its id, or where the id is the
+    place itself (a record without one) by what follows it ("#1: " for a record's second chat)."""
+    path, _, line = where.rpartition(":")
+    place = f"{Path(path).name}:{line}"
+    if chat.id == place:
+        return ""
+    return f"{chat.id.removeprefix(place) if chat.id.startswith(place + '#') else chat.id}: "
+
+
 def _first_pass(
     cfg: BuildConfig, tok: Tokenizer, reports: list[SourceReport], bar: Any
 ) -> dict[str, np.ndarray]:
@@ -167,7 +177,7 @@ def _first_pass(
                 report.chats += 1
                 reason, why, tokens = _check_chat(chat, src, cfg, tok)
                 if reason != KEPT:
-                    report.drop(reason, where, f"{chat.id}: {why}")
+                    report.drop(reason, where, f"{_chat_label(chat, where)}{why}")
                 group = int.from_bytes(hashlib.blake2b(f"{s}/{chat.group}".encode(), digest_size=8).digest())
                 rows.append((s, statuses.index(reason), tokens, group, chat))
                 if len(rows) == _HASH_BATCH:
