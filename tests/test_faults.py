@@ -484,11 +484,28 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
     assert main(["pretrain", "--config", str(config)]) == 0
     err = capsys.readouterr().err
-    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    # (the other warning: train.steps 2 -> 3 moves the learning rate of the resumed step)
+    warnings = [line for line in err.splitlines() if line.startswith("warning: checkpoint")]
     previous = int(newest.name[-6:]) - 1
     assert len(warnings) == 1 and f"resuming from step_00000{previous} instead" in warnings[0], err[-3000:]
     assert f"resumed from {run / f'step_00000{previous}'} at step {previous}" in err
     assert (run / "latest").read_text().strip() == "step_000003"
+
+
+def test_every_damaged_step_passed_over_is_named(saved_run: tuple[Path, str], tmp_path: Path) -> None:
+    """Where the step `latest` names and the one before it are both damaged, the warning named only
+    the first: the second was passed over without a word."""
+    from vikhr.train.checkpoint import find_resumable
+
+    run = _copy_run(saved_run, tmp_path)
+    (run / "latest").write_text("step_000009\n")  # missing
+    (run / "step_000002" / "rng_rank0000.pt").unlink()
+    found, warning = find_resumable(run)
+    assert found == run / "step_000001"
+    assert warning is not None and warning.startswith(
+        f"checkpoint {run / 'step_000009'} is damaged (is missing)"
+    )
+    assert "; step_000002 (" in warning and warning.endswith("damaged too; resuming from step_000001 instead")
 
 
 def test_no_complete_checkpoint_is_one_line(

@@ -745,9 +745,15 @@ def find_resumable(path: str | Path) -> tuple[Path | None, str | None]:
     problem = checkpoint_problem(named) if named.is_dir() else "is missing"
     if problem is None:
         return named, None
+    skipped = []  # damaged steps between the newest and the one resumed: said too, not passed over
     for older in _older_step_dirs(p, int(match.group(1)) if match else None):
-        if checkpoint_problem(older) is None:
-            return older, f"checkpoint {named} is damaged ({problem}); resuming from {older.name} instead"
+        older_problem = checkpoint_problem(older)
+        if older_problem is None:
+            also = f"; {', '.join(skipped)} damaged too" if skipped else ""
+            return older, (
+                f"checkpoint {named} is damaged ({problem}){also}; resuming from {older.name} instead"
+            )
+        skipped.append(f"{older.name} ({older_problem})")
     raise VikhrError(
         f"no complete checkpoint in {p}: the newest, {named.name}, is damaged ({problem}) and no earlier "
         "step is whole (delete the directory or set checkpoint.resume=never to start afresh)"
