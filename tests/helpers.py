@@ -212,3 +212,17 @@ def hub_snapshot(src: Path, repo: Path) -> Path:
         shutil.copyfile(f, blob)
         (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
     return snapshot
+
+
+def sentencepiece_with_other_ids(path: Path) -> Path:
+    """Mistral's .model with the pieces of ids 1000 and 1001 swapped: another tokenizer of the same
+    vocabulary size (its datasets have the same token dtype), whose ids mean other pieces."""
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    proto = load_model_proto(MISTRAL_TOKENIZER)
+    a, b = proto.pieces[1000], proto.pieces[1001]
+    a.piece, b.piece = b.piece, a.piece
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(proto.SerializeToString())
+    return path

@@ -247,6 +247,43 @@ def test_merge_of_mixed_dtypes_is_refused_before_anything_is_written(tmp_path: P
     assert merge(str(tmp_path / "small"), tmp_path / "one").tokens == 3
 
 
+def test_merge_refuses_datasets_of_two_tokenizers_and_records_the_tokenizer_of_agreeing_ones(
+    tmp_path: Path, capsys
+) -> None:
+    """Datasets written with two tokenizers of one vocabulary size (same dtype) were merged silently:
+    half the merged ids meant other pieces. Their records now refuse it in one line, before anything is
+    written; inputs of one tokenizer give the output their record, and an input without one gives none."""
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.cli import main as vikhr_main
+    from vikhr.data import tokenization
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир"}\n{"text": "Ещё один документ"}\n', encoding="utf-8")
+    other = sentencepiece_with_other_ids(tmp_path / "other" / "tokenizer.model")
+    preprocess([src], tmp_path / "a", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "b", MISTRAL_TOKENIZER)
+    preprocess([src], tmp_path / "c", other, append_eod=True)
+    a, b, c = (f"{tmp_path}/{name}_text_document" for name in "abc")
+    argv = ["data", "merge", "--inputs", a, b, c, "--output-prefix", str(tmp_path / "out" / "m")]
+    assert vikhr_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{a} was tokenized with {MISTRAL_TOKENIZER} (sha256 " in err
+    assert f"but {c} with {other} (sha256 " in err and "pre-tokenize them all with one tokenizer" in err
+    assert not (tmp_path / "out").exists()
+
+    merge([a, b], tmp_path / "ab")
+    record = tokenization.read_record(tmp_path / "ab")
+    assert record is not None and record.tokenizer_sha256 == tokenization.read_record(a).tokenizer_sha256
+    assert (record.documents, record.append_eod, record.json_key) == (
+        4,
+        None,
+        "text",
+    )  # a ends with EOD, b not
+    write_indexed(tmp_path / "unrecorded", [[5, 6]], token_dtype(32000))
+    merge([a, tmp_path / "unrecorded"], tmp_path / "ab")  # over the merge above: its record goes
+    assert not tokenization.record_path(tmp_path / "ab").exists()
+
+
 def test_a_damaged_merge_input_is_one_line_naming_its_file_and_the_fix(tmp_path: Path, capsys) -> None:
     """A merge input whose .bin was cut short (an interrupted copy) said what was wrong but not what
     to do; the Rust merge's read errors named no file."""

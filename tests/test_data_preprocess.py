@@ -712,3 +712,35 @@ def test_a_ctrl_c_either_stops_with_nothing_written_or_comes_too_late_to_stop_an
     for suffix in ("_text_document.bin", "_text_document.idx"):
         assert Path(f"{late}{suffix}").read_bytes() == Path(f"{reference}{suffix}").read_bytes()
     assert sorted(p.name for p in late.parent.iterdir()) == ["x_text_document.bin", "x_text_document.idx"]
+
+
+def test_each_dataset_records_the_tokenizer_that_wrote_it(tmp_path: Path, lines: list[str]) -> None:
+    """A dataset was only its .bin/.idx: nothing said which tokenizer wrote it, so datasets of two
+    tokenizers could be blended or merged unnoticed. Each now has a record beside it, which
+    Megatron's reader leaves alone and which describes only the dataset it was written with."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from vikhr.data import tokenization
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, json_keys=("text", "title"), append_eod=True)
+    for key in ("text", "title"):
+        prefix = f"{tmp_path}/ru_{key}_document"
+        record = tokenization.read_record(prefix)
+        assert (
+            record is not None
+            and tokenization.record_path(prefix).name == f"ru_{key}_document.tokenization.json"
+        )
+        assert (record.tokenizer, record.tokenizer_sha256) == (
+            str(MISTRAL_TOKENIZER),
+            corpus_sha256(MISTRAL_TOKENIZER),
+        )
+        assert (record.json_key, record.append_eod, record.eod_id, record.vocab_size) == (key, True, 2, 32000)
+        assert record.documents == 50 and len(IndexedDataset(prefix)) == indexed.inspect(prefix).sequences
+    # Another dataset written over the text one without a record (Megatron-LM's tools): the record left
+    # there is not taken as its own.
+    indexed.write_indexed(f"{tmp_path}/ru_text_document", [[5, 6, 7]], "uint16")
+    assert tokenization.read_record(f"{tmp_path}/ru_text_document") is None
+    assert not list(tmp_path.glob("*tokenizer*"))  # nothing that a tokenizer look-up would take

@@ -309,7 +309,7 @@ def write_indexed(prefix: PathLike, documents: Iterable[Sequence[int]], dtype: s
     return inspect(prefix)
 
 
-def _merge_input(name: str) -> IndexInfo:
+def merge_input(name: str) -> IndexInfo:
     """`inspect` of a merge input; its error says what to do (as the Rust merge says it)."""
     try:
         return inspect(name)
@@ -329,7 +329,7 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     names = [str(p) for p in prefixes]
     if not names:
         raise VikhrError("nothing to merge (give at least one input prefix)")
-    infos = {name: _merge_input(name) for name in names}
+    infos = {name: merge_input(name) for name in names}
     dtypes = {info.dtype for info in infos.values()}
     if len(dtypes) > 1:  # found now, not after the earlier inputs have been copied
         by_dtype = "; ".join(

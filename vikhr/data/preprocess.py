@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vikhr.data import indexed
+from vikhr.data import indexed, tokenization
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.jsonl import check_compression_name
 
@@ -237,8 +237,9 @@ def preprocess(
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(f"{nbytes / 1e6 / elapsed:.1f} MB/s, skipped {skipped}", refresh=False)
 
+    prefixes = {key: indexed.dataset_prefix(output_prefix, key) for key in json_keys}
     try:
-        with indexed.writing([indexed.dataset_prefix(output_prefix, key) for key in json_keys]):
+        with indexed.writing(list(prefixes.values())):
             raw = _core.preprocess(
                 [str(f) for f in files],
                 str(output_prefix),
@@ -251,6 +252,7 @@ def preprocess(
                 batch_bytes=batch_bytes,
                 progress=callback,
             )
+            _record_tokenization(prefixes, tok, tokenizer_type, append_eod)
     except ValueError as e:
         raise VikhrError(str(e)) from None
     except OSError as e:
@@ -259,6 +261,32 @@ def preprocess(
         if bar is not None:
             bar.close()
     return PreprocessSummary(**raw)
+
+
+def _record_tokenization(
+    prefixes: dict[str, str], tok: _Encoder, tokenizer_type: str, append_eod: bool
+) -> None:
+    """Write the tokenization record of each dataset just written (see `vikhr.data.tokenization`)."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import recorded_path
+
+    sha256 = corpus_sha256(tok.path)
+    records = {}
+    for key, prefix in prefixes.items():
+        info = indexed.inspect(prefix)
+        records[prefix] = tokenization.TokenizationRecord(
+            tokenizer=str(recorded_path(tok.path)),
+            tokenizer_sha256=sha256,
+            tokenizer_type=tokenizer_type,
+            vocab_size=tok.native.vocab_size,
+            json_key=key,
+            append_eod=append_eod,
+            eod_id=tok.eos_id,
+            dtype=info.dtype,
+            documents=info.documents,
+            tokens=info.tokens,
+        )
+    tokenization.write_records(records)
 
 
 def inspect(
@@ -288,6 +316,20 @@ def inspect(
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
-    """Concatenate indexed datasets (same dtype) into one, as Megatron's merge tool does."""
-    indexed.merge(prefixes, output_prefix)
+    """Concatenate indexed datasets (same dtype) into one, as Megatron's merge tool does; the
+    output's tokenization record is written when every input has one of one tokenizer. Inputs whose
+    records name different tokenizers are refused before anything is written."""
+    if isinstance(prefixes, (str, os.PathLike)):  # one prefix, not a sequence of its characters
+        prefixes = [prefixes]
+    names = [str(p) for p in prefixes]
+    records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
+    tokenization.refuse_mixed_tokenizers(
+        records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
+    )
+    info = indexed.merge(names, output_prefix)
+    record = tokenization.merged_record(list(records.values()), info)
+    if record is not None:
+        tokenization.write_records({str(output_prefix): record})
+    else:  # the record of what was written there before
+        tokenization.record_path(output_prefix).unlink(missing_ok=True)
     return inspect(output_prefix)

@@ -1,0 +1,122 @@
+"""The record of how a pre-training dataset was tokenized: `{dataset}.tokenization.json`.
+
+`vikhr data preprocess` writes one beside each `{prefix}_{key}_document.bin/.idx` it writes (and
+`vikhr data merge` beside its output when its inputs agree): the tokenizer (path, sha256 of its file,
+vocabulary size), the JSON key, whether each document ends with EOD and its id, and the dataset's
+counts. The `.bin/.idx` pair alone says nothing of its tokenizer, so a blend or a merge of datasets
+of two tokenizers (same token dtype) would train on ids that mean other pieces, silently.
+
+The name ends neither in `tokenizer.json` nor in `.model`, so nothing takes it for a tokenizer; the
+`.bin/.idx` are untouched (Megatron-LM reads them as before). The record is written after the dataset
+is published and holds the dataset's counts: a record beside another dataset (a run killed between
+the two renames, a `.bin/.idx` copied over) does not match them and is taken as no record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vikhr import atomic
+from vikhr.data import indexed
+from vikhr.errors import VikhrError
+
+RECORD_SUFFIX = ".tokenization.json"
+RECORD_FORMAT = 1
+
+
+def record_path(prefix: indexed.PathLike) -> Path:
+    """The record of the dataset `{prefix}.bin/.idx`."""
+    return Path(f"{prefix}{RECORD_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class TokenizationRecord:
+    """How one dataset was tokenized, and the counts of the dataset it describes."""
+
+    tokenizer: str  # the file, as `vikhr.tokenizer.load.recorded_path` records it
+    tokenizer_sha256: str
+    tokenizer_type: str | None  # None: merged from inputs that differ in it
+    vocab_size: int
+    json_key: str | None  # None: merged from inputs of different keys
+    append_eod: bool | None
+    eod_id: int | None  # the id --append-eod ends a document with (the tokenizer's EOS)
+    dtype: str
+    documents: int
+    tokens: int
+    format: int = RECORD_FORMAT
+
+    def describes(self, info: indexed.IndexInfo) -> bool:
+        """Whether this is the record of the dataset `info` counts (not of one written before it)."""
+        return (self.dtype, self.documents, self.tokens) == (info.dtype, info.documents, info.tokens)
+
+    def tokenizer_line(self) -> str:
+        """The tokenizer, as an error names it."""
+        return f"{self.tokenizer} (sha256 {self.tokenizer_sha256[:12]}…)"
+
+
+def write_records(records: dict[str, TokenizationRecord]) -> None:
+    """Write the records of datasets `{prefix: record}`, all renamed into place together."""
+    paths = [record_path(prefix) for prefix in records]
+    with atomic.temporary_paths(paths) as temps:
+        for tmp, record in zip(temps, records.values(), strict=True):
+            tmp.write_text(json.dumps(asdict(record), indent=2) + "\n", encoding="utf-8")
+
+
+def read_record(prefix: indexed.PathLike, info: indexed.IndexInfo | None = None) -> TokenizationRecord | None:
+    """The record of dataset `prefix`; None where there is none (a dataset of an older vikhr, or of
+    Megatron-LM's tools) or where it describes another dataset than the one at `prefix` now. A
+    record that cannot be read raises VikhrError naming it."""
+    path = record_path(prefix)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise VikhrError(f"{path}: unreadable ({e}); write {prefix} again, or delete the record") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        raise VikhrError(
+            f"{path}: not a tokenization record of format {RECORD_FORMAT}; write {prefix} again, or "
+            "delete the record"
+        )
+    try:
+        record = TokenizationRecord(**data)
+    except TypeError as e:
+        raise VikhrError(f"{path}: {e}; write {prefix} again, or delete the record") from None
+    info = info if info is not None else indexed.inspect(str(prefix))
+    return record if record.describes(info) else None
+
+
+def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
+    """VikhrError naming two of the datasets `{label: record}` whose records name different
+    tokenizers (by sha256), with `fix`; datasets without a record are not compared."""
+    first: tuple[str, TokenizationRecord] | None = None
+    for label, record in records.items():
+        if record is None:
+            continue
+        if first is None:
+            first = (label, record)
+        elif record.tokenizer_sha256 != first[1].tokenizer_sha256:
+            raise VikhrError(
+                f"{first[0]} was tokenized with {first[1].tokenizer_line()} but {label} with "
+                f"{record.tokenizer_line()}: {fix}"
+            )
+
+
+def merged_record(
+    records: list[TokenizationRecord | None], info: indexed.IndexInfo
+) -> TokenizationRecord | None:
+    """The record of the merge of datasets with `records` into the dataset `info` counts; None unless
+    every input has one and all name one tokenizer. A field the inputs differ in is None."""
+    if not records or any(r is None for r in records):
+        return None
+    first = records[0]
+    if any(r.tokenizer_sha256 != first.tokenizer_sha256 for r in records):
+        return None
+    agreed = {
+        name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in records) else None
+        for name in ("tokenizer_type", "json_key", "append_eod", "eod_id")
+    }
+    counts = {"dtype": info.dtype, "documents": info.documents, "tokens": info.tokens}
+    return TokenizationRecord(**{**asdict(first), **agreed, **counts})
