@@ -947,6 +947,38 @@ def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> Non
     assert not run_dir.exists()
 
 
+def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Two datasets pre-tokenized with two tokenizers of one vocabulary size (the new tokenizer and
+    the old, both uint16) trained silently on ids that mean different pieces. Their records now refuse
+    the blend before any work; a dataset without a record (an older one, Megatron-LM's) is accepted."""
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.data import preprocess
+    from vikhr.data.indexed import write_indexed
+    from vikhr.train.config import load_config
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(40)))
+    other = sentencepiece_with_other_ids(tmp_path / "old" / "tokenizer.model")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "en", other, append_eod=True)
+    ru, en = f"{tmp_path}/ru_text_document", f"{tmp_path}/en_text_document"
+    run_dir = tmp_path / "run"
+    # A model of the tokenizers' vocabulary: every id fits it, so nothing else stops the run.
+    model = {"overrides": {"vocab_size": 32000}}
+    config = write_config(tmp_path / "c.yaml", {"ru": ru, "en": en}, run_dir, model=model, train={"steps": 1})
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert f"config key data.train[0] (ru, {ru}) was tokenized with {MISTRAL_TOKENIZER} (sha256 " in line
+    assert f"but config key data.train[1] (en, {en}) with {other} (sha256 " in line
+    assert line.endswith("(pre-tokenize both with one tokenizer)")
+    assert not run_dir.exists()
+    # The en dataset written again by a tool that records nothing: the blend is accepted as before.
+    write_indexed(en, [[5, 6, 2]] * 4, "uint16")
+    load_config(config)
+
+
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
     """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
     forever building an index over it), so the run trains without a validation set for that

@@ -415,6 +415,29 @@ def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig, world_size: int | None)
         )
 
 
+def _check_blend_tokenizers(d: DataSection) -> None:
+    """The pre-training datasets of one run share a tokenizer: a blend of two of one vocabulary size
+    (same token dtype) trains on ids that mean different pieces. Told by the records `data preprocess`
+    writes; a dataset without one (an older one, or Megatron-LM's) is not compared."""
+    from vikhr.data.indexed import inspect
+    from vikhr.data.tokenization import read_record, record_path, refuse_mixed_tokenizers
+
+    records = {}
+    for i, entry in enumerate(d.train):
+        if not record_path(entry.prefix).is_file():
+            continue
+        try:
+            info = inspect(entry.prefix)
+        except VikhrError:  # a damaged dataset: the trainer's check_data names it with the fix
+            continue
+        records[f"config key data.train[{i}] ({entry.name}, {entry.prefix})"] = read_record(
+            entry.prefix, info
+        )
+    refuse_mixed_tokenizers(
+        records, "the datasets of one run share one tokenizer (pre-tokenize both with one tokenizer)"
+    )
+
+
 def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
     d, attention = cfg.data, cfg.model.attention
     if d.kind == "pretrain" and d.packing != "pack":
@@ -439,6 +462,8 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
         names.add(entry.name)
     if metas:
         check_sft_blend(metas)
+    if check_files and d.kind == "pretrain":
+        _check_blend_tokenizers(d)
     try:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
