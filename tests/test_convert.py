@@ -668,6 +668,42 @@ def _trained_from(meg: Path, run: Path) -> Path:
     return run
 
 
+def test_a_pretraining_run_exports_the_tokenizer_its_datasets_record_and_refuses_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pre-training run's export found no tokenizer (only SFT runs recorded theirs), and --tokenizer
+    took any tokenizer no larger than the vocabulary: one of another model exported a model that
+    decodes to other text. The datasets' records now give the tokenizer, and refuse another one."""
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.data import preprocess
+
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf", vocab_size=32000), tmp_path / "meg")
+    run = _trained_from(meg, tmp_path / "run")
+    step = run / "step_000002"
+    meta = json.loads((step / "meta.json").read_text())
+    meta["config"]["data"]["train"] = [{"prefix": "ru_text_document", "weight": 1}]  # relative to cwd
+    (step / "meta.json").write_text(json.dumps(meta))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир"}\n', encoding="utf-8")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+
+    out = megatron_to_hf(run, tmp_path / "out")
+    assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+    # The same tokenizer as another file of it (its tokenizer.json), or a copy elsewhere: accepted.
+    megatron_to_hf(run, tmp_path / "from-json", tokenizer=out / "tokenizer.json")
+    megatron_to_hf(run, tmp_path / "copy", tokenizer=shutil.copy(MISTRAL_TOKENIZER, tmp_path / "copy.model"))
+    other = sentencepiece_with_other_ids(tmp_path / "other" / "tokenizer.model")
+    argv = ["convert", "megatron-to-hf", str(run), str(tmp_path / "o"), "--tokenizer", str(other)]
+    err = _fails(argv, capsys, tmp_path / "o", f"--tokenizer {other} is not the tokenizer the model was")
+    assert f"({MISTRAL_TOKENIZER}, recorded in {tmp_path}/ru_text_document.tokenization.json)" in err
+    assert "id 1000 is" in err and "leave --tokenizer out" in err
+    # The dataset deleted since training: its record still names the tokenizer.
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"ru_text_document{suffix}").unlink()
+    out = megatron_to_hf(run, tmp_path / "out2")
+    assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_trained_run_exports_the_config_of_its_source(tmp_path: Path, family: str) -> None:
     """A run's meta.json has no HF config: its export came back from a Llama-3-style source as

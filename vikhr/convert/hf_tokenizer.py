@@ -15,7 +15,8 @@ Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first fou
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
      vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
-     wrote into each dataset's `_sft.json`;
+     wrote into each dataset's `_sft.json`; a pre-training run: the tokenizer that `vikhr data
+     preprocess` recorded beside each dataset (`{dataset}.tokenization.json`);
   3. the checkpoint the run started from (config `model.init`), by the same rules: training keeps
      the vocabulary of its starting point (vikhr.convert.lineage).
 
@@ -47,6 +48,7 @@ class RecordedTokenizer:
     recorded_by: str
     template: str | None = None  # the vikhr.sft.template chat template the model was tuned with
     template_sha256: str | None = None  # for ``own``: the SHA-256 of the Jinja text it was tuned with
+    sha256: str | None = None  # of the tokenizer file, where the record holds it
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -86,7 +88,38 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
             f"({first_path}) and {', '.join(others)}: the export carries {template}, the first dataset's",
             file=sys.stderr,
         )
-    return RecordedTokenizer(Path(first["tokenizer"]), str(first_path), first.get("template"), sha)
+    tokenizer_sha = first.get("tokenizer_sha256") if isinstance(first.get("tokenizer_sha256"), str) else None
+    return RecordedTokenizer(
+        Path(first["tokenizer"]), str(first_path), first.get("template"), sha, tokenizer_sha
+    )
+
+
+def _pretrain_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | None:
+    """The tokenizer that the records of a pre-training run's datasets name (`data preprocess`
+    writes them, see vikhr.data.tokenization); relative prefixes are relative to `cwd`."""
+    from vikhr.data import indexed
+    from vikhr.data.tokenization import load_record, read_record, record_path
+
+    found = []
+    for entry in config.get("data", {}).get("train") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
+            continue
+        prefix = str(cwd / entry["prefix"])
+        try:  # a dataset still there: its record, if it is the dataset's own
+            record = read_record(prefix, indexed.inspect(prefix))
+        except VikhrError:  # gone since (or damaged): the record stands for what was trained on
+            record = load_record(prefix)
+        if record is not None:
+            found.append((record, record_path(prefix)))
+    if not found:
+        return None
+    if len({record.tokenizer_sha256 for record, _ in found}) > 1:  # a run from before the check
+        raise VikhrError(
+            "the datasets of this run record different tokenizers "
+            f"({', '.join(str(p) for _, p in found)}): the run mixed data of several tokenizers"
+        )
+    record, path = found[0]
+    return RecordedTokenizer(Path(record.tokenizer), str(path), sha256=record.tokenizer_sha256)
 
 
 def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> None:
@@ -114,7 +147,7 @@ def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
     config = meta.get("config") or {}
     if config.get("data", {}).get("kind") == "sft":
         return _sft_tokenizer(config, ancestor.cwd)
-    return None
+    return _pretrain_tokenizer(config, ancestor.cwd)
 
 
 def recorded_in_lineage(step_dir: Path) -> tuple[RecordedTokenizer | None, HFSource | None]:
@@ -144,6 +177,39 @@ def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
             "(give the tokenizer the model was trained with)"
         )
     return tok
+
+
+def check_given_tokenizer(tok: Tokenizer, recorded: RecordedTokenizer | None) -> None:
+    """--tokenizer must be the tokenizer the checkpoint records, where the record holds its sha256:
+    the same file, or (when the recorded file is still there to compare) another file of the same
+    pieces at the same ids (its tokenizer.json, an HF directory of it). Another model's tokenizer no
+    larger than the vocabulary would load, and the export would decode to other text."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    if recorded is None or recorded.sha256 is None or corpus_sha256(tok.path) == recorded.sha256:
+        return
+    trained = (
+        f"the tokenizer the model was trained with ({recorded.path}, recorded in {recorded.recorded_by})"
+    )
+    fix = "give that tokenizer with --tokenizer, or leave --tokenizer out"
+    if not recorded.path.is_file() or corpus_sha256(recorded.path) != recorded.sha256:
+        raise VikhrError(
+            f"--tokenizer {tok.path} is not {trained}, by its sha256, and that file is no longer there as "
+            f"recorded to compare their pieces: {fix}"
+        )
+    own = load(recorded.path)
+    differing = next(
+        (i for i in range(max(own.vocab_size, tok.vocab_size)) if _piece(own, i) != _piece(tok, i)), None
+    )
+    if differing is not None:
+        raise VikhrError(
+            f"--tokenizer {tok.path} is not {trained}: id {differing} is {_piece(tok, differing)!r} in it "
+            f"but {_piece(own, differing)!r} in that one: {fix}"
+        )
+
+
+def _piece(tok: Tokenizer, i: int) -> str | None:
+    return tok.id_to_piece(i) if i < tok.vocab_size else None
 
 
 def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:

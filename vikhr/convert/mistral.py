@@ -708,6 +708,7 @@ def megatron_to_hf(
     bos_token_id of a tokenizer without a BOS.
     """
     from vikhr.convert.hf_tokenizer import (
+        check_given_tokenizer,
         keep_source_ids,
         load_for_model,
         recorded_in_lineage,
@@ -723,6 +724,7 @@ def megatron_to_hf(
     tok = None
     if tokenizer is not None:
         tok = load_for_model(Path(tokenizer), cfg.vocab_size, "--tokenizer")
+        check_given_tokenizer(tok, recorded)
     elif recorded is not None:
         tok = load_for_model(recorded.path, cfg.vocab_size, recorded.recorded_by)
     if tok is not None and recorded is not None:

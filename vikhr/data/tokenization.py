@@ -68,6 +68,15 @@ def read_record(prefix: indexed.PathLike, info: indexed.IndexInfo | None = None)
     """The record of dataset `prefix`; None where there is none (a dataset of an older vikhr, or of
     Megatron-LM's tools) or where it describes another dataset than the one at `prefix` now. A
     record that cannot be read raises VikhrError naming it."""
+    record = load_record(prefix)
+    if record is None:
+        return None
+    info = info if info is not None else indexed.inspect(str(prefix))
+    return record if record.describes(info) else None
+
+
+def load_record(prefix: indexed.PathLike) -> TokenizationRecord | None:
+    """The record of dataset `prefix` as it is, whether or not the dataset is still there (None: none)."""
     path = record_path(prefix)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -81,11 +90,9 @@ def read_record(prefix: indexed.PathLike, info: indexed.IndexInfo | None = None)
             "delete the record"
         )
     try:
-        record = TokenizationRecord(**data)
+        return TokenizationRecord(**data)
     except TypeError as e:
         raise VikhrError(f"{path}: {e}; write {prefix} again, or delete the record") from None
-    info = info if info is not None else indexed.inspect(str(prefix))
-    return record if record.describes(info) else None
 
 
 def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
