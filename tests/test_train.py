@@ -974,7 +974,14 @@ def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: 
     assert f"but config key data.train[1] (en, {en}) with {other} (sha256 " in line
     assert line.endswith("(pre-tokenize both with one tokenizer)")
     assert not run_dir.exists()
+    # Written with the .model's own tokenizer.json (another file, the same pieces): one tokenizer.
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    exported, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "mistral-hf")
+    preprocess([src], tmp_path / "en", exported, tokenizer_type="HuggingFaceTokenizer", append_eod=True)
+    load_config(config)
     # The en dataset written again by a tool that records nothing: the blend is accepted as before.
+    preprocess([src], tmp_path / "en", other, append_eod=True)
     write_indexed(en, [[5, 6, 2]] * 4, "uint16")
     load_config(config)
 

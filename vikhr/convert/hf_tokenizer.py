@@ -198,9 +198,7 @@ def check_given_tokenizer(tok: Tokenizer, recorded: RecordedTokenizer | None) ->
             f"recorded to compare their pieces: {fix}"
         )
     own = load(recorded.path)
-    differing = next(
-        (i for i in range(max(own.vocab_size, tok.vocab_size)) if _piece(own, i) != _piece(tok, i)), None
-    )
+    differing = own.first_other_piece(tok)
     if differing is not None:
         raise VikhrError(
             f"--tokenizer {tok.path} is not {trained}: id {differing} is {_piece(tok, differing)!r} in it "

@@ -104,11 +104,24 @@ def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: 
             continue
         if first is None:
             first = (label, record)
-        elif record.tokenizer_sha256 != first[1].tokenizer_sha256:
+        elif record.tokenizer_sha256 != first[1].tokenizer_sha256 and not _same_pieces(first[1], record):
             raise VikhrError(
                 f"{first[0]} was tokenized with {first[1].tokenizer_line()} but {label} with "
                 f"{record.tokenizer_line()}: {fix}"
             )
+
+
+def _same_pieces(a: TokenizationRecord, b: TokenizationRecord) -> bool:
+    """Whether two records' tokenizer files, where both are still there as recorded, hold the same
+    pieces at the same ids (a `.model` and its `tokenizer.json`: other files, one tokenizer)."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import load
+
+    for record in (a, b):
+        path = Path(record.tokenizer)
+        if not path.is_file() or corpus_sha256(path) != record.tokenizer_sha256:
+            return False
+    return load(a.tokenizer).first_other_piece(load(b.tokenizer)) is None
 
 
 def merged_record(

@@ -239,6 +239,16 @@ class Tokenizer:
         piece = self.backend.id_to_token(i)
         return "" if piece is None else str(piece)
 
+    def first_other_piece(self, other: Tokenizer) -> int | None:
+        """The first id whose piece differs between this tokenizer and `other` (an id only one of
+        them has counts); None where they are the same pieces at the same ids, as a `.model` and its
+        exported `tokenizer.json` are."""
+        for i in range(max(self.vocab_size, other.vocab_size)):
+            mine = self.id_to_piece(i) if i < self.vocab_size else None
+            if mine != (other.id_to_piece(i) if i < other.vocab_size else None):
+                return i
+        return None
+
     def piece_to_id(self, piece: str) -> int | None:
         """The id of a whole vocabulary piece, or None if `piece` is not one."""
         if self.kind == "sentencepiece":
