@@ -744,3 +744,32 @@ def test_each_dataset_records_the_tokenizer_that_wrote_it(tmp_path: Path, lines:
     indexed.write_indexed(f"{tmp_path}/ru_text_document", [[5, 6, 7]], "uint16")
     assert tokenization.read_record(f"{tmp_path}/ru_text_document") is None
     assert not list(tmp_path.glob("*tokenizer*"))  # nothing that a tokenizer look-up would take
+
+
+def test_inspect_shows_the_recorded_tokenizer_and_decodes_only_with_it(
+    tmp_path: Path, lines: list[str], capsys
+) -> None:
+    """`data inspect` said nothing of the tokenizer a dataset records, and decoded its ids with any
+    --tokenizer-model given: another tokenizer's text was shown as the dataset's."""
+    from vikhr.cli import main
+
+    other = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model"
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    prefix = f"{tmp_path}/ru_text_document"
+    assert main(["data", "inspect", prefix, "--tokenizer-model", str(MISTRAL_TOKENIZER)]) == 0
+    out = capsys.readouterr().out
+    assert f"  tokenizer: {MISTRAL_TOKENIZER} (sha256 " in out and "key text, EOD 2 appended" in out
+    assert "  decoded: " in out
+    assert main(["data", "inspect", prefix, "--tokenizer-model", str(other)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{prefix} was tokenized with {MISTRAL_TOKENIZER} (sha256 " in line
+    assert line.endswith(f"its ids would decode to other text (give --tokenizer-model {MISTRAL_TOKENIZER})")
+    indexed.write_indexed(prefix, [[5, 6, 7]], "uint16")  # a dataset of Megatron-LM's tools
+    assert main(["data", "inspect", prefix]) == 0
+    assert (
+        "  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)"
+        in capsys.readouterr().out
+    )

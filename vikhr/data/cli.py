@@ -98,6 +98,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"{s.prefix}: valid MMIDIDX v1, dtype {s.dtype}")
     print(f"  documents {s.documents:,} (empty {s.empty_documents:,}), sequences {s.sequences:,}")
     print(f"  tokens {s.tokens:,}, .bin {s.bin_bytes:,} bytes")
+    record = s.tokenization
+    if record is None:
+        print("  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)")
+    else:
+        eod = f"EOD {record.eod_id} appended" if record.append_eod else "no EOD appended"
+        print(f"  tokenizer: {record.tokenizer_line()}, key {record.json_key}, {eod}")
     print(f"  first tokens: {s.first_tokens}")
     if s.first_text is not None:
         print(f"  decoded: {s.first_text!r}")

@@ -66,6 +66,7 @@ class IndexSummary(indexed.IndexInfo):
 
     first_tokens: list[int] = field(default_factory=list)
     first_text: str | None = None
+    tokenization: tokenization.TokenizationRecord | None = None  # what data preprocess recorded
 
 
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -308,11 +309,33 @@ def inspect(
             f"{prefix} holds a loss mask (0/1 per token, from vikhr sft prepare), not token ids: decode "
             f"{text}, or leave out --tokenizer-model"
         )
+    record = tokenization.read_record(prefix, reader.info)
     if tokenizer_model is not None and first_tokens:
         from vikhr.tokenizer.load import load
 
-        first_text = load(tokenizer_model).decode(first_tokens)
-    return IndexSummary(**reader.info.__dict__, first_tokens=first_tokens, first_text=first_text)
+        tok = load(tokenizer_model)
+        _check_decoding_tokenizer(prefix, tok, record)
+        first_text = tok.decode(first_tokens)
+    return IndexSummary(
+        **reader.info.__dict__, first_tokens=first_tokens, first_text=first_text, tokenization=record
+    )
+
+
+def _check_decoding_tokenizer(prefix: str | os.PathLike[str], tok: Any, record: Any) -> None:
+    """VikhrError where the dataset records another tokenizer than `tok` (other pieces): its ids
+    would decode to other text, shown as if it were the dataset's."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import load
+
+    if record is None or corpus_sha256(tok.path) == record.tokenizer_sha256:
+        return
+    recorded = Path(record.tokenizer)
+    if recorded.is_file() and load(recorded).first_other_piece(tok) is None:
+        return
+    raise VikhrError(
+        f"{prefix} was tokenized with {record.tokenizer_line()}, not {tok.path}: its ids would decode to "
+        f"other text (give --tokenizer-model {record.tokenizer})"
+    )
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
