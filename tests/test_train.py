@@ -986,6 +986,50 @@ def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: 
     load_config(config)
 
 
+def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -> None:
+    """Data pre-tokenized with the old tokenizer fits an adapted model's larger vocabulary: a run from
+    it trained on ids that mean other pieces, silently. The tokenizer model.init was converted with
+    (its lineage's) is now compared with the one each dataset records, before any work."""
+    from tests.helpers import sentencepiece_with_other_ids, tiny_hf_model
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.convert import hf_to_megatron
+    from vikhr.data import preprocess
+    from vikhr.errors import VikhrError
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import _check_init_tokenizer
+
+    hf = tmp_path / "hf"
+    tiny_hf_model(hf, vocab_size=32000)
+    shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    init = hf_to_megatron(hf, tmp_path / "init")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(20)))
+    other = sentencepiece_with_other_ids(tmp_path / "old" / "tokenizer.model")
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "en", other, append_eod=True)
+
+    def cfg(prefix: str) -> Any:
+        blend = f"data.train=[{{prefix: {tmp_path}/{prefix}_text_document}}]"
+        return load_config(None, [blend, f"model.init={init}", "data.seq_len=64"], check_files=False)
+
+    _check_init_tokenizer(cfg("ru"), init)  # the tokenizer model.init was converted with
+    with pytest.raises(VikhrError) as e:
+        _check_init_tokenizer(cfg("en"), init)
+    assert str(e.value) == (
+        f"config key data.train[0] (en_text_document) was tokenized with {other}, but model.init ({init}) "
+        f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 differs): "
+        f"pre-tokenize the data with {hf / 'tokenizer.model'}"
+    )
+    # The same through the trainer's command: one line, before anything is written.
+    en = f"{tmp_path}/en_text_document"
+    model = {"init": str(init), "overrides": {"vocab_size": 32000}}
+    config = write_config(tmp_path / "c.yaml", {"ru": en, "en": en}, tmp_path / "run", model=model)
+    proc = _pretrain_cli("--config", str(config))
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    [line] = proc.stderr.strip().splitlines()
+    assert line.endswith(f"id 1000 differs): pre-tokenize the data with {hf / 'tokenizer.model'}")
+
+
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
     """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
     forever building an index over it), so the run trains without a validation set for that

@@ -24,6 +24,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -388,12 +389,58 @@ def _locked_run(
                 "checkpoint.resume", where, ": give one, or checkpoint.resume=auto/never"
             )
     if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
-        checkpoint.find_weights(cfg.model.init, "model.init")
+        init_dir = checkpoint.find_weights(cfg.model.init, "model.init")
+        if resume_from is None:
+            _check_init_tokenizer(cfg, init_dir)
     check_data(cfg)  # last: it records what it checked in the data cache
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from, started).train(run_stop)
+
+
+def _dataset_tokenizers(cfg: TrainConfig) -> Iterator[tuple[str, str, str]]:
+    """(config key, tokenizer file, its sha256) of each dataset of the blend that records them:
+    `data preprocess`'s tokenization record, `sft prepare`'s `_sft.json`."""
+    from vikhr.data.tokenization import read_record
+    from vikhr.sft.layout import META_SUFFIX, read_sft_meta
+
+    for i, entry in enumerate(cfg.data.train):
+        key = f"config key data.train[{i}] ({entry.name})"
+        try:
+            if cfg.data.kind == "sft":
+                meta = read_sft_meta(Path(entry.prefix + META_SUFFIX))
+                if isinstance(meta.get("tokenizer"), str) and isinstance(meta.get("tokenizer_sha256"), str):
+                    yield key, meta["tokenizer"], meta["tokenizer_sha256"]
+            elif (record := read_record(entry.prefix)) is not None:
+                yield key, record.tokenizer, record.tokenizer_sha256
+        except VikhrError:  # unreadable: check_data names it with the fix
+            continue
+
+
+def _check_init_tokenizer(cfg: TrainConfig, init_dir: Path) -> None:
+    """The data of a run from model.init is tokenized with the tokenizer model.init was trained with
+    (its lineage's, vikhr.convert.hf_tokenizer): the old tokenizer's ids fit an adapted model's larger
+    vocabulary and would train it on pieces other than theirs. Where a file is gone it cannot tell."""
+    from vikhr.convert.hf_tokenizer import recorded_in_lineage
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import load
+
+    recorded, _ = recorded_in_lineage(init_dir)
+    if recorded is None or not recorded.path.is_file():
+        return
+    own_sha256, own = corpus_sha256(recorded.path), None
+    for key, path, sha256 in _dataset_tokenizers(cfg):
+        if sha256 == own_sha256 or not Path(path).is_file():
+            continue
+        own = own or load(recorded.path)
+        differing = own.first_other_piece(load(path))
+        if differing is not None:
+            raise VikhrError(
+                f"{key} was tokenized with {path}, but model.init ({cfg.model.init}) was trained with "
+                f"{recorded.path} (recorded in {recorded.recorded_by}; id {differing} differs): "
+                f"pre-tokenize the data with {recorded.path}"
+            )
 
 
 def _reference_is_init(cfg: TrainConfig) -> bool:
