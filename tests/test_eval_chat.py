@@ -94,7 +94,7 @@ def test_shots_as_turns_and_a_system_message(chat_dir: Path, chat_lm: Any, capsy
     assert contexts["mmlu_ru"].count("<<user>>") == 1 and contexts["mmlu_ru"].count("Ответ:") == 3
     assert contexts["mera_rutie"].count("<<user>>") == 1  # one question at a time, no shots
     err = capsys.readouterr().err
-    assert "note: --fewshot-as-multiturn: mmlu_ru write their shots into the prompt" in err
+    assert "note: --fewshot-as-multiturn: mmlu_ru writes its shots into the prompt" in err
 
 
 def test_cli_records_the_prompt_format_and_compare_labels_it(

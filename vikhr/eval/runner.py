@@ -305,8 +305,9 @@ def _note_shots_in_the_prompt(settings: EvalSettings, configs: dict[str, dict[st
         if not config.get("num_fewshot") and effective_fewshot(name, settings.num_fewshot) > 0
     ]
     if inside:
+        verb = "writes its shots" if len(inside) == 1 else "write their shots"
         print(
-            f"note: --fewshot-as-multiturn: {', '.join(inside)} write their shots into the prompt "
+            f"note: --fewshot-as-multiturn: {', '.join(inside)} {verb} into the prompt "
             "(as their releases do), which stays one user turn",
             file=sys.stderr,
         )
