@@ -78,6 +78,19 @@ def tiny_lm(tiny_dir: Path) -> Any:
     return make_lm(settings_for(tiny_dir, [], tiny_dir), load_tokenizer(tiny_dir, None))
 
 
+def test_a_max_length_beyond_the_models_positions_is_warned_of(tiny_dir: Path, capsys: Any) -> None:
+    """--max-length 8192 on a model of 4096 positions was taken without a word: longer prompts were
+    scored at positions the model never saw."""
+    tok = load_tokenizer(tiny_dir, None)
+    lm = make_lm(settings_for(tiny_dir, [], tiny_dir, max_length=8192), tok)
+    assert lm.max_length == 8192
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("warning: --max-length 8192 is beyond the 4096 positions the model takes")
+    make_lm(settings_for(tiny_dir, [], tiny_dir, max_length=4096), tok)
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def rigged_lm(tiny_dir: Path) -> Any:
     """A second copy whose every position has the same hidden state (see `rig`)."""

@@ -161,6 +161,14 @@ def make_lm(settings: EvalSettings, tokenizer: Tokenizer, model: Any = None) -> 
             f"cannot load the model in {settings.model_dir}: {first} (check its config.json and "
             "generation_config.json)"
         ) from None
+    trained = getattr(lm.model.config, "max_position_embeddings", None)
+    if settings.max_length is not None and isinstance(trained, int) and settings.max_length > trained:
+        print(
+            f"warning: --max-length {settings.max_length} is beyond the {trained} positions the model "
+            "takes (max_position_embeddings): prompts longer than that are scored at positions it never "
+            "saw",
+            file=sys.stderr,
+        )
     if settings.chat_template:
         lm.use_chat_template()
     return lm
