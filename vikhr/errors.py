@@ -256,9 +256,8 @@ def require_output_prefix(prefix: str | Path, what: str = "--output-prefix") -> 
         raise VikhrError(
             f"{what} {text!r} names a directory, not files: give a directory and a name, e.g. data/ru"
         )
-    if text.endswith(
-        (".bin", ".idx")
-    ):  # "data/ru.bin" wrote data/ru.bin.bin or data/ru.bin_text_document.bin
+    # "data/ru.bin" wrote data/ru.bin.bin or data/ru.bin_text_document.bin
+    if text.endswith((".bin", ".idx")):
         raise VikhrError(
             f"{what} {text!r} ends with {text[-4:]}: a prefix names the dataset without .bin/.idx "
             f"(give {text[:-4]})"

@@ -138,16 +138,11 @@ def convert_tekken(path: str | os.PathLike[str]) -> Any:
     path = require_file(path, "tekken file")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        # A value followed by more (a JSON Lines file) is not a cut file: name each as what it is.
-        why = (
-            "a JSON Lines file? give Mistral's tekken.json"
-            if e.msg == "Extra data"
-            else "a truncated download?"
-        )
-        raise VikhrError(f"{path} is not valid JSON ({e}; {why})") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise VikhrError(f"{path} is not valid JSON ({e}; a truncated download?)") from None
+        # A value followed by more (a JSON Lines file) is not a cut file: name each as what it is.
+        lines = isinstance(e, json.JSONDecodeError) and e.msg == "Extra data"
+        why = "a JSON Lines file? give Mistral's tekken.json" if lines else "a truncated download?"
+        raise VikhrError(f"{path} is not valid JSON ({e}; {why})") from None
     if not is_tekken(spec):
         raise VikhrError(f"{path} is not a Mistral tekken file (expected top-level 'config' and 'vocab')")
     problem = tekken_problem(spec)
