@@ -353,3 +353,63 @@ def test_inspect_does_not_decode_a_loss_mask(tmp_path: Path) -> None:
     assert inspect(mask).first_tokens == [0, 0, 1, 1]
     with pytest.raises(VikhrError, match=f"not token ids: decode {tmp_path}/chats_text_document, or leave"):
         inspect(mask, MISTRAL_TOKENIZER)
+
+
+def test_compare_tokenizers_tells_same_pieces_other_pieces_and_what_it_cannot_tell(tmp_path: Path) -> None:
+    """One rule for "is this the recorded tokenizer?" (blend, merge, inspect, convert, model.init,
+    SFT blend): the same file, or another of the same pieces where the recorded file is still there
+    as recorded; the first differing id with both pieces; "cannot tell" where a file moved or changed."""
+    import shutil
+
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.data.tokenization import compare_tokenizers
+    from vikhr.sft.layout import check_sft_blend
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+    from vikhr.tokenizer.load import load
+
+    model = tmp_path / "tok" / "tokenizer.model"
+    model.parent.mkdir()
+    shutil.copyfile(MISTRAL_TOKENIZER, model)
+    sha = corpus_sha256(model)
+    tokenizer_json, _ = write_hf_tokenizer(model, tmp_path / "hf")
+    other = sentencepiece_with_other_ids(tmp_path / "other" / "tokenizer.model")
+
+    assert compare_tokenizers(model, sha, model).same is True
+    assert compare_tokenizers(model, sha, tokenizer_json).same is True
+    assert compare_tokenizers(model, sha, load(tokenizer_json)).same is True  # a loaded one too
+    differs = compare_tokenizers(model, sha, other)
+    assert (differs.same, differs.differing_id) == (False, 1000)
+    assert (
+        differs.difference("A", "B")
+        == f"id 1000 is {differs.pieces[1]!r} in B but {differs.pieces[0]!r} in A"
+    )
+    assert differs.pieces[0] == load(model).id_to_piece(1000) != differs.pieces[1]
+    changed_other = compare_tokenizers(model, sha, tokenizer_json, other_sha256="0" * 64)
+    assert (
+        changed_other.same is None
+        and changed_other.why == f"{tokenizer_json} has changed since it was recorded"
+    )
+
+    # The SFT blend check is the same rule: a .model and its tokenizer.json prepare one blend.
+    metas = [("data.train[0].prefix", {"tokenizer": str(model), "tokenizer_sha256": sha})]
+    metas.append(
+        (
+            "data.train[1].prefix",
+            {"tokenizer": str(tokenizer_json), "tokenizer_sha256": corpus_sha256(tokenizer_json)},
+        )
+    )
+    check_sft_blend(metas)
+    metas.append(
+        ("data.train[2].prefix", {"tokenizer": str(other), "tokenizer_sha256": corpus_sha256(other)})
+    )
+    with pytest.raises(VikhrError, match=r"data.train\[2\].prefix: prepared with tokenizer .*\(id 1000 is "):
+        check_sft_blend(metas)
+
+    model.write_bytes(other.read_bytes())  # the recorded file changed since: pieces cannot be compared
+    changed = compare_tokenizers(model, sha, tokenizer_json)
+    assert changed.same is None and changed.why == f"{model} has changed since it was recorded"
+    model.unlink()
+    gone = compare_tokenizers(model, sha, tokenizer_json)
+    assert gone.same is None and gone.why == f"{model} is no longer there to compare pieces with"
+    assert compare_tokenizers(model, sha, MISTRAL_TOKENIZER).same is True  # same file, by its sha256

@@ -1017,8 +1017,8 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
         _check_init_tokenizer(cfg("en"), init)
     assert str(e.value) == (
         f"config key data.train[0] (en_text_document) was tokenized with {other}, but model.init ({init}) "
-        f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 differs): "
-        f"pre-tokenize the data with {hf / 'tokenizer.model'}"
+        f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 is 'ла' in "
+        f"model.init's but '▁co' in the data's): pre-tokenize the data with {hf / 'tokenizer.model'}"
     )
     # The same through the trainer's command: one line, before anything is written.
     en = f"{tmp_path}/en_text_document"
@@ -1027,7 +1027,7 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
     proc = _pretrain_cli("--config", str(config))
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     [line] = proc.stderr.strip().splitlines()
-    assert line.endswith(f"id 1000 differs): pre-tokenize the data with {hf / 'tokenizer.model'}")
+    assert line.endswith(f"in the data's): pre-tokenize the data with {hf / 'tokenizer.model'}")
 
 
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:

@@ -180,34 +180,20 @@ def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
 
 
 def check_given_tokenizer(tok: Tokenizer, recorded: RecordedTokenizer | None) -> None:
-    """--tokenizer must be the tokenizer the checkpoint records, where the record holds its sha256:
-    the same file, or (when the recorded file is still there to compare) another file of the same
-    pieces at the same ids (its tokenizer.json, an HF directory of it). Another model's tokenizer no
-    larger than the vocabulary would load, and the export would decode to other text."""
-    from vikhr.tokenizer.corpus import corpus_sha256
+    """--tokenizer must be the tokenizer the checkpoint records, where the record holds its sha256
+    (vikhr.data.tokenization.compare_tokenizers; where it cannot tell, refused). Another model's
+    tokenizer no larger than the vocabulary would load, and the export would decode to other text."""
+    from vikhr.data.tokenization import compare_tokenizers
 
-    if recorded is None or recorded.sha256 is None or corpus_sha256(tok.path) == recorded.sha256:
+    if recorded is None or recorded.sha256 is None:
         return
-    trained = (
-        f"the tokenizer the model was trained with ({recorded.path}, recorded in {recorded.recorded_by})"
-    )
-    fix = "give that tokenizer with --tokenizer, or leave --tokenizer out"
-    if not recorded.path.is_file() or corpus_sha256(recorded.path) != recorded.sha256:
+    compared = compare_tokenizers(recorded.path, recorded.sha256, tok)
+    if not compared.same:
         raise VikhrError(
-            f"--tokenizer {tok.path} is not {trained}, by its sha256, and that file is no longer there as "
-            f"recorded to compare their pieces: {fix}"
+            f"--tokenizer {tok.path} is not the tokenizer the model was trained with ({recorded.path}, "
+            f"recorded in {recorded.recorded_by}): {compared.difference('that one', 'it')}: give that "
+            "tokenizer with --tokenizer, or leave --tokenizer out"
         )
-    own = load(recorded.path)
-    differing = own.first_other_piece(tok)
-    if differing is not None:
-        raise VikhrError(
-            f"--tokenizer {tok.path} is not {trained}: id {differing} is {_piece(tok, differing)!r} in it "
-            f"but {_piece(own, differing)!r} in that one: {fix}"
-        )
-
-
-def _piece(tok: Tokenizer, i: int) -> str | None:
-    return tok.id_to_piece(i) if i < tok.vocab_size else None
 
 
 def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:

@@ -322,20 +322,17 @@ def inspect(
 
 
 def _check_decoding_tokenizer(prefix: str | os.PathLike[str], tok: Any, record: Any) -> None:
-    """VikhrError where the dataset records another tokenizer than `tok` (other pieces): its ids
-    would decode to other text, shown as if it were the dataset's."""
-    from vikhr.tokenizer.corpus import corpus_sha256
-    from vikhr.tokenizer.load import load
-
-    if record is None or corpus_sha256(tok.path) == record.tokenizer_sha256:
+    """VikhrError where `tok` is not the tokenizer the dataset records (or it cannot be told): its
+    ids would decode to other text, shown as if it were the dataset's."""
+    if record is None:
         return
-    recorded = Path(record.tokenizer)
-    if recorded.is_file() and load(recorded).first_other_piece(tok) is None:
-        return
-    raise VikhrError(
-        f"{prefix} was tokenized with {record.tokenizer_line()}, not {tok.path}: its ids would decode to "
-        f"other text (give --tokenizer-model {record.tokenizer})"
-    )
+    compared = tokenization.compare_tokenizers(record.tokenizer, record.tokenizer_sha256, tok)
+    if not compared.same:
+        raise VikhrError(
+            f"{prefix} was tokenized with {record.tokenizer_line()}, not {tok.path} "
+            f"({compared.difference('that one', 'this one')}): its ids would decode to other text (give "
+            f"--tokenizer-model {record.tokenizer})"
+        )
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:

@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vikhr import atomic
 from vikhr.data import indexed
 from vikhr.errors import VikhrError
+
+if TYPE_CHECKING:
+    from vikhr.tokenizer.load import Tokenizer
 
 RECORD_SUFFIX = ".tokenization.json"
 RECORD_FORMAT = 1
@@ -95,33 +99,83 @@ def load_record(prefix: indexed.PathLike) -> TokenizationRecord | None:
         raise VikhrError(f"{path}: {e}; write {prefix} again, or delete the record") from None
 
 
+@dataclass(frozen=True)
+class TokenizerComparison:
+    """How a tokenizer compares with the one a record names: `same` is True (the same file, or
+    another of the same pieces at the same ids), False (`differing_id` is the first id whose piece
+    differs, `pieces` its piece in the recorded tokenizer and in the other), or None where it
+    cannot be told (`why`: a file gone or changed since it was recorded)."""
+
+    same: bool | None
+    differing_id: int | None = None
+    pieces: tuple[str | None, str | None] = (None, None)
+    why: str = ""
+
+    def difference(self, recorded: str = "the recorded one", other: str = "the other") -> str:
+        """What differs (or why it cannot be told), for a message naming the two tokenizers so."""
+        if self.same is None:
+            return self.why
+        in_recorded, in_other = self.pieces
+        return f"id {self.differing_id} is {in_other!r} in {other} but {in_recorded!r} in {recorded}"
+
+
+def compare_tokenizers(
+    recorded: str | Path,
+    recorded_sha256: str,
+    other: str | Path | Tokenizer,
+    other_sha256: str | None = None,
+) -> TokenizerComparison:
+    """Whether tokenizer `other` is the one recorded as file `recorded` with `recorded_sha256`:
+    the same file by sha256, or, where the recorded file is still there as recorded, the same pieces
+    at the same ids (a `.model` and its `tokenizer.json`: other files, one tokenizer). With
+    `other_sha256` (the other side is itself a record), the other file must be as recorded too.
+    Each caller decides what "cannot tell" means: refuse, or let it pass."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import Tokenizer, load
+
+    other_path = other.path if isinstance(other, Tokenizer) else Path(other)
+    if not other_path.is_file():
+        return TokenizerComparison(None, why=f"{other_path} is no longer there")
+    other_now = corpus_sha256(other_path)
+    if other_sha256 is not None and other_now != other_sha256:
+        return TokenizerComparison(None, why=f"{other_path} has changed since it was recorded")
+    if other_now == recorded_sha256:
+        return TokenizerComparison(True)
+    recorded = Path(recorded)
+    if not recorded.is_file():
+        return TokenizerComparison(None, why=f"{recorded} is no longer there to compare pieces with")
+    if corpus_sha256(recorded) != recorded_sha256:
+        return TokenizerComparison(None, why=f"{recorded} has changed since it was recorded")
+    own = load(recorded)
+    given = other if isinstance(other, Tokenizer) else load(other_path)
+    differing = own.first_other_piece(given)
+    if differing is None:
+        return TokenizerComparison(True)
+    pieces = tuple(t.id_to_piece(differing) if differing < t.vocab_size else None for t in (own, given))
+    return TokenizerComparison(False, differing, pieces)
+
+
 def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
     """VikhrError naming two of the datasets `{label: record}` whose records name different
-    tokenizers (by sha256), with `fix`; datasets without a record are not compared."""
+    tokenizers (`compare_tokenizers`; where it cannot tell, different), with `fix`; datasets
+    without a record are not compared."""
     first: tuple[str, TokenizationRecord] | None = None
     for label, record in records.items():
         if record is None:
             continue
         if first is None:
             first = (label, record)
-        elif record.tokenizer_sha256 != first[1].tokenizer_sha256 and not _same_pieces(first[1], record):
+            continue
+        if record.tokenizer_sha256 == first[1].tokenizer_sha256:
+            continue
+        compared = compare_tokenizers(
+            first[1].tokenizer, first[1].tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
+        )
+        if not compared.same:
             raise VikhrError(
                 f"{first[0]} was tokenized with {first[1].tokenizer_line()} but {label} with "
-                f"{record.tokenizer_line()}: {fix}"
+                f"{record.tokenizer_line()} ({compared.difference('the first', 'the second')}): {fix}"
             )
-
-
-def _same_pieces(a: TokenizationRecord, b: TokenizationRecord) -> bool:
-    """Whether two records' tokenizer files, where both are still there as recorded, hold the same
-    pieces at the same ids (a `.model` and its `tokenizer.json`: other files, one tokenizer)."""
-    from vikhr.tokenizer.corpus import corpus_sha256
-    from vikhr.tokenizer.load import load
-
-    for record in (a, b):
-        path = Path(record.tokenizer)
-        if not path.is_file() or corpus_sha256(path) != record.tokenizer_sha256:
-            return False
-    return load(a.tokenizer).first_other_piece(load(b.tokenizer)) is None
 
 
 def merged_record(

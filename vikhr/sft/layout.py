@@ -95,15 +95,26 @@ def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> dict:
 
 def check_sft_blend(metas: list[tuple[str, dict]]) -> None:
     """The datasets of one SFT run (config key, `_sft.json`) share a tokenizer: a blend of two
-    would train one model on two id spaces (their templates may differ)."""
+    would train one model on two id spaces (their templates may differ). Two files of one tokenizer
+    (a `.model` and its `tokenizer.json`) are one (vikhr.data.tokenization.compare_tokenizers)."""
+    from vikhr.data.tokenization import compare_tokenizers
+
     first_key, first = metas[0]
     for key, meta in metas[1:]:
-        if meta.get("tokenizer_sha256") != first.get("tokenizer_sha256"):
-            raise VikhrError(
-                f"config key {key}: prepared with tokenizer {meta.get('tokenizer')} but {first_key} with "
-                f"{first.get('tokenizer')} (their sha256 differ): the datasets of one run share one "
-                "tokenizer (prepare them again with the same --tokenizer)"
-            )
+        shas = first.get("tokenizer_sha256"), meta.get("tokenizer_sha256")
+        if shas[0] == shas[1]:
+            continue
+        why = "their sha256 differ"
+        if all(isinstance(sha, str) for sha in shas):  # an older prepare's metadata may lack one
+            compared = compare_tokenizers(first["tokenizer"], shas[0], meta["tokenizer"], shas[1])
+            if compared.same:
+                continue
+            why = compared.difference(first_key, key)
+        raise VikhrError(
+            f"config key {key}: prepared with tokenizer {meta.get('tokenizer')} but {first_key} with "
+            f"{first.get('tokenizer')} ({why}): the datasets of one run share one tokenizer (prepare "
+            "them again with the same --tokenizer)"
+        )
 
 
 def stale_chat_encoding(prefix: str, key: str) -> str | None:

@@ -421,25 +421,23 @@ def _dataset_tokenizers(cfg: TrainConfig) -> Iterator[tuple[str, str, str]]:
 def _check_init_tokenizer(cfg: TrainConfig, init_dir: Path) -> None:
     """The data of a run from model.init is tokenized with the tokenizer model.init was trained with
     (its lineage's, vikhr.convert.hf_tokenizer): the old tokenizer's ids fit an adapted model's larger
-    vocabulary and would train it on pieces other than theirs. Where a file is gone it cannot tell."""
+    vocabulary and would train it on pieces other than theirs. Where a file is gone or changed since
+    it was recorded it cannot tell, and lets the run start."""
     from vikhr.convert.hf_tokenizer import recorded_in_lineage
-    from vikhr.tokenizer.corpus import corpus_sha256
-    from vikhr.tokenizer.load import load
+    from vikhr.data.tokenization import compare_tokenizers
 
     recorded, _ = recorded_in_lineage(init_dir)
-    if recorded is None or not recorded.path.is_file():
+    if recorded is None:
         return
-    own_sha256, own = corpus_sha256(recorded.path), None
+    names = ("the data's", "model.init's")
     for key, path, sha256 in _dataset_tokenizers(cfg):
-        if sha256 == own_sha256 or not Path(path).is_file():
-            continue
-        own = own or load(recorded.path)
-        differing = own.first_other_piece(load(path))
-        if differing is not None:
+        compared = compare_tokenizers(path, sha256, recorded.path, recorded.sha256)
+        if compared.same is False:
             raise VikhrError(
                 f"{key} was tokenized with {path}, but model.init ({cfg.model.init}) was trained with "
-                f"{recorded.path} (recorded in {recorded.recorded_by}; id {differing} differs): "
-                f"pre-tokenize the data with {recorded.path}"
+                f"{recorded.path} (recorded in {recorded.recorded_by}; "
+                f"{compared.difference(*names)}): pre-tokenize the data with "
+                f"{recorded.path}"
             )
 
 
