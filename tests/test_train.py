@@ -1421,3 +1421,46 @@ def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
     assert peak_flops("NVIDIA A10G") is None and peak_flops("NVIDIA A10") == 125e12
     assert peak_flops("Some Other GPU") is None
+
+
+def test_start_up_checks_read_each_dataset_index_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up checks (the config's, repeated by the trainer; the blend's tokenizers; the data
+    check) each read every dataset's `.idx` in full, on every rank: ~2 GB a time for a corpus of
+    100M documents. Now once per process; the `.bin` scan reads it once more, on the first run only."""
+    from vikhr import _core
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.data import indexed, preprocess
+    from vikhr.train.config import load_config, validate
+    from vikhr.train.trainer import check_data
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(40)))
+    corpus = {}
+    for name in ("ru", "en"):
+        preprocess([src], tmp_path / name, MISTRAL_TOKENIZER, append_eod=True)
+        corpus[name] = f"{tmp_path}/{name}_text_document"
+    model = {"overrides": {"vocab_size": 32000}}
+    config = write_config(tmp_path / "c.yaml", corpus, tmp_path / "run", model=model)
+    reads = {"inspect": 0, "reader": 0}
+    inspect_index, reader_class = _core.inspect_index, _core.IndexedDatasetReader
+
+    def counted_inspect(prefix: str) -> dict:
+        reads["inspect"] += 1
+        return inspect_index(prefix)
+
+    def counted_reader(prefix: str) -> Any:
+        reads["reader"] += 1
+        return reader_class(prefix)
+
+    monkeypatch.setattr(_core, "inspect_index", counted_inspect)
+    monkeypatch.setattr(_core, "IndexedDatasetReader", counted_reader)
+    for run in ("first", "restart"):
+        monkeypatch.setattr(indexed, "_INSPECTED", {}, raising=False)  # a new process
+        reads.update(inspect=0, reader=0)
+        cfg = load_config(config)  # what pretrain_vikhr.py does before the run
+        validate(cfg, world_size=1)
+        check_data(cfg)
+        scans = 2 if run == "first" else 0  # the largest token id, recorded in the data cache after
+        assert reads == {"inspect": 2, "reader": scans}, run

@@ -74,16 +74,45 @@ def _info(prefix: str, raw: dict, max_token_id: int | None = None) -> IndexInfo:
     )
 
 
+# Counts of the datasets this process has validated, by `_identity`: a trainer's start-up checks
+# (config, blend, model.init's tokenizer, the data itself) on every rank would each read a corpus's
+# index of gigabytes again.
+_INSPECTED: dict[tuple, IndexInfo] = {}
+_INSPECTED_MAX = 4096
+
+
+def _identity(prefix: str) -> tuple:
+    """What changes when `{prefix}.bin/.idx` are written again: the files' inode, size and mtime
+    (vikhr and Megatron's tools rename a new file into place, so an inode is never reused in place)."""
+    values: list = [prefix]
+    for suffix in (".bin", ".idx"):
+        st = os.stat(prefix + suffix)
+        values += [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return tuple(values)
+
+
+def _remember(identity: tuple, info: IndexInfo) -> None:
+    if len(_INSPECTED) >= _INSPECTED_MAX:
+        _INSPECTED.clear()
+    _INSPECTED[identity] = info
+
+
 def inspect(prefix: PathLike) -> IndexInfo:
-    """Validate `{prefix}.idx` against `{prefix}.bin` (reads the index only) and return its counts."""
+    """Validate `{prefix}.idx` against `{prefix}.bin` (reads the index only) and return its counts;
+    a dataset this process validated before and unchanged since is not read again."""
     from vikhr import _core
 
     prefix = str(prefix)
     _check_files(prefix)
+    identity = _identity(prefix)
+    if identity in _INSPECTED:
+        return _INSPECTED[identity]
     try:
-        return _info(prefix, _core.inspect_index(prefix))
+        info = _info(prefix, _core.inspect_index(prefix))
     except ValueError as e:
         raise VikhrError(f"invalid indexed dataset: {e}") from None
+    _remember(identity, info)
+    return info
 
 
 def validate(
@@ -96,8 +125,7 @@ def validate(
     a `.bin` scanned before and unchanged since is not read again (the `.idx` is still validated
     against it), and a new scan is added to the record.
     """
-    reader = IndexedReader(prefix)
-    info = reader.info
+    info = inspect(prefix)
     if info.tokens == 0:
         raise VikhrError(
             f"{info.prefix} holds no token (Megatron cannot load an empty .bin); write it again from "
@@ -105,7 +133,7 @@ def validate(
         )
     known, max_id = record.lookup(info.prefix) if record is not None else (False, None)
     if not known:
-        max_id = reader.max_token_id()
+        max_id = IndexedReader(prefix).max_token_id()
         if record is not None:
             record.add(info.prefix, max_id)
     if vocab_size is not None and max_id is not None and max_id >= vocab_size:
@@ -180,11 +208,13 @@ class IndexedReader:
 
         self.prefix = str(prefix)
         _check_files(self.prefix)
+        identity = _identity(self.prefix)
         try:
             self._reader = _core.IndexedDatasetReader(self.prefix)
         except ValueError as e:
             raise VikhrError(f"invalid indexed dataset: {e}") from None
         self.info = _info(self.prefix, self._reader.info())
+        _remember(identity, self.info)
 
     def __len__(self) -> int:
         return len(self._reader)
