@@ -646,13 +646,8 @@ def find_weights(path: str | Path, key: str) -> Path:
     if step_dir is not None:
         return step_dir
     if not Path(path).exists():
-        fix = (
-            " (or use 'random')"
-            if key == "model.init"
-            else " (or use 'init')"
-            if key == "kl.reference"
-            else ""
-        )
+        other_choice = {"model.init": "random", "kl.reference": "init"}.get(key)
+        fix = f" (or use {other_choice!r})" if other_choice else ""
         raise VikhrError(f"config key {key}: checkpoint not found: {path}{fix}")
     if (Path(path) / "config.json").is_file():
         raise VikhrError(
