@@ -413,3 +413,36 @@ def test_compare_tokenizers_tells_same_pieces_other_pieces_and_what_it_cannot_te
     gone = compare_tokenizers(model, sha, tokenizer_json)
     assert gone.same is None and gone.why == f"{model} is no longer there to compare pieces with"
     assert compare_tokenizers(model, sha, MISTRAL_TOKENIZER).same is True  # same file, by its sha256
+
+
+def test_merge_writes_and_removes_its_output_record_while_holding_the_output_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data merge` wrote the output's tokenization record after releasing the output's write lock:
+    a second writer of that prefix in between got a record that is not its dataset's."""
+    from vikhr.data import tokenization
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир"}\n', encoding="utf-8")
+    preprocess([src], tmp_path / "a", MISTRAL_TOKENIZER, append_eod=True)
+    a = f"{tmp_path}/a_text_document"
+    lock = Path(f"{tmp_path}/ab.lock")
+    held = []
+    write_records, record_path = tokenization.write_records, tokenization.record_path
+
+    def watched_write(records: dict) -> None:
+        held.append(("write", lock.exists()))
+        write_records(records)
+
+    def watched_path(prefix: str) -> Path:
+        held.append(("path", lock.exists()))
+        return record_path(prefix)
+
+    monkeypatch.setattr(tokenization, "write_records", watched_write)
+    merge([a], tmp_path / "ab")
+    assert held == [("write", True)] and tokenization.read_record(tmp_path / "ab") is not None
+    write_indexed(tmp_path / "unrecorded", [[5, 6]], token_dtype(32000))
+    held.clear()
+    monkeypatch.setattr(tokenization, "record_path", watched_path)
+    merge([a, tmp_path / "unrecorded"], tmp_path / "ab")  # its record, of the merge before, goes
+    assert ("path", True) in held and not record_path(tmp_path / "ab").exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -350,8 +350,14 @@ def merge_input(name: str) -> IndexInfo:
         raise VikhrError(message) from None
 
 
-def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
-    """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does."""
+def merge(
+    prefixes: Sequence[PathLike],
+    output_prefix: PathLike,
+    on_written: Callable[[IndexInfo], None] | None = None,
+) -> IndexInfo:
+    """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does;
+    `on_written(info)` runs while the output's write lock is still held (to write what goes beside
+    it before another writer can replace the dataset)."""
     from vikhr import _core
 
     if isinstance(prefixes, (str, os.PathLike)):  # one prefix, not a sequence of its characters
@@ -381,6 +387,9 @@ def merge(prefixes: Sequence[PathLike], output_prefix: PathLike) -> IndexInfo:
     try:
         with writing([output_prefix]):
             _core.merge_datasets(names, str(output_prefix))
+            info = inspect(output_prefix)
+            if on_written is not None:
+                on_written(info)
     except OSError as e:
         raise VikhrError(f"merge failed: {e}") from None
-    return inspect(output_prefix)
+    return info

@@ -346,10 +346,13 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     tokenization.refuse_mixed_tokenizers(
         records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
     )
-    info = indexed.merge(names, output_prefix)
-    record = tokenization.merged_record(list(records.values()), info)
-    if record is not None:
-        tokenization.write_records({str(output_prefix): record})
-    else:  # the record of what was written there before
-        tokenization.record_path(output_prefix).unlink(missing_ok=True)
+
+    def write_record(info: indexed.IndexInfo) -> None:
+        record = tokenization.merged_record(list(records.values()), info)
+        if record is not None:
+            tokenization.write_records({str(output_prefix): record})
+        else:  # the record of what was written there before
+            tokenization.record_path(output_prefix).unlink(missing_ok=True)
+
+    indexed.merge(names, output_prefix, on_written=write_record)
     return inspect(output_prefix)
