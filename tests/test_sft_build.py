@@ -1124,3 +1124,25 @@ def test_bundled_rulm_mix_and_report_are_pinned(shared_data: Path, tmp_path: Pat
         "chats.jsonl.report.json": "e9321efecccfbb31",
         "chats.jsonl.report.md": "8f695d09c162188a",
     }
+
+
+@pytest.mark.parametrize(
+    ("keys", "source", "message"),
+    [
+        ({"dedup": {"near": "yes"}}, {}, "config key dedup.near: expected bool, got 'yes'"),
+        ({"dedup": {"exact": "no"}}, {}, "config key dedup.exact: expected bool, got 'no'"),
+        ({}, {"count": "2"}, "config key sources[0].count: expected int, got '2'"),
+        ({"limits": {"max_tokens": "512"}}, {}, "config key limits.max_tokens: expected int, got '512'"),
+        ({"seed": "7"}, {}, "config key seed: expected int, got '7'"),
+    ],
+)
+def test_a_quoted_number_or_yes_no_in_the_config_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture, keys: dict, source: dict, message: str
+) -> None:
+    """Pydantic's lax mode read near: 'yes' as true and count: "2" as 2, silently."""
+    sources = [{"name": "s", "path": str(FORMATS_DIR / "saiga.jsonl"), **source}]
+    config = _config(tmp_path, sources, **keys)
+    rc, out, err = _cli(capfd, "sft", "build", str(config), "--no-progress")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [f"vikhr sft build: error: {config}: {message}"], err
+    _no_outputs(tmp_path)

@@ -32,7 +32,9 @@ Fraction = Field(default=None, gt=0, le=1)
 
 
 class _Section(ConfigSection):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: a quoted number or yes/no ("2", 'yes') is refused rather than read as one (a typo
+    # such as near: 'no' read as true would silently keep near-duplicate removal on)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class LimitsSection(_Section):
@@ -172,7 +174,9 @@ class BuildConfig(_Section):
     dedup: DedupSection = Field(default_factory=DedupSection)
     reward: RewardSection | None = None
     sources: list[SourceConfig] = Field(min_length=1)
-    path: Path = Field(default=Path("."), exclude=True)  # the config file (set by load_build_config)
+    path: Path = Field(
+        default=Path("."), exclude=True, strict=False
+    )  # the config file (set by load_build_config)
 
 
 def _check(cfg: BuildConfig) -> None:
