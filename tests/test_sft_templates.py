@@ -835,6 +835,40 @@ def test_auto_tells_templates_apart_by_how_they_trim_contents(
     assert encode_chat(messages, tok, chosen).ids == _hf_ids(fast, messages)
 
 
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level"])
+def test_an_empty_mistral_answer_trains_what_the_export_renders(kind: str, tmp_path: Path) -> None:
+    """An empty answer: training wrote `[/INST]</s>` (SentencePiece gives an empty text no dummy
+    prefix, as in mistral-common's encoding and Mistral's own template), the export's template
+    `[/INST] </s>`, one more id than the model was trained on."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.tokenizer.load import load
+
+    source = MISTRAL_TOKENIZER
+    if kind == "byte-level":
+        source = tmp_path / "source"
+        source.mkdir()
+        bpe = HFTokenizer.from_str(byte_level_bpe("llama3"))
+        bpe.add_special_tokens(["<unk>", "<s>", "</s>"])
+        bpe.save(str(source / "tokenizer.json"))
+        (source / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = load_chat_tokenizer(source, "mistral")
+    (tmp_path / "export").mkdir()
+    write_tokenizer_files(load(source), tmp_path / "export", "mistral")
+    exported = AutoTokenizer.from_pretrained(tmp_path / "export")
+    for answers in (("",), ("", "Хорошо."), ("Да.", ""), (" ", "")):
+        turns = [("system", "Будь краток.")]
+        for n, answer in enumerate(answers):
+            turns += [("user", f"Вопрос {n}?"), ("assistant", answer)]
+        messages = parse_chat({"messages": [{"role": r, "content": c} for r, c in turns]})
+        enc = encode_chat(messages, tok, "mistral")
+        assert enc.ids == _hf_ids(exported, messages), answers
+        if answers == ("",):  # the answer trained is its </s> alone, as in Mistral's own rendering
+            assert [i for i, trained in zip(enc.ids, enc.mask, strict=True) if trained] == [tok.eos_id]
+
+
 @pytest.mark.parametrize("inst_tokens", [True, False], ids=["inst-tokens", "no-inst-tokens"])
 def test_mistral_on_a_byte_level_tokenizer_gives_the_ids_of_its_export(
     inst_tokens: bool, chats: list[list[Message]], tmp_path: Path

@@ -138,8 +138,9 @@ HF_CHAT_TEMPLATES = {
         "{% if message['role'] == 'user' %}"
         "{% if loop.first and system %}{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
         "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
-        "{% endfor %}"
+        # an empty answer gets no space: SentencePiece writes no dummy prefix for an empty text
+        "{% else %}{% if message['content'] %}{{ ' ' + message['content'] }}{% endif %}{{ eos_token }}"
+        "{% endif %}{% endfor %}"
     ),
     # Mistral's v3 format as a byte-level (tekken) tokenizer writes it, Mistral-NeMo-Instruct's template
     # without tools; the system message goes into the last user turn of any chat (NeMo's drops it from

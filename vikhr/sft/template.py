@@ -656,8 +656,9 @@ def _inst_segments(messages: list[Message], system_in_last: bool, pad: str) -> S
 
 def _spaced_answers(segments: Segments) -> Segments:
     """`mistral` segments for a byte-level tokenizer: each answer opens with the space that
-    SentencePiece's dummy prefix writes as "▁" (and the template's Jinja as ' ' + answer)."""
-    return [([" ", *parts] if trained else parts, trained) for parts, trained in segments]
+    SentencePiece's dummy prefix writes as "▁" (and the template's Jinja as ' ' + answer); an empty
+    answer none, as SentencePiece writes no prefix for an empty text."""
+    return [([" ", *parts] if trained and parts[0] else parts, trained) for parts, trained in segments]
 
 
 def _spaced_texts(segments: Segments) -> Segments:
