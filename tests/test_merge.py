@@ -640,3 +640,25 @@ def test_two_different_chat_templates_need_chat_template_from(
     )
     merged_config = json.loads((tmp_path / "jinja" / "tokenizer_config.json").read_text())
     assert merged_config == {k: v for k, v in config.items() if k != "chat_template"}
+
+
+def test_chat_templates_that_differ_by_a_final_newline_are_the_same_template(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chat_template.jinja ending in a newline (as an editor saves it) and the same template inline
+    in tokenizer_config.json render alike (Jinja drops one final newline), but were refused as two
+    different templates."""
+    from transformers import AutoTokenizer
+
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+
+    a, b, _ = _base_and_instruct(models, tmp_path)
+    (a / "chat_template.jinja").write_text(HF_CHAT_TEMPLATES["chatml"] + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli_main(["merge", str(a), str(b), "--out", str(out), "--t", "0.3"]) == 0
+    captured = capsys.readouterr()
+    assert "error" not in captured.err and "chat template: model" not in captured.out, captured
+    chat = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
+    merged, tuned = (AutoTokenizer.from_pretrained(m) for m in (out, b))
+    assert merged.apply_chat_template(chat, tokenize=False) == tuned.apply_chat_template(chat, tokenize=False)

@@ -12,9 +12,10 @@ config.json and the vocabulary files come from A (from B when A lacks one); wher
 template, the special tokens' names, the generation config) come from the model whose chat template
 the merge takes: the one that has a template where only one has (a base model and its
 instruction-tuned successor), `chat_template_from` where given, else A; two different templates
-need `chat_template_from`. Where the two models stop at different EOS ids (generation_config.json's,
-else config.json's), generation_config.json and config.json both list the ids of both models, so that
-a merge stops where either model learnt to, whichever of the two files a tool reads.
+(compared as Jinja reads them: a final newline is none) need `chat_template_from`. Where the two
+models stop at different EOS ids (generation_config.json's, else config.json's), generation_config.json
+and config.json both list the ids of both models, so that a merge stops where either model learnt to,
+whichever of the two files a tool reads.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
-from vikhr.sft.hf_chat import chat_template_in
+from vikhr.sft.hf_chat import as_jinja_reads, chat_template_in
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 SUMMARY = "merge_summary.json"
@@ -250,7 +251,8 @@ def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, 
     if chat_template_from not in (None, "a", "b"):
         raise VikhrError(f"chat_template_from must be 'a' or 'b', got {chat_template_from!r}")
     found = {model: chat_template_in(model) for model in (a, b)}
-    templates = {model: f[0] if f is not None else None for model, f in found.items()}
+    # compared as Jinja reads them: a final newline (an editor's, a chat_template.jinja's) renders nothing
+    templates = {model: as_jinja_reads(f[0]) if f is not None else None for model, f in found.items()}
     if chat_template_from is not None:
         chosen = a if chat_template_from == "a" else b
         return chosen, f"--chat-template-from {chat_template_from}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from pathlib import Path
 
 from vikhr.errors import read_json_object
@@ -221,6 +222,13 @@ def chat_template_in(directory: Path) -> tuple[str, Path] | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     return (template, path) if isinstance(template, str) else None
+
+
+def as_jinja_reads(template: str) -> str:
+    """`template` as Jinja reads it in transformers' environment (keep_trailing_newline off): line
+    ends made "\\n" and one newline at the very end dropped. Two templates equal so render alike: a
+    chat_template.jinja saved with a final newline is the tokenizer_config.json string without one."""
+    return "\n".join(re.split(r"\r\n|\r|\n", template)).removesuffix("\n")
 
 
 def chat_template_sha256(template: str) -> str:
