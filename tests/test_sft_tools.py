@@ -562,6 +562,11 @@ CALLING_TWO_FUNCTIONS = {
             ),
             "tool 2 (g): its schema holds NaN or an infinite number, which JSON cannot hold",
         ),
+        (  # a chat that lists its functions calls one it does not list (one without a list may)
+            _chat(USER, CALLING, RESULT, ANSWER, tools=[CONVERT]),
+            "message 2: tool call 1 calls 'get_weather', which is none of the functions the chat "
+            "offers ('convert_currency'; its \"tools\")",
+        ),
     ],
 )
 def test_malformed_tool_chats_are_one_line_errors(record: dict[str, Any], problem: str) -> None:
@@ -687,6 +692,7 @@ def test_llama_factory_sharegpt_tool_layout_is_converted(tmp_path: Path) -> None
     assert enc.ids == _official_ids(_fast(directory), record["messages"], record["tools"])
     parallel = {
         **GLAIVE,
+        "tools": json.dumps([{"name": "a", "parameters": {}}, {"name": "b", "parameters": {}}]),
         "conversations": [
             *GLAIVE["conversations"][:1],
             {
@@ -861,8 +867,9 @@ def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
         not_all = ("system", _hermes_system(f"{WEATHER!r}\n{other_line}"))
         (chat,) = record_chats(_hermes(not_all, ASKS, CALLS), "sharegpt", "h:1")
         assert chat.messages[0] == not_all and chat.tools == () and chat.fields == ()
-    (chat,) = record_chats(_hermes(HERMES_SYSTEM, ASKS, CALLS, tools=[CONVERT]), "sharegpt", "h:2")
-    assert chat.tools == (CONVERT,) and chat.messages[0] == ("system", HERMES_PREAMBLE)
+    record = _hermes(HERMES_SYSTEM, ASKS, CALLS, tools=[CONVERT, WEATHER])
+    (chat,) = record_chats(record, "sharegpt", "h:2")
+    assert chat.tools == (CONVERT, WEATHER) and chat.messages[0] == ("system", HERMES_PREAMBLE)
     kept_after = ("system", f"<tools>\n{json.dumps(WEATHER)}\n</tools>\nОтвечай по-русски.")
     (chat,) = record_chats(_hermes(kept_after, ASKS, CALLS), "sharegpt", "h:3")
     assert chat.messages[0] == ("system", "Отвечай по-русски.") and chat.tools == (WEATHER,)
@@ -917,6 +924,12 @@ def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
             "bad_turns",
             "message 3: a tool result after a user turn",
         ),
+        (  # the <tools> block offers get_weather only: the call is to a function it was not given
+            (HERMES_SYSTEM, ASKS, ("gpt", CALLS[1].replace("get_weather", "get_time")), RESPONDS, ANSWERS),
+            "bad_turns",
+            "message 3: tool call 1 calls 'get_time', which is none of the functions the chat offers "
+            "('get_weather'",
+        ),
     ],
     ids=[
         "bad-json",
@@ -926,6 +939,7 @@ def test_hermes_text_is_kept_where_it_is_not_function_calling() -> None:
         "text-beside-response",
         "more-results",
         "no-call",
+        "undeclared-function",
     ],
 )
 def test_malformed_hermes_records_are_unfit(
@@ -973,12 +987,12 @@ def test_hermes_text_in_messages_is_read_on_sharegpts_terms() -> None:
     tool_call_id and name; the record's "system" field offers too."""
     (chat,) = record_chats(_as_messages(_hermes(ASKS, CALLS)), "messages", "h:1")
     assert chat.messages[1] == ("assistant", CALLS[1]) and chat.fields == () and chat.tools == ()
-    record = _as_messages(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS, tools=[CONVERT]))
+    record = _as_messages(_hermes(HERMES_SYSTEM, ASKS, CALLS, RESPONDS, ANSWERS, tools=[CONVERT, WEATHER]))
     record["messages"][3].update(name="get_weather", tool_call_id="call_1")
     record["messages"][2]["tool_calls"] = [{**_call("get_weather", {"city": "Москва"}), "id": "call_1"}]
     (chat,) = record_chats(record, "messages", "h:2")
     written = chat.record("s")
-    assert written["tools"] == [CONVERT] and written["messages"][0] == {
+    assert written["tools"] == [CONVERT, WEATHER] and written["messages"][0] == {
         "role": "system",
         "content": HERMES_PREAMBLE,
     }

@@ -382,6 +382,7 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
     for i, m in enumerate(turns):
         _check_turn(m, turns[i - 1] if i else None, i + 1 + offset)
     _check_results(messages)
+    _check_calls_offered(messages)
     if for_generation:
         if not turns or turns[-1].role not in ("user", "tool"):
             raise VikhrError("a prompt for generation must end with a user turn (or tool results)")
@@ -545,6 +546,21 @@ def _check_turn(m: Message, previous: Message | None, number: int) -> None:
             f"message {number}: expected {_a(expected)} {expected} turn after {after}, got {m.role} "
             "(turns must alternate user/assistant, starting with user)"
         )
+
+
+def _check_calls_offered(messages: ChatMessages) -> None:
+    """VikhrError where a chat that lists the functions it offers (``tools``) calls another: trained
+    on it, a model learns to call functions it was not given. A chat without a list may call any."""
+    if not messages.tools:
+        return
+    offered = [json.loads(tool)["function"]["name"] for tool in messages.tools]
+    for number, m in enumerate(messages, start=1):
+        for k, call in enumerate(m.tool_calls, start=1):
+            if call.name not in offered:
+                raise VikhrError(
+                    f"message {number}: tool call {k} calls {call.name!r}, which is none of the "
+                    f'functions the chat offers ({", ".join(map(repr, offered))}; its "tools")'
+                )
 
 
 def _check_results(messages: list[Message]) -> None:
