@@ -1146,3 +1146,33 @@ def test_a_quoted_number_or_yes_no_in_the_config_is_refused(
     assert rc == 2 and out == ""
     assert err.strip().splitlines() == [f"vikhr sft build: error: {config}: {message}"], err
     _no_outputs(tmp_path)
+
+
+def test_a_file_read_by_two_sources_is_refused_unless_each_keeps_its_own_records(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The second source's chats were all duplicates of the first's: it gave 0 chats (its count
+    unmet) without a word. Two sources splitting one file by keep_where still may."""
+    data = tmp_path / "mixed.jsonl"
+    lines = [_chat_line(f"Вопрос номер {i}?", f"Ответ {i}.", lang="ru" if i % 2 else "en") for i in range(6)]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    both = {"name": "b", "path": str(tmp_path / "*.jsonl"), "count": 2}
+    cases = {
+        "neither with a keep_where": ({}, {}),
+        "the same keep_where": ({"lang": "ru"}, {"lang": "ru"}),
+        "keep_where in one of them only": ({"lang": "ru"}, {}),
+    }
+    for how, (first, second) in cases.items():
+        sources = [{"name": "a", "path": str(data), "keep_where": first}, {**both, "keep_where": second}]
+        rc, out, err = _cli(capfd, "sft", "build", str(_config(tmp_path, sources)), "--no-progress")
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert (
+            f"{data} is read by source a and by source b ({how}): a chat both keep counts for a only" in err
+        )
+        _no_outputs(tmp_path)
+    split = [
+        {"name": "a", "path": str(data), "keep_where": {"lang": "ru"}},
+        {**both, "keep_where": {"lang": "en"}},
+    ]
+    report = build(_config(tmp_path, split))
+    assert [(s["name"], s["kept"]) for s in report["sources"]] == [("a", 3), ("b", 2)]

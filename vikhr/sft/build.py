@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -354,6 +355,27 @@ def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
                 )
 
 
+def _refuse_a_file_read_by_two_sources(cfg: BuildConfig) -> None:
+    """A file two sources read gives the second source none of the chats the first also keeps: they
+    are its duplicates (without dedup, written twice). Allowed only where each source keeps records of
+    its own by their fields (keep_where: lang ru in one, en in the other)."""
+    first_reader: dict[str, SourceConfig] = {}
+    for src in cfg.sources:
+        for path in src.files():
+            other = first_reader.setdefault(os.path.realpath(path), src)
+            if other is src or (other.keep_where and src.keep_where and other.keep_where != src.keep_where):
+                continue
+            if other.keep_where != src.keep_where:
+                how = "keep_where in one of them only"
+            else:
+                how = "the same keep_where" if src.keep_where else "neither with a keep_where"
+            raise VikhrError(
+                f"{cfg.path}: {path} is read by source {other.name} and by source {src.name} ({how}): a "
+                f"chat both keep counts for {other.name} only, dropped from {src.name} as a duplicate; name "
+                "the file in one source, or give each source a keep_where that keeps its own records"
+            )
+
+
 def _refuse_a_name_read_as_another_format(out_path: Path) -> None:
     """The output is plain JSONL: a name that `sft prepare`, `sft score` and a build's source reader
     take for compressed data or Parquet (mix.jsonl.gz) would be refused by them as damaged."""
@@ -378,6 +400,7 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     if out_path.is_dir():
         raise VikhrError(f"output {out_path} is a directory (give a file name: {out_path / 'mix.jsonl'})")
     _refuse_a_name_read_as_another_format(out_path)
+    _refuse_a_file_read_by_two_sources(cfg)
     _refuse_overlaps(cfg, out_path)
     tok, template, _ = load_for_chats(cfg.tokenizer, cfg.template)
     cfg = cfg.model_copy(update={"template": template})
