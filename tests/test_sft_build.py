@@ -1176,3 +1176,37 @@ def test_a_file_read_by_two_sources_is_refused_unless_each_keeps_its_own_records
     ]
     report = build(_config(tmp_path, split))
     assert [(s["name"], s["kept"]) for s in report["sources"]] == [("a", 3), ("b", 2)]
+
+
+def test_records_sharing_an_id_are_two_records_with_ids_of_their_own(tmp_path: Path) -> None:
+    """Two records with one "id" (each file numbered from 0; id-less records of two files of one name)
+    were written with one id, and were taken for one record: a near duplicate between them was kept."""
+    for part, (prompt, answer) in {
+        "a": (LONG_PROMPT, "Уважаемый директор, ..."),
+        "b": (LONG_PROMPT.replace("важный", "очень важный"), "Добрый день, ..."),  # near
+    }.items():
+        (tmp_path / part).mkdir()
+        lines = [_chat_line(prompt, answer, id=0), _chat_line(f"Вопрос {part}?", f"Ответ {part}.", id=1)]
+        (tmp_path / part / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp_path / part / "plain" / "x").mkdir(parents=True)
+        plain = [_chat_line(f"Сколько будет {part} плюс {n}?", f"{n} {part}") for n in range(2)]
+        (tmp_path / part / "plain" / "x" / "chats.jsonl").write_text(
+            "\n".join(plain) + "\n", encoding="utf-8"
+        )
+    paths = [str(tmp_path / "*" / "train.jsonl"), str(tmp_path / "*" / "plain" / "x" / "chats.jsonl")]
+    report = build(_config(tmp_path, [{"name": "s", "path": paths}]))
+    b = tmp_path / "b" / "train.jsonl"
+    assert report["sources"][0]["examples"]["near_duplicate"] == [
+        f"{b}:1: repeats {tmp_path / 'a' / 'train.jsonl'}:1 (s/0)"
+    ]
+    ids = [chat["id"] for chat in _written(tmp_path / "out" / "chats.jsonl")]
+    second = tmp_path / "b" / "plain" / "x" / "chats.jsonl"
+    assert ids == [
+        "s/0",
+        "s/1",
+        f"s/1@{b}:2",
+        "s/chats.jsonl:1",
+        "s/chats.jsonl:2",
+        f"s/chats.jsonl:1@{second}:1",
+        f"s/chats.jsonl:2@{second}:2",
+    ]

@@ -91,6 +91,7 @@ class _Pass1:
     exact: list[np.ndarray] = field(default_factory=list)
     group: list[np.ndarray] = field(default_factory=list)
     bands: list[np.ndarray] = field(default_factory=list)
+    ids: list[np.ndarray] = field(default_factory=list)  # a hash of each chat's source and id
 
     def add(self, hasher: MinHasher, rows: list[tuple[int, int, int, int, Chat]]) -> None:
         """rows: (source, status, tokens, group key, chat); band keys only for the chats still in."""
@@ -101,6 +102,7 @@ class _Pass1:
         self.exact.append(np.array([exact_key(r[4].text()) for r in rows], dtype=np.uint64))
         self.group.append(np.array([r[3] for r in rows], dtype=np.uint64))
         self.bands.append(hasher.band_keys([r[4].prompt() for r in rows]))
+        self.ids.append(np.array([_hash64(f"{r[0]}/{r[4].id}") for r in rows], dtype=np.uint64))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.__dict__.items()}
@@ -179,7 +181,9 @@ def _first_pass(
                 reason, why, tokens = _check_chat(chat, src, cfg, tok)
                 if reason != KEPT:
                     report.drop(reason, where, f"{_chat_label(chat, where)}{why}")
-                group = int.from_bytes(hashlib.blake2b(f"{s}/{chat.group}".encode(), digest_size=8).digest())
+                # the record's place, not its id: two records sharing an "id" (files numbered
+                # from 0 each) are two records, whose prompts may be near duplicates of each other
+                group = _hash64(f"{s}/{where}")
                 rows.append((s, statuses.index(reason), tokens, group, chat))
                 if len(rows) == _HASH_BATCH:
                     gathered.add(hasher, rows)
@@ -189,6 +193,16 @@ def _first_pass(
     if rows:
         gathered.add(hasher, rows)
     return gathered.arrays()
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
+
+
+def _repeated_ids(a: dict[str, np.ndarray]) -> np.ndarray:
+    """Whether each chat's id was a chat's of its source before (records sharing an "id": files
+    numbered from 0 each, a set that repeats ids): pass 2 writes it with its place after it."""
+    return first_occurrences(a["ids"]) != np.arange(len(a["ids"])) if len(a["ids"]) else np.zeros(0, bool)
 
 
 def _mark_duplicates(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
@@ -243,16 +257,20 @@ def _write_kept(
     """Pass 2: the chats whose status is kept, in stream order, as `vikhr sft prepare` reads them;
     the places of a few duplicates and of the chats they repeat go to the report."""
     status, n = a["status"], 0
+    repeated = _repeated_ids(a)
     shown = _shown_duplicates(a, len(cfg.sources))
     places = dict.fromkeys(shown.values(), "")
     with open(out_path, "w", encoding="utf-8") as out:
         for src, report in zip(cfg.sources, reports, strict=True):
             for where, chats in _source_chats(src, None):
                 for chat in chats:
+                    record = chat.record(src.name)
+                    if repeated[n]:
+                        record["id"] += f"@{where}"
                     if status[n] == 0:
-                        out.write(json.dumps(chat.record(src.name), ensure_ascii=False) + "\n")
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     if n in places:
-                        places[n] = f"{where} ({src.name}/{chat.id})"
+                        places[n] = f"{where} ({record['id']})"
                     if n in shown:
                         reason = (KEPT, *CHAT_REASONS)[status[n]]
                         report.examples.setdefault(reason, []).append(f"{where}: repeats {places[shown[n]]}")

@@ -120,7 +120,9 @@ _HUMAN_ASSISTANT_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")  # Anthropic
 class Chat:
     """One chat in `vikhr sft prepare`'s format, with where it came from."""
 
-    id: str  # unique within its source: the record's own id (or its place), "#n" for a record's n-th chat
+    # the record's own id (or its place), "#n" for a record's n-th chat; records may share an id (the
+    # build writes a repeated one with its place after it and keeps records apart by their places)
+    id: str
     group: str  # the record it came from: the chats of one record are not near-duplicates of each other
     messages: tuple[tuple[str, str], ...]  # (role, content), validated by vikhr.sft.template.parse_chat
     untrained: tuple[int, ...] = ()  # the answers (indices into messages) of weight 0: context only
