@@ -423,6 +423,13 @@ def test_convert_warns_of_a_changed_template_and_stops_at_a_kept_ones_end(
     tok = load(directory)
     warn_of_changed_template(tok, recorded)
     assert "warning" not in capsys.readouterr().err
+    # The same template moved to chat_template.jinja, ending with a newline as editors save files:
+    # Jinja reads it alike (it warned).
+    template = json.loads((directory / "tokenizer_config.json").read_text())["chat_template"]
+    (directory / "chat_template.jinja").write_text(template + "\n", encoding="utf-8")
+    warn_of_changed_template(load(directory), recorded)
+    assert "warning" not in capsys.readouterr().err
+    (directory / "chat_template.jinja").unlink()
     _config(
         directory,
         chat_template=json.loads((directory / "tokenizer_config.json").read_text())["chat_template"] + " ",

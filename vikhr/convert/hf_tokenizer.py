@@ -36,7 +36,13 @@ from typing import Any
 
 from vikhr.convert.lineage import Ancestor, HFSource, hf_source, lineage
 from vikhr.errors import VikhrError, read_json_object
-from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_sha256, hf_chat_template, own_chat_template
+from vikhr.sft.hf_chat import (
+    HF_CHAT_TEMPLATES,
+    as_jinja_reads,
+    chat_template_sha256,
+    hf_chat_template,
+    own_chat_template,
+)
 from vikhr.tokenizer.load import Tokenizer, load
 
 
@@ -129,7 +135,10 @@ def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> Non
         return
     own = own_chat_template(tok)
     now = chat_template_sha256(own[0]) if own is not None else None
-    if now != recorded.template_sha256:
+    # The forms of the template Jinja reads alike: one moved to chat_template.jinja by an editor that
+    # ends files with a newline is the one tuned with.
+    alike = {as_jinja_reads(own[0]) + end for end in ("", "\n")} if own is not None else set()
+    if now != recorded.template_sha256 and recorded.template_sha256 not in map(chat_template_sha256, alike):
         where = own[1] if own is not None else tok.path.parent
         print(
             f"warning: {where}: the chat template is not the one the model was tuned with "
