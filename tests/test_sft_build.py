@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1210,3 +1211,19 @@ def test_records_sharing_an_id_are_two_records_with_ids_of_their_own(tmp_path: P
         f"s/chats.jsonl:1@{second}:1",
         f"s/chats.jsonl:2@{second}:2",
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"), [(5, "5"), ([str(FORMATS_DIR / "saiga.jsonl"), 7], "7 in the list")]
+)
+def test_a_source_path_that_is_not_text_is_named_as_such(
+    tmp_path: Path, capfd: pytest.CaptureFixture, path: Any, shown: str
+) -> None:
+    """It said `sources[0].path.str: expected str, got [...]`: pydantic's name of the union's branch."""
+    config = _config(tmp_path, [{"name": "s", "path": path}])
+    rc, out, err = _cli(capfd, "sft", "build", str(config), "--no-progress")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"vikhr sft build: error: {config}: config key sources[0].path: give a file, a glob or a list of "
+        f"them (text), got {shown}"
+    ], err

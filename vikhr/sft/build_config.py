@@ -85,6 +85,17 @@ class SourceConfig(_Section):
     # is_bad_by_regex: false; ru_turbo_alpaca: label: ok); others are dropped as not_kept.
     keep_where: dict[str, KeepCondition] = Field(default_factory=dict)
 
+    @pydantic.field_validator("path", mode="before")
+    @classmethod
+    def _path_texts(cls, value: Any) -> Any:
+        """One line naming what is wrong (pydantic's union error named its str branch, path.str)."""
+        texts = value if isinstance(value, list) else [value]
+        wrong = next((v for v in texts if not isinstance(v, str)), None)
+        if wrong is not None or not isinstance(value, (str, list)):
+            shown = f"{wrong!r} in the list" if isinstance(value, list) else repr(value)
+            raise ValueError(f"give a file, a glob or a list of them (text), got {shown}")
+        return value
+
     @pydantic.field_validator("keep_where", mode="before")
     @classmethod
     def _conditions(cls, value: Any) -> Any:
