@@ -1227,3 +1227,24 @@ def test_a_source_path_that_is_not_text_is_named_as_such(
         f"vikhr sft build: error: {config}: config key sources[0].path: give a file, a glob or a list of "
         f"them (text), got {shown}"
     ], err
+
+
+def test_a_source_the_mix_holds_no_chat_of_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`fraction: 0.5` of one chat rounds to none: the source was left out of the mix with only the
+    report's kept count to show it (exit 0, no word)."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(_chat_line("Сколько ног у паука?", "Восемь.") + "\n", encoding="utf-8")
+    ruflan = str(FORMATS_DIR / "ruflan.jsonl")
+    sources = [{"name": "ruflan", "path": ruflan}, {"name": "one", "path": str(one), "fraction": 0.5}]
+    report = build(_config(tmp_path, sources))
+    assert [s["kept"] for s in report["sources"]][1] == 0
+    [line] = capsys.readouterr().err.strip().splitlines()
+    md = tmp_path / "out" / "chats.jsonl.report.md"
+    assert line == (
+        "warning: source one: none of its 1 record is in the mix (sampled_out 1) (its fraction × chats "
+        f"rounds to 0: raise fraction, or give a count); see {md}"
+    )
+    build(_config(tmp_path, [sources[0], {**sources[1], "fraction": 1.0}]))
+    assert capsys.readouterr().err == ""

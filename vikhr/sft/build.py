@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -445,7 +446,27 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
             _apply_reward(a, reward.pop("dropped_positions"))
         report = _report(cfg, reports, a, reward)
     _write_report(out_path, report)  # after the output, which it describes
+    _warn_of_sources_left_out(report, out_path)
     return report
+
+
+def _warn_of_sources_left_out(report: dict[str, Any], out_path: Path) -> None:
+    """One warning line for each source the mix holds no chat of (the build goes on with the others):
+    a `fraction` or `count` that rounds to none, a source all duplicates of another, all too long."""
+    md_path = out_path.with_name(out_path.name + _REPORT_SUFFIXES[1])
+    for source in report["sources"]:
+        if source["kept"] or not source["records"]:
+            continue
+        reasons = ", ".join(f"{k} {n:,}" for k, n in Counter(source["dropped"]).most_common()) or "none read"
+        hint = ""
+        if "sampled_out" in source["dropped"]:
+            hint = " (its fraction × chats rounds to 0: raise fraction, or give a count)"
+        print(
+            f"warning: source {source['name']}: none of its {source['records']:,} "
+            f"record{'s' if source['records'] != 1 else ''} is in the mix "
+            f"({reasons}){hint}; see {md_path}",
+            file=sys.stderr,
+        )
 
 
 def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progress: bool) -> dict[str, Any]:
