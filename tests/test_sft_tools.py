@@ -562,6 +562,11 @@ CALLING_TWO_FUNCTIONS = {
             ),
             "tool 2 (g): its schema holds NaN or an infinite number, which JSON cannot hold",
         ),
+        (  # one function, two schemas: which one the model learns to call with is unsaid
+            _chat(USER, ANSWER, tools=[WEATHER, {**WEATHER, "function": {**WEATHER["function"], "x": 1}}]),
+            "tool 2 (get_weather): the chat offers another function of that name before it (two schemas "
+            "of one function): keep one",
+        ),
         (  # a chat that lists its functions calls one it does not list (one without a list may)
             _chat(USER, CALLING, RESULT, ANSWER, tools=[CONVERT]),
             "message 2: tool call 1 calls 'get_weather', which is none of the functions the chat "
@@ -1327,3 +1332,11 @@ def test_build_keeps_tool_chats_and_tells_their_calls_apart(tmp_path: Path) -> N
     assert written[3]["tools"] == [CONVERT] and "tool_calls" in written[0]["messages"][2]
     (hermes_twin,) = record_chats(HERMES_TWIN, "messages", "twin.jsonl:1")
     assert _without_id(written[4]) == _without_id(hermes_twin.record("hermes"))
+
+
+def test_a_function_listed_twice_alike_is_offered_once() -> None:
+    """`tools: [W, W]` wrote the function twice into the chatml/qwen3 tool block (sft build already
+    kept one where a function is in both "tools" and "functions")."""
+    twice = parse_chat(_chat(USER, CALLING, RESULT, ANSWER, tools=[WEATHER, CONVERT, WEATHER]))
+    once = parse_chat(_chat(USER, CALLING, RESULT, ANSWER, tools=[WEATHER, CONVERT]))
+    assert twice.tools == once.tools and len(once.tools) == 2

@@ -482,7 +482,7 @@ def _tools(raw: Any) -> tuple[str, ...]:
         raise VikhrError(
             f'"tools" must be a list of {{"type": "function", "function": ...}}, got {type(raw).__name__}'
         )
-    texts = []
+    texts: dict[str, str] = {}  # name -> schema text; a function listed twice alike is offered once
     for k, tool in enumerate(raw, start=1):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -490,8 +490,14 @@ def _tools(raw: Any) -> tuple[str, ...]:
                 f'tool {k}: expected {{"type": "function", "function": {{"name": "...", ...}}}} '
                 "(a function's JSON schema)"
             )
-        texts.append(_json_text(tool, f"tool {k} ({function['name']}): its schema holds"))
-    return tuple(texts)
+        name = function["name"]
+        text = _json_text(tool, f"tool {k} ({name}): its schema holds")
+        if texts.setdefault(name, text) != text:
+            raise VikhrError(
+                f"tool {k} ({name}): the chat offers another function of that name before it (two "
+                "schemas of one function): keep one"
+            )
+    return tuple(texts.values())
 
 
 # json.loads reads NaN, Infinity (and 1e999 as infinity); json.dumps would write them into the
