@@ -259,6 +259,9 @@ def test_reference_row_named_like_a_model_fills_its_row(tmp_path: Path, capsys: 
         ("model,En-MMLU\n,0.4\n", "paper.csv:2: the model name is empty"),
         ('model,En-MMLU\n"ref,0.4\n', "not a readable CSV"),
         ("model,En-MMLU\n\n", "paper.csv: no model row below the header"),  # added nothing, silently
+        # A row of dashes with no bar (a row not filled in, only NaN): it was shown without a word.
+        ("model,En-MMLU,MERA\nref,0.4,\nempty,,\n", "paper.csv:3: the row 'empty' has no score"),
+        ("model,En-MMLU,MERA\nhidden,nan,\n", "paper.csv:2: the row 'hidden' has no score"),
     ],
 )
 def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, message: str) -> None:

@@ -206,6 +206,13 @@ def load_reference(path: Path) -> list[tuple[str, dict[str, float | None]]]:
                 raise VikhrError(f"{path}:{number}: {column} = {cell!r} is not a number; {layout}") from None
             # nan/inf (a score not known, as an earlier compare.csv may hold it): an empty cell.
             values[column] = value if value is not None and math.isfinite(value) else None
+        if all(
+            v is None for v in values.values()
+        ):  # a row of dashes with no bar, as a scoreless results file
+            raise VikhrError(
+                f"{path}:{number}: the row {line[0].strip()!r} has no score (every cell empty or NaN): fill "
+                f"in its numbers or drop the line; {layout}"
+            )
         rows.append((line[0].strip(), values))
     if not rows:
         raise VikhrError(f"{path}: no model row below the header; {layout}")
