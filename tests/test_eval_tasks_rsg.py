@@ -1078,9 +1078,45 @@ def test_a_rerun_of_an_interrupted_evaluation_reuses_its_finished_tasks(
             assert sorted(a.namelist()) == sorted(b.namelist())
             assert all(a.read(n) == b.read(n) for n in a.namelist()), archive
 
-    parus_data = [FIXTURES / "russian-superglue" / "PARus" / f for f in ("val.jsonl", "train.jsonl")]
+    parus_data = [FIXTURES / "russian-superglue" / "PARus" / "val.jsonl"]  # 0-shot: no train.jsonl
     same = TaskProgress(progress, settings(tmp_path / "resumed", progress), log_samples=True)
     assert same.load("rsg_parus", parus_data) is not None
     for other in ({"seed": 7}, {"limit": 3}, {"num_fewshot": 0}):
         changed = TaskProgress(progress, settings(tmp_path / "resumed", progress, **other), log_samples=True)
         assert changed.load("rsg_parus", parus_data) is None, other
+
+
+def test_a_zero_shot_task_needs_no_shot_file(tmp_path: Path) -> None:
+    """A 0-shot run (a task's default, or --num-fewshot 0) never uses the shots, yet every task asked
+    for its shot file: a user with only the scored split got "data file not found: .../train.jsonl".
+    Without the shot file, or with a broken one, a 0-shot run reads its documents; the shot file is
+    not among the run's data; with shots asked for, its absence is one line naming it."""
+    from vikhr.eval.runner import EvalSettings, task_documents
+    from vikhr.eval.task_config import build_rsg_test_config
+    from vikhr.eval.tasks import task_files
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    shot_files = {data / TASKS[name].fewshot_file for name in NEW_TASKS if TASKS[name].fewshot_file}
+    for path in shot_files:
+        path.write_text("not a shot file\n")  # read, it is one line of error
+
+    terra_val = RSG / "TERRa" / "val.jsonl"
+    (data / "terra").mkdir()
+    shutil.copy(terra_val, data / "terra" / "val.jsonl")  # TERRa's own split alone, no train.jsonl
+    tasks = ["terra", "mmlu_ru", "rsg_lidirus", "rsg_terra", "rsg_rucos", "mera_parus", "mera_rummlu"]
+
+    def settings(num_fewshot: int | None) -> EvalSettings:
+        return EvalSettings(
+            model_dir=tmp_path, tasks=tasks, data_dir=data, bpc_data=tmp_path, num_fewshot=num_fewshot
+        )
+
+    counts = task_documents(settings(0))
+    assert all(counts[name] > 0 for name in tasks), counts
+    assert task_files("terra", data, tmp_path, None) == [data / "terra" / "val.jsonl"]
+    assert task_files("mmlu_ru", data, tmp_path, 0) == [data / "mmlu-ru" / "test.jsonl"]
+    build_rsg_test_config("rsg_terra", data, 0, None)  # the submission's test split, 0-shot
+    with pytest.raises(VikhrError, match=r"terra/train\.jsonl.*--num-fewshot 0"):
+        task_documents(dataclasses.replace(settings(1), tasks=["terra"]))
+    with pytest.raises(VikhrError, match=r"PARus/train\.jsonl:1: not valid JSON"):
+        task_documents(dataclasses.replace(settings(1), tasks=["rsg_parus"]))

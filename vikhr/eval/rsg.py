@@ -35,10 +35,10 @@ from vikhr.eval.tasks import (
     read_records,
     require_text,
     require_unique,
+    shot_splits,
     squad_normalize,
     terra_config,
     terra_prompt,
-    to_dataset_dict,
 )
 
 # Task name -> the metrics whose mean is its leaderboard score.
@@ -182,7 +182,7 @@ _ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 
 
 def _lidirus_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         # LiDiRus names the pair sentence1/sentence2; its TERRa shots name it premise/hypothesis.
@@ -214,7 +214,7 @@ def _lidirus_config(
 
 
 def _rcb_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     labels = {"entailment": 0, "contradiction": 1, "neutral": 2}
 
@@ -251,7 +251,7 @@ def _rcb_config(
 
 
 def _parus_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
@@ -292,7 +292,7 @@ def _lower_first(text: str) -> str:
 
 
 def _russe_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
@@ -325,7 +325,7 @@ def _russe_config(
 
 
 def _rwsd_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
@@ -365,7 +365,7 @@ def _rwsd_config(
 
 
 def _danetqa_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
@@ -449,7 +449,7 @@ def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> li
 
 
 def _muserc_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, Any]:
         pred = most_likely(results)
@@ -547,7 +547,7 @@ def _entities(path: Path, idx: Any, text: str, spans: list[dict[str, Any]], incl
 
 
 def _rucos_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
         if not doc["golds"]:  # the test split: nothing to score, only the prediction is kept
@@ -556,14 +556,10 @@ def _rucos_config(
 
     return {
         "task": "rsg_rucos",
-        "custom_dataset": lambda **_: to_dataset_dict(
-            {
-                "test": _rucos_rows(eval_path, limit, hidden),
-                "train": _rucos_rows(fewshot_path, max(k, 1) * 20),
-            }
+        **shot_splits(
+            lambda: _rucos_rows(eval_path, limit, hidden),
+            None if fewshot_path is None else lambda: _rucos_rows(fewshot_path, k * 20),
         ),
-        "test_split": "test",
-        "fewshot_split": "train",
         "output_type": "multiple_choice",
         "doc_to_text": lambda doc: f"{doc['passage']}\n",
         "doc_to_choice": lambda doc: [doc["query"].replace("@placeholder", e) for e in doc["entities"]],

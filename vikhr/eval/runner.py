@@ -236,7 +236,9 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
     rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
     _note_capped_shots(settings)
     _note_shots_in_the_prompt(settings, configs)
-    files = {name: task_files(name, settings.data_dir, settings.bpc_data) for name in configs}
+    files = {
+        name: task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot) for name in configs
+    }
     return _task_objects(configs, settings.seed, files), rutie
 
 
@@ -358,7 +360,7 @@ def task_documents(settings: EvalSettings) -> dict[str, int]:
 
 
 def _rutie_path(settings: EvalSettings) -> Path:
-    return checked_task_files(RUTIE, settings.data_dir, settings.bpc_data)[0]
+    return checked_task_files(RUTIE, settings.data_dir, settings.bpc_data, settings.num_fewshot)[0]
 
 
 def _summary(
@@ -395,7 +397,9 @@ def _summary(
             "stderr": {m: s for m, s in stderr.items() if s is not None},
             "num_fewshot": effective_fewshot(name, settings.num_fewshot),
             "n": n_samples.get(name, {}).get("effective"),
-            "data": [str(p) for p in task_files(name, settings.data_dir, settings.bpc_data)],
+            "data": [
+                str(p) for p in task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
+            ],
             **cost[name],
         }
     total = rsg_total({name: task["metrics"] for name, task in out["tasks"].items()})
@@ -499,7 +503,7 @@ def _task_result(
     """{"part": lm-eval's results of the task (or of its Russian SuperGLUE test split), "cost": its
     cost}: an earlier run's with the same fingerprint, or run now (None on the non-zero ranks of a
     distributed run)."""
-    data = task_files(name, settings.data_dir, settings.bpc_data)
+    data = task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
     key = name
     if test_split:
         key, data = f"{name}.test", [settings.data_dir / submission_split(name), *data]

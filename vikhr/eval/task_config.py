@@ -10,15 +10,19 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import mera_config
 from vikhr.eval.rsg import RSG_BUILDERS, submission_split
-from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, task_files
+from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, shot_file, task_files
 
 
-def checked_task_files(name: str, data_dir: Path, bpc_data: Path) -> list[Path]:
-    """The files task `name` reads, each checked to exist (one line naming the missing one)."""
-    paths = task_files(name, data_dir, bpc_data)
+def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: int | None) -> list[Path]:
+    """The files task `name` reads at `num_fewshot`, each checked to exist (one line naming the
+    missing one)."""
+    paths = task_files(name, data_dir, bpc_data, num_fewshot)
     for path in paths:
         if not path.is_file():
             where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
+            if path == paths[-1] and len(paths) > 1:  # the shot file: only a run with shots reads it
+                k = effective_fewshot(name, num_fewshot)
+                where += f"; or give --num-fewshot 0, as the task's {k} shots are drawn from it"
             raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
     return paths
 
@@ -36,11 +40,12 @@ def build_task_config(
     `limit` keeps the first documents only, as lm-eval's own limit does, so that a short run
     does not prepare prompts for the whole set.
     """
-    checked_task_files(name, data_dir, bpc_data)
+    checked_task_files(name, data_dir, bpc_data, num_fewshot)
     if name == "bpc":
         return bpc_config(bpc_data, bpc_field, limit)
     spec = TASKS[name]
-    fewshot_path = data_dir / spec.fewshot_file if spec.fewshot_file else None
+    shots = shot_file(name, num_fewshot)
+    fewshot_path = data_dir / shots if shots else None  # None: a 0-shot run, which does not read it
     k = effective_fewshot(name, num_fewshot)
     eval_path = data_dir / spec.eval_file
     if name.startswith("rsg_"):
@@ -55,13 +60,13 @@ def build_rsg_test_config(
 ) -> dict[str, Any]:
     """The lm-eval config of Russian SuperGLUE task `name` on its test split (labels hidden), whose
     predictions make its submission file; shots as in the scored run."""
-    spec = TASKS[name]
     test_path = data_dir / submission_split(name)
-    for path in (test_path, data_dir / spec.fewshot_file):
-        if not path.is_file():
-            raise VikhrError(
-                f"task {name}: data file not found: {path} (the submission needs the release's test "
-                f"split beside val; check --data-dir {data_dir})"
-            )
+    if not test_path.is_file():
+        raise VikhrError(
+            f"task {name}: data file not found: {test_path} (the submission needs the release's test "
+            f"split beside val; check --data-dir {data_dir})"
+        )
+    checked_task_files(name, data_dir, Path(), num_fewshot)  # its shots, as the scored run's
+    shots = shot_file(name, num_fewshot)
     k = effective_fewshot(name, num_fewshot)
-    return RSG_BUILDERS[name](test_path, data_dir / spec.fewshot_file, k, limit, hidden=True)
+    return RSG_BUILDERS[name](test_path, data_dir / shots if shots else None, k, limit, hidden=True)

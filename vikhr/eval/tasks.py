@@ -493,7 +493,7 @@ def _mmlu_record(path: Path, r: dict[str, Any], russian: bool) -> dict[str, Any]
 
 
 def _mmlu_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, language: str = "en"
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, language: str = "en"
 ) -> dict[str, Any]:
     russian = language == "ru"
     keys = (
@@ -505,7 +505,7 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        for r in read_records(fewshot_path, keys, layout=layout, texts=keys[1:3]):
+        for r in read_records(fewshot_path, keys, layout=layout, texts=keys[1:3]) if fewshot_path else ():
             dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
         rows, short = [], 0
         for raw in read_records(eval_path, keys, limit, layout, texts=keys[1:3]):
@@ -520,7 +520,8 @@ def _mmlu_config(
                     "label": "ABCD".index(r["answer"]),
                 }
             )
-        warn_of_short_shots(f"mmlu_{language}", fewshot_path, short, len(rows), k, "subject")
+        if fewshot_path is not None:
+            warn_of_short_shots(f"mmlu_{language}", fewshot_path, short, len(rows), k, "subject")
         return to_dataset_dict({"test": rows})
 
     return {
@@ -536,11 +537,26 @@ def _mmlu_config(
     }
 
 
+def shot_splits(
+    test_rows: Callable[[], list[dict[str, Any]]], shot_rows: Callable[[], list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    """The dataset part of a task config whose shots lm-eval draws: the scored split and, unless
+    `shot_rows` is None (a 0-shot run, which neither needs nor reads the shot file), the shots'."""
+
+    def load(**_: Any) -> Any:
+        splits = {"test": test_rows()}
+        if shot_rows is not None:
+            splits["train"] = shot_rows()
+        return to_dataset_dict(splits)
+
+    return {"custom_dataset": load, "test_split": "test", **({"fewshot_split": "train"} if shot_rows else {})}
+
+
 def choice_task_with_shots(
     task: str,
     rows: Callable[..., list[dict[str, Any]]],
     eval_path: Path,
-    fewshot_path: Path,
+    fewshot_path: Path | None,
     k: int,
     limit: int | None,
     *,
@@ -549,14 +565,13 @@ def choice_task_with_shots(
     choices: list[str] | Callable[[dict[str, Any]], list[str]],
     metrics: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """A loglikelihood multiple-choice task whose k shots lm-eval draws from the train file."""
+    """A loglikelihood multiple-choice task whose k shots lm-eval draws from the train file (None: a
+    0-shot run)."""
     return {
         "task": task,
-        "custom_dataset": lambda **_: to_dataset_dict(
-            {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
+        **shot_splits(
+            lambda: rows(eval_path, limit), None if fewshot_path is None else lambda: rows(fewshot_path)
         ),
-        "test_split": "test",
-        "fewshot_split": "train",
         "output_type": "multiple_choice",
         "description": description,
         "doc_to_text": doc_to_text,
@@ -586,7 +601,7 @@ def terra_prompt(doc: dict[str, Any]) -> str:
 
 
 def terra_config(
-    eval_path: Path, fewshot_path: Path, k: int, limit: int | None, hidden: bool = False
+    eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None, hidden: bool = False
 ) -> dict[str, Any]:
     """TERRa; `hidden`: the evaluated file is the test split, without labels (each record has an `idx`)."""
 
@@ -623,7 +638,7 @@ def terra_config(
     )
 
 
-def _rucola_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
         for n, r in enumerate(read_records(path, ("sentence", "label"), limit, texts=("sentence",)), start=1):
@@ -659,7 +674,7 @@ _QA_METRICS = [
 _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 
 
-def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | None) -> dict[str, Any]:
+def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
         records = read_records(path, ("question", "answer"), limit, texts=("question",))
@@ -691,11 +706,9 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path, k: int, limit: int | No
 
     return {
         "task": "chegeka",
-        "custom_dataset": lambda **_: to_dataset_dict(
-            {"test": rows(eval_path, limit), "train": rows(fewshot_path)}
+        **shot_splits(
+            lambda: rows(eval_path, limit), None if fewshot_path is None else lambda: rows(fewshot_path)
         ),
-        "test_split": "test",
-        "fewshot_split": "train",
         "output_type": "generate_until",
         "description": "Ответьте коротко на вопросы интеллектуальной игры «Своя игра».\n\n",
         "doc_to_text": doc_to_text,
@@ -786,12 +799,18 @@ TASK_BUILDERS: dict[str, Callable[[Path, Path | None, int, int | None], dict[str
 }
 
 
-def task_files(name: str, data_dir: Path, bpc_data: Path) -> list[Path]:
-    """The files task `name` reads."""
+def task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: int | None) -> list[Path]:
+    """The files task `name` reads at `num_fewshot` (None: its default): the shot file only when the
+    task runs with shots (a 0-shot run neither needs nor reads it)."""
     spec = TASKS[name]
     if name == "bpc":
         return [bpc_data]
-    return [data_dir / f for f in (spec.eval_file, spec.fewshot_file) if f]
+    return [data_dir / f for f in (spec.eval_file, shot_file(name, num_fewshot)) if f]
+
+
+def shot_file(name: str, num_fewshot: int | None) -> str | None:
+    """The shot file of task `name` (relative to the data directory) when it runs with shots."""
+    return TASKS[name].fewshot_file if effective_fewshot(name, num_fewshot) > 0 else None
 
 
 def effective_fewshot(name: str, num_fewshot: int | None) -> int:
