@@ -425,6 +425,29 @@ def test_missing_qkv_bias_or_qk_norm_is_refused(
     _fails(_to_megatron(hf, out), capsys, out, f"model.layers.1.{tensor}", "lack")
 
 
+def test_an_existing_output_directory_is_replaced_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both directions took an existing empty output directory (a mistyped path that happened to
+    exist, another run's fresh directory) where tokenizer train, adapt-vocab, import-tekken and merge
+    refuse any existing one without --overwrite: one line now, before any work, the directory left
+    as it was; --overwrite writes it."""
+    hf = _tiny_hf(tmp_path / "hf")
+    for argv, out, written in (
+        (["hf-to-megatron", str(hf)], tmp_path / "meg", "meta.json"),
+        (["megatron-to-hf", str(tmp_path / "meg")], tmp_path / "back", "config.json"),
+    ):
+        out.mkdir()
+        capsys.readouterr()
+        assert cli_main(["convert", *argv, str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        refusal = f"error: output directory {out} exists (choose another OUT_DIR or pass --overwrite)"
+        assert err == [f"vikhr convert {argv[0]}: {refusal}"]
+        assert list(out.iterdir()) == []
+        assert cli_main(["convert", *argv, str(out), "--overwrite"]) == 0
+        assert (out / written).is_file()
+
+
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hf = _tiny_hf(tmp_path / "hf")
     assert cli_main(["convert", "hf-to-megatron", str(hf), str(tmp_path / "meg"), "--tp", "2"]) == 0

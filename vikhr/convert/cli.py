@@ -42,14 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv = p.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
     a = conv.add_parser("hf-to-megatron", help="HF directory -> vikhr checkpoint directory")
     a.add_argument("hf_dir", help="HF model directory (config.json + safetensors)")
-    a.add_argument("out", help="output checkpoint directory")
+    a.add_argument(
+        "out", metavar="OUT_DIR", help="output checkpoint directory (must not exist unless --overwrite)"
+    )
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size to shard for (default 1)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a.set_defaults(func=_hf_to_megatron)
     b = conv.add_parser("megatron-to-hf", help="vikhr checkpoint (step dir or run dir) -> HF directory")
     b.add_argument("checkpoint", help="a checkpoint step directory, or a run directory with 'latest'")
-    b.add_argument("out", help="output HF model directory")
+    b.add_argument(
+        "out", metavar="OUT_DIR", help="output HF model directory (must not exist unless --overwrite)"
+    )
     b.add_argument(
         "--tokenizer",
         help="tokenizer to include (.model, tokenizer.json or a directory with one); "

@@ -51,9 +51,8 @@ from vikhr.errors import (
     VikhrError,
     not_an_hf_model_dir,
     read_json_object,
-    refuse_to_replace,
     require_dir,
-    require_writable_dir,
+    require_output_dir,
 )
 from vikhr.model.config import ModelConfig, padded_vocab_size
 from vikhr.model.tp_layout import merge, shard, split_of
@@ -774,9 +773,6 @@ def _tensor_progress(tensors: int, show: bool) -> Any:
 
 
 def _check_output(out: Path, overwrite: bool, inputs: list[Path | str]) -> None:
-    if out.exists() and not out.is_dir():
-        raise VikhrError(f"output {out} exists and is not a directory; choose another path")
-    require_writable_dir(out, "output directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VikhrError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
-    refuse_to_replace(out, inputs, "output directory")
+    # The rule of every verb writing a directory (tokenizer train, adapt-vocab, merge): an existing
+    # one, empty or not, is replaced only with --overwrite.
+    require_output_dir(out, overwrite, inputs, flag="OUT_DIR", what="OUT_DIR")
