@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -1120,3 +1121,31 @@ def test_a_zero_shot_task_needs_no_shot_file(tmp_path: Path) -> None:
         task_documents(dataclasses.replace(settings(1), tasks=["terra"]))
     with pytest.raises(VikhrError, match=r"PARus/train\.jsonl:1: not valid JSON"):
         task_documents(dataclasses.replace(settings(1), tasks=["rsg_parus"]))
+
+
+def test_an_mmlu_record_of_another_layout_names_its_file_and_line(tmp_path: Path) -> None:
+    """A question with 3 choices or an answer "E" was named by the first 40 characters of its
+    question text (which of 14,042 lines?): the error names file:line and the field."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "mmlu-ru", data / "mmlu-ru")
+    test = data / "mmlu-ru" / "test.jsonl"
+    records = [r for _, r in read_jsonl(test)]
+    good = json.dumps(records[0], ensure_ascii=False)
+    for change, message in (
+        ({"choices_ru": ["а", "б", "в"]}, "field 'choices_ru' holds 3 choices, not 4"),
+        ({"answer": "E"}, "field 'answer' is \"E\", not A-D or 0-3"),
+        ({"answer": 4}, "field 'answer' is 4, not A-D or 0-3"),
+    ):
+        bad = json.dumps({**records[0], **change}, ensure_ascii=False)
+        test.write_text(f"{good}\n\n{bad}\n", encoding="utf-8")  # line 3: a blank line before it
+        with pytest.raises(VikhrError) as refused:
+            dataset(build_task_config("mmlu_ru", data, None, Path()))
+        assert str(refused.value).startswith(f"{test}:3: {message} (expected the Ru-MMLU"), refused.value
+        assert records[0]["question_ru"][:20] not in str(refused.value)
+    shutil.copy(FIXTURES / "mmlu-ru" / "test.jsonl", test)
+    dev = data / "mmlu-ru" / "dev.jsonl"
+    dev.write_text(
+        dev.read_text(encoding="utf-8").replace('"answer": 1,', '"answer": "Б",', 1), encoding="utf-8"
+    )
+    with pytest.raises(VikhrError, match=rf"{re.escape(str(dev))}:1: field 'answer' is \"Б\""):
+        dataset(build_task_config("mmlu_ru", data, None, Path()))

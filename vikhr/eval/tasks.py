@@ -265,7 +265,19 @@ def read_records(
     release whose layout the file should have, for the error message) and text in each of `texts`
     that holds a string or a list of strings (an item whose question or choice is blank would be
     scored as if it had one)."""
-    out: list[dict[str, Any]] = []
+    return [r for _, r in read_numbered_records(path, keys, limit, layout, texts)]
+
+
+def read_numbered_records(
+    path: Path,
+    keys: tuple[str, ...],
+    limit: int | None = None,
+    layout: str | None = None,
+    texts: tuple[str, ...] = (),
+) -> list[tuple[int, dict[str, Any]]]:
+    """The records of `read_records`, each with its line number (for errors found later, to name
+    `file:line`: blank lines are skipped, so a record's position is not its line)."""
+    out: list[tuple[int, dict[str, Any]]] = []
     for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
@@ -276,7 +288,7 @@ def read_records(
                 raise VikhrError(f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)})")
         for k in texts:
             require_text(f"{path}:{line_no}", k, r.get(k))
-        out.append(r)
+        out.append((line_no, r))
     if not out:
         raise VikhrError(f"{path} has no records")
     return out
@@ -475,8 +487,9 @@ def _mmlu_prompt(subject: str, shots: list[dict[str, Any]], doc: dict[str, Any],
     return header + "".join(f"{block(s)} {s['answer']}\n\n" for s in shots) + block(doc)
 
 
-def _mmlu_record(path: Path, r: dict[str, Any], russian: bool) -> dict[str, Any]:
-    """A record of either MMLU layout as {subject, question, choices, answer letter}.
+def _mmlu_record(where: str, r: dict[str, Any], russian: bool, layout: str) -> dict[str, Any]:
+    """A record of either MMLU layout as {subject, question, choices, answer letter}; `where` is its
+    `file:line`, named with what is wrong.
 
     En-MMLU: question/choices/answer "A"-"D". Ru-MMLU (NLPCoreTeam/mmlu_ru): question_ru/choices_ru
     and answer 0-3 (question_en/choices_en alongside).
@@ -485,9 +498,15 @@ def _mmlu_record(path: Path, r: dict[str, Any], russian: bool) -> dict[str, Any]
     answer = r["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < 4:
         answer = "ABCD"[answer]
-    if not isinstance(choices, list) or len(choices) != 4 or answer not in ("A", "B", "C", "D"):
+    field = "choices_ru" if russian else "choices"
+    expected = f"expected the {layout} layout: {field} a list of 4 choices, answer A-D or 0-3"
+    if not isinstance(choices, list) or len(choices) != 4:
+        got = f"{len(choices)} choices" if isinstance(choices, list) else f"a {type(choices).__name__}"
+        raise VikhrError(f"{where}: field {field!r} holds {got}, not 4 ({expected}; fix or drop the record)")
+    if answer not in ("A", "B", "C", "D"):
         raise VikhrError(
-            f"{path}: {r.get('id', str(question)[:40])!r} is not a 4-way question with answer A-D or 0-3"
+            f"{where}: field 'answer' is {json.dumps(r['answer'], ensure_ascii=False)}, not A-D or 0-3 "
+            f"({expected}; fix or drop the record)"
         )
     return {"subject": r["subject"], "question": question, "choices": choices, "answer": answer}
 
@@ -505,11 +524,14 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        for r in read_records(fewshot_path, keys, layout=layout, texts=keys[1:3]) if fewshot_path else ():
-            dev.setdefault(r["subject"], []).append(_mmlu_record(fewshot_path, r, russian))
+        shots = read_numbered_records(fewshot_path, keys, None, layout, keys[1:3]) if fewshot_path else []
+        for line, r in shots:
+            dev.setdefault(r["subject"], []).append(
+                _mmlu_record(f"{fewshot_path}:{line}", r, russian, layout)
+            )
         rows, short = [], 0
-        for raw in read_records(eval_path, keys, limit, layout, texts=keys[1:3]):
-            r = _mmlu_record(eval_path, raw, russian)
+        for line, raw in read_numbered_records(eval_path, keys, limit, layout, texts=keys[1:3]):
+            r = _mmlu_record(f"{eval_path}:{line}", raw, russian, layout)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
             short += len(shots) < k
