@@ -1149,3 +1149,22 @@ def test_an_mmlu_record_of_another_layout_names_its_file_and_line(tmp_path: Path
     )
     with pytest.raises(VikhrError, match=rf"{re.escape(str(dev))}:1: field 'answer' is \"Б\""):
         dataset(build_task_config("mmlu_ru", data, None, Path()))
+
+
+def test_an_mmlu_choice_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    """A null or a nested list among the four choices was prompted as "B. None", "B. ['b']" and
+    scored as if it were the choice's text."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "mmlu-ru", data / "mmlu-ru")
+    test = data / "mmlu-ru" / "test.jsonl"
+    record = next(r for _, r in read_jsonl(test))
+    for choice, shown in ((None, "null"), (["б"], '["б"]')):
+        choices = [record["choices_ru"][0], choice, *record["choices_ru"][2:]]
+        test.write_text(
+            json.dumps({**record, "choices_ru": choices}, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        with pytest.raises(VikhrError) as refused:
+            dataset(build_task_config("mmlu_ru", data, None, Path()))
+        assert str(refused.value).startswith(
+            f"{test}:1: field 'choices_ru' holds {shown}, not a choice's text"
+        )

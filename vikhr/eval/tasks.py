@@ -503,6 +503,12 @@ def _mmlu_record(where: str, r: dict[str, Any], russian: bool, layout: str) -> d
     if not isinstance(choices, list) or len(choices) != 4:
         got = f"{len(choices)} choices" if isinstance(choices, list) else f"a {type(choices).__name__}"
         raise VikhrError(f"{where}: field {field!r} holds {got}, not 4 ({expected}; fix or drop the record)")
+    other = next((c for c in choices if not isinstance(c, str)), "")
+    if not isinstance(other, str):  # a null or a list would be shown in the prompt as "None", "['b']"
+        raise VikhrError(
+            f"{where}: field {field!r} holds {json.dumps(other, ensure_ascii=False)[:40]}, not a choice's "
+            f"text ({expected}, each a string; fix or drop the record)"
+        )
     if answer not in ("A", "B", "C", "D"):
         raise VikhrError(
             f"{where}: field 'answer' is {json.dumps(r['answer'], ensure_ascii=False)}, not A-D or 0-3 "
