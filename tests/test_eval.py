@@ -678,7 +678,7 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     (data / "chgk" / "train.jsonl").write_text(question * 4, encoding="utf-8")
     (data / "chgk" / "test.jsonl").write_text(question + '{"question": "?", "answer": "   "}\n')
     chegeka = [*base, "--model", str(tiny_dir), "--tasks", "chegeka"]
-    assert "chgk/test.jsonl: record 2 has no answer text" in _one_line_error(chegeka, capsys)
+    assert "chgk/test.jsonl:2: the record has no answer text" in _one_line_error(chegeka, capsys)
 
 
 @pytest.mark.parametrize("size", ["auto:0", "auto:x", "auto:", "auto:4", "0", "-3", "big"])
@@ -706,12 +706,12 @@ def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_pat
     (data / "chgk" / "train.jsonl").write_text(json.dumps(question) + "\n", encoding="utf-8")
     (data / "chgk" / "test.jsonl").write_text(json.dumps({**question, "accepted": "Матадор"}) + "\n")
     err = _one_line_error([*base, "chegeka"], capsys)
-    assert "chgk/test.jsonl: record 1: field 'accepted' must be a list of strings, got str" in err
+    assert "chgk/test.jsonl:1: field 'accepted' must be a list of strings, got str" in err
     squad = {"id": "q1", "context": "Текст о Париже.", "question": "Какой город?"}
     flattened = {**squad, "answers": {"text": "Париж", "answer_start": 8}}
     (data / "xquad-ru" / "validation.jsonl").write_text(json.dumps(flattened) + "\n", encoding="utf-8")
     err = _one_line_error([*base, "xquad_ru"], capsys)
-    assert "xquad-ru/validation.jsonl: record 1: field 'answers.text' must be a list of strings" in err
+    assert "xquad-ru/validation.jsonl:1: field 'answers.text' must be a list of strings" in err
     record = {"premise": "Кот спит.", "hypothesis": "Кот не бодрствует.", "label": "entailment"}
     rows = [{**record, "idx": 0}, {**record, "idx": "x1"}]
     (data / "terra" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -750,7 +750,7 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     squad = {"id": "1", "context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}
     write("xquad-ru/validation.jsonl", [squad])
     err = one_line_error([*base, "--tasks", "xquad_ru"], capsys)
-    assert "xquad-ru/validation.jsonl: record 1: field 'answers' must be an object" in err
+    assert "xquad-ru/validation.jsonl:1: field 'answers' must be an object" in err
     write("terra/val.jsonl", [{"idx": 0, "premise": None, "hypothesis": "h", "label": "entailment"}])
     assert "field 'premise' is null" in one_line_error([*base, "--tasks", "terra"], capsys)
     # Ru-MMLU in the English field names.
@@ -945,8 +945,9 @@ def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
 
 
 def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
-    """A MuSeRC answer option without a label, a TERRa or RuCoLA label of another value: the error
-    named the file alone (which of 1,000 records?)."""
+    """A MuSeRC answer option without a label, a TERRa or RuCoLA label of another value, a CheGeKa
+    record without answer text: the error named the file alone (which of 1,000 records?), or the
+    record's position, which is not its line where blank lines come before it."""
     muserc = _rewrite(
         RSG / "MuSeRC" / "val.jsonl",
         tmp_path / "m.jsonl",
@@ -955,21 +956,30 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
     idx = next(r for _, r in read_jsonl(muserc))["passage"]["questions"][0]["answers"][1]["idx"]
     with pytest.raises(VikhrError, match=rf"m\.jsonl: the record of idx {idx} has no 'label'"):
         _muserc_rows(muserc)
-    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
-    for name, records in (("terra/train.jsonl", [pair]), ("terra/val.jsonl", [pair, {**pair, "label": ""}])):
+
+    def write(name: str, records: list[dict[str, Any]]) -> None:
+        # A blank line after the first record: the second record is on line 3.
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    with pytest.raises(VikhrError, match=r"val\.jsonl: label '' \(idx 7\) is not entailment"):
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        (tmp_path / name).write_text("\n\n".join(lines) + "\n")
+
+    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
+    write("terra/val.jsonl", [pair, {**pair, "label": ""}])
+    with pytest.raises(VikhrError, match=r"val\.jsonl:3: label '' \(idx 7\) is not entailment"):
         dataset(build_task_config("terra", tmp_path, None, Path()))
-    (tmp_path / "rucola").mkdir()
-    for name, label in (("train", 1), ("dev", 2)):
-        records = [
-            {"sentence": "Мама мыла раму.", "label": 1},
-            {"sentence": "Мама мыла раму.", "label": label},
-        ]
-        (tmp_path / "rucola" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(VikhrError, match=r"dev\.jsonl: label 2 of record 2 is not 0 or 1"):
+    sentence = {"sentence": "Мама мыла раму.", "label": 1}
+    write("rucola/dev.jsonl", [sentence, {**sentence, "label": 2}])
+    with pytest.raises(VikhrError, match=r"dev\.jsonl:3: label 2 is not 0 or 1"):
         dataset(build_task_config("rucola", tmp_path, None, Path()))
+    question = {"question": "Кто?", "answer": "Он"}
+    write("chgk/train.jsonl", [question] * 4)
+    write("chgk/test.jsonl", [question, {**question, "answer": " "}])
+    with pytest.raises(VikhrError, match=r"test\.jsonl:3: the record has no answer text"):
+        dataset(build_task_config("chegeka", tmp_path, None, Path()))
+    qa = {"id": "q1", "context": "Он пришёл.", "question": "Кто пришёл?", "answers": {"text": ["Он"]}}
+    write("xquad-ru/validation.jsonl", [qa, {**qa, "answers": ["Он"]}])
+    with pytest.raises(VikhrError, match=r"validation\.jsonl:3: field 'answers' must be an object"):
+        dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
 
 
 def test_blank_golds_are_not_answers(tmp_path: Path) -> None:

@@ -637,10 +637,11 @@ def terra_config(
         hide = hidden and path == eval_path
         out = []
         keys = ("premise", "hypothesis", "idx" if hide else "label")
-        for r in read_records(path, keys, limit, texts=keys[:2]):
+        for line, r in read_numbered_records(path, keys, limit, texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
-                    f"{path}: label {r['label']!r} (idx {r.get('idx')!r}) is not entailment/not_entailment"
+                    f"{path}:{line}: label {r['label']!r} (idx {r.get('idx')!r}) is not "
+                    "entailment/not_entailment"
                 )
             out.append(
                 {
@@ -669,9 +670,9 @@ def terra_config(
 def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for n, r in enumerate(read_records(path, ("sentence", "label"), limit, texts=("sentence",)), start=1):
+        for line, r in read_numbered_records(path, ("sentence", "label"), limit, texts=("sentence",)):
             if r["label"] not in (0, 1):
-                raise VikhrError(f"{path}: label {r['label']!r} of record {n} is not 0 or 1")
+                raise VikhrError(f"{path}:{line}: label {r['label']!r} is not 0 or 1")
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
 
@@ -705,19 +706,17 @@ _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        records = read_records(path, ("question", "answer"), limit, texts=("question",))
-        for line_no, r in enumerate(records, start=1):
+        records = read_numbered_records(path, ("question", "answer"), limit, texts=("question",))
+        for line_no, r in records:
             layout = 'the CheGeKa layout: "answer" a string, "accepted" a list of strings'
             if not isinstance(r["answer"], str):
-                raise VikhrError(
-                    f"{path}: record {line_no}: field 'answer' must be a string (expected {layout})"
-                )
+                raise VikhrError(f"{path}:{line_no}: field 'answer' must be a string (expected {layout})")
             accepted = r.get("accepted")
             if accepted is not None:
-                accepted = require_strings(f"{path}: record {line_no}", "accepted", accepted, layout)
+                accepted = require_strings(f"{path}:{line_no}", "accepted", accepted, layout)
             golds = chgk_golds(r["answer"], accepted)
             if not normalize_answer(golds[0]):  # scored against nothing, an empty generation matched it
-                raise VikhrError(f"{path}: record {line_no} has no answer text")
+                raise VikhrError(f"{path}:{line_no}: the record has no answer text")
             out.append(
                 {
                     "topic": (r.get("topic") or "").strip(),
@@ -752,9 +751,9 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
     def rows() -> list[dict[str, Any]]:
         out = []
         keys = ("context", "question", "answers")
-        for number, r in enumerate(read_records(eval_path, keys, limit, texts=keys[:2]), start=1):
+        for line, r in read_numbered_records(eval_path, keys, limit, texts=keys[:2]):
             answers = r["answers"]
-            where = f"{eval_path}: record {number}"
+            where = f"{eval_path}:{line}"
             layout = 'the SQuAD layout: "answers": {"text": [...], "answer_start": [...]}'
             if not isinstance(answers, dict):
                 raise VikhrError(f"{where}: field 'answers' must be an object (expected {layout})")
@@ -762,7 +761,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
             # A gold of only punctuation normalises to "": an empty generation would match it.
             golds = [a for a in texts if normalize_answer(a)]
             if not golds:
-                raise VikhrError(f"{eval_path}: question {r.get('id')!r} has no answer text")
+                raise VikhrError(f"{where}: question {r.get('id')!r} has no answer text")
             out.append({"context": r["context"].strip(), "question": r["question"].strip(), "golds": golds})
         return out
 
