@@ -746,6 +746,9 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     write("terra/val.jsonl", [{"idx": 0, "premise": "p", "hypothesis": 5, "label": "entailment"}])
     write("terra/train.jsonl", [{"idx": 0, "premise": "p", "hypothesis": "h", "label": "entailment"}])
     err = one_line_error([*base, "--tasks", "terra"], capsys)
+    assert "terra/val.jsonl:1: field 'hypothesis' must be text, got int 5" in err
+    write("terra/val.jsonl", [{"idx": 0, "premise": "p", "hypothesis": {"h": 1}, "label": "entailment"}])
+    err = one_line_error([*base, "--tasks", "terra"], capsys)
     assert "task terra: a record of" in err and "terra/val.jsonl" in err and "another type" in err
     squad = {"id": "1", "context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}
     write("xquad-ru/validation.jsonl", [squad])
@@ -1178,3 +1181,35 @@ def test_an_mmlu_choice_that_is_not_text_is_refused(tmp_path: Path) -> None:
         assert str(refused.value).startswith(
             f"{test}:1: field 'choices_ru' holds {shown}, not a choice's text"
         )
+
+
+def test_a_number_where_text_belongs_names_its_record(tmp_path: Path) -> None:
+    """`"premise": 5` in a TERRa file (an int MMLU subject or CheGeKa question alike) failed inside
+    lm-eval with "a record of FILE has a field of another type (TypeError: object of type 'int' has
+    no len())": which record, and which field, went unsaid."""
+    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
+    (tmp_path / "terra").mkdir()
+    (tmp_path / "terra" / "val.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in (pair, {**pair, "premise": 5})) + "\n"
+    )
+    with pytest.raises(VikhrError) as e:
+        dataset(build_task_config("terra", tmp_path, None, Path()))
+    assert str(e.value) == (
+        f"{tmp_path / 'terra' / 'val.jsonl'}:2: field 'premise' must be text, got int 5 (is this the "
+        "release's layout? see docs/eval.md)"
+    )
+    (tmp_path / "chgk").mkdir()
+    question = {"question": "Кто?", "answer": "Он"}
+    (tmp_path / "chgk" / "train.jsonl").write_text((json.dumps(question, ensure_ascii=False) + "\n") * 4)
+    (tmp_path / "chgk" / "test.jsonl").write_text(json.dumps({**question, "question": True}) + "\n")
+    with pytest.raises(VikhrError, match=r"test\.jsonl:1: field 'question' must be text, got bool True"):
+        dataset(build_task_config("chegeka", tmp_path, None, Path()))
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "mmlu-ru", data / "mmlu-ru")
+    test = data / "mmlu-ru" / "test.jsonl"
+    record = next(r for _, r in read_jsonl(test))
+    test.write_text(json.dumps({**record, "subject": 7}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(
+        VikhrError, match=rf"{re.escape(str(test))}:1: field 'subject' must be text, got int 7"
+    ):
+        dataset(build_task_config("mmlu_ru", data, None, Path()))

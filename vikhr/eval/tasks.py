@@ -295,8 +295,16 @@ def read_numbered_records(
 
 
 def require_text(where: str, field: str, value: Any) -> None:
-    """VikhrError naming `where` if `value` is a blank string or a list holding one."""
+    """VikhrError naming `where` if `value` is a blank string or a list holding one, or a number or
+    boolean where text belongs (lm-eval failed on it later, naming no record). Mappings and lists
+    of them are nested layouts, checked where they are read."""
     values = value if isinstance(value, list) else [value]
+    scalar = next((v for v in values if isinstance(v, (int, float, bool))), None)
+    if scalar is not None:
+        raise VikhrError(
+            f"{where}: field {field!r} must be text, got {type(scalar).__name__} {scalar!r} (is this the "
+            "release's layout? see docs/eval.md)"
+        )
     if any(isinstance(v, str) and not v.strip() for v in values):
         raise VikhrError(
             f"{where}: field {field!r} is blank: the item would be scored without its text "
@@ -530,13 +538,13 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        shots = read_numbered_records(fewshot_path, keys, None, layout, keys[1:3]) if fewshot_path else []
+        shots = read_numbered_records(fewshot_path, keys, None, layout, keys[:3]) if fewshot_path else []
         for line, r in shots:
             dev.setdefault(r["subject"], []).append(
                 _mmlu_record(f"{fewshot_path}:{line}", r, russian, layout)
             )
         rows, short = [], 0
-        for line, raw in read_numbered_records(eval_path, keys, limit, layout, texts=keys[1:3]):
+        for line, raw in read_numbered_records(eval_path, keys, limit, layout, texts=keys[:3]):
             r = _mmlu_record(f"{eval_path}:{line}", raw, russian, layout)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
