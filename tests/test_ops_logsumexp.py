@@ -49,6 +49,19 @@ def test_a_wide_row_keeps_float32_accuracy() -> None:
     torch.testing.assert_close(logsumexp_rows(x), logsumexp_rows_reference(x), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gradient_is_the_softmax(device: str, dtype: torch.dtype) -> None:
+    """The op had no backward: autograd gave its input no gradient (x.grad stayed None)."""
+    torch.manual_seed(0)
+    x = (torch.randn(5, 37) * 3).to(device=device, dtype=dtype).requires_grad_()
+    weights = torch.randn(5, device=device)
+    (logsumexp_rows(x) * weights).sum().backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+    want = weights[:, None] * torch.softmax(x.detach().double(), dim=-1)
+    torch.testing.assert_close(x.grad.double(), want, rtol=1e-2, atol=1e-5)
+
+
 def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="2-D"):
         logsumexp_rows(torch.zeros(3))

@@ -26,6 +26,7 @@ import torch
 
 from vikhr.errors import VikhrError
 from vikhr.locks import exclusive
+from vikhr.ops.autograd_formulas import register_backward_formulas
 from vikhr.ops.fake import register_fake_kernels
 
 
@@ -165,9 +166,10 @@ def _put_ninja_on_path() -> None:
 @functools.cache
 def load_ops(verbose: bool = False) -> Path:
     """Build (first time) and load the ops library: registers `torch.ops.vikhr.*` and their fake
-    kernels; returns the path of the loaded shared library."""
+    kernels and backward formulas; returns the path of the loaded shared library."""
     library = compile_ops(with_cuda=cuda_build_possible(), verbose=verbose)
     register_fake_kernels()
+    register_backward_formulas()
     return library
 
 

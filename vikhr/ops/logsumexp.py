@@ -9,7 +9,8 @@ from vikhr.ops.build import require_kernels
 
 
 def logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
-    """log(sum(exp(x), dim=-1)) for a 2-D tensor, computed in fp32 by the compiled kernel."""
+    """log(sum(exp(x), dim=-1)) for a 2-D tensor, computed in fp32 by the compiled kernel;
+    differentiable (the gradient, softmax(x) in x's dtype: vikhr.ops.autograd_formulas)."""
     if x.dim() != 2:
         raise ValueError(f"logsumexp_rows expects a 2-D tensor, got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
