@@ -168,6 +168,40 @@ def test_a_failing_benchmark_worker_fails_the_kernel_benchmark(tmp_path: Path) -
     assert "failed" in json.loads(out.read_text())[0]
 
 
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["--n", "0"], "argument --n: expected a positive int, got '0'"),
+        (["--vocab", "4096", "0"], "argument --vocab: expected a positive int, got '0'"),
+        (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        (["--threads", "0"], "argument --threads: expected a positive int, got '0'"),
+        (["--timeout", "-1"], "argument --timeout: expected a positive float, got '-1'"),
+        (["--bandwidth", "nan"], "argument --bandwidth: expected a positive float, got 'nan'"),
+    ],
+)
+def test_the_kernel_benchmark_refuses_a_bad_size_in_one_line(bad: list[str], message: str) -> None:
+    """A zero size or count was a ZeroDivisionError or a torch traceback after the header."""
+    cmd = [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--device", "cpu", *bad]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == "" and proc.stderr.splitlines() == [
+        f"bench_kernels.py: error: {message} (see 'bench_kernels.py --help')"
+    ]
+
+
+def test_the_kernel_benchmark_on_cuda_without_a_gpu_is_one_line() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    cmd = [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--device", "cuda"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "bench_kernels.py: error: --device cuda: torch sees no CUDA device here (run with --device cpu) "
+        "(see 'bench_kernels.py --help')"
+    ], proc.stderr
+
+
 def test_every_dependency_is_on_the_gpu_image_or_carried_as_a_wheel() -> None:
     """A dependency added to pyproject.toml must be fetched by tools/device_wheels.sh unless a GPU
     image holds it, or the GPU run fails on an import (as its training steps did without pydantic)."""
