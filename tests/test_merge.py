@@ -603,6 +603,25 @@ def test_config_json_stops_at_the_ids_the_generation_config_stops_at(
     assert json.loads((out / "config.json").read_text())["eos_token_id"] == stops
 
 
+def test_chat_template_from_a_model_without_one_is_refused(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--chat-template-from naming the model without a template (A and B swapped) gave a merge with
+    no template at all, B's left out, and said it had A's."""
+    a, b = models["a"], models["b"]  # only B has a template
+    out = tmp_path / "out"
+    argv = [str(a), str(b), "--out", str(out), "--t", "0.3", "--chat-template-from"]
+    error = _one_line_error([*argv, "a"], capsys)
+    assert error == (
+        f"vikhr merge: error: --chat-template-from a: model A ({a}) has no chat template "
+        f"(model B has one, in {b / 'tokenizer_config.json'})"
+    )
+    _nothing_written(out)
+    error = _one_line_error([str(models["a_llama_sharded"]), str(models["b_llama"]), *argv[2:], "b"], capsys)
+    assert "has no chat template (neither model has one: leave the option out)" in error
+    _nothing_written(out)
+
+
 def test_two_different_chat_templates_need_chat_template_from(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,11 +11,11 @@ config.json and the vocabulary files come from A (from B when A lacks one); wher
 (max_position_embeddings) differ, config.json gets the longer. The chat files (CHAT_FILES: the chat
 template, the special tokens' names, the generation config) come from the model whose chat template
 the merge takes: the one that has a template where only one has (a base model and its
-instruction-tuned successor), `chat_template_from` where given, else A; two different templates
-(compared as Jinja reads them: a final newline is none) need `chat_template_from`. Where the two
-models stop at different EOS ids (generation_config.json's, else config.json's), generation_config.json
-and config.json both list the ids of both models, so that a merge stops where either model learnt to,
-whichever of the two files a tool reads.
+instruction-tuned successor), `chat_template_from` where given (a model with a template), else A;
+two different templates (compared as Jinja reads them: a final newline is none) need
+`chat_template_from`. Where the two models stop at different EOS ids (generation_config.json's, else
+config.json's), generation_config.json and config.json both list the ids of both models, so that a
+merge stops where either model learnt to, whichever of the two files a tool reads.
 """
 
 from __future__ import annotations
@@ -254,7 +254,18 @@ def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, 
     # compared as Jinja reads them: a final newline (an editor's, a chat_template.jinja's) renders nothing
     templates = {model: as_jinja_reads(f[0]) if f is not None else None for model, f in found.items()}
     if chat_template_from is not None:
-        chosen = a if chat_template_from == "a" else b
+        chosen, other = (a, b) if chat_template_from == "a" else (b, a)
+        if templates[chosen] is None:
+            # The merge would get no template at all (the other's is left out): a swapped A and B.
+            elsewhere = (
+                f"model {'B' if chosen == a else 'A'} has one, in {found[other][1]}"
+                if found[other] is not None
+                else "neither model has one: leave the option out"
+            )
+            raise VikhrError(
+                f"--chat-template-from {chat_template_from}: model {chat_template_from.upper()} ({chosen}) "
+                f"has no chat template ({elsewhere})"
+            )
         return chosen, f"--chat-template-from {chat_template_from}"
     if templates[a] == templates[b]:
         return a, None

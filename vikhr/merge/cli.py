@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
         choices=["a", "b"],
         default=None,
         help="the model whose chat template (and tokenizer_config.json, special_tokens_map.json, "
-        "generation_config.json) the merge takes; needed where both carry different templates",
+        "generation_config.json) the merge takes; needed where both carry different templates, and "
+        "the model named must have one",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=_run)
