@@ -195,6 +195,23 @@ def test_bad_t_values(text: str, message: str) -> None:
         parse_gradient(text)
 
 
+def test_a_filter_that_earlier_ones_leave_no_tensor_to_is_refused() -> None:
+    """The first match wins: `mlp` before `mlp.up_proj` merged up_proj at mlp's t, the later
+    filter's unused without a word."""
+    names = [f"model.layers.0.mlp.{p}_proj.weight" for p in ("up", "gate", "down")]
+    names.append("model.layers.0.self_attn.q_proj.weight")
+    with pytest.raises(VikhrError, match=r"--t-for mlp.up_proj=\.\.\.: every tensor it names is taken by "):
+        Schedule((0.5,), (parse_filter("mlp=0.5"), parse_filter("mlp.up_proj=0.7"))).check_filters(names)
+    with pytest.raises(VikhrError, match=r"--t-for mlp=\.\.\. is given twice"):
+        Schedule((0.5,), (parse_filter("mlp=0.5"), parse_filter("mlp=0.7"))).check_filters(names)
+    three = tuple(parse_filter(f"{p}_proj=0.1") for p in ("up", "gate", "down"))
+    with pytest.raises(VikhrError, match=r"taken by the earlier --t-for up_proj=\.\.\., --t-for gate_proj"):
+        Schedule((0.5,), (*three, parse_filter("mlp=0.7"))).check_filters(names)
+    # The narrower first, and a broader one that still takes a tensor of its own, are fine.
+    Schedule((0.5,), (parse_filter("mlp.up_proj=0.7"), parse_filter("mlp=0.5"))).check_filters(names)
+    Schedule((0.5,), (parse_filter("up_proj=0.7"), parse_filter("proj=0.5"))).check_filters(names)
+
+
 def test_bad_filter() -> None:
     with pytest.raises(VikhrError, match="FILTER=T"):
         parse_filter("self_attn")

@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
         default=[],
         metavar="FILTER=T",
         help="t for tensors whose name contains FILTER (e.g. self_attn=0,0.5,1 mlp=1,0.5,0); repeatable, "
-        "the first match wins, others use --t",
+        "the first match wins (give the narrower filter first), others use --t",
     )
     p.add_argument(
         "--chat-template-from",

@@ -6,7 +6,7 @@ at position i / (L − 1) along the list (position 1 when L = 1). Tensors outsid
 take the list's ends, as mergekit's planner does: the input embedding (`embed_tokens`) the
 first value, the others (final norm, LM head) the last. Filters (`self_attn`, `mlp`) are tried
 in the order given; the first that is a substring of the tensor's name chooses its value,
-otherwise the default applies.
+otherwise the default applies (a filter that earlier ones leave no tensor to is refused).
 """
 
 from __future__ import annotations
@@ -84,13 +84,24 @@ class Schedule:
 
     def check_filters(self, names: list[str]) -> None:
         """VikhrError naming a filter that matches no tensor name (a typo would merge silently
-        with the default t)."""
-        for f, _ in self.filters:
-            if not any(f in name for name in names):
+        with the default t), or whose every tensor an earlier filter takes (the first match wins:
+        `mlp` before `mlp.up_proj` left the latter's t unused without a word)."""
+        for i, (f, _) in enumerate(self.filters):
+            matched = [name for name in names if f in name]
+            if not matched:
                 example = next(iter(sorted(names)), "")
                 raise VikhrError(
                     f"--t-for {f}=...: no tensor name contains {f!r} (names look like {example!r}); check "
                     "the filter's spelling"
+                )
+            earlier = [e for e, _ in self.filters[:i]]
+            if f in earlier:
+                raise VikhrError(f"--t-for {f}=... is given twice (the first wins); give it once")
+            if all(any(e in name for e in earlier) for name in matched):
+                taken_by = ", ".join(f"--t-for {e}=..." for e in earlier if any(e in n for n in matched))
+                raise VikhrError(
+                    f"--t-for {f}=...: every tensor it names is taken by the earlier {taken_by} (the first "
+                    "match wins); give the narrower filter first"
                 )
 
     def describe(self) -> dict[str, object]:
