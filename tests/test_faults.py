@@ -1183,6 +1183,8 @@ _BAD_INPUTS = [
     ("demo --workdir {dir}/demo --seq-len 0", "--seq-len must be positive", "demo"),
     ("demo --workdir {dir}/demo --lr -1", "--lr must be a positive finite number", "demo"),
     ("demo --workdir {dir}/demo --kl-weight nan", "--kl-weight must be a finite number", "demo"),
+    # was refused by the base stage's trainer config, after the tokenizer's stage had written its files
+    ("demo --workdir {dir}/demo --seed -1", "--seed must be in [0, 2^32), got -1", "demo"),
 ]
 
 

@@ -491,6 +491,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--lr must be a positive finite number, got {args.lr}")
     if not 0 <= args.kl_weight < float("inf"):
         raise VikhrError(f"--kl-weight must be a finite number >= 0, got {args.kl_weight}")
+    if not 0 <= args.seed < 2**32:  # numpy's and torch's generators take seeds in [0, 2^32)
+        raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -565,5 +567,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every training stage")
     p.add_argument("--eval-docs", type=int, default=8, help="held-out documents per language for bpc")
-    p.add_argument("--seed", type=int, default=1234, help="seed of every training stage")
+    p.add_argument("--seed", type=int, default=1234, help="seed of every training stage, in [0, 2^32)")
     p.set_defaults(func=run)
