@@ -373,6 +373,8 @@ def test_vocab_parallel_building_blocks_match_fused_kernel(device, mode, tempera
         (lambda z, r, y: (z[:, :0], r, y, {}), ValueError, r"a vocabulary \(V >= 1\)"),
         (lambda z, r, y: (z, r, y, {"ignore_index": 2**63}), ValueError, "ignore_index must be an int64"),
         (lambda z, r, y: (z, r, y, {"ignore_index": -100.0}), ValueError, "ignore_index must be an int64"),
+        # True == 1 in Python: the token of id 1 would be ignored, silently.
+        (lambda z, r, y: (z, r, y, {"ignore_index": True}), ValueError, "ignore_index must be an int64"),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, error, match):

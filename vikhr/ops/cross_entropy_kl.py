@@ -276,7 +276,9 @@ def cross_entropy_kl(
     """Mean CE + λ·T²·KL over non-ignored tokens; gradient flows to `logits` only.
 
     `inplace_backward=True` writes the gradient over `logits` during the forward (saves an
-    N×V buffer); `logits` must not be used afterwards (autograd errors if something saved it).
+    N×V buffer); `logits` must not be used afterwards (autograd errors if something saved it; a
+    leaf tensor of the caller's is lent on purpose, as the kernel benchmark does, and holds the
+    gradient after the call).
     Labels outside [0, vocabulary) raise ValueError on the CPU; on CUDA a device-side assertion
     (no host sync) reports them at the next synchronising call.
 
@@ -290,7 +292,11 @@ def cross_entropy_kl(
     _, world = _shard(logits, process_group)
     vocab = _vocab_size(logits, world, valid_vocab_size)
     _check_grad_scale(grad_scale, logits.shape[0])
-    if not isinstance(ignore_index, int) or not -(2**63) <= ignore_index < 2**63:
+    if (
+        isinstance(ignore_index, bool)
+        or not isinstance(ignore_index, int)
+        or not -(2**63) <= ignore_index < 2**63
+    ):
         raise ValueError(f"ignore_index must be an int64 value (labels are int64), got {ignore_index!r}")
     schedule = cuda_schedule()
     require_kernels("cross_entropy_kl", logits.device)
