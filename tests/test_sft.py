@@ -761,6 +761,20 @@ def test_a_split_that_leaves_training_no_chat_says_so(
     )
 
 
+def test_a_seq_len_shorter_than_every_prompt_names_the_key_to_raise(
+    rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """It said "no train chat has an assistant token in seq_len": which length, and what to do,
+    went unsaid (the demo's --seq-len 1 ended so after four stages)."""
+    config = _config(tmp_path / "c.yaml", rulm, tmp_path / "run")
+    rc, _, err = _cli(capfd, "sft", "train", "--config", str(config), "data.seq_len=2")
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == (
+        "vikhr sft train: error: data.train 'rulm': no train chat has an assistant token within "
+        "data.seq_len = 2 tokens (every prompt is longer): raise data.seq_len"
+    )
+
+
 def test_missing_mask_dataset_is_named(rulm: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     for suffix in ("_text_document.bin", "_text_document.idx", "_sft.json"):
         (tmp_path / f"half{suffix}").symlink_to(f"{rulm}{suffix}")

@@ -147,7 +147,10 @@ def train_stream(source: SFTSource, train_ids: np.ndarray, n_samples: int, cfg) 
             f"{len(source.lengths)} chats: give the train part a larger share"
         )
     if len(usable) == 0:
-        raise VikhrError(f"data.train {source.name!r}: no train chat has an assistant token in seq_len")
+        raise VikhrError(
+            f"data.train {source.name!r}: no train chat has an assistant token within data.seq_len = "
+            f"{cfg.data.seq_len} tokens (every prompt is longer): raise data.seq_len"
+        )
     placements, bounds = [], [np.zeros(1, dtype=np.int64)]
     count = offset = epoch = 0
     while count < n_samples:
