@@ -638,6 +638,10 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
         [*base, "--model", str(tiny_dir), "--tasks", "bpc", "--bpc-data", str(tmp_path / "x.jsonl")], capsys
     )
     assert "data file not found" in err and "--bpc-data" in err
+    err = _one_line_error(
+        [*base, "--model", str(tiny_dir), "--tasks", "bpc", "--bpc-data", str(data)], capsys
+    )
+    assert f"task bpc: {data} is a directory, not a data file (check --bpc-data)" in err  # it exists
     err = _one_line_error([*base, "--model", str(tiny_dir), "--tasks", "bpc", "--output", "r.txt"], capsys)
     assert ".json" in err
     no_config = tmp_path / "empty_model"

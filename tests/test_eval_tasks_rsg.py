@@ -974,6 +974,10 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
     write("rucola/dev.jsonl", [sentence, {**sentence, "label": 2}])
     with pytest.raises(VikhrError, match=r"dev\.jsonl:3: label 2 is not 0 or 1"):
         dataset(build_task_config("rucola", tmp_path, None, Path()))
+    for other in (True, 1.0):  # equal to 1 in Python, not the release's 0/1
+        write("rucola/dev.jsonl", [sentence, {**sentence, "label": other}])
+        with pytest.raises(VikhrError, match=rf"dev\.jsonl:3: label {other!r} is not 0 or 1"):
+            dataset(build_task_config("rucola", tmp_path, None, Path()))
     question = {"question": "Кто?", "answer": "Он"}
     write("chgk/train.jsonl", [question] * 4)
     write("chgk/test.jsonl", [question, {**question, "answer": " "}])

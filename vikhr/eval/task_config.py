@@ -23,7 +23,9 @@ def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: i
             if path == paths[-1] and len(paths) > 1:  # the shot file: only a run with shots reads it
                 k = effective_fewshot(name, num_fewshot)
                 where += f"; or give --num-fewshot 0, as the task's {k} shots are drawn from it"
-            raise VikhrError(f"task {name}: data file not found: {path} (check {where})")
+            missing = "is a directory, not a data file" if path.is_dir() else "data file not found:"
+            named = f"{path} {missing}" if path.is_dir() else f"{missing} {path}"
+            raise VikhrError(f"task {name}: {named} (check {where})")
     return paths
 
 

@@ -679,7 +679,7 @@ def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: in
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
         for line, r in read_numbered_records(path, ("sentence", "label"), limit, texts=("sentence",)):
-            if r["label"] not in (0, 1):
+            if type(r["label"]) is not int or r["label"] not in (0, 1):  # true and 1.0 equal 1 in Python
                 raise VikhrError(f"{path}:{line}: label {r['label']!r} is not 0 or 1")
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
