@@ -181,6 +181,10 @@ def test_filters_are_tried_in_order_before_the_default() -> None:
     assert s.t_for("model.embed_tokens.weight", 3) == 0.5
 
 
+def test_minus_zero_is_zero() -> None:
+    assert str(parse_gradient("-0,1")) == "(0.0, 1.0)"  # printed and recorded as -0 before
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

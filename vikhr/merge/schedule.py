@@ -27,7 +27,7 @@ def parse_gradient(text: str, what: str = "--t") -> Gradient:
     """`0.5`, `0,0.5,1` or `[0, 0.5, 1]` as a gradient; VikhrError unless every value is in [0, 1]."""
     items = [s.strip() for s in text.strip().removeprefix("[").removesuffix("]").split(",")]
     try:
-        values = tuple(float(s) for s in items)
+        values = tuple(float(s) + 0.0 for s in items)  # + 0.0: -0 is 0 (it was printed and recorded as -0)
     except ValueError:
         raise VikhrError(
             f"{what} {text!r} is not a number or a comma-separated list of numbers (e.g. 0.5 or 0,0.5,1)"
