@@ -1,6 +1,8 @@
 """Plain-PyTorch versions of the csrc/ ops: what the tests check the kernels against (in float64)
 and what `tools/bench_kernels.py` times them against (its "eager" row, in float32). Not used by
-the package itself; single rank, full vocabulary, N×V temporaries.
+the package itself; single rank, full vocabulary, N×V temporaries. A −inf logit gives NaN here
+(0·(−inf) in the KL term) where the kernels give the finite value: compare masked columns as absent
+ones (`test_minus_inf_logits_inside_the_vocabulary`), so that the timed baseline stays plain.
 """
 
 from __future__ import annotations
