@@ -22,7 +22,15 @@ from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.eval import EvalSettings, parse_task_list, run_eval
-from vikhr.eval.runner import _task_cost, _task_start, load_tokenizer, make_lm, markdown_table, task_documents
+from vikhr.eval.runner import (
+    _build_tasks,
+    _task_cost,
+    _task_start,
+    load_tokenizer,
+    make_lm,
+    markdown_table,
+    task_documents,
+)
 from vikhr.eval.tasks import (
     TASKS,
     bits_per_character,
@@ -530,6 +538,26 @@ def test_cpu_batch_size_fits_a_quarter_of_free_memory() -> None:
     assert cpu_batch_size(1000, 32000, 4096, available=16 * gib, cap=64) == 6  # 4 GiB / 646 MB = 6.6
     assert cpu_batch_size(1000, 32000, 4096, available=1024 * gib, cap=64) == 64
     assert cpu_batch_size(32768, 32000, 4096, available=gib, cap=64) == 1
+
+
+@pytest.mark.parametrize("task_name", ["terra", "chegeka"])
+def test_a_documents_shots_do_not_depend_on_the_number_of_ranks(task_name: str, shared_data: Path) -> None:
+    """lm-eval draws the shots of a rank's documents one after another from that rank's generator:
+    with 2 ranks document 2 got the second draw instead of the third, so the prompts (and the scores)
+    of TERRa, RuCoLA and CheGeKa with shots changed with the number of GPUs."""
+    settings = settings_for(Path("unused"), [task_name], shared_data / "eval", limit=7, num_fewshot=2)
+
+    def prompts(world_size: int) -> dict[int, Any]:
+        found = {}
+        for rank in range(world_size):  # each rank its own process: its own tasks, seeded alike
+            task = _build_tasks(settings)[0][task_name]
+            task.build_all_requests(limit=settings.limit, rank=rank, world_size=world_size)
+            found.update({request.doc_id: request.arguments[0] for request in task.instances})
+        return found
+
+    one = prompts(1)
+    assert sorted(one) == list(range(7)) and len(set(one.values())) == 7
+    assert prompts(2) == one and prompts(3) == one
 
 
 def test_auto_batch_size_on_cpu_batches_without_probing_and_scores_the_same(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -9,6 +10,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,10 +286,53 @@ def _task_objects(
                 ) from None
             task.set_fewshot_seed(seed=seed)
             _check_shots(name, task)
+            _draw_shots_as_one_process(task)
             tasks[name] = task
     finally:
         task_logger.setLevel(level)
     return tasks
+
+
+def _draw_shots_as_one_process(task: Any) -> None:
+    """Give every document the shots it gets in one process, whatever the number of ranks.
+
+    lm-eval draws the shots of a rank's documents one after another from that rank's generator, so
+    with W ranks document i took the (i // W)-th draw instead of the i-th: the prompts and scores
+    changed with the number of GPUs. Here a rank first replays the draws of every document in order,
+    noting the generator's state before each of its own, and each of its own draws starts there.
+    """
+    all_docs, draw = task.doc_iterator, task.sampler.sample
+    seeded = task.sampler.rnd.getstate()  # where one process's first draw starts
+    starts: collections.deque[Any] = collections.deque()
+
+    def doc_iterator(
+        *, rank: int = 0, limit: int | None = None, world_size: int = 1, samples: list[int] | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        shots = task.config.num_fewshot or 0
+        if world_size == 1 or samples or not shots:
+            return all_docs(rank=rank, limit=limit, world_size=world_size, samples=samples)
+        from_eval_split = task.fewshot_cfg.split == task.config.test_split  # as fewshot_context draws
+        own, starts_of_own = [], []
+        # lm-eval iterates the documents again to score them: each replay starts from the seed and
+        # leaves the generator as it was.
+        before = task.sampler.rnd.getstate()
+        task.sampler.rnd.setstate(seeded)
+        for doc_id, doc in all_docs(limit=limit):
+            if doc_id % world_size == rank:
+                own.append((doc_id, doc))
+                starts_of_own.append(task.sampler.rnd.getstate())
+            draw(n=shots, eval_doc=doc if from_eval_split else None)
+        task.sampler.rnd.setstate(before)
+        starts.clear()
+        starts.extend(starts_of_own)
+        return iter(own)
+
+    def sample(*args: Any, **kwargs: Any) -> Any:
+        if starts:  # a draw of this rank's next document (fewshot_context takes them in order)
+            task.sampler.rnd.setstate(starts.popleft())
+        return draw(*args, **kwargs)
+
+    task.doc_iterator, task.sampler.sample = doc_iterator, sample
 
 
 def _note_capped_shots(settings: EvalSettings) -> None:
