@@ -479,6 +479,25 @@ def test_two_runs_on_one_output_are_refused(tiny_dir: Path, tmp_path: Path, caps
     assert cli_main(argv) == 0 and out.is_file() and not (tmp_path / "results.json.lock").exists()
 
 
+def test_a_non_zero_rank_of_a_data_parallel_run_leaves_the_output_to_rank_0(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """On several GPUs (torchrun, accelerate launch) every rank took --output's lock, so all but one
+    were refused as "another vikhr eval"; without --output the other ranks, which lm-eval hands no
+    results, ended in a KeyError after the whole evaluation."""
+    from vikhr.eval import runner
+    from vikhr.locks import exclusive
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(runner, "_evaluate", lambda *args: None)  # lm-eval's answer on ranks other than 0
+    out = tmp_path / "results.json"
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    with exclusive(tmp_path / "results.json.lock", "held by rank 0", remove=True):
+        assert cli_main([*argv, "--output", str(out)]) == 0
+    assert cli_main(argv) == 0
+    assert capsys.readouterr().out == "" and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_each_task_records_its_time_requests_and_model_tokens(
     tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
 ) -> None:

@@ -155,6 +155,9 @@ def _run(args: argparse.Namespace) -> int:
             "(e.g. --tasks mera,-mera_ruhumaneval)"
         )
     output, submission, rsg_submission = _output_files(args)
+    # On several GPUs (torchrun, accelerate launch: lm-eval's data parallelism) lm-eval gathers the
+    # results on rank 0: it alone writes --output (every rank reads its kept tasks, to skip the same).
+    first_rank = os.environ.get("RANK", "0") == "0"
     settings = EvalSettings(
         model_dir=Path(args.model),
         tasks=tasks,
@@ -177,10 +180,10 @@ def _run(args: argparse.Namespace) -> int:
         log_samples=args.log_samples,
         mera_submission=submission,
         rsg_submission=rsg_submission,
-        progress_dir=progress_dir_of(output) if output is not None else None,
+        progress_dir=progress_dir_of(output) if output is not None else None,  # read by every rank
     )
     with contextlib.ExitStack() as held:
-        if output is not None:  # two runs on one --output would share, then delete, OUTPUT.partial/
+        if output is not None and first_rank:  # two runs on one --output would share OUTPUT.partial/
             busy = (
                 f"{output} is being written by another vikhr eval ({{holder}}); wait for it to end or give "
                 "another --output"
@@ -188,8 +191,10 @@ def _run(args: argparse.Namespace) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)  # the lock sits beside the output
             held.enter_context(exclusive(output.with_name(output.name + ".lock"), busy, remove=True))
         results = run_eval(settings)
+        if not results:  # a rank other than 0: its documents' results went to rank 0
+            return 0
         print(markdown_table(results), end="")
-        if output is not None:
+        if output is not None and first_rank:
             json_path, md_path = write_results(results, output)
             discard(progress_dir_of(output))
             print(f"wrote {json_path} and {md_path}")
