@@ -301,6 +301,8 @@ def _draw_shots_as_one_process(task: Any) -> None:
     changed with the number of GPUs. Here a rank first replays the draws of every document in order,
     noting the generator's state before each of its own, and each of its own draws starts there.
     """
+    if getattr(task, "sampler", None) is None:  # lm-eval made none: the task has no shots to draw
+        return
     all_docs, draw = task.doc_iterator, task.sampler.sample
     seeded = task.sampler.rnd.getstate()  # where one process's first draw starts
     starts: collections.deque[Any] = collections.deque()
