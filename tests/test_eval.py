@@ -498,6 +498,18 @@ def test_a_non_zero_rank_of_a_data_parallel_run_leaves_the_output_to_rank_0(
     assert capsys.readouterr().out == "" and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_several_processes_on_a_cpu_are_refused(tiny_dir: Path, monkeypatch: Any, capsys: Any) -> None:
+    """`torchrun --nproc_per_node=2 -m vikhr eval --device cpu`: lm-eval splits documents over GPUs
+    only, so each process evaluated everything, printed its own table and wrote the same archives."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vikhr eval: error: vikhr eval was started as 2 processes on cpu: the documents are split over "
+        "GPUs only, so each process would evaluate all of them; start one process"
+    )
+
+
 def test_each_task_records_its_time_requests_and_model_tokens(
     tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
 ) -> None:

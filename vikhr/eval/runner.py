@@ -457,6 +457,20 @@ def _summary(
     return out
 
 
+def _check_processes(settings: EvalSettings) -> None:
+    """Several processes split the documents over GPUs only (lm-eval's data parallelism): on another
+    device each would evaluate every document, and all would write the same archives."""
+    from vikhr.runtime.device import torch_device
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch_device(settings.device)
+    if processes > 1 and not device.startswith("cuda"):
+        raise VikhrError(
+            f"vikhr eval was started as {processes} processes on {device}: the documents are split "
+            "over GPUs only, so each process would evaluate all of them; start one process"
+        )
+
+
 def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     """Evaluate; returns {"tasks": {name: {"metrics", "stderr", "num_fewshot", "n"}}, "samples"?, ...}.
 
@@ -472,6 +486,7 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     check_prompt_settings(settings)
     tokenizer = None
     if lm is None:
+        _check_processes(settings)
         check_model_dir(settings.model_dir)
         # Numbers from a tokenizer that is not the model's would look plausible: refuse first.
         tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
