@@ -479,22 +479,7 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     the (slow) model load.
     """
     _offline()
-    if settings.mera_submission is not None and not any(t.startswith("mera_") for t in settings.tasks):
-        raise VikhrError(
-            f"--mera-submission {settings.mera_submission}: no MERA task is evaluated (--tasks mera)"
-        )
-    check_prompt_settings(settings)
-    tokenizer = None
-    if lm is None:
-        _check_processes(settings)
-        check_model_dir(settings.model_dir)
-        # Numbers from a tokenizer that is not the model's would look plausible: refuse first.
-        tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
-        check_vocab(tokenizer, settings.model_dir)
-        if settings.chat_template:
-            chat_template_of(tokenizer)
-    elif settings.chat_template and not getattr(lm.tokenizer, "chat_template", None):
-        raise VikhrError("--chat-template: the model's tokenizer has no chat template")
+    tokenizer = _check_settings_and_tokenizer(settings, lm)
     started = time.time()
     tasks, dialogues = _build_tasks(settings)
     test_splits = _build_test_split_tasks(settings)
@@ -551,6 +536,27 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     if settings.rsg_submission is not None:
         out["rsg_submission"] = {"archive": str(settings.rsg_submission), "test_splits": test_cost}
     return out
+
+
+def _check_settings_and_tokenizer(settings: EvalSettings, lm: Any | None) -> Any | None:
+    """The checks that need no task data; returns the model's tokenizer when `lm` is to be loaded."""
+    if settings.mera_submission is not None and not any(t.startswith("mera_") for t in settings.tasks):
+        raise VikhrError(
+            f"--mera-submission {settings.mera_submission}: no MERA task is evaluated (--tasks mera)"
+        )
+    check_prompt_settings(settings)
+    if lm is not None:
+        if settings.chat_template and not getattr(lm.tokenizer, "chat_template", None):
+            raise VikhrError("--chat-template: the model's tokenizer has no chat template")
+        return None
+    _check_processes(settings)
+    check_model_dir(settings.model_dir)
+    # Numbers from a tokenizer that is not the model's would look plausible: refuse first.
+    tokenizer = load_tokenizer(settings.model_dir, settings.tokenizer)
+    check_vocab(tokenizer, settings.model_dir)
+    if settings.chat_template:
+        chat_template_of(tokenizer)
+    return tokenizer
 
 
 def _task_result(
