@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_cli import BenchParser, check_input, check_output_dir, positive
+
 ROOT = Path(__file__).resolve().parent.parent
 MISTRAL = ROOT / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
 NEW = ROOT / "vikhr" / "assets" / "tokenizers" / "vikhr-ru-40k.model"
@@ -129,31 +131,49 @@ def measure(cmd: list[str]) -> tuple[float, float]:
     return float(secs), int(kib) / 2**20
 
 
-def added_rows(new_tokenizer: Path, multiple: int = 128) -> int:
+def added_rows(ap: argparse.ArgumentParser, args: argparse.Namespace, multiple: int = 128) -> int:
     """Rows the adaptation adds to each matrix: the new vocabulary padded as `--pad-to-multiple`
-    pads it, less the old VOCAB rows (the baseline appends as many)."""
-    sys.path.insert(0, str(ROOT))
+    pads it, less the old VOCAB rows (the baseline appends as many). Both tokenizers are loaded
+    here, before the checkpoint is written: a bad one, or one of another --shape's vocabulary,
+    failed only in the first `adapt-vocab` run."""
+    from vikhr.errors import VikhrError
     from vikhr.tokenizer.load import load
 
-    rows = -(-load(new_tokenizer).vocab_size // multiple) * multiple - VOCAB
+    sizes = {}
+    for option, path in (("--old-tokenizer", args.old_tokenizer), ("--new-tokenizer", args.new_tokenizer)):
+        check_input(ap, option, path, directory_ok=True)
+        try:
+            sizes[option] = load(path).vocab_size
+        except VikhrError as e:
+            ap.error(f"{option} {path}: {e}")
+    if sizes["--old-tokenizer"] != VOCAB:
+        ap.error(
+            f"--old-tokenizer {args.old_tokenizer}: {sizes['--old-tokenizer']:,} pieces, but --shape "
+            f"{args.shape}'s embedding has {VOCAB:,} rows (give that model's tokenizer)"
+        )
+    rows = -(-sizes["--new-tokenizer"] // multiple) * multiple - VOCAB
     if not 0 <= rows <= VOCAB:
-        raise SystemExit(f"{new_tokenizer}: {rows} new rows; the baseline copies at most {VOCAB} old ones")
+        ap.error(
+            f"--new-tokenizer {args.new_tokenizer}: {sizes['--new-tokenizer']:,} pieces, {rows:,} rows "
+            f"added to --shape {args.shape}'s {VOCAB:,}; the benchmark takes 0 to {VOCAB:,}"
+        )
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--runs", type=int, default=3)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--layers", type=positive(int), nargs="+", default=[1, 4])
+    ap.add_argument("--runs", type=positive(int), default=3)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-adapt"))
     ap.add_argument("--shape", choices=sorted(SHAPES), default="mistral-7b")
     ap.add_argument("--old-tokenizer", type=Path, default=MISTRAL)
     ap.add_argument("--new-tokenizer", type=Path, default=NEW)
     args = ap.parse_args()
+    check_output_dir(ap, "--work", args.work)
     global HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS
     HIDDEN, MLP, HEADS, KV, HEAD_DIM, VOCAB, FULL_LAYERS = SHAPES[args.shape]
     vikhr = str(Path(sys.executable).parent / "vikhr")
-    new_rows = added_rows(args.new_tokenizer)
+    new_rows = added_rows(ap, args)
     print(f"new vocabulary: {VOCAB:,} + {new_rows:,} rows per matrix (padded to a multiple of 128)")
     rows = []
     for layers in args.layers:

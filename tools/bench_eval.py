@@ -35,11 +35,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from bench_adapt import measure  # noqa: E402
+from bench_cli import BenchParser, check_cuda, check_output_file, positive, vikhr_error_as_usage  # noqa: E402
 
 from vikhr import atomic  # noqa: E402
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
 from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
-from vikhr.eval.cli import DEFAULT_DATA_DIR  # noqa: E402
+from vikhr.eval.cli import DEFAULT_DATA_DIR, _batch_size  # noqa: E402
 from vikhr.eval.runner import make_lm, task_documents  # noqa: E402
 from vikhr.tokenizer import load  # noqa: E402
 
@@ -133,7 +134,7 @@ def print_table(
     """Print the Markdown table."""
     first = batch_sizes[0]
     head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in batch_sizes)
-    head += " | " + " | ".join(f"b={b} ratio" for b in batch_sizes[1:]) + " | Full docs | Full est. |"
+    head += "".join(f" | b={b} ratio" for b in batch_sizes[1:]) + " | Full docs | Full est. |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for task in tasks:
@@ -156,23 +157,49 @@ def write_report(path: Path, header: dict[str, Any], rates: dict, full: dict[str
     atomic.write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def batch_size_text(value: str) -> str:
+    """An argparse type: `vikhr eval --batch-size`'s values (a positive integer or 'auto'), kept as
+    given (they name the table's columns)."""
+    _batch_size(value)
+    return value
+
+
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    ap = BenchParser(description=__doc__)
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="HF model directory")
     source.add_argument("--random", choices=sorted(SHAPES), help="a random Mistral of this shape")
-    ap.add_argument("--layers", type=int, help="with --random: decoder layers (default: the shape's)")
+    ap.add_argument(
+        "--layers", type=positive(int), help="with --random: decoder layers (default: the shape's)"
+    )
     ap.add_argument("--tasks", default="mmlu_en,terra,rucola,chegeka,xquad_ru,bpc")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--bpc-data", type=Path, default=RU_SAMPLE)
-    ap.add_argument("--limit", type=int, default=20, help="documents per task per run (default 20)")
-    ap.add_argument("--batch-sizes", nargs="+", default=["1", "8"], help="the first is the baseline")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--limit", type=positive(int), default=20, help="documents per task per run (default 20)")
+    ap.add_argument(
+        "--batch-sizes", nargs="+", type=batch_size_text, default=["1", "8"], help="the first is the baseline"
+    )
+    ap.add_argument("--repeats", type=positive(int), default=3)
     ap.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    if args.layers and args.model:
+        ap.error("argument --layers: only with --random (a --model directory is run whole)")
+    if len(set(args.batch_sizes)) < len(args.batch_sizes):
+        ap.error(f"argument --batch-sizes: a batch size given twice: {' '.join(args.batch_sizes)}")
+    check_cuda(ap, args.device)
+    if args.json:
+        check_output_file(ap, "--json", args.json)
+    return ap, args
 
+
+def main() -> None:
+    ap, args = parse_args()
+    vikhr_error_as_usage(ap, lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> None:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

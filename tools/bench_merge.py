@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adapt import make_checkpoint, measure
+from bench_cli import BenchParser, check_output_dir, positive
 
 BASELINE = """
 import math, sys, torch
@@ -105,13 +106,26 @@ def checked_merges(a: Path, b: Path, out: Path, base_out: Path, vikhr: str, t: f
     return share, worst
 
 
+def interpolation(value: str) -> float:
+    """An argparse type: `vikhr merge --t`'s single value, in [0, 1] (out of it, the first merge
+    failed after both checkpoints were written)."""
+    try:
+        t = float(value)
+    except ValueError:
+        t = float("nan")
+    if not 0 <= t <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}")
+    return t
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, nargs="+", default=[1])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--t", type=float, default=0.5)
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--layers", type=positive(int), nargs="+", default=[1])
+    ap.add_argument("--runs", type=positive(int), default=3)
+    ap.add_argument("--t", type=interpolation, default=0.5)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-merge"))
     args = ap.parse_args()
+    check_output_dir(ap, "--work", args.work)
     vikhr = str(Path(sys.executable).parent / "vikhr")
     rows = []
     for layers in args.layers:

@@ -64,6 +64,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from bench_cli import BenchParser, check_input, positive
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOOLS = ("vikhr", "megatron-style", "gigatoken", "sentencepiece")
@@ -480,14 +482,21 @@ def print_tool_table(rows: list[tuple[str, int, dict | str]]) -> None:
         )
 
 
+def non_negative(value: str) -> int:
+    """An argparse type: an integer from 0 (0 runs of the whole processes leaves their table out)."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer from 0, got {value!r}")
+    return int(value)
+
+
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mb", type=int, default=100, help="corpus size in MB (uncompressed JSONL)")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = BenchParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=positive(int), default=100, help="corpus size in MB (uncompressed JSONL)")
+    ap.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=positive(int), default=3)
     ap.add_argument(
         "--slow-repeats",
-        type=int,
+        type=positive(int),
         default=None,
         help="runs of megatron-style and sentencepiece (default: --repeats)",
     )
@@ -495,7 +504,10 @@ def parse_args() -> argparse.Namespace:
         "--tools", nargs="+", default=None, choices=sorted({*TOOLS, *BYTE_TOOLS}), help="default: all"
     )
     ap.add_argument(
-        "--process-repeats", type=int, default=None, help="runs of each whole process (default: --repeats)"
+        "--process-repeats",
+        type=non_negative,
+        default=None,
+        help="runs of each whole process (default: --repeats; 0: none)",
     )
     ap.add_argument("--model", type=Path, default=SHARED / "tokenizers" / "mistral-7b-v0.1.model")
     ap.add_argument(
@@ -506,14 +518,33 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--tokenizer-json", type=Path, help="benchmark the byte-level encoders on this file")
     ap.add_argument(
-        "--check-mb", type=int, default=2, help="sample on which every tool's ids are checked first (MB)"
+        "--check-mb",
+        type=positive(int),
+        default=2,
+        help="sample on which every tool's ids are checked first (MB)",
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--run-process", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.one or args.ids or args.run_process:
+        return args
+    byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
+    if byte_level and args.tokenizer_json:
+        check_input(ap, "--tokenizer-json", args.tokenizer_json)
+    elif not byte_level:
+        check_input(ap, "--model", args.model)
+    family = BYTE_TOOLS if byte_level else TOOLS
+    # Another family's tool failed as "unknown tool" after the corpus was built.
+    foreign = [t for t in args.tools or () if t not in family]
+    if foreign:
+        ap.error(
+            f"argument --tools: {', '.join(foreign)} not in the "
+            f"{'byte-bpe' if byte_level else 'sentencepiece'} benchmark (choose from {', '.join(family)})"
+        )
+    return args
 
 
 def tool_rows(runs: dict[str, list[dict]], nbytes: int, threads: int) -> list[tuple[str, int, dict | str]]:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_cli import BenchParser, positive
 
 REPO = Path(__file__).resolve().parent.parent
 LETTERS = "абвгдеёжзийклмнопрстуфхцчшщыэюя"
@@ -159,16 +160,16 @@ def measure(kind: str, path: Path, runs: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--chats", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--build-runs", type=int, default=1, help="runs of the whole build (slow)")
+    parser = BenchParser(description=__doc__)
+    parser.add_argument("--chats", type=positive(int), default=100_000)
+    parser.add_argument("--runs", type=positive(int), default=3)
+    parser.add_argument("--build-runs", type=positive(int), default=1, help="runs of the whole build (slow)")
     parser.add_argument("--child", choices=["vikhr", "datasketch", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="*", default=[], choices=["vikhr", "datasketch", "build"])
     args = parser.parse_args()
+    if {"vikhr", "datasketch", "build"} <= set(args.skip):
+        parser.error("argument --skip: every measurement skipped, nothing to time (leave one out of --skip)")
     if args.child:
         return {"vikhr": run_vikhr, "datasketch": run_datasketch, "build": run_build}[args.child](args.data)
     with tempfile.TemporaryDirectory() as tmp:

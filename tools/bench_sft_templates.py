@@ -24,7 +24,6 @@ ru_maxrss would start from this script's own peak).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import sys
 import tempfile
 from itertools import islice
 from pathlib import Path
+
+from bench_cli import BenchParser, positive
 
 from vikhr.assets import RU_SAMPLE
 from vikhr.demo import llama3_like_tokenizer
@@ -102,9 +103,9 @@ def check_same_output(chats: Path, tokenizer: Path, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chats", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = BenchParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chats", type=positive(int), default=2000)
+    parser.add_argument("--runs", type=positive(int), default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_cli import BenchParser, check_cuda, positive
 
 from vikhr.model.swiglu import swiglu
 
@@ -78,23 +79,36 @@ def check_exact(x: torch.Tensor, grad: torch.Tensor) -> None:
             sys.exit(f"{name}: output or gradient differs from eager's at {tuple(x.shape)}")
 
 
+def shape_arg(value: str) -> tuple[int, int]:
+    """An argparse type: TOKENSxFFN, both positive (0 divided by zero, text was a ValueError)."""
+    parts = value.lower().split("x")
+    sizes = [int(p) if p.isdigit() else 0 for p in parts]
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected TOKENSxFFN of two positive integers, e.g. 2048x704, got {value!r}"
+        )
+    return sizes[0], sizes[1]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = BenchParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--runs", type=positive(int), default=15)
     ap.add_argument(
         "--shapes",
         nargs="+",
-        default=["2048x704", "4096x2816", "8192x14336"],
+        type=shape_arg,
+        default=[(2048, 704), (4096, 2816), (8192, 14336)],
         help="TOKENSxFFN (Mistral-7B's FFN is 14336)",
     )
     args = ap.parse_args()
+    check_cuda(ap, args.device)
     dtype = getattr(torch, args.dtype)
     print(f"device {args.device}, {args.dtype}, median of {args.runs} fwd+bwd; kept: saved for backward")
     print(f"{'shape':>14}  {'implementation':<14} {'ms':>9} {'x eager':>8} {'kept MiB':>9} {'x eager':>8}")
-    for shape in args.shapes:
-        tokens, ffn = (int(n) for n in shape.split("x"))
+    for tokens, ffn in args.shapes:
+        shape = f"{tokens}x{ffn}"
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(tokens, 2 * ffn, generator=gen).to(args.device, dtype).requires_grad_()
         grad = torch.randn(tokens, ffn, generator=gen).to(args.device, dtype)

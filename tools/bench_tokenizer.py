@@ -56,6 +56,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench_cli import BenchParser, check_output_dir, check_output_file, positive
+
 from vikhr.tokenizer import load
 from vikhr.tokenizer.compare import compare, load_text_set
 from vikhr.tokenizer.train import TrainSettings, train_tokenizer
@@ -134,19 +136,46 @@ def encode_timing(text_spec: str) -> list[tuple[str, float, float]]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    ap = BenchParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-tokenizer"))
     ap.add_argument("--reuse", action="store_true", help="reuse tokenizers already trained in --out")
     ap.add_argument("--ship", action="store_true", help="copy ru40k-replace to vikhr/assets/tokenizers")
-    ap.add_argument("--byte-bpe", action="store_true", help="the byte-level BPE (tekken) benchmark instead")
+    # One benchmark per run: given together, all but the first were silently left out.
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--byte-bpe", action="store_true", help="the byte-level BPE (tekken) benchmark instead")
+    mode.add_argument(
+        "--leave-one-out", action="store_true", help="the leave-one-corpus-out benchmark instead"
+    )
+    mode.add_argument("--loo-scripts", action="store_true", help="per-script breakdown of --leave-one-out")
     ap.add_argument("--byte-bpe-report", type=Path, default=Path("/tmp/bench_byte_bpe_efficiency.md"))
-    ap.add_argument("--leave-one-out", action="store_true", help="the leave-one-corpus-out benchmark instead")
     ap.add_argument("--loo-report", type=Path, default=Path("/tmp/bench_loo.md"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[40000], help="--leave-one-out vocab sizes")
-    ap.add_argument("--threads", type=int, default=1, help="--leave-one-out training threads")
-    ap.add_argument("--loo-scripts", action="store_true", help="per-script breakdown of --leave-one-out")
+    ap.add_argument(
+        "--sizes", type=positive(int), nargs="+", default=[40000], help="--leave-one-out vocab sizes"
+    )
+    ap.add_argument("--threads", type=positive(int), default=1, help="--leave-one-out training threads")
     args = ap.parse_args()
+    if args.ship and (args.byte_bpe or args.leave_one_out or args.loo_scripts):
+        ap.error("argument --ship: only with the default benchmark (it ships ru40k-replace)")
+    if not any((CORPUS / "ru").glob("*.jsonl.gz")):
+        ap.error(f"no corpus in {CORPUS}/ru (set VIKHR_SHARED_DATA to the shared data directory)")
+    check_output_dir(ap, "--out", args.out)
+    if args.byte_bpe:
+        check_output_file(ap, "--byte-bpe-report", args.byte_bpe_report)
+    if args.leave_one_out:
+        check_output_file(ap, "--loo-report", args.loo_report)
+    trained = args.out / "tokenizers"
+    if args.loo_scripts and not any(trained.glob("*-wo-*")):
+        ap.error(
+            f"--loo-scripts: no leave-one-out tokenizers in {trained} (run --leave-one-out with this --out)"
+        )
+    if args.reuse and not args.byte_bpe and not args.leave_one_out and not trained.is_dir():
+        ap.error(f"--reuse: no {trained} (run once without --reuse)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.loo_scripts:
         loo_scripts_main(args.out)
         return

@@ -40,6 +40,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_cli import BenchParser, positive
 
 
 class PeakMemory:
@@ -227,18 +228,31 @@ def check_losses(stacks: list[Stack], dtype: torch.dtype) -> None:
 SDPA_GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args() -> argparse.Namespace:
+    from vikhr.model.gpt import ATTENTION_BACKENDS
+
+    ap = BenchParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-small", action="store_true", help="small fp32 shape on the CPU")
     ap.add_argument(
-        "--specs", nargs="+", default=["auto", "local"], help="vikhr layer specs: auto te sdpa local"
+        "--specs", nargs="+", default=["auto", "local"], choices=ATTENTION_BACKENDS, help="vikhr layer specs"
     )
-    ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--seq", type=int, default=None)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    # 0 was taken as "the default" (`args.layers or 2`): the table then showed another shape.
+    ap.add_argument("--layers", type=positive(int), default=None)
+    ap.add_argument("--batch", type=positive(int), default=None)
+    ap.add_argument("--seq", type=positive(int), default=None)
+    # The memory column is the warm-up steps' peak: with none it read 0 for every stack.
+    ap.add_argument("--warmup", type=positive(int), default=2, help="untimed steps, the memory measured")
+    ap.add_argument("--repeats", type=positive(int), default=5)
     args = ap.parse_args()
+    if args.seq == 1:
+        ap.error("argument --seq: 1 token leaves no next token to predict (give 2 or more)")
+    if not args.cpu_small and not torch.cuda.is_available():
+        ap.error("no CUDA device: run with --cpu-small for the CPU shape")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     from vikhr.model import preset
     from vikhr.runtime.distributed import distributed_env
@@ -249,8 +263,6 @@ def main() -> None:
         cfg = preset("small", num_layers=args.layers or 2, vocab_size=8000, max_seq_len=1024)
         batch, seq, dtype = args.batch or 2, args.seq or 256, torch.float32
     else:
-        if not cuda:
-            sys.exit("no CUDA device: run with --cpu-small for the CPU shape")
         cfg = preset("mistral-7b-v0.2", num_layers=args.layers or 4, vocab_size=40000)
         batch, seq, dtype = args.batch or 2, args.seq or 4096, torch.bfloat16
     with distributed_env(tp_size=1, seed=1234, device="cuda" if cuda else "cpu") as env:

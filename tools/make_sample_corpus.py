@@ -10,10 +10,11 @@ as single-turn chats, without the two toxicity-detection tasks (they quote profa
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from pathlib import Path
+
+from bench_cli import BenchParser, check_input
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,10 +78,25 @@ def seed_chats(shared: Path) -> list[dict]:
     return chats
 
 
+# What main reads under --shared: all checked first, so that a missing one leaves the bundled
+# samples as they were instead of some of them rebuilt.
+SOURCES = (
+    "corpus/ru/ruslit.jsonl.gz",
+    "corpus/ru/rusdracor.jsonl.gz",
+    "corpus/en/english-novels.jsonl.gz",
+    "sft/ru_alpaca_seed_tasks.jsonl",
+    "sft/rulm-self-instruct.chat.jsonl",
+)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = BenchParser(description=__doc__)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
+    if not args.shared.is_dir():
+        ap.error(f"--shared {args.shared}: no such directory (give the shared data directory)")
+    for source in SOURCES:
+        check_input(ap, "--shared", args.shared / source)
     out = ROOT / "vikhr" / "assets" / "corpus"
     ru = sample([args.shared / "corpus/ru/ruslit.jsonl.gz"], 2_400_000, 7) + sample(
         [args.shared / "corpus/ru/rusdracor.jsonl.gz"], 600_000, 11

@@ -1,0 +1,238 @@
+"""The benchmark scripts in tools/ refuse a bad option in one line on stderr, exit status 2, before
+anything is built, measured or printed to stdout (they were tracebacks, a ZeroDivisionError, an
+empty median after the table's header, or a silently wrong table)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _refusal(script: str, args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run tools/SCRIPT with `args`; assert exit status 2, no stdout and one stderr line; return it."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{script}: error: ")
+    return lines[0]
+
+
+def _no_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        (["--shapes", "0x8"], "argument --shapes: expected TOKENSxFFN of two positive integers"),
+        (["--shapes", "abc"], "argument --shapes: expected TOKENSxFFN of two positive integers"),
+        (["--device", "foo"], "--device foo: not a torch device (give cpu or cuda)"),
+    ],
+)
+def test_bench_swiglu_refuses_a_bad_option(args: list[str], message: str) -> None:
+    assert message in _refusal("bench_swiglu.py", args)
+
+
+def test_bench_swiglu_on_cuda_without_a_gpu_is_one_line() -> None:
+    _no_cuda()
+    line = _refusal("bench_swiglu.py", ["--device", "cuda"])
+    assert "--device cuda: torch sees no CUDA device here (run with --device cpu)" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--repeats", "0"], "argument --repeats: expected a positive int, got '0'"),
+        # the memory column is the warm-up's peak: 0 for every stack without one
+        (["--warmup", "0"], "argument --warmup: expected a positive int, got '0'"),
+        # 0 was read as "the default" and the table showed another shape
+        (["--batch", "0"], "argument --batch: expected a positive int, got '0'"),
+        (["--layers", "-1"], "argument --layers: expected a positive int, got '-1'"),
+        (["--seq", "1"], "argument --seq: 1 token leaves no next token to predict"),
+        (["--specs", "bogus"], "argument --specs: invalid choice: 'bogus'"),
+    ],
+)
+def test_bench_train_refuses_a_bad_option(args: list[str], message: str) -> None:
+    assert message in _refusal("bench_train.py", ["--cpu-small", *args])
+
+
+def test_bench_train_without_a_gpu_names_cpu_small() -> None:
+    _no_cuda()
+    assert "no CUDA device: run with --cpu-small" in _refusal("bench_train.py", [])
+
+
+_EVAL = ["--random", "tiny", "--device", "cpu", "--tasks", "terra", "--limit", "2", "--batch-sizes", "1"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--repeats", "0"], "argument --repeats: expected a positive int, got '0'"),
+        (["--limit", "0"], "argument --limit: expected a positive int, got '0'"),
+        # 0 layers built the shape's full depth
+        (["--layers", "0"], "argument --layers: expected a positive int, got '0'"),
+        (["--batch-sizes", "0"], "argument --batch-sizes: expected a positive integer or 'auto', got '0'"),
+        (["--batch-sizes", "1", "1"], "argument --batch-sizes: a batch size given twice: 1 1"),
+        (
+            ["--json", "/nonexistent-dir/r.json"],
+            "--json /nonexistent-dir/r.json: no directory /nonexistent-dir",
+        ),
+        (["--tasks", "nosuch"], "unknown task 'nosuch' in --tasks"),
+        (["--data-dir", "/nonexistent-dir"], "data file not found: /nonexistent-dir/terra/val.jsonl"),
+    ],
+)
+def test_bench_eval_refuses_a_bad_option(args: list[str], message: str) -> None:
+    assert message in _refusal("bench_eval.py", [*_EVAL, *args])
+
+
+def test_bench_eval_refuses_layers_with_a_model_directory(tmp_path: Path) -> None:
+    line = _refusal("bench_eval.py", ["--model", str(tmp_path), "--layers", "2"])
+    assert "argument --layers: only with --random" in line
+
+
+def test_bench_eval_on_cuda_without_a_gpu_is_one_line() -> None:
+    _no_cuda()
+    line = _refusal("bench_eval.py", [*_EVAL, "--device", "cuda"])
+    assert "--device cuda: torch sees no CUDA device here" in line
+
+
+def test_bench_eval_table_with_one_batch_size_has_a_cell_per_column() -> None:
+    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "tools" / "bench_eval.py")
+    bench_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_eval)
+    rates = {"1": {"terra": {"documents": 2, "s_per_doc": 0.1, "tokens_per_s": 100.0}}}
+    rows = {"terra": {"full_documents": 307, "estimate_s": 30.7}}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench_eval.print_table(["terra"], ["1"], rates, rows)
+    head, rule, row = out.getvalue().splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == 7
+    assert "|  |" not in head
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        (["--layers", "1", "0"], "argument --layers: expected a positive int, got '0'"),
+        (["--old-tokenizer", "/nonexistent.model"], "--old-tokenizer /nonexistent.model: no such file"),
+        # the default tokenizers are Mistral-7B's: the first adapt-vocab run failed on this shape
+        (
+            ["--shape", "mistral-nemo-12b"],
+            "32,000 pieces, but --shape mistral-nemo-12b's embedding has 131,072",
+        ),
+    ],
+)
+def test_bench_adapt_refuses_a_bad_option(args: list[str], message: str, tmp_path: Path) -> None:
+    assert message in _refusal("bench_adapt.py", ["--work", str(tmp_path / "work"), *args])
+    assert not (tmp_path / "work").exists()  # no checkpoint written
+
+
+def test_bench_adapt_and_merge_refuse_a_work_directory_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    for script in ("bench_adapt.py", "bench_merge.py"):
+        line = _refusal(script, ["--work", str(tmp_path / "file" / "work")])
+        assert f"{tmp_path / 'file'} is a file, not a directory" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        (["--layers", "-1"], "argument --layers: expected a positive int, got '-1'"),
+        (["--t", "1.5"], "argument --t: expected a number from 0 to 1, got '1.5'"),
+    ],
+)
+def test_bench_merge_refuses_a_bad_option(args: list[str], message: str, tmp_path: Path) -> None:
+    assert message in _refusal("bench_merge.py", ["--work", str(tmp_path / "work"), *args])
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("bench_sft_dedup.py", ["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        ("bench_sft_dedup.py", ["--chats", "0"], "argument --chats: expected a positive int, got '0'"),
+        ("bench_sft_dedup.py", ["--build-runs", "-1"], "argument --build-runs: expected a positive int"),
+        ("bench_sft_dedup.py", ["--skip", "vikhr", "datasketch", "build"], "every measurement skipped"),
+        ("bench_sft_templates.py", ["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
+        ("bench_sft_templates.py", ["--chats", "0"], "argument --chats: expected a positive int, got '0'"),
+    ],
+)
+def test_the_sft_benchmarks_refuse_a_bad_option(script: str, args: list[str], message: str) -> None:
+    assert message in _refusal(script, args)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--mb", "0"], "argument --mb: expected a positive int, got '0'"),
+        (["--threads", "1", "0"], "argument --threads: expected a positive int, got '0'"),
+        (["--repeats", "0"], "argument --repeats: expected a positive int, got '0'"),
+        (["--slow-repeats", "0"], "argument --slow-repeats: expected a positive int, got '0'"),
+        (["--process-repeats", "-1"], "argument --process-repeats: expected an integer from 0, got '-1'"),
+        (["--model", "/nonexistent.model"], "--model /nonexistent.model: no such file"),
+        (["--model", "/"], "--model /: is a directory, not a file"),
+        (
+            ["--family", "byte-bpe", "--tools", "vikhr", "megatron-style"],
+            "megatron-style not in the byte-bpe",
+        ),
+    ],
+)
+def test_bench_preprocess_refuses_a_bad_option(args: list[str], message: str, shared_data: Path) -> None:
+    assert message in _refusal("bench_preprocess.py", args, {"VIKHR_SHARED_DATA": str(shared_data)})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sizes", "0"], "argument --sizes: expected a positive int, got '0'"),
+        (["--threads", "0"], "argument --threads: expected a positive int, got '0'"),
+        (["--byte-bpe", "--leave-one-out"], "argument --leave-one-out: not allowed with argument --byte-bpe"),
+        (["--byte-bpe", "--ship"], "argument --ship: only with the default benchmark"),
+        # was an empty table, exit status 0
+        (["--loo-scripts"], "--loo-scripts: no leave-one-out tokenizers in"),
+        (["--reuse"], "--reuse: no "),
+    ],
+)
+def test_bench_tokenizer_refuses_a_bad_option(
+    args: list[str], message: str, tmp_path: Path, shared_data: Path
+) -> None:
+    line = _refusal(
+        "bench_tokenizer.py", ["--out", str(tmp_path / "out"), *args], {"VIKHR_SHARED_DATA": str(shared_data)}
+    )
+    assert message in line
+
+
+def test_bench_tokenizer_without_the_corpora_names_the_variable(tmp_path: Path) -> None:
+    line = _refusal("bench_tokenizer.py", ["--out", str(tmp_path)], {"VIKHR_SHARED_DATA": str(tmp_path)})
+    assert "set VIKHR_SHARED_DATA to the shared data directory" in line
+
+
+def test_make_sample_corpus_checks_every_source_before_writing(tmp_path: Path) -> None:
+    """A missing source was a traceback (after rebuilding the samples read before it)."""
+    (tmp_path / "corpus" / "ru").mkdir(parents=True)
+    line = _refusal("make_sample_corpus.py", ["--shared", str(tmp_path)])
+    assert f"--shared {tmp_path}/corpus/ru/ruslit.jsonl.gz: no such file" in line
