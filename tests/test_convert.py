@@ -1039,3 +1039,89 @@ def test_an_sft_blend_of_one_tokenizer_exports_with_the_first_datasets_template(
     config["data"]["train"].append(prepared("d", "/tok/two", "s2", "chatml"))
     with pytest.raises(VikhrError, match="record different tokenizers"):
         _sft_tokenizer(config, tmp_path)
+
+
+def _bench_convert() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_convert", REPO / "tools" / "bench_convert.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_the_conversion_benchmark_runs_and_checks_the_round_trip_on_a_tiny_shape(tmp_path: Path) -> None:
+    """tools/bench_convert.py end to end on a tiny slice: every process of the table ran, after the
+    round trips at TP 1 and 2 and transformers' load/save were found byte-identical to the source."""
+    import subprocess
+
+    bench = [
+        "--shape",
+        "tiny",
+        "--layers",
+        "1",
+        "--runs",
+        "1",
+        "--tp",
+        "1",
+        "2",
+        "--work",
+        str(tmp_path / "w"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_convert.py"), *bench],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 layer(s): round trips at --tp 1, 2 and the baseline byte-identical" in proc.stdout
+    rows = [line.split(" | ")[2] for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    assert rows == [
+        "`hf-to-megatron --tp 1`",
+        "`hf-to-megatron --tp 2`",
+        "`megatron-to-hf (tp 2)`",
+        "`transformers load/save`",
+    ]
+    assert not (tmp_path / "w" / "layers-1").exists()  # every output removed
+
+
+def test_the_conversion_benchmark_finds_a_tensor_that_differs_by_one_bit(tmp_path: Path) -> None:
+    """The check before timing compares bytes: one flipped bit, a missing or an extra tensor is named."""
+    bench = _bench_convert()
+    tensors = {"a": torch.randn(4, 3).to(torch.bfloat16), "b": torch.randn(5).to(torch.bfloat16)}
+    (tmp_path / "src").mkdir()
+    save_file(tensors, str(tmp_path / "src" / "model.safetensors"))
+    (tmp_path / "same").mkdir()
+    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp_path / "same" / "model-1.safetensors"))
+    assert bench.differing_tensors(tmp_path / "same", tmp_path / "src") == []
+    flipped = tensors["b"].clone()
+    flipped.view(torch.int16)[2] ^= 1
+    (tmp_path / "bit").mkdir()
+    save_file(
+        {"a": tensors["a"], "b": flipped, "c": flipped.clone()}, str(tmp_path / "bit" / "model.safetensors")
+    )
+    assert bench.differing_tensors(tmp_path / "bit", tmp_path / "src") == ["c", "b"]
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["--layers", "1", "0"], "argument --layers: expected a positive int, got '0'"),
+        (["--runs", "-1"], "argument --runs: expected a positive int, got '-1'"),
+        (["--tp", "0"], "argument --tp: expected a positive int, got '0'"),
+        (["--tp", "3"], "argument --tp: 3 does not divide the tiny shape's 4/2 heads"),
+    ],
+)
+def test_the_conversion_benchmark_refuses_a_bad_size_in_one_line(bad: list[str], message: str) -> None:
+    import subprocess
+
+    cmd = [sys.executable, str(REPO / "tools" / "bench_convert.py"), "--shape", "tiny", *bad]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == "" and proc.stderr.splitlines() == [
+        f"bench_convert.py: error: {message} (see 'bench_convert.py --help')"
+    ]
