@@ -21,8 +21,9 @@ Parameter layout (see vikhr.model.config):
 Padded vocabulary rows are zero. Before anything is written, every tensor of the input is
 accounted for: each one must be a tensor of this layout with the shape the config implies (a
 layer beyond the config's count, a tensor of another size or an unknown tensor is an error), and
-none may be missing. HF tensors are read one at a time from their shards; the converted shards are
-held in memory until written (peak ≈ one copy of the model).
+none may be missing. Tensors are read one at a time from their shards and each converted tensor
+is written before the next is made (through a spool file beside each output file), so a conversion
+holds about one tensor, the largest being the embedding or [gate; up], whatever the number of layers.
 """
 
 from __future__ import annotations
@@ -452,16 +453,14 @@ class _HFCheckpoint:
         header = self.where[name]
         return load_tensor(header.tensors[name], header.path)
 
-    def lm_head(self, embedding: torch.Tensor) -> torch.Tensor:
-        if LM_HEAD not in self.where:
-            return embedding
-        head = self.get(LM_HEAD)
-        if self.tied and not torch.equal(head, embedding):
+    def check_tied_lm_head(self) -> None:
+        """VikhrError if a tied checkpoint's stored copy of the LM head is not its embedding (the
+        embedding read again here rather than kept through the whole conversion)."""
+        if LM_HEAD in self.where and not torch.equal(self.get(LM_HEAD), self.get(EMBED)):
             raise VikhrError(
                 f"{self.where[LM_HEAD].path}: {LM_HEAD} differs from {EMBED} but config.json has "
                 "tie_word_embeddings=true (fix the config)"
             )
-        return head
 
 
 def check_hf_tensors(model_dir: Path, hf: dict[str, Any]) -> None:
@@ -492,31 +491,36 @@ def _qkv_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfi
     return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
 
-def _qkv_split(qkv: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _qkv_parts(qkv: torch.Tensor, cfg: ModelConfig) -> Iterator[torch.Tensor]:
+    """q, then k, then v of megatron's fused QKV, each copied out when asked for (the inverse of
+    `_qkv_full`)."""
     d, groups = cfg.head_dim, cfg.num_kv_heads
     per = cfg.num_attention_heads // groups
     rest = qkv.shape[1:]
-    g = qkv.reshape(groups, (per + 2) * d, *rest)
-    q, k, v = g.split([per * d, d, d], dim=1)
-    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
+    for part in qkv.reshape(groups, (per + 2) * d, *rest).split([per * d, d, d], dim=1):
+        yield part.reshape(-1, *rest)
+
+
+def _named(names: list[str], tensors: Iterator[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, next tensor) for each name, keeping no reference to a tensor once it is handed on."""
+    for name in names:
+        yield name, next(tensors)
 
 
 def _megatron_full_tensors(
     src: _HFCheckpoint, cfg: ModelConfig, v_pad: int
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(megatron name, full unsharded tensor) in a streaming order (the split: vikhr.model.tp_layout)."""
-    emb = src.get(EMBED)
-    yield "embedding.word_embeddings.weight", _pad_rows(emb, v_pad)
+    """(megatron name, full unsharded tensor) in a streaming order (the split: vikhr.model.tp_layout).
+
+    Each tensor is made only when the one before it is consumed, and no local keeps it afterwards:
+    a name still bound would hold it while the next is built (an embedding or [gate; up] is 250
+    or 224 MiB for Mistral-7B)."""
+    yield "embedding.word_embeddings.weight", _pad_rows(src.get(EMBED), v_pad)
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
         yield meg + "input_layernorm.weight", src.get(hf + "input_layernorm.weight")
-        qkv = _qkv_full(
-            src.get(hf + "self_attn.q_proj.weight"),
-            src.get(hf + "self_attn.k_proj.weight"),
-            src.get(hf + "self_attn.v_proj.weight"),
-            cfg,
-        )
-        yield meg + "self_attention.linear_qkv.weight", qkv
+        names = [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
+        yield meg + "self_attention.linear_qkv.weight", _qkv_full(*map(src.get, names), cfg)
         if cfg.qkv_bias:
             names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
             yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg)
@@ -525,14 +529,14 @@ def _megatron_full_tensors(
                 yield meg + f"self_attention.{x}_layernorm.weight", src.get(hf + f"self_attn.{x}_norm.weight")
         yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight")
         yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight")
-        gate_up = torch.cat([src.get(hf + "mlp.gate_proj.weight"), src.get(hf + "mlp.up_proj.weight")])
-        yield meg + "mlp.linear_fc1.weight", gate_up
+        names = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
+        yield meg + "mlp.linear_fc1.weight", torch.cat([src.get(n) for n in names])
         yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight")
     yield "decoder.final_layernorm.weight", src.get("model.norm.weight")
     if cfg.tie_embeddings:
-        src.lm_head(emb)  # a stored copy of the LM head must equal the embedding
+        src.check_tied_lm_head()  # a stored copy of the LM head must equal the embedding
     else:
-        yield "output_layer.weight", _pad_rows(src.lm_head(emb), v_pad)
+        yield "output_layer.weight", _pad_rows(src.get(LM_HEAD), v_pad)
 
 
 def hf_to_megatron(
@@ -591,6 +595,7 @@ def hf_to_megatron(
             for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
                 for r, spool in enumerate(spools):
                     spool.add(name, shard(full, split_of(name), r, tp_size))
+                del full  # not held while the next one is made
                 bar.update()
         for spool in spools:
             spool.finish()
@@ -663,23 +668,24 @@ def _gather_hf_tensors(
         return merge([load_tensor(h.tensors[name], h.path) for h in headers], split_of(name))
 
     v = cfg.vocab_size
+    # No local keeps a yielded tensor (as in _megatron_full_tensors); the gathered QKV or fc1 is
+    # released once the last of its parts is consumed.
     yield EMBED, gather("embedding.word_embeddings.weight")[:v]
     for i in range(cfg.num_layers):
         hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
         yield hf + "input_layernorm.weight", gather(meg + "input_layernorm.weight")
-        q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.weight"), cfg)
-        yield from ((hf + f"self_attn.{x}_proj.weight", t) for x, t in zip("qkv", (q, k, vv), strict=True))
+        names = [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
+        yield from _named(names, _qkv_parts(gather(meg + "self_attention.linear_qkv.weight"), cfg))
         if cfg.qkv_bias:
-            q, k, vv = _qkv_split(gather(meg + "self_attention.linear_qkv.bias"), cfg)
-            yield from ((hf + f"self_attn.{x}_proj.bias", t) for x, t in zip("qkv", (q, k, vv), strict=True))
+            names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
+            yield from _named(names, _qkv_parts(gather(meg + "self_attention.linear_qkv.bias"), cfg))
         if cfg.qk_norm:
             for x in "qk":
                 yield hf + f"self_attn.{x}_norm.weight", gather(meg + f"self_attention.{x}_layernorm.weight")
         yield hf + "self_attn.o_proj.weight", gather(meg + "self_attention.linear_proj.weight")
         yield hf + "post_attention_layernorm.weight", gather(meg + "pre_mlp_layernorm.weight")
-        gate, up = gather(meg + "mlp.linear_fc1.weight").chunk(2, dim=0)
-        yield hf + "mlp.gate_proj.weight", gate
-        yield hf + "mlp.up_proj.weight", up
+        names = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
+        yield from _named(names, iter(gather(meg + "mlp.linear_fc1.weight").chunk(2, dim=0)))
         yield hf + "mlp.down_proj.weight", gather(meg + "mlp.linear_fc2.weight")
     yield "model.norm.weight", gather("decoder.final_layernorm.weight")
     if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
@@ -747,6 +753,7 @@ def megatron_to_hf(
             with _tensor_progress(len(hf_tensor_shapes(cfg, not cfg.tie_embeddings)), progress) as bar:
                 for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
                     spool.add(name, tensor)
+                    del tensor  # not held while the next one is gathered
                     bar.update()
             spool.finish()
         if tok is not None:
