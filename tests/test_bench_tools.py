@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,3 +237,81 @@ def test_make_sample_corpus_checks_every_source_before_writing(tmp_path: Path) -
     (tmp_path / "corpus" / "ru").mkdir(parents=True)
     line = _refusal("make_sample_corpus.py", ["--shared", str(tmp_path)])
     assert f"--shared {tmp_path}/corpus/ru/ruslit.jsonl.gz: no such file" in line
+
+
+def _tool(name: str) -> Any:
+    """tools/NAME.py imported as a module (nothing measured: the scripts work under `main()`), with
+    tools/ on the import path as when the script runs (the scripts import bench_cli from there)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return module
+
+
+def _docs_table_headers(heading: str) -> list[list[str]]:
+    """The header cells of each Markdown table in docs/benchmarks.md from the line `heading` to the
+    next heading (code blocks skipped)."""
+    lines = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(heading) + 1
+    headers, in_code, previous = [], False, ""
+    for line in lines[start:]:
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            break
+        elif not in_code and line.startswith("|") and not previous.startswith("|"):
+            headers.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        previous = "" if in_code else line
+    return headers
+
+
+# Each docs section that shows a script's table, and the columns the script prints there: a reader
+# who runs the script sees the header the docs show.
+DOCS_TABLES = [
+    ("### Vocabulary adaptation (`tools/bench_adapt.py`)", "bench_adapt", "TABLE_COLUMNS", 2),
+    ("## Checkpoint merging (`tools/bench_merge.py`)", "bench_merge", "TABLE_COLUMNS", 1),
+    ("## Checkpoint conversion (`tools/bench_convert.py`)", "bench_convert", "TABLE_COLUMNS", 1),
+    (
+        "### CPU: 2-core x86-64 (AMD EPYC, AVX-512), no GPU, 2 threads, torch 2.15",
+        "bench_kernels",
+        "TABLE_COLUMNS",
+        1,
+    ),
+    ("### vikhr against gigatoken (5 runs each, median)", "bench_preprocess", "TOOL_COLUMNS", 1),
+    (
+        "### All four tools (3 runs of vikhr and gigatoken, 1 run of the two slow baselines)",
+        "bench_preprocess",
+        "TOOL_COLUMNS",
+        1,
+    ),
+    ("### Whole processes, start-up included", "bench_preprocess", "PROCESS_COLUMNS", 1),
+]
+
+
+@pytest.mark.parametrize("heading,script,constant,tables", DOCS_TABLES)
+def test_the_docs_tables_have_the_columns_the_script_prints(
+    heading: str, script: str, constant: str, tables: int
+) -> None:
+    columns = list(getattr(_tool(script), constant))
+    assert _docs_table_headers(heading) == [columns] * tables
+
+
+def test_the_docs_byte_level_preprocess_tables_have_the_scripts_columns() -> None:
+    bench_preprocess = _tool("bench_preprocess")
+    heading = "### Byte-level BPE: Mistral-NeMo's tekken as tokenizer.json (`--family byte-bpe`)"
+    expected = [list(bench_preprocess.TOOL_COLUMNS), list(bench_preprocess.PROCESS_COLUMNS)]
+    assert _docs_table_headers(heading) == expected
+
+
+def test_the_docs_eval_table_has_the_columns_bench_eval_prints() -> None:
+    columns = _tool("bench_eval").table_columns(["1", "8", "auto"])
+    assert _docs_table_headers("### CPU: tiny random model") == [columns]
+
+
+def test_the_docs_training_tables_have_the_columns_bench_train_prints_on_a_cpu() -> None:
+    columns = _tool("bench_train").table_columns(cuda=False)
+    assert _docs_table_headers("### CPU figures") == [columns, columns]

@@ -152,11 +152,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The printed table's columns (docs/benchmarks.md shows the same header; a test compares them).
+TABLE_COLUMNS = (
+    "layers",
+    "checkpoint GiB",
+    "process",
+    "s",
+    "peak RSS GiB",
+    "s vs transformers",
+    "RSS vs transformers",
+)
+
+
 def print_table(rows: list[tuple[int, int, dict[str, list[tuple[float, float]]]]]) -> None:
-    print(
-        "| layers | checkpoint GiB | process | s | peak RSS GiB | s vs transformers | RSS vs transformers |"
-    )
-    print("|---:|---:|---|---:|---:|---:|---:|")
+    print("| " + " | ".join(TABLE_COLUMNS) + " |")
+    print("|---:|---:|---|" + "---:|" * (len(TABLE_COLUMNS) - 3))
 
     def median(runs: list[tuple[float, float]], k: int) -> float:
         return statistics.median(r[k] for r in runs)

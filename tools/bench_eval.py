@@ -125,6 +125,15 @@ def suite_estimate(
     return rows, sum(r["estimate_s"] for r in rows.values())
 
 
+def table_columns(batch_sizes: list[str]) -> list[str]:
+    """The printed table's columns (docs/benchmarks.md shows the same header; a test compares them):
+    per batch size its seconds per document and model tokens/s, then each later batch size's speed-up
+    over the first (the first's seconds per document / this one's)."""
+    first = batch_sizes[0]
+    columns = ["Task", "Docs"] + [f"b={b} {unit}" for b in batch_sizes for unit in ("s/doc", "tok/s")]
+    return columns + [f"b={b} vs b={first}" for b in batch_sizes[1:]] + ["Full docs", "Full est."]
+
+
 def print_table(
     tasks: list[str],
     batch_sizes: list[str],
@@ -133,10 +142,9 @@ def print_table(
 ) -> None:
     """Print the Markdown table."""
     first = batch_sizes[0]
-    head = "| Task | Docs | " + " | ".join(f"b={b} s/doc | b={b} tok/s" for b in batch_sizes)
-    head += "".join(f" | b={b} ratio" for b in batch_sizes[1:]) + " | Full docs | Full est. |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
+    columns = table_columns(batch_sizes)
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
     for task in tasks:
         cells = [task, str(rates[first][task]["documents"])]
         for b in batch_sizes:
@@ -144,7 +152,7 @@ def print_table(
             cells += [f"{r['s_per_doc']:.3f}", f"{r['tokens_per_s']:,.0f}"]
         # Ratios of the rates (the batch-size search left out, as in the s/doc columns).
         base = rates[first][task]["s_per_doc"]
-        cells += [f"{base / rates[b][task]['s_per_doc']:.2f}" for b in batch_sizes[1:]]
+        cells += [f"{base / rates[b][task]['s_per_doc']:.2f}x" for b in batch_sizes[1:]]
         cells += [str(rows[task]["full_documents"]), fmt_time(rows[task]["estimate_s"])]
         print("| " + " | ".join(cells) + " |")
 
@@ -234,7 +242,7 @@ def benchmark(args: argparse.Namespace) -> None:
     first = args.batch_sizes[0]
     print(
         f"\n`vikhr eval` per task: {what}, {args.dtype}, {name}; first {args.limit} documents, median "
-        f"of {args.repeats} runs; ratio = batch {first}'s seconds / this batch's\n"
+        f"of {args.repeats} runs; b=N vs b={first} = batch {first}'s seconds per document / batch N's\n"
     )
     rows, total = suite_estimate(rates, full)
     print_table(tasks, args.batch_sizes, rates, rows)

@@ -507,6 +507,12 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
+# The table's columns (docs/benchmarks.md shows the same header; a test compares them), and the
+# alignment and width of each in the printed table.
+TABLE_COLUMNS = ("impl", "V", "ms", "device ms", "kernel ms", "vs eager", "x roofline", "peak extra MiB")
+COLUMN_WIDTHS = (("<", 16), (">", 7), (">", 10), (">", 10), (">", 10), (">", 9), (">", 11), (">", 15))
+
+
 def _print_row(impl: str, v: int, res: dict, eager_ms: float | None, roofline_ms: float) -> None:
     if "skipped" in res or "failed" in res:
         what = f"skipped: {res['skipped']}" if "skipped" in res else f"FAILED: {res['failed']}"
@@ -557,10 +563,8 @@ def main() -> int:
         "csrc kernel alone; x roofline: kernel ms (else ms) / (bytes per call / bandwidth)"
     )
     rows, failed = [], []
-    header = (
-        f"{'impl':<16} {'V':>7} {'ms':>10} {'device ms':>10} {'kernel ms':>10} {'vs eager':>9} "
-        f"{'x roofline':>11} {'peak extra MiB':>15}"
-    )
+    widths = zip(TABLE_COLUMNS, COLUMN_WIDTHS, strict=True)
+    header = " ".join(f"{name:{align}{width}}" for name, (align, width) in widths)
     elem = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
     for v in args.vocab:
         if args.bandwidth is not None or args.device == "cuda":

@@ -409,6 +409,30 @@ def measure_process(process: str, corpus: Path, model: Path, threads: int, work:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The two tables' columns (docs/benchmarks.md shows the same headers; a test compares them).
+TOOL_COLUMNS = (
+    "tool",
+    "threads",
+    "runs",
+    "MB/s",
+    "MB/s range",
+    "docs/s",
+    "tokens/s",
+    "peak RSS MiB",
+    "vikhr speed-up",
+    "tokens",
+)
+PROCESS_COLUMNS = (
+    "process",
+    "threads",
+    "runs",
+    "wall s (median)",
+    "wall range s",
+    "MB/s incl. start-up",
+    "peak RSS MiB",
+)
+
+
 def process_table(
     processes: list[str],
     corpus: Path,
@@ -420,10 +444,8 @@ def process_table(
 ) -> None:
     """Rows of the whole-process table of `processes` (interleaved runs, median wall time, max
     peak RSS)."""
-    print(
-        "\n| process | threads | runs | wall s (median) | wall range s | MB/s incl. start-up | peak RSS MiB |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| " + " | ".join(PROCESS_COLUMNS) + " |")
+    print("|---|" + "---:|" * (len(PROCESS_COLUMNS) - 1))
     ratios = []
     for threads in threads_list:
         runs: dict[str, list[dict]] = {p: [] for p in processes}
@@ -460,17 +482,13 @@ def measure(tool: str, corpus: Path, model: Path, threads: int, work: Path) -> d
 
 
 def print_tool_table(rows: list[tuple[str, int, dict | str]]) -> None:
-    header = (
-        "| tool | threads | runs | MB/s | MB/s range | docs/s | tokens/s | peak RSS MiB "
-        "| vikhr speed-up | tokens |"
-    )
     print(f"\n{CLOCK}.")
     print(
         "peak RSS: the measuring process's own; megatron-style: its main process's peak plus each pool "
         "worker's, summed (pages shared after fork counted in each: an upper bound)."
     )
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| " + " | ".join(TOOL_COLUMNS) + " |")
+    print("|---|" + "---:|" * (len(TOOL_COLUMNS) - 1))
     for tool, threads, row in rows:
         if isinstance(row, str):
             print(f"| {tool} | {threads} | | failed: {row} | | | | | | |")

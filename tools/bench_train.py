@@ -319,20 +319,31 @@ def measure(stacks: list[Stack], args: argparse.Namespace, cuda: bool) -> tuple[
     return peaks, times
 
 
+def table_columns(cuda: bool) -> list[str]:
+    """The printed table's columns (docs/benchmarks.md shows the same header; a test compares them).
+    The memory column: on GPU the allocator's peak during a step, on CPU the bytes a step keeps for
+    backward (`PeakMemory`)."""
+    memory = "GPU peak GiB" if cuda else "kept for backward MiB"
+    return ["stack", "tokens/s", "TFLOP/s", memory, "× HF tok/s", "× HF mem"]
+
+
 def print_table(
     stacks: list[Stack], peaks: list[int], times: list[list[float]], flops: float, tokens: int, cuda: bool
 ) -> None:
+    """The Markdown table: each stack's median step as tokens/s and matmul TFLOP/s, its memory, and
+    both against HF's (the first stack)."""
     hf_tps = tokens / statistics.median(times[0])
     hf_mem = peaks[0]
-    mem_name = "GPU peak" if cuda else "kept bwd"
-    unit, unit_name = (2**30, "Gi") if cuda else (2**20, "Mi")
-    print(f"{'stack':<40} {'tokens/s':>10} {'TFLOP/s':>8} {mem_name:>10} {'× HF tok/s':>10} {'× HF mem':>9}")
+    unit = 2**30 if cuda else 2**20
+    columns = table_columns(cuda)
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
     for stack, t, peak in zip(stacks, times, peaks, strict=True):
         med = statistics.median(t)
         tps = tokens / med
         print(
-            f"{stack.name:<40} {tps:>10,.0f} {flops / med / 1e12:>8.2f} {peak / unit:>8.2f}{unit_name} "
-            f"{tps / hf_tps:>10.2f} {peak / max(hf_mem, 1):>9.2f}"
+            f"| {stack.name} | {tps:,.0f} | {flops / med / 1e12:.2f} | {peak / unit:.2f} "
+            f"| {tps / hf_tps:.2f} | {peak / max(hf_mem, 1):.2f} |"
         )
 
 
