@@ -137,6 +137,32 @@ def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monk
     record.save()
 
 
+def test_a_first_scan_reads_the_index_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`validate` on a dataset not yet checked read its `.idx` twice: once to inspect it, once more
+    when the reader opened it for the `.bin` scan (a corpus of 100M documents has a ~2 GB index).
+    Now the reader's validation is the only one; a later `inspect` reuses it."""
+    from vikhr import _core
+    from vikhr.data import indexed
+
+    write_indexed(tmp_path / "d", [[5, 6, 7], [31999]], "uint16")
+    reads = []
+    inspect_index, reader_class = _core.inspect_index, _core.IndexedDatasetReader
+    monkeypatch.setattr(_core, "inspect_index", lambda prefix: reads.append(prefix) or inspect_index(prefix))
+    monkeypatch.setattr(
+        _core, "IndexedDatasetReader", lambda prefix: reads.append(prefix) or reader_class(prefix)
+    )
+    monkeypatch.setattr(indexed, "_INSPECTED", {})  # as in a new process
+    record = ValidationRecord(tmp_path / "data-check.json")
+    assert validate(tmp_path / "d", vocab_size=32000, record=record).max_token_id == 31999
+    assert len(reads) == 1
+    assert indexed.inspect(tmp_path / "d").tokens == 4 and len(reads) == 1
+    record.save()
+    # A restart: the record answers for the .bin, the index is validated once, by inspect.
+    monkeypatch.setattr(indexed, "_INSPECTED", {})
+    assert validate(tmp_path / "d", record=ValidationRecord(tmp_path / "data-check.json")).tokens == 4
+    assert len(reads) == 2
+
+
 def test_validation_records_of_two_runs_sharing_a_cache_keep_both_runs_entries(tmp_path: Path) -> None:
     """Two runs on one data cache, each checking its own dataset: the later save kept only its own
     entries, and the next start of the other run read its corpus again."""

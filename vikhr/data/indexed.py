@@ -118,22 +118,28 @@ def inspect(prefix: PathLike) -> IndexInfo:
 def validate(
     prefix: PathLike, vocab_size: int | None = None, record: ValidationRecord | None = None
 ) -> IndexInfo:
-    """`inspect`, plus the largest token id (one pass over the `.bin` in Rust, no Python per token).
+    """`inspect`, plus the largest token id (one pass over the `.bin` in Rust, no Python per token;
+    the reader of that pass validates the index, read once).
 
     With `vocab_size`, a token id >= `vocab_size` raises VikhrError (the dataset was written with
     another tokenizer); an empty `.bin` raises too (Megatron cannot memory-map it). With `record`,
     a `.bin` scanned before and unchanged since is not read again (the `.idx` is still validated
     against it), and a new scan is added to the record.
     """
-    info = inspect(prefix)
+    prefix = str(prefix)
+    _check_files(prefix)  # before the record's lookup, which stats the files
+    known, max_id = record.lookup(prefix) if record is not None else (False, None)
+    # A scan opens the reader, which validates the index itself (an `inspect` first would read the
+    # index twice); the reader's counts are remembered for later `inspect` calls.
+    reader = None if known else IndexedReader(prefix)
+    info = inspect(prefix) if reader is None else reader.info
     if info.tokens == 0:
         raise VikhrError(
             f"{info.prefix} holds no token (Megatron cannot load an empty .bin); write it again from "
             "input with text"
         )
-    known, max_id = record.lookup(info.prefix) if record is not None else (False, None)
-    if not known:
-        max_id = IndexedReader(prefix).max_token_id()
+    if reader is not None:
+        max_id = reader.max_token_id()
         if record is not None:
             record.add(info.prefix, max_id)
     if vocab_size is not None and max_id is not None and max_id >= vocab_size:
