@@ -7,7 +7,9 @@ applied to the unnormalised tensors; nearly colinear tensors (|cos θ| > DOT_THR
 to linear interpolation. Work goes a chunk at a time, so a tensor costs its result plus a few
 chunk-sized temporaries: the dot product and norms in float64 (one float32 dot over millions of
 elements drifts by ~1e-4, relative), the combination in float32 (float64 for float64 inputs). The
-result takes the dtype of `a`.
+result takes the dtype of `a`. The sums do not depend on the number of threads: each chunk's is taken
+on one thread in a fixed order and the chunks' are added in order, so a merge gives the same bits
+whatever torch's thread count.
 """
 
 from __future__ import annotations
@@ -35,18 +37,25 @@ def slerp_coefficients(t: float, dot: float, norm_a: float, norm_b: float) -> tu
 
 
 def dot_and_norms(a: Any, b: Any) -> tuple[float, float, float]:
-    """a·b, |a| and |b| of two same-shaped tensors as flat vectors, in float64."""
+    """a·b, |a| and |b| of two same-shaped tensors as flat vectors, in float64, the same whatever the
+    number of threads."""
+    import numpy as np
     import torch
 
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    dot = sq_a = sq_b = 0.0
+    def dot(x: np.ndarray, y: np.ndarray) -> float:
+        # numpy's einsum (without `optimize`) sums on one thread in a fixed order; torch.dot (BLAS)
+        # splits the sum among threads, so its last bits, and SLERP's angle, changed with their number.
+        return float(np.einsum("i,i->", x, y))
+
+    flat_a, flat_b = a.detach().reshape(-1), b.detach().reshape(-1)
+    total_ab = total_aa = total_bb = 0.0
     for s in range(0, flat_a.numel(), CHUNK_ELEMENTS):
-        x = flat_a[s : s + CHUNK_ELEMENTS].to(torch.float64)
-        y = flat_b[s : s + CHUNK_ELEMENTS].to(torch.float64)
-        dot += float(torch.dot(x, y))
-        sq_a += float(torch.dot(x, x))
-        sq_b += float(torch.dot(y, y))
-    return dot, math.sqrt(sq_a), math.sqrt(sq_b)
+        x = flat_a[s : s + CHUNK_ELEMENTS].to(torch.float64).numpy()
+        y = flat_b[s : s + CHUNK_ELEMENTS].to(torch.float64).numpy()
+        total_ab += dot(x, y)
+        total_aa += dot(x, x)
+        total_bb += dot(y, y)
+    return total_ab, math.sqrt(total_aa), math.sqrt(total_bb)
 
 
 NOT_FINITE = "the tensors hold inf or NaN values (a model with them is broken: nothing to merge)"
