@@ -116,3 +116,59 @@ def test_demo_corpora_are_the_same_bytes_on_every_run(tmp_path: Path, monkeypatc
     first = (tmp_path / "first.jsonl.gz").read_bytes()
     assert first == (tmp_path / "second.jsonl.gz").read_bytes()
     assert [json.loads(line) for line in gzip.decompress(first).decode().splitlines()] == docs
+
+
+def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--seq-len 1` ran the split, tokenizer, base, adapt and continued stages for minutes and was
+    refused only by the SFT trainer. The chats are now encoded right after the tokenizer stage (a few
+    seconds) and the refusal names the smallest --seq-len that works; the work directory goes."""
+    from vikhr.cli import main
+
+    work = tmp_path / "demo"
+    status = main(["demo", "--workdir", str(work), "--seq-len", "1"])
+    captured = capsys.readouterr()
+    # The tokenizer comparison's progress bar is on stderr too (cleared in a terminal, kept by capsys).
+    last_line = [line for line in captured.err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert status == 2 and "Traceback" not in captured.err
+    assert last_line.startswith("vikhr demo: error: --seq-len 1 is too short for the SFT chats of ")
+    assert " pass --seq-len " in last_line and last_line.endswith(" or more")
+    assert "[2/8]" in captured.out and "[3/8]" not in captured.out
+    assert not work.exists()
+
+
+def test_the_smallest_seq_len_of_the_chats_is_the_sft_trainer_s_own_bound(tmp_path: Path) -> None:
+    """smallest_sft_seq_len(prefix) is the smallest --seq-len whose SFT stage the trainer accepts: one
+    less is refused by the trainer's own check (vikhr.sft.data.train_stream)."""
+    from types import SimpleNamespace
+
+    from vikhr.data.indexed import write_indexed
+    from vikhr.demo import SFT_SEQ_LEN_FACTOR, SFT_SPLIT, smallest_sft_seq_len
+    from vikhr.errors import VikhrError
+    from vikhr.sft.data import open_sft_source, split_chats, train_stream
+    from vikhr.sft.layout import sft_datasets
+
+    eod, prompts = 2, [9 + 3 * (i % 7) for i in range(20)]  # prompts of 9 to 27 tokens
+    prefix = tmp_path / "chats"
+    text, mask = sft_datasets(prefix)
+    write_indexed(text, [[1] + [5] * (p - 1) + [6, 7, eod] for p in prompts], "uint16")
+    write_indexed(mask, [[0] * p + [1, 1, 1] for p in prompts], "uint8")
+    smallest = smallest_sft_seq_len(prefix)
+    assert smallest is not None
+
+    def trainer_accepts(seq_len: int) -> bool:
+        sft_seq_len = SFT_SEQ_LEN_FACTOR * seq_len
+        cfg = SimpleNamespace(
+            data=SimpleNamespace(seq_len=sft_seq_len, split=SFT_SPLIT, packing="pack", eod_id=eod),
+            train=SimpleNamespace(seed=1),
+        )
+        source = open_sft_source("chats", str(prefix), sft_seq_len + 1)
+        try:
+            train_stream(source, split_chats(len(prompts), SFT_SPLIT)[0], 4, cfg)
+        except VikhrError as e:
+            assert "no train chat has an assistant token" in str(e)
+            return False
+        return True
+
+    assert trainer_accepts(smallest) and not trainer_accepts(smallest - 1)

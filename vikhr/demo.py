@@ -10,7 +10,9 @@ The paper's recipe at toy scale, every stage through vikhr's own API:
   5. tokenize   Rust pre-tokenization of the corpora into Megatron .bin/.idx with the new tokenizer
   6. continue   continued pre-training of all weights with CE + λ·KL(P_model ‖ P_base-adapted)
   7. instruct   instruction tuning of the continued model on Russian chats (loss on the assistant
-                tokens only, each packed chat attending only to itself), exported to HF
+                tokens only, each packed chat attending only to itself), exported to HF; the chats
+                are encoded right after stage 2, so a --seq-len too short for every chat's prompt is
+                refused (with the smallest that works) before any training stage
   8. evaluate   bits per character on the held-out Russian and English text for the base, the
                 adapted model before and after continued training (tokenizer-independent); the
                 held-out chats' assistant-token loss before and after instruction tuning, and
@@ -170,6 +172,34 @@ def bits_per_char(
     return float(results["tasks"]["bpc"]["metrics"]["bpc"])
 
 
+SFT_SEQ_LEN_FACTOR = 2  # the SFT stage's data.seq_len is this times --seq-len: chats are longer than texts
+SFT_SPLIT = "85,15,0"  # the SFT stage's data.split
+
+
+def smallest_sft_seq_len(prefix: Path) -> int | None:
+    """The smallest --seq-len whose SFT windows hold an assistant token of some train chat of the
+    prepared dataset `prefix` (None: no train chat has one at all), by the trainer's own rule
+    (`vikhr.sft.data`: position t of a window is a label only for t >= 1, windows hold data.seq_len + 1
+    tokens)."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from vikhr.sft.data import split_chats
+    from vikhr.sft.layout import sft_datasets
+
+    mask = IndexedDataset(sft_datasets(prefix)[1])
+    train_ids, _ = split_chats(len(mask), SFT_SPLIT)
+    first_labels = []
+    for chat in train_ids.tolist():
+        labelled = np.flatnonzero(mask.get(chat)[1:])
+        if len(labelled):
+            first_labels.append(int(labelled[0]) + 1)
+    if not first_labels:
+        return None
+    # A window of data.seq_len + 1 tokens labels positions 1..data.seq_len.
+    return -(-min(first_labels) // SFT_SEQ_LEN_FACTOR)
+
+
 def train_config(
     workdir: Path,
     name: str,
@@ -191,7 +221,7 @@ def train_config(
     family_shape = family_shape or {}
 
     blend = [{"prefix": p, "name": n, "weight": w} for n, p, w in prefixes]
-    seq_len = 2 * args.seq_len if sft else args.seq_len  # chats are longer than the text windows
+    seq_len = SFT_SEQ_LEN_FACTOR * args.seq_len if sft else args.seq_len
     overrides = [
         "model.preset=tiny",
         f"model.overrides={json.dumps({'vocab_size': vocab_size, 'max_seq_len': seq_len, **family_shape})}",
@@ -199,7 +229,7 @@ def train_config(
         "parallel.device=cpu",
         f"data.kind={'sft' if sft else 'pretrain'}",
         f"data.train={json.dumps(blend)}",
-        f"data.split={'85,15,0' if sft else '95,5,0'}",
+        f"data.split={SFT_SPLIT if sft else '95,5,0'}",
         f"data.seq_len={seq_len}",
         "data.valid_samples=16",
         f"train.steps={steps}",
@@ -353,6 +383,22 @@ class Demo:
             self.new_tok = tok_dir
         self.compare_tokenizers()
 
+    def prepare_chats(self, chats: Path) -> None:
+        """Encode the SFT chats with the new tokenizer now, so that a --seq-len too short for every
+        chat's prompt is refused before the training stages, not at the instruct stage."""
+        from vikhr.sft.prepare import prepare_sft
+
+        self.data.mkdir(exist_ok=True)
+        self.chats = self.data / "chats"
+        self.chats_line = prepare_sft(chats, self.new_tok, self.chats, template=self.family.template).line()
+        smallest = smallest_sft_seq_len(self.chats)
+        if smallest is not None and self.args.seq_len < smallest:
+            raise VikhrError(
+                f"--seq-len {self.args.seq_len} is too short for the SFT chats of {chats}: with the new "
+                f"tokenizer no train chat's prompt ends within {SFT_SEQ_LEN_FACTOR} x --seq-len tokens; "
+                f"pass --seq-len {smallest} or more"
+            )
+
     def compare_tokenizers(self) -> None:
         from vikhr.tokenizer.compare import compare
 
@@ -376,7 +422,6 @@ class Demo:
 
         shape = "Mistral" if self.family.template == "mistral" else "Llama-3"
         self.stage(3, f"base: tiny {shape}-shaped model pre-trained with the base tokenizer, exported to HF")
-        self.data.mkdir()
         ru = self.tokenize("base-ru", self.ru_train, self.base_tok)
         en = self.tokenize("base-en", self.en_train, self.base_tok)
         self.base_vocab = load_tokenizer(self.base_tok).vocab_size
@@ -415,17 +460,15 @@ class Demo:
         )
         self.final_hf = megatron_to_hf(self.continued, self.workdir / "vikhr-hf", tokenizer=self.new_tok)
 
-    def instruct(self, chats: Path) -> None:
+    def instruct(self) -> None:
         from vikhr.convert import megatron_to_hf
-        from vikhr.sft.prepare import prepare_sft
 
         template = self.family.template
         self.stage(7, f"instruct: SFT on Russian chats, loss on assistant tokens only ({template} template)")
-        prefix = self.data / "chats"
-        print(f"      {prepare_sft(chats, self.new_tok, prefix, template=template).line()}")
+        print(f"      {self.chats_line}")  # prepared after the tokenizer stage (prepare_chats)
         ckpt = self.train(
             "instructed",
-            [("chats", str(prefix), 1.0)],
+            [("chats", str(self.chats), 1.0)],
             self.adapted_vocab,
             self.args.sft_steps,
             init=str(self.continued),
@@ -495,6 +538,18 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
+def _clear(workdir: Path, keep_folder: bool) -> None:
+    """Remove what the demo wrote to `workdir` (and the folder too unless it was there before)."""
+    if not keep_folder:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for entry in workdir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     _check_numbers(args)
     ru = require_file(args.ru_corpus, "Russian corpus")
@@ -507,23 +562,31 @@ def run(args: argparse.Namespace) -> int:
     if args.base_tokenizer is not None:
         require_file(args.base_tokenizer, "base tokenizer")
     workdir = Path(args.workdir)
-    if workdir.exists() and any(workdir.iterdir()):
+    existed = workdir.exists()
+    if existed and any(workdir.iterdir()):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
         refuse_to_replace(workdir, inputs, "--workdir")
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+        existed = False
+    workdir.mkdir(parents=True, exist_ok=True)
     from vikhr.runtime.megatron import import_megatron_core
 
     import_megatron_core()  # the training stages import megatron-core
     demo = Demo(args, workdir)
     demo.split(ru, en)
     demo.tokenizer()
+    try:
+        demo.prepare_chats(chats)
+    except VikhrError:
+        # A refused --seq-len or chats file leaves no half-made work directory behind.
+        _clear(workdir, keep_folder=existed)
+        raise
     demo.base()
     demo.adapt()
     demo.continue_training()
-    demo.instruct(chats)
+    demo.instruct()
     demo.evaluate()
     demo.finish()
     return 0
