@@ -85,7 +85,7 @@ def test_conversions_hold_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pyte
     """Each tensor is written (to every TP rank's file) before the next is made: a conversion needs
     one tensor's memory, not the model's (it collected the whole converted model first)."""
     import vikhr.convert.mistral as mistral
-    from vikhr.adapt.safetensors_io import SafetensorsSpool
+    from vikhr.adapt.safetensors_io import SafetensorsWriter
 
     events: list[str] = []
 
@@ -97,8 +97,8 @@ def test_conversions_hold_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pyte
 
         return tensors
 
-    add = SafetensorsSpool.add
-    monkeypatch.setattr(SafetensorsSpool, "add", lambda self, *a: (events.append("written"), add(self, *a)))
+    add = SafetensorsWriter.add
+    monkeypatch.setattr(SafetensorsWriter, "add", lambda self, *a: (events.append("written"), add(self, *a)))
     monkeypatch.setattr(mistral, "_megatron_full_tensors", watched(mistral._megatron_full_tensors))
     monkeypatch.setattr(mistral, "_gather_hf_tensors", watched(mistral._gather_hf_tensors))
     hf = _tiny_hf(tmp_path / "hf")
@@ -107,7 +107,74 @@ def test_conversions_hold_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pyte
     events.clear()
     megatron_to_hf(meg, tmp_path / "back")
     assert events and events == ["made", "written"] * (len(events) // 2)
-    assert not list(tmp_path.rglob("*.data"))  # no spool left
+
+
+def _bytes_written_by_this_process() -> int:
+    """What this process has handed to write() so far (Linux: /proc/self/io's wchar)."""
+    io_stats = Path("/proc/self/io")
+    if not io_stats.is_file():
+        pytest.skip("needs Linux's /proc/self/io")
+    return int(re.search(r"^wchar: (\d+)$", io_stats.read_text(), re.M).group(1))
+
+
+def test_a_conversion_writes_each_output_byte_once(tmp_path: Path) -> None:
+    """Each output file's header is written first and then each tensor's data, once: the data went
+    to a spool file beside the output and were copied into it at the end (every byte written twice,
+    42-55 % of the time, and a spool of the checkpoint's size on the disk)."""
+    hf = _tiny_hf(tmp_path / "hf", hidden_size=256, ffn_hidden_size=1024)  # ~8 MiB of weights
+    for convert, out in [
+        (lambda: hf_to_megatron(hf, tmp_path / "meg", tp_size=2), tmp_path / "meg"),
+        (lambda: megatron_to_hf(tmp_path / "meg", tmp_path / "back"), tmp_path / "back"),
+    ]:
+        before = _bytes_written_by_this_process()
+        convert()
+        written = _bytes_written_by_this_process() - before
+        output = sum(f.stat().st_size for f in out.iterdir())
+        assert output > 4 << 20
+        assert written < output + (256 << 10), (out.name, written, output)  # a few log lines of slack
+
+
+def test_a_tensor_unlike_the_written_header_is_an_error_and_leaves_no_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header is written before the data: a converted tensor out of its order, or of another
+    shape or dtype, would give a file whose data do not match it. It is refused, naming the tensor,
+    and the partly written directory is removed."""
+    import vikhr.convert.mistral as mistral
+
+    hf = _tiny_hf(tmp_path / "hf")
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    make_meg, make_hf = mistral._megatron_full_tensors, mistral._gather_hf_tensors
+
+    def swapped(*args: Any) -> Any:  # the 2nd and 3rd tensors in each other's place
+        tensors = make_meg(*args)
+        first, second, third = next(tensors), next(tensors), next(tensors)
+        yield from (first, third, second, *tensors)
+
+    def halved(*args: Any) -> Any:  # the LM head's rows cut in half
+        for name, tensor in make_hf(*args):
+            yield name, tensor[: len(tensor) // 2] if name == "lm_head.weight" else tensor
+
+    def widened(*args: Any) -> Any:  # the final norm in float64
+        for name, tensor in make_hf(*args):
+            yield name, tensor.double() if name == "model.norm.weight" else tensor
+
+    def dropped(*args: Any) -> Any:  # no final norm and LM head
+        tensors = list(make_hf(*args))
+        yield from tensors[:-2]
+
+    cases = [
+        ("_megatron_full_tensors", swapped, lambda: hf_to_megatron(hf, tmp_path / "out", tp_size=2)),
+        ("_gather_hf_tensors", halved, lambda: megatron_to_hf(meg, tmp_path / "out")),
+        ("_gather_hf_tensors", widened, lambda: megatron_to_hf(meg, tmp_path / "out")),
+        ("_gather_hf_tensors", dropped, lambda: megatron_to_hf(meg, tmp_path / "out")),
+    ]
+    for generator, faulty, convert in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(mistral, generator, faulty)
+            with pytest.raises(RuntimeError, match=r"computed .* but the header says|never computed"):
+                convert()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "meg"], faulty.__name__
 
 
 @pytest.mark.parametrize(("tied", "family"), [(False, "mistral"), (True, "llama3"), (False, "qwen2")])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -212,34 +211,6 @@ def write_streaming(
     return offset
 
 
-class SafetensorsSpool:
-    """Writes a safetensors file a tensor at a time, holding none of them: each tensor's data go to
-    a spool file beside `path` as it comes, and `finish` writes the header (which comes first and
-    needs every shape) and then the spooled data. A conversion thus needs one tensor's memory, not
-    the model's; the data are written twice."""
-
-    def __init__(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        self.path, self.spool_path = path, path.with_name(path.name + ".data")
-        self.header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
-        self.size = 0
-        self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed by finish)
-
-    def add(self, name: str, tensor: Any) -> None:
-        t = tensor.contiguous()
-        n = t.numel() * t.element_size()
-        entry = {"dtype": safetensors_dtype(t.dtype), "shape": list(t.shape)}
-        self.header[name] = {**entry, "data_offsets": [self.size, self.size + n]}
-        _write_tensor_data(self.spool, t)
-        self.size += n
-
-    def finish(self) -> None:
-        self.spool.close()
-        with open(self.path, "wb") as fout, open(self.spool_path, "rb") as data:
-            _write_header(fout, self.header)
-            shutil.copyfileobj(data, fout, COPY_CHUNK_BYTES)
-        self.spool_path.unlink()
-
-
 def _write_header(fout: IO[bytes], header: dict[str, Any]) -> None:
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # keep the data buffer 8-byte aligned, as safetensors does
@@ -255,6 +226,61 @@ def _write_tensor_data(fout: IO[bytes], tensor: Any) -> None:
         fout.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
 
 
+Layout = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape), in file order
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file whose tensors' names, dtypes and shapes (`layout`, in file order)
+    are known before their data: the header (which comes first) is written at once, then each
+    tensor's data as `add` is given it, in layout order. Each byte is written once and no tensor is
+    held, so a conversion needs one tensor's memory, not the model's.
+
+    A tensor out of order or of another dtype or shape is a RuntimeError (a bug of the caller);
+    the file is then incomplete, so it must be written where a failure discards it (vikhr.atomic).
+    """
+
+    def __init__(self, path: Path, layout: Layout, metadata: dict[str, str] | None = None) -> None:
+        header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
+        self.path, self.size = path, 0
+        for name, (dtype, shape) in layout.items():
+            if dtype not in DTYPE_BYTES:
+                raise RuntimeError(f"{path}: tensor {name} has dtype {dtype}, which vikhr cannot write")
+            n = math.prod(shape) * DTYPE_BYTES[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self.size, self.size + n]}
+            self.size += n
+        self._pending = iter([(name, (dtype, tuple(shape))) for name, (dtype, shape) in layout.items()])
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by finish or on error by __exit__)
+        _write_header(self._file, header)
+
+    def add(self, name: str, tensor: Any) -> int:
+        """Write the data of the next tensor of the layout, `name`; returns its size in bytes."""
+        expected = next(self._pending, None)
+        got = (name, (safetensors_dtype(tensor.dtype), tuple(tensor.shape)))
+        if got != expected:
+            want = "no more tensors" if expected is None else _described(*expected)
+            raise RuntimeError(f"{self.path}: computed {_described(*got)}, but the header says {want}")
+        _write_tensor_data(self._file, tensor)
+        return tensor.numel() * tensor.element_size()
+
+    def finish(self) -> None:
+        """Close the file, every tensor of the layout having been written."""
+        left = next(self._pending, None)
+        self._file.close()
+        if left is not None:
+            raise RuntimeError(f"{self.path}: tensor {left[0]} of the header was never computed")
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _described(name: str, dtype_and_shape: tuple[str, tuple[int, ...]]) -> str:
+    dtype, shape = dtype_and_shape
+    return f"{name} {dtype} {list(shape)}"
+
+
 def write_computed(
     src: SafetensorsHeader,
     dst_path: Path,
@@ -266,28 +292,12 @@ def write_computed(
 
     Returns the data size in bytes (that of `src`).
     """
-    header: dict[str, Any] = {}
-    if src.metadata is not None:
-        header["__metadata__"] = src.metadata
-    offset = 0
-    for e in src.tensors.values():
-        header[e.name] = {
-            "dtype": e.dtype,
-            "shape": list(e.shape),
-            "data_offsets": [offset, offset + e.end - e.start],
-        }
-        offset += e.end - e.start
-    with open(dst_path, "wb") as fout:
-        _write_header(fout, header)
+    layout = {e.name: (e.dtype, e.shape) for e in src.tensors.values()}
+    with SafetensorsWriter(dst_path, layout, src.metadata) as out:
         for e in src.tensors.values():
-            t = compute(e)
-            if safetensors_dtype(t.dtype) != e.dtype or tuple(t.shape) != e.shape:
-                raise RuntimeError(
-                    f"{e.name}: computed {t.dtype} {tuple(t.shape)}, expected {e.dtype} {e.shape}"
-                )
-            _write_tensor_data(fout, t)
-            progress(e.end - e.start)
-    return offset
+            progress(out.add(e.name, compute(e)))
+        out.finish()
+    return out.size
 
 
 INDEX = "model.safetensors.index.json"

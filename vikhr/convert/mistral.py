@@ -21,13 +21,16 @@ Parameter layout (see vikhr.model.config):
 Padded vocabulary rows are zero. Before anything is written, every tensor of the input is
 accounted for: each one must be a tensor of this layout with the shape the config implies (a
 layer beyond the config's count, a tensor of another size or an unknown tensor is an error), and
-none may be missing. Tensors are read one at a time from their shards and each converted tensor
-is written before the next is made (through a spool file beside each output file), so a conversion
-holds about one tensor, the largest being the embedding or [gate; up], whatever the number of layers.
+none may be missing. Every output tensor's name, dtype and shape follow from the input headers
+and the config, so each output file's header is written first; then tensors are read one at a
+time from their shards and each converted tensor's data are written (once) before the next is
+made, so a conversion holds about one tensor, the largest being the embedding or [gate; up],
+whatever the number of layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -40,11 +43,13 @@ from typing import Any
 import torch
 
 from vikhr.adapt.safetensors_io import (
+    Layout,
     SafetensorsHeader,
-    SafetensorsSpool,
+    SafetensorsWriter,
     checkpoint_headers,
     load_tensor,
     read_header,
+    safetensors_dtype,
     torch_dtype,
 )
 from vikhr.atomic import output_dir, write_errors_as_os_errors
@@ -56,7 +61,7 @@ from vikhr.errors import (
     require_output_dir,
 )
 from vikhr.model.config import ModelConfig, padded_vocab_size
-from vikhr.model.tp_layout import merge, shard, split_of
+from vikhr.model.tp_layout import is_vocab_rows, merge, shard, split_of
 
 _MEG_LAYER = "decoder.layers.{i}."
 _HF_LAYER = "model.layers.{i}."
@@ -507,36 +512,80 @@ def _named(names: list[str], tensors: Iterator[torch.Tensor]) -> Iterator[tuple[
         yield name, next(tensors)
 
 
+def _tensor_pairs(cfg: ModelConfig) -> Iterator[tuple[str, list[str]]]:
+    """(megatron name, the HF tensors it is made of) in the order both conversions write them: each
+    output file's header is written from this before any tensor is made."""
+    yield "embedding.word_embeddings.weight", [EMBED]
+    for i in range(cfg.num_layers):
+        hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
+        yield meg + "input_layernorm.weight", [hf + "input_layernorm.weight"]
+        yield meg + "self_attention.linear_qkv.weight", [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
+        if cfg.qkv_bias:
+            yield meg + "self_attention.linear_qkv.bias", [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
+        if cfg.qk_norm:
+            for x in "qk":
+                yield meg + f"self_attention.{x}_layernorm.weight", [hf + f"self_attn.{x}_norm.weight"]
+        yield meg + "self_attention.linear_proj.weight", [hf + "self_attn.o_proj.weight"]
+        yield meg + "pre_mlp_layernorm.weight", [hf + "post_attention_layernorm.weight"]
+        yield meg + "mlp.linear_fc1.weight", [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
+        yield meg + "mlp.linear_fc2.weight", [hf + "mlp.down_proj.weight"]
+    yield "decoder.final_layernorm.weight", ["model.norm.weight"]
+    if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
+        yield "output_layer.weight", [LM_HEAD]
+
+
+def _fused(meg: str, parts: list[torch.Tensor], cfg: ModelConfig, v_pad: int) -> torch.Tensor:
+    """The whole megatron tensor `meg` from its HF `parts` (in `_tensor_pairs`' order)."""
+    if is_vocab_rows(meg):
+        return _pad_rows(parts[0], v_pad)
+    if ".linear_qkv." in meg:
+        return _qkv_full(*parts, cfg)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]  # [gate; up], or the tensor itself
+
+
+def _unfused(meg: str, full: torch.Tensor, cfg: ModelConfig) -> Iterator[torch.Tensor]:
+    """The HF tensors of the whole megatron tensor `meg`, one at a time (the inverse of `_fused`)."""
+    if is_vocab_rows(meg):
+        yield full[: cfg.vocab_size]
+    elif ".linear_qkv." in meg:
+        yield from _qkv_parts(full, cfg)
+    elif split_of(meg) == "fc1":
+        yield from full.chunk(2, dim=0)
+    else:
+        yield full
+
+
 def _megatron_full_tensors(
     src: _HFCheckpoint, cfg: ModelConfig, v_pad: int
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(megatron name, full unsharded tensor) in a streaming order (the split: vikhr.model.tp_layout).
+    """(megatron name, full unsharded tensor) in `_tensor_pairs`' order (the split: vikhr.model.tp_layout).
 
     Each tensor is made only when the one before it is consumed, and no local keeps it afterwards:
     a name still bound would hold it while the next is built (an embedding or [gate; up] is 250
     or 224 MiB for Mistral-7B)."""
-    yield "embedding.word_embeddings.weight", _pad_rows(src.get(EMBED), v_pad)
-    for i in range(cfg.num_layers):
-        hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        yield meg + "input_layernorm.weight", src.get(hf + "input_layernorm.weight")
-        names = [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
-        yield meg + "self_attention.linear_qkv.weight", _qkv_full(*map(src.get, names), cfg)
-        if cfg.qkv_bias:
-            names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
-            yield meg + "self_attention.linear_qkv.bias", _qkv_full(*map(src.get, names), cfg)
-        if cfg.qk_norm:
-            for x in "qk":
-                yield meg + f"self_attention.{x}_layernorm.weight", src.get(hf + f"self_attn.{x}_norm.weight")
-        yield meg + "self_attention.linear_proj.weight", src.get(hf + "self_attn.o_proj.weight")
-        yield meg + "pre_mlp_layernorm.weight", src.get(hf + "post_attention_layernorm.weight")
-        names = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
-        yield meg + "mlp.linear_fc1.weight", torch.cat([src.get(n) for n in names])
-        yield meg + "mlp.linear_fc2.weight", src.get(hf + "mlp.down_proj.weight")
-    yield "decoder.final_layernorm.weight", src.get("model.norm.weight")
+    for meg, hf_names in _tensor_pairs(cfg):
+        yield meg, _fused(meg, [src.get(n) for n in hf_names], cfg, v_pad)
     if cfg.tie_embeddings:
         src.check_tied_lm_head()  # a stored copy of the LM head must equal the embedding
-    else:
-        yield "output_layer.weight", _pad_rows(src.get(LM_HEAD), v_pad)
+
+
+def _output_dtype(dtypes: list[str], where: str) -> str:
+    """The safetensors dtype of a tensor made of tensors of `dtypes` (torch's promotion, as torch.cat's)."""
+    try:
+        return safetensors_dtype(functools.reduce(torch.promote_types, map(torch_dtype, dtypes)))
+    except VikhrError as e:
+        raise VikhrError(f"{where}: {e}") from None
+
+
+def _megatron_layout(src: _HFCheckpoint, cfg: ModelConfig, v_pad: int, tp: int) -> Layout:
+    """Each TP rank's file of `hf_to_megatron`: names, dtypes and shapes, in writing order."""
+    shapes = megatron_tensor_shapes(cfg, v_pad, tp)
+    layout = {}
+    for meg, hf_names in _tensor_pairs(cfg):
+        entries = [src.where[n].tensors[n] for n in hf_names]
+        where = f"{src.where[hf_names[0]].path}: {hf_names[0]}"
+        layout[meg] = (_output_dtype([e.dtype for e in entries], where), shapes[meg])
+    return layout
 
 
 def hf_to_megatron(
@@ -589,16 +638,22 @@ def hf_to_megatron(
     if tokenizer is not None:
         meta["tokenizer"] = str(recorded_path(tokenizer))
     with output_dir(out) as tmp, write_errors_as_os_errors(out):
-        # One tensor in memory at a time, each written to every rank's file as it is made.
-        spools = [SafetensorsSpool(tmp / f"model_tp{r:02d}.safetensors") for r in range(tp_size)]
-        with _tensor_progress(len(megatron_tensor_shapes(cfg, v_pad, 1)), progress) as bar:
-            for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
-                for r, spool in enumerate(spools):
-                    spool.add(name, shard(full, split_of(name), r, tp_size))
-                del full  # not held while the next one is made
-                bar.update()
-        for spool in spools:
-            spool.finish()
+        # One tensor in memory at a time, each written to every rank's file as it is made, after
+        # the headers (each byte is written once).
+        layout = _megatron_layout(checkpoint, cfg, v_pad, tp_size)
+        with contextlib.ExitStack() as files:
+            writers = [
+                files.enter_context(SafetensorsWriter(tmp / f"model_tp{r:02d}.safetensors", layout))
+                for r in range(tp_size)
+            ]
+            with _tensor_progress(len(layout), progress) as bar:
+                for name, full in _megatron_full_tensors(checkpoint, cfg, v_pad):
+                    for r, writer in enumerate(writers):
+                        writer.add(name, shard(full, split_of(name), r, tp_size))
+                    del full  # not held while the next one is made
+                    bar.update()
+            for writer in writers:
+                writer.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 
@@ -662,34 +717,26 @@ def _read_megatron_shards(step_dir: Path, meta: dict[str, Any], cfg: ModelConfig
 def _gather_hf_tensors(
     headers: list[SafetensorsHeader], cfg: ModelConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, full tensor) from the tensor-parallel files of a megatron checkpoint, one at a time."""
+    """(HF name, full tensor) from the tensor-parallel files of a megatron checkpoint, one at a time,
+    in `_tensor_pairs`' order."""
 
     def gather(name: str) -> torch.Tensor:
         return merge([load_tensor(h.tensors[name], h.path) for h in headers], split_of(name))
 
-    v = cfg.vocab_size
-    # No local keeps a yielded tensor (as in _megatron_full_tensors); the gathered QKV or fc1 is
+    # No local keeps a yielded tensor (as in _megatron_full_tensors); a gathered QKV or fc1 is
     # released once the last of its parts is consumed.
-    yield EMBED, gather("embedding.word_embeddings.weight")[:v]
-    for i in range(cfg.num_layers):
-        hf, meg = _HF_LAYER.format(i=i), _MEG_LAYER.format(i=i)
-        yield hf + "input_layernorm.weight", gather(meg + "input_layernorm.weight")
-        names = [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
-        yield from _named(names, _qkv_parts(gather(meg + "self_attention.linear_qkv.weight"), cfg))
-        if cfg.qkv_bias:
-            names = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
-            yield from _named(names, _qkv_parts(gather(meg + "self_attention.linear_qkv.bias"), cfg))
-        if cfg.qk_norm:
-            for x in "qk":
-                yield hf + f"self_attn.{x}_norm.weight", gather(meg + f"self_attention.{x}_layernorm.weight")
-        yield hf + "self_attn.o_proj.weight", gather(meg + "self_attention.linear_proj.weight")
-        yield hf + "post_attention_layernorm.weight", gather(meg + "pre_mlp_layernorm.weight")
-        names = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
-        yield from _named(names, iter(gather(meg + "mlp.linear_fc1.weight").chunk(2, dim=0)))
-        yield hf + "mlp.down_proj.weight", gather(meg + "mlp.linear_fc2.weight")
-    yield "model.norm.weight", gather("decoder.final_layernorm.weight")
-    if not cfg.tie_embeddings:  # tied: transformers takes the LM head from the embedding
-        yield LM_HEAD, gather("output_layer.weight")[:v]
+    for meg, hf_names in _tensor_pairs(cfg):
+        yield from _named(hf_names, _unfused(meg, gather(meg), cfg))
+
+
+def _hf_layout(headers: list[SafetensorsHeader], cfg: ModelConfig) -> Layout:
+    """The model.safetensors of `megatron_to_hf`: names, dtypes and shapes, in writing order."""
+    shapes = hf_tensor_shapes(cfg, with_lm_head=not cfg.tie_embeddings)
+    layout = {}
+    for meg, hf_names in _tensor_pairs(cfg):
+        dtype = _output_dtype([h.tensors[meg].dtype for h in headers], f"{headers[0].path}: {meg}")
+        layout.update((n, (dtype, shapes[n])) for n in hf_names)
+    return layout
 
 
 def megatron_to_hf(
@@ -749,13 +796,7 @@ def megatron_to_hf(
     generation = dict(source.generation_config or {}) if source is not None else {}
     with output_dir(out) as tmp:
         with write_errors_as_os_errors(out):
-            spool = SafetensorsSpool(tmp / "model.safetensors", metadata={"format": "pt"})
-            with _tensor_progress(len(hf_tensor_shapes(cfg, not cfg.tie_embeddings)), progress) as bar:
-                for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
-                    spool.add(name, tensor)
-                    del tensor  # not held while the next one is gathered
-                    bar.update()
-            spool.finish()
+            _write_hf_weights(headers, cfg, tmp / "model.safetensors", progress)
         if tok is not None:
             config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
             hf_cfg.update(config_ids)
@@ -769,6 +810,20 @@ def megatron_to_hf(
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     return out
+
+
+def _write_hf_weights(headers: list[SafetensorsHeader], cfg: ModelConfig, path: Path, progress: bool) -> None:
+    """The model.safetensors of `megatron_to_hf`: its header, then each tensor as it is gathered."""
+    layout = _hf_layout(headers, cfg)
+    with (
+        SafetensorsWriter(path, layout, metadata={"format": "pt"}) as writer,
+        _tensor_progress(len(layout), progress) as bar,
+    ):
+        for name, tensor in _gather_hf_tensors(headers, cfg):  # one in memory at a time
+            writer.add(name, tensor)
+            del tensor  # not held while the next one is gathered
+            bar.update()
+        writer.finish()
 
 
 def _tensor_progress(tensors: int, show: bool) -> Any:
