@@ -25,11 +25,11 @@ import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_adapt
 from bench_adapt import make_checkpoint, measure
+from bench_cli import BenchParser, check_output_dir, positive
 
 # bench_adapt's shapes, and a tiny one for the test that keeps this script working.
 SHAPES = {**bench_adapt.SHAPES, "tiny": (64, 128, 4, 2, 16, 256, 2)}
@@ -119,32 +119,15 @@ def checked_outputs(vikhr: str, src: Path, work: Path, tps: list[int], layers: i
     )
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one line (as vikhr's commands report them), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"bench_convert.py: error: {message} (see 'bench_convert.py --help')\n")
-
-
-def _positive_int(value: str) -> int:
-    """An argparse type: an integer above 0 (zero layers or runs failed after the checkpoint was made)."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {value!r}")
-    return number
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = _OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=_positive_int, nargs="+", default=[1, 4])
-    ap.add_argument("--runs", type=_positive_int, default=3)
-    ap.add_argument("--tp", type=_positive_int, nargs="+", default=[1, 2])
+    ap = BenchParser(description=__doc__)
+    ap.add_argument("--layers", type=positive(int), nargs="+", default=[1, 4])
+    ap.add_argument("--runs", type=positive(int), default=3)
+    ap.add_argument("--tp", type=positive(int), nargs="+", default=[1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-convert"))
     ap.add_argument("--shape", choices=sorted(SHAPES), default="mistral-7b")
     args = ap.parse_args(argv)
+    check_output_dir(ap, "--work", args.work)
     heads, kv = SHAPES[args.shape][2:4]
     for tp in args.tp:
         if heads % tp or kv % tp:
