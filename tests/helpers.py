@@ -8,6 +8,8 @@ Tiny HF models take their shape from vikhr's presets through the converter's
 from __future__ import annotations
 
 import collections
+import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,21 @@ def sentencepiece_with_other_ids(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(proto.SerializeToString())
     return path
+
+
+class TerminalStderr(io.StringIO):
+    """A stderr that says it is a terminal: where vikhr draws its progress bars."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def stderr_of_cli(argv: list[str], terminal: bool, monkeypatch: Any) -> str:
+    """What `vikhr ARGV` (which must succeed) writes to a stderr that is a terminal or, as in a log, not."""
+    from vikhr.cli import main as cli_main
+
+    stream = TerminalStderr() if terminal else io.StringIO()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", stream)
+        assert cli_main(argv) == 0, stream.getvalue()
+    return stream.getvalue()

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tests.helpers import tiny_hf_model
+from tests.helpers import stderr_of_cli, tiny_hf_model
 from vikhr.adapt import adapt_vocab, load_vocabulary, plan_rows
 from vikhr.adapt.vocab import EMBED, INIT_LOG, LM_HEAD, SUMMARY
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
@@ -653,3 +653,29 @@ def test_stop_tokens_and_a_chat_template_file_survive_extension_adaptation_and_c
     assert json.loads((back / "config.json").read_text())["eos_token_id"] == stops
     assert json.loads((back / "generation_config.json").read_text())["eos_token_id"] == stops
     assert AutoTokenizer.from_pretrained(back).chat_template == template
+
+
+def test_bar_is_drawn_on_a_terminal_only(
+    tmp_path: Path, new_tok: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bar went to stderr wherever it was: a log held `writing shards` lines beside the result."""
+    src = tmp_path / "src"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+
+    def argv(out: str) -> list[str]:
+        return [
+            "adapt-vocab",
+            "--model",
+            str(src),
+            "--old-tokenizer",
+            str(MISTRAL_TOKENIZER),
+            "--new-tokenizer",
+            str(new_tok),
+            "--out",
+            str(tmp_path / out),
+        ]
+
+    assert "writing shards" not in stderr_of_cli(argv("log"), terminal=False, monkeypatch=monkeypatch)
+    assert "writing shards: 100%" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
+    quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
+    assert "writing shards" not in quiet

@@ -4,7 +4,6 @@ every input tensor is accounted for; HF exports carry their tokenizer and load w
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import json
 import logging
 import re
@@ -19,7 +18,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, run_torchrun
-from tests.helpers import FAMILIES, hub_snapshot, sentencepiece_with_added_tokens, tiny_hf_model
+from tests.helpers import (
+    FAMILIES,
+    TerminalStderr,
+    hub_snapshot,
+    sentencepiece_with_added_tokens,
+    tiny_hf_model,
+)
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf, model_config_to_hf_config
@@ -566,11 +571,6 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 @pytest.mark.parametrize("family", [None, "qwen3"])
 def test_cli_shows_a_bar_over_the_tensors_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family: str | None
@@ -585,7 +585,7 @@ def test_cli_shows_a_bar_over_the_tensors_on_a_terminal(
         (["megatron-to-hf", str(tmp_path / "meg"), str(tmp_path / "quiet"), "--no-progress"], 0),
     ]
     for argv, tensors in runs:
-        terminal = _Terminal()
+        terminal = TerminalStderr()
         monkeypatch.setattr(sys, "stderr", terminal)
         assert cli_main(["convert", *argv]) == 0
         monkeypatch.undo()

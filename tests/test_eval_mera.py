@@ -6,15 +6,18 @@ tests/test_eval_tasks_rsg.py.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import TerminalStderr
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import MERA_TASKS, mera_prompt, write_submission
 from vikhr.eval.mera_code import execute_completions, pass_at_k, passes, run_tests, unfenced
@@ -527,3 +530,18 @@ def test_a_split_with_some_answers_hidden_is_named_on_stderr(tmp_path: Path, cap
         assert f"the first meta.id {hidden!r}: the task is reported n/a" in err, err
     build_task_config("mera_parus", FIXTURES, 0, Path())["custom_dataset"]()  # all hidden
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_bars_are_drawn_on_a_terminal_only(terminal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ruHumanEval's tests and ruTiE's questions drew their bars into logs too."""
+    from vikhr.eval.mera_rutie import evaluate_rutie, read_dialogues
+
+    stderr = TerminalStderr() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    doc = {"scoring": json.dumps({"function": "def f(x):\n", "entry_point": "f", "tests": "[{'x': 1}]"})}
+    execute_completions([["    return x\n"]], [doc])
+    train = MERA / "rutie" / "train.jsonl"
+    evaluate_rutie(ShorterOptionLM(), read_dialogues(train), train)
+    drawn = [bar for bar in ("ruHumanEval tests", "mera_rutie") if bar in stderr.getvalue()]
+    assert drawn == (["ruHumanEval tests", "mera_rutie"] if terminal else [])

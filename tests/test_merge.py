@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tests.helpers import tiny_hf_model
+from tests.helpers import stderr_of_cli, tiny_hf_model
 from vikhr.adapt.safetensors_io import INDEX
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
@@ -722,3 +722,18 @@ def test_chat_templates_that_differ_by_a_final_newline_are_the_same_template(
     chat = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
     merged, tuned = (AutoTokenizer.from_pretrained(m) for m in (out, b))
     assert merged.apply_chat_template(chat, tokenize=False) == tuned.apply_chat_template(chat, tokenize=False)
+
+
+def test_bar_is_drawn_on_a_terminal_only(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bar went to stderr wherever it was: a log held `merging` lines beside the result."""
+    a, b = models["a_llama_sharded"], models["b_llama"]
+
+    def argv(out: str) -> list[str]:
+        return ["merge", str(a), str(b), "--out", str(tmp_path / out), "--t", "0.5"]
+
+    assert "merging" not in stderr_of_cli(argv("log"), terminal=False, monkeypatch=monkeypatch)
+    assert "merging: 100%" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
+    quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
+    assert "merging" not in quiet

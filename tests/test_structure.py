@@ -158,3 +158,18 @@ def test_the_tests_the_docs_cite_exist() -> None:
                 if not found:
                     missing.append(f"{doc.relative_to(REPO)}:{line_no}: {m.group(0)}")
     assert not missing, "\n".join(missing)
+
+
+def test_every_progress_bar_is_drawn_through_progress_bar() -> None:
+    """A tqdm bar made elsewhere forgot the terminal check and drew `0%` lines into logs."""
+
+    def imports_tqdm(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "tqdm":
+                return True
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "tqdm" for a in node.names):
+                return True
+        return False
+
+    direct = [name for name, path in vikhr_modules().items() if imports_tqdm(path)]
+    assert direct == ["vikhr.progress_bar"]

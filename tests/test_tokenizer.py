@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import stderr_of_cli
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -824,3 +825,17 @@ def test_cli_sentencepiece_base_model_may_be_its_directory(tmp_path: Path) -> No
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["vocab_size"] == 32100
     assert manifest["base_model"]["path"] == str(base_dir / "tokenizer.model")
+
+
+def test_compare_draws_its_bar_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar went to stderr wherever it was: a demo's error log and CI logs held `measuring: 0%`."""
+    texts = _write_jsonl(tmp_path / "tiny.jsonl.gz", [{"id": "x", "text": "Мама мыла раму."}])
+
+    def argv(out: str) -> list[str]:
+        spec = ["--tokenizer", str(MISTRAL_TOKENIZER), "--texts", str(texts), "--split", "all"]
+        return ["tokenizer", "compare", *spec, "--out", str(tmp_path / out)]
+
+    assert "measuring" not in stderr_of_cli(argv("log"), terminal=False, monkeypatch=monkeypatch)
+    assert "measuring" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
+    quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
+    assert "measuring" not in quiet

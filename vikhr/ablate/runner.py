@@ -477,8 +477,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     resume: reuse the preparation and the finished runs an earlier run of the same grid settings
     left in out_dir/work (VikhrError when its settings or data differ); otherwise start clean.
     """
-    from tqdm import tqdm
-
+    from vikhr.progress_bar import progress_bar
     from vikhr.runtime.megatron import import_megatron_core
 
     import_megatron_core()
@@ -517,7 +516,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     base_cached = ab.base_was_cached(ab.base_model())
     base_bpc = ab._bpc(ab.base_hf, ab.base_tok)
     runs: list[RunResult] = []
-    with tqdm(total=len(cfg.seeds) * len(cfg.arms), desc="arms", disable=not show_progress) as bar:
+    with progress_bar(total=len(cfg.seeds) * len(cfg.arms), desc="arms", show=show_progress) as bar:
         for seed in cfg.seeds:
             done: dict[str, tuple[RunResult, Path]] = {}
             by_name: dict[str, tuple[RunResult, Path]] = {}

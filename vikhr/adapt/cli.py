@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_run)
 
 
@@ -68,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         whitespace=args.whitespace_pieces,
         seed=args.seed,
         overwrite=args.overwrite,
+        show_progress=args.progress,
         id_map_path=args.id_map,
     )
     print(f"wrote {args.out}: {json.dumps(summary['counts'])}")

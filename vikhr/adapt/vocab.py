@@ -386,15 +386,15 @@ def _write_shards(
     """Stream every shard to `work`, swapping in the replaced tensors (`rows` rows each); returns the
     shard sizes. A replacement is built when its shard is written and dropped after it, so at most
     one shard's new matrices are in memory (the embedding and LM head usually sit in different shards)."""
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
     def nbytes(e: Any) -> int:
         return (e.end - e.start) // max(1, e.shape[0]) * rows if e.name in replacements else e.end - e.start
 
     total = sum(nbytes(e) for h in headers for e in h.tensors.values())
     sizes = {}
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc="writing shards", disable=not show_progress
+    with progress_bar(
+        total=total, unit="B", unit_scale=True, desc="writing shards", show=show_progress
     ) as bar:
         for h in headers:
             mine = {k: build() for k, build in replacements.items() if k in h.tensors}

@@ -829,9 +829,9 @@ def _write_hf_weights(headers: list[SafetensorsHeader], cfg: ModelConfig, path: 
 def _tensor_progress(tensors: int, show: bool) -> Any:
     """A bar over the tensors a conversion writes (a 7B model takes minutes), on a terminal only: a
     damaged input found mid-way stays one error line in a log."""
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
-    return tqdm(total=tensors, unit="tensor", desc="converting", disable=None if show else True)
+    return progress_bar(total=tensors, unit="tensor", desc="converting", show=show)
 
 
 def _check_output(out: Path, overwrite: bool, inputs: list[Path | str]) -> None:

@@ -228,9 +228,9 @@ def preprocess(
     if callable(progress):
         callback = progress
     elif progress:
-        from tqdm import tqdm
+        from vikhr.progress_bar import progress_bar
 
-        bar = tqdm(unit=" docs", desc="tokenizing", smoothing=0.1, dynamic_ncols=True)
+        bar = progress_bar(unit=" docs", desc="tokenizing", smoothing=0.1, dynamic_ncols=True)
         started = time.perf_counter()
 
         def callback(documents: int, nbytes: int, tokens: int, skipped: int) -> None:

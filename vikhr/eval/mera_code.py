@@ -127,10 +127,12 @@ def unfenced(completion: str) -> str:
 
 def execute_completions(resps: list[list[str]], docs: list[dict[str, Any]]) -> list[list[Any]]:
     """lm-eval filter: each document's completions -> the test results of each completion."""
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
     out = []
-    for completions, doc in tqdm(list(zip(resps, docs, strict=True)), desc="ruHumanEval tests", leave=False):
+    for completions, doc in progress_bar(
+        list(zip(resps, docs, strict=True)), desc="ruHumanEval tests", leave=False
+    ):
         scoring = json.loads(doc["scoring"])
         out.append(
             [

@@ -115,10 +115,11 @@ def evaluate_rutie(
     "samples": [...]}.
     Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
     from lm_eval.api.instance import Instance
-    from tqdm import tqdm
+
+    from vikhr.progress_bar import progress_bar
 
     samples: list[dict[str, Any]] = []
-    with tqdm(total=sum(map(len, dialogues)), desc="mera_rutie (one question at a time)") as bar:
+    with progress_bar(total=sum(map(len, dialogues)), desc="mera_rutie (one question at a time)") as bar:
         for dialogue in dialogues:
             answers: list[str] = []
             for position, doc in enumerate(dialogue):

@@ -358,7 +358,7 @@ def merge_checkpoints(
 ) -> dict[str, Any]:
     """Merge `model_b` into `model_a` (t = 0 is A, t = 1 is B) into `out_dir`; returns the summary.
     `chat_template_from`: "a" or "b", the model whose chat files the merge takes (module doc)."""
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
     if method not in METHODS:
         raise VikhrError(f"unknown merge method {method!r} (choose {' or '.join(METHODS)})")
@@ -379,7 +379,7 @@ def merge_checkpoints(
 
     total = sum(e.end - e.start for e, _ in entries_a.values())
     with output_dir(out) as work:
-        with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=not show_progress) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc="merging", show=show_progress) as bar:
             sizes = {
                 h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
             }

@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
         "the model named must have one",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_run)
 
 
@@ -58,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         schedule,
         method=args.method,
         overwrite=args.overwrite,
+        show_progress=args.progress,
         chat_template_from=args.chat_template_from,
     )
     ts = summary["t"].values()

@@ -285,9 +285,9 @@ def _write_kept(
 def _progress(enabled: bool, desc: str, total: int | None = None) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
-    return tqdm(desc=desc, unit=" records", total=total)
+    return progress_bar(desc=desc, unit=" records", total=total)
 
 
 def _check_a_chat_is_kept(a: dict[str, np.ndarray], reports: list[SourceReport]) -> None:

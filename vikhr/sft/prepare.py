@@ -100,9 +100,9 @@ def prepare_sft(
     try:
         bar = None
         if progress:
-            from tqdm import tqdm
+            from vikhr.progress_bar import progress_bar
 
-            bar = tqdm(desc="sft prepare", unit=" chats", total=max_chats)
+            bar = progress_bar(desc="sft prepare", unit=" chats", total=max_chats)
         for messages, enc in islice(_encoded_chats(input_path, tok, template), max_chats):
             text_writer.add_document(enc.ids)
             mask_writer.add_document(enc.mask)

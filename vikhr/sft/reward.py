@@ -383,9 +383,9 @@ def _score_file(
     model = RewardModel(scorer, device)
     bar: Any = None
     if progress:
-        from tqdm import tqdm
+        from vikhr.progress_bar import progress_bar
 
-        bar = tqdm(desc="reward scores", unit=" chats", total=todo_total)
+        bar = progress_bar(desc="reward scores", unit=" chats", total=todo_total)
     scored = 0
     pending: list[tuple[str, str, list[dict[str, str]]]] = []
     with open(scores_path, "a", encoding="utf-8") as out:

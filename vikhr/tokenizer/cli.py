@@ -169,6 +169,7 @@ def _register_compare(tsub: Any) -> None:
         help="share of documents held out (by a hash of their id), as at training time",
     )
     cp.add_argument("--max-chars", type=_budget, default=parse_budget("2M"), help="per text set")
+    cp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     cp.set_defaults(func=_compare)
 
 
@@ -235,6 +236,7 @@ def _compare(args: argparse.Namespace) -> int:
         split=args.split,
         heldout_percent=args.heldout_percent,
         max_chars=args.max_chars,
+        progress=args.progress,
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     return 0

@@ -316,11 +316,13 @@ def compare(
     heldout_percent: float = DEFAULT_HELDOUT_PERCENT,
     max_chars: int | None = 2_000_000,
     sentence: str = TABLE1_SENTENCE,
+    progress: bool = True,
 ) -> list[Efficiency]:
     """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png.
+    `progress`: a bar over the pairs measured, on a terminal only.
 
     `split="auto"`: held-out documents of a set some tokenizer trained on, all documents of the others."""
-    from tqdm import tqdm
+    from vikhr.progress_bar import progress_bar
 
     if not tokenizer_specs or not text_specs:
         raise VikhrError("give at least one --tokenizer and one --texts")
@@ -346,7 +348,9 @@ def compare(
         sets.append(load_text_set(spec, text_key, split_here, percent, max_chars))
     results = [
         measure(t, s)
-        for t, s in tqdm([(t, s) for t in toks for s in sets], desc="measuring", unit="pair", leave=False)
+        for t, s in progress_bar(
+            [(t, s) for t in toks for s in sets], show=progress, desc="measuring", unit="pair", leave=False
+        )
     ]
     out.mkdir(parents=True, exist_ok=True)
     # All three written before any replaces an earlier report's: they never disagree.

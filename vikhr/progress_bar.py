@@ -1,0 +1,17 @@
+"""The one way vikhr shows a progress bar: on stderr, and only when stderr is a terminal.
+
+A bar in a log or a captured stderr is noise at best, and at worst a `0%` line beside a one-line error
+(the rule every verb follows; `--no-progress` turns the bar off on a terminal too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def progress_bar(iterable: Any = None, *, show: bool = True, **options: Any) -> Any:
+    """A tqdm bar over `iterable` (or updated by hand), drawn only when `show` and stderr is a terminal.
+
+    tqdm's `disable=None` is its own check of the stream's isatty(), made when the bar is created."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=None if show else True, **options)
