@@ -123,10 +123,11 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
 ) -> None:
     """`--seq-len 1` ran the split, tokenizer, base, adapt and continued stages for minutes and was
     refused only by the SFT trainer. The chats are now encoded right after the tokenizer stage (a few
-    seconds) and the refusal names the smallest --seq-len that works; the work directory goes."""
+    seconds) and the refusal names the smallest --seq-len that works; the work directory goes, with
+    the parents it was made in (they stayed behind)."""
     from vikhr.cli import main
 
-    work = tmp_path / "demo"
+    work = tmp_path / "made" / "for" / "demo"
     status = main(["demo", "--workdir", str(work), "--seq-len", "1"])
     captured = capsys.readouterr()
     # The one line: no progress bar where stderr is not a terminal (the tokenizer comparison drew one).
@@ -135,7 +136,26 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
     assert last_line.startswith("vikhr demo: error: --seq-len 1 is too short for the SFT chats of ")
     assert " pass --seq-len " in last_line and last_line.endswith(" or more")
     assert "[2/8]" in captured.out and "[3/8]" not in captured.out
-    assert not work.exists()
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_path: Path) -> None:
+    """A parent that was there before, or that something else wrote into meanwhile, stays."""
+    from vikhr.demo import _clear, _missing_dirs
+
+    (tmp_path / "kept").mkdir()
+    work = tmp_path / "kept" / "shared" / "new" / "demo"
+    created = _missing_dirs(work)
+    assert created == [work, work.parent, work.parent.parent]
+    work.mkdir(parents=True)
+    (work / "stage").mkdir()
+    (work.parent.parent / "someone-else.txt").write_text("x")
+    _clear(work, created)
+    assert sorted(p.name for p in (tmp_path / "kept").rglob("*")) == ["shared", "someone-else.txt"]
+    # A work directory that was there before keeps itself and loses only what the demo wrote.
+    (work.parent.parent / "stage").mkdir()
+    _clear(work.parent.parent, [])
+    assert (tmp_path / "kept" / "shared").is_dir() and not any((tmp_path / "kept" / "shared").iterdir())
 
 
 def test_the_smallest_seq_len_of_the_chats_is_the_sft_trainer_s_own_bound(tmp_path: Path) -> None:

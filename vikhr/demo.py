@@ -538,16 +538,33 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
-def _clear(workdir: Path, keep_folder: bool) -> None:
-    """Remove what the demo wrote to `workdir` (and the folder too unless it was there before)."""
-    if not keep_folder:
-        shutil.rmtree(workdir, ignore_errors=True)
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True) makes."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _clear(workdir: Path, created: list[Path]) -> None:
+    """Remove what the demo wrote to `workdir`, and the folders in `created` (the work directory and the
+    parents it made for it, deepest first): the work directory whole, a parent only while empty, in
+    case something else has put a file there meanwhile."""
+    if workdir not in created:
+        for entry in workdir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         return
-    for entry in workdir.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    for parent in created[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (or gone): it and the folders above it stay
+            break
 
 
 def run(args: argparse.Namespace) -> int:
@@ -562,14 +579,13 @@ def run(args: argparse.Namespace) -> int:
     if args.base_tokenizer is not None:
         require_file(args.base_tokenizer, "base tokenizer")
     workdir = Path(args.workdir)
-    existed = workdir.exists()
-    if existed and any(workdir.iterdir()):
+    if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
         refuse_to_replace(workdir, inputs, "--workdir")
         shutil.rmtree(workdir)
-        existed = False
+    created = _missing_dirs(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     from vikhr.runtime.megatron import import_megatron_core
 
@@ -581,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
         demo.prepare_chats(chats)
     except VikhrError:
         # A refused --seq-len or chats file leaves no half-made work directory behind.
-        _clear(workdir, keep_folder=existed)
+        _clear(workdir, created)
         raise
     demo.base()
     demo.adapt()
