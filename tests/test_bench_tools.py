@@ -315,3 +315,23 @@ def test_the_docs_eval_table_has_the_columns_bench_eval_prints() -> None:
 def test_the_docs_training_tables_have_the_columns_bench_train_prints_on_a_cpu() -> None:
     columns = _tool("bench_train").table_columns(cuda=False)
     assert _docs_table_headers("### CPU figures") == [columns, columns]
+
+
+def test_bench_train_gives_a_tied_model_hf_s_weights_and_its_loss() -> None:
+    """The weights went through a stand-in for the converter's reader that lacked its tied-head
+    check: a tied config stopped with an AttributeError before anything was measured."""
+    import torch
+
+    from vikhr.model import preset
+    from vikhr.runtime.distributed import distributed_env
+
+    bench = _tool("bench_train")
+    with distributed_env(tp_size=1, seed=1, device="cpu") as env:
+        cfg = preset("tiny", tie_embeddings=True)
+        hf = bench.hf_model(cfg, torch.float32, env.device)
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied in HF too
+        data = bench.micro_batch(cfg, 2, 16, env.device)
+        vikhr = bench.vikhr_stack("vikhr", cfg, "local", torch.float32, env, hf, data)
+        rows = vikhr.model.embedding.word_embeddings.weight[: cfg.vocab_size]
+        assert torch.equal(rows, hf.model.embed_tokens.weight)
+        bench.check_losses([bench.hf_stack("HF", hf, data[0]), vikhr], torch.float32)  # exits on a mismatch

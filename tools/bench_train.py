@@ -168,25 +168,21 @@ def hf_stack(name: str, model: torch.nn.Module, tokens: torch.Tensor) -> Stack:
 
 
 def copy_hf_weights(model: torch.nn.Module, hf: torch.nn.Module, cfg) -> None:
-    """Give vikhr's model HF's weights, through the converter's HF → megatron mapping (fused QKV,
-    gate/up, padded vocabulary rows); a missing, extra or misshapen tensor raises."""
-    from vikhr.convert.mistral import LM_HEAD, _megatron_full_tensors
+    """Give vikhr's model HF's weights, through the converter itself: HF's checkpoint as
+    `save_pretrained` writes it, read back by the HF → megatron conversion's own reader (every
+    tensor accounted for against the config, a tied LM head checked, fused QKV and gate/up, padded
+    vocabulary rows); a missing, extra or misshapen tensor raises."""
+    import tempfile
+
+    from vikhr.convert.mistral import _HFCheckpoint, _megatron_full_tensors
     from vikhr.train.checkpoint import _load_tensors
 
-    state = hf.state_dict()
-
-    class Source:  # what _megatron_full_tensors reads from an HF checkpoint
-        @staticmethod
-        def get(name: str) -> torch.Tensor:
-            return state[name]
-
-        @staticmethod
-        def lm_head(embedding: torch.Tensor) -> torch.Tensor:
-            return state.get(LM_HEAD, embedding)
-
     v_pad = model.embedding.word_embeddings.weight.shape[0]
-    with torch.no_grad():
-        _load_tensors(model, dict(_megatron_full_tensors(Source, cfg, v_pad)), Path("<HF model>"))
+    with tempfile.TemporaryDirectory(prefix="bench-train-hf-") as saved:
+        hf.save_pretrained(saved, safe_serialization=True)
+        source = _HFCheckpoint(Path(saved), cfg)
+        with torch.no_grad():
+            _load_tensors(model, dict(_megatron_full_tensors(source, cfg, v_pad)), Path(saved))
 
 
 def vikhr_stack(name: str, cfg, spec: str, dtype, env, hf: torch.nn.Module, data) -> Stack:
