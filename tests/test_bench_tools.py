@@ -108,6 +108,26 @@ def test_bench_eval_refuses_a_bad_option(args: list[str], message: str) -> None:
     assert message in _refusal("bench_eval.py", [*_EVAL, *args])
 
 
+def test_bench_eval_without_the_shared_data_names_vikhr_shared_data(tmp_path: Path) -> None:
+    """The missing default data was a 'data file not found' that did not say where the default
+    comes from."""
+    line = _refusal("bench_eval.py", _EVAL, env={"VIKHR_SHARED_DATA": str(tmp_path / "nowhere")})
+    assert f"no evaluation data in {tmp_path / 'nowhere' / 'eval'}" in line and "VIKHR_SHARED_DATA" in line
+
+
+def test_bench_eval_finds_the_shared_data_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default --data-dir was ../shared/data/eval from the current directory: run from anywhere
+    but the repository's root, the benchmark looked in the wrong place."""
+    monkeypatch.delenv("VIKHR_SHARED_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    bench_eval = _tool("bench_eval")
+    monkeypatch.setattr(sys, "argv", ["bench_eval.py", "--random", "tiny", "--tasks", "bpc"])
+    _, args = bench_eval.parse_args()
+    assert args.data_dir == REPO.parent / "shared" / "data" / "eval"
+
+
 def test_bench_eval_refuses_layers_with_a_model_directory(tmp_path: Path) -> None:
     line = _refusal("bench_eval.py", ["--model", str(tmp_path), "--layers", "2"])
     assert "argument --layers: only with --random" in line

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,10 +40,15 @@ from bench_cli import BenchParser, check_cuda, check_output_file, positive, vikh
 
 from vikhr import atomic  # noqa: E402
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
+from vikhr.errors import VikhrError  # noqa: E402
 from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
-from vikhr.eval.cli import DEFAULT_DATA_DIR, _batch_size  # noqa: E402
+from vikhr.eval.cli import _batch_size  # noqa: E402
 from vikhr.eval.runner import make_lm, task_documents  # noqa: E402
 from vikhr.tokenizer import load  # noqa: E402
+
+# The shared data, as the other benchmarks find it: $VIKHR_SHARED_DATA, or ../shared/data beside the
+# repository (not the current directory, so the script runs from anywhere).
+SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # (hidden, intermediate, heads, kv heads, layers): Mistral-7B v0.1/v0.2 and a test-sized one.
 SHAPES = {"tiny": (64, 192, 4, 2, 2), "mistral-7b": (4096, 14336, 32, 8, 32)}
@@ -181,7 +187,12 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
         "--layers", type=positive(int), help="with --random: decoder layers (default: the shape's)"
     )
     ap.add_argument("--tasks", default="mmlu_en,terra,rucola,chegeka,xquad_ru,bpc")
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"evaluation data directory (default {SHARED / 'eval'}: $VIKHR_SHARED_DATA/eval when set, "
+        "else ../shared/data/eval beside the repository)",
+    )
     ap.add_argument("--bpc-data", type=Path, default=RU_SAMPLE)
     ap.add_argument("--limit", type=positive(int), default=20, help="documents per task per run (default 20)")
     ap.add_argument(
@@ -199,7 +210,25 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     check_cuda(ap, args.device)
     if args.json:
         check_output_file(ap, "--json", args.json)
+    if args.data_dir is None:
+        args.data_dir = default_data_dir(ap, args.tasks)
     return ap, args
+
+
+def default_data_dir(ap: argparse.ArgumentParser, tasks: str) -> Path:
+    """SHARED/eval; refused in one line naming VIKHR_SHARED_DATA where it is missing and a task reads
+    it (bpc alone reads only --bpc-data; an unknown task is refused with the task list later)."""
+    data_dir = SHARED / "eval"
+    try:
+        reads_data_dir = parse_task_list(tasks) != ["bpc"]
+    except VikhrError:
+        return data_dir
+    if reads_data_dir and not data_dir.is_dir():
+        ap.error(
+            f"no evaluation data in {data_dir} (the default --data-dir): set VIKHR_SHARED_DATA to the "
+            "shared data directory, or give --data-dir"
+        )
+    return data_dir
 
 
 def main() -> None:
