@@ -137,6 +137,11 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
     assert " pass --seq-len " in last_line and last_line.endswith(" or more")
     assert "[2/8]" in captured.out and "[3/8]" not in captured.out
     assert not (tmp_path / "made").exists()
+    # A work directory that was there (emptied by --overwrite) stays, empty.
+    work.mkdir(parents=True)
+    (work / "earlier-run.txt").write_text("x")
+    assert main(["demo", "--workdir", str(work), "--seq-len", "1", "--overwrite"]) == 2
+    assert work.is_dir() and not any(work.iterdir())
 
 
 def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_path: Path) -> None:

@@ -579,13 +579,13 @@ def run(args: argparse.Namespace) -> int:
     if args.base_tokenizer is not None:
         require_file(args.base_tokenizer, "base tokenizer")
     workdir = Path(args.workdir)
+    created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
         refuse_to_replace(workdir, inputs, "--workdir")
         shutil.rmtree(workdir)
-    created = _missing_dirs(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     from vikhr.runtime.megatron import import_megatron_core
 
