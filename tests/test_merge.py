@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -434,6 +435,37 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     assert (
         cli_main(["merge", *args, "--t", "0.5", "--overwrite"]) == 0 and (out / "model.safetensors").is_file()
     )
+
+
+def _with_a_tensor_of_dtype(model_dir: Path, dtype: str) -> None:
+    """Append a 4-byte tensor `extra.scales` of safetensors dtype `dtype` to model_dir's model.safetensors
+    (written by hand: torch has no tensor of such a dtype to save)."""
+    path = model_dir / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    header["extra.scales"] = {"dtype": dtype, "shape": [4], "data_offsets": [len(data), len(data) + 4]}
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data + bytes([127, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("dtype", ["F8_E8M0", "F8_E4M3", "C64"])
+def test_a_tensor_of_a_dtype_vikhr_cannot_read_is_one_line_and_leaves_no_output(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: str
+) -> None:
+    """A dtype newer than vikhr's table (F8_E8M0, C64) ended in a RuntimeError traceback naming the
+    temporary output file; F8_E4M3 was one line, but only once the tensors before it were merged."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for model in (a, b):
+        shutil.copytree(models["b_llama"], model)
+        _with_a_tensor_of_dtype(model, dtype)
+    out = tmp_path / "out"
+    err = _one_line_error([str(a), str(b), "--out", str(out), "--t", "0.5", "--no-progress"], capsys)
+    assert err.endswith(
+        f"{a / 'model.safetensors'}: tensor extra.scales: unsupported safetensors dtype {dtype}"
+    )
+    _nothing_written(out)
 
 
 def test_configs_are_compared_as_the_model_reads_them(

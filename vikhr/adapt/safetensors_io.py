@@ -243,8 +243,12 @@ class SafetensorsWriter:
         header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
         self.path, self.size = path, 0
         for name, (dtype, shape) in layout.items():
-            if dtype not in DTYPE_BYTES:
-                raise RuntimeError(f"{path}: tensor {name} has dtype {dtype}, which vikhr cannot write")
+            try:
+                torch_dtype(dtype)  # what `add` can be given (callers check their inputs' dtypes)
+            except VikhrError:
+                raise RuntimeError(
+                    f"{path}: tensor {name} has dtype {dtype}, which vikhr cannot write"
+                ) from None
             n = math.prod(shape) * DTYPE_BYTES[dtype]
             header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self.size, self.size + n]}
             self.size += n
@@ -292,6 +296,11 @@ def write_computed(
 
     Returns the data size in bytes (that of `src`).
     """
+    for e in src.tensors.values():  # refused before the header is written, naming the input
+        try:
+            torch_dtype(e.dtype)
+        except VikhrError as err:
+            raise VikhrError(f"{src.path}: tensor {e.name}: {err}") from None
     layout = {e.name: (e.dtype, e.shape) for e in src.tensors.values()}
     with SafetensorsWriter(dst_path, layout, src.metadata) as out:
         for e in src.tensors.values():
