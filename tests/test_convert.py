@@ -182,6 +182,21 @@ def test_a_tensor_unlike_the_written_header_is_an_error_and_leaves_no_output(
         assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "meg"], faulty.__name__
 
 
+def test_ranks_whose_copies_of_a_norm_differ_in_dtype_export_rank_0s(tmp_path: Path) -> None:
+    """A replicated tensor is taken from rank 0; its header's dtype was the promotion over every
+    rank's, so a BF16 norm in rank 0 beside an F32 one in rank 1 ended in a RuntimeError traceback
+    ("computed model.norm.weight BF16 [..], but the header says ... F32") and no export."""
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf"), tmp_path / "meg", tp_size=2)
+    rank0 = next(meg.rglob("model_tp00.safetensors"))
+    tensors = load_file(str(rank0))
+    norm = tensors["decoder.final_layernorm.weight"] = tensors["decoder.final_layernorm.weight"].bfloat16()
+    save_file(tensors, str(rank0))
+    back = megatron_to_hf(meg, tmp_path / "back")
+    exported = load_file(str(back / "model.safetensors"))
+    assert exported["model.norm.weight"].dtype == torch.bfloat16
+    assert torch.equal(exported["model.norm.weight"], norm)
+
+
 @pytest.mark.parametrize(("tied", "family"), [(False, "mistral"), (True, "llama3"), (False, "qwen2")])
 def test_each_converted_tensor_is_freed_before_the_next_is_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tied: bool, family: str

@@ -734,7 +734,9 @@ def _hf_layout(headers: list[SafetensorsHeader], cfg: ModelConfig) -> Layout:
     shapes = hf_tensor_shapes(cfg, with_lm_head=not cfg.tie_embeddings)
     layout = {}
     for meg, hf_names in _tensor_pairs(cfg):
-        dtype = _output_dtype([h.tensors[meg].dtype for h in headers], f"{headers[0].path}: {meg}")
+        # As `merge` makes it: rank 0's copy of a replicated tensor, the ranks' parts concatenated else.
+        ranks = headers if split_of(meg) is not None else headers[:1]
+        dtype = _output_dtype([h.tensors[meg].dtype for h in ranks], f"{headers[0].path}: {meg}")
         layout.update((n, (dtype, shapes[n])) for n in hf_names)
     return layout
 
