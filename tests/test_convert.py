@@ -139,6 +139,49 @@ def test_a_conversion_writes_each_output_byte_once(tmp_path: Path) -> None:
         assert written < output + (256 << 10), (out.name, written, output)  # a few log lines of slack
 
 
+def test_the_header_first_writer_gives_files_safetensors_reads_for_odd_dtypes_shapes_and_layouts(
+    tmp_path: Path,
+) -> None:
+    """SafetensorsWriter's files load in the reference library with every tensor's bits: bf16, bool,
+    0-dim, empty and non-contiguous (transposed, expanded, strided) tensors; headers of every length
+    modulo 8 (the data buffer must start 8-byte aligned, one already aligned gets no padding); and a
+    file of no tensor at all."""
+    import struct
+
+    from vikhr.adapt.safetensors_io import SafetensorsWriter, read_header, safetensors_dtype
+
+    tensors = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "transposed": torch.arange(12, dtype=torch.float32).reshape(3, 4).t(),
+        "expanded": torch.arange(3.0).expand(4, 3),
+        "strided": torch.arange(10, dtype=torch.int16)[2:9:3],
+    }
+    cases = [tensors, {}] + [{"x" * n: torch.ones(1)} for n in range(8)]
+    paddings = []
+    for i, case in enumerate(cases):
+        path = tmp_path / f"{i}.safetensors"
+        layout = {name: (safetensors_dtype(t.dtype), tuple(t.shape)) for name, t in case.items()}
+        with SafetensorsWriter(path, layout, metadata={"format": "pt"}) as writer:
+            for name, t in case.items():
+                writer.add(name, t)
+            writer.finish()
+        raw = path.read_bytes()
+        (header_len,) = struct.unpack("<Q", raw[:8])
+        assert header_len % 8 == 0
+        paddings.append(header_len - len(raw[8 : 8 + header_len].rstrip(b" ")))
+        assert len(raw) == 8 + header_len + sum(t.numel() * t.element_size() for t in case.values())
+        back = load_file(str(path))
+        assert set(back) == set(case)
+        for name, t in case.items():
+            assert back[name].dtype == t.dtype and back[name].shape == t.shape
+            assert torch.equal(back[name], t), name
+        assert list(read_header(path).tensors) == list(case)  # in layout order
+    assert sorted(paddings[2:]) == list(range(8))  # one header already aligned: no padding
+
+
 def test_a_tensor_unlike_the_written_header_is_an_error_and_leaves_no_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
