@@ -225,6 +225,34 @@ def test_a_tensor_unlike_the_written_header_is_an_error_and_leaves_no_output(
         assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "meg"], faulty.__name__
 
 
+def test_a_tensor_of_a_dtype_vikhr_cannot_read_is_named_with_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An FP8 k_proj in its own shard was reported as the q_proj of the shard before it (the first
+    of the tensors fused into QKV); an FP8 rank 1 part as rank 0's."""
+    hf = _tiny_hf(tmp_path / "hf", shards=True)
+    fp8 = "model.layers.0.self_attn.k_proj.weight"
+    (shard,) = [f for f in hf.glob("*.safetensors") if fp8 in load_file(str(f))]
+    tensors = load_file(str(shard))
+    assert "model.layers.0.self_attn.q_proj.weight" not in tensors  # fused with a tensor of another file
+    tensors[fp8] = tensors[fp8].to(torch.float8_e4m3fn)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    assert cli_main(["convert", "hf-to-megatron", str(hf), str(tmp_path / "meg")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(f"error: {shard}: tensor {fp8}: unsupported safetensors dtype F8_E4M3"), line
+
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf2"), tmp_path / "meg2", tp_size=2)
+    rank1 = next(meg.rglob("model_tp01.safetensors"))
+    tensors = load_file(str(rank1))
+    fc1 = "decoder.layers.0.mlp.linear_fc1.weight"
+    tensors[fc1] = tensors[fc1].to(torch.float8_e4m3fn)
+    save_file(tensors, str(rank1))
+    assert cli_main(["convert", "megatron-to-hf", str(meg), str(tmp_path / "back")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(f"error: {rank1}: tensor {fc1}: unsupported safetensors dtype F8_E4M3"), line
+    assert not (tmp_path / "meg").exists() and not (tmp_path / "back").exists()
+
+
 def test_ranks_whose_copies_of_a_norm_differ_in_dtype_export_rank_0s(tmp_path: Path) -> None:
     """A replicated tensor is taken from rank 0; its header's dtype was the promotion over every
     rank's, so a BF16 norm in rank 0 beside an F32 one in rank 1 ended in a RuntimeError traceback

@@ -569,12 +569,16 @@ def _megatron_full_tensors(
         src.check_tied_lm_head()  # a stored copy of the LM head must equal the embedding
 
 
-def _output_dtype(dtypes: list[str], where: str) -> str:
-    """The safetensors dtype of a tensor made of tensors of `dtypes` (torch's promotion, as torch.cat's)."""
-    try:
-        return safetensors_dtype(functools.reduce(torch.promote_types, map(torch_dtype, dtypes)))
-    except VikhrError as e:
-        raise VikhrError(f"{where}: {e}") from None
+def _output_dtype(parts: list[tuple[Path, str, str]]) -> str:
+    """The safetensors dtype of a tensor made of `parts` ((file, tensor name, safetensors dtype) each):
+    torch's promotion, as torch.cat's. VikhrError naming the part whose dtype vikhr cannot read."""
+    dtypes = []
+    for path, name, dtype in parts:
+        try:
+            dtypes.append(torch_dtype(dtype))
+        except VikhrError as e:
+            raise VikhrError(f"{path}: tensor {name}: {e}") from None
+    return safetensors_dtype(functools.reduce(torch.promote_types, dtypes))
 
 
 def _megatron_layout(src: _HFCheckpoint, cfg: ModelConfig, v_pad: int, tp: int) -> Layout:
@@ -582,9 +586,8 @@ def _megatron_layout(src: _HFCheckpoint, cfg: ModelConfig, v_pad: int, tp: int) 
     shapes = megatron_tensor_shapes(cfg, v_pad, tp)
     layout = {}
     for meg, hf_names in _tensor_pairs(cfg):
-        entries = [src.where[n].tensors[n] for n in hf_names]
-        where = f"{src.where[hf_names[0]].path}: {hf_names[0]}"
-        layout[meg] = (_output_dtype([e.dtype for e in entries], where), shapes[meg])
+        parts = [(src.where[n].path, n, src.where[n].tensors[n].dtype) for n in hf_names]
+        layout[meg] = (_output_dtype(parts), shapes[meg])
     return layout
 
 
@@ -736,7 +739,7 @@ def _hf_layout(headers: list[SafetensorsHeader], cfg: ModelConfig) -> Layout:
     for meg, hf_names in _tensor_pairs(cfg):
         # As `merge` makes it: rank 0's copy of a replicated tensor, the ranks' parts concatenated else.
         ranks = headers if split_of(meg) is not None else headers[:1]
-        dtype = _output_dtype([h.tensors[meg].dtype for h in ranks], f"{headers[0].path}: {meg}")
+        dtype = _output_dtype([(h.path, meg, h.tensors[meg].dtype) for h in ranks])
         layout.update((n, (dtype, shapes[n])) for n in hf_names)
     return layout
 
