@@ -182,6 +182,28 @@ def test_the_header_first_writer_gives_files_safetensors_reads_for_odd_dtypes_sh
     assert sorted(paddings[2:]) == list(range(8))  # one header already aligned: no padding
 
 
+def test_a_header_that_cannot_be_written_closes_the_writer_s_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure writing the header (a full disk) happens in SafetensorsWriter's constructor, where
+    the `with` block's exit is never reached: the file it opened must be closed there."""
+    import vikhr.adapt.safetensors_io as io_module
+
+    opened: list[Any] = []
+    real_open = open
+    monkeypatch.setattr(
+        io_module, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1], raising=False
+    )
+
+    def full_disk(fout: Any, header: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io_module, "_write_header", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        io_module.SafetensorsWriter(tmp_path / "x.safetensors", {"w": ("F32", (2,))})
+    assert len(opened) == 1 and opened[0].closed
+
+
 def test_a_tensor_unlike_the_written_header_is_an_error_and_leaves_no_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

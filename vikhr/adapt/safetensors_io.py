@@ -254,7 +254,11 @@ class SafetensorsWriter:
             self.size += n
         self._pending = iter([(name, (dtype, tuple(shape))) for name, (dtype, shape) in layout.items()])
         self._file = open(path, "wb")  # noqa: SIM115 (closed by finish or on error by __exit__)
-        _write_header(self._file, header)
+        try:
+            _write_header(self._file, header)
+        except BaseException:  # __exit__ is not reached when __init__ fails (a full disk)
+            self._file.close()
+            raise
 
     def add(self, name: str, tensor: Any) -> int:
         """Write the data of the next tensor of the layout, `name`; returns its size in bytes."""
