@@ -493,6 +493,33 @@ def test_byte_level_extension_copies_old_rows_and_averages_token_bytes(
     assert same == tied
 
 
+def test_an_extended_tokenizer_as_the_old_one_of_a_padded_checkpoint_is_refused(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Qwen-style checkpoint has spare rows past its tokenizer (Qwen2.5: 271). The Russian extension
+    given as --old-tokenizer (or as both tokenizers) fitted in them: exit 0, every new token "copied"
+    from an untrained padding row. The model's own tokenizer, kept in its directory, has fewer tokens."""
+    from tokenizers import Tokenizer
+
+    base_json, extended_json = byte_level_tokenizers["qwen2"]
+    base_size = Tokenizer.from_file(str(base_json)).get_vocab_size()
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=base_size + 320, arch="qwen2", tied=True)  # 300 new tokens fit
+    shutil.copyfile(base_json, src / "tokenizer.json")
+    argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(extended_json)]
+    argv += ["--new-tokenizer", str(extended_json), "--out", str(out)]
+    capsys.readouterr()  # transformers' progress bar of the save above
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"--old-tokenizer {extended_json} has 300 more tokens than the model's tokenizer" in err, err
+    assert f"({base_size + 300} vs {base_size}; id {base_size}: " in err
+    assert f"(--old-tokenizer {src})" in err
+    _assert_nothing_written(tmp_path, out)
+    summary = adapt_vocab(src, src, extended_json, out, show_progress=False)
+    assert summary["counts"]["copied"] == base_size
+
+
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
 ) -> None:

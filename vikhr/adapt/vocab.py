@@ -325,6 +325,15 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path) -> None
             f" {old.pieces[i]!r}, the model's {own.pieces[i]!r}); "
             f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
         )
+    # An extension of the model's tokenizer passes the row check on a padded checkpoint (Qwen2.5: 271
+    # spare rows): its new tokens would be taken as trained and get the untrained padding rows.
+    if old.size > own.size:
+        raise VikhrError(
+            f"--old-tokenizer {old.path} has {old.size - own.size} more tokens than the model's tokenizer "
+            f"{own_path} ({old.size} vs {own.size}; id {own.size}: {old.pieces[own.size]!r}), so the "
+            f"model has no trained rows for them (an extended tokenizer given as the old one?); "
+            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+        )
 
 
 def _write_tokenizer(new_path: Path, out: Path) -> None:
