@@ -197,3 +197,25 @@ def test_the_smallest_seq_len_of_the_chats_is_the_sft_trainer_s_own_bound(tmp_pa
         return True
 
     assert trainer_accepts(smallest) and not trainer_accepts(smallest - 1)
+
+
+def test_the_base_tokenizer_may_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--base-tokenizer` given a directory holding the tokenizer (a model's, an earlier `tok/`), as every
+    other tokenizer option takes it, was refused: "base tokenizer is not a regular file". Run up to the
+    refusal of `--seq-len 1` after the tokenizer stage, which reads the base from the directory."""
+    import shutil
+
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.cli import main
+
+    base = tmp_path / "mistral"
+    base.mkdir()
+    shutil.copyfile(MISTRAL_TOKENIZER, base / "tokenizer.model")
+    work = tmp_path / "demo"
+    argv = ["demo", "--workdir", str(work), "--base-tokenizer", str(base), "--seq-len", "1"]
+    status = main([*argv, "--vocab-size", "1000"])
+    captured = capsys.readouterr()
+    assert status == 2 and "not a regular file" not in captured.err
+    assert "[2/8]" in captured.out and "[3/8]" not in captured.out
+    assert "vikhr demo: error: --seq-len 1 is too short for the SFT chats of " in captured.err
+    assert not work.exists()

@@ -44,6 +44,7 @@ from typing import Any
 from vikhr.atomic import output_dir, temporary_path, write_text
 from vikhr.errors import VikhrError, refuse_to_replace, require_file
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
+from vikhr.tokenizer.load import resolve_tokenizer_file
 
 # Meta-Llama-3's pre-tokenizer split and the special tokens its base and instruct models use.
 LLAMA3_SPECIALS = (
@@ -577,6 +578,9 @@ def run(args: argparse.Namespace) -> int:
 
         args.base_tokenizer = str(assets.MISTRAL_TOKENIZER)
     if args.base_tokenizer is not None:
+        base = Path(args.base_tokenizer)
+        # A directory (a model's, an earlier output's tok/), as every other tokenizer option takes it.
+        args.base_tokenizer = str(resolve_tokenizer_file(base) if base.is_dir() else base)
         require_file(args.base_tokenizer, "base tokenizer")
     workdir = Path(args.workdir)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
@@ -630,8 +634,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--base-tokenizer",
         default=None,
-        help="the original tokenizer (default: the bundled Mistral .model; for byte-bpe, a Llama-3-like "
-        "stand-in trained on the English sample)",
+        help="the original tokenizer: a .model, a tokenizer.json or a directory holding one (default: the "
+        "bundled Mistral .model; for byte-bpe, a Llama-3-like stand-in trained on the English sample)",
     )
     p.add_argument("--sft-chats", default=str(assets.RU_SEED_CHATS), help="chats JSONL for SFT")
     p.add_argument("--workdir", default="runs/demo", help="where outputs go (default: runs/demo)")
