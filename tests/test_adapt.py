@@ -520,6 +520,31 @@ def test_an_extended_tokenizer_as_the_old_one_of_a_padded_checkpoint_is_refused(
     assert summary["counts"]["copied"] == base_size
 
 
+def test_the_bases_tokenizer_as_the_old_one_of_an_adapted_checkpoint_is_refused(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An adapted checkpoint (its directory holding the extended tokenizer) given with the base's
+    tokenizer as --old-tokenizer: its 300 Russian rows passed the row check as padding and were
+    replaced by means of the base's rows, exit 0."""
+    base_json, extended_json = byte_level_tokenizers["llama3"]
+    base_size = load_vocabulary(base_json).size
+    src, adapted, out = tmp_path / "src", tmp_path / "adapted", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=base_size, arch="llama")
+    adapt_vocab(src, base_json, extended_json, adapted, show_progress=False)
+    argv = ["adapt-vocab", "--model", str(adapted), "--old-tokenizer", str(base_json)]
+    argv += ["--new-tokenizer", str(extended_json), "--out", str(out)]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"--old-tokenizer {base_json} has 300 fewer tokens than the model's tokenizer" in err, err
+    assert f"({base_size} vs {base_size + 300}; id {base_size}: " in err
+    assert f"(--old-tokenizer {adapted})" in err
+    _assert_nothing_written(tmp_path, out)
+    summary = adapt_vocab(adapted, adapted, extended_json, out, show_progress=False)
+    assert summary["counts"]["copied"] == base_size + 300
+
+
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
 ) -> None:

@@ -303,11 +303,12 @@ def _check_vocab_sizes(old: Vocabulary, rows: int, cfg_vocab: int | None, model_
         )
 
 
-def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path) -> None:
+def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: int) -> None:
     """VikhrError when the model's directory holds a tokenizer that gives other pieces than `old` on
     more than MAX_OTHER_PIECES of their common ids: a tokenizer of the same size but not the model's
-    (Llama 2's for Mistral) passes the size check and copies every row for another token. A
-    directory without a readable tokenizer has nothing to compare with."""
+    (Llama 2's for Mistral) passes the size check and copies every row for another token; or one of
+    another size where the model has a row for each of its tokens (`rows`). A directory without a
+    readable tokenizer has nothing to compare with."""
     try:
         own_path = resolve_tokenizer_file(model_dir)
         if own_path.resolve() == old.path.resolve():
@@ -332,6 +333,15 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path) -> None
             f"--old-tokenizer {old.path} has {old.size - own.size} more tokens than the model's tokenizer "
             f"{own_path} ({old.size} vs {own.size}; id {own.size}: {old.pieces[own.size]!r}), so the "
             f"model has no trained rows for them (an extended tokenizer given as the old one?); "
+            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+        )
+    # The base's tokenizer given for an adapted model whose few hundred new rows pass the row check as
+    # padding: their trained rows would be replaced by means of the base's.
+    if old.size < own.size <= rows:
+        raise VikhrError(
+            f"--old-tokenizer {old.path} has {own.size - old.size} fewer tokens than the model's tokenizer "
+            f"{own_path} ({old.size} vs {own.size}; id {old.size}: {own.pieces[old.size]!r}), whose rows "
+            f"the model has (the base's tokenizer given for an adapted model?); "
             f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
         )
 
@@ -519,7 +529,7 @@ def adapt_vocab(
     old = load_vocabulary(old_tokenizer)
     new = load_vocabulary(new_tokenizer)
     _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
-    _check_old_tokenizer_is_the_models(old, model_dir)
+    _check_old_tokenizer_is_the_models(old, model_dir, embed_src.tensors[EMBED].shape[0])
     id_map = find_id_map(new, id_map_path)
     if id_map is not None:
         check_id_map(id_map, old, new)
