@@ -199,6 +199,30 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         assert "\n" not in str(e.value)
 
 
+def test_a_tiktoken_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Llama-3's original/tokenizer.model is a tiktoken BPE file (base64 token, rank, a line each): as a
+    tokenizer (or a directory holding it) it was "not a SentencePiece .model (… could not parse
+    ModelProto …)" or "Wire format was corrupt". Every stage now says what it is and what to give."""
+    from vikhr.cli import main
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="ascii")
+    said = "original/tokenizer.model is a tiktoken BPE file (as Llama-3's original/tokenizer.model), not a "
+    for parse in (load, load_model_proto):
+        with pytest.raises(VikhrError, match="is a tiktoken BPE file") as e:
+            parse(original / "tokenizer.model")
+        assert said in str(e.value) and "give the model's HF tokenizer.json" in str(e.value)
+    corpus = tmp_path / "ru.jsonl"
+    corpus.write_text('{"text": "Привет, мир"}\n', encoding="utf-8")
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(original), "--new-tokens", "10"]
+    assert main([*argv, "--corpus", str(corpus), "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "tok").exists()
+
+
 def test_tokenizer_is_frozen() -> None:
     tok = load(MISTRAL_TOKENIZER)
     assert isinstance(tok, Tokenizer)

@@ -23,6 +23,18 @@ if TYPE_CHECKING:  # load.py builds on this module; the type is only an annotati
     from vikhr.tokenizer.load import Tokenizer
 
 SPIECE_UNDERLINE = "▁"
+# The first line of a tiktoken BPE file: a token's bytes in base64, a space, its rank.
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+\r?\n")
+
+
+def refuse_tiktoken(path: Path, head: bytes) -> None:
+    """VikhrError naming the file's format when `head`, its first bytes, are a tiktoken BPE file's, which
+    the SentencePiece parser would only call corrupt."""
+    if _TIKTOKEN_LINE.match(head):
+        raise VikhrError(
+            f"{path} is a tiktoken BPE file (as Llama-3's original/tokenizer.model), not a SentencePiece "
+            ".model: give the model's HF tokenizer.json (or its HF directory, which holds it)"
+        )
 
 
 def load_model_proto(path: str | Path) -> Any:
@@ -30,9 +42,11 @@ def load_model_proto(path: str | Path) -> Any:
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     path = require_file(path, "SentencePiece model")
+    data = path.read_bytes()
+    refuse_tiktoken(path, data[:1024])
     proto = pb.ModelProto()
     try:
-        proto.ParseFromString(path.read_bytes())
+        proto.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError subclasses that vary by version
         raise VikhrError(f"{path} is not a SentencePiece .model file ({e})") from e
     if len(proto.pieces) == 0:

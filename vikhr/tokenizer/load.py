@@ -25,6 +25,7 @@ sentencepiece, tokenizers nor transformers: `load` does, when called.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -344,6 +345,11 @@ def _special_id(
     return None
 
 
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(1024)
+
+
 def _sentencepiece(path: Path, model_proto: bytes | None = None) -> Tokenizer:
     import sentencepiece as spm
 
@@ -353,6 +359,10 @@ def _sentencepiece(path: Path, model_proto: bytes | None = None) -> Tokenizer:
         else:
             sp = spm.SentencePieceProcessor(model_proto=model_proto)
     except (RuntimeError, OSError) as e:
+        from vikhr.tokenizer.hf_export import refuse_tiktoken
+
+        with contextlib.suppress(OSError):  # unreadable: the parser's own message below says so
+            refuse_tiktoken(path, model_proto[:1024] if model_proto is not None else _head(path))
         raise VikhrError(f"{path} is not a SentencePiece .model ({str(e).splitlines()[0]}); {_GIVE}") from e
     bos, eos = sp.bos_id(), sp.eos_id()
     return Tokenizer(
