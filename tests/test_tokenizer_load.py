@@ -223,6 +223,15 @@ def test_a_tiktoken_file_is_named_as_such(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "tok").exists()
 
 
+def test_a_directory_with_a_tiktoken_model_beside_its_tokenizer_json_is_the_json(tmp_path: Path) -> None:
+    """`tokenizer.model` comes first in a directory; a tiktoken one (Llama-3's original/tokenizer.model
+    copied beside the tokenizer.json) made every stage refuse the directory, whose tokenizer.json works."""
+    (tmp_path / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="ascii")
+    shutil.copyfile(RU40K_JSON, tmp_path / "tokenizer.json")
+    assert resolve_tokenizer_file(tmp_path) == tmp_path / "tokenizer.json"
+    assert load(tmp_path).encode(TEXT) == load(RU40K_JSON).encode(TEXT)
+
+
 def test_tokenizer_is_frozen() -> None:
     tok = load(MISTRAL_TOKENIZER)
     assert isinstance(tok, Tokenizer)

@@ -27,10 +27,15 @@ SPIECE_UNDERLINE = "▁"
 _TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+\r?\n")
 
 
+def is_tiktoken(head: bytes) -> bool:
+    """Whether `head`, a file's first bytes, are a tiktoken BPE file's."""
+    return _TIKTOKEN_LINE.match(head) is not None
+
+
 def refuse_tiktoken(path: Path, head: bytes) -> None:
     """VikhrError naming the file's format when `head`, its first bytes, are a tiktoken BPE file's, which
     the SentencePiece parser would only call corrupt."""
-    if _TIKTOKEN_LINE.match(head):
+    if is_tiktoken(head):
         raise VikhrError(
             f"{path} is a tiktoken BPE file (as Llama-3's original/tokenizer.model), not a SentencePiece "
             ".model: give the model's HF tokenizer.json (or its HF directory, which holds it)"

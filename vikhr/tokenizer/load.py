@@ -4,8 +4,9 @@ Which file: a file path is loaded as it is (`.json` → HF `tokenizers`, anythin
 A directory is searched for `TOKENIZER_FILES` in order: `tokenizer.model` first, then
 `tokenizer.json` (an HF export written by vikhr holds both, and the `.model` is the original) —
 unless its `tokenizer.json` holds ids past the end of its `tokenizer.model` (tokens added to a
-SentencePiece base, such as a chat model's `<|im_start|>`/`<|im_end|>`): that `tokenizer.json` is
-then the directory's tokenizer, the one transformers loads.
+SentencePiece base, such as a chat model's `<|im_start|>`/`<|im_end|>`), or its `tokenizer.model` is a
+tiktoken BPE file (Llama-3's original/tokenizer.model): that `tokenizer.json` is then the
+directory's tokenizer, the one transformers loads.
 
 A Mistral `tekken.json` is refused with a pointer to `vikhr tokenizer import-tekken`, which
 converts it to a `tokenizer.json` (vikhr.tokenizer.tekken).
@@ -101,12 +102,25 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
         found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
         if not found:
             raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
-        return found[1] if len(found) == 2 and _adds_tokens(found[1], found[0]) else found[0]
+        if len(found) == 2 and (_is_tiktoken_file(found[0]) or _adds_tokens(found[1], found[0])):
+            return found[1]
+        return found[0]
     if not p.exists():
         raise VikhrError(f"tokenizer not found: {p} ({_GIVE})")
     if not p.is_file():
         raise VikhrError(f"tokenizer is not a regular file: {p} ({_GIVE})")
     return p
+
+
+def _is_tiktoken_file(model_path: Path) -> bool:
+    """Whether the `tokenizer.model` is a tiktoken BPE file (Llama-3's original/tokenizer.model copied
+    beside its tokenizer.json), which is no SentencePiece model: the directory's tokenizer is the json."""
+    from vikhr.tokenizer.hf_export import is_tiktoken
+
+    try:
+        return is_tiktoken(_head(model_path))
+    except OSError:  # unreadable: loading it says why
+        return False
 
 
 def _adds_tokens(json_path: Path, model_path: Path) -> bool:
