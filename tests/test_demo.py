@@ -219,3 +219,47 @@ def test_the_base_tokenizer_may_be_a_directory(tmp_path: Path, capsys: pytest.Ca
     assert "[2/8]" in captured.out and "[3/8]" not in captured.out
     assert "vikhr demo: error: --seq-len 1 is too short for the SFT chats of " in captured.err
     assert not work.exists()
+
+
+def test_a_byte_bpe_base_without_llama3_header_tokens_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--family byte-bpe --base-tokenizer` given a byte-level BPE without Llama-3's header tokens (a
+    Qwen-style one, with only <|im_start|>/<|im_end|>) was refused only after the tokenizer stage, by
+    the chats' Llama-3 template; now before any stage, the work directory as it was."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from vikhr.cli import main
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(["hello world, a tiny byte-level tokenizer"] * 4, trainer)
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    base = tmp_path / "qwen-like.json"
+    tok.save(str(base))
+    work = tmp_path / "demo"
+    work.mkdir()
+    (work / "earlier.txt").write_text("kept")
+    argv = [
+        "demo",
+        "--family",
+        "byte-bpe",
+        "--base-tokenizer",
+        str(base),
+        "--workdir",
+        str(work),
+        "--overwrite",
+    ]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out
+    assert captured.err == (
+        f"vikhr demo: error: --base-tokenizer {base} has no <|begin_of_text|> / <|start_header_id|> / "
+        "<|end_header_id|> / <|eot_id|> tokens: the byte-bpe demo writes its chats with Llama-3's header "
+        "template, which needs each as one id; give a Llama-3 tokenizer (or one with those special tokens), "
+        "or leave out --base-tokenizer for the Llama-3-like stand-in\n"
+    )
+    assert [p.name for p in work.iterdir()] == ["earlier.txt"]

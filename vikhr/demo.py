@@ -22,7 +22,8 @@ The paper's recipe at toy scale, every stage through vikhr's own API:
 stand-in base tokenizer is a byte-level BPE with Llama-3's pre-tokenizer and special tokens trained
 on the English sample; stage 2 *extends* it with Russian tokens (every text without Cyrillic keeps
 its ids); the stand-in base is Llama-3-shaped (RoPE θ 500k, "llama3" RoPE scaling, exported as
-`LlamaForCausalLM`), and the chats use Llama-3's header template.
+`LlamaForCausalLM`), and the chats use Llama-3's header template (a --base-tokenizer without its
+header tokens is refused before the first stage).
 
 Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to --workdir.
 """
@@ -539,6 +540,26 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
+def _check_base_chat_tokens(base_tokenizer: str, family: Family) -> None:
+    """The chats are written with `family`'s template, whose control tokens the new tokenizer has only
+    when the base it extends has them: a base without Llama-3's header tokens is refused now, not after
+    the tokenizer stage."""
+    from vikhr.sft.template import TEMPLATE_TOKENS
+    from vikhr.tokenizer.load import load
+
+    if family.template != "llama3":
+        return
+    tok = load(base_tokenizer)
+    missing = [token for token in TEMPLATE_TOKENS["llama3"] if tok.piece_to_id(token) is None]
+    if missing:
+        raise VikhrError(
+            f"--base-tokenizer {base_tokenizer} has no {' / '.join(missing)} token"
+            f"{'s' if len(missing) > 1 else ''}: the byte-bpe demo writes its chats with Llama-3's header "
+            "template, which needs each as one id; give a Llama-3 tokenizer (or one with those special "
+            "tokens), or leave out --base-tokenizer for the Llama-3-like stand-in"
+        )
+
+
 def _missing_dirs(path: Path) -> list[Path]:
     """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True) makes."""
     missing = []
@@ -582,6 +603,7 @@ def run(args: argparse.Namespace) -> int:
         # A directory (a model's, an earlier output's tok/), as every other tokenizer option takes it.
         args.base_tokenizer = str(resolve_tokenizer_file(base) if base.is_dir() else base)
         require_file(args.base_tokenizer, "base tokenizer")
+        _check_base_chat_tokens(args.base_tokenizer, FAMILIES[args.family])
     workdir = Path(args.workdir)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     if workdir.exists() and any(workdir.iterdir()):
