@@ -172,6 +172,60 @@ def test_a_key_the_first_record_lacks_is_named_as_the_wrong_json_key(tmp_path: P
     assert "documents 1," in capsys.readouterr().out
 
 
+def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_it(
+    tmp_path: Path, capsys
+) -> None:
+    """A chat file under --json-keys messages said "no string field 'messages' (…; the record's fields:
+    messages)": a field that is there, named as missing. A value that is not a string is said as what
+    it is; a chat names `vikhr sft prepare`, on the first line and deeper in the file alike."""
+    chat = {
+        "messages": [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
+    }
+    src = tmp_path / "chats.jsonl"
+    src.write_text(f"{json.dumps(chat)}\n{json.dumps({'messages': 'просто текст'})}\n", encoding="utf-8")
+    args = [
+        "--input", str(src), "--output-prefix", str(tmp_path / "out"), "--json-keys", "messages",
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    said = (
+        f'{src}:1: field "messages" is a list of chat messages (role/content), not a string: chats are '
+        "encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)\n"
+    )
+    assert vikhr_main(["data", "preprocess", *args]) == 2
+    assert capsys.readouterr().err == f"vikhr data preprocess: error: {said}"
+    script = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *args]
+    proc = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr == f"preprocess_data.py: error: {said}"
+    assert not list(tmp_path.glob("out*"))
+    # --skip-invalid skips the chat and counts it.
+    assert vikhr_main(["data", "preprocess", *args, "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("documents 1,") and " skipped 1," in out
+    # A chat after a first line of text: the reader's own line, the same words.
+    src.write_text(f"{json.dumps({'messages': 'текст'})}\n{json.dumps(chat)}\n", encoding="utf-8")
+    assert (
+        vikhr_main(["data", "preprocess", *args[:2], "--output-prefix", str(tmp_path / "o2"), *args[4:]]) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"vikhr data preprocess: error: {said.replace(':1:', ':2:').rstrip()} (fix the line, or pass "
+        "--skip-invalid to skip such lines)\n"
+    )
+    # ShareGPT turns name the command that converts them; another value, what it is.
+    src.write_text(json.dumps({"conversations": [{"from": "human", "value": "x"}], "n": 3}) + "\n")
+    for key, what in [
+        ("conversations", "is a list of ShareGPT turns (from/value), not a string: chats are converted "
+         "with vikhr sft build and encoded with vikhr sft prepare, not pre-tokenized as text "
+         "(see docs/sft.md)"),
+        ("n", "is a number, not a string (choose the field with --json-keys; the record's fields: "
+         "conversations, n)"),
+    ]:  # fmt: skip
+        assert vikhr_main(["data", "preprocess", *args[:5], key, *args[6:]]) == 2
+        assert (
+            capsys.readouterr().err
+            == f"vikhr data preprocess: error: {src}:1: field {json.dumps(key)} {what}\n"
+        )
+
+
 @pytest.mark.parametrize(
     ("line", "said"),
     [

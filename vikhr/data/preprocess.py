@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 import time
@@ -181,12 +182,17 @@ def _check_json_keys(first_file: Path, json_keys: Sequence[str], skip_invalid: b
     except (StopIteration, VikhrError):  # no record, or a bad line: the reader names it
         return
     missing = [key for key in json_keys if not isinstance(record.get(key), str)]
-    if missing:
-        fields = ", ".join(record) or "none"
-        raise VikhrError(
-            f"{path}:{line_no}: no string field {missing[0]!r} (choose the field with --json-keys; the "
-            f"record's fields: {fields})"
-        )
+    if not missing:
+        return
+    key, fields = missing[0], ", ".join(record) or "none"
+    choose = f"choose the field with --json-keys; the record's fields: {fields}"
+    if key not in record:
+        raise VikhrError(f"{path}:{line_no}: no string field {key!r} ({choose})")
+    # The reader's own words for the value (a chat names the commands that read chats).
+    from vikhr import _core
+
+    said, is_chat = _core.not_text_field(key, json.dumps(record[key]))
+    raise VikhrError(f"{path}:{line_no}: {said}" + ("" if is_chat else f" ({choose})"))
 
 
 def preprocess(

@@ -241,7 +241,58 @@ pub enum LineError {
     /// Not UTF-8: the first byte that is not.
     NotUtf8(u8),
     BadJson(String),
+    /// The key is absent.
     MissingKey(String),
+    /// The key's value is not a string: what it is.
+    NotString(String, NotText),
+}
+
+/// What a JSON value that is not a string is, said where text was wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotText {
+    Null,
+    Bool,
+    Number,
+    Object,
+    List,
+    /// A list of `{"role", "content"}` objects: a chat in the layout `vikhr sft prepare` reads.
+    ChatMessages,
+    /// A list of `{"from", "value"}` objects: a ShareGPT chat, which `vikhr sft build` converts.
+    ShareGptTurns,
+}
+
+impl NotText {
+    /// True for a chat: not text to pre-tokenize, but what the SFT commands read.
+    pub fn is_chat(self) -> bool {
+        matches!(self, NotText::ChatMessages | NotText::ShareGptTurns)
+    }
+}
+
+impl fmt::Display for NotText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotText::Null => "null",
+            NotText::Bool => "a bool",
+            NotText::Number => "a number",
+            NotText::Object => "an object",
+            NotText::List => "a list",
+            NotText::ChatMessages => "a list of chat messages (role/content)",
+            NotText::ShareGptTurns => "a list of ShareGPT turns (from/value)",
+        })
+    }
+}
+
+/// What the JSON value `value` is when it is not a string; `None` for a string, `Err` for text
+/// that is not one JSON value.
+pub fn not_text(value: &str) -> Result<Option<NotText>, String> {
+    let mut de = serde_json::Deserializer::from_str(value);
+    let got = <MaybeStr as de::Deserialize>::deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| json_error(value, &e))?;
+    Ok(match got {
+        MaybeStr::Str(_) => None,
+        MaybeStr::Other(kind) => Some(kind),
+    })
 }
 
 impl fmt::Display for LineError {
@@ -254,6 +305,19 @@ impl fmt::Display for LineError {
             ),
             LineError::BadJson(e) => write!(f, "not valid JSON ({e})"),
             LineError::MissingKey(k) => write!(f, "no string field {k:?}"),
+            LineError::NotString(k, NotText::ChatMessages) => write!(
+                f,
+                "field {k:?} is {}, not a string: chats are encoded with vikhr sft prepare, not \
+                 pre-tokenized as text (see docs/sft.md)",
+                NotText::ChatMessages
+            ),
+            LineError::NotString(k, NotText::ShareGptTurns) => write!(
+                f,
+                "field {k:?} is {}, not a string: chats are converted with vikhr sft build and \
+                 encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)",
+                NotText::ShareGptTurns
+            ),
+            LineError::NotString(k, kind) => write!(f, "field {k:?} is {kind}, not a string"),
         }
     }
 }
@@ -283,8 +347,11 @@ impl<'de> de::Deserialize<'de> for CowStr<'de> {
     }
 }
 
-/// A string value, or `None` for any other JSON value (which is skipped over).
-struct MaybeStr<'de>(Option<Cow<'de, str>>);
+/// A string value, or what any other JSON value is (its contents skipped over).
+enum MaybeStr<'de> {
+    Str(Cow<'de, str>),
+    Other(NotText),
+}
 
 impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -295,36 +362,106 @@ impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
                 f.write_str("any JSON value")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+                Ok(MaybeStr::Str(Cow::Borrowed(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+                Ok(MaybeStr::Str(Cow::Owned(v.to_owned())))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Owned(v))))
+                Ok(MaybeStr::Str(Cow::Owned(v)))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Bool))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Number))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Number))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Number))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Null))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
+                // A chat is said as one: what a text field holds in a chat file.
+                let (mut turns, mut messages, mut sharegpt) = (0usize, true, true);
+                while let Some(keys) = seq.next_element::<TurnKeys>()? {
+                    turns += 1;
+                    messages &= keys.role && keys.content;
+                    sharegpt &= keys.from && keys.value;
+                }
+                Ok(MaybeStr::Other(match turns {
+                    0 => NotText::List,
+                    _ if messages => NotText::ChatMessages,
+                    _ if sharegpt => NotText::ShareGptTurns,
+                    _ => NotText::List,
+                }))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
+                Ok(MaybeStr::Other(NotText::Object))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Which keys of a chat turn a list element has (all false for an element that is no object).
+#[derive(Default)]
+struct TurnKeys {
+    role: bool,
+    content: bool,
+    from: bool,
+    value: bool,
+}
+
+impl<'de> de::Deserialize<'de> for TurnKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TurnKeys;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            // Anything but an object is no turn (its contents skipped over).
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TurnKeys::default())
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TurnKeys::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut keys = TurnKeys::default();
+                while let Some(CowStr(k)) = map.next_key::<CowStr>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    match k.as_ref() {
+                        "role" => keys.role = true,
+                        "content" => keys.content = true,
+                        "from" => keys.from = true,
+                        "value" => keys.value = true,
+                        _ => {}
+                    }
+                }
+                Ok(keys)
             }
         }
         d.deserialize_any(V)
@@ -336,27 +473,24 @@ struct Fields<'k> {
 }
 
 impl<'de> DeserializeSeed<'de> for Fields<'_> {
-    type Value = Vec<Option<Cow<'de, str>>>;
+    type Value = Vec<Option<MaybeStr<'de>>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for Fields<'_> {
-    type Value = Vec<Option<Cow<'de, str>>>;
+    type Value = Vec<Option<MaybeStr<'de>>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = vec![None; self.keys.len()];
+        let mut out: Vec<Option<MaybeStr>> = (0..self.keys.len()).map(|_| None).collect();
         while let Some(CowStr(k)) = map.next_key::<CowStr>()? {
             match self.keys.iter().position(|x| *x == k) {
-                Some(i) => {
-                    // A non-string value (null, number, ...) counts as a missing text.
-                    out[i] = map.next_value::<MaybeStr>()?.0;
-                }
+                Some(i) => out[i] = Some(map.next_value::<MaybeStr>()?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -394,7 +528,11 @@ pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a,
     values
         .into_iter()
         .zip(keys)
-        .map(|(v, k)| v.ok_or_else(|| LineError::MissingKey(k.clone())))
+        .map(|(v, k)| match v {
+            Some(MaybeStr::Str(text)) => Ok(text),
+            Some(MaybeStr::Other(kind)) => Err(LineError::NotString(k.clone(), kind)),
+            None => Err(LineError::MissingKey(k.clone())),
+        })
         .collect()
 }
 
@@ -585,9 +723,61 @@ mod tests {
         );
         assert_eq!(
             extract_fields(b"{\"text\":null}", &k),
-            Err(LineError::MissingKey("text".into()))
+            Err(LineError::NotString("text".into(), NotText::Null))
         );
         assert_eq!(extract_fields(b"{\"text\":\"\"}\r", &k).unwrap(), [""]);
+    }
+
+    #[test]
+    fn a_value_that_is_not_a_string_is_said_as_what_it_is() {
+        let k = keys(&["messages"]);
+        let said = |line: &str| extract_fields(line.as_bytes(), &k).unwrap_err().to_string();
+        assert_eq!(said(r#"{"text": "x"}"#), r#"no string field "messages""#);
+        for (value, what) in [
+            ("null", "null"),
+            ("true", "a bool"),
+            ("-1.5e3", "a number"),
+            (r#"{"role": "user", "content": "x"}"#, "an object"),
+            ("[]", "a list"),
+            (r#"["a", "b"]"#, "a list"),
+            (r#"[{"role": "user", "content": "x"}, 1]"#, "a list"),
+            (r#"[{"role": "user"}]"#, "a list"),
+        ] {
+            let line = format!(r#"{{"messages": {value}, "id": 1}}"#);
+            assert_eq!(
+                said(&line),
+                format!(r#"field "messages" is {what}, not a string"#)
+            );
+        }
+        // A chat in a text field: the chat commands are named.
+        let chat = r#"{"messages": [{"role": "user", "content": "Привет"}, {"role": "assistant",
+            "content": [{"type": "text", "text": "x"}], "weight": 1}]}"#;
+        assert_eq!(
+            extract_fields(chat.replace('\n', " ").as_bytes(), &k),
+            Err(LineError::NotString(
+                "messages".into(),
+                NotText::ChatMessages
+            ))
+        );
+        assert_eq!(
+            said(r#"{"messages": [{"role": "user", "content": "Привет"}]}"#),
+            "field \"messages\" is a list of chat messages (role/content), not a string: chats are \
+             encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)"
+        );
+        let sharegpt = r#"{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}"#;
+        assert_eq!(
+            extract_fields(sharegpt.as_bytes(), &keys(&["conversations"])),
+            Err(LineError::NotString(
+                "conversations".into(),
+                NotText::ShareGptTurns
+            ))
+        );
+        assert_eq!(not_text(r#""x""#), Ok(None));
+        assert_eq!(
+            not_text("[{\"from\": 1, \"value\": null}]"),
+            Ok(Some(NotText::ShareGptTurns))
+        );
+        assert!(not_text("[1").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use vikhr_core::jsonl::LineError;
 use vikhr_core::mmidx::{self, DType, IndexInfo, IndexReader, IndexedWriter};
 use vikhr_core::pipeline::{self, Job, PipelineError, Progress};
 use vikhr_core::tokenizer::Tokenizer;
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge_datasets, m)?)?;
     m.add_function(wrap_pyfunction!(token_dtype, m)?)?;
     m.add_function(wrap_pyfunction!(check_plain_content, m)?)?;
+    m.add_function(wrap_pyfunction!(not_text_field, m)?)?;
     m.add_class::<NativeTokenizer>()?;
     m.add_class::<IndexedDatasetWriter>()?;
     m.add_class::<IndexedDatasetReader>()?;
@@ -39,6 +41,14 @@ fn default_threads() -> usize {
 #[pyfunction]
 fn check_plain_content(path: PathBuf, head: &[u8]) -> PyResult<()> {
     vikhr_core::jsonl::check_plain_content(&path, head).map_err(value_err)
+}
+
+/// For the field `key` wanted as text, whose value is the JSON text `value`: None for a string,
+/// else (the reader's message for it, whether the value is a chat). ValueError for no JSON value.
+#[pyfunction]
+fn not_text_field(key: String, value: &str) -> PyResult<Option<(String, bool)>> {
+    let kind = vikhr_core::jsonl::not_text(value).map_err(value_err)?;
+    Ok(kind.map(|k| (LineError::NotString(key, k).to_string(), k.is_chat())))
 }
 
 fn value_err(e: impl std::fmt::Display) -> PyErr {
