@@ -731,6 +731,28 @@ def test_bad_corpus_line_is_reported_with_location(
     assert list(tmp_path.iterdir()) == [bad]  # nothing half-written next to the output
 
 
+@pytest.mark.parametrize(
+    "value,said",
+    [
+        ([{"role": "user", "content": "x"}], 'field "text" holds a chat (a list of turns), not a string'),
+        (None, 'field "text" is null, not a string'),
+        (["a", "b"], 'field "text" is a list, not a string'),
+        (3, 'field "text" is a number, not a string'),
+    ],
+)
+def test_a_corpus_field_that_is_not_text_is_said_as_what_it_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: object, said: str
+) -> None:
+    """A field that is there but holds no text was said to be missing ("no string field 'text'")."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n' + json.dumps({"text": value}) + "\n", encoding="utf-8")
+    code, err = _cli(["tokenizer", "train", "--corpus", str(bad), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.splitlines() == [
+        f"vikhr tokenizer train: error: {bad}:2: {said} (choose the field with --text-key)"
+    ]
+    assert list(tmp_path.iterdir()) == [bad]
+
+
 def test_cli_train_reads_zst_corpora(tmp_path: Path) -> None:
     import zstandard
 

@@ -66,13 +66,24 @@ def iter_documents(
     first_line_of: dict[str, int] = {}
     for line_no, rec in read_jsonl(path):
         if not isinstance(rec.get(text_key), str):
-            raise VikhrError(f"{path}:{line_no}: no string field '{text_key}' ({text_key_fix})")
+            raise VikhrError(f"{path}:{line_no}: {_not_text(rec, text_key)} ({text_key_fix})")
         doc_id = str(rec["id"]) if "id" in rec else f"#{line_no}"
         if len(first_line_of) < _IDS_WATCHED and "id" in rec:
             _watch_id(path, doc_id, line_no, first_line_of)
         if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
             continue
         yield Document(doc_id, rec[text_key])
+
+
+def _not_text(record: dict, key: str) -> str:
+    """Why `record[key]` is no text: the field is absent, or what its value is (in the words of the
+    native reader, which `data preprocess` uses; a chat is named as one)."""
+    if key not in record:
+        return f"no string field '{key}'"
+    from vikhr import _core
+
+    said, is_chat = _core.not_text_field(key, json.dumps(record[key]))
+    return f"field {json.dumps(key)} holds a chat (a list of turns), not a string" if is_chat else said
 
 
 # How many ids of a file are remembered to notice a repeat (memory stays small on large corpora).
