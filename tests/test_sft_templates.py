@@ -489,6 +489,30 @@ def test_controls_held_as_plain_added_tokens_typed_in_a_message_stay_text(
     assert tok.backend.decode(enc.ids, skip_special_tokens=True).count(typed) == 2
 
 
+@pytest.mark.parametrize("special", [False, True])
+def test_an_added_token_that_is_no_control_is_one_id_in_a_message_only_when_plain(
+    special: bool, tmp_path: Path
+) -> None:
+    """Qwen2.5's `<tool_call>` is a plain added token that `chatml` writes as text around a call: in a
+    user's message it is one id, as transformers' tokenizer gives it (the ids the model is served
+    with); held as a special token it is text there (docs/sft.md, "How text becomes ids")."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    hf.add_special_tokens(["<|endoftext|>", CHATML_START, CHATML_END])
+    hf.add_tokens([AddedToken("<tool_call>", special=special, normalized=False)])
+    (tmp_path / "tokenizer.json").write_text(hf.to_str(), encoding="utf-8")
+    tok = load_chat_tokenizer(tmp_path, "chatml")
+    text = "Что такое <tool_call>?"
+    messages = parse_chat(
+        {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Да"}]}
+    )
+    ids = encode_chat(messages, tok, "chatml").ids
+    assert (tok.piece_to_id("<tool_call>") in ids) is not special
+    assert hf.token_to_id("<tool_call>") in hf.encode(text).ids  # the HF tokenizer: one id either way
+
+
 def test_a_typed_sentencepiece_user_defined_control_is_refused(tmp_path: Path) -> None:
     """SentencePiece matches a user-defined symbol in any text and cannot be told not to: a chat
     typing one that is a template control is refused by prepare (file:line) and dropped by build."""
