@@ -226,6 +226,39 @@ def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_
         )
 
 
+_CHOOSE_TEXT = "not a string (choose the field with --json-keys; the record's fields: text)"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("1e400", f"is a number, {_CHOOSE_TEXT}"),
+        ("9" * 5000, f"is a number, {_CHOOSE_TEXT}"),
+        ("[-1e400]", f"is a list, {_CHOOSE_TEXT}"),
+        (
+            '[{"role": "user", "content": "x", "n": 1e400}]',
+            "is a list of chat messages (role/content), not a string: chats are encoded with vikhr sft "
+            "prepare, not pre-tokenized as text (see docs/sft.md)",
+        ),
+    ],
+    ids=["1e400", "int-past-digits", "list", "chat"],
+)
+def test_a_first_record_holding_a_number_past_a_double_is_said_in_one_line(
+    tmp_path: Path, capsys, value: str, said: str
+) -> None:
+    """Python's json reads such a number as inf, and the first-record check wrote it back as Infinity
+    for the native reader to describe: a ValueError traceback."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": ' + value + "}\n", encoding="utf-8")
+    args = [
+        "data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    assert vikhr_main(args) == 2
+    assert capsys.readouterr().err == f'vikhr data preprocess: error: {src}:1: field "text" {said}\n'
+    assert list(tmp_path.iterdir()) == [src]
+
+
 @pytest.mark.parametrize(
     ("line", "said"),
     [

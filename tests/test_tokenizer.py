@@ -753,6 +753,44 @@ def test_a_corpus_field_that_is_not_text_is_said_as_what_it_holds(
     assert list(tmp_path.iterdir()) == [bad]
 
 
+@pytest.mark.parametrize(
+    "value,said",
+    [
+        ("1e400", 'field "text" is a number'),
+        ("-" + "9" * 5000, 'field "text" is a number'),  # past int()'s digits: -inf
+        ("1" + "0" * 400, 'field "text" is a number'),  # an int past a double
+        ("[1, 1e400]", 'field "text" is a list'),
+        ('[{"role": "user", "content": "x", "n": 1e400}]', 'field "text" holds a chat (a list of turns)'),
+    ],
+    ids=["1e400", "int-past-digits", "int-past-double", "list", "chat"],
+)
+def test_a_corpus_field_holding_a_number_past_a_double_is_said_as_what_it_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, said: str
+) -> None:
+    """Python's json reads such a number as inf and wrote it back as Infinity for the native reader
+    to describe, which refused it: a ValueError traceback from train, compare and ablate."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": ' + value + "}\n", encoding="utf-8")
+    out = str(tmp_path / "o")
+    for argv in (
+        ["tokenizer", "train", "--corpus", str(bad), "--out", out],
+        ["tokenizer", "compare", "--tokenizer", str(MISTRAL_TOKENIZER), "--texts", str(bad), "--out", out],
+    ):
+        code, err = _cli(argv, capsys)
+        assert code == 2 and err.splitlines() == [
+            f"vikhr {' '.join(argv[:2])}: error: {bad}:2: {said}, not a string (choose the field with "
+            "--text-key)"
+        ]
+    assert list(tmp_path.iterdir()) == [bad]
+    config = tmp_path / "ablate.yaml"
+    arms = [{"name": "adapted", "group": "vocabulary"}]
+    grid = {"out_dir": out, "data": {"ru_corpus": str(bad)}, "arms": arms}
+    config.write_text(json.dumps(grid), encoding="utf-8")
+    code, err = _cli(["ablate", "--quiet", str(config)], capsys)
+    [line] = err.splitlines()
+    assert code == 2 and line.startswith(f"vikhr ablate: error: {bad}:2: {said}, not a string ("), line
+
+
 def test_cli_train_reads_zst_corpora(tmp_path: Path) -> None:
     import zstandard
 

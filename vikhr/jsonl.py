@@ -402,3 +402,22 @@ def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]
                 f"{path}:{line_no}: field {key!r} is {found} (choose the field that holds the text)"
             )
         yield value
+
+
+def said_not_text(key: str, value: Any) -> tuple[str, bool]:
+    """(the native reader's words for the field `key` holding `value`, no string; whether it is a
+    chat): one wording for both readers."""
+    from vikhr import _core
+
+    said, is_chat = _core.not_text_field(key, json.dumps(_numbers_as_zero(value)))
+    return said, is_chat  # never None: the value is no string
+
+
+def _numbers_as_zero(value: Any) -> Any:
+    """`value` with each number 0: what the value is does not depend on them, and a number past a
+    double (1e400, read as inf) would be written back as Infinity, which is no JSON."""
+    if isinstance(value, dict):
+        return {k: _numbers_as_zero(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_zero(v) for v in value]
+    return 0 if isinstance(value, (int, float)) and not isinstance(value, bool) else value

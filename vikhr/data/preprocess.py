@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -168,7 +167,7 @@ def _check_json_keys(first_file: Path, json_keys: Sequence[str], skip_invalid: b
     string field of the first record: a key it lacks is most likely the wrong one, said so with the
     fields it has, before any work (the reader's hint for a bad line, --skip-invalid, would skip
     every line)."""
-    from vikhr.jsonl import read_jsonl
+    from vikhr.jsonl import read_jsonl, said_not_text
 
     if not json_keys:
         raise VikhrError("--json-keys needs at least one key")
@@ -189,9 +188,7 @@ def _check_json_keys(first_file: Path, json_keys: Sequence[str], skip_invalid: b
     if key not in record:
         raise VikhrError(f"{path}:{line_no}: no string field {key!r} ({choose})")
     # The reader's own words for the value (a chat names the commands that read chats).
-    from vikhr import _core
-
-    said, is_chat = _core.not_text_field(key, json.dumps(record[key]))
+    said, is_chat = said_not_text(key, record[key])
     raise VikhrError(f"{path}:{line_no}: {said}" + ("" if is_chat else f" ({choose})"))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from vikhr.errors import VikhrError, require_file
-from vikhr.jsonl import is_compressed, iter_decompressed, read_jsonl
+from vikhr.jsonl import is_compressed, iter_decompressed, read_jsonl, said_not_text
 from vikhr.tokenizer.byte_level import CYRILLIC
 
 Split = Literal["train", "heldout", "all"]
@@ -80,9 +80,7 @@ def _not_text(record: dict, key: str) -> str:
     native reader, which `data preprocess` uses; a chat is named as one)."""
     if key not in record:
         return f"no string field '{key}'"
-    from vikhr import _core
-
-    said, is_chat = _core.not_text_field(key, json.dumps(record[key]))
+    said, is_chat = said_not_text(key, record[key])
     return f"field {json.dumps(key)} holds a chat (a list of turns), not a string" if is_chat else said
 
 
