@@ -545,6 +545,50 @@ def test_the_bases_tokenizer_as_the_old_one_of_an_adapted_checkpoint_is_refused(
     assert summary["counts"]["copied"] == base_size + 300
 
 
+def _with_added_tokens(tokenizer_json: Path, tokens: list[str], out: Path) -> Path:
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out))
+    return out
+
+
+def test_a_chat_models_tokens_listed_in_its_added_tokens_json_count_as_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chat model saved by a slow tokenizer keeps <|im_start|>/<|im_end|> in added_tokens.json,
+    past its tokenizer.model, with trained rows. Its tokenizer.json as --old-tokenizer was refused as
+    "2 more tokens than the model's tokenizer": the .model alone took those rows for padding."""
+    chat = ["<|im_start|>", "<|im_end|>"]
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=OLD_VOCAB + 2, arch="mistral")
+    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
+    (src / "added_tokens.json").write_text(json.dumps({chat[0]: OLD_VOCAB, chat[1]: OLD_VOCAB + 1}))
+    base_json, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "base")
+    old_json = _with_added_tokens(base_json, chat, tmp_path / "chat" / "tokenizer.json")
+    summary = adapt_vocab(src, old_json, old_json, out, show_progress=False)
+    assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
+    before, after = tensors_of(src), tensors_of(out)
+    for name in (EMBED, LM_HEAD):
+        assert torch.equal(after[name][OLD_VOCAB : OLD_VOCAB + 2], before[name][OLD_VOCAB : OLD_VOCAB + 2])
+    # Other tokens at those ids are still refused, with what added_tokens.json gives the first one.
+    other_json = _with_added_tokens(base_json, ["<tool_call>", "</tool_call>"], tmp_path / "o" / "t.json")
+    argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(other_json)]
+    argv += ["--new-tokenizer", str(old_json), "--out", str(tmp_path / "out2")]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    own = src / "tokenizer.model"
+    assert (
+        f"--old-tokenizer {other_json} has 2 more tokens than the model's tokenizer {own} "
+        f"({OLD_VOCAB + 2} vs {OLD_VOCAB}; id {OLD_VOCAB}: '<tool_call>'; its added_tokens.json gives that "
+        "id to '<|im_start|>')"
+    ) in err, err
+    _assert_nothing_written(tmp_path, tmp_path / "out2")
+
+
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
 ) -> None:

@@ -327,12 +327,20 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
             f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
         )
     # An extension of the model's tokenizer passes the row check on a padded checkpoint (Qwen2.5: 271
-    # spare rows): its new tokens would be taken as trained and get the untrained padding rows.
-    if old.size > own.size:
+    # spare rows): its new tokens would be taken as trained and get the untrained padding rows. Tokens
+    # the directory's added_tokens.json gives the same ids are the model's own (a slow tokenizer's
+    # chat tokens past its .model, with trained rows).
+    added = _added_token_ids(model_dir) if old.size > own.size else {}
+    owned = own.size
+    while owned < old.size and added.get(owned) == old.pieces[owned]:
+        owned += 1
+    if old.size > owned:
+        also = " with its added_tokens.json" if owned > own.size else ""
+        listed = f"; its added_tokens.json gives that id to {added[owned]!r}" if owned in added else ""
         raise VikhrError(
-            f"--old-tokenizer {old.path} has {old.size - own.size} more tokens than the model's tokenizer "
-            f"{own_path} ({old.size} vs {own.size}; id {own.size}: {old.pieces[own.size]!r}), so the "
-            f"model has no trained rows for them (an extended tokenizer given as the old one?); "
+            f"--old-tokenizer {old.path} has {old.size - owned} more tokens than the model's tokenizer "
+            f"{own_path}{also} ({old.size} vs {owned}; id {owned}: {old.pieces[owned]!r}{listed}), so "
+            f"the model has no trained rows for them (an extended tokenizer given as the old one?); "
             f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
         )
     # The base's tokenizer given for an adapted model whose few hundred new rows pass the row check as
@@ -344,6 +352,16 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
             f"the model has (the base's tokenizer given for an adapted model?); "
             f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
         )
+
+
+def _added_token_ids(model_dir: Path) -> dict[int, str]:
+    """Id → token of the model directory's added_tokens.json (a slow tokenizer's tokens past its
+    .model); empty without one."""
+    path = model_dir / "added_tokens.json"
+    if not path.is_file():
+        return {}
+    listed = read_json_object(path, "fix it or remove it from the model's directory")
+    return {i: token for token, i in listed.items() if isinstance(i, int)}
 
 
 def _write_tokenizer(new_path: Path, out: Path) -> None:
