@@ -232,6 +232,42 @@ def test_a_directory_with_a_tiktoken_model_beside_its_tokenizer_json_is_the_json
     assert load(tmp_path).encode(TEXT) == load(RU40K_JSON).encode(TEXT)
 
 
+def test_preprocess_says_a_directorys_json_was_chosen_over_its_tiktoken_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`data preprocess --tokenizer-type SentencePieceTokenizer` on such a directory said its json was
+    chosen because "it has tokens its tokenizer.model lacks": a false reason, pointing at the .model."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from vikhr.cli import main
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    llama3, chat = tmp_path / "llama3", tmp_path / "chat"
+    llama3.mkdir()
+    (llama3 / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="ascii")
+    shutil.copyfile(RU40K_JSON, llama3 / "tokenizer.json")
+    write_hf_tokenizer(MISTRAL_TOKENIZER, chat)  # a SentencePiece base with a token added in its json
+    shutil.copyfile(MISTRAL_TOKENIZER, chat / "tokenizer.model")
+    added = HFTokenizer.from_file(str(chat / "tokenizer.json"))
+    added.add_special_tokens(["<|im_start|>"])
+    added.save(str(chat / "tokenizer.json"))
+    corpus = tmp_path / "ru.jsonl"
+    corpus.write_text('{"text": "Привет, мир"}\n', encoding="utf-8")
+    for directory, reason in [
+        (llama3, "its tokenizer.model is a tiktoken BPE file, no SentencePiece model"),
+        (chat, "it has tokens its tokenizer.model lacks"),
+    ]:
+        argv = ["data", "preprocess", "--input", str(corpus), "--output-prefix", str(tmp_path / "out")]
+        argv += ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(directory)]
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            "vikhr data preprocess: error: --tokenizer-type SentencePieceTokenizer needs a SentencePiece "
+            f".model, but {directory / 'tokenizer.json'} is an HF tokenizer.json, the tokenizer of "
+            f"{directory} ({reason}) (check --tokenizer-type and --tokenizer-model)\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat", "llama3", "ru.jsonl"]
+
+
 def test_tokenizer_is_frozen() -> None:
     tok = load(MISTRAL_TOKENIZER)
     assert isinstance(tok, Tokenizer)

@@ -125,7 +125,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     only for them costs more than a second on a 131k vocabulary).
     """
     from vikhr import _core
-    from vikhr.tokenizer.load import hf_special_ids, load, resolve_tokenizer_file
+    from vikhr.tokenizer.load import hf_special_ids, json_over_model_reason, load, resolve_tokenizer_file
 
     if tokenizer_type not in TOKENIZER_TYPES:
         raise VikhrError(
@@ -142,7 +142,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
         wanted = "a SentencePiece .model" if kind == "sentencepiece" else "a tokenizer.json"
         found = "an HF tokenizer.json" if file_kind == "huggingface" else "not a .json file"
         if path.is_dir() and (path / "tokenizer.model").is_file():  # the .json was chosen over it
-            found += f", the tokenizer of {path} (it has tokens its tokenizer.model lacks)"
+            found += f", the tokenizer of {path} ({json_over_model_reason(path)})"
         raise VikhrError(
             f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found} "
             "(check --tokenizer-type and --tokenizer-model)"

@@ -112,6 +112,13 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def json_over_model_reason(directory: Path) -> str:
+    """Why `resolve_tokenizer_file` chose the directory's tokenizer.json over its tokenizer.model."""
+    if _is_tiktoken_file(directory / "tokenizer.model"):
+        return "its tokenizer.model is a tiktoken BPE file, no SentencePiece model"
+    return "it has tokens its tokenizer.model lacks"
+
+
 def _is_tiktoken_file(model_path: Path) -> bool:
     """Whether the `tokenizer.model` is a tiktoken BPE file (Llama-3's original/tokenizer.model copied
     beside its tokenizer.json), which is no SentencePiece model: the directory's tokenizer is the json."""
