@@ -263,3 +263,65 @@ def test_a_byte_bpe_base_without_llama3_header_tokens_is_refused_before_any_stag
         "or leave out --base-tokenizer for the Llama-3-like stand-in\n"
     )
     assert [p.name for p in work.iterdir()] == ["earlier.txt"]
+
+
+def _sentencepiece_demo_bases(tmp: Path) -> list[tuple[Path, str]]:
+    """Bases that are no SentencePiece .model, each with what the demo says of it."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    chat, llama3 = tmp / "chat", tmp / "llama3"
+    write_hf_tokenizer(MISTRAL_TOKENIZER, chat)  # a chat model's: its json adds <|im_start|>
+    shutil.copyfile(MISTRAL_TOKENIZER, chat / "tokenizer.model")
+    tok = Tokenizer.from_file(str(chat / "tokenizer.json"))
+    tok.add_special_tokens(["<|im_start|>"])
+    tok.save(str(chat / "tokenizer.json"))
+    llama3.mkdir()  # Llama-3's original layout: a tiktoken tokenizer.model beside the json
+    (llama3 / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="ascii")
+    shutil.copyfile(ASSETS / "tokenizers" / "vikhr-ru-40k.tokenizer.json", llama3 / "tokenizer.json")
+    json_needs = "; the sentencepiece demo needs a SentencePiece .model: give "
+    return [
+        (  # a chat model's directory, resolved to its tokenizer.json
+            chat,
+            f"is an HF tokenizer.json ({chat / 'tokenizer.json'}: it has tokens its tokenizer.model lacks)"
+            f"{json_needs}{chat / 'tokenizer.model'} (or another .model), or --family byte-bpe",
+        ),
+        (  # Llama-3's original directory
+            llama3,
+            f"is an HF tokenizer.json ({llama3 / 'tokenizer.json'}: its tokenizer.model is a tiktoken BPE "
+            f"file, no SentencePiece model){json_needs}a .model, or --family byte-bpe",
+        ),
+        (
+            llama3 / "tokenizer.json",
+            f"is an HF tokenizer.json{json_needs}a .model, or --family byte-bpe",
+        ),
+        (
+            llama3 / "tokenizer.model",
+            "is a tiktoken BPE file (as Llama-3's original/tokenizer.model), no SentencePiece model; the "
+            "sentencepiece demo needs a SentencePiece .model: give a .model, or --family byte-bpe with the "
+            "model's tokenizer.json",
+        ),
+    ]
+
+
+def test_a_sentencepiece_demo_base_that_is_no_sentencepiece_model_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sentencepiece demo (the default) given a base that resolves to a tokenizer.json, or a
+    tiktoken file, ran the split and tokenizer stages, then stopped at stage 3 ("--tokenizer-type
+    SentencePieceTokenizer needs a SentencePiece .model"), leaving corpora/ and tokenizer/ behind."""
+    from vikhr.cli import main
+
+    work = tmp_path / "demo"
+    work.mkdir()
+    (work / "earlier.txt").write_text("kept")
+    for base, said in _sentencepiece_demo_bases(tmp_path / "bases"):
+        assert main(["demo", "--base-tokenizer", str(base), "--workdir", str(work), "--overwrite"]) == 2
+        captured = capsys.readouterr()
+        assert "[1/8]" not in captured.out
+        assert captured.err == f"vikhr demo: error: --base-tokenizer {base} {said}\n"
+        assert [p.name for p in work.iterdir()] == ["earlier.txt"]

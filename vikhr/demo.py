@@ -560,6 +560,32 @@ def _check_base_chat_tokens(base_tokenizer: str, family: Family) -> None:
         )
 
 
+def _check_sentencepiece_base(given: Path, file: Path) -> None:
+    """The sentencepiece demo pre-tokenizes with --tokenizer-type SentencePieceTokenizer, base and new
+    tokenizer alike: a base `file` (what `given` resolved to) that is an HF tokenizer.json or a tiktoken
+    file is refused now, not at stage 3 after the split and tokenizer stages."""
+    from vikhr.tokenizer.load import is_tiktoken_file, json_over_model_reason
+
+    needs = "the sentencepiece demo needs a SentencePiece .model"
+    if file.suffix == ".json":
+        beside = given / "tokenizer.model"
+        which, give = "", "give a .model"
+        if given.is_dir():
+            reason = f": {json_over_model_reason(given)}" if beside.is_file() else ""
+            which = f" ({file}{reason})"
+            if beside.is_file() and not is_tiktoken_file(beside):
+                give = f"give {beside} (or another .model)"
+        raise VikhrError(
+            f"--base-tokenizer {given} is an HF tokenizer.json{which}; {needs}: {give}, or --family byte-bpe"
+        )
+    if is_tiktoken_file(file):
+        raise VikhrError(
+            f"--base-tokenizer {given} is a tiktoken BPE file (as Llama-3's original/tokenizer.model), no "
+            f"SentencePiece model; {needs}: give a .model, or --family byte-bpe with the model's "
+            "tokenizer.json"
+        )
+
+
 def _missing_dirs(path: Path) -> list[Path]:
     """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True) makes."""
     missing = []
@@ -603,6 +629,8 @@ def run(args: argparse.Namespace) -> int:
         # A directory (a model's, an earlier output's tok/), as every other tokenizer option takes it.
         args.base_tokenizer = str(resolve_tokenizer_file(base) if base.is_dir() else base)
         require_file(args.base_tokenizer, "base tokenizer")
+        if FAMILIES[args.family].tokenizer_type == "SentencePieceTokenizer":
+            _check_sentencepiece_base(base, Path(args.base_tokenizer))
         _check_base_chat_tokens(args.base_tokenizer, FAMILIES[args.family])
     workdir = Path(args.workdir)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays

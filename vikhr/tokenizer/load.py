@@ -102,7 +102,7 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
         found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
         if not found:
             raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
-        if len(found) == 2 and (_is_tiktoken_file(found[0]) or _adds_tokens(found[1], found[0])):
+        if len(found) == 2 and (is_tiktoken_file(found[0]) or _adds_tokens(found[1], found[0])):
             return found[1]
         return found[0]
     if not p.exists():
@@ -114,14 +114,14 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
 
 def json_over_model_reason(directory: Path) -> str:
     """Why `resolve_tokenizer_file` chose the directory's tokenizer.json over its tokenizer.model."""
-    if _is_tiktoken_file(directory / "tokenizer.model"):
+    if is_tiktoken_file(directory / "tokenizer.model"):
         return "its tokenizer.model is a tiktoken BPE file, no SentencePiece model"
     return "it has tokens its tokenizer.model lacks"
 
 
-def _is_tiktoken_file(model_path: Path) -> bool:
-    """Whether the `tokenizer.model` is a tiktoken BPE file (Llama-3's original/tokenizer.model copied
-    beside its tokenizer.json), which is no SentencePiece model: the directory's tokenizer is the json."""
+def is_tiktoken_file(model_path: Path) -> bool:
+    """Whether the file is a tiktoken BPE file (Llama-3's original/tokenizer.model, often copied beside
+    its tokenizer.json), which is no SentencePiece model: a directory's tokenizer is then the json."""
     from vikhr.tokenizer.hf_export import is_tiktoken
 
     try:
