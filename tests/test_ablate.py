@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -531,3 +532,57 @@ def test_loss_curves_of_one_step_are_drawn() -> None:
     (line,) = fig.axes[0].get_lines()
     plt.close(fig)
     assert list(line.get_ydata()) == [6.5] and marked_points(line) == [0]
+
+
+def _grid_result(arms: int, steps: int) -> Any:
+    from vikhr.ablate.config import AblateConfig, Arm
+    from vikhr.ablate.runner import AblationResult, RunResult
+
+    names = [Arm(name=f"arm{i:02d}", group=f"group{i % 3}") for i in range(arms)]
+    runs = [
+        RunResult(
+            arm,
+            1,
+            steps,
+            128,
+            400,
+            3.0,
+            2.0,
+            2.0 + 0.05 * i,
+            2.6 - 0.04 * i,
+            train_losses={s: 6.0 - 0.2 * s - 0.01 * i for s in range(1, steps + 1)},
+        )
+        for i, arm in enumerate(names)
+    ]
+    return AblationResult(AblateConfig(arms=names, seeds=[1]), {"ru": 3.0, "en": 2.0}, False, {}, runs)
+
+
+def test_loss_curves_of_a_short_run_read_whole_steps() -> None:
+    """A five-step grid's step axis reads 1, 2, 3 …, not 1.5, 2.5, …"""
+    import matplotlib.pyplot as plt
+
+    from vikhr.ablate.report import loss_curves_figure
+
+    fig = loss_curves_figure(_grid_result(2, 5))
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    plt.close(fig)
+    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_the_legends_of_a_grid_cover_no_curve_and_no_arm() -> None:
+    """With a dozen arms the legend stands beside the axes of both charts, over none of the data."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.ablate.report import loss_curves_figure, tradeoff_figure
+
+    result = _grid_result(12, 6)
+    for figure in (loss_curves_figure, tradeoff_figure):
+        fig = figure(result)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent()
+        axes_box = ax.get_window_extent()
+        plt.close(fig)
+        assert legend.x0 >= axes_box.x1, (figure.__name__, legend, axes_box)
+        assert len(ax.get_legend().get_texts()) >= 12

@@ -48,7 +48,7 @@ def test_a_value_between_nonfinite_steps_is_marked(tmp_path: Path) -> None:
         [{"step": s, "kind": "train", "loss": v, "ce": 4.0} for s, v in enumerate(losses, start=1)],
     )
     lines = _lines(tmp_path)
-    assert marked_points(lines["0:train loss"]) == [0]
+    assert marked_points(lines["0:train loss"]) == [0]  # not the CE: the NaN step differs
     assert marked_points(lines["0:train CE"]) == []  # a line of four
     assert lone_points([math.nan, 1.0, math.nan, 2.0, 3.0, math.inf, 4.0]) == [1, 6]
 
@@ -59,6 +59,36 @@ def test_a_run_without_kl_has_no_kl_panel(tmp_path: Path) -> None:
     fig = curves_figure(tmp_path)
     plt.close(fig)
     assert len(fig.axes) == 1 and {line.get_label() for line in fig.axes[0].get_lines()} == {
-        "train loss",
-        "train CE",
+        "train loss (CE)"
     }
+
+
+def test_a_loss_that_is_the_ce_is_one_line_and_steps_are_whole(tmp_path: Path) -> None:
+    """At λ = 0 the loss is the CE: one line, not two lying one on the other; a short run's step
+    axis reads whole steps, not 2.5, 7.5, …"""
+    rows = [{"step": s, "kind": "train", "loss": 6.0 - 0.1 * s, "ce": 6.0 - 0.1 * s} for s in range(1, 16)]
+    rows[3]["loss"] = rows[3]["ce"] = math.nan  # a skipped step: NaN in both is still the same series
+    _write_metrics(tmp_path, rows)
+    fig = curves_figure(tmp_path)
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    plt.close(fig)
+    assert labels == ["train loss (CE)"]
+    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_a_run_with_kl_keeps_the_loss_and_the_ce_apart(tmp_path: Path) -> None:
+    """With KL in the loss the two differ: both lines, and the KL panel's steps are whole too."""
+    rows = [
+        {"step": s, "kind": "train", "loss": 6.0 - 0.1 * s + 0.02, "ce": 6.0 - 0.1 * s, "kl": 0.2}
+        for s in range(1, 6)
+    ]
+    _write_metrics(tmp_path, rows)
+    fig = curves_figure(tmp_path)
+    fig.canvas.draw()
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    kl_ticks = fig.axes[1].get_xticks()
+    plt.close(fig)
+    assert labels == ["train loss", "train CE"]
+    assert all(float(tick).is_integer() for tick in kl_ticks), kl_ticks

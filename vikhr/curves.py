@@ -30,3 +30,26 @@ def plot_curve(ax: Any, xs: Sequence[float], ys: Sequence[float], **kwargs: Any)
         if lone:
             kwargs.update(marker="o", markersize=4, markevery=lone)
     return ax.plot(xs, ys, **kwargs)
+
+
+def whole_steps(ax: Any) -> None:
+    """Step ticks at whole numbers only (a short run's axis would otherwise read 2.5, 7.5, …)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def same_values(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]]) -> bool:
+    """Whether two (step, value) series are one: the same steps and values (NaN matching NaN)."""
+    if len(a) != len(b):
+        return False
+    return all(
+        sa == sb and (va == vb or (math.isnan(va) and math.isnan(vb)))
+        for (sa, va), (sb, vb) in zip(a, b, strict=True)
+    )
+
+
+def legend_beside(ax: Any, **kwargs: Any) -> Any:
+    """The legend to the right of the axes, where it covers no data (save with bbox_inches="tight"
+    so that the image widens for it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, **kwargs)

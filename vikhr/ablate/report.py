@@ -16,7 +16,7 @@ from typing import Any
 
 from vikhr.ablate.runner import AblationResult, RunResult
 from vikhr.atomic import temporary_path, write_text
-from vikhr.curves import plot_curve
+from vikhr.curves import legend_beside, plot_curve, whole_steps
 
 CSV_COLUMNS = [
     "arm",
@@ -176,21 +176,20 @@ def loss_curves_figure(result: AblationResult) -> Any:
     ax.set_xlabel("step")
     ax.set_ylabel("train cross-entropy (nats/token; the tokenizers differ)")
     ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
-    ax.legend(fontsize=7)
+    whole_steps(ax)
+    legend_beside(ax)
     return fig
 
 
-def plot(result: AblationResult, out: Path) -> None:
+def tradeoff_figure(result: AblationResult) -> Any:
+    """The figure of tradeoff.png: each arm's held-out RU against EN bits per character, the frontier
+    and the base model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = _by_arm(result)
-    fig = loss_curves_figure(result)
-    _save(fig, out / "loss_curves.png")
-    plt.close(fig)
-
     fig, ax = plt.subplots(figsize=(7, 6))
     points = []
     # One colour per arm (up to 20) and one marker per group, so that no two arms look alike.
@@ -221,9 +220,17 @@ def plot(result: AblationResult, out: Path) -> None:
         )
     ax.set_xlabel("RU bits per character (held out; lower is better)")
     ax.set_ylabel("EN bits per character (held out; lower is better)")
-    ax.legend(fontsize=7)
-    _save(fig, out / "tradeoff.png")
-    plt.close(fig)
+    legend_beside(ax)
+    return fig
+
+
+def plot(result: AblationResult, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for figure, name in ((loss_curves_figure, "loss_curves.png"), (tradeoff_figure, "tradeoff.png")):
+        fig = figure(result)
+        _save(fig, out / name)
+        plt.close(fig)
 
 
 def write_report(result: AblationResult) -> list[Path]:

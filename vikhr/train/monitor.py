@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vikhr.atomic import temporary_path, write_text
-from vikhr.curves import plot_curve
+from vikhr.curves import plot_curve, same_values, whole_steps
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 
 if TYPE_CHECKING:  # an annotation only
@@ -192,9 +192,12 @@ def curves_figure(run_dir: Path) -> Any:
     # A run with kl.weight 0 logs no KL: no panel for it.
     fig, axes = plt.subplots(1, 2 if train["kl"] else 1, figsize=(11 if train["kl"] else 6, 4), squeeze=False)
     ax_loss = axes[0][0]
-    for name, points in [("train loss", train["loss"]), ("train CE", train["ce"])] + [
-        (f"valid {k}", v) for k, v in sorted(valid.items())
-    ]:
+    # Without KL in the loss the loss is the CE: two lines would lie one on the other.
+    if train["loss"] and same_values(train["loss"], train["ce"]):
+        series = [("train loss (CE)", train["loss"])]
+    else:
+        series = [("train loss", train["loss"]), ("train CE", train["ce"])]
+    for name, points in series + [(f"valid {k}", v) for k, v in sorted(valid.items())]:
         if points:
             plot_curve(
                 ax_loss,
@@ -204,12 +207,14 @@ def curves_figure(run_dir: Path) -> Any:
             )
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss (nats/token)")
+    whole_steps(ax_loss)
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     if train["kl"]:
         ax_kl = axes[0][1]
         plot_curve(ax_kl, *zip(*train["kl"], strict=True), color="tab:red")
         ax_kl.set_xlabel("step")
+        whole_steps(ax_kl)
         ax_kl.set_ylabel("KL to the reference (nats/token)")
         ax_kl.grid(alpha=0.3)
     fig.tight_layout()
