@@ -460,3 +460,29 @@ def test_a_name_with_a_bar_or_a_line_break_keeps_the_markdown_table_whole(tmp_pa
     assert all(line.count("|") - line.count("\\|") == cells for line in lines)
     with open(out / "compare.csv", newline="", encoding="utf-8") as f:
         assert [row[0] for row in csv.reader(f)][1:] == ["a|b\nc", "x|y"]
+
+
+def test_a_missing_score_is_marked_where_its_bar_would_stand() -> None:
+    """A model without a task's score got a bare gap, which reads as a score of 0: now an upright
+    `n/a` in the model's colour stands where its bar would."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import same_color
+
+    from vikhr.eval.compare import chart_figure
+
+    names = ["base", "vikhr", "other"]
+    rows = [[0.6, 0.4], [0.62, None], [None, 0.5]]
+    fig = chart_figure(names, ["En-MMLU", "Ru-MMLU"], rows)
+    try:
+        (ax,) = fig.axes
+        marks = [t for t in ax.texts if t.get_text() == "n/a"]
+        bars = {name: list(container) for name, container in zip(names, ax.containers, strict=True)}
+        width = bars["base"][0].get_width()
+        assert len(marks) == 2 and all(m.get_rotation() == 90 for m in marks)
+        by_x = sorted(marks, key=lambda m: m.get_position()[0])
+        # vikhr's Ru-MMLU (column 1, second of three bars) and other's En-MMLU (column 0, third bar)
+        assert [round(m.get_position()[0], 6) for m in by_x] == [round(width, 6), round(1.0, 6)]
+        assert same_color(by_x[0].get_color(), bars["other"][0].get_facecolor())
+        assert same_color(by_x[1].get_color(), bars["vikhr"][0].get_facecolor())
+    finally:
+        plt.close(fig)

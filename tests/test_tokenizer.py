@@ -899,3 +899,33 @@ def test_compare_draws_its_bar_on_a_terminal_only(tmp_path: Path, monkeypatch: p
     assert "measuring" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
     quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
     assert "measuring" not in quiet
+
+
+@pytest.mark.parametrize("count", [3, 12])
+def test_the_efficiency_chart_legend_covers_no_bar_and_every_tokenizer_has_its_colour(count: int) -> None:
+    """The legend lay on the bars (over a tall bar's value with 3 tokenizers, most of the chart with
+    12); from the 11th tokenizer on two shared a colour; a dozen values written level ran together."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.tokenizer.compare import Efficiency, chars_per_token_figure
+
+    results = [
+        Efficiency(f"tok{k}", s, chars=1000, words=200, tokens=1000 // (2 + k % 5 + i), words_3plus=10)
+        for k in range(count)
+        for i, s in enumerate(("ru", "en"))
+    ]
+    fig = chars_per_token_figure(results)
+    try:
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        legend = ax.get_legend().get_window_extent()
+        assert legend.x0 >= ax.get_window_extent().x1
+        colours = [tuple(container[0].get_facecolor()) for container in ax.containers]
+        assert len(colours) == count and len(set(colours)) == count
+        values = [t for t in ax.texts]
+        assert len(values) == 2 * count
+        boxes = [t.get_window_extent() for t in values]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+        assert all(t.get_rotation() == (90 if count > 4 else 0) for t in values)
+    finally:
+        plt.close(fig)

@@ -47,9 +47,3 @@ def same_values(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]]) 
         sa == sb and (va == vb or (math.isnan(va) and math.isnan(vb)))
         for (sa, va), (sb, vb) in zip(a, b, strict=True)
     )
-
-
-def legend_beside(ax: Any, **kwargs: Any) -> Any:
-    """The legend to the right of the axes, where it covers no data (save with bbox_inches="tight"
-    so that the image widens for it)."""
-    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, **kwargs)

@@ -16,7 +16,8 @@ from typing import Any
 
 from vikhr.ablate.runner import AblationResult, RunResult
 from vikhr.atomic import temporary_path, write_text
-from vikhr.curves import legend_beside, plot_curve, whole_steps
+from vikhr.charts import legend_beside, series_colours
+from vikhr.curves import plot_curve, whole_steps
 
 CSV_COLUMNS = [
     "arm",
@@ -165,9 +166,10 @@ def loss_curves_figure(result: AblationResult) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = plt.get_cmap("tab20").colors
+    arms = _by_arm(result)
+    colours = series_colours(len(arms))  # an arm has the same colour in both charts
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, rs) in enumerate(_by_arm(result).items()):
+    for i, (name, rs) in enumerate(arms.items()):
         if not rs[0].train_losses:
             continue  # merges do not train
         steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
@@ -193,7 +195,7 @@ def tradeoff_figure(result: AblationResult) -> Any:
     fig, ax = plt.subplots(figsize=(7, 6))
     points = []
     # One colour per arm (up to 20) and one marker per group, so that no two arms look alike.
-    colours = plt.get_cmap("tab20").colors
+    colours = series_colours(len(arms))
     markers = "osD^vP*X"
     groups = list(dict.fromkeys(a.group for a in result.config.arms))
     for i, (name, rs) in enumerate(arms.items()):

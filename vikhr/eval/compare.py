@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import temporary_paths
+from vikhr.charts import legend_beside, series_colours
 from vikhr.errors import VikhrError, split_label
 
 Row = list[float | None]  # one model's values, in the table's column order
@@ -319,9 +320,7 @@ def chart_figure(
         ax.set_xticks(range(len(cs)), [columns[c] for c in cs], rotation=20, ha="right")
         ax.set_ylabel(title if len(panels) > 1 else "score")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][-1].legend(
-        fontsize="small", ncol=1 + len(names) // 8, loc="upper left", bbox_to_anchor=(1.0, 1.0)
-    )
+    legend_beside(axes[0][-1], fontsize="small", ncol=1 + len(names) // 8)
     fig.tight_layout()
     return fig
 
@@ -329,27 +328,24 @@ def chart_figure(
 def _bars(
     ax: Any, names: list[str], rows: list[list[float | None]], width: float, reference_rows: int
 ) -> None:
-    """One bar per model and column (missing values left out); the last `reference_rows` rows are
+    """One bar per model and column; a missing value is an upright `n/a` in the model's colour where
+    its bar would stand (a bare gap reads as a score of 0). The last `reference_rows` rows are
     published figures, hatched so they stand apart from measured ones."""
-    import matplotlib.pyplot as plt
-
-    # Beyond ten bars the default colour cycle repeats: two models would share a colour. tab20
-    # pairs dark and light shades; its dark ones come first so neighbours do not look paired.
-    tab20 = plt.get_cmap("tab20").colors
-    colours = plt.get_cmap("tab10").colors if len(names) <= 10 else tab20[0::2] + tab20[1::2]
-    for i, (name, row) in enumerate(zip(names, rows, strict=True)):
-        xs = [c + (i - (len(names) - 1) / 2) * width for c, v in enumerate(row) if v is not None]
+    for i, (name, row, colour) in enumerate(zip(names, rows, series_colours(len(names)), strict=True)):
+        offset = (i - (len(names) - 1) / 2) * width
         published = i >= len(names) - reference_rows
         ax.bar(
-            xs,
+            [c + offset for c, v in enumerate(row) if v is not None],
             [v for v in row if v is not None],
             width,
             label=name,
-            color=colours[i % len(colours)],
+            color=colour,
             hatch="//" if published else None,
             edgecolor="white" if published else None,
             linewidth=0,
         )
+        for c in (c for c, v in enumerate(row) if v is None):
+            ax.text(c + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=colour)
 
 
 def bar_chart(

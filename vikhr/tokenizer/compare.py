@@ -26,9 +26,10 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from vikhr.atomic import temporary_paths
+from vikhr.charts import legend_beside, series_colours
 from vikhr.errors import VikhrError, require_writable_dir, split_label
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
@@ -280,8 +281,9 @@ def render_csv(results: list[Efficiency]) -> str:
     return buf.getvalue()
 
 
-def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
-    """Grouped bar chart: one group per text set, one bar per tokenizer (the paper's Figure 1)."""
+def chars_per_token_figure(results: list[Efficiency]) -> Any:
+    """The figure of chars_per_token.png: one group per text set, one bar per tokenizer (the paper's
+    Figure 1), the legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,18 +293,31 @@ def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
     toks = list(dict.fromkeys(e.tokenizer for e in results))
     value = {(e.tokenizer, e.text_set): e.chars_per_token for e in results}
     width = 0.8 / max(1, len(toks))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(sets) + 2), 4.5))
-    for k, t in enumerate(toks):
+    # Beyond four bars a group's values, written level, would run into each other: they stand
+    # upright, and each bar gets room for its label.
+    upright = len(toks) > 4
+    group_inches = max(1.6, 0.28 * len(toks)) if upright else 1.6
+    fig, ax = plt.subplots(figsize=(max(6.0, group_inches * len(sets) + 2), 4.5))
+    for k, (t, colour) in enumerate(zip(toks, series_colours(len(toks)), strict=True)):
         xs = [i + (k - (len(toks) - 1) / 2) * width for i in range(len(sets))]
-        bars = ax.bar(xs, [value[(t, s)] for s in sets], width, label=t)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        bars = ax.bar(xs, [value[(t, s)] for s in sets], width, label=t, color=colour)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, rotation=90 if upright else 0, padding=2)
+    ax.margins(y=0.15)  # room above the tallest bar for its value
     ax.set_xticks(range(len(sets)), sets, rotation=15)
     ax.set_ylabel("characters per token (higher is better)")
     ax.set_title("Tokenizer efficiency")
-    ax.legend(fontsize=8)
+    legend_beside(ax, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_chars_per_token(results: list[Efficiency], path: Path) -> None:
+    """`chars_per_token_figure` as a PNG (widened for the legend beside the axes)."""
+    import matplotlib.pyplot as plt
+
+    fig = chars_per_token_figure(results)
     try:
-        fig.savefig(path, dpi=120, format="png")
+        fig.savefig(path, dpi=120, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
 
