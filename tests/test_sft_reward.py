@@ -589,3 +589,31 @@ def test_a_template_writing_todays_date_renders_the_same_on_any_day(tmp_path: Pa
     )
     model = RewardModel(reward_scorer(_reward_model(tmp_path / "rm", dated)), "cpu")
     assert model.render(_messages(0)) == f"Today Date: {FIXED_DATE} {QUESTIONS[0]} {ANSWERS[0]}"
+
+
+def test_the_score_histogram_counts_whole_chats_and_its_cut_label_covers_no_bar() -> None:
+    """The count axis is labelled and reads whole chats from 0 (0.25 of a chat on a small source,
+    -0.05 on an empty one before); the cut's label goes where it covers no bar (pinned to the upper
+    left, it covered the lowest scores' bars); one chat is "1 chat"."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.sft.reward import scores_figure
+
+    low_heavy = [-2.0] * 30 + [-1.9] * 25 + [-1.5] * 10 + [0.5, 1.0, 2.0]
+    per_source = {"many": low_heavy, "small": [0.1, 0.3, 0.4], "one": [0.2], "empty": []}
+    cuts = {"many": -1.0, "small": 0.2, "one": 0.0}
+    fig = scores_figure(per_source, cuts)
+    try:
+        fig.canvas.draw()
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles == ["many (68 chats)", "small (3 chats)", "one (1 chat)", "empty (0 chats)"]
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+            assert ax.get_ylabel() == "chats" and ax.get_ylim()[0] == 0
+            assert ticks and all(float(t).is_integer() and t >= 0 for t in ticks), (ax.get_title(), ticks)
+        many = fig.axes[0]
+        legend = many.get_legend().get_window_extent()
+        bars = [p.get_window_extent() for p in many.patches if p.get_height() > 0]
+        assert bars and not any(legend.overlaps(bar) for bar in bars)
+    finally:
+        plt.close(fig)

@@ -440,30 +440,45 @@ def keep_mask(scores: Any, threshold: float | None, top_fraction: float | None) 
     return keep, cut
 
 
-def plot_scores(
-    per_source: dict[str, Any], cuts: dict[str, float], path: str | Path, title: str = "reward scores"
-) -> None:
-    """A histogram of each source's scores with its cut drawn in (PNG)."""
+def scores_figure(per_source: dict[str, Any], cuts: dict[str, float], title: str = "reward scores") -> Any:
+    """The figure of `plot_scores`: a histogram of each source's scores with its cut drawn in."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vikhr.atomic import temporary_path
+    from matplotlib.ticker import MaxNLocator
 
     names = list(per_source)
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.2 * len(names) + 0.6), squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         values = per_source[name]
         ax.hist(values, bins=40, color="#4c72b0")
+        # Counts of chats: whole numbers from 0 (a small source read 0.25 of a chat, an empty one -0.05).
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1))
+        ax.set_ylabel("chats")
         cut = cuts.get(name)
         if cut is not None and abs(cut) != float("inf"):
             ax.axvline(cut, color="#c44e52", linestyle="--", label=f"cut {cut:.3g}")
-            ax.legend(loc="upper left", fontsize=8)
-        ax.set_title(f"{name} ({len(values):,} chats)", fontsize=9)
+            ax.legend(loc="best", fontsize=8)  # where it covers the fewest bars
+        ax.set_title(f"{name} ({len(values):,} chat{'' if len(values) == 1 else 's'})", fontsize=9)
     axes[-1, 0].set_xlabel("score")
     fig.suptitle(title)
     fig.tight_layout()
-    with temporary_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_scores(
+    per_source: dict[str, Any], cuts: dict[str, float], path: str | Path, title: str = "reward scores"
+) -> None:
+    """`scores_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.atomic import temporary_path
+
+    fig = scores_figure(per_source, cuts, title)
+    try:
+        with temporary_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
