@@ -169,7 +169,7 @@ def test_a_corpus_without_text_fields_names_no_flag_the_grid_lacks(
     corpus = tmp_path / "ru.jsonl"
     corpus.write_text('{"id": "a", "body": "Привет"}\n', encoding="utf-8")
     cfg = {**MICRO, "out_dir": str(tmp_path / "out"), "data": {**MICRO["data"], "ru_corpus": str(corpus)}}
-    assert main(["ablate", "--quiet", str(_write(tmp_path / "ablate.yaml", cfg))]) == 2
+    assert main(["ablate", "--no-progress", str(_write(tmp_path / "ablate.yaml", cfg))]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"{corpus}:1: no string field 'text'" in line and "--text-key" not in line, line
 
@@ -478,7 +478,7 @@ def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, 
     cfg_path = _copy_grid(first, out, {"train": {"lr": 1e-3}})
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "vikhr", "ablate", str(cfg_path), "--resume", "--quiet"],
+        [sys.executable, "-m", "vikhr", "ablate", str(cfg_path), "--resume", "--no-progress"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -367,3 +370,37 @@ def test_output_read_by_a_reader_that_stops_early_ends_quietly(entry: str) -> No
         err = proc.stderr.read()
         proc.wait(timeout=300)
     assert (proc.returncode, err) == (141, "")
+
+
+def _verbs(parser: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every (sub)command's parser, by its words (`("sft", "build")`)."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _verbs(sub, (*path, name))
+
+
+def test_every_verb_with_a_progress_bar_takes_no_progress_the_same_way() -> None:
+    """`--no-progress` was `store_false` into `progress` in some verbs and `store_true` into
+    `no_progress` (with the verb's own terminal check) in others, and `--quiet` in ablate."""
+    with_bars = {
+        ("convert", "hf-to-megatron"), ("convert", "megatron-to-hf"), ("data", "preprocess"),
+        ("tokenizer", "compare"), ("adapt-vocab",), ("merge",), ("ablate",),
+        ("sft", "build"), ("sft", "score"), ("sft", "prepare"),
+    }  # fmt: skip
+    found = {}
+    for path, parser in _verbs(build_parser()):
+        for action in parser._actions:
+            if "--no-progress" in action.option_strings:
+                found[path] = action
+            assert action.dest != "no_progress", path
+    assert set(found) == with_bars
+    for path, action in found.items():
+        assert isinstance(action, argparse._StoreFalseAction), path
+        assert (action.dest, action.default) == ("progress", True), path
+    parse = build_parser().parse_args
+    assert parse(["ablate", "grid.yaml"]).progress
+    assert not parse(["ablate", "grid.yaml", "--no-progress"]).progress
+    assert not parse(["ablate", "grid.yaml", "--quiet"]).progress  # kept: earlier grids' scripts use it
+    assert not parse(["sft", "build", "mix.yaml", "--no-progress"]).progress

@@ -786,7 +786,7 @@ def test_a_corpus_field_holding_a_number_past_a_double_is_said_as_what_it_holds(
     arms = [{"name": "adapted", "group": "vocabulary"}]
     grid = {"out_dir": out, "data": {"ru_corpus": str(bad)}, "arms": arms}
     config.write_text(json.dumps(grid), encoding="utf-8")
-    code, err = _cli(["ablate", "--quiet", str(config)], capsys)
+    code, err = _cli(["ablate", "--no-progress", str(config)], capsys)
     [line] = err.splitlines()
     assert code == 2 and line.startswith(f"vikhr ablate: error: {bad}:2: {said}, not a string ("), line
 

@@ -5,6 +5,7 @@ A bar in a log or a captured stderr is noise at best, and at worst a `0%` line b
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 
@@ -15,3 +16,11 @@ def progress_bar(iterable: Any = None, *, show: bool = True, **options: Any) -> 
     from tqdm import tqdm
 
     return tqdm(iterable, disable=None if show else True, **options)
+
+
+def add_no_progress(parser: argparse.ArgumentParser | Any, *aliases: str) -> None:
+    """Every verb's `--no-progress` (into `args.progress`, True by default): the bar still shows only
+    where stderr is a terminal."""
+    parser.add_argument(
+        "--no-progress", *aliases, dest="progress", action="store_false", help="no progress bar"
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vikhr.progress_bar import add_no_progress
+
 
 def _run(args: argparse.Namespace) -> int:
     from vikhr.ablate.config import check_device_here, load_ablate_config
@@ -15,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     from vikhr.ablate.runner import grid_lock, run_ablation
 
     with grid_lock(cfg.out_dir):
-        result = run_ablation(cfg, show_progress=not args.quiet, resume=args.resume)
+        result = run_ablation(cfg, show_progress=args.progress, resume=args.resume)
         for path in write_report(result):
             print(path)
     return 0
@@ -38,5 +40,5 @@ def register(sub: Any) -> None:
         help="keep the finished runs an earlier run of this grid left in out_dir/work and run only the "
         "rest (an interrupted grid continues; added arms or seeds run alone); other settings must match",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_no_progress(p, "--quiet")
     p.set_defaults(func=_run)

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from vikhr.progress_bar import add_no_progress
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -46,7 +48,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=_run)
 
 

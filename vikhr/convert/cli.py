@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vikhr.progress_bar import add_no_progress
+
 
 def _hf_to_megatron(args: argparse.Namespace) -> int:
     from vikhr.convert import hf_to_megatron
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--tp", type=int, default=1, help="tensor-parallel size to shard for (default 1)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(a)
     a.set_defaults(func=_hf_to_megatron)
     b = conv.add_parser("megatron-to-hf", help="vikhr checkpoint (step dir or run dir) -> HF directory")
     b.add_argument("checkpoint", help="a checkpoint step directory, or a run directory with 'latest'")
@@ -60,5 +62,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default: the one the checkpoint records, if any",
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    b.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(b)
     b.set_defaults(func=_megatron_to_hf)

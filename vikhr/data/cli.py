@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vikhr.errors import VikhrError
+from vikhr.progress_bar import add_no_progress
 
 MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
 
@@ -53,7 +53,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(g)
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -83,7 +83,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         append_eod=args.append_eod,
         workers=args.workers,
         skip_invalid=args.skip_invalid,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     print(summary.line())
     return 0

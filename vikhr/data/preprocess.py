@@ -241,6 +241,9 @@ def preprocess(
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(f"{nbytes / 1e6 / elapsed:.1f} MB/s, skipped {skipped}", refresh=False)
 
+        if bar.disable:  # stderr is no terminal: the tokenizer threads need not call back into Python
+            callback = None
+
     prefixes = {key: indexed.dataset_prefix(output_prefix, key) for key in json_keys}
     try:
         with indexed.writing(list(prefixes.values())):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vikhr.progress_bar import add_no_progress
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -43,7 +45,7 @@ def register(sub: Any) -> None:
         "the model named must have one",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=_run)
 
 

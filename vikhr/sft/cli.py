@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vikhr.errors import VikhrError
+from vikhr.progress_bar import add_no_progress
 from vikhr.sft.template import AUTO, OWN, TEMPLATES
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pb.add_argument(
         "--output", default=None, help="the chats JSONL to write (default: output: of the config)"
     )
-    pb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(pb)
     pb.set_defaults(func=_build)
 
     pr = sft_sub.add_parser(
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cpu")
     pr.add_argument("--max-length", type=int, default=2048, help="tokens per chat (longer ones are cut)")
-    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(pr)
     pr.set_defaults(func=_score)
 
     pp = sft_sub.add_parser(
@@ -71,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rendered by transformers: Llama-3.1, Gemma, Phi-3 ...); see docs/sft.md",
     )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
-    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(pp)
     pp.set_defaults(func=_prepare)
 
     pt = sft_sub.add_parser(
@@ -101,7 +102,7 @@ def _prepare(args: argparse.Namespace) -> int:
         args.output_prefix,
         template=args.template,
         max_chats=args.max_chats,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     print(summary.line())
     return 0
@@ -110,7 +111,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from vikhr.sft.build import build, summary_line
 
-    report = build(args.config, args.output, progress=not args.no_progress and sys.stderr.isatty())
+    report = build(args.config, args.output, progress=args.progress)
     print(summary_line(report))
     return 0
 
@@ -125,7 +126,7 @@ def _score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         max_length=args.max_length,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     if run.note:
         print(f"note: {run.note}", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
+from vikhr.progress_bar import add_no_progress
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, parse_budget
 
 
@@ -169,7 +170,7 @@ def _register_compare(tsub: Any) -> None:
         help="share of documents held out (by a hash of their id), as at training time",
     )
     cp.add_argument("--max-chars", type=_budget, default=parse_budget("2M"), help="per text set")
-    cp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(cp)
     cp.set_defaults(func=_compare)
 
 
