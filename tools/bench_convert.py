@@ -111,7 +111,10 @@ def checked_outputs(vikhr: str, src: Path, work: Path, tps: list[int], layers: i
         bad = differing_tensors(out, src)
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            sys.exit(f"{what}: tensor {bad[0]}{more} differs from the source's: nothing timed")
+            sys.exit(
+                f"{what}: tensor {bad[0]}{more} differs from the source's: nothing timed "
+                f"(the source and the outputs are kept in {work} for a look)"
+            )
         if out.name.startswith("hf2-"):
             shutil.rmtree(out)
     print(
