@@ -183,7 +183,13 @@ def test_bench_adapt_and_merge_refuse_a_work_directory_under_a_file(tmp_path: Pa
     [
         (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
         (["--layers", "-1"], "argument --layers: expected a positive int, got '-1'"),
-        (["--t", "1.5"], "argument --t: expected a number from 0 to 1, got '1.5'"),
+        # `vikhr merge --t`'s own rule and words
+        (
+            ["--t", "1.5"],
+            "argument --t: --t '1.5': t = 1.5 is outside [0, 1] (0 keeps model A, 1 takes model B)",
+        ),
+        (["--t", "half"], "argument --t: --t 'half' is not a number or a comma-separated list of numbers"),
+        (["--t", "0,1"], "argument --t: one number from 0 to 1, got the gradient '0,1'"),
     ],
 )
 def test_bench_merge_refuses_a_bad_option(args: list[str], message: str, tmp_path: Path) -> None:
@@ -355,3 +361,20 @@ def test_bench_train_gives_a_tied_model_hf_s_weights_and_its_loss() -> None:
         rows = vikhr.model.embedding.word_embeddings.weight[: cfg.vocab_size]
         assert torch.equal(rows, hf.model.embed_tokens.weight)
         bench.check_losses([bench.hf_stack("HF", hf, data[0]), vikhr], torch.float32)  # exits on a mismatch
+
+
+def test_bench_convert_names_the_work_it_keeps_after_a_failed_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round trip that does not hold the source's tensors stops the benchmark; the work directory
+    (source and outputs) stays for a look, and the error line says where it is."""
+    bench_convert = _tool("bench_convert")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(bench_convert, "run_once", lambda cmd, out: ran.append(cmd) or (0.0, 0.0))
+    monkeypatch.setattr(bench_convert, "differing_tensors", lambda got, want: ["lm_head.weight", "x"])
+    work = tmp_path / "layers-1"
+    with pytest.raises(SystemExit) as stop:
+        bench_convert.checked_outputs("vikhr", work / "hf", work, [1, 2], 1)
+    message = str(stop.value.code)
+    assert ran and "tensor lm_head.weight (and 1 more) differs" in message
+    assert f"kept in {work} for a look" in message

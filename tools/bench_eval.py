@@ -42,7 +42,7 @@ from vikhr import atomic  # noqa: E402
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
 from vikhr.errors import VikhrError  # noqa: E402
 from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
-from vikhr.eval.cli import _batch_size  # noqa: E402
+from vikhr.eval.cli import batch_size_arg  # noqa: E402
 from vikhr.eval.runner import make_lm, task_documents  # noqa: E402
 from vikhr.tokenizer import load  # noqa: E402
 
@@ -174,7 +174,7 @@ def write_report(path: Path, header: dict[str, Any], rates: dict, full: dict[str
 def batch_size_text(value: str) -> str:
     """An argparse type: `vikhr eval --batch-size`'s values (a positive integer or 'auto'), kept as
     given (they name the table's columns)."""
-    _batch_size(value)
+    batch_size_arg(value)
     return value
 
 

@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adapt import make_checkpoint, measure
 from bench_cli import BenchParser, check_output_dir, positive
 
+from vikhr.errors import VikhrError
+from vikhr.merge.schedule import parse_gradient
+
 # The printed table's columns (docs/benchmarks.md shows the same header; a test compares them).
 TABLE_COLUMNS = (
     "layers",
@@ -120,15 +123,15 @@ def checked_merges(a: Path, b: Path, out: Path, base_out: Path, vikhr: str, t: f
 
 
 def interpolation(value: str) -> float:
-    """An argparse type: `vikhr merge --t`'s single value, in [0, 1] (out of it, the first merge
-    failed after both checkpoints were written)."""
+    """An argparse type: one `vikhr merge --t` value, by the merge's own rule (a gradient is for the
+    merge, not for this table's single column)."""
     try:
-        t = float(value)
-    except ValueError:
-        t = float("nan")
-    if not 0 <= t <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}")
-    return t
+        values = parse_gradient(value)
+    except VikhrError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one number from 0 to 1, got the gradient {value!r}")
+    return values[0]
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 _TABLE_START = b"Model: `"
 
 
-def _batch_size(value: str) -> int | str:
+def batch_size_arg(value: str) -> int | str:
+    """An argparse type: `--batch-size`'s values, a positive integer or 'auto' (tools/bench_eval.py
+    takes the same)."""
     if value == "auto":
         return value
     if value.startswith("auto:"):
@@ -209,7 +211,7 @@ def _add_running_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running the model")
     g.add_argument(
         "--batch-size",
-        type=_batch_size,
+        type=batch_size_arg,
         default=1,
         help="batch size or 'auto' (default 1): on a GPU the largest that fits, found by trying; "
         "on a CPU the largest whose forward pass fits in a quarter of the free memory",
