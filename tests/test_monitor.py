@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgba
 
 from vikhr.curves import lone_points
 from vikhr.train.monitor import curves_figure
@@ -92,3 +93,26 @@ def test_a_run_with_kl_keeps_the_loss_and_the_ce_apart(tmp_path: Path) -> None:
     plt.close(fig)
     assert labels == ["train loss", "train CE"]
     assert all(float(tick).is_integer() for tick in kl_ticks), kl_ticks
+
+
+def test_many_validation_sets_each_have_their_colour_and_the_legend_covers_no_line(tmp_path: Path) -> None:
+    """A run validating on a dozen datasets: past ten lines the default colour cycle gave two
+    datasets one colour, and the legend inside the axes lay over the lines."""
+    rows: list[dict[str, Any]] = []
+    for s in range(1, 6):
+        rows.append(
+            {"step": s, "kind": "train", "loss": 6.0 - 0.1 * s + 0.02, "ce": 6.0 - 0.1 * s, "kl": 0.2}
+        )
+        rows.append(
+            {"step": s, "kind": "valid", **{f"loss_set{k:02d}": 5.0 + 0.1 * k - 0.1 * s for k in range(12)}}
+        )
+    _write_metrics(tmp_path, rows)
+    fig = curves_figure(tmp_path)
+    fig.canvas.draw()
+    ax_loss, ax_kl = fig.axes
+    colours = [line.get_color() for line in ax_loss.get_lines()]
+    legend = ax_loss.get_legend().get_window_extent()
+    loss_box, kl_box = ax_loss.get_window_extent(), ax_kl.get_window_extent()
+    plt.close(fig)
+    assert len(colours) == 14 and len({tuple(to_rgba(c)) for c in colours}) == 14
+    assert legend.x0 >= loss_box.x1 and not legend.overlaps(kl_box), (legend, loss_box, kl_box)

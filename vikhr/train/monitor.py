@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vikhr.atomic import temporary_path, write_text
+from vikhr.charts import legend_beside, series_colours
 from vikhr.curves import plot_curve, same_values, whole_steps
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 
@@ -197,18 +198,21 @@ def curves_figure(run_dir: Path) -> Any:
         series = [("train loss (CE)", train["loss"])]
     else:
         series = [("train loss", train["loss"]), ("train CE", train["ce"])]
-    for name, points in series + [(f"valid {k}", v) for k, v in sorted(valid.items())]:
-        if points:
-            plot_curve(
-                ax_loss,
-                *zip(*points, strict=True),
-                label=name,
-                marker="." if name.startswith("valid") else None,
-            )
+    series = [(name, points) for name, points in series if points]
+    series += [(f"valid {k}", v) for k, v in sorted(valid.items())]
+    # Past ten lines the default colour cycle repeats: two datasets would share a colour.
+    for (name, points), colour in zip(series, series_colours(len(series)), strict=True):
+        plot_curve(
+            ax_loss,
+            *zip(*points, strict=True),
+            label=name,
+            color=colour,
+            marker="." if name.startswith("valid") else None,
+        )
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss (nats/token)")
     whole_steps(ax_loss)
-    ax_loss.legend()
+    legend_beside(ax_loss, fontsize="small")  # many validation sets' entries would cover the lines
     ax_loss.grid(alpha=0.3)
     if train["kl"]:
         ax_kl = axes[0][1]
@@ -227,5 +231,5 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
 
     fig = curves_figure(metrics_path.parent)
     with temporary_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
