@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import os
@@ -554,7 +555,13 @@ def _grid_result(arms: int, steps: int) -> Any:
         )
         for i, arm in enumerate(names)
     ]
-    return AblationResult(AblateConfig(arms=names, seeds=[1]), {"ru": 3.0, "en": 2.0}, False, {}, runs)
+    return AblationResult(
+        AblateConfig(arms=names, seeds=[1]),
+        {"ru": 3.0, "en": 2.0},
+        False,
+        {"base": 3.0, "adapted": 4.0},
+        runs,
+    )
 
 
 def test_loss_curves_of_a_short_run_read_whole_steps() -> None:
@@ -586,3 +593,23 @@ def test_the_legends_of_a_grid_cover_no_curve_and_no_arm() -> None:
         plt.close(fig)
         assert legend.x0 >= axes_box.x1, (figure.__name__, legend, axes_box)
         assert len(ax.get_legend().get_texts()) >= 12
+
+
+def test_an_arm_whose_bpc_is_not_finite_is_reported_not_a_traceback() -> None:
+    """statistics.stdev cannot take NaN or inf: a diverged arm's seeds lost the whole grid's report
+    after every run had finished."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from vikhr.ablate.report import markdown, mean_std, tradeoff_figure
+
+    result = _grid_result(3, 4)
+    diverged = result.runs[1]
+    result.runs.append(dataclasses.replace(diverged, seed=2, ru_bpc=math.nan, en_bpc=math.inf))
+    result.config.seeds.append(2)
+    assert math.isnan(mean_std([1.0, math.nan])[1]) and math.isinf(mean_std([1.0, math.inf])[0])
+    table = markdown(result)
+    assert "| arm01 |" in table and "nan" in table
+    fig = tradeoff_figure(result)
+    plt.close(fig)

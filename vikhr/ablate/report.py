@@ -81,8 +81,13 @@ def csv_text(result: AblationResult) -> str:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (0 for a single value; NaN where a value is not finite,
+    which statistics.stdev cannot take)."""
+    if len(values) < 2:
+        return statistics.fmean(values), 0.0
+    if not all(math.isfinite(v) for v in values):
+        return statistics.fmean(values), math.nan
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def _cell(values: Sequence[float], digits: int = 3) -> str:
@@ -200,7 +205,8 @@ def tradeoff_figure(result: AblationResult) -> Any:
     groups = list(dict.fromkeys(a.group for a in result.config.arms))
     for i, (name, rs) in enumerate(arms.items()):
         (rx, sx), (ry, sy) = mean_std([r.ru_bpc for r in rs]), mean_std([r.en_bpc for r in rs])
-        points.append((rx, ry))
+        if math.isfinite(rx) and math.isfinite(ry):  # a diverged arm has no place on the frontier
+            points.append((rx, ry))
         marker = markers[groups.index(rs[0].arm.group) % len(markers)]
         ax.errorbar(
             rx, ry, xerr=sx, yerr=sy, fmt=marker, capsize=3, color=colours[i % len(colours)], label=name
@@ -208,7 +214,7 @@ def tradeoff_figure(result: AblationResult) -> Any:
     front = pareto_front(points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="trade-off frontier")
     base = result.base_bpc
-    xs = [p[0] for p in points]
+    xs = [p[0] for p in points] or [base["ru"]]
     if base["ru"] <= max(xs) + 2 * (max(xs) - min(xs) + 0.1):
         ax.scatter([base["ru"]], [base["en"]], marker="*", s=150, color="black", label="base model")
     else:  # far to the right: drawn, it would squeeze every arm into a corner
