@@ -486,3 +486,22 @@ def test_a_missing_score_is_marked_where_its_bar_would_stand() -> None:
         assert same_color(by_x[1].get_color(), bars["vikhr"][0].get_facecolor())
     finally:
         plt.close(fig)
+
+
+def test_perplexities_and_bits_each_get_their_own_axis() -> None:
+    """A word perplexity of hundreds shared the bits' axis: the bpc bars (about 1) were slivers."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.eval.compare import chart_figure
+
+    columns = ["En-MMLU", "bpc (bpc)", "bpc (bits_per_byte)", "bpc (word_perplexity)"]
+    fig = chart_figure(["base", "vikhr"], columns, [[0.6, 1.1, 0.6, 310.0], [0.58, 0.8, 0.45, 120.0]])
+    try:
+        scores, bits, perplexity = fig.axes
+        assert [t.get_text() for t in bits.get_xticklabels()] == columns[1:3]
+        assert [t.get_text() for t in perplexity.get_xticklabels()] == columns[3:]
+        assert bits.get_ylim()[1] < 2 and perplexity.get_ylim()[1] > 310
+        assert bits.get_ylabel() == "bits (lower is better)"
+        assert perplexity.get_ylabel() == "perplexity (lower is better)"
+    finally:
+        plt.close(fig)

@@ -292,19 +292,30 @@ def lower_is_better(column: str) -> bool:
     return column.endswith(")") and column.rpartition(" (")[2][:-1] in LOWER_IS_BETTER
 
 
+def _panel_of(column: str) -> str:
+    """Which axis of the chart a column's bars go on: score, bits or perplexity."""
+    if not lower_is_better(column):
+        return "score"
+    return "perplexity" if column.rpartition(" (")[2][:-1].endswith("perplexity") else "bits"
+
+
 def chart_figure(
     names: list[str], columns: list[str], rows: list[list[float | None]], reference_rows: int = 0
 ) -> Any:
-    """The figure of `bar_chart`: scores on one axis; bits and perplexities, if any, on a second
-    beside it."""
+    """The figure of `bar_chart`: scores on one axis; bits and perplexities, if any, each on an axis
+    of their own beside it (a perplexity of hundreds beside a bpc of 1 would flatten the bits)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [
-        (title, [c for c, column in enumerate(columns) if lower_is_better(column) == lower])
-        for title, lower in (("score (higher is better)", False), ("lower is better", True))
+        (title, [c for c, column in enumerate(columns) if _panel_of(column) == kind])
+        for kind, title in (
+            ("score", "score (higher is better)"),
+            ("bits", "bits (lower is better)"),
+            ("perplexity", "perplexity (lower is better)"),
+        )
     ]
     panels = [(title, cs) for title, cs in panels if cs]
     width = 0.8 / len(names)
