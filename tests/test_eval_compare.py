@@ -498,6 +498,7 @@ def test_perplexities_and_bits_each_get_their_own_axis() -> None:
     fig = chart_figure(["base", "vikhr"], columns, [[0.6, 1.1, 0.6, 310.0], [0.58, 0.8, 0.45, 120.0]])
     try:
         scores, bits, perplexity = fig.axes
+        assert [t.get_text() for t in scores.get_xticklabels()] == columns[:1]
         assert [t.get_text() for t in bits.get_xticklabels()] == columns[1:3]
         assert [t.get_text() for t in perplexity.get_xticklabels()] == columns[3:]
         assert bits.get_ylim()[1] < 2 and perplexity.get_ylim()[1] > 310
