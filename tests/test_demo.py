@@ -325,3 +325,21 @@ def test_a_sentencepiece_demo_base_that_is_no_sentencepiece_model_is_refused_bef
         assert "[1/8]" not in captured.out
         assert captured.err == f"vikhr demo: error: --base-tokenizer {base} {said}\n"
         assert [p.name for p in work.iterdir()] == ["earlier.txt"]
+
+
+@pytest.mark.parametrize("family", ["sentencepiece", "byte-bpe"])
+def test_a_base_that_is_no_tokenizer_is_refused_before_any_stage(
+    family: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `.model` of junk bytes (or a `tokenizer.json` that is no tokenizer) ran the split stage and
+    failed in the tokenizer stage; it is loaded, and refused, before any stage now."""
+    from vikhr.cli import main
+
+    work = tmp_path / "demo"
+    base = tmp_path / ("junk.model" if family == "sentencepiece" else "tokenizer.json")
+    base.write_bytes(b"\x00\x17junk\xff" * 40 if family == "sentencepiece" else b'{"not": "a tokenizer"}')
+    assert main(["demo", "--family", family, "--base-tokenizer", str(base), "--workdir", str(work)]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out
+    assert captured.err.startswith("vikhr demo: error: ") and str(base) in captured.err
+    assert captured.err.count("\n") == 1 and not work.exists()

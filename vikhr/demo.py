@@ -540,16 +540,17 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
-def _check_base_chat_tokens(base_tokenizer: str, family: Family) -> None:
-    """The chats are written with `family`'s template, whose control tokens the new tokenizer has only
-    when the base it extends has them: a base without Llama-3's header tokens is refused now, not after
-    the tokenizer stage."""
+def _check_base_tokenizer(base_tokenizer: str, family: Family) -> None:
+    """The base tokenizer is loaded before any stage: a file that is no tokenizer is refused now, not
+    by the tokenizer stage after the split. The chats are written with `family`'s template, whose
+    control tokens the new tokenizer has only when the base it extends has them: a base without
+    Llama-3's header tokens is refused now too."""
     from vikhr.sft.template import TEMPLATE_TOKENS
     from vikhr.tokenizer.load import load
 
+    tok = load(base_tokenizer)
     if family.template != "llama3":
         return
-    tok = load(base_tokenizer)
     missing = [token for token in TEMPLATE_TOKENS["llama3"] if tok.piece_to_id(token) is None]
     if missing:
         raise VikhrError(
@@ -631,7 +632,7 @@ def run(args: argparse.Namespace) -> int:
         require_file(args.base_tokenizer, "base tokenizer")
         if FAMILIES[args.family].tokenizer_type == "SentencePieceTokenizer":
             _check_sentencepiece_base(base, Path(args.base_tokenizer))
-        _check_base_chat_tokens(args.base_tokenizer, FAMILIES[args.family])
+        _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family])
     workdir = Path(args.workdir)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     if workdir.exists() and any(workdir.iterdir()):
