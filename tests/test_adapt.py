@@ -589,6 +589,27 @@ def test_a_chat_models_tokens_listed_in_its_added_tokens_json_count_as_its_own(
     _assert_nothing_written(tmp_path, tmp_path / "out2")
 
 
+@pytest.mark.parametrize("given", ["directory", "model"])
+def test_a_slow_tokenizers_model_as_old_tokenizer_brings_its_added_tokens(tmp_path: Path, given: str) -> None:
+    """The chat model's directory (or its tokenizer.model) as --old-tokenizer: the .model alone took the
+    trained rows of <|im_start|>/<|im_end|> for padding, so the new tokenizer's chat tokens got means of
+    other rows. The .model with its directory's added_tokens.json is the model's tokenizer, as
+    transformers loads it: those rows are copied."""
+    chat = ["<|im_start|>", "<|im_end|>"]
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=OLD_VOCAB + 2, arch="mistral")
+    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
+    (src / "added_tokens.json").write_text(json.dumps({chat[0]: OLD_VOCAB, chat[1]: OLD_VOCAB + 1}))
+    base_json, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "base")
+    new_json = _with_added_tokens(base_json, chat, tmp_path / "chat" / "tokenizer.json")
+    old = src if given == "directory" else src / "tokenizer.model"
+    summary = adapt_vocab(src, old, new_json, out, show_progress=False)
+    assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
+    before, after = tensors_of(src), tensors_of(out)
+    for name in (EMBED, LM_HEAD):
+        assert torch.equal(after[name][OLD_VOCAB : OLD_VOCAB + 2], before[name][OLD_VOCAB : OLD_VOCAB + 2])
+
+
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
 ) -> None:

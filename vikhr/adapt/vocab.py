@@ -23,6 +23,7 @@ Only those two tensors are held in memory; all others are copied as raw bytes sh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -354,6 +355,21 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
         )
 
 
+def _with_added_tokens(old: Vocabulary) -> Vocabulary:
+    """A SentencePiece `.model` with the tokens its directory's added_tokens.json gives the ids right
+    after it (a slow tokenizer's save: chat tokens such as `<|im_start|>` with trained rows), as
+    transformers loads that directory; without them those rows were taken for padding and lost."""
+    if old.path.suffix != ".model":
+        return old
+    added = _added_token_ids(old.path.parent)
+    extra = []
+    while (token := added.get(old.size + len(extra))) is not None:
+        extra.append(token)
+    if not extra:
+        return old
+    return dataclasses.replace(old, pieces=old.pieces + extra, kinds=old.kinds + ["control"] * len(extra))
+
+
 def _added_token_ids(model_dir: Path) -> dict[int, str]:
     """Id → token of the model directory's added_tokens.json (a slow tokenizer's tokens past its
     .model); empty without one."""
@@ -544,7 +560,7 @@ def adapt_vocab(
     headers = checkpoint_headers(model_dir)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_src, head_src = _embedding_sources(headers, tied, model_dir)
-    old = load_vocabulary(old_tokenizer)
+    old = _with_added_tokens(load_vocabulary(old_tokenizer))
     new = load_vocabulary(new_tokenizer)
     _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
     _check_old_tokenizer_is_the_models(old, model_dir, embed_src.tensors[EMBED].shape[0])
