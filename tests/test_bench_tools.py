@@ -4,6 +4,7 @@ empty median after the table's header, or a silently wrong table)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import io
@@ -126,6 +127,21 @@ def test_bench_eval_finds_the_shared_data_from_any_directory(
     monkeypatch.setattr(sys, "argv", ["bench_eval.py", "--random", "tiny", "--tasks", "bpc"])
     _, args = bench_eval.parse_args()
     assert args.data_dir == REPO.parent / "shared" / "data" / "eval"
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "big", "auto:4"])
+def test_bench_eval_refuses_the_batch_sizes_vikhr_eval_refuses_in_its_words(size: str) -> None:
+    """The benchmark checks --batch-sizes with `vikhr eval --batch-size`'s own argparse type, by its
+    public name (it imported a private one), and keeps a good value as given."""
+    from vikhr.eval.cli import batch_size_arg
+
+    bench_eval = _tool("bench_eval")
+    with pytest.raises(argparse.ArgumentTypeError) as eval_says:
+        batch_size_arg(size)
+    with pytest.raises(argparse.ArgumentTypeError) as bench_says:
+        bench_eval.batch_size_text(size)
+    assert str(bench_says.value) == str(eval_says.value)
+    assert [bench_eval.batch_size_text(v) for v in ("auto", "8")] == ["auto", "8"]
 
 
 def test_bench_eval_refuses_layers_with_a_model_directory(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ _TABLE_START = b"Model: `"
 
 
 def batch_size_arg(value: str) -> int | str:
-    """An argparse type: `--batch-size`'s values, a positive integer or 'auto' (tools/bench_eval.py
-    takes the same)."""
+    """An argparse type: `--batch-size`'s value, a positive integer or 'auto' (tools/bench_eval.py's
+    `--batch-sizes` take the same)."""
     if value == "auto":
         return value
     if value.startswith("auto:"):
