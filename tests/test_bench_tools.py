@@ -199,18 +199,28 @@ def test_bench_adapt_and_merge_refuse_a_work_directory_under_a_file(tmp_path: Pa
     [
         (["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
         (["--layers", "-1"], "argument --layers: expected a positive int, got '-1'"),
-        # `vikhr merge --t`'s own rule and words
-        (
-            ["--t", "1.5"],
-            "argument --t: --t '1.5': t = 1.5 is outside [0, 1] (0 keeps model A, 1 takes model B)",
-        ),
-        (["--t", "half"], "argument --t: --t 'half' is not a number or a comma-separated list of numbers"),
-        (["--t", "0,1"], "argument --t: one number from 0 to 1, got the gradient '0,1'"),
+        # `vikhr merge --t`'s own words, and one t: the baseline merges every tensor at it
+        (["--t", "1.5"], "argument --t: '1.5': t = 1.5 is outside [0, 1] (0 keeps model A, 1 takes model B)"),
+        (["--t", "0,1"], "argument --t: one t for the whole model (the load-everything baseline takes no"),
     ],
 )
 def test_bench_merge_refuses_a_bad_option(args: list[str], message: str, tmp_path: Path) -> None:
     assert message in _refusal("bench_merge.py", ["--work", str(tmp_path / "work"), *args])
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("t", ["1.5", "-0.1", "nan", "half", "0.5,"])
+def test_bench_merge_refuses_the_t_vikhr_merge_refuses_in_its_words(t: str) -> None:
+    """The benchmark's --t is `vikhr merge --t`'s argparse type (it had its own rule and words)."""
+    from vikhr.merge.cli import t_arg
+
+    bench_merge = _tool("bench_merge")
+    with pytest.raises(argparse.ArgumentTypeError) as merge_says:
+        t_arg(t)
+    with pytest.raises(argparse.ArgumentTypeError) as bench_says:
+        bench_merge.interpolation(t)
+    assert str(bench_says.value) == str(merge_says.value)
+    assert [bench_merge.interpolation(v) for v in ("0", "0.25", "[1]")] == [0.0, 0.25, 1.0]
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adapt import make_checkpoint, measure
 from bench_cli import BenchParser, check_output_dir, positive
 
-from vikhr.errors import VikhrError
-from vikhr.merge.schedule import parse_gradient
+from vikhr.merge.cli import t_arg
 
 # The printed table's columns (docs/benchmarks.md shows the same header; a test compares them).
 TABLE_COLUMNS = (
@@ -123,15 +122,15 @@ def checked_merges(a: Path, b: Path, out: Path, base_out: Path, vikhr: str, t: f
 
 
 def interpolation(value: str) -> float:
-    """An argparse type: one `vikhr merge --t` value, by the merge's own rule (a gradient is for the
-    merge, not for this table's single column)."""
-    try:
-        values = parse_gradient(value)
-    except VikhrError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"one number from 0 to 1, got the gradient {value!r}")
-    return values[0]
+    """An argparse type: `vikhr merge --t`'s value by the verb's own type, one t (the load-everything
+    baseline merges every tensor at it; out of [0, 1], the first merge failed after both checkpoints
+    were written)."""
+    t, *rest = t_arg(value)
+    if rest:
+        raise argparse.ArgumentTypeError(
+            f"one t for the whole model (the load-everything baseline takes no gradient), got {value!r}"
+        )
+    return t
 
 
 def main() -> None:

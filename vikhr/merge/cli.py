@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vikhr.errors import VikhrError
+from vikhr.merge.schedule import Gradient, parse_gradient
 from vikhr.progress_bar import add_no_progress
+
+
+def t_arg(value: str) -> Gradient:
+    """An argparse type: `--t`'s value, one t in [0, 1] or a gradient over the layers (tools/bench_merge.py
+    takes its single t by this rule too)."""
+    try:
+        return parse_gradient(value, what="")
+    except VikhrError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: Any) -> None:
@@ -27,7 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("model_b", help="HF model directory B (t = 1)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--method", choices=["slerp", "linear"], default="slerp", help="default slerp")
-    p.add_argument("--t", required=True, help="t in [0, 1], or a gradient over the layers: 0,0.5,1")
+    p.add_argument(
+        "--t", type=t_arg, required=True, help="t in [0, 1], or a gradient over the layers: 0,0.5,1"
+    )
     p.add_argument(
         "--t-for",
         action="append",
@@ -51,9 +64,9 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from vikhr.merge.checkpoint import CONTEXT_KEY, merge_checkpoints
-    from vikhr.merge.schedule import Schedule, parse_filter, parse_gradient
+    from vikhr.merge.schedule import Schedule, parse_filter
 
-    schedule = Schedule(parse_gradient(args.t), tuple(parse_filter(f) for f in args.t_for))
+    schedule = Schedule(args.t, tuple(parse_filter(f) for f in args.t_for))
     summary = merge_checkpoints(
         args.model_a,
         args.model_b,

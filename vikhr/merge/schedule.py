@@ -24,19 +24,19 @@ Gradient = tuple[float, ...]
 
 
 def parse_gradient(text: str, what: str = "--t") -> Gradient:
-    """`0.5`, `0,0.5,1` or `[0, 0.5, 1]` as a gradient; VikhrError unless every value is in [0, 1]."""
+    """`0.5`, `0,0.5,1` or `[0, 0.5, 1]` as a gradient; VikhrError unless every value is in [0, 1]
+    (its message begins with `what` and the text, or with the text alone for an empty `what`)."""
+    given = f"{what} {text!r}".lstrip()
     items = [s.strip() for s in text.strip().removeprefix("[").removesuffix("]").split(",")]
     try:
         values = tuple(float(s) + 0.0 for s in items)  # + 0.0: -0 is 0 (it was printed and recorded as -0)
     except ValueError:
         raise VikhrError(
-            f"{what} {text!r} is not a number or a comma-separated list of numbers (e.g. 0.5 or 0,0.5,1)"
+            f"{given} is not a number or a comma-separated list of numbers (e.g. 0.5 or 0,0.5,1)"
         ) from None
     for v in values:
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-            raise VikhrError(
-                f"{what} {text!r}: t = {v:g} is outside [0, 1] (0 keeps model A, 1 takes model B)"
-            )
+            raise VikhrError(f"{given}: t = {v:g} is outside [0, 1] (0 keeps model A, 1 takes model B)")
     return values
 
 
