@@ -555,24 +555,36 @@ def _with_added_tokens(tokenizer_json: Path, tokens: list[str], out: Path) -> Pa
     return out
 
 
+def _slow_tokenizer_chat_model(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A tiny chat model saved by a slow tokenizer: tokenizer.model plus added_tokens.json giving
+    <|im_start|>/<|im_end|> the two ids after it (with rows); its source, an output path, the base
+    tokenizer.json and the tokenizer.json with the two chat tokens."""
+    chat = ["<|im_start|>", "<|im_end|>"]
+    src = tmp_path / "src"
+    tiny_hf_model(src, vocab_size=OLD_VOCAB + 2, arch="mistral")
+    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
+    (src / "added_tokens.json").write_text(json.dumps({chat[0]: OLD_VOCAB, chat[1]: OLD_VOCAB + 1}))
+    base_json, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "base")
+    chat_json = _with_added_tokens(base_json, chat, tmp_path / "chat" / "tokenizer.json")
+    return src, tmp_path / "out", base_json, chat_json
+
+
+def _assert_chat_rows_kept(src: Path, out: Path) -> None:
+    before, after = tensors_of(src), tensors_of(out)
+    for name in (EMBED, LM_HEAD):
+        assert torch.equal(after[name][OLD_VOCAB : OLD_VOCAB + 2], before[name][OLD_VOCAB : OLD_VOCAB + 2])
+
+
 def test_a_chat_models_tokens_listed_in_its_added_tokens_json_count_as_its_own(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A chat model saved by a slow tokenizer keeps <|im_start|>/<|im_end|> in added_tokens.json,
     past its tokenizer.model, with trained rows. Its tokenizer.json as --old-tokenizer was refused as
     "2 more tokens than the model's tokenizer": the .model alone took those rows for padding."""
-    chat = ["<|im_start|>", "<|im_end|>"]
-    src, out = tmp_path / "src", tmp_path / "out"
-    tiny_hf_model(src, vocab_size=OLD_VOCAB + 2, arch="mistral")
-    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
-    (src / "added_tokens.json").write_text(json.dumps({chat[0]: OLD_VOCAB, chat[1]: OLD_VOCAB + 1}))
-    base_json, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "base")
-    old_json = _with_added_tokens(base_json, chat, tmp_path / "chat" / "tokenizer.json")
+    src, out, base_json, old_json = _slow_tokenizer_chat_model(tmp_path)
     summary = adapt_vocab(src, old_json, old_json, out, show_progress=False)
     assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
-    before, after = tensors_of(src), tensors_of(out)
-    for name in (EMBED, LM_HEAD):
-        assert torch.equal(after[name][OLD_VOCAB : OLD_VOCAB + 2], before[name][OLD_VOCAB : OLD_VOCAB + 2])
+    _assert_chat_rows_kept(src, out)
     # Other tokens at those ids are still refused, with what added_tokens.json gives the first one.
     other_json = _with_added_tokens(base_json, ["<tool_call>", "</tool_call>"], tmp_path / "o" / "t.json")
     argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(other_json)]
@@ -595,19 +607,11 @@ def test_a_slow_tokenizers_model_as_old_tokenizer_brings_its_added_tokens(tmp_pa
     trained rows of <|im_start|>/<|im_end|> for padding, so the new tokenizer's chat tokens got means of
     other rows. The .model with its directory's added_tokens.json is the model's tokenizer, as
     transformers loads it: those rows are copied."""
-    chat = ["<|im_start|>", "<|im_end|>"]
-    src, out = tmp_path / "src", tmp_path / "out"
-    tiny_hf_model(src, vocab_size=OLD_VOCAB + 2, arch="mistral")
-    shutil.copyfile(MISTRAL_TOKENIZER, src / "tokenizer.model")
-    (src / "added_tokens.json").write_text(json.dumps({chat[0]: OLD_VOCAB, chat[1]: OLD_VOCAB + 1}))
-    base_json, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "base")
-    new_json = _with_added_tokens(base_json, chat, tmp_path / "chat" / "tokenizer.json")
+    src, out, _, new_json = _slow_tokenizer_chat_model(tmp_path)
     old = src if given == "directory" else src / "tokenizer.model"
     summary = adapt_vocab(src, old, new_json, out, show_progress=False)
     assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
-    before, after = tensors_of(src), tensors_of(out)
-    for name in (EMBED, LM_HEAD):
-        assert torch.equal(after[name][OLD_VOCAB : OLD_VOCAB + 2], before[name][OLD_VOCAB : OLD_VOCAB + 2])
+    _assert_chat_rows_kept(src, out)
 
 
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(
