@@ -404,3 +404,17 @@ def test_bench_convert_names_the_work_it_keeps_after_a_failed_round_trip(
     message = str(stop.value.code)
     assert ran and "tensor lm_head.weight (and 1 more) differs" in message
     assert f"kept in {work} for a look" in message
+
+
+def test_bench_convert_names_the_work_it_keeps_after_a_failed_command(tmp_path: Path) -> None:
+    """A conversion command that fails (here: no such script) stops the benchmark with its stderr; the
+    last line names the work directory kept (it ended with the child's stderr alone)."""
+    bench_convert = _tool("bench_convert")
+    work = tmp_path / "layers-1"
+    (work / "hf").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stop:
+        bench_convert.checked_outputs(sys.executable, work / "hf", work, [1], 1)
+    lines = str(stop.value.code).splitlines()
+    assert "failed" in lines[0] and "hf-to-megatron" in lines[0]
+    assert lines[-1] == f"(the source and the outputs are kept in {work} for a look)"
+    assert (work / "hf").is_dir()

@@ -12,7 +12,7 @@ Baseline in the same run, what a user would otherwise do: transformers'
 `AutoModelForCausalLM.from_pretrained(HF, dtype=torch.bfloat16)` then `save_pretrained` (the whole
 model in memory). Before timing, one run of each: the round trip HF -> megatron (every T) -> HF must
 give byte-identical tensors, and so must the baseline's output; else the script ends with status 1
-and times nothing.
+and times nothing. A failure (a command's or a round trip's) keeps the work directory and names it.
 
     .venv/bin/python tools/bench_convert.py --layers 1 4 --runs 3 --work /tmp/bench-convert
 """
@@ -20,6 +20,7 @@ and times nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
@@ -94,9 +95,33 @@ def run_once(cmd: list[str], out: Path) -> tuple[float, float]:
     return measure(cmd)
 
 
+@contextlib.contextmanager
+def kept_on_failure(work: Path) -> Iterator[None]:
+    """A failure inside (a command's, or a round trip's) ends the script naming `work`, left as it
+    was: the source and the outputs are what a user debugging it wants to look at."""
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code in (None, 0):
+            raise
+        said = str(stop.code).rstrip()
+        # A failed command's message ends with its stderr: the note goes on a line of its own.
+        sep = "\n" if "\n" in said else " "
+        note = f"(the source and the outputs are kept in {work} for a look)"
+        raise SystemExit(f"{said}{sep}{note}") from None
+
+
 def checked_outputs(vikhr: str, src: Path, work: Path, tps: list[int], layers: int) -> None:
     """Before timing: one untimed run of each command; every round trip HF -> megatron (each TP) ->
     HF and the baseline's output must hold the source's tensors byte for byte, else status 1."""
+    with kept_on_failure(work):
+        _check_round_trips(vikhr, src, work, tps)
+    print(
+        f"{layers} layer(s): round trips at --tp {', '.join(map(str, tps))} and the baseline byte-identical"
+    )
+
+
+def _check_round_trips(vikhr: str, src: Path, work: Path, tps: list[int]) -> None:
     for what, (cmd, out) in commands(vikhr, src, work, tps).items():
         if not what.startswith("megatron-to-hf"):  # run below from every TP's checkpoint
             run_once(cmd, out)
@@ -111,15 +136,9 @@ def checked_outputs(vikhr: str, src: Path, work: Path, tps: list[int], layers: i
         bad = differing_tensors(out, src)
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            sys.exit(
-                f"{what}: tensor {bad[0]}{more} differs from the source's: nothing timed "
-                f"(the source and the outputs are kept in {work} for a look)"
-            )
+            sys.exit(f"{what}: tensor {bad[0]}{more} differs from the source's: nothing timed")
         if out.name.startswith("hf2-"):
             shutil.rmtree(out)
-    print(
-        f"{layers} layer(s): round trips at --tp {', '.join(map(str, tps))} and the baseline byte-identical"
-    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,10 +217,11 @@ def main(argv: list[str] | None = None) -> None:
         checked_outputs(vikhr, src, work, args.tp, layers)
         runs = commands(vikhr, src, work, args.tp)
         measured: dict[str, list[tuple[float, float]]] = {what: [] for what in runs}
-        for _ in range(args.runs):
-            # In order: megatron-to-hf reads what this round's hf-to-megatron at the largest TP wrote.
-            for what, (cmd, out) in runs.items():
-                measured[what].append(run_once(cmd, out))
+        with kept_on_failure(work):
+            for _ in range(args.runs):
+                # In order: megatron-to-hf reads what this round's hf-to-megatron at the largest TP wrote.
+                for what, (cmd, out) in runs.items():
+                    measured[what].append(run_once(cmd, out))
         shutil.rmtree(work)
         rows.append((layers, size, measured))
     print_table(rows)
