@@ -403,4 +403,6 @@ def test_every_verb_with_a_progress_bar_takes_no_progress_the_same_way() -> None
     assert parse(["ablate", "grid.yaml"]).progress
     assert not parse(["ablate", "grid.yaml", "--no-progress"]).progress
     assert not parse(["ablate", "grid.yaml", "--quiet"]).progress  # kept: earlier grids' scripts use it
+    ablate_help = dict(_verbs(build_parser()))[("ablate",)].format_help()
+    assert "--no-progress" in ablate_help and "--quiet" not in ablate_help  # one name shown
     assert not parse(["sft", "build", "mix.yaml", "--no-progress"]).progress

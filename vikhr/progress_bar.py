@@ -18,9 +18,10 @@ def progress_bar(iterable: Any = None, *, show: bool = True, **options: Any) -> 
     return tqdm(iterable, disable=None if show else True, **options)
 
 
-def add_no_progress(parser: argparse.ArgumentParser | Any, *aliases: str) -> None:
+def add_no_progress(parser: argparse.ArgumentParser | Any, *hidden_aliases: str) -> None:
     """Every verb's `--no-progress` (into `args.progress`, True by default): the bar still shows only
-    where stderr is a terminal."""
-    parser.add_argument(
-        "--no-progress", *aliases, dest="progress", action="store_false", help="no progress bar"
-    )
+    where stderr is a terminal. `hidden_aliases`: older names of the same flag, accepted for the
+    scripts that use them but left out of --help, so each verb shows the one name."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    if hidden_aliases:
+        parser.add_argument(*hidden_aliases, dest="progress", action="store_false", help=argparse.SUPPRESS)
