@@ -20,7 +20,7 @@ import pytest
 from vikhr.data import preprocess
 from vikhr.data.indexed import IndexedReader
 from vikhr.errors import VikhrError
-from vikhr.jsonl import MAX_DEPTH, read_jsonl, read_texts
+from vikhr.jsonl import MAX_DEPTH, parse_record, read_jsonl, read_texts, said_not_text
 from vikhr.sft.sources import Unfit, read_records
 from vikhr.tokenizer.byte_level import bytes_to_unicode
 
@@ -75,6 +75,13 @@ CASES: list[tuple[str, bytes, list[str] | int]] = [
     ("list value", GOOD + b'{"text": ["a"]}\n', 2),
     ("object value", GOOD + b'{"text": {"text": "a"}}\n', 2),
     ("huge number value", GOOD + b'{"text": ' + b"9" * 5000 + b"}\n", 2),
+    (
+        "huge number value, then the text",
+        GOOD + b'{"text": ' + b"9" * 5000 + b', "text": "b"}\n',
+        ["ok", "b"],
+    ),
+    ("huge float value", GOOD + b'{"text": -1e400}\n', 2),
+    ("huge float value, then the text", GOOD + b'{"text": 1e400, "text": "b"}\n', ["ok", "b"]),
     ("white space text", GOOD + b'{"text": " \\n\\t "}\n', ["ok", " \n\t "]),
     ("empty text", GOOD + b'{"text": ""}\n', ["ok", ""]),
     ("trailing garbage", GOOD + b'{"text": "a"} x\n', 2),
@@ -132,6 +139,35 @@ def test_the_rust_and_python_readers_agree(
     python = outcome(lambda p: list(read_texts(p)), path)
     rust = outcome(lambda p: rust_texts(p, tokenizer), path)
     assert python == rust == expected
+
+
+# A text field holding no string: what its value is.
+NOT_TEXT_VALUES = [
+    ("number", b"5"),
+    ("number past a double", b"1e400"),
+    ("negative number past a double", b"-1e400"),
+    ("integer past int()'s digits", b"9" * 5000),
+    ("list of numbers past a double", b"[1e400, -1e-400]"),
+    ("list of a turn and a number past a double", b'[{"role": "user", "content": "x"}, 1e400]'),
+    ("chat with a number past a double", b'[{"role": "user", "content": "x", "n": 1e400}]'),
+    ("object", b'{"n": 1e400}'),
+]
+
+
+@pytest.mark.parametrize(("case", "value"), NOT_TEXT_VALUES, ids=[c for c, _ in NOT_TEXT_VALUES])
+def test_a_text_field_holding_no_string_is_said_alike(
+    tmp_path: Path, tokenizer: Path, case: str, value: bytes
+) -> None:
+    """The Rust reader's words are those the Python stages give (vikhr.jsonl.said_not_text, on the
+    value Python reads): a number past a double, which Python reads as ±inf, was "not valid JSON
+    (number out of range)" there."""
+    line = b'{"text": ' + value + b', "id": 1}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(GOOD + line + b"\n")
+    said, _ = said_not_text("text", parse_record(line.decode())["text"])
+    with pytest.raises(VikhrError) as refused:
+        rust_texts(path, tokenizer)
+    assert str(refused.value).startswith(f"{path}:2: {said} ("), str(refused.value)[:200]
 
 
 def test_compressed_files_are_read_alike(tmp_path: Path, tokenizer: Path) -> None:

@@ -5,11 +5,13 @@ use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::LazyLock;
 
 use memchr::memmem;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// Compressions the reader does not decode, by the suffix of a file name (read as plain text,
 /// their bytes would be "not UTF-8").
@@ -386,19 +388,7 @@ impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
                 Ok(MaybeStr::Other(NotText::Null))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                // A chat is said as one: what a text field holds in a chat file.
-                let (mut turns, mut messages, mut sharegpt) = (0usize, true, true);
-                while let Some(keys) = seq.next_element::<TurnKeys>()? {
-                    turns += 1;
-                    messages &= keys.role && keys.content;
-                    sharegpt &= keys.from && keys.value;
-                }
-                Ok(MaybeStr::Other(match turns {
-                    0 => NotText::List,
-                    _ if messages => NotText::ChatMessages,
-                    _ if sharegpt => NotText::ShareGptTurns,
-                    _ => NotText::List,
-                }))
+                list_kind(|| seq.next_element::<TurnKeys>()).map(MaybeStr::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -407,6 +397,55 @@ impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
         }
         d.deserialize_any(V)
     }
+}
+
+/// What a list is, from the keys of its elements given one by one by `next`: a chat is said as one
+/// (what a text field holds in a chat file).
+fn list_kind<E>(mut next: impl FnMut() -> Result<Option<TurnKeys>, E>) -> Result<NotText, E> {
+    let (mut turns, mut messages, mut sharegpt) = (0usize, true, true);
+    while let Some(keys) = next()? {
+        turns += 1;
+        messages &= keys.role && keys.content;
+        sharegpt &= keys.from && keys.value;
+    }
+    Ok(match turns {
+        0 => NotText::List,
+        _ if messages => NotText::ChatMessages,
+        _ if sharegpt => NotText::ShareGptTurns,
+        _ => NotText::List,
+    })
+}
+
+/// The value of the JSON text `raw` (valid JSON, its strings without a lone surrogate escape), its
+/// numbers not read: a number past a double (`1e400`, an integer of thousands of digits), which
+/// serde_json refuses as "out of range" where it reads one, is a number as Python's json reads it
+/// (±inf), in a text field or in a list there.
+fn value_of_raw(raw: &RawValue) -> Result<MaybeStr<'_>, serde_json::Error> {
+    let text = raw.get();
+    Ok(MaybeStr::Other(match text.as_bytes().first() {
+        Some(b'"') => return serde_json::from_str::<CowStr>(text).map(|s| MaybeStr::Str(s.0)),
+        Some(b'n') => NotText::Null,
+        Some(b't' | b'f') => NotText::Bool,
+        Some(b'{') => NotText::Object,
+        Some(b'[') => {
+            let items = serde_json::from_str::<Vec<&RawValue>>(text)?;
+            let mut items = items.into_iter();
+            // A turn's values are skipped over unread: only an element that is an object is read.
+            list_kind(|| {
+                items
+                    .next()
+                    .map(|item| {
+                        if item.get().starts_with('{') {
+                            serde_json::from_str::<TurnKeys>(item.get())
+                        } else {
+                            Ok(TurnKeys::default())
+                        }
+                    })
+                    .transpose()
+            })?
+        }
+        _ => NotText::Number,
+    }))
 }
 
 /// Which keys of a chat turn a list element has (all false for an element that is no object).
@@ -468,29 +507,50 @@ impl<'de> de::Deserialize<'de> for TurnKeys {
     }
 }
 
-struct Fields<'k> {
+/// The values of `keys` in a JSON object, each read as a `T` (the other values skipped over).
+struct Fields<'k, T> {
     keys: &'k [String],
+    value: PhantomData<T>,
 }
 
-impl<'de> DeserializeSeed<'de> for Fields<'_> {
-    type Value = Vec<Option<MaybeStr<'de>>>;
+impl<'k, T> Fields<'k, T> {
+    fn new(keys: &'k [String]) -> Self {
+        Fields {
+            keys,
+            value: PhantomData,
+        }
+    }
+
+    /// The values of the keys in the JSON line `text`.
+    fn of<'de>(self, text: &'de str) -> Result<Vec<Option<T>>, serde_json::Error>
+    where
+        T: de::Deserialize<'de>,
+    {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let values = self.deserialize(&mut de)?;
+        de.end().map(|_| values)
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Fields<'_, T> {
+    type Value = Vec<Option<T>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Fields<'_> {
-    type Value = Vec<Option<MaybeStr<'de>>>;
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for Fields<'_, T> {
+    type Value = Vec<Option<T>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out: Vec<Option<MaybeStr>> = (0..self.keys.len()).map(|_| None).collect();
+        let mut out: Vec<Option<T>> = (0..self.keys.len()).map(|_| None).collect();
         while let Some(CowStr(k)) = map.next_key::<CowStr>()? {
             match self.keys.iter().position(|x| *x == k) {
-                Some(i) => out[i] = Some(map.next_value::<MaybeStr>()?),
+                Some(i) => out[i] = Some(map.next_value::<T>()?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -509,22 +569,24 @@ pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a,
             .map_or(0, |e| e.valid_up_to());
         LineError::NotUtf8(line[valid])
     })?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let values = Fields { keys }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| LineError::BadJson(json_error(text, &e)))?;
-    // serde_json skips the fields it is not asked for without decoding their strings or
-    // counting their depth: what a full parse (and the Python reader) refuses is checked here.
-    if let Some(at) = unpaired_surrogate(text) {
-        return Err(LineError::BadJson(unpaired_surrogate_said(text, at)));
-    }
-    if let Some(at) = too_deep(text) {
-        return Err(LineError::BadJson(format!(
-            "arrays and objects nested more than {MAX_DEPTH} deep at column {}",
-            column(text, at)
-        )));
-    }
+    let bad_json = |e: serde_json::Error| LineError::BadJson(json_error(text, &e));
+    let values = match Fields::<MaybeStr>::new(keys).of(text) {
+        // A number past a double in a field asked for (serde_json reads the numbers there, and
+        // skips the others unread): the fields are read again as raw JSON, their numbers unread.
+        Err(e) if e.to_string().starts_with("number out of range") => {
+            let raws = Fields::<&RawValue>::new(keys).of(text).map_err(bad_json)?;
+            refuse_what_a_full_parse_refuses(text)?;
+            raws.into_iter()
+                .map(|raw| raw.map(value_of_raw).transpose())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad_json)?
+        }
+        values => {
+            let values = values.map_err(bad_json)?;
+            refuse_what_a_full_parse_refuses(text)?;
+            values
+        }
+    };
     values
         .into_iter()
         .zip(keys)
@@ -534,6 +596,21 @@ pub fn extract_fields<'a>(line: &'a [u8], keys: &[String]) -> Result<Vec<Cow<'a,
             None => Err(LineError::MissingKey(k.clone())),
         })
         .collect()
+}
+
+/// serde_json skips the fields it is not asked for without decoding their strings or counting their
+/// depth: what a full parse (and the Python reader) refuses in the valid JSON line `text`.
+fn refuse_what_a_full_parse_refuses(text: &str) -> Result<(), LineError> {
+    if let Some(at) = unpaired_surrogate(text) {
+        return Err(LineError::BadJson(unpaired_surrogate_said(text, at)));
+    }
+    if let Some(at) = too_deep(text) {
+        return Err(LineError::BadJson(format!(
+            "arrays and objects nested more than {MAX_DEPTH} deep at column {}",
+            column(text, at)
+        )));
+    }
+    Ok(())
 }
 
 /// serde_json's error `e` on the line `text`, said for a line of a file: the column in
@@ -864,6 +941,72 @@ mod tests {
             ))
         );
         assert!(said(&nested(100_000)).is_err());
+    }
+
+    #[test]
+    fn a_number_past_a_double_is_a_number_where_text_is_wanted() {
+        // Python's json reads 1e400 (and an integer past int()'s digit limit) as inf: a number.
+        let k = keys(&["text"]);
+        let got = |line: &str, k: &[String]| {
+            extract_fields(line.as_bytes(), k)
+                .map(|texts| texts.into_iter().map(Cow::into_owned).collect::<Vec<_>>())
+        };
+        let not_string = |key: &str, kind| Err(LineError::NotString(key.into(), kind));
+        let digits = "9".repeat(5000);
+        for (value, kind) in [
+            ("1e400", NotText::Number),
+            ("-1e400", NotText::Number),
+            (digits.as_str(), NotText::Number),
+            ("[1e400, {\"a\": -1e999}]", NotText::List),
+            (
+                "[{\"role\": \"user\", \"content\": \"x\"}, 1e400]",
+                NotText::List,
+            ),
+        ] {
+            let line = format!(r#"{{"text": {value}, "id": 1}}"#);
+            assert_eq!(got(&line, &k), not_string("text", kind), "{value}");
+        }
+        assert_eq!(
+            extract_fields(b"{\"text\": 1e400}", &k)
+                .unwrap_err()
+                .to_string(),
+            r#"field "text" is a number, not a string"#
+        );
+        // Read again past such a number, the other fields asked for are what they are.
+        let chat = r#"[{"role": "user", "content": "x", "n": 1e400}]"#;
+        let line = format!(r#"{{"text": {chat}, "n": 1e400}}"#);
+        let (text_n, n_text) = (keys(&["text", "n"]), keys(&["n", "text"]));
+        assert_eq!(
+            got(&line, &text_n),
+            not_string("text", NotText::ChatMessages)
+        );
+        assert_eq!(got(&line, &n_text), not_string("n", NotText::Number));
+        let replaced = r#"{"text": 1e400, "id": 1e400, "text": "ж\u0041\n"}"#;
+        assert_eq!(got(replaced, &k).unwrap(), ["жA\n"]);
+        assert_eq!(
+            got(r#"{"id": 1e400, "text": "a"}"#, &keys(&["text", "id"])),
+            not_string("id", NotText::Number)
+        );
+        // Past a double elsewhere: the record is read, as Python reads it.
+        let elsewhere = format!(r#"{{"n": 1e400, "m": [-1e-400, {digits}], "text": "a"}}"#);
+        assert_eq!(got(&elsewhere, &k).unwrap(), ["a"]);
+        // What else is wrong in the line is still said.
+        let said = |line: &str| got(line, &k).unwrap_err().to_string();
+        assert_eq!(
+            said(r#"{"text": 1e400, "x": oops}"#),
+            "not valid JSON (expected value at column 22)"
+        );
+        assert_eq!(
+            said(r#"{"text": 1e400, "x": "\ud800"}"#),
+            "not valid JSON (unpaired UTF-16 surrogate escape \\ud800 at column 23 (half of a \
+             pair, without its other half))"
+        );
+        let deep = format!(
+            r#"{{"text": 1e400, "n": {}{}}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(said(&deep).contains(&format!("nested more than {MAX_DEPTH} deep")));
     }
 
     #[test]
