@@ -601,17 +601,49 @@ def test_a_chat_models_tokens_listed_in_its_added_tokens_json_count_as_its_own(
     _assert_nothing_written(tmp_path, tmp_path / "out2")
 
 
-@pytest.mark.parametrize("given", ["directory", "model"])
-def test_a_slow_tokenizers_model_as_old_tokenizer_brings_its_added_tokens(tmp_path: Path, given: str) -> None:
-    """The chat model's directory (or its tokenizer.model) as --old-tokenizer: the .model alone took the
-    trained rows of <|im_start|>/<|im_end|> for padding, so the new tokenizer's chat tokens got means of
-    other rows. The .model with its directory's added_tokens.json is the model's tokenizer, as
-    transformers loads it: those rows are copied."""
-    src, out, _, new_json = _slow_tokenizer_chat_model(tmp_path)
-    old = src if given == "directory" else src / "tokenizer.model"
-    summary = adapt_vocab(src, old, new_json, out, show_progress=False)
-    assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
-    _assert_chat_rows_kept(src, out)
+def test_a_slow_tokenizers_model_with_its_added_tokens_json_keeps_their_trained_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chat model saved by a slow tokenizer: tokenizer.model and added_tokens.json, whose chat tokens
+    have trained rows past the .model. Given as --old-tokenizer, its directory (or its .model) was the
+    .model alone and those rows were taken for padding: replaced by the mean row, without a word. It is
+    the .model with the added tokens now, as transformers loads it; a copy of the .model without them
+    is refused, naming the directory."""
+    src, _, _, new_json = _slow_tokenizer_chat_model(tmp_path)
+    before = tensors_of(src)
+    for n, old in enumerate([src, src / "tokenizer.model"]):
+        out = tmp_path / f"out{n}"
+        summary = adapt_vocab(src, old, new_json, out, show_progress=False)
+        assert summary["old_vocab_size"] == OLD_VOCAB + 2 and summary["counts"]["copied"] == OLD_VOCAB + 2
+        after = tensors_of(out)
+        for name in (EMBED, LM_HEAD):
+            assert torch.equal(after[name], before[name])
+    bare = tmp_path / "bare" / "tokenizer.model"
+    bare.parent.mkdir()
+    shutil.copyfile(MISTRAL_TOKENIZER, bare)
+    argv = [
+        "adapt-vocab",
+        "--model",
+        str(src),
+        "--old-tokenizer",
+        str(bare),
+        "--new-tokenizer",
+        str(new_json),
+    ]
+    capsys.readouterr()
+    assert cli_main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.endswith(
+        f"--old-tokenizer {bare} has {OLD_VOCAB} tokens, but the model's added_tokens.json gives id "
+        f"{OLD_VOCAB} to '<|im_start|>' (2 such ids among its {OLD_VOCAB + 2} rows), whose trained rows "
+        f"would be taken for padding; pass the tokenizer the model was trained with (--old-tokenizer {src}: "
+        "its tokenizer.model and the 2 tokens its added_tokens.json adds)"
+    ), err
+    _assert_nothing_written(tmp_path, tmp_path / "refused")
+    # A token listed past the model's rows has no row to keep: the rows are the .model's.
+    (src / "added_tokens.json").write_text(json.dumps({"<|im_start|>": OLD_VOCAB + 2}))
+    summary = adapt_vocab(src, src, new_json, tmp_path / "past", show_progress=False)
+    assert summary["old_vocab_size"] == OLD_VOCAB and summary["counts"]["copied"] == OLD_VOCAB
 
 
 def test_byte_level_replaced_vocabulary_copies_specials_by_name(

@@ -23,7 +23,6 @@ Only those two tensors are held in memory; all others are copied as raw bytes sh
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
@@ -34,7 +33,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
-from vikhr.adapt.vocab_source import SPIECE_UNDERLINE, Vocabulary, load_vocabulary
+from vikhr.adapt.vocab_source import (
+    ADDED_TOKENS_FILE,
+    SPIECE_UNDERLINE,
+    Vocabulary,
+    added_token_ids,
+    load_vocabulary,
+    with_added_tokens,
+)
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, carry_chat_template, load, resolve_tokenizer_file
@@ -59,7 +65,7 @@ OLD_TOKENIZER_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "added_tokens.json",
+    ADDED_TOKENS_FILE,
     "vocab.json",  # a BPE's vocabulary and merges as two files (Qwen, GPT-2)
     "merges.txt",
     "tekken.json",  # mistral-common's (Mistral-NeMo, Ministral), which transformers prefers when present
@@ -325,13 +331,13 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
             f"--old-tokenizer {old.path} is not the model's tokenizer {own_path}: {len(other)} of their "
             f"first {common} ids are other pieces (id {i}:"
             f" {old.pieces[i]!r}, the model's {own.pieces[i]!r}); "
-            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+            f"{_models_tokenizer_advice(model_dir, rows)}"
         )
     # An extension of the model's tokenizer passes the row check on a padded checkpoint (Qwen2.5: 271
     # spare rows): its new tokens would be taken as trained and get the untrained padding rows. Tokens
     # the directory's added_tokens.json gives the same ids are the model's own (a slow tokenizer's
     # chat tokens past its .model, with trained rows).
-    added = _added_token_ids(model_dir) if old.size > own.size else {}
+    added = added_token_ids(model_dir) if old.size > own.size else {}
     owned = own.size
     while owned < old.size and added.get(owned) == old.pieces[owned]:
         owned += 1
@@ -342,7 +348,7 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
             f"--old-tokenizer {old.path} has {old.size - owned} more tokens than the model's tokenizer "
             f"{own_path}{also} ({old.size} vs {owned}; id {owned}: {old.pieces[owned]!r}{listed}), so "
             f"the model has no trained rows for them (an extended tokenizer given as the old one?); "
-            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+            f"{_models_tokenizer_advice(model_dir, rows)}"
         )
     # The base's tokenizer given for an adapted model whose few hundred new rows pass the row check as
     # padding: their trained rows would be replaced by means of the base's.
@@ -351,33 +357,36 @@ def _check_old_tokenizer_is_the_models(old: Vocabulary, model_dir: Path, rows: i
             f"--old-tokenizer {old.path} has {own.size - old.size} fewer tokens than the model's tokenizer "
             f"{own_path} ({old.size} vs {own.size}; id {old.size}: {own.pieces[old.size]!r}), whose rows "
             f"the model has (the base's tokenizer given for an adapted model?); "
-            f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir})"
+            f"{_models_tokenizer_advice(model_dir, rows)}"
         )
 
 
-def _with_added_tokens(old: Vocabulary) -> Vocabulary:
-    """A SentencePiece `.model` with the tokens its directory's added_tokens.json gives the ids right
-    after it (a slow tokenizer's save: chat tokens such as `<|im_start|>` with trained rows), as
-    transformers loads that directory; without them those rows were taken for padding and lost."""
-    if old.path.suffix != ".model":
-        return old
-    added = _added_token_ids(old.path.parent)
-    extra = []
-    while (token := added.get(old.size + len(extra))) is not None:
-        extra.append(token)
-    if not extra:
-        return old
-    return dataclasses.replace(old, pieces=old.pieces + extra, kinds=old.kinds + ["control"] * len(extra))
+def _check_old_tokenizer_has_the_added_tokens(old: Vocabulary, model_dir: Path, rows: int) -> None:
+    """VikhrError when the model directory's added_tokens.json gives ids past the old tokenizer's end to
+    tokens: their rows are trained, and would be taken for padding and replaced (a slow tokenizer's
+    .model given without the added_tokens.json beside it)."""
+    added = added_token_ids(model_dir)
+    lacking = sorted(i for i in added if old.size <= i < rows)
+    if lacking:
+        i = lacking[0]
+        raise VikhrError(
+            f"--old-tokenizer {old.path} has {old.size} tokens, but the model's {ADDED_TOKENS_FILE} gives "
+            f"id {i} to {added[i]!r} ({len(lacking)} such ids among its {rows} rows), whose trained rows "
+            f"would be taken for padding; {_models_tokenizer_advice(model_dir, rows)}"
+        )
 
 
-def _added_token_ids(model_dir: Path) -> dict[int, str]:
-    """Id → token of the model directory's added_tokens.json (a slow tokenizer's tokens past its
-    .model); empty without one."""
-    path = model_dir / "added_tokens.json"
-    if not path.is_file():
-        return {}
-    listed = read_json_object(path, "fix it or remove it from the model's directory")
-    return {i: token for token, i in listed.items() if isinstance(i, int)}
+def _models_tokenizer_advice(model_dir: Path, rows: int) -> str:
+    """The advice of a refusal: the tokenizer in the model's directory, as --old-tokenizer takes it
+    (with the tokens of the added_tokens.json beside it that the model's `rows` hold, as transformers
+    loads that directory)."""
+    try:
+        own = load_vocabulary(model_dir)
+    except VikhrError:
+        return "pass the tokenizer the model was trained with as --old-tokenizer"
+    added = with_added_tokens(own, rows).size - own.size
+    also = f": its {own.path.name} and the {added} tokens its {ADDED_TOKENS_FILE} adds" if added else ""
+    return f"pass the tokenizer the model was trained with (--old-tokenizer {model_dir}{also})"
 
 
 def _write_tokenizer(new_path: Path, out: Path) -> None:
@@ -560,10 +569,13 @@ def adapt_vocab(
     headers = checkpoint_headers(model_dir)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_src, head_src = _embedding_sources(headers, tied, model_dir)
-    old = _with_added_tokens(load_vocabulary(old_tokenizer))
+    rows = embed_src.tensors[EMBED].shape[0]
+    # A slow tokenizer's .model is the model's with the tokens its added_tokens.json adds.
+    old = with_added_tokens(load_vocabulary(old_tokenizer), rows)
     new = load_vocabulary(new_tokenizer)
-    _check_vocab_sizes(old, embed_src.tensors[EMBED].shape[0], cfg.get("vocab_size"), model_dir)
-    _check_old_tokenizer_is_the_models(old, model_dir, embed_src.tensors[EMBED].shape[0])
+    _check_vocab_sizes(old, rows, cfg.get("vocab_size"), model_dir)
+    _check_old_tokenizer_is_the_models(old, model_dir, rows)
+    _check_old_tokenizer_has_the_added_tokens(old, model_dir, rows)
     id_map = find_id_map(new, id_map_path)
     if id_map is not None:
         check_id_map(id_map, old, new)

@@ -15,18 +15,20 @@ when valid text follows a stray byte.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, read_json_object
 from vikhr.tokenizer.byte_level import bytes_piece, is_byte_level, piece_bytes, utf8_runs
 from vikhr.tokenizer.load import load_without_dummy_prefix, require_tokenizer_json, resolve_tokenizer_file
 from vikhr.tokenizer.tekken import is_tekken, tekken_error
 
 SPIECE_UNDERLINE = "▁"
+ADDED_TOKENS_FILE = "added_tokens.json"  # a slow tokenizer's tokens past its .model (transformers)
 BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -133,6 +135,31 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     """A SentencePiece `.model`, an HF `tokenizer.json`, or a directory (precedence: vikhr.tokenizer.load)."""
     p = resolve_tokenizer_file(path)
     return _from_tokenizer_json(p) if p.suffix == ".json" else _from_sentencepiece(p)
+
+
+def added_token_ids(directory: Path) -> dict[int, str]:
+    """Id → token of `directory`'s added_tokens.json (where a slow tokenizer's save keeps the tokens past
+    its .model, such as a chat model's <|im_start|>/<|im_end|>); empty without one."""
+    path = directory / ADDED_TOKENS_FILE
+    if not path.is_file():
+        return {}
+    listed = read_json_object(path, f"fix it or remove it from {directory}")
+    return {i: token for token, i in listed.items() if type(i) is int}
+
+
+def with_added_tokens(vocab: Vocabulary, rows: int) -> Vocabulary:
+    """`vocab` and the tokens the added_tokens.json beside its file gives the ids that follow its own,
+    up to the model's `rows` (a token past them has no row): the tokenizer transformers loads from that
+    directory."""
+    added = added_token_ids(vocab.path.parent)
+    extra: list[str] = []
+    while vocab.size + len(extra) < rows and (token := added.get(vocab.size + len(extra))) is not None:
+        extra.append(token)
+    if not extra:
+        return vocab
+    return dataclasses.replace(
+        vocab, pieces=[*vocab.pieces, *extra], kinds=[*vocab.kinds, *["user"] * len(extra)]
+    )
 
 
 def piece_text(piece: str) -> str:
