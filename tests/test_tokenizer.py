@@ -901,18 +901,23 @@ def test_compare_draws_its_bar_on_a_terminal_only(tmp_path: Path, monkeypatch: p
     assert "measuring" not in quiet
 
 
-@pytest.mark.parametrize("count", [3, 12])
-def test_the_efficiency_chart_legend_covers_no_bar_and_every_tokenizer_has_its_colour(count: int) -> None:
+@pytest.mark.parametrize("count", [3, 12, 20])
+def test_the_efficiency_chart_legend_covers_no_bar_and_every_tokenizer_has_its_colour(
+    count: int, tmp_path: Path
+) -> None:
     """The legend lay on the bars (over a tall bar's value with 3 tokenizers, most of the chart with
-    12); from the 11th tokenizer on two shared a colour; a dozen values written level ran together."""
+    12); from the 11th tokenizer on two shared a colour; a dozen values written level ran together
+    (upright, twenty do too unless the figure widens for them)."""
+    import matplotlib.image
     import matplotlib.pyplot as plt
 
-    from vikhr.tokenizer.compare import Efficiency, chars_per_token_figure
+    from vikhr.tokenizer.compare import Efficiency, chars_per_token_figure, plot_chars_per_token
 
+    # Neighbouring tokenizers score alike, so their values stand side by side at one height.
     results = [
-        Efficiency(f"tok{k}", s, chars=1000, words=200, tokens=1000 // (2 + k % 5 + i), words_3plus=10)
+        Efficiency(f"tokenizer-{k:02d}", s, chars=1000, words=200, tokens=300 + 40 * i + k, words_3plus=10)
         for k in range(count)
-        for i, s in enumerate(("ru", "en"))
+        for i, s in enumerate(("ru", "en", "code"))
     ]
     fig = chars_per_token_figure(results)
     try:
@@ -923,9 +928,13 @@ def test_the_efficiency_chart_legend_covers_no_bar_and_every_tokenizer_has_its_c
         colours = [tuple(container[0].get_facecolor()) for container in ax.containers]
         assert len(colours) == count and len(set(colours)) == count
         values = [t for t in ax.texts]
-        assert len(values) == 2 * count
+        assert len(values) == 3 * count
         boxes = [t.get_window_extent() for t in values]
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
         assert all(t.get_rotation() == (90 if count > 4 else 0) for t in values)
+        drawn_inches = fig.get_tightbbox().width  # the axes, their labels and the legend beside them
     finally:
         plt.close(fig)
+    png = tmp_path / "chars_per_token.png"
+    plot_chars_per_token(results, png)
+    assert matplotlib.image.imread(png).shape[1] >= round(drawn_inches * 120)  # the legend is not cut off
