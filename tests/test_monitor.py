@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pytest
 from matplotlib.colors import to_rgba
 
 from vikhr.curves import lone_points
@@ -64,10 +65,13 @@ def test_a_run_without_kl_has_no_kl_panel(tmp_path: Path) -> None:
     }
 
 
-def test_a_loss_that_is_the_ce_is_one_line_and_steps_are_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steps", [4, 18])  # left to itself the axis reads 0.5, 1.5, … and 2.5, 7.5, …
+def test_a_loss_that_is_the_ce_is_one_line_and_steps_are_whole(tmp_path: Path, steps: int) -> None:
     """At λ = 0 the loss is the CE: one line, not two lying one on the other; a short run's step
     axis reads whole steps, not 2.5, 7.5, …"""
-    rows = [{"step": s, "kind": "train", "loss": 6.0 - 0.1 * s, "ce": 6.0 - 0.1 * s} for s in range(1, 16)]
+    rows = [
+        {"step": s, "kind": "train", "loss": 6.0 - 0.1 * s, "ce": 6.0 - 0.1 * s} for s in range(1, steps + 1)
+    ]
     rows[3]["loss"] = rows[3]["ce"] = math.nan  # a skipped step: NaN in both is still the same series
     _write_metrics(tmp_path, rows)
     fig = curves_figure(tmp_path)
