@@ -486,6 +486,26 @@ def test_a_missing_score_is_marked_where_its_bar_would_stand() -> None:
         assert same_color(by_x[1].get_color(), bars["vikhr"][0].get_facecolor())
     finally:
         plt.close(fig)
+    # At a group's edge (the last model's last score, a panel of its own) the mark is inside the axes:
+    # they fitted the bars drawn, and other's Ru-MMLU mark stood to the right of the chart. The legend
+    # beside the last panel, where vikhr and other have no bar, keys each model in its own colour
+    # (both were keyed in the default blue).
+    rows = [[0.6, 0.4, 1.1], [0.62, 0.5, None], [0.5, None, None]]
+    fig = chart_figure(names, ["En-MMLU", "Ru-MMLU", "bpc (bpc)"], rows)
+    try:
+        fig.canvas.draw()
+        marks = [(ax, t) for ax in fig.axes for t in ax.texts if t.get_text() == "n/a"]
+        assert len(marks) == 3
+        for ax, mark in marks:
+            box, inside = mark.get_window_extent(), ax.get_window_extent()
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1, (mark.get_position(), box, inside)
+        legend = fig.axes[-1].get_legend()
+        keys = [key.get_facecolor() for key in legend.legend_handles]
+        assert [t.get_text() for t in legend.get_texts()] == names
+        for key, container in zip(keys, fig.axes[0].containers, strict=True):
+            assert same_color(key, container[0].get_facecolor())
+    finally:
+        plt.close(fig)
 
 
 def test_perplexities_and_bits_each_get_their_own_axis() -> None:

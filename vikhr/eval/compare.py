@@ -308,6 +308,7 @@ def chart_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     panels = [
         (title, [c for c, column in enumerate(columns) if _panel_of(column) == kind])
@@ -326,43 +327,64 @@ def chart_figure(
         gridspec_kw={"width_ratios": [len(cs) for _, cs in panels]},
         squeeze=False,
     )
+    styles = _bar_styles(len(names), reference_rows)
     for ax, (title, cs) in zip(axes[0], panels, strict=True):
-        _bars(ax, names, [[row[c] for c in cs] for row in rows], width, reference_rows)
+        _bars(ax, names, [[row[c] for c in cs] for row in rows], width, styles)
         ax.set_xticks(range(len(cs)), [columns[c] for c in cs], rotation=20, ha="right")
         ax.set_ylabel(title if len(panels) > 1 else "score")
         ax.grid(axis="y", alpha=0.3)
-    legend_beside(axes[0][-1], fontsize="small", ncol=1 + len(names) // 8)
+    # The legend's keys are drawn, not taken from the last panel's bars: a model with no score there
+    # has no bar to take its colour from (its key came out in the default blue).
+    keys = [
+        Patch(facecolor=s["color"], hatch=s["hatch"], edgecolor=s["edgecolor"], linewidth=0, label=name)
+        for name, s in zip(names, styles, strict=True)
+    ]
+    legend_beside(axes[0][-1], fontsize="small", ncol=1 + len(names) // 8, handles=keys)
     fig.tight_layout()
     return fig
 
 
+def _bar_styles(count: int, reference_rows: int) -> list[dict[str, Any]]:
+    """Each model's bar style: its colour; the last `reference_rows` rows are published figures,
+    hatched so they stand apart from measured ones."""
+    return [
+        {
+            "color": colour,
+            "hatch": "//" if i >= count - reference_rows else None,
+            "edgecolor": "white" if i >= count - reference_rows else None,
+            "linewidth": 0,
+        }
+        for i, colour in enumerate(series_colours(count))
+    ]
+
+
 def _bars(
-    ax: Any, names: list[str], rows: list[list[float | None]], width: float, reference_rows: int
+    ax: Any, names: list[str], rows: list[list[float | None]], width: float, styles: list[dict[str, Any]]
 ) -> None:
-    """One bar per model and column; a missing value is an upright `n/a` in the model's colour where
-    its bar would stand (a bare gap reads as a score of 0). The last `reference_rows` rows are
-    published figures, hatched so they stand apart from measured ones."""
-    for i, (name, row, colour) in enumerate(zip(names, rows, series_colours(len(names)), strict=True)):
+    """One bar per model and column, in its style (`_bar_styles`); a missing value is an upright
+    `n/a` in the model's colour where its bar would stand (a bare gap reads as a score of 0)."""
+    for i, (name, row, style) in enumerate(zip(names, rows, styles, strict=True)):
         offset = (i - (len(names) - 1) / 2) * width
-        published = i >= len(names) - reference_rows
         ax.bar(
             [c + offset for c, v in enumerate(row) if v is not None],
             [v for v in row if v is not None],
             width,
             label=name,
-            color=colour,
-            hatch="//" if published else None,
-            edgecolor="white" if published else None,
-            linewidth=0,
+            **style,
         )
         for c in (c for c, v in enumerate(row) if v is None):
-            ax.text(c + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=colour)
+            ax.text(
+                c + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=style["color"]
+            )
+    # Every model's slot in the view: the axes fit the bars drawn, and an `n/a` at a group's edge
+    # (the last model's last score) would stand outside them.
+    ax.set_xlim(-0.5, len(rows[0]) - 0.5)
 
 
 def bar_chart(
     names: list[str], columns: list[str], rows: list[list[float | None]], out: Path, reference_rows: int = 0
 ) -> None:
-    """Grouped bars as a PNG: one group per benchmark, one bar per model (missing values left out);
+    """Grouped bars as a PNG: one group per benchmark, one bar per model (a missing value marked `n/a`);
     the last `reference_rows` rows are published figures, hatched so they stand apart from measured
     ones. Bits and perplexities (lower is better) get an axis of their own."""
     import matplotlib.pyplot as plt
