@@ -577,22 +577,29 @@ def test_loss_curves_of_a_short_run_read_whole_steps() -> None:
     assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
 
 
-def test_the_legends_of_a_grid_cover_no_curve_and_no_arm() -> None:
-    """With a dozen arms the legend stands beside the axes of both charts, over none of the data."""
+def test_the_legends_of_a_grid_cover_no_curve_and_no_arm(tmp_path: Path) -> None:
+    """With a dozen arms the legend stands beside the axes of both charts, over none of the data, and
+    the saved image widens to hold it whole."""
+    import matplotlib.image
     import matplotlib.pyplot as plt
 
-    from vikhr.ablate.report import loss_curves_figure, tradeoff_figure
+    from vikhr.ablate.report import loss_curves_figure, plot, tradeoff_figure
 
     result = _grid_result(12, 6)
-    for figure in (loss_curves_figure, tradeoff_figure):
+    drawn_inches = {}
+    for figure, png in ((loss_curves_figure, "loss_curves.png"), (tradeoff_figure, "tradeoff.png")):
         fig = figure(result)
         fig.canvas.draw()
         ax = fig.axes[0]
         legend = ax.get_legend().get_window_extent()
         axes_box = ax.get_window_extent()
+        drawn_inches[png] = fig.get_tightbbox().width  # the axes, their labels and the legend
         plt.close(fig)
         assert legend.x0 >= axes_box.x1, (figure.__name__, legend, axes_box)
         assert len(ax.get_legend().get_texts()) >= 12
+    plot(result, tmp_path)
+    for png, inches in drawn_inches.items():
+        assert matplotlib.image.imread(tmp_path / png).shape[1] >= round(inches * 110), png
 
 
 def test_an_arm_whose_bpc_is_not_finite_is_reported_not_a_traceback() -> None:
