@@ -611,9 +611,11 @@ def test_the_score_histogram_counts_whole_chats_and_its_cut_label_covers_no_bar(
             ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
             assert ax.get_ylabel() == "chats" and ax.get_ylim()[0] == 0
             assert ticks and all(float(t).is_integer() and t >= 0 for t in ticks), (ax.get_title(), ticks)
-        many = fig.axes[0]
-        legend = many.get_legend().get_window_extent()
-        bars = [p.get_window_extent() for p in many.patches if p.get_height() > 0]
-        assert bars and not any(legend.overlaps(bar) for bar in bars)
+        labelled = [ax for ax in fig.axes if ax.get_legend() is not None]
+        assert len(labelled) == len(cuts)
+        for ax in labelled:
+            legend = ax.get_legend().get_window_extent()
+            bars = [p.get_window_extent() for p in ax.patches if p.get_height() > 0]
+            assert bars and not any(legend.overlaps(bar) for bar in bars), ax.get_title()
     finally:
         plt.close(fig)
