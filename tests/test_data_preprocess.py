@@ -189,7 +189,7 @@ def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_
     ]  # fmt: skip
     said = (
         f'{src}:1: field "messages" is a list of chat messages (role/content), not a string: chats are '
-        "encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)\n"
+        "encoded with vikhr sft prepare, not pre-tokenized as text; see docs/sft.md\n"
     )
     assert vikhr_main(["data", "preprocess", *args]) == 2
     assert capsys.readouterr().err == f"vikhr data preprocess: error: {said}"
@@ -214,8 +214,8 @@ def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_
     src.write_text(json.dumps({"conversations": [{"from": "human", "value": "x"}], "n": 3}) + "\n")
     for key, what in [
         ("conversations", "is a list of ShareGPT turns (from/value), not a string: chats are converted "
-         "with vikhr sft build and encoded with vikhr sft prepare, not pre-tokenized as text "
-         "(see docs/sft.md)"),
+         "with vikhr sft build and encoded with vikhr sft prepare, not pre-tokenized as text; "
+         "see docs/sft.md"),
         ("n", "is a number, not a string (choose the field with --json-keys; the record's fields: "
          "conversations, n)"),
     ]:  # fmt: skip
@@ -238,7 +238,7 @@ _CHOOSE_TEXT = "not a string (choose the field with --json-keys; the record's fi
         (
             '[{"role": "user", "content": "x", "n": 1e400}]',
             "is a list of chat messages (role/content), not a string: chats are encoded with vikhr sft "
-            "prepare, not pre-tokenized as text (see docs/sft.md)",
+            "prepare, not pre-tokenized as text; see docs/sft.md",
         ),
     ],
     ids=["1e400", "int-past-digits", "list", "chat"],

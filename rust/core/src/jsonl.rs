@@ -310,13 +310,13 @@ impl fmt::Display for LineError {
             LineError::NotString(k, NotText::ChatMessages) => write!(
                 f,
                 "field {k:?} is {}, not a string: chats are encoded with vikhr sft prepare, not \
-                 pre-tokenized as text (see docs/sft.md)",
+                 pre-tokenized as text; see docs/sft.md",
                 NotText::ChatMessages
             ),
             LineError::NotString(k, NotText::ShareGptTurns) => write!(
                 f,
                 "field {k:?} is {}, not a string: chats are converted with vikhr sft build and \
-                 encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)",
+                 encoded with vikhr sft prepare, not pre-tokenized as text; see docs/sft.md",
                 NotText::ShareGptTurns
             ),
             LineError::NotString(k, kind) => write!(f, "field {k:?} is {kind}, not a string"),
@@ -839,7 +839,7 @@ mod tests {
         assert_eq!(
             said(r#"{"messages": [{"role": "user", "content": "Привет"}]}"#),
             "field \"messages\" is a list of chat messages (role/content), not a string: chats are \
-             encoded with vikhr sft prepare, not pre-tokenized as text (see docs/sft.md)"
+             encoded with vikhr sft prepare, not pre-tokenized as text; see docs/sft.md"
         );
         let sharegpt = r#"{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}"#;
         assert_eq!(
