@@ -418,3 +418,20 @@ def test_bench_convert_names_the_work_it_keeps_after_a_failed_command(tmp_path: 
     assert "failed" in lines[0] and "hf-to-megatron" in lines[0]
     assert lines[-1] == f"(the source and the outputs are kept in {work} for a look)"
     assert (work / "hf").is_dir()
+
+
+def test_bench_merge_names_the_work_it_keeps_after_the_merges_disagree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two merges that disagree beyond rounding stop the benchmark; the line names the work directory
+    that keeps both checkpoints and both outputs."""
+    bench_merge = _tool("bench_merge")
+    monkeypatch.setattr(bench_merge, "measure", lambda cmd: (0.0, 0.0))
+    monkeypatch.setattr(bench_merge, "compare_outputs", lambda got, want: (0.5, 1.0, 7))
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as stop:
+        bench_merge.checked_merges(
+            work / "a-1", work / "b-1", work / "out-1", work / "baseline-1", "vikhr", 0.5
+        )
+    message = str(stop.value.code)
+    assert "disagree on 7 values" in message and f"kept in {work} for a look" in message

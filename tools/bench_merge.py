@@ -116,7 +116,8 @@ def checked_merges(a: Path, b: Path, out: Path, base_out: Path, vikhr: str, t: f
     if outside:
         sys.exit(
             f"vikhr merge and the load-everything merge disagree on {outside:,} values by more than "
-            f"rounding ({REL_TOLERANCE:g} relative + {RMS_TOLERANCE:g} of the RMS): nothing timed"
+            f"rounding ({REL_TOLERANCE:g} relative + {RMS_TOLERANCE:g} of the RMS): nothing timed "
+            f"(both checkpoints and both outputs are kept in {out.parent} for a look)"
         )
     return share, worst
 
