@@ -179,7 +179,7 @@ def loss_curves_figure(result: AblationResult) -> Any:
             continue  # merges do not train
         steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
         means = [statistics.fmean(r.train_losses[s] for r in rs) for s in steps]
-        plot_curve(ax, steps, means, label=name, color=colours[i % len(colours)])
+        plot_curve(ax, steps, means, label=name, color=colours[i])
     ax.set_xlabel("step")
     ax.set_ylabel("train cross-entropy (nats/token; the tokenizers differ)")
     ax.set_title(f"loss curves, mean over {len(result.config.seeds)} seed(s)")
@@ -208,9 +208,7 @@ def tradeoff_figure(result: AblationResult) -> Any:
         if math.isfinite(rx) and math.isfinite(ry):  # a diverged arm has no place on the frontier
             points.append((rx, ry))
         marker = markers[groups.index(rs[0].arm.group) % len(markers)]
-        ax.errorbar(
-            rx, ry, xerr=sx, yerr=sy, fmt=marker, capsize=3, color=colours[i % len(colours)], label=name
-        )
+        ax.errorbar(rx, ry, xerr=sx, yerr=sy, fmt=marker, capsize=3, color=colours[i], label=name)
     front = pareto_front(points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="trade-off frontier")
     base = result.base_bpc

@@ -347,13 +347,10 @@ def chart_figure(
 def _bar_styles(count: int, reference_rows: int) -> list[dict[str, Any]]:
     """Each model's bar style: its colour; the last `reference_rows` rows are published figures,
     hatched so they stand apart from measured ones."""
+    published = {"hatch": "//", "edgecolor": "white"}
+    measured = {"hatch": None, "edgecolor": None}
     return [
-        {
-            "color": colour,
-            "hatch": "//" if i >= count - reference_rows else None,
-            "edgecolor": "white" if i >= count - reference_rows else None,
-            "linewidth": 0,
-        }
+        {"color": colour, "linewidth": 0, **(published if i >= count - reference_rows else measured)}
         for i, colour in enumerate(series_colours(count))
     ]
 
