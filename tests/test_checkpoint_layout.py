@@ -381,7 +381,7 @@ def test_replicated_optimizer_state_converts_between_fp32_and_bf16(tmp_path: Pat
 
             fresh, fresh_optimizer = _megatron_optimizer(loaded_dtype, stepped=False)
             weights = step_dir / "model_tp00.safetensors"
-            checkpoint._load_tensors(
+            checkpoint.load_model_tensors(
                 fresh, load_file(str(weights)), weights
             )  # the weights, as resume loads them
             checkpoint._load_replicated_optimizer(fresh_optimizer, fresh, step_dir, meta, 0, 1)

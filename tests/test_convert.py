@@ -3,6 +3,7 @@ every input tensor is accounted for; HF exports carry their tokenizer and load w
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -349,6 +350,33 @@ def test_round_trip_of_each_family_is_bit_exact(tmp_path: Path, family: str, tp:
     assert hf_config_to_model_config(config) == hf_config_to_model_config(
         json.loads((hf / "config.json").read_text())
     )
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_load_hf_weights_gives_a_model_transformers_logits(tmp_path: Path, family: str) -> None:
+    """An HF checkpoint read straight into a TP-1 model (no vikhr checkpoint written) gives the logits
+    transformers gives; a model of another shape is refused naming the directory."""
+    from transformers import AutoModelForCausalLM
+
+    from vikhr.convert import load_hf_weights
+    from vikhr.model import build_gpt_model
+    from vikhr.runtime.distributed import distributed_env
+
+    hf = _tiny_hf(tmp_path / "hf", family=family)
+    cfg = hf_config_to_model_config(json.loads((hf / "config.json").read_text()))
+    tokens = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+    with distributed_env(tp_size=1, seed=0, device="cpu"):
+        model = build_gpt_model(cfg, 1).eval()
+        load_hf_weights(model, hf)
+        with torch.no_grad():
+            pos = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+            logits = model(tokens, pos, attention_mask=None)[..., : cfg.vocab_size]
+        deeper = build_gpt_model(dataclasses.replace(cfg, num_layers=cfg.num_layers + 1), 1)
+        with pytest.raises(VikhrError, match=f"checkpoint {re.escape(str(hf))} does not match the model"):
+            load_hf_weights(deeper, hf)
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()(tokens).logits
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
 
 
 def test_tied_llama_converts_without_an_output_layer(tmp_path: Path) -> None:

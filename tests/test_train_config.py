@@ -352,7 +352,7 @@ def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> Non
     import torch
     from safetensors.torch import load_file, save_file
 
-    from vikhr.train.checkpoint import _load_tensors, model_tensors
+    from vikhr.train.checkpoint import load_model_tensors, model_tensors
 
     class Layer(torch.nn.Module):
         def __init__(self) -> None:
@@ -371,7 +371,7 @@ def test_checkpoint_names_do_not_depend_on_the_layer_spec(tmp_path: Path) -> Non
     assert sorted(tensors) == ["block.input_layernorm.weight", "block.self_attention.linear_qkv.weight"]
     save_file(tensors, str(tmp_path / "m.safetensors"))
     fresh = model()
-    _load_tensors(fresh, load_file(str(tmp_path / "m.safetensors")), tmp_path / "m.safetensors")
+    load_model_tensors(fresh, load_file(str(tmp_path / "m.safetensors")), tmp_path / "m.safetensors")
     assert torch.equal(
         fresh.state_dict()["block.self_attention.linear_qkv.layer_norm_weight"],
         tensors["block.input_layernorm.weight"],

@@ -167,22 +167,18 @@ def hf_stack(name: str, model: torch.nn.Module, tokens: torch.Tensor) -> Stack:
     return Stack(name, model, lambda: model(input_ids=tokens, labels=tokens, use_cache=False).loss)
 
 
-def copy_hf_weights(model: torch.nn.Module, hf: torch.nn.Module, cfg) -> None:
+def copy_hf_weights(model: torch.nn.Module, hf: torch.nn.Module) -> None:
     """Give vikhr's model HF's weights, through the converter itself: HF's checkpoint as
     `save_pretrained` writes it, read back by the HF → megatron conversion's own reader (every
     tensor accounted for against the config, a tied LM head checked, fused QKV and gate/up, padded
     vocabulary rows); a missing, extra or misshapen tensor raises."""
     import tempfile
 
-    from vikhr.convert.mistral import _HFCheckpoint, _megatron_full_tensors
-    from vikhr.train.checkpoint import _load_tensors
+    from vikhr.convert import load_hf_weights
 
-    v_pad = model.embedding.word_embeddings.weight.shape[0]
     with tempfile.TemporaryDirectory(prefix="bench-train-hf-") as saved:
         hf.save_pretrained(saved, safe_serialization=True)
-        source = _HFCheckpoint(Path(saved), cfg)
-        with torch.no_grad():
-            _load_tensors(model, dict(_megatron_full_tensors(source, cfg, v_pad)), Path(saved))
+        load_hf_weights(model, saved)
 
 
 def vikhr_stack(name: str, cfg, spec: str, dtype, env, hf: torch.nn.Module, data) -> Stack:
@@ -194,7 +190,7 @@ def vikhr_stack(name: str, cfg, spec: str, dtype, env, hf: torch.nn.Module, data
     from vikhr.train.trainer import CrossEntropyKL, forward_loss
 
     model = build_gpt_model(cfg, params_dtype=dtype, attention=spec, on_gpu=env.on_gpu).to(env.device)
-    copy_hf_weights(model, hf, cfg)
+    copy_hf_weights(model, hf)
     tokens, labels = data
     batch = Batch(tokens, labels, None)
     loss_fn = CrossEntropyKL(cfg.vocab_size, parallel_state.get_tensor_model_parallel_group())

@@ -2,7 +2,13 @@
 
 from typing import Any
 
-__all__ = ["hf_config_to_model_config", "hf_to_megatron", "megatron_to_hf", "model_config_to_hf_config"]
+__all__ = [
+    "hf_config_to_model_config",
+    "hf_to_megatron",
+    "load_hf_weights",
+    "megatron_to_hf",
+    "model_config_to_hf_config",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -569,6 +569,26 @@ def _megatron_full_tensors(
         src.check_tied_lm_head()  # a stored copy of the LM head must equal the embedding
 
 
+def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path) -> None:
+    """Give a megatron-core model built without tensor parallelism (`vikhr.model.build_gpt_model`,
+    TP 1, its config `hf_config_to_model_config` of the directory's config.json) the weights of an
+    HF safetensors checkpoint, without writing a vikhr checkpoint: the reader and tensor layout of
+    `hf_to_megatron` (every tensor accounted for against config.json, a tied LM head checked, fused
+    QKV and gate/up, padded vocabulary rows). VikhrError naming the directory on any mismatch."""
+    from vikhr.train.checkpoint import load_model_tensors
+
+    src = require_dir(hf_dir, "HF checkpoint directory")
+    cfg = hf_config_to_model_config(read_hf_config(src), str(src / "config.json"))
+    v_pad = model.embedding.word_embeddings.weight.shape[0]
+    if v_pad < cfg.vocab_size:  # a tensor-parallel shard of the rows
+        raise VikhrError(
+            f"{src}: the model has {v_pad} embedding rows for a vocabulary of {cfg.vocab_size} (build it "
+            "with tp_size 1, or convert with vikhr convert hf-to-megatron --tp N and load that)"
+        )
+    with torch.no_grad():
+        load_model_tensors(model, dict(_megatron_full_tensors(_HFCheckpoint(src, cfg), cfg, v_pad)), src)
+
+
 def _output_dtype(parts: list[tuple[Path, str, str]]) -> str:
     """The safetensors dtype of a tensor made of `parts` ((file, tensor name, safetensors dtype) each):
     torch's promotion, as torch.cat's. VikhrError naming the part whose dtype vikhr cannot read."""

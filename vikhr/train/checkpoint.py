@@ -166,7 +166,7 @@ def _saved_weights(
     return _resharded_tensors(model, step_dir, meta, tp_rank, tp_size)
 
 
-def _load_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> None:
+def load_model_tensors(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> None:
     """Load tensors named canonically into `model`, refusing any that do not fit."""
     own = model.state_dict()
     own_name = {canonical_name(k): k for k in own}
@@ -780,7 +780,7 @@ def load_model(
     _check_shape(step_dir, meta, expected)
     same = _as_saved(model, step_dir, meta, tp_size)
     where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
-    _load_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
+    load_model_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
 
 def _check_shape(step_dir: Path, meta: dict[str, Any], expected: dict[str, Any] | None) -> None:
