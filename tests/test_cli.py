@@ -387,7 +387,7 @@ def test_every_verb_with_a_progress_bar_takes_no_progress_the_same_way() -> None
     with_bars = {
         ("convert", "hf-to-megatron"), ("convert", "megatron-to-hf"), ("data", "preprocess"),
         ("tokenizer", "compare"), ("adapt-vocab",), ("merge",), ("ablate",),
-        ("sft", "build"), ("sft", "score"), ("sft", "prepare"),
+        ("sft", "build"), ("sft", "score"), ("sft", "prepare"), ("eval",),
     }  # fmt: skip
     found = {}
     for path, parser in _verbs(build_parser()):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import tiny_hf_model
+from tests.helpers import stderr_of_cli, tiny_hf_model
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -361,6 +361,22 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     # Told, not silently ignored: bpc takes no shots; terra's one is within its cap.
     assert "note: task bpc takes no shots: it runs with 0, not --num-fewshot 1" in captured.err
     assert "note: task terra" not in captured.err
+
+
+def test_lm_eval_s_bars_show_only_on_a_terminal_and_not_with_no_progress(
+    tiny_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-eval drew its bars (building the requests, running them) into every stderr, logs included,
+    and `vikhr eval` had no --no-progress."""
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "terra,bpc", "--data-dir", str(shared_data / "eval")]
+    argv += ["--limit", "2", "--num-fewshot", "0", "--device", "cpu"]
+    on_a_terminal = stderr_of_cli(argv, terminal=True, monkeypatch=monkeypatch)
+    assert "2/2 [" in on_a_terminal  # lm-eval's bars over terra's two documents
+    assert "it/s" not in stderr_of_cli(argv, terminal=False, monkeypatch=monkeypatch)
+    assert "it/s" not in stderr_of_cli([*argv, "--no-progress"], terminal=True, monkeypatch=monkeypatch)
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # as it was before the command
 
 
 def test_cli_rerun_after_an_interrupt_reuses_finished_tasks(

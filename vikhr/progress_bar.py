@@ -6,7 +6,12 @@ A bar in a log or a captured stderr is noise at best, and at worst a `0%` line b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
+
+_all_off = False  # inside `bars_off()`
 
 
 def progress_bar(iterable: Any = None, *, show: bool = True, **options: Any) -> Any:
@@ -15,7 +20,24 @@ def progress_bar(iterable: Any = None, *, show: bool = True, **options: Any) -> 
     tqdm's `disable=None` is its own check of the stream's isatty(), made when the bar is created."""
     from tqdm import tqdm
 
-    return tqdm(iterable, disable=None if show else True, **options)
+    return tqdm(iterable, disable=None if show and not _all_off else True, **options)
+
+
+def bars_shown() -> bool:
+    """Whether a bar would show now: stderr is a terminal and no `bars_off` is in force (for code
+    that hands a library its own switch)."""
+    return not _all_off and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def bars_off() -> Iterator[None]:
+    """No vikhr bar shows inside (a verb whose other bars are a library's turns its own off with them)."""
+    global _all_off
+    was_off, _all_off = _all_off, True
+    try:
+        yield
+    finally:
+        _all_off = was_off
 
 
 def add_no_progress(parser: argparse.ArgumentParser | Any, *hidden_aliases: str) -> None:

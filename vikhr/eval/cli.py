@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vikhr.errors import VikhrError, require_output_file
 from vikhr.locks import exclusive
+from vikhr.progress_bar import add_no_progress
 
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
@@ -129,6 +130,7 @@ def _refuse_to_replace_other_files(output: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from vikhr.assets import RU_SAMPLE
+    from vikhr.eval.lm import evaluation_bars
     from vikhr.eval.progress import discard, progress_dir_of
     from vikhr.eval.runner import EvalSettings, markdown_table, run_eval, write_results
     from vikhr.eval.tasks import parse_task_list
@@ -192,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             output.parent.mkdir(parents=True, exist_ok=True)  # the lock sits beside the output
             held.enter_context(exclusive(output.with_name(output.name + ".lock"), busy, remove=True))
+        held.enter_context(evaluation_bars(args.progress))
         results = run_eval(settings)
         if not results:  # a rank other than 0: its documents' results went to rank 0
             return 0
@@ -299,6 +302,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="let mera_ruhumaneval run the generated code to score it (a limited subprocess, no sandbox)",
     )
     _add_output_options(p)
+    add_no_progress(p)
     p.set_defaults(func=_run)
     _register_compare(p)
 

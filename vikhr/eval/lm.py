@@ -7,6 +7,7 @@ Imported when a model is loaded: it imports lm-eval and torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from vikhr.errors import VikhrError, first_line
+from vikhr.progress_bar import bars_off, bars_shown
 from vikhr.sft.own_template import FIXED_DATE, STAND_IN
 
 
@@ -36,6 +38,31 @@ def cpu_batch_size(length: int, vocab: int, hidden: int, available: int, cap: in
     times over (the logits, lm-eval's log-softmax, the gathered copy) and a few hidden states."""
     per_sequence = length * 4 * (3 * vocab + 16 * hidden)
     return max(1, min(cap, available // 4 // max(per_sequence, 1)))
+
+
+@contextlib.contextmanager
+def evaluation_bars(show: bool) -> Iterator[None]:
+    """vikhr's rule for every bar of an evaluation, lm-eval's and transformers' too: none unless
+    `show` and stderr is a terminal (lm-eval draws its bars into any stream, logs included). lm-eval's
+    models take a switch (VikhrLM asks `bars_shown`); its task building and transformers' weight
+    loading do not, and are turned off here."""
+    if show and sys.stderr.isatty():
+        yield
+        return
+    import lm_eval.api.task
+    from transformers.utils import logging as hf_logging
+
+    task_bar = lm_eval.api.task.tqdm
+    transformers_bars = hf_logging.is_progress_bar_enabled()
+    lm_eval.api.task.tqdm = functools.partial(task_bar, disable=True)
+    hf_logging.disable_progress_bar()
+    try:
+        with bars_off():
+            yield
+    finally:
+        lm_eval.api.task.tqdm = task_bar
+        if transformers_bars:
+            hf_logging.enable_progress_bar()
 
 
 class VikhrLM(HFLM):
@@ -158,7 +185,17 @@ class VikhrLM(HFLM):
         finally:
             self._probe_length = None
 
+    # lm-eval draws its bars whenever asked to on rank 0: here only as vikhr's rule allows.
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not bars_shown())
+
+    def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False, **kwargs: Any) -> Any:
+        # HFLM's rolling loglikelihood asks for this bar whatever its own caller said.
+        disable_tqdm = disable_tqdm or not bars_shown()
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, **kwargs)
+
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        disable_tqdm = disable_tqdm or not bars_shown()
         if self.chat:
             for r in requests:
                 context, kwargs = r.arguments
@@ -188,6 +225,7 @@ class VikhrLM(HFLM):
         return out
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        disable_tqdm = disable_tqdm or not bars_shown()
         self._rolling = True
         try:
             if self.batch_size != "auto" or not requests:
