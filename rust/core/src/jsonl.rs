@@ -285,11 +285,10 @@ impl fmt::Display for NotText {
 }
 
 /// What the JSON value `value` is when it is not a string; `None` for a string, `Err` for text
-/// that is not one JSON value.
+/// that is not one JSON value. Its numbers are not read (`1e400` is a number, as in a line).
 pub fn not_text(value: &str) -> Result<Option<NotText>, String> {
-    let mut de = serde_json::Deserializer::from_str(value);
-    let got = <MaybeStr as de::Deserialize>::deserialize(&mut de)
-        .and_then(|v| de.end().map(|_| v))
+    let got = serde_json::from_str::<&RawValue>(value)
+        .and_then(value_of_raw)
         .map_err(|e| json_error(value, &e))?;
     Ok(match got {
         MaybeStr::Str(_) => None,
@@ -855,6 +854,15 @@ mod tests {
             Ok(Some(NotText::ShareGptTurns))
         );
         assert!(not_text("[1").is_err());
+        assert!(not_text("\"x\" 1").is_err());
+        for past_a_double in ["1e400", "-1e400", "[1e400]", &"9".repeat(5000)] {
+            assert_eq!(
+                not_text(past_a_double).map(|k| k.is_some()),
+                Ok(true),
+                "{past_a_double}"
+            );
+        }
+        assert_eq!(not_text("[1e400]"), Ok(Some(NotText::List)));
     }
 
     #[test]
