@@ -22,6 +22,7 @@ def _run_demo(work: Path, *extra: str) -> dict:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr  # no bar where stderr is no terminal
     for n in range(1, 9):
         assert f"[{n}/8]" in proc.stdout
     return json.loads((work / "summary.json").read_text())

@@ -31,9 +31,7 @@ Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
-import io
 import json
 import shutil
 import time
@@ -155,6 +153,7 @@ def bits_per_char(
     hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_len: int, device: str = "cpu"
 ) -> float:
     """Bits per character of the HF model on the first `docs` texts, through `vikhr eval`'s bpc task."""
+    from vikhr.eval.lm import evaluation_bars
     from vikhr.eval.runner import EvalSettings, run_eval
 
     settings = EvalSettings(
@@ -169,7 +168,7 @@ def bits_per_char(
         max_length=seq_len,
     )
     # lm-eval draws a progress bar per document; the demo prints one table instead.
-    with contextlib.redirect_stderr(io.StringIO()):
+    with evaluation_bars(show=False):
         results = run_eval(settings)
     return float(results["tasks"]["bpc"]["metrics"]["bpc"])
 
