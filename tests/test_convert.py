@@ -1015,6 +1015,84 @@ def test_the_export_walks_the_lineage_once(tmp_path: Path, monkeypatch: pytest.M
     ] == 1
 
 
+def _train_from(start: Path, shape: dict[str, Any], run: Path, steps: int) -> None:
+    """`vikhr pretrain` of a tiny run of `shape` (the start's, field for field) from `start`: a few
+    CPU steps, a checkpoint after each, on token documents that record no tokenizer."""
+    import yaml
+
+    from vikhr.data.indexed import write_indexed
+
+    data = run.parent / "tokens"
+    if not data.with_suffix(".idx").is_file():
+        write_indexed(data, [[3 + (7 * i + j) % 290 for j in range(30)] + [2] for i in range(40)], "uint16")
+    config = {
+        "model": {"preset": "tiny", "attention": "sdpa", "overrides": shape, "init": str(start)},
+        "parallel": {"tensor": 1, "device": "cpu"},
+        "data": {"train": [{"prefix": str(data), "name": "ru"}], "split": "90,10,0", "seq_len": 32},
+        "train": {"steps": steps, "micro_batch": 1, "global_batch": 2},
+        "optim": {"warmup_steps": 0},
+        "checkpoint": {"dir": str(run), "save_every": 1},
+        "logging": {"eval_every": 100, "tensorboard": False},
+    }
+    path = run.parent / f"{run.name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert cli_main(["pretrain", "--config", str(path)]) == 0
+
+
+def test_a_trained_run_exports_its_source_once_its_start_is_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The export found the HF source's config and the tokenizer only through model.init: once the
+    converted start was deleted (after continued pre-training, or with only the run copied to
+    another machine), a Llama source came back as MistralForCausalLM with Mistral's ids, without its
+    generation_config.json and its tokenizer, silently. Each checkpoint now records them."""
+    from transformers import AutoTokenizer
+
+    hf = _tiny_hf(tmp_path / "hf", llama=True, rope_theta=500000.0)
+    _word_level_tokenizer(tmp_path / "tok", pad_token="<|pad|>")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tmp_path / "tok" / name, hf / name)
+    _edit_config(hf, bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    generation = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 3, "temperature": 0.6, "top_p": 0.9}
+    (hf / "generation_config.json").write_text(json.dumps(generation))
+    start = hf_to_megatron(hf, tmp_path / "meg")
+    shape = json.loads((start / "meta.json").read_text())["model"]
+    _train_from(start, shape, tmp_path / "run", steps=2)
+    # A run of an older version: no record of its own, its export walks to the start; resumed while
+    # the start is there, its next checkpoint records what the start does.
+    old = shutil.copytree(tmp_path / "run", tmp_path / "old") / "step_000002"
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "inherited"}))
+    capsys.readouterr()
+    exports = {"older, start there": megatron_to_hf(old, tmp_path / "old-out")}
+    _train_from(start, shape, tmp_path / "old", steps=3)
+    shutil.rmtree(start)
+    capsys.readouterr()
+    exports["run"] = megatron_to_hf(tmp_path / "run", tmp_path / "out")
+    exports["older, resumed"] = megatron_to_hf(tmp_path / "old", tmp_path / "old-resumed-out")
+    assert "warning" not in capsys.readouterr().err
+    # A run resumed once its start is gone keeps the record.
+    _train_from(start, shape, tmp_path / "run", steps=3)
+    capsys.readouterr()
+    exports["resumed"] = megatron_to_hf(tmp_path / "run", tmp_path / "resumed-out")
+    assert "warning" not in capsys.readouterr().err
+    source = json.loads((hf / "config.json").read_text())
+    kept = {k: v for k, v in source.items() if k not in ("rope_parameters", "transformers_version")}
+    for name, out in exports.items():
+        exported = json.loads((out / "config.json").read_text())
+        assert {k: exported.get(k) for k in kept} == kept, name
+        assert json.loads((out / "generation_config.json").read_text()) == generation, name
+        assert AutoTokenizer.from_pretrained(out).pad_token_id == 3, name
+
+    # The older checkpoint, its start gone: exported from the model's shape, with one warning line.
+    out = megatron_to_hf(old, tmp_path / "old-out-2")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: {start}, a starting point (model.init) in the lineage of {old}, is not")
+    assert "no record of the HF source's config.json and generation_config.json" in line
+    assert "MistralForCausalLM's, from the model's shape alone" in line and "nor of the tokenizer" in line
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
+
+
 def test_the_source_generation_config_is_exported_with_the_tokenizers_stop_ids(tmp_path: Path) -> None:
     """generation_config.json was made from the tokenizer alone: the source's sampling settings and
     pad id were dropped, and without a tokenizer none was written."""

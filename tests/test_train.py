@@ -993,6 +993,7 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
     from tests.helpers import sentencepiece_with_other_ids, tiny_hf_model
     from vikhr.assets import MISTRAL_TOKENIZER
     from vikhr.convert import hf_to_megatron
+    from vikhr.convert.hf_tokenizer import recorded_in_lineage
     from vikhr.data import preprocess
     from vikhr.errors import VikhrError
     from vikhr.train.config import load_config
@@ -1012,9 +1013,10 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
         blend = f"data.train=[{{prefix: {tmp_path}/{prefix}_text_document}}]"
         return load_config(None, [blend, f"model.init={init}", "data.seq_len=64"], check_files=False)
 
-    _check_init_tokenizer(cfg("ru"), init)  # the tokenizer model.init was converted with
+    recorded = recorded_in_lineage(init).tokenizer  # the tokenizer model.init was converted with
+    _check_init_tokenizer(cfg("ru"), recorded)
     with pytest.raises(VikhrError) as e:
-        _check_init_tokenizer(cfg("en"), init)
+        _check_init_tokenizer(cfg("en"), recorded)
     assert str(e.value) == (
         f"config key data.train[0] (en_text_document) was tokenized with {other}, but model.init ({init}) "
         f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 is 'ла' in "

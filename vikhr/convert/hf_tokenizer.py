@@ -17,8 +17,9 @@ Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first fou
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
      wrote into each dataset's `_sft.json`; a pre-training run: the tokenizer that `vikhr data
      preprocess` recorded beside each dataset (`{dataset}.tokenization.json`);
-  3. the checkpoint the run started from (config `model.init`), by the same rules: training keeps
-     the vocabulary of its starting point (vikhr.convert.lineage).
+  3. what the run recorded at its start of the checkpoint it started from (meta.json `inherited`,
+     `Recorded`), or for a checkpoint of an older version that checkpoint (config `model.init`), by
+     the same rules: training keeps the vocabulary of its starting point (vikhr.convert.lineage).
 
 The chat templates render the strings of vikhr.sft.template; with a SentencePiece tokenizer (dummy
 prefix on) `apply_chat_template` then gives the ids that the SFT data was trained on for the
@@ -27,6 +28,7 @@ prefix on) `apply_chat_template` then gives the ids that the SFT data was traine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -55,6 +57,37 @@ class RecordedTokenizer:
     template: str | None = None  # the vikhr.sft.template chat template the model was tuned with
     template_sha256: str | None = None  # for ``own``: the SHA-256 of the Jinja text it was tuned with
     sha256: str | None = None  # of the tokenizer file, where the record holds it
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+    @classmethod
+    def from_json(cls, record: Any) -> RecordedTokenizer | None:
+        """The tokenizer of a `to_json` record (None: no usable one)."""
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            return None
+        texts = {f.name: record.get(f.name) for f in dataclasses.fields(cls) if f.name != "path"}
+        return cls(Path(record["path"]), **{k: v if isinstance(v, str) else None for k, v in texts.items()})
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the export of a checkpoint finds along its lineage; a run records it of its start in
+    each checkpoint (meta.json `inherited`, `to_json`)."""
+
+    tokenizer: RecordedTokenizer | None
+    source: HFSource | None  # what `hf-to-megatron` recorded of the HF model at the lineage's root
+    missing_start: Path | None = None  # the model.init, not found, where the lineage ended short of both
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        if self.tokenizer is not None:
+            record["tokenizer"] = self.tokenizer.to_json()
+        if self.source is not None:
+            record["hf_source"] = self.source.to_json()
+        if self.missing_start is not None:
+            record["missing_start"] = str(self.missing_start)
+        return record
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -159,17 +192,59 @@ def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
     return _pretrain_tokenizer(config, ancestor.cwd)
 
 
-def recorded_in_lineage(step_dir: Path) -> tuple[RecordedTokenizer | None, HFSource | None]:
+def _inherited_tokenizer(ancestor: Ancestor, inherited: dict[str, Any]) -> RecordedTokenizer | None:
+    """The tokenizer a checkpoint records of its start's lineage (messages name both records: the
+    first may be gone)."""
+    tok = RecordedTokenizer.from_json(inherited.get("tokenizer"))
+    if tok is None:
+        return None
+    here = ancestor.step_dir / "meta.json"
+    return dataclasses.replace(tok, recorded_by=f"{here}, inherited from {tok.recorded_by}")
+
+
+def recorded_in_lineage(step_dir: Path) -> Recorded:
     """The tokenizer a checkpoint step directory records, directly or through its run (see module
     doc), and what `hf-to-megatron` recorded of the HF model its lineage was converted from: the
-    first of each found along one walk of the lineage (vikhr.convert.lineage)."""
-    tokenizer, source = None, None
+    first of each found along one walk of the lineage (vikhr.convert.lineage), which ends at a
+    checkpoint recording what it inherits."""
+    tokenizer, source, missing = None, None, None
     for ancestor in lineage(step_dir):
         tokenizer = tokenizer or _tokenizer_of(ancestor)
         source = source or hf_source(ancestor)
+        missing = ancestor.missing_start
+        if (inherited := ancestor.inherited) is not None:
+            tokenizer = tokenizer or _inherited_tokenizer(ancestor, inherited)
+            start = inherited.get("missing_start")
+            missing = Path(start) if isinstance(start, str) else None
         if tokenizer is not None and source is not None:
-            break
-    return tokenizer, source
+            return Recorded(tokenizer, source)
+    return Recorded(tokenizer, source, missing)
+
+
+def warn_of_cut_lineage(
+    found: Recorded, step_dir: Path, given_tokenizer: bool, written: dict[str, Any]
+) -> None:
+    """One warning line when the export of `step_dir` lacks the HF source's configs, or the tokenizer
+    (none given), because a starting point of its lineage is gone (`written`: the config.json it
+    writes instead)."""
+    if found.missing_start is None:
+        return
+    lacking = []
+    if found.source is None:
+        arch = (written.get("architectures") or ["?"])[0]
+        lacking.append(
+            f"the HF source's config.json and generation_config.json (config.json is {arch}'s, "
+            "from the model's shape alone)"
+        )
+    if found.tokenizer is None and not given_tokenizer:
+        lacking.append("the tokenizer (--tokenizer gives one)")
+    if lacking:
+        print(
+            f"warning: {found.missing_start}, a starting point (model.init) in the lineage of {step_dir}, "
+            f"is not found: the export has no record of {' nor of '.join(lacking)}; put that checkpoint "
+            "back at that path to export what it records",
+            file=sys.stderr,
+        )
 
 
 def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:

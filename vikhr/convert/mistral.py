@@ -777,8 +777,10 @@ def megatron_to_hf(
     The directory gets the tokenizer files (vikhr.convert.hf_tokenizer): `tokenizer` (a `.model`, a
     `tokenizer.json` or a directory) or else the one the checkpoint records; without either, only
     the weights and the configs are written. config.json and generation_config.json start from those
-    of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: a trained
-    run's, through its model.init), with the model's shape and the tokenizer's ids over them. Their
+    of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: what a trained
+    run recorded of its start, or for a checkpoint of an older version what its model.init records),
+    with the model's shape and the tokenizer's ids over them; where a start is gone and they are not
+    found, one warning line says so. Their
     pad_token_id is the tokenizer's pad token where it has one; else the source's is kept where it
     is the same token in the exported tokenizer as in the one the source was converted with (with
     another tokenizer it may name another token, or none), and is null otherwise; so is the
@@ -790,13 +792,15 @@ def megatron_to_hf(
         load_for_model,
         recorded_in_lineage,
         warn_of_changed_template,
+        warn_of_cut_lineage,
         write_tokenizer_files,
     )
 
     step_dir, meta, cfg = _read_checkpoint(ckpt_dir)
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[step_dir, *([tokenizer] if tokenizer is not None else [])])
-    recorded, source = recorded_in_lineage(step_dir)
+    found = recorded_in_lineage(step_dir)
+    recorded, source = found.tokenizer, found.source
     chat_template = recorded.template if recorded is not None else None
     tok = None
     if tokenizer is not None:
@@ -808,6 +812,7 @@ def megatron_to_hf(
         warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
     hf_cfg = model_config_to_hf_config(cfg, source.config if source is not None else None)
+    warn_of_cut_lineage(found, step_dir, given_tokenizer=tokenizer is not None, written=hf_cfg)
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
     dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     hf_cfg["torch_dtype"] = dtype

@@ -3,8 +3,10 @@
 Layout of `<checkpoint.dir>`:
     latest                      name of the newest complete checkpoint (replaced atomically)
     step_000020/
-        meta.json               step, consumed samples, TP/DP layout, model shape, config, and the
-                                directory the run trained in (its relative paths start there)
+        meta.json               step, consumed samples, TP/DP layout, model shape, config, the
+                                directory the run trained in (its relative paths start there), and
+                                what the start's lineage records of the HF source and tokenizer
+                                (`inherited`: vikhr.convert.lineage), for the export
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
         optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges

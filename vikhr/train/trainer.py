@@ -36,6 +36,8 @@ from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from vikhr import atomic
+from vikhr.convert.hf_tokenizer import Recorded, RecordedTokenizer, recorded_in_lineage
+from vikhr.convert.lineage import INHERITED
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import RunStopped, VikhrError, require_writable_dir
@@ -388,15 +390,40 @@ def _locked_run(
             raise checkpoint.no_checkpoint(
                 "checkpoint.resume", where, ": give one, or checkpoint.resume=auto/never"
             )
+    start = None  # what model.init's lineage records, for a run starting from it
     if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
         init_dir = checkpoint.find_weights(cfg.model.init, "model.init")
         if resume_from is None:
-            _check_init_tokenizer(cfg, init_dir)
+            start = recorded_in_lineage(init_dir)
+            _check_init_tokenizer(cfg, start.tokenizer)
+    inherited = _inherited(cfg, resume_from, start)
     check_data(cfg)  # last: it records what it checked in the data cache
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        return Trainer(cfg, env, loss_fn, resume_from, started).train(run_stop)
+        return Trainer(cfg, env, loss_fn, resume_from, started, inherited).train(run_stop)
+
+
+def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | None) -> dict[str, Any] | None:
+    """What each checkpoint of the run records of its start's lineage (meta.json `inherited`: the HF
+    source's configs and the tokenizer, vikhr.convert.hf_tokenizer.Recorded), so that its export
+    needs no other checkpoint: the resumed checkpoint's record, else found from model.init (`start`
+    where already found). None where a resumed checkpoint of an older version has none and
+    model.init is gone or unreadable (a resume needs it only as the KL reference): its export then
+    walks the lineage, as before."""
+    if resume_from is not None:
+        saved = checkpoint.read_meta(resume_from).get(INHERITED)
+        if isinstance(saved, dict):
+            return saved
+    if start is not None:
+        return start.to_json()
+    if cfg.model.init == "random":
+        return {}
+    try:
+        init_dir = checkpoint.find_checkpoint(cfg.model.init)
+        return recorded_in_lineage(init_dir).to_json() if init_dir is not None else None
+    except VikhrError:
+        return None
 
 
 def _dataset_tokenizers(cfg: TrainConfig) -> Iterator[tuple[str, str, str]]:
@@ -418,15 +445,13 @@ def _dataset_tokenizers(cfg: TrainConfig) -> Iterator[tuple[str, str, str]]:
             continue
 
 
-def _check_init_tokenizer(cfg: TrainConfig, init_dir: Path) -> None:
+def _check_init_tokenizer(cfg: TrainConfig, recorded: RecordedTokenizer | None) -> None:
     """The data of a run from model.init is tokenized with the tokenizer model.init was trained with
-    (its lineage's, vikhr.convert.hf_tokenizer): the old tokenizer's ids fit an adapted model's larger
-    vocabulary and would train it on pieces other than theirs. Where a file is gone or changed since
-    it was recorded it cannot tell, and lets the run start."""
-    from vikhr.convert.hf_tokenizer import recorded_in_lineage
+    (`recorded`: its lineage's, vikhr.convert.hf_tokenizer): the old tokenizer's ids fit an adapted
+    model's larger vocabulary and would train it on pieces other than theirs. Where a file is gone or
+    changed since it was recorded it cannot tell, and lets the run start."""
     from vikhr.data.tokenization import compare_tokenizers
 
-    recorded, _ = recorded_in_lineage(init_dir)
     if recorded is None:
         return
     names = ("the data's", "model.init's")
@@ -457,15 +482,17 @@ class Trainer:
         loss_fn: LossFn | None = None,
         resume_from: Path | None = None,
         started: float | None = None,
+        inherited: dict[str, Any] | None = None,
     ) -> None:
         """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer;
         then, given a checkpoint, its state (`resume`). `started`: when the run began
-        (time.monotonic(); default now), whence checkpoint.stop_after_minutes counts.
+        (time.monotonic(); default now), whence checkpoint.stop_after_minutes counts. `inherited`:
+        what each checkpoint records of the start's lineage (`_inherited`; None: nothing).
 
         The order is part of the run's reproducibility: model initialisation draws from the
         RNGs seeded by the environment, after the data.
         """
-        self.cfg, self.env = cfg, env
+        self.cfg, self.env, self.inherited = cfg, env, inherited
         self.started = time.monotonic() if started is None else started
         self.model_cfg = cfg.model.shape()
         self.run_dir = Path(cfg.checkpoint.dir)
@@ -846,6 +873,8 @@ class Trainer:
             # run from elsewhere, finds the run's tokenizer through them.
             "cwd": os.getcwd(),
         }
+        if self.inherited is not None:  # the start's lineage: the checkpoint's export needs no other
+            meta[INHERITED] = self.inherited
         path = checkpoint.save(
             self.run_dir,
             self.step,
