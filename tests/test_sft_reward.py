@@ -349,8 +349,9 @@ def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: p
     args = ["sft", "score", "--input", str(chats), "--model", str(reward_dir), "--scores", str(scores)]
     capfd.readouterr()
     assert main([*args, "--batch-size", "2", "--no-progress"]) == 0
-    out, _ = capfd.readouterr()
+    out, err = capfd.readouterr()
     assert out.strip() == f"{scores}: 5 chats scored" and len(load_scores(scores)) == 5
+    assert "it/s" not in err  # transformers' bar over the weights it loads: none either
     assert main([*args, "--no-progress"]) == 0
     # a second run resumes: nothing left, and it says why
     assert capfd.readouterr()[0].strip() == f"{scores}: 0 chats scored (5 already in the file)"

@@ -40,6 +40,25 @@ def bars_off() -> Iterator[None]:
         _all_off = was_off
 
 
+@contextlib.contextmanager
+def transformers_bars(show: bool) -> Iterator[None]:
+    """transformers' own bars (over the weights it loads or writes) under the same rule: none inside
+    unless `show` and `bars_shown()`; its setting is restored after. For code that uses transformers
+    anyway (importing it takes a second or more)."""
+    if show and bars_shown():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def add_no_progress(parser: argparse.ArgumentParser | Any, *hidden_aliases: str) -> None:
     """Every verb's `--no-progress` (into `args.progress`, True by default): the bar still shows only
     where stderr is a terminal. `hidden_aliases`: older names of the same flag, accepted for the

@@ -16,7 +16,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from vikhr.errors import VikhrError, first_line
-from vikhr.progress_bar import bars_off, bars_shown
+from vikhr.progress_bar import bars_off, bars_shown, transformers_bars
 from vikhr.sft.own_template import FIXED_DATE, STAND_IN
 
 
@@ -50,19 +50,14 @@ def evaluation_bars(show: bool) -> Iterator[None]:
         yield
         return
     import lm_eval.api.task
-    from transformers.utils import logging as hf_logging
 
     task_bar = lm_eval.api.task.tqdm
-    transformers_bars = hf_logging.is_progress_bar_enabled()
     lm_eval.api.task.tqdm = functools.partial(task_bar, disable=True)
-    hf_logging.disable_progress_bar()
     try:
-        with bars_off():
+        with bars_off(), transformers_bars(show=False):
             yield
     finally:
         lm_eval.api.task.tqdm = task_bar
-        if transformers_bars:
-            hf_logging.enable_progress_bar()
 
 
 class VikhrLM(HFLM):

@@ -380,12 +380,11 @@ def _score_file(
     todo_total = sum(1 for _, m in _chats(chats_path) if chat_key(m) not in done)
     if todo_total == 0:
         return ScoreRun(0, before, 0, scorer.note)
-    model = RewardModel(scorer, device)
-    bar: Any = None
-    if progress:
-        from vikhr.progress_bar import progress_bar
+    from vikhr.progress_bar import progress_bar, transformers_bars
 
-        bar = progress_bar(desc="reward scores", unit=" chats", total=todo_total)
+    with transformers_bars(progress):
+        model = RewardModel(scorer, device)
+    bar = progress_bar(desc="reward scores", unit=" chats", total=todo_total, show=progress)
     scored = 0
     pending: list[tuple[str, str, list[dict[str, str]]]] = []
     with open(scores_path, "a", encoding="utf-8") as out:
@@ -400,8 +399,7 @@ def _score_file(
             )
             out.flush()  # a stopped run keeps every finished batch
             scored += len(pending)
-            if bar is not None:
-                bar.update(len(pending))
+            bar.update(len(pending))
             pending.clear()
 
         for chat_id, messages in _chats(chats_path):
@@ -415,8 +413,7 @@ def _score_file(
         if pending:
             flush()
         os.fsync(out.fileno())
-    if bar is not None:
-        bar.close()
+    bar.close()
     return ScoreRun(scored, before, model.cut, scorer.note)
 
 
