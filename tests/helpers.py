@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, child_env
 from vikhr.convert.mistral import model_config_to_hf_config
 from vikhr.model import preset
 
@@ -246,3 +247,21 @@ def stderr_of_cli(argv: list[str], terminal: bool, monkeypatch: Any) -> str:
         patch.setattr(sys, "stderr", stream)
         assert cli_main(argv) == 0, stream.getvalue()
     return stream.getvalue()
+
+
+def run_vikhr_child(argv: list[str], hash_seed: int, threads: int) -> None:
+    """`vikhr ARGV` in a child process with PYTHONHASHSEED=`hash_seed` and `threads` OpenMP (torch) and
+    Rayon (HF tokenizers) threads: the settings a deterministic output must not depend on, and that
+    two runs in one process cannot vary. Fails the test with the child's stderr unless it succeeds."""
+    threads_env = {"OMP_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads)}
+    env = {**child_env(), "PYTHONHASHSEED": str(hash_seed), **threads_env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", *argv], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (by its relative path) with its bytes."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {str(p.relative_to(directory)): p.read_bytes() for p in files}

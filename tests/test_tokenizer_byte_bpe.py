@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import files_of, run_vikhr_child
 from vikhr.assets import EN_SAMPLE, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -437,14 +438,15 @@ def test_replace_learns_the_newline_runs_between_paragraphs(bases: dict[str, Pat
 
 
 def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: Path) -> None:
-    for mode, kw in (("extend", {"new_tokens": 200}), ("replace", {"vocab_size": 700})):
-        for run in ("a", "b"):
-            settings = TrainSettings(mode=mode, base_model=str(bases["llama3"]), **kw, **SMALL)  # type: ignore[arg-type]
-            train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / f"{mode}-{run}", settings)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            assert (tmp_path / f"{mode}-a" / name).read_bytes() == (
-                tmp_path / f"{mode}-b" / name
-            ).read_bytes()
+    """Every file, the manifest included, is the same from two processes of other string hash seeds
+    and trainer thread counts (two trainings in one process share both)."""
+    corpora = ["--corpus", str(RU_SAMPLE), "--corpus", str(EN_SAMPLE), "--max-chars-per-file", "400000"]
+    for mode, size in (("extend", ["--new-tokens", "200"]), ("replace", ["--vocab-size", "700"])):
+        for seed in (1, 2):
+            out = tmp_path / f"{mode}-{seed}"
+            argv = ["tokenizer", "train", "--mode", mode, "--base-model", str(bases["llama3"]), *size]
+            run_vikhr_child([*argv, *corpora, "--out", str(out)], hash_seed=seed, threads=seed)
+        assert files_of(tmp_path / f"{mode}-1") == files_of(tmp_path / f"{mode}-2")
 
 
 @pytest.mark.parametrize(
