@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, child_env
+from tests.helpers import files_of, run_vikhr_child
 from vikhr.errors import VikhrError
 from vikhr.sft.build import build, cyrillic_share
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, lsh_params, near_duplicates, normalise
@@ -660,6 +661,38 @@ def test_sampling_is_seeded_and_deterministic(tmp_path: Path) -> None:
         picks.append((tmp_path / "out" / "chats.jsonl").read_bytes())
     assert picks[0] == picks[1]
     assert len(set(picks)) > 1  # another seed picks another chat
+
+
+def test_a_build_does_not_depend_on_the_hash_seed_or_the_thread_count(tmp_path: Path) -> None:
+    """Duplicates, near duplicates and the sampling decided in two processes of other string hash
+    seeds and thread counts give the same mix and reports, byte for byte (builds in one process
+    share both)."""
+    seed_chats = REPO / "vikhr" / "assets" / "sft" / "ru-seed-chats.jsonl"
+    records = [json.loads(line) for line in seed_chats.read_text(encoding="utf-8").splitlines()][:60]
+    variants = tmp_path / "variants.jsonl"
+    with open(variants, "w", encoding="utf-8") as f:
+        for i, record in enumerate(records):
+            prompt = record["messages"][0]["content"]
+            # Upper case: an exact duplicate once normalised; words added: a near duplicate; the
+            # words reversed: a chat of its own.
+            reversed_words = " ".join(prompt.split()[::-1])
+            changed = [prompt.upper(), prompt + " Пожалуйста, подробно.", reversed_words][i % 3]
+            messages = [{"role": "user", "content": changed}, *record["messages"][1:]]
+            f.write(json.dumps({"id": f"v{i}", "messages": messages}, ensure_ascii=False) + "\n")
+    sources = [
+        {"name": "seeds", "path": str(seed_chats), "count": 90},
+        {"name": "variants", "path": str(variants), "fraction": 0.5},
+        {"name": "nectar", "path": str(FORMATS_DIR / "nectar.jsonl"), "max_rank": 3, "count": 4},
+    ]
+    dedup = {"exact": True, "near": True, "threshold": 0.5, "num_perm": 64}
+    config = _config(tmp_path, sources, seed=11, dedup=dedup)
+    outputs = []
+    for seed in (1, 2):
+        run_vikhr_child(["sft", "build", str(config), "--no-progress"], hash_seed=seed, threads=seed)
+        outputs.append(files_of(tmp_path / "out"))
+    assert outputs[0] == outputs[1]
+    dropped = json.loads(outputs[0]["chats.jsonl.report.json"])["sources"][1]["dropped"]
+    assert {"duplicate", "near_duplicate", "sampled_out"} <= dropped.keys()
 
 
 def _chat_line(prompt: str, answer: str, **extra) -> str:
