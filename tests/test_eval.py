@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import math
 import types
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import stderr_of_cli, tiny_hf_model
+from tests.helpers import run_vikhr_child, stderr_of_cli, tiny_hf_model
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -631,6 +632,29 @@ def test_auto_batch_size_on_cpu_batches_without_probing_and_scores_the_same(
         one["tasks"]["bpc"]["metrics"]["bpc"], rel=1e-5
     )
     assert auto["tasks"]["xquad_ru"]["n"] == 4
+
+
+def test_a_run_repeats_bit_for_bit_in_a_process_of_another_hash_seed(tiny_dir: Path, tmp_path: Path) -> None:
+    """Shots, prompts, log-likelihoods, bpc and scores of two runs in processes of other string hash
+    seeds are equal bit for bit, wall times aside (runs in one process share the seed)."""
+    fixtures = Path(__file__).parent / "data" / "eval_fixtures"
+    texts = tmp_path / "texts.jsonl"
+    first = itertools.islice(read_texts(RU_SAMPLE), 3)
+    texts.write_text("".join(json.dumps({"text": t[:600]}) + "\n" for t in first), encoding="utf-8")
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}.json"
+        argv = ["eval", "--model", str(tiny_dir), "--tasks", "rsg_parus,bpc", "--num-fewshot", "2"]
+        argv += ["--data-dir", str(fixtures), "--bpc-data", str(texts), "--limit", "3", "--device", "cpu"]
+        argv += ["--dtype", "float32", "--log-samples", "--output", str(out)]
+        run_vikhr_child(argv, hash_seed=seed, threads=1)
+        result = json.loads(out.read_text(encoding="utf-8"))
+        for part in (result, *result["tasks"].values()):
+            for key in ("seconds", "probe_seconds"):  # wall times
+                part.pop(key, None)
+        runs.append(result)
+    assert runs[0] == runs[1]
+    assert runs[0]["tasks"]["rsg_parus"]["num_fewshot"] == 2 and len(runs[0]["samples"]["rsg_parus"]) == 3
 
 
 @pytest.mark.gpu
