@@ -298,6 +298,54 @@ def test_megatron_flags_rejected_clearly(tmp_path: Path, capsys) -> None:
     assert "--partitions must be 1" in capsys.readouterr().err
 
 
+def test_megatron_tokenizer_types_vikhr_lacks_say_what_to_give_instead(tmp_path: Path, capsys) -> None:
+    """Megatron-LM's own GPT-2 example (GPT2BPETokenizer with --vocab-file/--merge-file) and its other
+    types were "invalid choice", listing vikhr's four with no way from the user's files to one of them
+    (and GPT2BPETokenizer, which takes no --tokenizer-model, would next have been told to add one)."""
+    from vikhr.data.preprocess import MEGATRON_ONLY_TOKENIZER_TYPES
+
+    megatron_readme = [
+        "--input", str(RU_SAMPLE), "--output-prefix", str(tmp_path / "my-gpt2"), "--vocab-file",
+        "gpt2-vocab.json", "--tokenizer-type", "GPT2BPETokenizer", "--merge-file", "gpt2-merges.txt",
+        "--append-eod",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *megatron_readme],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(
+        "preprocess_data.py: error: argument --tokenizer-type: GPT2BPETokenizer is not implemented in vikhr: "
+        "a vocab.json with its merges.txt is one tokenizer.json"
+    ), proc.stderr
+    assert "as --tokenizer-model with --tokenizer-type HuggingFaceTokenizer" in proc.stderr
+    advice = {
+        "BertWordPieceCase": "models vikhr does not train; give a GPT-style model's tokenizer",
+        "TikTokenizer": "vikhr tokenizer import-tekken TEKKEN_JSON OUT_DIR",
+        "NullTokenizer": "vikhr.data.indexed.write_indexed",
+        "MultimodalTokenizer": "vikhr trains text-only models",
+        "SFTTokenizer": "chats are encoded with vikhr sft prepare",
+    }
+    for tokenizer_type in MEGATRON_ONLY_TOKENIZER_TYPES:
+        argv = ["data", "preprocess", *megatron_readme[:4], "--tokenizer-type", tokenizer_type]
+        with pytest.raises(SystemExit) as e:
+            vikhr_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert f"--tokenizer-type: {tokenizer_type} is not implemented in vikhr: " in err
+        assert advice.get(tokenizer_type, "") in err
+    with pytest.raises(VikhrError, match=r"TikTokenizer is not implemented in vikhr: .* import-tekken"):
+        preprocess([RU_SAMPLE], tmp_path / "o", MISTRAL_TOKENIZER, tokenizer_type="TikTokenizer")
+    # Beside a type vikhr has, the GPT-2 files are said as not read, the vocabulary being the model's.
+    hf = [*megatron_readme[:4], "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", "x"]
+    assert vikhr_main(["data", "preprocess", *hf, "--merge-file", "gpt2-merges.txt"]) == 2
+    assert capsys.readouterr().err == (
+        "vikhr data preprocess: error: --merge-file is not read: the vocabulary comes from --tokenizer-model "
+        "(a tokenizer.json holds the vocabulary and merges); drop it\n"
+    )
+    assert not list(tmp_path.iterdir())
+
+
 def test_llama2_tokenizer_type_prepends_bos(tmp_path: Path, lines: list[str]) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

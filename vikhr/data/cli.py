@@ -10,6 +10,16 @@ from vikhr.progress_bar import add_no_progress
 MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
 
 
+def _tokenizer_type(value: str) -> str:
+    """--tokenizer-type: one of Megatron-LM's that vikhr lacks is refused while the command line is
+    read, before a flag that type needs is missed (GPT2BPETokenizer has no --tokenizer-model)."""
+    from vikhr.data.preprocess import MEGATRON_ONLY_TOKENIZER_TYPES, unsupported_tokenizer_type
+
+    if value in MEGATRON_ONLY_TOKENIZER_TYPES:
+        raise argparse.ArgumentTypeError(unsupported_tokenizer_type(value).removeprefix("--tokenizer-type "))
+    return value
+
+
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     """Megatron-LM's tools/preprocess_data.py flags (those vikhr cannot honour are rejected)."""
     from vikhr.data.preprocess import TOKENIZER_TYPES
@@ -31,10 +41,12 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tokenizer-type",
         required=True,
+        type=_tokenizer_type,
         choices=sorted(TOKENIZER_TYPES),
         help="as Megatron-LM's: GPTSentencePieceTokenizer (SentencePieceTokenizer is taken as it) adds no "
         "BOS, Llama2Tokenizer prepends BOS, HuggingFaceTokenizer applies the tokenizer.json's "
-        "post-processor; --append-eod ends each document with EOS",
+        "post-processor; --append-eod ends each document with EOS (Megatron-LM's other types are "
+        "refused, saying what to give instead)",
     )
     g.add_argument(
         "--tokenizer-model", required=True, help="SentencePiece .model, or tokenizer.json / its dir"
@@ -59,15 +71,19 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
 def run_preprocess(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import preprocess
 
-    rejected = {
-        "--split-sentences": args.split_sentences,
+    if args.split_sentences:
+        raise VikhrError("--split-sentences is not supported by vikhr's pre-tokenizer; drop it")
+    # Megatron reads these for its GPT-2 BPE, TikTokenizer and NullTokenizer, refused above.
+    for flag, value in {
         "--vocab-file": args.vocab_file,
         "--merge-file": args.merge_file,
         "--vocab-size": args.vocab_size,
-    }
-    for flag, value in rejected.items():
+    }.items():
         if value:
-            raise VikhrError(f"{flag} is not supported by vikhr's pre-tokenizer; drop it")
+            raise VikhrError(
+                f"{flag} is not read: the vocabulary comes from --tokenizer-model (a tokenizer.json holds "
+                "the vocabulary and merges); drop it"
+            )
     if args.vocab_extra_ids:
         raise VikhrError("--vocab-extra-ids is not supported; add special tokens to the tokenizer instead")
     if args.partitions != 1:

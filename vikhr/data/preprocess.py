@@ -28,6 +28,35 @@ TOKENIZER_TYPES: dict[str, tuple[str, bool]] = {
     "Llama2Tokenizer": ("sentencepiece", True),
     "HuggingFaceTokenizer": ("huggingface", False),
 }
+_GPT_TOKENIZERS = (
+    "give a GPT-style model's tokenizer: a SentencePiece .model (--tokenizer-type "
+    "GPTSentencePieceTokenizer) or a tokenizer.json (HuggingFaceTokenizer)"
+)
+_BERT = f"BERT's WordPiece serves Megatron's BERT and T5, models vikhr does not train; {_GPT_TOKENIZERS}"
+# Megatron-LM's other --tokenizer-type values: what a user of each gives vikhr instead.
+MEGATRON_ONLY_TOKENIZER_TYPES: dict[str, str] = {
+    "GPT2BPETokenizer": "a vocab.json with its merges.txt is one tokenizer.json (GPT-2's is in the gpt2 "
+    "model's directory): give that file or its directory as --tokenizer-model with --tokenizer-type "
+    "HuggingFaceTokenizer",
+    "BertWordPieceLowerCase": _BERT,
+    "BertWordPieceCase": _BERT,
+    "TikTokenizer": "its vocabulary is in Mistral's tekken format: convert the model's tekken.json with "
+    "vikhr tokenizer import-tekken TEKKEN_JSON OUT_DIR, then give --tokenizer-type HuggingFaceTokenizer "
+    "--tokenizer-model OUT_DIR",
+    "NullTokenizer": "it reads token ids written as text; write ids you hold with "
+    "vikhr.data.indexed.write_indexed",
+    "MultimodalTokenizer": f"vikhr trains text-only models; {_GPT_TOKENIZERS}",
+    "NullMultimodalTokenizer": f"vikhr trains text-only models; {_GPT_TOKENIZERS}",
+    "SFTTokenizer": "chats are encoded with vikhr sft prepare (see docs/sft.md), not pre-tokenized as text",
+}
+
+
+def unsupported_tokenizer_type(tokenizer_type: str) -> str:
+    """Why vikhr refuses `--tokenizer-type tokenizer_type`, and what to give instead (one line)."""
+    advice = MEGATRON_ONLY_TOKENIZER_TYPES.get(tokenizer_type)
+    if advice is None:
+        return f"--tokenizer-type {tokenizer_type} is not supported; use one of {', '.join(TOKENIZER_TYPES)}"
+    return f"--tokenizer-type {tokenizer_type} is not implemented in vikhr: {advice}"
 
 
 @dataclass
@@ -128,9 +157,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     from vikhr.tokenizer.load import hf_special_ids, json_over_model_reason, load, resolve_tokenizer_file
 
     if tokenizer_type not in TOKENIZER_TYPES:
-        raise VikhrError(
-            f"--tokenizer-type {tokenizer_type} is not supported; use one of {', '.join(TOKENIZER_TYPES)}"
-        )
+        raise VikhrError(unsupported_tokenizer_type(tokenizer_type))
     kind, _ = TOKENIZER_TYPES[tokenizer_type]
     path = Path(tokenizer_model)
     # Megatron's HuggingFaceTokenizer reads a directory's tokenizer.json, even beside a .model.
