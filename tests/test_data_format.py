@@ -381,6 +381,40 @@ def test_inspect_does_not_decode_a_loss_mask(tmp_path: Path) -> None:
         inspect(mask, MISTRAL_TOKENIZER)
 
 
+def test_inspect_takes_sft_prepares_record_for_its_chats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`data inspect` of `sft prepare`'s datasets said "tokenizer: not recorded (written by
+    Megatron-LM's tools or an older vikhr)" and decoded the chats with any other tokenizer, exit 0,
+    while `sft show` refuses that: the `_sft.json` beside them is their record."""
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.cli import main
+
+    prefix = tmp_path / "chats"
+    argv = ["sft", "prepare", "--input", str(RU_SEED_CHATS), "--tokenizer", str(MISTRAL_TOKENIZER)]
+    assert main([*argv, "--output-prefix", str(prefix), "--no-progress"]) == 0
+    capsys.readouterr()
+    other = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model"  # every id of the chats is below its 40k
+    text = f"{prefix}_text_document"
+    assert main(["data", "inspect", text, "--tokenizer-model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{text} was tokenized with {MISTRAL_TOKENIZER} (sha256 " in err, err
+    assert err.endswith(f"its ids would decode to other text (give --tokenizer-model {MISTRAL_TOKENIZER})\n")
+    assert main(["data", "inspect", text, "--tokenizer-model", str(MISTRAL_TOKENIZER), "--tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"chats of vikhr sft prepare ({prefix}_sft.json)" in out and "not recorded" not in out
+    assert "decoded: '[INST]'" in out
+    assert main(["data", "inspect", f"{prefix}_mask_document"]) == 0
+    assert f"  loss mask of vikhr sft prepare ({prefix}_sft.json): 1 on the tokens trained on\n" in (
+        capsys.readouterr().out
+    )
+    # metadata of another preparation (other counts) is not taken for these datasets' record
+    meta = json.loads((tmp_path / "chats_sft.json").read_text())
+    (tmp_path / "chats_sft.json").write_text(json.dumps({**meta, "chats": 1}))
+    assert main(["data", "inspect", text]) == 0
+    assert "tokenizer: not recorded" in capsys.readouterr().out
+
+
 def test_compare_tokenizers_tells_same_pieces_other_pieces_and_what_it_cannot_tell(tmp_path: Path) -> None:
     """One rule for "is this the recorded tokenizer?" (blend, merge, inspect, convert, model.init,
     SFT blend): the same file, or another of the same pieces where the recorded file is still there

@@ -115,7 +115,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"  documents {s.documents:,} (empty {s.empty_documents:,}), sequences {s.sequences:,}")
     print(f"  tokens {s.tokens:,}, .bin {s.bin_bytes:,} bytes")
     record = s.tokenization
-    if record is None:
+    if s.sft_meta is not None and s.dtype == "uint8":
+        print(f"  loss mask of vikhr sft prepare ({s.sft_meta}): 1 on the tokens trained on")
+    elif s.sft_meta is not None:
+        tokenizer = record.tokenizer_line() if record is not None else "recorded without its sha256"
+        print(f"  tokenizer: {tokenizer}, chats of vikhr sft prepare ({s.sft_meta})")
+    elif record is None:
         print("  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)")
     else:
         eod = f"EOD {record.eod_id} appended" if record.append_eod else "no EOD appended"

@@ -96,6 +96,7 @@ class IndexSummary(indexed.IndexInfo):
     first_tokens: list[int] = field(default_factory=list)
     first_text: str | None = None
     tokenization: tokenization.TokenizationRecord | None = None  # what data preprocess recorded
+    sft_meta: Path | None = None  # the `_sft.json` of the chats `vikhr sft prepare` wrote as this dataset
 
 
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -342,7 +343,12 @@ def inspect(
             f"{prefix} holds a loss mask (0/1 per token, from vikhr sft prepare), not token ids: decode "
             f"{text}, or leave out --tokenizer-model"
         )
+    from vikhr.sft.layout import prepared_sft_meta  # vikhr.sft.layout imports this package
+
     record = tokenization.read_record(prefix, reader.info)
+    sft = None if record is not None else prepared_sft_meta(prefix, reader.info.documents, reader.info.tokens)
+    if sft is not None and reader.info.dtype != "uint8":
+        record = _sft_record(sft[1], reader.info)
     if tokenizer_model is not None and first_tokens:
         from vikhr.tokenizer.load import load
 
@@ -350,7 +356,30 @@ def inspect(
         _check_decoding_tokenizer(prefix, tok, record)
         first_text = tok.decode(first_tokens)
     return IndexSummary(
-        **reader.info.__dict__, first_tokens=first_tokens, first_text=first_text, tokenization=record
+        **reader.info.__dict__,
+        first_tokens=first_tokens,
+        first_text=first_text,
+        tokenization=record,
+        sft_meta=sft[0] if sft is not None else None,
+    )
+
+
+def _sft_record(meta: dict, info: indexed.IndexInfo) -> tokenization.TokenizationRecord | None:
+    """The tokenizer `vikhr sft prepare` recorded in `_sft.json`, as a tokenization record of its
+    text dataset `info` (None from an older prepare that recorded no sha256)."""
+    if not isinstance(meta.get("tokenizer_sha256"), str):
+        return None
+    return tokenization.TokenizationRecord(
+        tokenizer=meta["tokenizer"],
+        tokenizer_sha256=meta["tokenizer_sha256"],
+        tokenizer_type=None,
+        vocab_size=meta.get("vocab_size", 0),
+        json_key=None,
+        append_eod=None,
+        eod_id=meta.get("eos_id"),
+        dtype=info.dtype,
+        documents=info.documents,
+        tokens=info.tokens,
     )
 
 

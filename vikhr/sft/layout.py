@@ -75,6 +75,22 @@ def read_sft_meta(meta_path: Path) -> dict:
     return meta
 
 
+def prepared_sft_meta(dataset: str | Path, documents: int, tokens: int) -> tuple[Path, dict] | None:
+    """`(P_sft.json, its content)` where `dataset` is the `P_text_document` or `P_mask_document` that
+    `vikhr sft prepare` wrote (its `_sft.json` counts `documents` chats of `tokens` tokens); None for
+    any other dataset, or beside the metadata of another preparation."""
+    name = str(dataset)
+    endings = ("_text_document", "_mask_document")
+    base = next((name.removesuffix(e) for e in endings if name.endswith(e)), None)
+    if base is None or not Path(base + META_SUFFIX).is_file():
+        return None
+    meta_path = Path(base + META_SUFFIX)
+    meta = read_sft_meta(meta_path)
+    if (meta.get("chats"), meta.get("tokens")) != (documents, tokens):
+        return None
+    return meta_path, meta
+
+
 def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> dict:
     """Config-time check (no allocation): the files exist and the token ids fit the model; the
     dataset's `_sft.json`."""
