@@ -1036,6 +1036,14 @@ _BAD_INPUTS = [
         None,
     ),
     ("data inspect {dir}/nope", "nope.idx not found", None),
+    # A folder, or the --output-prefix of preprocess / sft prepare (was: "give the dataset prefix
+    # without .bin/.idx", which was given so)
+    ("data inspect {dir}/folder", "folder is a directory: give the prefix of a dataset in it", None),
+    ("data inspect {dir}/pre", "pre.idx not found (vikhr data preprocess writes ", None),
+    ("data inspect {dir}/chat", "_text_document and ", None),
+    ("data merge --inputs {dir}/folder --output-prefix {dir}/o", "give the prefix of a dataset", "o.bin"),
+    ("pretrain 'data.train=[{{prefix: {dir}/folder}}]'", "folder is a directory: give the prefix of a", None),
+    ("sft show {dir}/folder", "folder is a directory: give the --output-prefix of `vikhr sft prepare`", None),
     ("data inspect {ds}.bin", "give the dataset prefix without .bin/.idx", None),
     ("data inspect {ds} --tokens -1", "--tokens must be >= 0", None),
     ("data inspect {dir}/flipped", "points at byte", None),
@@ -1220,6 +1228,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     (d / "hfcfg" / "config.json").write_text(json.dumps(model_config_to_hf_config(preset("tiny"))))
     write_indexed(d / "ds", [[1, 2, 3], [4, 5]], "uint16")
+    write_indexed(d / "pre_text_document", [[1, 2, 3]], "uint16")  # `data preprocess --output-prefix pre`
+    (d / "chat_sft.json").write_text("{}")  # beside `sft prepare --output-prefix chat`'s datasets
     write_indexed(d / "flipped", [[1, 2, 3], [4, 5]], "uint16")
     write_indexed(d / "ids40k", [[1, 39999, 3]], "uint16")
     write_indexed(d / "empty_ds", [[]], "uint16")

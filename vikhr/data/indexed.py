@@ -55,10 +55,29 @@ class IndexInfo:
     max_token_id: int | None = None  # set by `validate` (None: not scanned, or no token)
 
 
+def missing_dataset_hint(prefix: str) -> str | None:
+    """The fix for a dataset prefix naming no `.bin/.idx`, where it most likely names something else:
+    one of the files, a folder of datasets, or the --output-prefix of `data preprocess` or
+    `sft prepare` (whose datasets add `_{key}_document`); None where nothing tells."""
+    if prefix.endswith((".bin", ".idx")):
+        return "give the dataset prefix without .bin/.idx"
+    if prefix and Path(prefix).is_dir():
+        found = sorted(Path(prefix).glob("*.idx"))
+        example = f", e.g. {found[0].with_suffix('')}" if found else ""
+        return f"{prefix} is a directory: give the prefix of a dataset in it{example}"
+    written = dataset_prefix(prefix, "text")
+    if Path(f"{prefix}_sft.json").is_file():
+        return f"vikhr sft prepare writes {written} and {dataset_prefix(prefix, 'mask')}: give one of them"
+    if Path(f"{written}.bin").is_file():
+        return f"vikhr data preprocess writes {written}: give that prefix"
+    return None
+
+
 def _check_files(prefix: str) -> None:
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():
-            raise VikhrError(f"{prefix}{suffix} not found (give the dataset prefix without .bin/.idx)")
+            hint = missing_dataset_hint(prefix) or "check the path"
+            raise VikhrError(f"{prefix}{suffix} not found ({hint})")
 
 
 def _info(prefix: str, raw: dict, max_token_id: int | None = None) -> IndexInfo:

@@ -53,7 +53,11 @@ def missing_sft_file(prefix: str | Path) -> str | None:
     for ending in (".bin", ".idx", META_SUFFIX, "_text_document", "_mask_document"):
         base = base.removesuffix(ending)
     hint = "write it with `vikhr sft prepare`"
-    if base != str(prefix) and base and missing_sft_file(base) is None:
+    if base and Path(base).is_dir():
+        found = sorted(Path(base).glob(f"*{META_SUFFIX}"))
+        example = f", e.g. {str(found[0]).removesuffix(META_SUFFIX)}" if found else ""
+        hint = f"{base} is a directory: give the --output-prefix of `vikhr sft prepare`{example}"
+    elif base != str(prefix) and base and missing_sft_file(base) is None:
         hint = f"give the --output-prefix of `vikhr sft prepare`: {base}"
     elif Path(dataset_prefix(base, "text") + ".bin").is_file() and not sft_files(base)["meta"].is_file():
         hint = (

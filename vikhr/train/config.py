@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from vikhr.config_section import ConfigSection, refuse_yes_no
-from vikhr.data.indexed import dataset_prefix
+from vikhr.data.indexed import missing_dataset_hint
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
 from vikhr.model.config import PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
@@ -356,16 +356,6 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
         )
 
 
-def _prefix_hint(prefix: str) -> str:
-    """What a dataset prefix that names no files most likely lacks, or too much."""
-    if prefix.endswith((".bin", ".idx")):
-        return " (give the prefix without .bin/.idx)"
-    written = dataset_prefix(prefix, "text")
-    if Path(f"{written}.bin").is_file():
-        return f" (vikhr data preprocess writes {written}: give that prefix)"
-    return ""
-
-
 def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
     if m.preset not in PRESETS:
         raise VikhrError(
@@ -453,7 +443,8 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
             metas.append((f"{key}.prefix", check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)))
         for suffix in (".bin", ".idx") if check_files and d.kind == "pretrain" else ():
             if not Path(entry.prefix + suffix).is_file():
-                hint = _prefix_hint(entry.prefix)
+                hint = missing_dataset_hint(entry.prefix)
+                hint = f" ({hint})" if hint else ""
                 raise VikhrError(
                     f"config key {key}.prefix: dataset file not found: {entry.prefix}{suffix}{hint}"
                 )
