@@ -921,6 +921,16 @@ _BAD_INPUTS = [
         "--no-verify skips the check: give one of them",
         "o",
     ),
+    (  # checked the built-in edge cases only, exit 0, with the file named as checked in the manifest
+        "tokenizer import-tekken {dir}/bad.json {dir}/o --verify-texts {dir}/empty",
+        "/empty holds no text to check",
+        "o",
+    ),
+    (  # the same for a file of blank texts
+        "tokenizer import-tekken {dir}/bad.json {dir}/o --verify-texts {dir}/blank.jsonl",
+        "blank.jsonl holds no text to check (its lines have no non-blank 'text')",
+        "o",
+    ),
     (  # was an OverflowError from the byte-level trainer
         "tokenizer train --corpus {ru} --out {dir}/o --min-frequency -1",
         "--min-frequency must be from 0 to 2^32-1, got -1",
@@ -1215,6 +1225,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "twice.yaml").write_text("train:\n  steps: 4\ntrain:\n  micro_batch: 4\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "lines.jsonl").write_text("hello\nworld\n")
+    (d / "blank.jsonl").write_text('{"text": ""}\n{"text": " \\n "}\n')
     (d / "surrogate.jsonl").write_text('{"text": "пара \\ud83d\\ude00"}\n{"text": "bad \\ud800 half"}\n')
     (d / "x.bin").write_bytes(np.random.default_rng(0).integers(128, 256, 300, dtype=np.uint8).tobytes())
     (d / "hf").mkdir()

@@ -193,7 +193,13 @@ def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli_main(argv) == 0
     checked = json.loads((tmp_path / "t5" / "manifest.json").read_text(encoding="utf-8"))["tekken_check"]
     assert checked["lines_checked"] == len(EDGE_CASES) + 5
+    # A file without a line to check (blank texts) passed on the edge cases, named as checked.
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": " "}) + "\n")
     capsys.readouterr()
+    argv = ["tokenizer", "import-tekken", str(src), str(tmp_path / "tb"), "--verify-texts", str(blank)]
+    assert cli_main(argv) == 2 and not (tmp_path / "tb").exists()
+    assert f"--verify-texts {blank} holds no text to check" in capsys.readouterr().err
     assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1

@@ -207,6 +207,19 @@ def _verify_lines(verify_texts: list[Path] | None, lines_per_file: int) -> list[
     return lines
 
 
+def _refuse_texts_without_a_line(texts: list[Path]) -> None:
+    """A --verify-texts file none of whose lines would be checked (empty, or blank texts only)
+    passed on the built-in edge cases alone, while the manifest named it as checked."""
+    from vikhr.tokenizer.corpus import iter_lines
+
+    for path in texts:
+        if next(iter_lines(path, split="all"), None) is None:
+            raise VikhrError(
+                f"--verify-texts {path} holds no text to check (its lines have no non-blank 'text'): give "
+                "a JSONL with the texts to check, or leave --verify-texts out for the bundled samples"
+            )
+
+
 def verify_against_tekkenizer(tekken_path: Path, tokenizer_json: Path, lines: list[str]) -> int:
     """Check that `tokenizer_json` gives mistral-common's Tekkenizer ids on `lines`; returns lines checked."""
     try:
@@ -256,6 +269,8 @@ def import_tekken(
 
     src = require_file(tekken_path, "tekken file")
     texts = [require_file(p, "verification text") for p in verify_texts or []]
+    if verify:
+        _refuse_texts_without_a_line(texts)
     out = require_output_dir(out_dir, overwrite, inputs=[src, *texts], flag="OUT_DIR", what="OUT_DIR")
     tok = convert_tekken(src)
     with output_dir(out) as work:
