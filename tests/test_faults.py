@@ -926,6 +926,11 @@ _BAD_INPUTS = [
         "/empty holds no text to check",
         "o",
     ),
+    (  # the bundled samples' field is "text": --text-key alone would be ignored
+        "tokenizer import-tekken {dir}/bad.json {dir}/o --text-key content",
+        "--text-key names the field of --verify-texts files: give them, or leave it out",
+        "o",
+    ),
     (  # the same for a file of blank texts
         "tokenizer import-tekken {dir}/bad.json {dir}/o --verify-texts {dir}/blank.jsonl",
         "blank.jsonl holds no text to check (its lines have no non-blank 'text')",

@@ -200,6 +200,14 @@ def test_cli_import_tekken_240911(tmp_path: Path, capsys: pytest.CaptureFixture[
     argv = ["tokenizer", "import-tekken", str(src), str(tmp_path / "tb"), "--verify-texts", str(blank)]
     assert cli_main(argv) == 2 and not (tmp_path / "tb").exists()
     assert f"--verify-texts {blank} holds no text to check" in capsys.readouterr().err
+    # Texts under another field: the reader's fix named --text-key, which import-tekken lacked.
+    content = tmp_path / "content.jsonl"
+    content.write_text(json.dumps({"content": "Текст под другим ключом."}) + "\n")
+    argv = ["tokenizer", "import-tekken", str(src), str(tmp_path / "tc"), "--verify-texts", str(content)]
+    assert cli_main(argv) == 2 and "(choose the field with --text-key)" in capsys.readouterr().err
+    assert cli_main([*argv, "--text-key", "content"]) == 0
+    checked = json.loads((tmp_path / "tc" / "manifest.json").read_text(encoding="utf-8"))["tekken_check"]
+    assert checked["lines_checked"] == len(EDGE_CASES) + 1
     assert cli_main(["tokenizer", "import-tekken", str(src), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1

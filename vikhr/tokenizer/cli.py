@@ -188,8 +188,10 @@ def _register_import_tekken(tsub: Any) -> None:
         "--verify-texts",
         action="append",
         metavar="FILE",
-        help="JSONL whose held-out lines are checked (repeatable; default: the bundled RU/EN samples)",
+        help="JSONL whose lines are checked (repeatable; default: the held-out lines of the bundled RU/EN "
+        "samples)",
     )
+    tk.add_argument("--text-key", default="text", help="JSON field of --verify-texts holding the text")
     tk.add_argument("--no-verify", dest="verify", action="store_false", help="skip the mistral-common check")
     tk.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     tk.set_defaults(func=_import_tekken)
@@ -244,14 +246,21 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _import_tekken(args: argparse.Namespace) -> int:
-    if args.verify_texts and not args.verify:
-        from vikhr.errors import VikhrError
+    from vikhr.errors import VikhrError
 
+    if args.verify_texts and not args.verify:
         raise VikhrError("--verify-texts names texts to check, --no-verify skips the check: give one of them")
+    if args.text_key != "text" and not args.verify_texts:  # the bundled samples hold theirs under "text"
+        raise VikhrError("--text-key names the field of --verify-texts files: give them, or leave it out")
     from vikhr.tokenizer.tekken import import_tekken
 
     manifest = import_tekken(
-        args.tekken_json, args.out_dir, args.verify_texts, verify=args.verify, overwrite=args.overwrite
+        args.tekken_json,
+        args.out_dir,
+        args.verify_texts,
+        verify=args.verify,
+        overwrite=args.overwrite,
+        text_key=args.text_key,
     )
     summary = {k: manifest[k] for k in ("vocab_size", "special_tokens", "tekken_check")}
     print(f"wrote {args.out_dir}: {json.dumps(summary, ensure_ascii=False)}")

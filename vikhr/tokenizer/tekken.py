@@ -193,30 +193,32 @@ def tokenizer_config(
     }
 
 
-def _verify_lines(verify_texts: list[Path] | None, lines_per_file: int) -> list[str]:
+def _verify_lines(verify_texts: list[Path] | None, lines_per_file: int, text_key: str = "text") -> list[str]:
     from vikhr.assets import EN_SAMPLE, RU_SAMPLE
     from vikhr.tokenizer.corpus import iter_lines
 
     # The user's texts are checked whole (no tokenizer trained on them: a held-out part of a small
     # file may hold no line); the bundled samples on the documents training leaves out.
-    files = verify_texts if verify_texts else [RU_SAMPLE, EN_SAMPLE]
-    split = "all" if verify_texts else "heldout"
+    if not verify_texts:
+        verify_texts, split, text_key = [RU_SAMPLE, EN_SAMPLE], "heldout", "text"
+    else:
+        split = "all"
     lines = list(EDGE_CASES)
-    for f in files:
-        lines += list(iter_lines(f, split=split))[:lines_per_file]
+    for f in verify_texts:
+        lines += list(iter_lines(f, text_key, split=split))[:lines_per_file]
     return lines
 
 
-def _refuse_texts_without_a_line(texts: list[Path]) -> None:
+def _refuse_texts_without_a_line(texts: list[Path], text_key: str) -> None:
     """A --verify-texts file none of whose lines would be checked (empty, or blank texts only)
     passed on the built-in edge cases alone, while the manifest named it as checked."""
     from vikhr.tokenizer.corpus import iter_lines
 
     for path in texts:
-        if next(iter_lines(path, split="all"), None) is None:
+        if next(iter_lines(path, text_key, split="all"), None) is None:
             raise VikhrError(
-                f"--verify-texts {path} holds no text to check (its lines have no non-blank 'text'): give "
-                "a JSONL with the texts to check, or leave --verify-texts out for the bundled samples"
+                f"--verify-texts {path} holds no text to check (its lines have no non-blank {text_key!r}): "
+                "give a JSONL with the texts to check, or leave --verify-texts out for the bundled samples"
             )
 
 
@@ -257,11 +259,12 @@ def import_tekken(
     verify: bool = True,
     lines_per_file: int = 2000,
     overwrite: bool = False,
+    text_key: str = "text",
 ) -> dict[str, Any]:
     """Write `tokenizer.json`, `tokenizer_config.json` and `manifest.json` for a tekken file into `out_dir`.
 
-    `verify_texts`: JSONL files whose held-out lines are checked against mistral-common (default: the
-    bundled Russian and English samples); returns the manifest.
+    `verify_texts`: JSONL files whose lines (field `text_key`) are checked against mistral-common
+    (default: the held-out lines of the bundled Russian and English samples); returns the manifest.
     """
     import tokenizers
 
@@ -270,7 +273,7 @@ def import_tekken(
     src = require_file(tekken_path, "tekken file")
     texts = [require_file(p, "verification text") for p in verify_texts or []]
     if verify:
-        _refuse_texts_without_a_line(texts)
+        _refuse_texts_without_a_line(texts, text_key)
     out = require_output_dir(out_dir, overwrite, inputs=[src, *texts], flag="OUT_DIR", what="OUT_DIR")
     tok = convert_tekken(src)
     with output_dir(out) as work:
@@ -279,9 +282,8 @@ def import_tekken(
         spec = json.loads(tok_json.read_text(encoding="utf-8"))
         cfg = tokenizer_config(spec, BOS, EOS, UNK)
         write_text(work / "tokenizer_config.json", json.dumps(cfg, ensure_ascii=False, indent=2))
-        checked = (
-            verify_against_tekkenizer(src, tok_json, _verify_lines(texts, lines_per_file)) if verify else 0
-        )
+        lines = _verify_lines(texts, lines_per_file, text_key) if verify else []
+        checked = verify_against_tekkenizer(src, tok_json, lines) if verify else 0
         manifest = {
             "format": MANIFEST_FORMAT,
             "mode": "import-tekken",
