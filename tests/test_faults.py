@@ -1109,6 +1109,11 @@ _BAD_INPUTS = [
         None,
     ),
     ("pretrain --dry-run --gpu-memory-gb 0 'data.train=[{{prefix: x}}]' data.seq_len=128", "positive", None),
+    (  # every layout "fits: yes" on GPUs "of inf GiB", exit 0
+        "pretrain --dry-run --gpu-memory-gb inf 'data.train=[{{prefix: x}}]' data.seq_len=128",
+        "--gpu-memory-gb a positive finite number, got 8 and inf",
+        None,
+    ),
     ("sft prepare --input {dir}/nope --tokenizer {tok} --output-prefix {dir}/o", "not found", "o_sft.json"),
     (
         "sft prepare --input {dir}/empty --tokenizer {tok} --output-prefix {dir}/o",

@@ -7,6 +7,7 @@ config and the trainer, which load torch and megatron-core, are imported when a 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from vikhr.errors import VikhrError
@@ -139,9 +140,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         )
     args.gpus = DRY_RUN_GPUS if args.gpus is None else args.gpus
     args.gpu_memory_gb = DRY_RUN_GPU_MEMORY_GB if args.gpu_memory_gb is None else args.gpu_memory_gb
-    if args.dry_run and (args.gpus < 1 or not args.gpu_memory_gb > 0):
+    # inf passed "positive": every layout then fitted on GPUs "of inf GiB"
+    if args.dry_run and (args.gpus < 1 or not 0 < args.gpu_memory_gb < math.inf):
         raise VikhrError(
-            f"--gpus must be >= 1 and --gpu-memory-gb positive, got {args.gpus} and {args.gpu_memory_gb:g}"
+            f"--gpus must be >= 1 and --gpu-memory-gb a positive finite number, got {args.gpus} and "
+            f"{args.gpu_memory_gb:g}"
         )
     # The dry run sizes a cluster job from here: it needs the shapes, not the dataset files.
     cfg = load_config(args.config, config_overrides(args), check_files=not args.dry_run)
