@@ -587,6 +587,39 @@ def test_a_truncated_compressed_input_is_named_as_damaged(
     assert not list(tmp_path.glob("out*"))
 
 
+def test_a_parquet_or_json_array_input_is_named_as_such(
+    tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Parquet corpus (an HF dataset's files) said "not UTF-8 (byte 0x..); re-encode it … iconv -f
+    cp1251"; one JSON array "not valid JSON" with --skip-invalid advised, which skips it whole. The
+    Python reader (tokenizer train / compare) says the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vikhr.jsonl import read_jsonl
+
+    texts = [json.loads(line)["text"] for line in lines[:3]]
+    parquet = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"text": texts}), parquet)
+    array = tmp_path / "корпус с пробелом.jsonl"  # an array under a JSONL name, a BOM before it
+    array.write_text("\ufeff [\n" + ",\n".join(json.dumps({"text": t}) for t in texts) + "\n]\n")
+    said = {
+        parquet: f"{parquet} is a Parquet file, not JSON Lines (one JSON object a line): write its rows as "
+        "JSONL first",
+        array: f"{array} is one JSON array, not JSON Lines (one JSON object a line): write it as JSONL "
+        f"first, e.g. jq -c '.[]' '{array}' > '{tmp_path}/корпус с пробелом.records.jsonl'",
+    }
+    tok = ["--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    for path, line in said.items():
+        argv = ["data", "preprocess", "--input", str(path), "--output-prefix", str(tmp_path / "o"), *tok]
+        assert vikhr_main([*argv, "--skip-invalid"]) == 2
+        assert capsys.readouterr().err == f"vikhr data preprocess: error: {line}\n"
+        with pytest.raises(VikhrError) as e:
+            next(read_jsonl(path))
+        assert str(e.value) == line
+    assert not list(tmp_path.glob("o_*"))
+
+
 def test_compressed_data_under_a_plain_name_is_named(tmp_path: Path, lines: list[str]) -> None:
     """As the Python reader says it, before any output is written (was "not valid JSON" at line 1;
     xz data "not UTF-8 (byte 0xfd)"). The Rust reader says it too, of a file only it reads (a pipe)."""

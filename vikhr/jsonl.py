@@ -10,11 +10,13 @@ reader. Every problem is one VikhrError line naming `path:line`, what is wrong a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import os
 import re
+import shlex
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,6 +252,38 @@ def record_lines(path: str | os.PathLike[str], complete_only: bool = False) -> I
             yield line_no, line
 
 
+def not_json_lines(path: str | os.PathLike[str]) -> str | None:
+    """What a regular file given as JSON Lines is instead, where its name or first bytes tell:
+    "a Parquet file" or "one JSON array" (None: neither, or no regular file, which a reader names)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix.lower() == ".parquet":
+        return "a Parquet file"
+    with contextlib.closing(iter_decompressed(p, 1 << 16)) as blocks:
+        for i, block in enumerate(blocks):
+            if i == 0 and block.startswith(b"PAR1"):
+                return "a Parquet file"
+            rest = (block.removeprefix(b"\xef\xbb\xbf") if i == 0 else block).lstrip(b" \t\r\n\x0c")
+            if rest:
+                return "one JSON array" if rest.startswith(b"[") else None
+    return None
+
+
+def refuse_what_is_not_json_lines(path: str | os.PathLike[str]) -> None:
+    """VikhrError when the file given as JSON Lines is a Parquet file (read as text it was "not UTF-8
+    … iconv -f cp1251") or one JSON array ("not valid JSON" on line 1, --skip-invalid advised)."""
+    p = Path(path)
+    kind = not_json_lines(p)
+    if kind is None:
+        return
+    how = "write its rows as JSONL first"
+    if kind == "one JSON array":
+        target = p.with_name(f"{p.name.split('.')[0]}.records.jsonl")
+        how = f"write it as JSONL first, e.g. jq -c '.[]' {shlex.quote(str(p))} > {shlex.quote(str(target))}"
+    raise VikhrError(f"{p} is {kind}, not JSON Lines (one JSON object a line): {how}")
+
+
 def read_jsonl(
     path: str | os.PathLike[str], allow_nan: bool = False, complete_only: bool = False
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -259,6 +293,7 @@ def read_jsonl(
     scores), which input corpora may not hold (the Rust reader refuses them). `complete_only`: leave
     out a last line without its newline (what a killed append left; see drop_partial_last_line)."""
     p = Path(path)
+    refuse_what_is_not_json_lines(p)
     for line_no, line in record_lines(p, complete_only):
         try:
             record = parse_record(line, allow_nan)

@@ -14,7 +14,7 @@ from typing import Any
 
 from vikhr.data import indexed, tokenization
 from vikhr.errors import VikhrError, require_output_prefix
-from vikhr.jsonl import check_compression_name
+from vikhr.jsonl import check_compression_name, refuse_what_is_not_json_lines
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
 # (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
@@ -122,6 +122,7 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
             files.append(path)
     for path in files:
         check_compression_name(path)
+        refuse_what_is_not_json_lines(path)
     if not files:
         raise VikhrError("no input files (give --input)")
     # Overlapping globs (data/*.jsonl data/ru*.jsonl) repeat a file without a word: say so, but

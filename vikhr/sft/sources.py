@@ -67,7 +67,6 @@ turn, turns out of order, missing fields) is an `Unfit` with a reason and its pl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import re
@@ -82,7 +81,7 @@ from vikhr.jsonl import (
     BadLine,
     depth_refusal,
     int_or_float,
-    iter_decompressed,
+    not_json_lines,
     open_text,
     parse_record,
     record_lines,
@@ -211,7 +210,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Unfit
     if is_parquet(p):
         yield from _parquet_records(p)
         return
-    if _opens_an_array(p):  # one JSON array (a .json file)
+    if not_json_lines(p) == "one JSON array":  # a .json file
         with open_text(p) as f:
             while f.read(1) not in ("[", ""):  # past the white space before it
                 pass
@@ -230,31 +229,17 @@ def refuse_a_collection_file(path: str | Path, command: str) -> None:
     array: read as JSON Lines it said "not UTF-8 … iconv -f cp1251" or "not valid JSON" on line 1.
     Anything else (a missing file included) is left to the reader to name."""
     p = Path(path)
-    if not p.is_file():
-        return
     try:
-        with open(p, "rb") as f:
-            parquet = is_parquet(p) or f.read(4) == b"PAR1"
+        kind = not_json_lines(p)
     except OSError:
         return  # unreadable: the reader names the problem
-    if not parquet and not _opens_an_array(p):
+    if kind is None:
         return
-    kind, kinds = ("a Parquet file", "Parquet files") if parquet else ("one JSON array", "JSON arrays")
+    kinds = "Parquet files" if kind == "a Parquet file" else "JSON arrays"
     raise VikhrError(
         f'{p} is {kind}, not JSON Lines: {command} reads a chats JSONL, one {{"messages": [...]}} a '
         f"line; `vikhr sft build` reads {kinds} of the collections' formats and writes one (docs/sft.md)"
     )
-
-
-def _opens_an_array(path: Path) -> bool:
-    """True when the first character of a file past white space (and a byte-order mark) is "[",
-    looked for in the bytes: a file of JSON Lines says which line is not UTF-8 when it is read."""
-    with contextlib.closing(iter_decompressed(path, 1 << 16)) as blocks:
-        for block in blocks:
-            rest = block.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n\x0c")
-            if rest:
-                return rest.startswith(b"[")
-    return False
 
 
 def _array_records(f: TextIO, path: Path) -> Iterator[tuple[str, dict[str, Any] | Unfit]]:
