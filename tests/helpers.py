@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -265,3 +266,22 @@ def files_of(directory: Path) -> dict[str, bytes]:
     """Every file under `directory` (by its relative path) with its bytes."""
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     return {str(p.relative_to(directory)): p.read_bytes() for p in files}
+
+
+def varied_chat_lines(n: int) -> list[str]:
+    """`n` chat lines: the bundled seed chats and, every third, a multi-turn chat with a system turn
+    and a first answer of weight 0 (every ninth with an empty last answer); a blank line every 50."""
+    from vikhr.assets import RU_SEED_CHATS
+
+    seed = [json.loads(line)["messages"] for line in RU_SEED_CHATS.read_text(encoding="utf-8").splitlines()]
+    lines = []
+    for i in range(n):
+        first, second = seed[i % len(seed)], seed[(i + 1) % len(seed)]
+        if i % 3:
+            messages = first
+        else:
+            last = {"role": "assistant", "content": ""} if i % 9 == 0 else second[1]
+            system = {"role": "system", "content": f"Отвечай кратко ({i})."}
+            messages = [system, first[0], {**first[1], "weight": 0}, second[0], last]
+        lines.append(json.dumps({"messages": messages}, ensure_ascii=False) + ("\n" if i % 50 == 49 else ""))
+    return lines

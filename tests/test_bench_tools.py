@@ -232,6 +232,11 @@ def test_bench_merge_refuses_the_t_vikhr_merge_refuses_in_its_words(t: str) -> N
         ("bench_sft_dedup.py", ["--skip", "vikhr", "datasketch", "build"], "every measurement skipped"),
         ("bench_sft_templates.py", ["--runs", "0"], "argument --runs: expected a positive int, got '0'"),
         ("bench_sft_templates.py", ["--chats", "0"], "argument --chats: expected a positive int, got '0'"),
+        (
+            "bench_sft_templates.py",
+            ["--workers", "0"],
+            "argument --workers: expected a positive int, got '0'",
+        ),
     ],
 )
 def test_the_sft_benchmarks_refuse_a_bad_option(script: str, args: list[str], message: str) -> None:

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import varied_chat_lines
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
 from vikhr.errors import VikhrError
 from vikhr.sft.data import PackedSFTDataset, SFTSource, pack_windows, split_chats
@@ -334,6 +335,124 @@ def test_chats_are_read_compressed_and_other_encodings_refused(
         lines[0].startswith(f"vikhr sft prepare: error: {cp1251}:1: not UTF-8")
         and "re-encode it as UTF-8" in lines[0]
     )
+
+
+# --------------------------------------------------------------------------- encoding processes
+
+
+def _prepare_cli(capfd: pytest.CaptureFixture, chats: Path, out: Path, *more: str) -> tuple[int, str, str]:
+    argv = ["--input", str(chats), "--tokenizer", str(MISTRAL_TOKENIZER), "--output-prefix", str(out / "sft")]
+    return _cli(capfd, "sft", "prepare", *argv, "--no-progress", *more)
+
+
+def test_prepare_writes_the_same_bytes_with_any_number_of_workers(
+    capfd: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two and three encoding processes write the token and mask datasets and the metadata one
+    process writes, byte for byte, and print the same summary and warning."""
+    import vikhr.sft.prepare as prepare
+
+    monkeypatch.setattr(prepare, "BATCH_CHATS", 16)  # 19 batches: the processes finish out of step
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(300)) + "\n", encoding="utf-8")
+    written = {}
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        rc, stdout, stderr = _prepare_cli(capfd, chats, out, "--workers", str(workers))
+        assert rc == 0, stderr
+        files = {f.name: f.read_bytes().replace(str(out).encode(), b"OUT") for f in sorted(out.iterdir())}
+        written[workers] = (files, stdout.replace(str(out), "OUT"), stderr)
+    files, stdout, stderr = written[1]
+    assert sorted(files) == sorted(
+        [
+            "sft_sft.json",
+            *(f"sft_{kind}_document.{ext}" for kind in ("mask", "text") for ext in ("bin", "idx")),
+        ]
+    )
+    assert stdout.startswith("OUT/sft: 300 chats,") and "warning: 34 of 300 chats" in stderr
+    assert written[2] == written[1] and written[3] == written[1]
+
+
+_NOT_UTF8 = b'{"messages": "\xff"}'
+_ROLE_BOT = b'{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}'
+_TOOL_CALL = (
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "", "tool_calls": '
+    b'[{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "content": '
+    b'"1"}, {"role": "assistant", "content": "b"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("bad_lines", "said"),
+    [
+        ({40: _ROLE_BOT, 55: _TOOL_CALL, 60: _NOT_UTF8}, "message 2: unknown role 'bot'"),
+        ({40: _TOOL_CALL, 41: b'{"messages": ['}, "the mistral chat template has no function calling"),
+        ({40: _NOT_UTF8, 290: _ROLE_BOT}, "not UTF-8 (byte 0xff)"),
+    ],
+    ids=["bad_chat", "template_refusal", "not_utf8"],
+)
+def test_a_bad_chat_encoded_by_a_worker_is_the_error_one_process_gives(
+    capfd: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bad_lines: dict[int, bytes],
+    said: str,
+) -> None:
+    """Line 40 is in the third batch of 16, which neither process starts with; a later bad line, in
+    its batch or in one encoded or read ahead of it, does not take its place; nothing is left."""
+    import vikhr.sft.prepare as prepare
+
+    monkeypatch.setattr(prepare, "BATCH_CHATS", 16)
+    lines = [line.rstrip("\n").encode() for line in varied_chat_lines(300)]  # line n is chat n
+    for number, line in bad_lines.items():
+        lines[number - 1] = line
+    chats = tmp_path / "chats.jsonl"
+    chats.write_bytes(b"\n".join(lines) + b"\n")
+    errors = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        rc, _, err = _prepare_cli(capfd, chats, out, "--workers", str(workers))
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() or not list(out.iterdir())  # nothing half-written
+        errors.append(err.strip())
+    assert errors[0] == errors[1], errors
+    assert errors[0].startswith(f"vikhr sft prepare: error: {chats}:40: ") and said in errors[0], errors
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "1025"])
+def test_prepare_refuses_a_number_of_workers_it_cannot_start(
+    capfd: pytest.CaptureFixture, tmp_path: Path, workers: str
+) -> None:
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(varied_chat_lines(1)[0] + "\n", encoding="utf-8")
+    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out", "--workers", workers)
+    assert rc == 2 and err.strip().splitlines() == [
+        f"vikhr sft prepare: error: --workers must be from 1 to 1024 (encoding processes), got {workers}"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def _exit_abruptly(*_: object) -> None:
+    """An encoding process killed in its task (as the kernel kills one for lack of memory)."""
+    import os
+
+    os._exit(9)
+
+
+def test_an_encoding_process_killed_is_one_error_line(
+    capfd: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vikhr.sft.prepare as prepare
+
+    monkeypatch.setattr(prepare, "_encode_in_worker", _exit_abruptly)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(20)) + "\n", encoding="utf-8")
+    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out", "--workers", "2")
+    assert rc == 2 and err.strip().splitlines() == [
+        "vikhr sft prepare: error: an encoding process ended abruptly (killed, e.g. for lack of memory, or "
+        "it could not start): run again with fewer --workers"
+    ]
+    assert not list((tmp_path / "out").iterdir())
 
 
 # --------------------------------------------------------------------------- prepared datasets

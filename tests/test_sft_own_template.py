@@ -264,6 +264,32 @@ def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
         load_chat_tokenizer(sp / "tokenizer.model", OWN)
 
 
+def test_own_template_prepared_by_two_workers_is_what_one_writes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each encoding process renders with transformers and its own HF tokenizer: the datasets, the
+    metadata and what the run prints are those of one process, byte for byte."""
+    import vikhr.sft.prepare as prepare
+    from tests.helpers import varied_chat_lines
+    from vikhr.cli import main
+
+    monkeypatch.setattr(prepare, "BATCH_CHATS", 16)
+    llama = write_tokenizer(tmp_path / "llama", "llama3.1", byte_level_bpe("llama3"))
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(120)) + "\n", encoding="utf-8")
+    written = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        argv = ["sft", "prepare", "--input", str(chats), "--tokenizer", str(llama), "--no-progress"]
+        capfd.readouterr()
+        assert main([*argv, "--output-prefix", str(out / "a"), "--workers", workers]) == 0
+        said = "".join(capfd.readouterr()).replace(str(out), "OUT")
+        files = {f.name: f.read_bytes().replace(str(out).encode(), b"OUT") for f in sorted(out.iterdir())}
+        written.append((files, said))
+    assert len(written[0][0]) == 5 and "OUT/a: 120 chats" in written[0][1] and "template own" in written[0][1]
+    assert written[1] == written[0]
+
+
 def test_prepare_and_build_with_the_own_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`sft prepare` without --template on a Llama-3.1 tokenizer: the summary names the own template
     and its file; `sft build` with it on a Nemo tokenizer drops (and reports) the chat its template

@@ -1,7 +1,7 @@
 """`vikhr sft prepare` with vikhr's `llama3` template against `own` (the tokenizer's Jinja template).
 
     python tools/bench_sft_templates.py              # 2,000 chats, 3 runs each
-    python tools/bench_sft_templates.py --chats 500 --runs 1
+    python tools/bench_sft_templates.py --chats 500 --runs 1 --workers 4
 
 The chats: the rulm chats of ../shared/data/sft (or $VIKHR_SHARED_DATA/sft; the bundled seed chats
 where absent), repeated to
@@ -10,7 +10,8 @@ where absent), repeated to
 tokens), its tokenizer_config.json holding an official chat template (tests/data/chat_templates).
 Each run is a whole `vikhr sft prepare` process (start-up, tokenizer load, writing the indexed
 dataset); peak RSS is that process's, taken by a small wrapper process (a direct child's
-ru_maxrss would start from this script's own peak).
+ru_maxrss would start from this script's own peak), which also reads how many cores the rest of
+the machine kept busy during the run (from /proc/stat, less the run's own CPU time).
 
 * llama3: `--template llama3` (vikhr's segments, encoded run by run) with Meta-Llama-3-8B-Instruct's
   template beside it;
@@ -19,7 +20,10 @@ ru_maxrss would start from this script's own peak).
   loss mask must equal llama3's (checked before timing, on a run of each: the text and mask
   .bin/.idx files are compared; a difference ends the script with status 1);
 * own, Llama-3.1: `--template own` with Llama-3.1-8B-Instruct's template (a dated system header in
-  every chat: more tokens).
+  every chat: more tokens);
+* llama3 and own, Llama-3.1 again with `--workers 2` (`--workers` sets the count): two encoding
+  processes, each loading the tokenizer, against one. Their files must equal those of one process
+  (checked before timing, as above); the peak RSS is then that of the largest of the processes.
 """
 
 from __future__ import annotations
@@ -63,49 +67,90 @@ def write_chats(path: Path, n: int) -> int:
     return len(lines)
 
 
-# Runs a command and prints its wall seconds and peak RSS (KiB). A small process of its own: a
-# child's ru_maxrss starts from its parent's peak (vfork/exec), so this script, which has trained a
-# tokenizer, must not be the direct parent of what it measures.
-RSS_WRAPPER = (
-    "import resource, subprocess, sys, time; t = time.perf_counter(); "
-    "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
-    "sys.stderr.write(r.stderr); "
-    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)"
-)
+# Runs a command and prints its wall seconds, peak RSS (KiB), exit status and the cores the rest of
+# the machine kept busy meanwhile (-1 without /proc/stat): on a shared machine that tells a slow
+# run from a crowded one. A small process of its own: a child's ru_maxrss starts from its parent's
+# peak (vfork/exec), so this script, which has trained a tokenizer, must not be the direct parent of
+# what it measures.
+RUN_WRAPPER = """
+import os, resource, subprocess, sys, time
+
+def busy():  # CPU seconds the machine has spent busy (user to steal; guest time is inside user)
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+start, t = busy(), time.perf_counter()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+wall, end, used = time.perf_counter() - t, busy(), resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.write(r.stderr)
+ours = used.ru_utime + used.ru_stime
+others = -1.0 if start is None else max(0.0, end - start - ours) / wall
+print(wall, used.ru_maxrss, r.returncode, others)
+"""
 
 
-def prepare(chats: Path, tokenizer: Path, template: str, prefix: Path) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of one `vikhr sft prepare` process."""
+def prepare(
+    chats: Path, tokenizer: Path, template: str, prefix: Path, workers: int = 1
+) -> tuple[float, float, float]:
+    """(seconds, peak RSS MiB, cores busy elsewhere) of one `vikhr sft prepare` run (its encoding
+    processes included; the peak is that of its largest process)."""
     argv = [sys.executable, "-m", "vikhr", "sft", "prepare", "--input", str(chats)]
     argv += ["--tokenizer", str(tokenizer), "--template", template]
-    argv += ["--output-prefix", str(prefix), "--no-progress"]
+    argv += ["--output-prefix", str(prefix), "--no-progress", "--workers", str(workers)]
     proc = subprocess.run(
-        [sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-c", RUN_WRAPPER, *argv], capture_output=True, text=True, cwd=REPO
     )
-    seconds, kib, status = proc.stdout.split()[-3:] if proc.stdout.strip() else ("0", "0", "1")
+    seconds, kib, status, others = proc.stdout.split()[-4:] if proc.stdout.strip() else ("0", "0", "1", "0")
     if proc.returncode != 0 or status != "0":
         sys.exit(f"sft prepare failed ({template}): {proc.stderr.strip()}")
-    return float(seconds), int(kib) / 1024  # KiB on Linux
+    return float(seconds), int(kib) / 1024, float(others)  # KiB on Linux
 
 
-def check_same_output(chats: Path, tokenizer: Path, work: Path) -> None:
-    """Before timing: `own` and `llama3` on the same template write the same token ids and the same
-    loss mask, byte for byte (both .bin/.idx pairs); otherwise the script ends with status 1."""
-    prefixes = {t: work / t / "c" for t in ("llama3", "own")}
-    for template, prefix in prefixes.items():
-        prepare(chats, tokenizer, template, prefix)
+def different_file(a: Path, b: Path) -> str | None:
+    """The first of the text and mask .bin/.idx files that differ between prefixes `a` and `b`."""
     for dataset in ("text", "mask"):
         for suffix in (".bin", ".idx"):
-            name = f"c_{dataset}_document{suffix}"
-            files = [prefix.with_name(name).read_bytes() for prefix in prefixes.values()]
-            if files[0] != files[1]:
-                sys.exit(f"own and llama3 wrote different {name} on Meta-Llama-3-8B-Instruct's template")
+            name = f"_{dataset}_document{suffix}"
+            if Path(f"{a}{name}").read_bytes() != Path(f"{b}{name}").read_bytes():
+                return f"{a.name}{name}"
+    return None
+
+
+def check_same_output(chats: Path, llama3: Path, llama31: Path, workers: int, work: Path) -> None:
+    """Before timing: `own` and `llama3` on the same template write the same token ids and the same
+    loss mask, byte for byte (both .bin/.idx pairs), and so do `workers` processes and one, on each
+    tokenizer; otherwise the script ends with status 1."""
+    runs = {
+        "llama3": (llama3, "llama3", 1),
+        "own": (llama3, "own", 1),
+        "llama3-workers": (llama3, "llama3", workers),
+        "own31": (llama31, "own", 1),
+        "own31-workers": (llama31, "own", workers),
+    }
+    for name, (tokenizer, template, count) in runs.items():
+        prepare(chats, tokenizer, template, work / name / "c", count)
+    pairs = [
+        ("llama3", "own", "own and llama3 wrote different {} on Meta-Llama-3-8B-Instruct's template"),
+        ("llama3", "llama3-workers", f"llama3 with --workers {workers} and 1 wrote different {{}}"),
+        ("own31", "own31-workers", f"own (Llama-3.1) with --workers {workers} and 1 wrote different {{}}"),
+    ]
+    for a, b, said in pairs:
+        differing = different_file(work / a / "c", work / b / "c")
+        if differing is not None:
+            sys.exit(said.format(differing))
 
 
 def main() -> None:
     parser = BenchParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chats", type=positive(int), default=2000)
     parser.add_argument("--runs", type=positive(int), default=3)
+    parser.add_argument(
+        "--workers", type=positive(int), default=2, help="encoding processes of the last rows"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -114,28 +159,46 @@ def main() -> None:
         base = llama3_like_tokenizer(islice(read_texts(RU_SAMPLE), 2000), work / "base", 8000)
         llama3 = write_tokenizer(work / "llama3", base, "meta-llama-3-8b-instruct.json")
         llama31 = write_tokenizer(work / "llama31", base, "meta-llama-3.1-8b-instruct.json")
-        check_same_output(chats, llama3, work / "check")
+        check_same_output(chats, llama3, llama31, args.workers, work / "check")
         cases = [
-            ("llama3", llama3, "llama3"),
-            ("own, same template", llama3, "own"),
-            ("own, Llama-3.1", llama31, "own"),
+            ("llama3", llama3, "llama3", 1),
+            ("own, same template", llama3, "own", 1),
+            ("own, Llama-3.1", llama31, "own", 1),
+            ("llama3", llama3, "llama3", args.workers),
+            ("own, Llama-3.1", llama31, "own", args.workers),
         ]
         rows = []
-        for name, tokenizer, template in cases:
+        for name, tokenizer, template, workers in cases:
             runs = [
-                prepare(chats, tokenizer, template, work / f"{template}-{tokenizer.name}-{run}" / "c")
+                prepare(
+                    chats,
+                    tokenizer,
+                    template,
+                    work / f"{template}-{tokenizer.name}-{workers}-{run}" / "c",
+                    workers,
+                )
                 for run in range(args.runs)
             ]
-            seconds, peak = (statistics.median(values) for values in zip(*runs, strict=True))
-            rows.append((name, seconds, peak))
-        base = rows[0][1]
+            seconds, peak, others = (statistics.median(values) for values in zip(*runs, strict=True))
+            rows.append((name, workers, seconds, peak, others))
+        one_worker = {name: seconds for name, workers, seconds, *_ in rows if workers == 1}
+        base = one_worker["llama3"]
         print(f"{args.chats:,} chats (cycling through {distinct}), median of {args.runs} whole prepare runs")
-        print("| template | s | chats/s | vs llama3 | peak RSS MiB |")
-        print("|---|---:|---:|---:|---:|")
-        for name, seconds, peak in rows:
-            rate = args.chats / seconds
-            print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {base / seconds:.2f}× | {peak:.0f} |")
-        print("own and llama3 ids and loss masks identical on the same template: yes (checked before timing)")
+        print(
+            "| template | workers | s | chats/s | vs llama3 | vs 1 worker | peak RSS MiB | busy elsewhere |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, workers, seconds, peak, others in rows:
+            rate, speedup = args.chats / seconds, one_worker[name] / seconds
+            elsewhere = "n/a" if others < 0 else f"{others:.2f}"
+            print(
+                f"| {name} | {workers} | {seconds:.2f} | {rate:,.0f} | {base / seconds:.2f}× "
+                f"| {speedup:.2f}× | {peak:.0f} | {elsewhere} |"
+            )
+        print(
+            f"ids and loss masks identical, own and llama3 on the same template and --workers {args.workers} "
+            "against 1: yes (checked before timing)"
+        )
 
 
 if __name__ == "__main__":

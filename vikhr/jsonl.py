@@ -295,11 +295,18 @@ def read_jsonl(
     p = Path(path)
     refuse_what_is_not_json_lines(p)
     for line_no, line in record_lines(p, complete_only):
-        try:
-            record = parse_record(line, allow_nan)
-        except BadLine as e:
-            raise VikhrError(f"{p}:{line_no}: {e}") from None
-        yield line_no, record
+        yield line_no, record_at(p, line_no, line, allow_nan)
+
+
+def record_at(
+    path: str | os.PathLike[str], line_no: int, line: str, allow_nan: bool = False
+) -> dict[str, Any]:
+    """The object on line `line_no` of `path` (a line `record_lines` gave), as `read_jsonl` reads it:
+    a VikhrError "path:line: problem" where there is none."""
+    try:
+        return parse_record(line, allow_nan)
+    except BadLine as e:
+        raise VikhrError(f"{Path(path)}:{line_no}: {e}") from None
 
 
 # What the Rust reader (and JSON) counts as white space around a line.

@@ -9,6 +9,8 @@ from vikhr.errors import VikhrError
 from vikhr.progress_bar import add_no_progress
 from vikhr.sft.template import AUTO, OWN, TEMPLATES
 
+MAX_WORKERS = 1024  # `sft prepare`'s encoding processes: more is a typo
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="instruction tuning: chat data with an assistant-only loss, same trainer")
@@ -40,6 +42,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_no_progress(pr)
     pr.set_defaults(func=_score)
 
+    _add_prepare(sft_sub)
+
+    pt = sft_sub.add_parser(
+        "train",
+        help="the pre-training loop with data.kind=sft (one process; torchrun pretrain_vikhr.py for several)",
+    )
+    from vikhr.train.cli import build_arg_parser
+
+    build_arg_parser(pt)
+    pt.set_defaults(func=_train)
+
+    ps = sft_sub.add_parser("show", help="decode prepared chats with the trained spans marked [[like this]]")
+    ps.add_argument("prefix", help="the --output-prefix of `vikhr sft prepare`")
+    ps.add_argument("--index", type=int, nargs="+", default=[0], help="chat numbers (0-based)")
+    ps.add_argument("--tokenizer", default=None, help="default: the tokenizer recorded at prepare time")
+    ps.set_defaults(func=_show)
+
+
+def _add_prepare(sft_sub: argparse._SubParsersAction) -> None:
     pp = sft_sub.add_parser(
         "prepare",
         help="chats JSONL -> PREFIX_text_document + PREFIX_mask_document (.bin/.idx) + PREFIX_sft.json",
@@ -72,23 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rendered by transformers: Llama-3.1, Gemma, Phi-3 ...); see docs/sft.md",
     )
     pp.add_argument("--max-chats", type=int, default=None, help="stop after this many chats")
+    pp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes encoding the chats (default 1: this one alone; more start that many, each "
+        "loading the tokenizer once); the output does not depend on it",
+    )
     add_no_progress(pp)
     pp.set_defaults(func=_prepare)
-
-    pt = sft_sub.add_parser(
-        "train",
-        help="the pre-training loop with data.kind=sft (one process; torchrun pretrain_vikhr.py for several)",
-    )
-    from vikhr.train.cli import build_arg_parser
-
-    build_arg_parser(pt)
-    pt.set_defaults(func=_train)
-
-    ps = sft_sub.add_parser("show", help="decode prepared chats with the trained spans marked [[like this]]")
-    ps.add_argument("prefix", help="the --output-prefix of `vikhr sft prepare`")
-    ps.add_argument("--index", type=int, nargs="+", default=[0], help="chat numbers (0-based)")
-    ps.add_argument("--tokenizer", default=None, help="default: the tokenizer recorded at prepare time")
-    ps.set_defaults(func=_show)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -96,6 +109,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.max_chats is not None and args.max_chats < 1:
         raise VikhrError(f"--max-chats must be >= 1, got {args.max_chats}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise VikhrError(
+            f"--workers must be from 1 to {MAX_WORKERS} (encoding processes), got {args.workers}"
+        )
     summary = prepare_sft(
         args.input,
         args.tokenizer,
@@ -103,6 +120,7 @@ def _prepare(args: argparse.Namespace) -> int:
         template=args.template,
         max_chats=args.max_chats,
         progress=args.progress,
+        workers=args.workers,
     )
     print(summary.line())
     return 0

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
+import signal
 import sys
-from collections.abc import Iterator
+from array import array
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -22,19 +29,20 @@ from pathlib import Path
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.jsonl import record_lines
 from vikhr.sft.layout import CHAT_ENCODING, missing_sft_file, read_sft_meta, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
 from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import (
     AUTO,
     OWN,
-    EncodedChat,
     Message,
+    chat_at,
     control_ids,
     encode_chat,
     load_chat_tokenizer,
     load_for_chats,
-    read_chats,
+    load_for_template,
     template_token_ids,
 )
 from vikhr.tokenizer.corpus import corpus_sha256
@@ -79,9 +87,10 @@ def prepare_sft(
     template: str = AUTO,
     max_chats: int | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> PrepareSummary:
     """Encode every chat of `input_path` in `template` (AUTO: see `resolve_template`) and write the
-    SFT dataset at `output_prefix`.
+    SFT dataset at `output_prefix`, encoding in `workers` processes (the output does not depend on it).
 
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
@@ -96,31 +105,20 @@ def prepare_sft(
     mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
     scratch = contextlib.ExitStack()  # after the writers, which refuse a dataset in use
     tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
-    chats = tokens = loss_tokens = max_id = empty_answers = 0
     try:
-        bar = None
-        if progress:
-            from vikhr.progress_bar import progress_bar
-
-            bar = progress_bar(desc="sft prepare", unit=" chats", total=max_chats)
-        for messages, enc in islice(_encoded_chats(input_path, tok, template), max_chats):
-            text_writer.add_document(enc.ids)
-            mask_writer.add_document(enc.mask)
-            chats += 1
-            empty_answers += any(_empty_trained_answer(m) for m in messages)
-            tokens += len(enc.ids)
-            loss_tokens += sum(enc.mask)
-            max_id = max(max_id, max(enc.ids))
-            if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
-        if chats == 0:
+        batches = _line_batches(input_path, max_chats)
+        # Closed by `scratch` even on an error: that stops the encoding processes.
+        encoded = scratch.enter_context(
+            contextlib.closing(_encoded_batches(input_path, batches, tokenizer, tok, template, workers))
+        )
+        counts = _write_chats(encoded, text_writer, mask_writer, progress, max_chats)
+        if counts.chats == 0:
             raise VikhrError(f"{input_path}: no chats found")
-        if empty_answers:
+        if counts.empty_answers:
             print(
-                f"warning: {empty_answers} of {chats} chats of {input_path} have an empty assistant turn: "
-                "the model learns to end its answer at once there (vikhr sft build drops such chats)",
+                f"warning: {counts.empty_answers} of {counts.chats} chats of {input_path} have an empty "
+                "assistant turn: the model learns to end its answer at once there (vikhr sft build drops "
+                "such chats)",
                 file=sys.stderr,
             )
         summary = PrepareSummary(
@@ -131,10 +129,10 @@ def prepare_sft(
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
             vocab_size=tok.vocab_size,
-            chats=chats,
-            tokens=tokens,
-            loss_tokens=loss_tokens,
-            max_token_id=max_id,
+            chats=counts.chats,
+            tokens=counts.tokens,
+            loss_tokens=counts.loss_tokens,
+            max_token_id=counts.max_id,
             template_from=None if template_from is None else str(recorded_path(template_from)),
             template_sha256=own_template(tok).sha256 if template == OWN else None,
         )
@@ -153,16 +151,181 @@ def prepare_sft(
     return summary
 
 
-def _encoded_chats(
-    input_path: str | Path, tok: Tokenizer, template: str
-) -> Iterator[tuple[list[Message], EncodedChat]]:
-    """(messages, encoding) of each chat of `input_path`; one that cannot be encoded: "file:line: problem"."""
-    for line_no, messages in read_chats(input_path):
+def _write_chats(
+    batches: Iterator[_EncodedBatch],
+    text_writer: indexed.IndexedWriter,
+    mask_writer: indexed.IndexedWriter,
+    progress: bool,
+    total: int | None,
+) -> _ChatCounts:
+    """Each chat's ids and mask added to the writers, in order; the counts over all of them."""
+    bar = None
+    if progress:
+        from vikhr.progress_bar import progress_bar
+
+        bar = progress_bar(desc="sft prepare", unit=" chats", total=total)
+    counts = _ChatCounts()
+    for encoded in batches:
+        for ids, mask in encoded.chats:
+            text_writer.add_document(ids.tolist() if isinstance(ids, array) else ids)
+            mask_writer.add_document(mask.tolist() if isinstance(mask, array) else mask)
+        counts.add(encoded.counts)
+        if bar is not None:
+            bar.update(len(encoded.chats))
+    if bar is not None:
+        bar.close()
+    return counts
+
+
+# Chats a task of an encoding process takes: enough that passing them costs little next to
+# encoding them, few enough that the tasks under way (PENDING_PER_WORKER a process) keep memory flat.
+BATCH_CHATS = 256
+PENDING_PER_WORKER = 2
+
+
+@dataclass
+class _ChatCounts:
+    chats: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+    max_id: int = 0
+    empty_answers: int = 0  # chats with an empty trained answer (see `_empty_trained_answer`)
+
+    def add(self, other: _ChatCounts) -> None:
+        self.chats += other.chats
+        self.tokens += other.tokens
+        self.loss_tokens += other.loss_tokens
+        self.max_id = max(self.max_id, other.max_id)
+        self.empty_answers += other.empty_answers
+
+
+@dataclass
+class _EncodedBatch:
+    """The ids and loss mask of each chat of a batch, in order (lists, or arrays from a worker)."""
+
+    chats: list[tuple[Sequence[int], Sequence[int]]]
+    counts: _ChatCounts
+    error: str | None = None  # a worker's "file:line: problem", raised where the batch is written
+
+
+def _line_batches(
+    input_path: str | Path, max_chats: int | None
+) -> Iterator[list[tuple[int, str]] | VikhrError]:
+    """The first `max_chats` chat lines of `input_path` (line number, text) in batches of
+    BATCH_CHATS; a line that cannot be read (not UTF-8, damaged .gz) ends them with its error, after
+    the lines before it (an earlier bad chat is reported first, as one process reports it)."""
+    lines = islice(record_lines(input_path), max_chats)
+    batch: list[tuple[int, str]] = []
+    while True:
+        try:
+            line = next(lines, None)
+        except VikhrError as e:
+            if batch:
+                yield batch
+            yield e
+            return
+        if line is None:
+            break
+        batch.append(line)
+        if len(batch) == BATCH_CHATS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encode_batch(
+    input_path: str | Path, lines: list[tuple[int, str]], tok: Tokenizer, template: str
+) -> _EncodedBatch:
+    """Each chat of `lines` encoded; one that cannot be: VikhrError "file:line: problem"."""
+    chats, counts = [], _ChatCounts()
+    for line_no, line in lines:
+        messages = chat_at(input_path, line_no, line)
         try:
             enc = encode_chat(messages, tok, template)
         except VikhrError as e:
             raise VikhrError(f"{input_path}:{line_no}: {e}") from e
-        yield messages, enc
+        chats.append((enc.ids, enc.mask))
+        counts.chats += 1
+        counts.tokens += len(enc.ids)
+        counts.loss_tokens += sum(enc.mask)
+        counts.max_id = max(counts.max_id, max(enc.ids))
+        counts.empty_answers += any(_empty_trained_answer(m) for m in messages)
+    return _EncodedBatch(chats, counts)
+
+
+def _encoded_batches(
+    input_path: str | Path,
+    batches: Iterator[list[tuple[int, str]] | VikhrError],
+    tokenizer: str | Path,
+    tok: Tokenizer,
+    template: str,
+    workers: int,
+) -> Iterator[_EncodedBatch]:
+    """`batches` encoded in order: here with `tok`, or by `workers` processes, each with its own copy
+    of the tokenizer; the first bad chat or line in input order raises its error either way."""
+    if workers == 1:
+        for batch in batches:
+            if isinstance(batch, VikhrError):
+                raise batch
+            yield _encode_batch(input_path, batch, tok, template)
+        return
+    # spawn: a forked copy of this process would share its open dataset writers and the tokenizer
+    # library's threads; each worker loads the tokenizer once (`_start_worker`).
+    pool = ProcessPoolExecutor(
+        workers, multiprocessing.get_context("spawn"), _start_worker, (tokenizer, template)
+    )
+    try:
+        pending: deque[Future[_EncodedBatch] | VikhrError] = deque()
+        for batch in batches:
+            task = (
+                batch if isinstance(batch, VikhrError) else pool.submit(_encode_in_worker, input_path, batch)
+            )
+            pending.append(task)
+            if len(pending) >= PENDING_PER_WORKER * workers:
+                yield _batch_result(pending.popleft())
+        while pending:
+            yield _batch_result(pending.popleft())
+    finally:
+        # An error or Ctrl-C drops the batches not started; those under way end within a batch.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _batch_result(task: Future[_EncodedBatch] | VikhrError) -> _EncodedBatch:
+    if isinstance(task, VikhrError):
+        raise task
+    try:
+        encoded = task.result()
+    except BrokenProcessPool:
+        raise VikhrError(
+            "an encoding process ended abruptly (killed, e.g. for lack of memory, or it could not start): "
+            "run again with fewer --workers"
+        ) from None
+    if encoded.error is not None:
+        raise VikhrError(encoded.error)
+    return encoded
+
+
+# An encoding process's tokenizer and template (set once, by `_start_worker`).
+_worker_tokenizer: tuple[Tokenizer, str] | None = None
+
+
+def _start_worker(tokenizer: str | Path, template: str) -> None:
+    global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the pool, with one message
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread a process: the processes share the cores
+    _worker_tokenizer = (load_for_template(tokenizer, template), template)
+
+
+def _encode_in_worker(input_path: str | Path, lines: list[tuple[int, str]]) -> _EncodedBatch:
+    """`_encode_batch` in an encoding process, with the chats packed as arrays (cheaper to send back)."""
+    assert _worker_tokenizer is not None
+    try:
+        encoded = _encode_batch(input_path, lines, *_worker_tokenizer)
+    except VikhrError as e:
+        return _EncodedBatch([], _ChatCounts(), error=str(e))
+    encoded.chats = [(array("i", ids), array("B", mask)) for ids, mask in encoded.chats]
+    return encoded
 
 
 def mask_runs(ids: list[int], mask: list[int]) -> list[tuple[bool, list[int]]]:

@@ -119,7 +119,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
-from vikhr.jsonl import read_jsonl
+from vikhr.jsonl import record_at, record_lines
 from vikhr.sft.encoded import (
     ChatMessages,
     EncodedChat,
@@ -295,6 +295,14 @@ def load_for_chats(path: str | Path, template: str) -> tuple[Tokenizer, str, Pat
             file=sys.stderr,
         )
     return tok, template, chosen_by
+
+
+def load_for_template(path: str | Path, template: str) -> Tokenizer:
+    """The tokenizer `load_for_chats` gave for `template`, which it chose (not AUTO), loaded again
+    without its checks and warnings (an encoding process's own copy)."""
+    tok = load(path)
+    _controls_made_special(tok, template_token_ids(tok, template))
+    return tok
 
 
 def control_ids(tok: Tokenizer, controls: dict[str, int]) -> set[int]:
@@ -626,11 +634,17 @@ def read_chats(path: str | Path) -> Iterator[tuple[int, list[Message]]]:
 
     VikhrError "path:line: problem" on a bad line.
     """
-    for line_no, record in read_jsonl(path):
-        try:
-            yield line_no, parse_chat(record)
-        except VikhrError as e:
-            raise VikhrError(f"{path}:{line_no}: {e}") from e
+    for line_no, line in record_lines(path):
+        yield line_no, chat_at(path, line_no, line)
+
+
+def chat_at(path: str | Path, line_no: int, line: str) -> ChatMessages:
+    """The chat on line `line_no` of `path` (a line `record_lines` gave), as `read_chats` reads it."""
+    record = record_at(path, line_no, line)
+    try:
+        return parse_chat(record)
+    except VikhrError as e:
+        raise VikhrError(f"{path}:{line_no}: {e}") from e
 
 
 # --------------------------------------------------------------------------- templates
