@@ -350,13 +350,15 @@ def test_prepare_writes_the_same_bytes_with_any_number_of_workers(
 ) -> None:
     """Two and three encoding processes write the token and mask datasets and the metadata one
     process writes, byte for byte, and print the same summary and warning."""
+    import vikhr.sft.cli as sft_cli
     import vikhr.sft.prepare as prepare
 
     monkeypatch.setattr(prepare, "BATCH_CHATS", 16)  # 19 batches: the processes finish out of step
     chats = tmp_path / "chats.jsonl"
     chats.write_text("\n".join(varied_chat_lines(300)) + "\n", encoding="utf-8")
+    monkeypatch.setattr(sft_cli, "cores_here", lambda: 3)  # --workers 0: one process per core
     written = {}
-    for workers in (1, 2, 3):
+    for workers in (1, 2, 0):
         out = tmp_path / f"w{workers}"
         rc, stdout, stderr = _prepare_cli(capfd, chats, out, "--workers", str(workers))
         assert rc == 0, stderr
@@ -370,7 +372,7 @@ def test_prepare_writes_the_same_bytes_with_any_number_of_workers(
         ]
     )
     assert stdout.startswith("OUT/sft: 300 chats,") and "warning: 34 of 300 chats" in stderr
-    assert written[2] == written[1] and written[3] == written[1]
+    assert written[2] == written[1] and written[0] == written[1]
 
 
 _NOT_UTF8 = b'{"messages": "\xff"}'
@@ -419,7 +421,7 @@ def test_a_bad_chat_encoded_by_a_worker_is_the_error_one_process_gives(
     assert errors[0].startswith(f"vikhr sft prepare: error: {chats}:40: ") and said in errors[0], errors
 
 
-@pytest.mark.parametrize("workers", ["0", "-2", "1025"])
+@pytest.mark.parametrize("workers", ["-1", "1025"])
 def test_prepare_refuses_a_number_of_workers_it_cannot_start(
     capfd: pytest.CaptureFixture, tmp_path: Path, workers: str
 ) -> None:
@@ -427,7 +429,8 @@ def test_prepare_refuses_a_number_of_workers_it_cannot_start(
     chats.write_text(varied_chat_lines(1)[0] + "\n", encoding="utf-8")
     rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out", "--workers", workers)
     assert rc == 2 and err.strip().splitlines() == [
-        f"vikhr sft prepare: error: --workers must be from 1 to 1024 (encoding processes), got {workers}"
+        f"vikhr sft prepare: error: --workers must be from 0 (one per core) to 1024 (encoding processes), "
+        f"got {workers}"
     ]
     assert not (tmp_path / "out").exists()
 

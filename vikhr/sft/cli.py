@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vikhr.errors import VikhrError
@@ -97,11 +98,16 @@ def _add_prepare(sft_sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes encoding the chats (default 1: this one alone; more start that many, each "
-        "loading the tokenizer once); the output does not depend on it",
+        help="processes encoding the chats (default 1: this one alone; 0: one per core; more start "
+        "that many, each loading the tokenizer once); the output does not depend on it",
     )
     add_no_progress(pp)
     pp.set_defaults(func=_prepare)
+
+
+def cores_here() -> int:
+    """The cores this process may run on (`--workers 0`, as `data preprocess` takes it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -109,9 +115,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.max_chats is not None and args.max_chats < 1:
         raise VikhrError(f"--max-chats must be >= 1, got {args.max_chats}")
-    if not 1 <= args.workers <= MAX_WORKERS:
+    if not 0 <= args.workers <= MAX_WORKERS:
         raise VikhrError(
-            f"--workers must be from 1 to {MAX_WORKERS} (encoding processes), got {args.workers}"
+            f"--workers must be from 0 (one per core) to {MAX_WORKERS} (encoding processes), got "
+            f"{args.workers}"
         )
     summary = prepare_sft(
         args.input,
@@ -120,7 +127,7 @@ def _prepare(args: argparse.Namespace) -> int:
         template=args.template,
         max_chats=args.max_chats,
         progress=args.progress,
-        workers=args.workers,
+        workers=args.workers or cores_here(),
     )
     print(summary.line())
     return 0
