@@ -346,6 +346,63 @@ def test_megatron_tokenizer_types_vikhr_lacks_say_what_to_give_instead(tmp_path:
     assert not list(tmp_path.iterdir())
 
 
+HF_TOKENIZER = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json"
+
+
+def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """--legacy-tokenizer and --tokenizer-hf-include-special-tokens ask for what vikhr does (BOS and
+    the post-processor's special tokens, as Megatron-LM's legacy tokenizers): they were "unrecognized
+    arguments"; the output is the same as without them."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    common = ["--input", str(src), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model"]
+    common += [str(HF_TOKENIZER), "--append-eod", "--workers", "2", "--no-progress"]
+    assert vikhr_main(["data", "preprocess", *common, "--output-prefix", str(tmp_path / "plain")]) == 0
+    megatron = [*common, "--output-prefix", str(tmp_path / "flags"), "--legacy-tokenizer"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *megatron,
+         "--tokenizer-hf-include-special-tokens"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for suffix in ("_text_document.bin", "_text_document.idx"):
+        assert (tmp_path / f"flags{suffix}").read_bytes() == (tmp_path / f"plain{suffix}").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--tokenizer-hf-no-include-special-tokens"],
+            'a copy of the tokenizer.json with "post_processor": null',
+        ),
+        (["--trust-remote-code"], "runs no code from a model repository; give the tokenizer's local"),
+        (["--tokenizer-special-tokens", "<a>", "<b>"], "the tokenizer's own special tokens"),
+        (
+            ["--find-optimal-num-workers"],
+            "does not benchmark worker counts; drop it (--workers 0, the default",
+        ),
+        (["--workers-to-check", "4", "8", "--max-documents", "100"], "goes with --find-optimal-num-workers"),
+    ],
+    ids=["no-special-tokens", "remote-code", "special-tokens", "optimal-workers", "workers-to-check"],
+)
+def test_recent_megatron_flags_vikhr_does_not_honour_say_what_to_do(
+    tmp_path: Path, capsys, flags: list[str], said: str
+) -> None:
+    """Each was argparse's "unrecognized arguments: ... (see --help)", which said nothing of what to do."""
+    argv = [
+        "data", "preprocess", "--input", str(RU_SAMPLE), "--output-prefix", str(tmp_path / "o"),
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(HF_TOKENIZER), *flags,
+    ]  # fmt: skip
+    assert vikhr_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vikhr data preprocess: error: {flags[0]} is not supported: "), err
+    assert said in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_llama2_tokenizer_type_prepends_bos(tmp_path: Path, lines: list[str]) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

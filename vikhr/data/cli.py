@@ -9,6 +9,21 @@ from vikhr.progress_bar import add_no_progress
 
 MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
 
+_REFUSED = "not supported (rejected)"
+_NO_BENCHMARK = "vikhr does not benchmark worker counts; drop it (--workers 0, the default, uses every core)"
+# Flags of recent Megatron-LM releases asking for what vikhr does not do: why, and what to give instead.
+MEGATRON_FLAGS_REFUSED: dict[str, str] = {
+    "--tokenizer-hf-no-include-special-tokens": "HuggingFaceTokenizer applies the tokenizer.json's "
+    'post-processor (its BOS/EOS); for none, give a copy of the tokenizer.json with "post_processor": null',
+    "--trust-remote-code": "vikhr runs no code from a model repository; give the tokenizer's local "
+    "tokenizer.json or .model as --tokenizer-model and drop it",
+    "--tokenizer-special-tokens": "vikhr encodes with the tokenizer's own special tokens (a tokenizer.json's "
+    "added_tokens, a .model's control pieces); add them to the tokenizer and drop it",
+    "--find-optimal-num-workers": _NO_BENCHMARK,
+    "--workers-to-check": f"it goes with --find-optimal-num-workers: {_NO_BENCHMARK}",
+    "--max-documents": f"it goes with --find-optimal-num-workers: {_NO_BENCHMARK}",
+}
+
 
 def _tokenizer_type(value: str) -> str:
     """--tokenizer-type: one of Megatron-LM's that vikhr lacks is refused while the command line is
@@ -56,6 +71,19 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-size", type=int, default=None, help="not supported (rejected)")
     g.add_argument("--vocab-extra-ids", type=int, default=0, help="only 0 is supported")
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
+    g.add_argument(
+        "--legacy-tokenizer",
+        action="store_true",
+        help="accepted; vikhr's tokenizer types behave as Megatron-LM's legacy ones",
+    )
+    g.add_argument(
+        "--tokenizer-hf-include-special-tokens",
+        action="store_true",
+        help="accepted; HuggingFaceTokenizer always applies the post-processor",
+    )
+    g.add_argument("--tokenizer-hf-no-include-special-tokens", action="store_true", help=_REFUSED)
+    g.add_argument("--trust-remote-code", action="store_true", help=_REFUSED)
+    g.add_argument("--tokenizer-special-tokens", nargs="+", metavar="TOKEN", help=_REFUSED)
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
     g = p.add_argument_group("runtime")
@@ -65,6 +93,9 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
     )
+    g.add_argument("--find-optimal-num-workers", action="store_true", help=_REFUSED)
+    g.add_argument("--workers-to-check", nargs="+", metavar="N", help=_REFUSED)
+    g.add_argument("--max-documents", metavar="N", help=_REFUSED)
     add_no_progress(g)
 
 
@@ -73,6 +104,9 @@ def run_preprocess(args: argparse.Namespace) -> int:
 
     if args.split_sentences:
         raise VikhrError("--split-sentences is not supported by vikhr's pre-tokenizer; drop it")
+    for flag, advice in MEGATRON_FLAGS_REFUSED.items():
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False):
+            raise VikhrError(f"{flag} is not supported: {advice}")
     # Megatron reads these for its GPT-2 BPE, TikTokenizer and NullTokenizer, refused above.
     for flag, value in {
         "--vocab-file": args.vocab_file,
