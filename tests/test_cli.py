@@ -217,6 +217,19 @@ def test_doctor_without_build_reports_what_the_build_cache_holds(
     assert status == f"built in {built}, not loaded (--no-build)"
 
 
+def test_doctor_names_an_unusable_vikhr_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row said only "[Errno 20] Not a directory: '.../ops/torch…'", without VIKHR_CACHE_DIR."""
+    from vikhr.doctor import _ops_rows
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    [(_, status)] = _ops_rows(cuda=False, build=True)
+    assert status == (
+        f"FAILED to build/load: VIKHR_CACHE_DIR {tmp_path}/a-file/cache cannot be created: {tmp_path}/a-file "
+        "is a file (unset VIKHR_CACHE_DIR, or set it to a writable directory)"
+    )
+
+
 def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:
     """An OSError a verb did not foresee (a full disk, a place that turned read-only) ends the run
     with one line naming the path, exit status 2, not a traceback."""

@@ -667,6 +667,31 @@ def test_unwritable_checkpoint_dir_is_one_line_before_training(
     )
 
 
+@pytest.mark.parametrize("where", ["under a file", "read-only"])
+def test_an_unusable_vikhr_cache_dir_is_one_line_before_the_run_writes_anything(
+    tmp_path: Path,
+    unwritable_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    """The ops build failed when the model was built, in a line not naming VIKHR_CACHE_DIR, and
+    left checkpoint.dir holding data-cache/ and run.lock."""
+    from vikhr.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache" if where == "under a file" else unwritable_dir / "cache"
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(cache))
+    config = _train_config(tmp_path, _write_tokens(tmp_path / "ru"))
+    _one_error_line(
+        capsys,
+        main(["pretrain", "--config", str(config)]),
+        f"VIKHR_CACHE_DIR {cache} ",
+        "(unset VIKHR_CACHE_DIR, or set it to a writable directory)",
+    )
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("module", "writer", "failure"),
     [

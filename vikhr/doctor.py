@@ -111,8 +111,9 @@ def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
             return [("csrc ops", f"built in {built}, not loaded (--no-build)")]
         return [("csrc ops", "not built yet (--no-build skips the first build)")]
     try:
-        from vikhr.ops.build import compiled_ops, pip_toolkit_command
+        from vikhr.ops.build import compiled_ops, pip_toolkit_command, require_writable_cache_dir
 
+        require_writable_cache_dir()
         ops = compiled_ops()
     except Exception as e:  # doctor reports, it does not stop
         return [("csrc ops", f"FAILED to build/load: {e}")]

@@ -141,31 +141,34 @@ def not_an_hf_model_dir(model_dir: str | Path, what: str = "an HF model director
     return VikhrError(f"{p} has no config.json (give {what})")
 
 
-def require_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+def require_writable_dir(path: str | Path, what: str = "output directory", fix: str | None = None) -> Path:
     """Return `path` as a Path, or raise VikhrError if it cannot be written into or created.
 
     The nearest existing directory on the way is tried with a probe file (removed at once): a
-    read-only or foreign-owned place fails here, before any work, not at the first save.
+    read-only or foreign-owned place fails here, before any work, not at the first save. `fix`, when
+    given, replaces the advice that ends the message (a path set by an environment variable).
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise VikhrError(f"{what} {p} is a file, not a directory (choose another path)")
+        raise VikhrError(f"{what} {p} is a file, not a directory ({fix or 'choose another path'})")
     existing = p.absolute()
     while not existing.exists():
         if existing.is_symlink():  # a dangling link: creating the directory would fail after the work
             raise VikhrError(
                 f"{what} {p}: {existing} is a symbolic link to the missing {os.readlink(existing)} "
-                "(create its target, or choose another path)"
+                f"({fix or 'create its target, or choose another path'})"
             )
         existing = existing.parent
     if not existing.is_dir():
-        raise VikhrError(f"{what} {p} cannot be created: {existing} is a file (choose another path)")
+        raise VikhrError(
+            f"{what} {p} cannot be created: {existing} is a file ({fix or 'choose another path'})"
+        )
     try:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise VikhrError(
-            f"{what} {p} is not writable: {existing}: {e.strerror or e} (choose a writable path or fix its "
-            "permissions)"
+            f"{what} {p} is not writable: {existing}: {e.strerror or e} "
+            f"({fix or 'choose a writable path or fix its permissions'})"
         ) from None
     return p
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, require_writable_dir
 from vikhr.locks import exclusive
 from vikhr.ops.autograd_formulas import register_backward_formulas
 from vikhr.ops.fake import register_fake_kernels
@@ -41,6 +41,18 @@ def csrc_dir() -> Path:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("VIKHR_CACHE_DIR", Path.home() / ".cache" / "vikhr"))
+
+
+def require_writable_cache_dir() -> Path:
+    """cache_dir(), or VikhrError (one line) where it cannot be written: the ops build takes its lock
+    there even when the library is already built, so a run checks this before it writes anything."""
+    if "VIKHR_CACHE_DIR" in os.environ:
+        return require_writable_dir(
+            cache_dir(), "VIKHR_CACHE_DIR", fix="unset VIKHR_CACHE_DIR, or set it to a writable directory"
+        )
+    return require_writable_dir(
+        cache_dir(), "ops build cache", fix="set VIKHR_CACHE_DIR to a writable directory"
+    )
 
 
 def cuda_build_possible() -> bool:

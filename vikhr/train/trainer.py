@@ -44,6 +44,7 @@ from vikhr.errors import RunStopped, VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
+from vikhr.ops.build import require_writable_cache_dir
 from vikhr.runtime.distributed import DistEnv, distributed_env, uses_cuda
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
@@ -342,6 +343,7 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
+    require_writable_cache_dir()  # the csrc ops are built (or locked) there when the model is built
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     c = cfg.checkpoint
