@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import math
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,24 @@ def test_lm_eval_s_bars_show_only_on_a_terminal_and_not_with_no_progress(
     from transformers.utils import logging as hf_logging
 
     assert hf_logging.is_progress_bar_enabled()  # as it was before the command
+
+
+def test_an_outer_bars_off_turns_lm_eval_s_bars_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluation_bars asked only whether stderr was a terminal: code running an evaluation inside
+    `bars_off` (one rule for every bar) still got lm-eval's task bars."""
+    import lm_eval.api.task
+
+    from vikhr.eval.lm import evaluation_bars
+    from vikhr.progress_bar import bars_off
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    task_bar = lm_eval.api.task.tqdm
+    with evaluation_bars(show=True):
+        assert lm_eval.api.task.tqdm is task_bar
+    with bars_off(), evaluation_bars(show=True):
+        assert lm_eval.api.task.tqdm is not task_bar
+        assert lm_eval.api.task.tqdm.keywords == {"disable": True}
+    assert lm_eval.api.task.tqdm is task_bar
 
 
 def test_cli_rerun_after_an_interrupt_reuses_finished_tasks(

@@ -43,10 +43,10 @@ def cpu_batch_size(length: int, vocab: int, hidden: int, available: int, cap: in
 @contextlib.contextmanager
 def evaluation_bars(show: bool) -> Iterator[None]:
     """vikhr's rule for every bar of an evaluation, lm-eval's and transformers' too: none unless
-    `show` and stderr is a terminal (lm-eval draws its bars into any stream, logs included). lm-eval's
+    `show` and `bars_shown()` (lm-eval draws its bars into any stream, logs included). lm-eval's
     models take a switch (VikhrLM asks `bars_shown`); its task building and transformers' weight
     loading do not, and are turned off here."""
-    if show and sys.stderr.isatty():
+    if show and bars_shown():
         yield
         return
     import lm_eval.api.task
