@@ -353,17 +353,18 @@ def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
     tmp_path: Path, lines: list[str]
 ) -> None:
     """--legacy-tokenizer and --tokenizer-hf-include-special-tokens ask for what vikhr does (BOS and
-    the post-processor's special tokens, as Megatron-LM's legacy tokenizers): they were "unrecognized
-    arguments"; the output is the same as without them."""
+    the post-processor's special tokens, as Megatron-LM's legacy tokenizers); --use-gigatoken (a faster
+    encoder) and --tokenizer-sentencepiece-legacy (without special tokens) change no id: they were
+    "unrecognized arguments"; the output is the same as without them."""
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
     common = ["--input", str(src), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model"]
     common += [str(HF_TOKENIZER), "--append-eod", "--workers", "2", "--no-progress"]
     assert vikhr_main(["data", "preprocess", *common, "--output-prefix", str(tmp_path / "plain")]) == 0
-    megatron = [*common, "--output-prefix", str(tmp_path / "flags"), "--legacy-tokenizer"]
+    megatron = [*common, "--output-prefix", str(tmp_path / "flags"), "--legacy-tokenizer", "--use-gigatoken"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *megatron,
-         "--tokenizer-hf-include-special-tokens"],
+         "--tokenizer-hf-include-special-tokens", "--tokenizer-sentencepiece-legacy"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -385,9 +386,25 @@ def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
             "does not benchmark worker counts; drop it (--workers 0, the default",
         ),
         (["--workers-to-check", "4", "8", "--max-documents", "100"], "goes with --find-optimal-num-workers"),
+        (["--tokenizer-hf-no-use-fast"], "encodes with the tokenizer.json, the fast tokenizer"),
+        (["--no-tokenizer-sentencepiece-ignore-extra-whitespaces"], "runs of spaces as the .model's"),
+        (["--disable-tokenizer-sentencepiece-ignore-extra-whitespaces"], "as the .model's normalizer says"),
+        (["--tokenizer-metadata", "meta.json"], "kind from --tokenizer-type and its files"),
+        (["--chat-template", "{{ messages }}"], "no chat template; chats go through vikhr sft"),
+        (["--padded-vocab-size", "40064"], "the trainer pads the embedding table itself); drop it"),
+        (["--no-pad-vocab-size"], "the ids do not depend on it"),
+        (["--tiktoken-pattern", "v2"], "goes with --tokenizer-type TikTokenizer, which is not implemented in "
+         "vikhr: its vocabulary is in Mistral's tekken format: convert the model's tekken.json with vikhr "
+         "tokenizer import-tekken"),
+        (["--tiktoken-num-special-tokens", "1000"], "goes with --tokenizer-type TikTokenizer"),
+        (["--null-tokenizer-eod-id", "2"], "goes with --tokenizer-type NullTokenizer, which"),
     ],
-    ids=["no-special-tokens", "remote-code", "special-tokens", "optimal-workers", "workers-to-check"],
-)
+    ids=[
+        "no-special-tokens", "remote-code", "special-tokens", "optimal-workers", "workers-to-check",
+        "no-use-fast", "no-ignore-spaces", "disable-ignore-spaces", "metadata", "chat-template",
+        "padded-vocab", "no-pad-vocab", "tiktoken-pattern", "tiktoken-specials", "null-eod",
+    ],
+)  # fmt: skip
 def test_recent_megatron_flags_vikhr_does_not_honour_say_what_to_do(
     tmp_path: Path, capsys, flags: list[str], said: str
 ) -> None:

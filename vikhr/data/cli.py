@@ -11,6 +11,8 @@ MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
 
 _REFUSED = "not supported (rejected)"
 _NO_BENCHMARK = "vikhr does not benchmark worker counts; drop it (--workers 0, the default, uses every core)"
+_SPACES = "vikhr encodes runs of spaces as the .model's normalizer says (Megatron-LM's default); drop it"
+_PADDING = "the ids do not depend on it (the trainer pads the embedding table itself); drop it"
 # Flags of recent Megatron-LM releases asking for what vikhr does not do: why, and what to give instead.
 MEGATRON_FLAGS_REFUSED: dict[str, str] = {
     "--tokenizer-hf-no-include-special-tokens": "HuggingFaceTokenizer applies the tokenizer.json's "
@@ -22,6 +24,33 @@ MEGATRON_FLAGS_REFUSED: dict[str, str] = {
     "--find-optimal-num-workers": _NO_BENCHMARK,
     "--workers-to-check": f"it goes with --find-optimal-num-workers: {_NO_BENCHMARK}",
     "--max-documents": f"it goes with --find-optimal-num-workers: {_NO_BENCHMARK}",
+    "--tokenizer-hf-no-use-fast": "vikhr encodes with the tokenizer.json, the fast tokenizer (Megatron-LM's "
+    "default); drop it",
+    "--no-tokenizer-sentencepiece-ignore-extra-whitespaces": _SPACES,
+    "--disable-tokenizer-sentencepiece-ignore-extra-whitespaces": _SPACES,
+    "--tokenizer-metadata": "vikhr takes the tokenizer's kind from --tokenizer-type and its files from "
+    "--tokenizer-model; drop it",
+    "--chat-template": "pre-tokenization encodes plain text and applies no chat template; chats go "
+    "through vikhr sft prepare --template (see docs/sft.md); drop it",
+    "--padded-vocab-size": _PADDING,
+    "--no-pad-vocab-size": _PADDING,
+    "--disable-pad-vocab-size": _PADDING,
+}
+# Flags that go with a Megatron-LM tokenizer type vikhr lacks: refused with that type's advice.
+MEGATRON_FLAGS_OF_TYPES: dict[str, str] = {
+    "--tiktoken-pattern": "TikTokenizer",
+    "--tiktoken-num-special-tokens": "TikTokenizer",
+    "--null-tokenizer-eod-id": "NullTokenizer",
+    "--null-tokenizer-pad-id": "NullTokenizer",
+}
+# Flags of recent Megatron-LM releases that change no id here: accepted and ignored.
+MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
+    "--legacy-tokenizer": "accepted; vikhr's tokenizer types behave as Megatron-LM's legacy ones",
+    "--tokenizer-hf-include-special-tokens": "accepted; HuggingFaceTokenizer always applies the "
+    "post-processor",
+    "--tokenizer-sentencepiece-legacy": "accepted; it changes no id without --tokenizer-special-tokens, "
+    "which vikhr refuses",
+    "--use-gigatoken": "accepted; a faster encoder in Megatron-LM, the same ids (vikhr's own is in Rust)",
 }
 
 
@@ -71,19 +100,21 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-size", type=int, default=None, help="not supported (rejected)")
     g.add_argument("--vocab-extra-ids", type=int, default=0, help="only 0 is supported")
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
-    g.add_argument(
-        "--legacy-tokenizer",
-        action="store_true",
-        help="accepted; vikhr's tokenizer types behave as Megatron-LM's legacy ones",
-    )
-    g.add_argument(
-        "--tokenizer-hf-include-special-tokens",
-        action="store_true",
-        help="accepted; HuggingFaceTokenizer always applies the post-processor",
-    )
-    g.add_argument("--tokenizer-hf-no-include-special-tokens", action="store_true", help=_REFUSED)
-    g.add_argument("--trust-remote-code", action="store_true", help=_REFUSED)
+    for flag, said in MEGATRON_FLAGS_ACCEPTED.items():
+        g.add_argument(flag, action="store_true", help=said)
+    for flag in (
+        "--tokenizer-hf-no-include-special-tokens",
+        "--trust-remote-code",
+        "--tokenizer-hf-no-use-fast",
+        "--no-tokenizer-sentencepiece-ignore-extra-whitespaces",
+        "--disable-tokenizer-sentencepiece-ignore-extra-whitespaces",
+        "--no-pad-vocab-size",
+        "--disable-pad-vocab-size",
+    ):
+        g.add_argument(flag, action="store_true", help=_REFUSED)
     g.add_argument("--tokenizer-special-tokens", nargs="+", metavar="TOKEN", help=_REFUSED)
+    for flag in ("--tokenizer-metadata", "--chat-template", "--padded-vocab-size", *MEGATRON_FLAGS_OF_TYPES):
+        g.add_argument(flag, metavar="VALUE", help=_REFUSED)
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
     g = p.add_argument_group("runtime")
@@ -107,6 +138,16 @@ def run_preprocess(args: argparse.Namespace) -> int:
     for flag, advice in MEGATRON_FLAGS_REFUSED.items():
         if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False):
             raise VikhrError(f"{flag} is not supported: {advice}")
+    for flag, tokenizer_type in MEGATRON_FLAGS_OF_TYPES.items():
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+            from vikhr.data.preprocess import unsupported_tokenizer_type
+
+            why = unsupported_tokenizer_type(tokenizer_type).removeprefix(
+                f"--tokenizer-type {tokenizer_type} "
+            )
+            raise VikhrError(
+                f"{flag} is not supported: it goes with --tokenizer-type {tokenizer_type}, which {why}"
+            )
     # Megatron reads these for its GPT-2 BPE, TikTokenizer and NullTokenizer, refused above.
     for flag, value in {
         "--vocab-file": args.vocab_file,
