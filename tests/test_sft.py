@@ -623,6 +623,35 @@ def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_pa
     assert valid[20] == reference_valid[20]
 
 
+def test_a_run_copied_without_its_data_exports_its_chat_template(sft_run: Path, tmp_path: Path) -> None:
+    """The export found an SFT run's chat template only in its datasets' _sft.json: a run copied to
+    another machine without its data exported a tokenizer without one, silently. Each checkpoint
+    records what its datasets recorded when it trained."""
+    import shutil
+
+    from vikhr.convert.mistral import megatron_to_hf
+
+    step = sft_run / (sft_run / "latest").read_text().strip()
+    meta = json.loads((step / "meta.json").read_text())
+    assert meta["data_tokenizer"]["template"] == "mistral"
+    assert meta["data_tokenizer"]["path"] == str(MISTRAL_TOKENIZER)
+    assert meta["data_tokenizer"]["recorded_by"].endswith("rulm_sft.json")
+    here = megatron_to_hf(step, tmp_path / "here")
+    # Elsewhere: the same checkpoint, its datasets not there.
+    copied = shutil.copytree(step, tmp_path / "copied" / step.name)
+    for entry in meta["config"]["data"]["train"]:
+        entry["prefix"] = str(tmp_path / "not-copied" / "rulm")
+    (copied / "meta.json").write_text(json.dumps(meta))
+    elsewhere = megatron_to_hf(copied, tmp_path / "elsewhere")
+    exported = [json.loads((out / "tokenizer_config.json").read_text()) for out in (here, elsewhere)]
+    assert exported[0]["chat_template"] and exported[1] == exported[0]
+    # A checkpoint of an older version records nothing: with a random start, no tokenizer at all.
+    del meta["data_tokenizer"]
+    (copied / "meta.json").write_text(json.dumps(meta))
+    older = megatron_to_hf(copied, tmp_path / "older")
+    assert (older / "config.json").is_file() and not (older / "tokenizer_config.json").exists()
+
+
 @pytest.mark.distributed
 def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
     """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank

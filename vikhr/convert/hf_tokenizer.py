@@ -16,7 +16,9 @@ Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first fou
      vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
   2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
      wrote into each dataset's `_sft.json`; a pre-training run: the tokenizer that `vikhr data
-     preprocess` recorded beside each dataset (`{dataset}.tokenization.json`);
+     preprocess` recorded beside each dataset (`{dataset}.tokenization.json`); where the datasets
+     are gone (a run copied elsewhere), what the run recorded of them when it trained (meta.json
+     `data_tokenizer`);
   3. what the run recorded at its start of the checkpoint it started from (meta.json `inherited`,
      `Recorded`), or for a checkpoint of an older version that checkpoint (config `model.init`), by
      the same rules: training keeps the vocabulary of its starting point (vikhr.convert.lineage).
@@ -46,6 +48,9 @@ from vikhr.sft.hf_chat import (
     own_chat_template,
 )
 from vikhr.tokenizer.load import Tokenizer, load
+
+# meta.json key of a trained checkpoint: what its datasets recorded of their tokenizer (`data_tokenizer`).
+DATA_TOKENIZER = "data_tokenizer"
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, "fix or remove it")
 
 
-def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | None:
+def _sft_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> RecordedTokenizer | None:
     """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record
-    (relative dataset prefixes are relative to `cwd`, where the run trained)."""
+    (relative dataset prefixes are relative to `cwd`, where the run trained); `warn`: say which
+    template the export carries of a blend of several."""
     from vikhr.sft.layout import sft_files
 
     found: list[tuple[dict[str, Any], Path]] = []
@@ -120,7 +126,7 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | Non
     first, first_path = found[0]
     sha = first.get("template_sha256") if isinstance(first.get("template_sha256"), str) else None
     others = sorted({str(sft.get("template")) for sft, _ in found} - {str(first.get("template"))})
-    if others:  # a blend of two formats: the model knows both, the export carries one
+    if others and warn:  # a blend of two formats: the model knows both, the export carries one
         template = first.get("template")
         print(
             f"warning: the SFT datasets of this run were prepared with chat templates {template} "
@@ -181,15 +187,26 @@ def warn_of_changed_template(tok: Tokenizer, recorded: RecordedTokenizer) -> Non
         )
 
 
-def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
-    """The tokenizer one checkpoint of a lineage records, directly or through its SFT data."""
-    meta = ancestor.meta
-    if isinstance(meta.get("tokenizer"), str):
-        return RecordedTokenizer(Path(meta["tokenizer"]), str(ancestor.step_dir / "meta.json"))
-    config = meta.get("config") or {}
+def data_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> RecordedTokenizer | None:
+    """The tokenizer (and an SFT run's chat template) that the datasets of a run's config record;
+    relative prefixes are relative to `cwd`. A run records it in each checkpoint (meta.json
+    `DATA_TOKENIZER`) for an export that no longer finds the datasets."""
     if config.get("data", {}).get("kind") == "sft":
-        return _sft_tokenizer(config, ancestor.cwd)
-    return _pretrain_tokenizer(config, ancestor.cwd)
+        return _sft_tokenizer(config, cwd, warn)
+    return _pretrain_tokenizer(config, cwd)
+
+
+def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
+    """The tokenizer one checkpoint of a lineage records, directly or through its datasets' records
+    (those of the run, else what the run recorded of them when it trained)."""
+    meta = ancestor.meta
+    here = ancestor.step_dir / "meta.json"
+    if isinstance(meta.get("tokenizer"), str):
+        return RecordedTokenizer(Path(meta["tokenizer"]), str(here))
+    found = data_tokenizer(meta.get("config") or {}, ancestor.cwd)
+    if found is None and (kept := RecordedTokenizer.from_json(meta.get(DATA_TOKENIZER))) is not None:
+        return dataclasses.replace(kept, recorded_by=f"{here}, as recorded from {kept.recorded_by}")
+    return found
 
 
 def _inherited_tokenizer(ancestor: Ancestor, inherited: dict[str, Any]) -> RecordedTokenizer | None:

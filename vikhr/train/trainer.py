@@ -36,7 +36,13 @@ from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from vikhr import atomic
-from vikhr.convert.hf_tokenizer import Recorded, RecordedTokenizer, recorded_in_lineage
+from vikhr.convert.hf_tokenizer import (
+    DATA_TOKENIZER,
+    Recorded,
+    RecordedTokenizer,
+    data_tokenizer,
+    recorded_in_lineage,
+)
 from vikhr.convert.lineage import INHERITED
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
@@ -400,10 +406,12 @@ def _locked_run(
             _check_init_tokenizer(cfg, start.tokenizer)
     inherited = _inherited(cfg, resume_from, start)
     check_data(cfg)  # last: it records what it checked in the data cache
+    # What the datasets record of their tokenizer (checked alike above): each checkpoint keeps it.
+    recorded_data = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
     for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        return Trainer(cfg, env, loss_fn, resume_from, started, inherited).train(run_stop)
+        return Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
 
 
 def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | None) -> dict[str, Any] | None:
@@ -485,16 +493,18 @@ class Trainer:
         resume_from: Path | None = None,
         started: float | None = None,
         inherited: dict[str, Any] | None = None,
+        recorded_data: RecordedTokenizer | None = None,
     ) -> None:
         """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer;
         then, given a checkpoint, its state (`resume`). `started`: when the run began
         (time.monotonic(); default now), whence checkpoint.stop_after_minutes counts. `inherited`:
-        what each checkpoint records of the start's lineage (`_inherited`; None: nothing).
+        what each checkpoint records of the start's lineage (`_inherited`; None: nothing);
+        `recorded_data`: what the datasets record of their tokenizer (each checkpoint keeps it).
 
         The order is part of the run's reproducibility: model initialisation draws from the
         RNGs seeded by the environment, after the data.
         """
-        self.cfg, self.env, self.inherited = cfg, env, inherited
+        self.cfg, self.env, self.inherited, self.recorded_data = cfg, env, inherited, recorded_data
         self.started = time.monotonic() if started is None else started
         self.model_cfg = cfg.model.shape()
         self.run_dir = Path(cfg.checkpoint.dir)
@@ -877,6 +887,8 @@ class Trainer:
         }
         if self.inherited is not None:  # the start's lineage: the checkpoint's export needs no other
             meta[INHERITED] = self.inherited
+        if self.recorded_data is not None:  # the datasets' record, for an export made without them
+            meta[DATA_TOKENIZER] = self.recorded_data.to_json()
         path = checkpoint.save(
             self.run_dir,
             self.step,
