@@ -550,12 +550,13 @@ def test_tokenizer_json_must_give_the_same_ids_but_may_differ_elsewhere(
     padded = {**spec, "padding": {"strategy": "BatchLongest", "pad_id": 0, "pad_token": "<unk>"}}
     (b / "tokenizer.json").write_text(json.dumps(padded), encoding="utf-8")
     merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
-    assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
-    # A vocabulary file only B has is not compared with A's: the output takes A's files only.
+    # B has the chat template: its tokenizer files come with its tokenizer_config.json.
+    assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    # A vocabulary file only B has is compared with A's tokenizer by its pieces, then taken with B's others.
     shutil.copy2(NEW_TOKENIZER, b / "tokenizer.model")
     (a / "tokenizer.model").unlink(missing_ok=True)
     merge_checkpoints(a, b, tmp_path / "mixed", Schedule((0.5,)), show_progress=False)
-    assert not (tmp_path / "mixed" / "tokenizer.model").exists()
+    assert (tmp_path / "mixed" / "tokenizer.model").read_bytes() == NEW_TOKENIZER.read_bytes()
     (b / "tokenizer.model").unlink()
 
     vocab = dict(spec["model"]["vocab"])
@@ -586,7 +587,42 @@ def test_vocabularies_in_files_of_other_names_are_compared_by_their_pieces(
     write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "export")  # Mistral's own, as tokenizer.json
     shutil.copy2(tmp_path / "export" / "tokenizer.json", b / "tokenizer.json")
     merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
-    assert (tmp_path / "ok" / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+    # B has the chat template: the tokenizer file read with its tokenizer_config.json is B's.
+    assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_a_merge_tokenizes_chats_as_the_model_whose_chat_template_it_takes(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A base with a bare tokenizer.model and its SFT export (tokenizer.model, tokenizer.json and the
+    `mistral` template in tokenizer_config.json): the merge took A's tokenizer.model with B's
+    tokenizer_config.json, which transformers read into another tokenizer than B's (`[` rather than
+    `▁[` after `<s>`): every chat got other ids than the tuned model was trained on. The vocabulary
+    files now come with the chat files; a vocabulary file only one model has is compared by its pieces."""
+    from transformers import AutoTokenizer
+
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(models["a"], a)  # Mistral's tokenizer.model alone
+    shutil.copytree(models["b"], b)
+    _, config_path = write_hf_tokenizer(MISTRAL_TOKENIZER, b)
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config_path.write_text(json.dumps({**config, "chat_template": HF_CHAT_TEMPLATES["mistral"]}))
+    out = tmp_path / "out"
+    merge_checkpoints(a, b, out, Schedule((0.5,)), show_progress=False)
+    chat = [{"role": "user", "content": "Привет, как дела?"}, {"role": "assistant", "content": "Хорошо."}]
+    tuned, merged = AutoTokenizer.from_pretrained(b), AutoTokenizer.from_pretrained(out)
+    assert merged.apply_chat_template(chat, tokenize=True, return_dict=False) == tuned.apply_chat_template(
+        chat, tokenize=True, return_dict=False
+    )
+    assert (out / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    # B's own tokenizer.json of other pieces than A's tokenizer.model: another vocabulary, refused.
+    shutil.copy2(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json", b / "tokenizer.json")
+    with pytest.raises(VikhrError, match=r"have different vocabularies \(tokenizer\.json of .* same ids"):
+        merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
+    _nothing_written(tmp_path / "bad")
 
 
 @pytest.mark.parametrize("stored_by", ["a", "b"])

@@ -7,9 +7,10 @@ check — same config architecture, tensor names, shapes and dtypes, the same vo
 name compared, else the tokenizers' pieces) — runs before anything is written (a NaN or inf weight,
 found while merging, stops it with nothing written); a tied model's stored head is taken as its
 embedding; the output directory appears only when complete (vikhr.atomic).
-config.json and the vocabulary files come from A (from B when A lacks one); where the two contexts
+config.json comes from A (from B when A lacks one); where the two contexts
 (max_position_embeddings) differ, config.json gets the longer. The chat files (CHAT_FILES: the chat
-template, the special tokens' names, the generation config) come from the model whose chat template
+template, the special tokens' names, the generation config) and the vocabulary files they are read
+with come from the model whose chat template
 the merge takes: the one that has a template where only one has (a base model and its
 instruction-tuned successor), `chat_template_from` where given (a model with a template), else A;
 two different templates (compared as Jinja reads them: a final newline is none) need
@@ -151,7 +152,8 @@ def _vocabulary_content(path: Path) -> Any:
 
 def _check_vocabulary_files(a: Path, b: Path) -> None:
     """The vocabulary files both models have must define the same ids; where they share none (a
-    `.model` beside a tokenizer.json), the vocabularies are loaded and compared piece by piece."""
+    `.model` beside a tokenizer.json), the vocabularies are loaded and compared piece by piece, and so
+    is each `.model` or tokenizer.json only one model has (the merge may take it, see _copy_side_files)."""
     compared = False
     for name in VOCABULARY_FILES:
         both = (a / name).is_file() and (b / name).is_file()
@@ -161,17 +163,30 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
                 f"{name} differs between {a} and {b}: the models have different vocabularies "
                 "(merging needs the same tokenizer)"
             )
-    if not compared and all(any((m / n).is_file() for n in VOCABULARY_FILES) for m in (a, b)):
+    if not all(any((m / n).is_file() for n in VOCABULARY_FILES) for m in (a, b)):
+        return
+    if not compared:
         pieces_a, pieces_b = _pieces(a), _pieces(b)
         if pieces_a is not None and pieces_b is not None and pieces_a != pieces_b:
             raise VikhrError(
                 f"{a} and {b} have different vocabularies (their tokenizer files give other pieces "
                 "to the same ids): merging needs the same tokenizer"
             )
+        return
+    for model, other in ((a, b), (b, a)):
+        for name in ("tokenizer.model", "tokenizer.json"):
+            if (model / name).is_file() and not (other / name).is_file():
+                pieces, others = _pieces(model / name), _pieces(other)
+                if pieces is not None and others is not None and pieces != others:
+                    raise VikhrError(
+                        f"{a} and {b} have different vocabularies ({name} of {model} gives other pieces "
+                        f"to the same ids than {other}'s tokenizer): merging needs the same tokenizer"
+                    )
 
 
 def _pieces(model: Path) -> list[str] | None:
-    """The piece of every id of the tokenizer in `model` (None: no tokenizer vikhr reads)."""
+    """The piece of every id of the tokenizer in `model`, a directory or a tokenizer file (None: no
+    tokenizer vikhr reads)."""
     from vikhr.tokenizer.load import load
 
     try:
@@ -312,15 +327,16 @@ def _write_stops(work: Path, stops: list[int]) -> None:
 
 def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> None:
     """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
-    the vocabulary files all from one model (A's if it has any): a vocabulary only B has is not
-    compared with A's, and could be another; CHAT_FILES from `chat` (see `_chat_side`) or else the
-    other model, without that one's chat template."""
+    CHAT_FILES from `chat` (see `_chat_side`) or else the other model, without that one's chat
+    template; the vocabulary files all from one model: `chat`'s if it has any, since its
+    tokenizer_config.json says how transformers reads them (B's beside A's bare tokenizer.model gave
+    other ids than B's own), else the other's."""
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
         (work / INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
-    vocabulary_of = a if any((a / name).is_file() for name in VOCABULARY_FILES) else b
     other = b if chat == a else a
+    vocabulary_of = chat if any((chat / name).is_file() for name in VOCABULARY_FILES) else other
     for name in SIDE_FILES:
         if name in VOCABULARY_FILES:
             sources = [vocabulary_of]
