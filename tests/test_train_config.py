@@ -206,6 +206,30 @@ def test_unknown_dataset_key_and_missing_files(tmp_path: Path, dataset: str) -> 
     load_config(_config(tmp_path, dataset), [f"data.train=[{{prefix: {tmp_path}/nope}}]"], check_files=False)
 
 
+def test_an_item_of_a_list_given_by_its_index_is_answered_with_the_whole_list(
+    tmp_path: Path, dataset: str
+) -> None:
+    """`data.train.0.prefix=...` (a dataset of the config's blend, as `--adam-beta1` names optim.betas.0)
+    said only "data.train has no sub-keys". The error now gives the list's override with its present
+    value, which loads once the item is changed."""
+    config = _config(tmp_path, dataset, optim={"betas": [0.9, 0.95]})
+    with pytest.raises(VikhrError) as caught:
+        load_config(config, [f"data.train.0.prefix={tmp_path}/other"])
+    message = str(caught.value)
+    assert message.startswith("unknown config key 'data.train.0.prefix': data.train is a list"), message
+    suggested = re.search(r"e\.g\. (data\.train)='(.*)' with the item changed$", message)
+    assert suggested is not None, message
+    assert suggested.group(2) == f"[{{name: ru, prefix: {dataset}, weight: 1.0}}]"  # the file's key order
+    cfg = load_config(config, [f"{suggested.group(1)}={suggested.group(2).replace('name: ru', 'name: x')}"])
+    assert [(e.prefix, e.name) for e in cfg.data.train] == [(dataset, "x")]
+    with pytest.raises(VikhrError, match=r"optim\.betas is a list.* e\.g\. optim\.betas='\[0\.9, 0\.95\]'"):
+        load_config(config, ["optim.betas.1=0.99"])
+    with pytest.raises(
+        VikhrError, match=r"^unknown config key 'train\.steps\.x': train\.steps has no sub-keys$"
+    ):
+        load_config(_config(tmp_path, dataset, train={"steps": 3}), ["train.steps.x=1"])
+
+
 def test_a_missing_config_or_one_given_as_an_override_is_named(tmp_path: Path, dataset: str) -> None:
     """`vikhr pretrain` without --config, or with the YAML given where the overrides go, says so
     (it said "data.train is empty", or only that an override must look like section.key=value)."""

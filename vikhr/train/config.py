@@ -276,10 +276,16 @@ def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        where = ".".join(parents[: depth + 1])
+        if isinstance(child, list):
+            # An item is not addressed by its index: the list is given whole, edited from its value.
+            now = yaml.safe_dump(child, default_flow_style=True, sort_keys=False, width=1 << 30).strip()
             raise VikhrError(
-                f"unknown config key {dotted!r}: {'.'.join(parents[: depth + 1])} has no sub-keys"
+                f"unknown config key {dotted!r}: {where} is a list, set as a whole (quoted for the shell), "
+                f"e.g. {where}='{now}' with the item changed"
             )
+        if not isinstance(child, dict):
+            raise VikhrError(f"unknown config key {dotted!r}: {where} has no sub-keys")
         node = child
     if not parents and isinstance(value, dict) and isinstance(node.get(last), dict):
         node[last].update(value)
