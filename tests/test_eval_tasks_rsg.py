@@ -772,7 +772,8 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
 
 def test_a_generation_as_long_as_the_context_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """lm-eval asserts that a task's generated tokens fit in the model's context, after the tasks
-    before it have run: vikhr refuses before the first task, naming the way out."""
+    before it have run: vikhr refuses before the first task, naming the way out for every such task
+    at once (not one per rerun: `--tasks mera` on a 256-token model has seven)."""
     out = tmp_path / "r.json"
     argv = ["eval", "--model", str(tiny_dir), "--device", "cpu", "--dtype", "float32", "--data-dir"]
     argv += [str(FIXTURES), "--tasks", "rsg_parus,mera_simplear", "--limit", "1", "--max-length", "256"]
@@ -780,7 +781,15 @@ def test_a_generation_as_long_as_the_context_is_one_line(tiny_dir: Path, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' progress bar
     assert err.startswith("vikhr eval: error: task mera_simplear generates up to 256 tokens, but the ")
     assert "model's context is 256 tokens" in err
-    assert "-mera_simplear" in err and "--max-length above 256" in err
+    assert "leave it out (--tasks ...,-mera_simplear)" in err and "--max-length above 256" in err
+    assert not out.exists()
+    argv[argv.index("rsg_parus,mera_simplear")] = "rsg_parus,mera_simplear,mera_rumultiar"
+    assert cli_main([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "vikhr eval: error: tasks mera_simplear, mera_rumultiar generate up to 256 tokens, but the "
+    )
+    assert "leave them out (--tasks ...,-mera_simplear,-mera_rumultiar)" in err
     assert not out.exists()
     assert cli_main([*argv[:-1], "257", "--output", str(out)]) == 0
 

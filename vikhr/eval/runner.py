@@ -385,15 +385,24 @@ def _check_shots(name: str, task: Any) -> None:
 
 def _check_generation_fits(tasks: dict[str, Any], max_length: int) -> None:
     """lm-eval keeps a generation's tokens inside the context: a task generating as many tokens as
-    the model's context fails in an assertion, after the tasks before it have run."""
-    for name, task in tasks.items():
-        generated = int((task.config.generation_kwargs or {}).get("max_gen_toks", 0))
-        if task.config.output_type == "generate_until" and generated >= max_length:
-            raise VikhrError(
-                f"task {name} generates up to {generated} tokens, but the model's context is {max_length} "
-                f"tokens: leave it out (--tasks ...,-{name}), or give --max-length above {generated} if "
-                "the model takes longer inputs"
-            )
+    the model's context fails in an assertion, after the tasks before it have run. Every such task is
+    named at once, so one rerun leaves them all out."""
+    too_long = {
+        name: int((task.config.generation_kwargs or {}).get("max_gen_toks", 0))
+        for name, task in tasks.items()
+        if task.config.output_type == "generate_until"
+    }
+    too_long = {name: generated for name, generated in too_long.items() if generated >= max_length}
+    if too_long:
+        longest = max(too_long.values())
+        names = ", ".join(too_long)
+        what = f"task {names} generates" if len(too_long) == 1 else f"tasks {names} generate"
+        leave_out = ",".join(f"-{name}" for name in too_long)
+        raise VikhrError(
+            f"{what} up to {longest} tokens, but the model's context is {max_length} tokens: leave "
+            f"{'it' if len(too_long) == 1 else 'them'} out (--tasks ...,{leave_out}), or give "
+            f"--max-length above {longest} if the model takes longer inputs"
+        )
 
 
 def task_documents(settings: EvalSettings) -> dict[str, int]:
