@@ -17,7 +17,7 @@ import sentencepiece
 import zstandard
 
 from tests.conftest import SHARED_DATA
-from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
+from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as vikhr_main
 from vikhr.data import indexed, preprocess
 from vikhr.errors import VikhrError
@@ -418,6 +418,35 @@ def test_recent_megatron_flags_vikhr_does_not_honour_say_what_to_do(
     assert err.startswith(f"vikhr data preprocess: error: {flags[0]} is not supported: "), err
     assert said in err and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_tokenizer_of_the_other_kind_than_the_type_names_the_type_to_give(tmp_path: Path, capsys) -> None:
+    """The README's SentencePiece command given a byte-level model's tokenizer.json (a Llama-3 user
+    copying it), or HuggingFaceTokenizer given a .model: the error said "check --tokenizer-type and
+    --tokenizer-model"; it names the type that reads the file. Nothing is written."""
+    byte_level = tmp_path / "llama3-tok"
+    byte_level.mkdir()
+    (byte_level / "tokenizer.json").write_text(
+        (ASSETS / "tokenizers" / "vikhr-ru-40k.tokenizer.json").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    prefix = ["data", "preprocess", "--input", str(RU_SAMPLE), "--output-prefix", str(tmp_path / "ru")]
+    for tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"):
+        argv = [*prefix, "--tokenizer-type", tokenizer_type, "--tokenizer-model", str(byte_level)]
+        assert vikhr_main([*argv, "--append-eod"]) == 2
+        assert capsys.readouterr().err == (
+            f"vikhr data preprocess: error: --tokenizer-type {tokenizer_type} needs a SentencePiece .model, "
+            f"but {byte_level / 'tokenizer.json'} is an HF tokenizer.json: give --tokenizer-type "
+            "HuggingFaceTokenizer for it, or a SentencePiece .model as --tokenizer-model\n"
+        )
+    argv = [*prefix, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    assert vikhr_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"vikhr data preprocess: error: --tokenizer-type HuggingFaceTokenizer needs a tokenizer.json, but "
+        f"{MISTRAL_TOKENIZER} is not a .json file: give a SentencePiece type for it (--tokenizer-type "
+        "GPTSentencePieceTokenizer, Llama2Tokenizer or SentencePieceTokenizer), or a tokenizer.json as "
+        "--tokenizer-model\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama3-tok"]
 
 
 def test_llama2_tokenizer_type_prepends_bos(tmp_path: Path, lines: list[str]) -> None:

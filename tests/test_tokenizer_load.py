@@ -263,7 +263,8 @@ def test_preprocess_says_a_directorys_json_was_chosen_over_its_tiktoken_model(
         assert capsys.readouterr().err == (
             "vikhr data preprocess: error: --tokenizer-type SentencePieceTokenizer needs a SentencePiece "
             f".model, but {directory / 'tokenizer.json'} is an HF tokenizer.json, the tokenizer of "
-            f"{directory} ({reason}) (check --tokenizer-type and --tokenizer-model)\n"
+            f"{directory} ({reason}): give --tokenizer-type HuggingFaceTokenizer for it, or a SentencePiece "
+            ".model as --tokenizer-model\n"
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat", "llama3", "ru.jsonl"]
 

@@ -172,10 +172,17 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
         found = "an HF tokenizer.json" if file_kind == "huggingface" else "not a .json file"
         if path.is_dir() and (path / "tokenizer.model").is_file():  # the .json was chosen over it
             found += f", the tokenizer of {path} ({json_over_model_reason(path)})"
-        raise VikhrError(
-            f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found} "
-            "(check --tokenizer-type and --tokenizer-model)"
-        )
+        if file_kind == "huggingface":
+            fix = (
+                "give --tokenizer-type HuggingFaceTokenizer for it, or a SentencePiece .model as "
+                "--tokenizer-model"
+            )
+        else:
+            fix = (
+                "give a SentencePiece type for it (--tokenizer-type GPTSentencePieceTokenizer, "
+                "Llama2Tokenizer or SentencePieceTokenizer), or a tokenizer.json as --tokenizer-model"
+            )
+        raise VikhrError(f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found}: {fix}")
     # sentencepiece first: its error for a file that is not a .model is the clear one.
     spm = load(file) if kind == "sentencepiece" else None
     try:
