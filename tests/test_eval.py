@@ -381,6 +381,18 @@ def test_lm_eval_s_bars_show_only_on_a_terminal_and_not_with_no_progress(
     assert hf_logging.is_progress_bar_enabled()  # as it was before the command
 
 
+def test_prompts_cut_to_the_context_are_noted(tiny_dir: Path, shared_data: Path, capsys: Any) -> None:
+    """lm-eval keeps a request's last max_length + 1 tokens and says nothing: with shots, a model
+    of a short context was scored on prompts that had lost their start, silently."""
+    data = shared_data / "eval"
+    run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2, max_length=48))
+    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: task")]
+    assert note.startswith("note: task terra: 6 of 6 requests are longer than the model's context (48 tokens")
+    assert "cut from the left, shots first; give fewer shots (--num-fewshot) or a longer --max-length" in note
+    run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2))
+    assert "longer than the model's context" not in capsys.readouterr().err
+
+
 def test_an_outer_bars_off_turns_lm_eval_s_bars_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """evaluation_bars asked only whether stderr was a terminal: code running an evaluation inside
     `bars_off` (one rule for every bar) still got lm-eval's task bars."""

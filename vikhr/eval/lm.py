@@ -97,6 +97,7 @@ class VikhrLM(HFLM):
     # searches again for every task.
     _largest_fits_at = 0
     chat = False
+    task_name = ""  # the task being run (set by the runner), for notes
     _answer_prefix = ""
     _answer_end = ""
     _noted_folded_system = False
@@ -187,7 +188,24 @@ class VikhrLM(HFLM):
     def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False, **kwargs: Any) -> Any:
         # HFLM's rolling loglikelihood asks for this bar whatever its own caller said.
         disable_tqdm = disable_tqdm or not bars_shown()
+        if not self._rolling:  # rolling windows fit the context by construction
+            self._note_cut_prompts([len(c) + len(k) for _, c, k in requests])
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, **kwargs)
+
+    def _note_cut_prompts(self, lengths: list[int]) -> None:
+        """One note line when requests are longer than the context: HFLM keeps their last
+        `max_length` + 1 tokens (the prompt's start, shots first, is dropped) and says nothing."""
+        cut = [n for n in lengths if n > self.max_length + 1]
+        if not cut:
+            return
+        task = f"task {self.task_name}: " if self.task_name else ""
+        rank = f" (rank {self.rank})" if self.world_size > 1 else ""
+        print(
+            f"note: {task}{len(cut)} of {len(lengths)} requests{rank} are longer than the model's context "
+            f"({self.max_length} tokens; the longest {max(cut) - 1}): their prompts are cut from the left, "
+            "shots first; give fewer shots (--num-fewshot) or a longer --max-length the model was trained to",
+            file=sys.stderr,
+        )
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         disable_tqdm = disable_tqdm or not bars_shown()

@@ -589,6 +589,8 @@ def _task_result(
         return done
     _seed_everything(settings.seed)  # each task alike, whichever ran before it (or were reused)
     start = _task_start(lm)
+    if hasattr(lm, "task_name"):  # vikhr's model names the task in its notes
+        lm.task_name = name
     part = _evaluate(lm, name, task, settings, log_samples)
     if part is None:
         return None
