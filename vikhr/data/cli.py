@@ -43,6 +43,16 @@ MEGATRON_FLAGS_OF_TYPES: dict[str, str] = {
     "--null-tokenizer-eod-id": "NullTokenizer",
     "--null-tokenizer-pad-id": "NullTokenizer",
 }
+# The refused flags that take values (as Megatron-LM's: `+` several, None one); the others are switches.
+_REFUSED_VALUES: dict[str, str | None] = {
+    "--tokenizer-special-tokens": "+",
+    "--workers-to-check": "+",
+    "--max-documents": None,
+    "--tokenizer-metadata": None,
+    "--chat-template": None,
+    "--padded-vocab-size": None,
+    **dict.fromkeys(MEGATRON_FLAGS_OF_TYPES),
+}
 # Flags of recent Megatron-LM releases that change no id here: accepted and ignored.
 MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
     "--legacy-tokenizer": "accepted; vikhr's tokenizer types behave as Megatron-LM's legacy ones",
@@ -102,19 +112,6 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
     for flag, said in MEGATRON_FLAGS_ACCEPTED.items():
         g.add_argument(flag, action="store_true", help=said)
-    for flag in (
-        "--tokenizer-hf-no-include-special-tokens",
-        "--trust-remote-code",
-        "--tokenizer-hf-no-use-fast",
-        "--no-tokenizer-sentencepiece-ignore-extra-whitespaces",
-        "--disable-tokenizer-sentencepiece-ignore-extra-whitespaces",
-        "--no-pad-vocab-size",
-        "--disable-pad-vocab-size",
-    ):
-        g.add_argument(flag, action="store_true", help=_REFUSED)
-    g.add_argument("--tokenizer-special-tokens", nargs="+", metavar="TOKEN", help=_REFUSED)
-    for flag in ("--tokenizer-metadata", "--chat-template", "--padded-vocab-size", *MEGATRON_FLAGS_OF_TYPES):
-        g.add_argument(flag, metavar="VALUE", help=_REFUSED)
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
     g = p.add_argument_group("runtime")
@@ -124,10 +121,17 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
     )
-    g.add_argument("--find-optimal-num-workers", action="store_true", help=_REFUSED)
-    g.add_argument("--workers-to-check", nargs="+", metavar="N", help=_REFUSED)
-    g.add_argument("--max-documents", metavar="N", help=_REFUSED)
     add_no_progress(g)
+    g = p.add_argument_group("Megatron-LM flags vikhr refuses, saying what to do instead")
+    for flag in (*MEGATRON_FLAGS_REFUSED, *MEGATRON_FLAGS_OF_TYPES):
+        if flag in _REFUSED_VALUES:
+            g.add_argument(flag, nargs=_REFUSED_VALUES[flag], metavar="VALUE", help=_REFUSED)
+        else:
+            g.add_argument(flag, action="store_true", help=_REFUSED)
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    return getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False)
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -136,10 +140,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
     if args.split_sentences:
         raise VikhrError("--split-sentences is not supported by vikhr's pre-tokenizer; drop it")
     for flag, advice in MEGATRON_FLAGS_REFUSED.items():
-        if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False):
+        if _given(args, flag):
             raise VikhrError(f"{flag} is not supported: {advice}")
     for flag, tokenizer_type in MEGATRON_FLAGS_OF_TYPES.items():
-        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+        if _given(args, flag):
             from vikhr.data.preprocess import unsupported_tokenizer_type
 
             why = unsupported_tokenizer_type(tokenizer_type).removeprefix(
