@@ -508,6 +508,28 @@ def test_a_missing_score_is_marked_where_its_bar_would_stand() -> None:
         plt.close(fig)
 
 
+def test_a_score_of_zero_is_marked_apart_from_a_missing_one() -> None:
+    """A score of exactly 0 (an EM of a small model) drew a bar of no height: a bare gap, which the
+    chart otherwise keeps for nothing. It is now an upright `0` in the model's colour."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import same_color
+
+    from vikhr.eval.compare import chart_figure
+
+    names = ["base", "vikhr"]
+    fig = chart_figure(names, ["En-MMLU", "CheGeKa"], [[0.6, 0.0], [0.62, None]])
+    try:
+        (ax,) = fig.axes
+        marks = {t.get_text(): t for t in ax.texts}
+        assert sorted(marks) == ["0", "n/a"]
+        base_bars, vikhr_bars = ax.containers
+        assert same_color(marks["0"].get_color(), base_bars[0].get_facecolor())
+        assert same_color(marks["n/a"].get_color(), vikhr_bars[0].get_facecolor())
+        assert marks["0"].get_position()[0] < 1 < marks["n/a"].get_position()[0]
+    finally:
+        plt.close(fig)
+
+
 def test_perplexities_and_bits_each_get_their_own_axis() -> None:
     """A word perplexity of hundreds shared the bits' axis: the bpc bars (about 1) were slivers."""
     import matplotlib.pyplot as plt

@@ -359,7 +359,8 @@ def _bars(
     ax: Any, names: list[str], rows: list[list[float | None]], width: float, styles: list[dict[str, Any]]
 ) -> None:
     """One bar per model and column, in its style (`_bar_styles`); a missing value is an upright
-    `n/a` in the model's colour where its bar would stand (a bare gap reads as a score of 0)."""
+    `n/a` in the model's colour where its bar would stand (a bare gap reads as a score of 0), and a
+    score of exactly 0 (a bar of no height, itself a bare gap) an upright `0`."""
     for i, (name, row, style) in enumerate(zip(names, rows, styles, strict=True)):
         offset = (i - (len(names) - 1) / 2) * width
         ax.bar(
@@ -369,10 +370,19 @@ def _bars(
             label=name,
             **style,
         )
-        for c in (c for c, v in enumerate(row) if v is None):
-            ax.text(
-                c + offset, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=style["color"]
-            )
+        for c, v in enumerate(row):
+            if v is None or v == 0:
+                mark = "n/a" if v is None else "0"
+                ax.text(
+                    c + offset,
+                    0,
+                    mark,
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color=style["color"],
+                )
     # Every model's slot in the view: the axes fit the bars drawn, and an `n/a` at a group's edge
     # (the last model's last score) would stand outside them.
     ax.set_xlim(-0.5, len(rows[0]) - 0.5)
