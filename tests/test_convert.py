@@ -379,6 +379,31 @@ def test_load_hf_weights_gives_a_model_transformers_logits(tmp_path: Path, famil
     torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_rope_theta_with_a_fraction_gives_transformers_logits(tmp_path: Path) -> None:
+    """The model took RoPE's θ as an integer (10.5 as 10): a converted checkpoint whose config.json
+    gives a fractional θ computed other frequencies and logits than transformers, silently."""
+    from transformers import AutoModelForCausalLM
+
+    from vikhr.convert import load_hf_weights
+    from vikhr.model import build_gpt_model
+    from vikhr.runtime.distributed import distributed_env
+
+    hf = _tiny_hf(tmp_path / "hf", llama=True, rope_theta=10.5)
+    cfg = hf_config_to_model_config(json.loads((hf / "config.json").read_text()))
+    assert cfg.rope_theta == 10.5
+    tokens = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(3))
+    with distributed_env(tp_size=1, seed=0, device="cpu"):
+        model = build_gpt_model(cfg, 1).eval()
+        load_hf_weights(model, hf)
+        with torch.no_grad():
+            logits = model(tokens, torch.arange(tokens.shape[1])[None], attention_mask=None)[..., :VOCAB]
+    reference = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    assert torch.equal(model.rotary_pos_emb.inv_freq, reference.model.rotary_emb.inv_freq)
+    with torch.no_grad():
+        want = reference(tokens).logits
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+
+
 def test_tied_llama_converts_without_an_output_layer(tmp_path: Path) -> None:
     hf = _tiny_hf(tmp_path / "hf", tied=True, llama=True)
     meg = hf_to_megatron(hf, tmp_path / "meg")

@@ -208,7 +208,7 @@ def build_gpt_model(
         parallel_output=True,
         share_embeddings_and_output_weights=cfg.tie_embeddings,
         position_embedding_type="rope",
-        rotary_base=int(cfg.rope_theta),
+        rotary_base=cfg.rope_theta,  # a float: transformers takes a fractional θ as it is
     )
     if cfg.rope_scaling_factor is not None:
         rotary = model.rotary_pos_emb
