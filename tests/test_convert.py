@@ -1281,6 +1281,22 @@ def test_config_that_disagrees_with_the_weights(tmp_path: Path, capsys: pytest.C
     )
 
 
+def test_a_tp_size_that_does_not_divide_the_kv_heads_names_the_key_and_the_sizes_that_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 heads, 2 KV heads (GQA): --tp 4 divides the heads but not the KV heads. The line named
+    vikhr's field (num_kv_heads), not config.json's key, nor the file or the sizes that work."""
+    hf = _tiny_hf(tmp_path / "hf")
+    out = tmp_path / "meg"
+    _fails(
+        _to_megatron(hf, out, "--tp", "4"),
+        capsys,
+        out,
+        f"{hf / 'config.json'}: --tp 4 does not divide num_key_value_heads = 2",
+        "sizes this model splits into: 1, 2)",
+    )
+
+
 def test_unknown_tensor_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hf = _tiny_hf(tmp_path / "hf")
     tensors = load_file(str(hf / "model.safetensors"))

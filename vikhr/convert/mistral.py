@@ -106,6 +106,12 @@ _DEFAULTED_KEYS = (
     "attention_bias",
     "mlp_bias",
 )
+# config.json's name of each ModelConfig field a tensor-parallel size must divide.
+_HF_TP_KEYS = {
+    "num_attention_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "ffn_hidden_size": "intermediate_size",
+}
 _HF_SHAPE_FIELDS = {
     "embed_tokens": "vocab_size, hidden_size",
     "lm_head": "vocab_size, hidden_size",
@@ -636,7 +642,8 @@ def hf_to_megatron(
     src = require_dir(hf_dir, "HF checkpoint directory")
     hf_cfg = read_hf_config(src)
     cfg = hf_config_to_model_config(hf_cfg, str(src / "config.json"))
-    cfg.validate(tp_size)
+    cfg.validate()
+    _check_tensor_parallel(cfg, tp_size, src / "config.json")
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[src])
     tokenizer = None
@@ -679,6 +686,18 @@ def hf_to_megatron(
                 writer.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
+
+
+def _check_tensor_parallel(cfg: ModelConfig, tp_size: int, config: Path) -> None:
+    """VikhrError naming config.json's key that `tp_size` ranks cannot split (a GQA model's few KV
+    heads, usually) and the sizes that can."""
+    misfit = cfg.tensor_parallel_misfit(tp_size)
+    if misfit is not None:
+        sizes = [str(n) for n in range(1, cfg.num_kv_heads + 1) if cfg.tensor_parallel_misfit(n) is None]
+        raise VikhrError(
+            f"{config}: --tp {tp_size} does not divide {_HF_TP_KEYS[misfit[0]]} = {misfit[1]} "
+            f"(tensor-parallel sizes this model splits into: {', '.join(sizes)})"
+        )
 
 
 def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelConfig]:
