@@ -673,6 +673,35 @@ def test_configs_transformers_would_run_otherwise_are_refused_or_read_as_it_does
     assert exported["model_type"] == "qwen3" and hf_config_to_model_config(exported) == cfg
 
 
+def test_a_rope_theta_inside_rope_scaling_is_read_as_transformers_5_reads_it() -> None:
+    """transformers 5's `config.rope_scaling` holds θ, and 5 takes θ from there: a config.json
+    written from it ({"rope_type": "default", "rope_theta": 1e6}, no top-level rope_theta) was
+    read with the default θ 10000, silently; a top-level θ that disagrees is refused (4 reads it)."""
+    llama = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+    }
+    inside = {**llama, "rope_scaling": {"rope_type": "default", "rope_theta": 1e6}}
+    assert hf_config_to_model_config(inside).rope_theta == 1e6
+    assert hf_config_to_model_config({**inside, "rope_theta": 1e6}).rope_theta == 1e6
+    scaled = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    cfg = hf_config_to_model_config({**llama, "rope_scaling": scaled})
+    assert (cfg.rope_theta, cfg.rope_scaling_factor) == (500000.0, 8.0)
+    with pytest.raises(VikhrError, match=r"rope_theta 10000\.0 but rope_scaling's rope_theta 1000000\.0"):
+        hf_config_to_model_config({**inside, "rope_theta": 10000.0})
+
+
 def test_a_model_safetensors_beside_an_index_is_refused(tmp_path: Path) -> None:
     """transformers loads model.safetensors when both exist, vikhr read the index's shards: two
     different models under one name (exit 0)."""

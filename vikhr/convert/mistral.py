@@ -220,16 +220,25 @@ def _positive(
 
 
 def _hf_rope_fields(hf: dict[str, Any], where: str, default_theta: float) -> dict[str, Any]:
-    """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4) or
-    `rope_parameters` (transformers 5), θ `default_theta` where neither gives one; plain RoPE and
-    Llama-3.1's "llama3" scaling are known. A config giving both forms must give the same RoPE in
-    each (which one transformers follows has changed between its versions)."""
+    """ModelConfig's RoPE fields from `rope_theta` + `rope_scaling` (transformers 4; θ may be in
+    `rope_scaling` too) or `rope_parameters` (transformers 5), θ `default_theta` where none gives
+    one; plain RoPE and Llama-3.1's "llama3" scaling are known. A config giving both forms must give
+    the same RoPE in each (which one transformers follows has changed between its versions)."""
     forms = []
     if "rope_theta" in hf or hf.get("rope_scaling") is not None:
         scaling = hf.get("rope_scaling") or {}
         if not isinstance(scaling, dict):
             raise VikhrError(f"{where}: rope_scaling must be a mapping or null, got {scaling!r}")
-        form = _rope_form(hf.get("rope_theta"), scaling, where, default_theta)
+        theta = hf.get("rope_theta")
+        # transformers 5's `config.rope_scaling` holds θ too, and 5 reads θ from there (4 ignores it).
+        if "rope_theta" in scaling:
+            if theta is not None and scaling["rope_theta"] != theta:
+                raise VikhrError(
+                    f"{where}: rope_theta {theta!r} but rope_scaling's rope_theta {scaling['rope_theta']!r} "
+                    "(transformers 4 reads the former, 5 the latter): keep one of the two"
+                )
+            theta = scaling["rope_theta"]
+        form = _rope_form(theta, scaling, where, default_theta)
         forms.append(("rope_theta / rope_scaling", form))
     params = hf.get("rope_parameters")
     if params is not None:
