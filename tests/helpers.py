@@ -8,6 +8,7 @@ Tiny HF models take their shape from vikhr's presets through the converter's
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import json
 import subprocess
@@ -47,6 +48,21 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     # 8 heads of 16 on a 64-wide residual stream: head_dim is not hidden / heads.
     "nemo": ("mistral", {"num_attention_heads": 8, "num_kv_heads": 2, "kv_channels": 16}),
 }
+
+
+def load_tool(name: str) -> Any:
+    """tools/NAME.py imported as a module (nothing measured: the scripts work under `main()`), with
+    tools/ on the import path as when the script runs (the scripts import bench_cli and each other
+    from there)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return module
 
 
 def tiny_hf_config(

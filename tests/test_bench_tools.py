@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import load_tool
 
 
 def _refusal(script: str, args: list[str], env: dict[str, str] | None = None) -> str:
@@ -123,7 +122,7 @@ def test_bench_eval_finds_the_shared_data_from_any_directory(
     but the repository's root, the benchmark looked in the wrong place."""
     monkeypatch.delenv("VIKHR_SHARED_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    bench_eval = _tool("bench_eval")
+    bench_eval = load_tool("bench_eval")
     monkeypatch.setattr(sys, "argv", ["bench_eval.py", "--random", "tiny", "--tasks", "bpc"])
     _, args = bench_eval.parse_args()
     assert args.data_dir == REPO.parent / "shared" / "data" / "eval"
@@ -135,7 +134,7 @@ def test_bench_eval_refuses_the_batch_sizes_vikhr_eval_refuses_in_its_words(size
     public name (it imported a private one), and keeps a good value as given."""
     from vikhr.eval.cli import batch_size_arg
 
-    bench_eval = _tool("bench_eval")
+    bench_eval = load_tool("bench_eval")
     with pytest.raises(argparse.ArgumentTypeError) as eval_says:
         batch_size_arg(size)
     with pytest.raises(argparse.ArgumentTypeError) as bench_says:
@@ -156,9 +155,7 @@ def test_bench_eval_on_cuda_without_a_gpu_is_one_line() -> None:
 
 
 def test_bench_eval_table_with_one_batch_size_has_a_cell_per_column() -> None:
-    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "tools" / "bench_eval.py")
-    bench_eval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_eval)
+    bench_eval = load_tool("bench_eval")
     rates = {"1": {"terra": {"documents": 2, "s_per_doc": 0.1, "tokens_per_s": 100.0}}}
     rows = {"terra": {"full_documents": 307, "estimate_s": 30.7}}
     out = io.StringIO()
@@ -214,7 +211,7 @@ def test_bench_merge_refuses_the_t_vikhr_merge_refuses_in_its_words(t: str) -> N
     """The benchmark's --t is `vikhr merge --t`'s argparse type (it had its own rule and words)."""
     from vikhr.merge.cli import t_arg
 
-    bench_merge = _tool("bench_merge")
+    bench_merge = load_tool("bench_merge")
     with pytest.raises(argparse.ArgumentTypeError) as merge_says:
         t_arg(t)
     with pytest.raises(argparse.ArgumentTypeError) as bench_says:
@@ -296,19 +293,6 @@ def test_make_sample_corpus_checks_every_source_before_writing(tmp_path: Path) -
     assert f"--shared {tmp_path}/corpus/ru/ruslit.jsonl.gz: no such file" in line
 
 
-def _tool(name: str) -> Any:
-    """tools/NAME.py imported as a module (nothing measured: the scripts work under `main()`), with
-    tools/ on the import path as when the script runs (the scripts import bench_cli from there)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    return module
-
-
 def _docs_table_headers(heading: str) -> list[list[str]]:
     """The header cells of each Markdown table in docs/benchmarks.md from the line `heading` to the
     next heading (code blocks skipped)."""
@@ -353,24 +337,24 @@ DOCS_TABLES = [
 def test_the_docs_tables_have_the_columns_the_script_prints(
     heading: str, script: str, constant: str, tables: int
 ) -> None:
-    columns = list(getattr(_tool(script), constant))
+    columns = list(getattr(load_tool(script), constant))
     assert _docs_table_headers(heading) == [columns] * tables
 
 
 def test_the_docs_byte_level_preprocess_tables_have_the_scripts_columns() -> None:
-    bench_preprocess = _tool("bench_preprocess")
+    bench_preprocess = load_tool("bench_preprocess")
     heading = "### Byte-level BPE: Mistral-NeMo's tekken as tokenizer.json (`--family byte-bpe`)"
     expected = [list(bench_preprocess.TOOL_COLUMNS), list(bench_preprocess.PROCESS_COLUMNS)]
     assert _docs_table_headers(heading) == expected
 
 
 def test_the_docs_eval_table_has_the_columns_bench_eval_prints() -> None:
-    columns = _tool("bench_eval").table_columns(["1", "8", "auto"])
+    columns = load_tool("bench_eval").table_columns(["1", "8", "auto"])
     assert _docs_table_headers("### CPU: tiny random model") == [columns]
 
 
 def test_the_docs_training_tables_have_the_columns_bench_train_prints_on_a_cpu() -> None:
-    columns = _tool("bench_train").table_columns(cuda=False)
+    columns = load_tool("bench_train").table_columns(cuda=False)
     assert _docs_table_headers("### CPU figures") == [columns, columns]
 
 
@@ -382,7 +366,7 @@ def test_bench_train_gives_a_tied_model_hf_s_weights_and_its_loss() -> None:
     from vikhr.model import preset
     from vikhr.runtime.distributed import distributed_env
 
-    bench = _tool("bench_train")
+    bench = load_tool("bench_train")
     with distributed_env(tp_size=1, seed=1, device="cpu") as env:
         cfg = preset("tiny", tie_embeddings=True)
         hf = bench.hf_model(cfg, torch.float32, env.device)
@@ -399,7 +383,7 @@ def test_bench_convert_names_the_work_it_keeps_after_a_failed_round_trip(
 ) -> None:
     """A round trip that does not hold the source's tensors stops the benchmark; the work directory
     (source and outputs) stays for a look, and the error line says where it is."""
-    bench_convert = _tool("bench_convert")
+    bench_convert = load_tool("bench_convert")
     ran: list[list[str]] = []
     monkeypatch.setattr(bench_convert, "run_once", lambda cmd, out: ran.append(cmd) or (0.0, 0.0))
     monkeypatch.setattr(bench_convert, "differing_tensors", lambda got, want: ["lm_head.weight", "x"])
@@ -414,7 +398,7 @@ def test_bench_convert_names_the_work_it_keeps_after_a_failed_round_trip(
 def test_bench_convert_names_the_work_it_keeps_after_a_failed_command(tmp_path: Path) -> None:
     """A conversion command that fails (here: no such script) stops the benchmark with its stderr; the
     last line names the work directory kept (it ended with the child's stderr alone)."""
-    bench_convert = _tool("bench_convert")
+    bench_convert = load_tool("bench_convert")
     work = tmp_path / "layers-1"
     (work / "hf").mkdir(parents=True)
     with pytest.raises(SystemExit) as stop:
@@ -430,7 +414,7 @@ def test_bench_merge_names_the_work_it_keeps_after_the_merges_disagree(
 ) -> None:
     """Two merges that disagree beyond rounding stop the benchmark; the line names the work directory
     that keeps both checkpoints and both outputs."""
-    bench_merge = _tool("bench_merge")
+    bench_merge = load_tool("bench_merge")
     monkeypatch.setattr(bench_merge, "measure", lambda cmd: (0.0, 0.0))
     monkeypatch.setattr(bench_merge, "compare_outputs", lambda got, want: (0.5, 1.0, 7))
     work = tmp_path / "work"

@@ -23,6 +23,7 @@ from tests.helpers import (
     FAMILIES,
     TerminalStderr,
     hub_snapshot,
+    load_tool,
     sentencepiece_with_added_tokens,
     tiny_hf_model,
 )
@@ -1434,16 +1435,6 @@ def test_an_sft_blend_of_one_tokenizer_exports_with_the_first_datasets_template(
         _sft_tokenizer(config, tmp_path)
 
 
-def _bench_convert() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_convert", REPO / "tools" / "bench_convert.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 @pytest.mark.slow
 def test_the_conversion_benchmark_runs_and_checks_the_round_trip_on_a_tiny_shape(tmp_path: Path) -> None:
     """tools/bench_convert.py end to end on a tiny slice: every process of the table ran, after the
@@ -1484,7 +1475,7 @@ def test_the_conversion_benchmark_runs_and_checks_the_round_trip_on_a_tiny_shape
 
 def test_the_conversion_benchmark_finds_a_tensor_that_differs_by_one_bit(tmp_path: Path) -> None:
     """The check before timing compares bytes: one flipped bit, a missing or an extra tensor is named."""
-    bench = _bench_convert()
+    bench = load_tool("bench_convert")
     tensors = {"a": torch.randn(4, 3).to(torch.bfloat16), "b": torch.randn(5).to(torch.bfloat16)}
     (tmp_path / "src").mkdir()
     save_file(tensors, str(tmp_path / "src" / "model.safetensors"))

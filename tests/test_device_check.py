@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SHARED_DATA
+from tests.helpers import load_tool
 
 # The order of the summary: eval-bench runs alongside the build (it does not need it) and is
 # recorded after it; the optional profile, then the activation benchmark (no build needed) come last.
@@ -228,12 +229,7 @@ def test_every_dependency_is_on_the_gpu_image_or_carried_as_a_wheel() -> None:
 def test_suite_estimate_charges_each_tasks_batch_size_search_once() -> None:
     """`auto` on a GPU searches once per task: the search is added to a task's estimate, not spread
     over its documents, and a short task may then be faster at a fixed batch size."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "tools" / "bench_eval.py")
-    assert spec is not None and spec.loader is not None
-    bench_eval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_eval)
+    bench_eval = load_tool("bench_eval")
     rates = {
         "1": {
             "long": {"s_per_doc": 0.5, "probe_seconds": 0.0},

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import load_tool
 from vikhr.model import PRESETS, build_gpt_model, padded_vocab_size, preset
 
 
@@ -434,7 +435,6 @@ def _compare_kept_for_backward(device: str, dtype: torch.dtype, rtol: float) -> 
 
 
 def test_swiglu_benchmark_checks_exactness_then_prints_its_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
     import subprocess
     import sys
 
@@ -448,9 +448,7 @@ def test_swiglu_benchmark_checks_exactness_then_prints_its_table(monkeypatch: py
     # half, vikhr keeps the fc1 output only.
     assert rows == {"eager": "1.00x", "megatron": "1.33x", "vikhr": "0.67x"}, run.stdout
 
-    spec = importlib.util.spec_from_file_location("bench_swiglu", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_swiglu")
     monkeypatch.setitem(bench.IMPLEMENTATIONS, "vikhr swiglu", lambda x: bench.eager(x) * 1.0001)
     x = torch.randn(8, 6, requires_grad=True)
     with pytest.raises(SystemExit, match="vikhr swiglu: output or gradient differs"):
