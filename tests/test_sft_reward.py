@@ -257,6 +257,48 @@ def test_build_cuts_each_source_by_its_reward_scores(tmp_path: Path, reward_dir:
     assert {s["name"]: s["kept"] for s in build(config)["sources"]} == {"a": 2, "b": 5}
 
 
+def test_build_cuts_function_calling_chats_by_the_scores_of_their_plain_turns(
+    tmp_path: Path, reward_dir: Path
+) -> None:
+    """A build with `reward:` looked a chat's score up under the key of its raw messages, which for a
+    chat with function calls is not the key `score_file` wrote (its plain turns): a KeyError after
+    scoring, the build lost."""
+    from vikhr.sft.reward import scored_messages
+
+    chats = _write_chats(tmp_path / "a.jsonl", 4, "a")
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Москва"}'}}
+    weather = {"name": "get_weather", "parameters": {"type": "object"}}
+    tool_chat = {
+        "tools": [{"type": "function", "function": weather}],
+        "messages": [
+            {"role": "user", "content": "Какая погода в Москве?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "+21, ясно"},
+            {"role": "assistant", "content": "В Москве +21 и ясно."},
+        ],
+    }
+    tools = tmp_path / "tools.jsonl"
+    tools.write_text(json.dumps(tool_chat, ensure_ascii=False) + "\n", encoding="utf-8")
+    scores = tmp_path / "scores.jsonl"
+    cfg = {
+        "output": str(tmp_path / "out" / "chats.jsonl"),
+        "tokenizer": str(MISTRAL),
+        "template": "chatml",
+        "limits": {"min_tokens": 1, "max_tokens": 512},
+        "reward": {"model": str(reward_dir), "scores": str(scores), "threshold": -1e9},
+        "sources": [{"name": "a", "path": str(chats)}, {"name": "t", "path": str(tools)}],
+    }
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    report = build(config)
+    assert {s["name"]: s["kept"] for s in report["sources"]} == {"a": 4, "t": 1}
+    written = [json.loads(x) for x in (tmp_path / "out" / "chats.jsonl").read_text().splitlines()]
+    assert written[-1]["messages"][1]["tool_calls"] == [call]
+    turns = scored_messages(written[-1])
+    assert [m["role"] for m in turns] == ["user", "assistant", "user", "assistant"]
+    assert "get_weather" in turns[1]["content"] and chat_key(turns) in load_scores(scores)
+
+
 def test_build_refuses_reward_scores_that_are_a_file_it_reads_or_writes(
     tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
 ) -> None:

@@ -471,7 +471,7 @@ def _warn_of_sources_left_out(report: dict[str, Any], out_path: Path) -> None:
 
 def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progress: bool) -> dict[str, Any]:
     """Score the candidate chats (resuming), cut each source, write the rest to `out_tmp`."""
-    from vikhr.sft.reward import chat_key, keep_mask, load_scores, plot_scores, score_file
+    from vikhr.sft.reward import chat_key, keep_mask, load_scores, plot_scores, score_file, scored_messages
 
     r = cfg.reward
     assert r is not None
@@ -481,7 +481,8 @@ def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progres
     values: dict[str, list[float]] = {n: [] for n in names}
     lines_of: dict[str, list[int]] = {n: [] for n in names}
     for line, (_, record) in enumerate(read_jsonl(candidates)):
-        values[record["source"]].append(scores[chat_key(record["messages"])])
+        # the key score_file gave the chat: of its plain turns, a tool chat's calls written in
+        values[record["source"]].append(scores[chat_key(scored_messages(record))])
         lines_of[record["source"]].append(line)
     keep = np.zeros(sum(len(v) for v in values.values()), dtype=bool)
     result: dict[str, Any] = {

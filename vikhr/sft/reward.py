@@ -317,18 +317,22 @@ def _added_around(tokenizer: Any) -> tuple[int, int]:
     return len(full) - len(own), 0  # the text's ids changed by the specials (none known does this)
 
 
+def scored_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The messages a reward model scores of a chats-file record, and whose `chat_key` its score is
+    kept under: plain turns (see `vikhr.sft.template.plain_turns`), a chat's function calls written
+    into them. VikhrError where `vikhr sft prepare` would refuse the chat."""
+    return [{"role": role, "content": text} for role, text in plain_turns(parse_chat(record))]
+
+
 def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
     """(id, messages) of a chats JSONL file (ids: the "id" field, else file:line)."""
     for line_no, record in read_jsonl(path):
         try:
-            messages = parse_chat(record)
+            messages = scored_messages(record)
         except VikhrError as e:
             raise VikhrError(f"{path}:{line_no}: {e}") from e
         chat_id = record.get("id")
-        yield (
-            str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}",
-            [{"role": role, "content": text} for role, text in plain_turns(messages)],
-        )
+        yield str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}", messages
 
 
 @dataclass(frozen=True)
