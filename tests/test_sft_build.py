@@ -381,6 +381,31 @@ def test_a_json_array_file_is_read_record_by_record(tmp_path: Path, monkeypatch:
         assert isinstance(last, Unfit) and message in str(last) and where == f"{path}:item 1", text
 
 
+def test_a_record_of_another_format_than_its_files_is_named_as_such(tmp_path: Path) -> None:
+    """Records of two collections concatenated into one file: those of the minority format were
+    unfit as '"messages" must be a non-empty list' (a field missing), not as records of another format."""
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Сколько ног у паука?"},
+            {"role": "assistant", "content": "8."},
+        ]
+    }
+    alpaca = {"instruction": "Назови столицу Франции.", "input": "", "output": "Париж."}
+    sharegpt = {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4."}]}
+    path = tmp_path / "mixed.jsonl"
+    records = [chat, chat, alpaca, sharegpt]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    for fmt in (None, "messages"):  # detected from the first records, or given
+        items = [item for _, item in read_chats_of(path, fmt)]
+        assert [type(item) is list for item in items] == [True, True, False, False]
+        assert [item.reason for item in items[2:]] == ["unknown_format", "unknown_format"]
+        assert str(items[2]).startswith(
+            "fields (input, instruction, output) are those of the alpaca format; "
+        )
+        assert "the file is read as messages: a file holds one format" in str(items[3])
+        assert "(conversations) are those of the sharegpt format" in str(items[3])
+
+
 def test_dolly_and_orca_columns(tmp_path: Path) -> None:
     """databricks-dolly-15k's instruction/context/response and OpenOrca's system_prompt/question/
     response columns were unknown formats."""

@@ -878,8 +878,9 @@ def read_chats_of(
         if why is not None:
             yield where, Unfit(NOT_KEPT, why)
             continue
-        if record_format(record) is None:
-            shown = ", ".join(sorted(map(str, record))[:8]) or "none"
+        own = record_format(record)
+        shown = ", ".join(sorted(map(str, record))[:8]) or "none"
+        if own is None:
             yield where, Unfit("unknown_format", f"fields ({shown}) fit none of {', '.join(FORMATS)}")
             continue
         try:
@@ -888,7 +889,11 @@ def read_chats_of(
                 continue
             yield where, record_chats(record, fmt, where, max_rank)
         except Unfit as e:
-            yield where, e
+            other = (  # a file of two formats: not "a field missing" of the one it is read as
+                f"fields ({shown}) are those of the {own} format; the file is read as {fmt}: a file holds "
+                "one format (give the records of each format a file and source of their own)"
+            )
+            yield where, e if own == fmt else Unfit("unknown_format", other)
     yield from _oasst_chats(messages, max_rank)
 
 
