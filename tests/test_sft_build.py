@@ -406,6 +406,38 @@ def test_a_record_of_another_format_than_its_files_is_named_as_such(tmp_path: Pa
         assert "(conversations) are those of the sharegpt format" in str(items[3])
 
 
+def test_openai_content_parts_are_joined_text(tmp_path: Path) -> None:
+    """OpenAI's content as a list of parts ([{"type": "text", "text": …}]) made every record
+    bad_record ("content must be a string, got list"); an image part has no text to train on."""
+
+    def parts(*texts: str) -> list[dict[str, str]]:
+        return [{"type": "text", "text": t} for t in texts]
+
+    records = [
+        {
+            "messages": [
+                {"role": "system", "content": parts("Отвечай кратко.")},
+                {"role": "user", "content": parts("Столица Франции? ", "Одним словом.")},
+                {"role": "assistant", "content": parts("Париж.")},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                {"role": "assistant", "content": "Кот."},
+            ]
+        },
+    ]
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    (_, first), (_, image) = list(read_chats_of(path))
+    assert [c.messages for c in first] == [
+        (("system", "Отвечай кратко."), ("user", "Столица Франции? Одним словом."), ("assistant", "Париж."))
+    ]
+    assert isinstance(image, Unfit) and image.reason == "bad_record"
+    assert str(image).startswith('turn 1 content part 1 is \'image_url\', not {"type": "text", ')
+
+
 def test_dolly_and_orca_columns(tmp_path: Path) -> None:
     """databricks-dolly-15k's instruction/context/response and OpenOrca's system_prompt/question/
     response columns were unknown formats."""

@@ -3,11 +3,13 @@
 Formats (`FORMATS`), each recognised by the fields of its records:
 
 * ``messages`` (Saiga, OpenAI style): ``{"messages": [{"role", "content"}, ...]}``; roles user/assistant/
-  system, also ``bot`` (Saiga's name for the assistant). OpenAI's function calls pass through: an
-  assistant's ``tool_calls`` (content then empty or null), ``tool`` messages (with ``name`` and
-  ``tool_call_id``), the record's ``tools``; and OpenAI's legacy function calling in that form: an
-  assistant's ``function_call`` ``{"name", "arguments"}`` (one call), a ``"function"`` message (with
-  ``name``) its result, the record's ``functions`` (bare schemas). The column layout of an HF dataset
+  system, also ``bot`` (Saiga's name for the assistant); a content may be OpenAI's list of content
+  parts, whose text parts are joined (another part, an image, makes the record unfit). OpenAI's
+  function calls pass through: an assistant's ``tool_calls`` (content then empty or null), ``tool``
+  messages (with ``name`` and ``tool_call_id``), the record's ``tools``; and OpenAI's legacy
+  function calling in that form: an assistant's ``function_call`` ``{"name", "arguments"}`` (one
+  call), a ``"function"`` message (with ``name``) its result, the record's ``functions`` (bare
+  schemas). The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat). Hermes's calls written in the
   text of such messages (Hermes chats converted to roles and contents) are read as in ``sharegpt``
@@ -462,6 +464,24 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def _content_text(value: Any, what: str) -> str:
+    """A message's content: a string, or OpenAI's list of content parts, whose text parts
+    (``{"type": "text", "text": …}``) are joined one after another, as chat templates write them; a
+    part of another type (an image) is Unfit: there is no text of it to train on."""
+    if not isinstance(value, list):
+        return _text(value, what)
+    texts = []
+    for k, part in enumerate(value, start=1):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = repr(part.get("type")) if isinstance(part, dict) else f"a {type(part).__name__}"
+            raise Unfit(
+                "bad_record",
+                f'{what} part {k} is {kind}, not {{"type": "text", "text": …}} (only text parts are read)',
+            )
+        texts.append(_text(part.get("text"), f"{what} part {k} text"))
+    return "".join(texts)
+
+
 def _with_record_system(
     record: dict[str, Any], turns: list[tuple[str, str]]
 ) -> tuple[list[tuple[str, str]], int]:
@@ -545,6 +565,8 @@ def _messages_chat(
     raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
     opens_with_system = isinstance(raw[0], dict) and raw[0].get("role") == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
+    if opens_with_system and isinstance(system, list):
+        system = _content_text(system, "turn 1 content")
     # A chat that gives its calls in OpenAI's fields writes them nowhere else: its text stays text.
     native = any(isinstance(m, dict) and ("tool_calls" in m or "function_call" in m) for m in raw)
     has_results = any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
@@ -571,7 +593,7 @@ def _messages_turns(
         )
         calls = _assistant_calls(m, i) if role == "assistant" else None
         content = "" if calls not in (None, []) and m.get("content") is None else m.get("content")
-        content = _text(content, f"turn {i} content")
+        content = _content_text(content, f"turn {i} content")
         if role == "assistant" and reads_calls and calls in (None, []):
             content, calls = _in_text(calls_in_answer, content, i)
         if calls not in (None, []):
