@@ -299,6 +299,38 @@ def test_build_cuts_function_calling_chats_by_the_scores_of_their_plain_turns(
     assert "get_weather" in turns[1]["content"] and chat_key(turns) in load_scores(scores)
 
 
+def test_a_reward_cut_that_keeps_no_chat_is_one_line_and_writes_no_mix(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threshold above every score wrote an empty mix, exit 0 (a build keeping no chat before the cut
+    is one line); the scores stay, so a build with another cut does not score again."""
+    from vikhr.cli import main
+
+    source = _write_chats(tmp_path / "a.jsonl", 6, "a")
+    scores, out = tmp_path / "scores.jsonl", tmp_path / "out"
+    cfg = {
+        "output": str(out / "chats.jsonl"),
+        "tokenizer": str(MISTRAL),
+        "limits": {"min_tokens": 1, "max_tokens": 512},
+        "reward": {"model": str(reward_dir), "scores": str(scores), "threshold": 1e9},
+        "sources": [{"name": "a", "path": str(source)}],
+    }
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    capfd.readouterr()
+    assert main(["sft", "build", str(config), "--no-progress"]) == 2
+    err = capfd.readouterr().err
+    assert (
+        len(err.strip().splitlines()) == 1 and "the reward cut leaves no chat to write (reward 6;" in err
+    ), err
+    assert not out.exists() or not any(out.iterdir())
+    assert len(load_scores(scores)) == 6
+    monkeypatch.setattr(RewardModel, "__init__", lambda *a, **k: pytest.fail("scored again"))
+    cfg["reward"]["threshold"] = -1e9
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert build(config)["kept"] == 6
+
+
 def test_build_refuses_reward_scores_that_are_a_file_it_reads_or_writes(
     tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
 ) -> None:

@@ -502,6 +502,13 @@ def _filter_by_reward(cfg: BuildConfig, candidates: Path, out_tmp: Path, progres
         keep[np.asarray(lines_of[src.name], dtype=np.int64)[mask]] = True
         cut = cuts[src.name] if np.isfinite(cuts[src.name]) else None  # None: no cut (JSON has no inf)
         result["sources"][src.name] = {"scored": len(mask), "cut": cut, "kept": int(mask.sum())}
+    if not keep.any():  # an empty mix, exit 0, as a build keeping no chat before the cut was
+        best = max(max(v) for v in values.values() if v)
+        raise VikhrError(
+            f"the reward cut leaves no chat to write (reward {len(keep):,}; the best score is {best:.4g}): "
+            f"lower the threshold or raise top_fraction; the scores stay in {r.scores}, so the next build "
+            "does not score again"
+        )
     with open(candidates, encoding="utf-8") as f, open(out_tmp, "w", encoding="utf-8") as out:
         out.writelines(line for line, kept in zip(f, keep, strict=True) if kept)
     histogram = Path(cfg.output).with_name(Path(cfg.output).name + _HISTOGRAM_SUFFIX)
