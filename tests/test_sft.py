@@ -220,6 +220,11 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             "message 1: content must be a string",
         ),
         (
+            '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}, '
+            '{"role": "assistant", "content": "b"}]}',
+            "message 1: content must be a string, got list (OpenAI's content parts: vikhr sft build writes",
+        ),
+        (
             '{"messages": [{"role": "user", "content": "a", "reasoning_content": "r"}, '
             '{"role": "assistant", "content": "b"}]}',
             "message 1: only an assistant message may carry reasoning_content",

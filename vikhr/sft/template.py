@@ -417,7 +417,11 @@ def _message(m: Any, number: int) -> Message:
     if content is None and calls:
         content = ""  # OpenAI's form of a message that only calls functions
     if not isinstance(content, str):
-        raise VikhrError(f"message {number}: content must be a string, got {type(content).__name__}")
+        parts = " (OpenAI's content parts: vikhr sft build writes their text as one string)"
+        raise VikhrError(
+            f"message {number}: content must be a string, got {type(content).__name__}"
+            + (parts if isinstance(content, list) else "")
+        )
     content = with_reasoning(content, m.get("reasoning_content"), role, number)
     trained = turn_weight(m.get("weight"), role, number)
     if role != "tool":
