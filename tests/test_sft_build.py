@@ -1103,6 +1103,18 @@ def test_a_file_named_twice_in_a_source_is_read_once(tmp_path: Path) -> None:
     assert len({json.dumps(c["messages"]) for c in chats}) == len(chats) == 5
 
 
+def test_a_double_star_glob_reads_files_at_any_depth(tmp_path: Path) -> None:
+    """`raw/**/*.jsonl` was read as `raw/*/*.jsonl` (Python's glob without recursive=True): the files
+    in raw/ itself and two folders down were left out of the mix without a word."""
+    raw = tmp_path / "raw"
+    for place in ("x.jsonl", "a/y.jsonl", "a/b/z.jsonl"):
+        (raw / place).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FORMATS_DIR / "saiga.jsonl", raw / place)
+    cfg = _config(tmp_path, [{"name": "s", "path": str(raw / "**" / "*.jsonl")}], dedup={"exact": False})
+    (source,) = build(cfg)["sources"]
+    assert source["files"] == [str(raw / p) for p in ("a/b/z.jsonl", "a/y.jsonl", "x.jsonl")]
+
+
 def test_a_source_path_naming_a_directory_says_so(tmp_path: Path) -> None:
     """A glob matching a subdirectory said "source file not found: DIR" (and a directory given as
     the path "file not found")."""

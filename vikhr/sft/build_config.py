@@ -141,7 +141,8 @@ class SourceConfig(_Section):
         for pattern in [self.path] if isinstance(self.path, str) else self.path:
             # an existing file whose name holds glob characters ("saiga [v2].jsonl") is that file
             magic = glob.has_magic(pattern) and not Path(pattern).exists()
-            matches = sorted(glob.glob(pattern)) if magic else [pattern]
+            # "**" spans any depth of folders (an HF snapshot's data/**/*.parquet), as in data preprocess
+            matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
             directory = next((m for m in matches if Path(m).is_dir()), None)
             if directory is not None:
                 what = f"matches the directory {directory}" if magic else "is a directory"
