@@ -629,6 +629,18 @@ def test_results_that_answer_their_calls_are_read(record: dict[str, Any]) -> Non
     parse_chat(record)
 
 
+def test_a_call_without_a_content_key_is_read_as_openais_layout_gives_it() -> None:
+    """OpenAI's fine-tuning examples leave out the content of an answer that only calls functions:
+    `sft prepare` refused it ('expected {"role": ..., "content": ...}') where `sft build` read it."""
+    calling = {k: v for k, v in CALLING_WITH_IDS.items() if k != "content"}
+    assert parse_chat(_chat(USER, calling, RESULT, ANSWER)) == parse_chat(
+        _chat(USER, {**calling, "content": None}, RESULT, ANSWER)
+    )
+    for message in ({"role": "assistant"}, {"role": "assistant", "tool_calls": []}, {"role": "user"}):
+        with pytest.raises(VikhrError, match=r'^message 2: expected \{"role": \.\.\., "content": \.\.\.\}$'):
+            parse_chat(_chat(USER, message, ANSWER))
+
+
 def test_parsed_tool_chat_and_its_plain_turns() -> None:
     chat = parse_chat(TOOL_CHATS["two parallel calls, no system, text arguments"])
     assert chat.tools == tuple(json.dumps(t, ensure_ascii=False) for t in (WEATHER, CONVERT))

@@ -406,9 +406,10 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
 
 def _message(m: Any, number: int) -> Message:
     """Message `number` of a chat record, or VikhrError saying what is wrong."""
-    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+    # OpenAI's layout may leave out the content of a message that only calls functions
+    if not isinstance(m, dict) or "role" not in m or ("content" not in m and not m.get("tool_calls")):
         raise VikhrError(f'message {number}: expected {{"role": ..., "content": ...}}')
-    role, content = m["role"], m["content"]
+    role, content = m["role"], m.get("content")
     if role not in ROLES:
         raise VikhrError(
             f"message {number}: unknown role {role!r} (expected system, user, assistant or tool)"
