@@ -790,6 +790,46 @@ def test_exact_and_near_duplicates_are_removed(tmp_path: Path) -> None:
     assert off["kept"] == 7
 
 
+def test_a_later_sources_copy_of_a_chat_an_earlier_sources_sampling_left_out_stays(tmp_path: Path) -> None:
+    """Duplicates were marked over every source before sampling: a chat of `big` (6 chats, count 1)
+    that `small` also holds was dropped from `small` as a duplicate, then sampled out of `big` —
+    in neither. A later source's copy is now dropped only when the mix holds the earlier one."""
+    questions = [f"Вопрос про число {i}: сколько это будет?" for i in range(6)]
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("".join(_chat_line(q, f"Ответ {i}.") + "\n" for i, q in enumerate(questions)), "utf-8")
+    small.write_text(
+        "".join(_chat_line(q, f"Ответ {i}.") + "\n" for i, q in enumerate(questions[:3])), "utf-8"
+    )
+    sources = [{"name": "big", "path": str(big), "count": 1}, {"name": "small", "path": str(small)}]
+    report = build(_config(tmp_path, sources))
+    kept = [r["messages"][0]["content"] for r in _written(tmp_path / "out" / "chats.jsonl")]
+    # The seed (1234) draws big's last chat, which small does not hold: all of small's stay.
+    assert kept == [questions[5], *questions[:3]]
+    assert report["sources"][1]["dropped"] == {}
+    # The same with near duplicates (the exact check off): big draws its second chat, so small's
+    # near copy of the first stays.
+    near_big, near_small = tmp_path / "near" / "big.jsonl", tmp_path / "near" / "small.jsonl"
+    near_big.parent.mkdir()
+    near_copy = LONG_PROMPT.replace("важный", "очень важный")
+    near_big.write_text(
+        _chat_line(LONG_PROMPT, "Уважаемый директор")
+        + "\n"
+        + _chat_line("Назови столицу Италии.", "Рим.")
+        + "\n",
+        "utf-8",
+    )
+    near_small.write_text(_chat_line(near_copy, "Добрый день") + "\n", "utf-8")
+    sources = [{"name": "big", "path": str(near_big), "count": 1}, {"name": "small", "path": str(near_small)}]
+    report = build(_config(tmp_path, sources, dedup={"exact": False, "near": True}))
+    kept = [r["messages"][0]["content"] for r in _written(tmp_path / "out" / "chats.jsonl")]
+    assert kept == ["Назови столицу Италии.", near_copy]
+    assert report["sources"][1]["dropped"] == {}
+    # A copy of a chat the mix holds is still dropped.
+    sources[0].pop("count")
+    report = build(_config(tmp_path, sources, dedup={"exact": False, "near": True}))
+    assert report["sources"][1]["dropped"] == {"near_duplicate": 1}
+
+
 def test_a_shared_system_prompt_does_not_make_different_tasks_near_duplicates(tmp_path: Path) -> None:
     """The system turn was part of the compared prompt: a collection's long shared system prompt made
     short, different tasks look alike (372 of 806 rulm chats dropped)."""

@@ -2,8 +2,9 @@
 
 Pass 1 streams every source (vikhr.sft.sources), drops what is unfit, too short or long in tokens
 of the target tokenizer and template, or not Russian enough, and records a few numbers per chat
-(hashes, band keys, tokens). Then exact and near duplicates are marked (vikhr.sft.dedup) and each
-source is sampled to its target with its own seeded generator. Pass 2 streams the sources again
+(hashes, band keys, tokens). Then, source after source, the exact and near duplicates of the chats
+kept so far are marked (vikhr.sft.dedup) and the source is sampled to its target with its own
+seeded generator. Pass 2 streams the sources again
 and writes the chats kept. With a reward model, the written chats are scored (vikhr.sft.reward;
 resumable, scores kept beside the data) and each source is cut by threshold or top fraction.
 The output appears under its final name only when complete, with OUTPUT.report.json/.md beside it.
@@ -206,39 +207,53 @@ def _repeated_ids(a: dict[str, np.ndarray]) -> np.ndarray:
     return first_occurrences(a["ids"]) != np.arange(len(a["ids"])) if len(a["ids"]) else np.zeros(0, bool)
 
 
-def _mark_duplicates(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
-    """Status duplicate / near_duplicate, and in a["match"] the chat each one repeats."""
-    statuses = (KEPT, *CHAT_REASONS)
+def _dedup_and_sample(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
+    """Source after source: its chats that repeat a chat the mix keeps from an earlier source, or an
+    earlier chat of its own, are marked duplicate / near_duplicate (in a["match"] the chat each one
+    repeats); then the source is sampled to its target. A chat of an earlier source that its
+    sampling left out is not in the mix, so a later source's copy of it stays."""
     a["match"] = np.full(len(a["status"]), -1, dtype=np.int64)
-    live = np.flatnonzero(a["status"] == 0)
-    if cfg.dedup.exact and len(live):
+    kept_before = np.zeros(0, dtype=np.int64)
+    for s, src in enumerate(cfg.sources):
+        own = np.flatnonzero((a["source"] == s) & (a["status"] == 0))
+        _mark_duplicates(cfg, a, kept_before, own)
+        _sample(cfg, a, s, src)
+        kept_before = np.concatenate([kept_before, own[a["status"][own] == 0]])
+
+
+def _mark_duplicates(
+    cfg: BuildConfig, a: dict[str, np.ndarray], kept_before: np.ndarray, own: np.ndarray
+) -> None:
+    """Status duplicate / near_duplicate for the chats `own` that repeat one of `kept_before` (the
+    earlier sources' chats in the mix) or an earlier one of `own`."""
+    statuses = (KEPT, *CHAT_REASONS)
+    live = np.concatenate([kept_before, own])  # in stream order: the earlier sources' come first
+    if cfg.dedup.exact and len(own):
         first = live[first_occurrences(a["exact"][live])]
         repeated = first != live
         a["status"][live[repeated]] = statuses.index("duplicate")
         a["match"][live[repeated]] = first[repeated]
         live = live[~repeated]
-    if cfg.dedup.near and len(live):
+    if cfg.dedup.near and len(own):
         matched = near_duplicates(a["bands"][live], a["group"][live])
         near = matched >= 0
         a["status"][live[near]] = statuses.index("near_duplicate")
         a["match"][live[near]] = live[matched[near]]
 
 
-def _sample(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
-    """Each source down to its `count` or `fraction`, uniformly, with a generator of its own."""
-    sampled_out = (KEPT, *CHAT_REASONS).index("sampled_out")
-    for s, src in enumerate(cfg.sources):
-        live = np.flatnonzero((a["source"] == s) & (a["status"] == 0))
-        if src.count is not None:
-            target = min(src.count, len(live))
-        elif src.fraction is not None:
-            target = round(src.fraction * len(live))
-        else:
-            continue
-        rng = np.random.default_rng([cfg.seed, s])
-        chosen = np.zeros(len(live), dtype=bool)
-        chosen[rng.choice(len(live), size=target, replace=False)] = True
-        a["status"][live[~chosen]] = sampled_out
+def _sample(cfg: BuildConfig, a: dict[str, np.ndarray], s: int, src: SourceConfig) -> None:
+    """Source `s` down to its `count` or `fraction`, uniformly, with a generator of its own."""
+    live = np.flatnonzero((a["source"] == s) & (a["status"] == 0))
+    if src.count is not None:
+        target = min(src.count, len(live))
+    elif src.fraction is not None:
+        target = round(src.fraction * len(live))
+    else:
+        return
+    rng = np.random.default_rng([cfg.seed, s])
+    chosen = np.zeros(len(live), dtype=bool)
+    chosen[rng.choice(len(live), size=target, replace=False)] = True
+    a["status"][live[~chosen]] = (KEPT, *CHAT_REASONS).index("sampled_out")
 
 
 def _shown_duplicates(a: dict[str, np.ndarray], n_sources: int) -> dict[int, int]:
@@ -429,8 +444,7 @@ def build(config: str | Path, output: str | Path | None = None, progress: bool =
     a = _first_pass(cfg, tok, reports, bar)
     if bar is not None:
         bar.close()
-    _mark_duplicates(cfg, a)
-    _sample(cfg, a)
+    _dedup_and_sample(cfg, a)
     _check_a_chat_is_kept(a, reports)
     with (
         scratch_file(out_path.with_name(out_path.name + ".candidates")) as candidates,
