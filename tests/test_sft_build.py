@@ -239,7 +239,7 @@ def test_an_unknown_role_error_names_the_layouts_function_calling_turns() -> Non
     with pytest.raises(Unfit, match=r"not one of .*function_call, gpt, human, observation, .*tool"):
         record_chats({"conversations": turns}, "sharegpt", "x:1")
     messages = [{"role": "user", "content": "Погода?"}, {"role": "tools", "content": "{}"}]
-    with pytest.raises(Unfit, match=r"not one of .*bot, function, gpt, .*tool, user"):
+    with pytest.raises(Unfit, match=r"not one of .*bot, developer, function, gpt, .*tool, user"):
         record_chats({"messages": messages}, "messages", "x:2")
 
 
@@ -404,6 +404,31 @@ def test_a_record_of_another_format_than_its_files_is_named_as_such(tmp_path: Pa
         )
         assert "the file is read as messages: a file holds one format" in str(items[3])
         assert "(conversations) are those of the sharegpt format" in str(items[3])
+
+
+def test_openais_developer_turn_is_the_system_turn(tmp_path: Path) -> None:
+    """OpenAI's newer models name the system turn `developer`: such a record was `bad_role`. An
+    empty one is left out as an empty system turn is; with content parts it is their text."""
+    records = [
+        [{"role": "developer", "content": "Отвечай кратко."}, {"role": "user", "content": "Столица?"}],
+        [{"role": "developer", "content": ""}, {"role": "user", "content": "Столица?"}],
+        [
+            {"role": "developer", "content": [{"type": "text", "text": "Кратко."}]},
+            {"role": "user", "content": "Да?"},
+        ],
+    ]
+    path = tmp_path / "developer.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [*r, {"role": "assistant", "content": "Париж."}]}) + "\n" for r in records
+        ),
+        encoding="utf-8",
+    )
+    assert [c.messages for c in _chats(path)] == [
+        (("system", "Отвечай кратко."), ("user", "Столица?"), ("assistant", "Париж.")),
+        (("user", "Столица?"), ("assistant", "Париж.")),
+        (("system", "Кратко."), ("user", "Да?"), ("assistant", "Париж.")),
+    ]
 
 
 def test_openai_content_parts_are_joined_text(tmp_path: Path) -> None:
@@ -993,7 +1018,7 @@ def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
     examples = source["examples"]
     assert examples["bad_role"] == [
         f"{bad}:1: turn 2: role 'narrator' is not one of "
-        "assistant, bot, function, gpt, human, prompter, system, tool, user"
+        "assistant, bot, developer, function, gpt, human, prompter, system, tool, user"
     ]
     assert examples["empty_turn"][0].startswith(f"{bad}:2: turn 2 (assistant) is empty")
     assert examples["unknown_format"][0].startswith(f"{bad}:3: fields (text) fit none of")

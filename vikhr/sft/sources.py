@@ -108,6 +108,7 @@ ROLE_NAMES = {
     "bot": "assistant",
     "gpt": "assistant",
     "system": "system",
+    "developer": "system",  # OpenAI's name of the system turn for its newer models
     "prompter": "user",  # OpenAssistant's
 }
 RANKED_FORMATS = ("nectar", "oasst")  # the formats a source's max_rank applies to
@@ -563,7 +564,7 @@ def _messages_chat(
     functions or holds tool messages (collections convert Hermes chats to roles and contents and
     keep the calls as text) and gives no call in OpenAI's fields."""
     raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
-    opens_with_system = isinstance(raw[0], dict) and raw[0].get("role") == "system"
+    opens_with_system = isinstance(raw[0], dict) and ROLE_NAMES.get(raw[0].get("role")) == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
     if opens_with_system and isinstance(system, list):
         system = _content_text(system, "turn 1 content")
