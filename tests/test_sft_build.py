@@ -406,6 +406,33 @@ def test_a_record_of_another_format_than_its_files_is_named_as_such(tmp_path: Pa
         assert "(conversations) are those of the sharegpt format" in str(items[3])
 
 
+def test_capybara_and_xtuner_exchanges_are_user_and_assistant_turns(tmp_path: Path) -> None:
+    """Capybara's (LDJnr) and XTuner's `{"conversation": [{"input", "output"}, ...]}` records were
+    `bad_role` ("role None"); XTuner's `system` of an exchange opens it."""
+    records = [
+        {
+            "source": "Airoboros",
+            "conversation": [
+                {"input": "Привет!", "output": "Здравствуйте."},
+                {"input": "Как дела?", "output": "Хорошо."},
+            ],
+        },
+        {"conversation": [{"system": "Ты помощник.", "input": "Кто ты?", "output": "Помощник."}]},
+    ]
+    path = tmp_path / "capybara.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert detect_format(path) == "messages"
+    assert [c.messages for c in _chats(path)] == [
+        (
+            ("user", "Привет!"),
+            ("assistant", "Здравствуйте."),
+            ("user", "Как дела?"),
+            ("assistant", "Хорошо."),
+        ),
+        (("system", "Ты помощник."), ("user", "Кто ты?"), ("assistant", "Помощник.")),
+    ]
+
+
 def test_openais_developer_turn_is_the_system_turn(tmp_path: Path) -> None:
     """OpenAI's newer models name the system turn `developer`: such a record was `bad_role`. An
     empty one is left out as an empty system turn is; with content parts it is their text."""

@@ -11,9 +11,10 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   call), a ``"function"`` message (with ``name``) its result, the record's ``functions`` (bare
   schemas). The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
-  ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat). Hermes's calls written in the
-  text of such messages (Hermes chats converted to roles and contents) are read as in ``sharegpt``
-  (see `_messages_chat`).
+  ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat; Capybara's and XTuner's
+  list of ``{"input", "output"}`` exchanges is read as user and assistant turns). Hermes's calls
+  written in the text of such messages (Hermes chats converted to roles and contents) are read as in
+  ``sharegpt`` (see `_messages_chat`).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
   A ``"system"`` field beside the turns (LLaMA-Factory's layout; also beside ``messages``) opens the
   chat unless it has a system turn. LLaMA-Factory's (and its Glaive conversion's) function calls:
@@ -541,7 +542,9 @@ _Read = TypeVar("_Read")
 
 def _message_list(raw: Any) -> list[Any]:
     """A "messages" value as a list of messages: as it is, or made of an HF dataset's column layout
-    (``{"role": [...], "content": [...]}``); Unfit unless it is a non-empty one."""
+    (``{"role": [...], "content": [...]}``) or of Capybara's and XTuner's exchanges (``[{"input",
+    "output"}, ...]``: a user turn and its answer each, after XTuner's ``"system"`` where an exchange
+    has one); Unfit unless it is a non-empty one."""
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
@@ -550,6 +553,13 @@ def _message_list(raw: Any) -> list[Any]:
         raw = [{"role": r, "content": c} for r, c in zip(raw["role"], raw["content"], strict=True)]
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", '"messages" must be a non-empty list of {"role", "content"}')
+    if all(isinstance(m, dict) and "input" in m and "output" in m and "role" not in m for m in raw):
+        return [
+            {"role": role, "content": m[key]}
+            for m in raw
+            for role, key in (("system", "system"), ("user", "input"), ("assistant", "output"))
+            if key != "system" or m.get("system")
+        ]
     return raw
 
 
