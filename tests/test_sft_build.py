@@ -433,6 +433,23 @@ def test_capybara_and_xtuner_exchanges_are_user_and_assistant_turns(tmp_path: Pa
     ]
 
 
+def test_messages_given_as_their_json_text_are_read_as_the_list(tmp_path: Path) -> None:
+    """orca-agentinstruct-1M stores each chat's `messages` as JSON text: every record was
+    `bad_record`. Text that does not parse is `bad_record` naming where it breaks."""
+    chat = [{"role": "system", "content": ""}, {"role": "user", "content": "Вопрос?"}]
+    chat.append({"role": "assistant", "content": "Ответ."})
+    lines = [
+        json.dumps({"messages": json.dumps(chat, ensure_ascii=False), "split": "open_domain_qa"}),
+        json.dumps({"messages": '[{"role": "user", "content": "Вопрос?"'}),
+    ]
+    path = tmp_path / "orca.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (_, first), (_, broken) = list(read_chats_of(path))
+    assert [c.messages for c in first] == [(("user", "Вопрос?"), ("assistant", "Ответ."))]
+    assert isinstance(broken, Unfit) and broken.reason == "bad_record"
+    assert str(broken).startswith('"messages" is not valid JSON (')
+
+
 def test_openais_developer_turn_is_the_system_turn(tmp_path: Path) -> None:
     """OpenAI's newer models name the system turn `developer`: such a record was `bad_role`. An
     empty one is left out as an empty system turn is; with content parts it is their text."""

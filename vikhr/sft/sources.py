@@ -12,7 +12,8 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   schemas). The column layout of an HF dataset
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat; Capybara's and XTuner's
-  list of ``{"input", "output"}`` exchanges is read as user and assistant turns). Hermes's calls
+  list of ``{"input", "output"}`` exchanges is read as user and assistant turns); a list given as
+  its JSON text (orca-agentinstruct-1M) is read as the list. Hermes's calls
   written in the text of such messages (Hermes chats converted to roles and contents) are read as in
   ``sharegpt`` (see `_messages_chat`).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
@@ -544,7 +545,12 @@ def _message_list(raw: Any) -> list[Any]:
     """A "messages" value as a list of messages: as it is, or made of an HF dataset's column layout
     (``{"role": [...], "content": [...]}``) or of Capybara's and XTuner's exchanges (``[{"input",
     "output"}, ...]``: a user turn and its answer each, after XTuner's ``"system"`` where an exchange
-    has one); Unfit unless it is a non-empty one."""
+    has one), or the JSON text of one (orca-agentinstruct's); Unfit unless it is a non-empty one."""
+    if isinstance(raw, str) and raw.lstrip().startswith("["):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise Unfit("bad_record", f'"messages" is not valid JSON ({e.msg} at column {e.colno})') from None
     if isinstance(raw, dict) and isinstance(raw.get("role"), list) and isinstance(raw.get("content"), list):
         if len(raw["role"]) != len(raw["content"]):  # a column-form record whose columns do not pair up
             raise Unfit(
