@@ -30,6 +30,7 @@ from vikhr.eval.mera_metrics import (
     use_points,
 )
 from vikhr.eval.task_config import build_task_config
+from vikhr.eval.tasks import task_files
 from vikhr.jsonl import read_jsonl
 
 pytest.importorskip("lm_eval")
@@ -188,6 +189,20 @@ def test_documents_with_fewer_shots_than_asked_are_counted_on_stderr(capsys: pyt
         )
         dataset(name, num_fewshot=per_group)
         assert capsys.readouterr().err == ""
+
+
+def test_the_public_test_as_the_release_names_it_gives_the_shots(tmp_path: Path) -> None:
+    """MERA's released files name the labelled public test of ruMMLU and LCS `train.jsonl` (its
+    dataset cards: "public test (train split)"): the shots come from it as from `public_test.jsonl`;
+    with neither, one line names both."""
+    for folder, name in (("rummlu", "mera_rummlu"), ("lcs", "mera_lcs")):
+        shutil.copytree(MERA / folder, tmp_path / "mera" / folder)
+        (tmp_path / "mera" / folder / "public_test.jsonl").rename(tmp_path / "mera" / folder / "train.jsonl")
+        assert dataset(name, tmp_path) == dataset(name), name
+        assert task_files(name, tmp_path, Path(), None)[1] == tmp_path / "mera" / folder / "train.jsonl"
+    (tmp_path / "mera" / "lcs" / "train.jsonl").unlink()
+    with pytest.raises(VikhrError, match=r"public_test\.jsonl \(nor train\.jsonl"):
+        dataset("mera_lcs", tmp_path)
 
 
 def test_five_shot_question_answering_prompts() -> None:

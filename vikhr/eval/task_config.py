@@ -10,7 +10,7 @@ from typing import Any
 from vikhr.errors import VikhrError
 from vikhr.eval.mera import mera_config
 from vikhr.eval.rsg import RSG_BUILDERS, submission_split
-from vikhr.eval.tasks import TASK_BUILDERS, TASKS, bpc_config, effective_fewshot, shot_file, task_files
+from vikhr.eval.tasks import TASK_BUILDERS, bpc_config, effective_fewshot, shot_file, task_files
 
 
 def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: int | None) -> list[Path]:
@@ -25,6 +25,8 @@ def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: i
                 where += f"; or give --num-fewshot 0, as the task's {k} shots are drawn from it"
             missing = "is a directory, not a data file" if path.is_dir() else "data file not found:"
             named = f"{path} {missing}" if path.is_dir() else f"{missing} {path}"
+            if path.name == "public_test.jsonl":
+                named += " (nor train.jsonl, the name MERA's released files give it)"
             raise VikhrError(f"task {name}: {named} (check {where})")
     return paths
 
@@ -42,14 +44,12 @@ def build_task_config(
     `limit` keeps the first documents only, as lm-eval's own limit does, so that a short run
     does not prepare prompts for the whole set.
     """
-    checked_task_files(name, data_dir, bpc_data, num_fewshot)
+    paths = checked_task_files(name, data_dir, bpc_data, num_fewshot)
     if name == "bpc":
         return bpc_config(bpc_data, bpc_field, limit)
-    spec = TASKS[name]
-    shots = shot_file(name, num_fewshot)
-    fewshot_path = data_dir / shots if shots else None  # None: a 0-shot run, which does not read it
+    eval_path = paths[0]
+    fewshot_path = paths[1] if len(paths) > 1 else None  # None: a 0-shot run, which does not read it
     k = effective_fewshot(name, num_fewshot)
-    eval_path = data_dir / spec.eval_file
     if name.startswith("rsg_"):
         return RSG_BUILDERS[name](eval_path, fewshot_path, k, limit)  # type: ignore[arg-type]
     if name.startswith("mera_"):

@@ -840,7 +840,17 @@ def task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: int | Non
     spec = TASKS[name]
     if name == "bpc":
         return [bpc_data]
-    return [data_dir / f for f in (spec.eval_file, shot_file(name, num_fewshot)) if f]
+    shots = shot_file(name, num_fewshot)
+    return [data_dir / spec.eval_file, *([_released_shot_path(data_dir / shots)] if shots else [])]
+
+
+def _released_shot_path(path: Path) -> Path:
+    """`path`, or the name MERA's release gives it: the labelled public test of ruMMLU, LCS and
+    ruModAr is `train.jsonl` in the released files ("public test (train split)", its dataset cards),
+    which its lm-eval port loads as the split `public_test`."""
+    if path.name == "public_test.jsonl" and not path.exists() and (path.parent / "train.jsonl").is_file():
+        return path.parent / "train.jsonl"
+    return path
 
 
 def shot_file(name: str, num_fewshot: int | None) -> str | None:
