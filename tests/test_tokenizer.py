@@ -567,7 +567,7 @@ def test_compare_holds_out_only_what_the_tokenizers_training_left_out(
     def measured(percent: float) -> int:
         manifest = {"corpora": [{"sha256": corpus_sha256(texts)}], "settings": {"heldout_percent": percent}}
         (tok / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-        [result] = compare([f"t={tok}"], [f"ru={texts}"], tmp_path / "report", split="auto")
+        [result] = compare([f"t={tok}"], [f"ru={texts}"], tmp_path / "report", split="auto", overwrite=True)
         return result.chars
 
     held_out = [d["text"] for d in docs if is_heldout(d["id"], 2.0)]
@@ -619,7 +619,13 @@ def test_compare_knows_a_training_corpus_by_its_content_in_any_compression(
         compare_module._hashes_of_state.cache_clear()
         reads.clear()
         texts = [f"{c.name}={c}" for c in copies]
-        results = compare([f"t={tok}", f"mistral={MISTRAL_TOKENIZER}"], texts, tmp_path / "rep", split="auto")
+        results = compare(
+            [f"t={tok}", f"mistral={MISTRAL_TOKENIZER}"],
+            texts,
+            tmp_path / "rep",
+            split="auto",
+            overwrite=True,
+        )
         assert len(reads) == len(copies)
         for r in results:
             assert r.split == "heldout" and r.chars == heldout_chars
@@ -667,8 +673,34 @@ def test_a_failed_compare_chart_leaves_the_earlier_report_whole(
 
     monkeypatch.setattr(compare_module, "plot_chars_per_token", no_chart)
     with pytest.raises(OSError, match="No space"):
-        compare([f"mistral={MISTRAL_TOKENIZER}"], [f"b={texts}"], out, split="all")
+        compare([f"mistral={MISTRAL_TOKENIZER}"], [f"b={texts}"], out, split="all", overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "t.jsonl.gz"]
+
+
+def test_cli_compare_refuses_an_existing_report_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`compare --out` is a new directory, as every verb's output: an existing one (a report, or a
+    directory of other files) is refused in one line and left as it was; `--overwrite` replaces it
+    whole, and the command says what it wrote."""
+    texts = _write_jsonl(tmp_path / "t.jsonl.gz", [{"id": "x", "text": "Мама мыла раму. " * 20}])
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    argv = ["tokenizer", "compare", "--tokenizer", f"m={MISTRAL_TOKENIZER}", "--texts", f"a={texts}"]
+    argv += ["--out", str(out), "--split", "all"]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and "exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert cli_main([*argv, "--overwrite"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'chars_per_token.png'}"
+    assert sorted(p.name for p in out.iterdir()) == ["chars_per_token.png", "report.csv", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "t.jsonl.gz"]  # no temporary left
+    inside = _write_jsonl(out / "t.jsonl.gz", [{"id": "x", "text": "Мама мыла раму. " * 20}])
+    code, err = _cli([*argv[:-4], "--texts", f"b={inside}", *argv[-4:], "--overwrite"], capsys)
+    assert code == 2 and "holds the input" in err and inside.is_file()
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

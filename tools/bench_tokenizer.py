@@ -197,7 +197,9 @@ def main() -> None:
         shutil.copy2(src / "manifest.json", ASSET.parent / f"{ASSET.name}.manifest.json")
         print(f"shipped {src} → {ASSET}.*")
     specs = [f"mistral-7b-v0.1={MISTRAL}", f"llama-2={LLAMA}", *(f"{n}={p}" for n, p in trained.items())]
-    results = compare(specs, TEXT_SETS, args.out / "report", split="heldout", max_chars=1_000_000)
+    results = compare(
+        specs, TEXT_SETS, args.out / "report", split="heldout", max_chars=1_000_000, overwrite=True
+    )
     print((args.out / "report" / "report.md").read_text(encoding="utf-8"))
 
     cpt = {(r.tokenizer, r.text_set): r.chars_per_token for r in results}
@@ -425,8 +427,12 @@ def loo_main(out: Path, report: Path, sizes: list[int], threads: int, reuse: boo
             modes.append(mode)
     modes = list(dict.fromkeys(modes))
     corpora_sets = [*(str(p) for p in sorted((CORPUS / "ru").glob("*.jsonl.gz"))), TEXT_SETS[-1]]
-    results = compare(specs, corpora_sets, out / "report-corpora", split="heldout", max_chars=1_000_000)
-    results += compare(specs, eval_texts(out / "eval"), out / "report-eval", split="all", max_chars=1_000_000)
+    results = compare(
+        specs, corpora_sets, out / "report-corpora", split="heldout", max_chars=1_000_000, overwrite=True
+    )
+    results += compare(
+        specs, eval_texts(out / "eval"), out / "report-eval", split="all", max_chars=1_000_000, overwrite=True
+    )
     text = (
         "Chars/token (ratio to Mistral-7B v0.1 on the same lines). Left-out columns: held-out documents of "
         "the Russian corpus that tokenizer never saw; other columns: mean over the five fold tokenizers of "
@@ -534,7 +540,7 @@ def byte_bpe_main(out: Path, report: Path, reuse: bool) -> None:
     specs = [f"{name}={path}" for name, path in trained.items()] + [
         f"Mistral-7B v0.1 (SentencePiece)={MISTRAL}"
     ]
-    results = compare(specs, TEXT_SETS, out / "report", split="heldout", max_chars=1_000_000)
+    results = compare(specs, TEXT_SETS, out / "report", split="heldout", max_chars=1_000_000, overwrite=True)
     vocab = {name: load(path).vocab_size for name, path in trained.items()}
     vocab["Mistral-7B v0.1 (SentencePiece)"] = load(MISTRAL).vocab_size
     text = (

@@ -137,7 +137,7 @@ def _register_compare(tsub: Any) -> None:
     cp = tsub.add_parser(
         "compare",
         help="chars/token, tokens/word and ≥3-piece words of tokenizers on text sets",
-        description="Writes report.md, report.csv and chars_per_token.png into --out.",
+        description="Writes report.md, report.csv and chars_per_token.png into the new directory --out.",
     )
     cp.add_argument(
         "--tokenizer",
@@ -153,7 +153,7 @@ def _register_compare(tsub: Any) -> None:
         metavar="[NAME=]FILE",
         help="JSONL (plain, .gz or .zst); repeatable",
     )
-    cp.add_argument("--out", required=True, help="report directory")
+    cp.add_argument("--out", required=True, help="report directory (must not exist unless --overwrite)")
     cp.add_argument("--text-key", default="text", help="JSON field holding the text")
     cp.add_argument(
         "--split",
@@ -170,6 +170,7 @@ def _register_compare(tsub: Any) -> None:
         help="share of documents held out (by a hash of their id), as at training time",
     )
     cp.add_argument("--max-chars", type=_budget, default=parse_budget("2M"), help="per text set")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     add_no_progress(cp)
     cp.set_defaults(func=_compare)
 
@@ -229,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from vikhr.tokenizer.compare import compare
+    from vikhr.tokenizer.compare import REPORT_FILES, compare
 
     compare(
         args.tokenizer,
@@ -240,8 +241,11 @@ def _compare(args: argparse.Namespace) -> int:
         heldout_percent=args.heldout_percent,
         max_chars=args.max_chars,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
-    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    out = Path(args.out)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(out / name) for name in REPORT_FILES)}")
     return 0
 
 

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vikhr.atomic import temporary_paths
+from vikhr.atomic import output_dir
 from vikhr.charts import legend_beside, series_colours
-from vikhr.errors import VikhrError, require_writable_dir, split_label
+from vikhr.errors import VikhrError, require_output_dir, split_label
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
 TABLE1_SENTENCE = "Машинное обучение изменяет мир"
+REPORT_FILES = ("report.md", "report.csv", "chars_per_token.png")  # what `compare` writes into its --out
 
 
 @dataclass(frozen=True)
@@ -332,8 +333,10 @@ def compare(
     max_chars: int | None = 2_000_000,
     sentence: str = TABLE1_SENTENCE,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Efficiency]:
-    """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png.
+    """Measure every tokenizer on every text set; write report.md, report.csv and chars_per_token.png
+    into the new directory `out_dir` (an existing one is replaced whole with `overwrite`, else refused).
     `progress`: a bar over the pairs measured, on a terminal only.
 
     `split="auto"`: held-out documents of a set some tokenizer trained on, all documents of the others."""
@@ -341,7 +344,9 @@ def compare(
 
     if not tokenizer_specs or not text_specs:
         raise VikhrError("give at least one --tokenizer and one --texts")
-    out = require_writable_dir(out_dir, "report directory --out")  # before minutes of measuring
+    inputs = [split_label(s)[1] for s in [*tokenizer_specs, *text_specs]]
+    # Before minutes of measuring; replacing a directory that holds an input would delete it.
+    out = require_output_dir(out_dir, overwrite, inputs=inputs, what="report directory --out")
     toks = [named_tokenizer(s) for s in tokenizer_specs]
     if len({t.name for t in toks}) != len(toks):
         raise VikhrError("two tokenizers have the same name; label them as NAME=PATH")
@@ -367,10 +372,9 @@ def compare(
             [(t, s) for t in toks for s in sets], show=progress, desc="measuring", unit="pair", leave=False
         )
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    # All three written before any replaces an earlier report's: they never disagree.
-    with temporary_paths([out / "report.md", out / "report.csv", out / "chars_per_token.png"]) as temps:
-        temps[0].write_text(render_markdown(results, toks, sentence), encoding="utf-8")
-        temps[1].write_text(render_csv(results), encoding="utf-8")
-        plot_chars_per_token(results, temps[2])
+    # Filled beside `out` and renamed into place: an earlier report is replaced whole or not at all.
+    with output_dir(out) as work:
+        (work / REPORT_FILES[0]).write_text(render_markdown(results, toks, sentence), encoding="utf-8")
+        (work / REPORT_FILES[1]).write_text(render_csv(results), encoding="utf-8")
+        plot_chars_per_token(results, work / REPORT_FILES[2])
     return results
