@@ -327,6 +327,27 @@ def test_without_held_out_lines_the_export_is_checked_on_training_lines(tmp_path
     assert manifest["hf_check"]["train_lines_checked"] > 0
 
 
+def test_a_base_with_user_defined_pieces_is_checked_around_them(tmp_path: Path) -> None:
+    """A base trained with user_defined_symbols (ChatML tokens) and a corpus holding them: the export
+    spells them out where SentencePiece matches them (docs/tokenizer.md), so every line holding one
+    failed the export check ("please report this as a bug") after the training; the text around
+    them is checked."""
+    lines = list(iter_lines(RU_SAMPLE, max_chars=200_000))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(tmp_path / "base"), vocab_size=600,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, user_defined_symbols=["<|im_start|>", "@@"], minloglevel=2,
+    )  # fmt: skip
+    docs = [{"id": str(i), "text": f"<|im_start|>user\n{line} @@ конец"} for i, line in enumerate(lines)]
+    corpus = _write_jsonl(tmp_path / "chats.jsonl.gz", docs)
+    for mode, size in (("extend", 700), ("prune-extend", 650)):
+        settings = TrainSettings(mode=mode, vocab_size=size, base_model=str(tmp_path / "base.model"))
+        manifest = train_tokenizer([corpus], tmp_path / mode, settings)
+        assert manifest["hf_check"]["mismatches"] == 0 and manifest["hf_check"]["heldout_lines_checked"] > 0
+        model = spm.SentencePieceProcessor(model_file=str(tmp_path / mode / "tokenizer.model"))
+        assert model.piece_to_id("<|im_start|>") in model.encode("<|im_start|>user")
+
+
 def test_extend_keeps_base_ids_and_english_encoding(extend_dir: Path, optional_shared: Path | None) -> None:
     base = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
     ext = spm.SentencePieceProcessor(model_file=str(extend_dir / "tokenizer.model"))

@@ -179,6 +179,15 @@ def _special_ids(proto: Any) -> list[int]:
     return [i for i, p in enumerate(proto.pieces) if p.type == control or i == unk]
 
 
+def user_defined_texts(proto: Any) -> list[str]:
+    """The texts of the user-defined pieces, which SentencePiece matches anywhere in a text and the export
+    spells out piece by piece (docs/tokenizer.md)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    user_defined = pb.ModelProto.SentencePiece.USER_DEFINED
+    return [p.piece.replace(SPIECE_UNDERLINE, " ") for p in proto.pieces if p.type == user_defined]
+
+
 def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> dict[str, Any]:
     """`tokenizer_config.json` contents for the exported tokenizer (Mistral-style specials, BOS added)."""
     proto = load_model_proto(model_path)

@@ -38,7 +38,12 @@ from vikhr.tokenizer.corpus import (
     split_corpus_spec,
     write_training_sample,
 )
-from vikhr.tokenizer.hf_export import compare_encodings, load_model_proto, write_hf_tokenizer
+from vikhr.tokenizer.hf_export import (
+    compare_encodings,
+    load_model_proto,
+    user_defined_texts,
+    write_hf_tokenizer,
+)
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, carry_chat_template, load, resolve_tokenizer_file
 from vikhr.tokenizer.prune import ID_MAP_FILE, id_map, piece_use, prune_base, write_id_map
 from vikhr.tokenizer.train_byte_bpe import byte_level_base, train_byte_level
@@ -359,14 +364,20 @@ def verify_hf_export(
     model_path: Path, tokenizer_json: Path, corpora: list[Path], s: TrainSettings
 ) -> dict[str, int]:
     """Compare `.model` and `tokenizer.json` ids on held-out lines of every corpus (on training lines
-    of a corpus too small for a held-out part: the two must agree on any text); the lines checked."""
+    of a corpus too small for a held-out part: the two must agree on any text); the lines checked.
+    Lines holding a user-defined piece are checked on the text around it, which is all the two
+    encode alike (docs/tokenizer.md)."""
     expected, got = load(model_path), load(tokenizer_json)
+    texts = sorted(user_defined_texts(load_model_proto(model_path)), key=len, reverse=True)
+    user_defined = re.compile("|".join(map(re.escape, texts))) if texts else None
     checked = {"heldout": 0, "train": 0}
     for path in corpora:
         for split in ("heldout", "train"):
             lines = first_lines(path, s.text_key, split, s.heldout_percent, s.verify_lines_per_file)
             if lines:
                 break
+        if user_defined is not None:
+            lines = [part for line in lines for part in user_defined.split(line) if part.strip()]
         bad = compare_encodings(expected, got, lines)
         if bad:
             raise VikhrError(
