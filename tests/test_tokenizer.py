@@ -699,6 +699,22 @@ def test_a_failed_compare_chart_leaves_the_earlier_report_whole(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "t.jsonl.gz"]
 
 
+def test_compare_measures_a_crlf_copy_as_the_file_itself(tmp_path: Path) -> None:
+    """Training leaves a CRLF document's line ends out of its paragraphs; compare counted each "\r"
+    as a character of its paragraph, and with most tokenizers a token (the same text measured a few
+    per cent apart)."""
+    docs = [{"id": str(i), "text": f"Строка {i}, первая.\nВторая строка {i}.\n\nТретья."} for i in range(50)]
+    lf = _write_jsonl(tmp_path / "lf.jsonl.gz", docs)
+    crlf_docs = [{**d, "text": d["text"].replace("\n", "\r\n")} for d in docs]
+    crlf = _write_jsonl(tmp_path / "crlf.jsonl.gz", crlf_docs)
+    lf_result, crlf_result = compare(
+        [f"m={MISTRAL_TOKENIZER}"], [f"lf={lf}", f"crlf={crlf}"], tmp_path / "r", split="all"
+    )
+    measured = ("chars", "words", "tokens", "words_3plus")
+    assert [getattr(crlf_result, k) for k in measured] == [getattr(lf_result, k) for k in measured]
+    assert crlf_result.chars == sum(len(ln) for d in docs for ln in d["text"].split("\n"))
+
+
 def test_cli_compare_refuses_an_existing_report_unless_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

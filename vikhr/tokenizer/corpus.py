@@ -116,6 +116,7 @@ def iter_lines(
     total = 0
     for doc in iter_documents(path, text_key, split, heldout_percent):
         for line in doc.text.split("\n"):
+            line = line.strip("\r")  # a CRLF document's line ends, left out as training leaves them
             if not line.strip():
                 continue
             if max_chars is not None and total + len(line) > max_chars:
