@@ -967,6 +967,8 @@ _BAD_INPUTS = [
         "o",
     ),
     ("tokenizer train --corpus {ru}@-3 --out {dir}/o", "character budget must be positive", "o"),
+    ("tokenizer train --corpus {ru}@inf --out {dir}/o", "not a character budget: 'inf'", "o"),
+    ("tokenizer train --corpus {ru} --max-chars-per-file 1e400 --out {dir}/o", "not a character budget", "o"),
     (
         "tokenizer train --corpus {ru} --out {dir}/o --mode extend --base-model {dir}/x.bin",
         "not a SentencePiece",
@@ -991,6 +993,7 @@ _BAD_INPUTS = [
     ),
     ("tokenizer compare --tokenizer {tok} --texts {dir}/nope --out {dir}/o", "not found", "o"),
     ("tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --max-chars 0", "must be positive", "o"),
+    ("tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --max-chars inf", "not a char", "o"),
     (
         "tokenizer compare --tokenizer {tok} --texts {ru} --out {dir}/o --heldout-percent 150",
         "--heldout-percent: expected a percentage between 0 and 100",

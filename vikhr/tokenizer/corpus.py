@@ -231,7 +231,7 @@ def parse_budget(text: str) -> int:
     digits = text[:-1] if scale != 1 else text
     try:
         value = int(float(digits) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf", "1e400"
         raise VikhrError(f"not a character budget: {text!r} (use e.g. 500k, 20M or 1234)") from None
     if value <= 0:
         raise VikhrError(f"character budget must be positive, got {text!r}")
