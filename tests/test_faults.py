@@ -917,6 +917,16 @@ _BAD_INPUTS = [
         "o",
     ),
     ("tokenizer train --corpus {ru} --out {dir}/o --vocab-size 0", "--vocab-size 0 is too small", "o"),
+    (  # SentencePiece's ValueError; a byte-level base's trainer aborted the process allocating 141 GB
+        "tokenizer train --corpus {ru} --out {dir}/o --vocab-size 3000000000",
+        "--vocab-size 3,000,000,000 is above 4,194,304 ids",
+        "o",
+    ),
+    (
+        "tokenizer train --corpus {ru} --out {dir}/o --mode extend --base-model {tok} --new-tokens 99999999",
+        "--new-tokens 99,999,999 is above",
+        "o",
+    ),
     (
         "tokenizer train --corpus {ru} --out {dir}/o --pad-to-multiple 0",
         "--pad-to-multiple must be from 1 (no padding) to 65536, got 0",

@@ -58,6 +58,9 @@ NUM_SPECIALS = 3  # <unk> <s> </s>
 MIN_REPLACE_VOCAB = NUM_BYTE_PIECES + NUM_SPECIALS + 100  # a replace tokenizer: at least 100 learned pieces
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
+# The largest vocabularies in use hold ~256k ids; SentencePiece takes no size above 2^31 and the
+# byte-level trainer allocates ~50 bytes an id up front (3e9 aborted the process).
+MAX_VOCAB_SIZE = 1 << 22
 POOL_ATTEMPTS = 4  # extend mode: Russian pool trainings before settling for fewer new pieces
 
 
@@ -427,6 +430,12 @@ def _check_numbers(s: TrainSettings) -> None:
         raise VikhrError(
             f"--pad-to-multiple must be from 1 (no padding) to {MAX_PAD_MULTIPLE}, got {s.pad_to_multiple}"
         )
+    for flag, size in (("--vocab-size", s.vocab_size), ("--new-tokens", s.new_tokens)):
+        if size is not None and size > MAX_VOCAB_SIZE:
+            raise VikhrError(
+                f"{flag} {size:,} is above {MAX_VOCAB_SIZE:,} ids, far more than any tokenizer uses "
+                "(the largest hold ~256k)"
+            )
     if s.character_coverage is not None and not 0 < s.character_coverage <= 1:  # also false for NaN
         raise VikhrError(f"--character-coverage must be in (0, 1], got {s.character_coverage}")
     if s.num_threads is not None and s.num_threads < 1:
