@@ -485,6 +485,19 @@ def test_sampling_budget_is_respected_and_deterministic(tmp_path: Path) -> None:
     assert 150_000 < chars < 250_000
 
 
+def test_a_budget_ending_in_an_indented_paragraph_stops_at_the_last_word(tmp_path: Path) -> None:
+    """`compare --max-chars` (and every reader of lines with a budget) cut the paragraph that crosses
+    the budget at white space: one whose first characters up to the budget were all white space (an
+    indented man page line) was an IndexError traceback."""
+    texts = _write_jsonl(tmp_path / "man.jsonl.gz", [{"id": "a", "text": "Ключи:\n        -a  все файлы"}])
+    assert list(iter_lines(texts, max_chars=10)) == ["Ключи:"]
+    assert list(iter_lines(texts, max_chars=16)) == ["Ключи:", "-a"]
+    [result] = compare(
+        [f"m={MISTRAL_TOKENIZER}"], [f"man={texts}"], tmp_path / "r", split="all", max_chars=10
+    )
+    assert result.chars == len("Ключи:")
+
+
 def test_long_paragraphs_are_sampled_in_pieces_and_cut_at_any_white_space(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -121,6 +121,8 @@ def iter_lines(
                 continue
             if max_chars is not None and total + len(line) > max_chars:
                 line = _cut_at_space(line, max_chars - total)  # one huge paragraph: the budget's worth
+                if not line:  # what is left of the budget holds no word (an indented paragraph)
+                    return
             yield line
             total += len(line)
             if max_chars is not None and total >= max_chars:
@@ -128,9 +130,13 @@ def iter_lines(
 
 
 def _cut_at_space(line: str, chars: int) -> str:
-    """The first `chars` characters of `line`, back to its last white space when it has one."""
+    """The first `chars` characters of `line`, back to its last white space when it has one ("" when
+    they are all white space)."""
     head = line[: max(chars, 1)]
-    return head if len(head) == len(line) else (head.rsplit(None, 1)[0] or head)
+    if len(head) == len(line):
+        return head
+    words = head.rsplit(None, 1)
+    return words[0] if words else ""
 
 
 MAX_LINE_BYTES = 4000  # training lines are cut to this (SentencePiece skips those above 4192 bytes)
