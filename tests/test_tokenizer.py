@@ -728,6 +728,20 @@ def test_compare_measures_a_crlf_copy_as_the_file_itself(tmp_path: Path) -> None
     assert crlf_result.chars == sum(len(ln) for d in docs for ln in d["text"].split("\n"))
 
 
+def test_a_label_with_a_bar_or_a_line_break_keeps_the_markdown_tables_whole(tmp_path: Path) -> None:
+    """`--tokenizer 'a|b=…'` gave its row an extra column; the CSV keeps the labels as given."""
+    texts = _write_jsonl(tmp_path / "t.jsonl.gz", [{"id": "x", "text": "Мама мыла раму. " * 20}])
+    out = tmp_path / "report"
+    compare([f"a|b={MISTRAL_TOKENIZER}"], [f"ru\nx|y={texts}"], out, split="all")
+    rows = [ln for ln in (out / "report.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    assert len({len(re.split(r"(?<!\\)\|", row)) for row in rows[:3]}) == 1  # header, rule, row: 8 cells
+    assert r"| a\|b | ru x\|y | all |" in rows[2]
+    assert any(row.startswith(r"| a\|b | `") for row in rows)
+    with open(out / "report.csv", encoding="utf-8", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["tokenizer"], row["text_set"]) == ("a|b", "ru\nx|y")
+
+
 def test_cli_compare_refuses_an_existing_report_unless_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

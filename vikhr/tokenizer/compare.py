@@ -245,6 +245,11 @@ def _row(e: Efficiency) -> list[str]:
     ]
 
 
+def _cell(name: str) -> str:
+    """A label as a Markdown table cell: a '|' or a line break in it would break the table's row."""
+    return " ".join(name.splitlines()).replace("|", "\\|")
+
+
 def render_markdown(
     results: list[Efficiency], tokenizers: list[NamedTokenizer], sentence: str = TABLE1_SENTENCE
 ) -> str:
@@ -262,14 +267,14 @@ def render_markdown(
     out.write("|---|---|---|---|---:|---:|---:|---:|\n")
     for e in results:
         out.write(
-            f"| {e.tokenizer} | {e.text_set} | {e.split} | {e.seen} | {e.chars_per_token:.3f} "
+            f"| {_cell(e.tokenizer)} | {_cell(e.text_set)} | {e.split} | {e.seen} | {e.chars_per_token:.3f} "
             f"| {e.tokens_per_word:.3f} | {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
         )
     out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
     for named in tokenizers:
         pieces = named.tokenizer.readable_pieces(sentence)
         shown = " ".join(f"`{p}`" for p in pieces)
-        out.write(f"| {named.name} | {shown} | {len(pieces)} |\n")
+        out.write(f"| {_cell(named.name)} | {shown} | {len(pieces)} |\n")
     return out.getvalue()
 
 
