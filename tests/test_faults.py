@@ -932,8 +932,17 @@ _BAD_INPUTS = [
         "--pad-to-multiple must be from 1 (no padding) to 65536, got 0",
         "o",
     ),
-    ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0", "(0, 1], got 0.0", "o"),
-    ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage nan", "(0, 1], got nan", "o"),
+    ("tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0", "from 0.98 to 1 (Sen", "o"),
+    (
+        "tokenizer train --corpus {ru} --out {dir}/o --character-coverage nan",
+        "to 1 (SentencePiece's range), got nan",
+        "o",
+    ),
+    (  # SentencePiece's internal error after sampling, advising a smaller --vocab-size or more text
+        "tokenizer train --corpus {ru} --out {dir}/o --character-coverage 0.9",
+        "--character-coverage must be from 0.98 to 1 (SentencePiece's range), got 0.9",
+        "o",
+    ),
     ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be >= 1", "o"),
     (  # SentencePiece has no such setting: it was ignored
         "tokenizer train --corpus {ru} --out {dir}/o --min-frequency 5",

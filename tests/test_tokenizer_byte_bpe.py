@@ -476,7 +476,7 @@ def test_byte_level_training_is_deterministic(bases: dict[str, Path], tmp_path: 
         (["--vocab-size", "300"], "too small"),
         (["--new-tokens", "10"], "--new-tokens is for --mode extend"),
         # SentencePiece's settings were recorded in the manifest as if applied, and changed nothing.
-        (["--character-coverage", "0.5"], "--character-coverage: SentencePiece's settings"),
+        (["--character-coverage", "0.99"], "--character-coverage: SentencePiece's settings"),
         (
             ["--no-split-by-script", "--no-split-by-whitespace", "--threads", "7"],
             "--no-split-by-script, --no-split-by-whitespace, --threads: SentencePiece's settings",

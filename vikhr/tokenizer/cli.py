@@ -82,7 +82,7 @@ def _register_train(tsub: Any) -> None:
         "--character-coverage",
         type=float,
         help="SentencePiece: share of characters that get their own piece, the rest byte fallback "
-        "(default 0.9999)",
+        "(0.98 to 1; default 0.9999)",
     )
     tr.add_argument(
         "--no-split-by-script",

@@ -57,6 +57,7 @@ NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
 MIN_REPLACE_VOCAB = NUM_BYTE_PIECES + NUM_SPECIALS + 100  # a replace tokenizer: at least 100 learned pieces
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
+MIN_CHARACTER_COVERAGE = 0.98  # the least SentencePiece trains with
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 # The largest vocabularies in use hold ~256k ids; SentencePiece takes no size above 2^31 and the
 # byte-level trainer allocates ~50 bytes an id up front (3e9 aborted the process).
@@ -436,8 +437,13 @@ def _check_numbers(s: TrainSettings) -> None:
                 f"{flag} {size:,} is above {MAX_VOCAB_SIZE:,} ids, far more than any tokenizer uses "
                 "(the largest hold ~256k)"
             )
-    if s.character_coverage is not None and not 0 < s.character_coverage <= 1:  # also false for NaN
-        raise VikhrError(f"--character-coverage must be in (0, 1], got {s.character_coverage}")
+    # SentencePiece refuses a lower coverage (and NaN) only when it trains, as an internal error.
+    coverage = s.character_coverage
+    if coverage is not None and not MIN_CHARACTER_COVERAGE <= coverage <= 1:
+        raise VikhrError(
+            f"--character-coverage must be from {MIN_CHARACTER_COVERAGE} to 1 (SentencePiece's range), got "
+            f"{coverage}"
+        )
     if s.num_threads is not None and s.num_threads < 1:
         raise VikhrError(f"--threads must be >= 1, got {s.num_threads}")
     if s.min_frequency is not None and not 0 <= s.min_frequency < 2**32:
