@@ -943,7 +943,12 @@ _BAD_INPUTS = [
         "--character-coverage must be from 0.98 to 1 (SentencePiece's range), got 0.9",
         "o",
     ),
-    ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be >= 1", "o"),
+    ("tokenizer train --corpus {ru} --out {dir}/o --threads 0", "--threads must be from 1 to 1024", "o"),
+    (  # SentencePiece's internal error after sampling, advising a smaller --vocab-size or more text
+        "tokenizer train --corpus {ru} --out {dir}/o --threads 5000",
+        "--threads must be from 1 to 1024 (SentencePiece's range), got 5000",
+        "o",
+    ),
     (  # SentencePiece has no such setting: it was ignored
         "tokenizer train --corpus {ru} --out {dir}/o --min-frequency 5",
         "--min-frequency is for byte-level BPE",

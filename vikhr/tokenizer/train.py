@@ -57,7 +57,8 @@ NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
 MIN_REPLACE_VOCAB = NUM_BYTE_PIECES + NUM_SPECIALS + 100  # a replace tokenizer: at least 100 learned pieces
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
-MIN_CHARACTER_COVERAGE = 0.98  # the least SentencePiece trains with
+MIN_CHARACTER_COVERAGE = 0.98  # SentencePiece's range of character coverage, and of threads:
+MAX_THREADS = 1024
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 # The largest vocabularies in use hold ~256k ids; SentencePiece takes no size above 2^31 and the
 # byte-level trainer allocates ~50 bytes an id up front (3e9 aborted the process).
@@ -444,8 +445,10 @@ def _check_numbers(s: TrainSettings) -> None:
             f"--character-coverage must be from {MIN_CHARACTER_COVERAGE} to 1 (SentencePiece's range), got "
             f"{coverage}"
         )
-    if s.num_threads is not None and s.num_threads < 1:
-        raise VikhrError(f"--threads must be >= 1, got {s.num_threads}")
+    if s.num_threads is not None and not 1 <= s.num_threads <= MAX_THREADS:
+        raise VikhrError(
+            f"--threads must be from 1 to {MAX_THREADS} (SentencePiece's range), got {s.num_threads}"
+        )
     if s.min_frequency is not None and not 0 <= s.min_frequency < 2**32:
         raise VikhrError(f"--min-frequency must be from 0 to 2^32-1, got {s.min_frequency}")
 
