@@ -649,6 +649,31 @@ def test_a_tied_model_may_store_its_head(stored_by: str, tmp_path: Path) -> None
     assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])
 
 
+@pytest.mark.parametrize("stored_by", ["a", "both"])
+def test_a_tied_models_stored_head_follows_its_embedding_along_a_gradient(
+    stored_by: str, tmp_path: Path
+) -> None:
+    """A gradient gives the embedding its first value and the LM head its last: a tied model's stored
+    head was merged at t = 1 beside an embedding at t = 0, so the output said tied but was not
+    (convert refused it). A filter naming that head alone changed a tensor transformers ignores."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0, num_layers=LAYERS)
+    tiny_hf_model(b, VOCAB, arch="qwen2", tied=True, seed=1, num_layers=LAYERS)
+    for stored in [a, b] if stored_by == "both" else [a]:
+        weights = tensors_of(stored)
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+        save_file(weights, str(stored / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    summary = merge_checkpoints(a, b, out, Schedule(parse_gradient("0.2,0.9")), show_progress=False)
+    merged = tensors_of(out)
+    assert summary["t"]["lm_head.weight"] == summary["t"]["model.embed_tokens.weight"] == pytest.approx(0.2)
+    assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
+    assert not torch.equal(merged["model.embed_tokens.weight"], tensors_of(a)["model.embed_tokens.weight"])
+    with pytest.raises(VikhrError, match="no tensor name contains 'lm_head'"):
+        merge_checkpoints(a, b, tmp_path / "f", Schedule((0.5,), (parse_filter("lm_head=0.3"),)))
+    _nothing_written(tmp_path / "f")
+
+
 def _base_and_instruct(models: dict[str, Path], tmp_path: Path) -> tuple[Path, Path, list[int]]:
     """A: a base model with a Qwen-like tokenizer, no chat template, stopping at <|endoftext|>; B: its
     instruction-tuned successor (chatml, vikhr's; stops at <|im_end|>, samples); and the merge's stop

@@ -202,14 +202,17 @@ def _entries_by_name(headers: list[SafetensorsHeader]) -> dict[str, tuple[Tensor
 
 def _tied_head_aliased(
     entries_a: dict[str, tuple[TensorEntry, Path]], entries_b: dict[str, tuple[TensorEntry, Path]]
-) -> None:
+) -> bool:
     """Tied models (the same `tie_word_embeddings` in both, checked before): one may store its head as
-    well, which transformers replaces with the embedding on load. A head only A stores is merged with
-    B's embedding, one only B stores is left out (the output has A's tensors)."""
-    if HEAD in entries_a and HEAD not in entries_b and EMBEDDING in entries_b:
-        entries_b[HEAD] = entries_b[EMBEDDING]
+    well, which transformers replaces with the embedding on load. A head A stores is the merge of the
+    two embeddings (at the embedding's t: the output stays tied), one only B stores is left out (the
+    output has A's tensors). Whether A's head is now the embeddings' merge."""
     if HEAD in entries_b and HEAD not in entries_a:
         del entries_b[HEAD]
+    if HEAD in entries_a and EMBEDDING in entries_a and EMBEDDING in entries_b:
+        entries_a[HEAD], entries_b[HEAD] = entries_a[EMBEDDING], entries_b[EMBEDDING]
+        return True
+    return False
 
 
 def _check_tensors(
@@ -384,11 +387,15 @@ def merge_checkpoints(
     chat, chat_reason = _chat_side(a, b, chat_template_from)
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
-    if read_json_object(a / "config.json").get("tie_word_embeddings") is True:
-        _tied_head_aliased(entries_a, entries_b)
+    tied = read_json_object(a / "config.json").get("tie_word_embeddings") is True
+    head_is_embedding = tied and _tied_head_aliased(entries_a, entries_b)
     _check_tensors(entries_a, entries_b, a, b)
-    schedule.check_filters(list(entries_a))
-    t_of = {name: schedule.t_for(name, num_layers) for name in entries_a}
+    # A tied model's stored head is its embedding: no t of its own (a filter naming it alone names nothing).
+    scheduled = [name for name in entries_a if not (head_is_embedding and name == HEAD)]
+    schedule.check_filters(scheduled)
+    t_of = {name: schedule.t_for(name, num_layers) for name in scheduled}
+    if head_is_embedding:
+        t_of[HEAD] = t_of[EMBEDDING]
 
     def merged(entry: TensorEntry) -> Any:
         return _merged_tensor(entries_a[entry.name], entries_b[entry.name], t_of[entry.name], method)
