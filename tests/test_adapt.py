@@ -182,6 +182,23 @@ def test_other_tensors_copied_through_and_index_rewritten(tmp_path: Path, new_to
     )
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_index_counts_the_parameters_of_the_adapted_model(
+    tmp_path: Path, new_tok: Path, tied: bool
+) -> None:
+    """transformers writes the model's parameter count into the shard index: the adapted model's
+    index kept the old count (32,000 rows per matrix, where it has 2,500)."""
+    from transformers import AutoModelForCausalLM
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_checkpoint(src, "llama", tied=tied, shard=True)
+    assert "total_parameters" in json.loads((src / "model.safetensors.index.json").read_text())["metadata"]
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, show_progress=False)
+    metadata = json.loads((out / "model.safetensors.index.json").read_text())["metadata"]
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert metadata["total_parameters"] == model.num_parameters()
+
+
 def test_init_log_summary_padding_and_random_init(tmp_path: Path, new_tok: Path) -> None:
     src = tmp_path / "src"
     make_checkpoint(src, "mistral", tied=False, shard=False)

@@ -465,12 +465,18 @@ def _write_shards(
     return sizes
 
 
-def _write_side_files(model_dir: Path, work: Path, sizes: dict[str, int], new: Vocabulary) -> None:
-    """The shard index with its new total size, every other non-weight file, and the new tokenizer."""
+def _write_side_files(
+    model_dir: Path, work: Path, sizes: dict[str, int], new: Vocabulary, added_parameters: int
+) -> None:
+    """The shard index with its new total size (and parameter count, where transformers wrote one: the
+    old one plus `added_parameters`), every other non-weight file, and the new tokenizer."""
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.is_file():
         index = json.loads(index_path.read_text(encoding="utf-8"))
-        index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        metadata = index.setdefault("metadata", {})
+        metadata["total_size"] = sum(sizes.values())
+        if type(metadata.get("total_parameters")) is int:
+            metadata["total_parameters"] += added_parameters
         (work / index_path.name).write_text(json.dumps(index, indent=2), encoding="utf-8")
     for item in model_dir.iterdir():
         skip = (
@@ -591,7 +597,9 @@ def adapt_vocab(
 
     with output_dir(out_dir) as work:
         sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
-        _write_side_files(model_dir, work, sizes, new)
+        # transformers counts a tied model's one matrix once
+        added_parameters = (len(plan) - rows) * embed_src.tensors[EMBED].shape[1] * (1 if tied else 2)
+        _write_side_files(model_dir, work, sizes, new, added_parameters)
         _write_model_config(cfg, work, padded, old, new)
         counts = _write_init_log(work, plan, old)
         summary: dict[str, Any] = {
