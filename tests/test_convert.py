@@ -626,18 +626,21 @@ def test_keys_a_config_leaves_out_mean_what_they_mean_to_transformers(family: st
     assert cfg.head_dim == (128 if family == "qwen3" else 64)
 
 
+SMALL_LLAMA_CONFIG = {
+    "model_type": "llama",
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "vocab_size": 100,
+}
+
+
 def test_configs_transformers_would_run_otherwise_are_refused_or_read_as_it_does() -> None:
     """Each of these converted (exit 0) into a model whose logits differ from transformers': an
     activation other than SiLU, a sliding window on Llama (transformers ignores the key), RoPE given
     twice with different values; a rope_scaling string was a traceback."""
-    llama = {
-        "model_type": "llama",
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "vocab_size": 100,
-    }
+    llama = dict(SMALL_LLAMA_CONFIG)
     with pytest.raises(VikhrError, match=r"hidden_act 'gelu' is not supported \(only silu\)"):
         hf_config_to_model_config({**llama, "hidden_act": "gelu"})
     assert hf_config_to_model_config({**llama, "hidden_act": "swish"}) == hf_config_to_model_config(llama)
@@ -678,14 +681,7 @@ def test_a_rope_theta_inside_rope_scaling_is_read_as_transformers_5_reads_it() -
     """transformers 5's `config.rope_scaling` holds θ, and 5 takes θ from there: a config.json
     written from it ({"rope_type": "default", "rope_theta": 1e6}, no top-level rope_theta) was
     read with the default θ 10000, silently; a top-level θ that disagrees is refused (4 reads it)."""
-    llama = {
-        "model_type": "llama",
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "vocab_size": 100,
-    }
+    llama = dict(SMALL_LLAMA_CONFIG)
     inside = {**llama, "rope_scaling": {"rope_type": "default", "rope_theta": 1e6}}
     assert hf_config_to_model_config(inside).rope_theta == 1e6
     assert hf_config_to_model_config({**inside, "rope_theta": 1e6}).rope_theta == 1e6
