@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 
+import vikhr
 from tests.helpers import run_vikhr_child, stderr_of_cli, tiny_hf_model
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
@@ -352,6 +353,7 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     assert rc == 0
     results = json.loads(out.read_text(encoding="utf-8"))
     assert set(results["tasks"]) == {"terra", "bpc"}
+    assert results["vikhr_version"] == vikhr.__version__  # scores change between versions
     assert results["tasks"]["terra"]["num_fewshot"] == 1 and results["tasks"]["bpc"]["num_fewshot"] == 0
     assert 0.0 <= results["tasks"]["terra"]["metrics"]["acc"] <= 1.0
     assert results["tasks"]["bpc"]["metrics"]["bpc"] > 0

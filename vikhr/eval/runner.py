@@ -429,9 +429,13 @@ def _summary(
     """The results dict of `run_eval` from lm-eval's raw output."""
     import lm_eval
 
+    import vikhr
+
     out: dict[str, Any] = {
         "model": str(settings.model_dir),
         "tokenizer": tokenizer,
+        # Prompts and scoring change between versions: a results file says which ones it holds.
+        "vikhr_version": vikhr.__version__,
         "lm_eval_version": lm_eval.__version__,
         "limit": settings.limit,
         "seed": settings.seed,
