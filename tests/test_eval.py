@@ -367,6 +367,26 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     assert "note: task terra" not in captured.err
 
 
+@pytest.mark.parametrize("given", [".", ".."])
+def test_a_model_given_as_dot_is_named_by_its_directory(
+    given: str, tiny_dir: Path, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """`--model .` (or `..`) was recorded as "." (the table said Model: `.`, compare named the row
+    after the results file): the results name the directory itself."""
+    model = tmp_path / "my-model"
+    (model / "sub").mkdir(parents=True)
+    for f in tiny_dir.iterdir():
+        (model / f.name).symlink_to(f)
+    monkeypatch.chdir(model if given == "." else model / "sub")
+    out = tmp_path / "results.json"
+    argv = ["eval", "--model", given, "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    assert cli_main([*argv, "--output", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"Model: `{model.resolve()}`")
+    assert json.loads(out.read_text(encoding="utf-8"))["model"] == str(model.resolve())
+    assert cli_main(["eval", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    assert "| my-model (limit 1) |" in capsys.readouterr().out
+
+
 def test_lm_eval_s_bars_show_only_on_a_terminal_and_not_with_no_progress(
     tiny_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -431,8 +431,11 @@ def _summary(
 
     import vikhr
 
+    model = settings.model_dir
+    if model.name in ("", ".."):  # `--model .` / `..`: name the directory, not the way there
+        model = model.resolve()
     out: dict[str, Any] = {
-        "model": str(settings.model_dir),
+        "model": str(model),
         "tokenizer": tokenizer,
         # Prompts and scoring change between versions: a results file says which ones it holds.
         "vikhr_version": vikhr.__version__,
