@@ -661,6 +661,16 @@ def test_a_documents_shots_do_not_depend_on_the_number_of_ranks(task_name: str, 
     assert prompts(2) == one and prompts(3) == one
 
 
+def test_stdout_holds_the_table_alone_with_an_auto_batch_size(tiny_dir: Path, capsys: Any) -> None:
+    """lm-eval prints its batch-size search ("Determined Largest batch size: 7") to stdout: it went
+    into the Markdown table of `vikhr eval ... > table.md`."""
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu"]
+    assert cli_main([*argv, "--batch-size", "auto"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"Model: `{tiny_dir}`")
+    assert "Determined" not in captured.out and "Determined Largest batch size: " in captured.err
+
+
 def test_auto_batch_size_on_cpu_batches_without_probing_and_scores_the_same(
     tiny_lm: Any, tiny_dir: Path, shared_data: Path, monkeypatch: Any
 ) -> None:

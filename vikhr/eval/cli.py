@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from vikhr.errors import VikhrError, require_output_file
@@ -128,6 +129,16 @@ def _refuse_to_replace_other_files(output: Path) -> None:
             )
 
 
+def _output_lock(output: Path) -> contextlib.AbstractContextManager[bool]:
+    """Held while a run writes `output` (and keeps its finished tasks beside it)."""
+    busy = (
+        f"{output} is being written by another vikhr eval ({{holder}}); wait for it to end or give "
+        "another --output"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)  # the lock sits beside the output
+    return exclusive(output.with_name(output.name + ".lock"), busy, remove=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from vikhr.assets import RU_SAMPLE
     from vikhr.eval.lm import evaluation_bars
@@ -188,14 +199,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     with contextlib.ExitStack() as held:
         if output is not None and first_rank:  # two runs on one --output would share OUTPUT.partial/
-            busy = (
-                f"{output} is being written by another vikhr eval ({{holder}}); wait for it to end or give "
-                "another --output"
-            )
-            output.parent.mkdir(parents=True, exist_ok=True)  # the lock sits beside the output
-            held.enter_context(exclusive(output.with_name(output.name + ".lock"), busy, remove=True))
+            held.enter_context(_output_lock(output))
         held.enter_context(evaluation_bars(args.progress))
-        results = run_eval(settings)
+        # lm-eval prints its batch-size search ("Determined Largest batch size: 7"): stdout is the table's.
+        with contextlib.redirect_stdout(sys.stderr):
+            results = run_eval(settings)
         if not results:  # a rank other than 0: its documents' results went to rank 0
             return 0
         print(markdown_table(results), end="")
