@@ -847,6 +847,27 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     assert "chgk/test.jsonl:2: the record has no answer text" in _one_line_error(chegeka, capsys)
 
 
+def test_every_task_without_its_data_is_named_at_once(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """`--tasks table6` on a data directory holding some of the sets named the first task without its
+    files, then the next on each rerun (30 reruns for the shared data)."""
+    data = tmp_path / "eval"
+    (data / "terra").mkdir(parents=True)
+    record = '{"premise": "Кот спит.", "hypothesis": "Кот не бодрствует.", "label": "entailment"}\n'
+    (data / "terra" / "val.jsonl").write_text(record, encoding="utf-8")
+    tasks = "terra,mmlu_ru,rsg,mera_parus"
+    argv = ["eval", "--model", str(tiny_dir), "--data-dir", str(data), "--device", "cpu", "--tasks", tasks]
+    err = _one_line_error(argv, capsys)
+    assert "11 tasks lack their data files: mmlu_ru, rsg_lidirus," in err and "rsg_rucos, mera_parus (" in err
+    assert f"(the first: task mmlu_ru: data file not found: {data / 'mmlu-ru' / 'test.jsonl'}" in err
+    assert err.endswith("(--tasks ...,-mmlu_ru,-rsg,-mera)")
+    assert parse_task_list(f"{tasks},-mmlu_ru,-rsg,-mera") == ["terra"]  # the advice leaves what has data
+    # One task alone keeps its own line.
+    err = _one_line_error([*argv[:-1], "terra,mmlu_ru"], capsys)
+    assert err.endswith(
+        f"task mmlu_ru: data file not found: {data / 'mmlu-ru' / 'test.jsonl'} (check --data-dir {data})"
+    )
+
+
 @pytest.mark.parametrize("size", ["auto:0", "auto:x", "auto:", "auto:4", "0", "-3", "big"])
 def test_a_bad_batch_size_is_one_line_before_the_model_loads(tiny_dir: Path, size: str, capsys: Any) -> None:
     """lm-eval's "auto:N" (it failed after the model load: ZeroDivisionError for "auto:0", a

@@ -22,7 +22,7 @@ from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.progress import TaskProgress, as_json
 from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, build_task_config, checked_task_files
-from vikhr.eval.tasks import TASKS, effective_fewshot, task_files
+from vikhr.eval.tasks import TASK_GROUPS, TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
 DEFAULT_SEED = 1234
@@ -223,6 +223,7 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
         raise VikhrError(f"--limit must be a positive number of documents, got {settings.limit}")
     if settings.num_fewshot is not None and settings.num_fewshot < 0:
         raise VikhrError(f"--num-fewshot must be >= 0, got {settings.num_fewshot}")
+    _check_every_task_has_its_data(settings)
     configs = {
         name: build_task_config(
             name,
@@ -242,6 +243,30 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
         name: task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot) for name in configs
     }
     return _task_objects(configs, settings.seed, files), rutie
+
+
+def _check_every_task_has_its_data(settings: EvalSettings) -> None:
+    """`--tasks all` (or `table6`) on a data directory holding some of the sets: every task without
+    its files is named at once, so that one rerun leaves them all out rather than one per rerun."""
+    missing: dict[str, VikhrError] = {}
+    for name in settings.tasks:
+        try:
+            checked_task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
+        except VikhrError as e:
+            missing[name] = e
+    if len(missing) < 2:
+        for error in missing.values():
+            raise error
+        return
+    # A group whose every task in the run lacks its data is left out by the group's name.
+    whole = {g for g in ("rsg", "mera") if set(TASK_GROUPS[g]) & set(settings.tasks) <= set(missing)}
+    group_of = {n: g for g in whole for n in TASK_GROUPS[g]}
+    leave_out = dict.fromkeys(group_of.get(n, n) for n in missing)
+    raise VikhrError(
+        f"{len(missing)} tasks lack their data files: {', '.join(missing)} (the first: "
+        f"{next(iter(missing.values()))}); add the files, or leave the tasks out "
+        f"(--tasks ...,{','.join(f'-{n}' for n in leave_out)})"
+    )
 
 
 def _build_test_split_tasks(settings: EvalSettings) -> dict[str, Any]:
