@@ -280,6 +280,25 @@ def test_bad_reference_is_one_line(tmp_path: Path, capsys: Any, text: str, messa
     assert "reference file not found" in missing and "none.csv" in missing
 
 
+def test_a_reference_given_twice_is_named_as_such(tmp_path: Path, capsys: Any) -> None:
+    """`--paper` with `--reference` of the bundled Table 6 (or one CSV given twice) said every row was
+    named twice in that file, "give reference rows other names": the file is named as given twice."""
+    from vikhr.assets import PAPER_TABLE6
+
+    a = write(tmp_path / "a.json", results("vikhr-7b", 0.597, 0.503, 0.124, 0.544))
+    base = ["eval", "compare", str(a), "--out", str(tmp_path / "cmp")]
+    err = one_line_error([*base, "--reference", str(PAPER_TABLE6), "--paper"], capsys)
+    assert err.endswith(
+        f"--reference {PAPER_TABLE6} is given twice (--paper adds the bundled Table 6: leave "
+        "out one of the two)"
+    )
+    mine = tmp_path / "mine.csv"
+    mine.write_text("model,MERA\nMy leaderboard submission,0.41\n", encoding="utf-8")
+    err = one_line_error([*base, "--reference", str(mine), "--reference", f"{tmp_path}/./mine.csv"], capsys)
+    assert err.endswith(f"--reference {mine} is given twice")
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_paper_rows_join_the_models_and_other_references(tmp_path: Path, capsys: Any) -> None:
     """`--paper` adds the bundled Table 6 below the models (and below any --reference rows): its five
     columns land in the paper's order, MERA after the evaluated tasks, the closed-source models'

@@ -67,6 +67,13 @@ def _compare(args: argparse.Namespace) -> int:
     if not args.out.strip():
         raise VikhrError("--out is empty: give the directory for compare.md, compare.csv and compare.png")
     references = [Path(r) for r in args.reference] + ([PAPER_TABLE6] if args.paper else [])
+    resolved = [r.resolve() for r in references]
+    for i, path in enumerate(resolved):
+        first = resolved.index(path)
+        if first != i:  # each of its rows would be "named twice"
+            by_paper = args.paper and path == resolved[-1]
+            paper = " (--paper adds the bundled Table 6: leave out one of the two)" if by_paper else ""
+            raise VikhrError(f"--reference {references[first]} is given twice{paper}")
     markdown, paths = compare(args.results, Path(args.out), references)
     print(markdown, end="")
     print(f"wrote {', '.join(str(p) for p in paths)}")
