@@ -112,6 +112,25 @@ def test_a_run_with_limit_is_marked_in_its_row_and_below_the_table(tmp_path: Pat
     assert table in capsys.readouterr().out
 
 
+def test_files_of_different_vikhr_versions_are_said_below_the_table(tmp_path: Path, capsys: Any) -> None:
+    """Scores of two vikhr versions (their prompts and scoring may differ) sat side by side unmarked."""
+    a = write(
+        tmp_path / "a.json", {**results("mistral-7b", 0.604, None, 0.05, 0.515), "vikhr_version": "0.3.0"}
+    )
+    b = write(tmp_path / "b.json", {**results("vikhr-7b", 0.6, 0.5, 0.1, 0.287), "vikhr_version": "0.3.0"})
+    old = write(tmp_path / "old.json", results("saiga-7b", 0.6, 0.5, 0.1, 0.287))  # before versions were kept
+    out = tmp_path / "cmp"
+    assert cli_main(["eval", "compare", str(a), str(b), "--out", str(out)]) == 0
+    assert "vikhr versions" not in (out / "compare.md").read_text(encoding="utf-8")
+    newer = write(tmp_path / "c.json", {**results("qwen-7b", 0.7, 0.6, 0.2, 0.3), "vikhr_version": "0.4.0"})
+    assert cli_main(["eval", "compare", str(a), str(b), str(newer), str(old), "--out", str(out)]) == 0
+    line = (
+        "The files come from different vikhr versions (0.3.0: mistral-7b, vikhr-7b; 0.4.0: qwen-7b; "
+        "not recorded: saiga-7b): prompts and scoring may differ."
+    )
+    assert line in (out / "compare.md").read_text(encoding="utf-8") and line in capsys.readouterr().out
+
+
 def test_a_results_path_holding_an_equals_sign_is_a_file_not_a_name(tmp_path: Path) -> None:
     """Sweep directories are named like ``lr=3e-4``: such a path was split into the name "…/lr" and a
     file "3e-4/…" that does not exist."""

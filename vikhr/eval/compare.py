@@ -104,7 +104,15 @@ def _clean_results(path: Path, results: Any) -> dict[str, Any]:
     limit = results.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise VikhrError(f"{path}: 'limit' is {limit!r}, not a positive integer or null; {_RESULTS_LAYOUT}")
-    return {"model": results.get("model"), "tasks": tasks, "groups": scores, "chat": chat, "limit": limit}
+    version = results.get("vikhr_version")  # absent before vikhr recorded it
+    return {
+        "model": results.get("model"),
+        "tasks": tasks,
+        "groups": scores,
+        "chat": chat,
+        "limit": limit,
+        "vikhr_version": version if isinstance(version, str) else None,
+    }
 
 
 def load_results(spec: str) -> tuple[str, Path, dict[str, Any]]:
@@ -414,6 +422,18 @@ def _refuse_twice(names: list[str], fix: str, files: list[Path] | None = None) -
         raise VikhrError(f"two rows are named {', '.join(map(repr, twice))}{where}: {fix}")
 
 
+def _versions_note(loaded: list[tuple[str, Path, dict[str, Any]]]) -> str:
+    """A line under the table when the files come from different vikhr versions, whose prompts and
+    scoring may differ; none when they agree."""
+    by_version: dict[str, list[str]] = {}
+    for name, _, results in loaded:
+        by_version.setdefault(results["vikhr_version"] or "not recorded", []).append(name)
+    if len(by_version) < 2:
+        return ""
+    each = "; ".join(f"{version}: {', '.join(names)}" for version, names in by_version.items())
+    return f"\nThe files come from different vikhr versions ({each}): prompts and scoring may differ.\n"
+
+
 def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) -> tuple[str, list[Path]]:
     """Write compare.md, compare.csv and compare.png to `out_dir` (with the rows of each reference
     CSV below the models', or in a model's row when named like it); returns (Markdown, paths). The
@@ -448,6 +468,7 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
                 f"\n{name}: run with --limit {results['limit']} ({path}), each task "
                 "scored on its first documents only: not comparable with full runs or the paper's rows.\n"
             )
+    markdown += _versions_note(loaded)
     paths = [out_dir / "compare.md", out_dir / "compare.csv", out_dir / "compare.png"]
     blocked = [p for p in paths if p.is_dir()]
     if blocked:
