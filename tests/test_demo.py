@@ -145,6 +145,23 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
     assert work.is_dir() and not any(work.iterdir())
 
 
+def test_a_vocab_size_the_tokenizer_refuses_leaves_no_half_made_work_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--vocab-size 100` was refused by the tokenizer stage after the split stage had written the
+    corpora: the work directory (and the parents made for it) stayed, half made."""
+    from vikhr.cli import main
+
+    work = tmp_path / "made" / "demo"
+    assert main(["demo", "--workdir", str(work), "--vocab-size", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "vikhr demo: error: --vocab-size 100 is too small: give at least 359 (byte fallback alone takes "
+        "259 pieces)"
+    )
+    assert not (tmp_path / "made").exists()
+
+
 def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_path: Path) -> None:
     """A parent that was there before, or that something else wrote into meanwhile, stays."""
     from vikhr.demo import _clear, _missing_dirs

@@ -645,12 +645,12 @@ def run(args: argparse.Namespace) -> int:
 
     import_megatron_core()  # the training stages import megatron-core
     demo = Demo(args, workdir)
-    demo.split(ru, en)
-    demo.tokenizer()
     try:
+        demo.split(ru, en)
+        demo.tokenizer()
         demo.prepare_chats(chats)
     except VikhrError:
-        # A refused --seq-len or chats file leaves no half-made work directory behind.
+        # A refused corpus, --vocab-size, --seq-len or chats file leaves no half-made work directory behind.
         _clear(workdir, created)
         raise
     demo.base()
