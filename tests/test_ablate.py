@@ -67,6 +67,14 @@ def _write(path: Path, cfg: dict) -> Path:
             "a merge arm trains nothing, so kl_weight would not apply",
         ),
         ({"arms": [{"name": "a", "kl_weight": -1}]}, "config key arms[0].kl_weight must be >= 0, got -1"),
+        # an infinite λ ran the preparation and the base, then the trainer refused "kl.weight"; an
+        # infinite learning rate was refused as "optim.lr", a key the grid has not got
+        (
+            {"arms": [{"name": "a", "kl_weight": float("inf")}]},
+            "config key arms[0].kl_weight must be a finite",
+        ),
+        ({"train": {"lr": float("inf")}}, "config key train.lr must be a finite number, got inf"),
+        ({"base": {"lr": float("inf")}}, "config key base.lr must be a finite number, got inf"),
         ({"seeds": []}, "config key seeds must have at least 1 item, got []"),
         (
             {"train": {"save_every": True}},

@@ -34,7 +34,9 @@ from vikhr.train.config import Seed
 
 
 class _Section(ConfigSection):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused here, not by the trainer after the grid's first stages (and in
+    # its own keys' names: optim.lr, kl.weight).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSection(_Section):
