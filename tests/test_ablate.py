@@ -89,6 +89,9 @@ def _write(path: Path, cfg: dict) -> Path:
         # the trainer's own checks, which ran after the tokenizer and the data had been prepared
         ({"train": {"micro_batch": 16, "global_batch": 4}}, "is not a multiple of train.micro_batch = 16"),
         ({"model": {"overrides": {"bogus": 1}}}, "model.overrides.bogus"),
+        # it replaced every run's vocabulary: the base's training stopped on token ids of its data
+        # outside it, after the tokenizer and the data had been prepared
+        ({"model": {"overrides": {"vocab_size": 1000}}}, "config key model.overrides.vocab_size cannot be"),
         # a fresh grid empties out_dir/work: "" was the directory it was started from
         ({"out_dir": ""}, "config key out_dir"),
         ({"out_dir": "x", "cache_dir": "x"}, "out_dir and cache_dir are both x"),

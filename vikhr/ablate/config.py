@@ -190,6 +190,11 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         raise VikhrError(
             f"{p}: unknown model.preset {cfg.model.preset!r} (choose {', '.join(sorted(PRESETS))})"
         )
+    if "vocab_size" in cfg.model.overrides:  # it would replace each run's, which its tokenizer sets
+        raise VikhrError(
+            f"{p}: config key model.overrides.vocab_size cannot be set: each model's vocabulary is its "
+            "tokenizer's (the base tokenizer's, or tokenizer.vocab_size for the adapted arms); drop it"
+        )
     from vikhr.tokenizer.train import MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
 
     # The adapted tokenizer is trained in replace mode, after the previous grid's work is cleared.
