@@ -119,6 +119,25 @@ def test_demo_corpora_are_the_same_bytes_on_every_run(tmp_path: Path, monkeypatc
     assert [json.loads(line) for line in gzip.decompress(first).decode().splitlines()] == docs
 
 
+def test_more_eval_docs_than_held_out_documents_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bits per character were measured on the held-out documents there were (8 of the English
+    sample), fewer than --eval-docs asked for, without a word."""
+    import argparse
+
+    from vikhr import assets
+    from vikhr.demo import Demo
+
+    args = argparse.Namespace(family="sentencepiece", base_tokenizer=None, eval_docs=10)
+    Demo(args, tmp_path).split(assets.RU_SAMPLE, assets.EN_SAMPLE)
+    err = capsys.readouterr().err
+    assert err == (
+        "warning: --eval-docs is 10, but the EN corpus keeps 8 held-out document(s): bits per character "
+        "are measured on those\n"
+    )
+
+
 def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -34,6 +34,7 @@ import argparse
 import gzip
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -353,8 +354,16 @@ class Demo:
         self.stage(1, "split: held-out documents are kept out of every training step")
         corpora = self.workdir / "corpora"
         corpora.mkdir()
-        self.ru_train, self.ru_held, _ = split_heldout(ru, corpora, "ru")
-        self.en_train, self.en_held, _ = split_heldout(en, corpora, "en")
+        held = {}
+        self.ru_train, self.ru_held, held["RU"] = split_heldout(ru, corpora, "ru")
+        self.en_train, self.en_held, held["EN"] = split_heldout(en, corpora, "en")
+        for lang, found in held.items():
+            if found < self.args.eval_docs:
+                print(
+                    f"warning: --eval-docs is {self.args.eval_docs}, but the {lang} corpus keeps {found} "
+                    "held-out document(s): bits per character are measured on those",
+                    file=sys.stderr,
+                )
 
     def tokenizer(self) -> None:
         from vikhr.tokenizer.train import TrainSettings, train_tokenizer
