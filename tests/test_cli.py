@@ -230,6 +230,36 @@ def test_doctor_names_an_unusable_vikhr_cache_dir(tmp_path: Path, monkeypatch: p
     )
 
 
+def test_doctor_says_which_attention_runs_where_te_or_flash_attn_is_installed_but_unused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine without CUDA, an installed Transformer Engine was reported as "present: TE layer
+    spec" (the CPU runs vikhr's SDPA spec), and flash-attn as "present" wherever it was installed,
+    though only TE's attention calls it."""
+    import torch
+
+    import vikhr.model.gpt
+    from vikhr import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(vikhr.model.gpt, "have_transformer_engine", lambda: True)
+    monkeypatch.setattr(doctor, "_present", lambda module: module == "flash_attn")
+    rows = dict(doctor.collect(build=False))
+    assert rows["Transformer Engine"] == (
+        "present, unused on the CPU: vikhr's SDPA layer spec (megatron-core local layers)"
+    )
+    assert rows["flash-attn"] == "present, unused without TE on a GPU: torch SDPA (math kernel on CPU)"
+    gpu_without_te = dict(doctor._attention_rows(cuda=True, te=False, flash_attn=True))
+    assert (
+        gpu_without_te["flash-attn"]
+        == "present, unused without TE on a GPU: torch SDPA (flash kernels on GPU)"
+    )
+    assert doctor._attention_rows(cuda=True, te=True, flash_attn=True) == [
+        ("Transformer Engine", "present: TE layer spec"),
+        ("flash-attn", "present: TE's attention can use it"),
+    ]
+
+
 def test_an_os_error_mid_run_is_one_line(monkeypatch, capsys) -> None:
     """An OSError a verb did not foresee (a full disk, a place that turned read-only) ends the run
     with one line naming the path, exit status 2, not a traceback."""

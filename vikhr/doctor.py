@@ -126,6 +126,20 @@ def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def _attention_rows(cuda: bool, te: bool, flash_attn: bool) -> list[tuple[str, str]]:
+    """What runs attention (model.attention: auto): TE's layer spec where it is installed and there is
+    a GPU, else vikhr's SDPA spec; flash-attn is called by TE's attention only, never by vikhr."""
+    sdpa = "vikhr's SDPA layer spec (megatron-core local layers)"
+    kernel = "torch SDPA (flash kernels on GPU)" if cuda else "torch SDPA (math kernel on CPU)"
+    if te and cuda:
+        rows = [("Transformer Engine", "present: TE layer spec")]
+        flash = "present: TE's attention can use it" if flash_attn else "absent: TE's own fused attention"
+    else:
+        rows = [("Transformer Engine", f"present, unused on the CPU: {sdpa}" if te else f"absent: {sdpa}")]
+        flash = f"present, unused without TE on a GPU: {kernel}" if flash_attn else f"absent: {kernel}"
+    return [*rows, ("flash-attn", flash)]
+
+
 def collect(build: bool = True) -> list[tuple[str, str]]:
     """Rows of (item, status) for the doctor table; `build=False` leaves the csrc ops unbuilt."""
     import torch
@@ -165,17 +179,7 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
         te = have_transformer_engine()
     except ImportError:
         te = False
-    rows.append(
-        (
-            "Transformer Engine",
-            "present: TE layer spec"
-            if te
-            else "absent: vikhr's SDPA layer spec (megatron-core local layers)",
-        )
-    )
-    fa = _present("flash_attn")
-    sdpa = "torch SDPA (flash kernels on GPU)" if cuda else "torch SDPA (math kernel on CPU)"
-    rows.append(("flash-attn", "present" if fa else f"absent: {sdpa}"))
+    rows.extend(_attention_rows(cuda, te, _present("flash_attn")))
     rows.append(("megatron-core supported", MEGATRON_CORE_REQUIREMENT.removeprefix("megatron-core")))
     return rows
 
