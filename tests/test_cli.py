@@ -230,6 +230,21 @@ def test_doctor_names_an_unusable_vikhr_cache_dir(tmp_path: Path, monkeypatch: p
     )
 
 
+def test_doctor_says_how_to_build_a_missing_rust_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without vikhr._core (a checkout never built, or one built for another Python) the row gave
+    only Python's "cannot import name '_core'", not how to get it."""
+    import vikhr
+    from vikhr import doctor
+
+    monkeypatch.delattr(vikhr, "_core", raising=False)
+    monkeypatch.setitem(sys.modules, "vikhr._core", None)  # as an extension that is not there
+    status = dict(doctor.collect(build=False))["vikhr._core (Rust)"]
+    assert status.startswith("FAILED to import: ")
+    assert status.endswith(
+        "(build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain)"
+    )
+
+
 def test_doctor_says_which_attention_runs_where_te_or_flash_attn_is_installed_but_unused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
