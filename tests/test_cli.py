@@ -190,6 +190,26 @@ def test_doctor_names_a_dependency_that_only_a_function_imports(tmp_path: Path) 
     assert "FAILED: vikhr needs it (pip install sentencepiece)" in line
 
 
+def test_doctor_names_a_module_an_installed_package_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A megatron-core release without a module vikhr imports was reported as "missing package
+    megatron", beside the megatron-core row giving its installed version."""
+    import importlib
+
+    from vikhr.doctor import module_import_problems
+
+    real = importlib.import_module
+    gone = "megatron.core.process_groups_config"
+
+    def import_module(name: str, package: str | None = None) -> Any:
+        if name == "vikhr.model.attention":
+            raise ModuleNotFoundError(f"No module named '{gone}'", name=gone)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    _, problems = module_import_problems()
+    assert problems == {f"missing module {gone}": ["vikhr.model.attention"]}
+
+
 def test_doctor_checks_every_dependency_of_pyproject() -> None:
     import tomllib
 

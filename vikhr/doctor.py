@@ -55,7 +55,8 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
     """Import every vikhr module; (modules tried, {problem: modules it stops}).
 
     A missing package is the problem "missing package NAME" (grouped, as one absent package stops
-    many modules); any other failure is reported with its module's name.
+    many modules), a package without a module vikhr imports (another release) "missing module NAME";
+    any other failure is reported with its module's name.
     """
     import vikhr
     from vikhr.runtime.megatron import import_megatron_core
@@ -71,8 +72,13 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
-            missing = (e.name or str(e)).split(".")[0]
-            problems.setdefault(f"missing package {missing}", []).append(name)
+            missing = e.name or str(e)
+            top = missing.split(".")[0]
+            # A package that is there but lacks a module (another release of it) is not missing.
+            what = (
+                f"missing module {missing}" if top != missing and _present(top) else f"missing package {top}"
+            )
+            problems.setdefault(what, []).append(name)
         except Exception as e:  # doctor reports, it does not stop
             problems.setdefault(f"{name}: {type(e).__name__}: {e}", []).append(name)
     return len(names), problems
