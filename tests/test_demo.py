@@ -302,6 +302,42 @@ def test_a_byte_bpe_base_without_llama3_header_tokens_is_refused_before_any_stag
     assert [p.name for p in work.iterdir()] == ["earlier.txt"]
 
 
+def test_a_byte_bpe_vocab_size_that_adds_no_tokens_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The byte-bpe demo extends its base: a --vocab-size not above the base's ids (the stand-in's 256
+    bytes and 5 special tokens, or a given base's) ran the split stage (and trained the stand-in),
+    then the tokenizer stage refused it, naming --new-tokens, which the demo has not got."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from vikhr.cli import main
+    from vikhr.demo import LLAMA3_SPECIALS
+
+    work = tmp_path / "demo"
+    assert main(["demo", "--family", "byte-bpe", "--workdir", str(work), "--vocab-size", "261"]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out and not work.exists()
+    assert captured.err == (
+        "vikhr demo: error: --vocab-size 261 adds no tokens to the Llama-3-like stand-in base (261 ids): "
+        "the byte-bpe demo extends it with Russian ones; give a --vocab-size above 261\n"
+    )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(["hello world, a tiny byte-level tokenizer"] * 4, trainer)
+    tok.add_special_tokens(list(LLAMA3_SPECIALS))
+    base = tmp_path / "llama3-like.json"
+    tok.save(str(base))
+    ids = tok.get_vocab_size()
+    argv = ["demo", "--family", "byte-bpe", "--base-tokenizer", str(base), "--workdir", str(work)]
+    assert main([*argv, "--vocab-size", str(ids)]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out and not work.exists()
+    assert f"--vocab-size {ids} adds no tokens to --base-tokenizer {base} ({ids} ids)" in captured.err
+
+
 def _sentencepiece_demo_bases(tmp: Path) -> list[tuple[Path, str]]:
     """Bases that are no SentencePiece .model, each with what the demo says of it."""
     import shutil

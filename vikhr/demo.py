@@ -548,17 +548,29 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise VikhrError(f"--seed must be in [0, 2^32), got {args.seed}")
 
 
-def _check_base_tokenizer(base_tokenizer: str, family: Family) -> None:
+def _check_extended_size(vocab_size: int, base_ids: int, base: str) -> None:
+    """The byte-bpe demo extends its base tokenizer to --vocab-size ids: one that adds none is refused
+    before any stage (the tokenizer stage refused it after the split, naming --new-tokens, a flag
+    the demo has not got)."""
+    if vocab_size <= base_ids:
+        raise VikhrError(
+            f"--vocab-size {vocab_size} adds no tokens to {base} ({base_ids} ids): the byte-bpe demo "
+            f"extends it with Russian ones; give a --vocab-size above {base_ids}"
+        )
+
+
+def _check_base_tokenizer(base_tokenizer: str, family: Family, vocab_size: int) -> None:
     """The base tokenizer is loaded before any stage: a file that is no tokenizer is refused now, not
     by the tokenizer stage after the split. The chats are written with `family`'s template, whose
     control tokens the new tokenizer has only when the base it extends has them: a base without
-    Llama-3's header tokens is refused now too."""
+    Llama-3's header tokens is refused now too, as is a --vocab-size that extends it by nothing."""
     from vikhr.sft.template import TEMPLATE_TOKENS
     from vikhr.tokenizer.load import load
 
     tok = load(base_tokenizer)
     if family.template != "llama3":
         return
+    _check_extended_size(vocab_size, tok.vocab_size, f"--base-tokenizer {base_tokenizer}")
     missing = [token for token in TEMPLATE_TOKENS["llama3"] if tok.piece_to_id(token) is None]
     if missing:
         raise VikhrError(
@@ -640,7 +652,9 @@ def run(args: argparse.Namespace) -> int:
         require_file(args.base_tokenizer, "base tokenizer")
         if FAMILIES[args.family].tokenizer_type == "SentencePieceTokenizer":
             _check_sentencepiece_base(base, Path(args.base_tokenizer))
-        _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family])
+        _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family], args.vocab_size)
+    else:  # byte-bpe's stand-in: at least the 256 byte tokens and Llama-3's special tokens
+        _check_extended_size(args.vocab_size, 256 + len(LLAMA3_SPECIALS), "the Llama-3-like stand-in base")
     workdir = Path(args.workdir)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     if workdir.exists() and any(workdir.iterdir()):
