@@ -250,6 +250,24 @@ def test_doctor_names_an_unusable_vikhr_cache_dir(tmp_path: Path, monkeypatch: p
     )
 
 
+def test_doctor_reports_a_megatron_core_that_fails_on_import(tmp_path: Path) -> None:
+    """A megatron-core whose import raises other than ImportError (one built against another torch)
+    ended doctor in a traceback before its first row about vikhr's modules."""
+    core = tmp_path / "megatron" / "core"
+    core.mkdir(parents=True)
+    (tmp_path / "megatron" / "__init__.py").write_text("")
+    (core / "__init__.py").write_text(
+        "raise AttributeError(\"module 'torch' has no attribute 'float8_e4m3fn'\")\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    command = [sys.executable, "-m", "vikhr", "doctor", "--no-build"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("AttributeError: module 'torch' has"))
+    assert "FAILED: " in line and "megatron.core" in line and line.endswith("cannot be imported")
+    assert re.search(r"^Transformer Engine +absent: ", proc.stdout, re.M)
+
+
 def test_doctor_says_how_to_build_a_missing_rust_extension(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without vikhr._core (a checkout never built, or one built for another Python) the row gave
     only Python's "cannot import name '_core'", not how to get it."""

@@ -9,6 +9,7 @@ named, rather than minutes into a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata as md
 import pkgutil
@@ -56,12 +57,13 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
 
     A missing package is the problem "missing package NAME" (grouped, as one absent package stops
     many modules), a package without a module vikhr imports (another release) "missing module NAME";
-    any other failure is reported with its module's name.
+    any other failure by its error (grouped too: a package that fails on import stops many modules).
     """
     import vikhr
     from vikhr.runtime.megatron import import_megatron_core
 
-    import_megatron_core()  # as the entry points do: megatron-core's import-time warnings hidden
+    with contextlib.suppress(Exception):  # a megatron-core that fails on import: its modules say so below
+        import_megatron_core()  # as the entry points do: megatron-core's import-time warnings hidden
     problems: dict[str, list[str]] = {}
     names = [
         m.name
@@ -79,8 +81,8 @@ def module_import_problems() -> tuple[int, dict[str, list[str]]]:
                 f"missing module {missing}" if top != missing and _present(top) else f"missing package {top}"
             )
             problems.setdefault(what, []).append(name)
-        except Exception as e:  # doctor reports, it does not stop
-            problems.setdefault(f"{name}: {type(e).__name__}: {e}", []).append(name)
+        except Exception as e:  # doctor reports, it does not stop; one broken package stops many modules
+            problems.setdefault(f"{type(e).__name__}: {e}", []).append(name)
     return len(names), problems
 
 
@@ -184,7 +186,7 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
         from vikhr.model.gpt import have_transformer_engine
 
         te = have_transformer_engine()
-    except ImportError:
+    except Exception:  # megatron-core absent or broken (the rows above say so): doctor reports
         te = False
     rows.extend(_attention_rows(cuda, te, _present("flash_attn")))
     rows.append(("megatron-core supported", MEGATRON_CORE_REQUIREMENT.removeprefix("megatron-core")))
