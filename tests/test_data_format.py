@@ -310,6 +310,28 @@ def test_merge_refuses_datasets_of_two_tokenizers_and_records_the_tokenizer_of_a
     assert not tokenization.record_path(tmp_path / "ab").exists()
 
 
+def test_inspect_says_what_merged_inputs_differ_in(tmp_path: Path, capsys) -> None:
+    """A merge of inputs with and without EOD was shown as "no EOD appended" (its first document ends
+    with EOD), and one of two keys as "key None"."""
+    from vikhr.cli import main as vikhr_main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир", "title": "Мир"}\n', encoding="utf-8")
+    preprocess([src], tmp_path / "a", MISTRAL_TOKENIZER, json_keys=("text", "title"), append_eod=True)
+    preprocess([src], tmp_path / "b", MISTRAL_TOKENIZER)
+    a_text, a_title, b_text = (f"{tmp_path}/{name}_document" for name in ("a_text", "a_title", "b_text"))
+    for inputs, said in (
+        ([a_text, b_text], "key text, EOD appended in some merged inputs only"),
+        ([a_text, a_title], "keys of the merged inputs differ, EOD 2 appended"),
+        ([a_text], "key text, EOD 2 appended"),
+        ([b_text], "key text, no EOD appended"),
+    ):
+        merge(inputs, tmp_path / "m")
+        assert vikhr_main(["data", "inspect", str(tmp_path / "m")]) == 0
+        [line] = [line for line in capsys.readouterr().out.splitlines() if "tokenizer:" in line]
+        assert line.endswith(f"…), {said}")
+
+
 def test_a_damaged_merge_input_is_one_line_naming_its_file_and_the_fix(tmp_path: Path, capsys) -> None:
     """A merge input whose .bin was cut short (an interrupted copy) said what was wrong but not what
     to do; the Rust merge's read errors named no file."""

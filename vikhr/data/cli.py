@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from vikhr.errors import VikhrError
 from vikhr.progress_bar import add_no_progress
+
+if TYPE_CHECKING:
+    from vikhr.data.tokenization import TokenizationRecord
 
 MAX_WORKERS = 1024  # threads: more is a typo (each is a real OS thread)
 
@@ -184,6 +188,14 @@ def run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_and_eod(record: TokenizationRecord) -> str:
+    """The key and EOD a record names; a merge of inputs that differ in them records None for each."""
+    key = "keys of the merged inputs differ" if record.json_key is None else f"key {record.json_key}"
+    if record.append_eod is None:  # some inputs end their documents with EOD, some not
+        return f"{key}, EOD appended in some merged inputs only"
+    return f"{key}, " + (f"EOD {record.eod_id} appended" if record.append_eod else "no EOD appended")
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import inspect
 
@@ -202,8 +214,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     elif record is None:
         print("  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)")
     else:
-        eod = f"EOD {record.eod_id} appended" if record.append_eod else "no EOD appended"
-        print(f"  tokenizer: {record.tokenizer_line()}, key {record.json_key}, {eod}")
+        print(f"  tokenizer: {record.tokenizer_line()}, {_key_and_eod(record)}")
     print(f"  first tokens: {s.first_tokens}")
     if s.first_text is not None:
         print(f"  decoded: {s.first_text!r}")
