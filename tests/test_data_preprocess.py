@@ -172,6 +172,24 @@ def test_a_key_the_first_record_lacks_is_named_as_the_wrong_json_key(tmp_path: P
     assert "documents 1," in capsys.readouterr().out
 
 
+def test_the_first_record_checked_for_the_json_keys_may_be_in_a_later_file(tmp_path: Path) -> None:
+    """Only the first input was read for it: after an empty file (or one of blank lines) a wrong key
+    was "fix the line, or pass --skip-invalid", which skipped every line."""
+    (tmp_path / "a.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\n  \n"))
+    src = tmp_path / "c.jsonl"
+    src.write_text('{"id": "a", "content": "x"}\n', encoding="utf-8")
+    with pytest.raises(VikhrError) as e:
+        preprocess([str(tmp_path / "*.jsonl*")], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert str(e.value) == (
+        f"{src}:1: no string field 'text' (choose the field with --json-keys; the record's fields: id, "
+        "content)"
+    )
+    assert not list(tmp_path.glob("out*"))
+    s = preprocess([str(tmp_path / "*.jsonl*")], tmp_path / "out", MISTRAL_TOKENIZER, json_keys="content")
+    assert s.documents == 1
+
+
 def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_it(
     tmp_path: Path, capsys
 ) -> None:

@@ -198,24 +198,38 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     return _Encoder(path=file, native=native, bos_id=bos_id, eos_id=eos_id)
 
 
-def _check_json_keys(first_file: Path, json_keys: Sequence[str], skip_invalid: bool) -> None:
+def _first_record(files: Sequence[Path]) -> tuple[Path, int, dict[str, Any]] | None:
+    """The first record of the inputs (file, line, record): files without one (empty, blank lines)
+    are passed over; None where a bad line or a file that cannot be read ahead (a pipe) comes first,
+    which the reader names in its turn."""
+    from vikhr.jsonl import read_jsonl
+
+    for path in files:
+        try:
+            line_no, record = next(read_jsonl(path))
+        except StopIteration:
+            continue
+        except VikhrError:
+            return None
+        return path, line_no, record
+    return None
+
+
+def _check_json_keys(files: Sequence[Path], json_keys: Sequence[str], skip_invalid: bool) -> None:
     """--json-keys: one key at least, none twice, and (unless bad lines are to be skipped) each a
     string field of the first record: a key it lacks is most likely the wrong one, said so with the
     fields it has, before any work (the reader's hint for a bad line, --skip-invalid, would skip
     every line)."""
-    from vikhr.jsonl import read_jsonl, said_not_text
+    from vikhr.jsonl import said_not_text
 
     if not json_keys:
         raise VikhrError("--json-keys needs at least one key")
     if len(set(json_keys)) != len(json_keys):
         raise VikhrError(f"--json-keys has duplicates: {' '.join(json_keys)}")
-    if skip_invalid:
+    first = None if skip_invalid else _first_record(files)
+    if first is None:
         return
-    path = first_file
-    try:
-        line_no, record = next(read_jsonl(path))
-    except (StopIteration, VikhrError):  # no record, or a bad line: the reader names it
-        return
+    path, line_no, record = first
     missing = [key for key in json_keys if not isinstance(record.get(key), str)]
     if not missing:
         return
@@ -260,7 +274,7 @@ def preprocess(
         raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
     if prepend_bos and tok.bos_id is None:
         raise VikhrError(f"--tokenizer-type {tokenizer_type} prepends BOS, but {tok.path} has no BOS token")
-    _check_json_keys(files[0], json_keys, skip_invalid)
+    _check_json_keys(files, json_keys, skip_invalid)
 
     bar = None
     callback: Callable[[int, int, int, int], None] | None = None
