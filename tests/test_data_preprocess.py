@@ -658,6 +658,24 @@ def test_a_byte_order_mark_opening_a_file_is_dropped(tmp_path: Path, lines: list
     assert _files(tmp_path / "bom-jsonl") == plain and _files(tmp_path / "bom-jsonl-gz") == plain
 
 
+def test_a_byte_order_mark_opening_a_later_line_is_said_as_one(tmp_path: Path) -> None:
+    """Files that each open with a BOM, joined with cat: the Rust reader said "not valid JSON
+    (expected value at column 1)" of a line that looks valid (the mark is invisible), Python "decode
+    using utf-8-sig". Both readers now name the mark and where it comes from."""
+    from vikhr.jsonl import bom_said
+
+    src = tmp_path / "joined.jsonl"
+    src.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n\xef\xbb\xbf{"text": "c"}\n')
+    said = f"{src}:3: not valid JSON ({bom_said(1)})"
+    with pytest.raises(VikhrError) as rust:
+        preprocess([src], tmp_path / "out", MISTRAL_TOKENIZER)
+    assert str(rust.value).startswith(said + " (fix the line")
+    with pytest.raises(VikhrError) as python:
+        list(read_jsonl(src))
+    assert str(python.value).startswith(said)
+    assert "sed -i 's/^\\xEF\\xBB\\xBF//' FILE" in said
+
+
 @pytest.mark.timeout(300)
 def test_many_input_files_give_the_dataset_of_their_concatenation(tmp_path: Path, lines: list[str]) -> None:
     """More files than batches in flight (2 × workers + 2): the end of each file kept one of those

@@ -339,6 +339,8 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     except BadLine:
         raise
     except json.JSONDecodeError as e:
+        if line.startswith("\ufeff", e.pos):  # json's "decode using utf-8-sig" would drop one opening a line
+            raise _not_json(bom_said(e.colno)) from None
         # json's "Invalid control character at" ends in the word the column follows
         raise _not_json(f"{e.msg.removesuffix(' at')} at column {e.colno}") from None
     except ValueError:  # an integer past sys.get_int_max_str_digits()
@@ -349,6 +351,15 @@ def parse_record(line: str, allow_nan: bool = False) -> dict[str, Any]:
     if unpaired is not None:
         raise BadLine(f"not valid JSON ({unpaired}); fix or drop the line")
     return record
+
+
+def bom_said(column: int) -> str:
+    """A byte order mark met at `column` of a line: one opening a file is dropped, so this one is
+    where files that each open with one were joined (`cat`); the Rust reader's words."""
+    return (
+        f"a byte order mark (U+FEFF) at column {column}, where only a file's first bytes may hold one: "
+        "were files written with one joined? remove them, e.g. sed -i 's/^\\xEF\\xBB\\xBF//' FILE"
+    )
 
 
 def depth_refusal(text: str) -> str | None:

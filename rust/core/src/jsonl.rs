@@ -625,6 +625,9 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
         at -= 1;
     }
     let rest = &text[at..];
+    if rest.starts_with('\u{feff}') {
+        return bom_said(column(text, at));
+    }
     if rest.starts_with("NaN") || rest.starts_with("Infinity") {
         // Python's json.dumps writes these unless told not to; a "-Infinity" is met at its "I".
         let (start, word) = if rest.starts_with('N') {
@@ -654,6 +657,15 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
         }
     }
     format!("{what} at column {}", column(text, at))
+}
+
+/// A byte order mark met at `column` of a line: one opening a file is dropped (see `Batch`), so
+/// this one is where files that each open with one were joined (`cat`). Python's reader says the same.
+fn bom_said(column: usize) -> String {
+    format!(
+        "a byte order mark (U+FEFF) at column {column}, where only a file's first bytes may hold one: \
+         were files written with one joined? remove them, e.g. sed -i 's/^\\xEF\\xBB\\xBF//' FILE"
+    )
 }
 
 /// The 1-based column, in characters, of the byte `at` of the line `text`.
@@ -1025,6 +1037,17 @@ mod tests {
         assert_eq!(lines[0], b"{\"text\":\"a\"}");
         assert_eq!(lines[1], b"\xef\xbb\xbf{\"text\":\"b\"}"); // only the file's first bytes
         assert_eq!(extract_fields(lines[0], &keys(&["text"])).unwrap(), ["a"]);
+        // One opening a later line (files joined with cat) is said as what it is.
+        let said = |line: &[u8]| {
+            extract_fields(line, &keys(&["text"]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(said(lines[1]), format!("not valid JSON ({})", bom_said(1)));
+        assert_eq!(
+            said("{\"x\": 1,\u{feff} \"text\": \"ё\"}".as_bytes()),
+            format!("not valid JSON ({})", bom_said(9))
+        );
         assert_eq!(batches(b"\xef\xbb\xbf", 64)[0].line(0), b"");
     }
 
