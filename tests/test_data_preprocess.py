@@ -726,6 +726,23 @@ def test_a_truncated_compressed_input_is_named_as_damaged(
     assert not list(tmp_path.glob("out*"))
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_compressed_input_of_no_bytes_holds_no_line_in_both_readers(tmp_path: Path, suffix: str) -> None:
+    """An empty shard written as 0 bytes: a .zst was "incomplete frame … damaged or truncated" to
+    data preprocess while the Python readers (tokenizer train, the --json-keys check) and the .gz
+    reader read it as no line."""
+    from vikhr.jsonl import read_jsonl
+
+    empty = tmp_path / f"empty.jsonl{suffix}"
+    empty.write_bytes(b"")
+    src = tmp_path / "b.jsonl"
+    src.write_text('{"text": "Привет"}\n', encoding="utf-8")
+    assert list(read_jsonl(empty)) == []
+    summary = preprocess([empty, src], tmp_path / "out", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "alone", MISTRAL_TOKENIZER, append_eod=True)
+    assert summary.documents == 1 and _files(tmp_path / "out") == _files(tmp_path / "alone")
+
+
 def test_a_parquet_or_json_array_input_is_named_as_such(
     tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

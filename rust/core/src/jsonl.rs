@@ -80,6 +80,12 @@ pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
     let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
         Box::new(GzMembers::new(BufReader::with_capacity(1 << 20, f)))
     } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+        // A file of no bytes holds no frame and no line, as a .gz of no member does here and both
+        // do in the Python readers (the decoder said "incomplete frame": damaged or truncated).
+        let meta = f.metadata().map_err(named)?;
+        if meta.is_file() && meta.len() == 0 {
+            return Ok(Box::new(io::empty()));
+        }
         Box::new(zstd::stream::read::Decoder::new(f)?)
     } else {
         // The first read of the file, looked at once: no cost to the lines.
