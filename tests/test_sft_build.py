@@ -452,10 +452,12 @@ def test_messages_given_as_their_json_text_are_read_as_the_list(tmp_path: Path) 
 
 def test_openais_developer_turn_is_the_system_turn(tmp_path: Path) -> None:
     """OpenAI's newer models name the system turn `developer`: such a record was `bad_role`. An
-    empty one is left out as an empty system turn is; with content parts it is their text."""
+    empty one is left out as an empty system turn is (and an opening system turn of null, which was
+    `bad_record`); with content parts it is their text."""
     records = [
         [{"role": "developer", "content": "Отвечай кратко."}, {"role": "user", "content": "Столица?"}],
         [{"role": "developer", "content": ""}, {"role": "user", "content": "Столица?"}],
+        [{"role": "system", "content": None}, {"role": "user", "content": "Столица?"}],
         [
             {"role": "developer", "content": [{"type": "text", "text": "Кратко."}]},
             {"role": "user", "content": "Да?"},
@@ -470,6 +472,7 @@ def test_openais_developer_turn_is_the_system_turn(tmp_path: Path) -> None:
     )
     assert [c.messages for c in _chats(path)] == [
         (("system", "Отвечай кратко."), ("user", "Столица?"), ("assistant", "Париж.")),
+        (("user", "Столица?"), ("assistant", "Париж.")),
         (("user", "Столица?"), ("assistant", "Париж.")),
         (("system", "Кратко."), ("user", "Да?"), ("assistant", "Париж.")),
     ]

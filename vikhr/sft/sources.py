@@ -609,7 +609,10 @@ def _messages_turns(
             "tool" if m.get("role") in ("tool", "function") else _role(m.get("role"), i, ("tool", "function"))
         )
         calls = _assistant_calls(m, i) if role == "assistant" else None
-        content = "" if calls not in (None, []) and m.get("content") is None else m.get("content")
+        content = m.get("content")
+        # A call with no text, and an opening system turn of null ("no system prompt", left out below)
+        if content is None and (calls not in (None, []) or (role == "system" and i == 1)):
+            content = ""
         content = _content_text(content, f"turn {i} content")
         if role == "assistant" and reads_calls and calls in (None, []):
             content, calls = _in_text(calls_in_answer, content, i)
