@@ -302,6 +302,28 @@ def test_a_byte_bpe_base_without_llama3_header_tokens_is_refused_before_any_stag
     assert [p.name for p in work.iterdir()] == ["earlier.txt"]
 
 
+def test_a_workdir_that_is_a_file_is_said_to_be_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --workdir that is a file (or lies under one) got the generic "cannot access …: Not a
+    directory (check the path, its permissions and the free space)"."""
+    from vikhr.cli import main
+
+    file = tmp_path / "notes.txt"
+    file.write_text("mine", encoding="utf-8")
+    for workdir, said in (
+        (file, f"--workdir {file} is a file, not a directory (choose another path)"),
+        (
+            file / "demo",
+            f"--workdir {file / 'demo'} cannot be created: {file} is a file (choose another path)",
+        ),
+    ):
+        assert main(["demo", "--workdir", str(workdir)]) == 2
+        captured = capsys.readouterr()
+        assert "[1/8]" not in captured.out and captured.err == f"vikhr demo: error: {said}\n"
+    assert file.read_text(encoding="utf-8") == "mine"
+
+
 def test_a_byte_bpe_vocab_size_that_adds_no_tokens_is_refused_before_any_stage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

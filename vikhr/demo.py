@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import output_dir, temporary_path, write_text
-from vikhr.errors import VikhrError, refuse_to_replace, require_file
+from vikhr.errors import VikhrError, refuse_to_replace, require_file, require_writable_dir
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 from vikhr.tokenizer.load import resolve_tokenizer_file
 
@@ -655,7 +655,7 @@ def run(args: argparse.Namespace) -> int:
         _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family], args.vocab_size)
     else:  # byte-bpe's stand-in: at least the 256 byte tokens and Llama-3's special tokens
         _check_extended_size(args.vocab_size, 256 + len(LLAMA3_SPECIALS), "the Llama-3-like stand-in base")
-    workdir = Path(args.workdir)
+    workdir = require_writable_dir(args.workdir, "--workdir")
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
