@@ -985,3 +985,13 @@ def test_bpc_refuses_cp1251_in_one_line(tiny_dir: Path, tmp_path: Path, capsys: 
         capsys,
     )
     assert f"{data}:2: not UTF-8" in err and "re-encode it as UTF-8" in err
+
+
+def test_the_tables_limit_line_counts_documents_in_english() -> None:
+    """`--limit 1` was said as "limit 1 documents per task"."""
+    heads = [markdown_table({"model": "m", "limit": n, "tasks": {}}).splitlines()[0] for n in (1, 3, None)]
+    assert heads == [
+        "Model: `m` (limit 1 document per task)",
+        "Model: `m` (limit 3 documents per task)",
+        "Model: `m`",
+    ]

@@ -735,9 +735,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per task and metric)."""
     prompt = results.get("prompt") or {}
     chat = ", prompts in its chat template" if prompt.get("chat_template") else ""
+    limit = results["limit"]
+    limited = f" (limit {limit} document{'' if limit == 1 else 's'} per task)" if limit else ""
     lines = [
-        f"Model: `{results['model']}`{chat}"
-        + (f" (limit {results['limit']} documents per task)" if results["limit"] else ""),
+        f"Model: `{results['model']}`{chat}{limited}",
         "",
         "| Task | Metric | Value | ± stderr | Shots | Documents |",
         "|---|---|---:|---:|---:|---:|",
