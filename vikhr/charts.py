@@ -1,4 +1,5 @@
-"""What vikhr's charts share: a colour per series, and the legend beside the axes.
+"""What vikhr's charts and reports share: a colour per series, the legend beside the axes, and a
+label as a Markdown table cell.
 
 matplotlib's default cycle repeats after ten: the 11th model or tokenizer would take the 1st's colour.
 Beyond ten, tab20's dark shades come first and its light ones after, so that neighbours do not look
@@ -7,6 +8,12 @@ paired. A legend inside the axes covers bars, curve ends or points as soon as th
 from __future__ import annotations
 
 from typing import Any
+
+
+def markdown_cell(label: str) -> str:
+    """A label (a model's, a tokenizer's) as a Markdown table cell: a '|' or a line break in it
+    would break the table's row."""
+    return " ".join(label.splitlines()).replace("|", "\\|")
 
 
 def series_colours(count: int) -> list[tuple[float, float, float]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.atomic import temporary_paths
-from vikhr.charts import legend_beside, series_colours
+from vikhr.charts import legend_beside, markdown_cell, series_colours
 from vikhr.errors import VikhrError, split_label
 
 Row = list[float | None]  # one model's values, in the table's column order
@@ -270,12 +270,9 @@ def to_markdown(names: list[str], columns: list[str], rows: list[list[float | No
     def cell(v: float | None) -> str:
         return "—" if v is None else f"{v:.3f}"
 
-    def text(name: str) -> str:  # a '|' or a line break in a name would break the table's row
-        return " ".join(name.splitlines()).replace("|", "\\|")
-
-    lines = ["| Model | " + " | ".join(map(text, columns)) + " |", "|---|" + "---:|" * len(columns)]
+    lines = ["| Model | " + " | ".join(map(markdown_cell, columns)) + " |", "|---|" + "---:|" * len(columns)]
     lines += [
-        f"| {text(name)} | " + " | ".join(cell(v) for v in row) + " |"
+        f"| {markdown_cell(name)} | " + " | ".join(cell(v) for v in row) + " |"
         for name, row in zip(names, rows, strict=True)
     ]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.atomic import output_dir
-from vikhr.charts import legend_beside, series_colours
+from vikhr.charts import legend_beside, markdown_cell, series_colours
 from vikhr.errors import VikhrError, require_output_dir, split_label
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
@@ -245,11 +245,6 @@ def _row(e: Efficiency) -> list[str]:
     ]
 
 
-def _cell(name: str) -> str:
-    """A label as a Markdown table cell: a '|' or a line break in it would break the table's row."""
-    return " ".join(name.splitlines()).replace("|", "\\|")
-
-
 def render_markdown(
     results: list[Efficiency], tokenizers: list[NamedTokenizer], sentence: str = TABLE1_SENTENCE
 ) -> str:
@@ -267,14 +262,15 @@ def render_markdown(
     out.write("|---|---|---|---|---:|---:|---:|---:|\n")
     for e in results:
         out.write(
-            f"| {_cell(e.tokenizer)} | {_cell(e.text_set)} | {e.split} | {e.seen} | {e.chars_per_token:.3f} "
+            f"| {markdown_cell(e.tokenizer)} | {markdown_cell(e.text_set)} | {e.split} | {e.seen} "
+            f"| {e.chars_per_token:.3f} "
             f"| {e.tokens_per_word:.3f} | {100 * e.share_words_3plus:.1f} % | {e.tokens:,} |\n"
         )
     out.write(f"\n## «{sentence}»\n\n| tokenizer | pieces | count |\n|---|---|---:|\n")
     for named in tokenizers:
         pieces = named.tokenizer.readable_pieces(sentence)
         shown = " ".join(f"`{p}`" for p in pieces)
-        out.write(f"| {_cell(named.name)} | {shown} | {len(pieces)} |\n")
+        out.write(f"| {markdown_cell(named.name)} | {shown} | {len(pieces)} |\n")
     return out.getvalue()
 
 
