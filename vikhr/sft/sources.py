@@ -921,9 +921,9 @@ def read_chats_of(
             yield where, Unfit(NOT_KEPT, why)
             continue
         own = record_format(record)
-        shown = ", ".join(sorted(map(str, record))[:8]) or "none"
         if own is None:
-            yield where, Unfit("unknown_format", f"fields ({shown}) fit none of {', '.join(FORMATS)}")
+            fits = f"fields ({_fields(record)}) fit none of {', '.join(FORMATS)}"
+            yield where, Unfit("unknown_format", fits)
             continue
         try:
             if fmt == "oasst":
@@ -931,12 +931,20 @@ def read_chats_of(
                 continue
             yield where, record_chats(record, fmt, where, max_rank)
         except Unfit as e:
+            if own == fmt:
+                yield where, e
+                continue
             other = (  # a file of two formats: not "a field missing" of the one it is read as
-                f"fields ({shown}) are those of the {own} format; the file is read as {fmt}: a file holds "
-                "one format (give the records of each format a file and source of their own)"
+                f"fields ({_fields(record)}) are those of the {own} format; the file is read as {fmt}: "
+                "a file holds one format (give the records of each format a file and source of their own)"
             )
-            yield where, e if own == fmt else Unfit("unknown_format", other)
+            yield where, Unfit("unknown_format", other)
     yield from _oasst_chats(messages, max_rank)
+
+
+def _fields(record: dict[str, Any]) -> str:
+    """A record's first fields by name, for a line saying which format they fit."""
+    return ", ".join(sorted(map(str, record))[:8]) or "none"
 
 
 def _oasst_message(record: dict[str, Any]) -> dict[str, Any]:
