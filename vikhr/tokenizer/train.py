@@ -57,7 +57,8 @@ NUM_BYTE_PIECES = 256
 NUM_SPECIALS = 3  # <unk> <s> </s>
 MIN_REPLACE_VOCAB = NUM_BYTE_PIECES + NUM_SPECIALS + 100  # a replace tokenizer: at least 100 learned pieces
 DEFAULT_MIN_FREQUENCY = 2  # byte-level BPE: BpeTrainer's fewest occurrences of a pair to merge
-MIN_CHARACTER_COVERAGE = 0.98  # SentencePiece's range of character coverage, and of threads:
+# SentencePiece's ranges of character coverage (up to 1) and of threads (from 1)
+MIN_CHARACTER_COVERAGE = 0.98
 MAX_THREADS = 1024
 MAX_PAD_MULTIPLE = 65536  # padding is for alignment (typically 64 or 128): more is a mistake
 # The largest vocabularies in use hold ~256k ids; SentencePiece takes no size above 2^31 and the
