@@ -276,7 +276,9 @@ def test_doctor_says_how_to_build_a_missing_rust_extension(monkeypatch: pytest.M
 
     monkeypatch.delattr(vikhr, "_core", raising=False)
     monkeypatch.setitem(sys.modules, "vikhr._core", None)  # as an extension that is not there
-    status = dict(doctor.collect(build=False))["vikhr._core (Rust)"]
+    rows = dict(doctor.collect(build=False))
+    status = rows["vikhr._core (Rust)"]
+    assert "(--no-build" in rows["csrc ops"]  # the row's text does not turn --no-build into a build
     assert status.startswith("FAILED to import: ")
     assert status.endswith(
         "(build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain)"

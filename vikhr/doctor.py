@@ -176,8 +176,8 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
 
         rows.append(("vikhr._core (Rust)", f"loads, version {_core.__version__}"))
     except ImportError as e:
-        build = "build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain"
-        rows.append(("vikhr._core (Rust)", f"FAILED to import: {e} ({build})"))
+        how = "build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain"
+        rows.append(("vikhr._core (Rust)", f"FAILED to import: {e} ({how})"))
 
     rows.extend(_module_rows())
     rows.extend(_ops_rows(cuda, build))
