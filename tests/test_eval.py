@@ -495,6 +495,31 @@ def test_a_rerun_reuses_finished_tasks_when_the_output_is_inside_the_model_direc
     assert set(json.loads(out.read_text(encoding="utf-8"))["tasks"]) == {"mmlu_ru", "bpc"}
 
 
+def test_a_rerun_reuses_finished_tasks_whichever_way_its_paths_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--model ./m` and `--model /abs/m` (the data, text set and tokenizer likewise) are one run: a
+    rerun spelled the other way took none of the finished tasks."""
+    from vikhr.eval.progress import TaskProgress
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "texts.jsonl").write_text('{"text": "а"}\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    def fingerprint(where: Path) -> str:
+        settings = settings_for(
+            where / "m", ["bpc"], where / "data", bpc_data=where / "texts.jsonl", tokenizer=where / "m"
+        )
+        return TaskProgress(tmp_path / "progress", settings, False)._fingerprint("bpc", [])
+
+    typed = fingerprint(Path("."))
+    assert fingerprint(tmp_path) == typed
+    assert fingerprint(Path("..") / tmp_path.name) == typed
+    assert fingerprint(Path("data")) != typed  # other directories: another run
+
+
 def test_an_output_over_a_file_of_another_kind_is_refused(
     tiny_dir: Path, tmp_path: Path, capsys: Any
 ) -> None:

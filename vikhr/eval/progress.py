@@ -65,6 +65,14 @@ def _tokenizer_files(path: Path) -> list[list[Any]]:
     return stamps
 
 
+def _settings_in_results(settings: Any) -> dict[str, Any]:
+    """The settings the results depend on, as JSON: paths resolved (`--model ./m` and `--model /abs/m`
+    are one run)."""
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_RESULTS}
+    resolved = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
+    return json.loads(json.dumps(resolved, default=str))
+
+
 def as_json(value: Any) -> Any:
     """`value` as JSON gives it back (numpy scalars as numbers, tuples as lists): a task's results
     are used in this form whether they were just computed or read from an earlier run's file."""
@@ -87,9 +95,8 @@ class TaskProgress:
 
         import vikhr
 
-        kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_RESULTS}
         self._common = {
-            "settings": json.loads(json.dumps(kept, default=str)),
+            "settings": _settings_in_results(settings),
             "log_samples": log_samples,
             # An --output inside the model directory (its lock appears and goes with each run) is
             # not the model: stamped, it would make every rerun's fingerprint differ.
