@@ -520,6 +520,22 @@ def test_a_rerun_reuses_finished_tasks_whichever_way_its_paths_are_written(
     assert fingerprint(Path("data")) != typed  # other directories: another run
 
 
+def test_the_largest_batch_counts_for_a_rerun_only_when_auto_chooses_the_batch(tmp_path: Path) -> None:
+    """--max-batch-size bounds only --batch-size auto: with a fixed batch size another value made a
+    rerun run every finished task again."""
+    from vikhr.eval.progress import TaskProgress
+
+    def fingerprint(**kw: Any) -> str:
+        settings = settings_for(tmp_path, ["bpc"], tmp_path, **kw)
+        return TaskProgress(tmp_path / "progress", settings, False)._fingerprint("bpc", [])
+
+    assert fingerprint(batch_size=4, max_batch_size=8) == fingerprint(batch_size=4, max_batch_size=64)
+    assert fingerprint(batch_size="auto", max_batch_size=8) != fingerprint(
+        batch_size="auto", max_batch_size=64
+    )
+    assert fingerprint(batch_size=4) != fingerprint(batch_size=8)
+
+
 def test_an_output_over_a_file_of_another_kind_is_refused(
     tiny_dir: Path, tmp_path: Path, capsys: Any
 ) -> None:

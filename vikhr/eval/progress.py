@@ -67,8 +67,10 @@ def _tokenizer_files(path: Path) -> list[list[Any]]:
 
 def _settings_in_results(settings: Any) -> dict[str, Any]:
     """The settings the results depend on, as JSON: paths resolved (`--model ./m` and `--model /abs/m`
-    are one run)."""
+    are one run), and the largest batch only when 'auto' may choose it."""
     kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_RESULTS}
+    if kept["batch_size"] != "auto":  # a fixed batch size: --max-batch-size is not used
+        del kept["max_batch_size"]
     resolved = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
     return json.loads(json.dumps(resolved, default=str))
 
