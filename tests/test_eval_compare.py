@@ -197,6 +197,19 @@ def test_compare_bad_input(tmp_path: Path, capsys: Any) -> None:
     assert "--model is required" in err
 
 
+def test_evaluation_options_before_compare_are_refused(tmp_path: Path, capsys: Any) -> None:
+    """`vikhr eval --tasks mmlu_en compare a.json` was taken and the --tasks silently dropped (argparse
+    accepts the evaluation's options before the verb): one line names them; nothing is written."""
+    good = write(tmp_path / "good.json", results("m", 0.5, None, 0.1, None))
+    out = ["--out", str(tmp_path / "cmp")]
+    err = one_line_error(["eval", "--tasks", "mmlu_en", "compare", str(good), *out], capsys)
+    assert "--tasks is an option of the evaluation" in err and "not of compare" in err
+    err = one_line_error(["eval", "--model", "m", "--no-progress", "compare", str(good), *out], capsys)
+    assert "--model, --no-progress are options of the evaluation" in err
+    assert not (tmp_path / "cmp").exists()
+    assert cli_main(["eval", "compare", str(good), *out]) == 0
+
+
 @pytest.mark.parametrize("models", [1, 3])
 def test_compare_any_number_of_models(tmp_path: Path, models: int) -> None:
     files = [

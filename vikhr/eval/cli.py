@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -60,10 +61,18 @@ def _positive_int(value: str) -> int:
     return size
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: argparse.Namespace, run_options: list[argparse.Action]) -> int:
     from vikhr.assets import PAPER_TABLE6
     from vikhr.eval.compare import compare
 
+    given = [a.option_strings[0] for a in run_options if getattr(args, a.dest) != a.default]
+    if given:  # `vikhr eval --tasks x compare ...`: argparse takes them, compare has no use for them
+        raise VikhrError(
+            f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of the evaluation "
+            "('vikhr eval --model MODEL ...'), not of compare: leave "
+            f"{'it' if len(given) == 1 else 'them'} out (compare takes RESULTS.json ..., --out, "
+            "--reference, --paper)"
+        )
     if not args.out.strip():
         raise VikhrError("--out is empty: give the directory for compare.md, compare.csv and compare.png")
     references = [Path(r) for r in args.reference] + ([PAPER_TABLE6] if args.paper else [])
@@ -360,6 +369,8 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def _register_compare(p: argparse.ArgumentParser) -> None:
+    # The evaluation's options, which argparse also takes before `compare`.
+    run_options = [a for a in p._actions if a.option_strings and a.dest != "help"]
     verbs = p.add_subparsers(dest="eval_command", metavar="{compare}")
     c = verbs.add_parser(
         "compare",
@@ -384,4 +395,4 @@ def _register_compare(p: argparse.ArgumentParser) -> None:
         help="add the Vikhr paper's Table 6 rows (eight models and Vikhr-7B-instruct_0.2, as published "
         "in arXiv:2405.13929v1) below the models",
     )
-    c.set_defaults(func=_compare)
+    c.set_defaults(func=functools.partial(_compare, run_options=run_options))
