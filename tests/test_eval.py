@@ -888,6 +888,27 @@ def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: An
     assert "chgk/test.jsonl:2: the record has no answer text" in _one_line_error(chegeka, capsys)
 
 
+def test_each_tasks_data_files_are_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files of every task were checked to exist for the one line naming every task without its
+    data, then again as each task's config was built (ruTiE's as its dialogues were read)."""
+    from vikhr.eval import runner, task_config
+
+    fixtures = Path(__file__).parent / "data" / "eval_fixtures"
+    checked: list[str] = []
+    check = task_config.checked_task_files
+
+    def counted(name: str, *args: Any) -> list[Path]:
+        checked.append(name)
+        return check(name, *args)
+
+    monkeypatch.setattr(runner, "checked_task_files", counted)
+    monkeypatch.setattr(task_config, "checked_task_files", counted)
+    tasks = ["mmlu_ru", "mera_chegeka", "mera_rutie", "rsg_parus", "bpc"]
+    built, dialogues = runner._build_tasks(settings_for(fixtures, tasks, fixtures, limit=2))
+    assert checked == tasks
+    assert list(built) == ["mmlu_ru", "mera_chegeka", "rsg_parus", "bpc"] and dialogues
+
+
 def test_every_task_without_its_data_is_named_at_once(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """`--tasks table6` on a data directory holding some of the sets named the first task without its
     files, then the next on each rerun (30 reruns for the shared data)."""

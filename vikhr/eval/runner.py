@@ -21,7 +21,7 @@ from vikhr.errors import VikhrError, first_line, not_an_hf_model_dir
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.progress import TaskProgress, as_json
 from vikhr.eval.rsg import rsg_total, submission_split
-from vikhr.eval.task_config import build_rsg_test_config, build_task_config, checked_task_files
+from vikhr.eval.task_config import build_rsg_test_config, checked_task_files, task_config_of_files
 from vikhr.eval.tasks import TASK_GROUPS, TASKS, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
@@ -223,41 +223,35 @@ def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict
         raise VikhrError(f"--limit must be a positive number of documents, got {settings.limit}")
     if settings.num_fewshot is not None and settings.num_fewshot < 0:
         raise VikhrError(f"--num-fewshot must be >= 0, got {settings.num_fewshot}")
-    _check_every_task_has_its_data(settings)
+    files = _check_every_task_has_its_data(settings)
     configs = {
-        name: build_task_config(
-            name,
-            settings.data_dir,
-            settings.num_fewshot,
-            settings.bpc_data,
-            settings.bpc_field,
-            settings.limit,
+        name: task_config_of_files(
+            name, paths, settings.num_fewshot, settings.bpc_data, settings.bpc_field, settings.limit
         )
-        for name in settings.tasks
+        for name, paths in files.items()
         if name != RUTIE
     }
-    rutie = read_dialogues(_rutie_path(settings), settings.limit) if RUTIE in settings.tasks else None
+    rutie = read_dialogues(files[RUTIE][0], settings.limit) if RUTIE in files else None
     _note_capped_shots(settings)
     _note_shots_in_the_prompt(settings, configs)
-    files = {
-        name: task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot) for name in configs
-    }
-    return _task_objects(configs, settings.seed, files), rutie
+    return _task_objects(configs, settings.seed, {name: files[name] for name in configs}), rutie
 
 
-def _check_every_task_has_its_data(settings: EvalSettings) -> None:
-    """`--tasks all` (or `table6`) on a data directory holding some of the sets: every task without
-    its files is named at once, so that one rerun leaves them all out rather than one per rerun."""
+def _check_every_task_has_its_data(settings: EvalSettings) -> dict[str, list[Path]]:
+    """Each task's data files, checked to exist (the one check of them). `--tasks all` (or `table6`)
+    on a data directory holding some of the sets: every task without its files is named at once, so
+    that one rerun leaves them all out rather than one per rerun."""
+    found: dict[str, list[Path]] = {}
     missing: dict[str, VikhrError] = {}
     for name in settings.tasks:
         try:
-            checked_task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
+            found[name] = checked_task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
         except VikhrError as e:
             missing[name] = e
     if len(missing) < 2:
         for error in missing.values():
             raise error
-        return
+        return found
     # A group whose every task in the run lacks its data is left out by the group's name.
     whole = {g for g in ("rsg", "mera") if set(TASK_GROUPS[g]) & set(settings.tasks) <= set(missing)}
     group_of = {n: g for g in whole for n in TASK_GROUPS[g]}
@@ -441,7 +435,8 @@ def task_documents(settings: EvalSettings) -> dict[str, int]:
 
 
 def _rutie_path(settings: EvalSettings) -> Path:
-    return checked_task_files(RUTIE, settings.data_dir, settings.bpc_data, settings.num_fewshot)[0]
+    """ruTiE's dialogues (checked to exist when the tasks were built)."""
+    return task_files(RUTIE, settings.data_dir, settings.bpc_data, settings.num_fewshot)[0]
 
 
 def _summary(

@@ -45,6 +45,19 @@ def build_task_config(
     does not prepare prompts for the whole set.
     """
     paths = checked_task_files(name, data_dir, bpc_data, num_fewshot)
+    return task_config_of_files(name, paths, num_fewshot, bpc_data, bpc_field, limit)
+
+
+def task_config_of_files(
+    name: str,
+    paths: list[Path],
+    num_fewshot: int | None,
+    bpc_data: Path,
+    bpc_field: str = "text",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """`build_task_config` on `paths`, the files `checked_task_files` gave for the task (not checked
+    again)."""
     if name == "bpc":
         return bpc_config(bpc_data, bpc_field, limit)
     eval_path = paths[0]
