@@ -909,6 +909,16 @@ def test_each_tasks_data_files_are_checked_once(monkeypatch: pytest.MonkeyPatch)
     assert list(built) == ["mmlu_ru", "mera_chegeka", "rsg_parus", "bpc"] and dialogues
 
 
+@pytest.mark.parametrize(
+    "flag", ["--model", "--data-dir", "--tokenizer", "--bpc-data", "--output", "--mera-submission"]
+)
+def test_an_empty_path_is_refused(flag: str, tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """`--output ""` (an unset shell variable) ran without writing any results; an empty --model,
+    --data-dir, --tokenizer or --bpc-data stood for the current directory or the default."""
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--limit", "1", "--device", "cpu", flag, " "]
+    assert _one_line_error(argv, capsys).endswith(f"{flag} is empty: give a path, or leave the option out")
+
+
 def test_every_task_without_its_data_is_named_at_once(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """`--tasks table6` on a data directory holding some of the sets named the first task without its
     files, then the next on each rerun (30 reruns for the shared data)."""

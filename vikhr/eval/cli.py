@@ -89,6 +89,23 @@ def _compare(args: argparse.Namespace, run_options: list[argparse.Action]) -> in
     return 0
 
 
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """`--output ""` (an unset shell variable) read as no --output: a run of hours that wrote no
+    results; an empty --model, --data-dir, --tokenizer or --bpc-data stood for the current directory
+    or the default."""
+    for flag, value in (
+        ("--model", args.model),
+        ("--data-dir", args.data_dir),
+        ("--tokenizer", args.tokenizer),
+        ("--bpc-data", args.bpc_data),
+        ("--output", args.output),
+        ("--mera-submission", args.mera_submission),
+        ("--rsg-submission", args.rsg_submission),
+    ):
+        if value is not None and not value.strip():
+            raise VikhrError(f"{flag} is empty: give a path, or leave the option out")
+
+
 def _output_files(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
     """--output, --mera-submission and --rsg-submission, each checked to be writable before the
     (long) run rather than after it."""
@@ -164,6 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.model is None:
         raise VikhrError("--model is required (or use 'vikhr eval compare RESULTS.json ...')")
+    _refuse_empty_paths(args)
     tasks = parse_task_list(args.tasks)
     data_dir = Path(args.data_dir)
     if any(t != "bpc" for t in tasks) and not data_dir.is_dir():
