@@ -295,7 +295,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tasks",
         default=DEFAULT_TASKS,
         help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), 'mera' "
-        f"(MERA's), 'table6' (the paper's) or 'all'; '-name' leaves one out (default {DEFAULT_TASKS})",
+        f"(MERA's), 'table6' (the paper's) or 'all'; '-name' after them leaves one out, e.g. all,-bpc "
+        f"(default {DEFAULT_TASKS})",
     )
     p.add_argument(
         "--data-dir",

@@ -236,7 +236,10 @@ def parse_task_list(tasks: str) -> list[str]:
     groups after a '-' to leave out ("table6,-mera_ruhumaneval")."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     groups = {"all": list(TASKS), **TASK_GROUPS}
-    choices = f"choose from {', '.join(TASKS)} (or {', '.join(map(repr, groups))}; '-name' leaves one out)"
+    choices = (
+        f"choose from {', '.join(TASKS)} (or {', '.join(map(repr, groups))}; "
+        "'-name' after them leaves one out, e.g. all,-bpc)"
+    )
     if not names:
         raise VikhrError(f"--tasks is empty; {choices}")
     chosen = [t for n in names if not n.startswith("-") for t in groups.get(n, [n])]
