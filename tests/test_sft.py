@@ -239,6 +239,26 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             '{"role": "assistant", "content": "X</think>Y", "reasoning_content": "r"}]}',
             "message 2: a </think> in the content of a message with reasoning_content",
         ),
+        (
+            '{"messages": [{"role": "user", "content": " \\n\\t"}, {"role": "assistant", "content": "b"}]}',
+            "message 1: the user turn is empty or blank: there is nothing to answer",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
+            '{"role": "user", "content": ""}, {"role": "assistant", "content": "c"}]}',
+            "message 3: the user turn is empty or blank",
+        ),
+        (
+            '{"messages": [{"role": "system", "content": " "}, {"role": "user", "content": "a"}, '
+            '{"role": "assistant", "content": "b"}]}',
+            "message 1: the system message is empty or blank (leave it out",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": null, '
+            '"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}, '
+            '{"role": "tool", "content": ""}, {"role": "assistant", "content": "b"}]}',
+            "message 3: the tool result is empty or blank",
+        ),
         ('{"text": "no chat"}', 'expected an object with a "messages" list'),
         ('{"messages": [', "not valid JSON"),
     ],

@@ -2,7 +2,8 @@
 
 A chat is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`: an
 optional system message first, then user and assistant turns alternating, starting with a user
-turn and ending with an assistant turn (function calls and their results between: see the end).
+turn and ending with an assistant turn (function calls and their results between: see the end);
+every message but an answer holds some text (an empty or blank one is refused).
 An assistant message may carry its reasoning apart, as ``"reasoning_content"`` (Qwen3's and
 DeepSeek-R1's field): it is written into the content as
 ``<think>\n{reasoning}\n</think>\n\n{answer}``, the form every template trains on (``qwen3``
@@ -404,6 +405,16 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
     return messages
 
 
+# What is wrong with a turn of each role but the answer's that is empty or blank (`sft build` drops
+# such chats as empty_turn; an empty answer is kept: it teaches the model to end at once).
+_BLANK_TURN = {
+    "system": "the system message is empty or blank (leave it out: a chat may have none)",
+    "user": "the user turn is empty or blank: there is nothing to answer (give its text, or leave the "
+    "chat out)",
+    "tool": 'the tool result is empty or blank (give the function\'s output as text, e.g. "null")',
+}
+
+
 def _message(m: Any, number: int) -> Message:
     """Message `number` of a chat record, or VikhrError saying what is wrong."""
     # OpenAI's layout may leave out the content of a message that only calls functions
@@ -423,6 +434,8 @@ def _message(m: Any, number: int) -> Message:
             f"message {number}: content must be a string, got {type(content).__name__}"
             + (parts if isinstance(content, list) else "")
         )
+    if role != "assistant" and not content.strip():
+        raise VikhrError(f"message {number}: {_BLANK_TURN[role]}")
     content = with_reasoning(content, m.get("reasoning_content"), role, number)
     trained = turn_weight(m.get("weight"), role, number)
     if role != "tool":
