@@ -257,6 +257,43 @@ def test_build_cuts_each_source_by_its_reward_scores(tmp_path: Path, reward_dir:
     assert {s["name"]: s["kept"] for s in build(config)["sources"]} == {"a": 2, "b": 5}
 
 
+def test_a_later_sources_copy_of_a_chat_the_reward_cut_drops_stays_a_duplicate(
+    tmp_path: Path, reward_dir: Path
+) -> None:
+    """Duplicates are removed before the reward cut: a later source's copy of a chat that the cut
+    then drops is not in the mix either: it is counted as a duplicate of that chat, which its report
+    example names (docs/sft.md, "What happens, in order")."""
+    a = _write_chats(tmp_path / "a.jsonl", 8, "a")
+    scores = tmp_path / "scores.jsonl"
+    cfg = {
+        "output": str(tmp_path / "out" / "chats.jsonl"),
+        "tokenizer": str(MISTRAL),
+        "limits": {"min_tokens": 1, "max_tokens": 512},
+        "reward": {"model": str(reward_dir), "scores": str(scores), "top_fraction": 0.5, "batch_size": 4},
+        "sources": [{"name": "a", "path": str(a)}],
+    }
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    build(config)
+    values = load_scores(scores)
+    order = np.argsort([values[chat_key(_messages(i))] for i in range(8)])
+    cut, kept = int(order[0]), int(order[-1])  # the worst chat of a, and its best
+    b = tmp_path / "b.jsonl"
+    with open(b, "w", encoding="utf-8") as f:  # a's two chats again, upper-cased: exact duplicates
+        for i in (cut, kept):
+            record = {"instruction": QUESTIONS[i].upper(), "input": "", "output": ANSWERS[i].upper()}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    cfg["sources"].append({"name": "b", "path": str(b), "reward_threshold": -1e9})
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    report = build(config)
+    written = [json.loads(x) for x in (tmp_path / "out" / "chats.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in written} == {f"a/a/{i}" for i in order[4:].tolist()}
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert by_name["a"]["dropped"] == {"reward": 4}
+    assert by_name["b"]["kept"] == 0 and by_name["b"]["dropped"] == {"duplicate": 2}
+    assert by_name["b"]["examples"]["duplicate"][0] == f"{b}:1: repeats {a}:{cut + 1} (a/a/{cut})"
+
+
 def test_build_cuts_function_calling_chats_by_the_scores_of_their_plain_turns(
     tmp_path: Path, reward_dir: Path
 ) -> None:

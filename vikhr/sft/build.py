@@ -211,7 +211,8 @@ def _dedup_and_sample(cfg: BuildConfig, a: dict[str, np.ndarray]) -> None:
     """Source after source: its chats that repeat a chat the mix keeps from an earlier source, or an
     earlier chat of its own, are marked duplicate / near_duplicate (in a["match"] the chat each one
     repeats); then the source is sampled to its target. A chat of an earlier source that its
-    sampling left out is not in the mix, so a later source's copy of it stays."""
+    sampling left out is not in the mix, so a later source's copy of it stays; one the reward cut
+    drops later was in the mix here, so its copies stay out (docs/sft.md)."""
     a["match"] = np.full(len(a["status"]), -1, dtype=np.int64)
     kept_before = np.zeros(0, dtype=np.int64)
     for s, src in enumerate(cfg.sources):
