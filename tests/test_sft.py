@@ -1012,6 +1012,19 @@ def test_prepare_warns_of_chats_with_an_empty_answer(tmp_path: Path, capsys) -> 
     ]
 
 
+def test_prepare_refuses_an_output_prefix_whose_files_are_its_input(tmp_path: Path) -> None:
+    """Chats named `mix_sft.json` prepared with the prefix `mix`: the metadata replaced them."""
+    chats = tmp_path / "mix_sft.json"
+    line = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    chats.write_text(line, encoding="utf-8")
+    with pytest.raises(
+        VikhrError, match=r"--output-prefix .*mix writes .*mix_sft\.json, which is the --input "
+    ):
+        prepare_sft(chats, MISTRAL_TOKENIZER, tmp_path / "mix")
+    assert chats.read_text(encoding="utf-8") == line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix_sft.json"]
+
+
 def test_prepare_records_a_hub_snapshots_tokenizer_by_its_name(tmp_path: Path) -> None:
     """The files of a hub snapshot are links to blobs named by their hash: prepare recorded the blob,
     which the export then read as a SentencePiece .model (an error for a tokenizer.json), away from

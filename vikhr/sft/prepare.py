@@ -95,9 +95,10 @@ def prepare_sft(
     A malformed chat stops the run with "file:line: problem" (see `vikhr.sft.template.parse_chat`).
     """
     require_output_prefix(output_prefix)
+    paths = sft_files(output_prefix)
+    _refuse_replacing_an_input(paths, output_prefix, {"--input": input_path, "--tokenizer": tokenizer})
     refuse_a_collection_file(input_path, "sft prepare")
     tok, template, template_from = load_for_chats(tokenizer, template)
-    paths = sft_files(output_prefix)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
     text_writer = indexed.IndexedWriter(
         indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
@@ -149,6 +150,21 @@ def prepare_sft(
     finally:
         scratch.close()
     return summary
+
+
+def _refuse_replacing_an_input(
+    paths: dict[str, Path], output_prefix: str | Path, inputs: dict[str, str | Path]
+) -> None:
+    """VikhrError, before any work, when a file the run writes is one it reads (chats named
+    `mix_sft.json`, prepared with the prefix `mix`): the output would replace it."""
+    for flag, given in inputs.items():
+        read = Path(given).resolve()
+        for path in paths.values():
+            if path.resolve() == read:
+                raise VikhrError(
+                    f"--output-prefix {output_prefix} writes {path}, which is the {flag} file: the run "
+                    "would replace its input (choose another --output-prefix)"
+                )
 
 
 def _write_chats(
