@@ -183,7 +183,7 @@ def test_a_vocab_size_the_tokenizer_refuses_leaves_no_half_made_work_directory(
 
 def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_path: Path) -> None:
     """A parent that was there before, or that something else wrote into meanwhile, stays."""
-    from vikhr.demo import _clear, _missing_dirs
+    from vikhr.demo import LOCK_FILE, _clear, _missing_dirs, _remove_empty
 
     (tmp_path / "kept").mkdir()
     work = tmp_path / "kept" / "shared" / "new" / "demo"
@@ -191,13 +191,57 @@ def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_
     assert created == [work, work.parent, work.parent.parent]
     work.mkdir(parents=True)
     (work / "stage").mkdir()
+    (work / LOCK_FILE).write_text("")
     (work.parent.parent / "someone-else.txt").write_text("x")
-    _clear(work, created)
+    _clear(work)
+    assert [p.name for p in work.iterdir()] == [LOCK_FILE]  # the lock stays while its demo runs
+    (work / LOCK_FILE).unlink()
+    _remove_empty(created)
     assert sorted(p.name for p in (tmp_path / "kept").rglob("*")) == ["shared", "someone-else.txt"]
     # A work directory that was there before keeps itself and loses only what the demo wrote.
     (work.parent.parent / "stage").mkdir()
-    _clear(work.parent.parent, [])
+    _clear(work.parent.parent)
+    _remove_empty([])
     assert (tmp_path / "kept" / "shared").is_dir() and not any((tmp_path / "kept" / "shared").iterdir())
+
+
+def test_a_second_demo_on_a_workdir_in_use_is_refused_and_a_killed_one_s_lock_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two demos on one --workdir were not locked against each other: the second one's --overwrite
+    cleared the first's files and both wrote the same stages. The second is now refused in one line
+    naming the first, before it touches a file; the lock a killed demo left is taken over."""
+    import os
+    import subprocess
+
+    from vikhr.cli import main
+    from vikhr.demo import LOCK_FILE
+    from vikhr.locks import exclusive
+
+    work = tmp_path / "demo"
+    work.mkdir()
+    (work / "first-run-output.txt").write_text("being written")
+    with exclusive(work / LOCK_FILE, "", remove=True) as held:  # the first demo, running
+        assert held
+        # --vocab-size 100: refused after the split stage, should the demo start at all
+        assert main(["demo", "--workdir", str(work), "--overwrite", "--vocab-size", "100"]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out
+    assert captured.err == (
+        f"vikhr demo: error: --workdir {work} is in use by another vikhr demo (pid {os.getpid()} on "
+        f"{os.uname().nodename}); wait for it to end, stop it, or give this demo another --workdir\n"
+    )
+    assert [p.name for p in work.iterdir()] == ["first-run-output.txt"]
+    # A demo killed mid-run leaves its lock file naming a process that is gone: the next one runs (up
+    # to the refusal of --vocab-size 100 after the split stage) and removes the lock at its end.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (work / LOCK_FILE).write_text(f"pid {gone.pid} on {os.uname().nodename}\n")
+    assert main(["demo", "--workdir", str(work), "--overwrite", "--vocab-size", "100"]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" in captured.out and "--vocab-size 100 is too small" in captured.err
+    assert "in use" not in captured.err
+    assert work.is_dir() and not any(work.iterdir())
 
 
 def test_the_smallest_seq_len_of_the_chats_is_the_sft_trainer_s_own_bound(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import shutil
@@ -43,6 +44,7 @@ from typing import Any
 
 from vikhr.atomic import output_dir, temporary_path, write_text
 from vikhr.errors import VikhrError, refuse_to_replace, require_file, require_writable_dir
+from vikhr.locks import exclusive
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
 from vikhr.tokenizer.load import resolve_tokenizer_file
 
@@ -54,6 +56,7 @@ LLAMA3_SPECIALS = (
     "<|end_header_id|>",
     "<|eot_id|>",
 )
+LOCK_FILE = ".demo.lock"  # in --workdir while a demo runs there
 
 
 @dataclass(frozen=True)
@@ -617,23 +620,38 @@ def _missing_dirs(path: Path) -> list[Path]:
     return missing
 
 
-def _clear(workdir: Path, created: list[Path]) -> None:
-    """Remove what the demo wrote to `workdir`, and the folders in `created` (the work directory and the
-    parents it made for it, deepest first): the work directory whole, a parent only while empty, in
-    case something else has put a file there meanwhile."""
-    if workdir not in created:
-        for entry in workdir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        return
-    shutil.rmtree(workdir, ignore_errors=True)
-    for parent in created[1:]:
+def _leftovers(workdir: Path) -> list[Path]:
+    """What is in `workdir` besides the demo's lock: an earlier run's outputs, or someone else's files."""
+    return [entry for entry in workdir.iterdir() if entry.name != LOCK_FILE]
+
+
+def _clear(workdir: Path) -> None:
+    """Remove what is in `workdir` except the lock the running demo holds there."""
+    for entry in _leftovers(workdir):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders in `created` (the work directory and the parents made for it, deepest first)
+    while they are empty, in case something else (another demo among them) has put a file there."""
+    for folder in created:
         try:
-            parent.rmdir()
+            folder.rmdir()
         except OSError:  # not empty (or gone): it and the folders above it stay
             break
+
+
+def _workdir_lock(workdir: Path) -> contextlib.AbstractContextManager[bool]:
+    """One demo at a time in `workdir`: a second one would clear the first's files (--overwrite) and
+    write the same stages. A lock left by a killed demo is free (the kernel released it) and is taken."""
+    busy = (
+        f"--workdir {workdir} is in use by another vikhr demo ({{holder}}); wait for it to end, stop it, "
+        "or give this demo another --workdir"
+    )
+    return exclusive(workdir / LOCK_FILE, busy, remove=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -655,15 +673,28 @@ def run(args: argparse.Namespace) -> int:
         _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family], args.vocab_size)
     else:  # byte-bpe's stand-in: at least the 256 byte tokens and Llama-3's special tokens
         _check_extended_size(args.vocab_size, 256 + len(LLAMA3_SPECIALS), "the Llama-3-like stand-in base")
+    inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
     workdir = require_writable_dir(args.workdir, "--workdir")
+    if args.overwrite and workdir.exists() and _leftovers(workdir):
+        refuse_to_replace(workdir, inputs, "--workdir")
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
-    if workdir.exists() and any(workdir.iterdir()):
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _workdir_lock(workdir):
+            _run_stages(args, workdir, ru, en, chats)
+    except VikhrError:
+        # A refused corpus, --vocab-size, --seq-len or chats file leaves no half-made work directory behind.
+        _remove_empty(created)
+        raise
+    return 0
+
+
+def _run_stages(args: argparse.Namespace, workdir: Path, ru: Path, en: Path, chats: Path) -> None:
+    """The eight stages in `workdir`, whose lock this process holds."""
+    if _leftovers(workdir):
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
-        inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
-        refuse_to_replace(workdir, inputs, "--workdir")
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+        _clear(workdir)
     from vikhr.runtime.megatron import import_megatron_core
 
     import_megatron_core()  # the training stages import megatron-core
@@ -673,8 +704,7 @@ def run(args: argparse.Namespace) -> int:
         demo.tokenizer()
         demo.prepare_chats(chats)
     except VikhrError:
-        # A refused corpus, --vocab-size, --seq-len or chats file leaves no half-made work directory behind.
-        _clear(workdir, created)
+        _clear(workdir)
         raise
     demo.base()
     demo.adapt()
@@ -682,7 +712,6 @@ def run(args: argparse.Namespace) -> int:
     demo.instruct()
     demo.evaluate()
     demo.finish()
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
