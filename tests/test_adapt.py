@@ -849,3 +849,49 @@ def test_bar_is_drawn_on_a_terminal_only(
     assert "writing shards: 100%" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
     quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
     assert "writing shards" not in quiet
+
+
+def test_streamed_shards_keep_their_bytes(tmp_path: Path) -> None:
+    """The shard writer of adapt-vocab (one safetensors writer for every command): the header keeps
+    the metadata and the tensor order, the replaced embedding takes its new rows, and every other
+    tensor's bytes are copied as they are, a float8 and a sub-byte dtype vikhr cannot load among
+    them. The bytes are those the shards had before the writers were one (sha256 below)."""
+    import hashlib
+
+    from vikhr.adapt.safetensors_io import SafetensorsWriter, read_header
+    from vikhr.adapt.vocab import _write_shards
+
+    tensors = {  # name -> (dtype, shape, data), in file order
+        "model.embed_tokens.weight": ("BF16", [4, 3], bytes(range(24))),
+        "model.norm.weight": ("F8_E4M3", [3], b"\x01\x02\x03"),
+        "model.packed.weight": ("F4", [4], b"\xab\xcd"),
+        "model.layers.0.mlp.weight": ("F32", [2], struct.pack("<2f", 1.5, -2.25)),
+    }
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    src = tmp_path / "src" / "model.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(struct.pack("<Q", len(blob)) + blob + b"".join(data for _, _, data in tensors.values()))
+    work = tmp_path / "out"
+    work.mkdir()
+    rows = torch.arange(15, dtype=torch.float32).reshape(5, 3).to(torch.bfloat16)
+    sizes = _write_shards([read_header(src)], {EMBED: lambda: rows}, 5, work, show_progress=False)
+    written = (work / src.name).read_bytes()
+    assert sizes == {src.name: 30 + 3 + 2 + 8}
+    before = "7df28c255c9a576773cc4adfbcf97eb09808ffbbf4dc3491fc9ea09922ca9906"
+    assert hashlib.sha256(written).hexdigest() == before
+    with safe_open(str(work / src.name), framework="pt") as st:
+        assert torch.equal(st.get_tensor(EMBED), rows)
+        assert st.metadata() == {"format": "pt"}
+    # A tensor copied out of the header's order is the caller's bug.
+    entries = read_header(src).tensors
+    with (
+        open(src, "rb") as fin,
+        SafetensorsWriter(tmp_path / "x.safetensors", entries, None) as out,
+        pytest.raises(RuntimeError, match=r"copying model.norm.weight, but the header says model.embed"),
+    ):
+        out.copy(entries["model.norm.weight"], fin)

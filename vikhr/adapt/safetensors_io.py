@@ -158,59 +158,6 @@ def load_tensor(entry: TensorEntry, path: Path) -> Any:
     return flat.reshape(entry.shape)
 
 
-def _copy_range(
-    src: IO[bytes], dst: IO[bytes], start: int, length: int, progress: Callable[[int], Any]
-) -> None:
-    src.seek(start)
-    left = length
-    while left:
-        block = src.read(min(COPY_CHUNK_BYTES, left))
-        if not block:
-            raise VikhrError(f"{src.name}: file ends early while copying tensor data")
-        dst.write(block)
-        left -= len(block)
-        progress(len(block))
-
-
-def write_streaming(
-    src: SafetensorsHeader,
-    dst_path: Path,
-    replacements: dict[str, Any],
-    progress: Callable[[int], Any] = lambda n: None,
-) -> int:
-    """Write `src` to `dst_path`, replacing the named tensors by in-memory torch tensors.
-
-    Every other tensor is copied byte for byte, one chunk at a time. Returns the data size in bytes.
-    """
-    names = list(src.tensors)
-    header: dict[str, Any] = {}
-    if src.metadata is not None:
-        header["__metadata__"] = src.metadata
-    offset = 0
-    plan: list[tuple[str, int]] = []
-    for name in names:
-        if name in replacements:
-            t = replacements[name]
-            size = t.numel() * t.element_size()
-            header[name] = {"dtype": safetensors_dtype(t.dtype), "shape": list(t.shape)}
-        else:
-            e = src.tensors[name]
-            size = e.end - e.start
-            header[name] = {"dtype": e.dtype, "shape": list(e.shape)}
-        header[name]["data_offsets"] = [offset, offset + size]
-        plan.append((name, size))
-        offset += size
-    with open(src.path, "rb") as fin, open(dst_path, "wb") as fout:
-        _write_header(fout, header)
-        for name, size in plan:
-            if name in replacements:
-                _write_tensor_data(fout, replacements[name])
-                progress(size)
-            else:
-                _copy_range(fin, fout, src.tensors[name].start, size, progress)
-    return offset
-
-
 def _write_header(fout: IO[bytes], header: dict[str, Any]) -> None:
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # keep the data buffer 8-byte aligned, as safetensors does
@@ -226,14 +173,17 @@ def _write_tensor_data(fout: IO[bytes], tensor: Any) -> None:
         fout.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
 
 
-Layout = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape), in file order
+# Tensor name -> (safetensors dtype, shape) of a tensor `add` is given, or the entry of a source file's
+# tensor that `copy` copies as it is; in file order.
+Layout = dict[str, tuple[str, tuple[int, ...]] | TensorEntry]
 
 
 class SafetensorsWriter:
     """Writes a safetensors file whose tensors' names, dtypes and shapes (`layout`, in file order)
     are known before their data: the header (which comes first) is written at once, then each
-    tensor's data as `add` is given it, in layout order. Each byte is written once and no tensor is
-    held, so a conversion needs one tensor's memory, not the model's.
+    tensor's data in layout order, as `add` is given it or as `copy` copies it from a source file.
+    Each byte is written once and no tensor is held, so a conversion needs one tensor's memory, not
+    the model's.
 
     A tensor out of order or of another dtype or shape is a RuntimeError (a bug of the caller);
     the file is then incomplete, so it must be written where a failure discards it (vikhr.atomic).
@@ -242,17 +192,24 @@ class SafetensorsWriter:
     def __init__(self, path: Path, layout: Layout, metadata: dict[str, str] | None = None) -> None:
         header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
         self.path, self.size = path, 0
-        for name, (dtype, shape) in layout.items():
-            try:
-                torch_dtype(dtype)  # what `add` can be given (callers check their inputs' dtypes)
-            except VikhrError:
-                raise RuntimeError(
-                    f"{path}: tensor {name} has dtype {dtype}, which vikhr cannot write"
-                ) from None
-            n = math.prod(shape) * DTYPE_BYTES[dtype]
+        pending: list[tuple[str, tuple[str, tuple[int, ...]] | TensorEntry]] = []
+        for name, spec in layout.items():
+            if isinstance(spec, TensorEntry):  # bytes copied as they are: any dtype, sub-byte ones too
+                dtype, shape, n = spec.dtype, spec.shape, spec.end - spec.start
+            else:
+                dtype, shape = spec
+                try:
+                    torch_dtype(dtype)  # what `add` can be given (callers check their inputs' dtypes)
+                except VikhrError:
+                    raise RuntimeError(
+                        f"{path}: tensor {name} has dtype {dtype}, which vikhr cannot write"
+                    ) from None
+                n = math.prod(shape) * DTYPE_BYTES[dtype]
+                spec = (dtype, tuple(shape))
             header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self.size, self.size + n]}
             self.size += n
-        self._pending = iter([(name, (dtype, tuple(shape))) for name, (dtype, shape) in layout.items()])
+            pending.append((name, spec))
+        self._pending = iter(pending)
         self._file = open(path, "wb")  # noqa: SIM115 (closed by finish or on error by __exit__)
         try:
             _write_header(self._file, header)
@@ -270,6 +227,25 @@ class SafetensorsWriter:
         _write_tensor_data(self._file, tensor)
         return tensor.numel() * tensor.element_size()
 
+    def copy(
+        self, entry: TensorEntry, src: IO[bytes], progress: Callable[[int], Any] = lambda n: None
+    ) -> None:
+        """Copy the next tensor of the layout, `entry`, from the open source file `src` it describes,
+        one chunk at a time (`progress` is given each chunk's size)."""
+        expected = next(self._pending, None)
+        if expected != (entry.name, entry):
+            want = "no more tensors" if expected is None else _described(*expected)
+            raise RuntimeError(f"{self.path}: copying {entry.name}, but the header says {want}")
+        src.seek(entry.start)
+        left = entry.end - entry.start
+        while left:
+            block = src.read(min(COPY_CHUNK_BYTES, left))
+            if not block:
+                raise VikhrError(f"{src.name}: file ends early while copying tensor data")
+            self._file.write(block)
+            left -= len(block)
+            progress(len(block))
+
     def finish(self) -> None:
         """Close the file, every tensor of the layout having been written."""
         left = next(self._pending, None)
@@ -284,8 +260,8 @@ class SafetensorsWriter:
         self._file.close()
 
 
-def _described(name: str, dtype_and_shape: tuple[str, tuple[int, ...]]) -> str:
-    dtype, shape = dtype_and_shape
+def _described(name: str, spec: tuple[str, tuple[int, ...]] | TensorEntry) -> str:
+    dtype, shape = (spec.dtype, spec.shape) if isinstance(spec, TensorEntry) else spec
     return f"{name} {dtype} {list(shape)}"
 
 

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vikhr.adapt.safetensors_io import SafetensorsHeader, checkpoint_headers, load_tensor, write_streaming
+from vikhr.adapt.safetensors_io import (
+    SafetensorsHeader,
+    SafetensorsWriter,
+    checkpoint_headers,
+    load_tensor,
+    safetensors_dtype,
+)
 from vikhr.adapt.vocab_source import (
     ADDED_TOKENS_FILE,
     SPIECE_UNDERLINE,
@@ -460,9 +466,30 @@ def _write_shards(
     ) as bar:
         for h in headers:
             mine = {k: build() for k, build in replacements.items() if k in h.tensors}
-            sizes[h.path.name] = write_streaming(h, work / h.path.name, mine, bar.update)
+            sizes[h.path.name] = _write_shard(h, work / h.path.name, mine, bar.update)
             del mine
     return sizes
+
+
+def _write_shard(
+    src: SafetensorsHeader, path: Path, replacements: dict[str, Any], progress: Callable[[int], Any]
+) -> int:
+    """Write the shard `src` to `path` with the named tensors replaced by in-memory torch tensors;
+    every other tensor is copied byte for byte. Returns the data size in bytes."""
+    layout = {
+        name: (safetensors_dtype(replacements[name].dtype), tuple(replacements[name].shape))
+        if name in replacements
+        else entry
+        for name, entry in src.tensors.items()
+    }
+    with open(src.path, "rb") as fin, SafetensorsWriter(path, layout, src.metadata) as out:
+        for name, entry in src.tensors.items():
+            if name in replacements:
+                progress(out.add(name, replacements[name]))
+            else:
+                out.copy(entry, fin, progress)
+        out.finish()
+    return out.size
 
 
 def _write_side_files(
