@@ -79,6 +79,16 @@ def read_sft_meta(meta_path: Path) -> dict:
     return meta
 
 
+def read_prepared_sft(prefix: str | Path) -> dict:
+    """The `_sft.json` of the SFT dataset `prefix`, every file `vikhr sft prepare` writes there being
+    present; VikhrError naming the first missing file (see `missing_sft_file`) or the unreadable
+    metadata."""
+    missing = missing_sft_file(prefix)
+    if missing is not None:
+        raise VikhrError(missing)
+    return read_sft_meta(sft_files(prefix)["meta"])
+
+
 def prepared_sft_meta(dataset: str | Path, documents: int, tokens: int) -> tuple[Path, dict] | None:
     """`(P_sft.json, its content)` where `dataset` is the `P_text_document` or `P_mask_document` that
     `vikhr sft prepare` wrote (its `_sft.json` counts `documents` chats of `tokens` tokens); None for
@@ -98,11 +108,8 @@ def prepared_sft_meta(dataset: str | Path, documents: int, tokens: int) -> tuple
 def check_sft_dataset(prefix: str, key: str, vocab_size: int) -> dict:
     """Config-time check (no allocation): the files exist and the token ids fit the model; the
     dataset's `_sft.json`."""
-    missing = missing_sft_file(prefix)
-    if missing is not None:
-        raise VikhrError(f"config key {key}: {missing}")
     try:
-        meta = read_sft_meta(Path(prefix + META_SUFFIX))
+        meta = read_prepared_sft(prefix)
     except VikhrError as e:
         raise VikhrError(f"config key {key}: {e}") from e
     if int(meta["max_token_id"]) >= vocab_size:

@@ -30,7 +30,7 @@ from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, require_output_prefix
 from vikhr.jsonl import record_lines
-from vikhr.sft.layout import CHAT_ENCODING, missing_sft_file, read_sft_meta, sft_datasets, sft_files
+from vikhr.sft.layout import CHAT_ENCODING, read_prepared_sft, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
 from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import (
@@ -360,11 +360,7 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
 
     BOS, EOS and the template's control tokens are shown as their pieces (`decode` drops them).
     """
-    files = sft_files(prefix)
-    missing = missing_sft_file(prefix)
-    if missing is not None:
-        raise VikhrError(missing)
-    meta = read_sft_meta(files["meta"])
+    meta = read_prepared_sft(prefix)
     template = meta.get("template", "mistral")
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
     if meta.get("tokenizer_sha256") not in (None, corpus_sha256(tok.path)):
