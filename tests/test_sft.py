@@ -1078,3 +1078,45 @@ def test_data_prepared_with_an_earlier_chatml_encoding_is_a_warning(template: st
         assert doubts == []
     else:
         assert len(doubts) == 1 and "data.train[0].prefix" in doubts[0] and "prepare it again" in doubts[0]
+
+
+def test_a_run_s_start_up_checks_read_each_sft_metadata_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks before the first step (the config's, the blend's, model.init's tokenizer, the chat
+    encoding, what the checkpoints record) each read the datasets' `_sft.json` from disk again. It is
+    read once; a file prepared again (renamed into place) is read anew."""
+    from vikhr.atomic import write_text
+    from vikhr.convert.hf_tokenizer import data_tokenizer
+    from vikhr.train.config import doubtful_settings, load_config, validate
+    from vikhr.train.trainer import _dataset_tokenizers
+
+    prefix = tmp_path / "chats"
+    prepare_sft(ASSETS / "sft" / "ru-seed-chats.jsonl", MISTRAL_TOKENIZER, prefix, max_chats=4)
+    meta = Path(f"{prefix}_sft.json")
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counted(self: Path, *args: object, **kwargs: object) -> str:
+        reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    config = _config(tmp_path / "c.yaml", prefix, tmp_path / "run")
+
+    def start_up_checks() -> str | None:
+        """The template sha256 a checkpoint of the run would record."""
+        cfg = load_config(config, [])
+        validate(cfg)
+        assert list(_dataset_tokenizers(cfg))
+        assert doubtful_settings(cfg) == []
+        recorded = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
+        assert recorded is not None
+        return recorded.template_sha256
+
+    assert start_up_checks() is None  # the Mistral template is vikhr's own: no sha256
+    assert reads.count(meta) == 1
+    prepared = json.loads(read_text(meta))
+    write_text(meta, json.dumps({**prepared, "template_sha256": "0" * 64}))
+    assert start_up_checks() == "0" * 64
+    assert reads.count(meta) == 2

@@ -9,7 +9,7 @@ import os
 import select
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -443,10 +443,13 @@ def config_error_line(error: Any, root: Any = None, key_prefix: str = "", prefix
     return f"{prefix}config key {key}: {error['msg']}, got {got!r}"
 
 
-def read_json_object(path: Path, fix: str = "fix or re-export it") -> dict[str, Any]:
-    """The JSON object in `path`; VikhrError naming the file and `fix` if it is unreadable or no object."""
+def read_json_object(
+    path: Path, fix: str = "fix or re-export it", parse: Callable[[Path], Any] | None = None
+) -> dict[str, Any]:
+    """The JSON object in `path`; VikhrError naming the file and `fix` if it is unreadable or no object.
+    `parse`: what reads the file's JSON value (a reader that reads a file once per process)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = parse(path) if parse is not None else json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise VikhrError(f"{path} is not valid JSON ({e}); {fix}") from None
     if not isinstance(value, dict):

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,15 +96,15 @@ class Recorded:
         return record
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return read_json_object(path, "fix or remove it")
+def _read_json(path: Path, parse: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    return read_json_object(path, "fix or remove it", parse)
 
 
 def _sft_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> RecordedTokenizer | None:
     """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record
     (relative dataset prefixes are relative to `cwd`, where the run trained); `warn`: say which
     template the export carries of a blend of several."""
-    from vikhr.sft.layout import sft_files
+    from vikhr.sft.layout import read_sft_json, sft_files
 
     found: list[tuple[dict[str, Any], Path]] = []
     for entry in config.get("data", {}).get("train") or []:
@@ -111,7 +112,7 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> Reco
             continue
         meta_path = sft_files(str(cwd / entry["prefix"]))["meta"]
         if meta_path.is_file():
-            sft = _read_json(meta_path)
+            sft = _read_json(meta_path, read_sft_json)  # read once with the start-up checks of a run
             if isinstance(sft.get("tokenizer"), str):
                 found.append((sft, meta_path))
     if not found:

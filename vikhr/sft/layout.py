@@ -8,9 +8,11 @@ neither torch nor megatron-core, so preparing data stays light.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from vikhr.data.indexed import dataset_prefix
 from vikhr.errors import VikhrError
@@ -67,10 +69,31 @@ def missing_sft_file(prefix: str | Path) -> str | None:
     return f"SFT dataset file not found: {missing} ({hint})"
 
 
+# The `_sft.json` files this process has read, by the file's identity: a trainer's start-up checks
+# (config, blend, model.init's tokenizer, the chat encoding, what its checkpoints record) each look
+# at every dataset's metadata, which is read from disk once.
+_READ: dict[tuple, Any] = {}
+_READ_MAX = 4096
+
+
+def read_sft_json(meta_path: Path) -> Any:
+    """The JSON value of an `_sft.json`, parsed once per process while the file is the same (its
+    inode, size and mtime: `vikhr sft prepare` renames a new file into place); a copy, which the
+    caller may change. OSError or ValueError where it cannot be read or parsed."""
+    st = os.stat(meta_path)
+    identity = (os.path.abspath(meta_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if identity not in _READ:
+        value = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+        if len(_READ) >= _READ_MAX:
+            _READ.clear()
+        _READ[identity] = value
+    return copy.deepcopy(_READ[identity])
+
+
 def read_sft_meta(meta_path: Path) -> dict:
     """The `_sft.json` `vikhr sft prepare` wrote; VikhrError for anything else."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_sft_json(meta_path)
         if not isinstance(meta, dict) or not isinstance(meta["tokenizer"], str):
             raise TypeError("not an object with a tokenizer path")
         int(meta["max_token_id"])
