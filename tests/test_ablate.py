@@ -89,6 +89,12 @@ def _write(path: Path, cfg: dict) -> Path:
         # the trainer's own checks, which ran after the tokenizer and the data had been prepared
         ({"train": {"micro_batch": 16, "global_batch": 4}}, "is not a multiple of train.micro_batch = 16"),
         ({"model": {"overrides": {"bogus": 1}}}, "model.overrides.bogus"),
+        # the trainer's key was named (data.seq_len), which the grid's file has not got
+        (
+            {"model": {"overrides": {"max_seq_len": 16}}},
+            "ablate.yaml: config key train.seq_len = 32 exceeds the model's max_seq_len 16 "
+            "(model.overrides.max_seq_len): lower train.seq_len to 16 or less, or raise",
+        ),
         # it replaced every run's vocabulary: the base's training stopped on token ids of its data
         # outside it, after the tokenizer and the data had been prepared
         ({"model": {"overrides": {"vocab_size": 1000}}}, "config key model.overrides.vocab_size cannot be"),

@@ -116,7 +116,11 @@ def test_overrides_are_typed(tmp_path: Path, dataset: str) -> None:
         ("model.overrides.num_attention_heads=3", "config key model (tiny): hidden_size 64 is not divisible"),
         # an odd head size passed the checks and failed at the first step (RoPE's pairs)
         ("model.overrides.kv_channels=3", "the attention head size 3 (kv_channels, or hidden_size"),
-        ("data.seq_len=100000", "config key data.seq_len = 100000 exceeds the model's max_seq_len"),
+        (
+            "data.seq_len=100000",
+            "config key data.seq_len = 100000 exceeds the model's max_seq_len 256 (preset tiny): lower "
+            "data.seq_len to 256 or less, or set model.overrides.max_seq_len",
+        ),
         ("data.split=1,2", "config key data.split"),
         ("data.split=0,1,0", "gives training nothing: the first weight (train) must be above 0"),
         ("optim.decay=exp", "config key optim.decay"),

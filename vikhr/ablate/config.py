@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -271,17 +272,35 @@ def check_device_here(cfg: AblateConfig, path: str | Path) -> None:
             )
 
 
+# The trainer's keys that a grid's own keys set (trainer_config), for the base's run and the arms'.
+_GRID_KEYS = {
+    "data.seq_len": "train.seq_len",
+    "parallel.device": "train.device",
+    "logging.log_every": "train.log_every",
+    "checkpoint.save_every": "train.save_every",
+}
+_BASE_KEYS = {**_GRID_KEYS, "train.steps": "base.steps", "optim.lr": "base.lr", "train.seed": "base.seed"}
+_ARM_KEYS = {**_GRID_KEYS, "optim.lr": "train.lr", "train.seed": "seeds"}
+
+
+def in_grid_keys(message: str, base: bool) -> str:
+    """A trainer's error about the base's run (`base`) or an arm's, in the keys of the grid's file."""
+    names = _BASE_KEYS if base else _ARM_KEYS
+    pattern = r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")(?![\w.])"
+    return re.sub(pattern, lambda m: names[m.group(1)], message)
+
+
 def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
     """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
     numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = [(cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
-        (cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds
+    runs = [(True, cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
+        (False, cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds
     ]
-    try:
-        for steps, lr, seed in runs:
+    for base, steps, lr, seed in runs:
+        try:
             trainer_config(
                 cfg, Path("grid") / "check", blend, cfg.tokenizer.vocab_size, steps, False, seed=seed, lr=lr
             )
-    except VikhrError as e:
-        raise VikhrError(f"{path}: {e}") from None
+        except VikhrError as e:
+            raise VikhrError(f"{path}: {in_grid_keys(str(e), base)}") from None

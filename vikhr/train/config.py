@@ -475,8 +475,11 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
             "be above 0, e.g. '98,2,0'"
         )
     if d.seq_len > mcfg.max_seq_len:
+        given = "model.overrides.max_seq_len" if "max_seq_len" in cfg.model.overrides else None
         raise VikhrError(
-            f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}"
+            f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len} "
+            f"({given or f'preset {cfg.model.preset}'}): lower data.seq_len to {mcfg.max_seq_len} or less, "
+            f"or {'raise' if given else 'set'} model.overrides.max_seq_len"
         )
     if d.eod_id >= mcfg.vocab_size:
         raise VikhrError(
