@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,28 @@ def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) 
         load_ablate_config(path)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_train_seq_len_too_long_for_this_machine_s_memory_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It trained the tokenizer and pre-tokenized the corpora, then the base's trainer ended in a CPU
+    out-of-memory traceback; the refusal names the grid file's key."""
+    from vikhr.cli import main
+
+    out = tmp_path / "out"
+    long = {"model": {"overrides": {"max_seq_len": 10_000_000}}, "out_dir": str(out)}
+    path = _write(
+        tmp_path / "ablate.yaml", {**MICRO, **long, "train": {**MICRO["train"], "seq_len": 10_000_000}}
+    )
+    assert main(["ablate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "vikhr ablate: error: config key train.seq_len = 10000000 does not fit in memory: train.micro_batch "
+        "× train.seq_len = 2 × 10000000 tokens need about "
+    )
+    assert re.search(r"lower train\.seq_len to \d+ or less \(or train\.micro_batch\)\n$", err)
+    assert not (out / "work").exists()
 
 
 def test_more_eval_docs_than_held_out_documents_is_said(

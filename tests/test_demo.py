@@ -164,6 +164,28 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
     assert work.is_dir() and not any(work.iterdir())
 
 
+def test_a_seq_len_too_long_for_this_machine_s_memory_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--seq-len 10000000` ran the split, tokenizer and chat stages, then the base stage's trainer
+    ended in a CPU out-of-memory traceback."""
+    from vikhr.cli import main
+
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--seq-len", "10000000"]) == 2
+    captured = capsys.readouterr()
+    assert "[1/8]" not in captured.out and not work.exists() and captured.err.count("\n") == 1
+    assert captured.err.startswith(
+        "vikhr demo: error: --seq-len 10000000 does not fit in memory: the base stage's windows "
+        "(4 × 10000000 tokens) need about "
+    )
+    offered = int(captured.err.removesuffix(" or less\n").rsplit(" ", 1)[1])
+    assert 0 < offered < 10_000_000
+    # what it offers is accepted by every stage's check (the demo stops later, at its --vocab-size)
+    assert main(["demo", "--workdir", str(work), "--seq-len", str(offered), "--vocab-size", "100"]) == 2
+    assert "--vocab-size" in capsys.readouterr().err
+
+
 def test_a_vocab_size_the_tokenizer_refuses_leaves_no_half_made_work_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

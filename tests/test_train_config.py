@@ -514,3 +514,52 @@ def test_save_on_signals_defaults_to_slurms_notices_and_may_be_emptied(tmp_path:
     assert load_config(config, ["checkpoint.save_on_signals=[]"]).checkpoint.save_on_signals == []
     with pytest.raises(VikhrError, match=r"debug\.signal_at_step sends the first of checkpoint\.save_on"):
         load_config(config, ["checkpoint.save_on_signals=[]", "debug.signal_at_step=2"])
+
+
+def test_a_run_too_large_for_this_machine_s_memory_is_refused_before_its_setup(
+    tmp_path: Path, dataset: str
+) -> None:
+    """data.seq_len = 10,000,000 (within model.overrides.max_seq_len) passed every check, built the
+    model and data, and ended in a CPU out-of-memory traceback at the first step."""
+    from vikhr.train.trainer import run
+
+    run_dir = tmp_path / "run"
+    overrides = ["model.overrides.max_seq_len=10000000", "data.seq_len=10000000", "parallel.device=cpu"]
+    cfg = load_config(_config(tmp_path, dataset), [*overrides, f"checkpoint.dir={run_dir}"])
+    with pytest.raises(VikhrError) as e:
+        run(cfg)
+    message = str(e.value)
+    assert message.startswith("config key data.seq_len = 10000000 does not fit in memory: train.micro_batch")
+    assert re.search(
+        r"GiB of RAM here: lower data\.seq_len to \d+ or less \(or train\.micro_batch\)$", message
+    )
+    assert not run_dir.exists()
+
+
+def test_the_seq_len_a_memory_refusal_offers_fits_and_a_model_too_large_is_named(
+    tmp_path: Path, dataset: str
+) -> None:
+    from vikhr.train.memory import GIB, USABLE_SHARE, check_fits, run_estimate
+
+    cfg = load_config(
+        _config(tmp_path, dataset), ["model.overrides.max_seq_len=100000", "data.seq_len=100000"]
+    )
+    capacity = 0.5 * GIB
+    with pytest.raises(VikhrError) as e:
+        check_fits(cfg, 1, capacity, "0.5 GiB of a test")
+    offered = int(re.search(r"lower data\.seq_len to (\d+) or less", str(e.value))[1])
+    assert run_estimate(cfg, 1, offered).total <= USABLE_SHARE * capacity
+    assert run_estimate(cfg, 1, offered + 1).total > USABLE_SHARE * capacity
+    check_fits(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"seq_len": offered})}), 1, capacity, ""
+    )
+    big = load_config(_config(tmp_path, dataset), ["model.preset=mistral-7b-v0.2"])
+    with pytest.raises(
+        VikhrError, match=r"^config key model\.preset = mistral-7b-v0\.2: its weights, gradients"
+    ):
+        check_fits(big, 1, 64 * GIB, "64 GiB of a test")
+    # ZeRO-1 over 8 processes fits 80 GiB a GPU: the world size counts
+    sharded = load_config(
+        _config(tmp_path, dataset), ["model.preset=mistral-7b-v0.2", "optim.distributed=true"]
+    )
+    check_fits(sharded, 8, 80 * GIB, "80 GiB of a test")

@@ -562,17 +562,17 @@ def _check_extended_size(vocab_size: int, base_ids: int, base: str) -> None:
         )
 
 
-def _check_base_tokenizer(base_tokenizer: str, family: Family, vocab_size: int) -> None:
-    """The base tokenizer is loaded before any stage: a file that is no tokenizer is refused now, not
-    by the tokenizer stage after the split. The chats are written with `family`'s template, whose
-    control tokens the new tokenizer has only when the base it extends has them: a base without
-    Llama-3's header tokens is refused now too, as is a --vocab-size that extends it by nothing."""
+def _check_base_tokenizer(base_tokenizer: str, family: Family, vocab_size: int) -> int:
+    """The base tokenizer's vocabulary size. It is loaded before any stage: a file that is no tokenizer
+    is refused now, not by the tokenizer stage after the split. The chats are written with `family`'s
+    template, whose control tokens the new tokenizer has only when the base it extends has them: a base
+    without Llama-3's header tokens is refused now too, as is a --vocab-size that extends it by nothing."""
     from vikhr.sft.template import TEMPLATE_TOKENS
     from vikhr.tokenizer.load import load
 
     tok = load(base_tokenizer)
     if family.template != "llama3":
-        return
+        return tok.vocab_size
     _check_extended_size(vocab_size, tok.vocab_size, f"--base-tokenizer {base_tokenizer}")
     missing = [token for token in TEMPLATE_TOKENS["llama3"] if tok.piece_to_id(token) is None]
     if missing:
@@ -582,6 +582,7 @@ def _check_base_tokenizer(base_tokenizer: str, family: Family, vocab_size: int) 
             "template, which needs each as one id; give a Llama-3 tokenizer (or one with those special "
             "tokens), or leave out --base-tokenizer for the Llama-3-like stand-in"
         )
+    return tok.vocab_size
 
 
 def _check_sentencepiece_base(given: Path, file: Path) -> None:
@@ -607,6 +608,38 @@ def _check_sentencepiece_base(given: Path, file: Path) -> None:
             f"--base-tokenizer {given} is a tiktoken BPE file (as Llama-3's original/tokenizer.model), no "
             f"SentencePiece model; {needs}: give a .model, or --family byte-bpe with the model's "
             "tokenizer.json"
+        )
+
+
+def _check_memory(args: argparse.Namespace, base_vocab: int) -> None:
+    """Every training stage's windows fit this machine's memory by the trainer's estimate (which each
+    stage's run checks too, after the stages before it): a --seq-len too long for one is refused
+    before the first stage, with the longest that fits them all."""
+    from vikhr.train.memory import GIB, USABLE_SHARE, longest_fitting_seq_len, memory_here, run_estimate
+
+    capacity, memory = memory_here(on_cuda=False)  # the demo trains on the CPU
+    stages = (
+        ("base", base_vocab, args.base_steps, {}),
+        ("continue", args.vocab_size, args.steps, {"kl_weight": args.kl_weight}),
+        ("instruct", args.vocab_size, args.sft_steps, {"sft": True}),
+    )
+    longest, refused = args.seq_len, None
+    for stage, vocab, steps, kw in stages:
+        cfg = train_config(
+            Path("demo"), stage, [("d", "d", 1.0)], vocab, args, steps, check_files=False, **kw
+        )
+        factor = SFT_SEQ_LEN_FACTOR if kw.get("sft") else 1
+        if run_estimate(cfg, 1).total > capacity:
+            fits = longest_fitting_seq_len(cfg, 1, USABLE_SHARE * capacity) // factor
+            longest, refused = min(longest, fits), refused or (stage, cfg)
+    if refused is not None:
+        stage, cfg = refused
+        fix = f"pass --seq-len {longest} or less" if longest else "run it on a machine with more memory"
+        raise VikhrError(
+            f"--seq-len {args.seq_len} does not fit in memory: the {stage} stage's windows "
+            f"({cfg.train.micro_batch} × {cfg.data.seq_len} tokens) need about "
+            f"{run_estimate(cfg, 1).total / GIB:,.1f} GiB by the trainer's memory estimate, more than the "
+            f"{memory}; {fix}"
         )
 
 
@@ -670,13 +703,18 @@ def run(args: argparse.Namespace) -> int:
         require_file(args.base_tokenizer, "base tokenizer")
         if FAMILIES[args.family].tokenizer_type == "SentencePieceTokenizer":
             _check_sentencepiece_base(base, Path(args.base_tokenizer))
-        _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family], args.vocab_size)
+        base_vocab = _check_base_tokenizer(args.base_tokenizer, FAMILIES[args.family], args.vocab_size)
     else:  # byte-bpe's stand-in: at least the 256 byte tokens and Llama-3's special tokens
         _check_extended_size(args.vocab_size, 256 + len(LLAMA3_SPECIALS), "the Llama-3-like stand-in base")
+        base_vocab = args.vocab_size // 2 + len(LLAMA3_SPECIALS)  # as Demo.tokenizer trains it
     inputs = [ru, en, chats, *([args.base_tokenizer] if args.base_tokenizer is not None else [])]
     workdir = require_writable_dir(args.workdir, "--workdir")
     if args.overwrite and workdir.exists() and _leftovers(workdir):
         refuse_to_replace(workdir, inputs, "--workdir")
+    from vikhr.runtime.megatron import import_megatron_core
+
+    import_megatron_core()  # the trainer's config and the training stages import megatron-core
+    _check_memory(args, base_vocab)
     created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -695,9 +733,6 @@ def _run_stages(args: argparse.Namespace, workdir: Path, ru: Path, en: Path, cha
         if not args.overwrite:
             raise VikhrError(f"work directory {workdir} is not empty; pass --overwrite or choose another")
         _clear(workdir)
-    from vikhr.runtime.megatron import import_megatron_core
-
-    import_megatron_core()  # the training stages import megatron-core
     demo = Demo(args, workdir)
     try:
         demo.split(ru, en)

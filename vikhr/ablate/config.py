@@ -304,3 +304,26 @@ def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
             )
         except VikhrError as e:
             raise VikhrError(f"{path}: {in_grid_keys(str(e), base)}") from None
+
+
+def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
+    """The base's and the arms' runs fit this machine's memory by the trainer's estimate (which each
+    run checks too, at its start after the stages before it): a train.seq_len too long for one is
+    refused before the first stage. `base_vocab`: the base tokenizer's vocabulary size."""
+    from vikhr.train.memory import check_fits, memory_here
+
+    capacity, memory = memory_here(cfg.train.device == "cuda")
+    blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
+    runs = {(True, base_vocab, 0.0)} | {
+        (False, base_vocab if arm.tokenizer == "base" else cfg.tokenizer.vocab_size, arm.kl_weight)
+        for arm in cfg.arms
+        if arm.slerp_of is None
+    }
+    for base, vocab, kl_weight in sorted(runs):
+        run = trainer_config(
+            cfg, Path("grid") / "check", blend, vocab, 2, False, seed=cfg.base.seed, kl_weight=kl_weight
+        )
+        try:
+            check_fits(run, 1, capacity, memory)
+        except VikhrError as e:
+            raise VikhrError(in_grid_keys(str(e), base)) from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vikhr.ablate.config import AblateConfig, Arm, trainer_config
+from vikhr.ablate.config import AblateConfig, Arm, check_memory_here, trainer_config
 from vikhr.atomic import WrittenMeanwhile, output_dir, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
@@ -88,7 +88,9 @@ class Ablation:
         self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
         from vikhr.tokenizer import load as load_tokenizer
 
-        load_tokenizer(self.base_tok)  # a file that is no tokenizer fails here, before any work is removed
+        # A file that is no tokenizer, or runs too large for this machine, fail here, before any work
+        # is removed.
+        check_memory_here(cfg, load_tokenizer(self.base_tok).vocab_size)
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
 

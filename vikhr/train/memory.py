@@ -22,10 +22,17 @@ Estimates, not measurements: allocator fragmentation and NCCL buffers come on to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vikhr.model.config import ModelConfig, padded_vocab_size
 
+if TYPE_CHECKING:
+    from vikhr.train.config import TrainConfig
+
 GIB = 1024**3
+# The share of a device's memory a run may plan to fill: allocator fragmentation, NCCL's buffers and
+# the runtime itself take the rest.
+USABLE_SHARE = 0.9
 
 
 def parameter_counts(cfg: ModelConfig, tp: int = 1, vocab_multiple: int = 128) -> tuple[int, int]:
@@ -141,7 +148,7 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             sequence_parallel=cfg.parallel.sequence and tp > 1,
         )
         # An "80 GB" card holds 80 GiB (nvidia-smi: 81,559 MiB of 81,920): the size is in GiB.
-        fits = e.total <= 0.9 * gpu_memory_gb * GIB
+        fits = e.total <= USABLE_SHARE * gpu_memory_gb * GIB
         lines.append(
             f"{tp:>3} {e.dp:>3} {e.params_per_gpu / 1e9:>10.3f}B "
             + " ".join(
@@ -150,3 +157,70 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
             + f"  {'yes' if fits else 'no'}"
         )
     return "\n".join(lines)
+
+
+def run_estimate(cfg: TrainConfig, world_size: int, seq_len: int | None = None) -> MemoryEstimate:
+    """The estimate of one process of a run of the TrainConfig `cfg` in `world_size` processes, at its
+    data.seq_len or at `seq_len`."""
+    tp = cfg.parallel.tensor
+    return estimate(
+        cfg.model.shape(),
+        tp,
+        max(world_size, tp),
+        cfg.train.micro_batch,
+        seq_len or cfg.data.seq_len,
+        cfg.kl.weight,
+        cfg.model.vocab_multiple,
+        distributed_optimizer=cfg.optim.distributed,
+        recompute=cfg.train.recompute == "full",
+        sequence_parallel=cfg.parallel.sequence and tp > 1,
+    )
+
+
+def longest_fitting_seq_len(cfg: TrainConfig, world_size: int, capacity: float) -> int:
+    """The longest data.seq_len whose estimate fits `capacity` bytes (0: not even one token's); the
+    estimate grows linearly with the window."""
+    one, two = run_estimate(cfg, world_size, 1).total, run_estimate(cfg, world_size, 2).total
+    return max(int((capacity - one) // (two - one)) + 1, 0)
+
+
+def memory_here(on_cuda: bool) -> tuple[float, str]:
+    """(bytes one process of a run on this machine may use, what they are): the GPU's memory, or the
+    RAM shared by the job's processes on this machine."""
+    import os
+
+    if on_cuda:
+        import torch
+
+        gpu = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0")))
+        return float(gpu.total_memory), f"{gpu.total_memory / GIB:,.1f} GiB of the GPU ({gpu.name})"
+    ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    shared = f", shared by {ranks} processes" if ranks > 1 else ""
+    return ram / ranks, f"{ram / GIB:,.1f} GiB of RAM here{shared}"
+
+
+def check_fits(cfg: TrainConfig, world_size: int, capacity: float, memory: str) -> None:
+    """VikhrError naming data.seq_len (with the longest that fits with headroom) or the model when a
+    run's estimate exceeds `capacity` bytes (`memory` says what they are): such a run ends in an
+    out-of-memory error at its first step, after its setup. Only a run that cannot fit is refused: one
+    within the headroom may still (the estimate is no measurement)."""
+    from vikhr.errors import VikhrError
+
+    need = run_estimate(cfg, world_size)
+    if need.total <= capacity:
+        return
+    longest = longest_fitting_seq_len(cfg, world_size, USABLE_SHARE * capacity)
+    if longest < 1:
+        fixed = need.parameters + need.gradients + need.optimizer
+        raise VikhrError(
+            f"config key model.preset = {cfg.model.preset}: its weights, gradients and optimizer state need "
+            f"about {fixed / GIB:,.1f} GiB per process by the memory estimate, more than the {memory}: "
+            "train a smaller model, or split it over more GPUs (--dry-run compares the layouts)"
+        )
+    raise VikhrError(
+        f"config key data.seq_len = {cfg.data.seq_len} does not fit in memory: train.micro_batch × "
+        f"data.seq_len = {cfg.train.micro_batch} × {cfg.data.seq_len} tokens need about "
+        f"{need.total / GIB:,.1f} GiB per process by the memory estimate, more than the {memory}: lower "
+        f"data.seq_len to {longest} or less (or train.micro_batch)"
+    )

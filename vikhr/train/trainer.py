@@ -75,6 +75,7 @@ from vikhr.train.data import (
     step_micro_batches,
 )
 from vikhr.train.index_cache import check_index_cache
+from vikhr.train.memory import check_fits, memory_here
 from vikhr.train.monitor import Monitor, peak_flops, train_flops_per_token
 from vikhr.train.run_lock import run_lock
 from vikhr.train.stop import RunStop, SignalledInSetup, Stop
@@ -344,8 +345,11 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     """Train as configured; returns the final step and validation losses (on every rank)."""
     # Everything that can be checked is checked before a process group or a tensor exists.
     started = time.monotonic()  # checkpoint.stop_after_minutes counts the setup too
-    validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    resolve_attention(cfg.model.attention, uses_cuda(cfg.parallel.device))  # a layer spec this machine has
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world_size=world_size)
+    on_cuda = uses_cuda(cfg.parallel.device)
+    resolve_attention(cfg.model.attention, on_cuda)  # a layer spec this machine has
+    check_fits(cfg, world_size, *memory_here(on_cuda))  # not an out-of-memory error at the first step
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
