@@ -222,3 +222,21 @@ def _running(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_more_processes_on_a_node_than_gpus_is_said_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node=2 on a node of one GPU: the second process's memory check (and then
+    torch.cuda.set_device) ended in a traceback naming an invalid device ordinal."""
+    from vikhr.train.memory import memory_here
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    said = (
+        r"^process 1 of this node has no GPU: torch sees 1 here; start at most 1 process per node "
+        r"\(torchrun --nproc_per_node=1\), or set parallel\.device=cpu$"
+    )
+    with pytest.raises(VikhrError, match=said):
+        memory_here(on_cuda=True)
+    with pytest.raises(VikhrError, match=said), distributed_env(tp_size=1, seed=0, device="cuda"):
+        pass

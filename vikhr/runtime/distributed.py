@@ -94,6 +94,20 @@ def uses_cuda(device: str) -> bool:
     return use_cuda
 
 
+def local_gpu() -> int:
+    """This process's GPU on its node: LOCAL_RANK (torchrun's), or VikhrError when the node has fewer
+    GPUs than the processes started on it (torch's own error was a traceback naming a device ordinal)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise VikhrError(
+            f"process {local_rank} of this node has no GPU: torch sees {gpus} here; start at most {gpus} "
+            f"process{'es' if gpus > 1 else ''} per node (torchrun --nproc_per_node={gpus}), or set "
+            "parallel.device=cpu"
+        )
+    return local_rank
+
+
 def end_with_the_launcher() -> None:
     """Under torchrun (Linux), have the kernel send this rank SIGTERM when the launcher dies.
 
@@ -133,7 +147,7 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
 
     with contextlib.ExitStack() as stack:
         if use_cuda:
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(local_gpu())
             dev, backend = torch.device("cuda", local_rank), "nccl"
         else:
             stack.enter_context(cpu_compat.megatron_on_cpu())

@@ -192,7 +192,9 @@ def memory_here(on_cuda: bool) -> tuple[float, str]:
     if on_cuda:
         import torch
 
-        gpu = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0")))
+        from vikhr.runtime.distributed import local_gpu
+
+        gpu = torch.cuda.get_device_properties(local_gpu())
         return float(gpu.total_memory), f"{gpu.total_memory / GIB:,.1f} GiB of the GPU ({gpu.name})"
     ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
