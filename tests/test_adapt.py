@@ -722,8 +722,19 @@ def test_across_tokenizer_families_rows_are_copied_by_the_bytes_a_piece_stands_f
         assert (step.method, step.old_ids) == ("averaged", (bl.pieces.index("Â"), bl.pieces.index("»")))
 
 
+@pytest.fixture(scope="module")
+def qwen2_replaced(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizers: dict) -> Path:
+    """A replace-mode vocabulary of 700 tokens trained from the Qwen2-layout base (names no BOS; EOS
+    and the chat tokens <|endoftext|>, <|im_start|>, <|im_end|> move from ids 1200-1202 to 697-699)."""
+    old_json, _ = byte_level_tokenizers["qwen2"]
+    out = tmp_path_factory.mktemp("qwen2-replaced") / "rep"
+    settings = TrainSettings(base_model=str(old_json), vocab_size=700, max_chars_per_file=200_000)
+    train_tokenizer([RU_SAMPLE, EN_SAMPLE], out, settings)
+    return out
+
+
 def test_a_replaced_vocabulary_moves_the_config_ids_and_drops_the_old_tokenizer_files(
-    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]]
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], qwen2_replaced: Path
 ) -> None:
     """Qwen2.5 names no BOS but its config's bos/pad ids are <|endoftext|>: after a replaced
     vocabulary they pointed past the new matrices (generate() failed). Old tokenizer files beside the
@@ -732,11 +743,9 @@ def test_a_replaced_vocabulary_moves_the_config_ids_and_drops_the_old_tokenizer_
     from tokenizers import Tokenizer
 
     old_json, _ = byte_level_tokenizers["qwen2"]
-    settings = TrainSettings(base_model=str(old_json), vocab_size=700, max_chars_per_file=200_000)
-    train_tokenizer([RU_SAMPLE, EN_SAMPLE], tmp_path / "rep", settings)
     old_tok, new_tok = (
         Tokenizer.from_file(str(old_json)),
-        Tokenizer.from_file(str(tmp_path / "rep" / "tokenizer.json")),
+        Tokenizer.from_file(str(qwen2_replaced / "tokenizer.json")),
     )
     end_old, end_new = old_tok.token_to_id("<|endoftext|>"), new_tok.token_to_id("<|endoftext|>")
     assert end_old != end_new and end_old >= new_tok.get_vocab_size()
@@ -749,12 +758,78 @@ def test_a_replaced_vocabulary_moves_the_config_ids_and_drops_the_old_tokenizer_
     old_files = ["vocab.json", "merges.txt", "tekken.json", "tokenizer.model.v3", "params.json"]
     for name in [*old_files, "README.md"]:
         (src / name).write_text("{}")
-    adapt_vocab(src, old_json, tmp_path / "rep", out, show_progress=False)
+    adapt_vocab(src, old_json, qwen2_replaced, out, show_progress=False)
     config = json.loads((out / "config.json").read_text())
     generation = json.loads((out / "generation_config.json").read_text())
     assert (config["bos_token_id"], config["pad_token_id"]) == (end_new, end_new)
     assert generation == {"bos_token_id": end_new, "eos_token_id": end_new, "pad_token_id": end_new}
     assert not [name for name in old_files if (out / name).exists()] and (out / "README.md").is_file()
+
+
+def _qwen2_chat_model(src: Path, config: dict[str, Any], generation: dict[str, Any]) -> None:
+    """A tiny Qwen2 model of the Qwen2-layout base's 1203 rows with these config.json entries (None
+    removes one) and this generation_config.json."""
+    tiny_hf_model(src, vocab_size=1203, arch="qwen2", tied=True)
+    merged = {**json.loads((src / "config.json").read_text()), **config}
+    (src / "config.json").write_text(json.dumps({k: v for k, v in merged.items() if v is not None}))
+    (src / "generation_config.json").write_text(json.dumps(generation))
+
+
+def _assert_transformers_finds_the_tokenizers_ids(out: Path) -> None:
+    """The Trainer's alignment of a model's configs with its tokenizer (what it would rewrite, and
+    warn about) finds nothing to change, and generate() starts from the BOS of generation_config.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import align_special_tokens
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    before = (model.config.to_dict(), model.generation_config.to_dict())
+    align_special_tokens(model, tokenizer)
+    assert (model.config.to_dict(), model.generation_config.to_dict()) == before
+    generated = model.generate(max_new_tokens=2, do_sample=False)
+    assert generated[0, 0] == model.generation_config.bos_token_id
+
+
+def test_the_generation_config_names_the_new_tokenizers_special_tokens(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], qwen2_replaced: Path
+) -> None:
+    """generate() reads generation_config.json alone. Its BOS was kept from the old model where
+    config.json named none (an id past the new matrices: generate() without a prompt failed), its EOS
+    where the new tokenizer names none (the model stopped on whatever token took the old id), and
+    neither file took the PAD the new tokenizer names."""
+    old_json, _ = byte_level_tokenizers["qwen2"]
+    end, im_end = 697, 699  # <|endoftext|>, <|im_end|> in the new vocabulary (1200, 1202 in the old)
+    src = tmp_path / "src"
+    # transformers' Qwen2 tokenizer pads with <|endoftext|> where its tokenizer_config.json names no PAD
+    pad = {"pad_token_id": 1200}
+    _qwen2_chat_model(src, {"bos_token_id": None, **pad}, {"bos_token_id": 1200, "eos_token_id": 1200, **pad})
+    adapt_vocab(src, old_json, qwen2_replaced, tmp_path / "out", show_progress=False)
+    generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": end, "eos_token_id": end, "pad_token_id": end}
+    _assert_transformers_finds_the_tokenizers_ids(tmp_path / "out")
+
+    # A tokenizer naming no EOS and <|endoftext|> as its PAD (Qwen2.5's tokenizer_config.json does).
+    tok = tmp_path / "tok"
+    shutil.copytree(qwen2_replaced, tok)
+    tok_config = json.loads((tok / "tokenizer_config.json").read_text())
+    tok_config.update(eos_token=None, pad_token="<|endoftext|>")
+    (tok / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    src = tmp_path / "src2"
+    stops = {"eos_token_id": [1202, 1200], "pad_token_id": 1202}
+    _qwen2_chat_model(src, stops, {"bos_token_id": 1200, **stops})
+    adapt_vocab(src, old_json, tok / "tokenizer.json", tmp_path / "out2", show_progress=False)
+    for name in ("config.json", "generation_config.json"):
+        written = json.loads((tmp_path / "out2" / name).read_text())
+        assert (written["eos_token_id"], written["pad_token_id"]) == ([im_end, end], end), name
+    _assert_transformers_finds_the_tokenizers_ids(tmp_path / "out2")
+
+    tok_config["pad_token"] = "<pad>"  # not in the vocabulary: refused before anything is written
+    (tok / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    with pytest.raises(
+        VikhrError, match=r"tokenizer_config\.json: pad_token '<pad>' is not in .*tokenizer\.json"
+    ):
+        adapt_vocab(src, old_json, tok / "tokenizer.json", tmp_path / "out3", show_progress=False)
+    _assert_nothing_written(tmp_path, tmp_path / "out3")
 
 
 def test_a_header_whose_offsets_do_not_fit_the_shape_is_refused(tmp_path: Path, new_tok: Path) -> None:

@@ -49,7 +49,14 @@ from vikhr.adapt.vocab_source import (
 )
 from vikhr.atomic import output_dir
 from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, carry_chat_template, load, resolve_tokenizer_file
+from vikhr.tokenizer.load import (
+    CHAT_TEMPLATE_FILE,
+    Tokenizer,
+    carry_chat_template,
+    load,
+    pad_id,
+    resolve_tokenizer_file,
+)
 from vikhr.tokenizer.prune import ID_MAP_FILE, IdMap, read_id_map
 
 Init = Literal["mean", "random", "mean-of-all"]
@@ -518,34 +525,35 @@ def _write_side_files(
 
 
 def _write_model_config(
-    cfg: dict[str, Any], work: Path, padded: int, old: Vocabulary, new: Vocabulary
+    cfg: dict[str, Any], work: Path, padded: int, old: Vocabulary, tok: Tokenizer, pad: int | None
 ) -> None:
-    """config.json (and generation_config.json when present) with the new vocabulary's size and ids."""
+    """config.json (and generation_config.json when present) with the new vocabulary's size and the
+    ids of the new tokenizer `tok` (`pad`: its PAD). Both files move their ids alike: generate()
+    reads generation_config.json alone."""
     cfg["vocab_size"] = padded
-    tok = load(new.path)
-    # BOS: the new tokenizer's; where it names none (Qwen), the old id's token at its new id.
-    if tok.bos_id is not None:
-        cfg["bos_token_id"] = tok.bos_id
-    elif "bos_token_id" in cfg:
-        cfg["bos_token_id"] = _new_id(cfg["bos_token_id"], old, tok)
-    if tok.eos_id is not None:
-        cfg["eos_token_id"] = _stop_ids(cfg.get("eos_token_id"), tok.eos_id, old, tok)
-    if "pad_token_id" in cfg:
-        cfg["pad_token_id"] = _new_id(cfg["pad_token_id"], old, tok)
+    _move_special_ids(cfg, old, tok, pad)
     (work / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     gen_cfg = work / "generation_config.json"
     if gen_cfg.is_file():
         g = read_json_object(gen_cfg)
-        if "bos_token_id" in cfg:
-            g["bos_token_id"] = cfg["bos_token_id"]
-        if tok.eos_id is not None:
-            g["eos_token_id"] = _stop_ids(g.get("eos_token_id"), tok.eos_id, old, tok)
-        if "pad_token_id" in g:
-            g["pad_token_id"] = _new_id(g["pad_token_id"], old, tok)
+        _move_special_ids(g, old, tok, pad)
         gen_cfg.write_text(json.dumps(g, indent=2), encoding="utf-8")
 
 
-def _new_id(old_id: Any, old: Vocabulary, tok: Any) -> int | None:
+def _move_special_ids(section: dict[str, Any], old: Vocabulary, tok: Tokenizer, pad: int | None) -> None:
+    """BOS and PAD: the new tokenizer's, where it names none the old id's token at its new id; EOS: the
+    new tokenizer's with the model's other stop tokens (see _stop_ids). An id the file lacks is added
+    only where the new tokenizer names one."""
+    for key, named in (("bos_token_id", tok.bos_id), ("pad_token_id", pad)):
+        if named is not None:
+            section[key] = named
+        elif key in section:
+            section[key] = _new_id(section[key], old, tok)
+    if tok.eos_id is not None or "eos_token_id" in section:
+        section["eos_token_id"] = _stop_ids(section.get("eos_token_id"), tok.eos_id, old, tok)
+
+
+def _new_id(old_id: Any, old: Vocabulary, tok: Tokenizer) -> int | None:
     """The new id of the old vocabulary's token `old_id` (a replaced vocabulary moves it), None
     where the new vocabulary lacks it or `old_id` names no token."""
     if isinstance(old_id, bool) or not isinstance(old_id, int) or not 0 <= old_id < len(old.pieces):
@@ -553,18 +561,20 @@ def _new_id(old_id: Any, old: Vocabulary, tok: Any) -> int | None:
     return tok.piece_to_id(old.pieces[old_id])
 
 
-def _stop_ids(before: Any, eos_id: int, old: Vocabulary, tok: Any) -> int | list[int]:
+def _stop_ids(before: Any, eos_id: int | None, old: Vocabulary, tok: Tokenizer) -> int | list[int] | None:
     """The new tokenizer's EOS; where the model stopped on a list of tokens (Llama-3 instruct models
     stop on <|eot_id|>, <|eom_id|> and <|end_of_text|>), that list with each token's new id (the
-    tokens the new vocabulary lacks dropped) and the EOS in it."""
+    tokens the new vocabulary lacks dropped) and the EOS in it. Where the new tokenizer names no
+    EOS, the old stop ids moved to their tokens' new ids (None where none is left)."""
     if not isinstance(before, list):
-        return eos_id
+        return eos_id if eos_id is not None else _new_id(before, old, tok)
     ids = []
     for i in before:
-        piece = old.pieces[i] if isinstance(i, int) and 0 <= i < len(old.pieces) else None
-        new_id = None if piece is None else tok.piece_to_id(piece)
+        new_id = _new_id(i, old, tok)
         if new_id is not None and new_id not in ids:
             ids.append(new_id)
+    if eos_id is None:
+        return ids or None
     return ids if eos_id in ids else [*ids, eos_id]
 
 
@@ -606,6 +616,8 @@ def adapt_vocab(
     # A slow tokenizer's .model is the model's with the tokens its added_tokens.json adds.
     old = with_added_tokens(load_vocabulary(old_tokenizer), rows)
     new = load_vocabulary(new_tokenizer)
+    new_tok = load(new.path)
+    new_pad = pad_id(new_tok)  # (a tokenizer_config.json naming a PAD its vocabulary lacks: refused now)
     _check_vocab_sizes(old, rows, cfg.get("vocab_size"), model_dir)
     _check_old_tokenizer_is_the_models(old, model_dir, rows)
     _check_old_tokenizer_has_the_added_tokens(old, model_dir, rows)
@@ -627,7 +639,7 @@ def adapt_vocab(
         # transformers counts a tied model's one matrix once
         added_parameters = (len(plan) - rows) * embed_src.tensors[EMBED].shape[1] * (1 if tied else 2)
         _write_side_files(model_dir, work, sizes, new, added_parameters)
-        _write_model_config(cfg, work, padded, old, new)
+        _write_model_config(cfg, work, padded, old, new_tok, new_pad)
         counts = _write_init_log(work, plan, old)
         summary: dict[str, Any] = {
             "old_vocab_size": old.size,

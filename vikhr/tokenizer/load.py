@@ -343,6 +343,25 @@ def hf_special_ids(path: Path, token_to_id: Callable[[str], int | None]) -> tupl
     return _special_id(token_to_id, path, cfg, "bos"), _special_id(token_to_id, path, cfg, "eos")
 
 
+def pad_id(tok: Tokenizer) -> int | None:
+    """The PAD id transformers gives `tok`: a `.model`'s own pad_id (its export's tokenizer_config.json
+    names it); a `tokenizer.json`'s the `pad_token` of the tokenizer_config.json beside it, None when
+    that names none. VikhrError when the named token is not in the vocabulary."""
+    if tok.kind == "sentencepiece":
+        i = int(tok.backend.pad_id())
+        return i if i >= 0 else None
+    name = _token_name((_tokenizer_config(tok.path) or {}).get("pad_token"))
+    if name is None:
+        return None
+    i = tok.piece_to_id(name)
+    if i is None:
+        raise VikhrError(
+            f"{tok.path.with_name('tokenizer_config.json')}: pad_token {name!r} is not in {tok.path} "
+            "(fix the config or the tokenizer)"
+        )
+    return i
+
+
 def _special_id(
     token_to_id: Callable[[str], int | None], path: Path, cfg: dict[str, Any] | None, which: str
 ) -> int | None:
