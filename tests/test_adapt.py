@@ -227,6 +227,36 @@ def test_init_log_summary_padding_and_random_init(tmp_path: Path, new_tok: Path)
     assert not torch.allclose(a[EMBED][rand_ids], new_t[EMBED][rand_ids])
 
 
+@pytest.mark.parametrize("init", ["mean-of-all", "random"])
+def test_new_rows_leave_out_the_spare_rows_of_a_padded_checkpoint(
+    tmp_path: Path, new_tok: Path, init: str
+) -> None:
+    """A checkpoint padded past its tokenizer (Qwen2.5: 271 spare rows) holds rows of no token, zero
+    or untrained: the mean of "mean-of-all" and padding rows, and the N(mean, std) "random" rows are
+    drawn from, counted them."""
+    spare = 64
+
+    def untrained_spare_rows(model: torch.nn.Module) -> None:
+        model.get_input_embeddings().weight[OLD_VOCAB:] = 50.0
+        model.get_output_embeddings().weight[OLD_VOCAB:] = -50.0
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=OLD_VOCAB + spare, arch="llama", weights=untrained_spare_rows)
+    adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, out, init=init, pad_to_multiple=128, show_progress=False)
+    log = json.loads((out / INIT_LOG).read_text(encoding="utf-8"))
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    for name, seed in ((EMBED, 0), (LM_HEAD, 1)):
+        tokens = old_t[name][:OLD_VOCAB].to(torch.float64)
+        mean, std = tokens.mean(0).to(torch.float32), tokens.std(0).to(torch.float32)
+        draws = torch.Generator().manual_seed(seed)  # the rows are drawn in id order, one row a draw
+        checked = [e for e in log if e["method"] in ("mean-of-all", "padding", "random")]
+        assert {e["method"] for e in checked} == {init, "padding"}
+        for entry in checked:
+            random = entry["method"] == "random"
+            expected = mean + std * torch.randn(mean.shape[0], generator=draws) if random else mean
+            torch.testing.assert_close(new_t[name][entry["id"]], expected, msg=name)
+
+
 def test_a_tied_model_storing_its_head_stays_tied_under_random_init(tmp_path: Path, new_tok: Path) -> None:
     """The stored head drew other random rows than the embedding: the output said tied but was not
     (transformers untied it; vikhr's convert refused it)."""

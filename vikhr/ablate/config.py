@@ -2,7 +2,7 @@
 
 An arm is one way to continue training the English base on the Russian-heavy blend:
   tokenizer   base (no adaptation) | adapted (the new tokenizer, embeddings adapted by `init`)
-  init        mean (of the old pieces) | random (N(mean, std) of the old rows) | mean-of-all
+  init        mean (of the old pieces) | random (N(mean, std) of the old tokens' rows) | mean-of-all
   kl_weight   λ of CE + λ·KL against the starting model; kl_direction reverse | forward
   budget      compute (the same steps × tokens as the other arms) | chars (the steps that see as many
               training characters as the adapted tokenizer's run: base-tokenizer tokens hold fewer)

@@ -27,13 +27,15 @@ def register(sub: Any) -> None:
         "--init",
         choices=["mean", "random", "mean-of-all"],
         default="mean",
-        help="init of new rows (default mean)",
+        help="rows of new tokens: the mean of their old pieces (default), random (N(mean, std) of the old "
+        "tokens' rows, seeded by --seed) or mean-of-all (the mean of the old tokens' rows)",
     )
     p.add_argument(
         "--pad-to-multiple",
         type=int,
         default=None,
-        help="pad the vocabulary rows to a multiple of this (default: no padding)",
+        help="pad the vocabulary rows to a multiple of this with the mean of the old tokens' rows "
+        "(default: no padding)",
     )
     p.add_argument(
         "--whitespace-pieces",

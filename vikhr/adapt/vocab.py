@@ -12,9 +12,11 @@ For each token of the new vocabulary:
              old rows of those pieces ("byte-fallback" when some of them are byte tokens). A byte-level
              piece (Llama-3, Qwen2.5, tekken) stands for bytes: valid UTF-8 text is encoded, stray
              bytes of a partial character become the old single-byte tokens (vikhr.adapt.vocab_source);
-* random   — with `init="random"`: drawn from N(mean, std) of the old rows, per dimension (seeded);
-* mean-of-all — with `init="mean-of-all"`: the mean of all old rows;
-* padding  — rows added by `pad_to_multiple` get the mean of all old rows.
+* random   — with `init="random"`: drawn from N(mean, std) of the old tokens' rows, per dimension (seeded);
+* mean-of-all — with `init="mean-of-all"`: the mean of all old tokens' rows;
+* padding  — rows added by `pad_to_multiple` get the mean of all old tokens' rows.
+The mean and std leave out the rows of a padded checkpoint past its old tokenizer's tokens (Qwen2.5:
+151,665 tokens, 151,936 rows), which belong to no token: zeros or untrained.
 The input embedding and the LM head are adapted separately, each from its own old rows.
 
 Only those two tensors are held in memory; all others are copied as raw bytes shard by shard
@@ -237,8 +239,11 @@ def _column_stats(rows: Any, chunk: int = 4096) -> tuple[Any, Any]:
     return mean.to(torch.float32), var.clamp_min(0).sqrt().to(torch.float32)
 
 
-def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
-    """The new matrix (len(plan) × hidden, dtype of `old_rows`) following `plan`."""
+def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows: int | None = None) -> Any:
+    """The new matrix (len(plan) × hidden, dtype of `old_rows`) following `plan`. The mean of the
+    "mean-of-all" and "padding" rows and the N(mean, std) of "random" ones are over the first
+    `token_rows` old rows (default: all): the rows of a padded checkpoint past its tokenizer's tokens
+    belong to no token (zeros or untrained) and would pull every such row towards them."""
     import torch
 
     hidden = old_rows.shape[1]
@@ -249,6 +254,7 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
         dst = torch.tensor(copied[start : start + COPY_BLOCK_ROWS])
         src = torch.tensor([plan[i].old_ids[0] for i in copied[start : start + COPY_BLOCK_ROWS]])
         out.index_copy_(0, dst, old_rows.index_select(0, src))
+    token_part = old_rows[:token_rows]  # a view: no copy
     all_mean: Any = None
     gen = torch.Generator().manual_seed(seed)
     stats: tuple[Any, Any] | None = None
@@ -259,11 +265,11 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
             out[i] = old_rows[list(step.old_ids)].to(torch.float32).mean(0).to(old_rows.dtype)
         elif step.method in ("padding", "mean-of-all"):
             if all_mean is None:
-                all_mean = _column_stats(old_rows)[0]
+                all_mean = _column_stats(token_part)[0]
             out[i] = all_mean.to(old_rows.dtype)
         elif step.method == "random":
             if stats is None:
-                stats = _column_stats(old_rows)
+                stats = _column_stats(token_part)
             noise = torch.randn(hidden, generator=gen, dtype=torch.float32)
             out[i] = (stats[0] + stats[1] * noise).to(old_rows.dtype)
         else:  # pragma: no cover - plan_rows only produces the methods above
@@ -271,8 +277,11 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0) -> Any:
     return out
 
 
-def _adapted_matrix(src: SafetensorsHeader, name: str, plan: list[TokenInit], seed: int) -> Any:
-    """The new `name` matrix, built from the old one (read now and freed on return)."""
+def _adapted_matrix(
+    src: SafetensorsHeader, name: str, plan: list[TokenInit], seed: int, token_rows: int
+) -> Any:
+    """The new `name` matrix, built from the old one (read now and freed on return; its first
+    `token_rows` rows are the old tokens', see build_matrix)."""
     import torch
 
     # Row copies and small means are memory-bound: intra-op threads only add OpenMP spin-waits
@@ -280,7 +289,7 @@ def _adapted_matrix(src: SafetensorsHeader, name: str, plan: list[TokenInit], se
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return build_matrix(load_tensor(src.tensors[name], src.path), plan, seed=seed)
+        return build_matrix(load_tensor(src.tensors[name], src.path), plan, seed=seed, token_rows=token_rows)
     finally:
         torch.set_num_threads(threads)
 
@@ -627,12 +636,12 @@ def adapt_vocab(
     padded = _round_up(new.size, pad_to_multiple)
     plan = plan_rows(old, new, init, whitespace, padded, id_map)
 
-    replacements = {EMBED: functools.partial(_adapted_matrix, embed_src, EMBED, plan, seed)}
+    replacements = {EMBED: functools.partial(_adapted_matrix, embed_src, EMBED, plan, seed, old.size)}
     if head_src is not None:
         # A tied model that also stores the head keeps it equal to the embedding (random rows
         # drawn apart would untie it); an untied head draws its own.
         head = (embed_src, EMBED, seed) if tied else (head_src, LM_HEAD, seed + 1)
-        replacements[LM_HEAD] = functools.partial(_adapted_matrix, head[0], head[1], plan, head[2])
+        replacements[LM_HEAD] = functools.partial(_adapted_matrix, head[0], head[1], plan, head[2], old.size)
 
     with output_dir(out_dir) as work:
         sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
