@@ -380,6 +380,39 @@ def test_load_hf_weights_gives_a_model_transformers_logits(tmp_path: Path, famil
     torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_a_qwen_checkpoint_whose_layers_do_not_slide_converts_and_exports_to_transformers_logits(
+    tmp_path: Path, family: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """use_sliding_window: true where no layer slides (max_window_layers covering every layer; a
+    window as long as the context on every layer_types "sliding_attention" layer) was refused. Read,
+    it gives transformers' logits on a text longer than the window; exported, its layer_types are
+    full attention (a "sliding_attention" layer without a window fails to load in transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
+    for name, fields in {
+        "covered": {"sliding_window": 4, "max_window_layers": 2, "layer_types": None},
+        "spanning": {"sliding_window": 128, "max_window_layers": 0, "layer_types": ["sliding_attention"] * 2},
+    }.items():
+        hf = _tiny_hf(tmp_path / name / "hf", family=family)
+        _edit_config(hf, use_sliding_window=True, **fields)
+        source = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+        assert len(source.config.layer_types) == 2  # (transformers derives them where the file has none)
+        meg = hf_to_megatron(hf, tmp_path / name / "meg")
+        back = megatron_to_hf(meg, tmp_path / name / "back")
+        exported = json.loads((back / "config.json").read_text())
+        assert (exported["use_sliding_window"], exported["layer_types"]) == (False, ["full_attention"] * 2)
+        with torch.no_grad():
+            want = source(tokens).logits
+            got = AutoModelForCausalLM.from_pretrained(back, dtype=torch.float32).eval()(tokens).logits
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    hf = _tiny_hf(tmp_path / "sliding" / "hf", family=family)
+    _edit_config(hf, use_sliding_window=True, sliding_window=4, max_window_layers=1, layer_types=None)
+    out = tmp_path / "sliding" / "meg"
+    _fails(_to_megatron(hf, out), capsys, out, "makes 1 of 2 layers slide (max_window_layers 1;")
+
+
 def test_a_rope_theta_with_a_fraction_gives_transformers_logits(tmp_path: Path) -> None:
     """The model took RoPE's θ as an integer (10.5 as 10): a converted checkpoint whose config.json
     gives a fractional θ computed other frequencies and logits than transformers, silently."""
@@ -543,6 +576,7 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         "rms_norm_eps": 1e-06,
         "sliding_window": 32768,
         "use_sliding_window": False,
+        "max_window_layers": 21,
         "tie_word_embeddings": True,
     }
     assert hf_config_to_model_config(qwen) == preset("qwen2.5-0.5b")
@@ -599,8 +633,85 @@ def test_llama3_qwen2_and_nemo_configs_read_as_the_presets() -> None:
         hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(VikhrError, match="llama3 rope scaling lacks"):
         hf_config_to_model_config({**llama31, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
-    with pytest.raises(VikhrError, match="use_sliding_window"):
-        hf_config_to_model_config({**qwen, "use_sliding_window": True})
+    # Qwen2.5's window spans its context: no layer slides, whatever use_sliding_window says.
+    assert hf_config_to_model_config({**qwen, "use_sliding_window": True}) == preset("qwen2.5-0.5b")
+    with pytest.raises(VikhrError, match=r"sliding_window 4096 .* makes 3 of 24 layers slide"):
+        hf_config_to_model_config({**qwen, "use_sliding_window": True, "sliding_window": 4096})
+
+
+QWEN_LAYERS = 24
+
+
+def _qwen_sliding(family: str, **fields: Any) -> dict[str, Any]:
+    """A 24-layer Qwen2/Qwen3 config.json with use_sliding_window and `fields` over it (None: left out)."""
+    base = {
+        "model_type": family,
+        "num_hidden_layers": QWEN_LAYERS,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 1000,
+        "max_position_embeddings": 32768,
+        "use_sliding_window": True,
+        "sliding_window": 4096,
+    }
+    return {k: v for k, v in {**base, **fields}.items() if v is not None}
+
+
+def _transformers_slides(hf: dict[str, Any]) -> bool:
+    """Whether transformers' own config class gives some layer a window shorter than the context."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(**hf)
+    window = cfg.sliding_window
+    reach = window is not None and window < cfg.max_position_embeddings
+    return reach and "sliding_attention" in cfg.layer_types
+
+
+_NO_LAYER_SLIDES = [
+    {"max_window_layers": QWEN_LAYERS},
+    {"max_window_layers": None},  # transformers' default, 28
+    {"sliding_window": None},
+    {"sliding_window": 32768, "max_window_layers": 0},  # as long as the context: never takes effect
+    {"max_window_layers": 0, "layer_types": ["full_attention"] * QWEN_LAYERS},  # the list decides
+    {"use_sliding_window": False, "max_window_layers": 0},
+]
+_SOME_LAYER_SLIDES = [
+    (
+        {"max_window_layers": 21},
+        r"makes 3 of 24 layers slide \(max_window_layers 21; the first is layer 21\)",
+    ),
+    ({"max_window_layers": 0}, r"makes 24 of 24 layers slide \(max_window_layers 0; the first is layer 0\)"),
+    (
+        {
+            "max_window_layers": QWEN_LAYERS,
+            "layer_types": ["full_attention"] * 5 + ["sliding_attention"] * 19,
+        },
+        r"makes 19 of 24 layers slide \(its layer_types; the first is layer 5\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_a_qwen_config_with_use_sliding_window_is_refused_only_where_a_layer_slides(family: str) -> None:
+    """use_sliding_window: true was refused outright, though transformers gives no layer a window
+    where max_window_layers covers them all, the layer_types list none, or the window is null or
+    spans the context. Which layers slide is checked against transformers' own config class."""
+    plain = hf_config_to_model_config(_qwen_sliding(family, use_sliding_window=False))
+    assert plain.sliding_window is None
+    for fields in _NO_LAYER_SLIDES:
+        hf = _qwen_sliding(family, **fields)
+        assert not _transformers_slides(hf), fields
+        assert hf_config_to_model_config(hf) == plain, fields
+    for fields, message in _SOME_LAYER_SLIDES:
+        hf = _qwen_sliding(family, **fields)
+        assert _transformers_slides(hf), fields
+        with pytest.raises(
+            VikhrError, match=rf"config\.json: use_sliding_window .*{message}; {family} layers"
+        ):
+            hf_config_to_model_config(hf)
+    with pytest.raises(VikhrError, match="max_window_layers must be a non-negative integer, got '4'"):
+        hf_config_to_model_config(_qwen_sliding(family, max_window_layers="4"))
 
 
 @pytest.mark.parametrize("family", ["mistral", "llama", "qwen2", "qwen3"])

@@ -99,6 +99,7 @@ _DEFAULTED_KEYS = (
     "max_position_embeddings",
     "sliding_window",
     "use_sliding_window",
+    "max_window_layers",
     "rms_norm_eps",
     "initializer_range",
     "tie_word_embeddings",
@@ -178,9 +179,9 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
     if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # the SwiGLU MLP of all four families
         raise VikhrError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
     sliding_window = _positive(hf, "sliding_window", None, where, integer=True, optional=True)
+    max_seq_len = _positive(hf, "max_position_embeddings", None, where, integer=True)
     if family in ("qwen2", "qwen3"):
-        if hf.get("use_sliding_window"):
-            raise VikhrError(f"{where}: use_sliding_window is not supported for {family} (set it to false)")
+        _refuse_sliding_layers(hf, family, max_seq_len, where)
         sliding_window = None
     elif family == "llama":
         sliding_window = None  # transformers' Llama has no sliding window: the key is ignored there too
@@ -191,7 +192,7 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         num_attention_heads=heads,
         num_kv_heads=_positive(hf, "num_key_value_heads", None, where, integer=True, optional=True) or heads,
         vocab_size=hf["vocab_size"],
-        max_seq_len=_positive(hf, "max_position_embeddings", None, where, integer=True),
+        max_seq_len=max_seq_len,
         sliding_window=sliding_window,
         norm_eps=_positive(hf, "rms_norm_eps", None, where),
         init_std=_positive(hf, "initializer_range", None, where),
@@ -201,6 +202,33 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         **_hf_rope_fields(hf, where, defaults["rope_theta"]),
     )
+
+
+def _refuse_sliding_layers(hf: dict[str, Any], family: str, max_seq_len: int, where: str) -> None:
+    """VikhrError naming the layers transformers' Qwen2/Qwen3 run with a sliding window, which vikhr's
+    model (one window for every layer) cannot run. As transformers decides: none unless
+    use_sliding_window and a sliding_window are set; then those `layer_types` calls
+    "sliding_attention", or where the config lists no layer_types, those from max_window_layers on.
+    A window of max_position_embeddings or more takes no key out of reach: no layer slides."""
+    window = hf.get("sliding_window")  # (checked by the caller: a positive integer or null)
+    if not hf.get("use_sliding_window") or window is None or window >= max_seq_len:
+        return
+    layer_types = hf.get("layer_types")
+    if isinstance(layer_types, list):
+        sliding = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+        rule = "its layer_types"
+    else:
+        first = hf.get("max_window_layers")
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise VikhrError(f"{where}: max_window_layers must be a non-negative integer, got {first!r}")
+        sliding = list(range(first, hf["num_hidden_layers"]))
+        rule = f"max_window_layers {first}"
+    if sliding:
+        raise VikhrError(
+            f"{where}: use_sliding_window with sliding_window {window} (below max_position_embeddings "
+            f"{max_seq_len}) makes {len(sliding)} of {hf['num_hidden_layers']} layers slide ({rule}; the "
+            f"first is layer {sliding[0]}); {family} layers with a sliding window are not supported"
+        )
 
 
 def _positive(
@@ -326,6 +354,8 @@ def model_config_to_hf_config(cfg: ModelConfig, template: dict[str, Any] | None 
         out.update(attention_bias=False, mlp_bias=False)
     if family in ("qwen2", "qwen3"):
         out["use_sliding_window"] = False
+        if "layer_types" in out:  # a source's "sliding_attention" without a window fails in transformers
+            out["layer_types"] = ["full_attention"] * cfg.num_layers
     if family == "qwen3":
         out.update(attention_bias=False, sliding_window=None)
     out.pop("rope_parameters", None)
