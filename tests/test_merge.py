@@ -8,6 +8,7 @@ import math
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -589,6 +590,42 @@ def test_vocabularies_in_files_of_other_names_are_compared_by_their_pieces(
     merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
     # B has the chat template: the tokenizer file read with its tokenizer_config.json is B's.
     assert (tmp_path / "ok" / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_each_tokenizer_file_is_loaded_once_by_the_vocabulary_check(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow tokenizer's chat model (tokenizer.model + added_tokens.json) and its fast export
+    (tokenizer.json + added_tokens.json): each model's file was loaded once to compare with the
+    other's and again as the other's tokenizer, seconds each for a large vocabulary."""
+    import importlib
+
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    load_module = importlib.import_module("vikhr.tokenizer.load")  # (the package's `load` is the function)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(models["a"], a)  # Mistral's tokenizer.model
+    shutil.copytree(models["b"], b)
+    (b / "tokenizer.model").unlink()
+    write_hf_tokenizer(MISTRAL_TOKENIZER, b)  # the same vocabulary as a tokenizer.json
+    for model in (a, b):
+        (model / "added_tokens.json").write_text("{}")
+    loaded: list[Path] = []
+    real_load = load_module.load
+
+    def counting_load(path: Path) -> Any:
+        loaded.append(Path(path))
+        return real_load(path)
+
+    monkeypatch.setattr(load_module, "load", counting_load)
+    merge_checkpoints(a, b, tmp_path / "ok", Schedule((0.5,)), show_progress=False)
+    assert sorted(loaded) == [a / "tokenizer.model", b / "tokenizer.json"]
+    # The pieces are still compared: another vocabulary in B's tokenizer.json is refused.
+    shutil.copy2(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json", b / "tokenizer.json")
+    with pytest.raises(VikhrError, match=r"different vocabularies \(tokenizer\.model of .* other pieces"):
+        merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
+    _nothing_written(tmp_path / "bad")
 
 
 def test_a_merge_tokenizes_chats_as_the_model_whose_chat_template_it_takes(

@@ -21,6 +21,7 @@ merge stops where either model learnt to, whichever of the two files a tool read
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -165,8 +166,14 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
             )
     if not all(any((m / n).is_file() for n in VOCABULARY_FILES) for m in (a, b)):
         return
+    pieces_of = functools.cache(_pieces)  # each tokenizer file loaded once: a large one takes seconds
+
+    def pieces(model: Path) -> list[str] | None:
+        file = _tokenizer_file(model)
+        return None if file is None else pieces_of(file)
+
     if not compared:
-        pieces_a, pieces_b = _pieces(a), _pieces(b)
+        pieces_a, pieces_b = pieces(a), pieces(b)
         if pieces_a is not None and pieces_b is not None and pieces_a != pieces_b:
             raise VikhrError(
                 f"{a} and {b} have different vocabularies (their tokenizer files give other pieces "
@@ -176,23 +183,32 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
     for model, other in ((a, b), (b, a)):
         for name in ("tokenizer.model", "tokenizer.json"):
             if (model / name).is_file() and not (other / name).is_file():
-                pieces, others = _pieces(model / name), _pieces(other)
-                if pieces is not None and others is not None and pieces != others:
+                mine, others = pieces(model / name), pieces(other)
+                if mine is not None and others is not None and mine != others:
                     raise VikhrError(
                         f"{a} and {b} have different vocabularies ({name} of {model} gives other pieces "
                         f"to the same ids than {other}'s tokenizer): merging needs the same tokenizer"
                     )
 
 
-def _pieces(model: Path) -> list[str] | None:
-    """The piece of every id of the tokenizer in `model`, a directory or a tokenizer file (None: no
-    tokenizer vikhr reads)."""
+def _tokenizer_file(model: Path) -> Path | None:
+    """The tokenizer file vikhr reads for `model`, a directory or a tokenizer file (None: none)."""
+    from vikhr.tokenizer.load import resolve_tokenizer_file
+
+    try:
+        return resolve_tokenizer_file(model)
+    except VikhrError:
+        return None  # vocab.json / merges.txt only: its files were compared by name above
+
+
+def _pieces(file: Path) -> list[str] | None:
+    """The piece of every id of the tokenizer `file` (None: not one vikhr reads)."""
     from vikhr.tokenizer.load import load
 
     try:
-        tok = load(model)
+        tok = load(file)
     except VikhrError:
-        return None  # vocab.json / merges.txt only: its files were compared by name above
+        return None
     return [tok.id_to_piece(i) for i in range(tok.vocab_size)]
 
 
