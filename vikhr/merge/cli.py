@@ -27,12 +27,12 @@ def register(sub: Any) -> None:
         "methods do: t = 0 keeps model A, t = 1 takes model B. t is one value or a gradient over the "
         "layers (0,0.5,1: layer 0 at 0, the last at 1; the embedding takes the first value, the final "
         "norm and LM head the last); --t-for gives other values to tensors whose name contains a filter. "
-        "Streams one tensor pair at a time; config and tokenizer files come from model A (from B where A "
-        "has none), with the longer of the two contexts. The chat files (the chat template, "
-        "tokenizer_config.json, special_tokens_map.json, generation_config.json) come from the model that "
-        "has a chat template where only one has (a base model and its instruction-tuned successor), "
-        "else from A; two different templates need --chat-template-from. The generation config and "
-        "config.json stop at the EOS ids of both models.",
+        "Streams one tensor pair at a time; config.json comes from model A (from B where A has none), "
+        "with the longer of the two contexts. The chat files (the chat template, tokenizer_config.json, "
+        "special_tokens_map.json, generation_config.json) and the tokenizer files read with them come "
+        "from the model that has a chat template where only one has (a base model and its "
+        "instruction-tuned successor), else from A; two different templates need --chat-template-from. "
+        "The generation config and config.json stop at the EOS ids of both models.",
     )
     p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
     p.add_argument("model_b", help="HF model directory B (t = 1)")
@@ -54,8 +54,8 @@ def register(sub: Any) -> None:
         choices=["a", "b"],
         default=None,
         help="the model whose chat template (and tokenizer_config.json, special_tokens_map.json, "
-        "generation_config.json) the merge takes; needed where both carry different templates, and "
-        "the model named must have one",
+        "generation_config.json and tokenizer files) the merge takes; needed where both carry different "
+        "templates, and the model named must have one",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     add_no_progress(p)
