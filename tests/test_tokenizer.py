@@ -30,6 +30,7 @@ from vikhr.tokenizer.corpus import (
     is_heldout,
     iter_documents,
     iter_lines,
+    write_training_sample,
     write_training_text,
 )
 from vikhr.tokenizer.hf_export import build_hf_tokenizer, compare_encodings
@@ -483,6 +484,26 @@ def test_sampling_budget_is_respected_and_deterministic(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
     chars = stats[str(RU_SAMPLE)]["chars"]
     assert 150_000 < chars < 250_000
+
+
+def test_a_budget_that_draws_no_paragraph_says_so_not_that_the_file_has_no_text(tmp_path: Path) -> None:
+    """`--corpus FILE@10` on a file of text: each paragraph's draw (probability budget/total) missed,
+    and training said "the training split of the corpora has no text (check --text-key and the files)";
+    a file whose documents were all held out got the same words."""
+    docs = [{"id": f"d{i}", "text": f"Длинный абзац номер {i}, в нём слова.\nАбзац {i}."} for i in range(5)]
+    corpus = _write_jsonl(tmp_path / "c.jsonl.gz", docs)
+    out = tmp_path / "train.txt"
+    with pytest.raises(VikhrError, match=r"c\.jsonl\.gz: its budget of 10 characters drew no paragraph of"):
+        write_training_sample([corpus], [10], out, "text", 5.0, only_cyrillic=False)
+    held_id = next(f"h{i}" for i in range(1000) if is_heldout(f"h{i}"))
+    held = _write_jsonl(tmp_path / "held.jsonl.gz", [{"id": held_id, "text": "Привет, мир."}])
+    with pytest.raises(
+        VikhrError, match=r"held\.jsonl\.gz: its one document is held out \(--heldout-percent"
+    ):
+        write_training_sample([held], [None], out, "text", 5.0, only_cyrillic=False)
+    # A budget that draws something is taken as before.
+    stats = write_training_sample([corpus], [100], out, "text", 5.0, only_cyrillic=False)
+    assert 0 < stats[str(corpus)]["chars"] < 300
 
 
 def test_a_budget_ending_in_an_indented_paragraph_stops_at_the_last_word(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 from vikhr.errors import VikhrError, require_file
 from vikhr.jsonl import is_compressed, iter_decompressed, read_jsonl, said_not_text
@@ -276,45 +276,128 @@ def write_training_text(
     piece carries the newlines that followed it in the document (a blank line between paragraphs is
     "\n\n"), so a byte-level BPE, whose pre-tokenizer makes words of newline runs, learns them.
     """
-    stats: dict[str, dict[str, int | float]] = {}
     budgets = (
         max_chars_per_file if isinstance(max_chars_per_file, list) else [max_chars_per_file] * len(paths)
     )
+    samples = _write_samples(
+        paths, budgets, out_path, text_key, heldout_percent, max_line_bytes, line_filter, keep_breaks
+    )
+    return {str(sample.path): sample.stats() for sample in samples}
+
+
+def _write_samples(
+    paths: list[Path],
+    budgets: list[int | None],
+    out_path: Path,
+    text_key: str,
+    heldout_percent: float,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    line_filter: object = None,
+    keep_breaks: bool = False,
+) -> list[_FileSample]:
+    """`write_training_text`, returning what each file gave and held."""
     with open(out_path, "w", encoding="utf-8") as out:
-        for path, budget in zip(paths, budgets, strict=True):
-            total = 0
-            if budget is not None:
-                for doc in iter_documents(path, text_key, "train", heldout_percent):
-                    total += len(doc.text)
-            rate = 1.0 if not budget or total <= budget else budget / total
-            kept_chars = kept_lines = dropped_chars = 0
-            for doc in iter_documents(path, text_key, "train", heldout_percent):
-                paras = doc.text.split("\n")
-                for i, para in enumerate(paras):
-                    para = para.strip("\r")
-                    if not para.strip():
-                        continue
-                    pieces, dropped = split_long_line(para, max_line_bytes)
-                    # Each piece is sampled on its own: a long paragraph is not all-or-nothing.
-                    for j, piece in enumerate(pieces):
-                        key = f"{doc.doc_id}#{i}" if j == 0 else f"{doc.doc_id}#{i}.{j}"
-                        if not keep_sampled(key, rate) or (callable(line_filter) and not line_filter(piece)):
-                            continue
-                        if keep_breaks:
-                            brk = "\n" * _breaks_after(paras, i) if j == len(pieces) - 1 else ""
-                            piece = json.dumps(piece + brk, ensure_ascii=False)
-                        out.write(piece + "\n")
-                        kept_chars += len(piece)
-                        kept_lines += 1
-                    dropped_chars += round(dropped * rate)
-            stats[str(path)] = {
-                "sample_rate": rate,
-                "chars": kept_chars,
-                "lines": kept_lines,
-                "dropped_chars": dropped_chars,
-            }
-            _warn_dropped(path, kept_chars, dropped_chars, max_line_bytes)
-    return stats
+        return [
+            _sample_file(
+                path, budget, out, text_key, heldout_percent, max_line_bytes, line_filter, keep_breaks
+            )
+            for path, budget in zip(paths, budgets, strict=True)
+        ]
+
+
+@dataclass
+class _FileSample:
+    """What the training sample took from one corpus file, and what there was to take."""
+
+    path: Path
+    rate: float = 1.0
+    documents: int = 0  # all of the file's, held out or not
+    train_documents: int = 0
+    train_chars: int = 0  # of the training split's lines, as cut for training (what can be drawn)
+    unsplit_chars: int = 0  # of the training split's runs without white space too long to train on
+    sampled_chars: int = 0  # drawn by the budget, before a line filter
+    kept_chars: int = 0
+    kept_lines: int = 0
+    dropped_chars: int = 0
+
+    def stats(self) -> dict[str, int | float]:
+        """The manifest's statistics of the file."""
+        return {
+            "sample_rate": self.rate,
+            "chars": self.kept_chars,
+            "lines": self.kept_lines,
+            "dropped_chars": self.dropped_chars,
+        }
+
+    def why_nothing(self, heldout_percent: float) -> str:
+        """Why the training split of the file gave the sample nothing, no line filter being the cause."""
+        if self.documents == 0:
+            return "no document"
+        if self.train_documents == 0:
+            which = (
+                f"all its {self.documents:,} documents are" if self.documents > 1 else "its one document is"
+            )
+            return (
+                f"{which} held out (--heldout-percent {heldout_percent:g} sets documents apart by a hash of "
+                "their id; give more documents, or --heldout-percent 0)"
+            )
+        if self.unsplit_chars:
+            return "only runs without white space too long to train on (text without spaces, base64)"
+        return "only blank text"  # (a budget that draws nothing of a file's text is refused as it is read)
+
+
+def _sample_file(
+    path: Path,
+    budget: int | None,
+    out: TextIO,
+    text_key: str,
+    heldout_percent: float,
+    max_line_bytes: int,
+    line_filter: object,
+    keep_breaks: bool,
+) -> _FileSample:
+    """Write the sample of one file's training split to `out` (see `write_training_text`)."""
+    sample = _FileSample(path)
+    if budget is not None:
+        total = sum(len(doc.text) for doc in iter_documents(path, text_key, "train", heldout_percent))
+        sample.rate = 1.0 if not budget or total <= budget else budget / total
+    for doc in iter_documents(path, text_key, "all", heldout_percent):
+        sample.documents += 1
+        if is_heldout(doc.doc_id, heldout_percent):
+            continue
+        sample.train_documents += 1
+        paras = doc.text.split("\n")
+        for i, para in enumerate(paras):
+            para = para.strip("\r")
+            if not para.strip():
+                continue
+            pieces, dropped = split_long_line(para, max_line_bytes)
+            sample.train_chars += sum(map(len, pieces))
+            sample.unsplit_chars += dropped
+            # Each piece is sampled on its own: a long paragraph is not all-or-nothing.
+            for j, piece in enumerate(pieces):
+                key = f"{doc.doc_id}#{i}" if j == 0 else f"{doc.doc_id}#{i}.{j}"
+                if not keep_sampled(key, sample.rate):
+                    continue
+                sample.sampled_chars += len(piece)
+                if callable(line_filter) and not line_filter(piece):
+                    continue
+                if keep_breaks:
+                    brk = "\n" * _breaks_after(paras, i) if j == len(pieces) - 1 else ""
+                    piece = json.dumps(piece + brk, ensure_ascii=False)
+                out.write(piece + "\n")
+                sample.kept_chars += len(piece)
+                sample.kept_lines += 1
+            sample.dropped_chars += round(dropped * sample.rate)
+    if sample.rate < 1 and sample.sampled_chars == 0 and sample.train_chars > 0:
+        # A budget far below the file's text: each paragraph's draw missed (FILE@10 is 10 characters).
+        raise VikhrError(
+            f"{path}: its budget of {budget:,} characters drew no paragraph of its {sample.train_chars:,} "
+            "characters of training text (each paragraph is drawn with probability budget/total): give a "
+            "larger budget, e.g. FILE@20M or --max-chars-per-file 20M (20 million characters)"
+        )
+    _warn_dropped(path, sample.kept_chars, sample.dropped_chars, max_line_bytes)
+    return sample
 
 
 def _breaks_after(paras: list[str], i: int) -> int:
@@ -354,10 +437,15 @@ def write_training_sample(
     """`write_training_text` for a trainer: with `only_cyrillic`, only lines holding Cyrillic letters (the
     Russian pool of extend modes); VikhrError when nothing is left. Returns the per-file statistics."""
     line_filter = (lambda line: bool(CYRILLIC.search(line))) if only_cyrillic else None
-    stats = write_training_text(
-        paths, out_path, text_key, budgets, heldout_percent, line_filter=line_filter, keep_breaks=keep_breaks
+    samples = _write_samples(
+        paths, budgets, out_path, text_key, heldout_percent, line_filter=line_filter, keep_breaks=keep_breaks
     )
-    if sum(int(v["chars"]) for v in stats.values()) == 0:
-        what = "lines with Cyrillic letters" if only_cyrillic else "text"
-        raise VikhrError(f"the training split of the corpora has no {what} (check --text-key and the files)")
-    return stats
+    if sum(sample.kept_chars for sample in samples) == 0:
+        if only_cyrillic and any(sample.sampled_chars for sample in samples):
+            raise VikhrError(
+                "the training split of the corpora has no lines with Cyrillic letters (extend mode learns "
+                "Russian pieces from them: give a Russian corpus)"
+            )
+        why = "; ".join(f"{sample.path}: {sample.why_nothing(heldout_percent)}" for sample in samples)
+        raise VikhrError(f"the training split of the corpora has no text ({why})")
+    return {str(sample.path): sample.stats() for sample in samples}
