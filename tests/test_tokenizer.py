@@ -9,6 +9,7 @@ import json
 import random
 import re
 import shutil
+from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from vikhr.tokenizer.corpus import (
     is_heldout,
     iter_documents,
     iter_lines,
+    sample_lines,
     write_training_sample,
     write_training_text,
 )
@@ -747,6 +749,35 @@ def test_compare_measures_a_crlf_copy_as_the_file_itself(tmp_path: Path) -> None
     measured = ("chars", "words", "tokens", "words_3plus")
     assert [getattr(crlf_result, k) for k in measured] == [getattr(lf_result, k) for k in measured]
     assert crlf_result.chars == sum(len(ln) for d in docs for ln in d["text"].split("\n"))
+
+
+def test_a_lone_carriage_return_stays_inside_its_training_line(tmp_path: Path) -> None:
+    """Training read its sample with Python's universal newlines: a lone "\r" inside a paragraph (an old
+    Mac line end) made two training lines of it, where `compare` and the HF check measure one line.
+    SentencePiece, prune-extend's piece counts and byte-level extend's word counts read it as written."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from vikhr.tokenizer.prune import piece_use
+    from vikhr.tokenizer.train_byte_bpe import count_words
+
+    docs = [
+        {"id": str(i), "text": f"Первая часть {i}\rвторая часть.\r\nТретья строка {i}."} for i in range(20)
+    ]
+    corpus = _write_jsonl(tmp_path / "cr.jsonl.gz", docs)
+    sample = tmp_path / "train.txt"
+    write_training_text([corpus], sample, "text", None, 0.0)
+    measured = list(iter_lines(corpus))
+    assert measured[:2] == ["Первая часть 0\rвторая часть.", "Третья строка 0."]
+    assert list(sample_lines(sample)) == measured
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    used = Counter(i for ids in sp.encode(measured) for i in ids)
+    assert piece_use(MISTRAL_TOKENIZER, sample) == [used[i] for i in range(sp.get_piece_size())]
+    byte_level = Tokenizer(BPE())
+    byte_level.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    words = Counter(w for line in measured for w, _ in byte_level.pre_tokenizer.pre_tokenize_str(line))
+    assert count_words(byte_level, sample) == words
 
 
 def test_a_label_with_a_bar_or_a_line_break_keeps_the_markdown_tables_whole(tmp_path: Path) -> None:

@@ -296,7 +296,7 @@ def _write_samples(
     keep_breaks: bool = False,
 ) -> list[_FileSample]:
     """`write_training_text`, returning what each file gave and held."""
-    with open(out_path, "w", encoding="utf-8") as out:
+    with open(out_path, "w", encoding="utf-8", newline="\n") as out:
         return [
             _sample_file(
                 path, budget, out, text_key, heldout_percent, max_line_bytes, line_filter, keep_breaks
@@ -406,6 +406,15 @@ def _breaks_after(paras: list[str], i: int) -> int:
     while j < len(paras) and not paras[j].strip():
         j += 1
     return j - i - (j == len(paras))
+
+
+def sample_lines(path: Path) -> Iterator[str]:
+    """The lines of a sample written by `write_training_text` as it wrote them: split at "\n" only, so a
+    lone "\r" inside a paragraph stays in it, as `iter_lines` measures it (Python's universal newlines
+    would make two training lines of it)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line.removesuffix("\n")
 
 
 def read_break_lines(path: Path) -> Iterator[str]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError, read_json_object, require_file
+from vikhr.tokenizer.corpus import sample_lines
 
 ID_MAP_FILE = "id_map.json"
 ID_MAP_FORMAT = "vikhr-id-map/1"
@@ -45,16 +46,15 @@ def piece_use(base_model: str | Path, text_file: Path) -> list[int]:
 
     sp = spm.SentencePieceProcessor(model_file=str(base_model))
     counts: Counter[int] = Counter()
-    with open(text_file, encoding="utf-8") as f:
-        batch: list[str] = []
-        for line in f:
-            batch.append(line.rstrip("\n"))
-            if len(batch) == ENCODE_BATCH:
-                for ids in sp.encode(batch):
-                    counts.update(ids)
-                batch = []
-        for ids in sp.encode(batch):
-            counts.update(ids)
+    batch: list[str] = []
+    for line in sample_lines(text_file):
+        batch.append(line)
+        if len(batch) == ENCODE_BATCH:
+            for ids in sp.encode(batch):
+                counts.update(ids)
+            batch = []
+    for ids in sp.encode(batch):
+        counts.update(ids)
     return [counts[i] for i in range(sp.get_piece_size())]
 
 

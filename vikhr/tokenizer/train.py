@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from vikhr.tokenizer.corpus import (
     corpus_sha256,
     first_lines,
     manifest_corpora,
+    sample_lines,
     split_corpus_spec,
     write_training_sample,
 )
@@ -126,19 +126,13 @@ def _round_up(n: int, multiple: int) -> int:
     return n if multiple <= 1 else -(-n // multiple) * multiple
 
 
-def _file_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\n")
-
-
 def _sentencepiece_bpe(text_file: Path, model_prefix: Path, vocab_size: int, s: TrainSettings) -> Path:
     """Train a Mistral-compatible SentencePiece BPE model; returns the `.model` path."""
     import sentencepiece as spm
 
     args: dict[str, Any] = {
         # lines given one by one: SentencePiece splits an `input` path at commas ("--out runs,1/")
-        "sentence_iterator": _file_lines(text_file),
+        "sentence_iterator": sample_lines(text_file),
         "model_prefix": str(model_prefix),
         "model_type": "bpe",
         "vocab_size": vocab_size,
@@ -315,8 +309,8 @@ def _prune_and_extend(
     assert s.base_model is not None  # _check_mode requires it
     use = piece_use(s.base_model, sample)
     russian = work / "ru.txt"
-    with open(sample, encoding="utf-8") as src, open(russian, "w", encoding="utf-8") as dst:
-        dst.writelines(line for line in src if CYRILLIC.search(line))
+    with open(russian, "w", encoding="utf-8", newline="\n") as dst:
+        dst.writelines(line + "\n" for line in sample_lines(sample) if CYRILLIC.search(line))
     if russian.stat().st_size == 0:
         raise VikhrError("the training split of the corpora has no lines with Cyrillic letters")
     keep = _keep_count(base_proto, s)

@@ -57,6 +57,7 @@ from vikhr.tokenizer.corpus import (
     iter_lines,
     manifest_corpora,
     read_break_lines,
+    sample_lines,
     write_training_sample,
 )
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, require_tokenizer_json, resolve_tokenizer_file
@@ -150,12 +151,10 @@ def count_words(tok: Any, text_file: Path) -> Counter[str]:
     """Pre-tokenized words of `text_file` (the base's normalizer and pre-tokenizer) with their counts."""
     counts: Counter[str] = Counter()
     normalizer, pre = tok.normalizer, tok.pre_tokenizer
-    with open(text_file, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if normalizer is not None:
-                line = normalizer.normalize_str(line)
-            counts.update(w for w, _ in pre.pre_tokenize_str(line))
+    for line in sample_lines(text_file):
+        if normalizer is not None:
+            line = normalizer.normalize_str(line)
+        counts.update(w for w, _ in pre.pre_tokenize_str(line))
     return counts
 
 
