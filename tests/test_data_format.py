@@ -502,7 +502,7 @@ def test_merge_writes_and_removes_its_output_record_while_holding_the_output_loc
 ) -> None:
     """`data merge` wrote the output's tokenization record after releasing the output's write lock:
     a second writer of that prefix in between got a record that is not its dataset's."""
-    from vikhr.data import tokenization
+    from vikhr.data import indexed, tokenization
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "Привет, мир"}\n', encoding="utf-8")
@@ -525,6 +525,6 @@ def test_merge_writes_and_removes_its_output_record_while_holding_the_output_loc
     assert held == [("write", True)] and tokenization.read_record(tmp_path / "ab") is not None
     write_indexed(tmp_path / "unrecorded", [[5, 6]], token_dtype(32000))
     held.clear()
-    monkeypatch.setattr(tokenization, "record_path", watched_path)
+    monkeypatch.setattr(indexed, "record_path", watched_path)
     merge([a, tmp_path / "unrecorded"], tmp_path / "ab")  # its record, of the merge before, goes
     assert ("path", True) in held and not record_path(tmp_path / "ab").exists()

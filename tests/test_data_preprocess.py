@@ -1097,3 +1097,73 @@ def test_inspect_shows_the_recorded_tokenizer_and_decodes_only_with_it(
         "  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)"
         in capsys.readouterr().out
     )
+
+
+def test_a_reused_prefix_never_keeps_the_record_of_the_dataset_written_there_before(
+    tmp_path: Path, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that published its dataset and then failed writing its record (a full disk, a kill) left
+    the record of the dataset written there before, naming the old tokenizer, beside the new ids. Now
+    a run that fails before publishing keeps the old record of the old dataset; one that fails after
+    leaves none; a writer that records nothing (`write_indexed`, `sft prepare`) drops it."""
+    from vikhr.data import tokenization
+
+    other = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model"
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    prefix = f"{tmp_path}/ru_text_document"
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER)
+    recorded = tokenization.load_record(prefix)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n{oops\n", encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"bad\.jsonl:2"):
+        preprocess([bad], tmp_path / "ru", other)
+    assert tokenization.read_record(prefix) == recorded  # nothing published: the old pair and its record
+
+    def disk_full(records: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tokenization, "write_records", disk_full)
+    with pytest.raises(VikhrError, match="No space left on device"):
+        preprocess([src], tmp_path / "ru", other)
+    monkeypatch.undo()
+    assert recorded is not None and indexed.inspect(prefix).tokens != recorded.tokens  # the new ids are there
+    assert tokenization.load_record(prefix) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.jsonl",
+        "in.jsonl",
+        "ru_text_document.bin",
+        "ru_text_document.idx",
+    ]
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER)
+    indexed.write_indexed(prefix, [[5, 6, 7]], "uint16")
+    assert tokenization.load_record(prefix) is None
+
+
+def test_the_record_names_the_tokenizer_as_it_was_when_loaded(
+    tmp_path: Path, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer file was hashed after the run: one replaced while a corpus was tokenized (a
+    tokenizer trained again into the same place) was recorded as the dataset's tokenizer."""
+    import shutil
+
+    from vikhr import _core
+    from vikhr.data import tokenization
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    tok = tmp_path / "tok" / "tokenizer.model"
+    tok.parent.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, tok)
+    run = _core.preprocess
+
+    def replaced_meanwhile(*args: object, **kwargs: object) -> dict:
+        summary = run(*args, **kwargs)
+        shutil.copy(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model", tok)
+        return summary
+
+    monkeypatch.setattr(_core, "preprocess", replaced_meanwhile)
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    preprocess([src], tmp_path / "ru", tok)
+    record = tokenization.load_record(f"{tmp_path}/ru_text_document")
+    assert record is not None and record.tokenizer_sha256 == corpus_sha256(MISTRAL_TOKENIZER)

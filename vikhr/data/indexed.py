@@ -93,14 +93,14 @@ def _info(prefix: str, raw: dict, max_token_id: int | None = None) -> IndexInfo:
     )
 
 
-# Counts of the datasets this process has validated, by `_identity`: a trainer's start-up checks
+# Counts of the datasets this process has validated, by `identity`: a trainer's start-up checks
 # (config, blend, model.init's tokenizer, the data itself) on every rank would each read a corpus's
 # index of gigabytes again.
 _INSPECTED: dict[tuple, IndexInfo] = {}
 _INSPECTED_MAX = 4096
 
 
-def _identity(prefix: str) -> tuple:
+def identity(prefix: str) -> tuple:
     """What changes when `{prefix}.bin/.idx` are written again: the files' inode, size and mtime
     (vikhr and Megatron's tools rename a new file into place, so an inode is never reused in place)."""
     values: list = [prefix]
@@ -110,10 +110,10 @@ def _identity(prefix: str) -> tuple:
     return tuple(values)
 
 
-def _remember(identity: tuple, info: IndexInfo) -> None:
+def _remember(stamp: tuple, info: IndexInfo) -> None:
     if len(_INSPECTED) >= _INSPECTED_MAX:
         _INSPECTED.clear()
-    _INSPECTED[identity] = info
+    _INSPECTED[stamp] = info
 
 
 def inspect(prefix: PathLike) -> IndexInfo:
@@ -123,14 +123,14 @@ def inspect(prefix: PathLike) -> IndexInfo:
 
     prefix = str(prefix)
     _check_files(prefix)
-    identity = _identity(prefix)
-    if identity in _INSPECTED:
-        return _INSPECTED[identity]
+    stamp = identity(prefix)
+    if stamp in _INSPECTED:
+        return _INSPECTED[stamp]
     try:
         info = _info(prefix, _core.inspect_index(prefix))
     except ValueError as e:
         raise VikhrError(f"invalid indexed dataset: {e}") from None
-    _remember(identity, info)
+    _remember(stamp, info)
     return info
 
 
@@ -233,13 +233,13 @@ class IndexedReader:
 
         self.prefix = str(prefix)
         _check_files(self.prefix)
-        identity = _identity(self.prefix)
+        stamp = identity(self.prefix)
         try:
             self._reader = _core.IndexedDatasetReader(self.prefix)
         except ValueError as e:
             raise VikhrError(f"invalid indexed dataset: {e}") from None
         self.info = _info(self.prefix, self._reader.info())
-        _remember(identity, self.info)
+        _remember(stamp, self.info)
 
     def __len__(self) -> int:
         return len(self._reader)
@@ -299,6 +299,48 @@ def remove_abandoned_scratch(folder: Path) -> list[Path]:
     return removed
 
 
+# The tokenization record of a dataset (vikhr.data.tokenization): here, as every writer of a dataset
+# moves the record of the one it replaces aside.
+RECORD_SUFFIX = ".tokenization.json"
+
+
+def record_path(prefix: PathLike) -> Path:
+    """The tokenization record of the dataset `{prefix}.bin/.idx`."""
+    return Path(f"{prefix}{RECORD_SUFFIX}")
+
+
+@contextlib.contextmanager
+def replacing_records(prefixes: Sequence[PathLike]) -> Iterator[None]:
+    """Around the writing of datasets `prefixes`: their records are moved aside first (to hidden
+    scratch names); on an error, each is put back where its dataset's files are still the ones it
+    described, and dropped where the dataset was replaced. The block writes the new records (or none)."""
+    with contextlib.ExitStack() as stack:
+        aside: list[tuple[PathLike, Path, tuple | None]] = []
+        for prefix in prefixes:
+            path = record_path(prefix)
+            if not path.is_file():
+                continue
+            # Removed on leaving unless put back; named apart from the new record's scratch file.
+            tmp = stack.enter_context(atomic.scratch_file(path.with_name(path.name + ".replaced")))
+            aside.append((prefix, tmp, _files_of(prefix)))
+            os.replace(path, tmp)
+        try:
+            yield
+        except BaseException:
+            for prefix, tmp, before in aside:
+                if before is not None and _files_of(prefix) == before:
+                    os.replace(tmp, record_path(prefix))
+            raise
+
+
+def _files_of(prefix: PathLike) -> tuple | None:
+    """The identity of the files of dataset `prefix` (`identity`), None where one is missing."""
+    try:
+        return identity(str(prefix))
+    except OSError:
+        return None
+
+
 class IndexedWriter:
     """Writes one dataset document by document; a context manager that finishes on success and
     removes everything written on an exception (nothing at the final names is touched then). It
@@ -331,10 +373,12 @@ class IndexedWriter:
         self.documents += 1
 
     def finish(self) -> IndexInfo:
-        """Write the index and move both files to their final names."""
+        """Write the index and move both files to their final names (a tokenization record of the
+        dataset written there before goes: this one has none)."""
         with self._lock:
             try:
-                self._writer.finish()
+                with replacing_records([self.prefix]):
+                    self._writer.finish()
             except OSError as e:
                 raise VikhrError(f"cannot write {self.prefix}.bin/.idx: {e}") from None
             return inspect(self.prefix)
@@ -382,7 +426,8 @@ def merge(
 ) -> IndexInfo:
     """Concatenate datasets of one dtype into one, byte for byte as Megatron's merge tool does;
     `on_written(info)` runs while the output's write lock is still held (to write what goes beside
-    it before another writer can replace the dataset)."""
+    it before another writer can replace the dataset). The tokenization record of the dataset
+    written there before goes (`on_written` writes the output's)."""
     from vikhr import _core
 
     if isinstance(prefixes, (str, os.PathLike)):  # one prefix, not a sequence of its characters
@@ -410,7 +455,7 @@ def merge(
     if Path(output_prefix).resolve() in {Path(name).resolve() for name in names}:
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
     try:
-        with writing([output_prefix]):
+        with writing([output_prefix]), replacing_records([output_prefix]):
             _core.merge_datasets(names, str(output_prefix))
             info = inspect(output_prefix)
             if on_written is not None:

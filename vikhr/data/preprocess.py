@@ -143,6 +143,7 @@ class _Encoder:
     """The tokenizer a run encodes with: the native core's, and its BOS/EOS by vikhr's one rule."""
 
     path: Path
+    sha256: str  # of the file as loaded: the record names it, not the file as it is after the run
     native: Any  # vikhr._core.Tokenizer
     bos_id: int | None
     eos_id: int | None
@@ -156,6 +157,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
     only for them costs more than a second on a 131k vocabulary).
     """
     from vikhr import _core
+    from vikhr.tokenizer.corpus import corpus_sha256
     from vikhr.tokenizer.load import hf_special_ids, json_over_model_reason, load, resolve_tokenizer_file
 
     if tokenizer_type not in TOKENIZER_TYPES:
@@ -185,6 +187,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
         raise VikhrError(f"--tokenizer-type {tokenizer_type} needs {wanted}, but {file} is {found}: {fix}")
     # sentencepiece first: its error for a file that is not a .model is the clear one.
     spm = load(file) if kind == "sentencepiece" else None
+    sha256 = corpus_sha256(file)
     try:
         # Megatron's HuggingFaceTokenizer applies the post-processor (add_special_tokens=True).
         native = _core.Tokenizer(kind, str(file), add_special_tokens=kind == "huggingface")
@@ -195,7 +198,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
             raise tekken_error(file) from None
         raise VikhrError(str(e)) from None
     bos_id, eos_id = (spm.bos_id, spm.eos_id) if spm else hf_special_ids(file, native.token_to_id)
-    return _Encoder(path=file, native=native, bos_id=bos_id, eos_id=eos_id)
+    return _Encoder(path=file, sha256=sha256, native=native, bos_id=bos_id, eos_id=eos_id)
 
 
 def _first_record(files: Sequence[Path]) -> tuple[Path, int, dict[str, Any]] | None:
@@ -295,8 +298,9 @@ def preprocess(
             callback = None
 
     prefixes = {key: indexed.dataset_prefix(output_prefix, key) for key in json_keys}
+    written = list(prefixes.values())
     try:
-        with indexed.writing(list(prefixes.values())):
+        with indexed.writing(written), indexed.replacing_records(written):
             raw = _core.preprocess(
                 [str(f) for f in files],
                 str(output_prefix),
@@ -324,16 +328,14 @@ def _record_tokenization(
     prefixes: dict[str, str], tok: _Encoder, tokenizer_type: str, append_eod: bool
 ) -> None:
     """Write the tokenization record of each dataset just written (see `vikhr.data.tokenization`)."""
-    from vikhr.tokenizer.corpus import corpus_sha256
     from vikhr.tokenizer.load import recorded_path
 
-    sha256 = corpus_sha256(tok.path)
     records = {}
     for key, prefix in prefixes.items():
         info = indexed.inspect(prefix)
         records[prefix] = tokenization.TokenizationRecord(
             tokenizer=str(recorded_path(tok.path)),
-            tokenizer_sha256=sha256,
+            tokenizer_sha256=tok.sha256,
             tokenizer_type=tokenizer_type,
             vocab_size=tok.native.vocab_size,
             json_key=key,
@@ -435,8 +437,6 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
         record = tokenization.merged_record(list(records.values()), info)
         if record is not None:
             tokenization.write_records({str(output_prefix): record})
-        else:  # the record of what was written there before
-            tokenization.record_path(output_prefix).unlink(missing_ok=True)
 
     indexed.merge(names, output_prefix, on_written=write_record)
     return inspect(output_prefix)

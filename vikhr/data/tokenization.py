@@ -8,8 +8,11 @@ of two tokenizers (same token dtype) would train on ids that mean other pieces, 
 
 The name ends neither in `tokenizer.json` nor in `.model`, so nothing takes it for a tokenizer; the
 `.bin/.idx` are untouched (Megatron-LM reads them as before). The record is written after the dataset
-is published and holds the dataset's counts: a record beside another dataset (a run killed between
-the two renames, a `.bin/.idx` copied over) does not match them and is taken as no record.
+is published and holds the dataset's counts: a record beside another dataset (a `.bin/.idx` copied
+over) does not match them and is taken as no record. A writer of a dataset moves its old record aside
+while it writes (`vikhr.data.indexed.replacing_records`), so a run that publishes a dataset and then
+fails or is killed before its record is written leaves no record, never the old one beside the new
+dataset.
 """
 
 from __future__ import annotations
@@ -21,18 +24,13 @@ from typing import TYPE_CHECKING
 
 from vikhr import atomic
 from vikhr.data import indexed
+from vikhr.data.indexed import record_path
 from vikhr.errors import VikhrError
 
 if TYPE_CHECKING:
     from vikhr.tokenizer.load import Tokenizer
 
-RECORD_SUFFIX = ".tokenization.json"
 RECORD_FORMAT = 1
-
-
-def record_path(prefix: indexed.PathLike) -> Path:
-    """The record of the dataset `{prefix}.bin/.idx`."""
-    return Path(f"{prefix}{RECORD_SUFFIX}")
 
 
 @dataclass(frozen=True)
