@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -197,6 +198,39 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(VikhrError, match=message) as e:
             load(path)
         assert "\n" not in str(e.value)
+
+
+def test_a_gpt2_style_vocab_and_merges_directory_is_told_how_to_write_its_tokenizer_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory of only vocab.json + merges.txt (GPT-2's layout, no tokenizer.json) got "holds
+    neither tokenizer.model nor tokenizer.json", and its vocab.json "missing field `model`". Both now
+    say that the pre-tokenizer is not in those files, with a transformers command that writes the
+    tokenizer.json; that command's output loads."""
+    from vikhr.cli import main
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    vocab = {"<|endoftext|>": 0, "h": 1, "i": 2, "hi": 3, "Ġ": 4, "Ġhi": 5}
+    (gpt2 / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (gpt2 / "merges.txt").write_text("#version: 0.2\nh i\nĠ hi\n", encoding="utf-8")
+    said = f"{gpt2} holds a GPT-2-style vocab.json and merges.txt but no tokenizer.json"
+    for given in (gpt2, gpt2 / "vocab.json", gpt2 / "merges.txt"):
+        with pytest.raises(VikhrError, match=re.escape(said)) as e:
+            load(given)
+        assert "from transformers import GPT2TokenizerFast as T;" in str(e.value)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "hi hi"}\n', encoding="utf-8")
+    argv = ["data", "preprocess", "--input", str(corpus), "--output-prefix", str(tmp_path / "d")]
+    assert main([*argv, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(gpt2)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert said in line and line.endswith(f", then give {tmp_path / 'gpt2-hf'}")
+    command = line.split("python -c ", 1)[1].removesuffix(f", then give {tmp_path / 'gpt2-hf'}")
+    subprocess.run(f"{sys.executable} -c {command}", shell=True, check=True, capture_output=True)
+    assert load(tmp_path / "gpt2-hf").encode("hi hi") == [3, 5]
+    (gpt2 / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}', encoding="utf-8")
+    with pytest.raises(VikhrError, match="from transformers import AutoTokenizer as T;"):
+        load(gpt2)
 
 
 def test_a_tiktoken_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,6 +100,8 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
         found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
+        if not found and _holds_vocab_and_merges(p):
+            raise VikhrError(vocab_and_merges_advice(p))
         if not found:
             raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
         if len(found) == 2 and (is_tiktoken_file(found[0]) or _adds_tokens(found[1], found[0])):
@@ -109,7 +111,57 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
         raise VikhrError(f"tokenizer not found: {p} ({_GIVE})")
     if not p.is_file():
         raise VikhrError(f"tokenizer is not a regular file: {p} ({_GIVE})")
+    if p.name in VOCAB_AND_MERGES and _holds_vocab_and_merges(p.parent):
+        if (p.parent / "tokenizer.json").is_file():
+            raise VikhrError(f"{p} is half of a GPT-2-style BPE: give the tokenizer.json beside it")
+        raise VikhrError(vocab_and_merges_advice(p.parent))
     return p
+
+
+VOCAB_AND_MERGES = ("vocab.json", "merges.txt")  # a GPT-2-style BPE as transformers' slow tokenizers save it
+
+
+def _holds_vocab_and_merges(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in VOCAB_AND_MERGES)
+
+
+def vocab_and_merges_advice(directory: Path) -> str:
+    """Why a directory of a GPT-2-style vocab.json and merges.txt without a tokenizer.json is not
+    loaded, and the command that writes its tokenizer.json: the two files do not say how text is cut
+    into words before the merges nor which special tokens frame it (GPT-2, RoBERTa and Qwen2 differ),
+    which the tokenizer class of the model they come from knows, so vikhr does not guess it."""
+    import shlex
+
+    named_dir = directory if directory.name not in ("", "..") else directory.resolve()  # "." has no name
+    out = named_dir.parent / f"{named_dir.name}-hf"
+    # A tokenizer_config.json naming the class, or a config.json naming the model type, lets
+    # transformers choose it; otherwise the user names it (GPT-2's files in the example).
+    named = _names_tokenizer_class(directory)
+    cls = "AutoTokenizer" if named else "GPT2TokenizerFast"
+    code = (
+        f"from transformers import {cls} as T; "
+        f"T.from_pretrained({json.dumps(str(directory))}).save_pretrained({json.dumps(str(out))})"
+    )
+    which = "" if named else " (for GPT-2's files; for another model's, its tokenizer class)"
+    return (
+        f"{directory} holds a GPT-2-style vocab.json and merges.txt but no tokenizer.json: they do not say "
+        "how text is cut into words before the merges nor which special tokens frame it (GPT-2, RoBERTa "
+        f"and Qwen2 differ), so vikhr does not guess; write a tokenizer.json with transformers{which}: "
+        f"python -c {shlex.quote(code)}, then give {out}"
+    )
+
+
+def _names_tokenizer_class(directory: Path) -> bool:
+    """Whether transformers' AutoTokenizer can tell the directory's tokenizer class: its
+    tokenizer_config.json names one, or its config.json a model type."""
+    for name, key in (("tokenizer_config.json", "tokenizer_class"), ("config.json", "model_type")):
+        try:
+            value = json.loads((directory / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return True
+    return False
 
 
 def json_over_model_reason(directory: Path) -> str:
