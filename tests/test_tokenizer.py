@@ -780,6 +780,17 @@ def test_a_lone_carriage_return_stays_inside_its_training_line(tmp_path: Path) -
     assert count_words(byte_level, sample) == words
 
 
+def test_compare_says_a_budget_suffix_or_a_budget_inside_the_first_indent_as_such(tmp_path: Path) -> None:
+    """`--texts FILE@2M` (tokenizer train's budget) was "corpus file not found" or "cannot access", and a
+    --max-chars that ends inside the indent of the first paragraph said the file has no text."""
+    texts = _write_jsonl(tmp_path / "man.jsonl.gz", [{"id": "a", "text": "        -a  все файлы"}])
+    with pytest.raises(VikhrError, match=r"--texts .*man\.jsonl\.gz@2M: compare takes no FILE@CHARS budget"):
+        compare([f"m={MISTRAL_TOKENIZER}"], [f"{texts}@2M"], tmp_path / "r", split="auto")
+    with pytest.raises(VikhrError, match=r"--max-chars 3 ends in the white space opening its first line"):
+        compare([f"m={MISTRAL_TOKENIZER}"], [str(texts)], tmp_path / "r", split="all", max_chars=3)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_label_with_a_bar_or_a_line_break_keeps_the_markdown_tables_whole(tmp_path: Path) -> None:
     """`--tokenizer 'a|b=…'` gave its row an extra column; the CSV keeps the labels as given."""
     texts = _write_jsonl(tmp_path / "t.jsonl.gz", [{"id": "x", "text": "Мама мыла раму. " * 20}])

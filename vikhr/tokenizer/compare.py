@@ -131,9 +131,22 @@ def load_text_set(
     name, path = text_set_name(spec), split_label(spec)[1]
     lines = list(iter_lines(path, text_key, split, heldout_percent, max_chars))
     if not lines:
-        hint = "the file has no text under the key" if split == "all" else "try --split all"
+        if max_chars is not None and next(iter_lines(path, text_key, split, heldout_percent), None):
+            hint = f"--max-chars {max_chars:,} ends in the white space opening its first line: give more"
+        else:
+            hint = "the file has no text under the key" if split == "all" else "try --split all"
         raise VikhrError(f"text set {path} has no lines in split '{split}' ({hint})")
     return TextSet(name, path, lines, split, _file_hashes(path))
+
+
+def _refuse_a_budget_suffix(path: str) -> None:
+    """VikhrError for `--texts FILE@2M`, `tokenizer train`'s budget suffix: compare has one budget."""
+    head, at, _ = path.rpartition("@")
+    if at and not Path(path).exists() and Path(head).is_file():
+        raise VikhrError(
+            f"--texts {path}: compare takes no FILE@CHARS budget (tokenizer train's); give --texts {head} "
+            "and --max-chars, the characters measured of each text set"
+        )
 
 
 def _heldout_percent_for(spec: str, toks: list[NamedTokenizer], asked: float) -> float:
@@ -358,6 +371,8 @@ def compare(
         hashes = _file_hashes(split_label(spec)[1])
         return "heldout" if any(_trained_on(t, hashes) for t in toks) else "all"
 
+    for spec in text_specs:
+        _refuse_a_budget_suffix(split_label(spec)[1])
     if len({text_set_name(s) for s in text_specs}) != len(text_specs):
         raise VikhrError("two text sets have the same name; label them as NAME=FILE")
     sets = []
