@@ -1025,6 +1025,34 @@ def test_prepare_refuses_an_output_prefix_whose_files_are_its_input(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mix_sft.json"]
 
 
+def test_prepare_records_the_tokenizer_as_it_was_when_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer file was hashed after the chats were encoded: one replaced meanwhile (a tokenizer
+    trained again into the same place) was recorded as the dataset's tokenizer."""
+    import shutil
+
+    from vikhr.sft import prepare
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    tok = tmp_path / "tok" / "tokenizer.model"
+    tok.parent.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, tok)
+    write = prepare._write_chats
+
+    def replaced_meanwhile(*args: object, **kwargs: object) -> object:
+        counts = write(*args, **kwargs)
+        shutil.copy(MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.model", tok)
+        return counts
+
+    monkeypatch.setattr(prepare, "_write_chats", replaced_meanwhile)
+    chats = tmp_path / "c.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(5)) + "\n", encoding="utf-8")
+    summary = prepare_sft(chats, tok, tmp_path / "x")
+    recorded = json.loads((tmp_path / "x_sft.json").read_text(encoding="utf-8"))
+    assert summary.tokenizer_sha256 == recorded["tokenizer_sha256"] == corpus_sha256(MISTRAL_TOKENIZER)
+
+
 def test_prepare_records_a_hub_snapshots_tokenizer_by_its_name(tmp_path: Path) -> None:
     """The files of a hub snapshot are links to blobs named by their hash: prepare recorded the blob,
     which the export then read as a SentencePiece .model (an error for a tokenizer.json), away from

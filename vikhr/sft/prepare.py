@@ -99,6 +99,8 @@ def prepare_sft(
     _refuse_replacing_an_input(paths, output_prefix, {"--input": input_path, "--tokenizer": tokenizer})
     refuse_a_collection_file(input_path, "sft prepare")
     tok, template, template_from = load_for_chats(tokenizer, template)
+    # Hashed as loaded: a tokenizer file replaced while the chats are encoded is not the data's.
+    tokenizer_sha256 = corpus_sha256(tok.path)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
     text_writer = indexed.IndexedWriter(
         indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
@@ -126,7 +128,7 @@ def prepare_sft(
             prefix=str(output_prefix),
             template=template,
             tokenizer=str(recorded_path(tok.path)),
-            tokenizer_sha256=corpus_sha256(tok.path),
+            tokenizer_sha256=tokenizer_sha256,
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
             vocab_size=tok.vocab_size,
