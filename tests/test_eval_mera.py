@@ -547,16 +547,21 @@ def test_a_split_with_some_answers_hidden_is_named_on_stderr(tmp_path: Path, cap
     assert "warning" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("terminal", [False, True])
-def test_bars_are_drawn_on_a_terminal_only(terminal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ruHumanEval's tests and ruTiE's questions drew their bars into logs too."""
+@pytest.mark.parametrize("terminal, shown", [(False, True), (True, True), (True, False)])
+def test_bars_are_drawn_on_a_terminal_only(
+    terminal: bool, shown: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ruHumanEval's tests and ruTiE's questions drew their bars into logs too; `vikhr eval
+    --no-progress` (the `evaluation_bars(False)` its run is inside) turns them off on a terminal."""
+    from vikhr.eval.lm import evaluation_bars
     from vikhr.eval.mera_rutie import evaluate_rutie, read_dialogues
 
     stderr = TerminalStderr() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     doc = {"scoring": json.dumps({"function": "def f(x):\n", "entry_point": "f", "tests": "[{'x': 1}]"})}
-    execute_completions([["    return x\n"]], [doc])
     train = MERA / "rutie" / "train.jsonl"
-    evaluate_rutie(ShorterOptionLM(), read_dialogues(train), train)
+    with evaluation_bars(shown):
+        execute_completions([["    return x\n"]], [doc])
+        evaluate_rutie(ShorterOptionLM(), read_dialogues(train), train)
     drawn = [bar for bar in ("ruHumanEval tests", "mera_rutie") if bar in stderr.getvalue()]
-    assert drawn == (["ruHumanEval tests", "mera_rutie"] if terminal else [])
+    assert drawn == (["ruHumanEval tests", "mera_rutie"] if terminal and shown else [])
