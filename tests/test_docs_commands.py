@@ -19,6 +19,10 @@ What is read, and by which rule (docs/reliability.md is not read: it lists refus
   (section: one of the configs') names a config key, unless its last part is a file suffix
   (`tokenizer.model`, `train.jsonl`).
 
+A program output block right after a block of one `--dry-run` command (nothing between but a blank
+line) is what that command prints: the command runs (it reads only the config) and its output is
+compared line by line.
+
 Checks: each vikhr verb and sub-verb exists, each `--option` is one of that verb's parser (the
 parser `vikhr` builds; exact names, no abbreviations) and the verb's --help renders; a fenced command
 also parses in full (choices, types, required options, positionals), and a configs/ file given to
@@ -40,6 +44,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import re
 import shlex
 import subprocess
@@ -672,12 +677,75 @@ def docs_problems() -> list[str]:
     return problems
 
 
+def shown_outputs() -> list[tuple[str, list[str], str]]:
+    """(where, argv, text) of each program output block that directly follows a block of one
+    `--dry-run` command of the trainer: the output the docs show for it."""
+    shown = []
+    for doc in DOCS:
+        blocks = fenced_blocks(doc)[0]
+        for command, output in itertools.pairwise(blocks):
+            commands = simple_commands(command.text) if block_kind(command) == "shell" else []
+            command_end = command.line + command.text.count("\n") + 1  # the closing fence's line
+            if (
+                len(commands) == 1
+                and "--dry-run" in commands[0]
+                and block_kind(output) == "program output"
+                and output.line <= command_end + 2
+            ):
+                shown.append((f"{doc.name}:{output.line}", commands[0], output.text))
+    return shown
+
+
+def output_problem(where: str, argv: list[str], shown: str) -> str | None:
+    """How what the trainer's `argv` prints differs from `shown` (trailing spaces aside), or None."""
+    import contextlib
+    import io
+
+    from vikhr.train.cli import main
+
+    at = argv.index("pretrain_vikhr.py") + 1 if "pretrain_vikhr.py" in argv else argv.index("pretrain") + 1
+    args = [str(REPO / w) if w.startswith("configs/") else w for w in argv[at:]]
+    printed_text = io.StringIO()
+    with contextlib.redirect_stdout(printed_text):
+        main(args)
+    printed, expected = (
+        [line.rstrip() for line in text.strip("\n").splitlines()] for text in (printed_text.getvalue(), shown)
+    )
+    differing = [(e, p) for e, p in zip(expected, printed, strict=False) if e != p]
+    if len(printed) != len(expected) or differing:
+        first = differing[0] if differing else (f"{len(expected)} lines", f"{len(printed)} lines")
+        return f"{where}: {' '.join(argv)} prints {first[1]!r} where the docs show {first[0]!r}"
+    return None
+
+
 # --------------------------------------------------------------------------- tests
 
 
 def test_every_documented_command_and_config_snippet_is_accepted() -> None:
     problems = docs_problems()
     assert not problems, "\n".join(problems)
+
+
+def test_the_output_shown_for_a_dry_run_is_what_it_prints() -> None:
+    shown = shown_outputs()
+    assert any("--dry-run" in argv for _, argv, _ in shown)  # docs/scaling.md's memory table
+    problems = [problem for args in shown for problem in [output_problem(*args)] if problem]
+    assert not problems, "\n".join(problems)
+
+
+def test_a_changed_output_is_named() -> None:
+    argv = [
+        "python",
+        "pretrain_vikhr.py",
+        "--config",
+        "configs/mistral-7b-v0.2.yaml",
+        "--dry-run",
+        "--gpus",
+        "8",
+    ]
+    where, _, table = next(s for s in shown_outputs() if "--dry-run" in s[1])
+    problem = output_problem(where, argv, table) or ""  # the table shown is the one of 32 GPUs
+    assert "32 GPUs of 80 GiB" in problem and "8 GPUs of 80 GiB" in problem, problem
 
 
 def test_the_docs_show_the_commands_the_extraction_expects() -> None:
