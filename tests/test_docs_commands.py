@@ -45,6 +45,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import itertools
+import os
 import re
 import shlex
 import subprocess
@@ -746,6 +747,23 @@ def test_a_changed_output_is_named() -> None:
     where, _, table = next(s for s in shown_outputs() if "--dry-run" in s[1])
     problem = output_problem(where, argv, table) or ""  # the table shown is the one of 32 GPUs
     assert "32 GPUs of 80 GiB" in problem and "8 GPUs of 80 GiB" in problem, problem
+
+
+def test_the_readme_s_example_of_an_input_error_is_the_line_vikhr_prints(tmp_path: Path) -> None:
+    shown = [span for _, span in inline_spans(fenced_blocks(REPO / "README.md")[1]) if ": error: " in span]
+    assert len(shown) == 1 and shown[0].startswith("vikhr demo: error: Russian corpus not found: "), shown
+    missing = shown[0].split(": ")[3].split()[0]  # the corpus the example names
+    done = subprocess.run(
+        [sys.executable, "-m", "vikhr", "demo", "--ru-corpus", missing],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.strip()) == (2, shown[0])
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_the_docs_show_the_commands_the_extraction_expects() -> None:
