@@ -23,6 +23,11 @@ A program output block right after a block of one `--dry-run` command (nothing b
 line) is what that command prints: the command runs (it reads only the config) and its output is
 compared line by line.
 
+Inline code that names a module (`vikhr.sft.template`, `vikhr.convert.load_hf_weights`: a module
+and a name it defines) or a file of the repository (`vikhr/train/memory.py`, `configs/x.yaml`,
+`rust/core/src/mmidx.rs`; not one with `*` or `{...}`), and a Markdown link to a local file, name
+something that exists: a module or file moved or renamed must not leave a pointer to nothing.
+
 Checks: each vikhr verb and sub-verb exists, each `--option` is one of that verb's parser (the
 parser `vikhr` builds; exact names, no abbreviations) and the verb's --help renders; a fenced command
 also parses in full (choices, types, required options, positionals), and a configs/ file given to
@@ -41,6 +46,7 @@ for any; elsewhere an upper-case word (OUT_DIR) is a value like any other.
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import dataclasses
 import functools
@@ -719,6 +725,75 @@ def output_problem(where: str, argv: list[str], shown: str) -> str | None:
     return None
 
 
+def _module_file(parts: list[str]) -> Path | None:
+    """The source of module `parts` (a package's __init__.py), or its built extension (vikhr._core)."""
+    path = REPO.joinpath(*parts)
+    sources = [path.with_suffix(".py"), path / "__init__.py", *path.parent.glob(f"{path.name}.*.so")]
+    return next((f for f in sources if f.is_file()), None)
+
+
+@functools.cache
+def _top_level_names(module: Path) -> frozenset[str]:
+    """What a module defines or imports at its top level (read, not imported: some import torch)."""
+    names = set()
+    for node in ast.parse(module.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            names |= set(ast.literal_eval(node.value))  # given on first use by the module's __getattr__
+    return frozenset(names)
+
+
+def named_module_problem(dotted: str) -> str | None:
+    """Why `vikhr.a.b[.name]` is neither a module of the package nor a name one defines; None if it is."""
+    parts = dotted.split(".")
+    found = next((i for i in range(len(parts), 0, -1) if _module_file(parts[:i])), 0)
+    module = _module_file(parts[:found]) if found else None
+    if module is None:
+        return f"{dotted}: no such module"
+    rest = parts[found:]
+    if module.suffix == ".so":  # a built extension: its names are not read here
+        return None
+    if rest and rest[0] not in _top_level_names(module):  # (a name's own attributes are not read)
+        return f"{dotted}: {'.'.join(parts[:found])} defines no {rest[0]}"
+    return None
+
+
+NAMED_MODULE = re.compile(r"(?<![\w/.])vikhr(?:\.\w+)+")
+NAMED_FILE = re.compile(r"(?<![\w/.~$-])(?:vikhr|rust|csrc|tools|tests|configs|docs)/[\w./-]*\w/?")
+LOCAL_LINK = re.compile(r"\]\((?!https?:)([^)#\s]+)")
+
+
+def _a_pattern(after: str) -> bool:
+    """Whether a path goes on as a pattern (`x.*`, `x{a,b}`, `x*.py`) rather than as a name."""
+    return after[:1] in ("*", "{") or after[:2] == ".*"
+
+
+def named_things_problems() -> list[str]:
+    """The modules, repository files and linked files the docs name that do not exist."""
+    problems = []
+    for doc in DOCS:
+        outside = fenced_blocks(doc)[1]
+        for line, span in inline_spans(outside):
+            where = f"{doc.name}:{line}"
+            for dotted in NAMED_MODULE.findall(span):
+                problem = named_module_problem(dotted)
+                problems += [f"{where}: {problem}"] if problem else []
+            files = [m.group(0) for m in NAMED_FILE.finditer(span) if not _a_pattern(span[m.end() :])]
+            problems += [f"{where}: {f} does not exist" for f in files if not (REPO / f).exists()]
+        for m in LOCAL_LINK.finditer(outside):
+            where = f"{doc.name}:{outside.count(chr(10), 0, m.start()) + 1}"
+            problems += (
+                [] if (doc.parent / m.group(1)).exists() else [f"{where}: link to {m.group(1)}: no such file"]
+            )
+    return problems
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -764,6 +839,28 @@ def test_the_readme_s_example_of_an_input_error_is_the_line_vikhr_prints(tmp_pat
     )
     assert (done.returncode, done.stderr.strip()) == (2, shown[0])
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_modules_and_files_the_docs_name_exist() -> None:
+    problems = named_things_problems()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "named, problem",
+    [
+        ("vikhr.trainer", "vikhr.trainer: vikhr defines no trainer"),
+        (
+            "vikhr.train.memory.dry_run_tables",
+            "vikhr.train.memory.dry_run_tables: vikhr.train.memory defines no dry_run_tables",
+        ),
+        ("vikhr.convert.load_hf_weights", None),  # a name the package gives on first use (__all__)
+        ("vikhr.sft.template", None),
+        ("vikhr._core", None),  # the built extension
+    ],
+)
+def test_a_moved_module_is_named(named: str, problem: str | None) -> None:
+    assert named_module_problem(named) == problem
 
 
 def test_the_docs_show_the_commands_the_extraction_expects() -> None:
