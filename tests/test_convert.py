@@ -27,6 +27,7 @@ from tests.helpers import (
     sentencepiece_with_added_tokens,
     tiny_hf_model,
 )
+from vikhr.adapt.safetensors_io import read_header
 from vikhr.assets import MISTRAL_TOKENIZER
 from vikhr.cli import main as cli_main
 from vikhr.convert import hf_config_to_model_config, hf_to_megatron, megatron_to_hf, model_config_to_hf_config
@@ -81,6 +82,11 @@ def test_round_trip_is_bit_exact(tmp_path: Path, tp: int) -> None:
     assert sorted(p.name for p in meg.glob("model_tp*.safetensors")) == [
         f"model_tp{r:02d}.safetensors" for r in range(tp)
     ]
+    # The vocabulary is padded to a multiple of 128 x TP (docs/scaling.md): 300 -> 384, or 512 at TP 2.
+    padded = {1: 384, 2: 512}[tp]
+    assert json.loads((meg / "meta.json").read_text())["padded_vocab_size"] == padded
+    rows = read_header(meg / "model_tp00.safetensors").tensors["embedding.word_embeddings.weight"].shape[0]
+    assert rows == padded // tp
     back = megatron_to_hf(meg, tmp_path / "back")
     a, b = _hf_tensors(hf), _hf_tensors(back)
     assert set(a) == set(b)
