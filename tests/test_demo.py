@@ -504,3 +504,31 @@ def test_a_base_that_is_no_tokenizer_is_refused_before_any_stage(
     assert "[1/8]" not in captured.out
     assert captured.err.startswith("vikhr demo: error: ") and str(base) in captured.err
     assert captured.err.count("\n") == 1 and not work.exists()
+
+
+def test_the_demo_s_tokenizer_learns_from_the_corpora_its_help_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vikhr demo --help` said stage 2 trains "a Russian SentencePiece BPE"; it learns from the
+    Russian and English training splits, as the README says."""
+    import vikhr.demo as demo
+    import vikhr.tokenizer.train as train
+    from vikhr.cli import build_parser
+
+    learned_from: list[Path] = []
+
+    def recorded(corpora: list[Path], out_dir: Path, settings: Any) -> None:
+        learned_from.extend(corpora)
+        out_dir.mkdir()
+        (out_dir / "tokenizer.model").touch()
+
+    monkeypatch.setattr(train, "train_tokenizer", recorded)
+    monkeypatch.setattr(demo.Demo, "compare_tokenizers", lambda self: None)
+    args = build_parser().parse_args(["demo", "--workdir", str(tmp_path)])
+    stages = demo.Demo(args, tmp_path)
+    stages.ru_train, stages.en_train = tmp_path / "ru-train.jsonl", tmp_path / "en-train.jsonl"
+    stages.tokenizer()
+    assert learned_from == [stages.ru_train, stages.en_train]
+    assert (
+        "2. tokenizer  train a SentencePiece BPE on the Russian and English training splits" in demo.__doc__
+    )

@@ -3,7 +3,8 @@
 The paper's recipe at toy scale, every stage through vikhr's own API:
 
   1. split      held-out documents (by a hash of their id) are kept out of every training step
-  2. tokenizer  train a Russian SentencePiece BPE on the training split; compare it with Mistral's
+  2. tokenizer  train a SentencePiece BPE on the Russian and English training splits; compare it
+                with Mistral's
   3. base       pre-train a tiny Mistral-shaped model with Mistral's tokenizer on RU+EN (it stands
                 in for Mistral-7B, which cannot be downloaded here) and export it to HF format
   4. adapt      vocabulary adaptation of the HF base to the new tokenizer (Hewitt mean init)
@@ -25,7 +26,7 @@ its ids); the stand-in base is Llama-3-shaped (RoPE θ 500k, "llama3" RoPE scali
 `LlamaForCausalLM`), and the chats use Llama-3's header template (a --base-tokenizer without its
 header tokens is refused before the first stage).
 
-Outputs (tokenizers, reports, checkpoints, TensorBoard logs, summary.json) go to --workdir.
+Outputs (tokenizers, reports, checkpoints, TensorBoard logs, HF models, summary.json) go to --workdir.
 """
 
 from __future__ import annotations
