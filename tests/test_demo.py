@@ -205,11 +205,12 @@ def test_a_vocab_size_the_tokenizer_refuses_leaves_no_half_made_work_directory(
 
 def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_path: Path) -> None:
     """A parent that was there before, or that something else wrote into meanwhile, stays."""
-    from vikhr.demo import LOCK_FILE, _clear, _missing_dirs, _remove_empty
+    from vikhr.atomic import missing_dirs, remove_empty_dirs
+    from vikhr.demo import LOCK_FILE, _clear
 
     (tmp_path / "kept").mkdir()
     work = tmp_path / "kept" / "shared" / "new" / "demo"
-    created = _missing_dirs(work)
+    created = missing_dirs(work)
     assert created == [work, work.parent, work.parent.parent]
     work.mkdir(parents=True)
     (work / "stage").mkdir()
@@ -218,12 +219,12 @@ def test_a_failed_demo_removes_only_the_folders_it_made_and_only_empty_ones(tmp_
     _clear(work)
     assert [p.name for p in work.iterdir()] == [LOCK_FILE]  # the lock stays while its demo runs
     (work / LOCK_FILE).unlink()
-    _remove_empty(created)
+    remove_empty_dirs(created)
     assert sorted(p.name for p in (tmp_path / "kept").rglob("*")) == ["shared", "someone-else.txt"]
     # A work directory that was there before keeps itself and loses only what the demo wrote.
     (work.parent.parent / "stage").mkdir()
     _clear(work.parent.parent)
-    _remove_empty([])
+    remove_empty_dirs([])
     assert (tmp_path / "kept" / "shared").is_dir() and not any((tmp_path / "kept" / "shared").iterdir())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -506,6 +507,64 @@ def test_a_second_run_on_a_checkpoint_dir_in_use_is_refused(tmp_path: Path, data
     with pytest.raises(VikhrError, match="refused"), run_lock(fresh):
         raise VikhrError("refused")
     assert not fresh.exists()
+
+
+def test_a_failed_run_leaves_checkpoint_dir_as_it_found_it(tmp_path: Path) -> None:
+    """A run refused after taking the run lock (a checkpoint of another model, a damaged one) left
+    run.lock and empty folders in a checkpoint.dir that held neither. What it wrote a file in stays,
+    and so does the lock file an earlier run left."""
+    from vikhr.train.run_lock import LOCK_FILE, run_lock
+
+    def refused(run_dir: Path, *folders: str, file: str | None = None) -> None:
+        """A run in `run_dir` that makes `folders` (and writes `file`), then is refused."""
+        with pytest.raises(VikhrError, match="refused"), run_lock(run_dir):
+            for name in folders:
+                (run_dir / name).mkdir()
+            if file is not None:
+                (run_dir / file).write_text("{}")
+            raise VikhrError("refused")
+
+    fresh = tmp_path / "new" / "runs" / "a"
+    refused(fresh, "data-cache")
+    assert not (tmp_path / "new").exists()  # with the parents made for it
+    refused(fresh, "data-cache", "tensorboard", file="data-cache/data-check.json")
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == [
+        "new",
+        "new/runs",
+        "new/runs/a",
+        "new/runs/a/data-cache",
+        "new/runs/a/data-cache/data-check.json",
+    ]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    refused(existing, "data-cache")
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    (existing / LOCK_FILE).write_text("")
+    refused(existing, "data-cache")
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt", LOCK_FILE]
+
+
+def test_a_stop_in_the_setup_of_a_new_checkpoint_dir_writes_its_record(
+    tmp_path: Path, dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop signal before the data cache existed: the new checkpoint.dir was removed with the run
+    lock, and writing stopped.json into it then failed with a traceback instead of the stop line."""
+    import os
+    import signal
+
+    from vikhr.errors import RunStopped
+    from vikhr.train import trainer
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        _config(tmp_path, dataset, checkpoint={"dir": str(run_dir), "save_on_signals": ["SIGUSR1"]})
+    )
+    monkeypatch.setattr(trainer, "check_data", lambda cfg: os.kill(os.getpid(), signal.SIGUSR1))
+    with pytest.raises(RunStopped, match="stopped on SIGUSR1 before step 1 of"):
+        trainer.run(cfg)
+    assert json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))["reason"] == "on SIGUSR1"
 
 
 def test_save_on_signals_defaults_to_slurms_notices_and_may_be_emptied(tmp_path: Path, dataset: str) -> None:

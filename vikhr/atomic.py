@@ -91,6 +91,27 @@ def scratch_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def missing_dirs(path: str | Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True)
+    makes, and what a refused command removes again (`remove_empty_dirs`)."""
+    missing = []
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty_dirs(created: Sequence[Path]) -> None:
+    """Remove the folders in `created` (a directory and the parents made for it, deepest first)
+    while they are empty: one something else has put a file in since stays, and the folders above it."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone)
+            break
+
+
 def _host_tag() -> str:
     """This host, briefly (a host name may be 64 characters; a file name only 255)."""
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10]

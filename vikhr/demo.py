@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.atomic import output_dir, temporary_path, write_text
+from vikhr.atomic import missing_dirs, output_dir, remove_empty_dirs, temporary_path, write_text
 from vikhr.errors import VikhrError, refuse_to_replace, require_file, require_writable_dir
 from vikhr.locks import exclusive
 from vikhr.tokenizer.byte_level import LLAMA3_PATTERN
@@ -644,16 +644,6 @@ def _check_memory(args: argparse.Namespace, base_vocab: int) -> None:
         )
 
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True) makes."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing.append(folder)
-    return missing
-
-
 def _leftovers(workdir: Path) -> list[Path]:
     """What is in `workdir` besides the demo's lock: an earlier run's outputs, or someone else's files."""
     return [entry for entry in workdir.iterdir() if entry.name != LOCK_FILE]
@@ -666,16 +656,6 @@ def _clear(workdir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-
-
-def _remove_empty(created: list[Path]) -> None:
-    """Remove the folders in `created` (the work directory and the parents made for it, deepest first)
-    while they are empty, in case something else (another demo among them) has put a file there."""
-    for folder in created:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or gone): it and the folders above it stay
-            break
 
 
 def _workdir_lock(workdir: Path) -> contextlib.AbstractContextManager[bool]:
@@ -716,14 +696,14 @@ def run(args: argparse.Namespace) -> int:
 
     import_megatron_core()  # the trainer's config and the training stages import megatron-core
     _check_memory(args, base_vocab)
-    created = _missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
+    created = missing_dirs(workdir)  # before --overwrite empties it: a folder that was there stays
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         with _workdir_lock(workdir):
             _run_stages(args, workdir, ru, en, chats)
     except VikhrError:
         # A refused corpus, --vocab-size, --seq-len or chats file leaves no half-made work directory behind.
-        _remove_empty(created)
+        remove_empty_dirs(created)
         raise
     return 0
 
