@@ -570,12 +570,17 @@ def test_start_or_reference_of_another_shape_is_one_line(
     overrides: list[str],
     fragment: str,
 ) -> None:
+    """The line named the checkpoint but not the config key that pointed at it, and came once the data
+    cache was built: the refused run left data-cache/ and run.lock in a checkpoint.dir that held neither."""
     from vikhr.cli import main
 
     config = _train_config(tmp_path, saved_run[1])
     argv = ["pretrain", "--config", str(config), f"{key}={saved_run[0] / 'step_000001'}", *overrides]
-    _one_error_line(capsys, main(argv), "step_000001", fragment)
-    assert not (tmp_path / "run" / "latest").exists()
+    _one_error_line(capsys, main(argv), f"config key {key}: checkpoint ", "step_000001", fragment)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # made for the run: it stays, as empty as it was
+    _one_error_line(capsys, main(argv), f"config key {key}: checkpoint ", fragment)
+    assert (tmp_path / "run").is_dir() and not any((tmp_path / "run").iterdir())
 
 
 def test_a_start_padded_to_another_vocab_multiple_trains(
@@ -606,13 +611,21 @@ def test_a_resume_with_another_vocabulary_size_names_the_vocabulary_size(
 ) -> None:
     """model.overrides.vocab_size changed between resumes was blamed on model.vocab_multiple ("pads
     the vocabulary to other rows"), which the user had not touched: it is named as a shape change."""
+    from tests.helpers import files_of
     from vikhr.cli import main
 
-    _copy_run(saved_run, tmp_path)
+    run = _copy_run(saved_run, tmp_path)
+    before = files_of(run)
     config = _train_config(tmp_path, saved_run[1], train={"steps": 3})
     status = main(["pretrain", "--config", str(config), "model.overrides.vocab_size=600"])
-    line = _one_error_line(capsys, status, "has another model shape: vocab_size 512 (run: 600)")
+    line = _one_error_line(
+        capsys,
+        status,
+        "config key checkpoint.resume (auto: the latest step in checkpoint.dir): checkpoint ",
+        "has another model shape: vocab_size 512 (run: 600)",
+    )
     assert "vocab_multiple" not in line
+    assert files_of(run) == before  # refused before megatron-core indexed the longer stream
 
 
 def test_gpus_without_dry_run_is_refused_not_ignored(

@@ -769,31 +769,52 @@ def read_meta(step_dir: Path) -> dict[str, Any]:
 
 
 def load_model(
-    model: torch.nn.Module, step_dir: Path, tp_rank: int, tp_size: int, expected: dict[str, Any] | None = None
+    model: torch.nn.Module,
+    step_dir: Path,
+    tp_rank: int,
+    tp_size: int,
+    expected: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> None:
     """Load only the weights of a checkpoint (starting point or KL reference).
 
     `expected`: the run's model shape (ModelConfig.to_dict()); a checkpoint of another shape is
-    refused with the differing fields named.
+    refused with the differing fields named, and `key`, the config key that named the checkpoint.
     """
     problem = checkpoint_problem(step_dir, weights_only=True)
     if problem is not None:
         raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
-    _check_shape(step_dir, meta, expected)
+    _check_shape(step_dir, meta, expected, key)
     same = _as_saved(model, step_dir, meta, tp_size)
     where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
     load_model_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
 
-def _check_shape(step_dir: Path, meta: dict[str, Any], expected: dict[str, Any] | None) -> None:
-    """Refuse a checkpoint of another model shape than the run's (`expected`), naming the fields."""
+def check_weights(step_dir: Path, expected: dict[str, Any], key: str) -> None:
+    """Refuse, before a model is built, a checkpoint whose weights a run would read that is damaged or
+    of another model shape than the run's (`expected`: ModelConfig.to_dict()), naming the config
+    `key` that points at it (and the differing fields). No tensor is read."""
+    problem = checkpoint_problem(step_dir, weights_only=True)
+    if problem is not None:
+        raise VikhrError(
+            f"config key {key}: checkpoint {step_dir} is damaged: {problem} (use another checkpoint)"
+        )
+    _check_shape(step_dir, read_meta(step_dir), expected, key)
+
+
+def _check_shape(
+    step_dir: Path, meta: dict[str, Any], expected: dict[str, Any] | None, key: str | None = None
+) -> None:
+    """Refuse a checkpoint of another model shape than the run's (`expected`), naming the fields
+    (and `key`, the config key that named the checkpoint)."""
     if expected is not None and "model" in meta:
         differ = shape_differences(meta["model"], expected)
         if differ:
+            named = f"config key {key}: " if key else ""
             raise VikhrError(
-                f"checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
-                "set model.preset / model.overrides to match it"
+                f"{named}checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
+                "set model.preset / model.overrides to match it, or give a checkpoint of this model"
             )
 
 
@@ -808,8 +829,10 @@ def resume(
     world: int,
     expected: dict[str, Any] | None = None,
     runtime: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Restore everything saved by `save`; returns the checkpoint's meta (step, consumed samples).
+    `key`: the config key that chose the checkpoint, named where it is refused.
 
     The layout may differ from the run that saved it — another DP or TP size: the weights and
     optimizer state are cut again for this layout. So may the `runtime` ({"device": "cuda" |
@@ -824,7 +847,7 @@ def resume(
     distributed = is_distributed_optimizer(optimizer)
     _check_resumable(step_dir, meta, distributed)
     # Before the padding: another vocabulary size pads to other rows too, but is not a padding change.
-    _check_shape(step_dir, meta, expected)
+    _check_shape(step_dir, meta, expected, key)
     if int(meta["tp"]) == tp_size and not _as_saved(model, step_dir, meta, tp_size):
         # The optimizer state is read as saved at the same TP size: its rows must be the weights'.
         raise VikhrError(
@@ -832,7 +855,7 @@ def resume(
             "changed): resume with the one it was saved with, or start from its weights "
             f"(model.init={step_dir})"
         )
-    load_model(model, step_dir, tp_rank, tp_size, expected)
+    load_model(model, step_dir, tp_rank, tp_size, expected, key)
     if distributed:
         _load_distributed_optimizer(optimizer, model, step_dir, meta, (tp_rank, tp_size, dp_rank))
         if saved_runtime.get("params_dtype") != runtime.get("params_dtype"):

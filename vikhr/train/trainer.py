@@ -402,6 +402,7 @@ def _locked_run(
             raise checkpoint.no_checkpoint(
                 "checkpoint.resume", where, ": give one, or checkpoint.resume=auto/never"
             )
+    _check_start_checkpoints(cfg, resume_from)
     start = None  # what model.init's lineage records, for a run starting from it
     if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
         init_dir = checkpoint.find_weights(cfg.model.init, "model.init")
@@ -416,6 +417,27 @@ def _locked_run(
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
+
+
+def _resume_key(cfg: TrainConfig) -> str:
+    """The config key that chose the checkpoint a run resumes from, as its errors name it."""
+    if cfg.checkpoint.resume == "auto":
+        return "checkpoint.resume (auto: the latest step in checkpoint.dir)"
+    return "checkpoint.resume"
+
+
+def _check_start_checkpoints(cfg: TrainConfig, resume_from: Path | None) -> None:
+    """Each checkpoint the run will read weights from is whole and of its model shape (`check_weights`):
+    a damaged one or one of another model stops the start in one line naming its config key, before
+    the data cache is built and a model allocated."""
+    read = {_resume_key(cfg): resume_from} if resume_from is not None else {}
+    if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
+        read["model.init"] = checkpoint.find_weights(cfg.model.init, "model.init")
+    if cfg.kl.weight > 0 and cfg.kl.reference != "init":
+        read["kl.reference"] = checkpoint.find_weights(cfg.kl.reference, "kl.reference")
+    expected = cfg.model.shape().to_dict()
+    for key, step_dir in read.items():
+        checkpoint.check_weights(step_dir, expected, key)
 
 
 def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | None) -> dict[str, Any] | None:
@@ -569,7 +591,7 @@ class Trainer:
     def _load_weights(self, model: torch.nn.Module, directory: str, key: str) -> None:
         step_dir = checkpoint.find_weights(directory, key)
         env = self.env
-        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict())
+        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict(), key)
 
     def _build_reference(self, resuming: bool) -> torch.nn.Module:
         """The frozen model of the KL term (none at λ = 0): the starting weights (kl.reference:
@@ -651,6 +673,7 @@ class Trainer:
             env.world_size,
             self.model_cfg.to_dict(),
             self.runtime(),
+            _resume_key(self.cfg),
         )
         step = self.step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
