@@ -136,7 +136,7 @@ def test_a_train_seq_len_too_long_for_this_machine_s_memory_is_refused_before_an
         "× train.seq_len = 2 × 10000000 tokens need about "
     )
     assert re.search(r"lower train\.seq_len to \d+ or less \(or train\.micro_batch\)\n$", err)
-    assert not (out / "work").exists()
+    assert not out.exists()  # the grid's lock made it: it was left behind, empty
 
 
 def test_more_eval_docs_than_held_out_documents_is_said(
@@ -213,6 +213,24 @@ def test_a_corpus_without_text_fields_names_no_flag_the_grid_lacks(
     assert main(["ablate", "--no-progress", str(_write(tmp_path / "ablate.yaml", cfg))]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"{corpus}:1: no string field 'text'" in line and "--text-key" not in line, line
+    assert not (tmp_path / "out").exists()  # its half-made preparation was left in out_dir/work
+
+
+def test_a_base_model_that_fails_leaves_no_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base model's training, refused or failed, left the cache_dir made for its entry, empty."""
+    from vikhr.ablate.runner import Ablation
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise VikhrError("refused")
+
+    cache = tmp_path / "caches" / "ablate"
+    cfg = {**MICRO, "out_dir": str(tmp_path / "out"), "cache_dir": str(cache)}
+    ablation = Ablation(load_ablate_config(_write(tmp_path / "ablate.yaml", cfg)))
+    ablation.en_train = ablation.en
+    monkeypatch.setattr(Ablation, "_train", refused)
+    with pytest.raises(VikhrError, match="refused"):
+        ablation.base_model()
+    assert not (tmp_path / "caches").exists()
 
 
 def test_a_second_grid_on_an_out_dir_in_use_is_refused(tmp_path: Path) -> None:

@@ -20,12 +20,13 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vikhr.ablate.config import AblateConfig, Arm, check_memory_here, trainer_config
-from vikhr.atomic import WrittenMeanwhile, output_dir, write_text
+from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
 from vikhr.tokenizer.corpus import corpus_sha256
@@ -167,7 +168,9 @@ class Ablation:
             return True
         en_all, _ = self._tokenize("base-en", self.en_train, self.base_tok)
         b = self.cfg.base
-        # Built beside the cache entry and renamed into place: an interrupted run leaves no entry.
+        # Built beside the cache entry and renamed into place: an interrupted run leaves no entry, and
+        # no cache_dir it made.
+        created = missing_dirs(cache.parent)
         try:
             with output_dir(cache) as tmp:
                 ckpt = self._train(
@@ -179,6 +182,9 @@ class Ablation:
         except WrittenMeanwhile:
             # Another grid trained the same base meanwhile: its entry serves this grid, as later ones.
             return True
+        except BaseException:
+            remove_empty_dirs(created)
+            raise
         return False
 
     def continued_data(self) -> None:
@@ -503,8 +509,12 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                     file=sys.stderr,
                 )
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
-        ab.prepare()
-        ab.continued_data()
+        try:
+            ab.prepare()
+            ab.continued_data()
+        except VikhrError:  # a refused corpus or tokenizer leaves no half-prepared grid
+            shutil.rmtree(ab.work, ignore_errors=True)
+            raise
         ab.save_state(settings)
     else:
         removed = ab.prune_unrecorded_runs(trained)
@@ -540,16 +550,25 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs)
 
 
-def grid_lock(out_dir: str | Path) -> contextlib.AbstractContextManager[bool]:
+@contextlib.contextmanager
+def grid_lock(out_dir: str | Path) -> Iterator[bool]:
     """One grid at a time in `out_dir`: a fresh run empties out_dir/work, a resumed one prunes it,
-    and both write the report there. A second grid is refused in one line naming the first."""
+    and both write the report there. A second grid is refused in one line naming the first. A grid
+    that fails before it wrote anything there (a corpus, a tokenizer or the memory refused) leaves no
+    out_dir it made."""
     out = Path(out_dir)
+    created = missing_dirs(out)
     out.mkdir(parents=True, exist_ok=True)
     busy = (
         f"out_dir {out} is in use by another ablation grid ({{holder}}); wait for it to end, or give "
         "this config another out_dir"
     )
-    return exclusive(out / ".ablate.lock", busy, remove=True)
+    try:
+        with exclusive(out / ".ablate.lock", busy, remove=True) as held:
+            yield held
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
 
 
 def _renamed(result: RunResult, arm: Arm) -> RunResult:
