@@ -536,6 +536,38 @@ def test_the_largest_batch_counts_for_a_rerun_only_when_auto_chooses_the_batch(t
     assert fingerprint(batch_size=4) != fingerprint(batch_size=8)
 
 
+@pytest.mark.parametrize(
+    ("options", "largest", "warned"),
+    [
+        ([], 64, False),
+        (["--batch-size", "auto"], 64, False),
+        (["--batch-size", "auto", "--max-batch-size", "8"], 8, False),
+        (["--batch-size", "4", "--max-batch-size", "8"], 8, True),
+        (["--max-batch-size", "64"], 64, True),  # the default's value, given: with the default batch of 1
+    ],
+)
+def test_a_largest_batch_given_with_a_fixed_batch_size_is_warned_of(
+    options: list[str], largest: int, warned: bool, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """--max-batch-size bounds only --batch-size auto: given with a fixed batch size it was ignored
+    without a word."""
+    from vikhr.eval import runner
+
+    taken: list[EvalSettings] = []
+    monkeypatch.setattr(runner, "run_eval", lambda settings: taken.append(settings) or {})
+    assert cli_main(["eval", "--model", str(tmp_path), "--tasks", "bpc", *options]) == 0
+    assert taken[0].max_batch_size == largest
+    lines = capsys.readouterr().err.splitlines()
+    if warned:
+        size = options[options.index("--batch-size") + 1] if "--batch-size" in options else "1"
+        assert lines == [
+            f"warning: --max-batch-size {largest} bounds only --batch-size auto: with --batch-size {size} "
+            "it is not used"
+        ]
+    else:
+        assert lines == []
+
+
 def test_an_output_over_a_file_of_another_kind_is_refused(
     tiny_dir: Path, tmp_path: Path, capsys: Any
 ) -> None:

@@ -16,6 +16,8 @@ from vikhr.progress_bar import add_no_progress
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
 # The tasks whose data the default data directory holds.
 DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
+# The largest batch --batch-size auto may choose when --max-batch-size is not given.
+DEFAULT_MAX_BATCH_SIZE = 64
 # How the Markdown table vikhr eval writes begins (vikhr.eval.runner.markdown_table).
 _TABLE_START = b"Model: `"
 
@@ -162,6 +164,20 @@ def _refuse_to_replace_other_files(output: Path) -> None:
             )
 
 
+def _max_batch_size(args: argparse.Namespace) -> int:
+    """--max-batch-size, or its default; one warning line when a fixed --batch-size leaves it unused
+    (a script that switches between auto and a number may keep passing it, so it is not refused)."""
+    if args.max_batch_size is None:
+        return DEFAULT_MAX_BATCH_SIZE
+    if args.batch_size != "auto":
+        print(
+            f"warning: --max-batch-size {args.max_batch_size} bounds only --batch-size auto: with "
+            f"--batch-size {args.batch_size} it is not used",
+            file=sys.stderr,
+        )
+    return args.max_batch_size
+
+
 def _output_lock(output: Path) -> contextlib.AbstractContextManager[bool]:
     """Held while a run writes `output` (and keeps its finished tasks beside it)."""
     busy = (
@@ -217,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         limit=args.limit,
         num_fewshot=args.num_fewshot,
         batch_size=args.batch_size,
-        max_batch_size=args.max_batch_size,
+        max_batch_size=_max_batch_size(args),
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
@@ -264,8 +280,8 @@ def _add_running_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-batch-size",
         type=_positive_int,
-        default=64,
-        help="the largest batch 'auto' may choose (default 64)",
+        help=f"the largest batch --batch-size auto may choose (default {DEFAULT_MAX_BATCH_SIZE}); a fixed "
+        "--batch-size does not use it (a warning says so)",
     )
     g.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:N")
     g.add_argument(
