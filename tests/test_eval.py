@@ -568,6 +568,17 @@ def test_a_largest_batch_given_with_a_fixed_batch_size_is_warned_of(
         assert lines == []
 
 
+def test_the_seeds_help_names_what_it_draws() -> None:
+    """--seed's help said it seeds the few-shot sampling, yet ruHumanEval's sampled completions follow
+    it too."""
+    from vikhr.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    [seed] = [action for action in verbs["eval"]._actions if action.dest == "seed"]
+    assert "mera_ruhumaneval's sampled completions" in seed.help
+    assert "terra, rucola, chegeka, the rsg_* tasks with --num-fewshot" in seed.help
+
+
 def test_an_output_over_a_file_of_another_kind_is_refused(
     tiny_dir: Path, tmp_path: Path, capsys: Any
 ) -> None:

@@ -1113,6 +1113,37 @@ def test_a_rerun_of_an_interrupted_evaluation_reuses_its_finished_tasks(
         assert changed.load("rsg_parus", parus_data) is None, other
 
 
+def test_the_seed_draws_the_sampled_shots_and_ruhumaneval_s_completions_only(
+    tiny_lm: Any, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--seed's help said it seeds the few-shot sampling, yet ruHumanEval's sampled completions
+    follow it too. One seed gives one result; another changes the shots lm-eval draws (TERRa's) and
+    ruHumanEval's completions, not MERA's fixed shots (LCS's) nor the prompts of ruHumanEval."""
+    # A random model never reaches a stop sequence: shorter completions keep the run fast.
+    name = "mera_ruhumaneval"
+    monkeypatch.setitem(MERA_TASKS, name, dataclasses.replace(MERA_TASKS[name], max_gen_toks=8))
+    tasks = ["rsg_terra", "mera_lcs", name]
+
+    def run(seed: int) -> dict[str, list[tuple[Any, Any]]]:
+        settings = settings_for(
+            tiny_dir, tasks, FIXTURES, limit=2, num_fewshot=2, log_samples=True, bootstrap_iters=0, seed=seed
+        )
+        samples = run_eval(settings, lm=tiny_lm)["samples"]
+        return {task: [(s["arguments"], s["resps"]) for s in samples[task]] for task in tasks}
+
+    first = run(1234)
+    assert run(1234) == first
+    other = run(7)
+    assert other["mera_lcs"] == first["mera_lcs"]
+
+    def prompts(run: dict[str, list[tuple[Any, Any]]], task: str) -> list[Any]:
+        return [arguments for arguments, _ in run[task]]
+
+    assert prompts(other, "rsg_terra") != prompts(first, "rsg_terra")
+    assert prompts(other, name) == prompts(first, name)
+    assert [r for _, r in other[name]] != [r for _, r in first[name]]
+
+
 def test_a_zero_shot_task_needs_no_shot_file(tmp_path: Path) -> None:
     """A 0-shot run (a task's default, or --num-fewshot 0) never uses the shots, yet every task asked
     for its shot file: a user with only the scored split got "data file not found: .../train.jsonl".

@@ -350,7 +350,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed",
         type=_seed,
         default=1234,
-        help="seed of the few-shot sampling (MERA's shots are fixed), 0 to 2^32-1 (default 1234)",
+        help="seed of what is drawn at random, 0 to 2^32-1 (default 1234): the shots drawn from a train "
+        "split (terra, rucola, chegeka, the rsg_* tasks with --num-fewshot) and mera_ruhumaneval's sampled "
+        "completions; MMLU's and MERA's shots are fixed, the other generations greedy",
     )
     p.add_argument(
         "--log-samples", action="store_true", help="keep per-document prompts and outputs in the JSON"
