@@ -41,6 +41,7 @@ from vikhr.eval.tasks import (
     clean_terra_text,
     normalize_answer,
     qa_scores,
+    task_files,
     token_f1,
 )
 from vikhr.jsonl import read_jsonl, read_texts
@@ -512,12 +513,101 @@ def test_a_rerun_reuses_finished_tasks_whichever_way_its_paths_are_written(
         settings = settings_for(
             where / "m", ["bpc"], where / "data", bpc_data=where / "texts.jsonl", tokenizer=where / "m"
         )
-        return TaskProgress(tmp_path / "progress", settings, False)._fingerprint("bpc", [])
+        return TaskProgress(tmp_path / "progress", settings)._fingerprint("bpc", [])
 
     typed = fingerprint(Path("."))
     assert fingerprint(tmp_path) == typed
     assert fingerprint(Path("..") / tmp_path.name) == typed
     assert fingerprint(Path("data")) != typed  # other directories: another run
+
+
+def _kept_settings(tmp_path: Path, tasks: list[str]) -> EvalSettings:
+    """Settings of a run on a stand-in model directory (the fingerprint reads no weights)."""
+    (tmp_path / "m").mkdir(exist_ok=True)
+    (tmp_path / "m" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "texts.jsonl").write_text('{"text": "а"}\n', encoding="utf-8")
+    return settings_for(tmp_path / "m", tasks, tmp_path / "data", bpc_data=tmp_path / "texts.jsonl")
+
+
+def test_a_finished_task_runs_again_only_when_a_setting_of_its_own_changed(tmp_path: Path) -> None:
+    """The rerun fingerprint was one for the whole run: --bpc-field, --bpc-data, --num-fewshot or
+    --mera-submission, which concern some tasks only, made every finished task run again."""
+    from vikhr.eval.progress import TaskProgress
+
+    names = ["terra", "xquad_ru", "chegeka", "mera_rwsd", "bpc"]
+    base = _kept_settings(tmp_path, names)
+    (tmp_path / "other.jsonl").write_text('{"text": "б"}\n', encoding="utf-8")
+
+    def data(settings: EvalSettings, name: str) -> list[Path]:
+        return task_files(name, settings.data_dir, settings.bpc_data, settings.num_fewshot)
+
+    kept = TaskProgress(tmp_path / "progress", base)
+    for name in names:
+        kept.save(name, data(base, name), {"task": name})
+
+    def reused(**changed: Any) -> list[str]:
+        settings = dataclasses.replace(base, **changed)
+        progress = TaskProgress(tmp_path / "progress", settings)
+        return [name for name in names if progress.load(name, data(settings, name)) == {"task": name}]
+
+    assert reused() == names
+    assert reused(bpc_field="body") == names[:-1]
+    assert reused(bpc_data=tmp_path / "other.jsonl") == names[:-1]
+    # Only CheGeKa runs with shots by default (4): 0 changes it alone.
+    assert reused(num_fewshot=0) == ["terra", "xquad_ru", "mera_rwsd", "bpc"]
+    # MERA's archive is written from the mera_* tasks' samples, which the first run did not keep.
+    assert reused(mera_submission=tmp_path / "mera.zip") == ["terra", "xquad_ru", "chegeka", "bpc"]
+    assert reused(log_samples=True) == []
+    for every_task in ({"seed": 7}, {"limit": 3}, {"dtype": "bfloat16"}, {"chat_template": True}):
+        assert reused(**every_task) == [], every_task
+
+
+def test_every_setting_has_its_place_in_the_rerun_fingerprint() -> None:
+    """A setting in none of the lists would be left out of every task's fingerprint: a rerun that
+    changed it would take results it does not give."""
+    from vikhr.eval import progress
+
+    placed = [*progress.EVERY_TASK, *progress.SOME_TASKS, *progress.PER_TASK, *progress.NOT_IN_RESULTS]
+    assert sorted(placed) == sorted(f.name for f in dataclasses.fields(EvalSettings))
+
+
+def test_a_task_kept_with_the_whole_runs_fingerprint_is_reused_by_the_same_settings(tmp_path: Path) -> None:
+    """Earlier releases kept each finished task with one fingerprint of the whole run's settings: an
+    interrupted run of theirs, resumed by this one, takes those tasks while no setting changed."""
+    import hashlib
+
+    import lm_eval
+
+    from vikhr.eval.progress import TaskProgress, _files_under, _run_outputs
+
+    settings = _kept_settings(tmp_path, ["terra", "bpc"])
+    settings.mera_submission = tmp_path / "mera.zip"
+
+    def whole_run_fingerprint(settings: EvalSettings, key: str, data: list[Path]) -> str:
+        # As those releases computed it (vikhr/eval/progress.py before per-task fingerprints).
+        left_out = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
+        kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in left_out}
+        if kept["batch_size"] != "auto":
+            del kept["max_batch_size"]
+        resolved = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
+        common = {
+            "settings": json.loads(json.dumps(resolved, default=str)),
+            "log_samples": True,  # the MERA archive's samples: every task kept its own
+            "model": _files_under(settings.model_dir, skip=_run_outputs(settings)),
+            "tokenizer": None,
+            "versions": [vikhr.__version__, lm_eval.__version__],
+        }
+        stamps = [stamp for path in data for stamp in _files_under(path)]
+        text = json.dumps({**common, "task": key, "data": stamps}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    kept = tmp_path / "progress"
+    kept.mkdir()
+    record = {"fingerprint": whole_run_fingerprint(settings, "bpc", [settings.bpc_data]), "result": {"n": 1}}
+    (kept / "bpc.json").write_text(json.dumps(record), encoding="utf-8")
+    assert TaskProgress(kept, settings).load("bpc", [settings.bpc_data]) == {"n": 1}
+    changed = dataclasses.replace(settings, seed=7)
+    assert TaskProgress(kept, changed).load("bpc", [settings.bpc_data]) is None
 
 
 def test_the_largest_batch_counts_for_a_rerun_only_when_auto_chooses_the_batch(tmp_path: Path) -> None:
@@ -527,7 +617,7 @@ def test_the_largest_batch_counts_for_a_rerun_only_when_auto_chooses_the_batch(t
 
     def fingerprint(**kw: Any) -> str:
         settings = settings_for(tmp_path, ["bpc"], tmp_path, **kw)
-        return TaskProgress(tmp_path / "progress", settings, False)._fingerprint("bpc", [])
+        return TaskProgress(tmp_path / "progress", settings)._fingerprint("bpc", [])
 
     assert fingerprint(batch_size=4, max_batch_size=8) == fingerprint(batch_size=4, max_batch_size=64)
     assert fingerprint(batch_size="auto", max_batch_size=8) != fingerprint(

@@ -285,9 +285,9 @@ def test_a_rerun_with_another_template_beside_the_tokenizer_file_runs_again(
     settings = settings_for(
         directory, ["mmlu_ru"], FIXTURES, chat_template=True, tokenizer=directory / "tokenizer.json"
     )
-    before = TaskProgress(tmp_path / "progress", settings, False)._fingerprint("mmlu_ru", [])
+    before = TaskProgress(tmp_path / "progress", settings)._fingerprint("mmlu_ru", [])
     (directory / "chat_template.jinja").write_text(TEMPLATE.replace("<<user>>", "<<u>>"), encoding="utf-8")
-    assert TaskProgress(tmp_path / "progress", settings, False)._fingerprint("mmlu_ru", []) != before
+    assert TaskProgress(tmp_path / "progress", settings)._fingerprint("mmlu_ru", []) != before
 
 
 def test_a_template_that_does_not_render_is_one_line_before_the_model_loads(

@@ -1106,11 +1106,14 @@ def test_a_rerun_of_an_interrupted_evaluation_reuses_its_finished_tasks(
             assert all(a.read(n) == b.read(n) for n in a.namelist()), archive
 
     parus_data = [FIXTURES / "russian-superglue" / "PARus" / "val.jsonl"]  # 0-shot: no train.jsonl
-    same = TaskProgress(progress, settings(tmp_path / "resumed", progress), log_samples=True)
+    same = TaskProgress(progress, settings(tmp_path / "resumed", progress))
     assert same.load("rsg_parus", parus_data) is not None
-    for other in ({"seed": 7}, {"limit": 3}, {"num_fewshot": 0}):
-        changed = TaskProgress(progress, settings(tmp_path / "resumed", progress, **other), log_samples=True)
+    for other in ({"seed": 7}, {"limit": 3}, {"num_fewshot": 1}):
+        changed = TaskProgress(progress, settings(tmp_path / "resumed", progress, **other))
         assert changed.load("rsg_parus", parus_data) is None, other
+    # PARus runs 0-shot by default: --num-fewshot 0 leaves it as it ran.
+    zero_shot = TaskProgress(progress, settings(tmp_path / "resumed", progress, num_fewshot=0))
+    assert zero_shot.load("rsg_parus", parus_data) is not None
 
 
 def test_the_seed_draws_the_sampled_shots_and_ruhumaneval_s_completions_only(

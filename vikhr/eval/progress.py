@@ -3,11 +3,13 @@
 A full suite on a 7B model runs for hours: a time limit, a preemption or a crash near the end
 should not cost the tasks already done. As each task (or Russian SuperGLUE test split) ends, its
 lm-eval results, samples and cost go to `<output>.partial/<task>.json`, with a fingerprint of
-everything its numbers depend on: the evaluation settings, the model directory's files (names,
-sizes, modification times; not the run's own outputs written there), the tokenizer given, the
-task's data files and the library versions. A rerun of the same command takes a task whose
-fingerprint matches instead of running it, and the directory is removed once the output is
-written. The files are JSON: nothing read back runs code.
+everything that task's numbers depend on: the settings that change every task (`EVERY_TASK`) and
+those that change it alone (`SOME_TASKS`), its number of shots, whether it keeps its samples, the
+model directory's files (names, sizes, modification times; not the run's own outputs written
+there), the tokenizer given, the task's data files and the library versions. A rerun takes a task
+whose fingerprint matches instead of running it, so a setting that concerns other tasks
+(`--bpc-field`, `--bpc-data`, `--num-fewshot` for a task without shots) leaves it reusable. The
+directory is removed once the output is written. The files are JSON: nothing read back runs code.
 """
 
 from __future__ import annotations
@@ -21,10 +23,37 @@ from typing import Any
 
 from vikhr.atomic import write_text
 from vikhr.errors import VikhrError
+from vikhr.eval.tasks import effective_fewshot
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
-# The settings that change where results go, not what they are.
-_NOT_IN_RESULTS = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
+# What each field of vikhr.eval.runner.EvalSettings changes (docs/eval.md, "Interrupted runs"; a
+# test checks that every field is in one of the four). The results of every task (--seed too, though
+# it changes only the drawn shots and ruHumanEval's completions: which tasks draw hangs on --num-fewshot):
+EVERY_TASK = (
+    "model_dir",
+    "tokenizer",
+    "limit",
+    "batch_size",
+    "max_batch_size",  # only with batch_size "auto", the one it bounds
+    "device",
+    "dtype",
+    "max_length",
+    "bootstrap_iters",
+    "seed",
+    "chat_template",
+    "fewshot_as_multiturn",
+    "system_instruction",
+)
+# The results of the tasks named only.
+SOME_TASKS: dict[str, tuple[str, ...]] = {"bpc_field": ("bpc",)}
+# Those recorded through what they make of each task: the data directory and --bpc-data through the
+# task's data files, --num-fewshot through its number of shots, --log-samples and the submission
+# archives through whether it keeps its samples (`keeps_samples`).
+PER_TASK = ("data_dir", "bpc_data", "num_fewshot", "log_samples", "mera_submission", "rsg_submission")
+# Where results go, not what they are.
+NOT_IN_RESULTS = ("tasks", "progress_dir")
+# The settings left out of the whole run's fingerprint, which earlier releases gave every task.
+_NOT_IN_WHOLE_RUN = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
 
 
 def _file_stamp(path: Path) -> list[Any]:
@@ -65,14 +94,26 @@ def _tokenizer_files(path: Path) -> list[list[Any]]:
     return stamps
 
 
-def _settings_in_results(settings: Any) -> dict[str, Any]:
-    """The settings the results depend on, as JSON: paths resolved (`--model ./m` and `--model /abs/m`
-    are one run), and the largest batch only when 'auto' may choose it."""
-    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_IN_RESULTS}
-    if kept["batch_size"] != "auto":  # a fixed batch size: --max-batch-size is not used
-        del kept["max_batch_size"]
+def _settings_as_json(settings: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The settings `names` as JSON: paths resolved (`--model ./m` and `--model /abs/m` are one run),
+    and the largest batch only when 'auto' may choose it."""
+    kept = {name: getattr(settings, name) for name in names}
+    if settings.batch_size != "auto":  # a fixed batch size: --max-batch-size is not used
+        kept.pop("max_batch_size", None)
     resolved = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
     return json.loads(json.dumps(resolved, default=str))
+
+
+def keeps_samples(key: str, settings: Any) -> bool:
+    """Whether task `key` (`<task>.test` for a Russian SuperGLUE test split) keeps its per-document
+    samples: with --log-samples, and where a submission archive is written from them (MERA's from
+    the mera_* tasks, Russian SuperGLUE's from the test splits and LiDiRus's scored run)."""
+    return (
+        settings.log_samples
+        or key.endswith(".test")
+        or (settings.mera_submission is not None and key.startswith("mera_"))
+        or (settings.rsg_submission is not None and key == "rsg_lidirus")
+    )
 
 
 def as_json(value: Any) -> Any:
@@ -88,7 +129,7 @@ def as_json(value: Any) -> Any:
 class TaskProgress:
     """Saved and reusable task results of one evaluation (does nothing when `directory` is None)."""
 
-    def __init__(self, directory: Path | None, settings: Any, log_samples: bool) -> None:
+    def __init__(self, directory: Path | None, settings: Any) -> None:
         self.directory = directory
         self.reused: list[str] = []
         if directory is None:
@@ -97,9 +138,9 @@ class TaskProgress:
 
         import vikhr
 
+        self._settings = settings
         self._common = {
-            "settings": _settings_in_results(settings),
-            "log_samples": log_samples,
+            "settings": _settings_as_json(settings, EVERY_TASK),
             # An --output inside the model directory (its lock appears and goes with each run) is
             # not the model: stamped, it would make every rerun's fingerprint differ.
             "model": _files_under(settings.model_dir, skip=_run_outputs(settings)),
@@ -108,8 +149,32 @@ class TaskProgress:
         }
 
     def _fingerprint(self, key: str, data: list[Path]) -> str:
+        name = key.removesuffix(".test")
+        own = tuple(setting for setting, tasks in SOME_TASKS.items() if name in tasks)
+        task = {
+            "task": key,
+            "data": [stamp for path in data for stamp in _files_under(path)],
+            "shots": effective_fewshot(name, self._settings.num_fewshot),
+            "samples": keeps_samples(key, self._settings),
+            "task_settings": _settings_as_json(self._settings, own),
+        }
+        text = json.dumps({**self._common, **task}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _whole_run_fingerprint(self, key: str, data: list[Path]) -> str:
+        """The fingerprint earlier releases gave every task, of the whole run's settings: a task such a
+        run saved is taken when none of them changed."""
+        settings = self._settings
+        names = tuple(f.name for f in dataclasses.fields(settings) if f.name not in _NOT_IN_WHOLE_RUN)
+        common = {
+            **self._common,
+            "settings": _settings_as_json(settings, names),
+            "log_samples": settings.log_samples
+            or settings.mera_submission is not None
+            or settings.rsg_submission is not None,
+        }
         stamps = [stamp for path in data for stamp in _files_under(path)]
-        text = json.dumps({**self._common, "task": key, "data": stamps}, sort_keys=True)
+        text = json.dumps({**common, "task": key, "data": stamps}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -124,7 +189,10 @@ class TaskProgress:
             saved = json.loads(self._path(key).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
             return None  # a damaged file is run again, not trusted
-        if not isinstance(saved, dict) or saved.get("fingerprint") != self._fingerprint(key, data):
+        if not isinstance(saved, dict) or saved.get("fingerprint") not in (
+            self._fingerprint(key, data),
+            self._whole_run_fingerprint(key, data),
+        ):
             return None
         self.reused.append(key)
         return saved.get("result")

@@ -19,7 +19,7 @@ from vikhr.adapt.safetensors_io import checkpoint_headers
 from vikhr.atomic import temporary_paths
 from vikhr.errors import VikhrError, first_line, not_an_hf_model_dir
 from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
-from vikhr.eval.progress import TaskProgress, as_json
+from vikhr.eval.progress import TaskProgress, as_json, keeps_samples
 from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, checked_task_files, task_config_of_files
 from vikhr.eval.tasks import TASK_GROUPS, TASKS, effective_fewshot, task_files
@@ -59,8 +59,8 @@ class EvalSettings:
     mera_submission: Path | None = None  # write MERA's submission archive (.zip) of the mera_* tasks here
     # Run the rsg_* tasks on their test splits too and write the leaderboard's archive (.zip) here.
     rsg_submission: Path | None = None
-    # Keep each finished task here, and take those an interrupted run of the same settings left
-    # (vikhr.eval.progress); the CLI uses `<--output>.partial`.
+    # Keep each finished task here, and take those an interrupted run left whose own settings are
+    # unchanged (vikhr.eval.progress); the CLI uses `<--output>.partial`.
     progress_dir: Path | None = None
 
 
@@ -538,12 +538,10 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         )
     raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
     cost: dict[str, dict[str, Any]] = {}
-    # The submission archives are written from the per-document responses.
-    log_samples = settings.log_samples or settings.mera_submission is not None or bool(test_splits)
-    progress = TaskProgress(settings.progress_dir, settings, log_samples)
+    progress = TaskProgress(settings.progress_dir, settings)
     # One task at a time, so that each task's time and compute can be told apart.
     for name, task in tasks.items():
-        done = _task_result(lm, name, task, settings, log_samples, progress)
+        done = _task_result(lm, name, task, settings, progress)
         if done is None:  # only on non-zero ranks of a distributed run
             return {}
         for key in ("results", "n-samples", "samples"):
@@ -563,8 +561,8 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
         return {}
     if progress.reused:
         print(
-            f"note: {len(progress.reused)} task(s) taken from an earlier, interrupted run of the same "
-            f"settings ({settings.progress_dir}): {', '.join(progress.reused)}",
+            f"note: {len(progress.reused)} task(s) taken from an earlier, interrupted run "
+            f"({settings.progress_dir}), none of their settings changed: {', '.join(progress.reused)}",
             file=sys.stderr,
         )
     used = tokenizer.path if tokenizer is not None else settings.tokenizer or settings.model_dir
@@ -600,7 +598,6 @@ def _task_result(
     name: str,
     task: Any,
     settings: EvalSettings,
-    log_samples: bool,
     progress: TaskProgress,
     test_split: bool = False,
 ) -> dict[str, Any] | None:
@@ -618,7 +615,8 @@ def _task_result(
     start = _task_start(lm)
     if hasattr(lm, "task_name"):  # vikhr's model names the task in its notes
         lm.task_name = name
-    part = _evaluate(lm, name, task, settings, log_samples)
+    # Samples where --log-samples asks for them or a submission archive is written from them.
+    part = _evaluate(lm, name, task, settings, keeps_samples(key, settings))
     if part is None:
         return None
     done = as_json(
@@ -699,7 +697,7 @@ def _run_test_splits(
             # LiDiRus is its own test split: the scored run's predictions are the submission's.
             samples[name] = scored_samples[name]
             continue
-        done = _task_result(lm, name, task, settings, True, progress, test_split=True)
+        done = _task_result(lm, name, task, settings, progress, test_split=True)
         if done is None:
             return None
         samples[name] = done["part"]["samples"][name]
