@@ -1261,6 +1261,35 @@ def test_a_trained_run_exports_its_source_once_its_start_is_deleted(
     assert json.loads((out / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
 
 
+def test_a_run_of_a_shorter_max_seq_len_exports_the_longest_position_range_of_its_lineage(
+    tmp_path: Path,
+) -> None:
+    """config.json's max_position_embeddings was the last run's max_seq_len (its preset's or
+    model.overrides'): a run from a 128-position source with max_seq_len 32 exported a model of 32
+    positions, though training on shorter windows leaves the range as it was. It is now the longest
+    of the lineage: the source's, or a run's that raised it, whether the start is a conversion, a
+    trained run, or a checkpoint of an older version walked to its start. RoPE stays the source's."""
+    hf = _tiny_hf(tmp_path / "hf", family="llama3")
+    start = hf_to_megatron(hf, tmp_path / "meg")
+    shape = json.loads((start / "meta.json").read_text())["model"]
+    assert shape["max_seq_len"] == 128
+    _train_from(start, {**shape, "max_seq_len": 32}, tmp_path / "short", steps=1)
+    _train_from(start, {**shape, "max_seq_len": 256}, tmp_path / "long", steps=1)
+    _train_from(tmp_path / "long", {**shape, "max_seq_len": 32}, tmp_path / "long-then-short", steps=1)
+    older = shutil.copytree(tmp_path / "short", tmp_path / "older") / "step_000001"
+    meta = json.loads((older / "meta.json").read_text())
+    (older / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "inherited"}))
+    source = json.loads((hf / "config.json").read_text())
+    for run, positions in {"short": 128, "older": 128, "long": 256, "long-then-short": 256}.items():
+        out = megatron_to_hf(tmp_path / run, tmp_path / f"{run}-hf")
+        exported = json.loads((out / "config.json").read_text())
+        assert exported["max_position_embeddings"] == positions, run
+        # RoPE θ and its llama3 scaling, and the rest of the model, read back as the source's.
+        assert hf_config_to_model_config(exported) == hf_config_to_model_config(
+            {**source, "max_position_embeddings": positions}
+        ), run
+
+
 def test_the_source_generation_config_is_exported_with_the_tokenizers_stop_ids(tmp_path: Path) -> None:
     """generation_config.json was made from the tokenizer alone: the source's sampling settings and
     pad id were dropped, and without a tokenizer none was written."""

@@ -34,7 +34,7 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class Recorded:
     tokenizer: RecordedTokenizer | None
     source: HFSource | None  # what `hf-to-megatron` recorded of the HF model at the lineage's root
     missing_start: Path | None = None  # the model.init, not found, where the lineage ended short of both
+    # The longest max_seq_len of the lineage (the HF source's max_position_embeddings, each run's):
+    # a run on shorter windows leaves the model's position range as it was.
+    max_seq_len: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -91,6 +94,8 @@ class Recorded:
             record["tokenizer"] = self.tokenizer.to_json()
         if self.source is not None:
             record["hf_source"] = self.source.to_json()
+        if self.max_seq_len is not None:
+            record["max_seq_len"] = self.max_seq_len
         if self.missing_start is not None:
             record["missing_start"] = str(self.missing_start)
         return record
@@ -220,23 +225,36 @@ def _inherited_tokenizer(ancestor: Ancestor, inherited: dict[str, Any]) -> Recor
     return dataclasses.replace(tok, recorded_by=f"{here}, inherited from {tok.recorded_by}")
 
 
+def _longest(lengths: Iterable[Any]) -> int | None:
+    """The longest of the position ranges a lineage records (what is not a positive int is no record)."""
+    valid = [n for n in lengths if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return max(valid, default=None)
+
+
 def recorded_in_lineage(step_dir: Path) -> Recorded:
     """The tokenizer a checkpoint step directory records, directly or through its run (see module
     doc), and what `hf-to-megatron` recorded of the HF model its lineage was converted from: the
     first of each found along one walk of the lineage (vikhr.convert.lineage), which ends at a
-    checkpoint recording what it inherits."""
-    tokenizer, source, missing = None, None, None
+    checkpoint recording what it inherits; and the longest max_seq_len of the checkpoints walked
+    and of what they inherit."""
+    tokenizer, source, missing, lengths = None, None, None, []
     for ancestor in lineage(step_dir):
         tokenizer = tokenizer or _tokenizer_of(ancestor)
         source = source or hf_source(ancestor)
         missing = ancestor.missing_start
+        model = ancestor.meta.get("model")
+        lengths.append(model.get("max_seq_len") if isinstance(model, dict) else None)
         if (inherited := ancestor.inherited) is not None:
             tokenizer = tokenizer or _inherited_tokenizer(ancestor, inherited)
             start = inherited.get("missing_start")
             missing = Path(start) if isinstance(start, str) else None
+            lengths.append(inherited.get("max_seq_len"))  # absent from records of older versions
         if tokenizer is not None and source is not None:
-            return Recorded(tokenizer, source)
-    return Recorded(tokenizer, source, missing)
+            missing = None
+            break
+    if source is not None:
+        lengths.append(source.config.get("max_position_embeddings"))
+    return Recorded(tokenizer, source, missing, _longest(lengths))
 
 
 def warn_of_cut_lineage(

@@ -838,7 +838,7 @@ def megatron_to_hf(
     of the HF model the checkpoint's lineage was converted from (vikhr.convert.lineage: what a trained
     run recorded of its start, or for a checkpoint of an older version what its model.init records),
     with the model's shape and the tokenizer's ids over them; where a start is gone and they are not
-    found, one warning line says so. Their
+    found, one warning line says so. max_position_embeddings: the lineage's longest max_seq_len. Their
     pad_token_id is the tokenizer's pad token where it has one; else the source's is kept where it
     is the same token in the exported tokenizer as in the one the source was converted with (with
     another tokenizer it may name another token, or none), and is null otherwise; so is the
@@ -869,7 +869,9 @@ def megatron_to_hf(
     if tok is not None and recorded is not None:
         warn_of_changed_template(tok, recorded)
     headers = _read_megatron_shards(step_dir, meta, cfg)
-    hf_cfg = model_config_to_hf_config(cfg, source.config if source is not None else None)
+    # A run of a shorter max_seq_len (its preset's, or its training windows') keeps the lineage's range.
+    longest = cfg.with_overrides(max_seq_len=max(cfg.max_seq_len, found.max_seq_len or 0))
+    hf_cfg = model_config_to_hf_config(longest, source.config if source is not None else None)
     warn_of_cut_lineage(found, step_dir, given_tokenizer=tokenizer is not None, written=hf_cfg)
     dtype = headers[0].tensors["embedding.word_embeddings.weight"].dtype
     dtype = str(torch_dtype(dtype)).removeprefix("torch.")
