@@ -311,9 +311,49 @@ def test_megatron_flags_rejected_clearly(tmp_path: Path, capsys) -> None:
         "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
     ]  # fmt: skip
     assert vikhr_main([*base, "--split-sentences"]) == 2
-    assert "--split-sentences is not supported" in capsys.readouterr().err
-    assert vikhr_main([*base, "--partitions", "4"]) == 2
-    assert "--partitions must be 1" in capsys.readouterr().err
+    assert "--split-sentences is not supported: vikhr writes each document as one sequence" in (
+        capsys.readouterr().err
+    )
+    refused = {
+        ("--partitions", "4"): "--partitions 4 without --keep-sequential-samples interleaves the documents "
+        "in Megatron-LM; vikhr keeps them in input order, streaming the inputs in one pass: add "
+        "--keep-sequential-samples, or drop --partitions (--workers sets the parallelism)",
+        ("--partitions", "0", "--keep-sequential-samples"): "--partitions must be 1 or more, got 0",
+        ("--dataset-impl", "lazy"): "--dataset-impl lazy is not supported: vikhr writes the mmap format "
+        "(.bin/.idx), the only one megatron-core reads; give --dataset-impl mmap or drop it",
+        ("--dataset-impl", "cached"): "--dataset-impl cached is not supported: vikhr writes the mmap",
+        ("--chunk-size", "0"): "--chunk-size must be 1 or more, got 0",
+        ("--vocab-extra-ids", "-1"): "--vocab-extra-ids must be 0 or more, got -1",
+    }
+    for flags, said in refused.items():
+        assert vikhr_main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(f"vikhr data preprocess: error: {said}") and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_megatron_flags_whose_output_is_vikhr_s_are_accepted(tmp_path: Path, lines: list[str]) -> None:
+    """Flags of Megatron-LM's releases before megatron-core 0.5 (--dataset-impl mmap, --chunk-size),
+    --vocab-extra-ids (its preprocess_data.py sets 0), 0.16's --tokenizer-hf-use-fast and --partitions
+    with --keep-sequential-samples (the same documents in input order) were "unrecognized arguments" or
+    refused; they now give the bytes vikhr writes without them."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    common = ["--input", str(src), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model"]
+    common += [str(HF_TOKENIZER), "--append-eod", "--no-progress"]
+    assert vikhr_main(["data", "preprocess", *common, "--output-prefix", str(tmp_path / "plain")]) == 0
+    megatron = [
+        *common, "--output-prefix", str(tmp_path / "flags"), "--dataset-impl", "mmap", "--chunk-size", "25",
+        "--vocab-extra-ids", "100", "--tokenizer-hf-use-fast", "--workers", "4", "--partitions", "4",
+        "--keep-sequential-samples", "--log-interval", "1000", "--lang", "russian", "--keep-newlines",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *megatron],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for suffix in ("_text_document.bin", "_text_document.idx"):
+        assert (tmp_path / f"flags{suffix}").read_bytes() == (tmp_path / f"plain{suffix}").read_bytes()
 
 
 def test_megatron_tokenizer_types_vikhr_lacks_say_what_to_give_instead(tmp_path: Path, capsys) -> None:
@@ -416,11 +456,13 @@ def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
          "tokenizer import-tekken"),
         (["--tiktoken-num-special-tokens", "1000"], "goes with --tokenizer-type TikTokenizer"),
         (["--null-tokenizer-eod-id", "2"], "goes with --tokenizer-type NullTokenizer, which"),
+        (["--tiktoken-special-tokens", "<unk>", "<s>"], "goes with --tokenizer-type TikTokenizer, which"),
     ],
     ids=[
         "no-special-tokens", "remote-code", "special-tokens", "optimal-workers", "workers-to-check",
         "no-use-fast", "no-ignore-spaces", "disable-ignore-spaces", "metadata", "chat-template",
         "padded-vocab", "no-pad-vocab", "tiktoken-pattern", "tiktoken-specials", "null-eod",
+        "tiktoken-special-tokens",
     ],
 )  # fmt: skip
 def test_recent_megatron_flags_vikhr_does_not_honour_say_what_to_do(

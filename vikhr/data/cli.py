@@ -46,6 +46,7 @@ MEGATRON_FLAGS_OF_TYPES: dict[str, str] = {
     "--tiktoken-num-special-tokens": "TikTokenizer",
     "--null-tokenizer-eod-id": "NullTokenizer",
     "--null-tokenizer-pad-id": "NullTokenizer",
+    "--tiktoken-special-tokens": "TikTokenizer",  # megatron-core 0.10 to 0.17
 }
 # The refused flags that take values (as Megatron-LM's: `+` several, None one); the others are switches.
 _REFUSED_VALUES: dict[str, str | None] = {
@@ -56,6 +57,7 @@ _REFUSED_VALUES: dict[str, str | None] = {
     "--chat-template": None,
     "--padded-vocab-size": None,
     **dict.fromkeys(MEGATRON_FLAGS_OF_TYPES),
+    "--tiktoken-special-tokens": "+",
 }
 # Flags of recent Megatron-LM releases that change no id here: accepted and ignored.
 MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
@@ -65,7 +67,10 @@ MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
     "--tokenizer-sentencepiece-legacy": "accepted; it changes no id without --tokenizer-special-tokens, "
     "which vikhr refuses",
     "--use-gigatoken": "accepted; a faster encoder in Megatron-LM, the same ids (vikhr's own is in Rust)",
+    "--tokenizer-hf-use-fast": "accepted; vikhr encodes with the tokenizer.json, the fast tokenizer",
 }
+# Megatron-LM's --dataset-impl (releases before megatron-core 0.5): vikhr writes the one it kept.
+DATASET_IMPL = "mmap"
 
 
 def _tokenizer_type(value: str) -> str:
@@ -92,7 +97,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (one dataset each)")
     g.add_argument("--skip-invalid", action="store_true", help="skip and count bad lines instead of failing")
-    g.add_argument("--split-sentences", action="store_true", help="not supported (rejected)")
+    g.add_argument("--split-sentences", action="store_true", help=_REFUSED)
     g.add_argument("--keep-newlines", action="store_true", help="accepted; newlines are always kept")
     g.add_argument("--lang", default=None, help="accepted and ignored (only used for sentence splitting)")
     g = p.add_argument_group("tokenizer")
@@ -112,15 +117,35 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-file", default=None, help="not supported (rejected)")
     g.add_argument("--merge-file", default=None, help="not supported (rejected)")
     g.add_argument("--vocab-size", type=int, default=None, help="not supported (rejected)")
-    g.add_argument("--vocab-extra-ids", type=int, default=0, help="only 0 is supported")
+    g.add_argument(
+        "--vocab-extra-ids",
+        type=int,
+        default=0,
+        help="accepted and ignored, as Megatron-LM's preprocess_data.py does (it sets 0)",
+    )
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
     for flag, said in MEGATRON_FLAGS_ACCEPTED.items():
         g.add_argument(flag, action="store_true", help=said)
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
+    g.add_argument(
+        "--dataset-impl",
+        default=None,
+        help=f"accepted as {DATASET_IMPL}, the format written (the only one megatron-core reads); "
+        "lazy and cached are refused",
+    )
     g = p.add_argument_group("runtime")
     g.add_argument("--workers", type=int, default=0, help="tokenizer threads (0 = all cores)")
-    g.add_argument("--partitions", type=int, default=1, help="only 1 is supported (inputs stream anyway)")
+    g.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="accepted with --keep-sequential-samples (the documents stay in input order; the inputs are "
+        "streamed in one pass, --workers sets the parallelism)",
+    )
+    g.add_argument(
+        "--chunk-size", type=int, default=None, help="accepted; the threads take their work in batches"
+    )
     g.add_argument("--log-interval", type=int, default=None, help="accepted; a progress bar is shown instead")
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
@@ -138,11 +163,36 @@ def _given(args: argparse.Namespace, flag: str) -> bool:
     return getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False)
 
 
+def _check_runtime_flags(args: argparse.Namespace) -> None:
+    """Megatron-LM's flags of its output format and of how its processes share the work: taken where
+    its output with them is vikhr's, refused in one line where it is not."""
+    if args.dataset_impl not in (None, DATASET_IMPL):
+        raise VikhrError(
+            f"--dataset-impl {args.dataset_impl} is not supported: vikhr writes the {DATASET_IMPL} format "
+            f"(.bin/.idx), the only one megatron-core reads; give --dataset-impl {DATASET_IMPL} or drop it"
+        )
+    if args.vocab_extra_ids < 0:
+        raise VikhrError(f"--vocab-extra-ids must be 0 or more, got {args.vocab_extra_ids}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise VikhrError(f"--chunk-size must be 1 or more, got {args.chunk_size}")
+    if args.partitions < 1:
+        raise VikhrError(f"--partitions must be 1 or more, got {args.partitions}")
+    if args.partitions > 1 and not args.keep_sequential_samples:
+        raise VikhrError(
+            f"--partitions {args.partitions} without --keep-sequential-samples interleaves the documents "
+            "in Megatron-LM; vikhr keeps them in input order, streaming the inputs in one pass: add "
+            "--keep-sequential-samples, or drop --partitions (--workers sets the parallelism)"
+        )
+
+
 def run_preprocess(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import preprocess
 
     if args.split_sentences:
-        raise VikhrError("--split-sentences is not supported by vikhr's pre-tokenizer; drop it")
+        raise VikhrError(
+            "--split-sentences is not supported: vikhr writes each document as one sequence, as GPT "
+            "pre-training reads it (Megatron-LM splits sentences with NLTK for BERT-style data); drop it"
+        )
     for flag, advice in MEGATRON_FLAGS_REFUSED.items():
         if _given(args, flag):
             raise VikhrError(f"{flag} is not supported: {advice}")
@@ -167,10 +217,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
                 f"{flag} is not read: the vocabulary comes from --tokenizer-model (a tokenizer.json holds "
                 "the vocabulary and merges); drop it"
             )
-    if args.vocab_extra_ids:
-        raise VikhrError("--vocab-extra-ids is not supported; add special tokens to the tokenizer instead")
-    if args.partitions != 1:
-        raise VikhrError("--partitions must be 1: inputs are streamed, partitioning is not needed")
+    _check_runtime_flags(args)
     if not 0 <= args.workers <= MAX_WORKERS:
         raise VikhrError(f"--workers must be from 0 (all cores) to {MAX_WORKERS}, got {args.workers}")
     summary = preprocess(
