@@ -1142,9 +1142,36 @@ def test_a_run_s_start_up_checks_read_each_sft_metadata_once(
         assert recorded is not None
         return recorded.template_sha256
 
+    _written_an_hour_ago(meta)  # a file written in the last seconds is read on each call
     assert start_up_checks() is None  # the Mistral template is vikhr's own: no sha256
     assert reads.count(meta) == 1
     prepared = json.loads(read_text(meta))
     write_text(meta, json.dumps({**prepared, "template_sha256": "0" * 64}))
+    _written_an_hour_ago(meta)
     assert start_up_checks() == "0" * 64
     assert reads.count(meta) == 2
+
+
+def _written_an_hour_ago(path: Path) -> None:
+    import os
+    import time
+
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))
+
+
+def test_sft_metadata_written_again_within_a_time_stamp_s_tick_is_read_anew(tmp_path: Path) -> None:
+    """The cached `_sft.json` was keyed on inode, size and mtime: a file written again in place (or
+    renamed onto a freed inode) with the same size within one tick of the file system's clock kept
+    its identity, and the start-up checks read the old metadata."""
+    import os
+
+    from vikhr.sft.layout import read_sft_json
+
+    meta = tmp_path / "chats_sft.json"
+    meta.write_text('{"max_token_id": 100}', encoding="utf-8")
+    stamp = meta.stat().st_mtime_ns
+    assert read_sft_json(meta) == {"max_token_id": 100}
+    meta.write_text('{"max_token_id": 999}', encoding="utf-8")  # the same size, in place
+    os.utime(meta, ns=(stamp, stamp))  # and within the same tick
+    assert read_sft_json(meta) == {"max_token_id": 999}
