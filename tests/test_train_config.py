@@ -546,6 +546,33 @@ def test_a_failed_run_leaves_checkpoint_dir_as_it_found_it(tmp_path: Path) -> No
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt", LOCK_FILE]
 
 
+def test_a_failed_run_keeps_what_the_run_before_it_added_while_it_waited_for_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What checkpoint.dir held was listed before the lock was taken: an empty folder the run holding
+    the lock made before it ended counted as the refused run's own, and was removed."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from vikhr.train import run_lock as run_lock_module
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    taken = run_lock_module.exclusive
+
+    @contextlib.contextmanager
+    def after_the_holder_ended(lock_path: Path, busy: str) -> Iterator[bool]:
+        (run_dir / "tensorboard").mkdir()  # the earlier run's, made just before it let the lock go
+        with taken(lock_path, busy) as held:
+            yield held
+
+    monkeypatch.setattr(run_lock_module, "exclusive", after_the_holder_ended)
+    with pytest.raises(VikhrError, match="refused"), run_lock_module.run_lock(run_dir):
+        (run_dir / "data-cache").mkdir()
+        raise VikhrError("refused")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["tensorboard"]
+
+
 def test_a_stop_in_the_setup_of_a_new_checkpoint_dir_writes_its_record(
     tmp_path: Path, dataset: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

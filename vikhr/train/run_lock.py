@@ -32,12 +32,14 @@ def run_lock(checkpoint_dir: str | Path) -> Iterator[None]:
     directory = Path(checkpoint_dir)
     created = missing_dirs(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    found = {entry.name for entry in directory.iterdir()}
+    lock_was_there = (directory / LOCK_FILE).exists()
     busy = (
         f"checkpoint.dir {directory} is in use by another run ({{holder}}); wait for it to end, "
         "stop it, or give this run another checkpoint.dir"
     )
     with exclusive(directory / LOCK_FILE, busy):
+        # Taken under the lock: a run that held it until now may have added folders until it ended.
+        found = {entry.name for entry in directory.iterdir() if entry.name != LOCK_FILE or lock_was_there}
         try:
             yield
         except BaseException as e:
