@@ -571,27 +571,35 @@ def test_every_setting_has_its_place_in_the_rerun_fingerprint() -> None:
     assert sorted(placed) == sorted(f.name for f in dataclasses.fields(EvalSettings))
 
 
-def test_a_task_kept_with_the_whole_runs_fingerprint_is_reused_by_the_same_settings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resolved", [False, True])
+def test_a_task_kept_with_the_whole_runs_fingerprint_is_reused_by_the_same_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolved: bool
+) -> None:
     """Earlier releases kept each finished task with one fingerprint of the whole run's settings: an
-    interrupted run of theirs, resumed by this one, takes those tasks while no setting changed."""
+    interrupted run of theirs, resumed by this one, takes those tasks while no setting changed. The
+    first wrote the settings as given (`--model m`, --max-batch-size with a fixed batch); only the
+    later form, paths resolved, was taken."""
     import hashlib
 
     import lm_eval
 
     from vikhr.eval.progress import TaskProgress, _files_under, _run_outputs
 
-    settings = _kept_settings(tmp_path, ["terra", "bpc"])
+    _kept_settings(tmp_path, ["terra", "bpc"])
+    monkeypatch.chdir(tmp_path)
+    settings = settings_for(Path("m"), ["terra", "bpc"], Path("data"), bpc_data=Path("texts.jsonl"))
     settings.mera_submission = tmp_path / "mera.zip"
 
     def whole_run_fingerprint(settings: EvalSettings, key: str, data: list[Path]) -> str:
         # As those releases computed it (vikhr/eval/progress.py before per-task fingerprints).
         left_out = ("tasks", "progress_dir", "mera_submission", "rsg_submission")
         kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in left_out}
-        if kept["batch_size"] != "auto":
-            del kept["max_batch_size"]
-        resolved = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
+        if resolved:
+            if kept["batch_size"] != "auto":
+                del kept["max_batch_size"]
+            kept = {k: v.resolve() if isinstance(v, Path) else v for k, v in kept.items()}
         common = {
-            "settings": json.loads(json.dumps(resolved, default=str)),
+            "settings": json.loads(json.dumps(kept, default=str)),
             "log_samples": True,  # the MERA archive's samples: every task kept its own
             "model": _files_under(settings.model_dir, skip=_run_outputs(settings)),
             "tokenizer": None,

@@ -161,21 +161,22 @@ class TaskProgress:
         text = json.dumps({**self._common, **task}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _whole_run_fingerprint(self, key: str, data: list[Path]) -> str:
-        """The fingerprint earlier releases gave every task, of the whole run's settings: a task such a
-        run saved is taken when none of them changed."""
+    def _whole_run_fingerprints(self, key: str, data: list[Path]) -> list[str]:
+        """The fingerprints earlier releases gave every task, of the whole run's settings: a task such a
+        run saved is taken when none of them changed. Those releases wrote the settings as given (paths
+        as typed, --max-batch-size always), and then resolved (see `_settings_as_json`)."""
         settings = self._settings
         names = tuple(f.name for f in dataclasses.fields(settings) if f.name not in _NOT_IN_WHOLE_RUN)
-        common = {
-            **self._common,
-            "settings": _settings_as_json(settings, names),
-            "log_samples": settings.log_samples
-            or settings.mera_submission is not None
-            or settings.rsg_submission is not None,
-        }
+        as_given = json.loads(json.dumps({name: getattr(settings, name) for name in names}, default=str))
+        archives = (settings.mera_submission, settings.rsg_submission)
+        log_samples = settings.log_samples or any(archive is not None for archive in archives)
         stamps = [stamp for path in data for stamp in _files_under(path)]
-        text = json.dumps({**common, "task": key, "data": stamps}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        fingerprints = []
+        for written in (as_given, _settings_as_json(settings, names)):
+            common = {**self._common, "settings": written, "log_samples": log_samples}
+            text = json.dumps({**common, "task": key, "data": stamps}, sort_keys=True)
+            fingerprints.append(hashlib.sha256(text.encode()).hexdigest())
+        return fingerprints
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
@@ -191,7 +192,7 @@ class TaskProgress:
             return None  # a damaged file is run again, not trusted
         if not isinstance(saved, dict) or saved.get("fingerprint") not in (
             self._fingerprint(key, data),
-            self._whole_run_fingerprint(key, data),
+            *self._whole_run_fingerprints(key, data),
         ):
             return None
         self.reused.append(key)
