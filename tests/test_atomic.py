@@ -4,6 +4,7 @@ one above it, or one holding an input. Checked on the helpers and through the co
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from vikhr.ablate.runner import GRID_STATE, _check_is_grid_work
 from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.atomic import output_dir, write_text
 from vikhr.cli import main as cli_main
-from vikhr.errors import VikhrError, refuse_to_replace, require_output_dir
+from vikhr.errors import VikhrError, overlap, refuse_to_replace, require_output_dir
 
 
 def _files(root: Path) -> set[str]:
@@ -44,6 +45,25 @@ def test_the_working_directory_and_those_above_it_are_never_replaced(
     with output_dir(sibling) as work:
         (work / "new").write_text("new")
     assert _files(sibling) == {"new"}
+
+
+def test_overlap_tells_how_an_output_touches_an_input(tmp_path: Path) -> None:
+    """Commands compared an output with their inputs each their own way (resolved paths equal, a
+    resolved path under another, os.path.samefile): one path given through a link, a relative path
+    or a hard link was the input to one command and not to another. Now one rule serves them all."""
+    (tmp_path / "tok").mkdir()
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(chats)
+    os.link(chats, tmp_path / "hard.jsonl")
+    for same in (tmp_path / "link.jsonl", tmp_path / "hard.jsonl", tmp_path / "tok" / ".." / "chats.jsonl"):
+        assert overlap(same, chats) == "is" and overlap(chats, same) == "is"
+    assert overlap(tmp_path / "new.jsonl", tmp_path / "new.jsonl") == "is"  # not written yet
+    assert overlap(tmp_path / "tok" / "mix.jsonl", tmp_path / "tok") is None  # a directory named only
+    assert overlap(tmp_path / "tok" / "mix.jsonl", tmp_path / "tok", input_whole=True) == "in"
+    assert overlap(tmp_path, chats) is None
+    assert overlap(tmp_path, chats, output_whole=True) == "holds"
+    assert overlap(tmp_path / "other.jsonl", chats, output_whole=True, input_whole=True) is None
 
 
 def test_an_output_holding_an_input_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 
 class VikhrError(Exception):
@@ -212,11 +212,33 @@ def refuse_to_replace(path: Path, inputs: Sequence[str | Path] = (), flag: str =
             "would delete everything in it (give a new directory for the output)"
         )
     for item in inputs:
-        if Path(item).resolve().is_relative_to(target):
+        if overlap(path, Path(item), output_whole=True):
             raise VikhrError(
                 f"{flag} {path} holds the input {item}: replacing it would delete the input "
                 "(give the output a directory of its own)"
             )
+
+
+def overlap(
+    output: Path, input_path: Path, *, output_whole: bool = False, input_whole: bool = False
+) -> Literal["is", "in", "holds"] | None:
+    """How writing `output` would touch `input_path`, checked before any work: "is" where the two are one
+    file or directory (through symbolic links, relative paths and hard links), "in" where `output`
+    lies in `input_path`, a directory read whole (`input_whole`), "holds" where `input_path` lies in
+    `output`, a directory replaced whole (`output_whole`); None where the input is left alone."""
+    written, read = output.resolve(), input_path.resolve()
+    if written == read:
+        return "is"
+    try:
+        if os.path.samefile(written, read):
+            return "is"
+    except OSError:  # either does not exist
+        pass
+    if input_whole and written.is_relative_to(read):
+        return "in"
+    if output_whole and read.is_relative_to(written):
+        return "holds"
+    return None
 
 
 def require_output_file(path: str | Path, what: str) -> Path:

@@ -50,7 +50,14 @@ from vikhr.adapt.vocab_source import (
     with_added_tokens,
 )
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
+from vikhr.errors import (
+    VikhrError,
+    not_an_hf_model_dir,
+    overlap,
+    read_json_object,
+    require_dir,
+    require_output_dir,
+)
 from vikhr.tokenizer.load import (
     CHAT_TEMPLATE_FILE,
     Tokenizer,
@@ -434,7 +441,7 @@ def _check_paths(
     model_dir: str | Path, out_dir: str | Path, init: str, overwrite: bool, inputs: list[str | Path | None]
 ) -> tuple[Path, Path]:
     model_dir = require_dir(model_dir, "model directory")
-    if Path(out_dir).resolve() == model_dir.resolve():
+    if overlap(Path(out_dir), model_dir):
         raise VikhrError("--out must differ from --model (the input is read while the output is written)")
     others = [p for p in inputs if p is not None]
     out_dir = require_output_dir(out_dir, overwrite, inputs=[model_dir, *others])

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vikhr import atomic
-from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.errors import VikhrError, overlap, require_output_prefix
 from vikhr.locks import abandoned, exclusive
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
@@ -452,7 +452,7 @@ def merge(
             "empty, which Megatron cannot load"
         )
     require_output_prefix(output_prefix)
-    if Path(output_prefix).resolve() in {Path(name).resolve() for name in names}:
+    if any(overlap(Path(output_prefix), Path(name)) for name in names):
         raise VikhrError(f"the merge output {output_prefix} is also an input; choose another prefix")
     try:
         with writing([output_prefix]), replacing_records([output_prefix]):

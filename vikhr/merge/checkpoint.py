@@ -36,7 +36,14 @@ from vikhr.adapt.safetensors_io import (
     write_computed,
 )
 from vikhr.atomic import output_dir
-from vikhr.errors import VikhrError, not_an_hf_model_dir, read_json_object, require_dir, require_output_dir
+from vikhr.errors import (
+    VikhrError,
+    not_an_hf_model_dir,
+    overlap,
+    read_json_object,
+    require_dir,
+    require_output_dir,
+)
 from vikhr.merge.schedule import Schedule
 from vikhr.merge.slerp import METHODS, Method, interpolate
 from vikhr.sft.hf_chat import as_jinja_reads, chat_template_in
@@ -87,7 +94,7 @@ def _check_paths(
     a, b = require_dir(model_a, "model A directory"), require_dir(model_b, "model B directory")
     if a.resolve() == b.resolve():  # a copy at any t: surely a mistyped path
         raise VikhrError(f"model A and model B are the same directory ({a}); give the two models to merge")
-    if Path(out).resolve() in (a.resolve(), b.resolve()):
+    if overlap(Path(out), a) or overlap(Path(out), b):
         raise VikhrError("--out must differ from both models (they are read while the output is written)")
     return a, b, require_output_dir(out, overwrite, inputs=[a, b])
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vikhr.atomic import scratch_file, temporary_path, write_text
-from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.errors import VikhrError, overlap, require_writable_dir
 from vikhr.jsonl import read_jsonl
 from vikhr.sft.build_config import BuildConfig, SourceConfig, load_build_config
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, near_duplicates
@@ -369,24 +369,23 @@ def _refuse_overlaps(cfg: BuildConfig, out_path: Path) -> None:
         scores = check_scores_path(cfg.reward.scores)
         outputs = [("the output", f) if f == out_path else (f"the output's {f.name}", f) for f in written]
         for what, f in [*read, *outputs]:
-            if scores.resolve() == f.resolve():
+            if overlap(scores, f):
                 raise VikhrError(
                     f"{cfg.path}: reward.scores {scores} is {what}: scores would be appended to it (give a "
                     "scores file of its own)"
                 )
-    places = [(what, place.resolve(), place.is_dir()) for what, place in read]
     for f in written:
-        target = f.resolve()
         who = f"output {out_path}" if f == out_path else f"output {out_path}: {f.name}, written beside it,"
-        for what, place, whole in places:
-            if target == place:
+        for what, place in read:
+            how = overlap(f, place, input_whole=place.is_dir())
+            if how == "is":
                 raise VikhrError(
                     f"{who} is also {what}: the build would replace its input (choose another output)"
                 )
-            if whole and target.is_relative_to(place):
+            if how == "in":
                 raise VikhrError(
-                    f"{who} is in {what} {place}: the build would write among its files (give the output a "
-                    "directory of its own)"
+                    f"{who} is in {what} {place.resolve()}: the build would write among its files (give the "
+                    "output a directory of its own)"
                 )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
-from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.errors import VikhrError, overlap, require_output_prefix
 from vikhr.jsonl import record_lines
 from vikhr.sft.layout import CHAT_ENCODING, read_prepared_sft, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
@@ -160,9 +160,8 @@ def _refuse_replacing_an_input(
     """VikhrError, before any work, when a file the run writes is one it reads (chats named
     `mix_sft.json`, prepared with the prefix `mix`): the output would replace it."""
     for flag, given in inputs.items():
-        read = Path(given).resolve()
         for path in paths.values():
-            if path.resolve() == read:
+            if overlap(path, Path(given)):
                 raise VikhrError(
                     f"--output-prefix {output_prefix} writes {path}, which is the {flag} file: the run "
                     "would replace its input (choose another --output-prefix)"

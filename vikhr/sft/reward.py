@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError, read_json_object, require_dir, require_output_file
+from vikhr.errors import VikhrError, overlap, read_json_object, require_dir, require_output_file
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
@@ -61,20 +61,12 @@ def check_scores_path(scores_path: str | Path, chats_path: str | Path | None = N
             f"scores file {p}: scores are appended as plain JSONL, not {suffix}-compressed (give a name "
             f"without {p.suffix}, e.g. {p.with_suffix('')})"
         )
-    if chats_path is not None and _same_file(p, Path(chats_path)):
+    if chats_path is not None and overlap(p, Path(chats_path)):
         raise VikhrError(
             f"scores file {p} is the chats file {chats_path}: scores would be appended to the chats "
             "(give a scores file of its own)"
         )
     return p
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether `a` and `b` are one existing file (through links and relative paths)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either does not exist
-        return False
 
 
 def load_scores(path: str | Path, scorer: str | None = None) -> dict[str, float]:
