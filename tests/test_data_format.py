@@ -145,6 +145,8 @@ def test_a_first_scan_reads_the_index_once(tmp_path: Path, monkeypatch: pytest.M
     from vikhr.data import indexed
 
     write_indexed(tmp_path / "d", [[5, 6, 7], [31999]], "uint16")
+    for suffix in (".bin", ".idx"):  # written a while ago: files of the last seconds are read anew
+        os.utime(tmp_path / f"d{suffix}", ns=(1_000_000_000, 1_000_000_000))
     reads = []
     inspect_index, reader_class = _core.inspect_index, _core.IndexedDatasetReader
     monkeypatch.setattr(_core, "inspect_index", lambda prefix: reads.append(prefix) or inspect_index(prefix))
@@ -161,6 +163,23 @@ def test_a_first_scan_reads_the_index_once(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(indexed, "_INSPECTED", {})
     assert validate(tmp_path / "d", record=ValidationRecord(tmp_path / "data-check.json")).tokens == 4
     assert len(reads) == 2
+
+
+def test_a_dataset_written_again_within_a_time_stamp_s_tick_is_inspected_anew(tmp_path: Path) -> None:
+    """The counts of a validated dataset were cached by its files' inode, size and mtime: files
+    written again in place (or renamed onto freed inodes) with the same sizes within one tick of the
+    file system's clock kept their identity, and `inspect` gave the old counts."""
+    from vikhr.data import indexed
+
+    write_indexed(tmp_path / "d", [[1, 2, 3, 4]], "uint16")  # 8 bytes of .bin
+    write_indexed(tmp_path / "other", [[1, 2]], "int32")  # 8 bytes too, and an index of the same size
+    stamps = {s: (tmp_path / f"d{s}").stat().st_mtime_ns for s in (".bin", ".idx")}
+    assert indexed.inspect(tmp_path / "d").tokens == 4
+    for suffix, stamp in stamps.items():
+        (tmp_path / f"d{suffix}").write_bytes((tmp_path / f"other{suffix}").read_bytes())  # in place
+        os.utime(tmp_path / f"d{suffix}", ns=(stamp, stamp))  # and within the same tick
+    info = indexed.inspect(tmp_path / "d")
+    assert (info.tokens, info.dtype) == (2, "int32")
 
 
 def test_validation_records_of_two_runs_sharing_a_cache_keep_both_runs_entries(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -1443,6 +1444,8 @@ def test_start_up_checks_read_each_dataset_index_once_per_process(
     for name in ("ru", "en"):
         preprocess([src], tmp_path / name, MISTRAL_TOKENIZER, append_eod=True)
         corpus[name] = f"{tmp_path}/{name}_text_document"
+        for suffix in (".bin", ".idx"):  # written a while ago: files of the last seconds are read anew
+            os.utime(corpus[name] + suffix, ns=(1_000_000_000, 1_000_000_000))
     model = {"overrides": {"vocab_size": 32000}}
     config = write_config(tmp_path / "c.yaml", corpus, tmp_path / "run", model=model)
     reads = {"inspect": 0, "reader": 0}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from types import TracebackType
 
 from vikhr import atomic
 from vikhr.errors import VikhrError, overlap, require_output_prefix
+from vikhr.file_stamps import FileStamp, file_stamp, settled
 from vikhr.locks import abandoned, exclusive
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
@@ -95,25 +97,27 @@ def _info(prefix: str, raw: dict, max_token_id: int | None = None) -> IndexInfo:
 
 # Counts of the datasets this process has validated, by `identity`: a trainer's start-up checks
 # (config, blend, model.init's tokenizer, the data itself) on every rank would each read a corpus's
-# index of gigabytes again.
+# index of gigabytes again. Files written in the last seconds are read anew (see `settled`).
 _INSPECTED: dict[tuple, IndexInfo] = {}
 _INSPECTED_MAX = 4096
 
 
-def identity(prefix: str) -> tuple:
-    """What changes when `{prefix}.bin/.idx` are written again: the files' inode, size and mtime
-    (vikhr and Megatron's tools rename a new file into place, so an inode is never reused in place)."""
-    values: list = [prefix]
-    for suffix in (".bin", ".idx"):
-        st = os.stat(prefix + suffix)
-        values += [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-    return tuple(values)
+def identity(prefix: str) -> tuple[str, FileStamp, FileStamp]:
+    """What changes when `{prefix}.bin/.idx` are written again, once settled: the stamps of both files."""
+    return prefix, file_stamp(prefix + ".bin"), file_stamp(prefix + ".idx")
 
 
-def _remember(stamp: tuple, info: IndexInfo) -> None:
+def _remember(before: tuple[str, FileStamp, FileStamp], read_started_ns: int, info: IndexInfo) -> None:
+    """Cache `info`, read from files whose identity was `before`, where their stamps are settled."""
+    try:
+        after = identity(before[0])
+    except OSError:  # removed since it was read
+        return
+    if not settled(before[1:], after[1:], read_started_ns):
+        return
     if len(_INSPECTED) >= _INSPECTED_MAX:
         _INSPECTED.clear()
-    _INSPECTED[stamp] = info
+    _INSPECTED[before] = info
 
 
 def inspect(prefix: PathLike) -> IndexInfo:
@@ -123,6 +127,7 @@ def inspect(prefix: PathLike) -> IndexInfo:
 
     prefix = str(prefix)
     _check_files(prefix)
+    started = time.time_ns()
     stamp = identity(prefix)
     if stamp in _INSPECTED:
         return _INSPECTED[stamp]
@@ -130,7 +135,7 @@ def inspect(prefix: PathLike) -> IndexInfo:
         info = _info(prefix, _core.inspect_index(prefix))
     except ValueError as e:
         raise VikhrError(f"invalid indexed dataset: {e}") from None
-    _remember(stamp, info)
+    _remember(stamp, started, info)
     return info
 
 
@@ -233,13 +238,14 @@ class IndexedReader:
 
         self.prefix = str(prefix)
         _check_files(self.prefix)
+        started = time.time_ns()
         stamp = identity(self.prefix)
         try:
             self._reader = _core.IndexedDatasetReader(self.prefix)
         except ValueError as e:
             raise VikhrError(f"invalid indexed dataset: {e}") from None
         self.info = _info(self.prefix, self._reader.info())
-        _remember(stamp, self.info)
+        _remember(stamp, started, self.info)
 
     def __len__(self) -> int:
         return len(self._reader)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from vikhr.data.indexed import dataset_prefix
 from vikhr.errors import VikhrError
+from vikhr.file_stamps import file_stamp, settled
 
 # data.packing: whole chats back to back in a window (pack), or one chat per window (pad).
 Packing = Literal["pack", "pad"]
@@ -75,15 +76,6 @@ def missing_sft_file(prefix: str | Path) -> str | None:
 # at every dataset's metadata, which is read from disk once.
 _READ: dict[tuple, Any] = {}
 _READ_MAX = 4096
-# A file system stamps a write with the time of its clock's last tick (milliseconds to seconds
-# apart), and frees a replaced file's inode for the next new one: a file written this recently may
-# be written again, the same size, with the same identity. It is read again each time until then.
-_SETTLED_NS = 2_000_000_000
-
-
-def _identity(meta_path: Path) -> tuple:
-    st = os.stat(meta_path)
-    return (os.path.abspath(meta_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_sft_json(meta_path: Path) -> Any:
@@ -91,12 +83,13 @@ def read_sft_json(meta_path: Path) -> Any:
     inode, size and mtime: `vikhr sft prepare` renames a new file into place); a copy, which the
     caller may change. A file modified in the last seconds, or while it was read, is read anew on
     each call. OSError or ValueError where it cannot be read or parsed."""
-    now = time.time_ns()
-    identity = _identity(meta_path)
+    started = time.time_ns()
+    stamp = file_stamp(meta_path)
+    identity = (os.path.abspath(meta_path), stamp)
     if identity in _READ:
         return copy.deepcopy(_READ[identity])
     value = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    if now - identity[-1] > _SETTLED_NS and _identity(meta_path) == identity:
+    if settled([stamp], [file_stamp(meta_path)], started):
         if len(_READ) >= _READ_MAX:
             _READ.clear()
         _READ[identity] = copy.deepcopy(value)
