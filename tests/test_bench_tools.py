@@ -84,6 +84,14 @@ def test_bench_train_without_a_gpu_names_cpu_small() -> None:
     assert "no CUDA device: run with --cpu-small" in _refusal("bench_train.py", [])
 
 
+def test_bench_kernels_refuses_a_json_path_in_a_missing_directory() -> None:
+    """The JSON is written after the first vocabulary size: a missing directory was a traceback
+    there, after that size had been measured."""
+    tiny = ["--device", "cpu", "--n", "8", "--vocab", "16", "--runs", "1", "--impls", "eager"]
+    line = _refusal("bench_kernels.py", [*tiny, "--json", "/nonexistent-dir/k.json"])
+    assert "--json /nonexistent-dir/k.json: no directory /nonexistent-dir" in line
+
+
 _EVAL = ["--random", "tiny", "--device", "cpu", "--tasks", "terra", "--limit", "2", "--batch-sizes", "1"]
 
 

@@ -56,9 +56,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+
+from bench_cli import BenchParser, check_cuda, check_output_file, positive
 
 REPO = Path(__file__).resolve().parent.parent
 IMPLS = ("vikhr fused", "vikhr persistent", "vikhr smem", "vikhr fused/buf", "eager", "compile", "liger")
@@ -445,48 +445,25 @@ def _run_worker(args: argparse.Namespace, impl: str, v: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one line (as vikhr's commands report them), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"bench_kernels.py: error: {message} (see 'bench_kernels.py --help')\n")
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse type: a number of `kind` above 0 (a zero size or count divided by zero, or failed
-    in torch, after the header was printed)."""
-
-    def parse(value: str) -> int | float:
-        try:
-            number = kind(value)
-        except ValueError:
-            number = 0
-        if not number > 0 or number == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {value!r}")
-        return number
-
-    return parse
-
-
 def _parse_args() -> argparse.Namespace:
-    parser = _OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(description=__doc__)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     parser.add_argument(
-        "--n", type=_positive(int), default=None, help="tokens (rows); default 512 on CPU, 8192 on CUDA"
+        "--n", type=positive(int), default=None, help="tokens (rows); default 512 on CPU, 8192 on CUDA"
     )
-    parser.add_argument("--vocab", type=_positive(int), nargs="+", default=[40000, 131072])
+    parser.add_argument("--vocab", type=positive(int), nargs="+", default=[40000, 131072])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--runs", type=_positive(int), default=5, help="timed runs per measurement (median)")
-    parser.add_argument("--threads", type=_positive(int), default=os.cpu_count() or 1, help="CPU threads")
+    parser.add_argument("--runs", type=positive(int), default=5, help="timed runs per measurement (median)")
+    parser.add_argument("--threads", type=positive(int), default=os.cpu_count() or 1, help="CPU threads")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument(
         "--bandwidth",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="GB/s of the roofline; default 4800 on CUDA, measured on CPU",
     )
-    parser.add_argument("--timeout", type=_positive(float), default=300, help="seconds per measurement")
+    parser.add_argument("--timeout", type=positive(float), default=300, help="seconds per measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (after each V)")
     parser.add_argument(
         "--profile-schedules",
@@ -500,10 +477,10 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here (run with --device cpu)")
+    check_cuda(parser, args.device)
+    if args.json is not None:
+        # written after the first vocabulary size: a missing directory failed there, after the timing
+        check_output_file(parser, "--json", args.json)
     return args
 
 
