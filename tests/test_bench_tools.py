@@ -301,6 +301,17 @@ def test_make_sample_corpus_checks_every_source_before_writing(tmp_path: Path) -
     assert f"--shared {tmp_path}/corpus/ru/ruslit.jsonl.gz: no such file" in line
 
 
+def test_make_sample_corpus_reads_the_shared_data_the_other_benchmarks_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--shared defaulted to ../shared/data beside the repository whatever VIKHR_SHARED_DATA said."""
+    monkeypatch.setenv("VIKHR_SHARED_DATA", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["make_sample_corpus.py"])
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        load_tool("make_sample_corpus").parse_args()
+    assert f"--shared {tmp_path}/corpus/ru/ruslit.jsonl.gz: no such file" in err.getvalue()
+
+
 def _docs_table_headers(heading: str) -> list[list[str]]:
     """The header cells of each Markdown table in docs/benchmarks.md from the line `heading` to the
     next heading (code blocks skipped)."""

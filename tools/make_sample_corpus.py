@@ -1,4 +1,4 @@
-"""Rebuild the bundled samples in vikhr/assets from ../shared/data.
+"""Rebuild the bundled samples in vikhr/assets from ../shared/data (or $VIKHR_SHARED_DATA).
 
 Corpora (vikhr/assets/corpus): only public-domain (RusLit, English novels before 1927) and CC0
 (RusDraCor) texts. Works are cut into ~4,000-character documents on paragraph boundaries;
@@ -10,13 +10,17 @@ as single-turn chats, without the two toxicity-detection tasks (they quote profa
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
+import os
 from pathlib import Path
 
 from bench_cli import BenchParser, check_input
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the other benchmark scripts and the tests find the shared data
+SHARED = Path(os.environ.get("VIKHR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def chunks(text: str, size: int = 4000) -> list[str]:
@@ -89,14 +93,25 @@ SOURCES = (
 )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = BenchParser(description=__doc__)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument(
+        "--shared",
+        type=Path,
+        default=SHARED,
+        help=f"shared data directory (default {SHARED}: $VIKHR_SHARED_DATA when set, else ../shared/data "
+        "beside the repository)",
+    )
     args = ap.parse_args()
     if not args.shared.is_dir():
         ap.error(f"--shared {args.shared}: no such directory (give the shared data directory)")
     for source in SOURCES:
         check_input(ap, "--shared", args.shared / source)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     out = ROOT / "vikhr" / "assets" / "corpus"
     ru = sample([args.shared / "corpus/ru/ruslit.jsonl.gz"], 2_400_000, 7) + sample(
         [args.shared / "corpus/ru/rusdracor.jsonl.gz"], 600_000, 11
