@@ -248,6 +248,22 @@ def test_the_sft_benchmarks_refuse_a_bad_option(script: str, args: list[str], me
     assert message in _refusal(script, args)
 
 
+def test_bench_sft_templates_with_one_worker_has_no_repeated_rows(tmp_path: Path) -> None:
+    """--workers 1 repeated the three one-process rows' first and last, and the ratios of the first
+    rows were taken against the repeats (a 1-worker llama3 row 0.94x llama3)."""
+    bench = load_tool("bench_sft_templates")
+    one, many = (bench.table_cases(tmp_path / "a", tmp_path / "b", workers) for workers in (1, 2))
+    assert [(name, workers) for name, _, _, workers in one] == [
+        ("llama3", 1),
+        ("own, same template", 1),
+        ("own, Llama-3.1", 1),
+    ]
+    assert many[:3] == one and [(name, workers) for name, _, _, workers in many[3:]] == [
+        ("llama3", 2),
+        ("own, Llama-3.1", 2),
+    ]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
