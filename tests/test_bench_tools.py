@@ -284,6 +284,16 @@ def test_bench_preprocess_refuses_a_bad_option(args: list[str], message: str, sh
     assert message in _refusal("bench_preprocess.py", args, {"VIKHR_SHARED_DATA": str(shared_data)})
 
 
+@pytest.mark.parametrize("family", ["sentencepiece", "byte-bpe"])
+def test_bench_preprocess_without_the_corpora_names_the_variable(family: str, tmp_path: Path) -> None:
+    """With no corpus under VIKHR_SHARED_DATA the byte-level benchmark converted tekken and then ended
+    with a bare 'no corpus' line, exit status 1; the SentencePiece one named only --model."""
+    (tmp_path / "tokenizers").mkdir()
+    (tmp_path / "tokenizers" / "mistral-7b-v0.1.model").write_bytes(b"")
+    line = _refusal("bench_preprocess.py", ["--family", family], {"VIKHR_SHARED_DATA": str(tmp_path)})
+    assert f"no corpus in {tmp_path}/corpus/ru (set VIKHR_SHARED_DATA to the shared data directory)" in line
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

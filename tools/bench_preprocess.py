@@ -87,9 +87,7 @@ tok.encode_files(gigatoken.JsonlFileSource([sys.argv[2]]), parallel=int(sys.argv
 def build_corpus(path: Path, megabytes: int, whole_files: bool = True) -> tuple[int, int]:
     """Concatenate corpus/ru/*.jsonl.gz (cycling) into one plain JSONL of >= `megabytes` MB: whole
     files (the first pass alone is 115 MB), or up to the first line past the size."""
-    sources = sorted((SHARED / "corpus" / "ru").glob("*.jsonl.gz"))
-    if not sources:
-        raise SystemExit(f"no corpus in {SHARED}/corpus/ru")
+    sources = sorted((SHARED / "corpus" / "ru").glob("*.jsonl.gz"))  # some: parse_args checked
     written = docs = 0
     limit = megabytes * 1_000_000
     with open(path, "wb") as out:
@@ -549,6 +547,9 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if args.one or args.ids or args.run_process:
         return args
+    if not any((SHARED / "corpus" / "ru").glob("*.jsonl.gz")):
+        # was a bare "no corpus" line, exit status 1, after the tekken conversion
+        ap.error(f"no corpus in {SHARED}/corpus/ru (set VIKHR_SHARED_DATA to the shared data directory)")
     byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
     if byte_level and args.tokenizer_json:
         check_input(ap, "--tokenizer-json", args.tokenizer_json)
