@@ -294,6 +294,18 @@ def test_bench_preprocess_without_the_corpora_names_the_variable(family: str, tm
     assert f"no corpus in {tmp_path}/corpus/ru (set VIKHR_SHARED_DATA to the shared data directory)" in line
 
 
+def test_bench_preprocess_without_a_baseline_installed_says_so_like_its_other_refusals(
+    shared_data: Path,
+) -> None:
+    """A missing gigatoken was 'bench_preprocess: ...', not the script's one-line error format."""
+    import importlib.util
+
+    if importlib.util.find_spec("gigatoken") is not None:
+        pytest.skip("gigatoken is installed")
+    line = _refusal("bench_preprocess.py", ["--tools", "vikhr", "gigatoken"])
+    assert "gigatoken not installed: pip install -e '.[bench]' (or leave them out of --tools)" in line
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

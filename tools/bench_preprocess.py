@@ -563,6 +563,12 @@ def parse_args() -> argparse.Namespace:
             f"argument --tools: {', '.join(foreign)} not in the "
             f"{'byte-bpe' if byte_level else 'sentencepiece'} benchmark (choose from {', '.join(family)})"
         )
+    # A baseline that is not installed would only show as a "failed" row after the corpus is built.
+    tools = args.tools or family
+    missing = [t for t in ("gigatoken", "tiktoken") if t in tools and importlib.util.find_spec(t) is None]
+    if missing:
+        install = "pip install -e '.[bench]' (or leave them out of --tools)"
+        ap.error(f"{', '.join(missing)} not installed: {install}")
     return args
 
 
@@ -637,15 +643,6 @@ def main() -> int:
 
     byte_level = args.family == "byte-bpe" or args.tokenizer_json is not None
     tools = args.tools or list(BYTE_TOOLS if byte_level else TOOLS)
-    # A baseline that is not installed would only show as a "failed" row after the corpus is built.
-    missing = [t for t in ("gigatoken", "tiktoken") if t in tools and importlib.util.find_spec(t) is None]
-    if missing:
-        print(
-            f"bench_preprocess: {', '.join(missing)} not installed: pip install -e '.[bench]' "
-            "(or leave them out of --tools)",
-            file=sys.stderr,
-        )
-        return 2
     with tempfile.TemporaryDirectory(prefix="vikhr-bench-") as tmp:
         work = Path(tmp)
         model = args.model
