@@ -73,6 +73,8 @@ def test_bench_swiglu_on_cuda_without_a_gpu_is_one_line() -> None:
         (["--layers", "-1"], "argument --layers: expected a positive int, got '-1'"),
         (["--seq", "1"], "argument --seq: 1 token leaves no next token to predict"),
         (["--specs", "bogus"], "argument --specs: invalid choice: 'bogus'"),
+        # was a traceback after the table's first lines
+        (["--specs", "sdpa", "te"], "argument --specs: te needs a GPU (Transformer Engine's kernels)"),
     ],
 )
 def test_bench_train_refuses_a_bad_option(args: list[str], message: str) -> None:

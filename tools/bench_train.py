@@ -221,7 +221,8 @@ SDPA_GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
 def parse_args() -> argparse.Namespace:
-    from vikhr.model.gpt import ATTENTION_BACKENDS
+    from vikhr.errors import VikhrError
+    from vikhr.model.gpt import ATTENTION_BACKENDS, resolve_attention
 
     ap = BenchParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-small", action="store_true", help="small fp32 shape on the CPU")
@@ -240,6 +241,16 @@ def parse_args() -> argparse.Namespace:
         ap.error("argument --seq: 1 token leaves no next token to predict (give 2 or more)")
     if not args.cpu_small and not torch.cuda.is_available():
         ap.error("no CUDA device: run with --cpu-small for the CPU shape")
+    # A spec that cannot be built here was a traceback after the table's first lines.
+    if args.cpu_small and "te" in args.specs:
+        ap.error(
+            "argument --specs: te needs a GPU (Transformer Engine's kernels), and --cpu-small runs on the CPU"
+        )
+    for spec in args.specs:
+        try:
+            resolve_attention(spec, on_gpu=not args.cpu_small)
+        except VikhrError as e:
+            ap.error(f"argument --specs: {spec}: {e}")
     return args
 
 
