@@ -158,6 +158,15 @@ def test_bench_eval_refuses_layers_with_a_model_directory(tmp_path: Path) -> Non
     assert "argument --layers: only with --random" in line
 
 
+def test_bench_eval_refuses_a_model_that_is_not_an_hf_directory_in_vikhr_evals_words(tmp_path: Path) -> None:
+    """A missing --model directory was refused as 'tokenizer not found'."""
+    args = ["--tasks", "bpc", "--limit", "1", "--batch-sizes", "1", "--repeats", "1", "--device", "cpu"]
+    line = _refusal("bench_eval.py", ["--model", str(tmp_path / "nowhere"), *args])
+    assert f"--model: model directory not found: {tmp_path / 'nowhere'}" in line
+    line = _refusal("bench_eval.py", ["--model", str(tmp_path), *args])
+    assert f"--model: {tmp_path} has no config.json" in line
+
+
 def test_bench_eval_on_cuda_without_a_gpu_is_one_line() -> None:
     _no_cuda()
     line = _refusal("bench_eval.py", [*_EVAL, "--device", "cuda"])

@@ -43,7 +43,7 @@ from vikhr.assets import MISTRAL_TOKENIZER, RU_SAMPLE  # noqa: E402
 from vikhr.errors import VikhrError  # noqa: E402
 from vikhr.eval import EvalSettings, parse_task_list, run_eval  # noqa: E402
 from vikhr.eval.cli import batch_size_arg  # noqa: E402
-from vikhr.eval.runner import make_lm, task_documents  # noqa: E402
+from vikhr.eval.runner import check_model_dir, make_lm, task_documents  # noqa: E402
 from vikhr.tokenizer import load  # noqa: E402
 
 # The shared data, as the other benchmarks find it: $VIKHR_SHARED_DATA, or ../shared/data beside the
@@ -207,6 +207,12 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
         ap.error("argument --layers: only with --random (a --model directory is run whole)")
     if len(set(args.batch_sizes)) < len(args.batch_sizes):
         ap.error(f"argument --batch-sizes: a batch size given twice: {' '.join(args.batch_sizes)}")
+    if args.model:
+        # a missing directory was "tokenizer not found", an empty one failed in its tokenizer load
+        try:
+            check_model_dir(args.model)
+        except VikhrError as e:
+            ap.error(f"--model: {e}")
     check_cuda(ap, args.device)
     if args.json:
         check_output_file(ap, "--json", args.json)
