@@ -101,6 +101,12 @@ def test_naming_dtype_rule_and_validation(tmp_path: Path) -> None:
         validate(tmp_path / "missing")
 
 
+def _written_long_ago(prefix: Path, stamp_ns: int = 1_000_000_000) -> None:
+    """Date `prefix`'s files back: files of the last seconds are read anew and not recorded."""
+    for suffix in (".bin", ".idx"):
+        os.utime(f"{prefix}{suffix}", ns=(stamp_ns, stamp_ns))
+
+
 def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monkeypatch) -> None:
     scans = []
     real_scan = IndexedReader.max_token_id
@@ -109,6 +115,7 @@ def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monk
     )
     path = tmp_path / "cache" / "data-check.json"
     write_indexed(tmp_path / "d", [[5, 6, 7], [31999]], "uint16")
+    _written_long_ago(tmp_path / "d")
     record = ValidationRecord(path)
     assert validate(tmp_path / "d", vocab_size=32000, record=record).max_token_id == 31999
     assert len(scans) == 1 and not path.exists()  # written only when saved
@@ -121,7 +128,7 @@ def test_validation_record_skips_rereading_an_unchanged_bin(tmp_path: Path, monk
     assert len(scans) == 1
     # The dataset written again (other ids, same size): its changed stamp makes it read again.
     write_indexed(tmp_path / "d", [[5, 6, 7], [40000]], "uint16")
-    os.utime(tmp_path / "d.bin", ns=(1, 1))
+    _written_long_ago(tmp_path / "d", stamp_ns=1)
     with pytest.raises(VikhrError, match="token id 40000"):
         validate(tmp_path / "d", vocab_size=32000, record=ValidationRecord(path))
     assert len(scans) == 2
@@ -145,8 +152,7 @@ def test_a_first_scan_reads_the_index_once(tmp_path: Path, monkeypatch: pytest.M
     from vikhr.data import indexed
 
     write_indexed(tmp_path / "d", [[5, 6, 7], [31999]], "uint16")
-    for suffix in (".bin", ".idx"):  # written a while ago: files of the last seconds are read anew
-        os.utime(tmp_path / f"d{suffix}", ns=(1_000_000_000, 1_000_000_000))
+    _written_long_ago(tmp_path / "d")
     reads = []
     inspect_index, reader_class = _core.inspect_index, _core.IndexedDatasetReader
     monkeypatch.setattr(_core, "inspect_index", lambda prefix: reads.append(prefix) or inspect_index(prefix))
@@ -182,12 +188,37 @@ def test_a_dataset_written_again_within_a_time_stamp_s_tick_is_inspected_anew(tm
     assert (info.tokens, info.dtype) == (2, "int32")
 
 
+def test_a_dataset_checked_within_seconds_of_its_writing_is_not_recorded(tmp_path: Path) -> None:
+    """The validation record kept a dataset by its files' size and mtime: one written again in place
+    with the same size within one tick of the file system's clock was taken as already checked, and
+    its new token ids were never scanned. A dataset written in the last seconds is checked again."""
+    path = tmp_path / "data-check.json"
+    write_indexed(tmp_path / "d", [[1, 2, 3, 4]], "uint16")
+    record = ValidationRecord(path)
+    assert validate(tmp_path / "d", record=record).max_token_id == 4
+    record.save()
+    assert record.lookup(str(tmp_path / "d")) == (False, None) and not path.exists()
+    stamps = {s: (tmp_path / f"d{s}").stat().st_mtime_ns for s in (".bin", ".idx")}
+    write_indexed(tmp_path / "d", [[1, 2, 3, 40000]], "uint16")  # the same sizes
+    for suffix, stamp in stamps.items():
+        os.utime(tmp_path / f"d{suffix}", ns=(stamp, stamp))  # within the same tick
+    with pytest.raises(VikhrError, match="token id 40000"):
+        validate(tmp_path / "d", vocab_size=32000, record=ValidationRecord(path))
+    # Written a while ago, it is recorded as before.
+    _written_long_ago(tmp_path / "d")
+    record = ValidationRecord(path)
+    assert validate(tmp_path / "d", record=record).max_token_id == 40000
+    record.save()
+    assert ValidationRecord(path).lookup(str(tmp_path / "d")) == (True, 40000)
+
+
 def test_validation_records_of_two_runs_sharing_a_cache_keep_both_runs_entries(tmp_path: Path) -> None:
     """Two runs on one data cache, each checking its own dataset: the later save kept only its own
     entries, and the next start of the other run read its corpus again."""
     path = tmp_path / "cache" / "data-check.json"
-    write_indexed(tmp_path / "a", [[5, 6, 7]], "uint16")
-    write_indexed(tmp_path / "b", [[8, 9]], "uint16")
+    for name, ids in (("a", [5, 6, 7]), ("b", [8, 9])):
+        write_indexed(tmp_path / name, [ids], "uint16")
+        _written_long_ago(tmp_path / name)
     first, second = ValidationRecord(path), ValidationRecord(path)  # both read before either saved
     validate(tmp_path / "a", record=first)
     validate(tmp_path / "b", record=second)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import shlex
 import sys
@@ -215,6 +216,8 @@ def test_data_check_is_recorded_once_every_dataset_passed_and_not_repeated_on_re
 
     good = _write_tokens(tmp_path / "ru")
     bad = _write_tokens(tmp_path / "bad", max_id=VOCAB)
+    for suffix in (".bin", ".idx"):  # written a while ago: files of the last seconds are not recorded
+        os.utime(good + suffix, ns=(1_000_000_000, 1_000_000_000))
     scans = []
     real_scan = IndexedReader.max_token_id
     monkeypatch.setattr(IndexedReader, "max_token_id", lambda r: scans.append(r.prefix) or real_scan(r))

@@ -148,11 +148,12 @@ def validate(
     With `vocab_size`, a token id >= `vocab_size` raises VikhrError (the dataset was written with
     another tokenizer); an empty `.bin` raises too (Megatron cannot memory-map it). With `record`,
     a `.bin` scanned before and unchanged since is not read again (the `.idx` is still validated
-    against it), and a new scan is added to the record.
+    against it), and a new scan of files written more than a few seconds before is added to it.
     """
     prefix = str(prefix)
     _check_files(prefix)  # before the record's lookup, which stats the files
     known, max_id = record.lookup(prefix) if record is not None else (False, None)
+    started, before = time.time_ns(), identity(prefix)
     # A scan opens the reader, which validates the index itself (an `inspect` first would read the
     # index twice); the reader's counts are remembered for later `inspect` calls.
     reader = None if known else IndexedReader(prefix)
@@ -165,7 +166,7 @@ def validate(
     if reader is not None:
         max_id = reader.max_token_id()
         if record is not None:
-            record.add(info.prefix, max_id)
+            record.add(before, started, max_id)
     if vocab_size is not None and max_id is not None and max_id >= vocab_size:
         raise VikhrError(
             f"{info.prefix}: token id {max_id} is outside the vocabulary of {vocab_size} ids "
@@ -177,18 +178,20 @@ def validate(
 def dataset_stamp(prefix: str) -> tuple[str, list[int]]:
     """A dataset's absolute prefix, and [size, mtime_ns] of its .bin and .idx: what changes when it is
     written again."""
-    values = []
-    for suffix in (".bin", ".idx"):
-        st = os.stat(prefix + suffix)
-        values += [st.st_size, st.st_mtime_ns]
-    return str(Path(prefix).resolve()), values
+    return _record_entry_stamp(identity(prefix))
+
+
+def _record_entry_stamp(files: tuple[str, FileStamp, FileStamp]) -> tuple[str, list[int]]:
+    prefix, *stamps = files
+    return str(Path(prefix).resolve()), [value for s in stamps for value in (s.size, s.mtime_ns)]
 
 
 class ValidationRecord:
     """The largest token ids of datasets already scanned, kept in a JSON file, so that a restarted
     run does not re-read a corpus of terabytes. An entry holds while the dataset's `.bin` and `.idx`
-    keep their size and modification time. An absent or unreadable file is an empty record; one that
-    cannot be written is skipped, as the record only saves time.
+    keep their size and modification time (files written in the last seconds are not recorded, see
+    `add`). An absent or unreadable file is an empty record; one that cannot be written is skipped,
+    as the record only saves time.
     """
 
     VERSION = 1
@@ -211,8 +214,19 @@ class ValidationRecord:
             return True, entry["max_token_id"]
         return False, None
 
-    def add(self, prefix: str, max_token_id: int | None) -> None:
-        key, stamp = dataset_stamp(prefix)
+    def add(
+        self, before: tuple[str, FileStamp, FileStamp], read_started_ns: int, max_token_id: int | None
+    ) -> None:
+        """Record `max_token_id`, scanned from `read_started_ns` in the dataset whose `identity` was
+        `before`, where its files are settled (see `settled`): a dataset written in the last seconds
+        may be written again with the same size and mtime, so it is scanned again next time."""
+        try:
+            after = identity(before[0])
+        except OSError:  # removed since it was scanned
+            return
+        if not settled(before[1:], after[1:], read_started_ns):
+            return
+        key, stamp = _record_entry_stamp(before)
         self._datasets[key] = self._added[key] = {"stamp": stamp, "max_token_id": max_token_id}
 
     def save(self) -> None:
