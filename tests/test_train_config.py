@@ -632,20 +632,47 @@ def test_the_seq_len_a_memory_refusal_offers_fits_and_a_model_too_large_is_named
     )
     capacity = 0.5 * GIB
     with pytest.raises(VikhrError) as e:
-        check_fits(cfg, 1, capacity, "0.5 GiB of a test")
+        check_fits(cfg, 1, capacity, "0.5 GiB of a test", on_cuda=True)
     offered = int(re.search(r"lower data\.seq_len to (\d+) or less", str(e.value))[1])
-    assert run_estimate(cfg, 1, offered).total <= USABLE_SHARE * capacity
-    assert run_estimate(cfg, 1, offered + 1).total > USABLE_SHARE * capacity
+    assert run_estimate(cfg, 1, offered, on_cuda=True).total <= USABLE_SHARE * capacity
+    assert run_estimate(cfg, 1, offered + 1, on_cuda=True).total > USABLE_SHARE * capacity
     check_fits(
-        cfg.model_copy(update={"data": cfg.data.model_copy(update={"seq_len": offered})}), 1, capacity, ""
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"seq_len": offered})}),
+        1,
+        capacity,
+        "",
+        on_cuda=True,
     )
     big = load_config(_config(tmp_path, dataset), ["model.preset=mistral-7b-v0.2"])
     with pytest.raises(
         VikhrError, match=r"^config key model\.preset = mistral-7b-v0\.2: its weights, gradients"
     ):
-        check_fits(big, 1, 64 * GIB, "64 GiB of a test")
+        check_fits(big, 1, 64 * GIB, "64 GiB of a test", on_cuda=True)
     # ZeRO-1 over 8 processes fits 80 GiB a GPU: the world size counts
     sharded = load_config(
         _config(tmp_path, dataset), ["model.preset=mistral-7b-v0.2", "optim.distributed=true"]
     )
-    check_fits(sharded, 8, 80 * GIB, "80 GiB of a test")
+    check_fits(sharded, 8, 80 * GIB, "80 GiB of a test", on_cuda=True)
+
+
+def test_a_cpu_run_s_memory_estimate_counts_its_fp32_weights_and_activations(
+    tmp_path: Path, dataset: str
+) -> None:
+    """A CPU run trains in fp32, but its refusal used the bf16 estimate of a GPU: a 20,000-token
+    window of a small model peaked at 1.64 GB against an estimate of 0.69 GiB, so a run that could not
+    fit was let through and a data.seq_len offered that did not fit either."""
+    from vikhr.train.memory import USABLE_SHARE, check_fits, parameter_counts, run_estimate
+
+    cfg = load_config(_config(tmp_path, dataset), ["data.seq_len=64"])
+    cpu, gpu = run_estimate(cfg, 1, on_cuda=False), run_estimate(cfg, 1, on_cuda=True)
+    _, params = parameter_counts(cfg.model.shape(), 1, cfg.model.vocab_multiple)
+    # fp32 weights, fp32 gradients and Adam's two fp32 moments
+    assert cpu.parameters + cpu.gradients + cpu.optimizer == 16 * params
+    assert cpu.parameters == 2 * gpu.parameters and cpu.activations > gpu.activations
+    # a capacity the bf16 estimate fits, the fp32 one does not: refused on the CPU only
+    capacity = (gpu.total + cpu.total) / 2
+    check_fits(cfg, 1, capacity, "a test's memory", on_cuda=True)
+    with pytest.raises(VikhrError, match=r"^config key data\.seq_len = 64 does not fit in memory") as e:
+        check_fits(cfg, 1, capacity, "a test's memory", on_cuda=False)
+    offered = int(re.search(r"lower data\.seq_len to (\d+) or less", str(e.value))[1])
+    assert run_estimate(cfg, 1, offered, on_cuda=False).total <= USABLE_SHARE * capacity

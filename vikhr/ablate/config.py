@@ -312,7 +312,8 @@ def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
     refused before the first stage. `base_vocab`: the base tokenizer's vocabulary size."""
     from vikhr.train.memory import check_fits, memory_here
 
-    capacity, memory = memory_here(cfg.train.device == "cuda")
+    on_cuda = cfg.train.device == "cuda"
+    capacity, memory = memory_here(on_cuda)
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
     runs = {(True, base_vocab, 0.0)} | {
         (False, base_vocab if arm.tokenizer == "base" else cfg.tokenizer.vocab_size, arm.kl_weight)
@@ -324,6 +325,6 @@ def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
             cfg, Path("grid") / "check", blend, vocab, 2, False, seed=cfg.base.seed, kl_weight=kl_weight
         )
         try:
-            check_fits(run, 1, capacity, memory)
+            check_fits(run, 1, capacity, memory, on_cuda=on_cuda)
         except VikhrError as e:
             raise VikhrError(in_grid_keys(str(e), base)) from None

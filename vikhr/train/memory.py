@@ -1,19 +1,21 @@
 """`--dry-run`: per-GPU memory of a run for TP in {1, 2, 4, 8}, without allocating anything.
 
-What the trainer keeps per GPU (bf16 weights with fp32 master copies, no activation
-recomputation):
-  parameters   2 B/param (bf16) of this TP shard; + 2 B/param for the frozen KL reference
+What the trainer keeps per process, with B the bytes of one value: 2 on a GPU (bf16 weights with
+fp32 master copies), 4 on the CPU (fp32 weights, which are their own master copies); no activation
+recomputation:
+  parameters   B B/param of this TP shard; + B B/param for the frozen KL reference
   gradients    4 B/param (megatron DDP's fp32 main_grad buffer)
-  optimizer    12 B/param (fp32 master weights + Adam's two moments); 12/DP B/param with
-               `optim.distributed` (megatron's distributed optimizer shards them over DP)
+  optimizer    Adam's two fp32 moments, + the fp32 master weights with bf16: 12 B/param on a GPU,
+               8 on the CPU; divided by DP with `optim.distributed` (megatron's distributed
+               optimizer shards them over DP)
   activations  saved for backward, per micro-batch: per layer and token, the residual stream
-               and norm outputs (4 × 2H bytes, replicated across TP, or split over it with
+               and norm outputs (4 × B·H bytes, replicated across TP, or split over it with
                sequence parallelism) plus this rank's share of
                Q/K/V, the attention output (SDPA/flash keeps no s×s matrix), and the SwiGLU
-               gate/up/product (≈ (2·(q+2kv)·d + 2·q·d + 6F)/TP bytes); the LM-head logits and
-               the CE+KL op's fp32 temporaries (≈ 18 B per token per vocabulary column / TP,
-               10 more with the reference's logits when λ > 0). With `train.recompute: full` each
-               layer keeps only its input (2H bytes per token) and one layer's working set is
+               gate/up/product (≈ B·((q+2kv)·d + q·d + 3F)/TP bytes); the LM-head logits (B) and
+               the CE+KL op's fp32 temporaries (16 B) per token per vocabulary column / TP, B + 8
+               more with the reference's logits when λ > 0. With `train.recompute: full` each
+               layer keeps only its input (B·H bytes per token) and one layer's working set is
                rebuilt at a time in backward.
 Estimates, not measurements: allocator fragmentation and NCCL buffers come on top (the
 "fits" column keeps 10 % headroom for them).
@@ -75,21 +77,26 @@ def estimate(
     distributed_optimizer: bool = False,
     recompute: bool = False,
     sequence_parallel: bool = False,
+    value_bytes: int = 2,
 ) -> MemoryEstimate:
+    """`value_bytes`: of a weight or an activation, 2 (bf16, on a GPU) or 4 (fp32, on the CPU)."""
     _, local = parameter_counts(cfg, tp, vocab_multiple)
     v_local = padded_vocab_size(cfg.vocab_size, tp, vocab_multiple) // tp
     h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
     q, kv = cfg.num_attention_heads, cfg.num_kv_heads
     tokens = micro_batch * seq_len
-    replicated = 4 * 2 * h / (tp if sequence_parallel else 1)
-    per_layer_token = replicated + (2 * (q + 2 * kv) * d + 2 * q * d + 6 * f) / tp
-    logits = tokens * v_local * (18 + (10 if kl_weight > 0 else 0))
+    b = value_bytes
+    replicated = 4 * b * h / (tp if sequence_parallel else 1)
+    per_layer_token = replicated + b * ((q + 2 * kv) * d + q * d + 3 * f) / tp
+    logits = tokens * v_local * (16 + b + (8 + b if kl_weight > 0 else 0))
     if recompute:
-        layers = cfg.num_layers * tokens * 2 * h + tokens * per_layer_token
+        layers = cfg.num_layers * tokens * b * h + tokens * per_layer_token
     else:
         layers = cfg.num_layers * tokens * per_layer_token
-    activations = layers + tokens * 2 * h + logits
-    params = 2.0 * local * (2 if kl_weight > 0 else 1)
+    activations = layers + tokens * b * h + logits
+    params = float(b) * local * (2 if kl_weight > 0 else 1)
+    # Adam's moments are fp32; bf16 weights add fp32 master copies, fp32 weights are their own.
+    optimizer = (8.0 + (4 if b < 4 else 0)) * local
     dp = gpus // tp
     return MemoryEstimate(
         tp=tp,
@@ -97,7 +104,7 @@ def estimate(
         params_per_gpu=local,
         parameters=params,
         gradients=4.0 * local,
-        optimizer=12.0 * local / (dp if distributed_optimizer else 1),
+        optimizer=optimizer / (dp if distributed_optimizer else 1),
         activations=float(activations),
     )
 
@@ -159,9 +166,11 @@ def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
     return "\n".join(lines)
 
 
-def run_estimate(cfg: TrainConfig, world_size: int, seq_len: int | None = None) -> MemoryEstimate:
+def run_estimate(
+    cfg: TrainConfig, world_size: int, seq_len: int | None = None, *, on_cuda: bool
+) -> MemoryEstimate:
     """The estimate of one process of a run of the TrainConfig `cfg` in `world_size` processes, at its
-    data.seq_len or at `seq_len`."""
+    data.seq_len or at `seq_len`, on a GPU (bf16) or, `on_cuda` false, on the CPU (fp32)."""
     tp = cfg.parallel.tensor
     return estimate(
         cfg.model.shape(),
@@ -174,13 +183,15 @@ def run_estimate(cfg: TrainConfig, world_size: int, seq_len: int | None = None) 
         distributed_optimizer=cfg.optim.distributed,
         recompute=cfg.train.recompute == "full",
         sequence_parallel=cfg.parallel.sequence and tp > 1,
+        value_bytes=2 if on_cuda else 4,  # the trainer's parameter dtype there
     )
 
 
-def longest_fitting_seq_len(cfg: TrainConfig, world_size: int, capacity: float) -> int:
-    """The longest data.seq_len whose estimate fits `capacity` bytes (0: not even one token's); the
-    estimate grows linearly with the window."""
-    one, two = run_estimate(cfg, world_size, 1).total, run_estimate(cfg, world_size, 2).total
+def longest_fitting_seq_len(cfg: TrainConfig, world_size: int, capacity: float, *, on_cuda: bool) -> int:
+    """The longest data.seq_len whose estimate (on a GPU or the CPU) fits `capacity` bytes (0: not even
+    one token's); the estimate grows linearly with the window."""
+    one = run_estimate(cfg, world_size, 1, on_cuda=on_cuda).total
+    two = run_estimate(cfg, world_size, 2, on_cuda=on_cuda).total
     return max(int((capacity - one) // (two - one)) + 1, 0)
 
 
@@ -202,17 +213,18 @@ def memory_here(on_cuda: bool) -> tuple[float, str]:
     return ram / ranks, f"{ram / GIB:,.1f} GiB of RAM here{shared}"
 
 
-def check_fits(cfg: TrainConfig, world_size: int, capacity: float, memory: str) -> None:
+def check_fits(cfg: TrainConfig, world_size: int, capacity: float, memory: str, *, on_cuda: bool) -> None:
     """VikhrError naming data.seq_len (with the longest that fits with headroom) or the model when a
-    run's estimate exceeds `capacity` bytes (`memory` says what they are): such a run ends in an
-    out-of-memory error at its first step, after its setup. Only a run that cannot fit is refused: one
-    within the headroom may still (the estimate is no measurement)."""
+    run's estimate (on a GPU, or `on_cuda` false on the CPU in fp32) exceeds `capacity` bytes (`memory`
+    says what they are): such a run ends in an out-of-memory error at its first step, after its setup.
+    Only a run that cannot fit is refused: one within the headroom may still (the estimate is no
+    measurement)."""
     from vikhr.errors import VikhrError
 
-    need = run_estimate(cfg, world_size)
+    need = run_estimate(cfg, world_size, on_cuda=on_cuda)
     if need.total <= capacity:
         return
-    longest = longest_fitting_seq_len(cfg, world_size, USABLE_SHARE * capacity)
+    longest = longest_fitting_seq_len(cfg, world_size, USABLE_SHARE * capacity, on_cuda=on_cuda)
     if longest < 1:
         fixed = need.parameters + need.gradients + need.optimizer
         raise VikhrError(

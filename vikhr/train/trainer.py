@@ -349,7 +349,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     validate(cfg, world_size=world_size)
     on_cuda = uses_cuda(cfg.parallel.device)
     resolve_attention(cfg.model.attention, on_cuda)  # a layer spec this machine has
-    check_fits(cfg, world_size, *memory_here(on_cuda))  # not an out-of-memory error at the first step
+    # Not an out-of-memory error at the first step.
+    check_fits(cfg, world_size, *memory_here(on_cuda), on_cuda=on_cuda)
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
     if cfg.data.cache_dir:
         require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
