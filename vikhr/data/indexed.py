@@ -107,13 +107,19 @@ def identity(prefix: str) -> tuple[str, FileStamp, FileStamp]:
     return prefix, file_stamp(prefix + ".bin"), file_stamp(prefix + ".idx")
 
 
-def _remember(before: tuple[str, FileStamp, FileStamp], read_started_ns: int, info: IndexInfo) -> None:
-    """Cache `info`, read from files whose identity was `before`, where their stamps are settled."""
+def _still_settled(before: tuple[str, FileStamp, FileStamp], read_started_ns: int) -> bool:
+    """Whether what was read from the dataset whose `identity` was `before`, from `read_started_ns`
+    on, may be kept under `before`: its files are there, unchanged and settled (see `settled`)."""
     try:
         after = identity(before[0])
     except OSError:  # removed since it was read
-        return
-    if not settled(before[1:], after[1:], read_started_ns):
+        return False
+    return settled(before[1:], after[1:], read_started_ns)
+
+
+def _remember(before: tuple[str, FileStamp, FileStamp], read_started_ns: int, info: IndexInfo) -> None:
+    """Cache `info`, read from files whose identity was `before`, where their stamps are settled."""
+    if not _still_settled(before, read_started_ns):
         return
     if len(_INSPECTED) >= _INSPECTED_MAX:
         _INSPECTED.clear()
@@ -220,11 +226,7 @@ class ValidationRecord:
         """Record `max_token_id`, scanned from `read_started_ns` in the dataset whose `identity` was
         `before`, where its files are settled (see `settled`): a dataset written in the last seconds
         may be written again with the same size and mtime, so it is scanned again next time."""
-        try:
-            after = identity(before[0])
-        except OSError:  # removed since it was scanned
-            return
-        if not settled(before[1:], after[1:], read_started_ns):
+        if not _still_settled(before, read_started_ns):
             return
         key, stamp = _record_entry_stamp(before)
         self._datasets[key] = self._added[key] = {"stamp": stamp, "max_token_id": max_token_id}
