@@ -617,7 +617,9 @@ def test_a_run_too_large_for_this_machine_s_memory_is_refused_before_its_setup(
     message = str(e.value)
     assert message.startswith("config key data.seq_len = 10000000 does not fit in memory: train.micro_batch")
     assert re.search(
-        r"GiB of RAM here: lower data\.seq_len to \d+ or less \(or train\.micro_batch\)$", message
+        r"GiB of RAM here \([\d.,]+ GiB, less [\d.]+ GiB this process holds before training: python, "
+        r"torch, megatron-core\): lower data\.seq_len to \d+ or less \(or train\.micro_batch\)$",
+        message,
     )
     assert not run_dir.exists()
 
@@ -676,3 +678,54 @@ def test_a_cpu_run_s_memory_estimate_counts_its_fp32_weights_and_activations(
         check_fits(cfg, 1, capacity, "a test's memory", on_cuda=False)
     offered = int(re.search(r"lower data\.seq_len to (\d+) or less", str(e.value))[1])
     assert run_estimate(cfg, 1, offered, on_cuda=False).total <= USABLE_SHARE * capacity
+
+
+def _ram(monkeypatch: pytest.MonkeyPatch, size: float) -> None:
+    """This machine's RAM, as memory_here reads it, is `size` bytes (rounded up to a page)."""
+    import os
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": math.ceil(size / 4096)}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+
+
+def test_a_cpu_run_s_memory_check_counts_what_its_processes_hold_before_training(
+    tmp_path: Path, dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU check compared the estimate with the whole RAM: python, torch and megatron-core (~0.7
+    GiB a process, each torchrun rank its own) were left out, so a run just under the RAM was accepted
+    and then killed by the kernel in its setup."""
+    from vikhr.train import memory
+    from vikhr.train.memory import GIB, check_fits, memory_here, run_estimate
+    from vikhr.train.trainer import run
+
+    run_dir = tmp_path / "run"
+    long = ["model.overrides.max_seq_len=65536", "data.seq_len=65536", "parallel.device=cpu"]
+    cfg = load_config(_config(tmp_path, dataset), [*long, f"checkpoint.dir={run_dir}"])
+    need = run_estimate(cfg, 1, on_cuda=False).total
+    assert need > 1 * GIB
+    # Just over the estimate: this process (torch and megatron-core imported) takes more than the rest.
+    _ram(monkeypatch, need + 64 * 2**20)
+    with pytest.raises(VikhrError) as e:
+        run(cfg)
+    said = re.match(
+        r"config key data\.seq_len = 65536 does not fit in memory: .* more than the [\d.]+ GiB of RAM here "
+        r"\([\d.]+ GiB, less ([\d.]+) GiB this process holds before training: python, torch, "
+        r"megatron-core\): lower data\.seq_len to \d+ or less",
+        str(e.value),
+    )
+    assert said and float(said[1]) >= 0.6, str(e.value)
+    assert not run_dir.exists()
+    private, shared = memory.resident_bytes()  # measured, as /proc/self/status says
+    assert private > 50 * 2**20 and shared > 0
+    # Each rank on the machine holds its private memory; their libraries are shared once.
+    monkeypatch.setattr(memory, "resident_bytes", lambda: (1.0 * GIB, 0.5 * GIB))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory.process_allowance(2) == 2.5 * GIB
+    _ram(monkeypatch, 2 * need + 2.5 * GIB + 2**20)
+    check_fits(cfg, 2, *memory_here(on_cuda=False), on_cuda=False)
+    _ram(monkeypatch, 2 * need + 2.5 * GIB - 2**20)
+    with pytest.raises(VikhrError, match=r"less 2\.5 GiB its 2 processes hold before training: python, "):
+        check_fits(cfg, 2, *memory_here(on_cuda=False), on_cuda=False)
+    # Measured before megatron-core is imported (the demo's check), or not at all: a trainer's at least.
+    monkeypatch.setattr(memory, "resident_bytes", lambda: (0.0, 0.0))
+    assert memory.process_allowance(1) == memory.TRAINER_PRIVATE + memory.TRAINER_SHARED

@@ -18,7 +18,9 @@ recomputation:
                layer keeps only its input (B·H bytes per token) and one layer's working set is
                rebuilt at a time in backward.
 Estimates, not measurements: allocator fragmentation and NCCL buffers come on top (the
-"fits" column keeps 10 % headroom for them).
+"fits" column keeps 10 % headroom for them). A CPU run's memory check counts, besides, what its
+processes hold before they train (python, torch, megatron-core: `process_allowance`); a GPU run's
+process lives on the host, beside the GPU's memory.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ GIB = 1024**3
 # The share of a device's memory a run may plan to fill: allocator fragmentation, NCCL's buffers and
 # the runtime itself take the rest.
 USABLE_SHARE = 0.9
+# The least a trainer process holds before it trains, private and in libraries (python, torch,
+# megatron-core; CPU torch 2.x, measured after importing vikhr.train.trainer: 0.44 GiB anonymous,
+# 0.30 GiB file-backed): what a check made before megatron-core is imported (the demo's, ablate's,
+# in the process that trains next) or where /proc does not say (not Linux) counts.
+TRAINER_PRIVATE = 0.4 * GIB
+TRAINER_SHARED = 0.25 * GIB
 
 
 def parameter_counts(cfg: ModelConfig, tp: int = 1, vocab_multiple: int = 128) -> tuple[int, int]:
@@ -195,9 +203,34 @@ def longest_fitting_seq_len(cfg: TrainConfig, world_size: int, capacity: float, 
     return max(int((capacity - one) // (two - one)) + 1, 0)
 
 
+def resident_bytes() -> tuple[float, float]:
+    """(private, shared) resident bytes of this process: its anonymous memory (RssAnon), and its
+    file-backed and shared-memory pages (RssFile + RssShmem: mostly its libraries, which the processes
+    of a machine share through the page cache); (0, 0) where /proc does not say."""
+    fields: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssFile", "RssShmem"):
+                    fields[name] = float(value.split()[0]) * 1024  # "123 kB"
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    return fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
+
+
+def process_allowance(ranks: int) -> float:
+    """Bytes the `ranks` processes of a CPU run on this machine hold besides what the estimate counts:
+    each its private memory (each torchrun rank is a process of its own), their libraries once; this
+    process's, measured, at least a trainer's (TRAINER_PRIVATE, TRAINER_SHARED)."""
+    private, shared = resident_bytes()
+    return ranks * max(private, TRAINER_PRIVATE) + max(shared, TRAINER_SHARED)
+
+
 def memory_here(on_cuda: bool) -> tuple[float, str]:
     """(bytes one process of a run on this machine may use, what they are): the GPU's memory, or the
-    RAM shared by the job's processes on this machine."""
+    RAM shared by the job's processes on this machine, less what they hold before they train
+    (`process_allowance`: a run just under the RAM was killed by the kernel in its setup)."""
     import os
 
     if on_cuda:
@@ -209,8 +242,14 @@ def memory_here(on_cuda: bool) -> tuple[float, str]:
         return float(gpu.total_memory), f"{gpu.total_memory / GIB:,.1f} GiB of the GPU ({gpu.name})"
     ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    allowance = process_allowance(ranks)
+    free = max(ram - allowance, 0.0)
+    held = "this process holds" if ranks == 1 else f"its {ranks} processes hold"
     shared = f", shared by {ranks} processes" if ranks > 1 else ""
-    return ram / ranks, f"{ram / GIB:,.1f} GiB of RAM here{shared}"
+    return free / ranks, (
+        f"{free / GIB:,.1f} GiB of RAM here ({ram / GIB:,.1f} GiB, less {allowance / GIB:,.1f} GiB {held} "
+        f"before training: python, torch, megatron-core){shared}"
+    )
 
 
 def check_fits(cfg: TrainConfig, world_size: int, capacity: float, memory: str, *, on_cuda: bool) -> None:
