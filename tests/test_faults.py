@@ -1390,3 +1390,49 @@ def test_sft_trainer_checks_text_and_mask_datasets_not_just_the_metadata(
     config = _train_config(tmp_path, str(prefix), data={"kind": "sft"})
     _one_error_line(capsys, main(["sft", "train", "--config", str(config)]), "data.train[0] (ru)", fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_index_cache_a_run_refused_after_building_it_built_is_what_the_next_run_reads(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run refused after megatron-core built its indices (here a resume whose checkpoint was saved with
+    another optim.distributed) leaves them: they are named by the dataset's path and the run's settings
+    (samples, split, window, seed, EOD), dropped once the dataset changes, and whole (a build killed
+    mid-write is removed at the next start), so they are entries of the cache, which the next run with
+    those settings reads as they are, with the samples a fresh build gives."""
+    from vikhr.cli import main
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import train_samples
+
+    run = _copy_run(saved_run, tmp_path)
+    cache = run / "data-cache"
+    earlier = {path.name for path in cache.iterdir()}  # the saved run's, for its 2 steps
+
+    def indices() -> dict[str, tuple[int, int]]:
+        """(inode, mtime) of each index built since the saved run: a rebuild writes them again."""
+        return {
+            path.name: (path.stat().st_ino, path.stat().st_mtime_ns)
+            for path in cache.glob("*.npy")
+            if path.name not in earlier
+        }
+
+    # 30 steps need more passes over the data than the saved run's stream holds: built anew.
+    longer = {"steps": 30}
+    refused = _train_config(tmp_path, saved_run[1], train=longer, optim={"distributed": True})
+    status = main(["pretrain", "--config", str(refused)])
+    _one_error_line(capsys, status, "saved with optim.distributed = false; resume with the same setting")
+    built = indices()
+    assert any(name.endswith("-document_index.npy") for name in built), sorted(built)
+    config = _train_config(tmp_path, saved_run[1], train=longer, checkpoint={"save_every": 100})
+    assert main(["pretrain", "--config", str(config)]) == 0
+    assert "built again" not in capsys.readouterr().err
+    assert indices() == built and (run / "latest").read_text().strip() == "step_000030"
+    cfg = load_config(config)
+    n_train = train_samples(cfg, step=2, consumed=4)  # resumed at the saved run's last step
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+        read = build_pretrain_datasets(cfg, str(cache), n_train).train
+        fresh = build_pretrain_datasets(cfg, str(tmp_path / "fresh-cache"), n_train).train
+    assert indices() == built
+    assert all(read[i]["tokens"].tolist() == fresh[i]["tokens"].tolist() for i in range(n_train))
