@@ -186,6 +186,34 @@ def test_task_list_parsing() -> None:
         parse_task_list("terra,-nope")
     with pytest.raises(VikhrError, match="leaves no task"):
         parse_task_list("terra,-terra")
+    # '-name's alone leave them out of the default (the tasks the default data directory holds).
+    assert parse_task_list("-bpc") == ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
+    assert parse_task_list("-bpc,-terra") == ["mmlu_en", "rucola", "chegeka", "xquad_ru"]
+    assert parse_task_list("-bpc,terra") == ["terra"]  # a name given: the list is its own
+
+
+def test_tasks_left_out_of_the_default_may_be_the_options_next_word(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """`--tasks -bpc`, as the help's '-name' reads: argparse took '-bpc' for an unknown option
+    ("argument --tasks: expected one argument")."""
+    from vikhr.eval import runner
+
+    taken: list[EvalSettings] = []
+    monkeypatch.setattr(runner, "run_eval", lambda settings: taken.append(settings) or {})
+    base = ["eval", "--model", str(tmp_path), "--data-dir", str(tmp_path)]
+    assert cli_main([*base, "--tasks", "-bpc", "--limit", "3"]) == 0
+    assert taken[-1].tasks == ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
+    assert taken[-1].limit == 3  # the options after it are read as before
+    assert cli_main(["eval", "--tasks", "-bpc,-mera", "--model", str(tmp_path), "--data-dir", "."]) == 0
+    assert taken[-1].tasks == ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
+    assert "unknown task 'mera_x'" in _one_line_error([*base, "--tasks", "-bpc,-mera_x"], capsys)
+    # An option where the value should be still means the value is missing.
+    with pytest.raises(SystemExit) as e:
+        cli_main([*base, "--tasks", "--limit", "3"])
+    assert e.value.code == 2
+    assert "argument --tasks: expected one argument" in capsys.readouterr().err
+    assert len(taken) == 2
 
 
 # ----------------------------------------------------------------------------------------------------

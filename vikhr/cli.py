@@ -74,6 +74,21 @@ class RawDescriptionHelpWithDefaults(argparse.RawDescriptionHelpFormatter, HelpW
     """HelpWithDefaults for a verb whose description is laid out by hand."""
 
 
+class StoreDashValue(argparse.Action):
+    """An option whose value may begin with '-' (`--tasks -bpc`): argparse takes such a word for an
+    unknown option and fails with "expected one argument", so OneLineErrorParser joins it to the
+    option first (`--tasks=-bpc`)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports usage errors as a single line instead of the usage block, and shows the
     options' defaults in help."""
@@ -81,6 +96,31 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpWithDefaults)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None:  # a verb's parser gets its words as a list
+            args = self._join_dash_values(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _join_dash_values(self, args: list[str]) -> list[str]:
+        """`OPTION -word` as `OPTION=-word` for a StoreDashValue option, unless the word (before
+        a comma) is an option of this parser: `--tasks --model M` still says --tasks lacks its value."""
+        options = {s for a in self._actions for s in a.option_strings}
+        takes_dash = {s for a in self._actions if isinstance(a, StoreDashValue) for s in a.option_strings}
+        joined: list[str] = []
+        i = 0
+        while i < len(args):
+            if args[i] == "--":  # what follows is positional
+                return [*joined, *args[i:]]
+            if args[i] in takes_dash and i + 1 < len(args) and _is_dash_value(args[i + 1], options):
+                joined.append(f"{args[i]}={args[i + 1]}")
+                i += 2
+            else:
+                joined.append(args[i])
+                i += 1
+        return joined
 
     def format_help(self) -> str:
         for action in self._actions:
@@ -91,6 +131,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _is_dash_value(word: str, options: set[str]) -> bool:
+    """A word that begins with one '-' and names no option: a value, not an option."""
+    return word.startswith("-") and not word.startswith("--") and word.split(",")[0] not in options
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,13 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+from vikhr.cli import StoreDashValue
 from vikhr.errors import VikhrError, require_output_file
 from vikhr.locks import exclusive
 from vikhr.progress_bar import add_no_progress
 
 DEFAULT_DATA_DIR = Path(os.environ.get("VIKHR_SHARED_DATA", "../shared/data")) / "eval"
-# The tasks whose data the default data directory holds.
-DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 # The largest batch --batch-size auto may choose when --max-batch-size is not given.
 DEFAULT_MAX_BATCH_SIZE = 64
 # How the Markdown table vikhr eval writes begins (vikhr.eval.runner.markdown_table).
@@ -294,7 +293,7 @@ def _add_running_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vikhr.eval.tasks import TASKS
+    from vikhr.eval.tasks import DEFAULT_TASKS, TASKS
 
     p = sub.add_parser(
         "eval",
@@ -309,10 +308,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tasks",
+        action=StoreDashValue,
         default=DEFAULT_TASKS,
         help=f"comma-separated tasks: {','.join(TASKS)}; 'rsg' (the nine Russian SuperGLUE tasks), 'mera' "
-        f"(MERA's), 'table6' (the paper's) or 'all'; '-name' after them leaves one out, e.g. all,-bpc "
-        f"(default {DEFAULT_TASKS})",
+        f"(MERA's), 'table6' (the paper's) or 'all'; '-name' after them leaves one out, e.g. all,-bpc; "
+        f"'-name's alone leave them out of the default, e.g. -bpc (default {DEFAULT_TASKS})",
     )
     p.add_argument(
         "--data-dir",

@@ -229,19 +229,25 @@ TASK_GROUPS: dict[str, list[str]] = {
 }
 # The tasks behind the paper's Table 6 columns (MERA's total is scored by its site from the submission).
 TASK_GROUPS["table6"] = ["mmlu_en", "mmlu_ru", "chegeka", *TASK_GROUPS["rsg"], *TASK_GROUPS["mera"]]
+# --tasks' default: the tasks whose data the default data directory holds. A list of '-name's only
+# leaves them out of it ("-bpc").
+DEFAULT_TASKS = "mmlu_en,terra,rucola,chegeka,xquad_ru,bpc"
 
 
 def parse_task_list(tasks: str) -> list[str]:
     """Task names from a comma-separated list: names, groups ('all' and TASK_GROUPS), and names or
-    groups after a '-' to leave out ("table6,-mera_ruhumaneval")."""
+    groups after a '-' to leave out ("table6,-mera_ruhumaneval"); '-name's alone leave them out of
+    DEFAULT_TASKS ("-bpc")."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     groups = {"all": list(TASKS), **TASK_GROUPS}
     choices = (
         f"choose from {', '.join(TASKS)} (or {', '.join(map(repr, groups))}; "
-        "'-name' after them leaves one out, e.g. all,-bpc)"
+        "'-name' after them leaves one out, e.g. all,-bpc; alone, out of the default, e.g. -bpc)"
     )
     if not names:
         raise VikhrError(f"--tasks is empty; {choices}")
+    if all(n.startswith("-") for n in names):
+        names = [*DEFAULT_TASKS.split(","), *names]
     chosen = [t for n in names if not n.startswith("-") for t in groups.get(n, [n])]
     left_out = {t for n in names if n.startswith("-") for t in groups.get(n[1:], [n[1:]])}
     unknown = [n for n in [*chosen, *left_out] if n not in TASKS]
