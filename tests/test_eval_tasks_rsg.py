@@ -44,6 +44,7 @@ pytest.importorskip("lm_eval")
 FIXTURES = Path(__file__).parent / "data" / "eval_fixtures"
 RSG = FIXTURES / "russian-superglue"
 MERA_SAMPLE_SUBMISSION = FIXTURES / "mera-sample-submission"
+RSG_SAMPLE_SUBMISSION = FIXTURES / "rsg-sample-submission"
 NEW_TASKS = parse_task_list("rsg,mmlu_ru,mera")
 
 
@@ -296,6 +297,17 @@ def assert_layout_of_mera_sample(archive: zipfile.ZipFile) -> None:
         assert layout(json.loads(archive.read(path.name))) == sample, path.name
 
 
+def assert_layout_of_rsg_sample(files: dict[str, list[dict[str, Any]]]) -> None:
+    """Every task file has the records of the same file in the leaderboard's example submission (an
+    excerpt in tests/data/eval_fixtures/rsg-sample-submission, each label it uses once): the same
+    layout and, RuCoS' entities aside, labels among the sample's."""
+    for path in sorted(RSG_SAMPLE_SUBMISSION.glob("*.jsonl")):
+        sample = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert {json.dumps(layout(r)) for r in files[path.name]} == {json.dumps(layout(sample[0]))}, path.name
+        if path.name not in ("RuCoS.jsonl", "MuSeRC.jsonl"):
+            assert {r["label"] for r in files[path.name]} <= {r["label"] for r in sample}, path.name
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("eval_rsg") / "tiny")
@@ -542,8 +554,8 @@ def test_rigged_model_scores_the_share_of_yes(yes_lm: Any, tiny_dir: Path) -> No
 
 def test_rsg_submission_archive(yes_lm: Any, tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """--rsg-submission predicts each task's test split (labels hidden in the release) and writes the
-    leaderboard's archive: one <Task>.jsonl per task, records named by the test file's idx, labels in
-    the official encodings. The model always says " да", so every yes/no answer is known."""
+    leaderboard's archive: one submission/<Task>.jsonl per task, records named by the test file's idx,
+    labels in the official encodings. The model always says " да", so every yes/no answer is known."""
     limit = 3
     archive_path = tmp_path / "rsg.zip"
     out = run_eval(
@@ -559,12 +571,15 @@ def test_rsg_submission_archive(yes_lm: Any, tiny_dir: Path, tmp_path: Path, cap
     )
     assert "first 3 test documents of each task" in capsys.readouterr().err
     with zipfile.ZipFile(archive_path) as archive:
+        # The files in one folder, as in the leaderboard's example submission (sample_submission.zip).
+        assert archive.namelist()[0] == "submission/" and archive.getinfo("submission/").is_dir()
         files = {
-            name: [json.loads(line) for line in archive.read(name).decode("utf-8").splitlines()]
-            for name in archive.namelist()
+            name.removeprefix("submission/"): [json.loads(line) for line in archive.read(name).splitlines()]
+            for name in archive.namelist()[1:]
         }
     folders = ("LiDiRus", "RCB", "PARus", "MuSeRC", "TERRa", "RUSSE", "RWSD", "DaNetQA", "RuCoS")
     assert sorted(files) == sorted(f"{folder}.jsonl" for folder in folders)
+    assert_layout_of_rsg_sample(files)
 
     def test_records(folder: str) -> list[dict[str, Any]]:
         name = "LiDiRus.jsonl" if folder == "LiDiRus" else "test.jsonl"
@@ -579,7 +594,8 @@ def test_rsg_submission_archive(yes_lm: Any, tiny_dir: Path, tmp_path: Path, cap
         ("RUSSE", "true"),
         ("RWSD", "True"),
     ):
-        expected = [{"idx": r["idx"], "label": label} for r in test_records(folder)[:limit]]
+        # Every idx a number: LiDiRus.jsonl spells its "0", the example submission 0.
+        expected = [{"idx": int(r["idx"]), "label": label} for r in test_records(folder)[:limit]]
         assert files[f"{folder}.jsonl"] == expected, folder
     parus = files["PARus.jsonl"]
     assert [r["idx"] for r in parus] == [r["idx"] for r in test_records("PARus")[:limit]]

@@ -614,15 +614,21 @@ def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str,
     samples = sorted(samples, key=lambda s: s["doc_id"])
     if name == "rsg_rucos":
         return [
-            {"idx": s["doc"]["idx"], "label": s["doc"]["entities"][most_likely(s["filtered_resps"])]}
+            {
+                "idx": _submission_idx(s["doc"]["idx"]),
+                "label": s["doc"]["entities"][most_likely(s["filtered_resps"])],
+            }
             for s in samples
         ]
     labels = SUBMISSION_LABELS[name]
     if name != "rsg_muserc":
-        return [{"idx": s["doc"]["idx"], "label": labels[most_likely(s["filtered_resps"])]} for s in samples]
+        return [
+            {"idx": _submission_idx(s["doc"]["idx"]), "label": labels[most_likely(s["filtered_resps"])]}
+            for s in samples
+        ]
     passages: list[dict[str, Any]] = []
     for s in samples:
-        passage_idx, question_idx, answer_idx = s["doc"]["idx"]
+        passage_idx, question_idx, answer_idx = map(_submission_idx, s["doc"]["idx"])
         if not passages or passages[-1]["idx"] != passage_idx:
             passages.append({"idx": passage_idx, "passage": {"questions": []}})
         questions = passages[-1]["passage"]["questions"]
@@ -634,19 +640,33 @@ def submission_lines(name: str, samples: list[dict[str, Any]]) -> list[dict[str,
     return passages
 
 
+def _submission_idx(idx: Any) -> Any:
+    """An idx as the leaderboard's files give it, a JSON integer: the release's LiDiRus.jsonl spells
+    its idx as a string ("0"), the example submission (`sample_submission.zip` in
+    RussianNLP/RussianSuperGLUE) and the baselines' writers as a number (0)."""
+    return int(idx) if isinstance(idx, str) and idx.isdigit() else idx
+
+
 def submission_file(name: str) -> str:
     """The task's file name in the archive: its directory in the release (`TERRa.jsonl`, ...)."""
     return f"{Path(TASKS[name].eval_file).parent.name}.jsonl"
 
 
+# The folder the archive holds the task files in: the leaderboard's own example submission
+# (`sample_submission.zip` in RussianNLP/RussianSuperGLUE) has them in `submission/`, its TF-IDF
+# baseline notebook zips its output folder whole; neither puts them at the archive's root.
+SUBMISSION_FOLDER = "submission/"
+
+
 def write_submission(samples: dict[str, list[dict[str, Any]]], out_zip: Path) -> Path:
-    """The Russian SuperGLUE leaderboard's submission archive (zip): per task one `<Task>.jsonl`
-    of `submission_lines`, from the logged samples of each task's test split."""
+    """The Russian SuperGLUE leaderboard's submission archive (zip): per task one
+    `submission/<Task>.jsonl` of `submission_lines`, from the logged samples of each task's test split."""
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     with temporary_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.mkdir(SUBMISSION_FOLDER, mode=0o755)  # dated 1980-01-01, as the files are
         for name in sorted(samples):
             lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in submission_lines(name, samples[name]))
-            info = zipfile.ZipInfo(submission_file(name), date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(SUBMISSION_FOLDER + submission_file(name), date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, "".join(lines), compress_type=zipfile.ZIP_DEFLATED)
     return out_zip
 
