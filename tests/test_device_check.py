@@ -82,6 +82,9 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     swept = json.loads((out / "kernel-sweep.json").read_text())
     assert [r["schedule"] for r in swept][:3] == ["row", "persistent", "persistent:1"]
     assert all(r["kernel_ms"] > 0 and r["bitwise_equal"] is True for r in swept)
+    # The CPU kernel ignores the schedules: the rows say they timed it, not the schedules.
+    assert all(r["schedule_applied"] is False for r in swept)
+    assert "the schedules are CUDA-only" in (out / "kernel-sweep.log").read_text()
     assert "lm-eval task machinery: imports" in (out / "env.log").read_text()
     profiled = (out / "kernel-ncu.log").read_text()
     for name in ("row", "persistent", "smem"):
@@ -167,6 +170,26 @@ def test_a_failing_benchmark_worker_fails_the_kernel_benchmark(tmp_path: Path) -
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout
     assert "failed" in json.loads(out.read_text())[0]
+
+
+@pytest.mark.slow
+def test_the_schedule_sweep_on_the_cpu_says_every_row_timed_the_cpu_kernel(tmp_path: Path) -> None:
+    """The CPU kernel ignores the CUDA schedules: its timings were printed under the schedules' names
+    (persistent:2, smem, ...) as if each had been measured. Each variant still runs its steps, as the
+    dry run needs, and the table and the JSON rows name what was timed."""
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--sweep-schedules", "--device", "cpu"]
+    cmd += ["--n", "8", "--vocab", "64", "--runs", "1", "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "# CPU: the schedules are CUDA-only; the CPU kernel ignores VIKHR_CEKL_SCHEDULE" in proc.stdout
+    table = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
+    assert table[0].split()[:2] == ["timed", "settings"], proc.stdout
+    assert len(table) == 15 and all(line.startswith("CPU kernel ") for line in table[1:]), proc.stdout
+    rows = json.loads(out.read_text())
+    variants = {(r["schedule"], r["packs"]) for r in rows}
+    assert variants == {(s, p) for s in load_tool("bench_kernels").SWEEP for p in (1, 2)}
+    assert all(r["schedule_applied"] is False and r["bitwise_equal"] is True for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ max_memory_allocated on a GPU, the peak resident set size (VmHWM, reset first) o
 `--sweep-schedules` times the fused forward kernel alone (one process, CUDA events) under every
 CUDA schedule and the persistent grid at 1-4 blocks per SM (VIKHR_CEKL_SCHEDULE=persistent:K),
 each with 1 and 2 packs per step (VIKHR_CEKL_PACKS), after checking each one's result bit for bit
-against the row schedule's with 1 pack.
+against the row schedule's with 1 pack. The schedules are CUDA-only: on the CPU (tools/device_check.sh
+--dry-run) every row times the one CPU kernel with a variant's settings passed, which it ignores,
+and the table and the JSON rows (`schedule_applied`: false) say so.
 `--profile-schedules` runs the fused forward kernel once per CUDA schedule and packs per step
 (after one warm-up launch each) for a profiler around the process, and prints the order of the
 launches; e.g. the
@@ -56,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_cli import BenchParser, check_cuda, check_output_file, positive
@@ -308,10 +311,35 @@ def _schedule_variants(schedules):
 SWEEP = ("row", "persistent", "persistent:1", "persistent:2", "persistent:3", "persistent:4", "smem")
 
 
+# What the sweep says on the CPU, above its table: the CPU kernel has one schedule, so its rows are
+# a dry run of the GPU sweep's steps, not a comparison of schedules.
+CPU_SWEEP_NOTE = (
+    "# CPU: the schedules are CUDA-only; the CPU kernel ignores VIKHR_CEKL_SCHEDULE and VIKHR_CEKL_PACKS.\n"
+    "# Each row times that one CPU kernel with a variant's settings passed (its result checked bit for\n"
+    "# bit, as on a GPU): the rows differ by noise alone. Compare the schedules with --device cuda."
+)
+
+
+def _sweep_table(device: str) -> tuple[str, Callable[[str, int, float, float], str]]:
+    """The sweep table's header and row format: a row per schedule on CUDA; on the CPU every row
+    names the kernel it timed, the CPU one, and the settings it passed that the kernel ignores."""
+    if device == "cuda":
+        header = f"{'schedule':<14} {'packs':>5} {'ms':>9} {'GB/s':>8}"
+        return header, lambda variant, packs, ms, gbs: f"{variant:<14} {packs:>5} {ms:>9.3f} {gbs:>8.0f}"
+    header = f"{CPU_SWEEP_NOTE}\n{'timed':<10} {'settings passed, ignored':<26} {'ms':>9} {'GB/s':>8}"
+
+    def row(variant: str, packs: int, ms: float, gbs: float) -> str:
+        settings = f"{variant}, {packs} pack{'s' if packs > 1 else ''}"
+        return f"{'CPU kernel':<10} {settings:<26} {ms:>9.3f} {gbs:>8.0f}"
+
+    return header, row
+
+
 def _sweep_schedules(args: argparse.Namespace) -> int:
     """The fused forward kernel alone (in place) under every variant of SWEEP, in one process: each
     one's rows and gradient checked bit for bit against the row schedule's, then its median time
-    (CUDA events on the GPU) and effective bandwidth; a table, and --json rows."""
+    (CUDA events on the GPU) and effective bandwidth; a table, and --json rows. On the CPU, whose
+    kernel ignores the settings, the table and rows say so (`schedule_applied`: false)."""
     import torch
 
     from vikhr.ops.build import load_ops
@@ -322,8 +350,9 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
     z, r, labels = _inputs(args.n, v, args.dtype, args.device)
     call_bytes = 3 * z.numel() * z.element_size()
     events = args.device == "cuda"
+    header, table_row = _sweep_table(args.device)
     print(f"# fused forward kernel alone, N={args.n}, V={v}, {args.dtype}, median of {args.runs} runs")
-    print(f"{'schedule':<14} {'packs':>5} {'ms':>9} {'GB/s':>8}")
+    print(header)
     rows, want, differ = [], None, []
     for variant, packs in _schedule_variants(SWEEP):
         call = _fused_kernel_call(r, labels, v)
@@ -343,6 +372,7 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
             {
                 "schedule": variant,
                 "packs": packs,
+                "schedule_applied": args.device == "cuda",
                 "n": args.n,
                 "vocab": v,
                 "dtype": args.dtype,
@@ -350,7 +380,7 @@ def _sweep_schedules(args: argparse.Namespace) -> int:
                 "bitwise_equal": equal,
             }
         )
-        print(f"{variant:<14} {packs:>5} {ms:>9.3f} {call_bytes / ms / 1e6:>8.0f}")
+        print(table_row(variant, packs, ms, call_bytes / ms / 1e6))
         _write_json(args.json, rows)  # after each variant: a run stopped at its limit keeps the rest
     if differ:
         print(f"FAILED: not bit for bit equal to row, 1 pack: {'; '.join(differ)}", file=sys.stderr)
@@ -473,7 +503,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sweep-schedules",
         action="store_true",
-        help="time the fused forward kernel alone under every CUDA schedule (and persistent:1-4)",
+        help="time the fused forward kernel alone under every CUDA schedule (and persistent:1-4); on the "
+        "CPU, which ignores the schedules, the same steps on its one kernel",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
