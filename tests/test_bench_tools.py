@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import io
+import itertools
+import json
 import os
 import subprocess
 import sys
@@ -315,6 +318,50 @@ def test_bench_preprocess_without_a_baseline_installed_says_so_like_its_other_re
         pytest.skip("gigatoken is installed")
     line = _refusal("bench_preprocess.py", ["--tools", "vikhr", "gigatoken"])
     assert "gigatoken not installed: pip install -e '.[bench]' (or leave them out of --tools)" in line
+
+
+def _corpus_lines(name: str, count: int) -> list[bytes]:
+    """`count` JSONL documents of about 22 kB each, numbered and named after their file."""
+    return [
+        json.dumps({"text": f"{name} {i} " + "слово " * 2000}, ensure_ascii=False).encode() + b"\n"
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("per_file", [60, 10])  # 1.3 MB files, or 0.2 MB ones cycled to reach 1 MB
+def test_bench_preprocess_builds_a_corpus_of_about_the_size_asked_for(
+    per_file: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--mb N` copied whole corpus files (115 MB at --mb 100, a whole file at --mb 1): the corpus
+    now ends at the first line that reaches N MB, in name order, cycling, the same bytes every run."""
+    corpora = tmp_path / "shared" / "corpus" / "ru"
+    corpora.mkdir(parents=True)
+    sources = {name: _corpus_lines(name, per_file) for name in ("b", "a")}
+    for name, lines in sources.items():
+        with gzip.GzipFile(corpora / f"{name}.jsonl.gz", "wb", mtime=0) as f:
+            f.write(b"".join(lines))
+    bench_preprocess = load_tool("bench_preprocess")
+    monkeypatch.setattr(bench_preprocess, "SHARED", tmp_path / "shared")
+    nbytes, docs = bench_preprocess.build_corpus(tmp_path / "corpus.jsonl", 1)
+    written = (tmp_path / "corpus.jsonl").read_bytes()
+    expected = list(itertools.islice(itertools.cycle(sources["a"] + sources["b"]), docs))
+    assert written == b"".join(expected) and nbytes == len(written)
+    assert len(written) - len(expected[-1]) < 1_000_000 <= len(written)
+    assert bench_preprocess.build_corpus(tmp_path / "again.jsonl", 1) == (nbytes, docs)
+    assert (tmp_path / "again.jsonl").read_bytes() == written
+
+
+def test_bench_preprocess_refuses_empty_corpora_instead_of_cycling_them_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpora = tmp_path / "corpus" / "ru"
+    corpora.mkdir(parents=True)
+    with gzip.GzipFile(corpora / "empty.jsonl.gz", "wb", mtime=0):
+        pass
+    bench_preprocess = load_tool("bench_preprocess")
+    monkeypatch.setattr(bench_preprocess, "SHARED", tmp_path)
+    with pytest.raises(SystemExit, match=r"corpus/ru/\*\.jsonl\.gz hold no lines"):
+        bench_preprocess.build_corpus(tmp_path / "corpus.jsonl", 1)
 
 
 @pytest.mark.parametrize(

@@ -84,25 +84,25 @@ tok.encode_files(gigatoken.JsonlFileSource([sys.argv[2]]), parallel=int(sys.argv
 """
 
 
-def build_corpus(path: Path, megabytes: int, whole_files: bool = True) -> tuple[int, int]:
-    """Concatenate corpus/ru/*.jsonl.gz (cycling) into one plain JSONL of >= `megabytes` MB: whole
-    files (the first pass alone is 115 MB), or up to the first line past the size."""
+def build_corpus(path: Path, megabytes: int) -> tuple[int, int]:
+    """corpus/ru/*.jsonl.gz decompressed in name order (cycling) into one plain JSONL of about
+    `megabytes` MB: whole lines, the last one the first to reach the size; the same bytes on every
+    run. Returns (bytes, documents)."""
     sources = sorted((SHARED / "corpus" / "ru").glob("*.jsonl.gz"))  # some: parse_args checked
     written = docs = 0
     limit = megabytes * 1_000_000
     with open(path, "wb") as out:
-        while written < limit:
+        while True:
             for src in sources:
                 with gzip.open(src, "rb") as f:
                     for line in f:
                         out.write(line)
                         written += len(line)
                         docs += 1
-                        if not whole_files and written >= limit:
+                        if written >= limit:
                             return written, docs
-                if written >= limit:
-                    break
-    return written, docs
+            if not written:  # cycling empty files would never reach the size
+                raise SystemExit(f"bench_preprocess: {SHARED}/corpus/ru/*.jsonl.gz hold no lines")
 
 
 def _texts(corpus: Path) -> list[str]:
@@ -507,7 +507,12 @@ def non_negative(value: str) -> int:
 
 def parse_args() -> argparse.Namespace:
     ap = BenchParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mb", type=positive(int), default=100, help="corpus size in MB (uncompressed JSONL)")
+    ap.add_argument(
+        "--mb",
+        type=positive(int),
+        default=100,
+        help="corpus size in MB (uncompressed JSONL, whole documents: the last reaches the size)",
+    )
     ap.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=positive(int), default=3)
     ap.add_argument(
@@ -649,8 +654,7 @@ def main() -> int:
         if byte_level:
             model = args.tokenizer_json or build_tekken_json(work / "tekken.json")
         corpus = work / "corpus.jsonl"
-        # Byte-level peers are slow (HF tokenizers ~1.5 MB/s): a corpus of the size asked for.
-        nbytes, ndocs = build_corpus(corpus, args.mb, whole_files=not byte_level)
+        nbytes, ndocs = build_corpus(corpus, args.mb)
         print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} documents (corpus/ru, cycled); model {model.name}")
         check_ids(tools, corpus, args.check_mb, model, max(args.threads), work)
         slow = args.repeats if args.slow_repeats is None else args.slow_repeats
