@@ -161,7 +161,10 @@ MERA_TASKS: dict[str, MeraTask] = {
     "mera_use": MeraTask(
         "USE", (), "", strip_query=False, kind="use", until=("\n", "."), shot_group="id_task"
     ),
-    # Ten completions per function at temperature 0.6, as the release's run script samples them.
+    # Ten sampled completions per function at temperature 0.6. The task file says `do_sample: false`
+    # (`benchmark_tasks/ruhumaneval/ruhumaneval.yaml`), but the release's run script passes
+    # `--gen_kwargs temperature=0.6,do_sample=True` for this task (`scripts/run_benchmark.sh` lines 7
+    # and 30-32, ai-forever/MERA 8fc8f51), which lm-eval merges over the file's settings.
     "mera_ruhumaneval": MeraTask(
         "ruHumanEval",
         (),
