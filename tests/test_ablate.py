@@ -173,6 +173,32 @@ def test_a_cuda_grid_without_a_gpu_is_refused_before_any_stage(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("key", ["out_dir", "cache_dir"])
+def test_an_out_dir_or_cache_dir_that_is_a_file_is_refused_before_any_stage(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file at out_dir failed as "cannot access …: File exists", naming no key; a file at cache_dir
+    only once the base model was to be cached, after the preparation had replaced the earlier grid's
+    work (its finished runs, which --resume reloads)."""
+    from vikhr.cli import main
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    (out / "work" / "results").mkdir(parents=True)
+    (out / "work" / "results" / "a.json").write_text("{}")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cfg = {**MICRO, "out_dir": str(out), "cache_dir": str(cache), key: str(a_file)}
+    path = _write(tmp_path / "ablate.yaml", cfg)
+    assert main(["ablate", "--no-progress", str(path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"vikhr ablate: error: {path}: config key {key} {a_file} is a file, not a directory (give the key "
+        "another path)"
+    )
+    assert a_file.read_text() == "mine" and (out / "work" / "results" / "a.json").read_text() == "{}"
+    assert not cache.exists()
+
+
 def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> None:
     path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(tmp_path / "out"), "bogus": 1})
     proc = subprocess.run(

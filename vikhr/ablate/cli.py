@@ -9,10 +9,11 @@ from vikhr.progress_bar import add_no_progress
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.ablate.config import check_device_here, load_ablate_config
+    from vikhr.ablate.config import check_device_here, check_dirs_here, load_ablate_config
 
     cfg = load_ablate_config(args.config)  # everything checked before the first stage runs
     check_device_here(cfg, args.config)
+    check_dirs_here(cfg, args.config)
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import grid_lock, run_ablation
 

@@ -272,6 +272,16 @@ def check_device_here(cfg: AblateConfig, path: str | Path) -> None:
             )
 
 
+def check_dirs_here(cfg: AblateConfig, path: str | Path) -> None:
+    """out_dir and cache_dir can be made or written into here: a file at either path (or on the way
+    to it) failed in a line naming no key, and cache_dir's only after the preparation had run and
+    replaced the earlier grid's work."""
+    from vikhr.errors import require_writable_dir
+
+    for key in ("out_dir", "cache_dir"):
+        require_writable_dir(getattr(cfg, key), f"{path}: config key {key}", "give the key another path")
+
+
 # The trainer's keys that a grid's own keys set (trainer_config), for the base's run and the arms'.
 _GRID_KEYS = {
     "data.seq_len": "train.seq_len",
