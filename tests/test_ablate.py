@@ -623,7 +623,8 @@ def _grid_result(arms: int, steps: int) -> Any:
     from vikhr.ablate.config import AblateConfig, Arm
     from vikhr.ablate.runner import AblationResult, RunResult
 
-    names = [Arm(name=f"arm{i:02d}", group=f"group{i % 3}") for i in range(arms)]
+    # Each arm its own settings: arms of equal settings share one run, drawn once.
+    names = [Arm(name=f"arm{i:02d}", group=f"group{i % 3}", kl_weight=0.1 * i) for i in range(arms)]
     runs = [
         RunResult(
             arm,
@@ -684,6 +685,50 @@ def test_the_legends_of_a_grid_cover_no_curve_and_no_arm(tmp_path: Path) -> None
     plot(result, tmp_path)
     for png, inches in drawn_inches.items():
         assert matplotlib.image.imread(tmp_path / png).shape[1] >= round(inches * 110), png
+
+
+def test_arms_that_share_a_run_are_drawn_once_under_all_their_names() -> None:
+    """adapted, init-mean and kl-0 of the shipped grids train one run: each was drawn at the same
+    place, the last covering the others, and the legend listed colours no curve or point had."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.ablate.config import AblateConfig, Arm
+    from vikhr.ablate.report import loss_curves_figure, tradeoff_figure
+    from vikhr.ablate.runner import AblationResult, RunResult
+
+    shared = RunResult(Arm(name="adapted"), 1, 4, 128, 400, 3.0, 2.0, 2.5, 2.1, train_losses={1: 5.0, 2: 4.0})
+    regularised = dataclasses.replace(shared, arm=Arm(name="kl-0.5", kl_weight=0.5), ru_bpc=2.7, en_bpc=2.0)
+    arms = [
+        Arm(name="adapted", group="vocabulary"),
+        Arm(name="init-mean", group="init", init="mean"),
+        Arm(name="kl-0", group="regularisation", kl_weight=0.0),
+        regularised.arm,
+        Arm(name="slerp-a", group="slerp", slerp_of="kl-0", slerp_t=0.5),
+        Arm(name="slerp-b", group="slerp", slerp_of="init-mean", slerp_t=0.5),
+    ]
+    merged = dataclasses.replace(shared, ru_bpc=2.8, en_bpc=1.9, trained=arms[0], train_losses={})
+    runs = [dataclasses.replace(shared, arm=arm) for arm in arms[:3]] + [regularised]
+    runs += [dataclasses.replace(merged, arm=arm) for arm in arms[4:]]
+    result = AblationResult(
+        AblateConfig(arms=arms, seeds=[1]), {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs
+    )
+    curves = loss_curves_figure(result)
+    [ax] = curves.axes
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "adapted = init-mean = kl-0",
+        "kl-0.5",
+    ]
+    assert len(ax.get_lines()) == 2
+    plt.close(curves)
+    tradeoff = tradeoff_figure(result)
+    [ax] = tradeoff.axes
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    plt.close(tradeoff)
+    assert [label for label in labels if "base" not in label and "frontier" not in label] == [
+        "adapted = init-mean = kl-0",
+        "kl-0.5",
+        "slerp-a = slerp-b",
+    ]
 
 
 def test_an_arm_whose_bpc_is_not_finite_is_reported_not_a_traceback() -> None:

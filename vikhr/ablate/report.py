@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -102,6 +103,25 @@ def _by_arm(result: AblationResult) -> dict[str, list[RunResult]]:
     return arms
 
 
+def _measured_by(r: RunResult) -> str:
+    """What a result measured: arms of one run key train once per seed (and merges of one run at
+    one t are one merge), so their figures are the same."""
+    if r.trained is not None:
+        return json.dumps(["merge", r.trained.run_key(), r.arm.slerp_t])
+    return r.arm.run_key()
+
+
+def _chart_series(result: AblationResult) -> list[tuple[str, list[RunResult]]]:
+    """The charts' series, one per run the grid measured, labelled with every arm that shares it
+    (`adapted = init-mean = kl-0`): drawn once per arm, the last one covered the others, which the
+    legend listed in colours the chart did not show."""
+    arms = _by_arm(result)
+    sharing: dict[str, list[str]] = {}
+    for name, rs in arms.items():
+        sharing.setdefault(_measured_by(rs[0]), []).append(name)
+    return [(" = ".join(names), arms[names[0]]) for names in sharing.values()]
+
+
 def _overrides(overrides: dict[str, object]) -> str:
     return " with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
 
@@ -171,10 +191,10 @@ def loss_curves_figure(result: AblationResult) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = _by_arm(result)
-    colours = series_colours(len(arms))  # an arm has the same colour in both charts
+    series = _chart_series(result)
+    colours = series_colours(len(series))  # a series has the same colour in both charts
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, rs) in enumerate(arms.items()):
+    for i, (name, rs) in enumerate(series):
         if not rs[0].train_losses:
             continue  # merges do not train
         steps = sorted(set.intersection(*(set(r.train_losses) for r in rs)))
@@ -196,14 +216,15 @@ def tradeoff_figure(result: AblationResult) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = _by_arm(result)
+    series = _chart_series(result)
     fig, ax = plt.subplots(figsize=(7, 6))
     points = []
-    # One colour per arm (up to 20) and one marker per group, so that no two arms look alike.
-    colours = series_colours(len(arms))
+    # One colour per series (up to 20) and one marker per group (its first arm's), so that no two
+    # look alike.
+    colours = series_colours(len(series))
     markers = "osD^vP*X"
     groups = list(dict.fromkeys(a.group for a in result.config.arms))
-    for i, (name, rs) in enumerate(arms.items()):
+    for i, (name, rs) in enumerate(series):
         (rx, sx), (ry, sy) = mean_std([r.ru_bpc for r in rs]), mean_std([r.en_bpc for r in rs])
         if math.isfinite(rx) and math.isfinite(ry):  # a diverged arm has no place on the frontier
             points.append((rx, ry))
