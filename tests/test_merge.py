@@ -492,10 +492,12 @@ def test_configs_are_compared_as_the_model_reads_them(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A head_dim written in one config and implied in the other is the same model (it was refused);
-    another RoPE base or activation is another model (it was merged with A's config)."""
+    another RoPE base or activation is another model (it was merged with A's config). A difference
+    is named by config.json's key (it was by the model's field: "num_layers", "tie_embeddings")."""
     a, b = models["a"], models["b"]
     cfg = json.loads((b / "config.json").read_text())
     implied = {k: v for k, v in cfg.items() if k != "head_dim"}
+    layers, heads, width = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["hidden_size"]
     for change, error in (
         (implied, None),
         (
@@ -503,6 +505,10 @@ def test_configs_are_compared_as_the_model_reads_them(
             "differs in rope_theta",
         ),
         ({**cfg, "hidden_act": "gelu"}, "differs in hidden_act: 'silu'"),
+        ({**cfg, "num_hidden_layers": layers + 1}, f"differs in num_hidden_layers: {layers} in {a}, "),
+        ({**cfg, "tie_word_embeddings": True}, "differs in tie_word_embeddings: False in "),
+        ({**cfg, "head_dim": 2 * width // heads}, f"differs in head_dim: {width // heads} in {a}, "),
+        ({**cfg, "intermediate_size": cfg["intermediate_size"] + 2}, "differs in intermediate_size: "),
     ):
         other = tmp_path / "b"
         shutil.rmtree(other, ignore_errors=True)

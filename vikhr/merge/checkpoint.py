@@ -132,21 +132,43 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
     return layers, longer
 
 
+# config.json's name of each field of vikhr's model config that it names otherwise: a difference is
+# told in the key the user finds in the file.
+_CONFIG_JSON_NAMES = {
+    "num_layers": "num_hidden_layers",
+    "ffn_hidden_size": "intermediate_size",
+    "num_kv_heads": "num_key_value_heads",
+    "kv_channels": "head_dim",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "rope_scaling_factor": "rope_scaling factor",
+    "rope_low_freq_factor": "rope_scaling low_freq_factor",
+    "rope_high_freq_factor": "rope_scaling high_freq_factor",
+    "rope_original_max_seq_len": "rope_scaling original_max_position_embeddings",
+}
+
+
 def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, tuple]:
     """(A's, B's) value of each field of vikhr's model config when both configs read as one of
-    its families, else {}."""
+    its families, else {}; by config.json's names, the head width as read (written or implied)."""
     from dataclasses import asdict
 
     from vikhr.convert import hf_config_to_model_config
 
     try:
-        shape_a = asdict(hf_config_to_model_config(cfg_a, str(a / "config.json")))
-        shape_b = asdict(hf_config_to_model_config(cfg_b, str(b / "config.json")))
+        model_a = hf_config_to_model_config(cfg_a, str(a / "config.json"))
+        model_b = hf_config_to_model_config(cfg_b, str(b / "config.json"))
     except VikhrError:
         return {}
+    shape_a = {**asdict(model_a), "kv_channels": model_a.head_dim}
+    shape_b = {**asdict(model_b), "kv_channels": model_b.head_dim}
     # Neither the initialisation's scale nor the context (CONTEXT_KEY, read as max_seq_len) shapes a weight.
     unshaped = ("init_std", "max_seq_len")
-    return {key: (value, shape_b[key]) for key, value in shape_a.items() if key not in unshaped}
+    return {
+        _CONFIG_JSON_NAMES.get(key, key): (value, shape_b[key])
+        for key, value in shape_a.items()
+        if key not in unshaped
+    }
 
 
 def _vocabulary_content(path: Path) -> Any:
