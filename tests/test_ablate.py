@@ -199,6 +199,26 @@ def test_an_out_dir_or_cache_dir_that_is_a_file_is_refused_before_any_stage(
     assert not cache.exists()
 
 
+def test_a_ctrl_c_says_that_resume_continues_the_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C said only "vikhr: interrupted": the same command again starts the grid over and
+    removes the runs the interrupted one finished."""
+    import vikhr.ablate.runner
+    from vikhr.cli import main
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vikhr.ablate.runner, "run_ablation", interrupted)
+    path = _write(tmp_path / "my grid.yaml", {**MICRO, "out_dir": str(tmp_path / "out")})
+    assert main(["ablate", str(path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vikhr: interrupted; `vikhr ablate --resume '{path}'` continues the grid from the runs it finished "
+        "(without --resume it starts over)"
+    ]
+
+
 def test_cli_reports_a_bad_config_in_one_line_before_running(tmp_path: Path) -> None:
     path = _write(tmp_path / "ablate.yaml", {**MICRO, "out_dir": str(tmp_path / "out"), "bogus": 1})
     proc = subprocess.run(

@@ -29,6 +29,14 @@ class RunStopped(Exception):
         self.hint = hint  # how to continue: the verb that ran the trainer knows best
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C in a verb that another run continues: `hint` says how, on the line that reports it."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
 def _stdout_closed() -> bool:
     """Whether stdout's reader went away (`vikhr ... | head`): a broken pipe elsewhere is an error."""
     try:
@@ -58,7 +66,8 @@ def report_ending(prog: str, e: BaseException) -> int:
             print_error_line(f"{prog}: {e}; {e.hint}")
         return e.status
     if isinstance(e, KeyboardInterrupt):  # Ctrl-C ends the program, whichever verb ran
-        print_error_line(f"{prog.split()[0]}: interrupted")
+        how = f"; {e.hint}" if isinstance(e, Interrupted) else ""
+        print_error_line(f"{prog.split()[0]}: interrupted{how}")
         return 130
     if isinstance(e, BrokenPipeError) and _stdout_closed():
         return BROKEN_PIPE_STATUS

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
 
+from vikhr.errors import Interrupted
 from vikhr.progress_bar import add_no_progress
 
 
@@ -18,7 +20,14 @@ def _run(args: argparse.Namespace) -> int:
     from vikhr.ablate.runner import grid_lock, run_ablation
 
     with grid_lock(cfg.out_dir):
-        result = run_ablation(cfg, show_progress=args.progress, resume=args.resume)
+        try:
+            result = run_ablation(cfg, show_progress=args.progress, resume=args.resume)
+        except KeyboardInterrupt:
+            # The same command again starts the grid over, removing the runs this one finished.
+            raise Interrupted(
+                f"`vikhr ablate --resume {shlex.quote(str(args.config))}` continues the grid from the "
+                "runs it finished (without --resume it starts over)"
+            ) from None
         for path in write_report(result):
             print(path)
     return 0
