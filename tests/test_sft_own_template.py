@@ -234,6 +234,25 @@ def test_the_date_is_fixed_and_a_template_rewritten_is_read_anew(tmp_path: Path)
     assert "user>\nвопрос" in text
 
 
+def test_a_template_replaced_within_one_clock_tick_is_read_anew(tmp_path: Path) -> None:
+    """A chat_template.jinja renamed into place with the old one's size and modification time (a
+    coarse clock, one tick) is another file: its template is used from then on."""
+    from tests.helpers import replace_within_one_tick
+
+    template = (
+        "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+    )
+    directory = write_tokenizer(tmp_path, "nemo", byte_level_bpe("gpt2"), template=template)
+    (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
+    tok = load_chat_tokenizer(directory, OWN)
+    text = tok.backend.decode(encode_chat(_chat("вопрос", "ответ"), tok, OWN).ids, skip_special_tokens=False)
+    assert "user:\nвопрос" in text
+    replace_within_one_tick(directory / "chat_template.jinja", template.replace(":\\n", ">\\n"))
+    text = tok.backend.decode(encode_chat(_chat("вопрос", "ответ"), tok, OWN).ids, skip_special_tokens=False)
+    assert "user>\nвопрос" in text
+
+
 def test_refusals_name_the_problem(model_dir: tuple[str, Path]) -> None:
     model, directory = model_dir
     tok = load_chat_tokenizer(directory, OWN)

@@ -713,6 +713,26 @@ def test_compare_knows_the_corpora_of_a_manifest_without_content_hashes_as_store
     ]
 
 
+def test_a_text_set_replaced_within_one_clock_tick_is_hashed_anew(tmp_path: Path) -> None:
+    """A text set renamed into place with the old file's size and modification time (a coarse clock,
+    one tick) is another file: whether a tokenizer trained on it is decided from its new bytes."""
+    from tests.helpers import replace_within_one_tick
+
+    texts = tmp_path / "ru.jsonl"
+    texts.write_text(json.dumps({"id": "x", "text": "Mama myla ramu. " * 20}) + "\n", encoding="utf-8")
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    shutil.copy(MISTRAL_TOKENIZER, tok / "tokenizer.model")
+    (tok / "manifest.json").write_text(
+        json.dumps({"corpora": [{"path": "ru.jsonl", "sha256": corpus_sha256(texts)}]}), encoding="utf-8"
+    )
+    out = tmp_path / "rep"
+    assert [r.seen for r in compare([f"t={tok}"], [f"ru={texts}"], out, split="all")] == ["yes"]
+    replace_within_one_tick(texts, texts.read_text(encoding="utf-8").replace("ramu", "ramy"))
+    seen = [r.seen for r in compare([f"t={tok}"], [f"ru={texts}"], out, split="all", overwrite=True)]
+    assert seen == ["no"]
+
+
 def test_a_failed_compare_chart_leaves_the_earlier_report_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,6 +101,21 @@ def test_which_file_of_a_directory_is_decided_once_per_version_of_its_files(tmp_
     assert resolve_tokenizer_file(d) == d / "tokenizer.model"  # the rewritten file is read again
 
 
+def test_a_tokenizer_json_replaced_within_one_clock_tick_is_read_again(tmp_path: Path) -> None:
+    """A tokenizer.json renamed into place with the old one's size and modification time (a coarse
+    clock, one tick) is another file: the directory's choice is made again."""
+    from tests.helpers import replace_within_one_tick, sentencepiece_with_added_tokens
+
+    d = sentencepiece_with_added_tokens(tmp_path / "hermes")
+    assert resolve_tokenizer_file(d) == d / "tokenizer.json"
+    text = (d / "tokenizer.json").read_text(encoding="utf-8")
+    spec = json.loads(text)
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < 32000]
+    smaller = json.dumps(spec)  # ASCII; the trailing spaces JSON allows keep the old size
+    replace_within_one_tick(d / "tokenizer.json", smaller.ljust(len(text.encode("utf-8"))))
+    assert resolve_tokenizer_file(d) == d / "tokenizer.model"
+
+
 def test_sentencepiece_model_uses_its_own_bos_eos() -> None:
     import sentencepiece as spm
 

@@ -27,6 +27,15 @@ def file_stamp(path: str | os.PathLike[str]) -> FileStamp:
     return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def file_stamp_or_none(path: str | os.PathLike[str]) -> FileStamp | None:
+    """`file_stamp` of `path`, None where there is no such file (a cache key for a file that may be
+    absent, such as a tokenizer's optional chat template)."""
+    try:
+        return file_stamp(path)
+    except FileNotFoundError:
+        return None
+
+
 def settled(before: Sequence[FileStamp], after: Sequence[FileStamp], read_started_ns: int) -> bool:
     """Whether what was read from files stamped `before` (then `after`, once read) may be cached under
     `before`: no file changed while it was read, and each was last written more than SETTLED_NS

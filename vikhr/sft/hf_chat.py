@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from vikhr.errors import read_json_object
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
+from vikhr.file_stamps import FileStamp, file_stamp_or_none
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 # Qwen2.5's and Qwen3's wording around the functions a chat offers, in its system turn: the text before
@@ -191,11 +192,11 @@ def mistral_v3_spaced(tok: Tokenizer) -> bool:
     inst = tok.piece_to_id("[INST]")
     if inst is None:
         return False  # mistral-v3 refuses such a tokenizer anyway
-    return _no_prefix_after_control(tok, inst, file_stamp(tok.path))
+    return _no_prefix_after_control(tok, inst, file_stamp_or_none(tok.path))
 
 
 @functools.lru_cache(maxsize=8)
-def _no_prefix_after_control(tok: Tokenizer, inst: int, stamp: tuple[int, int] | None) -> bool:
+def _no_prefix_after_control(tok: Tokenizer, inst: int, stamp: FileStamp | None) -> bool:
     """Whether transformers' tokenizer of `tok` encodes "Да" after [INST] otherwise than alone (once per
     tokenizer and state of its file: `stamp`)."""
     del stamp

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, first_line
+from vikhr.file_stamps import FileStamp, file_stamp_or_none
 from vikhr.sft.encoded import (
     EncodedChat,
     Message,
@@ -64,7 +65,7 @@ from vikhr.sft.encoded import (
     trained_tokens,
 )
 from vikhr.sft.hf_chat import chat_template_sha256, own_chat_template
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, file_stamp
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 FIXED_DATE = "26 Jul 2024"
 STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`OwnTemplate._answer_start`)
@@ -247,7 +248,7 @@ def own_template(tok: Tokenizer) -> OwnTemplate:
     template or is not a tokenizer.json. Built once per tokenizer and state of its files (chats are
     encoded one by one; a file rewritten meanwhile is read anew)."""
     names = (tok.path.name, CHAT_TEMPLATE_FILE, "tokenizer_config.json")
-    return _own_template(tok, tuple(file_stamp(tok.path.with_name(name)) for name in names))
+    return _own_template(tok, tuple(file_stamp_or_none(tok.path.with_name(name)) for name in names))
 
 
 def _transformers_tokenizer(tok: Tokenizer) -> Any:
@@ -277,7 +278,7 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _own_template(tok: Tokenizer, stamps: tuple[tuple[int, int] | None, ...]) -> OwnTemplate:
+def _own_template(tok: Tokenizer, stamps: tuple[FileStamp | None, ...]) -> OwnTemplate:
     del stamps  # the cache key only
     found = own_chat_template(tok)
     if found is None:

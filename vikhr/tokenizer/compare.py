@@ -21,7 +21,6 @@ import csv
 import functools
 import io
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from vikhr.atomic import output_dir
 from vikhr.charts import legend_beside, markdown_cell, series_colours
 from vikhr.errors import VikhrError, require_output_dir, split_label
+from vikhr.file_stamps import FileStamp, file_stamp
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
@@ -109,13 +109,12 @@ def text_set_name(spec: str) -> str:
 def _file_hashes(path: str | Path) -> frozenset[str]:
     """The content and stored sha256 of a text set (corpus_hashes), read once per state of the file:
     choosing its split, its held-out share and recording it each ask (a corpus may be GBs)."""
-    st = os.stat(path)
-    return _hashes_of_state(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _hashes_of_state(str(Path(path).resolve()), file_stamp(path))
 
 
 @functools.lru_cache(maxsize=64)
-def _hashes_of_state(path: str, size: int, mtime_ns: int) -> frozenset[str]:
-    del size, mtime_ns  # the cache key: a file written again is read again
+def _hashes_of_state(path: str, stamp: FileStamp) -> frozenset[str]:
+    del stamp  # the cache key: a file written again is read again
     hashes = corpus_hashes(path)
     return frozenset((hashes.content, hashes.stored))
 

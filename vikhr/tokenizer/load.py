@@ -36,22 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object
+from vikhr.file_stamps import file_stamp_or_none
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # precedence when a directory is given
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 saves a tokenizer's template
 EOS_CANDIDATES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>")
 BOS_CANDIDATES = ("<s>", "<|begin_of_text|>")
 _GIVE = "give a SentencePiece .model, a tokenizer.json or a directory holding one"
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    """(modification time, size) of `path`, None if it does not exist: a cache key that changes when
-    the file is rewritten."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def recorded_path(path: str | os.PathLike[str]) -> Path:
@@ -187,9 +178,8 @@ def _adds_tokens(json_path: Path, model_path: Path) -> bool:
     it); False where either cannot be read (the `.model` is then loaded, and its load says why).
     Cached by the files' stamps: stages resolve one directory several times, and a 128k-token
     tokenizer.json takes a tenth of a second to parse."""
-    return _adds_tokens_of(
-        json_path.resolve(), file_stamp(json_path), model_path.resolve(), file_stamp(model_path)
-    )
+    stamps = file_stamp_or_none(json_path), file_stamp_or_none(model_path)
+    return _adds_tokens_of(json_path.resolve(), stamps[0], model_path.resolve(), stamps[1])
 
 
 @functools.lru_cache(maxsize=16)
