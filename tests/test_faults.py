@@ -380,6 +380,7 @@ def test_a_dataset_written_again_at_its_prefix_gets_its_index_cache_built_again(
     def documents_read(n_docs: int | None, seed: int = 0) -> int:
         if n_docs is not None:
             _write_tokens(prefix, n_docs=n_docs, seed=seed)
+            _date_back(prefix, (seed + 1) * 10**9)  # a dataset of the last seconds is not recorded
         with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
             built = build_pretrain_datasets(cfg, index_cache_dir(cfg), train_samples(cfg) * 40)
         for i in range(len(built.train)):  # every sample reads (the stale indices: IndexError)
@@ -394,6 +395,48 @@ def test_a_dataset_written_again_at_its_prefix_gets_its_index_cache_built_again(
     grown = documents_read(120, 1)
     assert grown > 40 and f"note: {prefix} changed since" in capsys.readouterr().err
     assert documents_read(12, 2) <= 12
+
+
+def _date_back(prefix: Path, stamp_ns: int) -> None:
+    for suffix in (".bin", ".idx"):
+        os.utime(f"{prefix}{suffix}", ns=(stamp_ns, stamp_ns))
+
+
+def test_a_dataset_written_again_within_one_clock_tick_gets_its_index_cache_built_again(
+    tmp_path: Path,
+) -> None:
+    """The index cache's record kept a dataset by its files' size and mtime: one written again in
+    place with the same sizes within one tick of the file system's clock kept the indices built from
+    the old one. A dataset written in the last seconds is not recorded: the next run builds again."""
+    import json
+
+    from vikhr.data.indexed import write_indexed
+    from vikhr.train.index_cache import forget_changed_datasets
+
+    prefix, cache = tmp_path / "ru", tmp_path / "data-cache"
+    cache.mkdir()
+    indices = cache / "h-GPTDataset-train-document_index.npy"
+
+    def build_and_forget_changed() -> list[str]:
+        """megatron-core's cached indices of the dataset (named as it names them), then a next run's
+        look at them."""
+        (cache / "h-GPTDataset-train-description.txt").write_text(json.dumps({"dataset_path": str(prefix)}))
+        np.save(indices, np.arange(2))
+        return forget_changed_datasets(cache, [str(prefix)])
+
+    key = str(prefix.resolve())
+    write_indexed(prefix, [[1, 2, 3, 4]], "uint16")
+    assert build_and_forget_changed() == [key]
+    stamps = {s: Path(f"{prefix}{s}").stat().st_mtime_ns for s in (".bin", ".idx")}
+    write_indexed(prefix, [[5, 6, 7, 8]], "uint16")  # the same sizes
+    for suffix, stamp in stamps.items():
+        os.utime(f"{prefix}{suffix}", ns=(stamp, stamp))  # within the same tick
+    assert build_and_forget_changed() == [] and not indices.exists()
+    # Recorded without a stamp, its indices are built again without a note (nothing is known to
+    # have changed); written a while ago, it is recorded, and its indices are kept from then on.
+    _date_back(prefix, 10**9)
+    assert build_and_forget_changed() == [] and not indices.exists()
+    assert build_and_forget_changed() == [] and indices.exists()
 
 
 @pytest.mark.parametrize("blend", [False, True])
@@ -446,6 +489,7 @@ def saved_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     tmp = tmp_path_factory.mktemp("saved")
     prefix = _write_tokens(tmp / "ru")
+    _date_back(tmp / "ru", 10**9)  # its resumed runs keep the index cache (see forget_changed_datasets)
     assert main(["pretrain", "--config", str(_train_config(tmp, prefix))]) == 0
     return tmp / "run", prefix
 

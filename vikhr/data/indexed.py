@@ -187,6 +187,16 @@ def dataset_stamp(prefix: str) -> tuple[str, list[int]]:
     return _record_entry_stamp(identity(prefix))
 
 
+def settled_dataset_stamp(prefix: str) -> tuple[str, list[int] | None]:
+    """`dataset_stamp`, the stamp None where the dataset's files were written in the last seconds (see
+    `settled`): written again with the same sizes within one tick of the clock, it would keep its
+    stamp, so a record keyed by it must not hold it yet."""
+    started = time.time_ns()
+    files = identity(prefix)
+    key, stamp = _record_entry_stamp(files)
+    return key, stamp if _still_settled(files, started) else None
+
+
 def _record_entry_stamp(files: tuple[str, FileStamp, FileStamp]) -> tuple[str, list[int]]:
     prefix, *stamps = files
     return str(Path(prefix).resolve()), [value for s in stamps for value in (s.size, s.mtime_ns)]

@@ -17,7 +17,9 @@ dataset holds: a dataset written again at the same prefix would be read through 
 old one (documents past the old count never read, or an IndexError when it shrank). The building
 rank records each dataset's `.bin`/`.idx` size and modification time in `STAMPS_FILE`, and removes
 the cached indices built from a dataset whose files changed since (or were built before the record
-existed), so that megatron-core builds them again.
+existed), so that megatron-core builds them again. A dataset written in the last seconds may be
+written again with the same sizes within one tick of the clock, keeping its stamp: it is recorded
+as such (no stamp), and the next run builds its indices again.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from vikhr import atomic, locks
-from vikhr.data.indexed import dataset_stamp
+from vikhr.data.indexed import settled_dataset_stamp
 from vikhr.errors import VikhrError, os_error_line
 
 LOCK_FILE = ".vikhr-cache.lock"
-# {absolute prefix: [size, mtime_ns] of .bin and .idx} of the datasets the cached indices were built from
+# {absolute prefix: [size, mtime_ns] of .bin and .idx, or null where they were written in the seconds
+# before (see `settled_dataset_stamp`)} of the datasets the cached indices were built from
 STAMPS_FILE = "vikhr-datasets.json"
 # megatron-core's {hash}-{class}-{split}-description.txt beside its .npy files
 _DESCRIPTION = "-description.txt"
@@ -126,15 +129,17 @@ def _dataset_paths(description: Any) -> Iterator[str]:
 
 def forget_changed_datasets(root: Path, prefixes: list[str]) -> list[str]:
     """Remove the cached indices built from any of `prefixes` whose files are not those recorded in
-    `STAMPS_FILE` (changed, or not recorded), then record them; returns the prefixes whose indices
-    were removed. Called by the building rank holding the cache's lock."""
+    `STAMPS_FILE` (changed, not recorded, or written within seconds of the record: see
+    `settled_dataset_stamp`), then record them; returns the prefixes whose indices were removed as
+    changed (those recorded as written within seconds of the last build are rebuilt without a word:
+    nothing is known to have changed). Called by the building rank holding the cache's lock."""
     try:
         saved = json.loads((root / STAMPS_FILE).read_text(encoding="utf-8"))
         saved = saved if isinstance(saved, dict) else {}
     except (OSError, ValueError):
         saved = {}
-    current = dict(dataset_stamp(p) for p in prefixes)
-    changed = {key for key, stamp in current.items() if saved.get(key) != stamp}
+    current = dict(settled_dataset_stamp(p) for p in prefixes)
+    changed = {key for key, stamp in current.items() if stamp is None or saved.get(key) != stamp}
     removed: set[str] = set()
     for description in sorted(root.glob(f"*{_DESCRIPTION}")) if changed else ():
         try:
@@ -149,7 +154,7 @@ def forget_changed_datasets(root: Path, prefixes: list[str]) -> list[str]:
                 path.unlink(missing_ok=True)
     if changed:
         atomic.write_text(root / STAMPS_FILE, json.dumps({**saved, **current}, indent=1) + "\n")
-    return sorted(removed)
+    return [p for p in sorted(removed) if p not in saved or saved[p] is not None]
 
 
 @contextlib.contextmanager
