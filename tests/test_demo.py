@@ -165,20 +165,33 @@ def test_a_seq_len_too_short_for_every_chat_is_refused_before_training(
 
 
 def test_a_seq_len_too_long_for_this_machine_s_memory_is_refused_before_any_stage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--seq-len 10000000` ran the split, tokenizer and chat stages, then the base stage's trainer
-    ended in a CPU out-of-memory traceback."""
+    ended in a CPU out-of-memory traceback. The figure named is the estimate that refused the stage,
+    made once for each stage."""
     from vikhr.cli import main
+    from vikhr.train import memory
 
+    at_stage_seq_len: list[float] = []
+    real_estimate = memory.run_estimate
+
+    def recorded(cfg: object, world_size: int, seq_len: int | None = None, *, on_cuda: bool) -> object:
+        need = real_estimate(cfg, world_size, seq_len, on_cuda=on_cuda)
+        if seq_len is None:
+            at_stage_seq_len.append(need.total)
+        return need
+
+    monkeypatch.setattr(memory, "run_estimate", recorded)
     work = tmp_path / "demo"
     assert main(["demo", "--workdir", str(work), "--seq-len", "10000000"]) == 2
     captured = capsys.readouterr()
     assert "[1/8]" not in captured.out and not work.exists() and captured.err.count("\n") == 1
     assert captured.err.startswith(
         "vikhr demo: error: --seq-len 10000000 does not fit in memory: the base stage's windows "
-        "(4 × 10000000 tokens) need about "
+        f"(4 × 10000000 tokens) need about {at_stage_seq_len[0] / memory.GIB:,.1f} GiB by the trainer's "
     )
+    assert len(at_stage_seq_len) == 3  # base, continue, instruct
     offered = int(captured.err.removesuffix(" or less\n").rsplit(" ", 1)[1])
     assert 0 < offered < 10_000_000
     # what it offers is accepted by every stage's check (the demo stops later, at its --vocab-size)

@@ -630,17 +630,17 @@ def _check_memory(args: argparse.Namespace, base_vocab: int) -> None:
             Path("demo"), stage, [("d", "d", 1.0)], vocab, args, steps, check_files=False, **kw
         )
         factor = SFT_SEQ_LEN_FACTOR if kw.get("sft") else 1
-        if run_estimate(cfg, 1, on_cuda=False).total > capacity:
+        need = run_estimate(cfg, 1, on_cuda=False).total
+        if need > capacity:
             fits = longest_fitting_seq_len(cfg, 1, USABLE_SHARE * capacity, on_cuda=False) // factor
-            longest, refused = min(longest, fits), refused or (stage, cfg)
+            longest, refused = min(longest, fits), refused or (stage, cfg, need)
     if refused is not None:
-        stage, cfg = refused
+        stage, cfg, need = refused
         fix = f"pass --seq-len {longest} or less" if longest else "run it on a machine with more memory"
         raise VikhrError(
             f"--seq-len {args.seq_len} does not fit in memory: the {stage} stage's windows "
-            f"({cfg.train.micro_batch} × {cfg.data.seq_len} tokens) need about "
-            f"{run_estimate(cfg, 1, on_cuda=False).total / GIB:,.1f} GiB by the trainer's memory estimate, "
-            f"more than the {memory}; {fix}"
+            f"({cfg.train.micro_batch} × {cfg.data.seq_len} tokens) need about {need / GIB:,.1f} GiB by "
+            f"the trainer's memory estimate, more than the {memory}; {fix}"
         )
 
 
