@@ -142,3 +142,28 @@ def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pyt
     waiter.join(timeout=60)
     assert entered.is_set()
     assert err.getvalue() == f"vikhr: waiting for the build of the ops in {tmp_path} (pid 4242 on node07)\n"
+
+
+def test_each_location_of_the_sources_and_of_torch_keeps_its_own_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's build names the sources and torch's headers by absolute path in build.ninja. Two
+    checkouts with equal sources (or an installed copy and a source tree) shared one build directory:
+    each load from the other rewrote its build.ninja, and ninja recompiled the ops every time."""
+    import shutil
+
+    import torch
+
+    import vikhr.ops.build as build
+
+    checkouts = [Path(shutil.copytree(REPO / "csrc", tmp_path / name / "csrc")) for name in ("a", "b")]
+
+    def build_dir_of(csrc: Path) -> Path:
+        monkeypatch.setattr(build, "csrc_dir", lambda: csrc)
+        return build.ops_build_dir(False, tmp_path / "ops")
+
+    first, second = build_dir_of(checkouts[0]), build_dir_of(checkouts[1])
+    assert first != second and first.parent == second.parent == tmp_path / "ops"
+    assert build_dir_of(checkouts[0]) == first  # the next load finds its own build again
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "other-env" / "torch" / "__init__.py"))
+    assert build_dir_of(checkouts[0]) not in (first, second)

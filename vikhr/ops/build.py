@@ -3,8 +3,9 @@
 The CPU sources always build (a C++20 compiler is all they need). The `.cu` sources are
 added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
 holds both. Builds are cached per torch version, variant and a hash of sources and flags (and,
-with CUDA, of the nvcc release and the target architectures) under `$VIKHR_CACHE_DIR` (default
-`~/.cache/vikhr`), so only the first use pays the compile time (CPU: ~40 s on 2 cores). The
+with CUDA, of the nvcc release and the target architectures) and of where the sources, torch and
+nvcc are, under `$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the
+compile time (CPU: ~40 s on 2 cores). The
 library is loaded with `torch.ops.load_library` (no Python module); loading it registers
 the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) for torch.compile.
 """
@@ -224,9 +225,20 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
 def ops_build_dir(with_cuda: bool, build_root: Path | None = None) -> Path:
     """Where the ops library of this torch, variant, sources and flags is built and cached."""
     variant = "cuda" if with_cuda else "cpu"
-    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "")
+    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "") + _locations_key(with_cuda)
     tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(_sources(with_cuda), flags_key)}"
     return (build_root or cache_dir() / "ops") / tag
+
+
+def _locations_key(with_cuda: bool) -> str:
+    """The directories torch's build names by absolute path in build.ninja: the sources and their
+    headers, torch's headers and libraries, and nvcc. Two checkouts (or environments) with equal
+    sources sharing one build directory rewrote its build.ninja in turn, and ninja recompiled the
+    ops each time they alternated; each location keeps its own build instead."""
+    locations = [str(csrc_dir()), os.path.dirname(os.path.abspath(torch.__file__))]
+    if with_cuda:
+        locations.append(str(cuda_home()))
+    return "|" + "|".join(locations)
 
 
 @contextlib.contextmanager
