@@ -1295,7 +1295,7 @@ _BAD_INPUTS = [
     ("merge {hfcfg} {dir}/ckpt --out {dir}/o --t 0.5", "is a vikhr training checkpoint, not an HF", "o"),
     ("eval --model {dir}/nope --tasks bpc", "model directory not found", None),
     ("eval --model {dir}/empty --tasks bpc", "not a file", None),
-    ("eval --model {hf} --tasks bpc", "has no *.safetensors weights", None),
+    ("eval --model {hf} --tasks bpc", "has no model.safetensors or model.safetensors.index.json", None),
     ("eval --model {dir}/ckpt --tasks bpc", "is a vikhr training checkpoint, not an HF model", None),
     ("eval --model {hf} --tasks nonsense", "unknown task 'nonsense'", None),
     ("eval --model {hf} --tasks bpc --batch-size 0", "--batch-size", None),

@@ -892,3 +892,67 @@ def test_bar_is_drawn_on_a_terminal_only(
     assert "merging: 100%" in stderr_of_cli(argv("terminal"), terminal=True, monkeypatch=monkeypatch)
     quiet = stderr_of_cli([*argv("quiet"), "--no-progress"], terminal=True, monkeypatch=monkeypatch)
     assert "merging" not in quiet
+
+
+@pytest.mark.parametrize("command", ["merge", "convert", "adapt-vocab", "eval", "sft score"])
+def test_pickled_weights_are_refused_with_the_command_that_writes_safetensors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A model stored as pytorch_model.bin was refused with "only safetensors checkpoints are
+    supported" and no way forward (eval, sft score: "has no *.safetensors weights"). Every command
+    gives one line with the transformers command that writes safetensors, and never reads the pickle."""
+    from vikhr.convert.mistral import model_config_to_hf_config
+    from vikhr.model.config import preset
+
+    config = model_config_to_hf_config(preset("tiny"))
+    if command == "sft score":  # a reward model: its head is a sequence classifier's
+        config = {**config, "architectures": ["MistralForSequenceClassification"], "num_labels": 1}
+    pickled = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / name / "pytorch_model.bin").write_bytes(b"not a pickle: never to be read")
+        pickled.append(str(tmp_path / name))
+    out, tok = str(tmp_path / "out"), str(MISTRAL_TOKENIZER)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    tokenizers = ["--old-tokenizer", tok, "--new-tokenizer", tok]
+    argv = {
+        "merge": ["merge", *pickled, "--out", out, "--t", "0.5"],
+        "convert": ["convert", "hf-to-megatron", pickled[0], out],
+        "adapt-vocab": ["adapt-vocab", "--model", pickled[0], "--out", out, *tokenizers],
+        "eval": ["eval", "--model", pickled[0], "--tasks", "bpc"],
+        "sft score": ["sft", "score", "--input", str(chats), "--model", pickled[0], "--scores", out],
+    }[command]
+    assert cli_main(argv) == 2
+    model_class = "MistralForSequenceClassification" if command == "sft score" else "MistralForCausalLM"
+    a = tmp_path / "a"
+    fix = f'from transformers import {model_class} as M; M.from_pretrained("{a}").save_pretrained("{a}")'
+    assert capsys.readouterr().err == (
+        f"vikhr {'convert hf-to-megatron' if command == 'convert' else command}: error: {a} holds its "
+        f"weights pickled (pytorch_model.bin), and vikhr reads safetensors only: write safetensors beside "
+        f"them with python -c '{fix}' (it unpickles them: run it only on weights you trust)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_sharded_pickled_weights_are_counted_and_a_directory_without_weights_is_named(tmp_path: Path) -> None:
+    from vikhr.adapt.safetensors_io import checkpoint_headers
+
+    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{}")
+    with pytest.raises(VikhrError) as e:  # config.json names no class: the causal LM's auto class
+        checkpoint_headers(tmp_path)
+    assert str(e.value).startswith(
+        f"{tmp_path} holds its weights pickled (pytorch_model-00001-of-00002.bin and 2 more), "
+    )
+    assert "import AutoModelForCausalLM as M;" in str(e.value)
+    for path in tmp_path.iterdir():
+        path.unlink()
+    with pytest.raises(VikhrError) as e:
+        checkpoint_headers(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path} has no model.safetensors or {INDEX} (give an HF model directory with safetensors "
+        "weights)"
+    )

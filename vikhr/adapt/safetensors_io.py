@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,6 +291,39 @@ def write_computed(
 
 
 INDEX = "model.safetensors.index.json"
+# transformers' pickled weights: one file, or shards listed by pytorch_model.bin.index.json.
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def no_safetensors_weights(model_dir: Path) -> VikhrError:
+    """The error for an HF model directory without safetensors weights. Pickled weights are never
+    loaded (unpickling a file can run code in it): the line gives the transformers command that
+    writes safetensors beside them, for the user to run on weights they trust."""
+    pickled = sorted({p.name for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern)})
+    if not pickled:
+        return VikhrError(
+            f"{model_dir} has no model.safetensors or {INDEX} (give an HF model directory with "
+            "safetensors weights)"
+        )
+    shown = pickled[0] + (f" and {len(pickled) - 1} more" if len(pickled) > 1 else "")
+    where = json.dumps(str(model_dir.absolute()), ensure_ascii=False)  # a Python string literal
+    load_and_save = f"M.from_pretrained({where}).save_pretrained({where})"
+    code = f"from transformers import {_model_class(model_dir)} as M; {load_and_save}"
+    return VikhrError(
+        f"{model_dir} holds its weights pickled ({shown}), and vikhr reads safetensors only: write "
+        f"safetensors beside them with python -c {shlex.quote(code)} (it unpickles them: run it only "
+        "on weights you trust)"
+    )
+
+
+def _model_class(model_dir: Path) -> str:
+    """The transformers class config.json names (a reward model's head is not a causal LM's), else
+    AutoModelForCausalLM."""
+    try:
+        name = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    except (OSError, ValueError, LookupError, TypeError):
+        return "AutoModelForCausalLM"
+    return name if isinstance(name, str) and name.isidentifier() else "AutoModelForCausalLM"
 
 
 def checkpoint_headers(model_dir: Path) -> list[SafetensorsHeader]:
@@ -300,10 +334,7 @@ def checkpoint_headers(model_dir: Path) -> list[SafetensorsHeader]:
     index = model_dir / INDEX
     if not index.is_file():
         if not (model_dir / "model.safetensors").is_file():
-            raise VikhrError(
-                f"{model_dir} has no model.safetensors or {INDEX} "
-                "(only safetensors checkpoints are supported)"
-            )
+            raise no_safetensors_weights(model_dir)
         return [read_header(model_dir / "model.safetensors")]
     if (model_dir / "model.safetensors").is_file():
         # transformers loads model.safetensors and ignores the index: which weights are meant?
