@@ -395,6 +395,7 @@ def test_micro_grid_writes_table_csv_and_plots(micro_runs: tuple[Path, Path, lis
     assert int(base_tok["chars_seen"]) == round(int(base_tok["steps"]) * 4 * 32 * cpt["base"])
     # The merge starts where its source arm starts and lands on its own bpc.
     assert merge["slerp_t"] == "0.5" and merge["slerp_of"] == "adapted" and merge["kl_weight"] == "0.5"
+    assert merge["wall_train_s"] == "" and float(adapted["wall_train_s"]) > 0  # a merge trains nothing
     assert merge["ru_bpc_start"] == adapted["ru_bpc_start"]
     assert merge["ru_bpc"] != adapted["ru_bpc"]
     for r in rows:
@@ -768,4 +769,44 @@ def test_an_arm_whose_bpc_is_not_finite_is_reported_not_a_traceback() -> None:
     table = markdown(result)
     assert "| arm01 |" in table and "nan" in table
     fig = tradeoff_figure(result)
+    plt.close(fig)
+
+
+def test_a_merge_row_has_no_training_time_and_the_tradeoff_plot_names_its_error_bars() -> None:
+    """ablation.csv gave a merge row wall_train_s 0.00 where ablation.md shows "—" (it trained
+    nothing); tradeoff.png did not say that its error bars are the standard deviation over the seeds."""
+    import matplotlib.pyplot as plt
+
+    from vikhr.ablate.config import AblateConfig, Arm
+    from vikhr.ablate.report import csv_text, markdown, tradeoff_figure
+    from vikhr.ablate.runner import AblationResult, RunResult
+
+    trained = Arm(name="kl-0", group="regularisation")
+    merge = Arm(name="slerp-0.5", group="slerp", slerp_of="kl-0", slerp_t=0.5)
+    runs = []
+    for seed in (1, 2):
+        run = RunResult(
+            trained, seed, 4, 128, 400, 3.0, 2.0, 2.5, 2.1, train_losses={1: 5.0}, wall_train_s=12.5
+        )
+        runs += [run, dataclasses.replace(run, arm=merge, trained=trained, train_losses={}, wall_train_s=0.0)]
+    runs.sort(key=lambda r: r.arm.name)
+    cfg = AblateConfig(arms=[trained, merge], seeds=[1, 2])
+    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs)
+    rows = list(csv.DictReader(csv_text(result).splitlines()))
+    assert [(r["arm"], r["wall_train_s"]) for r in rows] == [
+        ("kl-0", "12.50"),
+        ("kl-0", "12.50"),
+        ("slerp-0.5", ""),
+        ("slerp-0.5", ""),
+    ]
+    table = markdown(result)
+    assert "| 12.5 ± 0.0 |" in table and table.count("| — |") == 1
+    fig = tradeoff_figure(result)
+    title = fig.axes[0].get_title()
+    plt.close(fig)
+    assert title == "mean over 2 seeds; error bars: ± sample standard deviation"
+    result.config.seeds.pop()
+    result.runs[:] = [r for r in result.runs if r.seed == 1]
+    fig = tradeoff_figure(result)
+    assert fig.axes[0].get_title() == "one seed: no error bars"
     plt.close(fig)

@@ -47,6 +47,7 @@ CSV_COLUMNS = [
 
 def _row(r: RunResult, base: dict[str, float]) -> list[str]:
     a = r.trained or r.arm  # a merge lists the training settings of the run it merges
+    merged = r.trained is not None
     return [
         r.arm.name,
         r.arm.group,
@@ -67,7 +68,7 @@ def _row(r: RunResult, base: dict[str, float]) -> list[str]:
         f"{r.en_bpc:.6f}",
         f"{base['ru'] - r.ru_bpc:.6f}",
         f"{r.en_bpc - base['en']:.6f}",
-        f"{r.wall_train_s:.2f}",
+        "" if merged else f"{r.wall_train_s:.2f}",  # a merge trains nothing: no time, not 0 s
         f"{r.wall_eval_s:.2f}",
     ]
 
@@ -163,7 +164,7 @@ def markdown(result: AblationResult) -> str:
                 f"| {_cell([r.ru_bpc for r in rs])} | {_cell([r.en_bpc for r in rs])} "
                 f"| {_cell([base['ru'] - r.ru_bpc for r in rs])} "
                 f"| {_cell([r.en_bpc - base['en'] for r in rs])} "
-                f"| {_cell([r.wall_train_s for r in rs], 1) if rs[0].train_losses else '—'} |"
+                f"| {'—' if rs[0].trained else _cell([r.wall_train_s for r in rs], 1)} |"
             )
         lines.append("")
     lines += ["![loss curves](loss_curves.png)", "", "![RU vs EN bpc](tradeoff.png)", ""]
@@ -209,8 +210,9 @@ def loss_curves_figure(result: AblationResult) -> Any:
 
 
 def tradeoff_figure(result: AblationResult) -> Any:
-    """The figure of tradeoff.png: each arm's held-out RU against EN bits per character, the frontier
-    and the base model."""
+    """The figure of tradeoff.png: each arm's held-out RU against EN bits per character (the mean over
+    the seeds, error bars their sample standard deviation, as the title says), the frontier and the
+    base model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,6 +249,12 @@ def tradeoff_figure(result: AblationResult) -> Any:
         )
     ax.set_xlabel("RU bits per character (held out; lower is better)")
     ax.set_ylabel("EN bits per character (held out; lower is better)")
+    seeds = len(result.config.seeds)
+    ax.set_title(
+        f"mean over {seeds} seeds; error bars: ± sample standard deviation"
+        if seeds > 1
+        else "one seed: no error bars"
+    )
     legend_beside(ax)
     return fig
 
