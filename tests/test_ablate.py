@@ -619,6 +619,45 @@ def test_a_fresh_start_over_finished_runs_names_resume(
     assert "starting the grid over" in err and "held 3 finished run(s)" in err and "--resume" in err, err
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_fresh_grid_stopped_in_its_first_arm_leaves_no_earlier_report(
+    micro_runs: tuple[Path, Path, list],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    resume: bool,
+) -> None:
+    """A fresh grid (without --resume) interrupted in its first arm left the earlier grid's
+    ablation.md, .csv and plots beside its emptied work/, to be read as its own report. A resumed
+    grid continues that earlier one: its report stays until the grid rewrites it."""
+    from vikhr.ablate.runner import REPORT_FILES, Ablation, run_ablation
+
+    first, _, _ = micro_runs
+    out = first.parent / f"interrupted-{resume}"
+    cfg_path = _copy_grid(first, out)
+    report = {name: (out / name).read_bytes() for name in REPORT_FILES}
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Ablation, "train_arm", interrupted)
+    monkeypatch.setattr(Ablation, "merge_arm", interrupted)
+    cfg = load_ablate_config(cfg_path)
+    if resume:
+        for record in (out / "work" / "results").glob("train-*.json"):
+            record.unlink()  # the arms did not finish: the grid trains one, and is stopped
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(cfg, show_progress=False, resume=resume)
+    err = capsys.readouterr().err
+    removed = f"vikhr ablate: removed the earlier grid's report from {out} ({', '.join(REPORT_FILES)}); "
+    if resume:
+        assert {name: (out / name).read_bytes() for name in REPORT_FILES} == report
+        assert removed not in err
+    else:
+        assert not any((out / name).exists() for name in REPORT_FILES)
+        assert removed + "this grid writes its own when it ends\n" in err
+        assert (out / "work" / "grid.json").is_file() and not list((out / "work" / "results").glob("*"))
+
+
 def test_loss_curves_of_one_step_are_drawn() -> None:
     """train.steps: 1 gives each arm one point: a marker, since a line needs two."""
     import matplotlib.pyplot as plt

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vikhr.ablate.runner import AblationResult, RunResult
+from vikhr.ablate.runner import REPORT_FILES, AblationResult, RunResult
 from vikhr.atomic import temporary_path, write_text
 from vikhr.charts import legend_beside, series_colours
 from vikhr.curves import plot_curve, whole_steps
@@ -276,4 +276,4 @@ def write_report(result: AblationResult) -> list[Path]:
     write_text(out / "ablation.csv", csv_text(result))
     plot(result, out)
     write_text(out / "ablation.md", markdown(result))
-    return [out / n for n in ("ablation.md", "ablation.csv", "loss_curves.png", "tradeoff.png")]
+    return [out / n for n in REPORT_FILES]

@@ -33,6 +33,7 @@ from vikhr.tokenizer.corpus import corpus_sha256
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
 GRID_STATE = "grid.json"  # in out_dir/work: what the grid depends on, and its shared preparation
+REPORT_FILES = ("ablation.md", "ablation.csv", "loss_curves.png", "tradeoff.png")  # in out_dir, at the end
 _KEPT = ("steps", "tokens_seen", "chars_seen", "ru_bpc_start", "en_bpc_start", "ru_bpc", "en_bpc")
 
 
@@ -479,6 +480,21 @@ def _check_is_grid_work(work: Path) -> None:
         )
 
 
+def _remove_earlier_report(out: Path) -> None:
+    """A fresh grid removes the report of the one before, as it removes its runs: stopped before its
+    end, it left that report beside its own emptied work/, to be read as its own."""
+    found = [out / name for name in REPORT_FILES if (out / name).is_file()]
+    for path in found:
+        path.unlink()
+    if found:
+        names = ", ".join(p.name for p in found)
+        print(
+            f"vikhr ablate: removed the earlier grid's report from {out} ({names}); this grid writes its "
+            "own when it ends",
+            file=sys.stderr,
+        )
+
+
 def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = False) -> AblationResult:
     """Run every arm × seed of `cfg`; writes work files under cfg.out_dir/work and returns the figures.
 
@@ -509,6 +525,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                     file=sys.stderr,
                 )
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
+        _remove_earlier_report(ab.out)
         try:
             ab.prepare()
             ab.continued_data()
