@@ -677,6 +677,51 @@ def test_a_run_copied_without_its_data_exports_its_chat_template(sft_run: Path, 
     assert (older / "config.json").is_file() and not (older / "tokenizer_config.json").exists()
 
 
+def test_data_prepared_again_after_training_leaves_the_export_as_trained(
+    sft_run: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The export read the template and tokenizer from the datasets' _sft.json as they are now: chats
+    prepared again at the run's prefix after training (another --template, or another tokenizer of
+    the same vocabulary size) gave the model an export of that template or tokenizer, silently. It
+    now carries what the checkpoint records it trained on, with one warning line."""
+    import shutil
+
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.convert.mistral import megatron_to_hf
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    step = sft_run / (sft_run / "latest").read_text().strip()
+    trained = json.loads((megatron_to_hf(step, tmp_path / "trained") / "tokenizer_config.json").read_text())
+    copied = shutil.copytree(step, tmp_path / "run" / step.name)
+    meta = json.loads((copied / "meta.json").read_text())
+    prefix = tmp_path / "again" / "rulm"
+    meta["config"]["data"]["train"] = [{"prefix": str(prefix), "name": "rulm", "weight": 1.0}]
+    (copied / "meta.json").write_text(json.dumps(meta))
+    chats = ASSETS / "sft" / "ru-seed-chats.jsonl"
+    other = sentencepiece_with_other_ids(tmp_path / "other" / "tokenizer.model")
+    for tokenizer, template, now in (
+        (MISTRAL_TOKENIZER, "chatml", "chat template chatml"),
+        (other, "mistral", f"tokenizer {other}"),
+    ):
+        prepare_sft(chats, tokenizer, prefix, template=template, max_chats=4)
+        capfd.readouterr()
+        out = megatron_to_hf(copied, tmp_path / template)
+        [line] = capfd.readouterr().err.strip().splitlines()
+        was = "chat template mistral" if template == "chatml" else f"tokenizer {MISTRAL_TOKENIZER}"
+        assert line == (
+            f"warning: {prefix}_sft.json now records {now}, but {copied} was trained on data of {was} "
+            "(its meta.json records it): the export carries that"
+        )
+        assert json.loads((out / "tokenizer_config.json").read_text()) == trained
+        assert corpus_sha256(out / "tokenizer.model") == corpus_sha256(MISTRAL_TOKENIZER)
+    # Prepared again alike (a copy of the tokenizer elsewhere: the same file by its sha256): no warning.
+    copy = shutil.copyfile(MISTRAL_TOKENIZER, tmp_path / "copy.model")
+    prepare_sft(chats, copy, prefix, template="mistral", max_chats=4)
+    capfd.readouterr()
+    megatron_to_hf(copied, tmp_path / "alike")
+    assert capfd.readouterr().err == ""
+
+
 @pytest.mark.distributed
 def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
     """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank

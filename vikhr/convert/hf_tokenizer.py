@@ -14,11 +14,13 @@ without a BOS).
 Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first found of:
   1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
      vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
-  2. an SFT run (config `data.kind: sft`): the tokenizer and chat template that `vikhr sft prepare`
-     wrote into each dataset's `_sft.json`; a pre-training run: the tokenizer that `vikhr data
-     preprocess` recorded beside each dataset (`{dataset}.tokenization.json`); where the datasets
-     are gone (a run copied elsewhere), what the run recorded of them when it trained (meta.json
-     `data_tokenizer`);
+  2. what the run recorded of its datasets when it trained this step (meta.json `data_tokenizer`):
+     for an SFT run (config `data.kind: sft`) the tokenizer and chat template that `vikhr sft
+     prepare` wrote into each dataset's `_sft.json`, for a pre-training run the tokenizer that
+     `vikhr data preprocess` recorded beside each dataset (`{dataset}.tokenization.json`). Those
+     records as they are now, where the checkpoint holds none (an older version) or they still say
+     the same; a dataset prepared again since with another template or tokenizer does not change
+     what the model was trained with (`Recorded.data_now` keeps it for the export's warning);
   3. what the run recorded at its start of the checkpoint it started from (meta.json `inherited`,
      `Recorded`), or for a checkpoint of an older version that checkpoint (config `model.init`), by
      the same rules: training keeps the vocabulary of its starting point (vikhr.convert.lineage).
@@ -87,6 +89,9 @@ class Recorded:
     # The longest max_seq_len of the lineage (the HF source's max_position_embeddings, each run's):
     # a run on shorter windows leaves the model's position range as it was.
     max_seq_len: int | None = None
+    # What the datasets of the checkpoint's run record now, where it is not what the run recorded of
+    # them when it trained (`tokenizer`): they were prepared again since (never part of `to_json`).
+    data_now: RecordedTokenizer | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -202,17 +207,57 @@ def data_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> Reco
     return _pretrain_tokenizer(config, cwd)
 
 
-def _tokenizer_of(ancestor: Ancestor) -> RecordedTokenizer | None:
+def _tokenizer_of(ancestor: Ancestor) -> tuple[RecordedTokenizer | None, RecordedTokenizer | None]:
     """The tokenizer one checkpoint of a lineage records, directly or through its datasets' records
-    (those of the run, else what the run recorded of them when it trained)."""
+    (what the run recorded of them when it trained, else those of the run); and the datasets' record
+    now where it is another one (prepared again since: the checkpoint was not trained on that)."""
     meta = ancestor.meta
     here = ancestor.step_dir / "meta.json"
     if isinstance(meta.get("tokenizer"), str):
-        return RecordedTokenizer(Path(meta["tokenizer"]), str(here))
-    found = data_tokenizer(meta.get("config") or {}, ancestor.cwd)
-    if found is None and (kept := RecordedTokenizer.from_json(meta.get(DATA_TOKENIZER))) is not None:
-        return dataclasses.replace(kept, recorded_by=f"{here}, as recorded from {kept.recorded_by}")
-    return found
+        return RecordedTokenizer(Path(meta["tokenizer"]), str(here)), None
+    now = data_tokenizer(meta.get("config") or {}, ancestor.cwd)
+    kept = RecordedTokenizer.from_json(meta.get(DATA_TOKENIZER))
+    if kept is None or (now is not None and _same_data(now, kept)):
+        return now, None
+    return dataclasses.replace(kept, recorded_by=f"{here}, as recorded from {kept.recorded_by}"), now
+
+
+def _same_tokenizer(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
+    """Whether two records name one tokenizer (by sha256 where both hold it: a copy is the same)."""
+    return a.sha256 == b.sha256 if a.sha256 and b.sha256 else a.path == b.path
+
+
+def _same_template(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
+    return (a.template, a.template_sha256) == (b.template, b.template_sha256)
+
+
+def _same_data(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
+    """Whether two records of a run's datasets name one tokenizer and one chat template."""
+    return _same_tokenizer(a, b) and _same_template(a, b)
+
+
+def _described(record: RecordedTokenizer, other: RecordedTokenizer) -> str:
+    """What `record` names that `other` does not: its chat template, its tokenizer, or both."""
+    parts = []
+    if not _same_template(record, other):
+        sha = f" (sha256 {record.template_sha256[:12]}…)" if record.template_sha256 else ""
+        parts.append(f"chat template {record.template}{sha}")
+    if not _same_tokenizer(record, other):
+        parts.append(f"tokenizer {record.path}")
+    return " and ".join(parts)
+
+
+def warn_of_data_prepared_again(found: Recorded, step_dir: Path) -> None:
+    """One warning line when the datasets of `step_dir`'s run were prepared again since it was
+    trained, with another chat template or tokenizer: the export carries what it was trained with."""
+    now, trained = found.data_now, found.tokenizer
+    if now is None or trained is None:
+        return
+    print(
+        f"warning: {now.recorded_by} now records {_described(now, trained)}, but {step_dir} was trained "
+        f"on data of {_described(trained, now)} (its meta.json records it): the export carries that",
+        file=sys.stderr,
+    )
 
 
 def _inherited_tokenizer(ancestor: Ancestor, inherited: dict[str, Any]) -> RecordedTokenizer | None:
@@ -237,9 +282,10 @@ def recorded_in_lineage(step_dir: Path) -> Recorded:
     first of each found along one walk of the lineage (vikhr.convert.lineage), which ends at a
     checkpoint recording what it inherits; and the longest max_seq_len of the checkpoints walked
     and of what they inherit."""
-    tokenizer, source, missing, lengths = None, None, None, []
+    tokenizer, data_now, source, missing, lengths = None, None, None, None, []
     for ancestor in lineage(step_dir):
-        tokenizer = tokenizer or _tokenizer_of(ancestor)
+        if tokenizer is None:
+            tokenizer, data_now = _tokenizer_of(ancestor)
         source = source or hf_source(ancestor)
         missing = ancestor.missing_start
         model = ancestor.meta.get("model")
@@ -254,7 +300,7 @@ def recorded_in_lineage(step_dir: Path) -> Recorded:
             break
     if source is not None:
         lengths.append(source.config.get("max_position_embeddings"))
-    return Recorded(tokenizer, source, missing, _longest(lengths))
+    return Recorded(tokenizer, source, missing, _longest(lengths), data_now)
 
 
 def warn_of_cut_lineage(
@@ -296,6 +342,24 @@ def load_for_model(path: Path, vocab_size: int, given_by: str) -> Tokenizer:
             f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model's vocabulary has {vocab_size} "
             "(give the tokenizer the model was trained with)"
         )
+    return tok
+
+
+def tokenizer_to_export(
+    found: Recorded, step_dir: Path, given: str | Path | None, vocab_size: int
+) -> Tokenizer | None:
+    """The tokenizer the export of `step_dir` writes: `given` (--tokenizer; it must be the recorded
+    one), else the one its lineage records (`found`), else None; with the warnings on what the
+    records say of it."""
+    recorded, tok = found.tokenizer, None
+    if given is not None:
+        tok = load_for_model(Path(given), vocab_size, "--tokenizer")
+        check_given_tokenizer(tok, recorded)
+    elif recorded is not None:
+        tok = load_for_model(recorded.path, vocab_size, recorded.recorded_by)
+    warn_of_data_prepared_again(found, step_dir)
+    if tok is not None and recorded is not None:
+        warn_of_changed_template(tok, recorded)
     return tok
 
 

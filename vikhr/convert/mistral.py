@@ -845,11 +845,9 @@ def megatron_to_hf(
     bos_token_id of a tokenizer without a BOS.
     """
     from vikhr.convert.hf_tokenizer import (
-        check_given_tokenizer,
         keep_source_ids,
-        load_for_model,
         recorded_in_lineage,
-        warn_of_changed_template,
+        tokenizer_to_export,
         warn_of_cut_lineage,
         write_tokenizer_files,
     )
@@ -860,14 +858,7 @@ def megatron_to_hf(
     found = recorded_in_lineage(step_dir)
     recorded, source = found.tokenizer, found.source
     chat_template = recorded.template if recorded is not None else None
-    tok = None
-    if tokenizer is not None:
-        tok = load_for_model(Path(tokenizer), cfg.vocab_size, "--tokenizer")
-        check_given_tokenizer(tok, recorded)
-    elif recorded is not None:
-        tok = load_for_model(recorded.path, cfg.vocab_size, recorded.recorded_by)
-    if tok is not None and recorded is not None:
-        warn_of_changed_template(tok, recorded)
+    tok = tokenizer_to_export(found, step_dir, tokenizer, cfg.vocab_size)
     headers = _read_megatron_shards(step_dir, meta, cfg)
     # A run of a shorter max_seq_len (its preset's, or its training windows') keeps the lineage's range.
     longest = cfg.with_overrides(max_seq_len=max(cfg.max_seq_len, found.max_seq_len or 0))
