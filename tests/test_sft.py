@@ -722,6 +722,42 @@ def test_data_prepared_again_after_training_leaves_the_export_as_trained(
     assert capfd.readouterr().err == ""
 
 
+def test_a_resume_on_chats_prepared_again_compares_them_with_what_it_trained_on(
+    sft_run: Path, tmp_path: Path
+) -> None:
+    """A run resumed after its chats were prepared again with another tokenizer of the same
+    vocabulary size trained on, silently: the ids meant other pieces than those its embeddings had
+    learnt (a pre-training checkpoint given as checkpoint.resume, likewise). It is refused in one
+    line naming the tokenizer to prepare them with; another chat template is a warning line."""
+    import shutil
+
+    from tests.helpers import sentencepiece_with_other_ids
+
+    run = shutil.copytree(sft_run, tmp_path / "run")
+    prefix = tmp_path / "again" / "rulm"
+    config = _config(tmp_path / "c.yaml", prefix, run, train={"steps": 21})
+    chats = ASSETS / "sft" / "ru-seed-chats.jsonl"
+    prepare_sft(chats, sentencepiece_with_other_ids(tmp_path / "other.model"), prefix)
+    refused = _vikhr("sft", "train", "--config", str(config))
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(
+        f"vikhr sft train: error: config key data.train[0] (rulm) was tokenized with {tmp_path}/other.model, "
+        f"but the checkpoint resumed ({run}/step_000020) was trained with {MISTRAL_TOKENIZER} (recorded in "
+    )
+    assert line.endswith(f"in the data's): prepare the chats with {MISTRAL_TOKENIZER}")
+    assert (run / "latest").read_text().strip() == "step_000020"
+    prepare_sft(chats, MISTRAL_TOKENIZER, prefix, template="chatml")
+    resumed = _vikhr("sft", "train", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"warning: resuming from {run}/step_000020, trained on chats of chat template mistral: "
+        f"{prefix}_sft.json now records chatml, so the model learns both from here, and the export of "
+        "the steps to come carries chatml\n"
+    ) in resumed.stderr
+    assert (run / "latest").read_text().strip() == "step_000021"
+
+
 @pytest.mark.distributed
 def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: Path) -> None:
     """DP=2 splits each global batch of packed chats between the ranks: same losses as 1 rank

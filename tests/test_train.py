@@ -998,7 +998,7 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
     from vikhr.data import preprocess
     from vikhr.errors import VikhrError
     from vikhr.train.config import load_config
-    from vikhr.train.trainer import _check_init_tokenizer
+    from vikhr.train.trainer import _check_data_tokenizer
 
     hf = tmp_path / "hf"
     tiny_hf_model(hf, vocab_size=32000)
@@ -1015,9 +1015,10 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
         return load_config(None, [blend, f"model.init={init}", "data.seq_len=64"], check_files=False)
 
     recorded = recorded_in_lineage(init).tokenizer  # the tokenizer model.init was converted with
-    _check_init_tokenizer(cfg("ru"), recorded)
+    start = (f"model.init ({init})", "model.init's")
+    _check_data_tokenizer(cfg("ru"), recorded, *start)
     with pytest.raises(VikhrError) as e:
-        _check_init_tokenizer(cfg("en"), recorded)
+        _check_data_tokenizer(cfg("en"), recorded, *start)
     assert str(e.value) == (
         f"config key data.train[0] (en_text_document) was tokenized with {other}, but model.init ({init}) "
         f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 is 'ла' in "

@@ -409,12 +409,15 @@ def _locked_run(
         init_dir = checkpoint.find_weights(cfg.model.init, "model.init")
         if resume_from is None:
             start = recorded_in_lineage(init_dir)
-            _check_init_tokenizer(cfg, start.tokenizer)
+            _check_data_tokenizer(cfg, start.tokenizer, f"model.init ({cfg.model.init})", "model.init's")
+    resumed = _resumed_tokenizer(resume_from)
+    _check_data_tokenizer(cfg, resumed, f"the checkpoint resumed ({resume_from})", "the checkpoint's")
     inherited = _inherited(cfg, resume_from, start)
     check_data(cfg)  # last: it records what it checked in the data cache
     # What the datasets record of their tokenizer (checked alike above): each checkpoint keeps it.
     recorded_data = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
-    for doubt in doubtful_settings(cfg):  # once the run will start: an error stays the only line
+    # Once the run will start: an error stays the only line.
+    for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
         return Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
@@ -482,25 +485,55 @@ def _dataset_tokenizers(cfg: TrainConfig) -> Iterator[tuple[str, str, str]]:
             continue
 
 
-def _check_init_tokenizer(cfg: TrainConfig, recorded: RecordedTokenizer | None) -> None:
-    """The data of a run from model.init is tokenized with the tokenizer model.init was trained with
-    (`recorded`: its lineage's, vikhr.convert.hf_tokenizer): the old tokenizer's ids fit an adapted
-    model's larger vocabulary and would train it on pieces other than theirs. Where a file is gone or
-    changed since it was recorded it cannot tell, and lets the run start."""
+def _check_data_tokenizer(
+    cfg: TrainConfig, recorded: RecordedTokenizer | None, start: str, whose: str
+) -> None:
+    """The data of a run is tokenized with the tokenizer its starting weights (`start`: model.init, or
+    the checkpoint resumed) were trained with (`recorded`: their lineage's, vikhr.convert.hf_tokenizer):
+    the old tokenizer's ids fit an adapted model's larger vocabulary, another tokenizer's of the same
+    size fit any, and would train it on pieces other than theirs. Where a file is gone or changed
+    since it was recorded it cannot tell, and lets the run start."""
     from vikhr.data.tokenization import compare_tokenizers
 
     if recorded is None:
         return
-    names = ("the data's", "model.init's")
+    fix = "prepare the chats with" if cfg.data.kind == "sft" else "pre-tokenize the data with"
     for key, path, sha256 in _dataset_tokenizers(cfg):
         compared = compare_tokenizers(path, sha256, recorded.path, recorded.sha256)
         if compared.same is False:
+            differs = compared.difference("the data's", whose)
             raise VikhrError(
-                f"{key} was tokenized with {path}, but model.init ({cfg.model.init}) was trained with "
-                f"{recorded.path} (recorded in {recorded.recorded_by}; "
-                f"{compared.difference(*names)}): pre-tokenize the data with "
-                f"{recorded.path}"
+                f"{key} was tokenized with {path}, but {start} was trained with {recorded.path} "
+                f"(recorded in {recorded.recorded_by}; {differs}): {fix} {recorded.path}"
             )
+
+
+def _resumed_tokenizer(resume_from: Path | None) -> RecordedTokenizer | None:
+    """The tokenizer (and chat template) the checkpoint a run resumes was trained with, as it records
+    it (an SFT run's chats may have been prepared again since; a pre-training checkpoint may be given
+    as checkpoint.resume); None where it records none or its records cannot be read (nothing to check)."""
+    if resume_from is None:
+        return None
+    try:
+        return recorded_in_lineage(resume_from).tokenizer
+    except VikhrError:  # e.g. the datasets its config names, damaged since: the run's own are checked
+        return None
+
+
+def _template_changed(
+    resume_from: Path | None, resumed: RecordedTokenizer | None, data: RecordedTokenizer | None
+) -> list[str]:
+    """A warning when the chats of a resumed SFT run are now prepared with another chat template than
+    the checkpoint was trained on: the model learns both formats, and its export carries the new one."""
+    if resume_from is None or resumed is None or data is None or resumed.template is None:
+        return []
+    if (data.template, data.template_sha256) == (resumed.template, resumed.template_sha256):
+        return []
+    return [
+        f"resuming from {resume_from}, trained on chats of chat template {resumed.template}: "
+        f"{data.recorded_by} now records {data.template}, so the model learns both from here, and "
+        f"the export of the steps to come carries {data.template}"
+    ]
 
 
 def _reference_is_init(cfg: TrainConfig) -> bool:
