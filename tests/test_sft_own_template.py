@@ -265,6 +265,56 @@ def test_refusals_name_the_problem(model_dir: tuple[str, Path]) -> None:
             own_template(tok).encode(bad)
 
 
+# Mistral-7B-Instruct-v0.1's own template: no system role (a system message fails its role order).
+MISTRAL_V01_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+
+def test_a_template_without_a_system_role_says_so_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chat with a system message on a template that has no system turn stopped `sft prepare` with
+    the template's own words only ("Conversation roles must alternate ..."), which name neither the
+    system message nor a way out. The line now says both; other refusals say what to train them with."""
+    from vikhr.cli import main
+
+    directory = write_tokenizer(tmp_path / "v01", "nemo", _metaspace_json(), MISTRAL_V01_TEMPLATE)
+    chats = tmp_path / "chats.jsonl"
+    lines = [
+        {"messages": [{"role": r, "content": c} for r, c in turns]}
+        for turns in (
+            [("user", "Привет!"), ("assistant", "Здравствуйте.")],
+            [("system", "Отвечай кратко."), ("user", "Привет!"), ("assistant", "Здравствуйте.")],
+        )
+    ]
+    chats.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    argv = ["sft", "prepare", "--input", str(chats), "--tokenizer", str(directory), "--no-progress"]
+    capsys.readouterr()
+    assert main([*argv, "--output-prefix", str(tmp_path / "out" / "a")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"vikhr sft prepare: error: {chats}:2: tokenizer_config.json's chat template refused the chat: "
+        "Conversation roles must alternate user/assistant/user/assistant/...; it takes the chat without its "
+        "system message, so it has no system turn: leave system messages out of the chats, or train with one "
+        "of vikhr's templates (--template NAME), which write them"
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    tok = load_chat_tokenizer(directory, OWN)
+    with pytest.raises(ChatRefused) as refused:  # refused for another reason: the generic way out
+        encode_chat([Message("user", "a"), Message("assistant", "b"), Message("assistant", "c")], tok, OWN)
+    assert str(refused.value) == (
+        "tokenizer_config.json's chat template refused the chat: Conversation roles must alternate "
+        "user/assistant/user/assistant/...; train such chats with one of vikhr's templates (--template NAME)"
+    )
+    assert main([*argv, "--output-prefix", str(tmp_path / "out" / "a"), "--template", "chatml"]) == 0
+
+
 def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
     from vikhr.assets import MISTRAL_TOKENIZER
     from vikhr.errors import VikhrError

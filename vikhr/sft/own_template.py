@@ -21,9 +21,9 @@ must render alike with and without it (up to the last user message's text), and 
 the answer must begin the whole chat.
 
 Refused chats (ChatRefused, one line): those the template itself refuses (Gemma-2's has no system
-role), those whose turns before an answer it renders differently once the answer follows
-(Mistral-NeMo's and Mistral v0.3's put the system message into the last user turn only: vikhr's
-``mistral-v3`` trains them), those
+role: the line says so where the chat renders without its system message), those whose turns
+before an answer it renders differently once the answer follows (Mistral-NeMo's and Mistral v0.3's
+put the system message into the last user turn only: vikhr's ``mistral-v3`` trains them), those
 whose answer it renders differently once later turns follow (Qwen3's drops earlier reasoning), and
 answers it writes no text for (YandexGPT-5-Lite's drops the last answer): train those with one of
 vikhr's templates. A template that cannot train a plain two-turn chat is refused when loaded. A
@@ -106,7 +106,7 @@ class OwnTemplate:
         self._check_typed(messages)
         chat = [_message_dict(m) for m in messages]
         tools = [json.loads(tool) for tool in tools_of(messages)] or None
-        whole = self.render(chat, for_generation, tools)
+        whole = self._render_whole(chat, for_generation, tools)
         trained = bytearray(len(whole))
         for i, m in enumerate(messages):
             if m.role == "assistant" and m.trained:
@@ -126,6 +126,25 @@ class OwnTemplate:
             if token in controls:
                 mask[k] = int(start < len(trained) and trained[start])
         return EncodedChat(list(encoding.ids), mask)
+
+    def _render_whole(self, chat: list[dict[str, Any]], generation: bool, tools: list[Any] | None) -> str:
+        """`render`, where the template refuses the chat with what to do about it: a template without
+        a system role (Mistral-Instruct v0.1's, Gemma's) refuses every chat that has a system message."""
+        try:
+            return self.render(chat, generation, tools)
+        except ChatRefused as refused:
+            fix = "train such chats with one of vikhr's templates (--template NAME)"
+            if chat[0]["role"] == "system" and len(chat) > 1:
+                try:
+                    self.render(chat[1:], generation, tools)
+                    fix = (
+                        "it takes the chat without its system message, so it has no system turn: leave "
+                        "system messages out of the chats, or train with one of vikhr's templates "
+                        "(--template NAME), which write them"
+                    )
+                except ChatRefused:
+                    pass
+            raise ChatRefused(f"{refused}; {fix}") from None
 
     @property
     def sha256(self) -> str:
