@@ -315,6 +315,49 @@ def test_a_template_without_a_system_role_says_so_with_what_to_do(
     assert main([*argv, "--output-prefix", str(tmp_path / "out" / "a"), "--template", "chatml"]) == 0
 
 
+def test_system_messages_a_template_drops_are_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A template that writes only user and assistant turns renders a chat alike with and without
+    its system message: `sft prepare` trained such chats without their system prompts, silently
+    (and the export serves them so). It now counts them in one warning line; a template that writes
+    system messages, or chats without one, give none."""
+    from vikhr.cli import main
+
+    drops = (
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'user' %}{{ '### User: ' + m['content'] + '\\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ '### Assistant: ' + m['content'] + eos_token + '\\n' }}"
+        "{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '### Assistant: ' }}{% endif %}"
+    )
+    writes = drops.replace("{% if m['role'] == 'user' %}", "{% if m['role'] != 'assistant' %}")
+    chats = tmp_path / "chats.jsonl"
+    plain = tmp_path / "plain.jsonl"
+    system = {"role": "system", "content": "Отвечай кратко."}
+    turns = [{"role": "user", "content": "Привет!"}, {"role": "assistant", "content": "Здравствуйте."}]
+    chats.write_text("".join(json.dumps({"messages": m}) + "\n" for m in ([system, *turns], turns, turns)))
+    plain.write_text(json.dumps({"messages": turns}) + "\n")
+    for name, template, given, warned in (
+        ("drops", drops, chats, True),
+        ("drops", drops, plain, False),
+        ("writes", writes, chats, False),
+    ):
+        directory = write_tokenizer(tmp_path / name, "nemo", _metaspace_json(), template)
+        capsys.readouterr()
+        argv = ["sft", "prepare", "--input", str(given), "--tokenizer", str(directory), "--no-progress"]
+        assert main([*argv, "--output-prefix", str(tmp_path / "out" / name)]) == 0
+        err = capsys.readouterr().err
+        assert err == (
+            f"warning: 1 of 3 chats of {chats} have a system message, which tokenizer_config.json's chat "
+            "template does not write: the model is trained (and its export serves) without them; put such "
+            "instructions into the first user message, or train with one of vikhr's templates "
+            "(--template NAME), which write them\n"
+            if warned
+            else ""
+        )
+
+
 def test_own_needs_a_template_and_a_tokenizer_json(tmp_path: Path) -> None:
     from vikhr.assets import MISTRAL_TOKENIZER
     from vikhr.errors import VikhrError

@@ -146,6 +146,17 @@ class OwnTemplate:
                     pass
             raise ChatRefused(f"{refused}; {fix}") from None
 
+    @functools.cached_property
+    def writes_system(self) -> bool:
+        """Whether the template writes a system message: False where it renders a chat alike with and
+        without one (it drops it; one that refuses system messages says so in its refusal)."""
+        chat = [{"role": "user", "content": "Привет!"}, {"role": "assistant", "content": "Здравствуйте."}]
+        try:
+            with_system = self.render([{"role": "system", "content": "Отвечай кратко."}, *chat], False)
+        except ChatRefused:
+            return True
+        return with_system != self.render(chat, False)
+
     @property
     def sha256(self) -> str:
         """The template text's SHA-256: what `sft prepare` records and `convert` checks."""

@@ -117,13 +117,7 @@ def prepare_sft(
         counts = _write_chats(encoded, text_writer, mask_writer, progress, max_chats)
         if counts.chats == 0:
             raise VikhrError(f"{input_path}: no chats found")
-        if counts.empty_answers:
-            print(
-                f"warning: {counts.empty_answers} of {counts.chats} chats of {input_path} have an empty "
-                "assistant turn: the model learns to end its answer at once there (vikhr sft build drops "
-                "such chats)",
-                file=sys.stderr,
-            )
+        _warn_of(counts, input_path, tok, template)
         summary = PrepareSummary(
             prefix=str(output_prefix),
             template=template,
@@ -152,6 +146,26 @@ def prepare_sft(
     finally:
         scratch.close()
     return summary
+
+
+def _warn_of(counts: _ChatCounts, input_path: str | Path, tok: Tokenizer, template: str) -> None:
+    """Warning lines on chats that train otherwise than they read: empty answers, and system messages
+    an ``own`` template drops (it renders a chat alike without them: trained and served without)."""
+    if counts.empty_answers:
+        print(
+            f"warning: {counts.empty_answers} of {counts.chats} chats of {input_path} have an empty "
+            "assistant turn: the model learns to end its answer at once there (vikhr sft build drops "
+            "such chats)",
+            file=sys.stderr,
+        )
+    if template == OWN and counts.system_chats and not own_template(tok).writes_system:
+        print(
+            f"warning: {counts.system_chats} of {counts.chats} chats of {input_path} have a system "
+            f"message, which {own_template(tok).source.name}'s chat template does not write: the model "
+            "is trained (and its export serves) without them; put such instructions into the first user "
+            "message, or train with one of vikhr's templates (--template NAME), which write them",
+            file=sys.stderr,
+        )
 
 
 def _refuse_replacing_an_input(
@@ -207,6 +221,7 @@ class _ChatCounts:
     loss_tokens: int = 0
     max_id: int = 0
     empty_answers: int = 0  # chats with an empty trained answer (see `_empty_trained_answer`)
+    system_chats: int = 0  # chats with a system message
 
     def add(self, other: _ChatCounts) -> None:
         self.chats += other.chats
@@ -214,6 +229,7 @@ class _ChatCounts:
         self.loss_tokens += other.loss_tokens
         self.max_id = max(self.max_id, other.max_id)
         self.empty_answers += other.empty_answers
+        self.system_chats += other.system_chats
 
 
 @dataclass
@@ -268,6 +284,7 @@ def _encode_batch(
         counts.loss_tokens += sum(enc.mask)
         counts.max_id = max(counts.max_id, max(enc.ids))
         counts.empty_answers += any(_empty_trained_answer(m) for m in messages)
+        counts.system_chats += messages[0].role == "system"
     return _EncodedBatch(chats, counts)
 
 
