@@ -1409,7 +1409,7 @@ if __name__ == "__main__":
 def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None:
     """MFU's numerator by hand: 6·N + 6·L·w·s per token, and 8·N + 8·L·w·s with the KL reference's
     forward pass, w the attention width heads·head_dim (Qwen3-0.6B: 16·128 = 2048 for a hidden size
-    of 1024; the hidden size was used); the peak by device name, the specific H100s before the SXM one."""
+    of 1024; the hidden size was used); the peak by device name, NVL and PCIe cards before SXM ones."""
     import dataclasses
 
     from vikhr.model.config import preset
@@ -1423,6 +1423,7 @@ def test_model_flops_count_matmuls_attention_and_the_reference_forward() -> None
     )
     assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
+    assert peak_flops("NVIDIA H200 NVL") == 835e12  # was the SXM H200's 989e12: MFU read 15 % low
     assert peak_flops("NVIDIA A10G") is None and peak_flops("NVIDIA A10") == 125e12
     assert peak_flops("Some Other GPU") is None
 

@@ -18,8 +18,10 @@ if TYPE_CHECKING:  # an annotation only
     from vikhr.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per device, for MFU (tensor cores, no sparsity; vendors' datasheets). The
-# first name contained in the device's name wins: the PCIe and NVL H100s before the SXM one.
+# first name contained in the device's name wins: the NVL H200 and the PCIe and NVL H100s before the
+# SXM ones.
 _PEAK_BF16 = {
+    "H200 NVL": 835e12,
     "H200": 989e12,
     "H100 PCIe": 756e12,
     "H100 NVL": 835e12,
