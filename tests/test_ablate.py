@@ -173,6 +173,31 @@ def test_a_cuda_grid_without_a_gpu_is_refused_before_any_stage(
     assert not out.exists()
 
 
+def test_a_cuda_grid_without_a_cuda_toolkit_is_refused_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.device: cuda on a GPU machine without nvcc stopped when the base model's first loss
+    could not build its CUDA kernels, after the tokenizer had been trained and the corpora
+    tokenized."""
+    import torch
+    from torch.utils import cpp_extension
+
+    from vikhr.cli import main
+    from vikhr.ops import build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(build, "pip_toolkit", lambda: None)
+    out = tmp_path / "out"
+    cfg = {**MICRO, "out_dir": str(out), "train": {**MICRO["train"], "device": "cuda"}}
+    path = _write(tmp_path / "ablate.yaml", cfg)
+    assert main(["ablate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "config key train.device is cuda: the run is on the GPU, whose csrc kernels" in err, err
+    assert err.rstrip().endswith("or set train.device: cpu") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("key", ["out_dir", "cache_dir"])
 def test_an_out_dir_or_cache_dir_that_is_a_file_is_refused_before_any_stage(
     tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]

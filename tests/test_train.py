@@ -837,6 +837,34 @@ def test_bad_config_is_one_line_before_allocation(
     assert not run_dir.exists()  # nothing was started, so nothing was written
 
 
+def test_a_gpu_run_without_a_cuda_toolkit_is_refused_before_its_setup(
+    corpus: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU machine without nvcc: the run built its datasets and model (minutes for a 7B) and ended
+    at its first loss, whose CUDA kernels the ops build could not compile. It is refused before
+    anything is written, naming the setting and the ways out."""
+    from torch.utils import cpp_extension
+
+    from vikhr.errors import VikhrError
+    from vikhr.ops import build
+    from vikhr.train import trainer as trainer_module
+    from vikhr.train.config import load_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(build, "pip_toolkit", lambda: None)
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, parallel={"tensor": 1, "device": "cuda"})
+    said = (
+        r"^config key parallel\.device = cuda: the run is on the GPU, whose csrc kernels \(the CE\+KL "
+        r"loss\) are built on first use with a CUDA toolkit \(nvcc\), and none is found here: install one "
+        r"and set CUDA_HOME, pip install 'cuda-toolkit\[nvcc,cccl\][^']*', or set parallel\.device=cpu$"
+    )
+    with pytest.raises(VikhrError, match=said):
+        trainer_module.run(load_config(config))
+    assert not run_dir.exists()
+
+
 def test_a_cpu_run_with_the_distributed_optimizer_shows_no_torch_warning(
     corpus: dict[str, str], tmp_path: Path
 ) -> None:

@@ -260,16 +260,20 @@ def trainer_config(
 
 
 def check_device_here(cfg: AblateConfig, path: str | Path) -> None:
-    """A grid for CUDA run where torch sees none stops before its first stage (a config is still
-    validated anywhere: the check belongs to the run, not to the file)."""
+    """A grid for CUDA run where torch sees none, or where no CUDA toolkit is found to build the
+    loss's kernels, stops before its first stage (a config is still validated anywhere: the check
+    belongs to the run, not to the file)."""
     if cfg.train.device == "cuda":
         import torch
+
+        from vikhr.ops.build import require_cuda_toolkit
 
         if not torch.cuda.is_available():
             raise VikhrError(
                 f"{path}: config key train.device is cuda, but torch sees no CUDA device here "
                 "(set train.device: cpu)"
             )
+        require_cuda_toolkit(f"{path}: config key train.device is cuda", "set train.device: cpu")
 
 
 def check_dirs_here(cfg: AblateConfig, path: str | Path) -> None:

@@ -61,6 +61,20 @@ def cuda_build_possible() -> bool:
     return torch.cuda.is_available() and cuda_home() is not None
 
 
+def require_cuda_toolkit(where: str, alternative: str) -> None:
+    """VikhrError (one line, naming `where` and offering `alternative`) when no CUDA toolkit is found:
+    a run on the GPU needs the ops' CUDA kernels, built on its first loss, after its whole setup.
+    Only looked for, as `cuda_home` looks; nothing is written."""
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None and pip_toolkit() is None:
+        raise VikhrError(
+            f"{where}: the run is on the GPU, whose csrc kernels (the CE+KL loss) are built on first use "
+            f"with a CUDA toolkit (nvcc), and none is found here: install one and set CUDA_HOME, "
+            f"{pip_toolkit_command()}, or {alternative}"
+        )
+
+
 @functools.cache
 def cuda_home() -> Path | None:
     """The CUDA toolkit torch builds with: CUDA_HOME, nvcc on PATH or /usr/local/cuda (torch's own

@@ -50,7 +50,7 @@ from vikhr.errors import RunStopped, VikhrError, require_writable_dir
 from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
-from vikhr.ops.build import require_writable_cache_dir
+from vikhr.ops.build import require_cuda_toolkit, require_writable_cache_dir
 from vikhr.runtime.distributed import DistEnv, distributed_env, uses_cuda
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
@@ -349,6 +349,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     validate(cfg, world_size=world_size)
     on_cuda = uses_cuda(cfg.parallel.device)
     resolve_attention(cfg.model.attention, on_cuda)  # a layer spec this machine has
+    if on_cuda:  # not a failed build of the loss's CUDA kernels at the first step
+        require_cuda_toolkit(f"config key parallel.device = {cfg.parallel.device}", "set parallel.device=cpu")
     # Not an out-of-memory error at the first step.
     check_fits(cfg, world_size, *memory_here(on_cuda), on_cuda=on_cuda)
     require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
