@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from vikhr.errors import VikhrError
 
 OPS = [
     "logsumexp_rows",
@@ -44,11 +45,9 @@ print(json.dumps({
 
 
 def _nvcc_available() -> bool:
-    from torch.utils import cpp_extension
+    from vikhr.ops.build import cuda_toolkit_found
 
-    from vikhr.ops.build import pip_toolkit
-
-    return cpp_extension.CUDA_HOME is not None or pip_toolkit() is not None
+    return cuda_toolkit_found()
 
 
 @pytest.mark.slow
@@ -167,3 +166,41 @@ def test_each_location_of_the_sources_and_of_torch_keeps_its_own_build(
     assert build_dir_of(checkouts[0]) == first  # the next load finds its own build again
     monkeypatch.setattr(torch, "__file__", str(tmp_path / "other-env" / "torch" / "__init__.py"))
     assert build_dir_of(checkouts[0]) not in (first, second)
+
+
+@pytest.mark.parametrize("pip_nvcc", [True, False], ids=["pip-toolkit", "none"])
+def test_a_cuda_home_without_nvcc_is_no_toolkit(tmp_path: Path, monkeypatch, pip_nvcc: bool) -> None:
+    """torch takes an existing /usr/local/cuda as CUDA_HOME even without nvcc (a runtime-only CUDA
+    image has one): the build then failed at the first GPU loss on running its nvcc, the toolkit pip
+    installs was never tried, and a GPU run was not refused before its setup. That home counts as no
+    toolkit: pip's is made usable where there is one."""
+    from torch.utils import cpp_extension
+
+    from vikhr.ops import build
+
+    runtime_only = tmp_path / "usr-local-cuda"
+    (runtime_only / "lib64").mkdir(parents=True)
+    toolkit = tmp_path / "site-packages" / "nvidia" / "cu13"
+    for part in ("bin", "include", "lib"):
+        (toolkit / part).mkdir(parents=True)
+    (toolkit / "bin" / "nvcc").touch()
+    (toolkit / "lib" / "libcudart.so.13").touch()
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(runtime_only))
+    monkeypatch.setattr(build, "pip_toolkit", lambda: toolkit if pip_nvcc else None)
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "cache"))
+    build.cuda_home.cache_clear()
+    try:
+        home = build.cuda_home()
+    finally:
+        build.cuda_home.cache_clear()  # the next caller looks again, with the real toolkits
+    if pip_nvcc:
+        assert (
+            home is not None and home.is_relative_to(tmp_path / "cache") and (home / "bin" / "nvcc").is_file()
+        )
+        assert (home / "lib64" / "libcudart.so").resolve() == toolkit / "lib" / "libcudart.so.13"
+        assert str(home) == cpp_extension.CUDA_HOME  # what torch's build links against
+    else:
+        assert home is None
+        with pytest.raises(VikhrError, match=r"^config key parallel\.device = cuda: .* none is found here"):
+            build.require_cuda_toolkit("config key parallel.device = cuda", "set parallel.device=cpu")
+    assert build.cuda_toolkit_found() == pip_nvcc

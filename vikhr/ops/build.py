@@ -61,13 +61,19 @@ def cuda_build_possible() -> bool:
     return torch.cuda.is_available() and cuda_home() is not None
 
 
+def cuda_toolkit_found() -> bool:
+    """Whether `cuda_home` finds a toolkit with nvcc (torch's CUDA_HOME, else pip's). Only looked
+    for; nothing is written."""
+    from torch.utils import cpp_extension
+
+    return _has_nvcc(cpp_extension.CUDA_HOME) or pip_toolkit() is not None
+
+
 def require_cuda_toolkit(where: str, alternative: str) -> None:
     """VikhrError (one line, naming `where` and offering `alternative`) when no CUDA toolkit is found:
     a run on the GPU needs the ops' CUDA kernels, built on its first loss, after its whole setup.
-    Only looked for, as `cuda_home` looks; nothing is written."""
-    from torch.utils import cpp_extension
-
-    if cpp_extension.CUDA_HOME is None and pip_toolkit() is None:
+    Nothing is written."""
+    if not cuda_toolkit_found():
         raise VikhrError(
             f"{where}: the run is on the GPU, whose csrc kernels (the CE+KL loss) are built on first use "
             f"with a CUDA toolkit (nvcc), and none is found here: install one and set CUDA_HOME, "
@@ -78,14 +84,20 @@ def require_cuda_toolkit(where: str, alternative: str) -> None:
 @functools.cache
 def cuda_home() -> Path | None:
     """The CUDA toolkit torch builds with: CUDA_HOME, nvcc on PATH or /usr/local/cuda (torch's own
-    search), else the toolkit pip installs (`pip_toolkit_command`), made usable."""
+    search), else the toolkit pip installs (`pip_toolkit_command`), made usable; None where neither
+    holds nvcc. torch takes an existing /usr/local/cuda without one (a runtime-only CUDA image has
+    it): pip's nvcc is then the one to build with."""
     from torch.utils import cpp_extension
 
-    if cpp_extension.CUDA_HOME is None:
+    if not _has_nvcc(cpp_extension.CUDA_HOME):
         shim = _pip_cuda_home()
         if shim is not None:
             cpp_extension.CUDA_HOME = str(shim)  # the one place torch's build reads it from
-    return Path(cpp_extension.CUDA_HOME) if cpp_extension.CUDA_HOME else None
+    return Path(cpp_extension.CUDA_HOME) if _has_nvcc(cpp_extension.CUDA_HOME) else None
+
+
+def _has_nvcc(home: str | None) -> bool:
+    return bool(home) and (Path(str(home)) / "bin" / "nvcc").is_file()
 
 
 def pip_toolkit_command() -> str:
