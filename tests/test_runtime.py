@@ -225,18 +225,86 @@ def _running(pid: int) -> bool:
 
 
 def test_more_processes_on_a_node_than_gpus_is_said_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torchrun --nproc_per_node=2 on a node of one GPU: the second process's memory check (and then
+    """torchrun --nproc_per_node=3 on a node of two GPUs: the third process's memory check (and then
     torch.cuda.set_device) ended in a traceback naming an invalid device ordinal."""
     from vikhr.train.memory import memory_here
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "2")
     said = (
-        r"^process 1 of this node has no GPU: torch sees 1 here; start at most 1 process per node "
-        r"\(torchrun --nproc_per_node=1\), or set parallel\.device=cpu$"
+        r"^process 2 of this node has no GPU: torch sees 2 here; start at most 2 processes per node "
+        r"\(torchrun --nproc_per_node=2\), or set parallel\.device=cpu$"
     )
     with pytest.raises(VikhrError, match=said):
         memory_here(on_cuda=True)
     with pytest.raises(VikhrError, match=said), distributed_env(tp_size=1, seed=0, device="cuda"):
         pass
+
+
+def test_each_process_takes_its_gpu_under_per_task_binding_and_none_is_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`srun --gpus-per-task=1` shows each rank one GPU, as device 0, with LOCAL_RANK 0..7: such ranks
+    were refused ("start at most 1 process per node"); a process that sees no GPU was told to start
+    "at most 0 process" per node."""
+    from vikhr.runtime.distributed import local_gpu
+
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert local_gpu() == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert local_gpu() == 5
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(VikhrError, match=r"^process 5 of this node has no GPU: torch sees none here \("):
+        local_gpu()
+
+
+def test_two_ranks_on_one_gpu_are_refused_in_one_line() -> None:
+    from vikhr.runtime.distributed import refuse_shared_gpus
+
+    bound = [(f"node0{r // 4}", f"GPU-{r}") for r in range(8)]  # two nodes, one GPU per task
+    refuse_shared_gpus(bound)
+    refuse_shared_gpus([("node01", "GPU-0"), ("node02", "GPU-0")])  # hosts are told apart
+    shared = [("node01", "GPU-a"), ("node01", "GPU-b"), ("node01", "GPU-a")]
+    with pytest.raises(VikhrError) as refused:
+        refuse_shared_gpus(shared)
+    assert str(refused.value) == (
+        "ranks 0 and 2 share one GPU (GPU-a) on node01, where the job uses 2; start at most 2 processes "
+        "per node (torchrun --nproc_per_node=2), or set parallel.device=cpu"
+    )
+
+
+def test_the_job_start_refuses_ranks_sharing_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node=2 on a node of one GPU: both ranks take device 0, and the start,
+    which gathers each rank's (host, GPU uuid), refuses them in one line before anything is built."""
+    import re
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    asked: list[object] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", asked.append)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: asked.append(d) or SimpleNamespace(uuid="GPU-x")
+    )
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # as if torchrun's group were up
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+
+    def all_gather_object(out: list[Any], here: Any) -> None:
+        out[:] = [here, here]  # the other rank is on this host and sees the same GPU
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    host = socket.gethostname()
+    said = (
+        rf"^ranks 0 and 1 share one GPU \(GPU-x\) on {re.escape(host)}, where the job uses 1; "
+        r"start at most 1 process per node"
+    )
+    with pytest.raises(VikhrError, match=said), distributed_env(tp_size=1, seed=0, device="cuda"):
+        pass
+    assert asked == [0, torch.device("cuda", 0)]

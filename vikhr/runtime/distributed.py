@@ -1,7 +1,7 @@
 """Distributed start-up that works under `torchrun` and as a plain single process.
 
 `distributed_env()` is the one place where a process joins a job: it starts torch.distributed
-(nccl with one device per local rank on GPU; gloo on CPU, inside megatron's CPU compatibility
+(nccl with one GPU per rank, no two ranks on one; gloo on CPU, inside megatron's CPU compatibility
 layer `vikhr.runtime.cpu_compat`), builds megatron's model-parallel groups and seeds every RNG,
 so model code can assume all of these exist. Leaving the context tears all of it down again.
 """
@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,18 +95,63 @@ def uses_cuda(device: str) -> bool:
     return use_cuda
 
 
+def _fewer_gpus_advice(gpus: int) -> str:
+    """What to start on a node where the job has `gpus` GPUs."""
+    processes = "processes" if gpus > 1 else "process"
+    fewer = f"start at most {gpus} {processes} per node (torchrun --nproc_per_node={gpus})"
+    return fewer + ", or set parallel.device=cpu"
+
+
 def local_gpu() -> int:
-    """This process's GPU on its node: LOCAL_RANK (torchrun's), or VikhrError when the node has fewer
-    GPUs than the processes started on it (torch's own error was a traceback naming a device ordinal)."""
+    """This process's GPU on its node, or VikhrError when the node has fewer GPUs than processes.
+
+    Where torch sees one GPU, that one: a scheduler that binds one GPU to each task (`srun
+    --gpus-per-task=1`, `--gpu-bind=single:1`) shows each rank its own as device 0 whatever its
+    LOCAL_RANK; two processes sharing it are found after start-up by `refuse_shared_gpus`. Where it
+    sees several, LOCAL_RANK (torchrun's) picks one (torch's own error for a missing one was a
+    traceback naming a device ordinal).
+    """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     gpus = torch.cuda.device_count()
+    if gpus == 0:
+        raise VikhrError(
+            f"process {local_rank} of this node has no GPU: torch sees none here (check CUDA_VISIBLE_DEVICES "
+            "and the job's GPU request), or set parallel.device=cpu"
+        )
+    if gpus == 1:
+        return 0
     if local_rank >= gpus:
         raise VikhrError(
-            f"process {local_rank} of this node has no GPU: torch sees {gpus} here; start at most {gpus} "
-            f"process{'es' if gpus > 1 else ''} per node (torchrun --nproc_per_node={gpus}), or set "
-            "parallel.device=cpu"
+            f"process {local_rank} of this node has no GPU: torch sees {gpus} here; "
+            + _fewer_gpus_advice(gpus)
         )
     return local_rank
+
+
+def _gather_gpu_placements(dev: torch.device) -> list[tuple[str, str]]:
+    """(host, GPU uuid) of every rank, by rank; a collective of the whole job."""
+    here = (socket.gethostname(), str(torch.cuda.get_device_properties(dev).uuid))
+    placements: list[tuple[str, str]] = [here] * dist.get_world_size()
+    dist.all_gather_object(placements, here)
+    return placements
+
+
+def refuse_shared_gpus(placements: list[tuple[str, str]]) -> None:
+    """VikhrError when two ranks use one GPU; `placements[rank]` is (host, GPU uuid) of each rank.
+
+    Two processes on one GPU would each size their batch for the whole of its memory and then run
+    out of it, or crawl, with no word of why.
+    """
+    first_rank: dict[tuple[str, str], int] = {}
+    for rank, placement in enumerate(placements):
+        if placement in first_rank:
+            host, uuid = placement
+            gpus = len({gpu for h, gpu in placements if h == host})
+            raise VikhrError(
+                f"ranks {first_rank[placement]} and {rank} share one GPU ({uuid}) on {host}, where the job "
+                f"uses {gpus}; {_fewer_gpus_advice(gpus)}"
+            )
+        first_rank[placement] = rank
 
 
 def end_with_the_launcher() -> None:
@@ -147,8 +193,9 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
 
     with contextlib.ExitStack() as stack:
         if use_cuda:
-            torch.cuda.set_device(local_gpu())
-            dev, backend = torch.device("cuda", local_rank), "nccl"
+            gpu = local_gpu()
+            torch.cuda.set_device(gpu)
+            dev, backend = torch.device("cuda", gpu), "nccl"
         else:
             stack.enter_context(cpu_compat.megatron_on_cpu())
             stack.enter_context(_deterministic_algorithms())
@@ -165,6 +212,8 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
             else:
                 raise VikhrError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
             stack.callback(dist.destroy_process_group)
+        if use_cuda:
+            refuse_shared_gpus(_gather_gpu_placements(dev))
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp_size)
         stack.callback(parallel_state.destroy_model_parallel)
         seed_everything(seed)
