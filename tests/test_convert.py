@@ -1577,6 +1577,56 @@ def test_an_sft_blend_of_one_tokenizer_exports_with_the_first_datasets_template(
         _sft_tokenizer(config, tmp_path)
 
 
+def test_datasets_prepared_again_after_training_are_read_only_to_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint records the tokenizer and template its datasets had when it trained. The datasets
+    as they are now were read with the warnings and errors of an export that carries them: a blend of
+    templates said the export carries the first dataset's template (it carries the trained one, which
+    the next line said), datasets of two tokenizers now refused the export ("the run mixed data of
+    several tokenizers"), and a resumed run printed the export's blend warning on every rank."""
+    from vikhr.convert.hf_tokenizer import recorded_in_lineage, warn_of_data_prepared_again
+    from vikhr.sft.layout import sft_files
+    from vikhr.train.trainer import _resumed_tokenizer
+
+    def prepare(name: str, tokenizer: str, sha: str, template: str) -> None:
+        meta = {"tokenizer": tokenizer, "tokenizer_sha256": sha, "template": template}
+        sft_files(tmp_path / name)["meta"].write_text(json.dumps(meta), encoding="utf-8")
+
+    step = tmp_path / "run" / "step_000002"
+    step.mkdir(parents=True)
+    trained = {"path": "/tok/one", "recorded_by": str(tmp_path / "a_sft.json"), "template": "chatml"}
+    train = [{"prefix": "a", "name": "a", "weight": 1.0}, {"prefix": "b", "name": "b", "weight": 1.0}]
+    meta = {
+        "cwd": str(tmp_path),
+        "config": {"model": {"init": "random"}, "data": {"kind": "sft", "train": train}},
+        "data_tokenizer": {**trained, "sha256": "s1"},
+    }
+    (step / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    prepare("a", "/tok/one", "s1", "mistral")  # prepared again with another template
+    prepare("b", "/tok/one", "s1", "chatml")
+    found = recorded_in_lineage(step)
+    assert capsys.readouterr().err == ""
+    assert found.tokenizer is not None and found.tokenizer.template == "chatml"
+    assert found.data_now is not None and found.data_now.template == "mistral"
+    warn_of_data_prepared_again(found, step)
+    [line] = capsys.readouterr().err.splitlines()
+    assert "now records chat template mistral" in line and line.endswith("the export carries that")
+    prepare("a", "/tok/two", "s2", "chatml")  # prepared again with another tokenizer
+    found = recorded_in_lineage(step)
+    assert found.tokenizer is not None and str(found.tokenizer.path) == "/tok/one"
+    assert capsys.readouterr().err == ""
+    # A checkpoint of an older version: the datasets now are what it records; training says nothing.
+    meta.pop("data_tokenizer")
+    (step / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    prepare("a", "/tok/one", "s1", "mistral")
+    resumed = _resumed_tokenizer(step)
+    assert resumed is not None and resumed.template == "mistral"
+    assert capsys.readouterr().err == ""
+    assert recorded_in_lineage(step).tokenizer == resumed
+    assert "the export carries mistral, the first dataset's" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_the_conversion_benchmark_runs_and_checks_the_round_trip_on_a_tiny_shape(tmp_path: Path) -> None:
     """tools/bench_convert.py end to end on a tiny slice: every process of the table ran, after the

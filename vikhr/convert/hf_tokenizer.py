@@ -207,17 +207,28 @@ def data_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> Reco
     return _pretrain_tokenizer(config, cwd)
 
 
-def _tokenizer_of(ancestor: Ancestor) -> tuple[RecordedTokenizer | None, RecordedTokenizer | None]:
+def _tokenizer_of(
+    ancestor: Ancestor, warn: bool = True
+) -> tuple[RecordedTokenizer | None, RecordedTokenizer | None]:
     """The tokenizer one checkpoint of a lineage records, directly or through its datasets' records
     (what the run recorded of them when it trained, else those of the run); and the datasets' record
-    now where it is another one (prepared again since: the checkpoint was not trained on that)."""
+    now where it is another one (prepared again since: the checkpoint was not trained on that).
+    `warn`: say which template the export carries of datasets of several (see `_sft_tokenizer`)."""
     meta = ancestor.meta
     here = ancestor.step_dir / "meta.json"
     if isinstance(meta.get("tokenizer"), str):
         return RecordedTokenizer(Path(meta["tokenizer"]), str(here)), None
-    now = data_tokenizer(meta.get("config") or {}, ancestor.cwd)
+    config = meta.get("config") or {}
     kept = RecordedTokenizer.from_json(meta.get(DATA_TOKENIZER))
-    if kept is None or (now is not None and _same_data(now, kept)):
+    if kept is None:  # a checkpoint of an older version: its datasets' records as they are now
+        return data_tokenizer(config, ancestor.cwd, warn), None
+    # The datasets now, read only to say what was prepared again since: their templates' blend is not
+    # what the export carries, and datasets of two tokenizers now do not undo what was trained.
+    try:
+        now = data_tokenizer(config, ancestor.cwd, warn=False)
+    except VikhrError:
+        now = None
+    if now is not None and _same_data(now, kept):
         return now, None
     return dataclasses.replace(kept, recorded_by=f"{here}, as recorded from {kept.recorded_by}"), now
 
@@ -276,16 +287,17 @@ def _longest(lengths: Iterable[Any]) -> int | None:
     return max(valid, default=None)
 
 
-def recorded_in_lineage(step_dir: Path) -> Recorded:
+def recorded_in_lineage(step_dir: Path, warn: bool = True) -> Recorded:
     """The tokenizer a checkpoint step directory records, directly or through its run (see module
     doc), and what `hf-to-megatron` recorded of the HF model its lineage was converted from: the
     first of each found along one walk of the lineage (vikhr.convert.lineage), which ends at a
     checkpoint recording what it inherits; and the longest max_seq_len of the checkpoints walked
-    and of what they inherit."""
+    and of what they inherit. `warn`: the export's warning on a blend of chat templates (training,
+    which exports nothing, passes False)."""
     tokenizer, data_now, source, missing, lengths = None, None, None, None, []
     for ancestor in lineage(step_dir):
         if tokenizer is None:
-            tokenizer, data_now = _tokenizer_of(ancestor)
+            tokenizer, data_now = _tokenizer_of(ancestor, warn)
         source = source or hf_source(ancestor)
         missing = ancestor.missing_start
         model = ancestor.meta.get("model")

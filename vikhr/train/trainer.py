@@ -410,7 +410,7 @@ def _locked_run(
     if cfg.model.init != "random" and (resume_from is None or _reference_is_init(cfg)):
         init_dir = checkpoint.find_weights(cfg.model.init, "model.init")
         if resume_from is None:
-            start = recorded_in_lineage(init_dir)
+            start = recorded_in_lineage(init_dir, warn=False)
             _check_data_tokenizer(cfg, start.tokenizer, f"model.init ({cfg.model.init})", "model.init's")
     resumed = _resumed_tokenizer(resume_from)
     _check_data_tokenizer(cfg, resumed, f"the checkpoint resumed ({resume_from})", "the checkpoint's")
@@ -463,7 +463,7 @@ def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | Non
         return {}
     try:
         init_dir = checkpoint.find_checkpoint(cfg.model.init)
-        return recorded_in_lineage(init_dir).to_json() if init_dir is not None else None
+        return recorded_in_lineage(init_dir, warn=False).to_json() if init_dir is not None else None
     except VikhrError:
         return None
 
@@ -517,7 +517,7 @@ def _resumed_tokenizer(resume_from: Path | None) -> RecordedTokenizer | None:
     if resume_from is None:
         return None
     try:
-        return recorded_in_lineage(resume_from).tokenizer
+        return recorded_in_lineage(resume_from, warn=False).tokenizer
     except VikhrError:  # e.g. the datasets its config names, damaged since: the run's own are checked
         return None
 
