@@ -1062,6 +1062,24 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
     assert line.endswith(f"in the data's): pre-tokenize the data with {hf / 'tokenizer.model'}")
 
 
+def test_a_resume_on_chats_of_another_own_template_names_both_texts() -> None:
+    """Chats prepared again with the tokenizer's own template, its text changed since, were named
+    alike on both sides ("trained on chats of chat template own: ... now records own"): the warning
+    now gives each text's sha256, as the export's does. The same template is no warning."""
+    from vikhr.convert.hf_tokenizer import RecordedTokenizer
+    from vikhr.train.trainer import _template_changed
+
+    trained = RecordedTokenizer(Path("/tok/tokenizer.json"), "/run/step_000020/meta.json", "own", "a" * 64)
+    now = RecordedTokenizer(Path("/tok/tokenizer.json"), "/data/rulm_sft.json", "own", "b" * 64)
+    step = Path("/run/step_000020")
+    assert _template_changed(step, trained, trained) == []
+    assert _template_changed(step, trained, now) == [
+        f"resuming from {step}, trained on chats of chat template own (sha256 {'a' * 12}…): "
+        f"/data/rulm_sft.json now records own (sha256 {'b' * 12}…), so the model learns both from here, "
+        f"and the export of the steps to come carries own (sha256 {'b' * 12}…)"
+    ]
+
+
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
     """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
     forever building an index over it), so the run trains without a validation set for that

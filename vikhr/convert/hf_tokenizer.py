@@ -238,21 +238,28 @@ def _same_tokenizer(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
     return a.sha256 == b.sha256 if a.sha256 and b.sha256 else a.path == b.path
 
 
-def _same_template(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
+def same_template(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
+    """Whether two records of SFT datasets name one chat template (``own``: by its text's sha256)."""
     return (a.template, a.template_sha256) == (b.template, b.template_sha256)
+
+
+def template_label(record: RecordedTokenizer) -> str:
+    """The chat template a record names, for messages: its name, and for ``own`` (one name, the text of
+    any tokenizer) the start of its text's sha256."""
+    sha = f" (sha256 {record.template_sha256[:12]}…)" if record.template_sha256 else ""
+    return f"{record.template}{sha}"
 
 
 def _same_data(a: RecordedTokenizer, b: RecordedTokenizer) -> bool:
     """Whether two records of a run's datasets name one tokenizer and one chat template."""
-    return _same_tokenizer(a, b) and _same_template(a, b)
+    return _same_tokenizer(a, b) and same_template(a, b)
 
 
 def _described(record: RecordedTokenizer, other: RecordedTokenizer) -> str:
     """What `record` names that `other` does not: its chat template, its tokenizer, or both."""
     parts = []
-    if not _same_template(record, other):
-        sha = f" (sha256 {record.template_sha256[:12]}…)" if record.template_sha256 else ""
-        parts.append(f"chat template {record.template}{sha}")
+    if not same_template(record, other):
+        parts.append(f"chat template {template_label(record)}")
     if not _same_tokenizer(record, other):
         parts.append(f"tokenizer {record.path}")
     return " and ".join(parts)

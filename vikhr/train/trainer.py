@@ -42,6 +42,8 @@ from vikhr.convert.hf_tokenizer import (
     RecordedTokenizer,
     data_tokenizer,
     recorded_in_lineage,
+    same_template,
+    template_label,
 )
 from vikhr.convert.lineage import INHERITED
 from vikhr.data.indexed import IndexedReader, ValidationRecord
@@ -529,12 +531,13 @@ def _template_changed(
     the checkpoint was trained on: the model learns both formats, and its export carries the new one."""
     if resume_from is None or resumed is None or data is None or resumed.template is None:
         return []
-    if (data.template, data.template_sha256) == (resumed.template, resumed.template_sha256):
+    if same_template(data, resumed):
         return []
+    now = template_label(data)  # ``own``'s text by its sha256: another text keeps the name
     return [
-        f"resuming from {resume_from}, trained on chats of chat template {resumed.template}: "
-        f"{data.recorded_by} now records {data.template}, so the model learns both from here, and "
-        f"the export of the steps to come carries {data.template}"
+        f"resuming from {resume_from}, trained on chats of chat template {template_label(resumed)}: "
+        f"{data.recorded_by} now records {now}, so the model learns both from here, and the export of "
+        f"the steps to come carries {now}"
     ]
 
 
