@@ -683,6 +683,34 @@ def test_a_fresh_grid_stopped_in_its_first_arm_leaves_no_earlier_report(
         assert (out / "work" / "grid.json").is_file() and not list((out / "work" / "results").glob("*"))
 
 
+def test_a_fresh_grid_leaves_files_it_does_not_know_for_a_grid_s_report(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh grid removed ablation.md, ablation.csv and the plots from any out_dir when it started,
+    so a grid given a directory of the user's own (no work/ of a grid in it) deleted their files of
+    those names even when it stopped at once. Only the report of a grid whose work/ it clears goes."""
+    import shutil
+
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, _, _ = micro_runs
+    out = first.parent / "notes"
+    cfg_path = _copy_grid(first, out)
+    shutil.rmtree(out)
+    out.mkdir()
+    (out / "ablation.md").write_text("my own notes", encoding="utf-8")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Ablation, "train_arm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    assert (out / "ablation.md").read_text(encoding="utf-8") == "my own notes"
+    assert "removed the earlier grid's report" not in capsys.readouterr().err
+    assert (out / "work" / "grid.json").is_file()
+
+
 def test_loss_curves_of_one_step_are_drawn() -> None:
     """train.steps: 1 gives each arm one point: a marker, since a line needs two."""
     import matplotlib.pyplot as plt

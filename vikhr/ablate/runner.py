@@ -481,8 +481,9 @@ def _check_is_grid_work(work: Path) -> None:
 
 
 def _remove_earlier_report(out: Path) -> None:
-    """A fresh grid removes the report of the one before, as it removes its runs: stopped before its
-    end, it left that report beside its own emptied work/, to be read as its own."""
+    """A fresh grid removes the report of the one whose work/ it removes, as it removes its runs:
+    stopped before its end, it left that report beside its own emptied work/, to be read as its own.
+    Where out_dir holds no grid's work/, files of those names are not known to be a grid's report."""
     found = [out / name for name in REPORT_FILES if (out / name).is_file()]
     for path in found:
         path.unlink()
@@ -525,7 +526,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                     file=sys.stderr,
                 )
             shutil.rmtree(ab.work)  # a fresh run starts clean; the base model lives in the cache
-        _remove_earlier_report(ab.out)
+            _remove_earlier_report(ab.out)
         try:
             ab.prepare()
             ab.continued_data()
