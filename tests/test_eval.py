@@ -207,13 +207,16 @@ def test_tasks_left_out_of_the_default_may_be_the_options_next_word(
     assert taken[-1].limit == 3  # the options after it are read as before
     assert cli_main(["eval", "--tasks", "-bpc,-mera", "--model", str(tmp_path), "--data-dir", "."]) == 0
     assert taken[-1].tasks == ["mmlu_en", "terra", "rucola", "chegeka", "xquad_ru"]
+    # argparse takes `--task bpc` for --tasks: `--task -terra` alike (it said --task lacked its value).
+    assert cli_main([*base, "--task", "-terra"]) == 0
+    assert taken[-1].tasks == ["mmlu_en", "rucola", "chegeka", "xquad_ru", "bpc"]
     assert "unknown task 'mera_x'" in _one_line_error([*base, "--tasks", "-bpc,-mera_x"], capsys)
     # An option where the value should be still means the value is missing.
     with pytest.raises(SystemExit) as e:
         cli_main([*base, "--tasks", "--limit", "3"])
     assert e.value.code == 2
     assert "argument --tasks: expected one argument" in capsys.readouterr().err
-    assert len(taken) == 2
+    assert len(taken) == 3
 
 
 # ----------------------------------------------------------------------------------------------------

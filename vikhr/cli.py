@@ -114,13 +114,24 @@ class OneLineErrorParser(argparse.ArgumentParser):
         while i < len(args):
             if args[i] == "--":  # what follows is positional
                 return [*joined, *args[i:]]
-            if args[i] in takes_dash and i + 1 < len(args) and _is_dash_value(args[i + 1], options):
+            named = self._named_option(args[i], options)
+            if named in takes_dash and i + 1 < len(args) and _is_dash_value(args[i + 1], options):
                 joined.append(f"{args[i]}={args[i + 1]}")
                 i += 2
             else:
                 joined.append(args[i])
                 i += 1
         return joined
+
+    def _named_option(self, word: str, options: set[str]) -> str | None:
+        """The option `word` names: itself, or the one long option it abbreviates (`--task` for
+        `--tasks`, as argparse reads it); None where it names none or several."""
+        if word in options:
+            return word
+        if not (self.allow_abbrev and word.startswith("--")) or "=" in word:
+            return None
+        found = [option for option in options if option.startswith(word)]
+        return found[0] if len(found) == 1 else None
 
     def format_help(self) -> str:
         for action in self._actions:
