@@ -172,6 +172,98 @@ def test_a_failing_benchmark_worker_fails_the_kernel_benchmark(tmp_path: Path) -
     assert "failed" in json.loads(out.read_text())[0]
 
 
+def _bench_kernels_with_workers(monkeypatch, tmp_path: Path, failing: dict[str, str]):
+    """bench_kernels' main over two vocabulary sizes with each worker replaced: the implementations
+    in `failing` fail with their reason, the others measure 1 ms. Returns (exit status, JSON rows,
+    the (impl, V) run, stderr)."""
+    bench = load_tool("bench_kernels")
+    ran = []
+
+    def worker(args, impl: str, v: int) -> dict:
+        ran.append((impl, v))
+        return {"failed": failing[impl]} if impl in failing else {"median_ms": 1.0, "peak_extra_mib": 0.0}
+
+    monkeypatch.setattr(bench, "_run_worker", worker)
+    out = tmp_path / "rows.json"
+    argv = ["bench_kernels.py", "--device", "cpu", "--n", "8", "--vocab", "64", "128", "--bandwidth", "100"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-compile", "--json", str(out)])
+    code = bench.main()
+    return code, json.loads(out.read_text()), ran
+
+
+def test_a_failing_baseline_leaves_vikhrs_rows_measured_and_says_so(
+    monkeypatch, tmp_path: Path, capsys
+) -> None:
+    """Liger-Kernel that cannot run (triton not built for this torch's CUDA) failed the whole kernel
+    benchmark: vikhr's rows are measured and written, the baseline's row says why, exit status 3."""
+    reason = "ImportError: triton does not support CUDA 13"
+    code, rows, ran = _bench_kernels_with_workers(monkeypatch, tmp_path, {"liger": reason})
+    err = capsys.readouterr().err
+    assert code == 3, err
+    measured = {(r["impl"], r["vocab"]) for r in rows if "median_ms" in r}
+    own = ("vikhr fused", "vikhr persistent", "vikhr smem", "vikhr fused/buf", "eager")
+    assert measured == {(impl, v) for impl in own for v in (64, 128)}
+    liger = [r for r in rows if r["impl"] == "liger"]
+    assert [r["failed"] for r in liger] == [reason, f"not run, failed at V=64: {reason}"]
+    assert ("liger", 128) not in ran  # not run again at the next size
+    assert f"baseline failed: liger V=64: {reason}" in err.splitlines()
+    assert "\nFAILED" not in err
+
+
+def test_vikhrs_own_failing_row_still_fails_the_kernel_benchmark(monkeypatch, tmp_path: Path, capsys) -> None:
+    failing = {"liger": "ImportError: triton", "vikhr smem": "RuntimeError: CUDA error"}
+    code, rows, _ = _bench_kernels_with_workers(monkeypatch, tmp_path, failing)
+    assert code == 1
+    assert "FAILED: vikhr smem V=64, vikhr smem V=128" in capsys.readouterr().err
+    assert sum("median_ms" in r for r in rows) == 8
+
+
+def test_liger_installed_but_failing_to_import_is_its_failure_not_a_skip(monkeypatch, tmp_path: Path) -> None:
+    """An import error inside an installed liger_kernel (its triton unfit for this torch) was taken
+    for "not installed" and the row skipped; the worker now fails with that error."""
+    package = tmp_path / "liger_kernel"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('triton: no CUDA 13 support')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bench = load_tool("bench_kernels")
+    with pytest.raises(ImportError, match="no CUDA 13 support"):
+        bench._make_step("liger", "cuda")
+
+
+def _fake_gpu_run(tmp_path: Path, bench_kernels: str, ncu: str) -> tuple[dict, str]:
+    """device_check.sh on a "GPU" whose python is a script that passes every step but runs
+    `bench_kernels` (bash) for the kernel benchmark, with `ncu` (bash) as Nsight Compute on the PATH:
+    the run's summary.json and summary.txt."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.write_text(
+        f'#!/usr/bin/env bash\ncase " $* " in *--profile-schedules*|*--sweep-schedules*) exit 0;; esac\n'
+        f'case " $* " in *" tools/bench_kernels.py "*) {bench_kernels};; esac\nexit 0\n'
+    )
+    (bin_dir / "ncu").write_text(f"#!/usr/bin/env bash\n{ncu}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PYTHON": str(python), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["CUDA_HOME"] = str(tmp_path / "no-cuda")
+    proc = _dry_run(out, env=env)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dry_run"] is False and summary["finished"] is True, proc.stdout + proc.stderr
+    return summary, (out / "summary.txt").read_text()
+
+
+def test_device_check_records_a_missing_baseline_as_passed_with_its_reason(tmp_path: Path) -> None:
+    reason = "baseline failed: liger V=40000: ImportError: triton does not support CUDA 13"
+    summary, text = _fake_gpu_run(tmp_path, f"echo '{reason}' >&2; exit 3", "exit 0")
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses["kernel-bench"] == "passed, baseline failed", statuses
+    assert summary["failed_steps"] == 0
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("kernel-bench: passed, baseline failed"))
+    assert lines[at + 1] == f"  {reason}", text
+
+
 @pytest.mark.slow
 def test_the_schedule_sweep_on_the_cpu_says_every_row_timed_the_cpu_kernel(tmp_path: Path) -> None:
     """The CPU kernel ignores the CUDA schedules: its timings were printed under the schedules' names

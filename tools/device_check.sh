@@ -4,9 +4,11 @@
 # then runs the GPU op tests, the kernel schedule sweep, the GPU training tests, the kernel benchmark,
 # the training benchmark, the kernel profile and the MLP activation benchmark, in that order. Each step has a time limit and writes its results
 # under OUT_DIR as soon as it ends, so a run cut short still reports what it did:
-#   summary.json      every step so far: name, status (passed / failed / timeout / not run), exit
-#                     code, seconds, limit and log; "finished" is false until the last step is done
-#   summary.txt       the same, one line per step
+#   summary.json      every step so far: name, status (passed / failed / timeout / not run /
+#                     skipped / "passed, baseline failed"), exit code, seconds, limit and log;
+#                     "finished" is false until the last step is done
+#   summary.txt       the same, one line per step, and under a step not failed but not all done
+#                     the log's line that says why (a baseline that failed, a profiler not allowed)
 #   env.log           nvidia-smi and `vikhr doctor` (versions, CUDA, every vikhr module imports)
 #   build.log         the JIT build (nvcc + g++) and `vikhr.ops.build.compiled_ops()`
 #   op-tests.log      pytest -m gpu over the op tests (real sizes, against float64 / the CPU kernel)
@@ -90,10 +92,16 @@ write_summary() {  # write_summary FINISHED
 record() {  # record NAME STATUS EXIT SECONDS LIMIT
   STEPS+=("$(printf '{"step": "%s", "status": "%s", "exit": %d, "seconds": %d, "limit_s": %d, "log": "%s.log"}' \
     "$1" "$2" "$3" "$4" "$5" "$1")")
-  [[ $2 == passed || $2 == skipped ]] || FAILED=$((FAILED + 1))
+  [[ $2 == passed* || $2 == skipped ]] || FAILED=$((FAILED + 1))
   echo "$1: $2 (exit $3, ${4}s of ${5}s, log $1.log)" | tee -a "$OUT/summary.txt"
   write_summary false
 }
+
+# Steps whose command exits 3 for an outcome that is not a failure of vikhr: the status recorded
+# then, and the pattern of the log's lines that say why (copied under the step's summary line).
+# tools/bench_kernels.py exits 3 when vikhr's rows passed and a third-party baseline could not run.
+declare -A EXIT3_STATUS=([kernel-bench]="passed, baseline failed")
+declare -A EXIT3_REASON=([kernel-bench]="^baseline failed: ")
 
 declare -A STEP_PID STEP_T0 STEP_LIMIT  # the steps in progress: `timeout`'s pid (it leads the
 # step's process group), start time and limit
@@ -126,8 +134,17 @@ step_wait() {  # step_wait NAME: waits for a started step, records it and return
   local code=$?
   unset "STEP_PID[$name]"
   local status=passed
-  if ((code == 124 || code == 137)); then status=timeout; elif ((code != 0)); then status=failed; fi
+  if ((code == 124 || code == 137)); then
+    status=timeout
+  elif ((code == 3)) && [[ -n ${EXIT3_STATUS[$name]:-} ]]; then
+    status=${EXIT3_STATUS[$name]}
+  elif ((code != 0)); then
+    status=failed
+  fi
   record "$name" "$status" "$code" $((SECONDS - ${STEP_T0[$name]})) "${STEP_LIMIT[$name]}"
+  if [[ $status == "${EXIT3_STATUS[$name]:-}" ]]; then
+    grep -e "${EXIT3_REASON[$name]}" "$OUT/$name.log" | uniq | head -n 3 | sed 's/^/  /' | tee -a "$OUT/summary.txt"
+  fi
   tail -n 5 "$OUT/$name.log"
   return $code
 }
