@@ -264,6 +264,40 @@ def test_device_check_records_a_missing_baseline_as_passed_with_its_reason(tmp_p
     assert lines[at + 1] == f"  {reason}", text
 
 
+NO_COUNTERS = (
+    "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance "
+    "Counters on the target device 0."
+)
+
+
+@pytest.mark.parametrize("ncu_exit", [0, 1])
+def test_ncu_without_access_to_the_counters_is_a_skip_with_its_reason(tmp_path: Path, ncu_exit: int) -> None:
+    """ncu in a container that may not read the performance counters failed the kernel-ncu step
+    (its ==ERROR== lines, whatever its exit status): the step is skipped, with ncu's line."""
+    ncu = f'for _ in 1 2 3; do echo "==PROF== Connected"; echo "{NO_COUNTERS}"; done\nexit {ncu_exit}'
+    summary, text = _fake_gpu_run(tmp_path, "exit 0", ncu)
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses["kernel-ncu"] == "skipped", statuses
+    assert summary["failed_steps"] == 0
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("kernel-ncu: skipped"))
+    assert lines[at + 1] == f"  {NO_COUNTERS}" and text.count(NO_COUNTERS) == 1, text  # once, not per launch
+
+
+@pytest.mark.parametrize(
+    "ncu",
+    [
+        f'echo "{NO_COUNTERS}"; echo "==ERROR== An error was reported by the driver"',
+        'echo "==ERROR== Failed to profile kernel"',
+        "exit 1",
+    ],
+)
+def test_other_ncu_errors_still_fail_the_kernel_ncu_step(tmp_path: Path, ncu: str) -> None:
+    summary, _ = _fake_gpu_run(tmp_path, "exit 0", ncu)
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses["kernel-ncu"] == "failed", statuses
+
+
 @pytest.mark.slow
 def test_the_schedule_sweep_on_the_cpu_says_every_row_timed_the_cpu_kernel(tmp_path: Path) -> None:
     """The CPU kernel ignores the CUDA schedules: its timings were printed under the schedules' names

@@ -18,7 +18,8 @@
 #   kernel-bench.log  tools/bench_kernels.py: N=8192, V in {40000, 131072}, bf16 (+ kernel-bench.json)
 #   kernel-ncu.log    the fused forward at N=8192, V=40000 once per schedule and packs per step under
 #                     Nsight Compute (ncu on the PATH, in CUDA_HOME/bin or /opt/nvidia/nsight-compute;
-#                     the log says when there is none): DRAM bytes read and written, L2 hit rate, kernel time
+#                     skipped when there is none or it may not read the performance counters,
+#                     ERR_NVGPUCTRPERM): DRAM bytes read and written, L2 hit rate, kernel time
 #   train-tests.log   pytest -m gpu over the model, trainer and eval tests (bf16 training, SDPA spec,
 #                     `vikhr eval --batch-size auto`)
 #   train-bench.log   tools/bench_train.py: 4 Mistral-7B layers, 40k vocab, 2 × 4096 tokens, bf16, vs HF
@@ -99,9 +100,10 @@ record() {  # record NAME STATUS EXIT SECONDS LIMIT
 
 # Steps whose command exits 3 for an outcome that is not a failure of vikhr: the status recorded
 # then, and the pattern of the log's lines that say why (copied under the step's summary line).
-# tools/bench_kernels.py exits 3 when vikhr's rows passed and a third-party baseline could not run.
-declare -A EXIT3_STATUS=([kernel-bench]="passed, baseline failed")
-declare -A EXIT3_REASON=([kernel-bench]="^baseline failed: ")
+# tools/bench_kernels.py exits 3 when vikhr's rows passed and a third-party baseline could not run;
+# the kernel-ncu step when ncu may not read the GPU's performance counters (NCU_STEP below).
+declare -A EXIT3_STATUS=([kernel-bench]="passed, baseline failed" [kernel-ncu]=skipped)
+declare -A EXIT3_REASON=([kernel-bench]="^baseline failed: " [kernel-ncu]="^==ERROR== ERR_NVGPUCTRPERM")
 
 declare -A STEP_PID STEP_T0 STEP_LIMIT  # the steps in progress: `timeout`'s pid (it leads the
 # step's process group), start time and limit
@@ -244,8 +246,13 @@ if ((BUILT == 0)); then
     echo "skipped: no ncu on the PATH, in ${CUDA_HOME:-/usr/local/cuda}/bin or /opt/nvidia/nsight-compute" > "$OUT/kernel-ncu.log"
     record kernel-ncu skipped -1 0 0  # optional: not a failure
   else
-    # ncu may exit 0 when it cannot read the counters: its ==ERROR== lines fail the step.
-    step kernel-ncu 90 bash -c '"$@" && ! grep -q "^==ERROR==" "$0"' "$OUT/kernel-ncu.log" \
+    # ncu may exit 0 when it cannot read the counters: its ==ERROR== lines fail the step, except
+    # when each is ERR_NVGPUCTRPERM (no access to the performance counters, as in many containers):
+    # nothing could be measured and nothing failed, so exit 3, recorded as skipped with that line.
+    NCU_STEP='"$@"; code=$?; errors=$(grep "^==ERROR==" "$0")
+      if [[ -n $errors ]] && ! grep -qv ERR_NVGPUCTRPERM <<< "$errors"; then exit 3; fi
+      ((code == 0)) && [[ -z $errors ]]'
+    step kernel-ncu 90 bash -c "$NCU_STEP" "$OUT/kernel-ncu.log" \
       "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
   fi
 else
