@@ -158,10 +158,13 @@ def _warn_of(counts: _ChatCounts, input_path: str | Path, tok: Tokenizer, templa
             "such chats)",
             file=sys.stderr,
         )
-    if template == OWN and counts.system_chats and not own_template(tok).writes_system:
+    if template != OWN or not counts.system_chats:
+        return
+    own = own_template(tok)
+    if not own.writes_system:
         print(
             f"warning: {counts.system_chats} of {counts.chats} chats of {input_path} have a system "
-            f"message, which {own_template(tok).source.name}'s chat template does not write: the model "
+            f"message, which {own.source.name}'s chat template does not write: the model "
             "is trained (and its export serves) without them; put such instructions into the first user "
             "message, or train with one of vikhr's templates (--template NAME), which write them",
             file=sys.stderr,
