@@ -204,3 +204,184 @@ def test_a_cuda_home_without_nvcc_is_no_toolkit(tmp_path: Path, monkeypatch, pip
         with pytest.raises(VikhrError, match=r"^config key parallel\.device = cuda: .* none is found here"):
             build.require_cuda_toolkit("config key parallel.device = cuda", "set parallel.device=cpu")
     assert build.cuda_toolkit_found() == pip_nvcc
+
+
+def _fake_tool(path: Path, version: str, runs: Path, age_s: float = 60.0) -> Path:
+    """An executable that prints `version` for --version and counts its runs in `runs`; written
+    `age_s` seconds ago (a tool written just now may be written again within its stamp's tick)."""
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho run >> '{runs}'\necho '{version}'\n")
+    path.chmod(0o755)
+    written = time.time() - age_s
+    os.utime(path, (written, written))
+    return path
+
+
+def _runs(runs: Path) -> int:
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+@pytest.fixture
+def fake_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CUDA toolkit whose nvcc only says its release (its runs counted in `runs-nvcc`), no GPU
+    visible, no TORCH_CUDA_ARCH_LIST, and no tool versions remembered from before."""
+    import torch
+
+    from vikhr.ops import build
+
+    home = tmp_path / "cuda"
+    _fake_tool(
+        home / "bin" / "nvcc", "Cuda compilation tools, release 13.0, V13.0.88", tmp_path / "runs-nvcc"
+    )
+    monkeypatch.setattr(build, "cuda_home", lambda: home)
+    monkeypatch.setattr(build, "_tool_versions", {}, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "cache"))
+    return home
+
+
+NO_GPU = (
+    "no GPU visible to choose the CUDA architectures to compile the csrc ops for: set TORCH_CUDA_ARCH_LIST "
+    '(e.g. "9.0" for H100/H200, "8.0" for A100) and retry'
+)
+
+
+@pytest.mark.parametrize("path", ["ops_build_dir", "compile_ops", "doctor --no-build", "trainer's check"])
+@pytest.mark.parametrize("arch_list", ["", "native", "9.5"])
+def test_cuda_architectures_torch_cannot_choose_are_one_line_naming_torch_cuda_arch_list(
+    fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, arch_list: str
+) -> None:
+    """Compiling the CUDA kernels on a build node without a GPU (nvcc is all the build needs) with
+    no TORCH_CUDA_ARCH_LIST (or "native"): torch's choice of architectures raised a bare IndexError,
+    a traceback; an architecture torch does not know raised its ValueError (also mid-run, at a GPU
+    run's first loss). Each way to the build says what to set, in one line, before writing a thing."""
+    from torch.utils import cpp_extension
+
+    from vikhr import doctor
+    from vikhr.ops import build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", arch_list)
+    monkeypatch.setattr(cpp_extension, "load", lambda **_: pytest.fail("nothing is compiled"))
+    said = NO_GPU
+    if arch_list == "9.5":
+        said = (
+            "TORCH_CUDA_ARCH_LIST='9.5' names no CUDA architectures torch can compile for (Unknown CUDA arch "
+            '(9.5) or GPU not supported): set it to the cards\' compute capabilities (e.g. "9.0" for '
+            'H100/H200, "8.0" for A100) and retry'
+        )
+    root = tmp_path / "ops"
+    if path == "doctor --no-build":
+        monkeypatch.setattr(build, "cuda_build_possible", lambda: True)
+        assert doctor._ops_rows(cuda=True, build=False) == [("csrc ops", f"not checked (--no-build): {said}")]
+        return
+    with pytest.raises(VikhrError) as raised:
+        if path == "ops_build_dir":
+            build.ops_build_dir(True, root)
+        elif path == "compile_ops":
+            build.compile_ops(with_cuda=True, build_root=root)
+        else:
+            monkeypatch.setattr(build, "cuda_toolkit_found", lambda: True)
+            build.require_cuda_toolkit("config key parallel.device = cuda", "set parallel.device=cpu")
+    where = "config key parallel.device = cuda: " if path == "trainer's check" else ""
+    assert str(raised.value) == where + said
+    assert not root.exists() and not (tmp_path / "cache").exists()
+
+
+def test_nvcc_is_asked_its_release_once_per_process_and_again_once_replaced(
+    fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every load of the ops and every `vikhr doctor` names the build directory, whose key holds
+    nvcc's release: `nvcc --version` ran each time. It runs once for each nvcc (path and file
+    stamp), and not from memory for one written within its stamp's clock tick."""
+    from vikhr.ops import build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    runs, nvcc = tmp_path / "runs-nvcc", fake_cuda / "bin" / "nvcc"
+    first = build.ops_build_dir(True, tmp_path)
+    assert build.ops_build_dir(True, tmp_path) == first and _runs(runs) == 1
+    _fake_tool(nvcc, "Cuda compilation tools, release 13.1, V13.1.40", runs)  # upgraded in place
+    upgraded = build.ops_build_dir(True, tmp_path)
+    assert upgraded != first and _runs(runs) == 2
+    _fake_tool(nvcc, "Cuda compilation tools, release 13.2, V13.2.10", runs, age_s=0)  # just written
+    assert build.ops_build_dir(True, tmp_path) not in (first, upgraded)
+    build.ops_build_dir(True, tmp_path)
+    assert _runs(runs) == 4
+
+
+@pytest.mark.parametrize("with_cuda", [False, True], ids=["cpu", "cuda"])
+def test_each_host_compiler_keeps_its_own_build(
+    fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_cuda: bool
+) -> None:
+    """torch's build compiles with $CXX or `c++` (and hands $CC to nvcc): another GCC (first on
+    PATH, in CXX, or the same path switched to another version) with equal sources reused the
+    library the other had built. The compiler's path and version are in the key, its --version run
+    once per process."""
+    from vikhr.ops import build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    runs = tmp_path / "runs-cxx"
+    gcc12 = _fake_tool(tmp_path / "bin" / "g++-12", "g++-12 (GCC) 12.2.0", runs)
+    gcc13 = _fake_tool(tmp_path / "bin" / "g++-13", "g++-13 (GCC) 13.1.0", runs)
+    monkeypatch.setenv("CXX", str(gcc12))
+    first = build.ops_build_dir(with_cuda, tmp_path)
+    assert build.ops_build_dir(with_cuda, tmp_path) == first and _runs(runs) == 1
+    monkeypatch.setenv("CXX", str(gcc13))
+    assert build.ops_build_dir(with_cuda, tmp_path) != first
+    monkeypatch.setenv("CXX", str(gcc12))
+    assert build.ops_build_dir(with_cuda, tmp_path) == first and _runs(runs) == 2
+    _fake_tool(gcc12, "g++-12 (GCC) 12.4.0", runs)  # the same path, another compiler
+    assert build.ops_build_dir(with_cuda, tmp_path) != first
+    if with_cuda:  # nvcc's host compiler
+        monkeypatch.setenv("CC", str(gcc13))
+        with_cc = build.ops_build_dir(True, tmp_path)
+        monkeypatch.delenv("CC")
+        assert build.ops_build_dir(True, tmp_path) != with_cc
+
+
+def test_each_build_of_torch_keeps_its_own_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key named torch's release only: a +cpu and a +cu132 wheel of one release (or another
+    build of it) installed in turn at one path shared the library built against the other."""
+    import torch
+
+    from vikhr.ops import build
+
+    first = build.ops_build_dir(False, tmp_path)
+    monkeypatch.setattr(torch.version, "git_version", "0" * 40)
+    assert build.ops_build_dir(False, tmp_path) != first
+
+
+def test_the_pip_toolkit_links_follow_an_upgrade_of_its_libraries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA_HOME made for pip's toolkit links each library's unversioned name to it: once made,
+    a link stayed, so a toolkit upgraded at its path (libnvrtc-builtins.so.13.0 -> .13.1) left it
+    pointing at nothing, for good."""
+    from torch.utils import cpp_extension
+
+    from vikhr.ops import build
+
+    toolkit = tmp_path / "site-packages" / "nvidia" / "cu13"
+    for part in ("bin", "include", "lib"):
+        (toolkit / part).mkdir(parents=True)
+    (toolkit / "bin" / "nvcc").touch()
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(build, "pip_toolkit", lambda: toolkit)
+    monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "cache"))
+    homes = []
+    for minor in ("13.0", "13.1"):
+        for old in (toolkit / "lib").iterdir():
+            old.unlink()
+        (toolkit / "lib" / f"libnvrtc-builtins.so.{minor}").touch()
+        build.cuda_home.cache_clear()
+        try:
+            homes.append(build.cuda_home())
+        finally:
+            build.cuda_home.cache_clear()
+        monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)  # as in the next process
+    assert homes[0] == homes[1] is not None
+    linked = homes[1] / "lib64" / "libnvrtc-builtins.so"
+    assert linked.resolve() == toolkit / "lib" / "libnvrtc-builtins.so.13.1"
+    assert not [p for p in (homes[1] / "lib64").iterdir() if p.name.endswith(".tmp")]

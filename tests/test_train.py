@@ -865,6 +865,32 @@ def test_a_gpu_run_without_a_cuda_toolkit_is_refused_before_its_setup(
     assert not run_dir.exists()
 
 
+def test_a_gpu_run_with_cuda_architectures_torch_cannot_compile_for_is_refused_before_its_setup(
+    corpus: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A TORCH_CUDA_ARCH_LIST that torch does not know ("9.5"): the run built its datasets and model
+    and ended at its first loss in torch's ValueError, a traceback. `vikhr pretrain` refuses it in one
+    line, exit 2, before anything is written."""
+    from vikhr import cli
+    from vikhr.ops import build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "cuda_toolkit_found", lambda: True)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.5")
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, parallel={"tensor": 1, "device": "cuda"})
+    assert cli.main(["pretrain", "--config", str(config)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "vikhr pretrain: error: config key parallel.device = cuda: TORCH_CUDA_ARCH_LIST='9.5' "
+    )
+    assert line.endswith('(e.g. "9.0" for H100/H200, "8.0" for A100) and retry')
+    assert not run_dir.exists()
+
+
 def test_a_cpu_run_with_the_distributed_optimizer_shows_no_torch_warning(
     corpus: dict[str, str], tmp_path: Path
 ) -> None:

@@ -222,13 +222,17 @@ fi
 step_start eval-bench 200 "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \
   --data-dir "$EVAL_DATA" --json "$OUT/eval-bench.json"
 step_start build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
-import os, torch
+import os, sys, torch
+from vikhr.errors import VikhrError
 from vikhr.ops.build import compiled_ops, cuda_build_possible, load_ops
 device = os.environ['VIKHR_CHECK_DEVICE']
 if device == 'cuda':
     assert torch.cuda.is_available(), 'no CUDA device visible to torch'
     assert cuda_build_possible(), 'CUDA device present but no CUDA toolkit (nvcc / CUDA_HOME) found'
-load_ops(verbose=True)
+try:
+    load_ops(verbose=True)
+except VikhrError as e:  # what to fix, as the last line of the log (a TORCH_CUDA_ARCH_LIST, a compiler)
+    sys.exit(f'vikhr: {e}')
 ops = compiled_ops()
 print(ops)
 assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'

@@ -3,11 +3,12 @@
 The CPU sources always build (a C++20 compiler is all they need). The `.cu` sources are
 added when torch sees a CUDA device and a CUDA toolkit (nvcc) is found; then one extension
 holds both. Builds are cached per torch version, variant and a hash of sources and flags (and,
-with CUDA, of the nvcc release and the target architectures) and of where the sources, torch and
-nvcc are, under `$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the
-compile time (CPU: ~40 s on 2 cores). The
-library is loaded with `torch.ops.load_library` (no Python module); loading it registers
-the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) for torch.compile.
+with CUDA, of the nvcc release and the target architectures), of the host compilers (path and
+version), of torch's exact build and of where the sources, torch and nvcc are, under
+`$VIKHR_CACHE_DIR` (default `~/.cache/vikhr`), so only the first use pays the compile time (CPU:
+~40 s on 2 cores). The library is loaded with `torch.ops.load_library` (no Python module); loading
+it registers the ops' kernels with the dispatcher and their fake kernels (`vikhr.ops.fake`) for
+torch.compile.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from vikhr.errors import VikhrError, require_writable_dir
+from vikhr.file_stamps import FileStamp, file_stamp, settled
 from vikhr.locks import exclusive
 from vikhr.ops.autograd_formulas import register_backward_formulas
 from vikhr.ops.fake import register_fake_kernels
@@ -70,15 +73,19 @@ def cuda_toolkit_found() -> bool:
 
 
 def require_cuda_toolkit(where: str, alternative: str) -> None:
-    """VikhrError (one line, naming `where` and offering `alternative`) when no CUDA toolkit is found:
-    a run on the GPU needs the ops' CUDA kernels, built on its first loss, after its whole setup.
-    Nothing is written."""
+    """VikhrError (one line, naming `where` and offering `alternative`) when no CUDA toolkit is found,
+    or torch cannot choose the CUDA architectures to compile for: a run on the GPU needs the ops' CUDA
+    kernels, built on its first loss, after its whole setup. Nothing is written."""
     if not cuda_toolkit_found():
         raise VikhrError(
             f"{where}: the run is on the GPU, whose csrc kernels (the CE+KL loss) are built on first use "
             f"with a CUDA toolkit (nvcc), and none is found here: install one and set CUDA_HOME, "
             f"{pip_toolkit_command()}, or {alternative}"
         )
+    try:  # nor of a TORCH_CUDA_ARCH_LIST that torch cannot compile for
+        _cuda_arch_flags()
+    except VikhrError as e:
+        raise VikhrError(f"{where}: {e}") from e
 
 
 @functools.cache
@@ -132,18 +139,27 @@ def _pip_cuda_home() -> Path | None:
     shim = cache_dir() / "cuda-home" / hashlib.sha256(str(toolkit).encode()).hexdigest()[:12]
     lib64 = shim / "lib64"
     lib64.mkdir(parents=True, exist_ok=True)
-    for name in ("bin", "include", "nvvm"):
-        if (toolkit / name).exists():
-            _link(shim / name, toolkit / name)
-    for lib in (toolkit / "lib").glob("*.so*"):
-        _link(lib64 / lib.name, lib)
-        _link(lib64 / (lib.name.split(".so")[0] + ".so"), lib)
+    links = {shim / name: toolkit / name for name in ("bin", "include", "nvvm") if (toolkit / name).exists()}
+    for lib in sorted((toolkit / "lib").glob("*.so*")):
+        links[lib64 / lib.name] = lib
+        # The unversioned name: the shortest file of that name (the SONAME), the same one each time.
+        links.setdefault(lib64 / (lib.name.split(".so")[0] + ".so"), lib)
+    for link, target in links.items():
+        _link(link, target)
     return shim
 
 
 def _link(link: Path, target: Path) -> None:
-    with contextlib.suppress(FileExistsError):  # made before, or by another process just now
-        link.symlink_to(target)
+    """`link` -> `target`, in place of a link to anything else: a toolkit upgraded at its path renames
+    libraries (libnvrtc-builtins.so.13.0 -> .13.1), and the link made for the old one dangled for
+    good. Atomic (a new link renamed over it): another process sees the old link or the new."""
+    with contextlib.suppress(OSError):  # none yet, or not a link
+        if os.readlink(link) == str(target):
+            return
+    fresh = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    fresh.unlink(missing_ok=True)
+    fresh.symlink_to(target)
+    os.replace(fresh, link)
 
 
 def _sources(with_cuda: bool) -> list[Path]:
@@ -181,17 +197,84 @@ def _flags(with_cuda: bool) -> tuple[list[str], list[str], list[str]]:
 def _cuda_key() -> str:
     """The nvcc release and the architectures torch compiles for (TORCH_CUDA_ARCH_LIST or the
     visible cards): a cache shared between machines must not serve sm_80 code to an sm_90 card."""
-    from torch.utils import cpp_extension
-
     nvcc = (cuda_home() or Path()) / "bin" / "nvcc"
     try:
-        version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
+        version = _version_output(nvcc)
     except (OSError, subprocess.CalledProcessError) as e:
         raise VikhrError(f"cannot run {nvcc} --version ({e}); check the CUDA toolkit (CUDA_HOME)") from e
     release = next((line for line in version.splitlines() if "release" in line), version.strip())
-    # The -gencode flags torch will pass to nvcc (its own function, so the key cannot drift).
-    arch_flags = cpp_extension._get_cuda_arch_flags()
-    return f"{release}|{' '.join(arch_flags)}"
+    # torch's own -gencode flags (cannot drift), and the nvcc command it runs where one is set
+    # (PYTORCH_NVCC, e.g. a ccache wrapper).
+    return f"{release}|{' '.join(_cuda_arch_flags())}|{os.environ.get('PYTORCH_NVCC', '')}"
+
+
+_ARCH_EXAMPLE = 'e.g. "9.0" for H100/H200, "8.0" for A100'
+
+
+def _cuda_arch_flags() -> list[str]:
+    """The -gencode flags torch's build passes to nvcc: TORCH_CUDA_ARCH_LIST, else the visible
+    cards'. VikhrError (one line) where torch cannot choose: no GPU visible and no list (a build node
+    without one; torch's function raised a bare IndexError), or a list it does not know (ValueError)."""
+    from torch.utils import cpp_extension
+
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if arch_list in ("", "native") and torch.cuda.device_count() == 0:  # torch's own test for its default
+        raise VikhrError(
+            "no GPU visible to choose the CUDA architectures to compile the csrc ops for: set "
+            f"TORCH_CUDA_ARCH_LIST ({_ARCH_EXAMPLE}) and retry"
+        )
+    try:
+        return cpp_extension._get_cuda_arch_flags()
+    except (ValueError, IndexError) as e:
+        raise VikhrError(
+            f"TORCH_CUDA_ARCH_LIST={arch_list!r} names no CUDA architectures torch can compile for ({e}): "
+            f"set it to the cards' compute capabilities ({_ARCH_EXAMPLE}) and retry"
+        ) from e
+
+
+def _compilers_key(with_cuda: bool) -> str:
+    """The host compilers torch's build runs, by path and version: $CXX or `c++` (found on PATH) for
+    the C++ sources and, with CUDA, $CC where set (torch passes it to nvcc as -ccbin). Another
+    compiler (a newer GCC first on PATH, or in CXX) with equal sources reused the library the other
+    had built."""
+    from torch.utils import cpp_extension
+
+    compilers = [cpp_extension.get_cxx_compiler()]
+    if with_cuda and os.environ.get("CC"):
+        compilers.append(os.environ["CC"])
+    return "|" + "|".join(_compiler_identity(name) for name in compilers)
+
+
+def _compiler_identity(name: str) -> str:
+    """`name`'s path on PATH and the first line of its --version; the bare name where it is not
+    found (the build then fails, naming it)."""
+    path = shutil.which(name)
+    if path is None:
+        return name
+    try:
+        version = _version_output(Path(path))
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise VikhrError(f"cannot run {path} --version ({e}); check the C++ compiler (CXX, CC)") from e
+    return f"{path} {next(iter(version.splitlines()), '')}"
+
+
+# (path, file stamp) -> the output of `path --version`: asked each time the build directory is
+# named (every load, doctor), once per process for each build of a tool.
+_tool_versions: dict[tuple[str, FileStamp], str] = {}
+
+
+def _version_output(tool: Path) -> str:
+    """`tool --version`'s standard output, run once per process for each file stamp of `tool` (a
+    tool replaced, or a link switched to another, runs again); OSError or CalledProcessError where
+    it cannot be run."""
+    key = (str(tool), file_stamp(tool))  # the stamp of the file itself: stat follows links
+    if key in _tool_versions:
+        return _tool_versions[key]
+    started_ns = time.time_ns()
+    output = subprocess.run([str(tool), "--version"], capture_output=True, text=True, check=True).stdout
+    if settled([key[1]], [file_stamp(tool)], started_ns):  # a tool written just now may be again
+        _tool_versions[key] = output
+    return output
 
 
 def _put_ninja_on_path() -> None:
@@ -215,7 +298,8 @@ def load_ops(verbose: bool = False) -> Path:
 def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None = None) -> Path:
     """Compile (or find in the build cache, or under `build_root`) and load the ops library: CPU
     kernels, and CUDA kernels with `with_cuda`, which needs nvcc but no GPU. Returns its path. The
-    CUDA architectures are torch's choice: TORCH_CUDA_ARCH_LIST, else the visible cards."""
+    CUDA architectures are torch's choice: TORCH_CUDA_ARCH_LIST, else the visible cards (so without
+    a GPU, the list is needed)."""
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
@@ -251,7 +335,15 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
 def ops_build_dir(with_cuda: bool, build_root: Path | None = None) -> Path:
     """Where the ops library of this torch, variant, sources and flags is built and cached."""
     variant = "cuda" if with_cuda else "cpu"
-    flags_key = repr(_flags(with_cuda)) + (_cuda_key() if with_cuda else "") + _locations_key(with_cuda)
+    flags_key = (
+        repr(_flags(with_cuda))
+        + (_cuda_key() if with_cuda else "")
+        + _compilers_key(with_cuda)
+        + _locations_key(with_cuda)
+        # The whole build of torch, not only the release the directory is named by: a +cpu and a
+        # +cu132 wheel of one release (or two nightlies) installed in turn at one path differ.
+        + f"|{torch.__version__}|{torch.version.git_version}"
+    )
     tag = f"torch{torch.__version__.split('+')[0]}-{variant}-{_source_hash(_sources(with_cuda), flags_key)}"
     return (build_root or cache_dir() / "ops") / tag
 
