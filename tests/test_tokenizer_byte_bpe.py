@@ -571,3 +571,69 @@ def test_compare_byte_level_pair(tekken_dir: Path, tekken_extended: Path, tmp_pa
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "`▁мир`" in md and "Ð" not in md  # byte-level pieces are shown as text
     assert (out / "report.csv").is_file() and (out / "chars_per_token.png").is_file()
+
+
+def _base_with_gaps(bases: dict[str, Path], out: Path, added_in_vocab: bool) -> Path:
+    """The Llama-3 layout base with its ids from 1000 on moved up by 5 (a vocabulary with gaps); the
+    added tokens listed in the model's vocab at their ids too, or only in "added_tokens"."""
+    spec = json.loads(bases["llama3"].read_text(encoding="utf-8"))
+    spec["model"]["vocab"] = {p: i if i < 1000 else i + 5 for p, i in spec["model"]["vocab"].items()}
+    for a in spec["added_tokens"]:
+        a["id"] += 5
+        if added_in_vocab:
+            spec["model"]["vocab"][a["content"]] = a["id"]
+    template = spec["post_processor"]["processors"][1]
+    template["special_tokens"]["<|begin_of_text|>"]["ids"] = [spec["added_tokens"][0]["id"]]
+    out.mkdir()
+    (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    return out / "tokenizer.json"
+
+
+def test_extend_keeps_the_gaps_of_a_base_vocabulary(bases: dict[str, Path], tmp_path: Path) -> None:
+    """A base whose ids have gaps (its added tokens in the model's vocab, so tokenizers keeps their ids)
+    failed with "ids of the new vocabulary are not 0..N without gaps; please report this"."""
+    base_path = _base_with_gaps(bases, tmp_path / "base", added_in_vocab=True)
+    out = tmp_path / "ext"
+    train_tokenizer(
+        [RU_SAMPLE], out, TrainSettings(mode="extend", base_model=str(base_path), new_tokens=100, **SMALL)
+    )
+    base, ext = load(base_path), load(out)
+    assert base.vocab_size == 1207 and ext.vocab_size == 1307
+    assert all(ext.id_to_piece(i) == base.id_to_piece(i) for i in range(base.vocab_size))
+    assert [ext.piece_to_id(s) for s in SPECIALS["llama3"]] == [1205, 1206]
+    english = english_lines(None)
+    assert ext.encode_batch(english) == base.encode_batch(english)
+
+
+def test_a_base_whose_written_added_token_ids_do_not_load_is_refused(
+    bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Added tokens outside a vocabulary with gaps load at other ids than the file writes (tokenizers
+    numbers them from the vocabulary's size): the extension would move them. Refused, naming both ids."""
+    base_path = _base_with_gaps(bases, tmp_path / "base", added_in_vocab=False)
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(base_path), "--new-tokens", "100"]
+    capsys.readouterr()
+    assert cli_main([*argv, "--corpus", f"{RU_SAMPLE}@50k", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'<|begin_of_text|>' is written with id 1205 but tokenizers loads it as id 1200" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_tokenizer_with_bpe_dropout_is_refused_at_every_stage(
+    bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BPE-dropout makes every encoding draw other merges: training on such a base failed with "please
+    report this as a bug", and compare / adapt-vocab measured or averaged random encodings."""
+    spec = json.loads(bases["qwen2"].read_text(encoding="utf-8"))
+    spec["model"]["dropout"] = 0.1
+    (tmp_path / "base").mkdir()
+    path = tmp_path / "base" / "tokenizer.json"
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r'model dropout 0.1 makes every encoding random.*"dropout" to null'):
+        load(path)
+    argv = ["tokenizer", "train", "--mode", "extend", "--base-model", str(path), "--new-tokens", "100"]
+    capsys.readouterr()
+    assert cli_main([*argv, "--corpus", f"{RU_SAMPLE}@50k", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model dropout 0.1 makes every encoding random" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -215,6 +215,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         assert "\n" not in str(e.value)
 
 
+def test_a_tokenizer_json_that_makes_tokenizers_panic_is_a_one_line_error(tmp_path: Path) -> None:
+    """A continuing_subword_prefix longer than the right part of a merge makes the tokenizers library
+    panic while loading; the panic (not an Exception) went past the error handling as a traceback."""
+    vocab = {"a": 0, "b": 1, "ab": 2}
+    spec = {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"], "continuing_subword_prefix": "##"}}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"is not an HF tokenizer.json \(slice index") as e:
+        load(path)
+    assert "\n" not in str(e.value)
+
+
 def test_a_gpt2_style_vocab_and_merges_directory_is_told_how_to_write_its_tokenizer_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

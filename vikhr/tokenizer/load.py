@@ -458,18 +458,7 @@ def _sentencepiece(path: Path, model_proto: bytes | None = None) -> Tokenizer:
 
 
 def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
-    from tokenizers import Tokenizer as HFTokenizer
-
-    try:
-        tok = HFTokenizer.from_file(str(path)) if spec is None else HFTokenizer.from_str(json.dumps(spec))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        from vikhr.tokenizer.tekken import is_tekken, is_tekken_file, tekken_error
-
-        if is_tekken(spec) if spec is not None else is_tekken_file(path):
-            raise tekken_error(path) from None
-        reason = str(e).replace("\n", " ")
-        raise VikhrError(f"{path} is not an HF tokenizer.json ({reason}); {_GIVE}") from e
-    tok.encode_special_tokens = True  # "</s>" typed in a text is text, as with SentencePiece
+    tok = hf_backend(path, spec)
     bos_id, eos_id = hf_special_ids(path, tok.token_to_id)
     return Tokenizer(
         path=path,
@@ -481,6 +470,32 @@ def _huggingface(path: Path, spec: dict[str, Any] | None = None) -> Tokenizer:
         backend=tok,
         byte_level=_is_byte_level(tok),
     )
+
+
+def hf_backend(path: Path, spec: dict[str, Any] | None = None) -> Any:
+    """The `tokenizers.Tokenizer` of the file `path` (or of `spec`, read from it), encoding special-token
+    text as text; VikhrError in one line for a file it cannot load or that encodes at random."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        tok = HFTokenizer.from_file(str(path)) if spec is None else HFTokenizer.from_str(json.dumps(spec))
+    except BaseException as e:  # tokenizers raises a bare Exception on malformed files, or panics
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
+        from vikhr.tokenizer.tekken import is_tekken, is_tekken_file, tekken_error
+
+        if is_tekken(spec) if spec is not None else is_tekken_file(path):
+            raise tekken_error(path) from None
+        reason = str(e).replace("\n", " ")
+        raise VikhrError(f"{path} is not an HF tokenizer.json ({reason}); {_GIVE}") from e
+    dropout = getattr(tok.model, "dropout", None)
+    if dropout:  # BPE-dropout: each encoding of a text draws other merges
+        raise VikhrError(
+            f"{path}: model dropout {dropout:g} makes every encoding random (BPE-dropout, a training-time "
+            'augmentation); set "dropout" to null in the file'
+        )
+    tok.encode_special_tokens = True  # "</s>" typed in a text is text, as with SentencePiece
+    return tok
 
 
 def _is_byte_level(tok: Any) -> bool:

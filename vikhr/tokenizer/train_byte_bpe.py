@@ -60,7 +60,13 @@ from vikhr.tokenizer.corpus import (
     sample_lines,
     write_training_sample,
 )
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, load, require_tokenizer_json, resolve_tokenizer_file
+from vikhr.tokenizer.load import (
+    CHAT_TEMPLATE_FILE,
+    hf_backend,
+    load,
+    require_tokenizer_json,
+    resolve_tokenizer_file,
+)
 from vikhr.tokenizer.tekken import EDGE_CASES, is_tekken, tekken_error, tokenizer_config
 
 if TYPE_CHECKING:  # train.py imports this module; the settings type is only an annotation here
@@ -92,12 +98,9 @@ class ByteLevelBase:
     def backend(self, spec: dict[str, Any] | None = None) -> Any:
         """A `tokenizers.Tokenizer` of `spec` (default: the base, built once) that encodes special-token
         text as text."""
-        from tokenizers import Tokenizer
-
         if spec is None and self._backend is not None:
             return self._backend
-        tok = Tokenizer.from_str(json.dumps(spec if spec is not None else self.spec))
-        tok.encode_special_tokens = True
+        tok = hf_backend(self.path, spec if spec is not None else self.spec)
         if spec is None:
             self._backend = tok
         return tok
@@ -136,6 +139,16 @@ def byte_level_base(base_model: str | Path | None) -> ByteLevelBase | None:
     model = spec["model"]
     added = sorted(spec.get("added_tokens", []), key=lambda a: a["id"])
     base = ByteLevelBase(path, spec, dict(model["vocab"]), _merge_pairs(model["merges"]), added)
+    loaded = base.backend()
+    for a in added:
+        # tokenizers gives an added token outside the model's vocabulary the next id after the
+        # vocabulary's size, whatever the file says: in a vocabulary with gaps that is another id.
+        if (got := loaded.token_to_id(a["content"])) != a["id"]:
+            raise VikhrError(
+                f"--base-model {path}: added token {a['content']!r} is written with id {a['id']} but "
+                f"tokenizers loads it as id {got} (its vocabulary has {len(base.vocab)} entries with ids up "
+                f"to {max(base.vocab.values())}); list the added tokens in the model's vocab at their ids"
+            )
     missing = [b for b in range(256) if bytes_piece(bytes([b])) not in base.vocab]
     if missing:
         raise VikhrError(
@@ -278,16 +291,14 @@ def _with_added_tokens(vocab: dict[str, int], added: list[dict[str, Any]]) -> di
 
     `tokenizers` ignores the ids written in "added_tokens" when it loads a file: an added token gets
     its id from the model's vocabulary if it is there, else the next id after the model's vocabulary
-    size. Vocabulary ids after the added tokens (Llama-3, Qwen2.5 layout extended) or before them at
-    an offset (tekken's layout) would shift them, so the model's vocabulary holds them too, as
-    transformers' tekken converter does. No merge produces them, so encoding is unchanged.
+    size. Vocabulary ids after the added tokens (Llama-3, Qwen2.5 layout extended), before them at
+    an offset (tekken's layout) or gaps in a base's ids would shift them, so the model's vocabulary
+    holds them too, as transformers' tekken converter does. No merge produces them, so encoding is
+    unchanged. A base's gaps stay unused ids.
     """
     merged = {**vocab, **{a["content"]: a["id"] for a in added}}
-    ids = sorted(merged.values())
-    if ids != list(range(len(ids))):
-        raise VikhrError(
-            f"ids of the new vocabulary are not 0..{len(ids) - 1} without gaps; please report this"
-        )
+    if len(set(merged.values())) != len(merged):
+        raise VikhrError("two tokens of the new vocabulary share an id; please report this")
     return dict(sorted(merged.items(), key=lambda kv: kv[1]))
 
 
