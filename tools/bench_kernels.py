@@ -45,7 +45,8 @@ against the row schedule's with 1 pack. The schedules are CUDA-only: on the CPU 
 and the table and the JSON rows (`schedule_applied`: false) say so.
 `--profile-schedules` runs the fused forward kernel once per CUDA schedule and packs per step
 (after one warm-up launch each) for a profiler around the process, and prints the order of the
-launches; e.g. the
+launches (on the CPU, the one CPU kernel with each variant's settings passed, ignored, and it says
+so: nothing there profiles a schedule); e.g. the
 DRAM bytes each schedule moves (what decides whether the second read of a row hits L2):
 
     ncu --kernel-name regex:forward_kernel --launch-skip 6 --launch-count 6 \
@@ -293,14 +294,33 @@ def _profile_schedules(args: argparse.Namespace) -> int:
     load_ops()
     v = args.vocab[0]
     z, r, labels = _inputs(args.n, v, args.dtype, args.device)
+    if args.device != "cuda":
+        print(CPU_PROFILE_NOTE)
     for round_name in ("warm-up", "profiled"):
         for schedule, packs in _schedule_variants(CUDA_SCHEDULES):
             fresh = z.clone()
             _sync(args.device)
             _fused_kernel_call(r, labels, v)(fresh)
             _sync(args.device)
-            print(f"{round_name}: forward kernel, schedule {schedule}, {packs} packs, N={args.n}, V={v}")
+            if args.device == "cuda":
+                launched = f"forward kernel, schedule {schedule}, {packs} packs"
+            else:
+                launched = f"CPU kernel, settings passed, ignored: {_settings(schedule, packs)}"
+            print(f"{round_name}: {launched}, N={args.n}, V={v}")
     return 0
+
+
+# What --profile-schedules says on the CPU, before its launches: no schedule ran, so none was profiled.
+CPU_PROFILE_NOTE = (
+    "# CPU: the schedules are CUDA-only; the CPU kernel ignores VIKHR_CEKL_SCHEDULE and VIKHR_CEKL_PACKS.\n"
+    "# Each launch runs that one CPU kernel with a variant's settings passed: no schedule is profiled\n"
+    "# here. Profile the schedules with --device cuda."
+)
+
+
+def _settings(schedule: str, packs: int) -> str:
+    """A variant's settings as the CPU rows name them (passed to a kernel that ignores them)."""
+    return f"{schedule}, {packs} pack{'s' if packs > 1 else ''}"
 
 
 def _schedule_variants(schedules):
@@ -337,8 +357,7 @@ def _sweep_table(device: str) -> tuple[str, Callable[[str, int, float, float], s
     header = f"{CPU_SWEEP_NOTE}\n{'timed':<10} {'settings passed, ignored':<26} {'ms':>9} {'GB/s':>8}"
 
     def row(variant: str, packs: int, ms: float, gbs: float) -> str:
-        settings = f"{variant}, {packs} pack{'s' if packs > 1 else ''}"
-        return f"{'CPU kernel':<10} {settings:<26} {ms:>9.3f} {gbs:>8.0f}"
+        return f"{'CPU kernel':<10} {_settings(variant, packs):<26} {ms:>9.3f} {gbs:>8.0f}"
 
     return header, row
 
@@ -503,11 +522,14 @@ def _parse_args() -> argparse.Namespace:
         help="GB/s of the roofline; default 4800 on CUDA, measured on CPU",
     )
     parser.add_argument("--timeout", type=positive(float), default=300, help="seconds per measurement")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here (after each V)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the results here (after each row)"
+    )
     parser.add_argument(
         "--profile-schedules",
         action="store_true",
-        help="run the fused forward once per CUDA schedule (after a warm-up of each) for a profiler",
+        help="run the fused forward once per CUDA schedule (after a warm-up of each) for a profiler; on "
+        "the CPU, which ignores the schedules, the same launches of its one kernel",
     )
     parser.add_argument(
         "--sweep-schedules",
@@ -519,7 +541,7 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     check_cuda(parser, args.device)
     if args.json is not None:
-        # written after the first vocabulary size: a missing directory failed there, after the timing
+        # written after the first row: a missing directory failed there, after the timing
         check_output_file(parser, "--json", args.json)
     return args
 
@@ -595,9 +617,9 @@ def main() -> int:
             f"({source}) -> roofline {roofline_ms:.3f} ms"
         )
         print(header)
-        results = {impl: _baseline_failed_before(rows, impl) or _run_worker(args, impl, v) for impl in impls}
-        eager_ms = results.get("eager", {}).get("median_ms")
-        for impl, res in results.items():
+        results = {}
+        for impl in impls:
+            results[impl] = _baseline_failed_before(rows, impl) or _run_worker(args, impl, v)
             rows.append(
                 {
                     "impl": impl,
@@ -608,11 +630,13 @@ def main() -> int:
                     "bytes_per_call": call_bytes,
                     "bandwidth_gbs": rate / 1e9,
                     "roofline_ms": roofline_ms,
-                    **res,
+                    **results[impl],
                 }
             )
+            _write_json(args.json, rows)  # after each row: a run stopped at its limit keeps what it measured
+        eager_ms = results.get("eager", {}).get("median_ms")
+        for impl, res in results.items():
             _print_row(impl, v, res, eager_ms, roofline_ms)
-        _write_json(args.json, rows)
     return _exit_status(rows)
 
 
