@@ -10,6 +10,10 @@ search for it (`auto` on a GPU: lm-eval searches once per task whatever its size
 counted per document and the rates leave it out); the first documents of a task may be shorter or
 longer than its average, so read it as the right order of magnitude, not a promise.
 
+--timed-after FILE times nothing before FILE exists: the model is made and the first warm-up run
+done meanwhile (tools/device_check.sh creates it when its ops build, which keeps the CPUs busy, has
+ended), and the report says when timing began and how long it waited.
+
 Model: --model DIR (an HF directory: also timed as a user runs it, `vikhr eval` in a fresh process,
 start-up, model load and peak RSS included) or --random SHAPE (a random Mistral of that shape with
 the bundled Mistral-7B tokenizer, built in memory on --device: no file written; --layers N keeps the
@@ -28,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +82,15 @@ def random_model(shape: str, layers: int | None, device: str, dtype: str) -> Any
     return model.eval()
 
 
-def timed_runs(settings: EvalSettings, lm: Any, repeats: int, warm_up: bool) -> dict[str, dict[str, float]]:
+def timed_runs(
+    settings: EvalSettings, lm: Any, repeats: int, warm_up: bool, before_timing: Callable[[], None]
+) -> dict[str, dict[str, float]]:
     """Per task: median seconds per document and model tokens per second over `repeats` runs, after
     one untimed run if `warm_up` (the first batch size: kernels, caches; the later ones find them
-    warm, and the batch-size search, which every run repeats, is timed apart)."""
+    warm, and the batch-size search, which every run repeats, is timed apart) and `before_timing`."""
     if warm_up:
         run_eval(settings, lm=lm)
+    before_timing()
     runs = [run_eval(settings, lm=lm)["tasks"] for _ in range(repeats)]
     out = {}
     for name in settings.tasks:
@@ -110,6 +118,29 @@ def whole_command(args: argparse.Namespace, model_dir: Path, batch_size: str) ->
         if args.device:
             cmd += ["--device", args.device]
         return measure(cmd)
+
+
+class QuietWait:
+    """Called before the first timed run: waits until `marker` exists (None: at once) and notes in
+    `report` when timing began (Unix time) and how long it waited, so the report shows that nothing
+    it timed overlapped what the marker waited out."""
+
+    POLL_S = 0.2
+
+    def __init__(self, marker: Path | None, report: dict[str, Any]) -> None:
+        self.marker, self.report = marker, report
+
+    def __call__(self) -> None:
+        if "timing_started_unix" in self.report:
+            return
+        started = time.monotonic()
+        if self.marker is not None and not self.marker.exists():
+            print(f"warmed up; timing nothing before {self.marker} exists", file=sys.stderr, flush=True)
+            while not self.marker.exists():
+                time.sleep(self.POLL_S)
+        self.report["timed_after"] = str(self.marker) if self.marker is not None else None
+        self.report["waited_s"] = round(time.monotonic() - started, 3)
+        self.report["timing_started_unix"] = time.time()
 
 
 def fmt_time(seconds: float) -> str:
@@ -202,6 +233,13 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--timed-after",
+        type=Path,
+        metavar="FILE",
+        help="time nothing before FILE exists (the model is made and the first warm-up run done "
+        "meanwhile): what else keeps the machine busy (an ops build) has ended",
+    )
     args = ap.parse_args()
     if args.layers and args.model:
         ap.error("argument --layers: only with --random (a --model directory is run whole)")
@@ -260,6 +298,7 @@ def benchmark(args: argparse.Namespace) -> None:
     what = args.model or f"random {args.random}" + (f", {args.layers} layers" if args.layers else "")
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     header = {"model": str(what), "device": name, "dtype": args.dtype, "limit": args.limit}
+    wait = QuietWait(args.timed_after, header)
     rates: dict[str, dict[str, dict[str, float]]] = {}
     for bs in args.batch_sizes:
         batch: int | str = int(bs) if bs.isdigit() else bs
@@ -267,7 +306,8 @@ def benchmark(args: argparse.Namespace) -> None:
             model_dir=model_dir, tasks=tasks, limit=args.limit, batch_size=batch, bootstrap_iters=0, **base
         )
         lm = make_lm(settings, tokenizer, model=model)
-        rates[bs] = timed_runs(settings, lm, args.repeats, warm_up=bs == args.batch_sizes[0])
+        warm_up = bs == args.batch_sizes[0]
+        rates[bs] = timed_runs(settings, lm, args.repeats, warm_up=warm_up, before_timing=wait)
         del lm
         done = ", ".join(f"{t} {r['s_per_doc']:.3f}" for t, r in rates[bs].items())
         print(f"batch {bs}: s/doc {done}", file=sys.stderr, flush=True)
