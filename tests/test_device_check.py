@@ -41,12 +41,16 @@ def _environment(out: Path, env: dict[str, str] | None = None) -> dict[str, str]
     return {**os.environ, "OMP_NUM_THREADS": "1", "DEVICE_CHECK_WHEELS": str(no_wheels), **(env or {})}
 
 
+# Above the dry run's own budget (540 s × 3): a run that slow still reports, and its report says why.
+DRY_RUN_TIMEOUT_S = 1800
+
+
 def _dry_run(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / "tools" / "device_check.sh"), *args, str(out)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=DRY_RUN_TIMEOUT_S,
         env=_environment(out, env),
         cwd=REPO,
     )
@@ -87,9 +91,10 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     assert "the schedules are CUDA-only" in (out / "kernel-sweep.log").read_text()
     assert "lm-eval task machinery: imports" in (out / "env.log").read_text()
     profiled = (out / "kernel-ncu.log").read_text()
+    assert "no schedule is profiled" in profiled and "schedule row" not in profiled, profiled
     for name in ("row", "persistent", "smem"):
-        for packs in (1, 2):
-            assert f"profiled: forward kernel, schedule {name}, {packs} packs" in profiled, profiled
+        for packs in ("1 pack", "2 packs"):
+            assert f"profiled: CPU kernel, settings passed, ignored: {name}, {packs}," in profiled, profiled
     assert "tokens/s" in (out / "train-bench.log").read_text()
     assert "vikhr swiglu" in (out / "swiglu-bench.log").read_text()
     evaluated = json.loads((out / "eval-bench.json").read_text())
@@ -110,7 +115,37 @@ def test_dry_run_runs_and_reports_every_step(tmp_path: Path) -> None:
     )
     log = (out / "eval-bench.log").read_text()
     assert "batch 1: s/doc" in log and "batch 2: s/doc" in log
+    # It ran beside the build, and timed nothing before the build had ended (its log's last write).
+    assert evaluated["timed_after"] and evaluated["timing_started_unix"] > (out / "build.log").stat().st_mtime
     assert not (out / "cache").exists()  # the build cache stays out of OUT_DIR
+
+
+@pytest.mark.slow
+def test_the_eval_benchmark_times_nothing_before_the_build_has_ended(tmp_path: Path) -> None:
+    """The eval-bench step timed `vikhr eval` while the ops build kept the CPUs busy beside it: its
+    rates were the build's as much as the model's. It now makes its model and runs its warm-up
+    meanwhile, times nothing before the file the script creates at the build's end exists, and its
+    report says when timing began."""
+    marker, report = tmp_path / "build-ended", tmp_path / "eval.json"
+    cmd = [sys.executable, str(REPO / "tools" / "bench_eval.py"), "--random", "tiny", "--device", "cpu"]
+    cmd += ["--tasks", "bpc", "--limit", "1", "--batch-sizes", "1", "2", "--repeats", "1"]
+    cmd += ["--json", str(report), "--timed-after", str(marker)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    assert proc.stderr is not None
+    seen = []
+    while not seen or not seen[-1].startswith("warmed up; timing nothing before"):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen) + (proc.stdout.read() if proc.stdout else "")
+    time.sleep(1.0)
+    assert proc.poll() is None and not report.exists()  # waiting: nothing timed, nothing written
+    released = time.time()
+    marker.touch()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(seen) + err
+    written = json.loads(report.read_text())
+    assert written["timed_after"] == str(marker) and written["timing_started_unix"] >= released
+    assert written["waited_s"] >= 1.0 and written["finished"] is True and set(written["rates"]) == {"1", "2"}
 
 
 def test_spent_budget_reports_steps_as_not_run(tmp_path: Path) -> None:
@@ -218,6 +253,27 @@ def test_vikhrs_own_failing_row_still_fails_the_kernel_benchmark(monkeypatch, tm
     assert sum("median_ms" in r for r in rows) == 8
 
 
+def test_the_kernel_benchmark_writes_each_row_as_it_is_measured(monkeypatch, tmp_path: Path) -> None:
+    """kernel-bench.json was written after each vocabulary size: a step stopped at its limit during
+    the first (six workers at N=8192 on a GPU) left no row at all. It is rewritten after each row."""
+    bench = load_tool("bench_kernels")
+    out = tmp_path / "rows.json"
+
+    def worker(args, impl: str, v: int) -> dict:
+        if impl == "eager":  # the step's limit, reached during the fourth worker
+            raise KeyboardInterrupt
+        return {"median_ms": 1.0, "peak_extra_mib": 0.0}
+
+    monkeypatch.setattr(bench, "_run_worker", worker)
+    argv = ["bench_kernels.py", "--device", "cpu", "--n", "8", "--vocab", "64", "--bandwidth", "100"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-compile", "--json", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        bench.main()
+    rows = json.loads(out.read_text())
+    assert [r["impl"] for r in rows] == ["vikhr fused", "vikhr persistent", "vikhr smem", "vikhr fused/buf"]
+    assert all(r["vocab"] == 64 and r["median_ms"] == 1.0 for r in rows)
+
+
 def test_liger_installed_but_failing_to_import_is_its_failure_not_a_skip(monkeypatch, tmp_path: Path) -> None:
     """An import error inside an installed liger_kernel (its triton unfit for this torch) was taken
     for "not installed" and the row skipped; the worker now fails with that error."""
@@ -230,10 +286,10 @@ def test_liger_installed_but_failing_to_import_is_its_failure_not_a_skip(monkeyp
         bench._make_step("liger", "cuda")
 
 
-def _fake_gpu_run(tmp_path: Path, bench_kernels: str, ncu: str) -> tuple[dict, str]:
-    """device_check.sh on a "GPU" whose python is a script that passes every step but runs
-    `bench_kernels` (bash) for the kernel benchmark, with `ncu` (bash) as Nsight Compute on the PATH:
-    the run's summary.json and summary.txt."""
+def _fake_run(tmp_path: Path, bench_kernels: str, ncu: str, *args: str) -> tuple[dict, str, Path]:
+    """device_check.sh (a "GPU" run, or with `args` such as --dry-run) whose python is a script that
+    passes every step but runs `bench_kernels` (bash) for the kernel benchmark, with `ncu` (bash) as
+    Nsight Compute on the PATH: the run's summary.json, summary.txt and output directory."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     python = bin_dir / "python"
@@ -247,10 +303,56 @@ def _fake_gpu_run(tmp_path: Path, bench_kernels: str, ncu: str) -> tuple[dict, s
     out = tmp_path / "out"
     env = {"PYTHON": str(python), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env["CUDA_HOME"] = str(tmp_path / "no-cuda")
-    proc = _dry_run(out, env=env)
+    proc = _dry_run(out, *args, env=env)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dry_run"] is False and summary["finished"] is True, proc.stdout + proc.stderr
-    return summary, (out / "summary.txt").read_text()
+    assert summary["finished"] is True, proc.stdout + proc.stderr
+    return summary, (out / "summary.txt").read_text(), out
+
+
+def _fake_gpu_run(tmp_path: Path, bench_kernels: str, ncu: str) -> tuple[dict, str]:
+    summary, text, _ = _fake_run(tmp_path, bench_kernels, ncu)
+    assert summary["dry_run"] is False
+    return summary, text
+
+
+def test_the_dry_runs_time_limits_fit_a_loaded_machine_and_the_gpu_runs_stay_tight(tmp_path: Path) -> None:
+    """The dry run had the GPU run's limits: on a loaded 2-core CI machine a kernel-benchmark worker
+    (60 s) or a step tripped its limit, a failure of nothing. Its limits, budget and the kernel
+    benchmark's per-worker timeout are now 3 times the GPU run's at least; the GPU run's stay as
+    tight as they were, each within its budget."""
+
+    def limits(args: tuple[str, ...]) -> tuple[dict[str, int], int, float]:
+        run = tmp_path / ("dry" if args else "gpu")
+        run.mkdir()
+        summary, _, out = _fake_run(run, "exit 0", "exit 0", *args)
+        command = (out / "kernel-bench.log").read_text().splitlines()[0].split()
+        worker_timeout = float(command[command.index("--timeout") + 1])
+        return {s["step"]: s["limit_s"] for s in summary["steps"]}, summary["budget_s"], worker_timeout
+
+    gpu, gpu_budget, gpu_worker = limits(())
+    dry, dry_budget, dry_worker = limits(("--dry-run",))
+    assert list(dry) == list(gpu) == STEPS
+    assert all(0 < gpu[step] <= gpu_budget and dry[step] >= 3 * gpu[step] for step in STEPS), (gpu, dry)
+    assert dry_budget >= 3 * gpu_budget and dry_worker >= 3 * gpu_worker, (gpu_worker, dry_worker)
+    assert dry_budget + 60 < DRY_RUN_TIMEOUT_S
+
+
+def test_wheels_that_do_not_install_are_a_failed_step_with_a_summary(tmp_path: Path) -> None:
+    """A wheel that pip could not install (a broken download, one for another Python) ended the script
+    with exit status 1 before summary.json was written: nothing said what happened. The install is
+    a step of its own, recorded as failed with pip's words in wheels.log, and no other step runs."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip archive")
+    out = tmp_path / "out"
+    proc = _dry_run(out, "--dry-run", env={"DEVICE_CHECK_WHEELS": str(wheels), "PYTHON": sys.executable})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is True and [s["step"] for s in summary["steps"]] == ["wheels", *STEPS]
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses.pop("wheels") == "failed" and set(statuses.values()) == {"not run"}, statuses
+    assert "broken-1.0-py3-none-any.whl" in (out / "wheels.log").read_text()
+    assert "the wheels did not install" in (out / "env.log").read_text()
 
 
 def test_device_check_records_a_missing_baseline_as_passed_with_its_reason(tmp_path: Path) -> None:
@@ -316,6 +418,27 @@ def test_the_schedule_sweep_on_the_cpu_says_every_row_timed_the_cpu_kernel(tmp_p
     variants = {(r["schedule"], r["packs"]) for r in rows}
     assert variants == {(s, p) for s in load_tool("bench_kernels").SWEEP for p in (1, 2)}
     assert all(r["schedule_applied"] is False and r["bitwise_equal"] is True for r in rows)
+
+
+def test_the_schedule_profile_on_the_cpu_says_no_schedule_was_profiled(tmp_path: Path) -> None:
+    """--profile-schedules on the CPU printed "profiled: forward kernel, schedule smem, 2 packs" for
+    each CUDA schedule, though the CPU kernel ignores them: its launches now name the CPU kernel and
+    the settings it ignored, under a note, in the same order (what a profiler's launch count needs)."""
+    cmd = [sys.executable, str(REPO / "tools" / "bench_kernels.py"), "--profile-schedules", "--device", "cpu"]
+    cmd += ["--n", "8", "--vocab", "64", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    assert note[0].startswith("# CPU: the schedules are CUDA-only") and "no schedule is profiled" in note[1]
+    launches = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
+    from vikhr.ops.cross_entropy_kl import CUDA_SCHEDULES as schedules
+
+    assert launches == [
+        f"{round_name}: CPU kernel, settings passed, ignored: {schedule}, {packs}, N=8, V=64"
+        for round_name in ("warm-up", "profiled")
+        for packs in ("1 pack", "2 packs")
+        for schedule in schedules
+    ], proc.stdout
 
 
 @pytest.mark.parametrize(
