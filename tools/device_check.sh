@@ -182,7 +182,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
   step wheels 120 bash -c '"$0" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$1" "${@:2}" || exit; "$0" -m compileall -q -j 0 "$1" || true' "$PY" "$SITE" "$WHEELS"/*.whl
   if (($? != 0)); then  # every step would fail on an import: none is run
-    for name in env build eval-bench op-tests kernel-sweep train-tests kernel-bench train-bench kernel-ncu \
+    for name in env build eval-bench op-tests kernel-sweep kernel-bench train-tests train-bench kernel-ncu \
       swiglu-bench; do skip_step "$name" "the wheels did not install (wheels.log)"; done
     write_summary true
     echo "device_check: the wheels in $WHEELS did not install (wheels.log)" | tee -a "$OUT/summary.txt"
@@ -267,8 +267,9 @@ step_wait eval-bench
 if ((BUILT == 0)); then
   step op-tests 120 "${PYTEST[@]}" tests/test_ops_cross_entropy_kl.py tests/test_ops_logsumexp.py
   step kernel-sweep 60 "$PY" tools/bench_kernels.py --sweep-schedules "${BENCH_SWEEP[@]}" --json "$OUT/kernel-sweep.json"
-  step train-tests 240 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
+  # The kernel's figures against its peers first: the question the run exists to answer.
   step kernel-bench 210 "$PY" tools/bench_kernels.py "${BENCH_KERNELS[@]}" --json "$OUT/kernel-bench.json"
+  step train-tests 240 "${PYTEST[@]}" tests/test_model.py tests/test_train.py tests/test_eval.py
   step train-bench 120 "$PY" tools/bench_train.py "${BENCH_TRAIN[@]}"
   if [[ $DRY == 0 && -z $NCU ]]; then
     echo "skipped: no ncu on the PATH, in ${CUDA_HOME:-/usr/local/cuda}/bin or /opt/nvidia/nsight-compute" > "$OUT/kernel-ncu.log"
@@ -284,7 +285,7 @@ if ((BUILT == 0)); then
       "${PROFILER[@]}" "$PY" tools/bench_kernels.py --profile-schedules "${BENCH_PROFILE[@]}"
   fi
 else
-  for name in op-tests kernel-sweep train-tests kernel-bench train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
+  for name in op-tests kernel-sweep kernel-bench train-tests train-bench kernel-ncu; do skip_step "$name" "the build did not pass"; done
 fi
 step swiglu-bench 40 "$PY" tools/bench_swiglu.py "${BENCH_SWIGLU[@]}"  # needs no build
 write_summary true
