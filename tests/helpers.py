@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,27 @@ def replace_within_one_tick(path: Path, text: str) -> None:
     os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))
     os.replace(new, path)
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+
+
+def written_an_hour_ago(*paths: Path) -> None:
+    """Give the files an hour-old modification time: settled, so that a process may cache what they
+    hold by their stamps (vikhr.file_stamps)."""
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for path in paths:
+        os.utime(path, ns=(an_hour_ago, an_hour_ago))
+
+
+def rewrite_in_place_within_one_tick(path: Path, text: str) -> None:
+    """Write `text` over `path`'s bytes in place (its inode), with `path`'s size and modification time:
+    a file written again within one tick of a coarse file system clock, the same to its stamp."""
+    old = path.stat()
+    data = text.encode("utf-8")
+    assert len(data) == old.st_size and data != path.read_bytes(), "new text, as long as the old"
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (old.st_ino, old.st_size, old.st_mtime_ns)
 
 
 def hub_snapshot(src: Path, repo: Path) -> Path:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import varied_chat_lines
+from tests.helpers import varied_chat_lines, written_an_hour_ago
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER
 from vikhr.errors import VikhrError
 from vikhr.sft.data import PackedSFTDataset, SFTSource, pack_windows, split_chats
@@ -1223,22 +1223,14 @@ def test_a_run_s_start_up_checks_read_each_sft_metadata_once(
         assert recorded is not None
         return recorded.template_sha256
 
-    _written_an_hour_ago(meta)  # a file written in the last seconds is read on each call
+    written_an_hour_ago(meta)  # a file written in the last seconds is read on each call
     assert start_up_checks() is None  # the Mistral template is vikhr's own: no sha256
     assert reads.count(meta) == 1
     prepared = json.loads(read_text(meta))
     write_text(meta, json.dumps({**prepared, "template_sha256": "0" * 64}))
-    _written_an_hour_ago(meta)
+    written_an_hour_ago(meta)
     assert start_up_checks() == "0" * 64
     assert reads.count(meta) == 2
-
-
-def _written_an_hour_ago(path: Path) -> None:
-    import os
-    import time
-
-    an_hour_ago = time.time_ns() - 3600 * 10**9
-    os.utime(path, ns=(an_hour_ago, an_hour_ago))
 
 
 def test_sft_metadata_written_again_within_a_time_stamp_s_tick_is_read_anew(tmp_path: Path) -> None:

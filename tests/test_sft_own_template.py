@@ -234,10 +234,17 @@ def test_the_date_is_fixed_and_a_template_rewritten_is_read_anew(tmp_path: Path)
     assert "user>\nвопрос" in text
 
 
-def test_a_template_replaced_within_one_clock_tick_is_read_anew(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_again", ["renamed into place", "in place"])
+def test_a_template_replaced_within_one_clock_tick_is_read_anew(written_again: str, tmp_path: Path) -> None:
     """A chat_template.jinja renamed into place with the old one's size and modification time (a
-    coarse clock, one tick) is another file: its template is used from then on."""
-    from tests.helpers import replace_within_one_tick
+    coarse clock, one tick) is another file: its template is used from then on. Written again in
+    place it kept its inode too, and the old template rendered the chats: a file written in the
+    last seconds is not cached by its stamp."""
+    from tests.helpers import replace_within_one_tick, rewrite_in_place_within_one_tick
+
+    write_again = (
+        replace_within_one_tick if written_again == "renamed into place" else rewrite_in_place_within_one_tick
+    )
 
     template = (
         "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + eos_token }}{% endfor %}"
@@ -248,7 +255,7 @@ def test_a_template_replaced_within_one_clock_tick_is_read_anew(tmp_path: Path) 
     tok = load_chat_tokenizer(directory, OWN)
     text = tok.backend.decode(encode_chat(_chat("вопрос", "ответ"), tok, OWN).ids, skip_special_tokens=False)
     assert "user:\nвопрос" in text
-    replace_within_one_tick(directory / "chat_template.jinja", template.replace(":\\n", ">\\n"))
+    write_again(directory / "chat_template.jinja", template.replace(":\\n", ">\\n"))
     text = tok.backend.decode(encode_chat(_chat("вопрос", "ответ"), tok, OWN).ids, skip_special_tokens=False)
     assert "user>\nвопрос" in text
 

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from tests.helpers import stderr_of_cli
+from tests.helpers import (
+    replace_within_one_tick,
+    rewrite_in_place_within_one_tick,
+    stderr_of_cli,
+    written_an_hour_ago,
+)
 from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -657,6 +662,7 @@ def test_compare_knows_a_training_corpus_by_its_content_in_any_compression(
     regz.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1, mtime=0))
     zst = tmp_path / "ru.jsonl.zst"
     zst.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    written_an_hour_ago(plain, regz, zst)  # settled: their hashes are cached by their stamps
     assert len({corpus_sha256(p) for p in (RU_SAMPLE, plain, regz, zst)}) == 4
     heldout_chars = sum(map(len, iter_lines(RU_SAMPLE, split="heldout", heldout_percent=2.0)))
     reads: list[str | Path] = []
@@ -673,7 +679,7 @@ def test_compare_knows_a_training_corpus_by_its_content_in_any_compression(
         manifest = json.loads((tok / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["corpora"][0]["content_sha256"] == corpus_hashes(plain).content
         capsys.readouterr()
-        compare_module._hashes_of_state.cache_clear()
+        compare_module._TEXT_HASHES.clear()
         reads.clear()
         texts = [f"{c.name}={c}" for c in copies]
         results = compare(
@@ -713,10 +719,15 @@ def test_compare_knows_the_corpora_of_a_manifest_without_content_hashes_as_store
     ]
 
 
-def test_a_text_set_replaced_within_one_clock_tick_is_hashed_anew(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_again", ["renamed into place", "in place"])
+def test_a_text_set_replaced_within_one_clock_tick_is_hashed_anew(written_again: str, tmp_path: Path) -> None:
     """A text set renamed into place with the old file's size and modification time (a coarse clock,
-    one tick) is another file: whether a tokenizer trained on it is decided from its new bytes."""
-    from tests.helpers import replace_within_one_tick
+    one tick) is another file: whether a tokenizer trained on it is decided from its new bytes.
+    Written again in place it kept its inode too, and compare knew it by the old text's hashes ("trained
+    on it: yes"): a file written in the last seconds is not cached by its stamp."""
+    write_again = (
+        replace_within_one_tick if written_again == "renamed into place" else rewrite_in_place_within_one_tick
+    )
 
     texts = tmp_path / "ru.jsonl"
     texts.write_text(json.dumps({"id": "x", "text": "Mama myla ramu. " * 20}) + "\n", encoding="utf-8")
@@ -728,7 +739,7 @@ def test_a_text_set_replaced_within_one_clock_tick_is_hashed_anew(tmp_path: Path
     )
     out = tmp_path / "rep"
     assert [r.seen for r in compare([f"t={tok}"], [f"ru={texts}"], out, split="all")] == ["yes"]
-    replace_within_one_tick(texts, texts.read_text(encoding="utf-8").replace("ramu", "ramy"))
+    write_again(texts, texts.read_text(encoding="utf-8").replace("ramu", "ramy"))
     seen = [r.seen for r in compare([f"t={tok}"], [f"ru={texts}"], out, split="all", overwrite=True)]
     assert seen == ["no"]
 

@@ -83,28 +83,53 @@ def test_a_directory_whose_tokenizer_json_adds_tokens_is_that_json_at_every_stag
     assert _load_tokenizer(d / "tokenizer.model", "SentencePieceTokenizer").eos_id == 2  # the file itself
 
 
-def test_which_file_of_a_directory_is_decided_once_per_version_of_its_files(tmp_path: Path) -> None:
+def test_which_file_of_a_directory_is_decided_once_per_version_of_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stages resolve one directory several times: the tokenizer.json is parsed once, and again only
     when a file changes."""
+    import importlib
     import json as json_module
 
-    from tests.helpers import sentencepiece_with_added_tokens
-    from vikhr.tokenizer.load import _adds_tokens_of
+    from tests.helpers import sentencepiece_with_added_tokens, written_an_hour_ago
+
+    load_module = importlib.import_module("vikhr.tokenizer.load")  # the package's `load` is the function
 
     d = sentencepiece_with_added_tokens(tmp_path / "hermes")
-    _adds_tokens_of.cache_clear()
+    written_an_hour_ago(d / "tokenizer.json", d / "tokenizer.model")  # settled: cached by its stamps
+    decided: list[Path] = []
+    decide = load_module._adds_tokens_of
+
+    def counted(json_path: Path, model_path: Path) -> bool:
+        decided.append(json_path)
+        return decide(json_path, model_path)
+
+    monkeypatch.setattr(load_module, "_adds_tokens_of", counted)
     assert resolve_tokenizer_file(d) == resolve_tokenizer_file(d) == d / "tokenizer.json"
-    assert (_adds_tokens_of.cache_info().misses, _adds_tokens_of.cache_info().hits) == (1, 1)
+    assert len(decided) == 1
     spec = json_module.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < 32000]
     (d / "tokenizer.json").write_text(json_module.dumps(spec), encoding="utf-8")
     assert resolve_tokenizer_file(d) == d / "tokenizer.model"  # the rewritten file is read again
 
 
-def test_a_tokenizer_json_replaced_within_one_clock_tick_is_read_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_again", ["renamed into place", "in place"])
+def test_a_tokenizer_json_replaced_within_one_clock_tick_is_read_again(
+    written_again: str, tmp_path: Path
+) -> None:
     """A tokenizer.json renamed into place with the old one's size and modification time (a coarse
-    clock, one tick) is another file: the directory's choice is made again."""
-    from tests.helpers import replace_within_one_tick, sentencepiece_with_added_tokens
+    clock, one tick) is another file: the directory's choice is made again. Written again in place it
+    kept its inode too, and the choice made on the old file stood: a file written in the last seconds
+    is not cached by its stamp."""
+    from tests.helpers import (
+        replace_within_one_tick,
+        rewrite_in_place_within_one_tick,
+        sentencepiece_with_added_tokens,
+    )
+
+    write_again = (
+        replace_within_one_tick if written_again == "renamed into place" else rewrite_in_place_within_one_tick
+    )
 
     d = sentencepiece_with_added_tokens(tmp_path / "hermes")
     assert resolve_tokenizer_file(d) == d / "tokenizer.json"
@@ -112,7 +137,7 @@ def test_a_tokenizer_json_replaced_within_one_clock_tick_is_read_again(tmp_path:
     spec = json.loads(text)
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < 32000]
     smaller = json.dumps(spec)  # ASCII; the trailing spaces JSON allows keep the old size
-    replace_within_one_tick(d / "tokenizer.json", smaller.ljust(len(text.encode("utf-8"))))
+    write_again(d / "tokenizer.json", smaller.ljust(len(text.encode("utf-8"))))
     assert resolve_tokenizer_file(d) == d / "tokenizer.model"
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import NamedTuple
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Generic, NamedTuple, TypeVar
 
 # A file system stamps a write with the time of its clock's last tick (milliseconds to two seconds
 # apart), and frees a replaced file's inode for the next new one: a file written this recently may be
 # written again, the same size, with the same stamp.
 SETTLED_NS = 2_000_000_000
+
+V = TypeVar("V")
 
 
 class FileStamp(NamedTuple):
@@ -36,8 +41,51 @@ def file_stamp_or_none(path: str | os.PathLike[str]) -> FileStamp | None:
         return None
 
 
-def settled(before: Sequence[FileStamp], after: Sequence[FileStamp], read_started_ns: int) -> bool:
+def written_long_ago(stamps: Sequence[FileStamp | None], now_ns: int) -> bool:
+    """Whether each file (None: absent) was last written more than SETTLED_NS before `now_ns`
+    (`time.time_ns()`), so that a later write gets a stamp of its own."""
+    return all(s is None or now_ns - s.mtime_ns > SETTLED_NS for s in stamps)
+
+
+def settled(
+    before: Sequence[FileStamp | None], after: Sequence[FileStamp | None], read_started_ns: int
+) -> bool:
     """Whether what was read from files stamped `before` (then `after`, once read) may be cached under
     `before`: no file changed while it was read, and each was last written more than SETTLED_NS
-    before the read began (`time.time_ns()`), so a later write gets a stamp of its own."""
-    return tuple(before) == tuple(after) and all(read_started_ns - s.mtime_ns > SETTLED_NS for s in before)
+    before the read began (`time.time_ns()`, see `written_long_ago`)."""
+    return tuple(before) == tuple(after) and written_long_ago(before, read_started_ns)
+
+
+class StampedCache(Generic[V]):
+    """Values computed from files, kept for the process under the files' stamps once settled (see
+    `settled`): a file written again is read again, even one written in place with its old size
+    within one tick of the clock. The `maxsize` values used last are kept."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._values: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, files: Iterable[str | os.PathLike[str]], compute: Callable[[], V]) -> V:
+        """The value of `key` computed from `files` (any may be absent) as they are now: `compute()`'s,
+        called again only where a file changed since, or was written in the last seconds."""
+        paths = tuple(files)
+        started = time.time_ns()
+        before = tuple(map(file_stamp_or_none, paths))
+        entry = (key, before)
+        with self._lock:
+            if entry in self._values:
+                self._values.move_to_end(entry)
+                return self._values[entry]
+        value = compute()
+        if settled(before, tuple(map(file_stamp_or_none, paths)), started):
+            with self._lock:
+                self._values[entry] = value
+                if len(self._values) > self.maxsize:
+                    self._values.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Forget every value (as a new process would start)."""
+        with self._lock:
+            self._values.clear()

@@ -3,13 +3,12 @@ one), and the chat template a tokenizer's own directory carries."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from pathlib import Path
 
 from vikhr.errors import read_json_object
-from vikhr.file_stamps import FileStamp, file_stamp_or_none
+from vikhr.file_stamps import StampedCache
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
 
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
@@ -192,14 +191,15 @@ def mistral_v3_spaced(tok: Tokenizer) -> bool:
     inst = tok.piece_to_id("[INST]")
     if inst is None:
         return False  # mistral-v3 refuses such a tokenizer anyway
-    return _no_prefix_after_control(tok, inst, file_stamp_or_none(tok.path))
+    return _NO_PREFIX_AFTER_CONTROL.get((tok, inst), [tok.path], lambda: _no_prefix_after_control(tok, inst))
 
 
-@functools.lru_cache(maxsize=8)
-def _no_prefix_after_control(tok: Tokenizer, inst: int, stamp: FileStamp | None) -> bool:
+_NO_PREFIX_AFTER_CONTROL: StampedCache[bool] = StampedCache(maxsize=8)
+
+
+def _no_prefix_after_control(tok: Tokenizer, inst: int) -> bool:
     """Whether transformers' tokenizer of `tok` encodes "Да" after [INST] otherwise than alone (once per
-    tokenizer and state of its file: `stamp`)."""
-    del stamp
+    tokenizer and state of its file, `mistral_v3_spaced`)."""
     ids = tok.to_transformers()("[INST]Да", add_special_tokens=False)["input_ids"]
     return list(ids) != [inst, *tok.encode("Да")]
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 from vikhr.data.indexed import dataset_prefix
 from vikhr.errors import VikhrError
-from vikhr.file_stamps import file_stamp, settled
+from vikhr.file_stamps import StampedCache
 
 # data.packing: whole chats back to back in a window (pack), or one chat per window (pad).
 Packing = Literal["pack", "pad"]
@@ -74,8 +73,7 @@ def missing_sft_file(prefix: str | Path) -> str | None:
 # The `_sft.json` files this process has read, by the file's identity: a trainer's start-up checks
 # (config, blend, model.init's tokenizer, the chat encoding, what its checkpoints record) each look
 # at every dataset's metadata, which is read from disk once.
-_READ: dict[tuple, Any] = {}
-_READ_MAX = 4096
+_READ: StampedCache[Any] = StampedCache(maxsize=4096)
 
 
 def read_sft_json(meta_path: Path) -> Any:
@@ -83,17 +81,8 @@ def read_sft_json(meta_path: Path) -> Any:
     inode, size and mtime: `vikhr sft prepare` renames a new file into place); a copy, which the
     caller may change. A file modified in the last seconds, or while it was read, is read anew on
     each call. OSError or ValueError where it cannot be read or parsed."""
-    started = time.time_ns()
-    stamp = file_stamp(meta_path)
-    identity = (os.path.abspath(meta_path), stamp)
-    if identity in _READ:
-        return copy.deepcopy(_READ[identity])
-    value = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    if settled([stamp], [file_stamp(meta_path)], started):
-        if len(_READ) >= _READ_MAX:
-            _READ.clear()
-        _READ[identity] = copy.deepcopy(value)
-    return value
+    path = os.path.abspath(meta_path)
+    return copy.deepcopy(_READ.get(path, [path], lambda: json.loads(Path(path).read_text(encoding="utf-8"))))
 
 
 def read_sft_meta(meta_path: Path) -> dict:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, first_line
-from vikhr.file_stamps import FileStamp, file_stamp_or_none
+from vikhr.file_stamps import StampedCache
 from vikhr.sft.encoded import (
     EncodedChat,
     Message,
@@ -278,7 +278,7 @@ def own_template(tok: Tokenizer) -> OwnTemplate:
     template or is not a tokenizer.json. Built once per tokenizer and state of its files (chats are
     encoded one by one; a file rewritten meanwhile is read anew)."""
     names = (tok.path.name, CHAT_TEMPLATE_FILE, "tokenizer_config.json")
-    return _own_template(tok, tuple(file_stamp_or_none(tok.path.with_name(name)) for name in names))
+    return _OWN_TEMPLATES.get(tok, [tok.path.with_name(name) for name in names], lambda: _own_template(tok))
 
 
 def _transformers_tokenizer(tok: Tokenizer) -> Any:
@@ -307,9 +307,10 @@ def _common_prefix(a: str, b: str) -> int:
     return low
 
 
-@functools.lru_cache(maxsize=8)
-def _own_template(tok: Tokenizer, stamps: tuple[FileStamp | None, ...]) -> OwnTemplate:
-    del stamps  # the cache key only
+_OWN_TEMPLATES: StampedCache[OwnTemplate] = StampedCache(maxsize=8)
+
+
+def _own_template(tok: Tokenizer) -> OwnTemplate:
     found = own_chat_template(tok)
     if found is None:
         raise VikhrError(

@@ -18,7 +18,6 @@ its documents otherwise.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import sys
@@ -30,7 +29,7 @@ from typing import Any, Literal
 from vikhr.atomic import output_dir
 from vikhr.charts import legend_beside, markdown_cell, series_colours
 from vikhr.errors import VikhrError, require_output_dir, split_label
-from vikhr.file_stamps import FileStamp, file_stamp
+from vikhr.file_stamps import StampedCache
 from vikhr.tokenizer.corpus import DEFAULT_HELDOUT_PERCENT, Split, corpus_hashes, iter_lines
 from vikhr.tokenizer.load import Tokenizer, load
 
@@ -109,12 +108,14 @@ def text_set_name(spec: str) -> str:
 def _file_hashes(path: str | Path) -> frozenset[str]:
     """The content and stored sha256 of a text set (corpus_hashes), read once per state of the file:
     choosing its split, its held-out share and recording it each ask (a corpus may be GBs)."""
-    return _hashes_of_state(str(Path(path).resolve()), file_stamp(path))
+    resolved = str(Path(path).resolve())
+    return _TEXT_HASHES.get(resolved, [resolved], lambda: _hashes_now(resolved))
 
 
-@functools.lru_cache(maxsize=64)
-def _hashes_of_state(path: str, stamp: FileStamp) -> frozenset[str]:
-    del stamp  # the cache key: a file written again is read again
+_TEXT_HASHES: StampedCache[frozenset[str]] = StampedCache(maxsize=64)
+
+
+def _hashes_now(path: str) -> frozenset[str]:
     hashes = corpus_hashes(path)
     return frozenset((hashes.content, hashes.stored))
 

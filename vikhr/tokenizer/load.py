@@ -27,7 +27,6 @@ sentencepiece, tokenizers nor transformers: `load` does, when called.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, read_json_object
-from vikhr.file_stamps import file_stamp_or_none
+from vikhr.file_stamps import StampedCache
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # precedence when a directory is given
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 saves a tokenizer's template
@@ -178,12 +177,16 @@ def _adds_tokens(json_path: Path, model_path: Path) -> bool:
     it); False where either cannot be read (the `.model` is then loaded, and its load says why).
     Cached by the files' stamps: stages resolve one directory several times, and a 128k-token
     tokenizer.json takes a tenth of a second to parse."""
-    stamps = file_stamp_or_none(json_path), file_stamp_or_none(model_path)
-    return _adds_tokens_of(json_path.resolve(), stamps[0], model_path.resolve(), stamps[1])
+    json_path, model_path = json_path.resolve(), model_path.resolve()
+    return _ADDS_TOKENS.get(
+        (json_path, model_path), (json_path, model_path), lambda: _adds_tokens_of(json_path, model_path)
+    )
 
 
-@functools.lru_cache(maxsize=16)
-def _adds_tokens_of(json_path: Path, _json_stamp: Any, model_path: Path, _model_stamp: Any) -> bool:
+_ADDS_TOKENS: StampedCache[bool] = StampedCache(maxsize=16)
+
+
+def _adds_tokens_of(json_path: Path, model_path: Path) -> bool:
     import sentencepiece as spm
 
     try:
