@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import pickle
@@ -437,6 +438,32 @@ def test_a_dataset_written_again_within_one_clock_tick_gets_its_index_cache_buil
     _date_back(prefix, 10**9)
     assert build_and_forget_changed() == [] and not indices.exists()
     assert build_and_forget_changed() == [] and indices.exists()
+
+
+def test_the_index_cache_stats_each_dataset_file_once_to_stamp_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`settled_dataset_stamp` stat'ed the .bin and .idx twice (before and after nothing was read):
+    the stamp, settled or not, comes of one stat of each."""
+    from vikhr.data.indexed import settled_dataset_stamp, write_indexed
+
+    prefix = tmp_path / "ru"
+    write_indexed(prefix, [[1, 2, 3, 4]], "uint16")
+    stat, stats = os.stat, collections.Counter()
+
+    def counted(path: os.PathLike[str] | str, *args: object, **kwargs: object) -> os.stat_result:
+        stats[str(path)] += 1
+        return stat(path, *args, **kwargs)
+
+    for written_ns, settled in ((None, False), (10**9, True)):
+        if written_ns is not None:
+            _date_back(prefix, written_ns)
+        stats.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "stat", counted)
+            key, stamp = settled_dataset_stamp(str(prefix))
+        assert (stamp is not None) == settled and key == str(prefix.resolve())
+        assert {stats[f"{prefix}{s}"] for s in (".bin", ".idx")} == {1}
 
 
 @pytest.mark.parametrize("blend", [False, True])

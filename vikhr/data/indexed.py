@@ -21,7 +21,7 @@ from types import TracebackType
 
 from vikhr import atomic
 from vikhr.errors import VikhrError, overlap, require_output_prefix
-from vikhr.file_stamps import FileStamp, file_stamp, settled
+from vikhr.file_stamps import FileStamp, file_stamp, settled, written_long_ago
 from vikhr.locks import abandoned, exclusive
 
 # What the writer can store: token ids (uint16 / int32, see `token_dtype`) and uint8 masks.
@@ -190,11 +190,12 @@ def dataset_stamp(prefix: str) -> tuple[str, list[int]]:
 def settled_dataset_stamp(prefix: str) -> tuple[str, list[int] | None]:
     """`dataset_stamp`, the stamp None where the dataset's files were written in the last seconds (see
     `settled`): written again with the same sizes within one tick of the clock, it would keep its
-    stamp, so a record keyed by it must not hold it yet."""
+    stamp, so a record keyed by it must not hold it yet. One stat of each file: nothing is read
+    between two."""
     started = time.time_ns()
     files = identity(prefix)
     key, stamp = _record_entry_stamp(files)
-    return key, stamp if _still_settled(files, started) else None
+    return key, stamp if written_long_ago(files[1:], started) else None
 
 
 def _record_entry_stamp(files: tuple[str, FileStamp, FileStamp]) -> tuple[str, list[int]]:
