@@ -351,6 +351,29 @@ def test_bench_preprocess_builds_a_corpus_of_about_the_size_asked_for(
     assert (tmp_path / "again.jsonl").read_bytes() == written
 
 
+def test_bench_preprocess_keeps_a_corpus_file_s_last_line_without_a_newline_one_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corpus file whose last line had no final newline was joined with the next file's first line
+    (cycling, with its own first line): two JSON documents on one line of the benchmark's JSONL."""
+    corpora = tmp_path / "corpus" / "ru"
+    corpora.mkdir(parents=True)
+    sources = {name: _corpus_lines(name, 10) for name in ("a", "b")}
+    for name, lines in sources.items():
+        with gzip.GzipFile(corpora / f"{name}.jsonl.gz", "wb", mtime=0) as f:
+            f.write(b"".join(lines).removesuffix(b"\n"))
+    bench_preprocess = load_tool("bench_preprocess")
+    monkeypatch.setattr(bench_preprocess, "SHARED", tmp_path)
+    nbytes, docs = bench_preprocess.build_corpus(tmp_path / "corpus.jsonl", 1)
+    written = (tmp_path / "corpus.jsonl").read_bytes()
+    assert written.endswith(b"\n") and nbytes == len(written)
+    expected = list(itertools.islice(itertools.cycle(sources["a"] + sources["b"]), docs))
+    assert written == b"".join(expected) and docs > 20  # every file's end, and a cycle back to the first
+    assert [json.loads(line)["text"] for line in written.splitlines()] == [
+        json.loads(line)["text"] for line in expected
+    ]
+
+
 def test_bench_preprocess_refuses_empty_corpora_instead_of_cycling_them_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,8 +86,8 @@ tok.encode_files(gigatoken.JsonlFileSource([sys.argv[2]]), parallel=int(sys.argv
 
 def build_corpus(path: Path, megabytes: int) -> tuple[int, int]:
     """corpus/ru/*.jsonl.gz decompressed in name order (cycling) into one plain JSONL of about
-    `megabytes` MB: whole lines, the last one the first to reach the size; the same bytes on every
-    run. Returns (bytes, documents)."""
+    `megabytes` MB: whole lines, each ending in a newline (a file's last line may lack one), the last
+    one the first to reach the size; the same bytes on every run. Returns (bytes, documents)."""
     sources = sorted((SHARED / "corpus" / "ru").glob("*.jsonl.gz"))  # some: parse_args checked
     written = docs = 0
     limit = megabytes * 1_000_000
@@ -96,6 +96,8 @@ def build_corpus(path: Path, megabytes: int) -> tuple[int, int]:
             for src in sources:
                 with gzip.open(src, "rb") as f:
                     for line in f:
+                        if not line.endswith(b"\n"):  # else the next file's first document joins it
+                            line += b"\n"
                         out.write(line)
                         written += len(line)
                         docs += 1
