@@ -1106,6 +1106,35 @@ def test_a_resume_on_chats_of_another_own_template_names_both_texts() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "on_gpu", "with_te", "said"),
+    [
+        ([], False, True, "attention=sdpa (auto)"),
+        ([], True, True, "attention=te (auto)"),
+        ([], True, False, "attention=sdpa (auto)"),
+        (["data.isolate_documents=true"], True, True, "attention=sdpa (auto)"),
+        (["model.attention=sdpa"], True, True, "attention=sdpa,"),
+    ],
+)
+def test_the_run_s_description_names_the_attention_its_model_is_built_with(
+    overrides: list[str], on_gpu: bool, with_te: bool, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's first line said "attention=auto", the config's word, not the backend it resolves to
+    on this device (TE on a GPU with Transformer Engine, else SDPA; SDPA for isolated documents)."""
+    from types import SimpleNamespace
+
+    from vikhr.model import gpt
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import Trainer
+
+    monkeypatch.setattr(gpt, "have_transformer_engine", lambda: with_te)
+    data = ["data.seq_len=128", "data.train=[{prefix: /data/ru, weight: 1}]"]
+    cfg = load_config(None, ["model.preset=tiny", *data, *overrides], check_files=False)
+    env = SimpleNamespace(tp_size=1, dp_size=1, backend="nccl" if on_gpu else "gloo", on_gpu=on_gpu)
+    line = Trainer.describe(SimpleNamespace(cfg=cfg, env=env, num_params=10**6))
+    assert said in line
+
+
 def test_a_dataset_too_small_for_a_held_out_part_trains_without_validating_it(tmp_path: Path) -> None:
     """20 documents under data.split 98,2,0: the held-out part gets none (megatron-core looped
     forever building an index over it), so the run trains without a validation set for that

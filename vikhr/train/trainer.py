@@ -541,6 +541,22 @@ def _template_changed(
     ]
 
 
+def attention_backend(cfg: TrainConfig, on_gpu: bool) -> str:
+    """The attention the run's model is built with: model.attention, "auto" resolved on this device
+    (vikhr.model.resolve_attention), and "sdpa" where documents are isolated (a document mask needs
+    SDPA: TE's causal kernel would ignore it)."""
+    attention = cfg.model.attention
+    if cfg.data.documents_isolated() and attention == "auto":
+        attention = "sdpa"
+    return resolve_attention(attention, on_gpu)
+
+
+def _attention_described(cfg: TrainConfig, on_gpu: bool) -> str:
+    """`attention_backend`, with the configured value where it differs ("sdpa (auto)")."""
+    backend = attention_backend(cfg, on_gpu)
+    return backend if backend == cfg.model.attention else f"{backend} ({cfg.model.attention})"
+
+
 def _reference_is_init(cfg: TrainConfig) -> bool:
     """Whether the KL term's frozen reference is the run's starting weights (then a resume reads
     model.init for it; otherwise a resume needs only its checkpoint)."""
@@ -612,15 +628,12 @@ class Trainer:
 
     def _build_model(self, recompute: bool = False) -> torch.nn.Module:
         cfg, env = self.cfg, self.env
-        attention = cfg.model.attention
-        if cfg.data.documents_isolated() and attention == "auto":
-            attention = "sdpa"  # a document mask needs SDPA (TE's causal kernel would ignore it)
         model = build_gpt_model(
             self.model_cfg,
             tp_size=env.tp_size,
             params_dtype=self.params_dtype,
             vocab_multiple=cfg.model.vocab_multiple,
-            attention=attention,
+            attention=attention_backend(cfg, env.on_gpu),
             on_gpu=env.on_gpu,
             recompute=recompute,
             sequence_parallel=cfg.parallel.sequence,
@@ -975,5 +988,5 @@ class Trainer:
         return (
             f"model {cfg.model.preset}: {self.num_params / 1e6:.1f}M parameters, "
             f"TP={env.tp_size}{' (+SP)' if cfg.parallel.sequence else ''} DP={env.dp_size}, {env.backend}, "
-            f"attention={cfg.model.attention}, KL λ={cfg.kl.weight}, data {cfg.data.kind}"
+            f"attention={_attention_described(cfg, env.on_gpu)}, KL λ={cfg.kl.weight}, data {cfg.data.kind}"
         )
