@@ -1106,6 +1106,25 @@ def test_a_resume_on_chats_of_another_own_template_names_both_texts() -> None:
     ]
 
 
+def test_a_resume_of_chats_on_plain_text_says_so_in_words() -> None:
+    """A checkpoint trained on chats resumed by a pre-training run (data.kind changed; its datasets'
+    tokenization record names no template) was warned of as "... now records None, so the model
+    learns both ... carries None": the warning says the data is plain text, and what the export keeps."""
+    from vikhr.convert.hf_tokenizer import RecordedTokenizer
+    from vikhr.train.trainer import _template_changed
+
+    trained = RecordedTokenizer(Path("/tok/tokenizer.model"), "/run/step_000020/meta.json", "mistral")
+    now = RecordedTokenizer(Path("/tok/tokenizer.model"), "/data/ru_text_document.tokenization.json")
+    step = Path("/run/step_000020")
+    [line] = _template_changed(step, trained, now)
+    assert line == (
+        f"resuming from {step}, trained on chats of chat template mistral: "
+        "/data/ru_text_document.tokenization.json records plain text, of no chat template, so the export of "
+        "the steps to come carries none but a chat template kept with the tokenizer, where it has one"
+    )
+    assert _template_changed(step, now, trained) == []  # pre-training resumed on chats: nothing changes back
+
+
 @pytest.mark.parametrize(
     ("overrides", "on_gpu", "with_te", "said"),
     [

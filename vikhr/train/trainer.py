@@ -528,16 +528,23 @@ def _template_changed(
     resume_from: Path | None, resumed: RecordedTokenizer | None, data: RecordedTokenizer | None
 ) -> list[str]:
     """A warning when the chats of a resumed SFT run are now prepared with another chat template than
-    the checkpoint was trained on: the model learns both formats, and its export carries the new one."""
+    the checkpoint was trained on: the model learns both formats, and its export carries the new one.
+    Also when a checkpoint trained on chats is resumed on plain text (data.kind pretrain, whose data
+    records no template; a resume may change data.kind): its export then carries no such template."""
     if resume_from is None or resumed is None or data is None or resumed.template is None:
         return []
     if same_template(data, resumed):
         return []
+    trained = f"resuming from {resume_from}, trained on chats of chat template {template_label(resumed)}"
+    if data.template is None:
+        return [
+            f"{trained}: {data.recorded_by} records plain text, of no chat template, so the export of the "
+            "steps to come carries none but a chat template kept with the tokenizer, where it has one"
+        ]
     now = template_label(data)  # ``own``'s text by its sha256: another text keeps the name
     return [
-        f"resuming from {resume_from}, trained on chats of chat template {template_label(resumed)}: "
-        f"{data.recorded_by} now records {now}, so the model learns both from here, and the export of "
-        f"the steps to come carries {now}"
+        f"{trained}: {data.recorded_by} now records {now}, so the model learns both from here, and the "
+        f"export of the steps to come carries {now}"
     ]
 
 
