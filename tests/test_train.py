@@ -406,6 +406,176 @@ def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path
     assert not (run_dir / "stopped.json").exists()
 
 
+def _train_here(config: Path, *overrides: str) -> dict[str, Any]:
+    """The trainer in this process, as `vikhr pretrain` (and `vikhr ablate`'s arms) run it."""
+    from vikhr.train.config import load_config
+    from vikhr.train.trainer import run
+
+    return run(load_config(str(config), list(overrides)))
+
+
+@pytest.mark.parametrize("save_every", [4, 2], ids=["previous-step-unsaved", "previous-step-saved"])
+def test_a_signal_during_a_step_of_one_process_stops_at_the_next_micro_batch(
+    corpus: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, save_every: int
+) -> None:
+    """A SIGTERM in a step waited for the step's other micro-batches, the validation pass due after
+    it and a save, even where the step before was saved already: more than a cluster's grace time
+    for a large model. One process now drops the step at its next micro-batch (no update made: the
+    step before is whole), saves that step unless it is saved, and stops; the resumed run is the
+    uninterrupted one, bit for bit."""
+    import vikhr.train.trainer as trainer
+    from vikhr.errors import RunStopped
+
+    def config(name: str) -> Path:
+        return write_config(
+            tmp_path / f"{name}.yaml",
+            corpus,
+            tmp_path / name,
+            train={"steps": 4, "micro_batch": 1, "global_batch": 4},  # 4 micro-batches a step
+            checkpoint={"save_every": save_every},
+            logging={"eval_every": 1, "tensorboard": False},  # a validation pass after every step
+        )
+
+    _train_here(config("whole"))
+    run_dir, forward = tmp_path / "stopped", trainer.forward_loss
+    seen: dict[str, Any] = {"train": 0, "after_signal": 0}
+
+    def signalling_forward(*args: Any, **kwargs: Any) -> Any:
+        if "saved" in seen:
+            seen["after_signal"] += 1
+        elif torch.is_grad_enabled():
+            seen["train"] += 1
+            if seen["train"] == 2 * 4 + 2:  # step 3's second micro-batch
+                seen["saved"] = {p: p.stat().st_mtime_ns for p in run_dir.glob("step_*/*")}
+                os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "forward_loss", signalling_forward)
+    with pytest.raises(RunStopped) as stopped:
+        _train_here(config("stopped"))
+    assert str(stopped.value) == f"stopped on SIGTERM after step 2 of 4, saved in {run_dir / 'step_000002'}"
+    assert stopped.value.status == 128 + signal.SIGTERM
+    assert seen["after_signal"] == 0  # no micro-batch more, no validation pass
+    assert sorted(read_metrics(run_dir)[0]) == [1, 2]
+    assert json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))["step"] == 2
+    assert (run_dir / "latest").read_text().strip() == "step_000002"
+    if save_every == 2:  # saved at step 2 already: not written again
+        assert {p: p.stat().st_mtime_ns for p in run_dir.glob("step_*/*")} == seen["saved"]
+    monkeypatch.setattr(trainer, "forward_loss", forward)
+    _train_here(config("stopped"))
+    _assert_same_run(run_dir, tmp_path / "whole")
+    assert read_metrics(run_dir)[1] == read_metrics(tmp_path / "whole")[1]
+
+
+def test_a_signal_in_the_first_step_of_one_process_saves_nothing(
+    corpus: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped, the first step leaves the start's weights: no checkpoint of step 0, as in the setup."""
+    import vikhr.train.trainer as trainer
+    from vikhr.errors import RunStopped
+
+    run_dir, forward = tmp_path / "run", trainer.forward_loss
+
+    def signalling_forward(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "forward_loss", signalling_forward)
+    config = write_config(tmp_path / "c.yaml", corpus, run_dir, train={"steps": 4})
+    with pytest.raises(RunStopped) as stopped:
+        _train_here(config)
+    assert str(stopped.value) == "stopped on SIGTERM in step 1 of 4, before its update (nothing new to save)"
+    assert not list(run_dir.glob("step_*"))
+    assert json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))["step"] == 0
+
+
+def test_a_stop_after_a_step_skips_its_validation_and_the_resumed_run_does_it_first(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """A stop agreed after a step ran the validation pass due there before saving (minutes on a
+    large validation set, within the cluster's grace time). It now saves at once; the checkpoint
+    says its validation is pending, and the resumed run does it before its first step."""
+    from vikhr.errors import RunStopped
+
+    def config(name: str) -> Path:
+        return write_config(
+            tmp_path / f"{name}.yaml",
+            corpus,
+            tmp_path / name,
+            train={"steps": 4},
+            checkpoint={"save_every": 4},
+            logging={"eval_every": 2, "tensorboard": False},
+        )
+
+    _train_here(config("whole"))
+    run_dir = tmp_path / "stopped"
+    with pytest.raises(RunStopped) as stopped:
+        _train_here(config("stopped"), "debug.signal_at_step=2")
+    assert str(stopped.value).startswith("stopped on SIGTERM after step 2 of 4, saved in ")
+    assert sorted(read_metrics(run_dir)[1]) == [0]  # the validation of step 2 was not run
+    _train_here(config("stopped"))
+    assert read_metrics(run_dir)[1] == read_metrics(tmp_path / "whole")[1]  # steps 0, 2 and 4
+    _assert_same_run(run_dir, tmp_path / "whole")
+
+
+def test_validation_reads_the_device_once_per_pass_and_gives_the_plain_loop_s_losses(
+    corpus: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation pass read each micro-batch's CE (`.item()`) and its count of labelled tokens
+    from the device: two host syncs per micro-batch, each waiting for the GPU to drain. It now sums
+    on the device and reads the losses once per pass; they are a plain loop's to the bit."""
+    import vikhr.train.trainer as trainer
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import IGNORE_INDEX, collate
+
+    path = write_config(tmp_path / "c.yaml", corpus, tmp_path / "run", data={"valid_samples": 12})
+    cfg = load_config(str(path))
+    micro = cfg.train.micro_batch
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu") as env:
+        t = trainer.Trainer(cfg, env)
+        t.train_step()  # weights other than the initial ones
+        expected = {}
+        with torch.no_grad():
+            t.model.eval()
+            for name, dataset in t.data.valid.items():
+                total, count, n = 0.0, 0, min(cfg.data.valid_samples, len(dataset))
+                assert n > micro  # several micro-batches
+                for first in range(0, n, micro):
+                    batch = collate([dataset[i] for i in range(first, min(first + micro, n))])
+                    ce = trainer.forward_loss(t.model, batch, t.validation_loss_fn).metrics["ce"]
+                    labelled = int((batch.labels != IGNORE_INDEX).sum())
+                    total, count = total + ce.item() * labelled, count + labelled
+                expected[name] = total / max(count, 1)
+            t.model.train()
+        assert len(expected) == 2
+        reads = _count_tensor_reads(monkeypatch, trainer)
+        losses = t.evaluate()
+        monkeypatch.undo()
+    assert losses == expected
+    assert reads == [1], reads  # one `.tolist()` of the pass's losses
+
+
+def _count_tensor_reads(monkeypatch: pytest.MonkeyPatch, trainer: Any) -> list[int]:
+    """From now, the number of tensor values the trainer reads into Python (each a host sync on a
+    GPU), in a list of one; its count of a micro-batch's labelled tokens, made on the host before the
+    batch moves, is left out (as are the CPU-only checks of the ops it calls)."""
+    reads = [0]
+
+    def counting(read: Any) -> Any:
+        def counted(self: torch.Tensor, *args: Any) -> Any:
+            caller = sys._getframe(1).f_code
+            reads[0] += caller.co_filename == trainer.__file__ and caller.co_name != "_labelled"
+            return read(self, *args)
+
+        return counted
+
+    for method in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, method, counting(getattr(torch.Tensor, method)))
+    return reads
+
+
 DISTRIBUTED = {"distributed": True, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "decay": "cosine"}
 
 

@@ -1,13 +1,17 @@
-"""Stop a run cleanly: finish the step, save it, exit — on a signal, or at a time limit.
+"""Stop a run cleanly: save what is consistent, exit — on a signal, or at a time limit.
 
 SLURM sends SIGTERM at a job's time limit or on preemption (and, with `--signal=USR1@600`,
 SIGUSR1 a while before), then SIGKILL after its grace time; torchrun passes a SIGTERM it gets on to
 its ranks and kills them 30 s later. A rank that gets one of `checkpoint.save_on_signals` only
 notes it. Where no signal comes before the end, `checkpoint.stop_after_minutes` (Megatron-LM's
-`--exit-duration-in-mins`) stops the run itself. After each step the ranks agree (one all-reduce
-of two integers), so all of them save the same step and stop together, whichever of them was
-signalled or ran out of time first. Before the first step (setup, the step-0 evaluation) there is
-nothing new to save: such a signal ends the run at once, with the same status.
+`--exit-duration-in-mins`) stops the run itself. After each step (and after a validation pass or
+a save) the ranks agree (one all-reduce of two integers), so all of them save the same step and
+stop together, whichever of them was signalled or ran out of time first; a stop agreed after a
+step skips the validation pass due there. One process needs no agreement: it drops the step it
+is in at the next micro-batch (the state is still the previous step's) and cuts a validation pass
+short. Before the first step (setup, the step-0 evaluation) there is nothing new to save: such a
+signal ends the run at once, with the same status. A Ctrl-C while a stop is pending (SIGINT among
+the signals, pressed twice) ends the run at once, unsaved.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ class SignalledInSetup(BaseException):
 
 class RunStop:
     """While entered, the given signals are recorded instead of ending the process; while
-    `in_setup`, the first one raises SignalledInSetup where the run is."""
+    `in_setup`, the first one raises SignalledInSetup where the run is. A SIGINT once a stop is
+    pending raises KeyboardInterrupt: a second Ctrl-C does not wait for the save."""
 
     def __init__(
         self,
@@ -74,6 +79,10 @@ class RunStop:
         self._previous.clear()
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
+        if self.received and signum == signal.SIGINT:
+            # Not SIGTERM: SLURM signals every process of a job step and torchrun passes its own
+            # signal on, so a rank may get the same SIGTERM twice.
+            raise KeyboardInterrupt
         self.received = self.received or signum
         if self.in_setup:
             self.in_setup = False  # raised once; a second signal while unwinding is only noted

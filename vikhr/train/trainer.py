@@ -622,6 +622,11 @@ class Trainer:
         self.step = 0  # optimizer steps done: the LR schedule follows from it
         self.consumed_samples = 0  # the data position (the global batch may change on resume)
         self.nonfinite_in_a_row = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint written or resumed
+        self.validated_step: int | None = None  # the step of the last whole validation pass
+        # A checkpoint saved by a stop that skipped its step's validation: the resumed run does it.
+        self.validation_pending = False
+        self.run_stop: RunStop | None = None  # set by `train`: the signals noted during the steps
         self.num_params = self._count_parameters()
         lookup = 0 if self.model_cfg.tie_embeddings else self.model.vocab_size * self.model_cfg.hidden_size
         self.flops_per_token = train_flops_per_token(
@@ -734,8 +739,9 @@ class Trainer:
             self.runtime(),
             _resume_key(self.cfg),
         )
-        step = self.step = int(meta["step"])
+        step = self.step = self.saved_step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
+        self.validation_pending = bool(meta.get("validation_pending", False))
         cfg = self.cfg
         # The layout, checkpointing and logging may change at will (the layout is reported above).
         changes = [
@@ -786,53 +792,80 @@ class Trainer:
         if self.env.rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)  # running on: no longer stopped
         try:
-            self._inject_faults()  # at the step the run starts from: a fault in its setup
-            valid_losses = self.evaluate() if self.step == 0 else {}
+            self._signal_itself()  # at the step the run starts from: a signal in its setup
+            self._kill_itself()
+            start_validation = self.step == 0 or self.validation_pending
+            valid_losses = self.evaluate(stoppable=False) if start_validation else {}
             run_stop.in_setup = False  # from here a step's work would be lost: a signal saves it instead
+            self.run_stop = run_stop
             while self.step < cfg.train.steps:
                 metrics = self.train_step()
+                if metrics is None:  # signalled during the step (one process): the previous step stands
+                    dropped_for = run_stop.agreed(self.env.device)
+                    assert dropped_for is not None, "a step is dropped for a signal only"
+                    self._stop(dropped_for)
                 last = self.step == cfg.train.steps
                 monitor.record(self.step, "train", metrics)
                 if self.step % cfg.logging.log_every == 0 or last:
                     monitor.progress(self.step, cfg.train.steps, metrics)
                 self._abort_on_nonfinite()  # once the step that ends the run is logged
-                if self.step % cfg.logging.eval_every == 0 or last:
-                    valid_losses = self.evaluate()
+                self._signal_itself()
+                # A run that has just finished simply ends; one told to stop skips the validation.
+                stop = None if last else run_stop.agreed(self.env.device)
+                evaluated = stop is None and (self.step % cfg.logging.eval_every == 0 or last)
+                if evaluated:
+                    valid_losses = self.evaluate(stoppable=not last) or valid_losses
                 saved = self.step % cfg.checkpoint.save_every == 0 or last
                 if saved:
                     self.save()
-                self._inject_faults()
-                stop = run_stop.agreed(self.env.device)
-                if stop is not None and not last:  # a run that has just finished simply ends
-                    self._stop(stop, saved)
+                self._kill_itself()
+                if stop is None and not last and (evaluated or saved):  # no step more after a signal in them
+                    stop = run_stop.agreed(self.env.device)
+                if stop is not None:
+                    self._stop(stop)
         except BaseException:  # a failed or stopped run's curves and TensorBoard events are written too
             with contextlib.suppress(Exception):  # ... but its own error is the one reported
                 monitor.close()
             raise
+        finally:
+            self.run_stop = None
         monitor.close()
         return {"step": self.step, "valid": valid_losses}
 
-    def _inject_faults(self) -> None:
-        """debug.*: a real, unclean death (tests of resume) or a signal to the last rank alone
-        (tests that every rank stops on what one of them received)."""
-        if self.step == self.cfg.debug.kill_at_step:
-            dist.barrier()
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _signal_itself(self) -> None:
+        """debug.signal_at_step: a signal to the last rank alone, right after that step (tests that
+        every rank stops on what one of them received)."""
         if self.step == self.cfg.debug.signal_at_step and self.env.rank == self.env.world_size - 1:
             os.kill(os.getpid(), signal.Signals[self.cfg.checkpoint.save_on_signals[0]])
 
-    def _stop(self, stop: Stop, saved: bool) -> None:
-        """Save this step (unless it just was) and end the run with RunStopped."""
-        path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
-        if self.env.rank == 0:
-            write_stopped_record(self.run_dir, self.step, self.cfg.train.steps, stop)
-        raise RunStopped(
-            f"stopped {stop.reason} after step {self.step} of {self.cfg.train.steps}, saved in {path}",
-            stop.status,
-        )
+    def _kill_itself(self) -> None:
+        """debug.kill_at_step: a real, unclean death once that step is saved (tests of resume)."""
+        if self.step == self.cfg.debug.kill_at_step:
+            dist.barrier()
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step on the global batch of step `self.step`; returns its metrics."""
+    def _signalled(self) -> bool:
+        """Whether to drop the work in progress for a stop: a one-process run that got a stop
+        signal (ranks of several would first have to agree, a collective per micro-batch)."""
+        return self.run_stop is not None and bool(self.run_stop.received) and self.env.world_size == 1
+
+    def _stop(self, stop: Stop) -> None:
+        """Save this step (unless it was) and end the run with RunStopped."""
+        steps = self.cfg.train.steps
+        if self.step == 0:  # the first step dropped: the weights are the start's
+            said = f"stopped {stop.reason} in step 1 of {steps}, before its update (nothing new to save)"
+        else:
+            saved = self.saved_step == self.step
+            path = self.run_dir / checkpoint.step_dir_name(self.step) if saved else self.save()
+            said = f"stopped {stop.reason} after step {self.step} of {steps}, saved in {path}"
+        if self.env.rank == 0:
+            write_stopped_record(self.run_dir, self.step, steps, stop)
+        raise RunStopped(said, stop.status)
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step on the global batch of step `self.step`; returns its metrics, or None
+        where a stop signal came before its update (`_signalled`): the step is dropped, nothing
+        changed but the gradient buffers (zeroed by the next step)."""
         cfg, env = self.cfg, self.env
         t0 = time.perf_counter()
         lr = lr_at(self.step, cfg)
@@ -850,6 +883,8 @@ class Trainer:
             env.dp_size,
         )
         losses = self.forward_backward(micro_batches)
+        if losses is None:
+            return None
         grad_norm = self.optimizer_step(losses["loss"])
         self.step += 1
         self.consumed_samples += cfg.train.global_batch
@@ -866,9 +901,10 @@ class Trainer:
             "mfu": flops / self.peak_flops if self.peak_flops else None,
         }
 
-    def forward_backward(self, micro_batches: list[Batch]) -> dict[str, float]:
+    def forward_backward(self, micro_batches: list[Batch]) -> dict[str, float] | None:
         """Gradients of the global batch's loss (every labelled token weighs the same, whatever the
-        DP/micro-batch split), reduced over DP; returns the loss and the loss's terms."""
+        DP/micro-batch split), reduced over DP; returns the loss and the loss's terms, or None where
+        a stop signal came before the last micro-batch (`_signalled`)."""
         env = self.env
         # Counted once, on the host, before the batches move (a count on the device would sync).
         labelled = [_labelled(b) for b in micro_batches]
@@ -881,6 +917,8 @@ class Trainer:
         names: list[str] = []
         sums = torch.zeros(0, dtype=torch.float64, device=env.device)
         for batch, n_labelled in zip(micro_batches, labelled, strict=True):
+            if self._signalled():
+                return None
             batch = batch.to(env.device)
             n_micro = float(n_labelled)
             # megatron DDP averages gradients over DP ranks; × dp_size turns that into a sum.
@@ -922,36 +960,54 @@ class Trainer:
         return attention_mask_for(batch, self.cfg.data, self.model_cfg.sliding_window)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean CE on each validation set (its first data.valid_samples samples), logged at this step."""
-        losses = {name: self.validation_loss(dataset) for name, dataset in self.data.valid.items()}
-        if losses:
+    def evaluate(self, stoppable: bool = False) -> dict[str, float] | None:
+        """Mean CE on each validation set (its first data.valid_samples samples), logged at this step.
+        `stoppable`: None, nothing logged, where a stop signal cuts the pass short (`_signalled`)."""
+        totals = {}
+        for name, dataset in self.data.valid.items():
+            found = self.validation_totals(dataset, stoppable)
+            if found is None:
+                return None
+            totals[name] = found
+        losses: dict[str, float] = {}
+        if totals:  # one host sync for the whole pass
+            means = torch.stack([t[0] / t[1].clamp(min=1) for t in totals.values()]).tolist()
+            losses = dict(zip(totals, means, strict=True))
             self.monitor.record(self.step, "valid", {f"loss_{k}": v for k, v in losses.items()})
             self.monitor.info(
                 f"step {self.step:>6} | validation " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items())
             )
+        self.validated_step = self.step
         return losses
 
     @torch.no_grad()
-    def validation_loss(self, dataset: torch.utils.data.Dataset) -> float:
-        """Mean CE over the labelled tokens of a validation set's first samples (DP ranks share them)."""
+    def validation_totals(self, dataset: torch.utils.data.Dataset, stoppable: bool) -> torch.Tensor | None:
+        """[sum of CE over the labelled tokens, their count] of a validation set's first samples,
+        summed over the DP ranks (which share them), in float64 on the device: read once per pass,
+        not once per micro-batch. None where `stoppable` and a stop signal came (`_signalled`)."""
         cfg, env = self.cfg, self.env
         n = min(cfg.data.valid_samples, len(dataset))
         mine = list(range(env.dp_rank, n, env.dp_size))
-        totals = torch.zeros(2, dtype=torch.float64, device=env.device)
+        ce_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        count_sum = 0
         self.model.eval()
-        for first in range(0, len(mine), cfg.train.micro_batch):
-            batch = collate([dataset[i] for i in mine[first : first + cfg.train.micro_batch]]).to(env.device)
-            terms = forward_loss(
-                self.model, batch, self.validation_loss_fn, attention_mask=self.attention_mask(batch)
-            )
-            count = _labelled(batch)
-            totals += torch.tensor(
-                [terms.metrics["ce"].item() * count, count], dtype=torch.float64, device=env.device
-            )
-        self.model.train()
+        try:
+            for first in range(0, len(mine), cfg.train.micro_batch):
+                if stoppable and self._signalled():
+                    return None
+                batch = collate([dataset[i] for i in mine[first : first + cfg.train.micro_batch]])
+                count = _labelled(batch)  # on the host, before the batch moves
+                batch = batch.to(env.device)
+                terms = forward_loss(
+                    self.model, batch, self.validation_loss_fn, attention_mask=self.attention_mask(batch)
+                )
+                ce_sum += terms.metrics["ce"].double() * count
+                count_sum += count
+        finally:
+            self.model.train()
+        totals = torch.stack([ce_sum, torch.tensor(float(count_sum), dtype=torch.float64, device=env.device)])
         dist.all_reduce(totals, group=self.dp_group)
-        return float(totals[0] / totals[1].clamp(min=1))
+        return totals
 
     def save(self) -> Path:
         """Checkpoint the current step (collective: every rank saves its part)."""
@@ -967,6 +1023,9 @@ class Trainer:
             "distributed_optimizer": cfg.optim.distributed,
             **self.runtime(),
             "config": cfg.to_dict(),
+            # A stop skipped the validation due at this step: the resumed run does it first.
+            "validation_pending": self.step % cfg.logging.eval_every == 0
+            and self.validated_step != self.step,
             # The config's relative paths (data prefixes, model.init) are relative to it: vikhr convert,
             # run from elsewhere, finds the run's tokenizer through them.
             "cwd": os.getcwd(),
@@ -986,6 +1045,7 @@ class Trainer:
             env.rank,
             keep_last=cfg.checkpoint.keep_last,
         )
+        self.saved_step = self.step
         self.monitor.info(f"saved {path}")
         return path
 
