@@ -601,6 +601,39 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     assert no_walls == [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(first)]
 
 
+def test_an_arm_s_model_optimizer_and_data_are_freed_before_the_next_arm_starts(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arms train one after another in one process: megatron's DDP and the model it wraps refer
+    to each other, so an arm's model, gradient buffers and optimizer waited for Python's cycle
+    collector, and a grid of 7B arms on one GPU ran out of memory at its second arm. They are freed
+    when an arm's training returns (and, on a GPU, the CUDA cache emptied)."""
+    import weakref
+
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.train.trainer import Trainer
+
+    first, _, _ = micro_runs
+    out = first.parent / "freed"
+    cfg_path = _copy_grid(first, out)
+    for record in (out / "work" / "results").glob("*.json"):
+        record.unlink()  # both trained arms run again, one after the other
+    earlier: list[dict[str, weakref.ref]] = []
+    alive_at_start: list[list[str]] = []
+    init = Trainer.__init__
+
+    def recording_init(self: Trainer, *args: Any, **kwargs: Any) -> None:
+        alive_at_start.append([name for refs in earlier for name, ref in refs.items() if ref() is not None])
+        init(self, *args, **kwargs)
+        held = {"model": self.model, "ddp": self.ddp, "optimizer": self.optimizer, "data": self.data.train}
+        earlier.append({name: weakref.ref(thing) for name, thing in held.items()})
+
+    monkeypatch.setattr(Trainer, "__init__", recording_init)
+    run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert alive_at_start == [[], []]  # nothing of the first arm's training when the second starts
+    assert all(ref() is None for refs in earlier for ref in refs.values())
+
+
 def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, Path, list]) -> None:
     from vikhr.ablate.runner import run_ablation
 

@@ -18,6 +18,7 @@ the mask, so the loss needs no change. `pretrain_vikhr.py` (under torchrun) and 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -424,7 +425,19 @@ def _locked_run(
     for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        return Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
+        result = Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
+    release_memory()
+    return result
+
+
+def release_memory() -> None:
+    """Free a finished run's model, reference, optimizer and datasets now, and the CUDA cache's
+    blocks: megatron's DDP and the model it wraps refer to each other (gradient hooks), so they
+    waited for Python's cycle collector, and a next run in the same process (`vikhr ablate`'s arms:
+    a 7B model, its fp32 gradient buffers and Adam state) was allocated beside them."""
+    gc.collect()
+    if torch.cuda.is_initialized():  # never initialises CUDA in a CPU run
+        torch.cuda.empty_cache()
 
 
 def _resume_key(cfg: TrainConfig) -> str:
