@@ -1500,6 +1500,33 @@ def test_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _fails(_to_megatron(sharded, out), capsys, out, "model.safetensors.index.json")
 
 
+def test_a_download_of_other_files_than_transformers_reads_says_which_to_fetch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shards downloaded without their index (`--include "*.safetensors"`), and Mistral's own format
+    (params.json + consolidated.safetensors, what mistral-inference downloads): "has no
+    model.safetensors … (give an HF model directory with safetensors weights)" or "has no
+    config.json", beside the safetensors the directory holds, with no way on."""
+    out = tmp_path / "meg"
+    sharded = _tiny_hf(tmp_path / "sharded", shards=True)
+    (sharded / "model.safetensors.index.json").unlink()
+    shards = sorted(sharded.glob("model-*-of-*.safetensors"))
+    _fails(
+        _to_megatron(sharded, out),
+        capsys,
+        out,
+        f"{sharded} holds the shards {shards[0].name} and {len(shards) - 1} more but not "
+        "model.safetensors.index.json",
+        "download it",
+    )
+    native = _tiny_hf(tmp_path / "native")
+    (native / "model.safetensors").rename(native / "consolidated.safetensors")
+    own_format = "it holds Mistral's own format (params.json, consolidated.safetensors)"
+    _fails(_to_megatron(native, out), capsys, out, "has no model.safetensors", own_format, "config.json")
+    (native / "config.json").rename(native / "params.json")
+    _fails(_to_megatron(native, out), capsys, out, f"{native} has no config.json: {own_format}")
+
+
 def test_a_full_disk_is_one_line_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -138,6 +138,19 @@ def require_dir(path: str | Path, what: str = "directory") -> Path:
 TRAINING_CHECKPOINT_MARKERS = ("meta.json", "latest")
 
 
+# Mistral's own checkpoint format (mistral-inference): params.json + consolidated.safetensors.
+MISTRAL_NATIVE_PARAMS = "params.json"
+MISTRAL_NATIVE_WEIGHTS = "consolidated.safetensors"
+
+
+# What such a directory is, and where the HF files of the same model are.
+MISTRAL_NATIVE_FORMAT = (
+    f"it holds Mistral's own format ({MISTRAL_NATIVE_PARAMS}, {MISTRAL_NATIVE_WEIGHTS}), which transformers "
+    "does not read: download the HF files of the same repository into it (config.json, model*.safetensors, "
+    "model.safetensors.index.json and the tokenizer files)"
+)
+
+
 def not_an_hf_model_dir(model_dir: str | Path, what: str = "an HF model directory") -> VikhrError:
     """The error for a directory without `config.json` where an HF model is expected; a vikhr
     training checkpoint (a run or a step directory) is told the conversion it needs first."""
@@ -147,6 +160,8 @@ def not_an_hf_model_dir(model_dir: str | Path, what: str = "an HF model director
             f"{p} is a vikhr training checkpoint, not {what}: convert it first "
             f"(vikhr convert megatron-to-hf {p} OUT_DIR)"
         )
+    if (p / MISTRAL_NATIVE_PARAMS).is_file():
+        return VikhrError(f"{p} has no config.json: {MISTRAL_NATIVE_FORMAT}")
     return VikhrError(f"{p} has no config.json (give {what})")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from vikhr.errors import VikhrError
+from vikhr.errors import MISTRAL_NATIVE_FORMAT, MISTRAL_NATIVE_WEIGHTS, VikhrError
 
 COPY_CHUNK_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20
@@ -300,6 +300,15 @@ def no_safetensors_weights(model_dir: Path) -> VikhrError:
     loaded (unpickling a file can run code in it): the line gives the transformers command that
     writes safetensors beside them, for the user to run on weights they trust."""
     pickled = sorted({p.name for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern)})
+    shards = sorted(p.name for p in model_dir.glob("model-*-of-*.safetensors"))
+    if shards:  # a download that left the index out (`--include "*.safetensors"`)
+        shown = shards[0] + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
+        return VikhrError(
+            f"{model_dir} holds the shards {shown} but not {INDEX}, which says which tensor each holds: "
+            "download it from the model's repository too"
+        )
+    if not pickled and (model_dir / MISTRAL_NATIVE_WEIGHTS).is_file():
+        return VikhrError(f"{model_dir} has no model.safetensors or {INDEX}: {MISTRAL_NATIVE_FORMAT}")
     if not pickled:
         return VikhrError(
             f"{model_dir} has no model.safetensors or {INDEX} (give an HF model directory with "
