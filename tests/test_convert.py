@@ -1527,6 +1527,32 @@ def test_a_download_of_other_files_than_transformers_reads_says_which_to_fetch(
     _fails(_to_megatron(native, out), capsys, out, f"{native} has no config.json: {own_format}")
 
 
+def test_a_save_that_has_not_finished_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's step_NNNNNN.tmp (a save under way or cut short: its files without meta.json), given
+    itself or as the run directory of a run that has no finished step yet: "no vikhr checkpoint
+    (meta.json or latest) found", as for any other directory; as model.init, "no checkpoint"."""
+    from vikhr.train.checkpoint import find_weights
+
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf"), tmp_path / "meg")
+    run = tmp_path / "run"
+    saving = run / "step_000010.tmp"
+    saving.mkdir(parents=True)
+    shutil.copy(meg / "model_tp00.safetensors", saving)
+    out = tmp_path / "back"
+    for given, words in (
+        (saving, f"{saving} is a checkpoint save that has not finished (under way, or cut short)"),
+        (run, f"{run} holds no finished checkpoint yet: step_000010.tmp is a save that has not finished"),
+    ):
+        _fails(["convert", "megatron-to-hf", str(given), str(out)], capsys, out, words)
+        with pytest.raises(VikhrError, match=re.escape(f"config key model.init: {words}")):
+            find_weights(given, "model.init")
+    shutil.copytree(meg, run / "step_000005")
+    (run / "latest").write_text("step_000005")
+    assert cli_main(["convert", "megatron-to-hf", str(run), str(out), "--no-progress"]) == 0
+
+
 def test_a_full_disk_is_one_line_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -741,10 +741,13 @@ def _check_tensor_parallel(cfg: ModelConfig, tp_size: int, config: Path) -> None
 
 def _read_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any], ModelConfig]:
     """(step directory, meta, model shape) of a vikhr checkpoint, with its meta.json checked."""
-    from vikhr.train.checkpoint import find_checkpoint
+    from vikhr.train.checkpoint import find_checkpoint, unfinished_save
 
     step_dir = find_checkpoint(ckpt_dir)
     if step_dir is None:
+        unfinished = unfinished_save(ckpt_dir)
+        if unfinished is not None:
+            raise VikhrError(unfinished)
         if not Path(ckpt_dir).exists():
             raise VikhrError(f"{ckpt_dir}: no vikhr checkpoint: the path does not exist (check it)")
         if (Path(ckpt_dir) / "config.json").is_file():

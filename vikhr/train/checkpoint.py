@@ -642,6 +642,25 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
+def unfinished_save(path: str | Path) -> str | None:
+    """Why `path`, holding no checkpoint, is a save that has not finished: a `step_NNNNNN.tmp`
+    directory (a save under way, or cut short), or a run directory with such a save and no
+    finished one yet; None otherwise."""
+    p = Path(path)
+    if p.is_dir() and p.suffix == ".tmp" and _STEP_DIR.fullmatch(p.stem):
+        return (
+            f"{p} is a checkpoint save that has not finished (under way, or cut short): give the run "
+            f"directory (its {LATEST} step) or a finished {p.stem} once it is saved"
+        )
+    saves = sorted(q.name for q in p.glob("step_*.tmp") if _STEP_DIR.fullmatch(q.stem)) if p.is_dir() else []
+    if saves:
+        return (
+            f"{p} holds no finished checkpoint yet: {saves[-1]} is a save that has not finished (under way, "
+            f"or cut short); try again once the run has saved a step ({LATEST} names it)"
+        )
+    return None
+
+
 def find_weights(path: str | Path, key: str) -> Path:
     """The step directory a config key that names starting weights points at (`find_checkpoint`);
     VikhrError naming the key otherwise, with the conversion an HF model directory needs."""
@@ -657,6 +676,9 @@ def find_weights(path: str | Path, key: str) -> Path:
             f"config key {key}: {path} is a Hugging Face model directory, not a vikhr checkpoint: convert "
             f"it first (vikhr convert hf-to-megatron {path} OUT --tp N) and give OUT"
         )
+    unfinished = unfinished_save(path)
+    if unfinished is not None:
+        raise VikhrError(f"config key {key}: {unfinished}")
     raise no_checkpoint(key, path)
 
 
