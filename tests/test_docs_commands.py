@@ -794,7 +794,76 @@ def named_things_problems() -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- chains
+
+
+def trainer_args(argv: list[str]) -> list[str] | None:
+    """The trainer's arguments of a command that runs it (pretrain_vikhr.py, alone or under python or
+    torchrun; vikhr pretrain; vikhr sft train), or None for another command."""
+    if argv[:2] == ["vikhr", "pretrain"]:
+        return argv[2:]
+    if argv[:3] == ["vikhr", "sft", "train"]:
+        return argv[3:]
+    at = next((i for i, word in enumerate(argv) if word.endswith("pretrain_vikhr.py")), None)
+    return None if at is None else argv[at + 1 :]
+
+
+def datasets_written(argv: list[str]) -> list[str]:
+    """The dataset prefixes a command writes: `vikhr data preprocess`'s (one per --json-keys key) and
+    `vikhr sft prepare`'s."""
+    from vikhr.data.indexed import dataset_prefix
+
+    if argv[:3] == ["vikhr", "data", "preprocess"]:
+        args = vikhr_parser().parse_args(argv[1:])
+        return [dataset_prefix(args.output_prefix, key) for key in args.json_keys]
+    if argv[:3] == ["vikhr", "sft", "prepare"]:
+        return [vikhr_parser().parse_args(argv[1:]).output_prefix]
+    return []
+
+
+def chain_problems(doc: Path) -> tuple[list[str], list[str]]:
+    """A doc's commands read in order: each trainer run with a configs/ file, after commands that write
+    datasets, trains on datasets they wrote (a config naming other prefixes fails there: file not
+    found). Returns the problems and the trainer commands checked."""
+    from vikhr.train.cli import config_overrides
+    from vikhr.train.config import load_config
+
+    written: set[str] = set()
+    problems, checked = [], []
+    for block in fenced_blocks(doc)[0]:
+        if block_kind(block) != "shell":
+            continue
+        for argv in simple_commands(block.text):
+            written.update(datasets_written(argv))
+            args = trainer_args(argv)
+            if args is None or not written or "--dry-run" in args:
+                continue
+            parsed = trainer_parser().parse_args(args)
+            if not (parsed.config or "").startswith("configs/"):
+                continue
+            config = load_config(REPO / parsed.config, config_overrides(parsed), check_files=False)
+            where = f"{doc.name}:{block.line}: --config {parsed.config}"
+            checked.append(where)
+            problems += [
+                f"{where} trains on {entry.prefix}, which no command before it writes ({sorted(written)})"
+                for entry in config.data.train
+                if entry.prefix not in written
+            ]
+    return problems, checked
+
+
 # --------------------------------------------------------------------------- tests
+
+
+def test_each_trainer_run_trains_on_the_datasets_the_commands_before_it_write() -> None:
+    """README's chain, at 7B and on the CPU with the tiny configs, hands stage 3's and stage 5's
+    prefixes to the trainer: swapping a 7B config for the tiny one needs no other dataset path."""
+    results = {doc: chain_problems(doc) for doc in DOCS}
+    problems = [problem for found, _ in results.values() for problem in found]
+    assert not problems, "\n".join(problems)
+    readme = results[REPO / "README.md"][1]
+    for config in ("mistral-7b-v0.2", "sft-mistral-7b", "tiny-cpu", "sft-tiny-cpu"):
+        assert any(where.endswith(f"configs/{config}.yaml") for where in readme), (config, readme)
 
 
 def test_every_documented_command_and_config_snippet_is_accepted() -> None:
