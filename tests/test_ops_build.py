@@ -143,6 +143,41 @@ def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pyt
     assert err.getvalue() == f"vikhr: waiting for the build of the ops in {tmp_path} (pid 4242 on node07)\n"
 
 
+def test_a_rank_waiting_while_another_loads_the_built_ops_says_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank of a run loads the ops under the build lock. Once they are built, the rank that
+    holds it only loads them, and the others printed "waiting for the build of the ops" at every
+    start of a run of 2 or more processes, a build that was not happening. They wait silently."""
+    import fcntl
+    import io
+    import threading
+    import time
+
+    from vikhr.ops.build import _exclusive_build
+
+    (tmp_path / "vikhr_ops_cpu.so").touch()  # the library, built by an earlier run
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    entered = threading.Event()
+
+    def second_rank() -> None:
+        with _exclusive_build(tmp_path):
+            entered.set()
+
+    with (tmp_path / "vikhr-build.lock").open("w") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        first.write("pid 4242 on node07\n")
+        first.flush()
+        waiter = threading.Thread(target=second_rank)
+        waiter.start()
+        time.sleep(0.3)
+        assert not entered.is_set()  # it still waits for the lock
+    waiter.join(timeout=60)
+    assert entered.is_set()
+    assert err.getvalue() == ""
+
+
 def test_each_location_of_the_sources_and_of_torch_keeps_its_own_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

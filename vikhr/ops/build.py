@@ -309,7 +309,7 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
     variant = "cuda" if with_cuda else "cpu"
     build_dir = ops_build_dir(with_cuda, build_root)
     build_dir.mkdir(parents=True, exist_ok=True)
-    if not any(build_dir.glob("*.so")):
+    if not _built(build_dir):
         print(f"vikhr: compiling csrc ops for {variant} (first use only)...", file=sys.stderr)
     cflags, cuda_cflags, ldflags = _flags(with_cuda)
     try:
@@ -359,6 +359,11 @@ def _locations_key(with_cuda: bool) -> str:
     return "|" + "|".join(locations)
 
 
+def _built(build_dir: Path) -> bool:
+    """Whether `build_dir` (named by the sources, flags and toolchain) holds the built library."""
+    return any(build_dir.glob("*.so"))
+
+
 @contextlib.contextmanager
 def _exclusive_build(build_dir: Path) -> Iterator[None]:
     """One vikhr build at a time in `build_dir`, under an OS lock that dies with its process.
@@ -368,7 +373,12 @@ def _exclusive_build(build_dir: Path) -> Iterator[None]:
     filelock file stays (it always exists, and blocks nothing)."""
     from torch.utils import cpp_extension
 
-    waiting = f"vikhr: waiting for the build of the ops in {build_dir} ({{holder}})"  # it takes a while
+    # A compile takes minutes: say whose build this process waits for. Once the library is built, the
+    # holder (another rank of the same run, as a rule) only finds it up to date and loads it: a
+    # moment, and no build to announce.
+    waiting = (
+        "" if _built(build_dir) else f"vikhr: waiting for the build of the ops in {build_dir} ({{holder}})"
+    )
     with exclusive(build_dir / "vikhr-build.lock", waiting, wait=True):
         stale = build_dir / "lock"
         if not hasattr(cpp_extension, "FileLock") and stale.exists():
