@@ -634,6 +634,49 @@ def test_an_arm_s_model_optimizer_and_data_are_freed_before_the_next_arm_starts(
     assert all(ref() is None for refs in earlier for ref in refs.values())
 
 
+def test_the_models_an_arm_s_evaluation_loads_are_freed_before_the_next_arm_starts(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each arm's bits per character load HF models (its start, its trained export) through lm-eval's
+    wrapper, on the training's device: none of them may still be held (by a reference or a cycle
+    left to Python's cycle collector) when the next arm's training allocates its model."""
+    import gc
+    import weakref
+
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.eval.lm import VikhrLM
+    from vikhr.train.trainer import Trainer
+
+    first, _, _ = micro_runs
+    out = first.parent / "eval-freed"
+    cfg_path = _copy_grid(first, out)
+    for record in (out / "work" / "results").glob("*.json"):
+        record.unlink()  # both trained arms (and their evaluations) run again, one after the other
+    evaluated: list[weakref.ref] = []
+    alive_at_start: list[int] = []
+    lm_init, trainer_init = VikhrLM.__init__, Trainer.__init__
+
+    def recording_lm_init(self: VikhrLM, *args: Any, **kwargs: Any) -> None:
+        lm_init(self, *args, **kwargs)
+        evaluated.extend([weakref.ref(self), weakref.ref(self.model)])
+
+    def recording_trainer_init(self: Trainer, *args: Any, **kwargs: Any) -> None:
+        alive_at_start.append(sum(ref() is not None for ref in evaluated))
+        trainer_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(VikhrLM, "__init__", recording_lm_init)
+    monkeypatch.setattr(Trainer, "__init__", recording_trainer_init)
+    # Without the cycle collector's own passes: what is freed is freed when it is no longer used.
+    gc.disable()
+    try:
+        run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    finally:
+        gc.enable()
+    assert len(alive_at_start) == 2 and len(evaluated) >= 8, (alive_at_start, len(evaluated))
+    assert alive_at_start == [0, 0]  # no evaluated model of an earlier arm (or start) when an arm trains
+    assert all(ref() is None for ref in evaluated)
+
+
 def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, Path, list]) -> None:
     from vikhr.ablate.runner import run_ablation
 
