@@ -346,6 +346,34 @@ def test_nvcc_is_asked_its_release_once_per_process_and_again_once_replaced(
     assert _runs(runs) == 4
 
 
+@pytest.mark.parametrize("tool", ["nvcc", "c++"])
+def test_a_tool_that_does_not_answer_its_version_is_one_line_not_a_hang(
+    fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    """`nvcc --version` and the host compiler's ran without a time limit: a toolkit on a network
+    mount that stopped answering hung every process that loads the ops (or runs `vikhr doctor`).
+    After VERSION_TIMEOUT_S the tool is stopped and one line names it and what to check."""
+    import time
+
+    from vikhr.ops import build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setattr(build, "VERSION_TIMEOUT_S", 0.5)
+    hung = fake_cuda / "bin" / "nvcc" if tool == "nvcc" else tmp_path / "bin" / "g++"
+    hung.parent.mkdir(parents=True, exist_ok=True)
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    if tool == "c++":
+        monkeypatch.setenv("CXX", str(hung))
+    check = "the CUDA toolkit (CUDA_HOME)" if tool == "nvcc" else "the C++ compiler (CXX, CC)"
+    started = time.monotonic()
+    with pytest.raises(VikhrError) as raised:
+        build.ops_build_dir(True, tmp_path / "ops")
+    assert time.monotonic() - started < 15
+    assert str(raised.value) == f"cannot run {hung} --version (no answer within 0.5 s); check {check}"
+    assert not (tmp_path / "ops").exists()
+
+
 @pytest.mark.parametrize("with_cuda", [False, True], ids=["cpu", "cuda"])
 def test_each_host_compiler_keeps_its_own_build(
     fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_cuda: bool

@@ -262,16 +262,25 @@ def _compiler_identity(name: str) -> str:
 # named (every load, doctor), once per process for each build of a tool.
 _tool_versions: dict[tuple[str, FileStamp], str] = {}
 
+# How long `tool --version` may take: a toolkit on a network mount that stopped answering hung every
+# process that loads the ops (a cold one answers in seconds).
+VERSION_TIMEOUT_S = 60.0
+
 
 def _version_output(tool: Path) -> str:
     """`tool --version`'s standard output, run once per process for each file stamp of `tool` (a
-    tool replaced, or a link switched to another, runs again); OSError or CalledProcessError where
-    it cannot be run."""
+    tool replaced, or a link switched to another, runs again); OSError (TimeoutError after
+    VERSION_TIMEOUT_S) or CalledProcessError where it cannot be run."""
     key = (str(tool), file_stamp(tool))  # the stamp of the file itself: stat follows links
     if key in _tool_versions:
         return _tool_versions[key]
     started_ns = time.time_ns()
-    output = subprocess.run([str(tool), "--version"], capture_output=True, text=True, check=True).stdout
+    try:
+        output = subprocess.run(
+            [str(tool), "--version"], capture_output=True, text=True, check=True, timeout=VERSION_TIMEOUT_S
+        ).stdout
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise TimeoutError(f"no answer within {VERSION_TIMEOUT_S:g} s") from None
     if settled([key[1]], [file_stamp(tool)], started_ns):  # a tool written just now may be again
         _tool_versions[key] = output
     return output
