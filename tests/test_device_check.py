@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,23 +287,32 @@ def test_liger_installed_but_failing_to_import_is_its_failure_not_a_skip(monkeyp
         bench._make_step("liger", "cuda")
 
 
-def _fake_run(tmp_path: Path, bench_kernels: str, ncu: str, *args: str) -> tuple[dict, str, Path]:
+def _fake_run(
+    tmp_path: Path,
+    bench_kernels: str,
+    ncu: str,
+    *args: str,
+    build: str = "exit 0",
+    env: dict[str, str] | None = None,
+) -> tuple[dict, str, Path]:
     """device_check.sh (a "GPU" run, or with `args` such as --dry-run) whose python is a script that
-    passes every step but runs `bench_kernels` (bash) for the kernel benchmark, with `ncu` (bash) as
-    Nsight Compute on the PATH: the run's summary.json, summary.txt and output directory."""
+    passes every step but runs `bench_kernels` (bash) for the kernel benchmark and `build` (bash) for
+    the build step, with `ncu` (bash) as Nsight Compute on the PATH and `env` added: the run's
+    summary.json, summary.txt and output directory."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     python = bin_dir / "python"
     python.write_text(
-        f'#!/usr/bin/env bash\ncase " $* " in *--profile-schedules*|*--sweep-schedules*) exit 0;; esac\n'
+        f"#!/usr/bin/env bash\nif [[ -n ${{VIKHR_CHECK_DEVICE:-}} ]]; then {build}; fi\n"
+        f'case " $* " in *--profile-schedules*|*--sweep-schedules*) exit 0;; esac\n'
         f'case " $* " in *" tools/bench_kernels.py "*) {bench_kernels};; esac\nexit 0\n'
     )
     (bin_dir / "ncu").write_text(f"#!/usr/bin/env bash\n{ncu}\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     out = tmp_path / "out"
-    env = {"PYTHON": str(python), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env["CUDA_HOME"] = str(tmp_path / "no-cuda")
+    env = {"PYTHON": str(python), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    env.setdefault("CUDA_HOME", str(tmp_path / "no-cuda"))
     proc = _dry_run(out, *args, env=env)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] is True, proc.stdout + proc.stderr
@@ -353,6 +363,37 @@ def test_wheels_that_do_not_install_are_a_failed_step_with_a_summary(tmp_path: P
     assert statuses.pop("wheels") == "failed" and set(statuses.values()) == {"not run"}, statuses
     assert "broken-1.0-py3-none-any.whl" in (out / "wheels.log").read_text()
     assert "the wheels did not install" in (out / "env.log").read_text()
+
+
+# The build step's own Python, as a GPU machine would run it, with what it finds there simulated
+# by code run before it: here, a GPU that torch sees and no toolkit anywhere (pip's included).
+SEES_A_GPU_WITHOUT_A_TOOLKIT = (
+    "import torch, vikhr.ops.build as b; torch.cuda.is_available = lambda: True; "
+    "torch.cuda.device_count = lambda: 1; b.pip_toolkit = lambda: None"
+)
+
+
+@pytest.mark.parametrize("missing", ["device", "toolkit"])
+def test_a_gpu_run_without_a_gpu_or_a_toolkit_fails_its_build_in_one_line(
+    tmp_path: Path, missing: str
+) -> None:
+    """The build step's checks of the GPU and of the CUDA toolkit were asserts: a GPU machine missing
+    either ended build.log with an AssertionError traceback. Its last line now says what is missing
+    and what to do, with no traceback, and the steps that need the build are not run."""
+    before = "" if missing == "device" else SEES_A_GPU_WITHOUT_A_TOOLKIT
+    build = f'exec "{sys.executable}" -c "{before}"$\'\\n\'"$2"'
+    env = {"CUDA_VISIBLE_DEVICES": ""}  # no GPU for torch, even on a machine with one
+    summary, _, out = _fake_run(tmp_path, "exit 0", "exit 0", build=build, env=env)
+    statuses = {s["step"]: s["status"] for s in summary["steps"]}
+    assert statuses["build"] == "failed" and statuses["op-tests"] == "not run", statuses
+    lines = (out / "build.log").read_text().splitlines()
+    said = {
+        "device": r"vikhr: torch \S+ \(CUDA \S+\) sees no CUDA device \(CUDA_VISIBLE_DEVICES=''; "
+        r".* or --dry-run .*",
+        "toolkit": r"vikhr: the GPU check: .* a CUDA toolkit \(nvcc\), and none is found here: "
+        r"install one .*",
+    }[missing]
+    assert re.fullmatch(said, lines[-1]) and "Traceback" not in "\n".join(lines), lines[-12:]
 
 
 def test_device_check_records_a_missing_baseline_as_passed_with_its_reason(tmp_path: Path) -> None:

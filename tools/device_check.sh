@@ -244,21 +244,29 @@ fi
 BUILD_ENDED=$WORK/build-ended
 step_start eval-bench $((240 + 100)) "$PY" tools/bench_eval.py "${BENCH_EVAL[@]}" --tasks "$EVAL_TASKS" \
   --data-dir "$EVAL_DATA" --json "$OUT/eval-bench.json" --timed-after "$BUILD_ENDED"
+# What is missing (a GPU, a CUDA toolkit, a TORCH_CUDA_ARCH_LIST, a compiler) and what to do, as the
+# log's last line, one line: no traceback to read through on a machine held for minutes.
 step_start build 240 env VIKHR_CHECK_DEVICE="$DEVICE" "$PY" -c "
 import os, sys, torch
 from vikhr.errors import VikhrError
-from vikhr.ops.build import compiled_ops, cuda_build_possible, load_ops
+from vikhr.ops.build import compiled_ops, load_ops, require_cuda_toolkit
 device = os.environ['VIKHR_CHECK_DEVICE']
-if device == 'cuda':
-    assert torch.cuda.is_available(), 'no CUDA device visible to torch'
-    assert cuda_build_possible(), 'CUDA device present but no CUDA toolkit (nvcc / CUDA_HOME) found'
 try:
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise VikhrError(
+            f'torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device '
+            f'(CUDA_VISIBLE_DEVICES={os.environ.get(\"CUDA_VISIBLE_DEVICES\")!r}; nvidia-smi in env.log): '
+            'run the GPU check where torch sees a GPU, or --dry-run for its CPU steps'
+        )
+    if device == 'cuda':
+        require_cuda_toolkit('the GPU check', 'give the GPU check a machine with one')
     load_ops(verbose=True)
-except VikhrError as e:  # what to fix, as the last line of the log (a TORCH_CUDA_ARCH_LIST, a compiler)
+    ops = compiled_ops()
+    print(ops)
+    if device not in ops['cross_entropy_kl']:
+        raise VikhrError(f'the {device} kernels were not compiled (compiled: {ops}); see the build above')
+except VikhrError as e:
     sys.exit(f'vikhr: {e}')
-ops = compiled_ops()
-print(ops)
-assert device in ops['cross_entropy_kl'], f'the {device} kernels were not compiled'
 "
 step_wait build
 BUILT=$?
