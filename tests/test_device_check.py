@@ -292,18 +292,18 @@ def _fake_run(
     bench_kernels: str,
     ncu: str,
     *args: str,
-    build: str = "exit 0",
+    first: str = "",
     env: dict[str, str] | None = None,
 ) -> tuple[dict, str, Path]:
     """device_check.sh (a "GPU" run, or with `args` such as --dry-run) whose python is a script that
-    passes every step but runs `bench_kernels` (bash) for the kernel benchmark and `build` (bash) for
-    the build step, with `ncu` (bash) as Nsight Compute on the PATH and `env` added: the run's
+    runs `first` (bash), then passes every step but runs `bench_kernels` (bash) for the kernel
+    benchmark, with `ncu` (bash) as Nsight Compute on the PATH and `env` added: the run's
     summary.json, summary.txt and output directory."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     python = bin_dir / "python"
     python.write_text(
-        f"#!/usr/bin/env bash\nif [[ -n ${{VIKHR_CHECK_DEVICE:-}} ]]; then {build}; fi\n"
+        f"#!/usr/bin/env bash\n{first}\n"
         f'case " $* " in *--profile-schedules*|*--sweep-schedules*) exit 0;; esac\n'
         f'case " $* " in *" tools/bench_kernels.py "*) {bench_kernels};; esac\nexit 0\n'
     )
@@ -365,6 +365,36 @@ def test_wheels_that_do_not_install_are_a_failed_step_with_a_summary(tmp_path: P
     assert "the wheels did not install" in (out / "env.log").read_text()
 
 
+def test_each_run_installs_the_wheels_into_a_directory_of_its_own_removed_at_its_end(tmp_path: Path) -> None:
+    """The wheels were installed into a fixed /tmp/vikhr-device-check-site: two runs on one machine
+    installed into one directory, and a run imported what an earlier one (other versions) had left
+    there. Each run installs into a new directory of its own under TMPDIR, first on PYTHONPATH after
+    the checkout, and removes it when it ends."""
+    wheels, scratch, targets = tmp_path / "wheels", tmp_path / "tmp", tmp_path / "targets"
+    wheels.mkdir()
+    scratch.mkdir()
+    (wheels / "package-1.0-py3-none-any.whl").write_bytes(b"")
+    # pip records where it installs; `vikhr doctor` (the env step) says what Python imports from.
+    record = (
+        'previous=; for arg in "$@"; do\n'
+        f'  [[ $previous != --target ]] || {{ echo "$arg" >> "{targets}"; mkdir -p "$arg"; }}\n'
+        '  previous=$arg\ndone\ncase " $* " in *" -m vikhr doctor "*) echo "PYTHONPATH=$PYTHONPATH";; esac'
+    )
+    env = {"DEVICE_CHECK_WHEELS": str(wheels), "TMPDIR": str(scratch)}
+    imported_from = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        summary, _, out = _fake_run(tmp_path / run, "exit 0", "exit 0", "--dry-run", first=record, env=env)
+        assert {s["status"] for s in summary["steps"]} == {"passed"}, summary
+        said = [line for line in (out / "env.log").read_text().splitlines() if line.startswith("PYTHONPATH=")]
+        imported_from.append(said[0].removeprefix("PYTHONPATH=").split(os.pathsep))
+    sites = targets.read_text().splitlines()
+    assert len(sites) == 2 and sites[0] != sites[1], sites
+    for site, path in zip(sites, imported_from, strict=True):
+        assert Path(site).parent.parent == scratch and path[:2] == [str(REPO), site], (site, path)
+    assert not any(scratch.iterdir())  # each run removed its own
+
+
 # The build step's own Python, as a GPU machine would run it, with what it finds there simulated
 # by code run before it: here, a GPU that torch sees and no toolkit anywhere (pip's included).
 SEES_A_GPU_WITHOUT_A_TOOLKIT = (
@@ -381,9 +411,9 @@ def test_a_gpu_run_without_a_gpu_or_a_toolkit_fails_its_build_in_one_line(
     either ended build.log with an AssertionError traceback. Its last line now says what is missing
     and what to do, with no traceback, and the steps that need the build are not run."""
     before = "" if missing == "device" else SEES_A_GPU_WITHOUT_A_TOOLKIT
-    build = f'exec "{sys.executable}" -c "{before}"$\'\\n\'"$2"'
+    build = f'[[ -z ${{VIKHR_CHECK_DEVICE:-}} ]] || exec "{sys.executable}" -c "{before}"$\'\\n\'"$2"'
     env = {"CUDA_VISIBLE_DEVICES": ""}  # no GPU for torch, even on a machine with one
-    summary, _, out = _fake_run(tmp_path, "exit 0", "exit 0", build=build, env=env)
+    summary, _, out = _fake_run(tmp_path, "exit 0", "exit 0", first=build, env=env)
     statuses = {s["step"]: s["status"] for s in summary["steps"]}
     assert statuses["build"] == "failed" and statuses["op-tests"] == "not run", statuses
     lines = (out / "build.log").read_text().splitlines()

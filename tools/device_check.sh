@@ -42,7 +42,8 @@
 # build cache; never in OUT_DIR).
 # Packages the machine lacks come as wheels in .whl/ (tools/device_wheels.sh, run beforehand where
 # PyPI is reachable; DEVICE_CHECK_WHEELS names another directory); they are installed into a
-# private directory on PYTHONPATH; if they do not install, no other step runs.
+# directory of this run's own (under TMPDIR, removed at its end) on PYTHONPATH; if they do not
+# install, no other step runs.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 
@@ -67,7 +68,15 @@ BUDGET=${DEVICE_CHECK_BUDGET_S:-$((540 * SLACK))}
 PY=${PYTHON:-python3}
 if [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]]; then PY="$REPO/.venv/bin/python"; fi
 START=$SECONDS  # the budget counts the wheels' install too
-SITE=/tmp/vikhr-device-check-site
+# This run's own scratch directory, removed when it ends: the wheels' install (a fixed one was shared
+# with another run on the machine, and kept an earlier run's packages of other versions), the
+# evaluation data's links and the build's end marker.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vikhr-device-check.XXXXXX") || {
+  echo "device_check: cannot create a directory in ${TMPDIR:-/tmp}: set TMPDIR to a writable one" >&2
+  exit 2
+}
+trap 'rm -rf "$WORK"' EXIT
+SITE=$WORK/site
 WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
 if [[ $DRY == 1 ]]; then
   export CUDA_VISIBLE_DEVICES=""  # the dry run must not use a GPU even where one exists
@@ -179,7 +188,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
   # Compiled once here, in parallel, as a pip install would: no process after compiles them again
   # (or prints their compile-time warnings) where writing bytecode is turned off. A file that does
   # not compile (a test fixture in some package) is not the install's failure.
-  step wheels 120 bash -c '"$0" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  step wheels 120 bash -c '"$0" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target "$1" "${@:2}" || exit; "$0" -m compileall -q -j 0 "$1" || true' "$PY" "$SITE" "$WHEELS"/*.whl
   if (($? != 0)); then  # every step would fail on an import: none is run
     for name in env build eval-bench op-tests kernel-sweep kernel-bench train-tests train-bench kernel-ncu \
@@ -201,8 +210,6 @@ step env 90 bash -c "(nvidia-smi || echo 'nvidia-smi: none'); \"$PY\" -m vikhr d
 
 # The evaluation benchmark's data: the bundled fixtures (each in its release's layout), and the
 # default tasks' own files when a copy of the evaluation data directory came along.
-WORK=$(mktemp -d /tmp/vikhr-device-check.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
 EVAL_DATA=$WORK/eval-data
 mkdir "$EVAL_DATA"
 EVAL_TASKS=mmlu_ru,rsg_terra,rsg_muserc,mera_chegeka,bpc
