@@ -1090,6 +1090,41 @@ def test_sft_run_exports_its_tokenizer_and_chat_template(
     assert tok.chat_template  # the SFT run's template, found through both relative paths
 
 
+def test_an_sft_json_without_its_template_is_refused_not_read_as_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `vikhr sft prepare` records the chat template in `_sft.json`; a file without one (made or
+    edited by hand) was read two ways: `sft show` rendered it as `mistral`, the export as no template,
+    writing a model without a chat template (exit 0) or warning "now records chat template None". One
+    reading now: the export of a checkpoint that records no template of its own stops in one line, and
+    one that records its template carries it without naming None."""
+    from vikhr.sft.template import encode_chat, load_chat_tokenizer, parse_chat
+
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf", vocab_size=32000), tmp_path / "meg")
+    step = _trained_from(meg, tmp_path / "sft-run") / "step_000002"
+    meta = json.loads((step / "meta.json").read_text())
+    meta["config"]["data"] = {"kind": "sft", "train": [{"prefix": str(tmp_path / "chats")}]}
+    (step / "meta.json").write_text(json.dumps(meta))
+    sft_json = tmp_path / "chats_sft.json"
+    sft_json.write_text(json.dumps({"tokenizer": str(MISTRAL_TOKENIZER), "max_token_id": 31999}))
+    out = tmp_path / "out"
+    _fails(["convert", "megatron-to-hf", str(step), str(out)], capsys, out, str(sft_json), "no chat template")
+    # A checkpoint that records what it trained on (template mistral): exported as trained, no warning.
+    trained = {"path": str(MISTRAL_TOKENIZER), "recorded_by": str(sft_json), "template": "mistral"}
+    (step / "meta.json").write_text(json.dumps({**meta, "data_tokenizer": trained}))
+    capsys.readouterr()
+    assert cli_main(["convert", "megatron-to-hf", str(step), str(out)]) == 0
+    assert "None" not in capsys.readouterr().err
+    chat = [{"role": "user", "content": "Столица Франции?"}]
+    got = _assert_loads_alone(out).apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    expected = encode_chat(
+        parse_chat({"messages": chat}, for_generation=True),
+        load_chat_tokenizer(MISTRAL_TOKENIZER),
+        for_generation=True,
+    )
+    assert list(getattr(got, "input_ids", got)) == expected.ids
+
+
 def _trained_from(meg: Path, run: Path) -> Path:
     """A run started from `meg`, as the trainer saves its checkpoints: meta.json holds the run's
     config (model.init, relative to where it trained) and nothing of the HF source."""
@@ -1400,7 +1435,9 @@ def test_the_exported_pad_id_is_one_of_the_exported_tokenizer(tmp_path: Path) ->
     meta = json.loads((step / "meta.json").read_text())
     meta["config"]["data"] = {"kind": "sft", "train": [{"prefix": str(tmp_path / "chats")}]}
     (step / "meta.json").write_text(json.dumps(meta))
-    (tmp_path / "chats_sft.json").write_text(json.dumps({"tokenizer": str(other / "tokenizer.json")}))
+    (tmp_path / "chats_sft.json").write_text(
+        json.dumps({"tokenizer": str(other / "tokenizer.json"), "template": "chatml"})
+    )
     assert pads(sft_run, None, "sft") == (None, None)
 
 

@@ -1457,7 +1457,9 @@ def test_sft_trainer_checks_text_and_mask_datasets_not_just_the_metadata(
     chats[3][2] = text_max
     write_indexed(text, chats, "uint16")
     write_indexed(mask, [[0, 0, 1, mask_value if i == 3 else 1, 1, 1] for i in range(20)], "uint8")
-    sft_files(prefix)["meta"].write_text(json.dumps({"max_token_id": 10, "tokenizer": "t"}))
+    sft_files(prefix)["meta"].write_text(
+        json.dumps({"max_token_id": 10, "tokenizer": "t", "template": "mistral"})
+    )
     config = _train_config(tmp_path, str(prefix), data={"kind": "sft"})
     _one_error_line(capsys, main(["sft", "train", "--config", str(config)]), "data.train[0] (ru)", fragment)
     assert not (tmp_path / "run").exists()

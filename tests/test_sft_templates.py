@@ -624,6 +624,32 @@ def test_show_refuses_what_is_not_its_prepared_data(tmp_path: Path) -> None:
         render_prepared(other, 0)
 
 
+def test_show_refuses_metadata_without_its_template_rather_than_guess_mistral(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sft show` read an `_sft.json` without "template" (never written by `vikhr sft prepare`: made
+    or edited by hand) as the `mistral` template while the export read it as none: ChatML chats were
+    shown as mistral's (its BOS/EOS pieces among them), exit 0, and a byte-level tokenizer without a
+    BOS was refused for mistral's needs. Now one line naming the file, exit 2."""
+    from vikhr.cli import main
+
+    prefix = tmp_path / "out" / "a"
+    prepare_sft(RU_SEED_CHATS, MISTRAL_TOKENIZER, prefix, template="chatml", max_chats=2)
+    meta_path = tmp_path / "out" / "a_sft.json"
+    meta = json.loads(meta_path.read_text())
+    capsys.readouterr()
+    assert main(["sft", "show", str(prefix), "--index", "0"]) == 0
+    assert "<|im_start|>" in capsys.readouterr().out
+    del meta["template"]
+    meta_path.write_text(json.dumps(meta))
+    assert main(["sft", "show", str(prefix), "--index", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert (
+        f"{meta_path} records no chat template" in captured.err and "prepare the chats again" in captured.err
+    )
+
+
 def test_llama3_refuses_a_tokenizer_without_its_header_tokens(
     tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:

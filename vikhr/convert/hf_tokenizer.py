@@ -114,9 +114,9 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> Reco
     """The tokenizer and template that the `_sft.json` files of an SFT run's datasets record
     (relative dataset prefixes are relative to `cwd`, where the run trained); `warn`: say which
     template the export carries of a blend of several."""
-    from vikhr.sft.layout import read_sft_json, sft_files
+    from vikhr.sft.layout import read_sft_json, recorded_template, sft_files
 
-    found: list[tuple[dict[str, Any], Path]] = []
+    found: list[tuple[dict[str, Any], Path, str]] = []
     for entry in config.get("data", {}).get("train") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("prefix"), str):
             continue
@@ -124,30 +124,27 @@ def _sft_tokenizer(config: dict[str, Any], cwd: Path, warn: bool = True) -> Reco
         if meta_path.is_file():
             sft = _read_json(meta_path, read_sft_json)  # read once with the start-up checks of a run
             if isinstance(sft.get("tokenizer"), str):
-                found.append((sft, meta_path))
+                found.append((sft, meta_path, recorded_template(sft, meta_path)))
     if not found:
         return None
     # One tokenizer (by its contents: a copy elsewhere is the same), as training checked.
-    tokenizers = {sft.get("tokenizer_sha256") or sft["tokenizer"] for sft, _ in found}
+    tokenizers = {sft.get("tokenizer_sha256") or sft["tokenizer"] for sft, _, _ in found}
     if len(tokenizers) > 1:
         raise VikhrError(
             "the SFT datasets of this run record different tokenizers "
-            f"({', '.join(str(p) for _, p in found)}): the run mixed data of several tokenizers"
+            f"({', '.join(str(p) for _, p, _ in found)}): the run mixed data of several tokenizers"
         )
-    first, first_path = found[0]
+    first, first_path, template = found[0]
     sha = first.get("template_sha256") if isinstance(first.get("template_sha256"), str) else None
-    others = sorted({str(sft.get("template")) for sft, _ in found} - {str(first.get("template"))})
+    others = sorted({t for _, _, t in found} - {template})
     if others and warn:  # a blend of two formats: the model knows both, the export carries one
-        template = first.get("template")
         print(
             f"warning: the SFT datasets of this run were prepared with chat templates {template} "
             f"({first_path}) and {', '.join(others)}: the export carries {template}, the first dataset's",
             file=sys.stderr,
         )
     tokenizer_sha = first.get("tokenizer_sha256") if isinstance(first.get("tokenizer_sha256"), str) else None
-    return RecordedTokenizer(
-        Path(first["tokenizer"]), str(first_path), first.get("template"), sha, tokenizer_sha
-    )
+    return RecordedTokenizer(Path(first["tokenizer"]), str(first_path), template, sha, tokenizer_sha)
 
 
 def _pretrain_tokenizer(config: dict[str, Any], cwd: Path) -> RecordedTokenizer | None:

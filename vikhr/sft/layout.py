@@ -85,6 +85,20 @@ def read_sft_json(meta_path: Path) -> Any:
     return copy.deepcopy(_READ.get(path, [path], lambda: json.loads(Path(path).read_text(encoding="utf-8"))))
 
 
+def recorded_template(meta: dict, meta_path: Path) -> str:
+    """The chat template the `_sft.json` at `meta_path` (its content `meta`) records. Every `vikhr sft
+    prepare` has written one, so a file without it was made or edited by hand: VikhrError, rather than
+    a guess that would show and train the chats in one template and export another to serve them."""
+    template = meta.get("template")
+    if not isinstance(template, str):
+        found = "no chat template" if template is None else f"the chat template as {template!r}, not a name"
+        raise VikhrError(
+            f"{meta_path} records {found}, which vikhr sft prepare always writes: prepare the chats "
+            'again, or set "template" to the name of the one they were encoded with'
+        )
+    return template
+
+
 def read_sft_meta(meta_path: Path) -> dict:
     """The `_sft.json` `vikhr sft prepare` wrote; VikhrError for anything else."""
     try:
@@ -94,6 +108,7 @@ def read_sft_meta(meta_path: Path) -> dict:
         int(meta["max_token_id"])
     except (ValueError, KeyError, TypeError) as e:
         raise VikhrError(f"{meta_path} is not SFT metadata ({e}; re-run vikhr sft prepare)") from e
+    recorded_template(meta, meta_path)
     return meta
 
 

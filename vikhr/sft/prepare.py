@@ -382,7 +382,7 @@ def render_prepared(prefix: str | Path, index: int, tokenizer: str | Path | None
     BOS, EOS and the template's control tokens are shown as their pieces (`decode` drops them).
     """
     meta = read_prepared_sft(prefix)
-    template = meta.get("template", "mistral")
+    template = meta["template"]  # read_prepared_sft checked it is there
     tok = load_chat_tokenizer(tokenizer or meta["tokenizer"], template)
     if meta.get("tokenizer_sha256") not in (None, corpus_sha256(tok.path)):
         given = f"--tokenizer {tokenizer}" if tokenizer is not None else f"{tok.path} (the recorded path)"
