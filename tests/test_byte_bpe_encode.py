@@ -308,6 +308,56 @@ def test_unsupported_parts_are_refused_in_one_line_without_output(
     assert not list(tmp_path.glob("out*"))
 
 
+@functools.cache
+def _gpt2_trained_text() -> str:
+    """The GPT-2 style tokenizer.json of `_gpt2_variants` (trained once per process), as text."""
+    return json.dumps(_gpt2_variants()["gpt2-trained"], ensure_ascii=False)
+
+
+def _with_byte_fallback(tmp_path: Path, drop_byte_zero: bool) -> Path:
+    """The trained GPT-2 style tokenizer with `byte_fallback` on and the 256 `<0xXX>` tokens of a
+    SentencePiece conversion; `drop_byte_zero`: byte 0x00 ("Ā", U+0100) left out of the vocab."""
+    spec = json.loads(_gpt2_trained_text())
+    spec["model"]["byte_fallback"] = True
+    vocab = spec["model"]["vocab"]
+    if drop_byte_zero:
+        del vocab["Ā"]
+    first = max(vocab.values()) + 1
+    vocab.update({f"<0x{b:02X}>": first + b for b in range(256)})
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_byte_fallback_with_every_byte_in_the_vocab_encodes_as_tokenizers(tmp_path: Path) -> None:
+    """`"byte_fallback": true` was refused whatever the vocabulary, though with all 256 bytes in it
+    nothing of a ByteLevel word falls back: such files now encode, with the ids of `tokenizers`."""
+    tokenizer_json = _with_byte_fallback(tmp_path, drop_byte_zero=False)
+    texts = [*EDGE_CASES, *_sample_texts(20_000), "Привет 👋 мир 🇷🇺! Hello, world — 😀😀 ok"]
+    assert_same_ids("byte-fallback", tokenizer_json, texts, tmp_path)
+
+
+def test_byte_fallback_that_changes_ids_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A byte missing from the vocab whose UTF-8 `<0xXX>` tokens are there is encoded as those by
+    `tokenizers` (byte_fallback changes its ids): refused, naming the byte, no output written."""
+    bad = _with_byte_fallback(tmp_path, drop_byte_zero=True)
+    hf = _hf(bad)
+    assert hf.encode("\x00", add_special_tokens=False).tokens == ["<0xC4>", "<0x80>"]
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "Привет,\x00 мир!"}) + "\n", encoding="utf-8")
+    args = [
+        "data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(bad),
+    ]  # fmt: skip
+    assert vikhr_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "byte 0x00 ('Ā') is not in the vocab, and byte_fallback encodes it as <0xC4> <0x80>" in err
+    assert not list(tmp_path.glob("out*"))
+
+
 def test_other_tokenizer_json_files_still_encode(tmp_path: Path) -> None:
     """A tokenizer.json that is not byte-level (here Metaspace) is encoded by the tokenizers crate."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::merge::{Bpe, ByteDecoder, BytesMap, MergeTable, WholeWords, NO_ID};
+use super::merge::{byte_to_char, Bpe, ByteDecoder, BytesMap, MergeTable, WholeWords, NO_ID};
 use super::split::{Scanner, Splitter};
 
 const ENCODER: &str = "vikhr's byte-level encoder";
@@ -428,11 +428,6 @@ fn check_model_options(m: &Value) -> Result<(), String> {
             ));
         }
     }
-    if flag(m, "byte_fallback", false)? {
-        return Err(format!(
-            "model byte_fallback true is not supported by {ENCODER}"
-        ));
-    }
     match m.get("dropout") {
         None | Some(Value::Null) => {}
         Some(d) if d.as_f64() == Some(0.0) => {}
@@ -440,6 +435,35 @@ fn check_model_options(m: &Value) -> Result<(), String> {
             return Err(format!(
                 "model dropout {d} is not supported by {ENCODER} (supported: null)"
             ))
+        }
+    }
+    Ok(())
+}
+
+/// Refuse `byte_fallback` where it would change an encoding. The crate's BPE looks each character
+/// of a word up in the vocab; only for one that is not there does `byte_fallback` act: it spells the
+/// character's UTF-8 bytes as `<0xXX>` tokens when the vocab has every one of them, and otherwise
+/// goes on to `unk_token` as it would without `byte_fallback`. After `ByteLevel`, the characters of
+/// a word are those of GPT-2's 256-character byte alphabet, so `byte_fallback` changes nothing when
+/// the vocab has all 256 (Llama-3, Qwen2 and tekken files do), nor for a missing one that lacks
+/// one of its `<0xXX>` tokens; a missing one with all of them is refused.
+fn check_byte_fallback(vocab: &Vocab, byte_ids: &[u32; 256]) -> Result<(), String> {
+    let alphabet = byte_to_char();
+    for (byte, _) in byte_ids.iter().enumerate().filter(|(_, &id)| id == NO_ID) {
+        let c = alphabet[byte];
+        let mut utf8 = [0u8; 4];
+        let spelled: Vec<String> = c
+            .encode_utf8(&mut utf8)
+            .bytes()
+            .map(|b| format!("<0x{b:02X}>"))
+            .collect();
+        if spelled.iter().all(|t| vocab.get(t).is_some()) {
+            return Err(format!(
+                "model byte_fallback true is not supported by {ENCODER} where it changes ids: byte \
+                 {byte:#04x} ({c:?}) is not in the vocab, and byte_fallback encodes it as {} \
+                 (supported: every byte in the vocab, or byte_fallback false)",
+                spelled.join(" ")
+            ));
         }
     }
     Ok(())
@@ -561,6 +585,9 @@ pub(super) fn model(raw: &RawValue) -> Result<Option<Model>, String> {
         (vocab, merges.join().expect("reading merges panicked"))
     });
     let (vocab, byte_ids) = vocab?;
+    if flag(&options, "byte_fallback", false)? {
+        check_byte_fallback(&vocab, &byte_ids)?;
+    }
     let entries = entries.map_err(|e| format!("model merges are malformed: {e}"))?;
     let merges = merge_ids(&entries, &vocab)?;
     let unk = match optional_str(&options, "unk_token")? {

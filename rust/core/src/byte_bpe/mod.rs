@@ -4,7 +4,8 @@
 //! Supported components (anything else is refused when the file is loaded, with one line naming
 //! the part and its value — never silently different ids):
 //! * model `BPE`: `vocab`, `merges` (`"a b"` strings or `["a", "b"]` pairs), `ignore_merges`,
-//!   `unk_token`/`fuse_unk`; `byte_fallback` false, `dropout` null, no subword prefix/suffix;
+//!   `unk_token`/`fuse_unk`; `byte_fallback` where it changes no ids (every byte in the vocab, see
+//!   `config::check_byte_fallback`), `dropout` null, no subword prefix/suffix;
 //! * normalizer: none, `NFC`, or a `Sequence` of these ([`normalize`]);
 //! * pre_tokenizer: `ByteLevel` (GPT-2's regex or none, `add_prefix_space` either way), or a
 //!   `Sequence` of `Split` steps (regex or string pattern, behavior `Isolated`, not inverted)

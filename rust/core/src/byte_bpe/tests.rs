@@ -165,6 +165,32 @@ fn variants() -> &'static [(&'static str, Value)] {
                     v["model"]["fuse_unk"] = json!(true);
                 }),
             ),
+            // byte_fallback with every byte in the vocab (and the <0xXX> tokens of a SentencePiece
+            // conversion, which no character of a ByteLevel word is): nothing falls back.
+            (
+                "byte-fallback-every-byte",
+                with(&|v| {
+                    v["model"]["byte_fallback"] = json!(true);
+                    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+                    let next = vocab.len();
+                    for b in 0..=255 {
+                        vocab.insert(format!("<0x{b:02X}>"), json!(next + b));
+                    }
+                }),
+            ),
+            // byte_fallback where missing bytes lack one of their <0xXX> tokens: unk, as without it.
+            (
+                "byte-fallback-missing-bytes-unk",
+                with(&|v| {
+                    v["model"]["byte_fallback"] = json!(true);
+                    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+                    // "Ā" and "ā" (bytes 0x00, 0x01) are U+0100 and U+0101: C4 80 and C4 81.
+                    let (a, b) = (vocab.remove("Ā").unwrap(), vocab.remove("ā").unwrap());
+                    vocab.insert("<unk>".into(), a);
+                    vocab.insert("<0xC4>".into(), b);
+                    v["model"]["unk_token"] = json!("<unk>");
+                }),
+            ),
             (
                 "missing-bytes-dropped",
                 with(&|v| {
@@ -338,7 +364,15 @@ fn unsupported_parts_are_refused_in_one_line() {
          "added token \"<x>\" has lstrip true"),
         (Box::new(|v| v["post_processor"] = json!({"type": "RobertaProcessing"})),
          "post_processor \"RobertaProcessing\" is not supported"),
-        (Box::new(|v| v["model"]["byte_fallback"] = json!(true)), "model byte_fallback true"),
+        (Box::new(|v| {
+            v["model"]["byte_fallback"] = json!(true);
+            let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+            // Byte 0x00 is "Ā" (U+0100, UTF-8 C4 80): missing, and spelled by byte tokens.
+            let id = vocab.remove("Ā").unwrap();
+            vocab.insert("<0xC4>".into(), id);
+            vocab.insert("<0x80>".into(), json!(700));
+         }),
+         "model byte_fallback true is not supported by vikhr's byte-level encoder where it changes ids: byte 0x00 ('Ā') is not in the vocab, and byte_fallback encodes it as <0xC4> <0x80>"),
         (Box::new(|v| v["model"]["merges"] = json!(["a b c"])), "model merge 1 (\"a b c\") is malformed"),
     ];
     for (edit, want) in cases {
@@ -346,6 +380,47 @@ fn unsupported_parts_are_refused_in_one_line() {
         assert!(err.contains(want), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
+}
+
+/// The rule behind taking `byte_fallback`: the crate spells a character missing from the vocab as
+/// `<0xXX>` tokens only when the vocab has all of them (then refused: other ids than without it);
+/// with one of them missing it gives `unk_token`, as without `byte_fallback` (taken, same ids).
+#[test]
+fn byte_fallback_is_refused_only_where_the_crate_falls_back_to_byte_tokens() {
+    let file = |spelled: &[&str]| {
+        let mut v = base().clone();
+        v["model"]["byte_fallback"] = json!(true);
+        v["model"]["unk_token"] = json!("<unk>");
+        let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab.remove("Ā").unwrap(); // byte 0x00: U+0100, UTF-8 C4 80
+        vocab.insert("<unk>".into(), id);
+        let next = vocab.len();
+        for (k, token) in spelled.iter().enumerate() {
+            vocab.insert(token.to_string(), json!(next + k));
+        }
+        v
+    };
+    let text = "a\u{0}b";
+    let crate_ids = |v: &Value| {
+        let theirs: tokenizers::Tokenizer = v.to_string().parse().unwrap();
+        theirs.encode(text, false).unwrap().get_ids().to_vec()
+    };
+    let both = file(&["<0xC4>", "<0x80>"]);
+    let spelled = ["<0xC4>", "<0x80>"].map(|t| both["model"]["vocab"][t].as_u64().unwrap() as u32);
+    assert!(crate_ids(&both).windows(2).any(|w| w == spelled));
+    assert!(load(&both, false)
+        .err()
+        .unwrap()
+        .contains("byte 0x00 ('Ā') is not in the vocab"));
+    let one = file(&["<0xC4>"]);
+    let want = crate_ids(&one);
+    let unk = one["model"]["vocab"]["<unk>"].as_u64().unwrap() as u32;
+    assert!(want.contains(&unk));
+    let mut got = Vec::new();
+    load(&one, false)
+        .unwrap()
+        .encode_into(text, &mut EncodeState::default(), &mut got);
+    assert_eq!(got, want);
 }
 
 #[test]
