@@ -540,6 +540,40 @@ def test_byte_level_extension_copies_old_rows_and_averages_token_bytes(
     assert same == tied
 
 
+def test_the_unused_ids_of_a_vocabulary_with_gaps_keep_their_rows_and_are_counted_apart(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base tokenizer.json whose ids have gaps (ids with no token), extended (the gaps stay): the
+    report counted the gap rows as "copied", each copied from the last gap's row. Each keeps its own
+    row, and they are counted apart ("5 unused ids keep their rows")."""
+    from tests.test_tokenizer_byte_bpe import _base_with_gaps
+    from vikhr.tokenizer.load import load
+
+    base_json = _base_with_gaps(
+        {"llama3": byte_level_tokenizers["llama3"][0]}, tmp_path / "base", added_in_vocab=True
+    )
+    settings = TrainSettings(
+        mode="extend", base_model=str(base_json), new_tokens=100, max_chars_per_file=300_000,
+        verify_lines_per_file=200,
+    )  # fmt: skip
+    train_tokenizer([RU_SAMPLE], tmp_path / "ext", settings)
+    base = load(base_json)
+    gaps = [i for i in range(base.vocab_size) if base.backend.id_to_token(i) is None]
+    assert len(gaps) == 5
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=base.vocab_size, arch="llama")
+    argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(base_json)]
+    capsys.readouterr()
+    assert cli_main([*argv, "--new-tokenizer", str(tmp_path / "ext"), "--out", str(out)]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.endswith("; 5 unused ids keep their rows"), line
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["counts"]["copied"] == base.vocab_size - 5 and summary["counts"]["unused"] == 5
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    for name in (EMBED, LM_HEAD):
+        assert torch.equal(new_t[name][gaps].view(torch.int32), old_t[name][gaps].view(torch.int32))
+
+
 def test_an_extended_tokenizer_as_the_old_one_of_a_padded_checkpoint_is_refused(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,5 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=args.progress,
         id_map_path=args.id_map,
     )
-    print(f"wrote {args.out}: {json.dumps(summary['counts'])}")
+    counts = dict(summary["counts"])
+    unused = counts.pop("unused")
+    kept = f"; {unused} unused ids keep their rows" if unused else ""
+    print(f"wrote {args.out}: {json.dumps(counts)}{kept}")
     return 0

@@ -14,7 +14,10 @@ For each token of the new vocabulary:
              bytes of a partial character become the old single-byte tokens (vikhr.adapt.vocab_source);
 * random   — with `init="random"`: drawn from N(mean, std) of the old tokens' rows, per dimension (seeded);
 * mean-of-all — with `init="mean-of-all"`: the mean of all old tokens' rows;
-* padding  — rows added by `pad_to_multiple` get the mean of all old tokens' rows.
+* padding  — rows added by `pad_to_multiple` get the mean of all old tokens' rows;
+* unused   — an id with no token in both vocabularies (a `tokenizer.json` with gaps in its ids, which
+             an extension keeps) keeps its row; one the old vocabulary has a token at starts as
+             mean-of-all, as a new special token does.
 The mean and std leave out the rows of a padded checkpoint past its old tokenizer's tokens (Qwen2.5:
 151,665 tokens, 151,936 rows), which belong to no token: zeros or untrained.
 The input embedding and the LM head are adapted separately, each from its own old rows.
@@ -116,7 +119,7 @@ class TokenInit:
     """How one row of the new matrices is initialised."""
 
     token: str
-    method: str  # copied | averaged | byte-fallback | random | padding | whitespace-space | mean-of-all
+    method: str  # one of METHODS (see the module doc)
     old_ids: tuple[int, ...]
 
 
@@ -139,6 +142,12 @@ def plan_rows(
     copy_from = id_map.new_to_old() if id_map is not None else None
     plan: list[TokenInit] = []
     for new_id, (piece, kind) in enumerate(zip(new.pieces, new.kinds, strict=True)):
+        if kind == "none":  # no token: nothing to match by its (empty) piece, which every gap shares
+            if new_id < old.size and old.kinds[new_id] == "none":
+                plan.append(TokenInit(piece, "unused", (new_id,)))
+            else:
+                plan.append(TokenInit(piece, "mean-of-all", ()))
+            continue
         key = new.piece_key(new_id) if by_bytes else piece
         source = copy_from.get(new_id) if copy_from is not None else old_by_key.get(key)
         if source is not None:
@@ -147,7 +156,7 @@ def plan_rows(
         if init in ("random", "mean-of-all"):
             plan.append(TokenInit(piece, init, ()))
             continue
-        if kind in ("control", "unknown", "unused", "byte") or piece == "":
+        if kind in ("control", "unknown", "unused", "byte"):
             # A special or byte token the old model never had: no text to encode, so it starts
             # from the average row.
             plan.append(TokenInit(piece, "mean-of-all", ()))
@@ -256,7 +265,7 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows
     hidden = old_rows.shape[1]
     out = torch.empty((len(plan), hidden), dtype=old_rows.dtype)
     # Copied rows (most of them) move in blocks: bit-identical, no dtype round trip, bounded scratch.
-    copied = [i for i, step in enumerate(plan) if step.method in ("copied", "whitespace-space")]
+    copied = [i for i, step in enumerate(plan) if step.method in KEPT_ROWS]
     for start in range(0, len(copied), COPY_BLOCK_ROWS):
         dst = torch.tensor(copied[start : start + COPY_BLOCK_ROWS])
         src = torch.tensor([plan[i].old_ids[0] for i in copied[start : start + COPY_BLOCK_ROWS]])
@@ -266,7 +275,7 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows
     gen = torch.Generator().manual_seed(seed)
     stats: tuple[Any, Any] | None = None
     for i, step in enumerate(plan):
-        if step.method in ("copied", "whitespace-space"):
+        if step.method in KEPT_ROWS:
             continue
         elif step.method in ("averaged", "byte-fallback"):
             out[i] = old_rows[list(step.old_ids)].to(torch.float32).mean(0).to(old_rows.dtype)
@@ -434,7 +443,10 @@ def _write_tokenizer(new_path: Path, out: Path) -> None:
 
 
 COPY_BLOCK_ROWS = 8192  # rows copied per block by build_matrix
-METHODS = ("copied", "averaged", "byte-fallback", "random", "whitespace-space", "mean-of-all", "padding")
+METHODS = (
+    "copied", "averaged", "byte-fallback", "random", "whitespace-space", "mean-of-all", "padding", "unused"
+)  # fmt: skip
+KEPT_ROWS = ("copied", "whitespace-space", "unused")  # rows copied bit for bit from the old id they name
 
 
 def _check_paths(

@@ -36,7 +36,7 @@ BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 class Vocabulary:
     path: Path
     pieces: list[str]
-    kinds: list[str]  # normal | byte | control | unknown | unused | user
+    kinds: list[str]  # normal | byte | control | unknown | unused | user | none (an id with no token)
     encode_raw: Callable[[str], list[int]]  # text (no dummy prefix added) → ids
     unk_id: int | None
     byte_level: bool = False  # pieces are GPT-2 byte characters (module doc)
@@ -116,7 +116,9 @@ def _from_tokenizer_json(path: Path) -> Vocabulary:
     added = {a["content"] for a in spec.get("added_tokens", [])}
     unk_piece = model.get("unk_token")
     kinds = [
-        "unknown"
+        "none"  # an id with no token: a vocabulary with gaps in its ids
+        if raw.backend.id_to_token(i) is None
+        else "unknown"
         if p == unk_piece
         else "control"
         if p in specials
@@ -125,7 +127,7 @@ def _from_tokenizer_json(path: Path) -> Vocabulary:
         else "byte"
         if not byte_level and BYTE_PIECE.match(p)
         else "normal"
-        for p in pieces
+        for i, p in enumerate(pieces)
     ]
     unk_id = raw.piece_to_id(unk_piece) if unk_piece else None
     return Vocabulary(path, pieces, kinds, raw.encode, unk_id, byte_level)
