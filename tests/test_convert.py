@@ -939,12 +939,92 @@ def test_export_carries_the_tokenizer_recorded_by_hf_to_megatron(tmp_path: Path)
         json.dumps({**config, "transformers_version": "4.34.0.dev0"})
     )  # Mistral-7B's
     meg = hf_to_megatron(hf, tmp_path / "meg")
-    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == str((hf / "tokenizer.model").resolve())
+    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == "tokenizer/tokenizer.model"
     out = megatron_to_hf(meg, tmp_path / "out")
     for name in ("tokenizer.model", "tokenizer.json", "special_tokens_map.json", "generation_config.json"):
         assert (out / name).is_file(), name
     assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
     _assert_loads_alone(out)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hf_with_a_chat_tokenizer(path: Path) -> Path:
+    """A tiny HF model whose tokenizer.json has a chat template in chat_template.jinja, a pad token in
+    its tokenizer_config.json and stop ids in generation_config.json: the files an export reads
+    beside the tokenizer."""
+    hf = _tiny_hf(path, llama=True)
+    _word_level_tokenizer(path.parent / "tok", pad_token="<|pad|>")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(path.parent / "tok" / name, hf / name)
+    (hf / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"
+    )
+    _edit_config(hf, bos_token_id=None, eos_token_id=1, pad_token_id=3)
+    (hf / "generation_config.json").write_text(json.dumps({"eos_token_id": 1, "temperature": 0.6}))
+    return hf
+
+
+def test_a_converted_checkpoint_exports_its_tokenizer_once_the_hf_source_is_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint recorded the tokenizer by its path in the HF directory: download, convert,
+    delete the download, and the export of the checkpoint (and of every run trained from it) failed
+    with "tokenizer …/tokenizer.json (from meta.json) not found". It now holds a copy of the tokenizer
+    files, recorded relative to it, so it may also be moved; a run trained from it keeps one in each
+    checkpoint."""
+    from transformers import AutoTokenizer
+
+    hf = _hf_with_a_chat_tokenizer(tmp_path / "hf")
+    source = AutoTokenizer.from_pretrained(hf)
+    digest = _sha256(hf / "tokenizer.json")
+    generation = json.loads((hf / "generation_config.json").read_text())
+    start = hf_to_megatron(hf, tmp_path / "download-meg")
+    shape = json.loads((start / "meta.json").read_text())["model"]
+    _train_from(start, shape, tmp_path / "run", steps=2)
+    shutil.rmtree(hf)
+    shutil.rmtree(tmp_path / "tok")
+    moved = start.rename(tmp_path / "meg")  # the checkpoint moved too
+    exports = {"converted": megatron_to_hf(moved, tmp_path / "out")}
+    exports["trained"] = megatron_to_hf(tmp_path / "run", tmp_path / "run-out")
+    # Its start gone as well, the run resumed (only its last step kept): still self-contained.
+    shutil.rmtree(moved)
+    assert (
+        cli_main(
+            ["pretrain", "--config", str(tmp_path / "run.yaml"), "train.steps=3", "checkpoint.keep_last=1"]
+        )
+        == 0
+    )
+    assert not (tmp_path / "run" / "step_000002").exists()
+    moved_run = (tmp_path / "run").rename(tmp_path / "run-moved")
+    capsys.readouterr()
+    exports["resumed"] = megatron_to_hf(moved_run, tmp_path / "resumed-out")
+    assert "warning" not in capsys.readouterr().err
+    for name, out in exports.items():
+        assert _sha256(out / "tokenizer.json") == digest, name
+        exported = AutoTokenizer.from_pretrained(out)
+        assert exported.chat_template == source.chat_template is not None, name
+        assert (exported.pad_token_id, exported.eos_token_id) == (3, 1), name
+        assert (
+            json.loads((out / "generation_config.json").read_text())["temperature"]
+            == generation["temperature"]
+        )
+
+
+def test_a_checkpoint_recording_its_tokenizer_by_an_absolute_path_is_read_as_before(tmp_path: Path) -> None:
+    """Checkpoints converted by older versions record the HF directory's tokenizer file by its path."""
+    hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
+    shutil.copyfile(MISTRAL_TOKENIZER, hf / "tokenizer.model")
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    shutil.rmtree(meg / "tokenizer")
+    meta = json.loads((meg / "meta.json").read_text())
+    (meg / "meta.json").write_text(json.dumps({**meta, "tokenizer": str((hf / "tokenizer.model").resolve())}))
+    out = megatron_to_hf(meg, tmp_path / "out")
+    assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
 
 
 def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> None:
@@ -987,7 +1067,8 @@ def test_a_hub_snapshot_records_its_tokenizer_by_name(tmp_path: Path, kind: str)
         (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     snapshot = hub_snapshot(hf, tmp_path / "hub" / "models--x--y")
     meg = hf_to_megatron(snapshot, tmp_path / "meg")
-    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == str(snapshot.resolve() / kind)
+    assert json.loads((meg / "meta.json").read_text())["tokenizer"] == f"tokenizer/{kind}"
+    shutil.rmtree(tmp_path / "hub")  # the checkpoint holds the files, under their names
     out = megatron_to_hf(meg, tmp_path / "out")
     source, exported = AutoTokenizer.from_pretrained(hf), AutoTokenizer.from_pretrained(out)
     assert exported.chat_template == source.chat_template is not None

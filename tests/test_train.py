@@ -1239,14 +1239,15 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
         return load_config(None, [blend, f"model.init={init}", "data.seq_len=64"], check_files=False)
 
     recorded = recorded_in_lineage(init).tokenizer  # the tokenizer model.init was converted with
+    copy = init / "tokenizer" / "tokenizer.model"  # as the checkpoint holds it
     start = (f"model.init ({init})", "model.init's")
     _check_data_tokenizer(cfg("ru"), recorded, *start)
     with pytest.raises(VikhrError) as e:
         _check_data_tokenizer(cfg("en"), recorded, *start)
     assert str(e.value) == (
         f"config key data.train[0] (en_text_document) was tokenized with {other}, but model.init ({init}) "
-        f"was trained with {hf / 'tokenizer.model'} (recorded in {init}/meta.json; id 1000 is 'ла' in "
-        f"model.init's but '▁co' in the data's): pre-tokenize the data with {hf / 'tokenizer.model'}"
+        f"was trained with {copy} (recorded in {init}/meta.json; id 1000 is 'ла' in "
+        f"model.init's but '▁co' in the data's): pre-tokenize the data with {copy}"
     )
     # The same through the trainer's command: one line, before anything is written.
     en = f"{tmp_path}/en_text_document"
@@ -1255,7 +1256,7 @@ def test_data_of_another_tokenizer_than_model_inits_is_refused(tmp_path: Path) -
     proc = _pretrain_cli("--config", str(config))
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     [line] = proc.stderr.strip().splitlines()
-    assert line.endswith(f"in the data's): pre-tokenize the data with {hf / 'tokenizer.model'}")
+    assert line.endswith(f"in the data's): pre-tokenize the data with {copy}")
 
 
 def test_a_resume_on_chats_of_another_own_template_names_both_texts() -> None:

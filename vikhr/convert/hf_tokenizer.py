@@ -12,8 +12,10 @@ the exported tokenizer as in the source's (`keep_source_ids`; likewise the BOS i
 without a BOS).
 
 Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first found of:
-  1. meta.json `tokenizer`: `hf-to-megatron` records the HF directory's tokenizer file (the one
-     vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`);
+  1. meta.json `tokenizer`: `hf-to-megatron` copies the HF directory's tokenizer file (the one
+     vikhr.tokenizer.load loads from it: with tokens added to a `.model`, the `tokenizer.json`) and
+     its companions into the checkpoint's `tokenizer/` and records it relative to the checkpoint
+     (checkpoints of older versions: the absolute path of the file in the HF directory);
   2. what the run recorded of its datasets when it trained this step (meta.json `data_tokenizer`):
      for an SFT run (config `data.kind: sft`) the tokenizer and chat template that `vikhr sft
      prepare` wrote into each dataset's `_sft.json`, for a pre-training run the tokenizer that
@@ -22,8 +24,9 @@ Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first fou
      the same; a dataset prepared again since with another template or tokenizer does not change
      what the model was trained with (`Recorded.data_now` keeps it for the export's warning);
   3. what the run recorded at its start of the checkpoint it started from (meta.json `inherited`,
-     `Recorded`), or for a checkpoint of an older version that checkpoint (config `model.init`), by
-     the same rules: training keeps the vocabulary of its starting point (vikhr.convert.lineage).
+     `Recorded`; each checkpoint keeps a copy of that tokenizer, vikhr.convert.lineage.carry_tokenizers),
+     or for a checkpoint of an older version that checkpoint (config `model.init`), by the same
+     rules: training keeps the vocabulary of its starting point (vikhr.convert.lineage).
 
 The chat templates render the strings of vikhr.sft.template; with a SentencePiece tokenizer (dummy
 prefix on) `apply_chat_template` then gives the ids that the SFT data was trained on for the
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.convert.lineage import Ancestor, HFSource, hf_source, lineage
+from vikhr.convert.lineage import Ancestor, HFSource, hf_source, lineage, recorded_in
 from vikhr.errors import VikhrError, read_json_object
 from vikhr.sft.hf_chat import (
     HF_CHAT_TEMPLATES,
@@ -214,7 +217,7 @@ def _tokenizer_of(
     meta = ancestor.meta
     here = ancestor.step_dir / "meta.json"
     if isinstance(meta.get("tokenizer"), str):
-        return RecordedTokenizer(Path(meta["tokenizer"]), str(here)), None
+        return RecordedTokenizer(recorded_in(ancestor.step_dir, meta["tokenizer"]), str(here)), None
     config = meta.get("config") or {}
     kept = RecordedTokenizer.from_json(meta.get(DATA_TOKENIZER))
     if kept is None:  # a checkpoint of an older version: its datasets' records as they are now
@@ -282,7 +285,8 @@ def _inherited_tokenizer(ancestor: Ancestor, inherited: dict[str, Any]) -> Recor
     if tok is None:
         return None
     here = ancestor.step_dir / "meta.json"
-    return dataclasses.replace(tok, recorded_by=f"{here}, inherited from {tok.recorded_by}")
+    path = recorded_in(ancestor.step_dir, str(tok.path))
+    return dataclasses.replace(tok, path=path, recorded_by=f"{here}, inherited from {tok.recorded_by}")
 
 
 def _longest(lengths: Iterable[Any]) -> int | None:

@@ -2,17 +2,22 @@
 one's starting point, and so on.
 
 Training keeps the vocabulary and architecture of its starting point, so what `hf-to-megatron`
-recorded at the root of a lineage (the tokenizer file, the source's config.json and
-generation_config.json) holds for every checkpoint trained from it: the export of a trained run
-finds them here. A run records at its start what its starting point's lineage holds (meta.json
-`inherited`, vikhr.convert.hf_tokenizer.Recorded), so that each checkpoint it saves is
-self-contained: its lineage ends there, and the start may be deleted or left on another machine.
+recorded at the root of a lineage (the tokenizer file, copied into the checkpoint with its
+companions, and the source's config.json and generation_config.json) holds for every checkpoint
+trained from it: the export of a trained run finds them here. A run records at its start what its
+starting point's lineage holds (meta.json `inherited`, vikhr.convert.hf_tokenizer.Recorded) and
+each checkpoint it saves keeps a copy of the tokenizer files named there (`carry_tokenizers`), so
+that it is self-contained: its lineage ends there, and the HF source and the start may be deleted,
+moved or left on another machine. A file a checkpoint holds is recorded relative to it; one
+recorded by an absolute path (checkpoints of older versions) is read there.
 Checkpoints of older versions have no such record: their lineage goes on to their start, and ends
 where that start is gone (`Ancestor.missing_start`).
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,63 @@ from vikhr.errors import VikhrError, read_json_object
 _CHAIN_LIMIT = 16  # model.init links followed at most (a longer chain is a loop)
 # meta.json key of a trained checkpoint: what the lineage of its run's start records.
 INHERITED = "inherited"
+# The directory of a checkpoint holding its copy of the tokenizer files it records (`carry_tokenizer`),
+# and where a trained one keeps the HF source's when they are another tokenizer's.
+TOKENIZER_DIR = "tokenizer"
+SOURCE_TOKENIZER_DIR = "source_tokenizer"
+# The files of an HF tokenizer that an export reads beside the tokenizer file: its special tokens, chat
+# template, stop ids (config.json, generation_config.json).
+TOKENIZER_COMPANIONS = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+)
+
+
+def recorded_in(step_dir: Path, recorded: str) -> Path:
+    """A file a checkpoint's meta.json records: relative to the checkpoint (its own copy, which moves
+    with it), or an absolute path (checkpoints of older versions, records of datasets)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else step_dir / path
+
+
+def tokenizer_files(tokenizer: Path) -> dict[str, bytes]:
+    """The contents of the tokenizer file and of its companions beside it (`TOKENIZER_COMPANIONS`),
+    by name: what a checkpoint keeps a copy of, so that its export needs no other directory."""
+    paths = [tokenizer.parent / name for name in dict.fromkeys((tokenizer.name, *TOKENIZER_COMPANIONS))]
+    return {path.name: path.read_bytes() for path in paths if path.is_file()}
+
+
+def carry_tokenizers(record: dict[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """`record` (meta.json `INHERITED`; its relative paths are relative to checkpoint `base`) as each
+    checkpoint of a run records it, and the files each keeps (path in the checkpoint → contents):
+    the tokenizer, and the HF source's where it is another file, with their companions, recorded
+    relative to the checkpoint, so that neither the HF source nor the start is needed to export it.
+    Read once, at the run's start: the start may be deleted, or pruned (checkpoint.keep_last),
+    while the run goes on. A file not found keeps its record as an absolute path."""
+    record = copy.deepcopy(record)
+    files: dict[str, bytes] = {}
+    carried: dict[Path, str] = {}
+    source = record.get("hf_source")
+    for holder, key, directory in (
+        (record.get("tokenizer"), "path", TOKENIZER_DIR),
+        (source, "tokenizer", SOURCE_TOKENIZER_DIR),
+    ):
+        if not isinstance(holder, dict) or not isinstance(holder.get(key), str):
+            continue
+        path = Path(os.path.abspath(recorded_in(base, holder[key])))
+        if path.resolve() in carried:
+            holder[key] = carried[path.resolve()]
+        elif path.is_file():
+            files.update((f"{directory}/{name}", data) for name, data in tokenizer_files(path).items())
+            holder[key] = carried[path.resolve()] = f"{directory}/{path.name}"
+        else:
+            holder[key] = str(path)
+    return record, files
 
 
 @dataclass(frozen=True)
@@ -84,13 +146,13 @@ class HFSource:
         return {"config": self.config, "generation_config": self.generation_config, "tokenizer": tokenizer}
 
 
-def _source_of(config: Any, generation: Any, tokenizer: Any) -> HFSource | None:
+def _source_of(step_dir: Path, config: Any, generation: Any, tokenizer: Any) -> HFSource | None:
     if not isinstance(config, dict):
         return None
     return HFSource(
         config,
         generation if isinstance(generation, dict) else None,
-        Path(tokenizer) if isinstance(tokenizer, str) else None,
+        recorded_in(step_dir, tokenizer) if isinstance(tokenizer, str) else None,
     )
 
 
@@ -99,8 +161,10 @@ def hf_source(ancestor: Ancestor) -> HFSource | None:
     (None: neither)."""
     meta = ancestor.meta
     if isinstance(meta.get("hf_config"), dict):  # a conversion
-        return _source_of(meta["hf_config"], meta.get("hf_generation_config"), meta.get("tokenizer"))
+        config, generation = meta["hf_config"], meta.get("hf_generation_config")
+        return _source_of(ancestor.step_dir, config, generation, meta.get("tokenizer"))
     record = (ancestor.inherited or {}).get("hf_source")
     if not isinstance(record, dict):
         return None
-    return _source_of(record.get("config"), record.get("generation_config"), record.get("tokenizer"))
+    config, generation = record.get("config"), record.get("generation_config")
+    return _source_of(ancestor.step_dir, config, generation, record.get("tokenizer"))

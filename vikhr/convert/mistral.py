@@ -669,12 +669,14 @@ def hf_to_megatron(
     The vocabulary rows are padded to the default multiple (128 × TP); a run with another
     `model.vocab_multiple` re-pads them when it loads the checkpoint.
 
-    The HF directory's tokenizer file, if it has one, is recorded in meta.json (`tokenizer`), with its
+    The HF directory's tokenizer file, if it has one, is copied with its companions (tokenizer
+    config, chat template, configs: vikhr.convert.lineage.TOKENIZER_COMPANIONS) into the checkpoint's
+    `tokenizer/` and recorded in meta.json relative to the checkpoint (`tokenizer`), with its
     config.json (`hf_config`) and generation_config.json (`hf_generation_config`), so that
-    `megatron_to_hf` of this checkpoint, or of a run started from it, can export them again.
+    `megatron_to_hf` of this checkpoint, or of a run started from it, can export them again once
+    the HF directory is deleted.
     """
-    from vikhr.convert.hf_tokenizer import load_for_model
-    from vikhr.tokenizer.load import TOKENIZER_FILES, recorded_path
+    from vikhr.convert.lineage import TOKENIZER_DIR, tokenizer_files
 
     if tp_size < 1:
         raise VikhrError(f"tensor-parallel size (--tp) must be at least 1, got {tp_size}")
@@ -685,11 +687,7 @@ def hf_to_megatron(
     _check_tensor_parallel(cfg, tp_size, src / "config.json")
     out = Path(out_dir)
     _check_output(out, overwrite, inputs=[src])
-    tokenizer = None
-    if any((src / name).is_file() for name in TOKENIZER_FILES):
-        # The file loaded (vikhr.tokenizer.load's rule) is the one recorded; checked now, as the export
-        # would refuse it after training.
-        tokenizer = load_for_model(src, cfg.vocab_size, f"{src}").path
+    tokenizer = _source_tokenizer(src, cfg)
     checkpoint = _HFCheckpoint(src, cfg)
     v_pad = padded_vocab_size(cfg.vocab_size, tp_size)
     meta: dict[str, Any] = {
@@ -704,9 +702,15 @@ def hf_to_megatron(
     }
     if (src / "generation_config.json").is_file():  # sampling settings, pad and stop ids
         meta["hf_generation_config"] = read_json_object(src / "generation_config.json")
+    # The tokenizer files go with the checkpoint: the HF directory is often deleted once converted.
+    carried = tokenizer_files(tokenizer) if tokenizer is not None else {}
     if tokenizer is not None:
-        meta["tokenizer"] = str(recorded_path(tokenizer))
+        meta["tokenizer"] = f"{TOKENIZER_DIR}/{tokenizer.name}"
     with output_dir(out) as tmp, write_errors_as_os_errors(out):
+        if carried:
+            (tmp / TOKENIZER_DIR).mkdir()
+        for name, data in carried.items():
+            (tmp / TOKENIZER_DIR / name).write_bytes(data)
         # One tensor in memory at a time, each written to every rank's file as it is made, after
         # the headers (each byte is written once).
         layout = _megatron_layout(checkpoint, cfg, v_pad, tp_size)
@@ -725,6 +729,18 @@ def hf_to_megatron(
                 writer.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
+
+
+def _source_tokenizer(src: Path, cfg: ModelConfig) -> Path | None:
+    """The tokenizer file of HF directory `src` that its checkpoint records (None: it has none)."""
+    from vikhr.convert.hf_tokenizer import load_for_model
+    from vikhr.tokenizer.load import TOKENIZER_FILES
+
+    if any((src / name).is_file() for name in TOKENIZER_FILES):
+        # The file loaded (vikhr.tokenizer.load's rule) is the one recorded; checked now, as the export
+        # would refuse it after training.
+        return load_for_model(src, cfg.vocab_size, f"{src}").path
+    return None
 
 
 def _check_tensor_parallel(cfg: ModelConfig, tp_size: int, config: Path) -> None:

@@ -13,6 +13,9 @@ Layout of `<checkpoint.dir>`:
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges
                                 of named parameters (so a resume may use another DP or TP size)
         rng_rank0000.pt         Python / NumPy / torch / megatron-tracker RNG states of each rank
+        tokenizer/              a copy of the tokenizer files `inherited` names (and source_tokenizer/,
+                                the HF source's, where they are another tokenizer's), recorded
+                                relative to the step: its export needs neither the HF source nor the start
 
 All ranks write into `step_000020.tmp/` and fsync their files; rank 0 fsyncs the directory,
 renames it and then rewrites `latest` (fsynced too), so an interrupted save or a power cut never
@@ -535,9 +538,11 @@ def save(
     dp_rank: int,
     rank: int,
     keep_last: int = 0,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Save step `step` atomically (collective: every rank calls it); with `keep_last` > 0, then
-    remove the earlier steps beyond the newest `keep_last` (see `prune_step_dirs`).
+    remove the earlier steps beyond the newest `keep_last` (see `prune_step_dirs`). `files`: more
+    files of the checkpoint (path in it → contents; the tokenizer it records), written by rank 0.
 
     A write that fails (disk full, permissions) raises VikhrError naming the directory; the
     partial `.tmp` directory never looks like a checkpoint.
@@ -558,7 +563,7 @@ def save(
             _fsync(path)
         _barrier()
         if rank == 0:
-            _publish(root, tmp, final, meta)
+            _publish(root, tmp, final, meta, files or {})
             if keep_last:
                 prune_step_dirs(root, step, keep_last)
     except OSError as e:
@@ -612,8 +617,16 @@ def _write_rank_files(
     return written
 
 
-def _publish(root: Path, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
-    """Rank 0: meta.json, then the rename of the complete directory, then `latest`, each durable."""
+def _publish(root: Path, tmp: Path, final: Path, meta: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Rank 0: `files` and meta.json, then the rename of the complete directory, then `latest`, each
+    durable."""
+    for name, data in files.items():
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        _fsync(path)
+    for folder in {(tmp / name).parent for name in files} - {tmp}:
+        _fsync(folder)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     _fsync(tmp / "meta.json")
     _fsync(tmp)

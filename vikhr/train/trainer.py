@@ -46,7 +46,7 @@ from vikhr.convert.hf_tokenizer import (
     same_template,
     template_label,
 )
-from vikhr.convert.lineage import INHERITED
+from vikhr.convert.lineage import INHERITED, carry_tokenizers
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
 from vikhr.errors import RunStopped, VikhrError, require_writable_dir
@@ -417,7 +417,9 @@ def _locked_run(
             _check_data_tokenizer(cfg, start.tokenizer, f"model.init ({cfg.model.init})", "model.init's")
     resumed = _resumed_tokenizer(resume_from)
     _check_data_tokenizer(cfg, resumed, f"the checkpoint resumed ({resume_from})", "the checkpoint's")
-    inherited = _inherited(cfg, resume_from, start)
+    inherited, inherited_files = _inherited(cfg, resume_from, start), {}
+    if inherited is not None:  # each checkpoint keeps a copy of the tokenizer its record names
+        inherited, inherited_files = carry_tokenizers(inherited, resume_from or Path())
     check_data(cfg)  # last: it records what it checked in the data cache
     # What the datasets record of their tokenizer (checked alike above): each checkpoint keeps it.
     recorded_data = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
@@ -425,7 +427,9 @@ def _locked_run(
     for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
     with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        result = Trainer(cfg, env, loss_fn, resume_from, started, inherited, recorded_data).train(run_stop)
+        result = Trainer(
+            cfg, env, loss_fn, resume_from, started, inherited, recorded_data, inherited_files
+        ).train(run_stop)
     release_memory()
     return result
 
@@ -595,17 +599,21 @@ class Trainer:
         started: float | None = None,
         inherited: dict[str, Any] | None = None,
         recorded_data: RecordedTokenizer | None = None,
+        inherited_files: dict[str, bytes] | None = None,
     ) -> None:
         """Setup: data, the model and its starting weights, the frozen reference, DDP, optimizer;
         then, given a checkpoint, its state (`resume`). `started`: when the run began
         (time.monotonic(); default now), whence checkpoint.stop_after_minutes counts. `inherited`:
         what each checkpoint records of the start's lineage (`_inherited`; None: nothing);
-        `recorded_data`: what the datasets record of their tokenizer (each checkpoint keeps it).
+        `recorded_data`: what the datasets record of their tokenizer (each checkpoint keeps it);
+        `inherited_files`: the tokenizer files `inherited` names, which each checkpoint keeps a copy of
+        (path in the checkpoint → contents; vikhr.convert.lineage.carry_tokenizers).
 
         The order is part of the run's reproducibility: model initialisation draws from the
         RNGs seeded by the environment, after the data.
         """
         self.cfg, self.env, self.inherited, self.recorded_data = cfg, env, inherited, recorded_data
+        self.inherited_files = inherited_files or {}
         self.started = time.monotonic() if started is None else started
         self.model_cfg = cfg.model.shape()
         self.run_dir = Path(cfg.checkpoint.dir)
@@ -1057,6 +1065,7 @@ class Trainer:
             env.dp_rank,
             env.rank,
             keep_last=cfg.checkpoint.keep_last,
+            files=self.inherited_files,
         )
         self.saved_step = self.step
         self.monitor.info(f"saved {path}")
