@@ -1027,6 +1027,33 @@ def test_a_checkpoint_recording_its_tokenizer_by_an_absolute_path_is_read_as_bef
     assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
 
 
+def test_a_vocab_and_merges_source_is_told_at_conversion_that_it_records_no_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An HF directory with only vocab.json + merges.txt converted silently with no tokenizer
+    recorded: the export then had none. The conversion now says so in one line with the command that
+    writes a tokenizer.json; after it, the conversion records one."""
+    import subprocess
+
+    hf = _tiny_hf(tmp_path / "hf", family="qwen2")  # Qwen2's tokenizer is a GPT-2-style BPE
+    vocab = {"<|endoftext|>": 0, "h": 1, "i": 2, "hi": 3, "Ġ": 4, "Ġhi": 5}
+    (hf / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (hf / "merges.txt").write_text("#version: 0.2\nh i\nĠ hi\n", encoding="utf-8")
+    (hf / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}', encoding="utf-8")
+    capsys.readouterr()
+    assert cli_main(_to_megatron(hf, tmp_path / "meg")) == 0
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: {hf} has a vocab.json and merges.txt but no tokenizer.json: ")
+    assert "records no tokenizer" in line and line.endswith(", then convert again")
+    assert "tokenizer" not in json.loads((tmp_path / "meg" / "meta.json").read_text())
+    command = line.split("python -c ", 1)[1].removesuffix(", then convert again")
+    subprocess.run(f"{sys.executable} -c {command}", shell=True, check=True, capture_output=True)
+    assert cli_main([*_to_megatron(hf, tmp_path / "meg"), "--overwrite"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "meg" / "meta.json").read_text())["tokenizer"] == "tokenizer/tokenizer.json"
+    assert load(tmp_path / "meg" / "tokenizer" / "tokenizer.json").encode("hi hi") == [3, 5]
+
+
 def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> None:
     """A chat model on a SentencePiece base whose tokenizer.json adds <|im_end|> / <|im_start|>: the
     export rebuilt the tokenizer from the .model (32000 tokens, EOS </s>, the chat tags spelled out

@@ -36,6 +36,7 @@ import importlib.metadata
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -674,7 +675,8 @@ def hf_to_megatron(
     `tokenizer/` and recorded in meta.json relative to the checkpoint (`tokenizer`), with its
     config.json (`hf_config`) and generation_config.json (`hf_generation_config`), so that
     `megatron_to_hf` of this checkpoint, or of a run started from it, can export them again once
-    the HF directory is deleted.
+    the HF directory is deleted. A directory whose tokenizer is a GPT-2-style vocab.json and
+    merges.txt alone records none: one warning line says how to write its tokenizer.json.
     """
     from vikhr.convert.lineage import TOKENIZER_DIR, tokenizer_files
 
@@ -728,6 +730,8 @@ def hf_to_megatron(
             for writer in writers:
                 writer.finish()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if tokenizer is None:
+        _warn_of_vocab_and_merges(src, out)
     return out
 
 
@@ -741,6 +745,20 @@ def _source_tokenizer(src: Path, cfg: ModelConfig) -> Path | None:
         # would refuse it after training.
         return load_for_model(src, cfg.vocab_size, f"{src}").path
     return None
+
+
+def _warn_of_vocab_and_merges(src: Path, out: Path) -> None:
+    """One warning line, after the conversion, when `src`'s tokenizer is a GPT-2-style vocab.json +
+    merges.txt alone, which the checkpoint `out` cannot record: how to write its tokenizer.json."""
+    from vikhr.tokenizer.load import holds_vocab_and_merges, tokenizer_json_command
+
+    if holds_vocab_and_merges(src):
+        print(
+            f"warning: {src} has a vocab.json and merges.txt but no tokenizer.json: {out} records no "
+            "tokenizer, and its exports (and those of runs trained from it) will have none; write a "
+            f"tokenizer.json {tokenizer_json_command(src, src)}, then convert again",
+            file=sys.stderr,
+        )
 
 
 def _check_tensor_parallel(cfg: ModelConfig, tp_size: int, config: Path) -> None:

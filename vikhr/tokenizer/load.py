@@ -90,7 +90,7 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
         found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
-        if not found and _holds_vocab_and_merges(p):
+        if not found and holds_vocab_and_merges(p):
             raise VikhrError(vocab_and_merges_advice(p))
         if not found:
             raise VikhrError(f"{p} holds neither {' nor '.join(TOKENIZER_FILES)} ({_GIVE})")
@@ -101,7 +101,7 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
         raise VikhrError(f"tokenizer not found: {p} ({_GIVE})")
     if not p.is_file():
         raise VikhrError(f"tokenizer is not a regular file: {p} ({_GIVE})")
-    if p.name in VOCAB_AND_MERGES and _holds_vocab_and_merges(p.parent):
+    if p.name in VOCAB_AND_MERGES and holds_vocab_and_merges(p.parent):
         if (p.parent / "tokenizer.json").is_file():
             raise VikhrError(f"{p} is half of a GPT-2-style BPE: give the tokenizer.json beside it")
         raise VikhrError(vocab_and_merges_advice(p.parent))
@@ -111,7 +111,7 @@ def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
 VOCAB_AND_MERGES = ("vocab.json", "merges.txt")  # a GPT-2-style BPE as transformers' slow tokenizers save it
 
 
-def _holds_vocab_and_merges(directory: Path) -> bool:
+def holds_vocab_and_merges(directory: Path) -> bool:
     return all((directory / name).is_file() for name in VOCAB_AND_MERGES)
 
 
@@ -120,10 +120,21 @@ def vocab_and_merges_advice(directory: Path) -> str:
     loaded, and the command that writes its tokenizer.json: the two files do not say how text is cut
     into words before the merges nor which special tokens frame it (GPT-2, RoBERTa and Qwen2 differ),
     which the tokenizer class of the model they come from knows, so vikhr does not guess it."""
-    import shlex
-
     named_dir = directory if directory.name not in ("", "..") else directory.resolve()  # "." has no name
     out = named_dir.parent / f"{named_dir.name}-hf"
+    return (
+        f"{directory} holds a GPT-2-style vocab.json and merges.txt but no tokenizer.json: they do not say "
+        "how text is cut into words before the merges nor which special tokens frame it (GPT-2, RoBERTa "
+        f"and Qwen2 differ), so vikhr does not guess; write a tokenizer.json "
+        f"{tokenizer_json_command(directory, out)}, then give {out}"
+    )
+
+
+def tokenizer_json_command(directory: Path, out: Path) -> str:
+    """How to write the tokenizer.json of `directory`'s vocab.json and merges.txt into `out`: with
+    transformers, and which tokenizer class where the directory does not name one."""
+    import shlex
+
     # A tokenizer_config.json naming the class, or a config.json naming the model type, lets
     # transformers choose it; otherwise the user names it (GPT-2's files in the example).
     named = _names_tokenizer_class(directory)
@@ -133,12 +144,7 @@ def vocab_and_merges_advice(directory: Path) -> str:
         f"T.from_pretrained({json.dumps(str(directory))}).save_pretrained({json.dumps(str(out))})"
     )
     which = "" if named else " (for GPT-2's files; for another model's, its tokenizer class)"
-    return (
-        f"{directory} holds a GPT-2-style vocab.json and merges.txt but no tokenizer.json: they do not say "
-        "how text is cut into words before the merges nor which special tokens frame it (GPT-2, RoBERTa "
-        f"and Qwen2 differ), so vikhr does not guess; write a tokenizer.json with transformers{which}: "
-        f"python -c {shlex.quote(code)}, then give {out}"
-    )
+    return f"with transformers{which}: python -c {shlex.quote(code)}"
 
 
 def _names_tokenizer_class(directory: Path) -> bool:
