@@ -1054,6 +1054,25 @@ def test_a_vocab_and_merges_source_is_told_at_conversion_that_it_records_no_toke
     assert load(tmp_path / "meg" / "tokenizer" / "tokenizer.json").encode("hi hi") == [3, 5]
 
 
+def test_an_export_into_a_step_directory_of_a_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`megatron-to-hf runs/x/step_N runs/x/step_N/hf` wrote the export where the run's
+    checkpoint.keep_last deletes it with the step."""
+    run = _trained_from(hf_to_megatron(_tiny_hf(tmp_path / "hf"), tmp_path / "meg"), tmp_path / "run")
+    step = run / "step_000002"
+    for out in (step / "hf", step / "exports" / "hf"):
+        argv = ["convert", "megatron-to-hf", str(step), str(out)]
+        _fails(
+            argv, capsys, step / "hf", f"OUT_DIR {out} is inside {step}, a checkpoint step of the run {run}"
+        )
+    assert not (step / "exports").exists()
+    err = _fails(["convert", "hf-to-megatron", str(tmp_path / "hf"), str(step / "meg")], capsys, step / "meg")
+    assert err.endswith(f"e.g. {run / 'hf-2'}")
+    megatron_to_hf(step, run / "hf-2")  # where it points: kept by keep_last, found by the run's latest
+    assert megatron_to_hf(run, tmp_path / "from-run").is_dir()
+
+
 def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> None:
     """A chat model on a SentencePiece base whose tokenizer.json adds <|im_end|> / <|im_start|>: the
     export rebuilt the tokenizer from the .model (32000 tokens, EOS </s>, the chat tags spelled out

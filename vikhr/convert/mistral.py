@@ -953,6 +953,16 @@ def _tensor_progress(tensors: int, show: bool) -> Any:
 
 
 def _check_output(out: Path, overwrite: bool, inputs: list[Path | str]) -> None:
+    from vikhr.train.checkpoint import step_dir_holding, step_of
+
     # The rule of every verb writing a directory (tokenizer train, adapt-vocab, merge): an existing
     # one, empty or not, is replaced only with --overwrite.
     require_output_dir(out, overwrite, inputs, flag="OUT_DIR", what="OUT_DIR")
+    step = step_dir_holding(out)
+    if step is not None:
+        run = step.parent
+        raise VikhrError(
+            f"OUT_DIR {out} is inside {step}, a checkpoint step of the run {run}, and would be deleted with "
+            f"that step (checkpoint.keep_last): write it outside the run's steps, e.g. "
+            f"{run / f'hf-{step_of(step)}'}"
+        )

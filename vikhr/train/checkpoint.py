@@ -641,6 +641,15 @@ def _publish(root: Path, tmp: Path, final: Path, meta: dict[str, Any], files: di
     _fsync(root)
 
 
+def step_dir_holding(path: str | Path) -> Path | None:
+    """The checkpoint step directory (`step_NNNNNN` with a meta.json) that `path` lies inside, if
+    any: what is written there is deleted with the step (checkpoint.keep_last, a save of it again)."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if _STEP_DIR.fullmatch(parent.name) and (parent / "meta.json").is_file():
+            return parent
+    return None
+
+
 def find_checkpoint(path: str | Path) -> Path | None:
     """A step directory: `path` itself, or the one named by `path/latest`; None if there is none."""
     p = Path(path)
