@@ -1015,6 +1015,32 @@ def test_a_converted_checkpoint_exports_its_tokenizer_once_the_hf_source_is_dele
         )
 
 
+def test_a_run_on_data_tokenized_from_the_hf_source_exports_once_the_source_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """Data pre-tokenized with the HF directory's tokenizer records it by its path there, and that
+    record names the run's tokenizer: deleting the directory after converting made the export fail
+    although each checkpoint holds a copy. The copy is read where it is that file by sha256."""
+    from vikhr.data import preprocess
+
+    hf = _hf_with_a_chat_tokenizer(tmp_path / "hf")
+    digest = _sha256(hf / "tokenizer.json")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": "привет " * 40}) + "\n" for _ in range(40)), encoding="utf-8")
+    preprocess(
+        [src], tmp_path / "ru", hf / "tokenizer.json", tokenizer_type="HuggingFaceTokenizer", append_eod=True
+    )
+    for suffix in (".bin", ".idx", ".tokenization.json"):  # the dataset `_train_from` trains on
+        (tmp_path / f"ru_text_document{suffix}").rename(tmp_path / f"tokens{suffix}")
+    start = hf_to_megatron(hf, tmp_path / "meg")
+    _train_from(start, json.loads((start / "meta.json").read_text())["model"], tmp_path / "run", steps=1)
+    meta = json.loads((tmp_path / "run" / "step_000001" / "meta.json").read_text())
+    assert meta["data_tokenizer"]["path"] == str(hf.resolve() / "tokenizer.json")
+    shutil.rmtree(hf)
+    out = megatron_to_hf(tmp_path / "run", tmp_path / "out")
+    assert _sha256(out / "tokenizer.json") == digest
+
+
 def test_a_checkpoint_recording_its_tokenizer_by_an_absolute_path_is_read_as_before(tmp_path: Path) -> None:
     """Checkpoints converted by older versions record the HF directory's tokenizer file by its path."""
     hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)

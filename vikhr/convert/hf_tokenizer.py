@@ -22,7 +22,9 @@ Which tokenizer a checkpoint was trained with (`recorded_in_lineage`), first fou
      `vikhr data preprocess` recorded beside each dataset (`{dataset}.tokenization.json`). Those
      records as they are now, where the checkpoint holds none (an older version) or they still say
      the same; a dataset prepared again since with another template or tokenizer does not change
-     what the model was trained with (`Recorded.data_now` keeps it for the export's warning);
+     what the model was trained with (`Recorded.data_now` keeps it for the export's warning). A
+     file gone from where they record it is read from the checkpoint's copy of its start's
+     tokenizer (3.) where that is the same file by sha256 (`_or_its_copy`);
   3. what the run recorded at its start of the checkpoint it started from (meta.json `inherited`,
      `Recorded`; each checkpoint keeps a copy of that tokenizer, vikhr.convert.lineage.carry_tokenizers),
      or for a checkpoint of an older version that checkpoint (config `model.init`), by the same
@@ -303,6 +305,7 @@ def recorded_in_lineage(step_dir: Path, warn: bool = True) -> Recorded:
     and of what they inherit. `warn`: the export's warning on a blend of chat templates (training,
     which exports nothing, passes False)."""
     tokenizer, data_now, source, missing, lengths = None, None, None, None, []
+    copy = None  # the copy of the start's tokenizer that the checkpoint holds
     for ancestor in lineage(step_dir):
         if tokenizer is None:
             tokenizer, data_now = _tokenizer_of(ancestor, warn)
@@ -311,7 +314,8 @@ def recorded_in_lineage(step_dir: Path, warn: bool = True) -> Recorded:
         model = ancestor.meta.get("model")
         lengths.append(model.get("max_seq_len") if isinstance(model, dict) else None)
         if (inherited := ancestor.inherited) is not None:
-            tokenizer = tokenizer or _inherited_tokenizer(ancestor, inherited)
+            copy = copy or _inherited_tokenizer(ancestor, inherited)
+            tokenizer = tokenizer or copy
             start = inherited.get("missing_start")
             missing = Path(start) if isinstance(start, str) else None
             lengths.append(inherited.get("max_seq_len"))  # absent from records of older versions
@@ -320,7 +324,24 @@ def recorded_in_lineage(step_dir: Path, warn: bool = True) -> Recorded:
             break
     if source is not None:
         lengths.append(source.config.get("max_position_embeddings"))
-    return Recorded(tokenizer, source, missing, _longest(lengths), data_now)
+    return Recorded(_or_its_copy(tokenizer, copy), source, missing, _longest(lengths), data_now)
+
+
+def _or_its_copy(
+    recorded: RecordedTokenizer | None, copy: RecordedTokenizer | None
+) -> RecordedTokenizer | None:
+    """The tokenizer a dataset's record names, or where that file is gone (read from the HF directory
+    converted, deleted since) the checkpoint's copy of its start's tokenizer when it is that file by
+    sha256."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    if recorded is None or copy is None or recorded.sha256 is None or recorded.path.exists():
+        return recorded
+    if not copy.path.is_file() or corpus_sha256(copy.path) != recorded.sha256:
+        return recorded
+    return dataclasses.replace(
+        recorded, path=copy.path, recorded_by=f"{recorded.recorded_by}, read from its copy"
+    )
 
 
 def warn_of_cut_lineage(
