@@ -657,6 +657,104 @@ def test_start_or_reference_of_another_shape_is_one_line(
     assert (tmp_path / "run").is_dir() and not any((tmp_path / "run").iterdir())
 
 
+def test_a_start_of_another_shape_trains_with_model_preset_init(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start whose vocabulary, RoPE theta and norm eps are no preset's was refused until each differing
+    field was copied into model.overrides: model.preset init takes them from its meta.json, with
+    max_seq_len still the run's to set; the run's checkpoints record that shape, its resume compares it,
+    and --dry-run sizes it."""
+    import json
+
+    from vikhr.cli import main
+
+    shape = {"vocab_size": 600, "rope_theta": 500000.0, "norm_eps": 1e-6}
+    prefix = _write_tokens(tmp_path / "ru")
+    (tmp_path / "start").mkdir()
+    start = _train_config(tmp_path / "start", prefix, model={"overrides": shape}, train={"steps": 1})
+    assert main(["pretrain", "--config", str(start)]) == 0
+    init = tmp_path / "start" / "run"
+    recorded = json.loads((init / "step_000001" / "meta.json").read_text())["model"]
+    capsys.readouterr()
+
+    config = _train_config(tmp_path, prefix, model={"preset": "init", "init": str(init)})
+    argv = ["pretrain", "--config", str(config), "model.overrides.max_seq_len=512"]
+    assert main([*argv, "--dry-run", "--gpus", "1"]) == 0
+    assert f"model of {init}: " in capsys.readouterr().out.splitlines()[0]
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "step_000002" / "meta.json").read_text())["model"]
+    assert saved == {**recorded, "max_seq_len": 512}
+    assert main([*argv, "train.steps=3"]) == 0  # resumed from step 2: the shape compared alike
+    assert json.loads((tmp_path / "run" / "step_000003" / "meta.json").read_text())["model"] == saved
+    capsys.readouterr()
+
+    # A resumed checkpoint of another shape than model.init's is refused as before.
+    tiny = saved_run_of_tiny(tmp_path)
+    capsys.readouterr()
+    _one_error_line(
+        capsys,
+        main([*argv, "train.steps=4", f"model.init={tiny}"]),
+        "config key checkpoint.resume (auto: the latest step in checkpoint.dir): checkpoint ",
+        "has another model shape: vocab_size 600 (run: 512)",
+    )
+
+
+def saved_run_of_tiny(tmp_path: Path) -> Path:
+    """A one-step run of the tiny preset as it is (vocabulary 512)."""
+    from vikhr.cli import main
+
+    (tmp_path / "tiny").mkdir()
+    config = _train_config(tmp_path / "tiny", _write_tokens(tmp_path / "tiny-ru"), train={"steps": 1})
+    assert main(["pretrain", "--config", str(config)]) == 0
+    return tmp_path / "tiny" / "run"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (
+            ["model.overrides.vocab_size=600"],
+            [
+                "config key model.overrides.vocab_size: model.preset = init takes vocab_size from model.init",
+                "'model.overrides={}'",
+            ],
+        ),
+        (["model.init=random"], ["config key model.preset = init takes the model's shape", "model.init is"]),
+        (["model.init={missing}"], ["config key model.init: checkpoint not found: ", "reads the model's"]),
+        (["model.preset=inti"], ["unknown preset 'inti'", "did you mean 'init'"]),
+        (["data.seq_len=4096"], ["data.seq_len = 4096 exceeds the model's max_seq_len 256 (model.init's"]),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_model_preset_init_s_mistakes_are_one_line(
+    saved_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    fragments: list[str],
+    dry_run: bool,
+) -> None:
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, saved_run[1], model={"preset": "init", "init": str(saved_run[0])})
+    given = [o.format(missing=tmp_path / "nowhere") for o in overrides]
+    status = main(["pretrain", "--config", str(config), *given, *(["--dry-run"] if dry_run else [])])
+    _one_error_line(capsys, status, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_start_of_another_shape_is_refused_with_model_preset_init_offered(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vikhr.cli import main
+
+    config = _train_config(tmp_path, saved_run[1])
+    argv = ["pretrain", "--config", str(config), f"model.init={saved_run[0]}", "model.overrides.vocab_size=6"]
+    _one_error_line(
+        capsys, main(argv), "vocab_size 512 (run: 6)", "take its shape with model.preset=init, or set"
+    )
+
+
 def test_a_start_padded_to_another_vocab_multiple_trains(
     saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

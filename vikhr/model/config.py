@@ -144,14 +144,19 @@ _LATER_FIELD_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The fields in which a run may differ from the checkpoint it starts from or resumes: the longest
+# window it trains on, and the spread of a random initialisation (loaded weights have none).
+FIELDS_A_RUN_MAY_CHANGE = ("max_seq_len", "init_std")
+
+
 def shape_differences(saved: dict[str, Any], run: dict[str, Any]) -> list[str]:
     """ "field saved (run: value)" for each field in which a checkpoint's model shape (`saved`, as its
     meta.json holds `to_dict()`) and the run's differ; a later family's field missing on either side
     is at its default (to_dict() leaves it out), so a Llama-3.1 checkpoint's RoPE scaling is compared
-    with a run that has none. The sequence length and init std may differ."""
+    with a run that has none. FIELDS_A_RUN_MAY_CHANGE may differ."""
     out = []
     for k in dict.fromkeys([*run, *saved]):
-        if k in ("max_seq_len", "init_std"):
+        if k in FIELDS_A_RUN_MAY_CHANGE:
             continue
         was, now = saved.get(k, _LATER_FIELD_DEFAULTS.get(k)), run.get(k, _LATER_FIELD_DEFAULTS.get(k))
         if was != now:

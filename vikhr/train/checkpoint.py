@@ -856,9 +856,11 @@ def _check_shape(
         differ = shape_differences(meta["model"], expected)
         if differ:
             named = f"config key {key}: " if key else ""
+            # The start's own shape is one setting away; a resumed run or a KL reference must match the run's.
+            take = "take its shape with model.preset=init, or " if key == "model.init" else ""
             raise VikhrError(
                 f"{named}checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
-                "set model.preset / model.overrides to match it, or give a checkpoint of this model"
+                f"{take}set model.preset / model.overrides to match it, or give a checkpoint of this model"
             )
 
 

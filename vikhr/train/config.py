@@ -5,7 +5,8 @@ shape) before torch.distributed or any tensor is touched; each error is one line
 pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/inf numbers);
 `validate` adds the checks that look at several keys, the model shape or the files.
 
-    model:      preset, overrides (any ModelConfig field), attention, init, vocab_multiple
+    model:      preset (or init: model.init's shape), overrides (ModelConfig fields), attention, init,
+                vocab_multiple
     parallel:   tensor (TP size), sequence (sequence parallelism), device
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
                 packing (sft: pack | pad), isolate_documents, cache_dir, eod_id, valid_samples
@@ -42,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from vikhr.config_section import ConfigSection, refuse_yes_no
 from vikhr.data.indexed import missing_dataset_hint
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping, suggest
-from vikhr.model.config import PRESETS, ModelConfig
+from vikhr.model.config import FIELDS_A_RUN_MAY_CHANGE, PRESETS, ModelConfig
 from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
 from vikhr.runtime.distributed import Device
@@ -65,9 +66,14 @@ class _Section(ConfigSection):
     )
 
 
+# model.preset's value that takes the shape model.init's checkpoint records (its meta.json `model`).
+INIT_PRESET = "init"
+
+
 class ModelSection(_Section):
-    preset: str = "tiny"
-    # Overrides of the preset's fields (num_layers, vocab_size, rope_theta, sliding_window, ...).
+    preset: str = "tiny"  # a name of vikhr.model.config.PRESETS, or "init": model.init's shape
+    # Overrides of the preset's fields (num_layers, vocab_size, rope_theta, sliding_window, ...); of
+    # preset init's, only those a run may change (FIELDS_A_RUN_MAY_CHANGE: max_seq_len, init_std).
     overrides: dict[str, Any] = Field(default_factory=dict)
     attention: AttentionBackend = "auto"
     # "random" or a checkpoint directory of this trainer (a step_* folder or its parent).
@@ -75,8 +81,49 @@ class ModelSection(_Section):
     vocab_multiple: PositiveInt = 128
 
     def shape(self) -> ModelConfig:
-        """The preset with its overrides applied (types checked; `validate` checks the rest)."""
-        return _MODEL_SHAPE.validate_python({**dataclasses.asdict(PRESETS[self.preset]), **self.overrides})
+        """The preset (or model.init's recorded shape) with the overrides applied (types checked;
+        `validate` checks the rest)."""
+        if self.preset == INIT_PRESET:
+            base = init_shape(self.init)
+        else:
+            base = dataclasses.asdict(PRESETS[self.preset])
+        return _MODEL_SHAPE.validate_python({**base, **self.overrides})
+
+    def described(self) -> str:
+        """The model as a run's lines name it: its preset, or the checkpoint whose shape it takes."""
+        return f"of {self.init}" if self.preset == INIT_PRESET else self.preset
+
+
+def init_shape(init: str) -> dict[str, Any]:
+    """The model shape model.init's checkpoint records (meta.json `model`, as ModelConfig.to_dict()
+    wrote it), for model.preset init; VikhrError naming the key otherwise."""
+    from vikhr.train.checkpoint import find_weights, read_meta
+
+    if init == "random":
+        raise VikhrError(
+            f"config key model.preset = {INIT_PRESET} takes the model's shape from model.init's checkpoint, "
+            "but model.init is random: give model.init, or name a preset "
+            f"({', '.join(sorted(PRESETS))}) with model.overrides"
+        )
+    if not Path(init).exists():
+        raise VikhrError(
+            f"config key model.init: checkpoint not found: {init} (model.preset = {INIT_PRESET} reads the "
+            "model's shape there)"
+        )
+    step_dir = find_weights(init, "model.init")
+    try:
+        shape = read_meta(step_dir).get("model")
+    except (OSError, ValueError, AttributeError) as e:
+        raise VikhrError(
+            f"config key model.init: cannot read {step_dir / 'meta.json'} ({e}): the checkpoint is damaged "
+            "(use another)"
+        ) from None
+    if not isinstance(shape, dict):
+        raise VikhrError(
+            f"config key model.preset = {INIT_PRESET}: {step_dir / 'meta.json'} records no model shape: "
+            "name it with a preset and model.overrides"
+        )
+    return shape
 
 
 class ParallelSection(_Section):
@@ -320,7 +367,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
     `world_size`: the job's process count, when known (torchrun), for the data-parallel layout.
     `check_files`: whether the datasets and checkpoints named must exist (not for --dry-run).
     """
-    mcfg = _check_model(cfg.model, check_files)
+    m = cfg.model
+    if m.preset == INIT_PRESET and m.init == "random":
+        init_shape(m.init)  # refused: no checkpoint to take the shape from
+    mcfg = _check_model(m, check_files)  # None: model.init's shape, not read without check_files
     _check_parallel(cfg, mcfg, world_size)
     _check_data(cfg, mcfg, check_files)
     t, o, k = cfg.train, cfg.optim, cfg.kl
@@ -362,35 +412,51 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
         )
 
 
-def _check_model(m: ModelSection, check_files: bool) -> ModelConfig:
-    if m.preset not in PRESETS:
-        raise VikhrError(
-            f"config key model.preset: unknown preset {m.preset!r}{suggest(m.preset, list(PRESETS))}"
-        )
+def _check_model(m: ModelSection, check_files: bool) -> ModelConfig | None:
+    """The run's model shape, checked; None where it is model.init's (model.preset init) and that
+    checkpoint is not read: model.init random (`validate` says so), or not there and `check_files`
+    false (the start reads it)."""
+    if m.preset not in PRESETS and m.preset != INIT_PRESET:
+        names = [*PRESETS, INIT_PRESET]
+        raise VikhrError(f"config key model.preset: unknown preset {m.preset!r}{suggest(m.preset, names)}")
     known = [f.name for f in dataclasses.fields(ModelConfig)]
     for k in m.overrides:
         if k not in known:
             raise VikhrError(f"unknown config key 'model.overrides.{k}'{suggest(k, known)}")
+        if m.preset == INIT_PRESET and k not in FIELDS_A_RUN_MAY_CHANGE:
+            raise VikhrError(
+                f"config key model.overrides.{k}: model.preset = {INIT_PRESET} takes {k} from model.init's "
+                f"checkpoint, which a run cannot change (only {', '.join(FIELDS_A_RUN_MAY_CHANGE)}): drop it "
+                "('model.overrides={}' drops those of the config file)"
+            )
     types = typing.get_type_hints(ModelConfig)
     for k, v in m.overrides.items():
         try:
             refuse_yes_no(v, types[k])
         except PydanticCustomError as e:
             raise VikhrError(f"config key model.overrides.{k}: {e.message()}, got {v!r}") from None
+    if m.preset == INIT_PRESET and (m.init == "random" or not (check_files or Path(m.init).exists())):
+        return None
     try:
         mcfg = m.shape()
     except pydantic.ValidationError as e:
-        raise VikhrError(config_error_line(e.errors()[0], key_prefix="model.overrides.")) from None
+        error = e.errors()[0]
+        if m.preset == INIT_PRESET and error["loc"] and error["loc"][0] not in m.overrides:
+            raise VikhrError(
+                f"config key model.init: {m.init} records a model shape this version cannot read "
+                f"({config_error_line(error)}): use another checkpoint, or name its preset"
+            ) from None
+        raise VikhrError(config_error_line(error, key_prefix="model.overrides.")) from None
     try:
         mcfg.validate()
     except VikhrError as e:
-        raise VikhrError(f"config key model ({m.preset}): {e}") from e
-    return mcfg  # model.init is looked for once the run knows whether it resumes (trainer.run)
+        raise VikhrError(f"config key model ({m.described()}): {e}") from e
+    return mcfg  # model.init's weights are looked for once the run knows whether it resumes (trainer.run)
 
 
-def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig, world_size: int | None) -> None:
+def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig | None, world_size: int | None) -> None:
     p = cfg.parallel
-    misfit = mcfg.tensor_parallel_misfit(p.tensor)
+    misfit = mcfg.tensor_parallel_misfit(p.tensor) if mcfg is not None else None
     if misfit is not None:
         raise VikhrError(
             f"config key parallel.tensor = {p.tensor} does not divide the model's {misfit[0]} = {misfit[1]}"
@@ -434,7 +500,7 @@ def _check_blend_tokenizers(d: DataSection) -> None:
     )
 
 
-def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
+def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool) -> None:
     d, attention = cfg.data, cfg.model.attention
     if d.kind == "pretrain" and d.packing != "pack":
         raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
@@ -445,7 +511,7 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
     names, metas = set(), []
     for i, entry in enumerate(d.train):
         key = f"data.train[{i}]"
-        if check_files and d.kind == "sft":
+        if check_files and d.kind == "sft" and mcfg is not None:
             metas.append((f"{key}.prefix", check_sft_dataset(entry.prefix, f"{key}.prefix", mcfg.vocab_size)))
         for suffix in (".bin", ".idx") if check_files and d.kind == "pretrain" else ():
             if not Path(entry.prefix + suffix).is_file():
@@ -474,22 +540,31 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig, check_files: bool) -> None:
             f"config key data.split = {d.split!r} gives training nothing: the first weight (train) must "
             "be above 0, e.g. '98,2,0'"
         )
-    if d.seq_len > mcfg.max_seq_len:
-        given = "model.overrides.max_seq_len" if "max_seq_len" in cfg.model.overrides else None
-        raise VikhrError(
-            f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len} "
-            f"({given or f'preset {cfg.model.preset}'}): lower data.seq_len to {mcfg.max_seq_len} or less, "
-            f"or {'raise' if given else 'set'} model.overrides.max_seq_len"
-        )
-    if d.eod_id >= mcfg.vocab_size:
-        raise VikhrError(
-            f"config key data.eod_id = {d.eod_id} is outside the vocabulary [0, {mcfg.vocab_size})"
-        )
+    if mcfg is not None:
+        _check_data_fits_model(cfg, mcfg)
     # TE's causal kernel ignores a given mask; megatron's local attention drops it under a window.
-    unmaskable = attention == "te" or (attention == "local" and mcfg.sliding_window is not None)
+    window = mcfg.sliding_window if mcfg is not None else None
+    unmaskable = attention == "te" or (attention == "local" and window is not None)
     if d.documents_isolated() and unmaskable:
         raise VikhrError(
             f"config key data.isolate_documents needs model.attention sdpa or auto, got "
             f"{attention!r}{' with a sliding window' if attention == 'local' else ''} "
             "(or set data.isolate_documents: false)"
+        )
+
+
+def _check_data_fits_model(cfg: TrainConfig, mcfg: ModelConfig) -> None:
+    d = cfg.data
+    if d.seq_len > mcfg.max_seq_len:
+        given = "model.overrides.max_seq_len" if "max_seq_len" in cfg.model.overrides else None
+        preset = cfg.model.preset
+        source = "model.init's checkpoint" if preset == INIT_PRESET else f"preset {preset}"
+        raise VikhrError(
+            f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len} "
+            f"({given or source}): lower data.seq_len to {mcfg.max_seq_len} or less, "
+            f"or {'raise' if given else 'set'} model.overrides.max_seq_len"
+        )
+    if d.eod_id >= mcfg.vocab_size:
+        raise VikhrError(
+            f"config key data.eod_id = {d.eod_id} is outside the vocabulary [0, {mcfg.vocab_size})"
         )

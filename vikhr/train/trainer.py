@@ -1075,7 +1075,7 @@ class Trainer:
         """One line on the model, the parallel layout and the objective."""
         cfg, env = self.cfg, self.env
         return (
-            f"model {cfg.model.preset}: {self.num_params / 1e6:.1f}M parameters, "
+            f"model {cfg.model.described()}: {self.num_params / 1e6:.1f}M parameters, "
             f"TP={env.tp_size}{' (+SP)' if cfg.parallel.sequence else ''} DP={env.dp_size}, {env.backend}, "
             f"attention={_attention_described(cfg, env.on_gpu)}, KL λ={cfg.kl.weight}, data {cfg.data.kind}"
         )
