@@ -323,16 +323,17 @@ def test_manifest_records_corpora_settings_and_files(replace_dir: Path) -> None:
     assert m["settings"]["vocab_size"] == 1500 and m["settings"]["heldout_percent"] == 5.0
     for name, digest in m["files"].items():
         assert hashlib.sha256((replace_dir / name).read_bytes()).hexdigest() == digest
+    # Every corpus had held-out lines: no training line was needed, and no count of 0 says otherwise.
     assert m["hf_check"]["mismatches"] == 0 and m["hf_check"]["heldout_lines_checked"] > 0
-    assert m["hf_check"]["train_lines_checked"] == 0  # every corpus had held-out lines
+    assert "train_lines_checked" not in m["hf_check"]
 
 
 def test_without_held_out_lines_the_export_is_checked_on_training_lines(tmp_path: Path) -> None:
     """--heldout-percent 0 left no line to compare the .model and tokenizer.json on: 0 were checked."""
     settings = TrainSettings(vocab_size=400, heldout_percent=0, max_chars_per_file=50_000)
     manifest = train_tokenizer([RU_SAMPLE], tmp_path / "tok", settings)
-    assert manifest["hf_check"]["heldout_lines_checked"] == 0
     assert manifest["hf_check"]["train_lines_checked"] > 0
+    assert "heldout_lines_checked" not in manifest["hf_check"]
 
 
 def test_a_base_with_user_defined_pieces_is_checked_around_them(tmp_path: Path) -> None:
@@ -872,6 +873,11 @@ def test_cli_train_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str
     argv = ["tokenizer", "train", "--corpus", f"{RU_SAMPLE}@100k", "--vocab-size", "600", "--out", str(out)]
     assert cli_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    # The report names the lines the export was checked on: held-out ones, no "training lines: 0".
+    printed = capsys.readouterr().out
+    heldout = manifest["hf_check"]["heldout_lines_checked"]
+    assert f'"hf_check": {{"heldout_lines_checked": {heldout}, "mismatches": 0}}' in printed
+    assert "train_lines_checked" not in printed
     assert manifest["corpora"][0]["max_chars"] == 100_000
     assert manifest["settings"]["split_by_script"] and manifest["settings"]["split_by_whitespace"]
     assert (manifest["settings"]["character_coverage"], manifest["settings"]["num_threads"]) == (0.9999, 2)

@@ -388,6 +388,14 @@ def verify_hf_export(
     return checked
 
 
+def _lines_checked(checked: dict[str, int]) -> dict[str, int]:
+    """`verify_hf_export`'s counts as the manifest records them: one per kind of line checked. Training
+    lines are read only for a corpus without held-out lines, so a count of 0 read as a check that
+    did not run."""
+    counts = {f"{split}_lines_checked": n for split, n in checked.items() if n}
+    return counts or {"heldout_lines_checked": 0}
+
+
 def _check_mode(s: TrainSettings) -> Any:
     """Refuse settings that cannot work; returns the base model's proto in extend mode (else None)."""
     if s.mode not in MODES:
@@ -588,11 +596,7 @@ def train_tokenizer(
             "settings": asdict(s),
             "extend": extend_stats,
             "prune": prune_stats,
-            "hf_check": {
-                "heldout_lines_checked": checked["heldout"],
-                "train_lines_checked": checked["train"],
-                "mismatches": 0,
-            },
+            "hf_check": {**_lines_checked(checked), "mismatches": 0},
             "files": {
                 path.name: corpus_sha256(path)
                 for path in (work / MODEL_FILE, tok_json, tok_cfg, *(work / n for n in OUTPUT_SIDE_FILES))
