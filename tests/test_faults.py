@@ -755,6 +755,73 @@ def test_a_start_of_another_shape_is_refused_with_model_preset_init_offered(
     )
 
 
+def test_a_config_error_under_torchrun_is_said_once_per_node(tmp_path: Path) -> None:
+    """Every rank printed the same config error (8 lines on 8 GPUs) before torchrun's own report: the
+    node's first process says it, the others end with the same status silently."""
+    from tests.conftest import launch_torchrun
+
+    config = _train_config(tmp_path, str(tmp_path / "missing" / "ru_text_document"))
+    proc = launch_torchrun(REPO / "pretrain_vikhr.py", "--config", str(config), nproc=2, timeout=300)
+    said = [line for line in proc.stderr.splitlines() if "dataset file not found" in line]
+    assert proc.returncode != 0 and len(said) == 1, proc.stderr[-3000:]
+    assert said[0].startswith("pretrain_vikhr.py: error: config key data.train[0].prefix: ")
+    # torchrun's report names the process that said it as the first failure.
+    cause = proc.stderr[proc.stderr.index("Root Cause") :]
+    assert "(local_rank: 0)" in cause and "exitcode  : 2" in cause, cause
+
+
+@pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
+def test_a_start_refused_alike_on_every_rank_is_said_by_the_node_s_first(
+    saved_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    local_rank: str,
+    said: bool,
+) -> None:
+    """A checkpoint of another shape is refused on every rank before the process group exists: the
+    node's other ranks wait, silent, for torchrun to end them once the first has said it."""
+    import vikhr.errors
+    from vikhr.cli import main
+
+    class EndedByTorchrun(BaseException):
+        pass
+
+    def ended_by_torchrun() -> None:
+        raise EndedByTorchrun
+
+    monkeypatch.setattr(vikhr.errors, "_await_the_first_process", ended_by_torchrun)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")  # torchrun's: it ends the others once one has ended
+    monkeypatch.setenv("RANK", "3")  # a rank of another node's: the node's own order decides
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    config = _train_config(tmp_path, saved_run[1])
+    argv = ["pretrain", "--config", str(config), f"model.init={saved_run[0]}", "model.overrides.num_layers=3"]
+    if said:
+        _one_error_line(capsys, main(argv), "config key model.init: checkpoint ", "num_layers 2 (run: 3)")
+    else:
+        with pytest.raises(EndedByTorchrun):
+            main(argv)
+        assert not capsys.readouterr().err
+
+
+def test_an_error_that_may_differ_by_rank_is_said_by_each(
+    saved_run: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """This machine's memory (a GPU's, on a GPU) is each rank's own to measure: its refusal is said by
+    every rank that meets it."""
+    from vikhr.cli import main
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    config = _train_config(tmp_path, saved_run[1])
+    overrides = ["model.overrides.max_seq_len=10000000", "data.seq_len=10000000"]
+    _one_error_line(capsys, main(["pretrain", "--config", str(config), *overrides]), "does not fit in memory")
+
+
 def test_a_start_padded_to_another_vocab_multiple_trains(
     saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import json
@@ -9,13 +10,47 @@ import os
 import select
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 
 class VikhrError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
+
+    # Met alike by every process of a node (`same_on_every_process`): said by the node's first only.
+    alike_on_every_process = False
+
+
+@contextlib.contextmanager
+def same_on_every_process() -> Iterator[None]:
+    """Marks a VikhrError raised inside as one that every process of a torchrun job on a node meets
+    alike: it depends only on the config and the files, checked before the processes talk to each
+    other. `report_ending` then has the node's first process say it, not every GPU's before torchrun's
+    own report. An error that may differ from rank to rank (a GPU's binding, its memory) is not marked."""
+    try:
+        yield
+    except VikhrError as e:
+        e.alike_on_every_process = True
+        raise
+
+
+# How long a node's other processes wait for torchrun to end them, once the first has said an error
+# all meet alike (torchrun ends a job's processes within a second of one ending: had one of them
+# ended first, the first could be ended before it said a word). Then they say it themselves.
+ALIKE_ERROR_WAIT_S = 30.0
+
+
+def _await_the_first_process() -> None:
+    time.sleep(ALIKE_ERROR_WAIT_S)
+
+
+def _said_by_another_process() -> bool:
+    """Whether this process runs under torchrun, which ends a job's processes once one has ended, and
+    is not its node's first (LOCAL_RANK 0), which says an error all meet alike. Started by srun
+    alone, each process says it."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("LOCAL_RANK", "0") != "0"
 
 
 class RunStopped(Exception):
@@ -71,6 +106,8 @@ def report_ending(prog: str, e: BaseException) -> int:
         return 130
     if isinstance(e, BrokenPipeError) and _stdout_closed():
         return BROKEN_PIPE_STATUS
+    if isinstance(e, VikhrError) and e.alike_on_every_process and _said_by_another_process():
+        _await_the_first_process()  # which says it; torchrun ends this one meanwhile
     # OSError: the machine refused a read or write (a read-only place, a full disk).
     print_error_line(f"{prog}: error: {os_error_line(e) if isinstance(e, OSError) else e}")
     return 2

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, same_on_every_process
 from vikhr.runtime.megatron import import_megatron_core, require_megatron
+
+if TYPE_CHECKING:
+    from vikhr.train.config import TrainConfig
 
 # Megatron-LM's flag names for the common settings, as aliases of `section.key=value` overrides.
 MEGATRON_FLAGS: dict[str, str] = {
@@ -123,6 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Load the config (--config plus overrides) and train, or print the --dry-run memory table."""
+    with same_on_every_process():  # each torchrun process reads the same arguments, config and files
+        cfg = _load(args)
+    if args.dry_run:
+        from vikhr.train.memory import dry_run_table
+
+        print(dry_run_table(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb))
+        return 0
+    require_megatron()  # a clear error for a wrong megatron-core before the trainer imports it
+    from vikhr.train.trainer import run
+
+    run(cfg)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> TrainConfig:
+    """The config of `args`, checked with its options; --dry-run's sizes set in `args`."""
     # Imported here, not at the top: the config and the trainer load torch and megatron-core
     # (seconds), which `vikhr --help` and every other command would otherwise pay for.
     import_megatron_core()
@@ -147,14 +167,4 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"{args.gpu_memory_gb:g}"
         )
     # The dry run sizes a cluster job from here: it needs the shapes, not the dataset files.
-    cfg = load_config(args.config, config_overrides(args), check_files=not args.dry_run)
-    if args.dry_run:
-        from vikhr.train.memory import dry_run_table
-
-        print(dry_run_table(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb))
-        return 0
-    require_megatron()  # a clear error for a wrong megatron-core before the trainer imports it
-    from vikhr.train.trainer import run
-
-    run(cfg)
-    return 0
+    return load_config(args.config, config_overrides(args), check_files=not args.dry_run)

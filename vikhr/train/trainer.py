@@ -49,7 +49,7 @@ from vikhr.convert.hf_tokenizer import (
 from vikhr.convert.lineage import INHERITED, carry_tokenizers
 from vikhr.data.indexed import IndexedReader, ValidationRecord
 from vikhr.data.indexed import validate as validate_dataset
-from vikhr.errors import RunStopped, VikhrError, require_writable_dir
+from vikhr.errors import RunStopped, VikhrError, require_writable_dir, same_on_every_process
 from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
@@ -349,7 +349,8 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
     # Everything that can be checked is checked before a process group or a tensor exists.
     started = time.monotonic()  # checkpoint.stop_after_minutes counts the setup too
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    validate(cfg, world_size=world_size)
+    with same_on_every_process():
+        validate(cfg, world_size=world_size)
     on_cuda = uses_cuda(cfg.parallel.device)
     resolve_attention(cfg.model.attention, on_cuda)  # a layer spec this machine has
     if on_cuda:  # not a failed build of the loss's CUDA kernels at the first step
@@ -398,6 +399,24 @@ def write_stopped_record(run_dir: Path, step: int, steps: int, stop: Stop) -> No
 def _locked_run(
     cfg: TrainConfig, loss_fn: LossFn | None, started: float, run_stop: RunStop
 ) -> dict[str, Any]:
+    # Each rank reads the same checkpoints and datasets before the process group exists: a refusal
+    # is the same on every rank of a node (the run lock above is rank 0's alone).
+    with same_on_every_process():
+        resume_from, inherited, recorded_data, inherited_files = _check_start(cfg)
+    with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
+        result = Trainer(
+            cfg, env, loss_fn, resume_from, started, inherited, recorded_data, inherited_files
+        ).train(run_stop)
+    release_memory()
+    return result
+
+
+def _check_start(
+    cfg: TrainConfig,
+) -> tuple[Path | None, dict[str, Any] | None, RecordedTokenizer | None, dict[str, bytes]]:
+    """The checkpoint to resume (None: a fresh start), what the run's checkpoints record of its start's
+    lineage (`_inherited`) and of the datasets' tokenizer, and the tokenizer files each checkpoint keeps
+    a copy of, once every checkpoint and dataset the run reads is checked (warnings said)."""
     resume_from = None
     if cfg.checkpoint.resume != "never":
         where = cfg.checkpoint.dir if cfg.checkpoint.resume == "auto" else cfg.checkpoint.resume
@@ -426,12 +445,7 @@ def _locked_run(
     # Once the run will start: an error stays the only line.
     for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
-    with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
-        result = Trainer(
-            cfg, env, loss_fn, resume_from, started, inherited, recorded_data, inherited_files
-        ).train(run_stop)
-    release_memory()
-    return result
+    return resume_from, inherited, recorded_data, inherited_files
 
 
 def release_memory() -> None:
