@@ -662,8 +662,8 @@ def test_a_start_of_another_shape_trains_with_model_preset_init(
 ) -> None:
     """A start whose vocabulary, RoPE theta and norm eps are no preset's was refused until each differing
     field was copied into model.overrides: model.preset init takes them from its meta.json, with
-    max_seq_len still the run's to set; the run's checkpoints record that shape, its resume compares it,
-    and --dry-run sizes it."""
+    max_seq_len still the run's to set; the run's checkpoints record that shape, its resume takes it
+    from there, and --dry-run sizes it."""
     import json
 
     from vikhr.cli import main
@@ -684,19 +684,58 @@ def test_a_start_of_another_shape_trains_with_model_preset_init(
     assert main(argv) == 0
     saved = json.loads((tmp_path / "run" / "step_000002" / "meta.json").read_text())["model"]
     assert saved == {**recorded, "max_seq_len": 512}
-    assert main([*argv, "train.steps=3"]) == 0  # resumed from step 2: the shape compared alike
+    assert main([*argv, "train.steps=3"]) == 0  # resumed from step 2: its shape
     assert json.loads((tmp_path / "run" / "step_000003" / "meta.json").read_text())["model"] == saved
     capsys.readouterr()
 
-    # A resumed checkpoint of another shape than model.init's is refused as before.
+    # A KL reference (model.init's weights, read on a resume) of another shape than the resumed
+    # checkpoint's is refused.
     tiny = saved_run_of_tiny(tmp_path)
     capsys.readouterr()
     _one_error_line(
         capsys,
-        main([*argv, "train.steps=4", f"model.init={tiny}"]),
-        "config key checkpoint.resume (auto: the latest step in checkpoint.dir): checkpoint ",
-        "has another model shape: vocab_size 600 (run: 512)",
+        main([*argv, "train.steps=4", f"model.init={tiny}", "kl.weight=0.5"]),
+        "config key model.init: checkpoint ",
+        "has another model shape: vocab_size 512 (run: 600)",
     )
+
+
+def test_a_resume_of_model_preset_init_needs_model_init_only_as_the_kl_reference(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/scaling.md lets a run's start be moved or deleted once the run has saved a step, but with
+    model.preset init every resume and --dry-run read model.init's meta.json for the shape and were
+    refused ("model.init: checkpoint not found") where it was gone. Now they take the shape the
+    resumed checkpoint records; a resume whose KL reference is model.init still needs it."""
+    import json
+    import shutil
+
+    from vikhr.cli import main
+
+    start = tmp_path / "start"
+    shutil.copytree(saved_run[0], start)
+    config = _train_config(tmp_path, saved_run[1], model={"preset": "init", "init": str(start)})
+    argv = ["pretrain", "--config", str(config)]
+    assert main([*argv, "train.steps=1"]) == 0
+    shutil.rmtree(start)
+    capsys.readouterr()
+
+    assert main([*argv, "--dry-run", "--gpus", "1"]) == 0
+    assert f"model of {start}: " in capsys.readouterr().out.splitlines()[0]
+    assert main(argv) == 0
+    assert f"resumed from {tmp_path / 'run' / 'step_000001'}" in capsys.readouterr().err
+    recorded = json.loads((saved_run[0] / "step_000002" / "meta.json").read_text())["model"]
+    assert json.loads((tmp_path / "run" / "step_000002" / "meta.json").read_text())["model"] == recorded
+
+    _one_error_line(
+        capsys,
+        main([*argv, "train.steps=3", "kl.weight=0.5"]),  # kl.reference: init
+        f"config key model.init: checkpoint not found: {start}",
+    )
+    assert not (tmp_path / "run" / "step_000003").exists()
+    reference = saved_run[0] / "step_000001"
+    assert main([*argv, "train.steps=3", "kl.weight=0.5", f"kl.reference={reference}"]) == 0
+    assert (tmp_path / "run" / "step_000003").is_dir()
 
 
 def saved_run_of_tiny(tmp_path: Path) -> Path:

@@ -80,11 +80,14 @@ class ModelSection(_Section):
     init: str = "random"
     vocab_multiple: PositiveInt = 128
 
-    def shape(self) -> ModelConfig:
-        """The preset (or model.init's recorded shape) with the overrides applied (types checked;
-        `validate` checks the rest)."""
+    def shape(self, resumed: Path | None = None) -> ModelConfig:
+        """The preset (or the recorded shape, for preset init) with the overrides applied (types
+        checked; `validate` checks the rest). Preset init takes the shape `resumed`, the checkpoint a
+        run resumes, records: model.init may be gone once the run has saved a step (TrainConfig.
+        model_shape finds it); model.init's where there is none, or it records none (older versions)."""
         if self.preset == INIT_PRESET:
-            base = init_shape(self.init)
+            base = _resumed_shape(resumed) if resumed is not None else None
+            base = init_shape(self.init) if base is None else base
         else:
             base = dataclasses.asdict(PRESETS[self.preset])
         return _MODEL_SHAPE.validate_python({**base, **self.overrides})
@@ -92,6 +95,15 @@ class ModelSection(_Section):
     def described(self) -> str:
         """The model as a run's lines name it: its preset, or the checkpoint whose shape it takes."""
         return f"of {self.init}" if self.preset == INIT_PRESET else self.preset
+
+
+def _resumed_shape(resumed: Path) -> dict[str, Any] | None:
+    """The model shape the checkpoint a run resumes records (meta.json `model`); None where it records
+    none. Its meta.json was read whole when it was chosen (checkpoint.find_resumable)."""
+    from vikhr.train.checkpoint import read_meta
+
+    shape = read_meta(resumed).get("model")
+    return shape if isinstance(shape, dict) else None
 
 
 def init_shape(init: str) -> dict[str, Any]:
@@ -260,6 +272,23 @@ class TrainConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def resumed_checkpoint(self) -> Path | None:
+        """The step directory the run resumes (checkpoint.resume: auto, the newest whole step of
+        checkpoint.dir, or the one given); None for a fresh start. VikhrError where the step given,
+        or every step of the run directory, is damaged."""
+        from vikhr.train.checkpoint import find_resumable
+
+        c = self.checkpoint
+        if c.resume == "never":
+            return None
+        return find_resumable(c.dir if c.resume == "auto" else c.resume)[0]
+
+    def model_shape(self) -> ModelConfig:
+        """The run's model shape (ModelSection.shape): with model.preset init, the resumed checkpoint's
+        where the run resumes one, so that a resume needs model.init only as the KL reference."""
+        resumed = self.resumed_checkpoint() if self.model.preset == INIT_PRESET else None
+        return self.model.shape(resumed)
+
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
     """`key old -> new` for each setting of `now` (TrainConfig.to_dict()) that differs from `saved`
@@ -370,9 +399,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
     m = cfg.model
     if m.preset == INIT_PRESET and m.init == "random":
         init_shape(m.init)  # refused: no checkpoint to take the shape from
-    mcfg = _check_model(m, check_files)  # None: model.init's shape, not read without check_files
+    resumed = cfg.resumed_checkpoint() if m.preset == INIT_PRESET else None  # its shape, on a resume
+    mcfg = _check_model(m, check_files, resumed)  # None: model.init's shape, not read without check_files
     _check_parallel(cfg, mcfg, world_size)
-    _check_data(cfg, mcfg, check_files)
+    _check_data(cfg, mcfg, check_files, resumed)
     t, o, k = cfg.train, cfg.optim, cfg.kl
     if t.global_batch % t.micro_batch:
         raise VikhrError(
@@ -412,10 +442,10 @@ def validate(cfg: TrainConfig, world_size: int | None = None, check_files: bool 
         )
 
 
-def _check_model(m: ModelSection, check_files: bool) -> ModelConfig | None:
-    """The run's model shape, checked; None where it is model.init's (model.preset init) and that
-    checkpoint is not read: model.init random (`validate` says so), or not there and `check_files`
-    false (the start reads it)."""
+def _check_model(m: ModelSection, check_files: bool, resumed: Path | None = None) -> ModelConfig | None:
+    """The run's model shape, checked (`resumed`: the checkpoint a run of model.preset init resumes,
+    whose shape it takes); None where it is model.init's and that checkpoint is not read: model.init
+    random (`validate` says so), or not there and `check_files` false (the start reads it)."""
     if m.preset not in PRESETS and m.preset != INIT_PRESET:
         names = [*PRESETS, INIT_PRESET]
         raise VikhrError(f"config key model.preset: unknown preset {m.preset!r}{suggest(m.preset, names)}")
@@ -435,15 +465,17 @@ def _check_model(m: ModelSection, check_files: bool) -> ModelConfig | None:
             refuse_yes_no(v, types[k])
         except PydanticCustomError as e:
             raise VikhrError(f"config key model.overrides.{k}: {e.message()}, got {v!r}") from None
-    if m.preset == INIT_PRESET and (m.init == "random" or not (check_files or Path(m.init).exists())):
+    init_unread = m.init == "random" or not (check_files or Path(m.init).exists())
+    if m.preset == INIT_PRESET and resumed is None and init_unread:
         return None
     try:
-        mcfg = m.shape()
+        mcfg = m.shape(resumed)
     except pydantic.ValidationError as e:
         error = e.errors()[0]
         if m.preset == INIT_PRESET and error["loc"] and error["loc"][0] not in m.overrides:
+            key, where = ("checkpoint.resume", resumed) if resumed is not None else ("model.init", m.init)
             raise VikhrError(
-                f"config key model.init: {m.init} records a model shape this version cannot read "
+                f"config key {key}: {where} records a model shape this version cannot read "
                 f"({config_error_line(error)}): use another checkpoint, or name its preset"
             ) from None
         raise VikhrError(config_error_line(error, key_prefix="model.overrides.")) from None
@@ -500,7 +532,7 @@ def _check_blend_tokenizers(d: DataSection) -> None:
     )
 
 
-def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool) -> None:
+def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool, resumed: Path | None) -> None:
     d, attention = cfg.data, cfg.model.attention
     if d.kind == "pretrain" and d.packing != "pack":
         raise VikhrError("config key data.packing = pad applies to data.kind = sft only")
@@ -541,7 +573,7 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool) -
             "be above 0, e.g. '98,2,0'"
         )
     if mcfg is not None:
-        _check_data_fits_model(cfg, mcfg)
+        _check_data_fits_model(cfg, mcfg, resumed)
     # TE's causal kernel ignores a given mask; megatron's local attention drops it under a window.
     window = mcfg.sliding_window if mcfg is not None else None
     unmaskable = attention == "te" or (attention == "local" and window is not None)
@@ -553,12 +585,15 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool) -
         )
 
 
-def _check_data_fits_model(cfg: TrainConfig, mcfg: ModelConfig) -> None:
+def _check_data_fits_model(cfg: TrainConfig, mcfg: ModelConfig, resumed: Path | None) -> None:
+    """`resumed`: the checkpoint whose shape a resume of model.preset init takes."""
     d = cfg.data
     if d.seq_len > mcfg.max_seq_len:
         given = "model.overrides.max_seq_len" if "max_seq_len" in cfg.model.overrides else None
         preset = cfg.model.preset
-        source = "model.init's checkpoint" if preset == INIT_PRESET else f"preset {preset}"
+        source = f"preset {preset}"
+        if preset == INIT_PRESET:
+            source = f"the resumed checkpoint {resumed}" if resumed is not None else "model.init's checkpoint"
         raise VikhrError(
             f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len} "
             f"({given or source}): lower data.seq_len to {mcfg.max_seq_len} or less, "

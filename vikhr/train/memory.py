@@ -120,7 +120,7 @@ def estimate(
 
 def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
     """The `--dry-run` report for a validated TrainConfig."""
-    mcfg = cfg.model.shape()
+    mcfg = cfg.model_shape()
     total, _ = parameter_counts(mcfg, 1, cfg.model.vocab_multiple)
     lines = [
         f"model {cfg.model.described()}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
@@ -182,7 +182,7 @@ def run_estimate(
     data.seq_len or at `seq_len`, on a GPU (bf16) or, `on_cuda` false, on the CPU (fp32)."""
     tp = cfg.parallel.tensor
     return estimate(
-        cfg.model.shape(),
+        cfg.model_shape(),
         tp,
         max(world_size, tp),
         cfg.train.micro_batch,

@@ -254,7 +254,7 @@ def check_data(cfg: TrainConfig) -> None:
     process group exists, so a bad file stops all of them alike and none is reading the cache while
     rank 0 rebuilds it.
     """
-    vocab_size = cfg.model.shape().vocab_size
+    vocab_size = cfg.model_shape().vocab_size
     cache = index_cache_dir(cfg)
     record = ValidationRecord(Path(cache) / "data-check.json")
     for i, entry in enumerate(cfg.data.train):
@@ -474,7 +474,7 @@ def _check_start_checkpoints(cfg: TrainConfig, resume_from: Path | None) -> None
         read["model.init"] = checkpoint.find_weights(cfg.model.init, "model.init")
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         read["kl.reference"] = checkpoint.find_weights(cfg.kl.reference, "kl.reference")
-    expected = cfg.model.shape().to_dict()
+    expected = cfg.model.shape(resume_from).to_dict()
     for key, step_dir in read.items():
         checkpoint.check_weights(step_dir, expected, key)
 
@@ -629,7 +629,7 @@ class Trainer:
         self.cfg, self.env, self.inherited, self.recorded_data = cfg, env, inherited, recorded_data
         self.inherited_files = inherited_files or {}
         self.started = time.monotonic() if started is None else started
-        self.model_cfg = cfg.model.shape()
+        self.model_cfg = cfg.model.shape(resume_from)
         self.run_dir = Path(cfg.checkpoint.dir)
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
