@@ -292,6 +292,48 @@ def test_loglikelihoods_equal_direct_transformers(
     assert checked == 2 * (4 if task == "mmlu_en" else 2)
 
 
+def test_bits_per_char_of_several_texts_loads_the_model_once(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vikhr ablate` and `vikhr demo` loaded each HF model twice, once per held-out text (RU, EN):
+    now once for both, the values those of a separate evaluation of each text."""
+    from vikhr.assets import EN_SAMPLE
+    from vikhr.demo import bits_per_char
+    from vikhr.eval import runner
+
+    held = {}
+    for name, source in (("ru", RU_SAMPLE), ("en", EN_SAMPLE)):
+        held[name] = tmp_path / f"{name}.jsonl.gz"
+        with gzip.open(held[name], "wt", encoding="utf-8") as f:
+            for t in list(read_texts(source))[:3]:
+                f.write(json.dumps({"text": t[:600]}, ensure_ascii=False) + "\n")
+    separate = {
+        name: run_eval(
+            settings_for(
+                tiny_dir,
+                ["bpc"],
+                path.parent,
+                bpc_data=path,
+                tokenizer=MISTRAL_TOKENIZER,
+                limit=3,
+                max_length=64,
+            )
+        )["tasks"]["bpc"]["metrics"]["bpc"]
+        for name, path in held.items()
+    }
+    loads: list[Path] = []
+    make_lm = runner.make_lm
+
+    def counted(settings: EvalSettings, *args: Any, **kwargs: Any) -> Any:
+        loads.append(settings.model_dir)
+        return make_lm(settings, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "make_lm", counted)
+    together = bits_per_char(tiny_dir, MISTRAL_TOKENIZER, held, docs=3, seq_len=64)
+    assert loads == [tiny_dir]
+    assert together == separate and separate["ru"] != separate["en"]
+
+
 def test_bpc_equals_direct_transformers(tiny_lm: Any, tiny_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -155,27 +155,35 @@ def split_heldout(path: Path, out: Path, name: str) -> tuple[Path, Path, int]:
 
 
 def bits_per_char(
-    hf_dir: Path, tokenizer: Path, texts: Path, docs: int, seq_len: int, device: str = "cpu"
-) -> float:
-    """Bits per character of the HF model on the first `docs` texts, through `vikhr eval`'s bpc task."""
+    hf_dir: Path, tokenizer: Path, texts: dict[str, Path], docs: int, seq_len: int, device: str = "cpu"
+) -> dict[str, float]:
+    """Bits per character of the HF model on the first `docs` texts of each file of `texts` (name →
+    file), through `vikhr eval`'s bpc task; the model is loaded once for all of them."""
     from vikhr.eval.lm import evaluation_bars
-    from vikhr.eval.runner import EvalSettings, run_eval
+    from vikhr.eval.runner import EvalSettings, load_lm, run_eval
 
-    settings = EvalSettings(
-        model_dir=hf_dir,
-        tasks=["bpc"],
-        data_dir=texts.parent,
-        bpc_data=texts,
-        tokenizer=tokenizer,
-        limit=docs,
-        device=device,
-        dtype="float32",
-        max_length=seq_len,
-    )
+    def settings(held: Path) -> EvalSettings:
+        return EvalSettings(
+            model_dir=hf_dir,
+            tasks=["bpc"],
+            data_dir=held.parent,
+            bpc_data=held,
+            tokenizer=tokenizer,
+            limit=docs,
+            device=device,
+            dtype="float32",
+            max_length=seq_len,
+        )
+
+    bpc: dict[str, float] = {}
+    lm = None
     # lm-eval draws a progress bar per document; the demo prints one table instead.
     with evaluation_bars(show=False):
-        results = run_eval(settings)
-    return float(results["tasks"]["bpc"]["metrics"]["bpc"])
+        for name, held in texts.items():
+            lm = load_lm(settings(held)) if lm is None else lm
+            results = run_eval(settings(held), lm=lm)
+            bpc[name] = float(results["tasks"]["bpc"]["metrics"]["bpc"])
+    return bpc
 
 
 SFT_SEQ_LEN_FACTOR = 2  # the SFT stage's data.seq_len is this times --seq-len: chats are longer than texts
@@ -500,10 +508,8 @@ class Demo:
             ("adapted, before training", self.adapted_hf, self.new_tok),
             ("adapted + continued", self.final_hf, self.new_tok),
         ):
-            bpc[label] = {
-                lang: bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
-                for lang, held in (("ru", self.ru_held), ("en", self.en_held))
-            }
+            held = {"ru": self.ru_held, "en": self.en_held}
+            bpc[label] = bits_per_char(hf_dir, tok, held, args.eval_docs, args.seq_len)
         print(f"      {'model':28s} {'RU bpc':>8s} {'EN bpc':>8s}")
         for label, v in bpc.items():
             print(f"      {label:28s} {v['ru']:8.3f} {v['en']:8.3f}")

@@ -114,16 +114,16 @@ class Ablation:
         return ckpt
 
     def _bpc(self, hf_dir: Path, tokenizer: Path) -> dict[str, float]:
-        """Held-out RU and EN bits per character of an HF model (each model evaluated once)."""
+        """Held-out RU and EN bits per character of an HF model (each model loaded and evaluated once)."""
         from vikhr.demo import bits_per_char
 
         if hf_dir in self.bpc_of:
             return self.bpc_of[hf_dir]
-        docs, seq_len = self.cfg.data.eval_docs, self.cfg.train.seq_len
-        self.bpc_of[hf_dir] = {
-            lang: bits_per_char(hf_dir, tokenizer, held, docs, seq_len, self.cfg.train.device)
-            for lang, held in (("ru", self.ru_held), ("en", self.en_held))
-        }
+        held = {"ru": self.ru_held, "en": self.en_held}
+        c = self.cfg
+        self.bpc_of[hf_dir] = bits_per_char(
+            hf_dir, tokenizer, held, c.data.eval_docs, c.train.seq_len, c.train.device
+        )
         return self.bpc_of[hf_dir]
 
     def _tokenize(self, name: str, corpus: Path, tokenizer: Path) -> tuple[str, int]:

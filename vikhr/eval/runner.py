@@ -569,6 +569,15 @@ def run_eval(settings: EvalSettings, lm: Any | None = None) -> dict[str, Any]:
     return out
 
 
+def load_lm(settings: EvalSettings) -> Any:
+    """The lm-eval LM of `settings.model_dir`, once the model directory and its tokenizer pass the
+    checks `run_eval` makes before its own load: one model for several `run_eval(..., lm=)` calls
+    (settings differing only in their tasks and data)."""
+    _offline()
+    tokenizer = _check_settings_and_tokenizer(settings, None)
+    return make_lm(settings, tokenizer)  # type: ignore[arg-type]  # loaded above
+
+
 def _check_settings_and_tokenizer(settings: EvalSettings, lm: Any | None) -> Any | None:
     """The checks that need no task data; returns the model's tokenizer when `lm` is to be loaded."""
     if settings.mera_submission is not None and not any(t.startswith("mera_") for t in settings.tasks):
