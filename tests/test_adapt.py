@@ -574,6 +574,50 @@ def test_the_unused_ids_of_a_vocabulary_with_gaps_keep_their_rows_and_are_counte
         assert torch.equal(new_t[name][gaps].view(torch.int32), old_t[name][gaps].view(torch.int32))
 
 
+@pytest.mark.parametrize("init", ["mean-of-all", "random"])
+def test_new_rows_leave_out_the_gap_rows_of_a_vocabulary_with_gaps(
+    tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], init: str
+) -> None:
+    """The rows of the gaps in a base tokenizer.json's ids belong to no token (zero or untrained): the
+    mean of "mean-of-all" and padding rows, and the N(mean, std) "random" rows are drawn from, counted
+    them. They come from the rows of the base's tokens only."""
+    from tests.test_tokenizer_byte_bpe import _base_with_gaps
+    from vikhr.tokenizer.load import load
+
+    base_json = _base_with_gaps(
+        {"llama3": byte_level_tokenizers["llama3"][0]}, tmp_path / "base", added_in_vocab=True
+    )
+    settings = TrainSettings(
+        mode="extend", base_model=str(base_json), new_tokens=20, max_chars_per_file=100_000,
+        verify_lines_per_file=50,
+    )  # fmt: skip
+    train_tokenizer([RU_SAMPLE], tmp_path / "ext", settings)
+    base = load(base_json)
+    gaps = [i for i in range(base.vocab_size) if base.backend.id_to_token(i) is None]
+    tokens = [i for i in range(base.vocab_size) if i not in gaps]
+    assert len(gaps) == 5
+
+    def untrained_gap_rows(model: torch.nn.Module) -> None:
+        model.get_input_embeddings().weight[gaps] = 1e3
+        model.get_output_embeddings().weight[gaps] = -1e3
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_hf_model(src, vocab_size=base.vocab_size, arch="llama", weights=untrained_gap_rows)
+    adapt_vocab(src, base_json, tmp_path / "ext", out, init=init, pad_to_multiple=64, show_progress=False)
+    log = json.loads((out / INIT_LOG).read_text(encoding="utf-8"))
+    checked = [e for e in log if e["method"] in ("mean-of-all", "padding", "random")]
+    assert {e["method"] for e in checked} == {init, "padding"}
+    old_t, new_t = tensors_of(src), tensors_of(out)
+    for name, seed in ((EMBED, 0), (LM_HEAD, 1)):
+        rows = old_t[name][tokens].to(torch.float64)
+        mean, std = rows.mean(0).to(torch.float32), rows.std(0).to(torch.float32)
+        draws = torch.Generator().manual_seed(seed)  # the rows are drawn in id order, one row a draw
+        for entry in checked:
+            random = entry["method"] == "random"
+            expected = mean + std * torch.randn(mean.shape[0], generator=draws) if random else mean
+            torch.testing.assert_close(new_t[name][entry["id"]], expected, msg=name)
+
+
 def test_an_extended_tokenizer_as_the_old_one_of_a_padded_checkpoint_is_refused(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,8 +18,9 @@ For each token of the new vocabulary:
 * unused   — an id with no token in both vocabularies (a `tokenizer.json` with gaps in its ids, which
              an extension keeps) keeps its row; one the old vocabulary has a token at starts as
              mean-of-all, as a new special token does.
-The mean and std leave out the rows of a padded checkpoint past its old tokenizer's tokens (Qwen2.5:
-151,665 tokens, 151,936 rows), which belong to no token: zeros or untrained.
+The mean and std are over the rows of the old tokens only: the rows of a padded checkpoint past its old
+tokenizer's tokens (Qwen2.5: 151,665 tokens, 151,936 rows) and those of the gaps in an old
+tokenizer.json's ids belong to no token (zeros or untrained).
 The input embedding and the LM head are adapted separately, each from its own old rows.
 
 Only those two tensors are held in memory; all others are copied as raw bytes shard by shard
@@ -32,7 +33,7 @@ import functools
 import json
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -239,27 +240,31 @@ def _old_ids(old: Vocabulary, new: Vocabulary, piece: str) -> tuple[list[int], b
     return ids, stray
 
 
-def _column_stats(rows: Any, chunk: int = 4096) -> tuple[Any, Any]:
-    """Per-dimension float32 mean and std of `rows`, a chunk of rows at a time (no full float32 copy)."""
+def _column_stats(rows: Any, ids: Any, chunk: int = 4096) -> tuple[Any, Any]:
+    """Per-dimension float32 mean and std of the rows `ids` of `rows`, a chunk of rows at a time (no
+    full float32 copy)."""
     import torch
 
     total = torch.zeros(rows.shape[1], dtype=torch.float64)
     total_sq = torch.zeros(rows.shape[1], dtype=torch.float64)
-    for start in range(0, rows.shape[0], chunk):
-        block = rows[start : start + chunk].to(torch.float64)
+    for start in range(0, ids.shape[0], chunk):
+        block = rows.index_select(0, ids[start : start + chunk]).to(torch.float64)
         total += block.sum(0)
         total_sq += (block * block).sum(0)
-    n = rows.shape[0]
-    mean = total / n
+    n = ids.shape[0]
+    mean = total / max(1, n)
     var = (total_sq - n * mean * mean) / max(1, n - 1)
     return mean.to(torch.float32), var.clamp_min(0).sqrt().to(torch.float32)
 
 
-def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows: int | None = None) -> Any:
+def build_matrix(
+    old_rows: Any, plan: list[TokenInit], seed: int = 0, token_ids: Sequence[int] | None = None
+) -> Any:
     """The new matrix (len(plan) × hidden, dtype of `old_rows`) following `plan`. The mean of the
-    "mean-of-all" and "padding" rows and the N(mean, std) of "random" ones are over the first
-    `token_rows` old rows (default: all): the rows of a padded checkpoint past its tokenizer's tokens
-    belong to no token (zeros or untrained) and would pull every such row towards them."""
+    "mean-of-all" and "padding" rows and the N(mean, std) of "random" ones are over the old rows
+    `token_ids` (default: all), those of the old tokens: a padded checkpoint's rows past its
+    tokenizer's tokens and the rows of the gaps in a tokenizer.json's ids belong to no token (zeros or
+    untrained) and would pull every such row towards them."""
     import torch
 
     hidden = old_rows.shape[1]
@@ -270,7 +275,7 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows
         dst = torch.tensor(copied[start : start + COPY_BLOCK_ROWS])
         src = torch.tensor([plan[i].old_ids[0] for i in copied[start : start + COPY_BLOCK_ROWS]])
         out.index_copy_(0, dst, old_rows.index_select(0, src))
-    token_part = old_rows[:token_rows]  # a view: no copy
+    stat_ids = torch.arange(old_rows.shape[0]) if token_ids is None else torch.tensor(list(token_ids))
     all_mean: Any = None
     gen = torch.Generator().manual_seed(seed)
     stats: tuple[Any, Any] | None = None
@@ -281,11 +286,11 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows
             out[i] = old_rows[list(step.old_ids)].to(torch.float32).mean(0).to(old_rows.dtype)
         elif step.method in ("padding", "mean-of-all"):
             if all_mean is None:
-                all_mean = _column_stats(token_part)[0]
+                all_mean = _column_stats(old_rows, stat_ids)[0]
             out[i] = all_mean.to(old_rows.dtype)
         elif step.method == "random":
             if stats is None:
-                stats = _column_stats(token_part)
+                stats = _column_stats(old_rows, stat_ids)
             noise = torch.randn(hidden, generator=gen, dtype=torch.float32)
             out[i] = (stats[0] + stats[1] * noise).to(old_rows.dtype)
         else:  # pragma: no cover - plan_rows only produces the methods above
@@ -294,10 +299,10 @@ def build_matrix(old_rows: Any, plan: list[TokenInit], seed: int = 0, token_rows
 
 
 def _adapted_matrix(
-    src: SafetensorsHeader, name: str, plan: list[TokenInit], seed: int, token_rows: int
+    src: SafetensorsHeader, name: str, plan: list[TokenInit], seed: int, token_ids: list[int]
 ) -> Any:
-    """The new `name` matrix, built from the old one (read now and freed on return; its first
-    `token_rows` rows are the old tokens', see build_matrix)."""
+    """The new `name` matrix, built from the old one (read now and freed on return; its rows
+    `token_ids` are the old tokens', see build_matrix)."""
     import torch
 
     # Row copies and small means are memory-bound: intra-op threads only add OpenMP spin-waits
@@ -305,7 +310,7 @@ def _adapted_matrix(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return build_matrix(load_tensor(src.tensors[name], src.path), plan, seed=seed, token_rows=token_rows)
+        return build_matrix(load_tensor(src.tensors[name], src.path), plan, seed=seed, token_ids=token_ids)
     finally:
         torch.set_num_threads(threads)
 
@@ -655,12 +660,14 @@ def adapt_vocab(
     padded = _round_up(new.size, pad_to_multiple)
     plan = plan_rows(old, new, init, whitespace, padded, id_map)
 
-    replacements = {EMBED: functools.partial(_adapted_matrix, embed_src, EMBED, plan, seed, old.size)}
+    # The rows of old tokens: not a padded checkpoint's spare rows past them, nor the gaps in their ids.
+    token_ids = [i for i, kind in enumerate(old.kinds) if kind != "none"]
+    replacements = {EMBED: functools.partial(_adapted_matrix, embed_src, EMBED, plan, seed, token_ids)}
     if head_src is not None:
         # A tied model that also stores the head keeps it equal to the embedding (random rows
         # drawn apart would untie it); an untied head draws its own.
         head = (embed_src, EMBED, seed) if tied else (head_src, LM_HEAD, seed + 1)
-        replacements[LM_HEAD] = functools.partial(_adapted_matrix, head[0], head[1], plan, head[2], old.size)
+        replacements[LM_HEAD] = functools.partial(_adapted_matrix, head[0], head[1], plan, head[2], token_ids)
 
     with output_dir(out_dir) as work:
         sizes = _write_shards(headers, replacements, len(plan), work, show_progress)
