@@ -809,6 +809,60 @@ def test_a_config_error_under_torchrun_is_said_once_per_node(tmp_path: Path) -> 
     assert "(local_rank: 0)" in cause and "exitcode  : 2" in cause, cause
 
 
+@pytest.mark.parametrize(
+    ("command", "fragment"),
+    [
+        (
+            ["pretrain_vikhr.py", "--no-such-option"],
+            "pretrain_vikhr.py: error: unrecognized arguments: --no-such",
+        ),
+        (["-m", "vikhr", "pretrain", "--config"], "vikhr pretrain: error: argument --config: expected one"),
+        (
+            ["-m", "vikhr", "sft", "train", "--no-such-option"],
+            "vikhr sft train: error: unrecognized arguments",
+        ),
+    ],
+)
+def test_a_usage_error_under_torchrun_is_said_once_per_node(command: list[str], fragment: str) -> None:
+    """Every rank printed the same usage error (a bad option, --config without its value): the node's
+    first process says it, the others end with the same status silently."""
+    from tests.conftest import launch_torchrun
+
+    proc = launch_torchrun(command[0], *command[1:], nproc=2, timeout=120)
+    said = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(said) == 1 and said[0].startswith(fragment), proc.stderr[-3000:]
+    cause = proc.stderr[proc.stderr.index("Root Cause") :]
+    assert "(local_rank: 0)" in cause and "exitcode  : 2" in cause, cause
+
+
+@pytest.mark.parametrize("entry", ["pretrain_vikhr.py", "vikhr pretrain", "vikhr sft train"])
+def test_a_usage_error_is_left_to_the_node_s_first_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    """The race the torchrun test above may win by chance (torchrun ends the others once one has
+    ended), made certain: a process that is not its node's first waits, silent, for torchrun."""
+    import vikhr.errors
+    from vikhr.cli import main as vikhr_main
+    from vikhr.train.cli import main as pretrain_main
+
+    class EndedByTorchrun(BaseException):
+        pass
+
+    def ended_by_torchrun() -> None:
+        raise EndedByTorchrun
+
+    monkeypatch.setattr(vikhr.errors, "_await_the_first_process", ended_by_torchrun)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    verb = entry.split()[1:]
+    with pytest.raises(EndedByTorchrun):
+        if verb:
+            vikhr_main([*verb, "--no-such-option"])
+        else:
+            pretrain_main(["--no-such-option"])
+    assert not capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
 def test_a_start_refused_alike_on_every_rank_is_said_by_the_node_s_first(
     saved_run: tuple[Path, str],

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import ENDINGS, VikhrError, report_ending
+from vikhr.errors import ENDINGS, VikhrError, leave_to_the_first_process, report_ending, same_on_every_process
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -141,6 +141,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        leave_to_the_first_process()  # under torchrun every process parses the same words
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -188,7 +189,8 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
-        args, extras = parser.parse_known_args(argv)
+        with same_on_every_process():  # under torchrun every process parses the same words
+            args, extras = parser.parse_known_args(argv)
     # An argument's own parser may raise VikhrError (e.g. a character budget); a Ctrl-C may come at
     # once, while the verbs' options are set up.
     except (VikhrError, KeyboardInterrupt) as e:

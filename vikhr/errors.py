@@ -46,6 +46,14 @@ def _await_the_first_process() -> None:
     time.sleep(ALIKE_ERROR_WAIT_S)
 
 
+def leave_to_the_first_process() -> None:
+    """Before saying an error that every process of a torchrun job on a node meets alike (its
+    arguments, its config): on all but the node's first, wait for torchrun to end this process once
+    the first has said it."""
+    if _said_by_another_process():
+        _await_the_first_process()
+
+
 def _said_by_another_process() -> bool:
     """Whether this process runs under torchrun, which ends a job's processes once one has ended, and
     is not its node's first (LOCAL_RANK 0), which says an error all meet alike. Started by srun
@@ -106,8 +114,8 @@ def report_ending(prog: str, e: BaseException) -> int:
         return 130
     if isinstance(e, BrokenPipeError) and _stdout_closed():
         return BROKEN_PIPE_STATUS
-    if isinstance(e, VikhrError) and e.alike_on_every_process and _said_by_another_process():
-        _await_the_first_process()  # which says it; torchrun ends this one meanwhile
+    if isinstance(e, VikhrError) and e.alike_on_every_process:
+        leave_to_the_first_process()
     # OSError: the machine refused a read or write (a read-only place, a full disk).
     print_error_line(f"{prog}: error: {os_error_line(e) if isinstance(e, OSError) else e}")
     return 2
