@@ -81,6 +81,31 @@ def test_an_index_left_incomplete_by_a_killed_build_is_built_again(
         check_index_cache(cache)
 
 
+@pytest.mark.parametrize(("rank", "said"), [("1", False), ("0", True)])
+def test_an_incomplete_index_is_said_and_removed_by_rank_0_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, rank: str, said: bool
+) -> None:
+    """Every rank checks the data cache before the process group exists: each that came upon an index
+    left incomplete by a killed build removed its build's files (racing the others) and said the note.
+    Rank 0, which builds it again, does both; the others leave it to it, silent."""
+    from vikhr.runtime.distributed import distributed_env
+    from vikhr.train.config import load_config
+    from vikhr.train.data import build_pretrain_datasets
+    from vikhr.train.trainer import check_data, index_cache_dir, train_samples
+
+    cfg = load_config(_train_config(tmp_path, _write_tokens(tmp_path / "ru")))
+    cache = Path(index_cache_dir(cfg))
+    with distributed_env(tp_size=1, seed=cfg.train.seed, device="cpu"):
+        build_pretrain_datasets(cfg, str(cache), train_samples(cfg))
+    [path] = cache.glob("*-train-document_index.npy")
+    path.write_bytes(path.read_bytes()[:-100])
+    capsys.readouterr()
+    monkeypatch.setenv("RANK", rank)
+    check_data(cfg)
+    assert ("left incomplete by a killed build: built again" in capsys.readouterr().err) == said
+    assert path.exists() != said
+
+
 def test_plain_index_cache_passes(tmp_path: Path) -> None:
     assert check_index_cache(tmp_path / "absent") == 0
     np.save(tmp_path / "a.npy", np.arange(5, dtype=np.int64))

@@ -82,21 +82,22 @@ def check_npy_file(path: Path) -> None:
         raise IncompleteNpy(f"data cache file {path} is {actual} bytes, its header says {expected}: {fix}")
 
 
-def check_index_cache(cache_dir: str | Path) -> int:
+def check_index_cache(cache_dir: str | Path, builder: bool = True) -> int:
     """Check every `.npy` under `cache_dir` (absent: nothing to check), once no other run writes
-    it; returns how many were checked."""
+    it; returns how many were checked. The `builder` (rank 0, which builds the cache) removes the
+    indices of a killed build, and says so; the other ranks leave them to it."""
     root = Path(cache_dir)
     if not root.is_dir():
         return 0
     busy = f"megatron-core's data cache {root} is being written by another run ({{holder}}); waiting for it"
     with locks.shared(root / LOCK_FILE, busy):
-        return _check_files(root)
+        return _check_files(root, builder)
 
 
-def _check_files(root: Path) -> int:
-    """Check every `.npy` (called holding the cache's lock: no run is writing it). The indices of a
-    build that was killed mid-write are removed, so that megatron-core builds them again (they stopped
-    every rerun); anything else that is not a plain array stops the run."""
+def _check_files(root: Path, builder: bool) -> int:
+    """Check every `.npy` (called holding the cache's lock: no run is writing it). The `builder`
+    removes the indices of a build that was killed mid-write, so that megatron-core builds them again
+    (they stopped every rerun); anything else that is not a plain array stops the run."""
     files = sorted(root.rglob("*.npy"))
     for path in files:
         if not path.exists():
@@ -104,6 +105,8 @@ def _check_files(root: Path) -> int:
         try:
             check_npy_file(path)
         except IncompleteNpy:
+            if not builder:  # every rank checks: the one that builds again says it, once
+                continue
             for sibling in path.parent.glob(path.name.split("-", 1)[0] + "-*"):
                 sibling.unlink(missing_ok=True)
             print(
@@ -170,7 +173,7 @@ def building_index_cache(cache_dir: str | Path, builder: bool, prefixes: list[st
             root.mkdir(parents=True, exist_ok=True)
             busy = f"megatron-core's data cache {root} is in use by another run ({{holder}}); waiting for it"
             held.enter_context(locks.exclusive(root / LOCK_FILE, busy, wait=True))
-            _check_files(root)
+            _check_files(root, builder)
             for prefix in forget_changed_datasets(root, prefixes):
                 print(
                     f"note: {prefix} changed since megatron-core's index cache was built: built again",

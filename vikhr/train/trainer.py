@@ -274,7 +274,8 @@ def check_data(cfg: TrainConfig) -> None:
                 _check_document_ends(key, entry.prefix, cfg.data.eod_id)
     record.save()  # only once every dataset passed: a run refused at this point writes nothing
     if cfg.data.kind == "pretrain":
-        check_index_cache(cache)
+        # Before the process group: rank 0 is the one megatron-core builds the cache on.
+        check_index_cache(cache, builder=os.environ.get("RANK", "0") == "0")
 
 
 def _check_dataset(
