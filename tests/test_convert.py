@@ -1041,6 +1041,61 @@ def test_a_run_on_data_tokenized_from_the_hf_source_exports_once_the_source_is_d
     assert _sha256(out / "tokenizer.json") == digest
 
 
+@pytest.mark.parametrize("kept_in", ["chat_template.jinja", "tokenizer_config.json"])
+def test_an_sft_run_on_chats_prepared_with_the_hf_source_s_template_exports_it_once_the_source_is_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kept_in: str
+) -> None:
+    """Chats prepared with the HF directory's tokenizer and its own chat template (`--template own`)
+    record both by their path there; the directory deleted after converting, the run resumes and the
+    export reads them from the checkpoint's copy of its start's tokenizer (the same file by sha256):
+    the same tokenizer and chat template, without a warning that the template is not the one tuned
+    with."""
+    import yaml
+
+    from vikhr.sft.prepare import prepare_sft
+
+    hf = _hf_with_a_chat_tokenizer(tmp_path / "hf")
+    digest = _sha256(hf / "tokenizer.json")
+    template = (hf / "chat_template.jinja").read_text()
+    if kept_in == "tokenizer_config.json":
+        config = json.loads((hf / kept_in).read_text())
+        (hf / kept_in).write_text(json.dumps({**config, "chat_template": template}))
+        (hf / "chat_template.jinja").unlink()
+    chat = {
+        "messages": [{"role": "user", "content": "привет"}, {"role": "assistant", "content": "привет привет"}]
+    }
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text((json.dumps(chat, ensure_ascii=False) + "\n") * 40, encoding="utf-8")
+    prepare_sft(chats, hf, tmp_path / "chats", template="own")
+    start = hf_to_megatron(hf, tmp_path / "meg")
+    shape = json.loads((start / "meta.json").read_text())["model"]
+    config = {
+        "model": {"preset": "tiny", "attention": "sdpa", "overrides": shape, "init": str(start)},
+        "parallel": {"tensor": 1, "device": "cpu"},
+        "data": {"kind": "sft", "train": [{"prefix": str(tmp_path / "chats"), "name": "chats"}],
+                 "split": "90,10,0", "seq_len": 32, "eod_id": 3},
+        "train": {"steps": 1, "micro_batch": 1, "global_batch": 2},
+        "optim": {"warmup_steps": 0},
+        "checkpoint": {"dir": str(tmp_path / "run"), "save_every": 1},
+        "logging": {"eval_every": 100, "tensorboard": False},
+    }  # fmt: skip
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert cli_main(["sft", "train", "--config", str(tmp_path / "sft.yaml")]) == 0
+    meta = json.loads((tmp_path / "run" / "step_000001" / "meta.json").read_text())
+    assert meta["data_tokenizer"]["path"] == str(hf.resolve() / "tokenizer.json")
+    assert meta["data_tokenizer"]["template"] == "own"
+    shutil.rmtree(hf)
+    # A resume reads the chats' records too, their tokenizer gone.
+    assert cli_main(["sft", "train", "--config", str(tmp_path / "sft.yaml"), "train.steps=2"]) == 0
+    capsys.readouterr()
+    out = megatron_to_hf(tmp_path / "run", tmp_path / "out")
+    assert "warning" not in capsys.readouterr().err
+    assert _sha256(out / "tokenizer.json") == digest
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template == template
+
+
 def test_a_checkpoint_recording_its_tokenizer_by_an_absolute_path_is_read_as_before(tmp_path: Path) -> None:
     """Checkpoints converted by older versions record the HF directory's tokenizer file by its path."""
     hf = _tiny_hf(tmp_path / "hf", vocab_size=32000)
