@@ -922,6 +922,38 @@ def test_a_start_refused_alike_on_every_rank_is_said_by_the_node_s_first(
         assert not capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["checkpoint.dir", "data.cache_dir", "kl.reference"])
+def test_a_place_refused_alike_on_every_rank_is_left_to_the_node_s_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """An output directory that cannot be written, or a KL reference that holds no checkpoint, was said
+    by every rank of a node: the node's other processes wait, silent, for torchrun to end them."""
+    import vikhr.errors
+    from vikhr.cli import main
+
+    class EndedByTorchrun(BaseException):
+        pass
+
+    def ended_by_torchrun() -> None:
+        raise EndedByTorchrun
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "no-checkpoint").mkdir()
+    refused = {
+        "checkpoint.dir": f"checkpoint.dir={tmp_path / 'a-file'}",
+        "data.cache_dir": f"data.cache_dir={tmp_path / 'a-file' / 'cache'}",
+        "kl.reference": f"kl.reference={tmp_path / 'no-checkpoint'}",
+    }[where]
+    monkeypatch.setattr(vikhr.errors, "_await_the_first_process", ended_by_torchrun)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    config = _train_config(tmp_path, _write_tokens(tmp_path / "ru"))
+    with pytest.raises(EndedByTorchrun):
+        main(["pretrain", "--config", str(config), "kl.weight=0.5", refused])
+    assert not capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_error_that_may_differ_by_rank_is_said_by_each(
     saved_run: tuple[Path, str],
     tmp_path: Path,

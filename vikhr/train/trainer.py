@@ -358,12 +358,13 @@ def run(cfg: TrainConfig, loss_fn: LossFn | None = None) -> dict[str, Any]:
         require_cuda_toolkit(f"config key parallel.device = {cfg.parallel.device}", "set parallel.device=cpu")
     # Not an out-of-memory error at the first step.
     check_fits(cfg, world_size, *memory_here(on_cuda), on_cuda=on_cuda)
-    require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
-    if cfg.data.cache_dir:
-        require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
-    require_writable_cache_dir()  # the csrc ops are built (or locked) there when the model is built
-    if cfg.kl.weight > 0 and cfg.kl.reference != "init":
-        checkpoint.find_weights(cfg.kl.reference, "kl.reference")
+    with same_on_every_process():  # the node's processes share its filesystem and environment
+        require_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+        if cfg.data.cache_dir:
+            require_writable_dir(cfg.data.cache_dir, "data.cache_dir")
+        require_writable_cache_dir()  # the csrc ops are built (or locked) there when the model is built
+        if cfg.kl.weight > 0 and cfg.kl.reference != "init":
+            checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     c = cfg.checkpoint
     with RunStop(c.save_on_signals, c.stop_after_minutes, started, in_setup=True) as run_stop:
         try:
