@@ -714,15 +714,16 @@ def test_a_start_of_another_shape_trains_with_model_preset_init(
     capsys.readouterr()
 
     # A KL reference (model.init's weights, read on a resume) of another shape than the resumed
-    # checkpoint's is refused.
+    # checkpoint's is refused, without offering the preset the run has already.
     tiny = saved_run_of_tiny(tmp_path)
     capsys.readouterr()
-    _one_error_line(
+    refusal = _one_error_line(
         capsys,
         main([*argv, "train.steps=4", f"model.init={tiny}", "kl.weight=0.5"]),
         "config key model.init: checkpoint ",
         "has another model shape: vocab_size 512 (run: 600)",
     )
+    assert "model.preset=init" not in refusal
 
 
 def test_a_resume_of_model_preset_init_needs_model_init_only_as_the_kl_reference(

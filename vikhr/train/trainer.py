@@ -59,6 +59,7 @@ from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
 from vikhr.train import checkpoint
 from vikhr.train.config import (
+    INIT_PRESET,
     DataSection,
     KLSection,
     OptimSection,
@@ -477,8 +478,10 @@ def _check_start_checkpoints(cfg: TrainConfig, resume_from: Path | None) -> None
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         read["kl.reference"] = checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     expected = cfg.model.shape(resume_from).to_dict()
+    # model.init read as the start (not as a resume's KL reference) of a run not of preset init yet.
+    offered = resume_from is None and cfg.model.preset != INIT_PRESET
     for key, step_dir in read.items():
-        checkpoint.check_weights(step_dir, expected, key)
+        checkpoint.check_weights(step_dir, expected, key, offer_preset_init=offered and key == "model.init")
 
 
 def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | None) -> dict[str, Any] | None:
@@ -651,7 +654,7 @@ class Trainer:
         # where it is the KL reference (a 7B restart would read 14 GB for nothing, or fail where
         # the start weights were moved away).
         if cfg.model.init != "random" and resume_from is None:
-            self._load_weights(self.model, cfg.model.init, "model.init")
+            self._load_weights(self.model, cfg.model.init, "model.init", cfg.model.preset != INIT_PRESET)
         self.reference = self._build_reference(resume_from is not None) if cfg.kl.weight > 0 else None
         self.ddp, self.optimizer = self._wrap_for_training()
         self.loss_fn = loss_fn or CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group, cfg.kl)
@@ -689,10 +692,13 @@ class Trainer:
         )
         return model.to(env.device)
 
-    def _load_weights(self, model: torch.nn.Module, directory: str, key: str) -> None:
+    def _load_weights(
+        self, model: torch.nn.Module, directory: str, key: str, offer_preset_init: bool = False
+    ) -> None:
         step_dir = checkpoint.find_weights(directory, key)
         env = self.env
-        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, self.model_cfg.to_dict(), key)
+        expected = self.model_cfg.to_dict()
+        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, expected, key, offer_preset_init)
 
     def _build_reference(self, resuming: bool) -> torch.nn.Module:
         """The frozen model of the KL term (none at λ = 0): the starting weights (kl.reference:
