@@ -746,10 +746,13 @@ def test_a_resume_of_model_preset_init_needs_model_init_only_as_the_kl_reference
     shutil.rmtree(start)
     capsys.readouterr()
 
+    # The model is named after the checkpoint its shape comes from: the resumed one, not the start gone.
+    resumed = tmp_path / "run" / "step_000001"
     assert main([*argv, "--dry-run", "--gpus", "1"]) == 0
-    assert f"model of {start}: " in capsys.readouterr().out.splitlines()[0]
+    assert f"model of {resumed}: " in capsys.readouterr().out.splitlines()[0]
     assert main(argv) == 0
-    assert f"resumed from {tmp_path / 'run' / 'step_000001'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"model of {resumed}: " in err and f"resumed from {resumed}" in err, err
     recorded = json.loads((saved_run[0] / "step_000002" / "meta.json").read_text())["model"]
     assert json.loads((tmp_path / "run" / "step_000002" / "meta.json").read_text())["model"] == recorded
 

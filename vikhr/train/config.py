@@ -92,9 +92,13 @@ class ModelSection(_Section):
             base = dataclasses.asdict(PRESETS[self.preset])
         return _MODEL_SHAPE.validate_python({**base, **self.overrides})
 
-    def described(self) -> str:
-        """The model as a run's lines name it: its preset, or the checkpoint whose shape it takes."""
-        return f"of {self.init}" if self.preset == INIT_PRESET else self.preset
+    def described(self, resumed: Path | None = None) -> str:
+        """The model as a run's lines name it: its preset, or the checkpoint whose shape it takes
+        (`shape`: the resumed checkpoint's where it records one, model.init's otherwise)."""
+        if self.preset != INIT_PRESET:
+            return self.preset
+        shaped_by = resumed if resumed is not None and _resumed_shape(resumed) is not None else self.init
+        return f"of {shaped_by}"
 
 
 def _resumed_shape(resumed: Path) -> dict[str, Any] | None:
@@ -286,8 +290,15 @@ class TrainConfig(_Section):
     def model_shape(self) -> ModelConfig:
         """The run's model shape (ModelSection.shape): with model.preset init, the resumed checkpoint's
         where the run resumes one, so that a resume needs model.init only as the KL reference."""
-        resumed = self.resumed_checkpoint() if self.model.preset == INIT_PRESET else None
-        return self.model.shape(resumed)
+        return self.model.shape(self._shaping_checkpoint())
+
+    def model_described(self) -> str:
+        """The run's model as its lines name it (ModelSection.described)."""
+        return self.model.described(self._shaping_checkpoint())
+
+    def _shaping_checkpoint(self) -> Path | None:
+        """The resumed checkpoint, where model.preset init takes the shape it records; None otherwise."""
+        return self.resumed_checkpoint() if self.model.preset == INIT_PRESET else None
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
@@ -482,7 +493,7 @@ def _check_model(m: ModelSection, check_files: bool, resumed: Path | None = None
     try:
         mcfg.validate()
     except VikhrError as e:
-        raise VikhrError(f"config key model ({m.described()}): {e}") from e
+        raise VikhrError(f"config key model ({m.described(resumed)}): {e}") from e
     return mcfg  # model.init's weights are looked for once the run knows whether it resumes (trainer.run)
 
 

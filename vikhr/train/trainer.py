@@ -635,6 +635,7 @@ class Trainer:
         self.inherited_files = inherited_files or {}
         self.started = time.monotonic() if started is None else started
         self.model_cfg = cfg.model.shape(resume_from)
+        self.model_described = cfg.model.described(resume_from)  # where the shape came from
         self.run_dir = Path(cfg.checkpoint.dir)
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
@@ -1097,7 +1098,7 @@ class Trainer:
         """One line on the model, the parallel layout and the objective."""
         cfg, env = self.cfg, self.env
         return (
-            f"model {cfg.model.described()}: {self.num_params / 1e6:.1f}M parameters, "
+            f"model {self.model_described}: {self.num_params / 1e6:.1f}M parameters, "
             f"TP={env.tp_size}{' (+SP)' if cfg.parallel.sequence else ''} DP={env.dp_size}, {env.backend}, "
             f"attention={_attention_described(cfg, env.on_gpu)}, KL λ={cfg.kl.weight}, data {cfg.data.kind}"
         )
