@@ -892,6 +892,33 @@ def test_a_usage_error_is_left_to_the_node_s_first_process(
     assert not capsys.readouterr().err
 
 
+@pytest.mark.parametrize("entry", ["pretrain_vikhr.py", "vikhr pretrain", "vikhr sft train"])
+@pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
+def test_help_under_torchrun_is_printed_by_the_node_s_first_process(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    entry: str,
+    local_rank: str,
+    said: bool,
+) -> None:
+    """Every rank printed the same --help: the node's first prints it, the others exit 0 at once
+    (help is no error: nothing to wait for)."""
+    from vikhr.cli import main as vikhr_main
+    from vikhr.train.cli import main as pretrain_main
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    verb = entry.split()[1:]
+    with pytest.raises(SystemExit) as ended:
+        if verb:
+            vikhr_main([*verb, "--help"])
+        else:
+            pretrain_main(["--help"])
+    assert ended.value.code in (0, None)
+    printed = capsys.readouterr()
+    assert ("--config" in printed.out) is said and not printed.err, printed
+
+
 @pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
 def test_a_start_refused_alike_on_every_rank_is_said_by_the_node_s_first(
     saved_run: tuple[Path, str],

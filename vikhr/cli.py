@@ -14,9 +14,16 @@ import importlib
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from vikhr.errors import ENDINGS, VikhrError, leave_to_the_first_process, report_ending, same_on_every_process
+from vikhr.errors import (
+    ENDINGS,
+    VikhrError,
+    leave_to_the_first_process,
+    report_ending,
+    said_by_another_process,
+    same_on_every_process,
+)
 
 # Stage modules in the order they appear in `vikhr --help`.
 COMMAND_MODULES: list[str] = [
@@ -139,6 +146,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
             if action.help is None and _has_default_to_show(action):
                 action.help = _default_text(action)
         return super().format_help()
+
+    def print_help(self, file: IO[str] | None = None) -> None:
+        # Under torchrun every process parses the same words: the node's first prints the help, the
+        # others exit 0 at once (argparse's --help exits after this; help is no error to wait on).
+        if not said_by_another_process():
+            super().print_help(file)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         leave_to_the_first_process()  # under torchrun every process parses the same words

@@ -50,14 +50,14 @@ def leave_to_the_first_process() -> None:
     """Before saying an error that every process of a torchrun job on a node meets alike (its
     arguments, its config): on all but the node's first, wait for torchrun to end this process once
     the first has said it."""
-    if _said_by_another_process():
+    if said_by_another_process():
         _await_the_first_process()
 
 
-def _said_by_another_process() -> bool:
+def said_by_another_process() -> bool:
     """Whether this process runs under torchrun, which ends a job's processes once one has ended, and
-    is not its node's first (LOCAL_RANK 0), which says an error all meet alike. Started by srun
-    alone, each process says it."""
+    is not its node's first (LOCAL_RANK 0), which says what all meet alike (an error, --help). Started
+    by srun alone, each process says it."""
     return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("LOCAL_RANK", "0") != "0"
 
 
