@@ -292,9 +292,11 @@ class TrainConfig(_Section):
         where the run resumes one, so that a resume needs model.init only as the KL reference."""
         return self.model.shape(self._shaping_checkpoint())
 
-    def model_described(self) -> str:
-        """The run's model as its lines name it (ModelSection.described)."""
-        return self.model.described(self._shaping_checkpoint())
+    def described_model_shape(self) -> tuple[ModelConfig, str]:
+        """The run's model shape (model_shape) and the model as its lines name it (ModelSection.
+        described), from one look for the resumed checkpoint (it reads the run directory's steps)."""
+        resumed = self._shaping_checkpoint()
+        return self.model.shape(resumed), self.model.described(resumed)
 
     def _shaping_checkpoint(self) -> Path | None:
         """The resumed checkpoint, where model.preset init takes the shape it records; None otherwise."""

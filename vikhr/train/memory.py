@@ -120,10 +120,10 @@ def estimate(
 
 def dry_run_table(cfg, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
     """The `--dry-run` report for a validated TrainConfig."""
-    mcfg = cfg.model_shape()
+    mcfg, described = cfg.described_model_shape()
     total, _ = parameter_counts(mcfg, 1, cfg.model.vocab_multiple)
     lines = [
-        f"model {cfg.model_described()}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
+        f"model {described}: {total / 1e9:.3f}B parameters (vocab {mcfg.vocab_size}), "
         f"micro-batch {cfg.train.micro_batch} × {cfg.data.seq_len} tokens, KL λ={cfg.kl.weight}, "
         f"{'distributed' if cfg.optim.distributed else 'replicated'} optimizer, "
         f"recompute {cfg.train.recompute}, {'sequence parallel at TP > 1, ' if cfg.parallel.sequence else ''}"
