@@ -714,7 +714,8 @@ def test_a_start_of_another_shape_trains_with_model_preset_init(
     capsys.readouterr()
 
     # A KL reference (model.init's weights, read on a resume) of another shape than the resumed
-    # checkpoint's is refused, without offering the preset the run has already.
+    # checkpoint's is refused, without offering the preset the run has already, nor a change of
+    # shape a resumed run cannot make: a reference of its shape is the way out.
     tiny = saved_run_of_tiny(tmp_path)
     capsys.readouterr()
     refusal = _one_error_line(
@@ -722,8 +723,17 @@ def test_a_start_of_another_shape_trains_with_model_preset_init(
         main([*argv, "train.steps=4", f"model.init={tiny}", "kl.weight=0.5"]),
         "config key model.init: checkpoint ",
         "has another model shape: vocab_size 512 (run: 600)",
+        "a resumed run keeps its model shape: give model.init a checkpoint of this model",
+        "(or set kl.reference to one)",
     )
-    assert "model.preset=init" not in refusal
+    assert "model.preset" not in refusal and "model.overrides" not in refusal, refusal
+    refusal = _one_error_line(
+        capsys,
+        main([*argv, "train.steps=4", f"kl.reference={tiny}", "kl.weight=0.5"]),
+        "config key kl.reference: checkpoint ",
+        "a resumed run keeps its model shape: give kl.reference a checkpoint of this model",
+    )
+    assert "model.preset" not in refusal and "model.overrides" not in refusal, refusal
 
 
 def test_a_resume_of_model_preset_init_needs_model_init_only_as_the_kl_reference(

@@ -36,7 +36,7 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -819,38 +819,43 @@ def load_model(
     tp_size: int,
     expected: dict[str, Any] | None = None,
     key: str | None = None,
-    offer_preset_init: bool = False,
+    fix: ShapeFix = "match_it",
 ) -> None:
     """Load only the weights of a checkpoint (starting point or KL reference).
 
     `expected`: the run's model shape (ModelConfig.to_dict()); a checkpoint of another shape is
-    refused with the differing fields named, and `key`, the config key that named the checkpoint
-    (`offer_preset_init`: see `check_weights`).
+    refused with the differing fields named, `key`, the config key that named the checkpoint, and
+    the way out `fix` says (ShapeFix).
     """
     problem = checkpoint_problem(step_dir, weights_only=True)
     if problem is not None:
         raise VikhrError(f"checkpoint {step_dir} is damaged: {problem} (use another checkpoint)")
     meta = read_meta(step_dir)
-    _check_shape(step_dir, meta, expected, key, offer_preset_init)
+    _check_shape(step_dir, meta, expected, key, fix)
     same = _as_saved(model, step_dir, meta, tp_size)
     where = step_dir / f"model_tp{tp_rank:02d}.safetensors" if same else step_dir
     load_model_tensors(model, _saved_weights(model, step_dir, meta, tp_rank, tp_size), where)
 
 
-def check_weights(
-    step_dir: Path, expected: dict[str, Any], key: str, offer_preset_init: bool = False
-) -> None:
+# How a refusal of a checkpoint of another model shape than the run's says to fix it:
+# "match_it": set the run's shape to the checkpoint's, or give another (a fresh start's checkpoints,
+# the one a run resumes); "offer_preset_init": the same, or take its shape with model.preset init
+# (model.init read as the start of a run not of that preset); "keep_shape": a resumed run's shape is
+# its checkpoint's, so only another checkpoint will do (the KL reference of a resume).
+ShapeFix = Literal["match_it", "offer_preset_init", "keep_shape"]
+
+
+def check_weights(step_dir: Path, expected: dict[str, Any], key: str, fix: ShapeFix = "match_it") -> None:
     """Refuse, before a model is built, a checkpoint whose weights a run would read that is damaged or
     of another model shape than the run's (`expected`: ModelConfig.to_dict()), naming the config
-    `key` that points at it (and the differing fields). `offer_preset_init`: the checkpoint is the
-    run's start, whose shape model.preset init would take (a resumed run's shape is its checkpoint's,
-    and a run of preset init has it already). No tensor is read."""
+    `key` that points at it (and the differing fields), and the way out `fix` says (ShapeFix). No
+    tensor is read."""
     problem = checkpoint_problem(step_dir, weights_only=True)
     if problem is not None:
         raise VikhrError(
             f"config key {key}: checkpoint {step_dir} is damaged: {problem} (use another checkpoint)"
         )
-    _check_shape(step_dir, read_meta(step_dir), expected, key, offer_preset_init)
+    _check_shape(step_dir, read_meta(step_dir), expected, key, fix)
 
 
 def _check_shape(
@@ -858,19 +863,24 @@ def _check_shape(
     meta: dict[str, Any],
     expected: dict[str, Any] | None,
     key: str | None = None,
-    offer_preset_init: bool = False,
+    fix: ShapeFix = "match_it",
 ) -> None:
     """Refuse a checkpoint of another model shape than the run's (`expected`), naming the fields
-    (and `key`, the config key that named the checkpoint; `offer_preset_init`: see `check_weights`)."""
+    (and `key`, the config key that named the checkpoint), and the way out `fix` says (ShapeFix)."""
     if expected is not None and "model" in meta:
         differ = shape_differences(meta["model"], expected)
         if differ:
             named = f"config key {key}: " if key else ""
-            # The start's own shape is one setting away; a resumed run or a KL reference must match the run's.
-            take = "take its shape with model.preset=init, or " if offer_preset_init else ""
+            if fix == "keep_shape":
+                # model.init is read here as kl.reference: init, which may name another checkpoint
+                other = " (or set kl.reference to one)" if key == "model.init" else ""
+                advice = f"a resumed run keeps its model shape: give {key} a checkpoint of this model{other}"
+            else:
+                take = "take its shape with model.preset=init, or " if fix == "offer_preset_init" else ""
+                match = "set model.preset / model.overrides to match it"
+                advice = f"{take}{match}, or give a checkpoint of this model"
             raise VikhrError(
-                f"{named}checkpoint {step_dir} has another model shape: {', '.join(differ)}; "
-                f"{take}set model.preset / model.overrides to match it, or give a checkpoint of this model"
+                f"{named}checkpoint {step_dir} has another model shape: {', '.join(differ)}; {advice}"
             )
 
 

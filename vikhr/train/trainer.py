@@ -478,10 +478,17 @@ def _check_start_checkpoints(cfg: TrainConfig, resume_from: Path | None) -> None
     if cfg.kl.weight > 0 and cfg.kl.reference != "init":
         read["kl.reference"] = checkpoint.find_weights(cfg.kl.reference, "kl.reference")
     expected = cfg.model.shape(resume_from).to_dict()
-    # model.init read as the start (not as a resume's KL reference) of a run not of preset init yet.
-    offered = resume_from is None and cfg.model.preset != INIT_PRESET
     for key, step_dir in read.items():
-        checkpoint.check_weights(step_dir, expected, key, offer_preset_init=offered and key == "model.init")
+        checkpoint.check_weights(step_dir, expected, key, _shape_fix(cfg, resume_from, key))
+
+
+def _shape_fix(cfg: TrainConfig, resume_from: Path | None, key: str) -> checkpoint.ShapeFix:
+    """How a refusal of the checkpoint `key` names, of another model shape, says to fix it."""
+    if resume_from is not None and key != _resume_key(cfg):  # a KL reference: the run's shape is set
+        return "keep_shape"
+    if key == "model.init" and cfg.model.preset != INIT_PRESET:  # the start, whose shape preset init takes
+        return "offer_preset_init"
+    return "match_it"
 
 
 def _inherited(cfg: TrainConfig, resume_from: Path | None, start: Recorded | None) -> dict[str, Any] | None:
@@ -655,7 +662,7 @@ class Trainer:
         # where it is the KL reference (a 7B restart would read 14 GB for nothing, or fail where
         # the start weights were moved away).
         if cfg.model.init != "random" and resume_from is None:
-            self._load_weights(self.model, cfg.model.init, "model.init", cfg.model.preset != INIT_PRESET)
+            self._load_weights(self.model, cfg.model.init, "model.init", _shape_fix(cfg, None, "model.init"))
         self.reference = self._build_reference(resume_from is not None) if cfg.kl.weight > 0 else None
         self.ddp, self.optimizer = self._wrap_for_training()
         self.loss_fn = loss_fn or CrossEntropyKL(self.model_cfg.vocab_size, self.tp_group, cfg.kl)
@@ -694,22 +701,23 @@ class Trainer:
         return model.to(env.device)
 
     def _load_weights(
-        self, model: torch.nn.Module, directory: str, key: str, offer_preset_init: bool = False
+        self, model: torch.nn.Module, directory: str, key: str, fix: checkpoint.ShapeFix = "match_it"
     ) -> None:
         step_dir = checkpoint.find_weights(directory, key)
         env = self.env
         expected = self.model_cfg.to_dict()
-        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, expected, key, offer_preset_init)
+        checkpoint.load_model(model, step_dir, env.tp_rank, env.tp_size, expected, key, fix)
 
     def _build_reference(self, resuming: bool) -> torch.nn.Module:
         """The frozen model of the KL term (none at λ = 0): the starting weights (kl.reference:
         init) or a checkpoint. `resuming`: the model was not given model.init's weights."""
         reference = self._build_model()
         cfg = self.cfg
+        fix: checkpoint.ShapeFix = "keep_shape" if resuming else "match_it"
         if cfg.kl.reference != "init":
-            self._load_weights(reference, cfg.kl.reference, "kl.reference")
+            self._load_weights(reference, cfg.kl.reference, "kl.reference", fix)
         elif cfg.model.init != "random" and resuming:
-            self._load_weights(reference, cfg.model.init, "model.init")
+            self._load_weights(reference, cfg.model.init, "model.init", fix)
         else:  # the model's weights before any step: model.init's, or the seeded random ones
             reference.load_state_dict(self.model.state_dict())
         reference.requires_grad_(False)
