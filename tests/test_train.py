@@ -1321,7 +1321,8 @@ def test_the_run_s_description_names_the_attention_its_model_is_built_with(
     data = ["data.seq_len=128", "data.train=[{prefix: /data/ru, weight: 1}]"]
     cfg = load_config(None, ["model.preset=tiny", *data, *overrides], check_files=False)
     env = SimpleNamespace(tp_size=1, dp_size=1, backend="nccl" if on_gpu else "gloo", on_gpu=on_gpu)
-    line = Trainer.describe(SimpleNamespace(cfg=cfg, env=env, num_params=10**6))
+    trainer = SimpleNamespace(cfg=cfg, env=env, num_params=10**6, model_described=cfg.model.described())
+    line = Trainer.describe(trainer)
     assert said in line
 
 
