@@ -271,7 +271,7 @@ def fake_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         home / "bin" / "nvcc", "Cuda compilation tools, release 13.0, V13.0.88", tmp_path / "runs-nvcc"
     )
     monkeypatch.setattr(build, "cuda_home", lambda: home)
-    monkeypatch.setattr(build, "_tool_versions", {}, raising=False)
+    monkeypatch.setattr(build, "_TOOL_VERSIONS", build.StampedCache(maxsize=16))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "cache"))

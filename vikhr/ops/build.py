@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from vikhr.errors import VikhrError, require_writable_dir
-from vikhr.file_stamps import FileStamp, file_stamp, settled
+from vikhr.file_stamps import StampedCache
 from vikhr.locks import exclusive
 from vikhr.ops.autograd_formulas import register_backward_formulas
 from vikhr.ops.fake import register_fake_kernels
@@ -258,9 +257,9 @@ def _compiler_identity(name: str) -> str:
     return f"{path} {next(iter(version.splitlines()), '')}"
 
 
-# (path, file stamp) -> the output of `path --version`: asked each time the build directory is
-# named (every load, doctor), once per process for each build of a tool.
-_tool_versions: dict[tuple[str, FileStamp], str] = {}
+# `tool --version`'s output by the tool's path and file stamp: asked each time the build directory
+# is named (every load, doctor), run once per process for each build of a tool.
+_TOOL_VERSIONS: StampedCache[str] = StampedCache(maxsize=16)
 
 # How long `tool --version` may take: a toolkit on a network mount that stopped answering hung every
 # process that loads the ops (a cold one answers in seconds).
@@ -269,21 +268,18 @@ VERSION_TIMEOUT_S = 60.0
 
 def _version_output(tool: Path) -> str:
     """`tool --version`'s standard output, run once per process for each file stamp of `tool` (a
-    tool replaced, or a link switched to another, runs again); OSError (TimeoutError after
-    VERSION_TIMEOUT_S) or CalledProcessError where it cannot be run."""
-    key = (str(tool), file_stamp(tool))  # the stamp of the file itself: stat follows links
-    if key in _tool_versions:
-        return _tool_versions[key]
-    started_ns = time.time_ns()
+    tool replaced, or a link switched to another, runs again; stat follows links); OSError
+    (TimeoutError after VERSION_TIMEOUT_S) or CalledProcessError where it cannot be run."""
+    return _TOOL_VERSIONS.get(str(tool), [tool], lambda: _run_version(tool))
+
+
+def _run_version(tool: Path) -> str:
     try:
-        output = subprocess.run(
+        return subprocess.run(
             [str(tool), "--version"], capture_output=True, text=True, check=True, timeout=VERSION_TIMEOUT_S
         ).stdout
     except subprocess.TimeoutExpired:  # run() has killed it
         raise TimeoutError(f"no answer within {VERSION_TIMEOUT_S:g} s") from None
-    if settled([key[1]], [file_stamp(tool)], started_ns):  # a tool written just now may be again
-        _tool_versions[key] = output
-    return output
 
 
 def _put_ninja_on_path() -> None:
