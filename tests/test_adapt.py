@@ -23,6 +23,8 @@ from vikhr.assets import EN_SAMPLE, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
 from vikhr.tokenizer.hf_export import write_hf_tokenizer
+from vikhr.tokenizer.load import Tokenizer as LoadedTokenizer
+from vikhr.tokenizer.load import load
 from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
 OLD_VOCAB = 32000
@@ -540,26 +542,38 @@ def test_byte_level_extension_copies_old_rows_and_averages_token_bytes(
     assert same == tied
 
 
+def _extended_base_with_gaps(
+    tmp_path: Path,
+    byte_level_tokenizers: dict[str, tuple[Path, Path]],
+    new_tokens: int,
+    chars: int,
+    lines: int,
+) -> tuple[Path, LoadedTokenizer, list[int]]:
+    """A Llama-3-style base tokenizer.json with 5 gaps in its ids, extended into tmp_path/ext: the
+    base's path, the base loaded, and its gap ids."""
+    from tests.test_tokenizer_byte_bpe import _base_with_gaps
+
+    base_json = _base_with_gaps(
+        {"llama3": byte_level_tokenizers["llama3"][0]}, tmp_path / "base", added_in_vocab=True
+    )
+    settings = TrainSettings(
+        mode="extend", base_model=str(base_json), new_tokens=new_tokens, max_chars_per_file=chars,
+        verify_lines_per_file=lines,
+    )  # fmt: skip
+    train_tokenizer([RU_SAMPLE], tmp_path / "ext", settings)
+    base = load(base_json)
+    gaps = [i for i in range(base.vocab_size) if base.backend.id_to_token(i) is None]
+    assert len(gaps) == 5
+    return base_json, base, gaps
+
+
 def test_the_unused_ids_of_a_vocabulary_with_gaps_keep_their_rows_and_are_counted_apart(
     tmp_path: Path, byte_level_tokenizers: dict[str, tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A base tokenizer.json whose ids have gaps (ids with no token), extended (the gaps stay): the
     report counted the gap rows as "copied", each copied from the last gap's row. Each keeps its own
     row, and they are counted apart ("5 unused ids keep their rows")."""
-    from tests.test_tokenizer_byte_bpe import _base_with_gaps
-    from vikhr.tokenizer.load import load
-
-    base_json = _base_with_gaps(
-        {"llama3": byte_level_tokenizers["llama3"][0]}, tmp_path / "base", added_in_vocab=True
-    )
-    settings = TrainSettings(
-        mode="extend", base_model=str(base_json), new_tokens=100, max_chars_per_file=300_000,
-        verify_lines_per_file=200,
-    )  # fmt: skip
-    train_tokenizer([RU_SAMPLE], tmp_path / "ext", settings)
-    base = load(base_json)
-    gaps = [i for i in range(base.vocab_size) if base.backend.id_to_token(i) is None]
-    assert len(gaps) == 5
+    base_json, base, gaps = _extended_base_with_gaps(tmp_path, byte_level_tokenizers, 100, 300_000, 200)
     src, out = tmp_path / "src", tmp_path / "out"
     tiny_hf_model(src, vocab_size=base.vocab_size, arch="llama")
     argv = ["adapt-vocab", "--model", str(src), "--old-tokenizer", str(base_json)]
@@ -581,21 +595,8 @@ def test_new_rows_leave_out_the_gap_rows_of_a_vocabulary_with_gaps(
     """The rows of the gaps in a base tokenizer.json's ids belong to no token (zero or untrained): the
     mean of "mean-of-all" and padding rows, and the N(mean, std) "random" rows are drawn from, counted
     them. They come from the rows of the base's tokens only."""
-    from tests.test_tokenizer_byte_bpe import _base_with_gaps
-    from vikhr.tokenizer.load import load
-
-    base_json = _base_with_gaps(
-        {"llama3": byte_level_tokenizers["llama3"][0]}, tmp_path / "base", added_in_vocab=True
-    )
-    settings = TrainSettings(
-        mode="extend", base_model=str(base_json), new_tokens=20, max_chars_per_file=100_000,
-        verify_lines_per_file=50,
-    )  # fmt: skip
-    train_tokenizer([RU_SAMPLE], tmp_path / "ext", settings)
-    base = load(base_json)
-    gaps = [i for i in range(base.vocab_size) if base.backend.id_to_token(i) is None]
+    base_json, base, gaps = _extended_base_with_gaps(tmp_path, byte_level_tokenizers, 20, 100_000, 50)
     tokens = [i for i in range(base.vocab_size) if i not in gaps]
-    assert len(gaps) == 5
 
     def untrained_gap_rows(model: torch.nn.Module) -> None:
         model.get_input_embeddings().weight[gaps] = 1e3

@@ -5,10 +5,13 @@ layout vikhr.ops.build makes usable."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,13 +113,13 @@ def test_a_lock_file_left_by_a_killed_build_does_not_block_the_next(
     assert ("left by a build that was killed" in capsys.readouterr().err) == (torch_lock == "file baton")
 
 
-def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process (a rank, a second job) that finds the ops being built waited without a word for
-    as long as the compile took; it names the build it waits for."""
+def _build_while_another_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, while_held: Callable[[io.StringIO], None]
+) -> str:
+    """Enters the ops' build lock in a thread while "pid 4242 on node07" holds it; `while_held`
+    runs (given the stderr so far) before the holder lets go. Returns what was said on stderr."""
     import fcntl
-    import io
     import threading
-    import time
 
     from vikhr.ops.build import _exclusive_build
 
@@ -134,13 +137,24 @@ def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pyt
         first.flush()
         waiter = threading.Thread(target=second_build)
         waiter.start()
+        while_held(err)
+        assert not entered.is_set()  # it waits while the first holds the lock
+    waiter.join(timeout=60)
+    assert entered.is_set()
+    return err.getvalue()
+
+
+def test_a_build_waiting_for_another_says_whose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process (a rank, a second job) that finds the ops being built waited without a word for
+    as long as the compile took; it names the build it waits for."""
+
+    def until_it_says_so(err: io.StringIO) -> None:
         deadline = time.monotonic() + 60
         while "waiting" not in err.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not entered.is_set()  # it waits while the first build holds the lock
-    waiter.join(timeout=60)
-    assert entered.is_set()
-    assert err.getvalue() == f"vikhr: waiting for the build of the ops in {tmp_path} (pid 4242 on node07)\n"
+
+    said = _build_while_another_holds_the_lock(tmp_path, monkeypatch, until_it_says_so)
+    assert said == f"vikhr: waiting for the build of the ops in {tmp_path} (pid 4242 on node07)\n"
 
 
 def test_a_rank_waiting_while_another_loads_the_built_ops_says_nothing(
@@ -149,33 +163,9 @@ def test_a_rank_waiting_while_another_loads_the_built_ops_says_nothing(
     """Every rank of a run loads the ops under the build lock. Once they are built, the rank that
     holds it only loads them, and the others printed "waiting for the build of the ops" at every
     start of a run of 2 or more processes, a build that was not happening. They wait silently."""
-    import fcntl
-    import io
-    import threading
-    import time
-
-    from vikhr.ops.build import _exclusive_build
-
     (tmp_path / "vikhr_ops_cpu.so").touch()  # the library, built by an earlier run
-    err = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", err)
-    entered = threading.Event()
-
-    def second_rank() -> None:
-        with _exclusive_build(tmp_path):
-            entered.set()
-
-    with (tmp_path / "vikhr-build.lock").open("w") as first:
-        fcntl.flock(first, fcntl.LOCK_EX)
-        first.write("pid 4242 on node07\n")
-        first.flush()
-        waiter = threading.Thread(target=second_rank)
-        waiter.start()
-        time.sleep(0.3)
-        assert not entered.is_set()  # it still waits for the lock
-    waiter.join(timeout=60)
-    assert entered.is_set()
-    assert err.getvalue() == ""
+    said = _build_while_another_holds_the_lock(tmp_path, monkeypatch, lambda err: time.sleep(0.3))
+    assert said == ""
 
 
 def test_each_location_of_the_sources_and_of_torch_keeps_its_own_build(
