@@ -433,6 +433,29 @@ def test_capybara_and_xtuner_exchanges_are_user_and_assistant_turns(tmp_path: Pa
     ]
 
 
+def test_the_turns_fields_tell_the_format_whatever_the_list_is_called(tmp_path: Path) -> None:
+    """unsloth's `standardize_sharegpt` and axolotl's chat_template datasets keep OpenAI's
+    `{"role", "content"}` turns under "conversations", and some sets keep ShareGPT's `{"from",
+    "value"}` under "messages": every such file stopped the build ("turn 1 value must be a string,
+    got NoneType", "role None is not one of …"). The turns are read by their own fields, with the
+    features of their layout (OpenAI's content parts, ShareGPT's record-level system)."""
+    expected = [(("system", "Ты гид."), ("user", "Расскажи о Москве."), ("assistant", "Столица России."))]
+    openai = [
+        {"role": "system", "content": "Ты гид."},
+        {"role": "user", "content": [{"type": "text", "text": "Расскажи о Москве."}]},
+        {"role": "assistant", "content": "Столица России."},
+    ]
+    sharegpt = [{"from": "human", "value": "Расскажи о Москве."}, {"from": "gpt", "value": "Столица России."}]
+    for name, record, fmt in [
+        ("standardized.jsonl", {"conversations": openai}, "messages"),
+        ("sharegpt_as_messages.jsonl", {"system": "Ты гид.", "messages": sharegpt}, "sharegpt"),
+    ]:
+        path = tmp_path / name
+        path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+        assert detect_format(path) == fmt
+        assert [c.messages for c in _chats(path)] == expected, name
+
+
 def test_messages_given_as_their_json_text_are_read_as_the_list(tmp_path: Path) -> None:
     """orca-agentinstruct-1M stores each chat's `messages` as JSON text: every record was
     `bad_record`. Text that does not parse is `bad_record` naming where it breaks."""

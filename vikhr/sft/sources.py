@@ -13,7 +13,9 @@ Formats (`FORMATS`), each recognised by the fields of its records:
   (``{"messages": {"role": [...], "content": [...]}}``) is read too, and the list under the name
   ``conversation`` (GrandMaster-PRO-MAX, lmsys-chat-1m, WildChat; Capybara's and XTuner's
   list of ``{"input", "output"}`` exchanges is read as user and assistant turns); a list given as
-  its JSON text (orca-agentinstruct-1M) is read as the list. Hermes's calls
+  its JSON text (orca-agentinstruct-1M) is read as the list. The turns' fields tell the format, not
+  the list's name: ``{"role", "content"}`` turns under ``conversations`` are ``messages``, ``{"from",
+  "value"}`` ones under ``messages`` are ``sharegpt``. Hermes's calls
   written in the text of such messages (Hermes chats converted to roles and contents) are read as in
   ``sharegpt`` (see `_messages_chat`).
 * ``sharegpt`` (OpenHermes, Veles): ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``.
@@ -349,11 +351,31 @@ def detect_format(path: str | Path) -> str:
     return max(FORMATS, key=lambda f: counts.get(f, 0))
 
 
+# The fields that hold a chat's turns, and the format each names when its turns do not tell.
+_TURN_LISTS = {"messages": "messages", "conversation": "messages", "conversations": "sharegpt"}
+
+
+def _turn_list_key(record: dict[str, Any]) -> str | None:
+    """The field of `record` holding its turns (``messages``, ``conversation``, ``conversations``)."""
+    return next((key for key in _TURN_LISTS if key in record), None)
+
+
+def _turn_list_format(record: dict[str, Any], key: str) -> str:
+    """The format of the turns under `key`, told by its turns' fields: collections keep OpenAI's
+    ``{"role", "content"}`` under ``conversations`` (unsloth's `standardize_sharegpt`, axolotl's
+    chat_template datasets) and ShareGPT's ``{"from", "value"}`` under ``messages``; otherwise the
+    format the field's name stands for."""
+    turns = record[key]
+    first = turns[0] if isinstance(turns, list) and turns else None
+    if isinstance(first, dict) and ("role" in first) != ("from" in first):
+        return "messages" if "role" in first else "sharegpt"
+    return _TURN_LISTS[key]
+
+
 def record_format(record: dict[str, Any]) -> str | None:
-    if "messages" in record or "conversation" in record:
-        return "messages"
-    if "conversations" in record:
-        return "sharegpt"
+    key = _turn_list_key(record)
+    if key is not None:
+        return _turn_list_format(record, key)
     if "prompt" in record and "answers" in record:
         return "nectar"
     if "chosen" in record and "rejected" in record:
@@ -579,7 +601,7 @@ def _messages_chat(
     ``<tool_response>`` blocks in a tool message) is read on the same terms: in a chat that offers
     functions or holds tool messages (collections convert Hermes chats to roles and contents and
     keep the calls as text) and gives no call in OpenAI's fields."""
-    raw = _message_list(record["messages"] if "messages" in record else record.get("conversation"))
+    raw = _message_list(record.get(_turn_list_key(record) or "messages"))
     opens_with_system = isinstance(raw[0], dict) and ROLE_NAMES.get(raw[0].get("role")) == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
     if opens_with_system and isinstance(system, list):
@@ -670,9 +692,10 @@ def _sharegpt_chat(
     it offers: its ``"tools"``, else those of a Hermes ``<tools>`` block in its system prompt, which
     then loses the block (see `tool_layouts.tools_in_system`). An answer's ``<tool_call>`` blocks are
     read as calls in a chat that offers functions or holds tool turns; elsewhere they stay text."""
-    raw = record.get("conversations")
+    key = _turn_list_key(record) or "conversations"
+    raw = record.get(key)
     if not isinstance(raw, list) or not raw:
-        raise Unfit("bad_record", '"conversations" must be a non-empty list of {"from", "value"}')
+        raise Unfit("bad_record", f'"{key}" must be a non-empty list of {{"from", "value"}}')
     opens_with_system = isinstance(raw[0], dict) and raw[0].get("from") == "system"
     system = raw[0].get("value") if opens_with_system else record.get("system")
     has_results = any(isinstance(m, dict) and m.get("from") == "tool" for m in raw)
