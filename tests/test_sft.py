@@ -213,7 +213,8 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
         (
             '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
             '{"role": "user", "content": "c"}]}',
-            "message 3: chat ends with a user turn that has no answer",
+            "message 3: chat ends with a user turn that has no answer (give its answer, or leave the turn "
+            "out)",
         ),
         (
             '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}]}',
@@ -260,6 +261,19 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             "message 3: the tool result is empty or blank",
         ),
         ('{"text": "no chat"}', 'expected an object with a "messages" list'),
+        (  # a ShareGPT file given to prepare said only 'expected an object with a "messages" list'
+            '{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}',
+            'expected an object with a "messages" list (fields conversations: the sharegpt format, '
+            "which `vikhr sft build` reads and writes as chats",
+        ),
+        (
+            '{"instruction": "a", "input": "", "output": "b"}',
+            "(fields input, instruction, output: the alpaca format, which `vikhr sft build` reads",
+        ),
+        (
+            '{"messages": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}',
+            'message 1: expected {"role": ..., "content": ...} (a ShareGPT turn: `vikhr sft build` reads',
+        ),
         ('{"messages": [', "not valid JSON"),
     ],
 )

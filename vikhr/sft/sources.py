@@ -93,6 +93,7 @@ from vikhr.jsonl import (
     record_lines,
     surrogate_refusal,
 )
+from vikhr.sft.collection_format import record_format, turn_list_key
 from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
 from vikhr.sft.tool_layouts import (
@@ -351,48 +352,6 @@ def detect_format(path: str | Path) -> str:
     return max(FORMATS, key=lambda f: counts.get(f, 0))
 
 
-# The fields that hold a chat's turns, and the format each names when its turns do not tell.
-_TURN_LISTS = {"messages": "messages", "conversation": "messages", "conversations": "sharegpt"}
-
-
-def _turn_list_key(record: dict[str, Any]) -> str | None:
-    """The field of `record` holding its turns (``messages``, ``conversation``, ``conversations``)."""
-    return next((key for key in _TURN_LISTS if key in record), None)
-
-
-def _turn_list_format(record: dict[str, Any], key: str) -> str:
-    """The format of the turns under `key`, told by its turns' fields: collections keep OpenAI's
-    ``{"role", "content"}`` under ``conversations`` (unsloth's `standardize_sharegpt`, axolotl's
-    chat_template datasets) and ShareGPT's ``{"from", "value"}`` under ``messages``; otherwise the
-    format the field's name stands for."""
-    turns = record[key]
-    first = turns[0] if isinstance(turns, list) and turns else None
-    if isinstance(first, dict) and ("role" in first) != ("from" in first):
-        return "messages" if "role" in first else "sharegpt"
-    return _TURN_LISTS[key]
-
-
-def record_format(record: dict[str, Any]) -> str | None:
-    key = _turn_list_key(record)
-    if key is not None:
-        return _turn_list_format(record, key)
-    if "prompt" in record and "answers" in record:
-        return "nectar"
-    if "chosen" in record and "rejected" in record:
-        return "preference"
-    if "instruction" in record and ("output" in record or "instances" in record):
-        return "alpaca"
-    if "inputs" in record and ("targets" in record or "target" in record):
-        return "flan"
-    if "instruction" in record and "response" in record:
-        return "dolly"
-    if "question" in record and "response" in record:
-        return "orca"
-    if all(key in record for key in ("message_id", "parent_id", "role", "text")):
-        return "oasst"
-    return None
-
-
 def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | None = None) -> list[Chat]:
     """The chats of one record in format `fmt`, or Unfit. `where` names it when it has no id."""
     record_id = _record_id(record, where)
@@ -601,7 +560,7 @@ def _messages_chat(
     ``<tool_response>`` blocks in a tool message) is read on the same terms: in a chat that offers
     functions or holds tool messages (collections convert Hermes chats to roles and contents and
     keep the calls as text) and gives no call in OpenAI's fields."""
-    raw = _message_list(record.get(_turn_list_key(record) or "messages"))
+    raw = _message_list(record.get(turn_list_key(record) or "messages"))
     opens_with_system = isinstance(raw[0], dict) and ROLE_NAMES.get(raw[0].get("role")) == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
     if opens_with_system and isinstance(system, list):
@@ -692,7 +651,7 @@ def _sharegpt_chat(
     it offers: its ``"tools"``, else those of a Hermes ``<tools>`` block in its system prompt, which
     then loses the block (see `tool_layouts.tools_in_system`). An answer's ``<tool_call>`` blocks are
     read as calls in a chat that offers functions or holds tool turns; elsewhere they stay text."""
-    key = _turn_list_key(record) or "conversations"
+    key = turn_list_key(record) or "conversations"
     raw = record.get(key)
     if not isinstance(raw, list) or not raw:
         raise Unfit("bad_record", f'"{key}" must be a non-empty list of {{"from", "value"}}')

@@ -121,6 +121,7 @@ from typing import Any
 
 from vikhr.errors import VikhrError
 from vikhr.jsonl import record_at, record_lines
+from vikhr.sft.collection_format import record_format
 from vikhr.sft.encoded import (
     ChatMessages,
     EncodedChat,
@@ -381,7 +382,7 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
     of an answer.
     """
     if not isinstance(record, dict) or "messages" not in record:
-        raise VikhrError('expected an object with a "messages" list')
+        raise VikhrError('expected an object with a "messages" list' + _collection_hint(record))
     raw = record["messages"]
     if not isinstance(raw, list) or not raw:
         raise VikhrError('"messages" must be a non-empty list')
@@ -401,7 +402,10 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
         raise VikhrError("every assistant turn has weight 0 (nothing to train on)")
     elif turns[-1].role != "assistant":
         what = "a user turn" if turns[-1].role == "user" else "a tool result"
-        raise VikhrError(f"message {len(messages)}: chat ends with {what} that has no answer")
+        raise VikhrError(
+            f"message {len(messages)}: chat ends with {what} that has no answer (give its answer, or "
+            "leave the turn out)"
+        )
     return messages
 
 
@@ -415,11 +419,23 @@ _BLANK_TURN = {
 }
 
 
+def _collection_hint(record: Any) -> str:
+    """What to do with a record of a published collection's format (a ShareGPT or Alpaca file given
+    to `sft prepare`): `vikhr sft build` reads those; "" for anything else."""
+    fmt = record_format(record) if isinstance(record, dict) else None
+    if fmt is None:
+        return ""
+    fields = ", ".join(sorted(record)[:6])
+    return f" (fields {fields}: the {fmt} format, which `vikhr sft build` reads and writes as chats)"
+
+
 def _message(m: Any, number: int) -> Message:
     """Message `number` of a chat record, or VikhrError saying what is wrong."""
     # OpenAI's layout may leave out the content of a message that only calls functions
     if not isinstance(m, dict) or "role" not in m or ("content" not in m and not m.get("tool_calls")):
-        raise VikhrError(f'message {number}: expected {{"role": ..., "content": ...}}')
+        sharegpt = isinstance(m, dict) and "from" in m and "value" in m
+        hint = " (a ShareGPT turn: `vikhr sft build` reads those, writing role/content)" if sharegpt else ""
+        raise VikhrError(f'message {number}: expected {{"role": ..., "content": ...}}{hint}')
     role, content = m["role"], m.get("content")
     if role not in ROLES:
         raise VikhrError(
