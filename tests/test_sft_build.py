@@ -1485,3 +1485,20 @@ def test_a_source_the_mix_holds_no_chat_of_is_warned_of(
     )
     build(_config(tmp_path, [sources[0], {**sources[1], "fraction": 1.0}]))
     assert capsys.readouterr().err == ""
+
+
+def test_the_warning_of_a_source_left_out_counts_its_unfit_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A source of one duplicate chat and one record ending with an unanswered question was "none of
+    its 1 record is in the mix (duplicate 1, bad_turns 1)": the count left out the unfit records its
+    reasons name."""
+    line = _chat_line("Сколько ног у паука?", "Восемь.")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text(line + "\n", encoding="utf-8")
+    unanswered = {"messages": [{"role": "user", "content": "Сколько лап у кошки?"}]}
+    second.write_text(line + "\n" + json.dumps(unanswered, ensure_ascii=False) + "\n", encoding="utf-8")
+    build(_config(tmp_path, [{"name": "first", "path": str(first)}, {"name": "second", "path": str(second)}]))
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: source second: none of its 2 records is in the mix (")
+    assert sorted(re.search(r"mix \((.*)\);", warning)[1].split(", ")) == ["bad_turns 1", "duplicate 1"]

@@ -475,9 +475,11 @@ def _warn_of_sources_left_out(report: dict[str, Any], out_path: Path) -> None:
         hint = ""
         if "sampled_out" in source["dropped"]:
             hint = " (its fraction × chats rounds to 0: raise fraction, or give a count)"
+        # every record read: those that gave chats and the unfit ones the reasons count too
+        read = source["records"] + sum(n for k, n in source["dropped"].items() if k not in CHAT_REASONS)
         print(
-            f"warning: source {source['name']}: none of its {source['records']:,} "
-            f"record{'s' if source['records'] != 1 else ''} is in the mix "
+            f"warning: source {source['name']}: none of its {read:,} "
+            f"record{'s' if read != 1 else ''} is in the mix "
             f"({reasons}){hint}; see {md_path}",
             file=sys.stderr,
         )
