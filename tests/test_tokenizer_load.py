@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -283,6 +284,47 @@ def test_a_gpt2_style_vocab_and_merges_directory_is_told_how_to_write_its_tokeni
     (gpt2 / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}', encoding="utf-8")
     with pytest.raises(VikhrError, match="from transformers import AutoTokenizer as T;"):
         load(gpt2)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "cls"), [("mistral", "GPT2TokenizerFast"), ("qwen2", "AutoTokenizer")]
+)
+def test_the_tokenizer_json_command_for_vocab_and_merges_runs_whatever_config_json_s_model_type(
+    tmp_path: Path, model_type: str, cls: str
+) -> None:
+    """A model directory whose config.json names a model type was told to run AutoTokenizer on its
+    vocab.json + merges.txt; for a mistral one (a byte-level BPE on Mistral's architecture) that
+    command fails under transformers 4 ("No tokenizer file found") and 5 ("You need to have
+    sentencepiece or tiktoken installed"): Mistral's tokenizer class reads a tokenizer.model. The
+    command now names AutoTokenizer only where its class for the model type reads those files (Qwen2's,
+    whose own pre-tokenizer then cuts the text), GPT-2's class otherwise; what it writes decodes
+    Russian and English text back, and GPT-2's encodes it to the ids of the BPE the files came from."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, pre_tokenizers, trainers
+    from tokenizers import models as hf_models
+
+    from vikhr.assets import EN_SAMPLE, RU_SAMPLE
+    from vikhr.jsonl import read_texts
+
+    texts = [t[:1500] for sample in (RU_SAMPLE, EN_SAMPLE) for t in itertools.islice(read_texts(sample), 20)]
+    bpe = HFTokenizer(hf_models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, initial_alphabet=alphabet))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    bpe.model.save(str(model_dir))  # vocab.json, merges.txt
+    (model_dir / "config.json").write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
+    with pytest.raises(VikhrError) as e:
+        load(model_dir)
+    assert f"from transformers import {cls} as T;" in str(e.value)
+    command = str(e.value).split("python -c ", 1)[1].removesuffix(f", then give {tmp_path / 'model-hf'}")
+    subprocess.run(f"{sys.executable} -c {command}", shell=True, check=True, capture_output=True)
+    written = load(tmp_path / "model-hf")
+    assert [written.decode(written.encode(t)) for t in texts] == texts
+    if cls == "GPT2TokenizerFast":
+        assert [written.encode(t) for t in texts] == [bpe.encode(t).ids for t in texts]
 
 
 def test_a_tiktoken_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

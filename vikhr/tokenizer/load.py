@@ -132,30 +132,53 @@ def vocab_and_merges_advice(directory: Path) -> str:
 
 def tokenizer_json_command(directory: Path, out: Path) -> str:
     """How to write the tokenizer.json of `directory`'s vocab.json and merges.txt into `out`: with
-    transformers, and which tokenizer class where the directory does not name one."""
+    transformers, and which tokenizer class where the directory does not name one that reads them."""
     import shlex
 
-    # A tokenizer_config.json naming the class, or a config.json naming the model type, lets
-    # transformers choose it; otherwise the user names it (GPT-2's files in the example).
-    named = _names_tokenizer_class(directory)
+    # AutoTokenizer serves where the directory names a tokenizer class (tokenizer_config.json), or a
+    # model type whose class reads these two files (Qwen2's, GPT-2's). Mistral's and Llama's read a
+    # tokenizer.model: AutoTokenizer then fails on these files (transformers 4 and 5 alike), and the
+    # user names the class (GPT-2's files in the example).
+    model_type = _json_key(directory / "config.json", "model_type")
+    named = _json_key(directory / "tokenizer_config.json", "tokenizer_class") is not None or (
+        model_type is not None and _auto_class_reads_vocab_and_merges(model_type)
+    )
     cls = "AutoTokenizer" if named else "GPT2TokenizerFast"
     code = (
         f"from transformers import {cls} as T; "
         f"T.from_pretrained({json.dumps(str(directory))}).save_pretrained({json.dumps(str(out))})"
     )
-    which = "" if named else " (for GPT-2's files; for another model's, its tokenizer class)"
+    unread = f": AutoTokenizer's for model type {model_type} reads no vocab.json and merges.txt"
+    which = f" (for GPT-2's files; for another model's, its tokenizer class{unread if model_type else ''})"
+    which = "" if named else which
     return f"with transformers{which}: python -c {shlex.quote(code)}"
 
 
-def _names_tokenizer_class(directory: Path) -> bool:
-    """Whether transformers' AutoTokenizer can tell the directory's tokenizer class: its
-    tokenizer_config.json names one, or its config.json a model type."""
-    for name, key in (("tokenizer_config.json", "tokenizer_class"), ("config.json", "model_type")):
+def _json_key(path: Path, key: str) -> str | None:
+    """The non-empty text `key` of JSON file `path`; None where the file or the key is missing."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _auto_class_reads_vocab_and_merges(model_type: str) -> bool:
+    """Whether the tokenizer class transformers' AutoTokenizer takes for `model_type` reads a
+    vocab.json and merges.txt; False where transformers is not installed or does not know the type."""
+    try:
+        import transformers
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+    except ImportError:
+        return False
+    names = TOKENIZER_MAPPING_NAMES.get(model_type)
+    # transformers 4 maps a type to (slow class, fast class), 5 to one class (None: none of its own).
+    for name in names if isinstance(names, tuple) else (names,):
         try:
-            value = json.loads((directory / name).read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError, AttributeError):
+            files = getattr(getattr(transformers, name), "vocab_files_names", {}) if name else {}
+        except (ImportError, AttributeError, RuntimeError):  # a class needing a package not installed
             continue
-        if isinstance(value, str) and value:
+        if "merges_file" in files:
             return True
     return False
 
