@@ -793,8 +793,9 @@ def saved_run_of_tiny(tmp_path: Path) -> Path:
         (
             ["model.overrides.vocab_size=600"],
             [
-                "config key model.overrides.vocab_size: model.preset = init takes vocab_size from model.init",
-                "'model.overrides={}'",
+                "config key model.overrides.vocab_size = 600 differs from the vocab_size 512 of model.init's "
+                "checkpoint (",
+                "whose shape model.preset = init takes, and a run changes only max_seq_len, init_std: drop",
             ],
         ),
         (["model.init=random"], ["config key model.preset = init takes the model's shape", "model.init is"]),
@@ -819,6 +820,51 @@ def test_model_preset_init_s_mistakes_are_one_line(
     status = main(["pretrain", "--config", str(config), *given, *(["--dry-run"] if dry_run else [])])
     _one_error_line(capsys, status, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+def test_model_preset_init_over_a_config_file_s_preset_drops_the_file_s_shape_overrides(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.preset=init on the command line over a config file written for a preset (its
+    model.overrides.vocab_size the adapted vocabulary, as configs/mistral-7b-v0.1.yaml's) was refused
+    until 'model.overrides={}' was added too: the file's overrides of its preset's shape are now
+    dropped with one note naming them, those a run may change (max_seq_len) kept, and the run takes
+    model.init's shape."""
+    import json
+
+    from vikhr.cli import main
+
+    overrides = {"vocab_size": 40000, "rope_theta": 500000.0, "max_seq_len": 512}
+    config = _train_config(tmp_path, saved_run[1], model={"preset": "tiny", "overrides": overrides})
+    argv = ["pretrain", "--config", str(config), "model.preset=init", f"model.init={saved_run[0]}"]
+    capsys.readouterr()
+    assert main([*argv, "train.steps=1"]) == 0
+    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: model.preset")]
+    assert note.startswith(
+        "note: model.preset=init takes the model's shape from model.init's checkpoint: "
+        f"{config}'s model.overrides for its preset tiny ("
+    )
+    assert "vocab_size=40000" in note and "rope_theta=500000.0" in note and "max_seq_len" not in note
+    recorded = json.loads((saved_run[0] / "step_000002" / "meta.json").read_text())["model"]
+    saved = json.loads((tmp_path / "run" / "step_000001" / "meta.json").read_text())["model"]
+    assert saved == {**recorded, "max_seq_len": 512}
+
+
+def test_model_preset_init_s_overrides_equal_to_the_checkpoint_s_shape_change_nothing(
+    saved_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config file of model.preset init that also names the checkpoint's own vocab_size and
+    num_layers (a file kept as a record of the model) was refused as if it changed them."""
+    from vikhr.cli import main
+    from vikhr.train.config import load_config
+
+    same = {"vocab_size": 512, "num_layers": 2}
+    model = {"preset": "init", "init": str(saved_run[0]), "overrides": same}
+    config = _train_config(tmp_path, saved_run[1], model=model)
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().err == ""
+    assert load_config(config).model_shape() == load_config(config, ["model.overrides={}"]).model_shape()
 
 
 def test_a_start_of_another_shape_is_refused_with_model_preset_init_offered(

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +75,8 @@ INIT_PRESET = "init"
 class ModelSection(_Section):
     preset: str = "tiny"  # a name of vikhr.model.config.PRESETS, or "init": model.init's shape
     # Overrides of the preset's fields (num_layers, vocab_size, rope_theta, sliding_window, ...); of
-    # preset init's, only those a run may change (FIELDS_A_RUN_MAY_CHANGE: max_seq_len, init_std).
+    # preset init's, those a run may change (FIELDS_A_RUN_MAY_CHANGE: max_seq_len, init_std), and the
+    # others only at the value the checkpoint records (they then change nothing).
     overrides: dict[str, Any] = Field(default_factory=dict)
     attention: AttentionBackend = "auto"
     # "random" or a checkpoint directory of this trainer (a step_* folder or its parent).
@@ -84,13 +87,26 @@ class ModelSection(_Section):
         """The preset (or the recorded shape, for preset init) with the overrides applied (types
         checked; `validate` checks the rest). Preset init takes the shape `resumed`, the checkpoint a
         run resumes, records: model.init may be gone once the run has saved a step (TrainConfig.
-        model_shape finds it); model.init's where there is none, or it records none (older versions)."""
-        if self.preset == INIT_PRESET:
-            base = _resumed_shape(resumed) if resumed is not None else None
-            base = init_shape(self.init) if base is None else base
-        else:
-            base = dataclasses.asdict(PRESETS[self.preset])
-        return _MODEL_SHAPE.validate_python({**base, **self.overrides})
+        model_shape finds it); model.init's where there is none, or it records none (older versions).
+        An override of preset init's shape other than FIELDS_A_RUN_MAY_CHANGE that differs from the
+        recorded value is a VikhrError naming both values."""
+        if self.preset != INIT_PRESET:
+            preset = dataclasses.asdict(PRESETS[self.preset])
+            return _MODEL_SHAPE.validate_python({**preset, **self.overrides})
+        recorded = _resumed_shape(resumed) if resumed is not None else None
+        shaped_by = "model.init's checkpoint" if recorded is None else "the resumed checkpoint"
+        where = self.init if recorded is None else resumed
+        recorded = init_shape(self.init) if recorded is None else recorded
+        shape = _MODEL_SHAPE.validate_python({**recorded, **self.overrides})
+        kept = _MODEL_SHAPE.validate_python(recorded)
+        for k in self.overrides:
+            if k not in FIELDS_A_RUN_MAY_CHANGE and getattr(shape, k) != getattr(kept, k):
+                raise VikhrError(
+                    f"config key model.overrides.{k} = {getattr(shape, k)} differs from the {k} "
+                    f"{getattr(kept, k)} of {shaped_by} ({where}), whose shape model.preset = {INIT_PRESET} "
+                    f"takes, and a run changes only {', '.join(FIELDS_A_RUN_MAY_CHANGE)}: drop the key"
+                )
+        return shape
 
     def described(self, resumed: Path | None = None) -> str:
         """The model as a run's lines name it: its preset, or the checkpoint whose shape it takes
@@ -332,17 +348,10 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml_mapping(path, "sections", kind="pretrain")
-    for item in overrides:
-        if "=" not in item:
-            looks_like_config = item.endswith((".yaml", ".yml")) or Path(item).is_file()
-            hint = f" (a config file is given as --config {item})" if looks_like_config else ""
-            raise VikhrError(f"override {item!r} must look like section.key=value{hint}")
-        key, text = item.split("=", 1)
-        key = key.strip().lstrip("-")
-        try:
-            value = yaml.safe_load(text)  # "1e-3", "[0.9, 0.95]", "true", "{prefix: x}"
-        except yaml.YAMLError as e:
-            raise VikhrError(f"config key {key}: cannot parse {text!r}") from e
+    given = [_parse_override(item) for item in overrides]
+    if path is not None and _sets_preset_init(given):
+        _drop_shape_of_the_file_s_preset(raw, path)
+    for key, value in given:
         _merge(raw, key, value)
     data = raw.get("data", {})
     if path is None and isinstance(data, dict) and not data.get("train"):
@@ -357,6 +366,54 @@ def load_config(
         raise VikhrError(config_error_line(e.errors()[0], TrainConfig)) from None
     validate(cfg, check_files=check_files)
     return cfg
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """(dotted key, value) of one `section.key=value` override; the value in YAML syntax."""
+    if "=" not in item:
+        looks_like_config = item.endswith((".yaml", ".yml")) or Path(item).is_file()
+        hint = f" (a config file is given as --config {item})" if looks_like_config else ""
+        raise VikhrError(f"override {item!r} must look like section.key=value{hint}")
+    key, text = item.split("=", 1)
+    key = key.strip().lstrip("-")
+    try:
+        return key, yaml.safe_load(text)  # "1e-3", "[0.9, 0.95]", "true", "{prefix: x}"
+    except yaml.YAMLError as e:
+        raise VikhrError(f"config key {key}: cannot parse {text!r}") from e
+
+
+def _sets_preset_init(given: list[tuple[str, Any]]) -> bool:
+    """Whether the overrides leave model.preset at init (the last one that sets it says)."""
+    preset = None
+    for key, value in given:
+        if key == "model.preset":
+            preset = value
+        elif key == "model" and isinstance(value, dict) and "preset" in value:
+            preset = value["preset"]
+    return preset == INIT_PRESET
+
+
+def _drop_shape_of_the_file_s_preset(raw: dict[str, Any], path: str | Path) -> None:
+    """model.preset=init given over a config file's own preset: the file's model.overrides of that
+    preset's shape (a vocab_size, rope_theta, ...) describe another model than model.init's checkpoint,
+    whose shape preset init takes; they are dropped, with one note (the first process's) naming them.
+    Those a run may change (max_seq_len, init_std) stay; the command line's own overrides apply after."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("overrides"), dict):
+        return
+    preset = model.get("preset", ModelSection.model_fields["preset"].default)
+    dropped = {k: v for k, v in model["overrides"].items() if k not in FIELDS_A_RUN_MAY_CHANGE}
+    if preset == INIT_PRESET or not dropped:
+        return
+    model["overrides"] = {k: v for k, v in model["overrides"].items() if k in FIELDS_A_RUN_MAY_CHANGE}
+    if os.environ.get("RANK", "0") == "0":
+        named = ", ".join(f"{k}={v}" for k, v in dropped.items())
+        print(
+            f"note: model.preset=init takes the model's shape from model.init's checkpoint: {path}'s "
+            f"model.overrides for its preset {preset} ({named}) are not applied",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -466,12 +523,6 @@ def _check_model(m: ModelSection, check_files: bool, resumed: Path | None = None
     for k in m.overrides:
         if k not in known:
             raise VikhrError(f"unknown config key 'model.overrides.{k}'{suggest(k, known)}")
-        if m.preset == INIT_PRESET and k not in FIELDS_A_RUN_MAY_CHANGE:
-            raise VikhrError(
-                f"config key model.overrides.{k}: model.preset = {INIT_PRESET} takes {k} from model.init's "
-                f"checkpoint, which a run cannot change (only {', '.join(FIELDS_A_RUN_MAY_CHANGE)}): drop it "
-                "('model.overrides={}' drops those of the config file)"
-            )
     types = typing.get_type_hints(ModelConfig)
     for k, v in m.overrides.items():
         try:
