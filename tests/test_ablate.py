@@ -84,6 +84,12 @@ def _write(path: Path, cfg: dict) -> Path:
         ({"seeds": [True, 2]}, "config key seeds: expected a number, not a yes/no value"),
         ({"arms": [{"name": "a/b"}]}, "config key arms[0].name: String should match pattern"),
         ({"model": {"preset": "huge"}}, "unknown model.preset 'huge'"),
+        # the trainer's preset init was called an unknown preset, named in no list of choices
+        (
+            {"model": {"preset": "init"}},
+            "ablate.yaml: config key model.preset = init takes the model's shape from a checkpoint, but "
+            "the grid pre-trains its base from random weights (base.steps), so there is none",
+        ),
         # numpy's seeding refused it after the base model had trained
         ({"seeds": [-1]}, "config key seeds[0] must be >= 0, got -1"),
         ({"base": {"seed": 2**32}}, "config key base.seed must be < 4294967296"),

@@ -52,7 +52,7 @@ class TokenizerSection(_Section):
 
 
 class ModelSection(_Section):
-    preset: str = "tiny"  # vikhr.model.config.PRESETS
+    preset: str = "tiny"  # vikhr.model.config.PRESETS: the base's shape (pre-trained from random weights)
     overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields
 
 
@@ -186,7 +186,18 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         raise VikhrError(config_error_line(e.errors()[0], AblateConfig, prefix=f"{p}: ")) from None
     _check_arms(p, cfg.arms)
     from vikhr.model.config import PRESETS
+    from vikhr.train.config import INIT_PRESET
 
+    if cfg.model.preset == INIT_PRESET:
+        # The trainer's preset init reads a checkpoint's shape; the grid's base has none to read, and
+        # every arm already starts from a checkpoint of the base's shape.
+        raise VikhrError(
+            f"{p}: config key model.preset = {INIT_PRESET} takes the model's shape from a checkpoint, but "
+            "the grid pre-trains its base from random weights (base.steps), so there is none to take it "
+            f"from: name the base's preset ({', '.join(sorted(PRESETS))}) with model.overrides; every arm "
+            "starts from the base's checkpoint (the adapted arms from its `vikhr adapt-vocab` output) "
+            "and keeps its shape"
+        )
     if cfg.model.preset not in PRESETS:
         raise VikhrError(
             f"{p}: unknown model.preset {cfg.model.preset!r} (choose {', '.join(sorted(PRESETS))})"
