@@ -848,6 +848,14 @@ def test_model_preset_init_over_a_config_file_s_preset_drops_the_file_s_shape_ov
     recorded = json.loads((saved_run[0] / "step_000002" / "meta.json").read_text())["model"]
     saved = json.loads((tmp_path / "run" / "step_000001" / "meta.json").read_text())["model"]
     assert saved == {**recorded, "max_seq_len": 512}
+    assert main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().err.splitlines() == [note]
+    # The command line's own shape override is the user's: one of another value is refused, alone.
+    _one_error_line(
+        capsys,
+        main([*argv, "model.overrides.vocab_size=600", "checkpoint.resume=never"]),
+        "config key model.overrides.vocab_size = 600 differs from the vocab_size 512 of model.init's",
+    )
 
 
 def test_model_preset_init_s_overrides_equal_to_the_checkpoint_s_shape_change_nothing(

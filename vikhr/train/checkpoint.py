@@ -808,6 +808,13 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def note(message: str) -> None:
+    """A one-line note on stderr (what a run does that its config does not say in so many words),
+    from the first rank only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def read_meta(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / "meta.json").read_text(encoding="utf-8"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -133,6 +134,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         from vikhr.train.memory import dry_run_table
 
         print(dry_run_table(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb))
+        for told in cfg.notes():  # after the table: an error stays the only line
+            print(f"note: {told}", file=sys.stderr)
         return 0
     require_megatron()  # a clear error for a wrong megatron-core before the trainer imports it
     from vikhr.train.trainer import run

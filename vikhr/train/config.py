@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -288,9 +286,15 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     debug: DebugSection = Field(default_factory=DebugSection)
+    # What loading the config applied differently from what the file says (load_config): said as
+    # notes once the run will start, so that a refused run's error stays its only line.
+    _notes: list[str] = pydantic.PrivateAttr(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
     def resumed_checkpoint(self) -> Path | None:
         """The step directory the run resumes (checkpoint.resume: auto, the newest whole step of
@@ -349,8 +353,9 @@ def load_config(
     if path is not None:
         raw = read_yaml_mapping(path, "sections", kind="pretrain")
     given = [_parse_override(item) for item in overrides]
+    note = None  # said once the run will start (TrainConfig.notes)
     if path is not None and _sets_preset_init(given):
-        _drop_shape_of_the_file_s_preset(raw, path)
+        note = _drop_shape_of_the_file_s_preset(raw, path)
     for key, value in given:
         _merge(raw, key, value)
     data = raw.get("data", {})
@@ -365,6 +370,7 @@ def load_config(
     except pydantic.ValidationError as e:
         raise VikhrError(config_error_line(e.errors()[0], TrainConfig)) from None
     validate(cfg, check_files=check_files)
+    cfg._notes += [note] if note is not None else []
     return cfg
 
 
@@ -393,27 +399,25 @@ def _sets_preset_init(given: list[tuple[str, Any]]) -> bool:
     return preset == INIT_PRESET
 
 
-def _drop_shape_of_the_file_s_preset(raw: dict[str, Any], path: str | Path) -> None:
+def _drop_shape_of_the_file_s_preset(raw: dict[str, Any], path: str | Path) -> str | None:
     """model.preset=init given over a config file's own preset: the file's model.overrides of that
     preset's shape (a vocab_size, rope_theta, ...) describe another model than model.init's checkpoint,
-    whose shape preset init takes; they are dropped, with one note (the first process's) naming them.
-    Those a run may change (max_seq_len, init_std) stay; the command line's own overrides apply after."""
+    whose shape preset init takes; they are dropped from `raw`, and the note naming them returned
+    (None where none is). Those a run may change (max_seq_len, init_std) stay; the command line's own
+    overrides apply after."""
     model = raw.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("overrides"), dict):
-        return
+        return None
     preset = model.get("preset", ModelSection.model_fields["preset"].default)
     dropped = {k: v for k, v in model["overrides"].items() if k not in FIELDS_A_RUN_MAY_CHANGE}
     if preset == INIT_PRESET or not dropped:
-        return
+        return None
     model["overrides"] = {k: v for k, v in model["overrides"].items() if k in FIELDS_A_RUN_MAY_CHANGE}
-    if os.environ.get("RANK", "0") == "0":
-        named = ", ".join(f"{k}={v}" for k, v in dropped.items())
-        print(
-            f"note: model.preset=init takes the model's shape from model.init's checkpoint: {path}'s "
-            f"model.overrides for its preset {preset} ({named}) are not applied",
-            file=sys.stderr,
-            flush=True,
-        )
+    named = ", ".join(f"{k}={v}" for k, v in dropped.items())
+    return (
+        f"model.preset=init takes the model's shape from model.init's checkpoint: {path}'s "
+        f"model.overrides for its preset {preset} ({named}) are not applied"
+    )
 
 
 def _merge(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -446,6 +446,8 @@ def _check_start(
     # What the datasets record of their tokenizer (checked alike above): each checkpoint keeps it.
     recorded_data = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
     # Once the run will start: an error stays the only line.
+    for told in cfg.notes():
+        checkpoint.note(told)
     for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
     return resume_from, inherited, recorded_data, inherited_files
