@@ -8,6 +8,7 @@ vocabulary (32,000 ids) so that the prepared ids are used unchanged.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -631,10 +632,52 @@ def _cli(capfd: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def sft_run(rulm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("sft-run")
-    proc = _vikhr("sft", "train", "--config", str(_config(tmp / "c.yaml", rulm, tmp / "run")))
+    config = _config(tmp / "c.yaml", rulm, tmp / "run", logging={"tensorboard": True})
+    proc = _vikhr("sft", "train", "--config", str(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "sft data: rulm: 806 chats (725 train, 81 valid)" in proc.stderr
+    (tmp / "stdout.txt").write_text(proc.stdout, encoding="utf-8")  # what the run said, for the tests
+    (tmp / "stderr.txt").write_text(proc.stderr, encoding="utf-8")
     return tmp / "run"
+
+
+def test_each_step_reports_the_assistant_tokens_its_loss_was_taken_over(sft_run: Path, rulm: Path) -> None:
+    """The step line, metrics.jsonl and TensorBoard give each step's loss tokens: the loss mask
+    (shifted onto the labels) summed over the step's micro-batches; the run's summary their total."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vikhr.sft.data import build_sft_datasets
+    from vikhr.train.config import load_config
+    from vikhr.train.data import IGNORE_INDEX, step_micro_batches
+    from vikhr.train.trainer import train_samples
+
+    cfg = load_config(sft_run.parent / "c.yaml")
+    data = build_sft_datasets(cfg, train_samples(cfg))
+    g, m = cfg.train.global_batch, cfg.train.micro_batch
+    expected = {}
+    for step in range(1, cfg.train.steps + 1):
+        first = (step - 1) * g
+        masked = sum(int(data.train[i]["loss_mask"].sum()) for i in range(first, first + g))
+        labelled = sum(
+            int((b.labels != IGNORE_INDEX).sum()) for b in step_micro_batches(data.train, first, g, m, 0, 1)
+        )
+        assert masked == labelled > 0, step
+        expected[step] = masked
+    assert len(set(expected.values())) > 1  # steps differ: a constant would not pass for a count
+    train, _ = read_metrics(sft_run)
+    assert {step: row["loss_tokens"] for step, row in train.items()} == expected
+    stdout = (sft_run.parent / "stdout.txt").read_text(encoding="utf-8")
+    lines = [line for line in stdout.splitlines() if line.startswith("step ")]
+    assert [int(re.search(r"\| loss-tokens ([\d,]+) \|", line)[1].replace(",", "")) for line in lines] == [
+        expected[step] for step in sorted(expected)
+    ]
+    events = EventAccumulator(str(sft_run / "tensorboard"))
+    events.Reload()
+    scalars = {e.step: e.value for e in events.Scalars("train/loss_tokens")}
+    assert scalars == {step: float(n) for step, n in expected.items()}
+    stderr = (sft_run.parent / "stderr.txt").read_text(encoding="utf-8")
+    total = sum(expected.values())
+    assert f"trained: the loss was taken over {total:,} assistant tokens in 20 steps" in stderr
 
 
 def test_sft_lowers_the_loss_on_held_out_assistant_tokens(sft_run: Path) -> None:
@@ -657,9 +700,12 @@ def test_kill_and_resume_gives_the_same_losses(rulm: Path, sft_run: Path, tmp_pa
     reference, reference_valid = read_metrics(sft_run)
     assert sorted(train) == sorted(reference)
     for step, row in reference.items():
-        for key in ("loss", "ce", "lr", "grad_norm"):
+        for key in ("loss", "ce", "lr", "grad_norm", "loss_tokens"):
             assert train[step][key] == row[key], (step, key)
     assert valid[20] == reference_valid[20]
+    # the checkpoint keeps the count: the resumed run's total is the uninterrupted run's
+    total = sum(row["loss_tokens"] for row in reference.values())
+    assert f"trained: the loss was taken over {total:,} assistant tokens in 20 steps" in resumed.stderr
 
 
 def test_a_run_copied_without_its_data_exports_its_chat_template(sft_run: Path, tmp_path: Path) -> None:

@@ -402,8 +402,13 @@ def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path
     stopped = json.loads((run_dir / "stopped.json").read_text(encoding="utf-8"))
     assert stopped == {"step": 1, "steps": 4, "reason": stopped["reason"], "status": 75}
     assert stopped["reason"].startswith("at the time limit")
-    assert _pretrain_cli("--config", str(config)).returncode == 0
+    finished = _pretrain_cli("--config", str(config))
+    assert finished.returncode == 0
     assert not (run_dir / "stopped.json").exists()
+    # pre-training's loss takes every target: global batch × seq_len a step, kept across the resume
+    train, _ = read_metrics(run_dir)
+    assert {step: row["loss_tokens"] for step, row in train.items()} == {step: 8 * 64 for step in range(1, 5)}
+    assert f"trained: the loss was taken over {4 * 8 * 64:,} target tokens in 4 steps" in finished.stderr
 
 
 def _train_here(config: Path, *overrides: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def train_flops_per_token(cfg: ModelConfig, matmul_params: int, seq_len: int, re
 
 
 # The figures of a train row that are not the loss or its terms.
-_STEP_FIGURES = ("lr", "grad_norm", "tokens_per_s", "mfu")
+_STEP_FIGURES = ("loss_tokens", "lr", "grad_norm", "tokens_per_s", "mfu")
 
 
 class Monitor:
@@ -102,13 +102,13 @@ class Monitor:
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
 
     def progress(self, step: int, total: int, m: dict[str, Any]) -> None:
-        """One line per logged step: the loss and its terms (whatever the loss reports), then the
-        optimizer and throughput figures."""
+        """One line per logged step: the loss and its terms (whatever the loss reports), the tokens
+        it was taken over (SFT: the assistant tokens), then the optimizer and throughput figures."""
         if not self.enabled:
             return
         terms = " | ".join(f"{k} {v:.5g}" for k, v in m.items() if k not in _STEP_FIGURES)
         line = (
-            f"step {step:>6}/{total} | {terms} | "
+            f"step {step:>6}/{total} | {terms} | loss-tokens {m['loss_tokens']:,} | "
             f"lr {m['lr']:.3e} | grad-norm {m['grad_norm']:.3f} | tok/s {m['tokens_per_s']:,.0f}"
         )
         if m.get("mfu") is not None:

@@ -672,6 +672,10 @@ class Trainer:
         self.step = 0  # optimizer steps done: the LR schedule follows from it
         self.consumed_samples = 0  # the data position (the global batch may change on resume)
         self.nonfinite_in_a_row = 0
+        # The targets the loss was taken over since step `loss_tokens_from` (0, or a resumed
+        # checkpoint's step where it records no count): the run's summary.
+        self.loss_tokens = 0
+        self.loss_tokens_from = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint written or resumed
         self.validated_step: int | None = None  # the step of the last whole validation pass
         # A checkpoint saved by a stop that skipped its step's validation: the resumed run does it.
@@ -795,6 +799,9 @@ class Trainer:
         )
         step = self.step = self.saved_step = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
+        recorded_tokens = meta.get("loss_tokens")
+        self.loss_tokens = int(recorded_tokens) if recorded_tokens is not None else 0
+        self.loss_tokens_from = 0 if recorded_tokens is not None else step
         self.validation_pending = bool(meta.get("validation_pending", False))
         cfg = self.cfg
         # The layout, checkpointing and logging may change at will (the layout is reported above).
@@ -883,8 +890,19 @@ class Trainer:
             raise
         finally:
             self.run_stop = None
+        monitor.info(self.loss_tokens_said())
         monitor.close()
-        return {"step": self.step, "valid": valid_losses}
+        return {"step": self.step, "valid": valid_losses, "loss_tokens": self.loss_tokens}
+
+    def loss_tokens_said(self) -> str:
+        """The run's summary line: the tokens the loss was taken over, in all."""
+        which = "assistant tokens" if self.cfg.data.kind == "sft" else "target tokens"
+        steps = (
+            f"steps {self.loss_tokens_from + 1}-{self.step}"
+            if self.loss_tokens_from
+            else f"{self.step} steps"
+        )
+        return f"trained: the loss was taken over {self.loss_tokens:,} {which} in {steps}"
 
     def _signal_itself(self) -> None:
         """debug.signal_at_step: a signal to the last rank alone, right after that step (tests that
@@ -941,6 +959,7 @@ class Trainer:
             return None
         grad_norm = self.optimizer_step(losses["loss"])
         self.step += 1
+        self.loss_tokens += losses["loss_tokens"]
         self.consumed_samples += cfg.train.global_batch
         if env.on_gpu:
             torch.cuda.synchronize()
@@ -989,7 +1008,11 @@ class Trainer:
         # norm weights' partial gradients.
         finalize_model_grads([self.ddp])
         dist.all_reduce(sums, group=self.dp_group)
-        return dict(zip(names, (sums / n_global).tolist(), strict=True))
+        # The targets the loss was taken over (SFT: the assistant tokens; pre-training: every target).
+        return {
+            **dict(zip(names, (sums / n_global).tolist(), strict=True)),
+            "loss_tokens": int(n_tokens.item()),
+        }
 
     def optimizer_step(self, loss: float) -> float:
         """Apply the update and return the gradient norm; a non-finite loss skips the update (NaN
@@ -1069,6 +1092,7 @@ class Trainer:
         meta = {
             "step": self.step,
             "consumed_samples": self.consumed_samples,
+            "loss_tokens": self.loss_tokens,
             "tp": env.tp_size,
             "dp": env.dp_size,
             "world_size": env.world_size,
