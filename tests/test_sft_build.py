@@ -266,6 +266,55 @@ def test_a_system_field_beside_the_turns_opens_the_chat() -> None:
     assert chat.messages[0] == ("user", "Привет") and chat.untrained == (1,)
 
 
+def test_a_chat_ending_with_an_unanswered_question_is_kept_up_to_its_last_answer(tmp_path: Path) -> None:
+    """Many ShareGPT dumps end with a human turn nobody answered: such chats were dropped whole as
+    bad_turns. The user turns after the last answer are left out (counted as trimmed_unanswered);
+    a chat with no answer before them, or with two answers in a row, is still refused."""
+    q1, a1 = {"from": "human", "value": "Сколько будет два плюс два?"}, {"from": "gpt", "value": "Четыре."}
+    q2, a2 = {"from": "human", "value": "А три плюс три?"}, {"from": "gpt", "value": "Шесть."}
+    open_question = {"from": "human", "value": "А пять плюс пять?"}
+    records = {
+        "one_left": [q1, a1, open_question],
+        "two_left": [q1, a1, q2, a2, open_question, {"from": "human", "value": "Ответь же!"}],
+        "blank_left": [q2, a2, {"from": "human", "value": " "}],
+        "answered": [open_question, {"from": "gpt", "value": "Десять."}],
+        "no_answer": [q1, open_question],
+        "two_answers": [q1, a1, a2, open_question],
+    }
+    data = tmp_path / "sharegpt.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": k, "conversations": v}, ensure_ascii=False) + "\n" for k, v in records.items()
+        ),
+        encoding="utf-8",
+    )
+    no_dedup = {"exact": False, "near": False}
+    report = build(_config(tmp_path, [{"name": "s", "path": str(data)}], dedup=no_dedup))
+    (source,) = report["sources"]
+    written = {
+        r["id"]: [(m["role"], m["content"]) for m in r["messages"]]
+        for r in _written(tmp_path / "out" / "chats.jsonl")
+    }
+    assert written == {
+        "s/one_left": [("user", q1["value"]), ("assistant", a1["value"])],
+        "s/two_left": [
+            ("user", q1["value"]),
+            ("assistant", a1["value"]),
+            ("user", q2["value"]),
+            ("assistant", a2["value"]),
+        ],
+        "s/blank_left": [("user", q2["value"]), ("assistant", a2["value"])],
+        "s/answered": [("user", open_question["value"]), ("assistant", "Десять.")],
+    }
+    assert source["trimmed_unanswered"] == 3 and source["dropped"] == {"bad_turns": 2}
+    assert (
+        "expected an assistant turn after a user turn" in source["examples"]["bad_turns"][0]
+        and "expected a user turn" in source["examples"]["bad_turns"][1]
+    )
+    md = (tmp_path / "out" / "chats.jsonl.report.md").read_text(encoding="utf-8")
+    assert "| trimmed unanswered |" in md and "| s | sharegpt | 4 | 4 | 3 | 4 | bad_turns 2 |" in md
+
+
 def test_flan_inputs_and_targets_of_ruflan() -> None:
     """ruFLAN is published in FLAN's layout (inputs, targets, task_source, task_name, template_type), which
     no reader took ("unknown chat format"); the fixture used to dress it as Alpaca."""
@@ -1359,8 +1408,8 @@ def test_bundled_rulm_mix_and_report_are_pinned(shared_data: Path, tmp_path: Pat
         digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     assert digests == {
         "chats.jsonl": "c3549bee2ff8b44d",
-        "chats.jsonl.report.json": "e9321efecccfbb31",
-        "chats.jsonl.report.md": "8f695d09c162188a",
+        "chats.jsonl.report.json": "bad2a3aabf3b78b5",
+        "chats.jsonl.report.md": "2c0fadba3be0d3b7",
     }
 
 

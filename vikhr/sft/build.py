@@ -72,6 +72,7 @@ class SourceReport:
     kept: int = 0
     tokens: int = 0  # of the kept chats, with the template
     turns: int = 0  # messages of the kept chats
+    trimmed_unanswered: int = 0  # chats read whose user turns after the last answer were left out
     dropped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "file:line: problem"
 
@@ -180,6 +181,7 @@ def _first_pass(
             report.records += 1
             for chat in chats:
                 report.chats += 1
+                report.trimmed_unanswered += chat.trimmed > 0
                 reason, why, tokens = _check_chat(chat, src, cfg, tok)
                 if reason != KEPT:
                     report.drop(reason, where, f"{_chat_label(chat, where)}{why}")
@@ -597,13 +599,15 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"| {s['name']} | {s['language'] or '—'} | {s['kept']:,} | {100 * s['share']:.1f}% | "
             f"{s['tokens']:,} | {turns:.1f} |"
         )
-    lines += ["", "## Read and dropped", "", "| source | format | records | chats | kept | dropped |"]
-    lines.append("|---|---|---:|---:|---:|---|")
+    lines += ["", "## Read and dropped", ""]
+    lines += ["| source | format | records | chats | trimmed unanswered | kept | dropped |"]
+    lines.append("|---|---|---:|---:|---:|---:|---|")
     for s in report["sources"]:
         dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(s["dropped"].items())) or "—"
         formats = ", ".join(sorted(set(s["formats"].values())))
         lines.append(
-            f"| {s['name']} | {formats} | {s['records']:,} | {s['chats']:,} | {s['kept']:,} | {dropped} |"
+            f"| {s['name']} | {formats} | {s['records']:,} | {s['chats']:,} | {s['trimmed_unanswered']:,} "
+            f"| {s['kept']:,} | {dropped} |"
         )
     problems = [
         (s["name"], r, ex) for s in report["sources"] for r, exs in s["examples"].items() for ex in exs

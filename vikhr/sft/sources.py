@@ -137,6 +137,7 @@ class Chat:
     # layout: an assistant's "tool_calls", a tool result's "name" and "tool_call_id".
     fields: tuple[tuple[int, str, Any], ...] = ()
     tools: tuple[Any, ...] = ()  # the functions the chat offers ({"type": "function", "function": ...})
+    trimmed: int = 0  # user turns after the last answer, which no answer followed, left out
 
     @functools.cached_property
     def parsed(self) -> ChatMessages:
@@ -397,17 +398,29 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         if messages and messages[0][0] == "system" and not messages[0][1].strip():
             messages = messages[1:]  # "no system prompt", as SlimOrca writes it
             untrained, fields = _moved(untrained, fields, -1)
+        answered = _answered_part(messages)
         chat = Chat(
             record_id if len(turns) == 1 else f"{record_id}#{n}",
             record_id,
-            tuple(messages),
-            untrained,
-            fields,
+            tuple(messages[:answered]),
+            tuple(i for i in untrained if i < answered),
+            tuple(f for f in fields if f[0] < answered),
             tools,
+            trimmed=len(messages) - answered,
         )
         _check(chat)
         chats.append(chat)
     return chats
+
+
+def _answered_part(messages: list[tuple[str, str]]) -> int:
+    """How many of `messages` to keep: all but the user turns after the last answer. Many ShareGPT
+    dumps end with a question nobody answered; the chat up to its last answer is still one. A chat
+    whose trailing user turns follow no answer (or a tool result) keeps them, and is refused as such."""
+    end = len(messages)
+    while end and messages[end - 1][0] == "user":
+        end -= 1
+    return end if end < len(messages) and end and messages[end - 1][0] == "assistant" else len(messages)
 
 
 def _moved(
