@@ -461,17 +461,55 @@ def test_score_command_and_its_errors(tmp_path: Path, reward_dir: Path, capfd: p
     capfd.readouterr()
     assert main([*args, "--batch-size", "2", "--no-progress"]) == 0
     out, err = capfd.readouterr()
-    assert out.strip() == f"{scores}: 5 chats scored" and len(load_scores(scores)) == 5
+    assert out.startswith(f"{scores}: 5 chats: 5 scored now; scores min ") and len(load_scores(scores)) == 5
     assert "it/s" not in err  # transformers' bar over the weights it loads: none either
     assert main([*args, "--no-progress"]) == 0
     # a second run resumes: nothing left, and it says why
-    assert capfd.readouterr()[0].strip() == f"{scores}: 0 chats scored (5 already in the file)"
+    assert capfd.readouterr()[0].startswith(f"{scores}: 5 chats: 0 scored now; 5 already in the file; ")
     _write_chats(tmp_path / "more.jsonl", 7)
     missing = ["sft", "score", "--input", str(tmp_path / "more.jsonl"), "--model", str(tmp_path / "nope")]
     assert main([*missing, "--scores", str(scores), "--no-progress"]) == 2
     err = capfd.readouterr()[1].strip().splitlines()
     assert len(err) == 1 and "reward model directory not found" in err[0]
     assert len(load_scores(scores)) == 5  # nothing appended
+
+
+def _spread_said(line: str) -> list[float]:
+    said = re.search(r"; scores min (\S+), 25% (\S+), median (\S+), 75% (\S+), max (\S+)$", line.strip())
+    assert said is not None, line
+    return [float(v) for v in said.groups()]
+
+
+def test_the_score_summary_counts_lines_and_distinct_chats_and_gives_the_spread(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The summary said "0 chats scored (N already in the file)" of an input with repeated chats or of
+    a file holding other inputs' scores: it counts the input's lines and distinct chats, those of them
+    the file held, and gives min / quartiles / max of their scores (each distinct chat once)."""
+    from vikhr.cli import main
+
+    chats = _write_chats(tmp_path / "chats.jsonl", 8)
+    lines = chats.read_text(encoding="utf-8").splitlines(keepends=True)
+    chats.write_text("".join(lines + lines[:3]), encoding="utf-8")  # 11 lines, 8 distinct chats
+    scores = tmp_path / "scores.jsonl"
+    args = ["sft", "score", "--model", str(reward_dir), "--scores", str(scores), "--no-progress"]
+    capfd.readouterr()
+    assert main([*args, "--input", str(chats)]) == 0
+    first = capfd.readouterr()[0]
+    assert first.startswith(f"{scores}: 11 chats (8 distinct): 8 scored now; scores min ")
+    assert main([*args, "--input", str(chats)]) == 0
+    again = capfd.readouterr()[0]
+    assert again.startswith(f"{scores}: 11 chats (8 distinct): 0 scored now; 8 already in the file; ")
+    stored = load_scores(scores)
+    values = np.array([stored[chat_key(_messages(i))] for i in range(8)])
+    assert len(set(values.tolist())) == 8
+    expected = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
+    assert _spread_said(first) == _spread_said(again) == pytest.approx(expected, rel=1e-3)
+    fewer = _write_chats(tmp_path / "fewer.jsonl", 3)  # the file holds 5 scores of other chats
+    assert main([*args, "--input", str(fewer)]) == 0
+    out = capfd.readouterr()[0]
+    assert out.startswith(f"{scores}: 3 chats: 0 scored now; 3 already in the file; ")
+    assert _spread_said(out) == pytest.approx(np.quantile(values[:3], [0, 0.25, 0.5, 0.75, 1]), rel=1e-3)
 
 
 def test_a_scores_file_that_is_no_scores_file_is_refused_unchanged(

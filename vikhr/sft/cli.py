@@ -155,9 +155,7 @@ def _score(args: argparse.Namespace) -> int:
     )
     if run.note:
         print(f"note: {run.note}", file=sys.stderr)
-    details = [f"{run.before:,} already in the file"] if run.before else []
-    details += [f"{run.cut:,} longer than the max length, scored on their last tokens"] if run.cut else []
-    print(f"{args.scores}: {run.scored:,} chats scored" + (f" ({'; '.join(details)})" if details else ""))
+    print(f"{args.scores}: {run.line()}")
     return 0
 
 

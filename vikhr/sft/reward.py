@@ -329,10 +329,31 @@ def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
 class ScoreRun:
     """What `score_file` did."""
 
-    scored: int  # chats scored now
-    before: int  # scores the file held already
+    chats: int  # chats of the input, one a line
+    distinct: int  # of them with different turns (a chat repeated is scored once)
+    scored: int  # distinct chats scored now
+    before: int  # distinct chats whose score the file held already
     cut: int  # chats scored on their last max-length tokens
     note: str | None  # the max length was lowered to the model's context
+    # min, 25%, median, 75%, max of the input's chats' scores (None: no chat)
+    spread: tuple[float, float, float, float, float] | None
+
+    def line(self) -> str:
+        """What the run did, counting the input's lines and its distinct chats, and how the scores
+        of its chats spread (min, quartiles, max): where a reward cut would fall."""
+        chats = f"{self.chats:,} chats" + (
+            f" ({self.distinct:,} distinct)" if self.distinct != self.chats else ""
+        )
+        details = [f"{self.scored:,} scored now"] + (
+            [f"{self.before:,} already in the file"] if self.before else []
+        )
+        if self.cut:
+            details.append(f"{self.cut:,} longer than the max length, scored on their last tokens")
+        said = f"{chats}: {'; '.join(details)}"
+        if self.spread is not None:
+            low, q1, median, q3, high = self.spread
+            said += f"; scores min {low:.4g}, 25% {q1:.4g}, median {median:.4g}, 75% {q3:.4g}, max {high:.4g}"
+        return said
 
 
 def score_file(
@@ -370,10 +391,20 @@ def _score_file(
 ) -> ScoreRun:
     scorer = reward_scorer(model_dir, max_length)
     done = load_scores(scores_path, scorer.scorer)
-    before = len(done)
-    todo_total = sum(1 for _, m in _chats(chats_path) if chat_key(m) not in done)
+    keys = [chat_key(m) for _, m in _chats(chats_path)]
+    distinct = list(dict.fromkeys(keys))  # first occurrences, in order
+    before = sum(1 for k in distinct if k in done)
+    todo_total = len(distinct) - before
+
+    def run(scored: int, cut: int) -> ScoreRun:
+        import numpy as np
+
+        scores = np.fromiter((done[k] for k in distinct), dtype=np.float64, count=len(distinct))
+        spread = tuple(np.quantile(scores, [0, 0.25, 0.5, 0.75, 1]).tolist()) if len(scores) else None
+        return ScoreRun(len(keys), len(distinct), scored, before, cut, scorer.note, spread)
+
     if todo_total == 0:
-        return ScoreRun(0, before, 0, scorer.note)
+        return run(0, 0)
     from vikhr.progress_bar import progress_bar, transformers_bars
 
     with transformers_bars(progress):
@@ -386,6 +417,7 @@ def _score_file(
         def flush() -> None:
             nonlocal scored
             values = model.score([m for _, _, m in pending])
+            done.update((k, v) for (k, _, _), v in zip(pending, values, strict=True))
             out.writelines(
                 json.dumps({"key": k, "id": i, "score": s, "scorer": scorer.scorer}, ensure_ascii=False)
                 + "\n"
@@ -408,7 +440,7 @@ def _score_file(
             flush()
         os.fsync(out.fileno())
     bar.close()
-    return ScoreRun(scored, before, model.cut, scorer.note)
+    return run(scored, model.cut)
 
 
 def keep_mask(scores: Any, threshold: float | None, top_fraction: float | None) -> tuple[Any, float]:
