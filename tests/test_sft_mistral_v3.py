@@ -20,6 +20,7 @@ from tests.test_sft_own_template import _hf_ids, write_tokenizer
 from tests.test_sft_templates import _handmade_chats, byte_level_bpe, seed_and_real_chats
 from vikhr.errors import VikhrError
 from vikhr.sft.encoded import Message
+from vikhr.sft.prepare import mask_runs
 from vikhr.sft.template import (
     AUTO,
     encode_chat,
@@ -75,7 +76,8 @@ def test_ids_equal_mistral_commons_v3_encoding(
     tokenizer: tuple[Path, Path], chats: list[list[Message]]
 ) -> None:
     """Training chats and generation prompts: the ids of mistral-common's v3 instruct tokenizer, the
-    system message in the last user turn; trained: exactly each answer and its </s>."""
+    system message in the last user turn; trained: exactly each answer and its </s> (the decoded
+    trained spans are the answers' texts)."""
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
@@ -91,9 +93,11 @@ def test_ids_equal_mistral_commons_v3_encoding(
         assert enc.ids == _reference_ids(finetuning, messages), number
         prompt = encode_chat(messages[:-1], tok, TEMPLATE, for_generation=True)
         assert prompt.ids == _reference_ids(serving, messages[:-1]), number
-        answers = [i for i, trained in enumerate(enc.mask) if trained]
-        assert [enc.ids[i] for i in answers].count(tok.eos_id) == sum(m.role == "assistant" for m in messages)
-        assert not {inst, inst_end} & {enc.ids[i] for i in answers}
+        runs = [ids for is_trained, ids in mask_runs(enc.ids, enc.mask) if is_trained]
+        # decode leaves EOS out: each run is the answer's text, then its </s>
+        trained = [tok.decode(ids[:-1]) + ("</s>" if ids[-1] == tok.eos_id else "") for ids in runs]
+        assert trained == [m.content + "</s>" for m in messages if m.role == "assistant"], number
+        assert not {inst, inst_end} & {i for ids in runs for i in ids}, number
     system, *_ = multi_turn_system[0]
     first_turn = tok.decode(encode_chat(multi_turn_system[0][:3], tok, TEMPLATE).ids)
     whole = tok.decode(encode_chat(multi_turn_system[0], tok, TEMPLATE).ids)
