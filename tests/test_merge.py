@@ -168,6 +168,31 @@ def test_non_finite_values_are_refused(method: str) -> None:
         interpolate(a, b, 0.5, method)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("chunk", [slerp_mod.CHUNK_ELEMENTS, 3])
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_values_past_the_range_of_a_s_dtype_are_refused_not_written_as_inf(
+    method: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result is in a's dtype: float16's ±65504 turned finite merged values into inf without a word,
+    from a wider b (bfloat16, float32) and, for SLERP, from coefficients adding up to more than 1."""
+    monkeypatch.setattr(slerp_mod, "CHUNK_ELEMENTS", chunk)  # 3: the large value in the second chunk
+    a = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float16)
+    for b_dtype in (torch.bfloat16, torch.float32):
+        b = torch.tensor([1.0, 2.0, -1.0, 3e5], dtype=b_dtype)
+        for t in (0.5, 1.0):
+            with pytest.raises(VikhrError) as refused:
+                interpolate(a, b, t, method)  # type: ignore[arg-type]
+            wide = str(b_dtype).removeprefix("torch.")
+            assert str(refused.value) == (
+                "merged values exceed float16's range (±65504), model A's dtype, in which the merge is "
+                f"written (model B's {wide} holds them: give B as model A, with each t replaced by 1 − t)"
+            )
+    if method == "slerp":  # orthogonal, equal norms: c_a = c_b = sin 45° at t = 0.5, 60000·√2 past 65504
+        a, b = torch.tensor([6e4, 6e4], dtype=torch.float16), torch.tensor([6e4, -6e4], dtype=torch.float16)
+        with pytest.raises(VikhrError, match=r"a bfloat16 or float32 copy of model A would hold them"):
+            interpolate(a, b, 0.5)
+
+
 # ---------------------------------------------------------------- the schedule of t
 
 
@@ -455,6 +480,35 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     assert (
         cli_main(["merge", *args, "--t", "0.5", "--overwrite"]) == 0 and (out / "model.safetensors").is_file()
     )
+
+
+def test_a_merge_past_the_range_of_model_a_s_dtype_is_one_line_and_the_swap_it_names_works(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Model A in float16, B in float32 with a weight past float16's range: the merge, written in A's
+    dtype, held inf there (at t = 1 too) and exited 0."""
+    a, b = tmp_path / "a16", tmp_path / "b32"
+    shutil.copytree(models["a"], a)
+    shutil.copytree(models["b"], b)
+    save_file({k: v.half() for k, v in tensors_of(a).items()}, str(a / "model.safetensors"))
+    large = "model.layers.1.mlp.down_proj.weight"
+    tb = tensors_of(b)
+    tb[large][0, 0] = 1e6
+    save_file(tb, str(b / "model.safetensors"))
+    out = tmp_path / "out"
+    for method in ("slerp", "linear"):
+        for t in ("0.5", "1"):
+            argv = [str(a), str(b), "--out", str(out), "--t", t, "--method", method, "--no-progress"]
+            assert _one_line_error(argv, capsys).endswith(
+                f"tensor {large}: merged values exceed float16's range (±65504), model A's dtype, in which "
+                "the merge is written (model B's float32 holds them: give B as model A, with each t "
+                "replaced by 1 − t)"
+            )
+            _nothing_written(out)
+    assert cli_main(["merge", str(b), str(a), "--out", str(out), "--t", "0.5", "--no-progress"]) == 0
+    merged = tensors_of(out)
+    assert merged[large].dtype == torch.float32 and merged[large][0, 0] > 65504
+    assert all(bool(torch.isfinite(v).all()) for v in merged.values())
 
 
 def _with_a_tensor_of_dtype(model_dir: Path, dtype: str) -> None:

@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
         "instruction-tuned successor), else from A; two different templates need --chat-template-from. "
         "The generation config and config.json stop at the EOS ids of both models.",
     )
-    p.add_argument("model_a", help="HF model directory A (t = 0; its shard layout and config are kept)")
+    p.add_argument(
+        "model_a", help="HF model directory A (t = 0; its dtype, shard layout and config are kept)"
+    )
     p.add_argument("model_b", help="HF model directory B (t = 1)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--method", choices=["slerp", "linear"], default="slerp", help="default slerp")

@@ -7,9 +7,10 @@ applied to the unnormalised tensors; nearly colinear tensors (|cos θ| > DOT_THR
 to linear interpolation. Work goes a chunk at a time, so a tensor costs its result plus a few
 chunk-sized temporaries: the dot product and norms in float64 (one float32 dot over millions of
 elements drifts by ~1e-4, relative), the combination in float32 (float64 for float64 inputs). The
-result takes the dtype of `a`. The sums do not depend on the number of threads: each chunk's is taken
-on one thread in a fixed order and the chunks' are added in order, so a merge gives the same bits
-whatever torch's thread count.
+result takes the dtype of `a`; values past that dtype's range (float16's ±65504 where b is bfloat16 or
+float32, or where SLERP's coefficients add up to more than 1) are refused, not written as inf. The
+sums do not depend on the number of threads: each chunk's is taken on one thread in a fixed order
+and the chunks' are added in order, so a merge gives the same bits whatever torch's thread count.
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ def dot_and_norms(a: Any, b: Any) -> tuple[float, float, float]:
 NOT_FINITE = "the tensors hold inf or NaN values (a model with them is broken: nothing to merge)"
 
 
+def _out_of_range(result: Any, a: Any, b: Any) -> VikhrError:
+    """The error for finite merged values that `result`, in a's dtype, cannot hold (they became inf)."""
+    import torch
+
+    largest = torch.finfo(result.dtype).max
+    fix = (
+        f"model B's {str(b.dtype).removeprefix('torch.')} holds them: give B as model A, with each t "
+        "replaced by 1 − t"
+        if torch.finfo(b.dtype).max > largest
+        else "a bfloat16 or float32 copy of model A would hold them"
+    )
+    return VikhrError(
+        f"merged values exceed {str(result.dtype).removeprefix('torch.')}'s range (±{largest:g}), model A's "
+        f"dtype, in which the merge is written ({fix})"
+    )
+
+
 def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     """`method` interpolation of two floating-point tensors of one shape at `t` in [0, 1], in a's dtype.
 
@@ -78,7 +96,15 @@ def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     if t == 0.0:
         return a
     if t == 1.0:
-        return b.to(a.dtype)
+        at_b = b.to(a.dtype)
+        if torch.finfo(a.dtype).max < torch.finfo(b.dtype).max:  # a narrower dtype: B's values may not fit
+            flat_b, flat_at_b = b.reshape(-1), at_b.reshape(-1)
+            for s in range(0, flat_b.numel(), CHUNK_ELEMENTS):  # chunked: no tensor-sized masks
+                chunk = slice(s, s + CHUNK_ELEMENTS)
+                # B's own inf and NaN are kept, as at t = 0 A's (the endpoints are the inputs)
+                if bool((torch.isinf(flat_at_b[chunk]) & torch.isfinite(flat_b[chunk])).any()):
+                    raise _out_of_range(at_b, a, b)
+        return at_b
     if method == "linear":
         c_a, c_b = 1.0 - t, t
     else:
@@ -92,7 +118,11 @@ def interpolate(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     for s in range(0, flat_a.numel(), CHUNK_ELEMENTS):
         part = flat_a[s : s + CHUNK_ELEMENTS].to(compute, copy=True).mul_(c_a)  # a copy: `a` stays
         part.add_(flat_b[s : s + CHUNK_ELEMENTS].to(compute), alpha=c_b)
-        if method == "linear" and not bool(torch.isfinite(part).all()):  # slerp's norms found them above
-            raise VikhrError(NOT_FINITE)
-        out[s : s + CHUNK_ELEMENTS].copy_(part)
+        written = out[s : s + CHUNK_ELEMENTS]
+        written.copy_(part)
+        if not bool(torch.isfinite(written).all()):
+            # slerp's norms found the inputs' inf and NaN above; else a finite value overflowed a's dtype
+            if method == "linear" and not bool(torch.isfinite(part).all()):
+                raise VikhrError(NOT_FINITE)
+            raise _out_of_range(written, a, b)
     return out.reshape(a.shape)
