@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import struct
 from pathlib import Path
@@ -453,14 +454,20 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     err = _one_line_error([str(a), str(other_tok), "--out", str(out), "--t", "0.5"], capsys)
     assert "tokenizer.model differs" in err and "different vocabularies" in err
 
-    # A tensor only one model has.
+    # Tensors only one model has: those of both sides named, with their counts (only the first
+    # name was, so a fix met the next on each rerun).
     missing = tmp_path / "missing"
     shutil.copytree(b, missing)
     t = tensors_of(missing)
-    del t["model.layers.1.mlp.up_proj.weight"]
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight"):
+        del t[name]
+    t["model.extra.weight"] = torch.zeros(3)
     save_file(t, str(missing / "model.safetensors"), metadata={"format": "pt"})
     err = _one_line_error([str(a), str(missing), "--out", str(out), "--t", "0.5"], capsys)
-    assert f"tensor model.layers.1.mlp.up_proj.weight is in {a} but not in {missing}" in err
+    assert err.endswith(
+        f"the models hold other tensors: model.layers.1.mlp.up_proj.weight and 1 more only in {a}, "
+        f"model.extra.weight only in {missing} (merging needs the same architecture)"
+    )
     _nothing_written(out)
 
     # A failure half-way through writing (NaN in B's last tensor) leaves nothing behind.
@@ -509,6 +516,43 @@ def test_a_merge_past_the_range_of_model_a_s_dtype_is_one_line_and_the_swap_it_n
     merged = tensors_of(out)
     assert merged[large].dtype == torch.float32 and merged[large][0, 0] > 65504
     assert all(bool(torch.isfinite(v).all()) for v in merged.values())
+
+
+def test_other_vocabularies_are_refused_with_the_adapt_vocab_command_that_gives_one(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper's merge of an adapted model back toward its original needs the original in the adapted
+    vocabulary: the refusal gives the adapt-vocab command that writes it, with the model of the smaller
+    vocabulary as the original whichever order the two are given in (it said only "different
+    vocabularies")."""
+    from vikhr.cli import build_parser
+
+    original, adapted = tmp_path / "original", tmp_path / "adapted model"  # a space: the command is quoted
+    shutil.copytree(models["a"], original)
+    _model(adapted, seed=1, vocab=VOCAB + 8)
+    out = tmp_path / "out"
+    for first, second in ((original, adapted), (adapted, original)):
+        err = _one_line_error([str(first), str(second), "--out", str(out), "--t", "0.5"], capsys)
+        assert f"vocab_size: {VOCAB if first == original else VOCAB + 8} in {first}" in err
+        command = shlex.split(err.rpartition("as adapt-vocab writes it: ")[2])
+        assert command[0] == "vikhr" and err.endswith(shlex.join(command))  # the tail, to copy as it is
+        args = build_parser().parse_args(command[1:])
+        assert (args.model, args.old_tokenizer, args.new_tokenizer) == (
+            str(original),
+            str(original),
+            str(adapted),
+        )
+        assert not Path(args.out).exists()
+    # The embedding rows themselves (config.json agreeing) tell the same.
+    cfg = json.loads((adapted / "config.json").read_text())
+    (adapted / "config.json").write_text(json.dumps({**cfg, "vocab_size": VOCAB}))
+    err = _one_line_error([str(adapted), str(original), "--out", str(out), "--t", "0.5"], capsys)
+    assert f"has shape [{VOCAB + 8}, 64] in {adapted}" in err
+    command = shlex.split(err.rpartition("as adapt-vocab writes it: ")[2])
+    assert err.endswith(shlex.join(command))
+    args = build_parser().parse_args(command[1:])
+    assert (args.model, args.new_tokenizer) == (str(original), str(adapted))
+    _nothing_written(out)
 
 
 def _with_a_tensor_of_dtype(model_dir: Path, dtype: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,14 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
     pairs.update(shapes or {key: (cfg_a.get(key), cfg_b.get(key)) for key in ARCHITECTURE_KEYS})
     for key, (value_a, value_b) in pairs.items():
         if value_a != value_b:
-            hint = "different vocabularies" if key == "vocab_size" else "different architectures"
+            if key == "vocab_size":
+                raise VikhrError(
+                    f"config.json differs in vocab_size: {value_a!r} in {a}, {value_b!r} in {b}: different "
+                    f"vocabularies; {_vocabulary_fix(a, b, value_a, value_b)}"
+                )
             raise VikhrError(
                 f"config.json differs in {key}: {value_a!r} in {a}, {value_b!r} in {b} "
-                f"({hint}; merging needs the same architecture and vocabulary)"
+                "(different architectures; merging needs the same architecture and vocabulary)"
             )
     layers = cfg_a.get("num_hidden_layers")
     if not isinstance(layers, int) or layers < 1:
@@ -171,6 +176,34 @@ def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]
     }
 
 
+def _vocabulary_fix(a: Path, b: Path, rows_a: Any = None, rows_b: Any = None) -> str:
+    """How to merge two models of other vocabularies (`rows_*`: their sizes, where known): the paper's
+    merge of an adapted model back toward its original takes the original in the adapted vocabulary,
+    the model adapt-vocab wrote to start the adapted one from (the smaller vocabulary's model is taken
+    for the original, else A). It ends in the command: an error line's tail, copied as it is."""
+    original, adapted = (
+        (b, a) if isinstance(rows_a, int) and isinstance(rows_b, int) and rows_b < rows_a else (a, b)
+    )
+    command = shlex.join(
+        [
+            "vikhr",
+            "adapt-vocab",
+            "--model",
+            str(original),
+            "--old-tokenizer",
+            str(original),
+            "--new-tokenizer",
+            str(adapted),
+            "--out",
+            str(original.resolve().parent / f"{original.resolve().name}-in-{adapted.resolve().name}-vocab"),
+        ]
+    )
+    return (
+        "merging needs one vocabulary: to merge a model with its successor in an adapted vocabulary, "
+        f"merge the successor with the original in that vocabulary, as adapt-vocab writes it: {command}"
+    )
+
+
 def _vocabulary_content(path: Path) -> Any:
     """What of a vocabulary file defines the ids: tokenizer.json's model and added tokens, else the bytes."""
     if path.name != "tokenizer.json":
@@ -190,8 +223,8 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
         compared |= both
         if both and _vocabulary_content(a / name) != _vocabulary_content(b / name):
             raise VikhrError(
-                f"{name} differs between {a} and {b}: the models have different vocabularies "
-                "(merging needs the same tokenizer)"
+                f"{name} differs between {a} and {b}: the models have different vocabularies; "
+                f"{_vocabulary_fix(a, b)}"
             )
     if not all(any((m / n).is_file() for n in VOCABULARY_FILES) for m in (a, b)):
         return
@@ -206,7 +239,7 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
         if pieces_a is not None and pieces_b is not None and pieces_a != pieces_b:
             raise VikhrError(
                 f"{a} and {b} have different vocabularies (their tokenizer files give other pieces "
-                "to the same ids): merging needs the same tokenizer"
+                f"to the same ids): {_vocabulary_fix(a, b, len(pieces_a), len(pieces_b))}"
             )
         return
     for model, other in ((a, b), (b, a)):
@@ -214,9 +247,10 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
             if (model / name).is_file() and not (other / name).is_file():
                 mine, others = pieces(model / name), pieces(other)
                 if mine is not None and others is not None and mine != others:
+                    sizes = (len(mine), len(others)) if model == a else (len(others), len(mine))
                     raise VikhrError(
                         f"{a} and {b} have different vocabularies ({name} of {model} gives other pieces "
-                        f"to the same ids than {other}'s tokenizer): merging needs the same tokenizer"
+                        f"to the same ids than {other}'s tokenizer): {_vocabulary_fix(a, b, *sizes)}"
                     )
 
 
@@ -266,23 +300,30 @@ def _check_tensors(
     a: Path,
     b: Path,
 ) -> None:
-    only_one = sorted(entries_a.keys() ^ entries_b.keys())
-    if only_one:
-        name = only_one[0]
-        has, lacks = (a, b) if name in entries_a else (b, a)
+    only = {
+        model: sorted(mine.keys() - theirs.keys())
+        for model, mine, theirs in ((a, entries_a, entries_b), (b, entries_b, entries_a))
+    }
+    if only[a] or only[b]:
+        # Both sides, each with its count: a fix for the first name alone met the next on the rerun.
+        said = [
+            f"{names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''} only in {model}"
+            for model, names in only.items()
+            if names
+        ]
         raise VikhrError(
-            f"tensor {name} is in {has} but not in {lacks} (merging needs the same architecture)"
+            f"the models hold other tensors: {', '.join(said)} (merging needs the same architecture)"
         )
     for name in sorted(entries_a):
         ea, eb = entries_a[name][0], entries_b[name][0]
         if ea.shape != eb.shape:
             hint = (
-                "different vocabularies: merging needs the same tokenizer"
+                f"different vocabularies; {_vocabulary_fix(a, b, ea.shape[0], eb.shape[0])}"
                 if any(v in name for v in VOCABULARY_TENSORS)
                 else "different architectures"
             )
             raise VikhrError(
-                f"tensor {name} has shape {list(ea.shape)} in {a} but {list(eb.shape)} in {b} ({hint})"
+                f"tensor {name} has shape {list(ea.shape)} in {a} but {list(eb.shape)} in {b}: {hint}"
             )
         floats = (ea.dtype in FLOAT_DTYPES, eb.dtype in FLOAT_DTYPES)
         if floats != (True, True) and ea.dtype != eb.dtype:
