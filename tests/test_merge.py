@@ -555,6 +555,39 @@ def test_other_vocabularies_are_refused_with_the_adapt_vocab_command_that_gives_
     _nothing_written(out)
 
 
+def test_a_peft_adapter_is_refused_with_the_command_that_merges_it_into_its_base(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A LoRA adapter (an SFT run of another toolkit) given for model B was "has no config.json": the
+    line now gives the peft command that writes the whole model, and the merge takes what it writes."""
+    import subprocess
+    import sys
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, adapter = models["a"], tmp_path / "sft adapter"  # a space: the command is quoted
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    with torch.no_grad():
+        for name, weight in lora.named_parameters():
+            if "lora_B" in name:  # B = 0 at the start: a trained adapter changes the model
+                weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(7))
+    lora.save_pretrained(adapter)
+    out = tmp_path / "out"
+    err = _one_line_error([str(base), str(adapter), "--out", str(out), "--t", "0.5"], capsys)
+    assert f"{adapter} is a PEFT adapter (adapter_config.json), not an HF model directory" in err
+    command = shlex.split(err.partition("first, ")[2].partition(" (it loads")[0])
+    assert command[:2] == ["python", "-c"]
+    subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True)
+    written = tmp_path / "sft adapter-merged"
+    assert cli_main(["merge", str(base), str(written), "--out", str(out), "--t", "1", "--no-progress"]) == 0
+    merged, original = tensors_of(out), tensors_of(base)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], original[q]) and torch.equal(merged[q], tensors_of(written)[q])
+
+
 def _with_a_tensor_of_dtype(model_dir: Path, dtype: str) -> None:
     """Append a 4-byte tensor `extra.scales` of safetensors dtype `dtype` to model_dir's model.safetensors
     (written by hand: torch has no tensor of such a dtype to save)."""

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import select
+import shlex
 import sys
 import tempfile
 import time
@@ -207,7 +208,29 @@ def not_an_hf_model_dir(model_dir: str | Path, what: str = "an HF model director
         )
     if (p / MISTRAL_NATIVE_PARAMS).is_file():
         return VikhrError(f"{p} has no config.json: {MISTRAL_NATIVE_FORMAT}")
+    if (p / PEFT_ADAPTER_CONFIG).is_file():
+        return _peft_adapter(p, what)
     return VikhrError(f"{p} has no config.json (give {what})")
+
+
+# A PEFT (LoRA) adapter's directory: the adapter's weights only, its base model named in this file.
+PEFT_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _peft_adapter(adapter_dir: Path, what: str) -> VikhrError:
+    """The error for a PEFT adapter given where a whole model is expected: the peft command that
+    merges it into the base model its adapter_config.json names, writing a model directory."""
+    out = adapter_dir.absolute().parent / f"{adapter_dir.absolute().name}-merged"
+    where, to = (json.dumps(str(d), ensure_ascii=False) for d in (adapter_dir.absolute(), out))
+    code = (
+        "from peft import AutoPeftModelForCausalLM as M; "
+        f"M.from_pretrained({where}).merge_and_unload().save_pretrained({to})"
+    )
+    return VikhrError(
+        f"{adapter_dir} is a PEFT adapter ({PEFT_ADAPTER_CONFIG}), not {what}: merge it into its base "
+        f"model first, python -c {shlex.quote(code)} (it loads the base model its {PEFT_ADAPTER_CONFIG} "
+        "names), and give the directory it writes"
+    )
 
 
 def require_writable_dir(path: str | Path, what: str = "output directory", fix: str | None = None) -> Path:
