@@ -41,6 +41,7 @@ from vikhr.eval.tasks import (
     clean_terra_text,
     normalize_answer,
     qa_scores,
+    squad_normalize,
     task_files,
     token_f1,
 )
@@ -142,6 +143,40 @@ def test_answer_normalisation_and_scores() -> None:
     # precision 1, recall 1/3 against the best gold
     assert qa_scores("Ромул", ["Рем", "Ромул и Рем"])["f1"] == pytest.approx(0.5)
     assert qa_scores("", ["Углич"]) == {"exact_match": 0.0, "f1": 0.0}
+
+
+# Hand-checked: (answer, vikhr's normalisation, the SQuAD v1.1 evaluate script's). SQuAD deletes
+# ASCII punctuation and English articles; vikhr keeps articles, turns every punctuation mark and
+# symbol into a space, and reads ё as е.
+NORMALISATION_CASES = [
+    ("Ёжик в тумане", "ежик в тумане", "ёжик в тумане"),
+    ("ЁЛКА", "елка", "ёлка"),
+    ("е\u0308лка", "елка", "е\u0308лка"),  # ё spelled as е + combining diaeresis
+    ("«Война и мир»", "война и мир", "«война и мир»"),
+    ("„Война и мир“", "война и мир", "„война и мир“"),
+    ("1941—1945", "1941 1945", "1941—1945"),  # em dash
+    ("1941–1945", "1941 1945", "1941–1945"),  # en dash
+    ("северо-запад", "северо запад", "северозапад"),
+    ("Лев\u00a0Толстой", "лев толстой", "лев толстой"),  # non-breaking space
+    ("Лев\u202fТолстой", "лев толстой", "лев толстой"),  # narrow non-breaking space
+    ("Пу\u0301шкин", "пушкин", "пу\u0301шкин"),  # a stress mark
+    ("Пуш\u00adкин", "пушкин", "пуш\u00adкин"),  # a soft hyphen
+    ("\ufeffМосква\u200b", "москва", "\ufeffмосква\u200b"),  # BOM, zero-width space
+    ("The Beatles", "the beatles", "beatles"),
+    ("д'Артаньян", "д артаньян", "дартаньян"),
+    ("№ 5", "5", "№ 5"),
+    ("т.е.", "т е", "те"),
+    ("  Москва.  ", "москва", "москва"),
+]
+
+
+@pytest.mark.parametrize(("answer", "ours", "squad"), NORMALISATION_CASES)
+def test_answer_normalisation_against_squad_v1_1(answer: str, ours: str, squad: str) -> None:
+    """Stress marks and invisible format characters kept a generated answer from matching its gold
+    ("Пу́шкин" scored 0 against "Пушкин")."""
+    assert normalize_answer(answer) == ours
+    assert squad_normalize(answer) == squad  # the formula MERA's scorer and RuCoS keep
+    assert qa_scores(answer, [ours]) == {"exact_match": 1.0, "f1": 1.0}
 
 
 def test_chgk_gold_variants() -> None:

@@ -396,18 +396,32 @@ def _mixed_field(rows: list[dict[str, Any]]) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Answer normalisation and EM/F1 (SQuAD-style, adapted to Russian: ё = е, no English articles)
+# Answer normalisation and EM/F1 (SQuAD-style, adapted to Russian: see docs/eval.md, "EM/F1")
 
 _PUNCT = set(string.punctuation)
 
 
+# Stress marks (combining acute and grave: "Пу́шкин") and the invisible format characters a copied
+# text carries (soft hyphen, zero-width space, U+FEFF) are not part of the answer's spelling.
+_STRESS_MARKS = {"\u0300", "\u0301"}
+
+
 def normalize_answer(text: str) -> str:
-    """Lower-case, ё→е, punctuation and symbols → space, whitespace collapsed."""
-    text = unicodedata.normalize("NFC", text).lower().replace("ё", "е")
-    chars = [
-        " " if (c in _PUNCT or unicodedata.category(c)[0] in "PS") else c for c in text
-    ]  # « » — … are category P
-    return " ".join("".join(chars).split())
+    """NFC, lower case, ё→е, stress marks and format characters removed, punctuation and symbols →
+    space, whitespace (non-breaking spaces too) collapsed."""
+    decomposed = unicodedata.normalize("NFD", text)
+    text = unicodedata.normalize("NFC", "".join(c for c in decomposed if c not in _STRESS_MARKS))
+    text = text.lower().replace("ё", "е")
+    return " ".join("".join(_answer_char(c) for c in text).split())
+
+
+def _answer_char(c: str) -> str:
+    """A character of a normalised answer: format characters dropped, punctuation and symbols
+    (« » „ “ — – … are category P, № ° category S) a space."""
+    category = unicodedata.category(c)
+    if category == "Cf":
+        return ""
+    return " " if c in _PUNCT or category[0] in "PS" else c
 
 
 def exact_match(prediction: str, gold: str) -> float:
