@@ -227,6 +227,24 @@ def test_task_list_parsing() -> None:
     assert parse_task_list("-bpc,terra") == ["terra"]  # a name given: the list is its own
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("tera", "terra"),
+        ("xquad", "xquad_ru"),
+        ("rsg_tera", "rsg_terra"),
+        ("MERA", "mera"),
+        ("Terra", "terra"),
+    ],
+)
+def test_an_unknown_task_name_suggests_the_closest(typed: str, meant: str) -> None:
+    """A misspelt task got the list of all 37 names and 4 groups to search by eye."""
+    with pytest.raises(
+        VikhrError, match=rf"unknown task '{typed}' in --tasks \(did you mean '{meant}'\?\); "
+    ):
+        parse_task_list(f"bpc,{typed}")
+
+
 def test_tasks_left_out_of_the_default_may_be_the_options_next_word(
     tmp_path: Path, monkeypatch: Any, capsys: Any
 ) -> None:

@@ -492,11 +492,18 @@ def _keys_at(root: Any, loc: Sequence[str | int]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
+def close_match(name: str, options: Sequence[str]) -> str | None:
+    """The one of `options` closest to `name` (case aside), if any is close."""
+    if name.lower() in options:
+        return name.lower()
+    close = difflib.get_close_matches(name.lower(), list(options), n=1)
+    return close[0] if close else None
+
+
 def suggest(name: str, options: Sequence[str]) -> str:
     """ " (did you mean ...?)" with the closest of `options` to `name`, else the known options."""
-    close = difflib.get_close_matches(name, list(options), n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
+    if (close := close_match(name, options)) is not None:
+        return f" (did you mean {close!r}?)"
     return f" (known: {', '.join(options)})" if options else ""
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, close_match
 from vikhr.jsonl import read_jsonl, read_texts
 
 LN2 = math.log(2.0)
@@ -252,7 +252,9 @@ def parse_task_list(tasks: str) -> list[str]:
     left_out = {t for n in names if n.startswith("-") for t in groups.get(n[1:], [n[1:]])}
     unknown = [n for n in [*chosen, *left_out] if n not in TASKS]
     if unknown:
-        raise VikhrError(f"unknown task {unknown[0]!r} in --tasks; {choices}")
+        close = close_match(unknown[0], [*TASKS, *groups])
+        hint = "" if close is None else f" (did you mean {close!r}?)"
+        raise VikhrError(f"unknown task {unknown[0]!r} in --tasks{hint}; {choices}")
     kept = [t for t in dict.fromkeys(chosen) if t not in left_out]
     if not kept:
         raise VikhrError(f"--tasks {tasks!r} leaves no task; {choices}")
