@@ -1094,6 +1094,29 @@ def _one_line_error(argv: list[str], capsys: Any) -> str:
     return err
 
 
+def test_a_data_dir_of_another_layout_is_told_where_the_files_are(
+    tiny_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """--data-dir given as a task's own folder, or a folder holding the split under another name
+    (`validation.jsonl`, as the HF export names it), gave only "data file not found"."""
+    data = tmp_path / "eval"
+    (data / "terra").mkdir(parents=True)
+    (data / "terra" / "validation.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": 0}\n')
+    (data / "russian-superglue" / "RCB").mkdir(parents=True)
+    (data / "russian-superglue" / "RCB" / "val.jsonl").write_text("")
+    base = ["eval", "--model", str(tiny_dir), "--device", "cpu"]
+    err = _one_line_error([*base, "--tasks", "terra", "--data-dir", str(data)], capsys)
+    assert err.endswith(
+        f"(check --data-dir {data}: {data / 'terra'} holds validation.jsonl; the task reads val.jsonl)"
+    )
+    for inside, depth in ((data / "russian-superglue", 1), (data / "russian-superglue" / "RCB", 2)):
+        err = _one_line_error([*base, "--tasks", "rsg_rcb", "--data-dir", str(inside)], capsys)
+        folder = "/".join(["russian-superglue", "RCB"][:depth])
+        assert f"that is the {folder} folder itself" in err and err.endswith(
+            f"give the one above it, {data})"
+        )
+
+
 def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     data = tmp_path / "eval"
     (data / "terra").mkdir(parents=True)

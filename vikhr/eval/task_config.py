@@ -20,6 +20,8 @@ def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: i
     for path in paths:
         if not path.is_file():
             where = "--bpc-data" if name == "bpc" else f"--data-dir {data_dir}"
+            if name != "bpc":
+                where += _layout_hint(path.relative_to(data_dir), data_dir)
             if path == paths[-1] and len(paths) > 1:  # the shot file: only a run with shots reads it
                 k = effective_fewshot(name, num_fewshot)
                 where += f"; or give --num-fewshot 0, as the task's {k} shots are drawn from it"
@@ -29,6 +31,27 @@ def checked_task_files(name: str, data_dir: Path, bpc_data: Path, num_fewshot: i
                 named += " (nor train.jsonl, the name MERA's released files give it)"
             raise VikhrError(f"task {name}: {named} (check {where})")
     return paths
+
+
+def _layout_hint(relative: Path, data_dir: Path) -> str:
+    """Why a data file at `relative` under `data_dir` is not found, where the files show it: the
+    directory given is a task's own folder, or the task's folder holds its splits under other names."""
+    for depth in range(1, len(relative.parts)):
+        inside = Path(*relative.parts[depth:])
+        if (data_dir / inside).is_file():
+            folder = "/".join(relative.parts[:depth])
+            above = (
+                data_dir.parents[depth - 1]
+                if len(data_dir.parts) > depth
+                else data_dir.absolute().parents[depth - 1]
+            )
+            return f": that is the {folder} folder itself, holding {inside}; give the one above it, {above}"
+    folder = data_dir / relative.parent
+    if folder.is_dir():
+        present = sorted(p.name for p in folder.iterdir() if p.is_file())
+        listed = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+        return f": {folder} holds {listed or 'no file'}; the task reads {relative.name}"
+    return ""
 
 
 def build_task_config(
