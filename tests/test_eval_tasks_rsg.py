@@ -712,7 +712,7 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     write("russian-superglue/RCB/val.jsonl", terra)
     write("russian-superglue/RCB/train.jsonl", terra)
     err = one_line_error([*base, "--tasks", "rsg_rcb"], capsys)
-    assert "RCB/val.jsonl" in err and "'not_entailment'" in err and "'neutral'" in err
+    assert "RCB/val.jsonl" in err and 'label "not_entailment"' in err and '"neutral"' in err
     # Labels as strings where the release has JSON booleans.
     write(
         "russian-superglue/DaNetQA/val.jsonl", [{"question": "q", "passage": "p", "label": "true", "idx": 0}]
@@ -721,7 +721,8 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
         "russian-superglue/DaNetQA/train.jsonl", [{"question": "q", "passage": "p", "label": True, "idx": 0}]
     )
     err = one_line_error([*base, "--tasks", "rsg_danetqa"], capsys)
-    assert "DaNetQA/val.jsonl" in err and "'true'" in err and "False, True" in err
+    # Spelled as in JSON: the Python spelling read 'label 'true' ... is not one of False, True'.
+    assert "DaNetQA/val.jsonl" in err and 'label "true" (idx 0) is not one of false, true' in err
     # A flattened MuSeRC file (no passage.questions).
     write("russian-superglue/MuSeRC/val.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
     write("russian-superglue/MuSeRC/train.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
@@ -993,15 +994,17 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
 
     pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
     write("terra/val.jsonl", [pair, {**pair, "label": ""}])
-    with pytest.raises(VikhrError, match=r"val\.jsonl:3: label '' \(idx 7\) is not entailment"):
+    with pytest.raises(VikhrError, match=r'val\.jsonl:3: label "" \(idx 7\) is not "entailment" or'):
         dataset(build_task_config("terra", tmp_path, None, Path()))
     sentence = {"sentence": "Мама мыла раму.", "label": 1}
     write("rucola/dev.jsonl", [sentence, {**sentence, "label": 2}])
-    with pytest.raises(VikhrError, match=r"dev\.jsonl:3: label 2 is not 0 or 1"):
+    with pytest.raises(VikhrError, match=r"dev\.jsonl:3: label 2 is not 0 or 1 \(the RuCoLA layout"):
         dataset(build_task_config("rucola", tmp_path, None, Path()))
-    for other in (True, 1.0):  # equal to 1 in Python, not the release's 0/1
+    # Equal to 1 in Python, or 1 as a string: not the release's 0/1, and told apart from it (the
+    # string read "label '1' is not 0 or 1").
+    for other, spelled in ((True, "true"), (1.0, "1.0"), ("1", '"1"')):
         write("rucola/dev.jsonl", [sentence, {**sentence, "label": other}])
-        with pytest.raises(VikhrError, match=rf"dev\.jsonl:3: label {other!r} is not 0 or 1"):
+        with pytest.raises(VikhrError, match=rf"dev\.jsonl:3: label {spelled} is not 0 or 1"):
             dataset(build_task_config("rucola", tmp_path, None, Path()))
     question = {"question": "Кто?", "answer": "Он"}
     write("chgk/train.jsonl", [question] * 4)

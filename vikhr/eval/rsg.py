@@ -30,6 +30,7 @@ from vikhr.eval.tasks import (
     TASKS,
     TERRA_DESCRIPTION,
     choice_task_with_shots,
+    json_spelling,
     most_likely,
     overlap_f1,
     read_records,
@@ -154,8 +155,8 @@ def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
         if type(key) is type(label) and key == label:
             return value
     raise VikhrError(
-        f"{path}: label {label!r} (idx {record.get('idx')!r}) is not one of "
-        f"{', '.join(repr(k) for k in allowed)} (is this the official Russian SuperGLUE file?)"
+        f"{path}: label {json_spelling(label)} (idx {record.get('idx')!r}) is not one of "
+        f"{', '.join(map(json_spelling, allowed))} (is this the official Russian SuperGLUE file?)"
     )
 
 

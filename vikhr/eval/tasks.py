@@ -334,6 +334,11 @@ def require_strings(where: str, field: str, value: Any, expected: str) -> list[s
     return value
 
 
+def json_spelling(value: Any) -> str:
+    """`value` as a JSON file spells it, so that a message tells "1" from 1 and true from "true"."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def require_unique(path: Path, ids: list[Any], what: str) -> None:
     """The ids a submission tells the records of a scored file apart by occur once each."""
     seen: set[str] = set()
@@ -673,8 +678,8 @@ def terra_config(
         for line, r in read_numbered_records(path, keys, limit, texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
-                    f"{path}:{line}: label {r['label']!r} (idx {r.get('idx')!r}) is not "
-                    "entailment/not_entailment"
+                    f"{path}:{line}: label {json_spelling(r['label'])} (idx {r.get('idx')!r}) is not "
+                    '"entailment" or "not_entailment" (the TERRa layout\'s strings)'
                 )
             out.append(
                 {
@@ -705,7 +710,10 @@ def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: in
         out = []
         for line, r in read_numbered_records(path, ("sentence", "label"), limit, texts=("sentence",)):
             if type(r["label"]) is not int or r["label"] not in (0, 1):  # true and 1.0 equal 1 in Python
-                raise VikhrError(f"{path}:{line}: label {r['label']!r} is not 0 or 1")
+                raise VikhrError(
+                    f"{path}:{line}: label {json_spelling(r['label'])} is not 0 or 1 (the RuCoLA layout: "
+                    "a JSON integer, 1 = acceptable)"
+                )
             out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
         return out
 
