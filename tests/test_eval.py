@@ -418,6 +418,37 @@ def test_bpc_equals_direct_transformers(tiny_lm: Any, tiny_dir: Path, tmp_path: 
     assert out["tasks"]["bpc"]["n"] == len(texts)
 
 
+def test_bpc_of_a_text_longer_than_the_context_scores_every_token_once(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """One line of 160+ tokens at --max-length 16: lm-eval's disjoint rolling windows, each token
+    predicted once with the (at most 16) tokens before it; none dropped, none counted twice."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "Очень длинная строка без переводов: " + " ".join(f"слово{i}" for i in range(40))
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    context = 16
+    out = run_eval(settings_for(tiny_dir, ["bpc"], tmp_path, bpc_data=data, max_length=context))
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert len(ids) > 8 * context and len(ids) % context != 0  # several windows, the last one short
+    sequence = [tok.bos_token_id, *ids]  # ids[i] is sequence[i + 1]
+    total_nll, scored = 0.0, []
+    for start in range(0, len(ids), context):
+        end = min(start + context, len(ids))
+        # Window inputs: the `context` tokens before ids[end - 1]; the last window reaches back.
+        window = sequence[max(0, end - context) : end + 1]
+        total_nll -= direct_logprob(model, window, end - start)
+        scored += range(start, end)
+    assert scored == list(range(len(ids)))
+    assert out["tasks"]["bpc"]["metrics"]["bpc"] == pytest.approx(
+        total_nll / (len(text) * math.log(2)), rel=1e-6
+    )
+
+
 def test_bits_per_character_aggregation() -> None:
     assert bits_per_character([(-math.log(2) * 3, 2), (-math.log(2) * 5, 2)]) == pytest.approx(2.0)
 
