@@ -1017,6 +1017,35 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
         dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
 
 
+def test_another_release_s_layout_is_named(tmp_path: Path) -> None:
+    """XQuAD's official .json file (one SQuAD document) and a MERA CheGeKa file where the local sets
+    belong were refused as "no 'context' field" / "no 'question' field", saying nothing of what
+    the file is."""
+    squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "Текст.", "qas": []}]}]}
+    (tmp_path / "xquad-ru").mkdir()
+    (tmp_path / "xquad-ru" / "validation.jsonl").write_text(json.dumps(squad, ensure_ascii=False) + "\n")
+    with pytest.raises(VikhrError, match=r'validation\.jsonl:1: no \'context\' field .*holding "data"'):
+        dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
+    mera = {
+        "instruction": "{text}",
+        "inputs": {"text": "Кто?", "topic": "Т"},
+        "outputs": "Он",
+        "meta": {"id": 0},
+    }
+    (tmp_path / "chgk").mkdir()
+    (tmp_path / "chgk" / "test.jsonl").write_text(json.dumps(mera, ensure_ascii=False) + "\n")
+    with pytest.raises(VikhrError, match=r"test\.jsonl:1: no 'question' field .*it is a MERA task file"):
+        dataset(build_task_config("chegeka", tmp_path, 0, Path()))
+    # A MERA file read as MERA's is not told it is one.
+    (tmp_path / "mera" / "chegeka").mkdir(parents=True)
+    without_meta = {k: v for k, v in mera.items() if k != "meta"}
+    (tmp_path / "mera" / "chegeka" / "test.jsonl").write_text(json.dumps(without_meta) + "\n")
+    with pytest.raises(
+        VikhrError, match=r"test\.jsonl:1: no 'meta' field \(expected the MERA layout [^;]*\)$"
+    ):
+        dataset(build_task_config("mera_chegeka", tmp_path, 0, Path()))
+
+
 def test_blank_golds_are_not_answers(tmp_path: Path) -> None:
     """A MERA answer list with a blank part ("Тореадор;  ") kept "  " as a gold an empty generation
     matched; one of punctuation alone ("...") was accepted; a blank RuCoS answer placed first made

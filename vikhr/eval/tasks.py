@@ -296,13 +296,29 @@ def read_numbered_records(
             if r.get(k) is None:
                 expected = f"the {layout} layout" if layout else "records"
                 what = f"field {k!r} is null" if k in r else f"no {k!r} field"
-                raise VikhrError(f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)})")
+                raise VikhrError(
+                    f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)}"
+                    f"{_another_release(r, layout)})"
+                )
         for k in texts:
             require_text(f"{path}:{line_no}", k, r.get(k))
         out.append((line_no, r))
     if not out:
         raise VikhrError(f"{path} has no records")
     return out
+
+
+def _another_release(record: dict[str, Any], layout: str | None) -> str:
+    """ "; it is ..." where `record` is plainly another release's layout than `layout`: the official
+    SQuAD/XQuAD .json file (one document holding "data"), or a MERA task file."""
+    if isinstance(record.get("data"), list):
+        return (
+            "; the file is one JSON document holding \"data\", as SQuAD's and XQuAD's .json files are: "
+            "give one question per line, as Hugging Face datasets exports them"
+        )
+    if {"instruction", "inputs", "outputs"} <= record.keys() and not (layout or "").startswith("MERA"):
+        return "; it is a MERA task file, which the mera_* tasks read (mera/<task>/test.jsonl)"
+    return ""
 
 
 def require_text(where: str, field: str, value: Any) -> None:
@@ -675,7 +691,7 @@ def terra_config(
         hide = hidden and path == eval_path
         out = []
         keys = ("premise", "hypothesis", "idx" if hide else "label")
-        for line, r in read_numbered_records(path, keys, limit, texts=keys[:2]):
+        for line, r in read_numbered_records(path, keys, limit, "TERRa", texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
                     f"{path}:{line}: label {json_spelling(r['label'])} (idx {r.get('idx')!r}) is not "
@@ -708,7 +724,9 @@ def terra_config(
 def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for line, r in read_numbered_records(path, ("sentence", "label"), limit, texts=("sentence",)):
+        for line, r in read_numbered_records(
+            path, ("sentence", "label"), limit, "RuCoLA", texts=("sentence",)
+        ):
             if type(r["label"]) is not int or r["label"] not in (0, 1):  # true and 1.0 equal 1 in Python
                 raise VikhrError(
                     f"{path}:{line}: label {json_spelling(r['label'])} is not 0 or 1 (the RuCoLA layout: "
@@ -747,7 +765,9 @@ _GENERATION = {"until": ["\n"], "max_gen_toks": 32, "do_sample": False}
 def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None) -> dict[str, Any]:
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        records = read_numbered_records(path, ("question", "answer"), limit, texts=("question",))
+        records = read_numbered_records(
+            path, ("question", "answer"), limit, "CheGeKa-style", texts=("question",)
+        )
         for line_no, r in records:
             layout = 'the CheGeKa layout: "answer" a string, "accepted" a list of strings'
             if not isinstance(r["answer"], str):
@@ -792,7 +812,9 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
     def rows() -> list[dict[str, Any]]:
         out = []
         keys = ("context", "question", "answers")
-        for line, r in read_numbered_records(eval_path, keys, limit, texts=keys[:2]):
+        for line, r in read_numbered_records(
+            eval_path, keys, limit, "SQuAD (Hugging Face datasets)", texts=keys[:2]
+        ):
             answers = r["answers"]
             where = f"{eval_path}:{line}"
             layout = 'the SQuAD layout: "answers": {"text": [...], "answer_start": [...]}'
