@@ -1148,6 +1148,39 @@ def test_a_data_dir_of_another_layout_is_told_where_the_files_are(
         )
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("Привет, мир.\r\nВторая строка.\r\n", "my.txt:1: not valid JSON"),  # a plain text file
+        ('{"content": "Привет"}\n', "my.txt:1: field 'text' is missing"),
+        ("\ufeff\r\n", "my.txt has no non-empty 'text' texts"),  # a BOM and an empty line
+    ],
+)
+def test_a_bpc_text_file_of_another_layout_names_the_options(
+    content: str, said: str, tiny_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """A plain text file, a field of another name or no text at all were told in the JSONL reader's
+    words, which name no option (not --bpc-data, nor --bpc-field)."""
+    text_file = tmp_path / "my.txt"
+    text_file.write_text(content, encoding="utf-8", newline="")
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_dir),
+        "--tasks",
+        "bpc",
+        "--bpc-data",
+        str(text_file),
+        "--device",
+        "cpu",
+    ]
+    err = _one_line_error(argv, capsys)
+    assert f"task bpc: {tmp_path / said}" in err
+    assert err.endswith(
+        '--bpc-data takes JSON Lines, one {"text": ...} object per document (--bpc-field names another field)'
+    )
+
+
 def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     data = tmp_path / "eval"
     (data / "terra").mkdir(parents=True)

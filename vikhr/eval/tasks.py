@@ -844,15 +844,23 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
 
 
 def bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str, Any]:
+    layout = (
+        f"--bpc-data takes JSON Lines, one {{{json.dumps(text_field)}: ...}} object per document "
+        "(--bpc-field names another field)"
+    )
+
     def load(**_: Any) -> Any:
         rows = []
-        for text in read_texts(text_path, text_field):
-            if text.strip():  # an empty document has no characters to score; white space alone is no text
-                rows.append({"text": text})
-            if limit is not None and len(rows) >= limit:
-                break
+        try:
+            for text in read_texts(text_path, text_field):
+                if text.strip():  # an empty document has no characters to score; white space alone is no text
+                    rows.append({"text": text})
+                if limit is not None and len(rows) >= limit:
+                    break
+        except VikhrError as e:  # the reader's words know no option: say which one reads the file
+            raise VikhrError(f"task bpc: {e}; {layout}") from None
         if not rows:
-            raise VikhrError(f"{text_path} has no non-empty {text_field!r} texts")
+            raise VikhrError(f"task bpc: {text_path} has no non-empty {text_field!r} texts; {layout}")
         return to_dataset_dict({"test": rows})
 
     def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
