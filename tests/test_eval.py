@@ -160,6 +160,8 @@ NORMALISATION_CASES = [
     ("Лев\u00a0Толстой", "лев толстой", "лев толстой"),  # non-breaking space
     ("Лев\u202fТолстой", "лев толстой", "лев толстой"),  # narrow non-breaking space
     ("Пу\u0301шкин", "пушкин", "пу\u0301шкин"),  # a stress mark
+    ("Йошкар-Ола", "йошкар ола", "йошкарола"),  # й keeps its breve
+    ("Café", "cafe", "café"),  # an acute accent goes as a stress mark does
     ("Пуш\u00adкин", "пушкин", "пуш\u00adкин"),  # a soft hyphen
     ("\ufeffМосква\u200b", "москва", "\ufeffмосква\u200b"),  # BOM, zero-width space
     ("The Beatles", "the beatles", "beatles"),
