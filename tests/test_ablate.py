@@ -88,7 +88,9 @@ def _write(path: Path, cfg: dict) -> Path:
         (
             {"model": {"preset": "init"}},
             "ablate.yaml: config key model.preset = init takes the model's shape from a checkpoint, but "
-            "the grid pre-trains its base from random weights (base.steps), so there is none",
+            "without base.init the grid pre-trains its base from random weights (base.steps), so there "
+            "is none to take it from: give base.init (an HF model directory) to start the grid from that "
+            "model in its own shape",
         ),
         # numpy's seeding refused it after the base model had trained
         ({"seeds": [-1]}, "config key seeds[0] must be >= 0, got -1"),
@@ -988,3 +990,194 @@ def test_a_merge_row_has_no_training_time_and_the_tradeoff_plot_names_its_error_
     fig = tradeoff_figure(result)
     assert fig.axes[0].get_title() == "one seed: no error bars"
     plt.close(fig)
+
+
+# --- base.init: the grid's base is an HF model of the user's, not one pre-trained from random weights
+
+
+def _hf_config_dir(path: Path, vocab_size: int = 400) -> str:
+    """A directory holding a tiny model's config.json alone (what the config's checks read)."""
+    from tests.helpers import tiny_hf_config
+
+    tiny_hf_config(vocab_size).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # the keys of the pre-training base.init replaces, and the shape its config.json gives
+        (
+            {"base": {"init": "MODEL", "steps": 3}},
+            "ablate.yaml: config key base.init starts the grid from that model, so base.steps (the "
+            "pre-training of a base from random weights) would not apply; drop it",
+        ),
+        (
+            {"base": {"init": "MODEL", "lr": 1e-3, "seed": 1}},
+            "so base.lr, base.seed (the pre-training of a base from random weights) would not apply; "
+            "drop them",
+        ),
+        (
+            {"base": {"init": "MODEL"}, "model": {"preset": "init", "overrides": {"num_layers": 1}}},
+            "ablate.yaml: config key base.init gives the base's shape (its config.json), which every arm "
+            "keeps, so model.overrides, model.preset would not apply; drop the model section",
+        ),
+        ({"base": {"init": "MISSING"}}, "config key base.init: not found or not a directory: "),
+        ({"base": {"init": "EMPTY"}}, "has no config.json (give an HF model directory)"),
+        (
+            {"base": {"init": "MODEL"}, "train": {**MICRO["train"], "seq_len": 512}},
+            "config key train.seq_len = 512 exceeds base.init's context of 256 tokens (max_position_"
+            "embeddings of its config.json): lower train.seq_len to 256 or less",
+        ),
+    ],
+)
+def test_base_init_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    dirs = {"MODEL": _hf_config_dir(tmp_path / "model"), "MISSING": str(tmp_path / "no-such-model")}
+    (tmp_path / "empty").mkdir()
+    dirs["EMPTY"] = str(tmp_path / "empty")
+    base = {k: dirs.get(v, v) if k == "init" else v for k, v in change["base"].items()}
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, **change, "base": base})
+    with pytest.raises(VikhrError) as e:
+        load_ablate_config(path)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_base_init_shape_is_the_model_s_own() -> None:
+    """The arms' runs take base.init's shape (every field), with each run's own vocabulary."""
+    import tempfile
+
+    from vikhr.ablate.config import AblateConfig, Arm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from tests.helpers import tiny_hf_config
+
+        tiny_hf_config(400, num_layers=1, hidden_size=32, max_seq_len=96).save_pretrained(tmp)
+        cfg = AblateConfig(arms=[Arm(name="a")], base={"init": tmp}, train={"seq_len": 64})
+        run = trainer_config(cfg, Path("grid/runs/a"), [("ru", "ru", 1.0)], 600, 3, check_files=False, seed=1)
+    shape = run.model.shape()
+    assert (shape.num_layers, shape.hidden_size, shape.max_seq_len, shape.vocab_size) == (1, 32, 96, 600)
+
+
+@pytest.mark.parametrize("case", ["no tokenizer", "another tokenizer", "weights missing"])
+def test_base_init_s_tokenizer_must_be_the_model_s_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    from tests.helpers import tiny_hf_model
+    from vikhr import assets
+    from vikhr.cli import main
+
+    model = tmp_path / "model"
+    tiny_hf_model(model, 400)
+    cfg: dict[str, Any] = {**MICRO, "out_dir": str(tmp_path / "out"), "base": {"init": str(model)}}
+    if case == "another tokenizer":
+        cfg["tokenizer"] = {**MICRO["tokenizer"], "base": str(assets.MISTRAL_TOKENIZER)}
+    elif case == "weights missing":
+        (model / "model.safetensors").unlink()
+    capsys.readouterr()  # the model's saving
+    assert main(["ablate", "--no-progress", str(_write(tmp_path / "ablate.yaml", cfg))]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    expected = {
+        "no tokenizer": f"config key base.init: {model} holds no tokenizer.model or tokenizer.json: name "
+        "the model's tokenizer with tokenizer.base",
+        "another tokenizer": f"config key tokenizer.base: the tokenizer {assets.MISTRAL_TOKENIZER} has 32000 "
+        f"tokens but the model {model} has a 400-token vocabulary (config.json vocab_size): it is not this "
+        "model's tokenizer (name base.init's own tokenizer, or drop tokenizer.base to use it)",
+        "weights missing": f"config key base.init: {model} has no model.safetensors or model.safetensors."
+        "index.json",
+    }[case]
+    assert line.startswith(f"vikhr ablate: error: {expected}"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def init_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Path]:
+    """The micro grid started from a tiny model laid out like Qwen2.5's (a byte-level tokenizer.json
+    in its directory, tied embeddings, more rows than tokens) and of another shape than the tiny
+    preset (one layer, hidden 32): (out_dir, config, result, model directory)."""
+    from tests.helpers import tiny_hf_model
+    from tests.test_tokenizer_byte_bpe import make_byte_level_base
+    from vikhr import assets
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.tokenizer import load
+
+    tmp = tmp_path_factory.mktemp("ablate-init")
+    data = {
+        **MICRO["data"],
+        "ru_corpus": _small_corpus(assets.RU_SAMPLE, tmp / "ru.jsonl.gz", 30, 1500),
+        "en_corpus": _small_corpus(assets.EN_SAMPLE, tmp / "en.jsonl.gz", 30, 1500),
+    }
+    model = tmp / "model"
+    make_byte_level_base(model, "qwen2")
+    rows = load(model).vocab_size + 13  # padded past the tokenizer, as Qwen2.5's embeddings are
+    tiny_hf_model(model, rows, arch="qwen2", tied=True, num_layers=1, hidden_size=32)
+    base = {k: v for k, v in MICRO.items() if k != "base"}
+    cfg = {**base, "data": data, "base": {"init": str(model)}, "out_dir": str(tmp / "out")}
+    cfg["cache_dir"] = str(tmp / "cache")
+    cfg_path = _write(tmp / "ablate.yaml", cfg)
+    result = run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    write_report(result)
+    return tmp / "out", cfg_path, result, model
+
+
+def test_a_grid_starts_from_base_init_s_model(init_grid: tuple[Path, Path, Any, Path]) -> None:
+    from vikhr.demo import bits_per_char
+
+    out, _, result, model = init_grid
+    rows = _rows(out)
+    assert [r["arm"] for r in rows] == ["base-tokenizer", "adapted", "merge"]
+    base_tok, adapted, merge = rows
+    # The base row is the model's own bits per character (its tokenizer, the held-out documents).
+    held = {lang: out / "work" / "corpora" / f"{lang}-heldout.jsonl.gz" for lang in ("ru", "en")}
+    assert all(p.is_file() for p in held.values()), sorted((out / "work" / "corpora").iterdir())
+    assert bits_per_char(model, model / "tokenizer.json", held, 2, 32, "cpu") == result.base_bpc
+    assert float(base_tok["ru_bpc_start"]) == pytest.approx(result.base_bpc["ru"], abs=1e-6)
+    assert adapted["ru_bpc_start"] == merge["ru_bpc_start"] != base_tok["ru_bpc_start"]
+    assert float(adapted["wall_train_s"]) > 0 and merge["wall_train_s"] == ""
+    # Every run keeps the model's shape (one layer, hidden 32), not the tiny preset's.
+    for hf in (out / "work" / "runs").glob("*-hf"):
+        config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+        assert (config["num_hidden_layers"], config["hidden_size"]) == (1, 32), hf
+    assert not result.base_cached and not Path(result.config.cache_dir).exists()  # nothing pre-trained
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert f"Base model `{model}` (base.init), in its own shape; 3 steps of 4 × 32 tokens." in md
+    assert "pre-trained" not in md
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))["settings"]["base"]
+    assert state["init"] == str(model.resolve())
+    assert set(state["files"]) == {"config.json", "model.safetensors"}
+
+
+def test_resume_refuses_a_base_init_model_written_again(
+    init_grid: tuple[Path, Path, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume reuses the runs of the same base.init model; a model written again since (a new
+    download in its place) is another base: refused in one line, nothing touched."""
+    import shutil
+
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, cfg_path, _, model = init_grid
+    out = first.parent / "resumed"
+    shutil.copytree(first, out)
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg_path = _write(first.parent / "resumed.yaml", {**cfg, "out_dir": str(out)})
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(Ablation, "_train", no_training)
+    resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
+        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
+    ]
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    try:
+        with pytest.raises(VikhrError) as e:
+            run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "other base settings or data" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

@@ -38,9 +38,10 @@ def register(sub: Any) -> None:
         "ablate",
         help="run a grid of small experiments (vocabulary, init, KL, SLERP) and tabulate them",
         description=(
-            "Pre-train (or reuse from the cache) an English base, then continue it on Russian under every "
-            "arm of CONFIG.yaml for every seed; writes ablation.md, ablation.csv, loss_curves.png and "
-            "tradeoff.png to the config's out_dir (see docs/ablations.md, configs/ablate-cpu.yaml)."
+            "Pre-train (or reuse from the cache) an English base, or take base.init's HF model, then "
+            "continue it on Russian under every arm of CONFIG.yaml for every seed; writes ablation.md, "
+            "ablation.csv, loss_curves.png and tradeoff.png to the config's out_dir (see docs/ablations.md, "
+            "configs/ablate-cpu.yaml)."
         ),
     )
     p.add_argument("config", help="ablation config YAML")

@@ -47,18 +47,25 @@ class DataSection(_Section):
 
 
 class TokenizerSection(_Section):
-    base: str | None = None  # the English model's tokenizer; default: the bundled Mistral .model
+    # The base model's tokenizer; default: base.init's own, or without base.init the bundled Mistral .model
+    base: str | None = None
     vocab_size: PositiveInt = 8000  # the adapted (Russian) tokenizer's size
 
 
 class ModelSection(_Section):
-    preset: str = "tiny"  # vikhr.model.config.PRESETS: the base's shape (pre-trained from random weights)
+    # vikhr.model.config.PRESETS: the shape of the base pre-trained from random weights (base.init's
+    # model has its own)
+    preset: str = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields
 
 
 class BaseTrainSection(_Section):
-    """Pre-training of the English base (once; cached by the hash of what it depends on)."""
+    """The grid's base: an HF model of the user's (init), or one pre-trained on English from random
+    weights (steps, lr, seed: once, cached by the hash of what it depends on)."""
 
+    # An HF model directory (config.json, safetensors, tokenizer): the base itself, its shape and
+    # weights, in place of a pre-trained one.
+    init: str | None = Field(None, min_length=1)
     steps: PositiveInt = 150
     lr: PositiveFloat = 3e-3
     seed: Seed = 1234
@@ -121,18 +128,29 @@ class AblateConfig(_Section):
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
-    def grid_settings(self, ru_digest: str, en_digest: str, tokenizer_digest: str) -> dict[str, Any]:
+    def grid_settings(
+        self,
+        ru_digest: str,
+        en_digest: str,
+        tokenizer_digest: str,
+        base_files: dict[str, list[int]] | None = None,
+    ) -> dict[str, Any]:
         """Everything a run of the grid depends on besides its arm and seed (data by content).
+        `base_files`: base.init's files by name, their size and modification time (base_init_files).
 
         Runs of one grid (`vikhr ablate --resume`) may add arms and seeds but not change these.
         """
         from vikhr import __version__
 
+        if self.base.init is None:
+            base = self.base.model_dump()
+        else:
+            base = {"init": str(Path(self.base.init).resolve()), "files": base_files}
         return {
             "data": {"eval_docs": self.data.eval_docs, "ru_corpus": ru_digest, "en_corpus": en_digest},
             "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "base": tokenizer_digest},
             "model": self.model.model_dump(),
-            "base": self.base.model_dump(),
+            "base": base,
             "train": self.train.model_dump(exclude={"save_every"}),  # changes where runs save, not what
             "vikhr": __version__,
         }
@@ -188,15 +206,16 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
     from vikhr.model.config import PRESETS
     from vikhr.train.config import INIT_PRESET
 
-    if cfg.model.preset == INIT_PRESET:
-        # The trainer's preset init reads a checkpoint's shape; the grid's base has none to read, and
-        # every arm already starts from a checkpoint of the base's shape.
+    if cfg.base.init is not None:
+        _check_base_init(cfg, p)
+    elif cfg.model.preset == INIT_PRESET:
+        # The trainer's preset init reads a checkpoint's shape: the grid's is base.init's model.
         raise VikhrError(
             f"{p}: config key model.preset = {INIT_PRESET} takes the model's shape from a checkpoint, but "
-            "the grid pre-trains its base from random weights (base.steps), so there is none to take it "
-            f"from: name the base's preset ({', '.join(sorted(PRESETS))}) with model.overrides; every arm "
-            "starts from the base's checkpoint (the adapted arms from its `vikhr adapt-vocab` output) "
-            "and keeps its shape"
+            "without base.init the grid pre-trains its base from random weights (base.steps), so there "
+            "is none to take it from: give base.init (an HF model directory) to start the grid from that "
+            "model in its own shape, and drop the model section; or name the base's preset "
+            f"({', '.join(sorted(PRESETS))}) with model.overrides"
         )
     if cfg.model.preset not in PRESETS:
         raise VikhrError(
@@ -223,6 +242,68 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         )
     check_trainer_settings(cfg, p)  # the trainer's own checks, before any stage runs
     return cfg
+
+
+def _check_base_init(cfg: AblateConfig, path: Path) -> None:
+    """base.init takes the place of the base's pre-training and of its shape: their keys would not
+    apply. Its config.json must give a shape the trainer builds, whose context holds train.seq_len."""
+    pretraining = sorted(cfg.base.model_fields_set - {"init"})
+    if pretraining:
+        keys = ", ".join(f"base.{k}" for k in pretraining)
+        them = "it" if len(pretraining) == 1 else "them"
+        raise VikhrError(
+            f"{path}: config key base.init starts the grid from that model, so {keys} (the pre-training "
+            f"of a base from random weights) would not apply; drop {them}"
+        )
+    if cfg.model.model_fields_set:
+        keys = ", ".join(f"model.{k}" for k in sorted(cfg.model.model_fields_set))
+        raise VikhrError(
+            f"{path}: config key base.init gives the base's shape (its config.json), which every arm "
+            f"keeps, so {keys} would not apply; drop the model section"
+        )
+    try:
+        shape = base_init_shape(cfg)
+    except VikhrError as e:
+        raise VikhrError(f"{path}: config key base.init: {e}") from None
+    if cfg.train.seq_len > shape["max_seq_len"]:
+        raise VikhrError(
+            f"{path}: config key train.seq_len = {cfg.train.seq_len} exceeds base.init's context of "
+            f"{shape['max_seq_len']} tokens (max_position_embeddings of its config.json): lower "
+            f"train.seq_len to {shape['max_seq_len']} or less"
+        )
+
+
+def base_init_shape(cfg: AblateConfig) -> dict[str, Any]:
+    """Every field of the shape of base.init's model (vikhr.model.config.ModelConfig), as its
+    config.json gives it, less vocab_size: each run's vocabulary is its start's. VikhrError (one line)
+    where that is no supported HF model's config.json."""
+    import dataclasses
+
+    from vikhr.convert.mistral import hf_config_to_model_config, read_hf_config
+
+    assert cfg.base.init is not None
+    model_dir = Path(cfg.base.init)
+    if not model_dir.is_dir():
+        raise VikhrError(f"not found or not a directory: {model_dir} (give an HF model directory)")
+    shape = hf_config_to_model_config(read_hf_config(model_dir), str(model_dir / "config.json"))
+    shape.validate()
+    fields = dataclasses.asdict(shape)
+    del fields["vocab_size"]
+    return fields
+
+
+def base_init_files(model_dir: Path) -> dict[str, list[int]]:
+    """What a grid records of base.init's model: the size and modification time of its config.json
+    and weights, so that `--resume` over a model written again since is refused (a rewrite is found
+    without reading a checkpoint of many gigabytes; a file only copied or touched counts as written)."""
+    from vikhr.file_stamps import file_stamp
+
+    names = sorted(
+        p.name
+        for p in model_dir.iterdir()
+        if p.name == "config.json" or p.name.endswith((".safetensors", ".safetensors.index.json"))
+    )
+    return {name: [(s := file_stamp(model_dir / name)).size, s.mtime_ns] for name in names}
 
 
 def trainer_config(
@@ -263,7 +344,7 @@ def trainer_config(
         vocab,
         args,
         steps,
-        family_shape=dict(cfg.model.overrides),
+        family_shape=dict(cfg.model.overrides) if cfg.base.init is None else base_init_shape(cfg),
         extra=extra,
         check_files=check_files,
         **kw,
@@ -293,7 +374,7 @@ def check_dirs_here(cfg: AblateConfig, path: str | Path) -> None:
     replaced the earlier grid's work."""
     from vikhr.errors import require_writable_dir
 
-    for key in ("out_dir", "cache_dir"):
+    for key in ("out_dir", "cache_dir") if cfg.base.init is None else ("out_dir",):  # base.init: no cache
         require_writable_dir(getattr(cfg, key), f"{path}: config key {key}", "give the key another path")
 
 
@@ -319,9 +400,8 @@ def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
     """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
     numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = [(True, cfg.base.steps, cfg.base.lr, cfg.base.seed)] + [
-        (False, cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds
-    ]
+    runs = [(True, cfg.base.steps, cfg.base.lr, cfg.base.seed)] if cfg.base.init is None else []
+    runs += [(False, cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds]
     for base, steps, lr, seed in runs:
         try:
             trainer_config(
@@ -334,13 +414,15 @@ def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
 def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
     """The base's and the arms' runs fit this machine's memory by the trainer's estimate (which each
     run checks too, at its start after the stages before it): a train.seq_len too long for one is
-    refused before the first stage. `base_vocab`: the base tokenizer's vocabulary size."""
+    refused before the first stage. `base_vocab`: the base model's vocabulary size (its tokenizer's,
+    or base.init's embedding rows); base.init's model runs only as the base-tokenizer arms' start."""
     from vikhr.train.memory import check_fits, memory_here
 
     on_cuda = cfg.train.device == "cuda"
     capacity, memory = memory_here(on_cuda)
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = {(True, base_vocab, 0.0)} | {
+    runs = {(True, base_vocab, 0.0)} if cfg.base.init is None else set()
+    runs |= {
         (False, base_vocab if arm.tokenizer == "base" else cfg.tokenizer.vocab_size, arm.kl_weight)
         for arm in cfg.arms
         if arm.slerp_of is None

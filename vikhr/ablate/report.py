@@ -130,13 +130,17 @@ def _overrides(overrides: dict[str, object]) -> str:
 def markdown(result: AblationResult) -> str:
     cfg, base = result.config, result.base_bpc
     cpt = result.chars_per_token
+    if cfg.base.init is None:
+        model = f"Model preset `{cfg.model.preset}`{_overrides(cfg.model.overrides)}"
+        pretrained = f"; base pre-trained {cfg.base.steps} steps on English"
+        pretrained += " (from the cache)" if result.base_cached else ""
+    else:
+        model, pretrained = f"Base model `{cfg.base.init}` (base.init), in its own shape", ""
     lines = [
         "# Ablation",
         "",
-        f"Seeds: {', '.join(map(str, cfg.seeds))} (mean ± sample std over them). Model preset "
-        f"`{cfg.model.preset}`{_overrides(cfg.model.overrides)}; {cfg.train.steps} steps of "
-        f"{cfg.train.global_batch} × {cfg.train.seq_len} tokens; base pre-trained {cfg.base.steps} steps "
-        f"on English{' (from the cache)' if result.base_cached else ''}.",
+        f"Seeds: {', '.join(map(str, cfg.seeds))} (mean ± sample std over them). {model}; "
+        f"{cfg.train.steps} steps of {cfg.train.global_batch} × {cfg.train.seq_len} tokens{pretrained}.",
         "",
         f"Base model: RU {base['ru']:.3f} bpc, EN {base['en']:.3f} bpc. Chars per token of the training "
         f"blend: base tokenizer {cpt['base']:.3f}, adapted {cpt['adapted']:.3f}.",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vikhr.ablate.config import AblateConfig, Arm, check_memory_here, trainer_config
+from vikhr.ablate.config import AblateConfig, Arm, base_init_files, check_memory_here, trainer_config
 from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
@@ -60,7 +60,7 @@ class RunResult:
 class AblationResult:
     config: AblateConfig
     base_bpc: dict[str, float]
-    base_cached: bool  # True when the base model came from the cache (not trained by this run)
+    base_cached: bool  # True when the base model came from the cache (not trained by this run nor base.init)
     chars_per_token: dict[str, float]  # "base"/"adapted" on the continued-training blend
     runs: list[RunResult]
 
@@ -68,6 +68,42 @@ class AblationResult:
 def _tokenizer_digest(path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
     return hashlib.sha256("".join(corpus_sha256(p) for p in files).encode()).hexdigest()
+
+
+def _base_init_tokenizer(cfg: AblateConfig) -> Path:
+    """The tokenizer of base.init's model: tokenizer.base where given, else the model directory's own;
+    refused in one line where it is not the model's (its size against the model's embedding rows) or
+    the model's weights are not all there, before any stage runs."""
+    from vikhr.adapt.safetensors_io import checkpoint_headers
+    from vikhr.eval.runner import check_vocab
+    from vikhr.tokenizer.load import TOKENIZER_FILES, holds_vocab_and_merges, load, resolve_tokenizer_file
+
+    assert cfg.base.init is not None
+    model_dir = Path(cfg.base.init)
+    try:
+        checkpoint_headers(model_dir)  # every shard present and whole (headers only)
+    except VikhrError as e:
+        raise VikhrError(f"config key base.init: {e}") from None
+    if cfg.tokenizer.base is None:
+        key, fix = "base.init", "name the model's tokenizer with tokenizer.base"
+        if not any((model_dir / name).is_file() for name in TOKENIZER_FILES) and not (
+            holds_vocab_and_merges(model_dir)  # resolve_tokenizer_file says how to make its tokenizer.json
+        ):
+            raise VikhrError(
+                f"config key base.init: {model_dir} holds no {' or '.join(TOKENIZER_FILES)}: {fix}"
+            )
+        try:
+            tokenizer = resolve_tokenizer_file(model_dir)
+        except VikhrError as e:
+            raise VikhrError(f"config key base.init: {e}") from None
+    else:
+        key, fix = "tokenizer.base", "name base.init's own tokenizer, or drop tokenizer.base to use it"
+        tokenizer = require_file(cfg.tokenizer.base, "tokenizer.base")
+    try:
+        check_vocab(load(tokenizer), model_dir, fix)
+    except VikhrError as e:
+        raise VikhrError(f"config key {key}: {e}") from None
+    return tokenizer
 
 
 def _chars(corpus: Path) -> int:
@@ -87,12 +123,17 @@ class Ablation:
         self.work = self.out / "work"
         self.ru = require_file(cfg.data.ru_corpus or assets.RU_SAMPLE, "data.ru_corpus")
         self.en = require_file(cfg.data.en_corpus or assets.EN_SAMPLE, "data.en_corpus")
-        self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
         from vikhr.tokenizer import load as load_tokenizer
 
-        # A file that is no tokenizer, or runs too large for this machine, fail here, before any work
-        # is removed.
-        check_memory_here(cfg, load_tokenizer(self.base_tok).vocab_size)
+        # A file that is no tokenizer (or not base.init's), or runs too large for this machine, fail
+        # here, before any work is removed.
+        if cfg.base.init is None:
+            self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
+            base_vocab = load_tokenizer(self.base_tok).vocab_size
+        else:
+            self.base_tok = _base_init_tokenizer(cfg)
+            base_vocab = int(json.loads((Path(cfg.base.init) / "config.json").read_text())["vocab_size"])
+        check_memory_here(cfg, base_vocab)
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
 
@@ -129,7 +170,10 @@ class Ablation:
     def _tokenize(self, name: str, corpus: Path, tokenizer: Path) -> tuple[str, int]:
         from vikhr.data import preprocess
 
-        s = preprocess([corpus], self.work / "data" / name, tokenizer, append_eod=True)
+        # A tokenizer.json (a byte-level BPE's: Llama 3, Qwen2.5) is read as Megatron's
+        # HuggingFaceTokenizer reads it, with its post-processor (a BOS where it adds one).
+        kind = "HuggingFaceTokenizer" if tokenizer.suffix == ".json" else "SentencePieceTokenizer"
+        s = preprocess([corpus], self.work / "data" / name, tokenizer, tokenizer_type=kind, append_eod=True)
         return s.outputs[0], s.tokens
 
     # -- shared preparation --------------------------------------------------------------------
@@ -156,10 +200,14 @@ class Ablation:
         self.new_tok = next(tok_dir.glob("*.model"))
 
     def base_model(self) -> bool:
-        """The English base's HF export, from the cache or trained now; True when it was cached."""
+        """The base's HF model: base.init's, or the English base's export from the cache or trained
+        now; True when it was cached."""
         from vikhr.convert import megatron_to_hf
         from vikhr.tokenizer import load as load_tokenizer
 
+        if self.cfg.base.init is not None:
+            self.base_hf = Path(self.cfg.base.init)
+            return False
         digest = self.digests
         key = self.cfg.base_key(digest["en"], digest["base_tokenizer"])
         cache = Path(self.cfg.cache_dir) / f"base-{key}"
@@ -213,7 +261,9 @@ class Ablation:
 
     def settings(self) -> dict[str, Any]:
         d = self.digests
-        return self.cfg.grid_settings(d["ru"], d["en"], d["base_tokenizer"])
+        init = self.cfg.base.init
+        files = base_init_files(Path(init)) if init is not None else None
+        return self.cfg.grid_settings(d["ru"], d["en"], d["base_tokenizer"], files)
 
     def save_state(self, settings: dict[str, Any]) -> None:
         """Record the shared preparation (written last: its presence means the preparation is whole)."""

@@ -97,8 +97,11 @@ def load_tokenizer(model_dir: Path, tokenizer: Path | None) -> Tokenizer:
     return load(source)
 
 
-def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
-    """Refuse a tokenizer that is not the model's: its size must match config.json's vocab_size.
+def check_vocab(
+    tokenizer: Tokenizer, model_dir: Path, fix: str = "pass the one the model was trained with as --tokenizer"
+) -> None:
+    """Refuse a tokenizer that is not the model's: its size must match config.json's vocab_size
+    (`fix`: what the message ends with, the caller's way to give the right one).
 
     The model may have up to `VOCAB_PADDING` more rows than the tokenizer has tokens (padding to a
     multiple, reserved tokens); more than that, or fewer rows than tokens, means another tokenizer.
@@ -114,8 +117,7 @@ def check_vocab(tokenizer: Tokenizer, model_dir: Path) -> None:
     if size > rows or rows - size > VOCAB_PADDING:
         raise VikhrError(
             f"the tokenizer {tokenizer.path} has {size} tokens but the model {model_dir} has a "
-            f"{rows}-token vocabulary (config.json vocab_size): it is not this model's tokenizer "
-            "(pass the one the model was trained with as --tokenizer)"
+            f"{rows}-token vocabulary (config.json vocab_size): it is not this model's tokenizer ({fix})"
         )
 
 
