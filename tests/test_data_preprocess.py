@@ -595,6 +595,69 @@ def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) ->
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """A SIGTERM (kill, a job scheduler's stop) ended the run at once: its scratch files and lock
+    stayed, and the record of the dataset already at the prefix, moved aside for the run, was lost
+    (the old ids then said "tokenizer: not recorded"). Now it stops as Ctrl-C does, one line, status 143."""
+    from vikhr.data import tokenization
+
+    prefix = tmp_path / "out"
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    preprocess([old], prefix, MISTRAL_TOKENIZER)
+    before = _files(prefix)
+    record = tokenization.load_record(f"{prefix}_text_document")
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    cmd = [
+        sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(fifo),
+        "--output-prefix", str(prefix), "--tokenizer-type", "GPTSentencePieceTokenizer",
+        "--tokenizer-model", str(MISTRAL_TOKENIZER), "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while True:  # the run opens its end of the FIFO once it has started
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "the run never opened its input"
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines[:2000]) + "\n")
+            f.flush()
+            while not list(tmp_path.glob("out_text_document.bin*.partial")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert proc.poll() is None, "the run ended although its input is still open"
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)  # it stops once its reader returns: at the end of the input, closed below
+        proc.wait(timeout=30)
+    except BrokenPipeError:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.count("\n") == 1 and "terminated (SIGTERM)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.jsonl",
+        "old.jsonl",
+        "out_text_document.bin",
+        "out_text_document.idx",
+        "out_text_document.tokenization.json",
+    ]
+    assert _files(prefix) == before
+    assert tokenization.load_record(f"{prefix}_text_document") == record
+
+
 def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
     tmp_path: Path, lines: list[str]
 ) -> None:

@@ -10,12 +10,11 @@ megatron-core's IndexedDatasetBuilder writes for the same ids. Same as `vikhr da
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from vikhr.cli import OneLineErrorParser
 from vikhr.data.cli import add_preprocess_arguments, run_preprocess
-from vikhr.errors import VikhrError
+from vikhr.errors import ENDINGS, report_ending
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,12 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_preprocess(args)
-    except VikhrError as e:
-        print(f"preprocess_data.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("preprocess_data.py: interrupted", file=sys.stderr)
-        return 130
+    except ENDINGS as e:
+        return report_ending(parser.prog, e)
 
 
 if __name__ == "__main__":

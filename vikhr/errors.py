@@ -9,8 +9,10 @@ import json
 import os
 import select
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -81,6 +83,36 @@ class Interrupted(KeyboardInterrupt):
         self.hint = hint
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a job scheduler's stop) in a command that writes its outputs under scratch
+    names: raised where the command is, as Ctrl-C is, so that the same clean-up runs (scratch files
+    and locks removed, a moved-aside record put back); the CLI ends with the shell's status for it."""
+
+    status = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` instead of ending the process at once (which
+    left scratch files behind and a moved-aside record lost). Only where the process still has the
+    default action for it, in its main thread: a program's own handler is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("terminated (SIGTERM): stopped, what was at its outputs is as it was")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _stdout_closed() -> bool:
     """Whether stdout's reader went away (`vikhr ... | head`): a broken pipe elsewhere is an error."""
     try:
@@ -108,6 +140,9 @@ def report_ending(prog: str, e: BaseException) -> int:
     if isinstance(e, RunStopped):  # said once (rank 0 under torchrun): every rank stops alike
         if os.environ.get("RANK", "0") == "0":
             print_error_line(f"{prog}: {e}; {e.hint}")
+        return e.status
+    if isinstance(e, Terminated):
+        print_error_line(f"{prog}: {e}")
         return e.status
     if isinstance(e, KeyboardInterrupt):  # Ctrl-C ends the program, whichever verb ran
         how = f"; {e.hint}" if isinstance(e, Interrupted) else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.data import indexed, tokenization
-from vikhr.errors import VikhrError, require_output_prefix
+from vikhr.errors import VikhrError, require_output_prefix, sigterm_as_interrupt
 from vikhr.jsonl import check_compression_name, refuse_what_is_not_json_lines
 
 # Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
@@ -300,7 +300,7 @@ def preprocess(
     prefixes = {key: indexed.dataset_prefix(output_prefix, key) for key in json_keys}
     written = list(prefixes.values())
     try:
-        with indexed.writing(written), indexed.replacing_records(written):
+        with sigterm_as_interrupt(), indexed.writing(written), indexed.replacing_records(written):
             raw = _core.preprocess(
                 [str(f) for f in files],
                 str(output_prefix),
@@ -438,5 +438,6 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
         if record is not None:
             tokenization.write_records({str(output_prefix): record})
 
-    indexed.merge(names, output_prefix, on_written=write_record)
+    with sigterm_as_interrupt():
+        indexed.merge(names, output_prefix, on_written=write_record)
     return inspect(output_prefix)
