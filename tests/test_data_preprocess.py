@@ -356,6 +356,25 @@ def test_megatron_flags_whose_output_is_vikhr_s_are_accepted(tmp_path: Path, lin
         assert (tmp_path / f"flags{suffix}").read_bytes() == (tmp_path / f"plain{suffix}").read_bytes()
 
 
+def test_log_interval_prints_megatron_s_progress_lines(tmp_path: Path, lines: list[str], capsys) -> None:
+    """--log-interval was accepted and ignored: a batch job's log (no terminal, so no progress bar)
+    showed nothing until the end. Now it prints Megatron-LM's progress line; 0 is refused."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    common = ["data", "preprocess", "--input", str(src), "--output-prefix", str(tmp_path / "out")]
+    common += ["--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    assert vikhr_main([*common, "--log-interval", "10"]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Processed ")]
+    assert progress and progress[-1].startswith("Processed 50 documents ("), progress
+    assert progress[-1].endswith(" MB/s).")
+    for path in tmp_path.glob("out_*"):
+        path.unlink()
+    assert vikhr_main([*common, "--log-interval", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--log-interval must be 1 or more" in err, err
+    assert not list(tmp_path.glob("out_*"))
+
+
 def test_megatron_tokenizer_types_vikhr_lacks_say_what_to_give_instead(tmp_path: Path, capsys) -> None:
     """Megatron-LM's own GPT-2 example (GPT2BPETokenizer with --vocab-file/--merge-file) and its other
     types were "invalid choice", listing vikhr's four with no way from the user's files to one of them

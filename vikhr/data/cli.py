@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vikhr.errors import VikhrError
@@ -146,7 +149,14 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chunk-size", type=int, default=None, help="accepted; the threads take their work in batches"
     )
-    g.add_argument("--log-interval", type=int, default=None, help="accepted; a progress bar is shown instead")
+    g.add_argument(
+        "--log-interval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="print Megatron-LM's 'Processed N documents (... docs/s, ... MB/s).' line on stderr each "
+        "N documents (at most one line per 0.2 s), in place of the progress bar: a job's log shows progress",
+    )
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
     )
@@ -175,6 +185,8 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
         raise VikhrError(f"--vocab-extra-ids must be 0 or more, got {args.vocab_extra_ids}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise VikhrError(f"--chunk-size must be 1 or more, got {args.chunk_size}")
+    if args.log_interval is not None and args.log_interval < 1:
+        raise VikhrError(f"--log-interval must be 1 or more documents, got {args.log_interval}")
     if args.partitions < 1:
         raise VikhrError(f"--partitions must be 1 or more, got {args.partitions}")
     if args.partitions > 1 and not args.keep_sequential_samples:
@@ -183,6 +195,29 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
             "in Megatron-LM; vikhr keeps them in input order, streaming the inputs in one pass: add "
             "--keep-sequential-samples, or drop --partitions (--workers sets the parallelism)"
         )
+
+
+def progress_lines(interval: int) -> Callable[[int, int, int, int], None]:
+    """Megatron-LM's --log-interval progress: its line on stderr once `interval` more documents are
+    done. The tokenizer threads report every 0.2 s (and once at the end), so a line may pass several
+    multiples at once and names the count it reached."""
+    started = time.perf_counter()
+    next_at = interval
+
+    def log(documents: int, nbytes: int, tokens: int, skipped: int) -> None:
+        nonlocal next_at
+        if documents < next_at:
+            return
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        print(
+            f"Processed {documents} documents ({documents / elapsed:.1f} docs/s, "
+            f"{nbytes / elapsed / 1024 / 1024:.2f} MB/s).",
+            file=sys.stderr,
+            flush=True,
+        )
+        next_at = (documents // interval + 1) * interval
+
+    return log
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -229,7 +264,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         append_eod=args.append_eod,
         workers=args.workers,
         skip_invalid=args.skip_invalid,
-        progress=args.progress,
+        progress=progress_lines(args.log_interval) if args.log_interval is not None else args.progress,
     )
     print(summary.line())
     return 0
