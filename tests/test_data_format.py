@@ -310,6 +310,31 @@ def test_merge_is_byte_identical_to_megatron(tmp_path: Path) -> None:
     assert (tmp_path / "part1.bin").read_bytes() == before
 
 
+def test_merge_of_a_folder_is_megatron_s_merge_of_the_datasets_in_it(tmp_path: Path, capsys) -> None:
+    """Megatron-LM's tools/merge_datasets.py takes --input DIR and merges its datasets in name order;
+    vikhr data merge refused a folder ("give the prefix of a dataset in it")."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    from vikhr.cli import main as vikhr_main
+
+    folder = tmp_path / "parts"
+    rng = np.random.default_rng(1)
+    for name in ("b", "a", "c"):  # written out of name order
+        docs = [rng.integers(0, 32000, size=int(n)).tolist() for n in rng.integers(0, 30, size=20)]
+        write_indexed(folder / name, docs, token_dtype(32000))
+    builder = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=DType.optimal_dtype(32000))
+    for name in ("a", "b", "c"):
+        builder.add_index(str(folder / name))
+    builder.finalize(str(tmp_path / "ref.idx"))
+    out = tmp_path / "merged"
+    assert vikhr_main(["data", "merge", "--input", str(folder), "--output-prefix", str(out)]) == 0
+    assert "merged 3 datasets" in capsys.readouterr().out
+    assert _read(str(out)) == _read(str(tmp_path / "ref"))
+    (tmp_path / "empty").mkdir()
+    assert vikhr_main(["data", "merge", "--input", str(tmp_path / "empty"), "--output-prefix", str(out)]) == 2
+    assert "is a folder without datasets" in capsys.readouterr().err
+
+
 def test_merge_of_mixed_dtypes_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     """An int32 input after uint16 ones failed only once the earlier inputs were copied, with no advice."""
     write_indexed(tmp_path / "small", [[1, 2, 3]], token_dtype(32000))

@@ -304,10 +304,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from vikhr.data.preprocess import merge
+    from vikhr.data.preprocess import merge, merge_inputs
 
-    s = merge(args.inputs, args.output_prefix)
-    n, docs = len(args.inputs), s.documents
+    inputs = merge_inputs(args.inputs)
+    s = merge(inputs, args.output_prefix)
+    n, docs = len(inputs), s.documents
     print(
         f"merged {n} dataset{'s' * (n != 1)} -> {s.prefix}: "
         f"{docs:,} document{'s' * (docs != 1)}, {s.tokens:,} tokens"
@@ -331,7 +332,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     pi.set_defaults(func=run_inspect)
 
     pm = data_sub.add_parser("merge", help="concatenate datasets into one (Megatron's merge_datasets)")
-    pm.add_argument("--inputs", nargs="+", required=True, help="dataset prefixes, in order")
+    pm.add_argument(
+        "--inputs",
+        "--input",
+        nargs="+",
+        required=True,
+        help="dataset prefixes, in order; a folder gives the datasets in it in name order (Megatron-LM's "
+        "merge_datasets.py --input DIR)",
+    )
     pm.add_argument(
         "--output-prefix", required=True, help="writes PREFIX.bin/.idx (no _{key}_document is appended)"
     )

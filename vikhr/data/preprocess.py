@@ -421,13 +421,33 @@ def _check_decoding_tokenizer(prefix: str | os.PathLike[str], tok: Any, record: 
         )
 
 
+def merge_inputs(names: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The dataset prefixes `names` give: a folder stands for the datasets in it in name order, as
+    in Megatron-LM's tools/merge_datasets.py (--input DIR); a file without its pair is named by
+    the merge's check of each input."""
+    if isinstance(names, (str, os.PathLike)):  # one name, not a sequence of its characters
+        names = [names]
+    prefixes: list[str] = []
+    for name in map(str, names):
+        folder = Path(name)
+        if not folder.is_dir():
+            prefixes.append(name)
+            continue
+        stems = {f.stem for f in folder.iterdir() if f.suffix in (".bin", ".idx") and f.is_file()}
+        if not stems:
+            raise VikhrError(
+                f"{name} is a folder without datasets (.bin/.idx): give it datasets or their prefixes"
+            )
+        prefixes.extend(str(folder / stem) for stem in sorted(stems))
+    return prefixes
+
+
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
-    """Concatenate indexed datasets (same dtype) into one, as Megatron's merge tool does; the
-    output's tokenization record is written when every input has one of one tokenizer. Inputs whose
-    records name different tokenizers are refused before anything is written."""
-    if isinstance(prefixes, (str, os.PathLike)):  # one prefix, not a sequence of its characters
-        prefixes = [prefixes]
-    names = [str(p) for p in prefixes]
+    """Concatenate indexed datasets (same dtype; a folder gives those in it, see `merge_inputs`) into
+    one, as Megatron's merge tool does; the output's tokenization record is written when every input
+    has one of one tokenizer. Inputs whose records name different tokenizers are refused before
+    anything is written."""
+    names = merge_inputs(prefixes)
     records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
     tokenization.refuse_mixed_tokenizers(
         records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
