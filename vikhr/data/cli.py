@@ -72,6 +72,10 @@ MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
     "--use-gigatoken": "accepted; a faster encoder in Megatron-LM, the same ids (vikhr's own is in Rust)",
     "--tokenizer-hf-use-fast": "accepted; vikhr encodes with the tokenizer.json, the fast tokenizer",
 }
+_LOG_INTERVAL = (
+    "print Megatron-LM's 'Processed N documents (... docs/s, ... MB/s).' line on stderr each N documents "
+    "(at most one line per 0.2 s), in place of the progress bar: a job's log shows progress"
+)
 # Megatron-LM's --dataset-impl (releases before megatron-core 0.5): vikhr writes the one it kept.
 DATASET_IMPL = "mmap"
 
@@ -149,14 +153,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chunk-size", type=int, default=None, help="accepted; the threads take their work in batches"
     )
-    g.add_argument(
-        "--log-interval",
-        type=int,
-        default=None,
-        metavar="N",
-        help="print Megatron-LM's 'Processed N documents (... docs/s, ... MB/s).' line on stderr each "
-        "N documents (at most one line per 0.2 s), in place of the progress bar: a job's log shows progress",
-    )
+    g.add_argument("--log-interval", type=int, default=None, metavar="N", help=_LOG_INTERVAL)
     g.add_argument(
         "--keep-sequential-samples", action="store_true", help="accepted; output is always in order"
     )
