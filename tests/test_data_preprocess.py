@@ -677,6 +677,28 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
     assert tokenization.load_record(f"{prefix}_text_document") == record
 
 
+def test_sigterm_raises_in_a_writing_block_only_where_the_program_left_its_default_action(capsys) -> None:
+    """`data preprocess` and `data merge` turn SIGTERM into `Terminated` (their clean-up then runs, and
+    the CLI ends with 143); a program that set its own SIGTERM handler keeps it, and the default action
+    is back after the block."""
+    from vikhr.errors import Terminated, report_ending, sigterm_as_interrupt
+
+    with pytest.raises(Terminated) as stopped, sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here, at once
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert report_ending("vikhr data merge", stopped.value) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == f"vikhr data merge: {stopped.value}\n"
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    try:
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert noted == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
     tmp_path: Path, lines: list[str]
 ) -> None:
