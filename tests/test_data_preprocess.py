@@ -699,6 +699,48 @@ def test_sigterm_raises_in_a_writing_block_only_where_the_program_left_its_defau
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_the_record_a_killed_run_had_moved_aside_is_put_back_by_the_next_run(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """A run killed with SIGKILL (the out-of-memory killer) left the record of the dataset already at
+    its prefix hidden under a scratch name for good: the old ids read as unrecorded, and a next run
+    that failed kept it so. The next run at that prefix now puts it back where it still describes
+    the dataset there (and removes it where not)."""
+    from vikhr.data import tokenization
+
+    prefix = tmp_path / "out"
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
+    preprocess([src], prefix, MISTRAL_TOKENIZER)
+    dataset = f"{prefix}_text_document"
+    record = tokenization.load_record(dataset)
+    killed = (
+        "import os, signal; from vikhr.data import indexed\n"
+        f"with indexed.writing([{dataset!r}]), indexed.replacing_records([{dataset!r}]):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert subprocess.run([sys.executable, "-c", killed], cwd=REPO, env=env).returncode == -signal.SIGKILL
+    assert tokenization.load_record(dataset) is None  # moved aside by the killed run
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n{oops\n", encoding="utf-8")
+    with pytest.raises(VikhrError, match=r"bad\.jsonl:2"):
+        preprocess([bad], prefix, MISTRAL_TOKENIZER)
+    assert tokenization.load_record(dataset) == record
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # Killed once its new dataset was in place: the old record describes other ids and goes.
+    assert subprocess.run([sys.executable, "-c", killed], cwd=REPO, env=env).returncode == -signal.SIGKILL
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(lines[20:30]) + "\n", encoding="utf-8")
+    preprocess([other], tmp_path / "new", MISTRAL_TOKENIZER)
+    for suffix in (".bin", ".idx"):
+        os.replace(f"{tmp_path}/new_text_document{suffix}", dataset + suffix)
+    with pytest.raises(VikhrError, match=r"bad\.jsonl:2"):
+        preprocess([bad], prefix, MISTRAL_TOKENIZER)
+    assert tokenization.load_record(dataset) is None
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_a_run_leaves_the_working_files_of_other_runs_in_the_folder_alone(
     tmp_path: Path, lines: list[str]
 ) -> None:

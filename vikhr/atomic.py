@@ -147,18 +147,27 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     ~15 GB there, a killed `sft build` its candidate chats. Another host's (a shared file system),
     a running process's, or a locked one are left alone."""
     removed = []
-    for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*@*@*"):
+    for entry in stale_temporaries(path):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            _lock_of(entry).unlink(missing_ok=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporary directories and files of `path` that processes of this host, since gone, left
+    beside it (what `remove_stale_temporaries` removes), in name order."""
+    stale = []
+    for entry in sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*@*@*")):
         pid, _, rest = entry.name.removeprefix(f".{path.name}.tmp-").partition("@")
         if entry.name.endswith(".lock") or not pid.isdigit() or rest.partition("@")[0] != _host_tag():
             continue
         if (entry.is_dir() or entry.is_file()) and not process_alive(int(pid)) and _unlocked(entry):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-                _lock_of(entry).unlink(missing_ok=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
+            stale.append(entry)
+    return stale
 
 
 class WrittenMeanwhile(VikhrError):

@@ -351,6 +351,7 @@ def replacing_records(prefixes: Sequence[PathLike]) -> Iterator[None]:
         aside: list[tuple[PathLike, Path, tuple | None]] = []
         for prefix in prefixes:
             path = record_path(prefix)
+            _restore_abandoned_record(prefix, path)
             if not path.is_file():
                 continue
             # Removed on leaving unless put back; named apart from the new record's scratch file.
@@ -364,6 +365,24 @@ def replacing_records(prefixes: Sequence[PathLike]) -> Iterator[None]:
                 if before is not None and _files_of(prefix) == before:
                     os.replace(tmp, record_path(prefix))
             raise
+
+
+def describes(record: dict, info: IndexInfo) -> bool:
+    """Whether a tokenization record's counts are those of dataset `info` (not of one written before it)."""
+    counts = (info.dtype, info.documents, info.tokens)
+    return (record.get("dtype"), record.get("documents"), record.get("tokens")) == counts
+
+
+def _restore_abandoned_record(prefix: PathLike, path: Path) -> None:
+    """The record a killed writer (SIGKILL, the out-of-memory killer) had moved aside is put back
+    where the dataset it describes is still there and has none; otherwise it is removed. Else it
+    stayed hidden for good, and the old dataset read as one without a record."""
+    for aside in atomic.stale_temporaries(path.with_name(path.name + ".replaced")):
+        with contextlib.suppress(OSError, VikhrError, ValueError):
+            record = json.loads(aside.read_text(encoding="utf-8"))
+            if isinstance(record, dict) and not path.exists() and describes(record, inspect(str(prefix))):
+                os.replace(aside, path)
+        aside.unlink(missing_ok=True)
 
 
 def _files_of(prefix: PathLike) -> tuple | None:

@@ -51,7 +51,7 @@ class TokenizationRecord:
 
     def describes(self, info: indexed.IndexInfo) -> bool:
         """Whether this is the record of the dataset `info` counts (not of one written before it)."""
-        return (self.dtype, self.documents, self.tokens) == (info.dtype, info.documents, info.tokens)
+        return indexed.describes(asdict(self), info)
 
     def tokenizer_line(self) -> str:
         """The tokenizer, as an error names it."""
