@@ -1605,7 +1605,7 @@ _BAD_INPUTS = [
     ("data inspect {dir}/folder", "folder is a directory: give the prefix of a dataset in it", None),
     ("data inspect {dir}/pre", "pre.idx not found (vikhr data preprocess writes ", None),
     ("data inspect {dir}/chat", "_text_document and ", None),
-    ("data merge --inputs {dir}/folder --output-prefix {dir}/o", "give the prefix of a dataset", "o.bin"),
+    ("data merge --inputs {dir}/folder --output-prefix {dir}/o", "a folder without datasets", "o.bin"),
     ("pretrain 'data.train=[{{prefix: {dir}/folder}}]'", "folder is a directory: give the prefix of a", None),
     ("sft show {dir}/folder", "folder is a directory: give the --output-prefix of `vikhr sft prepare`", None),
     ("data inspect {ds}.bin", "give the dataset prefix without .bin/.idx", None),
