@@ -115,6 +115,35 @@ def _write(path: Path, cfg: dict) -> Path:
             {"tokenizer": {"vocab_size": 100}},
             "config key tokenizer.vocab_size = 100 is too small: give at least 359",
         ),
+        # refused by the tokenizer's training (its flag named), after an earlier grid's work was cleared
+        (
+            {"tokenizer": {"vocab_size": 2**23}},
+            "config key tokenizer.vocab_size = 8,388,608 is above 4,194,304",
+        ),
+        # extend mode: each mode's size key and no other's, as `vikhr tokenizer train` takes them
+        ({"tokenizer": {"mode": "prune-extend"}}, "config key tokenizer.mode must be replace or extend"),
+        (
+            {"tokenizer": {"mode": "extend"}},
+            "ablate.yaml: config key tokenizer.mode extend needs tokenizer.new_tokens (how many Russian "
+            "tokens to add to the base's vocabulary",
+        ),
+        (
+            {"tokenizer": {"mode": "extend", "new_tokens": 0}},
+            "config key tokenizer.new_tokens must be positive, got 0",
+        ),
+        (
+            {"tokenizer": {"mode": "extend", "new_tokens": 2**23}},
+            "config key tokenizer.new_tokens = 8,388,608 is above 4,194,304 ids",
+        ),
+        (
+            {"tokenizer": {"mode": "extend", "vocab_size": 40000, "new_tokens": 100}},
+            "config key tokenizer.vocab_size is the size of a replace tokenizer, but tokenizer.mode is "
+            "extend (the base's tokens, all kept, plus tokenizer.new_tokens): drop vocab_size",
+        ),
+        (
+            {"tokenizer": {"vocab_size": 600, "new_tokens": 100}},
+            "config key tokenizer.new_tokens is for tokenizer.mode extend, but the mode is replace",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, change: dict, message: str) -> None:
@@ -1089,11 +1118,10 @@ def test_base_init_s_tokenizer_must_be_the_model_s_before_any_stage(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def init_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Path]:
-    """The micro grid started from a tiny model laid out like Qwen2.5's (a byte-level tokenizer.json
-    in its directory, tied embeddings, more rows than tokens) and of another shape than the tiny
-    preset (one layer, hidden 32): (out_dir, config, result, model directory)."""
+def _init_grid(tmp: Path, tokenizer: dict[str, Any]) -> tuple[Path, Path, Any, Path]:
+    """The micro grid (with this `tokenizer` section) started from a tiny model laid out like Qwen2.5's
+    (a byte-level tokenizer.json in its directory, tied embeddings, more rows than tokens) and of
+    another shape than the tiny preset (one layer, hidden 32): (out_dir, config, result, model directory)."""
     from tests.helpers import tiny_hf_model
     from tests.test_tokenizer_byte_bpe import make_byte_level_base
     from vikhr import assets
@@ -1101,7 +1129,6 @@ def init_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any
     from vikhr.ablate.runner import run_ablation
     from vikhr.tokenizer import load
 
-    tmp = tmp_path_factory.mktemp("ablate-init")
     data = {
         **MICRO["data"],
         "ru_corpus": _small_corpus(assets.RU_SAMPLE, tmp / "ru.jsonl.gz", 30, 1500),
@@ -1112,12 +1139,24 @@ def init_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any
     rows = load(model).vocab_size + 13  # padded past the tokenizer, as Qwen2.5's embeddings are
     tiny_hf_model(model, rows, arch="qwen2", tied=True, num_layers=1, hidden_size=32)
     base = {k: v for k, v in MICRO.items() if k != "base"}
-    cfg = {**base, "data": data, "base": {"init": str(model)}, "out_dir": str(tmp / "out")}
+    cfg = {
+        **base,
+        "data": data,
+        "tokenizer": tokenizer,
+        "base": {"init": str(model)},
+        "out_dir": str(tmp / "out"),
+    }
     cfg["cache_dir"] = str(tmp / "cache")
     cfg_path = _write(tmp / "ablate.yaml", cfg)
     result = run_ablation(load_ablate_config(cfg_path), show_progress=False)
     write_report(result)
     return tmp / "out", cfg_path, result, model
+
+
+@pytest.fixture(scope="module")
+def init_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Path]:
+    """The micro grid from a Qwen2.5-like model, its adapted tokenizer a new one (replace)."""
+    return _init_grid(tmp_path_factory.mktemp("ablate-init"), MICRO["tokenizer"])
 
 
 def test_a_grid_starts_from_base_init_s_model(init_grid: tuple[Path, Path, Any, Path]) -> None:
@@ -1142,6 +1181,9 @@ def test_a_grid_starts_from_base_init_s_model(init_grid: tuple[Path, Path, Any, 
     md = (out / "ablation.md").read_text(encoding="utf-8")
     assert f"Base model `{model}` (base.init), in its own shape; 3 steps of 4 × 32 tokens." in md
     assert "pre-trained" not in md
+    assert (
+        "Adapted tokenizer: replace, a new SentencePiece BPE of 600 pieces; of its 600 embedding rows" in md
+    )
     state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))["settings"]["base"]
     assert state["init"] == str(model.resolve())
     assert set(state["files"]) == {"config.json", "model.safetensors"}
@@ -1181,3 +1223,141 @@ def test_resume_refuses_a_base_init_model_written_again(
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert "other base settings or data" in str(e.value) and "\n" not in str(e.value)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+# --- tokenizer.mode extend: the adapted arms' tokenizer is the base's, with Russian tokens added
+
+NEW_TOKENS = 60
+
+
+@pytest.fixture(scope="module")
+def extend_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Path]:
+    """The micro grid from the Qwen2.5-like model, its byte-level tokenizer extended by NEW_TOKENS."""
+    tokenizer = {"mode": "extend", "new_tokens": NEW_TOKENS}
+    return _init_grid(tmp_path_factory.mktemp("ablate-extend"), tokenizer)
+
+
+def test_an_extend_grid_keeps_the_base_s_tokens_and_rows(extend_grid: tuple[Path, Path, Any, Path]) -> None:
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    out, _, result, model = extend_grid
+    base = Tokenizer.from_file(str(model / "tokenizer.json"))
+    adapted = Tokenizer.from_file(str(out / "work" / "tokenizer" / "tokenizer.json"))
+    base_size = base.get_vocab_size()
+    added = adapted.get_vocab_size() - base_size
+    assert 0 < added <= NEW_TOKENS
+    # Every base token keeps its id; the new ones follow, and hold Cyrillic.
+    assert [adapted.id_to_token(i) for i in range(base_size)] == [
+        base.id_to_token(i) for i in range(base_size)
+    ]
+    new = [adapted.decode([i]) for i in range(base_size, base_size + added)]
+    assert all(re.search("[а-яё]", t, re.IGNORECASE) for t in new), new
+    # The adapted arm's start and export: the base's rows copied, one new row per new token (the
+    # model's spare rows past its tokenizer are not carried over).
+    assert result.adapted_rows == {"tokens": base_size + added, "copied": base_size, "new": added}
+    [export] = (out / "work" / "runs").glob("adapted-*-hf")
+    config = json.loads((export / "config.json").read_text(encoding="utf-8"))
+    with safe_open(str(export / "model.safetensors"), "np") as f:
+        rows = f.get_slice("model.embed_tokens.weight").get_shape()[0]
+    assert config["vocab_size"] == rows == base_size + added
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert (
+        f"Adapted tokenizer: extend, the base's with {NEW_TOKENS} new tokens asked for; of its "
+        f"{base_size + added:,} embedding rows, {base_size:,} are copied from the base model's and {added} "
+        "are new" in md
+    )
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))["settings"]["tokenizer"]
+    assert {k: v for k, v in state.items() if k != "base"} == {"mode": "extend", "new_tokens": NEW_TOKENS}
+
+
+def test_resume_refuses_an_extend_grid_changed_to_replace(extend_grid: tuple[Path, Path, Any, Path]) -> None:
+    """The mode is one of the grid's tokenizer settings: `--resume` with another is refused."""
+    import shutil
+
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, _, _ = extend_grid
+    out = first.parent / "replaced"
+    shutil.copytree(first, out)
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg_path = _write(
+        first.parent / "replaced.yaml", {**cfg, "out_dir": str(out), "tokenizer": {"vocab_size": 600}}
+    )
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(VikhrError) as e:
+        run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert "other tokenizer settings or data" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -> None:
+    """Without base.init the base tokenizer is Mistral's .model: extended as a SentencePiece model."""
+    from vikhr import assets
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.tokenizer import load
+
+    data = {
+        **MICRO["data"],
+        "ru_corpus": _small_corpus(assets.RU_SAMPLE, tmp_path / "ru.jsonl.gz", 30, 1500),
+        "en_corpus": _small_corpus(assets.EN_SAMPLE, tmp_path / "en.jsonl.gz", 30, 1500),
+    }
+    cfg = {
+        **MICRO,
+        "data": data,
+        "tokenizer": {"mode": "extend", "new_tokens": NEW_TOKENS},
+        "arms": [{"name": "adapted"}],
+        "out_dir": str(tmp_path / "out"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    result = run_ablation(load_ablate_config(_write(tmp_path / "ablate.yaml", cfg)), show_progress=False)
+    base, adapted = (
+        load(assets.MISTRAL_TOKENIZER),
+        load(tmp_path / "out" / "work" / "tokenizer" / "tokenizer.model"),
+    )
+    added = adapted.vocab_size - base.vocab_size
+    assert 0 < added <= NEW_TOKENS
+    assert [adapted.id_to_piece(i) for i in range(base.vocab_size)] == [
+        base.id_to_piece(i) for i in range(base.vocab_size)
+    ]
+    assert result.adapted_rows == {"tokens": base.vocab_size + added, "copied": base.vocab_size, "new": added}
+    [export] = (tmp_path / "out" / "work" / "runs").glob("adapted-*-hf")
+    assert (
+        json.loads((export / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+        == base.vocab_size + added
+    )
+
+
+def test_an_extend_grid_over_a_base_tokenizer_extend_mode_cannot_take_is_refused_before_any_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SentencePiece base without byte fallback was refused by the tokenizer's training, naming
+    --base-model, after an earlier grid's work had been cleared."""
+    import sentencepiece as spm
+
+    from vikhr import assets
+    from vikhr.cli import main
+    from vikhr.jsonl import read_texts
+
+    prefix = tmp_path / "no-byte-fallback"
+    lines = [t[:500] for t in read_texts(assets.EN_SAMPLE)][:50]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=300,
+        model_type="bpe",
+        minloglevel=2,
+    )
+    out = tmp_path / "out"
+    (out / "work" / "results").mkdir(parents=True)
+    (out / "work" / "results" / "earlier.json").write_text("{}", encoding="utf-8")
+    tokenizer = {"mode": "extend", "new_tokens": NEW_TOKENS, "base": f"{prefix}.model"}
+    cfg = _write(tmp_path / "ablate.yaml", {**MICRO, "tokenizer": tokenizer, "out_dir": str(out)})
+    assert main(["ablate", "--no-progress", str(cfg)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"vikhr ablate: error: config key tokenizer.mode extend: {prefix}.model: the base tokenizer must "
+        "have <unk>=0, <s>=1, </s>=2 and byte fallback"
+    ), line
+    assert "--base-model" not in line
+    assert (out / "work" / "results" / "earlier.json").is_file()

@@ -47,9 +47,20 @@ class DataSection(_Section):
 
 
 class TokenizerSection(_Section):
+    """The adapted arms' tokenizer, as `vikhr tokenizer train` makes it: replace (a new SentencePiece
+    BPE of vocab_size pieces, the paper's setting) or extend (the base's, every token at its id, with
+    new_tokens Russian tokens appended: SentencePiece or byte-level BPE, as the base is)."""
+
     # The base model's tokenizer; default: base.init's own, or without base.init the bundled Mistral .model
     base: str | None = None
-    vocab_size: PositiveInt = 8000  # the adapted (Russian) tokenizer's size
+    mode: Literal["replace", "extend"] = "replace"
+    vocab_size: PositiveInt = 8000  # replace: the adapted (Russian) tokenizer's size
+    new_tokens: PositiveInt | None = None  # extend: how many tokens to add to the base's
+
+    def settings(self, base_digest: str) -> dict[str, Any]:
+        """What the adapted tokenizer depends on (the grid's state): its mode, its size, the base's."""
+        size = {"vocab_size": self.vocab_size} if self.mode == "replace" else {"new_tokens": self.new_tokens}
+        return {"mode": self.mode, **size, "base": base_digest}
 
 
 class ModelSection(_Section):
@@ -148,7 +159,7 @@ class AblateConfig(_Section):
             base = {"init": str(Path(self.base.init).resolve()), "files": base_files}
         return {
             "data": {"eval_docs": self.data.eval_docs, "ru_corpus": ru_digest, "en_corpus": en_digest},
-            "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "base": tokenizer_digest},
+            "tokenizer": self.tokenizer.settings(tokenizer_digest),
             "model": self.model.model_dump(),
             "base": base,
             "train": self.train.model_dump(exclude={"save_every"}),  # changes where runs save, not what
@@ -224,16 +235,9 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
     if "vocab_size" in cfg.model.overrides:  # it would replace each run's, which its tokenizer sets
         raise VikhrError(
             f"{p}: config key model.overrides.vocab_size cannot be set: each model's vocabulary is its "
-            "tokenizer's (the base tokenizer's, or tokenizer.vocab_size for the adapted arms); drop it"
+            "tokenizer's (the base tokenizer's, or the adapted arms' tokenizer section's); drop it"
         )
-    from vikhr.tokenizer.train import MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
-
-    # The adapted tokenizer is trained in replace mode, after the previous grid's work is cleared.
-    if cfg.tokenizer.vocab_size < MIN_REPLACE_VOCAB:
-        raise VikhrError(
-            f"{p}: config key tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is too small: give at least "
-            f"{MIN_REPLACE_VOCAB} (byte fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
-        )
+    _check_tokenizer(cfg.tokenizer, p)
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise VikhrError(f"{p}: seeds repeat ({cfg.seeds}); give distinct seeds")
     if Path(cfg.out_dir).resolve() == Path(cfg.cache_dir).resolve():
@@ -242,6 +246,53 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         )
     check_trainer_settings(cfg, p)  # the trainer's own checks, before any stage runs
     return cfg
+
+
+def _check_tokenizer(tok: TokenizerSection, path: Path) -> None:
+    """The adapted tokenizer's settings, as `vikhr tokenizer train` would take them (it trains after
+    the previous grid's work is cleared): each mode's size key, and no other's."""
+    from vikhr.tokenizer.train import MAX_VOCAB_SIZE, MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
+
+    if tok.mode == "extend":
+        if "vocab_size" in tok.model_fields_set:
+            raise VikhrError(
+                f"{path}: config key tokenizer.vocab_size is the size of a replace tokenizer, but "
+                "tokenizer.mode is extend (the base's tokens, all kept, plus tokenizer.new_tokens): drop "
+                "vocab_size and give new_tokens"
+            )
+        if tok.new_tokens is None:
+            raise VikhrError(
+                f"{path}: config key tokenizer.mode extend needs tokenizer.new_tokens (how many Russian "
+                "tokens to add to the base's vocabulary, e.g. 8000)"
+            )
+        if tok.new_tokens > MAX_VOCAB_SIZE:
+            raise VikhrError(
+                f"{path}: config key tokenizer.new_tokens = {tok.new_tokens:,} is above {MAX_VOCAB_SIZE:,} "
+                "ids, far more than any tokenizer uses (the largest hold ~256k)"
+            )
+        return
+    if tok.new_tokens is not None:
+        raise VikhrError(
+            f"{path}: config key tokenizer.new_tokens is for tokenizer.mode extend, but the mode is "
+            "replace (a new tokenizer of tokenizer.vocab_size pieces): drop new_tokens, or set mode: extend"
+        )
+    if tok.vocab_size < MIN_REPLACE_VOCAB:
+        raise VikhrError(
+            f"{path}: config key tokenizer.vocab_size = {tok.vocab_size} is too small: give at least "
+            f"{MIN_REPLACE_VOCAB} (byte fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
+        )
+    if tok.vocab_size > MAX_VOCAB_SIZE:
+        raise VikhrError(
+            f"{path}: config key tokenizer.vocab_size = {tok.vocab_size:,} is above {MAX_VOCAB_SIZE:,} ids, "
+            "far more than any tokenizer uses (the largest hold ~256k)"
+        )
+
+
+def adapted_vocab_size(cfg: AblateConfig, base_vocab: int) -> int:
+    """The adapted arms' vocabulary as asked for (extend: the base's `base_vocab` plus the new tokens;
+    the corpus may yield fewer)."""
+    t = cfg.tokenizer
+    return t.vocab_size if t.mode == "replace" else base_vocab + (t.new_tokens or 0)
 
 
 def _check_base_init(cfg: AblateConfig, path: Path) -> None:
@@ -404,6 +455,7 @@ def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
     runs += [(False, cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds]
     for base, steps, lr, seed in runs:
         try:
+            # (the vocabulary is a stand-in: the base's is known once its tokenizer is read)
             trainer_config(
                 cfg, Path("grid") / "check", blend, cfg.tokenizer.vocab_size, steps, False, seed=seed, lr=lr
             )
@@ -423,7 +475,7 @@ def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
     runs = {(True, base_vocab, 0.0)} if cfg.base.init is None else set()
     runs |= {
-        (False, base_vocab if arm.tokenizer == "base" else cfg.tokenizer.vocab_size, arm.kl_weight)
+        (False, base_vocab if arm.tokenizer == "base" else adapted_vocab_size(cfg, base_vocab), arm.kl_weight)
         for arm in cfg.arms
         if arm.slerp_of is None
     }

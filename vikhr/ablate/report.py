@@ -127,6 +127,22 @@ def _overrides(overrides: dict[str, object]) -> str:
     return " with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
 
 
+def _adapted_tokenizer(result: AblationResult) -> str:
+    """The adapted tokenizer's mode, and its start's rows copied from the base model and made new."""
+    t = result.config.tokenizer
+    if t.mode == "replace":
+        line = f"Adapted tokenizer: replace, a new SentencePiece BPE of {t.vocab_size:,} pieces"
+    else:
+        line = f"Adapted tokenizer: extend, the base's with {t.new_tokens:,} new tokens asked for"
+    rows = result.adapted_rows
+    if rows is None:
+        return line + "."
+    return (
+        f"{line}; of its {rows['tokens']:,} embedding rows, {rows['copied']:,} are copied from the base "
+        f"model's and {rows['new']:,} are new (initialised by the arm's init)."
+    )
+
+
 def markdown(result: AblationResult) -> str:
     cfg, base = result.config, result.base_bpc
     cpt = result.chars_per_token
@@ -144,6 +160,8 @@ def markdown(result: AblationResult) -> str:
         "",
         f"Base model: RU {base['ru']:.3f} bpc, EN {base['en']:.3f} bpc. Chars per token of the training "
         f"blend: base tokenizer {cpt['base']:.3f}, adapted {cpt['adapted']:.3f}.",
+        "",
+        _adapted_tokenizer(result),
         "",
         "RU gain = base RU bpc − arm RU bpc (higher is better); EN forgetting = arm EN bpc − base EN bpc "
         "(lower is better). Wall times are per run on this machine.",

@@ -63,6 +63,18 @@ class AblationResult:
     base_cached: bool  # True when the base model came from the cache (not trained by this run nor base.init)
     chars_per_token: dict[str, float]  # "base"/"adapted" on the continued-training blend
     runs: list[RunResult]
+    # The adapted starts' embedding rows (adapted_rows); None in a grid without an adapted arm
+    adapted_rows: dict[str, int] | None = None
+
+
+def adapted_rows(summary: dict[str, Any]) -> dict[str, int]:
+    """What `vikhr adapt-vocab` (its `summary`) made of the adapted tokenizer's rows: "tokens" in all,
+    "copied" from the base's row of the same token, "new" (initialised by the arm's init)."""
+    from vikhr.adapt.vocab import KEPT_ROWS
+
+    tokens, counts = summary["new_vocab_size"], summary["counts"]
+    copied = sum(counts[m] for m in KEPT_ROWS)
+    return {"tokens": tokens, "copied": copied, "new": tokens - copied}
 
 
 def _tokenizer_digest(path: Path) -> str:
@@ -106,6 +118,23 @@ def _base_init_tokenizer(cfg: AblateConfig) -> Path:
     return tokenizer
 
 
+def _check_extendable(base_tok: Path) -> None:
+    """The base tokenizer is one `vikhr tokenizer train --mode extend` extends (a byte-level BPE's
+    tokenizer.json, or a SentencePiece .model with byte fallback and <unk> <s> </s> at 0-2): refused
+    in one line before any stage runs, not by the tokenizer's training after the earlier grid's work
+    is cleared."""
+    from vikhr.tokenizer.hf_export import load_model_proto
+    from vikhr.tokenizer.train import check_base_specials
+    from vikhr.tokenizer.train_byte_bpe import byte_level_base
+
+    try:
+        if byte_level_base(base_tok) is None:
+            check_base_specials(load_model_proto(base_tok), str(base_tok))
+    except VikhrError as e:
+        message = str(e).replace("--base-model ", "")  # the grid's base tokenizer, not a flag
+        raise VikhrError(f"config key tokenizer.mode extend: {message}") from None
+
+
 def _chars(corpus: Path) -> int:
     from vikhr.jsonl import read_texts
 
@@ -133,6 +162,8 @@ class Ablation:
         else:
             self.base_tok = _base_init_tokenizer(cfg)
             base_vocab = int(json.loads((Path(cfg.base.init) / "config.json").read_text())["vocab_size"])
+        if cfg.tokenizer.mode == "extend":
+            _check_extendable(self.base_tok)
         check_memory_here(cfg, base_vocab)
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
@@ -179,6 +210,7 @@ class Ablation:
     # -- shared preparation --------------------------------------------------------------------
     def prepare(self) -> None:
         from vikhr.demo import split_heldout
+        from vikhr.tokenizer.load import resolve_tokenizer_file
         from vikhr.tokenizer.train import TrainSettings, train_tokenizer
 
         corpora = self.work / "corpora"
@@ -193,11 +225,21 @@ class Ablation:
                     file=sys.stderr,
                 )
         tok_dir = self.work / "tokenizer"
-        settings = TrainSettings(
-            vocab_size=self.cfg.tokenizer.vocab_size, split_by_script=False, verify_lines_per_file=200
-        )
+        t = self.cfg.tokenizer
+        if t.mode == "replace":
+            settings = TrainSettings(
+                vocab_size=t.vocab_size, split_by_script=False, verify_lines_per_file=200
+            )
+        else:  # `vikhr tokenizer train --mode extend --base-model BASE --new-tokens N`, its defaults
+            settings = TrainSettings(
+                mode="extend",
+                base_model=str(self.base_tok),
+                new_tokens=t.new_tokens,
+                verify_lines_per_file=200,
+            )
         train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
-        self.new_tok = next(tok_dir.glob("*.model"))
+        # A SentencePiece tokenizer's .model; an extended byte-level BPE's tokenizer.json
+        self.new_tok = resolve_tokenizer_file(tok_dir)
 
     def base_model(self) -> bool:
         """The base's HF model: base.init's, or the English base's export from the cache or trained
@@ -403,7 +445,7 @@ class Ablation:
             hf = self.base_hf
             if arm.tokenizer == "adapted":
                 hf = self.work / "starts" / f"{name}-hf"
-                adapt_vocab(
+                summary = adapt_vocab(
                     self.base_hf,
                     self.base_tok,
                     self.new_tok,
@@ -412,6 +454,9 @@ class Ablation:
                     seed=seed,
                     show_progress=False,
                 )
+                if "adapted_rows" not in self.state:  # the same for every init: kept for the report
+                    self.state["adapted_rows"] = adapted_rows(summary)
+                    self._write_state()
             meg = hf_to_megatron(hf, self.work / "starts" / f"{name}-megatron")
             tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
             self.starts[key] = (meg, hf, self._bpc(hf, tok))
@@ -615,7 +660,8 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                 bar.update()
     order = {a.name: i for i, a in enumerate(cfg.arms)}
     runs.sort(key=lambda r: (order[r.arm.name], r.seed))
-    return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs)
+    rows = ab.state.get("adapted_rows")
+    return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs, rows)
 
 
 @contextlib.contextmanager

@@ -351,7 +351,9 @@ def _keep_count(base_proto: Any, s: TrainSettings) -> int:
     return keep
 
 
-def _check_base_specials(proto: Any, where: str) -> None:
+def check_base_specials(proto: Any, where: str) -> None:
+    """VikhrError unless the SentencePiece `proto` is one extend mode builds on: <unk> <s> </s> at 0-2,
+    byte fallback (`where`: its path, for the message)."""
     spec = proto.trainer_spec
     if (spec.unk_id, spec.bos_id, spec.eos_id) != (0, 1, 2) or not spec.byte_fallback:
         raise VikhrError(
@@ -415,7 +417,7 @@ def _check_mode(s: TrainSettings) -> Any:
     if not s.base_model:
         raise VikhrError(f"--mode {s.mode} needs --base-model (the tokenizer to extend, e.g. Mistral's)")
     base_proto = load_model_proto(s.base_model)
-    _check_base_specials(base_proto, s.base_model)
+    check_base_specials(base_proto, s.base_model)
     if s.mode == "prune-extend":
         _keep_count(base_proto, s)
         return base_proto
