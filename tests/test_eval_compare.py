@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,35 @@ def test_paper_rows_join_the_models_and_other_references(tmp_path: Path, capsys:
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "compare.png").shape[1] > 900  # 12 bars a group, legend beside
+
+
+def test_a_results_row_named_like_a_paper_row_is_refused(tmp_path: Path, capsys: Any) -> None:
+    """A results file named `Vikhr-7B-instruct_0.2 (paper)=r.json` beside --paper took the paper's
+    published numbers into the empty cells of the measured row (a reference row named like a model
+    adds to its row): measured and published figures in one row. Refused in one line naming the paper
+    row and a name to give; the same name without --paper is a row like any other."""
+    import shlex
+
+    measured = results("vikhr-7b", 0.597, None, 0.124, None)  # no Ru-MMLU, no RSG: cells the paper has
+    r = write(tmp_path / "r.json", measured)
+    out = tmp_path / "cmp"
+    for name in ("Vikhr-7B-instruct_0.2 (paper)", "GigaChat-7B (closed-source; paper)"):
+        spec = f"{name}={r}"
+        err = one_line_error(["eval", "compare", spec, "--paper", "--out", str(out)], capsys)
+        assert f"the results row {name!r} ({r}) is named like the row of the paper's Table 6" in err
+        renamed = shlex.split(err.rpartition("e.g. ")[2])
+        assert len(renamed) == 1 and renamed[0].endswith(f" (measured)={r}") and "paper" not in renamed[0]
+        assert not out.exists()
+        # The name it suggests: the measured row and the paper's, each with only its own numbers.
+        assert cli_main(["eval", "compare", renamed[0], "--paper", "--out", str(out)]) == 0
+        rows = {row[0]: row[1:] for row in csv.reader((out / "compare.csv").open(encoding="utf-8"))}
+        header = rows.pop("model")
+        mine = dict(zip(header, rows[renamed[0].rpartition("=")[0]], strict=True))
+        assert mine["Ru-MMLU"] == mine["Russian SuperGLUE"] == mine["MERA"] == ""
+        assert dict(zip(header, rows[name], strict=True))["En-MMLU"] != "0.597000"
+        shutil.rmtree(out)
+    capsys.readouterr()
+    assert cli_main(["eval", "compare", f"Vikhr-7B-instruct_0.2 (paper)={r}", "--out", str(out)]) == 0
 
 
 def test_bundled_table6_reads_as_a_reference() -> None:

@@ -4,7 +4,8 @@ Rows are models, columns benchmarks: first those of the Vikhr paper's comparison
 Ru-MMLU, CheGeKa, Russian SuperGLUE total), then the main metric of every other task found.
 Reference rows (the paper's Table 6 as bundled, published numbers typed into a CSV, or an earlier
 compare.csv) can sit beside them; one named like a model adds to its row (say, the MERA total
-MERA's site gave the model's submission).
+MERA's site gave the model's submission), except a row of the paper's table: a results row named
+like one is refused, measured and published figures never share a row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,6 +421,26 @@ def _refuse_twice(names: list[str], fix: str, files: list[Path] | None = None) -
         raise VikhrError(f"two rows are named {', '.join(map(repr, twice))}{where}: {fix}")
 
 
+def _refuse_paper_names(
+    loaded: list[tuple[str, Path, dict[str, Any]]],
+    reference_rows: list[tuple[Path, str, dict[str, float | None]]],
+) -> None:
+    """A results row named like a row of the bundled Table 6: the paper's published numbers would fill
+    its empty cells (a reference row named like a model adds to its row), measured and published
+    figures merged into one row under a name that says "paper"."""
+    from vikhr.assets import PAPER_TABLE6
+
+    paper = {name for path, name, _ in reference_rows if path.resolve() == PAPER_TABLE6.resolve()}
+    for name, path, _ in loaded:
+        if name in paper:
+            mine = name.removesuffix(" (paper)").removesuffix(" (closed-source; paper)")
+            raise VikhrError(
+                f"the results row {name!r} ({path}) is named like the row of the paper's Table 6 that "
+                "--paper adds, whose published numbers would fill its empty cells: name your row "
+                f"otherwise, e.g. {shlex.join([f'{mine} (measured)={path}'])}"
+            )
+
+
 def _versions_note(loaded: list[tuple[str, Path, dict[str, Any]]]) -> str:
     """A line under the table when the files come from different vikhr versions, whose prompts and
     scoring may differ; none when they agree."""
@@ -442,6 +464,7 @@ def compare(specs: list[str], out_dir: Path, references: Sequence[Path] = ()) ->
     models = [n for n, _ in named]
     reference_rows = [(path, *row) for path in references for row in load_reference(path)]
     _refuse_twice(models, "label results files NAME=FILE")
+    _refuse_paper_names(loaded, reference_rows)
     _refuse_twice(
         [n for _, n, _ in reference_rows],
         "give reference rows other names",
