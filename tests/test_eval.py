@@ -451,6 +451,38 @@ def test_bpc_of_a_text_longer_than_the_context_scores_every_token_once(
     )
 
 
+@pytest.mark.parametrize("name", ["book.txt", "book.TXT.gz"])
+def test_bpc_of_a_plain_text_file_scores_the_whole_file_as_one_document(
+    tiny_lm: Any, tiny_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """A .txt file was read as JSON Lines ("not valid JSON" on line 1): it is one document, its whole
+    text after a BOM with CRLF read as LF, scored after BOS as a JSONL record of that text is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "Глава первая.\n\nЁлка стояла у окна, 2024 год.\nВторая строка\tс табуляцией.\n\nКонец.\n"
+    raw = ("\ufeff" + text.replace("\n", "\r\n")).encode("utf-8")
+    book = tmp_path / name
+    book.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    out = run_eval(settings_for(tiny_dir, ["bpc"], tmp_path, bpc_data=book, bootstrap_iters=0), lm=tiny_lm)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ids = tok(text, add_special_tokens=False).input_ids
+    nll = -direct_logprob(model, [tok.bos_token_id, *ids], len(ids))
+    metrics = out["tasks"]["bpc"]["metrics"]
+    assert metrics["bpc"] == pytest.approx(nll / (len(text) * math.log(2)), rel=1e-6)
+    assert metrics["bits_per_byte"] == pytest.approx(
+        nll / (len(text.encode("utf-8")) * math.log(2)), rel=1e-6
+    )
+    assert out["tasks"]["bpc"]["n"] == 1
+    record = tmp_path / "book.jsonl"
+    record.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    as_jsonl = run_eval(
+        settings_for(tiny_dir, ["bpc"], tmp_path, bpc_data=record, bootstrap_iters=0), lm=tiny_lm
+    )
+    assert as_jsonl["tasks"]["bpc"]["metrics"] == metrics
+
+
 def test_bits_per_character_aggregation() -> None:
     assert bits_per_character([(-math.log(2) * 3, 2), (-math.log(2) * 5, 2)]) == pytest.approx(2.0)
 
@@ -1153,9 +1185,9 @@ def test_a_data_dir_of_another_layout_is_told_where_the_files_are(
 @pytest.mark.parametrize(
     ("content", "said"),
     [
-        ("Привет, мир.\r\nВторая строка.\r\n", "my.txt:1: not valid JSON"),  # a plain text file
-        ('{"content": "Привет"}\n', "my.txt:1: field 'text' is missing"),
-        ("\ufeff\r\n", "my.txt has no non-empty 'text' texts"),  # a BOM and an empty line
+        ("Привет, мир.\r\nВторая строка.\r\n", "my.jsonl:1: not valid JSON"),  # a plain text file
+        ('{"content": "Привет"}\n', "my.jsonl:1: field 'text' is missing"),
+        ("\ufeff\r\n", "my.jsonl has no non-empty 'text' texts"),  # a BOM and an empty line
     ],
 )
 def test_a_bpc_text_file_of_another_layout_names_the_options(
@@ -1163,7 +1195,7 @@ def test_a_bpc_text_file_of_another_layout_names_the_options(
 ) -> None:
     """A plain text file, a field of another name or no text at all were told in the JSONL reader's
     words, which name no option (not --bpc-data, nor --bpc-field)."""
-    text_file = tmp_path / "my.txt"
+    text_file = tmp_path / "my.jsonl"
     text_file.write_text(content, encoding="utf-8", newline="")
     argv = [
         "eval",
@@ -1181,6 +1213,38 @@ def test_a_bpc_text_file_of_another_layout_names_the_options(
     assert err.endswith(
         '--bpc-data takes JSON Lines, one {"text": ...} object per document (--bpc-field names another field)'
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "options", "said"),
+    [
+        ("book.txt", "\ufeff \r\n\r\n", [], "task bpc: {path} has no text (empty or white space only)"),
+        ("book.txt", "Глава первая.\n".encode("cp1251"), [], "task bpc: {path}:1: not UTF-8 (byte 0xc3)"),
+        (
+            "book.txt",
+            "Глава первая.\n",
+            ["--bpc-field", "content"],
+            "--bpc-field 'content' names a JSON field, and {path} is read as plain text",
+        ),
+        # Another name: still JSON Lines, and the error says how a plain text file is read.
+        ("book.text", "Глава первая.\n", [], "or plain text in a file named .txt"),
+    ],
+)
+def test_a_plain_text_bpc_file_that_cannot_be_scored_is_one_line(
+    name: str,
+    content: str | bytes,
+    options: list[str],
+    said: str,
+    tiny_dir: Path,
+    tmp_path: Path,
+    capsys: Any,
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "bpc", "--bpc-data", str(path), "--device", "cpu"]
+    err = _one_line_error([*argv, *options], capsys)
+    assert said.format(path=path) in err, err
+    assert ("JSON Lines" in err) == (name != "book.txt" or bool(options)), err
 
 
 def test_cli_bad_inputs_give_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:

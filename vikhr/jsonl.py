@@ -457,6 +457,14 @@ def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]
         yield value
 
 
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """The whole text of a plain UTF-8 text file (plain, .gz or .zst), as the JSONL readers take their
+    bytes: a leading byte-order mark skipped, CRLF line ends read as LF (a file written on Windows
+    gives the text its copy with LF gives); bytes that are not UTF-8 are a VikhrError naming
+    `path:line`."""
+    return "".join(line for _, line in _lines(Path(path))).replace("\r\n", "\n")
+
+
 def said_not_text(key: str, value: Any) -> tuple[str, bool]:
     """(the native reader's words for the field `key` holding `value`, no string; whether it is a
     chat): one wording for both readers."""

@@ -325,9 +325,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="SentencePiece .model, HF tokenizer.json, or a directory holding one (default: the model dir)",
     )
     p.add_argument(
-        "--bpc-data", help="JSONL text set for bpc, plain, .gz or .zst (default: the bundled Russian sample)"
+        "--bpc-data",
+        help="text set for bpc: JSONL, one document a line, or plain UTF-8 text named .txt, one document; "
+        "plain, .gz or .zst (default: the bundled Russian sample)",
     )
-    p.add_argument("--bpc-field", default="text", help="JSON field holding the text (default 'text')")
+    p.add_argument(
+        "--bpc-field", default="text", help="JSON field holding the text (default 'text'; JSONL only)"
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     p.add_argument(
         "--num-fewshot",

@@ -8,7 +8,8 @@ Prompts are in the language of the task. Layout of the data directory (`../share
     chgk/{train,test}.jsonl    xquad-ru/validation.jsonl mmlu-ru/{dev,test}.jsonl
     russian-superglue/<Task>/  (vikhr.eval.rsg)          mera/<task>/  (vikhr.eval.mera)
 
-`bpc` reads any JSONL(.gz) file with a "text" field (default: the bundled Russian sample).
+`bpc` reads any JSONL(.gz) file with a "text" field (default: the bundled Russian sample), or a
+plain text file named `.txt` (`.txt.gz`, `.txt.zst`) as one document.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError, close_match
-from vikhr.jsonl import read_jsonl, read_texts
+from vikhr.jsonl import is_compressed, read_jsonl, read_text_file, read_texts
 
 LN2 = math.log(2.0)
 # MERA ruEthics: one MCC per (question, ethical criterion), scored in vikhr.eval.mera_metrics.
@@ -843,24 +844,44 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
     }
 
 
+def _suffix_under_compression(path: Path) -> str:
+    """The suffix of `path` that says its content, in lower case: `.txt` of `book.txt.gz`."""
+    return (path.with_suffix("") if is_compressed(path) else path).suffix.lower()
+
+
 def bpc_config(text_path: Path, text_field: str, limit: int | None) -> dict[str, Any]:
+    """The bpc task over `text_path`: JSON Lines, one document per record's `text_field`, or plain
+    text — a file named `.txt` (`.txt.gz`, `.txt.zst`) — that is one document, the whole file: its
+    paragraphs split apart would each be scored from BOS alone, without the text before them, and
+    lose the blank lines between them from the characters counted."""
+    suffix = _suffix_under_compression(text_path)
+    plain = suffix == ".txt"
     layout = (
         f"--bpc-data takes JSON Lines, one {{{json.dumps(text_field)}: ...}} object per document "
         "(--bpc-field names another field)"
     )
+    if plain and text_field != "text":
+        raise VikhrError(
+            f"--bpc-field {text_field!r} names a JSON field, and {text_path} is read as plain text (its "
+            "name ends in .txt): leave --bpc-field out, or give JSON Lines"
+        )
+    if suffix not in (".jsonl", ".json"):  # a book under another name: the way to have it read
+        layout += ", or plain text in a file named .txt"
 
     def load(**_: Any) -> Any:
         rows = []
         try:
-            for text in read_texts(text_path, text_field):
+            texts = [read_text_file(text_path)] if plain else read_texts(text_path, text_field)
+            for text in texts:
                 if text.strip():  # an empty document has no characters to score; white space alone is no text
                     rows.append({"text": text})
                 if limit is not None and len(rows) >= limit:
                     break
         except VikhrError as e:  # the reader's words know no option: say which one reads the file
-            raise VikhrError(f"task bpc: {e}; {layout}") from None
+            raise VikhrError(f"task bpc: {e}" + ("" if plain else f"; {layout}")) from None
         if not rows:
-            raise VikhrError(f"task bpc: {text_path} has no non-empty {text_field!r} texts; {layout}")
+            what = "no text (empty or white space only)" if plain else f"no non-empty {text_field!r} texts"
+            raise VikhrError(f"task bpc: {text_path} has {what}" + ("" if plain else f"; {layout}"))
         return to_dataset_dict({"test": rows})
 
     def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
