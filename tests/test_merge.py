@@ -555,6 +555,52 @@ def test_other_vocabularies_are_refused_with_the_adapt_vocab_command_that_gives_
     _nothing_written(out)
 
 
+def test_the_adapt_vocab_command_pads_to_the_rows_of_a_padded_adapted_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model adapted with `adapt-vocab --pad-to-multiple 128` has more embedding rows than its
+    tokenizer has tokens: the printed command wrote the tokenizer's 40,000 rows, and the merge refused
+    again. It now pads to the adapted model's rows; run as printed, the merge takes its output."""
+    original, adapted = tmp_path / "original", tmp_path / "adapted"
+    _model(original, seed=0, vocab=32000)
+    shutil.copy2(MISTRAL_TOKENIZER, original / "tokenizer.model")
+    adapt = ["adapt-vocab", "--model", str(original), "--old-tokenizer", str(original), "--no-progress"]
+    new_tokenizer = ["--new-tokenizer", str(NEW_TOKENIZER), "--pad-to-multiple", "128", "--out", str(adapted)]
+    assert cli_main([*adapt, *new_tokenizer]) == 0
+    rows = tensors_of(adapted)["model.embed_tokens.weight"].shape[0]
+    assert rows == 40064  # the tokenizer's 40,000 tokens, padded
+    out = tmp_path / "out"
+    err = _one_line_error([str(adapted), str(original), "--out", str(out), "--t", "0.5"], capsys)
+    command = shlex.split(err.rpartition("as adapt-vocab writes it: ")[2])
+    assert err.endswith(shlex.join(command))
+    assert command[command.index("--pad-to-multiple") + 1] == "128"  # 64 gives 40,000: the smallest
+    assert cli_main(command[1:]) == 0
+    written = Path(command[command.index("--out") + 1])
+    assert tensors_of(written)["model.embed_tokens.weight"].shape[0] == rows
+    capsys.readouterr()
+    assert (
+        cli_main(["merge", str(adapted), str(written), "--out", str(out), "--t", "0.5", "--no-progress"]) == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows", "multiple"),
+    [
+        (40000, 40064, 128),  # --pad-to-multiple 128
+        (40000, 40192, 256),  # 256
+        (40000, 40032, 36),  # 96: no power of two gives 40,032 (32 gives 40,000), 36 does
+        (100, 65636, None),  # no N up to 65,536 rounds 100 up to 65,636
+        (65500, 65536, 64),
+    ],
+)
+def test_the_pad_multiple_that_gives_the_adapted_rows(tokens: int, rows: int, multiple: int | None) -> None:
+    from vikhr.merge.checkpoint import pad_multiple_for
+
+    assert pad_multiple_for(tokens, rows, 65536) == multiple
+    if multiple is not None:
+        assert -(-tokens // multiple) * multiple == rows  # adapt-vocab's rounding
+
+
 def test_a_peft_adapter_is_refused_with_the_command_that_merges_it_into_its_base(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

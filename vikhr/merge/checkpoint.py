@@ -180,10 +180,12 @@ def _vocabulary_fix(a: Path, b: Path, rows_a: Any = None, rows_b: Any = None) ->
     """How to merge two models of other vocabularies (`rows_*`: their sizes, where known): the paper's
     merge of an adapted model back toward its original takes the original in the adapted vocabulary,
     the model adapt-vocab wrote to start the adapted one from (the smaller vocabulary's model is taken
-    for the original, else A). It ends in the command: an error line's tail, copied as it is."""
+    for the original, else A), with as many rows as the adapted model has (`_padding`). It ends in the
+    command: an error line's tail, copied as it is."""
     original, adapted = (
         (b, a) if isinstance(rows_a, int) and isinstance(rows_b, int) and rows_b < rows_a else (a, b)
     )
+    padding, unmatched = _padding(adapted)
     command = shlex.join(
         [
             "vikhr",
@@ -194,13 +196,55 @@ def _vocabulary_fix(a: Path, b: Path, rows_a: Any = None, rows_b: Any = None) ->
             str(original),
             "--new-tokenizer",
             str(adapted),
+            *padding,
             "--out",
             str(original.resolve().parent / f"{original.resolve().name}-in-{adapted.resolve().name}-vocab"),
         ]
     )
     return (
         "merging needs one vocabulary: to merge a model with its successor in an adapted vocabulary, "
-        f"merge the successor with the original in that vocabulary, as adapt-vocab writes it: {command}"
+        f"merge the successor with the original in that vocabulary, as adapt-vocab writes it{unmatched}: "
+        f"{command}"
+    )
+
+
+def _padding(adapted: Path) -> tuple[list[str], str]:
+    """(the `--pad-to-multiple N` that gives adapt-vocab's output the adapted model's embedding rows
+    where these are more than its tokenizer's tokens, as `adapt-vocab --pad-to-multiple` wrote them;
+    what to say where no N up to MAX_PAD_MULTIPLE gives them). Nothing where either is unknown."""
+    from vikhr.adapt.vocab_source import load_vocabulary
+    from vikhr.tokenizer.train import MAX_PAD_MULTIPLE
+
+    try:
+        tokens = load_vocabulary(adapted).size
+        rows = next(
+            h.tensors[EMBEDDING].shape[0] for h in checkpoint_headers(adapted) if EMBEDDING in h.tensors
+        )
+    except Exception:  # the refusal is said either way: only its command goes without the padding
+        return [], ""
+    if rows <= tokens:
+        return [], ""
+    multiple = pad_multiple_for(tokens, rows, MAX_PAD_MULTIPLE)
+    if multiple is None:
+        return [], (
+            f" (no --pad-to-multiple up to {MAX_PAD_MULTIPLE} rounds the {tokens} tokens of {adapted}'s "
+            f"tokenizer up to its {rows} embedding rows: the command writes {tokens} rows, to pad to {rows} "
+            "before the merge)"
+        )
+    return ["--pad-to-multiple", str(multiple)], ""
+
+
+def pad_multiple_for(tokens: int, rows: int, largest: int) -> int | None:
+    """The `--pad-to-multiple` N ≤ `largest` that rounds `tokens` up to exactly `rows`: the smallest
+    power of two that does, else the smallest N that does (None: none does). N rounds them up to
+    `rows` when it divides `rows` and `rows - N < tokens`."""
+
+    def rounds(n: int) -> bool:
+        return rows % n == 0 and rows - n < tokens
+
+    powers = (1 << k for k in range(largest.bit_length()) if 1 << k <= largest)
+    return next((n for n in powers if rounds(n)), None) or next(
+        (n for n in range(rows - tokens + 1, min(rows, largest) + 1) if rounds(n)), None
     )
 
 
