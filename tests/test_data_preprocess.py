@@ -19,7 +19,7 @@ import zstandard
 from tests.conftest import SHARED_DATA
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as vikhr_main
-from vikhr.data import indexed, preprocess
+from vikhr.data import indexed, preprocess, tokenization
 from vikhr.errors import VikhrError
 from vikhr.jsonl import read_jsonl
 
@@ -429,10 +429,10 @@ HF_TOKENIZER = MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json"
 def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
     tmp_path: Path, lines: list[str]
 ) -> None:
-    """--legacy-tokenizer and --tokenizer-hf-include-special-tokens ask for what vikhr does (BOS and
-    the post-processor's special tokens, as Megatron-LM's legacy tokenizers); --use-gigatoken (a faster
-    encoder) and --tokenizer-sentencepiece-legacy (without special tokens) change no id: they were
-    "unrecognized arguments"; the output is the same as without them."""
+    """--legacy-tokenizer and --tokenizer-hf-include-special-tokens ask for what HuggingFaceTokenizer
+    does (the post-processor's special tokens, as Megatron-LM's legacy tokenizers); --use-gigatoken (a
+    faster encoder) and --tokenizer-sentencepiece-legacy (without special tokens) change no id: they
+    were "unrecognized arguments"; the output is the same as without them."""
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
     common = ["--input", str(src), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model"]
@@ -528,16 +528,105 @@ def test_a_tokenizer_of_the_other_kind_than_the_type_names_the_type_to_give(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama3-tok"]
 
 
-def test_llama2_tokenizer_type_prepends_bos(tmp_path: Path, lines: list[str]) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
 
+
+def _megatron_sentencepiece_ids(
+    sp: sentencepiece.SentencePieceProcessor, text: str, append_eod: bool, bos: bool
+) -> list[int]:
+    """The ids Megatron-LM's tools/preprocess_data.py writes for one document (no sentence split):
+    the tokenizer's tokenize(text), then EOD (the .model's EOS) where --append-eod and that gave ids.
+    megatron.core.tokenizers' SentencePieceTokenizer.text_to_ids is the .model's encode_as_ids for
+    every SentencePiece type; the legacy _Llama2Tokenizer.tokenize puts BOS before it."""
+    ids = ([sp.bos_id()] if bos else []) + sp.encode_as_ids(text)
+    return [*ids, sp.eos_id()] if append_eod and ids else ids
+
+
+def test_sentencepiece_types_write_the_ids_of_megatron_lms_current_tokenizers(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """Llama2Tokenizer prepended BOS to every document (Megatron-LM's legacy tokenizers, its only ones
+    up to core_v0.14), while Megatron-LM's current tools/preprocess_data.py (megatron.core.tokenizers)
+    adds none for any SentencePiece type: a user's training script read other ids than Megatron-LM's
+    own tool writes with the same flags. Every type writes the .model's pieces alone, and the record
+    and inspect say whose ids they are. Special-token strings in the text stay text."""
+    docs = [json.loads(line)["text"] for line in lines[:30]] + ["<s> </s> <EOD> <CLS> <pad> text", ""]
     src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(lines[1:20]) + "\n", encoding="utf-8")
-    preprocess([src], tmp_path / "l", MISTRAL_TOKENIZER, tokenizer_type="Llama2Tokenizer", append_eod=True)
+    src.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), encoding="utf-8"
+    )
     sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
-    ds = IndexedDataset(str(tmp_path / "l_text_document"))
-    for i, line in enumerate(lines[1:20]):
-        assert ds[i].tolist() == [sp.bos_id(), *sp.encode(json.loads(line)["text"]), sp.eos_id()]
+    for tokenizer_type in SENTENCEPIECE_TYPES:
+        for append_eod in (False, True):
+            prefix = tmp_path / f"{tokenizer_type}-{append_eod}"
+            preprocess([src], prefix, MISTRAL_TOKENIZER, tokenizer_type=tokenizer_type, append_eod=append_eod)
+            reader = indexed.IndexedReader(f"{prefix}_text_document")
+            written = [reader.document(i) for i in range(len(reader))]
+            expected = [_megatron_sentencepiece_ids(sp, t, append_eod, bos=False) for t in docs]
+            assert written == expected, (tokenizer_type, append_eod)
+    for idx in tmp_path.glob("*_text_document.idx"):
+        record = tokenization.read_record(str(idx).removesuffix(".idx"))
+        assert record.convention == tokenization.MEGATRON_CORE
+    proc = subprocess.run(
+        [sys.executable, "-m", "vikhr", "data", "inspect", f"{tmp_path}/Llama2Tokenizer-True_text_document"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )  # fmt: skip
+    assert f"ids follow: {tokenization.CONVENTIONS[tokenization.MEGATRON_CORE]}\n" in proc.stdout
+
+
+def test_legacy_tokenizer_flag_writes_the_ids_of_megatron_lms_legacy_tokenizers(
+    tmp_path: Path, lines: list[str], capsys
+) -> None:
+    """--legacy-tokenizer (Megatron-LM core_v0.15 and 0.16) was accepted and changed nothing: it now
+    gives its legacy tokenizers' ids, BOS before every Llama2Tokenizer document (an empty one too),
+    recorded as such; GPTSentencePieceTokenizer's are the same either way. The legacy
+    SentencePieceTokenizer, whose ids vikhr does not implement, is refused with nothing written."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")
+    texts = [json.loads(line)["text"] for line in lines[:30]]
+    assert "" in texts
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    common = ["data", "preprocess", "--input", str(src), "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    common += ["--append-eod", "--legacy-tokenizer", "--no-progress"]
+    for tokenizer_type, bos in (("Llama2Tokenizer", True), ("GPTSentencePieceTokenizer", False)):
+        prefix = tmp_path / tokenizer_type
+        assert vikhr_main([*common, "--tokenizer-type", tokenizer_type, "--output-prefix", str(prefix)]) == 0
+        reader = indexed.IndexedReader(f"{prefix}_text_document")
+        written = [reader.document(i) for i in range(len(reader))]
+        assert written == [_megatron_sentencepiece_ids(sp, t, True, bos=bos) for t in texts]
+        assert tokenization.read_record(f"{prefix}_text_document").convention == tokenization.MEGATRON_LEGACY
+    capsys.readouterr()
+    assert vikhr_main(["data", "inspect", f"{tmp_path}/Llama2Tokenizer_text_document"]) == 0
+    assert (
+        f"ids follow: {tokenization.CONVENTIONS[tokenization.MEGATRON_LEGACY]}\n" in capsys.readouterr().out
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [*common, "--tokenizer-type", "SentencePieceTokenizer", "--output-prefix", str(tmp_path / "spt")]
+    assert vikhr_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--legacy-tokenizer --tokenizer-type SentencePieceTokenizer" in err
+    assert "drop --legacy-tokenizer" in err and "GPTSentencePieceTokenizer" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_record_written_before_it_named_its_convention_reads_as_the_ids_it_holds(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    """A record of an older vikhr has no convention: its Llama2Tokenizer datasets began each document
+    with BOS (Megatron-LM's legacy ids), its other types wrote the current ones."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    for tokenizer_type, convention in (
+        ("Llama2Tokenizer", tokenization.MEGATRON_LEGACY),
+        ("GPTSentencePieceTokenizer", tokenization.MEGATRON_CORE),
+    ):
+        prefix = f"{tmp_path}/{tokenizer_type}_text_document"
+        preprocess([src], tmp_path / tokenizer_type, MISTRAL_TOKENIZER, tokenizer_type=tokenizer_type)
+        path = tokenization.record_path(prefix)
+        older = json.loads(path.read_text(encoding="utf-8"))
+        del older["convention"]
+        path.write_text(json.dumps(older), encoding="utf-8")
+        assert tokenization.read_record(prefix).convention == convention
 
 
 def test_tools_script_and_inspect(tmp_path: Path, lines: list[str]) -> None:

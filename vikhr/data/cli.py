@@ -64,7 +64,6 @@ _REFUSED_VALUES: dict[str, str | None] = {
 }
 # Flags of recent Megatron-LM releases that change no id here: accepted and ignored.
 MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
-    "--legacy-tokenizer": "accepted; vikhr's tokenizer types behave as Megatron-LM's legacy ones",
     "--tokenizer-hf-include-special-tokens": "accepted; HuggingFaceTokenizer always applies the "
     "post-processor",
     "--tokenizer-sentencepiece-legacy": "accepted; it changes no id without --tokenizer-special-tokens, "
@@ -72,6 +71,11 @@ MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
     "--use-gigatoken": "accepted; a faster encoder in Megatron-LM, the same ids (vikhr's own is in Rust)",
     "--tokenizer-hf-use-fast": "accepted; vikhr encodes with the tokenizer.json, the fast tokenizer",
 }
+_LEGACY_TOKENIZER = (
+    "the ids of Megatron-LM's legacy tokenizers (its only ones up to core_v0.14, this flag in core_v0.15 "
+    "and 0.16): Llama2Tokenizer prepends BOS to every document; the other types write the same ids "
+    "(SentencePieceTokenizer's legacy ids are refused)"
+)
 _LOG_INTERVAL = (
     "print Megatron-LM's 'Processed N documents (... docs/s, ... MB/s).' line on stderr each N documents "
     "(at most one line per 0.2 s), in place of the progress bar: a job's log shows progress"
@@ -113,10 +117,10 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         type=_tokenizer_type,
         choices=sorted(TOKENIZER_TYPES),
-        help="as Megatron-LM's: GPTSentencePieceTokenizer (SentencePieceTokenizer is taken as it) adds no "
-        "BOS, Llama2Tokenizer prepends BOS, HuggingFaceTokenizer applies the tokenizer.json's "
-        "post-processor; --append-eod ends each document with EOS (Megatron-LM's other types are "
-        "refused, saying what to give instead)",
+        help="as Megatron-LM's (megatron.core.tokenizers, core_v0.17 on): the SentencePiece types write the "
+        ".model's pieces, no BOS; HuggingFaceTokenizer applies the tokenizer.json's post-processor; "
+        "--append-eod ends each document with EOS (Megatron-LM's other types are refused, saying what to "
+        "give instead)",
     )
     g.add_argument(
         "--tokenizer-model", required=True, help="SentencePiece .model, or tokenizer.json / its dir"
@@ -131,6 +135,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
         help="accepted and ignored, as Megatron-LM's preprocess_data.py does (it sets 0)",
     )
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
+    g.add_argument("--legacy-tokenizer", action="store_true", help=_LEGACY_TOKENIZER)
     for flag, said in MEGATRON_FLAGS_ACCEPTED.items():
         g.add_argument(flag, action="store_true", help=said)
     g = p.add_argument_group("output data")
@@ -259,6 +264,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         tokenizer_type=args.tokenizer_type,
         json_keys=args.json_keys,
         append_eod=args.append_eod,
+        legacy_tokenizer=args.legacy_tokenizer,
         workers=args.workers,
         skip_invalid=args.skip_invalid,
         progress=progress_lines(args.log_interval) if args.log_interval is not None else args.progress,
@@ -273,6 +279,15 @@ def _key_and_eod(record: TokenizationRecord) -> str:
     if record.append_eod is None:  # some inputs end their documents with EOD, some not
         return f"{key}, EOD appended in some merged inputs only"
     return f"{key}, " + (f"EOD {record.eod_id} appended" if record.append_eod else "no EOD appended")
+
+
+def _convention(record: TokenizationRecord) -> str:
+    """The Megatron-LM tokenizer code whose ids the dataset holds, as the record names it."""
+    from vikhr.data.tokenization import CONVENTIONS
+
+    if record.convention is None:
+        return "not one convention (merged from datasets of different tokenizer types or conventions)"
+    return CONVENTIONS.get(record.convention, record.convention)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -294,6 +309,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         print("  tokenizer: not recorded (written by Megatron-LM's tools or an older vikhr)")
     else:
         print(f"  tokenizer: {record.tokenizer_line()}, {_key_and_eod(record)}")
+        print(f"  ids follow: {_convention(record)}")
     print(f"  first tokens: {s.first_tokens}")
     if s.first_text is not None:
         print(f"  decoded: {s.first_text!r}")

@@ -16,17 +16,20 @@ from vikhr.data import indexed, tokenization
 from vikhr.errors import VikhrError, require_output_prefix, sigterm_as_interrupt
 from vikhr.jsonl import check_compression_name, refuse_what_is_not_json_lines
 
-# Megatron's --tokenizer-type values that vikhr implements, and how each one tokenizes:
-# (tokenizer file kind, prepend BOS). Megatron's Llama2Tokenizer prepends BOS to every document;
-# its HuggingFaceTokenizer applies the tokenizer's post-processor (add_special_tokens=True).
-# SentencePieceTokenizer tokenizes as GPTSentencePieceTokenizer (EOS as EOD, text kept as text), not
-# as Megatron's own, which adds an <EOD> id after the vocabulary and reads special-token strings in
-# the text (see the README).
-TOKENIZER_TYPES: dict[str, tuple[str, bool]] = {
-    "SentencePieceTokenizer": ("sentencepiece", False),
-    "GPTSentencePieceTokenizer": ("sentencepiece", False),
-    "Llama2Tokenizer": ("sentencepiece", True),
-    "HuggingFaceTokenizer": ("huggingface", False),
+# Megatron's --tokenizer-type values that vikhr implements, and the tokenizer file each one reads.
+# Ids follow Megatron-LM's tokenizer library megatron.core.tokenizers (its tools/preprocess_data.py's
+# default since core_v0.15.0, its only one since core_v0.17.0): every SentencePiece type writes the
+# .model's pieces alone, no BOS, with EOS as EOD; HuggingFaceTokenizer applies the tokenizer's
+# post-processor (add_special_tokens=True). With --legacy-tokenizer they follow its older classes
+# (megatron.training.tokenizer: the only ones up to core_v0.14, that flag's in core_v0.15 and 0.16),
+# which differ in Llama2Tokenizer, prepending BOS to every document, and in SentencePieceTokenizer,
+# adding an <EOD> id after the vocabulary and reading special-token strings in the text, which vikhr
+# does not implement (see the README).
+TOKENIZER_TYPES: dict[str, str] = {
+    "SentencePieceTokenizer": "sentencepiece",
+    "GPTSentencePieceTokenizer": "sentencepiece",
+    "Llama2Tokenizer": "sentencepiece",
+    "HuggingFaceTokenizer": "huggingface",
 }
 _GPT_TOKENIZERS = (
     "give a GPT-style model's tokenizer: a SentencePiece .model (--tokenizer-type "
@@ -162,7 +165,7 @@ def _load_tokenizer(tokenizer_model: str | os.PathLike[str], tokenizer_type: str
 
     if tokenizer_type not in TOKENIZER_TYPES:
         raise VikhrError(unsupported_tokenizer_type(tokenizer_type))
-    kind, _ = TOKENIZER_TYPES[tokenizer_type]
+    kind = TOKENIZER_TYPES[tokenizer_type]
     path = Path(tokenizer_model)
     # Megatron's HuggingFaceTokenizer reads a directory's tokenizer.json, even beside a .model.
     if kind == "huggingface" and path.is_dir() and (path / "tokenizer.json").is_file():
@@ -245,6 +248,31 @@ def _check_json_keys(files: Sequence[Path], json_keys: Sequence[str], skip_inval
     raise VikhrError(f"{path}:{line_no}: {said}" + ("" if is_chat else f" ({choose})"))
 
 
+def _encoder_for(
+    tokenizer_model: str | os.PathLike[str], tokenizer_type: str, append_eod: bool, legacy_tokenizer: bool
+) -> tuple[_Encoder, int | None]:
+    """The tokenizer of a run, and the BOS id to begin each document with (None: none)."""
+    if legacy_tokenizer and tokenizer_type == "SentencePieceTokenizer":
+        raise VikhrError(
+            "--legacy-tokenizer --tokenizer-type SentencePieceTokenizer is not implemented in vikhr: "
+            "Megatron-LM's legacy SentencePieceTokenizer adds <CLS>, <SEP>, <EOD> and <MASK> ids after the "
+            "vocabulary and reads those strings in the text; drop --legacy-tokenizer (its current "
+            "SentencePieceTokenizer), or give --tokenizer-type GPTSentencePieceTokenizer"
+        )
+    tok = _load_tokenizer(tokenizer_model, tokenizer_type)
+    if append_eod and tok.eos_id is None:
+        raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
+    # Megatron-LM's legacy Llama2Tokenizer prepends BOS; none of its other types here add one.
+    if not (legacy_tokenizer and tokenizer_type == "Llama2Tokenizer"):
+        return tok, None
+    if tok.bos_id is None:
+        raise VikhrError(
+            f"--legacy-tokenizer --tokenizer-type {tokenizer_type} prepends BOS, but {tok.path} has no BOS "
+            "token: drop --legacy-tokenizer"
+        )
+    return tok, tok.bos_id
+
+
 def preprocess(
     inputs: Sequence[str | os.PathLike[str]],
     output_prefix: str | os.PathLike[str],
@@ -253,6 +281,7 @@ def preprocess(
     tokenizer_type: str = "SentencePieceTokenizer",
     json_keys: Sequence[str] = ("text",),
     append_eod: bool = False,
+    legacy_tokenizer: bool = False,
     workers: int = 0,
     skip_invalid: bool = False,
     progress: bool | Callable[[int, int, int, int], None] = False,
@@ -262,7 +291,9 @@ def preprocess(
 
     `workers` tokenizer threads (0 = all cores); the output does not depend on it. A bad line
     (invalid JSON or UTF-8, key missing or not a string) raises VikhrError naming file and line,
-    unless `skip_invalid`, which skips and counts it. `progress=True` shows a tqdm bar.
+    unless `skip_invalid`, which skips and counts it. `progress=True` shows a tqdm bar. The ids are
+    those Megatron-LM's tools/preprocess_data.py writes with the same flags (`legacy_tokenizer`: its
+    --legacy-tokenizer; see `TOKENIZER_TYPES`).
     """
     from vikhr import _core
 
@@ -271,12 +302,7 @@ def preprocess(
         json_keys = [json_keys]
     # Refused now rather than after the corpus has been tokenized (the Rust writer makes the parents).
     require_output_prefix(output_prefix)
-    tok = _load_tokenizer(tokenizer_model, tokenizer_type)
-    _, prepend_bos = TOKENIZER_TYPES[tokenizer_type]
-    if append_eod and tok.eos_id is None:
-        raise VikhrError(f"--append-eod: {tok.path} has no EOS token (add tokenizer_config.json naming one)")
-    if prepend_bos and tok.bos_id is None:
-        raise VikhrError(f"--tokenizer-type {tokenizer_type} prepends BOS, but {tok.path} has no BOS token")
+    tok, bos_id = _encoder_for(tokenizer_model, tokenizer_type, append_eod, legacy_tokenizer)
     _check_json_keys(files, json_keys, skip_invalid)
 
     bar = None
@@ -307,13 +333,14 @@ def preprocess(
                 list(json_keys),
                 tok.native,
                 eod_id=tok.eos_id if append_eod else None,
-                bos_id=tok.bos_id if prepend_bos else None,
+                bos_id=bos_id,
                 threads=workers,
                 skip_invalid=skip_invalid,
                 batch_bytes=batch_bytes,
                 progress=callback,
             )
-            _record_tokenization(prefixes, tok, tokenizer_type, append_eod)
+            convention = tokenization.MEGATRON_LEGACY if legacy_tokenizer else tokenization.MEGATRON_CORE
+            _record_tokenization(prefixes, tok, tokenizer_type, append_eod, convention)
     except ValueError as e:
         raise VikhrError(str(e)) from None
     except OSError as e:
@@ -325,7 +352,7 @@ def preprocess(
 
 
 def _record_tokenization(
-    prefixes: dict[str, str], tok: _Encoder, tokenizer_type: str, append_eod: bool
+    prefixes: dict[str, str], tok: _Encoder, tokenizer_type: str, append_eod: bool, convention: str
 ) -> None:
     """Write the tokenization record of each dataset just written (see `vikhr.data.tokenization`)."""
     from vikhr.tokenizer.load import recorded_path
@@ -344,6 +371,7 @@ def _record_tokenization(
             dtype=info.dtype,
             documents=info.documents,
             tokens=info.tokens,
+            convention=convention,
         )
     tokenization.write_records(records)
 

@@ -2,9 +2,11 @@
 
 `vikhr data preprocess` writes one beside each `{prefix}_{key}_document.bin/.idx` it writes (and
 `vikhr data merge` beside its output when its inputs agree): the tokenizer (path, sha256 of its file,
-vocabulary size), the JSON key, whether each document ends with EOD and its id, and the dataset's
-counts. The `.bin/.idx` pair alone says nothing of its tokenizer, so a blend or a merge of datasets
-of two tokenizers (same token dtype) would train on ids that mean other pieces, silently.
+vocabulary size), the JSON key, whether each document ends with EOD and its id, which Megatron-LM
+tokenizer code the ids follow (`convention`: whether a Llama2Tokenizer dataset begins each document
+with BOS), and the dataset's counts. The `.bin/.idx` pair alone says nothing of its tokenizer, so a
+blend or a merge of datasets of two tokenizers (same token dtype) would train on ids that mean other
+pieces, silently.
 
 The name ends neither in `tokenizer.json` nor in `.model`, so nothing takes it for a tokenizer; the
 `.bin/.idx` are untouched (Megatron-LM reads them as before). The record is written after the dataset
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
     from vikhr.tokenizer.load import Tokenizer
 
 RECORD_FORMAT = 1
+# The Megatron-LM tokenizer code whose ids a dataset holds (a record's `convention`), as inspect says it.
+MEGATRON_CORE = "megatron-core"
+MEGATRON_LEGACY = "megatron-legacy"
+CONVENTIONS: dict[str, str] = {
+    MEGATRON_CORE: "Megatron-LM's megatron.core.tokenizers, core_v0.17 on (SentencePiece types add no BOS)",
+    MEGATRON_LEGACY: "Megatron-LM's legacy tokenizers (--legacy-tokenizer; its only ones up to core_v0.14: "
+    "Llama2Tokenizer prepends BOS)",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,9 @@ class TokenizationRecord:
     dtype: str
     documents: int
     tokens: int
+    # The Megatron-LM tokenizer code whose ids these are: a key of `CONVENTIONS`
+    # (None: merged from inputs that differ in it, or not pre-tokenized text).
+    convention: str | None = None
     format: int = RECORD_FORMAT
 
     def describes(self, info: indexed.IndexInfo) -> bool:
@@ -91,10 +104,21 @@ def load_record(prefix: indexed.PathLike) -> TokenizationRecord | None:
             f"{path}: not a tokenization record of format {RECORD_FORMAT}; write {prefix} again, or "
             "delete the record"
         )
+    if "convention" not in data:
+        data["convention"] = _convention_before_it_was_recorded(data.get("tokenizer_type"))
     try:
         return TokenizationRecord(**data)
     except TypeError as e:
         raise VikhrError(f"{path}: {e}; write {prefix} again, or delete the record") from None
+
+
+def _convention_before_it_was_recorded(tokenizer_type: str | None) -> str | None:
+    """The convention of a record written before records named it: vikhr then prepended BOS for
+    Llama2Tokenizer, as Megatron-LM's legacy tokenizers do, and wrote the ids of its current ones
+    for the other types (the same ids in both, but for SentencePieceTokenizer, current only)."""
+    if tokenizer_type is None:  # merged from inputs of different types, or the chats of sft prepare
+        return None
+    return MEGATRON_LEGACY if tokenizer_type == "Llama2Tokenizer" else MEGATRON_CORE
 
 
 @dataclass(frozen=True)
@@ -188,7 +212,7 @@ def merged_record(
         return None
     agreed = {
         name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in records) else None
-        for name in ("tokenizer_type", "json_key", "append_eod", "eod_id")
+        for name in ("tokenizer_type", "json_key", "append_eod", "eod_id", "convention")
     }
     counts = {"dtype": info.dtype, "documents": info.documents, "tokens": info.tokens}
     return TokenizationRecord(**{**asdict(first), **agreed, **counts})

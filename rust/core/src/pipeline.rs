@@ -25,7 +25,7 @@ pub struct Job {
     pub json_keys: Vec<String>,
     /// Append this id (the EOD/EOS token) to every non-empty document.
     pub append_eod: Option<u32>,
-    /// Prepend this id (BOS) to every document, as Megatron's Llama2Tokenizer does.
+    /// Prepend this id (BOS) to every document, as Megatron-LM's legacy Llama2Tokenizer does.
     pub prepend_bos: Option<u32>,
     pub threads: usize,
     pub skip_invalid: bool,
