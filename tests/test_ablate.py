@@ -1328,6 +1328,35 @@ def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -
     )
 
 
+def test_extend_and_replace_train_their_tokenizers_with_the_same_settings(tmp_path: Path) -> None:
+    """Extend took `vikhr tokenizer train`'s defaults (SentencePiece's script splitting on) where replace
+    takes the grid's (off): the two modes' arms differed by more than the mode."""
+    from vikhr import assets
+    from vikhr.ablate.runner import Ablation
+
+    data = {
+        **MICRO["data"],
+        "ru_corpus": _small_corpus(assets.RU_SAMPLE, tmp_path / "ru.jsonl.gz", 30, 1500),
+        "en_corpus": _small_corpus(assets.EN_SAMPLE, tmp_path / "en.jsonl.gz", 30, 1500),
+    }
+    settings = {}
+    for mode, tokenizer in (
+        ("replace", MICRO["tokenizer"]),
+        ("extend", {"mode": "extend", "new_tokens": 60}),
+    ):
+        cfg = {**MICRO, "data": data, "tokenizer": tokenizer, "out_dir": str(tmp_path / mode)}
+        grid = Ablation(load_ablate_config(_write(tmp_path / f"{mode}.yaml", cfg)))
+        grid.prepare()
+        manifest = json.loads((grid.work / "tokenizer" / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["mode"] == mode
+        settings[mode] = manifest["settings"]
+    # What names the mode and its size, and the base extend builds on; every other setting alike
+    differ = {"mode", "vocab_size", "new_tokens", "base_model"}
+    replace, extend = ({k: v for k, v in s.items() if k not in differ} for s in settings.values())
+    assert extend == replace
+    assert extend["split_by_script"] is False
+
+
 def test_an_extend_grid_over_a_base_tokenizer_extend_mode_cannot_take_is_refused_before_any_stage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

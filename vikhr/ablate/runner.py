@@ -23,13 +23,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vikhr.ablate.config import AblateConfig, Arm, base_init_files, check_memory_here, trainer_config
 from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
 from vikhr.tokenizer.corpus import corpus_sha256
+
+if TYPE_CHECKING:
+    from vikhr.tokenizer.train import TrainSettings
 
 BASE_HF = "hf"  # the cached base model's HF export inside cache_dir/base-<hash>
 GRID_STATE = "grid.json"  # in out_dir/work: what the grid depends on, and its shared preparation
@@ -135,6 +138,24 @@ def _check_extendable(base_tok: Path) -> None:
         raise VikhrError(f"config key tokenizer.mode extend: {message}") from None
 
 
+def adapted_tokenizer_settings(cfg: AblateConfig, base_tok: Path) -> TrainSettings:
+    """How the adapted arms' tokenizer is trained: replace and extend alike wherever a setting applies
+    to both, so that arms compared across modes differ by the mode alone. A SentencePiece BPE (replace,
+    and extend's Russian pool over a .model) lets pieces join letters and punctuation ("мир.", fewer
+    Russian tokens: docs/benchmarks.md), where `vikhr tokenizer train` keeps Mistral's script
+    splitting by default; a byte-level base's BPE has no such setting."""
+    from vikhr.tokenizer.train import TrainSettings
+    from vikhr.tokenizer.train_byte_bpe import byte_level_base
+
+    t = cfg.tokenizer
+    shared: dict[str, Any] = {"verify_lines_per_file": 200}  # the export's check: a grid's corpora are small
+    if t.mode == "replace":
+        return TrainSettings(vocab_size=t.vocab_size, split_by_script=False, **shared)
+    if byte_level_base(base_tok) is None:
+        shared["split_by_script"] = False
+    return TrainSettings(mode="extend", base_model=str(base_tok), new_tokens=t.new_tokens, **shared)
+
+
 def _chars(corpus: Path) -> int:
     from vikhr.jsonl import read_texts
 
@@ -211,7 +232,7 @@ class Ablation:
     def prepare(self) -> None:
         from vikhr.demo import split_heldout
         from vikhr.tokenizer.load import resolve_tokenizer_file
-        from vikhr.tokenizer.train import TrainSettings, train_tokenizer
+        from vikhr.tokenizer.train import train_tokenizer
 
         corpora = self.work / "corpora"
         corpora.mkdir(parents=True)
@@ -225,19 +246,9 @@ class Ablation:
                     file=sys.stderr,
                 )
         tok_dir = self.work / "tokenizer"
-        t = self.cfg.tokenizer
-        if t.mode == "replace":
-            settings = TrainSettings(
-                vocab_size=t.vocab_size, split_by_script=False, verify_lines_per_file=200
-            )
-        else:  # `vikhr tokenizer train --mode extend --base-model BASE --new-tokens N`, its defaults
-            settings = TrainSettings(
-                mode="extend",
-                base_model=str(self.base_tok),
-                new_tokens=t.new_tokens,
-                verify_lines_per_file=200,
-            )
-        train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
+        train_tokenizer(
+            [self.ru_train, self.en_train], tok_dir, adapted_tokenizer_settings(self.cfg, self.base_tok)
+        )
         # A SentencePiece tokenizer's .model; an extended byte-level BPE's tokenizer.json
         self.new_tok = resolve_tokenizer_file(tok_dir)
 
