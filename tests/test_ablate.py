@@ -1328,6 +1328,46 @@ def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -
     )
 
 
+@pytest.mark.parametrize("start", ["bundled base tokenizer", "base.init"])
+def test_an_extend_grid_s_runs_are_checked_at_the_base_s_vocabulary_plus_the_new_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """The trainer's checks on the config alone took tokenizer.vocab_size (8000, a replace setting) as
+    every run's vocabulary: an extend grid's runs were checked at another size than they train at."""
+    import vikhr.ablate.config as ablate_config
+    from vikhr import assets
+    from vikhr.ablate.runner import Ablation
+    from vikhr.tokenizer import load
+
+    cfg: dict[str, Any] = {
+        **MICRO,
+        "tokenizer": {"mode": "extend", "new_tokens": 5000},
+        "out_dir": str(tmp_path / "out"),
+        "arms": [{"name": "base-tokenizer", "tokenizer": "base"}, {"name": "extended", "kl_weight": 0.5}],
+    }
+    if start == "base.init":  # the base's vocabulary is the model's embedding rows
+        base_vocab = 400
+        cfg = {**cfg, "base": {"init": _hf_config_dir(tmp_path / "model", base_vocab)}}
+    else:
+        base_vocab = load(assets.MISTRAL_TOKENIZER).vocab_size
+    checked: dict[str, set[int]] = {"config": set(), "memory": set()}
+    stage = "config"
+
+    def recording(grid: Any, run_dir: Path, blend: Any, vocab: int, *args: Any, **kw: Any) -> Any:
+        checked[stage].add(vocab)
+        return trainer_config(grid, run_dir, blend, vocab, *args, **kw)
+
+    monkeypatch.setattr(ablate_config, "trainer_config", recording)
+    grid = load_ablate_config(_write(tmp_path / "ablate.yaml", cfg))
+    expected = {base_vocab, base_vocab + 5000}
+    assert checked["config"] == expected
+    if start == "base.init":
+        return  # its directory holds a config.json alone: the memory check runs where the model is whole
+    stage = "memory"
+    Ablation(grid)  # the memory check, before any stage
+    assert checked["memory"] == expected
+
+
 def test_extend_and_replace_train_their_tokenizers_with_the_same_settings(tmp_path: Path) -> None:
     """Extend took `vikhr tokenizer train`'s defaults (SentencePiece's script splitting on) where replace
     takes the grid's (off): the two modes' arms differed by more than the mode."""

@@ -244,8 +244,31 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
         raise VikhrError(
             f"{p}: out_dir and cache_dir are both {cfg.out_dir}; give them their own directories"
         )
-    check_trainer_settings(cfg, p)  # the trainer's own checks, before any stage runs
+    # the trainer's own checks, before any stage runs, each run at its own vocabulary
+    try:
+        base_vocab = base_vocab_size(cfg)
+    except VikhrError as e:
+        raise VikhrError(f"{p}: {e}") from None
+    check_trainer_settings(cfg, p, base_vocab)
     return cfg
+
+
+def base_vocab_size(cfg: AblateConfig) -> int:
+    """The base model's vocabulary: base.init's embedding rows (its config.json's vocab_size, at least
+    its tokenizer's tokens), else its tokenizer's size (tokenizer.base, or the bundled Mistral .model).
+    VikhrError (one line, naming the key) where that tokenizer is missing or no tokenizer."""
+    if cfg.base.init is not None:
+        from vikhr.convert.mistral import read_hf_config
+
+        return int(read_hf_config(Path(cfg.base.init))["vocab_size"])
+    from vikhr import assets
+    from vikhr.errors import require_file
+    from vikhr.tokenizer import load
+
+    try:
+        return load(require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer")).vocab_size
+    except VikhrError as e:
+        raise VikhrError(f"config key tokenizer.base: {e}") from None
 
 
 def _check_tokenizer(tok: TokenizerSection, path: Path) -> None:
@@ -289,10 +312,21 @@ def _check_tokenizer(tok: TokenizerSection, path: Path) -> None:
 
 
 def adapted_vocab_size(cfg: AblateConfig, base_vocab: int) -> int:
-    """The adapted arms' vocabulary as asked for (extend: the base's `base_vocab` plus the new tokens;
-    the corpus may yield fewer)."""
+    """The adapted arms' vocabulary as asked for (extend: the base's `base_vocab` plus the new tokens,
+    an upper bound: the corpus may yield fewer). The grid's adapt-vocab pads no rows."""
     t = cfg.tokenizer
     return t.vocab_size if t.mode == "replace" else base_vocab + (t.new_tokens or 0)
+
+
+def run_vocabularies(cfg: AblateConfig, base_vocab: int) -> tuple[int | None, set[tuple[int, float]]]:
+    """The vocabulary of the base's pre-training (None with base.init: nothing is pre-trained), and
+    the (vocabulary, KL weight) pairs of the trained arms: the base's or the adapted one's."""
+    arms = {
+        (base_vocab if arm.tokenizer == "base" else adapted_vocab_size(cfg, base_vocab), arm.kl_weight)
+        for arm in cfg.arms
+        if arm.slerp_of is None
+    }
+    return (base_vocab if cfg.base.init is None else None), arms
 
 
 def _check_base_init(cfg: AblateConfig, path: Path) -> None:
@@ -447,17 +481,22 @@ def in_grid_keys(message: str, base: bool) -> str:
     return re.sub(pattern, lambda m: names[m.group(1)], message)
 
 
-def check_trainer_settings(cfg: AblateConfig, path: Path) -> None:
+def check_trainer_settings(cfg: AblateConfig, path: Path, base_vocab: int) -> None:
     """The trainer's checks of the base's and the arms' runs (batch shapes, model overrides, device,
-    numbers), so that a setting it refuses stops the grid before its first stage, not after it."""
+    numbers), each at its vocabulary (`base_vocab`: the base model's), so that a setting it refuses
+    stops the grid before its first stage, not after it."""
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = [(True, cfg.base.steps, cfg.base.lr, cfg.base.seed)] if cfg.base.init is None else []
-    runs += [(False, cfg.train.steps, cfg.train.lr, s) for s in cfg.seeds]
-    for base, steps, lr, seed in runs:
+    base_run, arm_runs = run_vocabularies(cfg, base_vocab)
+    runs = [(True, base_run, cfg.base.steps, cfg.base.lr, cfg.base.seed, 0.0)] if base_run else []
+    runs += [
+        (False, vocab, cfg.train.steps, cfg.train.lr, s, kl_weight)
+        for vocab, kl_weight in sorted(arm_runs)
+        for s in cfg.seeds
+    ]
+    for base, vocab, steps, lr, seed, kl_weight in runs:
         try:
-            # (the vocabulary is a stand-in: the base's is known once its tokenizer is read)
             trainer_config(
-                cfg, Path("grid") / "check", blend, cfg.tokenizer.vocab_size, steps, False, seed=seed, lr=lr
+                cfg, Path("grid") / "check", blend, vocab, steps, False, seed=seed, lr=lr, kl_weight=kl_weight
             )
         except VikhrError as e:
             raise VikhrError(f"{path}: {in_grid_keys(str(e), base)}") from None
@@ -473,12 +512,9 @@ def check_memory_here(cfg: AblateConfig, base_vocab: int) -> None:
     on_cuda = cfg.train.device == "cuda"
     capacity, memory = memory_here(on_cuda)
     blend = [("ru", "ru", cfg.train.ru_share), ("en", "en", 1 - cfg.train.ru_share)]
-    runs = {(True, base_vocab, 0.0)} if cfg.base.init is None else set()
-    runs |= {
-        (False, base_vocab if arm.tokenizer == "base" else adapted_vocab_size(cfg, base_vocab), arm.kl_weight)
-        for arm in cfg.arms
-        if arm.slerp_of is None
-    }
+    base_run, arm_runs = run_vocabularies(cfg, base_vocab)
+    runs = {(True, base_run, 0.0)} if base_run else set()
+    runs |= {(False, vocab, kl_weight) for vocab, kl_weight in arm_runs}
     for base, vocab, kl_weight in sorted(runs):
         run = trainer_config(
             cfg, Path("grid") / "check", blend, vocab, 2, False, seed=cfg.base.seed, kl_weight=kl_weight

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vikhr.ablate.config import AblateConfig, Arm, base_init_files, check_memory_here, trainer_config
+from vikhr.ablate.config import (
+    AblateConfig,
+    Arm,
+    base_init_files,
+    base_vocab_size,
+    check_memory_here,
+    trainer_config,
+)
 from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
@@ -173,19 +180,15 @@ class Ablation:
         self.work = self.out / "work"
         self.ru = require_file(cfg.data.ru_corpus or assets.RU_SAMPLE, "data.ru_corpus")
         self.en = require_file(cfg.data.en_corpus or assets.EN_SAMPLE, "data.en_corpus")
-        from vikhr.tokenizer import load as load_tokenizer
-
         # A file that is no tokenizer (or not base.init's), or runs too large for this machine, fail
         # here, before any work is removed.
         if cfg.base.init is None:
             self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
-            base_vocab = load_tokenizer(self.base_tok).vocab_size
         else:
             self.base_tok = _base_init_tokenizer(cfg)
-            base_vocab = int(json.loads((Path(cfg.base.init) / "config.json").read_text())["vocab_size"])
         if cfg.tokenizer.mode == "extend":
             _check_extendable(self.base_tok)
-        check_memory_here(cfg, base_vocab)
+        check_memory_here(cfg, base_vocab_size(cfg))
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
 
@@ -256,7 +259,6 @@ class Ablation:
         """The base's HF model: base.init's, or the English base's export from the cache or trained
         now; True when it was cached."""
         from vikhr.convert import megatron_to_hf
-        from vikhr.tokenizer import load as load_tokenizer
 
         if self.cfg.base.init is not None:
             self.base_hf = Path(self.cfg.base.init)
@@ -265,7 +267,7 @@ class Ablation:
         key = self.cfg.base_key(digest["en"], digest["base_tokenizer"])
         cache = Path(self.cfg.cache_dir) / f"base-{key}"
         self.base_hf = cache / BASE_HF
-        self.base_vocab = load_tokenizer(self.base_tok).vocab_size
+        self.base_vocab = base_vocab_size(self.cfg)
         if (self.base_hf / "config.json").is_file():
             return True
         en_all, _ = self._tokenize("base-en", self.en_train, self.base_tok)
