@@ -386,6 +386,25 @@ def test_shipped_configs_validate() -> None:
         assert {"vocabulary", "init", "regularisation", "slerp"} <= groups
 
 
+def test_the_shipped_extend_grid_differs_from_the_cpu_grid_by_the_tokenizer_s_mode() -> None:
+    """configs/ablate-extend-cpu.yaml continues ablate-cpu.yaml's cached base (the same cache entry) with
+    the same training settings and seeds: its extended arm and ablate-cpu.yaml's adapted arm differ by
+    the tokenizer's mode alone."""
+    root = Path(__file__).resolve().parents[1]
+    replace = load_ablate_config(root / "configs" / "ablate-cpu.yaml")
+    extend = load_ablate_config(root / "configs" / "ablate-extend-cpu.yaml")
+    assert (extend.tokenizer.mode, extend.tokenizer.base) == ("extend", None)  # the bundled Mistral .model
+    assert extend.cache_dir == replace.cache_dir and extend.out_dir != replace.out_dir
+    assert extend.base_key("en", "tokenizer") == replace.base_key("en", "tokenizer")
+    for section in ("seeds", "data", "train"):
+        assert getattr(extend, section) == getattr(replace, section), section
+    by_name = {a.name: a for a in replace.arms}
+    [extended] = [a for a in extend.arms if a.name == "extended"]
+    assert extended.run_key() == by_name["adapted"].run_key()
+    kinds = {(a.tokenizer, a.budget) for a in extend.arms}
+    assert {("base", "compute"), ("base", "chars"), ("adapted", "compute")} <= kinds
+
+
 def test_an_arm_saves_on_a_signal_only_where_resume_continues_from_the_save() -> None:
     """Without train.save_every, --resume starts an unfinished arm again: a SIGTERM then just ends it."""
     root = Path(__file__).resolve().parents[1]
