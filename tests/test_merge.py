@@ -845,6 +845,36 @@ def test_a_merge_tokenizes_chats_as_the_model_whose_chat_template_it_takes(
     _nothing_written(tmp_path / "bad")
 
 
+def test_a_chat_model_with_tokens_added_to_its_model_file_merges_with_its_export(tmp_path: Path) -> None:
+    """A chat model whose tokenizer.json adds <|im_end|>/<|im_start|> to its tokenizer.model (as
+    OpenHermes-2.5) and its own export through Megatron, which carries the tokenizer.json it is read
+    with: the merge compared A's bare tokenizer.model with B's tokenizer and refused two models that
+    tokenize alike. A file only one model has is now compared as that model is read."""
+    from transformers import AutoTokenizer
+
+    from tests.helpers import sentencepiece_with_added_tokens
+    from vikhr.convert.mistral import hf_to_megatron, megatron_to_hf
+
+    a = tmp_path / "chat"
+    tiny_hf_model(a, 32002, num_layers=1)
+    sentencepiece_with_added_tokens(a)
+    b = megatron_to_hf(hf_to_megatron(a, tmp_path / "ckpt"), tmp_path / "export")
+    assert (a / "tokenizer.model").is_file() and not (b / "tokenizer.model").is_file()
+    out = tmp_path / "merged"
+    merge_checkpoints(a, b, out, Schedule((0.5,)), show_progress=False)
+    chat = [{"role": "user", "content": "Привет, как дела?"}, {"role": "assistant", "content": "Хорошо."}]
+    ids = [
+        AutoTokenizer.from_pretrained(m).apply_chat_template(chat, tokenize=True, return_dict=False)
+        for m in (a, b, out)
+    ]
+    assert ids[0] == ids[1] == ids[2] and 32000 in ids[2]
+    # A bare tokenizer.model of A against B's tokenizer.json with the added tokens: other vocabularies.
+    (a / "tokenizer.json").unlink()
+    with pytest.raises(VikhrError, match=r"have different vocabularies .* same ids"):
+        merge_checkpoints(a, b, tmp_path / "bad", Schedule((0.5,)), show_progress=False)
+    _nothing_written(tmp_path / "bad")
+
+
 @pytest.mark.parametrize("stored_by", ["a", "b"])
 def test_a_tied_model_may_store_its_head(stored_by: str, tmp_path: Path) -> None:
     """transformers replaces a tied model's stored lm_head with the embedding when it loads: a head

@@ -260,7 +260,9 @@ def _vocabulary_content(path: Path) -> Any:
 def _check_vocabulary_files(a: Path, b: Path) -> None:
     """The vocabulary files both models have must define the same ids; where they share none (a
     `.model` beside a tokenizer.json), the vocabularies are loaded and compared piece by piece, and so
-    is each `.model` or tokenizer.json only one model has (the merge may take it, see _copy_side_files)."""
+    is each `.model` or tokenizer.json only one model has (the merge may take it, see _copy_side_files)
+    where that model is read with it: a `.model` beside the tokenizer.json that adds tokens to it
+    (ChatML's <|im_end|>) is not, and its export through Megatron carries the tokenizer.json alone."""
     compared = False
     for name in VOCABULARY_FILES:
         both = (a / name).is_file() and (b / name).is_file()
@@ -288,7 +290,11 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
         return
     for model, other in ((a, b), (b, a)):
         for name in ("tokenizer.model", "tokenizer.json"):
-            if (model / name).is_file() and not (other / name).is_file():
+            if (
+                (model / name).is_file()
+                and not (other / name).is_file()
+                and _tokenizer_file(model) == model / name
+            ):
                 mine, others = pieces(model / name), pieces(other)
                 if mine is not None and others is not None and mine != others:
                     sizes = (len(mine), len(others)) if model == a else (len(others), len(mine))
