@@ -605,6 +605,11 @@ def test_prompts_cut_to_the_context_are_noted(tiny_dir: Path, shared_data: Path,
     assert "cut from the left, shots first; give fewer shots (--num-fewshot) or a longer --max-length" in note
     run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2))
     assert "longer than the model's context" not in capsys.readouterr().err
+    # Without shots, fewer shots cannot help: the advice named --num-fewshot all the same.
+    run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=0, max_length=24))
+    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: task")]
+    assert "requests are longer than the model's context (24 tokens" in note, note
+    assert "--num-fewshot" not in note and "the task has no shots" in note, note
 
 
 def test_an_outer_bars_off_turns_lm_eval_s_bars_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,6 +98,7 @@ class VikhrLM(HFLM):
     _largest_fits_at = 0
     chat = False
     task_name = ""  # the task being run (set by the runner), for notes
+    task_shots = 0  # its shots per prompt (set by the runner): a cut drops them first
     _answer_prefix = ""
     _answer_end = ""
     _noted_folded_system = False
@@ -200,10 +201,17 @@ class VikhrLM(HFLM):
             return
         task = f"task {self.task_name}: " if self.task_name else ""
         rank = f" (rank {self.rank})" if self.world_size > 1 else ""
+        # Without shots the cut takes the start of the question itself: fewer shots cannot help.
+        remedy = (
+            "shots first; give fewer shots (--num-fewshot) or a longer --max-length the model was trained to"
+            if self.task_shots
+            else "the task has no shots, so each loses the start of its own question: those are scored on "
+            "what is left (a longer --max-length helps only where the model was trained to it)"
+        )
         print(
             f"note: {task}{len(cut)} of {len(lengths)} requests{rank} are longer than the model's context "
             f"({self.max_length} tokens; the longest {max(cut) - 1}): their prompts are cut from the left, "
-            "shots first; give fewer shots (--num-fewshot) or a longer --max-length the model was trained to",
+            f"{remedy}",
             file=sys.stderr,
         )
 

@@ -621,8 +621,8 @@ def _task_result(
         return done
     _seed_everything(settings.seed)  # each task alike, whichever ran before it (or were reused)
     start = _task_start(lm)
-    if hasattr(lm, "task_name"):  # vikhr's model names the task in its notes
-        lm.task_name = name
+    if hasattr(lm, "task_name"):  # vikhr's model names the task (and says what a cut drops) in its notes
+        lm.task_name, lm.task_shots = name, task.config.num_fewshot or 0
     # Samples where --log-samples asks for them or a submission archive is written from them.
     part = _evaluate(lm, name, task, settings, keeps_samples(key, settings))
     if part is None:
