@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vikhr.ablate.config import load_ablate_config, trainer_config
+from vikhr.ablate.config import Arm, load_ablate_config, trainer_config
 from vikhr.errors import RunStopped, VikhrError
 
 # The micro grid: the bundled samples cut to a few documents, a tiny model, a few steps, one seed.
@@ -54,7 +54,10 @@ def _write(path: Path, cfg: dict) -> Path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"arms": [{"name": "a", "tokenizer": "bpe"}]}, "arms[0].tokenizer must be base or adapted"),
+        (
+            {"arms": [{"name": "a", "tokenizer": "bpe"}]},
+            "arms[0].tokenizer must be base, adapted, replace or extend",
+        ),
         ({"arms": [{"name": "a", "lambda": 0.1}]}, "unknown config key 'arms[0].lambda' (known: name, group"),
         ({"trian": {"steps": 3}}, "unknown config key 'trian' (did you mean 'train'?)"),
         ({"arms": [{"name": "a"}, {"name": "a"}]}, "arm 'a' is named twice"),
@@ -120,12 +123,30 @@ def _write(path: Path, cfg: dict) -> Path:
             {"tokenizer": {"vocab_size": 2**23}},
             "config key tokenizer.vocab_size = 8,388,608 is above 4,194,304",
         ),
-        # extend mode: each mode's size key and no other's, as `vikhr tokenizer train` takes them
+        # each adapted tokenizer's size key and no other's, as `vikhr tokenizer train` takes them
         ({"tokenizer": {"mode": "prune-extend"}}, "config key tokenizer.mode must be replace or extend"),
         (
             {"tokenizer": {"mode": "extend"}},
             "ablate.yaml: config key tokenizer.mode extend needs tokenizer.new_tokens (how many Russian "
             "tokens to add to the base's vocabulary",
+        ),
+        (
+            {"arms": [{"name": "r"}, {"name": "e", "tokenizer": "extend"}]},
+            "ablate.yaml: config key arms[1].tokenizer extend needs tokenizer.new_tokens (how many Russian "
+            "tokens",
+        ),
+        (
+            {"tokenizer": {"vocab_size": 600}, "arms": [{"name": "e", "tokenizer": "extend"}]},
+            "config key tokenizer.vocab_size is the size of a replace tokenizer, but no arm trains with one "
+            "(the arms' adapted tokenizers: extend; `adapted` is tokenizer.mode's): drop vocab_size, or "
+            "give an arm tokenizer: replace",
+        ),
+        (
+            {
+                "tokenizer": {"vocab_size": 100, "new_tokens": 60},
+                "arms": [{"name": "r", "tokenizer": "replace"}],
+            },
+            "config key tokenizer.new_tokens is the size of an extend tokenizer, but no arm trains with one",
         ),
         (
             {"tokenizer": {"mode": "extend", "new_tokens": 0}},
@@ -137,12 +158,13 @@ def _write(path: Path, cfg: dict) -> Path:
         ),
         (
             {"tokenizer": {"mode": "extend", "vocab_size": 40000, "new_tokens": 100}},
-            "config key tokenizer.vocab_size is the size of a replace tokenizer, but tokenizer.mode is "
-            "extend (the base's tokens, all kept, plus tokenizer.new_tokens): drop vocab_size",
+            "config key tokenizer.vocab_size is the size of a replace tokenizer, but no arm trains with one "
+            "(the arms' adapted tokenizers: extend;",
         ),
         (
             {"tokenizer": {"vocab_size": 600, "new_tokens": 100}},
-            "config key tokenizer.new_tokens is for tokenizer.mode extend, but the mode is replace",
+            "config key tokenizer.new_tokens is the size of an extend tokenizer, but no arm trains with one "
+            "(the arms' adapted tokenizers: replace;",
         ),
     ],
 )
@@ -386,23 +408,26 @@ def test_shipped_configs_validate() -> None:
         assert {"vocabulary", "init", "regularisation", "slerp"} <= groups
 
 
-def test_the_shipped_extend_grid_differs_from_the_cpu_grid_by_the_tokenizer_s_mode() -> None:
-    """configs/ablate-extend-cpu.yaml continues ablate-cpu.yaml's cached base (the same cache entry) with
-    the same training settings and seeds: its extended arm and ablate-cpu.yaml's adapted arm differ by
-    the tokenizer's mode alone."""
+def test_the_shipped_tokenizers_grid_compares_base_replace_and_extend_on_the_cpu_grid_s_base() -> None:
+    """configs/ablate-tokenizers-cpu.yaml continues ablate-cpu.yaml's cached base (the same cache entry)
+    with the same training settings and seeds, its arms the base tokenizer, replace and extend: its
+    replace arm is ablate-cpu.yaml's adapted arm, and its extend arm differs from it by the mode alone."""
     root = Path(__file__).resolve().parents[1]
-    replace = load_ablate_config(root / "configs" / "ablate-cpu.yaml")
-    extend = load_ablate_config(root / "configs" / "ablate-extend-cpu.yaml")
-    assert (extend.tokenizer.mode, extend.tokenizer.base) == ("extend", None)  # the bundled Mistral .model
-    assert extend.cache_dir == replace.cache_dir and extend.out_dir != replace.out_dir
-    assert extend.base_key("en", "tokenizer") == replace.base_key("en", "tokenizer")
+    cpu = load_ablate_config(root / "configs" / "ablate-cpu.yaml")
+    both = load_ablate_config(root / "configs" / "ablate-tokenizers-cpu.yaml")
+    assert both.adapted_modes() == ["replace", "extend"] and both.tokenizer.base is None  # Mistral's .model
+    assert both.cache_dir == cpu.cache_dir and both.out_dir != cpu.out_dir
+    assert both.base_key("en", "tokenizer") == cpu.base_key("en", "tokenizer")
     for section in ("seeds", "data", "train"):
-        assert getattr(extend, section) == getattr(replace, section), section
-    by_name = {a.name: a for a in replace.arms}
-    [extended] = [a for a in extend.arms if a.name == "extended"]
-    assert extended.run_key() == by_name["adapted"].run_key()
-    kinds = {(a.tokenizer, a.budget) for a in extend.arms}
-    assert {("base", "compute"), ("base", "chars"), ("adapted", "compute")} <= kinds
+        assert getattr(both, section) == getattr(cpu, section), section
+    arms = {a.name: a for a in both.arms}
+    adapted = next(a for a in cpu.arms if a.name == "adapted")
+    assert arms["replace"].run_key() == adapted.run_key()
+    assert [both.tokenizer_of(arms[n]) for n in ("replace", "extend")] == ["replace", "extend"]
+    differ = {k for k in Arm.model_fields if getattr(arms["replace"], k) != getattr(arms["extend"], k)}
+    assert differ == {"name", "tokenizer"}
+    kinds = {(both.tokenizer_of(a), a.budget) for a in both.arms}
+    assert {("base", "compute"), ("base", "chars"), ("replace", "compute"), ("extend", "compute")} <= kinds
 
 
 def test_an_arm_saves_on_a_signal_only_where_resume_continues_from_the_save() -> None:
@@ -471,8 +496,8 @@ def test_micro_grid_writes_table_csv_and_plots(micro_runs: tuple[Path, Path, lis
     # Equal characters: the base-tokenizer arm trains the steps that see the adapted arm's characters.
     cpt = results[0].chars_per_token
     assert adapted["steps"] == "3" and adapted["tokens_seen"] == str(3 * 4 * 32)
-    assert int(adapted["chars_seen"]) == round(3 * 4 * 32 * cpt["adapted"])
-    assert int(base_tok["steps"]) == max(1, round(3 * cpt["adapted"] / cpt["base"]))
+    assert int(adapted["chars_seen"]) == round(3 * 4 * 32 * cpt["replace"])
+    assert int(base_tok["steps"]) == max(1, round(3 * cpt["replace"] / cpt["base"]))
     assert int(base_tok["chars_seen"]) == round(int(base_tok["steps"]) * 4 * 32 * cpt["base"])
     # The merge starts where its source arm starts and lands on its own bpc.
     assert merge["slerp_t"] == "0.5" and merge["slerp_of"] == "adapted" and merge["kl_weight"] == "0.5"
@@ -861,7 +886,7 @@ def test_loss_curves_of_one_step_are_drawn() -> None:
         RunResult(arm, seed, 1, 128, 400, 3.0, 2.0, 2.5, 2.1, train_losses={1: 5.0 + seed}) for seed in (1, 2)
     ]
     cfg = AblateConfig(arms=[arm], seeds=[1, 2])
-    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs)
+    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "replace": 4.0}, runs)
     fig = loss_curves_figure(result)
     (line,) = fig.axes[0].get_lines()
     plt.close(fig)
@@ -893,7 +918,7 @@ def _grid_result(arms: int, steps: int) -> Any:
         AblateConfig(arms=names, seeds=[1]),
         {"ru": 3.0, "en": 2.0},
         False,
-        {"base": 3.0, "adapted": 4.0},
+        {"base": 3.0, "replace": 4.0},
         runs,
     )
 
@@ -959,7 +984,7 @@ def test_arms_that_share_a_run_are_drawn_once_under_all_their_names() -> None:
     runs = [dataclasses.replace(shared, arm=arm) for arm in arms[:3]] + [regularised]
     runs += [dataclasses.replace(merged, arm=arm) for arm in arms[4:]]
     result = AblationResult(
-        AblateConfig(arms=arms, seeds=[1]), {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs
+        AblateConfig(arms=arms, seeds=[1]), {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "replace": 4.0}, runs
     )
     curves = loss_curves_figure(result)
     [ax] = curves.axes
@@ -1019,7 +1044,7 @@ def test_a_merge_row_has_no_training_time_and_the_tradeoff_plot_names_its_error_
         runs += [run, dataclasses.replace(run, arm=merge, trained=trained, train_losses={}, wall_train_s=0.0)]
     runs.sort(key=lambda r: r.arm.name)
     cfg = AblateConfig(arms=[trained, merge], seeds=[1, 2])
-    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "adapted": 4.0}, runs)
+    result = AblationResult(cfg, {"ru": 3.0, "en": 2.0}, False, {"base": 3.0, "replace": 4.0}, runs)
     rows = list(csv.DictReader(csv_text(result).splitlines()))
     assert [(r["arm"], r["wall_train_s"]) for r in rows] == [
         ("kl-0", "12.50"),
@@ -1137,10 +1162,13 @@ def test_base_init_s_tokenizer_must_be_the_model_s_before_any_stage(
     assert not (tmp_path / "out").exists()
 
 
-def _init_grid(tmp: Path, tokenizer: dict[str, Any]) -> tuple[Path, Path, Any, Path]:
-    """The micro grid (with this `tokenizer` section) started from a tiny model laid out like Qwen2.5's
-    (a byte-level tokenizer.json in its directory, tied embeddings, more rows than tokens) and of
-    another shape than the tiny preset (one layer, hidden 32): (out_dir, config, result, model directory)."""
+def _init_grid(
+    tmp: Path, tokenizer: dict[str, Any], arms: list[dict[str, Any]] | None = None
+) -> tuple[Path, Path, Any, Path]:
+    """The micro grid (with this `tokenizer` section, and these `arms` where given) started from a tiny
+    model laid out like Qwen2.5's (a byte-level tokenizer.json in its directory, tied embeddings, more
+    rows than tokens) and of another shape than the tiny preset (one layer, hidden 32): (out_dir,
+    config, result, model directory)."""
     from tests.helpers import tiny_hf_model
     from tests.test_tokenizer_byte_bpe import make_byte_level_base
     from vikhr import assets
@@ -1162,6 +1190,7 @@ def _init_grid(tmp: Path, tokenizer: dict[str, Any]) -> tuple[Path, Path, Any, P
         **base,
         "data": data,
         "tokenizer": tokenizer,
+        "arms": arms or MICRO["arms"],
         "base": {"init": str(model)},
         "out_dir": str(tmp / "out"),
     }
@@ -1262,7 +1291,7 @@ def test_an_extend_grid_keeps_the_base_s_tokens_and_rows(extend_grid: tuple[Path
 
     out, _, result, model = extend_grid
     base = Tokenizer.from_file(str(model / "tokenizer.json"))
-    adapted = Tokenizer.from_file(str(out / "work" / "tokenizer" / "tokenizer.json"))
+    adapted = Tokenizer.from_file(str(out / "work" / "tokenizer" / "extend" / "tokenizer.json"))
     base_size = base.get_vocab_size()
     added = adapted.get_vocab_size() - base_size
     assert 0 < added <= NEW_TOKENS
@@ -1274,7 +1303,7 @@ def test_an_extend_grid_keeps_the_base_s_tokens_and_rows(extend_grid: tuple[Path
     assert all(re.search("[а-яё]", t, re.IGNORECASE) for t in new), new
     # The adapted arm's start and export: the base's rows copied, one new row per new token (the
     # model's spare rows past its tokenizer are not carried over).
-    assert result.adapted_rows == {"tokens": base_size + added, "copied": base_size, "new": added}
+    assert result.adapted_rows == {"extend": {"tokens": base_size + added, "copied": base_size, "new": added}}
     [export] = (out / "work" / "runs").glob("adapted-*-hf")
     config = json.loads((export / "config.json").read_text(encoding="utf-8"))
     with safe_open(str(export / "model.safetensors"), "np") as f:
@@ -1310,6 +1339,131 @@ def test_resume_refuses_an_extend_grid_changed_to_replace(extend_grid: tuple[Pat
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
+# --- one grid compares the base tokenizer, a replace and an extend tokenizer
+
+BOTH_ARMS = [
+    {"name": "base-tokenizer", "group": "vocabulary", "tokenizer": "base", "budget": "chars"},
+    {"name": "replaced", "group": "vocabulary", "tokenizer": "replace"},
+    {"name": "extended", "group": "vocabulary", "tokenizer": "extend", "kl_weight": 0.5},
+    {"name": "merge", "group": "slerp", "slerp_of": "extended", "slerp_t": 0.5},
+]
+
+
+@pytest.fixture(scope="module")
+def both_modes_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Path]:
+    """The micro grid from the Qwen2.5-like model with a replace arm and an extend arm."""
+    tokenizer = {"vocab_size": 600, "new_tokens": NEW_TOKENS}
+    return _init_grid(tmp_path_factory.mktemp("ablate-both"), tokenizer, BOTH_ARMS)
+
+
+def test_one_grid_compares_replace_with_extend(both_modes_grid: tuple[Path, Path, Any, Path]) -> None:
+    """A grid's tokenizer mode was grid-wide: replace and extend took two grids. Each arm now names its
+    tokenizer; the preparation trains both, and each arm trains, is evaluated and reported with its own."""
+    from tokenizers import Tokenizer
+
+    out, _, result, model = both_modes_grid
+    rows = _rows(out)
+    assert [(r["arm"], r["tokenizer"]) for r in rows] == [
+        ("base-tokenizer", "base"),
+        ("replaced", "replace"),
+        ("extended", "extend"),
+        ("merge", "extend"),
+    ]
+    base_tok, replaced, extended, merge = rows
+    base_size = Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab_size()
+    extend_size = Tokenizer.from_file(str(out / "work" / "tokenizer" / "extend" / "tokenizer.json"))
+    added = extend_size.get_vocab_size() - base_size
+    assert 0 < added <= NEW_TOKENS
+    # Each arm's model has its tokenizer's vocabulary, and counts its characters by it.
+    for arm, vocab in (("replaced", 600), ("extended", base_size + added)):
+        [export] = (out / "work" / "runs").glob(f"{arm}-*-hf")
+        assert json.loads((export / "config.json").read_text(encoding="utf-8"))["vocab_size"] == vocab
+    cpt = result.chars_per_token
+    assert set(cpt) == {"base", "replace", "extend"} and cpt["replace"] != cpt["extend"]
+    assert int(replaced["chars_seen"]) == round(3 * 4 * 32 * cpt["replace"])
+    assert int(extended["chars_seen"]) == round(3 * 4 * 32 * cpt["extend"])
+    # budget chars matches tokenizer.mode's (replace, the default) characters
+    assert int(base_tok["steps"]) == max(1, round(3 * cpt["replace"] / cpt["base"]))
+    assert replaced["ru_bpc_start"] != extended["ru_bpc_start"] == merge["ru_bpc_start"]
+    assert set(result.adapted_rows) == {"replace", "extend"}
+    assert result.adapted_rows["extend"] == {"tokens": base_size + added, "copied": base_size, "new": added}
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert (
+        "Adapted tokenizer: replace, a new SentencePiece BPE of 600 pieces; of its 600 embedding rows" in md
+    )
+    assert (
+        f"Adapted tokenizer: extend, the base's with {NEW_TOKENS} new tokens asked for; of its "
+        f"{base_size + added:,} embedding rows, {base_size:,} are copied" in md
+    )
+    assert f"replace {cpt['replace']:.3f}, extend {cpt['extend']:.3f}." in md
+    assert "| replaced | replace | 3 |" in md and "| extended | extend | 3 |" in md
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    tokenizer = {k: v for k, v in state["settings"]["tokenizer"].items() if k != "base"}
+    assert tokenizer == {"mode": "replace", "vocab_size": 600, "new_tokens": NEW_TOKENS}
+    assert set(state["prepared"]["tokenizers"]) == {"replace", "extend"}
+
+
+def test_resume_of_a_grid_of_both_modes_trains_nothing_again(
+    both_modes_grid: tuple[Path, Path, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume finds both tokenizers' preparation and every finished run; an arm naming the grid's
+    tokenizer.mode is the `adapted` arm's run."""
+    import shutil
+
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, cfg_path, _, _ = both_modes_grid
+    out = first.parent / "resumed"
+    shutil.copytree(first, out)
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    arms = [{**a, "tokenizer": "adapted"} if a["name"] == "replaced" else a for a in cfg["arms"]]
+    cfg_path = _write(first.parent / "resumed.yaml", {**cfg, "out_dir": str(out), "arms": arms})
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(Ablation, "_train", no_training)
+    resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
+        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
+    ]
+
+
+def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
+    init_grid: tuple[Path, Path, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid of one adapted tokenizer, its state written before arms could name their tokenizer (its
+    tokenizer "new_tok", its blend and figures "adapted"), resumes without training anything again."""
+    import shutil
+
+    from vikhr.ablate.runner import Ablation, run_ablation
+
+    first, cfg_path, first_result, _ = init_grid
+    out = first.parent / "resumed-one-mode"
+    shutil.copytree(first, out)
+    path = out / "work" / "grid.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    prepared = state["prepared"]
+    [(mode, tokenizer)] = prepared.pop("tokenizers").items()
+    prepared["new_tok"] = tokenizer
+    for by_label in (prepared["blend"], prepared["chars_per_token"]):
+        by_label["adapted"] = by_label.pop(mode)
+    state["adapted_rows"] = state["adapted_rows"][mode]
+    path.write_text(json.dumps(state), encoding="utf-8")
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg_path = _write(first.parent / "resumed-one-mode.yaml", {**cfg, "out_dir": str(out)})
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(Ablation, "_train", no_training)
+    resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
+        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
+    ]
+    assert resumed.adapted_rows == first_result.adapted_rows and set(resumed.adapted_rows) == {"replace"}
+
+
 def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -> None:
     """Without base.init the base tokenizer is Mistral's .model: extended as a SentencePiece model."""
     from vikhr import assets
@@ -1332,14 +1486,15 @@ def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -
     result = run_ablation(load_ablate_config(_write(tmp_path / "ablate.yaml", cfg)), show_progress=False)
     base, adapted = (
         load(assets.MISTRAL_TOKENIZER),
-        load(tmp_path / "out" / "work" / "tokenizer" / "tokenizer.model"),
+        load(tmp_path / "out" / "work" / "tokenizer" / "extend" / "tokenizer.model"),
     )
     added = adapted.vocab_size - base.vocab_size
     assert 0 < added <= NEW_TOKENS
     assert [adapted.id_to_piece(i) for i in range(base.vocab_size)] == [
         base.id_to_piece(i) for i in range(base.vocab_size)
     ]
-    assert result.adapted_rows == {"tokens": base.vocab_size + added, "copied": base.vocab_size, "new": added}
+    rows = {"tokens": base.vocab_size + added, "copied": base.vocab_size, "new": added}
+    assert result.adapted_rows == {"extend": rows}
     [export] = (tmp_path / "out" / "work" / "runs").glob("adapted-*-hf")
     assert (
         json.loads((export / "config.json").read_text(encoding="utf-8"))["vocab_size"]
@@ -1406,7 +1561,7 @@ def test_extend_and_replace_train_their_tokenizers_with_the_same_settings(tmp_pa
         cfg = {**MICRO, "data": data, "tokenizer": tokenizer, "out_dir": str(tmp_path / mode)}
         grid = Ablation(load_ablate_config(_write(tmp_path / f"{mode}.yaml", cfg)))
         grid.prepare()
-        manifest = json.loads((grid.work / "tokenizer" / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((grid.work / "tokenizer" / mode / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["mode"] == mode
         settings[mode] = manifest["settings"]
     # What names the mode and its size, and the base extend builds on; every other setting alike

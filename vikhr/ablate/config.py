@@ -1,7 +1,8 @@
 """`vikhr ablate`'s config: the shared settings and the arms of the grid, validated before anything runs.
 
 An arm is one way to continue training the English base on the Russian-heavy blend:
-  tokenizer   base (no adaptation) | adapted (the new tokenizer, embeddings adapted by `init`)
+  tokenizer   base (no adaptation) | replace | extend (an adapted tokenizer of that mode, embeddings
+              adapted by `init`) | adapted (the one of the grid's tokenizer.mode)
   init        mean (of the old pieces) | random (N(mean, std) of the old tokens' rows) | mean-of-all
   kl_weight   λ of CE + λ·KL against the starting model; kl_direction reverse | forward
   budget      compute (the same steps × tokens as the other arms) | chars (the steps that see as many
@@ -46,20 +47,28 @@ class DataSection(_Section):
     eval_docs: PositiveInt = 8  # held-out documents per language for bits per character
 
 
+Mode = Literal["replace", "extend"]
+MODES: tuple[Mode, ...] = ("replace", "extend")
+
+
 class TokenizerSection(_Section):
-    """The adapted arms' tokenizer, as `vikhr tokenizer train` makes it: replace (a new SentencePiece
-    BPE of vocab_size pieces, the paper's setting) or extend (the base's, every token at its id, with
-    new_tokens Russian tokens appended: SentencePiece or byte-level BPE, as the base is)."""
+    """The adapted arms' tokenizers, as `vikhr tokenizer train` makes them: replace (a new SentencePiece
+    BPE of vocab_size pieces, the paper's setting) and extend (the base's, every token at its id, with
+    new_tokens Russian tokens appended: SentencePiece or byte-level BPE, as the base is). An arm names
+    its mode, or `adapted`: tokenizer.mode's."""
 
     # The base model's tokenizer; default: base.init's own, or without base.init the bundled Mistral .model
     base: str | None = None
-    mode: Literal["replace", "extend"] = "replace"
+    mode: Mode = "replace"
     vocab_size: PositiveInt = 8000  # replace: the adapted (Russian) tokenizer's size
     new_tokens: PositiveInt | None = None  # extend: how many tokens to add to the base's
 
-    def settings(self, base_digest: str) -> dict[str, Any]:
-        """What the adapted tokenizer depends on (the grid's state): its mode, its size, the base's."""
-        size = {"vocab_size": self.vocab_size} if self.mode == "replace" else {"new_tokens": self.new_tokens}
+    def settings(self, base_digest: str, modes: list[Mode]) -> dict[str, Any]:
+        """What the adapted tokenizers of `modes` depend on (the grid's state): the mode `adapted`
+        arms take, each one's size, the base's. A grid of one mode records what it did before both
+        could be compared, so that `--resume` finds its runs."""
+        size = {"vocab_size": self.vocab_size} if "replace" in modes else {}
+        size |= {"new_tokens": self.new_tokens} if "extend" in modes else {}
         return {"mode": self.mode, **size, "base": base_digest}
 
 
@@ -101,7 +110,7 @@ class TrainSection(_Section):
 class Arm(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")  # also names its work directories
     group: str = "other"  # table section: vocabulary, init, regularisation, ...
-    tokenizer: Literal["base", "adapted"] = "adapted"
+    tokenizer: Literal["base", "adapted", "replace", "extend"] = "adapted"
     init: Literal["mean", "random", "mean-of-all"] = "mean"
     kl_weight: NonNegativeFloat = 0.0
     kl_direction: Literal["reverse", "forward"] = "reverse"
@@ -126,6 +135,35 @@ class AblateConfig(_Section):
     base: BaseTrainSection = Field(default_factory=BaseTrainSection)
     train: TrainSection = Field(default_factory=TrainSection)
     arms: list[Arm] = Field(min_length=1)
+
+    @pydantic.field_validator("arms")
+    @classmethod
+    def _mode_of_the_grid_is_adapted(cls, arms: list[Arm], info: pydantic.ValidationInfo) -> list[Arm]:
+        """An arm naming tokenizer.mode trains what an `adapted` arm trains: it takes that arm's run
+        key, so the two share one run per seed, and a grid written before arms could name a mode keeps
+        its runs' keys."""
+        tokenizer = info.data.get("tokenizer")
+        if tokenizer is None:  # refused itself: the error names it
+            return arms
+        return [
+            a.model_copy(update={"tokenizer": "adapted"}) if a.tokenizer == tokenizer.mode else a
+            for a in arms
+        ]
+
+    def tokenizer_of(self, arm: Arm) -> Literal["base", "replace", "extend"]:
+        """The tokenizer an arm's model has: base, or the adapted one of its mode (a merge arm's is
+        the merged arm's)."""
+        if arm.slerp_of is not None:
+            arm = next(a for a in self.arms if a.name == arm.slerp_of)
+        return self.tokenizer.mode if arm.tokenizer == "adapted" else arm.tokenizer
+
+    def adapted_modes(self) -> list[Mode]:
+        """The adapted tokenizers the grid trains: its arms', and tokenizer.mode's where a base arm's
+        budget chars is measured against it."""
+        needed = {self.tokenizer_of(a) for a in self.arms}
+        if any(a.budget == "chars" for a in self.arms):
+            needed.add(self.tokenizer.mode)
+        return [m for m in MODES if m in needed]
 
     def base_key(self, corpus_digest: str, tokenizer_digest: str) -> str:
         """Hash of everything the base model depends on (its data by content, not by path)."""
@@ -159,7 +197,7 @@ class AblateConfig(_Section):
             base = {"init": str(Path(self.base.init).resolve()), "files": base_files}
         return {
             "data": {"eval_docs": self.data.eval_docs, "ru_corpus": ru_digest, "en_corpus": en_digest},
-            "tokenizer": self.tokenizer.settings(tokenizer_digest),
+            "tokenizer": self.tokenizer.settings(tokenizer_digest, self.adapted_modes()),
             "model": self.model.model_dump(),
             "base": base,
             "train": self.train.model_dump(exclude={"save_every"}),  # changes where runs save, not what
@@ -180,12 +218,13 @@ def _check_arms(path: Path, arms: list[Arm]) -> None:
             raise VikhrError(f"{where} is named twice; give every arm its own name")
         if arm.tokenizer == "base" and arm.init != "mean":
             raise VikhrError(
-                f"{where}: init applies to the adapted tokenizer only (drop init or use adapted)"
+                f"{where}: init applies to the adapted tokenizers only (drop init or use adapted, replace "
+                "or extend)"
             )
         if arm.budget == "chars" and arm.tokenizer != "base":
             raise VikhrError(
-                f"{where}: budget chars applies to base-tokenizer arms only (their steps see the adapted "
-                "tokenizer's characters); drop it"
+                f"{where}: budget chars applies to base-tokenizer arms only (their steps see the characters "
+                "of tokenizer.mode's adapted tokenizer); drop it"
             )
         if (arm.slerp_of is None) != (arm.slerp_t is None):
             raise VikhrError(f"{where}: a merge arm needs both slerp_of and slerp_t")
@@ -201,8 +240,8 @@ def _check_arms(path: Path, arms: list[Arm]) -> None:
                 raise VikhrError(
                     f"{where}: slerp_of names no arm ({arm.slerp_of!r}; arms: {', '.join(names)})"
                 )
-            if source.slerp_of is not None or source.tokenizer != "adapted":
-                raise VikhrError(f"{where}: slerp_of must name a trained arm with the adapted tokenizer")
+            if source.slerp_of is not None or source.tokenizer == "base":
+                raise VikhrError(f"{where}: slerp_of must name a trained arm with an adapted tokenizer")
 
 
 def load_ablate_config(path: str | Path) -> AblateConfig:
@@ -237,7 +276,7 @@ def load_ablate_config(path: str | Path) -> AblateConfig:
             f"{p}: config key model.overrides.vocab_size cannot be set: each model's vocabulary is its "
             "tokenizer's (the base tokenizer's, or the adapted arms' tokenizer section's); drop it"
         )
-    _check_tokenizer(cfg.tokenizer, p)
+    _check_tokenizer(cfg, p)
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise VikhrError(f"{p}: seeds repeat ({cfg.seeds}); give distinct seeds")
     if Path(cfg.out_dir).resolve() == Path(cfg.cache_dir).resolve():
@@ -271,61 +310,72 @@ def base_vocab_size(cfg: AblateConfig) -> int:
         raise VikhrError(f"config key tokenizer.base: {e}") from None
 
 
-def _check_tokenizer(tok: TokenizerSection, path: Path) -> None:
-    """The adapted tokenizer's settings, as `vikhr tokenizer train` would take them (it trains after
-    the previous grid's work is cleared): each mode's size key, and no other's."""
+def mode_key(cfg: AblateConfig, mode: Mode) -> str:
+    """The config key that asks for the adapted tokenizer of `mode`: tokenizer.mode where `adapted`
+    arms (or a base arm's budget chars) take it, else the first arm that names it."""
+    if mode == cfg.tokenizer.mode:
+        return f"tokenizer.mode {mode}"
+    i = next(i for i, a in enumerate(cfg.arms) if a.tokenizer == mode)
+    return f"arms[{i}].tokenizer {mode}"
+
+
+def _check_tokenizer(cfg: AblateConfig, path: Path) -> None:
+    """The adapted tokenizers' settings, as `vikhr tokenizer train` would take them (it trains after
+    the previous grid's work is cleared): each size key the arms' modes need, and none they do not."""
     from vikhr.tokenizer.train import MAX_VOCAB_SIZE, MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
 
-    if tok.mode == "extend":
-        if "vocab_size" in tok.model_fields_set:
-            raise VikhrError(
-                f"{path}: config key tokenizer.vocab_size is the size of a replace tokenizer, but "
-                "tokenizer.mode is extend (the base's tokens, all kept, plus tokenizer.new_tokens): drop "
-                "vocab_size and give new_tokens"
-            )
+    tok, modes = cfg.tokenizer, cfg.adapted_modes()
+    used = f"the arms' adapted tokenizers: {', '.join(modes) or 'none'}; `adapted` is tokenizer.mode's"
+    if "replace" not in modes and "vocab_size" in tok.model_fields_set:
+        raise VikhrError(
+            f"{path}: config key tokenizer.vocab_size is the size of a replace tokenizer, but no arm "
+            f"trains with one ({used}): drop vocab_size, or give an arm tokenizer: replace"
+        )
+    if "extend" not in modes and tok.new_tokens is not None:
+        raise VikhrError(
+            f"{path}: config key tokenizer.new_tokens is the size of an extend tokenizer, but no arm "
+            f"trains with one ({used}): drop new_tokens, or give an arm tokenizer: extend"
+        )
+    if "extend" in modes:
         if tok.new_tokens is None:
             raise VikhrError(
-                f"{path}: config key tokenizer.mode extend needs tokenizer.new_tokens (how many Russian "
-                "tokens to add to the base's vocabulary, e.g. 8000)"
+                f"{path}: config key {mode_key(cfg, 'extend')} needs tokenizer.new_tokens (how many "
+                "Russian tokens to add to the base's vocabulary, e.g. 8000)"
             )
         if tok.new_tokens > MAX_VOCAB_SIZE:
             raise VikhrError(
                 f"{path}: config key tokenizer.new_tokens = {tok.new_tokens:,} is above {MAX_VOCAB_SIZE:,} "
                 "ids, far more than any tokenizer uses (the largest hold ~256k)"
             )
-        return
-    if tok.new_tokens is not None:
-        raise VikhrError(
-            f"{path}: config key tokenizer.new_tokens is for tokenizer.mode extend, but the mode is "
-            "replace (a new tokenizer of tokenizer.vocab_size pieces): drop new_tokens, or set mode: extend"
-        )
-    if tok.vocab_size < MIN_REPLACE_VOCAB:
-        raise VikhrError(
-            f"{path}: config key tokenizer.vocab_size = {tok.vocab_size} is too small: give at least "
-            f"{MIN_REPLACE_VOCAB} (byte fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
-        )
-    if tok.vocab_size > MAX_VOCAB_SIZE:
-        raise VikhrError(
-            f"{path}: config key tokenizer.vocab_size = {tok.vocab_size:,} is above {MAX_VOCAB_SIZE:,} ids, "
-            "far more than any tokenizer uses (the largest hold ~256k)"
-        )
+    if "replace" in modes:
+        if tok.vocab_size < MIN_REPLACE_VOCAB:
+            raise VikhrError(
+                f"{path}: config key tokenizer.vocab_size = {tok.vocab_size} is too small: give at least "
+                f"{MIN_REPLACE_VOCAB} (byte fallback alone takes {NUM_BYTE_PIECES + NUM_SPECIALS} pieces)"
+            )
+        if tok.vocab_size > MAX_VOCAB_SIZE:
+            raise VikhrError(
+                f"{path}: config key tokenizer.vocab_size = {tok.vocab_size:,} is above {MAX_VOCAB_SIZE:,} "
+                "ids, far more than any tokenizer uses (the largest hold ~256k)"
+            )
 
 
-def adapted_vocab_size(cfg: AblateConfig, base_vocab: int) -> int:
-    """The adapted arms' vocabulary as asked for (extend: the base's `base_vocab` plus the new tokens,
-    an upper bound: the corpus may yield fewer). The grid's adapt-vocab pads no rows."""
+def adapted_vocab_size(cfg: AblateConfig, mode: Mode, base_vocab: int) -> int:
+    """The vocabulary of the adapted arms of `mode` as asked for (extend: the base's `base_vocab` plus
+    the new tokens, an upper bound: the corpus may yield fewer). The grid's adapt-vocab pads no rows."""
     t = cfg.tokenizer
-    return t.vocab_size if t.mode == "replace" else base_vocab + (t.new_tokens or 0)
+    return t.vocab_size if mode == "replace" else base_vocab + (t.new_tokens or 0)
 
 
 def run_vocabularies(cfg: AblateConfig, base_vocab: int) -> tuple[int | None, set[tuple[int, float]]]:
     """The vocabulary of the base's pre-training (None with base.init: nothing is pre-trained), and
-    the (vocabulary, KL weight) pairs of the trained arms: the base's or the adapted one's."""
-    arms = {
-        (base_vocab if arm.tokenizer == "base" else adapted_vocab_size(cfg, base_vocab), arm.kl_weight)
-        for arm in cfg.arms
-        if arm.slerp_of is None
-    }
+    the (vocabulary, KL weight) pairs of the trained arms: the base's or their adapted tokenizer's."""
+    arms = set()
+    for arm in cfg.arms:
+        if arm.slerp_of is None:
+            mode = cfg.tokenizer_of(arm)
+            vocab = base_vocab if mode == "base" else adapted_vocab_size(cfg, mode, base_vocab)
+            arms.add((vocab, arm.kl_weight))
     return (base_vocab if cfg.base.init is None else None), arms
 
 

@@ -45,7 +45,8 @@ CSV_COLUMNS = [
 ]
 
 
-def _row(r: RunResult, base: dict[str, float]) -> list[str]:
+def _row(r: RunResult, base: dict[str, float], tokenizer: str) -> list[str]:
+    """One run's CSV row; `tokenizer`: its model's (base, replace or extend)."""
     a = r.trained or r.arm  # a merge lists the training settings of the run it merges
     merged = r.trained is not None
     return [
@@ -53,8 +54,8 @@ def _row(r: RunResult, base: dict[str, float]) -> list[str]:
         r.arm.group,
         str(r.seed),
         r.arm.slerp_of or "",
-        a.tokenizer,
-        a.init if a.tokenizer == "adapted" else "",
+        tokenizer,
+        a.init if tokenizer != "base" else "",
         f"{a.kl_weight:g}",
         a.kl_direction,
         a.budget,
@@ -78,7 +79,7 @@ def csv_text(result: AblationResult) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in result.runs:
-        w.writerow(_row(r, result.base_bpc))
+        w.writerow(_row(r, result.base_bpc, result.config.tokenizer_of(r.arm)))
     return buf.getvalue()
 
 
@@ -127,25 +128,32 @@ def _overrides(overrides: dict[str, object]) -> str:
     return " with " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
 
 
-def _adapted_tokenizer(result: AblationResult) -> str:
-    """The adapted tokenizer's mode, and its start's rows copied from the base model and made new."""
+def _adapted_tokenizers(result: AblationResult) -> list[str]:
+    """A line for each adapted tokenizer of the grid: its mode, and its starts' rows copied from the
+    base model and made new."""
     t = result.config.tokenizer
-    if t.mode == "replace":
-        line = f"Adapted tokenizer: replace, a new SentencePiece BPE of {t.vocab_size:,} pieces"
-    else:
-        line = f"Adapted tokenizer: extend, the base's with {t.new_tokens:,} new tokens asked for"
-    rows = result.adapted_rows
-    if rows is None:
-        return line + "."
-    return (
-        f"{line}; of its {rows['tokens']:,} embedding rows, {rows['copied']:,} are copied from the base "
-        f"model's and {rows['new']:,} are new (initialised by the arm's init)."
-    )
+    lines = []
+    for mode in result.config.adapted_modes():
+        if mode == "replace":
+            line = f"Adapted tokenizer: replace, a new SentencePiece BPE of {t.vocab_size:,} pieces"
+        else:
+            line = f"Adapted tokenizer: extend, the base's with {t.new_tokens:,} new tokens asked for"
+        rows = result.adapted_rows.get(mode)
+        if rows is not None:
+            line += (
+                f"; of its {rows['tokens']:,} embedding rows, {rows['copied']:,} are copied from the base "
+                f"model's and {rows['new']:,} are new (initialised by the arm's init)"
+            )
+        lines += [line + ".", ""]
+    return lines or ["Adapted tokenizer: none (every arm keeps the base's).", ""]
 
 
 def markdown(result: AblationResult) -> str:
     cfg, base = result.config, result.base_bpc
-    cpt = result.chars_per_token
+    blend_cpt = ", ".join(
+        f"{'base tokenizer' if label == 'base' else label} {c:.3f}"
+        for label, c in result.chars_per_token.items()
+    )
     if cfg.base.init is None:
         model = f"Model preset `{cfg.model.preset}`{_overrides(cfg.model.overrides)}"
         pretrained = f"; base pre-trained {cfg.base.steps} steps on English"
@@ -159,10 +167,9 @@ def markdown(result: AblationResult) -> str:
         f"{cfg.train.steps} steps of {cfg.train.global_batch} × {cfg.train.seq_len} tokens{pretrained}.",
         "",
         f"Base model: RU {base['ru']:.3f} bpc, EN {base['en']:.3f} bpc. Chars per token of the training "
-        f"blend: base tokenizer {cpt['base']:.3f}, adapted {cpt['adapted']:.3f}.",
+        f"blend: {blend_cpt}.",
         "",
-        _adapted_tokenizer(result),
-        "",
+        *_adapted_tokenizers(result),
         "RU gain = base RU bpc − arm RU bpc (higher is better); EN forgetting = arm EN bpc − base EN bpc "
         "(lower is better). Wall times are per run on this machine.",
         "",
@@ -172,16 +179,17 @@ def markdown(result: AblationResult) -> str:
     for a in cfg.arms:
         groups.setdefault(a.group, []).append(a.name)
     header = (
-        "| arm | steps | chars seen | RU bpc at step 0 | EN bpc at step 0 | RU bpc | EN bpc | RU gain "
-        "| EN forgetting | train s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| arm | tokenizer | steps | chars seen | RU bpc at step 0 | EN bpc at step 0 | RU bpc | EN bpc "
+        "| RU gain | EN forgetting | train s |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for group, names in groups.items():
         lines += [f"## {group}", "", header]
         for name in names:
             rs = arms[name]
             lines.append(
-                f"| {name} | {rs[0].steps} | {rs[0].chars_seen:,} | {_cell([r.ru_bpc_start for r in rs])} "
+                f"| {name} | {cfg.tokenizer_of(rs[0].arm)} | {rs[0].steps} | {rs[0].chars_seen:,} "
+                f"| {_cell([r.ru_bpc_start for r in rs])} "
                 f"| {_cell([r.en_bpc_start for r in rs])} "
                 f"| {_cell([r.ru_bpc for r in rs])} | {_cell([r.en_bpc for r in rs])} "
                 f"| {_cell([base['ru'] - r.ru_bpc for r in rs])} "

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 from vikhr.ablate.config import (
     AblateConfig,
     Arm,
+    Mode,
     base_init_files,
     base_vocab_size,
     check_memory_here,
+    mode_key,
     trainer_config,
 )
 from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
@@ -71,10 +73,10 @@ class AblationResult:
     config: AblateConfig
     base_bpc: dict[str, float]
     base_cached: bool  # True when the base model came from the cache (not trained by this run nor base.init)
-    chars_per_token: dict[str, float]  # "base"/"adapted" on the continued-training blend
+    chars_per_token: dict[str, float]  # by tokenizer ("base", "replace", "extend") on the training blend
     runs: list[RunResult]
-    # The adapted starts' embedding rows (adapted_rows); None in a grid without an adapted arm
-    adapted_rows: dict[str, int] | None = None
+    # Each adapted tokenizer's starts' embedding rows (adapted_rows), by mode: those an arm started from
+    adapted_rows: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def adapted_rows(summary: dict[str, Any]) -> dict[str, int]:
@@ -128,7 +130,7 @@ def _base_init_tokenizer(cfg: AblateConfig) -> Path:
     return tokenizer
 
 
-def _check_extendable(base_tok: Path) -> None:
+def _check_extendable(base_tok: Path, key: str) -> None:
     """The base tokenizer is one `vikhr tokenizer train --mode extend` extends (a byte-level BPE's
     tokenizer.json, or a SentencePiece .model with byte fallback and <unk> <s> </s> at 0-2): refused
     in one line before any stage runs, not by the tokenizer's training after the earlier grid's work
@@ -142,21 +144,21 @@ def _check_extendable(base_tok: Path) -> None:
             check_base_specials(load_model_proto(base_tok), str(base_tok))
     except VikhrError as e:
         message = str(e).replace("--base-model ", "")  # the grid's base tokenizer, not a flag
-        raise VikhrError(f"config key tokenizer.mode extend: {message}") from None
+        raise VikhrError(f"config key {key}: {message}") from None
 
 
-def adapted_tokenizer_settings(cfg: AblateConfig, base_tok: Path) -> TrainSettings:
-    """How the adapted arms' tokenizer is trained: replace and extend alike wherever a setting applies
-    to both, so that arms compared across modes differ by the mode alone. A SentencePiece BPE (replace,
-    and extend's Russian pool over a .model) lets pieces join letters and punctuation ("мир.", fewer
-    Russian tokens: docs/benchmarks.md), where `vikhr tokenizer train` keeps Mistral's script
-    splitting by default; a byte-level base's BPE has no such setting."""
+def adapted_tokenizer_settings(cfg: AblateConfig, base_tok: Path, mode: Mode) -> TrainSettings:
+    """How the adapted arms' tokenizer of `mode` is trained: replace and extend alike wherever a
+    setting applies to both, so that arms compared across modes differ by the mode alone. A
+    SentencePiece BPE (replace, and extend's Russian pool over a .model) lets pieces join letters and
+    punctuation ("мир.", fewer Russian tokens: docs/benchmarks.md), where `vikhr tokenizer train` keeps
+    Mistral's script splitting by default; a byte-level base's BPE has no such setting."""
     from vikhr.tokenizer.train import TrainSettings
     from vikhr.tokenizer.train_byte_bpe import byte_level_base
 
     t = cfg.tokenizer
     shared: dict[str, Any] = {"verify_lines_per_file": 200}  # the export's check: a grid's corpora are small
-    if t.mode == "replace":
+    if mode == "replace":
         return TrainSettings(vocab_size=t.vocab_size, split_by_script=False, **shared)
     if byte_level_base(base_tok) is None:
         shared["split_by_script"] = False
@@ -186,11 +188,12 @@ class Ablation:
             self.base_tok = require_file(cfg.tokenizer.base or assets.MISTRAL_TOKENIZER, "tokenizer.base")
         else:
             self.base_tok = _base_init_tokenizer(cfg)
-        if cfg.tokenizer.mode == "extend":
-            _check_extendable(self.base_tok)
+        if "extend" in cfg.adapted_modes():
+            _check_extendable(self.base_tok, mode_key(cfg, "extend"))
         check_memory_here(cfg, base_vocab_size(cfg))
         self.bpc_of: dict[Path, dict[str, float]] = {}
-        self.starts: dict[tuple[str, int | None], tuple[Path, Path, dict[str, float]]] = {}
+        self.starts: dict[tuple[str, ...], tuple[Path, Path, dict[str, float]]] = {}
+        self.adapted_tok: dict[str, Path] = {}  # by mode: the adapted tokenizers the arms need
 
     # -- stage helpers -------------------------------------------------------------------------
     def _train(
@@ -248,12 +251,16 @@ class Ablation:
                     f"{found} held-out document(s): bits per character are measured on those",
                     file=sys.stderr,
                 )
-        tok_dir = self.work / "tokenizer"
-        train_tokenizer(
-            [self.ru_train, self.en_train], tok_dir, adapted_tokenizer_settings(self.cfg, self.base_tok)
-        )
-        # A SentencePiece tokenizer's .model; an extended byte-level BPE's tokenizer.json
-        self.new_tok = resolve_tokenizer_file(tok_dir)
+        for mode in self.cfg.adapted_modes():
+            tok_dir = self.work / "tokenizer" / mode
+            settings = adapted_tokenizer_settings(self.cfg, self.base_tok, mode)
+            train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
+            # A SentencePiece tokenizer's .model; an extended byte-level BPE's tokenizer.json
+            self.adapted_tok[mode] = resolve_tokenizer_file(tok_dir)
+
+    def tokenizer(self, label: str) -> Path:
+        """The tokenizer file of "base" or of an adapted tokenizer's mode."""
+        return self.base_tok if label == "base" else self.adapted_tok[label]
 
     def base_model(self) -> bool:
         """The base's HF model: base.init's, or the English base's export from the cache or trained
@@ -292,12 +299,13 @@ class Ablation:
         return False
 
     def continued_data(self) -> None:
-        """RU+EN training sets under both tokenizers; chars per token of the blend for each."""
+        """RU+EN training sets under each tokenizer; chars per token of the blend for each."""
         share = self.cfg.train.ru_share
         ru_chars, en_chars = _chars(self.ru_train), _chars(self.en_train)
         self.blend: dict[str, list[tuple[str, str, float]]] = {}
         self.chars_per_token: dict[str, float] = {}
-        for label, tok in (("base", self.base_tok), ("adapted", self.new_tok)):
+        for label in ("base", *self.adapted_tok):
+            tok = self.tokenizer(label)
             ru, ru_tokens = self._tokenize(f"{label}-ru", self.ru_train, tok)
             en, en_tokens = self._tokenize(f"{label}-en", self.en_train, tok)
             self.blend[label] = [("ru", ru, share), ("en", en, 1 - share)]
@@ -328,7 +336,7 @@ class Ablation:
             "ru_held": rel(self.ru_held),
             "en_train": rel(self.en_train),
             "en_held": rel(self.en_held),
-            "new_tok": rel(self.new_tok),
+            "tokenizers": {mode: rel(path) for mode, path in self.adapted_tok.items()},
             "blend": {
                 k: [[lang, rel(prefix), share] for lang, prefix, share in v] for k, v in self.blend.items()
             },
@@ -357,7 +365,8 @@ class Ablation:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             old, p = state["settings"], state["prepared"]
-        except (ValueError, KeyError, TypeError) as e:
+            _one_mode_state_by_mode(state, settings["tokenizer"]["mode"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise VikhrError(
                 f"{path}: not a record of a grid ({type(e).__name__}: {e}); "
                 "run without --resume to start over"
@@ -371,7 +380,7 @@ class Ablation:
         self.state = state
         self.ru_train, self.ru_held = self.work / p["ru_train"], self.work / p["ru_held"]
         self.en_train, self.en_held = self.work / p["en_train"], self.work / p["en_held"]
-        self.new_tok = self.work / p["new_tok"]
+        self.adapted_tok = {mode: self.work / path for mode, path in p["tokenizers"].items()}
         self.blend = {
             k: [(lang, str(self.work / prefix), share) for lang, prefix, share in v]
             for k, v in p["blend"].items()
@@ -449,36 +458,39 @@ class Ablation:
         from vikhr.adapt import adapt_vocab
         from vikhr.convert import hf_to_megatron
 
-        if arm.tokenizer == "base":
-            key: tuple[str, int | None] = ("base", None)
+        label = self.cfg.tokenizer_of(arm)
+        if label == "base":
+            key: tuple[str, ...] = ("base",)
         else:
-            key = (arm.init, seed if arm.init == "random" else None)
+            key = (label, arm.init, *([str(seed)] if arm.init == "random" else []))
         if key not in self.starts:
-            name = "-".join(str(k) for k in key if k is not None)
+            name = "-".join(key)
             hf = self.base_hf
-            if arm.tokenizer == "adapted":
+            if label != "base":
                 hf = self.work / "starts" / f"{name}-hf"
                 summary = adapt_vocab(
                     self.base_hf,
                     self.base_tok,
-                    self.new_tok,
+                    self.tokenizer(label),
                     hf,
                     init=arm.init,
                     seed=seed,
                     show_progress=False,
                 )
-                if "adapted_rows" not in self.state:  # the same for every init: kept for the report
-                    self.state["adapted_rows"] = adapted_rows(summary)
+                rows = self.state.setdefault("adapted_rows", {})
+                if label not in rows:  # the same for every init: kept for the report
+                    rows[label] = adapted_rows(summary)
                     self._write_state()
             meg = hf_to_megatron(hf, self.work / "starts" / f"{name}-megatron")
-            tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
-            self.starts[key] = (meg, hf, self._bpc(hf, tok))
+            self.starts[key] = (meg, hf, self._bpc(hf, self.tokenizer(label)))
         return self.starts[key]
 
     def steps_of(self, arm: Arm) -> int:
+        """train.steps; for a base arm of budget chars, the steps that see the characters of
+        tokenizer.mode's adapted tokenizer's train.steps."""
         steps = self.cfg.train.steps
         if arm.budget == "chars" and arm.tokenizer == "base":
-            ratio = self.chars_per_token["adapted"] / self.chars_per_token["base"]
+            ratio = self.chars_per_token[self.cfg.tokenizer.mode] / self.chars_per_token["base"]
             return max(1, round(steps * ratio))
         return steps
 
@@ -496,13 +508,14 @@ class Ablation:
         for path in unfinished:
             shutil.rmtree(path, ignore_errors=True)
         meg, start_hf, start_bpc = self.start(arm, seed)
-        tok = self.new_tok if arm.tokenizer == "adapted" else self.base_tok
+        label = self.cfg.tokenizer_of(arm)
+        tok = self.tokenizer(label)
         vocab = int(json.loads((start_hf / "config.json").read_text())["vocab_size"])
         steps = self.steps_of(arm)
         t0 = time.perf_counter()
         ckpt = self._train(
             run_dir,
-            self.blend[arm.tokenizer],
+            self.blend[label],
             vocab,
             steps,
             init=str(meg),
@@ -522,7 +535,7 @@ class Ablation:
             seed=seed,
             steps=steps,
             tokens_seen=tokens,
-            chars_seen=round(tokens * self.chars_per_token[arm.tokenizer]),
+            chars_seen=round(tokens * self.chars_per_token[label]),
             ru_bpc_start=start_bpc["ru"],
             en_bpc_start=start_bpc["en"],
             ru_bpc=bpc["ru"],
@@ -556,7 +569,7 @@ class Ablation:
             start_hf, trained_hf, out, Schedule(default=(arm.slerp_t,)), method="slerp", show_progress=False
         )
         t0 = time.perf_counter()
-        bpc = self._bpc(out, self.new_tok)
+        bpc = self._bpc(out, self.tokenizer(self.cfg.tokenizer_of(arm)))
         result = RunResult(
             arm=arm,
             seed=seed,
@@ -673,7 +686,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                 bar.update()
     order = {a.name: i for i, a in enumerate(cfg.arms)}
     runs.sort(key=lambda r: (order[r.arm.name], r.seed))
-    rows = ab.state.get("adapted_rows")
+    rows = ab.state.get("adapted_rows", {})
     return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs, rows)
 
 
@@ -696,6 +709,19 @@ def grid_lock(out_dir: str | Path) -> Iterator[bool]:
     except BaseException:
         remove_empty_dirs(created)
         raise
+
+
+def _one_mode_state_by_mode(state: dict[str, Any], mode: str) -> None:
+    """A grid state written before a grid could compare tokenizers names its one adapted tokenizer,
+    its blend, chars per token and rows "adapted": they are tokenizer.mode's (`--resume` finds them)."""
+    p = state["prepared"]
+    if "new_tok" in p:
+        p["tokenizers"] = {mode: p.pop("new_tok")}
+        for by_label in (p["blend"], p["chars_per_token"]):
+            if "adapted" in by_label:
+                by_label[mode] = by_label.pop("adapted")
+        if "tokens" in state.get("adapted_rows", {}):
+            state["adapted_rows"] = {mode: state["adapted_rows"]}
 
 
 def _renamed(result: RunResult, arm: Arm) -> RunResult:
