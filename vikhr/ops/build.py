@@ -34,11 +34,11 @@ from vikhr.ops.fake import register_fake_kernels
 
 
 def csrc_dir() -> Path:
-    """Where the C++/CUDA sources are: next to the package in a checkout or an installed wheel."""
-    here = Path(__file__).resolve().parent.parent.parent
-    candidate = here / "csrc"
+    """Where the C++/CUDA sources are: inside the package (`vikhr/ops/csrc`, which the repository's
+    `csrc` links to), so a wheel ships them within vikhr, not as a top-level `csrc` in site-packages."""
+    candidate = Path(__file__).resolve().parent / "csrc"
     if not (candidate / "bindings.cpp").exists():
-        raise VikhrError(f"csrc/ sources not found at {candidate}; reinstall vikhr (pip install -e .)")
+        raise VikhrError(f"csrc/ sources not found at {candidate}; reinstall vikhr (pip install .)")
     return candidate
 
 

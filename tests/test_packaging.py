@@ -1,0 +1,75 @@
+"""What `pip install .` (a wheel built by maturin, not the editable install of `make setup`) ships:
+everything vikhr reads at run time inside the package, and an sdist a wheel can be built from.
+
+The wheel itself needs the Rust build (minutes on 2 cores); maturin packs the same walk of vikhr/
+into it as into the sdist, so the sdist's file list stands for the wheel's Python side here, and
+README's Development section gives the wheel's manual check.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import vikhr
+from tests.conftest import REPO
+from vikhr.assets import CONFIGS
+from vikhr.ops.build import csrc_dir
+
+PACKAGE = Path(vikhr.__file__).resolve().parent
+# What an sdist's top level may hold: the build's inputs and the metadata maturin writes.
+SDIST_TOP_LEVEL = {
+    "PKG-INFO",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "Cargo.toml",
+    "Cargo.lock",
+    "rust",
+    "vikhr",
+}
+
+
+def test_files_read_at_run_time_lie_inside_the_package() -> None:
+    """A file outside vikhr/ reaches a wheel only through a maturin `include`, which puts it at the
+    top of site-packages (a bare `csrc/` there, shared with any other package that ships one)."""
+    assert csrc_dir().is_relative_to(PACKAGE), csrc_dir()
+    assert (csrc_dir() / "bindings.cpp").is_file()
+    assert CONFIGS.is_relative_to(PACKAGE) and (CONFIGS / "tiny-cpu.yaml").is_file()
+    maturin = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["maturin"]
+    assert not maturin.get("include"), maturin["include"]
+    # The checkout's csrc/ and configs/, which the docs name, are the package's own directories.
+    assert (REPO / "csrc").resolve() == csrc_dir()
+    assert (REPO / "configs").resolve() == CONFIGS
+
+
+@pytest.mark.skipif(
+    shutil.which("maturin", path=str(Path(sys.executable).parent)) is None, reason="no maturin"
+)
+def test_the_sdist_holds_every_packaged_file_and_the_rust_build(tmp_path: Path) -> None:
+    maturin = str(Path(sys.executable).parent / "maturin")
+    proc = subprocess.run(
+        [maturin, "sdist", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sdist,) = tmp_path.glob("vikhr-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {name.split("/")[0] for name in names} <= SDIST_TOP_LEVEL, sorted(names)
+    tracked = subprocess.run(
+        ["git", "ls-files", "vikhr", "rust", "Cargo.toml", "Cargo.lock"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    missing = [name for name in tracked if name not in names]
+    assert not missing, missing
+    assert "vikhr/ops/csrc/bindings.cpp" in names and "vikhr/assets/configs/tiny-cpu.yaml" in names
+
