@@ -158,6 +158,9 @@ def test_doctor_reports_versions_devices_and_native_parts() -> None:
     assert "vikhr._core (Rust)" in out and "loads" in out
     assert "csrc op logsumexp_rows" in out and "compiled for cpu" in out
     assert re.search(r"^vikhr modules +all \d+ import$", out, re.M), out
+    # An installed vikhr has no configs/ beside the user: doctor names where its example configs are.
+    configs = re.search(r"^example configs +(\S+) ", out, re.M)
+    assert configs and (Path(configs[1]) / "tiny-cpu.yaml").is_file(), out
 
 
 def _doctor_without(package: str, tmp_path: Path) -> str:

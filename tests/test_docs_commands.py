@@ -78,7 +78,7 @@ NOT_READ_TAGS = {"json": "chat records", "mermaid": "a diagram"}
 # bash -c) but their own options are not checked.
 OTHER_PROGRAMS = {
     "cat", "printf", "echo", "export", "set", "cd", "source", "sbatch", "scontrol", "head", "awk", "ls",
-    "mkdir", "nvidia-smi", "pip", "cargo",
+    "mkdir", "nvidia-smi", "pip", "cargo", "cp", "unzip",
 }  # fmt: skip
 TRAINER_SECTIONS = ("model", "parallel", "data", "train", "optim", "kl", "checkpoint", "logging", "debug")
 # the sections of the three configs: trainer, ablation grid (also tokenizer, base, arms), sft build

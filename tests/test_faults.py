@@ -1121,7 +1121,13 @@ def test_gpus_without_dry_run_is_refused_not_ignored(
 
     config = _train_config(tmp_path, saved_run[1])
     status = main(["pretrain", "--config", str(config), "--gpus", "8"])
-    _one_error_line(capsys, status, "--gpus sizes the --dry-run's memory table only", "--nproc_per_node=N")
+    # The launch it names runs from an installed vikhr too (pretrain_vikhr.py is in the checkout only).
+    _one_error_line(
+        capsys,
+        status,
+        "--gpus sizes the --dry-run's memory table only",
+        "--nproc_per_node=N -m vikhr pretrain",
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -20,6 +20,7 @@ import pytest
 import vikhr
 from tests.conftest import REPO
 from vikhr.assets import CONFIGS
+from vikhr.errors import VikhrError, read_yaml_mapping
 from vikhr.ops.build import csrc_dir
 
 PACKAGE = Path(vikhr.__file__).resolve().parent
@@ -73,3 +74,14 @@ def test_the_sdist_holds_every_packaged_file_and_the_rust_build(tmp_path: Path) 
     assert not missing, missing
     assert "vikhr/ops/csrc/bindings.cpp" in names and "vikhr/assets/configs/tiny-cpu.yaml" in names
 
+
+def test_a_config_the_docs_name_outside_a_checkout_points_to_the_installed_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # as a user of the wheel: no configs/ in the current directory
+    with pytest.raises(VikhrError) as told:
+        read_yaml_mapping("configs/tiny-cpu.yaml")
+    assert str(CONFIGS) in str(told.value) and "cp -r" in str(told.value)
+    assert "\n" not in str(told.value)
+    with pytest.raises(VikhrError, match=r"config file not found: configs/no-such\.yaml \(check the path\)"):
+        read_yaml_mapping("configs/no-such.yaml")

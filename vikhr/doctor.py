@@ -181,6 +181,9 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
 
     rows.extend(_module_rows())
     rows.extend(_ops_rows(cuda, build))
+    from vikhr.assets import CONFIGS
+
+    rows.append(("example configs", f"{CONFIGS} (the docs' configs/: copy it where you run)"))
 
     try:  # the trainer's own test (megatron's import of TE), where megatron-core imports at all
         from vikhr.model.gpt import have_transformer_engine

@@ -478,7 +478,7 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys", kind: str | None
     if not p.is_file():
         if p.exists():  # /dev/null, a pipe (<(...)): read again by every rank and at each save
             raise VikhrError(f"config file {p} is not a regular file; give a YAML file (write it out first)")
-        raise VikhrError(f"config file not found: {p} (check the path)")
+        raise VikhrError(f"config file not found: {p} ({_where_configs_are(p)})")
     try:
         value = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_keys_loader()) or {}
     except UnicodeDecodeError as e:
@@ -499,6 +499,18 @@ def read_yaml_mapping(path: str | Path, contents: str = "keys", kind: str | None
                     f"config file {p} is {what.format(p)} (its {sorted(keys & value.keys())[0]}: key)"
                 )
     return value
+
+
+def _where_configs_are(missing: Path) -> str:
+    """The fix for a config file not found: where a `configs/NAME.yaml` the docs name is installed
+    (outside a checkout there is no configs/ beside the current directory), else check the path."""
+    from vikhr.assets import CONFIGS
+
+    parts = missing.parts
+    if len(parts) == 2 and parts[0] == "configs" and (CONFIGS / parts[1]).is_file():
+        where = shlex.quote(str(CONFIGS))
+        return f"vikhr installs the example configs in {CONFIGS}: copy them here with cp -r {where} ."
+    return "check the path"
 
 
 def _dotted(loc: Sequence[str | int]) -> str:

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pt = sft_sub.add_parser(
         "train",
-        help="the pre-training loop with data.kind=sft (one process; torchrun pretrain_vikhr.py for several)",
+        help="the pre-training loop with data.kind=sft (one process; `torchrun -m vikhr sft train` for more)",
     )
     from vikhr.train.cli import build_arg_parser
 

@@ -109,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="continued pre-training with CE + λ·KL (megatron-core)",
         description="Continued pre-training with CE + λ·KL on megatron-core. One process; for several, "
-        "run `torchrun --standalone --nproc_per_node=K pretrain_vikhr.py` with the same arguments.",
+        "run `torchrun --standalone --nproc_per_node=K -m vikhr pretrain` with the same arguments "
+        "(or pretrain_vikhr.py in place of `-m vikhr pretrain` in a checkout).",
     )
     build_arg_parser(p)
     p.set_defaults(func=_run)
@@ -159,7 +160,7 @@ def _load(args: argparse.Namespace) -> TrainConfig:
         raise VikhrError(
             f"{' and '.join(given)} size{'s' if len(given) == 1 else ''} the --dry-run's memory table only "
             "(add --dry-run); to train on N GPUs start N processes: torchrun --standalone "
-            "--nproc_per_node=N pretrain_vikhr.py ..."
+            "--nproc_per_node=N -m vikhr pretrain ..."
         )
     args.gpus = DRY_RUN_GPUS if args.gpus is None else args.gpus
     args.gpu_memory_gb = DRY_RUN_GPU_MEMORY_GB if args.gpu_memory_gb is None else args.gpu_memory_gb
