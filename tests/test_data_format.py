@@ -385,6 +385,55 @@ def test_merge_refuses_datasets_of_two_tokenizers_and_records_the_tokenizer_of_a
     assert not tokenization.record_path(tmp_path / "ab").exists()
 
 
+def test_merge_says_each_field_it_drops_from_the_record_and_refuses_two_eod_ids(
+    tmp_path: Path, capsys
+) -> None:
+    """A merge of inputs with and without EOD, or with and without BOS, recorded the field as null
+    without a word: the merged documents of some inputs run together. Each dropped field is now one
+    note naming two inputs and what each has; inputs whose documents end with two EOD ids are refused
+    in one line, before anything is written."""
+    from vikhr.cli import main as vikhr_main
+    from vikhr.data import tokenization
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир"}\n{"text": "Ещё один документ"}\n', encoding="utf-8")
+    preprocess([src], tmp_path / "a", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "b", MISTRAL_TOKENIZER)
+    preprocess(
+        [src], tmp_path / "c", MISTRAL_TOKENIZER, tokenizer_type="Llama2Tokenizer", legacy_tokenizer=True
+    )
+    a, b, c = (f"{tmp_path}/{name}_text_document" for name in "abc")
+    assert vikhr_main(["data", "merge", "--inputs", a, b, c, "--output-prefix", str(tmp_path / "m")]) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [
+        f"note: tokenizer_type differs: {a} was tokenized as SentencePieceTokenizer, but {c} was tokenized "
+        "as Llama2Tokenizer: the merged record names no tokenizer_type",
+        f"note: append_eod differs: {a} ends each document with EOD 2, but {b} has no EOD between "
+        "documents: the merged record names no append_eod",
+        f"note: convention differs: {a} holds megatron-core ids (no BOS), but {c} holds megatron-legacy "
+        "ids (BOS before every document): the merged record names no convention",
+    ]
+    record = tokenization.read_record(tmp_path / "m")
+    assert record is not None and (record.tokenizer_type, record.append_eod, record.convention) == (None,) * 3
+    # Inputs that agree: nothing to say.
+    assert vikhr_main(["data", "merge", "--inputs", a, a, "--output-prefix", str(tmp_path / "aa")]) == 0
+    assert capsys.readouterr().err == ""
+    # The same tokenizer recorded with another EOS (another file of its pieces may name another one).
+    other_eos = tmp_path / "d_text_document"
+    preprocess([src], tmp_path / "d", MISTRAL_TOKENIZER, append_eod=True)
+    path = tokenization.record_path(other_eos)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "eod_id": 1}))
+    out = tmp_path / "out" / "m"
+    assert vikhr_main(["data", "merge", "--inputs", a, b, str(other_eos), "--output-prefix", str(out)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"vikhr data merge: error: eod_id differs: {a} ends documents with EOD id 2, but {other_eos} ends "
+        "documents with EOD id 1: the merged documents would end with two ids; pre-tokenize them all with "
+        "one tokenizer file"
+    )
+    assert not out.parent.exists()
+
+
 def test_inspect_says_what_merged_inputs_differ_in(tmp_path: Path, capsys) -> None:
     """A merge of inputs with and without EOD was shown as "no EOD appended" (its first document ends
     with EOD), and one of two keys as "key None"."""

@@ -1177,6 +1177,62 @@ def test_missing_dataset_is_named(corpus: dict[str, str], tmp_path: Path) -> Non
     assert not run_dir.exists()
 
 
+def test_a_blend_of_datasets_that_differ_in_eod_or_bos_is_told_one_line_per_field(
+    tmp_path: Path, capsys
+) -> None:
+    """A blend of datasets of one tokenizer, one written with --append-eod and one without (whose
+    documents run together), one with BOS before each document and one without, trained without a
+    word, at the start and in --dry-run. Each differing field is now one warning naming two datasets
+    and what each has; documents that end with two EOD ids are refused in one line, met alike by
+    every process (said once per node under torchrun). A dataset without a record is not compared."""
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.data import preprocess, tokenization
+    from vikhr.errors import VikhrError
+    from vikhr.train.cli import main as pretrain_main
+    from vikhr.train.config import doubtful_settings, load_config
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(40)))
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess(
+        [src], tmp_path / "en", MISTRAL_TOKENIZER, tokenizer_type="Llama2Tokenizer", legacy_tokenizer=True
+    )
+    ru, en = f"{tmp_path}/ru_text_document", f"{tmp_path}/en_text_document"
+    model = {"overrides": {"vocab_size": 32000}}
+    config = write_config(
+        tmp_path / "c.yaml", {"ru": ru, "en": en}, tmp_path / "run", model=model, train={"steps": 4}
+    )
+    first, second = f"config key data.train[0] (ru, {ru})", f"config key data.train[1] (en, {en})"
+    expected = [
+        f"data.train: append_eod differs: {first} ends each document with EOD 2, but {second} has no EOD "
+        "between documents (documents without EOD run together with no boundary in the packed windows; "
+        "pre-tokenize with --append-eod unless that is meant)",
+        f"data.train: convention differs: {first} holds megatron-core ids (no BOS), but {second} holds "
+        "megatron-legacy ids (BOS before every document) (pre-tokenize both with, or both without, "
+        "--legacy-tokenizer unless that is meant)",
+    ]
+    assert [d for d in doubtful_settings(load_config(config)) if d.startswith("data.train")] == expected
+    assert pretrain_main(["--config", str(config), "--dry-run", "--gpus", "1"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "data.train" in line] == [
+        f"warning: {line}" for line in expected
+    ]
+    # The same tokenizer recorded with another EOS: data.eod_id splits the documents of one only.
+    path = tokenization.record_path(en)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "append_eod": True, "eod_id": 1}))
+    for dry_run in ([], ["--dry-run"]):
+        with pytest.raises(VikhrError) as refused:
+            pretrain_main(["--config", str(config), *dry_run])
+        assert str(refused.value) == (
+            f"eod_id differs: {first} ends documents with EOD id 2, but {second} ends documents with EOD "
+            f"id 1: the documents of one run end with one EOD id, data.eod_id = 2 (pre-tokenize both with "
+            "one tokenizer file, whose EOS that is)"
+        )
+        assert refused.value.alike_on_every_process
+    # A dataset without a record (an older one, Megatron-LM's) is not compared, as before.
+    path.unlink()
+    assert [d for d in doubtful_settings(load_config(config)) if d.startswith("data.train")] == []
+
+
 def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: Path) -> None:
     """Two datasets pre-tokenized with two tokenizers of one vocabulary size (the new tokenizer and
     the old, both uint16) trained silently on ids that mean different pieces. Their records now refuse

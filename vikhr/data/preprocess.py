@@ -473,19 +473,28 @@ def merge_inputs(names: Sequence[str | os.PathLike[str]]) -> list[str]:
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
     """Concatenate indexed datasets (same dtype; a folder gives those in it, see `merge_inputs`) into
     one, as Megatron's merge tool does; the output's tokenization record is written when every input
-    has one of one tokenizer. Inputs whose records name different tokenizers are refused before
-    anything is written."""
+    has one of one tokenizer, with a note on stderr for each field it leaves None (the inputs differ in
+    it). Inputs whose records name different tokenizers, or documents ending with different EOD ids,
+    are refused before anything is written."""
     names = merge_inputs(prefixes)
     records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
     tokenization.refuse_mixed_tokenizers(
         records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
     )
+    tokenization.refuse_mixed_eod_ids(
+        records, "the merged documents would end with two ids; pre-tokenize them all with one tokenizer file"
+    )
+    dropped: list[tokenization.FieldDifference] = []
 
     def write_record(info: indexed.IndexInfo) -> None:
         record = tokenization.merged_record(list(records.values()), info)
         if record is not None:
             tokenization.write_records({str(output_prefix): record})
+            dropped.extend(tokenization.dropped_fields(records))  # all have a record: merged_record
 
     with sigterm_as_interrupt():
         indexed.merge(names, output_prefix, on_written=write_record)
+    # Once merged: an error stays the only line. A blend of the output is not told these apart.
+    for difference in dropped:
+        print(f"note: {difference.line()}: the merged record names no {difference.field}", file=sys.stderr)
     return inspect(output_prefix)

@@ -20,6 +20,7 @@ dataset.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,6 +201,111 @@ def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: 
             )
 
 
+# The fields of a record that datasets of one tokenizer may differ in; a merge records None for each
+# its inputs differ in.
+MERGED_FIELDS = ("tokenizer_type", "json_key", "append_eod", "eod_id", "convention")
+# Those a blend's datasets may differ in on purpose (SFT data without EOD, a legacy dataset's BOS),
+# but seldom do: said in a warning. A differing EOD id is refused (`refuse_mixed_eod_ids`).
+BLEND_FIELDS = ("append_eod", "convention")
+
+
+def _begins_with_bos(record: TokenizationRecord) -> bool | None:
+    """Whether each document of the dataset begins with BOS (Megatron-LM's legacy Llama2Tokenizer);
+    None where the record cannot tell (merged from datasets that differ in it)."""
+    if record.convention is None or (record.convention == MEGATRON_LEGACY and record.tokenizer_type is None):
+        return None
+    return record.convention == MEGATRON_LEGACY and record.tokenizer_type == "Llama2Tokenizer"
+
+
+def _compared_value(record: TokenizationRecord, field: str) -> object:
+    """What two records must share in `field` to tokenize alike: for `convention`, whether documents
+    begin with BOS (the other tokenizer types give the same ids in both conventions)."""
+    return _begins_with_bos(record) if field == "convention" else getattr(record, field)
+
+
+def _what_it_has(record: TokenizationRecord, field: str) -> str:
+    """What a dataset's record says in `field`, as a difference names it."""
+    value = getattr(record, field)
+    if field == "append_eod":
+        if value is None:
+            return "ends the documents of only some of its merged inputs with EOD"
+        return f"ends each document with EOD {record.eod_id}" if value else "has no EOD between documents"
+    if field == "convention":
+        if value is None:
+            return "holds ids of several conventions (merged)"
+        bos = {True: "BOS before every document", False: "no BOS", None: "BOS in some merged inputs only"}
+        return f"holds {value} ids ({bos[_begins_with_bos(record)]})"
+    if field == "eod_id":
+        return "records no EOD id (merged)" if value is None else f"ends documents with EOD id {value}"
+    if field == "json_key":
+        return "holds several JSON keys (merged)" if value is None else f"holds JSON key {value!r}"
+    return "holds several tokenizer types (merged)" if value is None else f"was tokenized as {value}"
+
+
+@dataclass(frozen=True)
+class FieldDifference:
+    """Two datasets whose records differ in `field` (a field of `MERGED_FIELDS`), by their labels."""
+
+    field: str
+    first: tuple[str, TokenizationRecord]
+    other: tuple[str, TokenizationRecord]
+
+    def line(self) -> str:
+        """The two datasets and what each has, for a note, a warning or an error."""
+        (label, record), (other_label, other) = self.first, self.other
+        return (
+            f"{self.field} differs: {label} {_what_it_has(record, self.field)}, but {other_label} "
+            f"{_what_it_has(other, self.field)}"
+        )
+
+
+def differing_fields(
+    records: dict[str, TokenizationRecord | None], fields: tuple[str, ...] = BLEND_FIELDS
+) -> list[FieldDifference]:
+    """For each of `fields` the datasets `{label: record}` of one blend differ in, the first dataset
+    and the first that differs from it (datasets without a record are not compared). `convention`
+    compares whether documents begin with BOS; EOD ids are compared only among datasets whose
+    documents end with EOD (a dataset without it holds no EOD id)."""
+    found = []
+    for field in fields:
+        compared = [
+            (label, r)
+            for label, r in records.items()
+            if r is not None and (field != "eod_id" or (r.append_eod is not False and r.eod_id is not None))
+        ]
+        found += _first_difference(compared, field, _compared_value)
+    return found
+
+
+def dropped_fields(records: dict[str, TokenizationRecord]) -> list[FieldDifference]:
+    """The fields `merged_record` records as None for the merge of datasets `{label: record}`, each
+    with the first dataset and the first that differs from it."""
+    found = []
+    for field in MERGED_FIELDS:
+        found += _first_difference(list(records.items()), field, getattr)
+    return found
+
+
+def _first_difference(
+    records: list[tuple[str, TokenizationRecord]],
+    field: str,
+    value: Callable[[TokenizationRecord, str], object],
+) -> list[FieldDifference]:
+    """[the difference of the first of `records` and the first whose `value` of `field` differs], or []."""
+    for label, record in records[1:]:
+        if value(record, field) != value(records[0][1], field):
+            return [FieldDifference(field, records[0], (label, record))]
+    return []
+
+
+def refuse_mixed_eod_ids(records: dict[str, TokenizationRecord | None], fix: str) -> None:
+    """VikhrError naming two of the datasets `{label: record}` (of one tokenizer: see
+    `refuse_mixed_tokenizers`) whose documents end with different EOD ids, with `fix`: the ids one
+    tokenizer gives would then end documents in one dataset and be text in the other."""
+    for difference in differing_fields(records, ("eod_id",)):
+        raise VikhrError(f"{difference.line()}: {fix}")
+
+
 def merged_record(
     records: list[TokenizationRecord | None], info: indexed.IndexInfo
 ) -> TokenizationRecord | None:
@@ -212,7 +318,7 @@ def merged_record(
         return None
     agreed = {
         name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in records) else None
-        for name in ("tokenizer_type", "json_key", "append_eod", "eod_id", "convention")
+        for name in MERGED_FIELDS
     }
     counts = {"dtype": info.dtype, "documents": info.documents, "tokens": info.tokens}
     return TokenizationRecord(**{**asdict(first), **agreed, **counts})

@@ -132,11 +132,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     with same_on_every_process():  # each torchrun process reads the same arguments, config and files
         cfg = _load(args)
     if args.dry_run:
+        from vikhr.train.config import doubtful_settings
         from vikhr.train.memory import dry_run_table
 
         print(dry_run_table(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb))
-        for told in cfg.notes():  # after the table: an error stays the only line
+        # After the table: an error stays the only line. The warnings the run would give at its start.
+        for told in cfg.notes():
             print(f"note: {told}", file=sys.stderr)
+        for doubt in doubtful_settings(cfg):
+            print(f"warning: {doubt}", file=sys.stderr)
         return 0
     require_megatron()  # a clear error for a wrong megatron-core before the trainer imports it
     from vikhr.train.trainer import run

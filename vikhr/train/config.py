@@ -26,7 +26,7 @@ import math
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -48,6 +48,9 @@ from vikhr.model.gpt import AttentionBackend
 from vikhr.ops.cross_entropy_kl import KL_DIRECTIONS
 from vikhr.runtime.distributed import Device
 from vikhr.sft.layout import Packing, check_sft_blend, check_sft_dataset, stale_chat_encoding
+
+if TYPE_CHECKING:
+    from vikhr.data.tokenization import TokenizationRecord
 
 # numpy's and torch's generators take seeds in [0, 2^32)
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -456,6 +459,7 @@ def doubtful_settings(cfg: TrainConfig) -> list[str]:
             f"optim.warmup_steps = {o.warmup_steps} is not below train.steps = {t.steps}: the learning "
             f"rate never reaches optim.lr = {o.lr:g}"
         )
+    found += blend_differences(cfg.data)
     if cfg.data.kind == "sft":
         stale = (
             stale_chat_encoding(e.prefix, f"data.train[{i}].prefix") for i, e in enumerate(cfg.data.train)
@@ -577,27 +581,63 @@ def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig | None, world_size: int 
         )
 
 
-def _check_blend_tokenizers(d: DataSection) -> None:
-    """The pre-training datasets of one run share a tokenizer: a blend of two of one vocabulary size
-    (same token dtype) trains on ids that mean different pieces. Told by the records `data preprocess`
-    writes; a dataset without one (an older one, or Megatron-LM's) is not compared."""
+def _blend_records(d: DataSection) -> dict[str, TokenizationRecord | None]:
+    """The tokenization records of the pre-training datasets of `d` there now, by the label their
+    messages give them; a dataset without one (an older one, or Megatron-LM's), not there (a
+    --dry-run away from the data) or damaged (the trainer's check_data names it) is not compared."""
     from vikhr.data.indexed import inspect
-    from vikhr.data.tokenization import read_record, record_path, refuse_mixed_tokenizers
+    from vikhr.data.tokenization import read_record, record_path
 
-    records = {}
-    for i, entry in enumerate(d.train):
+    records: dict[str, TokenizationRecord | None] = {}
+    for i, entry in enumerate(d.train if d.kind == "pretrain" else ()):
         if not record_path(entry.prefix).is_file():
             continue
         try:
             info = inspect(entry.prefix)
-        except VikhrError:  # a damaged dataset: the trainer's check_data names it with the fix
+        except VikhrError:
             continue
         records[f"config key data.train[{i}] ({entry.name}, {entry.prefix})"] = read_record(
             entry.prefix, info
         )
+    return records
+
+
+def _check_blend_tokenizers(d: DataSection) -> None:
+    """The pre-training datasets of one run share a tokenizer: a blend of two of one vocabulary size
+    (same token dtype) trains on ids that mean different pieces; and their EOD id, which data.eod_id
+    names (documents ending with another id would run together). Told by the records `data
+    preprocess` writes (`_blend_records`)."""
+    from vikhr.data.tokenization import refuse_mixed_eod_ids, refuse_mixed_tokenizers
+
+    records = _blend_records(d)
     refuse_mixed_tokenizers(
         records, "the datasets of one run share one tokenizer (pre-tokenize both with one tokenizer)"
     )
+    refuse_mixed_eod_ids(
+        records,
+        f"the documents of one run end with one EOD id, data.eod_id = {d.eod_id} (pre-tokenize both with "
+        "one tokenizer file, whose EOS that is)",
+    )
+
+
+# What a blend of datasets that differ in a field of their records does, and the way out where it is
+# not meant (`blend_differences`).
+_BLEND_DIFFERENCE_FIXES = {
+    "append_eod": "documents without EOD run together with no boundary in the packed windows; pre-tokenize "
+    "with --append-eod unless that is meant",
+    "convention": "pre-tokenize both with, or both without, --legacy-tokenizer unless that is meant",
+}
+
+
+def blend_differences(d: DataSection) -> list[str]:
+    """What the pre-training datasets of `d` differ in that is allowed but seldom meant (whether their
+    documents end with EOD, begin with BOS): one line per field, naming two datasets and what each has."""
+    from vikhr.data.tokenization import differing_fields
+
+    return [
+        f"data.train: {difference.line()} ({_BLEND_DIFFERENCE_FIXES[difference.field]})"
+        for difference in differing_fields(_blend_records(d))
+    ]
 
 
 def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool, resumed: Path | None) -> None:
@@ -625,8 +665,7 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool, r
         names.add(entry.name)
     if metas:
         check_sft_blend(metas)
-    if check_files and d.kind == "pretrain":
-        _check_blend_tokenizers(d)
+    _check_blend_tokenizers(d)  # the datasets there now: --dry-run refuses what the run would
     try:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
