@@ -1441,15 +1441,7 @@ def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
     first, cfg_path, first_result, _ = init_grid
     out = first.parent / "resumed-one-mode"
     shutil.copytree(first, out)
-    path = out / "work" / "grid.json"
-    state = json.loads(path.read_text(encoding="utf-8"))
-    prepared = state["prepared"]
-    [(mode, tokenizer)] = prepared.pop("tokenizers").items()
-    prepared["new_tok"] = tokenizer
-    for by_label in (prepared["blend"], prepared["chars_per_token"]):
-        by_label["adapted"] = by_label.pop(mode)
-    state["adapted_rows"] = state["adapted_rows"][mode]
-    path.write_text(json.dumps(state), encoding="utf-8")
+    _as_one_mode_grids_wrote_it(out / "work" / "grid.json")
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     cfg_path = _write(first.parent / "resumed-one-mode.yaml", {**cfg, "out_dir": str(out)})
 
@@ -1462,6 +1454,166 @@ def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
         (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
     ]
     assert resumed.adapted_rows == first_result.adapted_rows and set(resumed.adapted_rows) == {"replace"}
+
+
+def _as_one_mode_grids_wrote_it(path: Path) -> None:
+    """Rewrite grid.json `path` of a grid of one adapted tokenizer as it was written before arms could
+    name their tokenizer: its tokenizer "new_tok", its blend, figures and rows "adapted"."""
+    state = json.loads(path.read_text(encoding="utf-8"))
+    prepared = state["prepared"]
+    [(mode, tokenizer)] = prepared.pop("tokenizers").items()
+    prepared["new_tok"] = tokenizer
+    for by_label in (prepared["blend"], prepared["chars_per_token"]):
+        by_label["adapted"] = by_label.pop(mode)
+    state["adapted_rows"] = state["adapted_rows"][mode]
+    path.write_text(json.dumps(state), encoding="utf-8")
+
+
+def _resumed(
+    first: Path, cfg_path: Path, name: str, monkeypatch: pytest.MonkeyPatch, **change: Any
+) -> tuple[Path, Path, list[str], list[str]]:
+    """A copy of grid `first` in out_dir `name` with its config changed by `change` (sections
+    replaced), and the lists that its Ablation's run trainings and tokenizer trainings append to:
+    (out_dir, config, trained runs, trained tokenizers)."""
+    import shutil
+
+    import vikhr.tokenizer.train as tokenizer_train
+    from vikhr.ablate.runner import Ablation
+
+    out = first.parent / name
+    shutil.copytree(first, out)
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg_path = _write(first.parent / f"{name}.yaml", {**cfg, **change, "out_dir": str(out)})
+    runs: list[str] = []
+    tokenizers: list[str] = []
+    train, train_tokenizer = Ablation._train, tokenizer_train.train_tokenizer
+
+    def counting_train(self: Ablation, run_dir: Path, *args: object, **kw: object) -> Path:
+        runs.append(run_dir.name)
+        return train(self, run_dir, *args, **kw)
+
+    def counting_tokenizer(corpora: Any, out_dir: Path, settings: Any, *args: Any) -> Any:
+        tokenizers.append(settings.mode)
+        return train_tokenizer(corpora, out_dir, settings, *args)
+
+    monkeypatch.setattr(Ablation, "_train", counting_train)
+    monkeypatch.setattr(tokenizer_train, "train_tokenizer", counting_tokenizer)
+    return out, cfg_path, runs, tokenizers
+
+
+def test_resume_with_an_arm_of_another_tokenizer_trains_that_tokenizer_and_keeps_the_rest(
+    init_grid: tuple[Path, Path, Any, Path],
+    both_modes_grid: tuple[Path, Path, Any, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An extend arm added to a grid of replace arms changed the grid's tokenizer settings: `--resume`
+    refused it ("other tokenizer settings") and the whole grid had to start over. It now trains the
+    extend tokenizer and the added arm alone; the replace tokenizer and the finished runs are kept."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, first_result, _ = init_grid
+    arms = [
+        *MICRO["arms"],
+        {"name": "extended", "group": "vocabulary", "tokenizer": "extend", "kl_weight": 0.5},
+    ]
+    tokenizer = {**MICRO["tokenizer"], "new_tokens": NEW_TOKENS}
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, cfg_path, "added-extend", monkeypatch, arms=arms, tokenizer=tokenizer
+    )
+    replace_model = out / "work" / "tokenizer" / "replace" / "tokenizer.model"
+    replace_bytes = replace_model.read_bytes()
+    result = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    write_report(result)
+    assert tokenizers == ["extend"]
+    assert [r.split("-")[0] for r in runs] == ["extended"]  # the finished runs are found
+    assert "training the extend tokenizer that arms added since use" in capsys.readouterr().err
+    assert replace_model.read_bytes() == replace_bytes
+    assert [(r.arm.name, r.ru_bpc) for r in result.runs[:3]] == [
+        (r.arm.name, r.ru_bpc) for r in first_result.runs
+    ]
+    # The added tokenizer and arm are those of a grid that had both from its start.
+    both = {r.arm.name: r for r in both_modes_grid[2].runs}
+    assert result.chars_per_token == both_modes_grid[2].chars_per_token
+    assert result.adapted_rows == both_modes_grid[2].adapted_rows
+    assert result.runs[3].ru_bpc == pytest.approx(both["extended"].ru_bpc, abs=1e-6)
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert {k: v for k, v in state["settings"]["tokenizer"].items() if k != "base"} == {
+        "mode": "replace",
+        "vocab_size": 600,
+        "new_tokens": NEW_TOKENS,
+    }
+    assert set(state["prepared"]["tokenizers"]) == {"replace", "extend"}
+    # The grid as it is now resumes with nothing to train; a changed size of a tokenizer in use is
+    # still refused.
+    runs.clear(), tokenizers.clear()
+    run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert runs == tokenizers == []
+    changed = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    changed["tokenizer"]["new_tokens"] = NEW_TOKENS + 1
+    with pytest.raises(VikhrError, match="other tokenizer settings or data"):
+        run_ablation(load_ablate_config(_write(cfg_path, changed)), show_progress=False, resume=True)
+
+
+def test_resume_of_a_base_only_grid_written_when_every_grid_trained_a_tokenizer(
+    init_grid: tuple[Path, Path, Any, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A grid of base-tokenizer arms no longer trains an adapted tokenizer, so its settings lost the
+    size key: `--resume` of one written before (its state with the trained tokenizer and vocab_size)
+    was refused as "other tokenizer settings", and its config, which gives tokenizer.vocab_size, was
+    refused as a key no arm uses. Both resume and find the grid's runs; the key is said to be unused."""
+    from vikhr.ablate.report import markdown
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, _, _ = init_grid
+    base_only = [{"name": "base-compute", "group": "vocabulary", "tokenizer": "base"}]
+    # The grid with a base arm at equal compute added, its state then as an earlier vikhr wrote it
+    # (every grid trained tokenizer.mode's tokenizer and recorded its size).
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, cfg_path, "base-only", monkeypatch, arms=[*MICRO["arms"], *base_only]
+    )
+    run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert [r.split("-")[:2] for r in runs] == [["base", "compute"]] and tokenizers == []
+    _as_one_mode_grids_wrote_it(out / "work" / "grid.json")
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    for tokenizer in ({k: v for k, v in cfg["tokenizer"].items() if k != "vocab_size"}, cfg["tokenizer"]):
+        runs.clear()
+        path = _write(cfg_path, {**cfg, "tokenizer": tokenizer, "arms": base_only})
+        result = run_ablation(load_ablate_config(path), show_progress=False, resume=True)
+        assert runs == tokenizers == []
+        assert [r.arm.name for r in result.runs] == ["base-compute"]
+        assert set(result.chars_per_token) == {"base"}
+        assert "Adapted tokenizer: none" in markdown(result)
+        note = f"note: {path}: config key tokenizer.vocab_size is unused: every arm keeps the base tokenizer"
+        assert (note in capsys.readouterr().err) == ("vocab_size" in tokenizer)
+    # The tokenizer and its runs are kept: the adapted arms put back find theirs.
+    result = run_ablation(load_ablate_config(_write(cfg_path, cfg)), show_progress=False, resume=True)
+    assert runs == tokenizers == []
+    assert len(result.runs) == 4
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "key"),
+    [({"vocab_size": 600}, "vocab_size"), ({"mode": "extend", "new_tokens": 60}, "new_tokens")],
+)
+def test_a_base_only_grid_says_that_tokenizer_mode_s_size_key_is_unused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tokenizer: dict, key: str
+) -> None:
+    """A config of base-tokenizer arms with tokenizer.mode's size key (which every grid used before arms
+    named their tokenizer) was refused as "a key no arm uses"; it loads, and a note says the key is
+    unused. The other mode's key was refused before, and still is."""
+    arms = [{"name": "base-tokenizer", "tokenizer": "base"}]
+    path = _write(tmp_path / "ablate.yaml", {**MICRO, "tokenizer": tokenizer, "arms": arms})
+    assert load_ablate_config(path).adapted_modes() == []
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"note: {path}: config key tokenizer.{key} is unused: every arm keeps the base")
+    other = {"vocab_size": ("new_tokens", 60), "new_tokens": ("vocab_size", 600)}[key]
+    _write(path, {**MICRO, "tokenizer": {**tokenizer, other[0]: other[1]}, "arms": arms})
+    with pytest.raises(VikhrError, match=f"config key tokenizer.{other[0]} is the size of an? "):
+        load_ablate_config(path)
 
 
 def test_an_extend_grid_extends_the_bundled_sentencepiece_base(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -49,6 +50,7 @@ class DataSection(_Section):
 
 Mode = Literal["replace", "extend"]
 MODES: tuple[Mode, ...] = ("replace", "extend")
+SIZE_KEYS: dict[Mode, str] = {"replace": "vocab_size", "extend": "new_tokens"}  # each mode's size key
 
 
 class TokenizerSection(_Section):
@@ -67,8 +69,7 @@ class TokenizerSection(_Section):
         """What the adapted tokenizers of `modes` depend on (the grid's state): the mode `adapted`
         arms take, each one's size, the base's. A grid of one mode records what it did before both
         could be compared, so that `--resume` finds its runs."""
-        size = {"vocab_size": self.vocab_size} if "replace" in modes else {}
-        size |= {"new_tokens": self.new_tokens} if "extend" in modes else {}
+        size = {SIZE_KEYS[m]: getattr(self, SIZE_KEYS[m]) for m in MODES if m in modes}
         return {"mode": self.mode, **size, "base": base_digest}
 
 
@@ -321,20 +322,29 @@ def mode_key(cfg: AblateConfig, mode: Mode) -> str:
 
 def _check_tokenizer(cfg: AblateConfig, path: Path) -> None:
     """The adapted tokenizers' settings, as `vikhr tokenizer train` would take them (it trains after
-    the previous grid's work is cleared): each size key the arms' modes need, and none they do not."""
+    the previous grid's work is cleared): each size key the arms' modes need, and none they do not
+    (but tokenizer.mode's in a grid of base-tokenizer arms alone: a note says it is unused)."""
     from vikhr.tokenizer.train import MAX_VOCAB_SIZE, MIN_REPLACE_VOCAB, NUM_BYTE_PIECES, NUM_SPECIALS
 
     tok, modes = cfg.tokenizer, cfg.adapted_modes()
     used = f"the arms' adapted tokenizers: {', '.join(modes) or 'none'}; `adapted` is tokenizer.mode's"
-    if "replace" not in modes and "vocab_size" in tok.model_fields_set:
+    for mode in MODES:
+        key = SIZE_KEYS[mode]
+        if mode in modes or key not in tok.model_fields_set or getattr(tok, key) is None:
+            continue
+        if not modes and mode == tok.mode:
+            # A grid of base-tokenizer arms trains no adapted tokenizer, but its config may date from
+            # when every grid trained tokenizer.mode's and took its size: it keeps working.
+            print(
+                f"note: {path}: config key tokenizer.{key} is unused: every arm keeps the base tokenizer, "
+                f"so the grid trains no {mode} tokenizer (the key applies once an arm is adapted or "
+                f"{mode}, or has budget chars)",
+                file=sys.stderr,
+            )
+            continue
         raise VikhrError(
-            f"{path}: config key tokenizer.vocab_size is the size of a replace tokenizer, but no arm "
-            f"trains with one ({used}): drop vocab_size, or give an arm tokenizer: replace"
-        )
-    if "extend" not in modes and tok.new_tokens is not None:
-        raise VikhrError(
-            f"{path}: config key tokenizer.new_tokens is the size of an extend tokenizer, but no arm "
-            f"trains with one ({used}): drop new_tokens, or give an arm tokenizer: extend"
+            f"{path}: config key tokenizer.{key} is the size of {'an' if mode == 'extend' else 'a'} {mode} "
+            f"tokenizer, but no arm trains with one ({used}): drop {key}, or give an arm tokenizer: {mode}"
         )
     if "extend" in modes:
         if tok.new_tokens is None:

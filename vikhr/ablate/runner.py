@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vikhr.ablate.config import (
+    SIZE_KEYS,
     AblateConfig,
     Arm,
     Mode,
@@ -193,7 +194,9 @@ class Ablation:
         check_memory_here(cfg, base_vocab_size(cfg))
         self.bpc_of: dict[Path, dict[str, float]] = {}
         self.starts: dict[tuple[str, ...], tuple[Path, Path, dict[str, float]]] = {}
-        self.adapted_tok: dict[str, Path] = {}  # by mode: the adapted tokenizers the arms need
+        self.adapted_tok: dict[str, Path] = {}  # by mode: the adapted tokenizers trained
+        self.blend: dict[str, list[tuple[str, str, float]]] = {}  # by tokenizer: base, or a mode
+        self.chars_per_token: dict[str, float] = {}
 
     # -- stage helpers -------------------------------------------------------------------------
     def _train(
@@ -237,8 +240,6 @@ class Ablation:
     # -- shared preparation --------------------------------------------------------------------
     def prepare(self) -> None:
         from vikhr.demo import split_heldout
-        from vikhr.tokenizer.load import resolve_tokenizer_file
-        from vikhr.tokenizer.train import train_tokenizer
 
         corpora = self.work / "corpora"
         corpora.mkdir(parents=True)
@@ -251,7 +252,14 @@ class Ablation:
                     f"{found} held-out document(s): bits per character are measured on those",
                     file=sys.stderr,
                 )
-        for mode in self.cfg.adapted_modes():
+        self.train_tokenizers(self.cfg.adapted_modes())
+
+    def train_tokenizers(self, modes: list[Mode]) -> None:
+        """Train the adapted tokenizers of `modes` on the training split, each into work/tokenizer/<mode>."""
+        from vikhr.tokenizer.load import resolve_tokenizer_file
+        from vikhr.tokenizer.train import train_tokenizer
+
+        for mode in modes:
             tok_dir = self.work / "tokenizer" / mode
             settings = adapted_tokenizer_settings(self.cfg, self.base_tok, mode)
             train_tokenizer([self.ru_train, self.en_train], tok_dir, settings)
@@ -298,13 +306,12 @@ class Ablation:
             raise
         return False
 
-    def continued_data(self) -> None:
-        """RU+EN training sets under each tokenizer; chars per token of the blend for each."""
+    def continued_data(self, labels: list[str]) -> None:
+        """RU+EN training sets under the tokenizers of `labels` ("base" or a mode); chars per token of
+        the blend for each."""
         share = self.cfg.train.ru_share
         ru_chars, en_chars = _chars(self.ru_train), _chars(self.en_train)
-        self.blend: dict[str, list[tuple[str, str, float]]] = {}
-        self.chars_per_token: dict[str, float] = {}
-        for label in ("base", *self.adapted_tok):
+        for label in labels:
             tok = self.tokenizer(label)
             ru, ru_tokens = self._tokenize(f"{label}-ru", self.ru_train, tok)
             en, en_tokens = self._tokenize(f"{label}-en", self.en_train, tok)
@@ -330,8 +337,12 @@ class Ablation:
 
     def save_state(self, settings: dict[str, Any]) -> None:
         """Record the shared preparation (written last: its presence means the preparation is whole)."""
+        self.state = {"settings": settings, "prepared": self._prepared(), "base_cached": None}
+        self._write_state()
+
+    def _prepared(self) -> dict[str, Any]:
         rel = self._relative
-        prepared = {
+        return {
             "ru_train": rel(self.ru_train),
             "ru_held": rel(self.ru_held),
             "en_train": rel(self.en_train),
@@ -342,8 +353,41 @@ class Ablation:
             },
             "chars_per_token": self.chars_per_token,
         }
-        self.state = {"settings": settings, "prepared": prepared, "base_cached": None}
+
+    def add_tokenizers(self, settings: dict[str, Any]) -> list[Mode]:
+        """Train the adapted tokenizers that arms added since the preparation use, with their data, and
+        record them and their sizes (`settings`: the grid's now) in the state; the tokenizers trained
+        before, and the runs made with them, stay. Returns the modes trained."""
+        missing = [m for m in self.cfg.adapted_modes() if m not in self.adapted_tok]
+        if not missing:
+            return []
+        names = f"{' and '.join(missing)} tokenizer{'s' * (len(missing) > 1)}"
+        print(
+            f"vikhr ablate: --resume: training the {names} that arms added since use; the earlier "
+            "tokenizers and runs are kept",
+            file=sys.stderr,
+        )
+
+        def remove_partial() -> None:  # an interrupted or refused attempt's files
+            for mode in missing:
+                for made in (self.adapted_tok, self.blend, self.chars_per_token):
+                    made.pop(mode, None)
+                shutil.rmtree(self.work / "tokenizer" / mode, ignore_errors=True)
+                for path in (self.work / "data").glob(f"{mode}-*"):  # its datasets, <mode>-ru_text_document
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+        remove_partial()
+        try:
+            self.train_tokenizers(missing)
+            self.continued_data(list(missing))
+        except BaseException:
+            remove_partial()
+            raise
+        recorded = self.state["settings"]["tokenizer"]
+        recorded |= {SIZE_KEYS[m]: settings["tokenizer"][SIZE_KEYS[m]] for m in missing}
+        self.state["prepared"] = self._prepared()
         self._write_state()
+        return missing
 
     def _write_state(self) -> None:
         write_text(self.work / GRID_STATE, json.dumps(self.state, indent=2, ensure_ascii=False))
@@ -366,13 +410,18 @@ class Ablation:
             state = json.loads(path.read_text(encoding="utf-8"))
             old, p = state["settings"], state["prepared"]
             _one_mode_state_by_mode(state, settings["tokenizer"]["mode"])
+            trained = set(p["tokenizers"])
+            changed = sorted(
+                k for k in settings.keys() | old.keys() if k != "tokenizer" and settings.get(k) != old.get(k)
+            )
+            if not _tokenizers_kept(old.get("tokenizer"), settings["tokenizer"], trained):
+                changed = sorted([*changed, "tokenizer"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise VikhrError(
                 f"{path}: not a record of a grid ({type(e).__name__}: {e}); "
                 "run without --resume to start over"
             ) from None
-        if old != settings:
-            changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+        if changed:
             raise VikhrError(
                 f"{path}: the earlier runs in this out_dir were made with other {', '.join(changed)} "
                 "settings or data; run without --resume to start again, or give another out_dir"
@@ -650,12 +699,13 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
             _remove_earlier_report(ab.out)
         try:
             ab.prepare()
-            ab.continued_data()
+            ab.continued_data(["base", *ab.adapted_tok])
         except VikhrError:  # a refused corpus or tokenizer leaves no half-prepared grid
             shutil.rmtree(ab.work, ignore_errors=True)
             raise
         ab.save_state(settings)
     else:
+        ab.add_tokenizers(settings)
         removed = ab.prune_unrecorded_runs(trained)
         if removed:
             print(
@@ -686,8 +736,12 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
                 bar.update()
     order = {a.name: i for i, a in enumerate(cfg.arms)}
     runs.sort(key=lambda r: (order[r.arm.name], r.seed))
-    rows = ab.state.get("adapted_rows", {})
-    return AblationResult(cfg, base_bpc, base_cached, ab.chars_per_token, runs, rows)
+    # The figures of the tokenizers this grid uses, as a run from the start would give them: a resumed
+    # grid keeps the tokenizers of arms removed since, and trains those of added ones last.
+    labels = ["base", *cfg.adapted_modes()]
+    chars_per_token = {label: ab.chars_per_token[label] for label in labels}
+    rows = {mode: r for mode, r in ab.state.get("adapted_rows", {}).items() if mode in labels}
+    return AblationResult(cfg, base_bpc, base_cached, chars_per_token, runs, rows)
 
 
 @contextlib.contextmanager
@@ -722,6 +776,17 @@ def _one_mode_state_by_mode(state: dict[str, Any], mode: str) -> None:
                 by_label[mode] = by_label.pop("adapted")
         if "tokens" in state.get("adapted_rows", {}):
             state["adapted_rows"] = {mode: state["adapted_rows"]}
+
+
+def _tokenizers_kept(recorded: Any, now: dict[str, Any], trained: set[str]) -> bool:
+    """Whether the tokenizers a grid's state records (`recorded`, those of modes `trained`) serve the
+    grid's settings `now`: the same mode for `adapted` arms and base tokenizer, and the same size for
+    each trained one the grid still uses. A tokenizer it adds is trained on resume; one no arm uses
+    any more stays, at its recorded size, for the finished runs made with it."""
+    if not isinstance(recorded, dict):
+        return False
+    used = [SIZE_KEYS[m] for m in SIZE_KEYS if m in trained and SIZE_KEYS[m] in now]
+    return all(recorded.get(k) == now[k] for k in ("mode", "base", *used))
 
 
 def _renamed(result: RunResult, arm: Arm) -> RunResult:
