@@ -865,7 +865,7 @@ def test_a_loss_plugs_into_the_trainer(corpus: dict[str, str], tmp_path: Path) -
     assert seen == [(VOCAB, True)] * 8  # 2 steps × 4 micro-batches, the reference's logits with λ = 0.5
     train, _ = read_metrics(run_dir)
     assert sorted(train) == [1, 2] and sorted(train[1]) == sorted(
-        ["step", "kind", "loss", "ce", "z", "lr", "grad_norm", "tokens_per_s", "mfu"]
+        ["step", "kind", "loss", "ce", "z", "lr", "grad_norm", "tokens_per_s", "mfu", "loss_tokens"]
     )
     assert train[1]["loss"] == pytest.approx(train[1]["ce"] + 1e-4 * train[1]["z"], rel=1e-6)
 
