@@ -6,6 +6,8 @@ import contextlib
 import gzip
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,6 +244,51 @@ def test_a_chat_under_json_keys_is_said_as_a_chat_with_the_command_that_encodes_
             capsys.readouterr().err
             == f"vikhr data preprocess: error: {src}:1: field {json.dumps(key)} {what}\n"
         )
+
+
+def test_a_text_kept_as_a_list_of_strings_is_said_with_how_to_join_it(
+    tmp_path: Path, capsys, lines: list[str]
+) -> None:
+    """A corpus keeping each document as a list of sentences or paragraphs was refused with "choose the
+    field with --json-keys": the field is the right one, its value is a list. Now the line says so, with
+    the command that joins them; the corpus so joined is read."""
+    docs = [[p, p[::-1]] for p in (json.loads(line)["text"] for line in lines[1:4])]
+    src = tmp_path / "pieces.jsonl"
+    records = "".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs))
+    src.write_text(records, encoding="utf-8")
+    args = [
+        "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+        "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(MISTRAL_TOKENIZER),
+    ]  # fmt: skip
+    join = "jq -c '.text |= join(\"\\n\")' IN.jsonl > OUT.jsonl"
+    said = (
+        f'{src}:1: field "text" is a list of 2 strings, not one string: join them into one string per '
+        f"document, e.g. {join}\n"
+    )
+    assert vikhr_main(["data", "preprocess", *args]) == 2
+    assert capsys.readouterr().err == f"vikhr data preprocess: error: {said}"
+    script = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *args]
+    proc = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr == f"preprocess_data.py: error: {said}"
+    assert sorted(tmp_path.iterdir()) == [src]
+    # Past the first line, the native reader's own line: the same words.
+    text_first = tmp_path / "text_first.jsonl"
+    text_first.write_text(f"{lines[0]}\n" + src.read_text(encoding="utf-8"), encoding="utf-8")
+    assert vikhr_main(["data", "preprocess", *args[:1], str(text_first), *args[2:]]) == 2
+    assert capsys.readouterr().err == (
+        f"vikhr data preprocess: error: {said.replace(f'{src}:1:', f'{text_first}:2:').rstrip()} (fix the "
+        "line, or pass --skip-invalid to skip such lines)\n"
+    )
+    assert not list(tmp_path.glob("out*"))
+    if not shutil.which("jq"):
+        return
+    joined = tmp_path / "joined.jsonl"
+    command = join.replace("IN.jsonl", shlex.quote(str(src))).replace("OUT.jsonl", shlex.quote(str(joined)))
+    subprocess.run(command, shell=True, check=True)
+    assert vikhr_main(["data", "preprocess", "--input", str(joined), *args[2:]]) == 0
+    written = indexed.IndexedReader(tmp_path / "out_text_document")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(MISTRAL_TOKENIZER))
+    assert [written.document(i) for i in range(len(written))] == [sp.encode("\n".join(d)) for d in docs]
 
 
 _CHOOSE_TEXT = "not a string (choose the field with --json-keys; the record's fields: text)"

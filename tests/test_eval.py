@@ -1192,6 +1192,12 @@ def test_a_data_dir_of_another_layout_is_told_where_the_files_are(
     [
         ("Привет, мир.\r\nВторая строка.\r\n", "my.jsonl:1: not valid JSON"),  # a plain text file
         ('{"content": "Привет"}\n', "my.jsonl:1: field 'text' is missing"),
+        # A text kept as its sentences: the field is the right one, its pieces are to be joined.
+        (
+            '{"text": ["Привет.", "Мир."]}\n',
+            'my.jsonl:1: field "text" is a list of 2 strings, not one string: join them into one string per '
+            """document, e.g. jq -c '.text |= join("\\n")' IN.jsonl > OUT.jsonl;""",
+        ),
         ("\ufeff\r\n", "my.jsonl has no non-empty 'text' texts"),  # a BOM and an empty line
     ],
 )

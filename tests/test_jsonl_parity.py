@@ -164,7 +164,7 @@ def test_a_text_field_holding_no_string_is_said_alike(
     line = b'{"text": ' + value + b', "id": 1}'
     path = tmp_path / "in.jsonl"
     path.write_bytes(GOOD + line + b"\n")
-    said, _ = said_not_text("text", parse_record(line.decode())["text"])
+    said = said_not_text("text", parse_record(line.decode())["text"]).said
     with pytest.raises(VikhrError) as refused:
         rust_texts(path, tokenizer)
     assert str(refused.value).startswith(f"{path}:2: {said} ("), str(refused.value)[:200]

@@ -927,25 +927,35 @@ def test_bad_corpus_line_is_reported_with_location(
     assert list(tmp_path.iterdir()) == [bad]  # nothing half-written next to the output
 
 
+_CHOOSE_TEXT_KEY = "(choose the field with --text-key)"
+
+
 @pytest.mark.parametrize(
     "value,said",
     [
-        ([{"role": "user", "content": "x"}], 'field "text" holds a chat (a list of turns), not a string'),
-        (None, 'field "text" is null, not a string'),
-        (["a", "b"], 'field "text" is a list, not a string'),
-        (3, 'field "text" is a number, not a string'),
+        (
+            [{"role": "user", "content": "x"}],
+            f'field "text" holds a chat (a list of turns), not a string {_CHOOSE_TEXT_KEY}',
+        ),
+        (None, f'field "text" is null, not a string {_CHOOSE_TEXT_KEY}'),
+        (["a", 1], f'field "text" is a list, not a string {_CHOOSE_TEXT_KEY}'),
+        (
+            ["a", "b"],
+            'field "text" is a list of 2 strings, not one string: join them into one string per document, '
+            """e.g. jq -c '.text |= join("\\n")' IN.jsonl > OUT.jsonl""",
+        ),
+        (3, f'field "text" is a number, not a string {_CHOOSE_TEXT_KEY}'),
     ],
 )
 def test_a_corpus_field_that_is_not_text_is_said_as_what_it_holds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: object, said: str
 ) -> None:
-    """A field that is there but holds no text was said to be missing ("no string field 'text'")."""
+    """A field that is there but holds no text was said to be missing ("no string field 'text'"); a
+    text kept as a list of strings named another field to choose, where they are to be joined."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n' + json.dumps({"text": value}) + "\n", encoding="utf-8")
     code, err = _cli(["tokenizer", "train", "--corpus", str(bad), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and err.splitlines() == [
-        f"vikhr tokenizer train: error: {bad}:2: {said} (choose the field with --text-key)"
-    ]
+    assert code == 2 and err.splitlines() == [f"vikhr tokenizer train: error: {bad}:2: {said}"]
     assert list(tmp_path.iterdir()) == [bad]
 
 

@@ -20,7 +20,7 @@ import shlex
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, NamedTuple, TextIO
 
 from vikhr.errors import VikhrError
 
@@ -450,10 +450,10 @@ def read_texts(path: str | os.PathLike[str], key: str = "text") -> Iterator[str]
     for line_no, record in read_jsonl(path):
         value = record.get(key)
         if not isinstance(value, str):
-            found = "missing" if key not in record else f"{type(value).__name__}, not a string"
-            raise VikhrError(
-                f"{path}:{line_no}: field {key!r} is {found} (choose the field that holds the text)"
-            )
+            choose = "choose the field that holds the text"
+            if key not in record:
+                raise VikhrError(f"{path}:{line_no}: field {key!r} is missing ({choose})")
+            raise VikhrError(f"{path}:{line_no}: {not_text_reason(key, value, choose)}")
         yield value
 
 
@@ -465,13 +465,31 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
     return "".join(line for _, line in _lines(Path(path))).replace("\r\n", "\n")
 
 
-def said_not_text(key: str, value: Any) -> tuple[str, bool]:
-    """(the native reader's words for the field `key` holding `value`, no string; whether it is a
-    chat): one wording for both readers."""
+class NotTextField(NamedTuple):
+    """The native reader's words for a field wanted as text that holds another value."""
+
+    said: str
+    is_chat: bool
+    says_its_fix: bool  # the words say how to fix the line (a list of strings: join them)
+
+
+def said_not_text(key: str, value: Any) -> NotTextField:
+    """The native reader's words for the field `key` holding `value`, no string: one wording for
+    both readers."""
     from vikhr import _core
 
-    said, is_chat = _core.not_text_field(key, json.dumps(_numbers_as_zero(value)))
-    return said, is_chat  # never None: the value is no string
+    # Never None: the value is no string.
+    return NotTextField(*_core.not_text_field(key, json.dumps(_numbers_as_zero(value))))
+
+
+def not_text_reason(key: str, value: Any, choose: str) -> str:
+    """Why the field `key`, wanted as text, holding `value` (no string) is refused, and the fix: a
+    chat said as one, a list of strings with how to join them, else what it is and `choose` (how to
+    name another field)."""
+    field = said_not_text(key, value)
+    if field.is_chat:
+        return f"field {json.dumps(key)} holds a chat (a list of turns), not a string ({choose})"
+    return field.said if field.says_its_fix else f"{field.said} ({choose})"
 
 
 def _numbers_as_zero(value: Any) -> Any:

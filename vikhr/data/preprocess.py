@@ -243,9 +243,10 @@ def _check_json_keys(files: Sequence[Path], json_keys: Sequence[str], skip_inval
     choose = f"choose the field with --json-keys; the record's fields: {fields}"
     if key not in record:
         raise VikhrError(f"{path}:{line_no}: no string field {key!r} ({choose})")
-    # The reader's own words for the value (a chat names the commands that read chats).
-    said, is_chat = said_not_text(key, record[key])
-    raise VikhrError(f"{path}:{line_no}: {said}" + ("" if is_chat else f" ({choose})"))
+    # The reader's own words for the value (a chat names the commands that read chats; a list of
+    # strings, how to join them).
+    field = said_not_text(key, record[key])
+    raise VikhrError(f"{path}:{line_no}: {field.said}" + ("" if field.says_its_fix else f" ({choose})"))
 
 
 def _encoder_for(

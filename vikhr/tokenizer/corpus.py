@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from vikhr.errors import VikhrError, require_file
-from vikhr.jsonl import is_compressed, iter_decompressed, read_jsonl, said_not_text
+from vikhr.jsonl import is_compressed, iter_decompressed, not_text_reason, read_jsonl
 from vikhr.tokenizer.byte_level import CYRILLIC
 
 Split = Literal["train", "heldout", "all"]
@@ -65,23 +65,16 @@ def iter_documents(
     path = require_file(path, "corpus file")
     first_line_of: dict[str, int] = {}
     for line_no, rec in read_jsonl(path):
-        if not isinstance(rec.get(text_key), str):
-            raise VikhrError(f"{path}:{line_no}: {_not_text(rec, text_key)} ({text_key_fix})")
+        if text_key not in rec:
+            raise VikhrError(f"{path}:{line_no}: no string field '{text_key}' ({text_key_fix})")
+        if not isinstance(rec[text_key], str):
+            raise VikhrError(f"{path}:{line_no}: {not_text_reason(text_key, rec[text_key], text_key_fix)}")
         doc_id = str(rec["id"]) if "id" in rec else f"#{line_no}"
         if len(first_line_of) < _IDS_WATCHED and "id" in rec:
             _watch_id(path, doc_id, line_no, first_line_of)
         if split != "all" and is_heldout(doc_id, heldout_percent) != (split == "heldout"):
             continue
         yield Document(doc_id, rec[text_key])
-
-
-def _not_text(record: dict, key: str) -> str:
-    """Why `record[key]` is no text: the field is absent, or what its value is (in the words of the
-    native reader, which `data preprocess` uses; a chat is named as one)."""
-    if key not in record:
-        return f"no string field '{key}'"
-    said, is_chat = said_not_text(key, record[key])
-    return f"field {json.dumps(key)} holds a chat (a list of turns), not a string" if is_chat else said
 
 
 # How many ids of a file are remembered to notice a repeat (memory stays small on large corpora).

@@ -267,6 +267,8 @@ pub enum NotText {
     ChatMessages,
     /// A list of `{"from", "value"}` objects: a ShareGPT chat, which `vikhr sft build` converts.
     ShareGptTurns,
+    /// A list of this many strings: a document kept as its sentences or paragraphs.
+    Strings(usize),
 }
 
 impl NotText {
@@ -274,11 +276,19 @@ impl NotText {
     pub fn is_chat(self) -> bool {
         matches!(self, NotText::ChatMessages | NotText::ShareGptTurns)
     }
+
+    /// True where the message for it says how to fix the line (a chat: the commands that read
+    /// chats; a list of strings: joining them), so no other field is to be suggested.
+    pub fn says_its_fix(self) -> bool {
+        self.is_chat() || matches!(self, NotText::Strings(_))
+    }
 }
 
 impl fmt::Display for NotText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            NotText::Strings(1) => "a list of 1 string",
+            NotText::Strings(n) => return write!(f, "a list of {n} strings"),
             NotText::Null => "null",
             NotText::Bool => "a bool",
             NotText::Number => "a number",
@@ -324,8 +334,29 @@ impl fmt::Display for LineError {
                  encoded with vikhr sft prepare, not pre-tokenized as text; see docs/sft.md",
                 NotText::ShareGptTurns
             ),
+            // The field is the text, kept in pieces: the way to one string per document.
+            LineError::NotString(k, kind @ NotText::Strings(_)) => write!(
+                f,
+                "field {k:?} is {kind}, not one string: join them into one string per document, \
+                 e.g. jq -c '{} |= join(\"\\n\")' IN.jsonl > OUT.jsonl",
+                jq_path(k)
+            ),
             LineError::NotString(k, kind) => write!(f, "field {k:?} is {kind}, not a string"),
         }
+    }
+}
+
+/// jq's path to the field `key`: `.text`, or `.["a key"]` for a key that is no identifier.
+fn jq_path(key: &str) -> String {
+    let mut chars = key.chars();
+    let identifier = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if identifier {
+        format!(".{key}")
+    } else {
+        format!(".[{key:?}]")
     }
 }
 
@@ -405,18 +436,20 @@ impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
 }
 
 /// What a list is, from the keys of its elements given one by one by `next`: a chat is said as one
-/// (what a text field holds in a chat file).
+/// (what a text field holds in a chat file), and so is a list of strings (a document in pieces).
 fn list_kind<E>(mut next: impl FnMut() -> Result<Option<TurnKeys>, E>) -> Result<NotText, E> {
-    let (mut turns, mut messages, mut sharegpt) = (0usize, true, true);
+    let (mut turns, mut messages, mut sharegpt, mut strings) = (0usize, true, true, true);
     while let Some(keys) = next()? {
         turns += 1;
         messages &= keys.role && keys.content;
         sharegpt &= keys.from && keys.value;
+        strings &= keys.string;
     }
     Ok(match turns {
         0 => NotText::List,
         _ if messages => NotText::ChatMessages,
         _ if sharegpt => NotText::ShareGptTurns,
+        _ if strings => NotText::Strings(turns),
         _ => NotText::List,
     })
 }
@@ -439,12 +472,12 @@ fn value_of_raw(raw: &RawValue) -> Result<MaybeStr<'_>, serde_json::Error> {
             list_kind(|| {
                 items
                     .next()
-                    .map(|item| {
-                        if item.get().starts_with('{') {
-                            serde_json::from_str::<TurnKeys>(item.get())
-                        } else {
-                            Ok(TurnKeys::default())
-                        }
+                    .map(|item| match item.get().as_bytes().first() {
+                        Some(b'{') => serde_json::from_str::<TurnKeys>(item.get()),
+                        string => Ok(TurnKeys {
+                            string: string == Some(&b'"'),
+                            ..TurnKeys::default()
+                        }),
                     })
                     .transpose()
             })?
@@ -453,13 +486,15 @@ fn value_of_raw(raw: &RawValue) -> Result<MaybeStr<'_>, serde_json::Error> {
     }))
 }
 
-/// Which keys of a chat turn a list element has (all false for an element that is no object).
+/// Which keys of a chat turn a list element has (all false for an element that is no object), and
+/// whether it is a string.
 #[derive(Default)]
 struct TurnKeys {
     role: bool,
     content: bool,
     from: bool,
     value: bool,
+    string: bool,
 }
 
 impl<'de> de::Deserialize<'de> for TurnKeys {
@@ -472,7 +507,10 @@ impl<'de> de::Deserialize<'de> for TurnKeys {
             }
             // Anything but an object is no turn (its contents skipped over).
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(TurnKeys::default())
+                Ok(TurnKeys {
+                    string: true,
+                    ..TurnKeys::default()
+                })
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(TurnKeys::default())
@@ -833,7 +871,7 @@ mod tests {
             ("-1.5e3", "a number"),
             (r#"{"role": "user", "content": "x"}"#, "an object"),
             ("[]", "a list"),
-            (r#"["a", "b"]"#, "a list"),
+            (r#"["a", 1]"#, "a list"),
             (r#"[{"role": "user", "content": "x"}, 1]"#, "a list"),
             (r#"[{"role": "user"}]"#, "a list"),
         ] {
@@ -881,6 +919,39 @@ mod tests {
             );
         }
         assert_eq!(not_text("[1e400]"), Ok(Some(NotText::List)));
+    }
+
+    #[test]
+    fn a_list_of_strings_is_said_with_how_to_join_it() {
+        // The field is the text kept as sentences or paragraphs: the fix is to join them, not to
+        // choose another field.
+        let said = |line: &str, key: &str| {
+            extract_fields(line.as_bytes(), &keys(&[key]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            said(r#"{"text": ["Первое.", "Второе\n", "x"], "id": 1}"#, "text"),
+            "field \"text\" is a list of 3 strings, not one string: join them into one string per \
+             document, e.g. jq -c '.text |= join(\"\\n\")' IN.jsonl > OUT.jsonl"
+        );
+        assert_eq!(
+            said(r#"{"body text": ["a"]}"#, "body text"),
+            "field \"body text\" is a list of 1 string, not one string: join them into one string \
+             per document, e.g. jq -c '.[\"body text\"] |= join(\"\\n\")' IN.jsonl > OUT.jsonl"
+        );
+        // Read again past a number beyond a double elsewhere in the line, and from a value alone.
+        assert_eq!(
+            extract_fields(
+                br#"{"text": ["a", "b"], "n": 1e400}"#,
+                &keys(&["text", "n"])
+            ),
+            Err(LineError::NotString("text".into(), NotText::Strings(2)))
+        );
+        assert_eq!(not_text(r#"["a", "b"]"#), Ok(Some(NotText::Strings(2))));
+        assert_eq!(not_text(r#"["a", 1e400]"#), Ok(Some(NotText::List)));
+        assert!(NotText::Strings(2).says_its_fix() && !NotText::Strings(2).is_chat());
+        assert!(!NotText::List.says_its_fix() && NotText::ChatMessages.says_its_fix());
     }
 
     #[test]

@@ -44,11 +44,15 @@ fn check_plain_content(path: PathBuf, head: &[u8]) -> PyResult<()> {
 }
 
 /// For the field `key` wanted as text, whose value is the JSON text `value`: None for a string,
-/// else (the reader's message for it, whether the value is a chat). ValueError for no JSON value.
+/// else (the reader's message for it, whether the value is a chat, whether the message says how to
+/// fix the line). ValueError for no JSON value.
 #[pyfunction]
-fn not_text_field(key: String, value: &str) -> PyResult<Option<(String, bool)>> {
+fn not_text_field(key: String, value: &str) -> PyResult<Option<(String, bool, bool)>> {
     let kind = vikhr_core::jsonl::not_text(value).map_err(value_err)?;
-    Ok(kind.map(|k| (LineError::NotString(key, k).to_string(), k.is_chat())))
+    Ok(kind.map(|k| {
+        let said = LineError::NotString(key, k).to_string();
+        (said, k.is_chat(), k.says_its_fix())
+    }))
 }
 
 fn value_err(e: impl std::fmt::Display) -> PyErr {
