@@ -7,13 +7,18 @@ vocabulary (32,000 ids) so that the prepared ids are used unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -496,6 +501,110 @@ def test_an_encoding_process_killed_is_one_error_line(
         "it could not start): run again with fewer --workers"
     ]
     assert not list((tmp_path / "out").iterdir())
+
+
+# Run as `python -c` with a folder holding `encoding_on_hold.py` on PYTHONPATH: `vikhr ARGS` whose
+# encoding processes each hold their first batch until the file `release` is in that folder.
+_HELD_ENCODING = """
+import sys
+import encoding_on_hold
+from vikhr.cli import main
+from vikhr.sft import prepare
+prepare._encode_in_worker = encoding_on_hold.encode
+sys.exit(main(sys.argv[1:]))
+"""
+_ENCODING_ON_HOLD = """
+import time
+from pathlib import Path
+from vikhr.sft import prepare
+RELEASE = Path(__file__).with_name("release")
+def encode(input_path, lines):
+    while not RELEASE.exists():
+        time.sleep(0.05)
+    return prepare._encode_in_worker(input_path, lines)
+"""
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["the_run", "its_process_group"])
+def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before(
+    tmp_path: Path, group: bool
+) -> None:
+    """A SIGTERM (kill, a job scheduler's stop, sent to the run or to its whole process group) ended
+    the run at once: its scratch files and locks stayed, and its encoding processes lived on, waiting
+    for work. Now it stops as Ctrl-C does: one line, status 143, the encoding processes ended with it
+    (within their batch), the dataset already at the prefix as it was."""
+    from tests.conftest import child_env
+
+    prefix = tmp_path / "out" / "sft"
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(varied_chat_lines(20)) + "\n", encoding="utf-8")
+    prepare_sft(old, MISTRAL_TOKENIZER, prefix)
+    before = {f.name: f.read_bytes() for f in prefix.parent.iterdir()}
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(2000)) + "\n", encoding="utf-8")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "encoding_on_hold.py").write_text(_ENCODING_ON_HOLD, encoding="utf-8")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
+    cmd = [
+        sys.executable, "-c", _HELD_ENCODING, "sft", "prepare", "--input", str(chats), "--tokenizer",
+        str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix), "--workers", "2", "--no-progress",
+    ]  # fmt: skip
+    # To a file: an encoding process left running would hold a pipe open, and reading it would not end.
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("wb") as err_file:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True
+        )
+    started: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    try:
+        while len(started) < 2:  # both encoding processes, on hold
+            assert proc.poll() is None, stderr.read_text(encoding="utf-8")
+            assert time.monotonic() < deadline, "the encoding processes never started"
+            started = _encoding_processes(proc.pid)
+            time.sleep(0.1)
+        assert list(prefix.parent.glob("*.partial"))  # the datasets are being written
+        if group:  # a scheduler's stop reaches every process of the job
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        (hooks / "release").touch()  # the batches under way end; the run waits for them
+        proc.wait(timeout=60)
+        err = stderr.read_text(encoding="utf-8")
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert (
+            err == "vikhr sft prepare: terminated (SIGTERM): stopped, what was at its outputs is as it was\n"
+        )
+        while any(_running(p) for p in started):
+            assert time.monotonic() < deadline, f"encoding processes left running: {started}"
+            time.sleep(0.1)
+        assert {f.name: f.read_bytes() for f in prefix.parent.iterdir()} == before  # no lock, no scratch
+    finally:
+        (hooks / "release").touch()
+        for p in started + ([psutil.Process(proc.pid)] if proc.poll() is None else []):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        proc.wait()
+
+
+def _encoding_processes(pid: int) -> list[psutil.Process]:
+    """The encoding processes (`multiprocessing` spawn children) of process `pid`."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --------------------------------------------------------------------------- prepared datasets

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
-from vikhr.errors import VikhrError, overlap, require_output_prefix
+from vikhr.errors import VikhrError, overlap, require_output_prefix, sigterm_as_interrupt
 from vikhr.jsonl import record_lines
 from vikhr.sft.layout import CHAT_ENCODING, read_prepared_sft, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
@@ -102,49 +102,56 @@ def prepare_sft(
     # Hashed as loaded: a tokenizer file replaced while the chats are encoded is not the data's.
     tokenizer_sha256 = corpus_sha256(tok.path)
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
-    text_writer = indexed.IndexedWriter(
-        indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
-    )
-    mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
-    scratch = contextlib.ExitStack()  # after the writers, which refuse a dataset in use
-    tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
-    try:
-        batches = _line_batches(input_path, max_chats)
-        # Closed by `scratch` even on an error: that stops the encoding processes.
-        encoded = scratch.enter_context(
-            contextlib.closing(_encoded_batches(input_path, batches, tokenizer, tok, template, workers))
+    # SIGTERM (a `kill`, a job scheduler's stop) stops the run as Ctrl-C does: the writers' scratch
+    # files and locks go, the encoding processes are stopped, a dataset at the prefix stays as it was.
+    with sigterm_as_interrupt():
+        text_writer = indexed.IndexedWriter(
+            indexed.dataset_prefix(output_prefix, "text"), indexed.token_dtype(tok.vocab_size)
         )
-        counts = _write_chats(encoded, text_writer, mask_writer, progress, max_chats)
-        if counts.chats == 0:
-            raise VikhrError(f"{input_path}: no chats found")
-        _warn_of(counts, input_path, tok, template)
-        summary = PrepareSummary(
-            prefix=str(output_prefix),
-            template=template,
-            tokenizer=str(recorded_path(tok.path)),
-            tokenizer_sha256=tokenizer_sha256,
-            bos_id=tok.bos_id,
-            eos_id=tok.eos_id,
-            vocab_size=tok.vocab_size,
-            chats=counts.chats,
-            tokens=counts.tokens,
-            loss_tokens=counts.loss_tokens,
-            max_token_id=counts.max_id,
-            template_from=None if template_from is None else str(recorded_path(template_from)),
-            template_sha256=own_template(tok).sha256 if template == OWN else None,
-        )
-        tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-        # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).
-        paths["meta"].unlink(missing_ok=True)
-        text_writer.finish()
-        mask_writer.finish()
-        tmp_meta.replace(paths["meta"])
-    except BaseException:
-        text_writer.abort()
-        mask_writer.abort()
-        raise
-    finally:
-        scratch.close()
+        try:
+            mask_writer = indexed.IndexedWriter(indexed.dataset_prefix(output_prefix, "mask"), "uint8")
+        except BaseException:
+            text_writer.abort()
+            raise
+        scratch = contextlib.ExitStack()  # after the writers, which refuse a dataset in use
+        tmp_meta = scratch.enter_context(scratch_file(paths["meta"]))  # the metadata, renamed last
+        try:
+            batches = _line_batches(input_path, max_chats)
+            # Closed by `scratch` even on an error: that stops the encoding processes.
+            encoded = scratch.enter_context(
+                contextlib.closing(_encoded_batches(input_path, batches, tokenizer, tok, template, workers))
+            )
+            counts = _write_chats(encoded, text_writer, mask_writer, progress, max_chats)
+            if counts.chats == 0:
+                raise VikhrError(f"{input_path}: no chats found")
+            _warn_of(counts, input_path, tok, template)
+            summary = PrepareSummary(
+                prefix=str(output_prefix),
+                template=template,
+                tokenizer=str(recorded_path(tok.path)),
+                tokenizer_sha256=tokenizer_sha256,
+                bos_id=tok.bos_id,
+                eos_id=tok.eos_id,
+                vocab_size=tok.vocab_size,
+                chats=counts.chats,
+                tokens=counts.tokens,
+                loss_tokens=counts.loss_tokens,
+                max_token_id=counts.max_id,
+                template_from=None if template_from is None else str(recorded_path(template_from)),
+                template_sha256=own_template(tok).sha256 if template == OWN else None,
+            )
+            tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+            # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).
+            paths["meta"].unlink(missing_ok=True)
+            text_writer.finish()
+            mask_writer.finish()
+            tmp_meta.replace(paths["meta"])
+        except BaseException:
+            text_writer.abort()
+            mask_writer.abort()
+            raise
+        finally:
+            scratch.close()
     return summary
 
 
@@ -349,7 +356,10 @@ _worker_tokenizer: tuple[Tokenizer, str] | None = None
 
 def _start_worker(tokenizer: str | Path, template: str) -> None:
     global _worker_tokenizer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the pool, with one message
+    # Ctrl-C, and SIGTERM sent to the whole process group (a job scheduler's stop): the parent stops
+    # the pool, with one message; a process ended here would be "an encoding process ended abruptly".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread a process: the processes share the cores
     _worker_tokenizer = (load_for_template(tokenizer, template), template)
 
