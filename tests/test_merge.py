@@ -1080,10 +1080,39 @@ def test_chat_templates_that_differ_by_a_final_newline_are_the_same_template(
     capsys.readouterr()
     assert cli_main(["merge", str(a), str(b), "--out", str(out), "--t", "0.3"]) == 0
     captured = capsys.readouterr()
-    assert "error" not in captured.err and "chat template: model" not in captured.out, captured
+    assert "error" not in captured.err and "chat template: both models' (the same)" in captured.out, captured
     chat = [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте"}]
     merged, tuned = (AutoTokenizer.from_pretrained(m) for m in (out, b))
     assert merged.apply_chat_template(chat, tokenize=False) == tuned.apply_chat_template(chat, tokenize=False)
+
+
+def test_the_merge_says_its_chat_template_where_both_models_carry_it_or_neither(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README says the line after `wrote ...` names the merge's chat template, but where both
+    models carried the same one (a model merged with its own fine-tune) no line was printed, and a
+    user could not tell the merge had a template at all; neither with no template anywhere."""
+    from vikhr.sft.hf_chat import HF_CHAT_TEMPLATES, chat_template_in
+
+    a, b, _ = _base_and_instruct(models, tmp_path)
+    shutil.copy2(b / "tokenizer_config.json", a / "tokenizer_config.json")  # A carries B's template too
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli_main(["merge", str(a), str(b), "--out", str(out), "--t", "0.3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {out}") and lines[1] == (
+        "  chat template: both models' (the same), with model A's tokenizer and generation configs"
+    ), lines
+    assert chat_template_in(out) == (HF_CHAT_TEMPLATES["chatml"], out / "tokenizer_config.json")
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["chat_files"] == {"from": "model_a", "why": "the same in both"}
+    for model in (a, b):  # neither carries a template
+        config = json.loads((model / "tokenizer_config.json").read_text())
+        (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": None}))
+    bare = tmp_path / "bare"
+    assert cli_main(["merge", str(a), str(b), "--out", str(bare), "--t", "0.3"]) == 0
+    assert "  chat template: none (neither model has one)" in capsys.readouterr().out.splitlines()
+    assert chat_template_in(bare) is None
 
 
 def test_bar_is_drawn_on_a_terminal_only(

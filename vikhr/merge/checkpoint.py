@@ -80,6 +80,9 @@ SIDE_FILES = (
     "special_tokens_map.json",
     CHAT_TEMPLATE_FILE,
 )
+# Why the chat files are A's where neither model's template decides (merge_summary.json's chat_files).
+SAME_TEMPLATE = "the same in both"
+NO_TEMPLATE = "neither model has one"
 # Files that go with the chat template: all from one model (see the module doc).
 CHAT_FILES = (GENERATION_CONFIG, "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE)
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
@@ -399,9 +402,9 @@ def _merged_tensor(
         raise VikhrError(f"tensor {entry.name}: {e}") from None
 
 
-def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, str | None]:
-    """The model whose CHAT_FILES the merge takes, and why where the two carry other templates
-    (None: the same template, or none, in both: A's files)."""
+def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, str]:
+    """The model whose CHAT_FILES the merge takes, and why (SAME_TEMPLATE or NO_TEMPLATE where the
+    two carry one template, or none: A's files)."""
     if chat_template_from not in (None, "a", "b"):
         raise VikhrError(f"chat_template_from must be 'a' or 'b', got {chat_template_from!r}")
     found = {model: chat_template_in(model) for model in (a, b)}
@@ -422,7 +425,7 @@ def _chat_side(a: Path, b: Path, chat_template_from: str | None) -> tuple[Path, 
             )
         return chosen, f"--chat-template-from {chat_template_from}"
     if templates[a] == templates[b]:
-        return a, None
+        return a, SAME_TEMPLATE if templates[a] is not None else NO_TEMPLATE
     if templates[a] is None or templates[b] is None:
         has, lacks = (b, "A") if templates[a] is None else (a, "B")
         return has, f"model {lacks} has none"
@@ -555,8 +558,8 @@ def merge_checkpoints(
             "schedule": schedule.describe(),
             "num_hidden_layers": num_layers,
             **({CONTEXT_KEY: context} if context is not None else {}),
-            # Where the two carry other chat templates or stop ids: what the merge took.
-            **({"chat_files": chat_files} if chat_reason is not None else {}),
+            "chat_files": chat_files,
+            # Where the two stop at other ids: what the merge stops at.
             **({"eos_token_id": stops} if stops is not None else {}),
             "t": t_of,
         }

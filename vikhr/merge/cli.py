@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.merge.checkpoint import CONTEXT_KEY, merge_checkpoints
+    from vikhr.merge.checkpoint import CONTEXT_KEY, NO_TEMPLATE, SAME_TEMPLATE, merge_checkpoints
     from vikhr.merge.schedule import Schedule, parse_filter
 
     schedule = Schedule(args.t, tuple(parse_filter(f) for f in args.t_for))
@@ -83,9 +83,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(ts)} tensors merged by {args.method}, t from {min(ts):g} to {max(ts):g}")
     if CONTEXT_KEY in summary:
         print(f"  {CONTEXT_KEY}: the models' differ; the merge keeps the longer, {summary[CONTEXT_KEY]}")
-    if "chat_files" in summary:
-        chat = summary["chat_files"]
-        model = "A" if chat["from"] == "model_a" else "B"
+    chat = summary["chat_files"]
+    model = "A" if chat["from"] == "model_a" else "B"
+    if chat["why"] == SAME_TEMPLATE:
+        configs = f"model {model}'s tokenizer and generation configs"
+        print(f"  chat template: both models' (the same), with {configs}")
+    elif chat["why"] == NO_TEMPLATE:
+        print(f"  chat template: none ({NO_TEMPLATE})")
+    else:
         print(f"  chat template: model {model}'s ({chat['why']}), with its tokenizer and generation configs")
     if "eos_token_id" in summary:
         print(f"  eos_token_id: {summary['eos_token_id']} (both models' stop ids)")
