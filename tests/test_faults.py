@@ -828,8 +828,8 @@ def test_model_preset_init_over_a_config_file_s_preset_drops_the_file_s_shape_ov
     """model.preset=init on the command line over a config file written for a preset (its
     model.overrides.vocab_size the adapted vocabulary, as configs/mistral-7b-v0.1.yaml's) was refused
     until 'model.overrides={}' was added too: the file's overrides of its preset's shape are now
-    dropped with one note naming them, those a run may change (max_seq_len) kept, and the run takes
-    model.init's shape."""
+    dropped with one note naming them and the config file that sets them (not the user's command
+    line), those a run may change (max_seq_len) kept, and the run takes model.init's shape."""
     import json
 
     from vikhr.cli import main
@@ -841,9 +841,10 @@ def test_model_preset_init_over_a_config_file_s_preset_drops_the_file_s_shape_ov
     assert main([*argv, "train.steps=1"]) == 0
     [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: model.preset")]
     assert note.startswith(
-        "note: model.preset=init takes the model's shape from model.init's checkpoint: "
-        f"{config}'s model.overrides for its preset tiny ("
+        "note: model.preset=init takes the model's shape from model.init's checkpoint: the config file "
+        f"{config} sets model.overrides for its preset tiny ("
     )
+    assert note.endswith("), which are not applied")
     assert "vocab_size=40000" in note and "rope_theta=500000.0" in note and "max_seq_len" not in note
     recorded = json.loads((saved_run[0] / "step_000002" / "meta.json").read_text())["model"]
     saved = json.loads((tmp_path / "run" / "step_000001" / "meta.json").read_text())["model"]

@@ -417,9 +417,10 @@ def _drop_shape_of_the_file_s_preset(raw: dict[str, Any], path: str | Path) -> s
         return None
     model["overrides"] = {k: v for k, v in model["overrides"].items() if k in FIELDS_A_RUN_MAY_CHANGE}
     named = ", ".join(f"{k}={v}" for k, v in dropped.items())
+    # The overrides are the file's, not the command line's: the note names the file they come from.
     return (
-        f"model.preset=init takes the model's shape from model.init's checkpoint: {path}'s "
-        f"model.overrides for its preset {preset} ({named}) are not applied"
+        f"model.preset=init takes the model's shape from model.init's checkpoint: the config file {path} "
+        f"sets model.overrides for its preset {preset} ({named}), which are not applied"
     )
 
 
