@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import logging
 import math
 import sys
 import types
@@ -595,13 +596,18 @@ def test_lm_eval_s_bars_show_only_on_a_terminal_and_not_with_no_progress(
     assert hf_logging.is_progress_bar_enabled()  # as it was before the command
 
 
-def test_prompts_cut_to_the_context_are_noted(tiny_dir: Path, shared_data: Path, capsys: Any) -> None:
-    """lm-eval keeps a request's last max_length + 1 tokens and says nothing: with shots, a model
-    of a short context was scored on prompts that had lost their start, silently."""
+def test_prompts_cut_to_the_context_are_noted(
+    tiny_dir: Path, shared_data: Path, capsys: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """lm-eval keeps a request's last max_length + 1 tokens: with shots, a model of a short context
+    was scored on prompts that had lost their start, with no word but a log line per request among
+    other output. One note per task says it; lm-eval's lines for each request are left out."""
     data = shared_data / "eval"
-    run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2, max_length=48))
+    with caplog.at_level(logging.WARNING):
+        run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2, max_length=48))
     [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: task")]
     assert note.startswith("note: task terra: 6 of 6 requests are longer than the model's context (48 tokens")
+    assert not [m for m in caplog.messages if "Truncating" in m], caplog.messages  # said 6 more times
     assert "cut from the left, shots first; give fewer shots (--num-fewshot) or a longer --max-length" in note
     run_eval(settings_for(tiny_dir, ["terra"], data, limit=3, num_fewshot=2))
     assert "longer than the model's context" not in capsys.readouterr().err
@@ -610,6 +616,21 @@ def test_prompts_cut_to_the_context_are_noted(tiny_dir: Path, shared_data: Path,
     [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: task")]
     assert "requests are longer than the model's context (24 tokens" in note, note
     assert "--num-fewshot" not in note and "the task has no shots" in note, note
+
+
+def test_only_lm_eval_s_lines_on_cut_requests_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """Leaving out lm-eval's line for each request cut to the context (vikhr notes them once) keeps
+    lm-eval's other warnings, and only while vikhr's note stands for them."""
+    from vikhr.eval.lm import lm_eval_cut_warnings_silenced
+
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    cut = "Combined length of context (870) and continuation (2) exceeds model's maximum length (48)."
+    with caplog.at_level(logging.WARNING):
+        with lm_eval_cut_warnings_silenced():
+            hf_logger.warning(cut)
+            hf_logger.warning("another lm-eval warning")
+        hf_logger.warning(cut)
+    assert caplog.messages == ["another lm-eval warning", cut]
 
 
 def test_an_outer_bars_off_turns_lm_eval_s_bars_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -191,11 +192,13 @@ class VikhrLM(HFLM):
         disable_tqdm = disable_tqdm or not bars_shown()
         if not self._rolling:  # rolling windows fit the context by construction
             self._note_cut_prompts([len(c) + len(k) for _, c, k in requests])
-        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, **kwargs)
+        with lm_eval_cut_warnings_silenced():  # the note above says it once
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, **kwargs)
 
     def _note_cut_prompts(self, lengths: list[int]) -> None:
         """One note line when requests are longer than the context: HFLM keeps their last
-        `max_length` + 1 tokens (the prompt's start, shots first, is dropped) and says nothing."""
+        `max_length` + 1 tokens (the prompt's start, shots first, is dropped), with a log line for each
+        request that `lm_eval_cut_warnings_silenced` leaves out."""
         cut = [n for n in lengths if n > self.max_length + 1]
         if not cut:
             return
@@ -310,3 +313,25 @@ def _system_folded(chat: list[dict[str, str]]) -> list[dict[str, str]]:
     """`chat` without its system turn, whose text opens the first user turn."""
     system, first, *rest = chat
     return [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+
+
+# HFLM's warning for each request longer than the context, one line per request.
+LM_EVAL_CUT_WARNING = "Combined length of context"
+
+
+class _WithoutCutWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LM_EVAL_CUT_WARNING)
+
+
+@contextlib.contextmanager
+def lm_eval_cut_warnings_silenced() -> Iterator[None]:
+    """HFLM's logger without its per-request "Combined length of context ... Truncating N tokens"
+    lines, which VikhrLM's one note per task replaces; its other warnings are kept."""
+    hf_logger = logging.getLogger(HFLM.__module__)
+    without = _WithoutCutWarnings()
+    hf_logger.addFilter(without)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(without)
