@@ -1178,6 +1178,36 @@ def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> No
     assert model.config.eos_token_id == model.generation_config.eos_token_id == 32000
 
 
+def test_the_model_file_that_tokens_are_added_to_is_exported_with_them(tmp_path: Path) -> None:
+    """A chat model whose tokenizer.json adds <|im_start|>/<|im_end|> to a SentencePiece
+    tokenizer.model (ChatML on a Mistral base) was exported with the tokenizer.json alone, though the
+    checkpoint's copy of its tokenizer holds the .model: llama.cpp's GGUF converter reads a Llama or
+    Mistral model's tokenizer.model first. The .model goes with the export where the tokenizer.json
+    is it with tokens added after its own."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from tests.helpers import sentencepiece_with_other_ids
+
+    hf = sentencepiece_with_added_tokens(_tiny_hf(tmp_path / "hf", vocab_size=32002))
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    assert (meg / "tokenizer" / "tokenizer.model").is_file()  # the checkpoint's copy
+    out = megatron_to_hf(meg, tmp_path / "out")
+    assert (out / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
+    fast = AutoTokenizer.from_pretrained(out)
+    assert fast.is_fast and len(fast) == 32002
+    base = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    for text in (TEXT, "Москва — столица России. The quick brown fox jumps over the lazy dog."):
+        ids = fast(text, add_special_tokens=False).input_ids
+        assert ids == base.encode(text) and max(ids) < base.get_piece_size()
+    assert fast.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [32001, 32000]
+    # A .model of other pieces beside the tokenizer.json is another vocabulary: it stays out.
+    sentencepiece_with_other_ids(meg / "tokenizer" / "tokenizer.model")
+    other = megatron_to_hf(meg, tmp_path / "other")
+    assert not (other / "tokenizer.model").exists()
+    assert AutoTokenizer.from_pretrained(other)(TEXT).input_ids == fast(TEXT).input_ids
+
+
 @pytest.mark.parametrize("kind", ["tokenizer.json", "tokenizer.model"])
 def test_a_hub_snapshot_records_its_tokenizer_by_name(tmp_path: Path, kind: str) -> None:
     """The files of a hub snapshot are links to blobs named by their hash: the blob's path was recorded,
@@ -1220,7 +1250,8 @@ def test_tokenizer_option_and_refusal_of_a_larger_vocabulary(
     # An HF tokenizer.json (here the export's own) is carried with the tokenizer_config.json beside it.
     argv = ["convert", "megatron-to-hf", str(big), str(tmp_path / "from-json")]
     assert cli_main([*argv, "--tokenizer", str(tmp_path / "out" / "tokenizer.json")]) == 0
-    assert not (tmp_path / "from-json" / "tokenizer.model").exists()
+    # The .model beside it, of which it is the export, goes with it (GGUF converters read the .model).
+    assert (tmp_path / "from-json" / "tokenizer.model").read_bytes() == MISTRAL_TOKENIZER.read_bytes()
     _assert_loads_alone(tmp_path / "from-json")
 
     small = hf_to_megatron(_tiny_hf(tmp_path / "hf-small"), tmp_path / "meg-small")

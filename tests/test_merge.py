@@ -859,7 +859,10 @@ def test_a_chat_model_with_tokens_added_to_its_model_file_merges_with_its_export
     tiny_hf_model(a, 32002, num_layers=1)
     sentencepiece_with_added_tokens(a)
     b = megatron_to_hf(hf_to_megatron(a, tmp_path / "ckpt"), tmp_path / "export")
-    assert (a / "tokenizer.model").is_file() and not (b / "tokenizer.model").is_file()
+    assert (a / "tokenizer.model").read_bytes() == (b / "tokenizer.model").read_bytes()
+    merge_checkpoints(a, b, tmp_path / "with-model", Schedule((0.5,)), show_progress=False)
+    assert (tmp_path / "with-model" / "tokenizer.model").is_file()
+    (b / "tokenizer.model").unlink()  # an export of an older version: the tokenizer.json alone
     out = tmp_path / "merged"
     merge_checkpoints(a, b, out, Schedule((0.5,)), show_progress=False)
     chat = [{"role": "user", "content": "Привет, как дела?"}, {"role": "assistant", "content": "Хорошо."}]

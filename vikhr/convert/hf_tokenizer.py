@@ -1,6 +1,9 @@
 """The tokenizer side of an HF export, so that the directory loads with no other arguments.
 
-    tokenizer.model          the SentencePiece model, when the tokenizer is one
+    tokenizer.model          the SentencePiece model, when the tokenizer is one, or when the tokenizer is
+                             a tokenizer.json that adds tokens to the `.model` beside it (ChatML's
+                             <|im_start|>/<|im_end|> on a Mistral base): llama.cpp's GGUF converter
+                             reads it first (`_model_file_extended_by`)
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
     tokenizer_config.json    BOS/EOS/UNK tokens and, where known, the chat template
     special_tokens_map.json  the same special tokens, for loaders that read only this file
@@ -432,6 +435,29 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
     return config
 
 
+def _model_file_extended_by(tok: Tokenizer) -> Path | None:
+    """The SentencePiece tokenizer.model beside a tokenizer.json `tok` that is that model with tokens
+    added after its own (the same piece at each of the `.model`'s ids, and only added tokens past
+    them); None where there is none, or it is another vocabulary (a tiktoken file, another model's)."""
+    from vikhr.tokenizer.load import is_tiktoken_file
+
+    model_file = tok.path.with_name("tokenizer.model")
+    if tok.kind == "sentencepiece" or not model_file.is_file() or is_tiktoken_file(model_file):
+        return None
+    try:
+        base = load(model_file)
+    except VikhrError:  # not a model vikhr reads: nothing that tokenizes as the export does
+        return None
+    if base.kind != "sentencepiece" or base.vocab_size > tok.vocab_size:
+        return None
+    added = set(tok.backend.get_added_tokens_decoder())
+    if any(i not in added for i in range(base.vocab_size, tok.vocab_size)):
+        return None
+    if any(base.id_to_piece(i) != tok.id_to_piece(i) for i in range(base.vocab_size)):
+        return None
+    return model_file
+
+
 def _own_end_of_turn(tok: Tokenizer) -> int | None:
     """The end-of-turn token of the chat template kept with the tokenizer (a model exported with it
     stops there), None where it cannot be found (a bare .model, a template that writes no answer)."""
@@ -520,6 +546,9 @@ def write_tokenizer_files(
         config = _read_json(out_dir / "tokenizer_config.json")
     else:
         shutil.copyfile(tok.path, out_dir / "tokenizer.json")
+        extended = _model_file_extended_by(tok)
+        if extended is not None:
+            shutil.copyfile(extended, out_dir / "tokenizer.model")
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         config.update(source_config)
     ids: dict[str, Any] = {}
