@@ -434,6 +434,55 @@ def test_merge_says_each_field_it_drops_from_the_record_and_refuses_two_eod_ids(
     assert not out.parent.exists()
 
 
+def test_merge_of_a_model_and_its_tokenizer_json_keeps_the_record_or_says_why_not(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs pre-tokenized with a `.model` and with its exported `tokenizer.json` (other files, the
+    same pieces at the same ids) were merged into a dataset without a record, silently: a blend of it
+    was then not checked. The record is now kept, naming the first input's file; where a file is
+    gone by the time the record is written, one note says why the merged dataset has none."""
+    from vikhr.cli import main as vikhr_main
+    from vikhr.data import indexed, tokenization
+    from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Привет, мир"}\n{"text": "Ещё один документ"}\n', encoding="utf-8")
+    exported, _ = write_hf_tokenizer(MISTRAL_TOKENIZER, tmp_path / "mistral-hf")
+    preprocess([src], tmp_path / "a", MISTRAL_TOKENIZER, append_eod=True)
+    preprocess([src], tmp_path / "b", exported, tokenizer_type="HuggingFaceTokenizer", append_eod=True)
+    a, b = f"{tmp_path}/a_text_document", f"{tmp_path}/b_text_document"
+    recorded = [tokenization.read_record(p) for p in (a, b)]
+    assert recorded[0] is not None and recorded[1] is not None
+    assert recorded[0].tokenizer_sha256 != recorded[1].tokenizer_sha256
+    assert vikhr_main(["data", "merge", "--inputs", a, b, "--output-prefix", str(tmp_path / "m")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: tokenizer_type differs: {a} was tokenized as SentencePieceTokenizer, but {b} was tokenized "
+        "as HuggingFaceTokenizer: the merged record names no tokenizer_type"
+    ]
+    record = tokenization.read_record(tmp_path / "m")
+    assert record is not None
+    first = recorded[0]
+    assert (record.tokenizer, record.tokenizer_sha256) == (first.tokenizer, first.tokenizer_sha256)
+    assert (record.append_eod, record.eod_id, record.documents) == (True, 2, 4)
+    # The tokenizer.json gone while the merge ran (after its inputs were compared): it cannot be told.
+    merge_files = indexed.merge
+
+    def merge_losing_the_tokenizer_json(*args, **kwargs):
+        exported.unlink()
+        return merge_files(*args, **kwargs)
+
+    monkeypatch.setattr(indexed, "merge", merge_losing_the_tokenizer_json)
+    out = tmp_path / "n"
+    assert vikhr_main(["data", "merge", "--inputs", a, b, "--output-prefix", str(out)]) == 0
+    [note] = capsys.readouterr().err.splitlines()
+    assert note == (
+        f"note: {out} is written without a tokenization record: its inputs were tokenized with "
+        f"{recorded[0].tokenizer_line()} and {recorded[1].tokenizer_line()}, not told to be one tokenizer "
+        f"({exported} is no longer there)"
+    )
+    assert not tokenization.record_path(out).exists()
+
+
 def test_inspect_says_what_merged_inputs_differ_in(tmp_path: Path, capsys) -> None:
     """A merge of inputs with and without EOD was shown as "no EOD appended" (its first document ends
     with EOD), and one of two keys as "key None"."""

@@ -475,8 +475,8 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     """Concatenate indexed datasets (same dtype; a folder gives those in it, see `merge_inputs`) into
     one, as Megatron's merge tool does; the output's tokenization record is written when every input
     has one of one tokenizer, with a note on stderr for each field it leaves None (the inputs differ in
-    it). Inputs whose records name different tokenizers, or documents ending with different EOD ids,
-    are refused before anything is written."""
+    it), or saying why there is none where every input has one. Inputs whose records name different
+    tokenizers, or documents ending with different EOD ids, are refused before anything is written."""
     names = merge_inputs(prefixes)
     records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
     tokenization.refuse_mixed_tokenizers(
@@ -485,17 +485,22 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     tokenization.refuse_mixed_eod_ids(
         records, "the merged documents would end with two ids; pre-tokenize them all with one tokenizer file"
     )
-    dropped: list[tokenization.FieldDifference] = []
+    notes: list[str] = []
 
     def write_record(info: indexed.IndexInfo) -> None:
-        record = tokenization.merged_record(list(records.values()), info)
+        record, why_none = tokenization.merged_record(list(records.values()), info)
         if record is not None:
             tokenization.write_records({str(output_prefix): record})
-            dropped.extend(tokenization.dropped_fields(records))  # all have a record: merged_record
+            # All have a record: merged_record. A blend of the output is not told these apart.
+            notes.extend(
+                f"{difference.line()}: the merged record names no {difference.field}"
+                for difference in tokenization.dropped_fields(records)
+            )
+        elif why_none:
+            notes.append(f"{output_prefix} is written without a tokenization record: {why_none}")
 
     with sigterm_as_interrupt():
         indexed.merge(names, output_prefix, on_written=write_record)
-    # Once merged: an error stays the only line. A blend of the output is not told these apart.
-    for difference in dropped:
-        print(f"note: {difference.line()}: the merged record names no {difference.field}", file=sys.stderr)
+    for told in notes:  # once merged: an error stays the only line
+        print(f"note: {told}", file=sys.stderr)
     return inspect(output_prefix)

@@ -308,17 +308,30 @@ def refuse_mixed_eod_ids(records: dict[str, TokenizationRecord | None], fix: str
 
 def merged_record(
     records: list[TokenizationRecord | None], info: indexed.IndexInfo
-) -> TokenizationRecord | None:
-    """The record of the merge of datasets with `records` into the dataset `info` counts; None unless
-    every input has one and all name one tokenizer. A field the inputs differ in is None."""
-    if not records or any(r is None for r in records):
-        return None
-    first = records[0]
-    if any(r.tokenizer_sha256 != first.tokenizer_sha256 for r in records):
-        return None
+) -> tuple[TokenizationRecord | None, str]:
+    """The record of the merge of datasets with `records` into the dataset `info` counts, and why
+    there is none where every input has one (else ""). None unless every input has one and all name
+    one tokenizer: the same file, or files of the same pieces at the same ids (`compare_tokenizers`;
+    the record names the first input's file); where a file is gone or changed it cannot be told. A
+    field the inputs differ in is None."""
+    present = [r for r in records if r is not None]
+    if not present or len(present) != len(records):
+        return None, ""
+    first = present[0]
+    for record in present[1:]:
+        if record.tokenizer_sha256 == first.tokenizer_sha256:
+            continue
+        compared = compare_tokenizers(
+            first.tokenizer, first.tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
+        )
+        if not compared.same:
+            return None, (
+                f"its inputs were tokenized with {first.tokenizer_line()} and {record.tokenizer_line()}, "
+                f"not told to be one tokenizer ({compared.difference('the first', 'the other')})"
+            )
     agreed = {
-        name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in records) else None
+        name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in present) else None
         for name in MERGED_FIELDS
     }
     counts = {"dtype": info.dtype, "documents": info.documents, "tokens": info.tokens}
-    return TokenizationRecord(**{**asdict(first), **agreed, **counts})
+    return TokenizationRecord(**{**asdict(first), **agreed, **counts}), ""
