@@ -1233,6 +1233,56 @@ def test_a_blend_of_datasets_that_differ_in_eod_or_bos_is_told_one_line_per_fiel
     assert [d for d in doubtful_settings(load_config(config)) if d.startswith("data.train")] == []
 
 
+def test_data_eod_id_is_the_one_the_datasets_record(tmp_path: Path, capsys) -> None:
+    """data.eod_id (default 2, Mistral's </s>) was never compared with the EOD id the datasets'
+    records name: a config of another tokenizer's run (or none set) split windows at an id the
+    documents do not end with, silently unless data.isolate_documents was on. A config that sets
+    another id is now refused in one line naming the dataset, both ids with their pieces and the fix,
+    in the run and in --dry-run, met alike by every process; one that sets none takes the records'
+    id, said in one note."""
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.data import preprocess, tokenization
+    from vikhr.errors import VikhrError
+    from vikhr.train.cli import main as pretrain_main
+    from vikhr.train.config import load_config, validate
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(40)))
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    ru = f"{tmp_path}/ru_text_document"
+    model = {"overrides": {"vocab_size": 32000}}
+    datasets = {"ru": ru, "en": ru}
+    config = write_config(tmp_path / "c.yaml", datasets, tmp_path / "run", model=model, data={"eod_id": 1})
+    for dry_run in ([], ["--dry-run"]):
+        with pytest.raises(VikhrError) as refused:
+            pretrain_main(["--config", str(config), *dry_run])
+        assert str(refused.value) == (
+            f"data.eod_id differs: the config sets 1 ('<s>'), but config key data.train[0] (ru, {ru}) ends "
+            "its documents with EOD id 2 ('</s>'), as its tokenization record says: set data.eod_id=2, or "
+            "leave it out to take the datasets' id"
+        )
+        assert refused.value.alike_on_every_process
+    # The config sets none: the records' id, said once; the default where it is that one.
+    unset = yaml.safe_load(config.read_text())
+    del unset["data"]["eod_id"]
+    config.write_text(yaml.safe_dump(unset))
+    cfg = load_config(config)
+    assert (cfg.data.eod_id, cfg.notes()) == (2, [])
+    path = tokenization.record_path(ru)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "eod_id": 1}))
+    cfg = load_config(config)
+    note = (
+        f"data.eod_id = 1 (the config sets none): the EOD id the documents of config key data.train[0] "
+        f"(ru, {ru}) end with, as its tokenization record says"
+    )
+    assert (cfg.data.eod_id, cfg.notes()) == (1, [note])
+    validate(cfg)  # the run validates the loaded config again: nothing to say twice
+    assert cfg.notes() == [note]
+    capsys.readouterr()
+    assert pretrain_main(["--config", str(config), "--dry-run", "--gpus", "1"]) == 0
+    assert f"note: {note}" in capsys.readouterr().err.splitlines()
+
+
 def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: Path) -> None:
     """Two datasets pre-tokenized with two tokenizers of one vocabulary size (the new tokenizer and
     the old, both uint16) trained silently on ids that mean different pieces. Their records now refuse

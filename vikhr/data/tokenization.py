@@ -178,6 +178,22 @@ def compare_tokenizers(
     return TokenizerComparison(False, differing, pieces)
 
 
+def recorded_pieces(record: TokenizationRecord, ids: tuple[int, ...]) -> list[str | None]:
+    """The pieces of `ids` in the tokenizer `record` names, for a message; None for each where that
+    file is no longer there as recorded, or for an id outside its vocabulary."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+    from vikhr.tokenizer.load import load
+
+    path = Path(record.tokenizer)
+    try:
+        if not path.is_file() or corpus_sha256(path) != record.tokenizer_sha256:
+            return [None] * len(ids)
+        tok = load(path)
+    except (OSError, VikhrError):  # only a message's detail: it is said without
+        return [None] * len(ids)
+    return [tok.id_to_piece(i) if 0 <= i < tok.vocab_size else None for i in ids]
+
+
 def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
     """VikhrError naming two of the datasets `{label: record}` whose records name different
     tokenizers (`compare_tokenizers`; where it cannot tell, different), with `fix`; datasets

@@ -191,7 +191,10 @@ class DataSection(_Section):
     split: str = "98,2,0"
     seq_len: PositiveInt = 1024
     cache_dir: str | None = None  # megatron's index cache; default <checkpoint.dir>/data-cache
-    eod_id: NonNegativeInt = 2  # Mistral's </s>; SFT pads windows with it (masked)
+    # The id each pre-training document ends with (where data.isolate_documents splits windows):
+    # unset, the one the datasets' tokenization records name, else 2 (Mistral's </s>). SFT pads
+    # windows with it (masked).
+    eod_id: NonNegativeInt = 2
     packing: Packing = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
     # Each packed document attends only to itself (block-diagonal causal mask). null = the usual
     # choice: on for sft (a chat never sees another), off for pretrain (megatron's default).
@@ -603,13 +606,14 @@ def _blend_records(d: DataSection) -> dict[str, TokenizationRecord | None]:
     return records
 
 
-def _check_blend_tokenizers(d: DataSection) -> None:
+def _check_blend_tokenizers(cfg: TrainConfig) -> None:
     """The pre-training datasets of one run share a tokenizer: a blend of two of one vocabulary size
     (same token dtype) trains on ids that mean different pieces; and their EOD id, which data.eod_id
     names (documents ending with another id would run together). Told by the records `data
     preprocess` writes (`_blend_records`)."""
     from vikhr.data.tokenization import refuse_mixed_eod_ids, refuse_mixed_tokenizers
 
+    d = cfg.data
     records = _blend_records(d)
     refuse_mixed_tokenizers(
         records, "the datasets of one run share one tokenizer (pre-tokenize both with one tokenizer)"
@@ -618,6 +622,41 @@ def _check_blend_tokenizers(d: DataSection) -> None:
         records,
         f"the documents of one run end with one EOD id, data.eod_id = {d.eod_id} (pre-tokenize both with "
         "one tokenizer file, whose EOS that is)",
+    )
+    _check_eod_id(cfg, records)
+
+
+def _check_eod_id(cfg: TrainConfig, records: dict[str, TokenizationRecord | None]) -> None:
+    """data.eod_id is where data.isolate_documents splits windows into documents: the id the datasets'
+    documents end with, as their records say (all one: `refuse_mixed_eod_ids`). A config that sets
+    another is refused; one that sets none takes theirs (said in a note where it is not the default),
+    rather than the default of Mistral's tokenizer."""
+    from vikhr.data.tokenization import recorded_pieces
+
+    d = cfg.data
+    ending = [
+        (label, r, r.eod_id)
+        for label, r in records.items()
+        if r is not None and r.append_eod is not False and r.eod_id is not None
+    ]
+    if not ending or ending[0][2] == d.eod_id:
+        return
+    label, record, eod_id = ending[0]
+    if "eod_id" not in d.model_fields_set:
+        d.eod_id = eod_id  # set from here on, also for a second validate of this config
+        cfg._notes.append(
+            f"data.eod_id = {eod_id} (the config sets none): the EOD id the documents of {label} end "
+            "with, as its tokenization record says"
+        )
+        return
+    given, recorded = (
+        f"{i} ({piece!r})" if piece is not None else str(i)
+        for i, piece in zip((d.eod_id, eod_id), recorded_pieces(record, (d.eod_id, eod_id)), strict=True)
+    )
+    raise VikhrError(
+        f"data.eod_id differs: the config sets {given}, but {label} ends its documents with EOD id "
+        f"{recorded}, as its tokenization record says: set data.eod_id={eod_id}, or leave it out to take "
+        "the datasets' id"
     )
 
 
@@ -666,7 +705,7 @@ def _check_data(cfg: TrainConfig, mcfg: ModelConfig | None, check_files: bool, r
         names.add(entry.name)
     if metas:
         check_sft_blend(metas)
-    _check_blend_tokenizers(d)  # the datasets there now: --dry-run refuses what the run would
+    _check_blend_tokenizers(cfg)  # the datasets there now: --dry-run refuses what the run would
     try:
         split = [float(x) for x in d.split.split(",")]
     except ValueError:
