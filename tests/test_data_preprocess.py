@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -694,6 +695,31 @@ def test_tools_script_and_inspect(tmp_path: Path, lines: list[str]) -> None:
     assert "documents 200 (empty 3)" in proc.stdout and "decoded:" in proc.stdout
 
 
+@contextlib.contextmanager
+def _writing_into(
+    fifo: Path, proc: subprocess.Popen, lines: list[str], dataset: Path, timeout: float = 60
+) -> Iterator[None]:
+    """`lines` written into `fifo`, the input of the run `proc`, and its end kept open (the run still
+    reading) until the block ends; the block starts once the run writes `dataset`'s .bin scratch file."""
+    deadline = time.monotonic() + timeout
+    while True:  # the run opens its end of the FIFO once it has started: no blocking open
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the run never opened its input"
+            time.sleep(0.05)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        scratch = f"{dataset.name}.bin*.partial"
+        while not list(dataset.parent.glob(scratch)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield
+
+
 # megatron's IndexedDataset.__del__ trips over its own failed __init__; that noise is expected here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) -> None:
@@ -710,22 +736,7 @@ def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) ->
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        # Open without blocking forever: the run opens its end only once it has started.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "the run never opened its input"
-                time.sleep(0.05)
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines[:2000]) + "\n")
-            f.flush()
-            while not list(tmp_path.glob("out_text_document.bin*.partial")) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        with _writing_into(fifo, proc, lines[:2000], tmp_path / "out_text_document"):
             time.sleep(0.5)  # let it tokenize and write some batches
             assert proc.poll() is None, "the run ended although its input is still open"
             proc.send_signal(signal.SIGKILL)
@@ -772,22 +783,8 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
         "--tokenizer-model", str(MISTRAL_TOKENIZER), "--workers", "1",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
     try:
-        while True:  # the run opens its end of the FIFO once it has started
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "the run never opened its input"
-                time.sleep(0.05)
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines[:2000]) + "\n")
-            f.flush()
-            while not list(tmp_path.glob("out_text_document.bin*.partial")) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        with _writing_into(fifo, proc, lines[:2000], tmp_path / "out_text_document"):
             time.sleep(0.3)
             assert proc.poll() is None, "the run ended although its input is still open"
             proc.send_signal(signal.SIGTERM)
