@@ -1242,24 +1242,13 @@ def test_resume_refuses_a_base_init_model_written_again(
 ) -> None:
     """--resume reuses the runs of the same base.init model; a model written again since (a new
     download in its place) is another base: refused in one line, nothing touched."""
-    import shutil
-
-    from vikhr.ablate.runner import Ablation, run_ablation
+    from vikhr.ablate.runner import run_ablation
 
     first, cfg_path, _, model = init_grid
-    out = first.parent / "resumed"
-    shutil.copytree(first, out)
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    cfg_path = _write(first.parent / "resumed.yaml", {**cfg, "out_dir": str(out)})
-
-    def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a finished run trained again")
-
-    monkeypatch.setattr(Ablation, "_train", no_training)
+    out, cfg_path, runs, tokenizers = _resumed(first, cfg_path, "resumed", monkeypatch)
     resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
-    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
-        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
-    ]
+    assert runs == tokenizers == []
+    assert _bpc_by_arm(resumed) == _bpc_by_arm(first)
     weights = model / "model.safetensors"
     stat = weights.stat()
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
@@ -1408,25 +1397,15 @@ def test_resume_of_a_grid_of_both_modes_trains_nothing_again(
 ) -> None:
     """--resume finds both tokenizers' preparation and every finished run; an arm naming the grid's
     tokenizer.mode is the `adapted` arm's run."""
-    import shutil
-
-    from vikhr.ablate.runner import Ablation, run_ablation
+    from vikhr.ablate.runner import run_ablation
 
     first, cfg_path, _, _ = both_modes_grid
-    out = first.parent / "resumed"
-    shutil.copytree(first, out)
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     arms = [{**a, "tokenizer": "adapted"} if a["name"] == "replaced" else a for a in cfg["arms"]]
-    cfg_path = _write(first.parent / "resumed.yaml", {**cfg, "out_dir": str(out), "arms": arms})
-
-    def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a finished run trained again")
-
-    monkeypatch.setattr(Ablation, "_train", no_training)
+    _, cfg_path, runs, tokenizers = _resumed(first, cfg_path, "resumed", monkeypatch, arms=arms)
     resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
-    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
-        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
-    ]
+    assert runs == tokenizers == []
+    assert _bpc_by_arm(resumed) == _bpc_by_arm(first)
 
 
 def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
@@ -1434,26 +1413,23 @@ def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
 ) -> None:
     """A grid of one adapted tokenizer, its state written before arms could name their tokenizer (its
     tokenizer "new_tok", its blend and figures "adapted"), resumes without training anything again."""
-    import shutil
-
-    from vikhr.ablate.runner import Ablation, run_ablation
+    from vikhr.ablate.runner import run_ablation
 
     first, cfg_path, first_result, _ = init_grid
-    out = first.parent / "resumed-one-mode"
-    shutil.copytree(first, out)
+    out, cfg_path, runs, tokenizers = _resumed(first, cfg_path, "resumed-one-mode", monkeypatch)
     _as_one_mode_grids_wrote_it(out / "work" / "grid.json")
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    cfg_path = _write(first.parent / "resumed-one-mode.yaml", {**cfg, "out_dir": str(out)})
-
-    def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a finished run trained again")
-
-    monkeypatch.setattr(Ablation, "_train", no_training)
     resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
-    assert [(r.arm.name, r.ru_bpc) for r in resumed.runs] == [
-        (row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(first)
-    ]
+    assert runs == tokenizers == []
+    assert _bpc_by_arm(resumed) == _bpc_by_arm(first)
     assert resumed.adapted_rows == first_result.adapted_rows and set(resumed.adapted_rows) == {"replace"}
+
+
+def _bpc_by_arm(grid: Any) -> list[tuple[str, Any]]:
+    """(arm, RU bpc) of each run of `grid`: a result of run_ablation, or the out_dir of its report
+    (its ablation.csv, to 3 decimals, so compared approximately)."""
+    if isinstance(grid, Path):
+        return [(row["arm"], pytest.approx(float(row["ru_bpc"]), abs=1e-3)) for row in _rows(grid)]
+    return [(r.arm.name, r.ru_bpc) for r in grid.runs]
 
 
 def _as_one_mode_grids_wrote_it(path: Path) -> None:
