@@ -993,10 +993,12 @@ def _pretrain_cli(*args: str) -> subprocess.CompletedProcess:
         ("train.global_batch=7", "train.global_batch = 7"),
         # megatron's TE layer spec failed with a NameError traceback after the data cache was built
         ("model.attention=te", "model.attention = te needs a GPU"),
-        # `vikhr pretrain` is one process: the line says how to start the processes TP needs
+        # `vikhr pretrain` is one process: the line says how to start the processes TP needs, with
+        # a launch an installed vikhr has (pretrain_vikhr.py is in the checkout only)
         (
             "parallel.tensor=2",
-            "does not divide the world size 1 (the processes of the job): start a multiple",
+            "does not divide the world size 1 (the processes of the job): start a multiple of 2 with "
+            "torchrun --nproc_per_node=N -m vikhr pretrain,",
         ),
     ],
 )

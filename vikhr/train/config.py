@@ -581,7 +581,7 @@ def _check_parallel(cfg: TrainConfig, mcfg: ModelConfig | None, world_size: int 
         raise VikhrError(
             f"config key parallel.tensor = {p.tensor} does not divide the world size {world_size} (the "
             f"processes of the job): start a multiple of {p.tensor} with torchrun --nproc_per_node=N "
-            "pretrain_vikhr.py, or lower parallel.tensor"
+            "-m vikhr pretrain, or lower parallel.tensor"
         )
 
 
