@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import psutil
@@ -533,30 +535,17 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
     the run at once: its scratch files and locks stayed, and its encoding processes lived on, waiting
     for work. Now it stops as Ctrl-C does: one line, status 143, the encoding processes ended with it
     (within their batch), the dataset already at the prefix as it was."""
-    from tests.conftest import child_env
 
     prefix = tmp_path / "out" / "sft"
     old = tmp_path / "old.jsonl"
     old.write_text("\n".join(varied_chat_lines(20)) + "\n", encoding="utf-8")
     prepare_sft(old, MISTRAL_TOKENIZER, prefix)
     before = {f.name: f.read_bytes() for f in prefix.parent.iterdir()}
-    chats = tmp_path / "chats.jsonl"
-    chats.write_text("\n".join(varied_chat_lines(2000)) + "\n", encoding="utf-8")
     hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "encoding_on_hold.py").write_text(_ENCODING_ON_HOLD, encoding="utf-8")
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
-    cmd = [
-        sys.executable, "-c", _HELD_ENCODING, "sft", "prepare", "--input", str(chats), "--tokenizer",
-        str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix), "--workers", "2", "--no-progress",
-    ]  # fmt: skip
     # To a file: an encoding process left running would hold a pipe open, and reading it would not end.
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err_file:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True
-        )
+        proc = _start_held_prepare(tmp_path, prefix, hooks, err_file)
     started: list[psutil.Process] = []
     deadline = time.monotonic() + 120
     try:
@@ -588,6 +577,67 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
             with contextlib.suppress(psutil.Error):
                 p.kill()
         proc.wait()
+
+
+def _start_held_prepare(
+    tmp_path: Path, prefix: Path, hooks: Path, stderr: int | IO[bytes]
+) -> subprocess.Popen:
+    """`vikhr sft prepare --workers 2` of 2,000 chats to `prefix`, in a session of its own, its encoding
+    processes each holding their first batch until the file `release` is in the folder `hooks`."""
+    from tests.conftest import child_env
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(2000)) + "\n", encoding="utf-8")
+    hooks.mkdir()
+    (hooks / "encoding_on_hold.py").write_text(_ENCODING_ON_HOLD, encoding="utf-8")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
+    cmd = [
+        sys.executable, "-c", _HELD_ENCODING, "sft", "prepare", "--input", str(chats), "--tokenizer",
+        str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix), "--workers", "2", "--no-progress",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+    )
+
+
+def test_encoding_processes_end_when_the_run_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of `vikhr sft prepare --workers 2` (the out-of-memory killer, a scheduler's hard
+    stop) left its encoding processes running, waiting for work: they held memory, and the run's
+    stderr open, so a reader of it never saw the end. Now they end with the run, and so does the pipe."""
+    hooks = tmp_path / "hooks"
+    proc = _start_held_prepare(tmp_path, tmp_path / "out" / "sft", hooks, subprocess.PIPE)
+    assert proc.stderr is not None
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(_encoding_processes(proc.pid)) < 2:  # both encoding processes, on hold
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the encoding processes never started"
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children(recursive=True)  # multiprocessing's helper too
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in children if _running(p)], "processes of the run left running"
+        # The run's stderr ends (multiprocessing's helper may say it freed what the run left): no
+        # process holds it open any more.
+        deadline = time.monotonic() + 10
+        while select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))[0]:
+            if not os.read(proc.stderr.fileno(), 1 << 16):
+                break
+        else:
+            raise AssertionError("the run's stderr was left open")
+    finally:
+        (hooks / "release").touch()
+        for p in children:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
 
 
 def _encoding_processes(pid: int) -> list[psutil.Process]:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from vikhr.errors import VikhrError
+from vikhr.processes import end_with_parent
 from vikhr.runtime import cpu_compat
 from vikhr.runtime.megatron import require_megatron
 
@@ -163,11 +164,8 @@ def end_with_the_launcher() -> None:
     """
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() == 1:  # the launcher died before the request was made
+    end_with_parent(os.getppid(), signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before this rank got here: init adopted it
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import signal
 import sys
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -30,6 +29,7 @@ from vikhr.atomic import scratch_file
 from vikhr.data import indexed
 from vikhr.errors import VikhrError, overlap, require_output_prefix, sigterm_as_interrupt
 from vikhr.jsonl import record_lines
+from vikhr.processes import process_pool
 from vikhr.sft.layout import CHAT_ENCODING, read_prepared_sft, sft_datasets, sft_files
 from vikhr.sft.own_template import own_template
 from vikhr.sft.sources import refuse_a_collection_file
@@ -314,11 +314,8 @@ def _encoded_batches(
                 raise batch
             yield _encode_batch(input_path, batch, tok, template)
         return
-    # spawn: a forked copy of this process would share its open dataset writers and the tokenizer
-    # library's threads; each worker loads the tokenizer once (`_start_worker`).
-    pool = ProcessPoolExecutor(
-        workers, multiprocessing.get_context("spawn"), _start_worker, (tokenizer, template)
-    )
+    # Each worker loads the tokenizer once (`_start_worker`).
+    pool = process_pool(workers, _start_worker, (tokenizer, template))
     try:
         pending: deque[Future[_EncodedBatch] | VikhrError] = deque()
         for batch in batches:
