@@ -640,6 +640,60 @@ def test_encoding_processes_end_when_the_run_is_killed(tmp_path: Path) -> None:
         proc.stderr.close()
 
 
+# Run as `python -c SIGNUM ARGS`: `vikhr ARGS`, which sends itself SIGNUM as soon as a token-id
+# dataset has been moved to its final names, before the mask dataset and the metadata are.
+_STOP_AFTER_THE_IDS = """
+import os, sys
+from vikhr.cli import main
+from vikhr.data import indexed
+finish = indexed.IndexedWriter.finish
+def finish_then_stop(self):
+    info = finish(self)
+    if self.prefix.endswith("_text_document"):
+        os.kill(os.getpid(), int(sys.argv[1]))
+    return info
+indexed.IndexedWriter.finish = finish_then_stop
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_a_stop_while_the_datasets_are_put_in_place_leaves_one_whole_dataset(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A SIGTERM or Ctrl-C between the renames that put a new dataset in place left the new token
+    ids beside the old mask and no `_sft.json` (the old metadata removed first): neither dataset.
+    The stop now waits for the renames: the prefix holds the new dataset, whole, and the run says so."""
+    from tests.conftest import child_env
+
+    prefix = tmp_path / "out" / "sft"
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(varied_chat_lines(20)) + "\n", encoding="utf-8")
+    prepare_sft(old, MISTRAL_TOKENIZER, prefix)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(varied_chat_lines(30)) + "\n", encoding="utf-8")
+    cmd = [
+        sys.executable, "-c", _STOP_AFTER_THE_IDS, str(int(signum)), "sft", "prepare", "--input", str(chats),
+        "--tokenizer", str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix), "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signum, proc.stderr
+    from vikhr.data.indexed import IndexedReader
+    from vikhr.sft.layout import read_prepared_sft, sft_datasets, sft_files
+
+    meta = read_prepared_sft(prefix)
+    text, mask = (IndexedReader(p) for p in sft_datasets(prefix))
+    assert meta["chats"] == len(text) == len(mask) == 30
+    assert [len(text.document(i)) for i in range(30)] == [len(mask.document(i)) for i in range(30)]
+    # No scratch file, no lock:
+    assert sorted(f.name for f in prefix.parent.iterdir()) == sorted(
+        f.name for f in sft_files(prefix).values()
+    )
+    stop = {signal.SIGTERM: "vikhr sft prepare: terminated (SIGTERM):", signal.SIGINT: "vikhr: interrupted;"}
+    said = f"{stop[signum]} stopped once its outputs were in place: they are complete"
+    assert proc.stderr.splitlines()[-1] == said, proc.stderr
+
+
 def _encoding_processes(pid: int) -> list[psutil.Process]:
     """The encoding processes (`multiprocessing` spawn children) of process `pid`."""
     found = []

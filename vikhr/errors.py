@@ -102,15 +102,49 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated("terminated (SIGTERM): stopped, what was at its outputs is as it was")
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("terminated (SIGTERM): stopped, what was at its outputs is as it was")
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Within the block (the few renames that put a command's outputs in place together), SIGTERM
+    and Ctrl-C wait: one that comes is delivered as the block ends, so a stop lands before the outputs
+    are replaced or after, never between (a new dataset beside the old one's mask). In the main
+    thread only, where Python runs signal handlers; elsewhere the block runs as it is."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in held}
+    # None: a handler set outside Python, which cannot be put back.
+    if threading.current_thread() is not threading.main_thread() or None in before.values():
+        yield
+        return
+    came: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda number, frame: came.append(number))
+    completed = False
+    try:
+        yield
+        completed = True
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if came and completed:  # the outputs are the new ones: said so, not "as it was"
+            if before[came[0]] is _raise_terminated:
+                raise Terminated(f"terminated (SIGTERM): {_ONCE_IN_PLACE}")
+            if before[came[0]] is signal.default_int_handler:
+                raise Interrupted(_ONCE_IN_PLACE)
+        if came:
+            signal.raise_signal(came[0])  # through the handler put back: as if it came now
+
+
+_ONCE_IN_PLACE = "stopped once its outputs were in place: they are complete"
 
 
 def _stdout_closed() -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vikhr.atomic import scratch_file
 from vikhr.data import indexed
-from vikhr.errors import VikhrError, overlap, require_output_prefix, sigterm_as_interrupt
+from vikhr.errors import VikhrError, overlap, require_output_prefix, sigterm_as_interrupt, stops_held
 from vikhr.jsonl import record_lines
 from vikhr.processes import process_pool
 from vikhr.sft.layout import CHAT_ENCODING, read_prepared_sft, sft_datasets, sft_files
@@ -141,11 +141,13 @@ def prepare_sft(
                 template_sha256=own_template(tok).sha256 if template == OWN else None,
             )
             tmp_meta.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-            # The metadata goes last: a dataset without it is incomplete (the trainer refuses it).
-            paths["meta"].unlink(missing_ok=True)
-            text_writer.finish()
-            mask_writer.finish()
-            tmp_meta.replace(paths["meta"])
+            # The metadata goes last: a dataset without it is incomplete (the trainer refuses it). A
+            # stop waits for all three: between them, new ids stood beside the old mask.
+            with stops_held():
+                paths["meta"].unlink(missing_ok=True)
+                text_writer.finish()
+                mask_writer.finish()
+                tmp_meta.replace(paths["meta"])
         except BaseException:
             text_writer.abort()
             mask_writer.abort()
