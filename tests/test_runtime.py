@@ -215,6 +215,47 @@ def test_ranks_end_when_the_torchrun_launcher_is_killed(tmp_path: Path) -> None:
                 os.kill(int(p.read_text()), signal.SIGKILL)
 
 
+def test_ranks_of_a_launcher_that_is_the_first_process_run(tmp_path: Path) -> None:
+    """`docker run IMAGE torchrun ...`: torchrun is process 1 of its PID namespace, the parent of
+    every rank. A rank whose parent was process 1 was taken for one adopted by init after its
+    launcher died, and ended itself at once: no run started. Process 1's command line tells them
+    apart; an init that did adopt a rank (a shell, tini) is still no launcher."""
+    import subprocess
+
+    from tests.conftest import REPO, child_env, torchrun_command
+    from vikhr.runtime.distributed import _pid_1_is_a_launcher
+
+    def cmdline(*argv: str) -> Path:
+        path = tmp_path / f"cmdline{len(list(tmp_path.glob('cmdline*')))}"
+        path.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        return path
+
+    assert _pid_1_is_a_launcher(cmdline("/usr/bin/python3", "/usr/local/bin/torchrun", "train.py"))
+    assert _pid_1_is_a_launcher(cmdline("/opt/venv/bin/python3.11", "-m", "torch.distributed.run", "x"))
+    assert not _pid_1_is_a_launcher(cmdline("/sbin/tini", "--", "sh", "-c", "torchrun x.py"))
+    assert not _pid_1_is_a_launcher(cmdline("/bin/sh", "-c", "sleep 1"))
+
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
+    probe = subprocess.run([*namespace, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("a PID namespace of its own needs unshare and the rights to use it (root)")
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys\n"
+        "from vikhr.runtime.distributed import end_with_the_launcher\n"
+        "assert os.getppid() == 1  # the launcher is process 1\n"
+        "end_with_the_launcher()\n"
+        "open(os.path.join(sys.argv[1], f'rank{os.environ[\"RANK\"]}.ran'), 'w').close()\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [*namespace, *torchrun_command(2), str(script), str(tmp_path)],
+        env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("rank*.ran")) == ["rank0.ran", "rank1.ran"]
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie, dead but not yet reaped by init, is not)."""
     try:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -165,8 +166,26 @@ def end_with_the_launcher() -> None:
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
     end_with_parent(os.getppid(), signal.SIGTERM)
-    if os.getppid() == 1:  # the launcher died before this rank got here: init adopted it
+    if os.getppid() == 1 and not _pid_1_is_a_launcher():  # the launcher died first: init adopted this rank
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+# Launchers are Python programs (torchrun, `python -m torch.distributed.run`, accelerate, deepspeed);
+# a container's or a machine's init (tini, dumb-init, systemd, a shell) is not.
+_LAUNCHER_NAMES = ("torchrun", "accelerate", "deepspeed")
+
+
+def _pid_1_is_a_launcher(cmdline: Path = Path("/proc/1/cmdline")) -> bool:
+    """Whether process 1 is the launcher itself (`docker run IMAGE torchrun ...`: torchrun is the
+    container's first process, the parent of every rank) rather than an init that adopted a rank
+    whose launcher died. Where process 1's command line cannot be read, it is taken for the launcher:
+    a rank wrongly ended stops the run, one wrongly kept only waits for the rendezvous to fail."""
+    try:
+        argv = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return True
+    names = [os.path.basename(a.decode(errors="replace")) for a in argv if a]
+    return any(n.startswith("python") or n in _LAUNCHER_NAMES for n in names)
 
 
 @contextlib.contextmanager
