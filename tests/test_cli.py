@@ -129,6 +129,19 @@ def test_error_line_is_one_write_so_ranks_sharing_a_pipe_do_not_interleave(monke
     assert recorder.writes == ["vikhr x: error: what, where, how to fix\n", "<flush>"]
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("llama", "LLaMA"), ("Mera", "MERA"), ("MERA_", "MERA"), ("Terra", "terra")],
+)
+def test_a_suggestion_sets_case_aside_on_both_sides_and_keeps_the_options_spelling(
+    typed: str, meant: str
+) -> None:
+    """Only the typed name was lowercased: an option spelt with capitals was never suggested."""
+    from vikhr.errors import close_match
+
+    assert close_match(typed, ["LLaMA", "MERA", "terra"]) == meant
+
+
 def test_missing_file_is_one_line_and_nonzero(tmp_path) -> None:
     missing = tmp_path / "nope.jsonl.gz"
     proc = run_vikhr("demo", "--ru-corpus", str(missing), "--workdir", str(tmp_path / "w"))

@@ -574,11 +574,12 @@ def _keys_at(root: Any, loc: Sequence[str | int]) -> list[str]:
 
 
 def close_match(name: str, options: Sequence[str]) -> str | None:
-    """The one of `options` closest to `name` (case aside), if any is close."""
-    if name.lower() in options:
-        return name.lower()
-    close = difflib.get_close_matches(name.lower(), list(options), n=1)
-    return close[0] if close else None
+    """The one of `options` closest to `name` (case aside), if any is close, spelt as in `options`."""
+    by_lowered: dict[str, str] = {}
+    for option in options:
+        by_lowered.setdefault(option.lower(), option)
+    close = difflib.get_close_matches(name.lower(), list(by_lowered), n=1)
+    return by_lowered[close[0]] if close else None
 
 
 def suggest(name: str, options: Sequence[str]) -> str:
