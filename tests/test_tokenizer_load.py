@@ -287,10 +287,19 @@ def test_a_gpt2_style_vocab_and_merges_directory_is_told_how_to_write_its_tokeni
 
 
 @pytest.mark.parametrize(
-    ("model_type", "cls"), [("mistral", "GPT2TokenizerFast"), ("qwen2", "AutoTokenizer")]
+    ("model_type", "cls", "why"),
+    [
+        ("mistral", "GPT2TokenizerFast", "AutoTokenizer's for model type mistral reads no vocab.json"),
+        ("qwen2", "AutoTokenizer", None),
+        (
+            "rubert-bpe-x",
+            "GPT2TokenizerFast",
+            "model type rubert-bpe-x is unknown to the installed transformers",
+        ),
+    ],
 )
 def test_the_tokenizer_json_command_for_vocab_and_merges_runs_whatever_config_json_s_model_type(
-    tmp_path: Path, model_type: str, cls: str
+    tmp_path: Path, model_type: str, cls: str, why: str | None
 ) -> None:
     """A model directory whose config.json names a model type was told to run AutoTokenizer on its
     vocab.json + merges.txt; for a mistral one (a byte-level BPE on Mistral's architecture) that
@@ -298,7 +307,9 @@ def test_the_tokenizer_json_command_for_vocab_and_merges_runs_whatever_config_js
     sentencepiece or tiktoken installed"): Mistral's tokenizer class reads a tokenizer.model. The
     command now names AutoTokenizer only where its class for the model type reads those files (Qwen2's,
     whose own pre-tokenizer then cuts the text), GPT-2's class otherwise; what it writes decodes
-    Russian and English text back, and GPT-2's encodes it to the ids of the BPE the files came from."""
+    Russian and English text back, and GPT-2's encodes it to the ids of the BPE the files came from.
+    A model type transformers does not know was said to have an AutoTokenizer class reading no
+    vocab.json and merges.txt; it is now said to be unknown to the installed transformers."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, pre_tokenizers, trainers
     from tokenizers import models as hf_models
@@ -319,6 +330,8 @@ def test_the_tokenizer_json_command_for_vocab_and_merges_runs_whatever_config_js
     with pytest.raises(VikhrError) as e:
         load(model_dir)
     assert f"from transformers import {cls} as T;" in str(e.value)
+    if why is not None:
+        assert f"for another model's, its tokenizer class: {why}" in str(e.value)
     command = str(e.value).split("python -c ", 1)[1].removesuffix(f", then give {tmp_path / 'model-hf'}")
     subprocess.run(f"{sys.executable} -c {command}", shell=True, check=True, capture_output=True)
     written = load(tmp_path / "model-hf")

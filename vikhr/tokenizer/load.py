@@ -140,17 +140,19 @@ def tokenizer_json_command(directory: Path, out: Path) -> str:
     # tokenizer.model: AutoTokenizer then fails on these files (transformers 4 and 5 alike), and the
     # user names the class (GPT-2's files in the example).
     model_type = _json_key(directory / "config.json", "model_type")
-    named = _json_key(directory / "tokenizer_config.json", "tokenizer_class") is not None or (
-        model_type is not None and _auto_class_reads_vocab_and_merges(model_type)
-    )
+    reads = _auto_class_reads_vocab_and_merges(model_type) if model_type is not None else None
+    named = _json_key(directory / "tokenizer_config.json", "tokenizer_class") is not None or reads is True
     cls = "AutoTokenizer" if named else "GPT2TokenizerFast"
     code = (
         f"from transformers import {cls} as T; "
         f"T.from_pretrained({json.dumps(str(directory))}).save_pretrained({json.dumps(str(out))})"
     )
-    unread = f": AutoTokenizer's for model type {model_type} reads no vocab.json and merges.txt"
-    which = f" (for GPT-2's files; for another model's, its tokenizer class{unread if model_type else ''})"
-    which = "" if named else which
+    unread = ""
+    if reads is False:
+        unread = f": AutoTokenizer's for model type {model_type} reads no vocab.json and merges.txt"
+    elif model_type is not None:
+        unread = f": model type {model_type} is unknown to the installed transformers"
+    which = "" if named else f" (for GPT-2's files; for another model's, its tokenizer class{unread})"
     return f"with transformers{which}: python -c {shlex.quote(code)}"
 
 
@@ -163,15 +165,17 @@ def _json_key(path: Path, key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _auto_class_reads_vocab_and_merges(model_type: str) -> bool:
+def _auto_class_reads_vocab_and_merges(model_type: str) -> bool | None:
     """Whether the tokenizer class transformers' AutoTokenizer takes for `model_type` reads a
-    vocab.json and merges.txt; False where transformers is not installed or does not know the type."""
+    vocab.json and merges.txt; None where the installed transformers does not know the type."""
     try:
         import transformers
         from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
     except ImportError:
-        return False
-    names = TOKENIZER_MAPPING_NAMES.get(model_type)
+        return None
+    if model_type not in TOKENIZER_MAPPING_NAMES:
+        return None
+    names = TOKENIZER_MAPPING_NAMES[model_type]
     # transformers 4 maps a type to (slow class, fast class), 5 to one class (None: none of its own).
     for name in names if isinstance(names, tuple) else (names,):
         try:
