@@ -411,6 +411,31 @@ def test_vikhr_pretrain_stops_at_its_time_limit(corpus: dict[str, str], tmp_path
     assert f"trained: the loss was taken over {4 * 8 * 64:,} target tokens in 4 steps" in finished.stderr
 
 
+def test_a_resume_of_a_checkpoint_without_a_loss_token_count_says_which_steps_it_counted(
+    corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint written before the count was kept: the resumed run counts its own steps and says
+    which. Resumed at the last step, it said "steps 3-2"; it now says it trained no step."""
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml", corpus, run_dir, train={"steps": 2}, checkpoint={"save_every": 1}
+    )
+    _train_here(config)
+    for meta_path in run_dir.glob("step_*/meta.json"):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        del meta["loss_tokens"]
+        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    capsys.readouterr()
+    assert _train_here(config)["loss_tokens"] == 0
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("trained: no step in this run (resumed at its last step, 2, from a checkpoint ")
+    shutil.rmtree(run_dir / "step_000002")
+    (run_dir / "latest").write_text("step_000001\n", encoding="utf-8")
+    assert _train_here(config)["loss_tokens"] == 8 * 64
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == f"trained: the loss was taken over {8 * 64:,} target tokens in step 2"
+
+
 def _train_here(config: Path, *overrides: str) -> dict[str, Any]:
     """The trainer in this process, as `vikhr pretrain` (and `vikhr ablate`'s arms) run it."""
     from vikhr.train.config import load_config

@@ -897,11 +897,17 @@ class Trainer:
     def loss_tokens_said(self) -> str:
         """The run's summary line: the tokens the loss was taken over, in all."""
         which = "assistant tokens" if self.cfg.data.kind == "sft" else "target tokens"
-        steps = (
-            f"steps {self.loss_tokens_from + 1}-{self.step}"
-            if self.loss_tokens_from
-            else f"{self.step} steps"
-        )
+        # Resumed from a checkpoint written before the count was kept: this run's steps alone are counted.
+        first = self.loss_tokens_from + 1
+        if not self.loss_tokens_from:
+            steps = f"{self.step} steps"
+        elif first > self.step:
+            return (
+                f"trained: no step in this run (resumed at its last step, {self.step}, from a checkpoint "
+                f"that does not count the {which} the loss was taken over)"
+            )
+        else:
+            steps = f"step {first}" if first == self.step else f"steps {first}-{self.step}"
         return f"trained: the loss was taken over {self.loss_tokens:,} {which} in {steps}"
 
     def _signal_itself(self) -> None:
