@@ -335,6 +335,41 @@ def test_merge_of_a_folder_is_megatron_s_merge_of_the_datasets_in_it(tmp_path: P
     assert "is a folder without datasets" in capsys.readouterr().err
 
 
+def test_a_merge_of_a_folder_into_that_folder_run_again_leaves_its_earlier_output_out(
+    tmp_path: Path, capsys
+) -> None:
+    """`--input DIR --output-prefix DIR/merged` run a second time took the first run's DIR/merged for
+    an input and was refused ("the merge output ... is also an input"), naming no folder. The output's
+    own dataset is now left out of the folder's, with a note, and the rerun writes the first run's
+    merge again."""
+    from vikhr.cli import main as vikhr_main
+
+    folder = tmp_path / "parts"
+    for name, docs in (("a", [[1, 2, 3]]), ("b", [[4, 5], [6]])):
+        write_indexed(folder / name, docs, token_dtype(32000))
+    out = folder / "merged"
+    argv = ["data", "merge", "--input", str(folder), "--output-prefix", str(out)]
+    assert vikhr_main(argv) == 0
+    first = _read(str(out))
+    assert "merged 2 datasets" in capsys.readouterr().out
+    assert vikhr_main(argv) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith(f"merged 2 datasets -> {out}: 3 documents, 6 tokens")
+    assert said.err == (
+        f"note: {out} is this merge's output, written by an earlier merge: it is left out of the datasets "
+        f"of {folder}, and replaced\n"
+    )
+    assert _read(str(out)) == first
+    only_output = tmp_path / "only"
+    write_indexed(only_output / "merged", [[1]], token_dtype(32000))
+    argv = ["data", "merge", "--input", str(only_output), "--output-prefix", str(only_output / "merged")]
+    assert vikhr_main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vikhr data merge: error: {only_output} is a folder without datasets (.bin/.idx) but the merge's "
+        f"output {only_output / 'merged'}: give it datasets or their prefixes"
+    )
+
+
 def test_merge_of_mixed_dtypes_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     """An int32 input after uint16 ones failed only once the earlier inputs were copied, with no advice."""
     write_indexed(tmp_path / "small", [[1, 2, 3]], token_dtype(32000))

@@ -319,9 +319,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from vikhr.data.preprocess import merge, merge_inputs
 
-    inputs = merge_inputs(args.inputs)
-    s = merge(inputs, args.output_prefix)
-    n, docs = len(inputs), s.documents
+    s = merge(args.inputs, args.output_prefix)
+    n, docs = len(merge_inputs(args.inputs, args.output_prefix).prefixes), s.documents
     print(
         f"merged {n} dataset{'s' * (n != 1)} -> {s.prefix}: "
         f"{docs:,} document{'s' * (docs != 1)}, {s.tokens:,} tokens"
@@ -351,7 +350,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         help="dataset prefixes, in order; a folder gives the datasets in it in name order (Megatron-LM's "
-        "merge_datasets.py --input DIR)",
+        "merge_datasets.py --input DIR), but for --output-prefix's own",
     )
     pm.add_argument(
         "--output-prefix", required=True, help="writes PREFIX.bin/.idx (no _{key}_document is appended)"

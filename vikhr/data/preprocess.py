@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.data import indexed, tokenization
-from vikhr.errors import VikhrError, require_output_prefix, sigterm_as_interrupt
+from vikhr.errors import VikhrError, overlap, require_output_prefix, sigterm_as_interrupt
 from vikhr.jsonl import check_compression_name, refuse_what_is_not_json_lines
 
 # Megatron's --tokenizer-type values that vikhr implements, and the tokenizer file each one reads.
@@ -450,25 +450,41 @@ def _check_decoding_tokenizer(prefix: str | os.PathLike[str], tok: Any, record: 
         )
 
 
-def merge_inputs(names: Sequence[str | os.PathLike[str]]) -> list[str]:
+@dataclass(frozen=True)
+class MergeInputs:
+    """The datasets a merge reads (`prefixes`), and those of its input folders it leaves out (`left_out`):
+    the merge's own output, written there by an earlier run, which the merge replaces."""
+
+    prefixes: list[str]
+    left_out: list[str]
+
+
+def merge_inputs(
+    names: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]
+) -> MergeInputs:
     """The dataset prefixes `names` give: a folder stands for the datasets in it in name order, as
-    in Megatron-LM's tools/merge_datasets.py (--input DIR); a file without its pair is named by
-    the merge's check of each input."""
+    in Megatron-LM's tools/merge_datasets.py (--input DIR), but for the merge's output in it (a merge
+    run again into DIR/merged does the first run's merge); a file without its pair is named by the
+    merge's check of each input."""
     if isinstance(names, (str, os.PathLike)):  # one name, not a sequence of its characters
         names = [names]
     prefixes: list[str] = []
+    left_out: list[str] = []
     for name in map(str, names):
         folder = Path(name)
         if not folder.is_dir():
             prefixes.append(name)
             continue
         stems = {f.stem for f in folder.iterdir() if f.suffix in (".bin", ".idx") and f.is_file()}
-        if not stems:
+        output = [stem for stem in stems if overlap(Path(output_prefix), folder / stem) == "is"]
+        left_out.extend(str(folder / stem) for stem in output)
+        if not stems - set(output):
+            but = f" but the merge's output {output_prefix}" if output else ""
             raise VikhrError(
-                f"{name} is a folder without datasets (.bin/.idx): give it datasets or their prefixes"
+                f"{name} is a folder without datasets (.bin/.idx){but}: give it datasets or their prefixes"
             )
-        prefixes.extend(str(folder / stem) for stem in sorted(stems))
-    return prefixes
+        prefixes.extend(str(folder / stem) for stem in sorted(stems - set(output)))
+    return MergeInputs(prefixes, left_out)
 
 
 def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexSummary:
@@ -477,7 +493,8 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     has one of one tokenizer, with a note on stderr for each field it leaves None (the inputs differ in
     it), or saying why there is none where every input has one. Inputs whose records name different
     tokenizers, or documents ending with different EOD ids, are refused before anything is written."""
-    names = merge_inputs(prefixes)
+    inputs = merge_inputs(prefixes, output_prefix)
+    names = inputs.prefixes
     records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
     tokenization.refuse_mixed_tokenizers(
         records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
@@ -485,7 +502,11 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     tokenization.refuse_mixed_eod_ids(
         records, "the merged documents would end with two ids; pre-tokenize them all with one tokenizer file"
     )
-    notes: list[str] = []
+    notes = [
+        f"{left} is this merge's output, written by an earlier merge: it is left out of the datasets of "
+        f"{Path(left).parent}, and replaced"
+        for left in inputs.left_out
+    ]
 
     def write_record(info: indexed.IndexInfo) -> None:
         record, why_none = tokenization.merged_record(list(records.values()), info)
