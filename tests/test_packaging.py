@@ -50,6 +50,22 @@ def test_files_read_at_run_time_lie_inside_the_package() -> None:
     assert (REPO / "configs").resolve() == CONFIGS
 
 
+def test_the_installed_configs_comments_name_commands_an_installed_vikhr_has() -> None:
+    """The configs ship in the package, but their comments ran `pretrain_vikhr.py`, a file only a
+    checkout has; they name `torchrun ... -m vikhr pretrain` (a checkout runs it too)."""
+    checkout_only = [*(p.name for p in REPO.glob("*.py")), "tools/"]
+    assert "pretrain_vikhr.py" in checkout_only
+    named = [
+        (config.name, number, name)
+        for config in sorted(CONFIGS.glob("*.yaml"))
+        for number, line in enumerate(config.read_text(encoding="utf-8").splitlines(), 1)
+        if line.lstrip().startswith("#") or " #" in line
+        for name in checkout_only
+        if name in line.split("#", 1)[1]
+    ]
+    assert not named, named
+
+
 @pytest.mark.skipif(
     shutil.which("maturin", path=str(Path(sys.executable).parent)) is None, reason="no maturin"
 )
