@@ -784,6 +784,45 @@ def test_resume_refuses_a_grid_made_with_other_settings(micro_runs: tuple[Path, 
         run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
 
 
+def test_resume_finds_the_runs_of_a_grid_written_before_tokenizer_modes_and_base_init(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid.json written before tokenizer.mode and base.init existed (its tokenizer settings without
+    a mode, its base settings without init: a replace tokenizer, a pre-trained base) was refused by
+    --resume ("other base, tokenizer settings"). It is read as such a config's now, and the grid
+    resumes without training anything again."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+
+    first, _, _ = micro_runs
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, first.parent / "ablate1.yaml", "resumed-before-modes", monkeypatch
+    )
+    _as_grids_before_tokenizer_modes_wrote_it(out / "work" / "grid.json")
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    assert runs == tokenizers == []
+    assert _bpc_by_arm(out) == _bpc_by_arm(first)
+
+
+def _as_grids_before_tokenizer_modes_wrote_it(path: Path) -> None:
+    """Rewrite grid.json `path` of a grid of a replace tokenizer and a pre-trained base in the layout
+    vikhr wrote before tokenizer.mode and base.init existed: tokenizer settings of vocab_size and base
+    digest, base settings without init, its tokenizer "new_tok", its blend and figures "adapted", no
+    adapted_rows."""
+    state = json.loads(path.read_text(encoding="utf-8"))
+    settings, prepared = state["settings"], state["prepared"]
+    [(mode, tokenizer)] = prepared["tokenizers"].items()
+    assert mode == "replace" and settings["base"]["init"] is None
+    settings["tokenizer"] = {k: settings["tokenizer"][k] for k in ("vocab_size", "base")}
+    settings["base"] = {k: v for k, v in settings["base"].items() if k != "init"}
+    old_prepared = {k: prepared[k] for k in ("ru_train", "ru_held", "en_train", "en_held")}
+    old_prepared["new_tok"] = tokenizer
+    for key in ("blend", "chars_per_token"):
+        old_prepared[key] = {"base": prepared[key]["base"], "adapted": prepared[key][mode]}
+    old = {"settings": settings, "prepared": old_prepared, "base_cached": state["base_cached"]}
+    path.write_text(json.dumps(old, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def test_a_fresh_start_over_finished_runs_names_resume(
     micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -409,6 +409,7 @@ class Ablation:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             old, p = state["settings"], state["prepared"]
+            _settings_before_modes_and_base_init(old)
             _one_mode_state_by_mode(state, settings["tokenizer"]["mode"])
             trained = set(p["tokenizers"])
             changed = sorted(
@@ -763,6 +764,16 @@ def grid_lock(out_dir: str | Path) -> Iterator[bool]:
     except BaseException:
         remove_empty_dirs(created)
         raise
+
+
+def _settings_before_modes_and_base_init(settings: dict[str, Any]) -> None:
+    """A grid state written before tokenizer.mode and base.init existed records neither: its adapted
+    tokenizer was a new one (replace) and its base pre-trained, as such a config gives now (its run
+    keys are the same), so that `--resume` finds its runs."""
+    if isinstance(settings.get("tokenizer"), dict):
+        settings["tokenizer"].setdefault("mode", "replace")
+    if isinstance(settings.get("base"), dict):
+        settings["base"].setdefault("init", None)
 
 
 def _one_mode_state_by_mode(state: dict[str, Any], mode: str) -> None:
