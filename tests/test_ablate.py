@@ -408,6 +408,26 @@ def test_shipped_configs_validate() -> None:
         assert {"vocabulary", "init", "regularisation", "slerp"} <= groups
 
 
+def test_the_base_cache_key_is_the_one_grids_written_before_base_init_used() -> None:
+    """`base.init` joined the base section; its None went into the hash of a pre-trained base's cache
+    entry, so every base cached before (configs/ablate-cpu.yaml's among them) was missed and a
+    resumed grid pre-trained its base again. The key is computed as it was without `base.init`."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_ablate_config(root / "configs" / "ablate-cpu.yaml")
+    t = cfg.train
+    before = {  # the key's payload as grids were cached before base.init existed
+        "model": cfg.model.model_dump(),
+        "base": {"steps": cfg.base.steps, "lr": cfg.base.lr, "seed": cfg.base.seed},
+        "shape": [t.seq_len, t.micro_batch, t.global_batch, t.device],
+        "en_corpus": "en",
+        "tokenizer": "tok",
+    }
+    old_key = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.base_key("en", "tok") == old_key
+
+
 def test_the_shipped_tokenizers_grid_compares_base_replace_and_extend_on_the_cpu_grid_s_base() -> None:
     """configs/ablate-tokenizers-cpu.yaml continues ablate-cpu.yaml's cached base (the same cache entry)
     with the same training settings and seeds, its arms the base tokenizer, replace and extend: its

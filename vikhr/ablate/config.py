@@ -171,7 +171,8 @@ class AblateConfig(_Section):
         t = self.train
         payload = {
             "model": self.model.model_dump(),
-            "base": self.base.model_dump(),
+            # Without base.init (None here: a pre-trained base), as bases were cached before it existed.
+            "base": self.base.model_dump(exclude={"init"}),
             "shape": [t.seq_len, t.micro_batch, t.global_batch, t.device],
             "en_corpus": corpus_digest,
             "tokenizer": tokenizer_digest,
