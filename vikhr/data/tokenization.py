@@ -194,27 +194,36 @@ def recorded_pieces(record: TokenizationRecord, ids: tuple[int, ...]) -> list[st
     return [tok.id_to_piece(i) if 0 <= i < tok.vocab_size else None for i in ids]
 
 
+Labelled = tuple[str, TokenizationRecord]  # a dataset's record, and how a message names the dataset
+
+
+def _another_tokenizer(records: list[Labelled]) -> tuple[Labelled, Labelled, TokenizerComparison] | None:
+    """The first of `records`, the first whose tokenizer is not told to be the first's (the same file,
+    or `compare_tokenizers`' same pieces; where it cannot tell, another), and how the two compare; None
+    where all name one tokenizer."""
+    for labelled in records[1:]:
+        first, record = records[0][1], labelled[1]
+        if record.tokenizer_sha256 == first.tokenizer_sha256:
+            continue
+        compared = compare_tokenizers(
+            first.tokenizer, first.tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
+        )
+        if not compared.same:
+            return records[0], labelled, compared
+    return None
+
+
 def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
     """VikhrError naming two of the datasets `{label: record}` whose records name different
     tokenizers (`compare_tokenizers`; where it cannot tell, different), with `fix`; datasets
     without a record are not compared."""
-    first: tuple[str, TokenizationRecord] | None = None
-    for label, record in records.items():
-        if record is None:
-            continue
-        if first is None:
-            first = (label, record)
-            continue
-        if record.tokenizer_sha256 == first[1].tokenizer_sha256:
-            continue
-        compared = compare_tokenizers(
-            first[1].tokenizer, first[1].tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
+    other = _another_tokenizer([(label, r) for label, r in records.items() if r is not None])
+    if other is not None:
+        (label, first), (other_label, record), compared = other
+        raise VikhrError(
+            f"{label} was tokenized with {first.tokenizer_line()} but {other_label} with "
+            f"{record.tokenizer_line()} ({compared.difference('the first', 'the second')}): {fix}"
         )
-        if not compared.same:
-            raise VikhrError(
-                f"{first[0]} was tokenized with {first[1].tokenizer_line()} but {label} with "
-                f"{record.tokenizer_line()} ({compared.difference('the first', 'the second')}): {fix}"
-            )
 
 
 # The fields of a record that datasets of one tokenizer may differ in; a merge records None for each
@@ -334,17 +343,13 @@ def merged_record(
     if not present or len(present) != len(records):
         return None, ""
     first = present[0]
-    for record in present[1:]:
-        if record.tokenizer_sha256 == first.tokenizer_sha256:
-            continue
-        compared = compare_tokenizers(
-            first.tokenizer, first.tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
+    other = _another_tokenizer([("", r) for r in present])
+    if other is not None:
+        _, (_, record), compared = other
+        return None, (
+            f"its inputs were tokenized with {first.tokenizer_line()} and {record.tokenizer_line()}, "
+            f"not told to be one tokenizer ({compared.difference('the first', 'the other')})"
         )
-        if not compared.same:
-            return None, (
-                f"its inputs were tokenized with {first.tokenizer_line()} and {record.tokenizer_line()}, "
-                f"not told to be one tokenizer ({compared.difference('the first', 'the other')})"
-            )
     agreed = {
         name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in present) else None
         for name in MERGED_FIELDS
