@@ -284,6 +284,12 @@ class FieldDifference:
         )
 
 
+def ends_with_eod(record: TokenizationRecord) -> bool:
+    """Whether the dataset's documents end with an EOD id its record names (all or, merged, some: a
+    dataset without EOD holds no EOD id to compare)."""
+    return record.append_eod is not False and record.eod_id is not None
+
+
 def differing_fields(
     records: dict[str, TokenizationRecord | None], fields: tuple[str, ...] = BLEND_FIELDS
 ) -> list[FieldDifference]:
@@ -296,7 +302,7 @@ def differing_fields(
         compared = [
             (label, r)
             for label, r in records.items()
-            if r is not None and (field != "eod_id" or (r.append_eod is not False and r.eod_id is not None))
+            if r is not None and (field != "eod_id" or ends_with_eod(r))
         ]
         found += _first_difference(compared, field, _compared_value)
     return found

@@ -631,14 +631,10 @@ def _check_eod_id(cfg: TrainConfig, records: dict[str, TokenizationRecord | None
     documents end with, as their records say (all one: `refuse_mixed_eod_ids`). A config that sets
     another is refused; one that sets none takes theirs (said in a note where it is not the default),
     rather than the default of Mistral's tokenizer."""
-    from vikhr.data.tokenization import recorded_pieces
+    from vikhr.data.tokenization import ends_with_eod, recorded_pieces
 
     d = cfg.data
-    ending = [
-        (label, r, r.eod_id)
-        for label, r in records.items()
-        if r is not None and r.append_eod is not False and r.eod_id is not None
-    ]
+    ending = [(label, r, r.eod_id) for label, r in records.items() if r is not None and ends_with_eod(r)]
     if not ending or ending[0][2] == d.eod_id:
         return
     label, record, eod_id = ending[0]
