@@ -8,6 +8,7 @@ README's Development section gives the wheel's manual check.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -101,3 +102,47 @@ def test_a_config_the_docs_name_outside_a_checkout_points_to_the_installed_confi
     assert "\n" not in str(told.value)
     with pytest.raises(VikhrError, match=r"config file not found: configs/no-such\.yaml \(check the path\)"):
         read_yaml_mapping("configs/no-such.yaml")
+
+
+def _installed_copy(site: Path) -> Path:
+    """What a wheel puts in site-packages: the package's tracked files and its Rust extension, as
+    maturin packs them (see the module doc), at `site`/vikhr."""
+    from vikhr import _core
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "vikhr"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in tracked:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, site / name)
+    shutil.copy(_core.__file__, site / "vikhr" / Path(_core.__file__).name)
+    return site / "vikhr"
+
+
+def test_the_bundled_sft_mix_builds_from_an_installed_vikhr_in_any_directory(tmp_path: Path) -> None:
+    """configs/sft-mix-tiny.yaml named its tokenizer and samples by their paths in a checkout
+    (tests/data/, which no wheel holds): `vikhr sft build` on it failed outside the repository root.
+    Run as README says for an installed vikhr (its configs copied into the current directory), and on
+    the installed config itself, it reads the package's bundled files."""
+    import json
+
+    installed = _installed_copy(tmp_path / "site")
+    work = tmp_path / "work"
+    shutil.copytree(installed / "assets" / "configs", work / "configs")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"}
+    for config in ("configs/sft-mix-tiny.yaml", str(installed / "assets" / "configs" / "sft-mix-tiny.yaml")):
+        out = work / "runs" / Path(config).parent.name / "chats.jsonl"
+        proc = subprocess.run(
+            [sys.executable, "-m", "vikhr", "sft", "build", config, "--output", str(out)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(out.with_name(out.name + ".report.json").read_text(encoding="utf-8"))
+        assert [s["name"] for s in report["sources"] if s["kept"]] == ["saiga", "ruflan", "veles", "nectar"]
+        read = [Path(name) for s in report["sources"] for name in s["formats"]]
+        assert read and all(p.is_relative_to(installed / "assets" / "sft" / "formats") for p in read), read
+        assert Path(report["tokenizer"]) == installed / "assets" / "tokenizers" / "mistral-7b-v0.1.model"

@@ -18,12 +18,13 @@ import yaml
 
 from tests.conftest import REPO, child_env
 from tests.helpers import files_of, run_vikhr_child
+from vikhr.assets import SFT_FORMATS
 from vikhr.errors import VikhrError
 from vikhr.sft.build import build, cyrillic_share
 from vikhr.sft.dedup import MinHasher, exact_key, first_occurrences, lsh_params, near_duplicates, normalise
 from vikhr.sft.sources import Unfit, detect_format, read_chats_of
 
-FORMATS_DIR = REPO / "tests" / "data" / "sft_formats"
+FORMATS_DIR = SFT_FORMATS
 MISTRAL = REPO / "vikhr" / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
 
 
@@ -831,7 +832,7 @@ def test_tiny_config_builds_a_mix_that_prepare_accepts(tmp_path: Path) -> None:
     by_name = {s["name"]: s for s in report["sources"]}
     assert {n: s["kept"] for n, s in by_name.items()} == {"saiga": 3, "ruflan": 2, "veles": 2, "nectar": 4}
     assert by_name["ruflan"]["dropped"] == {"sampled_out": 1}
-    assert by_name["nectar"]["formats"] == {"tests/data/sft_formats/nectar.jsonl": "nectar"}
+    assert by_name["nectar"]["formats"] == {"vikhr/assets/sft/formats/nectar.jsonl": "nectar"}
     written = _written(out)
     assert [r["source"] for r in written] == ["saiga"] * 3 + ["ruflan"] * 2 + ["veles"] * 2 + ["nectar"] * 4
     assert len({r["id"] for r in written}) == len(written)
@@ -1123,7 +1124,7 @@ def test_a_dropped_chats_example_names_its_place_once(tmp_path: Path) -> None:
 
 
 def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
-    bad = FORMATS_DIR / "bad.jsonl"
+    bad = REPO / "tests" / "data" / "sft_bad_records.jsonl"
     report = build(_config(tmp_path, [{"name": "bad", "path": str(bad)}]))
     (source,) = report["sources"]
     assert source["records"] == 1 and source["kept"] == 1
@@ -1150,9 +1151,8 @@ def test_unfit_records_are_counted_and_named(tmp_path: Path) -> None:
 def test_a_relative_source_path_that_names_no_file_says_where_it_was_looked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A config written to run from one directory (configs/sft-mix-tiny.yaml: the repository root),
-    run from another, said only "file not found"."""
-    config = _config(tmp_path, [{"name": "saiga", "path": "tests/data/sft_formats/saiga.jsonl"}])
+    """A config written to run from one directory, run from another, said only "file not found"."""
+    config = _config(tmp_path, [{"name": "saiga", "path": "data/raw/saiga.jsonl"}])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
         VikhrError, match=f"; relative to the current directory, {re.escape(str(tmp_path))}\\)$"

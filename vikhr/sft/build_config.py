@@ -9,7 +9,9 @@
     sources:   [{name, path (file, glob or list), format, language, min_cyrillic_share,
                  count | fraction, max_rank, reward_threshold | reward_top_fraction, keep_where}]
 
-Relative paths are relative to the current directory, as in the trainer's configs.
+Relative paths are relative to the current directory, as in the trainer's configs; a `vikhr/assets/...`
+path that names nothing there is the installed vikhr's bundled file (vikhr.assets.bundled), so the
+bundled configs run from any directory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field, PositiveInt
 
+from vikhr.assets import bundled
 from vikhr.config_section import ConfigSection
 from vikhr.errors import VikhrError, config_error_line, read_yaml_mapping
 from vikhr.runtime.device import DEVICE_PATTERN
@@ -95,6 +98,11 @@ class SourceConfig(_Section):
             shown = f"{wrong!r} in the list" if isinstance(value, list) else repr(value)
             raise ValueError(f"give a file, a glob or a list of them (text), got {shown}")
         return value
+
+    @pydantic.field_validator("path")
+    @classmethod
+    def _bundled_paths(cls, value: str | list[str]) -> str | list[str]:
+        return [bundled(v) for v in value] if isinstance(value, list) else bundled(value)
 
     @pydantic.field_validator("keep_where", mode="before")
     @classmethod
@@ -189,6 +197,11 @@ class BuildConfig(_Section):
     path: Path = Field(
         default=Path("."), exclude=True, strict=False
     )  # the config file (set by load_build_config)
+
+    @pydantic.field_validator("tokenizer")
+    @classmethod
+    def _bundled_tokenizer(cls, value: str) -> str:
+        return bundled(value)
 
 
 def _check(cfg: BuildConfig) -> None:
