@@ -284,21 +284,38 @@ def test_doctor_reports_a_megatron_core_that_fails_on_import(tmp_path: Path) -> 
     assert re.search(r"^Transformer Engine +absent: ", proc.stdout, re.M)
 
 
-def test_doctor_says_how_to_build_a_missing_rust_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("installed", ["checkout", "wheel"])
+def test_doctor_says_how_to_build_a_missing_rust_extension(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: str
+) -> None:
     """Without vikhr._core (a checkout never built, or one built for another Python) the row gave
-    only Python's "cannot import name '_core'", not how to get it."""
+    only Python's "cannot import name '_core'", not how to get it; an installed wheel's user was then
+    told to run `make setup` in a repository they do not have: they reinstall, or build from source."""
     import vikhr
     from vikhr import doctor
 
     monkeypatch.delattr(vikhr, "_core", raising=False)
     monkeypatch.setitem(sys.modules, "vikhr._core", None)  # as an extension that is not there
+    site_packages = tmp_path / "lib" / "python3" / "site-packages"
+    if installed == "wheel":  # a package directory with no pyproject.toml or Rust crate beside it
+        (site_packages / "vikhr").mkdir(parents=True)
+        monkeypatch.setattr(doctor, "PACKAGE_DIR", site_packages / "vikhr", raising=False)
     rows = dict(doctor.collect(build=False))
     status = rows["vikhr._core (Rust)"]
     assert "(--no-build" in rows["csrc ops"]  # the row's text does not turn --no-build into a build
     assert status.startswith("FAILED to import: ")
-    assert status.endswith(
-        "(build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain)"
-    )
+    if installed == "checkout":
+        assert status.endswith(
+            f"(build it: `make setup`, or `pip install -e .` in {REPO}, with a Rust toolchain)"
+        )
+    else:
+        python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
+        assert status.endswith(
+            f"(vikhr in {site_packages / 'vikhr'} is an installed wheel without it for this platform and "
+            f"{python}: reinstall it (pip install --force-reinstall --no-deps vikhr), or build it from "
+            "source with a Rust toolchain (pip install --no-binary vikhr vikhr runs maturin))"
+        )
+        assert "make setup" not in status and "\n" not in status
 
 
 def test_doctor_says_which_attention_runs_where_te_or_flash_attn_is_installed_but_unused(

@@ -14,6 +14,8 @@ import importlib
 import importlib.metadata as md
 import pkgutil
 import platform
+import sys
+from pathlib import Path
 
 # pyproject.toml's dependencies (distribution name -> the module vikhr imports); a test keeps the two equal.
 REQUIRED_IMPORTS = {
@@ -107,6 +109,25 @@ def _dist_of(module: str) -> str:
     return next((d for d, m in REQUIRED_IMPORTS.items() if m == module), module)
 
 
+# Where vikhr is imported from: a source tree (a checkout, editable or on PYTHONPATH) or an installed wheel.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def rust_extension_fix(package_dir: Path) -> str:
+    """How to get a missing `vikhr._core`: a source tree (pyproject.toml and the Rust crate beside the
+    package) builds it in place; an installed wheel (site-packages) was made for another platform or
+    Python, or lost the file, and is installed again, or built from the sdist with a Rust toolchain."""
+    source_tree = package_dir.parent
+    if (source_tree / "pyproject.toml").is_file() and (source_tree / "rust").is_dir():
+        return f"build it: `make setup`, or `pip install -e .` in {source_tree}, with a Rust toolchain"
+    python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        f"vikhr in {package_dir} is an installed wheel without it for this platform and {python}: "
+        "reinstall it (pip install --force-reinstall --no-deps vikhr), or build it from source with a "
+        "Rust toolchain (pip install --no-binary vikhr vikhr runs maturin)"
+    )
+
+
 def _ops_rows(cuda: bool, build: bool) -> list[tuple[str, str]]:
     if not build:  # what the build cache holds, without building or loading
         try:
@@ -176,8 +197,7 @@ def collect(build: bool = True) -> list[tuple[str, str]]:
 
         rows.append(("vikhr._core (Rust)", f"loads, version {_core.__version__}"))
     except ImportError as e:
-        how = "build it: `make setup`, or `pip install -e .` in the repository, with a Rust toolchain"
-        rows.append(("vikhr._core (Rust)", f"FAILED to import: {e} ({how})"))
+        rows.append(("vikhr._core (Rust)", f"FAILED to import: {e} ({rust_extension_fix(PACKAGE_DIR)})"))
 
     rows.extend(_module_rows())
     rows.extend(_ops_rows(cuda, build))
