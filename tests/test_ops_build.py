@@ -261,7 +261,7 @@ def fake_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         home / "bin" / "nvcc", "Cuda compilation tools, release 13.0, V13.0.88", tmp_path / "runs-nvcc"
     )
     monkeypatch.setattr(build, "cuda_home", lambda: home)
-    monkeypatch.setattr(build, "_TOOL_VERSIONS", build.StampedCache(maxsize=16))
+    monkeypatch.setattr(build, "_TOOL_OUTPUTS", build.StampedCache(maxsize=32))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.setenv("VIKHR_CACHE_DIR", str(tmp_path / "cache"))
@@ -342,13 +342,13 @@ def test_a_tool_that_does_not_answer_its_version_is_one_line_not_a_hang(
 ) -> None:
     """`nvcc --version` and the host compiler's ran without a time limit: a toolkit on a network
     mount that stopped answering hung every process that loads the ops (or runs `vikhr doctor`).
-    After VERSION_TIMEOUT_S the tool is stopped and one line names it and what to check."""
+    After PROBE_TIMEOUT_S the tool is stopped and one line names it and what to check."""
     import time
 
     from vikhr.ops import build
 
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
-    monkeypatch.setattr(build, "VERSION_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(build, "PROBE_TIMEOUT_S", 0.5)
     hung = fake_cuda / "bin" / "nvcc" if tool == "nvcc" else tmp_path / "bin" / "g++"
     hung.parent.mkdir(parents=True, exist_ok=True)
     hung.write_text("#!/bin/sh\nexec sleep 60\n")
@@ -361,6 +361,49 @@ def test_a_tool_that_does_not_answer_its_version_is_one_line_not_a_hang(
         build.ops_build_dir(True, tmp_path / "ops")
     assert time.monotonic() - started < 15
     assert str(raised.value) == f"cannot run {hung} --version (no answer within 0.5 s); check {check}"
+    assert not (tmp_path / "ops").exists()
+
+
+@pytest.mark.parametrize("named_by", ["PATH", "CXX"])
+@pytest.mark.parametrize("hung_probe", ["-v", "-dumpfullversion"])
+def test_a_compiler_that_answers_its_version_but_not_torchs_probes_is_one_line_not_a_hang(
+    fake_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named_by: str, hung_probe: str
+) -> None:
+    """torch's build asks the C++ compiler `-v` (is a wrapper GCC or clang) and `-dumpfullversion
+    -dumpversion` with no time limit, in every process that loads the ops: a wrapper that answers
+    --version but waits on a remote cache or a licence server to compile hung vikhr. They run first,
+    each stopped after PROBE_TIMEOUT_S, and one line names the compiler and CXX."""
+    from torch.utils import cpp_extension
+
+    from vikhr.ops import build
+
+    monkeypatch.setattr(build, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(
+        cpp_extension, "load", lambda **_: pytest.fail("torch's probes ran, with no time limit")
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    compiler = bin_dir / ("c++" if named_by == "PATH" else "cxx-wrapper")
+    compiler.write_text(
+        f'#!/bin/sh\ncase "$1" in --version) echo "g++ (fake) 13.2.0";; {hung_probe}) exec sleep 60;; esac\n'
+    )
+    compiler.chmod(0o755)
+    if named_by == "PATH":
+        monkeypatch.delenv("CXX", raising=False)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        where = "c++ on PATH"
+    else:
+        monkeypatch.setenv("CXX", str(compiler))
+        where = f"CXX={compiler}"
+    probe = "-v" if hung_probe == "-v" else "-dumpfullversion -dumpversion"
+    started = time.monotonic()
+    with pytest.raises(VikhrError) as raised:
+        build.compile_ops(False, build_root=tmp_path / "ops")
+    assert time.monotonic() - started < 15
+    assert str(raised.value) == (
+        f"cannot run {compiler} {probe} (no answer within 0.5 s), which torch's build of the csrc ops runs "
+        f"first; check the C++ compiler ({where}), or set CXX to one that answers"
+    )
     assert not (tmp_path / "ops").exists()
 
 

@@ -198,7 +198,7 @@ def _cuda_key() -> str:
     visible cards): a cache shared between machines must not serve sm_80 code to an sm_90 card."""
     nvcc = (cuda_home() or Path()) / "bin" / "nvcc"
     try:
-        version = _version_output(nvcc)
+        version = _tool_output(nvcc, "--version")
     except (OSError, subprocess.CalledProcessError) as e:
         raise VikhrError(f"cannot run {nvcc} --version ({e}); check the CUDA toolkit (CUDA_HOME)") from e
     release = next((line for line in version.splitlines() if "release" in line), version.strip())
@@ -251,35 +251,65 @@ def _compiler_identity(name: str) -> str:
     if path is None:
         return name
     try:
-        version = _version_output(Path(path))
+        version = _tool_output(Path(path), "--version")
     except (OSError, subprocess.CalledProcessError) as e:
         raise VikhrError(f"cannot run {path} --version ({e}); check the C++ compiler (CXX, CC)") from e
     return f"{path} {next(iter(version.splitlines()), '')}"
 
 
-# `tool --version`'s output by the tool's path and file stamp: asked each time the build directory
-# is named (every load, doctor), run once per process for each build of a tool.
-_TOOL_VERSIONS: StampedCache[str] = StampedCache(maxsize=16)
+# A tool's answer to a probe (`--version`, `-v`) by the tool's path, file stamp and the probe's
+# arguments: asked each time the build directory is named (every load, doctor), run once per process
+# for each build of a tool.
+_TOOL_OUTPUTS: StampedCache[str] = StampedCache(maxsize=32)
 
-# How long `tool --version` may take: a toolkit on a network mount that stopped answering hung every
-# process that loads the ops (a cold one answers in seconds).
-VERSION_TIMEOUT_S = 60.0
-
-
-def _version_output(tool: Path) -> str:
-    """`tool --version`'s standard output, run once per process for each file stamp of `tool` (a
-    tool replaced, or a link switched to another, runs again; stat follows links); OSError
-    (TimeoutError after VERSION_TIMEOUT_S) or CalledProcessError where it cannot be run."""
-    return _TOOL_VERSIONS.get(str(tool), [tool], lambda: _run_version(tool))
+# How long a probe of a tool may take: a toolkit on a network mount that stopped answering, or a
+# compiler wrapper waiting on a remote cache or a licence server, hung every process that loads the
+# ops (a cold one answers in seconds).
+PROBE_TIMEOUT_S = 60.0
 
 
-def _run_version(tool: Path) -> str:
+def _tool_output(tool: Path, *args: str) -> str:
+    """`tool ARGS`'s standard output, run once per process for each file stamp of `tool` (a tool
+    replaced, or a link switched to another, runs again; stat follows links); OSError (TimeoutError
+    after PROBE_TIMEOUT_S) or CalledProcessError where it cannot be run."""
+    return _TOOL_OUTPUTS.get((str(tool), args), [tool], lambda: _run_tool(tool, args))
+
+
+def _run_tool(tool: Path, args: tuple[str, ...]) -> str:
     try:
         return subprocess.run(
-            [str(tool), "--version"], capture_output=True, text=True, check=True, timeout=VERSION_TIMEOUT_S
+            [str(tool), *args], capture_output=True, text=True, check=True, timeout=PROBE_TIMEOUT_S
         ).stdout
     except subprocess.TimeoutExpired:  # run() has killed it
-        raise TimeoutError(f"no answer within {VERSION_TIMEOUT_S:g} s") from None
+        raise TimeoutError(f"no answer within {PROBE_TIMEOUT_S:g} s") from None
+
+
+# What torch's build asks the C++ compiler, with no time limit, in every process that loads the ops:
+# whether a wrapper is GCC or clang (`-v`), and its version.
+_TORCH_COMPILER_PROBES = (("-v",), ("-dumpfullversion", "-dumpversion"))
+
+
+def require_answering_cxx_compiler() -> None:
+    """VikhrError (one line naming the compiler and CXX) where the C++ compiler does not answer one of
+    torch's probes within PROBE_TIMEOUT_S: torch would wait on it forever. A probe that fails is left
+    to torch, which copes (it asks --version instead, or warns)."""
+    from torch.utils import cpp_extension
+
+    name = cpp_extension.get_cxx_compiler()
+    path = shutil.which(name)
+    if path is None:  # torch's build fails, naming it
+        return
+    for args in _TORCH_COMPILER_PROBES:
+        try:
+            _tool_output(Path(path), *args)
+        except TimeoutError as e:
+            where = f"CXX={name}" if os.environ.get("CXX") else "c++ on PATH"
+            raise VikhrError(
+                f"cannot run {path} {' '.join(args)} ({e}), which torch's build of the csrc ops runs first; "
+                f"check the C++ compiler ({where}), or set CXX to one that answers"
+            ) from None
+        except (OSError, subprocess.CalledProcessError):
+            continue
 
 
 def _put_ninja_on_path() -> None:
@@ -313,6 +343,7 @@ def compile_ops(with_cuda: bool, verbose: bool = False, build_root: Path | None 
     sources = _sources(with_cuda)
     variant = "cuda" if with_cuda else "cpu"
     build_dir = ops_build_dir(with_cuda, build_root)
+    require_answering_cxx_compiler()
     build_dir.mkdir(parents=True, exist_ok=True)
     if not _built(build_dir):
         print(f"vikhr: compiling csrc ops for {variant} (first use only)...", file=sys.stderr)
