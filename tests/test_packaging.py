@@ -8,7 +8,9 @@ README's Development section gives the wheel's manual check.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -124,8 +126,6 @@ def test_the_bundled_sft_mix_builds_from_an_installed_vikhr_in_any_directory(tmp
     (tests/data/, which no wheel holds): `vikhr sft build` on it failed outside the repository root.
     Run as README says for an installed vikhr (its configs copied into the current directory), and on
     the installed config itself, it reads the package's bundled files."""
-    import json
-
     installed = _installed_copy(tmp_path / "site")
     work = tmp_path / "work"
     shutil.copytree(installed / "assets" / "configs", work / "configs")
@@ -146,3 +146,98 @@ def test_the_bundled_sft_mix_builds_from_an_installed_vikhr_in_any_directory(tmp
         read = [Path(name) for s in report["sources"] for name in s["formats"]]
         assert read and all(p.is_relative_to(installed / "assets" / "sft" / "formats") for p in read), read
         assert Path(report["tokenizer"]) == installed / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
+
+
+def _commented_commands(config: Path) -> list[list[str]]:
+    """The `vikhr ...` commands a config's comment gives, as a shell splits them."""
+    comment = "\n".join(
+        line.removeprefix("#").strip()
+        for line in config.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    )
+    lines = comment.replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith("vikhr ")]
+
+
+def test_the_documented_commands_read_bundled_files_from_an_installed_vikhr_in_any_directory(
+    tmp_path: Path,
+) -> None:
+    """The bundled configs' comments, README and docs/sft.md give `vikhr sft prepare --input
+    vikhr/assets/sft/ru-seed-chats.jsonl --tokenizer vikhr/assets/tokenizers/mistral-7b-v0.1.model`:
+    outside a checkout's root both paths named nothing (`tokenizer not found`). Run from another
+    directory with an installed vikhr, every command reads the package's files; a missing path that is
+    no bundled one is refused in the same line as before."""
+    installed = _installed_copy(tmp_path / "site")
+    work = tmp_path / "work"
+    shutil.copytree(installed / "assets" / "configs", work / "configs")  # as README says for a wheel
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"}
+
+    def vikhr(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "vikhr", *args]
+        return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    def prepared(prefix: str) -> dict:
+        return json.loads((work / f"{prefix}_sft.json").read_text(encoding="utf-8"))
+
+    mistral = installed / "assets" / "tokenizers" / "mistral-7b-v0.1.model"
+    for command in _commented_commands(installed / "assets" / "configs" / "sft-mix-tiny.yaml"):
+        proc = vikhr(*command[1:])
+        assert proc.returncode == 0, (command, proc.stderr)
+    assert Path(prepared("runs/sft-mix-tiny/sft")["tokenizer"]) == mistral
+
+    # sft-tiny-cpu.yaml's prepare, with the bundled chats it names for a machine without ../shared.
+    tiny_cpu = installed / "assets" / "configs" / "sft-tiny-cpu.yaml"
+    comment_prepare = next(c for c in _commented_commands(tiny_cpu) if "prepare" in c)
+    seed_chats = "vikhr/assets/sft/ru-seed-chats.jsonl"
+    assert f"--input {seed_chats}" in tiny_cpu.read_text(encoding="utf-8")
+    given_input = comment_prepare.index("--input") + 1
+    proc = vikhr(*comment_prepare[1:given_input], seed_chats, *comment_prepare[given_input + 1 :])
+    assert proc.returncode == 0, proc.stderr
+    summary = prepared(comment_prepare[comment_prepare.index("--output-prefix") + 1])
+    assert Path(summary["tokenizer"]) == mistral
+    with (installed / "assets" / "sft" / "ru-seed-chats.jsonl").open(encoding="utf-8") as chats:
+        assert summary["chats"] == sum(1 for line in chats if line.strip())
+
+    # A tokenizer measured where it is documented: by its vikhr/assets/ path.
+    proc = vikhr(
+        "tokenizer", "compare", "--tokenizer", "vikhr/assets/tokenizers/vikhr-ru-40k.model",
+        "--texts", f"ru={installed / 'assets' / 'corpus' / 'ru-sample.jsonl.gz'}",
+        "--max-chars", "20K", "--out", "report", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "vikhr-ru-40k" in (work / "report" / "report.csv").read_text(encoding="utf-8")
+
+    proc = vikhr(
+        "sft", "prepare", "--input", seed_chats, "--tokenizer", "no/such.model", "--output-prefix", "x"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("vikhr sft prepare: error: tokenizer not found: no/such.model (")
+    assert proc.stderr.count("\n") == 1 and not list(work.glob("x_*"))
+
+
+def test_a_bundled_path_in_the_current_directory_wins_and_other_commands_take_bundled_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `vikhr/assets/...` file the current directory holds is the one read (a checkout's root, or
+    a user's own copy); where it holds none, `--bpc-data` and `--reference` (as docs/eval.md names
+    the bundled files) name the package's."""
+    from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, PAPER_TABLE6, RU_SAMPLE
+    from vikhr.cli import build_parser
+    from vikhr.tokenizer.load import resolve_tokenizer_file
+
+    monkeypatch.chdir(tmp_path)
+    named = "vikhr/assets/tokenizers/mistral-7b-v0.1.model"
+    assert resolve_tokenizer_file(named) == MISTRAL_TOKENIZER
+    (tmp_path / named).parent.mkdir(parents=True)
+    shutil.copy(MISTRAL_TOKENIZER, tmp_path / named)
+    assert resolve_tokenizer_file(named) == Path(named)
+
+    parser = build_parser()
+    bpc = parser.parse_args(
+        ["eval", "--model", "m", "--bpc-data", f"vikhr/assets/{RU_SAMPLE.relative_to(ASSETS)}"]
+    )
+    assert Path(bpc.bpc_data) == RU_SAMPLE
+    paper = f"vikhr/assets/{PAPER_TABLE6.relative_to(ASSETS)}"
+    assert [
+        Path(r) for r in parser.parse_args(["eval", "compare", "r.json", "--reference", paper]).reference
+    ] == [PAPER_TABLE6]

@@ -18,15 +18,16 @@ PAPER_TABLE6 = ASSETS / "eval" / "vikhr-paper-table6.csv"
 # an installed vikhr has them too: `vikhr doctor` says where, a missing configs/NAME.yaml points here.
 CONFIGS = ASSETS / "configs"
 
-# How a config names a bundled file: by its path in the repository.
+# How a config or a documented command names a bundled file: by its path in the repository.
 CHECKOUT_PREFIX = "vikhr/assets/"
 
 
 def bundled(path: str) -> str:
     """`path`, or the installed package's own file where `path` is a relative `vikhr/assets/...` path
-    (a file or a glob) that names nothing from the current directory: a config that names bundled
-    files works outside a checkout (an installed vikhr, run from any directory) as it does at the
-    repository's root."""
+    (a file or a glob) that names nothing from the current directory: a config or a command (every
+    tokenizer path, `sft prepare --input`, `eval --bpc-data`, `eval compare --reference`) that names
+    bundled files works outside a checkout (an installed vikhr, run from any directory) as it does at
+    the repository's root."""
     if not path.startswith(CHECKOUT_PREFIX) or os.path.lexists(path) or glob.glob(path, recursive=True):
         return path
     return str(ASSETS / path.removeprefix(CHECKOUT_PREFIX))

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from vikhr.assets import bundled
 from vikhr.cli import StoreDashValue
 from vikhr.errors import VikhrError, require_output_file
 from vikhr.locks import exclusive
@@ -326,6 +327,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bpc-data",
+        type=bundled,  # a vikhr/assets/ path (the default's, as docs/eval.md names it) from any directory
         help="text set for bpc: JSONL, one document a line, or plain UTF-8 text named .txt, one document; "
         "plain, .gz or .zst (default: the bundled Russian sample)",
     )
@@ -424,6 +426,7 @@ def _register_compare(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--reference",
         metavar="CSV",
+        type=bundled,  # vikhr/assets/eval/vikhr-paper-table6.csv (docs/eval.md), from any directory
         action="append",
         default=[],
         help="rows to show beside the models: a CSV 'model,<column>,...' (e.g. published scores, or an "

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from vikhr.assets import bundled
 from vikhr.errors import VikhrError
 from vikhr.progress_bar import add_no_progress
 from vikhr.sft.template import AUTO, OWN, TEMPLATES
@@ -67,7 +68,10 @@ def _add_prepare(sft_sub: argparse._SubParsersAction) -> None:
         help="chats JSONL -> PREFIX_text_document + PREFIX_mask_document (.bin/.idx) + PREFIX_sft.json",
     )
     pp.add_argument(
-        "--input", required=True, help='JSONL, one {"messages": [{"role", "content"}, ...]} a line'
+        "--input",
+        required=True,
+        type=bundled,  # the documented vikhr/assets/sft/ru-seed-chats.jsonl, from any directory
+        help='JSONL, one {"messages": [{"role", "content"}, ...]} a line',
     )
     pp.add_argument(
         "--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or its directory"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vikhr.assets import bundled
 from vikhr.errors import VikhrError, read_json_object
 from vikhr.file_stamps import StampedCache
 
@@ -86,8 +87,10 @@ def require_tokenizer_json(spec: Any, path: Path) -> None:
 
 
 def resolve_tokenizer_file(path: str | os.PathLike[str]) -> Path:
-    """`path` itself if it is a file, else the tokenizer file of the directory `path` (module doc)."""
-    p = Path(path)
+    """`path` itself if it is a file, else the tokenizer file of the directory `path` (module doc). A
+    `vikhr/assets/...` path that names nothing from the current directory is the installed package's
+    (vikhr.assets.bundled): the documented commands that name a bundled tokenizer run from any directory."""
+    p = Path(bundled(os.fspath(path)))
     if p.is_dir():
         found = [p / name for name in TOKENIZER_FILES if (p / name).is_file()]
         if not found and holds_vocab_and_merges(p):
