@@ -241,3 +241,17 @@ def test_a_bundled_path_in_the_current_directory_wins_and_other_commands_take_bu
     assert [
         Path(r) for r in parser.parse_args(["eval", "compare", "r.json", "--reference", paper]).reference
     ] == [PAPER_TABLE6]
+
+
+def test_a_bundled_path_is_read_as_written_with_dot_slash_and_a_missing_one_is_named_as_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`./vikhr/assets/...` is the same bundled file; a `vikhr/assets/...` path found neither in the
+    current directory nor in the package stays as the user typed it, so the error names that path."""
+    from vikhr.assets import MISTRAL_TOKENIZER, bundled
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(bundled("./vikhr/assets/tokenizers/mistral-7b-v0.1.model")) == MISTRAL_TOKENIZER
+    missing = "vikhr/assets/tokenizers/no-such.model"
+    assert bundled(missing) == missing
+    assert bundled("vikhr/assets/no-such-dir/*.jsonl") == "vikhr/assets/no-such-dir/*.jsonl"

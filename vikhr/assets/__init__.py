@@ -28,6 +28,11 @@ def bundled(path: str) -> str:
     tokenizer path, `sft prepare --input`, `eval --bpc-data`, `eval compare --reference`) that names
     bundled files works outside a checkout (an installed vikhr, run from any directory) as it does at
     the repository's root."""
-    if not path.startswith(CHECKOUT_PREFIX) or os.path.lexists(path) or glob.glob(path, recursive=True):
+    in_checkout = os.path.normpath(path)  # `./vikhr/assets/x` names the same file
+    if not in_checkout.startswith(CHECKOUT_PREFIX):
         return path
-    return str(ASSETS / path.removeprefix(CHECKOUT_PREFIX))
+    if os.path.lexists(path) or glob.glob(path, recursive=True):
+        return path
+    packaged = str(ASSETS / in_checkout.removeprefix(CHECKOUT_PREFIX))
+    # Found nowhere: the path as the user wrote it, so the error that follows names what they typed.
+    return packaged if glob.glob(packaged, recursive=True) else path
