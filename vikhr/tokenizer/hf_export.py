@@ -218,6 +218,9 @@ def tokenizer_config(model_path: str | Path, model_max_length: int = 32768) -> d
         "pad_token": piece(spec.pad_id),
         "clean_up_tokenization_spaces": False,
         "legacy": False,
+        # transformers' LlamaTokenizer (named, or the class a loader picks) rebuilds the pipeline from the
+        # vocabulary and prepends "▁" unless told the model has no dummy prefix.
+        "add_prefix_space": bool(proto.normalizer_spec.add_dummy_prefix),
         "model_max_length": model_max_length,
         "padding_side": "left",
     }
