@@ -1178,12 +1178,14 @@ def test_tokens_added_to_a_sentencepiece_base_are_exported(tmp_path: Path) -> No
     assert model.config.eos_token_id == model.generation_config.eos_token_id == 32000
 
 
-def test_the_model_file_that_tokens_are_added_to_is_exported_with_them(tmp_path: Path) -> None:
+def test_the_model_file_that_tokens_are_added_to_is_exported_with_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A chat model whose tokenizer.json adds <|im_start|>/<|im_end|> to a SentencePiece
     tokenizer.model (ChatML on a Mistral base) was exported with the tokenizer.json alone, though the
     checkpoint's copy of its tokenizer holds the .model: llama.cpp's GGUF converter reads a Llama or
     Mistral model's tokenizer.model first. The .model goes with the export where the tokenizer.json
-    is it with tokens added after its own."""
+    is it with tokens added after its own; one of other pieces is left out with a warning."""
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
@@ -1203,9 +1205,137 @@ def test_the_model_file_that_tokens_are_added_to_is_exported_with_them(tmp_path:
     assert fast.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [32001, 32000]
     # A .model of other pieces beside the tokenizer.json is another vocabulary: it stays out.
     sentencepiece_with_other_ids(meg / "tokenizer" / "tokenizer.model")
+    capsys.readouterr()
     other = megatron_to_hf(meg, tmp_path / "other")
     assert not (other / "tokenizer.model").exists()
     assert AutoTokenizer.from_pretrained(other)(TEXT).input_ids == fast(TEXT).input_ids
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {meg / 'tokenizer' / 'tokenizer.model'} is left out")
+    assert "differ from tokenizer.json's at id 1000" in warning and "slow tokenizers" in warning
+
+
+@pytest.mark.parametrize("past_the_model", ["an added token", "a vocabulary piece"])
+def test_a_model_file_beside_a_tokenizer_json_is_left_out_with_a_warning_naming_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], past_the_model: str
+) -> None:
+    """A SentencePiece tokenizer.model that the tokenizer.json beside it does not extend was left out
+    of the export silently (the export had a tokenizer.json only). One warning line now names it, the
+    first id where they part, and what will not load; the export still has the tokenizer.json."""
+    from tests.helpers import sentencepiece_with_other_ids
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    src = sentencepiece_with_added_tokens(tmp_path / "src")
+    if past_the_model == "an added token":  # the pieces differ below the .model's end
+        sentencepiece_with_other_ids(src / "tokenizer.model")
+        why = "its pieces differ from tokenizer.json's at id 1000 ("  # the first of the two swapped
+    else:  # the .model's pieces, then <|im_end|> as a piece of the BPE's own vocabulary
+        spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+        spec["model"]["vocab"]["<|im_end|>"] = 32000
+        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] != 32000]
+        (src / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        why = "id 32000, past its 32000 pieces, is a vocabulary piece, not an added token"
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    write_tokenizer_files(load(src / "tokenizer.json"), out)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {src / 'tokenizer.model'} is left out of the export")
+    assert why in warning and "will not load it" in warning
+    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
+
+
+SENTENCEPIECE_TEXTS = (
+    TEXT,
+    "Москва — столица России. The quick brown fox jumps over the lazy dog.",
+    "В 2024 году: 1234567 руб.\n\n\tкод(x)  и   пробелы",
+)
+
+
+@pytest.mark.parametrize("dummy_prefix", [True, False])
+def test_an_exported_sentencepiece_model_gives_its_ids_to_each_transformers_loader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dummy_prefix: bool
+) -> None:
+    """AutoTokenizer (`use_fast=False` is ignored by transformers 5) reads tokenizer.json; a user's
+    LlamaTokenizer.from_pretrained builds its own Metaspace pre-tokenizer around the vocabulary, which
+    prepended "▁" to every text of a model without a dummy prefix (Gemma's kind): other ids than the
+    model was trained on. tokenizer_config.json now says `add_prefix_space` as the .model does."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from vikhr.assets import ASSETS
+    from vikhr.tokenizer.hf_export import load_model_proto
+
+    proto = load_model_proto(ASSETS / "tokenizers" / "vikhr-ru-40k.model")
+    proto.normalizer_spec.add_dummy_prefix = dummy_prefix
+    model = tmp_path / "tok" / "tokenizer.model"
+    model.parent.mkdir()
+    model.write_bytes(proto.SerializeToString())
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf", llama=True, vocab_size=40000), tmp_path / "meg")
+    capsys.readouterr()
+    out = megatron_to_hf(meg, tmp_path / "out", tokenizer=model)
+    assert capsys.readouterr().err == ""  # transformers' ids are the model's: nothing to warn of
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    loaders = {
+        "fast": AutoTokenizer.from_pretrained(out),
+        "use_fast=False": AutoTokenizer.from_pretrained(out, use_fast=False),
+        "LlamaTokenizer": LlamaTokenizer.from_pretrained(out),
+    }
+    for text in SENTENCEPIECE_TEXTS:
+        for name, loader in loaders.items():
+            assert loader(text).input_ids == [sp.bos_id(), *sp.encode(text)], (name, text)
+    # The limit docs/tokenizer.md gives: Metaspace prepends no "▁" to a text that starts with a space.
+    llama_ids = loaders["LlamaTokenizer"](" x", add_special_tokens=False).input_ids
+    assert (llama_ids == sp.encode(" x")) is not dummy_prefix
+    assert loaders["fast"](" x", add_special_tokens=False).input_ids == sp.encode(" x")
+
+
+def _gpt2_byte_level_tokenizer(directory: Path) -> Path:
+    """A byte-level BPE with GPT-2's pre-tokenizer (digit runs kept whole, no NFC) and <|endoftext|>,
+    beside a tokenizer_config.json naming Qwen2Tokenizer (kept from the Qwen directory it was trained
+    in)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from tests.test_sft_templates import byte_level_bpe
+
+    directory.mkdir()
+    bpe = HFTokenizer.from_str(byte_level_bpe("gpt2"))
+    bpe.add_special_tokens(["<|endoftext|>"])
+    bpe.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|endoftext|>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen2"])
+def test_a_byte_level_bpe_of_another_pre_tokenizer_exported_as_qwen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str
+) -> None:
+    """transformers 5 loads the tokenizer class that tokenizer_config.json names, and a qwen2
+    config.json as Qwen2Tokenizer whatever it names: that class builds Qwen's NFC and pre-tokenizer
+    (digits one by one) around the vocabulary, so a GPT-2-pre-tokenized BPE gave AutoTokenizer other
+    ids than the model was trained on, silently. The export names PreTrainedTokenizerFast (which
+    reads tokenizer.json whole: a qwen3 export now loads with the model's ids); where transformers
+    overrides it (qwen2), one warning line says which loader gives the model's ids."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = _gpt2_byte_level_tokenizer(tmp_path / "tok")
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf", family=family, vocab_size=2001), tmp_path / "meg")
+    capsys.readouterr()
+    out = megatron_to_hf(meg, tmp_path / "out", tokenizer=tok)
+    err = capsys.readouterr().err
+    own = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    texts = ["В 2024 году 1234567 руб.", "Ещё раз: и\u0306 — it's", TEXT]
+    expected = [own.encode(t, add_special_tokens=False).ids for t in texts]
+    assert [PreTrainedTokenizerFast.from_pretrained(out)(t).input_ids for t in texts] == expected
+    auto = [AutoTokenizer.from_pretrained(out)(t).input_ids for t in texts]
+    if family == "qwen3":
+        assert auto == expected and err == ""
+    else:
+        assert auto != expected  # transformers' own: the warning is what the export can do
+        [warning] = err.splitlines()
+        assert f"loads {out} (model_type qwen2) as Qwen2Tokenizer" in warning
+        assert f"PreTrainedTokenizerFast.from_pretrained('{out}')" in warning
 
 
 @pytest.mark.parametrize("kind", ["tokenizer.json", "tokenizer.model"])

@@ -3,9 +3,12 @@
     tokenizer.model          the SentencePiece model, when the tokenizer is one, or when the tokenizer is
                              a tokenizer.json that adds tokens to the `.model` beside it (ChatML's
                              <|im_start|>/<|im_end|> on a Mistral base): llama.cpp's GGUF converter
-                             reads it first (`_model_file_extended_by`)
+                             reads it first (`_model_file_extended_by`; a `.model` of other pieces
+                             is left out with a warning line)
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
-    tokenizer_config.json    BOS/EOS/UNK tokens and, where known, the chat template
+    tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, and the class
+                             `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
+                             transformers picks another class, `warn_of_other_transformers_ids`)
     special_tokens_map.json  the same special tokens, for loaders that read only this file
 
 and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, the stop
@@ -438,7 +441,8 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
 def _model_file_extended_by(tok: Tokenizer) -> Path | None:
     """The SentencePiece tokenizer.model beside a tokenizer.json `tok` that is that model with tokens
     added after its own (the same piece at each of the `.model`'s ids, and only added tokens past
-    them); None where there is none, or it is another vocabulary (a tiktoken file, another model's)."""
+    them); None where there is none, or it is another vocabulary (a tiktoken file, another model's).
+    A SentencePiece `.model` left out is one warning line: loaders that read it will find none."""
     from vikhr.tokenizer.load import is_tiktoken_file
 
     model_file = tok.path.with_name("tokenizer.model")
@@ -448,14 +452,74 @@ def _model_file_extended_by(tok: Tokenizer) -> Path | None:
         base = load(model_file)
     except VikhrError:  # not a model vikhr reads: nothing that tokenizes as the export does
         return None
-    if base.kind != "sentencepiece" or base.vocab_size > tok.vocab_size:
+    if base.kind != "sentencepiece":
         return None
-    added = set(tok.backend.get_added_tokens_decoder())
-    if any(i not in added for i in range(base.vocab_size, tok.vocab_size)):
-        return None
-    if any(base.id_to_piece(i) != tok.id_to_piece(i) for i in range(base.vocab_size)):
+    why = None
+    differing = base.first_other_piece(tok)
+    if differing is not None and differing < base.vocab_size:  # past its end: tokens the json adds
+        theirs = tok.id_to_piece(differing) if differing < tok.vocab_size else None
+        why = (
+            f"its pieces differ from {tok.path.name}'s at id {differing} "
+            f"({base.id_to_piece(differing)!r}, not {theirs!r})"
+        )
+    else:
+        added = set(tok.backend.get_added_tokens_decoder())
+        past = next((i for i in range(base.vocab_size, tok.vocab_size) if i not in added), None)
+        if past is not None:
+            why = f"id {past}, past its {base.vocab_size} pieces, is a vocabulary piece, not an added token"
+    if why is not None:
+        print(
+            f"warning: {model_file} is left out of the export, which has {tok.path.name} only: {why}; "
+            "slow tokenizers and converters that read tokenizer.model (sentencepiece, llama.cpp's GGUF "
+            "converter) will not load it",
+            file=sys.stderr,
+        )
         return None
     return model_file
+
+
+# Texts on which pre-tokenizers and normalizers disagree: digit runs (GPT-2 keeps them whole, Llama-3
+# cuts them in threes, Qwen in ones), a letter with a combining accent (NFC), apostrophes, whitespace
+# runs and line breaks, a leading space (a SentencePiece dummy prefix), Russian and English.
+_PROBE_TEXTS = (
+    "Привет, мир! Hello world.\nВторая строка",
+    "В 2024 году 1234567 руб., i.e. 3.14159 and 42",
+    "Ещё раз: й, и\u0306, e\u0301 — it's, I'M, we'll",
+    "  indented   code(x)\n\n\tdef f():  return {'a': 1}",
+    " leading space",
+)
+
+
+def warn_of_other_transformers_ids(written: Path, out: Path) -> None:
+    """One warning line where transformers' AutoTokenizer, loading the export written in `written` (to
+    be renamed to `out`), encodes other ids than its tokenizer.json, the tokenizer the model was
+    trained with: transformers 5 loads a config.json of model_type qwen2 as Qwen2Tokenizer whatever
+    tokenizer_config.json names, and that class builds Qwen's normalizer and pre-tokenizer around the
+    vocabulary rather than reading tokenizer.json's (docs/tokenizer.md)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    own = HFTokenizer.from_file(str(written / "tokenizer.json"))
+    try:
+        loaded = AutoTokenizer.from_pretrained(written)
+    except Exception as e:  # what transformers raises varies; the export is whole either way
+        print(
+            f"warning: transformers cannot load the tokenizer of {out} ({type(e).__name__}: {e}); "
+            f"load it with tokenizers.Tokenizer.from_file('{out / 'tokenizer.json'}')",
+            file=sys.stderr,
+        )
+        return
+    for text in _PROBE_TEXTS:
+        if loaded(text, add_special_tokens=False).input_ids != own.encode(text, add_special_tokens=False).ids:
+            model_type = _read_json(written / "config.json").get("model_type")
+            print(
+                f"warning: transformers' AutoTokenizer loads {out} (model_type {model_type}) as "
+                f"{type(loaded).__name__}, which encodes {text!r} to other ids than its tokenizer.json, the "
+                f"tokenizer the model was trained with: load it with "
+                f"PreTrainedTokenizerFast.from_pretrained('{out}')",
+                file=sys.stderr,
+            )
+            return
 
 
 def _own_end_of_turn(tok: Tokenizer) -> int | None:
@@ -549,8 +613,10 @@ def write_tokenizer_files(
         extended = _model_file_extended_by(tok)
         if extended is not None:
             shutil.copyfile(extended, out_dir / "tokenizer.model")
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
-        config.update(source_config)
+        config = {"clean_up_tokenization_spaces": False, **source_config}
+        # Loaded as tokenizer.json is: a model-specific class named beside the tokenizer (LlamaTokenizer,
+        # Qwen2Tokenizer) makes transformers 5 build its own pre-tokenizer around the vocabulary.
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
     ids: dict[str, Any] = {}
     for name, i in (("bos", tok.bos_id), ("eos", tok.eos_id)):
         if i is not None:

@@ -886,6 +886,7 @@ def megatron_to_hf(
         recorded_in_lineage,
         tokenizer_to_export,
         warn_of_cut_lineage,
+        warn_of_other_transformers_ids,
         write_tokenizer_files,
     )
 
@@ -927,6 +928,8 @@ def megatron_to_hf(
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
+        if tok is not None:
+            warn_of_other_transformers_ids(tmp, out)
     return out
 
 
