@@ -489,6 +489,39 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(
     )
 
 
+def test_an_output_in_or_at_a_model_directory_is_refused_naming_that_model(
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out base/merged was written: a later glob of base's *.safetensors took the merge's shards with
+    its own, and a rerun read them as base's. An output in or at either model's directory is refused,
+    through relative paths and symbolic links, before anything is written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(models[name], work / name)
+    (work / "link_to_b").symlink_to(work / "b")
+    monkeypatch.chdir(work)
+    before = {p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and not p.is_symlink()}
+    for out, overwrite, said in (
+        ("a/merged", [], "--out a/merged is inside model A's directory a"),
+        ("link_to_b/deeper/merged", [], "--out link_to_b/deeper/merged is inside model B's directory b"),
+        ("../work/b/./merged", [], "is inside model B's directory b"),
+        ("link_to_b", ["--overwrite"], "--out link_to_b is model B's directory b"),
+        ("a/", ["--overwrite"], "--out a/ is model A's directory a"),
+    ):
+        err = _one_line_error(["a", "b", "--out", out, "--t", "0.5", "--no-progress", *overwrite], capsys)
+        assert said in err, err
+        beside = (work / ("a" if "model A" in said else "b")).resolve().parent
+        assert err.endswith(f"give a directory outside both models, e.g. --out {beside / said[-1]}-merged")
+    assert {
+        p: p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file() and not p.is_symlink()
+    } == before
+    assert cli_main(["merge", "a", "b", "--out", "a-merged", "--t", "0.5", "--no-progress"]) == 0
+
+
 def test_a_merge_past_the_range_of_model_a_s_dtype_is_one_line_and_the_swap_it_names_works(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -670,7 +703,7 @@ def test_configs_are_compared_as_the_model_reads_them(
 ) -> None:
     """A head_dim written in one config and implied in the other is the same model (it was refused);
     another RoPE base or activation is another model (it was merged with A's config). A difference
-    is named by config.json's key (it was by the model's field: "num_layers", "tie_embeddings")."""
+    is named by config.json's key (it was by the model's field: "num_layers", "norm_eps")."""
     a, b = models["a"], models["b"]
     cfg = json.loads((b / "config.json").read_text())
     implied = {k: v for k, v in cfg.items() if k != "head_dim"}
@@ -683,7 +716,9 @@ def test_configs_are_compared_as_the_model_reads_them(
         ),
         ({**cfg, "hidden_act": "gelu"}, "differs in hidden_act: 'silu'"),
         ({**cfg, "num_hidden_layers": layers + 1}, f"differs in num_hidden_layers: {layers} in {a}, "),
-        ({**cfg, "tie_word_embeddings": True}, "differs in tie_word_embeddings: False in "),
+        ({**cfg, "rms_norm_eps": 1e-3}, "differs in rms_norm_eps: "),
+        # Tied, its stored head ignored by transformers: merged as its embedding (an untied merge).
+        ({**cfg, "tie_word_embeddings": True}, None),
         ({**cfg, "head_dim": 2 * width // heads}, f"differs in head_dim: {width // heads} in {a}, "),
         ({**cfg, "intermediate_size": cfg["intermediate_size"] + 2}, "differs in intermediate_size: "),
     ):
@@ -925,6 +960,93 @@ def test_a_tied_models_stored_head_follows_its_embedding_along_a_gradient(
     with pytest.raises(VikhrError, match="no tensor name contains 'lm_head'"):
         merge_checkpoints(a, b, tmp_path / "f", Schedule((0.5,), (parse_filter("lm_head=0.3"),)))
     _nothing_written(tmp_path / "f")
+
+
+def torch_reference_slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mergekit's SLERP in float64 PyTorch, written apart from vikhr.merge.slerp."""
+    a, b = a.double(), b.double()
+    unit_a, unit_b = (x / x.norm() if x.norm() > 1e-8 else x for x in (a, b))  # zero biases stay zero
+    dot = float((unit_a * unit_b).sum())
+    if abs(dot) > 0.9995:
+        return (1 - t) * a + t * b
+    theta = math.acos(dot)
+    return (math.sin(theta * (1 - t)) * a + math.sin(theta * t) * b) / math.sin(theta)
+
+
+@pytest.mark.parametrize(("tied_side", "sharded"), [("a", False), ("a", True), ("b", False), ("both", False)])
+def test_a_tied_model_merges_with_an_untied_one_into_an_untied_model(
+    tied_side: str, sharded: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base that ties its head to the embedding and a fine-tune that untied it were refused as other
+    architectures (tie_word_embeddings differs). The tied side's head is its embedding: the merge is
+    untied, says so in one line, and transformers gives the logits of a float64 SLERP of the weights as
+    transformers loads them. Two tied models stay tied."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shard = "200KB" if sharded else "1GB"
+    tiny_hf_model(
+        a,
+        VOCAB,
+        arch="qwen2",
+        tied=tied_side in ("a", "both"),
+        seed=0,
+        num_layers=LAYERS,
+        max_shard_size=shard,
+    )
+    tiny_hf_model(b, VOCAB, arch="qwen2", tied=tied_side in ("b", "both"), seed=1, num_layers=LAYERS)
+    assert (a / INDEX).is_file() == sharded
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli_main(["merge", str(a), str(b), "--out", str(out), "--t", "0.2,0.7", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    untied = tied_side != "both"
+    said = [line for line in printed.splitlines() if "lm_head" in line]
+    tied_name, untied_name = ("A", "B") if tied_side == "a" else ("B", "A")
+    assert said == (
+        [
+            f"  lm_head: model {tied_name} ties it to its embedding, model {untied_name} does not: the "
+            f"merge takes {tied_name}'s embedding for its head and writes an untied model "
+            "(tie_word_embeddings: false)"
+        ]
+        if untied
+        else []
+    )
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is not untied
+    summary = json.loads((out / SUMMARY).read_text())
+
+    # The reference: each model's weights as transformers loads them (a tied head is the embedding).
+    loaded = {
+        m: AutoModelForCausalLM.from_pretrained(m, torch_dtype=torch.float32).state_dict() for m in (a, b)
+    }
+    reference = {
+        name: torch_reference_slerp(summary["t"][name], loaded[a][name], loaded[b][name]).float()
+        for name in summary["t"]
+    }
+    merged = tensors_of(out)
+    assert ("lm_head.weight" in merged) == untied and merged.keys() == reference.keys()
+    if untied:
+        assert summary["t"]["lm_head.weight"] == pytest.approx(0.7)  # the head's own t: the gradient's last
+        assert summary["t"]["model.embed_tokens.weight"] == pytest.approx(0.2)
+    if sharded:
+        index = json.loads((out / INDEX).read_text())
+        for name, shard_name in index["weight_map"].items():
+            with safe_open(str(out / shard_name), framework="pt") as st:
+                assert name in st.keys(), name  # noqa: SIM118 - safe_open is not a mapping
+        assert index["weight_map"].keys() == merged.keys()
+
+    config = AutoConfig.from_pretrained(out)
+    expected_model = AutoModelForCausalLM.from_config(config).eval()
+    expected_model.load_state_dict(
+        {**reference, **({} if untied else {"lm_head.weight": reference["model.embed_tokens.weight"]})}
+    )
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(6))
+    got = _logits(out, ids)
+    with torch.no_grad():
+        expected = expected_model(ids).logits
+    assert_close(got, expected, rtol=1e-4, atol=1e-5, what="logits")
+    for model in (a, b):  # the merge is neither input
+        assert not torch.allclose(got, _logits(model, ids), atol=1e-3)
 
 
 def _base_and_instruct(models: dict[str, Path], tmp_path: Path) -> tuple[Path, Path, list[int]]:

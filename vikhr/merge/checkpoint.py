@@ -6,7 +6,8 @@ interpolated between A and B (vikhr.merge.slerp) at the t the schedule gives its
 check — same config architecture, tensor names, shapes and dtypes, the same vocabulary (files of one
 name compared, else the tokenizers' pieces) — runs before anything is written (a NaN or inf weight,
 found while merging, stops it with nothing written); a tied model's stored head is taken as its
-embedding; the output directory appears only when complete (vikhr.atomic).
+embedding, and so is a tied model's head beside an untied one (the merge is untied, see `_untie`); the
+output directory, outside both models' directories, appears only when complete (vikhr.atomic).
 config.json comes from A (from B when A lacks one); where the two contexts
 (max_position_embeddings) differ, config.json gets the longer. The chat files (CHAT_FILES: the chat
 template, the special tokens' names, the generation config) and the vocabulary files they are read
@@ -51,7 +52,9 @@ from vikhr.sft.hf_chat import as_jinja_reads, chat_template_in
 from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 SUMMARY = "merge_summary.json"
-# config.json fields that must agree for the two checkpoints to be one architecture.
+# config.json fields that must agree for the two checkpoints to be one architecture. Tying the LM head to
+# the embedding (TIED) may differ: the tied side's head is its embedding (`_untie`).
+TIED = "tie_word_embeddings"
 ARCHITECTURE_KEYS = (
     "model_type",
     "architectures",
@@ -62,7 +65,6 @@ ARCHITECTURE_KEYS = (
     "num_key_value_heads",
     "head_dim",
     "vocab_size",
-    "tie_word_embeddings",
     "hidden_act",
     "rope_theta",
     "rope_scaling",
@@ -87,6 +89,8 @@ NO_TEMPLATE = "neither model has one"
 CHAT_FILES = (GENERATION_CONFIG, "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE)
 VOCABULARY_TENSORS = ("embed_tokens", "lm_head")
 HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
+# merge_summary.json's key for the model whose tied head the merge unties (`_untie`).
+UNTIED_FROM = "lm_head_untied_from"
 # The context length: may differ between the models; the merge takes the longer.
 CONTEXT_KEY = "max_position_embeddings"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -98,16 +102,29 @@ def _check_paths(
     a, b = require_dir(model_a, "model A directory"), require_dir(model_b, "model B directory")
     if a.resolve() == b.resolve():  # a copy at any t: surely a mistyped path
         raise VikhrError(f"model A and model B are the same directory ({a}); give the two models to merge")
-    if overlap(Path(out), a) or overlap(Path(out), b):
-        raise VikhrError("--out must differ from both models (they are read while the output is written)")
+    # Inside a model's directory the merge's shards would be read as that model's by a later glob of its
+    # *.safetensors, or by a rerun of this merge. The outermost such model is named (one may hold the other).
+    holding = [
+        (model, name, where)
+        for model, name in ((a, "A"), (b, "B"))
+        if (where := overlap(Path(out), model, input_whole=True)) is not None
+    ]
+    if holding:
+        model, name, where = min(holding, key=lambda held: len(held[0].resolve().parts))
+        beside = model.resolve().parent / f"{model.resolve().name}-merged"
+        raise VikhrError(
+            f"--out {out} {'is' if where == 'is' else 'is inside'} model {name}'s directory {model}, which "
+            f"the merge reads: give a directory outside both models, e.g. --out {beside}"
+        )
     return a, b, require_output_dir(out, overwrite, inputs=[a, b])
 
 
-def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
-    """The number of decoder layers, once A's and B's config.json agree on the architecture, and
-    the merged model's context: the longer of the two when they differ (else None). The context
-    is no shape — RoPE has no weights per position — and an instruction-tuned successor is often
-    trained on longer sequences than the model it started from."""
+def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]]:
+    """The number of decoder layers, once A's and B's config.json agree on the architecture, the
+    merged model's context: the longer of the two when they differ (else None), and whether A and B
+    tie their LM head to the embedding. The context is no shape — RoPE has no weights per position —
+    and an instruction-tuned successor is often trained on longer sequences than the model it started
+    from. Tying may differ too: a fine-tune may untie its base's head (see `_untie`)."""
     configs = []
     for d in (a, b):
         if not (d / "config.json").is_file():
@@ -123,6 +140,8 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
     # sliding window included: the merge takes A's config.json); another by its keys as written.
     pairs = {key: (cfg_a.get(key), cfg_b.get(key)) for key in ("model_type", "architectures")}
     pairs.update(shapes or {key: (cfg_a.get(key), cfg_b.get(key)) for key in ARCHITECTURE_KEYS})
+    ties = pairs.pop(TIED, (cfg_a.get(TIED), cfg_b.get(TIED)))  # as read for a family vikhr reads
+    ties = (ties[0] is True, ties[1] is True)
     for key, (value_a, value_b) in pairs.items():
         if value_a != value_b:
             if key == "vocab_size":
@@ -137,7 +156,7 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None]:
     layers = cfg_a.get("num_hidden_layers")
     if not isinstance(layers, int) or layers < 1:
         raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
-    return layers, longer
+    return layers, longer, ties
 
 
 # config.json's name of each field of vikhr's model config that it names otherwise: a difference is
@@ -347,6 +366,44 @@ def _tied_head_aliased(
     return False
 
 
+def _untie(
+    headers_a: list[SafetensorsHeader],
+    entries_a: dict[str, tuple[TensorEntry, Path]],
+    entries_b: dict[str, tuple[TensorEntry, Path]],
+    ties: tuple[bool, bool],
+    a: Path,
+    b: Path,
+) -> tuple[list[SafetensorsHeader], dict[str, str]]:
+    """One model ties its head to the embedding, the other does not (a fine-tune that untied its base's):
+    the tied side's head is its embedding, as transformers loads it (a head it stores is ignored), and
+    the merge stores a head of its own, merged at the head's t. Returns A's shard layout with the head
+    beside the embedding where A (tied) stores none, and the shard that holds it then (for the index)."""
+    untied, untied_entries = (b, entries_b) if ties[0] else (a, entries_a)
+    if HEAD not in untied_entries:
+        raise VikhrError(
+            f"{untied / 'config.json'} has {TIED} false but {untied} stores no {HEAD}: set {TIED} to "
+            "true there if the model ties its head to the embedding"
+        )
+    tied_entries = entries_a if ties[0] else entries_b
+    if EMBEDDING not in tied_entries:
+        return headers_a, {}  # told by _check_tensors, as another architecture
+    stored = HEAD in tied_entries
+    tied_entries[HEAD] = tied_entries[EMBEDDING]
+    if not ties[0] or stored:
+        return headers_a, {}
+    layout = []
+    added = {}
+    for header in headers_a:
+        tensors = header.tensors
+        if EMBEDDING in tensors:
+            embedding = tensors[EMBEDDING]
+            head = TensorEntry(HEAD, embedding.dtype, embedding.shape, embedding.start, embedding.end)
+            tensors = {**tensors, HEAD: head}  # written after the embedding; read as it (entries_a)
+            added[HEAD] = header.path.name
+        layout.append(SafetensorsHeader(header.path, header.metadata, tensors))
+    return layout, added
+
+
 def _check_tensors(
     entries_a: dict[str, tuple[TensorEntry, Path]],
     entries_b: dict[str, tuple[TensorEntry, Path]],
@@ -467,8 +524,11 @@ def _write_stops(work: Path, stops: list[int]) -> None:
             _write_json(path, {**content, "eos_token_id": value})
 
 
-def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path) -> None:
-    """The shard index (A's, with the output's total size) and SIDE_FILES, from A or else from B;
+def _copy_side_files(
+    a: Path, b: Path, work: Path, sizes: dict[str, int], chat: Path, heads_added: dict[str, str]
+) -> None:
+    """The shard index (A's, with the output's total size and the shard of each tensor in
+    `heads_added`, which A does not store) and SIDE_FILES, from A or else from B;
     CHAT_FILES from `chat` (see `_chat_side`) or else the other model, without that one's chat
     template; the vocabulary files all from one model: `chat`'s if it has any, since its
     tokenizer_config.json says how transformers reads them (B's beside A's bare tokenizer.model gave
@@ -476,6 +536,7 @@ def _copy_side_files(a: Path, b: Path, work: Path, sizes: dict[str, int], chat: 
     if (a / INDEX).is_file():
         index = read_json_object(a / INDEX)
         index.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        index["weight_map"] = {**index["weight_map"], **heads_added}
         (work / INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
     other = b if chat == a else a
     vocabulary_of = chat if any((chat / name).is_file() for name in VOCABULARY_FILES) else other
@@ -521,13 +582,15 @@ def merge_checkpoints(
     if method not in METHODS:
         raise VikhrError(f"unknown merge method {method!r} (choose {' or '.join(METHODS)})")
     a, b, out = _check_paths(model_a, model_b, out_dir, overwrite)
-    num_layers, context = _check_configs(a, b)
+    num_layers, context, ties = _check_configs(a, b)
     _check_vocabulary_files(a, b)
     chat, chat_reason = _chat_side(a, b, chat_template_from)
     headers_a = checkpoint_headers(a)
     entries_a, entries_b = _entries_by_name(headers_a), _entries_by_name(checkpoint_headers(b))
-    tied = read_json_object(a / "config.json").get("tie_word_embeddings") is True
-    head_is_embedding = tied and _tied_head_aliased(entries_a, entries_b)
+    head_is_embedding = all(ties) and _tied_head_aliased(entries_a, entries_b)
+    heads_added: dict[str, str] = {}
+    if ties[0] != ties[1]:
+        headers_a, heads_added = _untie(headers_a, entries_a, entries_b, ties, a, b)
     _check_tensors(entries_a, entries_b, a, b)
     # A tied model's stored head is its embedding: no t of its own (a filter naming it alone names nothing).
     scheduled = [name for name in entries_a if not (head_is_embedding and name == HEAD)]
@@ -545,8 +608,10 @@ def merge_checkpoints(
             sizes = {
                 h.path.name: write_computed(h, work / h.path.name, merged, bar.update) for h in headers_a
             }
-        _copy_side_files(a, b, work, sizes, chat)
+        _copy_side_files(a, b, work, sizes, chat, heads_added)
         _with_context(work, context)
+        if ties[0] != ties[1]:
+            _write_json(work / "config.json", {**read_json_object(work / "config.json"), TIED: False})
         stops = _merged_stops(a, b, chat)
         if stops is not None:
             _write_stops(work, stops)
@@ -558,6 +623,8 @@ def merge_checkpoints(
             "schedule": schedule.describe(),
             "num_hidden_layers": num_layers,
             **({CONTEXT_KEY: context} if context is not None else {}),
+            # Where one model ties its head and the other does not: the merge's head is untied.
+            **({UNTIED_FROM: "model_a" if ties[0] else "model_b"} if ties[0] != ties[1] else {}),
             "chat_files": chat_files,
             # Where the two stop at other ids: what the merge stops at.
             **({"eos_token_id": stops} if stops is not None else {}),

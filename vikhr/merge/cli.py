@@ -27,9 +27,11 @@ def register(sub: Any) -> None:
         "methods do: t = 0 keeps model A, t = 1 takes model B. t is one value or a gradient over the "
         "layers (0,0.5,1: layer 0 at 0, the last at 1; the embedding takes the first value, the final "
         "norm and LM head the last); --t-for gives other values to tensors whose name contains a filter. "
-        "Streams one tensor pair at a time; config.json comes from model A (from B where A has none), "
-        "with the longer of the two contexts. The chat files (the chat template, tokenizer_config.json, "
-        "special_tokens_map.json, generation_config.json) and the tokenizer files read with them come "
+        "A model that ties its LM head to the embedding merges with one that does not: its head is its "
+        "embedding and the merge is untied. Streams one tensor pair at a time; config.json comes from "
+        "model A (from B where A has none), with the longer of the two contexts. The chat files (the "
+        "chat template, tokenizer_config.json, special_tokens_map.json, generation_config.json) and the "
+        "tokenizer files read with them come "
         "from the model that has a chat template where only one has (a base model and its "
         "instruction-tuned successor), else from A; two different templates need --chat-template-from. "
         "The generation config and config.json stop at the EOS ids of both models.",
@@ -38,7 +40,11 @@ def register(sub: Any) -> None:
         "model_a", help="HF model directory A (t = 0; its dtype, shard layout and config are kept)"
     )
     p.add_argument("model_b", help="HF model directory B (t = 1)")
-    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory, outside both models' directories (must not exist unless --overwrite)",
+    )
     p.add_argument("--method", choices=["slerp", "linear"], default="slerp", help="default slerp")
     p.add_argument(
         "--t", type=t_arg, required=True, help="t in [0, 1], or a gradient over the layers: 0,0.5,1"
@@ -65,7 +71,14 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vikhr.merge.checkpoint import CONTEXT_KEY, NO_TEMPLATE, SAME_TEMPLATE, merge_checkpoints
+    from vikhr.merge.checkpoint import (
+        CONTEXT_KEY,
+        NO_TEMPLATE,
+        SAME_TEMPLATE,
+        TIED,
+        UNTIED_FROM,
+        merge_checkpoints,
+    )
     from vikhr.merge.schedule import Schedule, parse_filter
 
     schedule = Schedule(args.t, tuple(parse_filter(f) for f in args.t_for))
@@ -83,6 +96,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(ts)} tensors merged by {args.method}, t from {min(ts):g} to {max(ts):g}")
     if CONTEXT_KEY in summary:
         print(f"  {CONTEXT_KEY}: the models' differ; the merge keeps the longer, {summary[CONTEXT_KEY]}")
+    if UNTIED_FROM in summary:
+        tied, untied = ("A", "B") if summary[UNTIED_FROM] == "model_a" else ("B", "A")
+        print(
+            f"  lm_head: model {tied} ties it to its embedding, model {untied} does not: the merge takes "
+            f"{tied}'s embedding for its head and writes an untied model ({TIED}: false)"
+        )
     chat = summary["chat_files"]
     model = "A" if chat["from"] == "model_a" else "B"
     if chat["why"] == SAME_TEMPLATE:
