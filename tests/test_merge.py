@@ -588,6 +588,54 @@ def test_other_vocabularies_are_refused_with_the_adapt_vocab_command_that_gives_
     _nothing_written(out)
 
 
+def test_the_adapt_vocab_command_does_not_depend_on_the_order_the_models_are_given_in(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two tokenizer files of one name that differ, the models' rows agreeing: the command took model A
+    for the original whichever it was. The tokenizers' sizes now tell (the fewer tokens: the original);
+    where the sizes are the same, the line names both models' sizes and gives the command either way
+    round, whatever the order."""
+    from vikhr.cli import build_parser
+
+    def adapt_vocab_args(command: str) -> tuple[str, str, str]:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        return args.model, args.old_tokenizer, args.new_tokenizer
+
+    original, adapted = tmp_path / "original", tmp_path / "adapted"
+    shutil.copytree(models["a"], original)  # Mistral's 32,000 tokens, as many rows as the adapted model
+    shutil.copytree(models["b"], adapted)
+    shutil.copy2(NEW_TOKENIZER, adapted / "tokenizer.model")  # 40,000 tokens
+    out = tmp_path / "out"
+    for first, second in ((original, adapted), (adapted, original)):
+        err = _one_line_error([str(first), str(second), "--out", str(out), "--t", "0.5"], capsys)
+        assert "tokenizer.model differs" in err
+        command = err.rpartition("as adapt-vocab writes it: ")[2]
+        assert err.endswith(command) and command.startswith("vikhr adapt-vocab ")
+        assert adapt_vocab_args(command) == (str(original), str(original), str(adapted))
+
+    # One size, other ids (two pieces swapped): which was adapted from which cannot be told.
+    spec = json.loads((MISTRAL_TOKENIZER.parent / "vikhr-ru-40k.tokenizer.json").read_text(encoding="utf-8"))
+    vocab = dict(spec["model"]["vocab"])
+    first_piece, second_piece = (next(p for p, i in vocab.items() if i == n) for n in (1000, 1001))
+    vocab[first_piece], vocab[second_piece] = 1001, 1000
+    for model, content in ((original, spec), (adapted, {**spec, "model": {**spec["model"], "vocab": vocab}})):
+        (model / "tokenizer.model").unlink()
+        (model / "tokenizer.json").write_text(json.dumps(content), encoding="utf-8")
+    tokens = len(vocab) + len({t["id"] for t in spec["added_tokens"]} - set(vocab.values()))
+    for first, second in ((original, adapted), (adapted, original)):
+        err = _one_line_error([str(first), str(second), "--out", str(out), "--t", "0.5"], capsys)
+        for model in (first, second):
+            assert f"{model}: {VOCAB} embedding rows, {tokens} tokens" in err
+        head, successor_a, successor_b = err.split(": vikhr adapt-vocab ")
+        assert head.endswith(f"where {second} is the successor")
+        command_a, _, successor = successor_a.partition("; where ")
+        assert successor == f"{first} is"
+        assert err.endswith(successor_b)
+        pairs = {adapt_vocab_args(f"vikhr adapt-vocab {c}") for c in (command_a, successor_b)}
+        assert pairs == {(str(first), str(first), str(second)), (str(second), str(second), str(first))}
+    _nothing_written(out)
+
+
 def test_the_adapt_vocab_command_pads_to_the_rows_of_a_padded_adapted_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,7 @@ merge stops where either model learnt to, whichever of the two files a tool read
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shlex
@@ -147,7 +148,7 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]
             if key == "vocab_size":
                 raise VikhrError(
                     f"config.json differs in vocab_size: {value_a!r} in {a}, {value_b!r} in {b}: different "
-                    f"vocabularies; {_vocabulary_fix(a, b, value_a, value_b)}"
+                    f"vocabularies; {_vocabulary_fix(a, b)}"
                 )
             raise VikhrError(
                 f"config.json differs in {key}: {value_a!r} in {a}, {value_b!r} in {b} "
@@ -198,16 +199,60 @@ def _model_shapes(a: Path, b: Path, cfg_a: dict[str, Any], cfg_b: dict[str, Any]
     }
 
 
-def _vocabulary_fix(a: Path, b: Path, rows_a: Any = None, rows_b: Any = None) -> str:
-    """How to merge two models of other vocabularies (`rows_*`: their sizes, where known): the paper's
-    merge of an adapted model back toward its original takes the original in the adapted vocabulary,
-    the model adapt-vocab wrote to start the adapted one from (the smaller vocabulary's model is taken
-    for the original, else A), with as many rows as the adapted model has (`_padding`). It ends in the
+def _vocabulary_fix(a: Path, b: Path) -> str:
+    """How to merge two models of other vocabularies: the paper's merge of an adapted model back toward
+    its original takes the original in the adapted vocabulary, the model adapt-vocab wrote to start the
+    adapted one from, with as many rows as the adapted model has (`_padding`). The original is the model
+    of fewer embedding rows, else of fewer tokenizer tokens, whichever order the two are given in; where
+    their sizes cannot tell, both sizes are said and the command for either way round. It ends in a
     command: an error line's tail, copied as it is."""
-    original, adapted = (
-        (b, a) if isinstance(rows_a, int) and isinstance(rows_b, int) and rows_b < rows_a else (a, b)
+    sizes = {model: _vocabulary_sizes(model) for model in (a, b)}
+    for which in (0, 1):  # the rows, then the tokens
+        size_a, size_b = sizes[a][which], sizes[b][which]
+        if size_a is not None and size_b is not None and size_a != size_b:
+            original, adapted = (a, b) if size_a < size_b else (b, a)
+            command, unmatched = _adapt_vocab_command(original, adapted, *sizes[adapted])
+            return (
+                "merging needs one vocabulary: to merge a model with its successor in an adapted vocabulary, "
+                f"merge the successor with the original in that vocabulary, as adapt-vocab writes it"
+                f"{unmatched}: {command}"
+            )
+    told = "; ".join(
+        f"{model}: {'?' if rows is None else rows} embedding rows, {'?' if tokens is None else tokens} tokens"
+        for model, (rows, tokens) in sizes.items()
     )
-    padding, unmatched = _padding(adapted)
+    commands = [
+        _adapt_vocab_command(original, adapted, *sizes[adapted]) for original, adapted in ((a, b), (b, a))
+    ]
+    return (
+        f"merging needs one vocabulary, and the sizes do not tell which model's was adapted from the "
+        f"other's ({told}): merge the successor with the original in its vocabulary, as adapt-vocab "
+        f"writes it; where {b} is the successor{commands[0][1]}: {commands[0][0]}; where {a} is"
+        f"{commands[1][1]}: {commands[1][0]}"
+    )
+
+
+def _vocabulary_sizes(model: Path) -> tuple[int | None, int | None]:
+    """The model's embedding rows and its tokenizer's tokens (None: not read)."""
+    from vikhr.adapt.vocab_source import load_vocabulary
+
+    rows = tokens = None
+    # Either unread, the refusal is said all the same: only its choice of the original has less to go by.
+    with contextlib.suppress(Exception):
+        rows = next(
+            h.tensors[EMBEDDING].shape[0] for h in checkpoint_headers(model) if EMBEDDING in h.tensors
+        )
+    with contextlib.suppress(Exception):
+        tokens = load_vocabulary(model).size
+    return rows, tokens
+
+
+def _adapt_vocab_command(
+    original: Path, adapted: Path, rows: int | None, tokens: int | None
+) -> tuple[str, str]:
+    """The adapt-vocab command that writes `original` in the vocabulary of `adapted` (of `rows` embedding
+    rows and `tokens` tokens), padded as `_padding` says, and what to say where no padding gives them."""
+    padding, unmatched = _padding(adapted, rows, tokens)
     command = shlex.join(
         [
             "vikhr",
@@ -223,28 +268,16 @@ def _vocabulary_fix(a: Path, b: Path, rows_a: Any = None, rows_b: Any = None) ->
             str(original.resolve().parent / f"{original.resolve().name}-in-{adapted.resolve().name}-vocab"),
         ]
     )
-    return (
-        "merging needs one vocabulary: to merge a model with its successor in an adapted vocabulary, "
-        f"merge the successor with the original in that vocabulary, as adapt-vocab writes it{unmatched}: "
-        f"{command}"
-    )
+    return command, unmatched
 
 
-def _padding(adapted: Path) -> tuple[list[str], str]:
-    """(the `--pad-to-multiple N` that gives adapt-vocab's output the adapted model's embedding rows
-    where these are more than its tokenizer's tokens, as `adapt-vocab --pad-to-multiple` wrote them;
+def _padding(adapted: Path, rows: int | None, tokens: int | None) -> tuple[list[str], str]:
+    """(the `--pad-to-multiple N` that gives adapt-vocab's output the adapted model's embedding `rows`
+    where these are more than its tokenizer's `tokens`, as `adapt-vocab --pad-to-multiple` wrote them;
     what to say where no N up to MAX_PAD_MULTIPLE gives them). Nothing where either is unknown."""
-    from vikhr.adapt.vocab_source import load_vocabulary
     from vikhr.tokenizer.train import MAX_PAD_MULTIPLE
 
-    try:
-        tokens = load_vocabulary(adapted).size
-        rows = next(
-            h.tensors[EMBEDDING].shape[0] for h in checkpoint_headers(adapted) if EMBEDDING in h.tensors
-        )
-    except Exception:  # the refusal is said either way: only its command goes without the padding
-        return [], ""
-    if rows <= tokens:
+    if rows is None or tokens is None or rows <= tokens:
         return [], ""
     multiple = pad_multiple_for(tokens, rows, MAX_PAD_MULTIPLE)
     if multiple is None:
@@ -307,7 +340,7 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
         if pieces_a is not None and pieces_b is not None and pieces_a != pieces_b:
             raise VikhrError(
                 f"{a} and {b} have different vocabularies (their tokenizer files give other pieces "
-                f"to the same ids): {_vocabulary_fix(a, b, len(pieces_a), len(pieces_b))}"
+                f"to the same ids): {_vocabulary_fix(a, b)}"
             )
         return
     for model, other in ((a, b), (b, a)):
@@ -319,10 +352,9 @@ def _check_vocabulary_files(a: Path, b: Path) -> None:
             ):
                 mine, others = pieces(model / name), pieces(other)
                 if mine is not None and others is not None and mine != others:
-                    sizes = (len(mine), len(others)) if model == a else (len(others), len(mine))
                     raise VikhrError(
                         f"{a} and {b} have different vocabularies ({name} of {model} gives other pieces "
-                        f"to the same ids than {other}'s tokenizer): {_vocabulary_fix(a, b, *sizes)}"
+                        f"to the same ids than {other}'s tokenizer): {_vocabulary_fix(a, b)}"
                     )
 
 
@@ -428,7 +460,7 @@ def _check_tensors(
         ea, eb = entries_a[name][0], entries_b[name][0]
         if ea.shape != eb.shape:
             hint = (
-                f"different vocabularies; {_vocabulary_fix(a, b, ea.shape[0], eb.shape[0])}"
+                f"different vocabularies; {_vocabulary_fix(a, b)}"
                 if any(v in name for v in VOCABULARY_TENSORS)
                 else "different architectures"
             )
