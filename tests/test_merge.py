@@ -1097,6 +1097,23 @@ def test_a_tied_model_merges_with_an_untied_one_into_an_untied_model(
         assert not torch.allclose(got, _logits(model, ids), atol=1e-3)
 
 
+def test_an_untied_model_that_stores_no_head_is_refused_beside_a_tied_one(tmp_path: Path) -> None:
+    """Beside a tied model, an untied one's missing head was said to be a tensor only the tied one holds."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0)
+    tiny_hf_model(b, VOCAB, arch="qwen2", seed=1)
+    weights = tensors_of(b)
+    del weights["lm_head.weight"]
+    save_file(weights, str(b / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(VikhrError) as refusal:
+        merge_checkpoints(a, b, tmp_path / "out", Schedule((0.5,)), show_progress=False)
+    assert str(refusal.value) == (
+        f"{b / 'config.json'} has tie_word_embeddings false but {b} stores no lm_head.weight: set "
+        "tie_word_embeddings to true there if the model ties its head to the embedding"
+    )
+    _nothing_written(tmp_path / "out")
+
+
 def _base_and_instruct(models: dict[str, Path], tmp_path: Path) -> tuple[Path, Path, list[int]]:
     """A: a base model with a Qwen-like tokenizer, no chat template, stopping at <|endoftext|>; B: its
     instruction-tuned successor (chatml, vikhr's; stops at <|im_end|>, samples); and the merge's stop
