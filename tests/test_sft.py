@@ -105,10 +105,49 @@ def test_mistral_template_equals_mistral_common(mistral) -> None:
     chats.append(
         _msgs(("user", "Hi"), ("assistant", "Привет!"), ("user", "Как дела?"), ("assistant", "Хорошо."))
     )
+    chats.append(_answers_in_a_row())  # joined into one answer, as mistral-common joins them
     assert len(chats) > 100
     for messages in chats:
         request = ChatCompletionRequest(messages=[message_class[m.role](content=m.content) for m in messages])
         assert encode_chat(messages, mistral).ids == reference.encode_chat_completion(request).tokens
+
+
+def _answers_in_a_row() -> list[Message]:
+    return _msgs(
+        ("user", "Расскажи сказку."),
+        ("assistant", "Жили-были дед и баба."),
+        ("assistant", "И была у них курочка Ряба."),
+        ("user", "А дальше?"),
+        ("assistant", "Снесла курочка яичко."),
+    )
+
+
+def test_mistral_writes_answers_in_a_row_as_one_trained_answer(mistral) -> None:
+    """Two assistant turns in a row (a long answer split, a tool turn dropped between) were refused.
+    The Mistral format has no place for an answer right after an answer: mistral-common joins them
+    with a blank line (ids equal: `test_mistral_template_equals_mistral_common`), and the joined
+    answer is trained with its one </s>. Answers of different weights cannot make one answer."""
+    assert _decoded_runs(mistral, encode_chat(_answers_in_a_row(), mistral)) == [
+        (False, "<s>[INST] Расскажи сказку. [/INST]"),
+        (True, "Жили-были дед и баба.\n\nИ была у них курочка Ряба.</s>"),
+        (False, "[INST] А дальше? [/INST]"),
+        (True, "Снесла курочка яичко.</s>"),
+    ]
+    weighted = parse_chat(
+        {
+            "messages": [
+                {"role": m.role, "content": m.content, "weight": 0 if i == 1 else None}
+                for i, m in enumerate(_answers_in_a_row())
+            ]
+        }
+    )
+    with pytest.raises(VikhrError) as refused:
+        encode_chat(weighted, mistral)
+    assert str(refused.value).startswith(
+        "message 3: an answer of weight 1 right after one of weight 0, which the mistral template writes "
+        "as one answer (as mistral-common joins them), trained or not: give them one weight, or train "
+        "with chatml, qwen3 or llama3"
+    )
 
 
 def test_mistral_multi_turn_with_system_masks_exactly_the_answers(mistral) -> None:
@@ -198,10 +237,101 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             assert a.ids == b.ids and a.mask == b.mask
 
 
+def _prepared_chats(prefix: Path) -> list[list[int]]:
+    from vikhr.data import indexed
+    from vikhr.sft.layout import sft_datasets
+
+    text = indexed.IndexedReader(sft_datasets(prefix)[0])
+    return [list(text.document(i)) for i in range(len(text))]
+
+
+def _chat_line(*turns: tuple[str, object]) -> str:
+    return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}, ensure_ascii=False)
+
+
+def test_prepare_leaves_out_user_turns_nobody_answered_and_counts_the_chats(
+    capfd: pytest.CaptureFixture, tmp_path: Path, mistral
+) -> None:
+    """`sft prepare` refused a chat ending with a user turn nobody answered (many ShareGPT dumps end
+    so), which `sft build` keeps up to its last answer. Prepare does the same now, and says how many
+    chats it trimmed in its summary line and `_sft.json`, as the build's report counts them."""
+    answered = (("user", "Сколько будет два плюс два?"), ("assistant", "Четыре."))
+    chats = tmp_path / "chats.jsonl"
+    lines = [
+        _chat_line(*answered, ("user", "А пять плюс пять?")),
+        _chat_line(*answered, ("user", "А пять плюс пять?"), ("user", " ")),  # a blank one goes too
+        _chat_line(*answered),
+    ]
+    chats.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prefix = tmp_path / "out" / "chats"
+    rc, out, err = _cli(
+        capfd,
+        "sft",
+        "prepare",
+        "--input",
+        str(chats),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+        "--output-prefix",
+        str(prefix),
+        "--no-progress",
+    )
+    assert rc == 0, err
+    assert f"{prefix}: 3 chats (2 trimmed of unanswered user turns after the last answer), " in out
+    meta = json.loads(Path(f"{prefix}_sft.json").read_text(encoding="utf-8"))
+    assert meta["chats"] == 3 and meta["trimmed_unanswered"] == 2
+    assert _prepared_chats(prefix) == [encode_chat(_msgs(*answered), mistral).ids] * 3
+
+
+def test_numbers_and_text_parts_as_content_are_their_text(
+    capfd: pytest.CaptureFixture, tmp_path: Path, mistral
+) -> None:
+    """A content that is a number (JSON exports write `"content": 42`) stopped `sft prepare`; so did
+    OpenAI's list of text parts, which only `sft build` read. A number is its JSON text, the text
+    parts are joined; null, true/false, objects and other parts stay refused (`test_bad_chat_…`)."""
+    question = ("user", "Сколько будет 6 × 7?")
+    chats = tmp_path / "chats.jsonl"
+    given = [
+        _chat_line(question, ("assistant", 42)),
+        _chat_line(question, ("assistant", 2.5)),
+        _chat_line(question, ("assistant", -1e20)),
+        _chat_line(
+            ("user", [{"type": "text", "text": "Сколько будет "}, {"type": "text", "text": "6 × 7?"}]),
+            ("assistant", [{"type": "text", "text": "42"}]),
+        ),
+    ]
+    chats.write_text("\n".join(given) + "\n", encoding="utf-8")
+    prefix = tmp_path / "chats"
+    rc, _, err = _cli(
+        capfd,
+        "sft",
+        "prepare",
+        "--input",
+        str(chats),
+        "--tokenizer",
+        str(MISTRAL_TOKENIZER),
+        "--output-prefix",
+        str(prefix),
+        "--no-progress",
+    )
+    assert rc == 0, err
+    as_text = [_msgs(question, ("assistant", text)) for text in ("42", "2.5", "-1e+20", "42")]
+    assert _prepared_chats(prefix) == [encode_chat(chat, mistral).ids for chat in as_text]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"messages": [{"role": "user", "content": "Привет"}]}', "chat has no assistant turn"),
+        (  # a chat of questions alone: nothing is left to train on once they are trimmed
+            '{"messages": [{"role": "user", "content": "Привет"}]}',
+            "chat has no assistant turn: nothing to train on (an SFT chat needs an answer after its user "
+            "turn",
+        ),
+        (
+            '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, '
+            '{"role": "user", "content": "b"}]}',
+            "message 3: expected an assistant turn after a user turn, got user",
+        ),
         (
             '{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
             "message 2: unknown role 'bot' (expected system, user, assistant or tool)",
@@ -219,19 +349,29 @@ def test_sentencepiece_and_hf_tokenizer_json_encode_chats_identically(shared_dat
             "message 2: a system message may only come first",
         ),
         (
-            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
-            '{"role": "user", "content": "c"}]}',
-            "message 3: chat ends with a user turn that has no answer (give its answer, or leave the turn "
-            "out)",
+            '{"messages": [{"role": "user", "content": true}, {"role": "assistant", "content": "b"}]}',
+            "message 1: content must be a string (or a number, or OpenAI's list of text parts), got "
+            "true/false",
         ),
         (
-            '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "b"}]}',
-            "message 1: content must be a string",
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": null}]}',
+            "message 2: content must be a string (or a number, or OpenAI's list of text parts), got null",
         ),
         (
-            '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}, '
+            '{"messages": [{"role": "user", "content": {"text": "a"}}, '
             '{"role": "assistant", "content": "b"}]}',
-            "message 1: content must be a string, got list (OpenAI's content parts: vikhr sft build writes",
+            "message 1: content must be a string (or a number, or OpenAI's list of text parts), got an "
+            "object",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, '
+            '{"role": "assistant", "content": "b"}]}',
+            'message 1: content part 1 is \'image_url\', not {"type": "text", "text": …} (only text parts',
+        ),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}, '
+            '{"role": "assistant", "content": "b"}]}',
+            "message 1: content part 1 text must be a string, got int",
         ),
         (
             '{"messages": [{"role": "user", "content": "a", "reasoning_content": "r"}, '

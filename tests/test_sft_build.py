@@ -270,7 +270,8 @@ def test_a_system_field_beside_the_turns_opens_the_chat() -> None:
 def test_a_chat_ending_with_an_unanswered_question_is_kept_up_to_its_last_answer(tmp_path: Path) -> None:
     """Many ShareGPT dumps end with a human turn nobody answered: such chats were dropped whole as
     bad_turns. The user turns after the last answer are left out (counted as trimmed_unanswered);
-    a chat with no answer before them, or with two answers in a row, is still refused."""
+    a chat with no answer before them is still refused. Two answers in a row are a chat too (a long
+    answer split, a tool turn dropped between), each answer trained."""
     q1, a1 = {"from": "human", "value": "Сколько будет два плюс два?"}, {"from": "gpt", "value": "Четыре."}
     q2, a2 = {"from": "human", "value": "А три плюс три?"}, {"from": "gpt", "value": "Шесть."}
     open_question = {"from": "human", "value": "А пять плюс пять?"}
@@ -306,14 +307,50 @@ def test_a_chat_ending_with_an_unanswered_question_is_kept_up_to_its_last_answer
         ],
         "s/blank_left": [("user", q2["value"]), ("assistant", a2["value"])],
         "s/answered": [("user", open_question["value"]), ("assistant", "Десять.")],
+        "s/two_answers": [("user", q1["value"]), ("assistant", a1["value"]), ("assistant", a2["value"])],
     }
-    assert source["trimmed_unanswered"] == 3 and source["dropped"] == {"bad_turns": 2}
-    assert (
-        "expected an assistant turn after a user turn" in source["examples"]["bad_turns"][0]
-        and "expected a user turn" in source["examples"]["bad_turns"][1]
-    )
+    assert source["trimmed_unanswered"] == 4 and source["dropped"] == {"bad_turns": 1}
+    assert "expected an assistant turn after a user turn" in source["examples"]["bad_turns"][0]
     md = (tmp_path / "out" / "chats.jsonl.report.md").read_text(encoding="utf-8")
-    assert "| trimmed unanswered |" in md and "| s | sharegpt | 4 | 4 | 3 | 4 | bad_turns 2 |" in md
+    assert "| kept | kept trimmed of unanswered turns |" in md
+    assert "| s | sharegpt | 5 | 5 | 5 | 4 | bad_turns 1 |" in md
+
+
+def test_trimmed_unanswered_counts_the_kept_chats_only(tmp_path: Path) -> None:
+    """`trimmed_unanswered` counted every chat read whose unanswered user turns were left out, also
+    those the build then dropped (too long, a duplicate, sampled out): beside `kept` in the report it
+    read as a share of the mix. It counts the kept chats now."""
+    question, answer = "Сколько будет два плюс два?", "Четыре."
+    long_answer = "Очень длинный ответ. " * 200
+    chats = [
+        [question, answer, "А пять плюс пять?"],  # kept, trimmed
+        [question, answer, "А шесть плюс шесть?"],  # trimmed to a duplicate of the first
+        ["Расскажи длинно.", long_answer, "Ещё?"],  # trimmed, too long
+        ["Привет!", "Здравствуйте."],  # kept, nothing to trim
+    ]
+    roles = ("human", "gpt", "human")
+    data = tmp_path / "sharegpt.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(n),
+                    "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns, strict=False)],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for n, turns in enumerate(chats)
+        ),
+        encoding="utf-8",
+    )
+    limits = {"min_tokens": 4, "max_tokens": 256}
+    report = build(_config(tmp_path, [{"name": "s", "path": str(data)}], limits=limits))
+    (source,) = report["sources"]
+    assert source["dropped"] == {"duplicate": 1, "too_long": 1} and source["kept"] == 2
+    assert source["trimmed_unanswered"] == 1
+    md = (tmp_path / "out" / "chats.jsonl.report.md").read_text(encoding="utf-8")
+    assert "| s | sharegpt | 4 | 4 | 2 | 1 | duplicate 1, too_long 1 |" in md
 
 
 def test_flan_inputs_and_targets_of_ruflan() -> None:
@@ -1409,7 +1446,7 @@ def test_bundled_rulm_mix_and_report_are_pinned(shared_data: Path, tmp_path: Pat
     assert digests == {
         "chats.jsonl": "c3549bee2ff8b44d",
         "chats.jsonl.report.json": "bad2a3aabf3b78b5",
-        "chats.jsonl.report.md": "2c0fadba3be0d3b7",
+        "chats.jsonl.report.md": "403327b7d73ad043",  # columns: kept, then trimmed of those
     }
 
 

@@ -313,11 +313,12 @@ def test_a_template_without_a_system_role_says_so_with_what_to_do(
     )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     tok = load_chat_tokenizer(directory, OWN)
-    with pytest.raises(ChatRefused) as refused:  # refused for another reason: the generic way out
+    with pytest.raises(ChatRefused) as refused:  # answers in a row, which it cannot render: say how
         encode_chat([Message("user", "a"), Message("assistant", "b"), Message("assistant", "c")], tok, OWN)
     assert str(refused.value) == (
         "tokenizer_config.json's chat template refused the chat: Conversation roles must alternate "
-        "user/assistant/user/assistant/...; train such chats with one of vikhr's templates (--template NAME)"
+        "user/assistant/user/assistant/...; join the chat's answers in a row into one message, or train "
+        "such chats with one of vikhr's templates (--template NAME)"
     )
     assert main([*argv, "--output-prefix", str(tmp_path / "out" / "a"), "--template", "chatml"]) == 0
 

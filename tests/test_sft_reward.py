@@ -769,3 +769,28 @@ def test_the_score_histogram_counts_whole_chats_and_its_cut_label_covers_no_bar(
             assert bars and not any(legend.overlaps(bar) for bar in bars), ax.get_title()
     finally:
         plt.close(fig)
+
+
+def test_score_scores_a_chat_without_its_unanswered_user_turns_and_counts_them(
+    tmp_path: Path, reward_dir: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """`sft score` refused a chat ending with a user turn nobody answered, which `sft prepare` and
+    `sft build` keep up to its last answer: it scores that chat (under the key of the chat without
+    them, as prepare trains it) and its summary counts such chats as prepare's does."""
+    from vikhr.cli import main
+
+    chats = _write_chats(tmp_path / "chats.jsonl", 3)
+    lines = chats.read_text(encoding="utf-8").splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["messages"].append({"role": "user", "content": "А ещё?"})
+    lines[1] = json.dumps(record, ensure_ascii=False) + "\n"
+    chats.write_text("".join(lines), encoding="utf-8")
+    scores = tmp_path / "scores.jsonl"
+    capfd.readouterr()
+    args = ["sft", "score", "--model", str(reward_dir), "--scores", str(scores), "--no-progress"]
+    assert main([*args, "--input", str(chats)]) == 0
+    out = capfd.readouterr()[0]
+    assert out.startswith(
+        f"{scores}: 3 chats (1 trimmed of unanswered user turns after the last answer): 3 scored now; "
+    )
+    assert set(load_scores(scores)) == {chat_key(_messages(i)) for i in range(3)}

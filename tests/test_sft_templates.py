@@ -245,6 +245,42 @@ def test_mask_is_exactly_the_answers_and_their_end_tokens(
         assert trained == [a + END_TOKEN[template] for a in answers], number
 
 
+def test_answers_in_a_row_are_each_trained_as_the_official_template_renders_them(
+    model_dir: tuple[str, Path],
+) -> None:
+    """Two assistant turns in a row (a long answer split, a tool turn dropped between) were refused.
+    Llama-3's and Qwen's own templates write each as a message of its own: the ids are theirs, and the
+    trained spans decode to exactly each answer with its end token (the second answer's header is
+    context; under `qwen3` the last answer carries the thinking block, the one before it none, as
+    Qwen3 renders answers after the last question)."""
+    template, directory = model_dir
+    tok, fast = _load_both(directory, template)
+    messages = parse_chat(
+        {
+            "messages": [
+                {"role": "user", "content": "Расскажи сказку."},
+                {"role": "assistant", "content": "Жили-были дед и баба."},
+                {"role": "assistant", "content": "И была у них курочка Ряба."},
+                {"role": "user", "content": "А дальше?"},
+                {"role": "assistant", "content": "Снесла курочка яичко."},
+                {"role": "assistant", "content": "Не простое, а золотое."},
+            ]
+        }
+    )
+    messages = _like_qwen(template, messages)  # the system message Qwen2.5's template would write
+    enc = encode_chat(messages, tok, template)
+    assert enc.ids == _hf_ids(fast, messages)
+    trained = [
+        tok.backend.decode(ids, skip_special_tokens=False)
+        for is_trained, ids in mask_runs(enc.ids, enc.mask)
+        if is_trained
+    ]
+    answers = [m.content for m in messages if m.role == "assistant"]
+    if template == "qwen3":
+        answers[-1] = EMPTY_THINKING + answers[-1]
+    assert trained == [a + END_TOKEN[template] for a in answers]
+
+
 def _first_answer_untrained(tok: Tokenizer, template: str) -> None:
     """A two-answer chat whose first answer has weight 0 gets the same ids, and the mask of the chat
     without weights less the first answer's run."""

@@ -499,7 +499,7 @@ CALLING_TWO_FUNCTIONS = {
         (_chat(USER, {**CALLING, "tool_calls": {"name": "f"}}), "message 2: tool_calls must be a list"),
         (
             _chat(USER, {"role": "assistant", "content": None}),
-            "message 2: content must be a string, got NoneType",
+            "message 2: content must be a string (or a number, or OpenAI's list of text parts), got null",
         ),
         (
             _chat(USER, CALLING, {**RESULT, "tool_call_id": 7}, ANSWER),

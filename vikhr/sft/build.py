@@ -72,7 +72,7 @@ class SourceReport:
     kept: int = 0
     tokens: int = 0  # of the kept chats, with the template
     turns: int = 0  # messages of the kept chats
-    trimmed_unanswered: int = 0  # chats read whose user turns after the last answer were left out
+    trimmed_unanswered: int = 0  # of the kept chats: user turns after the last answer left out
     dropped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "file:line: problem"
 
@@ -91,6 +91,7 @@ class _Pass1:
     status: list[np.ndarray] = field(default_factory=list)  # index into ("kept", *CHAT_REASONS)
     tokens: list[np.ndarray] = field(default_factory=list)
     turns: list[np.ndarray] = field(default_factory=list)
+    trimmed: list[np.ndarray] = field(default_factory=list)  # whether unanswered user turns were left out
     exact: list[np.ndarray] = field(default_factory=list)
     group: list[np.ndarray] = field(default_factory=list)
     bands: list[np.ndarray] = field(default_factory=list)
@@ -102,6 +103,7 @@ class _Pass1:
         self.status.append(np.array([r[1] for r in rows], dtype=np.uint8))
         self.tokens.append(np.array([r[2] for r in rows], dtype=np.int64))
         self.turns.append(np.array([len(r[4].messages) for r in rows], dtype=np.int32))
+        self.trimmed.append(np.array([r[4].trimmed > 0 for r in rows], dtype=bool))
         self.exact.append(np.array([exact_key(r[4].text()) for r in rows], dtype=np.uint64))
         self.group.append(np.array([r[3] for r in rows], dtype=np.uint64))
         self.bands.append(hasher.band_keys([r[4].prompt() for r in rows]))
@@ -181,7 +183,6 @@ def _first_pass(
             report.records += 1
             for chat in chats:
                 report.chats += 1
-                report.trimmed_unanswered += chat.trimmed > 0
                 reason, why, tokens = _check_chat(chat, src, cfg, tok)
                 if reason != KEPT:
                     report.drop(reason, where, f"{_chat_label(chat, where)}{why}")
@@ -552,6 +553,7 @@ def _report(
         report.kept = int(kept.sum())
         report.tokens = int(a["tokens"][kept].sum())
         report.turns = int(a["turns"][kept].sum())
+        report.trimmed_unanswered = int(a["trimmed"][kept].sum())
         for code, reason in enumerate(statuses):
             if code and reason not in _CHECKED_WHILE_READING:
                 n = int((mine & (a["status"] == code)).sum())
@@ -600,14 +602,14 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{s['tokens']:,} | {turns:.1f} |"
         )
     lines += ["", "## Read and dropped", ""]
-    lines += ["| source | format | records | chats | trimmed unanswered | kept | dropped |"]
+    lines += ["| source | format | records | chats | kept | kept trimmed of unanswered turns | dropped |"]
     lines.append("|---|---|---:|---:|---:|---:|---|")
     for s in report["sources"]:
         dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(s["dropped"].items())) or "—"
         formats = ", ".join(sorted(set(s["formats"].values())))
         lines.append(
-            f"| {s['name']} | {formats} | {s['records']:,} | {s['chats']:,} | {s['trimmed_unanswered']:,} "
-            f"| {s['kept']:,} | {dropped} |"
+            f"| {s['name']} | {formats} | {s['records']:,} | {s['chats']:,} | {s['kept']:,} "
+            f"| {s['trimmed_unanswered']:,} | {dropped} |"
         )
     problems = [
         (s["name"], r, ex) for s in report["sources"] for r, exs in s["examples"].items() for ex in exs

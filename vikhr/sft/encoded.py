@@ -39,11 +39,13 @@ class Message:
 class ChatMessages(list[Message]):
     """A chat's messages with the functions it offers: `tools`, each as JSON text of its schema
     (``{"type": "function", "function": {...}}``), empty for a chat that offers none. A slice keeps
-    them (the prompt for generation of a chat offers the same functions)."""
+    them (the prompt for generation of a chat offers the same functions). `trimmed`: the user turns
+    after the chat's last answer that its record held and no answer followed, left out."""
 
-    def __init__(self, messages: Iterable[Message] = (), tools: Iterable[str] = ()) -> None:
+    def __init__(self, messages: Iterable[Message] = (), tools: Iterable[str] = (), trimmed: int = 0) -> None:
         super().__init__(messages)
         self.tools = tuple(tools)
+        self.trimmed = trimmed
 
     @overload
     def __getitem__(self, index: SupportsIndex) -> Message: ...

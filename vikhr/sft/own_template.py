@@ -48,6 +48,7 @@ the date Llama-3.1's template writes by default: the tokens do not depend on the
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ class OwnTemplate:
             return self.render(chat, generation, tools)
         except ChatRefused as refused:
             fix = "train such chats with one of vikhr's templates (--template NAME)"
+            if any(a["role"] == b["role"] == "assistant" for a, b in itertools.pairwise(chat)):
+                fix = "join the chat's answers in a row into one message, or " + fix
             if chat[0]["role"] == "system" and len(chat) > 1:
                 try:
                     self.render(chat[1:], generation, tools)

@@ -36,6 +36,7 @@ from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import (
     AUTO,
     OWN,
+    TRIMMED_UNANSWERED,
     Message,
     chat_at,
     control_ids,
@@ -62,6 +63,8 @@ class PrepareSummary:
     tokens: int
     loss_tokens: int
     max_token_id: int
+    # of the chats, those whose user turns after the last answer (nobody answered them) were left out
+    trimmed_unanswered: int = 0
     template_from: str | None = None  # the tokenizer's file whose chat template chose `template`
     template_sha256: str | None = None  # of the Jinja text, for ``own`` (`convert` checks it)
     chat_encoding: int = CHAT_ENCODING  # see vikhr.sft.layout
@@ -69,8 +72,9 @@ class PrepareSummary:
     def line(self) -> str:
         share = self.loss_tokens / max(self.tokens, 1)
         origin = f" (the tokenizer's own, in {Path(self.template_from).name})" if self.template_from else ""
+        trimmed = f" ({self.trimmed_unanswered:,} {TRIMMED_UNANSWERED})" if self.trimmed_unanswered else ""
         return (
-            f"{self.prefix}: {self.chats:,} chats, {self.tokens:,} tokens, "
+            f"{self.prefix}: {self.chats:,} chats{trimmed}, {self.tokens:,} tokens, "
             f"{self.loss_tokens:,} assistant tokens ({100 * share:.1f}%), template {self.template}{origin}"
         )
 
@@ -137,6 +141,7 @@ def prepare_sft(
                 tokens=counts.tokens,
                 loss_tokens=counts.loss_tokens,
                 max_token_id=counts.max_id,
+                trimmed_unanswered=counts.trimmed_unanswered,
                 template_from=None if template_from is None else str(recorded_path(template_from)),
                 template_sha256=own_template(tok).sha256 if template == OWN else None,
             )
@@ -234,6 +239,7 @@ class _ChatCounts:
     max_id: int = 0
     empty_answers: int = 0  # chats with an empty trained answer (see `_empty_trained_answer`)
     system_chats: int = 0  # chats with a system message
+    trimmed_unanswered: int = 0  # chats whose user turns after the last answer were left out
 
     def add(self, other: _ChatCounts) -> None:
         self.chats += other.chats
@@ -242,6 +248,7 @@ class _ChatCounts:
         self.max_id = max(self.max_id, other.max_id)
         self.empty_answers += other.empty_answers
         self.system_chats += other.system_chats
+        self.trimmed_unanswered += other.trimmed_unanswered
 
 
 @dataclass
@@ -297,6 +304,7 @@ def _encode_batch(
         counts.max_id = max(counts.max_id, max(enc.ids))
         counts.empty_answers += any(_empty_trained_answer(m) for m in messages)
         counts.system_chats += messages[0].role == "system"
+        counts.trimmed_unanswered += messages.trimmed > 0
     return _EncodedBatch(chats, counts)
 
 

@@ -32,9 +32,10 @@ from vikhr.errors import VikhrError, overlap, read_json_object, require_dir, req
 from vikhr.jsonl import drop_partial_last_line, read_jsonl
 from vikhr.locks import exclusive
 from vikhr.runtime.device import torch_device
+from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.own_template import FIXED_DATE
 from vikhr.sft.sources import refuse_a_collection_file
-from vikhr.sft.template import parse_chat, plain_turns
+from vikhr.sft.template import TRIMMED_UNANSWERED, parse_chat, plain_turns
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -311,18 +312,24 @@ def scored_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     """The messages a reward model scores of a chats-file record, and whose `chat_key` its score is
     kept under: plain turns (see `vikhr.sft.template.plain_turns`), a chat's function calls written
     into them. VikhrError where `vikhr sft prepare` would refuse the chat."""
-    return [{"role": role, "content": text} for role, text in plain_turns(parse_chat(record))]
+    return _plain_messages(parse_chat(record))
 
 
-def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """(id, messages) of a chats JSONL file (ids: the "id" field, else file:line)."""
+def _plain_messages(chat: ChatMessages) -> list[dict[str, str]]:
+    return [{"role": role, "content": text} for role, text in plain_turns(chat)]
+
+
+def _chats(path: str | Path) -> Iterator[tuple[str, list[dict[str, str]], bool]]:
+    """(id, messages, trimmed) of a chats JSONL file (ids: the "id" field, else file:line; trimmed:
+    the chat's user turns after its last answer were left out, as `vikhr sft prepare` leaves them)."""
     for line_no, record in read_jsonl(path):
         try:
-            messages = scored_messages(record)
+            chat = parse_chat(record)
         except VikhrError as e:
             raise VikhrError(f"{path}:{line_no}: {e}") from e
         chat_id = record.get("id")
-        yield str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}", messages
+        place = str(chat_id) if chat_id is not None else f"{Path(path).name}:{line_no}"
+        yield place, _plain_messages(chat), chat.trimmed > 0
 
 
 @dataclass(frozen=True)
@@ -330,6 +337,7 @@ class ScoreRun:
     """What `score_file` did."""
 
     chats: int  # chats of the input, one a line
+    trimmed_unanswered: int  # of them, those whose user turns after the last answer were left out
     distinct: int  # of them with different turns (a chat repeated is scored once)
     scored: int  # distinct chats scored now
     before: int  # distinct chats whose score the file held already
@@ -341,9 +349,10 @@ class ScoreRun:
     def line(self) -> str:
         """What the run did, counting the input's lines and its distinct chats, and how the scores
         of its chats spread (min, quartiles, max): where a reward cut would fall."""
-        chats = f"{self.chats:,} chats" + (
-            f" ({self.distinct:,} distinct)" if self.distinct != self.chats else ""
-        )
+        notes = [f"{self.distinct:,} distinct"] if self.distinct != self.chats else []
+        if self.trimmed_unanswered:
+            notes.append(f"{self.trimmed_unanswered:,} {TRIMMED_UNANSWERED}")
+        chats = f"{self.chats:,} chats" + (f" ({'; '.join(notes)})" if notes else "")
         details = [f"{self.scored:,} scored now"] + (
             [f"{self.before:,} already in the file"] if self.before else []
         )
@@ -391,7 +400,10 @@ def _score_file(
 ) -> ScoreRun:
     scorer = reward_scorer(model_dir, max_length)
     done = load_scores(scores_path, scorer.scorer)
-    keys = [chat_key(m) for _, m in _chats(chats_path)]
+    keys, trimmed = [], 0
+    for _, messages, was_trimmed in _chats(chats_path):
+        keys.append(chat_key(messages))
+        trimmed += was_trimmed
     distinct = list(dict.fromkeys(keys))  # first occurrences, in order
     before = sum(1 for k in distinct if k in done)
     todo_total = len(distinct) - before
@@ -401,7 +413,7 @@ def _score_file(
 
         scores = np.fromiter((done[k] for k in distinct), dtype=np.float64, count=len(distinct))
         spread = tuple(np.quantile(scores, [0, 0.25, 0.5, 0.75, 1]).tolist()) if len(scores) else None
-        return ScoreRun(len(keys), len(distinct), scored, before, cut, scorer.note, spread)
+        return ScoreRun(len(keys), trimmed, len(distinct), scored, before, cut, scorer.note, spread)
 
     if todo_total == 0:
         return run(0, 0)
@@ -428,7 +440,7 @@ def _score_file(
             bar.update(len(pending))
             pending.clear()
 
-        for chat_id, messages in _chats(chats_path):
+        for chat_id, messages, _ in _chats(chats_path):
             key = chat_key(messages)
             if key in done:
                 continue

@@ -95,7 +95,7 @@ from vikhr.jsonl import (
 )
 from vikhr.sft.collection_format import record_format, turn_list_key
 from vikhr.sft.encoded import ChatMessages
-from vikhr.sft.template import parse_chat, turn_weight, with_reasoning
+from vikhr.sft.template import answered_length, message_text, parse_chat, turn_weight, with_reasoning
 from vikhr.sft.tool_layouts import (
     MalformedToolText,
     as_call,
@@ -398,7 +398,7 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         if messages and messages[0][0] == "system" and not messages[0][1].strip():
             messages = messages[1:]  # "no system prompt", as SlimOrca writes it
             untrained, fields = _moved(untrained, fields, -1)
-        answered = _answered_part(messages)
+        answered = answered_length([role for role, _ in messages])
         chat = Chat(
             record_id if len(turns) == 1 else f"{record_id}#{n}",
             record_id,
@@ -411,16 +411,6 @@ def record_chats(record: dict[str, Any], fmt: str, where: str, max_rank: int | N
         _check(chat)
         chats.append(chat)
     return chats
-
-
-def _answered_part(messages: list[tuple[str, str]]) -> int:
-    """How many of `messages` to keep: all but the user turns after the last answer. Many ShareGPT
-    dumps end with a question nobody answered; the chat up to its last answer is still one. A chat
-    whose trailing user turns follow no answer (or a tool result) keeps them, and is refused as such."""
-    end = len(messages)
-    while end and messages[end - 1][0] == "user":
-        end -= 1
-    return end if end < len(messages) and end and messages[end - 1][0] == "assistant" else len(messages)
 
 
 def _moved(
@@ -456,27 +446,12 @@ def _role(name: Any, i: int, tool_roles: tuple[str, ...]) -> str:
 
 
 def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise Unfit("bad_record", f"{what} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _content_text(value: Any, what: str) -> str:
-    """A message's content: a string, or OpenAI's list of content parts, whose text parts
-    (``{"type": "text", "text": …}``) are joined one after another, as chat templates write them; a
-    part of another type (an image) is Unfit: there is no text of it to train on."""
-    if not isinstance(value, list):
-        return _text(value, what)
-    texts = []
-    for k, part in enumerate(value, start=1):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            kind = repr(part.get("type")) if isinstance(part, dict) else f"a {type(part).__name__}"
-            raise Unfit(
-                "bad_record",
-                f'{what} part {k} is {kind}, not {{"type": "text", "text": …}} (only text parts are read)',
-            )
-        texts.append(_text(part.get("text"), f"{what} part {k} text"))
-    return "".join(texts)
+    """A field's text as `vikhr sft prepare` reads a message's content (`message_text`: a string, a
+    number, OpenAI's list of text parts), or Unfit."""
+    try:
+        return message_text(value, what)
+    except VikhrError as e:
+        raise Unfit("bad_record", str(e)) from None
 
 
 def _with_record_system(
@@ -577,7 +552,7 @@ def _messages_chat(
     opens_with_system = isinstance(raw[0], dict) and ROLE_NAMES.get(raw[0].get("role")) == "system"
     system = raw[0].get("content") if opens_with_system else record.get("system")
     if opens_with_system and isinstance(system, list):
-        system = _content_text(system, "turn 1 content")
+        system = _text(system, "turn 1 content")
     # A chat that gives its calls in OpenAI's fields writes them nowhere else: its text stays text.
     native = any(isinstance(m, dict) and ("tool_calls" in m or "function_call" in m) for m in raw)
     has_results = any(isinstance(m, dict) and m.get("role") == "tool" for m in raw)
@@ -607,7 +582,7 @@ def _messages_turns(
         # A call with no text, and an opening system turn of null ("no system prompt", left out below)
         if content is None and (calls not in (None, []) or (role == "system" and i == 1)):
             content = ""
-        content = _content_text(content, f"turn {i} content")
+        content = _text(content, f"turn {i} content")
         if role == "assistant" and reads_calls and calls in (None, []):
             content, calls = _in_text(calls_in_answer, content, i)
         if calls not in (None, []):

@@ -1,9 +1,12 @@
 """Chat templates: messages → token ids plus a loss mask that covers the assistant turns only.
 
 A chat is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`: an
-optional system message first, then user and assistant turns alternating, starting with a user
-turn and ending with an assistant turn (function calls and their results between: see the end);
-every message but an answer holds some text (an empty or blank one is refused).
+optional system message first, then user turns each followed by its answer — one assistant turn, or
+several in a row (a long answer split, a tool turn dropped between), each trained — starting with a
+user turn and ending with an answer (function calls and their results between: see the end); user
+turns after the last answer, which nobody answered, are left out (`ChatMessages.trimmed`). Every
+message but an answer holds some text (an empty or blank one is refused). A content is a string, a
+number (its JSON text) or OpenAI's list of text parts (joined).
 An assistant message may carry its reasoning apart, as ``"reasoning_content"`` (Qwen3's and
 DeepSeek-R1's field): it is written into the content as
 ``<think>\n{reasoning}\n</think>\n\n{answer}``, the form every template trains on (``qwen3``
@@ -29,6 +32,8 @@ Templates (`<s>`/`</s>` are the tokenizer's BOS/EOS ids, never parsed from text)
   goes before the last user message of the chat, followed by a blank line: where mistral-common puts
   it, in training chats too (Nemo's Jinja drops it from a chat that ends with an answer, so ``own``
   refuses such chats). Needs BOS and EOS.
+  Both Mistral formats write answers in a row as one answer, their texts joined by a blank line, as
+  mistral-common joins consecutive assistant messages (answers of different weights are refused).
 * ``chatml``, Qwen2.5-Instruct's template: ``{bos}<|im_start|>{role}\\n{content}<|im_end|>\\n``
   per message, ``{bos}`` being the tokenizer's BOS when it has one (``<s>`` for Mistral) and
   nothing when it has none (Qwen: ``bos_token`` null). Unlike Qwen's template, no system message
@@ -113,9 +118,10 @@ tokenizer's template.
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +153,9 @@ from vikhr.tokenizer.load import Tokenizer, load
 
 ROLES = ("system", "user", "assistant", "tool")
 TEMPLATES = ("mistral", "mistral-v3", "chatml", "qwen3", "llama3")  # vikhr's own, written out in this module
+# How `sft prepare`, `sft score` (and the build's report) name the chats whose user turns after the
+# last answer were left out.
+TRIMMED_UNANSWERED = "trimmed of unanswered user turns after the last answer"
 OWN = "own"  # the tokenizer's own Jinja template, whatever it is (vikhr.sft.own_template)
 TOOL_TEMPLATES = ("chatml", "qwen3")  # vikhr's templates that render function calls (and `own`)
 MISTRAL_INST, MISTRAL_INST_END = "[INST]", "[/INST]"
@@ -386,7 +395,12 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
     raw = record["messages"]
     if not isinstance(raw, list) or not raw:
         raise VikhrError('"messages" must be a non-empty list')
-    messages = ChatMessages((_message(m, i) for i, m in enumerate(raw, start=1)), _tools(record.get("tools")))
+    kept = len(raw) if for_generation else answered_length([_raw_role(m) for m in raw])
+    messages = ChatMessages(
+        (_message(m, i) for i, m in enumerate(raw[:kept], start=1)),
+        _tools(record.get("tools")),
+        trimmed=len(raw) - kept,
+    )
     turns = messages[1:] if messages[0].role == "system" else messages
     offset = len(messages) - len(turns)
     for i, m in enumerate(turns):
@@ -397,16 +411,73 @@ def parse_chat(record: Any, for_generation: bool = False) -> ChatMessages:
         if not turns or turns[-1].role not in ("user", "tool"):
             raise VikhrError("a prompt for generation must end with a user turn (or tool results)")
     elif not any(m.role == "assistant" for m in turns):
-        raise VikhrError("chat has no assistant turn (nothing to train on)")
+        raise VikhrError(
+            "chat has no assistant turn: nothing to train on (an SFT chat needs an answer after its user "
+            "turn; give it, or leave the chat out)"
+        )
     elif not any(m.role == "assistant" and m.trained for m in turns):
         raise VikhrError("every assistant turn has weight 0 (nothing to train on)")
-    elif turns[-1].role != "assistant":
-        what = "a user turn" if turns[-1].role == "user" else "a tool result"
+    elif turns[-1].role != "assistant":  # trailing user turns after an answer were left out above
         raise VikhrError(
-            f"message {len(messages)}: chat ends with {what} that has no answer (give its answer, or "
-            "leave the turn out)"
+            f"message {len(messages)}: chat ends with a tool result that has no answer (give its answer, "
+            "or leave the turn out)"
         )
     return messages
+
+
+def answered_length(roles: Sequence[Any]) -> int:
+    """How many of a chat's messages (given by their roles) to keep: all but the user turns after its
+    last answer. Many ShareGPT dumps end with a question nobody answered; the chat up to its last
+    answer is still one. Trailing user turns after no answer (or after a tool result) are kept, and
+    the chat is refused as such."""
+    end = len(roles)
+    while end and roles[end - 1] == "user":
+        end -= 1
+    return end if end < len(roles) and end and roles[end - 1] == "assistant" else len(roles)
+
+
+def _raw_role(m: Any) -> Any:
+    return m.get("role") if isinstance(m, dict) else None
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (`null`, not NoneType)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def message_text(value: Any, what: str) -> str:
+    """The text of a message's content (`what` names it in errors): a string; a number as its JSON text
+    (exports write ``"content": 42``); OpenAI's list of content parts, its ``{"type": "text", "text"}``
+    parts joined one after another, as chat templates write them. VikhrError for anything else: null,
+    true/false, an object, a part of another type (an image: there is no text of it to train on)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise VikhrError(f"{what} is {_NON_FINITE}")
+        return json.dumps(value)  # the JSON text of the number (1.5, 1e+20)
+    if isinstance(value, list):
+        texts = []
+        for k, part in enumerate(value, start=1):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = repr(part.get("type")) if isinstance(part, dict) else _json_kind(part)
+                raise VikhrError(
+                    f'{what} part {k} is {kind}, not {{"type": "text", "text": …}} (only text parts are read)'
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise VikhrError(f"{what} part {k} text must be a string, got {_json_kind(text)}")
+            texts.append(text)
+        return "".join(texts)
+    raise VikhrError(
+        f"{what} must be a string (or a number, or OpenAI's list of text parts), got {_json_kind(value)}"
+    )
 
 
 # What is wrong with a turn of each role but the answer's that is empty or blank (`sft build` drops
@@ -444,12 +515,7 @@ def _message(m: Any, number: int) -> Message:
     calls = _tool_calls(m.get("tool_calls"), role, number)
     if content is None and calls:
         content = ""  # OpenAI's form of a message that only calls functions
-    if not isinstance(content, str):
-        parts = " (OpenAI's content parts: vikhr sft build writes their text as one string)"
-        raise VikhrError(
-            f"message {number}: content must be a string, got {type(content).__name__}"
-            + (parts if isinstance(content, list) else "")
-        )
+    content = message_text(content, f"message {number}: content")
     if role != "assistant" and not content.strip():
         raise VikhrError(f"message {number}: {_BLANK_TURN[role]}")
     content = with_reasoning(content, m.get("reasoning_content"), role, number)
@@ -560,9 +626,10 @@ def _json_text(value: Any, holds: str) -> str:
 
 
 def _check_turn(m: Message, previous: Message | None, number: int) -> None:
-    """VikhrError unless message `number` may follow `previous` (None: it opens the turns): user and
-    assistant turns alternate, starting with user; an assistant turn with tool calls is followed by
-    one or more tool results, then an assistant turn."""
+    """VikhrError unless message `number` may follow `previous` (None: it opens the turns): the turns
+    start with a user turn, each user turn is followed by its answer (one assistant turn or several in
+    a row); an assistant turn with tool calls is followed by one or more tool results, then an
+    assistant turn."""
     before = previous.role if previous is not None else None
     calls = previous is not None and bool(previous.tool_calls)
     if m.role == "system":
@@ -587,12 +654,14 @@ def _check_turn(m: Message, previous: Message | None, number: int) -> None:
                 f"result, got {m.role}"
             )
         return
-    expected = "user" if before in (None, "assistant") else "assistant"
+    if before == "assistant":
+        return  # a user turn, or another answer (a long answer split, a tool turn dropped between)
+    expected = "user" if before is None else "assistant"
     if m.role != expected:
         after = "the start" if before is None else f"{_a(before)} {before} turn"
         raise VikhrError(
             f"message {number}: expected {_a(expected)} {expected} turn after {after}, got {m.role} "
-            "(turns must alternate user/assistant, starting with user)"
+            "(the turns start with a user turn, and each user turn is followed by its answer)"
         )
 
 
@@ -721,6 +790,27 @@ def _inst_segments(messages: list[Message], system_in_last: bool, pad: str) -> S
             out.append(([Control(MISTRAL_INST), f"{pad}{content}{pad}", Control(MISTRAL_INST_END)], False))
         else:
             out.append(([m.content, EOS], True))
+    return out
+
+
+def _joined_answers(messages: list[Message], template: str) -> list[Message]:
+    """`messages` with each run of answers in a row as one answer, their texts joined by a blank line:
+    the Mistral formats have no place for an answer after an answer, and mistral-common joins
+    consecutive assistant messages so. ChatRefused for a run of answers of different weights (the one
+    answer they make is trained or not)."""
+    out: list[Message] = []
+    for number, m in enumerate(messages, start=1):
+        if m.role == "assistant" and out and out[-1].role == "assistant":
+            if m.trained != out[-1].trained:
+                raise ChatRefused(
+                    f"message {number}: an answer of weight {int(m.trained)} right after one of weight "
+                    f"{int(out[-1].trained)}, which the {template} template writes as one answer (as "
+                    "mistral-common joins them), trained or not: give them one weight, or train with "
+                    "chatml, qwen3 or llama3, which write each answer apart"
+                )
+            out[-1] = replace(out[-1], content=f"{out[-1].content}\n\n{m.content}")
+        else:
+            out.append(m)
     return out
 
 
@@ -1010,6 +1100,8 @@ def encode_chat(
     # Text runs go across segments, as transformers encodes a rendered template (mistral: each
     # segment apart, as mistral-common encodes).
     across_segments = template != "mistral"
+    if template in ("mistral", "mistral-v3"):
+        messages = _joined_answers(messages, template)
     segments = _SEGMENTS[template](messages, for_generation)
     if template == "mistral" and tok.byte_level:
         segments = _spaced_answers(segments)
