@@ -1188,6 +1188,53 @@ def test_two_data_parallel_ranks_match_one(rulm: Path, sft_run: Path, tmp_path: 
     assert valid[0]["loss_rulm"] == pytest.approx(reference_valid[0]["loss_rulm"], rel=2e-5)
 
 
+@pytest.mark.distributed
+def test_loss_tokens_of_two_data_parallel_ranks_are_the_sum_of_both_ranks(tmp_path: Path) -> None:
+    """With DP=2 each rank trains on half of a step's chats: the step's loss tokens (progress line,
+    metrics.jsonl, the run's total) are the assistant tokens of both ranks' micro-batches, computed
+    here from the prepared data, not the count of the rank that logs."""
+    from tests.conftest import launch_torchrun
+    from vikhr.assets import RU_SEED_CHATS
+    from vikhr.sft.data import build_sft_datasets
+    from vikhr.train.config import load_config
+    from vikhr.train.data import IGNORE_INDEX, step_micro_batches
+    from vikhr.train.trainer import train_samples
+
+    prefix = tmp_path / "seed"
+    prepare_sft(RU_SEED_CHATS, MISTRAL_TOKENIZER, prefix)
+    config = _config(tmp_path / "c.yaml", prefix, tmp_path / "run")
+    cfg_yaml = yaml.safe_load(config.read_text())
+    cfg_yaml["data"].update(seq_len=64, valid_samples=2)
+    cfg_yaml["train"].update(steps=3, micro_batch=1, global_batch=4)
+    cfg_yaml["checkpoint"].update(save_every=100)
+    cfg_yaml["logging"].update(eval_every=100)
+    config.write_text(yaml.safe_dump(cfg_yaml), encoding="utf-8")
+    proc = launch_torchrun(REPO / "pretrain_vikhr.py", "--config", str(config), nproc=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    cfg = load_config(config)
+    data = build_sft_datasets(cfg, train_samples(cfg))
+    g, m = cfg.train.global_batch, cfg.train.micro_batch
+    expected = {}
+    for step in range(1, cfg.train.steps + 1):
+        first = (step - 1) * g
+        per_rank = [
+            sum(
+                int((b.labels != IGNORE_INDEX).sum())
+                for b in step_micro_batches(data.train, first, g, m, r, 2)
+            )
+            for r in (0, 1)
+        ]
+        assert min(per_rank) > 0, step  # a count of one rank would differ from the sum
+        expected[step] = sum(per_rank)
+    train, _ = read_metrics(tmp_path / "run")
+    assert {step: row["loss_tokens"] for step, row in train.items()} == expected
+    said = [int(n.replace(",", "")) for n in re.findall(r"\| loss-tokens ([\d,]+) \|", proc.stdout)]
+    assert said == [expected[step] for step in sorted(expected)]
+    total = sum(expected.values())
+    assert f"trained: the loss was taken over {total:,} assistant tokens in 3 steps" in proc.stderr
+
+
 @pytest.fixture
 def megatron_cpu():
     from vikhr.runtime.distributed import distributed_env
