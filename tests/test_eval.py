@@ -1422,7 +1422,7 @@ def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_pat
     flattened = {**squad, "answers": {"text": "Париж", "answer_start": 8}}
     (data / "xquad-ru" / "validation.jsonl").write_text(json.dumps(flattened) + "\n", encoding="utf-8")
     err = _one_line_error([*base, "xquad_ru"], capsys)
-    assert "xquad-ru/validation.jsonl:1: field 'answers.text' must be a list of strings" in err
+    assert "xquad-ru/validation.jsonl:1 (id \"q1\"): field 'answers.text' must be a list of strings" in err
     record = {"premise": "Кот спит.", "hypothesis": "Кот не бодрствует.", "label": "entailment"}
     rows = [{**record, "idx": 0}, {**record, "idx": "x1"}]
     (data / "terra" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

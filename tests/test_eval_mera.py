@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import TerminalStderr
 from vikhr.errors import VikhrError
-from vikhr.eval.mera import MERA_TASKS, mera_prompt, write_submission
+from vikhr.eval.mera import MERA_TASKS, MeraRecord, mera_prompt, write_submission
 from vikhr.eval.mera_code import execute_completions, pass_at_k, passes, run_tests, unfenced
 from vikhr.eval.mera_metrics import (
     ethics_items,
@@ -147,12 +147,16 @@ def test_ruethics_documents_carry_their_question_and_labels() -> None:
 def test_shot_answers_and_instruction_free_templates() -> None:
     # MultiQ shots are answered by the first answer segment.
     multiq = records("multiq")
-    one = mera_prompt(MERA_TASKS["mera_multiq"], multiq[1], multiq[:1], Path("x"))
+    one = mera_prompt(
+        MERA_TASKS["mera_multiq"], MeraRecord("x", multiq[1]), [MeraRecord("x", s) for s in multiq[:1]]
+    )
     assert one.startswith(multiq[0]["instruction"].format(**multiq[0]["inputs"]).strip() + " Айювы\n\n")
     assert one.endswith("Текст 2: Новоспасское — село в Смоленской области России.\nОтвет:")
     # USE: the template after the first shot follows the exam task's answer type.
     use = records("use")
-    three = mera_prompt(MERA_TASKS["mera_use"], use[2], use[:2], Path("x"))
+    three = mera_prompt(
+        MERA_TASKS["mera_use"], MeraRecord("x", use[2]), [MeraRecord("x", s) for s in use[:2]]
+    )
     assert three.startswith(use[0]["instruction"].format(**use[0]["inputs"]) + " холодный\n\n")
     assert "\n\nЗадание: Вставьте на места пропусков" in three
     assert "Рецензии: «Автор использует (А) и (Б)».\nСписок терминов:\n1) метафоры" in three
@@ -321,7 +325,7 @@ def test_a_repeated_id_in_the_scored_split_is_one_line(tmp_path: Path) -> None:
     rows = [r for _, r in read_jsonl(folder / "test.jsonl")]
     rows[1]["meta"]["id"] = rows[0]["meta"]["id"]
     (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    with pytest.raises(VikhrError, match=r"test\.jsonl: meta\.id \S+ occurs twice"):
+    with pytest.raises(VikhrError, match=r"test\.jsonl:\d+: meta\.id \S+ occurs twice \(first on line \d+;"):
         dataset("mera_parus", tmp_path)
 
 
@@ -542,7 +546,10 @@ def test_a_split_with_some_answers_hidden_is_named_on_stderr(tmp_path: Path, cap
         err = capsys.readouterr().err
         hidden = records[1]["meta"]["id"]
         assert f"warning: {task}: 1 of {len(records)} records of" in err, err
-        assert f"the first meta.id {hidden!r}: the task is reported n/a" in err, err
+        assert (
+            f"the first {data / 'mera' / folder / 'test.jsonl'}:2 (meta.id {hidden}): the task is reported"
+            in err
+        ), err
     build_task_config("mera_parus", FIXTURES, 0, Path())["custom_dataset"]()  # all hidden
     assert "warning" not in capsys.readouterr().err
 

@@ -19,8 +19,9 @@ import pytest
 from tests.test_eval import last_token, make_tiny_model, rig, settings_for
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
-from vikhr.eval.mera import MERA_TASKS, mera_prompt
+from vikhr.eval.mera import MERA_TASKS, MeraRecord, mera_prompt
 from vikhr.eval.mera_metrics import squad_scores, use_grade, use_points
+from vikhr.eval.mera_rutie import read_dialogues
 from vikhr.eval.rsg import (
     RSG_SCORE_METRICS,
     _muserc_rows,
@@ -217,9 +218,9 @@ def test_mera_prompts_follow_the_release_sampler() -> None:
     pool = [r for _, r in read_jsonl(FIXTURES / "mera" / "rummlu" / "public_test.jsonl")]
     doc = next(r for _, r in read_jsonl(FIXTURES / "mera" / "rummlu" / "test.jsonl"))
     task = MERA_TASKS["mera_rummlu"]
-    zero = mera_prompt(task, doc, [], Path("x"))
+    zero = mera_prompt(task, MeraRecord("x", doc), [])
     assert zero == doc["instruction"].format(**doc["inputs"]).strip()
-    two = mera_prompt(task, doc, pool[:2], Path("x"))
+    two = mera_prompt(task, MeraRecord("x", doc), [MeraRecord("x", s) for s in pool[:2]])
     # First shot with the instruction, the second shot and the document without it.
     expected = (
         pool[0]["instruction"].format(**pool[0]["inputs"]).strip()
@@ -230,7 +231,9 @@ def test_mera_prompts_follow_the_release_sampler() -> None:
     assert two == expected
     # RSG tasks in MERA: the first shot is the instruction + "\nОтвет:".
     parus = [r for _, r in read_jsonl(FIXTURES / "mera" / "parus" / "train.jsonl")]
-    one = mera_prompt(MERA_TASKS["mera_parus"], parus[1], parus[:1], Path("x"))
+    one = mera_prompt(
+        MERA_TASKS["mera_parus"], MeraRecord("x", parus[1]), [MeraRecord("x", s) for s in parus[:1]]
+    )
     assert one == (
         parus[0]["instruction"].format(**parus[0]["inputs"])
         + "\nОтвет: 1\n\n"
@@ -242,9 +245,9 @@ def test_mera_prompts_follow_the_release_sampler() -> None:
 def test_mera_string_inputs_and_literal_braces() -> None:
     """LCS and BPS keep `inputs` as one string; BPS's instruction shows a literal "{}"."""
     bps = [r for _, r in read_jsonl(FIXTURES / "mera" / "bps" / "train.jsonl")]
-    zero = mera_prompt(MERA_TASKS["mera_bps"], bps[0], [], Path("x"))
+    zero = mera_prompt(MERA_TASKS["mera_bps"], MeraRecord("x", bps[0]), [])
     assert "круглые (), квадратные [] и фигурные {}.\nПоследовательность: ( [ { } ] )\n" in zero
-    two = mera_prompt(MERA_TASKS["mera_bps"], bps[2], bps[:2], Path("x"))
+    two = mera_prompt(MERA_TASKS["mera_bps"], MeraRecord("x", bps[2]), [MeraRecord("x", s) for s in bps[:2]])
     assert two.endswith(
         "Ответ: 1\n\nПоследовательность: ( ] [ )\nОтвет: 0\n\nПоследовательность: { } ( )\nОтвет:"
     )
@@ -722,7 +725,7 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     )
     err = one_line_error([*base, "--tasks", "rsg_danetqa"], capsys)
     # Spelled as in JSON: the Python spelling read 'label 'true' ... is not one of False, True'.
-    assert "DaNetQA/val.jsonl" in err and 'label "true" (idx 0) is not one of false, true' in err
+    assert 'DaNetQA/val.jsonl:1 (idx 0): label "true" is not one of false, true' in err
     # A flattened MuSeRC file (no passage.questions).
     write("russian-superglue/MuSeRC/val.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
     write("russian-superglue/MuSeRC/train.jsonl", [{"idx": 0, "passage": "text", "question": "q"}])
@@ -770,7 +773,7 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     squad = {"id": "1", "context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}
     write("xquad-ru/validation.jsonl", [squad])
     err = one_line_error([*base, "--tasks", "xquad_ru"], capsys)
-    assert "xquad-ru/validation.jsonl:1: field 'answers' must be an object" in err
+    assert "xquad-ru/validation.jsonl:1 (id \"1\"): field 'answers' must be an object" in err
     write("terra/val.jsonl", [{"idx": 0, "premise": None, "hypothesis": "h", "label": "entailment"}])
     assert "field 'premise' is null" in one_line_error([*base, "--tasks", "terra"], capsys)
     # Ru-MMLU in the English field names.
@@ -905,7 +908,7 @@ _BLANK_FIELDS = [
         "rsg_muserc",
         "russian-superglue/MuSeRC/val.jsonl",
         lambda r: r["passage"]["questions"][0]["answers"][1].update(text=" "),
-        r"passage idx \d+: field 'answers.text'",
+        r":1 \(passage idx \d+, question idx \d+, answer idx \d+\): field 'answers.text'",
     ),
     (
         "mmlu_ru",
@@ -967,7 +970,7 @@ def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
         "xquad-ru/validation.jsonl",
         [{**qa, "answers": {"text": ["«»", "Он"]}}, {**qa, "answers": {"text": ["«»"]}}],
     )
-    with pytest.raises(VikhrError, match="question 'q1' has no answer text"):
+    with pytest.raises(VikhrError, match=r'validation\.jsonl:2 \(id "q1"\): the question has no answer text'):
         dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
     write("xquad-ru/validation.jsonl", [{**qa, "answers": {"text": ["«»", "Он"]}}])
     assert dataset(build_task_config("xquad_ru", tmp_path, None, Path()))[0]["golds"] == ["Он"]
@@ -983,7 +986,10 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
         lambda rs: rs[0]["passage"]["questions"][0]["answers"][1].pop("label"),
     )
     idx = next(r for _, r in read_jsonl(muserc))["passage"]["questions"][0]["answers"][1]["idx"]
-    with pytest.raises(VikhrError, match=rf"m\.jsonl: the record of idx {idx} has no 'label'"):
+    with pytest.raises(
+        VikhrError,
+        match=rf"m\.jsonl:1 \(passage idx 0, question idx 0, answer idx {idx}\): the record has no 'label'",
+    ):
         _muserc_rows(muserc)
 
     def write(name: str, records: list[dict[str, Any]]) -> None:
@@ -994,7 +1000,7 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
 
     pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 7}
     write("terra/val.jsonl", [pair, {**pair, "label": ""}])
-    with pytest.raises(VikhrError, match=r'val\.jsonl:3: label "" \(idx 7\) is not "entailment" or'):
+    with pytest.raises(VikhrError, match=r'val\.jsonl:3 \(idx 7\): label "" is not "entailment" or'):
         dataset(build_task_config("terra", tmp_path, None, Path()))
     sentence = {"sentence": "Мама мыла раму.", "label": 1}
     write("rucola/dev.jsonl", [sentence, {**sentence, "label": 2}])
@@ -1013,7 +1019,9 @@ def test_a_bad_label_names_its_record(tmp_path: Path) -> None:
         dataset(build_task_config("chegeka", tmp_path, None, Path()))
     qa = {"id": "q1", "context": "Он пришёл.", "question": "Кто пришёл?", "answers": {"text": ["Он"]}}
     write("xquad-ru/validation.jsonl", [qa, {**qa, "answers": ["Он"]}])
-    with pytest.raises(VikhrError, match=r"validation\.jsonl:3: field 'answers' must be an object"):
+    with pytest.raises(
+        VikhrError, match=r'validation\.jsonl:3 \(id "q1"\): field .answers. must be an object'
+    ):
         dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
 
 
@@ -1082,7 +1090,7 @@ def test_a_repeated_idx_in_a_test_split_is_one_line(tmp_path: Path) -> None:
     terra = _rewrite(
         RSG / "TERRa" / "test.jsonl", tmp_path / "t.jsonl", lambda rs: [r.update(idx=0) for r in rs]
     )
-    with pytest.raises(VikhrError, match=r"t\.jsonl: idx 0 occurs twice"):
+    with pytest.raises(VikhrError, match=r"t\.jsonl:2: idx 0 occurs twice \(first on line 1;"):
         _records(terra, ("premise", "hypothesis", "label"), None, "TERRa", hide=True)
 
     def same_answer_idx(records: list) -> None:
@@ -1308,3 +1316,112 @@ def test_a_number_where_text_belongs_names_its_record(tmp_path: Path) -> None:
         VikhrError, match=rf"{re.escape(str(test))}:1: field 'subject' must be text, got int 7"
     ):
         dataset(build_task_config("mmlu_ru", data, None, Path()))
+
+
+def _first_muserc_answer(r: dict[str, Any]) -> dict[str, Any]:
+    return r["passage"]["questions"][0]["answers"][0]
+
+
+# (task, file under the fixtures, a change that makes a record bad, what the message says after its place)
+_RECORD_ERRORS = [
+    ("rsg_lidirus", "russian-superglue/LiDiRus/LiDiRus.jsonl", lambda r: r.update(label="yes"), "label"),
+    ("rsg_rcb", "russian-superglue/RCB/val.jsonl", lambda r: r.update(label="yes"), "label"),
+    ("rsg_parus", "russian-superglue/PARus/val.jsonl", lambda r: r.update(question="why"), "question"),
+    ("rsg_terra", "russian-superglue/TERRa/val.jsonl", lambda r: r.update(label="yes"), "label"),
+    ("rsg_russe", "russian-superglue/RUSSE/val.jsonl", lambda r: r.update(label="true"), "label"),
+    ("rsg_rwsd", "russian-superglue/RWSD/val.jsonl", lambda r: r.update(target={}), "field 'target'"),
+    ("rsg_danetqa", "russian-superglue/DaNetQA/val.jsonl", lambda r: r.update(label=1), "label"),
+    (
+        "rsg_muserc",
+        "russian-superglue/MuSeRC/val.jsonl",
+        lambda r: _first_muserc_answer(r).pop("label"),
+        "no 'label'",
+    ),
+    ("rsg_muserc", "russian-superglue/MuSeRC/val.jsonl", lambda r: r["passage"].pop("questions"), "passage"),
+    (
+        "rsg_muserc",
+        "russian-superglue/MuSeRC/val.jsonl",
+        lambda r: r["passage"]["questions"][0].pop("answers"),
+        "lacks 'answers'",
+    ),
+    (
+        "rsg_rucos",
+        "russian-superglue/RuCoS/val.jsonl",
+        lambda r: r["qas"][0].update(answers=[]),
+        "no answers",
+    ),
+    (
+        "rsg_rucos",
+        "russian-superglue/RuCoS/val.jsonl",
+        lambda r: r["qas"][0].update(query="без заполнителя"),
+        "@placeholder",
+    ),
+    (
+        "rsg_rucos",
+        "russian-superglue/RuCoS/val.jsonl",
+        lambda r: r["passage"]["entities"].append({"start": 0, "end": 10**6}),
+        "entity span",
+    ),
+]
+
+
+@pytest.mark.parametrize(("task", "file", "change", "said"), _RECORD_ERRORS)
+def test_a_record_level_error_names_the_file_line_and_idx(
+    tmp_path: Path, task: str, file: str, change: Any, said: str
+) -> None:
+    """An error about one record of a Russian SuperGLUE file named its `idx` alone (`label … (idx
+    7)`), or the file alone: a user opening the JSONL looks for a line. The bad record here is the
+    file's second, after a blank line: on line 3, whatever its idx."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    records = [r for _, r in read_jsonl(FIXTURES / file)][:2]
+    change(records[1])
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    (data / file).write_text(lines[0] + "\n\n" + lines[1] + "\n", encoding="utf-8")
+    with pytest.raises(VikhrError) as refused:
+        dataset(build_task_config(task, data, 0, Path()))
+    # A nested record (a MuSeRC answer, a RuCoS query) is named under its passage's idx.
+    place = (
+        rf"{re.escape(str(data / file))}:3 \((passage )?idx {re.escape(json.dumps(records[1]['idx']))}[,)]"
+    )
+    message = str(refused.value)
+    assert re.match(place, message) and said in message, message
+
+
+def test_mera_and_rutie_record_errors_name_the_file_line_and_id(tmp_path: Path) -> None:
+    """MERA's readers named a bad record by its meta.id (`id 0: outputs …`), a template's missing
+    input by the scored file's name even for a shot, and ruTiE's by the file alone: each now says
+    `file:line` with the record's ids."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+
+    def rewrite(path: Path, change: Any) -> list[dict[str, Any]]:
+        records = [r for _, r in read_jsonl(path)]
+        change(records)
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        path.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n", encoding="utf-8")
+        return records
+
+    rwsd = data / "mera" / "rwsd" / "test.jsonl"
+    records = rewrite(rwsd, lambda rs: rs[1].update(outputs="да"))
+    with pytest.raises(
+        VikhrError, match=rf"^{re.escape(str(rwsd))}:3 \(meta\.id {records[1]['meta']['id']}\): outputs 'да'"
+    ):
+        dataset(build_task_config("mera_rwsd", data, 0, Path()))
+    shots = data / "mera" / "parus" / "train.jsonl"
+    records = rewrite(shots, lambda rs: rs[1].update(instruction="{missing}"))
+    with pytest.raises(
+        VikhrError,
+        match=rf"^{re.escape(str(shots))}:3 \(meta\.id {records[1]['meta']['id']}\): the template needs "
+        "input 'missing'",
+    ):
+        dataset(build_task_config("mera_parus", data, len(records), Path()))
+    rutie = data / "mera" / "rutie" / "test.jsonl"
+    records = rewrite(rutie, lambda rs: rs[1].update(outputs="3"))
+    meta = records[1]["meta"]
+    with pytest.raises(
+        VikhrError,
+        match=rf"^{re.escape(str(rutie))}:3 \(meta\.dialog_id {meta['dialog_id']}, "
+        rf"meta\.question_id {meta['question_id']}\): outputs '3'",
+    ):
+        read_dialogues(rutie)

@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vikhr.atomic import temporary_path
 from vikhr.errors import VikhrError
@@ -45,7 +45,8 @@ from vikhr.eval.tasks import (
     ETHICS_METRICS,
     ETHICS_QUESTIONS,
     most_likely,
-    read_records,
+    read_numbered_records,
+    record_location,
     require_unique,
     squad_normalize,
     to_dataset_dict,
@@ -184,7 +185,7 @@ MERA_TASKS: dict[str, MeraTask] = {
 }
 
 
-def _format(template: str, inputs: dict[str, Any] | str, path: Path, doc_id: Any, input_name: str) -> str:
+def _format(template: str, inputs: dict[str, Any] | str, where: str, input_name: str) -> str:
     try:
         if isinstance(inputs, dict):
             return template.format(**inputs)
@@ -194,7 +195,7 @@ def _format(template: str, inputs: dict[str, Any] | str, path: Path, doc_id: Any
         return text.format(**{input_name: inputs}, empty="{}")
     except (KeyError, IndexError, ValueError) as e:
         raise VikhrError(
-            f"{path}: id {doc_id!r}: the template needs input {e} that the record's inputs lack (MERA layout)"
+            f"{where}: the template needs input {e} that the record's inputs lack (MERA layout)"
         ) from e
 
 
@@ -206,68 +207,75 @@ def _shot_answer(record: dict[str, Any]) -> str:
     return outputs
 
 
-def mera_prompt(task: MeraTask, doc: dict[str, Any], shots: list[dict[str, Any]], path: Path) -> str:
+class MeraRecord(NamedTuple):
+    """A record of a MERA task file and its `record_location` (`file:line (meta.id N)`)."""
+
+    where: str
+    record: dict[str, Any]
+
+
+def mera_prompt(task: MeraTask, doc: MeraRecord, shots: list[MeraRecord]) -> str:
     """The prompt of `doc` after `shots`, as the release's few-shot sampler builds it."""
 
-    def formatted(template: str, d: dict[str, Any]) -> str:
-        return _format(template, d["inputs"], path, d["meta"].get("id"), task.input_name)
+    def formatted(template: str, d: MeraRecord) -> str:
+        return _format(template, d.record["inputs"], d.where, task.input_name)
 
-    def query(d: dict[str, Any]) -> str:
-        text = formatted(d["instruction"], d)
+    def query(d: MeraRecord) -> str:
+        text = formatted(d.record["instruction"], d)
         return (text.strip() if task.strip_query else text) + task.query_suffix
 
-    def plain(d: dict[str, Any]) -> str:
-        template = _USE_TEMPLATES[d["meta"]["type"]] if task.kind == "use" else task.no_instruction
+    def plain(d: MeraRecord) -> str:
+        template = _USE_TEMPLATES[d.record["meta"]["type"]] if task.kind == "use" else task.no_instruction
         text = formatted(template, d)
         return {"left": text.lstrip(), "both": text.strip()}.get(task.strip_plain, text)
 
     if not shots:
-        text = formatted(doc["instruction"], doc)
+        text = formatted(doc.record["instruction"], doc)
         return text.strip() if task.strip_zero_shot else text
-    parts = [f"{query(s) if i == 0 else plain(s)} {_shot_answer(s)}\n\n" for i, s in enumerate(shots)]
+    parts = [f"{query(s) if i == 0 else plain(s)} {_shot_answer(s.record)}\n\n" for i, s in enumerate(shots)]
     return "".join(parts) + plain(doc)
 
 
-def _layout_error(path: Path, record: dict[str, Any], what: str) -> VikhrError:
-    return VikhrError(f"{path}: id {record['meta']['id']!r}: {what} (MERA layout)")
+def _layout_error(where: str, what: str) -> VikhrError:
+    return VikhrError(f"{where}: {what} (MERA layout)")
 
 
-def _check_outputs(path: Path, task: MeraTask, r: dict[str, Any]) -> None:
+def _check_outputs(where: str, task: MeraTask, r: dict[str, Any]) -> None:
     """The task's `outputs` shape (empty where the answers are hidden) and the meta fields it needs."""
     outputs, meta = r["outputs"], r["meta"]
     if task.kind == "ethics":
         if meta.get("question") not in ETHICS_QUESTIONS:
             raise _layout_error(
-                path, r, f"meta.question {meta.get('question')!r} is not one of {ETHICS_QUESTIONS}"
+                where, f"meta.question {meta.get('question')!r} is not one of {ETHICS_QUESTIONS}"
             )
         if outputs != "" and not (
             isinstance(outputs, dict)
             and set(outputs) == set(ETHICS_CRITERIA)
             and all(str(v) in ("0", "1") for v in outputs.values())
         ):
-            raise _layout_error(path, r, f"outputs must map {', '.join(ETHICS_CRITERIA)} to 0/1")
+            raise _layout_error(where, f"outputs must map {', '.join(ETHICS_CRITERIA)} to 0/1")
     elif task.kind == "code":
-        _check_code(path, r)
+        _check_code(where, r)
     elif isinstance(outputs, list):
         if task.submission_name != "MultiQ" or not all(
             isinstance(a, dict) and "segment" in a for a in outputs
         ):
-            raise _layout_error(path, r, "outputs is a list; only MultiQ's answers are [{'segment': ...}]")
+            raise _layout_error(where, "outputs is a list; only MultiQ's answers are [{'segment': ...}]")
     elif not isinstance(outputs, str):
-        raise _layout_error(path, r, f"outputs {outputs!r} is not a string")
+        raise _layout_error(where, f"outputs {outputs!r} is not a string")
     elif task.choices and outputs not in ("", *task.choices):
-        raise _layout_error(path, r, f"outputs {outputs!r} is not one of {', '.join(task.choices)}")
+        raise _layout_error(where, f"outputs {outputs!r} is not one of {', '.join(task.choices)}")
     elif outputs and not any(ch.isalnum() for ch in outputs):  # scored against nothing, or not at all
-        raise _layout_error(path, r, f"outputs {outputs!r} holds no answer text")
+        raise _layout_error(where, f"outputs {outputs!r} holds no answer text")
     elif outputs != outputs.strip() and task.kind == "exact":  # the generation is stripped: never equal
-        raise _layout_error(path, r, f"outputs {outputs!r} has white space around the answer")
+        raise _layout_error(where, f"outputs {outputs!r} has white space around the answer")
     if task.kind == "use":
         missing = [k for k in ("id_task", "variant", "score", "type") if k not in meta]
         if missing or meta["type"] not in USE_TYPES:
-            raise _layout_error(path, r, f"USE needs meta.id_task/variant/score and a type in {USE_TYPES}")
+            raise _layout_error(where, f"USE needs meta.id_task/variant/score and a type in {USE_TYPES}")
 
 
-def _check_code(path: Path, r: dict[str, Any]) -> None:
+def _check_code(where: str, r: dict[str, Any]) -> None:
     """ruHumanEval: `inputs.function` (the header to complete), `inputs.tests` (a Python literal list
     of keyword-argument dicts), `meta.entry_point`, `outputs` the expected results as strings."""
     inputs, outputs = r["inputs"], r["outputs"]
@@ -283,8 +291,7 @@ def _check_code(path: Path, r: dict[str, Any]) -> None:
         or not isinstance(r["meta"].get("entry_point"), str)
     ):
         raise _layout_error(
-            path,
-            r,
+            where,
             "ruHumanEval needs inputs.function, inputs.tests (a string: a Python list of argument dicts) "
             "and meta.entry_point",
         )
@@ -293,23 +300,22 @@ def _check_code(path: Path, r: dict[str, Any]) -> None:
         and all(isinstance(o, str) for o in outputs)
         and len(outputs) in (0, len(tests))
     ):
-        raise _layout_error(path, r, f"outputs must be the {len(tests)} expected results as strings")
+        raise _layout_error(where, f"outputs must be the {len(tests)} expected results as strings")
 
 
-def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[dict[str, Any]]:
+def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[tuple[int, MeraRecord]]:
+    """The records of a task file, each with its line, checked to have the task's layout."""
     out = []
     keys = ("instruction", "inputs", "outputs", "meta")
-    for r in read_records(path, keys, limit, "MERA", texts=("instruction",)):
-        if (
-            not isinstance(r["inputs"], dict | str)
-            or not isinstance(r["meta"], dict)
-            or "id" not in r["meta"]
-        ):
-            raise VikhrError(f"{path}: a record's inputs/meta are not objects with meta.id (MERA layout)")
+    for line, r in read_numbered_records(path, keys, limit, "MERA", texts=("instruction",)):
+        meta = r["meta"]
+        where = record_location(path, line, ("meta.id", meta.get("id") if isinstance(meta, dict) else None))
+        if not isinstance(r["inputs"], dict | str) or not isinstance(meta, dict) or "id" not in meta:
+            raise VikhrError(f"{where}: the record's inputs/meta are not objects with meta.id (MERA layout)")
         if isinstance(r["outputs"], int) and not isinstance(r["outputs"], bool):
             r["outputs"] = str(r["outputs"])  # numeric answers may be stored as numbers
-        _check_outputs(path, task, r)
-        out.append(r)
+        _check_outputs(where, task, r)
+        out.append((line, MeraRecord(where, r)))
     return out
 
 
@@ -319,14 +325,14 @@ def _answered(task: MeraTask, r: dict[str, Any]) -> bool:
     return bool(_scoring(task, r)["golds"]) if task.kind == "qa" else bool(r["outputs"])
 
 
-def _warn_of_partly_hidden(name: str, task: MeraTask, path: Path, records: list[dict[str, Any]]) -> None:
+def _warn_of_partly_hidden(name: str, task: MeraTask, path: Path, records: list[MeraRecord]) -> None:
     """A warning when some records of the scored split have answers and some not: the task is then
     reported n/a (its score needs every answer), which is otherwise hard to trace to a record."""
-    hidden = [r["meta"]["id"] for r in records if not _answered(task, r)]
+    hidden = [located.where for located in records if not _answered(task, located.record)]
     if hidden and len(hidden) < len(records):
         print(
             f"warning: {name}: {len(hidden)} of {len(records)} records of {path} have no answer (outputs), "
-            f"the first meta.id {hidden[0]!r}: the task is reported n/a; fill them in or leave them out",
+            f"the first {hidden[0]}: the task is reported n/a; fill them in or leave them out",
             file=sys.stderr,
         )
 
@@ -364,18 +370,20 @@ def _rows(
     name: str, eval_path: Path, fewshot_path: Path | None, k: int, limit: int | None
 ) -> list[dict[str, Any]]:
     task = MERA_TASKS[name]
-    answered = [r for r in _mera_records(fewshot_path, task) if r["outputs"]] if k and fewshot_path else []
+    shot_records = _mera_records(fewshot_path, task) if k and fewshot_path else []
+    answered = [located for _, located in shot_records if located.record["outputs"]]
     if k and len(answered) < k:
         raise VikhrError(f"{fewshot_path}: {len(answered)} answered records, fewer than {k} shots")
     rows, short = [], 0
-    records = _mera_records(eval_path, task, limit)
-    require_unique(eval_path, [r["meta"]["id"] for r in records], "meta.id")
-    _warn_of_partly_hidden(name, task, eval_path, records)
-    for i, r in enumerate(records):
+    numbered = _mera_records(eval_path, task, limit)
+    require_unique(eval_path, [(line, located.record["meta"]["id"]) for line, located in numbered], "meta.id")
+    _warn_of_partly_hidden(name, task, eval_path, [located for _, located in numbered])
+    for i, (_, located) in enumerate(numbered):
+        r = located.record
         pool = answered
         if task.shot_group is not None:
             key = task.shot_group
-            pool = [s for s in answered if s["meta"].get(key) == r["meta"].get(key)]
+            pool = [s for s in answered if s.record["meta"].get(key) == r["meta"].get(key)]
         # Seeded by position: the same document gets the same shots whatever --limit is.
         shots = random.Random(1234 + i).sample(pool, min(k, len(pool)))
         short += len(shots) < k
@@ -383,7 +391,7 @@ def _rows(
         rows.append(
             {
                 "id": r["meta"]["id"],
-                "prompt": mera_prompt(task, r, shots, eval_path),
+                "prompt": mera_prompt(task, located, shots),
                 "label": task.choices.index(outputs) if task.kind == "choice" and outputs else -1,
                 "answer": outputs if isinstance(outputs, str) else "",
                 "scoring": json.dumps(_scoring(task, r), ensure_ascii=False),

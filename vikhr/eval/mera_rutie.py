@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
-from vikhr.eval.tasks import most_likely, read_records
+from vikhr.eval.tasks import most_likely, read_numbered_records, record_location
 
 RUTIE = "mera_rutie"
 CHOICES = ("1", "2")
@@ -34,8 +34,15 @@ def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, 
     """The dialogues of a ruTiE file, each in `question_id` order; with `limit`, the first `limit`
     questions in (dialog_id, question_id) order."""
     dialogues: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in read_records(path, ("instruction", "inputs", "outputs", "meta"), layout="MERA ruTiE"):
+    keys = ("instruction", "inputs", "outputs", "meta")
+    for line, r in read_numbered_records(path, keys, layout="MERA ruTiE"):
         inputs, meta = r["inputs"], r["meta"]
+        ids = (
+            [(f"meta.{k}", meta.get(k)) for k in ("dialog_id", "question_id")]
+            if isinstance(meta, dict)
+            else []
+        )
+        where = record_location(path, line, *ids)
         if (
             not isinstance(inputs, dict)
             or not all(isinstance(inputs.get(k), str) for k in ("question", "choice1", "choice2"))
@@ -43,16 +50,13 @@ def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, 
             or not all(isinstance(meta.get(k), int) for k in ("dialog_id", "question_id"))
         ):
             raise VikhrError(
-                f"{path}: a record lacks inputs.question/choice1/choice2 or integer "
+                f"{where}: the record lacks inputs.question/choice1/choice2 or integer "
                 "meta.dialog_id/question_id (MERA ruTiE layout)"
             )
         if isinstance(r["outputs"], int) and not isinstance(r["outputs"], bool):
             r["outputs"] = str(r["outputs"])  # as every MERA reader: numeric answers may be numbers
         if r["outputs"] not in ("", *CHOICES):
-            raise VikhrError(
-                f"{path}: dialog {meta['dialog_id']} question {meta['question_id']}: "
-                f"outputs {r['outputs']!r} is not 1, 2 or empty (MERA ruTiE layout)"
-            )
+            raise VikhrError(f"{where}: outputs {r['outputs']!r} is not 1, 2 or empty (MERA ruTiE layout)")
         dialogues[meta["dialog_id"]].append(r)
     out = []
     for dialog_id in sorted(dialogues):

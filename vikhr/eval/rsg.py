@@ -16,13 +16,14 @@ mean of the nine task scores (the leaderboard's formula).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vikhr.atomic import temporary_path
 from vikhr.errors import VikhrError
@@ -33,7 +34,8 @@ from vikhr.eval.tasks import (
     json_spelling,
     most_likely,
     overlap_f1,
-    read_records,
+    read_numbered_records,
+    record_location,
     require_text,
     require_unique,
     shot_splits,
@@ -144,38 +146,46 @@ def rsg_total(task_metrics: dict[str, dict[str, float | None]]) -> dict[str, Any
 # by) and every document gets label 0, which only the submission's predictions ignore.
 
 
-def _label(path: Path, record: dict[str, Any], allowed: dict[Any, int]) -> int:
+def _label(where: str, record: dict[str, Any], allowed: dict[Any, int]) -> int:
+    """The class of `record`'s label; `where` is its `record_location`."""
     if "label" not in record:  # a nested record (a MuSeRC answer option) is not checked on reading
-        raise VikhrError(
-            f"{path}: the record of idx {record.get('idx')!r} has no 'label' (use the labelled split)"
-        )
+        raise VikhrError(f"{where}: the record has no 'label' (use the labelled split)")
     label = record["label"]
     # JSON true/false must not match 1/0 (Python's True == 1): compare types too.
     for key, value in allowed.items():
         if type(key) is type(label) and key == label:
             return value
     raise VikhrError(
-        f"{path}: label {json_spelling(label)} (idx {record.get('idx')!r}) is not one of "
+        f"{where}: label {json_spelling(label)} is not one of "
         f"{', '.join(map(json_spelling, allowed))} (is this the official Russian SuperGLUE file?)"
     )
 
 
-def _records(
-    path: Path, keys: tuple[str, ...], limit: int | None, task: str, hide: bool
-) -> list[dict[str, Any]]:
+class _Located(NamedTuple):
+    """A record of a file, with the line it is on (1-based) and its `record_location`."""
+
+    line: int
+    where: str
+    record: dict[str, Any]
+
+
+def _records(path: Path, keys: tuple[str, ...], limit: int | None, task: str, hide: bool) -> list[_Located]:
     """The file's records, checked to have `keys`; a file whose labels are hidden needs no `label`
     but an `idx` in every record."""
     if hide:
         keys = (*(k for k in keys if k != "label"), "idx")
     texts = tuple(k for k in keys if k not in ("label", "idx"))  # nested ones are checked where read
-    records = read_records(path, keys, limit, f"Russian SuperGLUE {task}", texts)
+    records = [
+        _Located(line, record_location(path, line, ("idx", r.get("idx"))), r)
+        for line, r in read_numbered_records(path, keys, limit, f"Russian SuperGLUE {task}", texts)
+    ]
     if hide:  # the leaderboard matches predictions by idx
-        require_unique(path, [r["idx"] for r in records], "idx")
+        require_unique(path, [(line, r["idx"]) for line, _, r in records], "idx")
     return records
 
 
-def _gold(path: Path, record: dict[str, Any], allowed: dict[Any, int], hide: bool) -> int:
-    return 0 if hide else _label(path, record, allowed)
+def _gold(where: str, record: dict[str, Any], allowed: dict[Any, int], hide: bool) -> int:
+    return 0 if hide else _label(where, record, allowed)
 
 
 _BOOL = {False: 0, True: 1}
@@ -194,10 +204,10 @@ def _lidirus_config(
             {
                 "premise": r[first].strip(),
                 "hypothesis": r[second].strip(),
-                "label": _gold(path, r, labels, hide),
+                "label": _gold(where, r, labels, hide),
                 "idx": r.get("idx"),
             }
-            for r in _records(path, (first, second, "label"), limit, "LiDiRus/TERRa", hide)
+            for _, where, r in _records(path, (first, second, "label"), limit, "LiDiRus/TERRa", hide)
         ]
 
     return choice_task_with_shots(
@@ -225,10 +235,10 @@ def _rcb_config(
             {
                 "premise": r["premise"].strip(),
                 "hypothesis": r["hypothesis"].strip(),
-                "label": _gold(path, r, labels, hide),
+                "label": _gold(where, r, labels, hide),
                 "idx": r.get("idx"),
             }
-            for r in _records(path, ("premise", "hypothesis", "label"), limit, "RCB", hide)
+            for _, where, r in _records(path, ("premise", "hypothesis", "label"), limit, "RCB", hide)
         ]
 
     return choice_task_with_shots(
@@ -257,17 +267,18 @@ def _parus_config(
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
         out = []
-        for r in _records(path, ("premise", "choice1", "choice2", "question", "label"), limit, "PARus", hide):
+        keys = ("premise", "choice1", "choice2", "question", "label")
+        for _, where, r in _records(path, keys, limit, "PARus", hide):
             if r["question"] not in ("cause", "effect"):
                 raise VikhrError(
-                    f"{path}: question {r['question']!r} (idx {r.get('idx')!r}) is not cause/effect"
+                    f'{where}: question {json_spelling(r["question"])} is not "cause" or "effect"'
                 )
             out.append(
                 {
                     "premise": r["premise"].strip().rstrip("."),
                     "connector": "потому что" if r["question"] == "cause" else "поэтому",
                     "choices": [_lower_first(r["choice1"].strip()), _lower_first(r["choice2"].strip())],
-                    "label": _gold(path, r, {0: 0, 1: 1}, hide),
+                    "label": _gold(where, r, {0: 0, 1: 1}, hide),
                     "idx": r.get("idx"),
                 }
             )
@@ -302,10 +313,12 @@ def _russe_config(
                 "word": r["word"].strip(),
                 "sentence1": r["sentence1"].strip(),
                 "sentence2": r["sentence2"].strip(),
-                "label": _gold(path, r, _BOOL, hide),
+                "label": _gold(where, r, _BOOL, hide),
                 "idx": r.get("idx"),
             }
-            for r in _records(path, ("word", "sentence1", "sentence2", "label"), limit, "RUSSE", hide)
+            for _, where, r in _records(
+                path, ("word", "sentence1", "sentence2", "label"), limit, "RUSSE", hide
+            )
         ]
 
     return choice_task_with_shots(
@@ -331,18 +344,18 @@ def _rwsd_config(
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
         out = []
-        for r in _records(path, ("text", "target", "label"), limit, "RWSD", hide):
+        for _, where, r in _records(path, ("text", "target", "label"), limit, "RWSD", hide):
             target = r["target"]
             if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
-                raise VikhrError(f"{path}: target of idx {r.get('idx')!r} has no span1_text/span2_text")
+                raise VikhrError(f"{where}: field 'target' has no span1_text/span2_text (RWSD layout)")
             for span in ("span1_text", "span2_text"):
-                require_text(f"{path}: idx {r.get('idx')!r}", f"target.{span}", target[span])
+                require_text(where, f"target.{span}", target[span])
             out.append(
                 {
                     "text": r["text"].strip(),
                     "span1": target["span1_text"],
                     "span2": target["span2_text"],
-                    "label": _gold(path, r, _BOOL, hide),
+                    "label": _gold(where, r, _BOOL, hide),
                     "idx": r.get("idx"),
                 }
             )
@@ -374,10 +387,10 @@ def _danetqa_config(
             {
                 "passage": r["passage"].strip(),
                 "question": r["question"].strip(),
-                "label": _gold(path, r, _BOOL, hide),
+                "label": _gold(where, r, _BOOL, hide),
                 "idx": r.get("idx"),
             }
-            for r in _records(path, ("question", "passage", "label"), limit, "DaNetQA", hide)
+            for _, where, r in _records(path, ("question", "passage", "label"), limit, "DaNetQA", hide)
         ]
 
     return choice_task_with_shots(
@@ -394,58 +407,66 @@ def _danetqa_config(
     )
 
 
-def _nested(path: Path, task: str, read: Any) -> list[dict[str, Any]]:
-    """`read()`, with a missing or mistyped nested field reported as one line naming the layout."""
+@contextlib.contextmanager
+def _nested_layout(where: str, task: str) -> Iterator[None]:
+    """A missing or mistyped nested field of the record at `where`, reported as one line naming the
+    record and the layout."""
     try:
-        return read()
+        yield
     except (KeyError, TypeError, AttributeError) as e:
         raise VikhrError(
-            f"{path}: a record lacks {e} or has it of another type "
+            f"{where}: the record lacks {e} or has it of another type "
             f"(expected the Russian SuperGLUE {task} layout)"
         ) from e
 
 
 def _muserc_rows(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
-    return _nested(path, "MuSeRC", lambda: _read_muserc(path, limit, hide))
-
-
-def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
-    return _nested(path, "RuCoS", lambda: _read_rucos(path, limit, hide))
-
-
-def _read_muserc(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
     """One document per (passage, question, answer option); `limit` counts options, in file order.
     Exact match groups a question's options by their place in the file (ids may repeat or lack)."""
     out: list[dict[str, Any]] = []
-    for p_no, r in enumerate(_records(path, ("passage",), None, "MuSeRC", hide)):
-        passage = r["passage"]
-        if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
-            raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/questions (MuSeRC layout)")
-        where = f"{path}: passage idx {r.get('idx')!r}"
-        require_text(where, "passage.text", passage["text"])
-        for q_no, q in enumerate(passage["questions"]):
-            require_text(where, "question", q["question"])
-            for a in q["answers"]:
-                if limit is not None and len(out) >= limit:
-                    return out
-                require_text(where, "answers.text", a["text"])
-                out.append(
-                    {
-                        "passage": passage["text"].strip(),
-                        "question": q["question"].strip(),
-                        "answer": a["text"].strip(),
-                        "question_key": f"{p_no}/{q_no}",
-                        "label": _gold(path, a, {0: 0, 1: 1}, hide),
-                        # The submission nests answers by question and passage.
-                        "idx": [r["idx"], q["idx"], a["idx"]]
-                        if hide
-                        else [r.get("idx"), q.get("idx"), a.get("idx")],
-                    }
+    lines: list[int] = []  # the line of each document's passage, to name a repeated idx
+    for p_no, (line, where, r) in enumerate(_records(path, ("passage",), None, "MuSeRC", hide)):
+        with _nested_layout(where, "MuSeRC"):
+            passage = r["passage"]
+            if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
+                raise VikhrError(f"{where}: field 'passage' has no text/questions (MuSeRC layout)")
+            require_text(where, "passage.text", passage["text"])
+            for q_no, q in enumerate(passage["questions"]):
+                at_question = record_location(
+                    path, line, ("passage idx", r.get("idx")), ("question idx", q.get("idx"))
                 )
+                require_text(at_question, "question", q["question"])
+                for a in q["answers"]:
+                    if limit is not None and len(out) >= limit:
+                        return out
+                    at_answer = record_location(
+                        path,
+                        line,
+                        ("passage idx", r.get("idx")),
+                        ("question idx", q.get("idx")),
+                        ("answer idx", a.get("idx")),
+                    )
+                    require_text(at_answer, "answers.text", a["text"])
+                    out.append(
+                        {
+                            "passage": passage["text"].strip(),
+                            "question": q["question"].strip(),
+                            "answer": a["text"].strip(),
+                            "question_key": f"{p_no}/{q_no}",
+                            "label": _gold(at_answer, a, {0: 0, 1: 1}, hide),
+                            # The submission nests answers by question and passage.
+                            "idx": [r["idx"], q["idx"], a["idx"]]
+                            if hide
+                            else [r.get("idx"), q.get("idx"), a.get("idx")],
+                        }
+                    )
+                    lines.append(line)
     if not out:
         raise VikhrError(f"{path}: no passage has a question with answer options (MuSeRC layout)")
     if hide:
-        require_unique(path, [d["idx"] for d in out], "passage/question/answer idx")
+        require_unique(
+            path, [(n, d["idx"]) for n, d in zip(lines, out, strict=True)], "passage/question/answer idx"
+        )
     return out
 
 
@@ -479,7 +500,7 @@ def _muserc_config(
     }
 
 
-def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
+def _entity_end(where: str, passage: str, answers: list[dict[str, Any]]) -> int:
     """1 if the file's spans end inclusively (ReCoRD's convention), 0 if exclusively: read off the answers."""
     for a in answers:
         if not a.get("text", "").strip():  # matches anywhere: it tells nothing
@@ -488,62 +509,66 @@ def _entity_end(path: Path, passage: str, answers: list[dict[str, Any]]) -> int:
             return 1
         if passage[a["start"] : a["end"]] == a["text"]:
             return 0
-    raise VikhrError(f"{path}: answer spans do not match the passage text (RuCoS layout: start/end offsets)")
+    raise VikhrError(f"{where}: answer spans do not match the passage text (RuCoS layout: start/end offsets)")
 
 
-def _read_rucos(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
+def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> list[dict[str, Any]]:
     """One document per query: the passage, the query and every passage entity filled in."""
     out: list[dict[str, Any]] = []
-    for r in _records(path, ("passage", "qas"), None, "RuCoS", hide):
-        passage = r["passage"]
-        if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
-            raise VikhrError(f"{path}: passage of idx {r.get('idx')!r} has no text/entities (RuCoS layout)")
-        text = passage["text"]
-        for qa in r["qas"]:
-            if limit is not None and len(out) >= limit:
-                return out
-            golds = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
-            if not golds and not hide:
-                raise VikhrError(
-                    f"{path}: query {qa.get('idx')!r} has no answers (use the labelled val split)"
+    lines: list[int] = []  # the line of each query's passage, to name a repeated idx
+    for line, where, r in _records(path, ("passage", "qas"), None, "RuCoS", hide):
+        with _nested_layout(where, "RuCoS"):
+            passage = r["passage"]
+            if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
+                raise VikhrError(f"{where}: field 'passage' has no text/entities (RuCoS layout)")
+            text = passage["text"]
+            for qa in r["qas"]:
+                if limit is not None and len(out) >= limit:
+                    return out
+                at_query = record_location(
+                    path, line, ("passage idx", r.get("idx")), ("query idx", qa.get("idx"))
                 )
-            # Without answers to tell, the release's own convention: exclusive ends.
-            inclusive = _entity_end(path, text, qa["answers"]) if golds else 0
-            entities = _entities(path, r.get("idx"), text, passage["entities"], inclusive)
-            query = qa["query"]
-            if "@placeholder" not in query:
-                raise VikhrError(f"{path}: query {qa.get('idx')!r} has no @placeholder")
-            out.append(
-                {
-                    # Summary bullets are marked "@highlight", subheadings "@header".
-                    "passage": text.replace("@highlight\n", "- ").replace("@header ", "").strip(),
-                    "query": query,
-                    "entities": entities,
-                    "golds": golds,
-                    "label": next((i for i, e in enumerate(entities) if e in golds), 0),
-                    "idx": qa["idx"] if hide else qa.get("idx"),
-                }
-            )
+                golds = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
+                if not golds and not hide:
+                    raise VikhrError(f"{at_query}: the query has no answers (use the labelled val split)")
+                # Without answers to tell, the release's own convention: exclusive ends.
+                inclusive = _entity_end(at_query, text, qa["answers"]) if golds else 0
+                entities = _entities(where, text, passage["entities"], inclusive)
+                query = qa["query"]
+                if "@placeholder" not in query:
+                    raise VikhrError(f"{at_query}: the query has no @placeholder")
+                out.append(
+                    {
+                        # Summary bullets are marked "@highlight", subheadings "@header".
+                        "passage": text.replace("@highlight\n", "- ").replace("@header ", "").strip(),
+                        "query": query,
+                        "entities": entities,
+                        "golds": golds,
+                        "label": next((i for i, e in enumerate(entities) if e in golds), 0),
+                        "idx": qa["idx"] if hide else qa.get("idx"),
+                    }
+                )
+                lines.append(line)
     if not out:
         raise VikhrError(f"{path}: no passage has a query (RuCoS layout)")
     if hide:
-        require_unique(path, [d["idx"] for d in out], "query idx")
+        require_unique(path, [(n, d["idx"]) for n, d in zip(lines, out, strict=True)], "query idx")
     return out
 
 
-def _entities(path: Path, idx: Any, text: str, spans: list[dict[str, Any]], inclusive: int) -> list[str]:
+def _entities(where: str, text: str, spans: list[dict[str, Any]], inclusive: int) -> list[str]:
     """The distinct candidate entities of a passage, every span checked to lie in its text."""
     entities = []
     for e in spans:
         start, end = e["start"], e["end"] + inclusive
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
             raise VikhrError(
-                f"{path}: passage of idx {idx!r} has an entity span {e['start']}-{e['end']} outside its "
+                f"{where}: the passage has an entity span {e['start']}-{e['end']} outside its "
                 f"{len(text)} characters (RuCoS layout: start/end offsets into passage.text)"
             )
         entities.append(text[start:end])
     if not entities:
-        raise VikhrError(f"{path}: passage of idx {idx!r} has no entities to choose from (RuCoS layout)")
+        raise VikhrError(f"{where}: the passage has no entities to choose from (RuCoS layout)")
     return list(dict.fromkeys(entities))
 
 

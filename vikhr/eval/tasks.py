@@ -266,20 +266,6 @@ def parse_task_list(tasks: str) -> list[str]:
 # Reading data
 
 
-def read_records(
-    path: Path,
-    keys: tuple[str, ...],
-    limit: int | None = None,
-    layout: str | None = None,
-    texts: tuple[str, ...] = (),
-) -> list[dict[str, Any]]:
-    """The first `limit` records of a JSONL file, each checked to have `keys` (`layout` names the
-    release whose layout the file should have, for the error message) and text in each of `texts`
-    that holds a string or a list of strings (an item whose question or choice is blank would be
-    scored as if it had one)."""
-    return [r for _, r in read_numbered_records(path, keys, limit, layout, texts)]
-
-
 def read_numbered_records(
     path: Path,
     keys: tuple[str, ...],
@@ -287,8 +273,11 @@ def read_numbered_records(
     layout: str | None = None,
     texts: tuple[str, ...] = (),
 ) -> list[tuple[int, dict[str, Any]]]:
-    """The records of `read_records`, each with its line number (for errors found later, to name
-    `file:line`: blank lines are skipped, so a record's position is not its line)."""
+    """The first `limit` records of a JSONL file, each with its line number (for errors found later,
+    to name `file:line`: blank lines are skipped, so a record's position is not its line), each
+    checked to have `keys` (`layout` names the release whose layout the file should have, for the
+    error message) and text in each of `texts` that holds a string or a list of strings (an item
+    whose question or choice is blank would be scored as if it had one)."""
     out: list[tuple[int, dict[str, Any]]] = []
     for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
@@ -356,16 +345,27 @@ def json_spelling(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def require_unique(path: Path, ids: list[Any], what: str) -> None:
-    """The ids a submission tells the records of a scored file apart by occur once each."""
-    seen: set[str] = set()
-    for value in ids:
+def record_location(path: Path, line: int, *ids: tuple[str, Any]) -> str:
+    """Where a record is, for a message about it: `FILE:LINE` (1-based, what an editor jumps to),
+    then the ids the release names it by, those the record has: `val.jsonl:12 (idx 11)`,
+    `m.jsonl:3 (passage idx 2, question idx 0)`. An id alone is no place: a user opening the file
+    looks for a line."""
+    named = ", ".join(f"{name} {json_spelling(value)}" for name, value in ids if value is not None)
+    return f"{path}:{line}" + (f" ({named})" if named else "")
+
+
+def require_unique(path: Path, ids: list[tuple[int, Any]], what: str) -> None:
+    """The ids (with the line of the record holding each) a submission tells the records of a scored
+    file apart by occur once each."""
+    first_line: dict[str, int] = {}
+    for line, value in ids:
         key = json.dumps(value, sort_keys=True)
-        if key in seen:
+        if key in first_line:
             raise VikhrError(
-                f"{path}: {what} {value!r} occurs twice (a submission tells records apart by it)"
+                f"{path}:{line}: {what} {json_spelling(value)} occurs twice (first on line "
+                f"{first_line[key]}; a submission tells records apart by it)"
             )
-        seen.add(key)
+        first_line[key] = line
 
 
 def warn_of_short_shots(task: str, shot_path: Path, short: int, documents: int, k: int, group: str) -> None:
@@ -695,8 +695,9 @@ def terra_config(
         for line, r in read_numbered_records(path, keys, limit, "TERRa", texts=keys[:2]):
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
-                    f"{path}:{line}: label {json_spelling(r['label'])} (idx {r.get('idx')!r}) is not "
-                    '"entailment" or "not_entailment" (the TERRa layout\'s strings)'
+                    f"{record_location(path, line, ('idx', r.get('idx')))}: label "
+                    f'{json_spelling(r["label"])} is not "entailment" or "not_entailment" (the TERRa '
+                    "layout's strings)"
                 )
             out.append(
                 {
@@ -817,7 +818,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
             eval_path, keys, limit, "SQuAD (Hugging Face datasets)", texts=keys[:2]
         ):
             answers = r["answers"]
-            where = f"{eval_path}:{line}"
+            where = record_location(eval_path, line, ("id", r.get("id")))
             layout = 'the SQuAD layout: "answers": {"text": [...], "answer_start": [...]}'
             if not isinstance(answers, dict):
                 raise VikhrError(f"{where}: field 'answers' must be an object (expected {layout})")
@@ -825,7 +826,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
             # A gold of only punctuation normalises to "": an empty generation would match it.
             golds = [a for a in texts if normalize_answer(a)]
             if not golds:
-                raise VikhrError(f"{where}: question {r.get('id')!r} has no answer text")
+                raise VikhrError(f"{where}: the question has no answer text")
             out.append({"context": r["context"].strip(), "question": r["question"].strip(), "golds": golds})
         return out
 
