@@ -36,9 +36,11 @@ from vikhr.eval.runner import (
     task_documents,
 )
 from vikhr.eval.tasks import (
+    TASK_BUILDERS,
     TASKS,
     bits_per_character,
     chgk_golds,
+    chgk_normalize,
     clean_terra_text,
     normalize_answer,
     qa_scores,
@@ -160,6 +162,7 @@ NORMALISATION_CASES = [
     ("северо-запад", "северо запад", "северозапад"),
     ("Лев\u00a0Толстой", "лев толстой", "лев толстой"),  # non-breaking space
     ("Лев\u202fТолстой", "лев толстой", "лев толстой"),  # narrow non-breaking space
+    ("Лев\u2009Толстой", "лев толстой", "лев толстой"),  # thin space
     ("Пу\u0301шкин", "пушкин", "пу\u0301шкин"),  # a stress mark
     ("Йошкар-Ола", "йошкар ола", "йошкарола"),  # й keeps its breve
     ("Café", "cafe", "café"),  # an acute accent goes as a stress mark does
@@ -180,6 +183,40 @@ def test_answer_normalisation_against_squad_v1_1(answer: str, ours: str, squad: 
     assert normalize_answer(answer) == ours
     assert squad_normalize(answer) == squad  # the formula MERA's scorer and RuCoS keep
     assert qa_scores(answer, [ours]) == {"exact_match": 1.0, "f1": 1.0}
+
+
+def test_chegeka_reads_digit_groups_and_look_alike_letters_as_one_answer(tmp_path: Path) -> None:
+    """ "1 000" (a space, no-break, narrow or thin) and "1000", or "Mocквa" typed with Latin look-alikes
+    and "Москва", scored 0 against each other on our CheGeKa-style set. The official scorers of the
+    released sets (SQuAD v1.1's for XQuAD, ReCoRD's for RuCoS, transformers' squad_metrics for MERA)
+    keep them apart, and so do xquad_ru and their formula here; white space of any kind is one."""
+    question = {"question": "Сколько?", "answer": "1 000 рублей"}
+    chgk = tmp_path / "chgk.jsonl"
+    chgk.write_text(json.dumps(question, ensure_ascii=False) + "\n", encoding="utf-8")
+    chegeka = TASK_BUILDERS["chegeka"](chgk, None, 0, None)
+    (doc,) = chegeka["custom_dataset"]()["test"]
+    for typed in ("1000 рублей", "1\u00a0000 рублей", "1\u202f000 рублей", "1\u2009000 рублей"):
+        assert chegeka["process_results"](doc, [typed]) == {"exact_match": 1.0, "f1": 1.0}, typed
+    city = {**doc, "golds": ["Москва"]}
+    for typed in ("Mocквa", "MOсква"):  # Latin M, o, c, a / M, O among Cyrillic letters
+        assert chegeka["process_results"](city, [typed]) == {"exact_match": 1.0, "f1": 1.0}, typed
+    # Not joined: a decimal comma, years, a number of more than three digits; a Latin word keeps its
+    # script, one with a Cyrillic look-alike typed in it reads as Latin.
+    assert chgk_normalize("3,141") == "3 141"
+    assert chgk_normalize("1941—1945 12345 678") == "1941 1945 12345 678"
+    assert chgk_normalize("Canon") == chgk_normalize("C\u0430non") == "canon"
+    assert chgk_normalize("Лев\u00a0Толстой") == "лев толстой"
+
+    xquad = tmp_path / "xquad.jsonl"
+    record = {"id": "1", "context": "Цена: 1 000 рублей.", "question": "Сколько?"}
+    xquad.write_text(json.dumps({**record, "answers": {"text": ["1 000"]}}, ensure_ascii=False) + "\n")
+    xquad_ru = TASK_BUILDERS["xquad_ru"](xquad, None, 0, None)
+    (doc,) = xquad_ru["custom_dataset"]()["test"]
+    assert xquad_ru["process_results"](doc, ["1000"])["exact_match"] == 0.0
+    assert xquad_ru["process_results"](doc, ["1\u00a0000"])["exact_match"] == 1.0
+    assert squad_normalize("1 000") != squad_normalize("1000")
+    assert squad_normalize("Mocквa") != squad_normalize("Москва")
+    assert squad_normalize("1\u2009000") == squad_normalize("1\u00a0000") == squad_normalize("1 000")
 
 
 def test_chgk_gold_variants() -> None:
@@ -298,9 +335,12 @@ def test_task_runs_end_to_end(task: str, tiny_lm: Any, tiny_dir: Path, shared_da
         ]
         assert result["metrics"]["acc"] == pytest.approx(sum(correct) / limit)
     else:
-        # EM/F1 are the means of qa_scores over the generated answers.
+        # EM/F1 are the means of qa_scores over the generated answers (CheGeKa's own normalisation).
         golds = [s["doc"]["golds"] for s in samples]
-        scores = [qa_scores(s["filtered_resps"][0], g) for s, g in zip(samples, golds, strict=True)]
+        normalize = chgk_normalize if task == "chegeka" else normalize_answer
+        scores = [
+            qa_scores(s["filtered_resps"][0], g, normalize) for s, g in zip(samples, golds, strict=True)
+        ]
         for metric in ("exact_match", "f1"):
             assert result["metrics"][metric] == pytest.approx(sum(x[metric] for x in scores) / limit)
         assert all(isinstance(s["filtered_resps"][0], str) for s in samples)

@@ -448,8 +448,38 @@ def _answer_char(c: str) -> str:
     return " " if c in _PUNCT or category[0] in "PS" else c
 
 
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+# A number's digit groups apart ("1 000", the space no-break, narrow or thin as typeset Russian
+# has it): joined before punctuation turns "3,141" (a decimal comma) into two tokens.
+_DIGIT_GROUPS = re.compile(r"(?<!\d)\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?!\d)")
+# Lower-case letters of the two scripts that look alike (upper-case A B C E H K M O P T X Y, lowered).
+_LATIN_TO_CYRILLIC = dict(zip("abcehkmoptxy", "авсенкмортху", strict=True))
+_CYRILLIC_TO_LATIN = {c: latin for latin, c in _LATIN_TO_CYRILLIC.items()}
+
+
+def chgk_normalize(text: str) -> str:
+    """`normalize_answer`, and what a CheGeKa-style answer spells two ways: a number's digit groups
+    joined ("1 000" is "1000") and, in a word mixing Latin and Cyrillic letters, the look-alikes read
+    in the word's script ("Mocквa" typed with Latin M, o, a is "москва")."""
+    joined = _DIGIT_GROUPS.sub(lambda m: re.sub(r"\D", "", m[0]), text)
+    return " ".join(_one_script(word) for word in normalize_answer(joined).split())
+
+
+def _one_script(word: str) -> str:
+    """A word of Latin and Cyrillic letters in one script where look-alikes allow it: Latin where its
+    letters without a look-alike are all Latin, else Cyrillic (the set is Russian)."""
+    latin = [c for c in word if "a" <= c <= "z"]
+    cyrillic = [c for c in word if "\u0400" <= c <= "\u04ff"]
+    if not latin or not cyrillic:
+        return word
+    to_latin = any(c not in _LATIN_TO_CYRILLIC for c in latin) and all(
+        c in _CYRILLIC_TO_LATIN for c in cyrillic
+    )
+    table = _CYRILLIC_TO_LATIN if to_latin else _LATIN_TO_CYRILLIC
+    return "".join(table.get(c, c) for c in word)
+
+
+def exact_match(prediction: str, gold: str, normalize: Callable[[str], str] = normalize_answer) -> float:
+    return float(normalize(prediction) == normalize(gold))
 
 
 def overlap_f1(pred: list[str], gold: list[str], both_empty: float = 0.0) -> float:
@@ -464,8 +494,8 @@ def overlap_f1(pred: list[str], gold: list[str], both_empty: float = 0.0) -> flo
     return 2 * precision * recall / (precision + recall)
 
 
-def token_f1(prediction: str, gold: str) -> float:
-    return overlap_f1(normalize_answer(prediction).split(), normalize_answer(gold).split(), both_empty=1.0)
+def token_f1(prediction: str, gold: str, normalize: Callable[[str], str] = normalize_answer) -> float:
+    return overlap_f1(normalize(prediction).split(), normalize(gold).split(), both_empty=1.0)
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -479,13 +509,15 @@ def squad_normalize(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def qa_scores(prediction: str, golds: list[str]) -> dict[str, float]:
-    """Best exact match and F1 of `prediction` over the gold answers."""
+def qa_scores(
+    prediction: str, golds: list[str], normalize: Callable[[str], str] = normalize_answer
+) -> dict[str, float]:
+    """Best exact match and F1 of `prediction` over the gold answers, both normalised by `normalize`."""
     # Generation stops at a newline; a model may still emit leading spaces or a trailing period.
     prediction = prediction.strip()
     return {
-        "exact_match": max(exact_match(prediction, g) for g in golds),
-        "f1": max(token_f1(prediction, g) for g in golds),
+        "exact_match": max(exact_match(prediction, g, normalize) for g in golds),
+        "f1": max(token_f1(prediction, g, normalize) for g in golds),
     }
 
 
@@ -803,7 +835,8 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: i
         "description": "Ответьте коротко на вопросы интеллектуальной игры «Своя игра».\n\n",
         "doc_to_text": doc_to_text,
         "doc_to_target": lambda doc: doc["answer"],
-        "process_results": lambda doc, results: qa_scores(results[0], doc["golds"]),
+        # Our own set: a number or a word is one answer however it is typed (see chgk_normalize).
+        "process_results": lambda doc, results: qa_scores(results[0], doc["golds"], chgk_normalize),
         "generation_kwargs": dict(_GENERATION),
         "num_fewshot": k,
         "metric_list": [dict(m) for m in _QA_METRICS],
