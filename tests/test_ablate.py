@@ -1467,20 +1467,23 @@ def test_resume_of_a_grid_of_both_modes_trains_nothing_again(
     assert _bpc_by_arm(resumed) == _bpc_by_arm(first)
 
 
+@pytest.mark.parametrize("grid", ["init_grid", "extend_grid"])
 def test_resume_finds_a_one_mode_grid_s_runs_in_the_state_it_was_written_with(
-    init_grid: tuple[Path, Path, Any, Path], monkeypatch: pytest.MonkeyPatch
+    grid: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A grid of one adapted tokenizer, its state written before arms could name their tokenizer (its
-    tokenizer "new_tok", its blend and figures "adapted"), resumes without training anything again."""
+    """A grid of one adapted tokenizer, replace or extend, its state written before arms could name
+    their tokenizer (its tokenizer "new_tok", its blend and figures "adapted"), resumes without
+    training anything again."""
     from vikhr.ablate.runner import run_ablation
 
-    first, cfg_path, first_result, _ = init_grid
+    first, cfg_path, first_result, _ = request.getfixturevalue(grid)
     out, cfg_path, runs, tokenizers = _resumed(first, cfg_path, "resumed-one-mode", monkeypatch)
     _as_one_mode_grids_wrote_it(out / "work" / "grid.json")
     resumed = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
     assert runs == tokenizers == []
     assert _bpc_by_arm(resumed) == _bpc_by_arm(first)
-    assert resumed.adapted_rows == first_result.adapted_rows and set(resumed.adapted_rows) == {"replace"}
+    assert resumed.adapted_rows == first_result.adapted_rows
+    assert set(resumed.adapted_rows) == {first_result.config.tokenizer.mode}
 
 
 def _bpc_by_arm(grid: Any) -> list[tuple[str, Any]]:
@@ -1628,6 +1631,64 @@ def test_resume_of_a_base_only_grid_written_when_every_grid_trained_a_tokenizer(
     result = run_ablation(load_ablate_config(_write(cfg_path, cfg)), show_progress=False, resume=True)
     assert runs == tokenizers == []
     assert len(result.runs) == 4
+
+
+def test_resume_of_a_base_only_grid_accepts_another_tokenizer_mode(
+    init_grid: tuple[Path, Path, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tokenizer.mode is the tokenizer `adapted` arms take (and budget chars measures against): a grid
+    of base-tokenizer arms alone was refused on --resume with another mode ("other tokenizer
+    settings"), though none of its runs depends on it. It resumes. The adapted runs the grid made
+    before stay bound to the mode they were made with: adapted arms under the other mode are refused,
+    under the recorded one they find their runs."""
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, _, _ = init_grid
+    base_only = [{"name": "base-compute", "group": "vocabulary", "tokenizer": "base"}]
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, cfg_path, "base-only-mode", monkeypatch, arms=[*MICRO["arms"], *base_only]
+    )
+    run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    runs.clear()
+    _as_one_mode_grids_wrote_it(out / "work" / "grid.json")  # read by the mode it records, not the config's
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    extend = {"mode": "extend", "new_tokens": NEW_TOKENS}
+    path = _write(cfg_path, {**cfg, "tokenizer": extend, "arms": base_only})
+    result = run_ablation(load_ablate_config(path), show_progress=False, resume=True)
+    assert runs == tokenizers == [] and [r.arm.name for r in result.runs] == ["base-compute"]
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert state["settings"]["tokenizer"]["mode"] == "replace"
+    assert set(state["prepared"]["tokenizers"]) == {"replace"}
+    with pytest.raises(VikhrError, match="other tokenizer settings or data"):
+        run_ablation(load_ablate_config(_write(cfg_path, {**cfg, "tokenizer": extend})), False, resume=True)
+    result = run_ablation(load_ablate_config(_write(cfg_path, cfg)), show_progress=False, resume=True)
+    assert runs == tokenizers == [] and len(result.runs) == 4
+
+
+def test_a_base_only_grid_resumed_with_arms_of_another_mode_takes_that_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid of base-tokenizer arms trains no adapted tokenizer, so no run of it was made with its
+    recorded tokenizer.mode: adapted arms added under another mode were refused on --resume ("other
+    tokenizer settings"). They run, and the grid then holds to that mode."""
+    from vikhr.ablate.runner import run_ablation
+
+    base_only = [{"name": "base-compute", "group": "vocabulary", "tokenizer": "base"}]
+    first, cfg_path, _, _ = _init_grid(tmp_path, {}, base_only)
+    adapted = [*base_only, {"name": "adapted", "group": "vocabulary"}]
+    extend = {"mode": "extend", "new_tokens": NEW_TOKENS}
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, cfg_path, "with-adapted", monkeypatch, arms=adapted, tokenizer=extend
+    )
+    result = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert tokenizers == ["extend"] and [r.split("-")[0] for r in runs] == ["adapted"]
+    assert set(result.adapted_rows) == {"extend"}
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert state["settings"]["tokenizer"]["mode"] == "extend"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    replace = _write(cfg_path, {**cfg, "tokenizer": MICRO["tokenizer"]})
+    with pytest.raises(VikhrError, match="other tokenizer settings or data"):
+        run_ablation(load_ablate_config(replace), show_progress=False, resume=True)
 
 
 @pytest.mark.parametrize(

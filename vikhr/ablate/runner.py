@@ -408,14 +408,14 @@ class Ablation:
             return False
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
+            _state_as_written_now(state)
             old, p = state["settings"], state["prepared"]
-            _settings_before_modes_and_base_init(old)
-            _one_mode_state_by_mode(state, settings["tokenizer"]["mode"])
             trained = set(p["tokenizers"])
             changed = sorted(
                 k for k in settings.keys() | old.keys() if k != "tokenizer" and settings.get(k) != old.get(k)
             )
-            if not _tokenizers_kept(old.get("tokenizer"), settings["tokenizer"], trained):
+            modes_now = self.cfg.adapted_modes()
+            if not _tokenizers_kept(old.get("tokenizer"), settings["tokenizer"], trained, modes_now):
                 changed = sorted([*changed, "tokenizer"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise VikhrError(
@@ -428,6 +428,12 @@ class Ablation:
                 "settings or data; run without --resume to start again, or give another out_dir"
             )
         self.state = state
+        recorded = old["tokenizer"]
+        if recorded["mode"] not in trained and recorded["mode"] != settings["tokenizer"]["mode"]:
+            # No run was made with the recorded mode's tokenizer: the grid's runs from now on take this
+            # one's, and a later --resume is held to it.
+            recorded["mode"] = settings["tokenizer"]["mode"]
+            self._write_state()
         self.ru_train, self.ru_held = self.work / p["ru_train"], self.work / p["ru_held"]
         self.en_train, self.en_held = self.work / p["en_train"], self.work / p["en_held"]
         self.adapted_tok = {mode: self.work / path for mode, path in p["tokenizers"].items()}
@@ -766,38 +772,44 @@ def grid_lock(out_dir: str | Path) -> Iterator[bool]:
         raise
 
 
-def _settings_before_modes_and_base_init(settings: dict[str, Any]) -> None:
-    """A grid state written before tokenizer.mode and base.init existed records neither: its adapted
-    tokenizer was a new one (replace) and its base pre-trained, as such a config gives now (its run
-    keys are the same), so that `--resume` finds its runs."""
+def _state_as_written_now(state: dict[str, Any]) -> None:
+    """A grid state (grid.json) an earlier vikhr wrote, in the layout written now, so that `--resume`
+    finds its runs (their keys are the same):
+    - written before tokenizer.mode and base.init existed, its settings record neither: its adapted
+      tokenizer was a new one (replace) and its base pre-trained, as such a config gives now;
+    - written before a grid could compare tokenizers, its one adapted tokenizer, its blend, chars per
+      token and rows are named "new_tok" and "adapted": they are those of the mode it records."""
+    settings, prepared = state["settings"], state["prepared"]
     if isinstance(settings.get("tokenizer"), dict):
         settings["tokenizer"].setdefault("mode", "replace")
     if isinstance(settings.get("base"), dict):
         settings["base"].setdefault("init", None)
-
-
-def _one_mode_state_by_mode(state: dict[str, Any], mode: str) -> None:
-    """A grid state written before a grid could compare tokenizers names its one adapted tokenizer,
-    its blend, chars per token and rows "adapted": they are tokenizer.mode's (`--resume` finds them)."""
-    p = state["prepared"]
-    if "new_tok" in p:
-        p["tokenizers"] = {mode: p.pop("new_tok")}
-        for by_label in (p["blend"], p["chars_per_token"]):
+    if "new_tok" in prepared:
+        mode = settings["tokenizer"]["mode"]
+        prepared["tokenizers"] = {mode: prepared.pop("new_tok")}
+        for by_label in (prepared["blend"], prepared["chars_per_token"]):
             if "adapted" in by_label:
                 by_label[mode] = by_label.pop("adapted")
         if "tokens" in state.get("adapted_rows", {}):
             state["adapted_rows"] = {mode: state["adapted_rows"]}
 
 
-def _tokenizers_kept(recorded: Any, now: dict[str, Any], trained: set[str]) -> bool:
+def _tokenizers_kept(recorded: Any, now: dict[str, Any], trained: set[str], modes_now: list[Mode]) -> bool:
     """Whether the tokenizers a grid's state records (`recorded`, those of modes `trained`) serve the
-    grid's settings `now`: the same mode for `adapted` arms and base tokenizer, and the same size for
-    each trained one the grid still uses. A tokenizer it adds is trained on resume; one no arm uses
-    any more stays, at its recorded size, for the finished runs made with it."""
+    grid's settings `now` (its arms' adapted tokenizers: `modes_now`): the same base tokenizer, the
+    same size for each trained one the grid still uses, and the same mode where it matters. A
+    tokenizer it adds is trained on resume; one no arm uses any more stays, at its recorded size, for
+    the finished runs made with it.
+
+    The mode is what `adapted` arms (and a base arm's budget chars) take, and an `adapted` arm's run
+    is found by a key without it: it must stay where runs were made with the recorded mode's
+    tokenizer (it was trained) and the grid has arms that could take another's. A grid of
+    base-tokenizer arms alone (at equal compute) runs nothing that depends on it."""
     if not isinstance(recorded, dict):
         return False
     used = [SIZE_KEYS[m] for m in SIZE_KEYS if m in trained and SIZE_KEYS[m] in now]
-    return all(recorded.get(k) == now[k] for k in ("mode", "base", *used))
+    mode = ["mode"] if modes_now and recorded.get("mode") in trained else []
+    return all(recorded.get(k) == now[k] for k in ("base", *mode, *used))
 
 
 def _renamed(result: RunResult, arm: Arm) -> RunResult:
