@@ -1594,6 +1594,125 @@ def test_resume_with_an_arm_of_another_tokenizer_trains_that_tokenizer_and_keeps
         run_ablation(load_ablate_config(_write(cfg_path, changed)), show_progress=False, resume=True)
 
 
+# A `vikhr ablate --resume` that adds the extend tokenizer, stopped at `point` by `signum`: inside the
+# tokenizer's training (its tokenizer.json written, the rest not yet), or once the tokenizer is in
+# place but before its datasets and the grid's state are written.
+_STOP_AT = {
+    "tokenizer": "vikhr.tokenizer.train_byte_bpe:_write_config",
+    "data": "vikhr.ablate.runner:Ablation.continued_data",
+}
+_STOPPED_RESUME = """
+import functools, importlib, os, signal, sys
+module, _, name = sys.argv[1].partition(":")
+owner = importlib.import_module(module)
+*path, attr = name.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real = getattr(owner, attr)
+
+@functools.wraps(real)
+def stopped(*args, **kw):
+    if sys.argv[1].endswith("_write_config"):
+        real(*args, **kw)  # the training's first files are written, under its temporary name
+    os.kill(os.getpid(), int(sys.argv[2]))
+
+setattr(owner, attr, stopped)
+from vikhr.cli import run
+sys.exit(run(["ablate", sys.argv[3], "--resume", "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize(("point", "signum"), [("tokenizer", signal.SIGTERM), ("data", signal.SIGKILL)])
+def test_resume_trains_again_an_added_tokenizer_whose_training_was_stopped(
+    init_grid: tuple[Path, Path, Any, Path],
+    both_modes_grid: tuple[Path, Path, Any, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+    signum: int,
+) -> None:
+    """A resume that trains an added arm's tokenizer, killed while it trains it or prepares its data,
+    records no such tokenizer: the next `--resume` trains it again, and it is, to the byte, the one a
+    grid that had it from its start trained (its figures those of that grid)."""
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, _, _ = init_grid
+    arms = [
+        *MICRO["arms"],
+        {"name": "extended", "group": "vocabulary", "tokenizer": "extend", "kl_weight": 0.5},
+    ]
+    tokenizer = {**MICRO["tokenizer"], "new_tokens": NEW_TOKENS}
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, cfg_path, f"stopped-in-{point}", monkeypatch, arms=arms, tokenizer=tokenizer
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPPED_RESUME, _STOP_AT[point], str(int(signum)), str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == -signum, proc.stderr[-2000:]
+    tok_dir = out / "work" / "tokenizer"
+    left = {p.name for p in tok_dir.iterdir()}
+    assert left > {"replace"}, left  # what the stopped training wrote is there
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert set(state["prepared"]["tokenizers"]) == {"replace"}  # but not taken as trained
+
+    result = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert tokenizers == ["extend"]
+    assert [r.split("-")[0] for r in runs] == ["extended"]
+    assert {p.name for p in tok_dir.iterdir()} == {"replace", "extend"}  # no scratch left
+    whole = both_modes_grid[0] / "work" / "tokenizer" / "extend"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tok_dir / "extend" / name).read_bytes() == (whole / name).read_bytes(), name
+    assert result.chars_per_token == both_modes_grid[2].chars_per_token
+    assert result.adapted_rows == both_modes_grid[2].adapted_rows
+    extended = next(r for r in both_modes_grid[2].runs if r.arm.name == "extended")
+    assert result.runs[3].ru_bpc == pytest.approx(extended.ru_bpc, abs=1e-6)
+    state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert set(state["prepared"]["tokenizers"]) == {"replace", "extend"}
+
+
+def test_a_fresh_grid_stopped_while_its_tokenizer_trains_is_prepared_again_on_resume(
+    init_grid: tuple[Path, Path, Any, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fresh grid stopped (Ctrl-C) in its tokenizer's training, part of the tokenizer's files
+    written in its directory, has no grid state: `--resume` starts the grid again, and its tokenizer
+    and figures are those of an uninterrupted run."""
+    import shutil
+
+    import vikhr.tokenizer.train as tokenizer_train
+    from vikhr.ablate.runner import run_ablation
+
+    first, cfg_path, first_result, _ = init_grid
+    out = first.parent / "stopped-fresh"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg_path = _write(first.parent / "stopped-fresh.yaml", {**cfg, "out_dir": str(out)})
+    whole = first / "work" / "tokenizer" / "replace"
+
+    def stopped(corpora: Any, out_dir: Path, settings: Any, *args: Any) -> Any:
+        out_dir.mkdir(parents=True)
+        model = (whole / "tokenizer.model").read_bytes()
+        (out_dir / "tokenizer.model").write_bytes(model[: len(model) // 2])
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tokenizer_train, "train_tokenizer", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run_ablation(load_ablate_config(cfg_path), show_progress=False)
+    assert (out / "work" / "tokenizer" / "replace" / "tokenizer.model").is_file()
+    capsys.readouterr()
+    result = run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True)
+    assert "no earlier run of this grid" in capsys.readouterr().err
+    for path in sorted(p for p in whole.iterdir() if p.name != "manifest.json"):
+        assert (out / "work" / "tokenizer" / "replace" / path.name).read_bytes() == path.read_bytes(), path
+    assert _bpc_by_arm(result) == _bpc_by_arm(first_result)
+    assert result.chars_per_token == first_result.chars_per_token
+    shutil.rmtree(out)
+
+
 def test_resume_of_a_base_only_grid_written_when_every_grid_trained_a_tokenizer(
     init_grid: tuple[Path, Path, Any, Path],
     monkeypatch: pytest.MonkeyPatch,
