@@ -479,8 +479,8 @@ def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
 ) -> None:
     """--legacy-tokenizer and --tokenizer-hf-include-special-tokens ask for what HuggingFaceTokenizer
     does (the post-processor's special tokens, as Megatron-LM's legacy tokenizers); --use-gigatoken (a
-    faster encoder) and --tokenizer-sentencepiece-legacy (without special tokens) change no id: they
-    were "unrecognized arguments"; the output is the same as without them."""
+    faster encoder) changes no id: they were "unrecognized arguments"; the output is the same as
+    without them."""
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
     common = ["--input", str(src), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model"]
@@ -489,12 +489,62 @@ def test_recent_megatron_flags_asking_for_what_vikhr_does_are_accepted(
     megatron = [*common, "--output-prefix", str(tmp_path / "flags"), "--legacy-tokenizer", "--use-gigatoken"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "preprocess_data.py"), *megatron,
-         "--tokenizer-hf-include-special-tokens", "--tokenizer-sentencepiece-legacy"],
+         "--tokenizer-hf-include-special-tokens"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for suffix in ("_text_document.bin", "_text_document.idx"):
         assert (tmp_path / f"flags{suffix}").read_bytes() == (tmp_path / f"plain{suffix}").read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore")  # megatron.core's import-time warnings of optional packages
+def test_tokenizer_sentencepiece_legacy_writes_megatron_lms_ids_or_is_refused(
+    tmp_path: Path, lines: list[str], capsys
+) -> None:
+    """--tokenizer-sentencepiece-legacy was accepted and ignored with any flags. Megatron-LM's legacy
+    mode of its SentencePiece wrapper writes the same ids (vikhr's, checked here against megatron.core's
+    own wrapper) but knows no EOD without --tokenizer-special-tokens, so its --append-eod run fails; its
+    legacy tokenizers (--legacy-tokenizer) and HuggingFaceTokenizer do not read the flag. It is now
+    taken where Megatron-LM writes those ids, and refused in one line, nothing written, where its run
+    fails or it is not read for the type given."""
+    from megatron.core.tokenizers import MegatronTokenizer
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")
+    megatron = MegatronTokenizer.from_pretrained(
+        tokenizer_path=str(MISTRAL_TOKENIZER),
+        metadata_path={"library": "sentencepiece"},
+        legacy=True,
+        special_tokens=None,
+    )
+    with pytest.raises(AttributeError):
+        megatron.eod  # noqa: B018 - the EOD Megatron-LM's --append-eod asks its legacy mode for
+    common = ["data", "preprocess", "--input", str(src), "--tokenizer-model", str(MISTRAL_TOKENIZER)]
+    common += ["--tokenizer-type", "GPTSentencePieceTokenizer", "--no-progress"]
+    flag = "--tokenizer-sentencepiece-legacy"
+    for name, flags in (("plain", []), ("legacy", [flag]), ("old", ["--legacy-tokenizer", "--append-eod"])):
+        assert vikhr_main([*common, *flags, "--output-prefix", str(tmp_path / name)]) == 0
+    written = indexed.IndexedReader(f"{tmp_path}/legacy_text_document")
+    texts = [json.loads(line)["text"] for line in lines[:30]]
+    assert [written.document(i) for i in range(len(written))] == [megatron.tokenize(t) for t in texts]
+    for suffix in ("_text_document.bin", "_text_document.idx"):
+        assert (tmp_path / f"legacy{suffix}").read_bytes() == (tmp_path / f"plain{suffix}").read_bytes()
+    # --legacy-tokenizer's tokenizers do not read it: the same dataset with it as without.
+    argv = [*common, "--legacy-tokenizer", "--append-eod", flag, "--output-prefix", str(tmp_path / "old2")]
+    assert vikhr_main(argv) == 0
+    for suffix in ("_text_document.bin", "_text_document.idx"):
+        assert (tmp_path / f"old2{suffix}").read_bytes() == (tmp_path / f"old{suffix}").read_bytes()
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    hf = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(HF_TOKENIZER)]
+    for flags, said in (
+        (["--append-eod"], "with --append-eod: Megatron-LM's SentencePiece wrapper in its legacy mode"),
+        (hf, "is not read with --tokenizer-type HuggingFaceTokenizer: it switches the legacy mode of "),
+    ):
+        assert vikhr_main([*common, flag, *flags, "--output-prefix", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {flag} {said}" in err and "drop" in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize(

@@ -66,11 +66,15 @@ _REFUSED_VALUES: dict[str, str | None] = {
 MEGATRON_FLAGS_ACCEPTED: dict[str, str] = {
     "--tokenizer-hf-include-special-tokens": "accepted; HuggingFaceTokenizer always applies the "
     "post-processor",
-    "--tokenizer-sentencepiece-legacy": "accepted; it changes no id without --tokenizer-special-tokens, "
-    "which vikhr refuses",
     "--use-gigatoken": "accepted; a faster encoder in Megatron-LM, the same ids (vikhr's own is in Rust)",
     "--tokenizer-hf-use-fast": "accepted; vikhr encodes with the tokenizer.json, the fast tokenizer",
 }
+_SENTENCEPIECE_LEGACY = (
+    "the legacy mode of Megatron-LM's SentencePiece wrapper: accepted with a SentencePiece type, the same "
+    "ids (it reads only the special tokens of --tokenizer-special-tokens, refused); refused with "
+    "--append-eod (that mode has no EOD then) but under --legacy-tokenizer (which does not read it), and "
+    "with HuggingFaceTokenizer"
+)
 _LEGACY_TOKENIZER = (
     "the ids of Megatron-LM's legacy tokenizers (its only ones up to core_v0.14, this flag in core_v0.15 "
     "and 0.16): Llama2Tokenizer prepends BOS to every document; the other types write the same ids "
@@ -136,6 +140,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--append-eod", action="store_true", help="append the EOS id to every non-empty document")
     g.add_argument("--legacy-tokenizer", action="store_true", help=_LEGACY_TOKENIZER)
+    g.add_argument("--tokenizer-sentencepiece-legacy", action="store_true", help=_SENTENCEPIECE_LEGACY)
     for flag, said in MEGATRON_FLAGS_ACCEPTED.items():
         g.add_argument(flag, action="store_true", help=said)
     g = p.add_argument_group("output data")
@@ -199,6 +204,31 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
         )
 
 
+def _check_sentencepiece_legacy(args: argparse.Namespace) -> None:
+    """--tokenizer-sentencepiece-legacy, as Megatron-LM's tools/preprocess_data.py reads it: the
+    `legacy` switch of megatron.core.tokenizers' SentencePiece wrapper, for the SentencePiece types only
+    (its legacy tokenizers, --legacy-tokenizer, do not read it). Legacy mode only reads the special
+    tokens of --tokenizer-special-tokens (refused): without them the ids are the same, but the wrapper
+    then has no EOS and its --append-eod run fails at the first document."""
+    if not args.tokenizer_sentencepiece_legacy:
+        return
+    from vikhr.data.preprocess import TOKENIZER_TYPES
+
+    if TOKENIZER_TYPES.get(args.tokenizer_type) != "sentencepiece":
+        raise VikhrError(
+            f"--tokenizer-sentencepiece-legacy is not read with --tokenizer-type {args.tokenizer_type}: "
+            "it switches the legacy mode of Megatron-LM's SentencePiece wrapper (the SentencePiece types "
+            "only); drop it"
+        )
+    if args.append_eod and not args.legacy_tokenizer:
+        raise VikhrError(
+            "--tokenizer-sentencepiece-legacy with --append-eod: Megatron-LM's SentencePiece wrapper in "
+            "its legacy mode takes EOD only from --tokenizer-special-tokens (refused), so its run fails at "
+            "the first document; drop --tokenizer-sentencepiece-legacy (the ids are the same, each "
+            "document ending with the .model's EOS)"
+        )
+
+
 def progress_lines(interval: int) -> Callable[[int, int, int, int], None]:
     """Megatron-LM's --log-interval progress: its line on stderr once `interval` more documents are
     done. The tokenizer threads report every 0.2 s (and once at the end), so a line may pass several
@@ -255,6 +285,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
                 "the vocabulary and merges); drop it"
             )
     _check_runtime_flags(args)
+    _check_sentencepiece_legacy(args)
     if not 0 <= args.workers <= MAX_WORKERS:
         raise VikhrError(f"--workers must be from 0 (all cores) to {MAX_WORKERS}, got {args.workers}")
     summary = preprocess(
