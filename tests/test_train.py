@@ -1310,6 +1310,43 @@ def test_data_eod_id_is_the_one_the_datasets_record(tmp_path: Path, capsys) -> N
     assert f"note: {note}" in capsys.readouterr().err.splitlines()
 
 
+def test_an_eod_id_taken_from_the_records_outside_the_vocabulary_names_the_record(tmp_path: Path) -> None:
+    """An EOD id the datasets' records name (the config setting none) that the model's vocabulary lacks
+    was refused as "config key data.eod_id = N is outside the vocabulary": the config sets no such key.
+    The refusal now names the dataset whose record gave the id, its tokenizer, and the fix; an id the
+    config sets is still said as the config's."""
+    from vikhr.assets import MISTRAL_TOKENIZER
+    from vikhr.data import preprocess, tokenization
+    from vikhr.errors import VikhrError
+    from vikhr.train.cli import main as pretrain_main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Привет, мир номер {i}"}) + "\n" for i in range(40)))
+    preprocess([src], tmp_path / "ru", MISTRAL_TOKENIZER, append_eod=True)
+    ru = f"{tmp_path}/ru_text_document"
+    path = tokenization.record_path(ru)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "eod_id": 32000}))  # one past the model's
+    record = tokenization.read_record(ru)
+    model = {"overrides": {"vocab_size": 32000}}
+    config = write_config(tmp_path / "c.yaml", {"ru": ru, "en": ru}, tmp_path / "run", model=model)
+    unset = yaml.safe_load(config.read_text())
+    unset["data"].pop("eod_id", None)
+    config.write_text(yaml.safe_dump(unset))
+    with pytest.raises(VikhrError) as refused:
+        pretrain_main(["--config", str(config), "--dry-run"])
+    assert str(refused.value) == (
+        f"data.eod_id = 32000 (the config sets none), the EOD id the documents of config key data.train[0] "
+        f"(ru, {ru}) end with as its tokenization record says, is outside the model's vocabulary "
+        f"[0, 32000): that dataset was pre-tokenized with {record.tokenizer_line()} (32000 ids), not the "
+        "model's tokenizer: pre-tokenize it again with the model's tokenizer"
+    )
+    path.unlink()  # no record: an id the config sets is the config's
+    unset["data"]["eod_id"] = 32000
+    config.write_text(yaml.safe_dump(unset))
+    with pytest.raises(VikhrError, match=r"^config key data.eod_id = 32000 is outside the vocabulary"):
+        pretrain_main(["--config", str(config), "--dry-run"])
+
+
 def test_a_blend_of_datasets_of_two_tokenizers_is_refused_in_one_line(tmp_path: Path) -> None:
     """Two datasets pre-tokenized with two tokenizers of one vocabulary size (the new tokenizer and
     the old, both uint16) trained silently on ids that mean different pieces. Their records now refuse

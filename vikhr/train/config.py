@@ -195,6 +195,9 @@ class DataSection(_Section):
     # unset, the one the datasets' tokenization records name, else 2 (Mistral's </s>). SFT pads
     # windows with it (masked).
     eod_id: NonNegativeInt = 2
+    # Where eod_id came from when the config sets none and the datasets' records name it: (how a
+    # message names the dataset, its record), so that a refusal of the id names the record, not the config.
+    _eod_id_recorded: tuple[str, TokenizationRecord] | None = pydantic.PrivateAttr(default=None)
     packing: Packing = "pack"  # sft: whole chats back to back (pack) or one chat per window (pad)
     # Each packed document attends only to itself (block-diagonal causal mask). null = the usual
     # choice: on for sft (a chat never sees another), off for pretrain (megatron's default).
@@ -640,6 +643,7 @@ def _check_eod_id(cfg: TrainConfig, records: dict[str, TokenizationRecord | None
     label, record, eod_id = ending[0]
     if "eod_id" not in d.model_fields_set:
         d.eod_id = eod_id  # set from here on, also for a second validate of this config
+        d._eod_id_recorded = (label, record)
         cfg._notes.append(
             f"data.eod_id = {eod_id} (the config sets none): the EOD id the documents of {label} end "
             "with, as its tokenization record says"
@@ -741,6 +745,15 @@ def _check_data_fits_model(cfg: TrainConfig, mcfg: ModelConfig, resumed: Path | 
             f"config key data.seq_len = {d.seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len} "
             f"({given or source}): lower data.seq_len to {mcfg.max_seq_len} or less, "
             f"or {'raise' if given else 'set'} model.overrides.max_seq_len"
+        )
+    if d.eod_id >= mcfg.vocab_size and d._eod_id_recorded is not None:
+        label, record = d._eod_id_recorded
+        raise VikhrError(
+            f"data.eod_id = {d.eod_id} (the config sets none), the EOD id the documents of {label} end "
+            "with as its tokenization record says, is outside the model's vocabulary "
+            f"[0, {mcfg.vocab_size}): that dataset was pre-tokenized with {record.tokenizer_line()} "
+            f"({record.vocab_size} ids), not the model's tokenizer: pre-tokenize it again with the model's "
+            "tokenizer"
         )
     if d.eod_id >= mcfg.vocab_size:
         raise VikhrError(
