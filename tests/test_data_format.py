@@ -4,6 +4,7 @@ the `vikhr.data.indexed` facade (writer, reader, validation, naming, dtype rule)
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import os
 from pathlib import Path
@@ -475,10 +476,14 @@ def test_merge_of_a_model_and_its_tokenizer_json_keeps_the_record_or_says_why_no
     """Inputs pre-tokenized with a `.model` and with its exported `tokenizer.json` (other files, the
     same pieces at the same ids) were merged into a dataset without a record, silently: a blend of it
     was then not checked. The record is now kept, naming the first input's file; where a file is
-    gone by the time the record is written, one note says why the merged dataset has none."""
+    gone or changed by the time the record is written, one note says why the merged dataset has none.
+    The two tokenizers are loaded once, to compare their pieces (they were loaded again to write the
+    record); the files are then only told unchanged by their sha256."""
     from vikhr.cli import main as vikhr_main
     from vikhr.data import indexed, tokenization
     from vikhr.tokenizer.hf_export import write_hf_tokenizer
+
+    tokenizer_load = importlib.import_module("vikhr.tokenizer.load")  # the package's `load` is its function
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "Привет, мир"}\n{"text": "Ещё один документ"}\n', encoding="utf-8")
@@ -489,7 +494,16 @@ def test_merge_of_a_model_and_its_tokenizer_json_keeps_the_record_or_says_why_no
     recorded = [tokenization.read_record(p) for p in (a, b)]
     assert recorded[0] is not None and recorded[1] is not None
     assert recorded[0].tokenizer_sha256 != recorded[1].tokenizer_sha256
+    loaded: list[Path] = []
+    load_tokenizer = tokenizer_load.load
+
+    def counted_load(path, *args, **kwargs):
+        loaded.append(Path(path))
+        return load_tokenizer(path, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_load, "load", counted_load)
     assert vikhr_main(["data", "merge", "--inputs", a, b, "--output-prefix", str(tmp_path / "m")]) == 0
+    assert sorted(map(str, loaded)) == sorted([str(MISTRAL_TOKENIZER), str(exported)])
     assert capsys.readouterr().err.splitlines() == [
         f"note: tokenizer_type differs: {a} was tokenized as SentencePieceTokenizer, but {b} was tokenized "
         "as HuggingFaceTokenizer: the merged record names no tokenizer_type"
@@ -503,7 +517,7 @@ def test_merge_of_a_model_and_its_tokenizer_json_keeps_the_record_or_says_why_no
     merge_files = indexed.merge
 
     def merge_losing_the_tokenizer_json(*args, **kwargs):
-        exported.unlink()
+        exported.rename(str(exported) + ".kept")
         return merge_files(*args, **kwargs)
 
     monkeypatch.setattr(indexed, "merge", merge_losing_the_tokenizer_json)
@@ -515,6 +529,19 @@ def test_merge_of_a_model_and_its_tokenizer_json_keeps_the_record_or_says_why_no
         f"{recorded[0].tokenizer_line()} and {recorded[1].tokenizer_line()}, not told to be one tokenizer "
         f"({exported} is no longer there)"
     )
+    assert not tokenization.record_path(out).exists()
+    # The tokenizer.json there again but changed while the merge ran: told by its sha256.
+    exported_text = json.dumps(json.loads(Path(str(exported) + ".kept").read_text(encoding="utf-8")))
+
+    def merge_changing_the_tokenizer_json(*args, **kwargs):
+        exported.write_text(exported_text, encoding="utf-8")  # other bytes, the same tokenizer
+        return merge_files(*args, **kwargs)
+
+    Path(str(exported) + ".kept").rename(exported)
+    monkeypatch.setattr(indexed, "merge", merge_changing_the_tokenizer_json)
+    assert vikhr_main(["data", "merge", "--inputs", a, b, "--output-prefix", str(out)]) == 0
+    [note] = capsys.readouterr().err.splitlines()
+    assert note.endswith(f"not told to be one tokenizer ({exported} has changed since it was recorded)")
     assert not tokenization.record_path(out).exists()
 
 

@@ -496,7 +496,7 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     inputs = merge_inputs(prefixes, output_prefix)
     names = inputs.prefixes
     records = {name: tokenization.read_record(name, indexed.merge_input(name)) for name in names}
-    tokenization.refuse_mixed_tokenizers(
+    by_pieces = tokenization.refuse_mixed_tokenizers(
         records, "the merged ids would mean different pieces; pre-tokenize them all with one tokenizer"
     )
     tokenization.refuse_mixed_eod_ids(
@@ -509,7 +509,7 @@ def merge(prefixes: Sequence[str | os.PathLike[str]], output_prefix: str | os.Pa
     ]
 
     def write_record(info: indexed.IndexInfo) -> None:
-        record, why_none = tokenization.merged_record(list(records.values()), info)
+        record, why_none = tokenization.merged_record(list(records.values()), info, by_pieces)
         if record is not None:
             tokenization.write_records({str(output_prefix): record})
             # All have a record: merged_record. A blend of the output is not told these apart.

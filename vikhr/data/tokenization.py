@@ -165,10 +165,9 @@ def compare_tokenizers(
     if other_now == recorded_sha256:
         return TokenizerComparison(True)
     recorded = Path(recorded)
-    if not recorded.is_file():
-        return TokenizerComparison(None, why=f"{recorded} is no longer there to compare pieces with")
-    if corpus_sha256(recorded) != recorded_sha256:
-        return TokenizerComparison(None, why=f"{recorded} has changed since it was recorded")
+    why = _not_as_recorded(recorded, recorded_sha256, " to compare pieces with")
+    if why:
+        return TokenizerComparison(None, why=why)
     own = load(recorded)
     given = other if isinstance(other, Tokenizer) else load(other_path)
     differing = own.first_other_piece(given)
@@ -176,6 +175,18 @@ def compare_tokenizers(
         return TokenizerComparison(True)
     pieces = tuple(t.id_to_piece(differing) if differing < t.vocab_size else None for t in (own, given))
     return TokenizerComparison(False, differing, pieces)
+
+
+def _not_as_recorded(path: Path, sha256: str, gone: str = "") -> str:
+    """Why tokenizer file `path` is not the one recorded with `sha256` ("" where it is); `gone` follows
+    "no longer there"."""
+    from vikhr.tokenizer.corpus import corpus_sha256
+
+    if not path.is_file():
+        return f"{path} is no longer there{gone}"
+    if corpus_sha256(path) != sha256:
+        return f"{path} has changed since it was recorded"
+    return ""
 
 
 def recorded_pieces(record: TokenizationRecord, ids: tuple[int, ...]) -> list[str | None]:
@@ -195,12 +206,17 @@ def recorded_pieces(record: TokenizationRecord, ids: tuple[int, ...]) -> list[st
 
 
 Labelled = tuple[str, TokenizationRecord]  # a dataset's record, and how a message names the dataset
+# Two records of other files told to be one tokenizer by their pieces (the first dataset's, another's).
+PiecesCompared = tuple[TokenizationRecord, TokenizationRecord]
 
 
-def _another_tokenizer(records: list[Labelled]) -> tuple[Labelled, Labelled, TokenizerComparison] | None:
+def _another_tokenizer(
+    records: list[Labelled],
+) -> tuple[tuple[Labelled, Labelled, TokenizerComparison] | None, list[PiecesCompared]]:
     """The first of `records`, the first whose tokenizer is not told to be the first's (the same file,
-    or `compare_tokenizers`' same pieces; where it cannot tell, another), and how the two compare; None
-    where all name one tokenizer."""
+    or `compare_tokenizers`' same pieces; where it cannot tell, another), and how the two compare (None
+    where all name one tokenizer); and the records before it told to be the first's by their pieces."""
+    by_pieces: list[PiecesCompared] = []
     for labelled in records[1:]:
         first, record = records[0][1], labelled[1]
         if record.tokenizer_sha256 == first.tokenizer_sha256:
@@ -209,21 +225,24 @@ def _another_tokenizer(records: list[Labelled]) -> tuple[Labelled, Labelled, Tok
             first.tokenizer, first.tokenizer_sha256, record.tokenizer, record.tokenizer_sha256
         )
         if not compared.same:
-            return records[0], labelled, compared
-    return None
+            return (records[0], labelled, compared), by_pieces
+        by_pieces.append((first, record))
+    return None, by_pieces
 
 
-def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> None:
+def refuse_mixed_tokenizers(records: dict[str, TokenizationRecord | None], fix: str) -> list[PiecesCompared]:
     """VikhrError naming two of the datasets `{label: record}` whose records name different
     tokenizers (`compare_tokenizers`; where it cannot tell, different), with `fix`; datasets
-    without a record are not compared."""
-    other = _another_tokenizer([(label, r) for label, r in records.items() if r is not None])
+    without a record are not compared. Returns the pairs of records of other files told to be one
+    tokenizer by their pieces (what `merged_record` needs to know, without loading them again)."""
+    other, by_pieces = _another_tokenizer([(label, r) for label, r in records.items() if r is not None])
     if other is not None:
         (label, first), (other_label, record), compared = other
         raise VikhrError(
             f"{label} was tokenized with {first.tokenizer_line()} but {other_label} with "
             f"{record.tokenizer_line()} ({compared.difference('the first', 'the second')}): {fix}"
         )
+    return by_pieces
 
 
 # The fields of a record that datasets of one tokenizer may differ in; a merge records None for each
@@ -338,24 +357,27 @@ def refuse_mixed_eod_ids(records: dict[str, TokenizationRecord | None], fix: str
 
 
 def merged_record(
-    records: list[TokenizationRecord | None], info: indexed.IndexInfo
+    records: list[TokenizationRecord | None], info: indexed.IndexInfo, by_pieces: list[PiecesCompared]
 ) -> tuple[TokenizationRecord | None, str]:
     """The record of the merge of datasets with `records` into the dataset `info` counts, and why
-    there is none where every input has one (else ""). None unless every input has one and all name
-    one tokenizer: the same file, or files of the same pieces at the same ids (`compare_tokenizers`;
-    the record names the first input's file); where a file is gone or changed it cannot be told. A
-    field the inputs differ in is None."""
+    there is none where every input has one (else ""). The inputs were told to name one tokenizer
+    (`refuse_mixed_tokenizers`, which gave `by_pieces`: the records of other files of the same pieces
+    at the same ids; the record names the first input's file). None unless every input has one, and
+    where a file of `by_pieces` is gone or changed since (their sha256 compared, no tokenizer loaded):
+    then that cannot be told. A field the inputs differ in is None."""
     present = [r for r in records if r is not None]
     if not present or len(present) != len(records):
         return None, ""
     first = present[0]
-    other = _another_tokenizer([("", r) for r in present])
-    if other is not None:
-        _, (_, record), compared = other
-        return None, (
-            f"its inputs were tokenized with {first.tokenizer_line()} and {record.tokenizer_line()}, "
-            f"not told to be one tokenizer ({compared.difference('the first', 'the other')})"
+    for one, other in by_pieces:
+        why = _not_as_recorded(Path(other.tokenizer), other.tokenizer_sha256) or _not_as_recorded(
+            Path(one.tokenizer), one.tokenizer_sha256, " to compare pieces with"
         )
+        if why:
+            return None, (
+                f"its inputs were tokenized with {one.tokenizer_line()} and {other.tokenizer_line()}, "
+                f"not told to be one tokenizer ({why})"
+            )
     agreed = {
         name: getattr(first, name) if all(getattr(r, name) == getattr(first, name) for r in present) else None
         for name in MERGED_FIELDS
