@@ -762,8 +762,9 @@ def _writing_into(
             time.sleep(0.05)
     os.set_blocking(fd, True)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
+        if lines:  # none: a writer that sends nothing
+            f.write("\n".join(lines) + "\n")
+            f.flush()
         scratch = f"{dataset.name}.bin*.partial"
         while not list(dataset.parent.glob(scratch)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -809,6 +810,37 @@ def test_kill_9_leaves_no_output_that_loads(tmp_path: Path, lines: list[str]) ->
     src.write_text("\n".join(lines[:20]) + "\n", encoding="utf-8")
     preprocess([src], prefix, MISTRAL_TOKENIZER, json_keys=("text", "title"), workers=1)
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_while_the_input_fifo_sends_nothing_ends_the_run(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """A SIGTERM or Ctrl-C while the reader waited on a FIFO (or stdin) whose writer keeps it open and
+    sends nothing took effect only once the writer sent more or closed it: the run went on waiting.
+    It now stops within a moment, one line, nothing left behind."""
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    cmd = [
+        sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(fifo),
+        "--output-prefix", str(tmp_path / "out"), "--tokenizer-type", "GPTSentencePieceTokenizer",
+        "--tokenizer-model", str(MISTRAL_TOKENIZER), "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with _writing_into(fifo, proc, [], tmp_path / "out_text_document"):
+            time.sleep(0.3)
+            assert proc.poll() is None, "the run ended although its input is still open"
+            proc.send_signal(signum)
+            proc.wait(timeout=30)  # the FIFO still open: the stop alone ends the run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == status, err
+    assert err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before(

@@ -7,7 +7,11 @@ use vikhr_core::spm::{EncodeState, SpmModel};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = SpmModel::from_file(args[1].as_ref()).unwrap();
-    let mut batcher = LineBatcher::new(open_input(args[2].as_ref()).unwrap(), 0, 1 << 30);
+    let mut batcher = LineBatcher::new(
+        open_input(args[2].as_ref(), Default::default()).unwrap(),
+        0,
+        1 << 30,
+    );
     let batch = batcher.next_batch().unwrap().unwrap();
     let keys = vec!["text".to_string()];
     let texts: Vec<String> = batch

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use memchr::memmem;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -72,17 +73,18 @@ pub fn check_plain_content(path: &Path, head: &[u8]) -> Result<(), String> {
 
 /// Open a (possibly compressed) input file, choosing the decoder from the file name. A file named
 /// as plain text whose first bytes are compressed data is refused ([`io::ErrorKind::InvalidData`],
-/// see [`check_plain_content`]).
-pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+/// see [`check_plain_content`]). Once `stop` is set, a read that waits on a pipe, a FIFO or a
+/// terminal (a writer that sends nothing) ends with an error within [`STOP_POLL_MS`].
+pub fn open_input(path: &Path, stop: Arc<AtomicBool>) -> io::Result<Box<dyn BufRead + Send>> {
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    let f = File::open(path).map_err(named)?;
+    let f = StoppableFile::open(path, stop).map_err(named)?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
         Box::new(GzMembers::new(BufReader::with_capacity(1 << 20, f)))
     } else if name.ends_with(".zst") || name.ends_with(".zstd") {
         // A file of no bytes holds no frame and no line, as a .gz of no member does here and both
         // do in the Python readers (the decoder said "incomplete frame": damaged or truncated).
-        let meta = f.metadata().map_err(named)?;
+        let meta = f.file.metadata().map_err(named)?;
         if meta.is_file() && meta.len() == 0 {
             return Ok(Box::new(io::empty()));
         }
@@ -95,6 +97,71 @@ pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
         return Ok(Box::new(r));
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, raw)))
+}
+
+/// How often a read waiting on a pipe looks at its stop flag.
+pub const STOP_POLL_MS: i32 = 100;
+
+/// An input file whose reads, where they may wait for a writer (anything but a regular file), wait
+/// in `poll` so that a stop is seen: a blocking `read` would wait for the writer's next bytes (or
+/// its end) however long that is, and a stop with it.
+struct StoppableFile {
+    file: File,
+    stop: Arc<AtomicBool>,
+    waits: bool,
+}
+
+impl StoppableFile {
+    fn open(path: &Path, stop: Arc<AtomicBool>) -> io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let kind = std::fs::metadata(path)?.file_type();
+        let waits = kind.is_fifo() || kind.is_char_device() || kind.is_socket();
+        // Not blocking: a FIFO's open would wait for a writer to open it, out of reach of the stop;
+        // `poll` waits for the writer instead (it reports nothing until one has opened and written
+        // or closed: the blocking open's end of file, the same).
+        let flags = if waits { libc::O_NONBLOCK } else { 0 };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)?;
+        Ok(StoppableFile { file, stop, waits })
+    }
+}
+
+impl Read for StoppableFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        if !self.waits {
+            return self.file.read(buf);
+        }
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(io::Error::other("stopped while waiting for input"));
+            }
+            let mut fd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut fd, 1, STOP_POLL_MS) };
+            if ready < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if ready == 0 {
+                continue;
+            }
+            match self.file.read(buf) {
+                // Another reader of the pipe took the bytes first: wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
 }
 
 /// The data of every member of a gzip stream, the members read one after another as `gzip -d`

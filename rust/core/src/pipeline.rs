@@ -10,11 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::jsonl::{check_compression_name, extract_fields, open_input, LineBatch, LineBatcher};
+use crate::jsonl::{
+    check_compression_name, extract_fields, open_input, LineBatch, LineBatcher, STOP_POLL_MS,
+};
 use crate::mmidx::{finish_all, DType, IdDoesNotFit, IndexedWriter};
 use crate::tokenizer::{Tokenizer, TokenizerState};
 
@@ -194,11 +196,12 @@ fn read_error(path: &Path, e: std::io::Error) -> PipelineError {
     }
 }
 
-fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBool) {
+fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &Arc<AtomicBool>) {
     let mut seq = 0u64;
     for (fi, path) in job.inputs.iter().enumerate() {
-        let reader = match open_input(path) {
+        let reader = match open_input(path, Arc::clone(stop)) {
             Ok(r) => r,
+            Err(_) if stop.load(Ordering::Relaxed) => return,
             Err(e) => {
                 let e = match e.kind() {
                     // Compressed data under a plain name: the input's fault, named.
@@ -224,6 +227,8 @@ fn read_all(job: &Job, work: Sender<Work>, slots: Receiver<()>, stop: &AtomicBoo
                     seq += 1;
                 }
                 Ok(None) => break,
+                // The run has ended (a stop, an error): the read waiting on a pipe was given up.
+                Err(_) if stop.load(Ordering::Relaxed) => return,
                 Err(e) => {
                     let _ = work.send(Work::Fail(seq, read_error(path, e)));
                     return;
@@ -266,7 +271,16 @@ fn write_all(
     let mut next = 0u64;
     let (mut empty, mut skipped) = (0u64, 0u64);
     let mut lens = [0u64; 1];
-    while let Ok(msg) = done.recv() {
+    loop {
+        // A cancel is seen while no batch comes (the reader waits on a pipe that sends nothing).
+        let msg = match done.recv_timeout(Duration::from_millis(STOP_POLL_MS as u64)) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) if progress.cancel.load(Ordering::Relaxed) => {
+                return Err(PipelineError::Cancelled)
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let seq = match &msg {
             Done::Batch(s, _) | Done::Fail(s, _) => *s,
         };
@@ -366,7 +380,7 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
     let (work_tx, work_rx) = channel::<Work>();
     let work_rx = Mutex::new(work_rx);
     let (done_tx, done_rx) = channel::<Done>();
-    let stop = AtomicBool::new(false);
+    let stop = Arc::new(AtomicBool::new(false));
     let result = std::thread::scope(|s| {
         let stop = &stop;
         s.spawn(move || read_all(job, work_tx, slot_rx, stop));
@@ -377,7 +391,8 @@ pub fn run(job: &Job, tok: &Tokenizer, progress: &Progress) -> Result<Summary, P
         }
         drop(done_tx);
         let r = write_all(job, vocab_size, &mut writers, done_rx, slot_tx, progress);
-        // Unblock the reader and workers (their channels are closed now) before joining them.
+        // Unblock the reader (its channels are closed now, and a read waiting on a pipe ends) and
+        // so the workers, before joining them.
         stop.store(true, Ordering::Relaxed);
         r
     });
@@ -590,6 +605,50 @@ mod tests {
         }
         let left = scratch_files(&dir);
         assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cancel_ends_a_run_whose_fifo_sends_nothing_and_leaves_no_output() {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-fifo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("in.jsonl");
+        let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // A writer that has opened the FIFO and sends nothing, then none at all (the open waited).
+        for writer in [true, false] {
+            let held = writer.then(|| {
+                // Read-write: it opens without a reader, and keeps the FIFO open.
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&fifo)
+                    .unwrap()
+            });
+            let progress = Arc::new(Progress::default());
+            let (ended_tx, ended) = channel();
+            let (job, running) = (job(&dir, fifo.clone(), 2, "ru"), Arc::clone(&progress));
+            // Not scoped: a run that does not stop must fail the test, not hang it.
+            std::thread::spawn(move || ended_tx.send(run(&job, &model(), &running)));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                ended.try_recv().is_err(),
+                "the run ended although its input is open"
+            );
+            progress.cancel.store(true, Ordering::Relaxed);
+            let r = ended
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the run did not stop");
+            assert!(matches!(r, Err(PipelineError::Cancelled)), "{r:?}");
+            let left: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["in.jsonl"], "writer {writer}");
+            drop(held);
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 
