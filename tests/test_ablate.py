@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -700,6 +701,97 @@ def test_resume_continues_an_interrupted_arm_from_its_last_checkpoint(
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000003"]
     no_walls = [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(out)]
     assert no_walls == [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(first)]
+
+
+# `vikhr ablate CONFIG --resume` in a process that sends itself a signal (a scheduler's stop,
+# `timeout`, `docker stop`; or a Ctrl-C) after step 1 of the training whose run directory's name
+# starts with argv[2]: an arm's ("adapted-"), or the base's ("run", in the cache entry's scratch).
+_SIGNALLED_IN_A_TRAINING = """
+import os, sys
+from pathlib import Path
+from vikhr.cli import run
+from vikhr.train.trainer import Trainer
+
+real = Trainer.train_step
+
+def train_step(self):
+    metrics = real(self)
+    if self.step == 1 and Path(self.cfg.checkpoint.dir).name.startswith(sys.argv[2]):
+        os.kill(os.getpid(), int(sys.argv[1]))
+    return metrics
+
+Trainer.train_step = train_step
+sys.exit(run(["ablate", sys.argv[3], "--resume", "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGTERM, 143, "vikhr ablate: terminated (SIGTERM)"), (signal.SIGINT, 130, "vikhr: interrupted")],
+)
+def test_a_signal_in_an_arm_stops_the_grid_and_resume_finishes_it(
+    micro_runs: tuple[Path, Path, list], signum: int, status: int, said: str
+) -> None:
+    """SIGTERM (a scheduler's stop, `timeout`, `docker stop`) ended a grid at once, in the middle of
+    an arm: no word, no lock released. It stops the grid as Ctrl-C does: one line saying that
+    --resume continues it, the shell's status for the signal, only finished runs recorded; --resume
+    then finishes the grid with the figures of one never stopped."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+
+    first, _, _ = micro_runs
+    out = first.parent / f"signalled-{signal.Signals(signum).name}"
+    cfg_path = _copy_grid(first, out)
+    for record in (out / "work" / "results").glob("*.json"):
+        if not json.loads(record.read_text(encoding="utf-8"))["hf"].startswith("runs/base-tokenizer-"):
+            record.unlink()  # the adapted arm and its merge are to run
+    state = (out / "work" / "grid.json").read_bytes()
+    proc = _signalled_in_a_training(signum, "adapted-", cfg_path)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{said}; `vikhr ablate --resume {shlex.quote(str(cfg_path))}` continues the grid from the runs it "
+        "finished (without --resume it starts over)"
+    )
+    assert not (out / ".ablate.lock").exists()
+    assert (out / "work" / "grid.json").read_bytes() == state
+    records = [json.loads(p.read_text(encoding="utf-8"))["hf"] for p in (out / "work" / "results").iterdir()]
+    assert len(records) == 1 and records[0].startswith("runs/base-tokenizer-")
+
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    no_walls = [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(out)]
+    assert no_walls == [{k: v for k, v in r.items() if not k.startswith("wall_")} for r in _rows(first)]
+
+
+def _signalled_in_a_training(signum: int, run_name: str, cfg_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_IN_A_TRAINING, str(int(signum)), run_name, str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+def test_a_sigterm_while_the_base_trains_leaves_no_cache_entry_nor_its_scratch(
+    micro_runs: tuple[Path, Path, list],
+) -> None:
+    """SIGTERM while the grid trained its English base ended the process at once: the cache entry's
+    scratch directory stayed until a later grid's base came to replace it, with no word on how to go
+    on. It is removed now, as on Ctrl-C, and the line says that --resume continues the grid."""
+    first, _, _ = micro_runs
+    cfg = yaml.safe_load((first.parent / "ablate1.yaml").read_text(encoding="utf-8"))
+    cache, out = first.parent / "terminated-cache", first.parent / "terminated-base"
+    cfg_path = _write(
+        first.parent / "terminated-base.yaml", {**cfg, "out_dir": str(out), "cache_dir": str(cache)}
+    )
+    proc = _signalled_in_a_training(signal.SIGTERM, "run", cfg_path)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"vikhr ablate: terminated (SIGTERM); `vikhr ablate --resume {shlex.quote(str(cfg_path))}` continues "
+        "the grid from the runs it finished (without --resume it starts over)"
+    )
+    assert not cache.exists()  # made by this grid for the entry it did not finish
+    assert not (out / ".ablate.lock").exists() and not list((out / "work" / "results").glob("*"))
 
 
 def test_an_arm_s_model_optimizer_and_data_are_freed_before_the_next_arm_starts(
@@ -1651,10 +1743,15 @@ def test_resume_trains_again_an_added_tokenizer_whose_training_was_stopped(
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
-    assert proc.returncode == -signum, proc.stderr[-2000:]
     tok_dir = out / "work" / "tokenizer"
     left = {p.name for p in tok_dir.iterdir()}
-    assert left > {"replace"}, left  # what the stopped training wrote is there
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signum, proc.stderr[-2000:]
+        assert left > {"replace"}, left  # what the killed training wrote is there
+    else:  # stopped as Ctrl-C stops it: what the training wrote is removed
+        assert proc.returncode == 128 + signum, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("vikhr ablate: terminated (SIGTERM); ")
+        assert left == {"replace"}, left
     state = json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))
     assert set(state["prepared"]["tokenizers"]) == {"replace"}  # but not taken as trained
 

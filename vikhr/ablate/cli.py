@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Any
 
-from vikhr.errors import Interrupted
+from vikhr.errors import Interrupted, Terminated, sigterm_as_interrupt
 from vikhr.progress_bar import add_no_progress
 
 
@@ -19,16 +19,25 @@ def _run(args: argparse.Namespace) -> int:
     from vikhr.ablate.report import write_report
     from vikhr.ablate.runner import grid_lock, run_ablation
 
-    with grid_lock(cfg.out_dir):
+    # SIGTERM (a `kill`, a job scheduler's stop) stops the grid as Ctrl-C does: the running stage
+    # unwinds (its scratch removed, the lock released), the finished runs stay for --resume. A
+    # trainer told to save on SIGTERM (train.save_every) takes it over while it runs.
+    with sigterm_as_interrupt(), grid_lock(cfg.out_dir):
         try:
             result = run_ablation(cfg, show_progress=args.progress, resume=args.resume)
-        except KeyboardInterrupt:
+            # Stopped while the report is written (a file at a time), the grid is whole: --resume
+            # writes the report again.
+            written = write_report(result)
+        except KeyboardInterrupt as e:
             # The same command again starts the grid over, removing the runs this one finished.
-            raise Interrupted(
+            hint = (
                 f"`vikhr ablate --resume {shlex.quote(str(args.config))}` continues the grid from the "
                 "runs it finished (without --resume it starts over)"
-            ) from None
-        for path in write_report(result):
+            )
+            if isinstance(e, Terminated):
+                raise Terminated(f"terminated (SIGTERM); {hint}") from None
+            raise Interrupted(hint) from None
+        for path in written:
             print(path)
     return 0
 
