@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,9 @@ def _small_job(path: Path, corpus: dict[str, str], run_dir: Path) -> Path:
     )
 
 
-def _node_command(node: int, port: int, config: Path) -> list[str]:
-    """One node's torchrun: 1 process of a 2-node job, c10d rendezvous on 127.0.0.1:port.
+def _node_command(node: int, port: int, config: Path, overrides: Sequence[str] = ()) -> list[str]:
+    """One node's torchrun: 1 process of a 2-node job, c10d rendezvous on 127.0.0.1:port; `overrides`
+    (config keys) for this node alone.
 
     c10d hands out the node ranks itself (torchrun ignores --node_rank with it); `is_host` only
     says which agent serves the rendezvous store.
@@ -59,11 +62,15 @@ def _node_command(node: int, port: int, config: Path) -> list[str]:
         str(PRETRAIN),
         "--config",
         str(config),
+        *overrides,
     ]
 
 
-def _run_two_nodes(config: Path, timeout: float) -> list[subprocess.CompletedProcess]:
-    """Start both nodes at once and wait for both; on timeout kill both and fail with their output."""
+def _run_two_nodes(
+    config: Path, timeout: float, overrides: Sequence[Sequence[str]] = ((), ())
+) -> list[subprocess.CompletedProcess]:
+    """Start both nodes at once and wait for both; on timeout kill both and fail with their output.
+    `overrides[node]`: config keys given to that node alone (what differs between two machines)."""
     port = free_port()
     env = child_env()
     logs = [config.parent / f"node{rank}.log" for rank in (0, 1)]
@@ -73,7 +80,7 @@ def _run_two_nodes(config: Path, timeout: float) -> list[subprocess.CompletedPro
             with log.open("w") as out:
                 procs.append(
                     subprocess.Popen(
-                        _node_command(rank, port, config),
+                        _node_command(rank, port, config, overrides[rank]),
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         env=env,
@@ -135,3 +142,56 @@ def test_two_nodes_match_one_node_with_two_ranks(tmp_path: Path) -> None:
     last = nodes / f"step_{STEPS:06d}"
     assert (nodes / "latest").read_text().strip() == last.name
     assert sorted(p.name for p in last.glob("rng_rank*.pt")) == ["rng_rank0000.pt", "rng_rank0001.pt"]
+
+
+@pytest.mark.distributed
+def test_a_checkpoint_dir_local_to_each_node_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    """checkpoint.dir at the same path on every node, but on each node's own disk (two directories
+    here): every rank writes its part of a checkpoint where rank 0 made the step's folder, so the
+    job failed at its first save, after the steps before it, with a traceback of the node that
+    could not write. Now both nodes stop before the first step, naming the key and the fix."""
+    corpus = make_corpus(tmp_path / "corpus")
+    shared = tmp_path / "shared"  # the data cache on shared storage, the checkpoints not
+    config = write_config(
+        tmp_path / "c.yaml",
+        corpus,
+        shared / "unused",
+        train={"steps": STEPS},
+        data={"cache_dir": str(shared / "cache")},
+        checkpoint={"save_every": 1},
+        logging={"log_every": 1, "eval_every": STEPS, "tensorboard": False},
+    )
+    local = [tmp_path / f"node{node}-disk" / "run" for node in (0, 1)]
+    runs = _run_two_nodes(config, RUN_TIMEOUT_S, [[f"checkpoint.dir={d}"] for d in local])
+    for node, run in enumerate(runs):
+        assert run.returncode != 0, f"node {node} trained:\n{run.stdout[-3000:]}"
+        errors = [line for line in run.stdout.splitlines() if "pretrain_vikhr.py: error:" in line]
+        assert len(errors) == 1, run.stdout[-3000:]
+        assert f"checkpoint.dir = {local[node]}" in errors[0]
+        assert "rank 1" in errors[0] and "every node sees at the same path" in errors[0]
+        assert "step      1" not in run.stdout  # refused before training, not at the first save
+    assert not any(d.exists() for d in local)  # the refused start leaves no run behind
+
+
+@pytest.mark.distributed
+def test_a_node_that_fails_its_setup_ends_the_others_at_the_join_timeout(tmp_path: Path) -> None:
+    """Node 1 meets an error in its setup (a path missing there) and ends; node 0 had passed its own
+    and waited for it in the process group's start for the hour of a collective, silent. Now it
+    stops after parallel.join_timeout_minutes, naming the rank that did not come."""
+    corpus = make_corpus(tmp_path / "corpus")
+    config = _small_job(tmp_path / "c.yaml", corpus, tmp_path / "run")
+    join_timeout_s = 15
+    missing = tmp_path / "not-on-node1"
+    started = time.monotonic()
+    runs = _run_two_nodes(
+        config,
+        RUN_TIMEOUT_S,
+        [[f"parallel.join_timeout_minutes={join_timeout_s / 60}"], [f"kl.reference={missing}"]],
+    )
+    assert time.monotonic() - started < RUN_TIMEOUT_S / 2
+    assert runs[1].returncode != 0 and str(missing) in runs[1].stdout
+    assert runs[0].returncode != 0
+    errors = [line for line in runs[0].stdout.splitlines() if "pretrain_vikhr.py: error:" in line]
+    assert len(errors) == 1, runs[0].stdout[-3000:]
+    assert "1 of 2 ranks did not join the job" in errors[0] and "(rank 1)" in errors[0]
+    assert "parallel.join_timeout_minutes = 0.25" in errors[0]

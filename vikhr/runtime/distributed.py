@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vikhr.errors import VikhrError
+from vikhr.errors import VikhrError, same_on_every_process
 from vikhr.processes import end_with_parent
 from vikhr.runtime import cpu_compat
 from vikhr.runtime.megatron import require_megatron
@@ -37,6 +38,14 @@ DEVICES: tuple[str, ...] = get_args(Device)
 # checkpoint and builds the datasets' index caches while the others wait in a barrier, which for a
 # 7B on slow storage outlasts NCCL's default of 10 minutes (gloo's is 30).
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
+
+# How long the ranks that reached the process group wait for the others (parallel.join_timeout_minutes):
+# a node whose setup failed (a file missing there) has ended, and torchrun's agents do not tell the
+# others, which would otherwise wait a collective's hour in silence.
+JOIN_TIMEOUT = timedelta(minutes=20)  # parallel.join_timeout_minutes's default
+# After this long, rank 0 says once which ranks it is waiting for.
+JOIN_NOTE_AFTER_S = 60.0
+_JOINED = "vikhr/joined"
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,37 @@ def refuse_shared_gpus(placements: list[tuple[str, str]]) -> None:
         first_rank[placement] = rank
 
 
+def require_shared_dir(directory: str | Path, key: str) -> None:
+    """VikhrError on every rank when some rank does not see a file rank 0 writes in `directory`
+    (a collective of the whole job): a directory local to each node. Every rank writes its part of a
+    checkpoint where rank 0 made the step's folder, so such a job failed at its first save, hours in."""
+    if dist.get_world_size() == 1:
+        return
+    root, rank = Path(directory), dist.get_rank()
+    probe: Path | None = None
+    if rank == 0:
+        with contextlib.suppress(OSError):  # unwritable: said below as unseen by every rank
+            root.mkdir(parents=True, exist_ok=True)
+            # A new name each time: no node has looked it up before (NFS caches a name's absence).
+            probe = root / f".vikhr-shared-{os.getpid()}-{time.time_ns()}"
+            probe.write_text(socket.gethostname() + "\n", encoding="utf-8")
+    names = [probe.name if probe is not None else None]
+    dist.broadcast_object_list(names, src=0)
+    seen = names[0] is not None and (root / names[0]).is_file()
+    views: list[tuple[str, bool]] = [("", False)] * dist.get_world_size()
+    dist.all_gather_object(views, (socket.gethostname(), seen))
+    if probe is not None:
+        probe.unlink(missing_ok=True)
+    blind = [r for r, (_, saw) in enumerate(views) if not saw]
+    if blind:
+        hosts = sorted({views[r][0] for r in blind})
+        raise VikhrError(
+            f"{key} = {root}: rank 0 (on {views[0][0]}) wrote a file there that {_ranks_named(blind)} "
+            f"(on {', '.join(hosts)}) did not see: a directory local to each node; put {key} on storage "
+            "every node sees at the same path (NFS, Lustre, GPFS)"
+        )
+
+
 def end_with_the_launcher() -> None:
     """Under torchrun (Linux), have the kernel send this rank SIGTERM when the launcher dies.
 
@@ -188,13 +228,82 @@ def _pid_1_is_a_launcher(cmdline: Path = Path("/proc/1/cmdline")) -> bool:
     return any(n.startswith("python") or n in _LAUNCHER_NAMES for n in names)
 
 
+def _rank_spans(ranks: list[int]) -> str:
+    """`[0, 1, 2, 5]` -> "0-2, 5"."""
+    spans: list[list[int]] = []
+    for r in ranks:
+        if spans and spans[-1][1] == r - 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _ranks_named(ranks: list[int]) -> str:
+    """The ranks as said in a message: `rank 3`, `ranks 0-2, 5`."""
+    return f"rank{'s' if len(ranks) > 1 else ''} {_rank_spans(ranks)}"
+
+
+def _absent_ranks(store: dist.Store, world_size: int) -> list[int]:
+    return [r for r in range(world_size) if not store.check([f"{_JOINED}/{r}"])]
+
+
+def _join_the_job(rank: int, world_size: int, join_timeout: timedelta) -> dist.Store:
+    """The job's store (torchrun's, at MASTER_ADDR:MASTER_PORT), once every rank has reached it;
+    VikhrError naming the ranks absent after `join_timeout`. Each rank's setup (its checks of the
+    config, the checkpoints and the datasets) comes before: a node whose setup failed never arrives."""
+    wait = join_timeout.total_seconds()
+    minutes = f"parallel.join_timeout_minutes = {wait / 60:g}"
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    started = time.monotonic()
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=join_timeout))
+    except dist.DistError as e:
+        with same_on_every_process():
+            raise VikhrError(
+                f"rank {rank} could not reach the job's store at {where} (MASTER_ADDR:MASTER_PORT) within "
+                f"{minutes}: {str(e).splitlines()[0]}; check that rank 0's node started and that this "
+                "node reaches that address"
+            ) from None
+    store.set(f"{_JOINED}/{rank}", socket.gethostname())
+    joined, pause, noted = store.add(_JOINED, 1), 0.01, False
+    while joined < world_size:
+        waited = time.monotonic() - started
+        if waited > wait:
+            absent = _absent_ranks(store, world_size)
+            with same_on_every_process():  # every rank that arrived sees the same absent ones
+                raise VikhrError(
+                    f"{len(absent)} of {world_size} ranks did not join the job within {minutes} "
+                    f"({_ranks_named(absent)}): their node failed in its setup (its own log says why) "
+                    "or did not start; fix that and start the job again on every node"
+                )
+        if rank == 0 and not noted and waited > JOIN_NOTE_AFTER_S:
+            absent = _absent_ranks(store, world_size)
+            print(
+                f"note: waiting for {len(absent)} of {world_size} ranks to join the job "
+                f"({_ranks_named(absent)}): still in their setup, or failed in it (their node's log says "
+                f"why); giving up after {minutes}",
+                file=sys.stderr,
+                flush=True,
+            )
+            noted = True
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+        joined = store.add(_JOINED, 0)
+    store.set_timeout(COLLECTIVE_TIMEOUT)  # from now on the store serves the process group
+    return store
+
+
 @contextlib.contextmanager
-def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") -> Iterator[DistEnv]:
+def distributed_env(
+    tp_size: int = 1, seed: int = 1234, device: str = "auto", join_timeout: timedelta = JOIN_TIMEOUT
+) -> Iterator[DistEnv]:
     """Join the job: torch.distributed, megatron-core's parallel state, seeds; undone on exit.
 
     Reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); without them it starts a
     one-process group. `device` is "auto" (CUDA when available), "cuda" or "cpu"; on the CPU
     the context also holds megatron's CPU compatibility layer and deterministic algorithms.
+    `join_timeout`: how long to wait for the other ranks to arrive (`_join_the_job`).
     """
     require_megatron()
     from megatron.core import parallel_state
@@ -220,7 +329,11 @@ def distributed_env(tp_size: int = 1, seed: int = 1234, device: str = "auto") ->
         if not dist.is_initialized():
             if "MASTER_ADDR" in os.environ:
                 dist.init_process_group(
-                    backend=backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+                    backend=backend,
+                    store=_join_the_job(rank, world_size, join_timeout),
+                    rank=rank,
+                    world_size=world_size,
+                    timeout=COLLECTIVE_TIMEOUT,
                 )
             elif world_size == 1:
                 dist.init_process_group(

@@ -7,7 +7,7 @@ pydantic does the typing (and rejects unknown keys, non-positive sizes and NaN/i
 
     model:      preset (or init: model.init's shape), overrides (ModelConfig fields), attention, init,
                 vocab_multiple
-    parallel:   tensor (TP size), sequence (sequence parallelism), device
+    parallel:   tensor (TP size), sequence (sequence parallelism), device, join_timeout_minutes
     data:       kind (pretrain | sft), train (blend: [{prefix, weight, name}]), split, seq_len,
                 packing (sft: pack | pad), isolate_documents, cache_dir, eod_id, valid_samples
     train:      steps, micro_batch, global_batch, seed, recompute
@@ -165,6 +165,9 @@ class ParallelSection(_Section):
     # the tensor-parallel regions are split along the sequence, 1/TP of their activations per rank.
     sequence: bool = False
     device: Device = "auto"
+    # How long the ranks that finished their setup wait for the others to join the job before they
+    # stop, naming the absent ranks (a node whose setup failed has ended; its log says why).
+    join_timeout_minutes: PositiveFloat = 20.0
 
 
 class DatasetEntry(_Section):

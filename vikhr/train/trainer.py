@@ -26,6 +26,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -54,7 +55,7 @@ from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
 from vikhr.ops.build import require_cuda_toolkit, require_writable_cache_dir
-from vikhr.runtime.distributed import DistEnv, distributed_env, uses_cuda
+from vikhr.runtime.distributed import DistEnv, distributed_env, require_shared_dir, uses_cuda
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
 from vikhr.train import checkpoint
@@ -406,7 +407,11 @@ def _locked_run(
     # is the same on every rank of a node (the run lock above is rank 0's alone).
     with same_on_every_process():
         resume_from, inherited, recorded_data, inherited_files = _check_start(cfg)
-    with distributed_env(tp_size=cfg.parallel.tensor, seed=cfg.train.seed, device=cfg.parallel.device) as env:
+    p = cfg.parallel
+    join_timeout = timedelta(minutes=p.join_timeout_minutes)
+    with distributed_env(p.tensor, cfg.train.seed, p.device, join_timeout) as env:
+        with same_on_every_process():  # the same on every rank: all see what each saw
+            require_shared_dir(cfg.checkpoint.dir, "checkpoint.dir")
         result = Trainer(
             cfg, env, loss_fn, resume_from, started, inherited, recorded_data, inherited_files
         ).train(run_stop)
