@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -383,6 +386,79 @@ def test_generated_code_runs_in_a_limited_subprocess(tmp_path: Path) -> None:
     assert not target.exists() or target.read_text() == ""
     hog = GCD + "    return len(bytearray(4 << 30))\n"
     assert run_tests(hog, "greatest_common_divisor", GCD_TESTS) == [None, None]
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _sleeper(pid_dir: Path) -> str:
+    """A program that starts a second process (where it may: root is not held to the process limit),
+    names each process's pid by an empty file in `pid_dir` (it cannot write content) and sleeps."""
+    return (
+        "import os, time\n"
+        "try:\n    os.fork()\nexcept OSError:\n    pass\n"
+        f"open(os.path.join({str(pid_dir)!r}, str(os.getpid())), 'x').close()\n"
+        "time.sleep(1000)\n"
+    )
+
+
+def _recorded_pids(pid_dir: Path, count: int) -> list[int]:
+    deadline = time.monotonic() + 60
+    while len(list(pid_dir.iterdir())) < count:
+        assert time.monotonic() < deadline, "the generated code did not start"
+        time.sleep(0.05)
+    return [int(p.name) for p in pid_dir.iterdir()]
+
+
+def _ended(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(_running(pid) for pid in pids)
+
+
+# The generated code may start processes only where the process limit does not hold it (root).
+PROCESSES_OF_THE_CODE = 2 if os.geteuid() == 0 else 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_generated_code_ends_with_the_evaluating_process(tmp_path: Path) -> None:
+    # `kill -9` of the evaluation (an out-of-memory kill, a scheduler's hard stop) while a completion
+    # sleeps: it and the process it started end too, instead of sleeping on.
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    evaluation = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vikhr.eval.mera_code import run_tests; "
+            "run_tests(sys.argv[1], 'f', '[{}]', timeout=600)",
+            _sleeper(pid_dir),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        pids = _recorded_pids(pid_dir, PROCESSES_OF_THE_CODE)
+    finally:
+        evaluation.kill()
+        evaluation.wait()
+    assert _ended(pids), [pid for pid in pids if _running(pid)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_processes_the_generated_code_starts_end_with_its_run(tmp_path: Path) -> None:
+    # Code that runs out of time, with a process it started sleeping beside it: both are stopped.
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    assert run_tests(_sleeper(pid_dir), "f", "[{}]", timeout=2.0) == "timed out"
+    pids = _recorded_pids(pid_dir, PROCESSES_OF_THE_CODE)
+    assert _ended(pids), [pid for pid in pids if _running(pid)]
 
 
 def test_ruhumaneval_scores_completions_by_running_them() -> None:

@@ -3,9 +3,11 @@
 Each completion is appended to the record's function header and run in its own `python -I`
 subprocess: an empty temporary working directory, an empty environment, a wall-clock timeout,
 and resource limits (1 GiB of address space, CPU time, file size 0 — files can be created but
-get no content —, no new processes where the user is not root). This contains runaway and careless
-code; it is not a security sandbox (the code can still read files, create empty ones and open
-sockets), so run `mera_ruhumaneval` only on models you would let run code on the machine.
+get no content —, no new processes where the user is not root). The subprocess and whatever
+processes the code starts end with its run (timed out or not) and with the evaluating process,
+however that ends (`kill -9` too). This contains runaway and careless code; it is not a security
+sandbox (the code can still read files, create empty ones, open sockets and leave its process
+group), so run `mera_ruhumaneval` only on models you would let run code on the machine.
 
 As in the release, a test's result is `str()` of the returned value (None when it raised or
 returned None), a program that fails to define the function gives None for every test, and one
@@ -16,8 +18,11 @@ the expected one.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,9 +34,22 @@ _MEMORY_BYTES = 1 << 30
 
 # Runs in the child: reads {"program", "entry_point", "tests"} (a Python literal: a list of keyword
 # arguments) from stdin, writes the results as JSON to the original stdout; the program's own
-# output goes to /dev/null.
+# output goes to /dev/null. First it forks a watchdog that ends the child's process group once
+# the lifeline (argv[1], a pipe's read end whose write end only the evaluating process holds) reads
+# end of file: the evaluating process has died, even by SIGKILL, which ends nothing of its own.
+# The process limit comes after that fork: the watchdog is the one process the child may start.
 _CHILD = r"""
-import ast, json, os, sys
+import ast, json, os, resource, signal, sys
+lifeline = int(sys.argv[1])
+if os.fork() == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the pipes stay the child's alone: its results' end of file is its exit
+        os.dup2(null, fd)
+    os.read(lifeline, 1)
+    os.killpg(0, signal.SIGKILL)
+    os._exit(0)
+os.close(lifeline)
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 payload = json.loads(sys.stdin.read())
 tests = ast.literal_eval(payload["tests"])
 out = os.fdopen(os.dup(1), "w")
@@ -64,7 +82,6 @@ def _limit_resources() -> None:  # runs in the child before exec
     cpu = math.ceil(TIMEOUT_S) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -75,27 +92,49 @@ def run_tests(
     literal, as the records store it), as MERA records them (see the module doc)."""
     count = len(ast.literal_eval(tests))
     payload = json.dumps({"program": program, "entry_point": entry_point, "tests": tests})
-    with tempfile.TemporaryDirectory(prefix="vikhr-ruhumaneval-") as workdir:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", _CHILD],
-                input=payload,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=workdir,
-                env={},
-                preexec_fn=_limit_resources,
-                start_new_session=True,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return "timed out"
+    lifeline, lifeline_held = os.pipe()  # the write end stays here: the child's watchdog reads the other
     try:
-        results = json.loads(done.stdout)
+        with tempfile.TemporaryDirectory(prefix="vikhr-ruhumaneval-") as workdir:
+            try:
+                # A new session: the child and what it starts form one process group, ended as one.
+                child = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _CHILD, str(lifeline)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    cwd=workdir,
+                    env={},
+                    pass_fds=(lifeline,),
+                    preexec_fn=_limit_resources,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(lifeline)
+            try:
+                stdout, _ = child.communicate(payload, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                stdout = None
+            finally:
+                _end_group(child)
+    finally:
+        os.close(lifeline_held)
+    if stdout is None:
+        return "timed out"
+    try:
+        results = json.loads(stdout)
     except json.JSONDecodeError:  # killed by a resource limit before writing
         return [None] * count
     return results if isinstance(results, list) and len(results) == count else [None] * count
+
+
+def _end_group(child: subprocess.Popen[str]) -> None:
+    """Ends the process group `child` leads (its watchdog, processes the code left running) and reaps
+    the child. No other group is hit: the id is no other process's while one of the group lives, and
+    the watchdog lives until this kill."""
+    with contextlib.suppress(ProcessLookupError):  # the whole group has ended
+        os.killpg(child.pid, signal.SIGKILL)
+    child.communicate()
 
 
 def passes(expected: list[str], results: list[str | None] | str) -> bool:
