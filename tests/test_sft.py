@@ -656,11 +656,13 @@ prepare._encode_in_worker = encoding_on_hold.encode
 sys.exit(main(sys.argv[1:]))
 """
 _ENCODING_ON_HOLD = """
+import os
 import time
 from pathlib import Path
 from vikhr.sft import prepare
 RELEASE = Path(__file__).with_name("release")
 def encode(input_path, lines):
+    RELEASE.with_name(f"holding-{os.getpid()}").touch()
     while not RELEASE.exists():
         time.sleep(0.05)
     return prepare._encode_in_worker(input_path, lines)
@@ -689,11 +691,12 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
     started: list[psutil.Process] = []
     deadline = time.monotonic() + 120
     try:
-        while len(started) < 2:  # both encoding processes, on hold
+        # Both encoding processes on hold (a process still starting has not yet set SIGTERM aside).
+        while len(list(hooks.glob("holding-*"))) < 2:
             assert proc.poll() is None, stderr.read_text(encoding="utf-8")
             assert time.monotonic() < deadline, "the encoding processes never started"
-            started = _encoding_processes(proc.pid)
             time.sleep(0.1)
+        started = _encoding_processes(proc.pid)
         assert list(prefix.parent.glob("*.partial"))  # the datasets are being written
         if group:  # a scheduler's stop reaches every process of the job
             os.killpg(proc.pid, signal.SIGTERM)
@@ -720,14 +723,16 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
 
 
 def _start_held_prepare(
-    tmp_path: Path, prefix: Path, hooks: Path, stderr: int | IO[bytes]
+    tmp_path: Path, prefix: Path, hooks: Path, stderr: int | IO[bytes], chat_lines: list[str] | None = None
 ) -> subprocess.Popen:
-    """`vikhr sft prepare --workers 2` of 2,000 chats to `prefix`, in a session of its own, its encoding
-    processes each holding their first batch until the file `release` is in the folder `hooks`."""
+    """`vikhr sft prepare --workers 2` of `chat_lines` (2,000 varied chats unless given) to `prefix`, in
+    a session of its own, its encoding processes each holding their first batch until the file
+    `release` is in the folder `hooks`."""
     from tests.conftest import child_env
 
     chats = tmp_path / "chats.jsonl"
-    chats.write_text("\n".join(varied_chat_lines(2000)) + "\n", encoding="utf-8")
+    lines = varied_chat_lines(2000) if chat_lines is None else chat_lines
+    chats.write_text("\n".join(lines) + "\n", encoding="utf-8")
     hooks.mkdir()
     (hooks / "encoding_on_hold.py").write_text(_ENCODING_ON_HOLD, encoding="utf-8")
     env = child_env()
@@ -832,6 +837,54 @@ def test_a_stop_while_the_datasets_are_put_in_place_leaves_one_whole_dataset(
     stop = {signal.SIGTERM: "vikhr sft prepare: terminated (SIGTERM):", signal.SIGINT: "vikhr: interrupted;"}
     said = f"{stop[signum]} stopped once its outputs were in place: they are complete"
     assert proc.stderr.splitlines()[-1] == said, proc.stderr
+
+
+def test_a_killed_encoding_process_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    """The out-of-memory killer ending one encoding process of `vikhr sft prepare --workers 2`: the run
+    said so, then hung for good (the pool stopped the other process with SIGTERM, which encoding
+    processes ignore, and waited for it). Now the run ends with that line; nothing is left running."""
+    hooks = tmp_path / "hooks"
+    out = tmp_path / "out"
+    stderr_path = tmp_path / "stderr"
+    # Batches larger than a pipe holds: the next one waits in the pipe to the encoding processes.
+    long_chat = {
+        "messages": [{"role": "user", "content": "Вопрос " * 100}, {"role": "assistant", "content": "Ответ"}]
+    }
+    with stderr_path.open("wb") as stderr:
+        proc = _start_held_prepare(tmp_path, out / "sft", hooks, stderr, [json.dumps(long_chat)] * 2000)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        # Both encoding processes on hold, and the run waiting to hand them the next batch.
+        while len(list(hooks.glob("holding-*"))) < 2 or not _writing_to_a_full_pipe(proc.pid):
+            assert proc.poll() is None, stderr_path.read_text(encoding="utf-8")
+            assert time.monotonic() < deadline, "the encoding processes never started"
+            time.sleep(0.1)
+        started = _encoding_processes(proc.pid)
+        started[0].kill()
+        proc.wait(timeout=60)
+        assert proc.returncode == 2
+        assert stderr_path.read_text(encoding="utf-8").splitlines() == [
+            "vikhr sft prepare: error: an encoding process ended abruptly (killed, e.g. for lack of memory, "
+            "or it could not start): run again with fewer --workers"
+        ]
+        assert not [p for p in started if _running(p)]
+        assert not list(out.iterdir())
+    finally:
+        (hooks / "release").touch()
+        for p in started + ([psutil.Process(proc.pid)] if proc.poll() is None else []):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        proc.wait()
+
+
+def _writing_to_a_full_pipe(pid: int) -> bool:
+    """Whether a thread of process `pid` waits to write to a pipe (where Linux says what threads wait on)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if "pipe_write" in (task / "wchan").read_text():
+                return True
+    return False
 
 
 def _encoding_processes(pid: int) -> list[psutil.Process]:

@@ -8,6 +8,7 @@ clean-up of its own: its worker processes lived on, holding memory and the comma
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import sys
@@ -42,9 +43,20 @@ def process_pool(
 
     The processes are spawned: a forked copy of this process would share its open files (a dataset
     being written) and the threads of its libraries (a tokenizer's)."""
-    return ProcessPoolExecutor(
-        workers, multiprocessing.get_context("spawn"), _start_worker, (os.getpid(), initializer, initargs)
-    )
+    return ProcessPoolExecutor(workers, _SpawnContext(), _start_worker, (os.getpid(), initializer, initargs))
+
+
+class _PoolProcess(multiprocessing.context.SpawnProcess):
+    """A pool's process, which the pool's `terminate` kills: the pool stops the others so when one
+    ended abruptly, and then waits for them; a process that ignores SIGTERM (meant for the command,
+    which stops the pool itself) would have been waited for without end."""
+
+    def terminate(self) -> None:
+        self.kill()
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _PoolProcess
 
 
 def _start_worker(parent_pid: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
