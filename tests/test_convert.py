@@ -1244,6 +1244,36 @@ def test_a_model_file_beside_a_tokenizer_json_is_left_out_with_a_warning_naming_
     assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
 
 
+@pytest.mark.parametrize(
+    ("contents", "what"),
+    [
+        (b"\x00\xffnot a model\n" * 40, "corrupt, or of another format"),
+        (b"IQ== 0\nIg== 1\nIw== 2\n", "a tiktoken BPE file"),  # Llama-3's original/tokenizer.model
+        (json.dumps({"config": {"pattern": ""}, "vocab": []}).encode(), "a Mistral tekken file"),
+    ],
+    ids=["corrupt", "tiktoken", "tekken"],
+)
+def test_a_model_file_no_sentencepiece_reads_is_left_out_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], contents: bytes, what: str
+) -> None:
+    """A tokenizer.model beside the tokenizer.json that SentencePiece cannot parse (damaged bytes, a
+    tiktoken or tekken file under that name) was left out of the export without a word. It gets the
+    warning line of a .model of other pieces, saying what the file is; the export is written."""
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    src = sentencepiece_with_added_tokens(tmp_path / "src")
+    (src / "tokenizer.model").write_bytes(contents)
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    write_tokenizer_files(load(src / "tokenizer.json"), out)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {src / 'tokenizer.model'} is left out of the export")
+    assert f"it is not a SentencePiece model vikhr can read ({what})" in warning
+    assert "will not load it" in warning
+    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
+
+
 SENTENCEPIECE_TEXTS = (
     TEXT,
     "Москва — столица России. The quick brown fox jumps over the lazy dog.",

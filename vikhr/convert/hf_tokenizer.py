@@ -3,8 +3,8 @@
     tokenizer.model          the SentencePiece model, when the tokenizer is one, or when the tokenizer is
                              a tokenizer.json that adds tokens to the `.model` beside it (ChatML's
                              <|im_start|>/<|im_end|> on a Mistral base): llama.cpp's GGUF converter
-                             reads it first (`_model_file_extended_by`; a `.model` of other pieces
-                             is left out with a warning line)
+                             reads it first (`_model_file_extended_by`; a `.model` of other pieces,
+                             or none SentencePiece reads, is left out with a warning line)
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
     tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, and the class
                              `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
@@ -441,32 +441,13 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
 def _model_file_extended_by(tok: Tokenizer) -> Path | None:
     """The SentencePiece tokenizer.model beside a tokenizer.json `tok` that is that model with tokens
     added after its own (the same piece at each of the `.model`'s ids, and only added tokens past
-    them); None where there is none, or it is another vocabulary (a tiktoken file, another model's).
-    A SentencePiece `.model` left out is one warning line: loaders that read it will find none."""
-    from vikhr.tokenizer.load import is_tiktoken_file
-
+    them); None where there is none, or it is another vocabulary (another model's) or no SentencePiece
+    model (a tiktoken or tekken file, corrupt bytes). A `.model` left out is one warning line: loaders
+    that read it will find none."""
     model_file = tok.path.with_name("tokenizer.model")
-    if tok.kind == "sentencepiece" or not model_file.is_file() or is_tiktoken_file(model_file):
+    if tok.kind == "sentencepiece" or not model_file.is_file():
         return None
-    try:
-        base = load(model_file)
-    except VikhrError:  # not a model vikhr reads: nothing that tokenizes as the export does
-        return None
-    if base.kind != "sentencepiece":
-        return None
-    why = None
-    differing = base.first_other_piece(tok)
-    if differing is not None and differing < base.vocab_size:  # past its end: tokens the json adds
-        theirs = tok.id_to_piece(differing) if differing < tok.vocab_size else None
-        why = (
-            f"its pieces differ from {tok.path.name}'s at id {differing} "
-            f"({base.id_to_piece(differing)!r}, not {theirs!r})"
-        )
-    else:
-        added = set(tok.backend.get_added_tokens_decoder())
-        past = next((i for i in range(base.vocab_size, tok.vocab_size) if i not in added), None)
-        if past is not None:
-            why = f"id {past}, past its {base.vocab_size} pieces, is a vocabulary piece, not an added token"
+    why = _why_left_out(model_file, tok)
     if why is not None:
         print(
             f"warning: {model_file} is left out of the export, which has {tok.path.name} only: {why}; "
@@ -476,6 +457,39 @@ def _model_file_extended_by(tok: Tokenizer) -> Path | None:
         )
         return None
     return model_file
+
+
+def _why_left_out(model_file: Path, tok: Tokenizer) -> str | None:
+    """Why the tokenizer.model beside the tokenizer.json `tok` is not the vocabulary `tok` extends
+    (None: it is)."""
+    try:
+        base = load(model_file)
+    except VikhrError:  # nothing that tokenizes as the export does
+        return f"it is not a SentencePiece model vikhr can read ({_not_sentencepiece(model_file)})"
+    differing = base.first_other_piece(tok)
+    if differing is not None and differing < base.vocab_size:  # past its end: tokens the json adds
+        theirs = tok.id_to_piece(differing) if differing < tok.vocab_size else None
+        return (
+            f"its pieces differ from {tok.path.name}'s at id {differing} "
+            f"({base.id_to_piece(differing)!r}, not {theirs!r})"
+        )
+    added = set(tok.backend.get_added_tokens_decoder())
+    past = next((i for i in range(base.vocab_size, tok.vocab_size) if i not in added), None)
+    if past is not None:
+        return f"id {past}, past its {base.vocab_size} pieces, is a vocabulary piece, not an added token"
+    return None
+
+
+def _not_sentencepiece(model_file: Path) -> str:
+    """What a tokenizer.model that SentencePiece cannot parse is, where its format tells."""
+    from vikhr.tokenizer.load import is_tiktoken_file
+    from vikhr.tokenizer.tekken import is_tekken_file
+
+    if is_tiktoken_file(model_file):  # Llama-3's original/tokenizer.model, copied beside its json
+        return "a tiktoken BPE file"
+    if is_tekken_file(model_file):
+        return "a Mistral tekken file"
+    return "corrupt, or of another format"
 
 
 # Texts on which pre-tokenizers and normalizers disagree: digit runs (GPT-2 keeps them whole, Llama-3
