@@ -1274,6 +1274,58 @@ def test_a_model_file_no_sentencepiece_reads_is_left_out_with_a_warning(
     assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
 
 
+def test_a_stale_added_tokens_decoder_is_written_from_the_tokenizer_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The source's tokenizer_config.json was copied with its `added_tokens_decoder`. One that says
+    otherwise than the tokenizer.json (tokens renumbered after an extension, a hand-made directory)
+    made transformers add the tokens it names as new ones past the model's vocabulary, whose ids the
+    model has no rows for, and take its flags over the json's. The export's is written from the
+    tokenizer.json, with one warning line; the other keys stay."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    src = sentencepiece_with_added_tokens(tmp_path / "src")
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    stale = config["added_tokens_decoder"]
+    entry = stale["32000"]
+    stale["32000"] = {**entry, "content": "<|im_start|>"}  # the two swapped, as before a renumbering
+    stale["32001"] = {**entry, "content": "<|im_end|>", "special": False}
+    stale["32002"] = {**entry, "content": "<|eot_id|>"}  # a token the tokenizer.json does not have
+    stale["1"]["rstrip"] = True
+    (src / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    tok = load(src / "tokenizer.json")
+    write_tokenizer_files(tok, out)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {src / 'tokenizer_config.json'}: its added_tokens_decoder disagrees")
+    assert "id 1 ('<s>') has rstrip True there, False in tokenizer.json (and 3 more)" in warning
+    own = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert len(loaded) == tok.vocab_size == own.get_vocab_size()  # no token past the model's rows
+    assert {i: (t.content, t.special, t.rstrip) for i, t in loaded.added_tokens_decoder.items()} == {
+        i: (t.content, t.special, t.rstrip) for i, t in own.get_added_tokens_decoder().items()
+    }
+    assert (loaded.bos_token_id, loaded.eos_token_id) == (tok.bos_id, tok.eos_id)
+    text = "<|im_start|>user\nПривет<|im_end|><|eot_id|>"
+    assert loaded(text, add_special_tokens=False).input_ids == own.encode(text, add_special_tokens=False).ids
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert written["chat_template"] == config["chat_template"]  # the other keys are the source's
+    # A source whose entries agree with the json is written as it was, without a word.
+    sentencepiece_with_added_tokens(tmp_path / "agreeing")
+    (tmp_path / "agreeing-out").mkdir()
+    capsys.readouterr()
+    write_tokenizer_files(load(tmp_path / "agreeing" / "tokenizer.json"), tmp_path / "agreeing-out")
+    assert capsys.readouterr().err == ""
+    source = json.loads((tmp_path / "agreeing" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    again = json.loads((tmp_path / "agreeing-out" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert again["added_tokens_decoder"] == source["added_tokens_decoder"]
+
+
 SENTENCEPIECE_TEXTS = (
     TEXT,
     "Москва — столица России. The quick brown fox jumps over the lazy dog.",

@@ -6,7 +6,8 @@
                              reads it first (`_model_file_extended_by`; a `.model` of other pieces,
                              or none SentencePiece reads, is left out with a warning line)
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
-    tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, and the class
+    tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, the added tokens of a
+                             tokenizer.json (`_added_tokens_decoder`), and the class
                              `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
                              transformers picks another class, `warn_of_other_transformers_ids`)
     special_tokens_map.json  the same special tokens, for loaders that read only this file
@@ -438,6 +439,65 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
     return config
 
 
+# The fields of an added token in tokenizer_config.json's `added_tokens_decoder`, as transformers writes them.
+_ADDED_TOKEN_FIELDS = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+
+
+def _added_tokens_decoder(tok: Tokenizer, source: Any) -> dict[str, dict[str, Any]]:
+    """tokenizer_config.json's `added_tokens_decoder` for the tokenizer.json `tok`: its added tokens, and
+    those of the source's `added_tokens_decoder` that name the vocabulary piece at their id. transformers
+    adds a token the entries name that the tokenizer.json lacks (one renumbered after an extension, a
+    hand-made file) as a new one past the model's vocabulary, and takes their flags over the json's:
+    where the source's entries say otherwise than the json, the tokenizer the model was trained with,
+    one warning line names the first and the json's are written."""
+    added = {
+        i: {name: getattr(token, name) for name in _ADDED_TOKEN_FIELDS}
+        for i, token in sorted(tok.backend.get_added_tokens_decoder().items())
+    }
+    entries = source if isinstance(source, dict) else {}
+    disagreeing = [] if isinstance(source, dict) or source is None else ["it is not a JSON object"]
+    kept = {}
+    for key, entry in entries.items():
+        why = _disagreement(tok, added, key, entry)
+        if why is None and key.isdigit() and int(key) not in added:
+            kept[int(key)] = entry  # a vocabulary piece transformers also marks as an added token
+        elif why is not None:
+            disagreeing.append(why)
+    if disagreeing:
+        config_path = tok.path.with_name("tokenizer_config.json")
+        more = f" (and {len(disagreeing) - 1} more)" if len(disagreeing) > 1 else ""
+        print(
+            f"warning: {config_path}: its added_tokens_decoder disagrees with {tok.path.name}: "
+            f"{disagreeing[0]}{more}; the export's is written from {tok.path.name}, the tokenizer the "
+            "model was trained with",
+            file=sys.stderr,
+        )
+    return {str(i): entry for i, entry in sorted({**kept, **added}.items())}
+
+
+def _disagreement(tok: Tokenizer, added: dict[int, dict[str, Any]], key: str, entry: Any) -> str | None:
+    """What the source's `added_tokens_decoder` entry `key` says otherwise than the tokenizer.json `tok`
+    (None: nothing; a field the entry lacks says nothing)."""
+    if not key.isdigit() or not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+        return f"entry {key!r} is not an id with a token's content"
+    i, content = int(key), entry["content"]
+    if i in added:
+        theirs = added[i]
+        other = [f for f in _ADDED_TOKEN_FIELDS if f in entry and entry[f] != theirs[f]]
+        if not other:
+            return None
+        if "content" in other:
+            return f"id {i} is {content!r} there, {theirs['content']!r} in {tok.path.name}"
+        field = other[0]
+        return f"id {i} ({content!r}) has {field} {entry[field]} there, {theirs[field]} in {tok.path.name}"
+    piece = tok.id_to_piece(i) if i < tok.vocab_size else None
+    if piece == content:
+        return None
+    found = tok.piece_to_id(content)
+    where = f"id {found}" if found is not None else "no id"
+    return f"id {i} is {content!r} there, which has {where} in {tok.path.name}"
+
+
 def _model_file_extended_by(tok: Tokenizer) -> Path | None:
     """The SentencePiece tokenizer.model beside a tokenizer.json `tok` that is that model with tokens
     added after its own (the same piece at each of the `.model`'s ids, and only added tokens past
@@ -628,6 +688,7 @@ def write_tokenizer_files(
         if extended is not None:
             shutil.copyfile(extended, out_dir / "tokenizer.model")
         config = {"clean_up_tokenization_spaces": False, **source_config}
+        config["added_tokens_decoder"] = _added_tokens_decoder(tok, source_config.get("added_tokens_decoder"))
         # Loaded as tokenizer.json is: a model-specific class named beside the tokenizer (LlamaTokenizer,
         # Qwen2Tokenizer) makes transformers 5 build its own pre-tokenizer around the vocabulary.
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
