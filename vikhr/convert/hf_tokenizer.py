@@ -9,7 +9,7 @@
     tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, the added tokens of a
                              tokenizer.json (`_added_tokens_decoder`), and the class
                              `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
-                             transformers picks another class, `warn_of_other_transformers_ids`)
+                             transformers picks another class, `other_transformers_ids`)
     special_tokens_map.json  the same special tokens, for loaders that read only this file
 
 and the ids megatron_to_hf writes into config.json and generation_config.json (BOS/EOS, the stop
@@ -564,36 +564,47 @@ _PROBE_TEXTS = (
 )
 
 
-def warn_of_other_transformers_ids(written: Path, out: Path) -> None:
-    """One warning line where transformers' AutoTokenizer, loading the export written in `written` (to
-    be renamed to `out`), encodes other ids than its tokenizer.json, the tokenizer the model was
-    trained with: transformers 5 loads a config.json of model_type qwen2 as Qwen2Tokenizer whatever
-    tokenizer_config.json names, and that class builds Qwen's normalizer and pre-tokenizer around the
-    vocabulary rather than reading tokenizer.json's (docs/tokenizer.md)."""
+def probe_ids(tok: Tokenizer, written: Path) -> dict[str, list[int]]:
+    """The ids the tokenizer.json written in `written` gives the probe texts (`other_transformers_ids`):
+    a tokenizer.json's from `tok`, already parsed (a 150k-token one takes most of a second to parse
+    again), with special-token strings read as transformers reads them; a `.model`'s from its export."""
     from tokenizers import Tokenizer as HFTokenizer
+
+    own = tok.backend if tok.kind == "huggingface" else HFTokenizer.from_file(str(written / "tokenizer.json"))
+    as_text = own.encode_special_tokens
+    own.encode_special_tokens = False
+    try:
+        return {text: own.encode(text, add_special_tokens=False).ids for text in _PROBE_TEXTS}
+    finally:
+        own.encode_special_tokens = as_text
+
+
+def other_transformers_ids(written: Path, out: Path, expected: dict[str, list[int]]) -> str | None:
+    """The warning line where transformers' AutoTokenizer, loading the export written in `written` (to
+    be renamed to `out`), encodes other ids than its tokenizer.json (`expected`, `probe_ids`), the
+    tokenizer the model was trained with: transformers 5 loads a config.json of model_type qwen2 as
+    Qwen2Tokenizer whatever tokenizer_config.json names, and that class builds Qwen's normalizer and
+    pre-tokenizer around the vocabulary rather than reading tokenizer.json's (docs/tokenizer.md).
+    Loading transformers takes seconds: megatron_to_hf runs this while it writes the weights."""
     from transformers import AutoTokenizer
 
-    own = HFTokenizer.from_file(str(written / "tokenizer.json"))
     try:
         loaded = AutoTokenizer.from_pretrained(written)
     except Exception as e:  # what transformers raises varies; the export is whole either way
-        print(
+        return (
             f"warning: transformers cannot load the tokenizer of {out} ({type(e).__name__}: {e}); "
-            f"load it with tokenizers.Tokenizer.from_file('{out / 'tokenizer.json'}')",
-            file=sys.stderr,
+            f"load it with tokenizers.Tokenizer.from_file('{out / 'tokenizer.json'}')"
         )
-        return
-    for text in _PROBE_TEXTS:
-        if loaded(text, add_special_tokens=False).input_ids != own.encode(text, add_special_tokens=False).ids:
+    for text, ids in expected.items():
+        if loaded(text, add_special_tokens=False).input_ids != ids:
             model_type = _read_json(written / "config.json").get("model_type")
-            print(
+            return (
                 f"warning: transformers' AutoTokenizer loads {out} (model_type {model_type}) as "
                 f"{type(loaded).__name__}, which encodes {text!r} to other ids than its tokenizer.json, the "
                 f"tokenizer the model was trained with: load it with "
-                f"PreTrainedTokenizerFast.from_pretrained('{out}')",
-                file=sys.stderr,
+                f"PreTrainedTokenizerFast.from_pretrained('{out}')"
             )
-            return
+    return None
 
 
 def _own_end_of_turn(tok: Tokenizer) -> int | None:

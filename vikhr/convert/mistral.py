@@ -38,6 +38,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -883,10 +884,11 @@ def megatron_to_hf(
     """
     from vikhr.convert.hf_tokenizer import (
         keep_source_ids,
+        other_transformers_ids,
+        probe_ids,
         recorded_in_lineage,
         tokenizer_to_export,
         warn_of_cut_lineage,
-        warn_of_other_transformers_ids,
         write_tokenizer_files,
     )
 
@@ -913,9 +915,9 @@ def megatron_to_hf(
     hf_cfg["transformers_version"] = importlib.metadata.version("transformers")
     # The source's sampling settings and ids (its pad id checked against the tokenizer below).
     generation = dict(source.generation_config or {}) if source is not None else {}
-    with output_dir(out) as tmp:
-        with write_errors_as_os_errors(out):
-            _write_hf_weights(headers, cfg, tmp / "model.safetensors", progress)
+    # The tokenizer's self-check loads transformers (seconds) in a thread while the weights are written.
+    with output_dir(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        check = None
         if tok is not None:
             config_ids, generation_ids = write_tokenizer_files(tok, tmp, chat_template)
             hf_cfg.update(config_ids)
@@ -928,8 +930,13 @@ def megatron_to_hf(
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         if generation:
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
-        if tok is not None:
-            warn_of_other_transformers_ids(tmp, out)
+        if tok is not None:  # config.json first: its model_type decides which class transformers loads
+            check = pool.submit(other_transformers_ids, tmp, out, probe_ids(tok, tmp))
+        with write_errors_as_os_errors(out):
+            _write_hf_weights(headers, cfg, tmp / "model.safetensors", progress)
+        warning = check.result() if check is not None else None
+        if warning is not None:
+            print(warning, file=sys.stderr)
     return out
 
 
