@@ -645,15 +645,20 @@ def test_an_encoding_process_killed_is_one_error_line(
     assert not list((tmp_path / "out").iterdir())
 
 
-# Run as `python -c` with a folder holding `encoding_on_hold.py` on PYTHONPATH: `vikhr ARGS` whose
-# encoding processes each hold their first batch until the file `release` is in that folder.
+# Run as `python -c` with a folder holding `encoding_on_hold.py` on PYTHONPATH: `vikhr ARGS[1:]` whose
+# encoding processes each wait at ARGS[0] until the file `release` is in that folder: "starting" (before
+# their initializer, `_start_worker`) or "encoding" (their first batch); each says so with a file
+# `<ARGS[0]>-<pid>` there.
 _HELD_ENCODING = """
 import sys
 import encoding_on_hold
 from vikhr.cli import main
 from vikhr.sft import prepare
-prepare._encode_in_worker = encoding_on_hold.encode
-sys.exit(main(sys.argv[1:]))
+if sys.argv[1] == "starting":
+    prepare._start_worker = encoding_on_hold.start
+else:
+    prepare._encode_in_worker = encoding_on_hold.encode
+sys.exit(main(sys.argv[2:]))
 """
 _ENCODING_ON_HOLD = """
 import os
@@ -661,22 +666,35 @@ import time
 from pathlib import Path
 from vikhr.sft import prepare
 RELEASE = Path(__file__).with_name("release")
-def encode(input_path, lines):
-    RELEASE.with_name(f"holding-{os.getpid()}").touch()
+def hold(where):
+    RELEASE.with_name(f"{where}-{os.getpid()}").touch()
     while not RELEASE.exists():
         time.sleep(0.05)
+def start(*args):
+    hold("starting")
+    prepare._start_worker(*args)
+def encode(input_path, lines):
+    hold("encoding")
     return prepare._encode_in_worker(input_path, lines)
 """
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["the_run", "its_process_group"])
-def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before(
-    tmp_path: Path, group: bool
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
+    ids=["sigterm_to_the_run", "sigterm_to_its_process_group", "ctrl_c"],
+)
+@pytest.mark.parametrize("held", ["starting", "encoding"])
+def test_a_stop_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before(
+    tmp_path: Path, signum: signal.Signals, group: bool, held: str
 ) -> None:
     """A SIGTERM (kill, a job scheduler's stop, sent to the run or to its whole process group) ended
     the run at once: its scratch files and locks stayed, and its encoding processes lived on, waiting
     for work. Now it stops as Ctrl-C does: one line, status 143, the encoding processes ended with it
-    (within their batch), the dataset already at the prefix as it was."""
+    (within their batch), the dataset already at the prefix as it was. A SIGTERM or Ctrl-C sent to the
+    group while the encoding processes started, before they set it aside, ended them (the run said "an
+    encoding process ended abruptly", or each printed a KeyboardInterrupt traceback): it now waits in
+    them until they have."""
 
     prefix = tmp_path / "out" / "sft"
     old = tmp_path / "old.jsonl"
@@ -687,29 +705,32 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
     # To a file: an encoding process left running would hold a pipe open, and reading it would not end.
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err_file:
-        proc = _start_held_prepare(tmp_path, prefix, hooks, err_file)
+        proc = _start_held_prepare(tmp_path, prefix, hooks, err_file, held=held)
     started: list[psutil.Process] = []
     deadline = time.monotonic() + 120
     try:
-        # Both encoding processes on hold (a process still starting has not yet set SIGTERM aside).
-        while len(list(hooks.glob("holding-*"))) < 2:
+        while len(list(hooks.glob(f"{held}-*"))) < 2:  # both encoding processes on hold
             assert proc.poll() is None, stderr.read_text(encoding="utf-8")
             assert time.monotonic() < deadline, "the encoding processes never started"
             time.sleep(0.1)
         started = _encoding_processes(proc.pid)
         assert list(prefix.parent.glob("*.partial"))  # the datasets are being written
-        if group:  # a scheduler's stop reaches every process of the job
-            os.killpg(proc.pid, signal.SIGTERM)
+        if group:  # a scheduler's stop, or Ctrl-C, reaches every process of the job
+            os.killpg(proc.pid, signum)
         else:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
         time.sleep(1)
+        assert all(_running(p) for p in started), "the signal ended an encoding process"
         (hooks / "release").touch()  # the batches under way end; the run waits for them
         proc.wait(timeout=60)
         err = stderr.read_text(encoding="utf-8")
-        assert proc.returncode == 128 + signal.SIGTERM, err
-        assert (
-            err == "vikhr sft prepare: terminated (SIGTERM): stopped, what was at its outputs is as it was\n"
-        )
+        assert proc.returncode == 128 + signum, err
+        said = {
+            signal.SIGTERM: "vikhr sft prepare: terminated (SIGTERM): stopped, what was at its outputs is "
+            "as it was",
+            signal.SIGINT: "vikhr: interrupted",
+        }
+        assert err == said[signum] + "\n"
         while any(_running(p) for p in started):
             assert time.monotonic() < deadline, f"encoding processes left running: {started}"
             time.sleep(0.1)
@@ -723,11 +744,16 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_befor
 
 
 def _start_held_prepare(
-    tmp_path: Path, prefix: Path, hooks: Path, stderr: int | IO[bytes], chat_lines: list[str] | None = None
+    tmp_path: Path,
+    prefix: Path,
+    hooks: Path,
+    stderr: int | IO[bytes],
+    chat_lines: list[str] | None = None,
+    held: str = "encoding",
 ) -> subprocess.Popen:
     """`vikhr sft prepare --workers 2` of `chat_lines` (2,000 varied chats unless given) to `prefix`, in
-    a session of its own, its encoding processes each holding their first batch until the file
-    `release` is in the folder `hooks`."""
+    a session of its own, its encoding processes each on hold until the file `release` is in the folder
+    `hooks`: `held` "encoding" their first batch, or "starting", before their initializer."""
     from tests.conftest import child_env
 
     chats = tmp_path / "chats.jsonl"
@@ -738,7 +764,7 @@ def _start_held_prepare(
     env = child_env()
     env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
     cmd = [
-        sys.executable, "-c", _HELD_ENCODING, "sft", "prepare", "--input", str(chats), "--tokenizer",
+        sys.executable, "-c", _HELD_ENCODING, held, "sft", "prepare", "--input", str(chats), "--tokenizer",
         str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix), "--workers", "2", "--no-progress",
     ]  # fmt: skip
     return subprocess.Popen(
@@ -856,7 +882,7 @@ def test_a_killed_encoding_process_ends_the_run_with_one_line(tmp_path: Path) ->
     try:
         deadline = time.monotonic() + 120
         # Both encoding processes on hold, and the run waiting to hand them the next batch.
-        while len(list(hooks.glob("holding-*"))) < 2 or not _writing_to_a_full_pipe(proc.pid):
+        while len(list(hooks.glob("encoding-*"))) < 2 or not _writing_to_a_full_pipe(proc.pid):
             assert proc.poll() is None, stderr_path.read_text(encoding="utf-8")
             assert time.monotonic() < deadline, "the encoding processes never started"
             time.sleep(0.1)

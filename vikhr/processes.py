@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.resource_tracker
 import os
 import signal
 import sys
@@ -17,6 +18,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+# The signals that stop a command: a pool's process gets them only once its initializer, which may set
+# them aside (the command stops the pool itself), has run (`_PoolProcess.start`).
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 def end_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
@@ -40,10 +45,14 @@ def process_pool(
 ) -> ProcessPoolExecutor:
     """A pool of `workers` processes, each running `initializer(*initargs)` as it starts and ending
     when this process dies (`end_with_parent`). Create it and submit to it from the main thread.
+    SIGINT and SIGTERM reach a process only once `initializer` has run, as it has set them.
 
     The processes are spawned: a forked copy of this process would share its open files (a dataset
     being written) and the threads of its libraries (a tokenizer's)."""
-    return ProcessPoolExecutor(workers, _SpawnContext(), _start_worker, (os.getpid(), initializer, initargs))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return ProcessPoolExecutor(
+        workers, _SpawnContext(), _start_worker, (os.getpid(), blocked, initializer, initargs)
+    )
 
 
 class _PoolProcess(multiprocessing.context.SpawnProcess):
@@ -54,11 +63,28 @@ class _PoolProcess(multiprocessing.context.SpawnProcess):
     def terminate(self) -> None:
         self.kill()
 
+    def start(self) -> None:
+        """Start the process with SIGINT and SIGTERM blocked, as a spawned process keeps them until
+        `_start_worker` has run the initializer: one sent to the whole process group (a scheduler's
+        stop, Ctrl-C) while the process started ended it before the initializer could set the signal
+        aside, and the command said a process "ended abruptly" instead of stopping. Blocked, it waits,
+        then meets the initializer's setting (one ignored is dropped)."""
+        # Started first if need be: the tracker unblocks these signals once its own process is started.
+        multiprocessing.resource_tracker.ensure_running()
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
 
 class _SpawnContext(multiprocessing.context.SpawnContext):
     Process = _PoolProcess
 
 
-def _start_worker(parent_pid: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+def _start_worker(
+    parent_pid: int, blocked: set[signal.Signals], initializer: Callable[..., None], initargs: tuple[Any, ...]
+) -> None:
     end_with_parent(parent_pid)
     initializer(*initargs)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a stop sent meanwhile comes now, as set
