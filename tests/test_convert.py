@@ -1326,6 +1326,56 @@ def test_a_stale_added_tokens_decoder_is_written_from_the_tokenizer_json(
     assert again["added_tokens_decoder"] == source["added_tokens_decoder"]
 
 
+def test_special_tokens_the_tokenizer_json_lacks_are_left_out_of_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The source's tokenizer_config.json was copied with the pad, unk and other special tokens it names.
+    One the tokenizer.json lacks (a hand-made config, another tokenizer's) transformers adds as a new id
+    past the model's rows: `len(tokenizer)` grew, and padding with it, or text holding it, indexed past
+    the embedding. Those keys and list entries are left out with one warning line; present ones stay."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+    from vikhr.tokenizer.load import pad_id
+
+    src = sentencepiece_with_added_tokens(tmp_path / "src")
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.update(
+        pad_token="<pad>",  # Mistral's vocabulary has none
+        unk_token={"__type": "AddedToken", "content": "<unk_0>", "special": True},
+        sep_token="</s>",
+        image_token="<image>",  # a model's own special token: transformers takes any `*_token` key
+        additional_special_tokens=["<|im_start|>", "<|eot_id|>"],
+    )
+    (src / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = load(src / "tokenizer.json")
+    with pytest.raises(VikhrError, match="pad_token '<pad>' is not in"):
+        pad_id(tok)  # what vikhr says of such a source
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    ids, generation = write_tokenizer_files(tok, out)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {src / 'tokenizer_config.json'}: ")
+    for named in ("pad_token '<pad>'", "unk_token '<unk_0>'", "image_token '<image>'"):
+        assert named in warning
+    assert "additional_special_tokens '<|eot_id|>'" in warning and "'<|im_start|>'" not in warning
+    assert f"transformers would add them as new ids from {tok.vocab_size} on" in warning
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert not {"pad_token", "unk_token", "image_token"} & written.keys()
+    assert written["sep_token"] == "</s>" and written["additional_special_tokens"] == ["<|im_start|>"]
+    assert "pad_token" not in json.loads((out / "special_tokens_map.json").read_text(encoding="utf-8"))
+    assert "pad_token_id" not in ids and "pad_token_id" not in generation  # the source's decides
+    assert pad_id(load(out / "tokenizer.json")) is None
+    own = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert len(loaded) == tok.vocab_size == own.get_vocab_size()  # no token past the model's rows
+    assert loaded.pad_token is None and loaded.sep_token == "</s>"
+    text = "<|im_start|>user <pad><unk_0><image><|eot_id|></s>"
+    assert loaded(text, add_special_tokens=False).input_ids == own.encode(text, add_special_tokens=False).ids
+
+
 SENTENCEPIECE_TEXTS = (
     TEXT,
     "Москва — столица России. The quick brown fox jumps over the lazy dog.",

@@ -7,7 +7,8 @@
                              or none SentencePiece reads, is left out with a warning line)
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
     tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, the added tokens of a
-                             tokenizer.json (`_added_tokens_decoder`), and the class
+                             tokenizer.json (`_added_tokens_decoder`), the source's other special
+                             tokens that its vocabulary has (`_without_missing_specials`), and the class
                              `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
                              transformers picks another class, `other_transformers_ids`)
     special_tokens_map.json  the same special tokens, for loaders that read only this file
@@ -62,7 +63,7 @@ from vikhr.sft.hf_chat import (
     hf_chat_template,
     own_chat_template,
 )
-from vikhr.tokenizer.load import Tokenizer, load
+from vikhr.tokenizer.load import Tokenizer, load, token_name
 
 # meta.json key of a trained checkpoint: what its datasets recorded of their tokenizer (`data_tokenizer`).
 DATA_TOKENIZER = "data_tokenizer"
@@ -475,6 +476,49 @@ def _added_tokens_decoder(tok: Tokenizer, source: Any) -> dict[str, dict[str, An
     return {str(i): entry for i, entry in sorted({**kept, **added}.items())}
 
 
+# tokenizer_config.json keys that list special tokens; transformers also takes every `*_token` key
+# naming a token (pad_token, unk_token, mask_token, a model's own image_token) as a special token.
+_SPECIAL_TOKEN_LISTS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _without_missing_specials(tok: Tokenizer, config: dict[str, Any]) -> dict[str, Any]:
+    """The source's tokenizer_config.json `config` without the special tokens it names that the
+    tokenizer.json `tok` lacks (a hand-made config, one of another tokenizer): transformers adds each
+    as a new token past the vocabulary, whose id the model has no trained row for (text holding it, or
+    padding with it, indexes past the embedding). One warning line names them; vikhr's `pad_id` refuses
+    such a pad token, and the export's pad id is then the source's where it still fits
+    (`keep_source_ids`)."""
+    missing: list[str] = []
+
+    def in_vocabulary(key: str, value: Any) -> bool:
+        name = token_name(value)
+        if name is None or tok.piece_to_id(name) is not None:  # not a token (add_bos_token), or present
+            return True
+        missing.append(f"{key} {name!r}")
+        return False
+
+    written: dict[str, Any] = {}
+    for key, value in config.items():
+        if key.endswith("_token"):
+            if in_vocabulary(key, value):
+                written[key] = value
+        elif key in _SPECIAL_TOKEN_LISTS and isinstance(value, list):
+            written[key] = [t for t in value if in_vocabulary(key, t)]
+        elif key in _SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
+            written[key] = {name: t for name, t in value.items() if in_vocabulary(f"{key}.{name}", t)}
+        else:
+            written[key] = value
+    if missing:
+        print(
+            f"warning: {tok.path.with_name('tokenizer_config.json')}: {', '.join(missing)} not in "
+            f"{tok.path.name}: left out of the export; transformers would add "
+            f"{'it' if len(missing) == 1 else 'them'} as new ids from {tok.vocab_size} on, past the "
+            "model's trained rows",
+            file=sys.stderr,
+        )
+    return written
+
+
 def _disagreement(tok: Tokenizer, added: dict[int, dict[str, Any]], key: str, entry: Any) -> str | None:
     """What the source's `added_tokens_decoder` entry `key` says otherwise than the tokenizer.json `tok`
     (None: nothing; a field the entry lacks says nothing)."""
@@ -631,11 +675,10 @@ def _source_stop_ids(tok: Tokenizer) -> tuple[list[int], list[int]]:
 
 
 def _own_pad_id(tok: Tokenizer, config: dict[str, Any]) -> int | None:
-    """The id of the pad token that the written tokenizer_config.json names (None: it names none,
-    or a token the vocabulary lacks)."""
-    pad = config.get("pad_token")
-    name = pad.get("content") if isinstance(pad, dict) else pad
-    return tok.piece_to_id(name) if isinstance(name, str) else None
+    """The id of the pad token that the written tokenizer_config.json names (None: it names none; one
+    the vocabulary lacks is not written, `_without_missing_specials`)."""
+    name = token_name(config.get("pad_token"))
+    return tok.piece_to_id(name) if name is not None else None
 
 
 def _means_the_same(i: Any, source: Tokenizer, tok: Tokenizer) -> bool:
@@ -698,7 +741,7 @@ def write_tokenizer_files(
         extended = _model_file_extended_by(tok)
         if extended is not None:
             shutil.copyfile(extended, out_dir / "tokenizer.model")
-        config = {"clean_up_tokenization_spaces": False, **source_config}
+        config = {"clean_up_tokenization_spaces": False, **_without_missing_specials(tok, source_config)}
         config["added_tokens_decoder"] = _added_tokens_decoder(tok, source_config.get("added_tokens_decoder"))
         # Loaded as tokenizer.json is: a model-specific class named beside the tokenizer (LlamaTokenizer,
         # Qwen2Tokenizer) makes transformers 5 build its own pre-tokenizer around the vocabulary.

@@ -395,7 +395,7 @@ def _config_extras(tok: Tokenizer) -> dict[str, Any]:
             out["unk_token"] = tok.id_to_piece(unk)
         return out
     cfg = _tokenizer_config(tok.path) or {}
-    unk = _token_name(cfg.get("unk_token"))
+    unk = token_name(cfg.get("unk_token"))
     if unk is not None and tok.piece_to_id(unk) is not None:
         out["unk_token"] = unk
     if isinstance(cfg.get("model_max_length"), int):
@@ -403,8 +403,8 @@ def _config_extras(tok: Tokenizer) -> dict[str, Any]:
     return out
 
 
-def _token_name(value: Any) -> str | None:
-    """A token in tokenizer_config.json: a string or {"content": str, ...}."""
+def token_name(value: Any) -> str | None:
+    """A token in tokenizer_config.json: a string or {"content": str, ...} (None: not a token)."""
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
@@ -431,7 +431,7 @@ def pad_id(tok: Tokenizer) -> int | None:
     if tok.kind == "sentencepiece":
         i = int(tok.backend.pad_id())
         return i if i >= 0 else None
-    name = _token_name((_tokenizer_config(tok.path) or {}).get("pad_token"))
+    name = token_name((_tokenizer_config(tok.path) or {}).get("pad_token"))
     if name is None:
         return None
     i = tok.piece_to_id(name)
@@ -449,7 +449,7 @@ def _special_id(
     """The BOS or EOS id of an HF tokenizer by the module's rule."""
     key = f"{which}_token"
     if cfg is not None and key in cfg:
-        name = _token_name(cfg[key])
+        name = token_name(cfg[key])
         if name is None:
             return None  # the config says there is none
         i = token_to_id(name)
