@@ -509,11 +509,15 @@ def _without_missing_specials(tok: Tokenizer, config: dict[str, Any]) -> dict[st
         else:
             written[key] = value
     if missing:
+        added = (
+            f"it as a new id, {tok.vocab_size}"
+            if len(missing) == 1
+            else f"them as new ids from {tok.vocab_size} on"
+        )
         print(
             f"warning: {tok.path.with_name('tokenizer_config.json')}: {', '.join(missing)} not in "
-            f"{tok.path.name}: left out of the export; transformers would add "
-            f"{'it' if len(missing) == 1 else 'them'} as new ids from {tok.vocab_size} on, past the "
-            "model's trained rows",
+            f"{tok.path.name}: left out of the export; transformers would add {added}, past the model's "
+            "trained rows",
             file=sys.stderr,
         )
     return written
