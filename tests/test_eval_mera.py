@@ -525,7 +525,7 @@ def test_rutie_asks_in_order_with_the_models_own_answers() -> None:
 
     lm = ShorterOptionLM()
     train = MERA / "rutie" / "train.jsonl"
-    out = evaluate_rutie(lm, read_dialogues(train), train)
+    out = evaluate_rutie(lm, read_dialogues(train))
     head = "Вам дан диалог, в котором необходимо продолжить реплики. Учитывая контекст диалога, и два варианта ответа на реплику (вопрос) ответьте на последний вопрос.\n"  # noqa: E501
     # Question 0: its own instruction, empty context, the blank line collapsed.
     assert (
@@ -561,7 +561,7 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in second + train), encoding="utf-8"
     )
     lm = ShorterOptionLM()
-    out = evaluate_rutie(lm, read_dialogues(path), path)
+    out = evaluate_rutie(lm, read_dialogues(path))
     # Dialogue 0 first (six questions), then dialogue 1, whose first prompt has no context.
     assert lm.prompts[6] == lm.prompts[0] and "Ответ: 1" not in lm.prompts[6]
     assert [len(d) for d in rutie_submission(out["samples"])["data"]["test"]] == [6, 2]
@@ -569,16 +569,16 @@ def test_rutie_dialogues_restart_the_context_and_limit_counts_questions(tmp_path
         "outputs": "1",
         "meta": {"dialog_id": 1, "question_id": 1},
     }
-    assert evaluate_rutie(ShorterOptionLM(), read_dialogues(path, limit=7), path)["n"] == 7
+    assert evaluate_rutie(ShorterOptionLM(), read_dialogues(path, limit=7))["n"] == 7
     # Answers stored as numbers, as the other MERA readers take them.
     path.write_text(
         "".join(json.dumps({**r, "outputs": int(r["outputs"])}, ensure_ascii=False) + "\n" for r in train),
         encoding="utf-8",
     )
-    assert [r["outputs"] for d in read_dialogues(path) for r in d] == [r["outputs"] for r in train]
+    assert [q.record["outputs"] for d in read_dialogues(path) for q in d] == [r["outputs"] for r in train]
     # Hidden answers (the public test split): no local accuracy.
     test = MERA / "rutie" / "test.jsonl"
-    hidden = evaluate_rutie(ShorterOptionLM(), read_dialogues(test), test)
+    hidden = evaluate_rutie(ShorterOptionLM(), read_dialogues(test))
     assert math.isnan(hidden["results"]["acc,none"]) and hidden["n"] == 4
     assert [s["doc"]["meta"]["question_id"] for s in hidden["samples"]] == [0, 1, 2, 3]
 
@@ -600,7 +600,7 @@ def test_rutie_bad_records_are_one_line(change: Any, message: str, tmp_path: Pat
         "".join(json.dumps(change(r), ensure_ascii=False) + "\n" for r in records("rutie")), encoding="utf-8"
     )
     with pytest.raises(VikhrError) as e:
-        evaluate_rutie(ShorterOptionLM(), read_dialogues(path), path)
+        evaluate_rutie(ShorterOptionLM(), read_dialogues(path))
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -645,6 +645,6 @@ def test_bars_are_drawn_on_a_terminal_only(
     train = MERA / "rutie" / "train.jsonl"
     with evaluation_bars(shown):
         execute_completions([["    return x\n"]], [doc])
-        evaluate_rutie(ShorterOptionLM(), read_dialogues(train), train)
+        evaluate_rutie(ShorterOptionLM(), read_dialogues(train))
     drawn = [bar for bar in ("ruHumanEval tests", "mera_rutie") if bar in stderr.getvalue()]
     assert drawn == (["ruHumanEval tests", "mera_rutie"] if terminal and shown else [])

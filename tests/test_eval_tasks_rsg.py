@@ -1425,3 +1425,51 @@ def test_mera_and_rutie_record_errors_name_the_file_line_and_id(tmp_path: Path) 
         rf"meta\.question_id {meta['question_id']}\): outputs '3'",
     ):
         read_dialogues(rutie)
+
+
+def test_rutie_prompt_and_numbering_errors_name_the_file_line(tmp_path: Path) -> None:
+    """ruTiE's prompts are built after reading, when the line was no longer kept: an instruction
+    needing an input the question lacks said `dialog 0 question 1`, a gap in a dialogue's question
+    ids named the file alone. Both now name the question's `file:line` and ids (the file's records
+    out of question order, after a blank line, so no position is the line)."""
+    from vikhr.eval.mera_rutie import rutie_prompt
+
+    path = tmp_path / "test.jsonl"
+    records = [r for _, r in read_jsonl(FIXTURES / "mera" / "rutie" / "test.jsonl")]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+        path.write_text("\n".join(lines[:1]) + "\n\n" + "\n".join(lines[1:]) + "\n", encoding="utf-8")
+
+    def line_of(question_id: int) -> int:  # the blank line comes after the first record
+        position = next(i for i, r in enumerate(records) if r["meta"]["question_id"] == question_id)
+        return position + 1 + (position > 0)
+
+    def where(question_id: int) -> str:
+        ids = rf"\(meta\.dialog_id 0, meta\.question_id {question_id}\)"
+        return rf"{re.escape(str(path))}:{line_of(question_id)} {ids}"
+
+    # Question 0's instruction, which every question is asked with, names an input only it has.
+    first = next(r for r in records if r["meta"]["question_id"] == 0)
+    first["instruction"] += "{topic}"
+    first["inputs"]["topic"] = "погода"
+    write(records)
+    [dialogue] = read_dialogues(path)
+    assert rutie_prompt(dialogue, 0, []).count("погода") == 1
+    with pytest.raises(
+        VikhrError, match=rf"^{where(1)}: the dialogue's instruction \(of {where(0)}\) needs input 'topic'"
+    ):
+        rutie_prompt(dialogue, 1, ["1"])
+    # A gap: question 2 renumbered 5; the first question after it is named.
+    second = next(r for r in records if r["meta"]["question_id"] == 2)
+    second["meta"]["question_id"] = 5
+    write(records)
+    with pytest.raises(VikhrError, match=rf"^{where(3)}: dialog 0 has no question 2 before this one"):
+        read_dialogues(path)
+    # A repeat: question 5 numbered 1 again; both records are named.
+    second["meta"]["question_id"] = 1
+    write(records)
+    with pytest.raises(VikhrError, match=r"dialog 0 has question 1 twice") as refused:
+        read_dialogues(path)
+    lines = [i + 1 + (i > 0) for i, r in enumerate(records) if r["meta"]["question_id"] == 1]
+    assert len(lines) == 2 and all(f"{path}:{n} (" in str(refused.value) for n in lines), refused.value

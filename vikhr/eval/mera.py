@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from vikhr.atomic import temporary_path
 from vikhr.errors import VikhrError
@@ -44,6 +44,7 @@ from vikhr.eval.tasks import (
     ETHICS_CRITERIA,
     ETHICS_METRICS,
     ETHICS_QUESTIONS,
+    MeraRecord,
     most_likely,
     read_numbered_records,
     record_location,
@@ -205,13 +206,6 @@ def _shot_answer(record: dict[str, Any]) -> str:
     if isinstance(outputs, list):
         return outputs[0]["segment"]
     return outputs
-
-
-class MeraRecord(NamedTuple):
-    """A record of a MERA task file and its `record_location` (`file:line (meta.id N)`)."""
-
-    where: str
-    record: dict[str, Any]
 
 
 def mera_prompt(task: MeraTask, doc: MeraRecord, shots: list[MeraRecord]) -> str:

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from vikhr.errors import VikhrError
-from vikhr.eval.tasks import most_likely, read_numbered_records, record_location
+from vikhr.eval.tasks import MeraRecord, most_likely, read_numbered_records, record_location
 
 RUTIE = "mera_rutie"
 CHOICES = ("1", "2")
 
 
-def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, Any]]]:
-    """The dialogues of a ruTiE file, each in `question_id` order; with `limit`, the first `limit`
-    questions in (dialog_id, question_id) order."""
-    dialogues: dict[int, list[dict[str, Any]]] = defaultdict(list)
+def read_dialogues(path: Path, limit: int | None = None) -> list[list[MeraRecord]]:
+    """The dialogues of a ruTiE file, each in `question_id` order, every question with its
+    `record_location`; with `limit`, the first `limit` questions in (dialog_id, question_id) order."""
+    dialogues: dict[int, list[MeraRecord]] = defaultdict(list)
     keys = ("instruction", "inputs", "outputs", "meta")
     for line, r in read_numbered_records(path, keys, layout="MERA ruTiE"):
         inputs, meta = r["inputs"], r["meta"]
@@ -57,16 +57,11 @@ def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, 
             r["outputs"] = str(r["outputs"])  # as every MERA reader: numeric answers may be numbers
         if r["outputs"] not in ("", *CHOICES):
             raise VikhrError(f"{where}: outputs {r['outputs']!r} is not 1, 2 or empty (MERA ruTiE layout)")
-        dialogues[meta["dialog_id"]].append(r)
+        dialogues[meta["dialog_id"]].append(MeraRecord(where, r))
     out = []
     for dialog_id in sorted(dialogues):
-        questions = sorted(dialogues[dialog_id], key=lambda r: r["meta"]["question_id"])
-        ids = [r["meta"]["question_id"] for r in questions]
-        if ids != list(range(len(ids))):
-            raise VikhrError(
-                f"{path}: dialog {dialog_id} has question ids {ids[:5]}...; a dialogue must number its "
-                "questions 0, 1, 2, ... without gaps (MERA ruTiE layout)"
-            )
+        questions = sorted(dialogues[dialog_id], key=lambda q: q.record["meta"]["question_id"])
+        _require_numbered_in_order(dialog_id, questions)
         out.append(questions)
     if limit is not None:
         kept, left = [], limit
@@ -79,44 +74,63 @@ def read_dialogues(path: Path, limit: int | None = None) -> list[list[dict[str, 
     return out
 
 
-def _format(path: Path, template: str, fields: dict[str, str], where: str) -> str:
+def _require_numbered_in_order(dialog_id: int, questions: list[MeraRecord]) -> None:
+    """The questions of a dialogue (sorted by `question_id`) are numbered 0, 1, 2, ...: a question
+    is asked after those before it, with their answers in its prompt."""
+    for position, question in enumerate(questions):
+        question_id = question.record["meta"]["question_id"]
+        if question_id == position:
+            continue
+        layout = "a dialogue numbers its questions 0, 1, 2, ... without gaps (MERA ruTiE layout)"
+        if question_id < position:  # sorted: it repeats the one before it
+            raise VikhrError(
+                f"{question.where}: dialog {dialog_id} has question {question_id} twice (first at "
+                f"{questions[position - 1].where}); {layout}"
+            )
+        raise VikhrError(
+            f"{question.where}: dialog {dialog_id} has no question {position} before this one; {layout}"
+        )
+
+
+def _format(template: str, fields: dict[str, str], where: str, template_of: str) -> str:
     try:
         return template.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
-        raise VikhrError(f"{path}: {where}: the instruction needs input {e} (MERA ruTiE layout)") from e
+        raise VikhrError(
+            f"{where}: {template_of} needs input {e} that the record's inputs lack (MERA ruTiE layout)"
+        ) from e
 
 
-def rutie_prompt(
-    dialogue: list[dict[str, Any]], position: int, answers: list[str], path: Path = Path("ruTiE")
-) -> str:
+def rutie_prompt(dialogue: list[MeraRecord], position: int, answers: list[str]) -> str:
     """The prompt of question `position` of `dialogue`, after the model answered `answers` to the
     questions before it."""
     doc = dialogue[position]
-    where = f"dialog {doc['meta']['dialog_id']} question {position}"
+    inputs = doc.record["inputs"]
     if position == 0:
-        text = _format(path, doc["instruction"], {**doc["inputs"], "context": ""}, where)
+        text = _format(doc.record["instruction"], {**inputs, "context": ""}, doc.where, "the instruction")
         return text.replace("\n\n", "\n") + "\nОтвет:"
     context = "\n".join(
         f"{q['inputs']['question']}\n1. {q['inputs']['choice1']}\n2. {q['inputs']['choice2']}\nОтвет: {a}"
-        for q, a in zip(dialogue[:position], answers, strict=True)
+        for q, a in zip((q.record for q in dialogue[:position]), answers, strict=True)
     )
-    return (
-        _format(path, dialogue[0]["instruction"], {**doc["inputs"], "context": context}, where) + "\nОтвет:"
+    # Every question is asked with the dialogue's first instruction, as the release does.
+    first = dialogue[0]
+    template_of = f"the dialogue's instruction (of {first.where})"
+    return _format(first.record["instruction"], {**inputs, "context": context}, doc.where, template_of) + (
+        "\nОтвет:"
     )
 
 
 def evaluate_rutie(
     lm: Any,
-    dialogues: list[list[dict[str, Any]]],
-    path: Path,
+    dialogues: list[list[MeraRecord]],
     chat: bool = False,
     system_instruction: str | None = None,
 ) -> dict[str, Any]:
-    """Ask every question of `dialogues` (`read_dialogues` of `path`, which error messages name) in
-    order; `chat`: each prompt a user turn of the model's chat template (after `system_instruction`),
-    the answer scored as the assistant's, as lm-eval does for its tasks. lm-eval-shaped results:
-    {"results": {"acc,none", "acc_stderr,none"}, "n": questions, "requests": loglikelihoods,
-    "samples": [...]}.
+    """Ask every question of `dialogues` (`read_dialogues` of a file) in order; `chat`: each prompt a
+    user turn of the model's chat template (after `system_instruction`), the answer scored as the
+    assistant's, as lm-eval does for its tasks. lm-eval-shaped results: {"results": {"acc,none",
+    "acc_stderr,none"}, "n": questions, "requests": loglikelihoods, "samples": [...]}.
     Accuracy is n/a (NaN) when any answer is hidden (the public test split)."""
     from lm_eval.api.instance import Instance
 
@@ -126,8 +140,9 @@ def evaluate_rutie(
     with progress_bar(total=sum(map(len, dialogues)), desc="mera_rutie (one question at a time)") as bar:
         for dialogue in dialogues:
             answers: list[str] = []
-            for position, doc in enumerate(dialogue):
-                prompt = rutie_prompt(dialogue, position, answers, path)
+            for position, question in enumerate(dialogue):
+                prompt = rutie_prompt(dialogue, position, answers)
+                doc = question.record
                 delimiter = " "
                 if chat:  # lm-eval's multiple choice in a chat: the answer opens the assistant turn
                     system = [{"role": "system", "content": system_instruction}] if system_instruction else []

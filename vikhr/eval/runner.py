@@ -22,7 +22,7 @@ from vikhr.eval.mera_rutie import RUTIE, evaluate_rutie, read_dialogues
 from vikhr.eval.progress import TaskProgress, as_json, keeps_samples
 from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, checked_task_files, task_config_of_files
-from vikhr.eval.tasks import TASK_GROUPS, TASKS, effective_fewshot, task_files
+from vikhr.eval.tasks import TASK_GROUPS, TASKS, MeraRecord, effective_fewshot, task_files
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
 DEFAULT_SEED = 1234
@@ -215,7 +215,7 @@ def _metric_value(value: Any) -> float | None:
     return None
 
 
-def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[dict[str, Any]]] | None]:
+def _build_tasks(settings: EvalSettings) -> tuple[dict[str, Any], list[list[MeraRecord]] | None]:
     """lm-eval task objects for `settings.tasks`, and ruTiE's dialogues when it is one of them (it
     runs outside lm-eval's evaluator); every task's documents are read and checked here."""
     if settings.limit is not None and settings.limit < 1:
@@ -638,7 +638,7 @@ def _task_result(
 
 
 def _rutie_result(
-    lm: Any, dialogues: list[list[dict[str, Any]]], settings: EvalSettings, progress: TaskProgress
+    lm: Any, dialogues: list[list[MeraRecord]], settings: EvalSettings, progress: TaskProgress
 ) -> dict[str, Any]:
     """ruTiE, asked one question at a time (each prompt holds the model's earlier answers)."""
     data = [_rutie_path(settings)]
@@ -647,7 +647,7 @@ def _rutie_result(
         return done
     _seed_everything(settings.seed)
     start = _task_start(lm)
-    rutie = evaluate_rutie(lm, dialogues, data[0], settings.chat_template, settings.system_instruction)
+    rutie = evaluate_rutie(lm, dialogues, settings.chat_template, settings.system_instruction)
     part = {"results": rutie["results"], "n-samples": {"effective": rutie["n"]}, "samples": rutie["samples"]}
     done = as_json({"part": part, "cost": _task_cost(lm, start, requests=rutie["requests"])})
     progress.save(RUTIE, data, done)

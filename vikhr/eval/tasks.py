@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vikhr.errors import VikhrError, close_match
 from vikhr.jsonl import is_compressed, read_jsonl, read_text_file, read_texts
@@ -352,6 +352,14 @@ def record_location(path: Path, line: int, *ids: tuple[str, Any]) -> str:
     looks for a line."""
     named = ", ".join(f"{name} {json_spelling(value)}" for name, value in ids if value is not None)
     return f"{path}:{line}" + (f" ({named})" if named else "")
+
+
+class MeraRecord(NamedTuple):
+    """A record of a MERA task file and its `record_location` (`file:line (meta.id N)`), which
+    errors found after reading (a prompt's template, a field's type across records) name."""
+
+    where: str
+    record: dict[str, Any]
 
 
 def require_unique(path: Path, ids: list[tuple[int, Any]], what: str) -> None:
