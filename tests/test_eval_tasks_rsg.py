@@ -1473,3 +1473,33 @@ def test_rutie_prompt_and_numbering_errors_name_the_file_line(tmp_path: Path) ->
         read_dialogues(path)
     lines = [i + 1 + (i > 0) for i, r in enumerate(records) if r["meta"]["question_id"] == 1]
     assert len(lines) == 2 and all(f"{path}:{n} (" in str(refused.value) for n in lines), refused.value
+
+
+@pytest.mark.parametrize(
+    ("task", "file", "id_name", "set_id"),
+    [
+        ("rsg_terra", "russian-superglue/TERRa/val.jsonl", "idx", lambda r, v: r.update(idx=v)),
+        ("rsg_parus", "russian-superglue/PARus/val.jsonl", "idx", lambda r, v: r.update(idx=v)),
+        ("mera_parus", "mera/parus/test.jsonl", "meta.id", lambda r, v: r["meta"].update(id=v)),
+    ],
+)
+def test_a_field_of_two_types_names_both_records_by_file_line(
+    tmp_path: Path, task: str, file: str, id_name: str, set_id: Any
+) -> None:
+    """An id that is a number in one record and a string in another (Arrow wants one type per
+    column) was named by the records' places among the built rows (`record 1 and … record 2`), which
+    are not their lines: here the second record follows a blank line, on line 3."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    records = [r for _, r in read_jsonl(FIXTURES / file)][:2]
+    set_id(records[0], 0)
+    set_id(records[1], "x1")
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    (data / file).write_text(lines[0] + "\n\n" + lines[1] + "\n", encoding="utf-8")
+    path = data / file
+    with pytest.raises(TypeError) as refused:
+        dataset(build_task_config(task, data, 0, Path()))
+    field = "id" if task.startswith("mera") else "idx"
+    assert str(refused.value) == (
+        f'field {field!r} is a number in {path}:1 ({id_name} 0) and a str in {path}:3 ({id_name} "x1")'
+    )

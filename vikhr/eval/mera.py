@@ -44,6 +44,7 @@ from vikhr.eval.tasks import (
     ETHICS_CRITERIA,
     ETHICS_METRICS,
     ETHICS_QUESTIONS,
+    WHERE,
     MeraRecord,
     most_likely,
     read_numbered_records,
@@ -389,6 +390,7 @@ def _rows(
                 "label": task.choices.index(outputs) if task.kind == "choice" and outputs else -1,
                 "answer": outputs if isinstance(outputs, str) else "",
                 "scoring": json.dumps(_scoring(task, r), ensure_ascii=False),
+                WHERE: located.where,
             }
         )
     if fewshot_path is not None:

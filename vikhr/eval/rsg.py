@@ -30,6 +30,7 @@ from vikhr.errors import VikhrError
 from vikhr.eval.tasks import (
     TASKS,
     TERRA_DESCRIPTION,
+    WHERE,
     choice_task_with_shots,
     json_spelling,
     most_likely,
@@ -206,6 +207,7 @@ def _lidirus_config(
                 "hypothesis": r[second].strip(),
                 "label": _gold(where, r, labels, hide),
                 "idx": r.get("idx"),
+                WHERE: where,
             }
             for _, where, r in _records(path, (first, second, "label"), limit, "LiDiRus/TERRa", hide)
         ]
@@ -237,6 +239,7 @@ def _rcb_config(
                 "hypothesis": r["hypothesis"].strip(),
                 "label": _gold(where, r, labels, hide),
                 "idx": r.get("idx"),
+                WHERE: where,
             }
             for _, where, r in _records(path, ("premise", "hypothesis", "label"), limit, "RCB", hide)
         ]
@@ -280,6 +283,7 @@ def _parus_config(
                     "choices": [_lower_first(r["choice1"].strip()), _lower_first(r["choice2"].strip())],
                     "label": _gold(where, r, {0: 0, 1: 1}, hide),
                     "idx": r.get("idx"),
+                    WHERE: where,
                 }
             )
         return out
@@ -315,6 +319,7 @@ def _russe_config(
                 "sentence2": r["sentence2"].strip(),
                 "label": _gold(where, r, _BOOL, hide),
                 "idx": r.get("idx"),
+                WHERE: where,
             }
             for _, where, r in _records(
                 path, ("word", "sentence1", "sentence2", "label"), limit, "RUSSE", hide
@@ -357,6 +362,7 @@ def _rwsd_config(
                     "span2": target["span2_text"],
                     "label": _gold(where, r, _BOOL, hide),
                     "idx": r.get("idx"),
+                    WHERE: where,
                 }
             )
         return out
@@ -389,6 +395,7 @@ def _danetqa_config(
                 "question": r["question"].strip(),
                 "label": _gold(where, r, _BOOL, hide),
                 "idx": r.get("idx"),
+                WHERE: where,
             }
             for _, where, r in _records(path, ("question", "passage", "label"), limit, "DaNetQA", hide)
         ]
@@ -458,6 +465,7 @@ def _muserc_rows(path: Path, limit: int | None = None, hide: bool = False) -> li
                             "idx": [r["idx"], q["idx"], a["idx"]]
                             if hide
                             else [r.get("idx"), q.get("idx"), a.get("idx")],
+                            WHERE: at_answer,
                         }
                     )
                     lines.append(line)
@@ -546,6 +554,7 @@ def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> lis
                         "golds": golds,
                         "label": next((i for i, e in enumerate(entities) if e in golds), 0),
                         "idx": qa["idx"] if hide else qa.get("idx"),
+                        WHERE: at_query,
                     }
                 )
                 lines.append(line)

@@ -394,36 +394,42 @@ def most_likely(results: list[tuple[float, bool]]) -> int:
     return max(range(len(results)), key=lambda i: results[i][0])
 
 
+# The key under which a row built from a file's record carries its `record_location`, for a field
+# whose type differs between records, found only when the rows become a table; not in the table.
+WHERE = "_where"
+
+
 def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
     """The splits as an HF DatasetDict; TypeError naming the field whose records disagree on its type
-    (Arrow wants one type per column; the runner turns it into one line naming the file)."""
+    and the two records (Arrow wants one type per column; the runner turns it into one line)."""
     import datasets
     import pyarrow
 
     out = {}
     for name, rows in splits.items():
         try:
-            out[name] = datasets.Dataset.from_list(rows)
+            out[name] = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != WHERE} for r in rows])
         except pyarrow.ArrowException as e:
             raise TypeError(_mixed_field(rows) or f"its records do not form one table ({e})") from None
     return datasets.DatasetDict(out)
 
 
 def _mixed_field(rows: list[dict[str, Any]]) -> str | None:
-    """Which field of `rows` holds values of two JSON types (null aside), and where."""
-    first: dict[str, tuple[str, int]] = {}
-    for number, row in enumerate(rows, start=1):
+    """Which field of `rows` holds values of two JSON types (null aside), and the records (their
+    `WHERE`: every reader's rows carry it; bpc's, texts without lines, are all of one type)."""
+    first: dict[str, tuple[str, str]] = {}
+    for row in rows:
         for key, value in row.items():
-            if value is None:
+            if value is None or key == WHERE:
                 continue
             kind = (
                 "number"
                 if isinstance(value, (int, float)) and not isinstance(value, bool)
                 else type(value).__name__
             )
-            seen = first.setdefault(key, (kind, number))
+            seen = first.setdefault(key, (kind, row[WHERE]))
             if seen[0] != kind:
-                return f"field {key!r} is a {seen[0]} in record {seen[1]} and a {kind} in record {number}"
+                return f"field {key!r} is a {seen[0]} in {seen[1]} and a {kind} in {row[WHERE]}"
     return None
 
 
@@ -641,6 +647,7 @@ def _mmlu_config(
                     "subject": r["subject"],
                     "prompt": _mmlu_prompt(r["subject"], shots, r, language),
                     "label": "ABCD".index(r["answer"]),
+                    WHERE: f"{eval_path}:{line}",
                 }
             )
         if fewshot_path is not None:
@@ -733,9 +740,10 @@ def terra_config(
         out = []
         keys = ("premise", "hypothesis", "idx" if hide else "label")
         for line, r in read_numbered_records(path, keys, limit, "TERRa", texts=keys[:2]):
+            where = record_location(path, line, ("idx", r.get("idx")))
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
-                    f"{record_location(path, line, ('idx', r.get('idx')))}: label "
+                    f"{where}: label "
                     f'{json_spelling(r["label"])} is not "entailment" or "not_entailment" (the TERRa '
                     "layout's strings)"
                 )
@@ -745,6 +753,7 @@ def terra_config(
                     "hypothesis": clean_terra_text(r["hypothesis"]).strip(),
                     "label": 0 if hide or r["label"] == "entailment" else 1,
                     "idx": r.get("idx"),
+                    WHERE: where,
                 }
             )
         return out
@@ -774,7 +783,7 @@ def _rucola_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: in
                     f"{path}:{line}: label {json_spelling(r['label'])} is not 0 or 1 (the RuCoLA layout: "
                     "a JSON integer, 1 = acceptable)"
                 )
-            out.append({"sentence": r["sentence"].strip(), "label": int(r["label"])})
+            out.append({"sentence": r["sentence"].strip(), "label": int(r["label"]), WHERE: f"{path}:{line}"})
         return out
 
     return choice_task_with_shots(
@@ -826,6 +835,7 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: i
                     "question": " ".join(r["question"].split()),
                     "answer": golds[0],  # optional parts spelled out: what a few-shot example shows
                     "golds": golds,
+                    WHERE: f"{path}:{line_no}",
                 }
             )
         return out
@@ -868,7 +878,14 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
             golds = [a for a in texts if normalize_answer(a)]
             if not golds:
                 raise VikhrError(f"{where}: the question has no answer text")
-            out.append({"context": r["context"].strip(), "question": r["question"].strip(), "golds": golds})
+            out.append(
+                {
+                    "context": r["context"].strip(),
+                    "question": r["question"].strip(),
+                    "golds": golds,
+                    WHERE: where,
+                }
+            )
         return out
 
     return {
