@@ -1376,6 +1376,53 @@ def test_special_tokens_the_tokenizer_json_lacks_are_left_out_of_the_config(
     assert loaded(text, add_special_tokens=False).input_ids == own.encode(text, add_special_tokens=False).ids
 
 
+def test_special_tokens_written_as_plain_objects_load_in_the_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source tokenizer_config.json naming its mask and pad tokens as {"content": ...} objects without
+    `"__type": "AddedToken"` (a hand-made config, an older writer's): transformers 5 refuses them
+    (TypeError "has to be either str or AddedToken"), so the export crashed where it read the source's
+    chat template with transformers, and its copy of the config would not load either. Both now read
+    them as AddedTokens of the object's flags: the export loads, with the json's tokens at their ids."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer
+
+    from vikhr.sft.own_template import own_template
+
+    hf = sentencepiece_with_added_tokens(_tiny_hf(tmp_path / "hf", vocab_size=32004))
+    json_tok = HFTokenizer.from_file(str(hf / "tokenizer.json"))
+    json_tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<mask>", "<pad>")])
+    json_tok.save(str(hf / "tokenizer.json"))
+    config = json.loads((hf / "tokenizer_config.json").read_text(encoding="utf-8"))
+    flags = {"lstrip": True, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    config.update(
+        mask_token={"content": "<mask>", **flags},
+        pad_token={"content": "<pad>"},
+        additional_special_tokens=[{"content": "<|im_start|>", "special": True}],
+    )
+    (hf / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert own_template(load(hf / "tokenizer.json")).end_of_turn_id(None) == 32000  # SFT's reading of it
+    meg = hf_to_megatron(hf, tmp_path / "meg")
+    capsys.readouterr()
+    out = megatron_to_hf(meg, tmp_path / "out")
+    assert capsys.readouterr().err == ""  # transformers loads the export as its tokenizer.json encodes
+    ids = {t: json_tok.token_to_id(t) for t in ("<mask>", "<pad>", "<|im_start|>", "<|im_end|>")}
+    assert ids == {"<mask>": 32002, "<pad>": 32003, "<|im_start|>": 32001, "<|im_end|>": 32000}
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert len(loaded) == 32004  # no token past the model's rows
+    assert (loaded.mask_token, loaded.mask_token_id) == ("<mask>", ids["<mask>"])
+    assert (loaded.pad_token, loaded.pad_token_id) == ("<pad>", ids["<pad>"])
+    assert loaded.convert_tokens_to_ids(["<|im_start|>"]) == [ids["<|im_start|>"]]
+    model_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert model_config["pad_token_id"] == ids["<pad>"]
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert written["mask_token"] == {"__type": "AddedToken", "content": "<mask>", **flags}  # flags kept
+    text = "<|im_start|>user a <mask> b<pad><|im_end|>"
+    own = json_tok.encode(text, add_special_tokens=False).ids
+    assert loaded(text, add_special_tokens=False).input_ids == own
+
+
 SENTENCEPIECE_TEXTS = (
     TEXT,
     "Москва — столица России. The quick brown fox jumps over the lazy dog.",

@@ -794,3 +794,21 @@ def test_score_scores_a_chat_without_its_unanswered_user_turns_and_counts_them(
         f"{scores}: 3 chats (1 trimmed of unanswered user turns after the last answer): 3 scored now; "
     )
     assert set(load_scores(scores)) == {chat_key(_messages(i)) for i in range(3)}
+
+
+def test_a_reward_model_naming_its_special_tokens_as_plain_objects_loads(tmp_path: Path) -> None:
+    """A reward model's tokenizer_config.json naming EOS and UNK as {"content": ...} objects without
+    `"__type": "AddedToken"` (a hand-made config, an older writer's): transformers 5 refused them with a
+    TypeError traceback. They load as AddedTokens of the object's flags, at the tokenizer.json's ids."""
+    from tokenizers import Tokenizer
+
+    model_dir = _reward_model(tmp_path / "rm")
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(eos_token={"content": "</s>", "special": True}, unk_token={"content": "<unk>"})
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    model = RewardModel(reward_scorer(model_dir), "cpu")
+    own = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    assert (model.tokenizer.eos_token, model.tokenizer.eos_token_id) == ("</s>", own.token_to_id("</s>"))
+    assert (model.tokenizer.unk_token, model.tokenizer.unk_token_id) == ("<unk>", own.token_to_id("<unk>"))
+    assert len(model.score([_messages(0), _messages(1)])) == 2

@@ -8,7 +8,8 @@
     tokenizer.json           the fast tokenizer (exported from the `.model` by vikhr.tokenizer.hf_export)
     tokenizer_config.json    BOS/EOS/UNK tokens, where known the chat template, the added tokens of a
                              tokenizer.json (`_added_tokens_decoder`), the source's other special
-                             tokens that its vocabulary has (`_without_missing_specials`), and the class
+                             tokens that its vocabulary has (`_without_missing_specials`; in the form
+                             transformers 5 loads, `as_transformers_loads`), and the class
                              `PreTrainedTokenizerFast`, which reads tokenizer.json whole (where
                              transformers picks another class, `other_transformers_ids`)
     special_tokens_map.json  the same special tokens, for loaders that read only this file
@@ -63,7 +64,14 @@ from vikhr.sft.hf_chat import (
     hf_chat_template,
     own_chat_template,
 )
-from vikhr.tokenizer.load import Tokenizer, load, token_name
+from vikhr.tokenizer.load import (
+    ADDED_TOKEN_FIELDS,
+    SPECIAL_TOKEN_LISTS,
+    Tokenizer,
+    as_transformers_loads,
+    load,
+    token_name,
+)
 
 # meta.json key of a trained checkpoint: what its datasets recorded of their tokenizer (`data_tokenizer`).
 DATA_TOKENIZER = "data_tokenizer"
@@ -440,10 +448,6 @@ def _source_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
     return config
 
 
-# The fields of an added token in tokenizer_config.json's `added_tokens_decoder`, as transformers writes them.
-_ADDED_TOKEN_FIELDS = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
-
-
 def _added_tokens_decoder(tok: Tokenizer, source: Any) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json's `added_tokens_decoder` for the tokenizer.json `tok`: its added tokens, and
     those of the source's `added_tokens_decoder` that name the vocabulary piece at their id. transformers
@@ -452,7 +456,7 @@ def _added_tokens_decoder(tok: Tokenizer, source: Any) -> dict[str, dict[str, An
     where the source's entries say otherwise than the json, the tokenizer the model was trained with,
     one warning line names the first and the json's are written."""
     added = {
-        i: {name: getattr(token, name) for name in _ADDED_TOKEN_FIELDS}
+        i: {name: getattr(token, name) for name in ADDED_TOKEN_FIELDS}
         for i, token in sorted(tok.backend.get_added_tokens_decoder().items())
     }
     entries = source if isinstance(source, dict) else {}
@@ -476,11 +480,6 @@ def _added_tokens_decoder(tok: Tokenizer, source: Any) -> dict[str, dict[str, An
     return {str(i): entry for i, entry in sorted({**kept, **added}.items())}
 
 
-# tokenizer_config.json keys that list special tokens; transformers also takes every `*_token` key
-# naming a token (pad_token, unk_token, mask_token, a model's own image_token) as a special token.
-_SPECIAL_TOKEN_LISTS = ("additional_special_tokens", "extra_special_tokens")
-
-
 def _without_missing_specials(tok: Tokenizer, config: dict[str, Any]) -> dict[str, Any]:
     """The source's tokenizer_config.json `config` without the special tokens it names that the
     tokenizer.json `tok` lacks (a hand-made config, one of another tokenizer): transformers adds each
@@ -502,9 +501,9 @@ def _without_missing_specials(tok: Tokenizer, config: dict[str, Any]) -> dict[st
         if key.endswith("_token"):
             if in_vocabulary(key, value):
                 written[key] = value
-        elif key in _SPECIAL_TOKEN_LISTS and isinstance(value, list):
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, list):
             written[key] = [t for t in value if in_vocabulary(key, t)]
-        elif key in _SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
             written[key] = {name: t for name, t in value.items() if in_vocabulary(f"{key}.{name}", t)}
         else:
             written[key] = value
@@ -531,7 +530,7 @@ def _disagreement(tok: Tokenizer, added: dict[int, dict[str, Any]], key: str, en
     i, content = int(key), entry["content"]
     if i in added:
         theirs = added[i]
-        other = [f for f in _ADDED_TOKEN_FIELDS if f in entry and entry[f] != theirs[f]]
+        other = [f for f in ADDED_TOKEN_FIELDS if f in entry and entry[f] != theirs[f]]
         if not other:
             return None
         if "content" in other:
@@ -746,6 +745,7 @@ def write_tokenizer_files(
         if extended is not None:
             shutil.copyfile(extended, out_dir / "tokenizer.model")
         config = {"clean_up_tokenization_spaces": False, **_without_missing_specials(tok, source_config)}
+        config.update(as_transformers_loads(config))
         config["added_tokens_decoder"] = _added_tokens_decoder(tok, source_config.get("added_tokens_decoder"))
         # Loaded as tokenizer.json is: a model-specific class named beside the tokenizer (LlamaTokenizer,
         # Qwen2Tokenizer) makes transformers 5 build its own pre-tokenizer around the vocabulary.

@@ -66,7 +66,7 @@ from vikhr.sft.encoded import (
     trained_tokens,
 )
 from vikhr.sft.hf_chat import chat_template_sha256, own_chat_template
-from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer
+from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE, Tokenizer, transformers_overrides
 
 FIXED_DATE = "26 Jul 2024"
 STAND_IN = "\ue000"  # a private-use character: the text of a stand-in answer (`OwnTemplate._answer_start`)
@@ -291,7 +291,8 @@ def _transformers_tokenizer(tok: Tokenizer) -> Any:
     if tok.path.name == "tokenizer.json":
         from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast.from_pretrained(tok.path.parent)
+        directory = tok.path.parent
+        return PreTrainedTokenizerFast.from_pretrained(directory, **transformers_overrides(directory))
     return tok.to_transformers()
 
 

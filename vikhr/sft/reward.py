@@ -36,6 +36,7 @@ from vikhr.sft.encoded import ChatMessages
 from vikhr.sft.own_template import FIXED_DATE
 from vikhr.sft.sources import refuse_a_collection_file
 from vikhr.sft.template import TRIMMED_UNANSWERED, parse_chat, plain_turns
+from vikhr.tokenizer.load import transformers_overrides
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -218,7 +219,7 @@ class RewardModel:
         device = torch_device(device, "device")
         self.device, self.max_length = torch.device(device), scorer.max_length
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **transformers_overrides(path))
         except (OSError, ValueError) as e:
             raise VikhrError(
                 f"{path}: its tokenizer does not load ({' '.join(str(e).split())[:200]}); a reward model "

@@ -410,6 +410,50 @@ def token_name(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# The fields of an added token in tokenizer_config.json (`added_tokens_decoder`, a special token's object),
+# as transformers writes them.
+ADDED_TOKEN_FIELDS = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+# tokenizer_config.json keys that list special tokens; transformers also takes every `*_token` key
+# naming a token (pad_token, unk_token, mask_token, a model's own image_token) as a special token.
+SPECIAL_TOKEN_LISTS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def as_transformers_loads(config: dict[str, Any]) -> dict[str, Any]:
+    """The special tokens of tokenizer_config.json `config` that transformers 5 refuses ("Special token
+    mask_token has to be either str or AddedToken"), in the form it loads: a {"content": ...} object
+    without `"__type": "AddedToken"` (a hand-made config, an older writer's) becomes one with it and the
+    object's flags. Only the keys that change; for writing a config, and (`transformers_overrides`)
+    as `from_pretrained`'s arguments when loading one."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict) and "__type" not in value and isinstance(value.get("content"), str):
+            return {"__type": "AddedToken", **{f: value[f] for f in ADDED_TOKEN_FIELDS if f in value}}
+        return value
+
+    changed: dict[str, Any] = {}
+    for key, value in config.items():
+        if key.endswith("_token"):
+            new = typed(value)
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, list):
+            new = [typed(token) for token in value]
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
+            new = {name: typed(token) for name, token in value.items()}
+        else:
+            continue
+        if new != value:
+            changed[key] = new
+    return changed
+
+
+def transformers_overrides(directory: Path) -> dict[str, Any]:
+    """The arguments for transformers' `from_pretrained(directory)` that let it load a tokenizer_config.json
+    naming special tokens as plain objects (`as_transformers_loads`), as AddedTokens of their flags."""
+    from transformers import PreTrainedTokenizerBase
+
+    config = _tokenizer_config(directory / "tokenizer_config.json") or {}
+    return dict(PreTrainedTokenizerBase.convert_added_tokens(as_transformers_loads(config)))
+
+
 def _tokenizer_config(path: Path) -> dict[str, Any] | None:
     config = path.with_name("tokenizer_config.json")
     if not config.is_file():
