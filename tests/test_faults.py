@@ -659,6 +659,13 @@ def test_a_bf16_state_with_fp32_parameters_does_not_move_to_the_cpu(
     [
         ("model.init", ["model.overrides.num_layers=3"], "num_layers 2 (run: 3)"),
         ("kl.reference", ["model.overrides.num_layers=3", "kl.weight=0.5"], "num_layers 2 (run: 3)"),
+        # The original model as the reference of its vocabulary-adapted successor: the line said to
+        # set the run's shape to the reference's, which the adapted start cannot take.
+        (
+            "kl.reference",
+            [f"model.overrides.vocab_size={VOCAB + 128}", "kl.weight=0.5"],
+            "must be in the run's vocabulary, not the original model's: leave kl.reference at init",
+        ),
     ],
 )
 def test_start_or_reference_of_another_shape_is_one_line(

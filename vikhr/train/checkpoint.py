@@ -878,7 +878,15 @@ def _check_shape(
         differ = shape_differences(meta["model"], expected)
         if differ:
             named = f"config key {key}: " if key else ""
-            if fix == "keep_shape":
+            if key == "kl.reference" and all(d.startswith("vocab_size ") for d in differ):
+                # The original model before `adapt-vocab`: setting the run's shape to it cannot help.
+                advice = (
+                    "the KL term compares the two models' next-token distributions id by id, so the "
+                    "reference must be in the run's vocabulary, not the original model's: leave "
+                    "kl.reference at init (the vocabulary-adapted start that vikhr adapt-vocab wrote from "
+                    "the original), or give a checkpoint in this vocabulary"
+                )
+            elif fix == "keep_shape":
                 # model.init is read here as kl.reference: init, which may name another checkpoint
                 other = " (or set kl.reference to one)" if key == "model.init" else ""
                 advice = f"a resumed run keeps its model shape: give {key} a checkpoint of this model{other}"
