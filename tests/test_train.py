@@ -120,6 +120,66 @@ def test_qk_norm_model_at_tp2_matches_tp1(corpus: dict[str, str], tmp_path: Path
 
 
 @pytest.mark.distributed
+def test_a_tied_model_with_qkv_biases_trains_and_exports_alike_at_tp2_and_tp1(
+    corpus: dict[str, str], tmp_path: Path
+) -> None:
+    """Qwen2.5-0.5B's layout from its HF checkpoint: tied embeddings and q/k/v biases. At TP=2 the
+    tied matrix (embedding and LM head at once) is cut by vocabulary rows, padded otherwise than at
+    TP=1 (600 rows: 768 against 640), and each bias by heads; with λ = 0.5 against the start the job
+    gives TP=1's losses, and each run's step exports to a tied Qwen2 model with TP=1's weights, its
+    biases and tied matrix moved."""
+    from safetensors.torch import load_file
+
+    from tests.helpers import FAMILIES, tiny_hf_model
+    from vikhr.convert import hf_to_megatron, megatron_to_hf
+
+    def nonzero_biases(model: torch.nn.Module) -> None:  # HF starts them at 0: a lost one would not show
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+
+    arch, fields = FAMILIES["qwen2"]
+    hf = tmp_path / "hf"
+    tiny_hf_model(hf, 600, arch=arch, weights=nonzero_biases, **fields)
+    start = hf_to_megatron(hf, tmp_path / "start", tp_size=2)
+    runs = {}
+    for tp in (1, 2):
+        run_dir = tmp_path / f"tp{tp}"
+        config = write_config(
+            tmp_path / f"c{tp}.yaml",
+            corpus,
+            run_dir,
+            model={"preset": "init", "init": str(start)},
+            parallel={"tensor": tp},
+            train={"steps": 4},
+        )
+        proc = _launch(config, tp)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[tp], _ = read_metrics(run_dir)
+    assert runs[1][4]["ce"] < runs[1][1]["ce"] and runs[1][4]["kl"] > 1e-4
+    for step, row in runs[1].items():
+        for key in ("loss", "ce", "kl"):
+            assert runs[2][step][key] == pytest.approx(row[key], rel=2e-5, abs=2e-6), (step, key)
+        assert runs[2][step]["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4), step
+
+    # Each run's step exported: tied, nothing missing, the same weights (the TP=2 tied rows and biases
+    # gathered whole); test_convert checks an export's transformers logits.
+    hf_weights = load_file(hf / "model.safetensors")
+    exported = {}
+    for tp in (1, 2):
+        out = megatron_to_hf(tmp_path / f"tp{tp}" / "step_000004", tmp_path / f"out{tp}")
+        assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+        exported[tp] = load_file(out / "model.safetensors")
+        assert set(exported[tp]) == set(hf_weights) and "lm_head.weight" not in exported[tp]
+    # Within 1 % of the ~1e-2 the weights moved: Adam turns the rounding in near-zero gradients (a key
+    # bias's is zero in exact arithmetic, softmax ignoring a shift shared by all keys) into whole steps.
+    for name, tensor in exported[1].items():
+        torch.testing.assert_close(exported[2][name], tensor, rtol=0, atol=1e-4, msg=name)
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.bias"):
+        assert not torch.equal(exported[2][name], hf_weights[name]), name
+
+
+@pytest.mark.distributed
 def test_kl_is_zero_at_step_0_with_reference_equal_to_model(parallel_runs: dict[str, Path]) -> None:
     for run in parallel_runs.values():
         train, _ = read_metrics(run)
