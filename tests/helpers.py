@@ -337,3 +337,24 @@ def varied_chat_lines(n: int) -> list[str]:
             messages = [system, first[0], {**first[1], "weight": 0}, second[0], last]
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False) + ("\n" if i % 50 == 49 else ""))
     return lines
+
+
+def running_versions() -> dict[str, Any]:
+    """What this process runs, found apart from vikhr.provenance: vikhr's installed version, the
+    checkout's `git describe --always --dirty` (None outside a checkout or without git), torch's and
+    megatron-core's versions and torch's intra-op thread count."""
+    from importlib.metadata import version
+
+    try:
+        commit: str | None = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "vikhr": version("vikhr"),
+        "commit": commit,
+        "torch": torch.__version__,
+        "megatron-core": version("megatron-core"),
+        "threads": torch.get_num_threads(),
+    }

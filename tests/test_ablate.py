@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import running_versions
 from vikhr.ablate.config import Arm, load_ablate_config, trainer_config
 from vikhr.errors import RunStopped, VikhrError
 
@@ -914,6 +915,45 @@ def test_resume_finds_the_runs_of_a_grid_written_before_tokenizer_modes_and_base
     write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
     assert runs == tokenizers == []
     assert _bpc_by_arm(out) == _bpc_by_arm(first)
+    # Nor did it record the versions that made its runs: the report says so, and names this run's.
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    now = running_versions()["vikhr"]
+    assert f"Made with a vikhr that recorded no versions; resumed with vikhr {now}" in md
+
+
+def test_a_grid_records_what_made_it_and_a_resume_by_other_versions_says_so(
+    micro_runs: tuple[Path, Path, list], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither grid.json nor the report named the vikhr checkout, torch or megatron-core that made the
+    figures. grid.json records them and ablation.md says them in one line; a resume by other ones says
+    so in one note naming both, trains nothing again, and the report names both in turn."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.provenance import describe
+
+    first, _, _ = micro_runs
+    now = running_versions()
+    state = json.loads((first / "work" / "grid.json").read_text(encoding="utf-8"))
+    assert state["made_with"] == [now]
+    assert f"Made with vikhr {now['vikhr']}" in (first / "ablation.md").read_text(encoding="utf-8")
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, first.parent / "ablate1.yaml", "resumed-by-other", monkeypatch
+    )
+    earlier = {**now, "commit": "0123abc", "threads": now["threads"] + 1}
+    (out / "work" / "grid.json").write_text(json.dumps({**state, "made_with": [earlier]}), encoding="utf-8")
+    capsys.readouterr()
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    assert runs == tokenizers == []
+    notes = [line for line in capsys.readouterr().err.splitlines() if "may differ" in line]
+    assert notes == [
+        f"vikhr ablate: --resume: note: the grid in {out / 'work'} was made with other code or libraries "
+        f"than this run (vikhr commit 0123abc -> {now['commit']}, threads {now['threads'] + 1} -> "
+        f"{now['threads']}): its figures may differ from the earlier ones"
+    ]
+    assert json.loads((out / "work" / "grid.json").read_text(encoding="utf-8"))["made_with"] == [earlier, now]
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert f"Made with {describe(earlier)}; resumed with {describe(now)}." in md
+    assert f"(commit {now['commit']}), torch {now['torch']}, megatron-core {now['megatron-core']}" in md
 
 
 def _as_grids_before_tokenizer_modes_wrote_it(path: Path) -> None:

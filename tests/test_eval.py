@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import vikhr
-from tests.helpers import run_vikhr_child, stderr_of_cli, tiny_hf_model
+from tests.helpers import run_vikhr_child, running_versions, stderr_of_cli, tiny_hf_model
 from vikhr.assets import ASSETS, MISTRAL_TOKENIZER, RU_SAMPLE
 from vikhr.cli import main as cli_main
 from vikhr.errors import VikhrError
@@ -587,6 +587,7 @@ def test_cli_writes_json_and_markdown(tiny_dir: Path, shared_data: Path, tmp_pat
     results = json.loads(out.read_text(encoding="utf-8"))
     assert set(results["tasks"]) == {"terra", "bpc"}
     assert results["vikhr_version"] == vikhr.__version__  # scores change between versions
+    assert results["provenance"] == running_versions()  # so do the checkout's and torch's
     assert results["tasks"]["terra"]["num_fewshot"] == 1 and results["tasks"]["bpc"]["num_fewshot"] == 0
     assert 0.0 <= results["tasks"]["terra"]["metrics"]["acc"] <= 1.0
     assert results["tasks"]["bpc"]["metrics"]["bpc"] > 0

@@ -29,7 +29,7 @@ import yaml
 from torch.distributed.launcher.api import LaunchConfig
 
 from tests.conftest import REPO, child_env, launch_torchrun, run_torchrun, torchrun_command
-from tests.helpers import VOCAB, make_corpus, write_config
+from tests.helpers import VOCAB, make_corpus, running_versions, write_config
 from vikhr.jsonl import read_jsonl
 from vikhr.train.monitor import read_metrics
 
@@ -494,6 +494,38 @@ def test_a_resume_of_a_checkpoint_without_a_loss_token_count_says_which_steps_it
     assert _train_here(config)["loss_tokens"] == 8 * 64
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == f"trained: the loss was taken over {8 * 64:,} target tokens in step 2"
+
+
+def test_a_checkpoint_records_what_made_it_and_a_resume_by_other_versions_says_so(
+    corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing recorded which vikhr checkout, torch or megatron-core saved a checkpoint, so a figure
+    that no longer reproduced named no code to go back to. meta.json now records them; a resume of a
+    checkpoint saved by other ones says so in one note line naming both, and an older checkpoint
+    without the record resumes without one."""
+    run_dir = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml", corpus, run_dir, train={"steps": 1}, checkpoint={"save_every": 1}
+    )
+    _train_here(config)
+    meta_path = run_dir / "step_000001" / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    assert meta["provenance"] == running_versions()
+    capsys.readouterr()
+    meta["provenance"] |= {"commit": "0123abc", "torch": "2.6.0"}
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    _train_here(config)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "may differ" in line]
+    now = running_versions()
+    assert notes == [
+        f"note: the checkpoint resumed ({run_dir / 'step_000001'}) was made with other code or libraries "
+        f"than this run (vikhr commit 0123abc -> {now['commit']}, torch 2.6.0 -> {now['torch']}): its "
+        "figures may differ from the earlier ones"
+    ]
+    del meta["provenance"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    _train_here(config)
+    assert "may differ" not in capsys.readouterr().err
 
 
 def _train_here(config: Path, *overrides: str) -> dict[str, Any]:

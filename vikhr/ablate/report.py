@@ -19,6 +19,7 @@ from vikhr.ablate.runner import REPORT_FILES, AblationResult, RunResult
 from vikhr.atomic import temporary_path, write_text
 from vikhr.charts import legend_beside, series_colours
 from vikhr.curves import plot_curve, whole_steps
+from vikhr.provenance import describe
 
 CSV_COLUMNS = [
     "arm",
@@ -148,6 +149,14 @@ def _adapted_tokenizers(result: AblationResult) -> list[str]:
     return lines or ["Adapted tokenizer: none (every arm keeps the base's).", ""]
 
 
+def _made_with(result: AblationResult) -> list[str]:
+    """The line naming the code and libraries that ran the grid (each of a resumed grid's in turn)."""
+    if not result.made_with:
+        return []
+    first, *resumed = map(describe, result.made_with)
+    return [f"Made with {first}{''.join(f'; resumed with {r}' for r in resumed)}.", ""]
+
+
 def markdown(result: AblationResult) -> str:
     cfg, base = result.config, result.base_bpc
     blend_cpt = ", ".join(
@@ -173,6 +182,7 @@ def markdown(result: AblationResult) -> str:
         "RU gain = base RU bpc − arm RU bpc (higher is better); EN forgetting = arm EN bpc − base EN bpc "
         "(lower is better). Wall times are per run on this machine.",
         "",
+        *_made_with(result),
     ]
     arms = _by_arm(result)
     groups: dict[str, list[str]] = {}

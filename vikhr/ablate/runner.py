@@ -39,6 +39,7 @@ from vikhr.ablate.config import (
 from vikhr.atomic import WrittenMeanwhile, missing_dirs, output_dir, remove_empty_dirs, write_text
 from vikhr.errors import RunStopped, VikhrError, require_file
 from vikhr.locks import exclusive
+from vikhr.provenance import provenance, resume_note
 from vikhr.tokenizer.corpus import corpus_sha256
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class AblationResult:
     runs: list[RunResult]
     # Each adapted tokenizer's starts' embedding rows (adapted_rows), by mode: those an arm started from
     adapted_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The code and libraries that ran the grid, the first run's first (vikhr.provenance; None: a run
+    # of a vikhr that did not record them)
+    made_with: list[dict[str, Any] | None] = field(default_factory=list)
 
 
 def adapted_rows(summary: dict[str, Any]) -> dict[str, int]:
@@ -337,7 +341,12 @@ class Ablation:
 
     def save_state(self, settings: dict[str, Any]) -> None:
         """Record the shared preparation (written last: its presence means the preparation is whole)."""
-        self.state = {"settings": settings, "prepared": self._prepared(), "base_cached": None}
+        self.state = {
+            "settings": settings,
+            "prepared": self._prepared(),
+            "base_cached": None,
+            "made_with": [provenance()],
+        }
         self._write_state()
 
     def _prepared(self) -> dict[str, Any]:
@@ -442,7 +451,22 @@ class Ablation:
             for k, v in p["blend"].items()
         }
         self.chars_per_token = p["chars_per_token"]
+        self._record_provenance()
         return True
+
+    def _record_provenance(self) -> None:
+        """A resumed grid adds this run's code and libraries to the state's `made_with` where they
+        differ from the last run's, and says so (its figures may differ from the earlier ones). A
+        state written before grids recorded them starts its list with None: not recorded."""
+        made_with = self.state.setdefault("made_with", [None])
+        now = provenance()
+        if made_with[-1] == now:
+            return
+        told = resume_note(made_with[-1], now, f"the grid in {self.work}")
+        if told:
+            print(f"vikhr ablate: --resume: note: {told}", file=sys.stderr)
+        made_with.append(now)
+        self._write_state()
 
     def prune_unrecorded_runs(self, trained: list[Arm]) -> list[Path]:
         """Remove what neither a result record nor an unfinished run of `trained` (which may carry
@@ -748,7 +772,7 @@ def run_ablation(cfg: AblateConfig, show_progress: bool = True, resume: bool = F
     labels = ["base", *cfg.adapted_modes()]
     chars_per_token = {label: ab.chars_per_token[label] for label in labels}
     rows = {mode: r for mode, r in ab.state.get("adapted_rows", {}).items() if mode in labels}
-    return AblationResult(cfg, base_bpc, base_cached, chars_per_token, runs, rows)
+    return AblationResult(cfg, base_bpc, base_cached, chars_per_token, runs, rows, ab.state["made_with"])
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from vikhr.eval.progress import TaskProgress, as_json, keeps_samples
 from vikhr.eval.rsg import rsg_total, submission_split
 from vikhr.eval.task_config import build_rsg_test_config, checked_task_files, task_config_of_files
 from vikhr.eval.tasks import TASK_GROUPS, TASKS, MeraRecord, effective_fewshot, task_files
+from vikhr.provenance import provenance
 from vikhr.tokenizer.load import TOKENIZER_FILES, Tokenizer, load
 
 DEFAULT_SEED = 1234
@@ -459,6 +460,7 @@ def _summary(
         # Prompts and scoring change between versions: a results file says which ones it holds.
         "vikhr_version": vikhr.__version__,
         "lm_eval_version": lm_eval.__version__,
+        "provenance": provenance(),  # the checkout and torch build too: a figure names what made it
         "limit": settings.limit,
         "seed": settings.seed,
         "prompt": {

@@ -7,7 +7,8 @@ Layout of `<checkpoint.dir>`:
                                 directory the run trained in (its relative paths start there), and
                                 what the start's lineage records of the HF source and tokenizer
                                 (`inherited`: vikhr.convert.lineage) and what the datasets record of
-                                their tokenizer and chat template (`data_tokenizer`), for the export
+                                their tokenizer and chat template (`data_tokenizer`), for the export,
+                                and the vikhr, torch and megatron-core that saved it (`provenance`)
         model_tp00.safetensors  this TP rank's shard of every parameter (names: vikhr.model.config)
         optim_tp00.pt           optimizer state of that TP rank (identical across DP ranks), or
         optim_tp00_dp000.pt     with optim.distributed: each DP rank's part of it, as element ranges

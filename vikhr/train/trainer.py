@@ -55,6 +55,7 @@ from vikhr.model import build_gpt_model, resolve_attention
 from vikhr.model.attention import document_attention_mask, segments_from_eod
 from vikhr.ops import cross_entropy_kl
 from vikhr.ops.build import require_cuda_toolkit, require_writable_cache_dir
+from vikhr.provenance import PROVENANCE, provenance, resume_note
 from vikhr.runtime.distributed import DistEnv, distributed_env, require_shared_dir, uses_cuda
 from vikhr.sft.data import build_sft_datasets
 from vikhr.sft.layout import sft_datasets
@@ -451,11 +452,20 @@ def _check_start(
     # What the datasets record of their tokenizer (checked alike above): each checkpoint keeps it.
     recorded_data = data_tokenizer(cfg.to_dict(), Path.cwd(), warn=False)
     # Once the run will start: an error stays the only line.
-    for told in cfg.notes():
+    for told in [*cfg.notes(), *_made_otherwise(resume_from)]:
         checkpoint.note(told)
     for doubt in [*doubtful_settings(cfg), *_template_changed(resume_from, resumed, recorded_data)]:
         checkpoint.warn(doubt)
     return resume_from, inherited, recorded_data, inherited_files
+
+
+def _made_otherwise(resume_from: Path | None) -> list[str]:
+    """The note that the checkpoint resumed was saved by other code or libraries than this run's."""
+    if resume_from is None:
+        return []
+    recorded = checkpoint.read_meta(resume_from).get(PROVENANCE)  # absent in older checkpoints
+    told = resume_note(recorded, provenance(), f"the checkpoint resumed ({resume_from})")
+    return [told] if told else []
 
 
 def release_memory() -> None:
@@ -1118,6 +1128,7 @@ class Trainer:
             # The config's relative paths (data prefixes, model.init) are relative to it: vikhr convert,
             # run from elsewhere, finds the run's tokenizer through them.
             "cwd": os.getcwd(),
+            PROVENANCE: provenance(),  # which code and libraries made the step's figures
         }
         if self.inherited is not None:  # the start's lineage: the checkpoint's export needs no other
             meta[INHERITED] = self.inherited
