@@ -349,3 +349,42 @@ def test_the_job_start_refuses_ranks_sharing_a_gpu(monkeypatch: pytest.MonkeyPat
     with pytest.raises(VikhrError, match=said), distributed_env(tp_size=1, seed=0, device="cuda"):
         pass
     assert asked == [0, torch.device("cuda", 0)]
+
+
+_JOIN_RANK = """
+import sys
+from datetime import timedelta
+from vikhr.errors import VikhrError
+from vikhr.runtime.distributed import _join_the_job
+try:
+    _join_the_job(int(sys.argv[1]), 3, timedelta(seconds=float(sys.argv[2])))
+except VikhrError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_rank_absent_from_a_job_without_torchrun_is_named_by_the_rank_hosting_the_store() -> None:
+    """Started without torchrun (srun per task: rank 0 hosts the store), rank 0 of a job one of whose
+    ranks never comes names that rank at the join timeout, and the rank that came is not told rank 0
+    is absent. Rank 0 waited for the others inside the store's start, then said it "could not reach
+    the job's store" it hosts, and the other rank named rank 0 among the absent ones."""
+    import subprocess
+    import sys
+
+    from tests.conftest import child_env, free_port
+
+    env = {k: v for k, v in child_env().items() if not k.startswith("TORCHELASTIC_")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    host = subprocess.Popen(
+        [sys.executable, "-c", _JOIN_RANK, "0", "4"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", _JOIN_RANK, "1", "6"], env=env, capture_output=True, text=True, timeout=120
+    )
+    _, host_err = host.communicate(timeout=120)
+    assert host.returncode == 2, host_err
+    assert "1 of 3 ranks did not join the job" in host_err and "(rank 2)" in host_err, host_err
+    assert other.returncode == 2, other.stderr
+    assert "ranks 0, 2" not in other.stderr, other.stderr
+    assert "lost the job's store" in other.stderr, other.stderr

@@ -256,15 +256,55 @@ def _join_the_job(rank: int, world_size: int, join_timeout: timedelta) -> dist.S
     minutes = f"parallel.join_timeout_minutes = {wait / 60:g}"
     where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     started = time.monotonic()
+    # Without torchrun's agent (one process a task under srun) rank 0 hosts the store; it waits for the
+    # others below, where it can name the absent ones, not in the store's start (which names none).
+    # (A missing or malformed MASTER_PORT is left to torch's rendezvous, which says so.)
+    port = os.environ.get("MASTER_PORT", "")
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True) and port.isdigit()
     try:
-        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=join_timeout))
+        if hosts:
+            store: dist.Store = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(port),
+                world_size,
+                is_master=True,
+                timeout=join_timeout,
+                wait_for_workers=False,
+                multi_tenant=True,
+            )
+        else:
+            store, _, _ = next(
+                dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=join_timeout)
+            )
     except dist.DistError as e:
         with same_on_every_process():
+            if hosts:
+                raise VikhrError(
+                    f"rank 0 could not start the job's store at {where} (MASTER_ADDR:MASTER_PORT): "
+                    f"{str(e).splitlines()[0]}; give a MASTER_PORT that is free on rank 0's node"
+                ) from None
             raise VikhrError(
                 f"rank {rank} could not reach the job's store at {where} (MASTER_ADDR:MASTER_PORT) within "
                 f"{minutes}: {str(e).splitlines()[0]}; check that rank 0's node started and that this "
                 "node reaches that address"
             ) from None
+    try:
+        _wait_for_the_others(store, rank, world_size, wait, minutes, started)
+    except dist.DistError as e:  # the store's host ended (it gave up on the absent ranks first)
+        raise VikhrError(
+            f"rank {rank} lost the job's store at {where} (MASTER_ADDR:MASTER_PORT) while it waited for "
+            f"the other ranks to join: {str(e).splitlines()[0]}; the store's host (rank 0, or the first "
+            "node's torchrun) has ended: its log says why"
+        ) from None
+    store.set_timeout(COLLECTIVE_TIMEOUT)  # from now on the store serves the process group
+    return store
+
+
+def _wait_for_the_others(
+    store: dist.Store, rank: int, world_size: int, wait: float, minutes: str, started: float
+) -> None:
+    """Return once every rank has joined the job's `store`; VikhrError naming the ranks absent once
+    `wait` seconds have passed since `started`."""
     store.set(f"{_JOINED}/{rank}", socket.gethostname())
     joined, pause, noted = store.add(_JOINED, 1), 0.01, False
     while joined < world_size:
@@ -290,8 +330,6 @@ def _join_the_job(rank: int, world_size: int, join_timeout: timedelta) -> dist.S
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
         joined = store.add(_JOINED, 0)
-    store.set_timeout(COLLECTIVE_TIMEOUT)  # from now on the store serves the process group
-    return store
 
 
 @contextlib.contextmanager
