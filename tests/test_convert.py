@@ -1517,6 +1517,29 @@ def test_a_byte_level_bpe_of_another_pre_tokenizer_exported_as_qwen(
         assert f"PreTrainedTokenizerFast.from_pretrained('{out}')" in warning
 
 
+def test_a_tokenizer_transformers_fails_to_encode_with_is_a_warning_of_a_whole_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's check of the tokenizer through transformers' AutoTokenizer is a warning: a tokenizer
+    that transformers loads but fails to encode with ended the export with a traceback once its
+    weights were written, and left no export."""
+    import transformers
+
+    class FailsToEncode:
+        def __call__(self, text: str, **kwargs: Any) -> Any:
+            raise ValueError("no encoding here")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FailsToEncode())
+    tok = _gpt2_byte_level_tokenizer(tmp_path / "tok")
+    meg = hf_to_megatron(_tiny_hf(tmp_path / "hf", family="qwen3", vocab_size=2001), tmp_path / "meg")
+    capsys.readouterr()
+    out = megatron_to_hf(meg, tmp_path / "out", tokenizer=tok)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert f"transformers cannot load or use the tokenizer of {out}" in warning
+    assert "ValueError: no encoding here" in warning
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
 @pytest.mark.parametrize("kind", ["tokenizer.json", "tokenizer.model"])
 def test_a_hub_snapshot_records_its_tokenizer_by_name(tmp_path: Path, kind: str) -> None:
     """The files of a hub snapshot are links to blobs named by their hash: the blob's path was recorded,

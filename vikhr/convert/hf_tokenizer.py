@@ -637,21 +637,23 @@ def other_transformers_ids(written: Path, out: Path, expected: dict[str, list[in
 
     try:
         loaded = AutoTokenizer.from_pretrained(written)
-    except Exception as e:  # what transformers raises varies; the export is whole either way
+        differing = next(
+            (t for t, ids in expected.items() if loaded(t, add_special_tokens=False).input_ids != ids), None
+        )
+    except Exception as e:  # what transformers raises varies; a check, it leaves the export whole
         return (
-            f"warning: transformers cannot load the tokenizer of {out} ({type(e).__name__}: {e}); "
+            f"warning: transformers cannot load or use the tokenizer of {out} ({type(e).__name__}: {e}); "
             f"load it with tokenizers.Tokenizer.from_file('{out / 'tokenizer.json'}')"
         )
-    for text, ids in expected.items():
-        if loaded(text, add_special_tokens=False).input_ids != ids:
-            model_type = _read_json(written / "config.json").get("model_type")
-            return (
-                f"warning: transformers' AutoTokenizer loads {out} (model_type {model_type}) as "
-                f"{type(loaded).__name__}, which encodes {text!r} to other ids than its tokenizer.json, the "
-                f"tokenizer the model was trained with: load it with "
-                f"PreTrainedTokenizerFast.from_pretrained('{out}')"
-            )
-    return None
+    if differing is None:
+        return None
+    model_type = _read_json(written / "config.json").get("model_type")
+    return (
+        f"warning: transformers' AutoTokenizer loads {out} (model_type {model_type}) as "
+        f"{type(loaded).__name__}, which encodes {differing!r} to other ids than its tokenizer.json, the "
+        f"tokenizer the model was trained with: load it with "
+        f"PreTrainedTokenizerFast.from_pretrained('{out}')"
+    )
 
 
 def _own_end_of_turn(tok: Tokenizer) -> int | None:
