@@ -1449,7 +1449,7 @@ def test_a_bad_batch_size_is_one_line_before_the_model_loads(tiny_dir: Path, siz
 def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     """A string where a list of gold answers belongs was read as one gold per character (answering
     "а" scored 1.0); a field that is a number in one record and a string in another was Arrow's
-    traceback."""
+    traceback, then a message naming the file three times."""
     data = tmp_path / "eval"
     for task in ("chgk", "xquad-ru", "terra"):
         (data / task).mkdir(parents=True)
@@ -1471,6 +1471,7 @@ def test_answers_and_fields_of_another_type_are_one_line(tiny_dir: Path, tmp_pat
     err = _one_line_error([*base, "terra", "--num-fewshot", "0"], capsys)
     val = data / "terra" / "val.jsonl"
     assert f"field 'idx' is a number in {val}:1 (idx 0) and a str in {val}:2 (idx \"x1\")" in err
+    assert err.count(str(val)) == 2  # once per record: no "a record of FILE" around the message
 
 
 def test_tokenizer_from_sentencepiece_model(tiny_dir: Path, tmp_path: Path) -> None:

@@ -766,10 +766,11 @@ def test_bad_input_is_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> N
     write("terra/val.jsonl", [{"idx": 0, "premise": "p", "hypothesis": 5, "label": "entailment"}])
     write("terra/train.jsonl", [{"idx": 0, "premise": "p", "hypothesis": "h", "label": "entailment"}])
     err = one_line_error([*base, "--tasks", "terra"], capsys)
-    assert "terra/val.jsonl:1: field 'hypothesis' must be text, got int 5" in err
+    assert "terra/val.jsonl:1 (idx 0): field 'hypothesis' must be a string, got a number 5" in err
     write("terra/val.jsonl", [{"idx": 0, "premise": "p", "hypothesis": {"h": 1}, "label": "entailment"}])
     err = one_line_error([*base, "--tasks", "terra"], capsys)
-    assert "task terra: a record of" in err and "terra/val.jsonl" in err and "another type" in err
+    assert "terra/val.jsonl:1 (idx 0): field 'hypothesis' must be a string, got an object" in err
+    assert "TERRa layout" in err and "a record of" not in err
     squad = {"id": "1", "context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}]}
     write("xquad-ru/validation.jsonl", [squad])
     err = one_line_error([*base, "--tasks", "xquad_ru"], capsys)
@@ -883,15 +884,20 @@ _BLANK_FIELDS = [
         "rsg_parus",
         "russian-superglue/PARus/val.jsonl",
         lambda r: r.update(choice1=" "),
-        r":1: field 'choice1'",
+        r":1 \(idx 0\): field 'choice1'",
     ),
     (
         "rsg_danetqa",
         "russian-superglue/DaNetQA/val.jsonl",
         lambda r: r.update(passage=""),
-        r":1: field 'passage'",
+        r":1 \(idx 0\): field 'passage'",
     ),
-    ("rsg_russe", "russian-superglue/RUSSE/val.jsonl", lambda r: r.update(word="  "), r":1: field 'word'"),
+    (
+        "rsg_russe",
+        "russian-superglue/RUSSE/val.jsonl",
+        lambda r: r.update(word="  "),
+        r":1 \(idx 0\): field 'word'",
+    ),
     (
         "rsg_lidirus",
         "russian-superglue/LiDiRus/LiDiRus.jsonl",
@@ -922,7 +928,12 @@ _BLANK_FIELDS = [
         lambda r: r.update(question_ru=" "),
         r":1: field 'question_ru'",
     ),
-    ("mera_parus", "mera/parus/test.jsonl", lambda r: r.update(instruction=""), r":1: field 'instruction'"),
+    (
+        "mera_parus",
+        "mera/parus/test.jsonl",
+        lambda r: r.update(instruction=""),
+        r":1 \(meta.id 0\): field 'instruction'",
+    ),
 ]
 
 
@@ -952,7 +963,7 @@ def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
     pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 0}
     write("terra/train.jsonl", [pair])
     write("terra/val.jsonl", [pair, {**pair, "hypothesis": " "}])
-    with pytest.raises(VikhrError, match=r"terra/val\.jsonl:2: field 'hypothesis' is blank"):
+    with pytest.raises(VikhrError, match=r"terra/val\.jsonl:2 \(idx 0\): field 'hypothesis' is blank"):
         dataset(build_task_config("terra", tmp_path, None, Path()))
     write("rucola/train.jsonl", [{"sentence": "Мама мыла раму.", "label": 1}])
     write("rucola/dev.jsonl", [{"sentence": "", "label": 1}])
@@ -964,7 +975,7 @@ def test_blank_text_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
         dataset(build_task_config("chegeka", tmp_path, None, Path()))
     qa = {"id": "q1", "context": "Он пришёл.", "question": "Кто пришёл?", "answers": {"text": ["Он"]}}
     write("xquad-ru/validation.jsonl", [{**qa, "context": " "}])
-    with pytest.raises(VikhrError, match=r"validation\.jsonl:1: field 'context' is blank"):
+    with pytest.raises(VikhrError, match=r'validation\.jsonl:1 \(id "q1"\): field \'context\' is blank'):
         dataset(build_task_config("xquad_ru", tmp_path, None, Path()))
     write(
         "xquad-ru/validation.jsonl",
@@ -1298,14 +1309,16 @@ def test_a_number_where_text_belongs_names_its_record(tmp_path: Path) -> None:
     with pytest.raises(VikhrError) as e:
         dataset(build_task_config("terra", tmp_path, None, Path()))
     assert str(e.value) == (
-        f"{tmp_path / 'terra' / 'val.jsonl'}:2: field 'premise' must be text, got int 5 (is this the "
-        "release's layout? see docs/eval.md)"
+        f"{tmp_path / 'terra' / 'val.jsonl'}:2 (idx 7): field 'premise' must be a string, got a number 5 "
+        "(the TERRa layout has one text there: fix or drop the record)"
     )
     (tmp_path / "chgk").mkdir()
     question = {"question": "Кто?", "answer": "Он"}
     (tmp_path / "chgk" / "train.jsonl").write_text((json.dumps(question, ensure_ascii=False) + "\n") * 4)
     (tmp_path / "chgk" / "test.jsonl").write_text(json.dumps({**question, "question": True}) + "\n")
-    with pytest.raises(VikhrError, match=r"test\.jsonl:1: field 'question' must be text, got bool True"):
+    with pytest.raises(
+        VikhrError, match=r"test\.jsonl:1: field 'question' must be a string, got a boolean true"
+    ):
         dataset(build_task_config("chegeka", tmp_path, None, Path()))
     data = tmp_path / "data"
     shutil.copytree(FIXTURES / "mmlu-ru", data / "mmlu-ru")
@@ -1313,9 +1326,164 @@ def test_a_number_where_text_belongs_names_its_record(tmp_path: Path) -> None:
     record = next(r for _, r in read_jsonl(test))
     test.write_text(json.dumps({**record, "subject": 7}, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(
-        VikhrError, match=rf"{re.escape(str(test))}:1: field 'subject' must be text, got int 7"
+        VikhrError, match=rf"{re.escape(str(test))}:1: field 'subject' must be a string, got a number 7"
     ):
         dataset(build_task_config("mmlu_ru", data, None, Path()))
+
+
+# (task, file under the fixtures, a change to its first record, what the error says after `FILE:1`)
+_LISTS_WHERE_ONE_TEXT_BELONGS = [
+    (
+        "rsg_terra",
+        "russian-superglue/TERRa/val.jsonl",
+        lambda r: r.update(hypothesis=["h"]),
+        r" \(idx \d+\): field 'hypothesis' must be a string, got a list \[\"h\"\] \(the TERRa layout has "
+        r"one text there: fix or drop the record\)",
+    ),
+    (
+        "rsg_rcb",
+        "russian-superglue/RCB/val.jsonl",
+        lambda r: r.update(premise=["p"]),
+        r" \(idx \d+\): field 'premise' must be a string, got a list",
+    ),
+    (
+        "rsg_lidirus",
+        "russian-superglue/LiDiRus/LiDiRus.jsonl",
+        lambda r: r.update(sentence1={"text": "s"}),
+        r" \(idx \"?\d+\"?\): field 'sentence1' must be a string, got an object",
+    ),
+    (
+        "rsg_parus",
+        "russian-superglue/PARus/val.jsonl",
+        lambda r: r.update(choice2=["c"]),
+        r" \(idx \d+\): field 'choice2' must be a string, got a list",
+    ),
+    (
+        "rsg_russe",
+        "russian-superglue/RUSSE/val.jsonl",
+        lambda r: r.update(sentence1=["s"]),
+        r" \(idx \d+\): field 'sentence1' must be a string, got a list",
+    ),
+    (
+        "rsg_rwsd",
+        "russian-superglue/RWSD/val.jsonl",
+        lambda r: r["target"].update(span2_text=["он"]),
+        r" \(idx \d+\): field 'target.span2_text' must be a string, got a list",
+    ),
+    (
+        "rsg_danetqa",
+        "russian-superglue/DaNetQA/val.jsonl",
+        lambda r: r.update(question=["q"]),
+        r" \(idx \d+\): field 'question' must be a string, got a list",
+    ),
+    (
+        "rsg_muserc",
+        "russian-superglue/MuSeRC/val.jsonl",
+        lambda r: r["passage"]["questions"][0].update(question=["q"]),
+        r" \(passage idx \d+, question idx \d+\): field 'question' must be a string, got a list",
+    ),
+    (
+        "rsg_rucos",
+        "russian-superglue/RuCoS/val.jsonl",
+        lambda r: r["qas"][0].update(query=["@placeholder"]),
+        r" \(passage idx \d+, query idx \d+\): field 'query' must be a string, got a list",
+    ),
+    (
+        "rsg_rucos",
+        "russian-superglue/RuCoS/val.jsonl",
+        lambda r: r["qas"][0]["answers"][0].update(text=["a"]),
+        r" \(passage idx \d+, query idx \d+\): field 'answers.text' must be a string, got a list",
+    ),
+    (
+        "mmlu_ru",
+        "mmlu-ru/test.jsonl",
+        lambda r: r.update(question_ru=["q"]),
+        r": field 'question_ru' must be a string, got a list",
+    ),
+    (
+        "mera_parus",
+        "mera/parus/test.jsonl",
+        lambda r: r.update(instruction=["{premise}"]),
+        r" \(meta.id \d+\): field 'instruction' must be a string, got a list \[\"\{premise\}\"\] "
+        r"\(the MERA layout",
+    ),
+    (
+        "mera_parus",
+        "mera/parus/test.jsonl",
+        lambda r: r["inputs"].update(premise=["p"]),
+        r" \(meta.id \d+\): field 'inputs.premise' must be a string, got a list \[\"p\"\]",
+    ),
+    (
+        "mera_multiq",
+        "mera/multiq/test.jsonl",
+        lambda r: r.update(outputs=[{"label": "answer", "segment": ["Двина"]}]),
+        r" \(meta.id \d+\): outputs is a list; only MultiQ's answers are \[\{'segment': ...\}\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "file", "change", "message"),
+    _LISTS_WHERE_ONE_TEXT_BELONGS,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(_LISTS_WHERE_ONE_TEXT_BELONGS)],
+)
+def test_a_list_or_object_where_one_text_belongs_names_its_record(
+    tmp_path: Path, task: str, file: str, change: Any, message: str
+) -> None:
+    """A list or an object where the release has one text (`"hypothesis": ["h"]`) passed the reader
+    and failed in lm-eval on `.strip()`: "a record of FILE has a field of another type
+    (AttributeError: 'list' object has no attribute 'strip')", no line named (MERA showed it in the
+    prompt as Python's repr). The record is named by its line and ids, with the field."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    _rewrite(FIXTURES / file, data / file, lambda records: change(records[0]))
+    with pytest.raises(VikhrError) as refused:
+        dataset(build_task_config(task, data, None, Path()))
+    assert re.fullmatch(rf"{re.escape(str(data / file))}:1{message}.*", str(refused.value))
+
+
+def test_a_list_where_one_text_belongs_in_the_readers_of_the_shared_sets(tmp_path: Path) -> None:
+    """TERRa, CheGeKa (its optional `topic` too), XQuAD-ru, MMLU and RuCoLA: a list or a number where
+    one text belongs is one line naming the record; a CheGeKa topic may be absent, null or empty."""
+
+    def write(name: str, records: list[dict[str, Any]]) -> None:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    def refused(task: str) -> str:
+        with pytest.raises(VikhrError) as e:
+            dataset(build_task_config(task, tmp_path, None, Path()))
+        return str(e.value)
+
+    pair = {"premise": "Кошка спит.", "hypothesis": "Кошка спит.", "label": "entailment", "idx": 3}
+    write("terra/train.jsonl", [pair])
+    write("terra/val.jsonl", [pair, {**pair, "hypothesis": ["h"]}])
+    assert refused("terra") == (
+        f"{tmp_path / 'terra' / 'val.jsonl'}:2 (idx 3): field 'hypothesis' must be a string, got a list "
+        '["h"] (the TERRa layout has one text there: fix or drop the record)'
+    )
+    question = {"question": "Кто?", "answer": "Он"}
+    write("chgk/train.jsonl", [question] * 4)
+    for topic in (7, ["Люди"]):
+        write("chgk/test.jsonl", [{**question, "topic": topic}])
+        assert (
+            f"chgk/test.jsonl:1: field 'topic' must be a string, got a {'number' if topic == 7 else 'list'}"
+            in (refused("chegeka"))
+        )
+    write("chgk/test.jsonl", [question, {**question, "topic": None}, {**question, "topic": ""}])
+    assert [d["topic"] for d in dataset(build_task_config("chegeka", tmp_path, None, Path()))] == ["", "", ""]
+    qa = {"id": "q1", "context": "Он пришёл.", "question": "Кто пришёл?", "answers": {"text": ["Он"]}}
+    write("xquad-ru/validation.jsonl", [{**qa, "context": ["Он пришёл."]}])
+    assert "validation.jsonl:1 (id \"q1\"): field 'context' must be a string, got a list" in refused(
+        "xquad_ru"
+    )
+    mmlu = {"subject": "astronomy", "question": ["q"], "choices": ["a", "b", "c", "d"], "answer": "A"}
+    write("mmlu-en/dev.jsonl", [{**mmlu, "question": "q"}])
+    write("mmlu-en/test.jsonl", [mmlu])
+    assert "mmlu-en/test.jsonl:1: field 'question' must be a string, got a list" in refused("mmlu_en")
+    write("rucola/train.jsonl", [{"sentence": "Мама мыла раму.", "label": 1}])
+    write("rucola/dev.jsonl", [{"sentence": {"text": "Мама"}, "label": 1}])
+    assert "rucola/dev.jsonl:1: field 'sentence' must be a string, got an object" in refused("rucola")
 
 
 def _first_muserc_answer(r: dict[str, Any]) -> dict[str, Any]:
@@ -1497,9 +1665,10 @@ def test_a_field_of_two_types_names_both_records_by_file_line(
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     (data / file).write_text(lines[0] + "\n\n" + lines[1] + "\n", encoding="utf-8")
     path = data / file
-    with pytest.raises(TypeError) as refused:
+    with pytest.raises(VikhrError) as refused:
         dataset(build_task_config(task, data, 0, Path()))
     field = "id" if task.startswith("mera") else "idx"
     assert str(refused.value) == (
-        f'field {field!r} is a number in {path}:1 ({id_name} 0) and a str in {path}:3 ({id_name} "x1")'
+        f'field {field!r} is a number in {path}:1 ({id_name} 0) and a str in {path}:3 ({id_name} "x1") '
+        "(give it one type in every record, as the release does)"
     )

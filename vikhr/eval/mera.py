@@ -46,9 +46,12 @@ from vikhr.eval.tasks import (
     ETHICS_QUESTIONS,
     WHERE,
     MeraRecord,
+    json_kind,
+    json_spelling,
     most_likely,
     read_numbered_records,
     record_location,
+    require_text,
     require_unique,
     squad_normalize,
     to_dataset_dict,
@@ -253,7 +256,7 @@ def _check_outputs(where: str, task: MeraTask, r: dict[str, Any]) -> None:
         _check_code(where, r)
     elif isinstance(outputs, list):
         if task.submission_name != "MultiQ" or not all(
-            isinstance(a, dict) and "segment" in a for a in outputs
+            isinstance(a, dict) and isinstance(a.get("segment"), str) for a in outputs
         ):
             raise _layout_error(where, "outputs is a list; only MultiQ's answers are [{'segment': ...}]")
     elif not isinstance(outputs, str):
@@ -298,15 +301,30 @@ def _check_code(where: str, r: dict[str, Any]) -> None:
         raise _layout_error(where, f"outputs must be the {len(tests)} expected results as strings")
 
 
+def _check_inputs(where: str, inputs: dict[str, Any] | str) -> None:
+    """The inputs the instruction is formatted with: a text, or texts and numbers by name (RWSD's
+    span indices are numbers); a list or an object would be shown in the prompt as Python's repr."""
+    if isinstance(inputs, dict):
+        for name, value in inputs.items():
+            if isinstance(value, list | dict):
+                raise _layout_error(
+                    where,
+                    f"field 'inputs.{name}' must be a string, got {json_kind(value)} "
+                    f"{json_spelling(value)[:40]}: the release has one text or number there",
+                )
+
+
 def _mera_records(path: Path, task: MeraTask, limit: int | None = None) -> list[tuple[int, MeraRecord]]:
     """The records of a task file, each with its line, checked to have the task's layout."""
     out = []
     keys = ("instruction", "inputs", "outputs", "meta")
-    for line, r in read_numbered_records(path, keys, limit, "MERA", texts=("instruction",)):
+    for line, r in read_numbered_records(path, keys, limit, "MERA"):
         meta = r["meta"]
         where = record_location(path, line, ("meta.id", meta.get("id") if isinstance(meta, dict) else None))
+        require_text(where, "instruction", r["instruction"], "MERA")
         if not isinstance(r["inputs"], dict | str) or not isinstance(meta, dict) or "id" not in meta:
             raise VikhrError(f"{where}: the record's inputs/meta are not objects with meta.id (MERA layout)")
+        _check_inputs(where, r["inputs"])
         if isinstance(r["outputs"], int) and not isinstance(r["outputs"], bool):
             r["outputs"] = str(r["outputs"])  # numeric answers may be stored as numbers
         _check_outputs(where, task, r)

@@ -170,19 +170,24 @@ class _Located(NamedTuple):
     record: dict[str, Any]
 
 
-def _records(path: Path, keys: tuple[str, ...], limit: int | None, task: str, hide: bool) -> list[_Located]:
-    """The file's records, checked to have `keys`; a file whose labels are hidden needs no `label`
-    but an `idx` in every record."""
+def _records(
+    path: Path, keys: tuple[str, ...], limit: int | None, task: str, hide: bool, texts: tuple[str, ...] = ()
+) -> list[_Located]:
+    """The file's records, checked to have `keys` and one text in each of `texts` (nested texts are
+    checked where read); a file whose labels are hidden needs no `label` but an `idx` in every record."""
     if hide:
         keys = (*(k for k in keys if k != "label"), "idx")
-    texts = tuple(k for k in keys if k not in ("label", "idx"))  # nested ones are checked where read
     records = [
         _Located(line, record_location(path, line, ("idx", r.get("idx"))), r)
-        for line, r in read_numbered_records(path, keys, limit, f"Russian SuperGLUE {task}", texts)
+        for line, r in read_numbered_records(path, keys, limit, _layout(task), texts, ids=("idx",))
     ]
     if hide:  # the leaderboard matches predictions by idx
         require_unique(path, [(line, r["idx"]) for line, _, r in records], "idx")
     return records
+
+
+def _layout(task: str) -> str:
+    return f"Russian SuperGLUE {task}"
 
 
 def _gold(where: str, record: dict[str, Any], allowed: dict[Any, int], hide: bool) -> int:
@@ -209,7 +214,9 @@ def _lidirus_config(
                 "idx": r.get("idx"),
                 WHERE: where,
             }
-            for _, where, r in _records(path, (first, second, "label"), limit, "LiDiRus/TERRa", hide)
+            for _, where, r in _records(
+                path, (first, second, "label"), limit, "LiDiRus/TERRa", hide, (first, second)
+            )
         ]
 
     return choice_task_with_shots(
@@ -241,7 +248,9 @@ def _rcb_config(
                 "idx": r.get("idx"),
                 WHERE: where,
             }
-            for _, where, r in _records(path, ("premise", "hypothesis", "label"), limit, "RCB", hide)
+            for _, where, r in _records(
+                path, ("premise", "hypothesis", "label"), limit, "RCB", hide, ("premise", "hypothesis")
+            )
         ]
 
     return choice_task_with_shots(
@@ -271,7 +280,7 @@ def _parus_config(
         hide = hidden and path == eval_path
         out = []
         keys = ("premise", "choice1", "choice2", "question", "label")
-        for _, where, r in _records(path, keys, limit, "PARus", hide):
+        for _, where, r in _records(path, keys, limit, "PARus", hide, keys[:4]):
             if r["question"] not in ("cause", "effect"):
                 raise VikhrError(
                     f'{where}: question {json_spelling(r["question"])} is not "cause" or "effect"'
@@ -322,7 +331,12 @@ def _russe_config(
                 WHERE: where,
             }
             for _, where, r in _records(
-                path, ("word", "sentence1", "sentence2", "label"), limit, "RUSSE", hide
+                path,
+                ("word", "sentence1", "sentence2", "label"),
+                limit,
+                "RUSSE",
+                hide,
+                ("word", "sentence1", "sentence2"),
             )
         ]
 
@@ -349,12 +363,12 @@ def _rwsd_config(
     def rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         hide = hidden and path == eval_path
         out = []
-        for _, where, r in _records(path, ("text", "target", "label"), limit, "RWSD", hide):
+        for _, where, r in _records(path, ("text", "target", "label"), limit, "RWSD", hide, ("text",)):
             target = r["target"]
             if not isinstance(target, dict) or not {"span1_text", "span2_text"} <= set(target):
                 raise VikhrError(f"{where}: field 'target' has no span1_text/span2_text (RWSD layout)")
             for span in ("span1_text", "span2_text"):
-                require_text(where, f"target.{span}", target[span])
+                require_text(where, f"target.{span}", target[span], _layout("RWSD"))
             out.append(
                 {
                     "text": r["text"].strip(),
@@ -397,7 +411,9 @@ def _danetqa_config(
                 "idx": r.get("idx"),
                 WHERE: where,
             }
-            for _, where, r in _records(path, ("question", "passage", "label"), limit, "DaNetQA", hide)
+            for _, where, r in _records(
+                path, ("question", "passage", "label"), limit, "DaNetQA", hide, ("question", "passage")
+            )
         ]
 
     return choice_task_with_shots(
@@ -437,12 +453,12 @@ def _muserc_rows(path: Path, limit: int | None = None, hide: bool = False) -> li
             passage = r["passage"]
             if not isinstance(passage, dict) or "text" not in passage or "questions" not in passage:
                 raise VikhrError(f"{where}: field 'passage' has no text/questions (MuSeRC layout)")
-            require_text(where, "passage.text", passage["text"])
+            require_text(where, "passage.text", passage["text"], _layout("MuSeRC"))
             for q_no, q in enumerate(passage["questions"]):
                 at_question = record_location(
                     path, line, ("passage idx", r.get("idx")), ("question idx", q.get("idx"))
                 )
-                require_text(at_question, "question", q["question"])
+                require_text(at_question, "question", q["question"], _layout("MuSeRC"))
                 for a in q["answers"]:
                     if limit is not None and len(out) >= limit:
                         return out
@@ -453,7 +469,7 @@ def _muserc_rows(path: Path, limit: int | None = None, hide: bool = False) -> li
                         ("question idx", q.get("idx")),
                         ("answer idx", a.get("idx")),
                     )
-                    require_text(at_answer, "answers.text", a["text"])
+                    require_text(at_answer, "answers.text", a["text"], _layout("MuSeRC"))
                     out.append(
                         {
                             "passage": passage["text"].strip(),
@@ -530,12 +546,18 @@ def _rucos_rows(path: Path, limit: int | None = None, hide: bool = False) -> lis
             if not isinstance(passage, dict) or "text" not in passage or "entities" not in passage:
                 raise VikhrError(f"{where}: field 'passage' has no text/entities (RuCoS layout)")
             text = passage["text"]
+            require_text(where, "passage.text", text, _layout("RuCoS"))
             for qa in r["qas"]:
                 if limit is not None and len(out) >= limit:
                     return out
                 at_query = record_location(
                     path, line, ("passage idx", r.get("idx")), ("query idx", qa.get("idx"))
                 )
+                require_text(at_query, "query", qa["query"], _layout("RuCoS"))
+                for a in qa.get("answers", []):  # a blank answer is skipped: it matches anywhere
+                    require_text(
+                        at_query, "answers.text", a.get("text", ""), _layout("RuCoS"), may_be_blank=True
+                    )
                 golds = [a["text"] for a in qa.get("answers", []) if a.get("text", "").strip()]
                 if not golds and not hide:
                     raise VikhrError(f"{at_query}: the query has no answers (use the labelled val split)")

@@ -272,12 +272,13 @@ def read_numbered_records(
     limit: int | None = None,
     layout: str | None = None,
     texts: tuple[str, ...] = (),
+    ids: tuple[str, ...] = (),
 ) -> list[tuple[int, dict[str, Any]]]:
     """The first `limit` records of a JSONL file, each with its line number (for errors found later,
     to name `file:line`: blank lines are skipped, so a record's position is not its line), each
     checked to have `keys` (`layout` names the release whose layout the file should have, for the
-    error message) and text in each of `texts` that holds a string or a list of strings (an item
-    whose question or choice is blank would be scored as if it had one)."""
+    error message) and one text in each of `texts` (`require_text`); a message about a text names
+    the record by its line and the fields in `ids` (`record_location`)."""
     out: list[tuple[int, dict[str, Any]]] = []
     for line_no, r in read_jsonl(path):
         if limit is not None and len(out) >= limit:
@@ -290,8 +291,9 @@ def read_numbered_records(
                     f"{path}:{line_no}: {what} (expected {expected} with {', '.join(keys)}"
                     f"{_another_release(r, layout)})"
                 )
+        where = record_location(path, line_no, *((k, r.get(k)) for k in ids))
         for k in texts:
-            require_text(f"{path}:{line_no}", k, r.get(k))
+            require_text(where, k, r.get(k), layout)
         out.append((line_no, r))
     if not out:
         raise VikhrError(f"{path} has no records")
@@ -311,22 +313,32 @@ def _another_release(record: dict[str, Any], layout: str | None) -> str:
     return ""
 
 
-def require_text(where: str, field: str, value: Any) -> None:
-    """VikhrError naming `where` if `value` is a blank string or a list holding one, or a number or
-    boolean where text belongs (lm-eval failed on it later, naming no record). Mappings and lists
-    of them are nested layouts, checked where they are read."""
-    values = value if isinstance(value, list) else [value]
-    scalar = next((v for v in values if isinstance(v, (int, float, bool))), None)
-    if scalar is not None:
+def require_text(
+    where: str, field: str, value: Any, layout: str | None, *, may_be_blank: bool = False
+) -> None:
+    """VikhrError naming `where` unless `value` is a string: a list, an object, a number or a boolean
+    where one text belongs failed later, in lm-eval, naming no record. A blank one is refused too
+    (the item would be scored without its text) unless `may_be_blank`. `layout` names the release."""
+    if not isinstance(value, str):
+        expected = f"the {layout} layout" if layout else "the release's layout, see docs/eval.md"
         raise VikhrError(
-            f"{where}: field {field!r} must be text, got {type(scalar).__name__} {scalar!r} (is this the "
-            "release's layout? see docs/eval.md)"
+            f"{where}: field {field!r} must be a string, got {json_kind(value)} {json_spelling(value)[:40]} "
+            f"({expected} has one text there: fix or drop the record)"
         )
-    if any(isinstance(v, str) and not v.strip() for v in values):
+    if not may_be_blank and not value.strip():
         raise VikhrError(
             f"{where}: field {field!r} is blank: the item would be scored without its text "
             "(fill it in or drop the record)"
         )
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls the type of `value`, with its article: "a list", "an object", "a number"."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), "null")
 
 
 def require_strings(where: str, field: str, value: Any, expected: str) -> list[str]:
@@ -400,8 +412,8 @@ WHERE = "_where"
 
 
 def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
-    """The splits as an HF DatasetDict; TypeError naming the field whose records disagree on its type
-    and the two records (Arrow wants one type per column; the runner turns it into one line)."""
+    """The splits as an HF DatasetDict; VikhrError naming the field whose records disagree on its type
+    and the two records (Arrow wants one type per column), else TypeError (the runner names the file)."""
     import datasets
     import pyarrow
 
@@ -410,7 +422,10 @@ def to_dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> Any:
         try:
             out[name] = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != WHERE} for r in rows])
         except pyarrow.ArrowException as e:
-            raise TypeError(_mixed_field(rows) or f"its records do not form one table ({e})") from None
+            mixed = _mixed_field(rows)
+            if mixed is None:
+                raise TypeError(f"its records do not form one table ({e})") from None
+            raise VikhrError(f"{mixed} (give it one type in every record, as the release does)") from None
     return datasets.DatasetDict(out)
 
 
@@ -610,6 +625,8 @@ def _mmlu_record(where: str, r: dict[str, Any], russian: bool, layout: str) -> d
             f"{where}: field {field!r} holds {json.dumps(other, ensure_ascii=False)[:40]}, not a choice's "
             f"text ({expected}, each a string; fix or drop the record)"
         )
+    for choice in choices:
+        require_text(where, field, choice, layout)
     if answer not in ("A", "B", "C", "D"):
         raise VikhrError(
             f"{where}: field 'answer' is {json.dumps(r['answer'], ensure_ascii=False)}, not A-D or 0-3 "
@@ -631,13 +648,13 @@ def _mmlu_config(
 
     def load(**_: Any) -> Any:
         dev: dict[str, list[dict[str, Any]]] = {}
-        shots = read_numbered_records(fewshot_path, keys, None, layout, keys[:3]) if fewshot_path else []
+        shots = read_numbered_records(fewshot_path, keys, None, layout, keys[:2]) if fewshot_path else []
         for line, r in shots:
             dev.setdefault(r["subject"], []).append(
                 _mmlu_record(f"{fewshot_path}:{line}", r, russian, layout)
             )
         rows, short = [], 0
-        for line, raw in read_numbered_records(eval_path, keys, limit, layout, texts=keys[:3]):
+        for line, raw in read_numbered_records(eval_path, keys, limit, layout, texts=keys[:2]):
             r = _mmlu_record(f"{eval_path}:{line}", raw, russian, layout)
             # The original MMLU protocol: the first k dev questions of the same subject.
             shots = dev.get(r["subject"], [])[:k]
@@ -739,7 +756,7 @@ def terra_config(
         hide = hidden and path == eval_path
         out = []
         keys = ("premise", "hypothesis", "idx" if hide else "label")
-        for line, r in read_numbered_records(path, keys, limit, "TERRa", texts=keys[:2]):
+        for line, r in read_numbered_records(path, keys, limit, "TERRa", texts=keys[:2], ids=("idx",)):
             where = record_location(path, line, ("idx", r.get("idx")))
             if not hide and r["label"] not in ("entailment", "not_entailment"):
                 raise VikhrError(
@@ -826,12 +843,15 @@ def _chegeka_config(eval_path: Path, fewshot_path: Path | None, k: int, limit: i
             accepted = r.get("accepted")
             if accepted is not None:
                 accepted = require_strings(f"{path}:{line_no}", "accepted", accepted, layout)
+            topic = r.get("topic")  # optional: a theme the question belongs to
+            if topic is not None:
+                require_text(f"{path}:{line_no}", "topic", topic, "CheGeKa-style", may_be_blank=True)
             golds = chgk_golds(r["answer"], accepted)
             if not normalize_answer(golds[0]):  # scored against nothing, an empty generation matched it
                 raise VikhrError(f"{path}:{line_no}: the record has no answer text")
             out.append(
                 {
-                    "topic": (r.get("topic") or "").strip(),
+                    "topic": (topic or "").strip(),
                     "question": " ".join(r["question"].split()),
                     "answer": golds[0],  # optional parts spelled out: what a few-shot example shows
                     "golds": golds,
@@ -866,7 +886,7 @@ def _xquad_config(eval_path: Path, _fewshot_path: Path | None, _k: int, limit: i
         out = []
         keys = ("context", "question", "answers")
         for line, r in read_numbered_records(
-            eval_path, keys, limit, "SQuAD (Hugging Face datasets)", texts=keys[:2]
+            eval_path, keys, limit, "SQuAD (Hugging Face datasets)", texts=keys[:2], ids=("id",)
         ):
             answers = r["answers"]
             where = record_location(eval_path, line, ("id", r.get("id")))
