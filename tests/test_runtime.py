@@ -388,3 +388,49 @@ def test_a_rank_absent_from_a_job_without_torchrun_is_named_by_the_rank_hosting_
     assert other.returncode == 2, other.stderr
     assert "ranks 0, 2" not in other.stderr, other.stderr
     assert "lost the job's store" in other.stderr, other.stderr
+
+
+_SHARED_DIR_RANK = """
+import sys
+import torch.distributed as dist
+from vikhr.errors import VikhrError
+from vikhr.runtime.distributed import require_shared_dir
+rank, store, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+try:
+    require_shared_dir(directory, "checkpoint.dir")
+except VikhrError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_checkpoint_dir_rank_0_cannot_write_is_said_as_such_not_as_local_to_each_node(
+    tmp_path: Path,
+) -> None:
+    """Where rank 0 cannot write in checkpoint.dir (here a file is in its place), every rank says so
+    with the cause; it was said as "a directory local to each node", which sent users to their
+    storage's sharing rather than to the path or its permissions."""
+    import subprocess
+    import sys
+
+    from tests.conftest import child_env
+
+    taken = tmp_path / "ckpt"
+    taken.write_text("not a directory\n", encoding="utf-8")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SHARED_DIR_RANK, str(r), str(tmp_path / "store"), str(taken)],
+            env=child_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    for proc in ranks:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        [line] = err.strip().splitlines()
+        assert line.startswith(f"checkpoint.dir = {taken}: rank 0 (on "), line
+        assert ") cannot write there (FileExistsError: " in line, line
+        assert "local to each node" not in line, line

@@ -173,15 +173,23 @@ def require_shared_dir(directory: str | Path, key: str) -> None:
         return
     root, rank = Path(directory), dist.get_rank()
     probe: Path | None = None
+    unwritable: str | None = None
     if rank == 0:
-        with contextlib.suppress(OSError):  # unwritable: said below as unseen by every rank
+        try:
             root.mkdir(parents=True, exist_ok=True)
             # A new name each time: no node has looked it up before (NFS caches a name's absence).
             probe = root / f".vikhr-shared-{os.getpid()}-{time.time_ns()}"
             probe.write_text(socket.gethostname() + "\n", encoding="utf-8")
-    names = [probe.name if probe is not None else None]
-    dist.broadcast_object_list(names, src=0)
-    seen = names[0] is not None and (root / names[0]).is_file()
+        except OSError as e:
+            unwritable, probe = f"{type(e).__name__}: {e.strerror or e}", None
+    said = [probe.name if probe is not None else None, unwritable, socket.gethostname()]
+    dist.broadcast_object_list(said, src=0)
+    if said[1] is not None:  # every rank says it alike: not a directory local to each node
+        raise VikhrError(
+            f"{key} = {root}: rank 0 (on {said[2]}) cannot write there ({said[1]}); give a directory it "
+            "may write in, on storage every node sees at the same path"
+        )
+    seen = said[0] is not None and (root / said[0]).is_file()
     views: list[tuple[str, bool]] = [("", False)] * dist.get_world_size()
     dist.all_gather_object(views, (socket.gethostname(), seen))
     if probe is not None:
