@@ -915,10 +915,11 @@ def test_resume_finds_the_runs_of_a_grid_written_before_tokenizer_modes_and_base
     write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
     assert runs == tokenizers == []
     assert _bpc_by_arm(out) == _bpc_by_arm(first)
-    # Nor did it record the versions that made its runs: the report says so, and names this run's.
+    # It recorded the release alone that made its runs (a setting then): the report says so, and
+    # names this run's versions.
     md = (out / "ablation.md").read_text(encoding="utf-8")
     now = running_versions()["vikhr"]
-    assert f"Made with a vikhr that recorded no versions; resumed with vikhr {now}" in md
+    assert f"Made with vikhr {now} (no other versions recorded); resumed with vikhr {now}" in md
 
 
 def test_a_grid_records_what_made_it_and_a_resume_by_other_versions_says_so(
@@ -934,7 +935,7 @@ def test_a_grid_records_what_made_it_and_a_resume_by_other_versions_says_so(
     first, _, _ = micro_runs
     now = running_versions()
     state = json.loads((first / "work" / "grid.json").read_text(encoding="utf-8"))
-    assert state["made_with"] == [now]
+    assert state["made_with"] == [now] and "vikhr" not in state["settings"]
     assert f"Made with vikhr {now['vikhr']}" in (first / "ablation.md").read_text(encoding="utf-8")
     out, cfg_path, runs, tokenizers = _resumed(
         first, first.parent / "ablate1.yaml", "resumed-by-other", monkeypatch
@@ -956,13 +957,62 @@ def test_a_grid_records_what_made_it_and_a_resume_by_other_versions_says_so(
     assert f"(commit {now['commit']}), torch {now['torch']}, megatron-core {now['megatron-core']}" in md
 
 
+@pytest.mark.parametrize("written_by", ["now", "release-a-setting", "before-made-with"])
+def test_a_grid_made_by_another_vikhr_release_resumes_with_a_note_naming_both(
+    written_by: str,
+    micro_runs: tuple[Path, Path, list],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The vikhr release was one of a grid's settings: a resume by another release was refused ("other
+    vikhr settings") and the grid was lost, where another commit, torch or megatron-core is a note. A
+    grid.json made by another release (recorded in `made_with`; or, written when the release was a
+    setting, in its settings too, or there alone before `made_with` existed) resumes, trains nothing
+    again, and says so in one note naming both releases; the state records the release in `made_with`
+    alone from then on."""
+    from vikhr.ablate.report import write_report
+    from vikhr.ablate.runner import run_ablation
+    from vikhr.provenance import describe
+
+    first, _, _ = micro_runs
+    now = running_versions()
+    out, cfg_path, runs, tokenizers = _resumed(
+        first, first.parent / "ablate1.yaml", f"resumed-by-another-release-{written_by}", monkeypatch
+    )
+    grid_json = out / "work" / "grid.json"
+    state = json.loads(grid_json.read_text(encoding="utf-8"))
+    release = f"{now['vikhr']}.earlier"
+    earlier: dict[str, Any] = {**now, "vikhr": release}
+    state["made_with"] = [earlier]
+    if written_by != "now":
+        state["settings"]["vikhr"] = release
+    if written_by == "before-made-with":
+        del state["made_with"]
+        earlier = {"vikhr": release}
+    grid_json.write_text(json.dumps(state), encoding="utf-8")
+    capsys.readouterr()
+    write_report(run_ablation(load_ablate_config(cfg_path), show_progress=False, resume=True))
+    assert runs == tokenizers == []
+    assert _bpc_by_arm(out) == _bpc_by_arm(first)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "may differ" in line]
+    assert notes == [
+        f"vikhr ablate: --resume: note: the grid in {out / 'work'} was made with other code or libraries "
+        f"than this run (vikhr {release} -> {now['vikhr']}): its figures may differ from the earlier ones"
+    ]
+    resumed = json.loads(grid_json.read_text(encoding="utf-8"))
+    assert resumed["made_with"] == [earlier, now] and "vikhr" not in resumed["settings"]
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert f"Made with {describe(earlier)}; resumed with {describe(now)}." in md
+
+
 def _as_grids_before_tokenizer_modes_wrote_it(path: Path) -> None:
     """Rewrite grid.json `path` of a grid of a replace tokenizer and a pre-trained base in the layout
     vikhr wrote before tokenizer.mode and base.init existed: tokenizer settings of vocab_size and base
-    digest, base settings without init, its tokenizer "new_tok", its blend and figures "adapted", no
-    adapted_rows."""
+    digest, base settings without init, the vikhr release a setting, its tokenizer "new_tok", its blend
+    and figures "adapted", no adapted_rows nor made_with."""
     state = json.loads(path.read_text(encoding="utf-8"))
     settings, prepared = state["settings"], state["prepared"]
+    settings["vikhr"] = running_versions()["vikhr"]
     [(mode, tokenizer)] = prepared["tokenizers"].items()
     assert mode == "replace" and settings["base"]["init"] is None
     settings["tokenizer"] = {k: settings["tokenizer"][k] for k in ("vocab_size", "base")}

@@ -76,10 +76,13 @@ def provenance() -> dict[str, Any]:
 
 def describe(record: dict[str, Any] | None) -> str:
     """The line "vikhr X (commit Y), torch Z, megatron-core W, N threads"; a record older than provenance
-    (None) is "a vikhr that recorded no versions"."""
+    (None) is "a vikhr that recorded no versions", and one of the release alone (a grid.json written
+    when the release was a grid setting) "vikhr X (no other versions recorded)"."""
     if record is None:
         return "a vikhr that recorded no versions"
     commit = f" (commit {record['commit']})" if record.get("commit") else ""
+    if "torch" not in record:
+        return f"vikhr {record.get('vikhr')}{commit} (no other versions recorded)"
     return (
         f"vikhr {record.get('vikhr')}{commit}, torch {record.get('torch')}, "
         f"megatron-core {record.get('megatron-core') or 'absent'}, {record.get('threads')} threads"
@@ -88,13 +91,14 @@ def describe(record: dict[str, Any] | None) -> str:
 
 def resume_note(recorded: Any, now: dict[str, Any], what: str) -> str | None:
     """The note a resume of `what` prints when `recorded` (its provenance) differs from `now`,
-    naming each difference; None when they agree or nothing was recorded (an older record)."""
+    naming each difference in what it records (an older record may hold the release alone); None when
+    they agree or nothing was recorded (an older record)."""
     if not isinstance(recorded, dict):
         return None
     changed = [
         f"{label} {recorded.get(key)} -> {now.get(key)}"
         for key, label in LABELS.items()
-        if recorded.get(key) != now.get(key)
+        if key in recorded and recorded[key] != now.get(key)
     ]
     if not changed:
         return None

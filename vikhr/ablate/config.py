@@ -189,10 +189,9 @@ class AblateConfig(_Section):
         """Everything a run of the grid depends on besides its arm and seed (data by content).
         `base_files`: base.init's files by name, their size and modification time (base_init_files).
 
-        Runs of one grid (`vikhr ablate --resume`) may add arms and seeds but not change these.
+        Runs of one grid (`vikhr ablate --resume`) may add arms and seeds but not change these. The
+        vikhr release is not one: grid.json's `made_with` records it, and a resume by another says so.
         """
-        from vikhr import __version__
-
         if self.base.init is None:
             base = self.base.model_dump()
         else:
@@ -203,7 +202,6 @@ class AblateConfig(_Section):
             "model": self.model.model_dump(),
             "base": base,
             "train": self.train.model_dump(exclude={"save_every"}),  # changes where runs save, not what
-            "vikhr": __version__,
         }
 
 

@@ -802,8 +802,14 @@ def _state_as_written_now(state: dict[str, Any]) -> None:
     - written before tokenizer.mode and base.init existed, its settings record neither: its adapted
       tokenizer was a new one (replace) and its base pre-trained, as such a config gives now;
     - written before a grid could compare tokenizers, its one adapted tokenizer, its blend, chars per
-      token and rows are named "new_tok" and "adapted": they are those of the mode it records."""
+      token and rows are named "new_tok" and "adapted": they are those of the mode it records;
+    - written when the vikhr release was a setting (a resume by another was refused), its settings
+      name it: it moves to `made_with` (a state written before `made_with` existed starts it with a
+      record of the release alone), so that a resume by another release notes it and goes on."""
     settings, prepared = state["settings"], state["prepared"]
+    release = settings.pop("vikhr", None)
+    if isinstance(release, str) and "made_with" not in state:
+        state["made_with"] = [{"vikhr": release}]
     if isinstance(settings.get("tokenizer"), dict):
         settings["tokenizer"].setdefault("mode", "replace")
     if isinstance(settings.get("base"), dict):
