@@ -1097,6 +1097,44 @@ def test_a_tied_model_merges_with_an_untied_one_into_an_untied_model(
         assert not torch.allclose(got, _logits(model, ids), atol=1e-3)
 
 
+def test_a_config_without_tie_word_embeddings_is_tied_where_its_family_ties_by_default(
+    tmp_path: Path,
+) -> None:
+    """A config of a family vikhr does not convert that leaves tie_word_embeddings out was read as
+    untied, though transformers ties it where its family's config class does (gemma): beside the same
+    model saying true it was refused as an untied model storing no head. Both read tied: the merge is
+    tied, as transformers loads it."""
+    from transformers import AutoModelForCausalLM, GemmaConfig
+
+    assert GemmaConfig().tie_word_embeddings is True  # what the config without the key gets
+    config = GemmaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, model_dir in enumerate((a, b)):
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+        assert "lm_head.weight" not in tensors_of(model_dir)
+    written = json.loads((a / "config.json").read_text())
+    del written["tie_word_embeddings"]
+    (a / "config.json").write_text(json.dumps(written))
+    assert json.loads((b / "config.json").read_text())["tie_word_embeddings"] is True
+    out = tmp_path / "out"
+    summary = merge_checkpoints(a, b, out, Schedule((0.5,)), show_progress=False)
+    merged = tensors_of(out)
+    assert "lm_head.weight" not in merged and "lm_head.weight" not in summary["t"]
+    assert json.loads((out / "config.json").read_text()).get("tie_word_embeddings", True) is True
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])
+
+
 def test_an_untied_model_that_stores_no_head_is_refused_beside_a_tied_one(tmp_path: Path) -> None:
     """Beside a tied model, an untied one's missing head was said to be a tensor only the tied one holds."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -141,8 +141,8 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]
     # sliding window included: the merge takes A's config.json); another by its keys as written.
     pairs = {key: (cfg_a.get(key), cfg_b.get(key)) for key in ("model_type", "architectures")}
     pairs.update(shapes or {key: (cfg_a.get(key), cfg_b.get(key)) for key in ARCHITECTURE_KEYS})
-    ties = pairs.pop(TIED, (cfg_a.get(TIED), cfg_b.get(TIED)))  # as read for a family vikhr reads
-    ties = (ties[0] is True, ties[1] is True)
+    pairs.pop(TIED, None)  # may differ (`_untie`)
+    ties = (_tied_as_transformers_reads(cfg_a), _tied_as_transformers_reads(cfg_b))
     for key, (value_a, value_b) in pairs.items():
         if value_a != value_b:
             if key == "vocab_size":
@@ -158,6 +158,22 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]
     if not isinstance(layers, int) or layers < 1:
         raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
     return layers, longer, ties
+
+
+def _tied_as_transformers_reads(cfg: dict[str, Any]) -> bool:
+    """Whether transformers ties the model's LM head to its embedding: config.json's
+    tie_word_embeddings, else its model_type's config class default (True for some families vikhr does
+    not convert, e.g. gemma and gpt2), else transformers' base config's (a model_type it does not know)."""
+    if TIED in cfg:
+        return cfg[TIED] is True
+    from transformers import AutoConfig, PretrainedConfig
+
+    try:
+        defaults = AutoConfig.for_model(str(cfg.get("model_type")))
+    except (ValueError, KeyError, TypeError):  # a model_type transformers does not know
+        defaults = PretrainedConfig()
+    # transformers' modelling reads a config without the attribute as untied.
+    return getattr(defaults, TIED, False) is True
 
 
 # config.json's name of each field of vikhr's model config that it names otherwise: a difference is
