@@ -332,6 +332,40 @@ def test_clear_errors_and_no_half_written_output(
     _assert_nothing_written(tmp_path, tmp_path / "o3")
 
 
+def test_a_tie_word_embeddings_string_is_refused(tmp_path: Path, new_tok: Path) -> None:
+    """An untied model whose config.json says "false" in quotes was adapted as tied (a non-empty string
+    is true to Python): its own LM head was replaced by the embedding's rows."""
+    src = tmp_path / "src"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+    written = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**written, "tie_word_embeddings": "false"}))
+    with pytest.raises(VikhrError, match=r'tie_word_embeddings must be true or false, got "false"'):
+        adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out")
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_a_missing_head_is_told_by_where_the_untying_comes_from(tmp_path: Path, new_tok: Path) -> None:
+    """A config the converter does not read (here a GELU model) that leaves tie_word_embeddings out, of
+    a family untied by default, whose shards lack lm_head.weight: the refusal said config.json "has
+    tie_word_embeddings=false", a key not in the file."""
+    src = tmp_path / "src"
+    make_checkpoint(src, "mistral", tied=False, shard=False)
+    t = tensors_of(src)
+    del t[LM_HEAD]
+    save_file(t, str(src / "model.safetensors"), metadata={"format": "pt"})
+    written = json.loads((src / "config.json").read_text())
+    del written["tie_word_embeddings"]
+    (src / "config.json").write_text(json.dumps({**written, "hidden_act": "gelu"}))
+    with pytest.raises(VikhrError) as refusal:
+        adapt_vocab(src, MISTRAL_TOKENIZER, new_tok, tmp_path / "out")
+    assert str(refusal.value) == (
+        f"tensor {LM_HEAD} not found in {src} and its config.json leaves tie_word_embeddings out, which "
+        "model_type 'mistral' reads as false: set tie_word_embeddings to true there if the model ties its "
+        "head to the embedding"
+    )
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     "content, reason",
     [

@@ -2061,6 +2061,23 @@ def test_config_that_disagrees_with_the_weights(tmp_path: Path, capsys: pytest.C
     )
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_a_tie_word_embeddings_that_is_not_true_or_false_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: Any
+) -> None:
+    """A string "false" (written by hand or by a tool that quotes values) was read as tied — Python's
+    truth of a non-empty string — and the untied model converted without its LM head (exit 0)."""
+    hf = _tiny_hf(tmp_path / "hf")
+    out = tmp_path / "meg"
+    _edit_config(hf, tie_word_embeddings=value)
+    _fails(
+        _to_megatron(hf, out),
+        capsys,
+        out,
+        f"{hf / 'config.json'}: tie_word_embeddings must be true or false, got {json.dumps(value)}",
+    )
+
+
 def test_a_tp_size_that_does_not_divide_the_kv_heads_names_the_key_and_the_sizes_that_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1152,6 +1152,47 @@ def test_an_untied_model_that_stores_no_head_is_refused_beside_a_tied_one(tmp_pa
     _nothing_written(tmp_path / "out")
 
 
+def test_an_untied_model_by_its_family_s_default_that_stores_no_head_is_told_as_such(tmp_path: Path) -> None:
+    """A config that leaves tie_word_embeddings out is untied by its family's default (qwen2): the
+    refusal said the file "has tie_word_embeddings false", a key the user did not find there."""
+    from transformers import AutoConfig
+
+    assert AutoConfig.for_model("qwen2").tie_word_embeddings is False
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0)
+    tiny_hf_model(b, VOCAB, arch="qwen2", seed=1)
+    weights = tensors_of(b)
+    del weights["lm_head.weight"]
+    save_file(weights, str(b / "model.safetensors"), metadata={"format": "pt"})
+    written = json.loads((b / "config.json").read_text())
+    del written["tie_word_embeddings"]
+    (b / "config.json").write_text(json.dumps(written))
+    with pytest.raises(VikhrError) as refusal:
+        merge_checkpoints(a, b, tmp_path / "out", Schedule((0.5,)), show_progress=False)
+    assert str(refusal.value) == (
+        f"{b / 'config.json'} leaves tie_word_embeddings out, which model_type 'qwen2' reads as false but "
+        f"{b} stores no lm_head.weight: set tie_word_embeddings to true there if the model ties its head "
+        "to the embedding"
+    )
+    _nothing_written(tmp_path / "out")
+
+
+def test_a_tie_word_embeddings_that_is_not_true_or_false_is_refused(tmp_path: Path) -> None:
+    """A string "false" beside a tied model was read as untied by the merge (only true is tied) but as
+    tied by the converter: one reading now, and a value other than true or false is refused."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0)
+    tiny_hf_model(b, VOCAB, arch="qwen2", seed=1)
+    written = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**written, "tie_word_embeddings": "false"}))
+    with pytest.raises(VikhrError) as refusal:
+        merge_checkpoints(a, b, tmp_path / "out", Schedule((0.5,)), show_progress=False)
+    assert str(refusal.value).startswith(
+        f'{b / "config.json"}: tie_word_embeddings must be true or false, got "false"'
+    )
+    _nothing_written(tmp_path / "out")
+
+
 def _base_and_instruct(models: dict[str, Path], tmp_path: Path) -> tuple[Path, Path, list[int]]:
     """A: a base model with a Qwen-like tokenizer, no chat template, stopping at <|endoftext|>; B: its
     instruction-tuned successor (chatml, vikhr's; stops at <|im_end|>, samples); and the merge's stop

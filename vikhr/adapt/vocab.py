@@ -54,6 +54,7 @@ from vikhr.adapt.vocab_source import (
     with_added_tokens,
 )
 from vikhr.atomic import output_dir
+from vikhr.convert.tied import how_tying_is_set, ties_word_embeddings
 from vikhr.errors import (
     VikhrError,
     not_an_hf_model_dir,
@@ -468,16 +469,17 @@ def _check_paths(
 
 
 def _embedding_sources(
-    headers: list[SafetensorsHeader], tied: bool, model_dir: Path
+    headers: list[SafetensorsHeader], cfg: dict[str, Any], model_dir: Path
 ) -> tuple[SafetensorsHeader, SafetensorsHeader | None]:
     """The shards holding the input embedding and (untied) LM head, shapes checked."""
     embed_src = _locate(headers, EMBED)
     if embed_src is None:
         raise VikhrError(f"tensor {EMBED} not found in {model_dir} (is this a Mistral/Llama checkpoint?)")
     head_src = _locate(headers, LM_HEAD)
-    if head_src is None and not tied:
+    if head_src is None and not ties_word_embeddings(cfg, model_dir / "config.json"):
         raise VikhrError(
-            f"tensor {LM_HEAD} not found in {model_dir} and config.json has tie_word_embeddings=false"
+            f"tensor {LM_HEAD} not found in {model_dir} and its config.json {how_tying_is_set(cfg)}: set "
+            "tie_word_embeddings to true there if the model ties its head to the embedding"
         )
     if head_src is not None and head_src.tensors[LM_HEAD].shape != embed_src.tensors[EMBED].shape:
         raise VikhrError(f"{LM_HEAD} and {EMBED} have different shapes in {model_dir}")
@@ -643,8 +645,8 @@ def adapt_vocab(
 
     check_hf_tensors(model_dir, cfg)  # a tensor the config implies and the shards lack is not copied
     headers = checkpoint_headers(model_dir)
-    tied = bool(cfg.get("tie_word_embeddings", False))
-    embed_src, head_src = _embedding_sources(headers, tied, model_dir)
+    tied = ties_word_embeddings(cfg, model_dir / "config.json")
+    embed_src, head_src = _embedding_sources(headers, cfg, model_dir)
     rows = embed_src.tensors[EMBED].shape[0]
     # A slow tokenizer's .model is the model's with the tokens its added_tokens.json adds.
     old = with_added_tokens(load_vocabulary(old_tokenizer), rows)

@@ -55,6 +55,7 @@ from vikhr.adapt.safetensors_io import (
     torch_dtype,
 )
 from vikhr.atomic import output_dir, write_errors_as_os_errors
+from vikhr.convert.tied import ties_word_embeddings
 from vikhr.errors import (
     VikhrError,
     not_an_hf_model_dir,
@@ -104,7 +105,6 @@ _DEFAULTED_KEYS = (
     "max_window_layers",
     "rms_norm_eps",
     "initializer_range",
-    "tie_word_embeddings",
     "hidden_act",
     "attention_bias",
     "mlp_bias",
@@ -201,7 +201,7 @@ def hf_config_to_model_config(hf: dict[str, Any], where: str = "config.json") ->
         kv_channels=None if head_dim * heads == hf["hidden_size"] else head_dim,
         qkv_bias=family == "qwen2",
         qk_norm=family == "qwen3",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=ties_word_embeddings(hf, where),
         **_hf_rope_fields(hf, where, defaults["rope_theta"]),
     )
 

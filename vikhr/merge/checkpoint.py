@@ -39,6 +39,7 @@ from vikhr.adapt.safetensors_io import (
     write_computed,
 )
 from vikhr.atomic import output_dir
+from vikhr.convert.tied import TIE_WORD_EMBEDDINGS, how_tying_is_set, ties_word_embeddings
 from vikhr.errors import (
     VikhrError,
     not_an_hf_model_dir,
@@ -54,8 +55,7 @@ from vikhr.tokenizer.load import CHAT_TEMPLATE_FILE
 
 SUMMARY = "merge_summary.json"
 # config.json fields that must agree for the two checkpoints to be one architecture. Tying the LM head to
-# the embedding (TIED) may differ: the tied side's head is its embedding (`_untie`).
-TIED = "tie_word_embeddings"
+# the embedding (TIE_WORD_EMBEDDINGS) may differ: the tied side's head is its embedding (`_untie`).
 ARCHITECTURE_KEYS = (
     "model_type",
     "architectures",
@@ -141,8 +141,8 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]
     # sliding window included: the merge takes A's config.json); another by its keys as written.
     pairs = {key: (cfg_a.get(key), cfg_b.get(key)) for key in ("model_type", "architectures")}
     pairs.update(shapes or {key: (cfg_a.get(key), cfg_b.get(key)) for key in ARCHITECTURE_KEYS})
-    pairs.pop(TIED, None)  # may differ (`_untie`)
-    ties = (_tied_as_transformers_reads(cfg_a), _tied_as_transformers_reads(cfg_b))
+    pairs.pop(TIE_WORD_EMBEDDINGS, None)  # may differ (`_untie`)
+    ties = (ties_word_embeddings(cfg_a, a / "config.json"), ties_word_embeddings(cfg_b, b / "config.json"))
     for key, (value_a, value_b) in pairs.items():
         if value_a != value_b:
             if key == "vocab_size":
@@ -158,22 +158,6 @@ def _check_configs(a: Path, b: Path) -> tuple[int, int | None, tuple[bool, bool]
     if not isinstance(layers, int) or layers < 1:
         raise VikhrError(f"{a / 'config.json'}: num_hidden_layers is {layers!r}, not a positive integer")
     return layers, longer, ties
-
-
-def _tied_as_transformers_reads(cfg: dict[str, Any]) -> bool:
-    """Whether transformers ties the model's LM head to its embedding: config.json's
-    tie_word_embeddings, else its model_type's config class default (True for some families vikhr does
-    not convert, e.g. gemma and gpt2), else transformers' base config's (a model_type it does not know)."""
-    if TIED in cfg:
-        return cfg[TIED] is True
-    from transformers import AutoConfig, PretrainedConfig
-
-    try:
-        defaults = AutoConfig.for_model(str(cfg.get("model_type")))
-    except (ValueError, KeyError, TypeError):  # a model_type transformers does not know
-        defaults = PretrainedConfig()
-    # transformers' modelling reads a config without the attribute as untied.
-    return getattr(defaults, TIED, False) is True
 
 
 # config.json's name of each field of vikhr's model config that it names otherwise: a difference is
@@ -428,8 +412,9 @@ def _untie(
     beside the embedding where A (tied) stores none, and the shard that holds it then (for the index)."""
     untied, untied_entries = (b, entries_b) if ties[0] else (a, entries_a)
     if HEAD not in untied_entries:
+        said = how_tying_is_set(read_json_object(untied / "config.json"))
         raise VikhrError(
-            f"{untied / 'config.json'} has {TIED} false but {untied} stores no {HEAD}: set {TIED} to "
+            f"{untied / 'config.json'} {said} but {untied} stores no {HEAD}: set {TIE_WORD_EMBEDDINGS} to "
             "true there if the model ties its head to the embedding"
         )
     tied_entries = entries_a if ties[0] else entries_b
@@ -659,7 +644,9 @@ def merge_checkpoints(
         _copy_side_files(a, b, work, sizes, chat, heads_added)
         _with_context(work, context)
         if ties[0] != ties[1]:
-            _write_json(work / "config.json", {**read_json_object(work / "config.json"), TIED: False})
+            _write_json(
+                work / "config.json", {**read_json_object(work / "config.json"), TIE_WORD_EMBEDDINGS: False}
+            )
         stops = _merged_stops(a, b, chat)
         if stops is not None:
             _write_stops(work, stops)

@@ -71,11 +71,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vikhr.convert.tied import TIE_WORD_EMBEDDINGS
     from vikhr.merge.checkpoint import (
         CONTEXT_KEY,
         NO_TEMPLATE,
         SAME_TEMPLATE,
-        TIED,
         UNTIED_FROM,
         merge_checkpoints,
     )
@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         tied, untied = ("A", "B") if summary[UNTIED_FROM] == "model_a" else ("B", "A")
         print(
             f"  lm_head: model {tied} ties it to its embedding, model {untied} does not: the merge takes "
-            f"{tied}'s embedding for its head and writes an untied model ({TIED}: false)"
+            f"{tied}'s embedding for its head and writes an untied model ({TIE_WORD_EMBEDDINGS}: false)"
         )
     chat = summary["chat_files"]
     model = "A" if chat["from"] == "model_a" else "B"
