@@ -249,6 +249,12 @@ def _chat_line(*turns: tuple[str, object]) -> str:
     return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}, ensure_ascii=False)
 
 
+def _prepare_cli(capfd: pytest.CaptureFixture, chats: Path, prefix: Path, *more: str) -> tuple[int, str, str]:
+    """`vikhr sft prepare` of CHATS with Mistral's tokenizer into PREFIX, in this process."""
+    argv = ["--input", str(chats), "--tokenizer", str(MISTRAL_TOKENIZER), "--output-prefix", str(prefix)]
+    return _cli(capfd, "sft", "prepare", *argv, "--no-progress", *more)
+
+
 def test_prepare_leaves_out_user_turns_nobody_answered_and_counts_the_chats(
     capfd: pytest.CaptureFixture, tmp_path: Path, mistral
 ) -> None:
@@ -264,18 +270,7 @@ def test_prepare_leaves_out_user_turns_nobody_answered_and_counts_the_chats(
     ]
     chats.write_text("\n".join(lines) + "\n", encoding="utf-8")
     prefix = tmp_path / "out" / "chats"
-    rc, out, err = _cli(
-        capfd,
-        "sft",
-        "prepare",
-        "--input",
-        str(chats),
-        "--tokenizer",
-        str(MISTRAL_TOKENIZER),
-        "--output-prefix",
-        str(prefix),
-        "--no-progress",
-    )
+    rc, out, err = _prepare_cli(capfd, chats, prefix)
     assert rc == 0, err
     assert f"{prefix}: 3 chats (2 trimmed of unanswered user turns after the last answer), " in out
     meta = json.loads(Path(f"{prefix}_sft.json").read_text(encoding="utf-8"))
@@ -302,18 +297,7 @@ def test_numbers_and_text_parts_as_content_are_their_text(
     ]
     chats.write_text("\n".join(given) + "\n", encoding="utf-8")
     prefix = tmp_path / "chats"
-    rc, _, err = _cli(
-        capfd,
-        "sft",
-        "prepare",
-        "--input",
-        str(chats),
-        "--tokenizer",
-        str(MISTRAL_TOKENIZER),
-        "--output-prefix",
-        str(prefix),
-        "--no-progress",
-    )
+    rc, _, err = _prepare_cli(capfd, chats, prefix)
     assert rc == 0, err
     as_text = [_msgs(question, ("assistant", text)) for text in ("42", "2.5", "-1e+20", "42")]
     assert _prepared_chats(prefix) == [encode_chat(chat, mistral).ids for chat in as_text]
@@ -431,18 +415,7 @@ def test_bad_chat_is_one_error_line_naming_file_and_line(
     good = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'
     chats = tmp_path / "chats.jsonl"
     chats.write_text(f"{good}\n\n{good}\n{line}\n{good}\n", encoding="utf-8")
-    rc, _, err = _cli(
-        capfd,
-        "sft",
-        "prepare",
-        "--input",
-        str(chats),
-        "--tokenizer",
-        str(MISTRAL_TOKENIZER),
-        "--output-prefix",
-        str(tmp_path / "out" / "sft"),
-        "--no-progress",
-    )
+    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out" / "sft")
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"vikhr sft prepare: error: {chats}:4: "), err
@@ -504,18 +477,7 @@ def test_chats_are_read_compressed_and_other_encodings_refused(
     assert list(read_chats(tmp_path / "c.jsonl.gz")) == plain == list(read_chats(tmp_path / "c.jsonl.zst"))
     cp1251 = tmp_path / "cp1251.jsonl"
     cp1251.write_bytes(raw.decode("utf-8").encode("cp1251", errors="replace"))
-    rc, _, err = _cli(
-        capfd,
-        "sft",
-        "prepare",
-        "--input",
-        str(cp1251),
-        "--tokenizer",
-        str(MISTRAL_TOKENIZER),
-        "--output-prefix",
-        str(tmp_path / "out" / "sft"),
-        "--no-progress",
-    )
+    rc, _, err = _prepare_cli(capfd, cp1251, tmp_path / "out" / "sft")
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert (
@@ -525,11 +487,6 @@ def test_chats_are_read_compressed_and_other_encodings_refused(
 
 
 # --------------------------------------------------------------------------- encoding processes
-
-
-def _prepare_cli(capfd: pytest.CaptureFixture, chats: Path, out: Path, *more: str) -> tuple[int, str, str]:
-    argv = ["--input", str(chats), "--tokenizer", str(MISTRAL_TOKENIZER), "--output-prefix", str(out / "sft")]
-    return _cli(capfd, "sft", "prepare", *argv, "--no-progress", *more)
 
 
 def test_prepare_writes_the_same_bytes_with_any_number_of_workers(
@@ -547,7 +504,7 @@ def test_prepare_writes_the_same_bytes_with_any_number_of_workers(
     written = {}
     for workers in (1, 2, 0):
         out = tmp_path / f"w{workers}"
-        rc, stdout, stderr = _prepare_cli(capfd, chats, out, "--workers", str(workers))
+        rc, stdout, stderr = _prepare_cli(capfd, chats, out / "sft", "--workers", str(workers))
         assert rc == 0, stderr
         files = {f.name: f.read_bytes().replace(str(out).encode(), b"OUT") for f in sorted(out.iterdir())}
         written[workers] = (files, stdout.replace(str(out), "OUT"), stderr)
@@ -600,7 +557,7 @@ def test_a_bad_chat_encoded_by_a_worker_is_the_error_one_process_gives(
     errors = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        rc, _, err = _prepare_cli(capfd, chats, out, "--workers", str(workers))
+        rc, _, err = _prepare_cli(capfd, chats, out / "sft", "--workers", str(workers))
         assert rc == 2 and len(err.strip().splitlines()) == 1, err
         assert not out.exists() or not list(out.iterdir())  # nothing half-written
         errors.append(err.strip())
@@ -614,7 +571,7 @@ def test_prepare_refuses_a_number_of_workers_it_cannot_start(
 ) -> None:
     chats = tmp_path / "chats.jsonl"
     chats.write_text(varied_chat_lines(1)[0] + "\n", encoding="utf-8")
-    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out", "--workers", workers)
+    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out" / "sft", "--workers", workers)
     assert rc == 2 and err.strip().splitlines() == [
         f"vikhr sft prepare: error: --workers must be from 0 (one per core) to 1024 (encoding processes), "
         f"got {workers}"
@@ -637,7 +594,7 @@ def test_an_encoding_process_killed_is_one_error_line(
     monkeypatch.setattr(prepare, "_encode_in_worker", _exit_abruptly)
     chats = tmp_path / "chats.jsonl"
     chats.write_text("\n".join(varied_chat_lines(20)) + "\n", encoding="utf-8")
-    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out", "--workers", "2")
+    rc, _, err = _prepare_cli(capfd, chats, tmp_path / "out" / "sft", "--workers", "2")
     assert rc == 2 and err.strip().splitlines() == [
         "vikhr sft prepare: error: an encoding process ended abruptly (killed, e.g. for lack of memory, or "
         "it could not start): run again with fewer --workers"
