@@ -1214,6 +1214,21 @@ def test_the_model_file_that_tokens_are_added_to_is_exported_with_them(
     assert "differ from tokenizer.json's at id 1000" in warning and "slow tokenizers" in warning
 
 
+def _export_leaving_out_the_model(src: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Writes the tokenizer files of SRC's tokenizer.json into OUT, checks that SRC's tokenizer.model
+    stayed out of them with one warning line saying so, and returns that line."""
+    from vikhr.convert.hf_tokenizer import write_tokenizer_files
+
+    out.mkdir()
+    capsys.readouterr()
+    write_tokenizer_files(load(src / "tokenizer.json"), out)
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {src / 'tokenizer.model'} is left out of the export")
+    assert "will not load it" in warning
+    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
+    return warning
+
+
 @pytest.mark.parametrize("past_the_model", ["an added token", "a vocabulary piece"])
 def test_a_model_file_beside_a_tokenizer_json_is_left_out_with_a_warning_naming_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], past_the_model: str
@@ -1222,7 +1237,6 @@ def test_a_model_file_beside_a_tokenizer_json_is_left_out_with_a_warning_naming_
     of the export silently (the export had a tokenizer.json only). One warning line now names it, the
     first id where they part, and what will not load; the export still has the tokenizer.json."""
     from tests.helpers import sentencepiece_with_other_ids
-    from vikhr.convert.hf_tokenizer import write_tokenizer_files
 
     src = sentencepiece_with_added_tokens(tmp_path / "src")
     if past_the_model == "an added token":  # the pieces differ below the .model's end
@@ -1234,14 +1248,7 @@ def test_a_model_file_beside_a_tokenizer_json_is_left_out_with_a_warning_naming_
         spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] != 32000]
         (src / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
         why = "id 32000, past its 32000 pieces, is a vocabulary piece, not an added token"
-    out = tmp_path / "out"
-    out.mkdir()
-    capsys.readouterr()
-    write_tokenizer_files(load(src / "tokenizer.json"), out)
-    [warning] = capsys.readouterr().err.splitlines()
-    assert warning.startswith(f"warning: {src / 'tokenizer.model'} is left out of the export")
-    assert why in warning and "will not load it" in warning
-    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
+    assert why in _export_leaving_out_the_model(src, tmp_path / "out", capsys)
 
 
 @pytest.mark.parametrize(
@@ -1259,19 +1266,10 @@ def test_a_model_file_no_sentencepiece_reads_is_left_out_with_a_warning(
     """A tokenizer.model beside the tokenizer.json that SentencePiece cannot parse (damaged bytes, a
     tiktoken or tekken file under that name) was left out of the export without a word. It gets the
     warning line of a .model of other pieces, saying what the file is; the export is written."""
-    from vikhr.convert.hf_tokenizer import write_tokenizer_files
-
     src = sentencepiece_with_added_tokens(tmp_path / "src")
     (src / "tokenizer.model").write_bytes(contents)
-    out = tmp_path / "out"
-    out.mkdir()
-    capsys.readouterr()
-    write_tokenizer_files(load(src / "tokenizer.json"), out)
-    [warning] = capsys.readouterr().err.splitlines()
-    assert warning.startswith(f"warning: {src / 'tokenizer.model'} is left out of the export")
+    warning = _export_leaving_out_the_model(src, tmp_path / "out", capsys)
     assert f"it is not a SentencePiece model vikhr can read ({what})" in warning
-    assert "will not load it" in warning
-    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
 
 
 def test_a_stale_added_tokens_decoder_is_written_from_the_tokenizer_json(
