@@ -693,11 +693,7 @@ def test_a_stop_mid_run_stops_cleanly_and_keeps_the_dataset_written_there_before
             time.sleep(0.1)
         assert {f.name: f.read_bytes() for f in prefix.parent.iterdir()} == before  # no lock, no scratch
     finally:
-        (hooks / "release").touch()
-        for p in started + ([psutil.Process(proc.pid)] if proc.poll() is None else []):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        proc.wait()
+        _end_held_prepare(proc, hooks, started)
 
 
 def _start_held_prepare(
@@ -727,6 +723,16 @@ def _start_held_prepare(
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
     )
+
+
+def _end_held_prepare(proc: subprocess.Popen, hooks: Path, started: list[psutil.Process]) -> None:
+    """Ends what a run of `_start_held_prepare` may have left running, whatever its test asserted:
+    releases its encoding processes, kills them (`started`) and the run, and waits for the run."""
+    (hooks / "release").touch()
+    for p in started + ([psutil.Process(proc.pid)] if proc.poll() is None else []):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.wait()
 
 
 def test_encoding_processes_end_when_the_run_is_killed(tmp_path: Path) -> None:
@@ -854,11 +860,7 @@ def test_a_killed_encoding_process_ends_the_run_with_one_line(tmp_path: Path) ->
         assert not [p for p in started if _running(p)]
         assert not list(out.iterdir())
     finally:
-        (hooks / "release").touch()
-        for p in started + ([psutil.Process(proc.pid)] if proc.poll() is None else []):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        proc.wait()
+        _end_held_prepare(proc, hooks, started)
 
 
 def _writing_to_a_full_pipe(pid: int) -> bool:
