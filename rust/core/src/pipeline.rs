@@ -450,6 +450,14 @@ mod tests {
         Tokenizer::sentencepiece(&p).unwrap()
     }
 
+    /// An empty directory for the test `name`, of this process (what an earlier run left is removed).
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vikhr-pipe-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// The names of the scratch (`.partial`) files in `dir`, sorted.
     fn scratch_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<_> = fs::read_dir(dir)
@@ -476,9 +484,7 @@ mod tests {
 
     #[test]
     fn same_output_for_any_thread_count_and_bad_lines_are_named() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("threads");
         let input = dir.join("in.jsonl");
         let mut f = fs::File::create(&input).unwrap();
         for i in 0..300 {
@@ -537,9 +543,7 @@ mod tests {
     #[test]
     fn more_input_files_than_batches_in_flight() {
         // Each file's end used to keep one of the 2 * threads + 2 slots: the 5th file hung.
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-files-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("files");
         let mut inputs = Vec::new();
         let mut all = String::new();
         for i in 0..40 {
@@ -574,9 +578,7 @@ mod tests {
 
     #[test]
     fn a_run_takes_over_what_a_killed_run_left_of_its_datasets_and_nothing_else() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-others-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("others");
         let input = dir.join("in.jsonl");
         fs::write(&input, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
         let prefix = |name: &str| dir.join(name).to_string_lossy().into_owned();
@@ -610,9 +612,7 @@ mod tests {
 
     #[test]
     fn a_cancel_ends_a_run_whose_fifo_sends_nothing_and_leaves_no_output() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-fifo-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("fifo");
         let fifo = dir.join("in.jsonl");
         let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
@@ -656,9 +656,7 @@ mod tests {
     fn an_error_writing_one_output_publishes_none() {
         // The outputs were published one by one: a full disk while the title's `.idx` was written
         // left the new text dataset beside the old title dataset, both valid.
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-publish-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("publish");
         let input = dir.join("in.jsonl");
         let tok = model();
         let j = job(&dir, input.clone(), 1, "ru");
@@ -689,9 +687,7 @@ mod tests {
 
     #[test]
     fn the_dtype_holds_the_largest_id_and_an_id_past_the_vocabulary_names_its_line() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-ids-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("ids");
         let input = dir.join("in.jsonl");
         fs::write(&input, "\n{\"text\": \"a b\", \"title\": \"b\"}\n").unwrap();
         let tokenizer = |vocab: serde_json::Value, post: serde_json::Value| {
@@ -743,9 +739,7 @@ mod tests {
 
     #[test]
     fn an_input_in_an_unsupported_compression_is_refused_by_name() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-xz-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("xz");
         let plain = dir.join("in.jsonl");
         fs::write(&plain, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
         for name in ["in.jsonl.xz", "IN.JSONL.BZ2"] {
@@ -772,9 +766,7 @@ mod tests {
     #[test]
     fn compressed_data_under_a_plain_name_is_named() {
         // Read as text, every one was "not UTF-8 (byte 0x..)" at line 1.
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-hidden-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("hidden");
         let plain = dir.join("in.jsonl");
         fs::write(&plain, "{\"text\": \"a\", \"title\": \"b\"}\n").unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -823,9 +815,7 @@ mod tests {
 
     #[test]
     fn blank_lines_are_skipped_and_empty_inputs_refused() {
-        let dir = std::env::temp_dir().join(format!("vikhr-pipe-blank-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("blank");
         let tok = model();
         let input = dir.join("in.jsonl");
         fs::write(&input, "{\"text\": \"a\", \"title\": \"b\"}\n\n  \r\n").unwrap();
