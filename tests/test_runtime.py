@@ -390,6 +390,75 @@ def test_a_rank_absent_from_a_job_without_torchrun_is_named_by_the_rank_hosting_
     assert "lost the job's store" in other.stderr, other.stderr
 
 
+def _an_attempt(ranks: list[int], world_size: int, join_timeout_s: float) -> dict[int, str]:
+    """One attempt of a torchrun job: `ranks` join it side by side (the first a little ahead, as one
+    node may be); for each rank, "" once it joined, else the error it ended with."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from vikhr.runtime.distributed import _join_the_job
+
+    ended: dict[int, str] = {}
+
+    def join(rank: int) -> None:
+        try:
+            _join_the_job(rank, world_size, timedelta(seconds=join_timeout_s))
+            ended[rank] = ""
+        except VikhrError as e:
+            ended[rank] = str(e)
+
+    threads = [threading.Thread(target=join, args=(rank,)) for rank in ranks]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)
+    for thread in threads:
+        thread.join(timeout=120)
+    return ended
+
+
+def test_a_rank_absent_from_an_attempt_torchrun_restarted_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --max-restarts keeps its store across the attempts of a job, and the ranks counted
+    their arrivals there for all of them: once one attempt had every rank, a later attempt missing a
+    rank passed the join at once, naming nobody. Each attempt now joins apart: a rank absent from it
+    is named at the join timeout, also after an attempt the rank was absent from and then came first."""
+    import torch.distributed as dist
+
+    from vikhr.runtime import distributed
+
+    monkeypatch.setattr(distributed, "WAITERS_POLL_WITHIN_S", 2.5)
+    agent_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent_store.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", str(True))  # as torchrun's workers
+    every_rank = dict.fromkeys([0, 1, 2], "")
+
+    assert _an_attempt([0, 1, 2], 3, 60) == every_rank
+    for without_2 in ([0, 1], [1, 0]):
+        ended = _an_attempt(without_2, 3, 3)
+        assert sorted(ended) == sorted(without_2), ended
+        for said in ended.values():
+            assert said.startswith("1 of 3 ranks did not join the job within") and "(rank 2)" in said, ended
+        assert _an_attempt([2, 0, 1], 3, 60) == every_rank  # rank 2, absent before, comes first
+
+
+def test_ranks_taken_for_ended_join_the_attempt_opened_after_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting rank whose polls stalled longer than an arriving rank watches for them is taken for
+    ended, and the arriving rank opens the next attempt: the waiting one joins it there, so the
+    job still starts (here every arriving rank takes the waiting ones for ended)."""
+    import torch.distributed as dist
+
+    from vikhr.runtime import distributed
+
+    monkeypatch.setattr(distributed, "WAITERS_POLL_WITHIN_S", 0.0)
+    agent_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent_store.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", str(True))
+    assert _an_attempt([0, 1, 2], 3, 60) == dict.fromkeys([0, 1, 2], "")
+    assert int(agent_store.get(distributed._ATTEMPT)) == 2  # each rank after the first opened one
+
+
 _SHARED_DIR_RANK = """
 import sys
 import torch.distributed as dist

@@ -45,7 +45,20 @@ COLLECTIVE_TIMEOUT = timedelta(hours=1)
 JOIN_TIMEOUT = timedelta(minutes=20)  # parallel.join_timeout_minutes's default
 # After this long, rank 0 says once which ranks it is waiting for.
 JOIN_NOTE_AFTER_S = 60.0
+# torchrun keeps its store across the restarts of --max-restarts (the static rendezvous and the c10d one's
+# shared store alike) and does not separate the workers' keys by attempt, so each attempt of the job joins
+# under its own number, kept in _ATTEMPT. Neither a rank's own count of its starts (a rank whose node failed
+# before joining in one attempt counts one fewer than the others from then on) nor TORCHELASTIC_RESTART_COUNT
+# (only the failing node's agent counts a restart) is the same on every rank. What every rank sees alike is
+# the store: an attempt that all ranks joined is over, and so is one whose waiting ranks have all ended
+# (torchrun stops every worker before the next attempt's start). A rank that finds the last attempt over
+# opens the next; one that finds ranks still waiting in it joins them.
+_ATTEMPT = "vikhr/attempt"
+# vikhr/joined/{attempt}: how many joined it; .../{rank}: that rank's host; .../beats: its waiters' polls
 _JOINED = "vikhr/joined"
+# How long an arriving rank watches the last attempt's waiting ranks for a poll (they poll each second
+# at most) before it takes them for ended.
+WAITERS_POLL_WITHIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -252,8 +265,35 @@ def _ranks_named(ranks: list[int]) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {_rank_spans(ranks)}"
 
 
-def _absent_ranks(store: dist.Store, world_size: int) -> list[int]:
-    return [r for r in range(world_size) if not store.check([f"{_JOINED}/{r}"])]
+def _absent_ranks(store: dist.Store, attempt: int, world_size: int) -> list[int]:
+    return [r for r in range(world_size) if not store.check([f"{_JOINED}/{attempt}/{r}"])]
+
+
+def _has_waiters(store: dist.Store, attempt: int) -> bool:
+    """Whether a rank still waits in `attempt`: its polls count up within WAITERS_POLL_WITHIN_S."""
+    beats = f"{_JOINED}/{attempt}/beats"
+    seen, until = store.add(beats, 0), time.monotonic() + WAITERS_POLL_WITHIN_S
+    while time.monotonic() < until:
+        time.sleep(0.1)
+        if store.add(beats, 0) != seen:
+            return True
+    return False
+
+
+def _this_attempt(store: dist.Store, world_size: int) -> int:
+    """The attempt this rank joins: the last one while ranks wait in it for the others, else the next."""
+    attempt = int(store.compare_set(_ATTEMPT, "", "0"))  # 0 on a new store
+    joined = store.add(f"{_JOINED}/{attempt}", 0)
+    if joined == 0 or (joined < world_size and _has_waiters(store, attempt)):
+        return attempt
+    # Ranks arriving together open the next attempt once: the others get the number the first set.
+    return int(store.compare_set(_ATTEMPT, str(attempt), str(attempt + 1)))
+
+
+def _sign_in(store: dist.Store, attempt: int, rank: int) -> int:
+    """Mark `rank` as joined in `attempt`; how many ranks have joined it."""
+    store.set(f"{_JOINED}/{attempt}/{rank}", socket.gethostname())
+    return store.add(f"{_JOINED}/{attempt}", 1)
 
 
 def _join_the_job(rank: int, world_size: int, join_timeout: timedelta) -> dist.Store:
@@ -313,12 +353,12 @@ def _wait_for_the_others(
 ) -> None:
     """Return once every rank has joined the job's `store`; VikhrError naming the ranks absent once
     `wait` seconds have passed since `started`."""
-    store.set(f"{_JOINED}/{rank}", socket.gethostname())
-    joined, pause, noted = store.add(_JOINED, 1), 0.01, False
+    attempt = _this_attempt(store, world_size)
+    joined, pause, noted = _sign_in(store, attempt, rank), 0.01, False
     while joined < world_size:
         waited = time.monotonic() - started
         if waited > wait:
-            absent = _absent_ranks(store, world_size)
+            absent = _absent_ranks(store, attempt, world_size)
             with same_on_every_process():  # every rank that arrived sees the same absent ones
                 raise VikhrError(
                     f"{len(absent)} of {world_size} ranks did not join the job within {minutes} "
@@ -326,7 +366,7 @@ def _wait_for_the_others(
                     "or did not start; fix that and start the job again on every node"
                 )
         if rank == 0 and not noted and waited > JOIN_NOTE_AFTER_S:
-            absent = _absent_ranks(store, world_size)
+            absent = _absent_ranks(store, attempt, world_size)
             print(
                 f"note: waiting for {len(absent)} of {world_size} ranks to join the job "
                 f"({_ranks_named(absent)}): still in their setup, or failed in it (their node's log says "
@@ -335,9 +375,15 @@ def _wait_for_the_others(
                 flush=True,
             )
             noted = True
+        store.add(f"{_JOINED}/{attempt}/beats", 1)
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
-        joined = store.add(_JOINED, 0)
+        joined = store.add(f"{_JOINED}/{attempt}", 0)
+        latest = int(store.get(_ATTEMPT))
+        if joined < world_size and latest != attempt:
+            # A rank arrived while this one stalled past WAITERS_POLL_WITHIN_S and opened the next
+            # attempt: join the ranks there.
+            attempt, joined = latest, _sign_in(store, latest, rank)
 
 
 @contextlib.contextmanager
