@@ -1135,26 +1135,20 @@ def test_a_config_without_tie_word_embeddings_is_tied_where_its_family_ties_by_d
     assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])
 
 
-def test_an_untied_model_that_stores_no_head_is_refused_beside_a_tied_one(tmp_path: Path) -> None:
-    """Beside a tied model, an untied one's missing head was said to be a tensor only the tied one holds."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    tiny_hf_model(a, VOCAB, arch="qwen2", tied=True, seed=0)
-    tiny_hf_model(b, VOCAB, arch="qwen2", seed=1)
-    weights = tensors_of(b)
-    del weights["lm_head.weight"]
-    save_file(weights, str(b / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(VikhrError) as refusal:
-        merge_checkpoints(a, b, tmp_path / "out", Schedule((0.5,)), show_progress=False)
-    assert str(refusal.value) == (
-        f"{b / 'config.json'} has tie_word_embeddings false but {b} stores no lm_head.weight: set "
-        "tie_word_embeddings to true there if the model ties its head to the embedding"
-    )
-    _nothing_written(tmp_path / "out")
-
-
-def test_an_untied_model_by_its_family_s_default_that_stores_no_head_is_told_as_such(tmp_path: Path) -> None:
-    """A config that leaves tie_word_embeddings out is untied by its family's default (qwen2): the
-    refusal said the file "has tie_word_embeddings false", a key the user did not find there."""
+@pytest.mark.parametrize(
+    "key_written, untied_as",
+    [
+        (True, "has tie_word_embeddings false"),
+        (False, "leaves tie_word_embeddings out, which model_type 'qwen2' reads as false"),
+    ],
+    ids=["key_false", "key_left_out"],
+)
+def test_an_untied_model_that_stores_no_head_is_refused_beside_a_tied_one(
+    tmp_path: Path, key_written: bool, untied_as: str
+) -> None:
+    """Beside a tied model, an untied one's missing head was said to be a tensor only the tied one
+    holds; and where its config leaves tie_word_embeddings out (untied by qwen2's default), the refusal
+    said the file "has tie_word_embeddings false", a key the user did not find there."""
     from transformers import AutoConfig
 
     assert AutoConfig.for_model("qwen2").tie_word_embeddings is False
@@ -1164,15 +1158,15 @@ def test_an_untied_model_by_its_family_s_default_that_stores_no_head_is_told_as_
     weights = tensors_of(b)
     del weights["lm_head.weight"]
     save_file(weights, str(b / "model.safetensors"), metadata={"format": "pt"})
-    written = json.loads((b / "config.json").read_text())
-    del written["tie_word_embeddings"]
-    (b / "config.json").write_text(json.dumps(written))
+    if not key_written:
+        written = json.loads((b / "config.json").read_text())
+        del written["tie_word_embeddings"]
+        (b / "config.json").write_text(json.dumps(written))
     with pytest.raises(VikhrError) as refusal:
         merge_checkpoints(a, b, tmp_path / "out", Schedule((0.5,)), show_progress=False)
     assert str(refusal.value) == (
-        f"{b / 'config.json'} leaves tie_word_embeddings out, which model_type 'qwen2' reads as false but "
-        f"{b} stores no lm_head.weight: set tie_word_embeddings to true there if the model ties its head "
-        "to the embedding"
+        f"{b / 'config.json'} {untied_as} but {b} stores no lm_head.weight: set tie_word_embeddings to "
+        "true there if the model ties its head to the embedding"
     )
     _nothing_written(tmp_path / "out")
 
