@@ -66,10 +66,11 @@ from vikhr.sft.hf_chat import (
 )
 from vikhr.tokenizer.load import (
     ADDED_TOKEN_FIELDS,
-    SPECIAL_TOKEN_LISTS,
+    LEAVE_OUT,
     Tokenizer,
     as_transformers_loads,
     load,
+    map_special_tokens,
     token_name,
 )
 
@@ -489,24 +490,14 @@ def _without_missing_specials(tok: Tokenizer, config: dict[str, Any]) -> dict[st
     (`keep_source_ids`)."""
     missing: list[str] = []
 
-    def in_vocabulary(key: str, value: Any) -> bool:
+    def in_vocabulary(key: str, value: Any) -> Any:
         name = token_name(value)
         if name is None or tok.piece_to_id(name) is not None:  # not a token (add_bos_token), or present
-            return True
+            return value
         missing.append(f"{key} {name!r}")
-        return False
+        return LEAVE_OUT
 
-    written: dict[str, Any] = {}
-    for key, value in config.items():
-        if key.endswith("_token"):
-            if in_vocabulary(key, value):
-                written[key] = value
-        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, list):
-            written[key] = [t for t in value if in_vocabulary(key, t)]
-        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
-            written[key] = {name: t for name, t in value.items() if in_vocabulary(f"{key}.{name}", t)}
-        else:
-            written[key] = value
+    written = map_special_tokens(config, in_vocabulary)
     if missing:
         added = (
             f"it as a new id, {tok.vocab_size}"

@@ -416,6 +416,29 @@ ADDED_TOKEN_FIELDS = ("content", "lstrip", "normalized", "rstrip", "single_word"
 # tokenizer_config.json keys that list special tokens; transformers also takes every `*_token` key
 # naming a token (pad_token, unk_token, mask_token, a model's own image_token) as a special token.
 SPECIAL_TOKEN_LISTS = ("additional_special_tokens", "extra_special_tokens")
+# What `map_special_tokens`'s function returns for a token to leave out.
+LEAVE_OUT = object()
+
+
+def map_special_tokens(config: dict[str, Any], fn: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """A copy of tokenizer_config.json `config` with each special token passed through `fn(label,
+    token)`: every `*_token` key's value, each entry of a `SPECIAL_TOKEN_LISTS` list, and each named
+    one of such a mapping (labelled `key.name`); a token `fn` returns `LEAVE_OUT` for is left out (a
+    `*_token` key with it). Other keys are kept as they are."""
+    mapped: dict[str, Any] = {}
+    for key, value in config.items():
+        if key.endswith("_token"):
+            new = fn(key, value)
+            if new is not LEAVE_OUT:
+                mapped[key] = new
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, list):
+            mapped[key] = [new for t in value if (new := fn(key, t)) is not LEAVE_OUT]
+        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
+            named = ((name, fn(f"{key}.{name}", t)) for name, t in value.items())
+            mapped[key] = {name: new for name, new in named if new is not LEAVE_OUT}
+        else:
+            mapped[key] = value
+    return mapped
 
 
 def as_transformers_loads(config: dict[str, Any]) -> dict[str, Any]:
@@ -425,24 +448,13 @@ def as_transformers_loads(config: dict[str, Any]) -> dict[str, Any]:
     object's flags. Only the keys that change; for writing a config, and (`transformers_overrides`)
     as `from_pretrained`'s arguments when loading one."""
 
-    def typed(value: Any) -> Any:
+    def typed(_: str, value: Any) -> Any:
         if isinstance(value, dict) and "__type" not in value and isinstance(value.get("content"), str):
             return {"__type": "AddedToken", **{f: value[f] for f in ADDED_TOKEN_FIELDS if f in value}}
         return value
 
-    changed: dict[str, Any] = {}
-    for key, value in config.items():
-        if key.endswith("_token"):
-            new = typed(value)
-        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, list):
-            new = [typed(token) for token in value]
-        elif key in SPECIAL_TOKEN_LISTS and isinstance(value, dict):  # named ones: {"image_token": ...}
-            new = {name: typed(token) for name, token in value.items()}
-        else:
-            continue
-        if new != value:
-            changed[key] = new
-    return changed
+    typed_config = map_special_tokens(config, typed)
+    return {key: new for key, new in typed_config.items() if new is not config[key] and new != config[key]}
 
 
 def transformers_overrides(directory: Path) -> dict[str, Any]:
